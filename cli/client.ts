@@ -1,0 +1,87 @@
+// How the CLI finds and talks to the router it manages: through the data
+// directory (router.json) or an explicit --http-addr.
+import { readFileSync } from 'node:fs';
+import { routerInfoPath, type RouterInfo } from '../router/router.js';
+
+export class CliError extends Error {
+  constructor(
+    message: string,
+    readonly exitCode = 1,
+  ) {
+    super(message);
+  }
+}
+
+export function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+/** True when pid is a weft router (guards against a recycled pid). */
+export function isRouterProcess(pid: number): boolean {
+  try {
+    return readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes('router/main.js');
+  } catch {
+    return false;
+  }
+}
+
+/** The running router's info, or null when none runs for this data dir. */
+export function readRouterInfo(dataDir: string): RouterInfo | null {
+  let info: RouterInfo;
+  try {
+    info = JSON.parse(readFileSync(routerInfoPath(dataDir), 'utf8')) as RouterInfo;
+  } catch {
+    return null;
+  }
+  if (typeof info.pid !== 'number' || !isAlive(info.pid) || !isRouterProcess(info.pid)) return null;
+  return info;
+}
+
+export interface Target {
+  dataDir: string;
+  httpAddr?: string;
+}
+
+export function apiAddress(t: Target): string {
+  if (t.httpAddr) return t.httpAddr;
+  const info = readRouterInfo(t.dataDir);
+  if (!info) throw new CliError(`no weft router is running (data dir ${t.dataDir}); start one with: weft launch`);
+  return info.httpAddr;
+}
+
+export interface ApiResponse {
+  status: number;
+  body: string;
+}
+
+export async function request(t: Target, method: string, path: string, body?: unknown): Promise<ApiResponse> {
+  const addr = apiAddress(t);
+  let res: Response;
+  try {
+    res = await fetch(`http://${addr}${path}`, {
+      method,
+      headers: body === undefined ? {} : { 'content-type': 'application/json' },
+      body: body === undefined ? undefined : JSON.stringify(body),
+      signal: AbortSignal.timeout(30_000),
+    });
+  } catch (err) {
+    const cause = (err as { cause?: { code?: string } }).cause?.code ?? (err as Error).message;
+    throw new CliError(`the weft router at ${addr} does not answer (${cause}); is it running? (weft launch starts it)`);
+  }
+  const text = await res.text();
+  if (res.status >= 400) {
+    let msg = text;
+    try {
+      msg = (JSON.parse(text) as { error?: string }).error ?? text;
+    } catch {
+      /* plain text */
+    }
+    throw new CliError(msg.trim(), res.status === 404 ? 4 : 1);
+  }
+  return { status: res.status, body: text };
+}

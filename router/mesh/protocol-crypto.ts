@@ -1,0 +1,149 @@
+// Handshake primitives and frame sealing, all from node:crypto.
+//
+// Each side sends a hello (magic, protocol version range, password flag, a
+// fresh X25519 public key). Both derive two direction keys with HKDF-SHA256
+// from the X25519 secret, salted with a hash of the password when there is
+// one, bound to both hellos. Every later frame is sealed with
+// ChaCha20-Poly1305 under a per-direction counter nonce, so a peer with
+// another password fails on the very first frame, and replays or reordering
+// fail authentication.
+import {
+  createCipheriv,
+  createDecipheriv,
+  createHash,
+  createPrivateKey,
+  createPublicKey,
+  diffieHellman,
+  generateKeyPairSync,
+  hkdfSync,
+  sign,
+  verify,
+  type KeyObject,
+} from 'node:crypto';
+
+export const PROTOCOL_MIN = 1;
+export const PROTOCOL_MAX = 1;
+const MAGIC = Buffer.from('weft');
+export const HELLO_LENGTH = MAGIC.length + 3 + 32;
+const TAG_LENGTH = 16;
+
+const X25519_SPKI = Buffer.from('302a300506032b656e032100', 'hex');
+const ED25519_SPKI = Buffer.from('302a300506032b6570032100', 'hex');
+
+export interface Hello {
+  min: number;
+  max: number;
+  hasPassword: boolean;
+  publicKey: Buffer;
+}
+
+export function rawPublicKey(key: KeyObject): Buffer {
+  return key.export({ format: 'der', type: 'spki' }).subarray(-32);
+}
+
+export function newEphemeralKey(): { privateKey: KeyObject; publicKey: Buffer } {
+  const { privateKey, publicKey } = generateKeyPairSync('x25519');
+  return { privateKey, publicKey: rawPublicKey(publicKey) };
+}
+
+export function encodeHello(h: Hello): Buffer {
+  return Buffer.concat([MAGIC, Buffer.from([h.min, h.max, h.hasPassword ? 1 : 0]), h.publicKey]);
+}
+
+export function decodeHello(b: Buffer): Hello {
+  if (b.length !== HELLO_LENGTH || !b.subarray(0, MAGIC.length).equals(MAGIC)) {
+    throw new Error('the remote is not a weft peer (bad handshake header)');
+  }
+  const o = MAGIC.length;
+  return { min: b[o], max: b[o + 1], hasPassword: b[o + 2] === 1, publicKey: Buffer.from(b.subarray(o + 3)) };
+}
+
+/** The version both speak, or an error saying why there is none. */
+export function negotiateVersion(ours: Hello, theirs: Hello): number {
+  const v = Math.min(ours.max, theirs.max);
+  if (Math.max(ours.min, theirs.min) > v) {
+    throw new Error(`protocol version mismatch: we speak ${ours.min}..${ours.max}, the remote ${theirs.min}..${theirs.max}`);
+  }
+  return v;
+}
+
+export function checkPasswordFlags(ours: Hello, theirs: Hello): void {
+  if (ours.hasPassword && !theirs.hasPassword) throw new Error('authentication failed: we have a password but the remote has none');
+  if (!ours.hasPassword && theirs.hasPassword) throw new Error('authentication failed: the remote requires a password and we have none');
+}
+
+export interface SessionKeys {
+  send: Buffer;
+  receive: Buffer;
+}
+
+/** Direction keys; `outbound` is whether we dialled. Both ends get mirrored keys. */
+export function deriveSessionKeys(
+  privateKey: KeyObject,
+  remotePublic: Buffer,
+  password: string | null,
+  helloOutbound: Buffer,
+  helloInbound: Buffer,
+  outbound: boolean,
+): SessionKeys {
+  const remote = createPublicKey({ key: Buffer.concat([X25519_SPKI, remotePublic]), format: 'der', type: 'spki' });
+  const shared = diffieHellman({ privateKey, publicKey: remote });
+  const salt = password === null ? Buffer.alloc(0) : createHash('sha256').update('weft password\0').update(password).digest();
+  const info = Buffer.concat([Buffer.from('weft mesh v1'), helloOutbound, helloInbound]);
+  const okm = Buffer.from(hkdfSync('sha256', shared, salt, info, 64));
+  const outToIn = okm.subarray(0, 32);
+  const inToOut = okm.subarray(32, 64);
+  return outbound ? { send: outToIn, receive: inToOut } : { send: inToOut, receive: outToIn };
+}
+
+function nonce(counter: bigint): Buffer {
+  const n = Buffer.alloc(12);
+  n.writeBigUInt64BE(counter, 4);
+  return n;
+}
+
+/** Seals frames in one direction; the counter never repeats under one key. */
+export class Sealer {
+  private counter = 0n;
+  constructor(private readonly key: Buffer) {}
+  seal(plain: Uint8Array): Buffer {
+    const c = createCipheriv('chacha20-poly1305', this.key, nonce(this.counter++), { authTagLength: TAG_LENGTH });
+    const body = c.update(plain);
+    c.final();
+    return Buffer.concat([body, c.getAuthTag()]);
+  }
+}
+
+/** Opens frames in order; throws if a frame was forged, replayed, reordered or sealed with another key. */
+export class Opener {
+  private counter = 0n;
+  constructor(private readonly key: Buffer) {}
+  open(sealed: Uint8Array): Buffer {
+    if (sealed.length < TAG_LENGTH) throw new Error('sealed frame is shorter than its tag');
+    const d = createDecipheriv('chacha20-poly1305', this.key, nonce(this.counter), { authTagLength: TAG_LENGTH });
+    d.setAuthTag(sealed.subarray(sealed.length - TAG_LENGTH));
+    const body = d.update(sealed.subarray(0, sealed.length - TAG_LENGTH));
+    d.final(); // throws on a bad tag
+    this.counter++;
+    return body;
+  }
+}
+
+// ---- the peer's static signing key, which proves the peer holds the key it presents
+
+export function signTranscript(privateKeyPem: string, transcript: Buffer): Buffer {
+  return sign(null, transcript, createPrivateKey(privateKeyPem));
+}
+
+export function verifyTranscript(publicKey: Buffer, transcript: Buffer, signature: Buffer): boolean {
+  try {
+    const key = createPublicKey({ key: Buffer.concat([ED25519_SPKI, publicKey]), format: 'der', type: 'spki' });
+    return verify(null, transcript, key, signature);
+  } catch {
+    return false;
+  }
+}
+
+export function transcript(helloOutbound: Buffer, helloInbound: Buffer, signerOutbound: boolean): Buffer {
+  return Buffer.concat([Buffer.from('weft auth v1'), helloOutbound, helloInbound, Buffer.from([signerOutbound ? 1 : 0])]);
+}

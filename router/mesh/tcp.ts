@@ -1,0 +1,374 @@
+// Mesh connections over TCP: the listener, dialling, the handshake and sealed,
+// length-prefixed frames. Everything read from a socket is bounded and checked;
+// a bad peer gets its connection closed with a reason, never a crash.
+import { randomBytes } from 'node:crypto';
+import net from 'node:net';
+import type { MeshLink, RemoteIdentity } from './link.js';
+import type { Mesh } from './mesh.js';
+import { encodeMessage, pack, Tag, unpack } from './messages.js';
+import { isPeerName, type PeerName } from './peer-name.js';
+import {
+  HELLO_LENGTH,
+  Opener,
+  PROTOCOL_MAX,
+  PROTOCOL_MIN,
+  Sealer,
+  checkPasswordFlags,
+  decodeHello,
+  deriveSessionKeys,
+  encodeHello,
+  negotiateVersion,
+  newEphemeralKey,
+  signTranscript,
+  transcript,
+  verifyTranscript,
+} from './protocol-crypto.js';
+
+export const MAX_FRAME = 10 * 1024 * 1024;
+const HANDSHAKE_TIMEOUT_MS = 10_000;
+/** A peer that leaves this much unread is not keeping up; it is disconnected rather than buffered forever. */
+const MAX_UNSENT = 64 * 1024 * 1024;
+
+export interface LocalIdentity {
+  name: PeerName;
+  nickname: string;
+  uid: string;
+  port: number;
+  privateKeyPem: string;
+  publicKey: Buffer;
+  password: string | null;
+}
+
+export interface HandshakeFailure {
+  addr: string;
+  outbound: boolean;
+  reason: string;
+  at: number;
+}
+
+/** Reads a TCP stream first as fixed-size chunks (the hello), then as length-prefixed frames. */
+class StreamReader {
+  private chunks: Buffer[] = [];
+  private length = 0;
+  private waiter: (() => void) | null = null;
+  private ended: Error | null = null;
+
+  push(b: Buffer): void {
+    this.chunks.push(b);
+    this.length += b.length;
+    this.wake();
+  }
+
+  end(err: Error): void {
+    this.ended ??= err;
+    this.wake();
+  }
+
+  private wake(): void {
+    const w = this.waiter;
+    this.waiter = null;
+    w?.();
+  }
+
+  take(n: number): Buffer | null {
+    if (this.length < n) return null;
+    const all = this.chunks.length === 1 ? this.chunks[0] : Buffer.concat(this.chunks);
+    const out = all.subarray(0, n);
+    const rest = all.subarray(n);
+    this.chunks = rest.length > 0 ? [rest] : [];
+    this.length = rest.length;
+    return out;
+  }
+
+  /** The next frame if complete; throws on a frame over the size limit. */
+  takeFrame(): Buffer | null {
+    if (this.length < 4) return null;
+    const head = this.chunks[0].length >= 4 ? this.chunks[0] : Buffer.concat(this.chunks);
+    const len = head.readUInt32BE(0);
+    if (len > MAX_FRAME) throw new Error(`frame of ${len} bytes exceeds the limit of ${MAX_FRAME}`);
+    if (this.length < 4 + len) return null;
+    return this.take(4 + len)!.subarray(4);
+  }
+
+  async read(n: number): Promise<Buffer> {
+    for (;;) {
+      const b = this.take(n);
+      if (b) return b;
+      if (this.ended) throw this.ended;
+      await new Promise<void>((r) => (this.waiter = r));
+    }
+  }
+
+  async readFrame(): Promise<Buffer> {
+    for (;;) {
+      const f = this.takeFrame();
+      if (f) return f;
+      if (this.ended) throw this.ended;
+      await new Promise<void>((r) => (this.waiter = r));
+    }
+  }
+}
+
+class TcpLink implements MeshLink {
+  onMessage: ((message: Uint8Array) => void) | null = null;
+  onClose: ((reason: string) => void) | null = null;
+  private closed = false;
+
+  constructor(
+    private readonly socket: net.Socket,
+    private readonly reader: StreamReader,
+    private readonly sealer: Sealer,
+    private readonly opener: Opener,
+    readonly remote: RemoteIdentity,
+    readonly outbound: boolean,
+    readonly connUid: bigint,
+    readonly remoteAddr: string,
+    readonly direct: boolean,
+  ) {}
+
+  /** Starts delivering frames to onMessage; called once the mesh has accepted the link. */
+  start(): void {
+    const pump = () => {
+      try {
+        for (;;) {
+          const frame = this.reader.takeFrame();
+          if (!frame) return;
+          const plain = this.opener.open(frame);
+          this.onMessage?.(plain);
+          if (this.closed) return;
+        }
+      } catch (err) {
+        this.close(`bad frame from peer: ${(err as Error).message}`);
+      }
+    };
+    this.socket.on('data', pump);
+    this.socket.on('close', () => this.terminated('connection closed by peer'));
+    this.socket.on('error', (err) => this.terminated(`socket error: ${err.message}`));
+    pump();
+  }
+
+  send(message: Uint8Array): void {
+    if (this.closed) return;
+    if (this.socket.writableLength > MAX_UNSENT) {
+      this.close('peer is not reading its messages');
+      return;
+    }
+    const sealed = this.sealer.seal(message);
+    const head = Buffer.alloc(4);
+    head.writeUInt32BE(sealed.length);
+    this.socket.write(Buffer.concat([head, sealed]));
+  }
+
+  close(reason: string): void {
+    if (this.closed) return;
+    this.send(encodeMessage({ tag: Tag.Close, reason }));
+    this.closed = true;
+    this.socket.end();
+    setTimeout(() => this.socket.destroy(), 1000).unref();
+    this.onClose?.(reason);
+  }
+
+  private terminated(reason: string): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.socket.destroy();
+    this.onClose?.(reason);
+  }
+}
+
+function addrOf(socket: net.Socket): string {
+  const host = socket.remoteAddress ?? '?';
+  const h = host.startsWith('::ffff:') ? host.slice(7) : host;
+  return `${h.includes(':') ? `[${h}]` : h}:${socket.remotePort ?? 0}`;
+}
+
+interface Features {
+  name: PeerName;
+  nickname: string;
+  uid: string;
+  connId: Buffer;
+  port: number;
+  key: Buffer;
+  sig: Buffer;
+}
+
+function parseFeatures(plain: Buffer): Features {
+  const v = unpack(plain) as Record<string, unknown>;
+  if (typeof v !== 'object' || v === null) throw new Error('handshake features are not a map');
+  const { name, nickname, uid, connId, port, key, sig } = v;
+  if (!isPeerName(name)) throw new Error('handshake carries an invalid peer name');
+  if (typeof nickname !== 'string' || nickname.length > 255) throw new Error('handshake carries an invalid nickname');
+  if (typeof uid !== 'string' || !/^[0-9a-f]{16}$/.test(uid)) throw new Error('handshake carries an invalid uid');
+  if (typeof port !== 'number' || !Number.isInteger(port) || port < 1 || port > 65535) throw new Error('handshake carries an invalid port');
+  for (const [n, b, len] of [['connId', connId, 8], ['key', key, 32], ['sig', sig, 64]] as const) {
+    if (!(b instanceof Uint8Array) || b.length !== len) throw new Error(`handshake field ${n} is malformed`);
+  }
+  return { name, nickname, uid, port, connId: Buffer.from(connId as Uint8Array), key: Buffer.from(key as Uint8Array), sig: Buffer.from(sig as Uint8Array) };
+}
+
+export interface DialOptions {
+  /** A user-given target rather than a discovered one. */
+  direct: boolean;
+  /** For discovered targets: the peer expected at that address. */
+  expect?: PeerName;
+}
+
+export class TcpTransport {
+  private server: net.Server | null = null;
+  private tokens = 20;
+  private refill: NodeJS.Timeout | null = null;
+  private readonly sockets = new Set<net.Socket>();
+  /** Recent inbound handshake failures, for status. */
+  readonly failures: HandshakeFailure[] = [];
+
+  constructor(
+    private readonly mesh: Mesh,
+    private readonly local: LocalIdentity,
+  ) {}
+
+  async listen(host: string, port: number): Promise<void> {
+    const server = net.createServer((socket) => this.accept(socket));
+    this.server = server;
+    // Accepts are rate-limited (a bucket of 20, one token per 50 ms), as Weave does.
+    this.refill = setInterval(() => (this.tokens = Math.min(20, this.tokens + 1)), 50);
+    this.refill.unref();
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen({ host, port }, () => {
+        server.off('error', reject);
+        resolve();
+      });
+    });
+    server.on('error', (err) => this.mesh.log.error({ err: err.message }, 'mesh listener error'));
+  }
+
+  private accept(socket: net.Socket): void {
+    if (this.tokens <= 0) {
+      socket.destroy();
+      return;
+    }
+    this.tokens--;
+    const addr = addrOf(socket);
+    this.handshake(socket, false, { direct: false }).catch((err: Error) => {
+      // Losing a duplicate-connection tie-break is routine, not a failure to show.
+      if (!err.message.includes('duplicate connection')) this.recordFailure(addr, false, err.message);
+    });
+  }
+
+  private recordFailure(addr: string, outbound: boolean, reason: string): void {
+    this.mesh.log.warn({ addr, outbound, reason }, 'connection failed');
+    this.failures.push({ addr, outbound, reason, at: Date.now() });
+    if (this.failures.length > 20) this.failures.shift();
+  }
+
+  /** Dials a peer; resolves once the mesh accepted the connection, rejects with the reason otherwise. */
+  dial(host: string, port: number, opts: DialOptions): Promise<void> {
+    return new Promise<void>((resolve, reject) => {
+      const socket = net.connect({ host, port });
+      const timer = setTimeout(() => socket.destroy(new Error('connect timed out')), HANDSHAKE_TIMEOUT_MS);
+      socket.once('connect', () => {
+        clearTimeout(timer);
+        this.handshake(socket, true, opts).then(resolve, reject);
+      });
+      socket.once('error', (err) => {
+        clearTimeout(timer);
+        reject(new Error(err.message));
+      });
+    });
+  }
+
+  private async handshake(socket: net.Socket, outbound: boolean, opts: DialOptions): Promise<void> {
+    this.sockets.add(socket);
+    socket.once('close', () => this.sockets.delete(socket));
+    socket.setNoDelay(true);
+    const reader = new StreamReader();
+    const onData = (b: Buffer) => reader.push(b);
+    const onEnd = () => reader.end(new Error('the remote closed the connection during the handshake'));
+    const onError = (err: Error) => reader.end(new Error(`socket error during the handshake: ${err.message}`));
+    socket.on('data', onData);
+    socket.on('end', onEnd);
+    socket.on('close', onEnd);
+    socket.on('error', onError);
+    const timer = setTimeout(() => reader.end(new Error('handshake timed out')), HANDSHAKE_TIMEOUT_MS);
+    const addr = addrOf(socket);
+    try {
+      const eph = newEphemeralKey();
+      const ours = { min: PROTOCOL_MIN, max: PROTOCOL_MAX, hasPassword: this.local.password !== null, publicKey: eph.publicKey };
+      const ourHello = encodeHello(ours);
+      socket.write(ourHello);
+      const theirHello = await reader.read(HELLO_LENGTH);
+      const theirs = decodeHello(theirHello);
+      negotiateVersion(ours, theirs);
+      checkPasswordFlags(ours, theirs);
+      const helloOut = outbound ? ourHello : theirHello;
+      const helloIn = outbound ? theirHello : ourHello;
+      const keys = deriveSessionKeys(eph.privateKey, theirs.publicKey, this.local.password, helloOut, helloIn, outbound);
+      const sealer = new Sealer(keys.send);
+      const opener = new Opener(keys.receive);
+
+      const connId = randomBytes(8);
+      const features = pack({
+        name: this.local.name,
+        nickname: this.local.nickname,
+        uid: this.local.uid,
+        connId,
+        port: this.local.port,
+        key: this.local.publicKey,
+        sig: signTranscript(this.local.privateKeyPem, transcript(helloOut, helloIn, outbound)),
+      });
+      const sealed = sealer.seal(features);
+      const head = Buffer.alloc(4);
+      head.writeUInt32BE(sealed.length);
+      socket.write(Buffer.concat([head, sealed]));
+
+      const frame = await reader.readFrame();
+      let plain: Buffer;
+      try {
+        plain = opener.open(frame);
+      } catch {
+        throw new Error(
+          this.local.password !== null
+            ? 'authentication failed: the remote uses a different password'
+            : 'authentication failed: the first frame did not decrypt',
+        );
+      }
+      const f = parseFeatures(plain);
+      if (!verifyTranscript(f.key, transcript(helloOut, helloIn, !outbound), f.sig)) {
+        throw new Error('authentication failed: the remote could not prove it holds its key');
+      }
+      if (opts.expect && f.name !== opts.expect) {
+        throw new Error(`found peer ${f.name}(${f.nickname}) where ${opts.expect} was expected`);
+      }
+      clearTimeout(timer);
+      socket.off('data', onData);
+      socket.off('end', onEnd);
+      socket.off('close', onEnd);
+      socket.off('error', onError);
+      const connUid = connId.readBigUInt64BE() ^ f.connId.readBigUInt64BE();
+      const link = new TcpLink(
+        socket,
+        reader,
+        sealer,
+        opener,
+        { name: f.name, nickname: f.nickname, uid: f.uid, port: f.port },
+        outbound,
+        connUid,
+        addr,
+        outbound && opts.direct,
+      );
+      const res = this.mesh.addConnection(link);
+      if (!res.ok) throw new Error(`connection refused: ${res.reason}`);
+      link.start();
+    } catch (err) {
+      clearTimeout(timer);
+      socket.destroy();
+      throw err;
+    }
+  }
+
+  close(): void {
+    if (this.refill) clearInterval(this.refill);
+    this.server?.close();
+    for (const s of this.sockets) s.destroy();
+  }
+}

@@ -1,0 +1,172 @@
+// The topology CRDT: one entry per peer, written only by that peer, merged by
+// (version, uid, content). Any two states merge to the same result in any order.
+import { isPeerName, type PeerName } from './peer-name.js';
+
+export interface ConnectionSummary {
+  peer: PeerName;
+  /** Remote TCP address as the owning peer sees it ("ip:port"). */
+  addr: string;
+  outbound: boolean;
+  established: boolean;
+}
+
+export interface PeerEntry {
+  name: PeerName;
+  nickname: string;
+  /** Incarnation id: 16 hex digits, new on every start. */
+  uid: string;
+  version: number;
+  /** The peer's mesh listen port, so others can dial it (discovery). */
+  port: number;
+  connections: ConnectionSummary[];
+}
+
+/** Compact per-peer summary used by anti-entropy. */
+export type DigestItem = [name: PeerName, version: number, uid: string];
+
+const MAX_CONNECTIONS_PER_ENTRY = 10_000;
+const MAX_NICKNAME = 255;
+
+function contentKey(e: PeerEntry): string {
+  return JSON.stringify([e.nickname, e.port, e.connections.map((c) => [c.peer, c.addr, c.outbound, c.established])]);
+}
+
+/** >0 when a supersedes b. Total order on entries of one peer, so merge is a join. */
+export function compareEntries(a: PeerEntry, b: PeerEntry): number {
+  if (a.version !== b.version) return a.version - b.version;
+  if (a.uid !== b.uid) return a.uid > b.uid ? 1 : -1;
+  const ka = contentKey(a);
+  const kb = contentKey(b);
+  return ka === kb ? 0 : ka > kb ? 1 : -1;
+}
+
+function compareDigest(version: number, uid: string, e: PeerEntry): number {
+  if (version !== e.version) return version - e.version;
+  if (uid !== e.uid) return uid > e.uid ? 1 : -1;
+  return 0;
+}
+
+export class Topology {
+  readonly entries = new Map<PeerName, PeerEntry>();
+
+  get(name: PeerName): PeerEntry | undefined {
+    return this.entries.get(name);
+  }
+
+  /** Merges entries; returns those that improved our state (the delta to pass on). */
+  merge(incoming: Iterable<PeerEntry>): PeerEntry[] {
+    const improved: PeerEntry[] = [];
+    for (const e of incoming) {
+      const cur = this.entries.get(e.name);
+      if (!cur || compareEntries(e, cur) > 0) {
+        this.entries.set(e.name, e);
+        improved.push(e);
+      }
+    }
+    return improved;
+  }
+
+  /** Replaces an entry unconditionally: only for the local peer's own entry. */
+  setLocal(e: PeerEntry): void {
+    this.entries.set(e.name, e);
+  }
+
+  delete(name: PeerName): boolean {
+    return this.entries.delete(name);
+  }
+
+  all(): PeerEntry[] {
+    return [...this.entries.values()];
+  }
+
+  digest(): DigestItem[] {
+    return this.all().map((e) => [e.name, e.version, e.uid]);
+  }
+
+  /** Entries we hold that the digest's owner lacks, and whether it holds something we lack. */
+  compare(digest: DigestItem[]): { newer: PeerEntry[]; remoteHasMore: boolean } {
+    const seen = new Set<PeerName>();
+    const newer: PeerEntry[] = [];
+    let remoteHasMore = false;
+    for (const [name, version, uid] of digest) {
+      seen.add(name);
+      const ours = this.entries.get(name);
+      if (!ours) {
+        remoteHasMore = true;
+        continue;
+      }
+      const c = compareDigest(version, uid, ours);
+      if (c < 0) newer.push(ours);
+      else if (c > 0) remoteHasMore = true;
+    }
+    for (const e of this.entries.values()) if (!seen.has(e.name)) newer.push(e);
+    return { newer, remoteHasMore };
+  }
+
+  /** Peers reachable from `from` following the connections each peer reports. */
+  reachableFrom(from: PeerName): Set<PeerName> {
+    const seen = new Set<PeerName>([from]);
+    const queue = [from];
+    while (queue.length > 0) {
+      const cur = this.entries.get(queue.shift()!);
+      if (!cur) continue;
+      for (const c of cur.connections) {
+        if (!seen.has(c.peer)) {
+          seen.add(c.peer);
+          queue.push(c.peer);
+        }
+      }
+    }
+    return seen;
+  }
+
+  /** Drops entries of peers no longer reachable from `self`; returns their names. */
+  gc(self: PeerName): PeerName[] {
+    const reachable = this.reachableFrom(self);
+    const gone: PeerName[] = [];
+    for (const name of this.entries.keys()) {
+      if (!reachable.has(name)) gone.push(name);
+    }
+    for (const name of gone) this.entries.delete(name);
+    return gone;
+  }
+
+  /** Canonical, order-independent view for comparing states. */
+  snapshot(): PeerEntry[] {
+    return this.all()
+      .map((e) => ({ ...e, connections: [...e.connections].sort((a, b) => (a.peer < b.peer ? -1 : a.peer > b.peer ? 1 : 0)) }))
+      .sort((a, b) => (a.name < b.name ? -1 : 1));
+  }
+}
+
+// ---- validation of entries arriving from the network ----
+
+function isUint(n: unknown, max = Number.MAX_SAFE_INTEGER): n is number {
+  return typeof n === 'number' && Number.isInteger(n) && n >= 0 && n <= max;
+}
+
+export function validateConnection(c: unknown): ConnectionSummary {
+  if (!Array.isArray(c) || c.length !== 4) throw new Error('connection summary is not a 4-tuple');
+  const [peer, addr, outbound, established] = c as unknown[];
+  if (!isPeerName(peer)) throw new Error('connection summary has an invalid peer name');
+  if (typeof addr !== 'string' || addr.length > 64) throw new Error('connection summary has an invalid address');
+  if (typeof outbound !== 'boolean' || typeof established !== 'boolean') throw new Error('connection summary flags are not booleans');
+  return { peer, addr, outbound, established };
+}
+
+/** Entries travel as tuples to keep topology gossip small. */
+export function entryToWire(e: PeerEntry): unknown[] {
+  return [e.name, e.nickname, e.uid, e.version, e.port, e.connections.map((c) => [c.peer, c.addr, c.outbound, c.established])];
+}
+
+export function entryFromWire(w: unknown): PeerEntry {
+  if (!Array.isArray(w) || w.length !== 6) throw new Error('peer entry is not a 6-tuple');
+  const [name, nickname, uid, version, port, conns] = w as unknown[];
+  if (!isPeerName(name)) throw new Error('peer entry has an invalid name');
+  if (typeof nickname !== 'string' || nickname.length > MAX_NICKNAME) throw new Error('peer entry has an invalid nickname');
+  if (typeof uid !== 'string' || !/^[0-9a-f]{16}$/.test(uid)) throw new Error('peer entry has an invalid uid');
+  if (!isUint(version)) throw new Error('peer entry has an invalid version');
+  if (!isUint(port, 65535)) throw new Error('peer entry has an invalid port');
+  if (!Array.isArray(conns) || conns.length > MAX_CONNECTIONS_PER_ENTRY) throw new Error('peer entry has an invalid connection list');
+  return { name, nickname, uid, version, port, connections: conns.map(validateConnection) };
+}

@@ -1,0 +1,118 @@
+// Router options, shared by the daemon and `weft launch`. Every option can also
+// be given as an environment variable WEFT_<OPTION> (WEFT_DATA_DIR, WEFT_PORT ...).
+import { readFileSync } from 'node:fs';
+import { hostname } from 'node:os';
+import { Command, Option } from 'commander';
+import { parsePeerName, type PeerName } from './mesh/peer-name.js';
+
+export interface RouterOptions {
+  dataDir: string;
+  port: number;
+  host: string;
+  name?: PeerName;
+  nickname: string;
+  password: string | null;
+  connLimit: number;
+  discovery: boolean;
+  httpAddr: string;
+  logLevel: string;
+  gossipInterval: number;
+  heartbeatInterval: number;
+  peers: string[];
+}
+
+export const DEFAULT_DATA_DIR = '/var/lib/weft';
+export const DEFAULT_HTTP_ADDR = '127.0.0.1:6784';
+
+/** Parses "500ms", "2s", "5m" or a plain number of seconds. */
+export function parseDuration(text: string): number {
+  const m = /^(\d+(?:\.\d+)?)(ms|s|m)?$/.exec(text.trim());
+  if (!m) throw new Error(`invalid duration "${text}": use e.g. 500ms, 2s, 5m`);
+  const n = Number(m[1]);
+  const ms = m[2] === 'ms' ? n : m[2] === 'm' ? n * 60_000 : n * 1000;
+  if (ms < 10) throw new Error(`duration "${text}" is too short (at least 10ms)`);
+  return Math.round(ms);
+}
+
+function int(name: string, min: number, max: number) {
+  return (v: string): number => {
+    const n = Number(v);
+    if (!Number.isInteger(n) || n < min || n > max) throw new Error(`--${name} must be a whole number from ${min} to ${max}, not "${v}"`);
+    return n;
+  };
+}
+
+function duration(v: string): number {
+  return parseDuration(v);
+}
+
+export function envName(long: string): string {
+  return `WEFT_${long.replace(/^--(no-)?/, '').replaceAll('-', '_').toUpperCase()}`;
+}
+
+/** The router's options, as commander Options. `weft launch` adds the same ones. */
+export function routerOptions(): Option[] {
+  const o = (flags: string, desc: string) => {
+    const opt = new Option(flags, desc);
+    return opt.env(envName(opt.long!));
+  };
+  return [
+    o('--data-dir <dir>', 'where identity, state, pid and log files live').default(DEFAULT_DATA_DIR),
+    o('--port <n>', 'TCP port of the mesh').default(6783).argParser(int('port', 1, 65535)),
+    o('--host <addr>', 'address to listen on for mesh connections').default('0.0.0.0'),
+    o('--name <peer-name>', 'peer name (aa:bb:cc:dd:ee:ff); default: kept in the data dir, random at first start').argParser((v) => parsePeerName(v)),
+    o('--nickname <name>', 'human-readable name shown in status').default(hostname()),
+    o('--password <secret>', 'shared mesh password (prefer WEFT_PASSWORD or --password-file: arguments are visible to other users)'),
+    o('--password-file <path>', 'read the mesh password from this file'),
+    o('--conn-limit <n>', 'at most this many connections (0: no limit); a peer is never locked out').default(200).argParser(int('conn-limit', 0, 100_000)),
+    o('--no-discovery', 'do not connect to peers learnt from others'),
+    o('--http-addr <ip:port>', 'address of the local HTTP API').default(DEFAULT_HTTP_ADDR),
+    o('--log-level <level>', 'debug, info, warn or error').default('info').choices(['debug', 'info', 'warn', 'error']),
+    o('--gossip-interval <duration>', 'period of the anti-entropy exchange').default(30_000, '30s').argParser(duration),
+    o('--heartbeat-interval <duration>', 'heartbeat period; a connection silent for three periods is closed').default(10_000, '10s').argParser(duration),
+  ];
+}
+
+export function addRouterOptions(cmd: Command): Command {
+  for (const opt of routerOptions()) cmd.addOption(opt);
+  return cmd;
+}
+
+/** Turns commander's parsed values into RouterOptions, reading the password file if given. */
+export function toRouterOptions(v: Record<string, unknown>, peers: string[]): RouterOptions {
+  let password = (v.password as string | undefined) ?? null;
+  const file = v.passwordFile as string | undefined;
+  if (file) {
+    let text: string;
+    try {
+      text = readFileSync(file, 'utf8');
+    } catch (err) {
+      throw new Error(`cannot read the password file ${file}: ${(err as Error).message}`);
+    }
+    password = text.replace(/\r?\n$/, '');
+  }
+  if (password === '') throw new Error('the password is empty');
+  return {
+    dataDir: v.dataDir as string,
+    port: v.port as number,
+    host: v.host as string,
+    name: v.name as PeerName | undefined,
+    nickname: v.nickname as string,
+    password,
+    connLimit: v.connLimit as number,
+    discovery: v.discovery as boolean,
+    httpAddr: v.httpAddr as string,
+    logLevel: v.logLevel as string,
+    gossipInterval: v.gossipInterval as number,
+    heartbeatInterval: v.heartbeatInterval as number,
+    peers,
+  };
+}
+
+export function splitHostPort(addr: string): { host: string; port: number } {
+  const i = addr.lastIndexOf(':');
+  const host = addr.slice(0, i).replace(/^\[|\]$/g, '');
+  const port = Number(addr.slice(i + 1));
+  if (i < 0 || !host || !Number.isInteger(port) || port < 1 || port > 65535) throw new Error(`invalid address "${addr}": expected ip:port`);
+  return { host, port };
+}

@@ -1,0 +1,166 @@
+// The router's whole state as JSON (GET /report), and what `weft status` prints
+// from it. Status text is an interface people and scripts read: keep it stable.
+import type { ConnectionMaker } from './mesh/connection-maker.js';
+import type { Mesh } from './mesh/mesh.js';
+import type { PeerName } from './mesh/peer-name.js';
+import type { HandshakeFailure } from './mesh/tcp.js';
+import { PROTOCOL_MAX, PROTOCOL_MIN } from './mesh/protocol-crypto.js';
+
+export const VERSION = '0.1.0';
+
+export interface ConnectionReport {
+  address: string;
+  outbound: boolean;
+  state: 'established' | 'pending' | 'connecting' | 'retrying' | 'failed' | 'waiting';
+  peer?: PeerName;
+  nickname?: string;
+  info: string;
+}
+
+export interface Report {
+  version: string;
+  protocol: { min: number; max: number };
+  name: PeerName;
+  nickname: string;
+  uid: string;
+  port: number;
+  encryption: 'password' | 'no password';
+  discovery: boolean;
+  connLimit: number;
+  peers: { name: PeerName; nickname: string; uid: string; version: number; connections: { name: PeerName; nickname: string | null; address: string; outbound: boolean; established: boolean }[] }[];
+  unicastRoutes: { dest: PeerName; via: PeerName }[];
+  broadcastRoutes: { source: PeerName; via: PeerName[] }[];
+  connections: ConnectionReport[];
+  targets: { address: string; direct: boolean; state: string; peer?: PeerName; error?: string; retryInMs?: number }[];
+  gossip: { messagesSent: number; bytesSent: number; messagesReceived: number; bytesReceived: number; gossipErrors: number; protocolErrors: number };
+}
+
+export interface ReportSources {
+  mesh: Mesh;
+  maker: ConnectionMaker;
+  failures: HandshakeFailure[];
+  hasPassword: boolean;
+  discovery: boolean;
+}
+
+const FAILURE_SHOWN_MS = 5 * 60_000;
+
+export function buildReport(s: ReportSources): Report {
+  const { mesh, maker } = s;
+  const now = Date.now();
+  const nick = (n: PeerName) => mesh.topology.get(n)?.nickname ?? null;
+  const connections: ConnectionReport[] = [];
+  for (const c of mesh.connections.values()) {
+    connections.push({
+      address: c.link.remoteAddr,
+      outbound: c.link.outbound,
+      state: c.established ? 'established' : 'pending',
+      peer: c.name,
+      nickname: c.link.remote.nickname,
+      info: c.established ? 'encrypted' : 'encrypted; waiting for the peer to confirm',
+    });
+  }
+  for (const t of maker.targets.values()) {
+    if (t.state === 'connected') continue;
+    const retry = t.nextTryAt > now ? `, retry in ${((t.nextTryAt - now) / 1000).toFixed(1)}s` : '';
+    connections.push({
+      address: t.addr,
+      outbound: true,
+      state: t.state,
+      peer: t.peer,
+      info: t.permanent ? `${t.lastError ?? ''} (not retried)` : t.lastError ? `${t.lastError}${t.state === 'failed' || t.state === 'waiting' ? retry : ''}` : '',
+    });
+  }
+  for (const f of s.failures) {
+    if (now - f.at > FAILURE_SHOWN_MS) continue;
+    connections.push({ address: f.addr, outbound: f.outbound, state: 'failed', info: `${f.reason} (${Math.round((now - f.at) / 1000)}s ago)` });
+  }
+  const peers = mesh.topology.snapshot().map((e) => ({
+    name: e.name,
+    nickname: e.nickname,
+    uid: e.uid,
+    version: e.version,
+    connections: e.connections.map((c) => ({ name: c.peer, nickname: nick(c.peer), address: c.addr, outbound: c.outbound, established: c.established })),
+  }));
+  const unicastRoutes = [...mesh.routes.unicastAll].map(([dest, via]) => ({ dest, via })).sort((a, b) => (a.dest < b.dest ? -1 : 1));
+  const broadcastRoutes = peers.map((p) => ({ source: p.name, via: mesh.routes.broadcast(p.name, 'all') }));
+  const targets = [...maker.targets.values()].map((t) => ({
+    address: t.addr,
+    direct: t.direct,
+    state: t.state,
+    peer: t.peer,
+    error: t.lastError,
+    retryInMs: t.state === 'failed' && t.nextTryAt > now ? t.nextTryAt - now : undefined,
+  }));
+  return {
+    version: VERSION,
+    protocol: { min: PROTOCOL_MIN, max: PROTOCOL_MAX },
+    name: mesh.name,
+    nickname: mesh.config.nickname,
+    uid: mesh.config.uid,
+    port: mesh.config.port,
+    encryption: s.hasPassword ? 'password' : 'no password',
+    discovery: s.discovery,
+    connLimit: mesh.config.connLimit,
+    peers,
+    unicastRoutes,
+    broadcastRoutes,
+    connections,
+    targets,
+    gossip: { ...mesh.stats },
+  };
+}
+
+function pad(s: string, n: number): string {
+  return s.length >= n ? s : s + ' '.repeat(n - s.length);
+}
+
+export function renderStatus(r: Report): string {
+  const established = r.connections.filter((c) => c.state === 'established').length;
+  const failed = r.connections.filter((c) => c.state === 'failed').length;
+  const live = r.connections.filter((c) => c.state === 'established' || c.state === 'pending').length;
+  const peerConns = r.peers.reduce((n, p) => n + p.connections.filter((c) => c.established).length, 0);
+  const lines: [string, string][] = [
+    ['Version', `${r.version} (protocol ${r.protocol.min}..${r.protocol.max})`],
+    ['Name', `${r.name}(${r.nickname})`],
+    ['Port', String(r.port)],
+    ['Encryption', r.encryption === 'password' ? 'enabled, password set' : 'enabled, no password (any peer may join)'],
+    ['PeerDiscovery', r.discovery ? 'enabled' : 'disabled'],
+    ['Targets', String(r.targets.filter((t) => t.direct).length)],
+    ['Connections', `${live} (${established} established${failed ? `, ${failed} failed` : ''})`],
+    ['Peers', `${r.peers.length} (with ${peerConns} established connections)`],
+    ['ConnLimit', r.connLimit === 0 ? 'none' : String(r.connLimit)],
+  ];
+  return lines.map(([k, v]) => `${k.padStart(16)}: ${v}`).join('\n') + '\n';
+}
+
+export function renderConnections(r: Report): string {
+  if (r.connections.length === 0) return 'no connections (connect with: weft connect HOST)\n';
+  return (
+    r.connections
+      .map((c) => {
+        const who = c.peer ? `${c.peer}(${c.nickname ?? '?'})` : '';
+        return `${c.outbound ? '->' : '<-'} ${pad(c.address, 21)} ${pad(c.state, 11)} ${pad(who, 30)} ${c.info}`.trimEnd();
+      })
+      .join('\n') + '\n'
+  );
+}
+
+export function renderPeers(r: Report): string {
+  return r.peers
+    .map((p) => {
+      const head = `${p.name}(${p.nickname})`;
+      const conns = p.connections.map(
+        (c) => `   ${c.outbound ? '->' : '<-'} ${pad(c.address, 21)} ${pad(`${c.name}(${c.nickname ?? '?'})`, 30)} ${c.established ? 'established' : 'pending'}`,
+      );
+      return [head, ...conns].join('\n');
+    })
+    .join('\n')
+    .concat('\n');
+}
+
+export function renderTargets(r: Report): string {
+  const direct = r.targets.filter((t) => t.direct);
+  if (direct.length === 0) return '';
+  return direct.map((t) => t.address).join('\n') + '\n';
+}

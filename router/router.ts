@@ -1,0 +1,112 @@
+// Wiring: everything the router runs, started and stopped in one place.
+import { mkdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import type { FastifyInstance } from 'fastify';
+import { buildApi } from './api.js';
+import { loadIdentity, newUid } from './identity.js';
+import { ConnectionMaker } from './mesh/connection-maker.js';
+import { Mesh, defaultMeshTimings, type Logger } from './mesh/mesh.js';
+import { TcpTransport } from './mesh/tcp.js';
+import { splitHostPort, type RouterOptions } from './options.js';
+import { VERSION } from './report.js';
+
+/** What the CLI reads to find a running router: written when ready, removed at exit. */
+export interface RouterInfo {
+  pid: number;
+  httpAddr: string;
+  name: string;
+  nickname: string;
+  version: string;
+  startedAt: string;
+}
+
+export function routerInfoPath(dataDir: string): string {
+  return join(dataDir, 'router.json');
+}
+
+export class Router {
+  private api: FastifyInstance | null = null;
+  private stopping: Promise<void> | null = null;
+
+  private constructor(
+    readonly opts: RouterOptions,
+    readonly mesh: Mesh,
+    readonly transport: TcpTransport,
+    readonly maker: ConnectionMaker,
+  ) {}
+
+  static async start(opts: RouterOptions, log: Logger): Promise<Router> {
+    mkdirSync(opts.dataDir, { recursive: true, mode: 0o700 });
+    const id = loadIdentity(opts.dataDir, opts.name);
+    const uid = newUid();
+    const mesh = new Mesh({
+      name: id.name,
+      nickname: opts.nickname,
+      uid,
+      port: opts.port,
+      connLimit: opts.connLimit,
+      ...defaultMeshTimings,
+      gossipInterval: opts.gossipInterval,
+      heartbeatInterval: opts.heartbeatInterval,
+      fullStateGossip: false,
+      log,
+    });
+    const transport = new TcpTransport(mesh, {
+      name: id.name,
+      nickname: opts.nickname,
+      uid,
+      port: opts.port,
+      privateKeyPem: id.privateKeyPem,
+      publicKey: id.publicKey,
+      password: opts.password,
+    });
+    const maker = new ConnectionMaker(mesh, (host, port, o) => transport.dial(host, port, o), {
+      defaultPort: opts.port,
+      discovery: opts.discovery,
+      connLimit: opts.connLimit,
+    });
+    const router = new Router(opts, mesh, transport, maker);
+    try {
+      await transport.listen(opts.host, opts.port);
+      const api = buildApi(
+        { mesh, maker, failures: transport.failures, hasPassword: opts.password !== null, discovery: opts.discovery },
+        maker,
+      );
+      const { host, port } = splitHostPort(opts.httpAddr);
+      await api.listen({ host, port });
+      router.api = api;
+      if (opts.peers.length > 0) maker.connect(opts.peers);
+      router.writeInfo();
+      log.info({ name: id.name, port: opts.port, http: opts.httpAddr, peers: opts.peers }, 'weft router started');
+      return router;
+    } catch (err) {
+      await router.stop();
+      throw err;
+    }
+  }
+
+  private writeInfo(): void {
+    const info: RouterInfo = {
+      pid: process.pid,
+      httpAddr: this.opts.httpAddr,
+      name: this.mesh.name,
+      nickname: this.opts.nickname,
+      version: VERSION,
+      startedAt: new Date().toISOString(),
+    };
+    const path = routerInfoPath(this.opts.dataDir);
+    writeFileSync(`${path}.tmp`, JSON.stringify(info, null, 2) + '\n');
+    renameSync(`${path}.tmp`, path);
+  }
+
+  stop(): Promise<void> {
+    this.stopping ??= (async () => {
+      rmSync(routerInfoPath(this.opts.dataDir), { force: true });
+      this.maker.stop();
+      this.mesh.stop();
+      this.transport.close();
+      await this.api?.close();
+    })();
+    return this.stopping;
+  }
+}
