@@ -30,7 +30,7 @@ function routerArgs(cmd: Command): string[] {
       continue;
     }
     const value = v[key];
-    if (typeof value === 'number' && /interval/.test(key)) args.push(opt.long!, `${value}ms`);
+    if (typeof value === 'number' && /interval/i.test(key)) args.push(opt.long!, `${value}ms`);
     else args.push(opt.long!, String(value));
   }
   return args;

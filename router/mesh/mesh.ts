@@ -47,6 +47,9 @@ export const defaultMeshTimings = {
   gcDelay: 1_000,
 };
 
+/** How long a removed peer's last version is remembered (stale copies ignored meanwhile). */
+const REMOVED_MEMORY_MS = 10 * 60_000;
+
 export class MeshConnection {
   established = false;
   readonly since = Date.now();
@@ -415,11 +418,12 @@ export class Mesh extends EventEmitter {
       if (reachable.has(name) || !this.topology.get(name)) {
         this.unreachableSince.delete(name);
       } else if (now - since >= this.config.gcDelay) {
-        this.topology.delete(name);
+        this.topology.remove(name, now);
         this.unreachableSince.delete(name);
         gone.push(name);
       }
     }
+    this.topology.expireRemoved(REMOVED_MEMORY_MS, now);
     this.routes = new Routes(this.topology, this.name);
     if (this.unreachableSince.size > 0 && !this.gcTimer) {
       this.gcTimer = setTimeout(() => {

@@ -141,7 +141,10 @@ class TcpLink implements MeshLink {
         this.close(`bad frame from peer: ${(err as Error).message}`);
       }
     };
-    this.socket.on('data', pump);
+    this.socket.on('data', (b: Buffer) => {
+      this.reader.push(b);
+      pump();
+    });
     this.socket.on('close', () => this.terminated('connection closed by peer'));
     this.socket.on('error', (err) => this.terminated(`socket error: ${err.message}`));
     pump();

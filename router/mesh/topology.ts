@@ -48,6 +48,12 @@ function compareDigest(version: number, uid: string, e: PeerEntry): number {
 
 export class Topology {
   readonly entries = new Map<PeerName, PeerEntry>();
+  /**
+   * What we last held of peers we removed as unreachable: copies no newer than
+   * this are stale (a neighbour that has not noticed yet) and are ignored, so
+   * two peers cannot hand a dead peer back and forth.
+   */
+  readonly removed = new Map<PeerName, { version: number; uid: string; at: number }>();
 
   get(name: PeerName): PeerEntry | undefined {
     return this.entries.get(name);
@@ -57,6 +63,12 @@ export class Topology {
   merge(incoming: Iterable<PeerEntry>): PeerEntry[] {
     const improved: PeerEntry[] = [];
     for (const e of incoming) {
+      const gone = this.removed.get(e.name);
+      if (gone) {
+        // Same incarnation, not newer: a stale copy. A new uid is a restarted peer: welcome back.
+        if (e.uid === gone.uid && e.version <= gone.version) continue;
+        this.removed.delete(e.name);
+      }
       const cur = this.entries.get(e.name);
       if (!cur || compareEntries(e, cur) > 0) {
         this.entries.set(e.name, e);
@@ -71,8 +83,17 @@ export class Topology {
     this.entries.set(e.name, e);
   }
 
-  delete(name: PeerName): boolean {
+  /** Removes a peer, remembering its entry's version so stale copies stay out. */
+  remove(name: PeerName, now = Date.now()): boolean {
+    const e = this.entries.get(name);
+    if (!e) return false;
+    this.removed.set(name, { version: e.version, uid: e.uid, at: now });
     return this.entries.delete(name);
+  }
+
+  /** Forgets removal records older than maxAgeMs. */
+  expireRemoved(maxAgeMs: number, now = Date.now()): void {
+    for (const [name, r] of this.removed) if (now - r.at > maxAgeMs) this.removed.delete(name);
   }
 
   all(): PeerEntry[] {
@@ -127,7 +148,7 @@ export class Topology {
     for (const name of this.entries.keys()) {
       if (!reachable.has(name)) gone.push(name);
     }
-    for (const name of gone) this.entries.delete(name);
+    for (const name of gone) this.remove(name);
     return gone;
   }
 

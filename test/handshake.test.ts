@@ -1,0 +1,119 @@
+import { mkdtempSync, rmSync } from 'node:fs';
+import net from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterEach, describe, expect, it } from 'vitest';
+import { silentLogger } from '../router/mesh/mesh.js';
+import { encodeHello, newEphemeralKey, HELLO_LENGTH } from '../router/mesh/protocol-crypto.js';
+import { Router } from '../router/router.js';
+import { buildReport } from '../router/report.js';
+import { eventually } from './harness/cluster.js';
+
+let routers: Router[] = [];
+let dirs: string[] = [];
+afterEach(async () => {
+  for (const r of routers) await r.stop();
+  for (const d of dirs) rmSync(d, { recursive: true, force: true });
+  routers = [];
+  dirs = [];
+});
+
+let nextPort = 20000 + Math.floor(Math.random() * 20000);
+async function start(nickname: string, password: string | null, peers: string[] = []): Promise<Router> {
+  const dataDir = mkdtempSync(join(tmpdir(), 'weft-hs-'));
+  dirs.push(dataDir);
+  const port = nextPort;
+  nextPort += 2;
+  const r = await Router.start(
+    {
+      dataDir,
+      port,
+      host: '127.0.0.1',
+      nickname,
+      password,
+      connLimit: 200,
+      discovery: true,
+      httpAddr: `127.0.0.1:${port + 1}`,
+      logLevel: 'info',
+      gossipInterval: 1000,
+      heartbeatInterval: 500,
+      peers,
+    },
+    silentLogger,
+  );
+  routers.push(r);
+  return r;
+}
+
+function report(r: Router) {
+  return buildReport({ mesh: r.mesh, maker: r.maker, failures: r.transport.failures, hasPassword: r.opts.password !== null, discovery: r.opts.discovery });
+}
+
+describe('mesh handshake over TCP', () => {
+  it('connects peers with the same password, encrypted', async () => {
+    const a = await start('a', 's3cret');
+    const b = await start('b', 's3cret', [`127.0.0.1:${a.opts.port}`]);
+    await eventually('established both ways', async () => a.mesh.connections.get(b.mesh.name)?.established && b.mesh.connections.get(a.mesh.name)?.established);
+    const conn = report(b).connections.find((c) => c.peer === a.mesh.name)!;
+    expect(conn.state).toBe('established');
+    expect(conn.info).toMatch(/encrypted/);
+  });
+
+  it('rejects a different password at once, with the reason on both sides', async () => {
+    const a = await start('a', 'one password');
+    const t0 = Date.now();
+    const b = await start('b', 'another password', [`127.0.0.1:${a.opts.port}`]);
+    const failed = await eventually('b to report the failure', async () => report(b).connections.find((c) => c.state === 'failed'), 5000, 20);
+    expect(Date.now() - t0).toBeLessThan(3000);
+    expect(failed.info).toMatch(/authentication failed: the remote uses a different password/);
+    await eventually('a to report the failure', async () => report(a).connections.find((c) => /different password/.test(c.info)), 5000, 20);
+    expect(a.mesh.connections.size).toBe(0);
+    expect(b.mesh.connections.size).toBe(0);
+  });
+
+  it('tells a peer without a password why it is refused', async () => {
+    const a = await start('a', 'pw');
+    const b = await start('b', null, [`127.0.0.1:${a.opts.port}`]);
+    const failed = await eventually('b to report the failure', async () => report(b).connections.find((c) => c.state === 'failed'), 5000, 20);
+    expect(failed.info).toMatch(/the remote requires a password and we have none/);
+    await eventually('a to report it', async () => report(a).connections.find((c) => /we have a password but the remote has none/.test(c.info)), 5000, 20);
+  });
+
+  it('survives garbage and oversized frames on its port, and keeps serving', async () => {
+    const a = await start('a', null);
+    const send = (bytes: Buffer) =>
+      new Promise<void>((resolve) => {
+        const s = net.connect({ host: '127.0.0.1', port: a.opts.port }, () => s.write(bytes));
+        s.on('data', () => undefined);
+        s.on('close', () => resolve());
+        s.on('error', () => resolve());
+      });
+    // Not a weft peer at all.
+    await send(Buffer.from('GET / HTTP/1.1\r\nHost: x\r\n\r\n'.padEnd(HELLO_LENGTH, ' ')));
+    // A valid hello, then a frame header announcing 4 GiB.
+    const hello = encodeHello({ min: 1, max: 1, hasPassword: false, publicKey: newEphemeralKey().publicKey });
+    await send(Buffer.concat([hello, Buffer.from([0xff, 0xff, 0xff, 0xff])]));
+    const reasons = report(a).connections.map((c) => c.info).join('\n');
+    expect(reasons).toMatch(/not a weft peer/);
+    expect(reasons).toMatch(/exceeds the limit/);
+    const b = await start('b', null, [`127.0.0.1:${a.opts.port}`]);
+    await eventually('a still accepts real peers', async () => a.mesh.connections.get(b.mesh.name)?.established);
+  });
+
+  it('keeps the peer name across restarts and reconnects', async () => {
+    const a = await start('a', null);
+    const dataDir = mkdtempSync(join(tmpdir(), 'weft-hs-'));
+    dirs.push(dataDir);
+    const opts = { ...a.opts, dataDir, nickname: 'b', port: nextPort, httpAddr: `127.0.0.1:${nextPort + 1}`, peers: [`127.0.0.1:${a.opts.port}`] };
+    nextPort += 2;
+    const b1 = await Router.start(opts, silentLogger);
+    await eventually('b1 connected', async () => a.mesh.connections.get(b1.mesh.name)?.established);
+    const { name, uid } = b1.mesh.config;
+    await b1.stop();
+    const b2 = await Router.start(opts, silentLogger);
+    routers.push(b2);
+    expect(b2.mesh.name).toBe(name);
+    expect(b2.mesh.config.uid).not.toBe(uid);
+    await eventually('b2 connected as the same peer', async () => a.mesh.connections.get(name)?.link.remote.uid === b2.mesh.config.uid);
+  });
+});

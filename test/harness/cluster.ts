@@ -1,0 +1,199 @@
+// Hosts made of network namespaces on one underlay segment (198.18.0.0/24 on a
+// bridge in its own namespace), a weft router per host, and the means to cut
+// links, kill and restart routers. Everything it makes is named with the test
+// run's id and removed by cleanup(), even when a test fails.
+import { randomBytes } from 'node:crypto';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { must, run, type ExecResult } from './exec.js';
+
+export const WEFT_CLI = fileURLToPath(new URL('../../dist/cli/weft.js', import.meta.url));
+
+function runPrefix(runId = process.env.WEFT_TEST_RUN ?? 'solo'): string {
+  return `wt${runId}`;
+}
+
+/** Removes every namespace of a test run, killing the processes inside first. */
+export async function cleanupRun(runId: string): Promise<void> {
+  const prefix = runPrefix(runId);
+  const list = await run('ip', ['netns', 'list']);
+  const names = list.stdout.split('\n').map((l) => l.split(' ')[0]).filter((n) => n.startsWith(prefix));
+  for (const ns of names) await removeNamespace(ns);
+}
+
+async function removeNamespace(ns: string): Promise<void> {
+  const pids = await run('ip', ['netns', 'pids', ns]);
+  for (const pid of pids.stdout.split('\n').map(Number).filter((p) => p > 0)) {
+    try {
+      process.kill(pid, 'SIGKILL');
+    } catch {
+      /* already gone */
+    }
+  }
+  await run('ip', ['netns', 'del', ns]);
+}
+
+export interface HostOptions {
+  /** Extra router arguments for every launch on this host. */
+  routerArgs?: string[];
+  env?: NodeJS.ProcessEnv;
+}
+
+export class Host {
+  readonly dataDir: string;
+  routerArgs: string[] = [];
+  env: NodeJS.ProcessEnv = {};
+
+  constructor(
+    readonly cluster: Cluster,
+    readonly index: number,
+    readonly ns: string,
+    readonly ip: string,
+    /** The underlay-side end of this host's link (in the underlay namespace). */
+    readonly uplink: string,
+  ) {
+    this.dataDir = join(cluster.workDir, `host${index}`);
+  }
+
+  get nickname(): string {
+    return `host${this.index}`;
+  }
+
+  /** Runs a command inside this host's namespace. */
+  exec(cmd: string, args: string[], opts: { timeoutMs?: number; env?: NodeJS.ProcessEnv } = {}): Promise<ExecResult> {
+    return run('ip', ['netns', 'exec', this.ns, cmd, ...args], { timeoutMs: opts.timeoutMs, env: { ...process.env, ...this.env, ...opts.env } });
+  }
+
+  /** Runs the weft CLI on this host, with its data dir. */
+  weft(args: string[], opts: { env?: NodeJS.ProcessEnv; timeoutMs?: number } = {}): Promise<ExecResult> {
+    return this.exec(process.execPath, [WEFT_CLI, ...args], { ...opts, env: { WEFT_DATA_DIR: this.dataDir, ...opts.env } });
+  }
+
+  async launch(peers: string[] = [], extra: string[] = [], env: NodeJS.ProcessEnv = {}): Promise<ExecResult> {
+    const r = await this.weft(['launch', '--nickname', this.nickname, ...this.routerArgs, ...extra, ...peers], { env, timeoutMs: 40_000 });
+    if (r.code !== 0) throw new Error(`weft launch on ${this.nickname} failed: ${r.stderr.trim()}`);
+    return r;
+  }
+
+  /** The pid of the running router, from its data dir. */
+  routerPid(): number | null {
+    try {
+      const info = JSON.parse(readFileSync(join(this.dataDir, 'router.json'), 'utf8')) as { pid: number };
+      return info.pid;
+    } catch {
+      return null;
+    }
+  }
+
+  /** Kills the router with SIGKILL (a crash: no goodbye to the peers). */
+  async kill(): Promise<void> {
+    const pid = this.routerPid();
+    if (!pid) throw new Error(`no router pid on ${this.nickname}`);
+    process.kill(pid, 'SIGKILL');
+    for (let i = 0; i < 100; i++) {
+      try {
+        process.kill(pid, 0);
+      } catch {
+        break;
+      }
+      await sleep(20);
+    }
+    // A killed router cannot remove its router.json; the CLI ignores stale ones, as it must.
+  }
+
+  async report<T = Record<string, unknown>>(): Promise<T> {
+    const r = await this.weft(['report', '--json']);
+    if (r.code !== 0) throw new Error(`weft report on ${this.nickname} failed: ${r.stderr.trim()}`);
+    return JSON.parse(r.stdout) as T;
+  }
+
+  /** Takes this host's underlay link down (a partition), or brings it back. */
+  async cut(): Promise<void> {
+    await must('ip', ['-n', this.cluster.underlayNs, 'link', 'set', this.uplink, 'down']);
+  }
+
+  async restore(): Promise<void> {
+    await must('ip', ['-n', this.cluster.underlayNs, 'link', 'set', this.uplink, 'up']);
+  }
+}
+
+export class Cluster {
+  readonly hosts: Host[] = [];
+  readonly workDir: string;
+  readonly id: string;
+  readonly underlayNs: string;
+  private cleaned = false;
+
+  private constructor() {
+    this.id = `${runPrefix()}${randomBytes(3).toString('hex')}`;
+    this.underlayNs = `${this.id}-ul`;
+    this.workDir = mkdtempSync(join(tmpdir(), `weft-${this.id}-`));
+  }
+
+  /** Creates n hosts on one underlay segment, 198.18.0.1 .. 198.18.0.n. */
+  static async create(n: number, opts: HostOptions = {}): Promise<Cluster> {
+    if (!existsSync(WEFT_CLI)) throw new Error(`${WEFT_CLI} is missing: run "npm run build" first (npm test does)`);
+    const c = new Cluster();
+    try {
+      await must('ip', ['netns', 'add', c.underlayNs]);
+      await must('ip', ['-n', c.underlayNs, 'link', 'add', 'br0', 'type', 'bridge']);
+      await must('ip', ['-n', c.underlayNs, 'link', 'set', 'br0', 'up']);
+      for (let i = 1; i <= n; i++) await c.addHost(i, opts);
+    } catch (err) {
+      await c.cleanup();
+      throw err;
+    }
+    return c;
+  }
+
+  private async addHost(i: number, opts: HostOptions): Promise<Host> {
+    const ns = `${this.id}-h${i}`;
+    const uplink = `h${i}`;
+    const ip = `198.18.0.${i}`;
+    await must('ip', ['netns', 'add', ns]);
+    await must('ip', ['-n', ns, 'link', 'set', 'lo', 'up']);
+    await must('ip', ['-n', this.underlayNs, 'link', 'add', uplink, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', ns]);
+    await must('ip', ['-n', this.underlayNs, 'link', 'set', uplink, 'master', 'br0', 'up']);
+    await must('ip', ['-n', ns, 'addr', 'add', `${ip}/24`, 'dev', 'eth0']);
+    await must('ip', ['-n', ns, 'link', 'set', 'eth0', 'up']);
+    const h = new Host(this, i, ns, ip, uplink);
+    h.routerArgs = opts.routerArgs ?? [];
+    h.env = opts.env ?? {};
+    this.hosts.push(h);
+    return h;
+  }
+
+  /** Kills every process in the hosts' namespaces, removes the namespaces and the work dir. */
+  async cleanup(): Promise<void> {
+    if (this.cleaned) return;
+    this.cleaned = true;
+    for (const h of this.hosts) await removeNamespace(h.ns);
+    await removeNamespace(this.underlayNs);
+    rmSync(this.workDir, { recursive: true, force: true });
+  }
+}
+
+export function sleep(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms));
+}
+
+/** Polls until check() returns a truthy value or the time runs out; the error says what was last seen. */
+export async function eventually<T>(what: string, check: () => Promise<T | null | undefined | false>, timeoutMs = 20_000, everyMs = 200): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  let last: unknown = null;
+  for (;;) {
+    try {
+      const v = await check();
+      if (v) return v;
+      last = v;
+    } catch (err) {
+      last = err;
+    }
+    if (Date.now() > deadline) {
+      throw new Error(`timed out after ${timeoutMs}ms waiting for ${what}; last: ${last instanceof Error ? last.message : JSON.stringify(last)}`);
+    }
+    await sleep(everyMs);
+  }
+}

@@ -1,0 +1,22 @@
+import { Mesh, defaultMeshTimings, silentLogger, type MeshConfig } from '../../router/mesh/mesh.js';
+import { newUid } from '../../router/identity.js';
+import { randomPeerName } from '../../router/mesh/peer-name.js';
+
+/** A mesh with fast timers, for in-process tests. */
+export function testMesh(nickname: string, over: Partial<MeshConfig> = {}): Mesh {
+  return new Mesh({
+    name: randomPeerName(),
+    nickname,
+    uid: newUid(),
+    port: 6783,
+    connLimit: 0,
+    ...defaultMeshTimings,
+    gossipDelay: 5,
+    gossipInterval: 200,
+    heartbeatInterval: 1000,
+    gcDelay: 100,
+    fullStateGossip: false,
+    log: silentLogger,
+    ...over,
+  });
+}
