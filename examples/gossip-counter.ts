@@ -72,6 +72,7 @@ export function makeMesh(nickname: string, port = 6783): Mesh {
     connLimit: 0,
     ...defaultMeshTimings,
     gossipDelay: 5,
+    routesDelay: 5,
     fullStateGossip: false,
     log: silentLogger,
   });

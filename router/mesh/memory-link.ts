@@ -61,8 +61,10 @@ function identity(m: Mesh): RemoteIdentity {
 /** Connects two meshes as if `a` had dialled `b`. Returns whether both accepted. */
 export function connectInMemory(a: Mesh, b: Mesh, direct = true): boolean {
   const connUid = randomBytes(8).readBigUInt64BE() ^ randomBytes(8).readBigUInt64BE();
-  const addrA = `mem-${a.name}:${a.config.port}`;
-  const addrB = `mem-${b.name}:${b.config.port}`;
+  // Addresses shaped like real ones (an IP from the name, the ephemeral port for the inbound side), so byte counts are realistic.
+  const ip = (m: Mesh) => `198.18.${parseInt(m.name.slice(12, 14), 16)}.${parseInt(m.name.slice(15, 17), 16)}`;
+  const addrA = `${ip(a)}:${40000 + Math.floor(Math.random() * 20000)}`;
+  const addrB = `${ip(b)}:${b.config.port}`;
   const la = new MemoryLink(identity(b), true, connUid, addrB, direct);
   const lb = new MemoryLink(identity(a), false, connUid, addrA, false);
   la.peer = lb;

@@ -35,6 +35,8 @@ export interface MeshConfig {
   heartbeatInterval: number;
   /** An unreachable peer is dropped from the topology after this long (ms). */
   gcDelay: number;
+  /** Topology changes are coalesced this long (ms) before reachability is checked and listeners told. */
+  routesDelay: number;
   /** Send whole states instead of deltas (Weave's method; for the benchmark baseline). */
   fullStateGossip: boolean;
   log: Logger;
@@ -45,6 +47,7 @@ export const defaultMeshTimings = {
   gossipDelay: 100,
   heartbeatInterval: 10_000,
   gcDelay: 1_000,
+  routesDelay: 100,
 };
 
 /** How long a removed peer's last version is remembered (stale copies ignored meanwhile). */
@@ -78,12 +81,13 @@ interface Channel {
 
 export class Mesh extends EventEmitter {
   readonly topology = new Topology();
-  routes: Routes;
+  private currentRoutes: Routes;
+  private routesStale = false;
   readonly connections = new Map<PeerName, MeshConnection>();
   readonly channels = new Map<string, Channel>();
   readonly stats = { messagesSent: 0, bytesSent: 0, messagesReceived: 0, bytesReceived: 0, gossipErrors: 0, protocolErrors: 0 };
   private version = 0;
-  private routesScheduled = false;
+  private routesTimer: NodeJS.Timeout | null = null;
   private readonly unreachableSince = new Map<PeerName, number>();
   private readonly surrogateSeen = new Set<string>();
   private timers: NodeJS.Timeout[] = [];
@@ -95,7 +99,7 @@ export class Mesh extends EventEmitter {
     super();
     this.log = config.log;
     this.updateLocalEntry();
-    this.routes = new Routes(this.topology, config.name);
+    this.currentRoutes = new Routes(this.topology, config.name);
     const topo = new TopologyGossiper(this.topology, {
       self: config.name,
       fullState: config.fullStateGossip,
@@ -111,6 +115,15 @@ export class Mesh extends EventEmitter {
 
   get name(): PeerName {
     return this.config.name;
+  }
+
+  /** Routes for the current topology, recomputed only when used after a change. */
+  get routes(): Routes {
+    if (this.routesStale) {
+      this.currentRoutes = new Routes(this.topology, this.name);
+      this.routesStale = false;
+    }
+    return this.currentRoutes;
   }
 
   get ownEntry(): PeerEntry {
@@ -133,7 +146,7 @@ export class Mesh extends EventEmitter {
     const ch = this.channels.get(channel);
     let data = update;
     if (this.config.fullStateGossip && ch) data = ch.gossiper.gossip() ?? update;
-    const targets = this.config.fullStateGossip ? this.neighbourNames(except) : this.randomNeighbours(except);
+    const targets = this.neighbourNames(except);
     for (const name of targets) this.enqueue(this.connections.get(name)!, channel, data);
   }
 
@@ -396,12 +409,13 @@ export class Mesh extends EventEmitter {
   }
 
   private scheduleRoutes(): void {
-    if (this.routesScheduled || this.stopped) return;
-    this.routesScheduled = true;
-    setImmediate(() => {
-      this.routesScheduled = false;
+    this.routesStale = true;
+    if (this.routesTimer || this.stopped) return;
+    this.routesTimer = setTimeout(() => {
+      this.routesTimer = null;
       this.recalculate();
-    });
+    }, this.config.routesDelay);
+    this.routesTimer.unref();
   }
 
   /** Recomputes routes and drops peers that stayed unreachable for gcDelay. */
@@ -424,7 +438,7 @@ export class Mesh extends EventEmitter {
       }
     }
     this.topology.expireRemoved(REMOVED_MEMORY_MS, now);
-    this.routes = new Routes(this.topology, this.name);
+    this.routesStale = true;
     if (this.unreachableSince.size > 0 && !this.gcTimer) {
       this.gcTimer = setTimeout(() => {
         this.gcTimer = null;
@@ -467,6 +481,7 @@ export class Mesh extends EventEmitter {
     this.stopped = true;
     for (const t of this.timers) clearInterval(t);
     if (this.gcTimer) clearTimeout(this.gcTimer);
+    if (this.routesTimer) clearTimeout(this.routesTimer);
     for (const conn of [...this.connections.values()]) this.closeConnection(conn, 'router is shutting down');
   }
 }

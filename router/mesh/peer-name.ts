@@ -39,6 +39,21 @@ export function randomPeerName(): PeerName {
   return [...b].map((x) => x.toString(16).padStart(2, '0')).join(':');
 }
 
+const HEX = Array.from({ length: 256 }, (_, i) => i.toString(16).padStart(2, '0'));
+const bytesCache = new Map<PeerName, Buffer>();
+
+/** Six bytes of a name; cached, since a process sees a bounded set of names. Do not modify the result. */
 export function peerNameToBytes(name: PeerName): Buffer {
-  return Buffer.from(name.replaceAll(':', ''), 'hex');
+  let b = bytesCache.get(name);
+  if (!b) {
+    b = Buffer.from(name.replaceAll(':', ''), 'hex');
+    if (bytesCache.size > 100_000) bytesCache.clear();
+    bytesCache.set(name, b);
+  }
+  return b;
+}
+
+export function peerNameFromBytes(b: Uint8Array): PeerName {
+  if (b.length !== 6) throw new Error('a peer name is six bytes');
+  return `${HEX[b[0]]}:${HEX[b[1]]}:${HEX[b[2]]}:${HEX[b[3]]}:${HEX[b[4]]}:${HEX[b[5]]}`;
 }

@@ -10,6 +10,8 @@ const MAX_ENTRIES_PER_UPDATE = 100_000;
 
 export class TopologyUpdate implements GossipData {
   readonly entries: Map<PeerName, PeerEntry>;
+  /** The same update usually goes to several neighbours: encode it once. */
+  private encoded: Uint8Array | null = null;
   constructor(entries: Iterable<PeerEntry>) {
     this.entries = new Map();
     for (const e of entries) this.add(e);
@@ -19,7 +21,8 @@ export class TopologyUpdate implements GossipData {
     if (!cur || compareEntries(e, cur) > 0) this.entries.set(e.name, e);
   }
   encode(): Uint8Array {
-    return pack([...this.entries.values()].map(entryToWire));
+    this.encoded ??= pack([...this.entries.values()].map(entryToWire));
+    return this.encoded;
   }
   merge(other: GossipData): GossipData {
     const merged = new TopologyUpdate(this.entries.values());

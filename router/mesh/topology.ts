@@ -1,6 +1,6 @@
 // The topology CRDT: one entry per peer, written only by that peer, merged by
 // (version, uid, content). Any two states merge to the same result in any order.
-import { isPeerName, type PeerName } from './peer-name.js';
+import { isPeerName, peerNameFromBytes, peerNameToBytes, type PeerName } from './peer-name.js';
 
 export interface ConnectionSummary {
   peer: PeerName;
@@ -31,10 +31,22 @@ function contentKey(e: PeerEntry): string {
   return JSON.stringify([e.nickname, e.port, e.connections.map((c) => [c.peer, c.addr, c.outbound, c.established])]);
 }
 
+function sameContent(a: PeerEntry, b: PeerEntry): boolean {
+  if (a.nickname !== b.nickname || a.port !== b.port || a.connections.length !== b.connections.length) return false;
+  for (let i = 0; i < a.connections.length; i++) {
+    const x = a.connections[i];
+    const y = b.connections[i];
+    if (x.peer !== y.peer || x.addr !== y.addr || x.outbound !== y.outbound || x.established !== y.established) return false;
+  }
+  return true;
+}
+
 /** >0 when a supersedes b. Total order on entries of one peer, so merge is a join. */
 export function compareEntries(a: PeerEntry, b: PeerEntry): number {
   if (a.version !== b.version) return a.version - b.version;
   if (a.uid !== b.uid) return a.uid > b.uid ? 1 : -1;
+  // Equal (version, uid) is the same entry in practice; the content order only breaks impossible ties.
+  if (a === b || sameContent(a, b)) return 0;
   const ka = contentKey(a);
   const kb = contentKey(b);
   return ka === kb ? 0 : ka > kb ? 1 : -1;
@@ -166,24 +178,38 @@ function isUint(n: unknown, max = Number.MAX_SAFE_INTEGER): n is number {
   return typeof n === 'number' && Number.isInteger(n) && n >= 0 && n <= max;
 }
 
-export function validateConnection(c: unknown): ConnectionSummary {
-  if (!Array.isArray(c) || c.length !== 4) throw new Error('connection summary is not a 4-tuple');
-  const [peer, addr, outbound, established] = c as unknown[];
-  if (!isPeerName(peer)) throw new Error('connection summary has an invalid peer name');
-  if (typeof addr !== 'string' || addr.length > 64) throw new Error('connection summary has an invalid address');
-  if (typeof outbound !== 'boolean' || typeof established !== 'boolean') throw new Error('connection summary flags are not booleans');
-  return { peer, addr, outbound, established };
+const OUTBOUND = 1;
+const ESTABLISHED = 2;
+
+function wireName(v: unknown, what: string): PeerName {
+  if (!(v instanceof Uint8Array) || v.length !== 6) throw new Error(`${what} has an invalid peer name`);
+  return peerNameFromBytes(v);
 }
 
-/** Entries travel as tuples to keep topology gossip small. */
+function validateConnection(c: unknown): ConnectionSummary {
+  if (!Array.isArray(c) || c.length !== 3) throw new Error('connection summary is not a 3-tuple');
+  const [peer, addr, flags] = c as unknown[];
+  if (typeof addr !== 'string' || addr.length > 64) throw new Error('connection summary has an invalid address');
+  if (!isUint(flags, 3)) throw new Error('connection summary has invalid flags');
+  return { peer: wireName(peer, 'connection summary'), addr, outbound: (flags & OUTBOUND) !== 0, established: (flags & ESTABLISHED) !== 0 };
+}
+
+/** Entries travel as tuples with binary names, to keep topology gossip small. */
 export function entryToWire(e: PeerEntry): unknown[] {
-  return [e.name, e.nickname, e.uid, e.version, e.port, e.connections.map((c) => [c.peer, c.addr, c.outbound, c.established])];
+  return [
+    peerNameToBytes(e.name),
+    e.nickname,
+    e.uid,
+    e.version,
+    e.port,
+    e.connections.map((c) => [peerNameToBytes(c.peer), c.addr, (c.outbound ? OUTBOUND : 0) | (c.established ? ESTABLISHED : 0)]),
+  ];
 }
 
 export function entryFromWire(w: unknown): PeerEntry {
   if (!Array.isArray(w) || w.length !== 6) throw new Error('peer entry is not a 6-tuple');
-  const [name, nickname, uid, version, port, conns] = w as unknown[];
-  if (!isPeerName(name)) throw new Error('peer entry has an invalid name');
+  const [rawName, nickname, uid, version, port, conns] = w as unknown[];
+  const name = wireName(rawName, 'peer entry');
   if (typeof nickname !== 'string' || nickname.length > MAX_NICKNAME) throw new Error('peer entry has an invalid nickname');
   if (typeof uid !== 'string' || !/^[0-9a-f]{16}$/.test(uid)) throw new Error('peer entry has an invalid uid');
   if (!isUint(version)) throw new Error('peer entry has an invalid version');

@@ -15,6 +15,7 @@ export function testMesh(nickname: string, over: Partial<MeshConfig> = {}): Mesh
     gossipInterval: 200,
     heartbeatInterval: 1000,
     gcDelay: 100,
+    routesDelay: 5,
     fullStateGossip: false,
     log: silentLogger,
     ...over,

@@ -1,0 +1,170 @@
+// Mesh scale: the real mesh code over in-memory links, N peers joining a sparse
+// random graph at once. Measures the time until every peer holds every other
+// peer's current entry, the gossip bytes and messages each peer sent, and heap
+// per peer; then the same graph with full-state gossip (Weave's method, the
+// anchor), and prints the ratios.
+//
+//   npm run build && node --expose-gc dist/bench/mesh-scale.js [--sizes 100,300,1000] [--seed 1]
+import { Mesh, defaultMeshTimings, silentLogger } from '../router/mesh/mesh.js';
+import { connectInMemory } from '../router/mesh/memory-link.js';
+
+interface Result {
+  peers: number;
+  mode: 'delta' | 'full';
+  edges: number;
+  convergeMs: number;
+  bytesPerPeer: number;
+  messagesPerPeer: number;
+  heapPerPeerKB: number;
+  cpuPerPeerMs: number;
+  converged: boolean;
+  /** After convergence: one new connection between two peers, until everyone has both changed entries. */
+  changeMs: number;
+  changeBytesPerPeer: number;
+}
+
+function arg(name: string, fallback: string): string {
+  const i = process.argv.indexOf(`--${name}`);
+  return i > 0 && process.argv[i + 1] ? process.argv[i + 1] : fallback;
+}
+
+/** A small seeded PRNG, so both modes get the very same graph. */
+function prng(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+/** Edges of a connected random graph with degree about 5-10: a random spanning tree plus random extra edges. */
+function graph(n: number, seed: number): [number, number][] {
+  const rnd = prng(seed);
+  const edges = new Set<string>();
+  const out: [number, number][] = [];
+  const add = (a: number, b: number) => {
+    if (a === b) return;
+    const k = a < b ? `${a}-${b}` : `${b}-${a}`;
+    if (edges.has(k)) return;
+    edges.add(k);
+    out.push([a, b]);
+  };
+  for (let i = 1; i < n; i++) add(i, Math.floor(rnd() * i));
+  const target = Math.round(n * 3.5); // mean degree about 7
+  while (out.length < target) add(Math.floor(rnd() * n), Math.floor(rnd() * n));
+  return out;
+}
+
+function name(i: number): string {
+  const h = (i + 0x020000000000).toString(16).padStart(12, '0');
+  return h.match(/../g)!.join(':');
+}
+
+function gc(): void {
+  (globalThis as { gc?: () => void }).gc?.();
+}
+
+async function run(n: number, mode: 'delta' | 'full', seed: number, timeoutMs: number): Promise<Result> {
+  gc();
+  const heapBefore = process.memoryUsage().heapUsed;
+  const meshes = Array.from(
+    { length: n },
+    (_, i) =>
+      new Mesh({
+        name: name(i),
+        nickname: `p${i}`,
+        uid: (i + 1).toString(16).padStart(16, '0'),
+        port: 6783,
+        connLimit: 0,
+        ...defaultMeshTimings,
+        fullStateGossip: mode === 'full',
+        log: silentLogger,
+      }),
+  );
+  const edges = graph(n, seed);
+  const cpu0 = process.cpuUsage();
+  const t0 = performance.now();
+  for (const [a, b] of edges) connectInMemory(meshes[a], meshes[b]);
+  const allHold = (names: Mesh[]) =>
+    meshes.every((m) => {
+      if (m.topology.entries.size !== n) return false;
+      for (const other of names) {
+        const e = m.topology.get(other.name);
+        if (!e || e.version !== other.ownEntry.version) return false;
+      }
+      return true;
+    });
+  let converged = false;
+  while (performance.now() - t0 < timeoutMs) {
+    await new Promise((r) => setTimeout(r, 25));
+    converged = allHold(meshes);
+    if (converged) break;
+  }
+  const convergeMs = performance.now() - t0;
+  const cpu = process.cpuUsage(cpu0);
+  // Let stragglers (Ready messages, last flushes) settle, then measure one change on its own.
+  await new Promise((r) => setTimeout(r, 500));
+  let changeMs = NaN;
+  let changeBytesPerPeer = NaN;
+  if (converged) {
+    const sent0 = meshes.reduce((b, m) => b + m.stats.bytesSent, 0);
+    let a = 0;
+    let b = 1;
+    while (meshes[a].connections.has(meshes[b].name)) b++;
+    const t1 = performance.now();
+    connectInMemory(meshes[a], meshes[b]);
+    await new Promise((r) => setTimeout(r, 5));
+    while (performance.now() - t1 < timeoutMs && !allHold([meshes[a], meshes[b]])) await new Promise((r) => setTimeout(r, 5));
+    changeMs = performance.now() - t1;
+    await new Promise((r) => setTimeout(r, 500));
+    changeBytesPerPeer = (meshes.reduce((s2, m) => s2 + m.stats.bytesSent, 0) - sent0) / n;
+  }
+  const cpuPerPeerMs = (cpu.user + cpu.system) / 1000 / n;
+  gc();
+  const heapPerPeerKB = (process.memoryUsage().heapUsed - heapBefore) / n / 1024;
+  let bytes = 0;
+  let messages = 0;
+  for (const m of meshes) {
+    bytes += m.stats.bytesSent;
+    messages += m.stats.messagesSent;
+  }
+  for (const m of meshes) m.stop();
+  await new Promise((r) => setTimeout(r, 50));
+  return { peers: n, mode, edges: edges.length, convergeMs, bytesPerPeer: bytes / n, messagesPerPeer: messages / n, heapPerPeerKB, cpuPerPeerMs, converged, changeMs, changeBytesPerPeer };
+}
+
+function fmtBytes(b: number): string {
+  return b > 1024 * 1024 ? `${(b / 1024 / 1024).toFixed(2)} MiB` : `${(b / 1024).toFixed(1)} KiB`;
+}
+
+async function main(): Promise<void> {
+  const sizes = arg('sizes', '100,300,1000').split(',').map(Number);
+  const seed = Number(arg('seed', '1'));
+  const timeoutMs = Number(arg('timeout', '300')) * 1000;
+  console.log(`mesh-scale: in-memory links, random graph (mean degree ~7), seed ${seed}, gossip delay ${defaultMeshTimings.gossipDelay} ms`);
+  console.log('All peers share this one thread, so wall time grows with N x CPU per peer; CPU per peer is what one real host would spend.');
+  console.log('Join: all edges at once, until every peer holds every entry. Change: then one new connection, until all hold it.');
+  console.log('peers  mode   edges  join time   cpu/peer   bytes sent/peer  msgs/peer  heap/peer  change time  change bytes/peer');
+  const rows: Result[] = [];
+  const modes = arg('modes', 'delta,full').split(',') as ('delta' | 'full')[];
+  for (const n of sizes) {
+    for (const mode of modes) {
+      const r = await run(n, mode, seed, timeoutMs);
+      rows.push(r);
+      console.log(
+        `${String(n).padStart(5)}  ${mode.padEnd(5)}  ${String(r.edges).padStart(5)}  ${(r.converged ? `${(r.convergeMs / 1000).toFixed(2)} s` : 'TIMEOUT').padStart(9)}  ${r.cpuPerPeerMs.toFixed(1).padStart(6)} ms  ${fmtBytes(r.bytesPerPeer).padStart(15)}  ${r.messagesPerPeer.toFixed(0).padStart(9)}  ${r.heapPerPeerKB.toFixed(0).padStart(6)} KiB  ${`${r.changeMs.toFixed(0)} ms`.padStart(11)}  ${fmtBytes(r.changeBytesPerPeer).padStart(17)}`,
+      );
+    }
+    const d = rows.find((r) => r.peers === n && r.mode === 'delta');
+    const f = rows.find((r) => r.peers === n && r.mode === 'full');
+    if (!d || !f) continue;
+    console.log(
+      `       ratio delta/full: time ${(d.convergeMs / f.convergeMs).toFixed(3)}, cpu ${(d.cpuPerPeerMs / f.cpuPerPeerMs).toFixed(3)}, bytes ${(d.bytesPerPeer / f.bytesPerPeer).toFixed(4)}, messages ${(d.messagesPerPeer / f.messagesPerPeer).toFixed(3)}; one change: time ${(d.changeMs / f.changeMs).toFixed(3)}, bytes ${(d.changeBytesPerPeer / f.changeBytesPerPeer).toFixed(4)}${d.converged && f.converged ? '' : ' (a run timed out: its time is a lower bound)'}`,
+    );
+  }
+}
+
+await main();
