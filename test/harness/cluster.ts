@@ -5,11 +5,22 @@
 import { randomBytes } from 'node:crypto';
 import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { must, run, type ExecResult } from './exec.js';
 
-export const WEFT_CLI = fileURLToPath(new URL('../../dist/cli/weft.js', import.meta.url));
+/** The project root: the nearest folder above this file with a package.json (works from test/ and dist/test/). */
+function projectRoot(): string {
+  let dir = dirname(fileURLToPath(import.meta.url));
+  while (!existsSync(join(dir, 'package.json'))) {
+    const up = dirname(dir);
+    if (up === dir) throw new Error('cannot find the project root');
+    dir = up;
+  }
+  return dir;
+}
+
+export const WEFT_CLI = join(projectRoot(), 'dist', 'cli', 'weft.js');
 
 function runPrefix(runId = process.env.WEFT_TEST_RUN ?? 'solo'): string {
   return `wt${runId}`;
