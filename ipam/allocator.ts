@@ -1,0 +1,714 @@
+// The allocator: hands out addresses from the ring's ranges this peer owns,
+// asks owners for space by unicast, starts the ring (consensus, seed or
+// observer), and never waits silently: every request that cannot be served
+// yet carries the reason, and fails with it after a bounded time.
+import type { Gossip, GossipData, Gossiper } from '../router/mesh/gossip.js';
+import type { Mesh } from '../router/mesh/mesh.js';
+import { pack, unpack } from '../router/mesh/messages.js';
+import type { PeerName } from '../router/mesh/peer-name.js';
+import { cidrEnd, contains, formatCidr, formatIp, hostRange, type Addr, type Cidr } from './addr.js';
+import { PaxosNode, nodeId, validatePaxos, type PaxosState } from './paxos.js';
+import { Ring, entryFromWire, entryToWire, sameOrigin, type RingEntry, type RingOrigin } from './ring.js';
+import type { IpamStore } from './store.js';
+
+export const IPAM_CHANNEL = 'ipam';
+
+export type InitMode = { kind: 'consensus'; quorum: number; peers: number } | { kind: 'seed'; seeds: PeerName[] } | { kind: 'observer' };
+
+export interface AllocatorConfig {
+  range: Cidr;
+  defaultSubnet: Cidr;
+  init: InitMode;
+  /** How long a request may wait for consensus or space before it fails with the reason. */
+  timeoutMs: number;
+  store: IpamStore | null;
+}
+
+export type IpamErrorCode = 'pending' | 'full' | 'conflict' | 'not-found' | 'invalid' | 'refused';
+
+export class IpamError extends Error {
+  constructor(
+    readonly code: IpamErrorCode,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+interface Pending {
+  kind: 'allocate' | 'claim' | 'prime';
+  ident: string;
+  subnet: Cidr;
+  addr?: Addr;
+  since: number;
+  deadline: number;
+  reason: string;
+  resolve: (v: Cidr & { addr: Addr }) => void;
+  reject: (e: IpamError) => void;
+}
+
+/** One gossip update on the IPAM channel: ring entries (with the ring's origin) and/or Paxos state. */
+class IpamUpdate implements GossipData {
+  constructor(
+    readonly origin: RingOrigin | null,
+    readonly entries: RingEntry[],
+    readonly paxos: PaxosState | null,
+  ) {}
+  encode(): Uint8Array {
+    return pack({ o: this.origin ? [this.origin.start, this.origin.end, this.origin.seeds] : null, r: this.entries.map(entryToWire), p: this.paxos });
+  }
+  merge(other: GossipData): GossipData {
+    const o = other as IpamUpdate;
+    const byToken = new Map(this.entries.map((e) => [e.token, e]));
+    for (const e of o.entries) {
+      const cur = byToken.get(e.token);
+      if (!cur || e.version >= cur.version) byToken.set(e.token, e);
+    }
+    return new IpamUpdate(o.origin ?? this.origin, [...byToken.values()], o.paxos ?? this.paxos);
+  }
+}
+
+function decodeOrigin(v: unknown): RingOrigin | null {
+  if (v === null || v === undefined) return null;
+  if (!Array.isArray(v) || v.length !== 3) throw new Error('ring origin is malformed');
+  const [start, end, seeds] = v as unknown[];
+  if (typeof start !== 'number' || typeof end !== 'number' || !(start < end) || !Array.isArray(seeds) || seeds.length > 10_000) throw new Error('ring origin is malformed');
+  if (!seeds.every((s) => typeof s === 'string' && /^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/.test(s))) throw new Error('ring origin seeds are malformed');
+  return { start, end, seeds: seeds as PeerName[] };
+}
+
+function decodeUpdate(bytes: Uint8Array): { origin: RingOrigin | null; entries: RingEntry[]; paxos: PaxosState | null } {
+  const v = unpack(bytes) as { o?: unknown; r?: unknown; p?: unknown };
+  if (typeof v !== 'object' || v === null) throw new Error('ipam update is not a map');
+  if (v.r !== undefined && (!Array.isArray(v.r) || v.r.length > 1_000_000)) throw new Error('ipam ring entries are malformed');
+  return {
+    origin: decodeOrigin(v.o),
+    entries: ((v.r as unknown[] | undefined) ?? []).map(entryFromWire),
+    paxos: v.p === null || v.p === undefined ? null : validatePaxos(v.p),
+  };
+}
+
+type Unicast =
+  | { t: 'req'; id: number; s: Addr; p: number; a?: Addr }
+  | { t: 'grant'; id: number; o: unknown; r: unknown[] }
+  | { t: 'deny'; id: number; why: string }
+  | { t: 'want' }
+  | { t: 'ring'; o: unknown; r: unknown[] };
+
+export class Allocator implements Gossiper {
+  ring: Ring | null = null;
+  private paxos: PaxosNode | null = null;
+  /** Addresses per container (ident), and the reverse. */
+  readonly owned = new Map<string, Addr[]>();
+  private readonly byAddr = new Map<Addr, string>();
+  private readonly pending = new Set<Pending>();
+  readonly conflicts: string[] = [];
+  private readonly channel: Gossip;
+  private tick: NodeJS.Timeout;
+  private requestId = 0;
+  private outstanding: { id: number; peer: PeerName; at: number } | null = null;
+  /** Donors that said no recently: skipped for a while. */
+  private readonly denied = new Map<PeerName, number>();
+  private freeDirty = false;
+  private initStarted = false;
+
+  constructor(
+    private readonly mesh: Mesh,
+    readonly config: AllocatorConfig,
+  ) {
+    this.channel = mesh.registerChannel(IPAM_CHANNEL, this);
+    if (config.store) {
+      const saved = config.store.load();
+      if (saved.ring) this.ring = saved.ring;
+      for (const [ident, addrs] of saved.owned) for (const a of addrs) this.record(ident, a);
+    }
+    if (!this.ring && config.init.kind === 'seed') this.createRing(config.init.seeds);
+    this.tick = setInterval(() => this.onTick(), 1000);
+    this.tick.unref();
+    mesh.on('topology', () => this.retryPending());
+  }
+
+  get self(): PeerName {
+    return this.mesh.name;
+  }
+
+  stop(): void {
+    clearInterval(this.tick);
+    for (const p of this.pending) p.reject(new IpamError('refused', 'the router is shutting down'));
+    this.pending.clear();
+  }
+
+  // ------------------------------------------------------------------ requests
+
+  /** An address for `ident` in `subnet` (default subnet if none): the lowest free one. Idempotent per ident and subnet. */
+  allocate(ident: string, subnet: Cidr = this.config.defaultSubnet, timeoutMs = this.config.timeoutMs): Promise<Cidr & { addr: Addr }> {
+    this.checkSubnet(subnet);
+    return this.enqueue({ kind: 'allocate', ident, subnet }, timeoutMs);
+  }
+
+  /** Claims a given address for `ident`. */
+  claim(ident: string, addr: Addr, subnet: Cidr, timeoutMs = this.config.timeoutMs): Promise<Cidr & { addr: Addr }> {
+    if (!contains(this.config.range, { start: addr, prefix: 32 })) {
+      // Outside the range weft manages: recorded, nobody else hands it out (as Weave does).
+      this.record(ident, addr);
+      return this.persist().then(() => ({ ...subnet, addr }));
+    }
+    return this.enqueue({ kind: 'claim', ident, subnet, addr }, timeoutMs);
+  }
+
+  /** Waits until the ring exists (starting consensus if needed). */
+  prime(timeoutMs = this.config.timeoutMs): Promise<void> {
+    return this.enqueue({ kind: 'prime', ident: '', subnet: this.config.range }, timeoutMs).then(() => undefined);
+  }
+
+  lookup(ident: string): Addr[] {
+    return this.owned.get(ident) ?? [];
+  }
+
+  /** Frees one address, or all of a container's. */
+  async free(ident: string, addr?: Addr): Promise<Addr[]> {
+    const addrs = this.owned.get(ident);
+    if (!addrs || addrs.length === 0) throw new IpamError('not-found', `no addresses for ${ident}`);
+    const gone = addr === undefined ? [...addrs] : addrs.includes(addr) ? [addr] : [];
+    if (gone.length === 0) throw new IpamError('not-found', `${formatIp(addr!)} is not allocated to ${ident}`);
+    for (const a of gone) this.unrecord(ident, a);
+    for (const p of this.pending) if (p.ident === ident) this.fail(p, new IpamError('refused', `request for ${ident} cancelled: its addresses were freed`));
+    this.freeDirty = true;
+    await this.persist();
+    return gone;
+  }
+
+  private checkSubnet(subnet: Cidr): void {
+    if (!contains(this.config.range, subnet)) {
+      throw new IpamError('invalid', `subnet ${formatCidr(subnet)} is not inside the allocation range ${formatCidr(this.config.range)}`);
+    }
+    if (subnet.prefix > 30) throw new IpamError('invalid', `subnet ${formatCidr(subnet)} is too small (at most /30)`);
+  }
+
+  private enqueue(op: Pick<Pending, 'kind' | 'ident' | 'subnet' | 'addr'>, timeoutMs: number): Promise<Cidr & { addr: Addr }> {
+    return new Promise((resolve, reject) => {
+      const now = Date.now();
+      const p: Pending = { ...op, since: now, deadline: now + timeoutMs, reason: 'starting', resolve, reject };
+      this.pending.add(p);
+      this.ensureRing();
+      this.attempt(p);
+    });
+  }
+
+  private fail(p: Pending, e: IpamError): void {
+    this.pending.delete(p);
+    p.reject(e);
+  }
+
+  /** Tries to satisfy one pending request; otherwise records why not. */
+  private attempt(p: Pending): void {
+    if (!this.pending.has(p)) return;
+    if (!this.ring) {
+      p.reason = this.waitingForRingReason();
+      return;
+    }
+    if (p.kind === 'prime') {
+      this.pending.delete(p);
+      p.resolve({ ...this.config.range, addr: 0 });
+      return;
+    }
+    if (p.kind === 'claim') return this.attemptClaim(p);
+    const mine = this.owned.get(p.ident)?.find((a) => a >= p.subnet.start && a < cidrEnd(p.subnet));
+    if (mine !== undefined) return this.done(p, mine);
+    const addr = this.lowestFree(p.subnet);
+    if (addr !== null) {
+      this.record(p.ident, addr);
+      return this.done(p, addr);
+    }
+    this.askForSpace(p);
+  }
+
+  private attemptClaim(p: Pending): void {
+    const addr = p.addr!;
+    const holder = this.byAddr.get(addr);
+    if (holder === p.ident) return this.done(p, addr);
+    if (holder !== undefined) return this.fail(p, new IpamError('conflict', `${formatIp(addr)} is already allocated to ${holder}`));
+    const owner = this.ring!.ownerOf(addr);
+    if (owner === this.self) {
+      this.record(p.ident, addr);
+      return this.done(p, addr);
+    }
+    this.askForSpace(p);
+  }
+
+  private done(p: Pending, addr: Addr): void {
+    this.pending.delete(p);
+    this.freeDirty = true;
+    this.persist().then(
+      () => p.resolve({ ...p.subnet, addr }),
+      (err: Error) => p.reject(new IpamError('refused', `could not persist the allocation: ${err.message}`)),
+    );
+  }
+
+  private retryPending(): void {
+    for (const p of [...this.pending]) this.attempt(p);
+  }
+
+  private onTick(): void {
+    const now = Date.now();
+    if (this.outstanding && now - this.outstanding.at > 2000) {
+      this.denied.set(this.outstanding.peer, now);
+      this.outstanding = null;
+    }
+    for (const [peer, at] of this.denied) if (now - at > 5000) this.denied.delete(peer);
+    if (!this.ring && this.paxos && this.pending.size > 0) {
+      // Re-propose while waiting: a lost round or a late quorum member must not stall the election.
+      this.paxos.propose();
+      this.paxos.think();
+      this.afterPaxos();
+    }
+    if (!this.ring && this.config.init.kind === 'observer' && this.pending.size > 0) this.askForRing();
+    this.retryPending();
+    for (const p of [...this.pending]) {
+      if (now >= p.deadline) {
+        this.fail(p, new IpamError('pending', `gave up after ${((now - p.since) / 1000).toFixed(0)}s: ${p.reason}`));
+      }
+    }
+    if (this.freeDirty) this.reportFree();
+  }
+
+  // ------------------------------------------------------------------ local space
+
+  private record(ident: string, addr: Addr): void {
+    const list = this.owned.get(ident) ?? [];
+    if (!list.includes(addr)) list.push(addr);
+    this.owned.set(ident, list);
+    this.byAddr.set(addr, ident);
+  }
+
+  private unrecord(ident: string, addr: Addr): void {
+    const list = (this.owned.get(ident) ?? []).filter((a) => a !== addr);
+    if (list.length === 0) this.owned.delete(ident);
+    else this.owned.set(ident, list);
+    this.byAddr.delete(addr);
+  }
+
+  /** The lowest address in the subnet's host range that this peer owns and has not handed out. */
+  private lowestFree(subnet: Cidr): Addr | null {
+    const [lo, hi] = hostRange(subnet);
+    for (const r of this.ring!.rangesOf(this.self)) {
+      const from = Math.max(lo, r.start);
+      const to = Math.min(hi, r.end);
+      for (let a = from; a < to; a++) if (!this.byAddr.has(a)) return a;
+    }
+    return null;
+  }
+
+  private freeIn(start: Addr, end: Addr): number {
+    let used = 0;
+    for (const a of this.byAddr.keys()) if (a >= start && a < end) used++;
+    return end - start - used;
+  }
+
+  /** Refreshes the free-space hints of our ring entries, so others know whom to ask. */
+  private reportFree(): void {
+    this.freeDirty = false;
+    if (!this.ring) return;
+    const changed: RingEntry[] = [];
+    for (const r of this.ring.rangesOf(this.self)) {
+      const e = this.ring.setFree(this.self, r.start, this.freeIn(r.start, r.end));
+      if (e) changed.push(e);
+    }
+    if (changed.length > 0) this.ringChanged(changed);
+  }
+
+  // ------------------------------------------------------------------ asking others for space
+
+  private askForSpace(p: Pending): void {
+    const ring = this.ring!;
+    const reachable = (peer: PeerName) => this.mesh.routes.unicastAll.has(peer);
+    const start = p.kind === 'claim' ? p.addr! : p.subnet.start;
+    const end = p.kind === 'claim' ? p.addr! + 1 : cidrEnd(p.subnet);
+    const candidates = ring
+      .ranges()
+      .filter((r) => r.entry.owner !== this.self && r.start < end && r.end > start && (p.kind === 'claim' || r.entry.free > 0));
+    if (candidates.length === 0) {
+      if (p.kind === 'claim') return this.fail(p, new IpamError('conflict', `${formatIp(p.addr!)} is not in any range of the ring`));
+      return this.fail(p, new IpamError('full', `${formatCidr(p.subnet)} is full: no free address on this peer or any other`));
+    }
+    const live = candidates.filter((r) => reachable(r.entry.owner) && !this.denied.has(r.entry.owner));
+    if (live.length === 0) {
+      const owners = [...new Set(candidates.map((r) => r.entry.owner))];
+      const dead = owners.filter((o) => !reachable(o));
+      p.reason =
+        dead.length === owners.length
+          ? `the free space in ${formatCidr(p.subnet)} is owned by unreachable peers (${owners.map((o) => this.describe(o)).join(', ')}); if they are gone for good, run: weft rmpeer NAME`
+          : `peers with space in ${formatCidr(p.subnet)} (${owners.map((o) => this.describe(o)).join(', ')}) have none to give right now; retrying`;
+      if (p.kind === 'claim' && dead.length === owners.length) p.reason = `${formatIp(p.addr!)} belongs to unreachable peer ${this.describe(owners[0])}; if it is gone for good, run: weft rmpeer ${owners[0]}`;
+      return;
+    }
+    if (this.outstanding) {
+      p.reason = `asking ${this.describe(this.outstanding.peer)} for space in ${formatCidr(p.subnet)}`;
+      return;
+    }
+    // Prefer the owner with the most free space.
+    live.sort((a, b) => b.entry.free - a.entry.free);
+    const donor = live[0].entry.owner;
+    const id = ++this.requestId;
+    this.outstanding = { id, peer: donor, at: Date.now() };
+    const msg: Unicast = { t: 'req', id, s: p.subnet.start, p: p.subnet.prefix, ...(p.kind === 'claim' ? { a: p.addr } : {}) };
+    this.channel.unicast(donor, pack(msg));
+    p.reason = p.kind === 'claim' ? `asking ${this.describe(donor)} for ${formatIp(p.addr!)}` : `asking ${this.describe(donor)} for space in ${formatCidr(p.subnet)}`;
+  }
+
+  /** Donor side: give part of our free space in the subnet (the upper half of our largest aligned free block). */
+  private onSpaceRequest(src: PeerName, m: Extract<Unicast, { t: 'req' }>): void {
+    const reply = (u: Unicast): void => {
+      this.channel.unicast(src, pack(u));
+    };
+    if (!this.ring) return reply({ t: 'deny', id: m.id, why: 'no ring here yet' });
+    if (m.a !== undefined) {
+      const owner = this.ring.ownerOf(m.a);
+      if (owner !== this.self) return reply({ t: 'deny', id: m.id, why: `${formatIp(m.a)} is not owned by ${this.describe(this.self)}` });
+      const holder = this.byAddr.get(m.a);
+      if (holder !== undefined) return reply({ t: 'deny', id: m.id, why: `${formatIp(m.a)} is allocated to ${holder} on ${this.describe(this.self)}` });
+      return this.grantTo(src, m.id, m.a, m.a + 1);
+    }
+    // Only addresses the requester can hand out: the subnet's host range.
+    const [subnetStart, subnetEnd] = hostRange({ start: m.s, prefix: m.p });
+    let best: [Addr, number] | null = null;
+    for (const r of this.ring.rangesOf(this.self)) {
+      const from = Math.max(r.start, subnetStart);
+      const to = Math.min(r.end, subnetEnd);
+      let a = from;
+      while (a < to) {
+        if (this.byAddr.has(a)) {
+          a++;
+          continue;
+        }
+        let b = a;
+        while (b < to && !this.byAddr.has(b)) b++;
+        // Largest aligned block inside the free run [a, b).
+        let x = a;
+        while (x < b) {
+          let size = 1;
+          while (x % (size * 2) === 0 && x + size * 2 <= b) size *= 2;
+          if (!best || size > best[1]) best = [x, size];
+          x += size;
+        }
+        a = b;
+      }
+    }
+    if (!best) return reply({ t: 'deny', id: m.id, why: `no free space in ${formatIp(subnetStart)}/${m.p}` });
+    const [blockStart, size] = best;
+    const give = size >= 2 ? size / 2 : 1;
+    this.grantTo(src, m.id, blockStart + size - give, blockStart + size);
+  }
+
+  private grantTo(peer: PeerName, id: number, start: Addr, end: Addr): void {
+    const changed = this.ring!.grant(this.self, start, end, peer);
+    this.mesh.log.info({ to: peer, range: `${formatIp(start)}-${formatIp(end - 1)}` }, 'ipam: gave space');
+    this.ringChanged(changed);
+    this.channel.unicast(peer, pack({ t: 'grant', id, o: this.originWire(), r: changed.map(entryToWire) } satisfies Unicast));
+    this.freeDirty = true;
+  }
+
+  onUnicast(src: PeerName, payload: Uint8Array): void {
+    const m = unpack(payload) as Unicast;
+    if (typeof m !== 'object' || m === null || typeof (m as { t?: unknown }).t !== 'string') throw new Error('ipam unicast is malformed');
+    switch (m.t) {
+      case 'req':
+        if (!Number.isInteger(m.id) || !Number.isInteger(m.s) || !Number.isInteger(m.p) || m.p < 0 || m.p > 32 || (m.a !== undefined && !Number.isInteger(m.a))) {
+          throw new Error('ipam space request is malformed');
+        }
+        return this.onSpaceRequest(src, m);
+      case 'grant':
+      case 'ring': {
+        const origin = decodeOrigin(m.o);
+        const entries = (Array.isArray(m.r) ? m.r : []).map(entryFromWire);
+        if (m.t === 'grant' && this.outstanding?.id === m.id) this.outstanding = null;
+        if (origin) this.receiveRing(origin, entries);
+        this.retryPending();
+        return;
+      }
+      case 'deny':
+        if (this.outstanding?.id === m.id) {
+          this.denied.set(this.outstanding.peer, Date.now());
+          this.outstanding = null;
+        }
+        this.mesh.log.info({ from: src, why: String(m.why).slice(0, 200) }, 'ipam: space request denied');
+        this.retryPending();
+        return;
+      case 'want':
+        if (this.ring) this.channel.unicast(src, pack({ t: 'ring', o: this.originWire(), r: this.ring.all().map(entryToWire) } satisfies Unicast));
+        return;
+      default:
+        throw new Error('ipam unicast has an unknown type');
+    }
+  }
+
+  // ------------------------------------------------------------------ ring start
+
+  private originWire(): unknown {
+    const o = this.ring!.origin;
+    return [o.start, o.end, o.seeds];
+  }
+
+  private createRing(seeds: PeerName[]): void {
+    const r = this.config.range;
+    this.ring = Ring.create({ start: r.start, end: cidrEnd(r), seeds: [...new Set(seeds)].sort() });
+    this.paxos = null;
+    this.mesh.log.info({ seeds: this.ring.origin.seeds }, 'ipam: ring created');
+    this.freeDirty = true;
+    this.ringChanged(this.ring.all());
+  }
+
+  /** Starts whatever gives us a ring: an election, or asking others. Lazy, as Weave: only when first needed. */
+  private ensureRing(): void {
+    if (this.ring) return;
+    const init = this.config.init;
+    if (init.kind === 'observer') {
+      this.askForRing();
+      return;
+    }
+    if (init.kind !== 'consensus') return;
+    if (!this.paxos) this.paxos = new PaxosNode(nodeId(this.self, this.mesh.config.uid), init.quorum);
+    if (!this.initStarted) {
+      this.initStarted = true;
+      this.paxos.propose();
+    }
+    this.paxos.think();
+    this.afterPaxos();
+  }
+
+  private askForRing(): void {
+    for (const name of this.mesh.connections.keys()) this.channel.unicast(name, pack({ t: 'want' } satisfies Unicast));
+  }
+
+  private afterPaxos(): void {
+    const value = this.paxos?.consensus();
+    if (value) {
+      this.createRing(value);
+      this.retryPending();
+      return;
+    }
+    if (this.paxos) this.channel.gossipUpdate(new IpamUpdate(null, [], this.paxos.knows));
+  }
+
+  private waitingForRingReason(): string {
+    const init = this.config.init;
+    if (init.kind === 'observer') return 'waiting for a peer that has the ring (this peer is an observer and does not vote)';
+    if (init.kind === 'seed') return 'waiting for the ring from the seed peers';
+    const heard = this.paxos?.electors() ?? [this.self];
+    const inMesh = [...this.mesh.topology.entries.keys()];
+    const silent = inMesh.filter((n) => !heard.includes(n));
+    const source = init.peers > 0 ? `${init.peers} peers given to launch, plus this one` : `--ipalloc-init consensus=${init.quorum * 2 - 1}`;
+    let why = `awaiting consensus: heard from ${heard.length} of the ${init.quorum} peers needed (quorum from ${source}): ${heard.map((n) => this.describe(n)).join(', ')}`;
+    if (silent.length > 0) why += `; not yet voting: ${silent.map((n) => this.describe(n)).join(', ')}`;
+    if (inMesh.length < init.quorum) why += `; only ${inMesh.length} peer(s) in the mesh: connect the others (weft connect) or lower the quorum (--ipalloc-init consensus=N)`;
+    return why;
+  }
+
+  private describe(name: PeerName): string {
+    const nick = this.mesh.topology.get(name)?.nickname;
+    return nick ? `${name}(${nick})` : name;
+  }
+
+  // ------------------------------------------------------------------ gossip
+
+  private fullState(): IpamUpdate | null {
+    if (this.ring) return new IpamUpdate(this.ring.origin, this.ring.all(), null);
+    if (this.paxos) return new IpamUpdate(null, [], this.paxos.knows);
+    return null;
+  }
+
+  gossip(): GossipData | null {
+    return this.fullState();
+  }
+
+  onGossip(update: Uint8Array): GossipData | null {
+    const u = decodeUpdate(update);
+    if (u.origin) {
+      const changed = this.receiveRing(u.origin, u.entries);
+      this.retryPending();
+      return changed.length > 0 ? new IpamUpdate(this.ring!.origin, changed, null) : null;
+    }
+    if (u.paxos && !this.ring && this.config.init.kind === 'consensus') {
+      if (!this.paxos) this.paxos = new PaxosNode(nodeId(this.self, this.mesh.config.uid), this.config.init.quorum);
+      const learnt = this.paxos.update(u.paxos);
+      const mine = this.paxos.think();
+      const value = this.paxos.consensus();
+      if (value) {
+        this.createRing(value);
+        this.retryPending();
+        return null;
+      }
+      return learnt || mine ? new IpamUpdate(null, [], this.paxos.knows) : null;
+    }
+    return null;
+  }
+
+  /** Merges a ring from a peer; returns the entries that changed ours. */
+  private receiveRing(origin: RingOrigin, entries: RingEntry[]): RingEntry[] {
+    if (!this.ring) {
+      if (origin.start !== this.config.range.start || origin.end !== cidrEnd(this.config.range)) {
+        this.noteConflict(`a peer uses the allocation range ${formatIp(origin.start)}-${formatIp(origin.end - 1)}, this one ${formatCidr(this.config.range)}: start all peers with the same --ipalloc-range`);
+        return [];
+      }
+      this.ring = new Ring(origin);
+      this.paxos = null;
+      this.mesh.log.info({ seeds: origin.seeds }, 'ipam: ring received');
+    } else if (!sameOrigin(this.ring.origin, origin)) {
+      this.noteConflict(
+        `a peer's ring was started by [${origin.seeds.join(', ')}], ours by [${this.ring.origin.seeds.join(', ')}]: two parts of the mesh started IPAM separately. Keep one: run weft reset on the peers of the other part`,
+      );
+      return [];
+    }
+    const changed = this.ring.merge(entries);
+    if (changed.length === 0) return [];
+    // A range we still use that the ring now gives to another peer: keep it, say so loudly.
+    const reassert: RingEntry[] = [];
+    for (const e of changed) {
+      if (e.owner === this.self) continue;
+      const r = this.ring.ranges().find((x) => x.start === e.token)!;
+      let inUse = 0;
+      for (const a of this.byAddr.keys()) if (a >= r.start && a < r.end) inUse++;
+      if (inUse > 0) {
+        const kept = { ...e, owner: this.self, version: e.version + 1 };
+        this.ring.merge([kept]);
+        reassert.push(kept);
+        this.noteConflict(`peer ${this.describe(e.owner)} took over ${formatIp(r.start)}-${formatIp(r.end - 1)}, where this peer has ${inUse} address(es) in use; kept it`);
+      }
+    }
+    this.ringChanged([...changed, ...reassert], false);
+    if (reassert.length > 0) this.channel.gossipUpdate(new IpamUpdate(this.ring.origin, reassert, null));
+    return changed;
+  }
+
+  private noteConflict(msg: string): void {
+    if (!this.conflicts.includes(msg)) {
+      this.conflicts.push(msg);
+      if (this.conflicts.length > 10) this.conflicts.shift();
+      this.mesh.log.warn({ conflict: msg }, 'ipam conflict');
+    }
+  }
+
+  /** After a local or merged ring change: persist, and spread local changes. */
+  private ringChanged(changed: RingEntry[], spread = true): void {
+    void this.persist();
+    if (spread && changed.length > 0) this.channel.gossipUpdate(new IpamUpdate(this.ring!.origin, changed, null));
+  }
+
+  digest(): Uint8Array {
+    return pack({ o: this.ring ? this.originWire() : null, d: this.ring ? this.ring.all().map((e) => [e.token, e.version]) : [] });
+  }
+
+  compareDigest(digest: Uint8Array): { update: GossipData | null; remoteHasMore: boolean } {
+    const v = unpack(digest) as { o?: unknown; d?: unknown };
+    if (typeof v !== 'object' || v === null || !Array.isArray(v.d)) throw new Error('ipam digest is malformed');
+    const theirOrigin = decodeOrigin(v.o);
+    if (!this.ring) return { update: this.fullState(), remoteHasMore: theirOrigin !== null };
+    if (!theirOrigin) return { update: this.fullState(), remoteHasMore: false };
+    if (!sameOrigin(theirOrigin, this.ring.origin)) return { update: null, remoteHasMore: false };
+    const theirs = new Map<number, number>();
+    for (const d of v.d as unknown[]) {
+      if (Array.isArray(d) && typeof d[0] === 'number' && typeof d[1] === 'number') theirs.set(d[0], d[1]);
+    }
+    const newer = this.ring.all().filter((e) => (theirs.get(e.token) ?? -1) < e.version);
+    let remoteHasMore = false;
+    for (const [token, version] of theirs) {
+      const ours = this.ring.entries.get(token);
+      if (!ours || ours.version < version) remoteHasMore = true;
+    }
+    return { update: newer.length > 0 ? new IpamUpdate(this.ring.origin, newer, null) : null, remoteHasMore };
+  }
+
+  // ------------------------------------------------------------------ removal
+
+  /** Takes over every range of a peer that is gone for good. Refuses for a reachable peer. */
+  async rmpeer(who: string): Promise<{ peer: PeerName; addresses: number }> {
+    if (!this.ring) throw new IpamError('refused', 'IPAM has no ring yet: nothing to take over');
+    const owners = new Set(this.ring.all().map((e) => e.owner));
+    let peer: PeerName | undefined = owners.has(who) ? who : undefined;
+    if (!peer) {
+      for (const e of this.mesh.topology.entries.values()) if (e.nickname === who && owners.has(e.name)) peer = e.name;
+    }
+    if (!peer) throw new IpamError('not-found', `no peer "${who}" owns part of the ring; owners: ${[...owners].map((o) => this.describe(o)).join(', ')}`);
+    if (peer === this.self) throw new IpamError('refused', 'cannot rmpeer this peer itself (use weft reset to leave)');
+    if (this.mesh.routes.unicastAll.has(peer)) {
+      throw new IpamError('refused', `peer ${this.describe(peer)} is alive (reachable through the mesh); rmpeer is only for peers that are gone for good`);
+    }
+    const size = this.ring.rangesOf(peer).reduce((n, r) => n + (r.end - r.start), 0);
+    const changed = this.ring.transfer(peer, this.self);
+    this.freeDirty = true;
+    this.ringChanged(changed);
+    await this.persist();
+    this.retryPending();
+    return { peer, addresses: size };
+  }
+
+  /** Leaving: hands our ranges to a live peer. Returns who got them (null when nobody could). */
+  leave(): PeerName | null {
+    if (!this.ring) return null;
+    const live = [...this.mesh.connections.keys()].sort();
+    const heir = live.find((n) => this.ring!.rangesOf(n).length > 0) ?? live[0] ?? null;
+    if (!heir) return null;
+    const changed = this.ring.transfer(this.self, heir);
+    this.ringChanged(changed);
+    return heir;
+  }
+
+  // ------------------------------------------------------------------ status
+
+  status(): IpamStatus {
+    const now = Date.now();
+    const shares = this.ring?.shares() ?? new Map();
+    const total = cidrEnd(this.config.range) - this.config.range.start;
+    let state: string;
+    if (this.ring) state = 'ready';
+    else if (this.pending.size === 0 && !this.initStarted) state = 'idle (the ring starts with the first allocation, or with weft prime)';
+    else state = this.waitingForRingReason();
+    return {
+      range: formatCidr(this.config.range),
+      defaultSubnet: formatCidr(this.config.defaultSubnet),
+      init: this.config.init.kind === 'consensus' ? `consensus (quorum ${this.config.init.quorum})` : this.config.init.kind === 'seed' ? `seed (${this.config.init.seeds.join(', ')})` : 'observer',
+      state,
+      seeds: this.ring?.origin.seeds ?? [],
+      totalAddresses: total,
+      allocatedHere: this.byAddr.size,
+      peers: [...shares].map(([name, s]) => ({
+        name,
+        nickname: this.mesh.topology.get(name)?.nickname ?? null,
+        addresses: s.size,
+        free: s.free,
+        percent: (100 * s.size) / total,
+        reachable: name === this.self || this.mesh.routes.unicastAll.has(name),
+      })),
+      pending: [...this.pending].map((p) => ({
+        kind: p.kind,
+        ident: p.ident,
+        subnet: formatCidr(p.subnet),
+        addr: p.addr === undefined ? undefined : formatIp(p.addr),
+        waitingMs: now - p.since,
+        reason: p.reason,
+      })),
+      conflicts: [...this.conflicts],
+      owned: [...this.owned].map(([ident, addrs]) => ({ ident, addresses: addrs.map(formatIp) })),
+      entries: this.ring?.all().map((e) => ({ token: formatIp(e.token), owner: e.owner, version: e.version, free: e.free })) ?? [],
+    };
+  }
+
+  private persist(): Promise<void> {
+    return this.config.store ? this.config.store.save(this.ring, this.owned) : Promise.resolve();
+  }
+}
+
+export interface IpamStatus {
+  range: string;
+  defaultSubnet: string;
+  init: string;
+  state: string;
+  seeds: PeerName[];
+  totalAddresses: number;
+  allocatedHere: number;
+  peers: { name: PeerName; nickname: string | null; addresses: number; free: number; percent: number; reachable: boolean }[];
+  pending: { kind: string; ident: string; subnet: string; addr?: string; waitingMs: number; reason: string }[];
+  conflicts: string[];
+  owned: { ident: string; addresses: string[] }[];
+  entries: { token: string; owner: PeerName; version: number; free: number }[];
+}

@@ -1,0 +1,79 @@
+// IPAM's persistent state in the data directory (lmdb, transactional): the
+// ring and every container's addresses, so a restarted router, even after
+// kill -9, hands out nothing twice.
+import { open, type RootDatabase } from 'lmdb';
+import { join } from 'node:path';
+import { formatCidr, type Cidr } from './addr.js';
+import { Ring, entryFromWire, entryToWire } from './ring.js';
+import type { PeerName } from '../router/mesh/peer-name.js';
+
+const FORMAT = 1;
+
+interface Meta {
+  format: number;
+  range: string;
+  peer: PeerName;
+}
+
+export class IpamStore {
+  private readonly db: RootDatabase;
+
+  constructor(
+    readonly dir: string,
+    private readonly range: Cidr,
+    private readonly peer: PeerName,
+  ) {
+    this.db = open({ path: join(dir, 'ipam'), compression: false });
+    const meta = this.db.get('meta') as Meta | undefined;
+    if (meta) {
+      if (meta.format !== FORMAT) throw new Error(`the IPAM data in ${join(dir, 'ipam')} has format ${meta.format}; this weft reads ${FORMAT}`);
+      if (meta.range !== formatCidr(range)) {
+        this.db.close();
+        throw new Error(
+          `the IPAM data in ${join(dir, 'ipam')} is for --ipalloc-range ${meta.range}, but this router was started with ${formatCidr(range)}. ` +
+            `Start it with --ipalloc-range ${meta.range}, or run weft reset (or remove that folder) to start IPAM afresh on this peer`,
+        );
+      }
+      if (meta.peer !== peer) {
+        this.db.close();
+        throw new Error(`the IPAM data in ${join(dir, 'ipam')} belongs to peer ${meta.peer}, not ${peer}; remove that folder (or run weft reset) to start IPAM afresh`);
+      }
+    } else {
+      this.db.putSync('meta', { format: FORMAT, range: formatCidr(range), peer } satisfies Meta);
+    }
+  }
+
+  load(): { ring: Ring | null; owned: Map<string, number[]> } {
+    const r = this.db.get('ring') as { origin: { start: number; end: number; seeds: PeerName[] }; entries: unknown[] } | undefined;
+    let ring: Ring | null = null;
+    try {
+      if (r) {
+        ring = new Ring(r.origin);
+        ring.merge(r.entries.map(entryFromWire));
+      }
+    } catch (err) {
+      throw new Error(`the IPAM ring stored in ${join(this.dir, 'ipam')} is corrupt (${(err as Error).message}); run weft reset to start IPAM afresh`);
+    }
+    const o = (this.db.get('owned') as Record<string, number[]> | undefined) ?? {};
+    return { ring, owned: new Map(Object.entries(o)) };
+  }
+
+  /** Resolves once the write is committed to disk. */
+  async save(ring: Ring | null, owned: Map<string, number[]>): Promise<void> {
+    await this.db.transaction(() => {
+      if (ring) void this.db.put('ring', { origin: ring.origin, entries: ring.all().map(entryToWire) });
+      void this.db.put('owned', Object.fromEntries(owned));
+    });
+  }
+
+  async clear(): Promise<void> {
+    await this.db.transaction(() => {
+      void this.db.remove('ring');
+      void this.db.remove('owned');
+    });
+  }
+
+  close(): Promise<void> {
+    return this.db.close();
+  }
+}
