@@ -4,7 +4,9 @@
 // one line, exiting non-zero, when none runs.
 import { Command, Option } from 'commander';
 import { addRouterOptions, DEFAULT_DATA_DIR } from '../router/options.js';
-import { VERSION, renderConnections, renderPeers, renderStatus, renderTargets, type Report } from '../router/report.js';
+import { VERSION, renderConnections, renderIpam, renderPeers, renderStatus, renderTargets, type Report } from '../router/report.js';
+import { rmSync } from 'node:fs';
+import { join } from 'node:path';
 import { CliError, isAlive, readRouterInfo, request, type Target } from './client.js';
 import { launch } from './launch.js';
 
@@ -54,7 +56,7 @@ withRouterLocation(
   await request(target(cmd), 'POST', '/forget', { peers });
 });
 
-const VIEWS = ['peers', 'connections', 'targets'];
+const VIEWS = ['peers', 'connections', 'targets', 'ipam'];
 withRouterLocation(
   program
     .command('status')
@@ -68,7 +70,7 @@ withRouterLocation(
     console.log(JSON.stringify(report, null, 2));
     return;
   }
-  const render = { peers: renderPeers, connections: renderConnections, targets: renderTargets }[view ?? ''] ?? renderStatus;
+  const render = { peers: renderPeers, connections: renderConnections, targets: renderTargets, ipam: renderIpam }[view ?? ''] ?? renderStatus;
   process.stdout.write(render(report));
 });
 
@@ -87,8 +89,56 @@ withRouterLocation(
   process.stdout.write(`\nUnicast routes:\n${routes || '  (none)'}\n`);
 });
 
-withRouterLocation(program.command('stop').description('stop the router')).action(async (_o, cmd: Command) => {
-  const { dataDir } = target(cmd);
+// ---- IPAM
+const secs = (v: string) => {
+  const n = Number(v);
+  if (!Number.isFinite(n) || n < 0) throw new CliError(`invalid --timeout "${v}": seconds`, 2);
+  return n;
+};
+const timeoutOption = () => new Option('--timeout <seconds>', 'give up after this long (default: the router\'s --ipalloc-timeout)').argParser(secs);
+
+withRouterLocation(program.command('prime').description('start the IPAM ring now (consensus) and wait until it is ready').addOption(timeoutOption())).action(
+  async (o: { timeout?: number }, cmd: Command) => {
+    const q = o.timeout === undefined ? '' : `?timeout=${o.timeout}`;
+    const r = JSON.parse((await request(target(cmd), 'GET', `/ring${q}`)).body) as { seeds: string[] };
+    console.log(`IPAM ready: ring started by ${r.seeds.join(', ')}`);
+  },
+);
+
+withRouterLocation(
+  program.command('rmpeer').description('take over the address ranges of peers that are gone for good').argument('<peers...>', 'peer names or nicknames'),
+).action(async (peers: string[], _o, cmd: Command) => {
+  for (const p of peers) process.stdout.write((await request(target(cmd), 'DELETE', `/peer/${encodeURIComponent(p)}`)).body);
+});
+
+const ipam = program.command('ipam').description('allocate and free addresses directly (for scripts)');
+withRouterLocation(
+  ipam.command('alloc').description('allocate an address for a container').argument('<container>', 'container id').option('--subnet <cidr>', 'from this subnet').addOption(timeoutOption()),
+).action(async (id: string, o: { subnet?: string; timeout?: number }, cmd: Command) => {
+  const q = new URLSearchParams();
+  if (o.subnet) q.set('subnet', o.subnet);
+  if (o.timeout !== undefined) q.set('timeout', String(o.timeout));
+  console.log((await request(target(cmd), 'POST', `/ip/${encodeURIComponent(id)}?${q}`)).body);
+});
+withRouterLocation(
+  ipam.command('claim').description('claim a given address for a container').argument('<container>', 'container id').argument('<ip>', 'address, optionally ip/prefix').addOption(timeoutOption()),
+).action(async (id: string, ip: string, o: { timeout?: number }, cmd: Command) => {
+  const q = o.timeout === undefined ? '' : `?timeout=${o.timeout}`;
+  console.log((await request(target(cmd), 'PUT', `/ip/${encodeURIComponent(id)}/${ip.split('/').map(encodeURIComponent).join('/')}${q}`)).body);
+});
+withRouterLocation(ipam.command('free').description('free a container\'s addresses (or one)').argument('<container>', 'container id').argument('[ip]', 'just this address')).action(
+  async (id: string, ip: string | undefined, _o, cmd: Command) => {
+    const r = JSON.parse((await request(target(cmd), 'DELETE', `/ip/${encodeURIComponent(id)}${ip ? `/${encodeURIComponent(ip)}` : ''}`)).body) as { freed: string[] };
+    console.log(r.freed.join(' '));
+  },
+);
+withRouterLocation(ipam.command('lookup').description('the addresses of a container').argument('<container>', 'container id')).action(
+  async (id: string, _o, cmd: Command) => {
+    console.log((await request(target(cmd), 'GET', `/ip/${encodeURIComponent(id)}`)).body);
+  },
+);
+
+async function stopRouter(dataDir: string): Promise<void> {
   const info = readRouterInfo(dataDir);
   if (!info) throw new CliError(`no weft router is running (data dir ${dataDir})`);
   process.kill(info.pid, 'SIGTERM');
@@ -100,6 +150,28 @@ withRouterLocation(program.command('stop').description('stop the router')).actio
   } else {
     console.log(`weft router stopped (pid ${info.pid})`);
   }
+}
+
+withRouterLocation(program.command('stop').description('stop the router')).action(async (_o, cmd: Command) => stopRouter(target(cmd).dataDir));
+
+withRouterLocation(
+  program
+    .command('reset')
+    .description('leave for good: hand this peer\'s address ranges to a live peer, stop the router, delete its identity and IPAM data')
+    .option('--force', 'also when no router runs (the ranges are then not handed over)'),
+).action(async (o: { force?: boolean }, cmd: Command) => {
+  const t = target(cmd);
+  if (readRouterInfo(t.dataDir)) {
+    const r = JSON.parse((await request(t, 'DELETE', '/peer')).body) as { heir: string | null };
+    console.log(r.heir ? `address ranges handed to ${r.heir}` : 'no live peer to hand the address ranges to');
+    // Give the hand-over a moment to leave on the wire before the router goes.
+    await new Promise((res) => setTimeout(res, 500));
+    await stopRouter(t.dataDir);
+  } else if (!o.force) {
+    throw new CliError(`no weft router is running (data dir ${t.dataDir}); weft reset --force deletes the data without handing over its ranges`);
+  }
+  for (const f of ['ipam', 'identity.json', 'router.json']) rmSync(join(t.dataDir, f), { recursive: true, force: true });
+  console.log(`removed weft's state from ${t.dataDir}`);
 });
 
 withRouterLocation(program.command('version').description('print the versions of the CLI and the running router')).action(

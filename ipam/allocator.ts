@@ -111,6 +111,8 @@ export class Allocator implements Gossiper {
   private readonly denied = new Map<PeerName, number>();
   private freeDirty = false;
   private initStarted = false;
+  /** Nicknames of peers seen in the topology, so a departed peer can still be named (rmpeer, status). */
+  private readonly nicknames = new Map<PeerName, string>();
 
   constructor(
     private readonly mesh: Mesh,
@@ -125,7 +127,10 @@ export class Allocator implements Gossiper {
     if (!this.ring && config.init.kind === 'seed') this.createRing(config.init.seeds);
     this.tick = setInterval(() => this.onTick(), 1000);
     this.tick.unref();
-    mesh.on('topology', () => this.retryPending());
+    mesh.on('topology', () => {
+      for (const e of mesh.topology.entries.values()) this.nicknames.set(e.name, e.nickname);
+      this.retryPending();
+    });
   }
 
   get self(): PeerName {
@@ -505,7 +510,7 @@ export class Allocator implements Gossiper {
   }
 
   private describe(name: PeerName): string {
-    const nick = this.mesh.topology.get(name)?.nickname;
+    const nick = this.mesh.topology.get(name)?.nickname ?? this.nicknames.get(name);
     return nick ? `${name}(${nick})` : name;
   }
 
@@ -626,7 +631,9 @@ export class Allocator implements Gossiper {
     const owners = new Set(this.ring.all().map((e) => e.owner));
     let peer: PeerName | undefined = owners.has(who) ? who : undefined;
     if (!peer) {
-      for (const e of this.mesh.topology.entries.values()) if (e.nickname === who && owners.has(e.name)) peer = e.name;
+      const named = [...owners].filter((o) => this.nicknames.get(o) === who);
+      if (named.length > 1) throw new IpamError('invalid', `nickname "${who}" names several peers (${named.join(', ')}); use the peer name`);
+      peer = named[0];
     }
     if (!peer) throw new IpamError('not-found', `no peer "${who}" owns part of the ring; owners: ${[...owners].map((o) => this.describe(o)).join(', ')}`);
     if (peer === this.self) throw new IpamError('refused', 'cannot rmpeer this peer itself (use weft reset to leave)');
@@ -673,7 +680,7 @@ export class Allocator implements Gossiper {
       allocatedHere: this.byAddr.size,
       peers: [...shares].map(([name, s]) => ({
         name,
-        nickname: this.mesh.topology.get(name)?.nickname ?? null,
+        nickname: this.mesh.topology.get(name)?.nickname ?? this.nicknames.get(name) ?? null,
         addresses: s.size,
         free: s.free,
         percent: (100 * s.size) / total,

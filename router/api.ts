@@ -1,22 +1,16 @@
 // The router's local HTTP API (default 127.0.0.1:6784): what the CLI and, later,
 // the plugins talk to. Errors are JSON {"error": "..."} with a 4xx/5xx status.
 import Fastify, { type FastifyInstance } from 'fastify';
-import { buildReport, renderConnections, renderPeers, renderStatus, renderTargets, type ReportSources } from './report.js';
-import type { ConnectionMaker } from './mesh/connection-maker.js';
+import { buildReport, renderConnections, renderIpam, renderPeers, renderStatus, renderTargets, type ReportSources } from './report.js';
+import { registerIpamRoutes } from './api-ipam.js';
 
-export class HttpError extends Error {
-  constructor(
-    readonly statusCode: number,
-    message: string,
-  ) {
-    super(message);
-  }
-}
+import { HttpError } from './http-error.js';
 
 const STATUS_VIEWS = {
   peers: renderPeers,
   connections: renderConnections,
   targets: renderTargets,
+  ipam: renderIpam,
 } as const;
 
 /** Peer addresses from a JSON body {"peers": [...]} or form/query fields peer=...&peer=... */
@@ -38,7 +32,8 @@ function flag(body: unknown, query: unknown, name: string): boolean {
   return v === true || v === 'true' || v === '1';
 }
 
-export function buildApi(sources: ReportSources, maker: ConnectionMaker): FastifyInstance {
+export function buildApi(sources: ReportSources): FastifyInstance {
+  const { maker } = sources;
   const app = Fastify({ logger: false, bodyLimit: 1024 * 1024 });
 
   app.addContentTypeParser('application/x-www-form-urlencoded', { parseAs: 'string' }, (_req, body, done) => {
@@ -91,5 +86,6 @@ export function buildApi(sources: ReportSources, maker: ConnectionMaker): Fastif
     }
   });
 
+  registerIpamRoutes(app, sources.ipam);
   return app;
 }

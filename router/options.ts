@@ -18,6 +18,10 @@ export interface RouterOptions {
   logLevel: string;
   gossipInterval: number;
   heartbeatInterval: number;
+  ipallocRange: string;
+  ipallocDefaultSubnet?: string;
+  ipallocInit: string;
+  ipallocTimeout: number;
   peers: string[];
 }
 
@@ -70,6 +74,10 @@ export function routerOptions(): Option[] {
     o('--log-level <level>', 'debug, info, warn or error').default('info').choices(['debug', 'info', 'warn', 'error']),
     o('--gossip-interval <duration>', 'period of the anti-entropy exchange').default(30_000, '30s').argParser(duration),
     o('--heartbeat-interval <duration>', 'heartbeat period; a connection silent for three periods is closed').default(10_000, '10s').argParser(duration),
+    o('--ipalloc-range <cidr>', 'the range container addresses come from').default('10.32.0.0/12'),
+    o('--ipalloc-default-subnet <cidr>', 'subnet for allocations that name none (default: the whole range)'),
+    o('--ipalloc-init <mode>', 'how the ring starts: consensus[=N] (N initial peers; default: the peers given + 1), seed=NAME,..., or observer').default('consensus'),
+    o('--ipalloc-timeout <duration>', 'how long an allocation may wait (for consensus or space) before it fails with the reason').default(30_000, '30s').argParser(duration),
   ];
 }
 
@@ -105,6 +113,10 @@ export function toRouterOptions(v: Record<string, unknown>, peers: string[]): Ro
     logLevel: v.logLevel as string,
     gossipInterval: v.gossipInterval as number,
     heartbeatInterval: v.heartbeatInterval as number,
+    ipallocRange: v.ipallocRange as string,
+    ipallocDefaultSubnet: v.ipallocDefaultSubnet as string | undefined,
+    ipallocInit: v.ipallocInit as string,
+    ipallocTimeout: v.ipallocTimeout as number,
     peers,
   };
 }

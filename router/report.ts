@@ -5,6 +5,7 @@ import type { Mesh } from './mesh/mesh.js';
 import type { PeerName } from './mesh/peer-name.js';
 import type { HandshakeFailure } from './mesh/tcp.js';
 import { PROTOCOL_MAX, PROTOCOL_MIN } from './mesh/protocol-crypto.js';
+import type { Allocator, IpamStatus } from '../ipam/allocator.js';
 
 export const VERSION = '0.1.0';
 
@@ -33,11 +34,13 @@ export interface Report {
   connections: ConnectionReport[];
   targets: { address: string; direct: boolean; state: string; peer?: PeerName; error?: string; retryInMs?: number }[];
   gossip: { messagesSent: number; bytesSent: number; messagesReceived: number; bytesReceived: number; gossipErrors: number; protocolErrors: number };
+  ipam: IpamStatus;
 }
 
 export interface ReportSources {
   mesh: Mesh;
   maker: ConnectionMaker;
+  ipam: Allocator;
   failures: HandshakeFailure[];
   hasPassword: boolean;
   discovery: boolean;
@@ -108,6 +111,7 @@ export function buildReport(s: ReportSources): Report {
     connections,
     targets,
     gossip: { ...mesh.stats },
+    ipam: s.ipam.status(),
   };
 }
 
@@ -130,6 +134,8 @@ export function renderStatus(r: Report): string {
     ['Connections', `${live} (${established} established${failed ? `, ${failed} failed` : ''})`],
     ['Peers', `${r.peers.length} (with ${peerConns} established connections)`],
     ['ConnLimit', r.connLimit === 0 ? 'none' : String(r.connLimit)],
+    ['IPAM', `${r.ipam.state}${r.ipam.pending.length ? ` (${r.ipam.pending.length} request(s) waiting; see weft status ipam)` : ''}`],
+    ['Range', `${r.ipam.range}, default subnet ${r.ipam.defaultSubnet}`],
   ];
   return lines.map(([k, v]) => `${k.padStart(16)}: ${v}`).join('\n') + '\n';
 }
@@ -163,4 +169,34 @@ export function renderTargets(r: Report): string {
   const direct = r.targets.filter((t) => t.direct);
   if (direct.length === 0) return '';
   return direct.map((t) => t.address).join('\n') + '\n';
+}
+
+export function renderIpam(r: Report): string {
+  const i = r.ipam;
+  const out = [
+    `Allocation range: ${i.range} (${i.totalAddresses} addresses), default subnet ${i.defaultSubnet}`,
+    `Initialisation:   ${i.init}${i.seeds.length ? `; ring started by ${i.seeds.join(', ')}` : ''}`,
+    `Status:           ${i.state}`,
+    `Allocated here:   ${i.allocatedHere} address(es) to ${i.owned.length} container(s)`,
+  ];
+  if (i.peers.length > 0) {
+    out.push('Peers:');
+    for (const p of i.peers.sort((a, b) => (a.name < b.name ? -1 : 1))) {
+      const who = `${p.name}(${p.nickname ?? '?'})`;
+      const warn = p.reachable ? '' : `  - unreachable! if it is gone for good: weft rmpeer ${p.name}`;
+      out.push(`  ${pad(who, 32)} ${String(p.addresses).padStart(9)} addresses (${p.percent.toFixed(1)}%), ${p.free} free${warn}`);
+    }
+  }
+  if (i.pending.length > 0) {
+    out.push('Waiting:');
+    for (const p of i.pending) {
+      const what = p.kind === 'prime' ? 'prime' : p.kind === 'claim' ? `claim ${p.addr} for ${p.ident}` : `allocate for ${p.ident} in ${p.subnet}`;
+      out.push(`  ${what}, for ${(p.waitingMs / 1000).toFixed(1)}s: ${p.reason}`);
+    }
+  }
+  if (i.conflicts.length > 0) {
+    out.push('Conflicts:');
+    for (const c of i.conflicts) out.push(`  ${c}`);
+  }
+  return out.join('\n') + '\n';
 }

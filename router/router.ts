@@ -8,7 +8,10 @@ import { ConnectionMaker } from './mesh/connection-maker.js';
 import { Mesh, defaultMeshTimings, type Logger } from './mesh/mesh.js';
 import { TcpTransport } from './mesh/tcp.js';
 import { splitHostPort, type RouterOptions } from './options.js';
-import { VERSION } from './report.js';
+import { VERSION, buildReport, type Report } from './report.js';
+import { Allocator } from '../ipam/allocator.js';
+import { ipamConfig } from '../ipam/config.js';
+import { IpamStore } from '../ipam/store.js';
 
 /** What the CLI reads to find a running router: written when ready, removed at exit. */
 export interface RouterInfo {
@@ -33,11 +36,15 @@ export class Router {
     readonly mesh: Mesh,
     readonly transport: TcpTransport,
     readonly maker: ConnectionMaker,
+    readonly ipam: Allocator,
+    private readonly ipamStore: IpamStore,
   ) {}
 
   static async start(opts: RouterOptions, log: Logger): Promise<Router> {
     mkdirSync(opts.dataDir, { recursive: true, mode: 0o700 });
     const id = loadIdentity(opts.dataDir, opts.name);
+    const ipamConf = ipamConfig(opts);
+    const ipamStore = new IpamStore(opts.dataDir, ipamConf.range, id.name);
     const uid = newUid();
     const mesh = new Mesh({
       name: id.name,
@@ -65,13 +72,11 @@ export class Router {
       discovery: opts.discovery,
       connLimit: opts.connLimit,
     });
-    const router = new Router(opts, mesh, transport, maker);
+    const ipam = new Allocator(mesh, { ...ipamConf, timeoutMs: opts.ipallocTimeout, store: ipamStore });
+    const router = new Router(opts, mesh, transport, maker, ipam, ipamStore);
     try {
       await transport.listen(opts.host, opts.port);
-      const api = buildApi(
-        { mesh, maker, failures: transport.failures, hasPassword: opts.password !== null, discovery: opts.discovery },
-        maker,
-      );
+      const api = buildApi({ mesh, maker, ipam, failures: transport.failures, hasPassword: opts.password !== null, discovery: opts.discovery });
       const { host, port } = splitHostPort(opts.httpAddr);
       await api.listen({ host, port });
       router.api = api;
@@ -83,6 +88,10 @@ export class Router {
       await router.stop();
       throw err;
     }
+  }
+
+  report(): Report {
+    return buildReport({ mesh: this.mesh, maker: this.maker, ipam: this.ipam, failures: this.transport.failures, hasPassword: this.opts.password !== null, discovery: this.opts.discovery });
   }
 
   private writeInfo(): void {
@@ -103,9 +112,11 @@ export class Router {
     this.stopping ??= (async () => {
       rmSync(routerInfoPath(this.opts.dataDir), { force: true });
       this.maker.stop();
+      this.ipam.stop();
       this.mesh.stop();
       this.transport.close();
       await this.api?.close();
+      await this.ipamStore.close();
     })();
     return this.stopping;
   }

@@ -6,6 +6,7 @@ import { parseAddress } from '../router/mesh/connection-maker.js';
 import { silentLogger } from '../router/mesh/mesh.js';
 import type { Report } from '../router/report.js';
 import { Router } from '../router/router.js';
+import { routerOptions } from './harness/router-options.js';
 
 describe('peer addresses', () => {
   it('accepts host, host:port and [v6]:port, defaulting the port', () => {
@@ -25,13 +26,11 @@ describe('HTTP API', () => {
   let router: Router;
   let dataDir: string;
   let base: string;
+  // A target without a port gets this router's own mesh port.
+  const port = 40000 + Math.floor(Math.random() * 10000);
   beforeAll(async () => {
     dataDir = mkdtempSync(join(tmpdir(), 'weft-api-'));
-    const port = 40000 + Math.floor(Math.random() * 10000);
-    router = await Router.start(
-      { dataDir, port, host: '127.0.0.1', nickname: 'api', password: null, connLimit: 200, discovery: true, httpAddr: `127.0.0.1:${port + 1}`, logLevel: 'info', gossipInterval: 30_000, heartbeatInterval: 10_000, peers: [] },
-      silentLogger,
-    );
+    router = await Router.start(routerOptions({ dataDir, port, nickname: 'api' }), silentLogger);
     base = `http://127.0.0.1:${port + 1}`;
   });
   afterAll(async () => {
@@ -51,12 +50,12 @@ describe('HTTP API', () => {
     let res = await fetch(`${base}/connect`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ peers: ['198.18.9.9'] }) });
     expect(res.status).toBe(200);
     res = await fetch(`${base}/connect`, { method: 'POST', headers: { 'content-type': 'application/x-www-form-urlencoded' }, body: 'peer=198.18.9.10:7000&peer=198.18.9.11' });
-    expect(((await res.json()) as { targets: string[] }).targets.sort()).toEqual(['198.18.9.10:7000', '198.18.9.11:6783', '198.18.9.9:6783']);
+    expect(((await res.json()) as { targets: string[] }).targets.sort()).toEqual(['198.18.9.10:7000', `198.18.9.11:${port}`, `198.18.9.9:${port}`]);
     res = await fetch(`${base}/forget`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ peers: ['198.18.9.9'] }) });
-    expect(((await res.json()) as { forgotten: string[] }).forgotten).toEqual(['198.18.9.9:6783']);
+    expect(((await res.json()) as { forgotten: string[] }).forgotten).toEqual([`198.18.9.9:${port}`]);
     res = await fetch(`${base}/connect`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ peers: ['198.18.9.12'], replace: true }) });
-    expect(((await res.json()) as { targets: string[] }).targets).toEqual(['198.18.9.12:6783']);
-    expect(await (await fetch(`${base}/status/targets`)).text()).toBe('198.18.9.12:6783\n');
+    expect(((await res.json()) as { targets: string[] }).targets).toEqual([`198.18.9.12:${port}`]);
+    expect(await (await fetch(`${base}/status/targets`)).text()).toBe(`198.18.9.12:${port}\n`);
   });
 
   it('answers bad requests with 4xx and a message, changing nothing', async () => {

@@ -6,7 +6,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { silentLogger } from '../router/mesh/mesh.js';
 import { encodeHello, newEphemeralKey, HELLO_LENGTH } from '../router/mesh/protocol-crypto.js';
 import { Router } from '../router/router.js';
-import { buildReport } from '../router/report.js';
+import { routerOptions } from './harness/router-options.js';
 import { eventually } from './harness/cluster.js';
 
 let routers: Router[] = [];
@@ -24,29 +24,13 @@ async function start(nickname: string, password: string | null, peers: string[] 
   dirs.push(dataDir);
   const port = nextPort;
   nextPort += 2;
-  const r = await Router.start(
-    {
-      dataDir,
-      port,
-      host: '127.0.0.1',
-      nickname,
-      password,
-      connLimit: 200,
-      discovery: true,
-      httpAddr: `127.0.0.1:${port + 1}`,
-      logLevel: 'info',
-      gossipInterval: 1000,
-      heartbeatInterval: 500,
-      peers,
-    },
-    silentLogger,
-  );
+  const r = await Router.start(routerOptions({ dataDir, port, nickname, password, peers }), silentLogger);
   routers.push(r);
   return r;
 }
 
 function report(r: Router) {
-  return buildReport({ mesh: r.mesh, maker: r.maker, failures: r.transport.failures, hasPassword: r.opts.password !== null, discovery: r.opts.discovery });
+  return r.report();
 }
 
 describe('mesh handshake over TCP', () => {

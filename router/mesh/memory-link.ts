@@ -45,6 +45,8 @@ class MemoryLink implements MeshLink {
     if (this.closed) return;
     this.closed = true;
     const peer = this.peer;
+    // Like a socket: both ends learn that the connection is gone.
+    queueMicrotask(() => this.onClose?.(reason));
     setImmediate(() => {
       if (!peer.closed) {
         peer.closed = true;

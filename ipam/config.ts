@@ -1,0 +1,47 @@
+// Turns the router's --ipalloc-* options into the allocator's configuration, with clear errors.
+import { parsePeerName } from '../router/mesh/peer-name.js';
+import { contains, formatCidr, parseCidr, type Cidr } from './addr.js';
+import type { InitMode } from './allocator.js';
+
+export interface IpamOptions {
+  ipallocRange: string;
+  ipallocDefaultSubnet?: string;
+  ipallocInit: string;
+  peers: string[];
+}
+
+export function ipamConfig(o: IpamOptions): { range: Cidr; defaultSubnet: Cidr; init: InitMode } {
+  const range = parseCidr(o.ipallocRange);
+  if (range.prefix > 30) throw new Error(`--ipalloc-range ${o.ipallocRange} is too small (at most /30)`);
+  let defaultSubnet: Cidr = range;
+  if (o.ipallocDefaultSubnet) {
+    defaultSubnet = parseCidr(o.ipallocDefaultSubnet);
+    if (!contains(range, defaultSubnet)) {
+      throw new Error(`--ipalloc-default-subnet ${formatCidr(defaultSubnet)} is not inside --ipalloc-range ${formatCidr(range)}`);
+    }
+  }
+  return { range: { start: range.start, prefix: range.prefix }, defaultSubnet: { start: defaultSubnet.start, prefix: defaultSubnet.prefix }, init: parseInit(o.ipallocInit, o.peers.length) };
+}
+
+export function parseInit(text: string, peerCount: number): InitMode {
+  const t = text.trim();
+  if (t === 'observer') return { kind: 'observer' };
+  const consensus = /^consensus(?:=(\d+))?$/.exec(t);
+  if (consensus) {
+    const n = consensus[1] === undefined ? peerCount + 1 : Number(consensus[1]);
+    if (!Number.isInteger(n) || n < 1) throw new Error(`--ipalloc-init ${t}: the number of initial peers must be at least 1`);
+    return { kind: 'consensus', quorum: Math.floor(n / 2) + 1, peers: consensus[1] === undefined ? peerCount : 0 };
+  }
+  const seed = /^seed=(.+)$/.exec(t);
+  if (seed) {
+    const seeds = seed[1].split(',').map((s) => {
+      try {
+        return parsePeerName(s);
+      } catch {
+        throw new Error(`--ipalloc-init seed: "${s}" is not a peer name (aa:bb:cc:dd:ee:ff; see weft status)`);
+      }
+    });
+    return { kind: 'seed', seeds };
+  }
+  throw new Error(`--ipalloc-init "${t}": use consensus, consensus=N, seed=NAME,... or observer`);
+}

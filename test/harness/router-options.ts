@@ -1,0 +1,21 @@
+import type { RouterOptions } from '../../router/options.js';
+
+/** Router options for in-process routers on loopback, with fast timers. */
+export function routerOptions(over: Partial<RouterOptions> & Pick<RouterOptions, 'dataDir' | 'port'>): RouterOptions {
+  return {
+    host: '127.0.0.1',
+    nickname: 'test',
+    password: null,
+    connLimit: 200,
+    discovery: true,
+    httpAddr: `127.0.0.1:${over.port + 1}`,
+    logLevel: 'info',
+    gossipInterval: 1000,
+    heartbeatInterval: 500,
+    ipallocRange: '10.32.0.0/12',
+    ipallocInit: 'consensus',
+    ipallocTimeout: 5000,
+    peers: [],
+    ...over,
+  };
+}
