@@ -80,6 +80,8 @@ async function run(n: number, mode: 'delta' | 'full', seed: number, timeoutMs: n
         port: 6783,
         connLimit: 0,
         ...defaultMeshTimings,
+        // All peers share one thread here, so delivery can lag by seconds: liveness timers would only add churn.
+        heartbeatInterval: 3_600_000,
         fullStateGossip: mode === 'full',
         log: silentLogger,
       }),

@@ -329,21 +329,24 @@ export class Allocator implements Gossiper {
     const reachable = (peer: PeerName) => this.mesh.routes.unicastAll.has(peer);
     const start = p.kind === 'claim' ? p.addr! : p.subnet.start;
     const end = p.kind === 'claim' ? p.addr! + 1 : cidrEnd(p.subnet);
-    const candidates = ring
-      .ranges()
-      .filter((r) => r.entry.owner !== this.self && r.start < end && r.end > start && (p.kind === 'claim' || r.entry.free > 0));
+    const candidates = ring.ranges().filter((r) => r.entry.owner !== this.self && r.start < end && r.end > start);
     if (candidates.length === 0) {
       if (p.kind === 'claim') return this.fail(p, new IpamError('conflict', `${formatIp(p.addr!)} is not in any range of the ring`));
-      return this.fail(p, new IpamError('full', `${formatCidr(p.subnet)} is full: no free address on this peer or any other`));
+      return this.fail(p, new IpamError('full', `${formatCidr(p.subnet)} is full: no free address on this peer, and no other peer owns part of it`));
     }
+    const owners = [...new Set(candidates.map((r) => r.entry.owner))];
     const live = candidates.filter((r) => reachable(r.entry.owner) && !this.denied.has(r.entry.owner));
     if (live.length === 0) {
-      const owners = [...new Set(candidates.map((r) => r.entry.owner))];
       const dead = owners.filter((o) => !reachable(o));
+      if (dead.length === 0 && !this.outstanding) {
+        // Every owner was asked and said no: the subnet is full, now.
+        const why = p.kind === 'claim' ? `${formatIp(p.addr!)} is not free` : `${formatCidr(p.subnet)} is full`;
+        return this.fail(p, new IpamError(p.kind === 'claim' ? 'conflict' : 'full', `${why}: every peer owning part of it (${owners.map((o) => this.describe(o)).join(', ')}) said it has none to give`));
+      }
       p.reason =
         dead.length === owners.length
-          ? `the free space in ${formatCidr(p.subnet)} is owned by unreachable peers (${owners.map((o) => this.describe(o)).join(', ')}); if they are gone for good, run: weft rmpeer NAME`
-          : `peers with space in ${formatCidr(p.subnet)} (${owners.map((o) => this.describe(o)).join(', ')}) have none to give right now; retrying`;
+          ? `the rest of ${formatCidr(p.subnet)} is owned by unreachable peers (${owners.map((o) => this.describe(o)).join(', ')}); if they are gone for good, run: weft rmpeer NAME`
+          : `the peers with space in ${formatCidr(p.subnet)} that are reachable have none to give; the others are unreachable: ${dead.map((o) => this.describe(o)).join(', ')}`;
       if (p.kind === 'claim' && dead.length === owners.length) p.reason = `${formatIp(p.addr!)} belongs to unreachable peer ${this.describe(owners[0])}; if it is gone for good, run: weft rmpeer ${owners[0]}`;
       return;
     }
@@ -351,8 +354,8 @@ export class Allocator implements Gossiper {
       p.reason = `asking ${this.describe(this.outstanding.peer)} for space in ${formatCidr(p.subnet)}`;
       return;
     }
-    // Prefer the owner with the most free space.
-    live.sort((a, b) => b.entry.free - a.entry.free);
+    // Prefer the owner that last reported the most free space (hints may be stale: a 0 is still worth asking).
+    live.sort((a, b) => b.entry.free - a.entry.free || b.end - b.start - (a.end - a.start));
     const donor = live[0].entry.owner;
     const id = ++this.requestId;
     this.outstanding = { id, peer: donor, at: Date.now() };
@@ -408,6 +411,12 @@ export class Allocator implements Gossiper {
   private grantTo(peer: PeerName, id: number, start: Addr, end: Addr): void {
     const changed = this.ring!.grant(this.self, start, end, peer);
     this.mesh.log.info({ to: peer, range: `${formatIp(start)}-${formatIp(end - 1)}` }, 'ipam: gave space');
+    // True free counts for what we kept, so nobody concludes from a stale hint that it is full.
+    for (const r of this.ring!.rangesOf(this.self)) {
+      const e = this.ring!.setFree(this.self, r.start, this.freeIn(r.start, r.end));
+      if (e && !changed.some((c) => c.token === e.token)) changed.push(e);
+      else if (e) changed[changed.findIndex((c) => c.token === e.token)] = e;
+    }
     this.ringChanged(changed);
     this.channel.unicast(peer, pack({ t: 'grant', id, o: this.originWire(), r: changed.map(entryToWire) } satisfies Unicast));
     this.freeDirty = true;
@@ -492,7 +501,7 @@ export class Allocator implements Gossiper {
       this.retryPending();
       return;
     }
-    if (this.paxos) this.channel.gossipUpdate(new IpamUpdate(null, [], this.paxos.knows));
+    if (this.paxos) this.channel.gossipUpdate(new IpamUpdate(null, [], { ...this.paxos.knows }));
   }
 
   private waitingForRingReason(): string {
@@ -543,7 +552,9 @@ export class Allocator implements Gossiper {
         this.retryPending();
         return null;
       }
-      return learnt || mine ? new IpamUpdate(null, [], this.paxos.knows) : null;
+      // Our answer must reach the proposer too, which the mesh's pass-it-on excludes (it sent us this): announce it to all.
+      if (learnt || mine) this.channel.gossipUpdate(new IpamUpdate(null, [], { ...this.paxos.knows }));
+      return null;
     }
     return null;
   }

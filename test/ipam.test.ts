@@ -44,6 +44,15 @@ describe('IPAM over in-memory meshes', () => {
     expect(ipam[0].ring!.origin.seeds).toHaveLength(3);
   });
 
+  it('elects over a chain when only the far end asks (answers travel back to the proposer)', async () => {
+    const { meshes: ms, ipam } = peers(3);
+    connectInMemory(ms[0], ms[1]);
+    connectInMemory(ms[1], ms[2]);
+    await eventually('mesh', async () => ms.every((m) => m.topology.entries.size === 3), 2000, 10);
+    const r = await ipam[2].allocate('only');
+    expect(ipam[2].ring!.ownerOf(r.addr)).toBe(ms[2].name);
+  });
+
   it('asks other peers for space when its own runs out', async () => {
     const { meshes: ms, ipam } = peers(2, (i) => (i === 0 ? { kind: 'consensus', quorum: 1, peers: 0 } : { kind: 'observer' }));
     // p0 alone forms the ring (quorum 1) and owns everything; p1 joins afterwards as an observer.
