@@ -91,7 +91,7 @@ function decodeUpdate(bytes: Uint8Array): { origin: RingOrigin | null; entries: 
 type Unicast =
   | { t: 'req'; id: number; s: Addr; p: number; a?: Addr }
   | { t: 'grant'; id: number; o: unknown; r: unknown[] }
-  | { t: 'deny'; id: number; why: string }
+  | { t: 'deny'; id: number; why: string; full?: boolean }
   | { t: 'want' }
   | { t: 'ring'; o: unknown; r: unknown[] };
 
@@ -107,8 +107,10 @@ export class Allocator implements Gossiper {
   private tick: NodeJS.Timeout;
   private requestId = 0;
   private outstanding: { id: number; peer: PeerName; at: number } | null = null;
-  /** Donors that said no recently: skipped for a while. */
+  /** Owners that said they have no free space in the subnet: skipped for a while; when all say so, it is full. */
   private readonly denied = new Map<PeerName, number>();
+  /** Owners that did not answer, or could not yet (no ring): skipped briefly, never taken as "full". */
+  private readonly unresponsive = new Map<PeerName, number>();
   private freeDirty = false;
   private initStarted = false;
   /** Nicknames of peers seen in the topology, so a departed peer can still be named (rmpeer, status). */
@@ -257,10 +259,11 @@ export class Allocator implements Gossiper {
   private onTick(): void {
     const now = Date.now();
     if (this.outstanding && now - this.outstanding.at > 2000) {
-      this.denied.set(this.outstanding.peer, now);
+      this.unresponsive.set(this.outstanding.peer, now);
       this.outstanding = null;
     }
     for (const [peer, at] of this.denied) if (now - at > 5000) this.denied.delete(peer);
+    for (const [peer, at] of this.unresponsive) if (now - at > 1000) this.unresponsive.delete(peer);
     if (!this.ring && this.paxos && this.pending.size > 0) {
       // Re-propose while waiting: a lost round or a late quorum member must not stall the election.
       this.paxos.propose();
@@ -335,16 +338,19 @@ export class Allocator implements Gossiper {
       return this.fail(p, new IpamError('full', `${formatCidr(p.subnet)} is full: no free address on this peer, and no other peer owns part of it`));
     }
     const owners = [...new Set(candidates.map((r) => r.entry.owner))];
-    const live = candidates.filter((r) => reachable(r.entry.owner) && !this.denied.has(r.entry.owner));
+    const live = candidates.filter((r) => reachable(r.entry.owner) && !this.denied.has(r.entry.owner) && !this.unresponsive.has(r.entry.owner));
     if (live.length === 0) {
       const dead = owners.filter((o) => !reachable(o));
-      if (dead.length === 0 && !this.outstanding) {
+      const silent = owners.filter((o) => this.unresponsive.has(o));
+      if (dead.length === 0 && silent.length === 0 && !this.outstanding) {
         // Every owner was asked and said no: the subnet is full, now.
         const why = p.kind === 'claim' ? `${formatIp(p.addr!)} is not free` : `${formatCidr(p.subnet)} is full`;
         return this.fail(p, new IpamError(p.kind === 'claim' ? 'conflict' : 'full', `${why}: every peer owning part of it (${owners.map((o) => this.describe(o)).join(', ')}) said it has none to give`));
       }
       p.reason =
-        dead.length === owners.length
+        silent.length > 0 && dead.length === 0
+          ? `waiting for ${silent.map((o) => this.describe(o)).join(', ')} to answer a request for space in ${formatCidr(p.subnet)}`
+          : dead.length === owners.length
           ? `the rest of ${formatCidr(p.subnet)} is owned by unreachable peers (${owners.map((o) => this.describe(o)).join(', ')}); if they are gone for good, run: weft rmpeer NAME`
           : `the peers with space in ${formatCidr(p.subnet)} that are reachable have none to give; the others are unreachable: ${dead.map((o) => this.describe(o)).join(', ')}`;
       if (p.kind === 'claim' && dead.length === owners.length) p.reason = `${formatIp(p.addr!)} belongs to unreachable peer ${this.describe(owners[0])}; if it is gone for good, run: weft rmpeer ${owners[0]}`;
@@ -369,12 +375,12 @@ export class Allocator implements Gossiper {
     const reply = (u: Unicast): void => {
       this.channel.unicast(src, pack(u));
     };
-    if (!this.ring) return reply({ t: 'deny', id: m.id, why: 'no ring here yet' });
+    if (!this.ring) return reply({ t: 'deny', id: m.id, why: 'no ring here yet', full: false });
     if (m.a !== undefined) {
       const owner = this.ring.ownerOf(m.a);
-      if (owner !== this.self) return reply({ t: 'deny', id: m.id, why: `${formatIp(m.a)} is not owned by ${this.describe(this.self)}` });
+      if (owner !== this.self) return reply({ t: 'deny', id: m.id, why: `${formatIp(m.a)} is not owned by ${this.describe(this.self)}`, full: false });
       const holder = this.byAddr.get(m.a);
-      if (holder !== undefined) return reply({ t: 'deny', id: m.id, why: `${formatIp(m.a)} is allocated to ${holder} on ${this.describe(this.self)}` });
+      if (holder !== undefined) return reply({ t: 'deny', id: m.id, why: `${formatIp(m.a)} is allocated to ${holder} on ${this.describe(this.self)}`, full: true });
       return this.grantTo(src, m.id, m.a, m.a + 1);
     }
     // Only addresses the requester can hand out: the subnet's host range.
@@ -402,7 +408,7 @@ export class Allocator implements Gossiper {
         a = b;
       }
     }
-    if (!best) return reply({ t: 'deny', id: m.id, why: `no free space in ${formatIp(subnetStart)}/${m.p}` });
+    if (!best) return reply({ t: 'deny', id: m.id, why: `no free space in ${formatIp(m.s)}/${m.p}`, full: true });
     const [blockStart, size] = best;
     const give = size >= 2 ? size / 2 : 1;
     this.grantTo(src, m.id, blockStart + size - give, blockStart + size);
@@ -442,7 +448,7 @@ export class Allocator implements Gossiper {
       }
       case 'deny':
         if (this.outstanding?.id === m.id) {
-          this.denied.set(this.outstanding.peer, Date.now());
+          (m.full === true ? this.denied : this.unresponsive).set(this.outstanding.peer, Date.now());
           this.outstanding = null;
         }
         this.mesh.log.info({ from: src, why: String(m.why).slice(0, 200) }, 'ipam: space request denied');
