@@ -97,11 +97,29 @@ const secs = (v: string) => {
 };
 const timeoutOption = () => new Option('--timeout <seconds>', 'give up after this long (default: the router\'s --ipalloc-timeout)').argParser(secs);
 
-withRouterLocation(program.command('prime').description('start the IPAM ring now (consensus) and wait until it is ready').addOption(timeoutOption())).action(
+withRouterLocation(program.command('prime').description('start the IPAM ring now (consensus) and wait until it is ready, printing progress').addOption(timeoutOption())).action(
   async (o: { timeout?: number }, cmd: Command) => {
+    const t = target(cmd);
     const q = o.timeout === undefined ? '' : `?timeout=${o.timeout}`;
-    const r = JSON.parse((await request(target(cmd), 'GET', `/ring${q}`)).body) as { seeds: string[] };
-    console.log(`IPAM ready: ring started by ${r.seeds.join(', ')}`);
+    const ready = request(t, 'GET', `/ring${q}`);
+    let done = false;
+    const progress = (async () => {
+      let last = '';
+      while (!done) {
+        await new Promise((r) => setTimeout(r, 1000));
+        if (done) return;
+        const r = await getReport(cmd).catch(() => null);
+        if (r && r.ipam.state !== last && r.ipam.state !== 'ready') process.stderr.write(`${r.ipam.state}\n`);
+        last = r?.ipam.state ?? last;
+      }
+    })();
+    try {
+      const r = JSON.parse((await ready).body) as { seeds: string[] };
+      console.log(`IPAM ready: ring started by ${r.seeds.join(', ')}`);
+    } finally {
+      done = true;
+      await progress;
+    }
   },
 );
 

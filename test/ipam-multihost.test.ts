@@ -111,6 +111,46 @@ describeAsRoot('IPAM on three namespace hosts', () => {
     await eventually('B sees A own it', async () => !(await b.report<Report>()).ipam.entries.some((e) => e.owner === rc.name));
   });
 
+  it('weft reset hands the ranges to a live peer and removes the state', async () => {
+    const [a, b] = await threeHosts();
+    await allocateMany(b, 'onb', 3);
+    const rb = await b.report<Report>();
+    await eventually('A knows B\'s share', async () => (await a.report<Report>()).ipam.entries.some((e) => e.owner === rb.name));
+    const r = await b.weft(['reset']);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout).toMatch(/address ranges handed to [0-9a-f:]{17}/);
+    expect(r.stdout).toMatch(/removed weft's state/);
+    await eventually('nobody holds ranges of B', async () => !(await a.report<Report>()).ipam.entries.some((e) => e.owner === rb.name));
+    expect((await b.weft(['status'])).stderr).toMatch(/no weft router is running/);
+  });
+
+  it('refuses to start on IPAM data made for another range, saying how to proceed', async () => {
+    cluster = await Cluster.create(1, { routerArgs: FAST });
+    const [a] = cluster.hosts;
+    await a.launch([], ['--ipalloc-init', 'consensus=1']);
+    await a.weft(['ipam', 'alloc', 'x']);
+    await a.weft(['stop']);
+    const r = await a.weft(['launch', '--ipalloc-range', '10.99.0.0/16']);
+    expect(r.code).not.toBe(0);
+    expect(r.stderr).toMatch(/is for --ipalloc-range 10\.32\.0\.0\/12, but this router was started with 10\.99\.0\.0\/16/);
+    expect(r.stderr).toMatch(/weft reset/);
+    await a.launch([], ['--ipalloc-init', 'consensus=1']);
+    expect((await a.weft(['ipam', 'lookup', 'x'])).stdout).toMatch(/^10\.32\.0\.1\/12/);
+  });
+
+  it('weft prime starts consensus and reports progress until ready', async () => {
+    cluster = await Cluster.create(2, { routerArgs: [...FAST, '--ipalloc-init', 'consensus=2'] });
+    const [a, b] = cluster.hosts;
+    await a.launch();
+    const priming = a.weft(['prime', '--timeout', '20']);
+    await new Promise((r) => setTimeout(r, 2500));
+    await b.launch([a.ip]);
+    const r = await priming;
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stderr).toMatch(/awaiting consensus: heard from 1 of the 2 peers needed/);
+    expect(r.stdout).toMatch(/IPAM ready: ring started by/);
+  });
+
   it('without a quorum, a request fails after the bounded wait and says what is missing', async () => {
     cluster = await Cluster.create(1, { routerArgs: [...FAST, '--ipalloc-init', 'consensus=3'] });
     const [a] = cluster.hosts;
