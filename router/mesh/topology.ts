@@ -27,8 +27,10 @@ export type DigestItem = [name: PeerName, version: number, uid: string];
 const MAX_CONNECTIONS_PER_ENTRY = 10_000;
 const MAX_NICKNAME = 255;
 
+/** Order-independent: the same connections listed in another order are the same content. */
 function contentKey(e: PeerEntry): string {
-  return JSON.stringify([e.nickname, e.port, e.connections.map((c) => [c.peer, c.addr, c.outbound, c.established])]);
+  const conns = e.connections.map((c) => JSON.stringify([c.peer, c.addr, c.outbound, c.established])).sort();
+  return JSON.stringify([e.nickname, e.port, conns]);
 }
 
 function sameContent(a: PeerEntry, b: PeerEntry): boolean {
