@@ -5,6 +5,7 @@ import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { parseCidr } from '../ipam/addr.js';
 import { Allocator } from '../ipam/allocator.js';
+import { Ring, type RingEntry } from '../ipam/ring.js';
 import { connectInMemory } from '../router/mesh/memory-link.js';
 import { eventually, sleep } from './harness/cluster.js';
 import { testMesh } from './harness/memory-mesh.js';
@@ -21,6 +22,45 @@ const arbCmd: fc.Arbitrary<Cmd> = fc.oneof(
   { weight: 1, arbitrary: fc.record({ op: fc.constant('heal' as const) }) },
   { weight: 1, arbitrary: fc.record({ op: fc.constant('wait' as const) }) },
 );
+
+const ORIGIN = { start: RANGE.start, end: RANGE.start + 64, seeds: ['02:00:00:00:00:01'] };
+const arbRingEntry: fc.Arbitrary<RingEntry> = fc.record({
+  token: fc.integer({ min: RANGE.start, max: RANGE.start + 63 }),
+  owner: fc.constantFrom('02:00:00:00:00:01', '02:00:00:00:00:02', '02:00:00:00:00:03'),
+  version: fc.integer({ min: 0, max: 5 }),
+  free: fc.integer({ min: 0, max: 64 }),
+});
+const arbRing = fc.array(arbRingEntry, { maxLength: 10 });
+const ringOf = (...parts: RingEntry[][]) => {
+  const r = new Ring(ORIGIN);
+  for (const p of parts) r.merge(p);
+  return r.all();
+};
+
+describe('ring CRDT', () => {
+  it('merge is commutative, associative and idempotent', () => {
+    fc.assert(
+      fc.property(arbRing, arbRing, arbRing, (a, b, c) => {
+        expect(ringOf(a, b)).toEqual(ringOf(b, a));
+        expect(ringOf(ringOf(a, b), c)).toEqual(ringOf(a, ringOf(b, c)));
+        expect(ringOf(a, b, a, b)).toEqual(ringOf(a, b));
+      }),
+      { numRuns: 500 },
+    );
+  });
+  it('a fresh ring divides the whole range among its seeds, each share contiguous', () => {
+    fc.assert(
+      fc.property(fc.uniqueArray(fc.integer({ min: 1, max: 250 }), { minLength: 1, maxLength: 12 }), (ids) => {
+        const seeds = ids.map((i) => `02:00:00:00:00:${i.toString(16).padStart(2, '0')}`).sort();
+        const ring = Ring.create({ start: RANGE.start, end: RANGE.start + 64, seeds });
+        const ranges = ring.ranges();
+        expect(ranges[0].start).toBe(RANGE.start);
+        expect(ranges.reduce((n, r) => n + (r.end - r.start), 0)).toBe(64);
+        expect(new Set(ranges.map((r) => r.entry.owner))).toEqual(new Set(seeds.slice(0, Math.min(seeds.length, 64))));
+      }),
+    );
+  });
+});
 
 describe('IPAM under interleavings', () => {
   it('never hands one address to two containers and loses none', async () => {
