@@ -10,6 +10,7 @@ import { cidrEnd, contains, formatCidr, formatIp, hostRange, type Addr, type Cid
 import { PaxosNode, nodeId, validatePaxos, type PaxosState } from './paxos.js';
 import { Ring, entryFromWire, entryToWire, sameOrigin, type RingEntry, type RingOrigin } from './ring.js';
 import type { IpamStore } from './store.js';
+import type { Liveness } from './liveness.js';
 
 export const IPAM_CHANNEL = 'ipam';
 
@@ -22,6 +23,8 @@ export interface AllocatorConfig {
   /** How long a request may wait for consensus or space before it fails with the reason. */
   timeoutMs: number;
   store: IpamStore | null;
+  /** Tells whether a container still exists (null: cannot tell); addresses of gone ones are freed. */
+  liveness?: Liveness;
 }
 
 export type IpamErrorCode = 'pending' | 'full' | 'conflict' | 'not-found' | 'invalid' | 'refused';
@@ -113,6 +116,7 @@ export class Allocator implements Gossiper {
   private readonly unresponsive = new Map<PeerName, number>();
   private freeDirty = false;
   private initStarted = false;
+  private ticks = 0;
   /** Nicknames of peers seen in the topology, so a departed peer can still be named (rmpeer, status). */
   private readonly nicknames = new Map<PeerName, string>();
 
@@ -129,6 +133,8 @@ export class Allocator implements Gossiper {
     if (!this.ring && config.init.kind === 'seed') this.createRing(config.init.seeds);
     this.tick = setInterval(() => this.onTick(), 1000);
     this.tick.unref();
+    // Reconcile with what really runs, at start and every few seconds.
+    void this.pruneGone();
     mesh.on('topology', () => {
       for (const e of mesh.topology.entries.values()) this.nicknames.set(e.name, e.nickname);
       this.retryPending();
@@ -278,6 +284,24 @@ export class Allocator implements Gossiper {
       }
     }
     if (this.freeDirty) this.reportFree();
+    if (++this.ticks % 5 === 0) void this.pruneGone();
+  }
+
+  /** Frees the addresses of containers that no longer exist. Returns the idents freed. */
+  async pruneGone(): Promise<string[]> {
+    const alive = this.config.liveness;
+    if (!alive) return [];
+    const gone = [...this.owned.keys()].filter((ident) => alive(ident) === false);
+    for (const ident of gone) {
+      const addrs = this.owned.get(ident) ?? [];
+      this.mesh.log.info({ container: ident, addresses: addrs.map(formatIp) }, 'ipam: container is gone; its addresses are free');
+      for (const a of addrs) this.unrecord(ident, a);
+    }
+    if (gone.length > 0) {
+      this.freeDirty = true;
+      await this.persist();
+    }
+    return gone;
   }
 
   // ------------------------------------------------------------------ local space

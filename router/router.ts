@@ -12,6 +12,7 @@ import { VERSION, buildReport, type Report } from './report.js';
 import { Allocator } from '../ipam/allocator.js';
 import { ipamConfig } from '../ipam/config.js';
 import { IpamStore } from '../ipam/store.js';
+import { containerLiveness } from '../ipam/liveness.js';
 
 /** What the CLI reads to find a running router: written when ready, removed at exit. */
 export interface RouterInfo {
@@ -72,7 +73,7 @@ export class Router {
       discovery: opts.discovery,
       connLimit: opts.connLimit,
     });
-    const ipam = new Allocator(mesh, { ...ipamConf, timeoutMs: opts.ipallocTimeout, store: ipamStore });
+    const ipam = new Allocator(mesh, { ...ipamConf, timeoutMs: opts.ipallocTimeout, store: ipamStore, liveness: containerLiveness() });
     const router = new Router(opts, mesh, transport, maker, ipam, ipamStore);
     try {
       await transport.listen(opts.host, opts.port);

@@ -138,6 +138,23 @@ describeAsRoot('IPAM on three namespace hosts', () => {
     expect((await a.weft(['ipam', 'lookup', 'x'])).stdout).toMatch(/^10\.32\.0\.1\/12/);
   });
 
+  it('frees the address of a process container once the process is gone', async () => {
+    cluster = await Cluster.create(1, { routerArgs: [...FAST, '--ipalloc-init', 'consensus=1'] });
+    const [a] = cluster.hosts;
+    await a.launch();
+    const { spawn } = await import('node:child_process');
+    const sleeper = spawn('sleep', ['300'], { stdio: 'ignore' });
+    try {
+      const id = `pid:${sleeper.pid}`;
+      const r = await a.weft(['ipam', 'alloc', id]);
+      expect(r.code, r.stderr).toBe(0);
+      sleeper.kill('SIGKILL');
+      await eventually('the address to be freed', async () => (await a.weft(['ipam', 'lookup', id])).stderr.includes('no addresses'), 15_000, 500);
+    } finally {
+      sleeper.kill('SIGKILL');
+    }
+  });
+
   it('weft prime starts consensus and reports progress until ready', async () => {
     cluster = await Cluster.create(2, { routerArgs: [...FAST, '--ipalloc-init', 'consensus=2'] });
     const [a, b] = cluster.hosts;

@@ -99,6 +99,29 @@ describe('IPAM over in-memory meshes', () => {
     expect(String(err)).toMatch(/10\.32\.0\.0\/30 is full/);
   });
 
+  it('frees the addresses of containers that are gone (pid:N, netns:NAME), and only those', async () => {
+    const m = testMesh('solo');
+    meshes.push(m);
+    const alive = new Set(['pid:1', 'netns:web']);
+    const a = new Allocator(m, {
+      range: RANGE,
+      defaultSubnet: RANGE,
+      init: { kind: 'consensus', quorum: 1, peers: 0 },
+      timeoutMs: 5000,
+      store: null,
+      liveness: (id) => (id.startsWith('pid:') || id.startsWith('netns:') ? alive.has(id) : null),
+    });
+    allocators.push(a);
+    for (const id of ['pid:1', 'pid:999', 'netns:web', 'netns:gone', 'docker-abc']) await a.allocate(id);
+    expect((await a.pruneGone()).sort()).toEqual(['netns:gone', 'pid:999']);
+    expect(a.lookup('pid:999')).toEqual([]);
+    expect(a.lookup('docker-abc')).toHaveLength(1);
+    expect(a.lookup('netns:web')).toHaveLength(1);
+    // The freed address is handed out again (lowest first).
+    const again = await a.allocate('pid:2');
+    expect(again.addr).toBe(RANGE.start + 2);
+  });
+
   it('claims, looks up and frees', async () => {
     const { ipam } = peers(1, () => ({ kind: 'consensus', quorum: 1, peers: 0 }));
     const c = await ipam[0].claim('web', RANGE.start + 7, RANGE);
