@@ -4,7 +4,7 @@
 // one line, exiting non-zero, when none runs.
 import { Command, Option } from 'commander';
 import { addRouterOptions, DEFAULT_DATA_DIR } from '../router/options.js';
-import { VERSION, renderConnections, renderIpam, renderPeers, renderStatus, renderTargets, type Report } from '../router/report.js';
+import { VERSION, renderConnections, renderIpam, renderPeers, renderPs, renderStatus, renderTargets, type Report } from '../router/report.js';
 import { rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { CliError, isAlive, readRouterInfo, request, type Target } from './client.js';
@@ -155,6 +155,31 @@ withRouterLocation(ipam.command('lookup').description('the addresses of a contai
     console.log((await request(target(cmd), 'GET', `/ip/${encodeURIComponent(id)}`)).body);
   },
 );
+
+// ---- containers
+withRouterLocation(
+  program
+    .command('attach')
+    .description('attach a container to the overlay: an ethwe interface with addresses from IPAM (or the ones given)')
+    .argument('<args...>', '[ip/prefix ...] CONTAINER, where CONTAINER is netns:NAME or pid:N')
+    .option('--subnet <cidr>', 'allocate from this subnet of the range'),
+).action(async (args: string[], o: { subnet?: string }, cmd: Command) => {
+  const container = args[args.length - 1];
+  const cidrs = args.slice(0, -1);
+  const ep = JSON.parse((await request(target(cmd), 'POST', '/attach', { container, cidrs, subnet: o.subnet })).body) as { cidrs: string[] };
+  console.log(ep.cidrs.join(' '));
+});
+
+withRouterLocation(program.command('detach').description('detach a container and free its addresses').argument('<container>', 'netns:NAME or pid:N')).action(
+  async (container: string, _o, cmd: Command) => {
+    const ep = JSON.parse((await request(target(cmd), 'DELETE', `/attach/${encodeURIComponent(container)}`)).body) as { cidrs: string[] };
+    console.log(ep.cidrs.join(' '));
+  },
+);
+
+withRouterLocation(program.command('ps').description('containers attached on this host: id, MAC, addresses')).action(async (_o, cmd: Command) => {
+  process.stdout.write(renderPs(await getReport(cmd)));
+});
 
 async function stopRouter(dataDir: string): Promise<void> {
   const info = readRouterInfo(dataDir);

@@ -3,6 +3,7 @@
 import Fastify, { type FastifyInstance } from 'fastify';
 import { buildReport, renderConnections, renderIpam, renderPeers, renderStatus, renderTargets, type ReportSources } from './report.js';
 import { registerIpamRoutes } from './api-ipam.js';
+import { registerDatapathRoutes } from './api-datapath.js';
 
 import { HttpError } from './http-error.js';
 
@@ -87,5 +88,6 @@ export function buildApi(sources: ReportSources): FastifyInstance {
   });
 
   registerIpamRoutes(app, sources.ipam);
+  registerDatapathRoutes(app, sources.datapath);
   return app;
 }

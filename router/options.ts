@@ -22,6 +22,8 @@ export interface RouterOptions {
   ipallocDefaultSubnet?: string;
   ipallocInit: string;
   ipallocTimeout: number;
+  datapath: 'fastdp' | 'none';
+  mtu?: number;
   peers: string[];
 }
 
@@ -77,6 +79,8 @@ export function routerOptions(): Option[] {
     o('--ipalloc-range <cidr>', 'the range container addresses come from').default('10.32.0.0/12'),
     o('--ipalloc-default-subnet <cidr>', 'subnet for allocations that name none (default: the whole range)'),
     o('--ipalloc-init <mode>', 'how the ring starts: consensus[=N] (N initial peers; default: the peers given + 1), seed=NAME,..., or observer').default('consensus'),
+    o('--datapath <kind>', 'fastdp (kernel VXLAN), or none (control plane only: no bridge, no attach)').default('fastdp').choices(['fastdp', 'none']),
+    o('--mtu <n>', 'overlay MTU (default: the underlay MTU minus 50 for VXLAN)').argParser(int('mtu', 576, 65000)),
     o('--ipalloc-timeout <duration>', 'how long an allocation may wait (for consensus or space) before it fails with the reason').default(30_000, '30s').argParser(duration),
   ];
 }
@@ -117,6 +121,8 @@ export function toRouterOptions(v: Record<string, unknown>, peers: string[]): Ro
     ipallocDefaultSubnet: v.ipallocDefaultSubnet as string | undefined,
     ipallocInit: v.ipallocInit as string,
     ipallocTimeout: v.ipallocTimeout as number,
+    datapath: v.datapath as 'fastdp' | 'none',
+    mtu: v.mtu as number | undefined,
     peers,
   };
 }

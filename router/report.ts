@@ -6,6 +6,7 @@ import type { PeerName } from './mesh/peer-name.js';
 import type { HandshakeFailure } from './mesh/tcp.js';
 import { PROTOCOL_MAX, PROTOCOL_MIN } from './mesh/protocol-crypto.js';
 import type { Allocator, IpamStatus } from '../ipam/allocator.js';
+import type { Datapath } from '../datapath/datapath.js';
 
 export const VERSION = '0.1.0';
 
@@ -35,12 +36,21 @@ export interface Report {
   targets: { address: string; direct: boolean; state: string; peer?: PeerName; error?: string; retryInMs?: number }[];
   gossip: { messagesSent: number; bytesSent: number; messagesReceived: number; bytesReceived: number; gossipErrors: number; protocolErrors: number };
   ipam: IpamStatus;
+  datapath: null | {
+    kind: 'fastdp';
+    mtu: number;
+    localEndpoints: { container: string; mac: string; cidrs: string[] }[];
+    endpoints: { container: string; mac: string; cidrs: string[]; peer: PeerName }[];
+    stats: { fdbAdded: number; fdbRemoved: number; repairs: number; errors: number };
+    lastError: string | null;
+  };
 }
 
 export interface ReportSources {
   mesh: Mesh;
   maker: ConnectionMaker;
   ipam: Allocator;
+  datapath: Datapath | null;
   failures: HandshakeFailure[];
   hasPassword: boolean;
   discovery: boolean;
@@ -112,6 +122,16 @@ export function buildReport(s: ReportSources): Report {
     targets,
     gossip: { ...mesh.stats },
     ipam: s.ipam.status(),
+    datapath: s.datapath
+      ? {
+          kind: 'fastdp',
+          mtu: s.datapath.mtu,
+          localEndpoints: s.datapath.endpoints.local,
+          endpoints: s.datapath.endpoints.all(),
+          stats: { ...s.datapath.stats },
+          lastError: s.datapath.lastError,
+        }
+      : null,
   };
 }
 
@@ -136,6 +156,7 @@ export function renderStatus(r: Report): string {
     ['ConnLimit', r.connLimit === 0 ? 'none' : String(r.connLimit)],
     ['IPAM', `${r.ipam.state}${r.ipam.pending.length ? ` (${r.ipam.pending.length} request(s) waiting; see weft status ipam)` : ''}`],
     ['Range', `${r.ipam.range}, default subnet ${r.ipam.defaultSubnet}`],
+    ['Datapath', r.datapath ? `fastdp (kernel VXLAN), mtu ${r.datapath.mtu}, ${r.datapath.localEndpoints.length} container(s) attached here${r.datapath.lastError ? `; last error: ${r.datapath.lastError}` : ''}` : 'none (control plane only)'],
   ];
   return lines.map(([k, v]) => `${k.padStart(16)}: ${v}`).join('\n') + '\n';
 }
@@ -199,4 +220,9 @@ export function renderIpam(r: Report): string {
     for (const c of i.conflicts) out.push(`  ${c}`);
   }
   return out.join('\n') + '\n';
+}
+
+export function renderPs(r: Report): string {
+  const eps = r.datapath?.localEndpoints ?? [];
+  return eps.map((e) => `${e.container} ${e.mac} ${e.cidrs.join(' ')}`).join('\n') + (eps.length ? '\n' : '');
 }

@@ -13,6 +13,7 @@ import { Allocator } from '../ipam/allocator.js';
 import { ipamConfig } from '../ipam/config.js';
 import { IpamStore } from '../ipam/store.js';
 import { containerLiveness } from '../ipam/liveness.js';
+import { Datapath } from '../datapath/datapath.js';
 
 /** What the CLI reads to find a running router: written when ready, removed at exit. */
 export interface RouterInfo {
@@ -39,6 +40,7 @@ export class Router {
     readonly maker: ConnectionMaker,
     readonly ipam: Allocator,
     private readonly ipamStore: IpamStore,
+    readonly datapath: Datapath | null,
   ) {}
 
   static async start(opts: RouterOptions, log: Logger): Promise<Router> {
@@ -74,10 +76,12 @@ export class Router {
       connLimit: opts.connLimit,
     });
     const ipam = new Allocator(mesh, { ...ipamConf, timeoutMs: opts.ipallocTimeout, store: ipamStore, liveness: containerLiveness() });
-    const router = new Router(opts, mesh, transport, maker, ipam, ipamStore);
+    const datapath = opts.datapath === 'fastdp' ? new Datapath(mesh, ipam, { dataDir: opts.dataDir, mtu: opts.mtu, vxlanPort: opts.port + 1 }) : null;
+    const router = new Router(opts, mesh, transport, maker, ipam, ipamStore, datapath);
     try {
+      await datapath?.start();
       await transport.listen(opts.host, opts.port);
-      const api = buildApi({ mesh, maker, ipam, failures: transport.failures, hasPassword: opts.password !== null, discovery: opts.discovery });
+      const api = buildApi({ mesh, maker, ipam, datapath, failures: transport.failures, hasPassword: opts.password !== null, discovery: opts.discovery });
       const { host, port } = splitHostPort(opts.httpAddr);
       await api.listen({ host, port });
       router.api = api;
@@ -92,7 +96,7 @@ export class Router {
   }
 
   report(): Report {
-    return buildReport({ mesh: this.mesh, maker: this.maker, ipam: this.ipam, failures: this.transport.failures, hasPassword: this.opts.password !== null, discovery: this.opts.discovery });
+    return buildReport({ mesh: this.mesh, maker: this.maker, ipam: this.ipam, datapath: this.datapath, failures: this.transport.failures, hasPassword: this.opts.password !== null, discovery: this.opts.discovery });
   }
 
   private writeInfo(): void {
@@ -114,6 +118,7 @@ export class Router {
       rmSync(routerInfoPath(this.opts.dataDir), { force: true });
       this.maker.stop();
       this.ipam.stop();
+      this.datapath?.stop();
       this.mesh.stop();
       this.transport.close();
       await this.api?.close();

@@ -132,6 +132,8 @@ export class Host {
 
 export class Cluster {
   readonly hosts: Host[] = [];
+  /** Container namespaces made by container(): removed by cleanup(). */
+  readonly containers: string[] = [];
   readonly workDir: string;
   readonly id: string;
   readonly underlayNs: string;
@@ -176,10 +178,19 @@ export class Cluster {
     return h;
   }
 
+  /** A "container": a named network namespace, attached with `weft attach netns:NAME`. */
+  async container(label: string): Promise<string> {
+    const ns = `${this.id}-${label}`;
+    await must('ip', ['netns', 'add', ns]);
+    this.containers.push(ns);
+    return ns;
+  }
+
   /** Kills every process in the hosts' namespaces, removes the namespaces and the work dir. */
   async cleanup(): Promise<void> {
     if (this.cleaned) return;
     this.cleaned = true;
+    for (const ns of this.containers) await removeNamespace(ns);
     for (const h of this.hosts) await removeNamespace(h.ns);
     await removeNamespace(this.underlayNs);
     rmSync(this.workDir, { recursive: true, force: true });

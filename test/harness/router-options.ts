@@ -15,6 +15,8 @@ export function routerOptions(over: Partial<RouterOptions> & Pick<RouterOptions,
     ipallocRange: '10.32.0.0/12',
     ipallocInit: 'consensus',
     ipallocTimeout: 5000,
+    // In-process routers run in the test's own namespace: never plumb a bridge there.
+    datapath: 'none',
     peers: [],
     ...over,
   };

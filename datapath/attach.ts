@@ -1,0 +1,77 @@
+// Attaching a container: a veth pair from the bridge into the container's
+// network namespace, its end named `ethwe`, with the container's addresses, the
+// overlay MTU and a route for the whole allocation range.
+import { createHash } from 'node:crypto';
+import { existsSync } from 'node:fs';
+import { BRIDGE } from './bridge.js';
+import { ip, ipJson, linkExists } from './iproute.js';
+
+export const CONTAINER_IF = 'ethwe';
+
+/** Where a container's network namespace is, from `netns:NAME` or `pid:N`; a readable error otherwise. */
+export function netnsPathOf(container: string): string {
+  const ns = /^netns:([A-Za-z0-9_.-]{1,64})$/.exec(container);
+  if (ns) {
+    const p = `/run/netns/${ns[1]}`;
+    if (!existsSync(p)) throw new Error(`no network namespace "${ns[1]}" (looked for ${p})`);
+    return p;
+  }
+  const pid = /^pid:(\d{1,10})$/.exec(container);
+  if (pid) {
+    const p = `/proc/${pid[1]}/ns/net`;
+    if (!existsSync(p)) throw new Error(`no process ${pid[1]}`);
+    return p;
+  }
+  throw new Error(`unknown container "${container}": use netns:NAME or pid:N (Docker containers come with the Docker support)`);
+}
+
+/** The host end's name: short (IFNAMSIZ is 16) and stable for a container. */
+export function hostIfName(container: string): string {
+  return `vw${createHash('sha1').update(container).digest('hex').slice(0, 10)}`;
+}
+
+export interface AttachResult {
+  mac: string;
+  hostIf: string;
+}
+
+/** Plumbs the container in (idempotent: an existing ethwe keeps its MAC and gains missing addresses). */
+export async function attachContainer(container: string, cidrs: string[], mtu: number, rangeCidr: string): Promise<AttachResult> {
+  const ns = netnsPathOf(container);
+  const hostIf = hostIfName(container);
+  const peerTmp = `vp${hostIf.slice(2)}`;
+  if (!(await linkExists(CONTAINER_IF, ns))) {
+    if (await linkExists(hostIf)) await ip(['link', 'del', hostIf]); // a leftover from a half-done attach
+    await ip(['link', 'add', hostIf, 'mtu', String(mtu), 'type', 'veth', 'peer', 'name', peerTmp, 'mtu', String(mtu)]);
+    try {
+      await ip(['link', 'set', peerTmp, 'netns', ns]);
+      await ip(['link', 'set', peerTmp, 'name', CONTAINER_IF], ns);
+    } catch (err) {
+      await ip(['link', 'del', hostIf]).catch(() => undefined);
+      throw err;
+    }
+  }
+  await ip(['link', 'set', hostIf, 'master', BRIDGE, 'up']);
+  await ip(['link', 'set', 'lo', 'up'], ns);
+  const have = await ipJson<{ addr_info?: { local: string; prefixlen: number }[] }[]>(['addr', 'show', 'dev', CONTAINER_IF], ns);
+  const existing = new Set((have[0]?.addr_info ?? []).map((a) => `${a.local}/${a.prefixlen}`));
+  for (const c of cidrs) if (!existing.has(c)) await ip(['addr', 'add', c, 'dev', CONTAINER_IF], ns);
+  await ip(['link', 'set', CONTAINER_IF, 'mtu', String(mtu), 'up'], ns);
+  // The whole allocation range through ethwe, so every subnet's addresses are reachable where allowed.
+  await ip(['route', 'replace', rangeCidr, 'dev', CONTAINER_IF], ns).catch(() => undefined);
+  const link = (await ipJson<{ address: string }[]>(['link', 'show', 'dev', CONTAINER_IF], ns))[0];
+  return { mac: link.address, hostIf };
+}
+
+/** Removes the container's ethwe (its veth peer goes with it). A container that is gone needs nothing. */
+export async function detachContainer(container: string): Promise<void> {
+  const hostIf = hostIfName(container);
+  let ns: string | null = null;
+  try {
+    ns = netnsPathOf(container);
+  } catch {
+    /* the container is gone */
+  }
+  if (ns && (await linkExists(CONTAINER_IF, ns))) await ip(['link', 'del', CONTAINER_IF], ns);
+  if (await linkExists(hostIf)) await ip(['link', 'del', hostIf]);
+}

@@ -1,0 +1,223 @@
+// The datapath service: keeps the bridge and VXLAN device right, attaches and
+// detaches containers (addresses from IPAM unless given), announces local
+// endpoints, and programs the fdb whenever endpoints or connections change.
+import { readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { formatCidr, formatIp, parseCidr } from '../ipam/addr.js';
+import type { Allocator } from '../ipam/allocator.js';
+import type { Mesh } from '../router/mesh/mesh.js';
+import { attachContainer, detachContainer, netnsPathOf } from './attach.js';
+import { BRIDGE, VXLAN_OVERHEAD, bridgeMac, ensureBridge, removeBridge, underlayMtu } from './bridge.js';
+import { EndpointTable, type Endpoint } from './endpoints.js';
+import { FLOOD_MAC, programFdb, readFdb, type FdbEntry } from './fastdp.js';
+import { linkExists } from './iproute.js';
+
+export interface DatapathConfig {
+  dataDir: string;
+  /** Overlay MTU; default: the underlay's minus the VXLAN overhead. */
+  mtu?: number;
+  vxlanPort: number;
+}
+
+function hostOf(addr: string): string {
+  const v6 = /^\[(.*)\]:\d+$/.exec(addr);
+  return v6 ? v6[1] : addr.slice(0, addr.lastIndexOf(':'));
+}
+
+export class Datapath {
+  readonly endpoints: EndpointTable;
+  mtu = 1450;
+  private reconcileTimer: NodeJS.Timeout | null = null;
+  private reconciling: Promise<void> | null = null;
+  private again = false;
+  private checkTimer: NodeJS.Timeout | null = null;
+  readonly stats = { fdbAdded: 0, fdbRemoved: 0, repairs: 0, errors: 0 };
+  lastError: string | null = null;
+  /** Each peer's underlay address, remembered after its connection goes (see desiredFdb). */
+  private readonly lastAddr = new Map<string, string>();
+
+  constructor(
+    private readonly mesh: Mesh,
+    private readonly ipam: Allocator,
+    readonly config: DatapathConfig,
+  ) {
+    this.endpoints = new EndpointTable(mesh);
+    this.endpoints.onChange(() => this.scheduleReconcile());
+    for (const ev of ['connection-added', 'connection-removed', 'connection-established', 'topology']) mesh.on(ev, () => this.scheduleReconcile());
+  }
+
+  private get statePath(): string {
+    return join(this.config.dataDir, 'endpoints.json');
+  }
+
+  async start(): Promise<void> {
+    this.mtu = this.config.mtu ?? (await underlayMtu()) - VXLAN_OVERHEAD;
+    await ensureBridge({ mac: bridgeMac(this.mesh.name), mtu: this.mtu, vxlanPort: this.config.vxlanPort });
+    // Containers attached before a restart are still plumbed: announce those that still exist.
+    const saved = this.loadLocal();
+    const alive: Endpoint[] = [];
+    for (const e of saved) {
+      try {
+        netnsPathOf(e.container);
+        alive.push(e);
+      } catch {
+        this.mesh.log.info({ container: e.container }, 'attached container is gone; forgetting it');
+      }
+    }
+    this.setLocal(alive);
+    this.scheduleReconcile();
+    // Repair the bridge if someone changes it underneath.
+    this.checkTimer = setInterval(() => void this.check(), 5_000);
+    this.checkTimer.unref();
+  }
+
+  private async check(): Promise<void> {
+    // Containers that went away take their veths with them: forget their endpoints.
+    const alive = this.endpoints.local.filter((e) => {
+      try {
+        netnsPathOf(e.container);
+        return true;
+      } catch {
+        return false;
+      }
+    });
+    if (alive.length !== this.endpoints.local.length) this.setLocal(alive);
+    try {
+      const fixed = await ensureBridge({ mac: bridgeMac(this.mesh.name), mtu: this.mtu, vxlanPort: this.config.vxlanPort });
+      if (fixed.length > 0) {
+        this.stats.repairs++;
+        this.mesh.log.warn({ fixed }, 'bridge repaired');
+        this.scheduleReconcile();
+      }
+    } catch (err) {
+      this.noteError(`bridge check failed: ${(err as Error).message}`);
+    }
+  }
+
+  private noteError(msg: string): void {
+    this.stats.errors++;
+    this.lastError = msg;
+    this.mesh.log.error({ err: msg }, 'datapath error');
+  }
+
+  private loadLocal(): Endpoint[] {
+    try {
+      const v = JSON.parse(readFileSync(this.statePath, 'utf8')) as Endpoint[];
+      return Array.isArray(v) ? v : [];
+    } catch {
+      return [];
+    }
+  }
+
+  private setLocal(endpoints: Endpoint[]): void {
+    const tmp = `${this.statePath}.tmp`;
+    writeFileSync(tmp, JSON.stringify(endpoints, null, 2) + '\n');
+    renameSync(tmp, this.statePath);
+    this.endpoints.setLocal(endpoints);
+  }
+
+  /** Attaches a container; with no addresses given, one comes from IPAM. Returns its endpoint. */
+  async attach(container: string, cidrs: string[], subnet?: string): Promise<Endpoint> {
+    netnsPathOf(container); // a clear error before anything is allocated
+    let addrs = cidrs.map((c) => {
+      const p = parseCidr(c, true);
+      return `${formatIp(p.addr)}/${p.prefix}`;
+    });
+    if (addrs.length === 0) {
+      const got = await this.ipam.allocate(container, subnet ? parseCidr(subnet) : undefined);
+      addrs = [`${formatIp(got.addr)}/${got.prefix}`];
+    } else {
+      for (const c of cidrs) {
+        const p = parseCidr(c, true);
+        await this.ipam.claim(container, p.addr, { start: p.start, prefix: p.prefix });
+      }
+    }
+    const { mac } = await attachContainer(container, addrs, this.mtu, formatCidr(this.ipam.config.range));
+    const prev = this.endpoints.local.find((e) => e.container === container);
+    const ep: Endpoint = { container, mac, cidrs: [...new Set([...(prev?.cidrs ?? []), ...addrs])] };
+    this.setLocal([...this.endpoints.local.filter((e) => e.container !== container), ep]);
+    return ep;
+  }
+
+  /** Detaches a container and frees its addresses. */
+  async detach(container: string): Promise<Endpoint> {
+    const ep = this.endpoints.local.find((e) => e.container === container);
+    if (!ep) throw new Error(`container ${container} is not attached here`);
+    await detachContainer(container);
+    this.setLocal(this.endpoints.local.filter((e) => e.container !== container));
+    await this.ipam.free(container).catch(() => undefined);
+    return ep;
+  }
+
+  /** The fdb this host should have: remote MACs at their peers, and a flood entry per direct peer. */
+  desiredFdb(): FdbEntry[] {
+    for (const c of this.mesh.connections.values()) if (c.established) this.lastAddr.set(c.name, hostOf(c.link.remoteAddr));
+    // Peers whose router is down or restarting keep their entries (at the last address) while the
+    // endpoint table still holds them: their kernels still deliver.
+    const peers = new Set(this.endpoints.all().map((e) => e.peer));
+    for (const c of this.mesh.connections.values()) if (c.established) peers.add(c.name);
+    peers.delete(this.mesh.name);
+    const out: FdbEntry[] = [];
+    const floods = new Set<string>();
+    for (const p of peers) {
+      const dst = this.lastAddr.get(p);
+      if (dst) floods.add(dst);
+    }
+    for (const dst of floods) out.push({ mac: FLOOD_MAC, dst });
+    for (const e of this.endpoints.all()) {
+      const dst = this.lastAddr.get(e.peer);
+      if (e.peer !== this.mesh.name && dst) out.push({ mac: e.mac, dst });
+    }
+    return out;
+  }
+
+  scheduleReconcile(): void {
+    if (this.reconcileTimer) return;
+    this.reconcileTimer = setTimeout(() => {
+      this.reconcileTimer = null;
+      void this.reconcile();
+    }, 20);
+    this.reconcileTimer.unref();
+  }
+
+  /** Applies the desired fdb; one run at a time, and once more if something changed meanwhile. */
+  async reconcile(): Promise<void> {
+    if (this.reconciling) {
+      this.again = true;
+      return this.reconciling;
+    }
+    this.reconciling = (async () => {
+      do {
+        this.again = false;
+        try {
+          if (!(await linkExists(BRIDGE))) await this.check();
+          const r = await programFdb(this.desiredFdb());
+          this.stats.fdbAdded += r.added;
+          this.stats.fdbRemoved += r.removed;
+        } catch (err) {
+          this.noteError(`programming the fdb failed: ${(err as Error).message}`);
+        }
+      } while (this.again);
+    })();
+    try {
+      await this.reconciling;
+    } finally {
+      this.reconciling = null;
+    }
+  }
+
+  async fdb(): Promise<FdbEntry[]> {
+    return readFdb();
+  }
+
+  stop(): void {
+    this.endpoints.stop();
+    if (this.checkTimer) clearInterval(this.checkTimer);
+    if (this.reconcileTimer) clearTimeout(this.reconcileTimer);
+  }
+
+  /** For reset: the bridge and VXLAN device go (containers' veths go with the bridge ports). */
+  static async remove(): Promise<void> {
+    await removeBridge();
+  }
+}

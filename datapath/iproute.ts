@@ -1,0 +1,54 @@
+// iproute2 as the way to program the kernel: single commands, `-batch -` for
+// many changes in one process, `-json` to read state back. Runs in the
+// router's own network namespace unless told to enter another.
+import { execFile } from 'node:child_process';
+
+export class CommandError extends Error {}
+
+function exec(cmd: string, args: string[], input?: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const child = execFile(cmd, args, { timeout: 20_000, maxBuffer: 64 * 1024 * 1024 }, (err, stdout, stderr) => {
+      if (err) reject(new CommandError(`${cmd} ${args.join(' ')}: ${String(stderr).trim() || err.message}`));
+      else resolve(String(stdout));
+    });
+    if (input !== undefined) child.stdin?.end(input);
+  });
+}
+
+/** `ip ARGS` here, or inside the network namespace at `netnsPath` (via nsenter). */
+export function ip(args: string[], netnsPath?: string): Promise<string> {
+  return netnsPath ? exec('nsenter', [`--net=${netnsPath}`, 'ip', ...args]) : exec('ip', args);
+}
+
+export async function ipJson<T>(args: string[], netnsPath?: string): Promise<T> {
+  const out = await ip(['-json', ...args], netnsPath);
+  return (out.trim() ? JSON.parse(out) : []) as T;
+}
+
+/** Many `ip` commands in one process; -force keeps going past a failed line (each failure is reported). */
+export function ipBatch(lines: string[]): Promise<string> {
+  return lines.length === 0 ? Promise.resolve('') : exec('ip', ['-force', '-batch', '-'], lines.join('\n') + '\n');
+}
+
+export function bridgeBatch(lines: string[]): Promise<string> {
+  return lines.length === 0 ? Promise.resolve('') : exec('bridge', ['-force', '-batch', '-'], lines.join('\n') + '\n');
+}
+
+export async function bridgeJson<T>(args: string[]): Promise<T> {
+  const out = await exec('bridge', ['-json', ...args]);
+  return (out.trim() ? JSON.parse(out) : []) as T;
+}
+
+export async function linkExists(name: string, netnsPath?: string): Promise<boolean> {
+  try {
+    await ip(['link', 'show', 'dev', name], netnsPath);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+export async function sysctl(path: string, value: string): Promise<void> {
+  const { writeFile } = await import('node:fs/promises');
+  await writeFile(`/proc/sys/${path.replaceAll('.', '/')}`, value);
+}

@@ -1,0 +1,39 @@
+// Attach, detach and ps over the HTTP API.
+import type { FastifyInstance } from 'fastify';
+import type { Datapath } from '../datapath/datapath.js';
+import { IpamError } from '../ipam/allocator.js';
+import { HttpError } from './http-error.js';
+
+function need(dp: Datapath | null): Datapath {
+  if (!dp) throw new HttpError(409, 'this router runs without a datapath (--datapath none): nothing can be attached');
+  return dp;
+}
+
+async function wrap<T>(fn: () => Promise<T>): Promise<T> {
+  try {
+    return await fn();
+  } catch (err) {
+    if (err instanceof HttpError) throw err;
+    if (err instanceof IpamError) throw new HttpError(err.code === 'pending' || err.code === 'full' ? 503 : err.code === 'conflict' ? 409 : 400, err.message);
+    throw new HttpError(400, (err as Error).message);
+  }
+}
+
+export function registerDatapathRoutes(app: FastifyInstance, dp: Datapath | null): void {
+  app.post('/attach', async (req) => {
+    const b = (req.body ?? {}) as { container?: unknown; cidrs?: unknown; subnet?: unknown };
+    if (typeof b.container !== 'string' || b.container === '') throw new HttpError(400, 'container is required (netns:NAME or pid:N)');
+    const cidrs = b.cidrs === undefined ? [] : b.cidrs;
+    if (!Array.isArray(cidrs) || !cidrs.every((c) => typeof c === 'string')) throw new HttpError(400, 'cidrs must be a list of ip/prefix');
+    if (b.subnet !== undefined && typeof b.subnet !== 'string') throw new HttpError(400, 'subnet must be a CIDR');
+    const d = need(dp);
+    return wrap(() => d.attach(b.container as string, cidrs as string[], b.subnet as string | undefined));
+  });
+
+  app.delete<{ Params: { container: string } }>('/attach/:container', async (req) => {
+    const d = need(dp);
+    return wrap(() => d.detach(req.params.container));
+  });
+
+  app.get('/fdb', async () => wrap(() => need(dp).fdb()));
+}

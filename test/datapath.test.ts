@@ -1,0 +1,101 @@
+// The kernel datapath across namespace hosts: bridge, attach, VXLAN fdb.
+import { afterEach, expect, it } from 'vitest';
+import type { Report } from '../router/report.js';
+import { Cluster, eventually, type Host } from './harness/cluster.js';
+import { describeAsRoot } from './harness/root.js';
+import { echo, echoServer } from './harness/traffic.js';
+import { run } from './harness/exec.js';
+
+const FAST = ['--heartbeat-interval', '500ms', '--gossip-interval', '1s', '--ipalloc-init', 'consensus=2'];
+let cluster: Cluster | null = null;
+afterEach(async () => {
+  await cluster?.cleanup();
+  cluster = null;
+});
+
+async function twoHosts(): Promise<[Host, Host]> {
+  cluster = await Cluster.create(2, { routerArgs: FAST });
+  const [a, b] = cluster.hosts;
+  await a.launch();
+  await b.launch([a.ip]);
+  await eventually('connected', async () => (await a.report<Report>()).connections.some((c) => c.state === 'established'));
+  return [a, b];
+}
+
+async function attach(h: Host, ns: string, ...cidrs: string[]): Promise<string> {
+  const r = await h.weft(['attach', ...cidrs, `netns:${ns}`]);
+  if (r.code !== 0) throw new Error(`attach on ${h.nickname}: ${r.stderr}`);
+  return r.stdout.trim().split(' ')[0].split('/')[0];
+}
+
+describeAsRoot('fastdp across namespace hosts', () => {
+  it('containers on two hosts exchange TCP and UDP; addresses come from IPAM; ps lists them', async () => {
+    const [a, b] = await twoHosts();
+    const c1 = await cluster!.container('c1');
+    const c2 = await cluster!.container('c2');
+    const ip1 = await attach(a, c1);
+    const ip2 = await attach(b, c2);
+    expect(ip1).not.toBe(ip2);
+    const ps = await a.weft(['ps']);
+    expect(ps.stdout).toMatch(new RegExp(`^netns:${c1} [0-9a-f:]{17} ${ip1.replaceAll('.', '\\.')}/12`));
+    const server = await echoServer(c2, 7000);
+    try {
+      await eventually('TCP across hosts', async () => (await echo(c1, ip2, 7000, 'tcp', 100_000)) === 100_000, 10_000, 300);
+      expect(await echo(c1, ip2, 7000, 'udp', 1000)).toBe(1000);
+    } finally {
+      server.stop();
+    }
+    // ARP resolved across the overlay.
+    const neigh = await run('ip', ['-n', c1, 'neigh', 'show', ip2]);
+    expect(neigh.stdout).toMatch(/lladdr/);
+    // The fdb on A points c2's MAC at B's underlay address.
+    const rb = await b.report<Report>();
+    const mac2 = rb.datapath!.localEndpoints[0].mac;
+    const fdb = await a.exec('bridge', ['fdb', 'show', 'dev', 'vxlan-weft']);
+    expect(fdb.stdout).toContain(`${mac2} dst ${b.ip} self permanent`);
+    expect(fdb.stdout).toContain(`00:00:00:00:00:00 dst ${b.ip} self permanent`);
+  });
+
+  it('detach frees the address and removes the fdb entries on the other host', async () => {
+    const [a, b] = await twoHosts();
+    const c1 = await cluster!.container('c1');
+    const c2 = await cluster!.container('c2');
+    await attach(a, c1);
+    const ip2 = await attach(b, c2, '10.32.5.5/12');
+    expect(ip2).toBe('10.32.5.5');
+    const mac2 = (await b.report<Report>()).datapath!.localEndpoints[0].mac;
+    await eventually('A programs c2', async () => (await a.exec('bridge', ['fdb', 'show', 'dev', 'vxlan-weft'])).stdout.includes(mac2));
+    const d = await b.weft(['detach', `netns:${c2}`]);
+    expect(d.code, d.stderr).toBe(0);
+    expect((await b.weft(['ipam', 'lookup', `netns:${c2}`])).stderr).toMatch(/no addresses/);
+    await eventually('A forgets c2', async () => !(await a.exec('bridge', ['fdb', 'show', 'dev', 'vxlan-weft'])).stdout.includes(mac2));
+    expect((await run('ip', ['-n', c2, 'link', 'show', 'ethwe'])).code).not.toBe(0);
+  });
+
+  it('a restarted router keeps attached containers working and leaves no stale fdb entry', async () => {
+    const [a, b] = await twoHosts();
+    const c1 = await cluster!.container('c1');
+    const c2 = await cluster!.container('c2');
+    const c3 = await cluster!.container('c3');
+    await attach(a, c1);
+    const ip2 = await attach(b, c2);
+    await attach(b, c3);
+    const mac3 = (await b.report<Report>()).datapath!.localEndpoints.find((e) => e.container === `netns:${c3}`)!.mac;
+    const server = await echoServer(c2, 7001);
+    try {
+      await eventually('TCP across', async () => (await echo(c1, ip2, 7001)) === 5, 10_000, 300);
+      await b.kill();
+      // The kernel keeps forwarding while B's router is down.
+      expect(await echo(c1, ip2, 7001)).toBe(5);
+      await run('ip', ['netns', 'del', c3]); // a container that goes away while the router is down
+      await b.launch([a.ip]);
+      await eventually('A drops c3\'s MAC after B comes back', async () => !(await a.exec('bridge', ['fdb', 'show', 'dev', 'vxlan-weft'])).stdout.includes(mac3), 20_000);
+      expect(await echo(c1, ip2, 7001)).toBe(5);
+      const ps = await b.weft(['ps']);
+      expect(ps.stdout).toContain(`netns:${c2}`);
+      expect(ps.stdout).not.toContain(`netns:${c3}`);
+    } finally {
+      server.stop();
+    }
+  });
+});

@@ -1,0 +1,54 @@
+// Traffic between container namespaces, with Node itself (no ping or nc needed):
+// a TCP echo round trip and a UDP datagram.
+import { spawn } from 'node:child_process';
+import { run } from './exec.js';
+
+const SERVER = `
+const net = require('node:net'); const dgram = require('node:dgram');
+const [port] = process.argv.slice(1).map(Number);
+const srv = net.createServer((s) => s.pipe(s)).listen(port, '0.0.0.0', () => {
+  const u = dgram.createSocket('udp4');
+  u.on('message', (m, r) => u.send(m, r.port, r.address));
+  u.bind(port, '0.0.0.0', () => process.stdout.write('ready\\n'));
+});
+setTimeout(() => process.exit(0), 60000);`;
+
+const CLIENT = `
+const net = require('node:net'); const dgram = require('node:dgram');
+const [ip, port, proto, size] = process.argv.slice(1);
+const payload = Buffer.alloc(Number(size || 5), 'x'); payload.write('hello');
+const fail = (e) => { process.stderr.write(String(e)); process.exit(1); };
+setTimeout(() => fail('timed out'), 5000);
+if (proto === 'udp') {
+  const u = dgram.createSocket('udp4');
+  u.on('message', (m) => { process.stdout.write(String(m.length)); process.exit(0); });
+  u.send(payload, Number(port), ip, (e) => e && fail(e));
+} else {
+  const chunks = []; let n = 0;
+  const s = net.connect(Number(port), ip, () => s.write(payload));
+  s.on('data', (d) => { chunks.push(d); n += d.length; if (n >= payload.length) { process.stdout.write(String(n)); process.exit(0); } });
+  s.on('error', fail);
+}`;
+
+/** Starts an echo server (TCP and UDP on `port`) in a namespace; resolves once it listens. */
+export async function echoServer(ns: string, port: number): Promise<{ stop: () => void }> {
+  const child = spawn('ip', ['netns', 'exec', ns, process.execPath, '-e', SERVER, String(port)], { stdio: ['ignore', 'pipe', 'pipe'] });
+  await new Promise<void>((resolve, reject) => {
+    const t = setTimeout(() => reject(new Error(`echo server in ${ns} did not start`)), 10_000);
+    child.stdout.on('data', (d: Buffer) => {
+      if (d.toString().includes('ready')) {
+        clearTimeout(t);
+        resolve();
+      }
+    });
+    child.on('exit', (code) => reject(new Error(`echo server in ${ns} exited (${code})`)));
+  });
+  return { stop: () => child.kill('SIGKILL') };
+}
+
+/** Sends `size` bytes from a namespace to ip:port and waits for the echo; returns the byte count echoed, or throws. */
+export async function echo(ns: string, ip: string, port: number, proto: 'tcp' | 'udp' = 'tcp', size = 5): Promise<number> {
+  const r = await run('ip', ['netns', 'exec', ns, process.execPath, '-e', CLIENT, ip, String(port), proto, String(size)], { timeoutMs: 10_000 });
+  if (r.code !== 0) throw new Error(`${proto} echo from ${ns} to ${ip}:${port} failed: ${r.stderr.trim() || r.code}`);
+  return Number(r.stdout);
+}
