@@ -36,7 +36,7 @@ export interface AttachResult {
 }
 
 /** Plumbs the container in (idempotent: an existing ethwe keeps its MAC and gains missing addresses). */
-export async function attachContainer(container: string, cidrs: string[], mtu: number, rangeCidr: string): Promise<AttachResult> {
+export async function attachContainer(container: string, cidrs: string[], mtu: number): Promise<AttachResult> {
   const ns = netnsPathOf(container);
   const hostIf = hostIfName(container);
   const peerTmp = `vp${hostIf.slice(2)}`;
@@ -57,8 +57,10 @@ export async function attachContainer(container: string, cidrs: string[], mtu: n
   const existing = new Set((have[0]?.addr_info ?? []).map((a) => `${a.local}/${a.prefixlen}`));
   for (const c of cidrs) if (!existing.has(c)) await ip(['addr', 'add', c, 'dev', CONTAINER_IF], ns);
   await ip(['link', 'set', CONTAINER_IF, 'mtu', String(mtu), 'up'], ns);
-  // The whole allocation range through ethwe, so every subnet's addresses are reachable where allowed.
-  await ip(['route', 'replace', rangeCidr, 'dev', CONTAINER_IF], ns).catch(() => undefined);
+  // Each address brings the route for its own subnet (the whole range for the default subnet), and no
+  // more: a container in a narrower subnet has no route to the others, which is what isolates subnets.
+  // Multicast goes out ethwe too, so it floods over the overlay.
+  await ip(['route', 'replace', '224.0.0.0/4', 'dev', CONTAINER_IF], ns).catch(() => undefined);
   const link = (await ipJson<{ address: string }[]>(['link', 'show', 'dev', CONTAINER_IF], ns))[0];
   return { mac: link.address, hostIf };
 }

@@ -3,7 +3,7 @@
 // endpoints, and programs the fdb whenever endpoints or connections change.
 import { readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { formatCidr, formatIp, parseCidr } from '../ipam/addr.js';
+import { formatIp, parseCidr } from '../ipam/addr.js';
 import type { Allocator } from '../ipam/allocator.js';
 import type { Mesh } from '../router/mesh/mesh.js';
 import { attachContainer, detachContainer, netnsPathOf } from './attach.js';
@@ -132,7 +132,7 @@ export class Datapath {
         await this.ipam.claim(container, p.addr, { start: p.start, prefix: p.prefix });
       }
     }
-    const { mac } = await attachContainer(container, addrs, this.mtu, formatCidr(this.ipam.config.range));
+    const { mac } = await attachContainer(container, addrs, this.mtu);
     const prev = this.endpoints.local.find((e) => e.container === container);
     const ep: Endpoint = { container, mac, cidrs: [...new Set([...(prev?.cidrs ?? []), ...addrs])] };
     this.setLocal([...this.endpoints.local.filter((e) => e.container !== container), ep]);

@@ -56,6 +56,41 @@ describeAsRoot('fastdp across namespace hosts', () => {
     expect(fdb.stdout).toContain(`00:00:00:00:00:00 dst ${b.ip} self permanent`);
   });
 
+  it('three hosts: traffic between every pair, broadcasts reach all; different subnets are isolated', async () => {
+    cluster = await Cluster.create(3, { routerArgs: [...FAST.slice(0, 4), '--ipalloc-init', 'consensus=3'] });
+    const [a, b, c] = cluster.hosts;
+    await a.launch();
+    await b.launch([a.ip]);
+    await c.launch([b.ip]);
+    await eventually('full mesh', async () => (await a.report<Report>()).connections.filter((x) => x.state === 'established').length === 2);
+    const ns = await Promise.all(['x1', 'x2', 'x3', 'iso'].map((l) => cluster!.container(l)));
+    const ips = [await attach(a, ns[0], '10.33.0.1/16'), await attach(b, ns[1], '10.33.0.2/16'), await attach(c, ns[2], '10.33.0.3/16')];
+    const isolated = await attach(c, ns[3], '10.34.0.1/16');
+    const servers = await Promise.all(ns.map((n) => echoServer(n, 7100)));
+    try {
+      for (let i = 0; i < 3; i++) {
+        for (let j = 0; j < 3; j++) {
+          if (i === j) continue;
+          await eventually(`x${i + 1} -> x${j + 1}`, async () => (await echo(ns[i], ips[j], 7100)) === 5, 10_000, 300);
+        }
+      }
+      // A broadcast from x1 reaches the other two hosts' containers (ARP for an unused address is flooded).
+      const bcast = await run('ip', ['netns', 'exec', ns[0], process.execPath, '-e', `
+        const u = require('node:dgram').createSocket('udp4');
+        u.bind(() => { u.setBroadcast(true); u.send('hi', 7100, '10.33.255.255', () => {}); });
+        const from = new Set(); u.on('message', (_m, r) => from.add(r.address));
+        setTimeout(() => { console.log([...from].sort().join(' ')); process.exit(0); }, 2000);`]);
+      const repliers = bcast.stdout.trim().split(' ');
+      expect(repliers).toContain(ips[1]);
+      expect(repliers).toContain(ips[2]);
+      // 10.34.0.0/16 is another subnet: no route either way.
+      await expect(echo(ns[0], isolated, 7100)).rejects.toThrow();
+      await expect(echo(ns[3], ips[0], 7100)).rejects.toThrow();
+    } finally {
+      for (const s of servers) s.stop();
+    }
+  });
+
   it('detach frees the address and removes the fdb entries on the other host', async () => {
     const [a, b] = await twoHosts();
     const c1 = await cluster!.container('c1');
