@@ -177,6 +177,20 @@ withRouterLocation(program.command('detach').description('detach a container and
   },
 );
 
+withRouterLocation(
+  program.command('expose').description('give this host an address on the overlay (from IPAM unless given) and NAT to the outside').argument('[cidr]', 'ip/prefix to use'),
+).action(async (cidr: string | undefined, _o, cmd: Command) => {
+  const r = JSON.parse((await request(target(cmd), 'POST', '/expose', cidr ? { cidr } : {})).body) as { exposed: string[] };
+  console.log(r.exposed.join(' '));
+});
+
+withRouterLocation(program.command('hide').description('remove this host\'s overlay address (all, or the one given)').argument('[cidr]', 'ip/prefix')).action(
+  async (cidr: string | undefined, _o, cmd: Command) => {
+    const r = JSON.parse((await request(target(cmd), 'DELETE', `/expose${cidr ? `?cidr=${encodeURIComponent(cidr)}` : ''}`)).body) as { hidden: string[] };
+    console.log(r.hidden.join(' '));
+  },
+);
+
 withRouterLocation(program.command('ps').description('containers attached on this host: id, MAC, addresses')).action(async (_o, cmd: Command) => {
   process.stdout.write(renderPs(await getReport(cmd)));
 });
@@ -207,6 +221,11 @@ withRouterLocation(
   if (readRouterInfo(t.dataDir)) {
     const r = JSON.parse((await request(t, 'DELETE', '/peer')).body) as { heir: string | null };
     console.log(r.heir ? `address ranges handed to ${r.heir}` : 'no live peer to hand the address ranges to');
+    const removed = await request(t, 'POST', '/datapath/remove').catch((err: Error) => {
+      console.error(`weft: could not remove the bridge and firewall rules: ${err.message}`);
+      return null;
+    });
+    if (removed) console.log('removed the weft bridge, VXLAN device and firewall rules');
     // Give the hand-over a moment to leave on the wire before the router goes.
     await new Promise((res) => setTimeout(res, 500));
     await stopRouter(t.dataDir);

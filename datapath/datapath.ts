@@ -10,7 +10,10 @@ import { attachContainer, detachContainer, netnsPathOf } from './attach.js';
 import { BRIDGE, VXLAN_OVERHEAD, bridgeMac, ensureBridge, removeBridge, underlayMtu } from './bridge.js';
 import { EndpointTable, type Endpoint } from './endpoints.js';
 import { FLOOD_MAC, programFdb, readFdb, type FdbEntry } from './fastdp.js';
-import { linkExists } from './iproute.js';
+import { ip, linkExists, sysctl } from './iproute.js';
+import { applyFirewall, firewallIntact, removeFirewall, type FirewallState } from './firewall.js';
+
+export const EXPOSE_ID = 'weft:expose';
 
 export interface DatapathConfig {
   dataDir: string;
@@ -28,11 +31,14 @@ export class Datapath {
   readonly endpoints: EndpointTable;
   mtu = 1450;
   private reconcileTimer: NodeJS.Timeout | null = null;
+  private stopped = false;
   private reconciling: Promise<void> | null = null;
   private again = false;
   private checkTimer: NodeJS.Timeout | null = null;
   readonly stats = { fdbAdded: 0, fdbRemoved: 0, repairs: 0, errors: 0 };
   lastError: string | null = null;
+  /** Addresses this host has on the overlay (weft expose), "ip/prefix". */
+  exposed: string[] = [];
   /** Each peer's underlay address, remembered after its connection goes (see desiredFdb). */
   private readonly lastAddr = new Map<string, string>();
 
@@ -65,6 +71,8 @@ export class Datapath {
       }
     }
     this.setLocal(alive);
+    this.exposed = this.loadExposed();
+    await this.syncFirewall(true);
     this.scheduleReconcile();
     // Repair the bridge if someone changes it underneath.
     this.checkTimer = setInterval(() => void this.check(), 5_000);
@@ -72,6 +80,7 @@ export class Datapath {
   }
 
   private async check(): Promise<void> {
+    if (this.stopped) return;
     // Containers that went away take their veths with them: forget their endpoints.
     const alive = this.endpoints.local.filter((e) => {
       try {
@@ -82,6 +91,7 @@ export class Datapath {
       }
     });
     if (alive.length !== this.endpoints.local.length) this.setLocal(alive);
+    await this.syncFirewall(false);
     try {
       const fixed = await ensureBridge({ mac: bridgeMac(this.mesh.name), mtu: this.mtu, vxlanPort: this.config.vxlanPort });
       if (fixed.length > 0) {
@@ -92,6 +102,80 @@ export class Datapath {
     } catch (err) {
       this.noteError(`bridge check failed: ${(err as Error).message}`);
     }
+  }
+
+  private firewallState(): FirewallState {
+    return { exposed: [...new Set(this.exposed.map((c) => { const p = parseCidr(c, true); return `${formatIp(p.start)}/${p.prefix}`; }))] };
+  }
+
+  /** Writes the firewall table when asked to, or when it was flushed or changed underneath. */
+  private async syncFirewall(force: boolean): Promise<void> {
+    try {
+      const state = this.firewallState();
+      if (!force && (await firewallIntact(state))) return;
+      await applyFirewall(state);
+      if (!force) {
+        this.stats.repairs++;
+        this.mesh.log.warn('firewall rules were missing or changed; restored');
+      }
+    } catch (err) {
+      this.noteError(`firewall: ${(err as Error).message}`);
+    }
+  }
+
+  private get exposedPath(): string {
+    return join(this.config.dataDir, 'exposed.json');
+  }
+
+  private loadExposed(): string[] {
+    try {
+      const v = JSON.parse(readFileSync(this.exposedPath, 'utf8')) as string[];
+      return Array.isArray(v) ? v : [];
+    } catch {
+      return [];
+    }
+  }
+
+  private saveExposed(): void {
+    writeFileSync(`${this.exposedPath}.tmp`, JSON.stringify(this.exposed) + '\n');
+    renameSync(`${this.exposedPath}.tmp`, this.exposedPath);
+  }
+
+  /** Gives the host an address on the overlay (from IPAM unless given) and NAT to the outside. Idempotent. */
+  async expose(cidr?: string): Promise<string[]> {
+    let addr: string;
+    if (cidr) {
+      const p = parseCidr(cidr, true);
+      await this.ipam.claim(EXPOSE_ID, p.addr, { start: p.start, prefix: p.prefix });
+      addr = `${formatIp(p.addr)}/${p.prefix}`;
+    } else if (this.exposed.length > 0) {
+      return this.exposed;
+    } else {
+      const got = await this.ipam.allocate(EXPOSE_ID);
+      addr = `${formatIp(got.addr)}/${got.prefix}`;
+    }
+    if (!this.exposed.includes(addr)) {
+      await ip(['addr', 'replace', addr, 'dev', BRIDGE]);
+      this.exposed.push(addr);
+      this.saveExposed();
+    }
+    // The host forwards between the overlay and its other links for the exposed subnets.
+    await sysctl('net.ipv4.ip_forward', '1').catch((err: Error) => this.noteError(`cannot enable forwarding: ${err.message}`));
+    await this.syncFirewall(true);
+    return this.exposed;
+  }
+
+  /** Removes the host's overlay addresses (all, or one) and their NAT; frees them in IPAM. */
+  async hide(cidr?: string): Promise<string[]> {
+    const gone = cidr ? this.exposed.filter((a) => a === cidr || a.split('/')[0] === cidr.split('/')[0]) : [...this.exposed];
+    for (const a of gone) {
+      await ip(['addr', 'del', a, 'dev', BRIDGE]).catch(() => undefined);
+      await this.ipam.free(EXPOSE_ID, parseCidr(a, true).addr).catch(() => undefined);
+    }
+    this.exposed = this.exposed.filter((a) => !gone.includes(a));
+    this.saveExposed();
+    await this.syncFirewall(true);
+    return gone;
   }
 
   private noteError(msg: string): void {
@@ -172,7 +256,7 @@ export class Datapath {
   }
 
   scheduleReconcile(): void {
-    if (this.reconcileTimer) return;
+    if (this.reconcileTimer || this.stopped) return;
     this.reconcileTimer = setTimeout(() => {
       this.reconcileTimer = null;
       void this.reconcile();
@@ -189,6 +273,7 @@ export class Datapath {
     this.reconciling = (async () => {
       do {
         this.again = false;
+        if (this.stopped) break;
         try {
           if (!(await linkExists(BRIDGE))) await this.check();
           const r = await programFdb(this.desiredFdb());
@@ -210,7 +295,9 @@ export class Datapath {
     return readFdb();
   }
 
+  /** Stops all programming of the kernel (what is programmed stays, so traffic keeps flowing). */
   stop(): void {
+    this.stopped = true;
     this.endpoints.stop();
     if (this.checkTimer) clearInterval(this.checkTimer);
     if (this.reconcileTimer) clearTimeout(this.reconcileTimer);
@@ -218,6 +305,7 @@ export class Datapath {
 
   /** For reset: the bridge and VXLAN device go (containers' veths go with the bridge ports). */
   static async remove(): Promise<void> {
+    await removeFirewall();
     await removeBridge();
   }
 }

@@ -36,4 +36,25 @@ export function registerDatapathRoutes(app: FastifyInstance, dp: Datapath | null
   });
 
   app.get('/fdb', async () => wrap(() => need(dp).fdb()));
+
+  app.post('/expose', async (req) => {
+    const b = (req.body ?? {}) as { cidr?: unknown };
+    if (b.cidr !== undefined && typeof b.cidr !== 'string') throw new HttpError(400, 'cidr must be ip/prefix');
+    const d = need(dp);
+    return { exposed: await wrap(() => d.expose(b.cidr as string | undefined)) };
+  });
+
+  app.delete('/expose', async (req) => {
+    const cidr = ((req.query ?? {}) as { cidr?: string }).cidr;
+    const d = need(dp);
+    return { hidden: await wrap(() => d.hide(cidr)) };
+  });
+
+  /** For weft reset: removes the bridge, the VXLAN device and the firewall table. */
+  app.post('/datapath/remove', async () => {
+    const { Datapath } = await import('../datapath/datapath.js');
+    need(dp).stop();
+    await wrap(() => Datapath.remove());
+    return { removed: true };
+  });
 }

@@ -40,6 +40,7 @@ export interface Report {
     kind: 'fastdp';
     mtu: number;
     localEndpoints: { container: string; mac: string; cidrs: string[] }[];
+    exposed: string[];
     endpoints: { container: string; mac: string; cidrs: string[]; peer: PeerName }[];
     stats: { fdbAdded: number; fdbRemoved: number; repairs: number; errors: number };
     lastError: string | null;
@@ -127,6 +128,7 @@ export function buildReport(s: ReportSources): Report {
           kind: 'fastdp',
           mtu: s.datapath.mtu,
           localEndpoints: s.datapath.endpoints.local,
+          exposed: s.datapath.exposed,
           endpoints: s.datapath.endpoints.all(),
           stats: { ...s.datapath.stats },
           lastError: s.datapath.lastError,
@@ -156,7 +158,7 @@ export function renderStatus(r: Report): string {
     ['ConnLimit', r.connLimit === 0 ? 'none' : String(r.connLimit)],
     ['IPAM', `${r.ipam.state}${r.ipam.pending.length ? ` (${r.ipam.pending.length} request(s) waiting; see weft status ipam)` : ''}`],
     ['Range', `${r.ipam.range}, default subnet ${r.ipam.defaultSubnet}`],
-    ['Datapath', r.datapath ? `fastdp (kernel VXLAN), mtu ${r.datapath.mtu}, ${r.datapath.localEndpoints.length} container(s) attached here${r.datapath.lastError ? `; last error: ${r.datapath.lastError}` : ''}` : 'none (control plane only)'],
+    ['Datapath', r.datapath ? `fastdp (kernel VXLAN), mtu ${r.datapath.mtu}, ${r.datapath.localEndpoints.length} container(s) attached here${r.datapath.exposed.length ? `, host exposed as ${r.datapath.exposed.join(' ')}` : ''}${r.datapath.lastError ? `; last error: ${r.datapath.lastError}` : ''}` : 'none (control plane only)'],
   ];
   return lines.map(([k, v]) => `${k.padStart(16)}: ${v}`).join('\n') + '\n';
 }

@@ -91,6 +91,45 @@ describeAsRoot('fastdp across namespace hosts', () => {
     }
   });
 
+  it('expose lets the host reach containers and NATs them out; rules come back if flushed; hide and reset undo it all', async () => {
+    const [a, b] = await twoHosts();
+    const c1 = await cluster!.container('c1');
+    const c2 = await cluster!.container('c2');
+    await attach(a, c1);
+    const ip2 = await attach(b, c2);
+    const server = await echoServer(c2, 7200);
+    try {
+      await expect(echo(a.ns, ip2, 7200)).rejects.toThrow();
+      const ex = await a.weft(['expose']);
+      expect(ex.code, ex.stderr).toBe(0);
+      const exposed = ex.stdout.trim().split('/')[0];
+      expect((await a.weft(['status'])).stdout).toMatch(new RegExp(`host exposed as ${exposed.replaceAll('.', '\\.')}/12`));
+      await eventually('host A reaches c2 on host B', async () => (await echo(a.ns, ip2, 7200)) === 5, 10_000, 300);
+      // NAT: c1 sends to host B's underlay address through A; B sees A's underlay address as the source.
+      await run('ip', ['-n', c1, 'route', 'add', '198.18.0.0/24', 'via', exposed]);
+      const listener = run('ip', ['netns', 'exec', b.ns, process.execPath, '-e', `
+        require('node:net').createServer((s) => { console.log(s.remoteAddress); process.exit(0); }).listen(7301, '198.18.0.2');
+        setTimeout(() => { console.log('nothing'); process.exit(0); }, 6000);`]);
+      await new Promise((r) => setTimeout(r, 500));
+      await run('ip', ['netns', 'exec', c1, process.execPath, '-e', `const s = require('node:net').connect(7301, '198.18.0.2', () => setTimeout(() => process.exit(0), 200)); s.on('error', () => process.exit(1));`]);
+      expect((await listener).stdout.trim()).toBe(a.ip);
+      // Rules flushed underneath come back.
+      await a.exec('nft', ['flush', 'table', 'inet', 'weft']);
+      await eventually('firewall restored', async () => (await a.exec('nft', ['list', 'table', 'inet', 'weft'])).stdout.includes('masquerade'), 12_000, 500);
+      const hide = await a.weft(['hide']);
+      expect(hide.stdout.trim()).toBe(ex.stdout.trim());
+      await expect(echo(a.ns, ip2, 7200)).rejects.toThrow();
+      expect((await a.exec('nft', ['list', 'table', 'inet', 'weft'])).stdout).not.toContain('masquerade');
+    } finally {
+      server.stop();
+    }
+    const reset = await a.weft(['reset']);
+    expect(reset.code, reset.stderr).toBe(0);
+    expect((await a.exec('ip', ['link', 'show', 'weft'])).code, reset.stdout + reset.stderr).not.toBe(0);
+    expect((await a.exec('ip', ['link', 'show', 'vxlan-weft'])).code).not.toBe(0);
+    expect((await a.exec('nft', ['list', 'table', 'inet', 'weft'])).code, 'nft table').not.toBe(0);
+  });
+
   it('detach frees the address and removes the fdb entries on the other host', async () => {
     const [a, b] = await twoHosts();
     const c1 = await cluster!.container('c1');

@@ -1,0 +1,99 @@
+// weft's firewall: one nftables table, `inet weft`, written whole in one atomic
+// `nft -f` transaction from the current state, checked every few seconds and
+// rewritten if flushed or changed. nftables is the project's one firewall.
+//
+// - forward: overlay traffic across the bridge is accepted (bridged IPv4 meets
+//   the inet forward hook through br_netfilter); so is traffic between the
+//   overlay and the host's other links for exposed subnets (replies by conntrack).
+// - postrouting: exposed subnets are masqueraded when they leave by another link.
+// A host firewall whose FORWARD policy is DROP (Docker sets one) would still drop
+// bridged traffic, since every base chain must accept: for that case weft also
+// inserts one accept rule for the bridge into `ip filter FORWARD` when that
+// chain exists, and removes it again on reset.
+import { execFile } from 'node:child_process';
+import { BRIDGE } from './bridge.js';
+
+export const TABLE = 'weft';
+
+function nft(args: string[], input?: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const child = execFile('nft', args, { timeout: 10_000 }, (err, stdout, stderr) => {
+      if (err) {
+        const missing = (err as NodeJS.ErrnoException).code === 'ENOENT';
+        reject(new Error(missing ? 'nft not found: install nftables (Debian: apt-get install nftables)' : `nft ${args.join(' ')}: ${String(stderr).trim()}`));
+      } else resolve(String(stdout));
+    });
+    if (input !== undefined) child.stdin?.end(input);
+  });
+}
+
+export interface FirewallState {
+  /** Subnets exposed on this host ("ip/prefix" of the subnet). */
+  exposed: string[];
+}
+
+export function ruleset(s: FirewallState): string {
+  const exposed = s.exposed.length > 0 ? `{ ${s.exposed.join(', ')} }` : null;
+  return [
+    `table inet ${TABLE}`,
+    `delete table inet ${TABLE}`,
+    `table inet ${TABLE} {`,
+    `  chain forward {`,
+    `    type filter hook forward priority filter - 10; policy accept;`,
+    `    iifname "${BRIDGE}" oifname "${BRIDGE}" accept comment "overlay traffic across the bridge"`,
+    ...(exposed
+      ? [
+          `    iifname "${BRIDGE}" ip saddr ${exposed} accept comment "exposed subnets out"`,
+          `    oifname "${BRIDGE}" ip daddr ${exposed} ct state established,related accept comment "replies to exposed subnets"`,
+        ]
+      : []),
+    `  }`,
+    `  chain postrouting {`,
+    `    type nat hook postrouting priority srcnat; policy accept;`,
+    ...(exposed ? [`    oifname != "${BRIDGE}" ip saddr ${exposed} ip daddr != ${exposed} masquerade comment "exposed subnets to the outside"`] : []),
+    `  }`,
+    `}`,
+    '',
+  ].join('\n');
+}
+
+/** Writes the whole table in one transaction. */
+export async function applyFirewall(s: FirewallState): Promise<void> {
+  await nft(['-f', '-'], ruleset(s));
+  await ensureForwardAccept();
+}
+
+/** True when our table is there with the rules for this state (a flush or edit shows as a difference). */
+export async function firewallIntact(s: FirewallState): Promise<boolean> {
+  let have: string;
+  try {
+    have = await nft(['list', 'table', 'inet', TABLE]);
+  } catch {
+    return false;
+  }
+  const rules = (have.match(/comment "[^"]+"/g) ?? []).length;
+  const want = (ruleset(s).match(/comment "[^"]+"/g) ?? []).length;
+  return rules === want;
+}
+
+/** With a host FORWARD chain (iptables-nft, e.g. Docker's, policy DROP), bridge traffic needs its own accept there. */
+async function ensureForwardAccept(): Promise<void> {
+  let chain: string;
+  try {
+    chain = await nft(['-a', 'list', 'chain', 'ip', 'filter', 'FORWARD']);
+  } catch {
+    return; // no such chain: nothing can drop our traffic there
+  }
+  if (chain.includes('weft-bridge')) return;
+  await nft(['insert', 'rule', 'ip', 'filter', 'FORWARD', 'iifname', BRIDGE, 'oifname', BRIDGE, 'counter', 'accept', 'comment', '"weft-bridge"']);
+}
+
+export async function removeFirewall(): Promise<void> {
+  await nft(['delete', 'table', 'inet', TABLE]).catch(() => undefined);
+  try {
+    const chain = await nft(['-a', 'list', 'chain', 'ip', 'filter', 'FORWARD']);
+    for (const m of chain.matchAll(/weft-bridge.*# handle (\d+)/g)) await nft(['delete', 'rule', 'ip', 'filter', 'FORWARD', 'handle', m[1]]);
+  } catch {
+    /* no FORWARD chain */
+  }
+}
