@@ -1,0 +1,92 @@
+// Datapath throughput and latency across two namespace hosts, in one run:
+//   (a) the veth underlay between the hosts,
+//   (b) a hand-built kernel VXLAN + bridge with static fdb, container to container (the anchor),
+//   (c) weft fastdp, container to container (weft launch + weft attach).
+// One TCP flow with iperf3, and ping RTT (median of 200). Prints c/b and c/a.
+//
+//   apt-get install -y iperf3 iputils-ping && npm run build && node dist/bench/datapath.js [--seconds 5]
+import { spawn } from 'node:child_process';
+import type { Report } from '../router/report.js';
+import { Cluster, eventually, type Host } from '../test/harness/cluster.js';
+import { must, run } from '../test/harness/exec.js';
+
+const seconds = Number(process.argv[process.argv.indexOf('--seconds') + 1]) || 5;
+
+async function iperf(serverNs: string, clientNs: string, ip: string): Promise<number> {
+  const server = spawn('ip', ['netns', 'exec', serverNs, 'iperf3', '-s', '-1', '-B', ip], { stdio: 'ignore' });
+  try {
+    await new Promise((r) => setTimeout(r, 500));
+    const r = await run('ip', ['netns', 'exec', clientNs, 'iperf3', '-c', ip, '-t', String(seconds), '-J'], { timeoutMs: (seconds + 20) * 1000 });
+    if (r.code !== 0) throw new Error(`iperf3 ${clientNs} -> ${ip}: ${r.stderr || r.stdout.slice(0, 300)}`);
+    return (JSON.parse(r.stdout) as { end: { sum_received: { bits_per_second: number } } }).end.sum_received.bits_per_second / 1e9;
+  } finally {
+    server.kill('SIGKILL');
+  }
+}
+
+async function rtt(ns: string, ip: string): Promise<number> {
+  const r = await run('ip', ['netns', 'exec', ns, 'ping', '-c', '200', '-i', '0.005', ip], { timeoutMs: 30_000 });
+  const times = [...r.stdout.matchAll(/time=([\d.]+) ms/g)].map((m) => Number(m[1])).sort((x, y) => x - y);
+  if (times.length === 0) throw new Error(`ping ${ns} -> ${ip} failed: ${r.stdout.slice(-200)}`);
+  return times[Math.floor(times.length / 2)] * 1000;
+}
+
+/** (b): what weft programs, built by hand: bridge + VXLAN (another VNI and port) + static fdb. */
+async function handBuilt(cluster: Cluster, a: Host, b: Host, mtu: number): Promise<[string, string, string]> {
+  const nss: string[] = [];
+  const macs: string[] = [];
+  for (const [i, h] of [a, b].entries()) {
+    const ns = await cluster.container(`ref${i + 1}`);
+    nss.push(ns);
+    const x = (args: string[]) => must('ip', ['-n', h.ns, ...args]);
+    await x(['link', 'add', 'br-ref', 'type', 'bridge']);
+    await x(['link', 'add', 'vx-ref', 'type', 'vxlan', 'id', '100', 'dstport', '4789', 'nolearning']);
+    await x(['link', 'set', 'vx-ref', 'master', 'br-ref', 'mtu', String(mtu), 'up']);
+    await x(['link', 'set', 'br-ref', 'up']);
+    await x(['link', 'add', 'vref', 'mtu', String(mtu), 'type', 'veth', 'peer', 'name', 'eth0', 'netns', ns]);
+    await x(['link', 'set', 'vref', 'master', 'br-ref', 'up']);
+    await must('ip', ['-n', ns, 'addr', 'add', `10.99.0.${i + 1}/24`, 'dev', 'eth0']);
+    await must('ip', ['-n', ns, 'link', 'set', 'eth0', 'up']);
+    await must('ip', ['-n', ns, 'link', 'set', 'lo', 'up']);
+    macs.push(JSON.parse(await must('ip', ['-n', ns, '-json', 'link', 'show', 'eth0']))[0].address as string);
+  }
+  for (const [i, h] of [a, b].entries()) {
+    const other = i === 0 ? b : a;
+    await must('bridge', ['-n', h.ns, 'fdb', 'append', '00:00:00:00:00:00', 'dev', 'vx-ref', 'dst', other.ip, 'self', 'permanent']);
+    await must('bridge', ['-n', h.ns, 'fdb', 'add', macs[1 - i], 'dev', 'vx-ref', 'dst', other.ip, 'self', 'permanent']);
+  }
+  return [nss[0], nss[1], '10.99.0.2'];
+}
+
+async function main(): Promise<void> {
+  if (process.getuid?.() !== 0) throw new Error('needs root (network namespaces)');
+  const cluster = await Cluster.create(2);
+  try {
+    const [a, b] = cluster.hosts;
+    await a.launch([], ['--ipalloc-init', 'consensus=2']);
+    await b.launch([a.ip], ['--ipalloc-init', 'consensus=2']);
+    await eventually('connected', async () => (await a.report<Report>()).connections.some((c) => c.state === 'established'));
+    const mtu = (await a.report<Report>()).datapath!.mtu;
+    const w1 = await cluster.container('w1');
+    const w2 = await cluster.container('w2');
+    await a.weft(['attach', `netns:${w1}`]);
+    const ip2 = (await b.weft(['attach', `netns:${w2}`])).stdout.trim().split('/')[0];
+    const [r1, r2, rip] = await handBuilt(cluster, a, b, mtu);
+    await eventually('weft path up', async () => (await run('ip', ['netns', 'exec', w1, 'ping', '-c', '1', '-W', '1', ip2])).code === 0, 15_000);
+    await eventually('hand-built path up', async () => (await run('ip', ['netns', 'exec', r1, 'ping', '-c', '1', '-W', '1', rip])).code === 0, 15_000);
+    void r2;
+
+    console.log(`datapath: one TCP flow (iperf3, ${seconds} s) and ping RTT (median of 200), two namespace hosts, overlay MTU ${mtu}`);
+    const rows: [string, number, number][] = [];
+    rows.push(['(a) veth underlay', await iperf(b.ns, a.ns, b.ip), await rtt(a.ns, b.ip)]);
+    rows.push(['(b) kernel VXLAN + bridge by hand', await iperf(r2, r1, rip), await rtt(r1, rip)]);
+    rows.push(['(c) weft fastdp', await iperf(w2, w1, ip2), await rtt(w1, ip2)]);
+    for (const [label, gbit, us] of rows) console.log(`${label.padEnd(36)} ${gbit.toFixed(2).padStart(6)} Gbit/s   RTT ${us.toFixed(0).padStart(4)} us`);
+    const [ua, ub, uc] = rows;
+    console.log(`ratios: throughput c/b ${(uc[1] / ub[1]).toFixed(3)}, c/a ${(uc[1] / ua[1]).toFixed(3)}; RTT c/b ${(uc[2] / ub[2]).toFixed(3)}, c/a ${(uc[2] / ua[2]).toFixed(3)}`);
+  } finally {
+    await cluster.cleanup();
+  }
+}
+
+await main();
