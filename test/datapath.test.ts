@@ -130,6 +130,25 @@ describeAsRoot('fastdp across namespace hosts', () => {
     expect((await a.exec('nft', ['list', 'table', 'inet', 'weft'])).code, 'nft table').not.toBe(0);
   });
 
+  it('repairs the bridge and VXLAN device when they are changed or deleted underneath', async () => {
+    const [a, b] = await twoHosts();
+    const c1 = await cluster!.container('c1');
+    const c2 = await cluster!.container('c2');
+    await attach(a, c1);
+    const ip2 = await attach(b, c2);
+    const server = await echoServer(c2, 7400);
+    try {
+      await eventually('TCP across', async () => (await echo(c1, ip2, 7400)) === 5, 10_000, 300);
+      await a.exec('ip', ['link', 'del', 'vxlan-weft']);
+      await a.exec('ip', ['link', 'set', 'weft', 'mtu', '1300']);
+      await eventually('repaired and forwarding again', async () => (await echo(c1, ip2, 7400)) === 5, 20_000, 500);
+      const link = await a.exec('ip', ['-json', 'link', 'show', 'weft']);
+      expect(JSON.parse(link.stdout)[0].mtu).toBe((await a.report<Report>()).datapath!.mtu);
+    } finally {
+      server.stop();
+    }
+  });
+
   it('detach frees the address and removes the fdb entries on the other host', async () => {
     const [a, b] = await twoHosts();
     const c1 = await cluster!.container('c1');
