@@ -68,8 +68,9 @@ export async function ensureBridge(c: BridgeConfig): Promise<string[]> {
     await ip(['link', 'set', VXLAN_DEV, 'master', BRIDGE]);
     fixed.push('VXLAN device on the bridge');
   }
-  // The bridge must not learn remote MACs on the VXLAN port either: the fdb entries are ours.
-  await execBridge(['link', 'set', 'dev', VXLAN_DEV, 'learning', 'off']);
+  // The bridge must not learn remote MACs on the VXLAN port either: the fdb entries are ours. With
+  // neigh_suppress, ARP for addresses the bridge has neighbour entries for is answered locally.
+  await execBridge(['link', 'set', 'dev', VXLAN_DEV, 'learning', 'off', 'neigh_suppress', 'on']);
   for (const dev of [VXLAN_DEV, BRIDGE]) {
     const st = (await ipJson<LinkInfo[]>(['link', 'show', 'dev', dev]))[0];
     if (!st.flags?.includes('UP')) {

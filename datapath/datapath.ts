@@ -9,7 +9,7 @@ import type { Mesh } from '../router/mesh/mesh.js';
 import { attachContainer, detachContainer, netnsPathOf } from './attach.js';
 import { BRIDGE, VXLAN_OVERHEAD, bridgeMac, ensureBridge, removeBridge, underlayMtu } from './bridge.js';
 import { EndpointTable, type Endpoint } from './endpoints.js';
-import { FLOOD_MAC, programFdb, readFdb, type FdbEntry } from './fastdp.js';
+import { FLOOD_MAC, programFdb, programNeighbours, readFdb, type FdbEntry, type NeighEntry } from './fastdp.js';
 import { ip, linkExists, sysctl } from './iproute.js';
 import { applyFirewall, firewallIntact, removeFirewall, type FirewallState } from './firewall.js';
 
@@ -255,6 +255,16 @@ export class Datapath {
     return out;
   }
 
+  /** A neighbour entry on the bridge for every remote container address we have an fdb entry for. */
+  desiredNeighbours(): NeighEntry[] {
+    const out: NeighEntry[] = [];
+    for (const e of this.endpoints.all()) {
+      if (e.peer === this.mesh.name || !this.lastAddr.has(e.peer)) continue;
+      for (const c of e.cidrs) out.push({ ip: c.split('/')[0], mac: e.mac });
+    }
+    return out;
+  }
+
   scheduleReconcile(): void {
     if (this.reconcileTimer || this.stopped) return;
     this.reconcileTimer = setTimeout(() => {
@@ -279,6 +289,7 @@ export class Datapath {
           const r = await programFdb(this.desiredFdb());
           this.stats.fdbAdded += r.added;
           this.stats.fdbRemoved += r.removed;
+          await programNeighbours(this.desiredNeighbours());
         } catch (err) {
           this.noteError(`programming the fdb failed: ${(err as Error).message}`);
         }

@@ -1,10 +1,14 @@
 // fastdp: the kernel's VXLAN device, programmed from what the control plane
-// knows. For every remote container MAC a static fdb entry to its peer's
-// underlay address; an all-zeros flood entry per directly connected peer
-// (broadcast, ARP, unknown unicast). The kernel state is read back and only the
-// difference is applied, in one `bridge -batch`, so nothing stale survives.
-import { VXLAN_DEV } from './bridge.js';
-import { bridgeBatch, bridgeJson } from './iproute.js';
+// knows. For every remote container MAC: a static fdb entry to its peer's
+// underlay address (VXLAN's own table), and a bridge entry sending that MAC to
+// the VXLAN port, so it is not flooded to local containers. An all-zeros flood
+// entry per peer (broadcast, unknown unicast). A neighbour entry on the bridge
+// for every remote container address: with neigh_suppress on the VXLAN port the
+// bridge answers ARP itself, so ARP does not cross hosts. The kernel state is
+// read back and only the difference applied, in one `bridge -batch` and one
+// `ip -batch`, so nothing stale survives.
+import { BRIDGE, VXLAN_DEV } from './bridge.js';
+import { bridgeBatch, bridgeJson, ipBatch, ipJson } from './iproute.js';
 
 export const FLOOD_MAC = '00:00:00:00:00:00';
 
@@ -15,12 +19,23 @@ export interface FdbEntry {
 
 const key = (e: FdbEntry) => `${e.mac} ${e.dst}`;
 
+export interface NeighEntry {
+  ip: string;
+  mac: string;
+}
+
 export async function readFdb(): Promise<FdbEntry[]> {
   const rows = await bridgeJson<{ mac: string; dst?: string; ifname?: string }[]>(['fdb', 'show', 'dev', VXLAN_DEV]);
   return rows.filter((r) => r.dst).map((r) => ({ mac: r.mac, dst: r.dst! }));
 }
 
-/** Brings the VXLAN fdb to exactly `desired`; returns how many entries were added and removed. */
+/** Bridge (master) entries we made on the VXLAN port: static ones (the port's own MAC is permanent). */
+async function readBridgeEntries(): Promise<string[]> {
+  const rows = await bridgeJson<{ mac: string; dst?: string; master?: string; state?: string }[]>(['fdb', 'show', 'dev', VXLAN_DEV]);
+  return rows.filter((r) => !r.dst && r.master === BRIDGE && r.state === 'static').map((r) => r.mac);
+}
+
+/** Brings the VXLAN and bridge fdb to exactly `desired` (plus a bridge entry per remote MAC). */
 export async function programFdb(desired: FdbEntry[]): Promise<{ added: number; removed: number }> {
   const current = await readFdb();
   const want = new Map(desired.map((e) => [key(e), e]));
@@ -28,6 +43,10 @@ export async function programFdb(desired: FdbEntry[]): Promise<{ added: number; 
   const lines: string[] = [];
   let removed = 0;
   let added = 0;
+  const wantBridge = new Set(desired.filter((e) => e.mac !== FLOOD_MAC).map((e) => e.mac));
+  const haveBridge = new Set(await readBridgeEntries());
+  for (const mac of haveBridge) if (!wantBridge.has(mac)) lines.push(`fdb del ${mac} dev ${VXLAN_DEV} master`);
+  for (const mac of wantBridge) if (!haveBridge.has(mac)) lines.push(`fdb replace ${mac} dev ${VXLAN_DEV} master static`);
   for (const [k, e] of have) {
     if (want.has(k)) continue;
     lines.push(`fdb del ${e.mac} dev ${VXLAN_DEV} dst ${e.dst}`);
@@ -41,4 +60,15 @@ export async function programFdb(desired: FdbEntry[]): Promise<{ added: number; 
   }
   await bridgeBatch(lines);
   return { added, removed };
+}
+
+/** Brings the bridge's permanent neighbour entries to exactly `desired`. */
+export async function programNeighbours(desired: NeighEntry[]): Promise<void> {
+  const have = await ipJson<{ dst: string; lladdr?: string }[]>(['neigh', 'show', 'dev', BRIDGE, 'nud', 'permanent']);
+  const want = new Map(desired.map((n) => [n.ip, n.mac]));
+  const lines: string[] = [];
+  for (const h of have) if (want.get(h.dst) !== h.lladdr) lines.push(`neigh del ${h.dst} dev ${BRIDGE}`);
+  const haveMap = new Map(have.map((h) => [h.dst, h.lladdr]));
+  for (const [ip, mac] of want) if (haveMap.get(ip) !== mac) lines.push(`neigh replace ${ip} lladdr ${mac} dev ${BRIDGE} nud permanent`);
+  await ipBatch(lines);
 }

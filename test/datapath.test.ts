@@ -38,6 +38,12 @@ describeAsRoot('fastdp across namespace hosts', () => {
     expect(ip1).not.toBe(ip2);
     const ps = await a.weft(['ps']);
     expect(ps.stdout).toMatch(new RegExp(`^netns:${c1} [0-9a-f:]{17} ${ip1.replaceAll('.', '\\.')}/12`));
+    // Count ARP arriving over VXLAN on host B: with neighbour entries and neigh_suppress, there is none.
+    await b.exec('nft', ['add', 'table', 'netdev', 'arpcount']);
+    const bIndex = JSON.parse((await b.exec('ip', ['-json', 'link', 'show', 'vxlan-weft'])).stdout)[0].ifname as string;
+    await b.exec('nft', ['add', 'chain', 'netdev', 'arpcount', 'in', `{ type filter hook ingress device ${bIndex} priority 0; }`]);
+    await b.exec('nft', ['add', 'rule', 'netdev', 'arpcount', 'in', 'ether', 'type', 'arp', 'counter']);
+    await eventually('A has a neighbour entry for c2', async () => (await a.exec('ip', ['neigh', 'show', 'dev', 'weft', 'nud', 'permanent'])).stdout.includes(ip2));
     const server = await echoServer(c2, 7000);
     try {
       await eventually('TCP across hosts', async () => (await echo(c1, ip2, 7000, 'tcp', 100_000)) === 100_000, 10_000, 300);
@@ -45,14 +51,17 @@ describeAsRoot('fastdp across namespace hosts', () => {
     } finally {
       server.stop();
     }
-    // ARP resolved across the overlay.
+    // ARP resolved, without ARP crossing to host B.
     const neigh = await run('ip', ['-n', c1, 'neigh', 'show', ip2]);
     expect(neigh.stdout).toMatch(/lladdr/);
+    const arp = await b.exec('nft', ['list', 'table', 'netdev', 'arpcount']);
+    expect(arp.stdout).toMatch(/counter packets 0 /);
     // The fdb on A points c2's MAC at B's underlay address.
     const rb = await b.report<Report>();
     const mac2 = rb.datapath!.localEndpoints[0].mac;
     const fdb = await a.exec('bridge', ['fdb', 'show', 'dev', 'vxlan-weft']);
     expect(fdb.stdout).toContain(`${mac2} dst ${b.ip} self permanent`);
+    expect(fdb.stdout).toContain(`${mac2} master weft static`);
     expect(fdb.stdout).toContain(`00:00:00:00:00:00 dst ${b.ip} self permanent`);
   });
 
@@ -162,6 +171,7 @@ describeAsRoot('fastdp across namespace hosts', () => {
     expect(d.code, d.stderr).toBe(0);
     expect((await b.weft(['ipam', 'lookup', `netns:${c2}`])).stderr).toMatch(/no addresses/);
     await eventually('A forgets c2', async () => !(await a.exec('bridge', ['fdb', 'show', 'dev', 'vxlan-weft'])).stdout.includes(mac2));
+    await eventually('and its neighbour entry', async () => !(await a.exec('ip', ['neigh', 'show', 'dev', 'weft', 'nud', 'permanent'])).stdout.includes(ip2));
     expect((await run('ip', ['-n', c2, 'link', 'show', 'ethwe'])).code).not.toBe(0);
   });
 
