@@ -12,6 +12,7 @@ import { EndpointTable, type Endpoint } from './endpoints.js';
 import { FLOOD_MAC, programFdb, programNeighbours, readFdb, type FdbEntry, type NeighEntry } from './fastdp.js';
 import { ip, linkExists, sysctl } from './iproute.js';
 import { applyFirewall, firewallIntact, removeFirewall, type FirewallState } from './firewall.js';
+import { FastdpHealth } from './health.js';
 
 export const EXPOSE_ID = 'weft:expose';
 
@@ -29,6 +30,7 @@ function hostOf(addr: string): string {
 
 export class Datapath {
   readonly endpoints: EndpointTable;
+  readonly health: FastdpHealth;
   mtu = 1450;
   private reconcileTimer: NodeJS.Timeout | null = null;
   private stopped = false;
@@ -48,6 +50,7 @@ export class Datapath {
     readonly config: DatapathConfig,
   ) {
     this.endpoints = new EndpointTable(mesh);
+    this.health = new FastdpHealth(mesh, config.vxlanPort, () => this.mtu, (p) => this.lastAddr.get(p));
     this.endpoints.onChange(() => this.scheduleReconcile());
     for (const ev of ['connection-added', 'connection-removed', 'connection-established', 'topology']) mesh.on(ev, () => this.scheduleReconcile());
   }
@@ -77,6 +80,7 @@ export class Datapath {
     // Repair the bridge if someone changes it underneath.
     this.checkTimer = setInterval(() => void this.check(), 5_000);
     this.checkTimer.unref();
+    this.health.start();
   }
 
   private async check(): Promise<void> {
@@ -310,6 +314,7 @@ export class Datapath {
   stop(): void {
     this.stopped = true;
     this.endpoints.stop();
+    this.health.stop();
     if (this.checkTimer) clearInterval(this.checkTimer);
     if (this.reconcileTimer) clearTimeout(this.reconcileTimer);
   }
@@ -317,6 +322,7 @@ export class Datapath {
   /** For reset: the bridge and VXLAN device go (containers' veths go with the bridge ports). */
   static async remove(): Promise<void> {
     await removeFirewall();
+    await FastdpHealth.remove();
     await removeBridge();
   }
 }

@@ -13,6 +13,9 @@ export const VERSION = '0.1.0';
 export interface ConnectionReport {
   address: string;
   outbound: boolean;
+  /** The data path to this peer: fastdp when its VXLAN heartbeats are acknowledged. */
+  overlay?: 'fastdp' | 'none';
+  mtu?: number;
   state: 'established' | 'pending' | 'connecting' | 'retrying' | 'failed' | 'waiting';
   peer?: PeerName;
   nickname?: string;
@@ -65,13 +68,19 @@ export function buildReport(s: ReportSources): Report {
   const nick = (n: PeerName) => mesh.topology.get(n)?.nickname ?? null;
   const connections: ConnectionReport[] = [];
   for (const c of mesh.connections.values()) {
+    const dp = s.datapath;
+    const fast = !!dp && c.established && dp.health.healthy(c.name);
+    let info = c.established ? 'encrypted' : 'encrypted; waiting for the peer to confirm';
+    if (dp && c.established) info += fast ? ` fastdp mtu=${dp.mtu}` : `; no data path: ${dp.health.reason(c.name)}`;
     connections.push({
       address: c.link.remoteAddr,
       outbound: c.link.outbound,
       state: c.established ? 'established' : 'pending',
       peer: c.name,
       nickname: c.link.remote.nickname,
-      info: c.established ? 'encrypted' : 'encrypted; waiting for the peer to confirm',
+      overlay: dp ? (fast ? 'fastdp' : 'none') : undefined,
+      mtu: fast ? dp!.mtu : undefined,
+      info,
     });
   }
   for (const t of maker.targets.values()) {

@@ -158,6 +158,25 @@ describeAsRoot('fastdp across namespace hosts', () => {
     }
   });
 
+  it('status shows each connection as fastdp with its MTU, and says why not when UDP to the VXLAN port is blocked', async () => {
+    const [a, b] = await twoHosts();
+    const line = async () => (await a.weft(['status', 'connections'])).stdout.trim();
+    await eventually('fastdp on A', async () => /established .* fastdp mtu=1450/.test(await line()), 10_000, 300);
+    // Host B drops UDP to its VXLAN port: A's heartbeats stop arriving.
+    await b.exec('nft', ['add', 'table', 'inet', 'blk']);
+    await b.exec('nft', ['add', 'chain', 'inet', 'blk', 'in', '{ type filter hook input priority -300; }']);
+    await b.exec('nft', ['add', 'rule', 'inet', 'blk', 'in', 'udp', 'dport', '6784', 'drop']);
+    const blocked = await eventually('A to say why', async () => {
+      const l = await line();
+      return /no data path: VXLAN heartbeats unacknowledged for \d+s \(is UDP 6784 blocked/.test(l) ? l : null;
+    }, 10_000, 300);
+    expect(blocked).not.toMatch(/fastdp mtu/);
+    const r = await a.report<Report>();
+    expect(r.connections[0].overlay).toBe('none');
+    await b.exec('nft', ['delete', 'table', 'inet', 'blk']);
+    await eventually('fastdp again', async () => /fastdp mtu=1450/.test(await line()), 10_000, 300);
+  });
+
   it('detach frees the address and removes the fdb entries on the other host', async () => {
     const [a, b] = await twoHosts();
     const c1 = await cluster!.container('c1');

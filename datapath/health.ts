@@ -1,0 +1,156 @@
+// Is the VXLAN path to each peer working, at full overlay MTU? Every second the
+// router sends each directly connected peer a heartbeat: a VXLAN packet to the
+// peer's VXLAN port whose inner frame is full-MTU-sized, addressed to the peer's
+// bridge MAC, with a private ethertype. The receiving kernel decapsulates it;
+// an nftables ingress rule on its VXLAN device counts such frames per sender
+// MAC (and drops them). The receiver polls its counters and acknowledges over
+// the mesh; a connection is `fastdp` while acknowledgements keep coming.
+import dgram from 'node:dgram';
+import { execFile } from 'node:child_process';
+import type { Gossip, GossipData, Gossiper } from '../router/mesh/gossip.js';
+import type { Mesh } from '../router/mesh/mesh.js';
+import { pack, unpack } from '../router/mesh/messages.js';
+import type { PeerName } from '../router/mesh/peer-name.js';
+import { VNI, VXLAN_DEV, bridgeMac } from './bridge.js';
+
+export const HEARTBEAT_ETHERTYPE = 0x88b5;
+const TABLE = 'weft_hb';
+const CHANNEL = 'fastdp';
+
+export interface PathHealth {
+  /** Last acknowledgement from the peer that our heartbeats arrive. */
+  ackAt: number;
+  /** Since when we have been sending to this peer. */
+  since: number;
+}
+
+function nft(args: string[], input?: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const child = execFile('nft', args, { timeout: 10_000 }, (err, stdout, stderr) => (err ? reject(new Error(String(stderr).trim() || err.message)) : resolve(String(stdout))));
+    if (input !== undefined) child.stdin?.end(input);
+  });
+}
+
+function macBytes(mac: string): Buffer {
+  return Buffer.from(mac.replaceAll(':', ''), 'hex');
+}
+
+/** A VXLAN packet carrying an Ethernet frame of `frameLen` bytes from `src` to `dst`. */
+export function heartbeatPacket(srcMac: string, dstMac: string, frameLen: number): Buffer {
+  const vxlan = Buffer.alloc(8);
+  vxlan[0] = 0x08; // VNI present
+  vxlan.writeUIntBE(VNI, 4, 3);
+  const frame = Buffer.alloc(Math.max(60, frameLen));
+  macBytes(dstMac).copy(frame, 0);
+  macBytes(srcMac).copy(frame, 6);
+  frame.writeUInt16BE(HEARTBEAT_ETHERTYPE, 12);
+  return Buffer.concat([vxlan, frame]);
+}
+
+export class FastdpHealth implements Gossiper {
+  readonly paths = new Map<PeerName, PathHealth>();
+  private readonly socket = dgram.createSocket('udp4');
+  private readonly channel: Gossip;
+  private readonly counts = new Map<string, number>();
+  private timer: NodeJS.Timeout | null = null;
+  private tableFor = '';
+  lastError: string | null = null;
+
+  constructor(
+    private readonly mesh: Mesh,
+    private readonly vxlanPort: number,
+    private readonly mtu: () => number,
+    private readonly addrOf: (peer: PeerName) => string | undefined,
+    private readonly intervalMs = 1000,
+  ) {
+    this.channel = mesh.registerChannel(CHANNEL, this);
+    this.socket.on('error', (err) => (this.lastError = `heartbeat socket: ${err.message}`));
+    this.socket.unref();
+  }
+
+  start(): void {
+    this.timer = setInterval(() => void this.beat(), this.intervalMs);
+    this.timer.unref();
+  }
+
+  stop(): void {
+    if (this.timer) clearInterval(this.timer);
+    this.socket.close();
+  }
+
+  /** Healthy when the peer acknowledged our heartbeats within three periods. */
+  healthy(peer: PeerName): boolean {
+    const p = this.paths.get(peer);
+    return !!p && Date.now() - p.ackAt < 3 * this.intervalMs + 500;
+  }
+
+  /** Why a peer's connection is not on fastdp, for status. */
+  reason(peer: PeerName): string {
+    const p = this.paths.get(peer);
+    if (!this.addrOf(peer)) return 'no underlay address yet';
+    if (!p || p.ackAt === 0) {
+      return `no VXLAN heartbeat acknowledged yet${p ? ` (sending for ${Math.round((Date.now() - p.since) / 1000)}s; is UDP ${this.vxlanPort} blocked, or the path MTU below ${this.mtu() + 50}?)` : ''}`;
+    }
+    return `VXLAN heartbeats unacknowledged for ${Math.round((Date.now() - p.ackAt) / 1000)}s (is UDP ${this.vxlanPort} blocked, or the path MTU below ${this.mtu() + 50}?)`;
+  }
+
+  private async beat(): Promise<void> {
+    const peers = [...this.mesh.connections.values()].filter((c) => c.established).map((c) => c.name);
+    for (const p of [...this.paths.keys()]) if (!peers.includes(p)) this.paths.delete(p);
+    const me = bridgeMac(this.mesh.name);
+    for (const p of peers) {
+      const addr = this.addrOf(p);
+      if (!addr) continue;
+      if (!this.paths.has(p)) this.paths.set(p, { ackAt: 0, since: Date.now() });
+      // Inner frame of the full overlay MTU plus its Ethernet header: the path must carry what containers send.
+      this.socket.send(heartbeatPacket(me, bridgeMac(p), this.mtu() + 14), this.vxlanPort, addr);
+    }
+    try {
+      await this.syncCounters(peers);
+      this.lastError = null;
+    } catch (err) {
+      this.lastError = `heartbeat counters: ${(err as Error).message}`;
+    }
+  }
+
+  /** One counting rule per peer on our VXLAN device's ingress; acknowledges peers whose count grew. */
+  private async syncCounters(peers: PeerName[]): Promise<void> {
+    const wanted = [...peers].sort().join(',');
+    if (wanted !== this.tableFor) {
+      const rules = peers.map((p) => `    ether saddr ${bridgeMac(p)} ether type 0x${HEARTBEAT_ETHERTYPE.toString(16)} counter drop comment "${p}"`);
+      await nft(['-f', '-'], [`table netdev ${TABLE}`, `delete table netdev ${TABLE}`, `table netdev ${TABLE} {`, `  chain in {`, `    type filter hook ingress device "${VXLAN_DEV}" priority -500;`, ...rules, `  }`, `}`, ''].join('\n'));
+      this.tableFor = wanted;
+      this.counts.clear();
+    }
+    const out = await nft(['-j', 'list', 'table', 'netdev', TABLE]);
+    const items = (JSON.parse(out) as { nftables: { rule?: { comment?: string; expr: { counter?: { packets: number } }[] } }[] }).nftables;
+    for (const it of items) {
+      const r = it.rule;
+      if (!r?.comment) continue;
+      const packets = r.expr.find((e) => e.counter)?.counter?.packets ?? 0;
+      if (packets > (this.counts.get(r.comment) ?? 0)) this.channel.unicast(r.comment, pack({ ack: packets }));
+      this.counts.set(r.comment, packets);
+    }
+  }
+
+  /** Removes the counting table (reset). */
+  static async remove(): Promise<void> {
+    await nft(['delete', 'table', 'netdev', TABLE]).catch(() => undefined);
+  }
+
+  // The channel carries only unicast acknowledgements: no state to gossip.
+  gossip(): GossipData | null {
+    return null;
+  }
+
+  onGossip(): GossipData | null {
+    return null;
+  }
+
+  onUnicast(src: PeerName, payload: Uint8Array): void {
+    const v = unpack(payload) as { ack?: unknown };
+    if (typeof v !== 'object' || v === null || typeof v.ack !== 'number') throw new Error('fastdp acknowledgement is malformed');
+    const p = this.paths.get(src);
+    if (p) p.ackAt = Date.now();
+  }
+}
