@@ -175,6 +175,9 @@ describeAsRoot('fastdp across namespace hosts', () => {
     expect(r.connections[0].overlay).toBe('none');
     await b.exec('nft', ['delete', 'table', 'inet', 'blk']);
     await eventually('fastdp again', async () => /fastdp mtu=1450/.test(await line()), 10_000, 300);
+    // An underlay hop that cannot carry full-size overlay frames: the heartbeats (full MTU) say so.
+    await run('ip', ['-n', cluster!.underlayNs, 'link', 'set', b.uplink, 'mtu', '1400']);
+    await eventually('A to notice the small path MTU', async () => /no data path: .*path MTU below 1500/.test(await line()), 10_000, 300);
   });
 
   it('detach frees the address and removes the fdb entries on the other host', async () => {
