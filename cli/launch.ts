@@ -25,8 +25,8 @@ function routerArgs(cmd: Command): string[] {
   for (const opt of cmd.options) {
     const key = opt.attributeName();
     if (cmd.getOptionValueSource(key) !== 'cli' || ['password', 'wait', 'docker'].includes(key)) continue;
-    if (key === 'discovery') {
-      if (v.discovery === false) args.push('--no-discovery');
+    if (opt.negate) {
+      if (v[key] === false) args.push(opt.long!);
       continue;
     }
     const value = v[key];

@@ -4,7 +4,7 @@
 // one line, exiting non-zero, when none runs.
 import { Command, Option } from 'commander';
 import { addRouterOptions, DEFAULT_DATA_DIR } from '../router/options.js';
-import { VERSION, renderConnections, renderIpam, renderPeers, renderPs, renderStatus, renderTargets, type Report } from '../router/report.js';
+import { VERSION, renderConnections, renderDns, renderIpam, renderPeers, renderPs, renderStatus, renderTargets, type Report } from '../router/report.js';
 import { rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { CliError, isAlive, readRouterInfo, request, type Target } from './client.js';
@@ -56,7 +56,7 @@ withRouterLocation(
   await request(target(cmd), 'POST', '/forget', { peers });
 });
 
-const VIEWS = ['peers', 'connections', 'targets', 'ipam'];
+const VIEWS = ['peers', 'connections', 'targets', 'ipam', 'dns'];
 withRouterLocation(
   program
     .command('status')
@@ -70,7 +70,7 @@ withRouterLocation(
     console.log(JSON.stringify(report, null, 2));
     return;
   }
-  const render = { peers: renderPeers, connections: renderConnections, targets: renderTargets, ipam: renderIpam }[view ?? ''] ?? renderStatus;
+  const render = { peers: renderPeers, connections: renderConnections, targets: renderTargets, ipam: renderIpam, dns: renderDns }[view ?? ''] ?? renderStatus;
   process.stdout.write(render(report));
 });
 
@@ -162,11 +162,12 @@ withRouterLocation(
     .command('attach')
     .description('attach a container to the overlay: an ethwe interface with addresses from IPAM (or the ones given)')
     .argument('<args...>', '[ip/prefix ...] CONTAINER, where CONTAINER is netns:NAME or pid:N')
-    .option('--subnet <cidr>', 'allocate from this subnet of the range'),
-).action(async (args: string[], o: { subnet?: string }, cmd: Command) => {
+    .option('--subnet <cidr>', 'allocate from this subnet of the range')
+    .option('-h, --hostname <fqdn>', 'register this name in weft\'s DNS (e.g. web.weft.local)'),
+).action(async (args: string[], o: { subnet?: string; hostname?: string }, cmd: Command) => {
   const container = args[args.length - 1];
   const cidrs = args.slice(0, -1);
-  const ep = JSON.parse((await request(target(cmd), 'POST', '/attach', { container, cidrs, subnet: o.subnet })).body) as { cidrs: string[] };
+  const ep = JSON.parse((await request(target(cmd), 'POST', '/attach', { container, cidrs, subnet: o.subnet, hostname: o.hostname })).body) as { cidrs: string[] };
   console.log(ep.cidrs.join(' '));
 });
 
@@ -188,6 +189,36 @@ withRouterLocation(program.command('hide').description('remove this host\'s over
   async (cidr: string | undefined, _o, cmd: Command) => {
     const r = JSON.parse((await request(target(cmd), 'DELETE', `/expose${cidr ? `?cidr=${encodeURIComponent(cidr)}` : ''}`)).body) as { hidden: string[] };
     console.log(r.hidden.join(' '));
+  },
+);
+
+withRouterLocation(
+  program
+    .command('dns-add')
+    .description('register a name for a container (its weft addresses, or the ones given)')
+    .argument('<args...>', '[ip ...] CONTAINER')
+    .requiredOption('-h, --hostname <fqdn>', 'the name, in the weft domain'),
+).action(async (args: string[], o: { hostname: string }, cmd: Command) => {
+  const container = args[args.length - 1];
+  const r = JSON.parse((await request(target(cmd), 'PUT', `/name/${encodeURIComponent(container)}`, { fqdn: o.hostname, ips: args.slice(0, -1) })).body) as { fqdn: string; ips: string[] };
+  console.log(`${r.fqdn} ${r.ips.join(' ')}`);
+});
+
+withRouterLocation(
+  program.command('dns-remove').description('remove a container\'s names (all, or one name or address)').argument('<args...>', '[ip] CONTAINER').option('-h, --hostname <fqdn>', 'only this name'),
+).action(async (args: string[], o: { hostname?: string }, cmd: Command) => {
+  const container = args[args.length - 1];
+  const q = new URLSearchParams();
+  if (o.hostname) q.set('fqdn', o.hostname);
+  if (args.length > 1) q.set('ip', args[0]);
+  const r = JSON.parse((await request(target(cmd), 'DELETE', `/name/${encodeURIComponent(container)}?${q}`)).body) as { removed: number };
+  console.log(`${r.removed} name(s) removed`);
+});
+
+withRouterLocation(program.command('dns-lookup').description('the addresses weft\'s DNS has for a name').argument('<name>', 'e.g. web.weft.local')).action(
+  async (name: string, _o, cmd: Command) => {
+    const r = JSON.parse((await request(target(cmd), 'GET', `/name/${encodeURIComponent(name)}`)).body) as { ips: string[] };
+    console.log(r.ips.join('\n'));
   },
 );
 

@@ -2,7 +2,7 @@
 // network namespace, its end named `ethwe`, with the container's addresses, the
 // overlay MTU and a route for the whole allocation range.
 import { createHash } from 'node:crypto';
-import { existsSync } from 'node:fs';
+import { existsSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { BRIDGE } from './bridge.js';
 import { ip, ipJson, linkExists } from './iproute.js';
 
@@ -36,7 +36,15 @@ export interface AttachResult {
 }
 
 /** Plumbs the container in (idempotent: an existing ethwe keeps its MAC and gains missing addresses). */
-export async function attachContainer(container: string, cidrs: string[], mtu: number): Promise<AttachResult> {
+export interface DnsReach {
+  /** The DNS server's address on the bridge, and the bridge's MAC. */
+  ip: string;
+  bridgeMac: string;
+  /** resolv.conf text for named-namespace containers. */
+  resolvConf: string;
+}
+
+export async function attachContainer(container: string, cidrs: string[], mtu: number, dns?: DnsReach): Promise<AttachResult> {
   const ns = netnsPathOf(container);
   const hostIf = hostIfName(container);
   const peerTmp = `vp${hostIf.slice(2)}`;
@@ -61,6 +69,18 @@ export async function attachContainer(container: string, cidrs: string[], mtu: n
   // more: a container in a narrower subnet has no route to the others, which is what isolates subnets.
   // Multicast goes out ethwe too, so it floods over the overlay.
   await ip(['route', 'replace', '224.0.0.0/4', 'dev', CONTAINER_IF], ns).catch(() => undefined);
+  if (dns) {
+    // The DNS server lives on this host's bridge: a direct route, and its MAC fixed, so no ARP for it
+    // ever floods over the overlay (every host's bridge has that address).
+    await ip(['route', 'replace', `${dns.ip}/32`, 'dev', CONTAINER_IF], ns);
+    await ip(['neigh', 'replace', dns.ip, 'lladdr', dns.bridgeMac, 'dev', CONTAINER_IF, 'nud', 'permanent'], ns);
+    const named = /^netns:(.+)$/.exec(container);
+    if (named) {
+      // `ip netns exec` binds /etc/netns/NAME/* over /etc: containers that are named namespaces use weft's DNS.
+      mkdirSync(`/etc/netns/${named[1]}`, { recursive: true });
+      writeFileSync(`/etc/netns/${named[1]}/resolv.conf`, dns.resolvConf);
+    }
+  }
   const link = (await ipJson<{ address: string }[]>(['link', 'show', 'dev', CONTAINER_IF], ns))[0];
   return { mac: link.address, hostIf };
 }
@@ -75,5 +95,7 @@ export async function detachContainer(container: string): Promise<void> {
     /* the container is gone */
   }
   if (ns && (await linkExists(CONTAINER_IF, ns))) await ip(['link', 'del', CONTAINER_IF], ns);
+  const named = /^netns:(.+)$/.exec(container);
+  if (named) rmSync(`/etc/netns/${named[1]}/resolv.conf`, { force: true });
   if (await linkExists(hostIf)) await ip(['link', 'del', hostIf]);
 }

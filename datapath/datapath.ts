@@ -18,6 +18,8 @@ export const EXPOSE_ID = 'weft:expose';
 
 export interface DatapathConfig {
   dataDir: string;
+  /** With weft's DNS: its address on the bridge, and the resolv.conf containers get. */
+  dns?: { ip: string; domain: string };
   /** Overlay MTU; default: the underlay's minus the VXLAN overhead. */
   mtu?: number;
   vxlanPort: number;
@@ -31,6 +33,8 @@ function hostOf(addr: string): string {
 export class Datapath {
   readonly endpoints: EndpointTable;
   readonly health: FastdpHealth;
+  /** Told when a container is detached or found gone (DNS drops its names). */
+  readonly onGone: ((container: string) => void)[] = [];
   mtu = 1450;
   private reconcileTimer: NodeJS.Timeout | null = null;
   private stopped = false;
@@ -62,6 +66,7 @@ export class Datapath {
   async start(): Promise<void> {
     this.mtu = this.config.mtu ?? (await underlayMtu()) - VXLAN_OVERHEAD;
     await ensureBridge({ mac: bridgeMac(this.mesh.name), mtu: this.mtu, vxlanPort: this.config.vxlanPort });
+    await this.ensureDnsAddress();
     // Containers attached before a restart are still plumbed: announce those that still exist.
     const saved = this.loadLocal();
     const alive: Endpoint[] = [];
@@ -94,11 +99,19 @@ export class Datapath {
         return false;
       }
     });
-    if (alive.length !== this.endpoints.local.length) this.setLocal(alive);
+    if (alive.length !== this.endpoints.local.length) {
+      for (const e of this.endpoints.local) {
+        if (alive.includes(e)) continue;
+        await detachContainer(e.container).catch(() => undefined); // its leftovers: host veth, resolv.conf
+        for (const fn of this.onGone) fn(e.container);
+      }
+      this.setLocal(alive);
+    }
     await this.syncFirewall(false);
     try {
       const fixed = await ensureBridge({ mac: bridgeMac(this.mesh.name), mtu: this.mtu, vxlanPort: this.config.vxlanPort });
       if (fixed.length > 0) {
+        await this.ensureDnsAddress();
         this.stats.repairs++;
         this.mesh.log.warn({ fixed }, 'bridge repaired');
         this.scheduleReconcile();
@@ -106,6 +119,14 @@ export class Datapath {
     } catch (err) {
       this.noteError(`bridge check failed: ${(err as Error).message}`);
     }
+  }
+
+  /** The DNS server's address on the bridge; host routes back to local containers so replies find them. */
+  private async ensureDnsAddress(): Promise<void> {
+    const dns = this.config.dns;
+    if (!dns) return;
+    await ip(['addr', 'replace', `${dns.ip}/32`, 'dev', BRIDGE]);
+    for (const e of this.endpoints.local) for (const c of e.cidrs) await ip(['route', 'replace', `${c.split('/')[0]}/32`, 'dev', BRIDGE, 'src', dns.ip]).catch(() => undefined);
   }
 
   private firewallState(): FirewallState {
@@ -220,7 +241,14 @@ export class Datapath {
         await this.ipam.claim(container, p.addr, { start: p.start, prefix: p.prefix });
       }
     }
-    const { mac } = await attachContainer(container, addrs, this.mtu);
+    const dns = this.config.dns;
+    const { mac } = await attachContainer(
+      container,
+      addrs,
+      this.mtu,
+      dns ? { ip: dns.ip, bridgeMac: bridgeMac(this.mesh.name), resolvConf: `# written by weft attach\nnameserver ${dns.ip}\nsearch ${dns.domain.replace(/\.$/, '')}\n` } : undefined,
+    );
+    if (dns) for (const a of addrs) await ip(['route', 'replace', `${a.split('/')[0]}/32`, 'dev', BRIDGE, 'src', dns.ip]).catch(() => undefined);
     const prev = this.endpoints.local.find((e) => e.container === container);
     const ep: Endpoint = { container, mac, cidrs: [...new Set([...(prev?.cidrs ?? []), ...addrs])] };
     this.setLocal([...this.endpoints.local.filter((e) => e.container !== container), ep]);
@@ -232,8 +260,10 @@ export class Datapath {
     const ep = this.endpoints.local.find((e) => e.container === container);
     if (!ep) throw new Error(`container ${container} is not attached here`);
     await detachContainer(container);
+    if (this.config.dns) for (const c of ep.cidrs) await ip(['route', 'del', `${c.split('/')[0]}/32`, 'dev', BRIDGE]).catch(() => undefined);
     this.setLocal(this.endpoints.local.filter((e) => e.container !== container));
     await this.ipam.free(container).catch(() => undefined);
+    for (const fn of this.onGone) fn(container);
     return ep;
   }
 

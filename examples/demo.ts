@@ -1,13 +1,15 @@
 // The weft demo: two hosts made of network namespaces on a private underlay
 // (198.18.0.0/24), a weft router on each, a container (a network namespace) on
-// each attached to the overlay with an address from IPAM; TCP and UDP across
-// the hosts over the kernel VXLAN datapath; `weft status`, `weft ps`; then
+// each attached to the overlay with an address from IPAM and a DNS name; the
+// name resolved inside the other container, ping (if installed), TCP and UDP
+// across the hosts over the kernel VXLAN datapath; `weft status`; then
 // everything it made is removed, also on Ctrl-C or failure.
 //
 //   npm run demo        (as root; builds first)
 import type { Report } from '../router/report.js';
 import { Cluster, eventually, type Host } from '../test/harness/cluster.js';
 import { echo, echoServer } from '../test/harness/traffic.js';
+import { run } from '../test/harness/exec.js';
 
 if (process.getuid?.() !== 0) {
   console.error('demo: needs root to create network namespaces (run as root, or with sudo)');
@@ -43,8 +45,17 @@ try {
   const c1 = await cluster.container('web');
   const c2 = await cluster.container('db');
   console.log(`\ncontainers: netns ${c1} (on host1), netns ${c2} (on host2)`);
-  const ip1 = (await sh(a, ['attach', `netns:${c1}`])).trim().split('/')[0];
-  const ip2 = (await sh(b, ['attach', `netns:${c2}`])).trim().split('/')[0];
+  const ip1 = (await sh(a, ['attach', '-h', 'web.weft.local', `netns:${c1}`])).trim().split('/')[0];
+  const ip2 = (await sh(b, ['attach', '-h', 'db.weft.local', `netns:${c2}`])).trim().split('/')[0];
+  const resolved = await eventually('db.weft.local to resolve inside web', async () => {
+    const g = await run('ip', ['netns', 'exec', c1, 'getent', 'hosts', 'db.weft.local']);
+    return g.code === 0 ? g.stdout.trim() : null;
+  }, 15_000, 200);
+  console.log(`\nweb$ getent hosts db.weft.local    # inside the container on host1, plain libc DNS\n${resolved}`);
+  if ((await run('sh', ['-c', 'command -v ping'])).code === 0) {
+    const p = await run('ip', ['netns', 'exec', c1, 'ping', '-c', '3', '-i', '0.2', 'db']);
+    console.log(`\nweb$ ping -c 3 db\n${p.stdout.trim()}`);
+  }
   const server = await echoServer(c2, 8080);
   try {
     const t0 = Date.now();
@@ -58,7 +69,7 @@ try {
   await sh(a, ['status', 'connections']);
   await sh(a, ['status', 'ipam']);
   await sh(b, ['ps']);
-  console.log('\n(DNS names for containers arrive with the DNS issue.)');
+  await sh(a, ['status', 'dns']);
 } catch (err) {
   console.error(`demo failed: ${(err as Error).message}`);
   process.exitCode = 1;

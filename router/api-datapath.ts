@@ -3,6 +3,7 @@ import type { FastifyInstance } from 'fastify';
 import type { Datapath } from '../datapath/datapath.js';
 import { IpamError } from '../ipam/allocator.js';
 import { HttpError } from './http-error.js';
+import type { NameService } from '../dns/table.js';
 
 function need(dp: Datapath | null): Datapath {
   if (!dp) throw new HttpError(409, 'this router runs without a datapath (--datapath none): nothing can be attached');
@@ -19,15 +20,18 @@ async function wrap<T>(fn: () => Promise<T>): Promise<T> {
   }
 }
 
-export function registerDatapathRoutes(app: FastifyInstance, dp: Datapath | null): void {
+export function registerDatapathRoutes(app: FastifyInstance, dp: Datapath | null, names: NameService): void {
   app.post('/attach', async (req) => {
-    const b = (req.body ?? {}) as { container?: unknown; cidrs?: unknown; subnet?: unknown };
+    const b = (req.body ?? {}) as { container?: unknown; cidrs?: unknown; subnet?: unknown; hostname?: unknown };
+    if (b.hostname !== undefined && (typeof b.hostname !== 'string' || !/^[A-Za-z0-9.-]{1,253}$/.test(b.hostname))) throw new HttpError(400, 'hostname must be a DNS name');
     if (typeof b.container !== 'string' || b.container === '') throw new HttpError(400, 'container is required (netns:NAME or pid:N)');
     const cidrs = b.cidrs === undefined ? [] : b.cidrs;
     if (!Array.isArray(cidrs) || !cidrs.every((c) => typeof c === 'string')) throw new HttpError(400, 'cidrs must be a list of ip/prefix');
     if (b.subnet !== undefined && typeof b.subnet !== 'string') throw new HttpError(400, 'subnet must be a CIDR');
     const d = need(dp);
-    return wrap(() => d.attach(b.container as string, cidrs as string[], b.subnet as string | undefined));
+    const ep = await wrap(() => d.attach(b.container as string, cidrs as string[], b.subnet as string | undefined));
+    if (typeof b.hostname === 'string') for (const c of ep.cidrs) names.add(b.hostname, ep.container, c.split('/')[0]);
+    return ep;
   });
 
   app.delete<{ Params: { container: string } }>('/attach/:container', async (req) => {

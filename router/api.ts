@@ -1,7 +1,8 @@
 // The router's local HTTP API (default 127.0.0.1:6784): what the CLI and, later,
 // the plugins talk to. Errors are JSON {"error": "..."} with a 4xx/5xx status.
 import Fastify, { type FastifyInstance } from 'fastify';
-import { buildReport, renderConnections, renderIpam, renderPeers, renderStatus, renderTargets, type ReportSources } from './report.js';
+import { buildReport, renderConnections, renderDns, renderIpam, renderPeers, renderStatus, renderTargets, type ReportSources } from './report.js';
+import { registerDnsRoutes } from './api-dns.js';
 import { registerIpamRoutes } from './api-ipam.js';
 import { registerDatapathRoutes } from './api-datapath.js';
 
@@ -12,6 +13,7 @@ const STATUS_VIEWS = {
   connections: renderConnections,
   targets: renderTargets,
   ipam: renderIpam,
+  dns: renderDns,
 } as const;
 
 /** Peer addresses from a JSON body {"peers": [...]} or form/query fields peer=...&peer=... */
@@ -88,6 +90,7 @@ export function buildApi(sources: ReportSources): FastifyInstance {
   });
 
   registerIpamRoutes(app, sources.ipam);
-  registerDatapathRoutes(app, sources.datapath);
+  registerDatapathRoutes(app, sources.datapath, sources.names);
+  registerDnsRoutes(app, sources);
   return app;
 }

@@ -24,6 +24,11 @@ export interface RouterOptions {
   ipallocTimeout: number;
   datapath: 'fastdp' | 'none';
   mtu?: number;
+  dns: boolean;
+  dnsDomain: string;
+  dnsTtl: number;
+  dnsListenAddress?: string;
+  resolvConf: string;
   peers: string[];
 }
 
@@ -81,6 +86,11 @@ export function routerOptions(): Option[] {
     o('--ipalloc-init <mode>', 'how the ring starts: consensus[=N] (N initial peers; default: the peers given + 1), seed=NAME,..., or observer').default('consensus'),
     o('--datapath <kind>', 'fastdp (kernel VXLAN), or none (control plane only: no bridge, no attach)').default('fastdp').choices(['fastdp', 'none']),
     o('--mtu <n>', 'overlay MTU (default: the underlay MTU minus 50 for VXLAN)').argParser(int('mtu', 576, 65000)),
+    o('--no-dns', 'do not run the DNS server'),
+    o('--dns-domain <domain>', 'the domain weft answers for').default('weft.local.'),
+    o('--dns-ttl <seconds>', 'TTL of weft\'s answers').default(1).argParser(int('dns-ttl', 0, 86400)),
+    o('--dns-listen-address <ip:port>', 'where the DNS server listens (default: 169.254.83.83:53 on the weft bridge, reachable from attached containers)'),
+    o('--resolv-conf <path>', 'upstream servers for other names come from this file').default('/etc/resolv.conf'),
     o('--ipalloc-timeout <duration>', 'how long an allocation may wait (for consensus or space) before it fails with the reason').default(30_000, '30s').argParser(duration),
   ];
 }
@@ -123,6 +133,11 @@ export function toRouterOptions(v: Record<string, unknown>, peers: string[]): Ro
     ipallocTimeout: v.ipallocTimeout as number,
     datapath: v.datapath as 'fastdp' | 'none',
     mtu: v.mtu as number | undefined,
+    dns: v.dns as boolean,
+    dnsDomain: v.dnsDomain as string,
+    dnsTtl: v.dnsTtl as number,
+    dnsListenAddress: v.dnsListenAddress as string | undefined,
+    resolvConf: v.resolvConf as string,
     peers,
   };
 }

@@ -7,6 +7,8 @@ import type { HandshakeFailure } from './mesh/tcp.js';
 import { PROTOCOL_MAX, PROTOCOL_MIN } from './mesh/protocol-crypto.js';
 import type { Allocator, IpamStatus } from '../ipam/allocator.js';
 import type { Datapath } from '../datapath/datapath.js';
+import type { NameService } from '../dns/table.js';
+import type { DnsServer } from '../dns/server.js';
 
 export const VERSION = '0.1.0';
 
@@ -39,6 +41,13 @@ export interface Report {
   targets: { address: string; direct: boolean; state: string; peer?: PeerName; error?: string; retryInMs?: number }[];
   gossip: { messagesSent: number; bytesSent: number; messagesReceived: number; bytesReceived: number; gossipErrors: number; protocolErrors: number };
   ipam: IpamStatus;
+  dns: {
+    domain: string;
+    address: string | null;
+    upstreams: string[];
+    entries: { hostname: string; container: string; ip: string; origin: PeerName }[];
+    stats: { queries: number; local: number; nxdomain: number; forwarded: number; servfail: number; formerr: number } | null;
+  };
   datapath: null | {
     kind: 'fastdp';
     mtu: number;
@@ -55,6 +64,8 @@ export interface ReportSources {
   maker: ConnectionMaker;
   ipam: Allocator;
   datapath: Datapath | null;
+  names: NameService;
+  dns: DnsServer | null;
   failures: HandshakeFailure[];
   hasPassword: boolean;
   discovery: boolean;
@@ -132,6 +143,13 @@ export function buildReport(s: ReportSources): Report {
     targets,
     gossip: { ...mesh.stats },
     ipam: s.ipam.status(),
+    dns: {
+      domain: s.dns?.config.domain ?? 'weft.local.',
+      address: s.dns ? `${s.dns.config.host}:${s.dns.config.port}` : null,
+      upstreams: s.dns?.config.upstreams ?? [],
+      entries: s.names.table.all().sort((a, b) => (a.hostname < b.hostname ? -1 : a.hostname > b.hostname ? 1 : 0)),
+      stats: s.dns ? { ...s.dns.stats } : null,
+    },
     datapath: s.datapath
       ? {
           kind: 'fastdp',
@@ -167,6 +185,7 @@ export function renderStatus(r: Report): string {
     ['ConnLimit', r.connLimit === 0 ? 'none' : String(r.connLimit)],
     ['IPAM', `${r.ipam.state}${r.ipam.pending.length ? ` (${r.ipam.pending.length} request(s) waiting; see weft status ipam)` : ''}`],
     ['Range', `${r.ipam.range}, default subnet ${r.ipam.defaultSubnet}`],
+    ['DNS', r.dns.address ? `${r.dns.domain} on ${r.dns.address}, ${r.dns.entries.length} name(s), upstream ${r.dns.upstreams.join(' ') || 'none'}` : 'off'],
     ['Datapath', r.datapath ? `fastdp (kernel VXLAN), mtu ${r.datapath.mtu}, ${r.datapath.localEndpoints.length} container(s) attached here${r.datapath.exposed.length ? `, host exposed as ${r.datapath.exposed.join(' ')}` : ''}${r.datapath.lastError ? `; last error: ${r.datapath.lastError}` : ''}` : 'none (control plane only)'],
   ];
   return lines.map(([k, v]) => `${k.padStart(16)}: ${v}`).join('\n') + '\n';
@@ -236,4 +255,14 @@ export function renderIpam(r: Report): string {
 export function renderPs(r: Report): string {
   const eps = r.datapath?.localEndpoints ?? [];
   return eps.map((e) => `${e.container} ${e.mac} ${e.cidrs.join(' ')}`).join('\n') + (eps.length ? '\n' : '');
+}
+
+export function renderDns(r: Report): string {
+  if (r.dns.entries.length === 0) return r.dns.address ? 'no names registered\n' : 'DNS is off on this router\n';
+  const domain = r.dns.domain.replace(/\.$/, '');
+  return (
+    r.dns.entries
+      .map((e) => `${pad(e.hostname.replace(/\.$/, '').replace(new RegExp(`\\.${domain.replaceAll('.', '\\.')}$`), ''), 16)} ${pad(e.ip, 15)} ${pad(e.container, 24)} ${e.origin}`)
+      .join('\n') + '\n'
+  );
 }

@@ -14,6 +14,10 @@ import { ipamConfig } from '../ipam/config.js';
 import { IpamStore } from '../ipam/store.js';
 import { containerLiveness } from '../ipam/liveness.js';
 import { Datapath } from '../datapath/datapath.js';
+import { NameService } from '../dns/table.js';
+import { DnsServer, upstreamsFromResolvConf } from '../dns/server.js';
+
+export const DNS_BRIDGE_IP = '169.254.83.83';
 
 /** What the CLI reads to find a running router: written when ready, removed at exit. */
 export interface RouterInfo {
@@ -41,6 +45,8 @@ export class Router {
     readonly ipam: Allocator,
     private readonly ipamStore: IpamStore,
     readonly datapath: Datapath | null,
+    readonly names: NameService,
+    readonly dns: DnsServer | null,
   ) {}
 
   static async start(opts: RouterOptions, log: Logger): Promise<Router> {
@@ -76,12 +82,33 @@ export class Router {
       connLimit: opts.connLimit,
     });
     const ipam = new Allocator(mesh, { ...ipamConf, timeoutMs: opts.ipallocTimeout, store: ipamStore, liveness: containerLiveness() });
-    const datapath = opts.datapath === 'fastdp' ? new Datapath(mesh, ipam, { dataDir: opts.dataDir, mtu: opts.mtu, vxlanPort: opts.port + 1 }) : null;
-    const router = new Router(opts, mesh, transport, maker, ipam, ipamStore, datapath);
+    const dnsOnBridge = opts.dns && opts.datapath === 'fastdp' && !opts.dnsListenAddress;
+    const datapath =
+      opts.datapath === 'fastdp'
+        ? new Datapath(mesh, ipam, { dataDir: opts.dataDir, mtu: opts.mtu, vxlanPort: opts.port + 1, dns: dnsOnBridge ? { ip: DNS_BRIDGE_IP, domain: opts.dnsDomain } : undefined })
+        : null;
+    const names = new NameService(mesh);
+    datapath?.onGone.push((container) => names.remove({ container }));
+    const listen = opts.dns ? (opts.dnsListenAddress ?? (dnsOnBridge ? `${DNS_BRIDGE_IP}:53` : null)) : null;
+    let dns: DnsServer | null = null;
+    if (listen) {
+      const { host, port } = splitHostPort(listen);
+      dns = new DnsServer(names.table, {
+        host,
+        port,
+        domain: opts.dnsDomain,
+        ttl: opts.dnsTtl,
+        // Never forward to ourselves.
+        upstreams: upstreamsFromResolvConf(opts.resolvConf, [host, DNS_BRIDGE_IP]),
+        upstreamTimeoutMs: 2000,
+      });
+    }
+    const router = new Router(opts, mesh, transport, maker, ipam, ipamStore, datapath, names, dns);
     try {
       await datapath?.start();
+      await dns?.start();
       await transport.listen(opts.host, opts.port);
-      const api = buildApi({ mesh, maker, ipam, datapath, failures: transport.failures, hasPassword: opts.password !== null, discovery: opts.discovery });
+      const api = buildApi({ mesh, maker, ipam, datapath, names, dns, failures: transport.failures, hasPassword: opts.password !== null, discovery: opts.discovery });
       const { host, port } = splitHostPort(opts.httpAddr);
       await api.listen({ host, port });
       router.api = api;
@@ -96,7 +123,7 @@ export class Router {
   }
 
   report(): Report {
-    return buildReport({ mesh: this.mesh, maker: this.maker, ipam: this.ipam, datapath: this.datapath, failures: this.transport.failures, hasPassword: this.opts.password !== null, discovery: this.opts.discovery });
+    return buildReport({ mesh: this.mesh, maker: this.maker, ipam: this.ipam, datapath: this.datapath, names: this.names, dns: this.dns, failures: this.transport.failures, hasPassword: this.opts.password !== null, discovery: this.opts.discovery });
   }
 
   private writeInfo(): void {
@@ -119,6 +146,8 @@ export class Router {
       this.maker.stop();
       this.ipam.stop();
       this.datapath?.stop();
+      this.names.stop();
+      this.dns?.close();
       this.mesh.stop();
       this.transport.close();
       await this.api?.close();

@@ -3,7 +3,7 @@
 // links, kill and restart routers. Everything it makes is named with the test
 // run's id and removed by cleanup(), even when a test fails.
 import { randomBytes } from 'node:crypto';
-import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -32,6 +32,12 @@ export async function cleanupRun(runId: string): Promise<void> {
   const list = await run('ip', ['netns', 'list']);
   const names = list.stdout.split('\n').map((l) => l.split(' ')[0]).filter((n) => n.startsWith(prefix));
   for (const ns of names) await removeNamespace(ns);
+  // resolv.conf files weft attach wrote for container namespaces of this run.
+  try {
+    for (const d of readdirSync('/etc/netns')) if (d.startsWith(prefix)) rmSync(`/etc/netns/${d}`, { recursive: true, force: true });
+  } catch {
+    /* no /etc/netns */
+  }
 }
 
 async function removeNamespace(ns: string): Promise<void> {
@@ -190,7 +196,10 @@ export class Cluster {
   async cleanup(): Promise<void> {
     if (this.cleaned) return;
     this.cleaned = true;
-    for (const ns of this.containers) await removeNamespace(ns);
+    for (const ns of this.containers) {
+      await removeNamespace(ns);
+      rmSync(`/etc/netns/${ns}`, { recursive: true, force: true });
+    }
     for (const h of this.hosts) await removeNamespace(h.ns);
     await removeNamespace(this.underlayNs);
     rmSync(this.workDir, { recursive: true, force: true });

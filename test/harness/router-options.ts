@@ -17,6 +17,10 @@ export function routerOptions(over: Partial<RouterOptions> & Pick<RouterOptions,
     ipallocTimeout: 5000,
     // In-process routers run in the test's own namespace: never plumb a bridge there.
     datapath: 'none',
+    dns: false,
+    dnsDomain: 'weft.local.',
+    dnsTtl: 1,
+    resolvConf: '/etc/resolv.conf',
     peers: [],
     ...over,
   };

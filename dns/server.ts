@@ -1,0 +1,247 @@
+// The DNS server: answers A and PTR for the weft domain from the name table,
+// forwards everything else, as raw bytes, to the upstream servers from
+// resolv.conf. UDP and TCP. Malformed queries get FORMERR (or are dropped when
+// too short to answer); nothing a client sends can crash the router.
+import dgram from 'node:dgram';
+import { readFileSync } from 'node:fs';
+import net from 'node:net';
+import dnsPacket, { type Answer, type Packet } from 'dns-packet';
+import type { NameTable } from './table.js';
+import { normaliseName } from './table.js';
+
+export interface DnsConfig {
+  host: string;
+  port: number;
+  domain: string;
+  ttl: number;
+  /** Upstream servers ("ip" or "ip:port"); default: from resolv.conf. */
+  upstreams: string[];
+  upstreamTimeoutMs: number;
+}
+
+export function upstreamsFromResolvConf(path = '/etc/resolv.conf', exclude: string[] = []): string[] {
+  try {
+    return readFileSync(path, 'utf8')
+      .split('\n')
+      .map((l) => /^\s*nameserver\s+(\S+)/.exec(l)?.[1])
+      .filter((s): s is string => !!s && !exclude.includes(s));
+  } catch {
+    return [];
+  }
+}
+
+const RCODE = { NOERROR: 0, FORMERR: 1, SERVFAIL: 2, NXDOMAIN: 3 } as const;
+
+function shuffle<T>(xs: T[]): T[] {
+  for (let i = xs.length - 1; i > 0; i--) {
+    const j = Math.floor(Math.random() * (i + 1));
+    [xs[i], xs[j]] = [xs[j], xs[i]];
+  }
+  return xs;
+}
+
+function ptrToIp(name: string): string | null {
+  const m = /^(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.in-addr\.arpa\.?$/i.exec(name);
+  return m ? `${m[4]}.${m[3]}.${m[2]}.${m[1]}` : null;
+}
+
+export class DnsServer {
+  private udp: dgram.Socket | null = null;
+  private tcp: net.Server | null = null;
+  readonly stats = { queries: 0, local: 0, nxdomain: 0, forwarded: 0, servfail: 0, formerr: 0 };
+  private readonly domain: string;
+
+  constructor(
+    private readonly table: NameTable,
+    readonly config: DnsConfig,
+  ) {
+    this.domain = normaliseName(config.domain);
+  }
+
+  inDomain(name: string): boolean {
+    const n = normaliseName(name);
+    return n === this.domain || n.endsWith(`.${this.domain}`);
+  }
+
+  async start(): Promise<void> {
+    const udp = dgram.createSocket('udp4');
+    this.udp = udp;
+    udp.on('message', (msg, rinfo) => {
+      void this.handle(msg, 'udp').then((reply) => {
+        if (reply) udp.send(reply, rinfo.port, rinfo.address);
+      });
+    });
+    udp.on('error', () => undefined);
+    await new Promise<void>((resolve, reject) => {
+      udp.once('error', reject);
+      udp.bind(this.config.port, this.config.host, () => resolve());
+    });
+    this.tcp = net.createServer((s) => this.serveTcp(s));
+    await new Promise<void>((resolve, reject) => {
+      this.tcp!.once('error', reject);
+      this.tcp!.listen(this.config.port, this.config.host, () => resolve());
+    });
+  }
+
+  private serveTcp(s: net.Socket): void {
+    let buf = Buffer.alloc(0);
+    s.setTimeout(10_000, () => s.destroy());
+    s.on('error', () => undefined);
+    s.on('data', (d: Buffer) => {
+      buf = Buffer.concat([buf, d]);
+      if (buf.length > 70_000) return s.destroy();
+      while (buf.length >= 2 && buf.length >= 2 + buf.readUInt16BE(0)) {
+        const q = buf.subarray(2, 2 + buf.readUInt16BE(0));
+        buf = buf.subarray(2 + q.length);
+        void this.handle(q, 'tcp').then((reply) => {
+          if (!reply || s.destroyed) return;
+          const len = Buffer.alloc(2);
+          len.writeUInt16BE(reply.length);
+          s.write(Buffer.concat([len, reply]));
+        });
+      }
+    });
+  }
+
+  /** The answer to one query message (null: drop it). Never throws. */
+  async handle(msg: Buffer, transport: 'udp' | 'tcp'): Promise<Buffer | null> {
+    this.stats.queries++;
+    let q: Packet;
+    try {
+      q = dnsPacket.decode(msg);
+    } catch {
+      return this.formerr(msg);
+    }
+    const question = q.questions?.[0];
+    if (q.type !== 'query' || !question || typeof question.name !== 'string') return this.formerr(msg);
+    const name = question.name;
+    const opt = q.additionals?.find((a) => a.type === 'OPT') as { udpPayloadSize?: number } | undefined;
+    const limit = transport === 'tcp' ? 65_535 : Math.max(512, Math.min(opt?.udpPayloadSize ?? 512, 4096));
+    try {
+      if (this.inDomain(name)) return this.answerLocal(q, name, question.type, opt !== undefined, limit);
+      if (question.type === 'PTR') {
+        const ip = ptrToIp(name);
+        const names = ip ? this.table.reverse(ip) : [];
+        if (names.length > 0) {
+          return this.reply(q, RCODE.NOERROR, names.map((n) => ({ type: 'PTR', name, ttl: this.config.ttl, data: n.replace(/\.$/, '') }) as Answer), opt !== undefined, limit);
+        }
+      }
+      return await this.forward(msg, q, transport);
+    } catch {
+      return this.reply(q, RCODE.SERVFAIL, [], opt !== undefined, limit);
+    }
+  }
+
+  private answerLocal(q: Packet, name: string, type: string, edns: boolean, limit: number): Buffer {
+    const ips = this.table.lookup(name);
+    this.stats.local++;
+    if (ips.length === 0) {
+      this.stats.nxdomain++;
+      return this.reply(q, RCODE.NXDOMAIN, [], edns, limit);
+    }
+    if (type !== 'A') return this.reply(q, RCODE.NOERROR, [], edns, limit);
+    const answers = shuffle([...new Set(ips)]).map((ip) => ({ type: 'A', name, ttl: this.config.ttl, data: ip }) as Answer);
+    return this.reply(q, RCODE.NOERROR, answers, edns, limit);
+  }
+
+  /** Encodes a reply; over UDP, drops answers until it fits the client's size and sets TC. */
+  private reply(q: Packet, rcode: number, answers: Answer[], edns: boolean, limit: number): Buffer {
+    const build = (ans: Answer[], tc: boolean) =>
+      dnsPacket.encode({
+        id: q.id,
+        type: 'response',
+        flags: ((q.flags ?? 0) & dnsPacket.RECURSION_DESIRED) | dnsPacket.RECURSION_AVAILABLE | dnsPacket.AUTHORITATIVE_ANSWER | (tc ? dnsPacket.TRUNCATED_RESPONSE : 0) | rcode,
+        questions: q.questions,
+        answers: ans,
+        additionals: edns ? [{ type: 'OPT', name: '.', udpPayloadSize: 4096 } as unknown as Answer] : [],
+      });
+    let out = build(answers, false);
+    if (out.length <= limit) return out;
+    let n = answers.length;
+    while (n > 0) {
+      n = Math.floor(n / 2);
+      out = build(answers.slice(0, n), true);
+      if (out.length <= limit) return out;
+    }
+    return build([], true);
+  }
+
+  private formerr(msg: Buffer): Buffer | null {
+    this.stats.formerr++;
+    if (msg.length < 12) return null;
+    const out = Buffer.alloc(12);
+    msg.copy(out, 0, 0, 2); // the query's id
+    out[2] = 0x80; // response
+    out[3] = RCODE.FORMERR;
+    return out;
+  }
+
+  /** Sends the query as it came to each upstream in turn; SERVFAIL when none answers. */
+  private async forward(msg: Buffer, q: Packet, transport: 'udp' | 'tcp'): Promise<Buffer> {
+    for (const up of this.config.upstreams) {
+      const [host, p] = up.includes(':') ? up.split(':') : [up, '53'];
+      try {
+        const r = transport === 'tcp' ? await this.forwardTcp(msg, host, Number(p)) : await this.forwardUdp(msg, host, Number(p));
+        this.stats.forwarded++;
+        return r;
+      } catch {
+        /* next upstream */
+      }
+    }
+    this.stats.servfail++;
+    return this.reply(q, RCODE.SERVFAIL, [], false, 512);
+  }
+
+  private forwardUdp(msg: Buffer, host: string, port: number): Promise<Buffer> {
+    return new Promise((resolve, reject) => {
+      const s = dgram.createSocket('udp4');
+      const t = setTimeout(() => {
+        s.close();
+        reject(new Error('timeout'));
+      }, this.config.upstreamTimeoutMs);
+      s.on('message', (m) => {
+        if (m.length >= 2 && m.readUInt16BE(0) === msg.readUInt16BE(0)) {
+          clearTimeout(t);
+          s.close();
+          resolve(m);
+        }
+      });
+      s.on('error', (e) => {
+        clearTimeout(t);
+        s.close();
+        reject(e);
+      });
+      s.send(msg, port, host);
+    });
+  }
+
+  private forwardTcp(msg: Buffer, host: string, port: number): Promise<Buffer> {
+    return new Promise((resolve, reject) => {
+      const s = net.connect(port, host);
+      let buf = Buffer.alloc(0);
+      const t = setTimeout(() => s.destroy(new Error('timeout')), this.config.upstreamTimeoutMs);
+      s.on('connect', () => {
+        const len = Buffer.alloc(2);
+        len.writeUInt16BE(msg.length);
+        s.write(Buffer.concat([len, msg]));
+      });
+      s.on('data', (d: Buffer) => {
+        buf = Buffer.concat([buf, d]);
+        if (buf.length >= 2 && buf.length >= 2 + buf.readUInt16BE(0)) {
+          clearTimeout(t);
+          s.destroy();
+          resolve(buf.subarray(2, 2 + buf.readUInt16BE(0)));
+        }
+      });
+      s.on('error', (e) => {
+        clearTimeout(t);
+        reject(e);
+      });
+    });
+  }
+
+  close(): void {
+    this.udp?.close();
+    this.tcp?.close();
+  }
+}

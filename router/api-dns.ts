@@ -1,0 +1,43 @@
+// DNS endpoints: register, remove and look up names.
+import type { FastifyInstance } from 'fastify';
+import { normaliseName } from '../dns/table.js';
+import { formatIp } from '../ipam/addr.js';
+import { HttpError } from './http-error.js';
+import type { ReportSources } from './report.js';
+
+const IP = /^\d{1,3}(\.\d{1,3}){3}$/;
+
+export function registerDnsRoutes(app: FastifyInstance, s: ReportSources): void {
+  const inDomain = (fqdn: string) => {
+    const d = normaliseName(s.dns?.config.domain ?? 'weft.local.');
+    const n = normaliseName(fqdn);
+    return n === d || n.endsWith(`.${d}`);
+  };
+
+  /** Register: body {"fqdn": "web.weft.local", "ips": [...]}; without ips, the container's weft addresses. */
+  app.put<{ Params: { container: string } }>('/name/:container', async (req) => {
+    const b = (req.body ?? {}) as { fqdn?: unknown; ips?: unknown };
+    if (typeof b.fqdn !== 'string' || !/^[A-Za-z0-9.-]{1,253}$/.test(b.fqdn)) throw new HttpError(400, 'fqdn must be a DNS name');
+    if (!inDomain(b.fqdn)) throw new HttpError(400, `${b.fqdn} is not in the weft domain ${s.dns?.config.domain ?? 'weft.local.'}`);
+    const given = b.ips === undefined ? [] : b.ips;
+    if (!Array.isArray(given) || !given.every((i) => typeof i === 'string' && IP.test(i))) throw new HttpError(400, 'ips must be a list of IPv4 addresses');
+    const ips: string[] = given.length > 0 ? (given as string[]) : s.ipam.lookup(req.params.container).map(formatIp);
+    if (ips.length === 0) throw new HttpError(404, `container ${req.params.container} has no weft address; give the addresses`);
+    for (const ip of ips) s.names.add(b.fqdn, req.params.container, ip);
+    return { fqdn: normaliseName(b.fqdn), ips };
+  });
+
+  app.delete<{ Params: { container: string }; Querystring: { fqdn?: string; ip?: string } }>('/name/:container', async (req) => {
+    const removed = s.names.remove({ container: req.params.container, hostname: req.query.fqdn, ip: req.query.ip });
+    if (removed === 0) throw new HttpError(404, `no names registered here for ${req.params.container}`);
+    return { removed };
+  });
+
+  app.get<{ Params: { fqdn: string } }>('/name/:fqdn', async (req) => {
+    const ips = s.names.table.lookup(req.params.fqdn);
+    if (ips.length === 0) throw new HttpError(404, `${req.params.fqdn}: no such name`);
+    return { fqdn: normaliseName(req.params.fqdn), ips };
+  });
+
+  app.get('/name', async () => s.names.table.all());
+}

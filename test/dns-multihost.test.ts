@@ -1,0 +1,43 @@
+// Names across namespace hosts, resolved from inside containers with getent.
+import { afterEach, expect, it } from 'vitest';
+import type { Report } from '../router/report.js';
+import { Cluster, eventually } from './harness/cluster.js';
+import { run } from './harness/exec.js';
+import { describeAsRoot } from './harness/root.js';
+
+let cluster: Cluster | null = null;
+afterEach(async () => {
+  await cluster?.cleanup();
+  cluster = null;
+});
+
+const getent = (ns: string, name: string) => run('ip', ['netns', 'exec', ns, 'getent', 'hosts', name], { timeoutMs: 10_000 });
+
+describeAsRoot('DNS across namespace hosts', () => {
+  it('a container on one host resolves a container on another by name; removal propagates', async () => {
+    cluster = await Cluster.create(2, { routerArgs: ['--heartbeat-interval', '500ms', '--gossip-interval', '1s', '--ipalloc-init', 'consensus=2'] });
+    const [a, b] = cluster.hosts;
+    await a.launch();
+    await b.launch([a.ip]);
+    await eventually('connected', async () => (await a.report<Report>()).connections.some((c) => c.state === 'established'));
+    const c1 = await cluster.container('web');
+    const c2 = await cluster.container('db');
+    expect((await a.weft(['attach', '-h', 'web.weft.local', `netns:${c1}`])).code).toBe(0);
+    const ip2 = (await b.weft(['attach', '--hostname', 'db.weft.local', `netns:${c2}`])).stdout.trim().split('/')[0];
+    const r = await eventually('db resolves from web', async () => {
+      const g = await getent(c1, 'db.weft.local');
+      return g.code === 0 ? g.stdout : null;
+    });
+    expect(r).toMatch(new RegExp(`^${ip2.replaceAll('.', '\\.')}\\s+db\\.weft\\.local`));
+    // The search domain, and mixed case.
+    expect((await getent(c1, 'DB')).stdout).toContain(ip2);
+    expect((await getent(c1, 'nobody.weft.local')).code).not.toBe(0);
+    expect((await a.weft(['dns-lookup', 'db.weft.local'])).stdout.trim()).toBe(ip2);
+    expect((await a.weft(['status', 'dns'])).stdout).toMatch(/^db\s+\S+\s+netns:/m);
+    // dns-add on A for an address on B, seen from B's container.
+    expect((await a.weft(['dns-add', '10.32.99.99', 'extern', '-h', 'ext.weft.local'])).code).toBe(0);
+    await eventually('ext resolves from db', async () => (await getent(c2, 'ext.weft.local')).stdout.includes('10.32.99.99'));
+    await b.weft(['detach', `netns:${c2}`]);
+    await eventually('db gone everywhere', async () => (await getent(c1, 'db.weft.local')).code !== 0);
+  });
+});

@@ -1,0 +1,155 @@
+import dgram from 'node:dgram';
+import net from 'node:net';
+import dnsPacket from 'dns-packet';
+import fc from 'fast-check';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { DnsServer } from '../dns/server.js';
+import { NameTable, compareRecords, type NameRecord } from '../dns/table.js';
+
+const A = '02:00:00:00:00:0a';
+const B = '02:00:00:00:00:0b';
+
+function table(): NameTable {
+  const t = new NameTable();
+  const many = Array.from({ length: 60 }, (_, i) => ({ hostname: 'many.weft.local.', container: `m${i}`, ip: `10.32.1.${i + 1}` }));
+  t.merge([
+    { origin: A, version: 1, entries: [{ hostname: 'web.weft.local.', container: 'c1', ip: '10.32.0.1' }, { hostname: 'web.weft.local.', container: 'c2', ip: '10.32.0.2' }, ...many] },
+    { origin: B, version: 1, entries: [{ hostname: 'db.weft.local.', container: 'c3', ip: '10.40.0.1' }] },
+  ]);
+  return t;
+}
+
+/** What the tests read of a decoded reply (dns-packet's own types omit rcode and union the answers). */
+interface Reply {
+  rcode: string;
+  flag_tc: boolean;
+  answers: { data: string; ttl: number }[];
+}
+const decode = (b: Buffer): Reply => dnsPacket.decode(b) as unknown as Reply;
+
+const query = (name: string, type = 'A', opt?: number) =>
+  dnsPacket.encode({ type: 'query', id: 7, flags: dnsPacket.RECURSION_DESIRED, questions: [{ type, name } as dnsPacket.Question], additionals: opt ? [{ type: 'OPT', name: '.', udpPayloadSize: opt } as unknown as dnsPacket.Answer] : [] });
+
+describe('name table CRDT', () => {
+  const arbRec: fc.Arbitrary<NameRecord> = fc.record({
+    origin: fc.constantFrom(A, B),
+    version: fc.integer({ min: 0, max: 3 }),
+    entries: fc.array(fc.record({ hostname: fc.constantFrom('a.weft.local.', 'b.weft.local.'), container: fc.constantFrom('x', 'y'), ip: fc.constantFrom('10.32.0.1', '10.32.0.2') }), { maxLength: 3 }),
+  });
+  const state = (...parts: NameRecord[][]) => {
+    const t = new NameTable();
+    for (const p of parts) t.merge(p);
+    return [...t.records.values()].sort((x, y) => (x.origin < y.origin ? -1 : 1)).map((r) => [r.origin, r.version, JSON.stringify(r.entries.map((e) => [e.hostname, e.container, e.ip]).sort())]);
+  };
+  it('merge is commutative, associative, idempotent', () => {
+    fc.assert(
+      fc.property(fc.array(arbRec, { maxLength: 4 }), fc.array(arbRec, { maxLength: 4 }), fc.array(arbRec, { maxLength: 4 }), (a, b, c) => {
+        expect(state(a, b)).toEqual(state(b, a));
+        expect(state(a, b, c)).toEqual(state(a, [...b, ...c]));
+        expect(state(a, b, a, b)).toEqual(state(a, b));
+      }),
+      { numRuns: 300 },
+    );
+    expect(compareRecords({ origin: A, version: 2, entries: [] }, { origin: A, version: 1, entries: [] })).toBeGreaterThan(0);
+  });
+});
+
+describe('DNS server', () => {
+  const server = new DnsServer(table(), { host: '127.0.0.1', port: 0, domain: 'weft.local', ttl: 1, upstreams: [], upstreamTimeoutMs: 300 });
+  const ask = async (name: string, type = 'A', opt?: number) => decode((await server.handle(query(name, type, opt), 'udp'))!);
+
+  it('answers A for a name, every address, shuffled, TTL 1, case-insensitively', async () => {
+    const r = await ask('WEB.Weft.Local');
+    expect(r.rcode).toBe('NOERROR');
+    expect(r.answers.map((a) => a.data).sort()).toEqual(['10.32.0.1', '10.32.0.2']);
+    expect(r.answers.every((a) => a.ttl === 1)).toBe(true);
+    const orders = new Set<string>();
+    for (let i = 0; i < 40; i++) orders.add((await ask('web.weft.local')).answers.map((a) => a.data).join());
+    expect(orders.size).toBe(2);
+  });
+
+  it('NXDOMAIN for unknown names in the domain; NOERROR empty for other types of a known name', async () => {
+    expect((await ask('nobody.weft.local')).rcode).toBe('NXDOMAIN');
+    const aaaa = await ask('db.weft.local', 'AAAA');
+    expect(aaaa.rcode).toBe('NOERROR');
+    expect(aaaa.answers).toEqual([]);
+  });
+
+  it('answers reverse lookups', async () => {
+    const r = await ask('1.0.40.10.in-addr.arpa', 'PTR');
+    expect(r.answers[0].data).toBe('db.weft.local');
+  });
+
+  it('truncates over UDP at 512 bytes or the EDNS size, and answers in full over TCP', async () => {
+    const small = await ask('many.weft.local');
+    expect(small.flag_tc).toBe(true);
+    expect(small.answers.length).toBeLessThan(60);
+    const edns = await ask('many.weft.local', 'A', 4096);
+    expect(edns.flag_tc).toBe(false);
+    expect(edns.answers).toHaveLength(60);
+    const tcp = decode((await server.handle(query('many.weft.local'), 'tcp'))!);
+    expect(tcp.answers).toHaveLength(60);
+  });
+
+  it('SERVFAIL when no upstream answers; FORMERR for garbage; never throws', async () => {
+    expect((await ask('example.org')).rcode).toBe('SERVFAIL');
+    const fe = await server.handle(Buffer.from('\x00\x07garbage-garbage'), 'udp');
+    expect(fe![3] & 0x0f).toBe(1);
+    expect(await server.handle(Buffer.from([1, 2, 3]), 'udp')).toBeNull();
+    await fc.assert(fc.asyncProperty(fc.uint8Array({ maxLength: 300 }), async (b) => {
+      await server.handle(Buffer.from(b), 'udp');
+    }), { numRuns: 500 });
+  });
+});
+
+describe('DNS server on sockets, with an upstream', () => {
+  let upstream: dgram.Socket;
+  let server: DnsServer;
+  let port = 0;
+  beforeAll(async () => {
+    upstream = dgram.createSocket('udp4');
+    upstream.on('message', (m, r) => {
+      const q = dnsPacket.decode(m);
+      upstream.send(dnsPacket.encode({ type: 'response', id: q.id, questions: q.questions, answers: [{ type: 'A', name: q.questions![0].name, data: '198.18.9.9' }] }), r.port, r.address);
+    });
+    await new Promise<void>((r) => upstream.bind(0, '127.0.0.1', () => r()));
+    port = 30000 + Math.floor(Math.random() * 20000);
+    server = new DnsServer(table(), { host: '127.0.0.1', port, domain: 'weft.local', ttl: 1, upstreams: [`127.0.0.1:${upstream.address().port}`], upstreamTimeoutMs: 500 });
+    await server.start();
+  });
+  afterAll(() => {
+    server.close();
+    upstream.close();
+  });
+
+  it('forwards other names to the upstream, over UDP', async () => {
+    const c = dgram.createSocket('udp4');
+    const reply = await new Promise<Buffer>((resolve) => {
+      c.on('message', (m) => resolve(m));
+      c.send(query('example.org'), port, '127.0.0.1');
+    });
+    c.close();
+    expect(decode(reply).answers[0].data).toBe('198.18.9.9');
+  });
+
+  it('serves TCP with length-prefixed messages', async () => {
+    const reply = await new Promise<Buffer>((resolve, reject) => {
+      const s = net.connect(port, '127.0.0.1', () => {
+        const q = query('db.weft.local');
+        const len = Buffer.alloc(2);
+        len.writeUInt16BE(q.length);
+        s.write(Buffer.concat([len, q]));
+      });
+      let buf = Buffer.alloc(0);
+      s.on('data', (d) => {
+        buf = Buffer.concat([buf, d]);
+        if (buf.length >= 2 && buf.length >= 2 + buf.readUInt16BE(0)) {
+          s.end();
+          resolve(buf.subarray(2));
+        }
+      });
+      s.on('error', reject);
+    });
+    expect(decode(reply).answers[0].data).toBe('10.40.0.1');
+  });
+});
