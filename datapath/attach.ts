@@ -1,12 +1,15 @@
 // Attaching a container: a veth pair from the bridge into the container's
 // network namespace, its end named `ethwe`, with the container's addresses, the
 // overlay MTU and a route for the whole allocation range.
+import { execFile } from 'node:child_process';
 import { createHash } from 'node:crypto';
+import { promisify } from 'node:util';
 import { existsSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { BRIDGE } from './bridge.js';
 import { ip, ipJson, linkExists } from './iproute.js';
 
 export const CONTAINER_IF = 'ethwe';
+const execFileP = promisify(execFile);
 
 /** Where a container's network namespace is, from `netns:NAME` or `pid:N`; a readable error otherwise. */
 export function netnsPathOf(container: string): string {
@@ -64,6 +67,9 @@ export async function attachContainer(container: string, cidrs: string[], mtu: n
   const have = await ipJson<{ addr_info?: { local: string; prefixlen: number }[] }[]>(['addr', 'show', 'dev', CONTAINER_IF], ns);
   const existing = new Set((have[0]?.addr_info ?? []).map((a) => `${a.local}/${a.prefixlen}`));
   for (const c of cidrs) if (!existing.has(c)) await ip(['addr', 'add', c, 'dev', CONTAINER_IF], ns);
+  // arp_notify: a gratuitous ARP when ethwe comes up or its address changes, so neighbours that cached an
+  // old MAC for the address (a container re-attached) learn the new one at once.
+  await execFileP('nsenter', [`--net=${ns}`, 'sh', '-c', `echo 1 > /proc/sys/net/ipv4/conf/${CONTAINER_IF}/arp_notify`]).catch(() => undefined);
   await ip(['link', 'set', CONTAINER_IF, 'mtu', String(mtu), 'up'], ns);
   // Each address brings the route for its own subnet (the whole range for the default subnet), and no
   // more: a container in a narrower subnet has no route to the others, which is what isolates subnets.

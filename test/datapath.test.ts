@@ -180,6 +180,20 @@ describeAsRoot('fastdp across namespace hosts', () => {
     await eventually('A to notice the small path MTU', async () => /no data path: .*path MTU below 1500/.test(await line()), 10_000, 300);
   });
 
+  it('--mtu sets the overlay MTU on the bridge, the VXLAN device and containers; ethwe notifies ARP', async () => {
+    cluster = await Cluster.create(1, { routerArgs: ['--ipalloc-init', 'consensus=1', '--mtu', '1400'] });
+    const [a] = cluster.hosts;
+    await a.launch();
+    const c1 = await cluster.container('c1');
+    await attach(a, c1);
+    const mtu = async (args: string[]) => JSON.parse((await run('ip', ['-json', ...args])).stdout)[0].mtu as number;
+    expect(await mtu(['-n', a.ns, 'link', 'show', 'weft'])).toBe(1400);
+    expect(await mtu(['-n', a.ns, 'link', 'show', 'vxlan-weft'])).toBe(1400);
+    expect(await mtu(['-n', c1, 'link', 'show', 'ethwe'])).toBe(1400);
+    expect((await a.weft(['status'])).stdout).toMatch(/mtu 1400/);
+    expect((await run('ip', ['netns', 'exec', c1, 'cat', '/proc/sys/net/ipv4/conf/ethwe/arp_notify'])).stdout.trim()).toBe('1');
+  });
+
   it('detach frees the address and removes the fdb entries on the other host', async () => {
     const [a, b] = await twoHosts();
     const c1 = await cluster!.container('c1');
