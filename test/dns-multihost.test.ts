@@ -1,4 +1,7 @@
 // Names across namespace hosts, resolved from inside containers with getent.
+import { spawn } from 'node:child_process';
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { afterEach, expect, it } from 'vitest';
 import type { Report } from '../router/report.js';
 import { Cluster, eventually } from './harness/cluster.js';
@@ -39,5 +42,41 @@ describeAsRoot('DNS across namespace hosts', () => {
     await eventually('ext resolves from db', async () => (await getent(c2, 'ext.weft.local')).stdout.includes('10.32.99.99'));
     await b.weft(['detach', `netns:${c2}`]);
     await eventually('db gone everywhere', async () => (await getent(c1, 'db.weft.local')).code !== 0);
+  });
+});
+
+describeAsRoot('DNS upstream', () => {
+  it('forwards other names to the upstream from resolv.conf (another namespace), SERVFAIL when it is down', async () => {
+    cluster = await Cluster.create(2, { routerArgs: ['--ipalloc-init', 'consensus=1'] });
+    const [a, up] = cluster.hosts;
+    const conf = join(cluster.workDir, 'resolv.conf');
+    writeFileSync(conf, `nameserver ${up.ip}\n`);
+    // A tiny upstream on host2's underlay address: every A question gets 198.18.7.7.
+    const upstream = spawn('ip', ['netns', 'exec', up.ns, process.execPath, '-e', `
+      const p = require('dns-packet'); const s = require('node:dgram').createSocket('udp4');
+      s.on('message', (m, r) => { const q = p.decode(m);
+        s.send(p.encode({ type: 'response', id: q.id, flags: p.RECURSION_AVAILABLE, questions: q.questions, answers: [{ type: 'A', name: q.questions[0].name, ttl: 5, data: '198.18.7.7' }] }), r.port, r.address); });
+      s.bind(53, '${up.ip}', () => console.log('ready'));`], { stdio: ['ignore', 'pipe', 'inherit'], cwd: process.cwd() });
+    try {
+      await new Promise<void>((resolve) => upstream.stdout.on('data', () => resolve()));
+      await a.launch([], ['--resolv-conf', conf]);
+      const c1 = await cluster.container('c1');
+      expect((await a.weft(['attach', `netns:${c1}`])).code).toBe(0);
+      const got = await eventually('forwarded answer', async () => {
+        const g = await getent(c1, 'service.example.test');
+        return g.code === 0 ? g.stdout : null;
+      });
+      expect(got).toMatch(/^198\.18\.7\.7\s+service\.example\.test/);
+      upstream.kill('SIGKILL');
+      await new Promise((r) => setTimeout(r, 300));
+      const dig = await run('ip', ['netns', 'exec', c1, process.execPath, '-e', `
+        const p = require('dns-packet'); const s = require('node:dgram').createSocket('udp4');
+        s.on('message', (m) => { console.log(p.decode(m).rcode); process.exit(0); });
+        s.send(p.encode({ type: 'query', id: 9, flags: p.RECURSION_DESIRED, questions: [{ type: 'A', name: 'other.example.test' }] }), 53, '169.254.83.83');
+        setTimeout(() => { console.log('no answer'); process.exit(0); }, 8000);`], { timeoutMs: 15_000 });
+      expect(dig.stdout.trim()).toBe('SERVFAIL');
+    } finally {
+      upstream.kill('SIGKILL');
+    }
   });
 });
