@@ -85,6 +85,13 @@ export function decodeNameUpdate(bytes: Uint8Array): NameRecord[] {
 /** The pure CRDT: records by origin. */
 export class NameTable {
   readonly records = new Map<PeerName, NameRecord>();
+  /** name -> addresses, rebuilt on first lookup after a change. */
+  private index: Map<string, string[]> | null = null;
+
+  /** Call after changing `records` directly. */
+  touch(): void {
+    this.index = null;
+  }
 
   merge(incoming: Iterable<NameRecord>): NameRecord[] {
     const improved: NameRecord[] = [];
@@ -95,14 +102,22 @@ export class NameTable {
         improved.push(r);
       }
     }
+    if (improved.length > 0) this.touch();
     return improved;
   }
 
   lookup(hostname: string): string[] {
-    const n = normaliseName(hostname);
-    const out: string[] = [];
-    for (const r of this.records.values()) for (const e of r.entries) if (e.hostname === n) out.push(e.ip);
-    return out;
+    if (!this.index) {
+      this.index = new Map();
+      for (const r of this.records.values()) {
+        for (const e of r.entries) {
+          const l = this.index.get(e.hostname);
+          if (l) l.push(e.ip);
+          else this.index.set(e.hostname, [e.ip]);
+        }
+      }
+    }
+    return this.index.get(normaliseName(hostname)) ?? [];
   }
 
   reverse(ip: string): string[] {
@@ -139,6 +154,7 @@ export class NameService implements Gossiper {
         else if (Date.now() - at >= this.graceMs) {
           this.goneAt.delete(p);
           this.table.records.delete(p);
+          this.table.touch();
         }
       }
     }, Math.min(5000, graceMs));
@@ -157,6 +173,7 @@ export class NameService implements Gossiper {
     this.version = Math.max(this.version, this.table.records.get(this.mesh.name)?.version ?? 0) + 1;
     const rec = { origin: this.mesh.name, version: this.version, entries };
     this.table.records.set(this.mesh.name, rec);
+    this.table.touch();
     this.channel.gossipUpdate(new NameUpdate([rec]));
   }
 

@@ -58,6 +58,25 @@ describe('DNS server', () => {
   const server = new DnsServer(table(), { host: '127.0.0.1', port: 0, domain: 'weft.local', ttl: 1, upstreams: [], upstreamTimeoutMs: 300 });
   const ask = async (name: string, type = 'A', opt?: number) => decode((await server.handle(query(name, type, opt), 'udp'))!);
 
+  it('the byte-level fast path answers exactly what the full path does', async () => {
+    const q = query('Web.weft.local');
+    const fast = server.fastAnswer(q)!;
+    expect(fast).not.toBeNull();
+    const d = dnsPacket.decode(fast) as unknown as Reply & { id: number; flag_aa: boolean; flag_rd: boolean; questions: { name: string }[] };
+    expect(d.id).toBe(7);
+    expect(d.rcode).toBe('NOERROR');
+    expect(d.flag_aa && d.flag_rd).toBe(true);
+    expect(d.answers.map((a) => a.data).sort()).toEqual(['10.32.0.1', '10.32.0.2']);
+    expect(d.answers.every((a) => a.ttl === 1)).toBe(true);
+    // Not for it: EDNS, other types, unknown names, other domains, truncated bytes.
+    expect(server.fastAnswer(query('web.weft.local', 'A', 4096))).toBeNull();
+    expect(server.fastAnswer(query('web.weft.local', 'AAAA'))).toBeNull();
+    expect(server.fastAnswer(query('nobody.weft.local'))).toBeNull();
+    expect(server.fastAnswer(query('example.org'))).toBeNull();
+    expect(server.fastAnswer(q.subarray(0, q.length - 1))).toBeNull();
+    fc.assert(fc.property(fc.uint8Array({ maxLength: 100 }), (b) => { server.fastAnswer(Buffer.from(b)); }), { numRuns: 2000 });
+  });
+
   it('answers A for a name, every address, shuffled, TTL 1, case-insensitively', async () => {
     const r = await ask('WEB.Weft.Local');
     expect(r.rcode).toBe('NOERROR');
