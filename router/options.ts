@@ -57,8 +57,9 @@ function duration(v: string): number {
   return parseDuration(v);
 }
 
+/** --data-dir -> WEFT_DATA_DIR, --no-discovery -> WEFT_NO_DISCOVERY (set to anything: discovery off). */
 export function envName(long: string): string {
-  return `WEFT_${long.replace(/^--(no-)?/, '').replaceAll('-', '_').toUpperCase()}`;
+  return `WEFT_${long.replace(/^--/, '').replaceAll('-', '_').toUpperCase()}`;
 }
 
 /** The router's options, as commander Options. `weft launch` adds the same ones. */

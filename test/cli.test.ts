@@ -41,6 +41,7 @@ describe('weft CLI without a router', () => {
     expect(r.stdout).toMatch(/--password-file/);
     expect(r.stdout).toMatch(/env:\s+WEFT_DATA_DIR/);
     expect(r.stdout).toMatch(/--no-discovery/);
+    expect(r.stdout).toMatch(/env:\s+WEFT_NO_DISCOVERY/);
   });
 
   it('rejects a bad option value before starting anything', async () => {
