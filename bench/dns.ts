@@ -33,7 +33,7 @@ async function main(): Promise<void> {
   writeFileSync(hosts, names.map((n) => `${n.ip} ${n.hostname.slice(0, -1)}`).join('\n') + '\n');
 
   const table = new NameTable();
-  table.merge([{ origin: '02:00:00:00:00:01', version: 1, entries: names }]);
+  table.merge([{ peer: '02:00:00:00:00:01', version: 1, entries: names }]);
   const weftPort = 20000 + Math.floor(Math.random() * 10000);
   const server = new DnsServer(table, { host: '127.0.0.1', port: weftPort, domain: 'weft.local', ttl: 1, upstreams: [], upstreamTimeoutMs: 500 });
   await server.start();

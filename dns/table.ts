@@ -1,13 +1,10 @@
 // The DNS name table: which names point at which addresses. Each peer owns one
-// record of the names it registered (with a version) and only it changes that
-// record; records merge per origin by (version, content), a total order, so the
-// merge is commutative, associative and idempotent. A removal is a new version
-// without the name, so no tombstones are needed. Records of peers that left the
-// mesh are dropped after a grace period.
-import type { Gossip, GossipData, Gossiper } from '../router/mesh/gossip.js';
+// record of the names it registered (see PeerRecords: merged per origin by
+// version and content; a removal is a newer record, so no tombstones); records
+// of peers that left the mesh go after 30 s.
 import type { Mesh } from '../router/mesh/mesh.js';
-import { pack, unpack } from '../router/mesh/messages.js';
-import { isPeerName, type PeerName } from '../router/mesh/peer-name.js';
+import type { PeerName } from '../router/mesh/peer-name.js';
+import { PeerRecords, comparePeerRecords, mergePeerRecords, type EntryCodec, type PeerRecord } from '../router/mesh/peer-records.js';
 
 export const DNS_CHANNEL = 'dns';
 
@@ -18,11 +15,7 @@ export interface NameEntry {
   ip: string;
 }
 
-export interface NameRecord {
-  origin: PeerName;
-  version: number;
-  entries: NameEntry[];
-}
+export type NameRecord = PeerRecord<NameEntry>;
 
 const IP = /^\d{1,3}(\.\d{1,3}){3}$/;
 
@@ -31,77 +24,37 @@ export function normaliseName(name: string): string {
   return n.endsWith('.') ? n : `${n}.`;
 }
 
-function contentKey(r: NameRecord): string {
-  return JSON.stringify(r.entries.map((e) => [e.hostname, e.container, e.ip]).sort());
-}
+export const nameCodec: EntryCodec<NameEntry> = {
+  toWire: (e) => [e.hostname, e.container, e.ip],
+  fromWire(w) {
+    if (!Array.isArray(w) || w.length !== 3) throw new Error('name entry is malformed');
+    const [hostname, container, ip] = w as unknown[];
+    if (typeof hostname !== 'string' || hostname.length > 255 || !hostname.endsWith('.') || typeof container !== 'string' || container.length > 256 || typeof ip !== 'string' || !IP.test(ip)) {
+      throw new Error('name entry is malformed');
+    }
+    return { hostname, container, ip };
+  },
+  key: (e) => JSON.stringify([e.hostname, e.container, e.ip]),
+};
 
-/** >0 when a supersedes b (records of one origin). */
+/** >0 when a supersedes b (records of one origin peer). */
 export function compareRecords(a: NameRecord, b: NameRecord): number {
-  if (a.version !== b.version) return a.version - b.version;
-  const ka = contentKey(a);
-  const kb = contentKey(b);
-  return ka === kb ? 0 : ka > kb ? 1 : -1;
+  return comparePeerRecords(nameCodec, a, b);
 }
 
-export class NameUpdate implements GossipData {
-  constructor(readonly records: NameRecord[]) {}
-  encode(): Uint8Array {
-    return pack(this.records.map((r) => [r.origin, r.version, r.entries.map((e) => [e.hostname, e.container, e.ip])]));
-  }
-  merge(other: GossipData): GossipData {
-    const m = new Map(this.records.map((r) => [r.origin, r]));
-    for (const r of (other as NameUpdate).records) {
-      const cur = m.get(r.origin);
-      if (!cur || compareRecords(r, cur) > 0) m.set(r.origin, r);
-    }
-    return new NameUpdate([...m.values()]);
-  }
-}
-
-export function decodeNameUpdate(bytes: Uint8Array): NameRecord[] {
-  const v = unpack(bytes);
-  if (!Array.isArray(v) || v.length > 100_000) throw new Error('name update is not a list');
-  return v.map((w) => {
-    if (!Array.isArray(w) || w.length !== 3) throw new Error('name record is malformed');
-    const [origin, version, entries] = w as unknown[];
-    if (!isPeerName(origin) || !Number.isSafeInteger(version) || (version as number) < 0 || !Array.isArray(entries) || entries.length > 100_000) {
-      throw new Error('name record is malformed');
-    }
-    return {
-      origin,
-      version: version as number,
-      entries: entries.map((e) => {
-        if (!Array.isArray(e) || e.length !== 3) throw new Error('name entry is malformed');
-        const [hostname, container, ip] = e as unknown[];
-        if (typeof hostname !== 'string' || hostname.length > 255 || !hostname.endsWith('.') || typeof container !== 'string' || container.length > 256 || typeof ip !== 'string' || !IP.test(ip)) {
-          throw new Error('name entry is malformed');
-        }
-        return { hostname, container, ip };
-      }),
-    };
-  });
-}
-
-/** The pure CRDT: records by origin. */
+/** Lookups over name records (the CRDT's state), with an index rebuilt after changes. */
 export class NameTable {
-  readonly records = new Map<PeerName, NameRecord>();
-  /** name -> addresses, rebuilt on first lookup after a change. */
   private index: Map<string, string[]> | null = null;
 
-  /** Call after changing `records` directly. */
+  constructor(readonly records = new Map<PeerName, NameRecord>()) {}
+
+  /** Call after `records` changed. */
   touch(): void {
     this.index = null;
   }
 
   merge(incoming: Iterable<NameRecord>): NameRecord[] {
-    const improved: NameRecord[] = [];
-    for (const r of incoming) {
-      const cur = this.records.get(r.origin);
-      if (!cur || compareRecords(r, cur) > 0) {
-        this.records.set(r.origin, r);
-        improved.push(r);
-      }
-    }
+    const improved = mergePeerRecords(nameCodec, this.records, incoming);
     if (improved.length > 0) this.touch();
     return improved;
   }
@@ -127,54 +80,18 @@ export class NameTable {
   }
 
   all(): (NameEntry & { origin: PeerName })[] {
-    return [...this.records.values()].flatMap((r) => r.entries.map((e) => ({ ...e, origin: r.origin })));
+    return [...this.records.values()].flatMap((r) => r.entries.map((e) => ({ ...e, origin: r.peer })));
   }
 }
 
-/** The table as a gossip channel of the mesh, with this peer's own record. */
-export class NameService implements Gossiper {
-  readonly table = new NameTable();
-  private readonly channel: Gossip;
-  private version = 0;
-  private readonly goneAt = new Map<PeerName, number>();
-  private readonly timer: NodeJS.Timeout;
+/** The name table as the `dns` gossip channel, with this peer's own record. */
+export class NameService extends PeerRecords<NameEntry> {
+  readonly table: NameTable;
 
-  constructor(
-    private readonly mesh: Mesh,
-    private readonly graceMs = 30_000,
-  ) {
-    this.channel = mesh.registerChannel(DNS_CHANNEL, this);
-    this.table.records.set(mesh.name, { origin: mesh.name, version: 0, entries: [] });
-    mesh.on('peers-gone', (gone: PeerName[]) => {
-      for (const p of gone) if (this.table.records.has(p)) this.goneAt.set(p, Date.now());
-    });
-    this.timer = setInterval(() => {
-      for (const [p, at] of this.goneAt) {
-        if (this.mesh.topology.get(p)) this.goneAt.delete(p);
-        else if (Date.now() - at >= this.graceMs) {
-          this.goneAt.delete(p);
-          this.table.records.delete(p);
-          this.table.touch();
-        }
-      }
-    }, Math.min(5000, graceMs));
-    this.timer.unref();
-  }
-
-  stop(): void {
-    clearInterval(this.timer);
-  }
-
-  get local(): NameEntry[] {
-    return this.table.records.get(this.mesh.name)!.entries;
-  }
-
-  setLocal(entries: NameEntry[]): void {
-    this.version = Math.max(this.version, this.table.records.get(this.mesh.name)?.version ?? 0) + 1;
-    const rec = { origin: this.mesh.name, version: this.version, entries };
-    this.table.records.set(this.mesh.name, rec);
-    this.table.touch();
-    this.channel.gossipUpdate(new NameUpdate([rec]));
+  constructor(mesh: Mesh, graceMs = 30_000) {
+    super(mesh, DNS_CHANNEL, nameCodec, graceMs);
+    this.table = new NameTable(this.records);
+    this.onChange(() => this.table.touch());
   }
 
   add(hostname: string, container: string, ip: string): void {
@@ -190,26 +107,5 @@ export class NameService implements Gossiper {
     const n = this.local.length - keep.length;
     if (n > 0) this.setLocal(keep);
     return n;
-  }
-
-  gossip(): GossipData | null {
-    return new NameUpdate([...this.table.records.values()]);
-  }
-
-  onGossip(update: Uint8Array): GossipData | null {
-    const improved: NameRecord[] = [];
-    for (const r of decodeNameUpdate(update)) {
-      if (r.origin === this.mesh.name) {
-        // An earlier incarnation's record: ours supersedes it.
-        if (r.version >= this.version) {
-          this.version = r.version;
-          this.setLocal(this.local);
-        }
-        continue;
-      }
-      improved.push(...this.table.merge([r]));
-      this.goneAt.delete(r.origin);
-    }
-    return improved.length > 0 ? new NameUpdate(improved) : null;
   }
 }

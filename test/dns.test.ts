@@ -13,8 +13,8 @@ function table(): NameTable {
   const t = new NameTable();
   const many = Array.from({ length: 60 }, (_, i) => ({ hostname: 'many.weft.local.', container: `m${i}`, ip: `10.32.1.${i + 1}` }));
   t.merge([
-    { origin: A, version: 1, entries: [{ hostname: 'web.weft.local.', container: 'c1', ip: '10.32.0.1' }, { hostname: 'web.weft.local.', container: 'c2', ip: '10.32.0.2' }, ...many] },
-    { origin: B, version: 1, entries: [{ hostname: 'db.weft.local.', container: 'c3', ip: '10.40.0.1' }] },
+    { peer: A, version: 1, entries: [{ hostname: 'web.weft.local.', container: 'c1', ip: '10.32.0.1' }, { hostname: 'web.weft.local.', container: 'c2', ip: '10.32.0.2' }, ...many] },
+    { peer: B, version: 1, entries: [{ hostname: 'db.weft.local.', container: 'c3', ip: '10.40.0.1' }] },
   ]);
   return t;
 }
@@ -32,14 +32,14 @@ const query = (name: string, type = 'A', opt?: number) =>
 
 describe('name table CRDT', () => {
   const arbRec: fc.Arbitrary<NameRecord> = fc.record({
-    origin: fc.constantFrom(A, B),
+    peer: fc.constantFrom(A, B),
     version: fc.integer({ min: 0, max: 3 }),
     entries: fc.array(fc.record({ hostname: fc.constantFrom('a.weft.local.', 'b.weft.local.'), container: fc.constantFrom('x', 'y'), ip: fc.constantFrom('10.32.0.1', '10.32.0.2') }), { maxLength: 3 }),
   });
   const state = (...parts: NameRecord[][]) => {
     const t = new NameTable();
     for (const p of parts) t.merge(p);
-    return [...t.records.values()].sort((x, y) => (x.origin < y.origin ? -1 : 1)).map((r) => [r.origin, r.version, JSON.stringify(r.entries.map((e) => [e.hostname, e.container, e.ip]).sort())]);
+    return [...t.records.values()].sort((x, y) => (x.peer < y.peer ? -1 : 1)).map((r) => [r.peer, r.version, JSON.stringify(r.entries.map((e) => [e.hostname, e.container, e.ip]).sort())]);
   };
   it('merge is commutative, associative, idempotent', () => {
     fc.assert(
@@ -50,7 +50,7 @@ describe('name table CRDT', () => {
       }),
       { numRuns: 300 },
     );
-    expect(compareRecords({ origin: A, version: 2, entries: [] }, { origin: A, version: 1, entries: [] })).toBeGreaterThan(0);
+    expect(compareRecords({ peer: A, version: 2, entries: [] }, { peer: A, version: 1, entries: [] })).toBeGreaterThan(0);
   });
 });
 

@@ -1,0 +1,168 @@
+// A gossip channel of per-peer records: each peer owns one record (a list of
+// entries with a version) and only it changes that record. Records merge per
+// peer by (version, content), a total order, so the merge is commutative,
+// associative and idempotent; a removal is a newer record without the entry.
+// A restarted peer supersedes its earlier incarnation's record; records of
+// peers that left the topology are kept for a grace period (their hosts may
+// still work without their router) and then dropped.
+// The endpoint table (datapath) and the DNS name table are both this.
+import type { Gossip, GossipData, Gossiper } from './gossip.js';
+import type { Mesh } from './mesh.js';
+import { pack, unpack } from './messages.js';
+import { isPeerName, type PeerName } from './peer-name.js';
+
+export interface PeerRecord<T> {
+  peer: PeerName;
+  version: number;
+  entries: T[];
+}
+
+/** How one channel's entries travel and compare. fromWire throws on anything malformed. */
+export interface EntryCodec<T> {
+  toWire(e: T): unknown;
+  fromWire(w: unknown): T;
+  /** A canonical text of the entry, for the content order. */
+  key(e: T): string;
+}
+
+const MAX_ITEMS = 100_000;
+
+/** >0 when a supersedes b (records of one peer). */
+export function comparePeerRecords<T>(codec: EntryCodec<T>, a: PeerRecord<T>, b: PeerRecord<T>): number {
+  if (a.version !== b.version) return a.version - b.version;
+  const ka = JSON.stringify(a.entries.map((e) => codec.key(e)).sort());
+  const kb = JSON.stringify(b.entries.map((e) => codec.key(e)).sort());
+  return ka === kb ? 0 : ka > kb ? 1 : -1;
+}
+
+/** Merges records into a map; returns those that improved it. */
+export function mergePeerRecords<T>(codec: EntryCodec<T>, into: Map<PeerName, PeerRecord<T>>, incoming: Iterable<PeerRecord<T>>): PeerRecord<T>[] {
+  const improved: PeerRecord<T>[] = [];
+  for (const r of incoming) {
+    const cur = into.get(r.peer);
+    if (!cur || comparePeerRecords(codec, r, cur) > 0) {
+      into.set(r.peer, r);
+      improved.push(r);
+    }
+  }
+  return improved;
+}
+
+class RecordsUpdate<T> implements GossipData {
+  constructor(
+    private readonly codec: EntryCodec<T>,
+    readonly records: PeerRecord<T>[],
+  ) {}
+  encode(): Uint8Array {
+    return pack(this.records.map((r) => [r.peer, r.version, r.entries.map((e) => this.codec.toWire(e))]));
+  }
+  merge(other: GossipData): GossipData {
+    const m = new Map(this.records.map((r) => [r.peer, r]));
+    mergePeerRecords(this.codec, m, (other as RecordsUpdate<T>).records);
+    return new RecordsUpdate(this.codec, [...m.values()]);
+  }
+}
+
+export function decodePeerRecords<T>(codec: EntryCodec<T>, bytes: Uint8Array): PeerRecord<T>[] {
+  const v = unpack(bytes);
+  if (!Array.isArray(v) || v.length > MAX_ITEMS) throw new Error('record update is not a list');
+  return v.map((w) => {
+    if (!Array.isArray(w) || w.length !== 3) throw new Error('record is malformed');
+    const [peer, version, entries] = w as unknown[];
+    if (!isPeerName(peer) || !Number.isSafeInteger(version) || (version as number) < 0 || !Array.isArray(entries) || entries.length > MAX_ITEMS) {
+      throw new Error('record is malformed');
+    }
+    return { peer, version: version as number, entries: entries.map((e) => codec.fromWire(e)) };
+  });
+}
+
+export class PeerRecords<T> implements Gossiper {
+  readonly records = new Map<PeerName, PeerRecord<T>>();
+  private readonly channel: Gossip;
+  private version = 0;
+  private readonly listeners: (() => void)[] = [];
+  private readonly goneAt = new Map<PeerName, number>();
+  private readonly timer: NodeJS.Timeout;
+
+  constructor(
+    protected readonly mesh: Mesh,
+    channelName: string,
+    private readonly codec: EntryCodec<T>,
+    private readonly graceMs: number,
+  ) {
+    this.channel = mesh.registerChannel(channelName, this);
+    this.records.set(mesh.name, { peer: mesh.name, version: 0, entries: [] });
+    mesh.on('peers-gone', (gone: PeerName[]) => {
+      for (const p of gone) if (this.records.has(p)) this.goneAt.set(p, Date.now());
+    });
+    this.timer = setInterval(() => this.expire(), Math.min(5000, graceMs));
+    this.timer.unref();
+  }
+
+  onChange(fn: () => void): void {
+    this.listeners.push(fn);
+  }
+
+  private changed(): void {
+    for (const fn of this.listeners) fn();
+  }
+
+  private expire(): void {
+    const now = Date.now();
+    let changed = false;
+    for (const [p, at] of this.goneAt) {
+      if (this.mesh.topology.get(p)) {
+        this.goneAt.delete(p); // it came back
+      } else if (now - at >= this.graceMs) {
+        this.goneAt.delete(p);
+        changed = this.records.delete(p) || changed;
+      }
+    }
+    if (changed) this.changed();
+  }
+
+  stop(): void {
+    clearInterval(this.timer);
+  }
+
+  get local(): T[] {
+    return this.records.get(this.mesh.name)!.entries;
+  }
+
+  /** Replaces this peer's entries and announces them. */
+  setLocal(entries: T[]): void {
+    // Start above any version of ours others may still hold from before a restart.
+    this.version = Math.max(this.version, this.records.get(this.mesh.name)?.version ?? 0) + 1;
+    const rec = { peer: this.mesh.name, version: this.version, entries };
+    this.records.set(this.mesh.name, rec);
+    this.channel.gossipUpdate(new RecordsUpdate(this.codec, [rec]));
+    this.changed();
+  }
+
+  gossip(): GossipData | null {
+    return new RecordsUpdate(this.codec, [...this.records.values()]);
+  }
+
+  onGossip(update: Uint8Array): GossipData | null {
+    const others: PeerRecord<T>[] = [];
+    for (const r of decodePeerRecords(this.codec, update)) {
+      if (r.peer !== this.mesh.name) {
+        others.push(r);
+      } else if (r.version >= this.version) {
+        // An earlier incarnation's record: supersede it with ours.
+        this.version = r.version;
+        this.setLocal(this.local);
+      }
+    }
+    const improved = mergePeerRecords(this.codec, this.records, others);
+    for (const r of improved) this.goneAt.delete(r.peer);
+    if (improved.length === 0) return null;
+    this.changed();
+    return new RecordsUpdate(this.codec, improved);
+  }
+
+  /** Every entry with the peer it belongs to. */
+  all(): (T & { peer: PeerName })[] {
+    return [...this.records.values()].flatMap((r) => r.entries.map((e) => ({ ...e, peer: r.peer })));
+  }
+}
