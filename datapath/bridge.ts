@@ -1,6 +1,6 @@
 // Host plumbing: the `weft` bridge and the VXLAN device on it. Created at
 // start, checked and repaired when changed underneath, removed by reset.
-import { CommandError, ip, ipJson, linkExists } from './iproute.js';
+import { bridge, ip, ipJson, linkExists } from './iproute.js';
 
 export const BRIDGE = 'weft';
 export const VXLAN_DEV = 'vxlan-weft';
@@ -70,7 +70,7 @@ export async function ensureBridge(c: BridgeConfig): Promise<string[]> {
   }
   // The bridge must not learn remote MACs on the VXLAN port either: the fdb entries are ours. With
   // neigh_suppress, ARP for addresses the bridge has neighbour entries for is answered locally.
-  await execBridge(['link', 'set', 'dev', VXLAN_DEV, 'learning', 'off', 'neigh_suppress', 'on']);
+  await bridge(['link', 'set', 'dev', VXLAN_DEV, 'learning', 'off', 'neigh_suppress', 'on']);
   for (const dev of [VXLAN_DEV, BRIDGE]) {
     const st = (await ipJson<LinkInfo[]>(['link', 'show', 'dev', dev]))[0];
     if (!st.flags?.includes('UP')) {
@@ -79,13 +79,6 @@ export async function ensureBridge(c: BridgeConfig): Promise<string[]> {
     }
   }
   return fixed;
-}
-
-async function execBridge(args: string[]): Promise<void> {
-  const { execFile } = await import('node:child_process');
-  await new Promise<void>((resolve, reject) =>
-    execFile('bridge', args, (err, _o, stderr) => (err ? reject(new CommandError(`bridge ${args.join(' ')}: ${String(stderr).trim()}`)) : resolve())),
-  );
 }
 
 export async function removeBridge(): Promise<void> {

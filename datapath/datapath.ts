@@ -6,6 +6,7 @@ import { join } from 'node:path';
 import { formatIp, parseCidr } from '../ipam/addr.js';
 import type { Allocator } from '../ipam/allocator.js';
 import type { Mesh } from '../router/mesh/mesh.js';
+import { hostOf } from '../router/mesh/connection-maker.js';
 import { attachContainer, detachContainer, netnsPathOf } from './attach.js';
 import { BRIDGE, VXLAN_OVERHEAD, bridgeMac, ensureBridge, removeBridge, underlayMtu } from './bridge.js';
 import { EndpointTable, type Endpoint } from './endpoints.js';
@@ -25,9 +26,20 @@ export interface DatapathConfig {
   vxlanPort: number;
 }
 
-function hostOf(addr: string): string {
-  const v6 = /^\[(.*)\]:\d+$/.exec(addr);
-  return v6 ? v6[1] : addr.slice(0, addr.lastIndexOf(':'));
+/** A JSON list kept in the data dir; missing or unreadable is empty. */
+function readList<T>(path: string): T[] {
+  try {
+    const v = JSON.parse(readFileSync(path, 'utf8')) as unknown;
+    return Array.isArray(v) ? (v as T[]) : [];
+  } catch {
+    return [];
+  }
+}
+
+/** Write-then-rename, so a crash leaves the old file or the new one, never half of one. */
+function writeAtomically(path: string, value: unknown): void {
+  writeFileSync(`${path}.tmp`, JSON.stringify(value, null, 2) + '\n');
+  renameSync(`${path}.tmp`, path);
 }
 
 export class Datapath {
@@ -153,17 +165,11 @@ export class Datapath {
   }
 
   private loadExposed(): string[] {
-    try {
-      const v = JSON.parse(readFileSync(this.exposedPath, 'utf8')) as string[];
-      return Array.isArray(v) ? v : [];
-    } catch {
-      return [];
-    }
+    return readList<string>(this.exposedPath);
   }
 
   private saveExposed(): void {
-    writeFileSync(`${this.exposedPath}.tmp`, JSON.stringify(this.exposed) + '\n');
-    renameSync(`${this.exposedPath}.tmp`, this.exposedPath);
+    writeAtomically(this.exposedPath, this.exposed);
   }
 
   /** Gives the host an address on the overlay (from IPAM unless given) and NAT to the outside. Idempotent. */
@@ -210,18 +216,11 @@ export class Datapath {
   }
 
   private loadLocal(): Endpoint[] {
-    try {
-      const v = JSON.parse(readFileSync(this.statePath, 'utf8')) as Endpoint[];
-      return Array.isArray(v) ? v : [];
-    } catch {
-      return [];
-    }
+    return readList<Endpoint>(this.statePath);
   }
 
   private setLocal(endpoints: Endpoint[]): void {
-    const tmp = `${this.statePath}.tmp`;
-    writeFileSync(tmp, JSON.stringify(endpoints, null, 2) + '\n');
-    renameSync(tmp, this.statePath);
+    writeAtomically(this.statePath, endpoints);
     this.endpoints.setLocal(endpoints);
   }
 

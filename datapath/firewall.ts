@@ -10,22 +10,10 @@
 // bridged traffic, since every base chain must accept: for that case weft also
 // inserts one accept rule for the bridge into `ip filter FORWARD` when that
 // chain exists, and removes it again on reset.
-import { execFile } from 'node:child_process';
 import { BRIDGE } from './bridge.js';
+import { nft } from './iproute.js';
 
 export const TABLE = 'weft';
-
-function nft(args: string[], input?: string): Promise<string> {
-  return new Promise((resolve, reject) => {
-    const child = execFile('nft', args, { timeout: 10_000 }, (err, stdout, stderr) => {
-      if (err) {
-        const missing = (err as NodeJS.ErrnoException).code === 'ENOENT';
-        reject(new Error(missing ? 'nft not found: install nftables (Debian: apt-get install nftables)' : `nft ${args.join(' ')}: ${String(stderr).trim()}`));
-      } else resolve(String(stdout));
-    });
-    if (input !== undefined) child.stdin?.end(input);
-  });
-}
 
 export interface FirewallState {
   /** Subnets exposed on this host ("ip/prefix" of the subnet). */

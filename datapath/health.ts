@@ -6,12 +6,12 @@
 // MAC (and drops them). The receiver polls its counters and acknowledges over
 // the mesh; a connection is `fastdp` while acknowledgements keep coming.
 import dgram from 'node:dgram';
-import { execFile } from 'node:child_process';
 import type { Gossip, GossipData, Gossiper } from '../router/mesh/gossip.js';
 import type { Mesh } from '../router/mesh/mesh.js';
 import { pack, unpack } from '../router/mesh/messages.js';
 import type { PeerName } from '../router/mesh/peer-name.js';
 import { VNI, VXLAN_DEV, bridgeMac } from './bridge.js';
+import { nft } from './iproute.js';
 
 export const HEARTBEAT_ETHERTYPE = 0x88b5;
 const TABLE = 'weft_hb';
@@ -22,13 +22,6 @@ export interface PathHealth {
   ackAt: number;
   /** Since when we have been sending to this peer. */
   since: number;
-}
-
-function nft(args: string[], input?: string): Promise<string> {
-  return new Promise((resolve, reject) => {
-    const child = execFile('nft', args, { timeout: 10_000 }, (err, stdout, stderr) => (err ? reject(new Error(String(stderr).trim() || err.message)) : resolve(String(stdout))));
-    if (input !== undefined) child.stdin?.end(input);
-  });
 }
 
 function macBytes(mac: string): Buffer {

@@ -8,7 +8,9 @@ export class CommandError extends Error {}
 function exec(cmd: string, args: string[], input?: string): Promise<string> {
   return new Promise((resolve, reject) => {
     const child = execFile(cmd, args, { timeout: 20_000, maxBuffer: 64 * 1024 * 1024 }, (err, stdout, stderr) => {
-      if (err) reject(new CommandError(`${cmd} ${args.join(' ')}: ${String(stderr).trim() || err.message}`));
+      if ((err as NodeJS.ErrnoException | null)?.code === 'ENOENT') {
+        reject(new CommandError(`${cmd} not found${cmd === 'nft' ? ': install nftables (Debian: apt-get install nftables)' : ''}`));
+      } else if (err) reject(new CommandError(`${cmd} ${args.join(' ')}: ${String(stderr).trim() || err.message}`));
       else resolve(String(stdout));
     });
     if (input !== undefined) child.stdin?.end(input);
@@ -28,6 +30,16 @@ export async function ipJson<T>(args: string[], netnsPath?: string): Promise<T> 
 /** Many `ip` commands in one process; -force keeps going past a failed line (each failure is reported). */
 export function ipBatch(lines: string[]): Promise<string> {
   return lines.length === 0 ? Promise.resolve('') : exec('ip', ['-force', '-batch', '-'], lines.join('\n') + '\n');
+}
+
+/** `bridge ARGS`. */
+export function bridge(args: string[]): Promise<string> {
+  return exec('bridge', args);
+}
+
+/** `nft ARGS` (with `-f -`, the ruleset on standard input). */
+export function nft(args: string[], input?: string): Promise<string> {
+  return exec('nft', args, input);
 }
 
 export function bridgeBatch(lines: string[]): Promise<string> {

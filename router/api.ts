@@ -57,8 +57,7 @@ export function buildApi(sources: ReportSources): FastifyInstance {
     void reply.code(404).send({ error: `no such endpoint: ${req.method} ${req.url}` });
   });
 
-  const text = (s: string) => s;
-  app.get('/status', async (_req, reply) => reply.type('text/plain; charset=utf-8').send(text(renderStatus(buildReport(sources)))));
+  app.get('/status', async (_req, reply) => reply.type('text/plain; charset=utf-8').send(renderStatus(buildReport(sources))));
   app.get<{ Params: { view: string } }>('/status/:view', async (req, reply) => {
     const render = STATUS_VIEWS[req.params.view as keyof typeof STATUS_VIEWS];
     if (!render) throw new HttpError(404, `no status view "${req.params.view}"; views: ${Object.keys(STATUS_VIEWS).join(', ')}`);

@@ -57,7 +57,8 @@ export function parseAddress(text: string, defaultPort: number): { host: string;
   return { host, port, addr };
 }
 
-function hostOf(addr: string): string {
+/** The host part of "ip:port" or "[v6]:port". */
+export function hostOf(addr: string): string {
   const v6 = /^\[(.*)\]:\d+$/.exec(addr);
   if (v6) return v6[1];
   const i = addr.lastIndexOf(':');
