@@ -29,7 +29,7 @@ interface LinkInfo {
 export async function underlayMtu(): Promise<number> {
   const links = await ipJson<LinkInfo[]>(['-d', 'link', 'show']);
   const mtus = links
-    .filter((l) => l.ifname !== 'lo' && l.ifname !== BRIDGE && l.ifname !== VXLAN_DEV && !l.ifname.startsWith('vw') && l.flags?.includes('UP') && l.linkinfo?.info_kind !== 'bridge')
+    .filter((l) => l.ifname !== 'lo' && !l.ifname.startsWith(BRIDGE) && l.ifname !== VXLAN_DEV && !l.ifname.startsWith('vw') && l.flags?.includes('UP') && l.linkinfo?.info_kind !== 'bridge')
     .map((l) => l.mtu);
   return mtus.length > 0 ? Math.min(...mtus) : 1500;
 }
@@ -70,7 +70,8 @@ export async function ensureBridge(c: BridgeConfig): Promise<string[]> {
   }
   // The bridge must not learn remote MACs on the VXLAN port either: the fdb entries are ours. With
   // neigh_suppress, ARP for addresses the bridge has neighbour entries for is answered locally.
-  await bridge(['link', 'set', 'dev', VXLAN_DEV, 'learning', 'off', 'neigh_suppress', 'on']);
+  // Isolated, like the sleeve's TAP: what came in over one overlay never leaves over the other.
+  await bridge(['link', 'set', 'dev', VXLAN_DEV, 'learning', 'off', 'neigh_suppress', 'on', 'isolated', 'on']);
   for (const dev of [VXLAN_DEV, BRIDGE]) {
     const st = (await ipJson<LinkInfo[]>(['link', 'show', 'dev', dev]))[0];
     if (!st.flags?.includes('UP')) {

@@ -14,6 +14,11 @@ import { FLOOD_MAC, programFdb, programNeighbours, readFdb, type FdbEntry, type 
 import { ip, linkExists, sysctl } from './iproute.js';
 import { applyFirewall, firewallIntact, removeFirewall, type FirewallState } from './firewall.js';
 import { FastdpHealth } from './health.js';
+import { SLEEVE_TAP, Sleeve } from './sleeve.js';
+import type { PeerName } from '../router/mesh/peer-name.js';
+
+/** How traffic to a peer travels. */
+export type Overlay = 'fastdp' | 'sleeve' | 'none';
 
 export const EXPOSE_ID = 'weft:expose';
 
@@ -24,6 +29,14 @@ export interface DatapathConfig {
   /** Overlay MTU; default: the underlay's minus the VXLAN overhead. */
   mtu?: number;
   vxlanPort: number;
+  /** The sleeve's UDP port (the mesh port). */
+  sleevePort: number;
+  /** Use the kernel VXLAN path where it works (false: --no-fastdp, sleeve only). */
+  fastdp: boolean;
+  /** Run the sleeve (false: --no-sleeve). */
+  sleeve: boolean;
+  /** Whether traffic with this peer must be encrypted (a password, and the peer not on a trusted subnet). */
+  encrypt: (peer: PeerName, host: string) => boolean;
 }
 
 /** A JSON list kept in the data dir; missing or unreadable is empty. */
@@ -59,6 +72,15 @@ export class Datapath {
   exposed: string[] = [];
   /** Each peer's underlay address, remembered after its connection goes (see desiredFdb). */
   private readonly lastAddr = new Map<string, string>();
+  /** The sleeve, when it runs; else why not. */
+  sleeve: Sleeve | null = null;
+  sleeveError: string | null = null;
+  /** The overlay chosen for each remote peer at the last decision. */
+  overlays = new Map<PeerName, Overlay>();
+  /** Peers with VXLAN flood entries when we started: presumed on fastdp until heartbeats can tell. */
+  private presumedFast = new Set<string>();
+  private presumedUntil = 0;
+  private overlayTimer: NodeJS.Timeout | null = null;
 
   constructor(
     private readonly mesh: Mesh,
@@ -79,6 +101,10 @@ export class Datapath {
     this.mtu = this.config.mtu ?? (await underlayMtu()) - VXLAN_OVERHEAD;
     await ensureBridge({ mac: bridgeMac(this.mesh.name), mtu: this.mtu, vxlanPort: this.config.vxlanPort });
     await this.ensureDnsAddress();
+    // A restarted router finds the kernel still delivering over VXLAN: keep that until heartbeats can judge.
+    this.presumedFast = new Set((await readFdb()).filter((e) => e.mac === FLOOD_MAC).map((e) => e.dst));
+    this.presumedUntil = Date.now() + 4_000;
+    await this.startSleeve();
     // Containers attached before a restart are still plumbed: announce those that still exist.
     const saved = this.loadLocal();
     const alive: Endpoint[] = [];
@@ -98,6 +124,85 @@ export class Datapath {
     this.checkTimer = setInterval(() => void this.check(), 5_000);
     this.checkTimer.unref();
     this.health.start();
+    // Heartbeats change which overlay a peer should use; re-decide every second, program on change.
+    this.overlayTimer = setInterval(() => {
+      if (this.decideOverlays()) this.scheduleReconcile();
+    }, 1000);
+    this.overlayTimer.unref();
+  }
+
+  private async startSleeve(): Promise<void> {
+    if (!this.config.sleeve) {
+      this.sleeveError = 'turned off (--no-sleeve)';
+      return;
+    }
+    const why = Sleeve.unavailable();
+    if (why) {
+      this.sleeveError = why;
+      this.mesh.log.warn({ reason: why }, 'running without the sleeve datapath');
+      return;
+    }
+    const sleeve = new Sleeve(this.mesh, {
+      port: this.config.sleevePort,
+      mtu: () => this.mtu,
+      underlayMtu: this.mtu + VXLAN_OVERHEAD,
+      encrypt: this.config.encrypt,
+      macOwner: (mac) => this.endpoints.ownerOf(mac),
+    });
+    try {
+      await sleeve.start();
+      this.sleeve = sleeve;
+    } catch (err) {
+      sleeve.stop();
+      this.sleeveError = `cannot start: ${(err as Error).message}`;
+      this.mesh.log.warn({ reason: this.sleeveError }, 'running without the sleeve datapath');
+    }
+  }
+
+  /** Whether traffic with a peer is encrypted (so never on fastdp here, which has no kernel IPsec). */
+  encrypted(peer: PeerName): boolean {
+    const host = this.lastAddr.get(peer);
+    return host !== undefined && this.config.encrypt(peer, host);
+  }
+
+  /** Why a directly connected peer is not on fastdp, for status; null when it is. */
+  whyNotFastdp(peer: PeerName): string | null {
+    if (this.overlays.get(peer) === 'fastdp') return null;
+    if (!this.config.fastdp) return 'fastdp turned off (--no-fastdp)';
+    if (this.encrypted(peer)) return 'encrypted: no kernel encryption here, so the sleeve carries it';
+    return this.health.reason(peer);
+  }
+
+  /**
+   * Chooses each remote peer's overlay: fastdp for direct peers whose VXLAN heartbeats are
+   * acknowledged (and that need no encryption); else the sleeve, directly or relayed; a peer
+   * whose connection is gone keeps fastdp (its kernel still delivers while its router restarts).
+   * Returns whether anything changed.
+   */
+  decideOverlays(): boolean {
+    const routes = this.mesh.routes.unicast;
+    const connected = new Set<PeerName>();
+    for (const c of this.mesh.connections.values()) if (c.established) connected.add(c.name);
+    const peers = new Set<PeerName>([...connected, ...routes.keys(), ...this.endpoints.all().map((e) => e.peer)]);
+    peers.delete(this.mesh.name);
+    const next = new Map<PeerName, Overlay>();
+    const now = Date.now();
+    for (const p of peers) {
+      const prev = this.overlays.get(p);
+      const addr = this.lastAddr.get(p);
+      const fastOk = this.config.fastdp && addr !== undefined && !this.encrypted(p);
+      let o: Overlay = 'none';
+      if (connected.has(p) && fastOk && this.health.healthy(p)) o = 'fastdp';
+      else if (connected.has(p) && fastOk && now < this.presumedUntil && this.presumedFast.has(addr)) o = 'fastdp';
+      else if (this.sleeve && (connected.has(p) || routes.has(p))) o = 'sleeve';
+      else if (!connected.has(p) && prev === 'fastdp' && fastOk) o = 'fastdp';
+      else if (!this.sleeve && fastOk && (connected.has(p) || this.endpoints.all().some((e) => e.peer === p))) o = 'fastdp'; // nothing better to try
+      next.set(p, o);
+    }
+    const changed = next.size !== this.overlays.size || [...next].some(([p, o]) => this.overlays.get(p) !== o);
+    this.overlays = next;
+    if (this.sleeve) this.sleeve.destinations = new Set([...next].filter(([, o]) => o === 'sleeve').map(([p]) => p));
+    return changed;
   }
 
   private async check(): Promise<void> {
@@ -124,6 +229,7 @@ export class Datapath {
       const fixed = await ensureBridge({ mac: bridgeMac(this.mesh.name), mtu: this.mtu, vxlanPort: this.config.vxlanPort });
       if (fixed.length > 0) {
         await this.ensureDnsAddress();
+        await this.sleeve?.plumb().catch((err: Error) => this.noteError(`sleeve port: ${err.message}`));
         this.stats.repairs++;
         this.mesh.log.warn({ fixed }, 'bridge repaired');
         this.scheduleReconcile();
@@ -266,33 +372,35 @@ export class Datapath {
     return ep;
   }
 
-  /** The fdb this host should have: remote MACs at their peers, and a flood entry per direct peer. */
+  /** The fdb this host should have: remote MACs of fastdp peers at their peers, a flood entry per fastdp peer. */
   desiredFdb(): FdbEntry[] {
     for (const c of this.mesh.connections.values()) if (c.established) this.lastAddr.set(c.name, hostOf(c.link.remoteAddr));
-    // Peers whose router is down or restarting keep their entries (at the last address) while the
-    // endpoint table still holds them: their kernels still deliver.
-    const peers = new Set(this.endpoints.all().map((e) => e.peer));
-    for (const c of this.mesh.connections.values()) if (c.established) peers.add(c.name);
-    peers.delete(this.mesh.name);
+    this.decideOverlays();
     const out: FdbEntry[] = [];
     const floods = new Set<string>();
-    for (const p of peers) {
+    for (const [p, o] of this.overlays) {
       const dst = this.lastAddr.get(p);
-      if (dst) floods.add(dst);
+      if (o === 'fastdp' && dst) floods.add(dst);
     }
     for (const dst of floods) out.push({ mac: FLOOD_MAC, dst });
     for (const e of this.endpoints.all()) {
       const dst = this.lastAddr.get(e.peer);
-      if (e.peer !== this.mesh.name && dst) out.push({ mac: e.mac, dst });
+      if (e.peer !== this.mesh.name && dst && this.overlays.get(e.peer) === 'fastdp') out.push({ mac: e.mac, dst });
     }
     return out;
   }
 
-  /** A neighbour entry on the bridge for every remote container address we have an fdb entry for. */
+  /** Remote MACs the bridge sends to the sleeve's port. */
+  desiredSleeveMacs(): string[] {
+    return this.endpoints.all().filter((e) => e.peer !== this.mesh.name && this.overlays.get(e.peer) === 'sleeve').map((e) => e.mac);
+  }
+
+  /** A neighbour entry on the bridge for every remote container address some overlay reaches. */
   desiredNeighbours(): NeighEntry[] {
     const out: NeighEntry[] = [];
     for (const e of this.endpoints.all()) {
-      if (e.peer === this.mesh.name || !this.lastAddr.has(e.peer)) continue;
+      const o = this.overlays.get(e.peer);
+      if (e.peer === this.mesh.name || !o || o === 'none') continue;
       for (const c of e.cidrs) out.push({ ip: c.split('/')[0], mac: e.mac });
     }
     return out;
@@ -319,7 +427,7 @@ export class Datapath {
         if (this.stopped) break;
         try {
           if (!(await linkExists(BRIDGE))) await this.check();
-          const r = await programFdb(this.desiredFdb());
+          const r = await programFdb(this.desiredFdb(), this.sleeve ? { dev: SLEEVE_TAP, macs: this.desiredSleeveMacs() } : undefined);
           this.stats.fdbAdded += r.added;
           this.stats.fdbRemoved += r.removed;
           await programNeighbours(this.desiredNeighbours());
@@ -344,6 +452,8 @@ export class Datapath {
     this.stopped = true;
     this.endpoints.stop();
     this.health.stop();
+    this.sleeve?.stop();
+    if (this.overlayTimer) clearInterval(this.overlayTimer);
     if (this.checkTimer) clearInterval(this.checkTimer);
     if (this.reconcileTimer) clearTimeout(this.reconcileTimer);
   }

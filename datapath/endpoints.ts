@@ -4,6 +4,7 @@
 // host whose router is restarting.
 import type { Mesh } from '../router/mesh/mesh.js';
 import { PeerRecords, type EntryCodec } from '../router/mesh/peer-records.js';
+import type { PeerName } from '../router/mesh/peer-name.js';
 
 export const ENDPOINTS_CHANNEL = 'endpoints';
 
@@ -32,7 +33,15 @@ export const endpointCodec: EntryCodec<Endpoint> = {
 };
 
 export class EndpointTable extends PeerRecords<Endpoint> {
+  private owners: Map<string, PeerName> | null = null;
   constructor(mesh: Mesh, graceMs = 60_000) {
     super(mesh, ENDPOINTS_CHANNEL, endpointCodec, graceMs);
+    this.onChange(() => (this.owners = null));
+  }
+
+  /** The peer a container MAC lives at (the sleeve asks this per frame, so it is a map lookup). */
+  ownerOf(mac: string): PeerName | undefined {
+    if (!this.owners) this.owners = new Map(this.all().map((e) => [e.mac, e.peer]));
+    return this.owners.get(mac);
   }
 }

@@ -29,14 +29,17 @@ export async function readFdb(): Promise<FdbEntry[]> {
   return rows.filter((r) => r.dst).map((r) => ({ mac: r.mac, dst: r.dst! }));
 }
 
-/** Bridge (master) entries we made on the VXLAN port: static ones (the port's own MAC is permanent). */
-async function readBridgeEntries(): Promise<string[]> {
-  const rows = await bridgeJson<{ mac: string; dst?: string; master?: string; state?: string }[]>(['fdb', 'show', 'dev', VXLAN_DEV]);
+/** Bridge (master) entries we made on a port: static ones (the port's own MAC is permanent). */
+async function readBridgeEntries(dev: string): Promise<string[]> {
+  const rows = await bridgeJson<{ mac: string; dst?: string; master?: string; state?: string }[]>(['fdb', 'show', 'dev', dev]);
   return rows.filter((r) => !r.dst && r.master === BRIDGE && r.state === 'static').map((r) => r.mac);
 }
 
-/** Brings the VXLAN and bridge fdb to exactly `desired` (plus a bridge entry per remote MAC). */
-export async function programFdb(desired: FdbEntry[]): Promise<{ added: number; removed: number }> {
+/**
+ * Brings the VXLAN and bridge fdb to exactly `desired` (plus a bridge entry per remote MAC), and
+ * the bridge entries of the sleeve's port (`sleeve`, when it runs) to exactly `sleeveMacs`.
+ */
+export async function programFdb(desired: FdbEntry[], sleeve?: { dev: string; macs: string[] }): Promise<{ added: number; removed: number }> {
   const current = await readFdb();
   const want = new Map(desired.map((e) => [key(e), e]));
   const have = new Map(current.map((e) => [key(e), e]));
@@ -44,9 +47,14 @@ export async function programFdb(desired: FdbEntry[]): Promise<{ added: number; 
   let removed = 0;
   let added = 0;
   const wantBridge = new Set(desired.filter((e) => e.mac !== FLOOD_MAC).map((e) => e.mac));
-  const haveBridge = new Set(await readBridgeEntries());
+  const haveBridge = new Set(await readBridgeEntries(VXLAN_DEV));
+  const haveSleeve = new Set(sleeve ? await readBridgeEntries(sleeve.dev) : []);
+  const wantSleeve = new Set(sleeve?.macs ?? []);
+  // Deletions first: a MAC moving between overlays is removed from one port, then added on the other.
   for (const mac of haveBridge) if (!wantBridge.has(mac)) lines.push(`fdb del ${mac} dev ${VXLAN_DEV} master`);
+  for (const mac of haveSleeve) if (!wantSleeve.has(mac)) lines.push(`fdb del ${mac} dev ${sleeve!.dev} master`);
   for (const mac of wantBridge) if (!haveBridge.has(mac)) lines.push(`fdb replace ${mac} dev ${VXLAN_DEV} master static`);
+  for (const mac of wantSleeve) if (!haveSleeve.has(mac)) lines.push(`fdb replace ${mac} dev ${sleeve!.dev} master static`);
   for (const [k, e] of have) {
     if (want.has(k)) continue;
     lines.push(`fdb del ${e.mac} dev ${VXLAN_DEV} dst ${e.dst}`);

@@ -4,6 +4,7 @@ import { readFileSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { Command, Option } from 'commander';
 import { parsePeerName, type PeerName } from './mesh/peer-name.js';
+import { parseCidr } from '../ipam/addr.js';
 
 export interface RouterOptions {
   dataDir: string;
@@ -29,6 +30,12 @@ export interface RouterOptions {
   dnsTtl: number;
   dnsListenAddress?: string;
   resolvConf: string;
+  /** Use the kernel VXLAN path where it works (--no-fastdp: sleeve only). */
+  fastdp: boolean;
+  /** Run the userspace sleeve (--no-sleeve). */
+  sleeve: boolean;
+  /** Peers on these underlay networks are not encrypted even with a password. */
+  trustedSubnets: string[];
   peers: string[];
 }
 
@@ -51,6 +58,18 @@ function int(name: string, min: number, max: number) {
     if (!Number.isInteger(n) || n < min || n > max) throw new Error(`--${name} must be a whole number from ${min} to ${max}, not "${v}"`);
     return n;
   };
+}
+
+function cidrList(v: string): string[] {
+  const out = v.split(',').map((c) => c.trim()).filter((c) => c !== '');
+  for (const c of out) {
+    try {
+      parseCidr(c);
+    } catch (err) {
+      throw new Error(`--trusted-subnets: ${(err as Error).message}`);
+    }
+  }
+  return out;
 }
 
 function duration(v: string): number {
@@ -86,6 +105,9 @@ export function routerOptions(): Option[] {
     o('--ipalloc-default-subnet <cidr>', 'subnet for allocations that name none (default: the whole range)'),
     o('--ipalloc-init <mode>', 'how the ring starts: consensus[=N] (N initial peers; default: the peers given + 1), seed=NAME,..., or observer').default('consensus'),
     o('--datapath <kind>', 'fastdp (kernel VXLAN), or none (control plane only: no bridge, no attach)').default('fastdp').choices(['fastdp', 'none']),
+    o('--no-fastdp', 'never use the kernel VXLAN path: all traffic goes through the sleeve'),
+    o('--no-sleeve', 'do not run the userspace sleeve (peers without a working VXLAN path get no traffic)'),
+    o('--trusted-subnets <cidrs>', 'comma-separated underlay networks whose peers need no encryption (with a password, others use the encrypted sleeve)').default([], 'none').argParser(cidrList),
     o('--mtu <n>', 'overlay MTU (default: the underlay MTU minus 50 for VXLAN)').argParser(int('mtu', 576, 65000)),
     o('--no-dns', 'do not run the DNS server'),
     o('--dns-domain <domain>', 'the domain weft answers for').default('weft.local.'),
@@ -139,6 +161,9 @@ export function toRouterOptions(v: Record<string, unknown>, peers: string[]): Ro
     dnsTtl: v.dnsTtl as number,
     dnsListenAddress: v.dnsListenAddress as string | undefined,
     resolvConf: v.resolvConf as string,
+    fastdp: v.fastdp as boolean,
+    sleeve: v.sleeve as boolean,
+    trustedSubnets: v.trustedSubnets as string[],
     peers,
   };
 }

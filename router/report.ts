@@ -15,9 +15,13 @@ export const VERSION = '0.1.0';
 export interface ConnectionReport {
   address: string;
   outbound: boolean;
-  /** The data path to this peer: fastdp when its VXLAN heartbeats are acknowledged. */
-  overlay?: 'fastdp' | 'none';
+  /** The data path to this peer: fastdp when its VXLAN heartbeats are acknowledged, else the sleeve. */
+  overlay?: 'fastdp' | 'sleeve' | 'none';
   mtu?: number;
+  /** Why this connection is not on fastdp (when it is not). */
+  fallbackReason?: string;
+  /** The sleeve's path MTU to this peer (IP packet size), from probes. */
+  pmtu?: number;
   state: 'established' | 'pending' | 'connecting' | 'retrying' | 'failed' | 'waiting';
   peer?: PeerName;
   nickname?: string;
@@ -56,6 +60,10 @@ export interface Report {
     endpoints: { container: string; mac: string; cidrs: string[]; peer: PeerName }[];
     stats: { fdbAdded: number; fdbRemoved: number; repairs: number; errors: number };
     lastError: string | null;
+    /** Whether the kernel VXLAN path may be used (--no-fastdp turns it off). */
+    fastdp: boolean;
+    /** The userspace sleeve: running with its counters, or why not. */
+    sleeve: { running: boolean; error: string | null; [counter: string]: unknown };
   };
 }
 
@@ -80,17 +88,34 @@ export function buildReport(s: ReportSources): Report {
   const connections: ConnectionReport[] = [];
   for (const c of mesh.connections.values()) {
     const dp = s.datapath;
-    const fast = !!dp && c.established && dp.health.healthy(c.name);
     let info = c.established ? 'encrypted' : 'encrypted; waiting for the peer to confirm';
-    if (dp && c.established) info += fast ? ` fastdp mtu=${dp.mtu}` : `; no data path: ${dp.health.reason(c.name)}`;
+    let overlay: ConnectionReport['overlay'];
+    let fallbackReason: string | undefined;
+    let pmtu: number | undefined;
+    if (dp && c.established) {
+      overlay = dp.overlays.get(c.name) ?? 'none';
+      const why = dp.whyNotFastdp(c.name) ?? undefined;
+      const hop = dp.sleeve?.hopStatus(c.name) ?? null;
+      pmtu = hop?.pmtu;
+      if (overlay === 'fastdp') info += ` fastdp mtu=${dp.mtu}`;
+      else if (overlay === 'sleeve') {
+        fallbackReason = why;
+        info += ` sleeve mtu=${dp.mtu} pmtu=${hop?.pmtu ?? '?'}${hop?.encrypted ? ' (data encrypted)' : ''}${hop && !hop.healthy ? ` [${hop.reason}]` : ''}; not fastdp: ${why}`;
+      } else {
+        fallbackReason = why;
+        info += `; no data path: ${why}${dp.sleeveError ? `; no sleeve: ${dp.sleeveError}` : ''}`;
+      }
+    }
     connections.push({
       address: c.link.remoteAddr,
       outbound: c.link.outbound,
       state: c.established ? 'established' : 'pending',
       peer: c.name,
       nickname: c.link.remote.nickname,
-      overlay: dp ? (fast ? 'fastdp' : 'none') : undefined,
-      mtu: fast ? dp!.mtu : undefined,
+      overlay,
+      mtu: overlay && overlay !== 'none' ? dp!.mtu : undefined,
+      fallbackReason,
+      pmtu,
       info,
     });
   }
@@ -159,6 +184,8 @@ export function buildReport(s: ReportSources): Report {
           endpoints: s.datapath.endpoints.all(),
           stats: { ...s.datapath.stats },
           lastError: s.datapath.lastError,
+          fastdp: s.datapath.config.fastdp,
+          sleeve: s.datapath.sleeve ? { running: true, error: null, ...s.datapath.sleeve.counters() } : { running: false, error: s.datapath.sleeveError },
         }
       : null,
   };
@@ -186,7 +213,7 @@ export function renderStatus(r: Report): string {
     ['IPAM', `${r.ipam.state}${r.ipam.pending.length ? ` (${r.ipam.pending.length} request(s) waiting; see weft status ipam)` : ''}`],
     ['Range', `${r.ipam.range}, default subnet ${r.ipam.defaultSubnet}`],
     ['DNS', r.dns.address ? `${r.dns.domain} on ${r.dns.address}, ${r.dns.entries.length} name(s), upstream ${r.dns.upstreams.join(' ') || 'none'}` : 'off'],
-    ['Datapath', r.datapath ? `fastdp (kernel VXLAN), mtu ${r.datapath.mtu}, ${r.datapath.localEndpoints.length} container(s) attached here${r.datapath.exposed.length ? `, host exposed as ${r.datapath.exposed.join(' ')}` : ''}${r.datapath.lastError ? `; last error: ${r.datapath.lastError}` : ''}` : 'none (control plane only)'],
+    ['Datapath', r.datapath ? `${r.datapath.fastdp ? 'fastdp (kernel VXLAN)' : 'fastdp off'}, ${r.datapath.sleeve.running ? 'sleeve (userspace UDP)' : `no sleeve (${r.datapath.sleeve.error})`}, mtu ${r.datapath.mtu}, ${r.datapath.localEndpoints.length} container(s) attached here${r.datapath.exposed.length ? `, host exposed as ${r.datapath.exposed.join(' ')}` : ''}${r.datapath.lastError ? `; last error: ${r.datapath.lastError}` : ''}` : 'none (control plane only)'],
   ];
   return lines.map(([k, v]) => `${k.padStart(16)}: ${v}`).join('\n') + '\n';
 }

@@ -11,6 +11,7 @@ import { splitHostPort, type RouterOptions } from './options.js';
 import { VERSION, buildReport, type Report } from './report.js';
 import { Allocator } from '../ipam/allocator.js';
 import { ipamConfig } from '../ipam/config.js';
+import { contains, parseCidr, parseIp } from '../ipam/addr.js';
 import { IpamStore } from '../ipam/store.js';
 import { containerLiveness } from '../ipam/liveness.js';
 import { Datapath } from '../datapath/datapath.js';
@@ -18,6 +19,20 @@ import { NameService } from '../dns/table.js';
 import { DnsServer, upstreamsFromResolvConf } from '../dns/server.js';
 
 export const DNS_BRIDGE_IP = '169.254.83.83';
+
+/** With a password, traffic is encrypted unless the peer's underlay address is on a trusted subnet. */
+export function encryptionPolicy(hasPassword: boolean, trusted: string[]): (peer: string, host: string) => boolean {
+  const nets = trusted.map((c) => parseCidr(c));
+  return (_peer, host) => {
+    if (!hasPassword) return false;
+    try {
+      const a = parseIp(host);
+      return !nets.some((n) => contains(n, { start: a, prefix: 32 }));
+    } catch {
+      return true;
+    }
+  };
+}
 
 /** What the CLI reads to find a running router: written when ready, removed at exit. */
 export interface RouterInfo {
@@ -85,7 +100,16 @@ export class Router {
     const dnsOnBridge = opts.dns && opts.datapath === 'fastdp' && !opts.dnsListenAddress;
     const datapath =
       opts.datapath === 'fastdp'
-        ? new Datapath(mesh, ipam, { dataDir: opts.dataDir, mtu: opts.mtu, vxlanPort: opts.port + 1, dns: dnsOnBridge ? { ip: DNS_BRIDGE_IP, domain: opts.dnsDomain } : undefined })
+        ? new Datapath(mesh, ipam, {
+            dataDir: opts.dataDir,
+            mtu: opts.mtu,
+            vxlanPort: opts.port + 1,
+            sleevePort: opts.port,
+            fastdp: opts.fastdp,
+            sleeve: opts.sleeve,
+            encrypt: encryptionPolicy(opts.password !== null, opts.trustedSubnets),
+            dns: dnsOnBridge ? { ip: DNS_BRIDGE_IP, domain: opts.dnsDomain } : undefined,
+          })
         : null;
     const names = new NameService(mesh);
     datapath?.onGone.push((container) => names.remove({ container }));

@@ -23,6 +23,8 @@ export interface MeshLink {
   readonly remoteAddr: string;
   /** Dialled because a user asked for this target (never refused for the connection limit). */
   readonly direct: boolean;
+  /** Keys for the sleeve's packets to and from this peer, from the handshake (absent on in-memory links). */
+  readonly sleeveKeys?: { send: Buffer; receive: Buffer };
   send(message: Uint8Array): void;
   /** Tells the remote why (best effort) and closes. */
   close(reason: string): void;

@@ -75,6 +75,8 @@ export function checkPasswordFlags(ours: Hello, theirs: Hello): void {
 export interface SessionKeys {
   send: Buffer;
   receive: Buffer;
+  /** Separate direction keys for the sleeve's UDP packets (their own counters, so never the same nonce). */
+  sleeve: { send: Buffer; receive: Buffer };
 }
 
 /** Direction keys; `outbound` is whether we dialled. Both ends get mirrored keys. */
@@ -90,10 +92,15 @@ export function deriveSessionKeys(
   const shared = diffieHellman({ privateKey, publicKey: remote });
   const salt = password === null ? Buffer.alloc(0) : createHash('sha256').update('weft password\0').update(password).digest();
   const info = Buffer.concat([Buffer.from('weft mesh v1'), helloOutbound, helloInbound]);
-  const okm = Buffer.from(hkdfSync('sha256', shared, salt, info, 64));
+  // HKDF's output is a stream: the first 64 bytes are the same whatever the length asked for.
+  const okm = Buffer.from(hkdfSync('sha256', shared, salt, info, 128));
   const outToIn = okm.subarray(0, 32);
   const inToOut = okm.subarray(32, 64);
-  return outbound ? { send: outToIn, receive: inToOut } : { send: inToOut, receive: outToIn };
+  const sleeveOutToIn = okm.subarray(64, 96);
+  const sleeveInToOut = okm.subarray(96, 128);
+  return outbound
+    ? { send: outToIn, receive: inToOut, sleeve: { send: sleeveOutToIn, receive: sleeveInToOut } }
+    : { send: inToOut, receive: outToIn, sleeve: { send: sleeveInToOut, receive: sleeveOutToIn } };
 }
 
 function nonce(counter: bigint): Buffer {

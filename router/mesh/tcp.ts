@@ -124,6 +124,7 @@ class TcpLink implements MeshLink {
     readonly connUid: bigint,
     readonly remoteAddr: string,
     readonly direct: boolean,
+    readonly sleeveKeys: { send: Buffer; receive: Buffer },
   ) {}
 
   /** Starts delivering frames to onMessage; called once the mesh has accepted the link. */
@@ -358,6 +359,7 @@ export class TcpTransport {
         connUid,
         addr,
         outbound && opts.direct,
+        keys.sleeve,
       );
       const res = this.mesh.addConnection(link);
       if (!res.ok) throw new Error(`connection refused: ${res.reason}`);

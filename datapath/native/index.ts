@@ -1,0 +1,238 @@
+// Loads weft's native addon (weft_native.cc) and wraps its two ports. The
+// addon is built by `npm install`; when it is missing, `native()` says why and
+// the callers run without what needs it.
+import { existsSync, readFileSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+/** Per-slot metadata words: length, IPv4 address (host order), port, flags. */
+export const META = 4;
+export const FLAG_TRUNCATED = 1;
+
+interface RawPort {
+  close(): void;
+  unref(): void;
+  stats(): PortStats;
+}
+interface RawUdp extends RawPort {
+  send(count: number): number;
+  localPort(): number | null;
+}
+interface RawTap extends RawPort {
+  write(count: number): number;
+}
+interface Addon {
+  UdpPort: new (opts: object, onReadable: (n: number) => void) => RawUdp;
+  TapPort: new (opts: object, onReadable: (n: number) => void) => RawTap;
+}
+
+export interface PortStats {
+  rxPackets: number;
+  txPackets: number;
+  txDropped: number;
+  lastError: string | null;
+}
+
+let loaded: Addon | string | null = null;
+
+/** The addon's directory: from datapath/native (sources) or dist/datapath/native (compiled). */
+function addonDir(): string | null {
+  let dir = dirname(fileURLToPath(import.meta.url));
+  for (let i = 0; i < 5; i++) {
+    if (existsSync(join(dir, 'datapath', 'native', 'binding.gyp'))) return join(dir, 'datapath', 'native');
+    if (existsSync(join(dir, 'binding.gyp'))) return dir;
+    dir = dirname(dir);
+  }
+  return null;
+}
+
+/** The addon, or the reason it cannot be used. */
+export function native(): Addon | string {
+  if (loaded) return loaded;
+  const dir = addonDir();
+  if (!dir) return (loaded = 'the native addon sources (datapath/native) are not where weft expects them');
+  const file = join(dir, 'build', 'Release', 'weft_native.node');
+  if (!existsSync(file)) {
+    const why = join(dir, 'build', 'why-not-built.txt');
+    const detail = existsSync(why) ? `: ${readFileSync(why, 'utf8').trim()}` : ' (run `npm install` to build it)';
+    return (loaded = `the native addon is not built${detail}`);
+  }
+  try {
+    loaded = createRequire(import.meta.url)(file) as Addon;
+  } catch (err) {
+    loaded = `the native addon does not load: ${(err as Error).message}`;
+  }
+  return loaded;
+}
+
+export function nativeError(): string | null {
+  const n = native();
+  return typeof n === 'string' ? n : null;
+}
+
+function addonOrThrow(): Addon {
+  const n = native();
+  if (typeof n === 'string') throw new Error(n);
+  return n;
+}
+
+interface Slots {
+  slots?: number;
+  slotSize?: number;
+}
+
+/** Shared buffers: what the addon fills (rx) and what it sends (tx), slot by slot. */
+class SlotBuffers {
+  readonly slots: number;
+  readonly slotSize: number;
+  readonly rx: Buffer;
+  readonly rxMeta: Uint32Array;
+  readonly tx: Buffer;
+  readonly txMeta: Uint32Array;
+  constructor(o: Slots, defaultSize: number) {
+    this.slots = o.slots ?? 64;
+    this.slotSize = o.slotSize ?? defaultSize;
+    this.rx = Buffer.alloc(this.slots * this.slotSize);
+    this.tx = Buffer.alloc(this.slots * this.slotSize);
+    this.rxMeta = new Uint32Array(this.slots * META);
+    this.txMeta = new Uint32Array(this.slots * META);
+  }
+  /** The i-th received packet (a view: valid until the callback returns). */
+  received(i: number): Buffer {
+    return this.rx.subarray(i * this.slotSize, i * this.slotSize + this.rxMeta[i * META]);
+  }
+  /** The i-th transmit slot, to fill before send/write. */
+  slot(i: number): Buffer {
+    return this.tx.subarray(i * this.slotSize, (i + 1) * this.slotSize);
+  }
+}
+
+export function ipToNumber(ip: string): number {
+  const p = ip.split('.').map(Number);
+  return ((p[0] << 24) | (p[1] << 16) | (p[2] << 8) | p[3]) >>> 0;
+}
+
+export function numberToIp(n: number): string {
+  return `${n >>> 24}.${(n >>> 16) & 255}.${(n >>> 8) & 255}.${n & 255}`;
+}
+
+export interface UdpOptions extends Slots {
+  address?: string;
+  port: number;
+  /** Open it inside this network namespace (a path such as /var/run/netns/NAME). */
+  netns?: string;
+  /** Set DF on every datagram (for path MTU probes); otherwise IP may fragment. */
+  dontFragment?: boolean;
+  rcvbuf?: number;
+  sndbuf?: number;
+}
+
+/** A UDP socket read with recvmmsg and written with sendmmsg, a batch per call. */
+export class UdpPort extends SlotBuffers {
+  private readonly raw: RawUdp;
+  private queued = 0;
+  /**
+   * `onBatch(n)` gets the number of datagrams in rx slots 0..n-1; it must not throw
+   * and must be done with them when it returns.
+   */
+  constructor(o: UdpOptions, onBatch: (n: number) => void) {
+    super(o, 2048);
+    const A = addonOrThrow();
+    this.raw = new A.UdpPort({ ...o, slots: this.slots, slotSize: this.slotSize, rx: this.rx, rxMeta: this.rxMeta, tx: this.tx, txMeta: this.txMeta }, onBatch);
+  }
+  fromAddress(i: number): number {
+    return this.rxMeta[i * META + 1];
+  }
+  fromPort(i: number): number {
+    return this.rxMeta[i * META + 2];
+  }
+  truncated(i: number): boolean {
+    return (this.rxMeta[i * META + 3] & FLAG_TRUNCATED) !== 0;
+  }
+  /** The next free transmit slot, or null when the batch is full (flush first). */
+  nextSlot(): { index: number; buf: Buffer } | null {
+    if (this.queued >= this.slots) return null;
+    return { index: this.queued, buf: this.slot(this.queued) };
+  }
+  /** Queues the slot just filled by nextSlot(): `len` bytes to addr:port. Flushes when the batch is full. */
+  commit(len: number, addr: number, port: number): void {
+    const m = this.queued * META;
+    this.txMeta[m] = len;
+    this.txMeta[m + 1] = addr;
+    this.txMeta[m + 2] = port;
+    this.queued++;
+    if (this.queued >= this.slots) this.flush();
+  }
+  /** Copies `data` into a slot and queues it. */
+  queue(data: Uint8Array, addr: number, port: number): void {
+    if (data.length > this.slotSize) throw new Error(`datagram of ${data.length} bytes exceeds the slot size ${this.slotSize}`);
+    const s = this.nextSlot() ?? (this.flush(), this.nextSlot()!);
+    s.buf.set(data);
+    this.commit(data.length, addr, port);
+  }
+  /** Sends what is queued in one sendmmsg; returns how many went. */
+  flush(): number {
+    if (this.queued === 0) return 0;
+    const n = this.raw.send(this.queued);
+    this.queued = 0;
+    return n;
+  }
+  get localPort(): number | null {
+    return this.raw.localPort();
+  }
+  stats(): PortStats {
+    return this.raw.stats();
+  }
+  unref(): void {
+    this.raw.unref();
+  }
+  close(): void {
+    this.raw.close();
+  }
+}
+
+export interface TapOptions extends Slots {
+  name: string;
+  /** Create it inside this network namespace (a path such as /var/run/netns/NAME). */
+  netns?: string;
+  /** Frames carry a 10-byte virtio-net header; TSO super-frames up to 64 KB arrive whole. */
+  vnetHdr?: boolean;
+}
+
+/** The largest frame a TAP with offloads hands over, plus its virtio header. */
+export const TAP_SLOT = 65536 + 10 + 14 + 4;
+
+/** A TAP interface (removed when closed), read and written a batch per call. */
+export class TapPort extends SlotBuffers {
+  private readonly raw: RawTap;
+  private queued = 0;
+  constructor(o: TapOptions, onBatch: (n: number) => void) {
+    super(o, TAP_SLOT);
+    const A = addonOrThrow();
+    this.raw = new A.TapPort({ ...o, slots: this.slots, slotSize: this.slotSize, rx: this.rx, rxMeta: this.rxMeta, tx: this.tx, txMeta: this.txMeta }, onBatch);
+  }
+  /** Copies a frame (with its virtio header when vnetHdr) into a slot; writes when the batch is full. */
+  queue(frame: Uint8Array): void {
+    if (frame.length > this.slotSize) throw new Error(`frame of ${frame.length} bytes exceeds the slot size ${this.slotSize}`);
+    this.slot(this.queued).set(frame);
+    this.txMeta[this.queued * META] = frame.length;
+    this.queued++;
+    if (this.queued >= this.slots) this.flush();
+  }
+  flush(): number {
+    if (this.queued === 0) return 0;
+    const n = this.raw.write(this.queued);
+    this.queued = 0;
+    return n;
+  }
+  stats(): PortStats {
+    return this.raw.stats();
+  }
+  unref(): void {
+    this.raw.unref();
+  }
+  close(): void {
+    this.raw.close();
+  }
+}

@@ -1,0 +1,448 @@
+// weft's native I/O: a UDP socket and a TAP port, read and written in
+// batches, driven by the event loop through uv_poll (non-blocking fds, no
+// threads). Node's own dgram sockets and fs reads cost a system call (and more)
+// per packet, which is what limits a userspace datapath; here one recvmmsg or
+// sendmmsg moves up to a whole batch.
+//
+// Memory is shared with JavaScript: the caller hands in the buffers (data
+// slots and a Uint32Array of per-slot metadata), native code fills or reads
+// them, and JavaScript handles a whole batch per callback, synchronously.
+#include <napi.h>
+#include <sched.h>
+#include <uv.h>
+
+#include <arpa/inet.h>
+#include <cerrno>
+#include <cstring>
+#include <fcntl.h>
+#include <linux/if.h>
+#include <linux/if_tun.h>
+#include <netinet/in.h>
+#include <string>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
+#include <unistd.h>
+#include <vector>
+
+namespace {
+
+// Metadata words per slot: length, IPv4 address (host order), port, flags.
+constexpr int META = 4;
+constexpr uint32_t FLAG_TRUNCATED = 1;
+// Batches handled per readiness event before yielding to the rest of the loop.
+constexpr int MAX_BATCHES_PER_EVENT = 16;
+
+std::string errnoText(const char* what, int err) { return std::string(what) + ": " + strerror(err); }
+
+// Runs `make` inside the network namespace at `path` (empty: the current one) and
+// switches this thread back afterwards: sockets and TAP interfaces belong to the
+// namespace they were created in. Tests use it; the router runs inside its namespace.
+template <typename F>
+std::string inNetns(const std::string& path, F make) {
+  if (path.empty()) return make();
+  int target = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (target < 0) return errnoText(("open " + path).c_str(), errno);
+  int home = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
+  if (home < 0) {
+    ::close(target);
+    return errnoText("open /proc/thread-self/ns/net", errno);
+  }
+  std::string err;
+  if (setns(target, CLONE_NEWNET) != 0) {
+    err = errnoText(("setns " + path).c_str(), errno);
+  } else {
+    err = make();
+    if (setns(home, CLONE_NEWNET) != 0) abort();  // cannot continue in the wrong namespace
+  }
+  ::close(target);
+  ::close(home);
+  return err;
+}
+
+// Buffers lent by JavaScript; the references keep them alive while we hold pointers.
+struct Shared {
+  Napi::ObjectReference rxRef, rxMetaRef, txRef, txMetaRef;
+  uint8_t* rx = nullptr;
+  uint32_t* rxMeta = nullptr;
+  uint8_t* tx = nullptr;
+  uint32_t* txMeta = nullptr;
+  uint32_t slots = 0, slotSize = 0;
+
+  bool take(Napi::Env env, Napi::Object opts) {
+    auto rxb = opts.Get("rx"), rxm = opts.Get("rxMeta"), txb = opts.Get("tx"), txm = opts.Get("txMeta");
+    if (!rxb.IsBuffer() || !txb.IsBuffer() || !rxm.IsTypedArray() || !txm.IsTypedArray()) {
+      Napi::TypeError::New(env, "rx and tx must be Buffers, rxMeta and txMeta Uint32Arrays").ThrowAsJavaScriptException();
+      return false;
+    }
+    slots = opts.Get("slots").As<Napi::Number>().Uint32Value();
+    slotSize = opts.Get("slotSize").As<Napi::Number>().Uint32Value();
+    auto r = rxb.As<Napi::Buffer<uint8_t>>(), t = txb.As<Napi::Buffer<uint8_t>>();
+    auto rm = rxm.As<Napi::Uint32Array>(), tm = txm.As<Napi::Uint32Array>();
+    if (slots == 0 || slotSize == 0 || r.Length() < size_t(slots) * slotSize || t.Length() < size_t(slots) * slotSize ||
+        rm.ElementLength() < size_t(slots) * META || tm.ElementLength() < size_t(slots) * META) {
+      Napi::RangeError::New(env, "buffers are smaller than slots x slotSize (or slots x 4 metadata words)").ThrowAsJavaScriptException();
+      return false;
+    }
+    rx = r.Data();
+    tx = t.Data();
+    rxMeta = rm.Data();
+    txMeta = tm.Data();
+    rxRef = Napi::Persistent(rxb.As<Napi::Object>());
+    rxMetaRef = Napi::Persistent(rxm.As<Napi::Object>());
+    txRef = Napi::Persistent(txb.As<Napi::Object>());
+    txMetaRef = Napi::Persistent(txm.As<Napi::Object>());
+    return true;
+  }
+};
+
+// Common to both ports: the fd, its poll handle, the JavaScript callback.
+template <typename T>
+class Port : public Napi::ObjectWrap<T> {
+ public:
+  explicit Port(const Napi::CallbackInfo& info) : Napi::ObjectWrap<T>(info) {}
+  ~Port() override {
+    // Closed without close(): the fd must not leak; the poll handle was never started or is stopped.
+    if (fd_ >= 0 && !polling_) ::close(fd_);
+  }
+
+ protected:
+  int fd_ = -1;
+  bool polling_ = false;
+  bool closed_ = false;
+  uint64_t rxPackets_ = 0, txPackets_ = 0, txDropped_ = 0;
+  std::string lastError_;
+  uv_poll_t* poll_ = nullptr;
+  Napi::FunctionReference onReadable_;
+  Shared shared_;
+
+  bool startPolling(Napi::Env env, Napi::Function onReadable) {
+    onReadable_ = Napi::Persistent(onReadable);
+    uv_loop_t* loop = nullptr;
+    napi_get_uv_event_loop(env, &loop);
+    poll_ = new uv_poll_t;
+    if (uv_poll_init(loop, poll_, fd_) != 0) {
+      delete poll_;
+      poll_ = nullptr;
+      Napi::Error::New(env, "cannot watch the descriptor (uv_poll_init)").ThrowAsJavaScriptException();
+      return false;
+    }
+    poll_->data = this;
+    uv_poll_start(poll_, UV_READABLE, [](uv_poll_t* h, int status, int) {
+      auto self = static_cast<T*>(h->data);
+      if (status < 0) {
+        self->lastError_ = std::string("poll: ") + uv_strerror(status);
+        return;
+      }
+      self->drain();
+    });
+    polling_ = true;
+    this->Ref();  // alive while polling, even if JavaScript drops it
+    return true;
+  }
+
+  // Reads batches and hands each to JavaScript; stops on EAGAIN or after a budget.
+  void drain() {
+    Napi::Env env = this->Env();
+    for (int b = 0; b < MAX_BATCHES_PER_EVENT && !closed_; b++) {
+      int n = static_cast<T*>(this)->readBatch();
+      if (n <= 0) return;
+      rxPackets_ += n;
+      Napi::HandleScope scope(env);
+      onReadable_.MakeCallback(this->Value(), {Napi::Number::New(env, n)});
+      if (env.IsExceptionPending()) {
+        // The JavaScript side catches its own errors; this is a last resort so nothing crashes.
+        lastError_ = "callback threw: " + env.GetAndClearPendingException().Message();
+      }
+    }
+  }
+
+  Napi::Value Close(const Napi::CallbackInfo& info) {
+    if (closed_) return info.Env().Undefined();
+    closed_ = true;
+    if (polling_) {
+      uv_poll_stop(poll_);
+      int fd = fd_;
+      fd_ = -1;
+      // The fd is closed only after libuv is done with the handle.
+      poll_->data = reinterpret_cast<void*>(static_cast<intptr_t>(fd));
+      uv_close(reinterpret_cast<uv_handle_t*>(poll_), [](uv_handle_t* h) {
+        ::close(static_cast<int>(reinterpret_cast<intptr_t>(h->data)));
+        delete reinterpret_cast<uv_poll_t*>(h);
+      });
+      poll_ = nullptr;
+      polling_ = false;
+      onReadable_.Reset();
+      this->Unref();
+    } else if (fd_ >= 0) {
+      ::close(fd_);
+      fd_ = -1;
+    }
+    return info.Env().Undefined();
+  }
+
+  Napi::Value UnrefHandle(const Napi::CallbackInfo& info) {
+    if (poll_) uv_unref(reinterpret_cast<uv_handle_t*>(poll_));
+    return info.Env().Undefined();
+  }
+
+  Napi::Value Stats(const Napi::CallbackInfo& info) {
+    auto o = Napi::Object::New(info.Env());
+    o.Set("rxPackets", Napi::Number::New(info.Env(), double(rxPackets_)));
+    o.Set("txPackets", Napi::Number::New(info.Env(), double(txPackets_)));
+    o.Set("txDropped", Napi::Number::New(info.Env(), double(txDropped_)));
+    o.Set("lastError", lastError_.empty() ? info.Env().Null() : Napi::String::New(info.Env(), lastError_));
+    return o;
+  }
+};
+
+class UdpPort : public Port<UdpPort> {
+ public:
+  static Napi::Function Init(Napi::Env env) {
+    return DefineClass(env, "UdpPort",
+                       {InstanceMethod("send", &UdpPort::Send), InstanceMethod("close", &UdpPort::Close),
+                        InstanceMethod("unref", &UdpPort::UnrefHandle), InstanceMethod("stats", &UdpPort::Stats),
+                        InstanceMethod("localPort", &UdpPort::LocalPort)});
+  }
+
+  // new UdpPort({address, port, dontFragment, rcvbuf, sndbuf, slots, slotSize, rx, rxMeta, tx, txMeta}, onReadable)
+  explicit UdpPort(const Napi::CallbackInfo& info) : Port<UdpPort>(info) {
+    Napi::Env env = info.Env();
+    if (info.Length() < 2 || !info[0].IsObject() || !info[1].IsFunction()) {
+      Napi::TypeError::New(env, "new UdpPort(options, onReadable)").ThrowAsJavaScriptException();
+      return;
+    }
+    auto opts = info[0].As<Napi::Object>();
+    if (!shared_.take(env, opts)) return;
+    std::string addr = opts.Has("address") ? opts.Get("address").ToString().Utf8Value() : "0.0.0.0";
+    uint32_t port = opts.Has("port") ? opts.Get("port").ToNumber().Uint32Value() : 0;
+    sockaddr_in sa{};
+    sa.sin_family = AF_INET;
+    sa.sin_port = htons(uint16_t(port));
+    if (inet_pton(AF_INET, addr.c_str(), &sa.sin_addr) != 1) {
+      Napi::Error::New(env, "not an IPv4 address: " + addr).ThrowAsJavaScriptException();
+      return;
+    }
+    std::string netns = opts.Has("netns") ? opts.Get("netns").ToString().Utf8Value() : "";
+    bool df = opts.Has("dontFragment") && opts.Get("dontFragment").ToBoolean().Value();
+    int bufs[2] = {opts.Has("rcvbuf") ? opts.Get("rcvbuf").ToNumber().Int32Value() : 0,
+                   opts.Has("sndbuf") ? opts.Get("sndbuf").ToNumber().Int32Value() : 0};
+    std::string err = inNetns(netns, [&]() -> std::string {
+      fd_ = socket(AF_INET, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+      if (fd_ < 0) return errnoText("socket", errno);
+      // Data may be fragmented by IP; probes set DF without trusting the kernel's PMTU cache.
+      int pmtu = df ? IP_PMTUDISC_PROBE : IP_PMTUDISC_DONT;
+      setsockopt(fd_, IPPROTO_IP, IP_MTU_DISCOVER, &pmtu, sizeof pmtu);
+      for (int k = 0; k < 2; k++) {
+        if (bufs[k] <= 0) continue;
+        // FORCE variants pass the system limit (we are root); fall back to the plain ones.
+        if (setsockopt(fd_, SOL_SOCKET, k == 0 ? SO_RCVBUFFORCE : SO_SNDBUFFORCE, &bufs[k], sizeof bufs[k]) != 0)
+          setsockopt(fd_, SOL_SOCKET, k == 0 ? SO_RCVBUF : SO_SNDBUF, &bufs[k], sizeof bufs[k]);
+      }
+      if (bind(fd_, reinterpret_cast<sockaddr*>(&sa), sizeof sa) != 0) {
+        int e = errno;
+        ::close(fd_);
+        fd_ = -1;
+        return errnoText(("bind " + addr + ":" + std::to_string(port)).c_str(), e);
+      }
+      return "";
+    });
+    if (!err.empty()) {
+      if (fd_ >= 0) ::close(fd_);
+      fd_ = -1;
+      Napi::Error::New(env, err).ThrowAsJavaScriptException();
+      return;
+    }
+    msgs_.resize(shared_.slots);
+    iovs_.resize(shared_.slots);
+    addrs_.resize(shared_.slots);
+    txMsgs_.resize(shared_.slots);
+    txIovs_.resize(shared_.slots);
+    txAddrs_.resize(shared_.slots);
+    startPolling(env, info[1].As<Napi::Function>());
+  }
+
+  int readBatch() {
+    for (uint32_t i = 0; i < shared_.slots; i++) {
+      iovs_[i] = {shared_.rx + size_t(i) * shared_.slotSize, shared_.slotSize};
+      msgs_[i].msg_hdr = {};
+      msgs_[i].msg_hdr.msg_iov = &iovs_[i];
+      msgs_[i].msg_hdr.msg_iovlen = 1;
+      msgs_[i].msg_hdr.msg_name = &addrs_[i];
+      msgs_[i].msg_hdr.msg_namelen = sizeof(sockaddr_in);
+    }
+    int n;
+    // EINTR, and ICMP errors of earlier sends (ECONNREFUSED...), are reported here: read on.
+    for (int tries = 0; tries < 8; tries++) {
+      n = recvmmsg(fd_, msgs_.data(), shared_.slots, MSG_DONTWAIT, nullptr);
+      if (n >= 0 || errno == EAGAIN || errno == EWOULDBLOCK) break;
+      if (errno != EINTR) lastError_ = errnoText("recvmmsg", errno);
+    }
+    if (n < 0) return 0;
+    for (int i = 0; i < n; i++) {
+      uint32_t* m = shared_.rxMeta + i * META;
+      m[0] = msgs_[i].msg_len;
+      m[1] = ntohl(addrs_[i].sin_addr.s_addr);
+      m[2] = ntohs(addrs_[i].sin_port);
+      m[3] = (msgs_[i].msg_hdr.msg_flags & MSG_TRUNC) ? FLAG_TRUNCATED : 0;
+    }
+    return n;
+  }
+
+  // send(count): sends tx slots 0..count-1 (length, address, port from txMeta). Returns how many went.
+  Napi::Value Send(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (closed_) return Napi::Number::New(env, 0);
+    uint32_t count = info[0].ToNumber().Uint32Value();
+    if (count > shared_.slots) count = shared_.slots;
+    for (uint32_t i = 0; i < count; i++) {
+      uint32_t* m = shared_.txMeta + i * META;
+      uint32_t len = m[0] > shared_.slotSize ? shared_.slotSize : m[0];
+      txIovs_[i] = {shared_.tx + size_t(i) * shared_.slotSize, len};
+      txAddrs_[i] = {};
+      txAddrs_[i].sin_family = AF_INET;
+      txAddrs_[i].sin_addr.s_addr = htonl(m[1]);
+      txAddrs_[i].sin_port = htons(uint16_t(m[2]));
+      txMsgs_[i].msg_hdr = {};
+      txMsgs_[i].msg_hdr.msg_iov = &txIovs_[i];
+      txMsgs_[i].msg_hdr.msg_iovlen = 1;
+      txMsgs_[i].msg_hdr.msg_name = &txAddrs_[i];
+      txMsgs_[i].msg_hdr.msg_namelen = sizeof(sockaddr_in);
+    }
+    uint32_t done = 0, sent = 0;
+    while (done < count) {
+      int n = sendmmsg(fd_, txMsgs_.data() + done, count - done, MSG_DONTWAIT);
+      if (n > 0) {
+        done += n;
+        sent += n;
+        continue;
+      }
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN || errno == EWOULDBLOCK || errno == ENOBUFS) {
+        txDropped_ += count - done;  // UDP: a full queue drops, as a wire would
+        break;
+      }
+      // This datagram cannot go (EMSGSIZE with DF, unreachable, ...): skip it, keep the rest.
+      lastError_ = errnoText("sendmmsg", errno);
+      txDropped_++;
+      done++;
+    }
+    txPackets_ += sent;
+    return Napi::Number::New(env, sent);
+  }
+
+  Napi::Value LocalPort(const Napi::CallbackInfo& info) {
+    sockaddr_in sa{};
+    socklen_t len = sizeof sa;
+    if (fd_ < 0 || getsockname(fd_, reinterpret_cast<sockaddr*>(&sa), &len) != 0) return info.Env().Null();
+    return Napi::Number::New(info.Env(), ntohs(sa.sin_port));
+  }
+
+ private:
+  std::vector<mmsghdr> msgs_;
+  std::vector<iovec> iovs_;
+  std::vector<sockaddr_in> addrs_;
+  std::vector<mmsghdr> txMsgs_;
+  std::vector<iovec> txIovs_;
+  std::vector<sockaddr_in> txAddrs_;
+};
+
+class TapPort : public Port<TapPort> {
+ public:
+  static Napi::Function Init(Napi::Env env) {
+    return DefineClass(env, "TapPort",
+                       {InstanceMethod("write", &TapPort::Write), InstanceMethod("close", &TapPort::Close),
+                        InstanceMethod("unref", &TapPort::UnrefHandle), InstanceMethod("stats", &TapPort::Stats)});
+  }
+
+  // new TapPort({name, vnetHdr, slots, slotSize, rx, rxMeta, tx, txMeta}, onReadable)
+  explicit TapPort(const Napi::CallbackInfo& info) : Port<TapPort>(info) {
+    Napi::Env env = info.Env();
+    if (info.Length() < 2 || !info[0].IsObject() || !info[1].IsFunction()) {
+      Napi::TypeError::New(env, "new TapPort(options, onReadable)").ThrowAsJavaScriptException();
+      return;
+    }
+    auto opts = info[0].As<Napi::Object>();
+    if (!shared_.take(env, opts)) return;
+    std::string name = opts.Get("name").ToString().Utf8Value();
+    if (name.empty() || name.size() >= IFNAMSIZ) {
+      Napi::Error::New(env, "bad interface name: " + name).ThrowAsJavaScriptException();
+      return;
+    }
+    bool vnet = opts.Has("vnetHdr") && opts.Get("vnetHdr").ToBoolean().Value();
+    std::string netns = opts.Has("netns") ? opts.Get("netns").ToString().Utf8Value() : "";
+    std::string err = inNetns(netns, [&]() -> std::string {
+      fd_ = open("/dev/net/tun", O_RDWR | O_NONBLOCK | O_CLOEXEC);
+      if (fd_ < 0) return errnoText("open /dev/net/tun", errno);
+      ifreq ifr{};
+      strncpy(ifr.ifr_name, name.c_str(), IFNAMSIZ - 1);
+      ifr.ifr_flags = IFF_TAP | IFF_NO_PI | (vnet ? IFF_VNET_HDR : 0);
+      if (ioctl(fd_, TUNSETIFF, &ifr) != 0) return errnoText(("TUNSETIFF " + name).c_str(), errno);
+      if (!vnet) return "";
+      int hdr = 10;  // struct virtio_net_hdr, without the mergeable-buffers count
+      if (ioctl(fd_, TUNSETVNETHDRSZ, &hdr) != 0) return errnoText("TUNSETVNETHDRSZ", errno);
+      // With offloads on, the kernel hands us TSO super-frames (up to 64 KB) with a header saying how to cut them.
+      unsigned offload = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6;
+      if (ioctl(fd_, TUNSETOFFLOAD, offload) != 0) return errnoText("TUNSETOFFLOAD", errno);
+      return "";
+    });
+    if (!err.empty()) {
+      if (fd_ >= 0) ::close(fd_);
+      fd_ = -1;
+      Napi::Error::New(env, err).ThrowAsJavaScriptException();
+      return;
+    }
+    startPolling(env, info[1].As<Napi::Function>());
+  }
+
+  int readBatch() {
+    int n = 0;
+    while (uint32_t(n) < shared_.slots) {
+      ssize_t r = read(fd_, shared_.rx + size_t(n) * shared_.slotSize, shared_.slotSize);
+      if (r < 0) {
+        if (errno == EINTR) continue;
+        if (errno != EAGAIN && errno != EWOULDBLOCK) lastError_ = errnoText("read tap", errno);
+        break;
+      }
+      uint32_t* m = shared_.rxMeta + n * META;
+      m[0] = uint32_t(r);
+      m[1] = m[2] = 0;
+      m[3] = 0;
+      n++;
+    }
+    return n;
+  }
+
+  // write(count): writes tx slots 0..count-1 as frames. Returns how many went.
+  Napi::Value Write(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (closed_) return Napi::Number::New(env, 0);
+    uint32_t count = info[0].ToNumber().Uint32Value();
+    if (count > shared_.slots) count = shared_.slots;
+    uint32_t sent = 0;
+    for (uint32_t i = 0; i < count; i++) {
+      uint32_t len = shared_.txMeta[i * META];
+      if (len > shared_.slotSize) len = shared_.slotSize;
+      ssize_t r;
+      do r = write(fd_, shared_.tx + size_t(i) * shared_.slotSize, len);
+      while (r < 0 && errno == EINTR);
+      if (r < 0) {
+        if (errno != EAGAIN && errno != EWOULDBLOCK) lastError_ = errnoText("write tap", errno);
+        txDropped_++;
+        continue;
+      }
+      sent++;
+    }
+    txPackets_ += sent;
+    return Napi::Number::New(env, sent);
+  }
+};
+
+Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  exports.Set("UdpPort", UdpPort::Init(env));
+  exports.Set("TapPort", TapPort::Init(env));
+  return exports;
+}
+
+}  // namespace
+
+NODE_API_MODULE(weft_native, Init)

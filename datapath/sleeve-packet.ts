@@ -1,0 +1,216 @@
+// The sleeve's UDP packets. Every datagram starts with an 8-byte header:
+// version, kind (with a "sealed" bit), and the sending router's peer name (the
+// hop, which picks the key). Kinds:
+//   frames:   a message: source peer, destination peer, then Ethernet frames
+//             (each with its 10-byte virtio header), so relays need no MAC knowledge;
+//   fragment: part of a message too big for the path (id, index, count, bytes);
+//   probe:    path MTU probe of a given size, acknowledged over the mesh.
+// A sealed message is a 64-bit counter, then ChaCha20-Poly1305 ciphertext and
+// tag under the hop's sleeve key; a sliding window refuses replays.
+import { createCipheriv, createDecipheriv } from 'node:crypto';
+
+export const VERSION = 1;
+export const KIND_FRAMES = 1;
+export const KIND_FRAGMENT = 2;
+export const KIND_PROBE = 3;
+export const SEALED = 0x80;
+export const HEADER = 8;
+export const FRAGMENT_HEADER = HEADER + 8;
+export const MESSAGE_HEADER = 12;
+export const SEAL_OVERHEAD = 8 + 16;
+/** IPv4 + UDP headers: what a datagram adds on the wire. */
+export const IP_UDP = 28;
+/** The smallest path MTU assumed (IPv4's minimum reassembly size). */
+export const PMTU_FLOOR = 576;
+/** A message never exceeds this (a 64 KB super-frame plus headers and seal). */
+export const MAX_MESSAGE = 65536 + 10 + 14 + 4 + MESSAGE_HEADER + SEAL_OVERHEAD + 64;
+
+export interface Header {
+  kind: number;
+  sealed: boolean;
+  hop: Buffer;
+}
+
+export function writeHeader(buf: Buffer, kind: number, sealed: boolean, hop: Buffer): void {
+  buf[0] = VERSION;
+  buf[1] = kind | (sealed ? SEALED : 0);
+  hop.copy(buf, 2, 0, 6);
+}
+
+export function readHeader(buf: Buffer): Header {
+  if (buf.length < HEADER) throw new Error(`sleeve packet of ${buf.length} bytes is shorter than its header`);
+  if (buf[0] !== VERSION) throw new Error(`sleeve packet version ${buf[0]} is not ${VERSION}`);
+  const kind = buf[1] & 0x7f;
+  if (kind < KIND_FRAMES || kind > KIND_PROBE) throw new Error(`unknown sleeve packet kind ${kind}`);
+  return { kind, sealed: (buf[1] & SEALED) !== 0, hop: buf.subarray(2, 8) };
+}
+
+/** A message: source and destination peers (6 bytes each), then length-prefixed frames. */
+export function encodeMessage(src: Buffer, dst: Buffer, frames: Buffer[]): Buffer {
+  let size = MESSAGE_HEADER;
+  for (const f of frames) size += 4 + f.length;
+  const out = Buffer.allocUnsafe(size);
+  src.copy(out, 0, 0, 6);
+  dst.copy(out, 6, 0, 6);
+  let o = MESSAGE_HEADER;
+  for (const f of frames) {
+    out.writeUInt32BE(f.length, o);
+    f.copy(out, o + 4);
+    o += 4 + f.length;
+  }
+  return out;
+}
+
+export interface Message {
+  src: Buffer;
+  dst: Buffer;
+  frames: Buffer[];
+}
+
+export function decodeMessage(buf: Buffer): Message {
+  if (buf.length < MESSAGE_HEADER) throw new Error('sleeve message is shorter than its header');
+  const frames: Buffer[] = [];
+  let o = MESSAGE_HEADER;
+  while (o < buf.length) {
+    if (o + 4 > buf.length) throw new Error('sleeve message ends inside a frame length');
+    const len = buf.readUInt32BE(o);
+    if (len < 10 + 14 || o + 4 + len > buf.length) throw new Error(`sleeve frame of ${len} bytes does not fit its message`);
+    frames.push(buf.subarray(o + 4, o + 4 + len));
+    o += 4 + len;
+  }
+  return { src: buf.subarray(0, 6), dst: buf.subarray(6, 12), frames };
+}
+
+function nonce(counter: number): Buffer {
+  const n = Buffer.alloc(12);
+  n.writeUInt32BE(Math.floor(counter / 2 ** 32), 4);
+  n.writeUInt32BE(counter >>> 0, 8);
+  return n;
+}
+
+/** Seals messages to one hop; the counter never repeats under the key. */
+export class PacketSealer {
+  private counter = 0;
+  constructor(private readonly key: Buffer) {}
+  seal(plain: Buffer): Buffer {
+    const c = this.counter++;
+    const cipher = createCipheriv('chacha20-poly1305', this.key, nonce(c), { authTagLength: 16 });
+    const head = Buffer.allocUnsafe(8);
+    head.writeUInt32BE(Math.floor(c / 2 ** 32), 0);
+    head.writeUInt32BE(c >>> 0, 4);
+    const body = cipher.update(plain);
+    cipher.final();
+    return Buffer.concat([head, body, cipher.getAuthTag()]);
+  }
+}
+
+/** Accepts each counter once, within a window behind the highest seen (UDP reorders). */
+export class ReplayWindow {
+  static readonly SIZE = 2048;
+  private readonly bits = new Uint32Array(ReplayWindow.SIZE / 32);
+  private top = -1;
+  /** True (and remembered) when `c` was not seen and is not too old. */
+  accept(c: number): boolean {
+    if (c > this.top) {
+      // Slide: clear the bits of counters between the old top and the new one.
+      const gap = Math.min(c - this.top, ReplayWindow.SIZE);
+      for (let i = 1; i <= gap; i++) this.clear(this.top + i);
+      this.top = c;
+      this.set(c);
+      return true;
+    }
+    if (this.top - c >= ReplayWindow.SIZE) return false;
+    if (this.isSet(c)) return false;
+    this.set(c);
+    return true;
+  }
+  private idx(c: number): [number, number] {
+    const b = c % ReplayWindow.SIZE;
+    return [b >>> 5, 1 << (b & 31)];
+  }
+  private set(c: number): void {
+    const [w, m] = this.idx(c);
+    this.bits[w] |= m;
+  }
+  private clear(c: number): void {
+    const [w, m] = this.idx(c);
+    this.bits[w] &= ~m;
+  }
+  private isSet(c: number): boolean {
+    const [w, m] = this.idx(c);
+    return (this.bits[w] & m) !== 0;
+  }
+}
+
+/** Opens messages from one hop; null for forged, corrupted or replayed ones. */
+export class PacketOpener {
+  private readonly window = new ReplayWindow();
+  constructor(private readonly key: Buffer) {}
+  open(sealed: Buffer): Buffer | null {
+    if (sealed.length < SEAL_OVERHEAD) return null;
+    const c = sealed.readUInt32BE(0) * 2 ** 32 + sealed.readUInt32BE(4);
+    const d = createDecipheriv('chacha20-poly1305', this.key, nonce(c), { authTagLength: 16 });
+    d.setAuthTag(sealed.subarray(sealed.length - 16));
+    const body = d.update(sealed.subarray(8, sealed.length - 16));
+    try {
+      d.final();
+    } catch {
+      return null;
+    }
+    // Only an authentic packet may move the window.
+    return this.window.accept(c) ? body : null;
+  }
+}
+
+/** Splits a message into fragment payloads of at most `chunk` bytes each. */
+export function fragmentCount(length: number, chunk: number): number {
+  return Math.ceil(length / chunk);
+}
+
+interface Partial {
+  parts: (Buffer | undefined)[];
+  got: number;
+  at: number;
+}
+
+/** Puts fragmented messages back together; bounded in entries and age, so loss costs little. */
+export class Reassembler {
+  private readonly partial = new Map<string, Partial>();
+  dropped = 0;
+  constructor(
+    private readonly maxEntries = 256,
+    private readonly maxAgeMs = 2000,
+  ) {}
+  /** The whole message once its last fragment arrives, else null. */
+  add(from: string, id: number, index: number, count: number, chunk: Buffer, now = Date.now()): Buffer | null {
+    if (count === 0 || index >= count || count > Math.ceil(MAX_MESSAGE / 64)) throw new Error(`bad fragment ${index}/${count}`);
+    const key = `${from}/${id}`;
+    let p = this.partial.get(key);
+    if (!p) {
+      if (this.partial.size >= this.maxEntries) this.expire(now, true);
+      p = { parts: new Array(count), got: 0, at: now };
+      this.partial.set(key, p);
+    }
+    if (p.parts.length !== count) throw new Error(`fragment count changed within message ${id}`);
+    if (!p.parts[index]) {
+      p.parts[index] = Buffer.from(chunk); // the receive buffer is reused
+      p.got++;
+    }
+    if (p.got < count) return null;
+    this.partial.delete(key);
+    return Buffer.concat(p.parts as Buffer[]);
+  }
+  /** Drops entries older than the age limit (or, when full, the oldest). */
+  expire(now = Date.now(), oldest = false): void {
+    for (const [k, p] of this.partial) {
+      if (now - p.at > this.maxAgeMs || oldest) {
+        this.partial.delete(k);
+        this.dropped++;
+        if (oldest) return;
+      }
+    }
+  }
+  get size(): number {
+    return this.partial.size;
+  }
+}
