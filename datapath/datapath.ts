@@ -159,6 +159,21 @@ export class Datapath {
     }
   }
 
+  /**
+   * The overlay as status should show it: a peer programmed on fastdp only for want of anything
+   * better (no sleeve, heartbeats unanswered) has no working data path, as far as we know.
+   */
+  overlayStatus(peer: PeerName): Overlay {
+    const o = this.overlays.get(peer) ?? 'none';
+    return o === 'fastdp' && !this.health.healthy(peer) && !this.presumedFastdp(peer) ? 'none' : o;
+  }
+
+  /** Shortly after a restart, a peer the kernel was already sending to over VXLAN. */
+  private presumedFastdp(peer: PeerName): boolean {
+    const addr = this.lastAddr.get(peer);
+    return Date.now() < this.presumedUntil && addr !== undefined && this.presumedFast.has(addr);
+  }
+
   /** Whether traffic with a peer is encrypted (so never on fastdp here, which has no kernel IPsec). */
   encrypted(peer: PeerName): boolean {
     const host = this.lastAddr.get(peer);
@@ -167,7 +182,7 @@ export class Datapath {
 
   /** Why a directly connected peer is not on fastdp, for status; null when it is. */
   whyNotFastdp(peer: PeerName): string | null {
-    if (this.overlays.get(peer) === 'fastdp') return null;
+    if (this.overlays.get(peer) === 'fastdp' && this.health.healthy(peer)) return null;
     if (!this.config.fastdp) return 'fastdp turned off (--no-fastdp)';
     if (this.encrypted(peer)) return 'encrypted: no kernel encryption here, so the sleeve carries it';
     return this.health.reason(peer);
@@ -193,7 +208,7 @@ export class Datapath {
       const fastOk = this.config.fastdp && addr !== undefined && !this.encrypted(p);
       let o: Overlay = 'none';
       if (connected.has(p) && fastOk && this.health.healthy(p)) o = 'fastdp';
-      else if (connected.has(p) && fastOk && now < this.presumedUntil && this.presumedFast.has(addr)) o = 'fastdp';
+      else if (connected.has(p) && fastOk && this.presumedFastdp(p)) o = 'fastdp';
       else if (this.sleeve && (connected.has(p) || routes.has(p))) o = 'sleeve';
       else if (!connected.has(p) && prev === 'fastdp' && fastOk) o = 'fastdp';
       else if (!this.sleeve && fastOk && (connected.has(p) || this.endpoints.all().some((e) => e.peer === p))) o = 'fastdp'; // nothing better to try

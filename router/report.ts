@@ -93,7 +93,7 @@ export function buildReport(s: ReportSources): Report {
     let fallbackReason: string | undefined;
     let pmtu: number | undefined;
     if (dp && c.established) {
-      overlay = dp.overlays.get(c.name) ?? 'none';
+      overlay = dp.overlayStatus(c.name);
       const why = dp.whyNotFastdp(c.name) ?? undefined;
       const hop = dp.sleeve?.hopStatus(c.name) ?? null;
       pmtu = hop?.pmtu;

@@ -13,8 +13,8 @@ afterEach(async () => {
   cluster = null;
 });
 
-async function twoHosts(): Promise<[Host, Host]> {
-  cluster = await Cluster.create(2, { routerArgs: FAST });
+async function twoHosts(extra: string[] = []): Promise<[Host, Host]> {
+  cluster = await Cluster.create(2, { routerArgs: [...FAST, ...extra] });
   const [a, b] = cluster.hosts;
   await a.launch();
   await b.launch([a.ip]);
@@ -158,8 +158,8 @@ describeAsRoot('fastdp across namespace hosts', () => {
     }
   });
 
-  it('status shows each connection as fastdp with its MTU, and says why not when UDP to the VXLAN port is blocked', async () => {
-    const [a, b] = await twoHosts();
+  it('status shows each connection as fastdp with its MTU, and (without the sleeve) says why there is no data path when UDP to the VXLAN port is blocked', async () => {
+    const [a, b] = await twoHosts(['--no-sleeve']);
     const line = async () => (await a.weft(['status', 'connections'])).stdout.trim();
     await eventually('fastdp on A', async () => /established .* fastdp mtu=1450/.test(await line()), 10_000, 300);
     // Host B drops UDP to its VXLAN port: A's heartbeats stop arriving.
@@ -171,6 +171,7 @@ describeAsRoot('fastdp across namespace hosts', () => {
       return /no data path: VXLAN heartbeats unacknowledged for \d+s \(is UDP 6784 blocked/.test(l) ? l : null;
     }, 10_000, 300);
     expect(blocked).not.toMatch(/fastdp mtu/);
+    expect(blocked).toMatch(/no sleeve: turned off \(--no-sleeve\)/);
     const r = await a.report<Report>();
     expect(r.connections[0].overlay).toBe('none');
     await b.exec('nft', ['delete', 'table', 'inet', 'blk']);

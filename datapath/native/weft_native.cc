@@ -160,15 +160,12 @@ class Port : public Napi::ObjectWrap<T> {
     if (closed_) return info.Env().Undefined();
     closed_ = true;
     if (polling_) {
+      // A stopped poll handle no longer watches the fd, so it may close now (a TAP's name is
+      // free again at once); the handle itself goes on the next loop turn.
       uv_poll_stop(poll_);
-      int fd = fd_;
+      ::close(fd_);
       fd_ = -1;
-      // The fd is closed only after libuv is done with the handle.
-      poll_->data = reinterpret_cast<void*>(static_cast<intptr_t>(fd));
-      uv_close(reinterpret_cast<uv_handle_t*>(poll_), [](uv_handle_t* h) {
-        ::close(static_cast<int>(reinterpret_cast<intptr_t>(h->data)));
-        delete reinterpret_cast<uv_poll_t*>(h);
-      });
+      uv_close(reinterpret_cast<uv_handle_t*>(poll_), [](uv_handle_t* h) { delete reinterpret_cast<uv_poll_t*>(h); });
       poll_ = nullptr;
       polling_ = false;
       onReadable_.Reset();

@@ -22,7 +22,7 @@ function projectRoot(): string {
 
 export const WEFT_CLI = join(projectRoot(), 'dist', 'cli', 'weft.js');
 
-function runPrefix(runId = process.env.WEFT_TEST_RUN ?? 'solo'): string {
+export function runPrefix(runId = process.env.WEFT_TEST_RUN ?? 'solo'): string {
   return `wt${runId}`;
 }
 

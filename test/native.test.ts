@@ -1,0 +1,130 @@
+// The native addon: batched UDP and TAP ports, inside a namespace the test makes.
+import { randomBytes } from 'node:crypto';
+import { readdirSync } from 'node:fs';
+import { afterAll, beforeAll, expect, it } from 'vitest';
+import { TapPort, UdpPort, ipToNumber, nativeError } from '../datapath/native/index.js';
+import { must, run } from './harness/exec.js';
+import { describeAsRoot } from './harness/root.js';
+import { runPrefix } from './harness/cluster.js';
+
+const ns = `${runPrefix()}nat${randomBytes(2).toString('hex')}`;
+const netns = `/var/run/netns/${ns}`;
+const LO = ipToNumber('127.0.0.1');
+
+const openFds = () => readdirSync('/proc/self/fd').length;
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+describeAsRoot('native addon', () => {
+  beforeAll(async () => {
+    await must('ip', ['netns', 'add', ns]);
+    await must('ip', ['-n', ns, 'link', 'set', 'lo', 'up']);
+  });
+  afterAll(async () => {
+    await run('ip', ['netns', 'del', ns]);
+  });
+
+  it('is built', () => {
+    expect(nativeError()).toBeNull();
+  });
+
+  it('UDP: a batch sent with sendmmsg arrives whole, with its source; oversized datagrams are flagged', async () => {
+    const got: string[] = [];
+    let truncated = 0;
+    const rx = new UdpPort({ address: '127.0.0.1', port: 0, netns, rcvbuf: 4 << 20, slots: 32, slotSize: 256 }, (n) => {
+      for (let i = 0; i < n; i++) {
+        if (rx.truncated(i)) truncated++;
+        else got.push(`${rx.received(i).toString()} from ${rx.fromPort(i)}`);
+      }
+    });
+    const tx = new UdpPort({ address: '127.0.0.1', port: 0, netns, slots: 16, slotSize: 2048 }, () => undefined);
+    try {
+      for (let i = 0; i < 500; i++) tx.queue(Buffer.from(`datagram ${i}`), LO, rx.localPort!);
+      tx.queue(Buffer.alloc(1000, 1), LO, rx.localPort!); // larger than rx's 256-byte slots
+      tx.flush();
+      for (let i = 0; i < 50 && got.length + truncated < 501; i++) await sleep(20);
+      expect(got.length).toBe(500);
+      expect(got[0]).toBe(`datagram 0 from ${tx.localPort}`);
+      expect(got[499]).toBe(`datagram 499 from ${tx.localPort}`);
+      expect(truncated).toBe(1);
+      expect(tx.stats().txPackets).toBe(501);
+      expect(rx.stats().rxPackets).toBe(501);
+    } finally {
+      rx.close();
+      tx.close();
+    }
+  });
+
+  it('UDP: binding a port in use fails with the reason; a closed port sends nothing and does not crash', () => {
+    const a = new UdpPort({ address: '127.0.0.1', port: 0, netns }, () => undefined);
+    try {
+      expect(() => new UdpPort({ address: '127.0.0.1', port: a.localPort!, netns }, () => undefined)).toThrow(/bind 127\.0\.0\.1:\d+: Address already in use/);
+      expect(() => new UdpPort({ address: 'not-an-ip', port: 0, netns }, () => undefined)).toThrow(/not an IPv4 address/);
+      expect(() => new UdpPort({ port: 0, netns: '/var/run/netns/does-not-exist' }, () => undefined)).toThrow(/No such file/);
+    } finally {
+      a.close();
+    }
+    a.close();
+    a.queue(Buffer.from('x'), LO, 9);
+    expect(a.flush()).toBe(0);
+  });
+
+  it('TAP: frames the kernel sends are read in batches; frames written reach the kernel', async () => {
+    const frames: Buffer[] = [];
+    const tap = new TapPort({ name: 'wtap0', netns, vnetHdr: true, slots: 8 }, (n) => {
+      for (let i = 0; i < n; i++) frames.push(Buffer.from(tap.received(i)));
+    });
+    try {
+      await must('ip', ['-n', ns, 'addr', 'add', '10.99.0.1/24', 'dev', 'wtap0']);
+      await must('ip', ['-n', ns, 'link', 'set', 'wtap0', 'up']);
+      // A datagram to a neighbour makes the kernel ask for it by ARP, out of the TAP.
+      await run('ip', ['netns', 'exec', ns, process.execPath, '-e', "const d=require('dgram').createSocket('udp4');d.send('x',9,'10.99.0.2',()=>setTimeout(()=>d.close(),300))"]);
+      for (let i = 0; i < 50 && !frames.some((f) => f.readUInt16BE(10 + 12) === 0x0806); i++) await sleep(20);
+      const arp = frames.find((f) => f.readUInt16BE(10 + 12) === 0x0806);
+      expect(arp, 'an ARP request read from the TAP').toBeDefined();
+      expect(arp!.subarray(10, 16).toString('hex')).toBe('ffffffffffff');
+      // Write an ARP reply for 10.99.0.2 back: the kernel learns the neighbour.
+      const reply = Buffer.alloc(10 + 42);
+      const mac = Buffer.from('02aabbccddee', 'hex');
+      arp!.copy(reply, 10, 10 + 6, 10 + 12); // to the asker
+      mac.copy(reply, 16);
+      reply.writeUInt16BE(0x0806, 22);
+      Buffer.from('0001080006040002', 'hex').copy(reply, 24);
+      mac.copy(reply, 32);
+      Buffer.from([10, 99, 0, 2]).copy(reply, 38);
+      arp!.copy(reply, 42, 10 + 22, 10 + 28); // target: the asker's MAC and address
+      arp!.copy(reply, 48, 10 + 28, 10 + 32);
+      tap.queue(reply);
+      expect(tap.flush()).toBe(1);
+      await sleep(100);
+      const neigh = await must('ip', ['-n', ns, 'neigh', 'show', '10.99.0.2']);
+      expect(neigh).toContain('02:aa:bb:cc:dd:ee');
+    } finally {
+      tap.close();
+    }
+    expect((await run('ip', ['-n', ns, 'link', 'show', 'wtap0'])).code).not.toBe(0); // gone with the descriptor
+  });
+
+  it('opening and closing ports many times leaks no descriptor; closing while datagrams pour in is safe', async () => {
+    const before = openFds();
+    for (let i = 0; i < 100; i++) {
+      const u = new UdpPort({ address: '127.0.0.1', port: 0, netns }, () => undefined);
+      const t = new TapPort({ name: 'wtap1', netns, vnetHdr: i % 2 === 0 }, () => undefined);
+      u.close();
+      t.close();
+      u.close(); // twice is fine
+    }
+    await sleep(50); // libuv closes handles on the next loop turn
+    expect(openFds()).toBe(before);
+    let seen = 0;
+    const rx = new UdpPort({ address: '127.0.0.1', port: 0, netns }, (n) => (seen += n));
+    const tx = new UdpPort({ address: '127.0.0.1', port: 0, netns }, () => undefined);
+    for (let r = 0; r < 20; r++) {
+      for (let i = 0; i < 64; i++) tx.queue(randomBytes(100 + i), LO, rx.localPort!);
+      tx.flush();
+      if (r === 10) rx.close();
+      await sleep(5);
+    }
+    tx.close();
+    expect(seen).toBeGreaterThan(0);
+  });
+});
