@@ -1,11 +1,14 @@
 // Datapath throughput and latency across two namespace hosts, in one run:
 //   (a) the veth underlay between the hosts,
 //   (b) a hand-built kernel VXLAN + bridge with static fdb, container to container (the anchor),
-//   (c) weft fastdp, container to container (weft launch + weft attach).
-// One TCP flow with iperf3, and ping RTT (median of 200). Prints c/b and c/a.
+//   (c) weft fastdp, container to container (weft launch + weft attach),
+//   (d) weft sleeve (--no-fastdp), (e) weft sleeve encrypted (a password), each on a fresh pair of hosts.
+// One TCP flow with iperf3, ping RTT (median of 200), and for weft the routers' CPU seconds per GB
+// carried. Prints c/b, d/b, e/b and c/a.
 //
 //   apt-get install -y iperf3 iputils-ping && npm run build && node dist/bench/datapath.js [--seconds 5]
 import { spawn } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import type { Report } from '../router/report.js';
 import { Cluster, eventually, type Host } from '../test/harness/cluster.js';
 import { must, run } from '../test/harness/exec.js';
@@ -58,6 +61,40 @@ async function handBuilt(cluster: Cluster, a: Host, b: Host, mtu: number): Promi
   return [nss[0], nss[1], '10.99.0.2'];
 }
 
+/** CPU seconds (user + system) a process has used so far. */
+function cpuSeconds(pid: number): number {
+  const f = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ');
+  return (Number(f[11]) + Number(f[12])) / 100; // utime, stime in clock ticks (100/s)
+}
+
+/** A fresh pair of hosts with weft launched with `extra` (and env), a container on each. */
+async function weftPair(extra: string[], env: NodeJS.ProcessEnv): Promise<{ cluster: Cluster; w1: string; w2: string; ip2: string; pids: number[] }> {
+  const cluster = await Cluster.create(2, { env });
+  const [a, b] = cluster.hosts;
+  await a.launch([], ['--ipalloc-init', 'consensus=2', ...extra]);
+  await b.launch([a.ip], ['--ipalloc-init', 'consensus=2', ...extra]);
+  const w1 = await cluster.container('w1');
+  const w2 = await cluster.container('w2');
+  await a.weft(['attach', `netns:${w1}`]);
+  const ip2 = (await b.weft(['attach', `netns:${w2}`])).stdout.trim().split('/')[0];
+  await eventually('weft path up', async () => (await run('ip', ['netns', 'exec', w1, 'ping', '-c', '1', '-W', '1', ip2])).code === 0, 20_000);
+  return { cluster, w1, w2, ip2, pids: [a.routerPid()!, b.routerPid()!] };
+}
+
+/** Throughput, RTT, and the routers' CPU seconds per GB carried (sleeve rows). */
+async function sleeveRow(extra: string[], env: NodeJS.ProcessEnv): Promise<[number, number, number]> {
+  const p = await weftPair(extra, env);
+  try {
+    const cpu0 = p.pids.reduce((t, pid) => t + cpuSeconds(pid), 0);
+    const gbit = await iperf(p.w2, p.w1, p.ip2);
+    const cpu = p.pids.reduce((t, pid) => t + cpuSeconds(pid), 0) - cpu0;
+    const gb = (gbit * seconds) / 8;
+    return [gbit, await rtt(p.w1, p.ip2), cpu / gb];
+  } finally {
+    await p.cluster.cleanup();
+  }
+}
+
 async function main(): Promise<void> {
   if (process.getuid?.() !== 0) throw new Error('needs root (network namespaces)');
   const cluster = await Cluster.create(2);
@@ -84,6 +121,13 @@ async function main(): Promise<void> {
     for (const [label, gbit, us] of rows) console.log(`${label.padEnd(36)} ${gbit.toFixed(2).padStart(6)} Gbit/s   RTT ${us.toFixed(0).padStart(4)} us`);
     const [ua, ub, uc] = rows;
     console.log(`ratios: throughput c/b ${(uc[1] / ub[1]).toFixed(3)}, c/a ${(uc[1] / ua[1]).toFixed(3)}; RTT c/b ${(uc[2] / ub[2]).toFixed(3)}, c/a ${(uc[2] / ua[2]).toFixed(3)}`);
+    await cluster.cleanup();
+    const sleeves: [string, number, number, number][] = [];
+    sleeves.push(['(d) weft sleeve', ...(await sleeveRow(['--no-fastdp'], {}))]);
+    sleeves.push(['(e) weft sleeve, encrypted', ...(await sleeveRow([], { WEFT_PASSWORD: 'bench password' }))]);
+    for (const [label, gbit, us, cpu] of sleeves) {
+      console.log(`${label.padEnd(36)} ${gbit.toFixed(2).padStart(6)} Gbit/s   RTT ${us.toFixed(0).padStart(4)} us   ${cpu.toFixed(2)} CPU s/GB (both routers)   d/b ${(gbit / ub[1]).toFixed(3)}`);
+    }
   } finally {
     await cluster.cleanup();
   }

@@ -3,6 +3,7 @@
 // resolv.conf. UDP and TCP. Malformed queries get FORMERR (or are dropped when
 // too short to answer); nothing a client sends can crash the router.
 import dgram from 'node:dgram';
+import { UdpPort, nativeError } from '../datapath/native/index.js';
 import { readFileSync } from 'node:fs';
 import net from 'node:net';
 import dnsPacket, { type Answer, type Packet } from 'dns-packet';
@@ -17,6 +18,8 @@ export interface DnsConfig {
   /** Upstream servers ("ip" or "ip:port"); default: from resolv.conf. */
   upstreams: string[];
   upstreamTimeoutMs: number;
+  /** Serve UDP through the native addon's batched port when it is built (default); false: Node's dgram. */
+  batchedUdp?: boolean;
 }
 
 export function upstreamsFromResolvConf(path = '/etc/resolv.conf', exclude: string[] = []): string[] {
@@ -47,6 +50,10 @@ function ptrToIp(name: string): string | null {
 
 export class DnsServer {
   private udp: dgram.Socket | null = null;
+  /** With the native addon: one recvmmsg per batch of queries and one sendmmsg per batch of answers. */
+  private batched: UdpPort | null = null;
+  /** Which UDP I/O serves queries: 'batched' (the addon) or 'dgram' (Node's sockets). */
+  udpIo: 'batched' | 'dgram' = 'dgram';
   private tcp: net.Server | null = null;
   readonly stats = { queries: 0, local: 0, nxdomain: 0, forwarded: 0, servfail: 0, formerr: 0 };
   private readonly domain: string;
@@ -64,6 +71,50 @@ export class DnsServer {
   }
 
   async start(): Promise<void> {
+    if (this.config.batchedUdp !== false && /^\d+\.\d+\.\d+\.\d+$/.test(this.config.host) && !nativeError()) {
+      this.startBatched();
+    } else {
+      await this.startDgram();
+    }
+    this.tcp = net.createServer((s) => this.serveTcp(s));
+    await new Promise<void>((resolve, reject) => {
+      this.tcp!.once('error', reject);
+      this.tcp!.listen(this.config.port, this.config.host, () => resolve());
+    });
+  }
+
+  private startBatched(): void {
+    const port: UdpPort = new UdpPort({ address: this.config.host, port: this.config.port, slots: 64, slotSize: 4096, rcvbuf: 4 << 20 }, (n) => {
+      for (let i = 0; i < n; i++) {
+        const msg = port.received(i);
+        const addr = port.fromAddress(i);
+        const from = port.fromPort(i);
+        try {
+          const fast = this.fastAnswer(msg);
+          if (fast) {
+            this.stats.queries++;
+            this.stats.local++;
+            port.queue(fast, addr, from);
+            continue;
+          }
+        } catch {
+          // fall through to the full path, which answers FORMERR or drops
+        }
+        const copy = Buffer.from(msg); // the receive slot is reused by the next batch
+        void this.handle(copy, 'udp').then((reply) => {
+          if (reply && reply.length <= port.slotSize) {
+            port.queue(reply, addr, from);
+            port.flush();
+          }
+        });
+      }
+      port.flush();
+    });
+    this.batched = port;
+    this.udpIo = 'batched';
+  }
+
+  private async startDgram(): Promise<void> {
     const udp = dgram.createSocket('udp4');
     this.udp = udp;
     udp.on('message', (msg, rinfo) => {
@@ -82,11 +133,6 @@ export class DnsServer {
     await new Promise<void>((resolve, reject) => {
       udp.once('error', reject);
       udp.bind(this.config.port, this.config.host, () => resolve());
-    });
-    this.tcp = net.createServer((s) => this.serveTcp(s));
-    await new Promise<void>((resolve, reject) => {
-      this.tcp!.once('error', reject);
-      this.tcp!.listen(this.config.port, this.config.host, () => resolve());
     });
   }
 
@@ -299,6 +345,7 @@ export class DnsServer {
 
   close(): void {
     this.udp?.close();
+    this.batched?.close();
     this.tcp?.close();
   }
 }

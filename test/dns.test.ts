@@ -121,7 +121,7 @@ describe('DNS server', () => {
   });
 });
 
-describe('DNS server on sockets, with an upstream', () => {
+for (const batched of [true, false]) describe(`DNS server on sockets (${batched ? 'batched UDP through the addon' : "Node's dgram"}), with an upstream`, () => {
   let upstream: dgram.Socket;
   let server: DnsServer;
   let port = 0;
@@ -133,8 +133,9 @@ describe('DNS server on sockets, with an upstream', () => {
     });
     await new Promise<void>((r) => upstream.bind(0, '127.0.0.1', () => r()));
     port = 30000 + Math.floor(Math.random() * 20000);
-    server = new DnsServer(table(), { host: '127.0.0.1', port, domain: 'weft.local', ttl: 1, upstreams: [`127.0.0.1:${upstream.address().port}`], upstreamTimeoutMs: 500 });
+    server = new DnsServer(table(), { host: '127.0.0.1', port, domain: 'weft.local', ttl: 1, upstreams: [`127.0.0.1:${upstream.address().port}`], upstreamTimeoutMs: 500, batchedUdp: batched });
     await server.start();
+    expect(server.udpIo).toBe(batched ? 'batched' : 'dgram');
   });
   afterAll(() => {
     server.close();
@@ -149,6 +150,25 @@ describe('DNS server on sockets, with an upstream', () => {
     });
     c.close();
     expect(decode(reply).answers[0].data).toBe('198.18.9.9');
+  });
+
+  it('answers local names over UDP, many queries at once, each to its sender', async () => {
+    const c = dgram.createSocket('udp4');
+    const ids = new Set<number>();
+    await new Promise<void>((resolve) => {
+      c.on('message', (m) => {
+        const d = dnsPacket.decode(m) as unknown as { id: number; answers: { data: string }[] };
+        if (d.answers[0]?.data === '10.40.0.1') ids.add(d.id);
+        if (ids.size === 200) resolve();
+      });
+      for (let i = 0; i < 200; i++) {
+        const q = query('db.weft.local');
+        q.writeUInt16BE(i, 0);
+        c.send(q, port, '127.0.0.1');
+      }
+    });
+    c.close();
+    expect(ids.size).toBe(200);
   });
 
   it('serves TCP with length-prefixed messages', async () => {
