@@ -37,6 +37,10 @@ async function main(): Promise<void> {
   const weftPort = 20000 + Math.floor(Math.random() * 10000);
   const server = new DnsServer(table, { host: '127.0.0.1', port: weftPort, domain: 'weft.local', ttl: 1, upstreams: [], upstreamTimeoutMs: 500 });
   await server.start();
+  // The same server on Node's dgram sockets, for comparison with the batched I/O.
+  const dgramPort = weftPort + 2;
+  const plain = new DnsServer(table, { host: '127.0.0.1', port: dgramPort, domain: 'weft.local', ttl: 1, upstreams: [], upstreamTimeoutMs: 500, batchedUdp: false });
+  await plain.start();
 
   const dnsmasqPort = weftPort + 1;
   const dnsmasq = spawn('dnsmasq', ['--keep-in-foreground', '--no-resolv', '--no-hosts', `--addn-hosts=${hosts}`, '--listen-address=127.0.0.1', '--bind-interfaces', `--port=${dnsmasqPort}`, '--cache-size=10000', `--pid-file=${join(dir, 'pid')}`], { stdio: 'ignore' });
@@ -45,14 +49,16 @@ async function main(): Promise<void> {
     // dnsperf runs in a child process; weft's server answers in this one.
     const anchor = await dnsperf(dnsmasqPort, queries);
     const weft = await dnsperf(weftPort, queries);
+    const weftDgram = await dnsperf(dgramPort, queries);
     console.log(`dns: dnsperf -c 4 -q 100 -l ${seconds}, ${N} names, loopback`);
-    for (const [label, r] of [['dnsmasq (hosts file)', anchor], ['weft', weft]] as const) {
+    for (const [label, r] of [['dnsmasq (hosts file)', anchor], [`weft (${server.udpIo} UDP)`, weft], ['weft (dgram UDP)', weftDgram]] as const) {
       console.log(`${label.padEnd(22)} ${r.qps.toFixed(0).padStart(8)} queries/s   latency avg ${r.avgMs.toFixed(3)} ms, stddev ${r.sdMs.toFixed(3)} ms`);
     }
-    console.log(`ratio weft/dnsmasq: ${(weft.qps / anchor.qps).toFixed(2)} (goal >= 0.6)`);
+    console.log(`ratio weft/dnsmasq: ${(weft.qps / anchor.qps).toFixed(2)} with ${server.udpIo} UDP, ${(weftDgram.qps / anchor.qps).toFixed(2)} with dgram (goal >= 0.6)`);
   } finally {
     dnsmasq.kill('SIGKILL');
     server.close();
+    plain.close();
     rmSync(dir, { recursive: true, force: true });
   }
 }

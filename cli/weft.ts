@@ -222,6 +222,12 @@ withRouterLocation(program.command('dns-lookup').description('the addresses weft
   },
 );
 
+withRouterLocation(program.command('dns-args').description('the docker run flags that make a container use weft\'s DNS (--dns, --dns-search)')).action(async (_o, cmd: Command) => {
+  const r = await getReport(cmd);
+  if (!r.dns.address) throw new CliError('weft\'s DNS is not running on this host (launched with --no-dns, or without the bridge)');
+  console.log(`--dns=${r.dns.address.replace(/:53$/, '')} --dns-search=${r.dns.domain.replace(/\.$/, '')}`);
+});
+
 withRouterLocation(program.command('ps').description('containers attached on this host: id, MAC, addresses')).action(async (_o, cmd: Command) => {
   process.stdout.write(renderPs(await getReport(cmd)));
 });

@@ -42,7 +42,29 @@ describeAsRoot('DNS across namespace hosts', () => {
     await eventually('ext resolves from db', async () => (await getent(c2, 'ext.weft.local')).stdout.includes('10.32.99.99'));
     await b.weft(['detach', `netns:${c2}`]);
     await eventually('db gone everywhere', async () => (await getent(c1, 'db.weft.local')).code !== 0);
+    // dns-args: what `docker run` needs to use weft's DNS.
+    expect((await a.weft(['dns-args'])).stdout.trim()).toBe('--dns=169.254.83.83 --dns-search=weft.local');
   });
+
+  it('the names of a host that is killed, and so leaves the mesh, are gone everywhere after the grace period', async () => {
+    cluster = await Cluster.create(2, { routerArgs: ['--heartbeat-interval', '500ms', '--gossip-interval', '1s', '--ipalloc-init', 'consensus=2'] });
+    const [a, b] = cluster.hosts;
+    await a.launch();
+    await b.launch([a.ip]);
+    const c1 = await cluster.container('web');
+    const c2 = await cluster.container('db');
+    expect((await a.weft(['attach', '-h', 'web.weft.local', `netns:${c1}`])).code).toBe(0);
+    expect((await b.weft(['attach', '-h', 'db.weft.local', `netns:${c2}`])).code).toBe(0);
+    await eventually('db resolves from web', async () => (await getent(c1, 'db.weft.local')).code === 0);
+    await b.kill();
+    // Still answered during the grace period (a router restart must not blank the names)...
+    await new Promise((r) => setTimeout(r, 5000));
+    expect((await getent(c1, 'db.weft.local')).code).toBe(0);
+    // ...and gone once B has been out of the mesh for 30 s.
+    await eventually('db gone after B left', async () => (await a.weft(['dns-lookup', 'db.weft.local'])).stdout.trim() === '', 60_000, 1000);
+    expect((await getent(c1, 'db.weft.local')).code).not.toBe(0);
+    expect((await getent(c1, 'web.weft.local')).code).toBe(0);
+  }, 90_000);
 });
 
 describeAsRoot('DNS upstream', () => {
