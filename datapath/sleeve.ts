@@ -30,6 +30,7 @@ import {
   Reassembler,
   SEAL_OVERHEAD,
   decodeMessage,
+  encodeMessage,
   readHeader,
   writeHeader,
 } from './sleeve-packet.js';
@@ -252,7 +253,7 @@ export class Sleeve implements Gossiper {
     let size = 0;
     const emit = () => {
       if (batch.length === 0) return;
-      this.sendMessage(hop, this.message(this.self, dstBytes, batch, size));
+      this.sendMessage(hop, encodeMessage(this.self, dstBytes, batch));
       batch = [];
       size = 0;
     };
@@ -262,19 +263,6 @@ export class Sleeve implements Gossiper {
       size += 4 + f.length;
     }
     emit();
-  }
-
-  private message(src: Buffer, dst: Buffer, frames: Buffer[], size: number): Buffer {
-    const m = Buffer.allocUnsafe(MESSAGE_HEADER + size);
-    src.copy(m, 0);
-    dst.copy(m, 6);
-    let o = MESSAGE_HEADER;
-    for (const f of frames) {
-      m.writeUInt32BE(f.length, o);
-      f.copy(m, o + 4);
-      o += 4 + f.length;
-    }
-    return m;
   }
 
   /** Seals (if the hop is encrypted) and sends a message, in fragments when it exceeds the path. */

@@ -23,6 +23,20 @@ async function attach(h: Host, ns: string, cidr: string): Promise<string> {
   return cidr.split('/')[0];
 }
 
+/** Two hosts launched with `args` (and env), a container on each at 10.40.0.1 and 10.40.0.2. */
+async function pair(args: string[], env: NodeJS.ProcessEnv = {}, beforeLaunch?: (c: Cluster) => Promise<unknown>): Promise<{ a: Host; b: Host; c1: string; c2: string }> {
+  cluster = await Cluster.create(2, { routerArgs: [...FAST, ...args, '--ipalloc-init', 'consensus=2'], env });
+  const [a, b] = cluster.hosts;
+  await beforeLaunch?.(cluster);
+  await a.launch();
+  await b.launch([a.ip]);
+  const c1 = await cluster.container('c1');
+  const c2 = await cluster.container('c2');
+  await attach(a, c1, '10.40.0.1/16');
+  await attach(b, c2, '10.40.0.2/16');
+  return { a, b, c1, c2 };
+}
+
 const overlayTo = async (h: Host, peerNick: string) => (await h.report<Report>()).connections.find((c) => c.nickname === peerNick && c.state === 'established');
 
 /** TCP of `size` bytes and a UDP datagram from one container to another, retried until the path is up. */
@@ -38,14 +52,7 @@ async function talk(from: string, to: string, toIp: string, size = 200_000): Pro
 
 describeAsRoot('sleeve across namespace hosts', () => {
   it('--no-fastdp: containers talk over the sleeve; status says so; garbage at the sleeve port changes nothing', async () => {
-    cluster = await Cluster.create(2, { routerArgs: [...FAST, '--no-fastdp', '--ipalloc-init', 'consensus=2'] });
-    const [a, b] = cluster.hosts;
-    await a.launch();
-    await b.launch([a.ip]);
-    const c1 = await cluster.container('c1');
-    const c2 = await cluster.container('c2');
-    await attach(a, c1, '10.40.0.1/16');
-    await attach(b, c2, '10.40.0.2/16');
+    const { a, b, c1, c2 } = await pair(['--no-fastdp']);
     const conn = await eventually('sleeve to B', async () => {
       const c = await overlayTo(a, 'host2');
       return c?.overlay === 'sleeve' ? c : null;
@@ -72,14 +79,7 @@ describeAsRoot('sleeve across namespace hosts', () => {
   });
 
   it('VXLAN blocked between two hosts: the connection falls back to the sleeve and traffic flows; unblocked: fastdp again', async () => {
-    cluster = await Cluster.create(2, { routerArgs: [...FAST, '--ipalloc-init', 'consensus=2'] });
-    const [a, b] = cluster.hosts;
-    await a.launch();
-    await b.launch([a.ip]);
-    const c1 = await cluster.container('c1');
-    const c2 = await cluster.container('c2');
-    await attach(a, c1, '10.40.0.1/16');
-    await attach(b, c2, '10.40.0.2/16');
+    const { a, b, c1, c2 } = await pair([]);
     await eventually('fastdp first', async () => (await overlayTo(a, 'host2'))?.overlay === 'fastdp');
     for (const h of [a, b]) {
       await h.exec('nft', ['add', 'table', 'inet', 'blk']);
@@ -122,21 +122,14 @@ describeAsRoot('sleeve across namespace hosts', () => {
   it('with a password: traffic flows over the encrypted sleeve, and the underlay carries no container payload in clear', async () => {
     const tcpdump = await run('sh', ['-c', 'command -v tcpdump']);
     if (tcpdump.code !== 0) throw new Error('tcpdump is needed for this test (apt-get install tcpdump; .ci/run does)');
-    cluster = await Cluster.create(2, { routerArgs: [...FAST, '--ipalloc-init', 'consensus=2'], env: { WEFT_PASSWORD: 'correct horse battery staple' } });
-    const [a, b] = cluster.hosts;
-    await a.launch();
-    await b.launch([a.ip]);
-    const c1 = await cluster.container('c1');
-    const c2 = await cluster.container('c2');
-    await attach(a, c1, '10.40.0.1/16');
-    await attach(b, c2, '10.40.0.2/16');
+    const { a, b, c1, c2 } = await pair([], { WEFT_PASSWORD: 'correct horse battery staple' });
     const conn = await eventually('encrypted sleeve', async () => {
       const x = await overlayTo(a, 'host2');
       return x?.overlay === 'sleeve' && /data encrypted/.test(x.info) ? x : null;
     });
     expect(conn.fallbackReason).toMatch(/encrypted/);
-    const pcap = join(cluster.workDir, 'underlay.pcap');
-    const cap = spawn('ip', ['netns', 'exec', cluster.underlayNs, 'tcpdump', '--immediate-mode', '-i', a.uplink, '-U', '-s', '0', '-w', pcap, 'udp'], { stdio: ['ignore', 'ignore', 'pipe'] });
+    const pcap = join(a.cluster.workDir, 'underlay.pcap');
+    const cap = spawn('ip', ['netns', 'exec', a.cluster.underlayNs, 'tcpdump', '--immediate-mode', '-i', a.uplink, '-U', '-s', '0', '-w', pcap, 'udp'], { stdio: ['ignore', 'ignore', 'pipe'] });
     let capErr = '';
     cap.stderr!.on('data', (d: Buffer) => (capErr += d.toString()));
     try {
@@ -156,15 +149,7 @@ describeAsRoot('sleeve across namespace hosts', () => {
   });
 
   it('an underlay hop with a small MTU: fastdp says why not, the sleeve finds the path MTU and TCP works', async () => {
-    cluster = await Cluster.create(2, { routerArgs: [...FAST, '--ipalloc-init', 'consensus=2'] });
-    const [a, b] = cluster.hosts;
-    await run('ip', ['-n', cluster.underlayNs, 'link', 'set', b.uplink, 'mtu', '1300']);
-    await a.launch();
-    await b.launch([a.ip]);
-    const c1 = await cluster.container('c1');
-    const c2 = await cluster.container('c2');
-    await attach(a, c1, '10.40.0.1/16');
-    await attach(b, c2, '10.40.0.2/16');
+    const { a, b, c1, c2 } = await pair([], {}, (c) => run('ip', ['-n', c.underlayNs, 'link', 'set', c.hosts[1].uplink, 'mtu', '1300']));
     const conn = await eventually('sleeve with a found path MTU', async () => {
       const x = await overlayTo(a, 'host2');
       return x?.overlay === 'sleeve' && x.pmtu !== undefined && x.pmtu > 1250 && x.pmtu <= 1300 ? x : null;
@@ -174,14 +159,7 @@ describeAsRoot('sleeve across namespace hosts', () => {
   });
 
   it('the router stops promptly while the sleeve is busy; its TAP goes with it', async () => {
-    cluster = await Cluster.create(2, { routerArgs: [...FAST, '--no-fastdp', '--ipalloc-init', 'consensus=2'] });
-    const [a, b] = cluster.hosts;
-    await a.launch();
-    await b.launch([a.ip]);
-    const c1 = await cluster.container('c1');
-    const c2 = await cluster.container('c2');
-    await attach(a, c1, '10.40.0.1/16');
-    await attach(b, c2, '10.40.0.2/16');
+    const { a, b, c1, c2 } = await pair(['--no-fastdp']);
     await talk(c1, c2, '10.40.0.2', 10_000);
     // A UDP flood from c1 to c2 keeps both sleeves busy while A's router stops.
     const flood = spawn('ip', ['netns', 'exec', c1, process.execPath, '-e', "const d=require('dgram').createSocket('udp4');const b=Buffer.alloc(1400);const go=()=>d.send(b,9,'10.40.0.2',go);for(let i=0;i<8;i++)go();setTimeout(()=>process.exit(0),15000);"], { stdio: 'ignore' });

@@ -83,7 +83,8 @@ interface Slots {
 }
 
 /** Shared buffers: what the addon fills (rx) and what it sends (tx), slot by slot. */
-class SlotBuffers {
+abstract class SlotBuffers {
+  protected abstract readonly raw: RawPort;
   readonly slots: number;
   readonly slotSize: number;
   readonly rx: Buffer;
@@ -105,6 +106,17 @@ class SlotBuffers {
   /** The i-th transmit slot, to fill before send/write. */
   slot(i: number): Buffer {
     return this.tx.subarray(i * this.slotSize, (i + 1) * this.slotSize);
+  }
+  stats(): PortStats {
+    return this.raw.stats();
+  }
+  /** Lets the process exit while the port is open. */
+  unref(): void {
+    this.raw.unref();
+  }
+  /** Closes the descriptor (a TAP interface disappears); safe to call twice. */
+  close(): void {
+    this.raw.close();
   }
 }
 
@@ -130,7 +142,7 @@ export interface UdpOptions extends Slots {
 
 /** A UDP socket read with recvmmsg and written with sendmmsg, a batch per call. */
 export class UdpPort extends SlotBuffers {
-  private readonly raw: RawUdp;
+  protected readonly raw: RawUdp;
   private queued = 0;
   /**
    * `onBatch(n)` gets the number of datagrams in rx slots 0..n-1; it must not throw
@@ -181,15 +193,6 @@ export class UdpPort extends SlotBuffers {
   get localPort(): number | null {
     return this.raw.localPort();
   }
-  stats(): PortStats {
-    return this.raw.stats();
-  }
-  unref(): void {
-    this.raw.unref();
-  }
-  close(): void {
-    this.raw.close();
-  }
 }
 
 export interface TapOptions extends Slots {
@@ -205,7 +208,7 @@ export const TAP_SLOT = 65536 + 10 + 14 + 4;
 
 /** A TAP interface (removed when closed), read and written a batch per call. */
 export class TapPort extends SlotBuffers {
-  private readonly raw: RawTap;
+  protected readonly raw: RawTap;
   private queued = 0;
   constructor(o: TapOptions, onBatch: (n: number) => void) {
     super(o, TAP_SLOT);
@@ -225,14 +228,5 @@ export class TapPort extends SlotBuffers {
     const n = this.raw.write(this.queued);
     this.queued = 0;
     return n;
-  }
-  stats(): PortStats {
-    return this.raw.stats();
-  }
-  unref(): void {
-    this.raw.unref();
-  }
-  close(): void {
-    this.raw.close();
   }
 }

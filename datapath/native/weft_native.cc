@@ -182,6 +182,13 @@ class Port : public Napi::ObjectWrap<T> {
     return info.Env().Undefined();
   }
 
+  // How many tx slots a send/write call asks for (0 once closed), bounded by the slots there are.
+  uint32_t txCount(const Napi::CallbackInfo& info) {
+    if (closed_) return 0;
+    uint32_t count = info[0].ToNumber().Uint32Value();
+    return count > shared_.slots ? shared_.slots : count;
+  }
+
   Napi::Value Stats(const Napi::CallbackInfo& info) {
     auto o = Napi::Object::New(info.Env());
     o.Set("rxPackets", Napi::Number::New(info.Env(), double(rxPackets_)));
@@ -288,9 +295,7 @@ class UdpPort : public Port<UdpPort> {
   // send(count): sends tx slots 0..count-1 (length, address, port from txMeta). Returns how many went.
   Napi::Value Send(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
-    if (closed_) return Napi::Number::New(env, 0);
-    uint32_t count = info[0].ToNumber().Uint32Value();
-    if (count > shared_.slots) count = shared_.slots;
+    uint32_t count = txCount(info);
     for (uint32_t i = 0; i < count; i++) {
       uint32_t* m = shared_.txMeta + i * META;
       uint32_t len = m[0] > shared_.slotSize ? shared_.slotSize : m[0];
@@ -412,9 +417,7 @@ class TapPort : public Port<TapPort> {
   // write(count): writes tx slots 0..count-1 as frames. Returns how many went.
   Napi::Value Write(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
-    if (closed_) return Napi::Number::New(env, 0);
-    uint32_t count = info[0].ToNumber().Uint32Value();
-    if (count > shared_.slots) count = shared_.slots;
+    uint32_t count = txCount(info);
     uint32_t sent = 0;
     for (uint32_t i = 0; i < count; i++) {
       uint32_t len = shared_.txMeta[i * META];
