@@ -41,6 +41,8 @@ const VNET_HDR = 10;
 const PROBE_INTERVAL_MS = 1000;
 /** A hop is healthy while its probes were acknowledged this recently. */
 const HEALTHY_MS = 3 * PROBE_INTERVAL_MS + 500;
+/** The largest UDP payload over IPv4. */
+const MAX_UDP_PAYLOAD = 65507;
 
 /** A directly connected peer, as the sleeve sees it. */
 interface Hop {
@@ -130,7 +132,8 @@ export class Sleeve implements Gossiper {
 
   /** The TAP as an isolated, non-learning, ARP-suppressing port of the bridge. Also used to repair. */
   async plumb(): Promise<void> {
-    await ipBatch([`link set ${SLEEVE_TAP} mtu ${this.config.mtu()} master ${BRIDGE} up`]);
+    // Super-frames a little under 64 KB fit one datagram with our headers.
+    await ipBatch([`link set ${SLEEVE_TAP} mtu ${this.config.mtu()} gso_max_size 65000 master ${BRIDGE} up`]);
     await bridge(['link', 'set', 'dev', SLEEVE_TAP, 'learning', 'off', 'neigh_suppress', 'on', 'isolated', 'on']);
   }
 
@@ -207,9 +210,14 @@ export class Sleeve implements Gossiper {
     };
   }
 
-  /** The overlay MTU a frame may have on the sleeve to `peer` without IP fragmenting our datagrams. */
+  /**
+   * The largest datagram to send to a hop. Where the whole path carries what our own link does, a
+   * message (a TSO super-frame, or many small frames) goes as one datagram of up to 64 KB and the
+   * kernel fragments and reassembles it: far cheaper than a system call per piece. Where a hop on
+   * the path is smaller than our link, IP fragments would not pass it: we cut to the path MTU.
+   */
   private maxDatagram(hop: Hop): number {
-    return hop.pmtu - IP_UDP;
+    return hop.pmtu >= this.config.underlayMtu ? MAX_UDP_PAYLOAD : hop.pmtu - IP_UDP;
   }
 
   // ---- frames from local containers (the TAP)
