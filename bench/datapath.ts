@@ -15,13 +15,18 @@ import { must, run } from '../test/harness/exec.js';
 
 const seconds = Number(process.argv[process.argv.indexOf('--seconds') + 1]) || 5;
 
+/** TCP RTT under load (iperf3's mean over the flow, from the kernel's tcp_info), µs; set by iperf(). */
+let loadedRtt = 0;
+
 async function iperf(serverNs: string, clientNs: string, ip: string): Promise<number> {
   const server = spawn('ip', ['netns', 'exec', serverNs, 'iperf3', '-s', '-1', '-B', ip], { stdio: 'ignore' });
   try {
     await new Promise((r) => setTimeout(r, 500));
     const r = await run('ip', ['netns', 'exec', clientNs, 'iperf3', '-c', ip, '-t', String(seconds), '-J'], { timeoutMs: (seconds + 20) * 1000 });
     if (r.code !== 0) throw new Error(`iperf3 ${clientNs} -> ${ip}: ${r.stderr || r.stdout.slice(0, 300)}`);
-    return (JSON.parse(r.stdout) as { end: { sum_received: { bits_per_second: number } } }).end.sum_received.bits_per_second / 1e9;
+    const j = JSON.parse(r.stdout) as { end: { sum_received: { bits_per_second: number }; streams: { sender: { mean_rtt?: number } }[] } };
+    loadedRtt = j.end.streams[0]?.sender.mean_rtt ?? NaN;
+    return j.end.sum_received.bits_per_second / 1e9;
   } finally {
     server.kill('SIGKILL');
   }
@@ -82,14 +87,15 @@ async function weftPair(extra: string[], env: NodeJS.ProcessEnv): Promise<{ clus
 }
 
 /** Throughput, RTT, and the routers' CPU seconds per GB carried (sleeve rows). */
-async function sleeveRow(extra: string[], env: NodeJS.ProcessEnv): Promise<[number, number, number]> {
+async function sleeveRow(extra: string[], env: NodeJS.ProcessEnv): Promise<[number, number, number, number]> {
   const p = await weftPair(extra, env);
   try {
     const cpu0 = p.pids.reduce((t, pid) => t + cpuSeconds(pid), 0);
     const gbit = await iperf(p.w2, p.w1, p.ip2);
     const cpu = p.pids.reduce((t, pid) => t + cpuSeconds(pid), 0) - cpu0;
     const gb = (gbit * seconds) / 8;
-    return [gbit, await rtt(p.w1, p.ip2), cpu / gb];
+    const tcpRtt = loadedRtt;
+    return [gbit, await rtt(p.w1, p.ip2), cpu / gb, tcpRtt];
   } finally {
     await p.cluster.cleanup();
   }
@@ -118,15 +124,17 @@ async function main(): Promise<void> {
     rows.push(['(a) veth underlay', await iperf(b.ns, a.ns, b.ip), await rtt(a.ns, b.ip)]);
     rows.push(['(b) kernel VXLAN + bridge by hand', await iperf(r2, r1, rip), await rtt(r1, rip)]);
     rows.push(['(c) weft fastdp', await iperf(w2, w1, ip2), await rtt(w1, ip2)]);
+    const fastdpTcpRtt = loadedRtt;
     for (const [label, gbit, us] of rows) console.log(`${label.padEnd(36)} ${gbit.toFixed(2).padStart(6)} Gbit/s   RTT ${us.toFixed(0).padStart(4)} us`);
     const [ua, ub, uc] = rows;
+    console.log(`(c) TCP RTT under load: ${fastdpTcpRtt.toFixed(0)} us`);
     console.log(`ratios: throughput c/b ${(uc[1] / ub[1]).toFixed(3)}, c/a ${(uc[1] / ua[1]).toFixed(3)}; RTT c/b ${(uc[2] / ub[2]).toFixed(3)}, c/a ${(uc[2] / ua[2]).toFixed(3)}`);
     await cluster.cleanup();
-    const sleeves: [string, number, number, number][] = [];
+    const sleeves: [string, number, number, number, number][] = [];
     sleeves.push(['(d) weft sleeve', ...(await sleeveRow(['--no-fastdp'], {}))]);
     sleeves.push(['(e) weft sleeve, encrypted', ...(await sleeveRow([], { WEFT_PASSWORD: 'bench password' }))]);
-    for (const [label, gbit, us, cpu] of sleeves) {
-      console.log(`${label.padEnd(36)} ${gbit.toFixed(2).padStart(6)} Gbit/s   RTT ${us.toFixed(0).padStart(4)} us   ${cpu.toFixed(2)} CPU s/GB (both routers)   d/b ${(gbit / ub[1]).toFixed(3)}`);
+    for (const [label, gbit, us, cpu, tcpRtt] of sleeves) {
+      console.log(`${label.padEnd(36)} ${gbit.toFixed(2).padStart(6)} Gbit/s   RTT ${us.toFixed(0).padStart(4)} us (ping), ${tcpRtt.toFixed(0)} us (TCP under load)   ${cpu.toFixed(2)} CPU s/GB (both routers)   vs b ${(gbit / ub[1]).toFixed(3)}`);
     }
   } finally {
     await cluster.cleanup();
