@@ -100,7 +100,7 @@ export class Sleeve implements Gossiper {
   private fragmentId = 0;
   /** Peers whose traffic goes by sleeve (the datapath decides). */
   destinations = new Set<PeerName>();
-  readonly stats = { framesOut: 0, framesIn: 0, relayed: 0, dropped: 0, refused: 0, malformed: 0 };
+  readonly stats = { framesOut: 0, framesIn: 0, bytesOut: 0, bytesIn: 0, relayed: 0, dropped: 0, refused: 0, malformed: 0 };
   lastError: string | null = null;
 
   constructor(
@@ -239,6 +239,7 @@ export class Sleeve implements Gossiper {
         if (!list) out.set(t, (list = []));
         list.push(copy);
         this.stats.framesOut++;
+        this.stats.bytesOut += copy.length - VNET_HDR;
       }
     }
     for (const [dst, frames] of out) this.sendFrames(peerNameToBytes(dst), dst, frames);
@@ -368,6 +369,7 @@ export class Sleeve implements Gossiper {
       if (!this.config.macOwner(smac) && this.learned.get(smac) !== src) this.learned.set(smac, src);
       this.tap?.queue(f);
       this.stats.framesIn++;
+      this.stats.bytesIn += f.length - VNET_HDR;
     }
   }
 

@@ -5,6 +5,7 @@ import { buildReport, renderConnections, renderDns, renderIpam, renderPeers, ren
 import { registerDnsRoutes } from './api-dns.js';
 import { registerIpamRoutes } from './api-ipam.js';
 import { registerDatapathRoutes } from './api-datapath.js';
+import { registerUiRoutes } from './ui.js';
 
 import { HttpError } from './http-error.js';
 
@@ -91,5 +92,6 @@ export function buildApi(sources: ReportSources): FastifyInstance {
   registerIpamRoutes(app, sources.ipam);
   registerDatapathRoutes(app, sources.datapath, sources.names);
   registerDnsRoutes(app, sources);
+  registerUiRoutes(app, sources);
   return app;
 }

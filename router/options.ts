@@ -36,6 +36,8 @@ export interface RouterOptions {
   sleeve: boolean;
   /** Peers on these underlay networks are not encrypted even with a password. */
   trustedSubnets: string[];
+  /** Where Prometheus metrics are served ("" for nowhere). */
+  metricsAddr: string;
   peers: string[];
 }
 
@@ -98,6 +100,7 @@ export function routerOptions(): Option[] {
     o('--conn-limit <n>', 'at most this many connections (0: no limit); a peer is never locked out').default(200).argParser(int('conn-limit', 0, 100_000)),
     o('--no-discovery', 'do not connect to peers learnt from others'),
     o('--http-addr <ip:port>', 'address of the local HTTP API').default(DEFAULT_HTTP_ADDR),
+    o('--metrics-addr <ip:port>', 'where Prometheus metrics are served, at /metrics (":6782": every address; "" turns them off)').default(':6782'),
     o('--log-level <level>', 'debug, info, warn or error').default('info').choices(['debug', 'info', 'warn', 'error']),
     o('--gossip-interval <duration>', 'period of the anti-entropy exchange').default(30_000, '30s').argParser(duration),
     o('--heartbeat-interval <duration>', 'heartbeat period; a connection silent for three periods is closed').default(10_000, '10s').argParser(duration),
@@ -164,6 +167,7 @@ export function toRouterOptions(v: Record<string, unknown>, peers: string[]): Ro
     fastdp: v.fastdp as boolean,
     sleeve: v.sleeve as boolean,
     trustedSubnets: v.trustedSubnets as string[],
+    metricsAddr: v.metricsAddr as string,
     peers,
   };
 }

@@ -1,7 +1,9 @@
 // Wiring: everything the router runs, started and stopped in one place.
 import { mkdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import type http from 'node:http';
 import type { FastifyInstance } from 'fastify';
+import { buildRegistry, serveMetrics } from './metrics.js';
 import { buildApi } from './api.js';
 import { loadIdentity, newUid } from './identity.js';
 import { ConnectionMaker } from './mesh/connection-maker.js';
@@ -50,6 +52,7 @@ export function routerInfoPath(dataDir: string): string {
 
 export class Router {
   private api: FastifyInstance | null = null;
+  private metrics: http.Server | null = null;
   private stopping: Promise<void> | null = null;
 
   private constructor(
@@ -136,6 +139,11 @@ export class Router {
       const { host, port } = splitHostPort(opts.httpAddr);
       await api.listen({ host, port });
       router.api = api;
+      if (opts.metricsAddr) {
+        const m = /^(.*):(\d+)$/.exec(opts.metricsAddr);
+        if (!m) throw new Error(`--metrics-addr must be HOST:PORT or :PORT, not "${opts.metricsAddr}"`);
+        router.metrics = await serveMetrics(buildRegistry(router), m[1] || '0.0.0.0', Number(m[2]));
+      }
       if (opts.peers.length > 0) maker.connect(opts.peers);
       router.writeInfo();
       log.info({ name: id.name, port: opts.port, http: opts.httpAddr, peers: opts.peers }, 'weft router started');
@@ -175,6 +183,7 @@ export class Router {
       this.mesh.stop();
       this.transport.close();
       await this.api?.close();
+      this.metrics?.close();
       await this.ipamStore.close();
     })();
     return this.stopping;

@@ -86,6 +86,8 @@ export class Mesh extends EventEmitter {
   readonly connections = new Map<PeerName, MeshConnection>();
   readonly channels = new Map<string, Channel>();
   readonly stats = { messagesSent: 0, bytesSent: 0, messagesReceived: 0, bytesReceived: 0, gossipErrors: 0, protocolErrors: 0 };
+  /** Messages and bytes per channel (channels we do not serve count as "(other)"; control messages as "(control)"). */
+  readonly channelStats = new Map<string, { messagesSent: number; bytesSent: number; messagesReceived: number; bytesReceived: number }>();
   private version = 0;
   private routesTimer: NodeJS.Timeout | null = null;
   private readonly unreachableSince = new Map<PeerName, number>();
@@ -204,11 +206,22 @@ export class Mesh extends EventEmitter {
     conn.pending.clear();
   }
 
+  private channelStatsOf(m: MeshMessage): { messagesSent: number; bytesSent: number; messagesReceived: number; bytesReceived: number } {
+    // Label values stay bounded: a remote peer cannot invent channels in our statistics.
+    const name = 'channel' in m ? (this.channels.has(m.channel) ? m.channel : '(other)') : '(control)';
+    let s = this.channelStats.get(name);
+    if (!s) this.channelStats.set(name, (s = { messagesSent: 0, bytesSent: 0, messagesReceived: 0, bytesReceived: 0 }));
+    return s;
+  }
+
   private send(conn: MeshConnection, m: MeshMessage): void {
     const bytes = encodeMessage(m);
     conn.bytesSent += bytes.length;
     this.stats.messagesSent++;
     this.stats.bytesSent += bytes.length;
+    const cs = this.channelStatsOf(m);
+    cs.messagesSent++;
+    cs.bytesSent += bytes.length;
     this.emit('sent', m, bytes.length);
     conn.link.send(bytes);
   }
@@ -292,6 +305,9 @@ export class Mesh extends EventEmitter {
       this.closeConnection(conn, `protocol error from peer: ${(err as Error).message}`);
       return;
     }
+    const cs = this.channelStatsOf(m);
+    cs.messagesReceived++;
+    cs.bytesReceived += bytes.length;
     switch (m.tag) {
       case Tag.Heartbeat:
       case Tag.Unknown:

@@ -24,6 +24,7 @@ export function routerOptions(over: Partial<RouterOptions> & Pick<RouterOptions,
     fastdp: true,
     sleeve: true,
     trustedSubnets: [],
+    metricsAddr: '',
     peers: [],
     ...over,
   };
