@@ -59,6 +59,13 @@ export interface ApiResponse {
   body: string;
 }
 
+/**
+ * How long the CLI waits for an answer. Requests that may wait for IPAM are bounded by the router
+ * (--ipalloc-timeout, or the request's own timeout) and answer with the reason, so only a router
+ * that does not answer at all meets this.
+ */
+const REQUEST_TIMEOUT_MS = 10 * 60_000;
+
 export async function request(t: Target, method: string, path: string, body?: unknown): Promise<ApiResponse> {
   const addr = apiAddress(t);
   let res: Response;
@@ -67,7 +74,7 @@ export async function request(t: Target, method: string, path: string, body?: un
       method,
       headers: body === undefined ? {} : { 'content-type': 'application/json' },
       body: body === undefined ? undefined : JSON.stringify(body),
-      signal: AbortSignal.timeout(30_000),
+      signal: AbortSignal.timeout(method === 'GET' && !path.startsWith('/ring') ? 30_000 : REQUEST_TIMEOUT_MS),
     });
   } catch (err) {
     const cause = (err as { cause?: { code?: string } }).cause?.code ?? (err as Error).message;

@@ -30,7 +30,8 @@ function routerArgs(cmd: Command): string[] {
       continue;
     }
     const value = v[key];
-    if (typeof value === 'number' && /interval/i.test(key)) args.push(opt.long!, `${value}ms`);
+    // Durations were parsed to milliseconds: pass them on with their unit (a bare number means seconds).
+    if (typeof value === 'number' && /interval|timeout/i.test(key)) args.push(opt.long!, `${value}ms`);
     else args.push(opt.long!, String(value));
   }
   return args;

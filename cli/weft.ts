@@ -167,9 +167,40 @@ withRouterLocation(
 ).action(async (args: string[], o: { subnet?: string; hostname?: string }, cmd: Command) => {
   const container = args[args.length - 1];
   const cidrs = args.slice(0, -1);
-  const ep = JSON.parse((await request(target(cmd), 'POST', '/attach', { container, cidrs, subnet: o.subnet, hostname: o.hostname })).body) as { cidrs: string[] };
+  const ep = JSON.parse((await whileWaiting(cmd, request(target(cmd), 'POST', '/attach', { container, cidrs, subnet: o.subnet, hostname: o.hostname }))).body) as { cidrs: string[] };
   console.log(ep.cidrs.join(' '));
 });
+
+/**
+ * Runs a request that may wait for IPAM (the ring starting, space from another peer), and while it
+ * waits says on stderr what for, each time that changes. The router bounds the wait and fails with
+ * the reason; this only makes the wait visible.
+ */
+async function whileWaiting<T>(cmd: Command, work: Promise<T>): Promise<T> {
+  let done = false;
+  let said = '';
+  const watch = (async () => {
+    await new Promise((r) => setTimeout(r, 1000));
+    while (!done) {
+      try {
+        const r = await getReport(cmd);
+        const p = r.ipam.pending[0];
+        const why = p ? `waiting ${Math.round(p.waitingMs / 1000)}s for IPAM: ${p.reason}` : '';
+        if (why && why.replace(/\d+s/, '') !== said.replace(/\d+s/, '')) process.stderr.write(`${why}\n`);
+        said = why || said;
+      } catch {
+        // the request itself reports errors
+      }
+      await new Promise((r) => setTimeout(r, 1000));
+    }
+  })();
+  try {
+    return await work;
+  } finally {
+    done = true;
+    void watch;
+  }
+}
 
 withRouterLocation(program.command('detach').description('detach a container and free its addresses').argument('<container>', 'netns:NAME or pid:N')).action(
   async (container: string, _o, cmd: Command) => {

@@ -169,9 +169,14 @@ describeAsRoot('IPAM on three namespace hosts', () => {
   });
 
   it('without a quorum, a request fails after the bounded wait and says what is missing', async () => {
-    cluster = await Cluster.create(1, { routerArgs: [...FAST, '--ipalloc-init', 'consensus=3'] });
+    cluster = await Cluster.create(1, { routerArgs: [...FAST, '--ipalloc-init', 'consensus=3', '--ipalloc-timeout', '4s'] });
     const [a] = cluster.hosts;
     await a.launch();
+    // attach waits for IPAM too, and says what for while it waits.
+    const attach = await a.weft(['attach', `netns:${await cluster.container('c')}`]);
+    expect(attach.code).not.toBe(0);
+    expect(attach.stderr).toMatch(/^waiting \ds for IPAM: awaiting consensus: heard from 1 of the 2 peers needed/m);
+    expect(attach.stderr).toMatch(/gave up after [45]s: awaiting consensus/); // --ipalloc-timeout reached the router through launch
     const pending = a.weft(['ipam', 'alloc', 'lonely', '--timeout', '3']);
     const shown = await eventually('status ipam to show the waiting request', async () => {
       const s = await a.weft(['status', 'ipam']);
