@@ -207,7 +207,8 @@ export function renderStatus(r: Report): string {
     ['Encryption', r.encryption === 'password' ? 'enabled, password set' : 'enabled, no password (any peer may join)'],
     ['PeerDiscovery', r.discovery ? 'enabled' : 'disabled'],
     ['Targets', String(r.targets.filter((t) => t.direct).length)],
-    ['Connections', `${live} (${established} established${failed ? `, ${failed} failed` : ''})`],
+    ['Connections', `${live} (${established} established${failed ? `, ${failed} failed: see weft status connections` : ''})`],
+    ...overlaySummary(r),
     ['Peers', `${r.peers.length} (with ${peerConns} established connections)`],
     ['ConnLimit', r.connLimit === 0 ? 'none' : String(r.connLimit)],
     ['IPAM', `${r.ipam.state}${r.ipam.pending.length ? ` (${r.ipam.pending.length} request(s) waiting; see weft status ipam)` : ''}`],
@@ -216,6 +217,16 @@ export function renderStatus(r: Report): string {
     ['Datapath', r.datapath ? `${r.datapath.fastdp ? 'fastdp (kernel VXLAN)' : 'fastdp off'}, ${r.datapath.sleeve.running ? 'sleeve (userspace UDP)' : `no sleeve (${r.datapath.sleeve.error})`}, mtu ${r.datapath.mtu}, ${r.datapath.localEndpoints.length} container(s) attached here${r.datapath.exposed.length ? `, host exposed as ${r.datapath.exposed.join(' ')}` : ''}${r.datapath.lastError ? `; last error: ${r.datapath.lastError}` : ''}` : 'none (control plane only)'],
   ];
   return lines.map(([k, v]) => `${k.padStart(16)}: ${v}`).join('\n') + '\n';
+}
+
+/** A status line saying how established connections carry data, when any is not on fastdp. */
+function overlaySummary(r: Report): [string, string][] {
+  const est = r.connections.filter((c) => c.state === 'established' && c.overlay);
+  const by = (o: string) => est.filter((c) => c.overlay === o).length;
+  if (est.length === 0 || by('fastdp') === est.length) return [];
+  const parts = [`${by('fastdp')} fastdp`, `${by('sleeve')} sleeve`];
+  if (by('none')) parts.push(`${by('none')} with no data path`);
+  return [['Overlays', `${parts.join(', ')} (why: weft status connections)`]];
 }
 
 export function renderConnections(r: Report): string {

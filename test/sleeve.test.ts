@@ -75,7 +75,9 @@ describeAsRoot('sleeve across namespace hosts', () => {
     // 1 MB of TCP arrives as TSO super-frames (up to 64 KB each) plus acknowledgements.
     expect(sb.framesIn).toBeGreaterThan(16);
     expect(sb.malformed + sb.refused).toBeGreaterThan(0);
-    expect((await b.weft(['status'])).stdout).toMatch(/Datapath: fastdp off, sleeve \(userspace UDP\)/);
+    const status = (await b.weft(['status'])).stdout;
+    expect(status).toMatch(/Datapath: fastdp off, sleeve \(userspace UDP\)/);
+    expect(status).toMatch(/Overlays: 0 fastdp, 1 sleeve \(why: weft status connections\)/);
   });
 
   it('VXLAN blocked between two hosts: the connection falls back to the sleeve and traffic flows; unblocked: fastdp again', async () => {
