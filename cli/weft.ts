@@ -62,12 +62,13 @@ withRouterLocation(
     .command('status')
     .description('show the router status: a summary, or one view')
     .argument('[view]', `one of: ${VIEWS.join(', ')}`)
-    .option('--json', 'print the full report as JSON'),
+    .option('--json', 'as JSON: the view\'s part of the report (the whole report without a view)'),
 ).action(async (view: string | undefined, o: { json?: boolean }, cmd: Command) => {
   if (view !== undefined && !VIEWS.includes(view)) throw new CliError(`unknown status view "${view}"; views: ${VIEWS.join(', ')}`, 2);
   const report = await getReport(cmd);
   if (o.json) {
-    console.log(JSON.stringify(report, null, 2));
+    const part = view === undefined ? report : report[view as 'peers' | 'connections' | 'targets' | 'ipam' | 'dns'];
+    console.log(JSON.stringify(part, null, 2));
     return;
   }
   const render = { peers: renderPeers, connections: renderConnections, targets: renderTargets, ipam: renderIpam, dns: renderDns }[view ?? ''] ?? renderStatus;

@@ -69,6 +69,17 @@ describeAsRoot('metrics and the topology page', () => {
     expect(metric(text, 'weft_ipam_addresses', { state: 'free' })).toBeLessThan(range);
   });
 
+  it('every status view has --json with that view\'s part of the report', async () => {
+    const [a] = cluster.hosts;
+    const json = async (view: string) => JSON.parse((await a.weft(['status', view, '--json'])).stdout) as unknown;
+    const conns = (await json('connections')) as { overlay: string }[];
+    expect(conns.map((c) => c.overlay)).toEqual(['fastdp', 'fastdp']);
+    expect(((await json('peers')) as unknown[]).length).toBe(3);
+    expect((await json('ipam')) as { range: string }).toMatchObject({ range: '10.32.0.0/12' });
+    expect(((await json('dns')) as { entries: unknown[] }).entries.length).toBe(3);
+    expect(Array.isArray(await json('targets'))).toBe(true);
+  });
+
   it('the topology page draws three peers and their connections, coloured by overlay', async () => {
     if (!existsSync(CHROMIUM)) throw new Error(`${CHROMIUM} is missing: apt-get install chromium (.ci/run does)`);
     const [a] = cluster.hosts;
