@@ -8,11 +8,37 @@ import { existsSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { BRIDGE } from './bridge.js';
 import { ip, ipJson, linkExists } from './iproute.js';
 
-export const CONTAINER_IF = 'ethwe';
+/** The container's interface, unless the caller names another (CNI_IFNAME). */
+export const DEFAULT_IF = 'ethwe';
 const execFileP = promisify(execFile);
 
-/** Where a container's network namespace is, from `netns:NAME` or `pid:N`; a readable error otherwise. */
+/**
+ * Network namespaces of `cni:ID` containers, as the CNI runtime named them (CNI_NETNS): the router
+ * learns each at attach and keeps it with the endpoint, so a restarted router finds it again.
+ */
+const cniNetns = new Map<string, string>();
+
+const CNI_NETNS_PATH = /^(\/var)?\/run\/netns\/[A-Za-z0-9_.-]{1,128}$|^\/proc\/\d{1,10}\/ns\/net$/;
+
+export function rememberNetns(container: string, path: string): void {
+  if (!/^cni:[A-Za-z0-9_.-]{1,128}$/.test(container)) throw new Error(`a network namespace path is only taken for cni:ID containers, not "${container}"`);
+  if (!CNI_NETNS_PATH.test(path)) throw new Error(`network namespace path "${path}" is not under /run/netns, /var/run/netns or /proc/N/ns/net`);
+  cniNetns.set(container, path);
+}
+
+export function forgetNetns(container: string): void {
+  cniNetns.delete(container);
+}
+
+/** Where a container's network namespace is, from `netns:NAME`, `pid:N` or `cni:ID`; a readable error otherwise. */
 export function netnsPathOf(container: string): string {
+  const cni = /^cni:[A-Za-z0-9_.-]{1,128}$/.exec(container);
+  if (cni) {
+    const p = cniNetns.get(container);
+    if (!p) throw new Error(`no network namespace known for ${container} (a CNI ADD gives it)`);
+    if (!existsSync(p)) throw new Error(`the network namespace of ${container} (${p}) is gone`);
+    return p;
+  }
   const ns = /^netns:([A-Za-z0-9_.-]{1,64})$/.exec(container);
   if (ns) {
     const p = `/run/netns/${ns[1]}`;
@@ -25,7 +51,7 @@ export function netnsPathOf(container: string): string {
     if (!existsSync(p)) throw new Error(`no process ${pid[1]}`);
     return p;
   }
-  throw new Error(`unknown container "${container}": use netns:NAME or pid:N (Docker containers come with the Docker support)`);
+  throw new Error(`unknown container "${container}": use netns:NAME, pid:N or cni:ID (Docker containers come with the Docker support)`);
 }
 
 /** The host end's name: short (IFNAMSIZ is 16) and stable for a container. */
@@ -47,16 +73,16 @@ export interface DnsReach {
   resolvConf: string;
 }
 
-export async function attachContainer(container: string, cidrs: string[], mtu: number, dns?: DnsReach): Promise<AttachResult> {
+export async function attachContainer(container: string, cidrs: string[], mtu: number, dns?: DnsReach, ifname = DEFAULT_IF): Promise<AttachResult> {
   const ns = netnsPathOf(container);
   const hostIf = hostIfName(container);
   const peerTmp = `vp${hostIf.slice(2)}`;
-  if (!(await linkExists(CONTAINER_IF, ns))) {
+  if (!(await linkExists(ifname, ns))) {
     if (await linkExists(hostIf)) await ip(['link', 'del', hostIf]); // a leftover from a half-done attach
     await ip(['link', 'add', hostIf, 'mtu', String(mtu), 'type', 'veth', 'peer', 'name', peerTmp, 'mtu', String(mtu)]);
     try {
       await ip(['link', 'set', peerTmp, 'netns', ns]);
-      await ip(['link', 'set', peerTmp, 'name', CONTAINER_IF], ns);
+      await ip(['link', 'set', peerTmp, 'name', ifname], ns);
     } catch (err) {
       await ip(['link', 'del', hostIf]).catch(() => undefined);
       throw err;
@@ -64,22 +90,22 @@ export async function attachContainer(container: string, cidrs: string[], mtu: n
   }
   await ip(['link', 'set', hostIf, 'master', BRIDGE, 'up']);
   await ip(['link', 'set', 'lo', 'up'], ns);
-  const have = await ipJson<{ addr_info?: { local: string; prefixlen: number }[] }[]>(['addr', 'show', 'dev', CONTAINER_IF], ns);
+  const have = await ipJson<{ addr_info?: { local: string; prefixlen: number }[] }[]>(['addr', 'show', 'dev', ifname], ns);
   const existing = new Set((have[0]?.addr_info ?? []).map((a) => `${a.local}/${a.prefixlen}`));
-  for (const c of cidrs) if (!existing.has(c)) await ip(['addr', 'add', c, 'dev', CONTAINER_IF], ns);
+  for (const c of cidrs) if (!existing.has(c)) await ip(['addr', 'add', c, 'dev', ifname], ns);
   // arp_notify: a gratuitous ARP when ethwe comes up or its address changes, so neighbours that cached an
   // old MAC for the address (a container re-attached) learn the new one at once.
-  await execFileP('nsenter', [`--net=${ns}`, 'sh', '-c', `echo 1 > /proc/sys/net/ipv4/conf/${CONTAINER_IF}/arp_notify`]).catch(() => undefined);
-  await ip(['link', 'set', CONTAINER_IF, 'mtu', String(mtu), 'up'], ns);
+  await execFileP('nsenter', [`--net=${ns}`, 'sh', '-c', `echo 1 > /proc/sys/net/ipv4/conf/${ifname}/arp_notify`]).catch(() => undefined);
+  await ip(['link', 'set', ifname, 'mtu', String(mtu), 'up'], ns);
   // Each address brings the route for its own subnet (the whole range for the default subnet), and no
   // more: a container in a narrower subnet has no route to the others, which is what isolates subnets.
   // Multicast goes out ethwe too, so it floods over the overlay.
-  await ip(['route', 'replace', '224.0.0.0/4', 'dev', CONTAINER_IF], ns).catch(() => undefined);
+  await ip(['route', 'replace', '224.0.0.0/4', 'dev', ifname], ns).catch(() => undefined);
   if (dns) {
     // The DNS server lives on this host's bridge: a direct route, and its MAC fixed, so no ARP for it
     // ever floods over the overlay (every host's bridge has that address).
-    await ip(['route', 'replace', `${dns.ip}/32`, 'dev', CONTAINER_IF], ns);
-    await ip(['neigh', 'replace', dns.ip, 'lladdr', dns.bridgeMac, 'dev', CONTAINER_IF, 'nud', 'permanent'], ns);
+    await ip(['route', 'replace', `${dns.ip}/32`, 'dev', ifname], ns);
+    await ip(['neigh', 'replace', dns.ip, 'lladdr', dns.bridgeMac, 'dev', ifname, 'nud', 'permanent'], ns);
     const named = /^netns:(.+)$/.exec(container);
     if (named) {
       // `ip netns exec` binds /etc/netns/NAME/* over /etc: containers that are named namespaces use weft's DNS.
@@ -87,12 +113,12 @@ export async function attachContainer(container: string, cidrs: string[], mtu: n
       writeFileSync(`/etc/netns/${named[1]}/resolv.conf`, dns.resolvConf);
     }
   }
-  const link = (await ipJson<{ address: string }[]>(['link', 'show', 'dev', CONTAINER_IF], ns))[0];
+  const link = (await ipJson<{ address: string }[]>(['link', 'show', 'dev', ifname], ns))[0];
   return { mac: link.address, hostIf };
 }
 
 /** Removes the container's ethwe (its veth peer goes with it). A container that is gone needs nothing. */
-export async function detachContainer(container: string): Promise<void> {
+export async function detachContainer(container: string, ifname = DEFAULT_IF): Promise<void> {
   const hostIf = hostIfName(container);
   let ns: string | null = null;
   try {
@@ -100,7 +126,7 @@ export async function detachContainer(container: string): Promise<void> {
   } catch {
     /* the container is gone */
   }
-  if (ns && (await linkExists(CONTAINER_IF, ns))) await ip(['link', 'del', CONTAINER_IF], ns);
+  if (ns && (await linkExists(ifname, ns))) await ip(['link', 'del', ifname], ns);
   const named = /^netns:(.+)$/.exec(container);
   if (named) rmSync(`/etc/netns/${named[1]}/resolv.conf`, { force: true });
   if (await linkExists(hostIf)) await ip(['link', 'del', hostIf]);

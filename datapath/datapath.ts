@@ -7,7 +7,7 @@ import { formatIp, parseCidr } from '../ipam/addr.js';
 import type { Allocator } from '../ipam/allocator.js';
 import type { Mesh } from '../router/mesh/mesh.js';
 import { hostOf } from '../router/mesh/connection-maker.js';
-import { attachContainer, detachContainer, netnsPathOf } from './attach.js';
+import { attachContainer, detachContainer, forgetNetns, netnsPathOf, rememberNetns } from './attach.js';
 import { BRIDGE, VXLAN_OVERHEAD, bridgeMac, ensureBridge, removeBridge, underlayMtu } from './bridge.js';
 import { EndpointTable, type Endpoint } from './endpoints.js';
 import { FLOOD_MAC, programFdb, programNeighbours, readFdb, type FdbEntry, type NeighEntry } from './fastdp.js';
@@ -110,10 +110,14 @@ export class Datapath {
     const alive: Endpoint[] = [];
     for (const e of saved) {
       try {
+        if (e.netns) rememberNetns(e.container, e.netns);
         netnsPathOf(e.container);
         alive.push(e);
       } catch {
-        this.mesh.log.info({ container: e.container }, 'attached container is gone; forgetting it');
+        this.mesh.log.info({ container: e.container }, 'attached container is gone; forgetting it and freeing its addresses');
+        await detachContainer(e.container, e.ifname).catch(() => undefined);
+        await this.ipam.free(e.container).catch(() => undefined);
+        forgetNetns(e.container);
       }
     }
     this.setLocal(alive);
@@ -234,7 +238,9 @@ export class Datapath {
     if (alive.length !== this.endpoints.local.length) {
       for (const e of this.endpoints.local) {
         if (alive.includes(e)) continue;
-        await detachContainer(e.container).catch(() => undefined); // its leftovers: host veth, resolv.conf
+        await detachContainer(e.container, e.ifname).catch(() => undefined); // its leftovers: host veth, resolv.conf
+        await this.ipam.free(e.container).catch(() => undefined);
+        forgetNetns(e.container);
         for (const fn of this.onGone) fn(e.container);
       }
       this.setLocal(alive);
@@ -345,8 +351,12 @@ export class Datapath {
     this.endpoints.setLocal(endpoints);
   }
 
-  /** Attaches a container; with no addresses given, one comes from IPAM. Returns its endpoint. */
-  async attach(container: string, cidrs: string[], subnet?: string): Promise<Endpoint> {
+  /**
+   * Attaches a container; with no addresses given, one comes from IPAM. Returns its endpoint.
+   * A CNI container (`cni:ID`) comes with its namespace path and interface name.
+   */
+  async attach(container: string, cidrs: string[], subnet?: string, cni?: { netns: string; ifname: string }): Promise<Endpoint> {
+    if (cni) rememberNetns(container, cni.netns);
     netnsPathOf(container); // a clear error before anything is allocated
     let addrs = cidrs.map((c) => {
       const p = parseCidr(c, true);
@@ -367,19 +377,26 @@ export class Datapath {
       addrs,
       this.mtu,
       dns ? { ip: dns.ip, bridgeMac: bridgeMac(this.mesh.name), resolvConf: `# written by weft attach\nnameserver ${dns.ip}\nsearch ${dns.domain.replace(/\.$/, '')}\n` } : undefined,
+      cni?.ifname,
     );
     if (dns) for (const a of addrs) await ip(['route', 'replace', `${a.split('/')[0]}/32`, 'dev', BRIDGE, 'src', dns.ip]).catch(() => undefined);
     const prev = this.endpoints.local.find((e) => e.container === container);
-    const ep: Endpoint = { container, mac, cidrs: [...new Set([...(prev?.cidrs ?? []), ...addrs])] };
+    const ep: Endpoint = { container, mac, cidrs: [...new Set([...(prev?.cidrs ?? []), ...addrs])], ...(cni ? { netns: cni.netns, ifname: cni.ifname } : {}) };
     this.setLocal([...this.endpoints.local.filter((e) => e.container !== container), ep]);
     return ep;
+  }
+
+  /** Frees a container's addresses in IPAM, if it has any (not attached, or half attached). */
+  async freeAddresses(container: string): Promise<void> {
+    await this.ipam.free(container).catch(() => undefined);
   }
 
   /** Detaches a container and frees its addresses. */
   async detach(container: string): Promise<Endpoint> {
     const ep = this.endpoints.local.find((e) => e.container === container);
     if (!ep) throw new Error(`container ${container} is not attached here`);
-    await detachContainer(container);
+    await detachContainer(container, ep.ifname);
+    forgetNetns(container);
     if (this.config.dns) for (const c of ep.cidrs) await ip(['route', 'del', `${c.split('/')[0]}/32`, 'dev', BRIDGE]).catch(() => undefined);
     this.setLocal(this.endpoints.local.filter((e) => e.container !== container));
     await this.ipam.free(container).catch(() => undefined);

@@ -13,6 +13,9 @@ export interface Endpoint {
   mac: string;
   /** "ip/prefix" */
   cidrs: string[];
+  /** Local only (not gossiped): a CNI container's namespace path and interface name. */
+  netns?: string;
+  ifname?: string;
 }
 
 const MAC = /^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/;

@@ -22,21 +22,32 @@ async function wrap<T>(fn: () => Promise<T>): Promise<T> {
 
 export function registerDatapathRoutes(app: FastifyInstance, dp: Datapath | null, names: NameService): void {
   app.post('/attach', async (req) => {
-    const b = (req.body ?? {}) as { container?: unknown; cidrs?: unknown; subnet?: unknown; hostname?: unknown };
+    const b = (req.body ?? {}) as { container?: unknown; cidrs?: unknown; subnet?: unknown; hostname?: unknown; netns?: unknown; ifname?: unknown };
+    let cni: { netns: string; ifname: string } | undefined;
+    if (b.netns !== undefined || b.ifname !== undefined) {
+      if (typeof b.netns !== 'string' || typeof b.ifname !== 'string' || !/^[A-Za-z0-9_.-]{1,15}$/.test(b.ifname)) throw new HttpError(400, 'netns must be a path and ifname an interface name (up to 15 letters, digits, _ . -)');
+      cni = { netns: b.netns, ifname: b.ifname };
+    }
     if (b.hostname !== undefined && (typeof b.hostname !== 'string' || !/^[A-Za-z0-9.-]{1,253}$/.test(b.hostname))) throw new HttpError(400, 'hostname must be a DNS name');
     if (typeof b.container !== 'string' || b.container === '') throw new HttpError(400, 'container is required (netns:NAME or pid:N)');
     const cidrs = b.cidrs === undefined ? [] : b.cidrs;
     if (!Array.isArray(cidrs) || !cidrs.every((c) => typeof c === 'string')) throw new HttpError(400, 'cidrs must be a list of ip/prefix');
     if (b.subnet !== undefined && typeof b.subnet !== 'string') throw new HttpError(400, 'subnet must be a CIDR');
     const d = need(dp);
-    const ep = await wrap(() => d.attach(b.container as string, cidrs as string[], b.subnet as string | undefined));
+    const ep = await wrap(() => d.attach(b.container as string, cidrs as string[], b.subnet as string | undefined, cni));
     if (typeof b.hostname === 'string') for (const c of ep.cidrs) names.add(b.hostname, ep.container, c.split('/')[0]);
     return ep;
   });
 
   app.delete<{ Params: { container: string } }>('/attach/:container', async (req) => {
     const d = need(dp);
-    return wrap(() => d.detach(req.params.container));
+    const container = req.params.container;
+    if (!d.endpoints.local.some((e) => e.container === container)) {
+      // Nothing attached; an address it may hold (an attach that failed half way) goes anyway.
+      await d.freeAddresses(container);
+      throw new HttpError(404, `container ${container} is not attached here`);
+    }
+    return wrap(() => d.detach(container));
   });
 
   app.get('/fdb', async () => wrap(() => need(dp).fdb()));
