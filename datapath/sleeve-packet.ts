@@ -1,7 +1,7 @@
 // The sleeve's UDP packets. Every datagram starts with an 8-byte header:
 // version, kind (with a "sealed" bit), and the sending router's peer name (the
 // hop, which picks the key). Kinds:
-//   frames:   a message: source peer, destination peer, then Ethernet frames
+//   frames:   a message: source peer, destination peer, hops left, then Ethernet frames
 //             (each with its 10-byte virtio header), so relays need no MAC knowledge;
 //   fragment: part of a message too big for the path (id, index, count, bytes);
 //   probe:    path MTU probe of a given size, acknowledged over the mesh.
@@ -16,7 +16,9 @@ export const KIND_PROBE = 3;
 export const SEALED = 0x80;
 export const HEADER = 8;
 export const FRAGMENT_HEADER = HEADER + 8;
-export const MESSAGE_HEADER = 12;
+export const MESSAGE_HEADER = 13;
+/** Relays a message may still take; each relay takes one, so a routing loop cannot keep it alive. */
+export const MAX_HOPS = 16;
 export const SEAL_OVERHEAD = 8 + 16;
 /** IPv4 + UDP headers: what a datagram adds on the wire. */
 export const IP_UDP = 28;
@@ -45,13 +47,14 @@ export function readHeader(buf: Buffer): Header {
   return { kind, sealed: (buf[1] & SEALED) !== 0, hop: buf.subarray(2, 8) };
 }
 
-/** A message: source and destination peers (6 bytes each), then length-prefixed frames. */
-export function encodeMessage(src: Buffer, dst: Buffer, frames: Buffer[]): Buffer {
+/** A message: source and destination peers (6 bytes each), hops left, then length-prefixed frames. */
+export function encodeMessage(src: Buffer, dst: Buffer, frames: Buffer[], hops = MAX_HOPS): Buffer {
   let size = MESSAGE_HEADER;
   for (const f of frames) size += 4 + f.length;
   const out = Buffer.allocUnsafe(size);
   src.copy(out, 0, 0, 6);
   dst.copy(out, 6, 0, 6);
+  out[12] = hops;
   let o = MESSAGE_HEADER;
   for (const f of frames) {
     out.writeUInt32BE(f.length, o);
@@ -64,6 +67,7 @@ export function encodeMessage(src: Buffer, dst: Buffer, frames: Buffer[]): Buffe
 export interface Message {
   src: Buffer;
   dst: Buffer;
+  hops: number;
   frames: Buffer[];
 }
 
@@ -78,7 +82,7 @@ export function decodeMessage(buf: Buffer): Message {
     frames.push(buf.subarray(o + 4, o + 4 + len));
     o += 4 + len;
   }
-  return { src: buf.subarray(0, 6), dst: buf.subarray(6, 12), frames };
+  return { src: buf.subarray(0, 6), dst: buf.subarray(6, 12), hops: buf[12], frames };
 }
 
 function nonce(counter: number): Buffer {

@@ -41,6 +41,8 @@ const VNET_HDR = 10;
 const PROBE_INTERVAL_MS = 1000;
 /** A hop is healthy while its probes were acknowledged this recently. */
 const HEALTHY_MS = 3 * PROBE_INTERVAL_MS + 500;
+/** Remote MACs learnt from sleeve traffic, at most (the oldest go first). */
+const MAX_LEARNED = 16_384;
 /** The largest UDP payload over IPv4. */
 const MAX_UDP_PAYLOAD = 65507;
 
@@ -354,19 +356,25 @@ export class Sleeve implements Gossiper {
     if (dst !== this.mesh.name) {
       // Relay towards the destination; frames are not looked at.
       const next = this.nextHop(dst);
-      if (!next || next === hop) {
+      if (!next || next === hop || m.hops === 0) {
         this.stats.dropped++;
         return;
       }
       this.stats.relayed++;
-      this.sendMessage(next, Buffer.from(plain));
+      const fwd = Buffer.from(plain);
+      fwd[12] = m.hops - 1;
+      this.sendMessage(next, fwd);
       return;
     }
     const src = peerNameFromBytes(m.src);
     for (const f of m.frames) {
       // Learn which peer a source MAC lives at; never our own MACs.
       const smac = macText(f, VNET_HDR + 6);
-      if (!this.config.macOwner(smac) && this.learned.get(smac) !== src) this.learned.set(smac, src);
+      if (!this.config.macOwner(smac) && this.learned.get(smac) !== src) {
+        // Bounded: a peer sending from ever new MACs must not grow our memory without end.
+        if (this.learned.size >= MAX_LEARNED) this.learned.delete(this.learned.keys().next().value!);
+        this.learned.set(smac, src);
+      }
       this.tap?.queue(f);
       this.stats.framesIn++;
       this.stats.bytesIn += f.length - VNET_HDR;

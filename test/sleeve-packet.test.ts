@@ -23,6 +23,8 @@ describe('sleeve packets', () => {
     const frames = [frame(50), frame(1400), frame(0)];
     const m = decodeMessage(encodeMessage(src, dst, frames));
     expect(m.src.equals(src) && m.dst.equals(dst)).toBe(true);
+    expect(m.hops).toBe(16);
+    expect(decodeMessage(encodeMessage(src, dst, frames, 3)).hops).toBe(3);
     expect(m.frames.map((f) => f.toString('hex'))).toEqual(frames.map((f) => f.toString('hex')));
   });
 
