@@ -5,6 +5,7 @@ import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { silentLogger } from '../router/mesh/mesh.js';
 import { encodeHello, newEphemeralKey, HELLO_LENGTH } from '../router/mesh/protocol-crypto.js';
+import { PENALTY_AFTER } from '../router/mesh/tcp.js';
 import { Router } from '../router/router.js';
 import { routerOptions } from './harness/router-options.js';
 import { eventually } from './harness/cluster.js';
@@ -61,6 +62,25 @@ describe('mesh handshake over TCP', () => {
     const failed = await eventually('b to report the failure', async () => report(b).connections.find((c) => c.state === 'failed'), 5000, 20);
     expect(failed.info).toMatch(/the remote requires a password and we have none/);
     await eventually('a to report it', async () => report(a).connections.find((c) => /we have a password but the remote has none/.test(c.info)), 5000, 20);
+  });
+
+  it('refuses an address after repeated failed handshakes, telling a real peer why, for seconds only', async () => {
+    const a = await start('a', 'pw');
+    const garbage = () =>
+      new Promise<Buffer>((resolve) => {
+        const s = net.connect({ host: '127.0.0.1', port: a.opts.port }, () => s.write(Buffer.alloc(HELLO_LENGTH, 0x41)));
+        const got: Buffer[] = [];
+        s.on('data', (d) => got.push(d));
+        s.on('close', () => resolve(Buffer.concat(got)));
+        s.on('error', () => resolve(Buffer.concat(got)));
+      });
+    for (let i = 0; i < PENALTY_AFTER; i++) await garbage();
+    // Now 127.0.0.1 is refused: a peer from there learns why at once, without a key exchange.
+    const b = await start('b', 'pw', [`127.0.0.1:${a.opts.port}`]);
+    const failed = await eventually('b to be told', async () => report(b).connections.find((c) => /refuses us for \d+s after repeated failed handshakes/.test(c.info)), 5000, 20);
+    expect(failed.state).toBe('failed');
+    // The refusal lasts seconds, not forever: b gets in once it is over.
+    await eventually('b connects after the penalty', async () => a.mesh.connections.get(b.mesh.name)?.established, 20_000, 100);
   });
 
   it('survives garbage and oversized frames on its port, and keeps serving', async () => {

@@ -35,6 +35,18 @@ export interface Hello {
   max: number;
   hasPassword: boolean;
   publicKey: Buffer;
+  /** Set in a refusal: the responder will not talk to us for this many seconds. */
+  refusedForSeconds?: number;
+}
+
+/** The password-flag value that marks a refusal instead of a hello. */
+const REFUSED = 2;
+
+/** What a peer sends a source it has penalised (repeated failed handshakes), instead of a hello. */
+export function encodeRefusal(seconds: number): Buffer {
+  const body = Buffer.alloc(32);
+  body.writeUInt32BE(Math.max(1, Math.ceil(seconds)), 0);
+  return Buffer.concat([MAGIC, Buffer.from([PROTOCOL_MIN, PROTOCOL_MAX, REFUSED]), body]);
 }
 
 export function rawPublicKey(key: KeyObject): Buffer {
@@ -55,6 +67,7 @@ export function decodeHello(b: Buffer): Hello {
     throw new Error('the remote is not a weft peer (bad handshake header)');
   }
   const o = MAGIC.length;
+  if (b[o + 2] === REFUSED) return { min: b[o], max: b[o + 1], hasPassword: false, publicKey: Buffer.alloc(32), refusedForSeconds: b.readUInt32BE(o + 3) };
   return { min: b[o], max: b[o + 1], hasPassword: b[o + 2] === 1, publicKey: Buffer.from(b.subarray(o + 3)) };
 }
 

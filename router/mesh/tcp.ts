@@ -15,6 +15,7 @@ import {
   Sealer,
   checkPasswordFlags,
   decodeHello,
+  encodeRefusal,
   deriveSessionKeys,
   encodeHello,
   negotiateVersion,
@@ -217,6 +218,9 @@ export interface DialOptions {
   expect?: PeerName;
 }
 
+/** Failed handshakes in a row from one address before it is refused for a while. */
+export const PENALTY_AFTER = 5;
+
 export class TcpTransport {
   private server: net.Server | null = null;
   private tokens = 20;
@@ -224,6 +228,12 @@ export class TcpTransport {
   private readonly sockets = new Set<net.Socket>();
   /** Recent inbound handshake failures, for status. */
   readonly failures: HandshakeFailure[] = [];
+  /**
+   * Sources whose handshakes keep failing (a wrong password, garbage, a scanner): after
+   * PENALTY_AFTER failures in a row, new connections from that address get a refusal instead of a
+   * handshake, for a time that doubles with each further failure (at most a minute).
+   */
+  private readonly penalties = new Map<string, { fails: number; until: number }>();
 
   constructor(
     private readonly mesh: Mesh,
@@ -253,10 +263,33 @@ export class TcpTransport {
     }
     this.tokens--;
     const addr = addrOf(socket);
-    this.handshake(socket, false, { direct: false }).catch((err: Error) => {
-      // Losing a duplicate-connection tie-break is routine, not a failure to show.
-      if (!err.message.includes('duplicate connection')) this.recordFailure(addr, false, err.message);
-    });
+    const host = socket.remoteAddress ?? '?';
+    const p = this.penalties.get(host);
+    if (p && p.until > Date.now()) {
+      // Costs us no key exchange; tells an honest peer with a wrong password why.
+      socket.on('error', () => undefined);
+      socket.end(encodeRefusal((p.until - Date.now()) / 1000));
+      return;
+    }
+    this.handshake(socket, false, { direct: false }).then(
+      () => this.penalties.delete(host),
+      (err: Error) => {
+        // Losing a duplicate-connection tie-break is routine, not a failure to show.
+        if (err.message.includes('duplicate connection')) return;
+        this.recordFailure(addr, false, err.message);
+        if (/authentication failed|not a weft peer|timed out|version mismatch|frame/.test(err.message)) this.penalise(host);
+      },
+    );
+  }
+
+  private penalise(host: string): void {
+    const p = this.penalties.get(host) ?? { fails: 0, until: 0 };
+    p.fails++;
+    if (p.fails >= PENALTY_AFTER) p.until = Date.now() + Math.min(60_000, 1000 * 2 ** (p.fails - PENALTY_AFTER));
+    this.penalties.delete(host); // re-insert: the map's order is then oldest first
+    this.penalties.set(host, p);
+    if (this.penalties.size > 4096) this.penalties.delete(this.penalties.keys().next().value!);
+    if (p.fails === PENALTY_AFTER) this.mesh.log.warn({ host, failures: p.fails }, 'refusing this address for a while after repeated failed handshakes');
   }
 
   private recordFailure(addr: string, outbound: boolean, reason: string): void {
@@ -302,6 +335,9 @@ export class TcpTransport {
       socket.write(ourHello);
       const theirHello = await reader.read(HELLO_LENGTH);
       const theirs = decodeHello(theirHello);
+      if (theirs.refusedForSeconds !== undefined) {
+        throw new Error(`the remote refuses us for ${theirs.refusedForSeconds}s after repeated failed handshakes from this address (a different password?)`);
+      }
       negotiateVersion(ours, theirs);
       checkPasswordFlags(ours, theirs);
       const helloOut = outbound ? ourHello : theirHello;
