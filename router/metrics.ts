@@ -100,77 +100,37 @@ export function buildRegistry(router: Router): Registry {
       this.set(report().dns.entries.length);
     },
   });
-  new Counter({
-    name: 'weft_dns_queries_total',
-    help: 'DNS queries answered, by result',
-    labelNames: ['result'],
-    ...reg,
-    collect() {
-      this.reset();
-      const s = router.dns?.stats;
-      if (!s) return;
-      this.inc({ result: 'local' }, s.local);
-      this.inc({ result: 'nxdomain' }, s.nxdomain);
-      this.inc({ result: 'forwarded' }, s.forwarded);
-      this.inc({ result: 'servfail' }, s.servfail);
-      this.inc({ result: 'formerr' }, s.formerr);
-    },
+  /** A counter with one label, its values read from the router's own counters at each scrape. */
+  const countersFrom = (name: string, help: string, label: string, read: () => Record<string, number> | null) =>
+    new Counter({
+      name,
+      help,
+      labelNames: [label],
+      ...reg,
+      collect() {
+        this.reset();
+        for (const [value, n] of Object.entries(read() ?? {})) this.inc({ [label]: value }, n);
+      },
+    });
+  countersFrom('weft_dns_queries_total', 'DNS queries answered, by result', 'result', () => {
+    const s = router.dns?.stats;
+    return s ? { local: s.local, nxdomain: s.nxdomain, forwarded: s.forwarded, servfail: s.servfail, formerr: s.formerr } : null;
   });
-  new Counter({
-    name: 'weft_fdb_entries_programmed_total',
-    help: 'VXLAN fdb entries added and removed by the router',
-    labelNames: ['op'],
-    ...reg,
-    collect() {
-      this.reset();
-      const s = router.datapath?.stats;
-      if (!s) return;
-      this.inc({ op: 'added' }, s.fdbAdded);
-      this.inc({ op: 'removed' }, s.fdbRemoved);
-    },
+  countersFrom('weft_fdb_entries_programmed_total', 'VXLAN fdb entries added and removed by the router', 'op', () => {
+    const s = router.datapath?.stats;
+    return s ? { added: s.fdbAdded, removed: s.fdbRemoved } : null;
   });
-  new Counter({
-    name: 'weft_sleeve_frames_total',
-    help: 'Ethernet frames carried by the sleeve: out (from local containers), in (to them), relayed',
-    labelNames: ['direction'],
-    ...reg,
-    collect() {
-      this.reset();
-      const s = router.datapath?.sleeve?.stats;
-      if (!s) return;
-      this.inc({ direction: 'out' }, s.framesOut);
-      this.inc({ direction: 'in' }, s.framesIn);
-      this.inc({ direction: 'relayed' }, s.relayed);
-    },
+  countersFrom('weft_sleeve_frames_total', 'Ethernet frames carried by the sleeve: out (from local containers), in (to them), relayed', 'direction', () => {
+    const s = router.datapath?.sleeve?.stats;
+    return s ? { out: s.framesOut, in: s.framesIn, relayed: s.relayed } : null;
   });
-  new Counter({
-    name: 'weft_sleeve_bytes_total',
-    help: 'Ethernet frame bytes carried by the sleeve, by direction',
-    labelNames: ['direction'],
-    ...reg,
-    collect() {
-      this.reset();
-      const s = router.datapath?.sleeve?.stats;
-      if (!s) return;
-      this.inc({ direction: 'out' }, s.bytesOut);
-      this.inc({ direction: 'in' }, s.bytesIn);
-    },
+  countersFrom('weft_sleeve_bytes_total', 'Ethernet frame bytes carried by the sleeve, by direction', 'direction', () => {
+    const s = router.datapath?.sleeve?.stats;
+    return s ? { out: s.bytesOut, in: s.bytesIn } : null;
   });
-  new Counter({
-    name: 'weft_sleeve_drops_total',
-    help: 'Sleeve packets not delivered, by reason (no route, refused: unknown sender or failed authentication, malformed, queue full)',
-    labelNames: ['reason'],
-    ...reg,
-    collect() {
-      this.reset();
-      const sl = router.datapath?.sleeve;
-      if (!sl) return;
-      const c = sl.counters();
-      this.inc({ reason: 'no_route' }, c.dropped);
-      this.inc({ reason: 'refused' }, c.refused);
-      this.inc({ reason: 'malformed' }, c.malformed);
-      this.inc({ reason: 'queue_full' }, (c.udp?.txDropped ?? 0) + (c.tap?.txDropped ?? 0));
-    },
+  countersFrom('weft_sleeve_drops_total', 'Sleeve packets not delivered, by reason (no route, refused: unknown sender or failed authentication, malformed, queue full)', 'reason', () => {
+    const c = router.datapath?.sleeve?.counters();
+    return c ? { no_route: c.dropped, refused: c.refused, malformed: c.malformed, queue_full: (c.udp?.txDropped ?? 0) + (c.tap?.txDropped ?? 0) } : null;
   });
   return registry;
 }
