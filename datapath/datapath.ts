@@ -118,6 +118,7 @@ export class Datapath {
         await detachContainer(e.container, e.ifname).catch(() => undefined);
         await this.ipam.free(e.container).catch(() => undefined);
         forgetNetns(e.container);
+        for (const fn of this.onGone) fn(e.container);
       }
     }
     this.setLocal(alive);

@@ -2,6 +2,7 @@
 // record of the names it registered (see PeerRecords: merged per origin by
 // version and content; a removal is a newer record, so no tombstones); records
 // of peers that left the mesh go after 30 s.
+import { existsSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import type { Mesh } from '../router/mesh/mesh.js';
 import type { PeerName } from '../router/mesh/peer-name.js';
 import { PeerRecords, comparePeerRecords, mergePeerRecords, type EntryCodec, type PeerRecord } from '../router/mesh/peer-records.js';
@@ -84,14 +85,45 @@ export class NameTable {
   }
 }
 
-/** The name table as the `dns` gossip channel, with this peer's own record. */
+/** Names saved by a previous run; unreadable or malformed entries are reported and skipped. */
+function loadNames(path: string, mesh: Mesh): NameEntry[] {
+  if (!existsSync(path)) return [];
+  try {
+    const list = JSON.parse(readFileSync(path, 'utf8')) as unknown;
+    if (!Array.isArray(list)) throw new Error('not a list');
+    return list.map((e) => nameCodec.fromWire(nameCodec.toWire(e as NameEntry)));
+  } catch (err) {
+    mesh.log.error({ path, err: (err as Error).message }, 'saved DNS names are unreadable; starting without them');
+    return [];
+  }
+}
+
+/**
+ * The name table as the `dns` gossip channel, with this peer's own record. With `persistPath`,
+ * this peer's names are kept on disk, so a restarted router (even after kill -9) announces them
+ * again instead of superseding them with an empty record.
+ */
 export class NameService extends PeerRecords<NameEntry> {
   readonly table: NameTable;
 
-  constructor(mesh: Mesh, graceMs = 30_000) {
+  constructor(
+    mesh: Mesh,
+    graceMs = 30_000,
+    private readonly persistPath?: string,
+  ) {
     super(mesh, DNS_CHANNEL, nameCodec, graceMs);
     this.table = new NameTable(this.records);
     this.onChange(() => this.table.touch());
+    const saved = persistPath ? loadNames(persistPath, mesh) : [];
+    if (saved.length > 0) this.setLocal(saved);
+  }
+
+  override setLocal(entries: NameEntry[]): void {
+    super.setLocal(entries);
+    if (this.persistPath) {
+      writeFileSync(`${this.persistPath}.tmp`, JSON.stringify(entries, null, 2) + '\n');
+      renameSync(`${this.persistPath}.tmp`, this.persistPath);
+    }
   }
 
   add(hostname: string, container: string, ip: string): void {

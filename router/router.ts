@@ -114,7 +114,7 @@ export class Router {
             dns: dnsOnBridge ? { ip: DNS_BRIDGE_IP, domain: opts.dnsDomain } : undefined,
           })
         : null;
-    const names = new NameService(mesh);
+    const names = new NameService(mesh, undefined, join(opts.dataDir, 'names.json'));
     datapath?.onGone.push((container) => names.remove({ container }));
     const listen = opts.dns ? (opts.dnsListenAddress ?? (dnsOnBridge ? `${DNS_BRIDGE_IP}:53` : null)) : null;
     let dns: DnsServer | null = null;

@@ -46,6 +46,23 @@ describeAsRoot('DNS across namespace hosts', () => {
     expect((await a.weft(['dns-args'])).stdout.trim()).toBe('--dns=169.254.83.83 --dns-search=weft.local');
   });
 
+  it('names survive their router being killed with -9 and restarted (found by the chaos suite)', async () => {
+    cluster = await Cluster.create(2, { routerArgs: ['--heartbeat-interval', '500ms', '--gossip-interval', '1s', '--ipalloc-init', 'consensus=2'] });
+    const [a, b] = cluster.hosts;
+    await a.launch();
+    await b.launch([a.ip]);
+    const c2 = await cluster.container('db');
+    expect((await b.weft(['attach', '-h', 'db.weft.local', `netns:${c2}`])).code).toBe(0);
+    await eventually('db known on A', async () => (await a.weft(['dns-lookup', 'db.weft.local'])).stdout.trim() !== '');
+    await b.kill();
+    await b.launch([a.ip]);
+    await eventually('B connected again', async () => (await a.report<Report>()).connections.some((c) => c.state === 'established'));
+    // Long enough for the restarted router's record to supersede its old one everywhere.
+    await new Promise((r) => setTimeout(r, 4000));
+    expect((await a.weft(['dns-lookup', 'db.weft.local'])).stdout.trim()).not.toBe('');
+    expect((await b.weft(['status', 'dns'])).stdout).toMatch(/^db\s/m);
+  });
+
   it('the names of a host that is killed, and so leaves the mesh, are gone everywhere after the grace period', async () => {
     cluster = await Cluster.create(2, { routerArgs: ['--heartbeat-interval', '500ms', '--gossip-interval', '1s', '--ipalloc-init', 'consensus=2'] });
     const [a, b] = cluster.hosts;
