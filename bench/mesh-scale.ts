@@ -7,6 +7,7 @@
 //   npm run build && node --expose-gc dist/bench/mesh-scale.js [--sizes 100,300,1000] [--seed 1]
 import { Mesh, defaultMeshTimings, silentLogger } from '../router/mesh/mesh.js';
 import { connectInMemory } from '../router/mesh/memory-link.js';
+import { seededRandom } from '../test/harness/random.js';
 
 interface Result {
   peers: number;
@@ -28,21 +29,10 @@ function arg(name: string, fallback: string): string {
   return i > 0 && process.argv[i + 1] ? process.argv[i + 1] : fallback;
 }
 
-/** A small seeded PRNG, so both modes get the very same graph. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 /** Edges of a connected random graph with degree about 5-10: a random spanning tree plus random extra edges. */
 function graph(n: number, seed: number): [number, number][] {
-  const rnd = prng(seed);
+  const rnd = seededRandom(seed);
   const edges = new Set<string>();
   const out: [number, number][] = [];
   const add = (a: number, b: number) => {

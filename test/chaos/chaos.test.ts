@@ -10,23 +10,13 @@ import type { Report } from '../../router/report.js';
 import { Cluster, eventually, type Host } from '../harness/cluster.js';
 import { describeAsRoot } from '../harness/root.js';
 import { echo, echoServer } from '../harness/traffic.js';
+import { seededRandom } from '../harness/random.js';
 
 const SECONDS = Number(process.env.WEFT_CHAOS_SECONDS ?? 45);
 const SEED = Number(process.env.WEFT_CHAOS_SEED ?? Date.now() % 1_000_000);
 const HOSTS = 5;
 const CONTAINERS_PER_HOST = 3;
 
-/** A small seeded generator (mulberry32), so a failing run can be repeated with its seed. */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 let cluster: Cluster | null = null;
 afterAll(async () => {
@@ -42,7 +32,7 @@ interface Slot {
 
 describeAsRoot('chaos', () => {
   it(`${HOSTS} hosts under kills, partitions and churn keep every invariant`, async () => {
-    const random = rng(SEED);
+    const random = seededRandom(SEED);
     const pick = <T>(xs: T[]): T => xs[Math.floor(random() * xs.length)];
     cluster = await Cluster.create(HOSTS, { routerArgs: ['--heartbeat-interval', '500ms', '--gossip-interval', '1s', '--ipalloc-init', `consensus=${HOSTS}`, '--ipalloc-timeout', '5s'] });
     const hosts = cluster.hosts;
