@@ -7,9 +7,11 @@ import { afterAll, beforeAll, expect, it } from 'vitest';
 import type { Report } from '../router/report.js';
 import { Cluster, eventually, type Host } from './harness/cluster.js';
 import { describeAsRoot } from './harness/root.js';
+import { run } from './harness/exec.js';
 
 const CHROMIUM = '/usr/bin/chromium';
 let cluster: Cluster;
+const containerNs: string[] = [];
 
 /** GET a URL from inside a host's namespace (its loopback is its own). */
 async function fetchIn(h: Host, url: string): Promise<string> {
@@ -39,6 +41,7 @@ describeAsRoot('metrics and the topology page', () => {
     await c.launch([b.ip]);
     for (const [h, name] of [[a, 'one'], [b, 'two'], [c, 'three']] as const) {
       const ns = await cluster.container(name);
+      containerNs.push(ns);
       const r = await h.weft(['attach', '-h', `${name}.weft.local`, `netns:${ns}`]);
       if (r.code !== 0) throw new Error(`attach on ${h.nickname}: ${r.stderr}`);
     }
@@ -67,6 +70,16 @@ describeAsRoot('metrics and the topology page', () => {
     const range = metric(text, 'weft_ipam_addresses', { state: 'range' })!;
     expect(range).toBe(2 ** 20);
     expect(metric(text, 'weft_ipam_addresses', { state: 'free' })).toBeLessThan(range);
+  });
+
+  it('the HTTP API is not reachable from a container, at any address of its host', async () => {
+    const [a] = cluster.hosts;
+    const probe = async (url: string) => (await run('ip', ['netns', 'exec', containerNs[0], process.execPath, '-e', `fetch(${JSON.stringify(url)}, { signal: AbortSignal.timeout(2000) }).then(() => console.log('open'), (e) => console.log('closed', e.cause?.code ?? e.name))`])).stdout.trim();
+    for (const addr of ['169.254.83.83', a.ip]) expect(await probe(`http://${addr}:6784/status`)).toMatch(/^closed/);
+    // The probe itself works: the metrics port (all addresses by default, as --metrics-addr says) answers it.
+    expect(await probe('http://169.254.83.83:6782/metrics')).toBe('open');
+    // From the host itself it answers.
+    expect(await fetchIn(a, 'http://127.0.0.1:6784/status')).toMatch(/Name:/);
   });
 
   it('every status view has --json with that view\'s part of the report', async () => {
