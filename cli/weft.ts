@@ -301,7 +301,7 @@ withRouterLocation(
   } else if (!o.force) {
     throw new CliError(`no weft router is running (data dir ${t.dataDir}); weft reset --force deletes the data without handing over its ranges`);
   }
-  for (const f of ['ipam', 'identity.json', 'router.json']) rmSync(join(t.dataDir, f), { recursive: true, force: true });
+  for (const f of ['ipam', 'identity.json', 'router.json', 'names.json']) rmSync(join(t.dataDir, f), { recursive: true, force: true });
   console.log(`removed weft's state from ${t.dataDir}`);
 });
 

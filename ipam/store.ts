@@ -1,6 +1,9 @@
 // IPAM's persistent state in the data directory (lmdb, transactional): the
 // ring and every container's addresses, so a restarted router, even after
 // kill -9, hands out nothing twice.
+import { spawnSync } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { createRequire } from 'node:module';
 import { open, type RootDatabase } from 'lmdb';
 import { join } from 'node:path';
 import { formatCidr, type Cidr } from './addr.js';
@@ -15,6 +18,24 @@ interface Meta {
   peer: PeerName;
 }
 
+/**
+ * Reads the whole store once in a child process. lmdb is native code: a damaged file can abort the
+ * process that opens it, which must not be the router (it would crash at every start, saying
+ * nothing useful). Throws with what to do when the child does not come back cleanly.
+ */
+export function checkStoreReadable(path: string): void {
+  if (!existsSync(path)) return;
+  const lmdb = createRequire(import.meta.url).resolve('lmdb');
+  const script = `const { open } = require(${JSON.stringify(lmdb)}); const db = open({ path: ${JSON.stringify(path)}, compression: false, readOnly: true }); let n = 0; for (const e of db.getRange()) { n++; } db.close(); process.stdout.write(String(n));`;
+  const r = spawnSync(process.execPath, ['-e', script], { encoding: 'utf8', timeout: 30_000 });
+  if (r.status === 0) return;
+  const how = r.signal ? `reading it crashed (${r.signal})` : r.error ? r.error.message : (r.stderr.split('\n').find((l) => /Error/.test(l)) ?? `exit code ${r.status}`).trim();
+  throw new Error(
+    `the IPAM store in ${path} is damaged: ${how}. It was left as it is. Move it away (or run weft reset --force) to start IPAM afresh on this peer; ` +
+      `addresses this peer had handed out are then unknown to it, so detach and re-attach its containers`,
+  );
+}
+
 export class IpamStore {
   private readonly db: RootDatabase;
 
@@ -23,6 +44,7 @@ export class IpamStore {
     private readonly range: Cidr,
     private readonly peer: PeerName,
   ) {
+    checkStoreReadable(join(dir, 'ipam'));
     this.db = open({ path: join(dir, 'ipam'), compression: false });
     const meta = this.db.get('meta') as Meta | undefined;
     if (meta) {
