@@ -2,7 +2,8 @@
 // record of the names it registered (see PeerRecords: merged per origin by
 // version and content; a removal is a newer record, so no tombstones); records
 // of peers that left the mesh go after 30 s.
-import { existsSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
+import { writeJsonAtomically } from '../router/json-file.js';
 import type { Mesh } from '../router/mesh/mesh.js';
 import type { PeerName } from '../router/mesh/peer-name.js';
 import { PeerRecords, comparePeerRecords, mergePeerRecords, type EntryCodec, type PeerRecord } from '../router/mesh/peer-records.js';
@@ -120,10 +121,7 @@ export class NameService extends PeerRecords<NameEntry> {
 
   override setLocal(entries: NameEntry[]): void {
     super.setLocal(entries);
-    if (this.persistPath) {
-      writeFileSync(`${this.persistPath}.tmp`, JSON.stringify(entries, null, 2) + '\n');
-      renameSync(`${this.persistPath}.tmp`, this.persistPath);
-    }
+    if (this.persistPath) writeJsonAtomically(this.persistPath, entries);
   }
 
   add(hostname: string, container: string, ip: string): void {

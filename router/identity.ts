@@ -2,7 +2,8 @@
 // same peer: its name and its static Ed25519 key. Written with
 // write-then-rename, readable only by root.
 import { createPublicKey, generateKeyPairSync, randomBytes } from 'node:crypto';
-import { mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync } from 'node:fs';
+import { writeJsonAtomically } from './json-file.js';
 import { join } from 'node:path';
 import { rawPublicKey } from './mesh/protocol-crypto.js';
 import { isPeerName, randomPeerName, type PeerName } from './mesh/peer-name.js';
@@ -47,9 +48,7 @@ export function loadIdentity(dataDir: string, nameOverride?: PeerName): Identity
   if (!stored || (nameOverride && nameOverride !== stored.name)) {
     const privateKey = stored?.privateKey ?? generateKeyPairSync('ed25519').privateKey.export({ format: 'pem', type: 'pkcs8' }).toString();
     stored = { name: nameOverride ?? randomPeerName(), privateKey };
-    const tmp = `${path}.${randomBytes(4).toString('hex')}.tmp`;
-    writeFileSync(tmp, JSON.stringify(stored, null, 2) + '\n', { mode: 0o600 });
-    renameSync(tmp, path);
+    writeJsonAtomically(path, stored, 0o600);
   }
   // createPublicKey accepts a private key and derives its public half.
   const publicKey = rawPublicKey(createPublicKey(stored.privateKey));

@@ -1,10 +1,11 @@
 // Wiring: everything the router runs, started and stopped in one place.
-import { mkdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import type http from 'node:http';
 import type { FastifyInstance } from 'fastify';
 import { buildRegistry, serveMetrics } from './metrics.js';
 import { buildApi } from './api.js';
+import { writeJsonAtomically } from './json-file.js';
 import { loadIdentity, newUid } from './identity.js';
 import { ConnectionMaker } from './mesh/connection-maker.js';
 import { Mesh, defaultMeshTimings, type Logger } from './mesh/mesh.js';
@@ -167,9 +168,7 @@ export class Router {
       version: VERSION,
       startedAt: new Date().toISOString(),
     };
-    const path = routerInfoPath(this.opts.dataDir);
-    writeFileSync(`${path}.tmp`, JSON.stringify(info, null, 2) + '\n');
-    renameSync(`${path}.tmp`, path);
+    writeJsonAtomically(routerInfoPath(this.opts.dataDir), info);
   }
 
   stop(): Promise<void> {
