@@ -54,6 +54,16 @@ export function netnsPathOf(container: string): string {
   throw new Error(`unknown container "${container}": use netns:NAME, pid:N or cni:ID (Docker containers come with the Docker support)`);
 }
 
+/** Whether the container's network namespace is still there. */
+export function containerExists(container: string): boolean {
+  try {
+    netnsPathOf(container);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 /** The host end's name: short (IFNAMSIZ is 16) and stable for a container. */
 export function hostIfName(container: string): string {
   return `vw${createHash('sha1').update(container).digest('hex').slice(0, 10)}`;

@@ -1,13 +1,13 @@
 // The datapath service: keeps the bridge and VXLAN device right, attaches and
 // detaches containers (addresses from IPAM unless given), announces local
 // endpoints, and programs the fdb whenever endpoints or connections change.
-import { readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { readJsonList, writeJsonAtomically } from '../router/json-file.js';
 import { formatIp, parseCidr } from '../ipam/addr.js';
 import type { Allocator } from '../ipam/allocator.js';
 import type { Mesh } from '../router/mesh/mesh.js';
 import { hostOf } from '../router/mesh/connection-maker.js';
-import { attachContainer, detachContainer, forgetNetns, netnsPathOf, rememberNetns } from './attach.js';
+import { attachContainer, containerExists, detachContainer, forgetNetns, netnsPathOf, rememberNetns } from './attach.js';
 import { BRIDGE, VXLAN_OVERHEAD, bridgeMac, ensureBridge, removeBridge, underlayMtu } from './bridge.js';
 import { EndpointTable, type Endpoint } from './endpoints.js';
 import { FLOOD_MAC, programFdb, programNeighbours, readFdb, type FdbEntry, type NeighEntry } from './fastdp.js';
@@ -15,6 +15,7 @@ import { ip, linkExists, sysctl } from './iproute.js';
 import { applyFirewall, firewallIntact, removeFirewall, type FirewallState } from './firewall.js';
 import { FastdpHealth } from './health.js';
 import { SLEEVE_TAP, Sleeve } from './sleeve.js';
+import { nativeError } from './native/index.js';
 import type { PeerName } from '../router/mesh/peer-name.js';
 
 /** How traffic to a peer travels. */
@@ -37,22 +38,6 @@ export interface DatapathConfig {
   sleeve: boolean;
   /** Whether traffic with this peer must be encrypted (a password, and the peer not on a trusted subnet). */
   encrypt: (peer: PeerName, host: string) => boolean;
-}
-
-/** A JSON list kept in the data dir; missing or unreadable is empty. */
-function readList<T>(path: string): T[] {
-  try {
-    const v = JSON.parse(readFileSync(path, 'utf8')) as unknown;
-    return Array.isArray(v) ? (v as T[]) : [];
-  } catch {
-    return [];
-  }
-}
-
-/** Write-then-rename, so a crash leaves the old file or the new one, never half of one. */
-function writeAtomically(path: string, value: unknown): void {
-  writeFileSync(`${path}.tmp`, JSON.stringify(value, null, 2) + '\n');
-  renameSync(`${path}.tmp`, path);
 }
 
 export class Datapath {
@@ -111,15 +96,16 @@ export class Datapath {
     for (const e of saved) {
       try {
         if (e.netns) rememberNetns(e.container, e.netns);
-        netnsPathOf(e.container);
-        alive.push(e);
       } catch {
-        this.mesh.log.info({ container: e.container }, 'attached container is gone; forgetting it and freeing its addresses');
-        await detachContainer(e.container, e.ifname).catch(() => undefined);
-        await this.ipam.free(e.container).catch(() => undefined);
-        forgetNetns(e.container);
-        for (const fn of this.onGone) fn(e.container);
+        // a path we do not accept: the container counts as gone
       }
+      if (containerExists(e.container)) {
+        alive.push(e);
+        continue;
+      }
+      this.mesh.log.info({ container: e.container }, 'attached container is gone; forgetting it and freeing its addresses');
+      await detachContainer(e.container, e.ifname).catch(() => undefined); // its leftovers: host veth, resolv.conf
+      await this.release(e);
     }
     this.setLocal(alive);
     this.exposed = this.loadExposed();
@@ -141,7 +127,7 @@ export class Datapath {
       this.sleeveError = 'turned off (--no-sleeve)';
       return;
     }
-    const why = Sleeve.unavailable();
+    const why = nativeError();
     if (why) {
       this.sleeveError = why;
       this.mesh.log.warn({ reason: why }, 'running without the sleeve datapath');
@@ -203,10 +189,10 @@ export class Datapath {
     const routes = this.mesh.routes.unicast;
     const connected = new Set<PeerName>();
     for (const c of this.mesh.connections.values()) if (c.established) connected.add(c.name);
-    const peers = new Set<PeerName>([...connected, ...routes.keys(), ...this.endpoints.all().map((e) => e.peer)]);
+    const withEndpoints = new Set(this.endpoints.all().map((e) => e.peer));
+    const peers = new Set<PeerName>([...connected, ...routes.keys(), ...withEndpoints]);
     peers.delete(this.mesh.name);
     const next = new Map<PeerName, Overlay>();
-    const now = Date.now();
     for (const p of peers) {
       const prev = this.overlays.get(p);
       const addr = this.lastAddr.get(p);
@@ -216,7 +202,7 @@ export class Datapath {
       else if (connected.has(p) && fastOk && this.presumedFastdp(p)) o = 'fastdp';
       else if (this.sleeve && (connected.has(p) || routes.has(p))) o = 'sleeve';
       else if (!connected.has(p) && prev === 'fastdp' && fastOk) o = 'fastdp';
-      else if (!this.sleeve && fastOk && (connected.has(p) || this.endpoints.all().some((e) => e.peer === p))) o = 'fastdp'; // nothing better to try
+      else if (!this.sleeve && fastOk && (connected.has(p) || withEndpoints.has(p))) o = 'fastdp'; // nothing better to try
       next.set(p, o);
     }
     const changed = next.size !== this.overlays.size || [...next].some(([p, o]) => this.overlays.get(p) !== o);
@@ -228,23 +214,13 @@ export class Datapath {
   private async check(): Promise<void> {
     if (this.stopped) return;
     // Containers that went away take their veths with them: forget their endpoints.
-    const alive = this.endpoints.local.filter((e) => {
-      try {
-        netnsPathOf(e.container);
-        return true;
-      } catch {
-        return false;
-      }
-    });
-    if (alive.length !== this.endpoints.local.length) {
-      for (const e of this.endpoints.local) {
-        if (alive.includes(e)) continue;
+    const gone = this.endpoints.local.filter((e) => !containerExists(e.container));
+    if (gone.length > 0) {
+      this.setLocal(this.endpoints.local.filter((e) => !gone.includes(e)));
+      for (const e of gone) {
         await detachContainer(e.container, e.ifname).catch(() => undefined); // its leftovers: host veth, resolv.conf
-        await this.ipam.free(e.container).catch(() => undefined);
-        forgetNetns(e.container);
-        for (const fn of this.onGone) fn(e.container);
+        await this.release(e);
       }
-      this.setLocal(alive);
     }
     await this.syncFirewall(false);
     try {
@@ -293,11 +269,11 @@ export class Datapath {
   }
 
   private loadExposed(): string[] {
-    return readList<string>(this.exposedPath);
+    return readJsonList<string>(this.exposedPath);
   }
 
   private saveExposed(): void {
-    writeAtomically(this.exposedPath, this.exposed);
+    writeJsonAtomically(this.exposedPath, this.exposed);
   }
 
   /** Gives the host an address on the overlay (from IPAM unless given) and NAT to the outside. Idempotent. */
@@ -344,11 +320,11 @@ export class Datapath {
   }
 
   private loadLocal(): Endpoint[] {
-    return readList<Endpoint>(this.statePath);
+    return readJsonList<Endpoint>(this.statePath);
   }
 
   private setLocal(endpoints: Endpoint[]): void {
-    writeAtomically(this.statePath, endpoints);
+    writeJsonAtomically(this.statePath, endpoints);
     this.endpoints.setLocal(endpoints);
   }
 
@@ -397,12 +373,20 @@ export class Datapath {
     const ep = this.endpoints.local.find((e) => e.container === container);
     if (!ep) throw new Error(`container ${container} is not attached here`);
     await detachContainer(container, ep.ifname);
-    forgetNetns(container);
-    if (this.config.dns) for (const c of ep.cidrs) await ip(['route', 'del', `${c.split('/')[0]}/32`, 'dev', BRIDGE]).catch(() => undefined);
     this.setLocal(this.endpoints.local.filter((e) => e.container !== container));
-    await this.ipam.free(container).catch(() => undefined);
-    for (const fn of this.onGone) fn(container);
+    await this.release(ep);
     return ep;
+  }
+
+  /**
+   * What remains once a container's interface is gone (detached, or found gone): its namespace
+   * path, the host routes back to it, its addresses in IPAM, its names (onGone).
+   */
+  private async release(e: Endpoint): Promise<void> {
+    forgetNetns(e.container);
+    if (this.config.dns) for (const c of e.cidrs) await ip(['route', 'del', `${c.split('/')[0]}/32`, 'dev', BRIDGE]).catch(() => undefined);
+    await this.ipam.free(e.container).catch(() => undefined);
+    for (const fn of this.onGone) fn(e.container);
   }
 
   /** The fdb this host should have: remote MACs of fastdp peers at their peers, a flood entry per fastdp peer. */

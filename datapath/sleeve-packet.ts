@@ -17,6 +17,8 @@ export const SEALED = 0x80;
 export const HEADER = 8;
 export const FRAGMENT_HEADER = HEADER + 8;
 export const MESSAGE_HEADER = 13;
+/** Where in a message its hop limit is (after source and destination). */
+export const HOPS_OFFSET = 12;
 /** Relays a message may still take; each relay takes one, so a routing loop cannot keep it alive. */
 export const MAX_HOPS = 16;
 export const SEAL_OVERHEAD = 8 + 16;
@@ -54,7 +56,7 @@ export function encodeMessage(src: Buffer, dst: Buffer, frames: Buffer[], hops =
   const out = Buffer.allocUnsafe(size);
   src.copy(out, 0, 0, 6);
   dst.copy(out, 6, 0, 6);
-  out[12] = hops;
+  out[HOPS_OFFSET] = hops;
   let o = MESSAGE_HEADER;
   for (const f of frames) {
     out.writeUInt32BE(f.length, o);
@@ -82,7 +84,7 @@ export function decodeMessage(buf: Buffer): Message {
     frames.push(buf.subarray(o + 4, o + 4 + len));
     o += 4 + len;
   }
-  return { src: buf.subarray(0, 6), dst: buf.subarray(6, 12), hops: buf[12], frames };
+  return { src: buf.subarray(0, 6), dst: buf.subarray(6, 12), hops: buf[HOPS_OFFSET], frames };
 }
 
 function nonce(counter: number): Buffer {

@@ -15,10 +15,12 @@ import { pack, unpack } from '../router/mesh/messages.js';
 import { peerNameFromBytes, peerNameToBytes, type PeerName } from '../router/mesh/peer-name.js';
 import { BRIDGE } from './bridge.js';
 import { bridge, ipBatch } from './iproute.js';
-import { TapPort, UdpPort, ipToNumber, nativeError } from './native/index.js';
+import { TapPort, UdpPort } from './native/index.js';
+import { parseIp } from '../ipam/addr.js';
 import {
   FRAGMENT_HEADER,
   HEADER,
+  HOPS_OFFSET,
   IP_UDP,
   KIND_FRAGMENT,
   KIND_FRAMES,
@@ -61,7 +63,6 @@ interface Hop {
   /** Probes of the current round not yet acknowledged. */
   pending: Set<number>;
   probeAckAt: number;
-  since: number;
 }
 
 export interface SleeveConfig {
@@ -113,11 +114,6 @@ export class Sleeve implements Gossiper {
     this.channel = mesh.registerChannel(CHANNEL, this);
   }
 
-  /** Why the sleeve cannot run here, or null. */
-  static unavailable(): string | null {
-    return nativeError();
-  }
-
   /** Opens the TAP (on the bridge) and the UDP port. Throws with the reason when it cannot. */
   async start(): Promise<void> {
     const slotSize = 65536 + 64;
@@ -149,10 +145,6 @@ export class Sleeve implements Gossiper {
     this.tap = this.udp = this.probes = null;
   }
 
-  get running(): boolean {
-    return this.tap !== null;
-  }
-
   /** Errors in packet handling are counted, never thrown into the event loop. */
   private guard(fn: () => void): void {
     try {
@@ -177,7 +169,7 @@ export class Sleeve implements Gossiper {
       if (!/^\d+\.\d+\.\d+\.\d+$/.test(host)) continue; // IPv4 underlay only
       const hop: Hop = {
         name: c.name,
-        addr: ipToNumber(host),
+        addr: parseIp(host),
         host,
         port: c.link.remote.port,
         sealer: encrypted ? new PacketSealer(keys.send) : null,
@@ -186,7 +178,6 @@ export class Sleeve implements Gossiper {
         failedAt: old?.failedAt ?? this.config.underlayMtu + 1,
         pending: new Set(),
         probeAckAt: old?.probeAckAt ?? 0,
-        since: Date.now(),
       };
       this.hops.set(c.name, hop);
       this.hopByBytes.set(peerNameToBytes(c.name).toString('hex'), hop);
@@ -232,7 +223,8 @@ export class Sleeve implements Gossiper {
       const f = tap.received(i);
       if (f.length < VNET_HDR + 14) continue;
       const multi = (f[VNET_HDR] & 1) === 1;
-      const owner = multi ? undefined : (this.config.macOwner(macText(f, VNET_HDR)) ?? this.learned.get(macText(f, VNET_HDR)));
+      const dmac = multi ? '' : macText(f, VNET_HDR);
+      const owner = multi ? undefined : (this.config.macOwner(dmac) ?? this.learned.get(dmac));
       const targets = owner !== undefined ? (this.destinations.has(owner) ? [owner] : []) : [...this.destinations];
       if (targets.length === 0) continue;
       const copy = Buffer.from(f); // the slot is reused by the next read
@@ -244,7 +236,7 @@ export class Sleeve implements Gossiper {
         this.stats.bytesOut += copy.length - VNET_HDR;
       }
     }
-    for (const [dst, frames] of out) this.sendFrames(peerNameToBytes(dst), dst, frames);
+    for (const [dst, frames] of out) this.sendFrames(dst, frames);
     this.udp?.flush();
   }
 
@@ -253,12 +245,13 @@ export class Sleeve implements Gossiper {
   }
 
   /** Packs frames into messages that fit the path (a big frame gets a message of its own). */
-  private sendFrames(dstBytes: Buffer, dst: PeerName, frames: Buffer[]): void {
+  private sendFrames(dst: PeerName, frames: Buffer[]): void {
     const hop = this.nextHop(dst);
     if (!hop) {
       this.stats.dropped += frames.length;
       return;
     }
+    const dstBytes = peerNameToBytes(dst);
     const budget = this.maxDatagram(hop) - HEADER - MESSAGE_HEADER - (hop.sealer ? SEAL_OVERHEAD : 0);
     let batch: Buffer[] = [];
     let size = 0;
@@ -283,9 +276,9 @@ export class Sleeve implements Gossiper {
     const body = hop.sealer ? hop.sealer.seal(plain) : plain;
     const max = this.maxDatagram(hop);
     if (HEADER + body.length <= max) {
-      const s = udp.nextSlot() ?? (udp.flush(), udp.nextSlot()!);
-      writeHeader(s.buf, KIND_FRAMES, !!hop.sealer, this.self);
-      body.copy(s.buf, HEADER);
+      const s = udp.nextSlot();
+      writeHeader(s, KIND_FRAMES, !!hop.sealer, this.self);
+      body.copy(s, HEADER);
       udp.commit(HEADER + body.length, hop.addr, hop.port);
       return;
     }
@@ -294,12 +287,12 @@ export class Sleeve implements Gossiper {
     const id = (this.fragmentId = (this.fragmentId + 1) >>> 0);
     for (let i = 0; i < count; i++) {
       const part = body.subarray(i * chunk, Math.min(body.length, (i + 1) * chunk));
-      const s = udp.nextSlot() ?? (udp.flush(), udp.nextSlot()!);
-      writeHeader(s.buf, KIND_FRAGMENT, !!hop.sealer, this.self);
-      s.buf.writeUInt32BE(id, HEADER);
-      s.buf.writeUInt16BE(i, HEADER + 4);
-      s.buf.writeUInt16BE(count, HEADER + 6);
-      part.copy(s.buf, FRAGMENT_HEADER);
+      const s = udp.nextSlot();
+      writeHeader(s, KIND_FRAGMENT, !!hop.sealer, this.self);
+      s.writeUInt32BE(id, HEADER);
+      s.writeUInt16BE(i, HEADER + 4);
+      s.writeUInt16BE(count, HEADER + 6);
+      part.copy(s, FRAGMENT_HEADER);
       udp.commit(FRAGMENT_HEADER + part.length, hop.addr, hop.port);
     }
   }
@@ -362,7 +355,7 @@ export class Sleeve implements Gossiper {
       }
       this.stats.relayed++;
       const fwd = Buffer.from(plain);
-      fwd[12] = m.hops - 1;
+      fwd[HOPS_OFFSET] = m.hops - 1;
       this.sendMessage(next, fwd);
       return;
     }
@@ -405,11 +398,11 @@ export class Sleeve implements Gossiper {
       const sizes = new Set<number>([top, hop.pmtu]);
       if (hop.failedAt - hop.pmtu > 8) sizes.add(Math.floor((hop.pmtu + hop.failedAt) / 2));
       for (const size of sizes) {
-        const s = p.nextSlot() ?? (p.flush(), p.nextSlot()!);
+        const s = p.nextSlot();
         const len = size - IP_UDP;
-        writeHeader(s.buf, KIND_PROBE, false, this.self);
-        s.buf.writeUInt32BE(size, HEADER);
-        s.buf.fill(0, HEADER + 4, len);
+        writeHeader(s, KIND_PROBE, false, this.self);
+        s.writeUInt32BE(size, HEADER);
+        s.fill(0, HEADER + 4, len);
         p.commit(len, hop.addr, hop.port);
         hop.pending.add(size);
       }

@@ -2,14 +2,15 @@
 import { randomBytes } from 'node:crypto';
 import { readdirSync } from 'node:fs';
 import { afterAll, beforeAll, expect, it } from 'vitest';
-import { TapPort, UdpPort, ipToNumber, nativeError } from '../datapath/native/index.js';
+import { TapPort, UdpPort, nativeError } from '../datapath/native/index.js';
+import { parseIp } from '../ipam/addr.js';
 import { must, run } from './harness/exec.js';
 import { describeAsRoot } from './harness/root.js';
 import { runPrefix } from './harness/cluster.js';
 
 const ns = `${runPrefix()}nat${randomBytes(2).toString('hex')}`;
 const netns = `/var/run/netns/${ns}`;
-const LO = ipToNumber('127.0.0.1');
+const LO = parseIp('127.0.0.1');
 
 const openFds = () => readdirSync('/proc/self/fd').length;
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));

@@ -120,15 +120,6 @@ abstract class SlotBuffers {
   }
 }
 
-export function ipToNumber(ip: string): number {
-  const p = ip.split('.').map(Number);
-  return ((p[0] << 24) | (p[1] << 16) | (p[2] << 8) | p[3]) >>> 0;
-}
-
-export function numberToIp(n: number): string {
-  return `${n >>> 24}.${(n >>> 16) & 255}.${(n >>> 8) & 255}.${n & 255}`;
-}
-
 export interface UdpOptions extends Slots {
   address?: string;
   port: number;
@@ -162,10 +153,9 @@ export class UdpPort extends SlotBuffers {
   truncated(i: number): boolean {
     return (this.rxMeta[i * META + 3] & FLAG_TRUNCATED) !== 0;
   }
-  /** The next free transmit slot, or null when the batch is full (flush first). */
-  nextSlot(): { index: number; buf: Buffer } | null {
-    if (this.queued >= this.slots) return null;
-    return { index: this.queued, buf: this.slot(this.queued) };
+  /** The next free transmit slot, to fill and then commit (commit flushes a full batch, so there always is one). */
+  nextSlot(): Buffer {
+    return this.slot(this.queued);
   }
   /** Queues the slot just filled by nextSlot(): `len` bytes to addr:port. Flushes when the batch is full. */
   commit(len: number, addr: number, port: number): void {
@@ -179,8 +169,7 @@ export class UdpPort extends SlotBuffers {
   /** Copies `data` into a slot and queues it. */
   queue(data: Uint8Array, addr: number, port: number): void {
     if (data.length > this.slotSize) throw new Error(`datagram of ${data.length} bytes exceeds the slot size ${this.slotSize}`);
-    const s = this.nextSlot() ?? (this.flush(), this.nextSlot()!);
-    s.buf.set(data);
+    this.nextSlot().set(data);
     this.commit(data.length, addr, port);
   }
   /** Sends what is queued in one sendmmsg; returns how many went. */

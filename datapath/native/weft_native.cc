@@ -115,6 +115,32 @@ class Port : public Napi::ObjectWrap<T> {
   Napi::FunctionReference onReadable_;
   Shared shared_;
 
+  // Checks a constructor's (options, onReadable) arguments and takes the shared buffers; false,
+  // with a JavaScript exception pending, when they are wrong.
+  bool takeArgs(const Napi::CallbackInfo& info, const char* usage) {
+    if (info.Length() < 2 || !info[0].IsObject() || !info[1].IsFunction()) {
+      Napi::TypeError::New(info.Env(), usage).ThrowAsJavaScriptException();
+      return false;
+    }
+    return shared_.take(info.Env(), info[0].As<Napi::Object>());
+  }
+
+  // Opens the descriptor with `open` (inside the `netns` option's namespace, if given) and polls
+  // it; on failure closes what was half opened and throws the reason.
+  template <typename F>
+  void openAndPoll(const Napi::CallbackInfo& info, F open) {
+    auto opts = info[0].As<Napi::Object>();
+    std::string netns = opts.Has("netns") ? opts.Get("netns").ToString().Utf8Value() : "";
+    std::string err = inNetns(netns, open);
+    if (!err.empty()) {
+      if (fd_ >= 0) ::close(fd_);
+      fd_ = -1;
+      Napi::Error::New(info.Env(), err).ThrowAsJavaScriptException();
+      return;
+    }
+    startPolling(info.Env(), info[1].As<Napi::Function>());
+  }
+
   bool startPolling(Napi::Env env, Napi::Function onReadable) {
     onReadable_ = Napi::Persistent(onReadable);
     uv_loop_t* loop = nullptr;
@@ -211,12 +237,8 @@ class UdpPort : public Port<UdpPort> {
   // new UdpPort({address, port, dontFragment, rcvbuf, sndbuf, slots, slotSize, rx, rxMeta, tx, txMeta}, onReadable)
   explicit UdpPort(const Napi::CallbackInfo& info) : Port<UdpPort>(info) {
     Napi::Env env = info.Env();
-    if (info.Length() < 2 || !info[0].IsObject() || !info[1].IsFunction()) {
-      Napi::TypeError::New(env, "new UdpPort(options, onReadable)").ThrowAsJavaScriptException();
-      return;
-    }
+    if (!takeArgs(info, "new UdpPort(options, onReadable)")) return;
     auto opts = info[0].As<Napi::Object>();
-    if (!shared_.take(env, opts)) return;
     std::string addr = opts.Has("address") ? opts.Get("address").ToString().Utf8Value() : "0.0.0.0";
     uint32_t port = opts.Has("port") ? opts.Get("port").ToNumber().Uint32Value() : 0;
     sockaddr_in sa{};
@@ -226,11 +248,16 @@ class UdpPort : public Port<UdpPort> {
       Napi::Error::New(env, "not an IPv4 address: " + addr).ThrowAsJavaScriptException();
       return;
     }
-    std::string netns = opts.Has("netns") ? opts.Get("netns").ToString().Utf8Value() : "";
     bool df = opts.Has("dontFragment") && opts.Get("dontFragment").ToBoolean().Value();
     int bufs[2] = {opts.Has("rcvbuf") ? opts.Get("rcvbuf").ToNumber().Int32Value() : 0,
                    opts.Has("sndbuf") ? opts.Get("sndbuf").ToNumber().Int32Value() : 0};
-    std::string err = inNetns(netns, [&]() -> std::string {
+    msgs_.resize(shared_.slots);
+    iovs_.resize(shared_.slots);
+    addrs_.resize(shared_.slots);
+    txMsgs_.resize(shared_.slots);
+    txIovs_.resize(shared_.slots);
+    txAddrs_.resize(shared_.slots);
+    openAndPoll(info, [&]() -> std::string {
       fd_ = socket(AF_INET, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
       if (fd_ < 0) return errnoText("socket", errno);
       // Data may be fragmented by IP; probes set DF without trusting the kernel's PMTU cache.
@@ -250,19 +277,6 @@ class UdpPort : public Port<UdpPort> {
       }
       return "";
     });
-    if (!err.empty()) {
-      if (fd_ >= 0) ::close(fd_);
-      fd_ = -1;
-      Napi::Error::New(env, err).ThrowAsJavaScriptException();
-      return;
-    }
-    msgs_.resize(shared_.slots);
-    iovs_.resize(shared_.slots);
-    addrs_.resize(shared_.slots);
-    txMsgs_.resize(shared_.slots);
-    txIovs_.resize(shared_.slots);
-    txAddrs_.resize(shared_.slots);
-    startPolling(env, info[1].As<Napi::Function>());
   }
 
   int readBatch() {
@@ -359,20 +373,15 @@ class TapPort : public Port<TapPort> {
   // new TapPort({name, vnetHdr, slots, slotSize, rx, rxMeta, tx, txMeta}, onReadable)
   explicit TapPort(const Napi::CallbackInfo& info) : Port<TapPort>(info) {
     Napi::Env env = info.Env();
-    if (info.Length() < 2 || !info[0].IsObject() || !info[1].IsFunction()) {
-      Napi::TypeError::New(env, "new TapPort(options, onReadable)").ThrowAsJavaScriptException();
-      return;
-    }
+    if (!takeArgs(info, "new TapPort(options, onReadable)")) return;
     auto opts = info[0].As<Napi::Object>();
-    if (!shared_.take(env, opts)) return;
     std::string name = opts.Get("name").ToString().Utf8Value();
     if (name.empty() || name.size() >= IFNAMSIZ) {
       Napi::Error::New(env, "bad interface name: " + name).ThrowAsJavaScriptException();
       return;
     }
     bool vnet = opts.Has("vnetHdr") && opts.Get("vnetHdr").ToBoolean().Value();
-    std::string netns = opts.Has("netns") ? opts.Get("netns").ToString().Utf8Value() : "";
-    std::string err = inNetns(netns, [&]() -> std::string {
+    openAndPoll(info, [&]() -> std::string {
       fd_ = open("/dev/net/tun", O_RDWR | O_NONBLOCK | O_CLOEXEC);
       if (fd_ < 0) return errnoText("open /dev/net/tun", errno);
       ifreq ifr{};
@@ -387,13 +396,6 @@ class TapPort : public Port<TapPort> {
       if (ioctl(fd_, TUNSETOFFLOAD, offload) != 0) return errnoText("TUNSETOFFLOAD", errno);
       return "";
     });
-    if (!err.empty()) {
-      if (fd_ >= 0) ::close(fd_);
-      fd_ = -1;
-      Napi::Error::New(env, err).ThrowAsJavaScriptException();
-      return;
-    }
-    startPolling(env, info[1].As<Napi::Function>());
   }
 
   int readBatch() {
