@@ -83,29 +83,39 @@ export class DnsServer {
     });
   }
 
+  /**
+   * One query over UDP, whichever socket it came on: a plain A question for a local name is
+   * answered at once (`later` false); anything else goes through the full path and its answer,
+   * if any, comes later (`later` true).
+   */
+  private answerUdp(msg: Buffer, send: (reply: Buffer, later: boolean) => void): void {
+    let fast: Buffer | null = null;
+    try {
+      fast = this.fastAnswer(msg);
+    } catch {
+      // the full path answers FORMERR or drops
+    }
+    if (fast) {
+      this.stats.queries++;
+      this.stats.local++;
+      send(fast, false);
+      return;
+    }
+    const copy = Buffer.from(msg); // a batched receive slot is reused by the next batch
+    void this.handle(copy, 'udp').then((reply) => {
+      if (reply) send(reply, true);
+    });
+  }
+
   private startBatched(): void {
     const port: UdpPort = new UdpPort({ address: this.config.host, port: this.config.port, slots: 64, slotSize: 4096, rcvbuf: 4 << 20 }, (n) => {
       for (let i = 0; i < n; i++) {
-        const msg = port.received(i);
         const addr = port.fromAddress(i);
         const from = port.fromPort(i);
-        try {
-          const fast = this.fastAnswer(msg);
-          if (fast) {
-            this.stats.queries++;
-            this.stats.local++;
-            port.queue(fast, addr, from);
-            continue;
-          }
-        } catch {
-          // fall through to the full path, which answers FORMERR or drops
-        }
-        const copy = Buffer.from(msg); // the receive slot is reused by the next batch
-        void this.handle(copy, 'udp').then((reply) => {
-          if (reply && reply.length <= port.slotSize) {
-            port.queue(reply, addr, from);
-            port.flush();
-          }
+        this.answerUdp(port.received(i), (reply, later) => {
+          if (reply.length > port.slotSize) return;
+          port.queue(reply, addr, from);
+          if (later) port.flush(); // answers of this batch go in one sendmmsg, below
         });
       }
       port.flush();
@@ -117,18 +127,7 @@ export class DnsServer {
   private async startDgram(): Promise<void> {
     const udp = dgram.createSocket('udp4');
     this.udp = udp;
-    udp.on('message', (msg, rinfo) => {
-      const fast = this.fastAnswer(msg);
-      if (fast) {
-        this.stats.queries++;
-        this.stats.local++;
-        udp.send(fast, rinfo.port, rinfo.address);
-        return;
-      }
-      void this.handle(msg, 'udp').then((reply) => {
-        if (reply) udp.send(reply, rinfo.port, rinfo.address);
-      });
-    });
+    udp.on('message', (msg, rinfo) => this.answerUdp(msg, (reply) => udp.send(reply, rinfo.port, rinfo.address)));
     udp.on('error', () => undefined);
     await new Promise<void>((resolve, reject) => {
       udp.once('error', reject);
