@@ -2,6 +2,7 @@
 // directory (router.json) or an explicit --http-addr.
 import { readFileSync } from 'node:fs';
 import { routerInfoPath, type RouterInfo } from '../router/router.js';
+import { RouterUnreachable, callRouter } from './http.js';
 
 export class CliError extends Error {
   constructor(
@@ -68,19 +69,14 @@ const REQUEST_TIMEOUT_MS = 10 * 60_000;
 
 export async function request(t: Target, method: string, path: string, body?: unknown): Promise<ApiResponse> {
   const addr = apiAddress(t);
-  let res: Response;
+  let res: { status: number; text: string };
   try {
-    res = await fetch(`http://${addr}${path}`, {
-      method,
-      headers: body === undefined ? {} : { 'content-type': 'application/json' },
-      body: body === undefined ? undefined : JSON.stringify(body),
-      signal: AbortSignal.timeout(method === 'GET' && !path.startsWith('/ring') ? 30_000 : REQUEST_TIMEOUT_MS),
-    });
+    res = await callRouter(addr, method, path, body, method === 'GET' && !path.startsWith('/ring') ? 30_000 : REQUEST_TIMEOUT_MS);
   } catch (err) {
-    const cause = (err as { cause?: { code?: string } }).cause?.code ?? (err as Error).message;
-    throw new CliError(`the weft router at ${addr} does not answer (${cause}); is it running? (weft launch starts it)`);
+    if (err instanceof RouterUnreachable) throw new CliError(`${err.message}; is it running? (weft launch starts it)`);
+    throw err;
   }
-  const text = await res.text();
+  const text = res.text;
   if (res.status >= 400) {
     let msg = text;
     try {

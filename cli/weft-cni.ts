@@ -8,6 +8,7 @@
 import { execFileSync } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
 import { createHash } from 'node:crypto';
+import { RouterUnreachable, callRouter } from './http.js';
 
 const SUPPORTED = ['0.4.0', '1.0.0'];
 const DEFAULT_ROUTER = '127.0.0.1:6784';
@@ -58,24 +59,18 @@ function readConf(): NetConf {
 }
 
 async function call(conf: NetConf, method: string, path: string, body?: unknown, timeoutMs = 5 * 60_000): Promise<{ status: number; json: Record<string, unknown> }> {
-  const addr = conf.routerAddr ?? DEFAULT_ROUTER;
-  let res: Response;
+  let res: { status: number; text: string };
   try {
-    res = await fetch(`http://${addr}${path}`, {
-      method,
-      headers: body === undefined ? {} : { 'content-type': 'application/json' },
-      body: body === undefined ? undefined : JSON.stringify(body),
-      signal: AbortSignal.timeout(timeoutMs),
-    });
+    res = await callRouter(conf.routerAddr ?? DEFAULT_ROUTER, method, path, body, timeoutMs);
   } catch (err) {
-    throw new CniError(11, `the weft router at ${addr} does not answer; is it running?`, String((err as { cause?: { code?: string } }).cause?.code ?? err));
+    if (err instanceof RouterUnreachable) throw new CniError(11, `the weft router at ${err.addr} does not answer; is it running?`, err.reason);
+    throw err;
   }
-  const text = await res.text();
   let json: Record<string, unknown> = {};
   try {
-    json = JSON.parse(text) as Record<string, unknown>;
+    json = JSON.parse(res.text) as Record<string, unknown>;
   } catch {
-    json = { error: text };
+    json = { error: res.text };
   }
   return { status: res.status, json };
 }

@@ -180,15 +180,15 @@ withRouterLocation(
 async function whileWaiting<T>(cmd: Command, work: Promise<T>): Promise<T> {
   let done = false;
   let said = '';
-  const watch = (async () => {
+  void (async () => {
     await new Promise((r) => setTimeout(r, 1000));
     while (!done) {
       try {
-        const r = await getReport(cmd);
-        const p = r.ipam.pending[0];
-        const why = p ? `waiting ${Math.round(p.waitingMs / 1000)}s for IPAM: ${p.reason}` : '';
-        if (why && why.replace(/\d+s/, '') !== said.replace(/\d+s/, '')) process.stderr.write(`${why}\n`);
-        said = why || said;
+        const p = (await getReport(cmd)).ipam.pending[0];
+        if (p && p.reason !== said) {
+          process.stderr.write(`waiting ${Math.round(p.waitingMs / 1000)}s for IPAM: ${p.reason}\n`);
+          said = p.reason;
+        }
       } catch {
         // the request itself reports errors
       }
@@ -199,7 +199,6 @@ async function whileWaiting<T>(cmd: Command, work: Promise<T>): Promise<T> {
     return await work;
   } finally {
     done = true;
-    void watch;
   }
 }
 
