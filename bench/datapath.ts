@@ -15,18 +15,15 @@ import { must, run } from '../test/harness/exec.js';
 
 const seconds = Number(process.argv[process.argv.indexOf('--seconds') + 1]) || 5;
 
-/** TCP RTT under load (iperf3's mean over the flow, from the kernel's tcp_info), µs; set by iperf(). */
-let loadedRtt = 0;
-
-async function iperf(serverNs: string, clientNs: string, ip: string): Promise<number> {
+/** One TCP flow: Gbit/s, and the TCP RTT under load (iperf3's mean over the flow, from tcp_info), µs. */
+async function iperf(serverNs: string, clientNs: string, ip: string): Promise<{ gbit: number; tcpRtt: number }> {
   const server = spawn('ip', ['netns', 'exec', serverNs, 'iperf3', '-s', '-1', '-B', ip], { stdio: 'ignore' });
   try {
     await new Promise((r) => setTimeout(r, 500));
     const r = await run('ip', ['netns', 'exec', clientNs, 'iperf3', '-c', ip, '-t', String(seconds), '-J'], { timeoutMs: (seconds + 20) * 1000 });
     if (r.code !== 0) throw new Error(`iperf3 ${clientNs} -> ${ip}: ${r.stderr || r.stdout.slice(0, 300)}`);
     const j = JSON.parse(r.stdout) as { end: { sum_received: { bits_per_second: number }; streams: { sender: { mean_rtt?: number } }[] } };
-    loadedRtt = j.end.streams[0]?.sender.mean_rtt ?? NaN;
-    return j.end.sum_received.bits_per_second / 1e9;
+    return { gbit: j.end.sum_received.bits_per_second / 1e9, tcpRtt: j.end.streams[0]?.sender.mean_rtt ?? NaN };
   } finally {
     server.kill('SIGKILL');
   }
@@ -91,10 +88,9 @@ async function sleeveRow(extra: string[], env: NodeJS.ProcessEnv): Promise<[numb
   const p = await weftPair(extra, env);
   try {
     const cpu0 = p.pids.reduce((t, pid) => t + cpuSeconds(pid), 0);
-    const gbit = await iperf(p.w2, p.w1, p.ip2);
+    const { gbit, tcpRtt } = await iperf(p.w2, p.w1, p.ip2);
     const cpu = p.pids.reduce((t, pid) => t + cpuSeconds(pid), 0) - cpu0;
     const gb = (gbit * seconds) / 8;
-    const tcpRtt = loadedRtt;
     return [gbit, await rtt(p.w1, p.ip2), cpu / gb, tcpRtt];
   } finally {
     await p.cluster.cleanup();
@@ -117,14 +113,14 @@ async function main(): Promise<void> {
     const [r1, r2, rip] = await handBuilt(cluster, a, b, mtu);
     await eventually('weft path up', async () => (await run('ip', ['netns', 'exec', w1, 'ping', '-c', '1', '-W', '1', ip2])).code === 0, 15_000);
     await eventually('hand-built path up', async () => (await run('ip', ['netns', 'exec', r1, 'ping', '-c', '1', '-W', '1', rip])).code === 0, 15_000);
-    void r2;
 
     console.log(`datapath: one TCP flow (iperf3, ${seconds} s) and ping RTT (median of 200), two namespace hosts, overlay MTU ${mtu}`);
     const rows: [string, number, number][] = [];
-    rows.push(['(a) veth underlay', await iperf(b.ns, a.ns, b.ip), await rtt(a.ns, b.ip)]);
-    rows.push(['(b) kernel VXLAN + bridge by hand', await iperf(r2, r1, rip), await rtt(r1, rip)]);
-    rows.push(['(c) weft fastdp', await iperf(w2, w1, ip2), await rtt(w1, ip2)]);
-    const fastdpTcpRtt = loadedRtt;
+    rows.push(['(a) veth underlay', (await iperf(b.ns, a.ns, b.ip)).gbit, await rtt(a.ns, b.ip)]);
+    rows.push(['(b) kernel VXLAN + bridge by hand', (await iperf(r2, r1, rip)).gbit, await rtt(r1, rip)]);
+    const fastdp = await iperf(w2, w1, ip2);
+    rows.push(['(c) weft fastdp', fastdp.gbit, await rtt(w1, ip2)]);
+    const fastdpTcpRtt = fastdp.tcpRtt;
     for (const [label, gbit, us] of rows) console.log(`${label.padEnd(36)} ${gbit.toFixed(2).padStart(6)} Gbit/s   RTT ${us.toFixed(0).padStart(4)} us`);
     const [ua, ub, uc] = rows;
     console.log(`(c) TCP RTT under load: ${fastdpTcpRtt.toFixed(0)} us`);
