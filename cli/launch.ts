@@ -1,12 +1,17 @@
-// `weft launch`: starts the router as a background process (a Docker container
-// comes with the Docker issue) and returns once its API answers.
+// `weft launch`: starts the router as a Docker container when an engine answers
+// (else, or with --no-docker, as a background process) and returns once its
+// API answers.
 import { spawn } from 'node:child_process';
 import { closeSync, mkdirSync, openSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { Command } from 'commander';
-import { toRouterOptions } from '../router/options.js';
+import { toRouterOptions, type RouterOptions } from '../router/options.js';
+import type { RouterInfo } from '../router/router.js';
+import { DockerApi, defaultDockerApi } from '../plugin/docker-api.js';
+import { ROUTER_IMAGE } from '../plugin/image.js';
 import { CliError, readRouterInfo } from './client.js';
+import { ROUTER_CONTAINER, containerSpec, dockerEngine, startRouterContainer } from './router-container.js';
 
 export const routerMain = fileURLToPath(new URL('../router/main.js', import.meta.url));
 
@@ -41,8 +46,13 @@ export async function launch(cmd: Command, peers: string[]): Promise<void> {
   const v = cmd.opts();
   const opts = toRouterOptions(v, peers); // validates (and reads the password file) before anything starts
   const running = readRouterInfo(opts.dataDir);
-  if (running) throw new CliError(`a weft router is already running (pid ${running.pid}, data dir ${opts.dataDir}); stop it with: weft stop`);
+  if (running) throw new CliError(`a weft router is already running (pid ${running.pid}${running.container ? `, container ${running.container}` : ''}, data dir ${opts.dataDir}); stop it with: weft stop`);
   mkdirSync(opts.dataDir, { recursive: true, mode: 0o700 });
+  if (v.docker !== false) {
+    const api = await dockerEngine();
+    if (api) return launchContainer(cmd, api, opts);
+    process.stderr.write(`no Docker engine answers at ${defaultDockerApi()}: starting the router as a process\n`);
+  }
   const logPath = join(opts.dataDir, 'weft.log');
   const fd = openSync(logPath, 'a');
   const env = { ...process.env };
@@ -55,31 +65,67 @@ export async function launch(cmd: Command, peers: string[]): Promise<void> {
   closeSync(fd);
   let exited: number | null = null;
   child.on('exit', (code) => (exited = code ?? 1));
-  const deadline = Date.now() + (v.wait as number) * 1000;
+  await waitReady(opts.dataDir, v.wait as number, {
+    isMine: (info) => info.pid === child.pid,
+    failed: async () => (exited === null ? null : `the weft router exited during start-up (code ${exited}). Last lines of ${logPath}:\n${tail(logPath, 10)}`),
+    giveUp: async () => {
+      child.kill('SIGTERM');
+      return `see ${logPath}`;
+    },
+  });
+  child.unref();
+  const info = readRouterInfo(opts.dataDir)!;
+  console.log(`weft router started: ${info.name}(${info.nickname}), pid ${info.pid}, API on ${info.httpAddr}`);
+  console.log(`log: ${logPath}`);
+}
+
+async function launchContainer(cmd: Command, api: DockerApi, opts: RouterOptions): Promise<void> {
+  const v = cmd.opts();
+  const args = routerArgs(cmd).filter((_a, i, all) => !['--data-dir', '--docker-api', '--password-file'].includes(all[i]) && !['--data-dir', '--docker-api', '--password-file'].includes(all[i - 1]));
+  const passwordFile = cmd.getOptionValueSource('passwordFile') !== undefined ? (v.passwordFile as string) : undefined;
+  const id = await startRouterContainer(api, containerSpec(api, opts, args, passwordFile));
+  process.stderr.write(`started container ${ROUTER_CONTAINER} (${id.slice(0, 12)}) from ${ROUTER_IMAGE}; waiting for the router to answer...\n`);
+  await waitReady(opts.dataDir, v.wait as number, {
+    isMine: (info) => info.container === ROUTER_CONTAINER,
+    failed: async () => {
+      const c = await api.find(id);
+      if (c?.State.Running) return null;
+      const logs = await api.logs(id, 10).catch(() => '');
+      return `the weft router container exited during start-up (${c ? `code ${c.State.ExitCode}` : 'removed'}). Last lines of docker logs ${ROUTER_CONTAINER}:\n${logs.trimEnd()}`;
+    },
+    giveUp: async () => {
+      await api.stop(id, 5).catch(() => undefined);
+      return `see: docker logs ${ROUTER_CONTAINER}`;
+    },
+  });
+  const info = readRouterInfo(opts.dataDir)!;
+  console.log(`weft router started: ${info.name}(${info.nickname}), container ${ROUTER_CONTAINER} (pid ${info.pid}), API on ${info.httpAddr}`);
+  console.log(`log: docker logs ${ROUTER_CONTAINER}`);
+}
+
+/** Waits until the router writes its router.json and answers /status; says so after 3 s. */
+async function waitReady(
+  dataDir: string,
+  seconds: number,
+  how: { isMine: (info: RouterInfo) => boolean; failed: () => Promise<string | null>; giveUp: () => Promise<string> },
+): Promise<void> {
+  const started = Date.now();
+  const deadline = started + seconds * 1000;
   let announced = false;
   for (;;) {
-    if (exited !== null) {
-      throw new CliError(`the weft router exited during start-up (code ${exited}). Last lines of ${logPath}:\n${tail(logPath, 10)}`);
-    }
-    const info = readRouterInfo(opts.dataDir);
-    if (info && info.pid === child.pid) {
+    const why = await how.failed();
+    if (why) throw new CliError(why);
+    const info = readRouterInfo(dataDir);
+    if (info && how.isMine(info)) {
       try {
         const res = await fetch(`http://${info.httpAddr}/status`, { signal: AbortSignal.timeout(2000) });
-        if (res.ok) {
-          child.unref();
-          console.log(`weft router started: ${info.name}(${info.nickname}), pid ${info.pid}, API on ${info.httpAddr}`);
-          console.log(`log: ${logPath}`);
-          return;
-        }
+        if (res.ok) return;
       } catch {
         /* not answering yet */
       }
     }
-    if (Date.now() > deadline) {
-      child.kill('SIGTERM');
-      throw new CliError(`the weft router did not become ready within ${v.wait}s; see ${logPath}`);
-    }
-    if (!announced && Date.now() > deadline - (v.wait as number) * 1000 + 3000) {
+    if (Date.now() > deadline) throw new CliError(`the weft router did not become ready within ${seconds}s; ${await how.giveUp()}`);
+    if (!announced && Date.now() > started + 3000) {
       process.stderr.write('waiting for the weft router to answer...\n');
       announced = true;
     }

@@ -9,6 +9,10 @@ import { rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { CliError, isAlive, readRouterInfo, request, type Target } from './client.js';
 import { launch } from './launch.js';
+import { ROUTER_CONTAINER, removeRouterContainer } from './router-container.js';
+
+/** Everything a router keeps in its data dir (weft reset removes it all, and the log). */
+const STATE_FILES = ['ipam', 'identity.json', 'router.json', 'names.json', 'endpoints.json', 'exposed.json', 'docker-attached.json', 'docker-pools.json', 'weft.log'];
 
 function withRouterLocation(cmd: Command): Command {
   return cmd
@@ -34,9 +38,9 @@ const program = new Command('weft')
 addRouterOptions(
   program
     .command('launch')
-    .description('start the weft router (as a background process) and wait until it answers')
+    .description('start the weft router (a Docker container when an engine answers, else a background process) and wait until it answers')
     .argument('[peers...]', 'peers to connect to, host[:port]')
-    .option('--no-docker', 'run the router as a plain process (the only mode until Docker support lands)')
+    .option('--no-docker', 'run the router as a plain process even when a Docker engine answers (at DOCKER_HOST or /var/run/docker.sock)')
     .addOption(new Option('--wait <seconds>', 'how long to wait for the router to answer').default(30).argParser(Number)),
 ).action(async (peers: string[], _o, cmd: Command) => launch(cmd, peers));
 
@@ -162,7 +166,7 @@ withRouterLocation(
   program
     .command('attach')
     .description('attach a container to the overlay: an ethwe interface with addresses from IPAM (or the ones given)')
-    .argument('<args...>', '[ip/prefix ...] CONTAINER, where CONTAINER is netns:NAME or pid:N')
+    .argument('<args...>', '[ip/prefix ...] CONTAINER: a Docker container\'s name or id, netns:NAME or pid:N')
     .option('--subnet <cidr>', 'allocate from this subnet of the range')
     .option('-h, --hostname <fqdn>', 'register this name in weft\'s DNS (e.g. web.weft.local)'),
 ).action(async (args: string[], o: { subnet?: string; hostname?: string }, cmd: Command) => {
@@ -202,7 +206,7 @@ async function whileWaiting<T>(cmd: Command, work: Promise<T>): Promise<T> {
   }
 }
 
-withRouterLocation(program.command('detach').description('detach a container and free its addresses').argument('<container>', 'netns:NAME or pid:N')).action(
+withRouterLocation(program.command('detach').description('detach a container and free its addresses').argument('<container>', 'a Docker container\'s name or id, netns:NAME or pid:N')).action(
   async (container: string, _o, cmd: Command) => {
     const ep = JSON.parse((await request(target(cmd), 'DELETE', `/attach/${encodeURIComponent(container)}`)).body) as { cidrs: string[] };
     console.log(ep.cidrs.join(' '));
@@ -265,6 +269,13 @@ withRouterLocation(program.command('ps').description('containers attached on thi
 
 async function stopRouter(dataDir: string): Promise<void> {
   const info = readRouterInfo(dataDir);
+  // A router launched as a container is stopped through Docker: its restart policy would bring back a killed one.
+  if (!info || info.container) {
+    if (await removeRouterContainer()) {
+      console.log(`weft router container ${ROUTER_CONTAINER} stopped and removed`);
+      return;
+    }
+  }
   if (!info) throw new CliError(`no weft router is running (data dir ${dataDir})`);
   process.kill(info.pid, 'SIGTERM');
   const deadline = Date.now() + 10_000;
@@ -299,8 +310,10 @@ withRouterLocation(
     await stopRouter(t.dataDir);
   } else if (!o.force) {
     throw new CliError(`no weft router is running (data dir ${t.dataDir}); weft reset --force deletes the data without handing over its ranges`);
+  } else if (await removeRouterContainer()) {
+    console.log(`removed the weft router container ${ROUTER_CONTAINER}`);
   }
-  for (const f of ['ipam', 'identity.json', 'router.json', 'names.json']) rmSync(join(t.dataDir, f), { recursive: true, force: true });
+  for (const f of STATE_FILES) rmSync(join(t.dataDir, f), { recursive: true, force: true });
   console.log(`removed weft's state from ${t.dataDir}`);
 });
 

@@ -13,29 +13,34 @@ export const DEFAULT_IF = 'ethwe';
 const execFileP = promisify(execFile);
 
 /**
- * Network namespaces of `cni:ID` containers, as the CNI runtime named them (CNI_NETNS): the router
- * learns each at attach and keeps it with the endpoint, so a restarted router finds it again.
+ * Network namespaces of `cni:ID` containers, as the CNI runtime named them (CNI_NETNS), and of Docker
+ * containers (by their 64-hex id: /proc/PID/ns/net of their process): the router learns each at attach
+ * and keeps it with the endpoint, so a restarted router finds it again.
  */
-const cniNetns = new Map<string, string>();
+const knownNetns = new Map<string, string>();
+
+/** A Docker container's full id, the way weft names Docker containers everywhere. */
+export const DOCKER_ID = /^[0-9a-f]{64}$/;
+/** An endpoint the Docker network plugin made (`dockerep:ENDPOINT_ID`): Docker plumbs it, weft announces it. */
+export const PLUGGED = /^dockerep:[0-9a-f]{64}$/;
 
 const CNI_NETNS_PATH = /^(\/var)?\/run\/netns\/[A-Za-z0-9_.-]{1,128}$|^\/proc\/\d{1,10}\/ns\/net$/;
 
 export function rememberNetns(container: string, path: string): void {
-  if (!/^cni:[A-Za-z0-9_.-]{1,128}$/.test(container)) throw new Error(`a network namespace path is only taken for cni:ID containers, not "${container}"`);
+  if (!/^cni:[A-Za-z0-9_.-]{1,128}$/.test(container) && !DOCKER_ID.test(container)) throw new Error(`a network namespace path is only taken for cni:ID and Docker containers, not "${container}"`);
   if (!CNI_NETNS_PATH.test(path)) throw new Error(`network namespace path "${path}" is not under /run/netns, /var/run/netns or /proc/N/ns/net`);
-  cniNetns.set(container, path);
+  knownNetns.set(container, path);
 }
 
 export function forgetNetns(container: string): void {
-  cniNetns.delete(container);
+  knownNetns.delete(container);
 }
 
 /** Where a container's network namespace is, from `netns:NAME`, `pid:N` or `cni:ID`; a readable error otherwise. */
 export function netnsPathOf(container: string): string {
-  const cni = /^cni:[A-Za-z0-9_.-]{1,128}$/.exec(container);
-  if (cni) {
-    const p = cniNetns.get(container);
-    if (!p) throw new Error(`no network namespace known for ${container} (a CNI ADD gives it)`);
+  if (/^cni:[A-Za-z0-9_.-]{1,128}$/.test(container) || DOCKER_ID.test(container)) {
+    const p = knownNetns.get(container);
+    if (!p) throw new Error(`no network namespace known for ${container} (${DOCKER_ID.test(container) ? 'weft attach by Docker name or id gives it' : 'a CNI ADD gives it'})`);
     if (!existsSync(p)) throw new Error(`the network namespace of ${container} (${p}) is gone`);
     return p;
   }
@@ -51,11 +56,12 @@ export function netnsPathOf(container: string): string {
     if (!existsSync(p)) throw new Error(`no process ${pid[1]}`);
     return p;
   }
-  throw new Error(`unknown container "${container}": use netns:NAME, pid:N or cni:ID (Docker containers come with the Docker support)`);
+  throw new Error(`unknown container "${container}": use a Docker container's name or id, netns:NAME, pid:N or cni:ID`);
 }
 
-/** Whether the container's network namespace is still there. */
+/** Whether the container's network namespace (for a plugged endpoint: its host veth) is still there. */
 export function containerExists(container: string): boolean {
+  if (PLUGGED.test(container)) return existsSync(`/sys/class/net/${hostIfName(container)}`);
   try {
     netnsPathOf(container);
     return true;
@@ -81,6 +87,15 @@ export interface DnsReach {
   bridgeMac: string;
   /** resolv.conf text for named-namespace containers. */
   resolvConf: string;
+}
+
+/**
+ * The DNS server lives on this host's bridge: a direct route to it from the container, and its MAC
+ * fixed, so no ARP for it ever floods over the overlay (every host's bridge has that address).
+ */
+export async function pinDns(ns: string, ifname: string, dns: { ip: string; bridgeMac: string }): Promise<void> {
+  await ip(['route', 'replace', `${dns.ip}/32`, 'dev', ifname], ns);
+  await ip(['neigh', 'replace', dns.ip, 'lladdr', dns.bridgeMac, 'dev', ifname, 'nud', 'permanent'], ns);
 }
 
 export async function attachContainer(container: string, cidrs: string[], mtu: number, dns?: DnsReach, ifname = DEFAULT_IF): Promise<AttachResult> {
@@ -112,10 +127,7 @@ export async function attachContainer(container: string, cidrs: string[], mtu: n
   // Multicast goes out ethwe too, so it floods over the overlay.
   await ip(['route', 'replace', '224.0.0.0/4', 'dev', ifname], ns).catch(() => undefined);
   if (dns) {
-    // The DNS server lives on this host's bridge: a direct route, and its MAC fixed, so no ARP for it
-    // ever floods over the overlay (every host's bridge has that address).
-    await ip(['route', 'replace', `${dns.ip}/32`, 'dev', ifname], ns);
-    await ip(['neigh', 'replace', dns.ip, 'lladdr', dns.bridgeMac, 'dev', ifname, 'nud', 'permanent'], ns);
+    await pinDns(ns, ifname, dns);
     const named = /^netns:(.+)$/.exec(container);
     if (named) {
       // `ip netns exec` binds /etc/netns/NAME/* over /etc: containers that are named namespaces use weft's DNS.

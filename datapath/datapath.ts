@@ -356,11 +356,44 @@ export class Datapath {
       dns ? { ip: dns.ip, bridgeMac: bridgeMac(this.mesh.name), resolvConf: `# written by weft attach\nnameserver ${dns.ip}\nsearch ${dns.domain.replace(/\.$/, '')}\n` } : undefined,
       cni?.ifname,
     );
-    if (dns) for (const a of addrs) await ip(['route', 'replace', `${a.split('/')[0]}/32`, 'dev', BRIDGE, 'src', dns.ip]).catch(() => undefined);
+    await this.routeBack(addrs);
     const prev = this.endpoints.local.find((e) => e.container === container);
     const ep: Endpoint = { container, mac, cidrs: [...new Set([...(prev?.cidrs ?? []), ...addrs])], ...(cni ? { netns: cni.netns, ifname: cni.ifname } : {}) };
     this.setLocal([...this.endpoints.local.filter((e) => e.container !== container), ep]);
     return ep;
+  }
+
+  /** With DNS on the bridge: host routes back to local container addresses, so the server's replies find them. */
+  private async routeBack(cidrs: string[]): Promise<void> {
+    const dns = this.config.dns;
+    if (dns) for (const a of cidrs) await ip(['route', 'replace', `${a.split('/')[0]}/32`, 'dev', BRIDGE, 'src', dns.ip]).catch(() => undefined);
+  }
+
+  /**
+   * Announces an endpoint someone else plumbed (the Docker network plugin: a veth on the bridge that
+   * Docker moves into the container) so peers learn where its MAC lives.
+   */
+  async plug(key: string, mac: string, cidrs: string[]): Promise<Endpoint> {
+    await this.routeBack(cidrs);
+    const ep: Endpoint = { container: key, mac, cidrs };
+    this.setLocal([...this.endpoints.local.filter((e) => e.container !== key), ep]);
+    return ep;
+  }
+
+  /** Withdraws a plugged endpoint (its addresses are the plugin's to free). */
+  async unplug(key: string): Promise<void> {
+    const ep = this.endpoints.local.find((e) => e.container === key);
+    if (!ep) return;
+    this.setLocal(this.endpoints.local.filter((e) => e.container !== key));
+    if (this.config.dns) for (const c of ep.cidrs) await ip(['route', 'del', `${c.split('/')[0]}/32`, 'dev', BRIDGE]).catch(() => undefined);
+    for (const fn of this.onGone) fn(key);
+  }
+
+  /** A container that died: what is left of its attachment goes, its addresses and names too. False if it had none here. */
+  async forget(container: string): Promise<boolean> {
+    if (!this.endpoints.local.some((e) => e.container === container)) return false;
+    await this.detach(container);
+    return true;
   }
 
   /** Frees a container's addresses in IPAM, if it has any (not attached, or half attached). */

@@ -61,7 +61,13 @@ export async function firewallIntact(s: FirewallState): Promise<boolean> {
   }
   const rules = (have.match(/comment "[^"]+"/g) ?? []).length;
   const want = (ruleset(s).match(/comment "[^"]+"/g) ?? []).length;
-  return rules === want;
+  if (rules !== want) return false;
+  // A FORWARD chain that appeared later (Docker started after weft) needs our accept rule too.
+  try {
+    return (await nft(['list', 'chain', 'ip', 'filter', 'FORWARD'])).includes('weft-bridge');
+  } catch {
+    return true; // no such chain
+  }
 }
 
 /** With a host FORWARD chain (iptables-nft, e.g. Docker's, policy DROP), bridge traffic needs its own accept there. */

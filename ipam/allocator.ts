@@ -178,6 +178,11 @@ export class Allocator implements Gossiper {
     return this.owned.get(ident) ?? [];
   }
 
+  /** Who holds an address on this peer (Docker's IPAM frees by address). */
+  holderOf(addr: Addr): string | undefined {
+    return this.byAddr.get(addr);
+  }
+
   /** Frees one address, or all of a container's. */
   async free(ident: string, addr?: Addr): Promise<Addr[]> {
     const addrs = this.owned.get(ident);

@@ -4,6 +4,11 @@ import type { Datapath } from '../datapath/datapath.js';
 import { IpamError } from '../ipam/allocator.js';
 import { HttpError } from './http-error.js';
 import type { NameService } from '../dns/table.js';
+import type { DockerWatcher } from '../plugin/docker-watcher.js';
+import { DOCKER_ID } from '../datapath/attach.js';
+
+/** Containers weft names by a prefix; anything else is a Docker container's name or id. */
+const WEFT_KINDS = /^(netns|pid|cni|dockerep):/;
 
 function need(dp: Datapath | null): Datapath {
   if (!dp) throw new HttpError(409, 'this router runs without a datapath (--datapath none): nothing can be attached');
@@ -20,7 +25,7 @@ async function wrap<T>(fn: () => Promise<T>): Promise<T> {
   }
 }
 
-export function registerDatapathRoutes(app: FastifyInstance, dp: Datapath | null, names: NameService): void {
+export function registerDatapathRoutes(app: FastifyInstance, dp: Datapath | null, names: NameService, docker: DockerWatcher | null): void {
   app.post('/attach', async (req) => {
     const b = (req.body ?? {}) as { container?: unknown; cidrs?: unknown; subnet?: unknown; hostname?: unknown; netns?: unknown; ifname?: unknown };
     let cni: { netns: string; ifname: string } | undefined;
@@ -34,6 +39,11 @@ export function registerDatapathRoutes(app: FastifyInstance, dp: Datapath | null
     if (!Array.isArray(cidrs) || !cidrs.every((c) => typeof c === 'string')) throw new HttpError(400, 'cidrs must be a list of ip/prefix');
     if (b.subnet !== undefined && typeof b.subnet !== 'string') throw new HttpError(400, 'subnet must be a CIDR');
     const d = need(dp);
+    if (!cni && !WEFT_KINDS.test(b.container)) {
+      if (!docker) throw new HttpError(400, `unknown container "${b.container}": use netns:NAME, pid:N or cni:ID (this router follows no Docker engine: --docker-api "")`);
+      const name = b.container;
+      return wrap(async () => docker.attach(await docker.resolve(name), cidrs as string[], b.subnet as string | undefined, b.hostname as string | undefined));
+    }
     const ep = await wrap(() => d.attach(b.container as string, cidrs as string[], b.subnet as string | undefined, cni));
     if (typeof b.hostname === 'string') for (const c of ep.cidrs) names.add(b.hostname, ep.container, c.split('/')[0]);
     return ep;
@@ -41,7 +51,13 @@ export function registerDatapathRoutes(app: FastifyInstance, dp: Datapath | null
 
   app.delete<{ Params: { container: string } }>('/attach/:container', async (req) => {
     const d = need(dp);
-    const container = req.params.container;
+    let container = req.params.container;
+    if (docker && !WEFT_KINDS.test(container) && !DOCKER_ID.test(container)) {
+      // A Docker name (or short id): its full id, even when it has stopped.
+      const c = await wrap(() => docker.api.find(container));
+      if (c) container = c.Id;
+    }
+    docker?.forgetAttached(container);
     if (!d.endpoints.local.some((e) => e.container === container)) {
       // Nothing attached; an address it may hold (an attach that failed half way) goes anyway.
       await d.freeAddresses(container);

@@ -90,7 +90,7 @@ export function buildApi(sources: ReportSources): FastifyInstance {
   });
 
   registerIpamRoutes(app, sources.ipam);
-  registerDatapathRoutes(app, sources.datapath, sources.names);
+  registerDatapathRoutes(app, sources.datapath, sources.names, sources.docker ?? null);
   registerDnsRoutes(app, sources);
   registerUiRoutes(app, sources);
   return app;

@@ -38,6 +38,10 @@ export interface RouterOptions {
   trustedSubnets: string[];
   /** Where Prometheus metrics are served ("" for nowhere). */
   metricsAddr: string;
+  /** The Docker engine to follow ("" for none). */
+  dockerApi: string;
+  /** Where the Docker network plugin listens ("" for no plugin). */
+  dockerPlugin: string;
   peers: string[];
 }
 
@@ -117,6 +121,8 @@ export function routerOptions(): Option[] {
     o('--dns-ttl <seconds>', 'TTL of weft\'s answers').default(1).argParser(int('dns-ttl', 0, 86400)),
     o('--dns-listen-address <ip:port>', 'where the DNS server listens (default: 169.254.83.83:53 on the weft bridge, reachable from attached containers)'),
     o('--resolv-conf <path>', 'upstream servers for other names come from this file').default('/etc/resolv.conf'),
+    o('--docker-api <url>', 'the Docker engine to follow (unix:///path or tcp://host:port; "" for none)').default(process.env.DOCKER_HOST || 'unix:///var/run/docker.sock', 'DOCKER_HOST or unix:///var/run/docker.sock'),
+    o('--docker-plugin <socket>', 'where the Docker network and IPAM plugin "weft" listens ("" for no plugin)').default('/run/docker/plugins/weft.sock'),
     o('--ipalloc-timeout <duration>', 'how long an allocation may wait (for consensus or space) before it fails with the reason').default(30_000, '30s').argParser(duration),
   ];
 }
@@ -168,6 +174,8 @@ export function toRouterOptions(v: Record<string, unknown>, peers: string[]): Ro
     sleeve: v.sleeve as boolean,
     trustedSubnets: v.trustedSubnets as string[],
     metricsAddr: v.metricsAddr as string,
+    dockerApi: v.dockerApi as string,
+    dockerPlugin: v.dockerPlugin as string,
     peers,
   };
 }

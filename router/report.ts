@@ -9,6 +9,7 @@ import type { Allocator, IpamStatus } from '../ipam/allocator.js';
 import type { Datapath } from '../datapath/datapath.js';
 import type { NameService } from '../dns/table.js';
 import type { DnsServer } from '../dns/server.js';
+import type { DockerStatus, DockerWatcher } from '../plugin/docker-watcher.js';
 
 export const VERSION = '0.1.0';
 
@@ -65,6 +66,8 @@ export interface Report {
     /** The userspace sleeve: running with its counters, or why not. */
     sleeve: { running: boolean; error: string | null; [counter: string]: unknown };
   };
+  /** The Docker engine weft follows and the network plugin it serves (null: Docker support off). */
+  docker: (DockerStatus & { pluginCalls: Record<string, number> }) | null;
 }
 
 export interface ReportSources {
@@ -77,6 +80,7 @@ export interface ReportSources {
   failures: HandshakeFailure[];
   hasPassword: boolean;
   discovery: boolean;
+  docker?: DockerWatcher | null;
 }
 
 const FAILURE_SHOWN_MS = 5 * 60_000;
@@ -188,6 +192,7 @@ export function buildReport(s: ReportSources): Report {
           sleeve: s.datapath.sleeve ? { running: true, error: null, ...s.datapath.sleeve.counters() } : { running: false, error: s.datapath.sleeveError },
         }
       : null,
+    docker: s.docker ? { ...s.docker.status, pluginCalls: Object.fromEntries(s.docker.driver.calls) } : null,
   };
 }
 
@@ -215,8 +220,16 @@ export function renderStatus(r: Report): string {
     ['Range', `${r.ipam.range}, default subnet ${r.ipam.defaultSubnet}`],
     ['DNS', r.dns.address ? `${r.dns.domain} on ${r.dns.address}, ${r.dns.entries.length} name(s), upstream ${r.dns.upstreams.join(' ') || 'none'}` : 'off'],
     ['Datapath', r.datapath ? `${r.datapath.fastdp ? 'fastdp (kernel VXLAN)' : 'fastdp off'}, ${r.datapath.sleeve.running ? 'sleeve (userspace UDP)' : `no sleeve (${r.datapath.sleeve.error})`}, mtu ${r.datapath.mtu}, ${r.datapath.localEndpoints.length} container(s) attached here${r.datapath.exposed.length ? `, host exposed as ${r.datapath.exposed.join(' ')}` : ''}${r.datapath.lastError ? `; last error: ${r.datapath.lastError}` : ''}` : 'none (control plane only)'],
+    ['Docker', dockerLine(r.docker)],
   ];
   return lines.map(([k, v]) => `${k.padStart(16)}: ${v}`).join('\n') + '\n';
+}
+
+function dockerLine(d: Report['docker']): string {
+  if (!d) return 'off';
+  if (!d.connected) return `not connected to ${d.api} (${d.state})`;
+  const plugin = d.plugin ? `network plugin "weft" at ${d.plugin}` : d.pluginError ?? 'no network plugin';
+  return `engine ${d.version ?? '?'} at ${d.api}, ${plugin}`;
 }
 
 /** A status line saying how established connections carry data, when any is not on fastdp. */

@@ -20,6 +20,7 @@ import { containerLiveness } from '../ipam/liveness.js';
 import { Datapath } from '../datapath/datapath.js';
 import { NameService } from '../dns/table.js';
 import { DnsServer, upstreamsFromResolvConf } from '../dns/server.js';
+import { DockerWatcher } from '../plugin/docker-watcher.js';
 
 export const DNS_BRIDGE_IP = '169.254.83.83';
 
@@ -45,6 +46,8 @@ export interface RouterInfo {
   nickname: string;
   version: string;
   startedAt: string;
+  /** When weft launch runs the router as a Docker container: the container's name. */
+  container?: string;
 }
 
 export function routerInfoPath(dataDir: string): string {
@@ -66,6 +69,7 @@ export class Router {
     readonly datapath: Datapath | null,
     readonly names: NameService,
     readonly dns: DnsServer | null,
+    readonly docker: DockerWatcher | null,
   ) {}
 
   static async start(opts: RouterOptions, log: Logger): Promise<Router> {
@@ -131,12 +135,26 @@ export class Router {
         upstreamTimeoutMs: 2000,
       });
     }
-    const router = new Router(opts, mesh, transport, maker, ipam, ipamStore, datapath, names, dns);
+    const docker =
+      datapath && opts.dockerApi
+        ? new DockerWatcher({
+            api: opts.dockerApi,
+            datapath,
+            ipam,
+            names,
+            dataDir: opts.dataDir,
+            log,
+            pluginSocket: opts.dockerPlugin || null,
+            dns: dnsOnBridge ? { ip: DNS_BRIDGE_IP, domain: opts.dnsDomain } : undefined,
+            peerName: id.name,
+          })
+        : null;
+    const router = new Router(opts, mesh, transport, maker, ipam, ipamStore, datapath, names, dns, docker);
     try {
       await datapath?.start();
       await dns?.start();
       await transport.listen(opts.host, opts.port);
-      const api = buildApi({ mesh, maker, ipam, datapath, names, dns, failures: transport.failures, hasPassword: opts.password !== null, discovery: opts.discovery });
+      const api = buildApi({ mesh, maker, ipam, datapath, names, dns, failures: transport.failures, hasPassword: opts.password !== null, discovery: opts.discovery, docker });
       const { host, port } = splitHostPort(opts.httpAddr);
       await api.listen({ host, port });
       router.api = api;
@@ -146,6 +164,7 @@ export class Router {
         router.metrics = await serveMetrics(buildRegistry(router), m[1] || '0.0.0.0', Number(m[2]));
       }
       if (opts.peers.length > 0) maker.connect(opts.peers);
+      docker?.start();
       router.writeInfo();
       log.info({ name: id.name, port: opts.port, http: opts.httpAddr, peers: opts.peers }, 'weft router started');
       return router;
@@ -156,7 +175,7 @@ export class Router {
   }
 
   report(): Report {
-    return buildReport({ mesh: this.mesh, maker: this.maker, ipam: this.ipam, datapath: this.datapath, names: this.names, dns: this.dns, failures: this.transport.failures, hasPassword: this.opts.password !== null, discovery: this.opts.discovery });
+    return buildReport({ mesh: this.mesh, maker: this.maker, ipam: this.ipam, datapath: this.datapath, names: this.names, dns: this.dns, failures: this.transport.failures, hasPassword: this.opts.password !== null, discovery: this.opts.discovery, docker: this.docker });
   }
 
   private writeInfo(): void {
@@ -167,6 +186,7 @@ export class Router {
       nickname: this.opts.nickname,
       version: VERSION,
       startedAt: new Date().toISOString(),
+      ...(process.env.WEFT_CONTAINER ? { container: process.env.WEFT_CONTAINER } : {}),
     };
     writeJsonAtomically(routerInfoPath(this.opts.dataDir), info);
   }
@@ -174,6 +194,7 @@ export class Router {
   stop(): Promise<void> {
     this.stopping ??= (async () => {
       rmSync(routerInfoPath(this.opts.dataDir), { force: true });
+      await this.docker?.stop();
       this.maker.stop();
       this.ipam.stop();
       this.datapath?.stop();

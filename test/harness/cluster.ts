@@ -5,20 +5,9 @@
 import { randomBytes } from 'node:crypto';
 import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
 import { must, run, type ExecResult } from './exec.js';
-
-/** The project root: the nearest folder above this file with a package.json (works from test/ and dist/test/). */
-function projectRoot(): string {
-  let dir = dirname(fileURLToPath(import.meta.url));
-  while (!existsSync(join(dir, 'package.json'))) {
-    const up = dirname(dir);
-    if (up === dir) throw new Error('cannot find the project root');
-    dir = up;
-  }
-  return dir;
-}
+import { projectRoot } from '../../router/project-root.js';
 
 export const WEFT_CLI = join(projectRoot(), 'dist', 'cli', 'weft.js');
 

@@ -25,6 +25,8 @@ export function routerOptions(over: Partial<RouterOptions> & Pick<RouterOptions,
     sleeve: true,
     trustedSubnets: [],
     metricsAddr: '',
+    dockerApi: '',
+    dockerPlugin: '',
     peers: [],
     ...over,
   };

@@ -1,0 +1,320 @@
+// Docker's remote network driver and IPAM driver, served by the router on
+// /run/docker/plugins/weft.sock: `docker network create -d weft --ipam-driver weft NET`.
+// Every call is a POST with a JSON body; errors are HTTP 500 with {"Err": "..."}.
+//
+// Network: CreateEndpoint makes a veth on the weft bridge, Join hands its other end
+// to Docker (which moves it into the container as ethwe0), and the endpoint is
+// announced to the mesh like an attached container. IPAM: pools are subnets of
+// weft's allocation range, addresses come from weft's IPAM.
+import http from 'node:http';
+import { randomBytes } from 'node:crypto';
+import { existsSync, mkdirSync, rmSync, statSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import type { Allocator } from '../ipam/allocator.js';
+import { contains, formatCidr, formatIp, overlaps, parseCidr, parseIp, type Cidr } from '../ipam/addr.js';
+import type { Datapath } from '../datapath/datapath.js';
+import { BRIDGE } from '../datapath/bridge.js';
+import { hostIfName } from '../datapath/attach.js';
+import { ip, ipJson, linkExists } from '../datapath/iproute.js';
+import { readJsonList, writeJsonAtomically } from '../router/json-file.js';
+import type { Logger } from '../router/mesh/mesh.js';
+
+export const PLUGIN_NAME = 'weft';
+export const ADDRESS_SPACE = 'weft';
+const GATEWAY_TYPE = 'com.docker.network.gateway';
+const CONTENT_TYPE = 'application/vnd.docker.plugins.v1.2+json';
+
+export class PluginError extends Error {}
+
+interface Pool {
+  id: string;
+  pool: string;
+  /** Where addresses come from: the pool, or the --ip-range Docker gave. */
+  range: string;
+}
+
+export interface DriverDeps {
+  datapath: Datapath;
+  ipam: Allocator;
+  dataDir: string;
+  log: Logger;
+  /** The DNS server's address on the bridge, routed to from containers (none without DNS). */
+  dnsIp?: string;
+}
+
+/** The endpoint key weft uses for a Docker network endpoint. */
+export function endpointKey(endpointId: string): string {
+  return `dockerep:${endpointId}`;
+}
+
+function str(v: unknown, what: string): string {
+  if (typeof v !== 'string' || v === '') throw new PluginError(`${what} is missing`);
+  return v;
+}
+
+function endpointId(v: unknown): string {
+  const id = str(v, 'EndpointID');
+  if (!/^[0-9a-f]{64}$/.test(id)) throw new PluginError(`EndpointID "${id.slice(0, 80)}" is not a Docker endpoint id`);
+  return id;
+}
+
+export class DockerDriver {
+  private server: http.Server | null = null;
+  private socketPath: string | null = null;
+  readonly calls = new Map<string, number>();
+
+  constructor(private readonly deps: DriverDeps) {}
+
+  private get poolsPath(): string {
+    return join(this.deps.dataDir, 'docker-pools.json');
+  }
+
+  private pools(): Pool[] {
+    return readJsonList<Pool>(this.poolsPath);
+  }
+
+  /** Answers one call: the method name (e.g. "NetworkDriver.Join") and its JSON body. */
+  async handle(method: string, body: Record<string, unknown>): Promise<unknown> {
+    this.calls.set(method, (this.calls.get(method) ?? 0) + 1);
+    switch (method) {
+      case 'Plugin.Activate':
+        return { Implements: ['NetworkDriver', 'IpamDriver'] };
+      case 'NetworkDriver.GetCapabilities':
+        return { Scope: 'local', ConnectivityScope: 'global' };
+      case 'NetworkDriver.CreateNetwork':
+        return this.createNetwork(body);
+      case 'NetworkDriver.CreateEndpoint':
+        return this.createEndpoint(body);
+      case 'NetworkDriver.DeleteEndpoint':
+        return this.deleteEndpoint(body);
+      case 'NetworkDriver.Join':
+        return this.join(body);
+      case 'NetworkDriver.EndpointOperInfo':
+        return { Value: {} };
+      case 'NetworkDriver.DeleteNetwork':
+      case 'NetworkDriver.Leave':
+      case 'NetworkDriver.DiscoverNew':
+      case 'NetworkDriver.DiscoverDelete':
+      case 'NetworkDriver.ProgramExternalConnectivity':
+      case 'NetworkDriver.RevokeExternalConnectivity':
+      case 'NetworkDriver.FreeNetwork':
+        return {};
+      case 'NetworkDriver.AllocateNetwork':
+        return { Options: (body.Options as unknown) ?? {} };
+      case 'IpamDriver.GetCapabilities':
+        return { RequiresMACAddress: false, RequiresRequestReplay: false };
+      case 'IpamDriver.GetDefaultAddressSpaces':
+        return { LocalDefaultAddressSpace: ADDRESS_SPACE, GlobalDefaultAddressSpace: ADDRESS_SPACE };
+      case 'IpamDriver.RequestPool':
+        return this.requestPool(body);
+      case 'IpamDriver.ReleasePool':
+        return this.releasePool(body);
+      case 'IpamDriver.RequestAddress':
+        return this.requestAddress(body);
+      case 'IpamDriver.ReleaseAddress':
+        return this.releaseAddress(body);
+      default:
+        throw new PluginError(`weft's plugin does not implement ${method}`);
+    }
+  }
+
+  // ---------------------------------------------------------------- IPAM
+
+  private requestPool(b: Record<string, unknown>): unknown {
+    if (b.V6 === true) throw new PluginError('weft does not do IPv6: create the network without --ipv6');
+    const range = this.deps.ipam.config.range;
+    let pool: Cidr;
+    try {
+      pool = typeof b.Pool === 'string' && b.Pool !== '' ? parseCidr(b.Pool) : this.deps.ipam.config.defaultSubnet;
+    } catch (err) {
+      throw new PluginError(`--subnet: ${(err as Error).message}`);
+    }
+    if (!contains(range, pool)) throw new PluginError(`subnet ${formatCidr(pool)} is outside weft's allocation range ${formatCidr(range)}: give --subnet inside it`);
+    if (pool.prefix > 30) throw new PluginError(`subnet ${formatCidr(pool)} is too small for weft (at most /30)`);
+    let sub = pool;
+    if (typeof b.SubPool === 'string' && b.SubPool !== '') {
+      try {
+        sub = parseCidr(b.SubPool);
+      } catch (err) {
+        throw new PluginError(`--ip-range: ${(err as Error).message}`);
+      }
+      if (!contains(pool, sub)) throw new PluginError(`--ip-range ${formatCidr(sub)} is not inside --subnet ${formatCidr(pool)}`);
+    }
+    // Docker asks again and again while a pool overlaps one of its networks: say no, and why, at once.
+    const pools = this.pools();
+    const clash = pools.find((p) => overlaps(parseCidr(p.pool), pool));
+    if (clash) {
+      throw new PluginError(
+        `subnet ${formatCidr(pool)} overlaps ${clash.pool}, already used by another weft network on this Docker engine; ` +
+          `give each weft network its own subnet inside ${formatCidr(range)} (docker network create -d weft --ipam-driver weft --subnet CIDR NAME)`,
+      );
+    }
+    const entry: Pool = { id: `weft-${formatCidr(pool)}-${formatCidr(sub)}`, pool: formatCidr(pool), range: formatCidr(sub) };
+    writeJsonAtomically(this.poolsPath, [...pools, entry]);
+    return { PoolID: entry.id, Pool: entry.pool, Data: {} };
+  }
+
+  private releasePool(b: Record<string, unknown>): unknown {
+    const id = str(b.PoolID, 'PoolID');
+    writeJsonAtomically(this.poolsPath, this.pools().filter((p) => p.id !== id));
+    return {};
+  }
+
+  private pool(id: unknown): Pool {
+    const p = this.pools().find((x) => x.id === id);
+    if (!p) throw new PluginError(`unknown pool "${String(id).slice(0, 100)}" (was the network made with --ipam-driver weft?)`);
+    return p;
+  }
+
+  private async requestAddress(b: Record<string, unknown>): Promise<unknown> {
+    const pool = this.pool(b.PoolID);
+    const net = parseCidr(pool.pool);
+    const opts = (b.Options ?? {}) as Record<string, unknown>;
+    if (opts.RequestAddressType === GATEWAY_TYPE) {
+      // The overlay has no gateway; Docker wants one per network: the subnet's own address, never handed out.
+      return { Address: `${formatIp(net.start)}/${net.prefix}` };
+    }
+    const ident = `dockernet:${randomBytes(6).toString('hex')}`;
+    let got: { addr: number };
+    if (typeof b.Address === 'string' && b.Address !== '') {
+      let want: number;
+      try {
+        want = parseIp(b.Address);
+      } catch (err) {
+        throw new PluginError(`--ip: ${(err as Error).message}`);
+      }
+      if (!contains(net, { start: want, prefix: 32 })) throw new PluginError(`${b.Address} is not in the network's subnet ${pool.pool}`);
+      got = await this.deps.ipam.claim(ident, want, net);
+    } else {
+      got = await this.deps.ipam.allocate(ident, parseCidr(pool.range));
+    }
+    return { Address: `${formatIp(got.addr)}/${net.prefix}` };
+  }
+
+  private async releaseAddress(b: Record<string, unknown>): Promise<unknown> {
+    const pool = this.pool(b.PoolID);
+    const addr = parseIp(str(b.Address, 'Address').split('/')[0]);
+    if (addr === parseCidr(pool.pool).start) return {}; // the pretend gateway
+    const holder = this.deps.ipam.holderOf(addr);
+    if (holder) await this.deps.ipam.free(holder, addr).catch(() => undefined);
+    return {};
+  }
+
+  // ---------------------------------------------------------------- network
+
+  private createNetwork(b: Record<string, unknown>): unknown {
+    const v4 = (b.IPv4Data ?? []) as { Pool?: string; AddressSpace?: string }[];
+    if (!Array.isArray(v4) || v4.length === 0) throw new PluginError('the network has no IPv4 subnet');
+    for (const d of v4) {
+      let inRange = false;
+      try {
+        inRange = contains(this.deps.ipam.config.range, parseCidr(str(d.Pool, 'IPv4Data.Pool')));
+      } catch {
+        inRange = false;
+      }
+      if (d.AddressSpace !== ADDRESS_SPACE || !inRange) {
+        throw new PluginError(`weft networks take their addresses from weft: create it with --ipam-driver weft (subnet ${d.Pool ?? '?'} is not one weft handed out)`);
+      }
+    }
+    if (b.IPv6Data && Array.isArray(b.IPv6Data) && b.IPv6Data.length > 0) throw new PluginError('weft does not do IPv6: create the network without --ipv6');
+    return {};
+  }
+
+  private async createEndpoint(b: Record<string, unknown>): Promise<unknown> {
+    const eid = endpointId(b.EndpointID);
+    const iface = (b.Interface ?? {}) as { Address?: string; MacAddress?: string };
+    const address = str(iface.Address, 'Interface.Address (an IPv4 address from the IPAM driver)');
+    parseCidr(address, true);
+    const key = endpointKey(eid);
+    const hostIf = hostIfName(key);
+    const peerIf = `vp${hostIf.slice(2)}`;
+    const mtu = String(this.deps.datapath.mtu);
+    if (await linkExists(hostIf)) await ip(['link', 'del', hostIf]); // left from an endpoint that failed half way
+    await ip(['link', 'add', hostIf, 'mtu', mtu, 'type', 'veth', 'peer', 'name', peerIf, 'mtu', mtu]);
+    try {
+      if (iface.MacAddress) await ip(['link', 'set', peerIf, 'address', iface.MacAddress]);
+      await ip(['link', 'set', hostIf, 'master', BRIDGE, 'up']);
+      const mac = (await ipJson<{ address: string }[]>(['link', 'show', 'dev', peerIf]))[0].address;
+      await this.deps.datapath.plug(key, mac, [address]);
+      return { Interface: iface.MacAddress ? {} : { MacAddress: mac } };
+    } catch (err) {
+      await ip(['link', 'del', hostIf]).catch(() => undefined);
+      throw err;
+    }
+  }
+
+  private async join(b: Record<string, unknown>): Promise<unknown> {
+    const key = endpointKey(endpointId(b.EndpointID));
+    const hostIf = hostIfName(key);
+    if (!(await linkExists(hostIf))) throw new PluginError(`endpoint ${key.slice(9, 21)} has no interface (was it created on this host?)`);
+    const routes = [{ Destination: '224.0.0.0/4', RouteType: 1 }];
+    if (this.deps.dnsIp) routes.push({ Destination: `${this.deps.dnsIp}/32`, RouteType: 1 });
+    return { InterfaceName: { SrcName: `vp${hostIf.slice(2)}`, DstPrefix: 'ethwe' }, StaticRoutes: routes };
+  }
+
+  private async deleteEndpoint(b: Record<string, unknown>): Promise<unknown> {
+    const key = endpointKey(endpointId(b.EndpointID));
+    const hostIf = hostIfName(key);
+    if (await linkExists(hostIf)) await ip(['link', 'del', hostIf]);
+    await this.deps.datapath.unplug(key);
+    return {};
+  }
+
+  // ---------------------------------------------------------------- serving
+
+  /** Serves the plugin on a unix socket (a stale socket file from a previous run is replaced). */
+  async listen(socketPath: string): Promise<void> {
+    mkdirSync(dirname(socketPath), { recursive: true });
+    if (existsSync(socketPath) && statSync(socketPath).isSocket()) rmSync(socketPath);
+    const server = http.createServer((req, res) => void this.serve(req, res));
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(socketPath, () => {
+        server.off('error', reject);
+        resolve();
+      });
+    });
+    this.server = server;
+    this.socketPath = socketPath;
+  }
+
+  private async serve(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
+    const reply = (status: number, body: unknown) => {
+      res.writeHead(status, { 'content-type': CONTENT_TYPE });
+      res.end(JSON.stringify(body));
+    };
+    const method = (req.url ?? '').replace(/^\//, '');
+    let text = '';
+    try {
+      for await (const chunk of req) {
+        text += String(chunk);
+        if (text.length > 1 << 20) throw new PluginError('request body too large');
+      }
+      let body: unknown = {};
+      if (text.trim() !== '') {
+        try {
+          body = JSON.parse(text);
+        } catch {
+          throw new PluginError('the request body is not JSON');
+        }
+      }
+      if (body === null || typeof body !== 'object' || Array.isArray(body)) throw new PluginError('the request body must be a JSON object');
+      reply(200, await this.handle(method, body as Record<string, unknown>));
+    } catch (err) {
+      const msg = (err as Error).message;
+      this.deps.log.warn({ call: method, err: msg }, 'Docker plugin call failed');
+      reply(500, { Err: msg });
+    }
+  }
+
+  async close(): Promise<void> {
+    const s = this.server;
+    this.server = null;
+    if (s) await new Promise<void>((r) => s.close(() => r()));
+    if (this.socketPath) rmSync(this.socketPath, { force: true });
+  }
+
+  get socket(): string | null {
+    return this.socketPath;
+  }
+}
