@@ -78,7 +78,9 @@ export class Host {
   }
 
   async launch(peers: string[] = [], extra: string[] = [], env: NodeJS.ProcessEnv = {}): Promise<ExecResult> {
-    const r = await this.weft(['launch', '--nickname', this.nickname, ...this.routerArgs, ...extra, ...peers], { env, timeoutMs: 40_000 });
+    // A process unless this host has its own Docker engine (a dockerd elsewhere on the machine must not matter).
+    const mode = this.env.DOCKER_HOST ? [] : ['--no-docker'];
+    const r = await this.weft(['launch', ...mode, '--nickname', this.nickname, ...this.routerArgs, ...extra, ...peers], { env, timeoutMs: 40_000 });
     if (r.code !== 0) throw new Error(`weft launch on ${this.nickname} failed: ${r.stderr.trim()}`);
     return r;
   }
