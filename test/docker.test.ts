@@ -115,6 +115,16 @@ describe.skipIf(missing !== null)('Docker: router container, network plugin, eve
     // c1 is on the weft network on the same host; c3 reaches it over the bridge, and c1 finds c3 by name.
     const ip1 = (await da.mustDocker(['inspect', '-f', '{{.NetworkSettings.Networks.weftnet.IPAddress}}', 'c1'])).trim();
     expect((await da.docker(['exec', 'c3', 'ping', '-c', '1', '-W', '2', ip1])).code).toBe(0);
+    // Containers attached this way resolve each other by name across hosts (weft dns-args on Docker's default network).
+    await workload(db, 'c4', await dnsArgs(b));
+    expect((await b.weft(['attach', 'c4'])).code).toBe(0);
+    const found = await eventually('c4 resolves c3 by name', async () => {
+      const g = await db.docker(['exec', 'c4', 'getent', 'hosts', 'c3']);
+      return g.code === 0 ? g.stdout : null;
+    }, 10_000);
+    expect(found.split(/\s+/)[0]).toBe(ip3);
+    expect((await db.docker(['exec', 'c4', 'ping', '-c', '1', '-W', '2', ip3])).code).toBe(0);
+    await db.mustDocker(['rm', '-f', 'c4']);
     await da.mustDocker(['restart', '-t', '1', 'c3']);
     const back = await eventually('c3 reattached after its restart', async () => {
       const out = await da.docker(['exec', 'c3', 'ip', '-4', '-o', 'addr', 'show', 'dev', 'ethwe']);
