@@ -23,6 +23,8 @@ interface NetConf {
   subnet?: string;
   /** Register the container's name (from K8S_POD_NAME in CNI_ARGS, or this) in weft's DNS domain. */
   dnsDomain?: string;
+  /** Security groups of every container of this network (more from WEFT_GROUP=a,b in CNI_ARGS). */
+  groups?: string[];
 }
 
 class CniError extends Error {
@@ -82,12 +84,23 @@ function containerOf(): string {
   return /^[A-Za-z0-9_.-]{1,128}$/.test(id) ? `cni:${id}` : `cni:${createHash('sha256').update(id).digest('hex').slice(0, 32)}`;
 }
 
-function podName(): string | null {
+function cniArg(name: string): string | null {
   for (const kv of env('CNI_ARGS', false).split(';')) {
     const [k, v] = kv.split('=');
-    if (k === 'K8S_POD_NAME' && v) return v;
+    if (k === name && v) return v;
   }
   return null;
+}
+
+function podName(): string | null {
+  return cniArg('K8S_POD_NAME');
+}
+
+/** The config's groups and those of WEFT_GROUP in CNI_ARGS; the router checks the names. */
+function groupsOf(conf: NetConf): string[] | undefined {
+  if (conf.groups !== undefined && (!Array.isArray(conf.groups) || !conf.groups.every((g) => typeof g === 'string'))) throw new CniError(6, 'groups must be a list of group names');
+  const all = [...(conf.groups ?? []), ...(cniArg('WEFT_GROUP') ?? '').split(',').map((g) => g.trim()).filter(Boolean)];
+  return all.length > 0 ? [...new Set(all)] : undefined;
 }
 
 function macOf(netns: string, ifname: string): string {
@@ -108,7 +121,7 @@ async function add(conf: NetConf): Promise<unknown> {
   const pod = podName();
   const domain = (conf.dnsDomain ?? '').replace(/\.$/, '');
   const hostname = pod && domain ? `${pod}.${domain}` : undefined;
-  const r = await call(conf, 'POST', '/attach', { container, cidrs: [], subnet: conf.subnet, netns, ifname, hostname });
+  const r = await call(conf, 'POST', '/attach', { container, cidrs: [], subnet: conf.subnet, netns, ifname, hostname, groups: groupsOf(conf) });
   if (r.status >= 400) throw new CniError(r.status === 503 ? 11 : 999, `weft could not attach ${container}: ${String(r.json.error)}`);
   const cidrs = r.json.cidrs as string[];
   const mac = String(r.json.mac ?? '') || macOf(netns, ifname);

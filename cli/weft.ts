@@ -9,6 +9,7 @@ import { rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { CliError, isAlive, readRouterInfo, request, type Target } from './client.js';
 import { launch } from './launch.js';
+import type { PolicyStatus } from '../policy/engine.js';
 import { ROUTER_CONTAINER, removeRouterContainer } from './router-container.js';
 
 /** Everything a router keeps in its data dir (weft reset removes it all, and the log). */
@@ -60,7 +61,7 @@ withRouterLocation(
   await request(target(cmd), 'POST', '/forget', { peers });
 });
 
-const VIEWS = ['peers', 'connections', 'targets', 'ipam', 'dns'];
+const VIEWS = ['peers', 'connections', 'targets', 'ipam', 'dns', 'policy'];
 withRouterLocation(
   program
     .command('status')
@@ -69,6 +70,12 @@ withRouterLocation(
     .option('--json', 'as JSON: the view\'s part of the report (the whole report without a view)'),
 ).action(async (view: string | undefined, o: { json?: boolean }, cmd: Command) => {
   if (view !== undefined && !VIEWS.includes(view)) throw new CliError(`unknown status view "${view}"; views: ${VIEWS.join(', ')}`, 2);
+  if (view === 'policy') {
+    const st = JSON.parse((await request(target(cmd), 'GET', '/policy/status')).body) as PolicyStatus;
+    if (o.json) console.log(JSON.stringify(st, null, 2));
+    else process.stdout.write(renderPolicyStatus(st));
+    return;
+  }
   const report = await getReport(cmd);
   if (o.json) {
     const part = view === undefined ? report : report[view as 'peers' | 'connections' | 'targets' | 'ipam' | 'dns'];
@@ -168,11 +175,12 @@ withRouterLocation(
     .description('attach a container to the overlay: an ethwe interface with addresses from IPAM (or the ones given)')
     .argument('<args...>', '[ip/prefix ...] CONTAINER: a Docker container\'s name or id, netns:NAME or pid:N')
     .option('--subnet <cidr>', 'allocate from this subnet of the range')
-    .option('-h, --hostname <fqdn>', 'register this name in weft\'s DNS (e.g. web.weft.local)'),
-).action(async (args: string[], o: { subnet?: string; hostname?: string }, cmd: Command) => {
+    .option('-h, --hostname <fqdn>', 'register this name in weft\'s DNS (e.g. web.weft.local)')
+    .option('--group <name>', 'put the container in this security group (repeatable; Docker containers default to their weft.group label)', (v: string, prev: string[] | undefined) => [...(prev ?? []), v]),
+).action(async (args: string[], o: { subnet?: string; hostname?: string; group?: string[] }, cmd: Command) => {
   const container = args[args.length - 1];
   const cidrs = args.slice(0, -1);
-  const ep = JSON.parse((await whileWaiting(cmd, request(target(cmd), 'POST', '/attach', { container, cidrs, subnet: o.subnet, hostname: o.hostname }))).body) as { cidrs: string[] };
+  const ep = JSON.parse((await whileWaiting(cmd, request(target(cmd), 'POST', '/attach', { container, cidrs, subnet: o.subnet, hostname: o.hostname, groups: o.group }))).body) as { cidrs: string[] };
   console.log(ep.cidrs.join(' '));
 });
 
@@ -266,6 +274,57 @@ withRouterLocation(program.command('dns-args').description('the docker run flags
 withRouterLocation(program.command('ps').description('containers attached on this host: id, MAC, addresses')).action(async (_o, cmd: Command) => {
   process.stdout.write(renderPs(await getReport(cmd)));
 });
+
+// ---- security groups
+const policy = program.command('policy').description('security groups: which containers may talk to which');
+withRouterLocation(
+  policy
+    .command('allow')
+    .description('add a rule: members of --to accept traffic from --from (with --egress: members of --from may send to --to)')
+    .requiredOption('--to <group>', 'the group (or container:ID) the rule opens; with --egress: a group, container:ID, CIDR or any')
+    .requiredOption('--from <source>', 'a group, container:ID, CIDR or any; with --egress: the group (or container:ID) the rule opens')
+    .option('--proto <proto>', 'tcp, udp, icmp or any', 'any')
+    .option('--port <n[-m]>', 'a port or range (tcp and udp)')
+    .option('--egress', 'an egress rule (limits what members of --from may send)'),
+).action(async (o: { to: string; from: string; proto: string; port?: string; egress?: boolean }, cmd: Command) => {
+  const r = JSON.parse((await request(target(cmd), 'POST', '/policy', { to: o.to, from: o.from, proto: o.proto, port: o.port, egress: o.egress === true })).body) as { id: string; text: string };
+  console.log(`${r.id} ${r.text}`);
+});
+withRouterLocation(policy.command('list').description('the rules in force in the mesh').option('--json', 'as JSON')).action(async (o: { json?: boolean }, cmd: Command) => {
+  const r = JSON.parse((await request(target(cmd), 'GET', '/policy')).body) as { rules: { id: string; text: string }[] };
+  if (o.json) console.log(JSON.stringify(r.rules, null, 2));
+  else process.stdout.write(r.rules.length === 0 ? 'no rules: every container accepts everything\n' : r.rules.map((x) => `${x.id} ${x.text}`).join('\n') + '\n');
+});
+withRouterLocation(policy.command('remove').description('remove a rule, everywhere (flows it allowed are cut)').argument('<id>', 'rule id (weft policy list)')).action(
+  async (id: string, _o, cmd: Command) => {
+    const r = JSON.parse((await request(target(cmd), 'DELETE', `/policy/${encodeURIComponent(id)}`)).body) as { id: string; text: string };
+    console.log(`removed ${r.id} ${r.text}`);
+  },
+);
+withRouterLocation(
+  policy
+    .command('check')
+    .description('whether a flow is allowed, and which rule decides (exit 0 allowed, 1 denied)')
+    .argument('<from>', 'sender: a container (name, id) or an address')
+    .argument('<to>', 'receiver: a container (name, id) or an address')
+    .argument('[proto/port]', 'e.g. tcp/5432, udp/53, icmp', 'icmp')
+    .option('--json', 'as JSON'),
+).action(async (from: string, to: string, what: string, o: { json?: boolean }, cmd: Command) => {
+  const [proto, port] = what.split('/');
+  const q = new URLSearchParams({ from, to, proto });
+  if (port !== undefined) q.set('port', port);
+  const r = JSON.parse((await request(target(cmd), 'GET', `/policy/check?${q}`)).body) as { allowed: boolean; summary: string };
+  console.log(o.json ? JSON.stringify(r, null, 2) : r.summary);
+  if (!r.allowed) process.exitCode = 1;
+});
+
+function renderPolicyStatus(st: PolicyStatus): string {
+  const lines = [`${st.rules} rule(s) in the mesh; ${st.limitedHere} container(s) here limited by them${st.lastError ? `; last error: ${st.lastError}` : ''}`];
+  lines.push(`flows cut after revocations: ${st.flowsCut}; rule rewrites: ${st.rewrites}; membership updates: ${st.elementUpdates}`);
+  for (const a of st.allowed) lines.push(`  rule ${a.rule}: ${a.packets} packet(s) allowed here`);
+  for (const d of st.dropped) lines.push(`  ${d.group} ${d.direction}: ${d.packets} packet(s) dropped here`);
+  return lines.join('\n') + '\n';
+}
 
 async function stopRouter(dataDir: string): Promise<void> {
   const info = readRouterInfo(dataDir);

@@ -23,6 +23,9 @@ export type Overlay = 'fastdp' | 'sleeve' | 'none';
 
 export const EXPOSE_ID = 'weft:expose';
 
+/** How long a peer that was on fastdp keeps it after its connection goes, before a relay is tried. */
+const FASTDP_HOLD_MS = 5_000;
+
 export interface DatapathConfig {
   dataDir: string;
   /** With weft's DNS: its address on the bridge, and the resolv.conf containers get. */
@@ -57,6 +60,8 @@ export class Datapath {
   exposed: string[] = [];
   /** Each peer's underlay address, remembered after its connection goes (see desiredFdb). */
   private readonly lastAddr = new Map<string, string>();
+  /** Security groups: what they add to the firewall table (policy/engine.ts). */
+  policy: { firewallPart(): { lines: string[]; hooks: string[] } | null; written(): void } | null = null;
   /** The sleeve, when it runs; else why not. */
   sleeve: Sleeve | null = null;
   sleeveError: string | null = null;
@@ -66,6 +71,8 @@ export class Datapath {
   private presumedFast = new Set<string>();
   private presumedUntil = 0;
   private overlayTimer: NodeJS.Timeout | null = null;
+  /** When each peer that was on fastdp lost its connection. */
+  private readonly disconnectedAt = new Map<PeerName, number>();
 
   constructor(
     private readonly mesh: Mesh,
@@ -198,8 +205,14 @@ export class Datapath {
       const addr = this.lastAddr.get(p);
       const fastOk = this.config.fastdp && addr !== undefined && !this.encrypted(p);
       let o: Overlay = 'none';
+      if (connected.has(p)) this.disconnectedAt.delete(p);
+      else if (prev === 'fastdp' && !this.disconnectedAt.has(p)) this.disconnectedAt.set(p, Date.now());
+      const justLost = !connected.has(p) && Date.now() - (this.disconnectedAt.get(p) ?? 0) < FASTDP_HOLD_MS;
       if (connected.has(p) && fastOk && this.health.healthy(p)) o = 'fastdp';
       else if (connected.has(p) && fastOk && this.presumedFastdp(p)) o = 'fastdp';
+      // A peer whose connection just went (its router restarting, say) keeps the kernel path: other peers'
+      // topology may still show a route to it for a few heartbeats, and a relay through them would not work.
+      else if (justLost && prev === 'fastdp' && fastOk) o = 'fastdp';
       else if (this.sleeve && (connected.has(p) || routes.has(p))) o = 'sleeve';
       else if (!connected.has(p) && prev === 'fastdp' && fastOk) o = 'fastdp';
       else if (!this.sleeve && fastOk && (connected.has(p) || withEndpoints.has(p))) o = 'fastdp'; // nothing better to try
@@ -246,7 +259,16 @@ export class Datapath {
   }
 
   private firewallState(): FirewallState {
-    return { exposed: [...new Set(this.exposed.map((c) => { const p = parseCidr(c, true); return `${formatIp(p.start)}/${p.prefix}`; }))] };
+    return {
+      exposed: [...new Set(this.exposed.map((c) => { const p = parseCidr(c, true); return `${formatIp(p.start)}/${p.prefix}`; }))],
+      policy: this.policy?.firewallPart() ?? undefined,
+    };
+  }
+
+  /** Rewrites the firewall table now (the policy's rules changed). */
+  async refreshFirewall(): Promise<void> {
+    await applyFirewall(this.firewallState());
+    this.policy?.written();
   }
 
   /** Writes the firewall table when asked to, or when it was flushed or changed underneath. */
@@ -255,6 +277,7 @@ export class Datapath {
       const state = this.firewallState();
       if (!force && (await firewallIntact(state))) return;
       await applyFirewall(state);
+      this.policy?.written();
       if (!force) {
         this.stats.repairs++;
         this.mesh.log.warn('firewall rules were missing or changed; restored');
@@ -332,7 +355,7 @@ export class Datapath {
    * Attaches a container; with no addresses given, one comes from IPAM. Returns its endpoint.
    * A CNI container (`cni:ID`) comes with its namespace path and interface name.
    */
-  async attach(container: string, cidrs: string[], subnet?: string, cni?: { netns: string; ifname: string }): Promise<Endpoint> {
+  async attach(container: string, cidrs: string[], subnet?: string, cni?: { netns: string; ifname: string }, groups?: string[]): Promise<Endpoint> {
     if (cni) rememberNetns(container, cni.netns);
     netnsPathOf(container); // a clear error before anything is allocated
     let addrs = cidrs.map((c) => {
@@ -358,7 +381,8 @@ export class Datapath {
     );
     await this.routeBack(addrs);
     const prev = this.endpoints.local.find((e) => e.container === container);
-    const ep: Endpoint = { container, mac, cidrs: [...new Set([...(prev?.cidrs ?? []), ...addrs])], ...(cni ? { netns: cni.netns, ifname: cni.ifname } : {}) };
+    const g = groups ?? prev?.groups;
+    const ep: Endpoint = { container, mac, cidrs: [...new Set([...(prev?.cidrs ?? []), ...addrs])], ...(g && g.length > 0 ? { groups: [...new Set(g)].sort() } : {}), ...(cni ? { netns: cni.netns, ifname: cni.ifname } : {}) };
     this.setLocal([...this.endpoints.local.filter((e) => e.container !== container), ep]);
     return ep;
   }
@@ -373,11 +397,21 @@ export class Datapath {
    * Announces an endpoint someone else plumbed (the Docker network plugin: a veth on the bridge that
    * Docker moves into the container) so peers learn where its MAC lives.
    */
-  async plug(key: string, mac: string, cidrs: string[]): Promise<Endpoint> {
+  async plug(key: string, mac: string, cidrs: string[], groups: string[] = []): Promise<Endpoint> {
     await this.routeBack(cidrs);
-    const ep: Endpoint = { container: key, mac, cidrs };
+    const ep: Endpoint = { container: key, mac, cidrs, ...(groups.length > 0 ? { groups: [...new Set(groups)].sort() } : {}) };
     this.setLocal([...this.endpoints.local.filter((e) => e.container !== key), ep]);
     return ep;
+  }
+
+  /** Changes the security groups of a local endpoint (a Docker label read after the plugin made it). */
+  setGroups(key: string, groups: string[]): void {
+    const ep = this.endpoints.local.find((e) => e.container === key);
+    if (!ep) return;
+    const next = [...new Set(groups)].sort();
+    if (JSON.stringify(next) === JSON.stringify(ep.groups ?? [])) return;
+    const { groups: _old, ...rest } = ep;
+    this.setLocal(this.endpoints.local.map((e) => (e === ep ? { ...rest, ...(next.length > 0 ? { groups: next } : {}) } : e)));
   }
 
   /** Withdraws a plugged endpoint (its addresses are the plugin's to free). */

@@ -18,6 +18,8 @@ export const TABLE = 'weft';
 export interface FirewallState {
   /** Subnets exposed on this host ("ip/prefix" of the subnet). */
   exposed: string[];
+  /** Security groups (policy/nft.ts): sets and chains, and the forward-chain lines that use them. */
+  policy?: { lines: string[]; hooks: string[] };
 }
 
 export function ruleset(s: FirewallState): string {
@@ -28,6 +30,7 @@ export function ruleset(s: FirewallState): string {
     `table inet ${TABLE} {`,
     `  chain forward {`,
     `    type filter hook forward priority filter - 10; policy accept;`,
+    ...(s.policy?.hooks ?? []),
     `    iifname "${BRIDGE}" oifname "${BRIDGE}" accept comment "overlay traffic across the bridge"`,
     ...(exposed
       ? [
@@ -40,6 +43,7 @@ export function ruleset(s: FirewallState): string {
     `    type nat hook postrouting priority srcnat; policy accept;`,
     ...(exposed ? [`    oifname != "${BRIDGE}" ip saddr ${exposed} ip daddr != ${exposed} masquerade comment "exposed subnets to the outside"`] : []),
     `  }`,
+    ...(s.policy?.lines ?? []),
     `}`,
     '',
   ].join('\n');

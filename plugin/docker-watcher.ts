@@ -15,6 +15,7 @@ import { readJsonList, writeJsonAtomically } from '../router/json-file.js';
 import type { Logger } from '../router/mesh/mesh.js';
 import { DockerApi, DockerError, type ContainerInfo, type DockerEvent } from './docker-api.js';
 import { DockerDriver, endpointKey } from './docker-driver.js';
+import { GROUP_NAME } from '../policy/rules.js';
 
 /** How `weft attach` attached a Docker container, so a restart of it can be attached the same way. */
 interface Attached {
@@ -22,6 +23,17 @@ interface Attached {
   cidrs: string[];
   subnet?: string;
   hostname?: string;
+  groups?: string[];
+}
+
+/** The Docker label that puts a container in security groups: weft.group=web,frontend */
+export const GROUP_LABEL = 'weft.group';
+
+/** The groups a container's label names (malformed names are left out, and logged by the caller). */
+export function labelGroups(c: ContainerInfo): { groups: string[]; bad: string[] } {
+  const text = c.Config.Labels?.[GROUP_LABEL] ?? '';
+  const all = text.split(',').map((g) => g.trim()).filter(Boolean);
+  return { groups: all.filter((g) => GROUP_NAME.test(g)), bad: all.filter((g) => !GROUP_NAME.test(g)) };
 }
 
 export interface DockerStatus {
@@ -143,7 +155,7 @@ export class DockerWatcher {
     const again = this.attached().find((a) => a.id === c.Id);
     if (again && !this.deps.datapath.endpoints.local.some((e) => e.container === c.Id)) {
       try {
-        await this.attach(c, again.cidrs, again.subnet, again.hostname);
+        await this.attach(c, again.cidrs, again.subnet, again.hostname, again.groups);
         this.deps.log.info({ container: c.Id.slice(0, 12) }, 'reattached a restarted Docker container');
       } catch (err) {
         this.deps.log.warn({ container: c.Id.slice(0, 12), err: (err as Error).message }, 'could not reattach a restarted Docker container');
@@ -153,6 +165,7 @@ export class DockerWatcher {
     const local = new Set(this.deps.datapath.endpoints.local.map((e) => e.container));
     for (const n of Object.values(nets)) {
       if (!n.EndpointID || !local.has(endpointKey(n.EndpointID)) || !n.IPAddress) continue;
+      this.deps.datapath.setGroups(endpointKey(n.EndpointID), this.groupsOf(c));
       if (this.deps.dns) {
         this.deps.names.add(`${containerName(c)}.${this.deps.dns.domain}`, c.Id, n.IPAddress);
         await this.pinDnsInside(c, n.MacAddress).catch((err: Error) => this.deps.log.warn({ container: c.Id.slice(0, 12), err: err.message }, 'could not pin the DNS route'));
@@ -178,14 +191,21 @@ export class DockerWatcher {
   }
 
   /** `weft attach` of a Docker container; remembered so that a restart of it is attached again. */
-  async attach(c: ContainerInfo, cidrs: string[], subnet?: string, hostname?: string): Promise<{ container: string; cidrs: string[]; mac: string; hostname: string | null }> {
-    const ep = await this.deps.datapath.attach(c.Id, cidrs, subnet, { netns: `/proc/${c.State.Pid}/ns/net`, ifname: 'ethwe' });
+  async attach(c: ContainerInfo, cidrs: string[], subnet?: string, hostname?: string, groups?: string[]): Promise<{ container: string; cidrs: string[]; mac: string; hostname: string | null; groups: string[] }> {
+    const g = groups ?? this.groupsOf(c);
+    const ep = await this.deps.datapath.attach(c.Id, cidrs, subnet, { netns: `/proc/${c.State.Pid}/ns/net`, ifname: 'ethwe' }, g);
     const list = this.attached().filter((a) => a.id !== c.Id);
-    writeJsonAtomically(this.attachedPath, [...list, { id: c.Id, cidrs, subnet, hostname }]);
+    writeJsonAtomically(this.attachedPath, [...list, { id: c.Id, cidrs, subnet, hostname, ...(groups ? { groups } : {}) }]);
     // Like Weave's proxy: a container attached by weft is found by its Docker name.
     const name = hostname ?? (this.deps.dns ? `${containerName(c)}.${this.deps.dns.domain}` : null);
     if (name) for (const cidr of ep.cidrs) this.deps.names.add(name, c.Id, cidr.split('/')[0]);
-    return { container: c.Id, cidrs: ep.cidrs, mac: ep.mac, hostname: name };
+    return { container: c.Id, cidrs: ep.cidrs, mac: ep.mac, hostname: name, groups: ep.groups ?? [] };
+  }
+
+  private groupsOf(c: ContainerInfo): string[] {
+    const { groups, bad } = labelGroups(c);
+    if (bad.length > 0) this.deps.log.warn({ container: c.Id.slice(0, 12), bad }, `label ${GROUP_LABEL} names groups that are not group names; left out`);
+    return groups;
   }
 
   /** `weft detach` of a Docker container: it stays detached when it restarts. */

@@ -6,6 +6,7 @@ import { HttpError } from './http-error.js';
 import type { NameService } from '../dns/table.js';
 import type { DockerWatcher } from '../plugin/docker-watcher.js';
 import { DOCKER_ID } from '../datapath/attach.js';
+import { GROUP_NAME } from '../policy/rules.js';
 
 /** Containers weft names by a prefix; anything else is a Docker container's name or id. */
 const WEFT_KINDS = /^(netns|pid|cni|dockerep):/;
@@ -27,7 +28,14 @@ async function wrap<T>(fn: () => Promise<T>): Promise<T> {
 
 export function registerDatapathRoutes(app: FastifyInstance, dp: Datapath | null, names: NameService, docker: DockerWatcher | null): void {
   app.post('/attach', async (req) => {
-    const b = (req.body ?? {}) as { container?: unknown; cidrs?: unknown; subnet?: unknown; hostname?: unknown; netns?: unknown; ifname?: unknown };
+    const b = (req.body ?? {}) as { container?: unknown; cidrs?: unknown; subnet?: unknown; hostname?: unknown; netns?: unknown; ifname?: unknown; groups?: unknown };
+    let groups: string[] | undefined;
+    if (b.groups !== undefined) {
+      if (!Array.isArray(b.groups) || b.groups.length > 64 || !b.groups.every((g) => typeof g === 'string' && GROUP_NAME.test(g))) {
+        throw new HttpError(400, 'groups must be a list of group names (lower-case letters, digits, _ . -; up to 63)');
+      }
+      groups = b.groups as string[];
+    }
     let cni: { netns: string; ifname: string } | undefined;
     if (b.netns !== undefined || b.ifname !== undefined) {
       if (typeof b.netns !== 'string' || typeof b.ifname !== 'string' || !/^[A-Za-z0-9_.-]{1,15}$/.test(b.ifname)) throw new HttpError(400, 'netns must be a path and ifname an interface name (up to 15 letters, digits, _ . -)');
@@ -42,9 +50,9 @@ export function registerDatapathRoutes(app: FastifyInstance, dp: Datapath | null
     if (!cni && !WEFT_KINDS.test(b.container)) {
       if (!docker) throw new HttpError(400, `unknown container "${b.container}": use netns:NAME, pid:N or cni:ID (this router follows no Docker engine: --docker-api "")`);
       const name = b.container;
-      return wrap(async () => docker.attach(await docker.resolve(name), cidrs as string[], b.subnet as string | undefined, b.hostname as string | undefined));
+      return wrap(async () => docker.attach(await docker.resolve(name), cidrs as string[], b.subnet as string | undefined, b.hostname as string | undefined, groups));
     }
-    const ep = await wrap(() => d.attach(b.container as string, cidrs as string[], b.subnet as string | undefined, cni));
+    const ep = await wrap(() => d.attach(b.container as string, cidrs as string[], b.subnet as string | undefined, cni, groups));
     if (typeof b.hostname === 'string') for (const c of ep.cidrs) names.add(b.hostname, ep.container, c.split('/')[0]);
     return ep;
   });

@@ -6,6 +6,7 @@ import { registerDnsRoutes } from './api-dns.js';
 import { registerIpamRoutes } from './api-ipam.js';
 import { registerDatapathRoutes } from './api-datapath.js';
 import { registerUiRoutes } from './ui.js';
+import { registerPolicyRoutes } from './api-policy.js';
 
 import { HttpError } from './http-error.js';
 
@@ -91,6 +92,7 @@ export function buildApi(sources: ReportSources): FastifyInstance {
 
   registerIpamRoutes(app, sources.ipam);
   registerDatapathRoutes(app, sources.datapath, sources.names, sources.docker ?? null);
+  if (sources.policy) registerPolicyRoutes(app, sources.policy, sources.names, sources.docker ?? null, sources.dns?.config.domain ?? 'weft.local.');
   registerDnsRoutes(app, sources);
   registerUiRoutes(app, sources);
   return app;

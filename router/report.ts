@@ -10,6 +10,7 @@ import type { Datapath } from '../datapath/datapath.js';
 import type { NameService } from '../dns/table.js';
 import type { DnsServer } from '../dns/server.js';
 import type { DockerStatus, DockerWatcher } from '../plugin/docker-watcher.js';
+import type { PolicyEngine } from '../policy/engine.js';
 
 export const VERSION = '0.1.0';
 
@@ -56,7 +57,7 @@ export interface Report {
   datapath: null | {
     kind: 'fastdp';
     mtu: number;
-    localEndpoints: { container: string; mac: string; cidrs: string[] }[];
+    localEndpoints: { container: string; mac: string; cidrs: string[]; groups?: string[] }[];
     exposed: string[];
     endpoints: { container: string; mac: string; cidrs: string[]; peer: PeerName }[];
     stats: { fdbAdded: number; fdbRemoved: number; repairs: number; errors: number };
@@ -68,6 +69,8 @@ export interface Report {
   };
   /** The Docker engine weft follows and the network plugin it serves (null: Docker support off). */
   docker: (DockerStatus & { pluginCalls: Record<string, number> }) | null;
+  /** Security groups: rules in the mesh, containers here that some rule limits. */
+  policy: { rules: number; limitedHere: number; lastError: string | null } | null;
 }
 
 export interface ReportSources {
@@ -81,6 +84,7 @@ export interface ReportSources {
   hasPassword: boolean;
   discovery: boolean;
   docker?: DockerWatcher | null;
+  policy?: PolicyEngine | null;
 }
 
 const FAILURE_SHOWN_MS = 5 * 60_000;
@@ -193,6 +197,7 @@ export function buildReport(s: ReportSources): Report {
         }
       : null,
     docker: s.docker ? { ...s.docker.status, pluginCalls: Object.fromEntries(s.docker.driver.calls) } : null,
+    policy: s.policy ? s.policy.summary() : null,
   };
 }
 
@@ -220,6 +225,7 @@ export function renderStatus(r: Report): string {
     ['Range', `${r.ipam.range}, default subnet ${r.ipam.defaultSubnet}`],
     ['DNS', r.dns.address ? `${r.dns.domain} on ${r.dns.address}, ${r.dns.entries.length} name(s), upstream ${r.dns.upstreams.join(' ') || 'none'}` : 'off'],
     ['Datapath', r.datapath ? `${r.datapath.fastdp ? 'fastdp (kernel VXLAN)' : 'fastdp off'}, ${r.datapath.sleeve.running ? 'sleeve (userspace UDP)' : `no sleeve (${r.datapath.sleeve.error})`}, mtu ${r.datapath.mtu}, ${r.datapath.localEndpoints.length} container(s) attached here${r.datapath.exposed.length ? `, host exposed as ${r.datapath.exposed.join(' ')}` : ''}${r.datapath.lastError ? `; last error: ${r.datapath.lastError}` : ''}` : 'none (control plane only)'],
+    ['Policy', r.policy ? `${r.policy.rules} rule(s), ${r.policy.limitedHere} container(s) here limited by them${r.policy.lastError ? `; last error: ${r.policy.lastError}` : ''} (weft status policy)` : 'off'],
     ['Docker', dockerLine(r.docker)],
   ];
   return lines.map(([k, v]) => `${k.padStart(16)}: ${v}`).join('\n') + '\n';
@@ -305,7 +311,7 @@ export function renderIpam(r: Report): string {
 
 export function renderPs(r: Report): string {
   const eps = r.datapath?.localEndpoints ?? [];
-  return eps.map((e) => `${e.container} ${e.mac} ${e.cidrs.join(' ')}`).join('\n') + (eps.length ? '\n' : '');
+  return eps.map((e) => `${e.container} ${e.mac} ${e.cidrs.join(' ')}${e.groups && e.groups.length > 0 ? ` groups=${e.groups.join(',')}` : ''}`).join('\n') + (eps.length ? '\n' : '');
 }
 
 export function renderDns(r: Report): string {

@@ -21,6 +21,7 @@ import { Datapath } from '../datapath/datapath.js';
 import { NameService } from '../dns/table.js';
 import { DnsServer, upstreamsFromResolvConf } from '../dns/server.js';
 import { DockerWatcher } from '../plugin/docker-watcher.js';
+import { PolicyEngine } from '../policy/engine.js';
 
 export const DNS_BRIDGE_IP = '169.254.83.83';
 
@@ -70,6 +71,7 @@ export class Router {
     readonly names: NameService,
     readonly dns: DnsServer | null,
     readonly docker: DockerWatcher | null,
+    readonly policy: PolicyEngine,
   ) {}
 
   static async start(opts: RouterOptions, log: Logger): Promise<Router> {
@@ -149,12 +151,16 @@ export class Router {
             peerName: id.name,
           })
         : null;
-    const router = new Router(opts, mesh, transport, maker, ipam, ipamStore, datapath, names, dns, docker);
+    // Before the datapath starts, so its first write of the firewall already enforces the rules.
+    const policy = new PolicyEngine(mesh, datapath, opts.dataDir);
+    const router = new Router(opts, mesh, transport, maker, ipam, ipamStore, datapath, names, dns, docker, policy);
     try {
       await datapath?.start();
+      policy.start();
+      await policy.sync();
       await dns?.start();
       await transport.listen(opts.host, opts.port);
-      const api = buildApi({ mesh, maker, ipam, datapath, names, dns, failures: transport.failures, hasPassword: opts.password !== null, discovery: opts.discovery, docker });
+      const api = buildApi({ mesh, maker, ipam, datapath, names, dns, failures: transport.failures, hasPassword: opts.password !== null, discovery: opts.discovery, docker, policy });
       const { host, port } = splitHostPort(opts.httpAddr);
       await api.listen({ host, port });
       router.api = api;
@@ -175,7 +181,7 @@ export class Router {
   }
 
   report(): Report {
-    return buildReport({ mesh: this.mesh, maker: this.maker, ipam: this.ipam, datapath: this.datapath, names: this.names, dns: this.dns, failures: this.transport.failures, hasPassword: this.opts.password !== null, discovery: this.opts.discovery, docker: this.docker });
+    return buildReport({ mesh: this.mesh, maker: this.maker, ipam: this.ipam, datapath: this.datapath, names: this.names, dns: this.dns, failures: this.transport.failures, hasPassword: this.opts.password !== null, discovery: this.opts.discovery, docker: this.docker, policy: this.policy });
   }
 
   private writeInfo(): void {
@@ -195,6 +201,7 @@ export class Router {
     this.stopping ??= (async () => {
       rmSync(routerInfoPath(this.opts.dataDir), { force: true });
       await this.docker?.stop();
+      this.policy.stop();
       this.maker.stop();
       this.ipam.stop();
       this.datapath?.stop();

@@ -1,0 +1,38 @@
+// The kernel's connection tracking, through Debian's `conntrack` tool: the flows
+// it knows, and deleting those a policy change no longer allows (their next
+// packet is then judged again as new, and dropped), so revoked means revoked.
+import { execFile } from 'node:child_process';
+import type { Flow } from './model.js';
+
+function conntrack(args: string[]): Promise<{ code: number; out: string; err: string }> {
+  return new Promise((resolve, reject) => {
+    execFile('conntrack', args, { timeout: 10_000, maxBuffer: 64 * 1024 * 1024 }, (err, stdout, stderr) => {
+      if ((err as NodeJS.ErrnoException | null)?.code === 'ENOENT') reject(new Error('conntrack not found: install it (Debian: apt-get install conntrack) so revoked rules cut open flows'));
+      else resolve({ code: err ? (typeof (err as { code?: unknown }).code === 'number' ? (err as { code: number }).code : 1) : 0, out: String(stdout), err: String(stderr) });
+    });
+  });
+}
+
+/** One line of `conntrack -L`, by its original direction. */
+export function parseConntrackLine(line: string): Flow | null {
+  const proto = /^(\S+)\s/.exec(line.trim())?.[1];
+  const field = (k: string) => new RegExp(`\\b${k}=(\\S+)`).exec(line)?.[1];
+  const src = field('src');
+  const dst = field('dst');
+  if (!proto || !src || !dst) return null;
+  const dport = field('dport');
+  return { proto, src, dst, ...(dport !== undefined && (proto === 'tcp' || proto === 'udp') ? { port: Number(dport) } : {}) };
+}
+
+export async function listFlows(): Promise<Flow[]> {
+  const r = await conntrack(['-L', '-f', 'ipv4']);
+  if (r.code !== 0) throw new Error(`conntrack -L: ${r.err.trim()}`);
+  return r.out.split('\n').map(parseConntrackLine).filter((f): f is Flow => f !== null);
+}
+
+/** Deletes the tracked flows of this 5-tuple (any source port). */
+export async function deleteFlow(f: Flow): Promise<void> {
+  const args = ['-D', '-f', 'ipv4', '-p', f.proto, '-s', f.src, '-d', f.dst];
+  if (f.port !== undefined) args.push('--dport', String(f.port));
+  await conntrack(args); // "0 flow entries" (already gone) is fine
+}

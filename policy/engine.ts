@@ -1,0 +1,208 @@
+// Security groups on one host: the gossiped rule table, the model compiled from
+// it and the mesh's endpoints (every container's groups and addresses, from every
+// host), and its enforcement here. A change of rules or of which local containers
+// are limited rewrites weft's nftables table in one transaction; a change of group
+// membership anywhere only adds and deletes set elements. After each change the
+// tracked flows that are no longer allowed are cut. The kernel keeps enforcing
+// while the router is down; a restarted router rewrites the table from its state.
+import { join } from 'node:path';
+import type { Datapath } from '../datapath/datapath.js';
+import { nft, sysctl } from '../datapath/iproute.js';
+import { TABLE } from '../datapath/firewall.js';
+import type { Mesh } from '../router/mesh/mesh.js';
+import { deleteFlow, listFlows } from './conntrack.js';
+import { PolicyModel, type Decision, type Flow, type Member } from './model.js';
+import { compilePolicy, elementUpdates, type CompiledPolicy } from './nft.js';
+import { PolicyTable } from './table.js';
+
+export interface PolicyStatus {
+  rules: number;
+  limitedHere: number;
+  enforced: boolean;
+  lastError: string | null;
+  /** Packets each rule let through on this host. */
+  allowed: { rule: string; packets: number }[];
+  /** Packets dropped on this host, per group (and per container limited by single-container rules). */
+  dropped: { group: string; direction: 'ingress' | 'egress'; packets: number }[];
+  flowsCut: number;
+  elementUpdates: number;
+  rewrites: number;
+}
+
+export class PolicyEngine {
+  readonly table: PolicyTable;
+  /** What the kernel has (as far as we know), and what was last handed to the firewall to write. */
+  private current: CompiledPolicy | null = null;
+  private offered: CompiledPolicy | null = null;
+  private timer: NodeJS.Timeout | null = null;
+  private running: Promise<void> | null = null;
+  private again = false;
+  private stopped = false;
+  lastError: string | null = null;
+  readonly stats = { flowsCut: 0, elementUpdates: 0, rewrites: 0 };
+
+  constructor(
+    private readonly mesh: Mesh,
+    private readonly datapath: Datapath | null,
+    dataDir: string,
+  ) {
+    this.table = new PolicyTable(mesh, join(dataDir, 'policy.json'));
+    // Before the datapath starts: its first write of the firewall table already carries the policy.
+    if (datapath) datapath.policy = this;
+  }
+
+  /** Follows changes of rules and endpoints from now on. */
+  start(): void {
+    if (!this.datapath) return;
+    this.table.onChange(() => this.schedule());
+    this.datapath.endpoints.onChange(() => this.schedule());
+  }
+
+  members(): Member[] {
+    const eps = this.datapath?.endpoints.all() ?? [];
+    return eps.map((e) => ({ container: e.container, peer: e.peer, addrs: e.cidrs.map((c) => c.split('/')[0]), groups: e.groups ?? [] }));
+  }
+
+  model(): PolicyModel {
+    return new PolicyModel(this.table.rules(), this.members());
+  }
+
+  private compile(model = this.model()): CompiledPolicy {
+    return compilePolicy(model, model.members.filter((m) => m.peer === this.mesh.name));
+  }
+
+  /** What the firewall table carries for the policy, from the state now (datapath/firewall.ts). */
+  firewallPart(): { lines: string[]; hooks: string[] } | null {
+    this.offered = this.compile();
+    return this.offered.hooks.length > 0 ? { lines: this.offered.lines, hooks: this.offered.hooks } : null;
+  }
+
+  /** The firewall wrote the table with what firewallPart last gave. */
+  written(): void {
+    if (this.offered) this.current = this.offered;
+  }
+
+  check(f: Flow): Decision {
+    return this.model().decide(f);
+  }
+
+  private schedule(): void {
+    if (this.timer || this.stopped) return;
+    this.timer = setTimeout(() => {
+      this.timer = null;
+      void this.sync();
+    }, 10);
+    this.timer.unref();
+  }
+
+  /** Brings the kernel in line with the model; one run at a time, again if something changed meanwhile. */
+  async sync(): Promise<void> {
+    if (this.running) {
+      this.again = true;
+      return this.running;
+    }
+    this.running = (async () => {
+      do {
+        this.again = false;
+        if (this.stopped || !this.datapath) break;
+        try {
+          await this.apply();
+          this.lastError = null;
+        } catch (err) {
+          this.lastError = (err as Error).message;
+          this.mesh.log.warn({ err: this.lastError }, 'policy enforcement failed');
+        }
+      } while (this.again);
+    })();
+    try {
+      await this.running;
+    } finally {
+      this.running = null;
+    }
+  }
+
+  private async apply(): Promise<void> {
+    const model = this.model();
+    const next = this.compile(model);
+    const prev = this.current;
+    if (next.hooks.length > 0) await sysctl('net.bridge.bridge-nf-call-iptables', '1').catch(() => undefined); // bridged IPv4 through the forward hook
+    if (!prev || prev.skeleton !== next.skeleton) {
+      await this.datapath!.refreshFirewall();
+      this.stats.rewrites++;
+    } else {
+      const text = elementUpdates(TABLE, prev.sets, next.sets);
+      this.current = next;
+      if (text) {
+        try {
+          await nft(['-f', '-'], text);
+          this.stats.elementUpdates++;
+        } catch {
+          await this.datapath!.refreshFirewall(); // the kernel's sets were not what we thought: write them whole
+          this.stats.rewrites++;
+        }
+      }
+    }
+    if (next.hooks.length > 0 || (prev && prev.hooks.length > 0)) await this.cutRevoked(model);
+  }
+
+  /** Deletes the tracked flows of local containers that the model no longer allows. */
+  private async cutRevoked(model: PolicyModel): Promise<void> {
+    const local = new Set(model.members.filter((m) => m.peer === this.mesh.name).flatMap((m) => m.addrs));
+    const denied = new Map<string, Flow>();
+    for (const f of await listFlows()) {
+      if (!local.has(f.src) && !local.has(f.dst)) continue;
+      if (!model.decide(f).allowed) denied.set(`${f.proto} ${f.src} ${f.dst} ${f.port ?? ''}`, f);
+    }
+    for (const f of denied.values()) await deleteFlow(f);
+    this.stats.flowsCut += denied.size;
+  }
+
+  /** For the status summary, without asking the kernel. */
+  summary(): { rules: number; limitedHere: number; lastError: string | null } {
+    const limited = new Set([...(this.current?.counters.values() ?? [])].filter((m) => m.kind === 'deny').map((m) => m.id));
+    return { rules: this.table.rules().length, limitedHere: limited.size, lastError: this.lastError };
+  }
+
+  /** Counters of the policy's rules in the kernel. */
+  async status(): Promise<PolicyStatus> {
+    const allowed = new Map<string, number>();
+    const dropped = new Map<string, { group: string; direction: 'ingress' | 'egress'; packets: number }>();
+    const meaning = this.current?.counters ?? new Map();
+    if (this.current && this.current.hooks.length > 0) {
+      try {
+        const j = JSON.parse(await nft(['-j', 'list', 'table', 'inet', TABLE])) as { nftables: { rule?: { comment?: string; expr?: { counter?: { packets: number } }[] } }[] };
+        for (const item of j.nftables) {
+          const c = item.rule?.comment;
+          const m = c ? meaning.get(c) : undefined;
+          if (!m) continue;
+          const packets = item.rule!.expr?.find((e) => e.counter)?.counter?.packets ?? 0;
+          if (m.kind === 'rule') allowed.set(m.id, (allowed.get(m.id) ?? 0) + packets);
+          else
+            for (const g of m.groups.length > 0 ? m.groups : [`container:${m.id}`]) {
+              const k = `${m.direction} ${g}`;
+              const cur = dropped.get(k) ?? { group: g, direction: m.direction, packets: 0 };
+              cur.packets += packets;
+              dropped.set(k, cur);
+            }
+        }
+      } catch (err) {
+        this.lastError = `reading the policy counters: ${(err as Error).message}`;
+      }
+    }
+    const rules = this.table.rules();
+    return {
+      rules: rules.length,
+      limitedHere: this.summary().limitedHere,
+      enforced: this.datapath !== null,
+      lastError: this.lastError,
+      allowed: rules.map((r) => ({ rule: r.id, packets: allowed.get(r.id) ?? 0 })),
+      dropped: [...dropped.values()].sort((a, b) => (a.group < b.group ? -1 : 1)),
+      ...this.stats,
+    };
+  }
+
+  stop(): void {
+    this.stopped = true;
+    if (this.timer) clearTimeout(this.timer);
+  }
+}

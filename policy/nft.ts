@@ -1,0 +1,107 @@
+// The policy model as nftables, for this host's containers: a named set of
+// member addresses per group the rules mention (kept current by element
+// updates), a chain per local container that some rule limits (allowed traffic
+// returns, the rest is counted and dropped), and one `policy` chain that sends
+// each limited container's traffic through its chains. It lives in weft's own
+// table (datapath/firewall.ts writes the table whole, this text included).
+import { createHash } from 'node:crypto';
+import { BRIDGE } from '../datapath/bridge.js';
+import { containerMatches, type Member, type PolicyModel } from './model.js';
+import type { Rule } from './rules.js';
+
+export interface CounterMeaning {
+  kind: 'rule' | 'deny';
+  /** The rule id, or the container whose default deny this is. */
+  id: string;
+  direction: 'ingress' | 'egress';
+  /** For a deny: the groups whose rules limit the container that way. */
+  groups: string[];
+}
+
+export interface CompiledPolicy {
+  /** Sets and chains, inside `table inet weft { ... }`. */
+  lines: string[];
+  /** Lines for the forward chain that send traffic through the policy (none when nothing here is limited). */
+  hooks: string[];
+  /** The text with set elements left out: rules are rewritten only when this changes. */
+  skeleton: string;
+  /** Set name -> member addresses. */
+  sets: Map<string, string[]>;
+  /** Rule comment -> what its counter counts. */
+  counters: Map<string, CounterMeaning>;
+}
+
+const short = (s: string) => createHash('sha1').update(s).digest('hex').slice(0, 12);
+export const setName = (group: string) => `g_${short(group)}`;
+
+function protoMatch(r: Rule): string {
+  if (r.proto === 'any') return '';
+  const p = `meta l4proto ${r.proto}`;
+  if (!r.ports) return p;
+  return `${p} th dport ${r.ports[0] === r.ports[1] ? r.ports[0] : `${r.ports[0]}-${r.ports[1]}`}`;
+}
+
+export function compilePolicy(model: PolicyModel, local: Member[]): CompiledPolicy {
+  const sets = new Map<string, string[]>();
+  const counters = new Map<string, CounterMeaning>();
+  const chains: string[] = [];
+  const jumps: string[] = [];
+  for (const m of [...local].sort((a, b) => (a.container < b.container ? -1 : 1))) {
+    if (m.addrs.length === 0) continue;
+    const addrs = `{ ${[...m.addrs].sort().join(', ')} }`;
+    for (const direction of ['egress', 'ingress'] as const) {
+      const rules = model.rulesFor(m, direction);
+      if (rules.length === 0) continue;
+      const chain = `${direction === 'ingress' ? 'i' : 'e'}_${short(m.container)}`;
+      const peerField = direction === 'ingress' ? 'ip saddr' : 'ip daddr';
+      const body: string[] = [];
+      for (const r of rules) {
+        let peer = '';
+        if (r.peer.kind === 'group') {
+          const name = setName(r.peer.name);
+          sets.set(name, [...(model.groupAddrs.get(r.peer.name) ?? [])].sort());
+          peer = `${peerField} @${name}`;
+        } else if (r.peer.kind === 'container') {
+          const id = r.peer.id;
+          const them = model.members.filter((x) => containerMatches(id, x.container)).flatMap((x) => x.addrs);
+          if (them.length === 0) continue; // no such container now: the rule matches nothing
+          peer = `${peerField} { ${[...new Set(them)].sort().join(', ')} }`;
+        } else if (r.peer.kind === 'cidr') {
+          peer = `${peerField} ${r.peer.cidr}`;
+        }
+        const comment = `rule:${r.id}:${chain}`;
+        counters.set(comment, { kind: 'rule', id: r.id, direction, groups: [] });
+        body.push(`    ${[peer, protoMatch(r), 'counter return', `comment "${comment}"`].filter(Boolean).join(' ')}`);
+      }
+      const deny = `deny:${chain}`;
+      counters.set(deny, { kind: 'deny', id: m.container, direction, groups: [...new Set(rules.filter((r) => r.target.kind === 'group').map((r) => (r.target as { name: string }).name))] });
+      body.push(`    counter drop comment "${deny}"`);
+      chains.push(`  chain ${chain} {`, ...body, '  }');
+      jumps.push(`    ${direction === 'ingress' ? 'ip daddr' : 'ip saddr'} ${addrs} jump ${chain}`);
+    }
+  }
+  if (jumps.length === 0) return { lines: [], hooks: [], skeleton: '', sets, counters };
+  const setDecl = (name: string, elements: string[] | null) =>
+    `  set ${name} { type ipv4_addr;${elements && elements.length > 0 ? ` elements = { ${elements.join(', ')} }` : ''} }`;
+  const policyChain = ['  chain security_groups {', '    ct state established,related accept', ...jumps, '  }'];
+  const names = [...sets.keys()].sort();
+  const lines = [...names.map((n) => setDecl(n, sets.get(n)!)), ...policyChain, ...chains];
+  const skeleton = [...names.map((n) => setDecl(n, null)), ...policyChain, ...chains].join('\n');
+  // Everything that crosses the bridge, or enters it from the host's other links, meets the policy once.
+  const hooks = [`    iifname "${BRIDGE}" jump security_groups`, `    iifname != "${BRIDGE}" oifname "${BRIDGE}" jump security_groups`];
+  return { lines, hooks, skeleton, sets, counters };
+}
+
+/** One nft transaction that turns the sets from `have` into `want` (same set names). */
+export function elementUpdates(table: string, have: Map<string, string[]>, want: Map<string, string[]>): string {
+  const out: string[] = [];
+  for (const [name, addrs] of want) {
+    const before = new Set(have.get(name) ?? []);
+    const now = new Set(addrs);
+    const add = addrs.filter((a) => !before.has(a));
+    const del = [...before].filter((a) => !now.has(a));
+    if (add.length > 0) out.push(`add element inet ${table} ${name} { ${add.join(', ')} }`);
+    if (del.length > 0) out.push(`delete element inet ${table} ${name} { ${del.join(', ')} }`);
+  }
+  return out.length > 0 ? out.join('\n') + '\n' : '';
+}

@@ -1,0 +1,98 @@
+// Security groups over the HTTP API: rules (list, allow, remove), the check of a
+// flow against the compiled model, and the counters.
+import type { FastifyInstance } from 'fastify';
+import type { NameService } from '../dns/table.js';
+import type { DockerWatcher } from '../plugin/docker-watcher.js';
+import { containerMatches } from '../policy/model.js';
+import type { PolicyEngine } from '../policy/engine.js';
+import { PolicyTable } from '../policy/table.js';
+import { RuleError, describeRule, parseProto, ruleFromRequest, type RuleRequest } from '../policy/rules.js';
+import { parseIp } from '../ipam/addr.js';
+import { HttpError } from './http-error.js';
+
+const IPV4 = /^\d{1,3}(\.\d{1,3}){3}$/;
+
+export function registerPolicyRoutes(app: FastifyInstance, policy: PolicyEngine, names: NameService, docker: DockerWatcher | null, domain: string): void {
+  /** A container reference (key, Docker name or id, DNS name) or an address, as an address. */
+  async function addressOf(ref: string, what: string): Promise<string> {
+    if (IPV4.test(ref)) {
+      try {
+        parseIp(ref);
+        return ref;
+      } catch (err) {
+        throw new HttpError(400, `${what}: ${(err as Error).message}`);
+      }
+    }
+    const members = policy.members();
+    let m = members.find((x) => x.container === ref) ?? members.find((x) => containerMatches(ref, x.container));
+    if (!m && docker?.status.connected) {
+      const c = await docker.api.find(ref).catch(() => null);
+      if (c) m = members.find((x) => x.container === c.Id);
+    }
+    if (m && m.addrs.length > 0) return m.addrs[0];
+    const byName = names.table.lookup(ref);
+    const ips = byName.length > 0 ? byName : names.table.lookup(`${ref}.${domain}`);
+    if (ips.length > 0) return ips[0];
+    throw new HttpError(404, `${what}: no container or name "${ref}" with an address on the overlay`);
+  }
+
+  /** container:NAME given by Docker name: the rule keeps the container's full id. */
+  async function withDockerIds(r: RuleRequest): Promise<RuleRequest> {
+    const fix = async (v: unknown): Promise<unknown> => {
+      if (typeof v !== 'string' || !v.startsWith('container:') || !docker?.status.connected) return v;
+      const ref = v.slice('container:'.length);
+      if (/^[0-9a-f]{12,64}$/.test(ref) || ref.includes(':')) return v;
+      const c = await docker.api.find(ref).catch(() => null);
+      return c ? `container:${c.Id}` : v;
+    };
+    return { ...r, to: await fix(r.to), from: await fix(r.from) };
+  }
+
+  const show = (r: ReturnType<PolicyTable['rules']>[number]) => ({ ...r, text: describeRule(r) });
+
+  app.get('/policy', async () => ({ rules: policy.table.rules().map(show) }));
+
+  app.post('/policy', async (req) => {
+    const body = (req.body ?? {}) as RuleRequest;
+    if (typeof body !== 'object' || Array.isArray(body)) throw new HttpError(400, 'body must be a JSON object');
+    try {
+      const rule = ruleFromRequest(PolicyTable.newId(), await withDockerIds(body));
+      policy.table.add(rule);
+      return show(rule);
+    } catch (err) {
+      if (err instanceof RuleError) throw new HttpError(400, err.message);
+      throw err;
+    }
+  });
+
+  app.delete<{ Params: { id: string } }>('/policy/:id', async (req) => {
+    const rule = policy.table.rules().find((r) => r.id === req.params.id);
+    if (!rule || !policy.table.remove(rule.id)) throw new HttpError(404, `no rule ${req.params.id} (weft policy list shows them)`);
+    return show(rule);
+  });
+
+  app.get('/policy/check', async (req) => {
+    const q = (req.query ?? {}) as Record<string, string | undefined>;
+    if (!q.from || !q.to) throw new HttpError(400, 'from and to are required (containers by name, id or address)');
+    let proto = 'any';
+    try {
+      proto = q.proto ? parseProto(q.proto) : 'icmp';
+    } catch (err) {
+      throw new HttpError(400, (err as Error).message);
+    }
+    if (proto === 'any') throw new HttpError(400, 'a flow has one protocol: tcp, udp or icmp');
+    let port: number | undefined;
+    if (q.port !== undefined && q.port !== '') {
+      port = Number(q.port);
+      if (!Number.isInteger(port) || port < 1 || port > 65535) throw new HttpError(400, `port "${q.port}" is not 1-65535`);
+      if (proto !== 'tcp' && proto !== 'udp') throw new HttpError(400, 'a port needs tcp or udp');
+    } else if (proto === 'tcp' || proto === 'udp') throw new HttpError(400, `${proto} needs a port (e.g. ${proto}/5432)`);
+    const flow = { src: await addressOf(q.from, 'from'), dst: await addressOf(q.to, 'to'), proto, ...(port !== undefined ? { port } : {}) };
+    const d = policy.check(flow);
+    const rule = (v: typeof d.egress) => (v.kind === 'allowed' ? v.rule.id : null);
+    return { flow, allowed: d.allowed, summary: d.summary, egress: { ...d.egress, rule: rule(d.egress) }, ingress: { ...d.ingress, rule: rule(d.ingress) } };
+  });
+
+  app.get('/policy/status', async () => policy.status());
+}
+
