@@ -8,6 +8,9 @@ import { Cluster, eventually, sleep, type Host } from './harness/cluster.js';
 import { describeAsRoot } from './harness/root.js';
 import { echo, echoServer } from './harness/traffic.js';
 import { run } from './harness/exec.js';
+import fc from 'fast-check';
+import type { Rule, Selector } from '../policy/rules.js';
+import { referenceAllows, type RefFlow, type RefMember } from './harness/policy-reference.js';
 
 const FAST = ['--heartbeat-interval', '500ms', '--gossip-interval', '1s', '--ipalloc-init', 'consensus=3'];
 let cluster: Cluster | null = null;
@@ -181,4 +184,53 @@ describeAsRoot('security groups', () => {
     expect(await reaches(web, db, 5432)).toBe(true);
     expect(await reaches(other, db, 5432)).toBe(false);
   }, 120_000);
+
+  it('a bounded sample of generated policies and flows behaves in the kernel as the reference evaluator says', async () => {
+    const seed = Number(process.env.WEFT_POLICY_SEED ?? Date.now() % 100000);
+    console.log(`policy sample: seed ${seed} (WEFT_POLICY_SEED=${seed} repeats it)`);
+    const hosts = await threeHosts();
+    const groupsOf = fc.sample(fc.subarray(['web', 'db', 'ops'], { minLength: 1 }), { seed, numRuns: 4 });
+    const ms: (RefMember & { ns: string; ip: string })[] = [];
+    for (let i = 0; i < 4; i++) {
+      const m = await member(hosts[i % 3], `s${i}`, ...groupsOf[i]);
+      ms.push({ ...m, container: `netns:${m.ns}`, addrs: [m.ip], groups: groupsOf[i] });
+      await servers(m.ns, 7001, 7002);
+    }
+    const sel = fc.oneof(
+      fc.constantFrom('web', 'db', 'ops').map((name): Selector => ({ kind: 'group', name })),
+      fc.constantFrom(...ms.map((m) => m.container)).map((id): Selector => ({ kind: 'container', id })),
+      fc.constant<Selector>({ kind: 'cidr', cidr: `${ms[0].ip}/32` }),
+      fc.constant<Selector>({ kind: 'any' }),
+    );
+    const target = fc.constantFrom('web', 'db', 'ops').map((name): Selector => ({ kind: 'group', name }));
+    const rules: Rule[] = fc.sample(
+      fc.record({ direction: fc.constantFrom('ingress', 'egress') as fc.Arbitrary<'ingress' | 'egress'>, target, peer: sel, proto: fc.constantFrom('tcp', 'udp', 'icmp', 'any') as fc.Arbitrary<Rule['proto']>, port: fc.constantFrom(7001, 7002, 0) }),
+      { seed: seed + 1, numRuns: 4 },
+    ).map((r, i) => ({ id: `0000000${i}`, direction: r.direction, target: r.target, peer: r.peer, proto: r.proto, ...(r.port && (r.proto === 'tcp' || r.proto === 'udp') ? { ports: [r.port, r.port] as [number, number] } : {}) }));
+    const text = (x: Selector) => (x.kind === 'group' ? x.name : x.kind === 'container' ? `container:${x.id}` : x.kind === 'cidr' ? x.cidr : 'any');
+    for (const r of rules) {
+      const ends = r.direction === 'ingress' ? ['--to', text(r.target), '--from', text(r.peer)] : ['--egress', '--from', text(r.target), '--to', text(r.peer)];
+      await allow(hosts[0], ...ends, '--proto', r.proto, ...(r.ports ? ['--port', String(r.ports[0])] : []));
+    }
+    await eventually('the rules everywhere', async () => {
+      for (const h of hosts) if ((await h.weft(['policy', 'list'])).stdout.trim().split('\n').length !== rules.length) return false;
+      return true;
+    }, 5000, 50);
+    await sleep(1000);
+    const flows: RefFlow[] = fc.sample(
+      fc.record({ s: fc.integer({ min: 0, max: 3 }), d: fc.integer({ min: 0, max: 3 }), proto: fc.constantFrom('tcp', 'udp', 'icmp') as fc.Arbitrary<RefFlow['proto']>, port: fc.constantFrom(7001, 7002) })
+        .filter((f) => f.s !== f.d)
+        .map((f) => ({ src: ms[f.s].ip, dst: ms[f.d].ip, proto: f.proto, ...(f.proto === 'icmp' ? {} : { port: f.port }) })),
+      { seed: seed + 2, numRuns: 10 },
+    );
+    for (const f of flows) {
+      const from = ms.find((m) => m.ip === f.src)!;
+      const want = referenceAllows(rules, ms, f);
+      const got =
+        f.proto === 'icmp'
+          ? (await run('ip', ['netns', 'exec', from.ns, 'ping', '-c', '1', '-W', '1', f.dst])).code === 0
+          : await echo(from.ns, f.dst, f.port!, f.proto, 5, 1500).then(() => true, () => false);
+      expect(got, `${JSON.stringify(f)} with rules ${JSON.stringify(rules)} (seed ${seed})`).toBe(want);
+    }
+  }, 180_000);
 });

@@ -15,10 +15,10 @@ setTimeout(() => process.exit(0), 60000);`;
 
 const CLIENT = `
 const net = require('node:net'); const dgram = require('node:dgram');
-const [ip, port, proto, size] = process.argv.slice(1);
+const [ip, port, proto, size, wait] = process.argv.slice(1);
 const payload = Buffer.alloc(Number(size || 5), 'x'); payload.write('hello');
 const fail = (e) => { process.stderr.write(String(e)); process.exit(1); };
-setTimeout(() => fail('timed out'), 5000);
+setTimeout(() => fail('timed out'), Number(wait || 5000));
 if (proto === 'udp') {
   const u = dgram.createSocket('udp4');
   u.on('message', (m) => { process.stdout.write(String(m.length)); process.exit(0); });
@@ -47,8 +47,8 @@ export async function echoServer(ns: string, port: number): Promise<{ stop: () =
 }
 
 /** Sends `size` bytes from a namespace to ip:port and waits for the echo; returns the byte count echoed, or throws. */
-export async function echo(ns: string, ip: string, port: number, proto: 'tcp' | 'udp' = 'tcp', size = 5): Promise<number> {
-  const r = await run('ip', ['netns', 'exec', ns, process.execPath, '-e', CLIENT, ip, String(port), proto, String(size)], { timeoutMs: 10_000 });
+export async function echo(ns: string, ip: string, port: number, proto: 'tcp' | 'udp' = 'tcp', size = 5, waitMs = 5000): Promise<number> {
+  const r = await run('ip', ['netns', 'exec', ns, process.execPath, '-e', CLIENT, ip, String(port), proto, String(size), String(waitMs)], { timeoutMs: waitMs + 5000 });
   if (r.code !== 0) throw new Error(`${proto} echo from ${ns} to ${ip}:${port} failed: ${r.stderr.trim() || r.code}`);
   return Number(r.stdout);
 }

@@ -1,0 +1,45 @@
+// A reference evaluator for security groups, written from the semantics in the
+// policy issue and nothing else (not from policy/model.ts), for differential tests.
+import type { Rule, Selector } from '../../policy/rules.js';
+
+export interface RefMember {
+  container: string;
+  addrs: string[];
+  groups: string[];
+}
+
+export interface RefFlow {
+  src: string;
+  dst: string;
+  proto: 'tcp' | 'udp' | 'icmp';
+  port?: number;
+}
+
+function ipNumber(a: string): number {
+  return a.split('.').reduce((n, x) => n * 256 + Number(x), 0);
+}
+
+function inCidr(addr: string, cidr: string): boolean {
+  const [net, bits] = cidr.split('/');
+  const size = 2 ** (32 - Number(bits));
+  return Math.floor(ipNumber(addr) / size) === Math.floor(ipNumber(net) / size);
+}
+
+/** Is the flow allowed: the sender's egress and the receiver's ingress both let it through. */
+export function referenceAllows(rules: Rule[], members: RefMember[], f: RefFlow): boolean {
+  const owner = (addr: string) => members.find((m) => m.addrs.includes(addr));
+  const isTarget = (s: Selector, m: RefMember) => (s.kind === 'group' && m.groups.includes(s.name)) || (s.kind === 'container' && s.id === m.container);
+  const isPeer = (s: Selector, addr: string) => {
+    const m = owner(addr);
+    if (s.kind === 'any') return true;
+    if (s.kind === 'cidr') return inCidr(addr, s.cidr);
+    return m !== undefined && isTarget(s, m);
+  };
+  const protoOk = (r: Rule) => r.proto === 'any' || (r.proto === f.proto && (!r.ports || (f.port !== undefined && r.ports[0] <= f.port && f.port <= r.ports[1])));
+  const side = (m: RefMember | undefined, direction: 'ingress' | 'egress', other: string) => {
+    if (!m) return true; // not a container: nothing of it is limited
+    const mine = rules.filter((r) => r.direction === direction && isTarget(r.target, m));
+    return mine.length === 0 || mine.some((r) => isPeer(r.peer, other) && protoOk(r));
+  };
+  return side(owner(f.src), 'egress', f.dst) && side(owner(f.dst), 'ingress', f.src);
+}
