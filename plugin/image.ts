@@ -19,6 +19,8 @@ export const ROUTER_IMAGE = `${ROUTER_IMAGE_REPO}:${VERSION}`;
 
 /** What the router runs, and a few tools for looking inside it (docker exec weft getent hosts NAME). */
 const TOOLS = ['ip', 'bridge', 'nft', 'nsenter', 'sh', 'sleep', 'cat', 'ping', 'getent'];
+/** Taken when installed: without conntrack, revoked security group rules do not cut open flows. */
+const OPTIONAL_TOOLS = ['conntrack'];
 const PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
 const ENTRYPOINT = ['/usr/local/bin/node', '/weft/dist/router/main.js'];
 
@@ -63,7 +65,15 @@ export function buildRootfs(): string {
       symlinkSync(readlinkSync(p), join(root, top));
     }
   }
-  const binaries: [string, string][] = [[process.execPath, '/usr/local/bin/node'], ...TOOLS.map((t): [string, string] => [which(t), which(t)])];
+  const optional = OPTIONAL_TOOLS.flatMap((t) => {
+    try {
+      return [which(t)];
+    } catch {
+      console.warn(`warning: ${t} is not installed; the image goes without it`);
+      return [];
+    }
+  });
+  const binaries: [string, string][] = [[process.execPath, '/usr/local/bin/node'], ...[...TOOLS.map(which), ...optional].map((p): [string, string] => [p, p])];
   const libs = new Set<string>();
   for (const [from, to] of binaries) {
     place(root, from, to);

@@ -47,6 +47,37 @@ export function buildRegistry(router: Router): Registry {
       for (const c of report().connections) if (c.state === 'established' && c.overlay && c.overlay !== 'fastdp') this.inc({ reason: fallbackCategory(c.fallbackReason), overlay: c.overlay });
     },
   });
+  // Security groups: the kernel's counters, read once per scrape (async collect).
+  let policyStatus: Promise<Awaited<ReturnType<Router['policy']['status']>>> | null = null;
+  const policy = () => (policyStatus ??= router.policy.status().finally(() => setTimeout(() => (policyStatus = null), 100)));
+  new Gauge({
+    name: 'weft_policy_rules',
+    help: 'Security group rules in force in the mesh',
+    ...reg,
+    collect() {
+      this.set(router.policy.summary().rules);
+    },
+  });
+  new Counter({
+    name: 'weft_policy_dropped_packets_total',
+    help: 'Packets dropped on this host by security groups, by group and direction',
+    labelNames: ['group', 'direction'],
+    ...reg,
+    async collect() {
+      this.reset();
+      for (const d of (await policy()).dropped) this.inc({ group: d.group, direction: d.direction }, d.packets);
+    },
+  });
+  new Counter({
+    name: 'weft_policy_allowed_packets_total',
+    help: 'Packets of new flows let through on this host, by rule id',
+    labelNames: ['rule'],
+    ...reg,
+    async collect() {
+      this.reset();
+      for (const a of (await policy()).allowed) this.inc({ rule: a.rule }, a.packets);
+    },
+  });
   new Gauge({
     name: 'weft_peers',
     help: 'Peers in the topology, this one included',

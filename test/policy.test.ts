@@ -118,6 +118,9 @@ describeAsRoot('security groups', () => {
     const st = await h3.weft(['status', 'policy']);
     expect(st.stdout).toMatch(/1 rule\(s\) in the mesh; 1 container\(s\) here limited/);
     expect(st.stdout).toMatch(/db ingress: [1-9]\d* packet\(s\) dropped here/);
+    const metrics = await h3.exec(process.execPath, ['-e', "fetch('http://127.0.0.1:6782/metrics').then((r) => r.text()).then((t) => console.log(t))"]);
+    expect(metrics.stdout).toMatch(/weft_policy_dropped_packets_total\{group="db",direction="ingress"\} [1-9]/);
+    expect(metrics.stdout).toMatch(/weft_policy_rules 1/);
     const list = await h2.weft(['policy', 'list']);
     expect(list.stdout.trim()).toBe(`${rule} db accepts tcp/5432 from web`);
   }, 120_000);
