@@ -6,7 +6,7 @@ import { createHash } from 'node:crypto';
 import { promisify } from 'node:util';
 import { existsSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { BRIDGE } from './bridge.js';
-import { ip, ipJson, linkExists } from './iproute.js';
+import { ip, ipBatchIn, ipJson, linkExists } from './iproute.js';
 
 /** The container's interface, unless the caller names another (CNI_IFNAME). */
 export const DEFAULT_IF = 'ethwe';
@@ -117,7 +117,7 @@ export async function attachContainer(container: string, cidrs: string[], mtu: n
   await ip(['link', 'set', 'lo', 'up'], ns);
   const have = await ipJson<{ addr_info?: { local: string; prefixlen: number }[] }[]>(['addr', 'show', 'dev', ifname], ns);
   const existing = new Set((have[0]?.addr_info ?? []).map((a) => `${a.local}/${a.prefixlen}`));
-  for (const c of cidrs) if (!existing.has(c)) await ip(['addr', 'add', c, 'dev', ifname], ns);
+  await ipBatchIn(ns, cidrs.filter((c) => !existing.has(c)).map((c) => `addr add ${c} dev ${ifname}`));
   // arp_notify: a gratuitous ARP when ethwe comes up or its address changes, so neighbours that cached an
   // old MAC for the address (a container re-attached) learn the new one at once.
   await execFileP('nsenter', [`--net=${ns}`, 'sh', '-c', `echo 1 > /proc/sys/net/ipv4/conf/${ifname}/arp_notify`]).catch(() => undefined);

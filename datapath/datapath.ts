@@ -11,7 +11,7 @@ import { attachContainer, containerExists, detachContainer, forgetNetns, netnsPa
 import { BRIDGE, VXLAN_OVERHEAD, bridgeMac, ensureBridge, removeBridge, underlayMtu } from './bridge.js';
 import { EndpointTable, type Endpoint } from './endpoints.js';
 import { FLOOD_MAC, programFdb, programNeighbours, readFdb, type FdbEntry, type NeighEntry } from './fastdp.js';
-import { ip, linkExists, sysctl } from './iproute.js';
+import { ip, ipBatch, linkExists, sysctl } from './iproute.js';
 import { applyFirewall, firewallIntact, removeFirewall, type FirewallState } from './firewall.js';
 import { FastdpHealth } from './health.js';
 import { SLEEVE_TAP, Sleeve } from './sleeve.js';
@@ -255,7 +255,7 @@ export class Datapath {
     const dns = this.config.dns;
     if (!dns) return;
     await ip(['addr', 'replace', `${dns.ip}/32`, 'dev', BRIDGE]);
-    for (const e of this.endpoints.local) for (const c of e.cidrs) await ip(['route', 'replace', `${c.split('/')[0]}/32`, 'dev', BRIDGE, 'src', dns.ip]).catch(() => undefined);
+    await this.routeBack(this.endpoints.local.flatMap((e) => e.cidrs));
   }
 
   private firewallState(): FirewallState {
@@ -390,7 +390,7 @@ export class Datapath {
   /** With DNS on the bridge: host routes back to local container addresses, so the server's replies find them. */
   private async routeBack(cidrs: string[]): Promise<void> {
     const dns = this.config.dns;
-    if (dns) for (const a of cidrs) await ip(['route', 'replace', `${a.split('/')[0]}/32`, 'dev', BRIDGE, 'src', dns.ip]).catch(() => undefined);
+    if (dns) await ipBatch(cidrs.map((a) => `route replace ${a.split('/')[0]}/32 dev ${BRIDGE} src ${dns.ip}`)).catch(() => undefined);
   }
 
   /**
@@ -419,7 +419,7 @@ export class Datapath {
     const ep = this.endpoints.local.find((e) => e.container === key);
     if (!ep) return;
     this.setLocal(this.endpoints.local.filter((e) => e.container !== key));
-    if (this.config.dns) for (const c of ep.cidrs) await ip(['route', 'del', `${c.split('/')[0]}/32`, 'dev', BRIDGE]).catch(() => undefined);
+    if (this.config.dns) await ipBatch(ep.cidrs.map((c) => `route del ${c.split('/')[0]}/32 dev ${BRIDGE}`)).catch(() => undefined);
     for (const fn of this.onGone) fn(key);
   }
 
@@ -451,7 +451,7 @@ export class Datapath {
    */
   private async release(e: Endpoint): Promise<void> {
     forgetNetns(e.container);
-    if (this.config.dns) for (const c of e.cidrs) await ip(['route', 'del', `${c.split('/')[0]}/32`, 'dev', BRIDGE]).catch(() => undefined);
+    if (this.config.dns) await ipBatch(e.cidrs.map((c) => `route del ${c.split('/')[0]}/32 dev ${BRIDGE}`)).catch(() => undefined);
     await this.ipam.free(e.container).catch(() => undefined);
     for (const fn of this.onGone) fn(e.container);
   }

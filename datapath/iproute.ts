@@ -32,6 +32,11 @@ export function ipBatch(lines: string[]): Promise<string> {
   return lines.length === 0 ? Promise.resolve('') : exec('ip', ['-force', '-batch', '-'], lines.join('\n') + '\n');
 }
 
+/** Many `ip` commands in one process inside a namespace, stopping at the first that fails. */
+export function ipBatchIn(netnsPath: string, lines: string[]): Promise<string> {
+  return lines.length === 0 ? Promise.resolve('') : exec('nsenter', [`--net=${netnsPath}`, 'ip', '-batch', '-'], lines.join('\n') + '\n');
+}
+
 /** `bridge ARGS`. */
 export function bridge(args: string[]): Promise<string> {
   return exec('bridge', args);

@@ -142,7 +142,12 @@ export class PolicyEngine {
         }
       }
     }
-    if (next.hooks.length > 0 || (prev && prev.hooks.length > 0)) await this.cutRevoked(model);
+    // Only a change that can take a permission away needs the flows checked: joins alone cannot.
+    const mayRevoke = !prev || prev.skeleton !== next.skeleton || [...prev.sets].some(([name, addrs]) => {
+      const now = new Set(next.sets.get(name) ?? []);
+      return addrs.some((a) => !now.has(a));
+    });
+    if (mayRevoke && (next.hooks.length > 0 || (prev && prev.hooks.length > 0))) await this.cutRevoked(model);
   }
 
   /** Deletes the tracked flows of local containers that the model no longer allows. */

@@ -1,0 +1,167 @@
+// Security groups, measured in one run:
+//   1. one TCP flow (iperf3) and ping RTT container to container across two hosts, with no policy
+//      (the anchor) and then with RULES rules over groups totalling MEMBERS member addresses, the
+//      receiver limited by all of them: prints the ratios (goal >= 0.95);
+//   2. the cost of JOINS containers joining and leaving a group the receiver's rules mention:
+//      wall time until the receiver's kernel set has them, and its router's CPU per join/leave;
+//   3. on a line of five hosts (no discovery), the time from a rule made on the first to its
+//      enforcement in the kernel of the last, p50 and p99 over SAMPLES rules.
+//
+//   apt-get install -y iperf3 && npm run build && node dist/bench/policy.js [--rules 1000] [--members 10000] [--joins 100] [--samples 30] [--seconds 5]
+import { spawn } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import { Cluster, eventually, type Host } from '../test/harness/cluster.js';
+import { run } from '../test/harness/exec.js';
+
+const arg = (name: string, dflt: number) => {
+  const i = process.argv.indexOf(`--${name}`);
+  return i > 0 ? Number(process.argv[i + 1]) : dflt;
+};
+const RULES = arg('rules', 1000);
+const MEMBERS = arg('members', 10_000);
+const JOINS = arg('joins', 100);
+const SAMPLES = arg('samples', 30);
+const SECONDS = arg('seconds', 5);
+const FAST = ['--heartbeat-interval', '500ms', '--gossip-interval', '1s'];
+
+async function iperf(serverNs: string, clientNs: string, ip: string): Promise<number> {
+  const server = spawn('ip', ['netns', 'exec', serverNs, 'iperf3', '-s', '-1', '-B', ip], { stdio: 'ignore' });
+  try {
+    await new Promise((r) => setTimeout(r, 500));
+    const r = await run('ip', ['netns', 'exec', clientNs, 'iperf3', '-c', ip, '-t', String(SECONDS), '-J'], { timeoutMs: (SECONDS + 20) * 1000 });
+    if (r.code !== 0) throw new Error(`iperf3: ${r.stderr || r.stdout.slice(0, 300)}`);
+    return (JSON.parse(r.stdout) as { end: { sum_received: { bits_per_second: number } } }).end.sum_received.bits_per_second / 1e9;
+  } finally {
+    server.kill('SIGKILL');
+  }
+}
+
+async function rtt(ns: string, ip: string): Promise<number> {
+  const r = await run('ip', ['netns', 'exec', ns, 'ping', '-c', '200', '-i', '0.005', ip], { timeoutMs: 30_000 });
+  const times = [...r.stdout.matchAll(/time=([\d.]+) ms/g)].map((m) => Number(m[1])).sort((x, y) => x - y);
+  if (times.length === 0) throw new Error(`ping ${ns} -> ${ip} failed`);
+  return times[Math.floor(times.length / 2)] * 1000;
+}
+
+/** Runs a script with fetch() against the host's API, inside its namespace; returns its stdout. */
+async function api(h: Host, script: string, timeoutMs = 600_000): Promise<string> {
+  const r = await h.exec(process.execPath, ['-e', `const API = 'http://127.0.0.1:6784'; (async () => { ${script} })().catch((e) => { console.error(e); process.exit(1); });`], { timeoutMs });
+  if (r.code !== 0) throw new Error(`API script on ${h.nickname}: ${r.stderr}`);
+  return r.stdout;
+}
+
+async function attach(h: Host, ns: string, groups: string[], cidrs: string[] = []): Promise<string> {
+  const r = await h.weft(['attach', ...groups.flatMap((g) => ['--group', g]), ...cidrs, `netns:${ns}`], { timeoutMs: 120_000 });
+  if (r.code !== 0) throw new Error(`attach on ${h.nickname}: ${r.stderr}`);
+  return r.stdout.trim().split('/')[0];
+}
+
+function cpuSeconds(pid: number): number {
+  const f = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ');
+  return (Number(f[11]) + Number(f[12])) / 100;
+}
+
+async function setSize(h: Host, group: string): Promise<number> {
+  const table = (await h.exec('nft', ['-j', 'list', 'table', 'inet', 'weft'])).stdout;
+  const { createHash } = await import('node:crypto');
+  const name = `g_${createHash('sha1').update(group).digest('hex').slice(0, 12)}`;
+  const set = (JSON.parse(table) as { nftables: { set?: { name: string; elem?: unknown[] } }[] }).nftables.find((x) => x.set?.name === name)?.set;
+  return set?.elem?.length ?? 0;
+}
+
+async function throughputAndJoins(): Promise<void> {
+  const cluster = await Cluster.create(2, { routerArgs: [...FAST, '--ipalloc-init', 'consensus=2'] });
+  try {
+    const [a, b] = cluster.hosts;
+    await a.launch();
+    await b.launch([a.ip]);
+    const c1 = await cluster.container('c1');
+    const c2 = await cluster.container('c2');
+    await attach(a, c1, ['web']);
+    const ip2 = await attach(b, c2, ['db']);
+    await eventually('path up', async () => (await run('ip', ['netns', 'exec', c1, 'ping', '-c', '1', '-W', '1', ip2])).code === 0, 20_000);
+    const base = { gbit: await iperf(c2, c1, ip2), rtt: await rtt(c1, ip2) };
+
+    // Members: containers on host A with 64 addresses each (claimed from 10.41.0.0 on), in 100 groups.
+    const groups = 100;
+    const perContainer = 64;
+    const containers = Math.ceil(MEMBERS / perContainer);
+    let started = Date.now();
+    for (let i = 0; i < containers; i++) {
+      const ns = await cluster.container(`m${i}`);
+      const n = Math.min(perContainer, MEMBERS - i * perContainer);
+      const cidrs = Array.from({ length: n }, (_, k) => {
+        const x = i * perContainer + k;
+        return `10.41.${Math.floor(x / 256)}.${x % 256}/12`;
+      });
+      await attach(a, ns, [`g${i % groups}`], cidrs);
+    }
+    const membersSecs = (Date.now() - started) / 1000;
+    // Rules: all on db; the one that lets web in is one of them.
+    started = Date.now();
+    await api(a, `for (let j = 0; j < ${RULES - 1}; j++) { const r = await fetch(API + '/policy', { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ to: 'db', from: 'g' + (j % ${groups}), proto: 'tcp', port: String(1000 + (j % 60000)) }) }); if (!r.ok) throw new Error(await r.text()); }
+      const r = await fetch(API + '/policy', { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ to: 'db', from: 'web', proto: 'any' }) }); if (!r.ok) throw new Error(await r.text());`);
+    await eventually(`${RULES} rules in host B's kernel`, async () => ((await b.exec('nft', ['list', 'table', 'inet', 'weft'])).stdout.match(/comment "rule:/g) ?? []).length >= RULES, 300_000, 500);
+    const rulesSecs = (Date.now() - started) / 1000;
+    const members = (await Promise.all(Array.from({ length: groups }, (_, g) => setSize(b, `g${g}`)))).reduce((x, y) => x + y, 0);
+    const limited = { gbit: await iperf(c2, c1, ip2), rtt: await rtt(c1, ip2) };
+    console.log(`\n1. one TCP flow and ping RTT, web -> db across two hosts (iperf3 ${SECONDS}s, median of 200 pings)`);
+    console.log(`   no policy (anchor):                ${base.gbit.toFixed(2)} Gbit/s, ${base.rtt.toFixed(0)} us`);
+    console.log(`   ${RULES} rules, ${members} members in B's sets: ${limited.gbit.toFixed(2)} Gbit/s, ${limited.rtt.toFixed(0)} us`);
+    console.log(`   ratio: throughput ${(limited.gbit / base.gbit).toFixed(3)}, RTT ${(limited.rtt / base.rtt).toFixed(3)} (goal >= 0.95 for throughput)`);
+    console.log(`   (set-up: ${MEMBERS} member addresses attached in ${membersSecs.toFixed(1)}s; ${RULES} rules made and in B's kernel in ${rulesSecs.toFixed(1)}s)`);
+
+    // Joins and leaves of group web (mentioned by db's rules) on host A; host B updates its set.
+    const pidB = b.routerPid()!;
+    const nss: string[] = [];
+    for (let i = 0; i < JOINS; i++) nss.push(await cluster.container(`j${i}`));
+    const before = await setSize(b, 'web');
+    let cpu0 = cpuSeconds(pidB);
+    started = Date.now();
+    for (const ns of nss) await attach(a, ns, ['web']);
+    await eventually('joins in B\'s set', async () => (await setSize(b, 'web')) === before + JOINS, 120_000, 100);
+    const joinMs = (Date.now() - started) / JOINS;
+    const joinCpu = ((cpuSeconds(pidB) - cpu0) * 1000) / JOINS;
+    cpu0 = cpuSeconds(pidB);
+    started = Date.now();
+    for (const ns of nss) await a.weft(['detach', `netns:${ns}`]);
+    await eventually('leaves in B\'s set', async () => (await setSize(b, 'web')) === before, 120_000, 100);
+    const leaveMs = (Date.now() - started) / JOINS;
+    const leaveCpu = ((cpuSeconds(pidB) - cpu0) * 1000) / JOINS;
+    const st = JSON.parse((await b.weft(['status', 'policy', '--json'])).stdout) as { rewrites: number; elementUpdates: number };
+    console.log(`\n2. ${JOINS} containers join group web on host A, then leave (host B enforces rules that mention web)`);
+    console.log(`   join: ${joinMs.toFixed(0)} ms each end to end (attach included), ${joinCpu.toFixed(1)} ms of B's router CPU each`);
+    console.log(`   leave: ${leaveMs.toFixed(0)} ms each end to end, ${leaveCpu.toFixed(1)} ms of B's router CPU each`);
+    console.log(`   B's nftables: ${st.rewrites} whole-table rewrites, ${st.elementUpdates} element updates in all`);
+  } finally {
+    await cluster.cleanup();
+  }
+}
+
+async function enforcementDelay(): Promise<void> {
+  const cluster = await Cluster.create(5, { routerArgs: [...FAST, '--no-discovery', '--ipalloc-init', 'consensus=5'] });
+  try {
+    const hs = cluster.hosts;
+    await hs[0].launch();
+    for (let i = 1; i < 5; i++) await hs[i].launch([hs[i - 1].ip]);
+    for (const h of hs) await eventually(`${h.nickname} sees five peers`, async () => (await h.report<{ peers: unknown[] }>()).peers.length === 5, 30_000);
+    const db = await cluster.container('db');
+    await attach(hs[4], db, ['db']);
+    const delays: number[] = [];
+    for (let i = 0; i < SAMPLES; i++) {
+      const out = await api(hs[0], `const t = Date.now(); const r = await fetch(API + '/policy', { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ to: 'db', from: 'g' + ${i}, proto: 'tcp', port: '${2000 + i}' }) }); console.log(t, (await r.json()).id);`);
+      const [t0, id] = out.trim().split(' ');
+      await eventually('the rule in the last host\'s kernel', async () => (await hs[4].exec('nft', ['list', 'table', 'inet', 'weft'])).stdout.includes(`rule:${id}`), 10_000, 5);
+      delays.push(Date.now() - Number(t0));
+    }
+    delays.sort((x, y) => x - y);
+    const pct = (p: number) => delays[Math.min(delays.length - 1, Math.floor((p / 100) * delays.length))];
+    console.log(`\n3. a rule made on host 1 until it is in host 5's kernel, four hops down a line (${SAMPLES} rules)`);
+    console.log(`   p50 ${pct(50)} ms, p99 ${pct(99)} ms, max ${delays[delays.length - 1]} ms (includes the ~5-10 ms of each nft poll)`);
+  } finally {
+    await cluster.cleanup();
+  }
+}
+
+await throughputAndJoins();
+await enforcementDelay();
