@@ -59,7 +59,7 @@ export async function applyFirewall(s: FirewallState): Promise<void> {
 export async function firewallIntact(s: FirewallState): Promise<boolean> {
   let have: string;
   try {
-    have = await nft(['list', 'table', 'inet', TABLE]);
+    have = await nft(['-t', 'list', 'table', 'inet', TABLE]); // -t: without set elements (thousands, with security groups)
   } catch {
     return false;
   }

@@ -27,6 +27,8 @@ export interface PolicyStatus {
   flowsCut: number;
   elementUpdates: number;
   rewrites: number;
+  /** Wall time spent compiling and applying, in all. */
+  applyMs: number;
 }
 
 export class PolicyEngine {
@@ -34,12 +36,13 @@ export class PolicyEngine {
   /** What the kernel has (as far as we know), and what was last handed to the firewall to write. */
   private current: CompiledPolicy | null = null;
   private offered: CompiledPolicy | null = null;
+  private dirty = true;
   private timer: NodeJS.Timeout | null = null;
   private running: Promise<void> | null = null;
   private again = false;
   private stopped = false;
   lastError: string | null = null;
-  readonly stats = { flowsCut: 0, elementUpdates: 0, rewrites: 0 };
+  readonly stats = { flowsCut: 0, elementUpdates: 0, rewrites: 0, applyMs: 0 };
 
   constructor(
     private readonly mesh: Mesh,
@@ -54,6 +57,7 @@ export class PolicyEngine {
   /** Follows changes of rules and endpoints from now on. */
   start(): void {
     if (!this.datapath) return;
+    this.dirty = true;
     this.table.onChange(() => this.schedule());
     this.datapath.endpoints.onChange(() => this.schedule());
   }
@@ -73,7 +77,9 @@ export class PolicyEngine {
 
   /** What the firewall table carries for the policy, from the state now (datapath/firewall.ts). */
   firewallPart(): { lines: string[]; hooks: string[] } | null {
-    this.offered = this.compile();
+    // The datapath asks every few seconds; compile again only when rules or endpoints changed.
+    if (this.dirty || !this.offered) this.offered = this.compile();
+    this.dirty = false;
     return this.offered.hooks.length > 0 ? { lines: this.offered.lines, hooks: this.offered.hooks } : null;
   }
 
@@ -87,6 +93,7 @@ export class PolicyEngine {
   }
 
   private schedule(): void {
+    this.dirty = true;
     if (this.timer || this.stopped) return;
     this.timer = setTimeout(() => {
       this.timer = null;
@@ -105,6 +112,7 @@ export class PolicyEngine {
       do {
         this.again = false;
         if (this.stopped || !this.datapath) break;
+        const t0 = performance.now();
         try {
           await this.apply();
           this.lastError = null;
@@ -112,6 +120,7 @@ export class PolicyEngine {
           this.lastError = (err as Error).message;
           this.mesh.log.warn({ err: this.lastError }, 'policy enforcement failed');
         }
+        this.stats.applyMs += performance.now() - t0;
       } while (this.again);
     })();
     try {
