@@ -89,9 +89,11 @@ async function launchContainer(cmd: Command, api: DockerApi, opts: RouterOptions
     isMine: (info) => info.container === ROUTER_CONTAINER,
     failed: async () => {
       const c = await api.find(id);
-      if (c?.State.Running) return null;
+      // Its restart policy brings a crashing router back at once: a restart counts as a failure too.
+      if (c?.State.Running && !c.RestartCount) return null;
+      if (c) await api.stop(id, 2).catch(() => undefined);
       const logs = await api.logs(id, 10).catch(() => '');
-      return `the weft router container exited during start-up (${c ? `code ${c.State.ExitCode}` : 'removed'}). Last lines of docker logs ${ROUTER_CONTAINER}:\n${logs.trimEnd()}`;
+      return `the weft router container exited during start-up (${c ? `code ${c.State.ExitCode}${c.RestartCount ? `, restarted ${c.RestartCount} time(s)` : ''}` : 'removed'}). Last lines of docker logs ${ROUTER_CONTAINER}:\n${logs.trimEnd()}`;
     },
     giveUp: async () => {
       await api.stop(id, 5).catch(() => undefined);

@@ -17,6 +17,7 @@ export class DockerError extends Error {
 export interface ContainerInfo {
   Id: string;
   Name: string;
+  RestartCount?: number;
   State: { Running: boolean; Pid: number; Status: string; ExitCode?: number };
   Config: { Labels: Record<string, string> | null; Hostname?: string };
   NetworkSettings: { Networks: Record<string, { NetworkID: string; EndpointID: string; IPAddress: string; IPPrefixLen: number; MacAddress: string }> | null };

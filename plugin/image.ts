@@ -6,7 +6,7 @@
 // the engine at DOCKER_HOST (or /var/run/docker.sock). plugin/Dockerfile builds
 // the same router from a Node 20 base image where a registry is reachable.
 import { execFileSync, spawn } from 'node:child_process';
-import { chmodSync, cpSync, existsSync, lstatSync, mkdirSync, mkdtempSync, readlinkSync, realpathSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { chmodSync, cpSync, existsSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, readlinkSync, realpathSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { basename, dirname, join, relative } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -90,7 +90,10 @@ export function buildRootfs(): string {
   chmodSync(join(root, 'tmp'), 0o1777);
   // The router: compiled code, the native addon, production dependencies only.
   const app = join(root, 'weft');
-  for (const part of ['router', 'ipam', 'dns', 'datapath', 'cli', 'plugin']) cpSync(join(project, 'dist', part), join(app, 'dist', part), { recursive: true });
+  // Every compiled component (tests, benchmarks and examples are not the router's).
+  for (const part of readdirSync(join(project, 'dist'))) {
+    if (!['test', 'bench', 'examples'].includes(part)) cpSync(join(project, 'dist', part), join(app, 'dist', part), { recursive: true });
+  }
   cpSync(join(project, 'package.json'), join(app, 'package.json'));
   cpSync(join(project, 'datapath', 'native', 'binding.gyp'), join(app, 'datapath', 'native', 'binding.gyp'));
   const addon = join(project, 'datapath', 'native', 'build', 'Release', 'weft_native.node');
