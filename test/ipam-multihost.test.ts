@@ -177,11 +177,12 @@ describeAsRoot('IPAM on three namespace hosts', () => {
     expect(attach.code).not.toBe(0);
     expect(attach.stderr).toMatch(/^waiting \ds for IPAM: awaiting consensus: heard from 1 of the 2 peers needed/m);
     expect(attach.stderr).toMatch(/gave up after [45]s: awaiting consensus/); // --ipalloc-timeout reached the router through launch
-    const pending = a.weft(['ipam', 'alloc', 'lonely', '--timeout', '3']);
+    // Long enough that a loaded machine's CLI start-ups (each ~1 s under CI load) still see it waiting.
+    const pending = a.weft(['ipam', 'alloc', 'lonely', '--timeout', '8']);
     const shown = await eventually('status ipam to show the waiting request', async () => {
       const s = await a.weft(['status', 'ipam']);
       return /allocate for lonely/.test(s.stdout) ? s.stdout : null;
-    }, 3000, 200);
+    }, 8000, 200);
     expect(shown).toMatch(/awaiting consensus: heard from 1 of the 2 peers needed/);
     const r = await pending;
     expect(r.code).not.toBe(0);
