@@ -17,6 +17,7 @@ import { FastdpHealth } from './health.js';
 import { SLEEVE_TAP, Sleeve } from './sleeve.js';
 import { nativeError } from './native/index.js';
 import type { PeerName } from '../router/mesh/peer-name.js';
+import { SerialJob } from '../router/serial-job.js';
 
 /** How traffic to a peer travels. */
 export type Overlay = 'fastdp' | 'sleeve' | 'none';
@@ -49,10 +50,8 @@ export class Datapath {
   /** Told when a container is detached or found gone (DNS drops its names). */
   readonly onGone: ((container: string) => void)[] = [];
   mtu = 1450;
-  private reconcileTimer: NodeJS.Timeout | null = null;
+  private readonly reconciler = new SerialJob(() => this.reconcilePass(), 20);
   private stopped = false;
-  private reconciling: Promise<void> | null = null;
-  private again = false;
   private checkTimer: NodeJS.Timeout | null = null;
   readonly stats = { fdbAdded: 0, fdbRemoved: 0, repairs: 0, errors: 0 };
   lastError: string | null = null;
@@ -491,39 +490,23 @@ export class Datapath {
   }
 
   scheduleReconcile(): void {
-    if (this.reconcileTimer || this.stopped) return;
-    this.reconcileTimer = setTimeout(() => {
-      this.reconcileTimer = null;
-      void this.reconcile();
-    }, 20);
-    this.reconcileTimer.unref();
+    this.reconciler.schedule();
   }
 
   /** Applies the desired fdb; one run at a time, and once more if something changed meanwhile. */
-  async reconcile(): Promise<void> {
-    if (this.reconciling) {
-      this.again = true;
-      return this.reconciling;
-    }
-    this.reconciling = (async () => {
-      do {
-        this.again = false;
-        if (this.stopped) break;
-        try {
-          if (!(await linkExists(BRIDGE))) await this.check();
-          const r = await programFdb(this.desiredFdb(), this.sleeve ? { dev: SLEEVE_TAP, macs: this.desiredSleeveMacs() } : undefined);
-          this.stats.fdbAdded += r.added;
-          this.stats.fdbRemoved += r.removed;
-          await programNeighbours(this.desiredNeighbours());
-        } catch (err) {
-          this.noteError(`programming the fdb failed: ${(err as Error).message}`);
-        }
-      } while (this.again);
-    })();
+  reconcile(): Promise<void> {
+    return this.reconciler.run();
+  }
+
+  private async reconcilePass(): Promise<void> {
     try {
-      await this.reconciling;
-    } finally {
-      this.reconciling = null;
+      if (!(await linkExists(BRIDGE))) await this.check();
+      const r = await programFdb(this.desiredFdb(), this.sleeve ? { dev: SLEEVE_TAP, macs: this.desiredSleeveMacs() } : undefined);
+      this.stats.fdbAdded += r.added;
+      this.stats.fdbRemoved += r.removed;
+      await programNeighbours(this.desiredNeighbours());
+    } catch (err) {
+      this.noteError(`programming the fdb failed: ${(err as Error).message}`);
     }
   }
 
@@ -539,7 +522,7 @@ export class Datapath {
     this.sleeve?.stop();
     if (this.overlayTimer) clearInterval(this.overlayTimer);
     if (this.checkTimer) clearInterval(this.checkTimer);
-    if (this.reconcileTimer) clearTimeout(this.reconcileTimer);
+    this.reconciler.stop();
   }
 
   /** For reset: the bridge and VXLAN device go (containers' veths go with the bridge ports). */

@@ -14,6 +14,7 @@ import { deleteFlow, listFlows } from './conntrack.js';
 import { PolicyModel, type Decision, type Flow, type Member } from './model.js';
 import { compilePolicy, elementUpdates, type CompiledPolicy } from './nft.js';
 import { PolicyTable } from './table.js';
+import { SerialJob } from '../router/serial-job.js';
 
 export interface PolicyStatus {
   rules: number;
@@ -37,10 +38,7 @@ export class PolicyEngine {
   private current: CompiledPolicy | null = null;
   private offered: CompiledPolicy | null = null;
   private dirty = true;
-  private timer: NodeJS.Timeout | null = null;
-  private running: Promise<void> | null = null;
-  private again = false;
-  private stopped = false;
+  private readonly job = new SerialJob(() => this.syncPass(), 10);
   lastError: string | null = null;
   readonly stats = { flowsCut: 0, elementUpdates: 0, rewrites: 0, applyMs: 0 };
 
@@ -94,40 +92,25 @@ export class PolicyEngine {
 
   private schedule(): void {
     this.dirty = true;
-    if (this.timer || this.stopped) return;
-    this.timer = setTimeout(() => {
-      this.timer = null;
-      void this.sync();
-    }, 10);
-    this.timer.unref();
+    this.job.schedule();
   }
 
   /** Brings the kernel in line with the model; one run at a time, again if something changed meanwhile. */
-  async sync(): Promise<void> {
-    if (this.running) {
-      this.again = true;
-      return this.running;
-    }
-    this.running = (async () => {
-      do {
-        this.again = false;
-        if (this.stopped || !this.datapath) break;
-        const t0 = performance.now();
-        try {
-          await this.apply();
-          this.lastError = null;
-        } catch (err) {
-          this.lastError = (err as Error).message;
-          this.mesh.log.warn({ err: this.lastError }, 'policy enforcement failed');
-        }
-        this.stats.applyMs += performance.now() - t0;
-      } while (this.again);
-    })();
+  sync(): Promise<void> {
+    return this.job.run();
+  }
+
+  private async syncPass(): Promise<void> {
+    if (!this.datapath) return;
+    const t0 = performance.now();
     try {
-      await this.running;
-    } finally {
-      this.running = null;
+      await this.apply();
+      this.lastError = null;
+    } catch (err) {
+      this.lastError = (err as Error).message;
+      this.mesh.log.warn({ err: this.lastError }, 'policy enforcement failed');
     }
+    this.stats.applyMs += performance.now() - t0;
   }
 
   private async apply(): Promise<void> {
@@ -216,7 +199,6 @@ export class PolicyEngine {
   }
 
   stop(): void {
-    this.stopped = true;
-    if (this.timer) clearTimeout(this.timer);
+    this.job.stop();
   }
 }
