@@ -75,6 +75,28 @@ export function hostIfName(container: string): string {
   return `vw${createHash('sha1').update(container).digest('hex').slice(0, 10)}`;
 }
 
+/** A container's veth pair: the host end, and the end handed to the container (named after it). */
+export function vethNames(container: string): { hostIf: string; peerIf: string } {
+  const hostIf = hostIfName(container);
+  return { hostIf, peerIf: `vp${hostIf.slice(2)}` };
+}
+
+/**
+ * Makes a container's veth pair afresh (a leftover of a half-done attempt goes first) and hands it
+ * to `then`; if that fails, the pair goes again.
+ */
+export async function withNewVeth<T>(container: string, mtu: number, then: (names: { hostIf: string; peerIf: string }) => Promise<T>): Promise<T> {
+  const names = vethNames(container);
+  if (await linkExists(names.hostIf)) await ip(['link', 'del', names.hostIf]);
+  await ip(['link', 'add', names.hostIf, 'mtu', String(mtu), 'type', 'veth', 'peer', 'name', names.peerIf, 'mtu', String(mtu)]);
+  try {
+    return await then(names);
+  } catch (err) {
+    await ip(['link', 'del', names.hostIf]).catch(() => undefined);
+    throw err;
+  }
+}
+
 export interface AttachResult {
   mac: string;
   hostIf: string;
@@ -100,18 +122,12 @@ export async function pinDns(ns: string, ifname: string, dns: { ip: string; brid
 
 export async function attachContainer(container: string, cidrs: string[], mtu: number, dns?: DnsReach, ifname = DEFAULT_IF): Promise<AttachResult> {
   const ns = netnsPathOf(container);
-  const hostIf = hostIfName(container);
-  const peerTmp = `vp${hostIf.slice(2)}`;
+  const { hostIf } = vethNames(container);
   if (!(await linkExists(ifname, ns))) {
-    if (await linkExists(hostIf)) await ip(['link', 'del', hostIf]); // a leftover from a half-done attach
-    await ip(['link', 'add', hostIf, 'mtu', String(mtu), 'type', 'veth', 'peer', 'name', peerTmp, 'mtu', String(mtu)]);
-    try {
-      await ip(['link', 'set', peerTmp, 'netns', ns]);
-      await ip(['link', 'set', peerTmp, 'name', ifname], ns);
-    } catch (err) {
-      await ip(['link', 'del', hostIf]).catch(() => undefined);
-      throw err;
-    }
+    await withNewVeth(container, mtu, async ({ peerIf }) => {
+      await ip(['link', 'set', peerIf, 'netns', ns]);
+      await ip(['link', 'set', peerIf, 'name', ifname], ns);
+    });
   }
   await ip(['link', 'set', hostIf, 'master', BRIDGE, 'up']);
   await ip(['link', 'set', 'lo', 'up'], ns);

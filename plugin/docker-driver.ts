@@ -14,7 +14,7 @@ import type { Allocator } from '../ipam/allocator.js';
 import { contains, formatCidr, formatIp, overlaps, parseCidr, parseIp, type Cidr } from '../ipam/addr.js';
 import type { Datapath } from '../datapath/datapath.js';
 import { BRIDGE } from '../datapath/bridge.js';
-import { hostIfName } from '../datapath/attach.js';
+import { hostIfName, vethNames, withNewVeth } from '../datapath/attach.js';
 import { ip, ipJson, linkExists } from '../datapath/iproute.js';
 import { readJsonList, writeJsonAtomically } from '../router/json-file.js';
 import type { Logger } from '../router/mesh/mesh.js';
@@ -226,30 +226,22 @@ export class DockerDriver {
     const address = str(iface.Address, 'Interface.Address (an IPv4 address from the IPAM driver)');
     parseCidr(address, true);
     const key = endpointKey(eid);
-    const hostIf = hostIfName(key);
-    const peerIf = `vp${hostIf.slice(2)}`;
-    const mtu = String(this.deps.datapath.mtu);
-    if (await linkExists(hostIf)) await ip(['link', 'del', hostIf]); // left from an endpoint that failed half way
-    await ip(['link', 'add', hostIf, 'mtu', mtu, 'type', 'veth', 'peer', 'name', peerIf, 'mtu', mtu]);
-    try {
+    return withNewVeth(key, this.deps.datapath.mtu, async ({ hostIf, peerIf }) => {
       if (iface.MacAddress) await ip(['link', 'set', peerIf, 'address', iface.MacAddress]);
       await ip(['link', 'set', hostIf, 'master', BRIDGE, 'up']);
       const mac = (await ipJson<{ address: string }[]>(['link', 'show', 'dev', peerIf]))[0].address;
       await this.deps.datapath.plug(key, mac, [address]);
       return { Interface: iface.MacAddress ? {} : { MacAddress: mac } };
-    } catch (err) {
-      await ip(['link', 'del', hostIf]).catch(() => undefined);
-      throw err;
-    }
+    });
   }
 
   private async join(b: Record<string, unknown>): Promise<unknown> {
     const key = endpointKey(endpointId(b.EndpointID));
-    const hostIf = hostIfName(key);
+    const { hostIf, peerIf } = vethNames(key);
     if (!(await linkExists(hostIf))) throw new PluginError(`endpoint ${key.slice(9, 21)} has no interface (was it created on this host?)`);
     const routes = [{ Destination: '224.0.0.0/4', RouteType: 1 }];
     if (this.deps.dnsIp) routes.push({ Destination: `${this.deps.dnsIp}/32`, RouteType: 1 });
-    return { InterfaceName: { SrcName: `vp${hostIf.slice(2)}`, DstPrefix: 'ethwe' }, StaticRoutes: routes };
+    return { InterfaceName: { SrcName: peerIf, DstPrefix: 'ethwe' }, StaticRoutes: routes };
   }
 
   private async deleteEndpoint(b: Record<string, unknown>): Promise<unknown> {
