@@ -23,13 +23,13 @@ function tail(path: string, lines: number): string {
   }
 }
 
-/** The router arguments the user gave on the command line (the password travels in the environment instead). */
-function routerArgs(cmd: Command): string[] {
+/** The router arguments the user gave on the command line, but `skip` (the password travels in the environment instead). */
+function routerArgs(cmd: Command, skip: string[] = []): string[] {
   const v = cmd.opts();
   const args: string[] = [];
   for (const opt of cmd.options) {
     const key = opt.attributeName();
-    if (cmd.getOptionValueSource(key) !== 'cli' || ['password', 'wait', 'docker'].includes(key)) continue;
+    if (cmd.getOptionValueSource(key) !== 'cli' || ['password', 'wait', 'docker', ...skip].includes(key)) continue;
     if (opt.negate) {
       if (v[key] === false) args.push(opt.long!);
       continue;
@@ -81,7 +81,8 @@ export async function launch(cmd: Command, peers: string[]): Promise<void> {
 
 async function launchContainer(cmd: Command, api: DockerApi, opts: RouterOptions): Promise<void> {
   const v = cmd.opts();
-  const args = routerArgs(cmd).filter((_a, i, all) => !['--data-dir', '--docker-api', '--password-file'].includes(all[i]) && !['--data-dir', '--docker-api', '--password-file'].includes(all[i - 1]));
+  // The container gets these its own way (containerSpec).
+  const args = routerArgs(cmd, ['dataDir', 'dockerApi', 'passwordFile']);
   const passwordFile = cmd.getOptionValueSource('passwordFile') !== undefined ? (v.passwordFile as string) : undefined;
   const id = await startRouterContainer(api, containerSpec(api, opts, args, passwordFile));
   process.stderr.write(`started container ${ROUTER_CONTAINER} (${id.slice(0, 12)}) from ${ROUTER_IMAGE}; waiting for the router to answer...\n`);
