@@ -7,34 +7,12 @@
 // carried. Prints c/b, d/b, e/b and c/a.
 //
 //   apt-get install -y iperf3 iputils-ping && npm run build && node dist/bench/datapath.js [--seconds 5]
-import { spawn } from 'node:child_process';
-import { readFileSync } from 'node:fs';
 import type { Report } from '../router/report.js';
 import { Cluster, eventually, type Host } from '../test/harness/cluster.js';
 import { must, run } from '../test/harness/exec.js';
+import { cpuSeconds, iperf, rtt } from './measure.js';
 
 const seconds = Number(process.argv[process.argv.indexOf('--seconds') + 1]) || 5;
-
-/** One TCP flow: Gbit/s, and the TCP RTT under load (iperf3's mean over the flow, from tcp_info), µs. */
-async function iperf(serverNs: string, clientNs: string, ip: string): Promise<{ gbit: number; tcpRtt: number }> {
-  const server = spawn('ip', ['netns', 'exec', serverNs, 'iperf3', '-s', '-1', '-B', ip], { stdio: 'ignore' });
-  try {
-    await new Promise((r) => setTimeout(r, 500));
-    const r = await run('ip', ['netns', 'exec', clientNs, 'iperf3', '-c', ip, '-t', String(seconds), '-J'], { timeoutMs: (seconds + 20) * 1000 });
-    if (r.code !== 0) throw new Error(`iperf3 ${clientNs} -> ${ip}: ${r.stderr || r.stdout.slice(0, 300)}`);
-    const j = JSON.parse(r.stdout) as { end: { sum_received: { bits_per_second: number }; streams: { sender: { mean_rtt?: number } }[] } };
-    return { gbit: j.end.sum_received.bits_per_second / 1e9, tcpRtt: j.end.streams[0]?.sender.mean_rtt ?? NaN };
-  } finally {
-    server.kill('SIGKILL');
-  }
-}
-
-async function rtt(ns: string, ip: string): Promise<number> {
-  const r = await run('ip', ['netns', 'exec', ns, 'ping', '-c', '200', '-i', '0.005', ip], { timeoutMs: 30_000 });
-  const times = [...r.stdout.matchAll(/time=([\d.]+) ms/g)].map((m) => Number(m[1])).sort((x, y) => x - y);
-  if (times.length === 0) throw new Error(`ping ${ns} -> ${ip} failed: ${r.stdout.slice(-200)}`);
-  return times[Math.floor(times.length / 2)] * 1000;
-}
 
 /** (b): what weft programs, built by hand: bridge + VXLAN (another VNI and port) + static fdb. */
 async function handBuilt(cluster: Cluster, a: Host, b: Host, mtu: number): Promise<[string, string, string]> {
@@ -63,12 +41,6 @@ async function handBuilt(cluster: Cluster, a: Host, b: Host, mtu: number): Promi
   return [nss[0], nss[1], '10.99.0.2'];
 }
 
-/** CPU seconds (user + system) a process has used so far. */
-function cpuSeconds(pid: number): number {
-  const f = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ');
-  return (Number(f[11]) + Number(f[12])) / 100; // utime, stime in clock ticks (100/s)
-}
-
 /** A fresh pair of hosts with weft launched with `extra` (and env), a container on each. */
 async function weftPair(extra: string[], env: NodeJS.ProcessEnv): Promise<{ cluster: Cluster; w1: string; w2: string; ip2: string; pids: number[] }> {
   const cluster = await Cluster.create(2, { env });
@@ -88,7 +60,7 @@ async function sleeveRow(extra: string[], env: NodeJS.ProcessEnv): Promise<[numb
   const p = await weftPair(extra, env);
   try {
     const cpu0 = p.pids.reduce((t, pid) => t + cpuSeconds(pid), 0);
-    const { gbit, tcpRtt } = await iperf(p.w2, p.w1, p.ip2);
+    const { gbit, tcpRtt } = await iperf(p.w2, p.w1, p.ip2, seconds);
     const cpu = p.pids.reduce((t, pid) => t + cpuSeconds(pid), 0) - cpu0;
     const gb = (gbit * seconds) / 8;
     return [gbit, await rtt(p.w1, p.ip2), cpu / gb, tcpRtt];
@@ -116,9 +88,9 @@ async function main(): Promise<void> {
 
     console.log(`datapath: one TCP flow (iperf3, ${seconds} s) and ping RTT (median of 200), two namespace hosts, overlay MTU ${mtu}`);
     const rows: [string, number, number][] = [];
-    rows.push(['(a) veth underlay', (await iperf(b.ns, a.ns, b.ip)).gbit, await rtt(a.ns, b.ip)]);
-    rows.push(['(b) kernel VXLAN + bridge by hand', (await iperf(r2, r1, rip)).gbit, await rtt(r1, rip)]);
-    const fastdp = await iperf(w2, w1, ip2);
+    rows.push(['(a) veth underlay', (await iperf(b.ns, a.ns, b.ip, seconds)).gbit, await rtt(a.ns, b.ip)]);
+    rows.push(['(b) kernel VXLAN + bridge by hand', (await iperf(r2, r1, rip, seconds)).gbit, await rtt(r1, rip)]);
+    const fastdp = await iperf(w2, w1, ip2, seconds);
     rows.push(['(c) weft fastdp', fastdp.gbit, await rtt(w1, ip2)]);
     const fastdpTcpRtt = fastdp.tcpRtt;
     for (const [label, gbit, us] of rows) console.log(`${label.padEnd(36)} ${gbit.toFixed(2).padStart(6)} Gbit/s   RTT ${us.toFixed(0).padStart(4)} us`);

@@ -8,10 +8,10 @@
 //      enforcement in the kernel of the last, p50 and p99 over SAMPLES rules.
 //
 //   apt-get install -y iperf3 && npm run build && node dist/bench/policy.js [--rules 1000] [--members 10000] [--joins 100] [--samples 30] [--seconds 5]
-import { spawn } from 'node:child_process';
-import { readFileSync } from 'node:fs';
 import { Cluster, eventually, type Host } from '../test/harness/cluster.js';
 import { run } from '../test/harness/exec.js';
+import { cpuSeconds, iperf, rtt } from './measure.js';
+import { setName } from '../policy/nft.js';
 
 const arg = (name: string, dflt: number) => {
   const i = process.argv.indexOf(`--${name}`);
@@ -23,25 +23,6 @@ const JOINS = arg('joins', 100);
 const SAMPLES = arg('samples', 30);
 const SECONDS = arg('seconds', 5);
 const FAST = ['--heartbeat-interval', '500ms', '--gossip-interval', '1s'];
-
-async function iperf(serverNs: string, clientNs: string, ip: string): Promise<number> {
-  const server = spawn('ip', ['netns', 'exec', serverNs, 'iperf3', '-s', '-1', '-B', ip], { stdio: 'ignore' });
-  try {
-    await new Promise((r) => setTimeout(r, 500));
-    const r = await run('ip', ['netns', 'exec', clientNs, 'iperf3', '-c', ip, '-t', String(SECONDS), '-J'], { timeoutMs: (SECONDS + 20) * 1000 });
-    if (r.code !== 0) throw new Error(`iperf3: ${r.stderr || r.stdout.slice(0, 300)}`);
-    return (JSON.parse(r.stdout) as { end: { sum_received: { bits_per_second: number } } }).end.sum_received.bits_per_second / 1e9;
-  } finally {
-    server.kill('SIGKILL');
-  }
-}
-
-async function rtt(ns: string, ip: string): Promise<number> {
-  const r = await run('ip', ['netns', 'exec', ns, 'ping', '-c', '200', '-i', '0.005', ip], { timeoutMs: 30_000 });
-  const times = [...r.stdout.matchAll(/time=([\d.]+) ms/g)].map((m) => Number(m[1])).sort((x, y) => x - y);
-  if (times.length === 0) throw new Error(`ping ${ns} -> ${ip} failed`);
-  return times[Math.floor(times.length / 2)] * 1000;
-}
 
 /** Runs a script with fetch() against the host's API, inside its namespace; returns its stdout. */
 async function api(h: Host, script: string, timeoutMs = 600_000): Promise<string> {
@@ -56,15 +37,9 @@ async function attach(h: Host, ns: string, groups: string[], cidrs: string[] = [
   return r.stdout.trim().split('/')[0];
 }
 
-function cpuSeconds(pid: number): number {
-  const f = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ');
-  return (Number(f[11]) + Number(f[12])) / 100;
-}
-
 async function setSize(h: Host, group: string): Promise<number> {
   const table = (await h.exec('nft', ['-j', 'list', 'table', 'inet', 'weft'])).stdout;
-  const { createHash } = await import('node:crypto');
-  const name = `g_${createHash('sha1').update(group).digest('hex').slice(0, 12)}`;
+  const name = setName(group);
   const set = (JSON.parse(table) as { nftables: { set?: { name: string; elem?: unknown[] } }[] }).nftables.find((x) => x.set?.name === name)?.set;
   return set?.elem?.length ?? 0;
 }
@@ -80,7 +55,7 @@ async function throughputAndJoins(): Promise<void> {
     await attach(a, c1, ['web']);
     const ip2 = await attach(b, c2, ['db']);
     await eventually('path up', async () => (await run('ip', ['netns', 'exec', c1, 'ping', '-c', '1', '-W', '1', ip2])).code === 0, 20_000);
-    const first = { gbit: await iperf(c2, c1, ip2), rtt: await rtt(c1, ip2) };
+    const first = { gbit: (await iperf(c2, c1, ip2, SECONDS)).gbit, rtt: await rtt(c1, ip2) };
 
     // Members: containers on host A with 64 addresses each (claimed from 10.41.0.0 on), in 100 groups.
     const groups = 100;
@@ -115,11 +90,11 @@ async function throughputAndJoins(): Promise<void> {
       await api(a, `const { rules } = await (await fetch(API + '/policy')).json(); for (const r of rules) await fetch(API + '/policy/' + r.id, { method: 'DELETE' });`);
       await eventually('no rules in host B\'s kernel', async () => (await ruleCount()) === 0, 300_000, 500);
     };
-    const limited1 = { gbit: await iperf(c2, c1, ip2), rtt: await rtt(c1, ip2) };
+    const limited1 = { gbit: (await iperf(c2, c1, ip2, SECONDS)).gbit, rtt: await rtt(c1, ip2) };
     await removeAll();
-    const again = { gbit: await iperf(c2, c1, ip2), rtt: await rtt(c1, ip2) };
+    const again = { gbit: (await iperf(c2, c1, ip2, SECONDS)).gbit, rtt: await rtt(c1, ip2) };
     await makeRules();
-    const limited2 = { gbit: await iperf(c2, c1, ip2), rtt: await rtt(c1, ip2) };
+    const limited2 = { gbit: (await iperf(c2, c1, ip2, SECONDS)).gbit, rtt: await rtt(c1, ip2) };
     const limited = { gbit: (limited1.gbit + limited2.gbit) / 2, rtt: (limited1.rtt + limited2.rtt) / 2 };
     await removeAll();
     await api(a, `const r = await fetch(API + '/policy', { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ to: 'db', from: 'web', proto: 'any' }) }); if (!r.ok) throw new Error(await r.text());`);

@@ -1,0 +1,33 @@
+// What the benchmarks measure with, the same way everywhere: one TCP flow with
+// iperf3, ping RTT, a process's CPU time.
+import { spawn } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import { run } from '../test/harness/exec.js';
+
+/** One TCP flow for `seconds`: Gbit/s, and the TCP RTT under load (iperf3's mean over the flow, from tcp_info), µs. */
+export async function iperf(serverNs: string, clientNs: string, ip: string, seconds: number): Promise<{ gbit: number; tcpRtt: number }> {
+  const server = spawn('ip', ['netns', 'exec', serverNs, 'iperf3', '-s', '-1', '-B', ip], { stdio: 'ignore' });
+  try {
+    await new Promise((r) => setTimeout(r, 500));
+    const r = await run('ip', ['netns', 'exec', clientNs, 'iperf3', '-c', ip, '-t', String(seconds), '-J'], { timeoutMs: (seconds + 20) * 1000 });
+    if (r.code !== 0) throw new Error(`iperf3 ${clientNs} -> ${ip}: ${r.stderr || r.stdout.slice(0, 300)}`);
+    const j = JSON.parse(r.stdout) as { end: { sum_received: { bits_per_second: number }; streams: { sender: { mean_rtt?: number } }[] } };
+    return { gbit: j.end.sum_received.bits_per_second / 1e9, tcpRtt: j.end.streams[0]?.sender.mean_rtt ?? NaN };
+  } finally {
+    server.kill('SIGKILL');
+  }
+}
+
+/** Median ping RTT of 200, µs. */
+export async function rtt(ns: string, ip: string): Promise<number> {
+  const r = await run('ip', ['netns', 'exec', ns, 'ping', '-c', '200', '-i', '0.005', ip], { timeoutMs: 30_000 });
+  const times = [...r.stdout.matchAll(/time=([\d.]+) ms/g)].map((m) => Number(m[1])).sort((x, y) => x - y);
+  if (times.length === 0) throw new Error(`ping ${ns} -> ${ip} failed: ${r.stdout.slice(-200)}`);
+  return times[Math.floor(times.length / 2)] * 1000;
+}
+
+/** CPU seconds (user + system) a process has used so far. */
+export function cpuSeconds(pid: number): number {
+  const f = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ');
+  return (Number(f[11]) + Number(f[12])) / 100; // utime, stime in clock ticks (100/s)
+}
