@@ -15,7 +15,8 @@ import { ROUTER_CONTAINER, containerSpec, dockerEngine, startRouterContainer } f
 
 export const routerMain = fileURLToPath(new URL('../router/main.js', import.meta.url));
 
-function tail(path: string, lines: number): string {
+/** The last lines of a file, or nothing when it cannot be read. */
+export function tail(path: string, lines: number): string {
   try {
     return readFileSync(path, 'utf8').trimEnd().split('\n').slice(-lines).join('\n');
   } catch {

@@ -13,7 +13,7 @@ import type { NameService } from '../dns/table.js';
 import type { Allocator } from '../ipam/allocator.js';
 import { readJsonList, writeJsonAtomically } from '../router/json-file.js';
 import type { Logger } from '../router/mesh/mesh.js';
-import { DockerApi, DockerError, type ContainerInfo, type DockerEvent } from './docker-api.js';
+import { DockerApi, type ContainerInfo, type DockerEvent } from './docker-api.js';
 import { DockerDriver, endpointKey } from './docker-driver.js';
 import { GROUP_NAME } from '../policy/rules.js';
 
@@ -226,4 +226,3 @@ export function containerName(c: ContainerInfo): string {
   return c.Name.replace(/^\//, '').toLowerCase().replace(/[^a-z0-9-]/g, '-');
 }
 
-export { DockerError };

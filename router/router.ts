@@ -156,8 +156,7 @@ export class Router {
     const router = new Router(opts, mesh, transport, maker, ipam, ipamStore, datapath, names, dns, docker, policy);
     try {
       await datapath?.start();
-      policy.start();
-      await policy.sync();
+      policy.start(); // the datapath's first firewall write already carried the policy
       await dns?.start();
       await transport.listen(opts.host, opts.port);
       const api = buildApi({ mesh, maker, ipam, datapath, names, dns, failures: transport.failures, hasPassword: opts.password !== null, discovery: opts.discovery, docker, policy });

@@ -4,13 +4,15 @@
 // root, exec root, socket and bridge address. Stopped by PID, with every
 // container it ran removed first.
 import { spawn } from 'node:child_process';
-import { closeSync, existsSync, mkdirSync, openSync, readFileSync, rmSync } from 'node:fs';
+import { closeSync, existsSync, mkdirSync, openSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { DockerApi } from '../../plugin/docker-api.js';
 import { importImage } from '../../plugin/image.js';
 import type { Host } from './cluster.js';
 import { run, type ExecResult } from './exec.js';
 import { sleep } from './cluster.js';
+import { isAlive } from '../../cli/client.js';
+import { tail } from '../../cli/launch.js';
 
 export function dockerInstalled(): string | null {
   for (const p of ['/usr/sbin/dockerd', '/usr/bin/dockerd']) if (existsSync(p)) return null;
@@ -63,7 +65,7 @@ export class DockerHost {
       } catch (err) {
         if (child.exitCode !== null || Date.now() > deadline) {
           await d.stop();
-          throw new Error(`dockerd on ${host.nickname} did not start: ${(err as Error).message}\n${tailOf(join(dir, 'dockerd.log'))}`);
+          throw new Error(`dockerd on ${host.nickname} did not start: ${(err as Error).message}\n${tail(join(dir, 'dockerd.log'), 10)}`);
         }
         await sleep(200);
       }
@@ -101,25 +103,8 @@ export class DockerHost {
     } catch {
       /* already gone */
     }
-    for (let i = 0; i < 200 && alive(this.pid); i++) await sleep(100);
-    if (alive(this.pid)) process.kill(this.pid, 'SIGKILL');
+    for (let i = 0; i < 200 && isAlive(this.pid); i++) await sleep(100);
+    if (isAlive(this.pid)) process.kill(this.pid, 'SIGKILL');
     rmSync(this.dir, { recursive: true, force: true });
-  }
-}
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
-function tailOf(path: string): string {
-  try {
-    return readFileSync(path, 'utf8').trimEnd().split('\n').slice(-10).join('\n');
-  } catch {
-    return '';
   }
 }
