@@ -69,16 +69,24 @@ export class PolicyEngine {
     return new PolicyModel(this.table.rules(), this.members());
   }
 
-  private compile(model = this.model()): CompiledPolicy {
+  private compile(): CompiledPolicy {
+    const model = this.model();
     return compilePolicy(model, model.members.filter((m) => m.peer === this.mesh.name));
   }
 
-  /** What the firewall table carries for the policy, from the state now (datapath/firewall.ts). */
+  /** The policy compiled from the state now: compiled again only when rules or endpoints changed. */
+  private fresh(): CompiledPolicy {
+    if (this.dirty || !this.offered) {
+      this.offered = this.compile();
+      this.dirty = false;
+    }
+    return this.offered;
+  }
+
+  /** What the firewall table carries for the policy, from the state now (datapath/firewall.ts asks every few seconds). */
   firewallPart(): { lines: string[]; hooks: string[] } | null {
-    // The datapath asks every few seconds; compile again only when rules or endpoints changed.
-    if (this.dirty || !this.offered) this.offered = this.compile();
-    this.dirty = false;
-    return this.offered.hooks.length > 0 ? { lines: this.offered.lines, hooks: this.offered.hooks } : null;
+    const c = this.fresh();
+    return c.hooks.length > 0 ? { lines: c.lines, hooks: c.hooks } : null;
   }
 
   /** The firewall wrote the table with what firewallPart last gave. */
@@ -114,8 +122,7 @@ export class PolicyEngine {
   }
 
   private async apply(): Promise<void> {
-    const model = this.model();
-    const next = this.compile(model);
+    const next = this.fresh(); // the same compilation a rewrite below writes
     const prev = this.current;
     if (next.hooks.length > 0) await sysctl('net.bridge.bridge-nf-call-iptables', '1').catch(() => undefined); // bridged IPv4 through the forward hook
     if (!prev || prev.skeleton !== next.skeleton) {
@@ -139,7 +146,7 @@ export class PolicyEngine {
       const now = new Set(next.sets.get(name) ?? []);
       return addrs.some((a) => !now.has(a));
     });
-    if (mayRevoke && (next.hooks.length > 0 || (prev && prev.hooks.length > 0))) await this.cutRevoked(model);
+    if (mayRevoke && (next.hooks.length > 0 || (prev && prev.hooks.length > 0))) await this.cutRevoked(this.model());
   }
 
   /** Deletes the tracked flows of local containers that the model no longer allows. */
@@ -167,7 +174,8 @@ export class PolicyEngine {
     const meaning = this.current?.counters ?? new Map();
     if (this.current && this.current.hooks.length > 0) {
       try {
-        const j = JSON.parse(await nft(['-j', 'list', 'table', 'inet', TABLE])) as { nftables: { rule?: { comment?: string; expr?: { counter?: { packets: number } }[] } }[] };
+        // -t: the rules and their counters, without the sets' elements.
+        const j = JSON.parse(await nft(['-t', '-j', 'list', 'table', 'inet', TABLE])) as { nftables: { rule?: { comment?: string; expr?: { counter?: { packets: number } }[] } }[] };
         for (const item of j.nftables) {
           const c = item.rule?.comment;
           const m = c ? meaning.get(c) : undefined;
