@@ -67,22 +67,23 @@ export async function firewallIntact(s: FirewallState): Promise<boolean> {
   const want = (ruleset(s).match(/comment "[^"]+"/g) ?? []).length;
   if (rules !== want) return false;
   // A FORWARD chain that appeared later (Docker started after weft) needs our accept rule too.
+  return !(await forwardAcceptMissing());
+}
+
+/**
+ * With a host FORWARD chain (iptables-nft, e.g. Docker's, policy DROP), bridge traffic needs its own
+ * accept there: true when that chain exists without it.
+ */
+async function forwardAcceptMissing(): Promise<boolean> {
   try {
-    return (await nft(['list', 'chain', 'ip', 'filter', 'FORWARD'])).includes('weft-bridge');
+    return !(await nft(['list', 'chain', 'ip', 'filter', 'FORWARD'])).includes('weft-bridge');
   } catch {
-    return true; // no such chain
+    return false; // no such chain: nothing can drop our traffic there
   }
 }
 
-/** With a host FORWARD chain (iptables-nft, e.g. Docker's, policy DROP), bridge traffic needs its own accept there. */
 async function ensureForwardAccept(): Promise<void> {
-  let chain: string;
-  try {
-    chain = await nft(['-a', 'list', 'chain', 'ip', 'filter', 'FORWARD']);
-  } catch {
-    return; // no such chain: nothing can drop our traffic there
-  }
-  if (chain.includes('weft-bridge')) return;
+  if (!(await forwardAcceptMissing())) return;
   await nft(['insert', 'rule', 'ip', 'filter', 'FORWARD', 'iifname', BRIDGE, 'oifname', BRIDGE, 'counter', 'accept', 'comment', '"weft-bridge"']);
 }
 
