@@ -13,7 +13,7 @@ import type { PolicyStatus } from '../policy/engine.js';
 import { ROUTER_CONTAINER, removeRouterContainer } from './router-container.js';
 
 /** Everything a router keeps in its data dir (weft reset removes it all, and the log). */
-const STATE_FILES = ['ipam', 'identity.json', 'router.json', 'names.json', 'endpoints.json', 'exposed.json', 'docker-attached.json', 'docker-pools.json', 'weft.log'];
+const STATE_FILES = ['ipam', 'identity.json', 'router.json', 'names.json', 'endpoints.json', 'exposed.json', 'docker-attached.json', 'docker-pools.json', 'policy.json', 'weft.log'];
 
 function withRouterLocation(cmd: Command): Command {
   return cmd
