@@ -83,11 +83,12 @@ describeAsRoot('security groups', () => {
     await servers(web.ns, 8080);
     await eventually('open network before any rule', async () => (await reaches(other, db, 5432)) && (await reaches(web, db, 22)), 15_000, 300);
 
-    const started = Date.now();
     const rule = await allow(h1, '--to', 'db', '--from', 'web', '--proto', 'tcp', '--port', '5432');
-    // Host 3 enforces the rule made on host 1: its chain for db is in the kernel within a second.
+    // Host 3 enforces the rule made on host 1 within a second of it existing there (the CLI's own start-up,
+    // over a second under CI load, is not the mesh's).
+    const made = Date.now();
     await eventually('the rule in host 3\'s nftables', async () => (await h3.exec('nft', ['list', 'table', 'inet', 'weft'])).stdout.includes(`rule:${rule}`), 5000, 20);
-    expect(Date.now() - started).toBeLessThan(1000 + 1000); // the CLI call itself included
+    expect(Date.now() - made).toBeLessThan(1000);
     expect(await reaches(web, db, 5432)).toBe(true);
     expect(await reaches(other, db, 5432)).toBe(false);
     expect(await reaches(web, db, 22)).toBe(false);
