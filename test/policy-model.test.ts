@@ -61,8 +61,8 @@ describe('policy table CRDT', () => {
     id: fc.constantFrom('00000001', '00000002', '00000003'),
     version: fc.integer({ min: 1, max: 4 }),
     origin: fc.constantFrom(...PEERS),
-    rule: fc.option(ruleArb(CONTAINERS), { nil: null }),
-  }).map((e) => ({ ...e, rule: e.rule ? { ...e.rule, id: e.id } : null }));
+    value: fc.option(ruleArb(CONTAINERS), { nil: null }),
+  }).map((e) => ({ ...e, value: e.value ? { ...e.value, id: e.id } : null }));
 
   const merge = (...lists: PolicyEntry[][]): PolicyEntry[] => {
     const m = new Map<string, PolicyEntry>();
