@@ -6,7 +6,7 @@ import { createHash } from 'node:crypto';
 import { promisify } from 'node:util';
 import { existsSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { BRIDGE } from './bridge.js';
-import { ip, ipBatchIn, ipJson, linkExists } from './iproute.js';
+import { bridgeJson, ip, ipBatchIn, ipJson, linkExists } from './iproute.js';
 
 /** The container's interface, unless the caller names another (CNI_IFNAME). */
 export const DEFAULT_IF = 'ethwe';
@@ -57,6 +57,15 @@ export function netnsPathOf(container: string): string {
     return p;
   }
   throw new Error(`unknown container "${container}": use a Docker container's name or id, netns:NAME, pid:N or cni:ID`);
+}
+
+/** A local container's namespace and interface, when weft knows them (a plugged endpoint: once the Docker watcher found it). */
+export function containerNamespace(e: { container: string; netns?: string; ifname?: string }): { netns: string; ifname: string } | null {
+  try {
+    return { netns: e.netns ?? netnsPathOf(e.container), ifname: e.ifname ?? DEFAULT_IF };
+  } catch {
+    return null;
+  }
 }
 
 /** Whether the container's network namespace (for a plugged endpoint: its host veth) is still there. */
@@ -152,7 +161,25 @@ export async function attachContainer(container: string, cidrs: string[], mtu: n
     }
   }
   const link = (await ipJson<{ address: string }[]>(['link', 'show', 'dev', ifname], ns))[0];
+  await announceWhenForwarding(ns, ifname, link.address, hostIf);
   return { mac: link.address, hostIf };
+}
+
+/**
+ * The gratuitous ARP that arp_notify sends when ethwe comes up is usually lost: the bridge notices the
+ * host end's carrier a moment later (linkwatch) and drops what arrives before. Containers elsewhere
+ * that cached another MAC for a reused address would never learn the new one. So once the bridge
+ * forwards on the port, announce again: setting the same MAC makes the kernel send one more.
+ */
+export async function announceWhenForwarding(ns: string, ifname: string, mac: string, hostIf?: string): Promise<void> {
+  if (hostIf) {
+    for (let i = 0; i < 40; i++) {
+      const port = await bridgeJson<{ state?: string }[]>(['link', 'show', 'dev', hostIf]).catch(() => []);
+      if (port[0]?.state === 'forwarding') break;
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  }
+  await ip(['link', 'set', 'dev', ifname, 'address', mac], ns).catch(() => undefined);
 }
 
 /** Removes the container's ethwe (its veth peer goes with it). A container that is gone needs nothing. */

@@ -7,11 +7,11 @@ import { formatIp, parseCidr } from '../ipam/addr.js';
 import type { Allocator } from '../ipam/allocator.js';
 import type { Mesh } from '../router/mesh/mesh.js';
 import { hostOf } from '../router/mesh/connection-maker.js';
-import { attachContainer, containerExists, detachContainer, forgetNetns, netnsPathOf, rememberNetns } from './attach.js';
+import { attachContainer, containerExists, containerNamespace, detachContainer, forgetNetns, netnsPathOf, rememberNetns } from './attach.js';
 import { BRIDGE, VXLAN_OVERHEAD, bridgeMac, ensureBridge, removeBridge, underlayMtu } from './bridge.js';
 import { EndpointTable, type Endpoint } from './endpoints.js';
 import { FLOOD_MAC, programFdb, programNeighbours, readFdb, type FdbEntry, type NeighEntry } from './fastdp.js';
-import { ip, ipBatch, linkExists, sysctl } from './iproute.js';
+import { ip, ipBatch, ipBatchIn, linkExists, sysctl } from './iproute.js';
 import { applyFirewall, firewallIntact, removeFirewall, type FirewallState } from './firewall.js';
 import { FastdpHealth } from './health.js';
 import { SLEEVE_TAP, Sleeve } from './sleeve.js';
@@ -64,6 +64,8 @@ export class Datapath {
   /** The sleeve, when it runs; else why not. */
   sleeve: Sleeve | null = null;
   sleeveError: string | null = null;
+  /** The MAC each remote container address had when last programmed (kept after it goes: see forgetMovedAddresses). */
+  private readonly lastMacOf = new Map<string, string>();
   /** The overlay chosen for each remote peer at the last decision. */
   overlays = new Map<PeerName, Overlay>();
   /** Peers with VXLAN flood entries when we started: presumed on fastdp until heartbeats can tell. */
@@ -413,6 +415,13 @@ export class Datapath {
     this.setLocal(this.endpoints.local.map((e) => (e === ep ? { ...rest, ...(next.length > 0 ? { groups: next } : {}) } : e)));
   }
 
+  /** Where a plugged endpoint ended up inside its container (the Docker watcher finds it at start): services translate there. */
+  setNamespace(key: string, netns: string, ifname: string): void {
+    const ep = this.endpoints.local.find((e) => e.container === key);
+    if (!ep || (ep.netns === netns && ep.ifname === ifname)) return;
+    this.setLocal(this.endpoints.local.map((e) => (e === ep ? { ...ep, netns, ifname } : e)));
+  }
+
   /** Withdraws a plugged endpoint (its addresses are the plugin's to free). */
   async unplug(key: string): Promise<void> {
     const ep = this.endpoints.local.find((e) => e.container === key);
@@ -504,9 +513,31 @@ export class Datapath {
       const r = await programFdb(this.desiredFdb(), this.sleeve ? { dev: SLEEVE_TAP, macs: this.desiredSleeveMacs() } : undefined);
       this.stats.fdbAdded += r.added;
       this.stats.fdbRemoved += r.removed;
-      await programNeighbours(this.desiredNeighbours());
+      const neighbours = this.desiredNeighbours();
+      await programNeighbours(neighbours);
+      await this.forgetMovedAddresses(neighbours);
     } catch (err) {
       this.noteError(`programming the fdb failed: ${(err as Error).message}`);
+    }
+  }
+
+  /**
+   * A remote address that now has another MAC (an address freed and given to a new container): local
+   * containers that cached the old MAC would keep sending into the void until their ARP entry ages
+   * (tens of seconds), since ARP does not cross hosts (neigh_suppress). Their entry for it goes, so
+   * the next packet asks again and the bridge answers with the new MAC.
+   */
+  private async forgetMovedAddresses(neighbours: NeighEntry[]): Promise<void> {
+    const moved: string[] = [];
+    for (const n of neighbours) {
+      const was = this.lastMacOf.get(n.ip);
+      if (was !== undefined && was !== n.mac) moved.push(n.ip);
+      this.lastMacOf.set(n.ip, n.mac);
+    }
+    if (moved.length === 0) return;
+    for (const e of this.endpoints.local) {
+      const c = containerNamespace(e);
+      if (c) await ipBatchIn(c.netns, moved.map((a) => `neigh flush to ${a} dev ${c.ifname}`)).catch(() => undefined);
     }
   }
 

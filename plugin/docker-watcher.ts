@@ -6,7 +6,7 @@
 // in the status.
 import { join } from 'node:path';
 import type { Datapath } from '../datapath/datapath.js';
-import { DOCKER_ID, pinDns } from '../datapath/attach.js';
+import { DOCKER_ID, announceWhenForwarding, pinDns } from '../datapath/attach.js';
 import { bridgeMac } from '../datapath/bridge.js';
 import { ipJson } from '../datapath/iproute.js';
 import type { NameService } from '../dns/table.js';
@@ -166,19 +166,23 @@ export class DockerWatcher {
     for (const n of Object.values(nets)) {
       if (!n.EndpointID || !local.has(endpointKey(n.EndpointID)) || !n.IPAddress) continue;
       this.deps.datapath.setGroups(endpointKey(n.EndpointID), this.groupsOf(c));
-      if (this.deps.dns) {
-        this.deps.names.add(`${containerName(c)}.${this.deps.dns.domain}`, c.Id, n.IPAddress);
-        await this.pinDnsInside(c, n.MacAddress).catch((err: Error) => this.deps.log.warn({ container: c.Id.slice(0, 12), err: err.message }, 'could not pin the DNS route'));
-      }
+      if (this.deps.dns) this.deps.names.add(`${containerName(c)}.${this.deps.dns.domain}`, c.Id, n.IPAddress);
+      await this.findInside(c, endpointKey(n.EndpointID), n.MacAddress).catch((err: Error) => this.deps.log.warn({ container: c.Id.slice(0, 12), err: err.message }, 'could not find the plugin interface in the container'));
     }
   }
 
-  /** In the container, the DNS server's MAC is fixed on the plugin's interface, as weft attach does. */
-  private async pinDnsInside(c: ContainerInfo, mac: string): Promise<void> {
+  /**
+   * The plugin's interface inside the container: the datapath learns where it is (services translate
+   * there), and the DNS server's MAC is fixed on it, as weft attach does.
+   */
+  private async findInside(c: ContainerInfo, key: string, mac: string): Promise<void> {
     const ns = `/proc/${c.State.Pid}/ns/net`;
     const links = await ipJson<{ ifname: string; address: string }[]>(['link', 'show'], ns);
     const dev = links.find((l) => l.address === mac);
-    if (dev && this.deps.dns) await pinDns(ns, dev.ifname, { ip: this.deps.dns.ip, bridgeMac: bridgeMac(this.deps.peerName) });
+    if (!dev) return;
+    this.deps.datapath.setNamespace(key, ns, dev.ifname);
+    await announceWhenForwarding(ns, dev.ifname, mac); // Docker brought it up before the bridge forwarded: announce again
+    if (this.deps.dns) await pinDns(ns, dev.ifname, { ip: this.deps.dns.ip, bridgeMac: bridgeMac(this.deps.peerName) });
   }
 
   /** A running container, by name or id, with its process (for its network namespace). */

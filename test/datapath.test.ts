@@ -212,6 +212,24 @@ describeAsRoot('fastdp across namespace hosts', () => {
     expect((await run('ip', ['-n', c2, 'link', 'show', 'ethwe'])).code).not.toBe(0);
   });
 
+  it('an address freed and given to a new container is reachable at once from a container elsewhere that knew the old one', async () => {
+    const [a, b] = await twoHosts();
+    const old = await cluster!.container('old');
+    const client = await cluster!.container('client');
+    const ip = await attach(a, old, '10.32.7.7/12');
+    await attach(b, client);
+    await eventually('client pings the first holder', async () => (await run('ip', ['netns', 'exec', client, 'ping', '-c', '1', '-W', '1', ip])).code === 0, 10_000, 100);
+    expect((await a.weft(['detach', `netns:${old}`])).code).toBe(0);
+    const fresh = await cluster!.container('fresh');
+    expect(await attach(a, fresh, '10.32.7.7/12')).toBe(ip);
+    // The client's ARP entry still names the old MAC (ARP does not cross hosts: the bridges answer it);
+    // without weft telling the client's host, the new holder stays unreachable until that entry ages out
+    // (30 s and more), far longer than this wait.
+    await eventually('client pings the new holder', async () => (await run('ip', ['netns', 'exec', client, 'ping', '-c', '1', '-W', '1', ip])).code === 0, 5000, 100);
+    const freshMac = JSON.parse((await run('ip', ['-n', fresh, '-json', 'link', 'show', 'ethwe'])).stdout)[0].address as string;
+    expect((await run('ip', ['netns', 'exec', client, 'ip', 'neigh', 'show', ip])).stdout).toContain(freshMac);
+  });
+
   it('a restarted router keeps attached containers working and leaves no stale fdb entry', async () => {
     const [a, b] = await twoHosts();
     const c1 = await cluster!.container('c1');
