@@ -10,10 +10,11 @@ import { join } from 'node:path';
 import { CliError, isAlive, readRouterInfo, request, type Target } from './client.js';
 import { launch } from './launch.js';
 import type { PolicyStatus } from '../policy/engine.js';
+import type { ServiceDetail } from '../router/api-services.js';
 import { ROUTER_CONTAINER, removeRouterContainer } from './router-container.js';
 
 /** Everything a router keeps in its data dir (weft reset removes it all, and the log). */
-const STATE_FILES = ['ipam', 'identity.json', 'router.json', 'names.json', 'endpoints.json', 'exposed.json', 'docker-attached.json', 'docker-pools.json', 'policy.json', 'weft.log'];
+const STATE_FILES = ['ipam', 'identity.json', 'router.json', 'names.json', 'endpoints.json', 'exposed.json', 'docker-attached.json', 'docker-pools.json', 'policy.json', 'services.json', 'weft.log'];
 
 function withRouterLocation(cmd: Command): Command {
   return cmd
@@ -317,6 +318,64 @@ withRouterLocation(
   console.log(o.json ? JSON.stringify(r, null, 2) : r.summary);
   if (!r.allowed) process.exitCode = 1;
 });
+
+// ---- services
+const service = program.command('service').description('services: a virtual IP per service, balanced over its backends at each client\'s host');
+const collect = (v: string, prev: string[]) => [...prev, v];
+withRouterLocation(
+  service
+    .command('create')
+    .description('create a service: NAME.<domain> resolves to its VIP; connections to the VIP (any port) go to one live backend')
+    .argument('<name>', 'the service name (a DNS label)')
+    .option('--group <group>', 'backends: the live members of this security group, anywhere in the mesh')
+    .option('--backend <container>', 'a backend container (name, id, netns:NAME ...); repeat for more', collect, [] as string[])
+    .option('--affinity <kind>', 'none (spread every connection) or client (a client stays on one backend)', 'none')
+    .option('--check <tcp:PORT>', 'probe each backend from its own host; failing ones take no new connections')
+    .option('--json', 'as JSON'),
+).action(async (name: string, o: { group?: string; backend: string[]; affinity: string; check?: string; json?: boolean }, cmd: Command) => {
+  const r = JSON.parse((await request(target(cmd), 'POST', '/services', { name, group: o.group, backends: o.backend.length > 0 ? o.backend : undefined, affinity: o.affinity, check: o.check })).body) as { name: string; vip: string; dnsName: string };
+  console.log(o.json ? JSON.stringify(r, null, 2) : `${r.name} ${r.vip} (${r.dnsName})`);
+});
+withRouterLocation(service.command('remove').description('remove a service, everywhere (its VIP refuses connections from then on)').argument('<name>', 'the service name')).action(
+  async (name: string, _o, cmd: Command) => {
+    const r = JSON.parse((await request(target(cmd), 'DELETE', `/services/${encodeURIComponent(name)}`)).body) as { name: string; vip: string };
+    console.log(`removed ${r.name} ${r.vip}`);
+  },
+);
+withRouterLocation(service.command('list').description('the services in the mesh, with their backends').option('--json', 'as JSON')).action(async (o: { json?: boolean }, cmd: Command) => {
+  const r = JSON.parse((await request(target(cmd), 'GET', '/services')).body) as { range: string; services: ServiceDetail[] };
+  if (o.json) {
+    console.log(JSON.stringify(r.services, null, 2));
+    return;
+  }
+  if (r.services.length === 0) {
+    console.log(`no services (VIPs come from ${r.range})`);
+    return;
+  }
+  const rows = r.services.map((s) => [s.name, s.vip, s.group !== undefined ? `group ${s.group}` : s.backends!.join(','), `${s.live.filter((b) => b.health !== 'failing').length}/${s.live.length}`, s.affinity, s.check ? `tcp:${s.check.port}` : '-', s.served ? '' : `(${s.conflict})`]);
+  process.stdout.write(table([['NAME', 'VIP', 'BACKENDS FROM', 'UP', 'AFFINITY', 'CHECK', ''], ...rows]));
+});
+withRouterLocation(service.command('show').description('one service: VIP, DNS name, backends with host, health and flows from this host').argument('<name>', 'the service name').option('--json', 'as JSON')).action(
+  async (name: string, o: { json?: boolean }, cmd: Command) => {
+    const s = JSON.parse((await request(target(cmd), 'GET', `/services/${encodeURIComponent(name)}`)).body) as ServiceDetail;
+    if (o.json) {
+      console.log(JSON.stringify(s, null, 2));
+      return;
+    }
+    const lines = [
+      `${s.name}: VIP ${s.vip}, ${s.dnsName}${s.served ? '' : ` (${s.conflict})`}`,
+      `backends from ${s.group !== undefined ? `group ${s.group}` : `containers ${s.backends!.join(', ')}`}; affinity ${s.affinity}; check ${s.check ? `tcp:${s.check.port}` : 'none'}`,
+    ];
+    if (s.live.length === 0) lines.push('no live backend: connections to the VIP are refused');
+    else lines.push(table([['BACKEND', 'ADDRESS', 'HOST', 'HEALTH', 'FLOWS FROM HERE'], ...s.live.map((b) => [b.container, b.addr, b.host ?? b.peer, b.health, String(b.flowsFromHere)])]).trimEnd());
+    console.log(lines.join('\n'));
+  },
+);
+
+function table(rows: string[][]): string {
+  const widths = rows[0].map((_, i) => Math.max(...rows.map((r) => r[i].length)));
+  return rows.map((r) => r.map((c, i) => c.padEnd(widths[i])).join('  ').trimEnd()).join('\n') + '\n';
+}
 
 function renderPolicyStatus(st: PolicyStatus): string {
   const lines = [`${st.rules} rule(s) in the mesh; ${st.limitedHere} container(s) here limited by them${st.lastError ? `; last error: ${st.lastError}` : ''}`];

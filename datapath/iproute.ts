@@ -42,9 +42,9 @@ export function bridge(args: string[]): Promise<string> {
   return exec('bridge', args);
 }
 
-/** `nft ARGS` (with `-f -`, the ruleset on standard input). */
-export function nft(args: string[], input?: string): Promise<string> {
-  return exec('nft', args, input);
+/** `nft ARGS` (with `-f -`, the ruleset on standard input), here or inside the namespace at `netnsPath`. */
+export function nft(args: string[], input?: string, netnsPath?: string): Promise<string> {
+  return netnsPath ? exec('nsenter', [`--net=${netnsPath}`, 'nft', ...args], input) : exec('nft', args, input);
 }
 
 export function bridgeBatch(lines: string[]): Promise<string> {

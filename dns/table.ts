@@ -47,6 +47,8 @@ export function compareRecords(a: NameRecord, b: NameRecord): number {
 /** Lookups over name records (the CRDT's state), with an index rebuilt after changes. */
 export class NameTable {
   private index: Map<string, string[]> | null = null;
+  /** Names that are no container's: services answer with their VIP (services/), before any container of that name. */
+  services: { vipFor(hostname: string): string | null; nameOf(ip: string): string | null } | null = null;
 
   constructor(readonly records = new Map<PeerName, NameRecord>()) {}
 
@@ -62,6 +64,8 @@ export class NameTable {
   }
 
   lookup(hostname: string): string[] {
+    const vip = this.services?.vipFor(normaliseName(hostname));
+    if (vip) return [vip];
     if (!this.index) {
       this.index = new Map();
       for (const r of this.records.values()) {
@@ -76,7 +80,8 @@ export class NameTable {
   }
 
   reverse(ip: string): string[] {
-    const out: string[] = [];
+    const service = this.services?.nameOf(ip);
+    const out: string[] = service ? [service] : [];
     for (const r of this.records.values()) for (const e of r.entries) if (e.ip === ip) out.push(e.hostname);
     return out;
   }

@@ -4,10 +4,12 @@
 import { execFile } from 'node:child_process';
 import type { Flow } from './model.js';
 
-function conntrack(args: string[]): Promise<{ code: number; out: string; err: string }> {
+/** `conntrack ARGS` here, or inside the network namespace at `netnsPath`. */
+export function conntrack(args: string[], netnsPath?: string): Promise<{ code: number; out: string; err: string }> {
+  const [cmd, argv] = netnsPath ? ['nsenter', [`--net=${netnsPath}`, 'conntrack', ...args]] : ['conntrack', args];
   return new Promise((resolve, reject) => {
-    execFile('conntrack', args, { timeout: 10_000, maxBuffer: 64 * 1024 * 1024 }, (err, stdout, stderr) => {
-      if ((err as NodeJS.ErrnoException | null)?.code === 'ENOENT') reject(new Error('conntrack not found: install it (Debian: apt-get install conntrack) so revoked rules cut open flows'));
+    execFile(cmd as string, argv as string[], { timeout: 10_000, maxBuffer: 64 * 1024 * 1024 }, (err, stdout, stderr) => {
+      if ((err as NodeJS.ErrnoException | null)?.code === 'ENOENT' || /conntrack.*No such file/.test(String(stderr))) reject(new Error('conntrack not found: install it (Debian: apt-get install conntrack): weft cuts flows a revoked rule or a gone backend no longer allows'));
       else resolve({ code: err ? (typeof (err as { code?: unknown }).code === 'number' ? (err as { code: number }).code : 1) : 0, out: String(stdout), err: String(stderr) });
     });
   });

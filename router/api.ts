@@ -7,6 +7,7 @@ import { registerIpamRoutes } from './api-ipam.js';
 import { registerDatapathRoutes } from './api-datapath.js';
 import { registerUiRoutes } from './ui.js';
 import { registerPolicyRoutes } from './api-policy.js';
+import { registerServiceRoutes } from './api-services.js';
 
 import { HttpError } from './http-error.js';
 
@@ -93,6 +94,7 @@ export function buildApi(sources: ReportSources): FastifyInstance {
   registerIpamRoutes(app, sources.ipam);
   registerDatapathRoutes(app, sources.datapath, sources.names, sources.docker ?? null);
   if (sources.policy) registerPolicyRoutes(app, sources.policy, sources.names, sources.docker ?? null, sources.dns?.config.domain ?? 'weft.local.');
+  if (sources.services) registerServiceRoutes(app, sources.services, sources.mesh, sources.docker ?? null, sources.dns?.config.domain ?? 'weft.local.');
   registerDnsRoutes(app, sources);
   registerUiRoutes(app, sources);
   return app;

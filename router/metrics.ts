@@ -78,6 +78,30 @@ export function buildRegistry(router: Router): Registry {
       for (const a of (await policy()).allowed) this.inc({ rule: a.rule }, a.packets);
     },
   });
+  // Services: backends per service and health; this host's clients' flows per backend (conntrack, once per scrape).
+  new Gauge({
+    name: 'weft_service_backends',
+    help: 'Live backends of each service, by health (healthy, failing, unchecked)',
+    labelNames: ['service', 'health'],
+    ...reg,
+    collect() {
+      this.reset();
+      for (const v of router.services.views()) {
+        for (const h of ['healthy', 'failing', 'unchecked']) this.set({ service: v.name, health: h }, v.live.filter((b) => b.health === h).length);
+      }
+    },
+  });
+  new Gauge({
+    name: 'weft_service_flows',
+    help: 'Tracked flows of this host\'s containers to each service, by backend address',
+    labelNames: ['service', 'backend'],
+    ...reg,
+    async collect() {
+      this.reset();
+      const flows = await router.services.flows();
+      for (const v of router.services.views()) for (const [backend, n] of flows.get(v.vip) ?? []) this.set({ service: v.name, backend }, n);
+    },
+  });
   new Gauge({
     name: 'weft_peers',
     help: 'Peers in the topology, this one included',

@@ -20,6 +20,8 @@ export interface RouterOptions {
   gossipInterval: number;
   heartbeatInterval: number;
   ipallocRange: string;
+  /** Where service VIPs come from; must not overlap ipallocRange. */
+  serviceRange: string;
   ipallocDefaultSubnet?: string;
   ipallocInit: string;
   ipallocTimeout: number;
@@ -109,6 +111,7 @@ export function routerOptions(): Option[] {
     o('--gossip-interval <duration>', 'period of the anti-entropy exchange').default(30_000, '30s').argParser(duration),
     o('--heartbeat-interval <duration>', 'heartbeat period; a connection silent for three periods is closed').default(10_000, '10s').argParser(duration),
     o('--ipalloc-range <cidr>', 'the range container addresses come from').default('10.32.0.0/12'),
+    o('--service-range <cidr>', 'the range service VIPs come from (must not overlap --ipalloc-range; the same on every peer)').default('10.96.0.0/16'),
     o('--ipalloc-default-subnet <cidr>', 'subnet for allocations that name none (default: the whole range)'),
     o('--ipalloc-init <mode>', 'how the ring starts: consensus[=N] (N initial peers; default: the peers given + 1), seed=NAME,..., or observer').default('consensus'),
     o('--datapath <kind>', 'fastdp (kernel VXLAN), or none (control plane only: no bridge, no attach)').default('fastdp').choices(['fastdp', 'none']),
@@ -160,6 +163,7 @@ export function toRouterOptions(v: Record<string, unknown>, peers: string[]): Ro
     gossipInterval: v.gossipInterval as number,
     heartbeatInterval: v.heartbeatInterval as number,
     ipallocRange: v.ipallocRange as string,
+    serviceRange: v.serviceRange as string,
     ipallocDefaultSubnet: v.ipallocDefaultSubnet as string | undefined,
     ipallocInit: v.ipallocInit as string,
     ipallocTimeout: v.ipallocTimeout as number,

@@ -11,6 +11,7 @@ import type { NameService } from '../dns/table.js';
 import type { DnsServer } from '../dns/server.js';
 import type { DockerStatus, DockerWatcher } from '../plugin/docker-watcher.js';
 import type { PolicyEngine } from '../policy/engine.js';
+import type { ServiceEngine } from '../services/engine.js';
 
 export const VERSION = '0.1.0';
 
@@ -71,6 +72,8 @@ export interface Report {
   docker: (DockerStatus & { pluginCalls: Record<string, number> }) | null;
   /** Security groups: rules in the mesh, containers here that some rule limits. */
   policy: { rules: number; limitedHere: number; lastError: string | null } | null;
+  /** Services: how many, how many serve their VIP, local containers whose namespace translates them. */
+  services: { range: string; services: number; served: number; containersProgrammed: number; lastError: string | null } | null;
 }
 
 export interface ReportSources {
@@ -85,6 +88,7 @@ export interface ReportSources {
   discovery: boolean;
   docker?: DockerWatcher | null;
   policy?: PolicyEngine | null;
+  services?: ServiceEngine | null;
 }
 
 const FAILURE_SHOWN_MS = 5 * 60_000;
@@ -198,6 +202,7 @@ export function buildReport(s: ReportSources): Report {
       : null,
     docker: s.docker ? { ...s.docker.status, pluginCalls: Object.fromEntries(s.docker.driver.calls) } : null,
     policy: s.policy ? s.policy.summary() : null,
+    services: s.services ? { range: s.services.rangeText, ...s.services.summary() } : null,
   };
 }
 
@@ -226,6 +231,7 @@ export function renderStatus(r: Report): string {
     ['DNS', r.dns.address ? `${r.dns.domain} on ${r.dns.address}, ${r.dns.entries.length} name(s), upstream ${r.dns.upstreams.join(' ') || 'none'}` : 'off'],
     ['Datapath', r.datapath ? `${r.datapath.fastdp ? 'fastdp (kernel VXLAN)' : 'fastdp off'}, ${r.datapath.sleeve.running ? 'sleeve (userspace UDP)' : `no sleeve (${r.datapath.sleeve.error})`}, mtu ${r.datapath.mtu}, ${r.datapath.localEndpoints.length} container(s) attached here${r.datapath.exposed.length ? `, host exposed as ${r.datapath.exposed.join(' ')}` : ''}${r.datapath.lastError ? `; last error: ${r.datapath.lastError}` : ''}` : 'none (control plane only)'],
     ['Policy', r.policy ? `${r.policy.rules} rule(s), ${r.policy.limitedHere} container(s) here limited by them${r.policy.lastError ? `; last error: ${r.policy.lastError}` : ''} (weft status policy)` : 'off'],
+    ['Services', r.services ? `${r.services.services} in ${r.services.range}${r.services.served < r.services.services ? ` (${r.services.services - r.services.served} waiting for a new VIP)` : ''}, translated in ${r.services.containersProgrammed} container(s) here${r.services.lastError ? `; last error: ${r.services.lastError}` : ''} (weft service list)` : 'off'],
     ['Docker', dockerLine(r.docker)],
   ];
   return lines.map(([k, v]) => `${k.padStart(16)}: ${v}`).join('\n') + '\n';

@@ -22,6 +22,8 @@ import { NameService } from '../dns/table.js';
 import { DnsServer, upstreamsFromResolvConf } from '../dns/server.js';
 import { DockerWatcher } from '../plugin/docker-watcher.js';
 import { PolicyEngine } from '../policy/engine.js';
+import { ServiceEngine } from '../services/engine.js';
+import { parseServiceRange } from '../services/service.js';
 
 export const DNS_BRIDGE_IP = '169.254.83.83';
 
@@ -72,12 +74,15 @@ export class Router {
     readonly dns: DnsServer | null,
     readonly docker: DockerWatcher | null,
     readonly policy: PolicyEngine,
+    readonly services: ServiceEngine,
   ) {}
 
   static async start(opts: RouterOptions, log: Logger): Promise<Router> {
     mkdirSync(opts.dataDir, { recursive: true, mode: 0o700 });
     const id = loadIdentity(opts.dataDir, opts.name);
     const ipamConf = ipamConfig(opts);
+    const serviceRange = parseServiceRange(opts.serviceRange);
+    ServiceEngine.checkRanges(serviceRange, ipamConf.range);
     const ipamStore = new IpamStore(opts.dataDir, ipamConf.range, id.name);
     const uid = newUid();
     const mesh = new Mesh({
@@ -153,13 +158,16 @@ export class Router {
         : null;
     // Before the datapath starts, so its first write of the firewall already enforces the rules.
     const policy = new PolicyEngine(mesh, datapath, opts.dataDir);
-    const router = new Router(opts, mesh, transport, maker, ipam, ipamStore, datapath, names, dns, docker, policy);
+    const services = new ServiceEngine(mesh, datapath, serviceRange, opts.dataDir, opts.dnsDomain);
+    names.table.services = services;
+    const router = new Router(opts, mesh, transport, maker, ipam, ipamStore, datapath, names, dns, docker, policy, services);
     try {
       await datapath?.start();
       policy.start(); // the datapath's first firewall write already carried the policy
+      services.start();
       await dns?.start();
       await transport.listen(opts.host, opts.port);
-      const api = buildApi({ mesh, maker, ipam, datapath, names, dns, failures: transport.failures, hasPassword: opts.password !== null, discovery: opts.discovery, docker, policy });
+      const api = buildApi({ mesh, maker, ipam, datapath, names, dns, failures: transport.failures, hasPassword: opts.password !== null, discovery: opts.discovery, docker, policy, services });
       const { host, port } = splitHostPort(opts.httpAddr);
       await api.listen({ host, port });
       router.api = api;
@@ -180,7 +188,7 @@ export class Router {
   }
 
   report(): Report {
-    return buildReport({ mesh: this.mesh, maker: this.maker, ipam: this.ipam, datapath: this.datapath, names: this.names, dns: this.dns, failures: this.transport.failures, hasPassword: this.opts.password !== null, discovery: this.opts.discovery, docker: this.docker, policy: this.policy });
+    return buildReport({ mesh: this.mesh, maker: this.maker, ipam: this.ipam, datapath: this.datapath, names: this.names, dns: this.dns, failures: this.transport.failures, hasPassword: this.opts.password !== null, discovery: this.opts.discovery, docker: this.docker, policy: this.policy, services: this.services });
   }
 
   private writeInfo(): void {
@@ -201,6 +209,7 @@ export class Router {
       rmSync(routerInfoPath(this.opts.dataDir), { force: true });
       await this.docker?.stop();
       this.policy.stop();
+      this.services.stop();
       this.maker.stop();
       this.ipam.stop();
       this.datapath?.stop();

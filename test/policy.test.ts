@@ -23,20 +23,10 @@ afterEach(async () => {
 
 async function threeHosts(extra: string[] = []): Promise<Host[]> {
   cluster = await Cluster.create(3, { routerArgs: [...FAST, ...extra] });
-  const [a, b, c] = cluster.hosts;
-  await a.launch();
-  await b.launch([a.ip]);
-  await c.launch([a.ip, b.ip]);
-  for (const h of cluster.hosts) await eventually(`${h.nickname} sees 3 peers`, async () => (await h.report<{ peers: unknown[] }>()).peers.length === 3);
-  return [a, b, c];
+  return cluster.launchAll();
 }
 
-async function member(h: Host, label: string, ...groups: string[]): Promise<{ ns: string; ip: string }> {
-  const ns = await cluster!.container(label);
-  const r = await h.weft(['attach', ...groups.flatMap((g) => ['--group', g]), `netns:${ns}`]);
-  if (r.code !== 0) throw new Error(`attach ${label} on ${h.nickname}: ${r.stderr}`);
-  return { ns, ip: r.stdout.trim().split('/')[0] };
-}
+const member = (h: Host, label: string, ...groups: string[]) => cluster!.attached(h, label, ...groups);
 
 async function servers(ns: string, ...ports: number[]): Promise<void> {
   for (const p of ports) stoppers.push((await echoServer(ns, p)).stop);

@@ -175,6 +175,21 @@ export class Cluster {
     return h;
   }
 
+  /** Every host launched (each given the ones before it as peers), once all see every peer. */
+  async launchAll(): Promise<Host[]> {
+    for (const h of this.hosts) await h.launch(this.hosts.slice(0, h.index - 1).map((x) => x.ip));
+    for (const h of this.hosts) await eventually(`${h.nickname} sees ${this.hosts.length} peers`, async () => (await h.report<{ peers: unknown[] }>()).peers.length === this.hosts.length);
+    return this.hosts;
+  }
+
+  /** A container attached on a host with `weft attach` (in these security groups); its overlay address. */
+  async attached(h: Host, label: string, ...groups: string[]): Promise<{ label: string; ns: string; ip: string }> {
+    const ns = await this.container(label);
+    const r = await h.weft(['attach', ...groups.flatMap((g) => ['--group', g]), `netns:${ns}`]);
+    if (r.code !== 0) throw new Error(`attach ${label} on ${h.nickname}: ${r.stderr}`);
+    return { label, ns, ip: r.stdout.trim().split('/')[0] };
+  }
+
   /** A "container": a named network namespace, attached with `weft attach netns:NAME`. */
   async container(label: string): Promise<string> {
     const ns = `${this.id}-${label}`;

@@ -31,17 +31,22 @@ if (proto === 'udp') {
 }`;
 
 /** Starts an echo server (TCP and UDP on `port`) in a namespace; resolves once it listens. */
-export async function echoServer(ns: string, port: number): Promise<{ stop: () => void }> {
-  const child = spawn('ip', ['netns', 'exec', ns, process.execPath, '-e', SERVER, String(port)], { stdio: ['ignore', 'pipe', 'pipe'] });
+export function echoServer(ns: string, port: number): Promise<{ stop: () => void }> {
+  return startServer(ns, SERVER, [String(port)], 'echo server');
+}
+
+/** Runs a Node script in a namespace that prints "ready" once it listens; resolves then. */
+export async function startServer(ns: string, script: string, args: string[], what: string): Promise<{ stop: () => void }> {
+  const child = spawn('ip', ['netns', 'exec', ns, process.execPath, '-e', script, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
   await new Promise<void>((resolve, reject) => {
-    const t = setTimeout(() => reject(new Error(`echo server in ${ns} did not start`)), 10_000);
+    const t = setTimeout(() => reject(new Error(`${what} in ${ns} did not start`)), 10_000);
     child.stdout.on('data', (d: Buffer) => {
       if (d.toString().includes('ready')) {
         clearTimeout(t);
         resolve();
       }
     });
-    child.on('exit', (code) => reject(new Error(`echo server in ${ns} exited (${code})`)));
+    child.on('exit', (code) => reject(new Error(`${what} in ${ns} exited (${code})`)));
   });
   return { stop: () => child.kill('SIGKILL') };
 }

@@ -1,0 +1,85 @@
+// Services over the HTTP API: create, list, show (backends with host, health and
+// this host's flows to each), remove.
+import type { FastifyInstance } from 'fastify';
+import type { Mesh } from './mesh/mesh.js';
+import type { DockerWatcher } from '../plugin/docker-watcher.js';
+import type { ServiceEngine, ServiceRequest, ServiceView } from '../services/engine.js';
+import { SERVICE_NAME, ServiceError, parseCheck } from '../services/service.js';
+import { checkGroupName } from '../policy/rules.js';
+import { HttpError } from './http-error.js';
+
+export interface ServiceDetail extends Omit<ServiceView, 'live'> {
+  dnsName: string;
+  live: (ServiceView['live'][number] & { host: string | null; flowsFromHere: number })[];
+}
+
+export function registerServiceRoutes(app: FastifyInstance, services: ServiceEngine, mesh: Mesh, docker: DockerWatcher | null, domain: string): void {
+  const dnsName = (name: string) => `${name}.${domain.replace(/\.$/, '')}`;
+
+  async function detail(v: ServiceView, flows: Map<string, Map<string, number>>): Promise<ServiceDetail> {
+    const perBackend = flows.get(v.vip) ?? new Map<string, number>();
+    return {
+      ...v,
+      dnsName: dnsName(v.name),
+      live: v.live.map((b) => ({ ...b, host: mesh.topology.get(b.peer)?.nickname ?? null, flowsFromHere: perBackend.get(b.addr) ?? 0 })),
+    };
+  }
+
+  /** Backends named by Docker name are kept by full id, as weft names Docker containers. */
+  async function withDockerIds(list: string[]): Promise<string[]> {
+    const out: string[] = [];
+    for (const ref of list) {
+      if (ref.includes(':') || /^[0-9a-f]{64}$/.test(ref) || !docker?.status.connected) {
+        out.push(ref);
+        continue;
+      }
+      const c = await docker.api.find(ref).catch(() => null);
+      out.push(c ? c.Id : ref);
+    }
+    return out;
+  }
+
+  app.get('/services', async () => {
+    const flows = await services.flows();
+    return { range: services.rangeText, services: await Promise.all(services.views().map((v) => detail(v, flows))) };
+  });
+
+  app.get<{ Params: { name: string } }>('/services/:name', async (req) => {
+    const v = services.views().find((x) => x.name === req.params.name);
+    if (!v) throw new HttpError(404, `no service ${req.params.name} (weft service list shows them)`);
+    return detail(v, await services.flows());
+  });
+
+  app.post('/services', async (req) => {
+    const b = (req.body ?? {}) as Record<string, unknown>;
+    if (typeof b !== 'object' || Array.isArray(b)) throw new HttpError(400, 'body must be a JSON object');
+    try {
+      if (typeof b.name !== 'string' || !SERVICE_NAME.test(b.name)) throw new ServiceError(`service name "${String(b.name ?? '').slice(0, 80)}" is not a DNS label (lower-case letters, digits and -, up to 63)`);
+      const backends = b.backends === undefined ? [] : Array.isArray(b.backends) ? b.backends : [b.backends];
+      if (!backends.every((x) => typeof x === 'string')) throw new ServiceError('backends are container names');
+      const group = b.group === undefined || b.group === '' ? undefined : String(b.group);
+      if ((group === undefined) === (backends.length === 0)) throw new ServiceError('give either --group GROUP or --backend CONTAINER (one or more), not both');
+      if (group !== undefined) checkGroupName(group);
+      const affinity = b.affinity === undefined ? 'none' : b.affinity;
+      if (affinity !== 'none' && affinity !== 'client') throw new ServiceError(`--affinity is none or client, not "${String(affinity).slice(0, 40)}"`);
+      const request: ServiceRequest = {
+        name: b.name,
+        ...(group !== undefined ? { group } : { backends: await withDockerIds(backends as string[]) }),
+        affinity,
+        ...(b.check !== undefined && b.check !== '' ? { check: parseCheck(String(b.check)) } : {}),
+      };
+      const s = services.create(request);
+      return { ...s, dnsName: dnsName(s.name) };
+    } catch (err) {
+      if (err instanceof ServiceError) throw new HttpError(/exists/.test(err.message) ? 409 : /full/.test(err.message) ? 507 : 400, err.message);
+      if ((err as Error).name === 'RuleError') throw new HttpError(400, (err as Error).message);
+      throw err;
+    }
+  });
+
+  app.delete<{ Params: { name: string } }>('/services/:name', async (req) => {
+    const s = services.remove(req.params.name);
+    if (!s) throw new HttpError(404, `no service ${req.params.name} (weft service list shows them)`);
+    return s;
+  });
+}

@@ -1,0 +1,330 @@
+// Services on one host: the gossiped service table, each service's backends
+// (the live members of its group, or its named containers, anywhere in the mesh:
+// on a reachable peer and not failing a check), and the translation in every
+// local container's namespace (services/nft.ts), rewritten when any of that
+// changes. Backends that drop out lose their flows from this host's clients
+// (conntrack) so nothing keeps talking to a dead one. This host also probes its
+// own backends of services with a check, and announces those that fail.
+import { connect } from 'node:net';
+import { join } from 'node:path';
+import type { Datapath } from '../datapath/datapath.js';
+import { containerNamespace } from '../datapath/attach.js';
+import { ip, nft } from '../datapath/iproute.js';
+import { formatCidr, overlaps, type Cidr } from '../ipam/addr.js';
+import type { Mesh } from '../router/mesh/mesh.js';
+import type { PeerName } from '../router/mesh/peer-name.js';
+import { SerialJob } from '../router/serial-job.js';
+import { containerMatches } from '../policy/model.js';
+import { conntrack } from '../policy/conntrack.js';
+import { SERVICES_TABLE, compileServiceTable, type ServedVip } from './nft.js';
+import { ServiceError, checkService, pickVip, resolveVips, type Affinity, type Service } from './service.js';
+import { HealthRecords, ServiceTable, type Failing } from './table.js';
+
+export type Health = 'healthy' | 'failing' | 'unchecked';
+
+export interface BackendView {
+  container: string;
+  peer: PeerName;
+  addr: string;
+  health: Health;
+}
+
+export interface ServiceView extends Service {
+  /** False when another service kept this VIP (picked on both sides of a partition); a new one is on its way. */
+  served: boolean;
+  conflict?: string;
+  /** The backends now: live containers of the group (or the named ones) on reachable peers. */
+  live: BackendView[];
+}
+
+export interface ServiceRequest {
+  name: string;
+  group?: string;
+  backends?: string[];
+  affinity?: Affinity;
+  check?: { proto: 'tcp'; port: number };
+}
+
+/** Probes: every second; a backend is out after two failed probes in a row, back after one good one. */
+const PROBE_MS = 1000;
+const PROBE_TIMEOUT_MS = 800;
+const FALL = 2;
+
+export class ServiceEngine {
+  readonly table: ServiceTable;
+  readonly health: HealthRecords;
+  readonly rangeText: string;
+  /** Local containers whose namespace has the current table: container -> (namespace, text written). */
+  private readonly programmed = new Map<string, { netns: string; text: string }>();
+  /** The backends each VIP had at the last pass (their flows are cut when they drop out). */
+  private lastBackends = new Map<string, Set<string>>();
+  private readonly failures = new Map<string, number>();
+  private readonly job = new SerialJob(() => this.syncPass(), 10);
+  private probeTimer: NodeJS.Timeout | null = null;
+  lastError: string | null = null;
+  readonly stats = { rewrites: 0, flowsCut: 0, vipsRepicked: 0, probes: 0 };
+
+  constructor(
+    private readonly mesh: Mesh,
+    private readonly datapath: Datapath | null,
+    readonly range: Cidr,
+    dataDir: string,
+    /** The DNS domain ("weft.local."): NAME.DOMAIN answers with the VIP. */
+    private readonly domain: string,
+  ) {
+    this.rangeText = formatCidr(range);
+    this.table = new ServiceTable(mesh, join(dataDir, 'services.json'));
+    this.health = new HealthRecords(mesh);
+    this.table.onChange(() => (this.servedCache = null));
+  }
+
+  private servedCache: { byName: Map<string, Service>; byVip: Map<string, Service> } | null = null;
+
+  /** The services that serve their VIP (DNS asks this per query, so it is kept until the table changes). */
+  private served(): { byName: Map<string, Service>; byVip: Map<string, Service> } {
+    if (!this.servedCache) {
+      const { served } = resolveVips(this.table.values());
+      this.servedCache = { byName: new Map(served.map((s) => [s.name, s])), byVip: new Map(served.map((s) => [s.vip, s])) };
+    }
+    return this.servedCache;
+  }
+
+  /** The service range must not overlap the allocation range (checked at start). */
+  static checkRanges(serviceRange: Cidr, allocRange: Cidr): void {
+    if (overlaps(serviceRange, allocRange)) throw new ServiceError(`--service-range ${formatCidr(serviceRange)} overlaps the allocation range ${formatCidr(allocRange)}: choose ranges apart`);
+  }
+
+  start(): void {
+    const schedule = () => this.job.schedule();
+    this.table.onChange(schedule);
+    this.health.onChange(schedule);
+    this.datapath?.endpoints.onChange(schedule);
+    this.mesh.on('topology', schedule);
+    this.job.schedule();
+    if (this.datapath) {
+      this.probeTimer = setInterval(() => void this.probe(), PROBE_MS);
+      this.probeTimer.unref();
+    }
+  }
+
+  stop(): void {
+    this.job.stop();
+    this.health.stop();
+    if (this.probeTimer) clearInterval(this.probeTimer);
+  }
+
+  /** Brings every local container's translation in line with the table; resolves when done. */
+  sync(): Promise<void> {
+    return this.job.run();
+  }
+
+  // ---- the model
+
+  private reachable(): Set<PeerName> {
+    return new Set([this.mesh.name, ...this.mesh.routes.unicast.keys()]);
+  }
+
+  /** Every service with its backends as this host sees them. */
+  views(): ServiceView[] {
+    const { served, conflicts } = resolveVips(this.table.values());
+    const endpoints = (this.datapath?.endpoints.all() ?? []).filter((e) => e.cidrs.length > 0);
+    const reachable = this.reachable();
+    const failing = new Set(this.health.all().map((f) => `${f.service} ${f.container}`));
+    const view = (s: Service, isServed: boolean, conflict?: string): ServiceView => {
+      const members = endpoints.filter((e) => reachable.has(e.peer) && (s.group !== undefined ? (e.groups ?? []).includes(s.group) : s.backends!.some((b) => containerMatches(b, e.container))));
+      const live = members
+        .map((e) => ({ container: e.container, peer: e.peer, addr: e.cidrs[0].split('/')[0], health: (s.check ? (failing.has(`${s.name} ${e.container}`) ? 'failing' : 'healthy') : 'unchecked') as Health }))
+        .sort((a, b) => (a.addr < b.addr ? -1 : a.addr > b.addr ? 1 : 0));
+      return { ...s, served: isServed, ...(conflict ? { conflict } : {}), live };
+    };
+    return [...served.map((s) => view(s, true)), ...conflicts.map((c) => view(c.service, false, `VIP ${c.service.vip} is kept by service ${c.takenBy}; a new VIP is being picked`))].sort((a, b) => (a.name < b.name ? -1 : 1));
+  }
+
+  /** The VIP for a DNS name (NAME.DOMAIN), or null. */
+  vipFor(hostname: string): string | null {
+    const suffix = `.${this.domain.replace(/\.$/, '')}.`;
+    const n = hostname.endsWith('.') ? hostname : `${hostname}.`;
+    if (!n.endsWith(suffix)) return null;
+    return this.served().byName.get(n.slice(0, -suffix.length))?.vip ?? null;
+  }
+
+  /** The service that has this VIP, if any (DNS reverse lookups). */
+  nameOf(vip: string): string | null {
+    const s = this.served().byVip.get(vip);
+    return s ? `${s.name}.${this.domain.replace(/\.$/, '')}.` : null;
+  }
+
+  // ---- changes
+
+  create(req: ServiceRequest): Service {
+    if (this.table.get(req.name)) throw new ServiceError(`service ${req.name} exists (weft service show ${req.name}); remove it first to change it`);
+    const taken = new Set(this.table.values().map((s) => s.vip));
+    const draft = {
+      name: req.name,
+      vip: pickVip(this.range, taken, req.name),
+      ...(req.group !== undefined ? { group: req.group } : { backends: req.backends }),
+      affinity: req.affinity ?? 'none',
+      ...(req.check ? { check: req.check } : {}),
+      created: Date.now(),
+    };
+    const s = checkService(draft);
+    this.table.put(s.name, s);
+    return s;
+  }
+
+  remove(name: string): Service | null {
+    const s = this.table.get(name);
+    return s && this.table.remove(name) ? s : null;
+  }
+
+  /**
+   * A service that lost its VIP gets a new one, picked by its creator, or by the first peer in name
+   * order when the creator is gone; every peer that picks with the same view picks the same address.
+   */
+  private repickConflicts(): void {
+    const all = this.table.all();
+    const { conflicts } = resolveVips(this.table.values());
+    if (conflicts.length === 0) return;
+    const reachable = [...this.reachable()].sort();
+    const taken = new Set(this.table.values().map((s) => s.vip));
+    for (const { service } of conflicts) {
+      const origin = all.find((e) => e.id === service.name)?.origin;
+      const picker = origin && reachable.includes(origin) ? origin : reachable[0];
+      if (picker !== this.mesh.name) continue;
+      const vip = pickVip(this.range, taken, `${service.name}:${service.created}:${service.vip}`);
+      taken.add(vip);
+      this.table.put(service.name, { ...service, vip });
+      this.stats.vipsRepicked++;
+      this.mesh.log.warn({ service: service.name, was: service.vip, vip }, 'service lost its VIP to an older one picked while the mesh was apart; picked another');
+    }
+  }
+
+  // ---- programming this host's containers
+
+  private async syncPass(): Promise<void> {
+    try {
+      this.repickConflicts(); // a control-plane-only router resolves VIP conflicts too
+      if (!this.datapath) return;
+      const views = this.views().filter((v) => v.served);
+      const vips: ServedVip[] = views.map((v) => ({ name: v.name, vip: v.vip, affinity: v.affinity, backends: v.live.filter((b) => b.health !== 'failing').map((b) => b.addr) }));
+      const text = compileServiceTable(this.rangeText, vips);
+      const errors: string[] = [];
+      const clients = new Map<string, { netns: string; ifname: string }>();
+      for (const e of this.datapath.endpoints.local) {
+        const c = containerNamespace(e);
+        if (c) clients.set(e.container, c);
+      }
+      for (const [container, c] of clients) {
+        const had = this.programmed.get(container);
+        if (had?.text === text && had.netns === c.netns) continue;
+        try {
+          if (!had || had.netns !== c.netns) await ip(['route', 'replace', this.rangeText, 'dev', c.ifname], c.netns);
+          await nft(['-f', '-'], text, c.netns);
+          this.programmed.set(container, { netns: c.netns, text });
+          this.stats.rewrites++;
+        } catch (err) {
+          this.programmed.delete(container);
+          errors.push(`${container}: ${(err as Error).message}`);
+        }
+      }
+      // Containers detached here whose namespace lives on: their translation goes with the attachment.
+      for (const [container, had] of this.programmed) {
+        if (clients.has(container)) continue;
+        this.programmed.delete(container);
+        await nft(['delete', 'table', 'ip', SERVICES_TABLE], undefined, had.netns).catch(() => undefined);
+      }
+      await this.cutGoneBackends(vips, [...clients.values()].map((c) => c.netns));
+      this.lastError = errors.length > 0 ? `translation not written for ${errors.join('; ')}` : null;
+      if (errors.length > 0) this.mesh.log.warn({ err: this.lastError }, 'service translation failed');
+    } catch (err) {
+      this.lastError = (err as Error).message;
+      this.mesh.log.warn({ err: this.lastError }, 'service sync failed');
+    }
+  }
+
+  /** Flows of this host's clients to backends that dropped out of a VIP (or to VIPs gone) are cut. */
+  private async cutGoneBackends(vips: ServedVip[], namespaces: string[]): Promise<void> {
+    const now = new Map(vips.map((v) => [v.vip, new Set(v.backends)]));
+    const cuts: string[][] = [];
+    for (const [vip, before] of this.lastBackends) {
+      const after = now.get(vip);
+      if (!after) cuts.push(['--orig-dst', vip]);
+      else for (const b of before) if (!after.has(b)) cuts.push(['--orig-dst', vip, '--reply-src', b]);
+    }
+    this.lastBackends = now;
+    for (const args of cuts)
+      for (const ns of namespaces) {
+        const r = await conntrack(['-D', '-f', 'ipv4', ...args], ns).catch(() => null);
+        const n = Number(/(\d+) flow entries have been deleted/.exec(r?.err ?? '')?.[1] ?? 0);
+        this.stats.flowsCut += n;
+      }
+  }
+
+  // ---- health checks of this host's backends
+
+  private async probe(): Promise<void> {
+    if (!this.datapath) return;
+    const local = new Set(this.datapath.endpoints.local.map((e) => e.container));
+    const checks: { key: string; failing: Failing; addr: string; port: number }[] = [];
+    for (const v of this.views()) {
+      if (!v.check) continue;
+      for (const b of v.live) if (local.has(b.container)) checks.push({ key: `${v.name} ${b.container}`, failing: { service: v.name, container: b.container }, addr: b.addr, port: v.check.port });
+    }
+    // The host reaches its own containers through the DNS address's routes back (datapath); without them, nothing is probed.
+    if (!this.datapath.config.dns) return;
+    const results = await Promise.all(checks.map(async (c) => ({ c, ok: await tcpProbe(c.addr, c.port) })));
+    this.stats.probes += results.length;
+    const keys = new Set(checks.map((c) => c.key));
+    for (const k of this.failures.keys()) if (!keys.has(k)) this.failures.delete(k);
+    for (const { c, ok } of results) this.failures.set(c.key, ok ? 0 : (this.failures.get(c.key) ?? 0) + 1);
+    const failing = results.filter(({ c }) => (this.failures.get(c.key) ?? 0) >= FALL).map(({ c }) => c.failing);
+    const key = (l: Failing[]) => l.map((f) => `${f.service} ${f.container}`).sort().join('\n');
+    if (key(failing) !== key(this.health.local)) {
+      this.health.setLocal(failing);
+      this.mesh.log.info({ failing: failing.map((f) => `${f.service}/${f.container}`) }, 'service backends failing their checks changed');
+    }
+  }
+
+  /** Whether health checks can run here (they need the routes back to local containers). */
+  get checksRun(): boolean {
+    return this.datapath?.config.dns !== undefined;
+  }
+
+  // ---- flows, for status
+
+  /** Flows of this host's clients per VIP and backend address. */
+  async flows(): Promise<Map<string, Map<string, number>>> {
+    const out = new Map<string, Map<string, number>>();
+    const vips = new Set(this.table.values().map((s) => s.vip));
+    for (const { netns } of this.programmed.values()) {
+      const r = await conntrack(['-L', '-f', 'ipv4'], netns).catch(() => null);
+      for (const line of r?.out.split('\n') ?? []) {
+        const srcs = [...line.matchAll(/\bsrc=(\S+)/g)].map((m) => m[1]);
+        const dst = /\bdst=(\S+)/.exec(line)?.[1];
+        if (!dst || !vips.has(dst) || srcs.length < 2) continue;
+        let m = out.get(dst);
+        if (!m) out.set(dst, (m = new Map()));
+        m.set(srcs[1], (m.get(srcs[1]) ?? 0) + 1);
+      }
+    }
+    return out;
+  }
+
+  summary(): { services: number; served: number; containersProgrammed: number; lastError: string | null } {
+    const views = this.views();
+    return { services: views.length, served: views.filter((v) => v.served).length, containersProgrammed: this.programmed.size, lastError: this.lastError };
+  }
+}
+
+function tcpProbe(host: string, port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const s = connect({ host, port, timeout: PROBE_TIMEOUT_MS });
+    const done = (ok: boolean) => {
+      s.destroy();
+      resolve(ok);
+    };
+    s.once('connect', () => done(true));
+    s.once('timeout', () => done(false));
+    s.once('error', () => done(false));
+  });
+}

@@ -1,0 +1,137 @@
+// What a service is: a name, a virtual IP from the service range, and how its
+// backends are chosen (the live members of a group, or named containers); how
+// it is checked from the wire and from requests; how a VIP is picked; and which
+// service serves a VIP when two picked the same one in a partition.
+import { createHash } from 'node:crypto';
+import { contains, formatIp, parseCidr, parseIp, type Cidr } from '../ipam/addr.js';
+import { GROUP_NAME } from '../policy/rules.js';
+
+export type Affinity = 'none' | 'client';
+
+export interface Service {
+  name: string;
+  vip: string;
+  /** Backends: the live members of this group... */
+  group?: string;
+  /** ...or these containers (their keys: netns:NAME, a Docker id, cni:ID ...). */
+  backends?: string[];
+  affinity: Affinity;
+  /** A TCP port probed on each backend from its own host; failing backends take no new flows. */
+  check?: { proto: 'tcp'; port: number };
+  /** When it was created (ms, the creating host's clock): of two services on one VIP, the older keeps it. */
+  created: number;
+}
+
+export class ServiceError extends Error {}
+
+export const SERVICE_NAME = /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/;
+const CONTAINER_KEY = /^[A-Za-z0-9_.:-]{1,200}$/;
+const IPV4 = /^\d{1,3}(\.\d{1,3}){3}$/;
+
+/** Validates a service (from the wire, or built from a request); throws ServiceError. */
+export function checkService(v: unknown, name?: string): Service {
+  if (typeof v !== 'object' || v === null || Array.isArray(v)) throw new ServiceError('service is not an object');
+  const s = v as Record<string, unknown>;
+  if (typeof s.name !== 'string' || !SERVICE_NAME.test(s.name)) throw new ServiceError(`service name "${String(s.name).slice(0, 80)}" is not a DNS label (lower-case letters, digits and -, up to 63)`);
+  if (name !== undefined && s.name !== name) throw new ServiceError('service entry id does not match its name');
+  if (typeof s.vip !== 'string' || !IPV4.test(s.vip)) throw new ServiceError('service VIP is not an IPv4 address');
+  parseIp(s.vip);
+  const hasGroup = s.group !== undefined;
+  const hasBackends = s.backends !== undefined;
+  if (hasGroup === hasBackends) throw new ServiceError('a service has either a group or a list of backends');
+  if (hasGroup && (typeof s.group !== 'string' || !GROUP_NAME.test(s.group))) throw new ServiceError(`"${String(s.group).slice(0, 80)}" is not a group name`);
+  if (hasBackends) {
+    const b = s.backends;
+    if (!Array.isArray(b) || b.length === 0 || b.length > 256 || !b.every((x) => typeof x === 'string' && CONTAINER_KEY.test(x))) throw new ServiceError('backends must be 1-256 container names');
+  }
+  if (s.affinity !== 'none' && s.affinity !== 'client') throw new ServiceError('affinity is none or client');
+  if (s.check !== undefined) {
+    const c = s.check as { proto?: unknown; port?: unknown };
+    if (typeof c !== 'object' || c === null || c.proto !== 'tcp' || typeof c.port !== 'number' || !Number.isInteger(c.port) || c.port < 1 || c.port > 65535) throw new ServiceError('check is tcp:PORT');
+  }
+  if (typeof s.created !== 'number' || !Number.isSafeInteger(s.created) || s.created < 0) throw new ServiceError('service creation time is malformed');
+  return {
+    name: s.name,
+    vip: s.vip,
+    ...(hasGroup ? { group: s.group as string } : { backends: [...(s.backends as string[])] }),
+    affinity: s.affinity,
+    ...(s.check ? { check: { proto: 'tcp' as const, port: (s.check as { port: number }).port } } : {}),
+    created: s.created,
+  };
+}
+
+/** "tcp:8080" */
+export function parseCheck(text: string): { proto: 'tcp'; port: number } {
+  const m = /^tcp:(\d{1,5})$/.exec(text.trim());
+  const port = m ? Number(m[1]) : NaN;
+  if (!m || port < 1 || port > 65535) throw new ServiceError(`--check "${text.slice(0, 40)}" is not tcp:PORT`);
+  return { proto: 'tcp', port };
+}
+
+export function describeBackends(s: Service): string {
+  return s.group !== undefined ? `group ${s.group}` : `containers ${s.backends!.join(', ')}`;
+}
+
+/** Usable addresses of a range (not its network and broadcast addresses). */
+function usable(range: Cidr): { first: number; count: number } {
+  const size = 2 ** (32 - range.prefix);
+  return size <= 2 ? { first: range.start, count: size } : { first: range.start + 1, count: size - 2 };
+}
+
+/**
+ * A VIP for a service: from a hash of `seed` (the name), the first address not taken, so every
+ * peer picking for the same name with the same view picks the same address.
+ */
+export function pickVip(range: Cidr, taken: Set<string>, seed: string): string {
+  const { first, count } = usable(range);
+  const start = createHash('sha256').update(seed).digest().readUInt32BE(0) % count;
+  for (let i = 0; i < count; i++) {
+    const ip = formatIp(first + ((start + i) % count));
+    if (!taken.has(ip)) return ip;
+  }
+  throw new ServiceError(`the service range ${formatIp(range.start)}/${range.prefix} is full (${count} services); remove some, or use a larger --service-range`);
+}
+
+export function inRange(range: Cidr, ip: string): boolean {
+  try {
+    return contains(range, { start: parseIp(ip), prefix: 32 });
+  } catch {
+    return false;
+  }
+}
+
+/** Of the services that share a VIP, the one that keeps it: the oldest, then the first by name. */
+function precedes(a: Service, b: Service): boolean {
+  return a.created !== b.created ? a.created < b.created : a.name < b.name;
+}
+
+/**
+ * Which services serve their VIP, and which lost it to another (two hosts picked the same address
+ * while apart): every peer computes the same answer from the same table.
+ */
+export function resolveVips(services: Service[]): { served: Service[]; conflicts: { service: Service; takenBy: string }[] } {
+  const byVip = new Map<string, Service>();
+  for (const s of services) {
+    const cur = byVip.get(s.vip);
+    if (!cur || precedes(s, cur)) byVip.set(s.vip, s);
+  }
+  const served: Service[] = [];
+  const conflicts: { service: Service; takenBy: string }[] = [];
+  for (const s of services) {
+    const winner = byVip.get(s.vip)!;
+    if (winner === s) served.push(s);
+    else conflicts.push({ service: s, takenBy: winner.name });
+  }
+  return { served, conflicts };
+}
+
+export function parseServiceRange(text: string): Cidr {
+  let r: Cidr;
+  try {
+    r = parseCidr(text);
+  } catch (err) {
+    throw new ServiceError(`--service-range ${text}: ${(err as Error).message}`);
+  }
+  if (r.prefix > 30) throw new ServiceError(`--service-range ${text} is too small (at most /30)`);
+  return r;
+}

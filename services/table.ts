@@ -1,0 +1,47 @@
+// The service table (a register per service name on the `services` channel, any
+// peer may create or remove; persisted) and the backend health records (each
+// peer announces which of its own backends fail their check, on
+// `service-health`; records of peers that leave go with them).
+import type { Mesh } from '../router/mesh/mesh.js';
+import { PeerRecords, type EntryCodec } from '../router/mesh/peer-records.js';
+import { RegisterTable, type RegisterCodec } from '../router/mesh/register-table.js';
+import { SERVICE_NAME, ServiceError, checkService, type Service } from './service.js';
+
+export const SERVICES_CHANNEL = 'services';
+export const HEALTH_CHANNEL = 'service-health';
+
+const serviceCodec: RegisterCodec<Service> = {
+  what: 'service',
+  check: (value, id) => checkService(value, id),
+  fail: (message) => new ServiceError(message),
+  maxEntries: 65_536,
+};
+
+export class ServiceTable extends RegisterTable<Service> {
+  constructor(mesh: Mesh, persistPath?: string) {
+    super(mesh, SERVICES_CHANNEL, serviceCodec, persistPath);
+  }
+}
+
+/** A backend that fails its service's check, as its own host sees it. */
+export interface Failing {
+  service: string;
+  container: string;
+}
+
+const failingCodec: EntryCodec<Failing> = {
+  toWire: (e) => [e.service, e.container],
+  fromWire(w) {
+    if (!Array.isArray(w) || w.length !== 2) throw new ServiceError('health entry is malformed');
+    const [service, container] = w as unknown[];
+    if (typeof service !== 'string' || !SERVICE_NAME.test(service) || typeof container !== 'string' || container.length === 0 || container.length > 256) throw new ServiceError('health entry is malformed');
+    return { service, container };
+  },
+  key: (e) => `${e.service} ${e.container}`,
+};
+
+export class HealthRecords extends PeerRecords<Failing> {
+  constructor(mesh: Mesh) {
+    super(mesh, HEALTH_CHANNEL, failingCodec, 1000);
+  }
+}
