@@ -69,7 +69,7 @@ async function main(): Promise<void> {
       r.connDirect.push(await connectionsPerSecond(client.ns, backend.ip));
       r.connVip.push(await connectionsPerSecond(client.ns, vip));
       r.gbitDirect.push((await iperf(backend.ns, client.ns, backend.ip, SECONDS)).gbit);
-      r.gbitVip.push((await iperf(backend.ns, client.ns, vip, SECONDS)).gbit);
+      r.gbitVip.push((await iperf(backend.ns, client.ns, backend.ip, SECONDS, vip)).gbit);
       r.rttDirect.push(await rtt(client.ns, backend.ip));
       r.rttVip.push(await rtt(client.ns, vip));
     }
