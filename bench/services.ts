@@ -4,7 +4,9 @@
 //   - new TCP connections per second (CONCURRENCY loops of connect, one byte each
 //     way, reset), for SECONDS;
 //   - one TCP flow's throughput (iperf3), for SECONDS;
-//   - ping RTT: what the translation adds.
+//   - ping RTT: what the translation adds;
+// and the first two also with the client's translation table removed ("no table": a container's
+// namespace when no service exists), to show what the table costs traffic that uses no VIP.
 // Goal: VIP >= 0.9 of direct for connections per second and throughput.
 //
 //   apt-get install -y iperf3 && npm run build && node dist/bench/services.js [--rounds 3] [--seconds 5] [--concurrency 8]
@@ -12,6 +14,7 @@ import { Cluster, eventually } from '../test/harness/cluster.js';
 import { run } from '../test/harness/exec.js';
 import { startServer } from '../test/harness/traffic.js';
 import { iperf, rtt } from './measure.js';
+import { SERVICES_TABLE } from '../services/nft.js';
 
 const arg = (name: string, dflt: number) => {
   const i = process.argv.indexOf(`--${name}`);
@@ -64,8 +67,15 @@ async function main(): Promise<void> {
     await eventually('the VIP answers', async () => (await run('ip', ['netns', 'exec', client.ns, 'ping', '-c', '1', '-W', '1', vip])).code === 0, 20_000);
     await eventually('the backend answers', async () => (await run('ip', ['netns', 'exec', client.ns, 'ping', '-c', '1', '-W', '1', backend.ip])).code === 0, 20_000);
 
-    const r = { connDirect: [] as number[], connVip: [] as number[], gbitDirect: [] as number[], gbitVip: [] as number[], rttDirect: [] as number[], rttVip: [] as number[] };
+    const r = { connBare: [] as number[], connDirect: [] as number[], connVip: [] as number[], gbitBare: [] as number[], gbitDirect: [] as number[], gbitVip: [] as number[], rttDirect: [] as number[], rttVip: [] as number[] };
+    const table = (await run('ip', ['netns', 'exec', client.ns, 'nft', 'list', 'table', 'ip', SERVICES_TABLE])).stdout;
     for (let i = 0; i < ROUNDS; i++) {
+      // "bare": the client's namespace without the translation table, as when no service exists.
+      await run('ip', ['netns', 'exec', client.ns, 'nft', 'delete', 'table', 'ip', SERVICES_TABLE]);
+      r.connBare.push(await connectionsPerSecond(client.ns, backend.ip));
+      r.gbitBare.push((await iperf(backend.ns, client.ns, backend.ip, SECONDS)).gbit);
+      const restored = await run('ip', ['netns', 'exec', client.ns, 'nft', '-f', '-'], { input: table });
+      if (restored.code !== 0) throw new Error(`restoring the translation table: ${restored.stderr}`);
       r.connDirect.push(await connectionsPerSecond(client.ns, backend.ip));
       r.connVip.push(await connectionsPerSecond(client.ns, vip));
       r.gbitDirect.push((await iperf(backend.ns, client.ns, backend.ip, SECONDS)).gbit);
@@ -75,8 +85,8 @@ async function main(): Promise<void> {
     }
     const m = Object.fromEntries(Object.entries(r).map(([k, v]) => [k, median(v)])) as Record<keyof typeof r, number>;
     console.log(`services: client on host A, one backend on host B, ${ROUNDS} interleaved rounds (medians)`);
-    console.log(`  new connections/s  direct ${m.connDirect.toFixed(0)}  VIP ${m.connVip.toFixed(0)}  ratio ${(m.connVip / m.connDirect).toFixed(3)} (goal >= 0.9)`);
-    console.log(`  throughput Gbit/s  direct ${m.gbitDirect.toFixed(2)}  VIP ${m.gbitVip.toFixed(2)}  ratio ${(m.gbitVip / m.gbitDirect).toFixed(3)} (goal >= 0.9)`);
+    console.log(`  new connections/s  direct ${m.connDirect.toFixed(0)}  VIP ${m.connVip.toFixed(0)}  ratio ${(m.connVip / m.connDirect).toFixed(3)} (goal >= 0.9); no table ${m.connBare.toFixed(0)}, direct/no table ${(m.connDirect / m.connBare).toFixed(3)}`);
+    console.log(`  throughput Gbit/s  direct ${m.gbitDirect.toFixed(2)}  VIP ${m.gbitVip.toFixed(2)}  ratio ${(m.gbitVip / m.gbitDirect).toFixed(3)} (goal >= 0.9); no table ${m.gbitBare.toFixed(2)}, direct/no table ${(m.gbitDirect / m.gbitBare).toFixed(3)}`);
     console.log(`  ping RTT µs        direct ${m.rttDirect.toFixed(0)}  VIP ${m.rttVip.toFixed(0)}  added ${(m.rttVip - m.rttDirect).toFixed(0)}`);
     console.log(`  rounds: ${JSON.stringify(r)}`);
   } finally {

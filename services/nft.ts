@@ -21,6 +21,9 @@ export interface ServedVip {
 const HASH_SEED = '0x77656674'; // "weft": a fixed seed, so every client host hashes a client alike
 
 export function compileServiceTable(serviceRange: string, vips: ServedVip[]): string {
+  // With no service in the mesh there is nothing to translate or refuse, and no table: a table with a
+  // NAT chain turns on conntrack for all of the container's traffic.
+  if (vips.length === 0) return [`table ip ${SERVICES_TABLE}`, `delete table ip ${SERVICES_TABLE}`, ''].join('\n');
   const rules: string[] = [];
   for (const v of [...vips].sort((a, b) => (a.vip < b.vip ? -1 : 1))) {
     if (v.backends.length === 0) continue; // refused below

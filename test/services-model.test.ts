@@ -132,5 +132,7 @@ describe('services', () => {
     expect(text).toContain('jhash ip saddr mod 1');
     expect(text).not.toContain('10.96.0.3 ');
     execFileSync('nft', ['-c', '-f', '-'], { input: text.split('\n').slice(2).join('\n') });
+    // No service in the mesh: no table (its NAT chain would turn on conntrack for all the container's traffic).
+    expect(compileServiceTable('10.96.0.0/16', [])).toBe('table ip weft_services\ndelete table ip weft_services\n');
   });
 });
