@@ -5,7 +5,7 @@ import type { Mesh } from './mesh/mesh.js';
 import type { DockerWatcher } from '../plugin/docker-watcher.js';
 import type { ServiceEngine, ServiceRequest, ServiceView } from '../services/engine.js';
 import { SERVICE_NAME, ServiceError, parseCheck } from '../services/service.js';
-import { checkGroupName } from '../policy/rules.js';
+import { RuleError, checkGroupName } from '../policy/rules.js';
 import { HttpError } from './http-error.js';
 
 export interface ServiceDetail extends Omit<ServiceView, 'live'> {
@@ -72,7 +72,7 @@ export function registerServiceRoutes(app: FastifyInstance, services: ServiceEng
       return { ...s, dnsName: dnsName(s.name) };
     } catch (err) {
       if (err instanceof ServiceError) throw new HttpError(/exists/.test(err.message) ? 409 : /full/.test(err.message) ? 507 : 400, err.message);
-      if ((err as Error).name === 'RuleError') throw new HttpError(400, (err as Error).message);
+      if (err instanceof RuleError) throw new HttpError(400, err.message);
       throw err;
     }
   });

@@ -35,10 +35,12 @@ describe('HTTP API under fuzzed requests', () => {
     fc.jsonValue({ maxDepth: 3 }),
     fc.record({ container: fc.oneof(fc.string(), fc.integer(), fc.constant('netns:nothere')), cidrs: fc.oneof(fc.array(segment, { maxLength: 3 }), fc.string()), subnet: fc.oneof(segment, fc.integer()), hostname: fc.oneof(fc.string(), fc.constant('a.weft.local')), netns: fc.string(), ifname: fc.string() }, { requiredKeys: [] }),
     fc.record({ fqdn: fc.oneof(fc.string(), fc.constant('x.weft.local')), ips: fc.oneof(fc.array(segment, { maxLength: 3 }), fc.string()) }, { requiredKeys: [] }),
+    fc.record({ name: fc.oneof(fc.string({ maxLength: 70 }), fc.constantFrom('svc', 'a-b', '-x')), group: fc.oneof(fc.string(), fc.constant('web')), backends: fc.oneof(fc.array(segment, { maxLength: 3 }), fc.string(), fc.integer()), affinity: fc.oneof(fc.string(), fc.constantFrom('none', 'client')), check: fc.oneof(fc.string(), fc.constantFrom('tcp:80', 'tcp:0', 'tcp:70000')) }, { requiredKeys: [] }),
+    fc.record({ to: fc.oneof(fc.string(), fc.constant('web')), from: fc.oneof(segment, fc.constant('any')), proto: fc.oneof(fc.string(), fc.constantFrom('tcp', 'icmp')), port: fc.oneof(fc.string(), fc.integer()), egress: fc.oneof(fc.boolean(), fc.string()) }, { requiredKeys: [] }),
     fc.string({ maxLength: 200 }),
   );
   const request = fc.record({
-    route: fc.constantFrom('POST /attach', 'DELETE /attach/:a', 'POST /expose', 'DELETE /expose', 'PUT /name/:a', 'DELETE /name/:a', 'GET /name/:a', 'POST /ip/:a', 'PUT /ip/:a/:b', 'GET /ip/:a', 'DELETE /ip/:a/:b', 'DELETE /peer/:a', 'POST /forget', 'GET /status/:a', 'GET /ring'),
+    route: fc.constantFrom('POST /attach', 'DELETE /attach/:a', 'POST /expose', 'DELETE /expose', 'PUT /name/:a', 'DELETE /name/:a', 'GET /name/:a', 'POST /ip/:a', 'PUT /ip/:a/:b', 'GET /ip/:a', 'DELETE /ip/:a/:b', 'DELETE /peer/:a', 'POST /forget', 'GET /status/:a', 'GET /ring', 'POST /services', 'GET /services/:a', 'DELETE /services/:a', 'POST /policy', 'DELETE /policy/:a', 'GET /policy/check'),
     a: segment,
     b: segment,
     query: fc.oneof(fc.constant(''), fc.constantFrom('?timeout=0', '?timeout=-1', '?timeout=abc', '?fqdn=&ip=', '?subnet=10.32.0.0/33'), fc.string({ maxLength: 20 }).map((s) => `?${encodeURIComponent(s)}=1`)),

@@ -74,4 +74,49 @@ describe('HTTP API', () => {
     res = await fetch(`${base}/no/such/thing`);
     expect(res.status).toBe(404);
   });
+
+  it('creates, lists, shows and removes services; bad ones get 4xx and a reason, changing nothing', async () => {
+    const post = (body: unknown) => fetch(`${base}/services`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
+    const error = async (res: Response) => ((await res.json()) as { error: string }).error;
+    let res = await post({ name: 'web', group: 'web', check: 'tcp:80' });
+    expect(res.status).toBe(200);
+    const web = (await res.json()) as { vip: string; dnsName: string; check: { port: number } };
+    expect(web.vip).toMatch(/^10\.96\./);
+    expect(web.dnsName).toBe('web.weft.local');
+    expect(web.check.port).toBe(80);
+    expect(await error((res = await post({ name: 'web', group: 'other' })))).toMatch(/service web exists/);
+    expect(res.status).toBe(409);
+    for (const [body, why] of [
+      [{ name: 'Bad_Name', group: 'web' }, /not a DNS label/],
+      [{ name: 'x' }, /either --group GROUP or --backend/],
+      [{ name: 'x', group: 'g', backends: ['netns:a'] }, /either --group GROUP or --backend/],
+      [{ name: 'x', group: 'Not A Group' }, /not a group name/],
+      [{ name: 'x', group: 'g', affinity: 'sticky' }, /--affinity is none or client/],
+      [{ name: 'x', group: 'g', check: 'udp:53' }, /is not tcp:PORT/],
+      [{ name: 'x', backends: [5] }, /container names/],
+    ] as [unknown, RegExp][]) {
+      res = await post(body);
+      expect(res.status, JSON.stringify(body)).toBe(400);
+      expect(await error(res)).toMatch(why);
+    }
+    const list = (await (await fetch(`${base}/services`)).json()) as { range: string; services: { name: string; vip: string; live: unknown[] }[] };
+    expect(list.range).toBe('10.96.0.0/16');
+    expect(list.services.map((s) => [s.name, s.vip, s.live.length])).toEqual([['web', web.vip, 0]]);
+    expect(((await (await fetch(`${base}/services/web`)).json()) as { vip: string }).vip).toBe(web.vip);
+    expect((await fetch(`${base}/services/nope`)).status).toBe(404);
+    expect((await fetch(`${base}/services/web`, { method: 'DELETE' })).status).toBe(200);
+    expect((await fetch(`${base}/services/web`, { method: 'DELETE' })).status).toBe(404);
+  });
+});
+
+describe('router start', () => {
+  it('refuses a service range that overlaps the allocation range, saying so', async () => {
+    const dataDir = mkdtempSync(join(tmpdir(), 'weft-api-'));
+    try {
+      const port = 40000 + Math.floor(Math.random() * 10000);
+      await expect(Router.start(routerOptions({ dataDir, port, serviceRange: '10.40.0.0/16' }), silentLogger)).rejects.toThrow(/--service-range 10.40.0.0\/16 overlaps the allocation range 10.32.0.0\/12/);
+    } finally {
+      rmSync(dataDir, { recursive: true, force: true });
+    }
+  });
 });

@@ -10,7 +10,7 @@ afterAll(() => rmSync(dataDir, { recursive: true, force: true }));
 const weft = (...args: string[]) => run(process.execPath, [WEFT_CLI, ...args], { env: { ...process.env, WEFT_DATA_DIR: dataDir, WEFT_HTTP_ADDR: '' } });
 
 describe('weft CLI without a router', () => {
-  for (const args of [['status'], ['status', 'peers'], ['connect', '198.18.0.1'], ['forget', '198.18.0.1'], ['report'], ['stop']]) {
+  for (const args of [['status'], ['status', 'peers'], ['connect', '198.18.0.1'], ['forget', '198.18.0.1'], ['report'], ['stop'], ['service', 'list']]) {
     it(`"weft ${args.join(' ')}" says no router runs, in one line, and fails`, async () => {
       const r = await weft(...args);
       expect(r.code).not.toBe(0);
@@ -32,8 +32,14 @@ describe('weft CLI without a router', () => {
       expect(r.code, cmd).toBe(0);
       expect(r.stdout, cmd).toMatch(new RegExp(`Usage: weft ${cmd}`));
     }
+    for (const cmd of [['service', 'create'], ['service', 'list'], ['service', 'show'], ['service', 'remove']]) {
+      const r = await weft(...cmd, '--help');
+      expect(r.code, cmd.join(' ')).toBe(0);
+      expect(r.stdout, cmd.join(' ')).toMatch(new RegExp(`Usage: weft ${cmd.join(' ')}`));
+    }
     const top = await weft('--help');
     expect(top.stdout).toMatch(/launch/);
+    expect(top.stdout).toMatch(/service/);
   });
 
   it('launch --help lists the router options with their environment variables', async () => {

@@ -28,7 +28,7 @@ describe('gossip channels under hostile payloads', () => {
 
   it('each channel answers arbitrary and mutated bytes with a result or an Error, and keeps working', async () => {
     const channels = [...router.mesh.channels.values()];
-    expect(channels.map((c) => c.name).sort()).toEqual(expect.arrayContaining(['dns', 'ipam', 'topology']));
+    expect(channels.map((c) => c.name).sort()).toEqual(expect.arrayContaining(['dns', 'ipam', 'topology', 'policy', 'services', 'service-health']));
     // Valid payloads to mutate: each channel's own full state.
     const samples = new Map(channels.map((c) => [c.name, c.gossiper.gossip()?.encode() ?? new Uint8Array()]));
     const from = '02:00:00:00:00:09';
