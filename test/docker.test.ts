@@ -2,7 +2,8 @@
 // runs the router container, `docker network create -d weft` and `docker run
 // --net` give containers overlay addresses that work across hosts and resolve by
 // name, `docker rm -f` frees a container's address and name everywhere, `weft
-// attach` takes Docker names and reattaches restarted containers, and `weft stop`
+// attach` takes Docker names and reattaches restarted containers, a service over
+// labelled containers is reached by name through its VIP, and `weft stop`
 // / `weft reset` leave nothing behind.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { rmSync } from 'node:fs';
@@ -94,6 +95,20 @@ describe.skipIf(missing !== null)('Docker: router container, network plugin, eve
     }, 15_000);
     expect(dns.split(/\s+/)[0]).toBe(ip2);
   }, 120_000);
+
+  it('a service over containers labelled weft.group is reached by name from a plugin container on the other host', async () => {
+    await workload(db, 'c5', ['--net', 'weftnet', '--label', 'weft.group=echo', ...(await dnsArgs(b))], ['node', '-e', "require('net').createServer((s) => s.on('data', () => s.write('c5'))).listen(7100)"]);
+    const created = await a.weft(['service', 'create', 'echo', '--group', 'echo']);
+    expect(created.code, created.stderr).toBe(0);
+    const vip = created.stdout.split(' ')[1];
+    const answer = await eventually('c1 reaches the service by name', async () => {
+      const r = await da.docker(['exec', 'c1', 'node', '-e', `const s = require('net').connect(7100, 'echo.weft.local', () => s.write('x')); s.on('data', (d) => { console.log(String(d) + ' ' + s.remoteAddress); process.exit(0); }); s.on('error', () => process.exit(1)); setTimeout(() => process.exit(1), 2000);`]);
+      return r.code === 0 ? r.stdout.trim() : null;
+    }, 20_000);
+    expect(answer).toBe(`c5 ${vip}`); // answered by the backend, seen by the client as the VIP
+    expect((await a.weft(['service', 'remove', 'echo'])).code).toBe(0);
+    await db.mustDocker(['rm', '-f', 'c5']);
+  }, 60_000);
 
   it('docker rm -f frees the address and removes the name on both hosts', async () => {
     const ip2 = (await db.mustDocker(['inspect', '-f', '{{.NetworkSettings.Networks.weftnet.IPAddress}}', 'c2'])).trim();
