@@ -2,8 +2,9 @@
 // client's host over backends on two other hosts, on every port, each connection
 // kept on one backend; a detached backend out of every client's translation
 // within a second while connections to the others go on; a new backend taken
-// in; a failing check taking a backend out and back; a VIP without backends
-// refusing at once; security groups holding through the VIP.
+// in; a backend's host leaving the mesh; over the sleeve, a failing check taking
+// a backend out and back, a VIP without backends refusing at once, security
+// groups holding through the VIP.
 import { afterEach, expect, it } from 'vitest';
 import { spawn } from 'node:child_process';
 import { Cluster, eventually, type Host } from './harness/cluster.js';
@@ -20,8 +21,8 @@ afterEach(async () => {
   cluster = null;
 });
 
-async function threeHosts(): Promise<Host[]> {
-  cluster = await Cluster.create(3, { routerArgs: FAST });
+async function threeHosts(extra: string[] = []): Promise<Host[]> {
+  cluster = await Cluster.create(3, { routerArgs: [...FAST, ...extra] });
   return cluster.launchAll();
 }
 
@@ -68,7 +69,7 @@ function hold(from: Container, ip: string, port: number): { answers: () => strin
 }
 
 describeAsRoot('services', () => {
-  it('a VIP spreads 300 connections on two ports over three backends on two hosts, a connection stays on its backend, DNS gives the VIP; a detached backend is out within a second and the others keep their flows; a new one gets traffic', async () => {
+  it('a VIP spreads 300 connections on two ports over three backends on two hosts, a connection stays on its backend, DNS gives the VIP; a detached backend is out within a second and the others keep their flows; a new one gets traffic; a gone host\'s backend is out', async () => {
     const [h1, h2, h3] = await threeHosts();
     const b1 = await container(h1, 'b1', 'api');
     const b2 = await container(h1, 'b2', 'api');
@@ -119,10 +120,15 @@ describeAsRoot('services', () => {
     const b4 = await container(h2, 'b4', 'api');
     await serve(b4, [8080]);
     await eventually('the new backend gets connections', async () => ((await spread(client.ns, vip, [8080], 6)).counts.b4 ?? 0) > 0, 10_000, 200);
+
+    // Host 2 leaves the mesh (its router killed): its backend takes no new connections.
+    await h2.kill();
+    await eventually('b4 out of the client\'s translation once host2 is gone', async () => !(await translated(client, vip)).includes(b4.ip), 15_000, 100);
+    expect(Object.keys((await spread(client.ns, vip, [8080], 10)).counts).sort()).toEqual(['b1', 'b2']);
   });
 
-  it('a failing check takes a backend out and back; a VIP without backends refuses at once; a security group denying the client denies it through the VIP', async () => {
-    const [h1, h2, h3] = await threeHosts();
+  it('over the sleeve: a failing check takes a backend out and back; a VIP without backends refuses at once; a security group denying the client denies it through the VIP', async () => {
+    const [h1, h2, h3] = await threeHosts(['--no-fastdp']);
     const b1 = await container(h1, 'b1', 'api');
     const b2 = await container(h2, 'b2', 'api');
     const client = await container(h3, 'client');
@@ -131,6 +137,7 @@ describeAsRoot('services', () => {
     await serve(b2, [8080]);
     const stopHealth = await serve(b2, [7070], 'b2-health');
 
+    expect(await weft(h3, ['status', 'connections'])).toMatch(/sleeve/);
     const vip = (await weft(h3, ['service', 'create', 'chk', '--group', 'api', '--check', 'tcp:7070'])).split(' ')[1];
     await eventually('both backends healthy and translated', async () => {
       const st = await show(h1, 'chk');
