@@ -3,6 +3,7 @@
 import type { FastifyInstance } from 'fastify';
 import type { Mesh } from './mesh/mesh.js';
 import type { DockerWatcher } from '../plugin/docker-watcher.js';
+import { endpointKey } from '../plugin/docker-driver.js';
 import type { ServiceEngine, ServiceRequest, ServiceView } from '../services/engine.js';
 import { SERVICE_NAME, ServiceError, parseCheck } from '../services/service.js';
 import { RuleError, checkGroupName } from '../policy/rules.js';
@@ -25,7 +26,10 @@ export function registerServiceRoutes(app: FastifyInstance, services: ServiceEng
     };
   }
 
-  /** Backends named by Docker name are kept by full id, as weft names Docker containers. */
+  /**
+   * Backends named by Docker name (or short id) on this host's engine are kept as weft names them: the
+   * full id (weft attach), and the endpoint of each network of the container (the network plugin's).
+   */
   async function withDockerIds(list: string[]): Promise<string[]> {
     const out: string[] = [];
     for (const ref of list) {
@@ -34,9 +38,13 @@ export function registerServiceRoutes(app: FastifyInstance, services: ServiceEng
         continue;
       }
       const c = await docker.api.find(ref).catch(() => null);
-      out.push(c ? c.Id : ref);
+      if (!c) {
+        out.push(ref);
+        continue;
+      }
+      out.push(c.Id, ...Object.values(c.NetworkSettings.Networks ?? {}).filter((n) => n.EndpointID).map((n) => endpointKey(n.EndpointID)));
     }
-    return out;
+    return [...new Set(out)].slice(0, 256);
   }
 
   app.get('/services', async () => {
