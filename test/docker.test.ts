@@ -98,23 +98,19 @@ describe.skipIf(missing !== null)('Docker: router container, network plugin, eve
 
   it('services over a container labelled weft.group, and over one named by its Docker name, are reached by name from a plugin container on the other host', async () => {
     await workload(db, 'c5', ['--net', 'weftnet', '--label', 'weft.group=echo', ...(await dnsArgs(b))], ['node', '-e', "require('net').createServer((s) => s.on('data', () => s.write('c5'))).listen(7100)"]);
+    /** What c1 gets back from NAME.weft.local:7100: the backend's answer and the address it talked to. */
+    const reach = (name: string) =>
+      eventually(`c1 reaches ${name}.weft.local`, async () => {
+        const r = await da.docker(['exec', 'c1', 'node', '-e', `const s = require('net').connect(7100, '${name}.weft.local', () => s.write('x')); s.on('data', (d) => { console.log(String(d) + ' ' + s.remoteAddress); process.exit(0); }); s.on('error', () => process.exit(1)); setTimeout(() => process.exit(1), 2000);`]);
+        return r.code === 0 ? r.stdout.trim() : null;
+      }, 20_000);
     const created = await a.weft(['service', 'create', 'echo', '--group', 'echo']);
     expect(created.code, created.stderr).toBe(0);
-    const vip = created.stdout.split(' ')[1];
-    const answer = await eventually('c1 reaches the service by name', async () => {
-      const r = await da.docker(['exec', 'c1', 'node', '-e', `const s = require('net').connect(7100, 'echo.weft.local', () => s.write('x')); s.on('data', (d) => { console.log(String(d) + ' ' + s.remoteAddress); process.exit(0); }); s.on('error', () => process.exit(1)); setTimeout(() => process.exit(1), 2000);`]);
-      return r.code === 0 ? r.stdout.trim() : null;
-    }, 20_000);
-    expect(answer).toBe(`c5 ${vip}`); // answered by the backend, seen by the client as the VIP
+    expect(await reach('echo')).toBe(`c5 ${created.stdout.split(' ')[1]}`); // answered by the backend, seen by the client as the VIP
     // A backend named by its Docker name, on the engine that runs it.
     const byName = await b.weft(['service', 'create', 'echo2', '--backend', 'c5']);
     expect(byName.code, byName.stderr).toBe(0);
-    const vip2 = byName.stdout.split(' ')[1];
-    const answer2 = await eventually('c1 reaches the service named by container', async () => {
-      const r = await da.docker(['exec', 'c1', 'node', '-e', `const s = require('net').connect(7100, 'echo2.weft.local', () => s.write('x')); s.on('data', (d) => { console.log(String(d) + ' ' + s.remoteAddress); process.exit(0); }); s.on('error', () => process.exit(1)); setTimeout(() => process.exit(1), 2000);`]);
-      return r.code === 0 ? r.stdout.trim() : null;
-    }, 20_000);
-    expect(answer2).toBe(`c5 ${vip2}`);
+    expect(await reach('echo2')).toBe(`c5 ${byName.stdout.split(' ')[1]}`);
     for (const s of ['echo', 'echo2']) expect((await a.weft(['service', 'remove', s])).code).toBe(0);
     await db.mustDocker(['rm', '-f', 'c5']);
   }, 60_000);
