@@ -312,7 +312,9 @@ export class ServiceEngine {
 
   summary(): { services: number; served: number; containersProgrammed: number; lastError: string | null } {
     const views = this.views();
-    return { services: views.length, served: views.filter((v) => v.served).length, containersProgrammed: this.programmed.size, lastError: this.lastError };
+    const served = views.filter((v) => v.served).length;
+    // With no service served, containers get no table (services/nft.ts): none translates.
+    return { services: views.length, served, containersProgrammed: served > 0 ? this.programmed.size : 0, lastError: this.lastError };
   }
 }
 
