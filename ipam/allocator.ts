@@ -641,7 +641,7 @@ export class Allocator implements Gossiper {
 
   /** After a local or merged ring change: persist, and spread local changes. */
   private ringChanged(changed: RingEntry[], spread = true): void {
-    void this.persist();
+    this.persist().catch((err: Error) => this.mesh.log.error({ err: err.message }, 'ipam: could not persist the ring'));
     if (spread && changed.length > 0) this.channel.gossipUpdate(new IpamUpdate(this.ring!.origin, changed, null));
   }
 

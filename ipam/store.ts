@@ -82,9 +82,12 @@ export class IpamStore {
 
   /** Resolves once the write is committed to disk. */
   async save(ring: Ring | null, owned: Map<string, number[]>): Promise<void> {
+    // A save asked for while the router stops (the store closing) has nothing left to write to.
+    if (this.closed) return;
     await this.db.transaction(() => {
-      if (ring) void this.db.put('ring', { origin: ring.origin, entries: ring.all().map(entryToWire) });
-      void this.db.put('owned', Object.fromEntries(owned));
+      // The transaction's own promise carries any failure; these only repeat it.
+      if (ring) this.db.put('ring', { origin: ring.origin, entries: ring.all().map(entryToWire) }).catch(() => undefined);
+      this.db.put('owned', Object.fromEntries(owned)).catch(() => undefined);
     });
   }
 
@@ -95,7 +98,10 @@ export class IpamStore {
     });
   }
 
+  private closed = false;
+
   close(): Promise<void> {
+    this.closed = true;
     return this.db.close();
   }
 }
