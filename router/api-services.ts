@@ -14,14 +14,13 @@ export interface ServiceDetail extends Omit<ServiceView, 'live'> {
   live: (ServiceView['live'][number] & { host: string | null; flowsFromHere: number })[];
 }
 
-export function registerServiceRoutes(app: FastifyInstance, services: ServiceEngine, mesh: Mesh, docker: DockerWatcher | null, domain: string): void {
-  const dnsName = (name: string) => `${name}.${domain.replace(/\.$/, '')}`;
+export function registerServiceRoutes(app: FastifyInstance, services: ServiceEngine, mesh: Mesh, docker: DockerWatcher | null): void {
 
   async function detail(v: ServiceView, flows: Map<string, Map<string, number>>): Promise<ServiceDetail> {
     const perBackend = flows.get(v.vip) ?? new Map<string, number>();
     return {
       ...v,
-      dnsName: dnsName(v.name),
+      dnsName: services.dnsName(v.name),
       live: v.live.map((b) => ({ ...b, host: mesh.topology.get(b.peer)?.nickname ?? null, flowsFromHere: perBackend.get(b.addr) ?? 0 })),
     };
   }
@@ -77,7 +76,7 @@ export function registerServiceRoutes(app: FastifyInstance, services: ServiceEng
         ...(b.check !== undefined && b.check !== '' ? { check: parseCheck(String(b.check)) } : {}),
       };
       const s = services.create(request);
-      return { ...s, dnsName: dnsName(s.name) };
+      return { ...s, dnsName: services.dnsName(s.name) };
     } catch (err) {
       if (err instanceof ServiceError) throw new HttpError(/exists/.test(err.message) ? 409 : /full/.test(err.message) ? 507 : 400, err.message);
       if (err instanceof RuleError) throw new HttpError(400, err.message);

@@ -94,7 +94,7 @@ export function buildApi(sources: ReportSources): FastifyInstance {
   registerIpamRoutes(app, sources.ipam);
   registerDatapathRoutes(app, sources.datapath, sources.names, sources.docker ?? null);
   if (sources.policy) registerPolicyRoutes(app, sources.policy, sources.names, sources.docker ?? null, sources.dns?.config.domain ?? 'weft.local.');
-  if (sources.services) registerServiceRoutes(app, sources.services, sources.mesh, sources.docker ?? null, sources.dns?.config.domain ?? 'weft.local.');
+  if (sources.services) registerServiceRoutes(app, sources.services, sources.mesh, sources.docker ?? null);
   registerDnsRoutes(app, sources);
   registerUiRoutes(app, sources);
   return app;

@@ -73,7 +73,7 @@ export interface Report {
   /** Security groups: rules in the mesh, containers here that some rule limits. */
   policy: { rules: number; limitedHere: number; lastError: string | null } | null;
   /** Services: how many, how many serve their VIP, local containers whose namespace translates them. */
-  services: { range: string; services: number; served: number; containersProgrammed: number; lastError: string | null } | null;
+  services: ({ range: string } & ReturnType<ServiceEngine['summary']>) | null;
 }
 
 export interface ReportSources {

@@ -54,6 +54,8 @@ export class ServiceEngine {
   readonly table: ServiceTable;
   readonly health: HealthRecords;
   readonly rangeText: string;
+  /** The DNS domain without its final dot. */
+  private readonly zone: string;
   /** Local containers whose namespace has the current table: container -> (namespace, text written). */
   private readonly programmed = new Map<string, { netns: string; text: string }>();
   /** The backends each VIP had at the last pass (their flows are cut when they drop out). */
@@ -70,23 +72,32 @@ export class ServiceEngine {
     readonly range: Cidr,
     dataDir: string,
     /** The DNS domain ("weft.local."): NAME.DOMAIN answers with the VIP. */
-    private readonly domain: string,
+    domain: string,
   ) {
     this.rangeText = formatCidr(range);
+    this.zone = domain.replace(/\.$/, '');
     this.table = new ServiceTable(mesh, join(dataDir, 'services.json'));
     this.health = new HealthRecords(mesh);
-    this.table.onChange(() => (this.servedCache = null));
+    this.table.onChange(() => (this.resolved = null));
   }
 
-  private servedCache: { byName: Map<string, Service>; byVip: Map<string, Service> } | null = null;
+  private resolved: (ReturnType<typeof resolveVips> & { byName: Map<string, Service>; byVip: Map<string, Service> }) | null = null;
 
-  /** The services that serve their VIP (DNS asks this per query, so it is kept until the table changes). */
-  private served(): { byName: Map<string, Service>; byVip: Map<string, Service> } {
-    if (!this.servedCache) {
-      const { served } = resolveVips(this.table.values());
-      this.servedCache = { byName: new Map(served.map((s) => [s.name, s])), byVip: new Map(served.map((s) => [s.vip, s])) };
+  /**
+   * Which services serve their VIP and which lost it: worked out once per change of the table (DNS
+   * asks per query, the views every probe and sync).
+   */
+  private resolve(): NonNullable<ServiceEngine['resolved']> {
+    if (!this.resolved) {
+      const r = resolveVips(this.table.values());
+      this.resolved = { ...r, byName: new Map(r.served.map((s) => [s.name, s])), byVip: new Map(r.served.map((s) => [s.vip, s])) };
     }
-    return this.servedCache;
+    return this.resolved;
+  }
+
+  /** NAME.DOMAIN, without the final dot. */
+  dnsName(name: string): string {
+    return `${name}.${this.zone}`;
   }
 
   /** The service range must not overlap the allocation range (checked at start). */
@@ -113,11 +124,6 @@ export class ServiceEngine {
     if (this.probeTimer) clearInterval(this.probeTimer);
   }
 
-  /** Brings every local container's translation in line with the table; resolves when done. */
-  sync(): Promise<void> {
-    return this.job.run();
-  }
-
   // ---- the model
 
   private reachable(): Set<PeerName> {
@@ -126,7 +132,7 @@ export class ServiceEngine {
 
   /** Every service with its backends as this host sees them. */
   views(): ServiceView[] {
-    const { served, conflicts } = resolveVips(this.table.values());
+    const { served, conflicts } = this.resolve();
     const endpoints = (this.datapath?.endpoints.all() ?? []).filter((e) => e.cidrs.length > 0);
     const reachable = this.reachable();
     const failing = new Set(this.health.all().map((f) => `${f.service} ${f.container}`));
@@ -142,16 +148,16 @@ export class ServiceEngine {
 
   /** The VIP for a DNS name (NAME.DOMAIN), or null. */
   vipFor(hostname: string): string | null {
-    const suffix = `.${this.domain.replace(/\.$/, '')}.`;
+    const suffix = `.${this.zone}.`;
     const n = hostname.endsWith('.') ? hostname : `${hostname}.`;
     if (!n.endsWith(suffix)) return null;
-    return this.served().byName.get(n.slice(0, -suffix.length))?.vip ?? null;
+    return this.resolve().byName.get(n.slice(0, -suffix.length))?.vip ?? null;
   }
 
   /** The service that has this VIP, if any (DNS reverse lookups). */
   nameOf(vip: string): string | null {
-    const s = this.served().byVip.get(vip);
-    return s ? `${s.name}.${this.domain.replace(/\.$/, '')}.` : null;
+    const s = this.resolve().byVip.get(vip);
+    return s ? `${this.dnsName(s.name)}.` : null;
   }
 
   // ---- changes
@@ -182,9 +188,9 @@ export class ServiceEngine {
    * order when the creator is gone; every peer that picks with the same view picks the same address.
    */
   private repickConflicts(): void {
-    const all = this.table.all();
-    const { conflicts } = resolveVips(this.table.values());
+    const { conflicts } = this.resolve();
     if (conflicts.length === 0) return;
+    const all = this.table.all();
     const reachable = [...this.reachable()].sort();
     const taken = new Set(this.table.values().map((s) => s.vip));
     for (const { service } of conflicts) {
@@ -263,15 +269,14 @@ export class ServiceEngine {
   // ---- health checks of this host's backends
 
   private async probe(): Promise<void> {
-    if (!this.datapath) return;
+    // The host reaches its own containers through the DNS address's routes back (datapath); without them, nothing is probed.
+    if (!this.datapath?.config.dns) return;
     const local = new Set(this.datapath.endpoints.local.map((e) => e.container));
     const checks: { key: string; failing: Failing; addr: string; port: number }[] = [];
     for (const v of this.views()) {
       if (!v.check) continue;
       for (const b of v.live) if (local.has(b.container)) checks.push({ key: `${v.name} ${b.container}`, failing: { service: v.name, container: b.container }, addr: b.addr, port: v.check.port });
     }
-    // The host reaches its own containers through the DNS address's routes back (datapath); without them, nothing is probed.
-    if (!this.datapath.config.dns) return;
     const results = await Promise.all(checks.map(async (c) => ({ c, ok: await tcpProbe(c.addr, c.port) })));
     this.stats.probes += results.length;
     const keys = new Set(checks.map((c) => c.key));
@@ -283,11 +288,6 @@ export class ServiceEngine {
       this.health.setLocal(failing);
       this.mesh.log.info({ failing: failing.map((f) => `${f.service}/${f.container}`) }, 'service backends failing their checks changed');
     }
-  }
-
-  /** Whether health checks can run here (they need the routes back to local containers). */
-  get checksRun(): boolean {
-    return this.datapath?.config.dns !== undefined;
   }
 
   // ---- flows, for status
@@ -310,11 +310,11 @@ export class ServiceEngine {
     return out;
   }
 
-  summary(): { services: number; served: number; containersProgrammed: number; lastError: string | null } {
+  summary(): { services: number; served: number; containersProgrammed: number; lastError: string | null } & ServiceEngine['stats'] {
     const views = this.views();
     const served = views.filter((v) => v.served).length;
     // With no service served, containers get no table (services/nft.ts): none translates.
-    return { services: views.length, served, containersProgrammed: served > 0 ? this.programmed.size : 0, lastError: this.lastError };
+    return { services: views.length, served, containersProgrammed: served > 0 ? this.programmed.size : 0, lastError: this.lastError, ...this.stats };
   }
 }
 
