@@ -6,7 +6,7 @@ import { createHash } from 'node:crypto';
 import { promisify } from 'node:util';
 import { existsSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { BRIDGE } from './bridge.js';
-import { bridgeJson, ip, ipBatchIn, ipJson, linkExists } from './iproute.js';
+import { bridgeJson, inNamespace, ip, ipBatchIn, ipJson, linkExists } from './iproute.js';
 
 /** The container's interface, unless the caller names another (CNI_IFNAME). */
 export const DEFAULT_IF = 'ethwe';
@@ -145,7 +145,7 @@ export async function attachContainer(container: string, cidrs: string[], mtu: n
   await ipBatchIn(ns, cidrs.filter((c) => !existing.has(c)).map((c) => `addr add ${c} dev ${ifname}`));
   // arp_notify: a gratuitous ARP when ethwe comes up or its address changes, so neighbours that cached an
   // old MAC for the address (a container re-attached) learn the new one at once.
-  await execFileP('nsenter', [`--net=${ns}`, 'sh', '-c', `echo 1 > /proc/sys/net/ipv4/conf/${ifname}/arp_notify`]).catch(() => undefined);
+  await execFileP(...inNamespace('sh', ['-c', `echo 1 > /proc/sys/net/ipv4/conf/${ifname}/arp_notify`], ns)).catch(() => undefined);
   await ip(['link', 'set', ifname, 'mtu', String(mtu), 'up'], ns);
   // Each address brings the route for its own subnet (the whole range for the default subnet), and no
   // more: a container in a narrower subnet has no route to the others, which is what isolates subnets.

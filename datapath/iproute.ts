@@ -17,9 +17,14 @@ function exec(cmd: string, args: string[], input?: string): Promise<string> {
   });
 }
 
-/** `ip ARGS` here, or inside the network namespace at `netnsPath` (via nsenter). */
+/** A command line run here, or inside the network namespace at `netnsPath` (through nsenter). */
+export function inNamespace(cmd: string, args: string[], netnsPath?: string): [string, string[]] {
+  return netnsPath ? ['nsenter', [`--net=${netnsPath}`, cmd, ...args]] : [cmd, args];
+}
+
+/** `ip ARGS` here, or inside the network namespace at `netnsPath`. */
 export function ip(args: string[], netnsPath?: string): Promise<string> {
-  return netnsPath ? exec('nsenter', [`--net=${netnsPath}`, 'ip', ...args]) : exec('ip', args);
+  return exec(...inNamespace('ip', args, netnsPath));
 }
 
 export async function ipJson<T>(args: string[], netnsPath?: string): Promise<T> {
@@ -34,7 +39,7 @@ export function ipBatch(lines: string[]): Promise<string> {
 
 /** Many `ip` commands in one process inside a namespace, stopping at the first that fails. */
 export function ipBatchIn(netnsPath: string, lines: string[]): Promise<string> {
-  return lines.length === 0 ? Promise.resolve('') : exec('nsenter', [`--net=${netnsPath}`, 'ip', '-batch', '-'], lines.join('\n') + '\n');
+  return lines.length === 0 ? Promise.resolve('') : exec(...inNamespace('ip', ['-batch', '-'], netnsPath), lines.join('\n') + '\n');
 }
 
 /** `bridge ARGS`. */
@@ -44,7 +49,7 @@ export function bridge(args: string[]): Promise<string> {
 
 /** `nft ARGS` (with `-f -`, the ruleset on standard input), here or inside the namespace at `netnsPath`. */
 export function nft(args: string[], input?: string, netnsPath?: string): Promise<string> {
-  return netnsPath ? exec('nsenter', [`--net=${netnsPath}`, 'nft', ...args], input) : exec('nft', args, input);
+  return exec(...inNamespace('nft', args, netnsPath), input);
 }
 
 export function bridgeBatch(lines: string[]): Promise<string> {

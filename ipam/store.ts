@@ -38,6 +38,7 @@ export function checkStoreReadable(path: string): void {
 
 export class IpamStore {
   private readonly db: RootDatabase;
+  private closed = false;
 
   constructor(
     readonly dir: string,
@@ -97,8 +98,6 @@ export class IpamStore {
       void this.db.remove('owned');
     });
   }
-
-  private closed = false;
 
   close(): Promise<void> {
     this.closed = true;

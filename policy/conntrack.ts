@@ -3,12 +3,13 @@
 // packet is then judged again as new, and dropped), so revoked means revoked.
 import { execFile } from 'node:child_process';
 import type { Flow } from './model.js';
+import { inNamespace } from '../datapath/iproute.js';
 
 /** `conntrack ARGS` here, or inside the network namespace at `netnsPath`. */
 export function conntrack(args: string[], netnsPath?: string): Promise<{ code: number; out: string; err: string }> {
-  const [cmd, argv] = netnsPath ? ['nsenter', [`--net=${netnsPath}`, 'conntrack', ...args]] : ['conntrack', args];
+  const [cmd, argv] = inNamespace('conntrack', args, netnsPath);
   return new Promise((resolve, reject) => {
-    execFile(cmd as string, argv as string[], { timeout: 10_000, maxBuffer: 64 * 1024 * 1024 }, (err, stdout, stderr) => {
+    execFile(cmd, argv, { timeout: 10_000, maxBuffer: 64 * 1024 * 1024 }, (err, stdout, stderr) => {
       if ((err as NodeJS.ErrnoException | null)?.code === 'ENOENT' || /conntrack.*No such file/.test(String(stderr))) reject(new Error('conntrack not found: install it (Debian: apt-get install conntrack): weft cuts flows a revoked rule or a gone backend no longer allows'));
       else resolve({ code: err ? (typeof (err as { code?: unknown }).code === 'number' ? (err as { code: number }).code : 1) : 0, out: String(stdout), err: String(stderr) });
     });
