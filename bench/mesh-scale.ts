@@ -10,6 +10,7 @@
 import { Mesh, defaultMeshTimings, silentLogger } from '../router/mesh/mesh.js';
 import { connectInMemory } from '../router/mesh/memory-link.js';
 import { seededRandom } from '../test/harness/random.js';
+import { numberArg, stringArg } from './args.js';
 
 interface Result {
   peers: number;
@@ -30,11 +31,6 @@ interface Result {
   churnConverged: boolean;
   /** Heap per live peer after the churn. */
   churnHeapPerPeerKB: number;
-}
-
-function arg(name: string, fallback: string): string {
-  const i = process.argv.indexOf(`--${name}`);
-  return i > 0 && process.argv[i + 1] ? process.argv[i + 1] : fallback;
 }
 
 
@@ -197,18 +193,18 @@ function fmtBytes(b: number): string {
 }
 
 async function main(): Promise<void> {
-  const sizes = arg('sizes', '100,300,1000').split(',').map(Number);
-  const seed = Number(arg('seed', '1'));
-  const timeoutMs = Number(arg('timeout', '300')) * 1000;
+  const sizes = stringArg('sizes', '100,300,1000').split(',').map(Number);
+  const seed = numberArg('seed', 1);
+  const timeoutMs = numberArg('timeout', 300) * 1000;
   console.log(`mesh-scale: in-memory links, random graph (mean degree ~7), seed ${seed}, gossip delay ${defaultMeshTimings.gossipDelay} ms`);
   console.log('All peers share this one thread, so wall time grows with N x CPU per peer; CPU per peer is what one real host would spend.');
   console.log('Join: all edges at once, until every peer holds every entry. Change: then one new connection, until all hold it.');
-  const churnRounds = Number(arg('churn-rounds', '3'));
-  const churnFraction = Number(arg('churn-fraction', '0.05'));
+  const churnRounds = numberArg('churn-rounds', 3);
+  const churnFraction = numberArg('churn-fraction', 0.05);
   console.log(`Churn: ${churnRounds} rounds, each ${(churnFraction * 100).toFixed(0)}% of the peers leave and as many join (3 links each), until the live peers agree; medians.`);
   console.log('peers  mode   edges  join time   cpu/peer   bytes sent/peer  msgs/peer  heap/peer  change time  change bytes/peer  churn round  churn bytes/peer  heap/peer after');
   const rows: Result[] = [];
-  const modes = arg('modes', 'delta,full').split(',') as ('delta' | 'full')[];
+  const modes = stringArg('modes', 'delta,full').split(',') as ('delta' | 'full')[];
   for (const n of sizes) {
     for (const mode of modes) {
       const r = await run(n, mode, seed, timeoutMs, churnRounds, churnFraction);

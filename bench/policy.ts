@@ -12,16 +12,13 @@ import { Cluster, eventually, type Host } from '../test/harness/cluster.js';
 import { run } from '../test/harness/exec.js';
 import { cpuSeconds, iperf, rtt } from './measure.js';
 import { setName } from '../policy/nft.js';
+import { numberArg } from './args.js';
 
-const arg = (name: string, dflt: number) => {
-  const i = process.argv.indexOf(`--${name}`);
-  return i > 0 ? Number(process.argv[i + 1]) : dflt;
-};
-const RULES = arg('rules', 1000);
-const MEMBERS = arg('members', 10_000);
-const JOINS = arg('joins', 100);
-const SAMPLES = arg('samples', 30);
-const SECONDS = arg('seconds', 5);
+const RULES = numberArg('rules', 1000);
+const MEMBERS = numberArg('members', 10_000);
+const JOINS = numberArg('joins', 100);
+const SAMPLES = numberArg('samples', 30);
+const SECONDS = numberArg('seconds', 5);
 const FAST = ['--heartbeat-interval', '500ms', '--gossip-interval', '1s'];
 
 /** Runs a script with fetch() against the host's API, inside its namespace; returns its stdout. */

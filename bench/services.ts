@@ -15,14 +15,11 @@ import { run } from '../test/harness/exec.js';
 import { startServer } from '../test/harness/traffic.js';
 import { iperf, rtt } from './measure.js';
 import { SERVICES_TABLE } from '../services/nft.js';
+import { numberArg } from './args.js';
 
-const arg = (name: string, dflt: number) => {
-  const i = process.argv.indexOf(`--${name}`);
-  return i > 0 ? Number(process.argv[i + 1]) : dflt;
-};
-const ROUNDS = arg('rounds', 3);
-const SECONDS = arg('seconds', 5);
-const CONCURRENCY = arg('concurrency', 8);
+const ROUNDS = numberArg('rounds', 3);
+const SECONDS = numberArg('seconds', 5);
+const CONCURRENCY = numberArg('concurrency', 8);
 const PORT = 8080;
 
 const SERVER = `require('node:net').createServer((s) => { s.on('data', () => s.write('y')); s.on('error', () => {}); })

@@ -13,14 +13,11 @@ import { readFileSync } from 'node:fs';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { Cluster, eventually, type Host } from '../test/harness/cluster.js';
 import { seededRandom } from '../test/harness/random.js';
+import { numberArg } from './args.js';
 
-const arg = (name: string, dflt: number) => {
-  const i = process.argv.indexOf(`--${name}`);
-  return i > 0 ? Number(process.argv[i + 1]) : dflt;
-};
-const SECONDS = arg('seconds', Number(process.env.WEFT_SOAK_SECONDS ?? 300));
-const OPS_PER_SECOND = arg('ops', 2);
-const SLOTS = arg('slots', 4); // container namespaces per host, attached and detached in turn
+const SECONDS = numberArg('seconds', Number(process.env.WEFT_SOAK_SECONDS ?? 300));
+const OPS_PER_SECOND = numberArg('ops', 2);
+const SLOTS = numberArg('slots', 4); // container namespaces per host, attached and detached in turn
 
 const RESOLVER = `
 const { Resolver } = require('node:dns').promises;
