@@ -2,31 +2,21 @@
 // one host enforced on another within a second, group membership from attach,
 // revocation cutting open flows, ICMP/UDP/CIDR/egress rules, the sleeve, and a
 // router restart during which a denied flow stays denied.
-import { afterEach, expect, it } from 'vitest';
+import { expect, it } from 'vitest';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { Cluster, eventually, sleep, type Host } from './harness/cluster.js';
+import { eventually, sleep, type Host } from './harness/cluster.js';
 import { describeAsRoot } from './harness/root.js';
+import { threeHostsPerTest } from './harness/three-hosts.js';
 import { echo, echoServer } from './harness/traffic.js';
 import { run } from './harness/exec.js';
 import fc from 'fast-check';
 import type { Rule, Selector } from '../policy/rules.js';
 import { referenceAllows, type RefFlow, type RefMember } from './harness/policy-reference.js';
 
-const FAST = ['--heartbeat-interval', '500ms', '--gossip-interval', '1s', '--ipalloc-init', 'consensus=3'];
-let cluster: Cluster | null = null;
-const stoppers: (() => void)[] = [];
-afterEach(async () => {
-  for (const s of stoppers.splice(0)) s();
-  await cluster?.cleanup();
-  cluster = null;
-});
-
-async function threeHosts(extra: string[] = []): Promise<Host[]> {
-  cluster = await Cluster.create(3, { routerArgs: [...FAST, ...extra] });
-  return cluster.launchAll();
-}
-
-const member = (h: Host, label: string, ...groups: string[]) => cluster!.attached(h, label, ...groups);
+const hosts = threeHostsPerTest();
+const stoppers = hosts.stoppers;
+const threeHosts = (extra: string[] = []) => hosts.launch(extra);
+const member = (h: Host, label: string, ...groups: string[]) => hosts.attached(h, label, ...groups);
 
 async function servers(ns: string, ...ports: number[]): Promise<void> {
   for (const p of ports) stoppers.push((await echoServer(ns, p)).stop);

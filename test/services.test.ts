@@ -5,29 +5,19 @@
 // in; a backend's host leaving the mesh; over the sleeve, a failing check taking
 // a backend out and back, a VIP without backends refusing at once, security
 // groups holding through the VIP.
-import { afterEach, expect, it } from 'vitest';
+import { expect, it } from 'vitest';
 import { spawn } from 'node:child_process';
-import { Cluster, eventually, type Host } from './harness/cluster.js';
+import { eventually, type Host } from './harness/cluster.js';
 import { describeAsRoot } from './harness/root.js';
+import { threeHostsPerTest } from './harness/three-hosts.js';
 import { run } from './harness/exec.js';
 import { spread, whoamiServer } from './harness/whoami.js';
 
-const FAST = ['--heartbeat-interval', '500ms', '--gossip-interval', '1s', '--ipalloc-init', 'consensus=3'];
-let cluster: Cluster | null = null;
-const stoppers: (() => void)[] = [];
-afterEach(async () => {
-  for (const s of stoppers.splice(0)) s();
-  await cluster?.cleanup();
-  cluster = null;
-});
-
-async function threeHosts(extra: string[] = []): Promise<Host[]> {
-  cluster = await Cluster.create(3, { routerArgs: [...FAST, ...extra] });
-  return cluster.launchAll();
-}
-
-type Container = Awaited<ReturnType<Cluster['attached']>>;
-const container = (h: Host, label: string, ...groups: string[]) => cluster!.attached(h, label, ...groups);
+const hosts = threeHostsPerTest();
+const stoppers = hosts.stoppers;
+const threeHosts = (extra: string[] = []) => hosts.launch(extra);
+type Container = Awaited<ReturnType<typeof hosts.attached>>;
+const container = (h: Host, label: string, ...groups: string[]) => hosts.attached(h, label, ...groups);
 
 async function serve(c: Container, ports: number[], id = c.label): Promise<() => void> {
   const s = await whoamiServer(c.ns, id, ports);
