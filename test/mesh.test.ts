@@ -4,6 +4,7 @@ import { BytesGossipData } from '../router/mesh/gossip.js';
 import type { MeshLink } from '../router/mesh/link.js';
 import { connectInMemory } from '../router/mesh/memory-link.js';
 import type { Mesh } from '../router/mesh/mesh.js';
+import { PeerRecords, type EntryCodec } from '../router/mesh/peer-records.js';
 import { eventually, sleep } from './harness/cluster.js';
 import { testMesh } from './harness/memory-mesh.js';
 
@@ -137,6 +138,32 @@ describe('mesh over in-memory links', () => {
       const e = a.topology.get(b.name);
       return e?.uid === b2.config.uid && e.version > oldVersion && b2.ownEntry.version > oldVersion;
     }, 3000, 10);
+  });
+
+  it('per-peer records: a record echoed back by anti-entropy stays as it is; a restarted peer\'s record supersedes its old one', async () => {
+    const codec: EntryCodec<string> = { toWire: (e) => e, fromWire: (w) => String(w), key: (e) => e };
+    const [a, b, c] = make(3);
+    const records = (m: Mesh) => new PeerRecords(m, 'records', codec, 1000);
+    const [ra, rb] = [records(a), records(b), records(c)];
+    connectInMemory(a, b);
+    connectInMemory(b, c);
+    connectInMemory(a, c);
+    rb.setLocal(['x']);
+    let changes = 0;
+    ra.onChange(() => changes++);
+    await eventually('b\'s record everywhere', async () => ra.records.get(b.name)?.entries[0] === 'x', 2000, 10);
+    const version = rb.records.get(b.name)!.version;
+    changes = 0;
+    await sleep(1000); // five anti-entropy rounds (testMesh: every 200 ms)
+    expect(rb.records.get(b.name)!.version).toBe(version);
+    expect(changes).toBe(0);
+
+    b.stop();
+    const b2 = testMesh('p1-again', { name: b.name });
+    meshes.push(b2);
+    const rb2 = records(b2);
+    connectInMemory(b2, a);
+    await eventually('the new incarnation\'s empty record everywhere', async () => ra.records.get(b.name)?.entries.length === 0 && rb2.records.get(b.name)!.version > version, 3000, 10);
   });
 
   it('drops peers that become unreachable', async () => {

@@ -143,7 +143,12 @@ describeAsRoot('services', () => {
     const out = await spread(client.ns, vip, [8080], 20);
     expect(out.counts).toEqual({ b1: 20 }); // b2 still listens on 8080: only the check keeps it out
     await serve(b2, [7070], 'b2-health');
-    await eventually('b2 healthy and translated again', async () => (await translated(client, vip)).length === 2, 10_000, 200);
+    await eventually('b2 healthy and translated again', async () => {
+      if ((await translated(client, vip)).length === 2) return true;
+      // What each host says, for the error if this times out.
+      const seen = await Promise.all([h1, h2, h3].map(async (h) => `${h.nickname}: ${(await show(h, 'chk')).live.find((b) => b.addr === b2.ip)?.health}`));
+      throw new Error(`b2 is ${seen.join(', ')}; the client translates to ${(await translated(client, vip)).join(' ')}`);
+    }, 20_000, 200);
     expect(((await spread(client.ns, vip, [8080], 20)).counts.b2 ?? 0)).toBeGreaterThan(0);
 
     // No backend: refused at once, by TCP reset and ICMP, not a time-out.

@@ -148,8 +148,10 @@ export class PeerRecords<T> implements Gossiper {
     for (const r of decodePeerRecords(this.codec, update)) {
       if (r.peer !== this.mesh.name) {
         others.push(r);
-      } else if (r.version >= this.version) {
-        // An earlier incarnation's record: supersede it with ours.
+      } else if (comparePeerRecords(this.codec, r, this.records.get(this.mesh.name)!) > 0) {
+        // An earlier incarnation's record, newer than ours: supersede it. (Our own record echoed
+        // back by anti-entropy is not newer, and must not bump the version: every peer would then
+        // see a change, and re-sync, on every gossip round.)
         this.version = r.version;
         this.setLocal(this.local);
       }

@@ -208,7 +208,8 @@ export class Cluster {
     }
     for (const h of this.hosts) await removeNamespace(h.ns);
     await removeNamespace(this.underlayNs);
-    rmSync(this.workDir, { recursive: true, force: true });
+    if (process.env.WEFT_KEEP_LOGS) process.stderr.write(`kept ${this.workDir}\n`);
+    else rmSync(this.workDir, { recursive: true, force: true });
   }
 }
 
