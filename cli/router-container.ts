@@ -39,6 +39,8 @@ export function containerSpec(api: DockerApi, opts: RouterOptions, args: string[
   const binds = [`${opts.dataDir}:${opts.dataDir}`, '/run/netns:/run/netns:rslave'];
   if (sock) binds.push(`${sock}:/var/run/docker.sock`);
   if (opts.dockerPlugin) binds.push(`${dirname(opts.dockerPlugin)}:${dirname(opts.dockerPlugin)}`);
+  // The OVS datapath talks to ovsdb-server and ovs-vswitchd through sockets in OVS's run directory.
+  if (opts.datapath === 'ovs' && opts.ovsdb.startsWith('unix:')) binds.push(`${dirname(opts.ovsdb.slice(5))}:${dirname(opts.ovsdb.slice(5))}`);
   const env = [`WEFT_CONTAINER=${ROUTER_CONTAINER}`];
   const cmd = [...args, '--data-dir', opts.dataDir, '--docker-api', sock ? 'unix:///var/run/docker.sock' : api.address];
   if (passwordFile) {

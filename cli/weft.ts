@@ -422,7 +422,10 @@ withRouterLocation(
       console.error(`weft: could not remove the bridge and firewall rules: ${err.message}`);
       return null;
     });
-    if (removed) console.log('removed the weft bridge, VXLAN device and firewall rules');
+    if (removed) {
+      const ovs = (JSON.parse(removed.body) as { ovsBridges?: string[] }).ovsBridges ?? [];
+      console.log(`removed the weft bridge, VXLAN device and firewall rules${ovs.length > 0 ? `, and the OVS bridge ${ovs.join(', ')} with its flows` : ''}`);
+    }
     // Give the hand-over a moment to leave on the wire before the router goes.
     await new Promise((res) => setTimeout(res, 500));
     await stopRouter(t.dataDir);

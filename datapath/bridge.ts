@@ -1,6 +1,6 @@
 // Host plumbing: the `weft` bridge and the VXLAN device on it. Created at
 // start, checked and repaired when changed underneath, removed by reset.
-import { bridge, ip, ipJson, linkExists } from './iproute.js';
+import { bridge, ethtool, ip, ipJson, linkExists } from './iproute.js';
 
 export const BRIDGE = 'weft';
 export const VXLAN_DEV = 'vxlan-weft';
@@ -9,10 +9,16 @@ export const VNI = 0x7765; // "we"
 /** IPv4 + UDP + VXLAN + inner Ethernet headers. */
 export const VXLAN_OVERHEAD = 50;
 
+/** The OVS datapath's veth pair: this end is a port of the Linux bridge, its peer a port of OVS's bridge. */
+export const OVS_VETH_BRIDGE_END = 'weftovs-br';
+export const OVS_VETH_OVS_END = 'weftovs-dp';
+
 export interface BridgeConfig {
   mac: string;
   mtu: number;
   vxlanPort: number;
+  /** The OVS datapath: no kernel VXLAN device; a veth pair to OVS's bridge takes its place on the bridge. */
+  ovs?: boolean;
 }
 
 interface LinkInfo {
@@ -51,6 +57,7 @@ export async function ensureBridge(c: BridgeConfig): Promise<string[]> {
     await ip(['link', 'set', BRIDGE, 'mtu', String(c.mtu)]);
     fixed.push('bridge MTU');
   }
+  if (c.ovs) return ensureOvsVeth(c, fixed);
   let vx = (await linkExists(VXLAN_DEV)) ? (await ipJson<LinkInfo[]>(['-d', 'link', 'show', 'dev', VXLAN_DEV]))[0] : null;
   if (vx && (vx.linkinfo?.info_kind !== 'vxlan' || vx.linkinfo.info_data?.id !== VNI || vx.linkinfo.info_data?.port !== c.vxlanPort)) {
     await ip(['link', 'del', VXLAN_DEV]);
@@ -82,8 +89,43 @@ export async function ensureBridge(c: BridgeConfig): Promise<string[]> {
   return fixed;
 }
 
+/**
+ * The OVS datapath's side of the bridge: the veth pair to OVS in the VXLAN device's place, with the
+ * same port flags (no learning, ARP answered by the bridge, isolated from the sleeve's port).
+ * Offloads are off on both ends: OVS's userspace datapath reads frames from the veth as they are,
+ * and segmentation-offloaded TCP frames larger than the MTU would be lost on the way
+ * (../shared/reference/measurements.md, "Open vSwitch works here in userspace").
+ */
+async function ensureOvsVeth(c: BridgeConfig, fixed: string[]): Promise<string[]> {
+  if (await linkExists(VXLAN_DEV)) {
+    await ip(['link', 'del', VXLAN_DEV]);
+    fixed.push('removed the VXLAN device (the OVS datapath replaces it)');
+  }
+  if (!(await linkExists(OVS_VETH_BRIDGE_END))) {
+    if (await linkExists(OVS_VETH_OVS_END)) await ip(['link', 'del', OVS_VETH_OVS_END]);
+    await ip(['link', 'add', OVS_VETH_BRIDGE_END, 'mtu', String(c.mtu), 'type', 'veth', 'peer', 'name', OVS_VETH_OVS_END, 'mtu', String(c.mtu)]);
+    for (const dev of [OVS_VETH_BRIDGE_END, OVS_VETH_OVS_END]) await ethtool(['-K', dev, 'tso', 'off', 'gso', 'off', 'gro', 'off', 'tx', 'off']);
+    fixed.push('created the veth pair to OVS');
+  }
+  const end = (await ipJson<LinkInfo[]>(['-d', 'link', 'show', 'dev', OVS_VETH_BRIDGE_END]))[0];
+  if (end.mtu !== c.mtu) for (const dev of [OVS_VETH_BRIDGE_END, OVS_VETH_OVS_END]) await ip(['link', 'set', dev, 'mtu', String(c.mtu)]);
+  if (end.master !== BRIDGE) {
+    await ip(['link', 'set', OVS_VETH_BRIDGE_END, 'master', BRIDGE]);
+    fixed.push('OVS veth on the bridge');
+  }
+  await bridge(['link', 'set', 'dev', OVS_VETH_BRIDGE_END, 'learning', 'off', 'neigh_suppress', 'on', 'isolated', 'on']);
+  for (const dev of [OVS_VETH_BRIDGE_END, OVS_VETH_OVS_END, BRIDGE]) {
+    const st = (await ipJson<LinkInfo[]>(['link', 'show', 'dev', dev]))[0];
+    if (!st.flags?.includes('UP')) {
+      await ip(['link', 'set', dev, 'up']);
+      if (fixed.length === 0) fixed.push(`${dev} was down`);
+    }
+  }
+  return fixed;
+}
+
 export async function removeBridge(): Promise<void> {
-  for (const dev of [VXLAN_DEV, BRIDGE]) if (await linkExists(dev)) await ip(['link', 'del', dev]);
+  for (const dev of [VXLAN_DEV, OVS_VETH_BRIDGE_END, BRIDGE]) if (await linkExists(dev)) await ip(['link', 'del', dev]);
 }
 
 /** A locally administered unicast MAC from the peer name (the name is MAC-shaped already). */

@@ -8,7 +8,9 @@ import type { Allocator } from '../ipam/allocator.js';
 import type { Mesh } from '../router/mesh/mesh.js';
 import { hostOf } from '../router/mesh/connection-maker.js';
 import { attachContainer, containerExists, containerNamespace, detachContainer, forgetNetns, netnsPathOf, rememberNetns } from './attach.js';
-import { BRIDGE, VXLAN_OVERHEAD, bridgeMac, ensureBridge, removeBridge, underlayMtu } from './bridge.js';
+import { BRIDGE, OVS_VETH_BRIDGE_END, VNI, VXLAN_OVERHEAD, bridgeMac, ensureBridge, removeBridge, underlayMtu } from './bridge.js';
+import { OvsSwitch, type OvsConfig } from './ovs/switch.js';
+import { CookieKind, cookieFor, desiredFlows } from './ovs/flows.js';
 import { EndpointTable, type Endpoint } from './endpoints.js';
 import { FLOOD_MAC, programFdb, programNeighbours, readFdb, type FdbEntry, type NeighEntry } from './fastdp.js';
 import { ip, ipBatch, ipBatchIn, linkExists, sysctl } from './iproute.js';
@@ -19,8 +21,10 @@ import { nativeError } from './native/index.js';
 import type { PeerName } from '../router/mesh/peer-name.js';
 import { SerialJob } from '../router/serial-job.js';
 
-/** How traffic to a peer travels. */
+/** How traffic to a peer travels ('fastdp': VXLAN, by the kernel device or by OVS). */
 export type Overlay = 'fastdp' | 'sleeve' | 'none';
+/** The overlay as status shows it: VXLAN through OVS is `ovs`. */
+export type OverlayStatus = Overlay | 'ovs';
 
 export const EXPOSE_ID = 'weft:expose';
 
@@ -42,6 +46,8 @@ export interface DatapathConfig {
   sleeve: boolean;
   /** Whether traffic with this peer must be encrypted (a password, and the peer not on a trusted subnet). */
   encrypt: (peer: PeerName, host: string) => boolean;
+  /** The OVS datapath (--datapath ovs): VXLAN through an OVS bridge weft controls, instead of the kernel's device. */
+  ovs?: OvsConfig;
 }
 
 export class Datapath {
@@ -74,6 +80,8 @@ export class Datapath {
   private overlayTimer: NodeJS.Timeout | null = null;
   /** When each peer that was on fastdp lost its connection. */
   private readonly disconnectedAt = new Map<PeerName, number>();
+  /** The OVS bridge, with --datapath ovs. */
+  ovs: OvsSwitch | null = null;
 
   constructor(
     private readonly mesh: Mesh,
@@ -81,7 +89,9 @@ export class Datapath {
     readonly config: DatapathConfig,
   ) {
     this.endpoints = new EndpointTable(mesh);
-    this.health = new FastdpHealth(mesh, config.vxlanPort, () => this.mtu, (p) => this.lastAddr.get(p));
+    if (config.ovs) this.ovs = new OvsSwitch(config.ovs, mesh.log);
+    const ovsCounter = this.ovs ? () => this.ovs!.heartbeatCounts() : null;
+    this.health = new FastdpHealth(mesh, config.vxlanPort, () => this.mtu, (p) => this.lastAddr.get(p), 1000, ovsCounter);
     this.endpoints.onChange(() => this.scheduleReconcile());
     for (const ev of ['connection-added', 'connection-removed', 'connection-established', 'topology']) mesh.on(ev, () => this.scheduleReconcile());
   }
@@ -92,10 +102,14 @@ export class Datapath {
 
   async start(): Promise<void> {
     this.mtu = this.config.mtu ?? (await underlayMtu()) - VXLAN_OVERHEAD;
-    await ensureBridge({ mac: bridgeMac(this.mesh.name), mtu: this.mtu, vxlanPort: this.config.vxlanPort });
+    await ensureBridge(this.bridgeConfig());
     await this.ensureDnsAddress();
-    // A restarted router finds the kernel still delivering over VXLAN: keep that until heartbeats can judge.
-    this.presumedFast = new Set((await readFdb()).filter((e) => e.mac === FLOOD_MAC).map((e) => e.dst));
+    if (this.ovs) {
+      await this.ovs.start();
+      this.ovs.onReconnect = () => this.scheduleReconcile();
+    }
+    // A restarted router finds the kernel (or OVS) still delivering over VXLAN: keep that until heartbeats can judge.
+    this.presumedFast = new Set(this.ovs ? await this.ovs.floodDestinations() : (await readFdb()).filter((e) => e.mac === FLOOD_MAC).map((e) => e.dst));
     this.presumedUntil = Date.now() + 4_000;
     await this.startSleeve();
     // Containers attached before a restart are still plumbed: announce those that still exist.
@@ -162,9 +176,10 @@ export class Datapath {
    * The overlay as status should show it: a peer programmed on fastdp only for want of anything
    * better (no sleeve, heartbeats unanswered) has no working data path, as far as we know.
    */
-  overlayStatus(peer: PeerName): Overlay {
+  overlayStatus(peer: PeerName): OverlayStatus {
     const o = this.overlays.get(peer) ?? 'none';
-    return o === 'fastdp' && !this.health.healthy(peer) && !this.presumedFastdp(peer) ? 'none' : o;
+    if (o === 'fastdp' && !this.health.healthy(peer) && !this.presumedFastdp(peer)) return 'none';
+    return o === 'fastdp' && this.ovs ? 'ovs' : o;
   }
 
   /** Shortly after a restart, a peer the kernel was already sending to over VXLAN. */
@@ -220,6 +235,10 @@ export class Datapath {
       next.set(p, o);
     }
     const changed = next.size !== this.overlays.size || [...next].some(([p, o]) => this.overlays.get(p) !== o);
+    for (const [p, o] of next) {
+      const was = this.overlays.get(p);
+      if (was !== undefined && was !== o) this.mesh.log.info({ peer: p, was, now: o, why: o === 'fastdp' ? undefined : this.whyNotFastdp(p) }, 'overlay to peer changed');
+    }
     this.overlays = next;
     if (this.sleeve) this.sleeve.destinations = new Set([...next].filter(([, o]) => o === 'sleeve').map(([p]) => p));
     return changed;
@@ -238,7 +257,7 @@ export class Datapath {
     }
     await this.syncFirewall(false);
     try {
-      const fixed = await ensureBridge({ mac: bridgeMac(this.mesh.name), mtu: this.mtu, vxlanPort: this.config.vxlanPort });
+      const fixed = await ensureBridge(this.bridgeConfig());
       if (fixed.length > 0) {
         await this.ensureDnsAddress();
         await this.sleeve?.plumb().catch((err: Error) => this.noteError(`sleeve port: ${err.message}`));
@@ -249,6 +268,10 @@ export class Datapath {
     } catch (err) {
       this.noteError(`bridge check failed: ${(err as Error).message}`);
     }
+  }
+
+  private bridgeConfig() {
+    return { mac: bridgeMac(this.mesh.name), mtu: this.mtu, vxlanPort: this.config.vxlanPort, ovs: !!this.ovs };
   }
 
   /** The DNS server's address on the bridge; host routes back to local containers so replies find them. */
@@ -510,15 +533,41 @@ export class Datapath {
   private async reconcilePass(): Promise<void> {
     try {
       if (!(await linkExists(BRIDGE))) await this.check();
-      const r = await programFdb(this.desiredFdb(), this.sleeve ? { dev: SLEEVE_TAP, macs: this.desiredSleeveMacs() } : undefined);
+      const fdb = this.desiredFdb();
+      const sleeve = this.sleeve ? { dev: SLEEVE_TAP, macs: this.desiredSleeveMacs() } : undefined;
+      const r = await programFdb(fdb, sleeve, this.ovs ? { dev: OVS_VETH_BRIDGE_END, vxlan: false } : undefined);
       this.stats.fdbAdded += r.added;
       this.stats.fdbRemoved += r.removed;
+      if (this.ovs) await this.programOvs(fdb);
       const neighbours = this.desiredNeighbours();
       await programNeighbours(neighbours);
       await this.forgetMovedAddresses(neighbours);
     } catch (err) {
       this.noteError(`programming the fdb failed: ${(err as Error).message}`);
     }
+  }
+
+  /** The OVS bridge's flows from the same desired fdb: flood and remote MACs, local MACs, heartbeats. */
+  private async programOvs(fdb: FdbEntry[]): Promise<void> {
+    const ovs = this.ovs!;
+    const remote = this.endpoints.all().filter((e) => e.peer !== this.mesh.name);
+    const dstOf = new Map(fdb.filter((e) => e.mac !== FLOOD_MAC).map((e) => [e.mac, e.dst]));
+    const heartbeats: { peer: string; mac: string }[] = [];
+    for (const c of this.mesh.connections.values()) {
+      if (!c.established) continue;
+      heartbeats.push({ peer: c.name, mac: bridgeMac(c.name) });
+      ovs.peerOfHeartbeat.set(cookieFor(CookieKind.Heartbeat, c.name), c.name);
+    }
+    const flows = desiredFlows({
+      vni: VNI,
+      local: [{ id: 'bridge', mac: bridgeMac(this.mesh.name) }, ...this.endpoints.local.map((e) => ({ id: e.container, mac: e.mac }))],
+      remote: remote.filter((e) => dstOf.has(e.mac)).map((e) => ({ id: e.container, mac: e.mac, dst: dstOf.get(e.mac)! })),
+      floods: fdb.filter((e) => e.mac === FLOOD_MAC).map((e) => e.dst),
+      heartbeats,
+    });
+    const r = await ovs.program(flows);
+    this.stats.fdbAdded += r.added;
+    this.stats.fdbRemoved += r.removed;
   }
 
   /**
@@ -542,7 +591,7 @@ export class Datapath {
   }
 
   async fdb(): Promise<FdbEntry[]> {
-    return readFdb();
+    return this.ovs ? [] : readFdb();
   }
 
   /** Stops all programming of the kernel (what is programmed stays, so traffic keeps flowing). */
@@ -551,15 +600,18 @@ export class Datapath {
     this.endpoints.stop();
     this.health.stop();
     this.sleeve?.stop();
+    this.ovs?.stop();
     if (this.overlayTimer) clearInterval(this.overlayTimer);
     if (this.checkTimer) clearInterval(this.checkTimer);
     this.reconciler.stop();
   }
 
   /** For reset: the bridge and VXLAN device go (containers' veths go with the bridge ports). */
-  static async remove(): Promise<void> {
+  static async remove(ovsdb?: string): Promise<string[]> {
     await removeFirewall();
     await FastdpHealth.remove();
+    const bridges = ovsdb ? await OvsSwitch.remove(ovsdb) : [];
     await removeBridge();
+    return bridges;
   }
 }

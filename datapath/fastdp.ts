@@ -39,21 +39,26 @@ async function readBridgeEntries(dev: string): Promise<string[]> {
  * Brings the VXLAN and bridge fdb to exactly `desired` (plus a bridge entry per remote MAC), and
  * the bridge entries of the sleeve's port (`sleeve`, when it runs) to exactly `sleeveMacs`.
  */
-export async function programFdb(desired: FdbEntry[], sleeve?: { dev: string; macs: string[] }): Promise<{ added: number; removed: number }> {
-  const current = await readFdb();
-  const want = new Map(desired.map((e) => [key(e), e]));
+export async function programFdb(
+  desired: FdbEntry[],
+  sleeve?: { dev: string; macs: string[] },
+  /** The bridge port remote MACs go to: the VXLAN device (with its own fdb), or the OVS datapath's veth (flows do the rest). */
+  tunnel: { dev: string; vxlan: boolean } = { dev: VXLAN_DEV, vxlan: true },
+): Promise<{ added: number; removed: number }> {
+  const current = tunnel.vxlan ? await readFdb() : [];
+  const want = new Map((tunnel.vxlan ? desired : []).map((e) => [key(e), e]));
   const have = new Map(current.map((e) => [key(e), e]));
   const lines: string[] = [];
   let removed = 0;
   let added = 0;
   const wantBridge = new Set(desired.filter((e) => e.mac !== FLOOD_MAC).map((e) => e.mac));
-  const haveBridge = new Set(await readBridgeEntries(VXLAN_DEV));
+  const haveBridge = new Set(await readBridgeEntries(tunnel.dev));
   const haveSleeve = new Set(sleeve ? await readBridgeEntries(sleeve.dev) : []);
   const wantSleeve = new Set(sleeve?.macs ?? []);
   // Deletions first: a MAC moving between overlays is removed from one port, then added on the other.
-  for (const mac of haveBridge) if (!wantBridge.has(mac)) lines.push(`fdb del ${mac} dev ${VXLAN_DEV} master`);
+  for (const mac of haveBridge) if (!wantBridge.has(mac)) lines.push(`fdb del ${mac} dev ${tunnel.dev} master`);
   for (const mac of haveSleeve) if (!wantSleeve.has(mac)) lines.push(`fdb del ${mac} dev ${sleeve!.dev} master`);
-  for (const mac of wantBridge) if (!haveBridge.has(mac)) lines.push(`fdb replace ${mac} dev ${VXLAN_DEV} master static`);
+  for (const mac of wantBridge) if (!haveBridge.has(mac)) lines.push(`fdb replace ${mac} dev ${tunnel.dev} master static`);
   for (const mac of wantSleeve) if (!haveSleeve.has(mac)) lines.push(`fdb replace ${mac} dev ${sleeve!.dev} master static`);
   for (const [k, e] of have) {
     if (want.has(k)) continue;

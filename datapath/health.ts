@@ -55,6 +55,11 @@ export class FastdpHealth implements Gossiper {
     private readonly mtu: () => number,
     private readonly addrOf: (peer: PeerName) => string | undefined,
     private readonly intervalMs = 1000,
+    /**
+     * Heartbeat packets received per peer, where something other than the kernel VXLAN device
+     * receives them (the OVS datapath counts them with a flow per peer); default: nftables.
+     */
+    private readonly counter: ((peers: PeerName[]) => Promise<Map<PeerName, number>>) | null = null,
   ) {
     this.channel = mesh.registerChannel(CHANNEL, this);
     this.socket.on('error', (err) => (this.lastError = `heartbeat socket: ${err.message}`));
@@ -108,6 +113,10 @@ export class FastdpHealth implements Gossiper {
 
   /** One counting rule per peer on our VXLAN device's ingress; acknowledges peers whose count grew. */
   private async syncCounters(peers: PeerName[]): Promise<void> {
+    if (this.counter) {
+      for (const [peer, packets] of await this.counter(peers)) this.counted(peer, packets);
+      return;
+    }
     const wanted = [...peers].sort().join(',');
     if (wanted !== this.tableFor) {
       const rules = peers.map((p) => `    ether saddr ${bridgeMac(p)} ether type 0x${HEARTBEAT_ETHERTYPE.toString(16)} counter drop comment "${p}"`);
@@ -120,10 +129,14 @@ export class FastdpHealth implements Gossiper {
     for (const it of items) {
       const r = it.rule;
       if (!r?.comment) continue;
-      const packets = r.expr.find((e) => e.counter)?.counter?.packets ?? 0;
-      if (packets > (this.counts.get(r.comment) ?? 0)) this.channel.unicast(r.comment, pack({ ack: packets }));
-      this.counts.set(r.comment, packets);
+      this.counted(r.comment, r.expr.find((e) => e.counter)?.counter?.packets ?? 0);
     }
+  }
+
+  /** Acknowledges a peer whose heartbeats keep arriving (its count moved: a counter made again starts at 0). */
+  private counted(peer: PeerName, packets: number): void {
+    if (packets > 0 && packets !== (this.counts.get(peer) ?? 0)) this.channel.unicast(peer, pack({ ack: packets }));
+    this.counts.set(peer, packets);
   }
 
   /** Removes the counting table (reset). */

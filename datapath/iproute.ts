@@ -9,7 +9,8 @@ function exec(cmd: string, args: string[], input?: string): Promise<string> {
   return new Promise((resolve, reject) => {
     const child = execFile(cmd, args, { timeout: 20_000, maxBuffer: 64 * 1024 * 1024 }, (err, stdout, stderr) => {
       if ((err as NodeJS.ErrnoException | null)?.code === 'ENOENT') {
-        reject(new CommandError(`${cmd} not found${cmd === 'nft' ? ': install nftables (Debian: apt-get install nftables)' : ''}`));
+        const pkg: Record<string, string> = { nft: 'nftables', ethtool: 'ethtool' };
+        reject(new CommandError(`${cmd} not found${pkg[cmd] ? `: install ${pkg[cmd]} (Debian: apt-get install ${pkg[cmd]})` : ''}`));
       } else if (err) reject(new CommandError(`${cmd} ${args.join(' ')}: ${String(stderr).trim() || err.message}`));
       else resolve(String(stdout));
     });
@@ -50,6 +51,11 @@ export function bridge(args: string[]): Promise<string> {
 /** `nft ARGS` (with `-f -`, the ruleset on standard input), here or inside the namespace at `netnsPath`. */
 export function nft(args: string[], input?: string, netnsPath?: string): Promise<string> {
   return exec(...inNamespace('nft', args, netnsPath), input);
+}
+
+/** `ethtool ARGS` (offload settings). */
+export function ethtool(args: string[]): Promise<string> {
+  return exec('ethtool', args);
 }
 
 export function bridgeBatch(lines: string[]): Promise<string> {

@@ -92,8 +92,9 @@ export function registerDatapathRoutes(app: FastifyInstance, dp: Datapath | null
   /** For weft reset: removes the bridge, the VXLAN device and the firewall table. */
   app.post('/datapath/remove', async () => {
     const { Datapath } = await import('../datapath/datapath.js');
-    need(dp).stop();
-    await wrap(() => Datapath.remove());
-    return { removed: true };
+    const d = need(dp);
+    d.stop();
+    const ovsBridges = await wrap(() => Datapath.remove(d.config.ovs?.ovsdb));
+    return { removed: true, ovsBridges };
   });
 }

@@ -29,7 +29,7 @@ export function buildRegistry(router: Router): Registry {
 
   new Gauge({
     name: 'weft_connections',
-    help: 'Connections and connection attempts, by state and overlay (fastdp, sleeve, none; "" before established)',
+    help: 'Connections and connection attempts, by state and overlay (fastdp, ovs, sleeve, none; "" before established)',
     labelNames: ['state', 'overlay'],
     ...reg,
     collect() {
@@ -44,7 +44,7 @@ export function buildRegistry(router: Router): Registry {
     ...reg,
     collect() {
       this.reset();
-      for (const c of report().connections) if (c.state === 'established' && c.overlay && c.overlay !== 'fastdp') this.inc({ reason: fallbackCategory(c.fallbackReason), overlay: c.overlay });
+      for (const c of report().connections) if (c.state === 'established' && c.overlay && c.overlay !== 'fastdp' && c.overlay !== 'ovs') this.inc({ reason: fallbackCategory(c.fallbackReason), overlay: c.overlay });
     },
   });
   // Security groups: the kernel's counters, read once per scrape (async collect).

@@ -25,7 +25,11 @@ export interface RouterOptions {
   ipallocDefaultSubnet?: string;
   ipallocInit: string;
   ipallocTimeout: number;
-  datapath: 'fastdp' | 'none';
+  datapath: 'fastdp' | 'ovs' | 'none';
+  /** The OVS datapath: OVSDB's socket (unix:PATH), weft's bridge there, and its datapath type (default: system when the kernel has the module). */
+  ovsdb: string;
+  ovsBridge: string;
+  ovsDatapath?: 'system' | 'netdev';
   mtu?: number;
   dns: boolean;
   dnsDomain: string;
@@ -66,6 +70,12 @@ function int(name: string, min: number, max: number) {
     if (!Number.isInteger(n) || n < min || n > max) throw new Error(`--${name} must be a whole number from ${min} to ${max}, not "${v}"`);
     return n;
   };
+}
+
+function ovsBridgeName(v: string): string {
+  // Also a network device name (its internal port): at most 15 characters; not weft's Linux bridge.
+  if (!/^[A-Za-z0-9][A-Za-z0-9_.-]{0,14}$/.test(v) || v === 'weft') throw new Error(`--ovs-bridge "${v}": 1 to 15 letters, digits, "_", "." or "-", and not "weft" (weft's Linux bridge)`);
+  return v;
 }
 
 function cidrList(v: string): string[] {
@@ -114,7 +124,10 @@ export function routerOptions(): Option[] {
     o('--service-range <cidr>', 'the range service VIPs come from (must not overlap --ipalloc-range; the same on every peer)').default('10.96.0.0/16'),
     o('--ipalloc-default-subnet <cidr>', 'subnet for allocations that name none (default: the whole range)'),
     o('--ipalloc-init <mode>', 'how the ring starts: consensus[=N] (N initial peers; default: the peers given + 1), seed=NAME,..., or observer').default('consensus'),
-    o('--datapath <kind>', 'fastdp (kernel VXLAN), or none (control plane only: no bridge, no attach)').default('fastdp').choices(['fastdp', 'none']),
+    o('--datapath <kind>', 'fastdp (kernel VXLAN), ovs (VXLAN through an Open vSwitch bridge weft controls), or none (control plane only: no bridge, no attach)').default('fastdp').choices(['fastdp', 'ovs', 'none']),
+    o('--ovsdb <target>', 'with --datapath ovs: where ovsdb-server listens (unix:PATH); the OpenFlow socket for weft goes next to it').default('unix:/var/run/openvswitch/db.sock'),
+    o('--ovs-bridge <name>', 'with --datapath ovs: the OVS bridge weft makes and controls').default('weft-ovs').argParser(ovsBridgeName),
+    o('--ovs-datapath <type>', 'with --datapath ovs: system (the kernel module) or netdev (userspace); default: system when the kernel has the openvswitch module').choices(['system', 'netdev']),
     o('--no-fastdp', 'never use the kernel VXLAN path: all traffic goes through the sleeve'),
     o('--no-sleeve', 'do not run the userspace sleeve (peers without a working VXLAN path get no traffic)'),
     o('--trusted-subnets <cidrs>', 'comma-separated underlay networks whose peers need no encryption (with a password, others use the encrypted sleeve)').default([], 'none').argParser(cidrList),
@@ -167,7 +180,10 @@ export function toRouterOptions(v: Record<string, unknown>, peers: string[]): Ro
     ipallocDefaultSubnet: v.ipallocDefaultSubnet as string | undefined,
     ipallocInit: v.ipallocInit as string,
     ipallocTimeout: v.ipallocTimeout as number,
-    datapath: v.datapath as 'fastdp' | 'none',
+    datapath: v.datapath as 'fastdp' | 'ovs' | 'none',
+    ovsdb: v.ovsdb as string,
+    ovsBridge: v.ovsBridge as string,
+    ovsDatapath: v.ovsDatapath as 'system' | 'netdev' | undefined,
     mtu: v.mtu as number | undefined,
     dns: v.dns as boolean,
     dnsDomain: v.dnsDomain as string,

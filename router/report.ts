@@ -18,8 +18,8 @@ export const VERSION = '0.1.0';
 export interface ConnectionReport {
   address: string;
   outbound: boolean;
-  /** The data path to this peer: fastdp when its VXLAN heartbeats are acknowledged, else the sleeve. */
-  overlay?: 'fastdp' | 'sleeve' | 'none';
+  /** The data path to this peer: fastdp (ovs on the OVS datapath) when its VXLAN heartbeats are acknowledged, else the sleeve. */
+  overlay?: 'fastdp' | 'ovs' | 'sleeve' | 'none';
   mtu?: number;
   /** Why this connection is not on fastdp (when it is not). */
   fallbackReason?: string;
@@ -56,8 +56,10 @@ export interface Report {
     stats: { queries: number; local: number; nxdomain: number; forwarded: number; servfail: number; formerr: number } | null;
   };
   datapath: null | {
-    kind: 'fastdp';
+    kind: 'fastdp' | 'ovs';
     mtu: number;
+    /** The OVS datapath's bridge, when it is the one. */
+    ovs?: { bridge: string; datapathType: string; ovsdb: string; connected: boolean; datapathId: string; flowsAdded: number; flowsRemoved: number; reconnects: number; lastError: string | null };
     localEndpoints: { container: string; mac: string; cidrs: string[]; groups?: string[] }[];
     exposed: string[];
     endpoints: { container: string; mac: string; cidrs: string[]; peer: PeerName }[];
@@ -109,7 +111,7 @@ export function buildReport(s: ReportSources): Report {
       const why = dp.whyNotFastdp(c.name) ?? undefined;
       const hop = dp.sleeve?.hopStatus(c.name) ?? null;
       pmtu = hop?.pmtu;
-      if (overlay === 'fastdp') info += ` fastdp mtu=${dp.mtu}`;
+      if (overlay === 'fastdp' || overlay === 'ovs') info += ` ${overlay} mtu=${dp.mtu}`;
       else if (overlay === 'sleeve') {
         fallbackReason = why;
         info += ` sleeve mtu=${dp.mtu} pmtu=${hop?.pmtu ?? '?'}${hop?.encrypted ? ' (data encrypted)' : ''}${hop && !hop.healthy ? ` [${hop.reason}]` : ''}; not fastdp: ${why}`;
@@ -189,8 +191,21 @@ export function buildReport(s: ReportSources): Report {
     },
     datapath: s.datapath
       ? {
-          kind: 'fastdp',
+          kind: s.datapath.ovs ? 'ovs' : 'fastdp',
           mtu: s.datapath.mtu,
+          ...(s.datapath.ovs
+            ? {
+                ovs: {
+                  bridge: s.datapath.ovs.config.bridge,
+                  datapathType: s.datapath.ovs.config.datapathType,
+                  ovsdb: s.datapath.ovs.config.ovsdb,
+                  connected: s.datapath.ovs.connected,
+                  datapathId: s.datapath.ovs.datapathId.toString(16).padStart(16, '0'),
+                  ...s.datapath.ovs.stats,
+                  lastError: s.datapath.ovs.lastError,
+                },
+              }
+            : {}),
           localEndpoints: s.datapath.endpoints.local,
           exposed: s.datapath.exposed,
           endpoints: s.datapath.endpoints.all(),
@@ -229,7 +244,7 @@ export function renderStatus(r: Report): string {
     ['IPAM', `${r.ipam.state}${r.ipam.pending.length ? ` (${r.ipam.pending.length} request(s) waiting; see weft status ipam)` : ''}`],
     ['Range', `${r.ipam.range}, default subnet ${r.ipam.defaultSubnet}`],
     ['DNS', r.dns.address ? `${r.dns.domain} on ${r.dns.address}, ${r.dns.entries.length} name(s), upstream ${r.dns.upstreams.join(' ') || 'none'}` : 'off'],
-    ['Datapath', r.datapath ? `${r.datapath.fastdp ? 'fastdp (kernel VXLAN)' : 'fastdp off'}, ${r.datapath.sleeve.running ? 'sleeve (userspace UDP)' : `no sleeve (${r.datapath.sleeve.error})`}, mtu ${r.datapath.mtu}, ${r.datapath.localEndpoints.length} container(s) attached here${r.datapath.exposed.length ? `, host exposed as ${r.datapath.exposed.join(' ')}` : ''}${r.datapath.lastError ? `; last error: ${r.datapath.lastError}` : ''}` : 'none (control plane only)'],
+    ['Datapath', r.datapath ? `${datapathKind(r.datapath)}, ${r.datapath.sleeve.running ? 'sleeve (userspace UDP)' : `no sleeve (${r.datapath.sleeve.error})`}, mtu ${r.datapath.mtu}, ${r.datapath.localEndpoints.length} container(s) attached here${r.datapath.exposed.length ? `, host exposed as ${r.datapath.exposed.join(' ')}` : ''}${r.datapath.lastError ? `; last error: ${r.datapath.lastError}` : ''}` : 'none (control plane only)'],
     ['Policy', r.policy ? `${r.policy.rules} rule(s), ${r.policy.limitedHere} container(s) here limited by them${r.policy.lastError ? `; last error: ${r.policy.lastError}` : ''} (weft status policy)` : 'off'],
     ['Services', r.services ? `${r.services.services} in ${r.services.range}${r.services.served < r.services.services ? ` (${r.services.services - r.services.served} waiting for a new VIP)` : ''}, translated in ${r.services.containersProgrammed} container(s) here${r.services.lastError ? `; last error: ${r.services.lastError}` : ''} (weft service list)` : 'off'],
     ['Docker', dockerLine(r.docker)],
@@ -244,12 +259,21 @@ function dockerLine(d: Report['docker']): string {
   return `engine ${d.version ?? '?'} at ${d.api}, ${plugin}`;
 }
 
+function datapathKind(d: NonNullable<Report['datapath']>): string {
+  if (d.ovs) {
+    const state = d.ovs.connected ? 'controller connected' : `controller not connected${d.ovs.lastError ? `: ${d.ovs.lastError}` : ''}`;
+    return `${d.fastdp ? 'ovs' : 'ovs (VXLAN off)'} (OVS bridge ${d.ovs.bridge}, ${d.ovs.datapathType} datapath, ${state})`;
+  }
+  return d.fastdp ? 'fastdp (kernel VXLAN)' : 'fastdp off';
+}
+
 /** A status line saying how established connections carry data, when any is not on fastdp. */
 function overlaySummary(r: Report): [string, string][] {
   const est = r.connections.filter((c) => c.state === 'established' && c.overlay);
   const by = (o: string) => est.filter((c) => c.overlay === o).length;
-  if (est.length === 0 || by('fastdp') === est.length) return [];
-  const parts = [`${by('fastdp')} fastdp`, `${by('sleeve')} sleeve`];
+  const fast = by('fastdp') + by('ovs');
+  if (est.length === 0 || fast === est.length) return [];
+  const parts = [`${fast} ${by('ovs') > 0 ? 'ovs' : 'fastdp'}`, `${by('sleeve')} sleeve`];
   if (by('none')) parts.push(`${by('none')} with no data path`);
   return [['Overlays', `${parts.join(', ')} (why: weft status connections)`]];
 }

@@ -18,6 +18,7 @@ import { contains, parseCidr, parseIp } from '../ipam/addr.js';
 import { IpamStore } from '../ipam/store.js';
 import { containerLiveness } from '../ipam/liveness.js';
 import { Datapath } from '../datapath/datapath.js';
+import { defaultOvsDatapathType } from '../datapath/ovs/switch.js';
 import { NameService } from '../dns/table.js';
 import { DnsServer, upstreamsFromResolvConf } from '../dns/server.js';
 import { DockerWatcher } from '../plugin/docker-watcher.js';
@@ -112,9 +113,11 @@ export class Router {
       connLimit: opts.connLimit,
     });
     const ipam = new Allocator(mesh, { ...ipamConf, timeoutMs: opts.ipallocTimeout, store: ipamStore, liveness: containerLiveness() });
-    const dnsOnBridge = opts.dns && opts.datapath === 'fastdp' && !opts.dnsListenAddress;
+    const withDatapath = opts.datapath === 'fastdp' || opts.datapath === 'ovs';
+    const dnsOnBridge = opts.dns && withDatapath && !opts.dnsListenAddress;
+    const ovs = opts.datapath === 'ovs' ? { ovsdb: opts.ovsdb, bridge: opts.ovsBridge, datapathType: opts.ovsDatapath ?? (await defaultOvsDatapathType()), vxlanPort: opts.port + 1 } : undefined;
     const datapath =
-      opts.datapath === 'fastdp'
+      withDatapath
         ? new Datapath(mesh, ipam, {
             dataDir: opts.dataDir,
             mtu: opts.mtu,
@@ -124,6 +127,7 @@ export class Router {
             sleeve: opts.sleeve,
             encrypt: encryptionPolicy(opts.password !== null, opts.trustedSubnets),
             dns: dnsOnBridge ? { ip: DNS_BRIDGE_IP, domain: opts.dnsDomain } : undefined,
+            ovs,
           })
         : null;
     const names = new NameService(mesh, undefined, join(opts.dataDir, 'names.json'));

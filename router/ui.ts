@@ -67,7 +67,7 @@ table{border-collapse:collapse} td,th{padding:.15em .7em;text-align:left;border-
 const NS='http://www.w3.org/2000/svg';
 const el=(tag,attrs,text)=>{const e=document.createElementNS(NS,tag);for(const k in attrs)e.setAttribute(k,attrs[k]);if(text!==undefined)e.textContent=text;return e};
 const esc=(s)=>String(s??'').replace(/[&<>"]/g,(c)=>({'&':'&amp;','<':'&lt;','>':'&gt;','"':'&quot;'}[c]));
-const colour={fastdp:'#2a8',sleeve:'#e90',none:'#d33'};
+const colour={fastdp:'#2a8',ovs:'#28a',sleeve:'#e90',none:'#d33'};
 function draw(v){
   document.getElementById('me').textContent=v.nickname+' ('+v.name+')';
   document.getElementById('status').textContent=v.peers.length+' peer(s), updated '+new Date().toLocaleTimeString();

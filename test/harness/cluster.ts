@@ -8,6 +8,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { must, run, type ExecResult } from './exec.js';
 import { projectRoot } from '../../router/project-root.js';
+import { HostOvs } from './ovs.js';
 
 export const WEFT_CLI = join(projectRoot(), 'dist', 'cli', 'weft.js');
 
@@ -45,12 +46,16 @@ export interface HostOptions {
   /** Extra router arguments for every launch on this host. */
   routerArgs?: string[];
   env?: NodeJS.ProcessEnv;
+  /** Run an Open vSwitch on these hosts (1-based indexes, or true for all); their routers use --datapath ovs. */
+  ovs?: boolean | number[];
 }
 
 export class Host {
   readonly dataDir: string;
   routerArgs: string[] = [];
   env: NodeJS.ProcessEnv = {};
+  /** This host's Open vSwitch, when it has one. */
+  ovs: HostOvs | null = null;
 
   constructor(
     readonly cluster: Cluster,
@@ -166,12 +171,21 @@ export class Cluster {
     await must('ip', ['-n', ns, 'link', 'set', 'lo', 'up']);
     await must('ip', ['-n', this.underlayNs, 'link', 'add', uplink, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', ns]);
     await must('ip', ['-n', this.underlayNs, 'link', 'set', uplink, 'master', 'br0', 'up']);
-    await must('ip', ['-n', ns, 'addr', 'add', `${ip}/24`, 'dev', 'eth0']);
     await must('ip', ['-n', ns, 'link', 'set', 'eth0', 'up']);
     const h = new Host(this, i, ns, ip, uplink);
     h.routerArgs = opts.routerArgs ?? [];
     h.env = opts.env ?? {};
     this.hosts.push(h);
+    // A veth hands UDP on with its checksum not yet computed (a NIC would compute it): OVS's
+    // userspace tunnel end takes such VXLAN packets for corrupt. The kernel's own VXLAN device does not mind.
+    if (opts.ovs) await must('ip', ['netns', 'exec', ns, 'ethtool', '-K', 'eth0', 'tx', 'off']);
+    if (opts.ovs === true || (Array.isArray(opts.ovs) && opts.ovs.includes(i))) {
+      h.ovs = new HostOvs(ns, join(this.workDir, `ovs${i}`));
+      await h.ovs.start('eth0', `${ip}/24`);
+      h.routerArgs = [...h.ovs.routerArgs, ...h.routerArgs];
+    } else {
+      await must('ip', ['-n', ns, 'addr', 'add', `${ip}/24`, 'dev', 'eth0']);
+    }
     return h;
   }
 
@@ -206,6 +220,7 @@ export class Cluster {
       await removeNamespace(ns);
       rmSync(`/etc/netns/${ns}`, { recursive: true, force: true });
     }
+    for (const h of this.hosts) h.ovs?.stop();
     for (const h of this.hosts) await removeNamespace(h.ns);
     await removeNamespace(this.underlayNs);
     if (process.env.WEFT_KEEP_LOGS) process.stderr.write(`kept ${this.workDir}\n`);

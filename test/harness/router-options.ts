@@ -17,6 +17,8 @@ export function routerOptions(over: Partial<RouterOptions> & Pick<RouterOptions,
     ipallocTimeout: 5000,
     // In-process routers run in the test's own namespace: never plumb a bridge there.
     datapath: 'none',
+    ovsdb: 'unix:/var/run/openvswitch/db.sock',
+    ovsBridge: 'weft-ovs',
     dns: false,
     dnsDomain: 'weft.local.',
     dnsTtl: 1,
