@@ -4,7 +4,7 @@
 // state (ovs-ofctl dump-flows, ovs-vsctl), not with weft's word for it.
 import { afterEach, expect, it } from 'vitest';
 import type { Report } from '../router/report.js';
-import { Cluster, eventually, sleep, type Host } from './harness/cluster.js';
+import { Cluster, eventually, type Host } from './harness/cluster.js';
 import { describeAsRoot } from './harness/root.js';
 import { echo, echoServer } from './harness/traffic.js';
 import { run } from './harness/exec.js';
@@ -17,8 +17,8 @@ afterEach(async () => {
   cluster = null;
 });
 
-async function attach(h: Host, ns: string): Promise<{ ip: string; mac: string; broadcast: string }> {
-  const r = await h.weft(['attach', `netns:${ns}`]);
+async function attach(h: Host, ns: string, ...groups: string[]): Promise<{ ip: string; mac: string; broadcast: string }> {
+  const r = await h.weft(['attach', ...groups.flatMap((g) => ['--group', g]), `netns:${ns}`]);
   if (r.code !== 0) throw new Error(`attach on ${h.nickname}: ${r.stderr}`);
   const [ip, prefix] = r.stdout.trim().split(' ')[0].split('/');
   const n = ip.split('.').reduce((acc, o) => acc * 256 + Number(o), 0);
@@ -138,25 +138,37 @@ describeOvs('the OVS datapath across namespace hosts', () => {
     expect(r.datapath!.ovs!.connected).toBe(true);
   });
 
-  it('a mixed mesh: a host on the kernel VXLAN datapath and one on OVS carry traffic both ways; weft reset removes only the OVS bridge weft made', async () => {
+  it('a mixed mesh: a host on the kernel VXLAN datapath and one on OVS carry traffic both ways, through a service VIP too, with security groups enforced; weft reset removes only the OVS bridge weft made', async () => {
     cluster = await Cluster.create(2, { routerArgs: [...FAST, '--ipalloc-init', 'consensus=2'], ovs: [2] });
     const [a, b] = await launch(cluster, (h) => (h.index === 1 ? 'fastdp' : 'ovs'));
-    const ns = await Promise.all(['z1', 'z2'].map((l) => cluster!.container(l)));
-    const z = [await attach(a, ns[0]), await attach(b, ns[1])];
+    const ns = await Promise.all(['z1', 'z2', 'web'].map((l) => cluster!.container(l)));
+    const z = [await attach(a, ns[0]), await attach(b, ns[1], 'db')];
     await eventually('z1 -> z2', () => ping(ns[0], z[1].ip), 10_000, 200);
     expect(await ping(ns[1], z[0].ip)).toBe(true);
     const server = await echoServer(ns[0], 7000);
+    const dbServer = await echoServer(ns[1], 7000);
     try {
       expect(await echo(ns[1], z[0].ip, 7000, 'tcp', 200_000)).toBe(200_000);
+      // A service whose backend sits behind OVS, reached from the kernel VXLAN host.
+      const created = await a.weft(['service', 'create', 'db', '--group', 'db']);
+      expect(created.code, created.stderr).toBe(0);
+      const vip = created.stdout.split(' ')[1];
+      await eventually('the VIP answers from z1', async () => (await echo(ns[0], vip, 7000).catch(() => 0)) === 5, 10_000, 200);
+      // Security groups: db admits tcp 7000 from web only; z1 is not in web, a new container is.
+      expect((await a.weft(['policy', 'allow', '--to', 'db', '--from', 'web', '--proto', 'tcp', '--port', '7000'])).code).toBe(0);
+      await eventually('z1 denied at z2', async () => (await echo(ns[0], z[1].ip, 7000, 'tcp', 5, 1000).catch(() => 0)) === 0, 10_000, 200);
+      const web = await attach(a, ns[2], 'web');
+      expect(web.ip).not.toBe(z[0].ip);
+      await eventually('web allowed at z2', async () => (await echo(ns[2], z[1].ip, 7000).catch(() => 0)) === 5, 10_000, 200);
     } finally {
       server.stop();
+      dbServer.stop();
     }
     const reset = await b.weft(['reset']);
     expect(reset.code, reset.stderr).toBe(0);
     expect(reset.stdout).toMatch(/and the OVS bridge weft-ovs with its flows/);
     const bridges = (await b.ovs!.vsctl(['list-br'])).trim().split('\n');
     expect(bridges).toEqual(['br-phy']);
-    await sleep(100);
   });
 
   it('without Open vSwitch running, launch fails at once and says what is missing', async () => {
