@@ -2,17 +2,23 @@
 //   (a) the veth underlay between the hosts,
 //   (b) a hand-built kernel VXLAN + bridge with static fdb, container to container (the anchor),
 //   (c) weft fastdp, container to container (weft launch + weft attach),
-//   (d) weft sleeve (--no-fastdp), (e) weft sleeve encrypted (a password), each on a fresh pair of hosts.
+//   (d) weft sleeve (--no-fastdp), (e) weft sleeve encrypted (a password), each on a fresh pair of hosts,
+//   (f) weft on OVS (--datapath ovs, netdev), against OVS's own NORMAL learning switch built the same
+//   way on the same hosts, bridges and underlay (the fair anchor for a controller), on a fresh pair of
+//   hosts each running Open vSwitch.
 // One TCP flow with iperf3, ping RTT (median of 200), and for weft the routers' CPU seconds per GB
-// carried. Prints c/b, d/b, e/b and c/a.
+// carried. Prints c/b, d/b, e/b, c/a, f/NORMAL and f/b.
 //
-//   apt-get install -y iperf3 iputils-ping && npm run build && node dist/bench/datapath.js [--seconds 5]
+//   apt-get install -y iperf3 iputils-ping openvswitch-switch ethtool && npm run build && node dist/bench/datapath.js [--seconds 5] [--only ovs]
 import type { Report } from '../router/report.js';
 import { Cluster, eventually, type Host } from '../test/harness/cluster.js';
 import { must, run } from '../test/harness/exec.js';
 import { cpuSeconds, iperf, rtt } from './measure.js';
+import { numberArg, stringArg } from './args.js';
 
-const seconds = Number(process.argv[process.argv.indexOf('--seconds') + 1]) || 5;
+const seconds = numberArg('seconds', 5);
+/** `--only ovs`: the kernel anchor (a, b) and the OVS rows (f) only. */
+const only = stringArg('only', '');
 
 /** (b): what weft programs, built by hand: bridge + VXLAN (another VNI and port) + static fdb. */
 async function handBuilt(cluster: Cluster, a: Host, b: Host, mtu: number): Promise<[string, string, string]> {
@@ -29,7 +35,7 @@ async function handBuilt(cluster: Cluster, a: Host, b: Host, mtu: number): Promi
     await x(['link', 'add', 'vref', 'mtu', String(mtu), 'type', 'veth', 'peer', 'name', 'eth0', 'netns', ns]);
     await x(['link', 'set', 'vref', 'master', 'br-ref', 'up']);
     await must('ip', ['-n', ns, 'addr', 'add', `10.99.0.${i + 1}/24`, 'dev', 'eth0']);
-    await must('ip', ['-n', ns, 'link', 'set', 'eth0', 'up']);
+    await must('ip', ['-n', ns, 'link', 'set', 'eth0', 'mtu', String(mtu), 'up']); // as weft's containers: a veth's peer does not take its MTU
     await must('ip', ['-n', ns, 'link', 'set', 'lo', 'up']);
     macs.push(JSON.parse(await must('ip', ['-n', ns, '-json', 'link', 'show', 'eth0']))[0].address as string);
   }
@@ -69,6 +75,57 @@ async function sleeveRow(extra: string[], env: NodeJS.ProcessEnv): Promise<[numb
   }
 }
 
+/**
+ * (f): weft on OVS, and OVS's NORMAL switch as its anchor, built the same way: a container's veth on a
+ * Linux bridge, a veth pair (offloads off, as weft does) from there into a netdev OVS bridge with a
+ * VXLAN port; NORMAL's port has a fixed remote (another VNI and port). Two rounds each, alternating.
+ */
+async function ovsRows(): Promise<{ weft: [number, number]; normal: [number, number] }> {
+  const cluster = await Cluster.create(2, { ovs: true });
+  try {
+    const [a, b] = cluster.hosts;
+    await a.launch([], ['--ipalloc-init', 'consensus=2']);
+    await b.launch([a.ip], ['--ipalloc-init', 'consensus=2']);
+    await eventually('on ovs', async () => (await a.report<Report>()).connections.some((c) => c.overlay === 'ovs'), 20_000);
+    const mtu = (await a.report<Report>()).datapath!.mtu;
+    const w1 = await cluster.container('w1');
+    const w2 = await cluster.container('w2');
+    await a.weft(['attach', `netns:${w1}`]);
+    const ip2 = (await b.weft(['attach', `netns:${w2}`])).stdout.trim().split('/')[0];
+    const refs: string[] = [];
+    for (const [i, h] of [a, b].entries()) {
+      const ns = await cluster.container(`oref${i + 1}`);
+      refs.push(ns);
+      const x = (args: string[]) => must('ip', ['-n', h.ns, ...args]);
+      await x(['link', 'add', 'br-oref', 'type', 'bridge']);
+      await x(['link', 'set', 'br-oref', 'up']);
+      await x(['link', 'add', 'vref', 'mtu', String(mtu), 'type', 'veth', 'peer', 'name', 'eth0', 'netns', ns]);
+      await x(['link', 'set', 'vref', 'master', 'br-oref', 'up']);
+      await x(['link', 'add', 'oref-br', 'mtu', String(mtu), 'type', 'veth', 'peer', 'name', 'oref-dp', 'mtu', String(mtu)]);
+      for (const dev of ['oref-br', 'oref-dp']) await must('ip', ['netns', 'exec', h.ns, 'ethtool', '-K', dev, 'tso', 'off', 'gso', 'off', 'gro', 'off', 'tx', 'off']);
+      await x(['link', 'set', 'oref-br', 'master', 'br-oref', 'up']);
+      await x(['link', 'set', 'oref-dp', 'up']);
+      await must('ip', ['-n', ns, 'addr', 'add', `10.99.1.${i + 1}/24`, 'dev', 'eth0']);
+      await must('ip', ['-n', ns, 'link', 'set', 'eth0', 'mtu', String(mtu), 'up']); // a veth's peer does not take its MTU
+      await must('ip', ['-n', ns, 'link', 'set', 'lo', 'up']);
+      const other = i === 0 ? b : a;
+      await h.ovs!.vsctl(['add-br', 'ovs-ref', '--', 'set', 'bridge', 'ovs-ref', 'datapath_type=netdev', '--', 'add-port', 'ovs-ref', 'oref-dp', '--', 'add-port', 'ovs-ref', 'oref-vx', '--', 'set', 'interface', 'oref-vx', 'type=vxlan', `options:remote_ip=${other.ip}`, 'options:key=100', 'options:dst_port=4790']);
+    }
+    await eventually('weft path up', async () => (await run('ip', ['netns', 'exec', w1, 'ping', '-c', '1', '-W', '1', ip2])).code === 0, 20_000);
+    await eventually('NORMAL path up', async () => (await run('ip', ['netns', 'exec', refs[0], 'ping', '-c', '1', '-W', '1', '10.99.1.2'])).code === 0, 20_000);
+    const weft: number[][] = [];
+    const normal: number[][] = [];
+    for (let round = 0; round < 2; round++) {
+      normal.push([(await iperf(refs[1], refs[0], '10.99.1.2', seconds)).gbit, await rtt(refs[0], '10.99.1.2')]);
+      weft.push([(await iperf(w2, w1, ip2, seconds)).gbit, await rtt(w1, ip2)]);
+    }
+    const mean = (rows: number[][], k: number) => rows.reduce((t, r) => t + r[k], 0) / rows.length;
+    return { weft: [mean(weft, 0), mean(weft, 1)], normal: [mean(normal, 0), mean(normal, 1)] };
+  } finally {
+    await cluster.cleanup();
+  }
+}
+
 async function main(): Promise<void> {
   if (process.getuid?.() !== 0) throw new Error('needs root (network namespaces)');
   const cluster = await Cluster.create(2);
@@ -98,15 +155,27 @@ async function main(): Promise<void> {
     console.log(`(c) TCP RTT under load: ${fastdpTcpRtt.toFixed(0)} us`);
     console.log(`ratios: throughput c/b ${(uc[1] / ub[1]).toFixed(3)}, c/a ${(uc[1] / ua[1]).toFixed(3)}; RTT c/b ${(uc[2] / ub[2]).toFixed(3)}, c/a ${(uc[2] / ua[2]).toFixed(3)}`);
     await cluster.cleanup();
+    if (only === 'ovs') {
+      await printOvs(ub[1], ub[2]);
+      return;
+    }
     const sleeves: [string, number, number, number, number][] = [];
     sleeves.push(['(d) weft sleeve', ...(await sleeveRow(['--no-fastdp'], {}))]);
     sleeves.push(['(e) weft sleeve, encrypted', ...(await sleeveRow([], { WEFT_PASSWORD: 'bench password' }))]);
     for (const [label, gbit, us, cpu, tcpRtt] of sleeves) {
       console.log(`${label.padEnd(36)} ${gbit.toFixed(2).padStart(6)} Gbit/s   RTT ${us.toFixed(0).padStart(4)} us (ping), ${tcpRtt.toFixed(0)} us (TCP under load)   ${cpu.toFixed(2)} CPU s/GB (both routers)   vs b ${(gbit / ub[1]).toFixed(3)}`);
     }
+    await printOvs(ub[1], ub[2]);
   } finally {
     await cluster.cleanup();
   }
+}
+
+async function printOvs(kernelGbit: number, kernelRtt: number): Promise<void> {
+  const o = await ovsRows();
+  console.log(`${'(f) OVS NORMAL (anchor), netdev'.padEnd(36)} ${o.normal[0].toFixed(2).padStart(6)} Gbit/s   RTT ${o.normal[1].toFixed(0).padStart(4)} us`);
+  console.log(`${'(f) weft on OVS, netdev'.padEnd(36)} ${o.weft[0].toFixed(2).padStart(6)} Gbit/s   RTT ${o.weft[1].toFixed(0).padStart(4)} us`);
+  console.log(`ratios: throughput f/NORMAL ${(o.weft[0] / o.normal[0]).toFixed(3)}, f/b ${(o.weft[0] / kernelGbit).toFixed(3)}; RTT f/NORMAL ${(o.weft[1] / o.normal[1]).toFixed(3)}, f/b ${(o.weft[1] / kernelRtt).toFixed(3)}`);
 }
 
 await main();
