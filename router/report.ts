@@ -114,7 +114,7 @@ export function buildReport(s: ReportSources): Report {
       if (overlay === 'fastdp' || overlay === 'ovs') info += ` ${overlay} mtu=${dp.mtu}`;
       else if (overlay === 'sleeve') {
         fallbackReason = why;
-        info += ` sleeve mtu=${dp.mtu} pmtu=${hop?.pmtu ?? '?'}${hop?.encrypted ? ' (data encrypted)' : ''}${hop && !hop.healthy ? ` [${hop.reason}]` : ''}; not fastdp: ${why}`;
+        info += ` sleeve mtu=${dp.mtu} pmtu=${hop?.pmtu ?? '?'}${hop?.encrypted ? ' (data encrypted)' : ''}${hop && !hop.healthy ? ` [${hop.reason}]` : ''}; not ${dp.ovs ? 'ovs' : 'fastdp'}: ${why}`;
       } else {
         fallbackReason = why;
         info += `; no data path: ${why}${dp.sleeveError ? `; no sleeve: ${dp.sleeveError}` : ''}`;

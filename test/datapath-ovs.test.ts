@@ -7,7 +7,7 @@ import type { Report } from '../router/report.js';
 import { Cluster, eventually, type Host } from './harness/cluster.js';
 import { describeAsRoot } from './harness/root.js';
 import { echo, echoServer } from './harness/traffic.js';
-import { run } from './harness/exec.js';
+import { must, run } from './harness/exec.js';
 import { ovsInstalled } from './harness/ovs.js';
 
 const FAST = ['--heartbeat-interval', '500ms', '--gossip-interval', '1s'];
@@ -169,6 +169,25 @@ describeOvs('the OVS datapath across namespace hosts', () => {
     expect(reset.stdout).toMatch(/and the OVS bridge weft-ovs with its flows/);
     const bridges = (await b.ovs!.vsctl(['list-br'])).trim().split('\n');
     expect(bridges).toEqual(['br-phy']);
+  });
+
+  it('VXLAN blocked on the underlay: the connection falls back to the sleeve, says why, and returns to ovs when unblocked', async () => {
+    cluster = await Cluster.create(2, { routerArgs: [...FAST, '--ipalloc-init', 'consensus=2'], ovs: true });
+    const [a, b] = await launch(cluster, () => 'ovs');
+    const ns = await Promise.all(['s1', 's2'].map((l) => cluster!.container(l)));
+    const s = [await attach(a, ns[0]), await attach(b, ns[1])];
+    await eventually('s1 -> s2', () => ping(ns[0], s[1].ip), 10_000, 200);
+    // OVS reads the underlay before the hosts' netfilter does: block VXLAN on the underlay's bridge instead.
+    const ul = cluster.underlayNs;
+    await must('ip', ['netns', 'exec', ul, 'nft', '-f', '-'], { input: 'table bridge weft_test_block {\n chain f {\n  type filter hook forward priority 0;\n  udp dport 6784 drop\n }\n}\n' });
+    await eventually('on the sleeve', async () => (await overlays(a)).every((o) => o === 'sleeve'), 15_000, 200);
+    expect((await a.weft(['status', 'connections'])).stdout).toMatch(/not ovs: VXLAN heartbeats unacknowledged/);
+    await eventually('s1 -> s2 over the sleeve', () => ping(ns[0], s[1].ip), 10_000, 200);
+    expect(flowsFor(await a.ovs!.flows('weft-ovs'), s[1].mac)).toEqual([]); // its MAC went to the sleeve's port
+    await must('ip', ['netns', 'exec', ul, 'nft', 'delete', 'table', 'bridge', 'weft_test_block']);
+    await eventually('back on ovs', async () => (await overlays(a)).every((o) => o === 'ovs'), 15_000, 200);
+    expect(flowsFor(await a.ovs!.flows('weft-ovs'), s[1].mac)).toHaveLength(1);
+    expect(await ping(ns[0], s[1].ip)).toBe(true);
   });
 
   it('without Open vSwitch running, launch fails at once and says what is missing', async () => {
