@@ -104,7 +104,7 @@ describeOvs('the OVS datapath across namespace hosts', () => {
     expect(flowsFor(left, x[1].mac).length, left.join('\n')).toBe(1);
   });
 
-  it('a killed router: traffic keeps flowing through the installed flows; restarted, it changes only what changed meanwhile', async () => {
+  it('a killed router: traffic keeps flowing through the installed flows; restarted, it changes only what changed meanwhile; a bridge deleted underneath is made again', async () => {
     cluster = await Cluster.create(3, { routerArgs: [...FAST, '--ipalloc-init', 'consensus=3'], ovs: true });
     const [a, b, c] = await launch(cluster, () => 'ovs');
     const ns = await Promise.all(['y1', 'y2', 'y3'].map((l) => cluster!.container(l)));
@@ -136,6 +136,11 @@ describeOvs('the OVS datapath across namespace hosts', () => {
     const r = await b.report<Report>();
     expect(r.datapath!.kind).toBe('ovs');
     expect(r.datapath!.ovs!.connected).toBe(true);
+
+    // The bridge deleted underneath: the router makes it again, with its flows, and traffic returns.
+    await b.ovs!.vsctl(['del-br', 'weft-ovs']);
+    await eventually('bridge and flows back', async () => (await b.ovs!.vsctl(['list-br'])).includes('weft-ovs') && flowsFor(await b.ovs!.flows('weft-ovs'), y[2].mac).length === 1, 15_000, 200);
+    await eventually('y2 -> y3 again', () => ping(ns[1], y[2].ip), 10_000, 200);
   });
 
   it('a mixed mesh: a host on the kernel VXLAN datapath and one on OVS carry traffic both ways, through a service VIP too, with security groups enforced; weft reset removes only the OVS bridge weft made', async () => {

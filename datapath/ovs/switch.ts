@@ -102,7 +102,8 @@ export class OvsSwitch {
     this.reconnecting = setTimeout(() => {
       this.reconnecting = null;
       this.stats.reconnects++;
-      this.connect().then(
+      // Through OVSDB first: the bridge may be gone (deleted underneath, or OVS restarted with a fresh database).
+      this.start().then(
         () => {
           this.lastError = null;
           this.onReconnect?.();
@@ -116,7 +117,7 @@ export class OvsSwitch {
     this.reconnecting.unref();
   }
 
-  /** Called after a lost OpenFlow connection is back (the datapath re-programs). */
+  /** Called after a lost OpenFlow connection is back (the datapath re-programs: a re-made bridge has no flows). */
   onReconnect: (() => void) | null = null;
 
   /** Every flow in the bridge. */
