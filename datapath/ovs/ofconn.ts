@@ -115,6 +115,8 @@ export class OpenFlowConnection extends EventEmitter {
         clearTimeout(p.timer);
         p.reject(new Error(`the switch refused the request: ${text}`));
       } else {
+        // Errors for flow changes, collected by apply(); bounded, should a switch send errors for xids of nothing.
+        if (this.batchErrors.size > 10_000) this.batchErrors.clear();
         this.batchErrors.set(m.xid, text);
       }
       return;
