@@ -20,23 +20,32 @@ const seconds = numberArg('seconds', 5);
 /** `--only ovs`: the kernel anchor (a, b) and the OVS rows (f) only. */
 const only = stringArg('only', '');
 
+/**
+ * A hand-made container for the anchors: a namespace on host `h`'s Linux bridge `br` by a veth, with
+ * `addr` and the overlay MTU on its end (a veth's peer does not take its MTU), as weft's containers have.
+ */
+async function refContainer(cluster: Cluster, h: Host, label: string, br: string, addr: string, mtu: number): Promise<string> {
+  const ns = await cluster.container(label);
+  await must('ip', ['-n', h.ns, 'link', 'add', 'vref', 'mtu', String(mtu), 'type', 'veth', 'peer', 'name', 'eth0', 'netns', ns]);
+  await must('ip', ['-n', h.ns, 'link', 'set', 'vref', 'master', br, 'up']);
+  await must('ip', ['-n', ns, 'addr', 'add', addr, 'dev', 'eth0']);
+  await must('ip', ['-n', ns, 'link', 'set', 'eth0', 'mtu', String(mtu), 'up']);
+  await must('ip', ['-n', ns, 'link', 'set', 'lo', 'up']);
+  return ns;
+}
+
 /** (b): what weft programs, built by hand: bridge + VXLAN (another VNI and port) + static fdb. */
 async function handBuilt(cluster: Cluster, a: Host, b: Host, mtu: number): Promise<[string, string, string]> {
   const nss: string[] = [];
   const macs: string[] = [];
   for (const [i, h] of [a, b].entries()) {
-    const ns = await cluster.container(`ref${i + 1}`);
-    nss.push(ns);
     const x = (args: string[]) => must('ip', ['-n', h.ns, ...args]);
     await x(['link', 'add', 'br-ref', 'type', 'bridge']);
     await x(['link', 'add', 'vx-ref', 'type', 'vxlan', 'id', '100', 'dstport', '4789', 'nolearning']);
     await x(['link', 'set', 'vx-ref', 'master', 'br-ref', 'mtu', String(mtu), 'up']);
     await x(['link', 'set', 'br-ref', 'up']);
-    await x(['link', 'add', 'vref', 'mtu', String(mtu), 'type', 'veth', 'peer', 'name', 'eth0', 'netns', ns]);
-    await x(['link', 'set', 'vref', 'master', 'br-ref', 'up']);
-    await must('ip', ['-n', ns, 'addr', 'add', `10.99.0.${i + 1}/24`, 'dev', 'eth0']);
-    await must('ip', ['-n', ns, 'link', 'set', 'eth0', 'mtu', String(mtu), 'up']); // as weft's containers: a veth's peer does not take its MTU
-    await must('ip', ['-n', ns, 'link', 'set', 'lo', 'up']);
+    const ns = await refContainer(cluster, h, `ref${i + 1}`, 'br-ref', `10.99.0.${i + 1}/24`, mtu);
+    nss.push(ns);
     macs.push(JSON.parse(await must('ip', ['-n', ns, '-json', 'link', 'show', 'eth0']))[0].address as string);
   }
   for (const [i, h] of [a, b].entries()) {
@@ -94,20 +103,14 @@ async function ovsRows(): Promise<{ weft: [number, number]; normal: [number, num
     const ip2 = (await b.weft(['attach', `netns:${w2}`])).stdout.trim().split('/')[0];
     const refs: string[] = [];
     for (const [i, h] of [a, b].entries()) {
-      const ns = await cluster.container(`oref${i + 1}`);
-      refs.push(ns);
       const x = (args: string[]) => must('ip', ['-n', h.ns, ...args]);
       await x(['link', 'add', 'br-oref', 'type', 'bridge']);
       await x(['link', 'set', 'br-oref', 'up']);
-      await x(['link', 'add', 'vref', 'mtu', String(mtu), 'type', 'veth', 'peer', 'name', 'eth0', 'netns', ns]);
-      await x(['link', 'set', 'vref', 'master', 'br-oref', 'up']);
+      refs.push(await refContainer(cluster, h, `oref${i + 1}`, 'br-oref', `10.99.1.${i + 1}/24`, mtu));
       await x(['link', 'add', 'oref-br', 'mtu', String(mtu), 'type', 'veth', 'peer', 'name', 'oref-dp', 'mtu', String(mtu)]);
       for (const dev of ['oref-br', 'oref-dp']) await must('ip', ['netns', 'exec', h.ns, 'ethtool', '-K', dev, 'tso', 'off', 'gso', 'off', 'gro', 'off', 'tx', 'off']);
       await x(['link', 'set', 'oref-br', 'master', 'br-oref', 'up']);
       await x(['link', 'set', 'oref-dp', 'up']);
-      await must('ip', ['-n', ns, 'addr', 'add', `10.99.1.${i + 1}/24`, 'dev', 'eth0']);
-      await must('ip', ['-n', ns, 'link', 'set', 'eth0', 'mtu', String(mtu), 'up']); // a veth's peer does not take its MTU
-      await must('ip', ['-n', ns, 'link', 'set', 'lo', 'up']);
       const other = i === 0 ? b : a;
       await h.ovs!.vsctl(['add-br', 'ovs-ref', '--', 'set', 'bridge', 'ovs-ref', 'datapath_type=netdev', '--', 'add-port', 'ovs-ref', 'oref-dp', '--', 'add-port', 'ovs-ref', 'oref-vx', '--', 'set', 'interface', 'oref-vx', 'type=vxlan', `options:remote_ip=${other.ip}`, 'options:key=100', 'options:dst_port=4790']);
     }

@@ -57,7 +57,36 @@ export async function ensureBridge(c: BridgeConfig): Promise<string[]> {
     await ip(['link', 'set', BRIDGE, 'mtu', String(c.mtu)]);
     fixed.push('bridge MTU');
   }
-  if (c.ovs) return ensureOvsVeth(c, fixed);
+  const port = c.ovs ? await ensureOvsVeth(c, fixed) : await ensureVxlan(c, fixed);
+  if (port.master !== BRIDGE) {
+    await ip(['link', 'set', port.dev, 'master', BRIDGE]);
+    fixed.push(`${port.what} on the bridge`);
+  }
+  // The bridge must not learn remote MACs on the tunnel port either: the fdb entries are ours. With
+  // neigh_suppress, ARP for addresses the bridge has neighbour entries for is answered locally.
+  // Isolated, like the sleeve's TAP: what came in over one overlay never leaves over the other.
+  await bridge(['link', 'set', 'dev', port.dev, 'learning', 'off', 'neigh_suppress', 'on', 'isolated', 'on']);
+  for (const dev of [...port.up, BRIDGE]) {
+    const st = (await ipJson<LinkInfo[]>(['link', 'show', 'dev', dev]))[0];
+    if (!st.flags?.includes('UP')) {
+      await ip(['link', 'set', dev, 'up']);
+      if (fixed.length === 0) fixed.push(`${dev} was down`);
+    }
+  }
+  return fixed;
+}
+
+/** The bridge's tunnel port as made: the device on the bridge, its master now, and the links to bring up. */
+interface TunnelPort {
+  dev: string;
+  /** What it is, for the list of repairs. */
+  what: string;
+  master?: string;
+  up: string[];
+}
+
+/** The kernel VXLAN device, made again when its settings differ. */
+async function ensureVxlan(c: BridgeConfig, fixed: string[]): Promise<TunnelPort> {
   let vx = (await linkExists(VXLAN_DEV)) ? (await ipJson<LinkInfo[]>(['-d', 'link', 'show', 'dev', VXLAN_DEV]))[0] : null;
   if (vx && (vx.linkinfo?.info_kind !== 'vxlan' || vx.linkinfo.info_data?.id !== VNI || vx.linkinfo.info_data?.port !== c.vxlanPort)) {
     await ip(['link', 'del', VXLAN_DEV]);
@@ -71,32 +100,16 @@ export async function ensureBridge(c: BridgeConfig): Promise<string[]> {
     vx = (await ipJson<LinkInfo[]>(['-d', 'link', 'show', 'dev', VXLAN_DEV]))[0];
   }
   if (vx.mtu !== c.mtu) await ip(['link', 'set', VXLAN_DEV, 'mtu', String(c.mtu)]);
-  if (vx.master !== BRIDGE) {
-    await ip(['link', 'set', VXLAN_DEV, 'master', BRIDGE]);
-    fixed.push('VXLAN device on the bridge');
-  }
-  // The bridge must not learn remote MACs on the VXLAN port either: the fdb entries are ours. With
-  // neigh_suppress, ARP for addresses the bridge has neighbour entries for is answered locally.
-  // Isolated, like the sleeve's TAP: what came in over one overlay never leaves over the other.
-  await bridge(['link', 'set', 'dev', VXLAN_DEV, 'learning', 'off', 'neigh_suppress', 'on', 'isolated', 'on']);
-  for (const dev of [VXLAN_DEV, BRIDGE]) {
-    const st = (await ipJson<LinkInfo[]>(['link', 'show', 'dev', dev]))[0];
-    if (!st.flags?.includes('UP')) {
-      await ip(['link', 'set', dev, 'up']);
-      if (fixed.length === 0) fixed.push(`${dev} was down`);
-    }
-  }
-  return fixed;
+  return { dev: VXLAN_DEV, what: 'VXLAN device', master: vx.master, up: [VXLAN_DEV] };
 }
 
 /**
- * The OVS datapath's side of the bridge: the veth pair to OVS in the VXLAN device's place, with the
- * same port flags (no learning, ARP answered by the bridge, isolated from the sleeve's port).
- * Offloads are off on both ends: OVS's userspace datapath reads frames from the veth as they are,
- * and segmentation-offloaded TCP frames larger than the MTU would be lost on the way
+ * The OVS datapath's tunnel port: the veth pair to OVS in the VXLAN device's place, with the same
+ * port flags. Offloads are off on both ends: OVS's userspace datapath reads frames from the veth
+ * as they are, and segmentation-offloaded TCP frames larger than the MTU would be lost on the way
  * (../shared/reference/measurements.md, "Open vSwitch works here in userspace").
  */
-async function ensureOvsVeth(c: BridgeConfig, fixed: string[]): Promise<string[]> {
+async function ensureOvsVeth(c: BridgeConfig, fixed: string[]): Promise<TunnelPort> {
   if (await linkExists(VXLAN_DEV)) {
     await ip(['link', 'del', VXLAN_DEV]);
     fixed.push('removed the VXLAN device (the OVS datapath replaces it)');
@@ -109,19 +122,7 @@ async function ensureOvsVeth(c: BridgeConfig, fixed: string[]): Promise<string[]
   }
   const end = (await ipJson<LinkInfo[]>(['-d', 'link', 'show', 'dev', OVS_VETH_BRIDGE_END]))[0];
   if (end.mtu !== c.mtu) for (const dev of [OVS_VETH_BRIDGE_END, OVS_VETH_OVS_END]) await ip(['link', 'set', dev, 'mtu', String(c.mtu)]);
-  if (end.master !== BRIDGE) {
-    await ip(['link', 'set', OVS_VETH_BRIDGE_END, 'master', BRIDGE]);
-    fixed.push('OVS veth on the bridge');
-  }
-  await bridge(['link', 'set', 'dev', OVS_VETH_BRIDGE_END, 'learning', 'off', 'neigh_suppress', 'on', 'isolated', 'on']);
-  for (const dev of [OVS_VETH_BRIDGE_END, OVS_VETH_OVS_END, BRIDGE]) {
-    const st = (await ipJson<LinkInfo[]>(['link', 'show', 'dev', dev]))[0];
-    if (!st.flags?.includes('UP')) {
-      await ip(['link', 'set', dev, 'up']);
-      if (fixed.length === 0) fixed.push(`${dev} was down`);
-    }
-  }
-  return fixed;
+  return { dev: OVS_VETH_BRIDGE_END, what: 'OVS veth', master: end.master, up: [OVS_VETH_BRIDGE_END, OVS_VETH_OVS_END] };
 }
 
 export async function removeBridge(): Promise<void> {

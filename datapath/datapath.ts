@@ -10,7 +10,7 @@ import { hostOf } from '../router/mesh/connection-maker.js';
 import { attachContainer, containerExists, containerNamespace, detachContainer, forgetNetns, netnsPathOf, rememberNetns } from './attach.js';
 import { BRIDGE, OVS_VETH_BRIDGE_END, VNI, VXLAN_OVERHEAD, bridgeMac, ensureBridge, removeBridge, underlayMtu } from './bridge.js';
 import { OvsSwitch, type OvsConfig } from './ovs/switch.js';
-import { CookieKind, cookieFor, desiredFlows } from './ovs/flows.js';
+import { desiredFlows } from './ovs/flows.js';
 import { EndpointTable, type Endpoint } from './endpoints.js';
 import { FLOOD_MAC, programFdb, programNeighbours, readFdb, type FdbEntry, type NeighEntry } from './fastdp.js';
 import { ip, ipBatch, ipBatchIn, linkExists, sysctl } from './iproute.js';
@@ -90,7 +90,7 @@ export class Datapath {
   ) {
     this.endpoints = new EndpointTable(mesh);
     if (config.ovs) this.ovs = new OvsSwitch(config.ovs, mesh.log);
-    const ovsCounter = this.ovs ? () => this.ovs!.heartbeatCounts() : null;
+    const ovsCounter = this.ovs ? (peers: PeerName[]) => this.ovs!.heartbeatCounts(peers) : null;
     this.health = new FastdpHealth(mesh, config.vxlanPort, () => this.mtu, (p) => this.lastAddr.get(p), 1000, ovsCounter);
     this.endpoints.onChange(() => this.scheduleReconcile());
     for (const ev of ['connection-added', 'connection-removed', 'connection-established', 'topology']) mesh.on(ev, () => this.scheduleReconcile());
@@ -552,12 +552,7 @@ export class Datapath {
     const ovs = this.ovs!;
     const remote = this.endpoints.all().filter((e) => e.peer !== this.mesh.name);
     const dstOf = new Map(fdb.filter((e) => e.mac !== FLOOD_MAC).map((e) => [e.mac, e.dst]));
-    const heartbeats: { peer: string; mac: string }[] = [];
-    for (const c of this.mesh.connections.values()) {
-      if (!c.established) continue;
-      heartbeats.push({ peer: c.name, mac: bridgeMac(c.name) });
-      ovs.peerOfHeartbeat.set(cookieFor(CookieKind.Heartbeat, c.name), c.name);
-    }
+    const heartbeats = [...this.mesh.connections.values()].filter((c) => c.established).map((c) => ({ peer: c.name, mac: bridgeMac(c.name) }));
     const flows = desiredFlows({
       vni: VNI,
       local: [{ id: 'bridge', mac: bridgeMac(this.mesh.name) }, ...this.endpoints.local.map((e) => ({ id: e.container, mac: e.mac }))],

@@ -115,7 +115,7 @@ export class Router {
     const ipam = new Allocator(mesh, { ...ipamConf, timeoutMs: opts.ipallocTimeout, store: ipamStore, liveness: containerLiveness() });
     const withDatapath = opts.datapath === 'fastdp' || opts.datapath === 'ovs';
     const dnsOnBridge = opts.dns && withDatapath && !opts.dnsListenAddress;
-    const ovs = opts.datapath === 'ovs' ? { ovsdb: opts.ovsdb, bridge: opts.ovsBridge, datapathType: opts.ovsDatapath ?? (await defaultOvsDatapathType()), vxlanPort: opts.port + 1 } : undefined;
+    const ovs = opts.datapath === 'ovs' ? { ovsdb: opts.ovsdb, bridge: opts.ovsBridge, datapathType: opts.ovsDatapath ?? defaultOvsDatapathType(), vxlanPort: opts.port + 1 } : undefined;
     const datapath =
       withDatapath
         ? new Datapath(mesh, ipam, {

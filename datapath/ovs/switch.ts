@@ -4,9 +4,10 @@
 // The bridge is fail-mode secure: while the router is away (killed,
 // restarting), OVS keeps forwarding with the flows it has; the restarted router
 // reads them back and changes only what differs, so traffic has no gap.
+import { existsSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { OpenFlowConnection } from './ofconn.js';
-import { CookieKind, KIND_MASK, PORT_BRIDGE, PORT_TUNNEL, floodDestinations } from './flows.js';
+import { CookieKind, KIND_MASK, PORT_BRIDGE, PORT_TUNNEL, cookieFor, floodDestinations } from './flows.js';
 import { flowText, type FlowSpec } from './openflow.js';
 import { OvsdbClient, OvsdbError, map, mapObject, named, parseOvsdbTarget, set, setItems, uuid, uuidOf, type Json } from './ovsdb.js';
 
@@ -27,8 +28,7 @@ export interface OvsConfig {
 }
 
 /** Whether this kernel has the openvswitch module (the default datapath type follows). */
-export async function defaultOvsDatapathType(): Promise<OvsDatapathType> {
-  const { existsSync } = await import('node:fs');
+export function defaultOvsDatapathType(): OvsDatapathType {
   return existsSync('/sys/module/openvswitch') ? 'system' : 'netdev';
 }
 
@@ -151,16 +151,14 @@ export class OvsSwitch {
     return { added: add.length, removed: remove.length };
   }
 
-  /** Heartbeat cookie -> peer name, set by whoever builds the flows. */
-  readonly peerOfHeartbeat = new Map<bigint, string>();
-
-  /** Packets counted per peer by the heartbeat flows. */
-  async heartbeatCounts(): Promise<Map<string, number>> {
+  /** Packets counted by these peers' heartbeat flows (flows.ts: a cookie per peer). */
+  async heartbeatCounts(peers: string[]): Promise<Map<string, number>> {
     const out = new Map<string, number>();
     if (!this.connected) return out;
+    const peerOf = new Map(peers.map((p) => [cookieFor(CookieKind.Heartbeat, p), p]));
     const flows = await this.conn!.flows(BigInt(CookieKind.Heartbeat) << 56n, KIND_MASK);
     for (const f of flows) {
-      const peer = this.peerOfHeartbeat.get(f.cookie);
+      const peer = peerOf.get(f.cookie);
       if (peer) out.set(peer, Number(f.packets));
     }
     return out;
