@@ -35,18 +35,24 @@ export interface Header {
   hop: Buffer;
 }
 
-export function writeHeader(buf: Buffer, kind: number, sealed: boolean, hop: Buffer): void {
-  buf[0] = VERSION;
-  buf[1] = kind | (sealed ? SEALED : 0);
-  hop.copy(buf, 2, 0, 6);
+export function writeHeader(buf: Buffer, kind: number, sealed: boolean, hop: Buffer, at = 0): void {
+  buf[at] = VERSION;
+  buf[at + 1] = kind | (sealed ? SEALED : 0);
+  hop.copy(buf, at + 2, 0, 6);
 }
 
 export function readHeader(buf: Buffer): Header {
-  if (buf.length < HEADER) throw new Error(`sleeve packet of ${buf.length} bytes is shorter than its header`);
-  if (buf[0] !== VERSION) throw new Error(`sleeve packet version ${buf[0]} is not ${VERSION}`);
-  const kind = buf[1] & 0x7f;
+  const kind = headerKind(buf, 0, buf.length);
+  return { kind: kind & ~SEALED, sealed: (kind & SEALED) !== 0, hop: buf.subarray(2, 8) };
+}
+
+/** The kind byte (with the SEALED bit) of the packet at start..end of `buf`, checked; no allocation. */
+export function headerKind(buf: Buffer, start: number, end: number): number {
+  if (end - start < HEADER) throw new Error(`sleeve packet of ${end - start} bytes is shorter than its header`);
+  if (buf[start] !== VERSION) throw new Error(`sleeve packet version ${buf[start]} is not ${VERSION}`);
+  const kind = buf[start + 1] & 0x7f;
   if (kind < KIND_FRAMES || kind > KIND_PROBE) throw new Error(`unknown sleeve packet kind ${kind}`);
-  return { kind, sealed: (buf[1] & SEALED) !== 0, hop: buf.subarray(2, 8) };
+  return buf[start + 1];
 }
 
 /** A message: source and destination peers (6 bytes each), hops left, then length-prefixed frames. */
@@ -206,6 +212,10 @@ export class Reassembler {
     this.partial.delete(key);
     return Buffer.concat(p.parts as Buffer[]);
   }
+  /** Whether part of this message is here. */
+  has(from: string, id: number): boolean {
+    return this.partial.has(`${from}/${id}`);
+  }
   /** Drops entries older than the age limit (or, when full, the oldest). */
   expire(now = Date.now(), oldest = false): void {
     for (const [k, p] of this.partial) {
@@ -218,5 +228,57 @@ export class Reassembler {
   }
   get size(): number {
     return this.partial.size;
+  }
+}
+
+/**
+ * One peer's fragmented messages. They arrive in order almost always (a train is cut in order and
+ * one path keeps it), so fragments are copied straight into one message buffer, with no allocation;
+ * anything else goes to the shared Reassembler, together with what the buffer had gathered of that
+ * message. What add() returns is valid until the next call.
+ */
+export class FragmentAssembler {
+  private readonly buf = Buffer.alloc(MAX_MESSAGE);
+  private id = 0;
+  private count = 0;
+  /** The size of every fragment but a message's last. */
+  private chunk = 0;
+  /** The index expected next; 0 when no message is being gathered. */
+  private next = 0;
+  private length = 0;
+  constructor(
+    private readonly reassembler: Reassembler,
+    private readonly from: string,
+  ) {}
+
+  /** Fragment `index` of `count` of message `id`, at start..end of `src`: the whole message once complete. */
+  add(id: number, index: number, count: number, src: Buffer, start: number, end: number): Buffer | null {
+    const size = end - start;
+    // A message some of whose fragments came before its first is the reassembler's.
+    if (index === 0 && count > 1 && size * count <= this.buf.length && !this.reassembler.has(this.from, id)) {
+      if (this.next > 0) this.spill();
+      src.copy(this.buf, 0, start, end);
+      this.id = id;
+      this.count = count;
+      this.chunk = size;
+      this.next = 1;
+      this.length = size;
+      return null;
+    }
+    if (this.next > 0 && id === this.id && count === this.count && index === this.next && (size === this.chunk || (index === count - 1 && size < this.chunk))) {
+      src.copy(this.buf, this.length, start, end);
+      this.length += size;
+      if (++this.next < count) return null;
+      this.next = 0;
+      return this.buf.subarray(0, this.length);
+    }
+    if (this.next > 0 && id === this.id) this.spill();
+    return this.reassembler.add(this.from, id, index, count, src.subarray(start, end));
+  }
+
+  /** Hands what the buffer gathered to the reassembler (fragments 0..next-1, each `chunk` bytes). */
+  private spill(): void {
+    for (let k = 0; k < this.next; k++) this.reassembler.add(this.from, this.id, k, this.count, this.buf.subarray(k * this.chunk, (k + 1) * this.chunk));
+    this.next = 0;
   }
 }

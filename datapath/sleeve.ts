@@ -15,25 +15,29 @@ import { pack, unpack } from '../router/mesh/messages.js';
 import { peerNameFromBytes, peerNameToBytes, type PeerName } from '../router/mesh/peer-name.js';
 import { BRIDGE } from './bridge.js';
 import { bridge, ipBatch } from './iproute.js';
-import { TapPort, UdpPort } from './native/index.js';
+import { META, TapPort, UdpPort } from './native/index.js';
 import { parseIp } from '../ipam/addr.js';
 import {
   FRAGMENT_HEADER,
+  FragmentAssembler,
   HEADER,
   HOPS_OFFSET,
   IP_UDP,
   KIND_FRAGMENT,
   KIND_FRAMES,
   KIND_PROBE,
+  MAX_HOPS,
+  MAX_MESSAGE,
   MESSAGE_HEADER,
   PMTU_FLOOR,
   PacketOpener,
   PacketSealer,
   Reassembler,
   SEAL_OVERHEAD,
+  SEALED,
   decodeMessage,
   encodeMessage,
-  readHeader,
+  headerKind,
   writeHeader,
 } from './sleeve-packet.js';
 
@@ -47,10 +51,14 @@ const HEALTHY_MS = 3 * PROBE_INTERVAL_MS + 500;
 const MAX_LEARNED = 16_384;
 /** The largest UDP payload over IPv4. */
 const MAX_UDP_PAYLOAD = 65507;
+/** `WEFT_SLEEVE_GSO=off` sends big messages as IP-fragmented datagrams instead of segment trains (for comparison). */
+const GSO_WANTED = process.env.WEFT_SLEEVE_GSO !== 'off';
 
 /** A directly connected peer, as the sleeve sees it. */
 interface Hop {
   name: PeerName;
+  /** The peer name's six bytes as a number (what datagrams carry). */
+  id: number;
   addr: number;
   host: string;
   port: number;
@@ -63,6 +71,10 @@ interface Hop {
   /** Probes of the current round not yet acknowledged. */
   pending: Set<number>;
   probeAckAt: number;
+  /** The source MAC of the last frame learnt from (a stream repeats it; the lookups are skipped). */
+  lastSourceMac: number;
+  /** Puts its fragmented messages back together. */
+  assembler: FragmentAssembler;
 }
 
 export interface SleeveConfig {
@@ -84,8 +96,19 @@ export interface SleeveHopStatus {
   reason: string | null;
 }
 
+const HEX = Array.from({ length: 256 }, (_, i) => i.toString(16).padStart(2, '0'));
+/** MAC texts by their 48-bit value: the lookups key on text, and a stream repeats a few MACs. */
+const macTexts = new Map<number, string>();
+
 function macText(b: Buffer, o: number): string {
-  return b.toString('hex', o, o + 6).replace(/(..)(?!$)/g, '$1:');
+  const v = b.readUIntBE(o, 6);
+  let t = macTexts.get(v);
+  if (t === undefined) {
+    t = `${HEX[b[o]]}:${HEX[b[o + 1]]}:${HEX[b[o + 2]]}:${HEX[b[o + 3]]}:${HEX[b[o + 4]]}:${HEX[b[o + 5]]}`;
+    if (macTexts.size >= MAX_LEARNED) macTexts.clear();
+    macTexts.set(v, t);
+  }
+  return t;
 }
 
 export class Sleeve implements Gossiper {
@@ -94,13 +117,20 @@ export class Sleeve implements Gossiper {
   private tap: TapPort | null = null;
   private readonly channel: Gossip;
   private readonly hops = new Map<PeerName, Hop>();
-  private readonly hopByBytes = new Map<string, Hop>();
+  private readonly hopById = new Map<number, Hop>();
+  /** Frames of the TAP batch being handled, by destination peer: rx slot indices (reused). */
+  private readonly framesByDst = new Map<PeerName, number[]>();
   /** Remote MACs seen in frames from each peer (for MACs the endpoint table does not know). */
   private readonly learned = new Map<string, PeerName>();
   private readonly reassembler = new Reassembler();
+  /** A message being built before it is sent in fragments (one at a time, reused). */
+  private readonly scratch = Buffer.alloc(MAX_MESSAGE);
   private readonly self: Buffer;
+  private readonly selfId: number;
   private timer: NodeJS.Timeout | null = null;
   private fragmentId = 0;
+  /** Big messages go as trains of path-sized fragments in one send (UDP GSO); else as IP-fragmented datagrams. */
+  private gso = false;
   /** Peers whose traffic goes by sleeve (the datapath decides). */
   destinations = new Set<PeerName>();
   readonly stats = { framesOut: 0, framesIn: 0, bytesOut: 0, bytesIn: 0, relayed: 0, dropped: 0, refused: 0, malformed: 0 };
@@ -111,13 +141,15 @@ export class Sleeve implements Gossiper {
     private readonly config: SleeveConfig,
   ) {
     this.self = peerNameToBytes(mesh.name);
+    this.selfId = this.self.readUIntBE(0, 6);
     this.channel = mesh.registerChannel(CHANNEL, this);
   }
 
   /** Opens the TAP (on the bridge) and the UDP port. Throws with the reason when it cannot. */
   async start(): Promise<void> {
     const slotSize = 65536 + 64;
-    this.udp = new UdpPort({ port: this.config.port, slots: 64, slotSize, rcvbuf: 8 << 20, sndbuf: 8 << 20 }, (n) => this.guard(() => this.onDatagrams(n)));
+    this.udp = new UdpPort({ port: this.config.port, slots: 64, slotSize, rcvbuf: 8 << 20, sndbuf: 8 << 20, gro: true }, (n) => this.guard(() => this.onDatagrams(n)));
+    this.gso = GSO_WANTED && this.udp.features.gso;
     this.probes = new UdpPort({ port: 0, dontFragment: true, slots: 16, slotSize: 9216 }, () => undefined);
     this.tap = new TapPort({ name: SLEEVE_TAP, vnetHdr: true, slots: 32 }, (n) => this.guard(() => this.onFrames(n)));
     await this.plumb();
@@ -167,8 +199,10 @@ export class Sleeve implements Gossiper {
       const encrypted = !!keys && this.config.encrypt(c.name, host);
       if (old && old.host === host && old.port === c.link.remote.port && !!old.sealer === encrypted) continue;
       if (!/^\d+\.\d+\.\d+\.\d+$/.test(host)) continue; // IPv4 underlay only
+      const id = peerNameToBytes(c.name).readUIntBE(0, 6);
       const hop: Hop = {
         name: c.name,
+        id,
         addr: parseIp(host),
         host,
         port: c.link.remote.port,
@@ -178,14 +212,16 @@ export class Sleeve implements Gossiper {
         failedAt: old?.failedAt ?? this.config.underlayMtu + 1,
         pending: new Set(),
         probeAckAt: old?.probeAckAt ?? 0,
+        lastSourceMac: -1,
+        assembler: old?.assembler ?? new FragmentAssembler(this.reassembler, c.name),
       };
       this.hops.set(c.name, hop);
-      this.hopByBytes.set(peerNameToBytes(c.name).toString('hex'), hop);
+      this.hopById.set(id, hop);
     }
     for (const [name] of this.hops) {
       if (seen.has(name)) continue;
       this.hops.delete(name);
-      this.hopByBytes.delete(peerNameToBytes(name).toString('hex'));
+      this.hopById.delete(peerNameToBytes(name).readUIntBE(0, 6));
     }
     for (const [mac, p] of this.learned) if (!this.mesh.topology.get(p)) this.learned.delete(mac);
   }
@@ -210,34 +246,103 @@ export class Sleeve implements Gossiper {
    * the path is smaller than our link, IP fragments would not pass it: we cut to the path MTU.
    */
   private maxDatagram(hop: Hop): number {
+    if (this.gso) return hop.pmtu - IP_UDP;
     return hop.pmtu >= this.config.underlayMtu ? MAX_UDP_PAYLOAD : hop.pmtu - IP_UDP;
   }
 
   // ---- frames from local containers (the TAP)
 
+  // The hot path works on the shared slots in place: no frame is copied into a buffer of its own
+  // (a 64 KB allocation per super-frame made V8 collect garbage several times a second).
   private onFrames(n: number): void {
     const tap = this.tap!;
-    // Frames per destination peer, sent as few messages as the path allows, after the batch.
-    const out = new Map<PeerName, Buffer[]>();
+    const rx = tap.rx;
+    const byDst = this.framesByDst;
     for (let i = 0; i < n; i++) {
-      const f = tap.received(i);
-      if (f.length < VNET_HDR + 14) continue;
-      const multi = (f[VNET_HDR] & 1) === 1;
-      const dmac = multi ? '' : macText(f, VNET_HDR);
-      const owner = multi ? undefined : (this.config.macOwner(dmac) ?? this.learned.get(dmac));
-      const targets = owner !== undefined ? (this.destinations.has(owner) ? [owner] : []) : [...this.destinations];
-      if (targets.length === 0) continue;
-      const copy = Buffer.from(f); // the slot is reused by the next read
-      for (const t of targets) {
-        let list = out.get(t);
-        if (!list) out.set(t, (list = []));
-        list.push(copy);
-        this.stats.framesOut++;
-        this.stats.bytesOut += copy.length - VNET_HDR;
+      const at = i * tap.slotSize;
+      const len = tap.rxMeta[i * META];
+      if (len < VNET_HDR + 14) continue;
+      const multi = (rx[at + VNET_HDR] & 1) === 1;
+      let owner: PeerName | undefined;
+      if (!multi) {
+        const dmac = macText(rx, at + VNET_HDR);
+        owner = this.config.macOwner(dmac) ?? this.learned.get(dmac);
       }
+      if (owner !== undefined) {
+        if (this.destinations.has(owner)) this.addFrame(byDst, owner, i, len);
+      } else for (const t of this.destinations) this.addFrame(byDst, t, i, len);
     }
-    for (const [dst, frames] of out) this.sendFrames(dst, frames);
+    for (const [dst, slots] of byDst) {
+      if (slots.length > 0) this.sendTapFrames(dst, slots);
+      slots.length = 0;
+    }
     this.udp?.flush();
+  }
+
+  private addFrame(byDst: Map<PeerName, number[]>, dst: PeerName, slot: number, len: number): void {
+    let list = byDst.get(dst);
+    if (!list) {
+      // Bounded by the peers there are; entries of peers gone are dropped here.
+      if (byDst.size > 4 * this.hops.size + 64) byDst.clear();
+      byDst.set(dst, (list = []));
+    }
+    list.push(slot);
+    this.stats.framesOut++;
+    this.stats.bytesOut += len - VNET_HDR;
+  }
+
+  /**
+   * Frames of TAP slots to one peer. Plain hops whose path carries 64 KB datagrams get messages
+   * written straight into UDP slots; sealed hops and small paths go through sendFrames.
+   */
+  private sendTapFrames(dst: PeerName, slots: number[]): void {
+    const tap = this.tap!;
+    const udp = this.udp;
+    const hop = this.nextHop(dst);
+    if (!hop || !udp) {
+      this.stats.dropped += slots.length;
+      return;
+    }
+    const max = this.maxDatagram(hop);
+    if (hop.sealer || (!this.gso && max < MAX_UDP_PAYLOAD)) {
+      this.sendFrames(dst, slots.map((i) => Buffer.from(tap.received(i))));
+      return;
+    }
+    const dstBytes = peerNameToBytes(dst);
+    const tx = udp.tx;
+    let start = -1; // where the datagram being filled starts in tx
+    let o = 0;
+    for (const i of slots) {
+      const len = tap.rxMeta[i * META];
+      const need = 4 + len;
+      if (start >= 0 && o + need - start > max) {
+        udp.commit(o - start, hop.addr, hop.port);
+        start = -1;
+      }
+      if (start < 0) {
+        if (HEADER + MESSAGE_HEADER + need > max) {
+          // Larger than a datagram: a message of its own, sent in fragments.
+          const m = this.scratch;
+          this.self.copy(m, 0, 0, 6);
+          dstBytes.copy(m, 6, 0, 6);
+          m[HOPS_OFFSET] = MAX_HOPS;
+          m.writeUInt32BE(len, MESSAGE_HEADER);
+          tap.rx.copy(m, MESSAGE_HEADER + 4, i * tap.slotSize, i * tap.slotSize + len);
+          this.sendMessage(hop, m.subarray(0, MESSAGE_HEADER + need));
+          continue;
+        }
+        start = udp.nextOffset();
+        writeHeader(tx, KIND_FRAMES, false, this.self, start);
+        this.self.copy(tx, start + HEADER, 0, 6);
+        dstBytes.copy(tx, start + HEADER + 6, 0, 6);
+        tx[start + HEADER + HOPS_OFFSET] = MAX_HOPS;
+        o = start + HEADER + MESSAGE_HEADER;
+      }
+      tx.writeUInt32BE(len, o);
+      tap.rx.copy(tx, o + 4, i * tap.slotSize, i * tap.slotSize + len);
+      o += need;
+    }
+    if (start >= 0) udp.commit(o - start, hop.addr, hop.port);
   }
 
   private nextHop(dst: PeerName): Hop | undefined {
@@ -285,15 +390,25 @@ export class Sleeve implements Gossiper {
     const chunk = max - FRAGMENT_HEADER;
     const count = Math.ceil(body.length / chunk);
     const id = (this.fragmentId = (this.fragmentId + 1) >>> 0);
-    for (let i = 0; i < count; i++) {
-      const part = body.subarray(i * chunk, Math.min(body.length, (i + 1) * chunk));
-      const s = udp.nextSlot();
-      writeHeader(s, KIND_FRAGMENT, !!hop.sealer, this.self);
-      s.writeUInt32BE(id, HEADER);
-      s.writeUInt16BE(i, HEADER + 4);
-      s.writeUInt16BE(count, HEADER + 6);
-      part.copy(s, FRAGMENT_HEADER);
-      udp.commit(FRAGMENT_HEADER + part.length, hop.addr, hop.port);
+    // With GSO, fragments go end to end in trains (each fragment a datagram of exactly `max` bytes
+    // but the message's last), a train per slot, as large as a UDP datagram allows.
+    const perSlot = this.gso ? Math.min(64, Math.floor(MAX_UDP_PAYLOAD / max)) : 1;
+    const tx = udp.tx;
+    for (let i = 0; i < count; ) {
+      const start = udp.nextOffset();
+      let o = start;
+      const end = Math.min(count, i + perSlot);
+      for (; i < end; i++) {
+        const from = i * chunk;
+        const to = Math.min(body.length, from + chunk);
+        writeHeader(tx, KIND_FRAGMENT, !!hop.sealer, this.self, o);
+        tx.writeUInt32BE(id, o + HEADER);
+        tx.writeUInt16BE(i, o + HEADER + 4);
+        tx.writeUInt16BE(count, o + HEADER + 6);
+        body.copy(tx, o + FRAGMENT_HEADER, from, to);
+        o += FRAGMENT_HEADER + to - from;
+      }
+      udp.commit(o - start, hop.addr, hop.port, o - start > max ? max : 0);
     }
   }
 
@@ -301,76 +416,112 @@ export class Sleeve implements Gossiper {
 
   private onDatagrams(n: number): void {
     const udp = this.udp!;
+    const rx = udp.rx;
     for (let i = 0; i < n; i++) {
-      try {
-        this.onDatagram(udp.received(i), udp.fromAddress(i), udp.truncated(i));
-      } catch {
-        this.stats.malformed++;
+      const start = i * udp.slotSize;
+      const end = start + udp.rxMeta[i * META];
+      const seg = udp.segmentSize(i) || end - start;
+      // A train the kernel kept joined (GRO): each segment is a datagram of its own.
+      for (let o = start; o < end; o += seg) {
+        try {
+          this.onDatagram(rx, o, Math.min(end, o + seg), udp.fromAddress(i), udp.truncated(i));
+        } catch {
+          this.stats.malformed++;
+        }
       }
     }
     this.tap?.flush();
     this.udp?.flush();
   }
 
-  private onDatagram(d: Buffer, from: number, truncated: boolean): void {
+  /** The datagram at start..end of `buf` (the receive slots: looked at in place, copied only where kept). */
+  private onDatagram(buf: Buffer, start: number, end: number, from: number, truncated: boolean): void {
     if (truncated) throw new Error('truncated');
-    const h = readHeader(d);
-    const hop = this.hopByBytes.get(h.hop.toString('hex'));
+    const length = end - start;
+    const kind = headerKind(buf, start, end);
+    const sealed = (kind & SEALED) !== 0;
+    const hop = this.hopById.get(buf.readUIntBE(start + 2, 6));
     // Only from a peer we are connected to, from its own address.
     if (!hop || hop.addr !== from) {
       this.stats.refused++;
       return;
     }
-    if (h.kind === KIND_PROBE) {
+    if ((kind & ~SEALED) === KIND_PROBE) {
       // The size it was sent at, as it arrived: a probe that lost bytes on the way does not count.
-      if (d.length >= HEADER + 4 && d.readUInt32BE(HEADER) === d.length + IP_UDP) this.channel.unicast(hop.name, pack({ probe: d.length + IP_UDP }));
+      if (length >= HEADER + 4 && buf.readUInt32BE(start + HEADER) === length + IP_UDP) this.channel.unicast(hop.name, pack({ probe: length + IP_UDP }));
       return;
     }
     // An encrypted hop accepts only sealed packets, and the other way round.
-    if (h.sealed !== !!hop.opener) {
+    if (sealed !== !!hop.opener) {
       this.stats.refused++;
       return;
     }
     let body: Buffer | null;
-    if (h.kind === KIND_FRAGMENT) {
-      if (d.length < FRAGMENT_HEADER) throw new Error('short fragment');
-      body = this.reassembler.add(hop.name, d.readUInt32BE(HEADER), d.readUInt16BE(HEADER + 4), d.readUInt16BE(HEADER + 6), d.subarray(FRAGMENT_HEADER));
+    if ((kind & ~SEALED) === KIND_FRAGMENT) {
+      if (length < FRAGMENT_HEADER) throw new Error('short fragment');
+      body = hop.assembler.add(buf.readUInt32BE(start + HEADER), buf.readUInt16BE(start + HEADER + 4), buf.readUInt16BE(start + HEADER + 6), buf, start + FRAGMENT_HEADER, end);
       if (!body) return;
     } else {
-      body = d.subarray(HEADER);
+      if (!sealed && length >= HEADER + MESSAGE_HEADER && buf.readUIntBE(start + HEADER + 6, 6) === this.selfId) {
+        this.deliver(hop, buf, start + HEADER, end);
+        return;
+      }
+      body = buf.subarray(start + HEADER, end);
     }
     const plain = hop.opener ? hop.opener.open(body) : body;
     if (!plain) {
       this.stats.refused++;
       return;
     }
-    const m = decodeMessage(plain);
-    const dst = peerNameFromBytes(m.dst);
-    if (dst !== this.mesh.name) {
-      // Relay towards the destination; frames are not looked at.
-      const next = this.nextHop(dst);
-      if (!next || next === hop || m.hops === 0) {
+    if (plain.length < MESSAGE_HEADER) throw new Error('sleeve message is shorter than its header');
+    if (plain.readUIntBE(6, 6) !== this.selfId) {
+      // Relay towards the destination; frames are not looked at beyond their framing.
+      decodeMessage(plain);
+      const hops = plain[HOPS_OFFSET];
+      const next = this.nextHop(peerNameFromBytes(plain.subarray(6, 12)));
+      if (!next || next === hop || hops === 0) {
         this.stats.dropped++;
         return;
       }
       this.stats.relayed++;
       const fwd = Buffer.from(plain);
-      fwd[HOPS_OFFSET] = m.hops - 1;
+      fwd[HOPS_OFFSET] = hops - 1;
       this.sendMessage(next, fwd);
       return;
     }
-    const src = peerNameFromBytes(m.src);
-    for (const f of m.frames) {
-      // Learn which peer a source MAC lives at; never our own MACs.
-      const smac = macText(f, VNET_HDR + 6);
-      if (!this.config.macOwner(smac) && this.learned.get(smac) !== src) {
-        // Bounded: a peer sending from ever new MACs must not grow our memory without end.
-        if (this.learned.size >= MAX_LEARNED) this.learned.delete(this.learned.keys().next().value!);
-        this.learned.set(smac, src);
+    this.deliver(hop, plain, 0, plain.length);
+  }
+
+  /**
+   * The frames of a message for us (at `at` in `buf`) into the TAP, learning source MACs. Checked
+   * whole before any frame goes, so a malformed message delivers nothing.
+   */
+  private deliver(hop: Hop, buf: Buffer, at: number, end: number): void {
+    for (let o = at + MESSAGE_HEADER; o < end; ) {
+      if (o + 4 > end) throw new Error('sleeve message ends inside a frame length');
+      const len = buf.readUInt32BE(o);
+      if (len < VNET_HDR + 14 || o + 4 + len > end) throw new Error(`sleeve frame of ${len} bytes does not fit its message`);
+      o += 4 + len;
+    }
+    const src = peerNameFromBytes(buf.subarray(at, at + 6));
+    for (let o = at + MESSAGE_HEADER; o < end; ) {
+      const len = buf.readUInt32BE(o);
+      const f = o + 4;
+      const smacValue = buf.readUIntBE(f + VNET_HDR + 6, 6);
+      if (smacValue !== hop.lastSourceMac) {
+        hop.lastSourceMac = smacValue;
+        // Learn which peer a source MAC lives at; never our own MACs.
+        const smac = macText(buf, f + VNET_HDR + 6);
+        if (!this.config.macOwner(smac) && this.learned.get(smac) !== src) {
+          // Bounded: a peer sending from ever new MACs must not grow our memory without end.
+          if (this.learned.size >= MAX_LEARNED) this.learned.delete(this.learned.keys().next().value!);
+          this.learned.set(smac, src);
+        }
       }
-      this.tap?.queue(f);
+      this.tap?.queueFrom(buf, f, f + len);
       this.stats.framesIn++;
-      this.stats.bytesIn += f.length - VNET_HDR;
+      this.stats.bytesIn += len - VNET_HDR;
+      o = f + len;
     }
   }
 

@@ -55,6 +55,42 @@ describeAsRoot('native addon', () => {
     }
   });
 
+  it('UDP: a train of segments sent as one arrives joined with its segment size (gro) or as datagrams (without)', async () => {
+    const train = Buffer.concat([Buffer.alloc(1000, 'a'), Buffer.alloc(1000, 'b'), Buffer.alloc(1000, 'c'), Buffer.alloc(300, 'd')]);
+    const open = (gro: boolean, seen: { len: number; seg: number; text: string }[]) => {
+      const p: UdpPort = new UdpPort({ address: '127.0.0.1', port: 0, netns, gro, slots: 8, slotSize: 65600 }, (n) => {
+        for (let i = 0; i < n; i++) seen.push({ len: p.received(i).length, seg: p.segmentSize(i), text: p.received(i).toString('latin1', 0, 1) });
+      });
+      return p;
+    };
+    const joined: { len: number; seg: number; text: string }[] = [];
+    const apart: { len: number; seg: number; text: string }[] = [];
+    const withGro = open(true, joined);
+    const withoutGro = open(false, apart);
+    const tx = new UdpPort({ address: '127.0.0.1', port: 0, netns, slots: 4, slotSize: 65600 }, () => undefined);
+    try {
+      expect(tx.features.gso).toBe(true);
+      expect(withGro.features.gro).toBe(true);
+      for (const port of [withGro.localPort!, withoutGro.localPort!]) {
+        train.copy(tx.nextSlot());
+        tx.commit(train.length, LO, port, 1000);
+      }
+      expect(tx.flush()).toBe(2);
+      for (let i = 0; i < 50 && (joined.length < 1 || apart.length < 4); i++) await sleep(20);
+      expect(joined).toEqual([{ len: 3300, seg: 1000, text: 'a' }]);
+      expect(apart).toEqual([
+        { len: 1000, seg: 0, text: 'a' },
+        { len: 1000, seg: 0, text: 'b' },
+        { len: 1000, seg: 0, text: 'c' },
+        { len: 300, seg: 0, text: 'd' },
+      ]);
+    } finally {
+      withGro.close();
+      withoutGro.close();
+      tx.close();
+    }
+  });
+
   it('UDP: binding a port in use fails with the reason; a closed port sends nothing and does not crash', () => {
     const a = new UdpPort({ address: '127.0.0.1', port: 0, netns }, () => undefined);
     try {

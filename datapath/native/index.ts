@@ -18,6 +18,7 @@ interface RawPort {
 interface RawUdp extends RawPort {
   send(count: number): number;
   localPort(): number | null;
+  features(): { gso: boolean; gro: boolean };
 }
 interface RawTap extends RawPort {
   write(count: number): number;
@@ -127,6 +128,8 @@ export interface UdpOptions extends Slots {
   netns?: string;
   /** Set DF on every datagram (for path MTU probes); otherwise IP may fragment. */
   dontFragment?: boolean;
+  /** Accept trains of datagrams joined by the kernel (UDP_GRO); segmentSize(i) says how to cut them. */
+  gro?: boolean;
   rcvbuf?: number;
   sndbuf?: number;
 }
@@ -153,16 +156,29 @@ export class UdpPort extends SlotBuffers {
   truncated(i: number): boolean {
     return (this.rxMeta[i * META + 3] & FLAG_TRUNCATED) !== 0;
   }
+  /** With the `gro` option: the size of the datagrams joined in slot i (0 when it is one datagram). */
+  segmentSize(i: number): number {
+    return this.rxMeta[i * META + 3] >>> 8;
+  }
   /** The next free transmit slot, to fill and then commit (commit flushes a full batch, so there always is one). */
   nextSlot(): Buffer {
     return this.slot(this.queued);
   }
-  /** Queues the slot just filled by nextSlot(): `len` bytes to addr:port. Flushes when the batch is full. */
-  commit(len: number, addr: number, port: number): void {
+  /** Where the next free slot starts in `tx`, for filling it in place (then commit). */
+  nextOffset(): number {
+    return this.queued * this.slotSize;
+  }
+  /**
+   * Queues the slot just filled by nextSlot(): `len` bytes to addr:port. Flushes when the batch is
+   * full. With `segment`, the slot is a train of datagrams of that size laid end to end (the last may
+   * be shorter), handed to the kernel as one (UDP_SEGMENT).
+   */
+  commit(len: number, addr: number, port: number, segment = 0): void {
     const m = this.queued * META;
     this.txMeta[m] = len;
     this.txMeta[m + 1] = addr;
     this.txMeta[m + 2] = port;
+    this.txMeta[m + 3] = segment << 8;
     this.queued++;
     if (this.queued >= this.slots) this.flush();
   }
@@ -181,6 +197,10 @@ export class UdpPort extends SlotBuffers {
   }
   get localPort(): number | null {
     return this.raw.localPort();
+  }
+  /** gso: commit() may pass a segment size; gro: received slots may hold joined trains. */
+  get features(): { gso: boolean; gro: boolean } {
+    return this.raw.features();
   }
 }
 
@@ -209,6 +229,15 @@ export class TapPort extends SlotBuffers {
     if (frame.length > this.slotSize) throw new Error(`frame of ${frame.length} bytes exceeds the slot size ${this.slotSize}`);
     this.slot(this.queued).set(frame);
     this.txMeta[this.queued * META] = frame.length;
+    this.queued++;
+    if (this.queued >= this.slots) this.flush();
+  }
+  /** Copies bytes start..end of `src` (a frame with its virtio header) into a slot, without a view of it. */
+  queueFrom(src: Buffer, start: number, end: number): void {
+    const len = end - start;
+    if (len > this.slotSize) throw new Error(`frame of ${len} bytes exceeds the slot size ${this.slotSize}`);
+    src.copy(this.tx, this.queued * this.slotSize, start, end);
+    this.txMeta[this.queued * META] = len;
     this.queued++;
     if (this.queued >= this.slots) this.flush();
   }
