@@ -9,7 +9,7 @@
 // One TCP flow with iperf3, ping RTT (median of 200), and for weft the routers' CPU seconds per GB
 // carried. Prints c/b, d/b, e/b, c/a, f/NORMAL and f/b.
 //
-//   apt-get install -y iperf3 iputils-ping openvswitch-switch ethtool && npm run build && node dist/bench/datapath.js [--seconds 5] [--only ovs]
+//   apt-get install -y iperf3 iputils-ping openvswitch-switch ethtool && npm run build && node dist/bench/datapath.js [--seconds 5] [--only ovs|sleeve]
 import type { Report } from '../router/report.js';
 import { Cluster, eventually, type Host } from '../test/harness/cluster.js';
 import { must, run } from '../test/harness/exec.js';
@@ -17,7 +17,7 @@ import { cpuSeconds, iperf, rtt } from './measure.js';
 import { numberArg, stringArg } from './args.js';
 
 const seconds = numberArg('seconds', 5);
-/** `--only ovs`: the kernel anchor (a, b) and the OVS rows (f) only. */
+/** `--only ovs` / `--only sleeve`: the kernel anchor (a, b, c) and the OVS rows (f) or the sleeve rows (d, e) only. */
 const only = stringArg('only', '');
 
 /**
@@ -168,7 +168,7 @@ async function main(): Promise<void> {
     for (const [label, gbit, us, cpu, tcpRtt] of sleeves) {
       console.log(`${label.padEnd(36)} ${gbit.toFixed(2).padStart(6)} Gbit/s   RTT ${us.toFixed(0).padStart(4)} us (ping), ${tcpRtt.toFixed(0)} us (TCP under load)   ${cpu.toFixed(2)} CPU s/GB (both routers)   vs b ${(gbit / ub[1]).toFixed(3)}`);
     }
-    await printOvs(ub[1], ub[2]);
+    if (only !== 'sleeve') await printOvs(ub[1], ub[2]);
   } finally {
     await cluster.cleanup();
   }

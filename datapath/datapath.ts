@@ -161,6 +161,8 @@ export class Datapath {
       underlayMtu: this.mtu + VXLAN_OVERHEAD,
       encrypt: this.config.encrypt,
       macOwner: (mac) => this.endpoints.ownerOf(mac),
+      macOwners: () => this.endpoints.owners(),
+      onMacsChange: (fn) => this.endpoints.onChange(fn),
     });
     try {
       await sleeve.start();

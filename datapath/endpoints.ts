@@ -40,15 +40,19 @@ export const endpointCodec: EntryCodec<Endpoint> = {
 };
 
 export class EndpointTable extends PeerRecords<Endpoint> {
-  private owners: Map<string, PeerName> | null = null;
+  private ownersByMac: Map<string, PeerName> | null = null;
   constructor(mesh: Mesh, graceMs = 60_000) {
     super(mesh, ENDPOINTS_CHANNEL, endpointCodec, graceMs);
-    this.onChange(() => (this.owners = null));
+    this.onChange(() => (this.ownersByMac = null));
   }
 
   /** The peer a container MAC lives at (the sleeve asks this per frame, so it is a map lookup). */
   ownerOf(mac: string): PeerName | undefined {
-    if (!this.owners) this.owners = new Map(this.all().map((e) => [e.mac, e.peer]));
-    return this.owners.get(mac);
+    return this.owners().get(mac);
+  }
+
+  /** Every container MAC and its peer (a new map after each change, the same one until then). */
+  owners(): ReadonlyMap<string, PeerName> {
+    return (this.ownersByMac ??= new Map(this.all().map((e) => [e.mac, e.peer])));
   }
 }

@@ -15,7 +15,7 @@ import { pack, unpack } from '../router/mesh/messages.js';
 import { peerNameFromBytes, peerNameToBytes, type PeerName } from '../router/mesh/peer-name.js';
 import { BRIDGE } from './bridge.js';
 import { bridge, ipBatch } from './iproute.js';
-import { META, TapPort, UdpPort } from './native/index.js';
+import { FastPath, META, TapPort, UdpPort, type FastRoute } from './native/index.js';
 import { parseIp } from '../ipam/addr.js';
 import {
   FRAGMENT_HEADER,
@@ -53,6 +53,8 @@ const MAX_LEARNED = 16_384;
 const MAX_UDP_PAYLOAD = 65507;
 /** `WEFT_SLEEVE_GSO=off` sends big messages as IP-fragmented datagrams instead of segment trains (for comparison). */
 const GSO_WANTED = process.env.WEFT_SLEEVE_GSO !== 'off';
+/** `WEFT_SLEEVE_FAST=off` keeps every packet in JavaScript (for comparison). */
+const FAST_WANTED = process.env.WEFT_SLEEVE_FAST !== 'off';
 
 /** A directly connected peer, as the sleeve sees it. */
 interface Hop {
@@ -87,6 +89,10 @@ export interface SleeveConfig {
   encrypt: (peer: PeerName, host: string) => boolean;
   /** Who has this MAC (from the endpoint table), if anyone. */
   macOwner: (mac: string) => PeerName | undefined;
+  /** Every MAC the endpoint table knows, with its peer. */
+  macOwners: () => ReadonlyMap<string, PeerName>;
+  /** Calls `fn` whenever the endpoint table changes. */
+  onMacsChange: (fn: () => void) => void;
 }
 
 export interface SleeveHopStatus {
@@ -131,8 +137,10 @@ export class Sleeve implements Gossiper {
   private fragmentId = 0;
   /** Big messages go as trains of path-sized fragments in one send (UDP GSO); else as IP-fragmented datagrams. */
   private gso = false;
-  /** Peers whose traffic goes by sleeve (the datapath decides). */
-  destinations = new Set<PeerName>();
+  private dests = new Set<PeerName>();
+  /** The native fast path and whether its tables need making again. */
+  private fast: FastPath | null = null;
+  private fastStale = false;
   readonly stats = { framesOut: 0, framesIn: 0, bytesOut: 0, bytesIn: 0, relayed: 0, dropped: 0, refused: 0, malformed: 0 };
   lastError: string | null = null;
 
@@ -145,6 +153,43 @@ export class Sleeve implements Gossiper {
     this.channel = mesh.registerChannel(CHANNEL, this);
   }
 
+  /** Peers whose traffic goes by sleeve (the datapath decides). */
+  get destinations(): ReadonlySet<PeerName> {
+    return this.dests;
+  }
+  set destinations(peers: ReadonlySet<PeerName>) {
+    if (peers.size === this.dests.size && [...peers].every((p) => this.dests.has(p))) return;
+    this.dests = new Set(peers);
+    this.refreshFastPath();
+  }
+
+  /**
+   * The fast path's tables follow what JavaScript would decide: a route per remote MAC whose peer
+   * is a sleeve destination behind a plain (unencrypted) hop, the plain hops, and every MAC the
+   * endpoint table knows. Remade after the current turn of the event loop, once per burst of changes.
+   */
+  private refreshFastPath(): void {
+    if (!this.fast || this.fastStale) return;
+    this.fastStale = true;
+    setImmediate(() => {
+      this.fastStale = false;
+      const fast = this.fast;
+      if (!fast) return;
+      const routes: FastRoute[] = [];
+      const known: number[] = [];
+      for (const [mac, owner] of this.config.macOwners()) {
+        const value = Number.parseInt(mac.replaceAll(':', ''), 16);
+        known.push(value);
+        if (owner === this.mesh.name || !this.dests.has(owner)) continue;
+        const hop = this.nextHop(owner);
+        if (!hop || hop.sealer) continue;
+        routes.push({ mac: value, dst: peerNameToBytes(owner).readUIntBE(0, 6), addr: hop.addr, port: hop.port, max: this.maxDatagram(hop) });
+      }
+      const hops = [...this.hops.values()].filter((h) => !h.sealer).map((h) => ({ id: h.id, addr: h.addr }));
+      fast.update(this.selfId, routes, hops, known);
+    });
+  }
+
   /** Opens the TAP (on the bridge) and the UDP port. Throws with the reason when it cannot. */
   async start(): Promise<void> {
     const slotSize = 65536 + 64;
@@ -152,6 +197,11 @@ export class Sleeve implements Gossiper {
     this.gso = GSO_WANTED && this.udp.features.gso;
     this.probes = new UdpPort({ port: 0, dontFragment: true, slots: 16, slotSize: 9216 }, () => undefined);
     this.tap = new TapPort({ name: SLEEVE_TAP, vnetHdr: true, slots: 32 }, (n) => this.guard(() => this.onFrames(n)));
+    if (FAST_WANTED) {
+      this.fast = new FastPath();
+      this.fast.link(this.tap, this.udp);
+      this.config.onMacsChange(() => this.refreshFastPath());
+    }
     await this.plumb();
     this.timer = setInterval(() => this.guard(() => this.probe()), PROBE_INTERVAL_MS);
     this.timer.unref();
@@ -175,6 +225,7 @@ export class Sleeve implements Gossiper {
     this.udp?.close();
     this.probes?.close();
     this.tap = this.udp = this.probes = null;
+    this.fast = null;
   }
 
   /** Errors in packet handling are counted, never thrown into the event loop. */
@@ -224,6 +275,7 @@ export class Sleeve implements Gossiper {
       this.hopById.delete(peerNameToBytes(name).readUIntBE(0, 6));
     }
     for (const [mac, p] of this.learned) if (!this.mesh.topology.get(p)) this.learned.delete(mac);
+    this.refreshFastPath();
   }
 
   /** Status of the sleeve to a direct peer. */
@@ -418,6 +470,7 @@ export class Sleeve implements Gossiper {
     const udp = this.udp!;
     const rx = udp.rx;
     for (let i = 0; i < n; i++) {
+      if (udp.handled(i)) continue;
       const start = i * udp.slotSize;
       const end = start + udp.rxMeta[i * META];
       const seg = udp.segmentSize(i) || end - start;
@@ -542,6 +595,7 @@ export class Sleeve implements Gossiper {
       for (const size of hop.pending) {
         if (size <= hop.pmtu) {
           hop.pmtu = PMTU_FLOOR;
+          this.refreshFastPath();
           hop.failedAt = Math.max(size, PMTU_FLOOR + 1);
         } else hop.failedAt = Math.min(hop.failedAt, size);
       }
@@ -575,13 +629,23 @@ export class Sleeve implements Gossiper {
     if (typeof v !== 'object' || v === null || typeof v.probe !== 'number') throw new Error('sleeve probe acknowledgement is malformed');
     const hop = this.hops.get(src);
     if (!hop || !hop.pending.delete(v.probe)) return;
+    if (v.probe > hop.pmtu) this.refreshFastPath();
     hop.pmtu = Math.max(hop.pmtu, v.probe);
     // The path grew past an old failure: search above again.
     if (hop.failedAt <= hop.pmtu) hop.failedAt = this.config.underlayMtu + 1;
     hop.probeAckAt = Date.now();
   }
 
-  counters(): typeof this.stats & { udp: ReturnType<UdpPort['stats']> | null; tap: ReturnType<TapPort['stats']> | null; reassembling: number } {
-    return { ...this.stats, udp: this.udp?.stats() ?? null, tap: this.tap?.stats() ?? null, reassembling: this.reassembler.size };
+  /** Counters of both paths: frames and bytes add the fast path's (also shown apart, as `fast`). */
+  counters(): typeof this.stats & { udp: ReturnType<UdpPort['stats']> | null; tap: ReturnType<TapPort['stats']> | null; reassembling: number; fast: ReturnType<FastPath['stats']> | null } {
+    const fast = this.fast?.stats() ?? null;
+    const s = { ...this.stats };
+    if (fast) {
+      s.framesOut += fast.framesOut;
+      s.framesIn += fast.framesIn;
+      s.bytesOut += fast.bytesOut;
+      s.bytesIn += fast.bytesIn;
+    }
+    return { ...s, udp: this.udp?.stats() ?? null, tap: this.tap?.stats() ?? null, reassembling: this.reassembler.size, fast };
   }
 }

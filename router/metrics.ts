@@ -176,11 +176,11 @@ export function buildRegistry(router: Router): Registry {
     return s ? { added: s.fdbAdded, removed: s.fdbRemoved } : null;
   });
   countersFrom('weft_sleeve_frames_total', 'Ethernet frames carried by the sleeve: out (from local containers), in (to them), relayed', 'direction', () => {
-    const s = router.datapath?.sleeve?.stats;
+    const s = router.datapath?.sleeve?.counters();
     return s ? { out: s.framesOut, in: s.framesIn, relayed: s.relayed } : null;
   });
   countersFrom('weft_sleeve_bytes_total', 'Ethernet frame bytes carried by the sleeve, by direction', 'direction', () => {
-    const s = router.datapath?.sleeve?.stats;
+    const s = router.datapath?.sleeve?.counters();
     return s ? { out: s.bytesOut, in: s.bytesIn } : null;
   });
   countersFrom('weft_sleeve_drops_total', 'Sleeve packets not delivered, by reason (no route, refused: unknown sender or failed authentication, malformed, queue full)', 'reason', () => {

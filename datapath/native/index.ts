@@ -9,6 +9,8 @@ import { fileURLToPath } from 'node:url';
 /** Per-slot metadata words: length, IPv4 address (host order), port, flags. */
 export const META = 4;
 export const FLAG_TRUNCATED = 1;
+/** The fast path carried this datagram already: JavaScript skips the slot. */
+export const FLAG_HANDLED = 2;
 
 interface RawPort {
   close(): void;
@@ -19,13 +21,79 @@ interface RawUdp extends RawPort {
   send(count: number): number;
   localPort(): number | null;
   features(): { gso: boolean; gro: boolean };
+  deliverTo(tap: RawTap, fast: RawFastPath): void;
 }
 interface RawTap extends RawPort {
   write(count: number): number;
+  forwardTo(udp: RawUdp, fast: RawFastPath): void;
+}
+interface RawFastPath {
+  update(table: Buffer): void;
+  stats(): FastPathStats;
 }
 interface Addon {
   UdpPort: new (opts: object, onReadable: (n: number) => void) => RawUdp;
   TapPort: new (opts: object, onReadable: (n: number) => void) => RawTap;
+  FastPath: new () => RawFastPath;
+}
+
+export interface FastPathStats {
+  framesOut: number;
+  bytesOut: number;
+  framesIn: number;
+  bytesIn: number;
+  /** Frames for local containers the TAP did not take (its queue was full). */
+  tapDropped: number;
+}
+
+/** A route the fast path may use: frames to `mac` go to peer `dst` by the hop at addr:port. */
+export interface FastRoute {
+  mac: number;
+  dst: number;
+  addr: number;
+  port: number;
+  /** The largest datagram to that hop. */
+  max: number;
+}
+
+/**
+ * The sleeve's decisions, as tables the addon uses per packet without calling JavaScript: frames
+ * between a TAP and a UDP port linked with link() go natively when these say where.
+ */
+export class FastPath {
+  readonly raw: RawFastPath;
+  constructor() {
+    this.raw = new (addonOrThrow().FastPath)();
+  }
+  /** Replaces the tables: our peer id, routes by MAC, plain hops (id -> address), MACs known to the endpoint table. */
+  update(self: number, routes: FastRoute[], hops: { id: number; addr: number }[], known: number[]): void {
+    const b = Buffer.alloc(6 + 4 + routes.length * 20 + 4 + hops.length * 10 + 4 + known.length * 6);
+    let o = b.writeUIntBE(self, 0, 6);
+    o = b.writeUInt32BE(routes.length, o);
+    for (const r of routes) {
+      o = b.writeUIntBE(r.mac, o, 6);
+      o = b.writeUIntBE(r.dst, o, 6);
+      o = b.writeUInt32BE(r.addr, o);
+      o = b.writeUInt16BE(r.port, o);
+      o = b.writeUInt16BE(Math.min(r.max, 0xffff), o);
+    }
+    o = b.writeUInt32BE(hops.length, o);
+    for (const h of hops) {
+      o = b.writeUIntBE(h.id, o, 6);
+      o = b.writeUInt32BE(h.addr, o);
+    }
+    o = b.writeUInt32BE(known.length, o);
+    for (const m of known) o = b.writeUIntBE(m, o, 6);
+    this.raw.update(b);
+  }
+  stats(): FastPathStats {
+    return this.raw.stats();
+  }
+  /** Frames from `tap` to known routes go out of `udp`; plain messages for us from known hops go into `tap`. */
+  link(tap: TapPort, udp: UdpPort): void {
+    tap.raw.forwardTo(udp.raw, this.raw);
+    udp.raw.deliverTo(tap.raw, this.raw);
+  }
 }
 
 export interface PortStats {
@@ -85,7 +153,7 @@ interface Slots {
 
 /** Shared buffers: what the addon fills (rx) and what it sends (tx), slot by slot. */
 abstract class SlotBuffers {
-  protected abstract readonly raw: RawPort;
+  abstract readonly raw: RawPort;
   readonly slots: number;
   readonly slotSize: number;
   readonly rx: Buffer;
@@ -136,7 +204,7 @@ export interface UdpOptions extends Slots {
 
 /** A UDP socket read with recvmmsg and written with sendmmsg, a batch per call. */
 export class UdpPort extends SlotBuffers {
-  protected readonly raw: RawUdp;
+  readonly raw: RawUdp;
   private queued = 0;
   /**
    * `onBatch(n)` gets the number of datagrams in rx slots 0..n-1; it must not throw
@@ -155,6 +223,10 @@ export class UdpPort extends SlotBuffers {
   }
   truncated(i: number): boolean {
     return (this.rxMeta[i * META + 3] & FLAG_TRUNCATED) !== 0;
+  }
+  /** Whether the fast path (FastPath.link) carried slot i already. */
+  handled(i: number): boolean {
+    return (this.rxMeta[i * META + 3] & FLAG_HANDLED) !== 0;
   }
   /** With the `gro` option: the size of the datagrams joined in slot i (0 when it is one datagram). */
   segmentSize(i: number): number {
@@ -217,7 +289,7 @@ export const TAP_SLOT = 65536 + 10 + 14 + 4;
 
 /** A TAP interface (removed when closed), read and written a batch per call. */
 export class TapPort extends SlotBuffers {
-  protected readonly raw: RawTap;
+  readonly raw: RawTap;
   private queued = 0;
   constructor(o: TapOptions, onBatch: (n: number) => void) {
     super(o, TAP_SLOT);

@@ -24,6 +24,8 @@
 #include <sys/socket.h>
 #include <unistd.h>
 #include <array>
+#include <unordered_map>
+#include <unordered_set>
 #include <vector>
 
 namespace {
@@ -112,6 +114,8 @@ class Port : public Napi::ObjectWrap<T> {
   bool polling_ = false;
   bool closed_ = false;
   uint64_t rxPackets_ = 0, txPackets_ = 0, txDropped_ = 0;
+  // How many rx slots the last readBatch left for JavaScript.
+  int forJs_ = 0;
   std::string lastError_;
   uv_poll_t* poll_ = nullptr;
   Napi::FunctionReference onReadable_;
@@ -172,11 +176,14 @@ class Port : public Napi::ObjectWrap<T> {
   void drain() {
     Napi::Env env = this->Env();
     for (int b = 0; b < MAX_BATCHES_PER_EVENT && !closed_; b++) {
+      forJs_ = 0;
       int n = static_cast<T*>(this)->readBatch();
       if (n <= 0) return;
       rxPackets_ += n;
+      // Packets the fast path handled need no JavaScript; a batch of only those costs no call.
+      if (forJs_ == 0) continue;
       Napi::HandleScope scope(env);
-      onReadable_.MakeCallback(this->Value(), {Napi::Number::New(env, n)});
+      onReadable_.MakeCallback(this->Value(), {Napi::Number::New(env, forJs_)});
       if (env.IsExceptionPending()) {
         // The JavaScript side catches its own errors; this is a last resort so nothing crashes.
         lastError_ = "callback threw: " + env.GetAndClearPendingException().Message();
@@ -187,6 +194,7 @@ class Port : public Napi::ObjectWrap<T> {
   Napi::Value Close(const Napi::CallbackInfo& info) {
     if (closed_) return info.Env().Undefined();
     closed_ = true;
+    static_cast<T*>(this)->unlink();
     if (polling_) {
       // A stopped poll handle no longer watches the fd, so it may close now (a TAP's name is
       // free again at once); the handle itself goes on the next loop turn.
@@ -227,13 +235,130 @@ class Port : public Napi::ObjectWrap<T> {
   }
 };
 
+
+// ---- The sleeve's fast path
+//
+// Frames between local containers and remote peers whose route JavaScript has already decided
+// (a known unicast MAC behind a plain hop; a message for us from a known hop, with source MACs the
+// endpoint table knows) are carried here, in the readiness callback, without entering JavaScript:
+// entering V8 after the loop slept costs tens of microseconds per packet on a small VM, which is
+// most of a round trip. Everything else (broadcast, unknown or learnt MACs, encryption, relaying,
+// fragments) is left in the slots for JavaScript as before. The packet format is the one in
+// datapath/sleeve-packet.ts; the tables come from FastPath.update().
+constexpr uint8_t SLEEVE_VERSION = 1, KIND_FRAMES = 1, KIND_FRAGMENT = 2, MAX_HOPS = 16;
+constexpr int SLEEVE_HEADER = 8, FRAGMENT_HEADER = 16, MESSAGE_HEADER = 13, VNET_HDR = 10;
+constexpr int MAX_UDP_PAYLOAD = 65507;
+constexpr uint32_t FLAG_HANDLED = 2;
+
+uint64_t read48(const uint8_t* p) {
+  uint64_t v = 0;
+  for (int i = 0; i < 6; i++) v = (v << 8) | p[i];
+  return v;
+}
+uint32_t read32(const uint8_t* p) { return (uint32_t(p[0]) << 24) | (uint32_t(p[1]) << 16) | (uint32_t(p[2]) << 8) | p[3]; }
+void write32(uint8_t* p, uint32_t v) {
+  p[0] = v >> 24;
+  p[1] = v >> 16;
+  p[2] = v >> 8;
+  p[3] = v;
+}
+void write16(uint8_t* p, uint16_t v) {
+  p[0] = v >> 8;
+  p[1] = v;
+}
+
+class FastPath : public Napi::ObjectWrap<FastPath> {
+ public:
+  struct Route {
+    uint32_t addr;
+    uint16_t port;
+    uint16_t max;  // the largest datagram to this hop
+    uint8_t dst[6];
+  };
+  std::unordered_map<uint64_t, Route> routes;   // by destination MAC
+  std::unordered_map<uint64_t, uint32_t> hops;  // plain hops: peer id -> underlay address
+  std::unordered_set<uint64_t> known;           // MACs the endpoint table knows
+  uint8_t self[6] = {};
+  uint64_t selfId = 0;
+  uint32_t fragmentId = 0;
+  uint64_t framesOut = 0, bytesOut = 0, framesIn = 0, bytesIn = 0, tapDropped = 0;
+
+  static Napi::Function Init(Napi::Env env) {
+    return DefineClass(env, "FastPath", {InstanceMethod("update", &FastPath::Update), InstanceMethod("stats", &FastPath::Stats)});
+  }
+  explicit FastPath(const Napi::CallbackInfo& info) : Napi::ObjectWrap<FastPath>(info) {}
+
+  // update(table): self(6) | routes: n(4), n x [mac(6) dst(6) addr(4) port(2) max(2)] |
+  // hops: n(4), n x [id(6) addr(4)] | known: n(4), n x mac(6). Big-endian. Replaces all three.
+  Napi::Value Update(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (info.Length() < 1 || !info[0].IsBuffer()) {
+      Napi::TypeError::New(env, "update(table: Buffer)").ThrowAsJavaScriptException();
+      return env.Undefined();
+    }
+    auto b = info[0].As<Napi::Buffer<uint8_t>>();
+    const uint8_t* p = b.Data();
+    const uint8_t* end = p + b.Length();
+    auto need = [&](size_t n) { return size_t(end - p) >= n; };
+    auto bad = [&]() {
+      Napi::RangeError::New(env, "fast path table is malformed").ThrowAsJavaScriptException();
+      return env.Undefined();
+    };
+    if (!need(6 + 4)) return bad();
+    std::unordered_map<uint64_t, Route> r;
+    std::unordered_map<uint64_t, uint32_t> h;
+    std::unordered_set<uint64_t> k;
+    uint8_t me[6];
+    memcpy(me, p, 6);
+    p += 6;
+    uint32_t n = read32(p);
+    p += 4;
+    if (!need(size_t(n) * 20 + 4)) return bad();
+    for (uint32_t i = 0; i < n; i++, p += 20) {
+      Route x;
+      memcpy(x.dst, p + 6, 6);
+      x.addr = read32(p + 12);
+      x.port = uint16_t((p[16] << 8) | p[17]);
+      x.max = uint16_t((p[18] << 8) | p[19]);
+      r[read48(p)] = x;
+    }
+    n = read32(p);
+    p += 4;
+    if (!need(size_t(n) * 10 + 4)) return bad();
+    for (uint32_t i = 0; i < n; i++, p += 10) h[read48(p)] = read32(p + 6);
+    n = read32(p);
+    p += 4;
+    if (!need(size_t(n) * 6)) return bad();
+    for (uint32_t i = 0; i < n; i++, p += 6) k.insert(read48(p));
+    memcpy(self, me, 6);
+    selfId = read48(me);
+    routes.swap(r);
+    hops.swap(h);
+    known.swap(k);
+    return env.Undefined();
+  }
+
+  Napi::Value Stats(const Napi::CallbackInfo& info) {
+    auto o = Napi::Object::New(info.Env());
+    o.Set("framesOut", double(framesOut));
+    o.Set("bytesOut", double(bytesOut));
+    o.Set("framesIn", double(framesIn));
+    o.Set("bytesIn", double(bytesIn));
+    o.Set("tapDropped", double(tapDropped));
+    return o;
+  }
+};
+
+class TapPort;
+
 class UdpPort : public Port<UdpPort> {
  public:
   static Napi::Function Init(Napi::Env env) {
     return DefineClass(env, "UdpPort",
                        {InstanceMethod("send", &UdpPort::Send), InstanceMethod("close", &UdpPort::Close),
                         InstanceMethod("unref", &UdpPort::UnrefHandle), InstanceMethod("stats", &UdpPort::Stats),
-                        InstanceMethod("localPort", &UdpPort::LocalPort), InstanceMethod("features", &UdpPort::Features)});
+                        InstanceMethod("localPort", &UdpPort::LocalPort), InstanceMethod("features", &UdpPort::Features),
+                        InstanceMethod("deliverTo", &UdpPort::DeliverTo)});
   }
 
   // new UdpPort({address, port, dontFragment, rcvbuf, sndbuf, slots, slotSize, rx, rxMeta, tx, txMeta}, onReadable)
@@ -313,6 +438,7 @@ class UdpPort : public Port<UdpPort> {
       if (errno != EINTR) lastError_ = errnoText("recvmmsg", errno);
     }
     if (n < 0) return 0;
+    int handled = 0;
     for (int i = 0; i < n; i++) {
       uint32_t* m = shared_.rxMeta + i * META;
       m[0] = msgs_[i].msg_len;
@@ -328,7 +454,12 @@ class UdpPort : public Port<UdpPort> {
           }
         }
       }
+      if (fast_ && m[3] == 0 && fastDeliver(shared_.rx + size_t(i) * shared_.slotSize, m[0], m[1])) {
+        m[3] = FLAG_HANDLED;
+        handled++;
+      }
     }
+    forJs_ = handled == n ? 0 : n;
     return n;
   }
 
@@ -386,6 +517,20 @@ class UdpPort : public Port<UdpPort> {
     return Napi::Number::New(env, sent);
   }
 
+  int fd() const { return fd_; }
+  bool gso() const { return gso_; }
+  // Closing drops the links to the other port, so neither keeps the other alive.
+  void unlink() {
+    tap_ = nullptr;
+    fast_ = nullptr;
+    tapRef_.Reset();
+    fastRef_.Reset();
+  }
+
+  // deliverTo(tap, fastPath): messages for us that the fast path can take go straight into the TAP.
+  Napi::Value DeliverTo(const Napi::CallbackInfo& info);
+  bool fastDeliver(const uint8_t* d, uint32_t len, uint32_t from);
+
   // What the socket can do: gso (send segment trains), gro (receive them joined).
   Napi::Value Features(const Napi::CallbackInfo& info) {
     auto o = Napi::Object::New(info.Env());
@@ -411,6 +556,9 @@ class UdpPort : public Port<UdpPort> {
   std::vector<std::array<char, CMSG_SPACE(sizeof(uint16_t))>> txCtl_;
   std::vector<std::array<char, CMSG_SPACE(sizeof(int))>> rxCtl_;
   bool gro_ = false, gso_ = false;
+  FastPath* fast_ = nullptr;
+  TapPort* tap_ = nullptr;
+  Napi::ObjectReference fastRef_, tapRef_;
 };
 
 class TapPort : public Port<TapPort> {
@@ -418,6 +566,7 @@ class TapPort : public Port<TapPort> {
   static Napi::Function Init(Napi::Env env) {
     return DefineClass(env, "TapPort",
                        {InstanceMethod("write", &TapPort::Write), InstanceMethod("close", &TapPort::Close),
+                        InstanceMethod("forwardTo", &TapPort::ForwardTo),
                         InstanceMethod("unref", &TapPort::UnrefHandle), InstanceMethod("stats", &TapPort::Stats)});
   }
 
@@ -450,22 +599,178 @@ class TapPort : public Port<TapPort> {
   }
 
   int readBatch() {
-    int n = 0;
-    while (uint32_t(n) < shared_.slots) {
+    int n = 0, total = 0;
+    // Frames the fast path takes do not use up slots; a bound keeps a flood from holding the loop.
+    while (uint32_t(n) < shared_.slots && total < 4 * int(shared_.slots)) {
       ssize_t r = read(fd_, shared_.rx + size_t(n) * shared_.slotSize, shared_.slotSize);
       if (r < 0) {
         if (errno == EINTR) continue;
         if (errno != EAGAIN && errno != EWOULDBLOCK) lastError_ = errnoText("read tap", errno);
         break;
       }
+      total++;
+      if (fast_ && fastForward(shared_.rx + size_t(n) * shared_.slotSize, uint32_t(r))) continue;
       uint32_t* m = shared_.rxMeta + n * META;
       m[0] = uint32_t(r);
       m[1] = m[2] = 0;
       m[3] = 0;
       n++;
     }
-    return n;
+    flushFast();
+    forJs_ = n;
+    return total;
   }
+
+  int fd() const { return fd_; }
+  void unlink() {
+    udp_ = nullptr;
+    fast_ = nullptr;
+    udpRef_.Reset();
+    fastRef_.Reset();
+  }
+
+  // forwardTo(udp, fastPath): frames to known unicast MACs behind plain hops go out without JavaScript.
+  Napi::Value ForwardTo(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (info.Length() < 2 || !info[0].IsObject() || !info[1].IsObject()) {
+      Napi::TypeError::New(env, "forwardTo(udpPort, fastPath)").ThrowAsJavaScriptException();
+      return env.Undefined();
+    }
+    udp_ = UdpPort::Unwrap(info[0].As<Napi::Object>());
+    fast_ = FastPath::Unwrap(info[1].As<Napi::Object>());
+    udpRef_ = Napi::Persistent(info[0].As<Napi::Object>());
+    fastRef_ = Napi::Persistent(info[1].As<Napi::Object>());
+    if (out_.empty()) {
+      out_.resize(size_t(FAST_SLOTS) * FAST_SLOT_SIZE);
+      outMsgs_.resize(FAST_SLOTS);
+      outIovs_.resize(FAST_SLOTS);
+      outAddrs_.resize(FAST_SLOTS);
+      outCtl_.resize(FAST_SLOTS);
+    }
+    return env.Undefined();
+  }
+
+ private:
+  static constexpr int FAST_SLOTS = 16;
+  static constexpr size_t FAST_SLOT_SIZE = 65536 + 64;
+  UdpPort* udp_ = nullptr;
+  FastPath* fast_ = nullptr;
+  Napi::ObjectReference udpRef_, fastRef_;
+  std::vector<uint8_t> out_;
+  std::vector<mmsghdr> outMsgs_;
+  std::vector<iovec> outIovs_;
+  std::vector<sockaddr_in> outAddrs_;
+  std::vector<std::array<char, CMSG_SPACE(sizeof(uint16_t))>> outCtl_;
+  int queued_ = 0;
+
+  uint8_t* outSlot() { return out_.data() + size_t(queued_) * FAST_SLOT_SIZE; }
+
+  // Queues out slot `queued_` (len bytes; a train of `segment`-byte datagrams when segment > 0).
+  void commitFast(uint32_t len, const FastPath::Route& r, uint16_t segment) {
+    int i = queued_;
+    outIovs_[i] = {outSlot(), len};
+    outAddrs_[i] = {};
+    outAddrs_[i].sin_family = AF_INET;
+    outAddrs_[i].sin_addr.s_addr = htonl(r.addr);
+    outAddrs_[i].sin_port = htons(r.port);
+    outMsgs_[i].msg_hdr = {};
+    outMsgs_[i].msg_hdr.msg_iov = &outIovs_[i];
+    outMsgs_[i].msg_hdr.msg_iovlen = 1;
+    outMsgs_[i].msg_hdr.msg_name = &outAddrs_[i];
+    outMsgs_[i].msg_hdr.msg_namelen = sizeof(sockaddr_in);
+    if (segment > 0 && segment < len) {
+      std::memset(outCtl_[i].data(), 0, outCtl_[i].size());
+      outMsgs_[i].msg_hdr.msg_control = outCtl_[i].data();
+      outMsgs_[i].msg_hdr.msg_controllen = CMSG_SPACE(sizeof(uint16_t));
+      cmsghdr* c = CMSG_FIRSTHDR(&outMsgs_[i].msg_hdr);
+      c->cmsg_level = SOL_UDP;
+      c->cmsg_type = UDP_SEGMENT;
+      c->cmsg_len = CMSG_LEN(sizeof(uint16_t));
+      memcpy(CMSG_DATA(c), &segment, sizeof segment);
+    }
+    if (++queued_ >= FAST_SLOTS) flushFast();
+  }
+
+  void flushFast() {
+    int fd = udp_ ? udp_->fd() : -1;
+    int done = 0;
+    while (done < queued_ && fd >= 0) {
+      int n = sendmmsg(fd, outMsgs_.data() + done, queued_ - done, MSG_DONTWAIT);
+      if (n > 0) {
+        done += n;
+        continue;
+      }
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN || errno == EWOULDBLOCK || errno == ENOBUFS) break;
+      lastError_ = errnoText("sendmmsg (fast path)", errno);
+      done++;  // skip the one that cannot go
+    }
+    txDropped_ += queued_ - done;
+    queued_ = 0;
+  }
+
+  // Takes the frame (virtio header + Ethernet) if its route is known; false leaves it to JavaScript.
+  bool fastForward(const uint8_t* f, uint32_t len) {
+    if (len < uint32_t(VNET_HDR + 14) || (f[VNET_HDR] & 1) || !udp_ || udp_->fd() < 0) return false;
+    auto it = fast_->routes.find(read48(f + VNET_HDR));
+    if (it == fast_->routes.end()) return false;
+    const FastPath::Route& r = it->second;
+    uint32_t message = MESSAGE_HEADER + 4 + len;
+    uint8_t prefix[MESSAGE_HEADER + 4];
+    memcpy(prefix, fast_->self, 6);
+    memcpy(prefix + 6, r.dst, 6);
+    prefix[12] = MAX_HOPS;
+    write32(prefix + 13, len);
+    if (SLEEVE_HEADER + message <= r.max) {
+      uint8_t* s = outSlot();
+      s[0] = SLEEVE_VERSION;
+      s[1] = KIND_FRAMES;
+      memcpy(s + 2, fast_->self, 6);
+      memcpy(s + SLEEVE_HEADER, prefix, sizeof prefix);
+      memcpy(s + SLEEVE_HEADER + sizeof prefix, f, len);
+      commitFast(SLEEVE_HEADER + message, r, 0);
+    } else {
+      // In fragments, as trains of `max`-byte datagrams (the kernel cuts them: UDP GSO).
+      if (!udp_->gso() || r.max <= FRAGMENT_HEADER) return false;
+      uint32_t chunk = r.max - FRAGMENT_HEADER;
+      uint32_t count = (message + chunk - 1) / chunk;
+      uint32_t perSlot = std::min<uint32_t>(64, MAX_UDP_PAYLOAD / r.max);
+      uint32_t id = 0x80000000u | (fast_->fragmentId++ & 0x7fffffffu);  // JavaScript's ids have the top bit clear
+      for (uint32_t i = 0; i < count;) {
+        uint8_t* s = outSlot();
+        uint32_t o = 0;
+        for (uint32_t last = std::min(count, i + perSlot); i < last; i++) {
+          uint32_t from = i * chunk, to = std::min(message, from + chunk);
+          s[o] = SLEEVE_VERSION;
+          s[o + 1] = KIND_FRAGMENT;
+          memcpy(s + o + 2, fast_->self, 6);
+          write32(s + o + SLEEVE_HEADER, id);
+          write16(s + o + SLEEVE_HEADER + 4, uint16_t(i));
+          write16(s + o + SLEEVE_HEADER + 6, uint16_t(count));
+          uint8_t* w = s + o + FRAGMENT_HEADER;
+          // The message is the prefix, then the frame.
+          for (uint32_t b = from; b < to;) {
+            if (b < sizeof prefix) {
+              uint32_t k = std::min<uint32_t>(to, sizeof prefix) - b;
+              memcpy(w, prefix + b, k);
+              w += k;
+              b += k;
+            } else {
+              memcpy(w, f + (b - sizeof prefix), to - b);
+              w += to - b;
+              b = to;
+            }
+          }
+          o += FRAGMENT_HEADER + (to - from);
+        }
+        commitFast(o, r, r.max);
+      }
+    }
+    fast_->framesOut++;
+    fast_->bytesOut += len - VNET_HDR;
+    return true;
+  }
+ public:
 
   // write(count): writes tx slots 0..count-1 as frames. Returns how many went.
   Napi::Value Write(const Napi::CallbackInfo& info) {
@@ -490,9 +795,56 @@ class TapPort : public Port<TapPort> {
   }
 };
 
+Napi::Value UdpPort::DeliverTo(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 2 || !info[0].IsObject() || !info[1].IsObject()) {
+    Napi::TypeError::New(env, "deliverTo(tapPort, fastPath)").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  tap_ = TapPort::Unwrap(info[0].As<Napi::Object>());
+  fast_ = FastPath::Unwrap(info[1].As<Napi::Object>());
+  tapRef_ = Napi::Persistent(info[0].As<Napi::Object>());
+  fastRef_ = Napi::Persistent(info[1].As<Napi::Object>());
+  return env.Undefined();
+}
+
+// Takes a plain message for us from a known hop, at its own address, whose frames are whole and come
+// from MACs the endpoint table knows (so nothing is to be learnt); false leaves it to JavaScript,
+// which also counts what is refused or malformed.
+bool UdpPort::fastDeliver(const uint8_t* d, uint32_t len, uint32_t from) {
+  int tapFd = tap_ ? tap_->fd() : -1;
+  if (tapFd < 0 || len < uint32_t(SLEEVE_HEADER + MESSAGE_HEADER) || d[0] != SLEEVE_VERSION || d[1] != KIND_FRAMES) return false;
+  auto hop = fast_->hops.find(read48(d + 2));
+  if (hop == fast_->hops.end() || hop->second != from) return false;
+  const uint8_t* m = d + SLEEVE_HEADER;
+  if (read48(m + 6) != fast_->selfId) return false;
+  uint32_t end = len - SLEEVE_HEADER;
+  for (uint32_t o = MESSAGE_HEADER; o < end;) {
+    if (o + 4 > end) return false;
+    uint32_t flen = read32(m + o);
+    if (flen < uint32_t(VNET_HDR + 14) || flen > end - o - 4) return false;
+    if (!fast_->known.count(read48(m + o + 4 + VNET_HDR + 6))) return false;
+    o += 4 + flen;
+  }
+  for (uint32_t o = MESSAGE_HEADER; o < end;) {
+    uint32_t flen = read32(m + o);
+    ssize_t r;
+    do r = write(tapFd, m + o + 4, flen);
+    while (r < 0 && errno == EINTR);
+    if (r < 0) fast_->tapDropped++;
+    else {
+      fast_->framesIn++;
+      fast_->bytesIn += flen - VNET_HDR;
+    }
+    o += 4 + flen;
+  }
+  return true;
+}
+
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("UdpPort", UdpPort::Init(env));
   exports.Set("TapPort", TapPort::Init(env));
+  exports.Set("FastPath", FastPath::Init(env));
   return exports;
 }
 
