@@ -2,7 +2,8 @@
 import { randomBytes } from 'node:crypto';
 import { readdirSync } from 'node:fs';
 import { afterAll, beforeAll, expect, it } from 'vitest';
-import { TapPort, UdpPort, nativeError } from '../datapath/native/index.js';
+import { FastPath, TapPort, UdpPort, nativeError } from '../datapath/native/index.js';
+import { FRAGMENT_HEADER, HEADER, KIND_FRAGMENT, KIND_FRAMES, Reassembler, decodeMessage, encodeMessage, writeHeader } from '../datapath/sleeve-packet.js';
 import { parseIp } from '../ipam/addr.js';
 import { must, run } from './harness/exec.js';
 import { describeAsRoot } from './harness/root.js';
@@ -139,6 +140,111 @@ describeAsRoot('native addon', () => {
       tap.close();
     }
     expect((await run('ip', ['-n', ns, 'link', 'show', 'wtap0'])).code).not.toBe(0); // gone with the descriptor
+  });
+
+  it('fast path: frames to a known MAC leave as sleeve packets without JavaScript; known messages for us go into the TAP', async () => {
+    const self = Buffer.from('020000000001', 'hex');
+    const peerId = Buffer.from('020000000002', 'hex');
+    const remoteMac = Buffer.from('02aabbccdd01', 'hex');
+    const tapFrames: Buffer[] = [];
+    const udpForJs: Buffer[] = [];
+    const atPeer: Buffer[] = [];
+    const tap = new TapPort({ name: 'wtap1', netns, vnetHdr: true, slots: 8 }, (n) => {
+      for (let i = 0; i < n; i++) tapFrames.push(Buffer.from(tap.received(i)));
+    });
+    const udp = new UdpPort({ address: '127.0.0.1', port: 0, netns, gro: true, slots: 8, slotSize: 65600 }, (n) => {
+      for (let i = 0; i < n; i++) if (!udp.handled(i)) udpForJs.push(Buffer.from(udp.received(i)));
+    });
+    const peer = new UdpPort({ address: '127.0.0.1', port: 0, netns, slots: 64, slotSize: 65600 }, (n) => {
+      for (let i = 0; i < n; i++) atPeer.push(Buffer.from(peer.received(i)));
+    });
+    const fast = new FastPath();
+    try {
+      fast.link(tap, udp);
+      const route = (max: number) => fast.update(self.readUIntBE(0, 6), [{ mac: remoteMac.readUIntBE(0, 6), dst: peerId.readUIntBE(0, 6), addr: LO, port: peer.localPort!, max }], [{ id: peerId.readUIntBE(0, 6), addr: LO }], [remoteMac.readUIntBE(0, 6)]);
+      route(1472);
+      await must('ip', ['-n', ns, 'addr', 'add', '10.98.0.1/24', 'dev', 'wtap1']);
+      await must('ip', ['-n', ns, 'link', 'set', 'wtap1', 'up']);
+      await must('ip', ['-n', ns, 'neigh', 'replace', '10.98.0.2', 'lladdr', '02:aa:bb:cc:dd:01', 'dev', 'wtap1', 'nud', 'permanent']);
+      const send = (size: number) => run('ip', ['netns', 'exec', ns, process.execPath, '-e', `const d=require('dgram').createSocket('udp4');d.send(Buffer.alloc(${size},7),9,'10.98.0.2',()=>d.close())`]);
+      await send(100);
+      for (let i = 0; i < 50 && atPeer.length === 0; i++) await sleep(20);
+      expect(atPeer.length).toBe(1);
+      const d = atPeer[0];
+      expect([d[0], d[1]]).toEqual([1, KIND_FRAMES]);
+      expect(d.subarray(2, 8).equals(self)).toBe(true);
+      const m = decodeMessage(d.subarray(HEADER));
+      expect(m.src.equals(self) && m.dst.equals(peerId)).toBe(true);
+      expect(m.frames).toHaveLength(1);
+      expect(m.frames[0].subarray(10, 16).equals(remoteMac)).toBe(true);
+      expect(m.frames[0].length).toBe(10 + 14 + 20 + 8 + 100);
+      expect(tapFrames.filter((f) => f.subarray(10, 16).equals(remoteMac))).toHaveLength(0); // JavaScript never saw it
+
+      // A frame larger than the hop's datagrams goes as a train of fragments, which reassemble to the message.
+      route(300);
+      atPeer.length = 0;
+      await send(1000);
+      for (let i = 0; i < 50 && atPeer.length < 4; i++) await sleep(20);
+      const r = new Reassembler();
+      let whole: Buffer | null = null;
+      for (const f of atPeer) {
+        expect(f[1]).toBe(KIND_FRAGMENT);
+        expect(f.length).toBeLessThanOrEqual(300);
+        expect(f.readUInt32BE(HEADER) >>> 31).toBe(1); // the fast path's ids, apart from JavaScript's
+        whole = r.add('p', f.readUInt32BE(HEADER), f.readUInt16BE(HEADER + 4), f.readUInt16BE(HEADER + 6), f.subarray(FRAGMENT_HEADER)) ?? whole;
+      }
+      expect(whole).not.toBeNull();
+      expect(decodeMessage(whole!).frames[0].length).toBe(10 + 14 + 20 + 8 + 1000);
+      expect(fast.stats().framesOut).toBe(2);
+
+      // Messages for us: from the known hop with a known source MAC, straight into the TAP; an
+      // unknown source MAC, or another destination, is left to JavaScript.
+      const tapMac = Buffer.from((await must('ip', ['netns', 'exec', ns, 'cat', '/sys/class/net/wtap1/address'])).trim().replaceAll(':', ''), 'hex');
+      const frame = (src: Buffer) => Buffer.concat([Buffer.alloc(10), tapMac, src, Buffer.from('88b5', 'hex'), Buffer.alloc(46, 1)]);
+      const message = (dst: Buffer, src: Buffer) => {
+        const body = encodeMessage(peerId, dst, [frame(src)]);
+        const out = Buffer.alloc(HEADER + body.length);
+        writeHeader(out, KIND_FRAMES, false, peerId);
+        body.copy(out, HEADER);
+        return out;
+      };
+      const rxBefore = Number((await must('ip', ['netns', 'exec', ns, 'cat', '/sys/class/net/wtap1/statistics/rx_packets'])).trim());
+      peer.queue(message(self, remoteMac), LO, udp.localPort!);
+      peer.queue(message(self, Buffer.from('02aabbccdd99', 'hex')), LO, udp.localPort!);
+      peer.queue(message(Buffer.from('020000000003', 'hex'), remoteMac), LO, udp.localPort!);
+      peer.flush();
+      for (let i = 0; i < 50 && udpForJs.length < 2; i++) await sleep(20);
+      await sleep(50);
+      expect(udpForJs).toHaveLength(2);
+      expect(fast.stats().framesIn).toBe(1);
+      const rxAfter = Number((await must('ip', ['netns', 'exec', ns, 'cat', '/sys/class/net/wtap1/statistics/rx_packets'])).trim());
+      expect(rxAfter - rxBefore).toBe(1);
+
+      // Mutated messages (lengths, kinds, addresses cut or garbled): every one is read, and what the
+      // fast path says it delivered is what the TAP received.
+      const good = message(self, remoteMac);
+      const rxPackets = () => must('ip', ['netns', 'exec', ns, 'cat', '/sys/class/net/wtap1/statistics/rx_packets']).then((t) => Number(t.trim()));
+      const inBefore = fast.stats().framesIn;
+      const tapBefore = await rxPackets();
+      const udpBefore = udp.stats().rxPackets;
+      for (let i = 0; i < 2000; i++) {
+        const b = Buffer.from(good.subarray(0, 1 + Math.floor(Math.random() * good.length)));
+        for (let k = 0; k < 1 + (i % 3); k++) b[Math.floor(Math.random() * b.length)] = Math.floor(Math.random() * 256);
+        peer.queue(b, LO, udp.localPort!);
+        if (i % 50 === 49) {
+          peer.flush();
+          await sleep(2);
+        }
+      }
+      peer.flush();
+      for (let i = 0; i < 100 && udp.stats().rxPackets - udpBefore < 2000; i++) await sleep(20);
+      expect(udp.stats().rxPackets - udpBefore).toBe(2000);
+      expect((await rxPackets()) - tapBefore).toBe(fast.stats().framesIn - inBefore);
+    } finally {
+      tap.close();
+      udp.close();
+      peer.close();
+    }
   });
 
   it('opening and closing ports many times leaks no descriptor; closing while datagrams pour in is safe', async () => {

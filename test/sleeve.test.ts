@@ -70,10 +70,12 @@ describeAsRoot('sleeve across namespace hosts', () => {
     const line = (await a.weft(['status', 'connections'])).stdout;
     expect(line).toMatch(/sleeve mtu=1450 pmtu=1500; not fastdp: fastdp turned off/);
     const rb = await b.report<Report>();
-    const sb = rb.datapath!.sleeve as unknown as { running: boolean; framesIn: number; malformed: number; refused: number };
+    const sb = rb.datapath!.sleeve as unknown as { running: boolean; framesIn: number; malformed: number; refused: number; fast: { framesIn: number; framesOut: number } };
     expect(sb.running).toBe(true);
     // 1 MB of TCP arrives as TSO super-frames (up to 64 KB each) plus acknowledgements.
     expect(sb.framesIn).toBeGreaterThan(16);
+    // Unicast between known containers goes by the native fast path (the acknowledgements, from B).
+    expect(sb.fast.framesOut).toBeGreaterThan(8);
     expect(sb.malformed + sb.refused).toBeGreaterThan(0);
     const status = (await b.weft(['status'])).stdout;
     expect(status).toMatch(/Datapath: fastdp off, sleeve \(userspace UDP\)/);
