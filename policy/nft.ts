@@ -55,10 +55,8 @@ export function compilePolicy(model: PolicyModel, local: Member[]): CompiledPoli
       if (rules.length === 0) continue;
       const chain = `${direction === 'ingress' ? 'i' : 'e'}_${short(m.container)}`;
       const peerField = direction === 'ingress' ? 'ip saddr' : 'ip daddr';
-      // Packets of flows already judged (and replies, and related ICMP) return at once; only a flow's first
-      // packet meets the rules. Only limited containers' traffic pays for this conntrack match: one in
-      // the forward chain for every packet cost 10-20% of a TCP flow here (bench/README.md).
-      const body: string[] = ['    ct state established,related return'];
+      // Only a flow's first packet gets here: the forward chain accepts flows already judged first.
+      const body: string[] = [];
       for (const r of rules) {
         let peer = '';
         if (r.peer.kind === 'group') {
@@ -91,8 +89,16 @@ export function compilePolicy(model: PolicyModel, local: Member[]): CompiledPoli
   const names = [...sets.keys()].sort();
   const lines = [...names.map((n) => setDecl(n, sets.get(n)!)), ...policyChain, ...chains];
   const skeleton = [...names.map((n) => setDecl(n, null)), ...policyChain, ...chains].join('\n');
-  // Everything that crosses the bridge, or enters it from the host's other links, meets the policy once.
-  const hooks = [`    iifname "${BRIDGE}" jump security_groups`, `    iifname != "${BRIDGE}" oifname "${BRIDGE}" jump security_groups`];
+  // Packets of flows already judged (replies, related ICMP) are accepted at once, before any other
+  // match: a flow's first packet alone meets the rules. (The ct match turns on connection tracking in
+  // the host's namespace, which weft otherwise does not use; that tracking is most of what a policy
+  // costs a flow, bench/README.md.) Then everything that crosses the bridge, or enters it from the
+  // host's other links, meets the policy once.
+  const hooks = [
+    `    ct state established,related accept comment "flows already judged"`,
+    `    iifname "${BRIDGE}" jump security_groups`,
+    `    iifname != "${BRIDGE}" oifname "${BRIDGE}" jump security_groups`,
+  ];
   return { lines, hooks, skeleton, sets, counters };
 }
 
