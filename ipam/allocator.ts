@@ -162,7 +162,10 @@ export class Allocator implements Gossiper {
   /** Claims a given address for `ident`. */
   claim(ident: string, addr: Addr, subnet: Cidr, timeoutMs = this.config.timeoutMs): Promise<Cidr & { addr: Addr }> {
     if (!contains(this.config.range, { start: addr, prefix: 32 })) {
-      // Outside the range weft manages: recorded, nobody else hands it out (as Weave does).
+      // Outside the range weft manages: recorded, nobody else hands it out (as Weave does). Only
+      // this host's claims are known here: two containers here cannot both claim one.
+      const holder = this.byAddr.get(addr);
+      if (holder !== undefined && holder !== ident) return Promise.reject(new IpamError('conflict', `${formatIp(addr)} is already claimed by ${holder}`));
       this.record(ident, addr);
       return this.persist().then(() => ({ ...subnet, addr }));
     }

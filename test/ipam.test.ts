@@ -1,5 +1,5 @@
 import { afterEach, describe, expect, it } from 'vitest';
-import { parseCidr, formatIp } from '../ipam/addr.js';
+import { parseCidr, parseIp, formatIp } from '../ipam/addr.js';
 import { Allocator, type InitMode } from '../ipam/allocator.js';
 import { connectInMemory } from '../router/mesh/memory-link.js';
 import type { Mesh } from '../router/mesh/mesh.js';
@@ -131,6 +131,14 @@ describe('IPAM over in-memory meshes', () => {
     await ipam[0].free('web');
     await expect(ipam[0].free('web')).rejects.toThrow(/no addresses for web/);
     expect((await ipam[0].claim('db2', RANGE.start + 7, RANGE)).addr).toBe(RANGE.start + 7);
+    // Outside the range: recorded as claimed, and then nobody else here may claim it (the API fuzz found two could).
+    const outside = parseIp('10.99.0.1');
+    const net = { start: parseIp('10.96.0.0'), prefix: 12 };
+    expect((await ipam[0].claim('ext1', outside, net)).addr).toBe(outside);
+    await expect(ipam[0].claim('ext2', outside, net)).rejects.toThrow(/10\.99\.0\.1 is already claimed by ext1/);
+    expect((await ipam[0].claim('ext1', outside, net)).addr).toBe(outside);
+    await ipam[0].free('ext1');
+    expect((await ipam[0].claim('ext2', outside, net)).addr).toBe(outside);
   });
 
   it('rmpeer takes over a dead peer\'s space and refuses a live one', async () => {
