@@ -73,8 +73,9 @@ interface Hop {
   /** Probes of the current round not yet acknowledged. */
   pending: Set<number>;
   probeAckAt: number;
-  /** The source MAC of the last frame learnt from (a stream repeats it; the lookups are skipped). */
+  /** The source MAC of the last frame learnt from (a stream repeats it; the lookups are skipped while nothing was forgotten). */
   lastSourceMac: number;
+  lastSourceForgets: number;
   /** Puts its fragmented messages back together. */
   assembler: FragmentAssembler;
 }
@@ -128,6 +129,8 @@ export class Sleeve implements Gossiper {
   private readonly framesByDst = new Map<PeerName, number[]>();
   /** Remote MACs seen in frames from each peer (for MACs the endpoint table does not know). */
   private readonly learned = new Map<string, PeerName>();
+  /** Learnt MACs deleted so far (a hop's cached "already learnt" holds only while this is unchanged). */
+  private forgets = 0;
   private readonly reassembler = new Reassembler();
   /** A message being built before it is sent in fragments (one at a time, reused). */
   private readonly scratch = Buffer.alloc(MAX_MESSAGE);
@@ -264,6 +267,7 @@ export class Sleeve implements Gossiper {
         pending: new Set(),
         probeAckAt: old?.probeAckAt ?? 0,
         lastSourceMac: -1,
+        lastSourceForgets: 0,
         assembler: old?.assembler ?? new FragmentAssembler(this.reassembler, c.name),
       };
       this.hops.set(c.name, hop);
@@ -274,7 +278,11 @@ export class Sleeve implements Gossiper {
       this.hops.delete(name);
       this.hopById.delete(peerNameToBytes(name).readUIntBE(0, 6));
     }
-    for (const [mac, p] of this.learned) if (!this.mesh.topology.get(p)) this.learned.delete(mac);
+    for (const [mac, p] of this.learned) {
+      if (this.mesh.topology.get(p)) continue;
+      this.learned.delete(mac);
+      this.forgets++;
+    }
     this.refreshFastPath();
   }
 
@@ -310,6 +318,8 @@ export class Sleeve implements Gossiper {
     const tap = this.tap!;
     const rx = tap.rx;
     const byDst = this.framesByDst;
+    // Its lists are empty between batches; those of peers long gone are dropped now and then.
+    if (byDst.size > 4 * this.hops.size + 64) byDst.clear();
     for (let i = 0; i < n; i++) {
       const at = i * tap.slotSize;
       const len = tap.rxMeta[i * META];
@@ -333,11 +343,7 @@ export class Sleeve implements Gossiper {
 
   private addFrame(byDst: Map<PeerName, number[]>, dst: PeerName, slot: number, len: number): void {
     let list = byDst.get(dst);
-    if (!list) {
-      // Bounded by the peers there are; entries of peers gone are dropped here.
-      if (byDst.size > 4 * this.hops.size + 64) byDst.clear();
-      byDst.set(dst, (list = []));
-    }
+    if (!list) byDst.set(dst, (list = []));
     list.push(slot);
     this.stats.framesOut++;
     this.stats.bytesOut += len - VNET_HDR;
@@ -561,13 +567,17 @@ export class Sleeve implements Gossiper {
       const len = buf.readUInt32BE(o);
       const f = o + 4;
       const smacValue = buf.readUIntBE(f + VNET_HDR + 6, 6);
-      if (smacValue !== hop.lastSourceMac) {
+      if (smacValue !== hop.lastSourceMac || hop.lastSourceForgets !== this.forgets) {
         hop.lastSourceMac = smacValue;
+        hop.lastSourceForgets = this.forgets;
         // Learn which peer a source MAC lives at; never our own MACs.
         const smac = macText(buf, f + VNET_HDR + 6);
         if (!this.config.macOwner(smac) && this.learned.get(smac) !== src) {
           // Bounded: a peer sending from ever new MACs must not grow our memory without end.
-          if (this.learned.size >= MAX_LEARNED) this.learned.delete(this.learned.keys().next().value!);
+          if (this.learned.size >= MAX_LEARNED) {
+            this.learned.delete(this.learned.keys().next().value!);
+            this.forgets++;
+          }
           this.learned.set(smac, src);
         }
       }
