@@ -63,6 +63,66 @@ std::string inNetns(const std::string& path, F make) {
   return err;
 }
 
+// Datagrams for one sendmmsg: per slot its buffer, address and, for a train, its segment size.
+struct SendBatch {
+  std::vector<mmsghdr> msgs;
+  std::vector<iovec> iovs;
+  std::vector<sockaddr_in> addrs;
+  std::vector<std::array<char, CMSG_SPACE(sizeof(uint16_t))>> ctl;
+
+  void resize(size_t n) {
+    msgs.resize(n);
+    iovs.resize(n);
+    addrs.resize(n);
+    ctl.resize(n);
+  }
+
+  // Slot i: len bytes at data to addr:port (host order). A segment size below len makes the slot a
+  // train of datagrams of that size (the last may be shorter), sent as one (UDP_SEGMENT) and cut by
+  // the kernel or the NIC as late as it can.
+  void set(size_t i, uint8_t* data, uint32_t len, uint32_t addr, uint16_t port, uint16_t segment) {
+    iovs[i] = {data, len};
+    addrs[i] = {};
+    addrs[i].sin_family = AF_INET;
+    addrs[i].sin_addr.s_addr = htonl(addr);
+    addrs[i].sin_port = htons(port);
+    msgs[i].msg_hdr = {};
+    msgs[i].msg_hdr.msg_iov = &iovs[i];
+    msgs[i].msg_hdr.msg_iovlen = 1;
+    msgs[i].msg_hdr.msg_name = &addrs[i];
+    msgs[i].msg_hdr.msg_namelen = sizeof(sockaddr_in);
+    if (segment > 0 && segment < len) {
+      std::memset(ctl[i].data(), 0, ctl[i].size());
+      msgs[i].msg_hdr.msg_control = ctl[i].data();
+      msgs[i].msg_hdr.msg_controllen = CMSG_SPACE(sizeof(uint16_t));
+      cmsghdr* c = CMSG_FIRSTHDR(&msgs[i].msg_hdr);
+      c->cmsg_level = SOL_UDP;
+      c->cmsg_type = UDP_SEGMENT;
+      c->cmsg_len = CMSG_LEN(sizeof(uint16_t));
+      memcpy(CMSG_DATA(c), &segment, sizeof segment);
+    }
+  }
+
+  // Sends slots 0..count-1 on fd; returns how many went. A full queue drops the rest (UDP: as a wire
+  // would); a datagram that cannot go (EMSGSIZE with DF, unreachable, ...) is skipped, its error kept.
+  uint32_t send(int fd, uint32_t count, std::string& lastError, const char* what) {
+    uint32_t done = 0, sent = 0;
+    while (done < count) {
+      int n = sendmmsg(fd, msgs.data() + done, count - done, MSG_DONTWAIT);
+      if (n > 0) {
+        done += n;
+        sent += n;
+        continue;
+      }
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN || errno == EWOULDBLOCK || errno == ENOBUFS) break;
+      lastError = errnoText(what, errno);
+      done++;
+    }
+    return sent;
+  }
+};
+
 // Buffers lent by JavaScript; the references keep them alive while we hold pointers.
 struct Shared {
   Napi::ObjectReference rxRef, rxMetaRef, txRef, txMetaRef;
@@ -349,6 +409,35 @@ class FastPath : public Napi::ObjectWrap<FastPath> {
   }
 };
 
+// A port's link to the other port of the fast path and to its tables; the references keep both
+// alive until reset() (when the port closes).
+template <typename P>
+struct FastLink {
+  P* port = nullptr;
+  FastPath* fast = nullptr;
+  Napi::ObjectReference portRef, fastRef;
+
+  // Takes (otherPort, fastPath) arguments; throws `usage` and returns false when they are not objects.
+  bool set(const Napi::CallbackInfo& info, const char* usage) {
+    if (info.Length() < 2 || !info[0].IsObject() || !info[1].IsObject()) {
+      Napi::TypeError::New(info.Env(), usage).ThrowAsJavaScriptException();
+      return false;
+    }
+    port = P::Unwrap(info[0].As<Napi::Object>());
+    fast = FastPath::Unwrap(info[1].As<Napi::Object>());
+    portRef = Napi::Persistent(info[0].As<Napi::Object>());
+    fastRef = Napi::Persistent(info[1].As<Napi::Object>());
+    return true;
+  }
+
+  void reset() {
+    port = nullptr;
+    fast = nullptr;
+    portRef.Reset();
+    fastRef.Reset();
+  }
+};
+
 class TapPort;
 
 class UdpPort : public Port<UdpPort> {
@@ -382,10 +471,7 @@ class UdpPort : public Port<UdpPort> {
     msgs_.resize(shared_.slots);
     iovs_.resize(shared_.slots);
     addrs_.resize(shared_.slots);
-    txMsgs_.resize(shared_.slots);
-    txIovs_.resize(shared_.slots);
-    txAddrs_.resize(shared_.slots);
-    txCtl_.resize(shared_.slots);
+    tx_.resize(shared_.slots);
     rxCtl_.resize(shared_.slots);
     openAndPoll(info, [&]() -> std::string {
       fd_ = socket(AF_INET, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
@@ -454,7 +540,7 @@ class UdpPort : public Port<UdpPort> {
           }
         }
       }
-      if (fast_ && m[3] == 0 && fastDeliver(shared_.rx + size_t(i) * shared_.slotSize, m[0], m[1])) {
+      if (link_.fast && m[3] == 0 && fastDeliver(shared_.rx + size_t(i) * shared_.slotSize, m[0], m[1])) {
         m[3] = FLAG_HANDLED;
         handled++;
       }
@@ -470,49 +556,10 @@ class UdpPort : public Port<UdpPort> {
     for (uint32_t i = 0; i < count; i++) {
       uint32_t* m = shared_.txMeta + i * META;
       uint32_t len = m[0] > shared_.slotSize ? shared_.slotSize : m[0];
-      txIovs_[i] = {shared_.tx + size_t(i) * shared_.slotSize, len};
-      txAddrs_[i] = {};
-      txAddrs_[i].sin_family = AF_INET;
-      txAddrs_[i].sin_addr.s_addr = htonl(m[1]);
-      txAddrs_[i].sin_port = htons(uint16_t(m[2]));
-      txMsgs_[i].msg_hdr = {};
-      txMsgs_[i].msg_hdr.msg_iov = &txIovs_[i];
-      txMsgs_[i].msg_hdr.msg_iovlen = 1;
-      txMsgs_[i].msg_hdr.msg_name = &txAddrs_[i];
-      txMsgs_[i].msg_hdr.msg_namelen = sizeof(sockaddr_in);
-      // A segment size: the slot is a train of datagrams of that size (the last may be shorter),
-      // sent as one (UDP_SEGMENT) and cut by the kernel or the NIC as late as it can.
-      uint32_t seg = m[3] >> 8;
-      if (seg > 0 && seg < len) {
-        std::memset(txCtl_[i].data(), 0, txCtl_[i].size());
-        txMsgs_[i].msg_hdr.msg_control = txCtl_[i].data();
-        txMsgs_[i].msg_hdr.msg_controllen = CMSG_SPACE(sizeof(uint16_t));
-        cmsghdr* c = CMSG_FIRSTHDR(&txMsgs_[i].msg_hdr);
-        c->cmsg_level = SOL_UDP;
-        c->cmsg_type = UDP_SEGMENT;
-        c->cmsg_len = CMSG_LEN(sizeof(uint16_t));
-        uint16_t v = uint16_t(seg);
-        memcpy(CMSG_DATA(c), &v, sizeof v);
-      }
+      tx_.set(i, shared_.tx + size_t(i) * shared_.slotSize, len, m[1], uint16_t(m[2]), uint16_t(m[3] >> 8));
     }
-    uint32_t done = 0, sent = 0;
-    while (done < count) {
-      int n = sendmmsg(fd_, txMsgs_.data() + done, count - done, MSG_DONTWAIT);
-      if (n > 0) {
-        done += n;
-        sent += n;
-        continue;
-      }
-      if (errno == EINTR) continue;
-      if (errno == EAGAIN || errno == EWOULDBLOCK || errno == ENOBUFS) {
-        txDropped_ += count - done;  // UDP: a full queue drops, as a wire would
-        break;
-      }
-      // This datagram cannot go (EMSGSIZE with DF, unreachable, ...): skip it, keep the rest.
-      lastError_ = errnoText("sendmmsg", errno);
-      txDropped_++;
-      done++;
-    }
+    uint32_t sent = tx_.send(fd_, count, lastError_, "sendmmsg");
+    txDropped_ += count - sent;
     txPackets_ += sent;
     return Napi::Number::New(env, sent);
   }
@@ -520,12 +567,7 @@ class UdpPort : public Port<UdpPort> {
   int fd() const { return fd_; }
   bool gso() const { return gso_; }
   // Closing drops the links to the other port, so neither keeps the other alive.
-  void unlink() {
-    tap_ = nullptr;
-    fast_ = nullptr;
-    tapRef_.Reset();
-    fastRef_.Reset();
-  }
+  void unlink() { link_.reset(); }
 
   // deliverTo(tap, fastPath): messages for us that the fast path can take go straight into the TAP.
   Napi::Value DeliverTo(const Napi::CallbackInfo& info);
@@ -550,15 +592,10 @@ class UdpPort : public Port<UdpPort> {
   std::vector<mmsghdr> msgs_;
   std::vector<iovec> iovs_;
   std::vector<sockaddr_in> addrs_;
-  std::vector<mmsghdr> txMsgs_;
-  std::vector<iovec> txIovs_;
-  std::vector<sockaddr_in> txAddrs_;
-  std::vector<std::array<char, CMSG_SPACE(sizeof(uint16_t))>> txCtl_;
+  SendBatch tx_;
   std::vector<std::array<char, CMSG_SPACE(sizeof(int))>> rxCtl_;
   bool gro_ = false, gso_ = false;
-  FastPath* fast_ = nullptr;
-  TapPort* tap_ = nullptr;
-  Napi::ObjectReference fastRef_, tapRef_;
+  FastLink<TapPort> link_;
 };
 
 class TapPort : public Port<TapPort> {
@@ -609,7 +646,7 @@ class TapPort : public Port<TapPort> {
         break;
       }
       total++;
-      if (fast_ && fastForward(shared_.rx + size_t(n) * shared_.slotSize, uint32_t(r))) continue;
+      if (link_.fast && fastForward(shared_.rx + size_t(n) * shared_.slotSize, uint32_t(r))) continue;
       uint32_t* m = shared_.rxMeta + n * META;
       m[0] = uint32_t(r);
       m[1] = m[2] = 0;
@@ -622,102 +659,51 @@ class TapPort : public Port<TapPort> {
   }
 
   int fd() const { return fd_; }
-  void unlink() {
-    udp_ = nullptr;
-    fast_ = nullptr;
-    udpRef_.Reset();
-    fastRef_.Reset();
-  }
+  void unlink() { link_.reset(); }
 
   // forwardTo(udp, fastPath): frames to known unicast MACs behind plain hops go out without JavaScript.
   Napi::Value ForwardTo(const Napi::CallbackInfo& info) {
-    Napi::Env env = info.Env();
-    if (info.Length() < 2 || !info[0].IsObject() || !info[1].IsObject()) {
-      Napi::TypeError::New(env, "forwardTo(udpPort, fastPath)").ThrowAsJavaScriptException();
-      return env.Undefined();
-    }
-    udp_ = UdpPort::Unwrap(info[0].As<Napi::Object>());
-    fast_ = FastPath::Unwrap(info[1].As<Napi::Object>());
-    udpRef_ = Napi::Persistent(info[0].As<Napi::Object>());
-    fastRef_ = Napi::Persistent(info[1].As<Napi::Object>());
-    if (out_.empty()) {
+    if (link_.set(info, "forwardTo(udpPort, fastPath)") && out_.empty()) {
       out_.resize(size_t(FAST_SLOTS) * FAST_SLOT_SIZE);
-      outMsgs_.resize(FAST_SLOTS);
-      outIovs_.resize(FAST_SLOTS);
-      outAddrs_.resize(FAST_SLOTS);
-      outCtl_.resize(FAST_SLOTS);
+      outBatch_.resize(FAST_SLOTS);
     }
-    return env.Undefined();
+    return info.Env().Undefined();
   }
 
  private:
   static constexpr int FAST_SLOTS = 16;
   static constexpr size_t FAST_SLOT_SIZE = 65536 + 64;
-  UdpPort* udp_ = nullptr;
-  FastPath* fast_ = nullptr;
-  Napi::ObjectReference udpRef_, fastRef_;
+  FastLink<UdpPort> link_;
   std::vector<uint8_t> out_;
-  std::vector<mmsghdr> outMsgs_;
-  std::vector<iovec> outIovs_;
-  std::vector<sockaddr_in> outAddrs_;
-  std::vector<std::array<char, CMSG_SPACE(sizeof(uint16_t))>> outCtl_;
+  SendBatch outBatch_;
   int queued_ = 0;
 
   uint8_t* outSlot() { return out_.data() + size_t(queued_) * FAST_SLOT_SIZE; }
 
   // Queues out slot `queued_` (len bytes; a train of `segment`-byte datagrams when segment > 0).
   void commitFast(uint32_t len, const FastPath::Route& r, uint16_t segment) {
-    int i = queued_;
-    outIovs_[i] = {outSlot(), len};
-    outAddrs_[i] = {};
-    outAddrs_[i].sin_family = AF_INET;
-    outAddrs_[i].sin_addr.s_addr = htonl(r.addr);
-    outAddrs_[i].sin_port = htons(r.port);
-    outMsgs_[i].msg_hdr = {};
-    outMsgs_[i].msg_hdr.msg_iov = &outIovs_[i];
-    outMsgs_[i].msg_hdr.msg_iovlen = 1;
-    outMsgs_[i].msg_hdr.msg_name = &outAddrs_[i];
-    outMsgs_[i].msg_hdr.msg_namelen = sizeof(sockaddr_in);
-    if (segment > 0 && segment < len) {
-      std::memset(outCtl_[i].data(), 0, outCtl_[i].size());
-      outMsgs_[i].msg_hdr.msg_control = outCtl_[i].data();
-      outMsgs_[i].msg_hdr.msg_controllen = CMSG_SPACE(sizeof(uint16_t));
-      cmsghdr* c = CMSG_FIRSTHDR(&outMsgs_[i].msg_hdr);
-      c->cmsg_level = SOL_UDP;
-      c->cmsg_type = UDP_SEGMENT;
-      c->cmsg_len = CMSG_LEN(sizeof(uint16_t));
-      memcpy(CMSG_DATA(c), &segment, sizeof segment);
-    }
+    outBatch_.set(queued_, outSlot(), len, r.addr, r.port, segment);
     if (++queued_ >= FAST_SLOTS) flushFast();
   }
 
   void flushFast() {
-    int fd = udp_ ? udp_->fd() : -1;
-    int done = 0;
-    while (done < queued_ && fd >= 0) {
-      int n = sendmmsg(fd, outMsgs_.data() + done, queued_ - done, MSG_DONTWAIT);
-      if (n > 0) {
-        done += n;
-        continue;
-      }
-      if (errno == EINTR) continue;
-      if (errno == EAGAIN || errno == EWOULDBLOCK || errno == ENOBUFS) break;
-      lastError_ = errnoText("sendmmsg (fast path)", errno);
-      done++;  // skip the one that cannot go
-    }
-    txDropped_ += queued_ - done;
+    UdpPort* udp = link_.port;
+    uint32_t sent = udp && udp->fd() >= 0 ? outBatch_.send(udp->fd(), queued_, lastError_, "sendmmsg (fast path)") : 0;
+    txDropped_ += queued_ - sent;
     queued_ = 0;
   }
 
   // Takes the frame (virtio header + Ethernet) if its route is known; false leaves it to JavaScript.
   bool fastForward(const uint8_t* f, uint32_t len) {
-    if (len < uint32_t(VNET_HDR + 14) || (f[VNET_HDR] & 1) || !udp_ || udp_->fd() < 0) return false;
-    auto it = fast_->routes.find(read48(f + VNET_HDR));
-    if (it == fast_->routes.end()) return false;
+    UdpPort* udp = link_.port;
+    FastPath* fast = link_.fast;
+    if (len < uint32_t(VNET_HDR + 14) || (f[VNET_HDR] & 1) || !udp || udp->fd() < 0) return false;
+    auto it = fast->routes.find(read48(f + VNET_HDR));
+    if (it == fast->routes.end()) return false;
     const FastPath::Route& r = it->second;
     uint32_t message = MESSAGE_HEADER + 4 + len;
     uint8_t prefix[MESSAGE_HEADER + 4];
-    memcpy(prefix, fast_->self, 6);
+    memcpy(prefix, fast->self, 6);
     memcpy(prefix + 6, r.dst, 6);
     prefix[12] = MAX_HOPS;
     write32(prefix + 13, len);
@@ -725,17 +711,17 @@ class TapPort : public Port<TapPort> {
       uint8_t* s = outSlot();
       s[0] = SLEEVE_VERSION;
       s[1] = KIND_FRAMES;
-      memcpy(s + 2, fast_->self, 6);
+      memcpy(s + 2, fast->self, 6);
       memcpy(s + SLEEVE_HEADER, prefix, sizeof prefix);
       memcpy(s + SLEEVE_HEADER + sizeof prefix, f, len);
       commitFast(SLEEVE_HEADER + message, r, 0);
     } else {
       // In fragments, as trains of `max`-byte datagrams (the kernel cuts them: UDP GSO).
-      if (!udp_->gso() || r.max <= FRAGMENT_HEADER) return false;
+      if (!udp->gso() || r.max <= FRAGMENT_HEADER) return false;
       uint32_t chunk = r.max - FRAGMENT_HEADER;
       uint32_t count = (message + chunk - 1) / chunk;
       uint32_t perSlot = std::min<uint32_t>(64, MAX_UDP_PAYLOAD / r.max);
-      uint32_t id = 0x80000000u | (fast_->fragmentId++ & 0x7fffffffu);  // JavaScript's ids have the top bit clear
+      uint32_t id = 0x80000000u | (fast->fragmentId++ & 0x7fffffffu);  // JavaScript's ids have the top bit clear
       for (uint32_t i = 0; i < count;) {
         uint8_t* s = outSlot();
         uint32_t o = 0;
@@ -743,7 +729,7 @@ class TapPort : public Port<TapPort> {
           uint32_t from = i * chunk, to = std::min(message, from + chunk);
           s[o] = SLEEVE_VERSION;
           s[o + 1] = KIND_FRAGMENT;
-          memcpy(s + o + 2, fast_->self, 6);
+          memcpy(s + o + 2, fast->self, 6);
           write32(s + o + SLEEVE_HEADER, id);
           write16(s + o + SLEEVE_HEADER + 4, uint16_t(i));
           write16(s + o + SLEEVE_HEADER + 6, uint16_t(count));
@@ -766,8 +752,8 @@ class TapPort : public Port<TapPort> {
         commitFast(o, r, r.max);
       }
     }
-    fast_->framesOut++;
-    fast_->bytesOut += len - VNET_HDR;
+    fast->framesOut++;
+    fast->bytesOut += len - VNET_HDR;
     return true;
   }
  public:
@@ -796,34 +782,27 @@ class TapPort : public Port<TapPort> {
 };
 
 Napi::Value UdpPort::DeliverTo(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  if (info.Length() < 2 || !info[0].IsObject() || !info[1].IsObject()) {
-    Napi::TypeError::New(env, "deliverTo(tapPort, fastPath)").ThrowAsJavaScriptException();
-    return env.Undefined();
-  }
-  tap_ = TapPort::Unwrap(info[0].As<Napi::Object>());
-  fast_ = FastPath::Unwrap(info[1].As<Napi::Object>());
-  tapRef_ = Napi::Persistent(info[0].As<Napi::Object>());
-  fastRef_ = Napi::Persistent(info[1].As<Napi::Object>());
-  return env.Undefined();
+  link_.set(info, "deliverTo(tapPort, fastPath)");
+  return info.Env().Undefined();
 }
 
 // Takes a plain message for us from a known hop, at its own address, whose frames are whole and come
 // from MACs the endpoint table knows (so nothing is to be learnt); false leaves it to JavaScript,
 // which also counts what is refused or malformed.
 bool UdpPort::fastDeliver(const uint8_t* d, uint32_t len, uint32_t from) {
-  int tapFd = tap_ ? tap_->fd() : -1;
+  FastPath* fast = link_.fast;
+  int tapFd = link_.port ? link_.port->fd() : -1;
   if (tapFd < 0 || len < uint32_t(SLEEVE_HEADER + MESSAGE_HEADER) || d[0] != SLEEVE_VERSION || d[1] != KIND_FRAMES) return false;
-  auto hop = fast_->hops.find(read48(d + 2));
-  if (hop == fast_->hops.end() || hop->second != from) return false;
+  auto hop = fast->hops.find(read48(d + 2));
+  if (hop == fast->hops.end() || hop->second != from) return false;
   const uint8_t* m = d + SLEEVE_HEADER;
-  if (read48(m + 6) != fast_->selfId) return false;
+  if (read48(m + 6) != fast->selfId) return false;
   uint32_t end = len - SLEEVE_HEADER;
   for (uint32_t o = MESSAGE_HEADER; o < end;) {
     if (o + 4 > end) return false;
     uint32_t flen = read32(m + o);
     if (flen < uint32_t(VNET_HDR + 14) || flen > end - o - 4) return false;
-    if (!fast_->known.count(read48(m + o + 4 + VNET_HDR + 6))) return false;
+    if (!fast->known.count(read48(m + o + 4 + VNET_HDR + 6))) return false;
     o += 4 + flen;
   }
   for (uint32_t o = MESSAGE_HEADER; o < end;) {
@@ -831,10 +810,10 @@ bool UdpPort::fastDeliver(const uint8_t* d, uint32_t len, uint32_t from) {
     ssize_t r;
     do r = write(tapFd, m + o + 4, flen);
     while (r < 0 && errno == EINTR);
-    if (r < 0) fast_->tapDropped++;
+    if (r < 0) fast->tapDropped++;
     else {
-      fast_->framesIn++;
-      fast_->bytesIn += flen - VNET_HDR;
+      fast->framesIn++;
+      fast->bytesIn += flen - VNET_HDR;
     }
     o += 4 + flen;
   }
