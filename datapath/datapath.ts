@@ -160,7 +160,6 @@ export class Datapath {
       mtu: () => this.mtu,
       underlayMtu: this.mtu + VXLAN_OVERHEAD,
       encrypt: this.config.encrypt,
-      macOwner: (mac) => this.endpoints.ownerOf(mac),
       macOwners: () => this.endpoints.owners(),
       onMacsChange: (fn) => this.endpoints.onChange(fn),
     });

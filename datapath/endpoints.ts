@@ -46,12 +46,7 @@ export class EndpointTable extends PeerRecords<Endpoint> {
     this.onChange(() => (this.ownersByMac = null));
   }
 
-  /** The peer a container MAC lives at (the sleeve asks this per frame, so it is a map lookup). */
-  ownerOf(mac: string): PeerName | undefined {
-    return this.owners().get(mac);
-  }
-
-  /** Every container MAC and its peer (a new map after each change, the same one until then). */
+  /** Every container MAC and its peer (a new map after each change, the same one until then: the sleeve looks up per frame). */
   owners(): ReadonlyMap<string, PeerName> {
     return (this.ownersByMac ??= new Map(this.all().map((e) => [e.mac, e.peer])));
   }

@@ -55,14 +55,19 @@ export function headerKind(buf: Buffer, start: number, end: number): number {
   return buf[start + 1];
 }
 
+/** Writes a message's header at `at`: source and destination peers (6 bytes each), hops left. */
+export function writeMessageHeader(buf: Buffer, at: number, src: Buffer, dst: Buffer, hops = MAX_HOPS): void {
+  src.copy(buf, at, 0, 6);
+  dst.copy(buf, at + 6, 0, 6);
+  buf[at + HOPS_OFFSET] = hops;
+}
+
 /** A message: source and destination peers (6 bytes each), hops left, then length-prefixed frames. */
 export function encodeMessage(src: Buffer, dst: Buffer, frames: Buffer[], hops = MAX_HOPS): Buffer {
   let size = MESSAGE_HEADER;
   for (const f of frames) size += 4 + f.length;
   const out = Buffer.allocUnsafe(size);
-  src.copy(out, 0, 0, 6);
-  dst.copy(out, 6, 0, 6);
-  out[HOPS_OFFSET] = hops;
+  writeMessageHeader(out, 0, src, dst, hops);
   let o = MESSAGE_HEADER;
   for (const f of frames) {
     out.writeUInt32BE(f.length, o);
@@ -79,17 +84,24 @@ export interface Message {
   frames: Buffer[];
 }
 
-export function decodeMessage(buf: Buffer): Message {
-  if (buf.length < MESSAGE_HEADER) throw new Error('sleeve message is shorter than its header');
-  const frames: Buffer[] = [];
-  let o = MESSAGE_HEADER;
-  while (o < buf.length) {
-    if (o + 4 > buf.length) throw new Error('sleeve message ends inside a frame length');
+/**
+ * Checks the message at at..end of `buf` without taking it apart: a whole header, then frames (each
+ * at least a virtio header and an Ethernet header) that fill it exactly. Throws what is wrong.
+ */
+export function checkMessage(buf: Buffer, at: number, end: number): void {
+  if (end - at < MESSAGE_HEADER) throw new Error('sleeve message is shorter than its header');
+  for (let o = at + MESSAGE_HEADER; o < end; ) {
+    if (o + 4 > end) throw new Error('sleeve message ends inside a frame length');
     const len = buf.readUInt32BE(o);
-    if (len < 10 + 14 || o + 4 + len > buf.length) throw new Error(`sleeve frame of ${len} bytes does not fit its message`);
-    frames.push(buf.subarray(o + 4, o + 4 + len));
+    if (len < 10 + 14 || o + 4 + len > end) throw new Error(`sleeve frame of ${len} bytes does not fit its message`);
     o += 4 + len;
   }
+}
+
+export function decodeMessage(buf: Buffer): Message {
+  checkMessage(buf, 0, buf.length);
+  const frames: Buffer[] = [];
+  for (let o = MESSAGE_HEADER; o < buf.length; o += 4 + buf.readUInt32BE(o)) frames.push(buf.subarray(o + 4, o + 4 + buf.readUInt32BE(o)));
   return { src: buf.subarray(0, 6), dst: buf.subarray(6, 12), hops: buf[HOPS_OFFSET], frames };
 }
 

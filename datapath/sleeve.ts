@@ -26,7 +26,6 @@ import {
   KIND_FRAGMENT,
   KIND_FRAMES,
   KIND_PROBE,
-  MAX_HOPS,
   MAX_MESSAGE,
   MESSAGE_HEADER,
   PMTU_FLOOR,
@@ -35,10 +34,11 @@ import {
   Reassembler,
   SEAL_OVERHEAD,
   SEALED,
-  decodeMessage,
+  checkMessage,
   encodeMessage,
   headerKind,
   writeHeader,
+  writeMessageHeader,
 } from './sleeve-packet.js';
 
 export const SLEEVE_TAP = 'weft-sleeve';
@@ -88,8 +88,6 @@ export interface SleeveConfig {
   underlayMtu: number;
   /** Whether packets to and from this peer (at this underlay address) are sealed. */
   encrypt: (peer: PeerName, host: string) => boolean;
-  /** Who has this MAC (from the endpoint table), if anyone. */
-  macOwner: (mac: string) => PeerName | undefined;
   /** Every MAC the endpoint table knows, with its peer. */
   macOwners: () => ReadonlyMap<string, PeerName>;
   /** Calls `fn` whenever the endpoint table changes. */
@@ -328,7 +326,7 @@ export class Sleeve implements Gossiper {
       let owner: PeerName | undefined;
       if (!multi) {
         const dmac = macText(rx, at + VNET_HDR);
-        owner = this.config.macOwner(dmac) ?? this.learned.get(dmac);
+        owner = this.config.macOwners().get(dmac) ?? this.learned.get(dmac);
       }
       if (owner !== undefined) {
         if (this.destinations.has(owner)) this.addFrame(byDst, owner, i, len);
@@ -381,9 +379,7 @@ export class Sleeve implements Gossiper {
         if (HEADER + MESSAGE_HEADER + need > max) {
           // Larger than a datagram: a message of its own, sent in fragments.
           const m = this.scratch;
-          this.self.copy(m, 0, 0, 6);
-          dstBytes.copy(m, 6, 0, 6);
-          m[HOPS_OFFSET] = MAX_HOPS;
+          writeMessageHeader(m, 0, this.self, dstBytes);
           m.writeUInt32BE(len, MESSAGE_HEADER);
           tap.rx.copy(m, MESSAGE_HEADER + 4, i * tap.slotSize, i * tap.slotSize + len);
           this.sendMessage(hop, m.subarray(0, MESSAGE_HEADER + need));
@@ -391,9 +387,7 @@ export class Sleeve implements Gossiper {
         }
         start = udp.nextOffset();
         writeHeader(tx, KIND_FRAMES, false, this.self, start);
-        this.self.copy(tx, start + HEADER, 0, 6);
-        dstBytes.copy(tx, start + HEADER + 6, 0, 6);
-        tx[start + HEADER + HOPS_OFFSET] = MAX_HOPS;
+        writeMessageHeader(tx, start + HEADER, this.self, dstBytes);
         o = start + HEADER + MESSAGE_HEADER;
       }
       tx.writeUInt32BE(len, o);
@@ -532,10 +526,9 @@ export class Sleeve implements Gossiper {
       this.stats.refused++;
       return;
     }
-    if (plain.length < MESSAGE_HEADER) throw new Error('sleeve message is shorter than its header');
+    checkMessage(plain, 0, plain.length);
     if (plain.readUIntBE(6, 6) !== this.selfId) {
       // Relay towards the destination; frames are not looked at beyond their framing.
-      decodeMessage(plain);
       const hops = plain[HOPS_OFFSET];
       const next = this.nextHop(peerNameFromBytes(plain.subarray(6, 12)));
       if (!next || next === hop || hops === 0) {
@@ -556,12 +549,7 @@ export class Sleeve implements Gossiper {
    * whole before any frame goes, so a malformed message delivers nothing.
    */
   private deliver(hop: Hop, buf: Buffer, at: number, end: number): void {
-    for (let o = at + MESSAGE_HEADER; o < end; ) {
-      if (o + 4 > end) throw new Error('sleeve message ends inside a frame length');
-      const len = buf.readUInt32BE(o);
-      if (len < VNET_HDR + 14 || o + 4 + len > end) throw new Error(`sleeve frame of ${len} bytes does not fit its message`);
-      o += 4 + len;
-    }
+    checkMessage(buf, at, end);
     const src = peerNameFromBytes(buf.subarray(at, at + 6));
     for (let o = at + MESSAGE_HEADER; o < end; ) {
       const len = buf.readUInt32BE(o);
@@ -572,7 +560,7 @@ export class Sleeve implements Gossiper {
         hop.lastSourceForgets = this.forgets;
         // Learn which peer a source MAC lives at; never our own MACs.
         const smac = macText(buf, f + VNET_HDR + 6);
-        if (!this.config.macOwner(smac) && this.learned.get(smac) !== src) {
+        if (!this.config.macOwners().has(smac) && this.learned.get(smac) !== src) {
           // Bounded: a peer sending from ever new MACs must not grow our memory without end.
           if (this.learned.size >= MAX_LEARNED) {
             this.learned.delete(this.learned.keys().next().value!);
