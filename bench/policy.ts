@@ -1,13 +1,14 @@
 // Security groups, measured in one run:
 //   1. one TCP flow (iperf3) and ping RTT container to container across two hosts, with no policy
-//      (the anchor) and then with RULES rules over groups totalling MEMBERS member addresses, the
-//      receiver limited by all of them: prints the ratios (goal >= 0.95);
+//      (the anchor) and with RULES rules over groups totalling MEMBERS member addresses, the
+//      receiver limited by all of them, in ROUNDS rounds whose order alternates: prints the ratios
+//      (goal >= 0.95);
 //   2. the cost of JOINS containers joining and leaving a group the receiver's rules mention:
 //      wall time until the receiver's kernel set has them, and its router's CPU per join/leave;
 //   3. on a line of five hosts (no discovery), the time from a rule made on the first to its
 //      enforcement in the kernel of the last, p50 and p99 over SAMPLES rules.
 //
-//   apt-get install -y iperf3 && npm run build && node dist/bench/policy.js [--rules 1000] [--members 10000] [--joins 100] [--samples 30] [--seconds 5] [--rounds 3]
+//   apt-get install -y iperf3 && npm run build && node dist/bench/policy.js [--rules 1000] [--members 10000] [--joins 100] [--samples 30] [--seconds 5] [--rounds 4]
 import { Cluster, eventually, type Host } from '../test/harness/cluster.js';
 import { run } from '../test/harness/exec.js';
 import { cpuSeconds, iperf, rtt } from './measure.js';
@@ -19,8 +20,8 @@ const MEMBERS = numberArg('members', 10_000);
 const JOINS = numberArg('joins', 100);
 const SAMPLES = numberArg('samples', 30);
 const SECONDS = numberArg('seconds', 5);
-/** Rounds of (no rules, rules) measured alternately on the full host. */
-const ROUNDS = numberArg('rounds', 3);
+/** Rounds of (rules, no rules) measured on the full host, in alternating order (an even number balances them). */
+const ROUNDS = numberArg('rounds', 4);
 const FAST = ['--heartbeat-interval', '500ms', '--gossip-interval', '1s'];
 
 /** Runs a script with fetch() against the host's API, inside its namespace; returns its stdout. */
@@ -101,18 +102,29 @@ async function throughputAndJoins(): Promise<void> {
       }
       console.log('   (the routers did not quiet down within 60 s: measuring anyway)');
     };
-    const measure = async () => {
+    const routerCpu: { limited: number[]; anchor: number[] } = { limited: [], anchor: [] };
+    const measure = async (state: 'limited' | 'anchor') => {
       await quiesce();
-      return { gbit: (await iperf(c2, c1, ip2, SECONDS)).gbit, rtt: await rtt(c1, ip2) };
+      const cpu0 = pids.map(cpuSeconds);
+      const gbit = (await iperf(c2, c1, ip2, SECONDS)).gbit;
+      routerCpu[state].push(pids.reduce((t, p, k) => t + cpuSeconds(p) - cpu0[k], 0) / SECONDS);
+      return { gbit, rtt: await rtt(c1, ip2) };
     };
+    // The VM's throughput drifts during a run (often one way for minutes): the order of the two
+    // states alternates from round to round (rules/none, none/rules, ...), so a steady drift
+    // weighs on both alike instead of always on the second one.
     const limitedRuns: { gbit: number; rtt: number }[] = [];
     const anchorRuns: { gbit: number; rtt: number }[] = [];
+    let rulesMade = true;
     for (let round = 0; round < ROUNDS; round++) {
-      if (round > 0) await makeRules();
-      limitedRuns.push(await measure());
-      await removeAll();
-      anchorRuns.push(await measure());
+      for (const state of round % 2 === 0 ? (['limited', 'anchor'] as const) : (['anchor', 'limited'] as const)) {
+        if (state === 'limited' && !rulesMade) await makeRules();
+        if (state === 'anchor' && rulesMade) await removeAll();
+        rulesMade = state === 'limited';
+        (state === 'limited' ? limitedRuns : anchorRuns).push(await measure(state));
+      }
     }
+    if (rulesMade) await removeAll();
     const mean = (xs: { gbit: number; rtt: number }[]) => ({ gbit: xs.reduce((t, x) => t + x.gbit, 0) / xs.length, rtt: xs.reduce((t, x) => t + x.rtt, 0) / xs.length });
     const limited = mean(limitedRuns);
     await api(a, `const r = await fetch(API + '/policy', { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ to: 'db', from: 'web', proto: 'any' }) }); if (!r.ok) throw new Error(await r.text());`);
@@ -126,6 +138,8 @@ async function throughputAndJoins(): Promise<void> {
     console.log(`   no rules (anchor), the same members:          ${list(anchorRuns)}`);
     console.log(`   per round: ${limitedRuns.map((x, i) => (x.gbit / anchorRuns[i].gbit).toFixed(3)).join(' ')}`);
     console.log(`   ratio: throughput ${(limited.gbit / base.gbit).toFixed(3)}, RTT ${(limited.rtt / base.rtt).toFixed(3)} (goal >= 0.95 for throughput)`);
+    const avg = (xs: number[]) => xs.reduce((t, x) => t + x, 0) / xs.length;
+    console.log(`   both routers' CPU during the flows: ${(avg(routerCpu.limited) * 1000).toFixed(0)} ms/s with the rules, ${(avg(routerCpu.anchor) * 1000).toFixed(0)} ms/s without`);
     console.log(`   (set-up: ${MEMBERS} member addresses attached in ${membersSecs.toFixed(1)}s; ${RULES} rules made and in B's kernel in ${rulesSecs.toFixed(1)}s)`);
 
     // Joins and leaves of group web (mentioned by db's rules) on host A; host B updates its set.

@@ -105,7 +105,29 @@ describe('policy table CRDT', () => {
     await eventually('the removal everywhere', async () => tables.every((t) => t.rules().map((r) => r.id).join() === '0000000b'), 3000, 10);
     expect(tables[0].remove('0000000a')).toBe(false);
   });
+  it('the anti-entropy digest follows every change, and equals that of a table with the same entries', () => {
+    const ms = [testMesh('dg0'), testMesh('dg1')];
+    meshes.push(...ms);
+    const [t, u] = ms.map((m) => new PolicyTable(m));
+    const hex = (x: PolicyTable) => Buffer.from(x.digest()).toString('hex');
+    const empty = hex(t);
+    t.add(ruleFromRequest('0000000c', { to: 'db', from: 'web', proto: 'tcp', port: '5432' }));
+    const one = hex(t);
+    expect(one).not.toBe(empty);
+    expect(hex(t)).toBe(one); // asked again, nothing changed
+    t.remove('0000000c');
+    const removed = hex(t);
+    expect(removed).not.toBe(one);
+    // A change that arrives by gossip changes it too.
+    u.onGossip(t.gossip()!.encode());
+    expect(hex(u)).toBe(removed);
+    u.add(ruleFromRequest('0000000d', { to: 'web', from: 'any', proto: 'icmp' }));
+    t.onGossip(u.gossip()!.encode());
+    expect(hex(t)).toBe(hex(u));
+    expect(hex(t)).not.toBe(removed);
+  });
 });
+
 
 describe('rules from requests', () => {
   it('refuses bad rules with a message that says what is wrong', () => {

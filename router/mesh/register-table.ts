@@ -80,6 +80,8 @@ export class RegisterTable<V> implements Gossiper {
   protected readonly entries = new Map<string, Register<V>>();
   private readonly channel: Gossip;
   private readonly listeners: (() => void)[] = [];
+  /** The digest of the entries as they are: anti-entropy asks for it every round, changes are rare. */
+  private digestCache: Uint8Array | null = null;
 
   constructor(
     protected readonly mesh: Mesh,
@@ -145,6 +147,7 @@ export class RegisterTable<V> implements Gossiper {
   }
 
   private changed(): void {
+    this.digestCache = null;
     if (this.persistPath) writeJsonAtomically(this.persistPath, [...this.entries.values()].map(toWire));
     for (const fn of this.listeners) fn();
   }
@@ -168,9 +171,11 @@ export class RegisterTable<V> implements Gossiper {
   }
 
   digest(): Uint8Array {
+    if (this.digestCache) return this.digestCache;
     const h = createHash('sha256');
     for (const e of [...this.entries.values()].sort((a, b) => (a.id < b.id ? -1 : 1))) h.update(`${e.id}:${e.version}:${e.origin}:${JSON.stringify(e.value)}\n`);
-    return h.digest();
+    this.digestCache = h.digest();
+    return this.digestCache;
   }
 
   compareDigest(digest: Uint8Array): { update: GossipData | null; remoteHasMore: boolean } {
