@@ -106,6 +106,19 @@ export async function withNewVeth<T>(container: string, mtu: number, then: (name
   }
 }
 
+/** Linux bridges take at most this many ports (port numbers 1 to BR_MAX_PORTS - 1); one more fails with EXFULL. */
+export const BRIDGE_MAX_PORTS = 1023;
+
+/** Puts a container's host-side veth on the bridge and up; a full bridge says so instead of "Exchange full". */
+export async function joinBridge(hostIf: string): Promise<void> {
+  try {
+    await ip(['link', 'set', hostIf, 'master', BRIDGE, 'up']);
+  } catch (err) {
+    if (!/Exchange full/i.test((err as Error).message)) throw err;
+    throw new Error(`the bridge ${BRIDGE} is full: a Linux bridge takes at most ${BRIDGE_MAX_PORTS} ports, and this host's containers (with weft's own ports) use them all; detach a container or attach this one on another host`);
+  }
+}
+
 export interface AttachResult {
   mac: string;
   hostIf: string;
@@ -133,12 +146,14 @@ export async function attachContainer(container: string, cidrs: string[], mtu: n
   const ns = netnsPathOf(container);
   const { hostIf } = vethNames(container);
   if (!(await linkExists(ifname, ns))) {
-    await withNewVeth(container, mtu, async ({ peerIf }) => {
+    await withNewVeth(container, mtu, async ({ hostIf: made, peerIf }) => {
       await ip(['link', 'set', peerIf, 'netns', ns]);
       await ip(['link', 'set', peerIf, 'name', ifname], ns);
+      await joinBridge(made); // failing, the pair goes again: no ethwe left without a way out
     });
+  } else {
+    await joinBridge(hostIf);
   }
-  await ip(['link', 'set', hostIf, 'master', BRIDGE, 'up']);
   await ip(['link', 'set', 'lo', 'up'], ns);
   const have = await ipJson<{ addr_info?: { local: string; prefixlen: number }[] }[]>(['addr', 'show', 'dev', ifname], ns);
   const existing = new Set((have[0]?.addr_info ?? []).map((a) => `${a.local}/${a.prefixlen}`));

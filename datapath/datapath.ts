@@ -397,13 +397,22 @@ export class Datapath {
       }
     }
     const dns = this.config.dns;
-    const { mac } = await attachContainer(
-      container,
-      addrs,
-      this.mtu,
-      dns ? { ip: dns.ip, bridgeMac: bridgeMac(this.mesh.name), resolvConf: `# written by weft attach\nnameserver ${dns.ip}\nsearch ${dns.domain.replace(/\.$/, '')}\n` } : undefined,
-      cni?.ifname,
-    );
+    let mac: string;
+    try {
+      ({ mac } = await attachContainer(
+        container,
+        addrs,
+        this.mtu,
+        dns ? { ip: dns.ip, bridgeMac: bridgeMac(this.mesh.name), resolvConf: `# written by weft attach\nnameserver ${dns.ip}\nsearch ${dns.domain.replace(/\.$/, '')}\n` } : undefined,
+        cni?.ifname,
+      ));
+    } catch (err) {
+      // A container that was not attached before keeps no address from an attach that failed (a
+      // full bridge, a namespace gone meanwhile); one that was keeps what it had.
+      const had = new Set(this.endpoints.local.find((e) => e.container === container)?.cidrs ?? []);
+      for (const a of addrs) if (!had.has(a)) await this.ipam.free(container, parseCidr(a, true).addr).catch(() => undefined);
+      throw err;
+    }
     await this.routeBack(addrs);
     const prev = this.endpoints.local.find((e) => e.container === container);
     const g = groups ?? prev?.groups;

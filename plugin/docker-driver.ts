@@ -13,8 +13,7 @@ import { dirname, join } from 'node:path';
 import type { Allocator } from '../ipam/allocator.js';
 import { contains, formatCidr, formatIp, overlaps, parseCidr, parseIp, type Cidr } from '../ipam/addr.js';
 import type { Datapath } from '../datapath/datapath.js';
-import { BRIDGE } from '../datapath/bridge.js';
-import { hostIfName, vethNames, withNewVeth } from '../datapath/attach.js';
+import { hostIfName, joinBridge, vethNames, withNewVeth } from '../datapath/attach.js';
 import { ip, ipJson, linkExists } from '../datapath/iproute.js';
 import { readJsonList, writeJsonAtomically } from '../router/json-file.js';
 import type { Logger } from '../router/mesh/mesh.js';
@@ -228,7 +227,7 @@ export class DockerDriver {
     const key = endpointKey(eid);
     return withNewVeth(key, this.deps.datapath.mtu, async ({ hostIf, peerIf }) => {
       if (iface.MacAddress) await ip(['link', 'set', peerIf, 'address', iface.MacAddress]);
-      await ip(['link', 'set', hostIf, 'master', BRIDGE, 'up']);
+      await joinBridge(hostIf);
       const mac = (await ipJson<{ address: string }[]>(['link', 'show', 'dev', peerIf]))[0].address;
       await this.deps.datapath.plug(key, mac, [address]);
       return { Interface: iface.MacAddress ? {} : { MacAddress: mac } };

@@ -195,6 +195,27 @@ describeAsRoot('fastdp across namespace hosts', () => {
     expect((await run('ip', ['netns', 'exec', c1, 'cat', '/proc/sys/net/ipv4/conf/ethwe/arp_notify'])).stdout.trim()).toBe('1');
   });
 
+  it('a full bridge: attach says so and leaves nothing behind (no veth, no address); with a port free it works', async () => {
+    cluster = await Cluster.create(1, { routerArgs: ['--ipalloc-init', 'consensus=1'] });
+    const [a] = cluster.hosts;
+    await a.launch();
+    // Fill the bridge to the kernel's limit with veths (weft's own ports are on it already): -force
+    // goes on past the adds the full bridge refuses.
+    const fill = Array.from({ length: 1030 }, (_, i) => `link add wfill${i} master weft type veth peer name wfpeer${i}`).join('\n') + '\n';
+    await run('ip', ['-n', a.ns, '-force', '-batch', '-'], { input: fill });
+    expect((JSON.parse((await a.exec('ip', ['-json', 'link', 'show', 'master', 'weft'])).stdout) as unknown[]).length).toBe(1023);
+    const c1 = await cluster.container('c1');
+    const r = await a.weft(['attach', `netns:${c1}`]);
+    expect(r.code).not.toBe(0);
+    expect(r.stderr).toMatch(/bridge weft is full: a Linux bridge takes at most 1023 ports/);
+    expect((await run('ip', ['-n', c1, 'link', 'show', 'ethwe'])).code).not.toBe(0);
+    expect((await a.exec('ip', ['-o', 'link', 'show'])).stdout).not.toMatch(/: vw[0-9a-f]+[@:]/); // the container's host-side veth
+    expect((await a.weft(['ipam', 'lookup', `netns:${c1}`])).stderr).toMatch(/no addresses/);
+    await a.exec('ip', ['link', 'del', 'wfill0']);
+    const ip1 = await attach(a, c1);
+    expect(ip1).toMatch(/^10\./);
+  });
+
   it('detach frees the address and removes the fdb entries on the other host', async () => {
     const [a, b] = await twoHosts();
     const c1 = await cluster!.container('c1');
