@@ -148,7 +148,7 @@ async function throughputAndJoins(): Promise<void> {
     const pidB = b.routerPid()!;
     const stat = async () => JSON.parse((await b.weft(['status', 'policy', '--json'])).stdout) as { rewrites: number; elementUpdates: number; applyMs: number };
     const st0 = await stat();
-    // A Linux bridge takes at most 1024 ports, and host A's already holds the 157 members: more
+    // A Linux bridge takes at most 1023 ports, and host A's already holds the 157 members: more
     // joins than WAVE go in waves (join WAVE, leave them, join the next), WAVE namespaces reused.
     const wave = Math.min(JOINS, WAVE);
     const nss: string[] = [];
@@ -156,8 +156,8 @@ async function throughputAndJoins(): Promise<void> {
     const before = await setSize(b, 'web');
     let joinWall = 0;
     let leaveWall = 0;
-    let joinCpu = 0;
-    let leaveCpu = 0;
+    let joinCpuSecs = 0;
+    let leaveCpuSecs = 0;
     for (let done = 0; done < JOINS; done += wave) {
       const these = nss.slice(0, Math.min(wave, JOINS - done));
       let cpu0 = cpuSeconds(pidB);
@@ -165,18 +165,18 @@ async function throughputAndJoins(): Promise<void> {
       for (const ns of these) await attach(a, ns, ['web']);
       await eventually('joins in B\'s set', async () => (await setSize(b, 'web')) === before + these.length, 120_000, 100);
       joinWall += Date.now() - started;
-      joinCpu += cpuSeconds(pidB) - cpu0;
+      joinCpuSecs += cpuSeconds(pidB) - cpu0;
       cpu0 = cpuSeconds(pidB);
       started = Date.now();
       for (const ns of these) await a.weft(['detach', `netns:${ns}`]);
       await eventually('leaves in B\'s set', async () => (await setSize(b, 'web')) === before, 120_000, 100);
       leaveWall += Date.now() - started;
-      leaveCpu += cpuSeconds(pidB) - cpu0;
+      leaveCpuSecs += cpuSeconds(pidB) - cpu0;
     }
     const joinMs = joinWall / JOINS;
     const leaveMs = leaveWall / JOINS;
-    joinCpu = (joinCpu * 1000) / JOINS;
-    leaveCpu = (leaveCpu * 1000) / JOINS;
+    const joinCpu = (joinCpuSecs * 1000) / JOINS;
+    const leaveCpu = (leaveCpuSecs * 1000) / JOINS;
     const st1 = await stat();
     console.log(`\n2. ${JOINS} containers join group web on host A, then leave, in waves of ${wave} (host B enforces a rule that mentions web)`);
     console.log(`   join: ${joinMs.toFixed(0)} ms each end to end (attach included), ${joinCpu.toFixed(1)} ms of B's router CPU each`);

@@ -146,10 +146,10 @@ export async function attachContainer(container: string, cidrs: string[], mtu: n
   const ns = netnsPathOf(container);
   const { hostIf } = vethNames(container);
   if (!(await linkExists(ifname, ns))) {
-    await withNewVeth(container, mtu, async ({ hostIf: made, peerIf }) => {
+    await withNewVeth(container, mtu, async ({ peerIf }) => {
       await ip(['link', 'set', peerIf, 'netns', ns]);
       await ip(['link', 'set', peerIf, 'name', ifname], ns);
-      await joinBridge(made); // failing, the pair goes again: no ethwe left without a way out
+      await joinBridge(hostIf); // failing, the pair goes again: no ethwe left without a way out
     });
   } else {
     await joinBridge(hostIf);

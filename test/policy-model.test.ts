@@ -105,6 +105,7 @@ describe('policy table CRDT', () => {
     await eventually('the removal everywhere', async () => tables.every((t) => t.rules().map((r) => r.id).join() === '0000000b'), 3000, 10);
     expect(tables[0].remove('0000000a')).toBe(false);
   });
+
   it('the anti-entropy digest follows every change, and equals that of a table with the same entries', () => {
     const ms = [testMesh('dg0'), testMesh('dg1')];
     meshes.push(...ms);
@@ -127,7 +128,6 @@ describe('policy table CRDT', () => {
     expect(hex(t)).not.toBe(removed);
   });
 });
-
 
 describe('rules from requests', () => {
   it('refuses bad rules with a message that says what is wrong', () => {
