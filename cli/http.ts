@@ -1,5 +1,7 @@
 // One HTTP call to a weft router's API, shared by the CLI and the CNI plugin
-// (which must stay light: nothing of the router itself is loaded here).
+// (which must stay light: nothing of the router itself is loaded here). The
+// address is HOST:PORT or unix:/PATH (--http-addr unix:...).
+import http from 'node:http';
 
 /** The router did not answer at all (refused, reset, timed out); `cause` says how. */
 export class RouterUnreachable extends Error {
@@ -11,18 +13,36 @@ export class RouterUnreachable extends Error {
   }
 }
 
+/** Where to connect for an API address. */
+function endpoint(addr: string): { socketPath: string } | { host: string; port: number } {
+  if (addr.startsWith('unix:')) return { socketPath: addr.slice('unix:'.length) };
+  const i = addr.lastIndexOf(':');
+  return { host: addr.slice(0, i).replace(/^\[|\]$/g, ''), port: Number(addr.slice(i + 1)) };
+}
+
 /** Sends a request (a JSON body when given); resolves with whatever status the router answered. */
-export async function callRouter(addr: string, method: string, path: string, body: unknown, timeoutMs: number): Promise<{ status: number; text: string }> {
-  let res: Response;
-  try {
-    res = await fetch(`http://${addr}${path}`, {
-      method,
-      headers: body === undefined ? {} : { 'content-type': 'application/json' },
-      body: body === undefined ? undefined : JSON.stringify(body),
-      signal: AbortSignal.timeout(timeoutMs),
-    });
-  } catch (err) {
-    throw new RouterUnreachable(addr, (err as { cause?: { code?: string } }).cause?.code ?? (err as Error).message);
-  }
-  return { status: res.status, text: await res.text() };
+export function callRouter(addr: string, method: string, path: string, body: unknown, timeoutMs: number): Promise<{ status: number; text: string }> {
+  const payload = body === undefined ? undefined : Buffer.from(JSON.stringify(body));
+  const to = endpoint(addr);
+  return new Promise((resolve, reject) => {
+    const req = http.request(
+      {
+        ...to,
+        method,
+        path,
+        // The API checks Host against its own address; over a socket any name does.
+        headers: { host: 'socketPath' in to ? 'localhost' : addr, ...(payload ? { 'content-type': 'application/json', 'content-length': payload.length } : {}) },
+        timeout: timeoutMs,
+      },
+      (res) => {
+        const chunks: Buffer[] = [];
+        res.on('data', (c: Buffer) => chunks.push(c));
+        res.on('end', () => resolve({ status: res.statusCode ?? 0, text: Buffer.concat(chunks).toString('utf8') }));
+        res.on('error', (err) => reject(new RouterUnreachable(addr, err.message)));
+      },
+    );
+    req.on('timeout', () => req.destroy(new Error(`no answer in ${Math.round(timeoutMs / 1000)}s`)));
+    req.on('error', (err: NodeJS.ErrnoException) => reject(new RouterUnreachable(addr, err.code ?? err.message)));
+    req.end(payload);
+  });
 }

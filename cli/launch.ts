@@ -1,6 +1,7 @@
 // `weft launch`: starts the router as a Docker container when an engine answers
 // (else, or with --no-docker, as a background process) and returns once its
 // API answers.
+import { callRouter } from './http.js';
 import { spawn } from 'node:child_process';
 import { closeSync, mkdirSync, openSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -122,8 +123,8 @@ async function waitReady(
     const info = readRouterInfo(dataDir);
     if (info && how.isMine(info)) {
       try {
-        const res = await fetch(`http://${info.httpAddr}/status`, { signal: AbortSignal.timeout(2000) });
-        if (res.ok) return;
+        const res = await callRouter(info.httpAddr, 'GET', '/status', undefined, 2000);
+        if (res.status === 200) return;
       } catch {
         /* not answering yet */
       }

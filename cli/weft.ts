@@ -19,7 +19,7 @@ const STATE_FILES = ['ipam', 'identity.json', 'router.json', 'names.json', 'endp
 function withRouterLocation(cmd: Command): Command {
   return cmd
     .addOption(new Option('--data-dir <dir>', 'data directory of the router to talk to').env('WEFT_DATA_DIR').default(DEFAULT_DATA_DIR))
-    .addOption(new Option('--http-addr <ip:port>', 'talk to the router API at this address instead').env('WEFT_HTTP_ADDR'));
+    .addOption(new Option('--http-addr <ip:port|unix:path>', 'talk to the router API at this address instead').env('WEFT_HTTP_ADDR'));
 }
 
 function target(cmd: Command): Target {
@@ -181,7 +181,8 @@ withRouterLocation(
 ).action(async (args: string[], o: { subnet?: string; hostname?: string; group?: string[] }, cmd: Command) => {
   const container = args[args.length - 1];
   const cidrs = args.slice(0, -1);
-  const ep = JSON.parse((await whileWaiting(cmd, request(target(cmd), 'POST', '/attach', { container, cidrs, subnet: o.subnet, hostname: o.hostname, groups: o.group }))).body) as { cidrs: string[] };
+  const ep = JSON.parse((await whileWaiting(cmd, request(target(cmd), 'POST', '/attach', { container, cidrs, subnet: o.subnet, hostname: o.hostname, groups: o.group }))).body) as { cidrs: string[]; warning?: string };
+  if (ep.warning) console.error(`weft: warning: ${ep.warning}`);
   console.log(ep.cidrs.join(' '));
 });
 
@@ -379,6 +380,7 @@ function table(rows: string[][]): string {
 
 function renderPolicyStatus(st: PolicyStatus): string {
   const lines = [`${st.rules} rule(s) in the mesh; ${st.limitedHere} container(s) here limited by them${st.lastError ? `; last error: ${st.lastError}` : ''}`];
+  if (!st.enforced) lines.push(`NOT enforced here: ${st.notEnforced.join('; ')}`);
   lines.push(`flows cut after revocations: ${st.flowsCut}; rule rewrites: ${st.rewrites}; membership updates: ${st.elementUpdates}`);
   for (const a of st.allowed) lines.push(`  rule ${a.rule}: ${a.packets} packet(s) allowed here`);
   for (const d of st.dropped) lines.push(`  ${d.group} ${d.direction}: ${d.packets} packet(s) dropped here`);

@@ -4,7 +4,7 @@
 import { execFile } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { promisify } from 'node:util';
-import { existsSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { BRIDGE } from './bridge.js';
 import { bridgeJson, inNamespace, ip, ipBatchIn, ipJson, linkExists } from './iproute.js';
 
@@ -24,10 +24,13 @@ export const DOCKER_ID = /^[0-9a-f]{64}$/;
 /** An endpoint the Docker network plugin made (`dockerep:ENDPOINT_ID`): Docker plumbs it, weft announces it. */
 export const PLUGGED = /^dockerep:[0-9a-f]{64}$/;
 
-const CNI_NETNS_PATH = /^(\/var)?\/run\/netns\/[A-Za-z0-9_.-]{1,128}$|^\/proc\/\d{1,10}\/ns\/net$/;
+// Names never start with a dot: "..", "." (or ".x") would be a path out of /run/netns.
+const CNI_NETNS_PATH = /^(\/var)?\/run\/netns\/[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$|^\/proc\/\d{1,10}\/ns\/net$/;
+const CNI_ID = /^cni:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$/;
+const NETNS_NAME = /^netns:([A-Za-z0-9_][A-Za-z0-9_.-]{0,63})$/;
 
 export function rememberNetns(container: string, path: string): void {
-  if (!/^cni:[A-Za-z0-9_.-]{1,128}$/.test(container) && !DOCKER_ID.test(container)) throw new Error(`a network namespace path is only taken for cni:ID and Docker containers, not "${container}"`);
+  if (!CNI_ID.test(container) && !DOCKER_ID.test(container)) throw new Error(`a network namespace path is only taken for cni:ID and Docker containers, not "${container}"`);
   if (!CNI_NETNS_PATH.test(path)) throw new Error(`network namespace path "${path}" is not under /run/netns, /var/run/netns or /proc/N/ns/net`);
   knownNetns.set(container, path);
 }
@@ -38,13 +41,13 @@ export function forgetNetns(container: string): void {
 
 /** Where a container's network namespace is, from `netns:NAME`, `pid:N` or `cni:ID`; a readable error otherwise. */
 export function netnsPathOf(container: string): string {
-  if (/^cni:[A-Za-z0-9_.-]{1,128}$/.test(container) || DOCKER_ID.test(container)) {
+  if (CNI_ID.test(container) || DOCKER_ID.test(container)) {
     const p = knownNetns.get(container);
     if (!p) throw new Error(`no network namespace known for ${container} (${DOCKER_ID.test(container) ? 'weft attach by Docker name or id gives it' : 'a CNI ADD gives it'})`);
     if (!existsSync(p)) throw new Error(`the network namespace of ${container} (${p}) is gone`);
     return p;
   }
-  const ns = /^netns:([A-Za-z0-9_.-]{1,64})$/.exec(container);
+  const ns = NETNS_NAME.exec(container);
   if (ns) {
     const p = `/run/netns/${ns[1]}`;
     if (!existsSync(p)) throw new Error(`no network namespace "${ns[1]}" (looked for ${p})`);
@@ -68,12 +71,25 @@ export function containerNamespace(e: { container: string; netns?: string; ifnam
   }
 }
 
-/** Whether the container's network namespace (for a plugged endpoint: its host veth) is still there. */
-export function containerExists(container: string): boolean {
+/** The inode of a network namespace file: which namespace it is (a path like /proc/PID/ns/net may later name another). */
+export function namespaceInode(path: string): number | null {
+  try {
+    return statSync(path).ino;
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * Whether the container's network namespace (for a plugged endpoint: its host veth) is still there.
+ * With `inode` (recorded at attach), it must still be that namespace: a pid reused by another process
+ * after the container died (or while the router was down) is not the container.
+ */
+export function containerExists(container: string, inode?: number): boolean {
   if (PLUGGED.test(container)) return existsSync(`/sys/class/net/${hostIfName(container)}`);
   try {
-    netnsPathOf(container);
-    return true;
+    const path = netnsPathOf(container);
+    return inode === undefined || namespaceInode(path) === inode;
   } catch {
     return false;
   }
@@ -109,7 +125,11 @@ export async function withNewVeth<T>(container: string, mtu: number, then: (name
 /** Linux bridges take at most this many ports (port numbers 1 to BR_MAX_PORTS - 1); one more fails with EXFULL. */
 export const BRIDGE_MAX_PORTS = 1023;
 
-/** Puts a container's host-side veth on the bridge and up; a full bridge says so instead of "Exchange full". */
+/**
+ * Puts a container's host-side veth on the bridge and up; a full bridge says so instead of "Exchange
+ * full". The port must be bound to its container's addresses first (datapath/port-guard.ts): an
+ * unbound container port of weft's drops everything.
+ */
 export async function joinBridge(hostIf: string): Promise<void> {
   try {
     await ip(['link', 'set', hostIf, 'master', BRIDGE, 'up']);
@@ -142,16 +162,38 @@ export async function pinDns(ns: string, ifname: string, dns: { ip: string; brid
   await ip(['neigh', 'replace', dns.ip, 'lladdr', dns.bridgeMac, 'dev', ifname, 'nud', 'permanent'], ns);
 }
 
-export async function attachContainer(container: string, cidrs: string[], mtu: number, dns?: DnsReach, ifname = DEFAULT_IF): Promise<AttachResult> {
+/** Writes a sysctl of the namespace at `ns` (through nsenter: /proc/sys is per namespace). */
+async function sysctlIn(ns: string, path: string, value: string): Promise<void> {
+  await execFileP(...inNamespace('sh', ['-c', `echo ${value} > /proc/sys/${path}`], ns));
+}
+
+/**
+ * Attaches a container. `bind` is called with the container end's MAC before the host end joins the
+ * bridge, so the port is bound to the container's MAC and addresses before its first frame.
+ */
+export async function attachContainer(
+  container: string,
+  cidrs: string[],
+  mtu: number,
+  bind: (hostIf: string, mac: string) => Promise<void>,
+  dns?: DnsReach,
+  ifname = DEFAULT_IF,
+): Promise<AttachResult> {
   const ns = netnsPathOf(container);
   const { hostIf } = vethNames(container);
   if (!(await linkExists(ifname, ns))) {
     await withNewVeth(container, mtu, async ({ peerIf }) => {
       await ip(['link', 'set', peerIf, 'netns', ns]);
       await ip(['link', 'set', peerIf, 'name', ifname], ns);
+      // No IPv6 on the overlay until weft carries it under the same policy (the port drops it anyway;
+      // off before the link is up, it gets no link-local address at all).
+      await sysctlIn(ns, `net/ipv6/conf/${ifname}/disable_ipv6`, '1').catch(() => undefined);
+      await bind(hostIf, await macIn(ns, ifname));
       await joinBridge(hostIf); // failing, the pair goes again: no ethwe left without a way out
     });
   } else {
+    await sysctlIn(ns, `net/ipv6/conf/${ifname}/disable_ipv6`, '1').catch(() => undefined);
+    await bind(hostIf, await macIn(ns, ifname));
     await joinBridge(hostIf);
   }
   await ip(['link', 'set', 'lo', 'up'], ns);
@@ -160,7 +202,7 @@ export async function attachContainer(container: string, cidrs: string[], mtu: n
   await ipBatchIn(ns, cidrs.filter((c) => !existing.has(c)).map((c) => `addr add ${c} dev ${ifname}`));
   // arp_notify: a gratuitous ARP when ethwe comes up or its address changes, so neighbours that cached an
   // old MAC for the address (a container re-attached) learn the new one at once.
-  await execFileP(...inNamespace('sh', ['-c', `echo 1 > /proc/sys/net/ipv4/conf/${ifname}/arp_notify`], ns)).catch(() => undefined);
+  await sysctlIn(ns, `net/ipv4/conf/${ifname}/arp_notify`, '1').catch(() => undefined);
   await ip(['link', 'set', ifname, 'mtu', String(mtu), 'up'], ns);
   // Each address brings the route for its own subnet (the whole range for the default subnet), and no
   // more: a container in a narrower subnet has no route to the others, which is what isolates subnets.
@@ -175,9 +217,13 @@ export async function attachContainer(container: string, cidrs: string[], mtu: n
       writeFileSync(`/etc/netns/${named[1]}/resolv.conf`, dns.resolvConf);
     }
   }
-  const link = (await ipJson<{ address: string }[]>(['link', 'show', 'dev', ifname], ns))[0];
-  await announceWhenForwarding(ns, ifname, link.address, hostIf);
-  return { mac: link.address, hostIf };
+  const mac = await macIn(ns, ifname);
+  await announceWhenForwarding(ns, ifname, mac, hostIf);
+  return { mac, hostIf };
+}
+
+async function macIn(ns: string, ifname: string): Promise<string> {
+  return (await ipJson<{ address: string }[]>(['link', 'show', 'dev', ifname], ns))[0].address;
 }
 
 /**

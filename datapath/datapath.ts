@@ -2,19 +2,21 @@
 // detaches containers (addresses from IPAM unless given), announces local
 // endpoints, and programs the fdb whenever endpoints or connections change.
 import { join } from 'node:path';
-import { readJsonList, writeJsonAtomically } from '../router/json-file.js';
+import { readCheckedList, type StateDir } from '../router/json-file.js';
 import { formatIp, parseCidr } from '../ipam/addr.js';
 import type { Allocator } from '../ipam/allocator.js';
 import type { Mesh } from '../router/mesh/mesh.js';
 import { hostOf } from '../router/mesh/connection-maker.js';
-import { attachContainer, containerExists, containerNamespace, detachContainer, forgetNetns, netnsPathOf, rememberNetns } from './attach.js';
+import { attachContainer, containerExists, containerNamespace, detachContainer, forgetNetns, hostIfName, namespaceInode, netnsPathOf, rememberNetns } from './attach.js';
 import { BRIDGE, OVS_VETH_BRIDGE_END, VNI, VXLAN_OVERHEAD, bridgeMac, ensureBridge, removeBridge, underlayMtu } from './bridge.js';
 import { OvsSwitch, type OvsConfig } from './ovs/switch.js';
 import { desiredFlows } from './ovs/flows.js';
-import { EndpointTable, type Endpoint } from './endpoints.js';
+import { EndpointTable, endpointCodec, type Endpoint } from './endpoints.js';
+import { PortGuard, guardRuleset, type PortBinding } from './port-guard.js';
+import { canonicalCidr, checkIfName } from '../net/validate.js';
 import { FLOOD_MAC, programFdb, programNeighbours, readFdb, type FdbEntry, type NeighEntry } from './fastdp.js';
-import { ip, ipBatch, ipBatchIn, linkExists, sysctl } from './iproute.js';
-import { applyFirewall, firewallIntact, removeFirewall, type FirewallState } from './firewall.js';
+import { ip, ipBatch, ipBatchIn, linkExists, nft, sysctl } from './iproute.js';
+import { applyFirewall, firewallIntact, peerSetUpdates, removeFirewall, type FirewallState, type UnderlayPeers } from './firewall.js';
 import { FastdpHealth } from './health.js';
 import { SLEEVE_TAP, Sleeve } from './sleeve.js';
 import { nativeError } from './native/index.js';
@@ -32,7 +34,10 @@ export const EXPOSE_ID = 'weft:expose';
 const FASTDP_HOLD_MS = 5_000;
 
 export interface DatapathConfig {
-  dataDir: string;
+  /** The data directory (endpoints.json, exposed.json) and who records failed writes. */
+  state: StateDir;
+  /** The router's own ports: never reachable from containers (datapath/firewall.ts). */
+  routerPorts: { tcp: number[]; udp: number[] };
   /** With weft's DNS: its address on the bridge, and the resolv.conf containers get. */
   dns?: { ip: string; domain: string };
   /** Overlay MTU; default: the underlay's minus the VXLAN overhead. */
@@ -82,6 +87,11 @@ export class Datapath {
   private readonly disconnectedAt = new Map<PeerName, number>();
   /** The OVS bridge, with --datapath ovs. */
   ovs: OvsSwitch | null = null;
+  /** Binds each container port to its container's MAC and addresses (the bridge's own table). */
+  readonly guard = new PortGuard();
+  private readonly guardJob = new SerialJob(() => this.guardPass(), 10);
+  /** The underlay addresses whose datagrams the firewall takes, as last written. */
+  private underlayWritten: UnderlayPeers | null = null;
 
   constructor(
     private readonly mesh: Mesh,
@@ -93,11 +103,12 @@ export class Datapath {
     const ovsCounter = this.ovs ? (peers: PeerName[]) => this.ovs!.heartbeatCounts(peers) : null;
     this.health = new FastdpHealth(mesh, config.vxlanPort, () => this.mtu, (p) => this.lastAddr.get(p), 1000, ovsCounter);
     this.endpoints.onChange(() => this.scheduleReconcile());
+    this.endpoints.onChange(() => this.guardJob.schedule());
     for (const ev of ['connection-added', 'connection-removed', 'connection-established', 'topology']) mesh.on(ev, () => this.scheduleReconcile());
   }
 
   private get statePath(): string {
-    return join(this.config.dataDir, 'endpoints.json');
+    return join(this.config.state.dir, 'endpoints.json');
   }
 
   async start(): Promise<void> {
@@ -121,7 +132,7 @@ export class Datapath {
       } catch {
         // a path we do not accept: the container counts as gone
       }
-      if (containerExists(e.container)) {
+      if (containerExists(e.container, e.nsInode)) {
         alive.push(e);
         continue;
       }
@@ -245,10 +256,19 @@ export class Datapath {
     return changed;
   }
 
+  /** The periodic check; never rejects (a timer runs it). */
   private async check(): Promise<void> {
+    try {
+      await this.checkOnce();
+    } catch (err) {
+      this.noteError(`check failed: ${(err as Error).message}`);
+    }
+  }
+
+  private async checkOnce(): Promise<void> {
     if (this.stopped) return;
     // Containers that went away take their veths with them: forget their endpoints.
-    const gone = this.endpoints.local.filter((e) => !containerExists(e.container));
+    const gone = this.endpoints.local.filter((e) => !containerExists(e.container, e.nsInode));
     if (gone.length > 0) {
       this.setLocal(this.endpoints.local.filter((e) => !gone.includes(e)));
       for (const e of gone) {
@@ -287,21 +307,84 @@ export class Datapath {
     return {
       exposed: [...new Set(this.exposed.map((c) => { const p = parseCidr(c, true); return `${formatIp(p.start)}/${p.prefix}`; }))],
       policy: this.policy?.firewallPart() ?? undefined,
+      host: { dns: this.config.dns ? { ip: this.config.dns.ip, port: 53 } : null, routerPorts: this.config.routerPorts },
+      underlay: this.underlayPeers(),
     };
+  }
+
+  /**
+   * Whose datagrams the underlay ports take. Sleeve: peers we have an established connection with.
+   * VXLAN: those of them that need no encryption, and the peers this host still sends to over VXLAN
+   * (their router is restarting: the kernels keep carrying traffic both ways meanwhile).
+   */
+  private underlayPeers(): UnderlayPeers {
+    const sleeve = new Set<string>();
+    const vxlan = new Set<string>();
+    for (const c of this.mesh.connections.values()) {
+      if (!c.established) continue;
+      const host = hostOf(c.link.remoteAddr);
+      if (!/^\d+\.\d+\.\d+\.\d+$/.test(host)) continue;
+      sleeve.add(host);
+      if (this.config.fastdp && !this.config.encrypt(c.name, host)) vxlan.add(host);
+    }
+    for (const [p, o] of this.overlays) {
+      const addr = this.lastAddr.get(p);
+      if (o === 'fastdp' && addr && !this.config.encrypt(p, addr)) vxlan.add(addr);
+    }
+    return { vxlanPort: this.config.vxlanPort, sleevePort: this.config.sleevePort, vxlan: [...vxlan].sort(), sleeve: [...sleeve].sort() };
+  }
+
+  /** Brings the firewall's peer sets to who is connected now (element updates; the whole table if they fail). */
+  private async syncUnderlay(): Promise<void> {
+    const want = this.underlayPeers();
+    const have = this.underlayWritten;
+    if (!have) return; // the table is written whole at start, with these sets
+    const text = peerSetUpdates(have, want);
+    if (!text) return;
+    try {
+      await nft(['-f', '-'], text);
+      this.underlayWritten = want;
+    } catch {
+      await this.syncFirewall(true);
+    }
+  }
+
+  /** Each local container's port, bound to its MAC and addresses. */
+  private bindings(): PortBinding[] {
+    return this.endpoints.local.map((e) => ({ port: hostIfName(e.container), mac: e.mac, addrs: e.cidrs.map((c) => c.split('/')[0]) }));
+  }
+
+  private async guardPass(): Promise<void> {
+    try {
+      await this.guard.sync(this.bindings());
+    } catch (err) {
+      this.noteError((err as Error).message);
+    }
+  }
+
+  /** Binds a container port now, before it joins the bridge (attach, and the Docker plugin's CreateEndpoint). */
+  async bindPort(hostIf: string, mac: string, cidrs: string[]): Promise<void> {
+    await this.guard.bind({ port: hostIf, mac, addrs: cidrs.map((c) => c.split('/')[0]) });
   }
 
   /** Rewrites the firewall table now (the policy's rules changed). */
   async refreshFirewall(): Promise<void> {
-    await applyFirewall(this.firewallState());
+    const state = this.firewallState();
+    await applyFirewall(state);
+    this.underlayWritten = state.underlay;
     this.policy?.written();
   }
 
-  /** Writes the firewall table when asked to, or when it was flushed or changed underneath. */
+  /** Writes the firewall tables when asked to, or when they were flushed or changed underneath. */
   private async syncFirewall(force: boolean): Promise<void> {
     try {
       const state = this.firewallState();
-      if (!force && (await firewallIntact(state))) return;
+      const bindings = this.bindings();
+      if (!force && (await firewallIntact(state, guardRuleset(bindings)))) return;
       await applyFirewall(state);
+      this.underlayWritten = state.underlay;
+      this.guard.invalidate();
+      await this.guard.sync(bindings);
       this.policy?.written();
       if (!force) {
         this.stats.repairs++;
@@ -313,15 +396,15 @@ export class Datapath {
   }
 
   private get exposedPath(): string {
-    return join(this.config.dataDir, 'exposed.json');
+    return join(this.config.state.dir, 'exposed.json');
   }
 
   private loadExposed(): string[] {
-    return readJsonList<string>(this.exposedPath);
+    return readCheckedList(this.exposedPath, (c) => canonicalCidr(c, true, 'exposed address'));
   }
 
   private saveExposed(): void {
-    writeJsonAtomically(this.exposedPath, this.exposed);
+    this.config.state.writes.write(this.exposedPath, this.exposed);
   }
 
   /** Gives the host an address on the overlay (from IPAM unless given) and NAT to the outside. Idempotent. */
@@ -367,12 +450,20 @@ export class Datapath {
     this.mesh.log.error({ err: msg }, 'datapath error');
   }
 
+  /** Endpoints saved by the last run: each checked as a peer's would be, with the fields kept only here. */
   private loadLocal(): Endpoint[] {
-    return readJsonList<Endpoint>(this.statePath);
+    return readCheckedList(this.statePath, (x) => {
+      const e = x as Endpoint;
+      const ep = endpointCodec.fromWire(endpointCodec.toWire(e));
+      if (e.netns !== undefined && typeof e.netns !== 'string') throw new Error('netns is not a path');
+      if (e.ifname !== undefined) checkIfName(e.ifname);
+      if (e.nsInode !== undefined && !Number.isSafeInteger(e.nsInode)) throw new Error('nsInode is not a number');
+      return { ...ep, ...(e.netns !== undefined ? { netns: e.netns } : {}), ...(e.ifname !== undefined ? { ifname: e.ifname } : {}), ...(e.nsInode !== undefined ? { nsInode: e.nsInode } : {}) };
+    });
   }
 
   private setLocal(endpoints: Endpoint[]): void {
-    writeJsonAtomically(this.statePath, endpoints);
+    this.config.state.writes.write(this.statePath, endpoints);
     this.endpoints.setLocal(endpoints);
   }
 
@@ -397,12 +488,14 @@ export class Datapath {
       }
     }
     const dns = this.config.dns;
+    const prevCidrs = this.endpoints.local.find((e) => e.container === container)?.cidrs ?? [];
     let mac: string;
     try {
       ({ mac } = await attachContainer(
         container,
         addrs,
         this.mtu,
+        (hostIf, m) => this.bindPort(hostIf, m, [...prevCidrs, ...addrs]),
         dns ? { ip: dns.ip, bridgeMac: bridgeMac(this.mesh.name), resolvConf: `# written by weft attach\nnameserver ${dns.ip}\nsearch ${dns.domain.replace(/\.$/, '')}\n` } : undefined,
         cni?.ifname,
       ));
@@ -416,7 +509,15 @@ export class Datapath {
     await this.routeBack(addrs);
     const prev = this.endpoints.local.find((e) => e.container === container);
     const g = groups ?? prev?.groups;
-    const ep: Endpoint = { container, mac, cidrs: [...new Set([...(prev?.cidrs ?? []), ...addrs])], ...(g && g.length > 0 ? { groups: [...new Set(g)].sort() } : {}), ...(cni ? { netns: cni.netns, ifname: cni.ifname } : {}) };
+    const inode = namespaceInode(netnsPathOf(container));
+    const ep: Endpoint = {
+      container,
+      mac,
+      cidrs: [...new Set([...(prev?.cidrs ?? []), ...addrs])],
+      ...(g && g.length > 0 ? { groups: [...new Set(g)].sort() } : {}),
+      ...(cni ? { netns: cni.netns, ifname: cni.ifname } : {}),
+      ...(inode !== null ? { nsInode: inode } : {}),
+    };
     this.setLocal([...this.endpoints.local.filter((e) => e.container !== container), ep]);
     return ep;
   }
@@ -552,6 +653,7 @@ export class Datapath {
       const neighbours = this.desiredNeighbours();
       await programNeighbours(neighbours);
       await this.forgetMovedAddresses(neighbours);
+      await this.syncUnderlay();
     } catch (err) {
       this.noteError(`programming the fdb failed: ${(err as Error).message}`);
     }
@@ -569,6 +671,7 @@ export class Datapath {
       remote: remote.filter((e) => dstOf.has(e.mac)).map((e) => ({ id: e.container, mac: e.mac, dst: dstOf.get(e.mac)! })),
       floods: fdb.filter((e) => e.mac === FLOOD_MAC).map((e) => e.dst),
       heartbeats,
+      tunnelSources: this.underlayPeers().vxlan,
     });
     const r = await ovs.program(flows);
     this.stats.fdbAdded += r.added;
@@ -609,11 +712,13 @@ export class Datapath {
     if (this.overlayTimer) clearInterval(this.overlayTimer);
     if (this.checkTimer) clearInterval(this.checkTimer);
     this.reconciler.stop();
+    this.guardJob.stop();
   }
 
   /** For reset: the bridge and VXLAN device go (containers' veths go with the bridge ports). */
   static async remove(ovsdb?: string): Promise<string[]> {
     await removeFirewall();
+    await PortGuard.remove();
     await FastdpHealth.remove();
     const bridges = ovsdb ? await OvsSwitch.remove(ovsdb) : [];
     await removeBridge();

@@ -5,6 +5,7 @@
 import type { Mesh } from '../router/mesh/mesh.js';
 import { PeerRecords, type EntryCodec } from '../router/mesh/peer-records.js';
 import type { PeerName } from '../router/mesh/peer-name.js';
+import { canonicalCidr, canonicalMac } from '../net/validate.js';
 import { GROUP_NAME } from '../policy/rules.js';
 
 export const ENDPOINTS_CHANNEL = 'endpoints';
@@ -19,10 +20,10 @@ export interface Endpoint {
   /** Local only (not gossiped): a CNI container's namespace path and interface name. */
   netns?: string;
   ifname?: string;
+  /** Local only: the inode of the container's network namespace at attach (a reused pid is another container). */
+  nsInode?: number;
 }
 
-const MAC = /^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/;
-const CIDR = /^\d{1,3}(\.\d{1,3}){3}\/\d{1,2}$/;
 
 export const endpointCodec: EntryCodec<Endpoint> = {
   toWire: (e) => (e.groups && e.groups.length > 0 ? [e.container, e.mac, e.cidrs, e.groups] : [e.container, e.mac, e.cidrs]),
@@ -30,10 +31,12 @@ export const endpointCodec: EntryCodec<Endpoint> = {
     if (!Array.isArray(w) || (w.length !== 3 && w.length !== 4)) throw new Error('endpoint is malformed');
     const [container, mac, cidrs, groups] = w as unknown[];
     if (groups !== undefined && (!Array.isArray(groups) || groups.length > 64 || !groups.every((g) => typeof g === 'string' && GROUP_NAME.test(g)))) throw new Error('endpoint groups are malformed');
-    if (typeof container !== 'string' || container.length > 256 || typeof mac !== 'string' || !MAC.test(mac) || !Array.isArray(cidrs) || cidrs.length > 64) {
+    if (typeof container !== 'string' || container.length === 0 || container.length > 256 || !Array.isArray(cidrs) || cidrs.length > 64) {
       throw new Error('endpoint is malformed');
     }
-    if (!cidrs.every((c) => typeof c === 'string' && CIDR.test(c))) throw new Error('endpoint address is malformed');
+    // Canonical forms only: these become fdb and neighbour entries on every host.
+    if (canonicalMac(mac, 'endpoint MAC') !== mac) throw new Error('endpoint MAC is not in canonical form');
+    if (!cidrs.every((c) => canonicalCidr(c, true, 'endpoint address') === c)) throw new Error('endpoint address is not in canonical form');
     return { container, mac, cidrs: cidrs as string[], ...(groups ? { groups: groups as string[] } : {}) };
   },
   key: (e) => JSON.stringify([e.container, e.mac, [...e.cidrs].sort(), [...(e.groups ?? [])].sort()]),

@@ -6,12 +6,18 @@
 //   the inet forward hook through br_netfilter); so is traffic between the
 //   overlay and the host's other links for exposed subnets (replies by conntrack).
 // - postrouting: exposed subnets are masqueraded when they leave by another link.
+// - input: what containers reach of the host (the DNS server; the rest only when
+//   the host is exposed to them, and never the router's own ports), and the
+//   underlay addresses whose VXLAN and sleeve datagrams are taken (our peers).
+//   Stateless on purpose: a `ct` match would turn on connection tracking for
+//   every packet of the host, which costs the datapath (bench/README.md).
 // A host firewall whose FORWARD policy is DROP (Docker sets one) would still drop
 // bridged traffic, since every base chain must accept: for that case weft also
 // inserts one accept rule for the bridge into `ip filter FORWARD` when that
 // chain exists, and removes it again on reset.
 import { BRIDGE } from './bridge.js';
 import { nft } from './iproute.js';
+import { GUARD_TABLE } from './port-guard.js';
 
 export const TABLE = 'weft';
 
@@ -20,6 +26,54 @@ export interface FirewallState {
   exposed: string[];
   /** Security groups (policy/nft.ts): sets and chains, and the forward-chain lines that use them. */
   policy?: { lines: string[]; hooks: string[] };
+  /** What containers may reach of the host: the DNS server, and never these ports of the router's. */
+  host: { dns: { ip: string; port: number } | null; routerPorts: { tcp: number[]; udp: number[] } };
+  /** The underlay: datagrams to these ports are taken only from these addresses. */
+  underlay: UnderlayPeers;
+}
+
+export interface UnderlayPeers {
+  vxlanPort: number;
+  sleevePort: number;
+  /** Peers whose VXLAN is taken: connected and unencrypted, or still programmed on fastdp (a router restarting). */
+  vxlan: string[];
+  /** Peers whose sleeve datagrams are taken: connected. */
+  sleeve: string[];
+}
+
+/** The named sets of the underlay's peers, kept current by element updates. */
+export const PEER_SETS = { vxlan: 'vxlan_peers', sleeve: 'sleeve_peers' } as const;
+
+const ports = (ps: number[]) => (ps.length === 1 ? String(ps[0]) : `{ ${[...new Set(ps)].sort((a, b) => a - b).join(', ')} }`);
+const setDecl = (name: string, elements: string[]) => `  set ${name} { type ipv4_addr;${elements.length > 0 ? ` elements = { ${[...new Set(elements)].sort().join(', ')} }` : ''} }`;
+
+function inputChains(s: FirewallState, exposed: string | null): string[] {
+  const { dns, routerPorts } = s.host;
+  const u = s.underlay;
+  const all = [...routerPorts.tcp, ...routerPorts.udp];
+  return [
+    setDecl(PEER_SETS.vxlan, u.vxlan),
+    setDecl(PEER_SETS.sleeve, u.sleeve),
+    `  chain input {`,
+    `    type filter hook input priority filter - 10; policy accept;`,
+    `    iifname "${BRIDGE}" jump from_containers`,
+    `    udp dport ${u.vxlanPort} ip saddr != @${PEER_SETS.vxlan} counter drop comment "VXLAN from no peer of ours"`,
+    `    udp dport ${u.sleevePort} ip saddr != @${PEER_SETS.sleeve} counter drop comment "sleeve datagrams from no peer of ours"`,
+    `  }`,
+    `  chain from_containers {`,
+    ...(dns
+      ? [
+          `    ip daddr ${dns.ip} udp dport ${dns.port} accept comment "containers ask the DNS server"`,
+          `    ip daddr ${dns.ip} tcp dport ${dns.port} accept comment "containers ask the DNS server over TCP"`,
+        ]
+      : []),
+    ...(all.length > 0 ? [`    meta l4proto { tcp, udp } th dport ${ports(all)} counter drop comment "the router's ports are not for containers"`] : []),
+    ...(exposed ? [`    ip saddr ${exposed} accept comment "the host is exposed to these subnets"`] : []),
+    `    tcp flags & (syn | ack) != syn accept comment "no new connection: replies to the host's own"`,
+    `    icmp type { echo-reply, destination-unreachable, time-exceeded, parameter-problem } accept comment "ICMP answers and errors"`,
+    `    counter drop comment "nothing else of the host is for containers"`,
+    `  }`,
+  ];
 }
 
 export function ruleset(s: FirewallState): string {
@@ -43,10 +97,25 @@ export function ruleset(s: FirewallState): string {
     `    type nat hook postrouting priority srcnat; policy accept;`,
     ...(exposed ? [`    oifname != "${BRIDGE}" ip saddr ${exposed} ip daddr != ${exposed} masquerade comment "exposed subnets to the outside"`] : []),
     `  }`,
+    ...inputChains(s, exposed),
     ...(s.policy?.lines ?? []),
     `}`,
     '',
   ].join('\n');
+}
+
+/** One transaction that turns the peer sets from `have` into `want`; '' when nothing changes. */
+export function peerSetUpdates(have: UnderlayPeers, want: UnderlayPeers): string {
+  const out: string[] = [];
+  for (const k of ['vxlan', 'sleeve'] as const) {
+    const before = new Set(have[k]);
+    const now = new Set(want[k]);
+    const add = [...now].filter((a) => !before.has(a));
+    const del = [...before].filter((a) => !now.has(a));
+    if (add.length > 0) out.push(`add element inet ${TABLE} ${PEER_SETS[k]} { ${add.join(', ')} }`);
+    if (del.length > 0) out.push(`delete element inet ${TABLE} ${PEER_SETS[k]} { ${del.join(', ')} }`);
+  }
+  return out.length > 0 ? out.join('\n') + '\n' : '';
 }
 
 /** Writes the whole table in one transaction. */
@@ -56,15 +125,17 @@ export async function applyFirewall(s: FirewallState): Promise<void> {
 }
 
 /** True when our table is there with the rules for this state (a flush or edit shows as a difference). */
-export async function firewallIntact(s: FirewallState): Promise<boolean> {
+export async function firewallIntact(s: FirewallState, guard: string): Promise<boolean> {
   let have: string;
   try {
-    have = await nft(['-t', 'list', 'table', 'inet', TABLE]); // -t: without set elements (thousands, with security groups)
+    // Both tables in one process; -t: without set and map elements (thousands, with security groups).
+    have = await nft(['-t', '-f', '-'], `list table inet ${TABLE}\nlist table bridge ${GUARD_TABLE}\n`);
   } catch {
     return false;
   }
-  const rules = (have.match(/comment "[^"]+"/g) ?? []).length;
-  const want = (ruleset(s).match(/comment "[^"]+"/g) ?? []).length;
+  const comments = (text: string) => (text.match(/comment "[^"]+"/g) ?? []).length;
+  const rules = comments(have);
+  const want = comments(ruleset(s)) + comments(guard);
   if (rules !== want) return false;
   // A FORWARD chain that appeared later (Docker started after weft) needs our accept rule too.
   return !(await forwardAcceptMissing());

@@ -101,7 +101,11 @@ export class FastdpHealth implements Gossiper {
       if (!addr) continue;
       if (!this.paths.has(p)) this.paths.set(p, { ackAt: 0, since: Date.now() });
       // Inner frame of the full overlay MTU plus its Ethernet header: the path must carry what containers send.
-      this.socket.send(heartbeatPacket(me, bridgeMac(p), this.mtu() + 14), this.vxlanPort, addr);
+      try {
+        this.socket.send(heartbeatPacket(me, bridgeMac(p), this.mtu() + 14), this.vxlanPort, addr);
+      } catch (err) {
+        this.lastError = `heartbeat to ${addr}: ${(err as Error).message}`;
+      }
     }
     try {
       await this.syncCounters(peers);

@@ -6,8 +6,10 @@
 //   fragment: part of a message too big for the path (id, index, count, bytes);
 //   probe:    path MTU probe of a given size, acknowledged over the mesh.
 // A sealed message is a 64-bit counter, then ChaCha20-Poly1305 ciphertext and
-// tag under the hop's sleeve key; a sliding window refuses replays.
-import { createCipheriv, createDecipheriv } from 'node:crypto';
+// tag under the hop's sleeve key; a sliding window refuses replays. On an
+// encrypted hop each fragment is sealed on its own (its id, index and count
+// authenticated with it), so nothing unauthenticated is ever buffered.
+import { createCipheriv, createDecipheriv, randomFillSync } from 'node:crypto';
 
 export const VERSION = 1;
 export const KIND_FRAMES = 1;
@@ -116,9 +118,11 @@ function nonce(counter: number): Buffer {
 export class PacketSealer {
   private counter = 0;
   constructor(private readonly key: Buffer) {}
-  seal(plain: Buffer): Buffer {
+  /** `aad`: bytes sent in the clear beside the sealed ones that must not be changed (a fragment's header). */
+  seal(plain: Buffer, aad?: Buffer): Buffer {
     const c = this.counter++;
     const cipher = createCipheriv('chacha20-poly1305', this.key, nonce(c), { authTagLength: 16 });
+    if (aad) cipher.setAAD(aad, { plaintextLength: plain.length });
     const head = Buffer.allocUnsafe(8);
     head.writeUInt32BE(Math.floor(c / 2 ** 32), 0);
     head.writeUInt32BE(c >>> 0, 4);
@@ -170,11 +174,12 @@ export class ReplayWindow {
 export class PacketOpener {
   private readonly window = new ReplayWindow();
   constructor(private readonly key: Buffer) {}
-  open(sealed: Buffer): Buffer | null {
+  open(sealed: Buffer, aad?: Buffer): Buffer | null {
     if (sealed.length < SEAL_OVERHEAD) return null;
     const c = sealed.readUInt32BE(0) * 2 ** 32 + sealed.readUInt32BE(4);
     const d = createDecipheriv('chacha20-poly1305', this.key, nonce(c), { authTagLength: 16 });
     d.setAuthTag(sealed.subarray(sealed.length - 16));
+    if (aad) d.setAAD(aad, { plaintextLength: sealed.length - SEAL_OVERHEAD });
     const body = d.update(sealed.subarray(8, sealed.length - 16));
     try {
       d.final();
@@ -186,54 +191,85 @@ export class PacketOpener {
   }
 }
 
-/** Splits a message into fragment payloads of at most `chunk` bytes each. */
-export function fragmentCount(length: number, chunk: number): number {
-  return Math.ceil(length / chunk);
+/**
+ * Fragment ids: random, so that someone on the path who cannot read a hop's traffic cannot guess the
+ * id of a message under way and slip a fragment of their own into it. Drawn from a pool of random
+ * bytes refilled 1024 ids at a time. The top bit is clear (the addon's ids have it set).
+ */
+export class FragmentIds {
+  private readonly pool = new Uint32Array(1024);
+  private left = 0;
+  next(): number {
+    if (this.left === 0) {
+      randomFillSync(this.pool);
+      this.left = this.pool.length;
+    }
+    return this.pool[--this.left] & 0x7fffffff;
+  }
 }
 
 interface Partial {
   parts: (Buffer | undefined)[];
   got: number;
+  bytes: number;
   at: number;
 }
 
-/** Puts fragmented messages back together; bounded in entries and age, so loss costs little. */
+/**
+ * Puts one hop's fragmented messages back together; bounded in entries, bytes (per message and in
+ * all) and age, so loss costs little and a hop cannot make us hold more than `maxBytes`.
+ */
 export class Reassembler {
-  private readonly partial = new Map<string, Partial>();
+  private readonly partial = new Map<number, Partial>();
+  private bytes = 0;
   dropped = 0;
   constructor(
-    private readonly maxEntries = 256,
+    private readonly maxEntries = 32,
     private readonly maxAgeMs = 2000,
+    private readonly maxBytes = 8 * MAX_MESSAGE,
   ) {}
   /** The whole message once its last fragment arrives, else null. */
-  add(from: string, id: number, index: number, count: number, chunk: Buffer, now = Date.now()): Buffer | null {
+  add(id: number, index: number, count: number, chunk: Buffer, now = Date.now()): Buffer | null {
     if (count === 0 || index >= count || count > Math.ceil(MAX_MESSAGE / 64)) throw new Error(`bad fragment ${index}/${count}`);
-    const key = `${from}/${id}`;
-    let p = this.partial.get(key);
+    if (chunk.length > MAX_MESSAGE) throw new Error(`fragment of ${chunk.length} bytes is larger than a message`);
+    let p = this.partial.get(id);
     if (!p) {
       if (this.partial.size >= this.maxEntries) this.expire(now, true);
-      p = { parts: new Array(count), got: 0, at: now };
-      this.partial.set(key, p);
+      p = { parts: new Array(count), got: 0, bytes: 0, at: now };
+      this.partial.set(id, p);
     }
     if (p.parts.length !== count) throw new Error(`fragment count changed within message ${id}`);
-    if (!p.parts[index]) {
-      p.parts[index] = Buffer.from(chunk); // the receive buffer is reused
-      p.got++;
+    if (p.parts[index]) return null; // a duplicate
+    if (p.bytes + chunk.length > MAX_MESSAGE) {
+      this.drop(id, p);
+      throw new Error(`message ${id} grows past ${MAX_MESSAGE} bytes`);
     }
+    while (this.bytes + chunk.length > this.maxBytes && this.partial.size > 1) this.expire(now, true, id);
+    if (this.bytes + chunk.length > this.maxBytes) throw new Error('reassembly is full');
+    p.parts[index] = Buffer.from(chunk); // the receive buffer is reused
+    p.got++;
+    p.bytes += chunk.length;
+    this.bytes += chunk.length;
     if (p.got < count) return null;
-    this.partial.delete(key);
+    this.partial.delete(id);
+    this.bytes -= p.bytes;
     return Buffer.concat(p.parts as Buffer[]);
   }
-  /** Whether part of this message is here. */
-  has(from: string, id: number): boolean {
-    return this.partial.has(`${from}/${id}`);
+  private drop(id: number, p: Partial): void {
+    this.partial.delete(id);
+    this.bytes -= p.bytes;
+    this.dropped++;
   }
-  /** Drops entries older than the age limit (or, when full, the oldest). */
-  expire(now = Date.now(), oldest = false): void {
+  /** Whether part of this message is here. */
+  has(id: number): boolean {
+    return this.partial.has(id);
+  }
+  /** Drops entries older than the age limit (or, when full, the oldest but `keep`). */
+  expire(now = Date.now(), oldest = false, keep?: number): void {
     for (const [k, p] of this.partial) {
+      if (k === keep) continue;
       if (now - p.at > this.maxAgeMs || oldest) {
-        this.partial.delete(k);
-        this.dropped++;
+        this.drop(k, p);
         if (oldest) return;
       }
     }
@@ -241,16 +277,21 @@ export class Reassembler {
   get size(): number {
     return this.partial.size;
   }
+  /** Bytes held. */
+  get held(): number {
+    return this.bytes;
+  }
 }
 
 /**
  * One peer's fragmented messages. They arrive in order almost always (a train is cut in order and
  * one path keeps it), so fragments are copied straight into one message buffer, with no allocation;
- * anything else goes to the shared Reassembler, together with what the buffer had gathered of that
+ * anything else goes to the hop's Reassembler, together with what the buffer had gathered of that
  * message. What add() returns is valid until the next call.
  */
 export class FragmentAssembler {
   private readonly buf = Buffer.alloc(MAX_MESSAGE);
+  readonly reassembler = new Reassembler();
   private id = 0;
   private count = 0;
   /** The size of every fragment but a message's last. */
@@ -258,16 +299,12 @@ export class FragmentAssembler {
   /** The index expected next; 0 when no message is being gathered. */
   private next = 0;
   private length = 0;
-  constructor(
-    private readonly reassembler: Reassembler,
-    private readonly from: string,
-  ) {}
 
   /** Fragment `index` of `count` of message `id`, at start..end of `src`: the whole message once complete. */
   add(id: number, index: number, count: number, src: Buffer, start: number, end: number): Buffer | null {
     const size = end - start;
     // A message some of whose fragments came before its first is the reassembler's.
-    if (index === 0 && count > 1 && size * count <= this.buf.length && !this.reassembler.has(this.from, id)) {
+    if (index === 0 && count > 1 && size * count <= this.buf.length && !this.reassembler.has(id)) {
       if (this.next > 0) this.spill();
       src.copy(this.buf, 0, start, end);
       this.id = id;
@@ -285,12 +322,12 @@ export class FragmentAssembler {
       return this.buf.subarray(0, this.length);
     }
     if (this.next > 0 && id === this.id) this.spill();
-    return this.reassembler.add(this.from, id, index, count, src.subarray(start, end));
+    return this.reassembler.add(id, index, count, src.subarray(start, end));
   }
 
   /** Hands what the buffer gathered to the reassembler (fragments 0..next-1, each `chunk` bytes). */
   private spill(): void {
-    for (let k = 0; k < this.next; k++) this.reassembler.add(this.from, this.id, k, this.count, this.buf.subarray(k * this.chunk, (k + 1) * this.chunk));
+    for (let k = 0; k < this.next; k++) this.reassembler.add(this.id, k, this.count, this.buf.subarray(k * this.chunk, (k + 1) * this.chunk));
     this.next = 0;
   }
 }

@@ -20,6 +20,7 @@ import { parseIp } from '../ipam/addr.js';
 import {
   FRAGMENT_HEADER,
   FragmentAssembler,
+  FragmentIds,
   HEADER,
   HOPS_OFFSET,
   IP_UDP,
@@ -31,7 +32,6 @@ import {
   PMTU_FLOOR,
   PacketOpener,
   PacketSealer,
-  Reassembler,
   SEAL_OVERHEAD,
   SEALED,
   checkMessage,
@@ -76,7 +76,7 @@ interface Hop {
   /** The source MAC of the last frame learnt from (a stream repeats it; the lookups are skipped while nothing was forgotten). */
   lastSourceMac: number;
   lastSourceForgets: number;
-  /** Puts its fragmented messages back together. */
+  /** Puts its fragmented messages back together (each hop its own, bounded: one cannot crowd out another). */
   assembler: FragmentAssembler;
 }
 
@@ -129,13 +129,12 @@ export class Sleeve implements Gossiper {
   private readonly learned = new Map<string, PeerName>();
   /** Learnt MACs deleted so far (a hop's cached "already learnt" holds only while this is unchanged). */
   private forgets = 0;
-  private readonly reassembler = new Reassembler();
   /** A message being built before it is sent in fragments (one at a time, reused). */
   private readonly scratch = Buffer.alloc(MAX_MESSAGE);
   private readonly self: Buffer;
   private readonly selfId: number;
   private timer: NodeJS.Timeout | null = null;
-  private fragmentId = 0;
+  private readonly fragmentIds = new FragmentIds();
   /** Big messages go as trains of path-sized fragments in one send (UDP GSO); else as IP-fragmented datagrams. */
   private gso = false;
   private dests = new Set<PeerName>();
@@ -266,7 +265,8 @@ export class Sleeve implements Gossiper {
         probeAckAt: old?.probeAckAt ?? 0,
         lastSourceMac: -1,
         lastSourceForgets: 0,
-        assembler: old?.assembler ?? new FragmentAssembler(this.reassembler, c.name),
+        // Fragments under way to the hop as it was are not joined to the new one's.
+        assembler: new FragmentAssembler(),
       };
       this.hops.set(c.name, hop);
       this.hopById.set(id, hop);
@@ -426,22 +426,27 @@ export class Sleeve implements Gossiper {
     emit();
   }
 
-  /** Seals (if the hop is encrypted) and sends a message, in fragments when it exceeds the path. */
+  /**
+   * Seals (if the hop is encrypted) and sends a message, in fragments when it exceeds the path. On an
+   * encrypted hop each fragment is sealed on its own, its fragment header authenticated with it.
+   */
   private sendMessage(hop: Hop, plain: Buffer): void {
     const udp = this.udp;
     if (!udp) return;
-    const body = hop.sealer ? hop.sealer.seal(plain) : plain;
     const max = this.maxDatagram(hop);
-    if (HEADER + body.length <= max) {
+    const seal = hop.sealer;
+    if (HEADER + plain.length + (seal ? SEAL_OVERHEAD : 0) <= max) {
+      const body = seal ? seal.seal(plain) : plain;
       const s = udp.nextSlot();
-      writeHeader(s, KIND_FRAMES, !!hop.sealer, this.self);
+      writeHeader(s, KIND_FRAMES, !!seal, this.self);
       body.copy(s, HEADER);
       udp.commit(HEADER + body.length, hop.addr, hop.port);
       return;
     }
-    const chunk = max - FRAGMENT_HEADER;
+    const body = plain;
+    const chunk = max - FRAGMENT_HEADER - (seal ? SEAL_OVERHEAD : 0);
     const count = Math.ceil(body.length / chunk);
-    const id = (this.fragmentId = (this.fragmentId + 1) >>> 0);
+    const id = this.fragmentIds.next();
     // With GSO, fragments go end to end in trains (each fragment a datagram of exactly `max` bytes
     // but the message's last), a train per slot, as large as a UDP datagram allows.
     const perSlot = this.gso ? Math.min(64, Math.floor(MAX_UDP_PAYLOAD / max)) : 1;
@@ -453,12 +458,18 @@ export class Sleeve implements Gossiper {
       for (; i < end; i++) {
         const from = i * chunk;
         const to = Math.min(body.length, from + chunk);
-        writeHeader(tx, KIND_FRAGMENT, !!hop.sealer, this.self, o);
+        writeHeader(tx, KIND_FRAGMENT, !!seal, this.self, o);
         tx.writeUInt32BE(id, o + HEADER);
         tx.writeUInt16BE(i, o + HEADER + 4);
         tx.writeUInt16BE(count, o + HEADER + 6);
-        body.copy(tx, o + FRAGMENT_HEADER, from, to);
-        o += FRAGMENT_HEADER + to - from;
+        if (seal) {
+          const sealed = seal.seal(body.subarray(from, to), tx.subarray(o + HEADER, o + FRAGMENT_HEADER));
+          sealed.copy(tx, o + FRAGMENT_HEADER);
+          o += FRAGMENT_HEADER + sealed.length;
+        } else {
+          body.copy(tx, o + FRAGMENT_HEADER, from, to);
+          o += FRAGMENT_HEADER + to - from;
+        }
       }
       udp.commit(o - start, hop.addr, hop.port, o - start > max ? max : 0);
     }
@@ -509,22 +520,35 @@ export class Sleeve implements Gossiper {
       this.stats.refused++;
       return;
     }
-    let body: Buffer | null;
+    let plain: Buffer | null;
     if ((kind & ~SEALED) === KIND_FRAGMENT) {
       if (length < FRAGMENT_HEADER) throw new Error('short fragment');
-      body = hop.assembler.add(buf.readUInt32BE(start + HEADER), buf.readUInt16BE(start + HEADER + 4), buf.readUInt16BE(start + HEADER + 6), buf, start + FRAGMENT_HEADER, end);
-      if (!body) return;
+      const id = buf.readUInt32BE(start + HEADER);
+      const index = buf.readUInt16BE(start + HEADER + 4);
+      const count = buf.readUInt16BE(start + HEADER + 6);
+      if (hop.opener) {
+        // Authenticated before anything is kept of it.
+        const chunk = hop.opener.open(buf.subarray(start + FRAGMENT_HEADER, end), buf.subarray(start + HEADER, start + FRAGMENT_HEADER));
+        if (!chunk) {
+          this.stats.refused++;
+          return;
+        }
+        plain = hop.assembler.add(id, index, count, chunk, 0, chunk.length);
+      } else {
+        plain = hop.assembler.add(id, index, count, buf, start + FRAGMENT_HEADER, end);
+      }
+      if (!plain) return;
     } else {
       if (!sealed && length >= HEADER + MESSAGE_HEADER && buf.readUIntBE(start + HEADER + 6, 6) === this.selfId) {
         this.deliver(hop, buf, start + HEADER, end);
         return;
       }
-      body = buf.subarray(start + HEADER, end);
-    }
-    const plain = hop.opener ? hop.opener.open(body) : body;
-    if (!plain) {
-      this.stats.refused++;
-      return;
+      const body = buf.subarray(start + HEADER, end);
+      plain = hop.opener ? hop.opener.open(body) : body;
+      if (!plain) {
+        this.stats.refused++;
+        return;
+      }
     }
     checkMessage(plain, 0, plain.length);
     if (plain.readUIntBE(6, 6) !== this.selfId) {
@@ -587,7 +611,7 @@ export class Sleeve implements Gossiper {
   private probe(): void {
     const p = this.probes;
     if (!p) return;
-    this.reassembler.expire();
+    for (const hop of this.hops.values()) hop.assembler.reassembler.expire();
     const top = this.config.underlayMtu;
     for (const hop of this.hops.values()) {
       for (const size of hop.pending) {
@@ -644,6 +668,8 @@ export class Sleeve implements Gossiper {
       s.bytesOut += fast.bytesOut;
       s.bytesIn += fast.bytesIn;
     }
-    return { ...s, udp: this.udp?.stats() ?? null, tap: this.tap?.stats() ?? null, reassembling: this.reassembler.size, fast };
+    let reassembling = 0;
+    for (const h of this.hops.values()) reassembling += h.assembler.reassembler.size;
+    return { ...s, udp: this.udp?.stats() ?? null, tap: this.tap?.stats() ?? null, reassembling, fast };
   }
 }

@@ -1,8 +1,14 @@
 // The DNS server: answers A and PTR for the weft domain from the name table,
 // forwards everything else, as raw bytes, to the upstream servers from
 // resolv.conf. UDP and TCP. Malformed queries get FORMERR (or are dropped when
-// too short to answer); nothing a client sends can crash the router.
+// too short to answer); nothing a client sends can crash the router. Work is
+// bounded for every input: clients only from the overlay and loopback (no open
+// resolver on the underlay), one upstream socket whose queries carry ids of our
+// own (a reply counts only from the server it was sent to, with its id and
+// question), a cap on queries in flight, and on TCP connections.
 import dgram from 'node:dgram';
+import { randomInt } from 'node:crypto';
+import { parseIp } from '../ipam/addr.js';
 import { UdpPort, nativeError } from '../datapath/native/index.js';
 import { readFileSync } from 'node:fs';
 import net from 'node:net';
@@ -20,6 +26,25 @@ export interface DnsConfig {
   upstreamTimeoutMs: number;
   /** Serve UDP through the native addon's batched port when it is built (default); false: Node's dgram. */
   batchedUdp?: boolean;
+  /** Who may ask (an IPv4 address as a number); default: anyone. The router allows the overlay and loopback. */
+  clients?: (addr: number) => boolean;
+  /** At most this many forwarded queries wait for an upstream at once (more get SERVFAIL at once). */
+  maxInFlight?: number;
+  /** At most this many TCP clients at once. */
+  maxTcpClients?: number;
+}
+
+/** A forwarded query waiting for its upstream's answer. */
+interface Pending {
+  /** The client's own id, put back in the answer. */
+  clientId: number;
+  /** The question section as sent: the answer must carry the same. */
+  question: Buffer;
+  /** Upstreams still to try, the current one first. */
+  upstreams: { host: string; port: number }[];
+  deadline: number;
+  msg: Buffer;
+  resolve: (reply: Buffer | null) => void;
 }
 
 export function upstreamsFromResolvConf(path = '/etc/resolv.conf', exclude: string[] = []): string[] {
@@ -55,7 +80,12 @@ export class DnsServer {
   /** Which UDP I/O serves queries: 'batched' (the addon) or 'dgram' (Node's sockets). */
   udpIo: 'batched' | 'dgram' = 'dgram';
   private tcp: net.Server | null = null;
-  readonly stats = { queries: 0, local: 0, nxdomain: 0, forwarded: 0, servfail: 0, formerr: 0 };
+  private tcpClients = 0;
+  /** The one socket forwarded UDP queries go out of, and the queries waiting on it by the id we gave them. */
+  private upstreamSocket: dgram.Socket | null = null;
+  private readonly pending = new Map<number, Pending>();
+  private sweep: NodeJS.Timeout | null = null;
+  readonly stats = { queries: 0, local: 0, nxdomain: 0, forwarded: 0, servfail: 0, formerr: 0, refusedClients: 0, overloaded: 0, strayReplies: 0 };
   private readonly domain: string;
 
   constructor(
@@ -77,6 +107,7 @@ export class DnsServer {
       await this.startDgram();
     }
     this.tcp = net.createServer((s) => this.serveTcp(s));
+    this.tcp.maxConnections = this.config.maxTcpClients ?? 64;
     await new Promise<void>((resolve, reject) => {
       this.tcp!.once('error', reject);
       this.tcp!.listen(this.config.port, this.config.host, () => resolve());
@@ -107,10 +138,18 @@ export class DnsServer {
     });
   }
 
+  /** Whether this client may ask (counted when not). */
+  private allowed(addr: number): boolean {
+    if (!this.config.clients || this.config.clients(addr)) return true;
+    this.stats.refusedClients++;
+    return false;
+  }
+
   private startBatched(): void {
     const port: UdpPort = new UdpPort({ address: this.config.host, port: this.config.port, slots: 64, slotSize: 4096, rcvbuf: 4 << 20 }, (n) => {
       for (let i = 0; i < n; i++) {
         const addr = port.fromAddress(i);
+        if (!this.allowed(addr)) continue;
         const from = port.fromPort(i);
         this.answerUdp(port.received(i), (reply, later) => {
           if (reply.length > port.slotSize) return;
@@ -127,7 +166,10 @@ export class DnsServer {
   private async startDgram(): Promise<void> {
     const udp = dgram.createSocket('udp4');
     this.udp = udp;
-    udp.on('message', (msg, rinfo) => this.answerUdp(msg, (reply) => udp.send(reply, rinfo.port, rinfo.address)));
+    udp.on('message', (msg, rinfo) => {
+      if (rinfo.family !== 'IPv4' || !this.allowed(parseIp(rinfo.address))) return;
+      this.answerUdp(msg, (reply) => udp.send(reply, rinfo.port, rinfo.address));
+    });
     udp.on('error', () => undefined);
     await new Promise<void>((resolve, reject) => {
       udp.once('error', reject);
@@ -136,7 +178,19 @@ export class DnsServer {
   }
 
   private serveTcp(s: net.Socket): void {
+    const from = (s.remoteAddress ?? '').replace(/^::ffff:/, '');
+    let addr = -1;
+    try {
+      addr = parseIp(from);
+    } catch {
+      /* not IPv4 */
+    }
+    if (addr < 0 || !this.allowed(addr)) {
+      s.destroy();
+      return;
+    }
     let buf = Buffer.alloc(0);
+    let waiting = 0;
     s.setTimeout(10_000, () => s.destroy());
     s.on('error', () => undefined);
     s.on('data', (d: Buffer) => {
@@ -145,7 +199,10 @@ export class DnsServer {
       while (buf.length >= 2 && buf.length >= 2 + buf.readUInt16BE(0)) {
         const q = buf.subarray(2, 2 + buf.readUInt16BE(0));
         buf = buf.subarray(2 + q.length);
+        // A client pipelining more than this many unanswered queries is not a resolver's stub.
+        if (++waiting > 16) return s.destroy();
         void this.handle(q, 'tcp').then((reply) => {
+          waiting--;
           if (!reply || s.destroyed) return;
           const len = Buffer.alloc(2);
           len.writeUInt16BE(reply.length);
@@ -278,43 +335,116 @@ export class DnsServer {
     return out;
   }
 
-  /** Sends the query as it came to each upstream in turn; SERVFAIL when none answers. */
+  /** Sends the query to each upstream in turn (UDP: through the one upstream socket); SERVFAIL when none answers. */
   private async forward(msg: Buffer, q: Packet, transport: 'udp' | 'tcp'): Promise<Buffer> {
-    for (const up of this.config.upstreams) {
-      const [host, p] = up.includes(':') ? up.split(':') : [up, '53'];
-      try {
-        const r = transport === 'tcp' ? await this.forwardTcp(msg, host, Number(p)) : await this.forwardUdp(msg, host, Number(p));
+    const upstreams = this.config.upstreams.map((up) => {
+      const i = up.lastIndexOf(':');
+      return up.includes('.') && i > 0 ? { host: up.slice(0, i), port: Number(up.slice(i + 1)) } : { host: up, port: 53 };
+    });
+    if (transport === 'udp') {
+      const r = upstreams.length > 0 ? await this.forwardUdp(msg, upstreams) : null;
+      if (r) {
         this.stats.forwarded++;
         return r;
-      } catch {
-        /* next upstream */
+      }
+    } else {
+      for (const up of upstreams) {
+        try {
+          const r = await this.forwardTcp(msg, up.host, up.port);
+          this.stats.forwarded++;
+          return r;
+        } catch {
+          /* next upstream */
+        }
       }
     }
     this.stats.servfail++;
     return this.reply(q, RCODE.SERVFAIL, [], false, 512);
   }
 
-  private forwardUdp(msg: Buffer, host: string, port: number): Promise<Buffer> {
-    return new Promise((resolve, reject) => {
-      const s = dgram.createSocket('udp4');
-      const t = setTimeout(() => {
-        s.close();
-        reject(new Error('timeout'));
-      }, this.config.upstreamTimeoutMs);
-      s.on('message', (m) => {
-        if (m.length >= 2 && m.readUInt16BE(0) === msg.readUInt16BE(0)) {
-          clearTimeout(t);
-          s.close();
-          resolve(m);
-        }
-      });
-      s.on('error', (e) => {
-        clearTimeout(t);
-        s.close();
-        reject(e);
-      });
-      s.send(msg, port, host);
+  /** The question section of a message (from byte 12 to the end of its first question), or null. */
+  private static question(msg: Buffer): Buffer | null {
+    let i = 12;
+    for (;;) {
+      if (i >= msg.length) return null;
+      const len = msg[i];
+      if (len === 0) break;
+      if (len > 63) return null;
+      i += 1 + len;
+    }
+    return i + 5 <= msg.length ? msg.subarray(12, i + 5) : null;
+  }
+
+  private upstream(): dgram.Socket {
+    if (this.upstreamSocket) return this.upstreamSocket;
+    const s = dgram.createSocket('udp4');
+    s.on('error', () => undefined);
+    s.on('message', (m, r) => this.upstreamReply(m, r));
+    s.bind(0);
+    s.unref();
+    this.upstreamSocket = s;
+    return s;
+  }
+
+  /** A reply on the upstream socket: taken only from the server asked, with our id and the same question. */
+  private upstreamReply(m: Buffer, r: dgram.RemoteInfo): void {
+    const p = m.length >= 12 ? this.pending.get(m.readUInt16BE(0)) : undefined;
+    const up = p?.upstreams[0];
+    const question = DnsServer.question(m);
+    if (!p || !up || up.host !== r.address || up.port !== r.port || !question || !question.equals(p.question) || (m[2] & 0x80) === 0) {
+      this.stats.strayReplies++;
+      return;
+    }
+    this.pending.delete(m.readUInt16BE(0));
+    const out = Buffer.from(m);
+    out.writeUInt16BE(p.clientId, 0);
+    p.resolve(out);
+  }
+
+  /** One forwarded UDP query: a fresh id of ours, the upstreams in turn, null when none answered. */
+  private forwardUdp(msg: Buffer, upstreams: { host: string; port: number }[]): Promise<Buffer | null> {
+    const question = DnsServer.question(msg);
+    if (!question) return Promise.resolve(null);
+    if (this.pending.size >= (this.config.maxInFlight ?? 1024)) {
+      this.stats.overloaded++;
+      return Promise.resolve(null);
+    }
+    let id = randomInt(65536);
+    while (this.pending.has(id)) id = (id + 1) & 0xffff;
+    return new Promise((resolve) => {
+      const sent = Buffer.from(msg);
+      sent.writeUInt16BE(id, 0);
+      const p: Pending = { clientId: msg.readUInt16BE(0), question: Buffer.from(question), upstreams: [...upstreams], deadline: 0, msg: sent, resolve };
+      this.pending.set(id, p);
+      this.send(p);
+      this.sweep ??= setInterval(() => this.expire(), Math.max(20, Math.min(250, this.config.upstreamTimeoutMs / 4)));
+      this.sweep.unref();
     });
+  }
+
+  private send(p: Pending): void {
+    const up = p.upstreams[0];
+    p.deadline = Date.now() + this.config.upstreamTimeoutMs;
+    this.upstream().send(p.msg, up.port, up.host);
+  }
+
+  /** Queries whose upstream did not answer in time go to the next upstream, or fail. */
+  private expire(): void {
+    const now = Date.now();
+    for (const [id, p] of this.pending) {
+      if (p.deadline > now) continue;
+      p.upstreams.shift();
+      if (p.upstreams.length > 0) {
+        this.send(p);
+      } else {
+        this.pending.delete(id);
+        p.resolve(null);
+      }
+    }
+    if (this.pending.size === 0 && this.sweep) {
+      clearInterval(this.sweep);
+      this.sweep = null;
+    }
   }
 
   private forwardTcp(msg: Buffer, host: string, port: number): Promise<Buffer> {
@@ -343,6 +473,10 @@ export class DnsServer {
   }
 
   close(): void {
+    if (this.sweep) clearInterval(this.sweep);
+    for (const p of this.pending.values()) p.resolve(null);
+    this.pending.clear();
+    this.upstreamSocket?.close();
     this.udp?.close();
     this.batched?.close();
     this.tcp?.close();

@@ -2,8 +2,8 @@
 // record of the names it registered (see PeerRecords: merged per origin by
 // version and content; a removal is a newer record, so no tombstones); records
 // of peers that left the mesh go after 30 s.
-import { existsSync, readFileSync } from 'node:fs';
-import { writeJsonAtomically } from '../router/json-file.js';
+import { canonicalDnsName, canonicalIpv4 } from '../net/validate.js';
+import { readCheckedList, type Persist } from '../router/json-file.js';
 import type { Mesh } from '../router/mesh/mesh.js';
 import type { PeerName } from '../router/mesh/peer-name.js';
 import { PeerRecords, comparePeerRecords, mergePeerRecords, type EntryCodec, type PeerRecord } from '../router/mesh/peer-records.js';
@@ -19,8 +19,6 @@ export interface NameEntry {
 
 export type NameRecord = PeerRecord<NameEntry>;
 
-const IP = /^\d{1,3}(\.\d{1,3}){3}$/;
-
 export function normaliseName(name: string): string {
   const n = name.trim().toLowerCase();
   return n.endsWith('.') ? n : `${n}.`;
@@ -31,9 +29,9 @@ export const nameCodec: EntryCodec<NameEntry> = {
   fromWire(w) {
     if (!Array.isArray(w) || w.length !== 3) throw new Error('name entry is malformed');
     const [hostname, container, ip] = w as unknown[];
-    if (typeof hostname !== 'string' || hostname.length > 255 || !hostname.endsWith('.') || typeof container !== 'string' || container.length > 256 || typeof ip !== 'string' || !IP.test(ip)) {
-      throw new Error('name entry is malformed');
-    }
+    if (typeof hostname !== 'string' || typeof container !== 'string' || container.length === 0 || container.length > 256 || typeof ip !== 'string') throw new Error('name entry is malformed');
+    // Only the canonical form: two spellings of one name must not be two entries.
+    if (canonicalDnsName(hostname, 'name entry') !== hostname || canonicalIpv4(ip, 'name entry address') !== ip) throw new Error(`name entry ${hostname.slice(0, 80)} ${ip.slice(0, 20)} is not in canonical form`);
     return { hostname, container, ip };
   },
   key: (e) => JSON.stringify([e.hostname, e.container, e.ip]),
@@ -91,17 +89,9 @@ export class NameTable {
   }
 }
 
-/** Names saved by a previous run; unreadable or malformed entries are reported and skipped. */
-function loadNames(path: string, mesh: Mesh): NameEntry[] {
-  if (!existsSync(path)) return [];
-  try {
-    const list = JSON.parse(readFileSync(path, 'utf8')) as unknown;
-    if (!Array.isArray(list)) throw new Error('not a list');
-    return list.map((e) => nameCodec.fromWire(nameCodec.toWire(e as NameEntry)));
-  } catch (err) {
-    mesh.log.error({ path, err: (err as Error).message }, 'saved DNS names are unreadable; starting without them');
-    return [];
-  }
+/** Names saved by a previous run; a damaged file stops the router with the reason (StateFileError). */
+function loadNames(path: string): NameEntry[] {
+  return readCheckedList(path, (e) => nameCodec.fromWire(nameCodec.toWire(e as NameEntry)));
 }
 
 /**
@@ -115,22 +105,23 @@ export class NameService extends PeerRecords<NameEntry> {
   constructor(
     mesh: Mesh,
     graceMs = 30_000,
-    private readonly persistPath?: string,
+    private readonly persist?: Persist,
   ) {
     super(mesh, DNS_CHANNEL, nameCodec, graceMs);
     this.table = new NameTable(this.records);
     this.onChange(() => this.table.touch());
-    const saved = persistPath ? loadNames(persistPath, mesh) : [];
+    const saved = persist ? loadNames(persist.path) : [];
     if (saved.length > 0) this.setLocal(saved);
   }
 
   override setLocal(entries: NameEntry[]): void {
     super.setLocal(entries);
-    if (this.persistPath) writeJsonAtomically(this.persistPath, entries);
+    this.persist?.writes.write(this.persist.path, entries);
   }
 
+  /** Registers a name for a container's address; throws InvalidValue for a name or address that is not one. */
   add(hostname: string, container: string, ip: string): void {
-    const e = { hostname: normaliseName(hostname), container, ip };
+    const e = nameCodec.fromWire([canonicalDnsName(hostname), container, canonicalIpv4(ip)]);
     if (this.local.some((x) => x.hostname === e.hostname && x.container === container && x.ip === ip)) return;
     this.setLocal([...this.local, e]);
   }

@@ -134,7 +134,7 @@ export class Allocator implements Gossiper {
     this.tick = setInterval(() => this.onTick(), 1000);
     this.tick.unref();
     // Reconcile with what really runs, at start and every few seconds.
-    void this.pruneGone();
+    this.pruneGone().catch((err: Error) => this.mesh.log.error({ err: err.message }, 'ipam: freeing the addresses of gone containers failed'));
     mesh.on('topology', () => {
       for (const e of mesh.topology.entries.values()) this.nicknames.set(e.name, e.nickname);
       this.retryPending();
@@ -292,7 +292,7 @@ export class Allocator implements Gossiper {
       }
     }
     if (this.freeDirty) this.reportFree();
-    if (++this.ticks % 5 === 0) void this.pruneGone();
+    if (++this.ticks % 5 === 0) this.pruneGone().catch((err: Error) => this.mesh.log.error({ err: err.message }, 'ipam: freeing the addresses of gone containers failed'));
   }
 
   /** Frees the addresses of containers that no longer exist. Returns the idents freed. */
@@ -673,6 +673,19 @@ export class Allocator implements Gossiper {
   }
 
   // ------------------------------------------------------------------ removal
+
+  /** Peers known by this nickname (in the topology now, or seen there before). */
+  peersNamed(nickname: string): PeerName[] {
+    const out = new Set<PeerName>();
+    for (const [name, nick] of this.nicknames) if (nick === nickname) out.add(name);
+    for (const e of this.mesh.topology.entries.values()) if (e.nickname === nickname) out.add(e.name);
+    return [...out].sort();
+  }
+
+  /** Whether a peer owns part of the ring. */
+  owns(peer: PeerName): boolean {
+    return this.ring?.rangesOf(peer).some(() => true) ?? false;
+  }
 
   /** Takes over every range of a peer that is gone for good. Refuses for a reachable peer. */
   async rmpeer(who: string): Promise<{ peer: PeerName; addresses: number }> {

@@ -16,6 +16,7 @@ import type { Datapath } from '../datapath/datapath.js';
 import { hostIfName, joinBridge, vethNames, withNewVeth } from '../datapath/attach.js';
 import { ip, ipJson, linkExists } from '../datapath/iproute.js';
 import { readJsonList, writeJsonAtomically } from '../router/json-file.js';
+import { canonicalCidr, canonicalMac } from '../net/validate.js';
 import type { Logger } from '../router/mesh/mesh.js';
 
 export const PLUGIN_NAME = 'weft';
@@ -222,15 +223,18 @@ export class DockerDriver {
   private async createEndpoint(b: Record<string, unknown>): Promise<unknown> {
     const eid = endpointId(b.EndpointID);
     const iface = (b.Interface ?? {}) as { Address?: string; MacAddress?: string };
-    const address = str(iface.Address, 'Interface.Address (an IPv4 address from the IPAM driver)');
-    parseCidr(address, true);
+    // Canonical forms: what Docker sends is announced to every peer (a stray newline in an address
+    // once made them drop this host's whole endpoint record).
+    const address = canonicalCidr(str(iface.Address, 'Interface.Address (an IPv4 address from the IPAM driver)'), true, 'Interface.Address');
+    const wantedMac = iface.MacAddress ? canonicalMac(iface.MacAddress, 'Interface.MacAddress') : null;
     const key = endpointKey(eid);
     return withNewVeth(key, this.deps.datapath.mtu, async ({ hostIf, peerIf }) => {
-      if (iface.MacAddress) await ip(['link', 'set', peerIf, 'address', iface.MacAddress]);
-      await joinBridge(hostIf);
+      if (wantedMac) await ip(['link', 'set', peerIf, 'address', wantedMac]);
       const mac = (await ipJson<{ address: string }[]>(['link', 'show', 'dev', peerIf]))[0].address;
+      await this.deps.datapath.bindPort(hostIf, mac, [address]);
+      await joinBridge(hostIf);
       await this.deps.datapath.plug(key, mac, [address]);
-      return { Interface: iface.MacAddress ? {} : { MacAddress: mac } };
+      return { Interface: wantedMac ? {} : { MacAddress: mac } };
     });
   }
 

@@ -11,7 +11,7 @@ import { bridgeMac } from '../datapath/bridge.js';
 import { ipJson } from '../datapath/iproute.js';
 import type { NameService } from '../dns/table.js';
 import type { Allocator } from '../ipam/allocator.js';
-import { readJsonList, writeJsonAtomically } from '../router/json-file.js';
+import { readJsonList, type StateWrites } from '../router/json-file.js';
 import type { Logger } from '../router/mesh/mesh.js';
 import { DockerApi, type ContainerInfo, type DockerEvent } from './docker-api.js';
 import { DockerDriver, endpointKey } from './docker-driver.js';
@@ -52,6 +52,8 @@ export interface WatcherDeps {
   ipam: Allocator;
   names: NameService;
   dataDir: string;
+  /** Records state files that could not be written (status shows them). */
+  writes: StateWrites;
   log: Logger;
   /** The plugin socket, or null for no plugin. */
   pluginSocket: string | null;
@@ -139,7 +141,7 @@ export class DockerWatcher {
     } else if (e.Action === 'destroy') {
       await this.died(e.Actor.ID);
       const list = this.attached();
-      if (list.some((a) => a.id === e.Actor.ID)) writeJsonAtomically(this.attachedPath, list.filter((a) => a.id !== e.Actor.ID));
+      if (list.some((a) => a.id === e.Actor.ID)) this.deps.writes.write(this.attachedPath, list.filter((a) => a.id !== e.Actor.ID));
     }
   }
 
@@ -199,7 +201,7 @@ export class DockerWatcher {
     const g = groups ?? this.groupsOf(c);
     const ep = await this.deps.datapath.attach(c.Id, cidrs, subnet, { netns: `/proc/${c.State.Pid}/ns/net`, ifname: 'ethwe' }, g);
     const list = this.attached().filter((a) => a.id !== c.Id);
-    writeJsonAtomically(this.attachedPath, [...list, { id: c.Id, cidrs, subnet, hostname, ...(groups ? { groups } : {}) }]);
+    this.deps.writes.write(this.attachedPath, [...list, { id: c.Id, cidrs, subnet, hostname, ...(groups ? { groups } : {}) }]);
     // Like Weave's proxy: a container attached by weft is found by its Docker name.
     const name = hostname ?? (this.deps.dns ? `${containerName(c)}.${this.deps.dns.domain}` : null);
     if (name) for (const cidr of ep.cidrs) this.deps.names.add(name, c.Id, cidr.split('/')[0]);
@@ -215,7 +217,7 @@ export class DockerWatcher {
   /** `weft detach` of a Docker container: it stays detached when it restarts. */
   forgetAttached(id: string): void {
     const list = this.attached();
-    if (list.some((a) => a.id === id)) writeJsonAtomically(this.attachedPath, list.filter((a) => a.id !== id));
+    if (list.some((a) => a.id === id)) this.deps.writes.write(this.attachedPath, list.filter((a) => a.id !== id));
   }
 
   async stop(): Promise<void> {

@@ -1,7 +1,8 @@
 // The kernel's connection tracking, through Debian's `conntrack` tool: the flows
 // it knows, and deleting those a policy change no longer allows (their next
 // packet is then judged again as new, and dropped), so revoked means revoked.
-import { execFile } from 'node:child_process';
+import { execFile, spawn } from 'node:child_process';
+import { createInterface } from 'node:readline';
 import type { Flow } from './model.js';
 import { inNamespace } from '../datapath/iproute.js';
 
@@ -27,10 +28,34 @@ export function parseConntrackLine(line: string): Flow | null {
   return { proto, src, dst, ...(dport !== undefined && (proto === 'tcp' || proto === 'udp') ? { port: Number(dport) } : {}) };
 }
 
-export async function listFlows(): Promise<Flow[]> {
-  const r = await conntrack(['-L', '-f', 'ipv4']);
-  if (r.code !== 0) throw new Error(`conntrack -L: ${r.err.trim()}`);
-  return r.out.split('\n').map(parseConntrackLine).filter((f): f is Flow => f !== null);
+/**
+ * The tracked flows that `keep` selects, read as `conntrack -L` prints them, line by line: a host with
+ * millions of flows costs time, not memory (there is no limit on the listing's size to overflow).
+ */
+export function listFlows(keep: (f: Flow) => boolean, netnsPath?: string): Promise<Flow[]> {
+  const [cmd, argv] = inNamespace('conntrack', ['-L', '-f', 'ipv4'], netnsPath);
+  return new Promise((resolve, reject) => {
+    const child = spawn(cmd, argv, { stdio: ['ignore', 'pipe', 'pipe'] });
+    const out: Flow[] = [];
+    let err = '';
+    const timer = setTimeout(() => child.kill('SIGKILL'), 60_000);
+    createInterface({ input: child.stdout }).on('line', (line) => {
+      const f = parseConntrackLine(line);
+      if (f && keep(f)) out.push(f);
+    });
+    child.stderr.on('data', (d: Buffer) => {
+      if (err.length < 4096) err += String(d);
+    });
+    child.on('error', (e: NodeJS.ErrnoException) => {
+      clearTimeout(timer);
+      reject(e.code === 'ENOENT' ? new Error('conntrack not found: install it (Debian: apt-get install conntrack): weft cuts flows a revoked rule or a gone backend no longer allows') : e);
+    });
+    child.on('close', (code, signal) => {
+      clearTimeout(timer);
+      if (code === 0) resolve(out);
+      else reject(new Error(`conntrack -L: ${signal ? `killed (${signal}) after 60 s` : err.trim() || `exit code ${code}`}`));
+    });
+  });
 }
 
 /** Deletes the tracked flows of this 5-tuple (any source port). */

@@ -5,8 +5,9 @@
 // membership anywhere only adds and deletes set elements. After each change the
 // tracked flows that are no longer allowed are cut. The kernel keeps enforcing
 // while the router is down; a restarted router rewrites the table from its state.
-import { join } from 'node:path';
+import { stateFile, type StateDir } from '../router/json-file.js';
 import type { Datapath } from '../datapath/datapath.js';
+import { readFile } from 'node:fs/promises';
 import { nft, sysctl } from '../datapath/iproute.js';
 import { TABLE } from '../datapath/firewall.js';
 import type { Mesh } from '../router/mesh/mesh.js';
@@ -16,10 +17,14 @@ import { compilePolicy, elementUpdates, type CompiledPolicy } from './nft.js';
 import { PolicyTable } from './table.js';
 import { SerialJob } from '../router/serial-job.js';
 
+const BRIDGE_NF = 'net.bridge.bridge-nf-call-iptables';
+
 export interface PolicyStatus {
   rules: number;
   limitedHere: number;
+  /** False when some part the policy needs is missing or failed: `notEnforced` says which. */
   enforced: boolean;
+  notEnforced: string[];
   lastError: string | null;
   /** Packets each rule let through on this host. */
   allowed: { rule: string; packets: number }[];
@@ -40,14 +45,16 @@ export class PolicyEngine {
   private dirty = true;
   private readonly job = new SerialJob(() => this.syncPass(), 10);
   lastError: string | null = null;
+  /** Why br_netfilter does not work, when it does not (checked whenever rules limit a container here). */
+  private bridgeNf: string | null = null;
   readonly stats = { flowsCut: 0, elementUpdates: 0, rewrites: 0, applyMs: 0 };
 
   constructor(
     private readonly mesh: Mesh,
     private readonly datapath: Datapath | null,
-    dataDir: string,
+    state: StateDir,
   ) {
-    this.table = new PolicyTable(mesh, join(dataDir, 'policy.json'));
+    this.table = new PolicyTable(mesh, stateFile(state, 'policy.json'));
     // Before the datapath starts: its first write of the firewall table already carries the policy.
     if (datapath) datapath.policy = this;
   }
@@ -55,6 +62,7 @@ export class PolicyEngine {
   /** Follows changes of rules and endpoints from now on. */
   start(): void {
     if (!this.datapath) return;
+    void this.bridgeNetfilter().then((why) => (this.bridgeNf = why));
     this.dirty = true;
     this.table.onChange(() => this.schedule());
     this.datapath.endpoints.onChange(() => this.schedule());
@@ -121,10 +129,35 @@ export class PolicyEngine {
     this.stats.applyMs += performance.now() - t0;
   }
 
+  /** Bridged IPv4 meets the forward hook only through br_netfilter, turned on here; null when it is, else why not. */
+  private async bridgeNetfilter(): Promise<string | null> {
+    try {
+      await sysctl(BRIDGE_NF, '1');
+      const now = (await readFile(`/proc/sys/${BRIDGE_NF.replaceAll('.', '/')}`, 'utf8')).trim();
+      if (now !== '1') throw new Error(`it reads "${now}" after weft set it to 1`);
+      return null;
+    } catch (err) {
+      return `br_netfilter is not working (${BRIDGE_NF}: ${(err as Error).message}): bridged traffic never meets the rules; load the br_netfilter module`;
+    }
+  }
+
+  /**
+   * What keeps the policy from being enforced here, if anything (empty: enforced). Fails closed in
+   * what it says: a part it cannot confirm counts as missing.
+   */
+  notEnforced(): string[] {
+    const out: string[] = [];
+    if (!this.datapath) return ['this router has no datapath (--datapath none)'];
+    if (this.bridgeNf) out.push(this.bridgeNf);
+    if (this.datapath.guard.lastError) out.push(`${this.datapath.guard.lastError}: containers can send as others`);
+    if (this.lastError) out.push(`the rules could not be written: ${this.lastError}`);
+    return out;
+  }
+
   private async apply(): Promise<void> {
     const next = this.fresh(); // the same compilation a rewrite below writes
     const prev = this.current;
-    if (next.hooks.length > 0) await sysctl('net.bridge.bridge-nf-call-iptables', '1').catch(() => undefined); // bridged IPv4 through the forward hook
+    if (next.hooks.length > 0) this.bridgeNf = await this.bridgeNetfilter();
     if (!prev || prev.skeleton !== next.skeleton) {
       await this.datapath!.refreshFirewall();
       this.stats.rewrites++;
@@ -153,18 +186,22 @@ export class PolicyEngine {
   private async cutRevoked(model: PolicyModel): Promise<void> {
     const local = new Set(model.members.filter((m) => m.peer === this.mesh.name).flatMap((m) => m.addrs));
     const denied = new Map<string, Flow>();
-    for (const f of await listFlows()) {
-      if (!local.has(f.src) && !local.has(f.dst)) continue;
-      if (!model.decide(f).allowed) denied.set(`${f.proto} ${f.src} ${f.dst} ${f.port ?? ''}`, f);
+    for (const f of await listFlows((f) => (local.has(f.src) || local.has(f.dst)) && !model.decide(f).allowed)) {
+      denied.set(`${f.proto} ${f.src} ${f.dst} ${f.port ?? ''}`, f);
     }
     for (const f of denied.values()) await deleteFlow(f);
     this.stats.flowsCut += denied.size;
   }
 
   /** For the status summary, without asking the kernel. */
-  summary(): { rules: number; limitedHere: number; lastError: string | null } {
+  summary(): { rules: number; limitedHere: number; lastError: string | null; notEnforced: string[] } {
     const limited = new Set([...(this.current?.counters.values() ?? [])].filter((m) => m.kind === 'deny').map((m) => m.id));
-    return { rules: this.table.rules().length, limitedHere: limited.size, lastError: this.lastError };
+    return { rules: this.table.rules().length, limitedHere: limited.size, lastError: this.lastError, notEnforced: this.notEnforced() };
+  }
+
+  /** Whether some rule limits members of these groups (attach warns when such a container joins an unenforced policy). */
+  limits(groups: string[]): boolean {
+    return this.table.rules().some((r) => r.target.kind === 'group' && groups.includes(r.target.name));
   }
 
   /** Counters of the policy's rules in the kernel. */
@@ -195,10 +232,12 @@ export class PolicyEngine {
       }
     }
     const rules = this.table.rules();
+    const notEnforced = this.notEnforced();
     return {
       rules: rules.length,
       limitedHere: this.summary().limitedHere,
-      enforced: this.datapath !== null,
+      enforced: notEnforced.length === 0,
+      notEnforced,
       lastError: this.lastError,
       allowed: rules.map((r) => ({ rule: r.id, packets: allowed.get(r.id) ?? 0 })),
       dropped: [...dropped.values()].sort((a, b) => (a.group < b.group ? -1 : 1)),

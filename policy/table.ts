@@ -5,6 +5,7 @@
 import { randomBytes } from 'node:crypto';
 import type { Mesh } from '../router/mesh/mesh.js';
 import { RegisterTable, compareRegisters, mergeRegisters, registerFromWire, type Register, type RegisterCodec } from '../router/mesh/register-table.js';
+import type { Persist } from '../router/json-file.js';
 import { RuleError, checkRule, type Rule } from './rules.js';
 
 export const POLICY_CHANNEL = 'policy';
@@ -27,8 +28,8 @@ export const mergeEntries = mergeRegisters<Rule>;
 export const entryFromWire = (w: unknown): PolicyEntry => registerFromWire(ruleCodec, w);
 
 export class PolicyTable extends RegisterTable<Rule> {
-  constructor(mesh: Mesh, persistPath?: string) {
-    super(mesh, POLICY_CHANNEL, ruleCodec, persistPath);
+  constructor(mesh: Mesh, persist?: Persist) {
+    super(mesh, POLICY_CHANNEL, ruleCodec, persist);
   }
 
   /** The rules in force, in id order. */
@@ -37,7 +38,7 @@ export class PolicyTable extends RegisterTable<Rule> {
   }
 
   static newId(): string {
-    return randomBytes(4).toString('hex');
+    return randomBytes(16).toString('hex'); // 128 bits: ids made anywhere never collide
   }
 
   add(rule: Rule): PolicyEntry {

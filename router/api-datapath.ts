@@ -2,7 +2,9 @@
 import type { FastifyInstance } from 'fastify';
 import type { Datapath } from '../datapath/datapath.js';
 import { IpamError } from '../ipam/allocator.js';
+import { canonicalDnsName } from '../net/validate.js';
 import { HttpError } from './http-error.js';
+import type { PolicyEngine } from '../policy/engine.js';
 import type { NameService } from '../dns/table.js';
 import type { DockerWatcher } from '../plugin/docker-watcher.js';
 import { DOCKER_ID } from '../datapath/attach.js';
@@ -26,7 +28,12 @@ async function wrap<T>(fn: () => Promise<T>): Promise<T> {
   }
 }
 
-export function registerDatapathRoutes(app: FastifyInstance, dp: Datapath | null, names: NameService, docker: DockerWatcher | null): void {
+export function registerDatapathRoutes(app: FastifyInstance, dp: Datapath | null, names: NameService, docker: DockerWatcher | null, policy: PolicyEngine | null): void {
+  /** A container that joins groups some rule limits, on a host that cannot enforce the policy, is told so. */
+  const withWarning = <T extends { groups?: string[] }>(ep: T): T & { warning?: string } => {
+    const why = policy && ep.groups && ep.groups.length > 0 && policy.limits(ep.groups) ? policy.notEnforced() : [];
+    return why.length > 0 ? { ...ep, warning: `security groups are NOT enforced on this host: ${why.join('; ')}` } : ep;
+  };
   app.post('/attach', async (req) => {
     const b = (req.body ?? {}) as { container?: unknown; cidrs?: unknown; subnet?: unknown; hostname?: unknown; netns?: unknown; ifname?: unknown; groups?: unknown };
     let groups: string[] | undefined;
@@ -41,7 +48,7 @@ export function registerDatapathRoutes(app: FastifyInstance, dp: Datapath | null
       if (typeof b.netns !== 'string' || typeof b.ifname !== 'string' || !/^[A-Za-z0-9_.-]{1,15}$/.test(b.ifname)) throw new HttpError(400, 'netns must be a path and ifname an interface name (up to 15 letters, digits, _ . -)');
       cni = { netns: b.netns, ifname: b.ifname };
     }
-    if (b.hostname !== undefined && (typeof b.hostname !== 'string' || !/^[A-Za-z0-9.-]{1,253}$/.test(b.hostname))) throw new HttpError(400, 'hostname must be a DNS name');
+    if (b.hostname !== undefined) canonicalDnsName(b.hostname, 'hostname'); // a clear error before anything is attached
     if (typeof b.container !== 'string' || b.container === '') throw new HttpError(400, 'container is required (netns:NAME or pid:N)');
     const cidrs = b.cidrs === undefined ? [] : b.cidrs;
     if (!Array.isArray(cidrs) || !cidrs.every((c) => typeof c === 'string')) throw new HttpError(400, 'cidrs must be a list of ip/prefix');
@@ -50,11 +57,11 @@ export function registerDatapathRoutes(app: FastifyInstance, dp: Datapath | null
     if (!cni && !WEFT_KINDS.test(b.container)) {
       if (!docker) throw new HttpError(400, `unknown container "${b.container}": use netns:NAME, pid:N or cni:ID (this router follows no Docker engine: --docker-api "")`);
       const name = b.container;
-      return wrap(async () => docker.attach(await docker.resolve(name), cidrs as string[], b.subnet as string | undefined, b.hostname as string | undefined, groups));
+      return withWarning(await wrap(async () => docker.attach(await docker.resolve(name), cidrs as string[], b.subnet as string | undefined, b.hostname as string | undefined, groups)));
     }
     const ep = await wrap(() => d.attach(b.container as string, cidrs as string[], b.subnet as string | undefined, cni, groups));
     if (typeof b.hostname === 'string') for (const c of ep.cidrs) names.add(b.hostname, ep.container, c.split('/')[0]);
-    return ep;
+    return withWarning(ep);
   });
 
   app.delete<{ Params: { container: string } }>('/attach/:container', async (req) => {

@@ -2,10 +2,9 @@
 import type { FastifyInstance } from 'fastify';
 import { normaliseName } from '../dns/table.js';
 import { formatIp } from '../ipam/addr.js';
+import { canonicalDnsName, canonicalIpv4 } from '../net/validate.js';
 import { HttpError } from './http-error.js';
 import type { ReportSources } from './report.js';
-
-const IP = /^\d{1,3}(\.\d{1,3}){3}$/;
 
 export function registerDnsRoutes(app: FastifyInstance, s: ReportSources): void {
   const inDomain = (fqdn: string) => {
@@ -17,14 +16,14 @@ export function registerDnsRoutes(app: FastifyInstance, s: ReportSources): void 
   /** Register: body {"fqdn": "web.weft.local", "ips": [...]}; without ips, the container's weft addresses. */
   app.put<{ Params: { container: string } }>('/name/:container', async (req) => {
     const b = (req.body ?? {}) as { fqdn?: unknown; ips?: unknown };
-    if (typeof b.fqdn !== 'string' || !/^[A-Za-z0-9.-]{1,253}$/.test(b.fqdn)) throw new HttpError(400, 'fqdn must be a DNS name');
-    if (!inDomain(b.fqdn)) throw new HttpError(400, `${b.fqdn} is not in the weft domain ${s.dns?.config.domain ?? 'weft.local.'}`);
+    const fqdn = canonicalDnsName(b.fqdn, 'fqdn');
+    if (!inDomain(fqdn)) throw new HttpError(400, `${fqdn} is not in the weft domain ${s.dns?.config.domain ?? 'weft.local.'}`);
     const given = b.ips === undefined ? [] : b.ips;
-    if (!Array.isArray(given) || !given.every((i) => typeof i === 'string' && IP.test(i))) throw new HttpError(400, 'ips must be a list of IPv4 addresses');
-    const ips: string[] = given.length > 0 ? (given as string[]) : s.ipam.lookup(req.params.container).map(formatIp);
+    if (!Array.isArray(given) || given.length > 64) throw new HttpError(400, 'ips must be a list of IPv4 addresses');
+    const ips: string[] = given.length > 0 ? given.map((i) => canonicalIpv4(i, 'ips')) : s.ipam.lookup(req.params.container).map(formatIp);
     if (ips.length === 0) throw new HttpError(404, `container ${req.params.container} has no weft address; give the addresses`);
-    for (const ip of ips) s.names.add(b.fqdn, req.params.container, ip);
-    return { fqdn: normaliseName(b.fqdn), ips };
+    for (const ip of ips) s.names.add(fqdn, req.params.container, ip);
+    return { fqdn, ips };
   });
 
   app.delete<{ Params: { container: string }; Querystring: { fqdn?: string; ip?: string } }>('/name/:container', async (req) => {

@@ -5,6 +5,7 @@ import type { FastifyInstance } from 'fastify';
 import { formatCidr, formatIp, parseCidr, parseIp, type Cidr } from '../ipam/addr.js';
 import { IpamError, type Allocator } from '../ipam/allocator.js';
 import { HttpError } from './http-error.js';
+import type { ReportSources } from './report.js';
 
 const STATUS: Record<IpamError['code'], number> = { pending: 503, full: 503, conflict: 409, 'not-found': 404, invalid: 400, refused: 403 };
 
@@ -52,7 +53,7 @@ function subnet(req: { body?: unknown; query?: unknown }, ipam: Allocator): Cidr
   }
 }
 
-export function registerIpamRoutes(app: FastifyInstance, ipam: Allocator): void {
+export function registerIpamRoutes(app: FastifyInstance, ipam: Allocator, removePeer?: ReportSources['removePeer']): void {
   app.post<{ Params: { id: string } }>('/ip/:id', async (req, reply) => {
     const r = await ipamCall(() => ipam.allocate(ident(req.params.id), subnet(req, ipam), timeout(req, ipam)));
     return reply.type('text/plain').send(`${formatIp(r.addr)}/${r.prefix}`);
@@ -102,8 +103,8 @@ export function registerIpamRoutes(app: FastifyInstance, ipam: Allocator): void 
   });
 
   app.delete<{ Params: { peer: string } }>('/peer/:peer', async (req, reply) => {
-    const r = await ipamCall(() => ipam.rmpeer(req.params.peer));
-    return reply.type('text/plain').send(`${r.addresses} addresses taken over from ${r.peer}\n`);
+    const r = await ipamCall(() => (removePeer ? removePeer(req.params.peer) : ipam.rmpeer(req.params.peer).then((x) => ({ ...x, removed: [] as string[] }))));
+    return reply.type('text/plain').send(`${r.addresses} addresses taken over from ${r.peer}${r.removed.length > 0 ? `; removed its ${r.removed.join(', ')}` : ''}\n`);
   });
 
   app.delete('/peer', async () => {

@@ -20,6 +20,9 @@ try {
 }
 const log = pino({ level: opts.logLevel, base: { nickname: opts.nickname } });
 
+// A background task that fails is a bug to log and count, not a reason to take the network down.
+process.on('unhandledRejection', (reason) => log.error({ err: reason instanceof Error ? reason.message : String(reason) }, 'unhandled rejection'));
+
 try {
   const router = await Router.start(opts, log);
   let signalled = false;

@@ -58,6 +58,22 @@ export function buildRegistry(router: Router): Registry {
       this.set(router.policy.summary().rules);
     },
   });
+  new Gauge({
+    name: 'weft_policy_enforced',
+    help: '1 when this host enforces the security groups, 0 when something they need is missing or failed (weft status policy says what)',
+    ...reg,
+    collect() {
+      this.set(router.policy.notEnforced().length === 0 ? 1 : 0);
+    },
+  });
+  new Gauge({
+    name: 'weft_state_write_failures',
+    help: 'State files whose last write failed (a full disk): their changes are in force but not saved',
+    ...reg,
+    collect() {
+      this.set(router.writes.problems().length);
+    },
+  });
   new Counter({
     name: 'weft_policy_dropped_packets_total',
     help: 'Packets dropped on this host by security groups, by group and direction',

@@ -12,6 +12,7 @@ import type { DnsServer } from '../dns/server.js';
 import type { DockerStatus, DockerWatcher } from '../plugin/docker-watcher.js';
 import type { PolicyEngine } from '../policy/engine.js';
 import type { ServiceEngine } from '../services/engine.js';
+import type { StateWrites } from './json-file.js';
 
 export const VERSION = '0.1.0';
 
@@ -73,7 +74,9 @@ export interface Report {
   /** The Docker engine weft follows and the network plugin it serves (null: Docker support off). */
   docker: (DockerStatus & { pluginCalls: Record<string, number> }) | null;
   /** Security groups: rules in the mesh, containers here that some rule limits. */
-  policy: { rules: number; limitedHere: number; lastError: string | null } | null;
+  policy: { rules: number; limitedHere: number; lastError: string | null; notEnforced: string[] } | null;
+  /** State files that could not be written (a full disk): what changed is in force, but would be lost at a restart. */
+  state: { path: string; error: string; since: number; count: number }[];
   /** Services: how many, how many serve their VIP, local containers whose namespace translates them. */
   services: ({ range: string } & ReturnType<ServiceEngine['summary']>) | null;
 }
@@ -91,6 +94,9 @@ export interface ReportSources {
   docker?: DockerWatcher | null;
   policy?: PolicyEngine | null;
   services?: ServiceEngine | null;
+  writes?: StateWrites;
+  /** weft rmpeer (router.ts removePeer). */
+  removePeer?: (who: string) => Promise<{ peer: PeerName; addresses: number; removed: string[] }>;
 }
 
 const FAILURE_SHOWN_MS = 5 * 60_000;
@@ -218,6 +224,7 @@ export function buildReport(s: ReportSources): Report {
     docker: s.docker ? { ...s.docker.status, pluginCalls: Object.fromEntries(s.docker.driver.calls) } : null,
     policy: s.policy ? s.policy.summary() : null,
     services: s.services ? { range: s.services.rangeText, ...s.services.summary() } : null,
+    state: s.writes?.problems() ?? [],
   };
 }
 
@@ -245,11 +252,19 @@ export function renderStatus(r: Report): string {
     ['Range', `${r.ipam.range}, default subnet ${r.ipam.defaultSubnet}`],
     ['DNS', r.dns.address ? `${r.dns.domain} on ${r.dns.address}, ${r.dns.entries.length} name(s), upstream ${r.dns.upstreams.join(' ') || 'none'}` : 'off'],
     ['Datapath', r.datapath ? `${datapathKind(r.datapath)}, ${r.datapath.sleeve.running ? 'sleeve (userspace UDP)' : `no sleeve (${r.datapath.sleeve.error})`}, mtu ${r.datapath.mtu}, ${r.datapath.localEndpoints.length} container(s) attached here${r.datapath.exposed.length ? `, host exposed as ${r.datapath.exposed.join(' ')}` : ''}${r.datapath.lastError ? `; last error: ${r.datapath.lastError}` : ''}` : 'none (control plane only)'],
-    ['Policy', r.policy ? `${r.policy.rules} rule(s), ${r.policy.limitedHere} container(s) here limited by them${r.policy.lastError ? `; last error: ${r.policy.lastError}` : ''} (weft status policy)` : 'off'],
+    ['Policy', policyLine(r.policy)],
     ['Services', r.services ? `${r.services.services} in ${r.services.range}${r.services.served < r.services.services ? ` (${r.services.services - r.services.served} waiting for a new VIP)` : ''}, translated in ${r.services.containersProgrammed} container(s) here${r.services.lastError ? `; last error: ${r.services.lastError}` : ''} (weft service list)` : 'off'],
     ['Docker', dockerLine(r.docker)],
+    ...r.state.map((p): [string, string] => ['State', `NOT SAVED since ${new Date(p.since).toISOString()} (${p.count} failed write(s)): ${p.path}: ${p.error}; the change is in force, but a restart would lose it`]),
   ];
   return lines.map(([k, v]) => `${k.padStart(16)}: ${v}`).join('\n') + '\n';
+}
+
+function policyLine(p: Report['policy']): string {
+  if (!p) return 'off';
+  const head = `${p.rules} rule(s), ${p.limitedHere} container(s) here limited by them`;
+  if (p.notEnforced.length > 0) return `${head}; NOT enforced: ${p.notEnforced.join('; ')} (weft status policy)`;
+  return `${head}${p.lastError ? `; last error: ${p.lastError}` : ''} (weft status policy)`;
 }
 
 function dockerLine(d: Report['docker']): string {

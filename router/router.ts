@@ -1,20 +1,23 @@
 // Wiring: everything the router runs, started and stopped in one place.
-import { mkdirSync, rmSync } from 'node:fs';
-import { join } from 'node:path';
+import { chmodSync, mkdirSync, rmSync } from 'node:fs';
+import { dirname, join } from 'node:path';
 import type http from 'node:http';
 import type { FastifyInstance } from 'fastify';
 import { buildRegistry, serveMetrics } from './metrics.js';
-import { buildApi } from './api.js';
-import { writeJsonAtomically } from './json-file.js';
+import { buildApi, type ApiListen } from './api.js';
+import { StateWrites, readCheckedList, stateFile, writeJsonAtomically } from './json-file.js';
+import { PeerKeys, pinnedKeyFromJson } from './mesh/peer-keys.js';
+import { passwordKey } from './mesh/protocol-crypto.js';
 import { loadIdentity, newUid } from './identity.js';
 import { ConnectionMaker } from './mesh/connection-maker.js';
 import { Mesh, defaultMeshTimings, type Logger } from './mesh/mesh.js';
 import { TcpTransport } from './mesh/tcp.js';
 import { splitHostPort, type RouterOptions } from './options.js';
 import { VERSION, buildReport, type Report } from './report.js';
-import { Allocator } from '../ipam/allocator.js';
+import { Allocator, IpamError } from '../ipam/allocator.js';
+import { isPeerName, type PeerName } from './mesh/peer-name.js';
 import { ipamConfig } from '../ipam/config.js';
-import { contains, parseCidr, parseIp } from '../ipam/addr.js';
+import { contains, parseCidr, parseIp, type Cidr } from '../ipam/addr.js';
 import { IpamStore } from '../ipam/store.js';
 import { containerLiveness } from '../ipam/liveness.js';
 import { Datapath } from '../datapath/datapath.js';
@@ -40,6 +43,42 @@ export function encryptionPolicy(hasPassword: boolean, trusted: string[]): (peer
       return true;
     }
   };
+}
+
+/**
+ * Who may ask weft's DNS server: loopback, the DNS address itself (the host asking it), the allocation
+ * range, and the addresses of this host's containers (a claim may be outside the range). Not the
+ * underlay: the server must not be an open resolver there.
+ */
+function dnsClients(range: Cidr, datapath: Datapath | null): (addr: number) => boolean {
+  const dnsIp = parseIp(DNS_BRIDGE_IP);
+  let local: Set<number> | null = null;
+  datapath?.endpoints.onChange(() => (local = null));
+  return (a) => {
+    if (a >>> 24 === 127 || a === dnsIp || contains(range, { start: a, prefix: 32 })) return true;
+    local ??= new Set((datapath?.endpoints.local ?? []).flatMap((e) => e.cidrs.map((c) => parseCidr(c, true).addr)));
+    return local.has(a);
+  };
+}
+
+/** --http-addr as where to listen: "unix:/PATH" or HOST:PORT. */
+export function apiListen(addr: string): ApiListen {
+  if (addr.startsWith('unix:')) {
+    const path = addr.slice('unix:'.length);
+    if (!path.startsWith('/')) throw new Error(`--http-addr ${addr}: a unix socket needs an absolute path (unix:/run/weft/api.sock)`);
+    return { unix: path };
+  }
+  return splitHostPort(addr);
+}
+
+/** The router's own ports (mesh, sleeve, VXLAN, API, metrics): the firewall keeps containers off them. */
+export function routerPorts(opts: RouterOptions): { tcp: number[]; udp: number[] } {
+  const tcp = [opts.port];
+  for (const addr of [opts.httpAddr, opts.metricsAddr]) {
+    const m = /:(\d+)$/.exec(addr);
+    if (m && !addr.startsWith('unix:')) tcp.push(Number(m[1]));
+  }
+  return { tcp, udp: [opts.port, opts.port + 1] };
 }
 
 /** What the CLI reads to find a running router: written when ready, removed at exit. */
@@ -76,15 +115,20 @@ export class Router {
     readonly docker: DockerWatcher | null,
     readonly policy: PolicyEngine,
     readonly services: ServiceEngine,
+    readonly writes: StateWrites,
+    readonly peerKeys: PeerKeys,
   ) {}
 
   static async start(opts: RouterOptions, log: Logger): Promise<Router> {
+    // scrypt runs on the thread pool while the rest starts.
+    const pwKey = opts.password === null ? Promise.resolve(null) : passwordKey(opts.password);
     mkdirSync(opts.dataDir, { recursive: true, mode: 0o700 });
     const id = loadIdentity(opts.dataDir, opts.name);
     const ipamConf = ipamConfig(opts);
     const serviceRange = parseServiceRange(opts.serviceRange);
     ServiceEngine.checkRanges(serviceRange, ipamConf.range);
     const ipamStore = new IpamStore(opts.dataDir, ipamConf.range, id.name);
+    const state = { dir: opts.dataDir, writes: new StateWrites(log) };
     const uid = newUid();
     const mesh = new Mesh({
       name: id.name,
@@ -98,15 +142,21 @@ export class Router {
       fullStateGossip: false,
       log,
     });
-    const transport = new TcpTransport(mesh, {
-      name: id.name,
-      nickname: opts.nickname,
-      uid,
-      port: opts.port,
-      privateKeyPem: id.privateKeyPem,
-      publicKey: id.publicKey,
-      password: opts.password,
-    });
+    const keysFile = stateFile(state, 'peer-keys.json');
+    const peerKeys = new PeerKeys(readCheckedList(keysFile.path, pinnedKeyFromJson), (all) => state.writes.write(keysFile.path, all));
+    const transport = new TcpTransport(
+      mesh,
+      {
+        name: id.name,
+        nickname: opts.nickname,
+        uid,
+        port: opts.port,
+        privateKeyPem: id.privateKeyPem,
+        publicKey: id.publicKey,
+        passwordKey: await pwKey,
+      },
+      peerKeys,
+    );
     const maker = new ConnectionMaker(mesh, (host, port, o) => transport.dial(host, port, o), {
       defaultPort: opts.port,
       discovery: opts.discovery,
@@ -119,7 +169,8 @@ export class Router {
     const datapath =
       withDatapath
         ? new Datapath(mesh, ipam, {
-            dataDir: opts.dataDir,
+            state,
+            routerPorts: routerPorts(opts),
             mtu: opts.mtu,
             vxlanPort: opts.port + 1,
             sleevePort: opts.port,
@@ -130,7 +181,7 @@ export class Router {
             ovs,
           })
         : null;
-    const names = new NameService(mesh, undefined, join(opts.dataDir, 'names.json'));
+    const names = new NameService(mesh, undefined, stateFile(state, 'names.json'));
     datapath?.onGone.push((container) => names.remove({ container }));
     const listen = opts.dns ? (opts.dnsListenAddress ?? (dnsOnBridge ? `${DNS_BRIDGE_IP}:53` : null)) : null;
     let dns: DnsServer | null = null;
@@ -144,6 +195,7 @@ export class Router {
         // Never forward to ourselves.
         upstreams: upstreamsFromResolvConf(opts.resolvConf, [host, DNS_BRIDGE_IP]),
         upstreamTimeoutMs: 2000,
+        clients: dnsClients(ipamConf.range, datapath),
       });
     }
     const docker =
@@ -154,6 +206,7 @@ export class Router {
             ipam,
             names,
             dataDir: opts.dataDir,
+            writes: state.writes,
             log,
             pluginSocket: opts.dockerPlugin || null,
             dns: dnsOnBridge ? { ip: DNS_BRIDGE_IP, domain: opts.dnsDomain } : undefined,
@@ -161,20 +214,33 @@ export class Router {
           })
         : null;
     // Before the datapath starts, so its first write of the firewall already enforces the rules.
-    const policy = new PolicyEngine(mesh, datapath, opts.dataDir);
-    const services = new ServiceEngine(mesh, datapath, serviceRange, opts.dataDir, opts.dnsDomain);
+    const policy = new PolicyEngine(mesh, datapath, state);
+    const services = new ServiceEngine(mesh, datapath, serviceRange, state, opts.dnsDomain);
     names.table.services = services;
-    const router = new Router(opts, mesh, transport, maker, ipam, ipamStore, datapath, names, dns, docker, policy, services);
+    const router = new Router(opts, mesh, transport, maker, ipam, ipamStore, datapath, names, dns, docker, policy, services, state.writes, peerKeys);
     try {
       await datapath?.start();
       policy.start(); // the datapath's first firewall write already carried the policy
       services.start();
       await dns?.start();
       await transport.listen(opts.host, opts.port);
-      const api = buildApi({ mesh, maker, ipam, datapath, names, dns, failures: transport.failures, hasPassword: opts.password !== null, discovery: opts.discovery, docker, policy, services });
-      const { host, port } = splitHostPort(opts.httpAddr);
-      await api.listen({ host, port });
+      const listen = apiListen(opts.httpAddr);
+      const api = buildApi({ mesh, maker, ipam, datapath, names, dns, failures: transport.failures, hasPassword: opts.password !== null, discovery: opts.discovery, docker, policy, services, writes: state.writes, removePeer: (who) => router.removePeer(who) }, listen);
       router.api = api;
+      if ('unix' in listen) {
+        // Root only: the socket file's mode is the API's only lock.
+        rmSync(listen.unix, { force: true });
+        mkdirSync(dirname(listen.unix), { recursive: true, mode: 0o700 });
+        const umask = process.umask(0o177);
+        try {
+          await api.listen({ path: listen.unix });
+        } finally {
+          process.umask(umask);
+        }
+        chmodSync(listen.unix, 0o600);
+      } else {
+        await api.listen({ host: listen.host, port: listen.port });
+      }
       if (opts.metricsAddr) {
         const m = /^(.*):(\d+)$/.exec(opts.metricsAddr);
         if (!m) throw new Error(`--metrics-addr must be HOST:PORT or :PORT, not "${opts.metricsAddr}"`);
@@ -191,8 +257,33 @@ export class Router {
     }
   }
 
+  /**
+   * A peer gone for good (weft rmpeer): its address ranges pass to this peer, and its endpoints, DNS
+   * names and service health records are replaced by empty ones everywhere at once (gossiped), so
+   * nothing of it lingers for the grace periods; its pinned key is forgotten. Refuses a reachable peer.
+   */
+  async removePeer(who: string): Promise<{ peer: PeerName; addresses: number; removed: string[] }> {
+    let peer: PeerName | undefined = isPeerName(who) ? who : undefined;
+    if (!peer) {
+      const named = this.ipam.peersNamed(who);
+      if (named.length > 1) throw new IpamError('invalid', `nickname "${who}" names several peers (${named.join(', ')}); use the peer name`);
+      peer = named[0];
+    }
+    if (!peer) throw new IpamError('not-found', `no peer "${who}" is known here (weft status ipam lists the peers that own addresses)`);
+    if (peer === this.mesh.name) throw new IpamError('refused', 'cannot rmpeer this peer itself (use weft reset to leave)');
+    if (this.mesh.routes.unicastAll.has(peer)) throw new IpamError('refused', `peer ${peer} is alive (reachable through the mesh); rmpeer is only for peers that are gone for good`);
+    const removed: string[] = [];
+    const addresses = this.ipam.owns(peer) ? (await this.ipam.rmpeer(peer)).addresses : 0;
+    if (this.datapath?.endpoints.evict(peer)) removed.push('endpoints');
+    if (this.names.evict(peer)) removed.push('DNS names');
+    if (this.services.health.evict(peer)) removed.push('service health');
+    if (this.peerKeys.forget(peer)) removed.push('pinned key');
+    if (addresses === 0 && removed.length === 0 && !this.mesh.topology.get(peer)) throw new IpamError('not-found', `peer ${peer} has nothing here to remove`);
+    return { peer, addresses, removed };
+  }
+
   report(): Report {
-    return buildReport({ mesh: this.mesh, maker: this.maker, ipam: this.ipam, datapath: this.datapath, names: this.names, dns: this.dns, failures: this.transport.failures, hasPassword: this.opts.password !== null, discovery: this.opts.discovery, docker: this.docker, policy: this.policy, services: this.services });
+    return buildReport({ mesh: this.mesh, maker: this.maker, ipam: this.ipam, datapath: this.datapath, names: this.names, dns: this.dns, failures: this.transport.failures, hasPassword: this.opts.password !== null, discovery: this.opts.discovery, docker: this.docker, policy: this.policy, services: this.services, writes: this.writes });
   }
 
   private writeInfo(): void {
@@ -222,6 +313,7 @@ export class Router {
       this.mesh.stop();
       this.transport.close();
       await this.api?.close();
+      if (this.opts.httpAddr.startsWith('unix:')) rmSync(this.opts.httpAddr.slice('unix:'.length), { force: true });
       this.metrics?.close();
       await this.ipamStore.close();
     })();

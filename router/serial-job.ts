@@ -6,8 +6,10 @@ export class SerialJob {
   private running: Promise<void> | null = null;
   private again = false;
   private stopped = false;
+  /** What the last pass threw, if it threw (a pass should report its own errors; this is the net below it). */
+  lastError: string | null = null;
 
-  /** `pass` must not throw: it reports its own errors. */
+  /** `pass` should not throw: it reports its own errors. */
   constructor(
     private readonly pass: () => Promise<void>,
     private readonly delayMs: number,
@@ -18,7 +20,7 @@ export class SerialJob {
     if (this.timer || this.stopped) return;
     this.timer = setTimeout(() => {
       this.timer = null;
-      void this.run();
+      this.run().catch((err: Error) => (this.lastError = err.message));
     }, this.delayMs);
     this.timer.unref();
   }

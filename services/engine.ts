@@ -6,7 +6,7 @@
 // (conntrack) so nothing keeps talking to a dead one. This host also probes its
 // own backends of services with a check, and announces those that fail.
 import { connect } from 'node:net';
-import { join } from 'node:path';
+import { stateFile, type StateDir } from '../router/json-file.js';
 import type { Datapath } from '../datapath/datapath.js';
 import { containerNamespace } from '../datapath/attach.js';
 import { ip, nft } from '../datapath/iproute.js';
@@ -49,6 +49,8 @@ export interface ServiceRequest {
 const PROBE_MS = 1000;
 const PROBE_TIMEOUT_MS = 800;
 const FALL = 2;
+/** How old the flow counts a scrape sees may be. */
+const FLOWS_MAX_AGE_MS = 15_000;
 
 export class ServiceEngine {
   readonly table: ServiceTable;
@@ -65,18 +67,20 @@ export class ServiceEngine {
   private probeTimer: NodeJS.Timeout | null = null;
   lastError: string | null = null;
   readonly stats = { rewrites: 0, flowsCut: 0, vipsRepicked: 0, probes: 0 };
+  private flowCount: { at: number; counts: Map<string, Map<string, number>> } | null = null;
+  private flowsReading: Promise<void> | null = null;
 
   constructor(
     private readonly mesh: Mesh,
     private readonly datapath: Datapath | null,
     readonly range: Cidr,
-    dataDir: string,
+    state: StateDir,
     /** The DNS domain ("weft.local."): NAME.DOMAIN answers with the VIP. */
     domain: string,
   ) {
     this.rangeText = formatCidr(range);
     this.zone = domain.replace(/\.$/, '');
-    this.table = new ServiceTable(mesh, join(dataDir, 'services.json'));
+    this.table = new ServiceTable(mesh, range, stateFile(state, 'services.json'));
     this.health = new HealthRecords(mesh);
     this.table.onChange(() => (this.resolved = null));
   }
@@ -113,7 +117,7 @@ export class ServiceEngine {
     this.mesh.on('topology', schedule);
     this.job.schedule();
     if (this.datapath) {
-      this.probeTimer = setInterval(() => void this.probe(), PROBE_MS);
+      this.probeTimer = setInterval(() => this.probe().catch((err: Error) => (this.lastError = `probing backends: ${err.message}`)), PROBE_MS);
       this.probeTimer.unref();
     }
   }
@@ -173,7 +177,7 @@ export class ServiceEngine {
       ...(req.check ? { check: req.check } : {}),
       created: Date.now(),
     };
-    const s = checkService(draft);
+    const s = checkService(draft, undefined, this.range);
     this.table.put(s.name, s);
     return s;
   }
@@ -293,7 +297,25 @@ export class ServiceEngine {
   // ---- flows, for status
 
   /** Flows of this host's clients per VIP and backend address. */
+  /**
+   * Tracked flows of this host's containers to each VIP, by backend: read from each container's
+   * conntrack table at most every FLOWS_MAX_AGE_MS, in the background; a scrape gets the last count
+   * (a busy scraper must not spawn a process per container per scrape).
+   */
   async flows(): Promise<Map<string, Map<string, number>>> {
+    if (!this.flowCount || Date.now() - this.flowCount.at > FLOWS_MAX_AGE_MS) {
+      this.flowsReading ??= this.countFlows()
+        .then((counts) => {
+          this.flowCount = { at: Date.now(), counts };
+        })
+        .catch(() => undefined)
+        .finally(() => (this.flowsReading = null));
+      if (!this.flowCount) await this.flowsReading; // the first scrape waits for a first count
+    }
+    return this.flowCount?.counts ?? new Map();
+  }
+
+  private async countFlows(): Promise<Map<string, Map<string, number>>> {
     const out = new Map<string, Map<string, number>>();
     const vips = new Set(this.table.values().map((s) => s.vip));
     for (const { netns } of this.programmed.values()) {

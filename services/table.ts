@@ -5,21 +5,24 @@
 import type { Mesh } from '../router/mesh/mesh.js';
 import { PeerRecords, type EntryCodec } from '../router/mesh/peer-records.js';
 import { RegisterTable, type RegisterCodec } from '../router/mesh/register-table.js';
+import type { Cidr } from '../ipam/addr.js';
+import type { Persist } from '../router/json-file.js';
 import { SERVICE_NAME, ServiceError, checkService, type Service } from './service.js';
 
 export const SERVICES_CHANNEL = 'services';
 export const HEALTH_CHANNEL = 'service-health';
 
-const serviceCodec: RegisterCodec<Service> = {
+/** Services from the wire and the data dir: their VIPs must be in this router's service range (the same on every peer). */
+const serviceCodec = (range: Cidr): RegisterCodec<Service> => ({
   what: 'service',
-  check: (value, id) => checkService(value, id),
+  check: (value, id) => checkService(value, id, range),
   fail: (message) => new ServiceError(message),
   maxEntries: 65_536,
-};
+});
 
 export class ServiceTable extends RegisterTable<Service> {
-  constructor(mesh: Mesh, persistPath?: string) {
-    super(mesh, SERVICES_CHANNEL, serviceCodec, persistPath);
+  constructor(mesh: Mesh, range: Cidr, persist?: Persist) {
+    super(mesh, SERVICES_CHANNEL, serviceCodec(range), persist);
   }
 }
 

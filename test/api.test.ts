@@ -46,10 +46,10 @@ describe('HTTP API', () => {
     expect(report.peers).toHaveLength(1);
   });
 
-  it('adds and forgets targets from JSON and from form fields', async () => {
+  it('adds and forgets targets from JSON bodies', async () => {
     let res = await fetch(`${base}/connect`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ peers: ['198.18.9.9'] }) });
     expect(res.status).toBe(200);
-    res = await fetch(`${base}/connect`, { method: 'POST', headers: { 'content-type': 'application/x-www-form-urlencoded' }, body: 'peer=198.18.9.10:7000&peer=198.18.9.11' });
+    res = await fetch(`${base}/connect`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ peers: ['198.18.9.10:7000', '198.18.9.11'] }) });
     expect(((await res.json()) as { targets: string[] }).targets.sort()).toEqual(['198.18.9.10:7000', `198.18.9.11:${port}`, `198.18.9.9:${port}`]);
     res = await fetch(`${base}/forget`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ peers: ['198.18.9.9'] }) });
     expect(((await res.json()) as { forgotten: string[] }).forgotten).toEqual([`198.18.9.9:${port}`]);

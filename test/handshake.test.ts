@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { silentLogger } from '../router/mesh/mesh.js';
-import { encodeHello, newEphemeralKey, HELLO_LENGTH } from '../router/mesh/protocol-crypto.js';
+import { encodeHello, newEphemeralKey, HELLO_LENGTH, PROTOCOL_MAX, PROTOCOL_MIN } from '../router/mesh/protocol-crypto.js';
 import { PENALTY_AFTER } from '../router/mesh/tcp.js';
 import { Router } from '../router/router.js';
 import { routerOptions } from './harness/router-options.js';
@@ -95,7 +95,7 @@ describe('mesh handshake over TCP', () => {
     // Not a weft peer at all.
     await send(Buffer.from('GET / HTTP/1.1\r\nHost: x\r\n\r\n'.padEnd(HELLO_LENGTH, ' ')));
     // A valid hello, then a frame header announcing 4 GiB.
-    const hello = encodeHello({ min: 1, max: 1, hasPassword: false, publicKey: newEphemeralKey().publicKey });
+    const hello = encodeHello({ min: PROTOCOL_MIN, max: PROTOCOL_MAX, hasPassword: false, publicKey: newEphemeralKey().publicKey });
     await send(Buffer.concat([hello, Buffer.from([0xff, 0xff, 0xff, 0xff])]));
     const reasons = report(a).connections.map((c) => c.info).join('\n');
     expect(reasons).toMatch(/not a weft peer/);

@@ -191,7 +191,7 @@ describeAsRoot('native addon', () => {
         expect(f[1]).toBe(KIND_FRAGMENT);
         expect(f.length).toBeLessThanOrEqual(300);
         expect(f.readUInt32BE(HEADER) >>> 31).toBe(1); // the fast path's ids, apart from JavaScript's
-        whole = r.add('p', f.readUInt32BE(HEADER), f.readUInt16BE(HEADER + 4), f.readUInt16BE(HEADER + 6), f.subarray(FRAGMENT_HEADER)) ?? whole;
+        whole = r.add(f.readUInt32BE(HEADER), f.readUInt16BE(HEADER + 4), f.readUInt16BE(HEADER + 6), f.subarray(FRAGMENT_HEADER)) ?? whole;
       }
       expect(whole).not.toBeNull();
       expect(decodeMessage(whole!).frames[0].length).toBe(10 + 14 + 20 + 8 + 1000);

@@ -63,6 +63,7 @@ describe('OpenFlow 1.3 codec', () => {
           remote: fc.array(fc.record({ id: fc.string(), mac, dst: ip }), { maxLength: 5 }),
           floods: fc.array(ip, { maxLength: 4 }),
           heartbeats: fc.array(fc.record({ peer: fc.string(), mac }), { maxLength: 3 }),
+          tunnelSources: fc.array(ip, { maxLength: 4 }),
         }),
         (inputs) => {
           const flows = desiredFlows(inputs);
@@ -73,6 +74,12 @@ describe('OpenFlow 1.3 codec', () => {
           }
           expect(flows.filter((f) => kindOf(f.cookie) === CookieKind.Remote)).toHaveLength(inputs.remote.length);
           expect(floodDestinations(flows).sort()).toEqual([...new Set(inputs.floods)].sort());
+          // VXLAN is admitted to delivery from the given sources only; nothing from the tunnel is delivered in table 0.
+          const admits = flows.filter((f) => kindOf(f.cookie) === CookieKind.Admit);
+          expect(admits.map((f) => f.match.find((m) => m.field === 'tun_src')!.value).sort()).toEqual([...new Set(inputs.tunnelSources)].sort());
+          for (const f of flows.filter((f) => f.tableId === 0 && f.match.some((m) => m.field === 'in_port' && m.value === '2'))) {
+            expect(f.actions.every((a) => a.type === 'goto_table')).toBe(true);
+          }
         },
       ),
       { numRuns: 200 },
@@ -135,7 +142,7 @@ describe('OpenFlow controller connection', () => {
     const conn = new OpenFlowConnection();
     await conn.connect(path);
     expect(conn.datapathId).toBe(0xabcn);
-    const [flow] = desiredFlows({ vni: 1, local: [], remote: [], floods: [], heartbeats: [] });
+    const [flow] = desiredFlows({ vni: 1, local: [], remote: [], floods: [], heartbeats: [], tunnelSources: [] });
     await expect(conn.apply([], [flow])).rejects.toThrow(/refused 1 flow change\(s\): bad match \(code 3\)/);
     expect(conn.closed).toBe(false);
     conn.close();

@@ -168,7 +168,12 @@ describe('the compiled model', () => {
       fc.property(membersArb, fc.array(ruleArb(CONTAINERS), { minLength: 1, maxLength: 6 }), (members, rules) => {
         const model = new PolicyModel(rules, members);
         const c = compilePolicy(model, members.filter((m) => m.peer === PEERS[0]));
-        const text = ruleset({ exposed: [], policy: c.hooks.length > 0 ? { lines: c.lines, hooks: c.hooks } : undefined });
+        const text = ruleset({
+          exposed: [],
+          policy: c.hooks.length > 0 ? { lines: c.lines, hooks: c.hooks } : undefined,
+          host: { dns: { ip: '169.254.83.83', port: 53 }, routerPorts: { tcp: [6783, 6784, 6782], udp: [6783, 6784] } },
+          underlay: { vxlanPort: 6784, sleevePort: 6783, vxlan: ['198.18.0.2'], sleeve: ['198.18.0.2', '198.18.0.3'] },
+        });
         // -c: check only; nothing is applied.
         execFileSync('nft', ['-c', '-f', '-'], { input: text.replace(/^table inet weft\ndelete table inet weft\n/, '') });
       }),

@@ -13,6 +13,7 @@ import type { Mesh } from '../router/mesh/mesh.js';
 import { parseCidr } from '../ipam/addr.js';
 import { ServiceEngine } from '../services/engine.js';
 import { compileServiceTable } from '../services/nft.js';
+import { StateWrites } from '../router/json-file.js';
 import { ServiceError, checkService, pickVip, resolveVips, type Service } from '../services/service.js';
 import { NameTable } from '../dns/table.js';
 import { eventually } from './harness/cluster.js';
@@ -33,7 +34,7 @@ function engine(nickname: string, range = '10.96.0.0/16'): { mesh: Mesh; service
   const dir = mkdtempSync(join(tmpdir(), 'weft-svc-'));
   meshes.push(mesh);
   dirs.push(dir);
-  const services = new ServiceEngine(mesh, null, parseCidr(range), dir, 'weft.local.');
+  const services = new ServiceEngine(mesh, null, parseCidr(range), { dir, writes: new StateWrites() }, 'weft.local.');
   services.start();
   engines.push(services);
   return { mesh, services };

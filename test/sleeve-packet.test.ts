@@ -2,18 +2,7 @@
 import { randomBytes } from 'node:crypto';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import {
-  FragmentAssembler,
-  KIND_FRAGMENT,
-  PacketOpener,
-  PacketSealer,
-  Reassembler,
-  ReplayWindow,
-  decodeMessage,
-  encodeMessage,
-  readHeader,
-  writeHeader,
-} from '../datapath/sleeve-packet.js';
+import { FragmentAssembler, FragmentIds, KIND_FRAGMENT, PacketOpener, PacketSealer, Reassembler, ReplayWindow, decodeMessage, encodeMessage, readHeader, writeHeader } from '../datapath/sleeve-packet.js';
 
 const src = Buffer.from('020000000001', 'hex');
 const dst = Buffer.from('020000000002', 'hex');
@@ -104,8 +93,7 @@ describe('sleeve packets', () => {
         const seq: [number, number][] = [];
         if (inOrderFirst) parts[1].forEach((_, i) => seq.push([1, i]));
         for (const p of picks) seq.push([p.msg, p.index % parts[p.msg].length]);
-        const r = new Reassembler(64, 60_000);
-        const a = new FragmentAssembler(r, 'peer');
+        const a = new FragmentAssembler();
         const plain = new Reassembler(64, 60_000);
         const got: string[] = [];
         const expected: string[] = [];
@@ -113,7 +101,7 @@ describe('sleeve packets', () => {
           const frag = Buffer.concat([Buffer.alloc(5, 0xee), parts[m][i], Buffer.alloc(3, 0xee)]);
           const out = a.add(100 + m, i, parts[m].length, frag, 5, frag.length - 3);
           if (out) got.push(out.toString('hex'));
-          const ref = plain.add('peer', 100 + m, i, parts[m].length, parts[m][i], 0);
+          const ref = plain.add(100 + m, i, parts[m].length, parts[m][i], 0);
           if (ref) expected.push(ref.toString('hex'));
         }
         expect(got.sort()).toEqual(expected.sort());
@@ -127,16 +115,56 @@ describe('sleeve packets', () => {
     const r = new Reassembler(4, 1000);
     const msg = randomBytes(5000);
     const parts = [0, 1, 2, 3].map((i) => msg.subarray(i * 1250, (i + 1) * 1250));
-    expect(r.add('a', 7, 3, 4, parts[3], 0)).toBeNull();
-    expect(r.add('a', 7, 1, 4, parts[1], 0)).toBeNull();
-    expect(r.add('a', 7, 1, 4, parts[1], 0)).toBeNull();
-    expect(r.add('a', 7, 0, 4, parts[0], 0)).toBeNull();
-    expect(r.add('a', 7, 2, 4, parts[2], 0)!.equals(msg)).toBe(true);
+    expect(r.add(7, 3, 4, parts[3], 0)).toBeNull();
+    expect(r.add(7, 1, 4, parts[1], 0)).toBeNull();
+    expect(r.add(7, 1, 4, parts[1], 0)).toBeNull();
+    expect(r.add(7, 0, 4, parts[0], 0)).toBeNull();
+    expect(r.add(7, 2, 4, parts[2], 0)!.equals(msg)).toBe(true);
     expect(r.size).toBe(0);
-    expect(() => r.add('a', 8, 4, 4, parts[0])).toThrow(/bad fragment/);
-    for (let id = 0; id < 10; id++) r.add('b', id, 0, 2, parts[0], 0);
+    expect(r.held).toBe(0);
+    expect(() => r.add(8, 4, 4, parts[0])).toThrow(/bad fragment/);
+    for (let id = 0; id < 10; id++) r.add(id, 0, 2, parts[0], 0);
     expect(r.size).toBeLessThanOrEqual(4);
     r.expire(5000);
     expect(r.size).toBe(0);
+    expect(r.held).toBe(0);
+  });
+
+  it('a hop cannot make the reassembler hold more than its byte caps, per message and in all', () => {
+    const r = new Reassembler(1000, 60_000, 200_000);
+    const big = Buffer.alloc(30_000);
+    // One message may not grow past the largest message, whatever its fragment count says.
+    r.add(1, 0, 1000, big, 0);
+    r.add(1, 1, 1000, big, 0);
+    expect(() => {
+      for (let i = 2; i < 10; i++) r.add(1, i, 1000, big, 0);
+    }).toThrow(/grows past/);
+    expect(r.has(1)).toBe(false);
+    // Many messages: the oldest go, the total stays under the cap.
+    for (let id = 10; id < 100; id++) r.add(id, 0, 5, big, 0);
+    expect(r.held).toBeLessThanOrEqual(200_000);
+    expect(r.size).toBeLessThanOrEqual(Math.floor(200_000 / big.length));
+    expect(r.dropped).toBeGreaterThan(80);
+  });
+
+  it('fragment ids are random, not a sequence', () => {
+    const ids = new FragmentIds();
+    const seen = Array.from({ length: 2000 }, () => ids.next());
+    expect(new Set(seen).size).toBeGreaterThan(1990);
+    for (const id of seen) expect(id >>> 31).toBe(0); // the addon's have the top bit set
+    const steps = new Set(seen.slice(1).map((v, i) => v - seen[i]));
+    expect(steps.size).toBeGreaterThan(1990);
+  });
+
+  it('a sealed fragment opens only with its own header: one moved to another message or place is refused', () => {
+    const key = randomBytes(32);
+    const sealer = new PacketSealer(key);
+    const opener = new PacketOpener(key);
+    const head = Buffer.from([0, 0, 0, 9, 0, 1, 0, 3]); // id 9, fragment 1 of 3
+    const sealed = sealer.seal(Buffer.from('part one'), head);
+    const moved = Buffer.from([0, 0, 0, 9, 0, 2, 0, 3]);
+    expect(new PacketOpener(key).open(sealed, moved)).toBeNull();
+    expect(opener.open(sealed, head)!.toString()).toBe('part one');
+    expect(opener.open(sealed, head)).toBeNull(); // a replay
   });
 });

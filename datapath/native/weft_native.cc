@@ -21,6 +21,7 @@
 #include <netinet/udp.h>
 #include <string>
 #include <sys/ioctl.h>
+#include <sys/random.h>
 #include <sys/socket.h>
 #include <unistd.h>
 #include <array>
@@ -340,7 +341,19 @@ class FastPath : public Napi::ObjectWrap<FastPath> {
   std::unordered_set<uint64_t> known;           // MACs the endpoint table knows
   uint8_t self[6] = {};
   uint64_t selfId = 0;
-  uint32_t fragmentId = 0;
+  // Fragment ids are random (a guessable id lets an on-path sender slip a fragment into a message),
+  // drawn from a pool refilled by getrandom().
+  uint32_t idPool[64] = {};
+  size_t idsLeft = 0;
+  uint32_t nextFragmentId() {
+    if (idsLeft == 0) {
+      // Up to 256 bytes never come back short once the pool is seeded; EINTR is retried.
+      while (getrandom(idPool, sizeof idPool, 0) != ssize_t(sizeof idPool)) {
+      }
+      idsLeft = 64;
+    }
+    return idPool[--idsLeft];
+  }
   uint64_t framesOut = 0, bytesOut = 0, framesIn = 0, bytesIn = 0, tapDropped = 0;
 
   static Napi::Function Init(Napi::Env env) {
@@ -721,7 +734,7 @@ class TapPort : public Port<TapPort> {
       uint32_t chunk = r.max - FRAGMENT_HEADER;
       uint32_t count = (message + chunk - 1) / chunk;
       uint32_t perSlot = std::min<uint32_t>(64, MAX_UDP_PAYLOAD / r.max);
-      uint32_t id = 0x80000000u | (fast->fragmentId++ & 0x7fffffffu);  // JavaScript's ids have the top bit clear
+      uint32_t id = 0x80000000u | (fast->nextFragmentId() & 0x7fffffffu);  // JavaScript's ids have the top bit clear
       for (uint32_t i = 0; i < count;) {
         uint8_t* s = outSlot();
         uint32_t o = 0;

@@ -5,6 +5,9 @@
 // are) and the VXLAN port (remote_ip=flow, key=flow). Each flow's cookie says
 // what it is for (kind in the top byte, a hash of the container or peer below),
 // so `ovs-ofctl dump-flows BRIDGE cookie=C/-1` shows one container's flows.
+// Table 0 takes VXLAN only from the underlay addresses of our peers (an admit
+// flow per peer; the rest of the tunnel is dropped) and sends it on to table 1,
+// where it is delivered; traffic from the bridge is handled in table 0.
 import { createHash } from 'node:crypto';
 import { normalizeValue, type FlowSpec } from './openflow.js';
 
@@ -23,7 +26,12 @@ export const CookieKind = {
   Flood: 0x04,
   /** A peer's VXLAN heartbeats: counted and dropped (datapath/health.ts). */
   Heartbeat: 0x05,
+  /** VXLAN from one peer's underlay address, admitted to table 1. */
+  Admit: 0x06,
 } as const;
+
+/** Where VXLAN from admitted peers is delivered. */
+export const TABLE_DELIVER = 1;
 
 export const KIND_MASK = 0xffn << 56n;
 
@@ -44,6 +52,8 @@ export interface FlowInputs {
   floods: string[];
   /** Peers whose heartbeats are counted: their bridge MAC. */
   heartbeats: { peer: string; mac: string }[];
+  /** Underlay addresses whose VXLAN is taken (connected, unencrypted peers; datapath/firewall.ts says who). */
+  tunnelSources: string[];
 }
 
 const mac = (m: string) => normalizeValue('eth_dst', m);
@@ -55,21 +65,25 @@ export function desiredFlows(x: FlowInputs): FlowSpec[] {
     { field: 'tunnel_id' as const, value: vni },
   ];
   const out: FlowSpec[] = [];
+  for (const src of [...new Set(x.tunnelSources)].sort()) {
+    out.push({ cookie: cookieFor(CookieKind.Admit, src), tableId: 0, priority: 500, match: [{ field: 'in_port', value: String(PORT_TUNNEL) }, { field: 'tun_src', value: src }], actions: [{ type: 'goto_table', table: TABLE_DELIVER }] });
+  }
+  out.push({ cookie: cookieFor(CookieKind.Base, 'tunnel from no peer'), tableId: 0, priority: 450, match: [{ field: 'in_port', value: String(PORT_TUNNEL) }], actions: [] });
   for (const h of x.heartbeats) {
     out.push({
       cookie: cookieFor(CookieKind.Heartbeat, h.peer),
-      tableId: 0,
+      tableId: TABLE_DELIVER,
       priority: 300,
       match: [...fromTunnel, { field: 'eth_src', value: mac(h.mac) }, { field: 'eth_type', value: normalizeValue('eth_type', '0x88b5') }],
       actions: [],
     });
   }
   for (const l of x.local) {
-    out.push({ cookie: cookieFor(CookieKind.Local, l.id), tableId: 0, priority: 200, match: [...fromTunnel, { field: 'eth_dst', value: mac(l.mac) }], actions: [{ type: 'output', port: PORT_BRIDGE }] });
+    out.push({ cookie: cookieFor(CookieKind.Local, l.id), tableId: TABLE_DELIVER, priority: 200, match: [...fromTunnel, { field: 'eth_dst', value: mac(l.mac) }], actions: [{ type: 'output', port: PORT_BRIDGE }] });
   }
   out.push({
     cookie: cookieFor(CookieKind.Base, 'broadcast'),
-    tableId: 0,
+    tableId: TABLE_DELIVER,
     priority: 100,
     match: [...fromTunnel, { field: 'eth_dst', value: '01:00:00:00:00:00', mask: '01:00:00:00:00:00' }],
     actions: [{ type: 'output', port: PORT_BRIDGE }],

@@ -33,6 +33,7 @@ const OFPG_ANY = 0xffffffff;
 const OFP_NO_BUFFER = 0xffffffff;
 const OFPTT_ALL = 0xff;
 const INSTRUCTION_APPLY_ACTIONS = 4;
+const INSTRUCTION_GOTO_TABLE = 1;
 const ACTION_OUTPUT = 0;
 const ACTION_SET_FIELD = 25;
 const MAX_LEN = 0xffff;
@@ -98,7 +99,8 @@ export interface MatchField {
   mask?: string;
 }
 
-export type Action = { type: 'output'; port: number } | { type: 'set_field'; field: FieldName; value: string };
+/** `goto_table` is an instruction of its own on the wire (after the APPLY_ACTIONS of the others): it comes last. */
+export type Action = { type: 'output'; port: number } | { type: 'set_field'; field: FieldName; value: string } | { type: 'goto_table'; table: number };
 
 export interface FlowSpec {
   cookie: bigint;
@@ -157,7 +159,7 @@ function encodeMatch(match: MatchField[]): Buffer {
   return Buffer.concat([h, fields, Buffer.alloc(pad8(4 + fields.length))]);
 }
 
-function encodeAction(a: Action): Buffer {
+function encodeAction(a: Exclude<Action, { type: 'goto_table' }>): Buffer {
   if (a.type === 'output') {
     const b = Buffer.alloc(16);
     b.writeUInt16BE(ACTION_OUTPUT, 0);
@@ -174,13 +176,26 @@ function encodeAction(a: Action): Buffer {
   return Buffer.concat([h, field, Buffer.alloc(len - 4 - field.length)]);
 }
 
-function encodeInstructions(actions: Action[]): Buffer {
-  if (actions.length === 0) return Buffer.alloc(0);
-  const body = Buffer.concat(actions.map(encodeAction));
-  const h = Buffer.alloc(8);
-  h.writeUInt16BE(INSTRUCTION_APPLY_ACTIONS, 0);
-  h.writeUInt16BE(8 + body.length, 2);
-  return Buffer.concat([h, body]);
+function encodeInstructions(all: Action[]): Buffer {
+  const actions = all.filter((a) => a.type !== 'goto_table');
+  const goto = all.filter((a) => a.type === 'goto_table');
+  if (goto.length > 1 || (goto.length === 1 && all[all.length - 1] !== goto[0])) throw new OpenFlowError('goto_table comes once, last');
+  const out: Buffer[] = [];
+  if (actions.length > 0) {
+    const body = Buffer.concat(actions.map((a) => encodeAction(a as Exclude<Action, { type: 'goto_table' }>)));
+    const h = Buffer.alloc(8);
+    h.writeUInt16BE(INSTRUCTION_APPLY_ACTIONS, 0);
+    h.writeUInt16BE(8 + body.length, 2);
+    out.push(h, body);
+  }
+  if (goto.length === 1) {
+    const g = Buffer.alloc(8);
+    g.writeUInt16BE(INSTRUCTION_GOTO_TABLE, 0);
+    g.writeUInt16BE(8, 2);
+    g[4] = goto[0].table;
+    out.push(g);
+  }
+  return Buffer.concat(out);
 }
 
 function header(type: number, xid: number, body: Buffer): Buffer {
@@ -352,8 +367,13 @@ function decodeInstructions(b: Buffer, at: number, end: number): Action[] {
     const type = b.readUInt16BE(p);
     const len = b.readUInt16BE(p + 2);
     need(len >= 8 && p + len <= end, 'instruction length is wrong');
-    need(type === INSTRUCTION_APPLY_ACTIONS, `instruction type ${type} is not one weft uses`);
-    out.push(...decodeActions(b, p + 8, p + len));
+    if (type === INSTRUCTION_GOTO_TABLE) {
+      need(len === 8, 'goto_table instruction length is wrong');
+      out.push({ type: 'goto_table', table: b[p + 4] });
+    } else {
+      need(type === INSTRUCTION_APPLY_ACTIONS, `instruction type ${type} is not one weft uses`);
+      out.push(...decodeActions(b, p + 8, p + len));
+    }
     p += len;
   }
   return out;
@@ -450,7 +470,7 @@ export function normalizeValue(field: FieldName, value: string): string {
 /** A flow as one line of text (ovs-ofctl's style), the identity used to compare flows. */
 export function flowText(f: Pick<FlowSpec, 'priority' | 'match' | 'actions'>): string {
   const match = f.match.map((m) => `${m.field}=${m.value}${m.mask ? `/${m.mask}` : ''}`).sort();
-  const actions = f.actions.map((a) => (a.type === 'output' ? `output:${a.port}` : `set_field:${a.value}->${a.field}`));
+  const actions = f.actions.map((a) => (a.type === 'output' ? `output:${a.port}` : a.type === 'goto_table' ? `goto_table:${a.table}` : `set_field:${a.value}->${a.field}`));
   return `priority=${[f.priority, ...match].join(',')} actions=${actions.length > 0 ? actions.join(',') : 'drop'}`;
 }
 

@@ -137,14 +137,14 @@ export class OvsSwitch {
    */
   async program(desired: FlowSpec[]): Promise<{ added: number; removed: number }> {
     const have = await this.flows();
-    const key = (f: FlowSpec) => `${f.cookie.toString(16)} ${flowText(f)}`;
+    const key = (f: FlowSpec) => `${f.cookie.toString(16)} table=${f.tableId} ${flowText(f)}`;
     const want = new Map(desired.map((f) => [key(f), f]));
     const haveKeys = new Set(have.map(key));
     const remove = have.filter((f) => !want.has(key(f)));
     const add = [...want].filter(([k]) => !haveKeys.has(k)).map(([, f]) => f);
     // A flow whose cookie changed but whose match did not is replaced by the add (same match and priority).
-    const added = new Set(add.map((f) => `${f.priority} ${flowText({ ...f, actions: [] })}`));
-    const removeStrict = remove.filter((f) => !added.has(`${f.priority} ${flowText({ ...f, actions: [] })}`));
+    const added = new Set(add.map((f) => `${f.tableId} ${flowText({ ...f, actions: [] })}`));
+    const removeStrict = remove.filter((f) => !added.has(`${f.tableId} ${flowText({ ...f, actions: [] })}`));
     await this.conn!.apply(removeStrict, add);
     this.stats.flowsAdded += add.length;
     this.stats.flowsRemoved += remove.length;

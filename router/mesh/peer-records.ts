@@ -27,6 +27,16 @@ export interface EntryCodec<T> {
 
 const MAX_ITEMS = 100_000;
 
+/**
+ * The highest version any gossiped record or register may carry (2^52). Versions grow by one per
+ * change, so no honest peer gets near it; a peer that sends one at the cap could never be superseded
+ * (and past 2^53 versions stop being distinct numbers), so such records are refused.
+ */
+export const MAX_VERSION = 2 ** 52;
+
+/** How long the version of a dropped record is remembered. */
+const DROPPED_MEMORY_MS = 10 * 60_000;
+
 /** >0 when a supersedes b (records of one peer). */
 export function comparePeerRecords<T>(codec: EntryCodec<T>, a: PeerRecord<T>, b: PeerRecord<T>): number {
   if (a.version !== b.version) return a.version - b.version;
@@ -72,6 +82,7 @@ export function decodePeerRecords<T>(codec: EntryCodec<T>, bytes: Uint8Array): P
     if (!isPeerName(peer) || !Number.isSafeInteger(version) || (version as number) < 0 || !Array.isArray(entries) || entries.length > MAX_ITEMS) {
       throw new Error('record is malformed');
     }
+    if ((version as number) > MAX_VERSION) throw new Error(`record version ${version as number} is above the cap of 2^52`);
     return { peer, version: version as number, entries: entries.map((e) => codec.fromWire(e)) };
   });
 }
@@ -82,6 +93,12 @@ export class PeerRecords<T> implements Gossiper {
   private version = 0;
   private readonly listeners: (() => void)[] = [];
   private readonly goneAt = new Map<PeerName, number>();
+  /**
+   * Records dropped for peers not in the topology, by the version dropped: the same record coming
+   * back from a neighbour that has not dropped it yet is not taken again (else two peers could pass
+   * a phantom's record back and forth for ever). Forgotten once the peer is in the topology.
+   */
+  private readonly dropped = new Map<PeerName, { version: number; at: number }>();
   private readonly timer: NodeJS.Timeout;
 
   constructor(
@@ -110,14 +127,20 @@ export class PeerRecords<T> implements Gossiper {
   private expire(): void {
     const now = Date.now();
     let changed = false;
+    // Records of peers that are not in the topology at all (gone before we met them, or never
+    // there: a peer may gossip records for names nobody has) start their grace period now.
+    for (const p of this.records.keys()) if (p !== this.mesh.name && !this.goneAt.has(p) && !this.mesh.topology.get(p)) this.goneAt.set(p, now);
     for (const [p, at] of this.goneAt) {
       if (this.mesh.topology.get(p)) {
         this.goneAt.delete(p); // it came back
       } else if (now - at >= this.graceMs) {
         this.goneAt.delete(p);
+        const r = this.records.get(p);
+        if (r) this.dropped.set(p, { version: r.version, at: now });
         changed = this.records.delete(p) || changed;
       }
     }
+    for (const [p, d] of this.dropped) if (this.mesh.topology.get(p) || now - d.at > DROPPED_MEMORY_MS) this.dropped.delete(p);
     if (changed) this.changed();
   }
 
@@ -127,6 +150,22 @@ export class PeerRecords<T> implements Gossiper {
 
   get local(): T[] {
     return this.records.get(this.mesh.name)!.entries;
+  }
+
+  /**
+   * A peer removed for good (weft rmpeer): its record is replaced at once, everywhere, by a newer
+   * empty one. Should the peer come back after all, it supersedes this as it supersedes any record
+   * of an earlier incarnation. Returns whether it had entries.
+   */
+  evict(peer: PeerName): boolean {
+    if (peer === this.mesh.name) return false;
+    const cur = this.records.get(peer);
+    if (!cur || cur.version >= MAX_VERSION) return false;
+    const rec = { peer, version: cur.version + 1, entries: [] };
+    this.records.set(peer, rec);
+    this.channel.gossipUpdate(new RecordsUpdate(this.codec, [rec]));
+    this.changed();
+    return cur.entries.length > 0;
   }
 
   /** Replaces this peer's entries and announces them. */
@@ -147,6 +186,8 @@ export class PeerRecords<T> implements Gossiper {
     const others: PeerRecord<T>[] = [];
     for (const r of decodePeerRecords(this.codec, update)) {
       if (r.peer !== this.mesh.name) {
+        const d = this.dropped.get(r.peer);
+        if (d && r.version <= d.version && !this.mesh.topology.get(r.peer)) continue;
         others.push(r);
       } else if (comparePeerRecords(this.codec, r, this.records.get(this.mesh.name)!) > 0) {
         // An earlier incarnation's record, newer than ours: supersede it. (Our own record echoed

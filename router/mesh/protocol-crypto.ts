@@ -2,15 +2,18 @@
 //
 // Each side sends a hello (magic, protocol version range, password flag, a
 // fresh X25519 public key). Both derive two direction keys with HKDF-SHA256
-// from the X25519 secret, salted with a hash of the password when there is
-// one, bound to both hellos. Every later frame is sealed with
-// ChaCha20-Poly1305 under a per-direction counter nonce, so a peer with
-// another password fails on the very first frame, and replays or reordering
-// fail authentication.
+// from the X25519 secret, salted with the password's key when there is one
+// (scrypt, computed once at start: a guess costs an attacker as much), bound to
+// both hellos. Every later frame is sealed with ChaCha20-Poly1305 under a
+// per-direction counter nonce, so a peer with another password fails on the
+// very first frame, and replays or reordering fail authentication. The dialer
+// proves the password first: the listener sends nothing derived from it
+// before it has opened the dialer's first frame, so a stranger who connects
+// learns nothing to test password guesses against offline.
 import {
+  scrypt,
   createCipheriv,
   createDecipheriv,
-  createHash,
   createPrivateKey,
   createPublicKey,
   diffieHellman,
@@ -21,8 +24,13 @@ import {
   type KeyObject,
 } from 'node:crypto';
 
-export const PROTOCOL_MIN = 1;
-export const PROTOCOL_MAX = 1;
+// 2: the password through scrypt, and the listener speaks only after the dialer proved it.
+export const PROTOCOL_MIN = 2;
+export const PROTOCOL_MAX = 2;
+/** Frames before both sides are authenticated are small (the features frame is ~250 bytes). */
+export const MAX_PREAUTH_FRAME = 4096;
+/** What a listener sends instead of its first sealed frame when the dialer's did not open (a wrong password). */
+export const AUTH_FAILED_MARKER = 0xfffffffe;
 const MAGIC = Buffer.from('weft');
 export const HELLO_LENGTH = MAGIC.length + 3 + 32;
 const TAG_LENGTH = 16;
@@ -85,6 +93,16 @@ export function checkPasswordFlags(ours: Hello, theirs: Hello): void {
   if (!ours.hasPassword && theirs.hasPassword) throw new Error('authentication failed: the remote requires a password and we have none');
 }
 
+/**
+ * The password's key (scrypt, N=2^15, r=8: 32 MiB and about 0.1-0.2 s here, once per start). The salt
+ * is fixed, as every peer of a mesh must derive the same key with nothing shared but the password.
+ */
+export function passwordKey(password: string): Promise<Buffer> {
+  return new Promise((resolve, reject) =>
+    scrypt(password, 'weft mesh password v2', 32, { N: 2 ** 15, r: 8, p: 1, maxmem: 64 * 1024 * 1024 }, (err, key) => (err ? reject(err) : resolve(key))),
+  );
+}
+
 export interface SessionKeys {
   send: Buffer;
   receive: Buffer;
@@ -96,15 +114,16 @@ export interface SessionKeys {
 export function deriveSessionKeys(
   privateKey: KeyObject,
   remotePublic: Buffer,
-  password: string | null,
+  /** passwordKey(password), or null without a password. */
+  passwordKey: Buffer | null,
   helloOutbound: Buffer,
   helloInbound: Buffer,
   outbound: boolean,
 ): SessionKeys {
   const remote = createPublicKey({ key: Buffer.concat([X25519_SPKI, remotePublic]), format: 'der', type: 'spki' });
   const shared = diffieHellman({ privateKey, publicKey: remote });
-  const salt = password === null ? Buffer.alloc(0) : createHash('sha256').update('weft password\0').update(password).digest();
-  const info = Buffer.concat([Buffer.from('weft mesh v1'), helloOutbound, helloInbound]);
+  const salt = passwordKey ?? Buffer.alloc(0);
+  const info = Buffer.concat([Buffer.from('weft mesh v2'), helloOutbound, helloInbound]);
   // HKDF's output is a stream: the first 64 bytes are the same whatever the length asked for.
   const okm = Buffer.from(hkdfSync('sha256', shared, salt, info, 128));
   const outToIn = okm.subarray(0, 32);
@@ -165,5 +184,5 @@ export function verifyTranscript(publicKey: Buffer, transcript: Buffer, signatur
 }
 
 export function transcript(helloOutbound: Buffer, helloInbound: Buffer, signerOutbound: boolean): Buffer {
-  return Buffer.concat([Buffer.from('weft auth v1'), helloOutbound, helloInbound, Buffer.from([signerOutbound ? 1 : 0])]);
+  return Buffer.concat([Buffer.from('weft auth v2'), helloOutbound, helloInbound, Buffer.from([signerOutbound ? 1 : 0])]);
 }

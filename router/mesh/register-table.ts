@@ -11,7 +11,8 @@ import type { Gossip, GossipData, Gossiper } from './gossip.js';
 import type { Mesh } from './mesh.js';
 import { pack, unpack } from './messages.js';
 import { isPeerName, type PeerName } from './peer-name.js';
-import { readJsonList, writeJsonAtomically } from '../json-file.js';
+import { readCheckedList, type Persist } from '../json-file.js';
+import { MAX_VERSION } from './peer-records.js';
 
 export interface Register<V> {
   id: string;
@@ -52,6 +53,12 @@ export function mergeRegisters<V>(into: Map<string, Register<V>>, incoming: Iter
   return changed;
 }
 
+function nextVersion<V>(cur: Register<V> | undefined, codec: RegisterCodec<V>): number {
+  const v = (cur?.version ?? 0) + 1;
+  if (v > MAX_VERSION) throw codec.fail(`${codec.what} ${cur!.id} cannot change any more (its version is at the cap)`);
+  return v;
+}
+
 function toWire<V>(e: Register<V>): unknown {
   return [e.id, e.version, e.origin, e.value];
 }
@@ -60,6 +67,8 @@ export function registerFromWire<V>(codec: RegisterCodec<V>, w: unknown): Regist
   if (!Array.isArray(w) || w.length !== 4) throw codec.fail(`${codec.what} is malformed`);
   const [id, version, origin, value] = w as unknown[];
   if (typeof id !== 'string' || id.length > 256 || typeof version !== 'number' || !Number.isSafeInteger(version) || version < 1) throw codec.fail(`${codec.what} is malformed`);
+  // A version at the cap could never be superseded: one bad entry would stop the channel converging.
+  if (version > MAX_VERSION) throw codec.fail(`${codec.what} version ${version} is above the cap of 2^52`);
   if (typeof origin !== 'string' || !isPeerName(origin)) throw codec.fail(`${codec.what} origin is malformed`);
   return { id, version, origin, value: value === null ? null : codec.check(value, id) };
 }
@@ -87,19 +96,11 @@ export class RegisterTable<V> implements Gossiper {
     protected readonly mesh: Mesh,
     channelName: string,
     private readonly codec: RegisterCodec<V>,
-    private readonly persistPath?: string,
+    private readonly persist?: Persist,
   ) {
-    if (persistPath) {
-      const saved: Register<V>[] = [];
-      for (const w of readJsonList<unknown>(persistPath)) {
-        try {
-          saved.push(registerFromWire(codec, w));
-        } catch {
-          // a damaged entry: the mesh has it anyway
-        }
-      }
-      mergeRegisters(this.entries, saved);
-    }
+    // A damaged file stops the router with the reason (StateFileError): read as empty, a
+    // restarted host would enforce nothing of what it had.
+    if (persist) mergeRegisters(this.entries, readCheckedList(persist.path, (w) => registerFromWire(codec, w)));
     this.channel = mesh.registerChannel(channelName, this);
   }
 
@@ -126,7 +127,7 @@ export class RegisterTable<V> implements Gossiper {
   /** Sets a register (a new version, from this peer). */
   put(id: string, value: V): Register<V> {
     const cur = this.entries.get(id);
-    const e: Register<V> = { id, version: (cur?.version ?? 0) + 1, origin: this.mesh.name, value: this.codec.check(value, id) };
+    const e: Register<V> = { id, version: nextVersion(cur, this.codec), origin: this.mesh.name, value: this.codec.check(value, id) };
     this.apply([e]);
     return e;
   }
@@ -135,7 +136,7 @@ export class RegisterTable<V> implements Gossiper {
   remove(id: string): boolean {
     const cur = this.entries.get(id);
     if (!cur || cur.value === null) return false;
-    this.apply([{ id, version: cur.version + 1, origin: this.mesh.name, value: null }]);
+    this.apply([{ id, version: nextVersion(cur, this.codec), origin: this.mesh.name, value: null }]);
     return true;
   }
 
@@ -148,7 +149,8 @@ export class RegisterTable<V> implements Gossiper {
 
   private changed(): void {
     this.digestCache = null;
-    if (this.persistPath) writeJsonAtomically(this.persistPath, [...this.entries.values()].map(toWire));
+    // A failed write (a full disk) is recorded and shown in status; the change is enforced all the same.
+    this.persist?.writes.write(this.persist.path, [...this.entries.values()].map(toWire));
     for (const fn of this.listeners) fn();
   }
 

@@ -1,14 +1,20 @@
 // Mesh connections over TCP: the listener, dialling, the handshake and sealed,
 // length-prefixed frames. Everything read from a socket is bounded and checked;
-// a bad peer gets its connection closed with a reason, never a crash.
+// a bad peer gets its connection closed with a reason, never a crash. Before a
+// connection is authenticated, what it may cost us is bounded per source
+// address (handshakes under way, and their rate), so one source cannot keep
+// others out, and its frames are a few KiB at most.
 import { randomBytes } from 'node:crypto';
 import net from 'node:net';
 import type { MeshLink, RemoteIdentity } from './link.js';
 import type { Mesh } from './mesh.js';
+import type { PeerKeys } from './peer-keys.js';
 import { encodeMessage, pack, Tag, unpack } from './messages.js';
 import { isPeerName, type PeerName } from './peer-name.js';
 import {
+  AUTH_FAILED_MARKER,
   HELLO_LENGTH,
+  MAX_PREAUTH_FRAME,
   Opener,
   PROTOCOL_MAX,
   PROTOCOL_MIN,
@@ -37,7 +43,8 @@ export interface LocalIdentity {
   port: number;
   privateKeyPem: string;
   publicKey: Buffer;
-  password: string | null;
+  /** The password's key (protocol-crypto passwordKey), or null without a password. */
+  passwordKey: Buffer | null;
 }
 
 export interface HandshakeFailure {
@@ -45,6 +52,66 @@ export interface HandshakeFailure {
   outbound: boolean;
   reason: string;
   at: number;
+}
+
+/** A connection refused once both sides were authenticated: its link was closed with the reason (not destroyed). */
+class RefusedAfterAuth extends Error {
+  constructor(reason: string) {
+    super(`refused: ${reason}`);
+  }
+}
+
+/** The listener could not open our first frame: it has another password. */
+class AuthRefused extends Error {
+  constructor() {
+    super('authentication failed: the remote uses a different password');
+  }
+}
+
+/**
+ * Work before authentication, per source address: each source may start SOURCE_BURST handshakes at
+ * once and one more per SOURCE_REFILL_MS after that, with at most SOURCE_IN_FLIGHT under way; all
+ * sources together at most TOTAL_IN_FLIGHT. A source over its limits is closed at once, costing no
+ * key exchange; the others are not affected.
+ */
+const SOURCE_BURST = 20;
+const SOURCE_REFILL_MS = 50;
+const SOURCE_IN_FLIGHT = 8;
+const TOTAL_IN_FLIGHT = 256;
+const MAX_SOURCES = 4096;
+
+export class SourceLimits {
+  private readonly buckets = new Map<string, { tokens: number; at: number }>();
+  private readonly inFlight = new Map<string, number>();
+  private total = 0;
+
+  /** Takes a handshake slot for `host`; false when it is over its limits (or all are taken). */
+  take(host: string, now = Date.now()): boolean {
+    if (this.total >= TOTAL_IN_FLIGHT || (this.inFlight.get(host) ?? 0) >= SOURCE_IN_FLIGHT) return false;
+    const b = this.buckets.get(host) ?? { tokens: SOURCE_BURST, at: now };
+    b.tokens = Math.min(SOURCE_BURST, b.tokens + Math.floor((now - b.at) / SOURCE_REFILL_MS));
+    b.at = b.tokens === SOURCE_BURST ? now : b.at + Math.floor((now - b.at) / SOURCE_REFILL_MS) * SOURCE_REFILL_MS;
+    if (b.tokens <= 0) return false;
+    b.tokens--;
+    this.buckets.delete(host); // re-insert: the map's order is then oldest first
+    this.buckets.set(host, b);
+    if (this.buckets.size > MAX_SOURCES) this.buckets.delete(this.buckets.keys().next().value!);
+    this.inFlight.set(host, (this.inFlight.get(host) ?? 0) + 1);
+    this.total++;
+    return true;
+  }
+
+  /** Gives back a slot taken for `host` (the handshake ended, either way). */
+  done(host: string): void {
+    const n = (this.inFlight.get(host) ?? 0) - 1;
+    if (n > 0) this.inFlight.set(host, n);
+    else this.inFlight.delete(host);
+    this.total = Math.max(0, this.total - 1);
+  }
+
+  get underWay(): number {
+    return this.total;
+  }
 }
 
 /** Reads a TCP stream first as fixed-size chunks (the hello), then as length-prefixed frames. */
@@ -81,12 +148,13 @@ class StreamReader {
     return out;
   }
 
-  /** The next frame if complete; throws on a frame over the size limit. */
-  takeFrame(): Buffer | null {
+  /** The next frame if complete; throws on a frame over the size limit (and on the listener's refusal marker). */
+  takeFrame(max = MAX_FRAME): Buffer | null {
     if (this.length < 4) return null;
     const head = this.chunks[0].length >= 4 ? this.chunks[0] : Buffer.concat(this.chunks);
     const len = head.readUInt32BE(0);
-    if (len > MAX_FRAME) throw new Error(`frame of ${len} bytes exceeds the limit of ${MAX_FRAME}`);
+    if (len === AUTH_FAILED_MARKER) throw new AuthRefused();
+    if (len > max) throw new Error(`frame of ${len} bytes exceeds the limit of ${max}`);
     if (this.length < 4 + len) return null;
     return this.take(4 + len)!.subarray(4);
   }
@@ -100,9 +168,9 @@ class StreamReader {
     }
   }
 
-  async readFrame(): Promise<Buffer> {
+  async readFrame(max = MAX_FRAME): Promise<Buffer> {
     for (;;) {
-      const f = this.takeFrame();
+      const f = this.takeFrame(max);
       if (f) return f;
       if (this.ended) throw this.ended;
       await new Promise<void>((r) => (this.waiter = r));
@@ -223,11 +291,12 @@ export const PENALTY_AFTER = 5;
 
 export class TcpTransport {
   private server: net.Server | null = null;
-  private tokens = 20;
-  private refill: NodeJS.Timeout | null = null;
+  private readonly limits = new SourceLimits();
   private readonly sockets = new Set<net.Socket>();
   /** Recent inbound handshake failures, for status. */
   readonly failures: HandshakeFailure[] = [];
+  /** Connections closed at once because their source had too many handshakes under way or too fast. */
+  readonly stats = { overLimit: 0 };
   /**
    * Sources whose handshakes keep failing (a wrong password, garbage, a scanner): after
    * PENALTY_AFTER failures in a row, new connections from that address get a refusal instead of a
@@ -238,14 +307,13 @@ export class TcpTransport {
   constructor(
     private readonly mesh: Mesh,
     private readonly local: LocalIdentity,
+    /** Each peer name's key, pinned at first sight. */
+    private readonly keys: PeerKeys,
   ) {}
 
   async listen(host: string, port: number): Promise<void> {
     const server = net.createServer((socket) => this.accept(socket));
     this.server = server;
-    // Accepts are rate-limited (a bucket of 20, one token per 50 ms), as Weave does.
-    this.refill = setInterval(() => (this.tokens = Math.min(20, this.tokens + 1)), 50);
-    this.refill.unref();
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
       server.listen({ host, port }, () => {
@@ -257,11 +325,6 @@ export class TcpTransport {
   }
 
   private accept(socket: net.Socket): void {
-    if (this.tokens <= 0) {
-      socket.destroy();
-      return;
-    }
-    this.tokens--;
     const addr = addrOf(socket);
     const host = socket.remoteAddress ?? '?';
     const p = this.penalties.get(host);
@@ -271,9 +334,18 @@ export class TcpTransport {
       socket.end(encodeRefusal((p.until - Date.now()) / 1000));
       return;
     }
+    if (!this.limits.take(host)) {
+      this.stats.overLimit++;
+      socket.destroy();
+      return;
+    }
     this.handshake(socket, false, { direct: false }).then(
-      () => this.penalties.delete(host),
+      () => {
+        this.limits.done(host);
+        this.penalties.delete(host);
+      },
       (err: Error) => {
+        this.limits.done(host);
         // Losing a duplicate-connection tie-break is routine, not a failure to show.
         if (err.message.includes('duplicate connection')) return;
         this.recordFailure(addr, false, err.message);
@@ -330,7 +402,7 @@ export class TcpTransport {
     const addr = addrOf(socket);
     try {
       const eph = newEphemeralKey();
-      const ours = { min: PROTOCOL_MIN, max: PROTOCOL_MAX, hasPassword: this.local.password !== null, publicKey: eph.publicKey };
+      const ours = { min: PROTOCOL_MIN, max: PROTOCOL_MAX, hasPassword: this.local.passwordKey !== null, publicKey: eph.publicKey };
       const ourHello = encodeHello(ours);
       socket.write(ourHello);
       const theirHello = await reader.read(HELLO_LENGTH);
@@ -342,32 +414,42 @@ export class TcpTransport {
       checkPasswordFlags(ours, theirs);
       const helloOut = outbound ? ourHello : theirHello;
       const helloIn = outbound ? theirHello : ourHello;
-      const keys = deriveSessionKeys(eph.privateKey, theirs.publicKey, this.local.password, helloOut, helloIn, outbound);
+      const keys = deriveSessionKeys(eph.privateKey, theirs.publicKey, this.local.passwordKey, helloOut, helloIn, outbound);
       const sealer = new Sealer(keys.send);
       const opener = new Opener(keys.receive);
 
       const connId = randomBytes(8);
-      const features = pack({
-        name: this.local.name,
-        nickname: this.local.nickname,
-        uid: this.local.uid,
-        connId,
-        port: this.local.port,
-        key: this.local.publicKey,
-        sig: signTranscript(this.local.privateKeyPem, transcript(helloOut, helloIn, outbound)),
-      });
-      const sealed = sealer.seal(features);
-      const head = Buffer.alloc(4);
-      head.writeUInt32BE(sealed.length);
-      socket.write(Buffer.concat([head, sealed]));
-
-      const frame = await reader.readFrame();
+      const sendFeatures = () => {
+        const sealed = sealer.seal(
+          pack({
+            name: this.local.name,
+            nickname: this.local.nickname,
+            uid: this.local.uid,
+            connId,
+            port: this.local.port,
+            key: this.local.publicKey,
+            sig: signTranscript(this.local.privateKeyPem, transcript(helloOut, helloIn, outbound)),
+          }),
+        );
+        const head = Buffer.alloc(4);
+        head.writeUInt32BE(sealed.length);
+        socket.write(Buffer.concat([head, sealed]));
+      };
+      // The dialer proves the password first; the listener says nothing derived from it until then.
+      if (outbound) sendFeatures();
+      const frame = await reader.readFrame(MAX_PREAUTH_FRAME);
       let plain: Buffer;
       try {
         plain = opener.open(frame);
       } catch {
+        if (!outbound) {
+          // Plain words, nothing derived from the password: tells an honest peer why.
+          const marker = Buffer.alloc(4);
+          marker.writeUInt32BE(AUTH_FAILED_MARKER);
+          socket.write(marker);
+        }
         throw new Error(
-          this.local.password !== null
+          this.local.passwordKey !== null
             ? 'authentication failed: the remote uses a different password'
             : 'authentication failed: the first frame did not decrypt',
         );
@@ -376,6 +458,7 @@ export class TcpTransport {
       if (!verifyTranscript(f.key, transcript(helloOut, helloIn, !outbound), f.sig)) {
         throw new Error('authentication failed: the remote could not prove it holds its key');
       }
+      if (!outbound) sendFeatures();
       if (opts.expect && f.name !== opts.expect) {
         throw new Error(`found peer ${f.name}(${f.nickname}) where ${opts.expect} was expected`);
       }
@@ -397,18 +480,23 @@ export class TcpTransport {
         outbound && opts.direct,
         keys.sleeve,
       );
+      // Both sides are authenticated: a refusal now can say why, sealed.
+      const pinned = this.keys.check(f.name, f.key);
+      if (pinned) {
+        link.close(pinned); // the Close goes out sealed before the socket ends
+        throw new RefusedAfterAuth(pinned);
+      }
       const res = this.mesh.addConnection(link);
       if (!res.ok) throw new Error(`connection refused: ${res.reason}`);
       link.start();
     } catch (err) {
       clearTimeout(timer);
-      socket.destroy();
+      if (!(err instanceof RefusedAfterAuth)) socket.destroy();
       throw err;
     }
   }
 
   close(): void {
-    if (this.refill) clearInterval(this.refill);
     this.server?.close();
     for (const s of this.sockets) s.destroy();
   }

@@ -1,0 +1,142 @@
+// Every container port on the bridge is bound to its container's MAC and
+// addresses, so no container speaks as another: a frame with another source
+// MAC, an IPv4 packet with another source address, an ARP message with another
+// sender, and anything that is neither IPv4 nor ARP (IPv6, VLAN tags ...) is
+// dropped where it enters the bridge. Security groups match addresses, so they
+// hold only because of this. It is a table of the bridge family, `bridge weft`,
+// stateless (no conntrack): a map from port name to that port's chain; a port
+// of weft's whose binding is not written yet drops everything, so a container
+// is bound before its first frame. The datapath's other ports (VXLAN, sleeve,
+// OVS) carry frames from peers and are not bound here.
+import { nft } from './iproute.js';
+
+export const GUARD_TABLE = 'weft';
+/** Host ends of container veths (datapath/attach.ts hostIfName): what the catch-all drop matches. */
+export const CONTAINER_PORT_PREFIX = 'vw';
+
+export interface PortBinding {
+  /** The host end of the container's veth, a port of the bridge. */
+  port: string;
+  mac: string;
+  /** IPv4 addresses the container may send from. */
+  addrs: string[];
+}
+
+const chainOf = (port: string) => `p_${port}`;
+
+function portRules(b: PortBinding): string[] {
+  const addrs = [...new Set(b.addrs)].sort();
+  const any = addrs.length > 0 ? `{ ${addrs.join(', ')} }` : null;
+  return [
+    `ether saddr != ${b.mac} counter drop comment "spoofed source MAC"`,
+    `ether type arp arp saddr ether != ${b.mac} counter drop comment "spoofed ARP sender MAC"`,
+    any ? `ether type arp arp saddr ip != ${any} counter drop comment "spoofed ARP sender address"` : `ether type arp counter drop comment "no address to speak ARP for"`,
+    any ? `ether type ip ip saddr != ${any} counter drop comment "spoofed IPv4 source"` : `ether type ip counter drop comment "no IPv4 address"`,
+    `ether type { ip, arp } accept`,
+    `counter drop comment "neither IPv4 nor ARP (IPv6 and VLAN tags included)"`,
+  ];
+}
+
+/** The whole table, written at start and whenever it was changed underneath. */
+export function guardRuleset(bindings: PortBinding[]): string {
+  const sorted = [...bindings].sort((a, b) => (a.port < b.port ? -1 : 1));
+  const elements = sorted.map((b) => `"${b.port}" : jump ${chainOf(b.port)}`);
+  return [
+    `table bridge ${GUARD_TABLE}`,
+    `delete table bridge ${GUARD_TABLE}`,
+    `table bridge ${GUARD_TABLE} {`,
+    `  map ports {`,
+    `    type ifname : verdict;`,
+    ...(elements.length > 0 ? [`    elements = { ${elements.join(', ')} }`] : []),
+    `  }`,
+    ...sorted.flatMap((b) => [`  chain ${chainOf(b.port)} {`, ...portRules(b).map((r) => `    ${r}`), `  }`]),
+    `  chain prerouting {`,
+    `    type filter hook prerouting priority filter; policy accept;`,
+    `    iifname vmap @ports`,
+    `    iifname "${CONTAINER_PORT_PREFIX}*" counter drop comment "container port not bound yet"`,
+    `  }`,
+    `}`,
+    '',
+  ].join('\n');
+}
+
+/** One transaction that adds or rewrites `bind` and removes `unbind` (ports that are in the table now). */
+export function guardUpdates(bind: PortBinding[], unbind: string[]): string {
+  const t = `bridge ${GUARD_TABLE}`;
+  const out: string[] = [];
+  for (const port of unbind) out.push(`delete element ${t} ports { "${port}" }`, `delete chain ${t} ${chainOf(port)}`);
+  for (const b of bind) {
+    const chain = chainOf(b.port);
+    out.push(`add chain ${t} ${chain}`, `flush chain ${t} ${chain}`, ...portRules(b).map((r) => `add rule ${t} ${chain} ${r}`), `add element ${t} ports { "${b.port}" : jump ${chain} }`);
+  }
+  return out.length > 0 ? out.join('\n') + '\n' : '';
+}
+
+const keyOf = (b: PortBinding) => `${b.mac} ${[...new Set(b.addrs)].sort().join(',')}`;
+
+/** Keeps the table equal to the bindings it is given, by small updates; rewrites it whole when the kernel's differs. */
+export class PortGuard {
+  /** What the kernel has, as far as we know: port -> binding key. null: unknown (write whole). */
+  private written: Map<string, string> | null = null;
+  lastError: string | null = null;
+  readonly stats = { updates: 0, rewrites: 0 };
+
+  constructor(private readonly run: (input: string) => Promise<unknown> = (input) => nft(['-f', '-'], input)) {}
+
+  /** Brings the table to exactly `bindings`. Throws when nftables refuses (the reason says why). */
+  async sync(bindings: PortBinding[]): Promise<void> {
+    const want = new Map(bindings.map((b) => [b.port, b]));
+    try {
+      if (this.written) {
+        const unbind = [...this.written.keys()].filter((p) => !want.has(p));
+        const bind = bindings.filter((b) => this.written!.get(b.port) !== keyOf(b));
+        const text = guardUpdates(bind, unbind);
+        if (!text) return;
+        try {
+          await this.run(text);
+          for (const p of unbind) this.written.delete(p);
+          for (const b of bind) this.written.set(b.port, keyOf(b));
+          this.stats.updates++;
+          this.lastError = null;
+          return;
+        } catch {
+          // the kernel's table is not what we thought: write it whole below
+        }
+      }
+      await this.run(guardRuleset(bindings));
+      this.written = new Map(bindings.map((b) => [b.port, keyOf(b)]));
+      this.stats.rewrites++;
+      this.lastError = null;
+    } catch (err) {
+      this.written = null;
+      this.lastError = `binding container ports to their addresses failed: ${(err as Error).message}`;
+      throw new Error(this.lastError);
+    }
+  }
+
+  /** Adds (or rewrites) one port's binding now: before the port joins the bridge. */
+  async bind(b: PortBinding): Promise<void> {
+    if (this.written?.get(b.port) === keyOf(b)) return;
+    const text = guardUpdates([b], []);
+    try {
+      if (!this.written) throw new Error('table not written yet');
+      await this.run(text);
+      this.written.set(b.port, keyOf(b));
+    } catch {
+      // No table yet (or not the one we thought): the next sync writes it whole; until then this port
+      // stays unbound, which drops its frames, so attach reports the failure.
+      this.written = null;
+      throw new Error(`cannot bind port ${b.port} to ${b.mac} ${b.addrs.join(' ')}: the bridge guard table is not in place (${this.lastError ?? 'not written yet'})`);
+    }
+  }
+
+  /** Forgets what it wrote (the next sync writes the table whole). */
+  invalidate(): void {
+    this.written = null;
+  }
+
+  /** Removes the table (weft reset). */
+  static async remove(): Promise<void> {
+    await nft(['delete', 'table', 'bridge', GUARD_TABLE]).catch(() => undefined);
+  }
+}

@@ -1,0 +1,60 @@
+// Validators for what weft reads from outside (the wire, Docker, CNI, the API):
+// each returns the value in its one canonical form or throws saying what is
+// wrong, so that two spellings of the same thing never become two entries, and
+// a value that passed here is safe to put into a command line or a ruleset.
+import { formatIp, parseCidr, parseIp } from '../ipam/addr.js';
+
+export class InvalidValue extends Error {}
+
+/** A unicast or multicast Ethernet address, as lower-case "aa:bb:cc:dd:ee:ff". */
+export function canonicalMac(text: unknown, what = 'MAC address'): string {
+  if (typeof text !== 'string' || !/^[0-9A-Fa-f]{2}([:-][0-9A-Fa-f]{2}){5}$/.test(text)) throw new InvalidValue(`${what} "${String(text).slice(0, 40)}" is not six hex pairs (aa:bb:cc:dd:ee:ff)`);
+  const mac = text.toLowerCase().replaceAll('-', ':');
+  if (mac === '00:00:00:00:00:00' || mac === 'ff:ff:ff:ff:ff:ff') throw new InvalidValue(`${what} ${mac} is not a station's address`);
+  return mac;
+}
+
+/** An IPv4 address in dotted decimal without leading zeros. */
+export function canonicalIpv4(text: unknown, what = 'address'): string {
+  if (typeof text !== 'string' || text.length > 15) throw new InvalidValue(`${what} "${String(text).slice(0, 40)}" is not an IPv4 address`);
+  try {
+    return formatIp(parseIp(text));
+  } catch (err) {
+    throw new InvalidValue(`${what}: ${(err as Error).message}`);
+  }
+}
+
+/** "a.b.c.d/n" in canonical form; with `allowHost`, the address keeps its host bits (an interface address). */
+export function canonicalCidr(text: unknown, allowHost: boolean, what = 'CIDR'): string {
+  if (typeof text !== 'string' || text.length > 18) throw new InvalidValue(`${what} "${String(text).slice(0, 40)}" is not a.b.c.d/n`);
+  try {
+    const c = parseCidr(text, allowHost);
+    return `${formatIp(allowHost ? c.addr : c.start)}/${c.prefix}`;
+  } catch (err) {
+    throw new InvalidValue(`${what}: ${(err as Error).message}`);
+  }
+}
+
+const LABEL = /^[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?$/;
+
+/**
+ * A DNS name, lower case, fully qualified (with the final dot). Labels of letters, digits, "_" and
+ * "-" (not at either end), 1-63 each; 253 characters at most; no empty label, so nothing starts with
+ * a dot or has two in a row.
+ */
+export function canonicalDnsName(text: unknown, what = 'name'): string {
+  if (typeof text !== 'string') throw new InvalidValue(`${what} is not a string`);
+  const n = text.trim().toLowerCase();
+  const bare = n.endsWith('.') ? n.slice(0, -1) : n;
+  if (bare.length === 0 || bare.length > 253) throw new InvalidValue(`${what} "${text.slice(0, 80)}" must have 1 to 253 characters`);
+  for (const label of bare.split('.')) {
+    if (!LABEL.test(label)) throw new InvalidValue(`${what} "${text.slice(0, 80)}" is not a DNS name (labels of 1-63 letters, digits, _ or -, not starting or ending with -, separated by single dots)`);
+  }
+  return `${bare}.`;
+}
+
+/** A network interface name (IFNAMSIZ: 15 characters), safe on a command line. */
+export function checkIfName(text: unknown, what = 'interface name'): string {
+  if (typeof text !== 'string' || !/^[A-Za-z0-9_][A-Za-z0-9_.-]{0,14}$/.test(text)) throw new InvalidValue(`${what} "${String(text).slice(0, 40)}" is not an interface name (1-15 letters, digits, _ . -)`);
+  return text;
+}
