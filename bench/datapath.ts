@@ -7,9 +7,11 @@
 //   way on the same hosts, bridges and underlay (the fair anchor for a controller), on a fresh pair of
 //   hosts each running Open vSwitch.
 // One TCP flow with iperf3, ping RTT (median of 200), and for weft the routers' CPU seconds per GB
-// carried. Prints c/b, d/b, e/b, c/a, f/NORMAL and f/b.
+// carried. Prints c/b, d/b, e/b, c/a, f/NORMAL and f/b. The kernel rows (b) and (c) are measured in
+// --rounds rounds whose order alternates (the machine drifts; one round is noise): each round's c/b,
+// then their median and spread.
 //
-//   apt-get install -y iperf3 iputils-ping openvswitch-switch ethtool && npm run build && node dist/bench/datapath.js [--seconds 5] [--only ovs|sleeve]
+//   apt-get install -y iperf3 iputils-ping openvswitch-switch ethtool && npm run build && node dist/bench/datapath.js [--seconds 5] [--rounds 6] [--only ovs|sleeve|kernel]
 import type { Report } from '../router/report.js';
 import { Cluster, eventually, type Host } from '../test/harness/cluster.js';
 import { must, run } from '../test/harness/exec.js';
@@ -17,8 +19,15 @@ import { cpuSeconds, iperf, rtt } from './measure.js';
 import { numberArg, stringArg } from './args.js';
 
 const seconds = numberArg('seconds', 5);
-/** `--only ovs` / `--only sleeve`: the kernel anchor (a, b, c) and the OVS rows (f) or the sleeve rows (d, e) only. */
+/** `--only ovs` / `--only sleeve` / `--only kernel`: the kernel rows (a, b, c) and the OVS rows (f), the sleeve rows (d, e), or nothing more. */
 const only = stringArg('only', '');
+/** Rounds of (b, c), in alternating order. */
+const rounds = numberArg('rounds', 6);
+
+const median = (xs: number[]) => {
+  const s = [...xs].sort((p, q) => p - q);
+  return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
+};
 
 /**
  * A hand-made container for the anchors: a namespace on host `h`'s Linux bridge `br` by a veth, with
@@ -149,15 +158,35 @@ async function main(): Promise<void> {
     console.log(`datapath: one TCP flow (iperf3, ${seconds} s) and ping RTT (median of 200), two namespace hosts, overlay MTU ${mtu}`);
     const rows: [string, number, number][] = [];
     rows.push(['(a) veth underlay', (await iperf(b.ns, a.ns, b.ip, seconds)).gbit, await rtt(a.ns, b.ip)]);
-    rows.push(['(b) kernel VXLAN + bridge by hand', (await iperf(r2, r1, rip, seconds)).gbit, await rtt(r1, rip)]);
-    const fastdp = await iperf(w2, w1, ip2, seconds);
-    rows.push(['(c) weft fastdp', fastdp.gbit, await rtt(w1, ip2)]);
-    const fastdpTcpRtt = fastdp.tcpRtt;
-    for (const [label, gbit, us] of rows) console.log(`${label.padEnd(36)} ${gbit.toFixed(2).padStart(6)} Gbit/s   RTT ${us.toFixed(0).padStart(4)} us`);
+    const bs: number[] = [];
+    const cs: number[] = [];
+    const tcpRtts: number[] = [];
+    for (let round = 0; round < rounds; round++) {
+      const measureB = async () => bs.push((await iperf(r2, r1, rip, seconds)).gbit);
+      const measureC = async () => {
+        const f = await iperf(w2, w1, ip2, seconds);
+        cs.push(f.gbit);
+        tcpRtts.push(f.tcpRtt);
+      };
+      if (round % 2 === 0) {
+        await measureB();
+        await measureC();
+      } else {
+        await measureC();
+        await measureB();
+      }
+      console.log(`round ${round + 1}: b ${bs[round].toFixed(2)}, c ${cs[round].toFixed(2)} Gbit/s, c/b ${(cs[round] / bs[round]).toFixed(3)}`);
+    }
+    rows.push(['(b) kernel VXLAN + bridge by hand', median(bs), await rtt(r1, rip)]);
+    rows.push(['(c) weft fastdp', median(cs), await rtt(w1, ip2)]);
+    for (const [label, gbit, us] of rows) console.log(`${label.padEnd(36)} ${gbit.toFixed(2).padStart(6)} Gbit/s   RTT ${us.toFixed(0).padStart(4)} us${label.startsWith('(a)') ? '' : ` (median of ${rounds} rounds)`}`);
     const [ua, ub, uc] = rows;
-    console.log(`(c) TCP RTT under load: ${fastdpTcpRtt.toFixed(0)} us`);
-    console.log(`ratios: throughput c/b ${(uc[1] / ub[1]).toFixed(3)}, c/a ${(uc[1] / ua[1]).toFixed(3)}; RTT c/b ${(uc[2] / ub[2]).toFixed(3)}, c/a ${(uc[2] / ua[2]).toFixed(3)}`);
+    const ratios = cs.map((c, i) => c / bs[i]);
+    console.log(`(c) TCP RTT under load: ${median(tcpRtts).toFixed(0)} us`);
+    console.log(`fastdp c/b over ${rounds} rounds: median ${median(ratios).toFixed(3)}, spread ${Math.min(...ratios).toFixed(3)}-${Math.max(...ratios).toFixed(3)}`);
+    console.log(`ratios: throughput c/b ${median(ratios).toFixed(3)}, c/a ${(uc[1] / ua[1]).toFixed(3)}; RTT c/b ${(uc[2] / ub[2]).toFixed(3)}, c/a ${(uc[2] / ua[2]).toFixed(3)}`);
     await cluster.cleanup();
+    if (only === 'kernel') return;
     if (only === 'ovs') {
       await printOvs(ub[1], ub[2]);
       return;

@@ -137,7 +137,7 @@ withRouterLocation(program.command('prime').description('start the IPAM ring now
 );
 
 withRouterLocation(
-  program.command('rmpeer').description('take over the address ranges of peers that are gone for good').argument('<peers...>', 'peer names or nicknames'),
+  program.command('rmpeer').description('remove peers that are gone for good: take over their address ranges, and drop their names, endpoints and pinned keys everywhere at once').argument('<peers...>', 'peer names or nicknames'),
 ).action(async (peers: string[], _o, cmd: Command) => {
   for (const p of peers) process.stdout.write((await request(target(cmd), 'DELETE', `/peer/${encodeURIComponent(p)}`)).body);
 });

@@ -128,8 +128,13 @@ export async function applyFirewall(s: FirewallState): Promise<void> {
 export async function firewallIntact(s: FirewallState, guard: string): Promise<boolean> {
   let have: string;
   try {
-    // Both tables in one process; -t: without set and map elements (thousands, with security groups).
-    have = await nft(['-t', '-f', '-'], `list table inet ${TABLE}\nlist table bridge ${GUARD_TABLE}\n`);
+    // Both tables in one process (nft -f cannot list); -t: without set and map elements (thousands,
+    // with security groups).
+    const all = await nft(['-t', 'list', 'ruleset']);
+    const inet = tableText(all, 'inet', TABLE);
+    const bridge = tableText(all, 'bridge', GUARD_TABLE);
+    if (inet === null || bridge === null) return false;
+    have = inet + bridge;
   } catch {
     return false;
   }
@@ -139,6 +144,14 @@ export async function firewallIntact(s: FirewallState, guard: string): Promise<b
   if (rules !== want) return false;
   // A FORWARD chain that appeared later (Docker started after weft) needs our accept rule too.
   return !(await forwardAcceptMissing());
+}
+
+/** One table's text out of a `nft list ruleset` listing (null when it is not there). */
+export function tableText(listing: string, family: string, name: string): string | null {
+  const start = listing.indexOf(`table ${family} ${name} {\n`);
+  if (start < 0) return null;
+  const end = listing.indexOf('\n}', start);
+  return end < 0 ? null : listing.slice(start, end + 2);
 }
 
 /**

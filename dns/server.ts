@@ -152,7 +152,7 @@ export class DnsServer {
         if (!this.allowed(addr)) continue;
         const from = port.fromPort(i);
         this.answerUdp(port.received(i), (reply, later) => {
-          if (reply.length > port.slotSize) return;
+          if (reply.length > port.slotSize || this.batched !== port) return;
           port.queue(reply, addr, from);
           if (later) port.flush(); // answers of this batch go in one sendmmsg, below
         });
@@ -168,7 +168,9 @@ export class DnsServer {
     this.udp = udp;
     udp.on('message', (msg, rinfo) => {
       if (rinfo.family !== 'IPv4' || !this.allowed(parseIp(rinfo.address))) return;
-      this.answerUdp(msg, (reply) => udp.send(reply, rinfo.port, rinfo.address));
+      this.answerUdp(msg, (reply) => {
+        if (this.udp === udp) udp.send(reply, rinfo.port, rinfo.address); // not after close(): an answer may come later
+      });
     });
     udp.on('error', () => undefined);
     await new Promise<void>((resolve, reject) => {
@@ -479,6 +481,7 @@ export class DnsServer {
     this.upstreamSocket?.close();
     this.udp?.close();
     this.batched?.close();
+    this.udp = this.batched = this.upstreamSocket = null;
     this.tcp?.close();
   }
 }

@@ -1,4 +1,8 @@
-import { mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync, statSync } from 'node:fs';
+import http from 'node:http';
+import { callRouter } from '../cli/http.js';
+import { run } from './harness/exec.js';
+import { WEFT_CLI } from './harness/cluster.js';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -58,6 +62,33 @@ describe('HTTP API', () => {
     expect(await (await fetch(`${base}/status/targets`)).text()).toBe(`198.18.9.12:${port}\n`);
   });
 
+  it('a web page cannot use it: form and text/plain posts, a foreign Origin, a foreign Host (DNS rebinding) and cross-site fetches are refused and change nothing', async () => {
+    const rules = async () => ((await (await fetch(`${base}/policy`)).json()) as { rules: unknown[] }).rules.length;
+    const before = await rules();
+    const json = { 'content-type': 'application/json' };
+    const body = JSON.stringify({ to: 'db', from: 'any' });
+    const tries: [string, RequestInit, number][] = [
+      ['a form post, as a page sends cross-site without asking', { method: 'POST', headers: { 'content-type': 'application/x-www-form-urlencoded' }, body: 'to=db&from=any' }, 415],
+      ['a text/plain post', { method: 'POST', headers: { 'content-type': 'text/plain' }, body }, 415],
+      ['a foreign Origin', { method: 'POST', headers: { ...json, origin: 'http://evil.example' }, body }, 403],
+      ['a cross-site fetch', { method: 'POST', headers: { ...json, 'sec-fetch-site': 'cross-site' }, body }, 403],
+    ];
+    for (const [what, init, status] of tries) {
+      const res = await fetch(`${base}/policy`, init);
+      expect(res.status, what).toBe(status);
+    }
+    // A page on a rebound name reaches 127.0.0.1 with its own name as Host: refused, for reading too.
+    for (const path of ['/report', '/policy']) {
+      const res = await rawGet(port + 1, path, 'rebind.evil.example:' + (port + 1));
+      expect(res.status).toBe(403);
+      expect(res.body).not.toContain('"peers"');
+    }
+    expect(await rules()).toBe(before);
+    // The API's own names are fine, and its own Origin (the topology page) too.
+    expect((await rawGet(port + 1, '/status', `localhost:${port + 1}`)).status).toBe(200);
+    expect((await fetch(`${base}/status`, { headers: { origin: base } })).status).toBe(200);
+  });
+
   it('answers bad requests with 4xx and a message, changing nothing', async () => {
     const before = await (await fetch(`${base}/status/targets`)).text();
     let res = await fetch(`${base}/connect`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ peers: ['198.18.9.13', 'not an address'] }) });
@@ -109,6 +140,39 @@ describe('HTTP API', () => {
   });
 });
 
+/** A GET with a Host header of our choosing (fetch does not let a caller set Host). */
+function rawGet(port: number, path: string, host: string): Promise<{ status: number; body: string }> {
+  return new Promise((resolve, reject) => {
+    const req = http.request({ host: '127.0.0.1', port, path, headers: { host } }, (res) => {
+      let body = '';
+      res.on('data', (d: Buffer) => (body += d.toString()));
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));
+    });
+    req.on('error', reject);
+    req.end();
+  });
+}
+
+describe('the API on a unix socket', () => {
+  it('--http-addr unix:PATH: a socket only root may use, no TCP port; the CLI talks through it', async () => {
+    const dataDir = mkdtempSync(join(tmpdir(), 'weft-api-'));
+    const socket = join(dataDir, 'api.sock');
+    const port = 40000 + Math.floor(Math.random() * 10000);
+    const router = await Router.start(routerOptions({ dataDir, port, nickname: 'sock', httpAddr: `unix:${socket}` }), silentLogger);
+    try {
+      expect(statSync(socket).mode & 0o777).toBe(0o600);
+      expect((await callRouter(`unix:${socket}`, 'GET', '/status', undefined, 5000)).text).toMatch(/Name: .*\(sock\)/);
+      await expect(fetch(`http://127.0.0.1:${port + 1}/status`)).rejects.toThrow();
+      const cli = await runCli(['status'], { WEFT_HTTP_ADDR: `unix:${socket}` });
+      expect(cli.stdout).toMatch(/Name: .*\(sock\)/);
+    } finally {
+      await router.stop();
+      rmSync(dataDir, { recursive: true, force: true });
+    }
+    expect(existsSync(socket)).toBe(false);
+  });
+});
+
 describe('router start', () => {
   it('refuses a service range that overlaps the allocation range, saying so', async () => {
     const dataDir = mkdtempSync(join(tmpdir(), 'weft-api-'));
@@ -120,3 +184,7 @@ describe('router start', () => {
     }
   });
 });
+
+function runCli(args: string[], env: NodeJS.ProcessEnv) {
+  return run(process.execPath, [WEFT_CLI, ...args], { env: { ...process.env, ...env } });
+}

@@ -84,6 +84,48 @@ describeAsRoot('DNS across namespace hosts', () => {
   }, 90_000);
 });
 
+describeAsRoot('DNS and a peer removed for good', () => {
+  it('weft rmpeer of a killed host: its names stop resolving everywhere within a second, its endpoints go too', async () => {
+    cluster = await Cluster.create(3, { routerArgs: ['--heartbeat-interval', '500ms', '--gossip-interval', '1s', '--ipalloc-init', 'consensus=3'] });
+    const [a, b, c] = await cluster.launchAll();
+    const gone = (await c.report<Report>()).name;
+    const c3 = await cluster.container('db');
+    expect((await c.weft(['attach', '-h', 'db.weft.local', `netns:${c3}`])).code).toBe(0);
+    for (const h of [a, b]) await eventually(`db known on ${h.nickname}`, async () => (await h.weft(['dns-lookup', 'db.weft.local'])).stdout.trim() !== '');
+    await c.kill();
+    for (const h of [a, b]) await eventually(`${h.nickname} to see host3 gone`, async () => !(await h.report<Report>()).peers.some((p) => p.name === gone), 20_000, 200);
+    // Still answered: the grace period keeps names of a router that may only be restarting.
+    expect((await a.weft(['dns-lookup', 'db.weft.local'])).stdout.trim()).not.toBe('');
+    const r = await a.weft(['rmpeer', 'host3']);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout).toMatch(/addresses taken over from .*; removed its endpoints, DNS names/);
+    const removedAt = Date.now();
+    for (const h of [a, b]) await eventually(`db gone on ${h.nickname}`, async () => (await h.weft(['dns-lookup', 'db.weft.local'])).stdout.trim() === '', 5000, 50);
+    expect(Date.now() - removedAt).toBeLessThan(1000 + 2 * 400); // a second, and the CLI's own start-up for each look
+    expect((await b.report<Report>()).datapath!.endpoints.some((e) => e.peer === gone)).toBe(false);
+  });
+
+  it('the DNS server answers containers and loopback, not a machine on the underlay (no open resolver)', async () => {
+    cluster = await Cluster.create(1, { routerArgs: ['--ipalloc-init', 'consensus=1'] });
+    const [a] = cluster.hosts;
+    await a.launch();
+    const c1 = await cluster.container('c1');
+    expect((await a.weft(['attach', '-h', 'c1.weft.local', `netns:${c1}`])).code).toBe(0);
+    const stranger = await cluster.stranger(1);
+    await run('ip', ['-n', stranger.ns, 'route', 'add', '169.254.83.83/32', 'via', a.ip]);
+    const ask = (ns: string) =>
+      run('ip', ['netns', 'exec', ns, process.execPath, '-e', `
+        const p = require('dns-packet'); const s = require('node:dgram').createSocket('udp4');
+        s.on('message', (m) => { console.log(p.decode(m).answers.map((x) => x.data).join(' ') || 'empty'); process.exit(0); });
+        s.send(p.encode({ type: 'query', id: 7, flags: p.RECURSION_DESIRED, questions: [{ type: 'A', name: 'c1.weft.local' }] }), 53, '169.254.83.83');
+        setTimeout(() => { console.log('no answer'); process.exit(0); }, 2000);`], { timeoutMs: 10_000 });
+    expect((await ask(c1)).stdout.trim()).toMatch(/^10\./);
+    expect((await ask(a.ns)).stdout.trim()).toMatch(/^10\./);
+    expect((await ask(stranger.ns)).stdout.trim()).toBe('no answer');
+    expect((await a.report<{ dns: { stats: { refusedClients: number } } }>()).dns.stats.refusedClients).toBeGreaterThan(0);
+  });
+});
+
 describeAsRoot('DNS upstream', () => {
   it('forwards other names to the upstream from resolv.conf (another namespace), SERVFAIL when it is down', async () => {
     cluster = await Cluster.create(2, { routerArgs: ['--ipalloc-init', 'consensus=1'] });

@@ -5,6 +5,7 @@ import fc from 'fast-check';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { DnsServer } from '../dns/server.js';
 import { NameTable, compareRecords, type NameRecord } from '../dns/table.js';
+import { eventually, sleep } from './harness/cluster.js';
 
 const A = '02:00:00:00:00:0a';
 const B = '02:00:00:00:00:0b';
@@ -190,5 +191,90 @@ for (const batched of [true, false]) describe(`DNS server on sockets (${batched 
       s.on('error', reject);
     });
     expect(decode(reply).answers[0].data).toBe('10.40.0.1');
+  });
+});
+
+describe('the DNS forwarder under attack', () => {
+  /** An upstream that records what it is asked, from where, and answers only when told to. */
+  async function quietUpstream(): Promise<{ sock: dgram.Socket; asked: { id: number; port: number; name: string }[]; port: number }> {
+    const sock = dgram.createSocket('udp4');
+    const asked: { id: number; port: number; name: string }[] = [];
+    sock.on('message', (m, r) => {
+      const q = dnsPacket.decode(m);
+      asked.push({ id: q.id!, port: r.port, name: q.questions![0].name });
+    });
+    await new Promise<void>((r) => sock.bind(0, '127.0.0.1', () => r()));
+    return { sock, asked, port: sock.address().port };
+  }
+  const ask = (port: number, name: string, id: number) =>
+    new Promise<Buffer | null>((resolve) => {
+      const c = dgram.createSocket('udp4');
+      const q = query(name);
+      q.writeUInt16BE(id, 0);
+      const t = setTimeout(() => (c.close(), resolve(null)), 3000);
+      c.on('message', (m) => (clearTimeout(t), c.close(), resolve(m)));
+      c.send(q, port, '127.0.0.1');
+    });
+
+  it('one upstream socket with ids of its own; a reply counts only from the server asked, with its id and question', async () => {
+    const up = await quietUpstream();
+    const port = 30000 + Math.floor(Math.random() * 20000);
+    const server = new DnsServer(table(), { host: '127.0.0.1', port, domain: 'weft.local', ttl: 1, upstreams: [`127.0.0.1:${up.port}`], upstreamTimeoutMs: 2000, batchedUdp: false });
+    await server.start();
+    const forger = dgram.createSocket('udp4');
+    try {
+      const answers = Promise.all([ask(port, 'a.example.org', 1), ask(port, 'b.example.org', 1), ask(port, 'c.example.org', 2)]);
+      await eventually('the upstream asked thrice', async () => up.asked.length === 3, 2000, 20);
+      // Ids are the forwarder's own (two clients used id 1), from one socket.
+      expect(new Set(up.asked.map((a) => a.id)).size).toBe(3);
+      expect(new Set(up.asked.map((a) => a.port)).size).toBe(1);
+      const a = up.asked.find((x) => x.name === 'a.example.org')!;
+      const answer = (name: string, id: number, data: string) => dnsPacket.encode({ type: 'response', id, questions: [{ type: 'A', name }], answers: [{ type: 'A', name, data }] });
+      // Forged: from another socket (another port), and from the right one with another question.
+      forger.send(answer('a.example.org', a.id, '6.6.6.6'), a.port, '127.0.0.1');
+      up.sock.send(answer('z.example.org', a.id, '6.6.6.7'), a.port, '127.0.0.1');
+      await sleep(200);
+      for (const x of up.asked) up.sock.send(answer(x.name, x.id, '198.18.9.1'), x.port, '127.0.0.1');
+      const got = await answers;
+      for (const [i, id] of [1, 1, 2].entries()) {
+        expect(got[i]).not.toBeNull();
+        const d = decode(got[i]!) as unknown as { id: number; answers: { data: string }[] };
+        expect(d.id).toBe(id); // the client's own id back
+        expect(d.answers[0].data).toBe('198.18.9.1');
+      }
+      expect(server.stats.strayReplies).toBe(2);
+    } finally {
+      forger.close();
+      server.close();
+      up.sock.close();
+    }
+  });
+
+  it('queries in flight are capped: past the cap a client gets SERVFAIL at once; clients not allowed get nothing', async () => {
+    const up = await quietUpstream(); // never answers
+    const port = 30000 + Math.floor(Math.random() * 20000);
+    const server = new DnsServer(table(), { host: '127.0.0.1', port, domain: 'weft.local', ttl: 1, upstreams: [`127.0.0.1:${up.port}`], upstreamTimeoutMs: 5000, batchedUdp: false, maxInFlight: 5 });
+    await server.start();
+    try {
+      const t0 = Date.now();
+      const got = await Promise.all(Array.from({ length: 12 }, (_, i) => ask(port, `n${i}.example.org`, i)));
+      // 7 answered at once with SERVFAIL; the 5 in flight wait (and time out here).
+      const servfail = got.filter((m) => m && (decode(m) as unknown as { rcode: string }).rcode === 'SERVFAIL');
+      expect(servfail.length).toBe(7);
+      expect(Date.now() - t0).toBeLessThan(4000);
+      expect(up.asked.length).toBe(5);
+      expect(server.stats.overloaded).toBe(7);
+    } finally {
+      server.close();
+      up.sock.close();
+    }
+    const closed = new DnsServer(table(), { host: '127.0.0.1', port: port + 1, domain: 'weft.local', ttl: 1, upstreams: [], upstreamTimeoutMs: 500, batchedUdp: false, clients: () => false });
+    await closed.start();
+    try {
+      expect(await ask(port + 1, 'db.weft.local', 3)).toBeNull();
+      expect(closed.stats.refusedClients).toBe(1);
+    } finally {
+      closed.close();
+    }
   });
 });

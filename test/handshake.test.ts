@@ -4,11 +4,13 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { silentLogger } from '../router/mesh/mesh.js';
-import { encodeHello, newEphemeralKey, HELLO_LENGTH, PROTOCOL_MAX, PROTOCOL_MIN } from '../router/mesh/protocol-crypto.js';
+import { AUTH_FAILED_MARKER, encodeHello, newEphemeralKey, HELLO_LENGTH, PROTOCOL_MAX, PROTOCOL_MIN } from '../router/mesh/protocol-crypto.js';
+import { randomPeerName, type PeerName } from '../router/mesh/peer-name.js';
+import { randomBytes } from 'node:crypto';
 import { PENALTY_AFTER } from '../router/mesh/tcp.js';
 import { Router } from '../router/router.js';
 import { routerOptions } from './harness/router-options.js';
-import { eventually } from './harness/cluster.js';
+import { eventually, sleep } from './harness/cluster.js';
 
 let routers: Router[] = [];
 let dirs: string[] = [];
@@ -20,12 +22,12 @@ afterEach(async () => {
 });
 
 let nextPort = 20000 + Math.floor(Math.random() * 20000);
-async function start(nickname: string, password: string | null, peers: string[] = []): Promise<Router> {
+async function start(nickname: string, password: string | null, peers: string[] = [], name?: PeerName): Promise<Router> {
   const dataDir = mkdtempSync(join(tmpdir(), 'weft-hs-'));
   dirs.push(dataDir);
   const port = nextPort;
   nextPort += 2;
-  const r = await Router.start(routerOptions({ dataDir, port, nickname, password, peers }), silentLogger);
+  const r = await Router.start(routerOptions({ dataDir, port, nickname, password, peers, ...(name ? { name } : {}) }), silentLogger);
   routers.push(r);
   return r;
 }
@@ -119,5 +121,77 @@ describe('mesh handshake over TCP', () => {
     expect(b2.mesh.name).toBe(name);
     expect(b2.mesh.config.uid).not.toBe(uid);
     await eventually('b2 connected as the same peer', async () => a.mesh.connections.get(name)?.link.remote.uid === b2.mesh.config.uid);
+  });
+});
+
+describe('mesh admission against strangers and impostors', () => {
+  it('a stranger without the password gets a hello and, for a frame that does not open, a refusal marker: nothing sealed to test guesses against', async () => {
+    const a = await start('a', 'the real password');
+    const probe = (sendFrame: boolean) =>
+      new Promise<Buffer>((resolve) => {
+        const got: Buffer[] = [];
+        const s = net.connect({ host: '127.0.0.1', port: a.opts.port }, () => {
+          s.write(encodeHello({ min: PROTOCOL_MIN, max: PROTOCOL_MAX, hasPassword: true, publicKey: newEphemeralKey().publicKey }));
+          if (sendFrame) {
+            const frame = randomBytes(200); // what a guessed password would seal: it does not open
+            const head = Buffer.alloc(4);
+            head.writeUInt32BE(frame.length);
+            s.write(Buffer.concat([head, frame]));
+          }
+        });
+        s.on('data', (d) => got.push(d));
+        s.on('close', () => resolve(Buffer.concat(got)));
+        s.on('error', () => resolve(Buffer.concat(got)));
+        setTimeout(() => s.destroy(), 1500);
+      });
+    // Waiting without a frame: only the listener's hello (its ephemeral key, nothing derived from the password).
+    expect((await probe(false)).length).toBe(HELLO_LENGTH);
+    // A frame that does not open: the hello, then the 4-byte marker, then the connection ends.
+    const got = await probe(true);
+    expect(got.length).toBe(HELLO_LENGTH + 4);
+    expect(got.readUInt32BE(HELLO_LENGTH)).toBe(AUTH_FAILED_MARKER);
+  });
+
+  it('a known peer name presented with another key is refused with the reason, until rmpeer forgets the old key', async () => {
+    const a = await start('a', 'pw');
+    const name = randomPeerName();
+    const b1 = await start('b', 'pw', [`127.0.0.1:${a.opts.port}`], name);
+    await eventually('b1 connected', async () => a.mesh.connections.get(name)?.established);
+    await b1.stop();
+    routers = routers.filter((r) => r !== b1);
+    await eventually('a no longer sees b', async () => !a.mesh.topology.get(name), 10_000, 100);
+    // Another router (another data dir: another key) claims the same name.
+    const impostor = await start('impostor', 'pw', [`127.0.0.1:${a.opts.port}`], name);
+    await eventually('a to refuse it with the reason', async () => report(a).connections.some((c) => /presented another key/.test(c.info)), 10_000, 100);
+    await eventually('the impostor to be told why', async () => report(impostor).connections.some((c) => /presented another key/.test(c.info)), 10_000, 100);
+    expect(a.mesh.connections.has(name)).toBe(false);
+    // Re-installed for real: rmpeer forgets the old key, and the new one is taken.
+    const r = await a.removePeer(name);
+    expect(r.removed).toContain('pinned key');
+    await eventually('the new key accepted', async () => a.mesh.connections.get(name)?.established, 20_000, 100);
+  });
+
+  it('a flood of half-open connections from one source does not keep a real peer out', async () => {
+    const a = await start('a', null);
+    const flood: net.Socket[] = [];
+    let flooding = true;
+    const open = () => {
+      if (!flooding) return;
+      // From another loopback address: one source, not the real peer's.
+      const s = net.connect({ host: '127.0.0.1', port: a.opts.port, localAddress: '127.0.0.2' });
+      s.on('error', () => undefined);
+      flood.push(s);
+      setTimeout(open, 2);
+    };
+    open();
+    try {
+      await sleep(500);
+      const b = await start('b', null, [`127.0.0.1:${a.opts.port}`]);
+      await eventually('b connects through the flood', async () => a.mesh.connections.get(b.mesh.name)?.established, 10_000, 50);
+      expect(a.transport.stats.overLimit).toBeGreaterThan(50);
+    } finally {
+      flooding = false;
+      for (const s of flood) s.destroy();
+    }
   });
 });

@@ -204,6 +204,31 @@ export class Cluster {
     return { label, ns, ip: r.stdout.trim().split('/')[0] };
   }
 
+  /**
+   * A machine on the underlay that is no peer: a namespace on the same segment at 198.18.0.(200+n),
+   * running no router (removed by cleanup()). An address of a real host it borrows to forge datagrams
+   * goes on its loopback (borrow()), where it answers no ARP for it and never announces it: the real
+   * host keeps its traffic.
+   */
+  async stranger(n = 1): Promise<{ ns: string; ip: string }> {
+    const ns = `${this.id}-s${n}`;
+    const ip = `198.18.0.${200 + n}`;
+    await must('ip', ['netns', 'add', ns]);
+    this.containers.push(ns);
+    await must('ip', ['-n', ns, 'link', 'set', 'lo', 'up']);
+    await must('ip', ['-n', this.underlayNs, 'link', 'add', `s${n}`, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', ns]);
+    await must('ip', ['-n', this.underlayNs, 'link', 'set', `s${n}`, 'master', 'br0', 'up']);
+    await must('ip', ['netns', 'exec', ns, 'sysctl', '-qw', 'net.ipv4.conf.all.arp_ignore=1', 'net.ipv4.conf.all.arp_announce=2']);
+    await must('ip', ['-n', ns, 'addr', 'add', `${ip}/24`, 'dev', 'eth0']);
+    await must('ip', ['-n', ns, 'link', 'set', 'eth0', 'up']);
+    return { ns, ip };
+  }
+
+  /** Gives a stranger another host's address to send from (on its loopback: see stranger()). */
+  async borrow(ns: string, ip: string): Promise<void> {
+    await must('ip', ['-n', ns, 'addr', 'add', `${ip}/32`, 'dev', 'lo']);
+  }
+
   /** A "container": a named network namespace, attached with `weft attach netns:NAME`. */
   async container(label: string): Promise<string> {
     const ns = `${this.id}-${label}`;
