@@ -14,7 +14,7 @@ import type { ServiceDetail } from '../router/api-services.js';
 import { ROUTER_CONTAINER, removeRouterContainer } from './router-container.js';
 
 /** Everything a router keeps in its data dir (weft reset removes it all, and the log). */
-const STATE_FILES = ['ipam', 'identity.json', 'router.json', 'names.json', 'endpoints.json', 'exposed.json', 'docker-attached.json', 'docker-pools.json', 'policy.json', 'services.json', 'weft.log'];
+const STATE_FILES = ['ipam', 'identity.json', 'router.json', 'names.json', 'endpoints.json', 'exposed.json', 'docker-attached.json', 'docker-pools.json', 'policy.json', 'services.json', 'peer-keys.json', 'weft.log'];
 
 function withRouterLocation(cmd: Command): Command {
   return cmd

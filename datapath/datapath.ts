@@ -16,7 +16,7 @@ import { PortGuard, guardRuleset, type PortBinding } from './port-guard.js';
 import { canonicalCidr, checkIfName } from '../net/validate.js';
 import { FLOOD_MAC, programFdb, programNeighbours, readFdb, type FdbEntry, type NeighEntry } from './fastdp.js';
 import { ip, ipBatch, ipBatchIn, linkExists, nft, sysctl } from './iproute.js';
-import { applyFirewall, firewallIntact, peerSetUpdates, removeFirewall, type FirewallState, type UnderlayPeers } from './firewall.js';
+import { applyFirewall, firewallDiffers, peerSetUpdates, removeFirewall, type FirewallState, type UnderlayPeers } from './firewall.js';
 import { FastdpHealth } from './health.js';
 import { SLEEVE_TAP, Sleeve } from './sleeve.js';
 import { nativeError } from './native/index.js';
@@ -380,7 +380,8 @@ export class Datapath {
     try {
       const state = this.firewallState();
       const bindings = this.bindings();
-      if (!force && (await firewallIntact(state, guardRuleset(bindings)))) return;
+      const why = force ? null : await firewallDiffers(state, guardRuleset(bindings));
+      if (!force && why === null) return;
       await applyFirewall(state);
       this.underlayWritten = state.underlay;
       this.guard.invalidate();
@@ -388,7 +389,7 @@ export class Datapath {
       this.policy?.written();
       if (!force) {
         this.stats.repairs++;
-        this.mesh.log.warn('firewall rules were missing or changed; restored');
+        this.mesh.log.warn({ why }, 'firewall rules were missing or changed; restored');
       }
     } catch (err) {
       this.noteError(`firewall: ${(err as Error).message}`);

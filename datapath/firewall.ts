@@ -124,26 +124,28 @@ export async function applyFirewall(s: FirewallState): Promise<void> {
   await ensureForwardAccept();
 }
 
-/** True when our table is there with the rules for this state (a flush or edit shows as a difference). */
-export async function firewallIntact(s: FirewallState, guard: string): Promise<boolean> {
-  let have: string;
+/** Why our tables are not there with the rules for this state (a flush or edit shows as a difference); null when they are. */
+export async function firewallDiffers(s: FirewallState, guard: string): Promise<string | null> {
+  let inet: string | null;
+  let bridge: string | null;
   try {
     // Both tables in one process (nft -f cannot list); -t: without set and map elements (thousands,
     // with security groups).
     const all = await nft(['-t', 'list', 'ruleset']);
-    const inet = tableText(all, 'inet', TABLE);
-    const bridge = tableText(all, 'bridge', GUARD_TABLE);
-    if (inet === null || bridge === null) return false;
-    have = inet + bridge;
-  } catch {
-    return false;
+    inet = tableText(all, 'inet', TABLE);
+    bridge = tableText(all, 'bridge', GUARD_TABLE);
+  } catch (err) {
+    return `cannot list the ruleset: ${(err as Error).message}`;
   }
+  if (inet === null) return `table inet ${TABLE} is missing`;
+  if (bridge === null) return `table bridge ${GUARD_TABLE} is missing`;
   const comments = (text: string) => (text.match(/comment "[^"]+"/g) ?? []).length;
-  const rules = comments(have);
-  const want = comments(ruleset(s)) + comments(guard);
-  if (rules !== want) return false;
+  const [haveInet, wantInet] = [comments(inet), comments(ruleset(s))];
+  if (haveInet !== wantInet) return `table inet ${TABLE} has ${haveInet} of weft's rules where ${wantInet} belong`;
+  const [haveBridge, wantBridge] = [comments(bridge), comments(guard)];
+  if (haveBridge !== wantBridge) return `table bridge ${GUARD_TABLE} has ${haveBridge} of weft's rules where ${wantBridge} belong`;
   // A FORWARD chain that appeared later (Docker started after weft) needs our accept rule too.
-  return !(await forwardAcceptMissing());
+  return (await forwardAcceptMissing()) ? 'the host\'s ip filter FORWARD chain lacks weft\'s accept rule' : null;
 }
 
 /** One table's text out of a `nft list ruleset` listing (null when it is not there). */
