@@ -71,8 +71,9 @@ describeAsRoot('services', () => {
     const vip = created.split(' ')[1];
     expect(created).toBe(`api ${vip} (api.weft.local)`);
     expect(vip).toMatch(/^10\.96\.\d+\.\d+$/);
-    const resolved = await run('ip', ['netns', 'exec', client.ns, 'getent', 'hosts', 'api.weft.local']);
-    expect(resolved.stdout.trim().split(/\s+/)[0]).toBe(vip);
+    // The service reaches the client's host by gossip, a hop or two after the CLI returned.
+    const resolved = await eventually('the VIP resolves on the client\'s host', async () => (await run('ip', ['netns', 'exec', client.ns, 'getent', 'hosts', 'api.weft.local'])).stdout.trim(), 5000, 50);
+    expect(resolved.split(/\s+/)[0]).toBe(vip);
 
     const addrs = [b1, b2, b3].map((b) => b.ip).sort();
     await eventually('the client\'s host translates the VIP to all three backends', async () => JSON.stringify(await translated(client, vip)) === JSON.stringify(addrs), 10_000, 100);
