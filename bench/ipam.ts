@@ -8,13 +8,12 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { parseCidr, type Cidr } from '../ipam/addr.js';
+import { parseCidr, type Cidr } from '../net/addr.js';
 import { Allocator, type InitMode } from '../ipam/allocator.js';
 import { IpamStore } from '../ipam/store.js';
 import { newUid } from '../router/identity.js';
-import { connectInMemory } from '../router/mesh/memory-link.js';
-import { Mesh, defaultMeshTimings, silentLogger } from '../router/mesh/mesh.js';
-import { randomPeerName } from '../router/mesh/peer-name.js';
+import { connectInMemory, Mesh, defaultMeshTimings, randomPeerName } from '../mesh/index.js';
+import { silentLogger } from '../lib/logger.js';
 
 const RANGE = parseCidr('10.32.0.0/12');
 const dirs: string[] = [];

@@ -7,8 +7,8 @@
 // the anchor), and prints the ratios.
 //
 //   npm run build && node --expose-gc dist/bench/mesh-scale.js [--sizes 100,300,1000] [--seed 1] [--modes delta,full] [--churn-rounds 3] [--churn-fraction 0.05]
-import { Mesh, defaultMeshTimings, silentLogger } from '../router/mesh/mesh.js';
-import { connectInMemory } from '../router/mesh/memory-link.js';
+import { Mesh, defaultMeshTimings, connectInMemory } from '../mesh/index.js';
+import { silentLogger } from '../lib/logger.js';
 import { seededRandom } from '../test/harness/random.js';
 import { numberArg, stringArg } from './args.js';
 

@@ -2,6 +2,7 @@
 // (which must stay light: nothing of the router itself is loaded here). The
 // address is HOST:PORT or unix:/PATH (--http-addr unix:...).
 import http from 'node:http';
+import { parseListen } from '../net/host-port.js';
 
 /** The router did not answer at all (refused, reset, timed out); `cause` says how. */
 export class RouterUnreachable extends Error {
@@ -13,11 +14,11 @@ export class RouterUnreachable extends Error {
   }
 }
 
-/** Where to connect for an API address. */
+/** Where to connect for an API address (a router on every address is reached on loopback). */
 function endpoint(addr: string): { socketPath: string } | { host: string; port: number } {
   if (addr.startsWith('unix:')) return { socketPath: addr.slice('unix:'.length) };
-  const i = addr.lastIndexOf(':');
-  return { host: addr.slice(0, i).replace(/^\[|\]$/g, ''), port: Number(addr.slice(i + 1)) };
+  const l = parseListen(addr, 'API address');
+  return { host: l.host === '0.0.0.0' ? '127.0.0.1' : l.host === '::' ? '::1' : l.host, port: l.port };
 }
 
 /** Sends a request (a JSON body when given); resolves with whatever status the router answered. */

@@ -4,7 +4,7 @@ import { existsSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { DockerApi, DockerError, defaultDockerApi, dockerSocketPath, type ContainerInfo } from '../plugin/docker-api.js';
 import { ROUTER_IMAGE } from '../plugin/image.js';
-import { VERSION } from '../router/report.js';
+import { VERSION } from '../lib/version.js';
 import type { RouterOptions } from '../router/options.js';
 import { CliError } from './client.js';
 

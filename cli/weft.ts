@@ -2,15 +2,16 @@
 // The weft command line. Every command that needs the router finds it through
 // --data-dir / WEFT_DATA_DIR (or --http-addr / WEFT_HTTP_ADDR) and says so in
 // one line, exiting non-zero, when none runs.
+import { VERSION } from '../lib/version.js';
 import { Command, Option } from 'commander';
 import { addRouterOptions, DEFAULT_DATA_DIR } from '../router/options.js';
-import { VERSION, renderConnections, renderDns, renderIpam, renderPeers, renderPs, renderStatus, renderTargets, type Report } from '../router/report.js';
+import { renderConnections, renderDns, renderIpam, renderPeers, renderPs, renderStatus, renderTargets, type Report } from '../router/report.js';
 import { rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { CliError, isAlive, readRouterInfo, request, type Target } from './client.js';
 import { launch } from './launch.js';
 import type { PolicyStatus } from '../policy/engine.js';
-import type { ServiceDetail } from '../router/api-services.js';
+import type { ServiceDetail } from '../router/api/services.js';
 import { ROUTER_CONTAINER, removeRouterContainer } from './router-container.js';
 
 /** Everything a router keeps in its data dir (weft reset removes it all, and the log). */

@@ -1,16 +1,13 @@
 // Attaching a container: a veth pair from the bridge into the container's
 // network namespace, its end named `ethwe`, with the container's addresses, the
 // overlay MTU and a route for the whole allocation range.
-import { execFile } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { promisify } from 'node:util';
 import { existsSync, mkdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { BRIDGE } from './bridge.js';
-import { bridgeJson, inNamespace, ip, ipBatchIn, ipJson, linkExists } from './iproute.js';
+import { bridgeJson, ip, ipBatchIn, ipJson, linkExists, sysctl } from '../net/command.js';
 
 /** The container's interface, unless the caller names another (CNI_IFNAME). */
 export const DEFAULT_IF = 'ethwe';
-const execFileP = promisify(execFile);
 
 /**
  * Network namespaces of `cni:ID` containers, as the CNI runtime named them (CNI_NETNS), and of Docker
@@ -162,11 +159,6 @@ export async function pinDns(ns: string, ifname: string, dns: { ip: string; brid
   await ip(['neigh', 'replace', dns.ip, 'lladdr', dns.bridgeMac, 'dev', ifname, 'nud', 'permanent'], ns);
 }
 
-/** Writes a sysctl of the namespace at `ns` (through nsenter: /proc/sys is per namespace). */
-async function sysctlIn(ns: string, path: string, value: string): Promise<void> {
-  await execFileP(...inNamespace('sh', ['-c', `echo ${value} > /proc/sys/${path}`], ns));
-}
-
 /**
  * Attaches a container. `bind` is called with the container end's MAC before the host end joins the
  * bridge, so the port is bound to the container's MAC and addresses before its first frame.
@@ -187,12 +179,12 @@ export async function attachContainer(
       await ip(['link', 'set', peerIf, 'name', ifname], ns);
       // No IPv6 on the overlay until weft carries it under the same policy (the port drops it anyway;
       // off before the link is up, it gets no link-local address at all).
-      await sysctlIn(ns, `net/ipv6/conf/${ifname}/disable_ipv6`, '1').catch(() => undefined);
+      await sysctl(`net/ipv6/conf/${ifname}/disable_ipv6`, '1', ns).catch(() => undefined);
       await bind(hostIf, await macIn(ns, ifname));
       await joinBridge(hostIf); // failing, the pair goes again: no ethwe left without a way out
     });
   } else {
-    await sysctlIn(ns, `net/ipv6/conf/${ifname}/disable_ipv6`, '1').catch(() => undefined);
+    await sysctl(`net/ipv6/conf/${ifname}/disable_ipv6`, '1', ns).catch(() => undefined);
     await bind(hostIf, await macIn(ns, ifname));
     await joinBridge(hostIf);
   }
@@ -202,7 +194,7 @@ export async function attachContainer(
   await ipBatchIn(ns, cidrs.filter((c) => !existing.has(c)).map((c) => `addr add ${c} dev ${ifname}`));
   // arp_notify: a gratuitous ARP when ethwe comes up or its address changes, so neighbours that cached an
   // old MAC for the address (a container re-attached) learn the new one at once.
-  await sysctlIn(ns, `net/ipv4/conf/${ifname}/arp_notify`, '1').catch(() => undefined);
+  await sysctl(`net/ipv4/conf/${ifname}/arp_notify`, '1', ns).catch(() => undefined);
   await ip(['link', 'set', ifname, 'mtu', String(mtu), 'up'], ns);
   // Each address brings the route for its own subnet (the whole range for the default subnet), and no
   // more: a container in a narrower subnet has no route to the others, which is what isolates subnets.

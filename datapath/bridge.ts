@@ -1,6 +1,6 @@
 // Host plumbing: the `weft` bridge and the VXLAN device on it. Created at
 // start, checked and repaired when changed underneath, removed by reset.
-import { bridge, ethtool, ip, ipJson, linkExists } from './iproute.js';
+import { bridge, ethtool, ip, ipJson, linkExists } from '../net/command.js';
 
 export const BRIDGE = 'weft';
 export const VXLAN_DEV = 'vxlan-weft';

@@ -2,11 +2,11 @@
 // detaches containers (addresses from IPAM unless given), announces local
 // endpoints, and programs the fdb whenever endpoints or connections change.
 import { join } from 'node:path';
-import { readCheckedList, type StateDir } from '../router/json-file.js';
-import { formatIp, parseCidr } from '../ipam/addr.js';
+import { readCheckedList, type StateDir } from '../lib/json-file.js';
+import { formatIp, isIpv4, parseCidr } from '../net/addr.js';
 import type { Allocator } from '../ipam/allocator.js';
-import type { Mesh } from '../router/mesh/mesh.js';
-import { hostOf } from '../router/mesh/connection-maker.js';
+import type { MeshView, PeerName } from '../mesh/index.js';
+import { hostOf } from '../net/host-port.js';
 import { attachContainer, containerExists, containerNamespace, detachContainer, forgetNetns, hostIfName, namespaceInode, netnsPathOf, rememberNetns } from './attach.js';
 import { BRIDGE, OVS_VETH_BRIDGE_END, VNI, VXLAN_OVERHEAD, bridgeMac, ensureBridge, removeBridge, underlayMtu } from './bridge.js';
 import { OvsSwitch, type OvsConfig } from './ovs/switch.js';
@@ -14,14 +14,13 @@ import { desiredFlows } from './ovs/flows.js';
 import { EndpointTable, endpointCodec, type Endpoint } from './endpoints.js';
 import { PortGuard, guardRuleset, type PortBinding } from './port-guard.js';
 import { canonicalCidr, checkIfName } from '../net/validate.js';
-import { FLOOD_MAC, programFdb, programNeighbours, readFdb, type FdbEntry, type NeighEntry } from './fastdp.js';
-import { ip, ipBatch, ipBatchIn, linkExists, nft, sysctl } from './iproute.js';
+import { FLOOD_MAC, programFdb, programNeighbours, readFdb, type FdbEntry, type NeighEntry } from './vxlan/fdb.js';
+import { ip, ipBatch, ipBatchIn, linkExists, nft, sysctl } from '../net/command.js';
 import { applyFirewall, firewallDiffers, peerSetUpdates, removeFirewall, type FirewallState, type UnderlayPeers } from './firewall.js';
-import { FastdpHealth } from './health.js';
-import { SLEEVE_TAP, Sleeve } from './sleeve.js';
-import { nativeError } from './native/index.js';
-import type { PeerName } from '../router/mesh/peer-name.js';
-import { SerialJob } from '../router/serial-job.js';
+import { FastdpHealth } from './vxlan/health.js';
+import { SLEEVE_TAP, Sleeve } from './sleeve/sleeve.js';
+import { nativeError } from '../native/index.js';
+import { SerialJob } from '../lib/serial-job.js';
 
 /** How traffic to a peer travels ('fastdp': VXLAN, by the kernel device or by OVS). */
 export type Overlay = 'fastdp' | 'sleeve' | 'none';
@@ -53,13 +52,22 @@ export interface DatapathConfig {
   encrypt: (peer: PeerName, host: string) => boolean;
   /** The OVS datapath (--datapath ovs): VXLAN through an OVS bridge weft controls, instead of the kernel's device. */
   ovs?: OvsConfig;
+  /** What another component adds to the firewall table (security groups: policy/engine.ts), and hears when it is written. */
+  firewallPart?: FirewallPart;
+  /** Told when a container is detached or found gone (DNS drops its names). */
+  containerGone?: (container: string) => void;
+}
+
+/** A part of the `inet weft` table that another component keeps: its lines and forward-chain hooks. */
+export interface FirewallPart {
+  part(): { lines: string[]; hooks: string[] } | null;
+  /** The table was written with what part() last gave. */
+  written(): void;
 }
 
 export class Datapath {
   readonly endpoints: EndpointTable;
   readonly health: FastdpHealth;
-  /** Told when a container is detached or found gone (DNS drops its names). */
-  readonly onGone: ((container: string) => void)[] = [];
   mtu = 1450;
   private readonly reconciler = new SerialJob(() => this.reconcilePass(), 20);
   private stopped = false;
@@ -70,8 +78,6 @@ export class Datapath {
   exposed: string[] = [];
   /** Each peer's underlay address, remembered after its connection goes (see desiredFdb). */
   private readonly lastAddr = new Map<string, string>();
-  /** Security groups: what they add to the firewall table (policy/engine.ts). */
-  policy: { firewallPart(): { lines: string[]; hooks: string[] } | null; written(): void } | null = null;
   /** The sleeve, when it runs; else why not. */
   sleeve: Sleeve | null = null;
   sleeveError: string | null = null;
@@ -94,7 +100,7 @@ export class Datapath {
   private underlayWritten: UnderlayPeers | null = null;
 
   constructor(
-    private readonly mesh: Mesh,
+    private readonly mesh: MeshView,
     private readonly ipam: Allocator,
     readonly config: DatapathConfig,
   ) {
@@ -104,7 +110,8 @@ export class Datapath {
     this.health = new FastdpHealth(mesh, config.vxlanPort, () => this.mtu, (p) => this.lastAddr.get(p), 1000, ovsCounter);
     this.endpoints.onChange(() => this.scheduleReconcile());
     this.endpoints.onChange(() => this.guardJob.schedule());
-    for (const ev of ['connection-added', 'connection-removed', 'connection-established', 'topology']) mesh.on(ev, () => this.scheduleReconcile());
+    const reconcile = () => this.scheduleReconcile();
+    mesh.on('connection-added', reconcile).on('connection-removed', reconcile).on('connection-established', reconcile).on('topology', reconcile);
   }
 
   private get statePath(): string {
@@ -221,9 +228,8 @@ export class Datapath {
    * Returns whether anything changed.
    */
   decideOverlays(): boolean {
-    const routes = this.mesh.routes.unicast;
-    const connected = new Set<PeerName>();
-    for (const c of this.mesh.connections.values()) if (c.established) connected.add(c.name);
+    const routes = this.mesh.dataRoutes();
+    const connected = new Set<PeerName>(this.mesh.neighbours().map((n) => n.name));
     const withEndpoints = new Set(this.endpoints.all().map((e) => e.peer));
     const peers = new Set<PeerName>([...connected, ...routes.keys(), ...withEndpoints]);
     peers.delete(this.mesh.name);
@@ -306,7 +312,7 @@ export class Datapath {
   private firewallState(): FirewallState {
     return {
       exposed: [...new Set(this.exposed.map((c) => { const p = parseCidr(c, true); return `${formatIp(p.start)}/${p.prefix}`; }))],
-      policy: this.policy?.firewallPart() ?? undefined,
+      policy: this.config.firewallPart?.part() ?? undefined,
       host: { dns: this.config.dns ? { ip: this.config.dns.ip, port: 53 } : null, routerPorts: this.config.routerPorts },
       underlay: this.underlayPeers(),
     };
@@ -320,12 +326,11 @@ export class Datapath {
   private underlayPeers(): UnderlayPeers {
     const sleeve = new Set<string>();
     const vxlan = new Set<string>();
-    for (const c of this.mesh.connections.values()) {
-      if (!c.established) continue;
-      const host = hostOf(c.link.remoteAddr);
-      if (!/^\d+\.\d+\.\d+\.\d+$/.test(host)) continue;
+    for (const n of this.mesh.neighbours()) {
+      const host = hostOf(n.addr);
+      if (!isIpv4(host)) continue;
       sleeve.add(host);
-      if (this.config.fastdp && !this.config.encrypt(c.name, host)) vxlan.add(host);
+      if (this.config.fastdp && !this.config.encrypt(n.name, host)) vxlan.add(host);
     }
     for (const [p, o] of this.overlays) {
       const addr = this.lastAddr.get(p);
@@ -372,7 +377,7 @@ export class Datapath {
     const state = this.firewallState();
     await applyFirewall(state);
     this.underlayWritten = state.underlay;
-    this.policy?.written();
+    this.config.firewallPart?.written();
   }
 
   /** Writes the firewall tables when asked to, or when they were flushed or changed underneath. */
@@ -386,7 +391,7 @@ export class Datapath {
       this.underlayWritten = state.underlay;
       this.guard.invalidate();
       await this.guard.sync(bindings);
-      this.policy?.written();
+      this.config.firewallPart?.written();
       if (!force) {
         this.stats.repairs++;
         this.mesh.log.warn({ why }, 'firewall rules were missing or changed; restored');
@@ -563,7 +568,7 @@ export class Datapath {
     if (!ep) return;
     this.setLocal(this.endpoints.local.filter((e) => e.container !== key));
     if (this.config.dns) await ipBatch(ep.cidrs.map((c) => `route del ${c.split('/')[0]}/32 dev ${BRIDGE}`)).catch(() => undefined);
-    for (const fn of this.onGone) fn(key);
+    this.config.containerGone?.(key);
   }
 
   /** A container that died: what is left of its attachment goes, its addresses and names too. False if it had none here. */
@@ -596,12 +601,12 @@ export class Datapath {
     forgetNetns(e.container);
     if (this.config.dns) await ipBatch(e.cidrs.map((c) => `route del ${c.split('/')[0]}/32 dev ${BRIDGE}`)).catch(() => undefined);
     await this.ipam.free(e.container).catch(() => undefined);
-    for (const fn of this.onGone) fn(e.container);
+    this.config.containerGone?.(e.container);
   }
 
   /** The fdb this host should have: remote MACs of fastdp peers at their peers, a flood entry per fastdp peer. */
   desiredFdb(): FdbEntry[] {
-    for (const c of this.mesh.connections.values()) if (c.established) this.lastAddr.set(c.name, hostOf(c.link.remoteAddr));
+    for (const n of this.mesh.neighbours()) this.lastAddr.set(n.name, hostOf(n.addr));
     this.decideOverlays();
     const out: FdbEntry[] = [];
     const floods = new Set<string>();
@@ -665,7 +670,7 @@ export class Datapath {
     const ovs = this.ovs!;
     const remote = this.endpoints.all().filter((e) => e.peer !== this.mesh.name);
     const dstOf = new Map(fdb.filter((e) => e.mac !== FLOOD_MAC).map((e) => [e.mac, e.dst]));
-    const heartbeats = [...this.mesh.connections.values()].filter((c) => c.established).map((c) => ({ peer: c.name, mac: bridgeMac(c.name) }));
+    const heartbeats = this.mesh.neighbours().map((n) => ({ peer: n.name, mac: bridgeMac(n.name) }));
     const flows = desiredFlows({
       vni: VNI,
       local: [{ id: 'bridge', mac: bridgeMac(this.mesh.name) }, ...this.endpoints.local.map((e) => ({ id: e.container, mac: e.mac }))],

@@ -2,11 +2,8 @@
 // one record per peer on the `endpoints` gossip channel (see PeerRecords).
 // Records of peers that left stay 60 s, so the kernel keeps forwarding to a
 // host whose router is restarting.
-import type { Mesh } from '../router/mesh/mesh.js';
-import { PeerRecords, type EntryCodec } from '../router/mesh/peer-records.js';
-import type { PeerName } from '../router/mesh/peer-name.js';
-import { canonicalCidr, canonicalMac } from '../net/validate.js';
-import { GROUP_NAME } from '../policy/rules.js';
+import { type MeshView, PeerRecords, type EntryCodec, type PeerName } from '../mesh/index.js';
+import { canonicalCidr, canonicalMac, GROUP_NAME } from '../net/validate.js';
 
 export const ENDPOINTS_CHANNEL = 'endpoints';
 
@@ -44,7 +41,7 @@ export const endpointCodec: EntryCodec<Endpoint> = {
 
 export class EndpointTable extends PeerRecords<Endpoint> {
   private ownersByMac: Map<string, PeerName> | null = null;
-  constructor(mesh: Mesh, graceMs = 60_000) {
+  constructor(mesh: MeshView, graceMs = 60_000) {
     super(mesh, ENDPOINTS_CHANNEL, endpointCodec, graceMs);
     this.onChange(() => (this.ownersByMac = null));
   }

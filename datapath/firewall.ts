@@ -16,7 +16,7 @@
 // inserts one accept rule for the bridge into `ip filter FORWARD` when that
 // chain exists, and removes it again on reset.
 import { BRIDGE } from './bridge.js';
-import { nft } from './iproute.js';
+import { nft } from '../net/command.js';
 import { GUARD_TABLE } from './port-guard.js';
 
 export const TABLE = 'weft';

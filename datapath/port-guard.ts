@@ -8,7 +8,7 @@
 // of weft's whose binding is not written yet drops everything, so a container
 // is bound before its first frame. The datapath's other ports (VXLAN, sleeve,
 // OVS) carry frames from peers and are not bound here.
-import { nft } from './iproute.js';
+import { nft } from '../net/command.js';
 
 export const GUARD_TABLE = 'weft';
 /** Host ends of container veths (datapath/attach.ts hostIfName): what the catch-all drop matches. */

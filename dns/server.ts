@@ -8,13 +8,13 @@
 // question), a cap on queries in flight, and on TCP connections.
 import dgram from 'node:dgram';
 import { randomInt } from 'node:crypto';
-import { parseIp } from '../ipam/addr.js';
-import { UdpPort, nativeError } from '../datapath/native/index.js';
+import { isIpv4, parseIp } from '../net/addr.js';
+import { parseAddress } from '../net/host-port.js';
+import { UdpPort, nativeError } from '../native/index.js';
 import { readFileSync } from 'node:fs';
 import net from 'node:net';
 import dnsPacket, { type Answer, type Packet } from 'dns-packet';
-import type { NameTable } from './table.js';
-import { normaliseName } from './table.js';
+import { type NameTable, normaliseName } from './table.js';
 
 export interface DnsConfig {
   host: string;
@@ -101,7 +101,7 @@ export class DnsServer {
   }
 
   async start(): Promise<void> {
-    if (this.config.batchedUdp !== false && /^\d+\.\d+\.\d+\.\d+$/.test(this.config.host) && !nativeError()) {
+    if (this.config.batchedUdp !== false && isIpv4(this.config.host) && !nativeError()) {
       this.startBatched();
     } else {
       await this.startDgram();
@@ -339,9 +339,12 @@ export class DnsServer {
 
   /** Sends the query to each upstream in turn (UDP: through the one upstream socket); SERVFAIL when none answers. */
   private async forward(msg: Buffer, q: Packet, transport: 'udp' | 'tcp'): Promise<Buffer> {
-    const upstreams = this.config.upstreams.map((up) => {
-      const i = up.lastIndexOf(':');
-      return up.includes('.') && i > 0 ? { host: up.slice(0, i), port: Number(up.slice(i + 1)) } : { host: up, port: 53 };
+    const upstreams = this.config.upstreams.flatMap((up) => {
+      try {
+        return [parseAddress(up, 53)];
+      } catch {
+        return []; // not an address: resolv.conf had something else there
+      }
     });
     if (transport === 'udp') {
       const r = upstreams.length > 0 ? await this.forwardUdp(msg, upstreams) : null;

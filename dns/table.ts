@@ -3,10 +3,8 @@
 // version and content; a removal is a newer record, so no tombstones); records
 // of peers that left the mesh go after 30 s.
 import { canonicalDnsName, canonicalIpv4 } from '../net/validate.js';
-import { readCheckedList, type Persist } from '../router/json-file.js';
-import type { Mesh } from '../router/mesh/mesh.js';
-import type { PeerName } from '../router/mesh/peer-name.js';
-import { PeerRecords, comparePeerRecords, mergePeerRecords, type EntryCodec, type PeerRecord } from '../router/mesh/peer-records.js';
+import { readCheckedList, type Persist } from '../lib/json-file.js';
+import { type MeshView, type PeerName, PeerRecords, comparePeerRecords, mergePeerRecords, type EntryCodec, type PeerRecord } from '../mesh/index.js';
 
 export const DNS_CHANNEL = 'dns';
 
@@ -42,13 +40,20 @@ export function compareRecords(a: NameRecord, b: NameRecord): number {
   return comparePeerRecords(nameCodec, a, b);
 }
 
+/** Service names and their VIPs (services/engine.ts), asked before the containers' names. */
+export interface ServiceNames {
+  vipFor(hostname: string): string | null;
+  nameOf(ip: string): string | null;
+}
+
 /** Lookups over name records (the CRDT's state), with an index rebuilt after changes. */
 export class NameTable {
   private index: Map<string, string[]> | null = null;
-  /** Names that are no container's: services answer with their VIP (services/), before any container of that name. */
-  services: { vipFor(hostname: string): string | null; nameOf(ip: string): string | null } | null = null;
-
-  constructor(readonly records = new Map<PeerName, NameRecord>()) {}
+  constructor(
+    readonly records = new Map<PeerName, NameRecord>(),
+    /** Names that are no container's: services answer with their VIP (services/), before any container of that name. */
+    private readonly services: ServiceNames | null = null,
+  ) {}
 
   /** Call after `records` changed. */
   touch(): void {
@@ -101,16 +106,17 @@ function loadNames(path: string): NameEntry[] {
  */
 export class NameService extends PeerRecords<NameEntry> {
   readonly table: NameTable;
+  private readonly persist?: Persist;
 
   constructor(
-    mesh: Mesh,
-    graceMs = 30_000,
-    private readonly persist?: Persist,
+    mesh: MeshView,
+    opts: { graceMs?: number; persist?: Persist; services?: ServiceNames } = {},
   ) {
-    super(mesh, DNS_CHANNEL, nameCodec, graceMs);
-    this.table = new NameTable(this.records);
+    super(mesh, DNS_CHANNEL, nameCodec, opts.graceMs ?? 30_000);
+    this.persist = opts.persist;
+    this.table = new NameTable(this.records, opts.services ?? null);
     this.onChange(() => this.table.touch());
-    const saved = persist ? loadNames(persist.path) : [];
+    const saved = this.persist ? loadNames(this.persist.path) : [];
     if (saved.length > 0) this.setLocal(saved);
   }
 

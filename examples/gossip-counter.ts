@@ -3,11 +3,8 @@
 //
 //   npm run build && node dist/examples/gossip-counter.js
 import { pathToFileURL } from 'node:url';
-import type { Gossip, GossipData, Gossiper } from '../router/mesh/gossip.js';
-import { Mesh, defaultMeshTimings, silentLogger } from '../router/mesh/mesh.js';
-import { connectInMemory } from '../router/mesh/memory-link.js';
-import { pack, unpack } from '../router/mesh/messages.js';
-import { randomPeerName, type PeerName } from '../router/mesh/peer-name.js';
+import { type Gossip, type GossipData, type Gossiper, Mesh, defaultMeshTimings, connectInMemory, pack, unpack, randomPeerName, type PeerName } from '../mesh/index.js';
+import { silentLogger } from '../lib/logger.js';
 
 /** Per-peer counts; merge takes the maximum of each, so it is commutative and idempotent. */
 class Counts implements GossipData {

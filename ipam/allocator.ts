@@ -2,13 +2,10 @@
 // asks owners for space by unicast, starts the ring (consensus, seed or
 // observer), and never waits silently: every request that cannot be served
 // yet carries the reason, and fails with it after a bounded time.
-import type { Gossip, GossipData, Gossiper } from '../router/mesh/gossip.js';
-import type { Mesh } from '../router/mesh/mesh.js';
-import { pack, unpack } from '../router/mesh/messages.js';
-import type { PeerName } from '../router/mesh/peer-name.js';
-import { cidrEnd, contains, formatCidr, formatIp, hostRange, type Addr, type Cidr } from './addr.js';
+import { type Gossip, type GossipData, type Gossiper, type MeshView, pack, unpack, isPeerName, type PeerName } from '../mesh/index.js';
+import { cidrEnd, contains, formatCidr, formatIp, hostRange, type Addr, type Cidr } from '../net/addr.js';
 import { PaxosNode, nodeId, validatePaxos, type PaxosState } from './paxos.js';
-import { Ring, entryFromWire, entryToWire, sameOrigin, type RingEntry, type RingOrigin } from './ring.js';
+import { Ring, type RingEntry, type RingOrigin, compareRingEntries, entryFromWire, entryToWire, sameOrigin } from './ring.js';
 import type { IpamStore } from './store.js';
 import type { Liveness } from './liveness.js';
 
@@ -64,8 +61,9 @@ class IpamUpdate implements GossipData {
     const o = other as IpamUpdate;
     const byToken = new Map(this.entries.map((e) => [e.token, e]));
     for (const e of o.entries) {
+      // The ring's own order (version, then owner, then free): merging pending updates must pick what the ring would.
       const cur = byToken.get(e.token);
-      if (!cur || e.version >= cur.version) byToken.set(e.token, e);
+      if (!cur || compareRingEntries(e, cur) > 0) byToken.set(e.token, e);
     }
     return new IpamUpdate(o.origin ?? this.origin, [...byToken.values()], o.paxos ?? this.paxos);
   }
@@ -76,7 +74,7 @@ function decodeOrigin(v: unknown): RingOrigin | null {
   if (!Array.isArray(v) || v.length !== 3) throw new Error('ring origin is malformed');
   const [start, end, seeds] = v as unknown[];
   if (typeof start !== 'number' || typeof end !== 'number' || !(start < end) || !Array.isArray(seeds) || seeds.length > 10_000) throw new Error('ring origin is malformed');
-  if (!seeds.every((s) => typeof s === 'string' && /^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/.test(s))) throw new Error('ring origin seeds are malformed');
+  if (!seeds.every((s) => typeof s === 'string' && isPeerName(s))) throw new Error('ring origin seeds are malformed');
   return { start, end, seeds: seeds as PeerName[] };
 }
 
@@ -121,7 +119,7 @@ export class Allocator implements Gossiper {
   private readonly nicknames = new Map<PeerName, string>();
 
   constructor(
-    private readonly mesh: Mesh,
+    private readonly mesh: MeshView,
     readonly config: AllocatorConfig,
   ) {
     this.channel = mesh.registerChannel(IPAM_CHANNEL, this);
@@ -136,7 +134,7 @@ export class Allocator implements Gossiper {
     // Reconcile with what really runs, at start and every few seconds.
     this.pruneGone().catch((err: Error) => this.mesh.log.error({ err: err.message }, 'ipam: freeing the addresses of gone containers failed'));
     mesh.on('topology', () => {
-      for (const e of mesh.topology.entries.values()) this.nicknames.set(e.name, e.nickname);
+      for (const e of mesh.peers()) this.nicknames.set(e.name, e.nickname);
       this.retryPending();
     });
   }
@@ -361,7 +359,7 @@ export class Allocator implements Gossiper {
 
   private askForSpace(p: Pending): void {
     const ring = this.ring!;
-    const reachable = (peer: PeerName) => this.mesh.routes.unicastAll.has(peer);
+    const reachable = (peer: PeerName) => this.mesh.isReachable(peer);
     const start = p.kind === 'claim' ? p.addr! : p.subnet.start;
     const end = p.kind === 'claim' ? p.addr! + 1 : cidrEnd(p.subnet);
     const candidates = ring.ranges().filter((r) => r.entry.owner !== this.self && r.start < end && r.end > start);
@@ -519,7 +517,7 @@ export class Allocator implements Gossiper {
       return;
     }
     if (init.kind !== 'consensus') return;
-    if (!this.paxos) this.paxos = new PaxosNode(nodeId(this.self, this.mesh.config.uid), init.quorum);
+    if (!this.paxos) this.paxos = new PaxosNode(nodeId(this.self, this.mesh.uid), init.quorum);
     if (!this.initStarted) {
       this.initStarted = true;
       this.paxos.propose();
@@ -529,7 +527,7 @@ export class Allocator implements Gossiper {
   }
 
   private askForRing(): void {
-    for (const name of this.mesh.connections.keys()) this.channel.unicast(name, pack({ t: 'want' } satisfies Unicast));
+    for (const n of this.mesh.neighbours(true)) this.channel.unicast(n.name, pack({ t: 'want' } satisfies Unicast));
   }
 
   private afterPaxos(): void {
@@ -547,7 +545,7 @@ export class Allocator implements Gossiper {
     if (init.kind === 'observer') return 'waiting for a peer that has the ring (this peer is an observer and does not vote)';
     if (init.kind === 'seed') return 'waiting for the ring from the seed peers';
     const heard = this.paxos?.electors() ?? [this.self];
-    const inMesh = [...this.mesh.topology.entries.keys()];
+    const inMesh = this.mesh.peers().map((p) => p.name);
     const silent = inMesh.filter((n) => !heard.includes(n));
     const source = init.peers > 0 ? `${init.peers} peers given to launch, plus this one` : `--ipalloc-init consensus=${init.quorum * 2 - 1}`;
     let why = `awaiting consensus: heard from ${heard.length} of the ${init.quorum} peers needed (quorum from ${source}): ${heard.map((n) => this.describe(n)).join(', ')}`;
@@ -557,7 +555,7 @@ export class Allocator implements Gossiper {
   }
 
   private describe(name: PeerName): string {
-    const nick = this.mesh.topology.get(name)?.nickname ?? this.nicknames.get(name);
+    const nick = this.mesh.nicknameOf(name) ?? this.nicknames.get(name);
     return nick ? `${name}(${nick})` : name;
   }
 
@@ -581,7 +579,7 @@ export class Allocator implements Gossiper {
       return changed.length > 0 ? new IpamUpdate(this.ring!.origin, changed, null) : null;
     }
     if (u.paxos && !this.ring && this.config.init.kind === 'consensus') {
-      if (!this.paxos) this.paxos = new PaxosNode(nodeId(this.self, this.mesh.config.uid), this.config.init.quorum);
+      if (!this.paxos) this.paxos = new PaxosNode(nodeId(this.self, this.mesh.uid), this.config.init.quorum);
       const learnt = this.paxos.update(u.paxos);
       const mine = this.paxos.think();
       const value = this.paxos.consensus();
@@ -678,7 +676,7 @@ export class Allocator implements Gossiper {
   peersNamed(nickname: string): PeerName[] {
     const out = new Set<PeerName>();
     for (const [name, nick] of this.nicknames) if (nick === nickname) out.add(name);
-    for (const e of this.mesh.topology.entries.values()) if (e.nickname === nickname) out.add(e.name);
+    for (const e of this.mesh.peers()) if (e.nickname === nickname) out.add(e.name);
     return [...out].sort();
   }
 
@@ -699,7 +697,7 @@ export class Allocator implements Gossiper {
     }
     if (!peer) throw new IpamError('not-found', `no peer "${who}" owns part of the ring; owners: ${[...owners].map((o) => this.describe(o)).join(', ')}`);
     if (peer === this.self) throw new IpamError('refused', 'cannot rmpeer this peer itself (use weft reset to leave)');
-    if (this.mesh.routes.unicastAll.has(peer)) {
+    if (this.mesh.isReachable(peer)) {
       throw new IpamError('refused', `peer ${this.describe(peer)} is alive (reachable through the mesh); rmpeer is only for peers that are gone for good`);
     }
     const size = this.ring.rangesOf(peer).reduce((n, r) => n + (r.end - r.start), 0);
@@ -714,7 +712,7 @@ export class Allocator implements Gossiper {
   /** Leaving: hands our ranges to a live peer. Returns who got them (null when nobody could). */
   leave(): PeerName | null {
     if (!this.ring) return null;
-    const live = [...this.mesh.connections.keys()].sort();
+    const live = this.mesh.neighbours(true).map((n) => n.name).sort();
     const heir = live.find((n) => this.ring!.rangesOf(n).length > 0) ?? live[0] ?? null;
     if (!heir) return null;
     const changed = this.ring.transfer(this.self, heir);
@@ -742,11 +740,11 @@ export class Allocator implements Gossiper {
       allocatedHere: this.byAddr.size,
       peers: [...shares].map(([name, s]) => ({
         name,
-        nickname: this.mesh.topology.get(name)?.nickname ?? this.nicknames.get(name) ?? null,
+        nickname: this.mesh.nicknameOf(name) ?? this.nicknames.get(name) ?? null,
         addresses: s.size,
         free: s.free,
         percent: (100 * s.size) / total,
-        reachable: name === this.self || this.mesh.routes.unicastAll.has(name),
+        reachable: name === this.self || this.mesh.isReachable(name),
       })),
       pending: [...this.pending].map((p) => ({
         kind: p.kind,

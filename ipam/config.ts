@@ -1,6 +1,6 @@
 // Turns the router's --ipalloc-* options into the allocator's configuration, with clear errors.
-import { parsePeerName } from '../router/mesh/peer-name.js';
-import { contains, formatCidr, parseCidr, type Cidr } from './addr.js';
+import { parsePeerName } from '../mesh/index.js';
+import { contains, formatCidr, parseCidr, type Cidr } from '../net/addr.js';
 import type { InitMode } from './allocator.js';
 
 export interface IpamOptions {

@@ -2,7 +2,7 @@
 // first divided among. Every elector plays every role; the whole state is a
 // map node -> claims that each node changes only for itself and that merges
 // by taking the higher promise and the higher accepted proposal per node.
-import type { PeerName } from '../router/mesh/peer-name.js';
+import { isPeerName, type PeerName } from '../mesh/index.js';
 
 /** A node is a peer incarnation: a restarted peer cannot reuse its old promises. */
 export type NodeId = string; // `${name}/${uid}`
@@ -150,11 +150,11 @@ export function validatePaxos(v: unknown): PaxosState {
   if (entries.length > 10_000) throw new Error('paxos state too large');
   for (const [id, c] of entries) {
     const claims = c as Claims;
-    if (!/^[0-9a-f]{2}(:[0-9a-f]{2}){5}\/[0-9a-f]{16}$/.test(id)) throw new Error('paxos node id is malformed');
+    if (!/^[0-9a-f]{16}$/.test(id.slice(18)) || id[17] !== '/' || !isPeerName(id.slice(0, 17))) throw new Error('paxos node id is malformed');
     if (typeof claims !== 'object' || claims === null || !isProposal(claims.promise) || !isProposal(claims.accepted) || !isProposal(claims.origin)) {
       throw new Error('paxos claims are malformed');
     }
-    if (claims.value !== null && !(Array.isArray(claims.value) && claims.value.every((p) => typeof p === 'string' && /^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/.test(p)))) {
+    if (claims.value !== null && !(Array.isArray(claims.value) && claims.value.every((p) => isPeerName(p)))) {
       throw new Error('paxos value is malformed');
     }
     out[id] = { promise: claims.promise, accepted: claims.accepted, value: claims.value, origin: claims.origin };

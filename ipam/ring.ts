@@ -3,8 +3,8 @@
 // by (version, owner, free), a total order, so any two rings of the same origin
 // combine the same way in any order. Only an owner changes its entries (or a
 // takeover of a peer that is gone, which jumps the version).
-import type { PeerName } from '../router/mesh/peer-name.js';
-import type { Addr } from './addr.js';
+import { isPeerName, type PeerName } from '../mesh/index.js';
+import type { Addr } from '../net/addr.js';
 
 export interface RingEntry {
   token: Addr;
@@ -174,7 +174,7 @@ export function entryFromWire(w: unknown): RingEntry {
   if (!u32(token) || !u32(free) || !(typeof version === 'number' && Number.isSafeInteger(version) && version >= 0)) {
     throw new Error('ring entry has invalid numbers');
   }
-  if (typeof owner !== 'string' || !/^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/.test(owner)) throw new Error('ring entry has an invalid owner');
+  if (typeof owner !== 'string' || !isPeerName(owner)) throw new Error('ring entry has an invalid owner');
   return { token: token as number, owner, version: version as number, free: free as number };
 }
 

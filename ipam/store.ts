@@ -6,9 +6,9 @@ import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { open, type RootDatabase } from 'lmdb';
 import { join } from 'node:path';
-import { formatCidr, type Cidr } from './addr.js';
+import { formatCidr, type Cidr } from '../net/addr.js';
 import { Ring, entryFromWire, entryToWire } from './ring.js';
-import type { PeerName } from '../router/mesh/peer-name.js';
+import type { PeerName } from '../mesh/index.js';
 
 const FORMAT = 1;
 

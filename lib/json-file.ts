@@ -82,6 +82,11 @@ export interface Persist {
   writes: StateWrites;
 }
 
+/** A list kept in a state file: loaded checked (a bad item makes the file an error), saved through StateWrites. */
+export function listFile(p: Persist): { load<T>(check: (item: unknown) => T): T[]; save(list: unknown[]): void } {
+  return { load: (check) => readCheckedList(p.path, check), save: (list) => p.writes.write(p.path, list) };
+}
+
 /** The data directory and who records failed writes: what components get to keep state. */
 export interface StateDir {
   dir: string;

@@ -2,6 +2,7 @@
 // and, with discovery, addresses of peers learnt from the topology. Retries
 // with randomised exponential backoff, and says for each target what it is
 // doing and why.
+import { hostOf, parseAddress } from '../net/host-port.js';
 import type { Mesh, MeshConnection } from './mesh.js';
 import type { PeerName } from './peer-name.js';
 
@@ -32,38 +33,6 @@ export interface ConnectionMakerOptions {
 }
 
 export type Dialler = (host: string, port: number, opts: { direct: boolean; expect?: PeerName }) => Promise<void>;
-
-/** Parses `host`, `host:port`, `[v6]:port`; throws a readable error for anything else. */
-export function parseAddress(text: string, defaultPort: number): { host: string; port: number; addr: string } {
-  const t = text.trim();
-  let host: string;
-  let port = defaultPort;
-  const v6 = /^\[([0-9a-fA-F:.]+)\](?::(\d+))?$/.exec(t);
-  if (v6) {
-    host = v6[1];
-    if (v6[2] !== undefined) port = Number(v6[2]);
-  } else if (/^[^:\s]+:\d+$/.test(t)) {
-    const i = t.lastIndexOf(':');
-    host = t.slice(0, i);
-    port = Number(t.slice(i + 1));
-  } else if (/^[A-Za-z0-9.-]+$/.test(t)) {
-    host = t;
-  } else {
-    throw new Error(`invalid peer address "${text}": expected host or host:port`);
-  }
-  if (!Number.isInteger(port) || port < 1 || port > 65535) throw new Error(`invalid port in peer address "${text}"`);
-  if (host.length === 0 || host.length > 253) throw new Error(`invalid host in peer address "${text}"`);
-  const addr = host.includes(':') ? `[${host}]:${port}` : `${host}:${port}`;
-  return { host, port, addr };
-}
-
-/** The host part of "ip:port" or "[v6]:port". */
-export function hostOf(addr: string): string {
-  const v6 = /^\[(.*)\]:\d+$/.exec(addr);
-  if (v6) return v6[1];
-  const i = addr.lastIndexOf(':');
-  return i < 0 ? addr : addr.slice(0, i);
-}
 
 export class ConnectionMaker {
   readonly targets = new Map<string, Target>();

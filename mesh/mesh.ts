@@ -3,6 +3,7 @@
 // MeshLinks (TCP in the router, in-memory pipes in tests and benchmarks).
 import { createHash } from 'node:crypto';
 import { EventEmitter } from 'node:events';
+import type { Logger } from '../lib/logger.js';
 import { BytesGossipData, type Gossip, type GossipData, type Gossiper } from './gossip.js';
 import type { MeshLink } from './link.js';
 import { decodeMessage, encodeMessage, Tag, type MeshMessage } from './messages.js';
@@ -11,14 +12,6 @@ import { Routes } from './routes.js';
 import { Topology, type PeerEntry } from './topology.js';
 import { TOPOLOGY_CHANNEL, TopologyGossiper, TopologyUpdate } from './topology-gossip.js';
 
-export interface Logger {
-  debug(obj: object | string, msg?: string): void;
-  info(obj: object | string, msg?: string): void;
-  warn(obj: object | string, msg?: string): void;
-  error(obj: object | string, msg?: string): void;
-}
-
-export const silentLogger: Logger = { debug() {}, info() {}, warn() {}, error() {} };
 
 export interface MeshConfig {
   name: PeerName;
@@ -69,6 +62,59 @@ export class MeshConnection {
   }
 }
 
+/** What the mesh tells its listeners, with what. */
+export interface MeshEvents {
+  /** A connection passed its handshake and was added (not yet confirmed by the peer). */
+  'connection-added': [conn: MeshConnection];
+  /** The peer confirmed the connection: it carries data now. */
+  'connection-established': [conn: MeshConnection];
+  'connection-removed': [conn: MeshConnection, reason: string];
+  /** The topology or the routes changed (coalesced). */
+  topology: [];
+  /** Peers unreachable for gcDelay, dropped from the topology. */
+  'peers-gone': [peers: PeerName[]];
+  /** A message went out (for counting). */
+  sent: [message: MeshMessage, bytes: number];
+}
+
+/** A directly connected peer, as components see it. */
+export interface Neighbour {
+  name: PeerName;
+  nickname: string;
+  uid: string;
+  /** Its address as we see it (host:port of the connection). */
+  addr: string;
+  /** The mesh port it listens on. */
+  port: number;
+  established: boolean;
+  outbound: boolean;
+  /** Keys for the sleeve's packets to and from it, from the handshake (absent on in-memory links). */
+  sleeveKeys?: { send: Buffer; receive: Buffer };
+}
+
+/**
+ * The mesh as weft's components see it: read-only questions about peers and routes, gossip channels,
+ * and events. The maps the mesh keeps (connections, topology, routes) are not theirs to touch.
+ */
+export interface MeshView {
+  readonly name: PeerName;
+  readonly uid: string;
+  readonly log: Logger;
+  registerChannel(name: string, gossiper: Gossiper): Gossip;
+  on<K extends keyof MeshEvents>(event: K, listener: (...args: MeshEvents[K]) => void): this;
+  /** Directly connected peers: established ones, or all with `all`. */
+  neighbours(all?: boolean): Neighbour[];
+  /** Whether a peer can be reached over the mesh (any connection, established or not). */
+  isReachable(peer: PeerName): boolean;
+  /** Peers reachable over established connections, each with the next hop towards it. */
+  dataRoutes(): ReadonlyMap<PeerName, PeerName>;
+  /** A peer's nickname, while it is in the topology. */
+  nicknameOf(peer: PeerName): string | undefined;
+  inTopology(peer: PeerName): boolean;
+  /** The peers in the topology (this one included). */
+  peers(): { name: PeerName; nickname: string }[];
+}
+
 export interface AddResult {
   ok: boolean;
   reason?: string;
@@ -79,7 +125,7 @@ interface Channel {
   gossiper: Gossiper;
 }
 
-export class Mesh extends EventEmitter {
+export class Mesh extends EventEmitter<MeshEvents> implements MeshView {
   readonly topology = new Topology();
   private currentRoutes: Routes;
   private routesStale = false;
@@ -117,6 +163,40 @@ export class Mesh extends EventEmitter {
 
   get name(): PeerName {
     return this.config.name;
+  }
+
+  get uid(): string {
+    return this.config.uid;
+  }
+
+  neighbours(all = false): Neighbour[] {
+    const out: Neighbour[] = [];
+    for (const c of this.connections.values()) {
+      if (!all && !c.established) continue;
+      const l = c.link;
+      out.push({ name: c.name, nickname: l.remote.nickname, uid: l.remote.uid, addr: l.remoteAddr, port: l.remote.port, established: c.established, outbound: l.outbound, ...(l.sleeveKeys ? { sleeveKeys: l.sleeveKeys } : {}) });
+    }
+    return out;
+  }
+
+  isReachable(peer: PeerName): boolean {
+    return this.routes.unicastAll.has(peer);
+  }
+
+  dataRoutes(): ReadonlyMap<PeerName, PeerName> {
+    return this.routes.unicast;
+  }
+
+  nicknameOf(peer: PeerName): string | undefined {
+    return this.topology.get(peer)?.nickname;
+  }
+
+  inTopology(peer: PeerName): boolean {
+    return this.topology.get(peer) !== undefined;
+  }
+
+  peers(): { name: PeerName; nickname: string }[] {
+    return [...this.topology.entries.values()].map((e) => ({ name: e.name, nickname: e.nickname }));
   }
 
   /** Routes for the current topology, recomputed only when used after a change. */

@@ -3,8 +3,7 @@
 // name (its topology entry, its endpoints, its names) by presenting the name
 // with a key of its own. Forgotten only on purpose (weft rmpeer), for a peer
 // re-installed with a fresh key. The caller keeps the list on disk.
-import type { PeerName } from './peer-name.js';
-import { isPeerName } from './peer-name.js';
+import { type PeerName, isPeerName } from './peer-name.js';
 
 export interface PinnedKey {
   name: PeerName;

@@ -7,7 +7,7 @@
 // still work without their router) and then dropped.
 // The endpoint table (datapath) and the DNS name table are both this.
 import type { Gossip, GossipData, Gossiper } from './gossip.js';
-import type { Mesh } from './mesh.js';
+import type { MeshView } from './mesh.js';
 import { pack, unpack } from './messages.js';
 import { isPeerName, type PeerName } from './peer-name.js';
 
@@ -102,7 +102,7 @@ export class PeerRecords<T> implements Gossiper {
   private readonly timer: NodeJS.Timeout;
 
   constructor(
-    protected readonly mesh: Mesh,
+    protected readonly mesh: MeshView,
     channelName: string,
     private readonly codec: EntryCodec<T>,
     private readonly graceMs: number,
@@ -129,9 +129,9 @@ export class PeerRecords<T> implements Gossiper {
     let changed = false;
     // Records of peers that are not in the topology at all (gone before we met them, or never
     // there: a peer may gossip records for names nobody has) start their grace period now.
-    for (const p of this.records.keys()) if (p !== this.mesh.name && !this.goneAt.has(p) && !this.mesh.topology.get(p)) this.goneAt.set(p, now);
+    for (const p of this.records.keys()) if (p !== this.mesh.name && !this.goneAt.has(p) && !this.mesh.inTopology(p)) this.goneAt.set(p, now);
     for (const [p, at] of this.goneAt) {
-      if (this.mesh.topology.get(p)) {
+      if (this.mesh.inTopology(p)) {
         this.goneAt.delete(p); // it came back
       } else if (now - at >= this.graceMs) {
         this.goneAt.delete(p);
@@ -140,7 +140,7 @@ export class PeerRecords<T> implements Gossiper {
         changed = this.records.delete(p) || changed;
       }
     }
-    for (const [p, d] of this.dropped) if (this.mesh.topology.get(p) || now - d.at > DROPPED_MEMORY_MS) this.dropped.delete(p);
+    for (const [p, d] of this.dropped) if (this.mesh.inTopology(p) || now - d.at > DROPPED_MEMORY_MS) this.dropped.delete(p);
     if (changed) this.changed();
   }
 
@@ -187,7 +187,7 @@ export class PeerRecords<T> implements Gossiper {
     for (const r of decodePeerRecords(this.codec, update)) {
       if (r.peer !== this.mesh.name) {
         const d = this.dropped.get(r.peer);
-        if (d && r.version <= d.version && !this.mesh.topology.get(r.peer)) continue;
+        if (d && r.version <= d.version && !this.mesh.inTopology(r.peer)) continue;
         others.push(r);
       } else if (comparePeerRecords(this.codec, r, this.records.get(this.mesh.name)!) > 0) {
         // An earlier incarnation's record, newer than ours: supersede it. (Our own record echoed

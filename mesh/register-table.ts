@@ -8,10 +8,9 @@
 // data directory when given a path.
 import { createHash } from 'node:crypto';
 import type { Gossip, GossipData, Gossiper } from './gossip.js';
-import type { Mesh } from './mesh.js';
+import type { MeshView } from './mesh.js';
 import { pack, unpack } from './messages.js';
 import { isPeerName, type PeerName } from './peer-name.js';
-import { readCheckedList, type Persist } from '../json-file.js';
 import { MAX_VERSION } from './peer-records.js';
 
 export interface Register<V> {
@@ -20,6 +19,16 @@ export interface Register<V> {
   origin: PeerName;
   /** null: removed. */
   value: V | null;
+}
+
+/**
+ * Where a table keeps its registers between runs: the caller's (the mesh writes no files). `load` gives
+ * what was saved, each item checked by `check`, and throws when that cannot be done (the caller's
+ * error says which file and what to do); `save` reports its own failures and never throws.
+ */
+export interface RegisterStore {
+  load<T>(check: (item: unknown) => T): T[];
+  save(wire: unknown[]): void;
 }
 
 /** What one table's values are: `check` validates a value from the wire (for this id) or throws `fail`'s error. */
@@ -93,14 +102,14 @@ export class RegisterTable<V> implements Gossiper {
   private digestCache: Uint8Array | null = null;
 
   constructor(
-    protected readonly mesh: Mesh,
+    protected readonly mesh: MeshView,
     channelName: string,
     private readonly codec: RegisterCodec<V>,
-    private readonly persist?: Persist,
+    private readonly store?: RegisterStore,
   ) {
-    // A damaged file stops the router with the reason (StateFileError): read as empty, a
-    // restarted host would enforce nothing of what it had.
-    if (persist) mergeRegisters(this.entries, readCheckedList(persist.path, (w) => registerFromWire(codec, w)));
+    // A store that cannot be read stops the caller with the reason: read as empty, a restarted host
+    // would enforce nothing of what it had.
+    if (store) mergeRegisters(this.entries, store.load((w) => registerFromWire(codec, w)));
     this.channel = mesh.registerChannel(channelName, this);
   }
 
@@ -149,8 +158,8 @@ export class RegisterTable<V> implements Gossiper {
 
   private changed(): void {
     this.digestCache = null;
-    // A failed write (a full disk) is recorded and shown in status; the change is enforced all the same.
-    this.persist?.writes.write(this.persist.path, [...this.entries.values()].map(toWire));
+    // A failed write (a full disk) is the store's to report; the change is enforced all the same.
+    this.store?.save([...this.entries.values()].map(toWire));
     for (const fn of this.listeners) fn();
   }
 

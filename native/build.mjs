@@ -21,7 +21,7 @@ const r = gyp
   ? spawnSync(process.execPath, [gyp, 'rebuild', '--directory', here], { stdio: ['ignore', 'pipe', 'pipe'], encoding: 'utf8', env })
   : spawnSync('node-gyp', ['rebuild', '--directory', here], { stdio: ['ignore', 'pipe', 'pipe'], encoding: 'utf8', env });
 if (r.status === 0) {
-  console.log('weft: native addon built (datapath/native/build/Release/weft_native.node)');
+  console.log('weft: native addon built (native/build/Release/weft_native.node)');
 } else {
   const why = r.error ? `node-gyp could not run: ${r.error.message}` : (r.stderr || r.stdout).split('\n').filter((l) => /error|Error/.test(l)).slice(0, 8).join('\n') || `node-gyp exited with ${r.status}`;
   mkdirSync(dirname(reasonFile), { recursive: true });

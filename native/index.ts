@@ -35,6 +35,19 @@ interface Addon {
   UdpPort: new (opts: object, onReadable: (n: number) => void) => RawUdp;
   TapPort: new (opts: object, onReadable: (n: number) => void) => RawTap;
   FastPath: new () => RawFastPath;
+  constants: Record<string, number>;
+}
+
+/**
+ * Where the addon's idea of a wire format differs from `expected` (names whose values differ), or
+ * null when they agree (or the addon is not loaded). The caller owns the format; the addon reports
+ * what it was built with.
+ */
+export function nativeConstantsDiffer(expected: Record<string, number>): string | null {
+  const a = native();
+  if (typeof a === 'string') return null;
+  const wrong = Object.entries(expected).filter(([k, v]) => a.constants?.[k] !== v);
+  return wrong.length > 0 ? `the native addon was built for another packet format (${wrong.map(([k, v]) => `${k} ${a.constants?.[k]} there, ${v} here`).join(', ')}): rebuild it (npm install)` : null;
 }
 
 export interface FastPathStats {
@@ -105,11 +118,11 @@ export interface PortStats {
 
 let loaded: Addon | string | null = null;
 
-/** The addon's directory: from datapath/native (sources) or dist/datapath/native (compiled). */
+/** The addon's directory: native/ beside the sources, or above dist/native (compiled). */
 function addonDir(): string | null {
   let dir = dirname(fileURLToPath(import.meta.url));
   for (let i = 0; i < 5; i++) {
-    if (existsSync(join(dir, 'datapath', 'native', 'binding.gyp'))) return join(dir, 'datapath', 'native');
+    if (existsSync(join(dir, 'native', 'binding.gyp'))) return join(dir, 'native');
     if (existsSync(join(dir, 'binding.gyp'))) return dir;
     dir = dirname(dir);
   }
@@ -120,7 +133,7 @@ function addonDir(): string | null {
 export function native(): Addon | string {
   if (loaded) return loaded;
   const dir = addonDir();
-  if (!dir) return (loaded = 'the native addon sources (datapath/native) are not where weft expects them');
+  if (!dir) return (loaded = 'the native addon sources (native/) are not where weft expects them');
   const file = join(dir, 'build', 'Release', 'weft_native.node');
   if (!existsSync(file)) {
     const why = join(dir, 'build', 'why-not-built.txt');

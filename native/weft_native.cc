@@ -305,7 +305,7 @@ class Port : public Napi::ObjectWrap<T> {
 // entering V8 after the loop slept costs tens of microseconds per packet on a small VM, which is
 // most of a round trip. Everything else (broadcast, unknown or learnt MACs, encryption, relaying,
 // fragments) is left in the slots for JavaScript as before. The packet format is the one in
-// datapath/sleeve-packet.ts; the tables come from FastPath.update().
+// datapath/sleeve/packet.ts; the tables come from FastPath.update().
 constexpr uint8_t SLEEVE_VERSION = 1, KIND_FRAMES = 1, KIND_FRAGMENT = 2, MAX_HOPS = 16;
 constexpr int SLEEVE_HEADER = 8, FRAGMENT_HEADER = 16, MESSAGE_HEADER = 13, VNET_HDR = 10;
 constexpr int MAX_UDP_PAYLOAD = 65507;
@@ -837,6 +837,19 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("UdpPort", UdpPort::Init(env));
   exports.Set("TapPort", TapPort::Init(env));
   exports.Set("FastPath", FastPath::Init(env));
+  // The sleeve's packet format as this code has it: JavaScript checks it against its own
+  // (datapath/sleeve/packet.ts) before it uses the fast path, so the two cannot drift apart unseen.
+  Napi::Object c = Napi::Object::New(env);
+  c.Set("SLEEVE_VERSION", SLEEVE_VERSION);
+  c.Set("KIND_FRAMES", KIND_FRAMES);
+  c.Set("KIND_FRAGMENT", KIND_FRAGMENT);
+  c.Set("MAX_HOPS", MAX_HOPS);
+  c.Set("SLEEVE_HEADER", SLEEVE_HEADER);
+  c.Set("FRAGMENT_HEADER", FRAGMENT_HEADER);
+  c.Set("MESSAGE_HEADER", MESSAGE_HEADER);
+  c.Set("VNET_HDR", VNET_HDR);
+  c.Set("MAX_UDP_PAYLOAD", MAX_UDP_PAYLOAD);
+  exports.Set("constants", c);
   return exports;
 }
 

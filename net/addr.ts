@@ -8,6 +8,16 @@ export interface Cidr {
   prefix: number;
 }
 
+/** Whether text is an IPv4 address in dotted decimal (each part 0-255). */
+export function isIpv4(text: string): boolean {
+  try {
+    parseIp(text);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 export function parseIp(text: string): Addr {
   const parts = text.trim().split('.');
   if (parts.length !== 4 || !parts.every((p) => /^\d{1,3}$/.test(p) && Number(p) <= 255)) {

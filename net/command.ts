@@ -1,20 +1,74 @@
-// iproute2 as the way to program the kernel: single commands, `-batch -` for
-// many changes in one process, `-json` to read state back. Runs in the
-// router's own network namespace unless told to enter another.
-import { execFile } from 'node:child_process';
+// The one way weft runs the tools that program the kernel: ip and bridge
+// (iproute2: single commands, `-batch -` for many changes in one process,
+// `-json` to read state back), nft, conntrack, ethtool, and nsenter to do any
+// of it inside a container's network namespace. Runs in the router's own
+// namespace unless told to enter another. A missing tool says which Debian
+// package has it.
+import { execFile, spawn } from 'node:child_process';
+import { writeFile } from 'node:fs/promises';
+import { createInterface } from 'node:readline';
 
-export class CommandError extends Error {}
+export class CommandError extends Error {
+  constructor(
+    message: string,
+    /** The tool's exit code (null: it did not run, or was killed). */
+    readonly exitCode: number | null = null,
+    readonly stderr = '',
+  ) {
+    super(message);
+  }
+}
 
-function exec(cmd: string, args: string[], input?: string): Promise<string> {
+const PACKAGES: Record<string, string> = { nft: 'nftables', ethtool: 'ethtool', conntrack: 'conntrack', ip: 'iproute2', bridge: 'iproute2', nsenter: 'util-linux' };
+
+function notFound(cmd: string): CommandError {
+  const pkg = PACKAGES[cmd];
+  return new CommandError(`${cmd} not found${pkg ? `: install ${pkg} (Debian: apt-get install ${pkg})` : ''}`);
+}
+
+/** Runs a command; resolves with its output, rejects with a CommandError saying what failed and why. */
+export async function run(cmd: string, args: string[], input?: string, timeoutMs = 20_000): Promise<string> {
+  return (await runBoth(cmd, args, input, timeoutMs)).stdout;
+}
+
+/** run(), with what the command wrote to stderr too (some tools report there: conntrack's counts). */
+export function runBoth(cmd: string, args: string[], input?: string, timeoutMs = 20_000): Promise<{ stdout: string; stderr: string }> {
   return new Promise((resolve, reject) => {
-    const child = execFile(cmd, args, { timeout: 20_000, maxBuffer: 64 * 1024 * 1024 }, (err, stdout, stderr) => {
-      if ((err as NodeJS.ErrnoException | null)?.code === 'ENOENT') {
-        const pkg: Record<string, string> = { nft: 'nftables', ethtool: 'ethtool' };
-        reject(new CommandError(`${cmd} not found${pkg[cmd] ? `: install ${pkg[cmd]} (Debian: apt-get install ${pkg[cmd]})` : ''}`));
-      } else if (err) reject(new CommandError(`${cmd} ${args.join(' ')}: ${String(stderr).trim() || err.message}`));
-      else resolve(String(stdout));
+    const child = execFile(cmd, args, { timeout: timeoutMs, maxBuffer: 64 * 1024 * 1024 }, (err, stdout, stderr) => {
+      const e = err as (NodeJS.ErrnoException & { code?: unknown }) | null;
+      const tool = cmd === 'nsenter' ? (args.find((a) => !a.startsWith('--')) ?? cmd) : cmd;
+      if (e?.code === 'ENOENT' || (cmd === 'nsenter' && /No such file or directory/.test(String(stderr)) && /exec/.test(String(stderr)))) reject(notFound(e?.code === 'ENOENT' ? cmd : tool));
+      else if (e) reject(new CommandError(`${tool} ${args.join(' ')}: ${String(stderr).trim() || e.message}`, typeof e.code === 'number' ? e.code : null, String(stderr)));
+      else resolve({ stdout: String(stdout), stderr: String(stderr) });
     });
     if (input !== undefined) child.stdin?.end(input);
+  });
+}
+
+const exec = run;
+
+/**
+ * A command's output line by line, for listings of any size (no buffer to overflow); resolves when it
+ * ends (rejects if it fails or runs past `timeoutMs`).
+ */
+export function lines(cmd: string, args: string[], onLine: (line: string) => void, timeoutMs = 60_000): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    let err = '';
+    const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
+    createInterface({ input: child.stdout }).on('line', onLine);
+    child.stderr.on('data', (d: Buffer) => {
+      if (err.length < 4096) err += String(d);
+    });
+    child.on('error', (e: NodeJS.ErrnoException) => {
+      clearTimeout(timer);
+      reject(e.code === 'ENOENT' ? notFound(cmd) : e);
+    });
+    child.on('close', (code, signal) => {
+      clearTimeout(timer);
+      if (code === 0) resolve();
+      else reject(new CommandError(`${cmd} ${args.join(' ')}: ${signal ? `killed (${signal}) after ${timeoutMs / 1000} s` : err.trim() || `exit code ${code}`}`, code, err));
+    });
   });
 }
 
@@ -76,7 +130,16 @@ export async function linkExists(name: string, netnsPath?: string): Promise<bool
   }
 }
 
-export async function sysctl(path: string, value: string): Promise<void> {
-  const { writeFile } = await import('node:fs/promises');
-  await writeFile(`/proc/sys/${path.replaceAll('.', '/')}`, value);
+/** Sets a sysctl (net.ipv4.ip_forward ...) here, or inside the namespace at `netnsPath` (/proc/sys is per namespace). */
+export async function sysctl(path: string, value: string, netnsPath?: string): Promise<void> {
+  // "net.ipv4.ip_forward", or a path with slashes where a part has dots (an interface name).
+  const file = `/proc/sys/${path.includes('/') ? path : path.replaceAll('.', '/')}`;
+  if (!netnsPath) return writeFile(file, value);
+  if (!/^[\w./-]+$/.test(path) || !/^\w+$/.test(value)) throw new CommandError(`sysctl ${path}=${value}: not a sysctl`);
+  await exec(...inNamespace('sh', ['-c', `echo ${value} > ${file}`], netnsPath));
+}
+
+/** `conntrack ARGS` here, or inside the namespace at `netnsPath` (it reports counts on stderr). */
+export function conntrack(args: string[], netnsPath?: string): Promise<{ stdout: string; stderr: string }> {
+  return runBoth(...inNamespace('conntrack', args, netnsPath), undefined, 10_000);
 }

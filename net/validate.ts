@@ -2,7 +2,7 @@
 // each returns the value in its one canonical form or throws saying what is
 // wrong, so that two spellings of the same thing never become two entries, and
 // a value that passed here is safe to put into a command line or a ruleset.
-import { formatIp, parseCidr, parseIp } from '../ipam/addr.js';
+import { formatIp, parseCidr, parseIp } from './addr.js';
 
 export class InvalidValue extends Error {}
 
@@ -52,6 +52,9 @@ export function canonicalDnsName(text: unknown, what = 'name'): string {
   }
   return `${bare}.`;
 }
+
+/** A security group's name: lower-case letters, digits, _ . -, up to 63, starting with a letter or digit. */
+export const GROUP_NAME = /^[a-z0-9][a-z0-9_.-]{0,62}$/;
 
 /** A network interface name (IFNAMSIZ: 15 characters), safe on a command line. */
 export function checkIfName(text: unknown, what = 'interface name'): string {

@@ -11,13 +11,13 @@ import { randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync, rmSync, statSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import type { Allocator } from '../ipam/allocator.js';
-import { contains, formatCidr, formatIp, overlaps, parseCidr, parseIp, type Cidr } from '../ipam/addr.js';
+import { contains, formatCidr, formatIp, overlaps, parseCidr, parseIp, type Cidr } from '../net/addr.js';
 import type { Datapath } from '../datapath/datapath.js';
 import { hostIfName, joinBridge, vethNames, withNewVeth } from '../datapath/attach.js';
-import { ip, ipJson, linkExists } from '../datapath/iproute.js';
-import { readJsonList, writeJsonAtomically } from '../router/json-file.js';
+import { ip, ipJson, linkExists } from '../net/command.js';
+import { readJsonList, writeJsonAtomically } from '../lib/json-file.js';
 import { canonicalCidr, canonicalMac } from '../net/validate.js';
-import type { Logger } from '../router/mesh/mesh.js';
+import type { Logger } from '../lib/logger.js';
 
 export const PLUGIN_NAME = 'weft';
 export const ADDRESS_SPACE = 'weft';

@@ -8,14 +8,14 @@ import { join } from 'node:path';
 import type { Datapath } from '../datapath/datapath.js';
 import { DOCKER_ID, announceWhenForwarding, pinDns } from '../datapath/attach.js';
 import { bridgeMac } from '../datapath/bridge.js';
-import { ipJson } from '../datapath/iproute.js';
+import { ipJson } from '../net/command.js';
 import type { NameService } from '../dns/table.js';
 import type { Allocator } from '../ipam/allocator.js';
-import { readJsonList, type StateWrites } from '../router/json-file.js';
-import type { Logger } from '../router/mesh/mesh.js';
+import { readJsonList, type StateWrites } from '../lib/json-file.js';
+import type { Logger } from '../lib/logger.js';
 import { DockerApi, type ContainerInfo, type DockerEvent } from './docker-api.js';
 import { DockerDriver, endpointKey } from './docker-driver.js';
-import { GROUP_NAME } from '../policy/rules.js';
+import { GROUP_NAME } from '../net/validate.js';
 
 /** How `weft attach` attached a Docker container, so a restart of it can be attached the same way. */
 interface Attached {

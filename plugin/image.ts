@@ -11,8 +11,8 @@ import { tmpdir } from 'node:os';
 import { basename, dirname, join, relative } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { DockerApi, defaultDockerApi } from './docker-api.js';
-import { VERSION } from '../router/report.js';
-import { projectRoot } from '../router/project-root.js';
+import { VERSION } from '../lib/version.js';
+import { projectRoot } from '../lib/project-root.js';
 
 export const ROUTER_IMAGE_REPO = 'weft/router';
 export const ROUTER_IMAGE = `${ROUTER_IMAGE_REPO}:${VERSION}`;
@@ -95,9 +95,9 @@ export function buildRootfs(): string {
     if (!['test', 'bench', 'examples'].includes(part)) cpSync(join(project, 'dist', part), join(app, 'dist', part), { recursive: true });
   }
   cpSync(join(project, 'package.json'), join(app, 'package.json'));
-  cpSync(join(project, 'datapath', 'native', 'binding.gyp'), join(app, 'datapath', 'native', 'binding.gyp'));
-  const addon = join(project, 'datapath', 'native', 'build', 'Release', 'weft_native.node');
-  if (existsSync(addon)) cpSync(addon, join(app, 'datapath', 'native', 'build', 'Release', 'weft_native.node'));
+  cpSync(join(project, 'native', 'binding.gyp'), join(app, 'native', 'binding.gyp'));
+  const addon = join(project, 'native', 'build', 'Release', 'weft_native.node');
+  if (existsSync(addon)) cpSync(addon, join(app, 'native', 'build', 'Release', 'weft_native.node'));
   else console.warn('warning: the native addon is not built; the image\'s router will run without the sleeve and batched DNS');
   const prod = execFileSync('npm', ['ls', '--omit=dev', '--all', '--parseable'], { cwd: project, encoding: 'utf8' })
     .split('\n')

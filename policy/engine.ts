@@ -5,17 +5,24 @@
 // membership anywhere only adds and deletes set elements. After each change the
 // tracked flows that are no longer allowed are cut. The kernel keeps enforcing
 // while the router is down; a restarted router rewrites the table from its state.
-import { stateFile, type StateDir } from '../router/json-file.js';
+import { stateFile, type StateDir } from '../lib/json-file.js';
 import type { Datapath } from '../datapath/datapath.js';
+
+/**
+ * What the policy needs of the datapath: its endpoints (every container's groups and addresses), the
+ * port guard's state, and a rewrite of the firewall table (whose policy part it gives through the
+ * datapath's FirewallPart hook).
+ */
+export type PolicyHost = Pick<Datapath, 'endpoints' | 'guard' | 'refreshFirewall'>;
 import { readFile } from 'node:fs/promises';
-import { nft, sysctl } from '../datapath/iproute.js';
+import { nft, sysctl } from '../net/command.js';
 import { TABLE } from '../datapath/firewall.js';
-import type { Mesh } from '../router/mesh/mesh.js';
+import type { MeshView } from '../mesh/index.js';
 import { deleteFlow, listFlows } from './conntrack.js';
 import { PolicyModel, type Decision, type Flow, type Member } from './model.js';
 import { compilePolicy, elementUpdates, type CompiledPolicy } from './nft.js';
 import { PolicyTable } from './table.js';
-import { SerialJob } from '../router/serial-job.js';
+import { SerialJob } from '../lib/serial-job.js';
 
 const BRIDGE_NF = 'net.bridge.bridge-nf-call-iptables';
 
@@ -50,13 +57,11 @@ export class PolicyEngine {
   readonly stats = { flowsCut: 0, elementUpdates: 0, rewrites: 0, applyMs: 0 };
 
   constructor(
-    private readonly mesh: Mesh,
-    private readonly datapath: Datapath | null,
+    private readonly mesh: MeshView,
+    private readonly datapath: PolicyHost | null,
     state: StateDir,
   ) {
     this.table = new PolicyTable(mesh, stateFile(state, 'policy.json'));
-    // Before the datapath starts: its first write of the firewall table already carries the policy.
-    if (datapath) datapath.policy = this;
   }
 
   /** Follows changes of rules and endpoints from now on. */

@@ -6,7 +6,7 @@
 // rule accepts everything; once one is, it accepts only what some such rule
 // allows. The same for egress. A flow needs both the sender's egress and the
 // receiver's ingress; replies of an allowed flow always pass (conntrack).
-import { contains, parseCidr, parseIp } from '../ipam/addr.js';
+import { contains, parseCidr, parseIp } from '../net/addr.js';
 import { describeRule, formatSelector, type Rule, type Selector } from './rules.js';
 
 export interface Member {

@@ -2,7 +2,8 @@
 // and the wire, and how they are checked. A rule protects a target (a group or one
 // container) in one direction and allows one kind of peer (a group, a container,
 // a CIDR or any) by protocol and port.
-import { formatCidr, parseCidr } from '../ipam/addr.js';
+import { formatCidr, parseCidr } from '../net/addr.js';
+import { GROUP_NAME } from '../net/validate.js';
 
 export type Proto = 'tcp' | 'udp' | 'icmp' | 'any';
 export type Direction = 'ingress' | 'egress';
@@ -22,7 +23,6 @@ export interface Rule {
   ports?: [number, number];
 }
 
-export const GROUP_NAME = /^[a-z0-9][a-z0-9_.-]{0,62}$/;
 const CONTAINER_ID = /^[A-Za-z0-9_.:-]{1,200}$/;
 const RULE_ID = /^[0-9a-f]{8,32}$/;
 const PROTOS: Proto[] = ['tcp', 'udp', 'icmp', 'any'];

@@ -1,11 +1,10 @@
 // The policy table: every security group rule in the mesh, a table of
-// last-writer-wins registers (router/mesh/register-table.ts) on its own gossip
+// last-writer-wins registers (mesh/register-table.ts) on its own gossip
 // channel, one per rule id. Any peer may add or remove any rule; every peer
 // converges on the same rules. Persisted in the data directory.
 import { randomBytes } from 'node:crypto';
-import type { Mesh } from '../router/mesh/mesh.js';
-import { RegisterTable, compareRegisters, mergeRegisters, registerFromWire, type Register, type RegisterCodec } from '../router/mesh/register-table.js';
-import type { Persist } from '../router/json-file.js';
+import { type MeshView, RegisterTable, compareRegisters, mergeRegisters, registerFromWire, type Register, type RegisterCodec } from '../mesh/index.js';
+import { listFile, type Persist } from '../lib/json-file.js';
 import { RuleError, checkRule, type Rule } from './rules.js';
 
 export const POLICY_CHANNEL = 'policy';
@@ -28,8 +27,8 @@ export const mergeEntries = mergeRegisters<Rule>;
 export const entryFromWire = (w: unknown): PolicyEntry => registerFromWire(ruleCodec, w);
 
 export class PolicyTable extends RegisterTable<Rule> {
-  constructor(mesh: Mesh, persist?: Persist) {
-    super(mesh, POLICY_CHANNEL, ruleCodec, persist);
+  constructor(mesh: MeshView, persist?: Persist) {
+    super(mesh, POLICY_CHANNEL, ruleCodec, persist && listFile(persist));
   }
 
   /** The rules in force, in id order. */

@@ -3,10 +3,9 @@
 // write-then-rename, readable only by root.
 import { createPublicKey, generateKeyPairSync, randomBytes } from 'node:crypto';
 import { mkdirSync, readFileSync } from 'node:fs';
-import { writeJsonAtomically } from './json-file.js';
+import { writeJsonAtomically } from '../lib/json-file.js';
 import { join } from 'node:path';
-import { rawPublicKey } from './mesh/protocol-crypto.js';
-import { isPeerName, randomPeerName, type PeerName } from './mesh/peer-name.js';
+import { rawPublicKey, isPeerName, randomPeerName, type PeerName } from '../mesh/index.js';
 
 export interface Identity {
   name: PeerName;

@@ -5,7 +5,7 @@ import { Command } from 'commander';
 import { pino } from 'pino';
 import { addRouterOptions, toRouterOptions } from './options.js';
 import { Router } from './router.js';
-import { VERSION } from './report.js';
+import { VERSION } from '../lib/version.js';
 
 const program = addRouterOptions(
   new Command('weft-router').description('the weft router daemon').version(VERSION).argument('[peers...]', 'peers to connect to (host[:port])'),

@@ -3,8 +3,9 @@
 import { readFileSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { Command, Option } from 'commander';
-import { parsePeerName, type PeerName } from './mesh/peer-name.js';
-import { parseCidr } from '../ipam/addr.js';
+import { parsePeerName, type PeerName } from '../mesh/index.js';
+import { parseCidr } from '../net/addr.js';
+import { parseListen } from '../net/host-port.js';
 
 export interface RouterOptions {
   dataDir: string;
@@ -90,6 +91,21 @@ function cidrList(v: string): string[] {
   return out;
 }
 
+/** A listen address option: checked now, so a typo is a clear error at start, not a crash later. */
+function listenAddr(name: string, allowNone: boolean, allowUnix: boolean, fallback?: string) {
+  return (v: string): string => {
+    if (allowNone && v === '') return v;
+    // An empty variable (WEFT_HTTP_ADDR= is also the CLI's "not set") means the default.
+    if (v === '' && fallback !== undefined) return fallback;
+    if (allowUnix && v.startsWith('unix:')) {
+      if (!v.startsWith('unix:/')) throw new Error(`--${name} ${v}: a unix socket needs an absolute path (unix:/run/weft/api.sock)`);
+      return v;
+    }
+    parseListen(v, `--${name}`);
+    return v;
+  };
+}
+
 function duration(v: string): number {
   return parseDuration(v);
 }
@@ -115,8 +131,8 @@ export function routerOptions(): Option[] {
     o('--password-file <path>', 'read the mesh password from this file'),
     o('--conn-limit <n>', 'at most this many connections (0: no limit); a peer is never locked out').default(200).argParser(int('conn-limit', 0, 100_000)),
     o('--no-discovery', 'do not connect to peers learnt from others'),
-    o('--http-addr <ip:port|unix:path>', 'address of the local HTTP API; unix:/PATH serves it on a socket only root can use (no TCP at all)').default(DEFAULT_HTTP_ADDR),
-    o('--metrics-addr <ip:port>', 'where Prometheus metrics are served, at /metrics (":6782" or "0.0.0.0:6782": every address, for a scraper elsewhere; "" turns them off)').default('127.0.0.1:6782'),
+    o('--http-addr <ip:port|unix:path>', 'address of the local HTTP API; unix:/PATH serves it on a socket only root can use (no TCP at all)').default(DEFAULT_HTTP_ADDR).argParser(listenAddr('http-addr', false, true, DEFAULT_HTTP_ADDR)),
+    o('--metrics-addr <ip:port>', 'where Prometheus metrics are served, at /metrics (":6782" or "0.0.0.0:6782": every address, for a scraper elsewhere; "" turns them off)').default('127.0.0.1:6782').argParser(listenAddr('metrics-addr', true, false)),
     o('--log-level <level>', 'debug, info, warn or error').default('info').choices(['debug', 'info', 'warn', 'error']),
     o('--gossip-interval <duration>', 'period of the anti-entropy exchange').default(30_000, '30s').argParser(duration),
     o('--heartbeat-interval <duration>', 'heartbeat period; a connection silent for three periods is closed').default(10_000, '10s').argParser(duration),
@@ -135,7 +151,7 @@ export function routerOptions(): Option[] {
     o('--no-dns', 'do not run the DNS server'),
     o('--dns-domain <domain>', 'the domain weft answers for').default('weft.local.'),
     o('--dns-ttl <seconds>', 'TTL of weft\'s answers').default(1).argParser(int('dns-ttl', 0, 86400)),
-    o('--dns-listen-address <ip:port>', 'where the DNS server listens (default: 169.254.83.83:53 on the weft bridge, reachable from attached containers)'),
+    o('--dns-listen-address <ip:port>', 'where the DNS server listens (default: 169.254.83.83:53 on the weft bridge, reachable from attached containers)').argParser(listenAddr('dns-listen-address', false, false)),
     o('--resolv-conf <path>', 'upstream servers for other names come from this file').default('/etc/resolv.conf'),
     o('--docker-api <url>', 'the Docker engine to follow (unix:///path or tcp://host:port; "" for none)').default(process.env.DOCKER_HOST || 'unix:///var/run/docker.sock', 'DOCKER_HOST or unix:///var/run/docker.sock'),
     o('--docker-plugin <socket>', 'where the Docker network and IPAM plugin "weft" listens ("" for no plugin)').default('/run/docker/plugins/weft.sock'),
@@ -198,12 +214,4 @@ export function toRouterOptions(v: Record<string, unknown>, peers: string[]): Ro
     dockerPlugin: v.dockerPlugin as string,
     peers,
   };
-}
-
-export function splitHostPort(addr: string): { host: string; port: number } {
-  const i = addr.lastIndexOf(':');
-  const host = addr.slice(0, i).replace(/^\[|\]$/g, '');
-  const port = Number(addr.slice(i + 1));
-  if (i < 0 || !host || !Number.isInteger(port) || port < 1 || port > 65535) throw new Error(`invalid address "${addr}": expected ip:port`);
-  return { host, port };
 }

@@ -1,10 +1,7 @@
 // The router's whole state as JSON (GET /report), and what `weft status` prints
 // from it. Status text is an interface people and scripts read: keep it stable.
-import type { ConnectionMaker } from './mesh/connection-maker.js';
-import type { Mesh } from './mesh/mesh.js';
-import type { PeerName } from './mesh/peer-name.js';
-import type { HandshakeFailure } from './mesh/tcp.js';
-import { PROTOCOL_MAX, PROTOCOL_MIN } from './mesh/protocol-crypto.js';
+import { type ConnectionMaker, type Mesh, type PeerName, type HandshakeFailure, PROTOCOL_MAX, PROTOCOL_MIN } from '../mesh/index.js';
+import { VERSION } from '../lib/version.js';
 import type { Allocator, IpamStatus } from '../ipam/allocator.js';
 import type { Datapath } from '../datapath/datapath.js';
 import type { NameService } from '../dns/table.js';
@@ -12,9 +9,8 @@ import type { DnsServer } from '../dns/server.js';
 import type { DockerStatus, DockerWatcher } from '../plugin/docker-watcher.js';
 import type { PolicyEngine } from '../policy/engine.js';
 import type { ServiceEngine } from '../services/engine.js';
-import type { StateWrites } from './json-file.js';
+import type { StateWrites } from '../lib/json-file.js';
 
-export const VERSION = '0.1.0';
 
 export interface ConnectionReport {
   address: string;

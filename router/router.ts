@@ -1,23 +1,21 @@
 // Wiring: everything the router runs, started and stopped in one place.
+import { VERSION } from '../lib/version.js';
 import { chmodSync, mkdirSync, rmSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import type http from 'node:http';
 import type { FastifyInstance } from 'fastify';
 import { buildRegistry, serveMetrics } from './metrics.js';
-import { buildApi, type ApiListen } from './api.js';
-import { StateWrites, readCheckedList, stateFile, writeJsonAtomically } from './json-file.js';
-import { PeerKeys, pinnedKeyFromJson } from './mesh/peer-keys.js';
-import { passwordKey } from './mesh/protocol-crypto.js';
+import { buildApi, type ApiListen } from './api/index.js';
+import { StateWrites, readCheckedList, stateFile, writeJsonAtomically } from '../lib/json-file.js';
+import { PeerKeys, pinnedKeyFromJson, passwordKey, ConnectionMaker, Mesh, defaultMeshTimings, TcpTransport, isPeerName, type PeerName } from '../mesh/index.js';
 import { loadIdentity, newUid } from './identity.js';
-import { ConnectionMaker } from './mesh/connection-maker.js';
-import { Mesh, defaultMeshTimings, type Logger } from './mesh/mesh.js';
-import { TcpTransport } from './mesh/tcp.js';
-import { splitHostPort, type RouterOptions } from './options.js';
-import { VERSION, buildReport, type Report } from './report.js';
+import { type Logger } from '../lib/logger.js';
+import type { RouterOptions } from './options.js';
+import { parseListen } from '../net/host-port.js';
+import { buildReport, type Report } from './report.js';
 import { Allocator, IpamError } from '../ipam/allocator.js';
-import { isPeerName, type PeerName } from './mesh/peer-name.js';
 import { ipamConfig } from '../ipam/config.js';
-import { contains, parseCidr, parseIp, type Cidr } from '../ipam/addr.js';
+import { contains, parseCidr, parseIp, type Cidr } from '../net/addr.js';
 import { IpamStore } from '../ipam/store.js';
 import { containerLiveness } from '../ipam/liveness.js';
 import { Datapath } from '../datapath/datapath.js';
@@ -68,16 +66,13 @@ export function apiListen(addr: string): ApiListen {
     if (!path.startsWith('/')) throw new Error(`--http-addr ${addr}: a unix socket needs an absolute path (unix:/run/weft/api.sock)`);
     return { unix: path };
   }
-  return splitHostPort(addr);
+  return parseListen(addr, '--http-addr');
 }
 
 /** The router's own ports (mesh, sleeve, VXLAN, API, metrics): the firewall keeps containers off them. */
 export function routerPorts(opts: RouterOptions): { tcp: number[]; udp: number[] } {
   const tcp = [opts.port];
-  for (const addr of [opts.httpAddr, opts.metricsAddr]) {
-    const m = /:(\d+)$/.exec(addr);
-    if (m && !addr.startsWith('unix:')) tcp.push(Number(m[1]));
-  }
+  for (const addr of [opts.httpAddr, opts.metricsAddr]) if (addr && !addr.startsWith('unix:')) tcp.push(parseListen(addr).port);
   return { tcp, udp: [opts.port, opts.port + 1] };
 }
 
@@ -166,6 +161,13 @@ export class Router {
     const withDatapath = opts.datapath === 'fastdp' || opts.datapath === 'ovs';
     const dnsOnBridge = opts.dns && withDatapath && !opts.dnsListenAddress;
     const ovs = opts.datapath === 'ovs' ? { ovsdb: opts.ovsdb, bridge: opts.ovsBridge, datapathType: opts.ovsDatapath ?? defaultOvsDatapathType(), vxlanPort: opts.port + 1 } : undefined;
+    // The components that need each other get hooks in their constructors: the datapath writes the
+    // security groups' part of the firewall table, DNS answers service names, and DNS forgets the names
+    // of containers the datapath finds gone. The engines behind the hooks are made below, before
+    // anything starts.
+    let policy: PolicyEngine | null = null;
+    let services: ServiceEngine | null = null;
+    let names: NameService | null = null;
     const datapath =
       withDatapath
         ? new Datapath(mesh, ipam, {
@@ -179,14 +181,15 @@ export class Router {
             encrypt: encryptionPolicy(opts.password !== null, opts.trustedSubnets),
             dns: dnsOnBridge ? { ip: DNS_BRIDGE_IP, domain: opts.dnsDomain } : undefined,
             ovs,
+            firewallPart: { part: () => policy!.firewallPart(), written: () => policy!.written() },
+            containerGone: (container) => names!.remove({ container }),
           })
         : null;
-    const names = new NameService(mesh, undefined, stateFile(state, 'names.json'));
-    datapath?.onGone.push((container) => names.remove({ container }));
+    names = new NameService(mesh, { persist: stateFile(state, 'names.json'), services: { vipFor: (h) => services!.vipFor(h), nameOf: (ip) => services!.nameOf(ip) } });
     const listen = opts.dns ? (opts.dnsListenAddress ?? (dnsOnBridge ? `${DNS_BRIDGE_IP}:53` : null)) : null;
     let dns: DnsServer | null = null;
     if (listen) {
-      const { host, port } = splitHostPort(listen);
+      const { host, port } = parseListen(listen, '--dns-listen-address');
       dns = new DnsServer(names.table, {
         host,
         port,
@@ -214,9 +217,8 @@ export class Router {
           })
         : null;
     // Before the datapath starts, so its first write of the firewall already enforces the rules.
-    const policy = new PolicyEngine(mesh, datapath, state);
-    const services = new ServiceEngine(mesh, datapath, serviceRange, state, opts.dnsDomain);
-    names.table.services = services;
+    policy = new PolicyEngine(mesh, datapath, state);
+    services = new ServiceEngine(mesh, datapath, serviceRange, state, opts.dnsDomain);
     const router = new Router(opts, mesh, transport, maker, ipam, ipamStore, datapath, names, dns, docker, policy, services, state.writes, peerKeys);
     try {
       await datapath?.start();
@@ -242,9 +244,8 @@ export class Router {
         await api.listen({ host: listen.host, port: listen.port });
       }
       if (opts.metricsAddr) {
-        const m = /^(.*):(\d+)$/.exec(opts.metricsAddr);
-        if (!m) throw new Error(`--metrics-addr must be HOST:PORT or :PORT, not "${opts.metricsAddr}"`);
-        router.metrics = await serveMetrics(buildRegistry(router), m[1] || '0.0.0.0', Number(m[2]));
+        const m = parseListen(opts.metricsAddr, '--metrics-addr');
+        router.metrics = await serveMetrics(buildRegistry(router), m.host, m.port);
       }
       if (opts.peers.length > 0) maker.connect(opts.peers);
       docker?.start();

@@ -6,16 +6,14 @@
 // (conntrack) so nothing keeps talking to a dead one. This host also probes its
 // own backends of services with a check, and announces those that fail.
 import { connect } from 'node:net';
-import { stateFile, type StateDir } from '../router/json-file.js';
+import { stateFile, type StateDir } from '../lib/json-file.js';
 import type { Datapath } from '../datapath/datapath.js';
 import { containerNamespace } from '../datapath/attach.js';
-import { ip, nft } from '../datapath/iproute.js';
-import { formatCidr, overlaps, type Cidr } from '../ipam/addr.js';
-import type { Mesh } from '../router/mesh/mesh.js';
-import type { PeerName } from '../router/mesh/peer-name.js';
-import { SerialJob } from '../router/serial-job.js';
+import { CommandError, conntrack, ip, nft } from '../net/command.js';
+import { formatCidr, overlaps, type Cidr } from '../net/addr.js';
+import type { MeshView, PeerName } from '../mesh/index.js';
+import { SerialJob } from '../lib/serial-job.js';
 import { containerMatches } from '../policy/model.js';
-import { conntrack } from '../policy/conntrack.js';
 import { SERVICES_TABLE, compileServiceTable, type ServedVip } from './nft.js';
 import { ServiceError, checkService, pickVip, resolveVips, type Affinity, type Service } from './service.js';
 import { HealthRecords, ServiceTable, type Failing } from './table.js';
@@ -71,7 +69,7 @@ export class ServiceEngine {
   private flowsReading: Promise<void> | null = null;
 
   constructor(
-    private readonly mesh: Mesh,
+    private readonly mesh: MeshView,
     private readonly datapath: Datapath | null,
     readonly range: Cidr,
     state: StateDir,
@@ -131,7 +129,7 @@ export class ServiceEngine {
   // ---- the model
 
   private reachable(): Set<PeerName> {
-    return new Set([this.mesh.name, ...this.mesh.routes.unicast.keys()]);
+    return new Set([this.mesh.name, ...this.mesh.dataRoutes().keys()]);
   }
 
   /** Every service with its backends as this host sees them. */
@@ -264,8 +262,9 @@ export class ServiceEngine {
     this.lastBackends = now;
     for (const args of cuts)
       for (const ns of namespaces) {
-        const r = await conntrack(['-D', '-f', 'ipv4', ...args], ns).catch(() => null);
-        const n = Number(/(\d+) flow entries have been deleted/.exec(r?.err ?? '')?.[1] ?? 0);
+        // No flow to delete makes conntrack exit 1 ("0 flow entries"): a count of 0.
+        const r = await conntrack(['-D', '-f', 'ipv4', ...args], ns).catch((err: unknown) => (err instanceof CommandError ? { stderr: err.stderr } : null));
+        const n = Number(/(\d+) flow entries have been deleted/.exec(r?.stderr ?? '')?.[1] ?? 0);
         this.stats.flowsCut += n;
       }
   }
@@ -320,7 +319,7 @@ export class ServiceEngine {
     const vips = new Set(this.table.values().map((s) => s.vip));
     for (const { netns } of this.programmed.values()) {
       const r = await conntrack(['-L', '-f', 'ipv4'], netns).catch(() => null);
-      for (const line of r?.out.split('\n') ?? []) {
+      for (const line of r?.stdout.split('\n') ?? []) {
         const srcs = [...line.matchAll(/\bsrc=(\S+)/g)].map((m) => m[1]);
         const dst = /\bdst=(\S+)/.exec(line)?.[1];
         if (!dst || !vips.has(dst) || srcs.length < 2) continue;

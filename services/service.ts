@@ -3,8 +3,8 @@
 // it is checked from the wire and from requests; how a VIP is picked; and which
 // service serves a VIP when two picked the same one in a partition.
 import { createHash } from 'node:crypto';
-import { contains, formatCidr, formatIp, parseCidr, parseIp, type Cidr } from '../ipam/addr.js';
-import { GROUP_NAME } from '../policy/rules.js';
+import { contains, formatCidr, formatIp, isIpv4, parseCidr, parseIp, type Cidr } from '../net/addr.js';
+import { GROUP_NAME } from '../net/validate.js';
 
 export type Affinity = 'none' | 'client';
 
@@ -26,7 +26,6 @@ export class ServiceError extends Error {}
 
 export const SERVICE_NAME = /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/;
 const CONTAINER_KEY = /^[A-Za-z0-9_.:-]{1,200}$/;
-const IPV4 = /^\d{1,3}(\.\d{1,3}){3}$/;
 
 /**
  * Validates a service (from the wire, or built from a request); throws ServiceError. With `range`
@@ -38,8 +37,8 @@ export function checkService(v: unknown, name?: string, range?: Cidr): Service {
   const s = v as Record<string, unknown>;
   if (typeof s.name !== 'string' || !SERVICE_NAME.test(s.name)) throw new ServiceError(`service name "${String(s.name).slice(0, 80)}" is not a DNS label (lower-case letters, digits and -, up to 63)`);
   if (name !== undefined && s.name !== name) throw new ServiceError('service entry id does not match its name');
-  if (typeof s.vip !== 'string' || !IPV4.test(s.vip)) throw new ServiceError('service VIP is not an IPv4 address');
-  parseIp(s.vip);
+  // Canonical only: a VIP is compared as text everywhere.
+  if (typeof s.vip !== 'string' || !isIpv4(s.vip) || formatIp(parseIp(s.vip)) !== s.vip) throw new ServiceError('service VIP is not an IPv4 address');
   if (range && !inRange(range, s.vip)) throw new ServiceError(`service VIP ${s.vip} is outside the service range ${formatCidr(range)}`);
   const hasGroup = s.group !== undefined;
   const hasBackends = s.backends !== undefined;

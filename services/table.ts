@@ -2,11 +2,9 @@
 // peer may create or remove; persisted) and the backend health records (each
 // peer announces which of its own backends fail their check, on
 // `service-health`; records of peers that leave go with them).
-import type { Mesh } from '../router/mesh/mesh.js';
-import { PeerRecords, type EntryCodec } from '../router/mesh/peer-records.js';
-import { RegisterTable, type RegisterCodec } from '../router/mesh/register-table.js';
-import type { Cidr } from '../ipam/addr.js';
-import type { Persist } from '../router/json-file.js';
+import { type MeshView, PeerRecords, type EntryCodec, RegisterTable, type RegisterCodec } from '../mesh/index.js';
+import type { Cidr } from '../net/addr.js';
+import { listFile, type Persist } from '../lib/json-file.js';
 import { SERVICE_NAME, ServiceError, checkService, type Service } from './service.js';
 
 export const SERVICES_CHANNEL = 'services';
@@ -21,8 +19,8 @@ const serviceCodec = (range: Cidr): RegisterCodec<Service> => ({
 });
 
 export class ServiceTable extends RegisterTable<Service> {
-  constructor(mesh: Mesh, range: Cidr, persist?: Persist) {
-    super(mesh, SERVICES_CHANNEL, serviceCodec(range), persist);
+  constructor(mesh: MeshView, range: Cidr, persist?: Persist) {
+    super(mesh, SERVICES_CHANNEL, serviceCodec(range), persist && listFile(persist));
   }
 }
 
@@ -44,7 +42,7 @@ const failingCodec: EntryCodec<Failing> = {
 };
 
 export class HealthRecords extends PeerRecords<Failing> {
-  constructor(mesh: Mesh) {
+  constructor(mesh: MeshView) {
     super(mesh, HEALTH_CHANNEL, failingCodec, 1000);
   }
 }

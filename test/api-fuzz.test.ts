@@ -9,7 +9,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import fc from 'fast-check';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { silentLogger } from '../router/mesh/mesh.js';
+import { silentLogger } from '../lib/logger.js';
 import type { Report } from '../router/report.js';
 import { Router } from '../router/router.js';
 import { routerOptions } from './harness/router-options.js';

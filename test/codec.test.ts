@@ -1,8 +1,8 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { decodeMessage, encodeMessage, Tag, type MeshMessage } from '../router/mesh/messages.js';
-import { decodeTopologyUpdate } from '../router/mesh/topology-gossip.js';
-import { Opener, Sealer } from '../router/mesh/protocol-crypto.js';
+import { decodeMessage, encodeMessage, Tag, type MeshMessage } from '../mesh/messages.js';
+import { decodeTopologyUpdate } from '../mesh/topology-gossip.js';
+import { Opener, Sealer } from '../mesh/protocol-crypto.js';
 import { randomBytes } from 'node:crypto';
 
 const name = fc.constantFrom('02:00:00:00:00:01', 'aa:bb:cc:dd:ee:ff');

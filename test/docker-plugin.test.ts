@@ -8,10 +8,10 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import fc from 'fast-check';
-import { formatIp, parseCidr, parseIp } from '../ipam/addr.js';
+import { formatIp, parseCidr, parseIp } from '../net/addr.js';
 import { Allocator } from '../ipam/allocator.js';
 import type { Datapath } from '../datapath/datapath.js';
-import type { Mesh } from '../router/mesh/mesh.js';
+import type { Mesh } from '../mesh/index.js';
 import { DockerDriver, PluginError } from '../plugin/docker-driver.js';
 import { testMesh } from './harness/memory-mesh.js';
 

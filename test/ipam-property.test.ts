@@ -3,10 +3,10 @@
 // holds the same ring, and every allocation lies in its own peer's ranges.
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { parseCidr } from '../ipam/addr.js';
+import { parseCidr } from '../net/addr.js';
 import { Allocator } from '../ipam/allocator.js';
 import { Ring, type RingEntry } from '../ipam/ring.js';
-import { connectInMemory } from '../router/mesh/memory-link.js';
+import { connectInMemory } from '../mesh/index.js';
 import { eventually, sleep } from './harness/cluster.js';
 import { testMesh } from './harness/memory-mesh.js';
 

@@ -1,8 +1,7 @@
 import { afterEach, describe, expect, it } from 'vitest';
-import { parseCidr, parseIp, formatIp } from '../ipam/addr.js';
+import { parseCidr, parseIp, formatIp } from '../net/addr.js';
 import { Allocator, type InitMode } from '../ipam/allocator.js';
-import { connectInMemory } from '../router/mesh/memory-link.js';
-import type { Mesh } from '../router/mesh/mesh.js';
+import { connectInMemory, type Mesh } from '../mesh/index.js';
 import { eventually } from './harness/cluster.js';
 import { testMesh } from './harness/memory-mesh.js';
 

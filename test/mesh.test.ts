@@ -1,10 +1,6 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { GCounter } from '../examples/gossip-counter.js';
-import { BytesGossipData } from '../router/mesh/gossip.js';
-import type { MeshLink } from '../router/mesh/link.js';
-import { connectInMemory } from '../router/mesh/memory-link.js';
-import type { Mesh } from '../router/mesh/mesh.js';
-import { PeerRecords, type EntryCodec } from '../router/mesh/peer-records.js';
+import { BytesGossipData, type MeshLink, connectInMemory, type Mesh, PeerRecords, type EntryCodec } from '../mesh/index.js';
 import { eventually, sleep } from './harness/cluster.js';
 import { testMesh } from './harness/memory-mesh.js';
 

@@ -2,9 +2,9 @@
 import { randomBytes } from 'node:crypto';
 import { readdirSync } from 'node:fs';
 import { afterAll, beforeAll, expect, it } from 'vitest';
-import { FastPath, TapPort, UdpPort, nativeError } from '../datapath/native/index.js';
-import { FRAGMENT_HEADER, HEADER, KIND_FRAGMENT, KIND_FRAMES, Reassembler, decodeMessage, encodeMessage, writeHeader } from '../datapath/sleeve-packet.js';
-import { parseIp } from '../ipam/addr.js';
+import { FastPath, TapPort, UdpPort, nativeError } from '../native/index.js';
+import { FRAGMENT_HEADER, HEADER, KIND_FRAGMENT, KIND_FRAMES, Reassembler, decodeMessage, encodeMessage, writeHeader } from '../datapath/sleeve/packet.js';
+import { parseIp } from '../net/addr.js';
 import { must, run } from './harness/exec.js';
 import { describeAsRoot } from './harness/root.js';
 import { runPrefix } from './harness/cluster.js';

@@ -3,8 +3,7 @@
 // (test/fixtures/openflow-captures.json), flows weft builds round-tripping,
 // arbitrary bytes never escaping as anything but OpenFlowError, the controller
 // connection closing on a misbehaving switch, and the OVSDB stream reader.
-import { readFileSync } from 'node:fs';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { readFileSync, mkdtempSync, rmSync } from 'node:fs';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';

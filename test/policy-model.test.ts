@@ -5,8 +5,7 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import fc from 'fast-check';
 import { execFileSync } from 'node:child_process';
-import { connectInMemory } from '../router/mesh/memory-link.js';
-import type { Mesh } from '../router/mesh/mesh.js';
+import { connectInMemory, type Mesh } from '../mesh/index.js';
 import { PolicyModel, type Member } from '../policy/model.js';
 import { RuleError, ruleFromRequest, type Rule, type Selector } from '../policy/rules.js';
 import { PolicyTable, compareEntries, mergeEntries, entryFromWire, type PolicyEntry } from '../policy/table.js';

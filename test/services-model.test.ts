@@ -8,12 +8,11 @@ import { execFileSync } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { connectInMemory } from '../router/mesh/memory-link.js';
-import type { Mesh } from '../router/mesh/mesh.js';
-import { parseCidr } from '../ipam/addr.js';
+import { connectInMemory, type Mesh } from '../mesh/index.js';
+import { parseCidr } from '../net/addr.js';
 import { ServiceEngine } from '../services/engine.js';
 import { compileServiceTable } from '../services/nft.js';
-import { StateWrites } from '../router/json-file.js';
+import { StateWrites } from '../lib/json-file.js';
 import { ServiceError, checkService, pickVip, resolveVips, type Service } from '../services/service.js';
 import { NameTable } from '../dns/table.js';
 import { eventually } from './harness/cluster.js';
@@ -108,8 +107,7 @@ describe('services', () => {
   it('DNS answers NAME.domain with the VIP, before any container of that name, and the VIP back with the name', () => {
     const { services } = engine('p0');
     const s = services.create({ name: 'db', group: 'db' });
-    const names = new NameTable();
-    names.services = services;
+    const names = new NameTable(undefined, services);
     expect(names.lookup('db.weft.local')).toEqual([s.vip]);
     expect(names.lookup('DB.weft.local.')).toEqual([s.vip]);
     expect(names.lookup('db.other.domain')).toEqual([]);

@@ -2,7 +2,7 @@
 import { randomBytes } from 'node:crypto';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { FragmentAssembler, FragmentIds, KIND_FRAGMENT, PacketOpener, PacketSealer, Reassembler, ReplayWindow, decodeMessage, encodeMessage, readHeader, writeHeader } from '../datapath/sleeve-packet.js';
+import { FragmentAssembler, FragmentIds, KIND_FRAGMENT, PacketOpener, PacketSealer, Reassembler, ReplayWindow, decodeMessage, encodeMessage, readHeader, writeHeader } from '../datapath/sleeve/packet.js';
 
 const src = Buffer.from('020000000001', 'hex');
 const dst = Buffer.from('020000000002', 'hex');

@@ -7,11 +7,11 @@ import { describe, expect, it } from 'vitest';
 import { callRouter } from '../cli/http.js';
 import { PolicyTable } from '../policy/table.js';
 import { ruleFromRequest } from '../policy/rules.js';
-import { projectRoot } from '../router/project-root.js';
+import { projectRoot } from '../lib/project-root.js';
 import { renderStatus } from '../router/report.js';
 import { eventually, sleep } from './harness/cluster.js';
 import { isRoot } from './harness/root.js';
-import { silentLogger } from '../router/mesh/mesh.js';
+import { silentLogger } from '../lib/logger.js';
 import { Router } from '../router/router.js';
 import { routerOptions } from './harness/router-options.js';
 

@@ -1,8 +1,8 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { parsePeerName } from '../router/mesh/peer-name.js';
-import { Routes } from '../router/mesh/routes.js';
-import { Topology, entryFromWire, entryToWire, type PeerEntry } from '../router/mesh/topology.js';
+import { parsePeerName, type PeerEntry } from '../mesh/index.js';
+import { Routes } from '../mesh/routes.js';
+import { Topology, entryFromWire, entryToWire } from '../mesh/topology.js';
 
 const NAMES = Array.from({ length: 6 }, (_, i) => `02:00:00:00:00:0${i}`);
 

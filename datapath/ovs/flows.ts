@@ -24,7 +24,7 @@ export const CookieKind = {
   Remote: 0x03,
   /** From the bridge, broadcast and unknown unicast, to every peer on this datapath. */
   Flood: 0x04,
-  /** A peer's VXLAN heartbeats: counted and dropped (datapath/health.ts). */
+  /** A peer's VXLAN heartbeats: counted and dropped (datapath/vxlan/health.ts). */
   Heartbeat: 0x05,
   /** VXLAN from one peer's underlay address, admitted to table 1. */
   Admit: 0x06,

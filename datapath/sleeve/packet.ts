@@ -23,6 +23,13 @@ export const MESSAGE_HEADER = 13;
 export const HOPS_OFFSET = 12;
 /** Relays a message may still take; each relay takes one, so a routing loop cannot keep it alive. */
 export const MAX_HOPS = 16;
+/** The virtio header in front of every frame (TAP with IFF_VNET_HDR). */
+export const VNET_HDR = 10;
+/** The largest UDP payload over IPv4. */
+export const MAX_UDP_PAYLOAD = 65507;
+
+/** The format as the native fast path must have it too (checked against the addon before it is used). */
+export const WIRE_FORMAT = { SLEEVE_VERSION: VERSION, KIND_FRAMES, KIND_FRAGMENT, MAX_HOPS, SLEEVE_HEADER: HEADER, FRAGMENT_HEADER, MESSAGE_HEADER, VNET_HDR, MAX_UDP_PAYLOAD };
 export const SEAL_OVERHEAD = 8 + 16;
 /** IPv4 + UDP headers: what a datagram adds on the wire. */
 export const IP_UDP = 28;

@@ -8,15 +8,12 @@
 //
 // The TAP and the VXLAN port are both "isolated" bridge ports: a frame that came
 // in over one overlay never leaves over the other, so nothing loops.
-import type { Gossip, GossipData, Gossiper } from '../router/mesh/gossip.js';
-import type { Mesh } from '../router/mesh/mesh.js';
-import { hostOf } from '../router/mesh/connection-maker.js';
-import { pack, unpack } from '../router/mesh/messages.js';
-import { peerNameFromBytes, peerNameToBytes, type PeerName } from '../router/mesh/peer-name.js';
-import { BRIDGE } from './bridge.js';
-import { bridge, ipBatch } from './iproute.js';
-import { FastPath, META, TapPort, UdpPort, type FastRoute } from './native/index.js';
-import { parseIp } from '../ipam/addr.js';
+import { type Gossip, type GossipData, type Gossiper, type MeshView, pack, unpack, peerNameFromBytes, peerNameToBytes, type PeerName } from '../../mesh/index.js';
+import { hostOf } from '../../net/host-port.js';
+import { BRIDGE } from '../bridge.js';
+import { bridge, ipBatch } from '../../net/command.js';
+import { FastPath, META, TapPort, UdpPort, nativeConstantsDiffer, type FastRoute } from '../../native/index.js';
+import { isIpv4, parseIp } from '../../net/addr.js';
 import {
   FRAGMENT_HEADER,
   FragmentAssembler,
@@ -28,29 +25,29 @@ import {
   KIND_FRAMES,
   KIND_PROBE,
   MAX_MESSAGE,
+  MAX_UDP_PAYLOAD,
   MESSAGE_HEADER,
   PMTU_FLOOR,
   PacketOpener,
   PacketSealer,
-  SEAL_OVERHEAD,
   SEALED,
+  SEAL_OVERHEAD,
+  VNET_HDR,
+  WIRE_FORMAT,
   checkMessage,
   encodeMessage,
   headerKind,
   writeHeader,
   writeMessageHeader,
-} from './sleeve-packet.js';
+} from './packet.js';
 
 export const SLEEVE_TAP = 'weft-sleeve';
 const CHANNEL = 'sleeve';
-const VNET_HDR = 10;
 const PROBE_INTERVAL_MS = 1000;
 /** A hop is healthy while its probes were acknowledged this recently. */
 const HEALTHY_MS = 3 * PROBE_INTERVAL_MS + 500;
 /** Remote MACs learnt from sleeve traffic, at most (the oldest go first). */
 const MAX_LEARNED = 16_384;
-/** The largest UDP payload over IPv4. */
-const MAX_UDP_PAYLOAD = 65507;
 /** `WEFT_SLEEVE_GSO=off` sends big messages as IP-fragmented datagrams instead of segment trains (for comparison). */
 const GSO_WANTED = process.env.WEFT_SLEEVE_GSO !== 'off';
 /** `WEFT_SLEEVE_FAST=off` keeps every packet in JavaScript (for comparison). */
@@ -145,7 +142,7 @@ export class Sleeve implements Gossiper {
   lastError: string | null = null;
 
   constructor(
-    private readonly mesh: Mesh,
+    private readonly mesh: MeshView,
     private readonly config: SleeveConfig,
   ) {
     this.self = peerNameToBytes(mesh.name);
@@ -197,7 +194,9 @@ export class Sleeve implements Gossiper {
     this.gso = GSO_WANTED && this.udp.features.gso;
     this.probes = new UdpPort({ port: 0, dontFragment: true, slots: 16, slotSize: 9216 }, () => undefined);
     this.tap = new TapPort({ name: SLEEVE_TAP, vnetHdr: true, slots: 32 }, (n) => this.guard(() => this.onFrames(n)));
-    if (FAST_WANTED) {
+    const formatDiffers = nativeConstantsDiffer(WIRE_FORMAT);
+    if (formatDiffers) this.lastError = `fast path off: ${formatDiffers}`;
+    if (FAST_WANTED && !formatDiffers) {
       this.fast = new FastPath();
       this.fast.link(this.tap, this.udp);
       this.config.onMacsChange(() => this.refreshFastPath());
@@ -241,24 +240,23 @@ export class Sleeve implements Gossiper {
   /** Hops follow the mesh's established connections; keys come from each connection's handshake. */
   syncHops(): void {
     const seen = new Set<PeerName>();
-    for (const c of this.mesh.connections.values()) {
-      if (!c.established) continue;
+    for (const c of this.mesh.neighbours()) {
       seen.add(c.name);
-      const host = hostOf(c.link.remoteAddr);
+      const host = hostOf(c.addr);
       const old = this.hops.get(c.name);
-      const keys = c.link.sleeveKeys;
+      const keys = c.sleeveKeys;
       const encrypted = !!keys && this.config.encrypt(c.name, host);
-      if (old && old.host === host && old.port === c.link.remote.port && !!old.sealer === encrypted) continue;
-      if (!/^\d+\.\d+\.\d+\.\d+$/.test(host)) continue; // IPv4 underlay only
+      if (old && old.host === host && old.port === c.port && !!old.sealer === encrypted) continue;
+      if (!isIpv4(host)) continue; // IPv4 underlay only
       const id = peerNameToBytes(c.name).readUIntBE(0, 6);
       const hop: Hop = {
         name: c.name,
         id,
         addr: parseIp(host),
         host,
-        port: c.link.remote.port,
-        sealer: encrypted ? new PacketSealer(keys.send) : null,
-        opener: encrypted ? new PacketOpener(keys.receive) : null,
+        port: c.port,
+        sealer: encrypted ? new PacketSealer(keys!.send) : null,
+        opener: encrypted ? new PacketOpener(keys!.receive) : null,
         pmtu: old?.pmtu ?? PMTU_FLOOR,
         failedAt: old?.failedAt ?? this.config.underlayMtu + 1,
         pending: new Set(),
@@ -277,7 +275,7 @@ export class Sleeve implements Gossiper {
       this.hopById.delete(peerNameToBytes(name).readUIntBE(0, 6));
     }
     for (const [mac, p] of this.learned) {
-      if (this.mesh.topology.get(p)) continue;
+      if (this.mesh.inTopology(p)) continue;
       this.learned.delete(mac);
       this.forgets++;
     }
@@ -398,7 +396,7 @@ export class Sleeve implements Gossiper {
   }
 
   private nextHop(dst: PeerName): Hop | undefined {
-    return this.hops.get(dst) ?? this.hops.get(this.mesh.routes.unicast.get(dst) ?? '');
+    return this.hops.get(dst) ?? this.hops.get(this.mesh.dataRoutes().get(dst) ?? '');
   }
 
   /** Packs frames into messages that fit the path (a big frame gets a message of its own). */

@@ -7,8 +7,8 @@
 // bridge answers ARP itself, so ARP does not cross hosts. The kernel state is
 // read back and only the difference applied, in one `bridge -batch` and one
 // `ip -batch`, so nothing stale survives.
-import { BRIDGE, VXLAN_DEV } from './bridge.js';
-import { bridgeBatch, bridgeJson, ipBatch, ipJson } from './iproute.js';
+import { BRIDGE, VXLAN_DEV } from '../bridge.js';
+import { bridgeBatch, bridgeJson, ipBatch, ipJson } from '../../net/command.js';
 
 export const FLOOD_MAC = '00:00:00:00:00:00';
 

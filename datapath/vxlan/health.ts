@@ -6,12 +6,9 @@
 // MAC (and drops them). The receiver polls its counters and acknowledges over
 // the mesh; a connection is `fastdp` while acknowledgements keep coming.
 import dgram from 'node:dgram';
-import type { Gossip, GossipData, Gossiper } from '../router/mesh/gossip.js';
-import type { Mesh } from '../router/mesh/mesh.js';
-import { pack, unpack } from '../router/mesh/messages.js';
-import type { PeerName } from '../router/mesh/peer-name.js';
-import { VNI, VXLAN_DEV, bridgeMac } from './bridge.js';
-import { nft } from './iproute.js';
+import { type Gossip, type GossipData, type Gossiper, type MeshView, pack, unpack, type PeerName } from '../../mesh/index.js';
+import { VNI, VXLAN_DEV, bridgeMac } from '../bridge.js';
+import { nft } from '../../net/command.js';
 
 export const HEARTBEAT_ETHERTYPE = 0x88b5;
 const TABLE = 'weft_hb';
@@ -50,7 +47,7 @@ export class FastdpHealth implements Gossiper {
   lastError: string | null = null;
 
   constructor(
-    private readonly mesh: Mesh,
+    private readonly mesh: MeshView,
     private readonly vxlanPort: number,
     private readonly mtu: () => number,
     private readonly addrOf: (peer: PeerName) => string | undefined,
@@ -93,7 +90,7 @@ export class FastdpHealth implements Gossiper {
   }
 
   private async beat(): Promise<void> {
-    const peers = [...this.mesh.connections.values()].filter((c) => c.established).map((c) => c.name);
+    const peers = this.mesh.neighbours().map((n) => n.name);
     for (const p of [...this.paths.keys()]) if (!peers.includes(p)) this.paths.delete(p);
     const me = bridgeMac(this.mesh.name);
     for (const p of peers) {

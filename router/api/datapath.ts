@@ -1,14 +1,13 @@
 // Attach, detach and ps over the HTTP API.
 import type { FastifyInstance } from 'fastify';
-import type { Datapath } from '../datapath/datapath.js';
-import { IpamError } from '../ipam/allocator.js';
-import { canonicalDnsName } from '../net/validate.js';
-import { HttpError } from './http-error.js';
-import type { PolicyEngine } from '../policy/engine.js';
-import type { NameService } from '../dns/table.js';
-import type { DockerWatcher } from '../plugin/docker-watcher.js';
-import { DOCKER_ID } from '../datapath/attach.js';
-import { GROUP_NAME } from '../policy/rules.js';
+import type { Datapath } from '../../datapath/datapath.js';
+import { IpamError } from '../../ipam/allocator.js';
+import { canonicalDnsName, GROUP_NAME } from '../../net/validate.js';
+import { HttpError } from './errors.js';
+import type { PolicyEngine } from '../../policy/engine.js';
+import type { NameService } from '../../dns/table.js';
+import type { DockerWatcher } from '../../plugin/docker-watcher.js';
+import { DOCKER_ID } from '../../datapath/attach.js';
 
 /** Containers weft names by a prefix; anything else is a Docker container's name or id. */
 const WEFT_KINDS = /^(netns|pid|cni|dockerep):/;
@@ -98,7 +97,7 @@ export function registerDatapathRoutes(app: FastifyInstance, dp: Datapath | null
 
   /** For weft reset: removes the bridge, the VXLAN device and the firewall table. */
   app.post('/datapath/remove', async () => {
-    const { Datapath } = await import('../datapath/datapath.js');
+    const { Datapath } = await import('../../datapath/datapath.js');
     const d = need(dp);
     d.stop();
     const ovsBridges = await wrap(() => Datapath.remove(d.config.ovs?.ovsdb));

@@ -1,10 +1,10 @@
 // DNS endpoints: register, remove and look up names.
 import type { FastifyInstance } from 'fastify';
-import { normaliseName } from '../dns/table.js';
-import { formatIp } from '../ipam/addr.js';
-import { canonicalDnsName, canonicalIpv4 } from '../net/validate.js';
-import { HttpError } from './http-error.js';
-import type { ReportSources } from './report.js';
+import { normaliseName } from '../../dns/table.js';
+import { formatIp } from '../../net/addr.js';
+import { canonicalDnsName, canonicalIpv4 } from '../../net/validate.js';
+import { HttpError } from './errors.js';
+import type { ReportSources } from '../report.js';
 
 export function registerDnsRoutes(app: FastifyInstance, s: ReportSources): void {
   const inDomain = (fqdn: string) => {

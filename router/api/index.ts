@@ -6,16 +6,16 @@
 // itself as Host (DNS rebinding names another), and a foreign Origin or a
 // cross-site Sec-Fetch-Site is refused before any route runs.
 import Fastify, { type FastifyInstance } from 'fastify';
-import { buildReport, renderConnections, renderDns, renderIpam, renderPeers, renderStatus, renderTargets, type ReportSources } from './report.js';
-import { registerDnsRoutes } from './api-dns.js';
-import { registerIpamRoutes } from './api-ipam.js';
-import { registerDatapathRoutes } from './api-datapath.js';
-import { registerUiRoutes } from './ui.js';
-import { registerPolicyRoutes } from './api-policy.js';
-import { registerServiceRoutes } from './api-services.js';
+import { buildReport, renderConnections, renderDns, renderIpam, renderPeers, renderStatus, renderTargets, type ReportSources } from '../report.js';
+import { registerDnsRoutes } from './dns.js';
+import { registerIpamRoutes } from './ipam.js';
+import { registerDatapathRoutes } from './datapath.js';
+import { registerUiRoutes } from '../ui.js';
+import { registerPolicyRoutes } from './policy.js';
+import { registerServiceRoutes } from './services.js';
 
-import { HttpError } from './http-error.js';
-import { InvalidValue } from '../net/validate.js';
+import { HttpError } from './errors.js';
+import { InvalidValue } from '../../net/validate.js';
 
 const STATUS_VIEWS = {
   peers: renderPeers,

@@ -2,10 +2,10 @@
 // Weave's); waits are bounded (?timeout=seconds, else --ipalloc-timeout) and a
 // request that gives up says why.
 import type { FastifyInstance } from 'fastify';
-import { formatCidr, formatIp, parseCidr, parseIp, type Cidr } from '../ipam/addr.js';
-import { IpamError, type Allocator } from '../ipam/allocator.js';
-import { HttpError } from './http-error.js';
-import type { ReportSources } from './report.js';
+import { formatCidr, formatIp, parseCidr, parseIp, type Cidr } from '../../net/addr.js';
+import { IpamError, type Allocator } from '../../ipam/allocator.js';
+import { HttpError } from './errors.js';
+import type { ReportSources } from '../report.js';
 
 const STATUS: Record<IpamError['code'], number> = { pending: 503, full: 503, conflict: 409, 'not-found': 404, invalid: 400, refused: 403 };
 

@@ -1,14 +1,14 @@
 // Security groups over the HTTP API: rules (list, allow, remove), the check of a
 // flow against the compiled model, and the counters.
 import type { FastifyInstance } from 'fastify';
-import type { NameService } from '../dns/table.js';
-import type { DockerWatcher } from '../plugin/docker-watcher.js';
-import { containerMatches } from '../policy/model.js';
-import type { PolicyEngine } from '../policy/engine.js';
-import { PolicyTable } from '../policy/table.js';
-import { RuleError, describeRule, parseProto, ruleFromRequest, type RuleRequest } from '../policy/rules.js';
-import { parseIp } from '../ipam/addr.js';
-import { HttpError } from './http-error.js';
+import type { NameService } from '../../dns/table.js';
+import type { DockerWatcher } from '../../plugin/docker-watcher.js';
+import { containerMatches } from '../../policy/model.js';
+import type { PolicyEngine } from '../../policy/engine.js';
+import { PolicyTable } from '../../policy/table.js';
+import { RuleError, describeRule, parseProto, ruleFromRequest, type RuleRequest } from '../../policy/rules.js';
+import { parseIp } from '../../net/addr.js';
+import { HttpError } from './errors.js';
 
 const IPV4 = /^\d{1,3}(\.\d{1,3}){3}$/;
 

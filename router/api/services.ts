@@ -1,13 +1,13 @@
 // Services over the HTTP API: create, list, show (backends with host, health and
 // this host's flows to each), remove.
 import type { FastifyInstance } from 'fastify';
-import type { Mesh } from './mesh/mesh.js';
-import type { DockerWatcher } from '../plugin/docker-watcher.js';
-import { endpointKey } from '../plugin/docker-driver.js';
-import type { ServiceEngine, ServiceRequest, ServiceView } from '../services/engine.js';
-import { SERVICE_NAME, ServiceError, parseCheck } from '../services/service.js';
-import { RuleError, checkGroupName } from '../policy/rules.js';
-import { HttpError } from './http-error.js';
+import type { Mesh } from '../../mesh/index.js';
+import type { DockerWatcher } from '../../plugin/docker-watcher.js';
+import { endpointKey } from '../../plugin/docker-driver.js';
+import type { ServiceEngine, ServiceRequest, ServiceView } from '../../services/engine.js';
+import { SERVICE_NAME, ServiceError, parseCheck } from '../../services/service.js';
+import { RuleError, checkGroupName } from '../../policy/rules.js';
+import { HttpError } from './errors.js';
 
 export interface ServiceDetail extends Omit<ServiceView, 'live'> {
   dnsName: string;

@@ -7,7 +7,7 @@ import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { must, run, type ExecResult } from './exec.js';
-import { projectRoot } from '../../router/project-root.js';
+import { projectRoot } from '../../lib/project-root.js';
 import { HostOvs } from './ovs.js';
 
 export const WEFT_CLI = join(projectRoot(), 'dist', 'cli', 'weft.js');

@@ -8,9 +8,8 @@ import { closeSync, existsSync, mkdirSync, openSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { DockerApi } from '../../plugin/docker-api.js';
 import { importImage } from '../../plugin/image.js';
-import type { Host } from './cluster.js';
+import { type Host, sleep } from './cluster.js';
 import { run, type ExecResult } from './exec.js';
-import { sleep } from './cluster.js';
 import { isAlive } from '../../cli/client.js';
 import { tail } from '../../cli/launch.js';
 

@@ -1,6 +1,6 @@
-import { Mesh, defaultMeshTimings, silentLogger, type MeshConfig } from '../../router/mesh/mesh.js';
+import { Mesh, defaultMeshTimings, type MeshConfig, randomPeerName } from '../../mesh/index.js';
+import { silentLogger } from '../../lib/logger.js';
 import { newUid } from '../../router/identity.js';
-import { randomPeerName } from '../../router/mesh/peer-name.js';
 
 /** A mesh with fast timers, for in-process tests. */
 export function testMesh(nickname: string, over: Partial<MeshConfig> = {}): Mesh {
