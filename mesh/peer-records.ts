@@ -6,6 +6,7 @@
 // peers that left the topology are kept for a grace period (their hosts may
 // still work without their router) and then dropped.
 // The endpoint table (datapath) and the DNS name table are both this.
+import { createHash } from 'node:crypto';
 import type { Gossip, GossipData, Gossiper } from './gossip.js';
 import type { MeshView } from './mesh.js';
 import { pack, unpack } from './messages.js';
@@ -37,12 +38,59 @@ export const MAX_VERSION = 2 ** 52;
 /** How long the version of a dropped record is remembered. */
 const DROPPED_MEMORY_MS = 10 * 60_000;
 
+/** Bytes of a record's content hash in a digest. */
+const HASH_BYTES = 16;
+
+/**
+ * The canonical text of a record's entries, kept per record object: records are never changed in
+ * place (a change is a new record), and a record of 10,000 entries is compared often.
+ */
+const contentKeys = new WeakMap<PeerRecord<unknown>, string>();
+function contentKey<T>(codec: EntryCodec<T>, r: PeerRecord<T>): string {
+  let k = contentKeys.get(r);
+  if (k === undefined) {
+    k = JSON.stringify(r.entries.map((e) => codec.key(e)).sort());
+    contentKeys.set(r, k);
+  }
+  return k;
+}
+
+const contentHashes = new WeakMap<PeerRecord<unknown>, Uint8Array>();
+function contentHash<T>(codec: EntryCodec<T>, r: PeerRecord<T>): Uint8Array {
+  let h = contentHashes.get(r);
+  if (!h) {
+    h = createHash('sha256').update(contentKey(codec, r)).digest().subarray(0, HASH_BYTES);
+    contentHashes.set(r, h);
+  }
+  return h;
+}
+
 /** >0 when a supersedes b (records of one peer). */
 export function comparePeerRecords<T>(codec: EntryCodec<T>, a: PeerRecord<T>, b: PeerRecord<T>): number {
   if (a.version !== b.version) return a.version - b.version;
-  const ka = JSON.stringify(a.entries.map((e) => codec.key(e)).sort());
-  const kb = JSON.stringify(b.entries.map((e) => codec.key(e)).sort());
+  const ka = contentKey(codec, a);
+  const kb = contentKey(codec, b);
   return ka === kb ? 0 : ka > kb ? 1 : -1;
+}
+
+/** One record as a digest names it: whose, which version, a hash of its content. */
+interface DigestItem {
+  peer: PeerName;
+  version: number;
+  hash: Buffer;
+}
+
+function decodeDigest(bytes: Uint8Array): DigestItem[] {
+  const v = unpack(bytes);
+  if (!Array.isArray(v) || v.length > MAX_ITEMS) throw new Error('record digest is not a list');
+  return v.map((w) => {
+    if (!Array.isArray(w) || w.length !== 3) throw new Error('record digest item is malformed');
+    const [peer, version, hash] = w as unknown[];
+    if (!isPeerName(peer) || !Number.isSafeInteger(version) || (version as number) < 0 || (version as number) > MAX_VERSION || !(hash instanceof Uint8Array) || hash.length !== HASH_BYTES) {
+      throw new Error('record digest item is malformed');
+    }
+    return { peer, version: version as number, hash: Buffer.from(hash) };
+  });
 }
 
 /** Merges records into a map; returns those that improved it. */
@@ -73,7 +121,7 @@ class RecordsUpdate<T> implements GossipData {
   }
 }
 
-export function decodePeerRecords<T>(codec: EntryCodec<T>, bytes: Uint8Array): PeerRecord<T>[] {
+function decodePeerRecords<T>(codec: EntryCodec<T>, bytes: Uint8Array): PeerRecord<T>[] {
   const v = unpack(bytes);
   if (!Array.isArray(v) || v.length > MAX_ITEMS) throw new Error('record update is not a list');
   return v.map((w) => {
@@ -180,6 +228,39 @@ export class PeerRecords<T> implements Gossiper {
 
   gossip(): GossipData | null {
     return new RecordsUpdate(this.codec, [...this.records.values()]);
+  }
+
+  /**
+   * Anti-entropy compares (peer, version, content hash) per record, so a neighbour is sent only
+   * the records it lacks: a host's record can hold thousands of addresses, and sending every
+   * record every round cost both routers more than all else they did while idle.
+   */
+  digest(): Uint8Array {
+    return pack([...this.records.values()].map((r) => [r.peer, r.version, contentHash(this.codec, r)]));
+  }
+
+  compareDigest(digest: Uint8Array): { update: GossipData | null; remoteHasMore: boolean } {
+    const theirs = new Map(decodeDigest(digest).map((d) => [d.peer, d]));
+    const send: PeerRecord<T>[] = [];
+    let remoteHasMore = false;
+    for (const r of this.records.values()) {
+      const t = theirs.get(r.peer);
+      if (!t || r.version > t.version) send.push(r);
+      else if (r.version < t.version) remoteHasMore = true;
+      else if (!t.hash.equals(contentHash(this.codec, r))) {
+        // Same version, different content (two incarnations of a peer): each side sends its own
+        // and both keep the greater, as merge does.
+        send.push(r);
+        remoteHasMore = true;
+      }
+    }
+    for (const t of theirs.values()) {
+      if (this.records.has(t.peer)) continue;
+      const d = this.dropped.get(t.peer);
+      if (d && t.version <= d.version && !this.mesh.inTopology(t.peer)) continue; // would be refused
+      remoteHasMore = true;
+    }
+    return { update: send.length > 0 ? new RecordsUpdate(this.codec, send) : null, remoteHasMore };
   }
 
   onGossip(update: Uint8Array): GossipData | null {

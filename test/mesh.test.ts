@@ -162,6 +162,48 @@ describe('mesh over in-memory links', () => {
     await eventually('the new incarnation\'s empty record everywhere', async () => ra.records.get(b.name)?.entries.length === 0 && rb2.records.get(b.name)!.version > version, 3000, 10);
   });
 
+  it('per-peer records: anti-entropy sends a neighbour only the records it lacks', async () => {
+    const codec: EntryCodec<string> = { toWire: (e) => e, fromWire: (w) => String(w), key: (e) => e };
+    const [a, b] = make(2);
+    const [ra, rb] = [new PeerRecords(a, 'records', codec, 1000), new PeerRecords(b, 'records', codec, 1000)];
+    const big = Array.from({ length: 5000 }, (_, i) => `entry-${i}`);
+    ra.setLocal(big);
+    connectInMemory(a, b);
+    await eventually('a\'s record at b', async () => rb.records.get(a.name)?.entries.length === big.length, 2000, 10);
+    const received: number[] = [];
+    const onGossip = rb.onGossip.bind(rb);
+    rb.onGossip = (update: Uint8Array) => {
+      received.push(update.length);
+      return onGossip(update);
+    };
+    await sleep(1000); // five anti-entropy rounds
+    expect(received).toEqual([]);
+
+    // A change that b missed (the record replaced without gossip) comes with the next round, alone.
+    const rec = { peer: a.name, version: ra.records.get(a.name)!.version + 1, entries: ['only'] };
+    ra.records.set(a.name, rec);
+    await eventually('the missed change at b', async () => rb.records.get(a.name)?.entries[0] === 'only', 2000, 10);
+    expect(received.length).toBeGreaterThan(0);
+    expect(Math.max(...received)).toBeLessThan(200);
+  });
+
+  it('per-peer records: a digest naming a record differently (same version, other content) converges both ways', () => {
+    const codec: EntryCodec<string> = { toWire: (e) => e, fromWire: (w) => String(w), key: (e) => e };
+    const [a, b] = make(2);
+    const [ra, rb] = [new PeerRecords(a, 'records', codec, 1000), new PeerRecords(b, 'records', codec, 1000)];
+    const p = '02:00:00:00:00:99';
+    ra.records.set(p, { peer: p, version: 3, entries: ['x'] });
+    rb.records.set(p, { peer: p, version: 3, entries: ['y'] });
+    const res = ra.compareDigest(rb.digest());
+    expect(res.remoteHasMore).toBe(true);
+    expect(res.update).not.toBeNull();
+    rb.onGossip(res.update!.encode());
+    ra.onGossip(rb.compareDigest(ra.digest()).update!.encode());
+    expect(ra.records.get(p)!.entries).toEqual(rb.records.get(p)!.entries);
+    expect(ra.compareDigest(rb.digest())).toEqual({ update: null, remoteHasMore: false });
+    expect(() => ra.compareDigest(new Uint8Array([0x91, 0x93, 1, 2, 3]))).toThrow(/digest/);
+  });
+
   it('drops peers that become unreachable', async () => {
     const [a, b, c] = make(3);
     connectInMemory(a, b);
