@@ -12,7 +12,7 @@
 // then their median and spread.
 //
 //   apt-get install -y iperf3 iputils-ping openvswitch-switch ethtool && npm run build && node dist/bench/datapath.js [--seconds 5] [--rounds 6] [--only ovs|sleeve|kernel]
-import type { Report } from '../router/report.js';
+import type { Report } from '../router/contract.js';
 import { Cluster, eventually, type Host } from '../test/harness/cluster.js';
 import { must, run } from '../test/harness/exec.js';
 import { cpuSeconds, iperf, rtt } from './measure.js';

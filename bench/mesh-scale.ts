@@ -160,7 +160,7 @@ async function run(n: number, mode: 'delta' | 'full', seed: number, timeoutMs: n
   let changeBytesPerPeer = NaN;
   if (converged) {
     const sent0 = meshes.reduce((b, m) => b + m.stats.bytesSent, 0);
-    let a = 0;
+    const a = 0;
     let b = 1;
     while (meshes[a].connections.has(meshes[b].name)) b++;
     const t1 = performance.now();

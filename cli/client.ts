@@ -1,7 +1,7 @@
 // How the CLI finds and talks to the router it manages: through the data
 // directory (router.json) or an explicit --http-addr.
 import { readFileSync } from 'node:fs';
-import { routerInfoPath, type RouterInfo } from '../router/router.js';
+import { routerInfoPath, type RouterInfo } from '../router/contract.js';
 import { RouterUnreachable, callRouter } from './http.js';
 
 export class CliError extends Error {
@@ -23,7 +23,7 @@ export function isAlive(pid: number): boolean {
 }
 
 /** True when pid is a weft router (guards against a recycled pid). */
-export function isRouterProcess(pid: number): boolean {
+function isRouterProcess(pid: number): boolean {
   try {
     return readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes('router/main.js');
   } catch {
@@ -48,7 +48,7 @@ export interface Target {
   httpAddr?: string;
 }
 
-export function apiAddress(t: Target): string {
+function apiAddress(t: Target): string {
   if (t.httpAddr) return t.httpAddr;
   const info = readRouterInfo(t.dataDir);
   if (!info) throw new CliError(`no weft router is running (data dir ${t.dataDir}); start one with: weft launch`);

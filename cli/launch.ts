@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { Command } from 'commander';
 import { toRouterOptions, type RouterOptions } from '../router/options.js';
-import type { RouterInfo } from '../router/router.js';
+import type { RouterInfo } from '../router/contract.js';
 import { DockerApi, defaultDockerApi } from '../plugin/docker-api.js';
 import { ROUTER_IMAGE } from '../plugin/image.js';
 import { CliError, readRouterInfo } from './client.js';

@@ -5,14 +5,13 @@
 import { VERSION } from '../lib/version.js';
 import { Command, Option } from 'commander';
 import { addRouterOptions, DEFAULT_DATA_DIR } from '../router/options.js';
-import { renderConnections, renderDns, renderIpam, renderPeers, renderPs, renderStatus, renderTargets, type Report } from '../router/report.js';
+import { renderConnections, renderDns, renderIpam, renderPeers, renderPolicyStatus, renderPs, renderStatus, renderTargets } from '../router/render.js';
+import type { Report } from '../router/contract.js';
 import { rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { CliError, isAlive, readRouterInfo, request, type Target } from './client.js';
-import { launch } from './launch.js';
-import type { PolicyStatus } from '../policy/engine.js';
-import type { ServiceDetail } from '../router/api/services.js';
-import { ROUTER_CONTAINER, removeRouterContainer } from './router-container.js';
+import type { PolicyStatus } from '../router/contract.js';
+import type { ServiceDetail } from '../router/contract.js';
 
 /** Everything a router keeps in its data dir (weft reset removes it all, and the log). */
 const STATE_FILES = ['ipam', 'identity.json', 'router.json', 'names.json', 'endpoints.json', 'exposed.json', 'docker-attached.json', 'docker-pools.json', 'policy.json', 'services.json', 'peer-keys.json', 'weft.log'];
@@ -45,7 +44,7 @@ addRouterOptions(
     .argument('[peers...]', 'peers to connect to, host[:port]')
     .option('--no-docker', 'run the router as a plain process even when a Docker engine answers (at DOCKER_HOST or /var/run/docker.sock)')
     .addOption(new Option('--wait <seconds>', 'how long to wait for the router to answer').default(30).argParser(Number)),
-).action(async (peers: string[], _o, cmd: Command) => launch(cmd, peers));
+).action(async (peers: string[], _o, cmd: Command) => (await import('./launch.js')).launch(cmd, peers));
 
 withRouterLocation(
   program
@@ -379,19 +378,12 @@ function table(rows: string[][]): string {
   return rows.map((r) => r.map((c, i) => c.padEnd(widths[i])).join('  ').trimEnd()).join('\n') + '\n';
 }
 
-function renderPolicyStatus(st: PolicyStatus): string {
-  const lines = [`${st.rules} rule(s) in the mesh; ${st.limitedHere} container(s) here limited by them${st.lastError ? `; last error: ${st.lastError}` : ''}`];
-  if (!st.enforced) lines.push(`NOT enforced here: ${st.notEnforced.join('; ')}`);
-  lines.push(`flows cut after revocations: ${st.flowsCut}; rule rewrites: ${st.rewrites}; membership updates: ${st.elementUpdates}`);
-  for (const a of st.allowed) lines.push(`  rule ${a.rule}: ${a.packets} packet(s) allowed here`);
-  for (const d of st.dropped) lines.push(`  ${d.group} ${d.direction}: ${d.packets} packet(s) dropped here`);
-  return lines.join('\n') + '\n';
-}
 
 async function stopRouter(dataDir: string): Promise<void> {
   const info = readRouterInfo(dataDir);
   // A router launched as a container is stopped through Docker: its restart policy would bring back a killed one.
   if (!info || info.container) {
+    const { ROUTER_CONTAINER, removeRouterContainer } = await import('./router-container.js');
     if (await removeRouterContainer()) {
       console.log(`weft router container ${ROUTER_CONTAINER} stopped and removed`);
       return;
@@ -434,8 +426,8 @@ withRouterLocation(
     await stopRouter(t.dataDir);
   } else if (!o.force) {
     throw new CliError(`no weft router is running (data dir ${t.dataDir}); weft reset --force deletes the data without handing over its ranges`);
-  } else if (await removeRouterContainer()) {
-    console.log(`removed the weft router container ${ROUTER_CONTAINER}`);
+  } else if (await (await import('./router-container.js')).removeRouterContainer()) {
+    console.log(`removed the weft router container ${(await import('./router-container.js')).ROUTER_CONTAINER}`);
   }
   for (const f of STATE_FILES) rmSync(join(t.dataDir, f), { recursive: true, force: true });
   console.log(`removed weft's state from ${t.dataDir}`);

@@ -1,13 +1,14 @@
 // Attaching a container: a veth pair from the bridge into the container's
 // network namespace, its end named `ethwe`, with the container's addresses, the
 // overlay MTU and a route for the whole allocation range.
+import { WeftError } from '../lib/errors.js';
 import { createHash } from 'node:crypto';
 import { existsSync, mkdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { BRIDGE } from './bridge.js';
 import { bridgeJson, ip, ipBatchIn, ipJson, linkExists, sysctl } from '../net/command.js';
 
 /** The container's interface, unless the caller names another (CNI_IFNAME). */
-export const DEFAULT_IF = 'ethwe';
+const DEFAULT_IF = 'ethwe';
 
 /**
  * Network namespaces of `cni:ID` containers, as the CNI runtime named them (CNI_NETNS), and of Docker
@@ -19,7 +20,7 @@ const knownNetns = new Map<string, string>();
 /** A Docker container's full id, the way weft names Docker containers everywhere. */
 export const DOCKER_ID = /^[0-9a-f]{64}$/;
 /** An endpoint the Docker network plugin made (`dockerep:ENDPOINT_ID`): Docker plumbs it, weft announces it. */
-export const PLUGGED = /^dockerep:[0-9a-f]{64}$/;
+const PLUGGED = /^dockerep:[0-9a-f]{64}$/;
 
 // Names never start with a dot: "..", "." (or ".x") would be a path out of /run/netns.
 const CNI_NETNS_PATH = /^(\/var)?\/run\/netns\/[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$|^\/proc\/\d{1,10}\/ns\/net$/;
@@ -27,8 +28,8 @@ const CNI_ID = /^cni:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$/;
 const NETNS_NAME = /^netns:([A-Za-z0-9_][A-Za-z0-9_.-]{0,63})$/;
 
 export function rememberNetns(container: string, path: string): void {
-  if (!CNI_ID.test(container) && !DOCKER_ID.test(container)) throw new Error(`a network namespace path is only taken for cni:ID and Docker containers, not "${container}"`);
-  if (!CNI_NETNS_PATH.test(path)) throw new Error(`network namespace path "${path}" is not under /run/netns, /var/run/netns or /proc/N/ns/net`);
+  if (!CNI_ID.test(container) && !DOCKER_ID.test(container)) throw new WeftError('invalid', `a network namespace path is only taken for cni:ID and Docker containers, not "${container}"`);
+  if (!CNI_NETNS_PATH.test(path)) throw new WeftError('invalid', `network namespace path "${path}" is not under /run/netns, /var/run/netns or /proc/N/ns/net`);
   knownNetns.set(container, path);
 }
 
@@ -40,23 +41,23 @@ export function forgetNetns(container: string): void {
 export function netnsPathOf(container: string): string {
   if (CNI_ID.test(container) || DOCKER_ID.test(container)) {
     const p = knownNetns.get(container);
-    if (!p) throw new Error(`no network namespace known for ${container} (${DOCKER_ID.test(container) ? 'weft attach by Docker name or id gives it' : 'a CNI ADD gives it'})`);
-    if (!existsSync(p)) throw new Error(`the network namespace of ${container} (${p}) is gone`);
+    if (!p) throw new WeftError('not-found', `no network namespace known for ${container} (${DOCKER_ID.test(container) ? 'weft attach by Docker name or id gives it' : 'a CNI ADD gives it'})`);
+    if (!existsSync(p)) throw new WeftError('not-found', `the network namespace of ${container} (${p}) is gone`);
     return p;
   }
   const ns = NETNS_NAME.exec(container);
   if (ns) {
     const p = `/run/netns/${ns[1]}`;
-    if (!existsSync(p)) throw new Error(`no network namespace "${ns[1]}" (looked for ${p})`);
+    if (!existsSync(p)) throw new WeftError('not-found', `no network namespace "${ns[1]}" (looked for ${p})`);
     return p;
   }
   const pid = /^pid:(\d{1,10})$/.exec(container);
   if (pid) {
     const p = `/proc/${pid[1]}/ns/net`;
-    if (!existsSync(p)) throw new Error(`no process ${pid[1]}`);
+    if (!existsSync(p)) throw new WeftError('not-found', `no process ${pid[1]}`);
     return p;
   }
-  throw new Error(`unknown container "${container}": use a Docker container's name or id, netns:NAME, pid:N or cni:ID`);
+  throw new WeftError('invalid', `unknown container "${container}": use a Docker container's name or id, netns:NAME, pid:N or cni:ID`);
 }
 
 /** A local container's namespace and interface, when weft knows them (a plugged endpoint: once the Docker watcher found it). */
@@ -120,7 +121,7 @@ export async function withNewVeth<T>(container: string, mtu: number, then: (name
 }
 
 /** Linux bridges take at most this many ports (port numbers 1 to BR_MAX_PORTS - 1); one more fails with EXFULL. */
-export const BRIDGE_MAX_PORTS = 1023;
+const BRIDGE_MAX_PORTS = 1023;
 
 /**
  * Puts a container's host-side veth on the bridge and up; a full bridge says so instead of "Exchange
@@ -132,7 +133,7 @@ export async function joinBridge(hostIf: string): Promise<void> {
     await ip(['link', 'set', hostIf, 'master', BRIDGE, 'up']);
   } catch (err) {
     if (!/Exchange full/i.test((err as Error).message)) throw err;
-    throw new Error(`the bridge ${BRIDGE} is full: a Linux bridge takes at most ${BRIDGE_MAX_PORTS} ports, and this host's containers (with weft's own ports) use them all; detach a container or attach this one on another host`);
+    throw new WeftError('full', `the bridge ${BRIDGE} is full: a Linux bridge takes at most ${BRIDGE_MAX_PORTS} ports, and this host's containers (with weft's own ports) use them all; detach a container or attach this one on another host`);
   }
 }
 

@@ -1,27 +1,15 @@
-// Host plumbing: the `weft` bridge and the VXLAN device on it. Created at
-// start, checked and repaired when changed underneath, removed by reset.
-import { bridge, ethtool, ip, ipJson, linkExists } from '../net/command.js';
+// The `weft` Linux bridge: containers, the DNS address, the host and every
+// backend's port (datapath/backend.ts) are on it. Made at start, checked and
+// repaired when changed underneath, removed by reset.
+import { bridge, ip, ipJson, linkExists } from '../net/command.js';
 
 export const BRIDGE = 'weft';
-export const VXLAN_DEV = 'vxlan-weft';
-/** The VXLAN network id weft uses on the wire. */
+/** The VXLAN network id weft uses on the wire (the kernel device's and OVS's). */
 export const VNI = 0x7765; // "we"
 /** IPv4 + UDP + VXLAN + inner Ethernet headers. */
 export const VXLAN_OVERHEAD = 50;
 
-/** The OVS datapath's veth pair: this end is a port of the Linux bridge, its peer a port of OVS's bridge. */
-export const OVS_VETH_BRIDGE_END = 'weftovs-br';
-export const OVS_VETH_OVS_END = 'weftovs-dp';
-
-export interface BridgeConfig {
-  mac: string;
-  mtu: number;
-  vxlanPort: number;
-  /** The OVS datapath: no kernel VXLAN device; a veth pair to OVS's bridge takes its place on the bridge. */
-  ovs?: boolean;
-}
-
-interface LinkInfo {
+export interface LinkInfo {
   ifname: string;
   mtu: number;
   address?: string;
@@ -35,13 +23,13 @@ interface LinkInfo {
 export async function underlayMtu(): Promise<number> {
   const links = await ipJson<LinkInfo[]>(['-d', 'link', 'show']);
   const mtus = links
-    .filter((l) => l.ifname !== 'lo' && !l.ifname.startsWith(BRIDGE) && l.ifname !== VXLAN_DEV && !l.ifname.startsWith('vw') && l.flags?.includes('UP') && l.linkinfo?.info_kind !== 'bridge')
+    .filter((l) => l.ifname !== 'lo' && !l.ifname.startsWith(BRIDGE) && !l.ifname.startsWith('vxlan-weft') && !l.ifname.startsWith('vw') && l.flags?.includes('UP') && l.linkinfo?.info_kind !== 'bridge')
     .map((l) => l.mtu);
   return mtus.length > 0 ? Math.min(...mtus) : 1500;
 }
 
-/** Makes sure the bridge and the VXLAN port exist with the right settings; returns what it had to fix. */
-export async function ensureBridge(c: BridgeConfig): Promise<string[]> {
+/** Makes sure the bridge exists, up, with our MAC and MTU; returns what it had to fix. */
+export async function ensureBridge(c: { mac: string; mtu: number }): Promise<string[]> {
   const fixed: string[] = [];
   if (!(await linkExists(BRIDGE))) {
     await ip(['link', 'add', BRIDGE, 'type', 'bridge']);
@@ -57,76 +45,39 @@ export async function ensureBridge(c: BridgeConfig): Promise<string[]> {
     await ip(['link', 'set', BRIDGE, 'mtu', String(c.mtu)]);
     fixed.push('bridge MTU');
   }
-  const port = c.ovs ? await ensureOvsVeth(c, fixed) : await ensureVxlan(c, fixed);
-  if (port.master !== BRIDGE) {
-    await ip(['link', 'set', port.dev, 'master', BRIDGE]);
-    fixed.push(`${port.what} on the bridge`);
+  if (!br.flags?.includes('UP')) {
+    await ip(['link', 'set', BRIDGE, 'up']);
+    fixed.push('bridge was down');
   }
-  // The bridge must not learn remote MACs on the tunnel port either: the fdb entries are ours. With
-  // neigh_suppress, ARP for addresses the bridge has neighbour entries for is answered locally.
-  // Isolated, like the sleeve's TAP: what came in over one overlay never leaves over the other.
-  await bridge(['link', 'set', 'dev', port.dev, 'learning', 'off', 'neigh_suppress', 'on', 'isolated', 'on']);
-  for (const dev of [...port.up, BRIDGE]) {
-    const st = (await ipJson<LinkInfo[]>(['link', 'show', 'dev', dev]))[0];
+  return fixed;
+}
+
+/**
+ * A backend's port on the bridge, set the way every backend's is: on the bridge, up, not learning
+ * (the entries for remote MACs are ours), ARP for addresses the bridge has neighbour entries for
+ * answered locally (neigh_suppress), and isolated from the other backends' ports (what came in over
+ * one overlay never leaves over another, so nothing loops). `what` names it in the list of repairs.
+ */
+export async function ensurePort(dev: string, what: string, up: string[] = [dev]): Promise<string[]> {
+  const fixed: string[] = [];
+  const port = (await ipJson<LinkInfo[]>(['-d', 'link', 'show', 'dev', dev]))[0];
+  if (port.master !== BRIDGE) {
+    await ip(['link', 'set', dev, 'master', BRIDGE]);
+    fixed.push(`${what} on the bridge`);
+  }
+  await bridge(['link', 'set', 'dev', dev, 'learning', 'off', 'neigh_suppress', 'on', 'isolated', 'on']);
+  for (const d of up) {
+    const st = (await ipJson<LinkInfo[]>(['link', 'show', 'dev', d]))[0];
     if (!st.flags?.includes('UP')) {
-      await ip(['link', 'set', dev, 'up']);
-      if (fixed.length === 0) fixed.push(`${dev} was down`);
+      await ip(['link', 'set', d, 'up']);
+      fixed.push(`${d} was down`);
     }
   }
   return fixed;
 }
 
-/** The bridge's tunnel port as made: the device on the bridge, its master now, and the links to bring up. */
-interface TunnelPort {
-  dev: string;
-  /** What it is, for the list of repairs. */
-  what: string;
-  master?: string;
-  up: string[];
-}
-
-/** The kernel VXLAN device, made again when its settings differ. */
-async function ensureVxlan(c: BridgeConfig, fixed: string[]): Promise<TunnelPort> {
-  let vx = (await linkExists(VXLAN_DEV)) ? (await ipJson<LinkInfo[]>(['-d', 'link', 'show', 'dev', VXLAN_DEV]))[0] : null;
-  if (vx && (vx.linkinfo?.info_kind !== 'vxlan' || vx.linkinfo.info_data?.id !== VNI || vx.linkinfo.info_data?.port !== c.vxlanPort)) {
-    await ip(['link', 'del', VXLAN_DEV]);
-    vx = null;
-    fixed.push('replaced VXLAN device with other settings');
-  }
-  if (!vx) {
-    // nolearning: the router programs every remote MAC; the kernel must not learn stale ones from floods.
-    await ip(['link', 'add', VXLAN_DEV, 'type', 'vxlan', 'id', String(VNI), 'dstport', String(c.vxlanPort), 'nolearning']);
-    fixed.push('created VXLAN device');
-    vx = (await ipJson<LinkInfo[]>(['-d', 'link', 'show', 'dev', VXLAN_DEV]))[0];
-  }
-  if (vx.mtu !== c.mtu) await ip(['link', 'set', VXLAN_DEV, 'mtu', String(c.mtu)]);
-  return { dev: VXLAN_DEV, what: 'VXLAN device', master: vx.master, up: [VXLAN_DEV] };
-}
-
-/**
- * The OVS datapath's tunnel port: the veth pair to OVS in the VXLAN device's place, with the same
- * port flags. Offloads are off on both ends: OVS's userspace datapath reads frames from the veth
- * as they are, and segmentation-offloaded TCP frames larger than the MTU would be lost on the way
- * (../shared/reference/measurements.md, "Open vSwitch works here in userspace").
- */
-async function ensureOvsVeth(c: BridgeConfig, fixed: string[]): Promise<TunnelPort> {
-  if (await linkExists(VXLAN_DEV)) {
-    await ip(['link', 'del', VXLAN_DEV]);
-    fixed.push('removed the VXLAN device (the OVS datapath replaces it)');
-  }
-  if (!(await linkExists(OVS_VETH_BRIDGE_END))) {
-    if (await linkExists(OVS_VETH_OVS_END)) await ip(['link', 'del', OVS_VETH_OVS_END]);
-    await ip(['link', 'add', OVS_VETH_BRIDGE_END, 'mtu', String(c.mtu), 'type', 'veth', 'peer', 'name', OVS_VETH_OVS_END, 'mtu', String(c.mtu)]);
-    for (const dev of [OVS_VETH_BRIDGE_END, OVS_VETH_OVS_END]) await ethtool(['-K', dev, 'tso', 'off', 'gso', 'off', 'gro', 'off', 'tx', 'off']);
-    fixed.push('created the veth pair to OVS');
-  }
-  const end = (await ipJson<LinkInfo[]>(['-d', 'link', 'show', 'dev', OVS_VETH_BRIDGE_END]))[0];
-  if (end.mtu !== c.mtu) for (const dev of [OVS_VETH_BRIDGE_END, OVS_VETH_OVS_END]) await ip(['link', 'set', dev, 'mtu', String(c.mtu)]);
-  return { dev: OVS_VETH_BRIDGE_END, what: 'OVS veth', master: end.master, up: [OVS_VETH_BRIDGE_END, OVS_VETH_OVS_END] };
-}
-
 export async function removeBridge(): Promise<void> {
-  for (const dev of [VXLAN_DEV, OVS_VETH_BRIDGE_END, BRIDGE]) if (await linkExists(dev)) await ip(['link', 'del', dev]);
+  if (await linkExists(BRIDGE)) await ip(['link', 'del', BRIDGE]);
 }
 
 /** A locally administered unicast MAC from the peer name (the name is MAC-shaped already). */

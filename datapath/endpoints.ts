@@ -5,7 +5,7 @@
 import { type MeshView, PeerRecords, type EntryCodec, type PeerName } from '../mesh/index.js';
 import { canonicalCidr, canonicalMac, GROUP_NAME } from '../net/validate.js';
 
-export const ENDPOINTS_CHANNEL = 'endpoints';
+const ENDPOINTS_CHANNEL = 'endpoints';
 
 export interface Endpoint {
   container: string;

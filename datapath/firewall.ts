@@ -42,7 +42,7 @@ export interface UnderlayPeers {
 }
 
 /** The named sets of the underlay's peers, kept current by element updates. */
-export const PEER_SETS = { vxlan: 'vxlan_peers', sleeve: 'sleeve_peers' } as const;
+const PEER_SETS = { vxlan: 'vxlan_peers', sleeve: 'sleeve_peers' } as const;
 
 const ports = (ps: number[]) => (ps.length === 1 ? String(ps[0]) : `{ ${[...new Set(ps)].sort((a, b) => a - b).join(', ')} }`);
 const setDecl = (name: string, elements: string[]) => `  set ${name} { type ipv4_addr;${elements.length > 0 ? ` elements = { ${[...new Set(elements)].sort().join(', ')} }` : ''} }`;
@@ -149,7 +149,7 @@ export async function firewallDiffers(s: FirewallState, guard: string): Promise<
 }
 
 /** One table's text out of a `nft list ruleset` listing (null when it is not there). */
-export function tableText(listing: string, family: string, name: string): string | null {
+function tableText(listing: string, family: string, name: string): string | null {
   const start = listing.indexOf(`table ${family} ${name} {\n`);
   if (start < 0) return null;
   const end = listing.indexOf('\n}', start);

@@ -12,7 +12,7 @@ import { nft } from '../net/command.js';
 
 export const GUARD_TABLE = 'weft';
 /** Host ends of container veths (datapath/attach.ts hostIfName): what the catch-all drop matches. */
-export const CONTAINER_PORT_PREFIX = 'vw';
+const CONTAINER_PORT_PREFIX = 'vw';
 
 export interface PortBinding {
   /** The host end of the container's veth, a port of the bridge. */
@@ -64,7 +64,7 @@ export function guardRuleset(bindings: PortBinding[]): string {
 }
 
 /** One transaction that adds or rewrites `bind` and removes `unbind` (ports that are in the table now). */
-export function guardUpdates(bind: PortBinding[], unbind: string[]): string {
+function guardUpdates(bind: PortBinding[], unbind: string[]): string {
   const t = `bridge ${GUARD_TABLE}`;
   const out: string[] = [];
   for (const port of unbind) out.push(`delete element ${t} ports { "${port}" }`, `delete chain ${t} ${chainOf(port)}`);

@@ -6,7 +6,7 @@ import { canonicalDnsName, canonicalIpv4 } from '../net/validate.js';
 import { readCheckedList, type Persist } from '../lib/json-file.js';
 import { type MeshView, type PeerName, PeerRecords, comparePeerRecords, mergePeerRecords, type EntryCodec, type PeerRecord } from '../mesh/index.js';
 
-export const DNS_CHANNEL = 'dns';
+const DNS_CHANNEL = 'dns';
 
 export interface NameEntry {
   /** Lower-case, fully qualified, with the trailing dot. */
@@ -22,7 +22,7 @@ export function normaliseName(name: string): string {
   return n.endsWith('.') ? n : `${n}.`;
 }
 
-export const nameCodec: EntryCodec<NameEntry> = {
+const nameCodec: EntryCodec<NameEntry> = {
   toWire: (e) => [e.hostname, e.container, e.ip],
   fromWire(w) {
     if (!Array.isArray(w) || w.length !== 3) throw new Error('name entry is malformed');

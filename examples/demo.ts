@@ -6,7 +6,7 @@
 // everything it made is removed, also on Ctrl-C or failure.
 //
 //   npm run demo        (as root; builds first)
-import type { Report } from '../router/report.js';
+import type { Report } from '../router/contract.js';
 import { Cluster, eventually, type Host } from '../test/harness/cluster.js';
 import { echo, echoServer } from '../test/harness/traffic.js';
 import { run } from '../test/harness/exec.js';

@@ -4,7 +4,7 @@
 // `weft status` shows, and removes everything it made, even on Ctrl-C.
 //
 //   npm run demo        (as root; builds first)
-import type { Report } from '../router/report.js';
+import type { Report } from '../router/contract.js';
 import { Cluster, eventually } from '../test/harness/cluster.js';
 
 if (process.getuid?.() !== 0) {

@@ -2,6 +2,7 @@
 // asks owners for space by unicast, starts the ring (consensus, seed or
 // observer), and never waits silently: every request that cannot be served
 // yet carries the reason, and fails with it after a bounded time.
+import { WeftError } from '../lib/errors.js';
 import { type Gossip, type GossipData, type Gossiper, type MeshView, pack, unpack, isPeerName, type PeerName } from '../mesh/index.js';
 import { cidrEnd, contains, formatCidr, formatIp, hostRange, type Addr, type Cidr } from '../net/addr.js';
 import { PaxosNode, nodeId, validatePaxos, type PaxosState } from './paxos.js';
@@ -9,7 +10,7 @@ import { Ring, type RingEntry, type RingOrigin, compareRingEntries, entryFromWir
 import type { IpamStore } from './store.js';
 import type { Liveness } from './liveness.js';
 
-export const IPAM_CHANNEL = 'ipam';
+const IPAM_CHANNEL = 'ipam';
 
 export type InitMode = { kind: 'consensus'; quorum: number; peers: number } | { kind: 'seed'; seeds: PeerName[] } | { kind: 'observer' };
 
@@ -26,12 +27,9 @@ export interface AllocatorConfig {
 
 export type IpamErrorCode = 'pending' | 'full' | 'conflict' | 'not-found' | 'invalid' | 'refused';
 
-export class IpamError extends Error {
-  constructor(
-    readonly code: IpamErrorCode,
-    message: string,
-  ) {
-    super(message);
+export class IpamError extends WeftError {
+  constructor(code: IpamErrorCode, message: string) {
+    super(code, message);
   }
 }
 

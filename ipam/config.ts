@@ -23,7 +23,7 @@ export function ipamConfig(o: IpamOptions): { range: Cidr; defaultSubnet: Cidr; 
   return { range: { start: range.start, prefix: range.prefix }, defaultSubnet: { start: defaultSubnet.start, prefix: defaultSubnet.prefix }, init: parseInit(o.ipallocInit, o.peers.length) };
 }
 
-export function parseInit(text: string, peerCount: number): InitMode {
+function parseInit(text: string, peerCount: number): InitMode {
   const t = text.trim();
   if (t === 'observer') return { kind: 'observer' };
   const consensus = /^consensus(?:=(\d+))?$/.exec(t);

@@ -7,12 +7,12 @@ import { isPeerName, type PeerName } from '../mesh/index.js';
 /** A node is a peer incarnation: a restarted peer cannot reuse its old promises. */
 export type NodeId = string; // `${name}/${uid}`
 
-export interface ProposalId {
+interface ProposalId {
   round: number;
   proposer: NodeId;
 }
 
-export interface Claims {
+interface Claims {
   promise: ProposalId | null;
   accepted: ProposalId | null;
   value: PeerName[] | null;
@@ -26,7 +26,7 @@ export function nodeId(name: PeerName, uid: string): NodeId {
   return `${name}/${uid}`;
 }
 
-export function peerOf(id: NodeId): PeerName {
+function peerOf(id: NodeId): PeerName {
   return id.split('/')[0];
 }
 

@@ -32,7 +32,7 @@ export function compareRingEntries(a: RingEntry, b: RingEntry): number {
   return a.free - b.free;
 }
 
-export const TRANSFER_VERSION_JUMP = 100;
+const TRANSFER_VERSION_JUMP = 100;
 
 export class Ring {
   readonly entries = new Map<Addr, RingEntry>();

@@ -23,7 +23,7 @@ interface Meta {
  * process that opens it, which must not be the router (it would crash at every start, saying
  * nothing useful). Throws with what to do when the child does not come back cleanly.
  */
-export function checkStoreReadable(path: string): void {
+function checkStoreReadable(path: string): void {
   if (!existsSync(path)) return;
   const lmdb = createRequire(import.meta.url).resolve('lmdb');
   const script = `const { open } = require(${JSON.stringify(lmdb)}); const db = open({ path: ${JSON.stringify(path)}, compression: false, readOnly: true }); let n = 0; for (const e of db.getRange()) { n++; } db.close(); process.stdout.write(String(n));`;

@@ -8,7 +8,7 @@ import { closeSync, fsyncSync, openSync, readFileSync, renameSync, rmSync, write
 import { basename, dirname, join } from 'node:path';
 
 /** A state file that exists but cannot be used; the message says which, why, and what to do. */
-export class StateFileError extends Error {}
+class StateFileError extends Error {}
 
 /** Writes `value` as JSON beside `path`, fsyncs it, renames it over `path` and fsyncs the directory. Throws on failure (the temporary file is gone then). */
 export function writeJsonAtomically(path: string, value: unknown, mode = 0o600): void {
@@ -69,7 +69,7 @@ export function readCheckedList<T>(path: string, check: (item: unknown) => T): T
   });
 }
 
-export function corrupt(path: string, why: string): StateFileError {
+function corrupt(path: string, why: string): StateFileError {
   return new StateFileError(
     `the state file ${path} is damaged (${why}); the router will not start without knowing its state. ` +
       `Restore it from a backup, or move it away to start without it (what other peers hold comes back over the mesh; ${basename(path)} of this host alone is then lost)`,

@@ -6,7 +6,7 @@ import { hostOf, parseAddress } from '../net/host-port.js';
 import type { Mesh, MeshConnection } from './mesh.js';
 import type { PeerName } from './peer-name.js';
 
-export type TargetState = 'waiting' | 'connecting' | 'retrying' | 'connected' | 'failed';
+type TargetState = 'waiting' | 'connecting' | 'retrying' | 'connected' | 'failed';
 
 export interface Target {
   addr: string;

@@ -31,7 +31,7 @@ import {
   verifyTranscript,
 } from './protocol-crypto.js';
 
-export const MAX_FRAME = 10 * 1024 * 1024;
+const MAX_FRAME = 10 * 1024 * 1024;
 const HANDSHAKE_TIMEOUT_MS = 10_000;
 /** A peer that leaves this much unread is not keeping up; it is disconnected rather than buffered forever. */
 const MAX_UNSENT = 64 * 1024 * 1024;
@@ -80,7 +80,7 @@ const SOURCE_IN_FLIGHT = 8;
 const TOTAL_IN_FLIGHT = 256;
 const MAX_SOURCES = 4096;
 
-export class SourceLimits {
+class SourceLimits {
   private readonly buckets = new Map<string, { tokens: number; at: number }>();
   private readonly inFlight = new Map<string, number>();
   private total = 0;

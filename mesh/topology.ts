@@ -1,8 +1,8 @@
 // The topology CRDT: one entry per peer, written only by that peer, merged by
 // (version, uid, content). Any two states merge to the same result in any order.
-import { isPeerName, peerNameFromBytes, peerNameToBytes, type PeerName } from './peer-name.js';
+import { peerNameFromBytes, peerNameToBytes, type PeerName } from './peer-name.js';
 
-export interface ConnectionSummary {
+interface ConnectionSummary {
   peer: PeerName;
   /** Remote TCP address as the owning peer sees it ("ip:port"). */
   addr: string;

@@ -8,9 +8,9 @@ import { fileURLToPath } from 'node:url';
 
 /** Per-slot metadata words: length, IPv4 address (host order), port, flags. */
 export const META = 4;
-export const FLAG_TRUNCATED = 1;
+const FLAG_TRUNCATED = 1;
 /** The fast path carried this datagram already: JavaScript skips the slot. */
-export const FLAG_HANDLED = 2;
+const FLAG_HANDLED = 2;
 
 interface RawPort {
   close(): void;
@@ -109,7 +109,7 @@ export class FastPath {
   }
 }
 
-export interface PortStats {
+interface PortStats {
   rxPackets: number;
   txPackets: number;
   txDropped: number;
@@ -130,7 +130,7 @@ function addonDir(): string | null {
 }
 
 /** The addon, or the reason it cannot be used. */
-export function native(): Addon | string {
+function native(): Addon | string {
   if (loaded) return loaded;
   const dir = addonDir();
   if (!dir) return (loaded = 'the native addon sources (native/) are not where weft expects them');
@@ -298,7 +298,7 @@ export interface TapOptions extends Slots {
 }
 
 /** The largest frame a TAP with offloads hands over, plus its virtio header. */
-export const TAP_SLOT = 65536 + 10 + 14 + 4;
+const TAP_SLOT = 65536 + 10 + 14 + 4;
 
 /** A TAP interface (removed when closed), read and written a batch per call. */
 export class TapPort extends SlotBuffers {

@@ -30,7 +30,7 @@ export function formatIp(a: Addr): string {
   return `${(a >>> 24) & 255}.${(a >>> 16) & 255}.${(a >>> 8) & 255}.${a & 255}`;
 }
 
-export function cidrSize(c: Cidr): number {
+function cidrSize(c: Cidr): number {
   return 2 ** (32 - c.prefix);
 }
 

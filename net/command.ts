@@ -27,12 +27,12 @@ function notFound(cmd: string): CommandError {
 }
 
 /** Runs a command; resolves with its output, rejects with a CommandError saying what failed and why. */
-export async function run(cmd: string, args: string[], input?: string, timeoutMs = 20_000): Promise<string> {
+async function run(cmd: string, args: string[], input?: string, timeoutMs = 20_000): Promise<string> {
   return (await runBoth(cmd, args, input, timeoutMs)).stdout;
 }
 
 /** run(), with what the command wrote to stderr too (some tools report there: conntrack's counts). */
-export function runBoth(cmd: string, args: string[], input?: string, timeoutMs = 20_000): Promise<{ stdout: string; stderr: string }> {
+function runBoth(cmd: string, args: string[], input?: string, timeoutMs = 20_000): Promise<{ stdout: string; stderr: string }> {
   return new Promise((resolve, reject) => {
     const child = execFile(cmd, args, { timeout: timeoutMs, maxBuffer: 64 * 1024 * 1024 }, (err, stdout, stderr) => {
       const e = err as (NodeJS.ErrnoException & { code?: unknown }) | null;

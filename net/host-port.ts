@@ -43,7 +43,7 @@ export function parseListen(text: string, what = 'address'): HostPort {
   return { host: host === '' ? '0.0.0.0' : host, port: port(text.slice(i + 1), what, text) };
 }
 
-export function formatHostPort(host: string, port: number): string {
+function formatHostPort(host: string, port: number): string {
   return host.includes(':') ? `[${host}]:${port}` : `${host}:${port}`;
 }
 

@@ -2,9 +2,14 @@
 // each returns the value in its one canonical form or throws saying what is
 // wrong, so that two spellings of the same thing never become two entries, and
 // a value that passed here is safe to put into a command line or a ruleset.
+import { WeftError } from '../lib/errors.js';
 import { formatIp, parseCidr, parseIp } from './addr.js';
 
-export class InvalidValue extends Error {}
+class InvalidValue extends WeftError {
+  constructor(message: string) {
+    super('invalid', message);
+  }
+}
 
 /** A unicast or multicast Ethernet address, as lower-case "aa:bb:cc:dd:ee:ff". */
 export function canonicalMac(text: unknown, what = 'MAC address'): string {

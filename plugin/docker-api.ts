@@ -239,7 +239,7 @@ function dockerMessage(text: string, status: number): string {
 }
 
 /** Docker's log stream for containers without a TTY: 8-byte headers (stream, 0, 0, 0, length BE32) before each chunk. */
-export function demuxLogs(buf: Buffer): string {
+function demuxLogs(buf: Buffer): string {
   let out = '';
   let i = 0;
   while (i + 8 <= buf.length) {

@@ -19,8 +19,7 @@ import { readJsonList, writeJsonAtomically } from '../lib/json-file.js';
 import { canonicalCidr, canonicalMac } from '../net/validate.js';
 import type { Logger } from '../lib/logger.js';
 
-export const PLUGIN_NAME = 'weft';
-export const ADDRESS_SPACE = 'weft';
+const ADDRESS_SPACE = 'weft';
 const GATEWAY_TYPE = 'com.docker.network.gateway';
 const CONTENT_TYPE = 'application/vnd.docker.plugins.v1.2+json';
 

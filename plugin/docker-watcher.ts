@@ -4,6 +4,7 @@
 // weft plugin networks get their DNS names), and serves the network plugin once
 // the engine answers. Without an engine it keeps trying, quietly, and says so
 // in the status.
+import { WeftError } from '../lib/errors.js';
 import { join } from 'node:path';
 import type { Datapath } from '../datapath/datapath.js';
 import { DOCKER_ID, announceWhenForwarding, pinDns } from '../datapath/attach.js';
@@ -27,10 +28,10 @@ interface Attached {
 }
 
 /** The Docker label that puts a container in security groups: weft.group=web,frontend */
-export const GROUP_LABEL = 'weft.group';
+const GROUP_LABEL = 'weft.group';
 
 /** The groups a container's label names (malformed names are left out, and logged by the caller). */
-export function labelGroups(c: ContainerInfo): { groups: string[]; bad: string[] } {
+function labelGroups(c: ContainerInfo): { groups: string[]; bad: string[] } {
   const text = c.Config.Labels?.[GROUP_LABEL] ?? '';
   const all = text.split(',').map((g) => g.trim()).filter(Boolean);
   return { groups: all.filter((g) => GROUP_NAME.test(g)), bad: all.filter((g) => !GROUP_NAME.test(g)) };
@@ -189,10 +190,10 @@ export class DockerWatcher {
 
   /** A running container, by name or id, with its process (for its network namespace). */
   async resolve(nameOrId: string): Promise<ContainerInfo> {
-    if (!this.status.connected) throw new Error(`"${nameOrId}" is not netns:NAME, pid:N or cni:ID, and no Docker engine answers at ${this.deps.api} (${this.status.state})`);
+    if (!this.status.connected) throw new WeftError('unavailable', `"${nameOrId}" is not netns:NAME, pid:N or cni:ID, and no Docker engine answers at ${this.deps.api} (${this.status.state})`);
     const c = await this.api.find(nameOrId);
-    if (!c) throw new Error(`no Docker container "${nameOrId}"`);
-    if (!c.State.Running || !c.State.Pid) throw new Error(`Docker container ${containerName(c)} is not running (${c.State.Status})`);
+    if (!c) throw new WeftError('not-found', `no Docker container "${nameOrId}"`);
+    if (!c.State.Running || !c.State.Pid) throw new WeftError('conflict', `Docker container ${containerName(c)} is not running (${c.State.Status})`);
     return c;
   }
 
@@ -228,7 +229,7 @@ export class DockerWatcher {
 }
 
 /** The container's name without Docker's leading slash, as a DNS label. */
-export function containerName(c: ContainerInfo): string {
+function containerName(c: ContainerInfo): string {
   return c.Name.replace(/^\//, '').toLowerCase().replace(/[^a-z0-9-]/g, '-');
 }
 

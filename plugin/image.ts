@@ -57,6 +57,16 @@ export function buildRootfs(): string {
   const project = projectRoot();
   if (!existsSync(join(project, 'dist', 'router', 'main.js'))) throw new Error('dist/ is missing: run npm run build first');
   const root = mkdtempSync(join(tmpdir(), 'weft-image-'));
+  try {
+    fillRootfs(root, project);
+  } catch (err) {
+    rmSync(root, { recursive: true, force: true });
+    throw err;
+  }
+  return root;
+}
+
+function fillRootfs(root: string, project: string): void {
   // Debian's merged /usr: /bin, /lib ... are links into /usr; mirror them so the loader paths hold.
   for (const top of ['bin', 'sbin', 'lib', 'lib64']) {
     const p = `/${top}`;
@@ -107,7 +117,6 @@ export function buildRootfs(): string {
     const rel = relative(project, dir);
     if (!existsSync(join(app, rel))) cpSync(dir, join(app, rel), { recursive: true, dereference: false });
   }
-  return root;
 }
 
 /** Imports a root filesystem into the engine as weft/router:VERSION. */

@@ -5,7 +5,7 @@ import type { Flow } from './model.js';
 import { CommandError, conntrack, inNamespace, lines } from '../net/command.js';
 
 /** One line of `conntrack -L`, by its original direction. */
-export function parseConntrackLine(line: string): Flow | null {
+function parseConntrackLine(line: string): Flow | null {
   const proto = /^(\S+)\s/.exec(line.trim())?.[1];
   const field = (k: string) => new RegExp(`\\b${k}=(\\S+)`).exec(line)?.[1];
   const src = field('src');

@@ -125,6 +125,6 @@ export class PolicyModel {
   }
 }
 
-export function flowText(f: Flow): string {
+function flowText(f: Flow): string {
   return `${f.proto}${f.port !== undefined && (f.proto === 'tcp' || f.proto === 'udp') ? `/${f.port}` : ''} from ${f.src} to ${f.dst}`;
 }

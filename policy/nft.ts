@@ -10,7 +10,7 @@ import { BRIDGE } from '../datapath/bridge.js';
 import { containerMatches, type Member, type PolicyModel } from './model.js';
 import type { Rule } from './rules.js';
 
-export interface CounterMeaning {
+interface CounterMeaning {
   kind: 'rule' | 'deny';
   /** The rule id, or the container whose default deny this is. */
   id: string;

@@ -2,11 +2,12 @@
 // and the wire, and how they are checked. A rule protects a target (a group or one
 // container) in one direction and allows one kind of peer (a group, a container,
 // a CIDR or any) by protocol and port.
+import { WeftError } from '../lib/errors.js';
 import { formatCidr, parseCidr } from '../net/addr.js';
 import { GROUP_NAME } from '../net/validate.js';
 
 export type Proto = 'tcp' | 'udp' | 'icmp' | 'any';
-export type Direction = 'ingress' | 'egress';
+type Direction = 'ingress' | 'egress';
 
 /** Who a rule talks about: a group's members, one container, a network, or anyone. */
 export type Selector = { kind: 'group'; name: string } | { kind: 'container'; id: string } | { kind: 'cidr'; cidr: string } | { kind: 'any' };
@@ -27,7 +28,12 @@ const CONTAINER_ID = /^[A-Za-z0-9_.:-]{1,200}$/;
 const RULE_ID = /^[0-9a-f]{8,32}$/;
 const PROTOS: Proto[] = ['tcp', 'udp', 'icmp', 'any'];
 
-export class RuleError extends Error {}
+/** A rule that is not one (from a request, the wire or the data dir). */
+export class RuleError extends WeftError {
+  constructor(message: string) {
+    super('invalid', message);
+  }
+}
 
 export function checkGroupName(name: string): string {
   if (!GROUP_NAME.test(name)) throw new RuleError(`group "${name.slice(0, 80)}" is not a group name (lower-case letters, digits, _ . -; up to 63)`);
@@ -35,7 +41,7 @@ export function checkGroupName(name: string): string {
 }
 
 /** GROUP, container:ID, a CIDR or address, or any. */
-export function parseSelector(text: string, what: string): Selector {
+function parseSelector(text: string, what: string): Selector {
   const t = text.trim();
   if (t === 'any') return { kind: 'any' };
   if (t.startsWith('container:')) {
@@ -78,7 +84,7 @@ export function parseProto(text: string): Proto {
 }
 
 /** N or N-M, 1..65535. */
-export function parsePorts(text: string): [number, number] {
+function parsePorts(text: string): [number, number] {
   const m = /^(\d{1,5})(?:-(\d{1,5}))?$/.exec(text.trim());
   if (!m) throw new RuleError(`port "${text.slice(0, 40)}" is not N or N-M`);
   const lo = Number(m[1]);

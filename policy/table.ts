@@ -7,7 +7,7 @@ import { type MeshView, RegisterTable, compareRegisters, mergeRegisters, registe
 import { listFile, type Persist } from '../lib/json-file.js';
 import { RuleError, checkRule, type Rule } from './rules.js';
 
-export const POLICY_CHANNEL = 'policy';
+const POLICY_CHANNEL = 'policy';
 
 export type PolicyEntry = Register<Rule>;
 

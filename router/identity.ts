@@ -19,7 +19,7 @@ interface StoredIdentity {
   privateKey: string;
 }
 
-export function identityPath(dataDir: string): string {
+function identityPath(dataDir: string): string {
   return join(dataDir, 'identity.json');
 }
 

@@ -3,11 +3,11 @@
 // Served on --metrics-addr, /metrics.
 import http from 'node:http';
 import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
-import type { Report } from './report.js';
+import type { Report } from './contract.js';
 import type { Router } from './router.js';
 
 /** A short, fixed label for why a connection is not on fastdp (the full text is in status). */
-export function fallbackCategory(reason: string | undefined): string {
+function fallbackCategory(reason: string | undefined): string {
   if (!reason) return 'unknown';
   if (/--no-fastdp/.test(reason)) return 'fastdp_off';
   if (/encrypt/.test(reason)) return 'encrypted';

@@ -3,7 +3,8 @@
 import { readFileSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { Command, Option } from 'commander';
-import { parsePeerName, type PeerName } from '../mesh/index.js';
+// The peer-name helpers alone: the CLI loads this file and must not load the mesh.
+import { parsePeerName, type PeerName } from '../mesh/peer-name.js';
 import { parseCidr } from '../net/addr.js';
 import { parseListen } from '../net/host-port.js';
 
@@ -53,10 +54,10 @@ export interface RouterOptions {
 }
 
 export const DEFAULT_DATA_DIR = '/var/lib/weft';
-export const DEFAULT_HTTP_ADDR = '127.0.0.1:6784';
+const DEFAULT_HTTP_ADDR = '127.0.0.1:6784';
 
 /** Parses "500ms", "2s", "5m" or a plain number of seconds. */
-export function parseDuration(text: string): number {
+function parseDuration(text: string): number {
   const m = /^(\d+(?:\.\d+)?)(ms|s|m)?$/.exec(text.trim());
   if (!m) throw new Error(`invalid duration "${text}": use e.g. 500ms, 2s, 5m`);
   const n = Number(m[1]);
@@ -111,12 +112,12 @@ function duration(v: string): number {
 }
 
 /** --data-dir -> WEFT_DATA_DIR, --no-discovery -> WEFT_NO_DISCOVERY (set to anything: discovery off). */
-export function envName(long: string): string {
+function envName(long: string): string {
   return `WEFT_${long.replace(/^--/, '').replaceAll('-', '_').toUpperCase()}`;
 }
 
 /** The router's options, as commander Options. `weft launch` adds the same ones. */
-export function routerOptions(): Option[] {
+function routerOptions(): Option[] {
   const o = (flags: string, desc: string) => {
     const opt = new Option(flags, desc);
     return opt.env(envName(opt.long!));

@@ -1,7 +1,8 @@
 // Wiring: everything the router runs, started and stopped in one place.
+import { routerInfoPath, type RouterInfo } from './contract.js';
 import { VERSION } from '../lib/version.js';
 import { chmodSync, mkdirSync, rmSync } from 'node:fs';
-import { dirname, join } from 'node:path';
+import { dirname } from 'node:path';
 import type http from 'node:http';
 import type { FastifyInstance } from 'fastify';
 import { buildRegistry, serveMetrics } from './metrics.js';
@@ -12,7 +13,8 @@ import { loadIdentity, newUid } from './identity.js';
 import { type Logger } from '../lib/logger.js';
 import type { RouterOptions } from './options.js';
 import { parseListen } from '../net/host-port.js';
-import { buildReport, type Report } from './report.js';
+import { buildReport } from './report.js';
+import type { Report } from './contract.js';
 import { Allocator, IpamError } from '../ipam/allocator.js';
 import { ipamConfig } from '../ipam/config.js';
 import { contains, parseCidr, parseIp, type Cidr } from '../net/addr.js';
@@ -27,10 +29,10 @@ import { PolicyEngine } from '../policy/engine.js';
 import { ServiceEngine } from '../services/engine.js';
 import { parseServiceRange } from '../services/service.js';
 
-export const DNS_BRIDGE_IP = '169.254.83.83';
+const DNS_BRIDGE_IP = '169.254.83.83';
 
 /** With a password, traffic is encrypted unless the peer's underlay address is on a trusted subnet. */
-export function encryptionPolicy(hasPassword: boolean, trusted: string[]): (peer: string, host: string) => boolean {
+function encryptionPolicy(hasPassword: boolean, trusted: string[]): (peer: string, host: string) => boolean {
   const nets = trusted.map((c) => parseCidr(c));
   return (_peer, host) => {
     if (!hasPassword) return false;
@@ -60,7 +62,7 @@ function dnsClients(range: Cidr, datapath: Datapath | null): (addr: number) => b
 }
 
 /** --http-addr as where to listen: "unix:/PATH" or HOST:PORT. */
-export function apiListen(addr: string): ApiListen {
+function apiListen(addr: string): ApiListen {
   if (addr.startsWith('unix:')) {
     const path = addr.slice('unix:'.length);
     if (!path.startsWith('/')) throw new Error(`--http-addr ${addr}: a unix socket needs an absolute path (unix:/run/weft/api.sock)`);
@@ -70,26 +72,10 @@ export function apiListen(addr: string): ApiListen {
 }
 
 /** The router's own ports (mesh, sleeve, VXLAN, API, metrics): the firewall keeps containers off them. */
-export function routerPorts(opts: RouterOptions): { tcp: number[]; udp: number[] } {
+function routerPorts(opts: RouterOptions): { tcp: number[]; udp: number[] } {
   const tcp = [opts.port];
   for (const addr of [opts.httpAddr, opts.metricsAddr]) if (addr && !addr.startsWith('unix:')) tcp.push(parseListen(addr).port);
   return { tcp, udp: [opts.port, opts.port + 1] };
-}
-
-/** What the CLI reads to find a running router: written when ready, removed at exit. */
-export interface RouterInfo {
-  pid: number;
-  httpAddr: string;
-  name: string;
-  nickname: string;
-  version: string;
-  startedAt: string;
-  /** When weft launch runs the router as a Docker container: the container's name. */
-  container?: string;
-}
-
-export function routerInfoPath(dataDir: string): string {
-  return join(dataDir, 'router.json');
 }
 
 export class Router {
@@ -227,7 +213,7 @@ export class Router {
       await dns?.start();
       await transport.listen(opts.host, opts.port);
       const listen = apiListen(opts.httpAddr);
-      const api = buildApi({ mesh, maker, ipam, datapath, names, dns, failures: transport.failures, hasPassword: opts.password !== null, discovery: opts.discovery, docker, policy, services, writes: state.writes, removePeer: (who) => router.removePeer(who) }, listen);
+      const api = buildApi({ mesh, maker, ipam, datapath, names, dns, failures: transport.failures, hasPassword: opts.password !== null, discovery: opts.discovery, docker, policy, services, writes: state.writes, removePeer: (who) => router.removePeer(who), log }, listen);
       router.api = api;
       if ('unix' in listen) {
         // Root only: the socket file's mode is the API's only lock.

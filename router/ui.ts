@@ -1,10 +1,11 @@
 // The topology page at /ui: one self-contained HTML page (no build step), fed
 // by server-sent events from /ui/events carrying a small view of the report.
 import type { FastifyInstance } from 'fastify';
-import { buildReport, type Report, type ReportSources } from './report.js';
+import { buildReport, type ReportSources } from './report.js';
+import type { Report } from './contract.js';
 
 /** What the page needs, and no more (the full report is at /report). */
-export function uiView(r: Report) {
+function uiView(r: Report) {
   return {
     name: r.name,
     nickname: r.nickname,

@@ -18,9 +18,9 @@ import { SERVICES_TABLE, compileServiceTable, type ServedVip } from './nft.js';
 import { ServiceError, checkService, pickVip, resolveVips, type Affinity, type Service } from './service.js';
 import { HealthRecords, ServiceTable, type Failing } from './table.js';
 
-export type Health = 'healthy' | 'failing' | 'unchecked';
+type Health = 'healthy' | 'failing' | 'unchecked';
 
-export interface BackendView {
+interface BackendView {
   container: string;
   peer: PeerName;
   addr: string;
@@ -165,7 +165,7 @@ export class ServiceEngine {
   // ---- changes
 
   create(req: ServiceRequest): Service {
-    if (this.table.get(req.name)) throw new ServiceError(`service ${req.name} exists (weft service show ${req.name}); remove it first to change it`);
+    if (this.table.get(req.name)) throw new ServiceError(`service ${req.name} exists (weft service show ${req.name}); remove it first to change it`, 'conflict');
     const taken = new Set(this.table.values().map((s) => s.vip));
     const draft = {
       name: req.name,

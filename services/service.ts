@@ -2,6 +2,7 @@
 // backends are chosen (the live members of a group, or named containers); how
 // it is checked from the wire and from requests; how a VIP is picked; and which
 // service serves a VIP when two picked the same one in a partition.
+import { WeftError, type ErrorCode } from '../lib/errors.js';
 import { createHash } from 'node:crypto';
 import { contains, formatCidr, formatIp, isIpv4, parseCidr, parseIp, type Cidr } from '../net/addr.js';
 import { GROUP_NAME } from '../net/validate.js';
@@ -22,7 +23,12 @@ export interface Service {
   created: number;
 }
 
-export class ServiceError extends Error {}
+/** A service that is not one, or cannot be made: 'invalid' unless said otherwise. */
+export class ServiceError extends WeftError {
+  constructor(message: string, code: ErrorCode = 'invalid') {
+    super(code, message);
+  }
+}
 
 export const SERVICE_NAME = /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/;
 const CONTAINER_KEY = /^[A-Za-z0-9_.:-]{1,200}$/;
@@ -72,10 +78,6 @@ export function parseCheck(text: string): { proto: 'tcp'; port: number } {
   return { proto: 'tcp', port };
 }
 
-export function describeBackends(s: Service): string {
-  return s.group !== undefined ? `group ${s.group}` : `containers ${s.backends!.join(', ')}`;
-}
-
 /** Usable addresses of a range (not its network and broadcast addresses). */
 function usable(range: Cidr): { first: number; count: number } {
   const size = 2 ** (32 - range.prefix);
@@ -93,10 +95,10 @@ export function pickVip(range: Cidr, taken: Set<string>, seed: string): string {
     const ip = formatIp(first + ((start + i) % count));
     if (!taken.has(ip)) return ip;
   }
-  throw new ServiceError(`the service range ${formatIp(range.start)}/${range.prefix} is full (${count} services); remove some, or use a larger --service-range`);
+  throw new ServiceError(`the service range ${formatIp(range.start)}/${range.prefix} is full (${count} services); remove some, or use a larger --service-range`, 'full');
 }
 
-export function inRange(range: Cidr, ip: string): boolean {
+function inRange(range: Cidr, ip: string): boolean {
   try {
     return contains(range, { start: parseIp(ip), prefix: 32 });
   } catch {

@@ -7,8 +7,8 @@ import type { Cidr } from '../net/addr.js';
 import { listFile, type Persist } from '../lib/json-file.js';
 import { SERVICE_NAME, ServiceError, checkService, type Service } from './service.js';
 
-export const SERVICES_CHANNEL = 'services';
-export const HEALTH_CHANNEL = 'service-health';
+const SERVICES_CHANNEL = 'services';
+const HEALTH_CHANNEL = 'service-health';
 
 /** Services from the wire and the data dir: their VIPs must be in this router's service range (the same on every peer). */
 const serviceCodec = (range: Cidr): RegisterCodec<Service> => ({

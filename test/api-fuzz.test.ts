@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import fc from 'fast-check';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { silentLogger } from '../lib/logger.js';
-import type { Report } from '../router/report.js';
+import type { Report } from '../router/contract.js';
 import { Router } from '../router/router.js';
 import { routerOptions } from './harness/router-options.js';
 

@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseAddress } from '../net/host-port.js';
 import { silentLogger } from '../lib/logger.js';
-import type { Report } from '../router/report.js';
+import type { Report } from '../router/contract.js';
 import { Router } from '../router/router.js';
 import { routerOptions } from './harness/router-options.js';
 
@@ -124,7 +124,7 @@ describe('HTTP API', () => {
       [{ name: 'x', group: 'Not A Group' }, /not a group name/],
       [{ name: 'x', group: 'g', affinity: 'sticky' }, /--affinity is none or client/],
       [{ name: 'x', group: 'g', check: 'udp:53' }, /is not tcp:PORT/],
-      [{ name: 'x', backends: [5] }, /container names/],
+      [{ name: 'x', backends: [5] }, /body\/backends\/0 must be string/], // the schema names the field
     ] as [unknown, RegExp][]) {
       res = await post(body);
       expect(res.status, JSON.stringify(body)).toBe(400);

@@ -1,7 +1,7 @@
 // The CNI plugin, run as a runtime would run it: config on stdin, CNI_* in the environment.
 import { join } from 'node:path';
 import { afterEach, expect, it } from 'vitest';
-import type { Report } from '../router/report.js';
+import type { Report } from '../router/contract.js';
 import { Cluster, eventually, type Host } from './harness/cluster.js';
 import { run } from './harness/exec.js';
 import { describeAsRoot } from './harness/root.js';

@@ -3,7 +3,7 @@
 // controller of its bridge. Checked with traffic and with the switch's own
 // state (ovs-ofctl dump-flows, ovs-vsctl), not with weft's word for it.
 import { afterEach, expect, it } from 'vitest';
-import type { Report } from '../router/report.js';
+import type { Report } from '../router/contract.js';
 import { Cluster, eventually, type Host } from './harness/cluster.js';
 import { describeAsRoot } from './harness/root.js';
 import { echo, echoServer } from './harness/traffic.js';

@@ -1,6 +1,6 @@
 // The kernel datapath across namespace hosts: bridge, attach, VXLAN fdb.
 import { afterEach, expect, it } from 'vitest';
-import type { Report } from '../router/report.js';
+import type { Report } from '../router/contract.js';
 import { Cluster, eventually, type Host } from './harness/cluster.js';
 import { describeAsRoot } from './harness/root.js';
 import { echo, echoServer } from './harness/traffic.js';

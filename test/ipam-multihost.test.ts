@@ -1,7 +1,7 @@
 // IPAM across real routers in network namespaces.
 import { afterEach, expect, it } from 'vitest';
 import { parseCidr, parseIp } from '../net/addr.js';
-import type { Report } from '../router/report.js';
+import type { Report } from '../router/contract.js';
 import { apiRequests } from './harness/api-load.js';
 import { Cluster, eventually, type Host } from './harness/cluster.js';
 import { describeAsRoot } from './harness/root.js';

@@ -2,7 +2,7 @@
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, expect, it } from 'vitest';
-import type { Report } from '../router/report.js';
+import type { Report } from '../router/contract.js';
 import { Cluster, eventually, type Host } from './harness/cluster.js';
 import { describeAsRoot } from './harness/root.js';
 

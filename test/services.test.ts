@@ -116,7 +116,7 @@ describeAsRoot('services', () => {
     await h2.kill();
     await eventually('b4 out of the client\'s translation once host2 is gone', async () => !(await translated(client, vip)).includes(b4.ip), 15_000, 100);
     expect(Object.keys((await spread(client.ns, vip, [8080], 10)).counts).sort()).toEqual(['b1', 'b2']);
-  });
+  }, 150_000); // 22 s alone; three times that with another suite on the two cores
 
   it('over the sleeve: a failing check takes a backend out and back; a VIP without backends refuses at once; a security group denying the client denies it through the VIP', async () => {
     const [h1, h2, h3] = await threeHosts(['--no-fastdp']);
@@ -166,5 +166,5 @@ describeAsRoot('services', () => {
     await eventually('the client is denied through the VIP', async () => (await spread(client.ns, vip, [8080], 2, 1500)).failed === 2, 10_000, 200);
     const allowed = await spread(friend.ns, vip, [8080], 10);
     expect(allowed.failed).toBe(0);
-  });
+  }, 150_000);
 });

@@ -4,7 +4,7 @@ import { spawn } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, expect, it } from 'vitest';
-import type { Report } from '../router/report.js';
+import type { Report } from '../router/contract.js';
 import { Cluster, eventually, type Host } from './harness/cluster.js';
 import { describeAsRoot } from './harness/root.js';
 import { echo, echoServer } from './harness/traffic.js';
@@ -126,7 +126,7 @@ describeAsRoot('sleeve across namespace hosts', () => {
   it('with a password: traffic flows over the encrypted sleeve, and the underlay carries no container payload in clear', async () => {
     const tcpdump = await run('sh', ['-c', 'command -v tcpdump']);
     if (tcpdump.code !== 0) throw new Error('tcpdump is needed for this test (apt-get install tcpdump; .ci/run does)');
-    const { a, b, c1, c2 } = await pair([], { WEFT_PASSWORD: 'correct horse battery staple' });
+    const { a, c1, c2 } = await pair([], { WEFT_PASSWORD: 'correct horse battery staple' });
     const conn = await eventually('encrypted sleeve', async () => {
       const x = await overlayTo(a, 'host2');
       return x?.overlay === 'sleeve' && /data encrypted/.test(x.info) ? x : null;
@@ -153,7 +153,7 @@ describeAsRoot('sleeve across namespace hosts', () => {
   });
 
   it('an underlay hop with a small MTU: fastdp says why not, the sleeve finds the path MTU and TCP works', async () => {
-    const { a, b, c1, c2 } = await pair([], {}, (c) => run('ip', ['-n', c.underlayNs, 'link', 'set', c.hosts[1].uplink, 'mtu', '1300']));
+    const { a, c1, c2 } = await pair([], {}, (c) => run('ip', ['-n', c.underlayNs, 'link', 'set', c.hosts[1].uplink, 'mtu', '1300']));
     const conn = await eventually('sleeve with a found path MTU', async () => {
       const x = await overlayTo(a, 'host2');
       return x?.overlay === 'sleeve' && x.pmtu !== undefined && x.pmtu > 1250 && x.pmtu <= 1300 ? x : null;

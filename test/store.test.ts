@@ -8,7 +8,7 @@ import { callRouter } from '../cli/http.js';
 import { PolicyTable } from '../policy/table.js';
 import { ruleFromRequest } from '../policy/rules.js';
 import { projectRoot } from '../lib/project-root.js';
-import { renderStatus } from '../router/report.js';
+import { renderStatus } from '../router/render.js';
 import { eventually, sleep } from './harness/cluster.js';
 import { isRoot } from './harness/root.js';
 import { silentLogger } from '../lib/logger.js';

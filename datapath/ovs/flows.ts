@@ -31,7 +31,7 @@ export const CookieKind = {
 } as const;
 
 /** Where VXLAN from admitted peers is delivered. */
-export const TABLE_DELIVER = 1;
+const TABLE_DELIVER = 1;
 
 export const KIND_MASK = 0xffn << 56n;
 

@@ -8,9 +8,9 @@
 // and nothing else: bytes from the switch never reach the rest of the router
 // unchecked.
 
-export const OFP_VERSION = 0x04;
+const OFP_VERSION = 0x04;
 
-export const MsgType = {
+const MsgType = {
   Hello: 0,
   Error: 1,
   EchoRequest: 2,
@@ -100,7 +100,7 @@ export interface MatchField {
 }
 
 /** `goto_table` is an instruction of its own on the wire (after the APPLY_ACTIONS of the others): it comes last. */
-export type Action = { type: 'output'; port: number } | { type: 'set_field'; field: FieldName; value: string } | { type: 'goto_table'; table: number };
+type Action = { type: 'output'; port: number } | { type: 'set_field'; field: FieldName; value: string } | { type: 'goto_table'; table: number };
 
 export interface FlowSpec {
   cookie: bigint;

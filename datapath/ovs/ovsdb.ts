@@ -4,7 +4,6 @@
 // delimiter, so the reader splits the stream by bracket depth outside strings.
 import net from 'node:net';
 
-export const DEFAULT_OVSDB = 'unix:/var/run/openvswitch/db.sock';
 const DB = 'Open_vSwitch';
 const TIMEOUT_MS = 10_000;
 

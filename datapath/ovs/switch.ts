@@ -12,7 +12,7 @@ import { flowText, type FlowSpec } from './openflow.js';
 import { OvsdbClient, OvsdbError, map, mapObject, named, parseOvsdbTarget, set, setItems, uuid, uuidOf, type Json } from './ovsdb.js';
 
 /** The veth between weft's Linux bridge and its OVS bridge: this end is the OVS port. */
-export const OVS_PORT_DEV = 'weftovs-dp';
+const OVS_PORT_DEV = 'weftovs-dp';
 const TUNNEL_PORT = 'weftovs-vx';
 /** external_ids mark of what weft made (reset removes only that). */
 const OWNED = { key: 'weft', value: 'owned' };
@@ -43,6 +43,8 @@ export class OvsSwitch {
   constructor(
     readonly config: OvsConfig,
     private readonly log: { warn(o: object, m: string): void; info(o: object, m: string): void },
+    /** Called after a lost OpenFlow connection is back (the datapath re-programs: a re-made bridge has no flows). */
+    private readonly onReconnect: () => void = () => undefined,
   ) {}
 
   /** The controller socket OVS listens on for weft (next to OVSDB's socket). */
@@ -106,7 +108,7 @@ export class OvsSwitch {
       this.start().then(
         () => {
           this.lastError = null;
-          this.onReconnect?.();
+          this.onReconnect();
         },
         (err: Error) => {
           this.lastError = err.message;
@@ -116,9 +118,6 @@ export class OvsSwitch {
     }, 2000);
     this.reconnecting.unref();
   }
-
-  /** Called after a lost OpenFlow connection is back (the datapath re-programs: a re-made bridge has no flows). */
-  onReconnect: (() => void) | null = null;
 
   /** Every flow in the bridge. */
   async flows(): Promise<FlowSpec[]> {

@@ -11,7 +11,7 @@
 // authenticated with it), so nothing unauthenticated is ever buffered.
 import { createCipheriv, createDecipheriv, randomFillSync } from 'node:crypto';
 
-export const VERSION = 1;
+const VERSION = 1;
 export const KIND_FRAMES = 1;
 export const KIND_FRAGMENT = 2;
 export const KIND_PROBE = 3;
@@ -22,7 +22,7 @@ export const MESSAGE_HEADER = 13;
 /** Where in a message its hop limit is (after source and destination). */
 export const HOPS_OFFSET = 12;
 /** Relays a message may still take; each relay takes one, so a routing loop cannot keep it alive. */
-export const MAX_HOPS = 16;
+const MAX_HOPS = 16;
 /** The virtio header in front of every frame (TAP with IFF_VNET_HDR). */
 export const VNET_HDR = 10;
 /** The largest UDP payload over IPv4. */

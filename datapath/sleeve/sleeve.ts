@@ -10,8 +10,9 @@
 // in over one overlay never leaves over the other, so nothing loops.
 import { type Gossip, type GossipData, type Gossiper, type MeshView, pack, unpack, peerNameFromBytes, peerNameToBytes, type PeerName } from '../../mesh/index.js';
 import { hostOf } from '../../net/host-port.js';
-import { BRIDGE } from '../bridge.js';
-import { bridge, ipBatch } from '../../net/command.js';
+import { ensurePort } from '../bridge.js';
+import type { Backend, PathHealth, Programme } from '../backend.js';
+import { ipBatch } from '../../net/command.js';
 import { FastPath, META, TapPort, UdpPort, nativeConstantsDiffer, type FastRoute } from '../../native/index.js';
 import { isIpv4, parseIp } from '../../net/addr.js';
 import {
@@ -41,7 +42,7 @@ import {
   writeMessageHeader,
 } from './packet.js';
 
-export const SLEEVE_TAP = 'weft-sleeve';
+const SLEEVE_TAP = 'weft-sleeve';
 const CHANNEL = 'sleeve';
 const PROBE_INTERVAL_MS = 1000;
 /** A hop is healthy while its probes were acknowledged this recently. */
@@ -113,7 +114,9 @@ function macText(b: Buffer, o: number): string {
   return t;
 }
 
-export class Sleeve implements Gossiper {
+export class Sleeve implements Gossiper, Backend {
+  readonly kind = 'sleeve';
+  readonly port = SLEEVE_TAP;
   private udp: UdpPort | null = null;
   private probes: UdpPort | null = null;
   private tap: TapPort | null = null;
@@ -210,10 +213,28 @@ export class Sleeve implements Gossiper {
   }
 
   /** The TAP as an isolated, non-learning, ARP-suppressing port of the bridge. Also used to repair. */
-  async plumb(): Promise<void> {
+  async plumb(): Promise<string[]> {
     // Super-frames a little under 64 KB fit one datagram with our headers.
-    await ipBatch([`link set ${SLEEVE_TAP} mtu ${this.config.mtu()} gso_max_size 65000 master ${BRIDGE} up`]);
-    await bridge(['link', 'set', 'dev', SLEEVE_TAP, 'learning', 'off', 'neigh_suppress', 'on', 'isolated', 'on']);
+    await ipBatch([`link set ${SLEEVE_TAP} mtu ${this.config.mtu()} gso_max_size 65000`]);
+    return ensurePort(SLEEVE_TAP, 'sleeve TAP');
+  }
+
+  // ---- the datapath's backend
+
+  /** The peers whose traffic goes by sleeve (the datapath decides); routes per MAC come from the endpoint table. */
+  async program(p: Programme): Promise<{ added: number; removed: number }> {
+    this.destinations = new Set(p.peers.map((x) => x.name));
+    return { added: 0, removed: 0 };
+  }
+
+  health(peer: PeerName): PathHealth {
+    const h = this.hopStatus(peer);
+    return h ? { healthy: h.healthy, reason: h.reason } : { healthy: false, reason: 'no direct connection' };
+  }
+
+  /** The sleeve's traffic stops with its router: nothing to presume after a restart. */
+  async presumed(): Promise<string[]> {
+    return [];
   }
 
   stop(): void {

@@ -7,10 +7,11 @@
 // the mesh; a connection is `fastdp` while acknowledgements keep coming.
 import dgram from 'node:dgram';
 import { type Gossip, type GossipData, type Gossiper, type MeshView, pack, unpack, type PeerName } from '../../mesh/index.js';
-import { VNI, VXLAN_DEV, bridgeMac } from '../bridge.js';
+import { VNI, bridgeMac } from '../bridge.js';
+import { VXLAN_DEV } from './fdb.js';
 import { nft } from '../../net/command.js';
 
-export const HEARTBEAT_ETHERTYPE = 0x88b5;
+const HEARTBEAT_ETHERTYPE = 0x88b5;
 const TABLE = 'weft_hb';
 const CHANNEL = 'fastdp';
 
@@ -26,7 +27,7 @@ function macBytes(mac: string): Buffer {
 }
 
 /** A VXLAN packet carrying an Ethernet frame of `frameLen` bytes from `src` to `dst`. */
-export function heartbeatPacket(srcMac: string, dstMac: string, frameLen: number): Buffer {
+function heartbeatPacket(srcMac: string, dstMac: string, frameLen: number): Buffer {
   const vxlan = Buffer.alloc(8);
   vxlan[0] = 0x08; // VNI present
   vxlan.writeUIntBE(VNI, 4, 3);

@@ -1,30 +1,52 @@
-// Attach, detach and ps over the HTTP API.
+// Containers and the host on the overlay, over the HTTP API: attach, detach,
+// expose, hide, the fdb, and the datapath's removal for weft reset.
 import type { FastifyInstance } from 'fastify';
 import type { Datapath } from '../../datapath/datapath.js';
-import { IpamError } from '../../ipam/allocator.js';
-import { canonicalDnsName, GROUP_NAME } from '../../net/validate.js';
-import { HttpError } from './errors.js';
-import type { PolicyEngine } from '../../policy/engine.js';
-import type { NameService } from '../../dns/table.js';
-import type { DockerWatcher } from '../../plugin/docker-watcher.js';
 import { DOCKER_ID } from '../../datapath/attach.js';
+import type { NameService } from '../../dns/table.js';
+import { WeftError } from '../../lib/errors.js';
+import { canonicalDnsName } from '../../net/validate.js';
+import type { DockerWatcher } from '../../plugin/docker-watcher.js';
+import type { PolicyEngine } from '../../policy/engine.js';
+import { invalid, notFound } from './errors.js';
 
 /** Containers weft names by a prefix; anything else is a Docker container's name or id. */
 const WEFT_KINDS = /^(netns|pid|cni|dockerep):/;
 
-function need(dp: Datapath | null): Datapath {
-  if (!dp) throw new HttpError(409, 'this router runs without a datapath (--datapath none): nothing can be attached');
-  return dp;
+const group = { type: 'string', pattern: '^[a-z0-9][a-z0-9_.-]{0,62}$' } as const;
+const cidr = { type: 'string', maxLength: 18 } as const;
+
+const attachBody = {
+  type: 'object',
+  additionalProperties: false,
+  required: ['container'],
+  properties: {
+    /** netns:NAME, pid:N, cni:ID, or a Docker container's name or id. */
+    container: { type: 'string', minLength: 1, maxLength: 256 },
+    cidrs: { type: 'array', maxItems: 64, items: cidr },
+    subnet: cidr,
+    hostname: { type: 'string', maxLength: 254 },
+    groups: { type: 'array', maxItems: 64, items: group },
+    /** CNI: the namespace path and the interface name the runtime gave. */
+    netns: { type: 'string', minLength: 1, maxLength: 4096 },
+    ifname: { type: 'string', pattern: '^[A-Za-z0-9_][A-Za-z0-9_.-]{0,14}$' },
+  },
+  dependencies: { netns: ['ifname'], ifname: ['netns'] },
+} as const;
+
+interface AttachBody {
+  container: string;
+  cidrs?: string[];
+  subnet?: string;
+  hostname?: string;
+  groups?: string[];
+  netns?: string;
+  ifname?: string;
 }
 
-async function wrap<T>(fn: () => Promise<T>): Promise<T> {
-  try {
-    return await fn();
-  } catch (err) {
-    if (err instanceof HttpError) throw err;
-    if (err instanceof IpamError) throw new HttpError(err.code === 'pending' || err.code === 'full' ? 503 : err.code === 'conflict' ? 409 : 400, err.message);
-    throw new HttpError(400, (err as Error).message);
-  }
+function need(dp: Datapath | null): Datapath {
+  if (!dp) throw new WeftError('unavailable', 'this router runs without a datapath (--datapath none): nothing can be attached');
+  return dp;
 }
 
 export function registerDatapathRoutes(app: FastifyInstance, dp: Datapath | null, names: NameService, docker: DockerWatcher | null, policy: PolicyEngine | null): void {
@@ -33,74 +55,57 @@ export function registerDatapathRoutes(app: FastifyInstance, dp: Datapath | null
     const why = policy && ep.groups && ep.groups.length > 0 && policy.limits(ep.groups) ? policy.notEnforced() : [];
     return why.length > 0 ? { ...ep, warning: `security groups are NOT enforced on this host: ${why.join('; ')}` } : ep;
   };
-  app.post('/attach', async (req) => {
-    const b = (req.body ?? {}) as { container?: unknown; cidrs?: unknown; subnet?: unknown; hostname?: unknown; netns?: unknown; ifname?: unknown; groups?: unknown };
-    let groups: string[] | undefined;
-    if (b.groups !== undefined) {
-      if (!Array.isArray(b.groups) || b.groups.length > 64 || !b.groups.every((g) => typeof g === 'string' && GROUP_NAME.test(g))) {
-        throw new HttpError(400, 'groups must be a list of group names (lower-case letters, digits, _ . -; up to 63)');
-      }
-      groups = b.groups as string[];
-    }
-    let cni: { netns: string; ifname: string } | undefined;
-    if (b.netns !== undefined || b.ifname !== undefined) {
-      if (typeof b.netns !== 'string' || typeof b.ifname !== 'string' || !/^[A-Za-z0-9_.-]{1,15}$/.test(b.ifname)) throw new HttpError(400, 'netns must be a path and ifname an interface name (up to 15 letters, digits, _ . -)');
-      cni = { netns: b.netns, ifname: b.ifname };
-    }
-    if (b.hostname !== undefined) canonicalDnsName(b.hostname, 'hostname'); // a clear error before anything is attached
-    if (typeof b.container !== 'string' || b.container === '') throw new HttpError(400, 'container is required (netns:NAME or pid:N)');
-    const cidrs = b.cidrs === undefined ? [] : b.cidrs;
-    if (!Array.isArray(cidrs) || !cidrs.every((c) => typeof c === 'string')) throw new HttpError(400, 'cidrs must be a list of ip/prefix');
-    if (b.subnet !== undefined && typeof b.subnet !== 'string') throw new HttpError(400, 'subnet must be a CIDR');
+
+  app.post<{ Body: AttachBody }>('/attach', { schema: { body: attachBody } }, async (req) => {
+    const b = req.body;
+    const hostname = b.hostname === undefined ? undefined : canonicalDnsName(b.hostname, 'hostname'); // a clear error before anything is attached
+    const cidrs = b.cidrs ?? [];
     const d = need(dp);
+    const cni = b.netns !== undefined && b.ifname !== undefined ? { netns: b.netns, ifname: b.ifname } : undefined;
     if (!cni && !WEFT_KINDS.test(b.container)) {
-      if (!docker) throw new HttpError(400, `unknown container "${b.container}": use netns:NAME, pid:N or cni:ID (this router follows no Docker engine: --docker-api "")`);
-      const name = b.container;
-      return withWarning(await wrap(async () => docker.attach(await docker.resolve(name), cidrs as string[], b.subnet as string | undefined, b.hostname as string | undefined, groups)));
+      if (!docker) throw invalid(`unknown container "${b.container}": use netns:NAME, pid:N or cni:ID (this router follows no Docker engine: --docker-api "")`);
+      return withWarning(await docker.attach(await docker.resolve(b.container), cidrs, b.subnet, hostname, b.groups));
     }
-    const ep = await wrap(() => d.attach(b.container as string, cidrs as string[], b.subnet as string | undefined, cni, groups));
-    if (typeof b.hostname === 'string') for (const c of ep.cidrs) names.add(b.hostname, ep.container, c.split('/')[0]);
+    const ep = await d.attach(b.container, cidrs, b.subnet, cni, b.groups);
+    if (hostname) for (const c of ep.cidrs) names.add(hostname, ep.container, c.split('/')[0]);
     return withWarning(ep);
   });
 
-  app.delete<{ Params: { container: string } }>('/attach/:container', async (req) => {
+  app.delete<{ Params: { container: string } }>('/attach/:container', { schema: { params: { type: 'object', properties: { container: { type: 'string', minLength: 1, maxLength: 256 } } } } }, async (req) => {
     const d = need(dp);
     let container = req.params.container;
     if (docker && !WEFT_KINDS.test(container) && !DOCKER_ID.test(container)) {
       // A Docker name (or short id): its full id, even when it has stopped.
-      const c = await wrap(() => docker.api.find(container));
+      const c = await docker.api.find(container);
       if (c) container = c.Id;
     }
     docker?.forgetAttached(container);
     if (!d.endpoints.local.some((e) => e.container === container)) {
       // Nothing attached; an address it may hold (an attach that failed half way) goes anyway.
       await d.freeAddresses(container);
-      throw new HttpError(404, `container ${container} is not attached here`);
+      throw notFound(`container ${container} is not attached here`);
     }
-    return wrap(() => d.detach(container));
+    return d.detach(container);
   });
 
-  app.get('/fdb', async () => wrap(() => need(dp).fdb()));
+  app.get('/fdb', async () => need(dp).fdb());
 
-  app.post('/expose', async (req) => {
-    const b = (req.body ?? {}) as { cidr?: unknown };
-    if (b.cidr !== undefined && typeof b.cidr !== 'string') throw new HttpError(400, 'cidr must be ip/prefix');
+  app.post<{ Body: { cidr?: string } }>('/expose', { schema: { body: { type: 'object', additionalProperties: false, properties: { cidr } } } }, async (req) => {
     const d = need(dp);
-    return { exposed: await wrap(() => d.expose(b.cidr as string | undefined)) };
+    return { exposed: await d.expose(req.body?.cidr) };
   });
 
-  app.delete('/expose', async (req) => {
-    const cidr = ((req.query ?? {}) as { cidr?: string }).cidr;
+  app.delete<{ Querystring: { cidr?: string } }>('/expose', { schema: { querystring: { type: 'object', additionalProperties: false, properties: { cidr } } } }, async (req) => {
     const d = need(dp);
-    return { hidden: await wrap(() => d.hide(cidr)) };
+    return { hidden: await d.hide(req.query.cidr) };
   });
 
-  /** For weft reset: removes the bridge, the VXLAN device and the firewall table. */
+  /** For weft reset: removes the bridge, the VXLAN device and the firewall tables. */
   app.post('/datapath/remove', async () => {
     const { Datapath } = await import('../../datapath/datapath.js');
     const d = need(dp);
     d.stop();
-    const ovsBridges = await wrap(() => Datapath.remove(d.config.ovs?.ovsdb));
+    const ovsBridges = await Datapath.remove(d.config.ovs?.ovsdb);
     return { removed: true, ovsBridges };
   });
 }

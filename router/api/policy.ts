@@ -6,23 +6,14 @@ import type { DockerWatcher } from '../../plugin/docker-watcher.js';
 import { containerMatches } from '../../policy/model.js';
 import type { PolicyEngine } from '../../policy/engine.js';
 import { PolicyTable } from '../../policy/table.js';
-import { RuleError, describeRule, parseProto, ruleFromRequest, type RuleRequest } from '../../policy/rules.js';
-import { parseIp } from '../../net/addr.js';
-import { HttpError } from './errors.js';
-
-const IPV4 = /^\d{1,3}(\.\d{1,3}){3}$/;
+import { describeRule, parseProto, ruleFromRequest, type RuleRequest } from '../../policy/rules.js';
+import { isIpv4 } from '../../net/addr.js';
+import { invalid, notFound } from './errors.js';
 
 export function registerPolicyRoutes(app: FastifyInstance, policy: PolicyEngine, names: NameService, docker: DockerWatcher | null, domain: string): void {
   /** A container reference (key, Docker name or id, DNS name) or an address, as an address. */
   async function addressOf(ref: string, what: string): Promise<string> {
-    if (IPV4.test(ref)) {
-      try {
-        parseIp(ref);
-        return ref;
-      } catch (err) {
-        throw new HttpError(400, `${what}: ${(err as Error).message}`);
-      }
-    }
+    if (isIpv4(ref)) return ref;
     const members = policy.members();
     let m = members.find((x) => x.container === ref) ?? members.find((x) => containerMatches(ref, x.container));
     if (!m && docker?.status.connected) {
@@ -33,7 +24,7 @@ export function registerPolicyRoutes(app: FastifyInstance, policy: PolicyEngine,
     const byName = names.table.lookup(ref);
     const ips = byName.length > 0 ? byName : names.table.lookup(`${ref}.${domain}`);
     if (ips.length > 0) return ips[0];
-    throw new HttpError(404, `${what}: no container or name "${ref}" with an address on the overlay`);
+    throw notFound(`${what}: no container or name "${ref}" with an address on the overlay`);
   }
 
   /** container:NAME given by Docker name: the rule keeps the container's full id. */
@@ -52,41 +43,53 @@ export function registerPolicyRoutes(app: FastifyInstance, policy: PolicyEngine,
 
   app.get('/policy', async () => ({ rules: policy.table.rules().map(show) }));
 
-  app.post('/policy', async (req) => {
-    const body = (req.body ?? {}) as RuleRequest;
-    if (typeof body !== 'object' || Array.isArray(body)) throw new HttpError(400, 'body must be a JSON object');
-    try {
-      const rule = ruleFromRequest(PolicyTable.newId(), await withDockerIds(body));
-      policy.table.add(rule);
-      return show(rule);
-    } catch (err) {
-      if (err instanceof RuleError) throw new HttpError(400, err.message);
-      throw err;
-    }
-  });
+  // What the rule says is checked by ruleFromRequest (policy/rules.ts: RuleError, 400): the schema only shapes it.
+  const ruleBody = {
+    type: 'object',
+    additionalProperties: false,
+    properties: {
+      to: { type: 'string', maxLength: 256 },
+      from: { type: 'string', maxLength: 256 },
+      proto: { type: 'string', maxLength: 16 },
+      port: { type: ['string', 'integer'], maxLength: 16 },
+      egress: { type: 'boolean' },
+    },
+  } as const;
 
-  app.delete<{ Params: { id: string } }>('/policy/:id', async (req) => {
-    const rule = policy.table.rules().find((r) => r.id === req.params.id);
-    if (!rule || !policy.table.remove(rule.id)) throw new HttpError(404, `no rule ${req.params.id} (weft policy list shows them)`);
+  app.post<{ Body: RuleRequest }>('/policy', { schema: { body: ruleBody } }, async (req) => {
+    const rule = ruleFromRequest(PolicyTable.newId(), await withDockerIds(req.body ?? {}));
+    policy.table.add(rule);
     return show(rule);
   });
 
-  app.get('/policy/check', async (req) => {
-    const q = (req.query ?? {}) as Record<string, string | undefined>;
-    if (!q.from || !q.to) throw new HttpError(400, 'from and to are required (containers by name, id or address)');
-    let proto = 'any';
-    try {
-      proto = q.proto ? parseProto(q.proto) : 'icmp';
-    } catch (err) {
-      throw new HttpError(400, (err as Error).message);
-    }
-    if (proto === 'any') throw new HttpError(400, 'a flow has one protocol: tcp, udp or icmp');
+  app.delete<{ Params: { id: string } }>('/policy/:id', { schema: { params: { type: 'object', properties: { id: { type: 'string', pattern: '^[0-9a-f]{8,32}$' } } } } }, async (req) => {
+    const rule = policy.table.rules().find((r) => r.id === req.params.id);
+    if (!rule || !policy.table.remove(rule.id)) throw notFound(`no rule ${req.params.id} (weft policy list shows them)`);
+    return show(rule);
+  });
+
+  const checkQuery = {
+    type: 'object',
+    additionalProperties: false,
+    required: ['from', 'to'],
+    properties: {
+      from: { type: 'string', minLength: 1, maxLength: 256 },
+      to: { type: 'string', minLength: 1, maxLength: 256 },
+      proto: { type: 'string', maxLength: 16 },
+      port: { type: 'string', maxLength: 5 },
+    },
+  } as const;
+
+  app.get<{ Querystring: { from: string; to: string; proto?: string; port?: string } }>('/policy/check', { schema: { querystring: checkQuery } }, async (req) => {
+    const q = req.query;
+    const proto = q.proto ? parseProto(q.proto) : 'icmp';
+    if (proto === 'any') throw invalid('a flow has one protocol: tcp, udp or icmp');
     let port: number | undefined;
     if (q.port !== undefined && q.port !== '') {
       port = Number(q.port);
-      if (!Number.isInteger(port) || port < 1 || port > 65535) throw new HttpError(400, `port "${q.port}" is not 1-65535`);
-      if (proto !== 'tcp' && proto !== 'udp') throw new HttpError(400, 'a port needs tcp or udp');
-    } else if (proto === 'tcp' || proto === 'udp') throw new HttpError(400, `${proto} needs a port (e.g. ${proto}/5432)`);
+      if (!Number.isInteger(port) || port < 1 || port > 65535) throw invalid(`port "${q.port}" is not 1-65535`);
+      if (proto !== 'tcp' && proto !== 'udp') throw invalid('a port needs tcp or udp');
+    } else if (proto === 'tcp' || proto === 'udp') throw invalid(`${proto} needs a port (e.g. ${proto}/5432)`);
     const flow = { src: await addressOf(q.from, 'from'), dst: await addressOf(q.to, 'to'), proto, ...(port !== undefined ? { port } : {}) };
     const d = policy.check(flow);
     const rule = (v: typeof d.egress) => (v.kind === 'allowed' ? v.rule.id : null);

@@ -1,27 +1,27 @@
 // Services over the HTTP API: create, list, show (backends with host, health and
 // this host's flows to each), remove.
 import type { FastifyInstance } from 'fastify';
-import type { Mesh } from '../../mesh/index.js';
+import type { MeshView } from '../../mesh/index.js';
 import type { DockerWatcher } from '../../plugin/docker-watcher.js';
 import { endpointKey } from '../../plugin/docker-driver.js';
 import type { ServiceEngine, ServiceRequest, ServiceView } from '../../services/engine.js';
 import { SERVICE_NAME, ServiceError, parseCheck } from '../../services/service.js';
-import { RuleError, checkGroupName } from '../../policy/rules.js';
-import { HttpError } from './errors.js';
+import { checkGroupName } from '../../policy/rules.js';
+import { notFound } from './errors.js';
 
 export interface ServiceDetail extends Omit<ServiceView, 'live'> {
   dnsName: string;
   live: (ServiceView['live'][number] & { host: string | null; flowsFromHere: number })[];
 }
 
-export function registerServiceRoutes(app: FastifyInstance, services: ServiceEngine, mesh: Mesh, docker: DockerWatcher | null): void {
+export function registerServiceRoutes(app: FastifyInstance, services: ServiceEngine, mesh: MeshView, docker: DockerWatcher | null): void {
 
   async function detail(v: ServiceView, flows: Map<string, Map<string, number>>): Promise<ServiceDetail> {
     const perBackend = flows.get(v.vip) ?? new Map<string, number>();
     return {
       ...v,
       dnsName: services.dnsName(v.name),
-      live: v.live.map((b) => ({ ...b, host: mesh.topology.get(b.peer)?.nickname ?? null, flowsFromHere: perBackend.get(b.addr) ?? 0 })),
+      live: v.live.map((b) => ({ ...b, host: mesh.nicknameOf(b.peer) ?? null, flowsFromHere: perBackend.get(b.addr) ?? 0 })),
     };
   }
 
@@ -51,42 +51,50 @@ export function registerServiceRoutes(app: FastifyInstance, services: ServiceEng
     return { range: services.rangeText, services: await Promise.all(services.views().map((v) => detail(v, flows))) };
   });
 
-  app.get<{ Params: { name: string } }>('/services/:name', async (req) => {
+  const nameParam = { type: 'object', properties: { name: { type: 'string', minLength: 1, maxLength: 63 } } } as const;
+
+  app.get<{ Params: { name: string } }>('/services/:name', { schema: { params: nameParam } }, async (req) => {
     const v = services.views().find((x) => x.name === req.params.name);
-    if (!v) throw new HttpError(404, `no service ${req.params.name} (weft service list shows them)`);
+    if (!v) throw notFound(`no service ${req.params.name} (weft service list shows them)`);
     return detail(v, await services.flows());
   });
 
-  app.post('/services', async (req) => {
-    const b = (req.body ?? {}) as Record<string, unknown>;
-    if (typeof b !== 'object' || Array.isArray(b)) throw new HttpError(400, 'body must be a JSON object');
-    try {
-      if (typeof b.name !== 'string' || !SERVICE_NAME.test(b.name)) throw new ServiceError(`service name "${String(b.name ?? '').slice(0, 80)}" is not a DNS label (lower-case letters, digits and -, up to 63)`);
-      const backends = b.backends === undefined ? [] : Array.isArray(b.backends) ? b.backends : [b.backends];
-      if (!backends.every((x) => typeof x === 'string')) throw new ServiceError('backends are container names');
-      const group = b.group === undefined || b.group === '' ? undefined : String(b.group);
-      if ((group === undefined) === (backends.length === 0)) throw new ServiceError('give either --group GROUP or --backend CONTAINER (one or more), not both');
-      if (group !== undefined) checkGroupName(group);
-      const affinity = b.affinity === undefined ? 'none' : b.affinity;
-      if (affinity !== 'none' && affinity !== 'client') throw new ServiceError(`--affinity is none or client, not "${String(affinity).slice(0, 40)}"`);
-      const request: ServiceRequest = {
-        name: b.name,
-        ...(group !== undefined ? { group } : { backends: await withDockerIds(backends as string[]) }),
-        affinity,
-        ...(b.check !== undefined && b.check !== '' ? { check: parseCheck(String(b.check)) } : {}),
-      };
-      const s = services.create(request);
-      return { ...s, dnsName: services.dnsName(s.name) };
-    } catch (err) {
-      if (err instanceof ServiceError) throw new HttpError(/exists/.test(err.message) ? 409 : /full/.test(err.message) ? 507 : 400, err.message);
-      if (err instanceof RuleError) throw new HttpError(400, err.message);
-      throw err;
-    }
+  // What a service says is checked by the engine (services/service.ts: ServiceError); the schema shapes it.
+  const serviceBody = {
+    type: 'object',
+    additionalProperties: false,
+    required: ['name'],
+    properties: {
+      name: { type: 'string', maxLength: 100 },
+      group: { type: 'string', maxLength: 100 },
+      backends: { type: 'array', maxItems: 256, items: { type: 'string', minLength: 1, maxLength: 256 } },
+      affinity: { type: 'string', maxLength: 20 },
+      check: { type: 'string', maxLength: 40 },
+    },
+  } as const;
+
+  app.post<{ Body: { name: string; group?: string; backends?: string[]; affinity?: string; check?: string } }>('/services', { schema: { body: serviceBody } }, async (req) => {
+    const b = req.body;
+    if (!SERVICE_NAME.test(b.name)) throw new ServiceError(`service name "${b.name.slice(0, 80)}" is not a DNS label (lower-case letters, digits and -, up to 63)`);
+    const backends = b.backends ?? [];
+    const group = b.group === undefined || b.group === '' ? undefined : b.group;
+    if ((group === undefined) === (backends.length === 0)) throw new ServiceError('give either --group GROUP or --backend CONTAINER (one or more), not both');
+    if (group !== undefined) checkGroupName(group);
+    const affinity = b.affinity ?? 'none';
+    if (affinity !== 'none' && affinity !== 'client') throw new ServiceError(`--affinity is none or client, not "${affinity.slice(0, 40)}"`);
+    const request: ServiceRequest = {
+      name: b.name,
+      ...(group !== undefined ? { group } : { backends: await withDockerIds(backends) }),
+      affinity,
+      ...(b.check !== undefined && b.check !== '' ? { check: parseCheck(b.check) } : {}),
+    };
+    const s = services.create(request);
+    return { ...s, dnsName: services.dnsName(s.name) };
   });
 
-  app.delete<{ Params: { name: string } }>('/services/:name', async (req) => {
+  app.delete<{ Params: { name: string } }>('/services/:name', { schema: { params: nameParam } }, async (req) => {
     const s = services.remove(req.params.name);
-    if (!s) throw new HttpError(404, `no service ${req.params.name} (weft service list shows them)`);
+    if (!s) throw notFound(`no service ${req.params.name} (weft service list shows them)`);
     return s;
   });
 }

@@ -6,7 +6,7 @@
 // topologies equal, and containers on different hosts reach each other.
 // Bounded: WEFT_CHAOS_SECONDS (default 45) of faults; WEFT_CHAOS_SEED repeats a run.
 import { afterAll, expect, it } from 'vitest';
-import type { Report } from '../../router/report.js';
+import type { Report } from '../../router/contract.js';
 import { Cluster, eventually, type Host } from '../harness/cluster.js';
 import { describeAsRoot } from '../harness/root.js';
 import { echo, echoServer } from '../harness/traffic.js';

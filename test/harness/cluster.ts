@@ -42,6 +42,25 @@ async function removeNamespace(ns: string): Promise<void> {
   await run('ip', ['netns', 'del', ns]);
 }
 
+const live = new Set<Cluster>();
+let interruptHandled = false;
+
+/**
+ * A bench or script interrupted (Ctrl-C, kill) removes what its clusters made before it exits.
+ * Under vitest the global teardown does that for the whole run instead, so no handler is added.
+ */
+function onInterrupt(c: Cluster): void {
+  live.add(c);
+  if (interruptHandled || process.env.VITEST) return;
+  interruptHandled = true;
+  for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
+    process.once(sig, () => {
+      process.stderr.write(`\n${sig}: removing the test namespaces...\n`);
+      void Promise.allSettled([...live].map((x) => x.cleanup())).then(() => process.exit(128 + (sig === 'SIGINT' ? 2 : sig === 'SIGTERM' ? 15 : 1)));
+    });
+  }
+}
+
 export interface HostOptions {
   /** Extra router arguments for every launch on this host. */
   routerArgs?: string[];
@@ -142,6 +161,7 @@ export class Cluster {
   private cleaned = false;
 
   private constructor() {
+    onInterrupt(this);
     this.id = `${runPrefix()}${randomBytes(3).toString('hex')}`;
     this.underlayNs = `${this.id}-ul`;
     this.workDir = mkdtempSync(join(tmpdir(), `weft-${this.id}-`));
@@ -241,6 +261,7 @@ export class Cluster {
   async cleanup(): Promise<void> {
     if (this.cleaned) return;
     this.cleaned = true;
+    live.delete(this);
     for (const ns of this.containers) {
       await removeNamespace(ns);
       rmSync(`/etc/netns/${ns}`, { recursive: true, force: true });

@@ -1,0 +1,326 @@
+// How this host reaches other hosts' containers: an overlay for each remote peer
+// (overlay.ts decides, every second and on every change), the backends that carry
+// them (datapath/backend.ts: the kernel VXLAN device or OVS for fastdp, the sleeve
+// for the rest), each backend's programme, and the bridge's own entries (which
+// port each remote MAC goes to; neighbour entries that answer ARP). Also what
+// status says of each peer's path, and whose datagrams the firewall should take.
+import { SerialJob } from '../lib/serial-job.js';
+import type { MeshView, PeerName } from '../mesh/index.js';
+import { isIpv4 } from '../net/addr.js';
+import { ipBatchIn } from '../net/command.js';
+import { hostOf } from '../net/host-port.js';
+import { nativeError } from '../native/index.js';
+import { containerNamespace } from './attach.js';
+import type { Backend, Programme } from './backend.js';
+import { VXLAN_OVERHEAD, bridgeMac } from './bridge.js';
+import { programNeighbours, programPortEntries, type NeighEntry } from './bridge-tables.js';
+import type { EndpointTable } from './endpoints.js';
+import type { UnderlayPeers } from './firewall.js';
+import { OvsBackend } from './ovs/backend.js';
+import type { OvsConfig } from './ovs/switch.js';
+import { chooseOverlays, overlaysChanged, type Overlay } from './overlay.js';
+import { Sleeve } from './sleeve/sleeve.js';
+import { VxlanBackend } from './vxlan/backend.js';
+import { readFdb, type FdbEntry } from './vxlan/fdb.js';
+
+/** The overlay as status shows it: VXLAN through OVS is `ovs`. */
+export type OverlayStatus = Overlay | 'ovs';
+
+/** After a restart, peers the kernel was sending to over VXLAN are presumed on fastdp this long. */
+const PRESUMED_MS = 4_000;
+
+/** How the operator set forwarding up (router options). */
+export interface ForwardingOptions {
+  vxlanPort: number;
+  /** The sleeve's UDP port (the mesh port). */
+  sleevePort: number;
+  /** Use the kernel VXLAN path where it works (false: --no-fastdp, sleeve only). */
+  fastdp: boolean;
+  /** Run the sleeve (false: --no-sleeve). */
+  sleeve: boolean;
+  /** Whether traffic with this peer must be encrypted (a password, and the peer not on a trusted subnet). */
+  encrypt: (peer: PeerName, host: string) => boolean;
+  /** fastdp through an OVS bridge weft controls, instead of the kernel's VXLAN device. */
+  ovs?: OvsConfig;
+}
+
+interface ForwardingConfig extends ForwardingOptions {
+  mtu: () => number;
+  /** Told after each pass that programmed the backends (the firewall's peer sets follow). */
+  programmed: () => Promise<void>;
+  /** Where errors go (status shows the last). */
+  error: (message: string) => void;
+}
+
+export class Forwarding {
+  /** fastdp: the kernel VXLAN device, or OVS. */
+  readonly tunnel: VxlanBackend | OvsBackend;
+  /** The sleeve, when it runs; else why not. */
+  sleeve: Sleeve | null = null;
+  sleeveError: string | null = null;
+  /** The overlay chosen for each remote peer at the last decision. */
+  overlays = new Map<PeerName, Overlay>();
+  readonly stats = { fdbAdded: 0, fdbRemoved: 0 };
+  /** Each peer's underlay address, remembered after its connection goes. */
+  private readonly lastAddr = new Map<PeerName, string>();
+  private disconnectedAt = new Map<PeerName, number>();
+  /** Underlay addresses the tunnel was sending to when we started: presumed on fastdp until heartbeats can tell. */
+  private presumedFast = new Set<string>();
+  private presumedUntil = 0;
+  /** The MAC each remote container address had when last programmed (kept after it goes: see forgetMovedAddresses). */
+  private readonly lastMacOf = new Map<string, string>();
+  private readonly job = new SerialJob(() => this.pass(), 20);
+  private timer: NodeJS.Timeout | null = null;
+
+  constructor(
+    private readonly mesh: MeshView,
+    private readonly endpoints: EndpointTable,
+    private readonly config: ForwardingConfig,
+  ) {
+    const addrOf = (p: PeerName) => this.lastAddr.get(p);
+    this.tunnel = config.ovs
+      ? new OvsBackend(mesh, { ...config.ovs, mtu: config.mtu, addrOf, onReconnect: () => this.schedule() })
+      : new VxlanBackend(mesh, { vxlanPort: config.vxlanPort, mtu: config.mtu, addrOf });
+    const schedule = () => this.schedule();
+    endpoints.onChange(schedule);
+    mesh.on('connection-added', schedule).on('connection-removed', schedule).on('connection-established', schedule).on('topology', schedule);
+  }
+
+  async start(): Promise<void> {
+    await this.tunnel.start();
+    // A restarted router finds the kernel (or OVS) still delivering over VXLAN: keep that until heartbeats can judge.
+    this.presumedFast = new Set(await this.tunnel.presumed());
+    this.presumedUntil = Date.now() + PRESUMED_MS;
+    await this.startSleeve();
+    // Heartbeats change which overlay a peer should use; decide again every second, program on change.
+    this.timer = setInterval(() => {
+      if (this.decide()) this.schedule();
+    }, 1000);
+    this.timer.unref();
+  }
+
+  private async startSleeve(): Promise<void> {
+    if (!this.config.sleeve) {
+      this.sleeveError = 'turned off (--no-sleeve)';
+      return;
+    }
+    const why = nativeError();
+    if (why) {
+      this.sleeveError = why;
+      this.mesh.log.warn({ reason: why }, 'running without the sleeve datapath');
+      return;
+    }
+    const sleeve = new Sleeve(this.mesh, {
+      port: this.config.sleevePort,
+      mtu: this.config.mtu,
+      underlayMtu: this.config.mtu() + VXLAN_OVERHEAD,
+      encrypt: this.config.encrypt,
+      macOwners: () => this.endpoints.owners(),
+      onMacsChange: (fn) => this.endpoints.onChange(fn),
+    });
+    try {
+      await sleeve.start();
+      this.sleeve = sleeve;
+    } catch (err) {
+      sleeve.stop();
+      this.sleeveError = `cannot start: ${(err as Error).message}`;
+      this.mesh.log.warn({ reason: this.sleeveError }, 'running without the sleeve datapath');
+    }
+  }
+
+  private get backends(): Backend[] {
+    return this.sleeve ? [this.tunnel, this.sleeve] : [this.tunnel];
+  }
+
+  /** Makes every backend's bridge port right again (after the bridge was changed underneath); what was fixed. */
+  async plumb(): Promise<string[]> {
+    const fixed: string[] = [];
+    for (const b of this.backends) fixed.push(...(await b.plumb().catch((err: Error) => [`${b.kind} port: ${err.message}`])));
+    return fixed;
+  }
+
+  schedule(): void {
+    this.job.schedule();
+  }
+
+  /** Programs now (once more after a pass in progress); resolves when the state asked for is applied. */
+  program(): Promise<void> {
+    return this.job.run();
+  }
+
+  stop(): void {
+    if (this.timer) clearInterval(this.timer);
+    this.job.stop();
+    for (const b of this.backends) b.stop();
+  }
+
+  // ---- the overlay of each peer
+
+  /** Shortly after a restart, a peer the kernel was already sending to over VXLAN. */
+  private presumedFastdp(peer: PeerName): boolean {
+    const addr = this.lastAddr.get(peer);
+    return Date.now() < this.presumedUntil && addr !== undefined && this.presumedFast.has(addr);
+  }
+
+  /** Whether traffic with a peer is encrypted (so never on fastdp here, which has no kernel IPsec). */
+  encrypted(peer: PeerName): boolean {
+    const host = this.lastAddr.get(peer);
+    return host !== undefined && this.config.encrypt(peer, host);
+  }
+
+  /** Chooses each remote peer's overlay (overlay.ts); true when anything changed. */
+  decide(): boolean {
+    for (const n of this.mesh.neighbours()) this.lastAddr.set(n.name, hostOf(n.addr));
+    const { overlays, disconnectedAt } = chooseOverlays({
+      self: this.mesh.name,
+      now: Date.now(),
+      connected: new Set(this.mesh.neighbours().map((n) => n.name)),
+      routed: new Set(this.mesh.dataRoutes().keys()),
+      withEndpoints: new Set(this.endpoints.all().map((e) => e.peer)),
+      hasAddress: (p) => this.lastAddr.has(p),
+      fastdp: this.config.fastdp,
+      sleeve: this.sleeve !== null,
+      encrypted: (p) => this.encrypted(p),
+      healthy: (p) => this.tunnel.health(p).healthy,
+      presumedFast: (p) => this.presumedFastdp(p),
+      previous: this.overlays,
+      disconnectedAt: this.disconnectedAt,
+    });
+    const changed = overlaysChanged(this.overlays, overlays);
+    for (const [p, o] of overlays) {
+      const was = this.overlays.get(p);
+      if (was !== undefined && was !== o) this.mesh.log.info({ peer: p, was, now: o, why: o === 'fastdp' ? undefined : this.whyNotFastdp(p, overlays) }, 'overlay to peer changed');
+    }
+    this.overlays = overlays;
+    this.disconnectedAt = disconnectedAt;
+    return changed;
+  }
+
+  /**
+   * The overlay as status should show it: a peer programmed on fastdp only for want of anything
+   * better (no sleeve, heartbeats unanswered) has no working data path, as far as we know.
+   */
+  overlayStatus(peer: PeerName): OverlayStatus {
+    const o = this.overlays.get(peer) ?? 'none';
+    if (o === 'fastdp' && !this.tunnel.health(peer).healthy && !this.presumedFastdp(peer)) return 'none';
+    return o === 'fastdp' && this.tunnel.kind === 'ovs' ? 'ovs' : o;
+  }
+
+  /** Why a directly connected peer is not on fastdp, for status; null when it is. */
+  whyNotFastdp(peer: PeerName, overlays: ReadonlyMap<PeerName, Overlay> = this.overlays): string | null {
+    const h = this.tunnel.health(peer);
+    if (overlays.get(peer) === 'fastdp' && h.healthy) return null;
+    if (!this.config.fastdp) return 'fastdp turned off (--no-fastdp)';
+    if (this.encrypted(peer)) return 'encrypted: no kernel encryption here, so the sleeve carries it';
+    return h.reason;
+  }
+
+  /**
+   * Whose datagrams the underlay ports take. Sleeve: peers we have an established connection with.
+   * VXLAN: those of them that need no encryption, and the peers this host still sends to over VXLAN
+   * (their router is restarting: the kernels keep carrying traffic both ways meanwhile).
+   */
+  underlayPeers(): UnderlayPeers {
+    const sleeve = new Set<string>();
+    const vxlan = new Set<string>();
+    for (const n of this.mesh.neighbours()) {
+      const host = hostOf(n.addr);
+      if (!isIpv4(host)) continue;
+      sleeve.add(host);
+      if (this.config.fastdp && !this.config.encrypt(n.name, host)) vxlan.add(host);
+    }
+    for (const [p, o] of this.overlays) {
+      const addr = this.lastAddr.get(p);
+      if (o === 'fastdp' && addr && !this.config.encrypt(p, addr)) vxlan.add(addr);
+    }
+    return { vxlanPort: this.config.vxlanPort, sleevePort: this.config.sleevePort, vxlan: [...vxlan].sort(), sleeve: [...sleeve].sort() };
+  }
+
+  // ---- programming
+
+  /**
+   * What a backend carries: the peers the overlay choice gave it, and their containers. fastdp peers
+   * always have an underlay address (the choice needs one); sleeve peers may be reached only through
+   * relays (no address of theirs is needed: the sleeve routes by peer name).
+   */
+  private programme(overlay: Overlay, tunnelSources: string[]): Programme {
+    const peers: { name: PeerName; addr: string }[] = [];
+    for (const [name, o] of this.overlays) {
+      const addr = this.lastAddr.get(name);
+      if (o === overlay && (addr || overlay === 'sleeve')) peers.push({ name, addr: addr ?? '' });
+    }
+    const addrOf = new Map(peers.map((p) => [p.name, p.addr]));
+    const remote = this.endpoints
+      .all()
+      .filter((e) => e.peer !== this.mesh.name && addrOf.has(e.peer))
+      .map((e) => ({ id: e.container, mac: e.mac, peer: e.peer, addr: addrOf.get(e.peer)! }));
+    return {
+      peers,
+      remote,
+      local: [{ id: 'bridge', mac: bridgeMac(this.mesh.name) }, ...this.endpoints.local.map((e) => ({ id: e.container, mac: e.mac }))],
+      heartbeats: this.mesh.neighbours().map((n) => n.name),
+      tunnelSources,
+    };
+  }
+
+  /** One pass: decide, program every backend and the bridge's entries, then the neighbour entries. */
+  private async pass(): Promise<void> {
+    try {
+      this.decide();
+      const tunnelSources = this.underlayPeers().vxlan;
+      const fast = this.programme('fastdp', tunnelSources);
+      const byPort = new Map<string, string[]>([[this.tunnel.port, fast.remote.map((r) => r.mac)]]);
+      const r = await this.tunnel.program(fast);
+      this.stats.fdbAdded += r.added;
+      this.stats.fdbRemoved += r.removed;
+      if (this.sleeve) {
+        const slow = this.programme('sleeve', tunnelSources);
+        byPort.set(this.sleeve.port, slow.remote.map((x) => x.mac));
+        await this.sleeve.program(slow);
+      }
+      await programPortEntries(byPort);
+      const neighbours = this.desiredNeighbours();
+      await programNeighbours(neighbours);
+      await this.forgetMovedAddresses(neighbours);
+      await this.config.programmed();
+    } catch (err) {
+      this.config.error(`programming the fdb failed: ${(err as Error).message}`);
+    }
+  }
+
+  /** A neighbour entry on the bridge for every remote container address some overlay reaches. */
+  private desiredNeighbours(): NeighEntry[] {
+    const out: NeighEntry[] = [];
+    for (const e of this.endpoints.all()) {
+      const o = this.overlays.get(e.peer);
+      if (e.peer === this.mesh.name || !o || o === 'none') continue;
+      for (const c of e.cidrs) out.push({ ip: c.split('/')[0], mac: e.mac });
+    }
+    return out;
+  }
+
+  /**
+   * A remote address that now has another MAC (an address freed and given to a new container): local
+   * containers that cached the old MAC would keep sending into the void until their ARP entry ages
+   * (tens of seconds), since ARP does not cross hosts (neigh_suppress). Their entry for it goes, so
+   * the next packet asks again and the bridge answers with the new MAC.
+   */
+  private async forgetMovedAddresses(neighbours: NeighEntry[]): Promise<void> {
+    const moved: string[] = [];
+    for (const n of neighbours) {
+      const was = this.lastMacOf.get(n.ip);
+      if (was !== undefined && was !== n.mac) moved.push(n.ip);
+      this.lastMacOf.set(n.ip, n.mac);
+    }
+    if (moved.length === 0) return;
+    for (const e of this.endpoints.local) {
+      const c = containerNamespace(e);
+      if (c) await ipBatchIn(c.netns, moved.map((a) => `neigh flush to ${a} dev ${c.ifname}`)).catch(() => undefined);
+    }
+  }
+
+  /** The kernel VXLAN device's table (none with OVS). */
+  async fdb(): Promise<FdbEntry[]> {
+    return this.tunnel.kind === 'ovs' ? [] : readFdb();
+  }
+}

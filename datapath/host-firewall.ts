@@ -1,0 +1,118 @@
+// Keeps weft's two nftables tables as the state says: `inet weft` (forwarding,
+// NAT, the input side, the underlay's peer sets and the security groups' part:
+// firewall.ts) and `bridge weft` (each container port bound to its MAC and
+// addresses: port-guard.ts). Written whole at start and when found changed
+// underneath; between, the peer sets and the port bindings change by small
+// updates.
+import type { Logger } from '../lib/logger.js';
+import { SerialJob } from '../lib/serial-job.js';
+import { nft } from '../net/command.js';
+import { applyFirewall, firewallDiffers, peerSetUpdates, removeFirewall, type FirewallState, type UnderlayPeers } from './firewall.js';
+import { PortGuard, guardRuleset, type PortBinding } from './port-guard.js';
+
+/** A part of the `inet weft` table that another component keeps: its lines and forward-chain hooks. */
+export interface FirewallPart {
+  part(): { lines: string[]; hooks: string[] } | null;
+  /** The table was written with what part() last gave. */
+  written(): void;
+}
+
+export interface HostFirewallConfig {
+  /** What the table must say now, but for the other component's part. */
+  state: () => Omit<FirewallState, 'policy'>;
+  /** Each local container's port, with its MAC and addresses. */
+  bindings: () => PortBinding[];
+  /** What another component adds (security groups: policy/engine.ts). */
+  part?: FirewallPart;
+  log: Logger;
+  /** Where errors go (status shows the last). */
+  error: (message: string) => void;
+  /** Told when the tables were found changed underneath and written again. */
+  repaired: () => void;
+}
+
+export class HostFirewall {
+  /** Binds each container port to its container's MAC and addresses (the bridge's own table). */
+  readonly guard = new PortGuard();
+  private readonly guardJob = new SerialJob(() => this.guardPass(), 10);
+  /** The underlay addresses whose datagrams the firewall takes, as last written. */
+  private underlayWritten: UnderlayPeers | null = null;
+
+  constructor(private readonly config: HostFirewallConfig) {}
+
+  private state(): FirewallState {
+    return { ...this.config.state(), policy: this.config.part?.part() ?? undefined };
+  }
+
+  /** Writes both tables when asked to, or when they were flushed or changed underneath. */
+  async sync(force: boolean): Promise<void> {
+    try {
+      const state = this.state();
+      const bindings = this.config.bindings();
+      const why = force ? null : await firewallDiffers(state, guardRuleset(bindings));
+      if (!force && why === null) return;
+      await applyFirewall(state);
+      this.underlayWritten = state.underlay;
+      this.guard.invalidate();
+      await this.guard.sync(bindings);
+      this.config.part?.written();
+      if (!force) {
+        this.config.repaired();
+        this.config.log.warn({ why }, 'firewall rules were missing or changed; restored');
+      }
+    } catch (err) {
+      this.config.error(`firewall: ${(err as Error).message}`);
+    }
+  }
+
+  /** Rewrites the `inet weft` table now (the policy's rules changed). */
+  async refresh(): Promise<void> {
+    const state = this.state();
+    await applyFirewall(state);
+    this.underlayWritten = state.underlay;
+    this.config.part?.written();
+  }
+
+  /** Brings the peer sets to who is connected now (element updates; both tables whole if they fail). */
+  async syncUnderlay(): Promise<void> {
+    const have = this.underlayWritten;
+    if (!have) return; // the table is written whole at start, with these sets
+    const want = this.config.state().underlay;
+    const text = peerSetUpdates(have, want);
+    if (!text) return;
+    try {
+      await nft(['-f', '-'], text);
+      this.underlayWritten = want;
+    } catch {
+      await this.sync(true);
+    }
+  }
+
+  /** The port bindings follow the local endpoints (soon, once per burst of changes). */
+  scheduleGuard(): void {
+    this.guardJob.schedule();
+  }
+
+  private async guardPass(): Promise<void> {
+    try {
+      await this.guard.sync(this.config.bindings());
+    } catch (err) {
+      this.config.error((err as Error).message);
+    }
+  }
+
+  /** Binds a container port now, before it joins the bridge (attach, and the Docker plugin's CreateEndpoint). */
+  async bindPort(hostIf: string, mac: string, cidrs: string[]): Promise<void> {
+    await this.guard.bind({ port: hostIf, mac, addrs: cidrs.map((c) => c.split('/')[0]) });
+  }
+
+  stop(): void {
+    this.guardJob.stop();
+  }
+
+  /** For reset: both tables go. */
+  static async remove(): Promise<void> {
+    await removeFirewall();
+    await PortGuard.remove();
+  }
+}
