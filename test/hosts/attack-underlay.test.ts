@@ -1,0 +1,71 @@
+// A machine on the underlay that is no peer sends VXLAN datagrams (weft's VNI)
+// and sleeve datagrams carrying a frame for a container, on namespace hosts with
+// the real kernel. From its own address nothing arrives, with or without a mesh
+// password. From a peer's address (spoofed, as someone on the path could): the
+// same datagrams arrive without a password (which shows they were well-formed,
+// and is what README says a password closes), and do not with one.
+import { afterEach, expect, it } from 'vitest';
+import { Cluster, eventually, sleep } from '../harness/cluster.js';
+import { describeAsRoot } from '../harness/root.js';
+import { ruleCounter, sendUdp, sleevePayload, udpFrame, udpRecorder, vxlanPayload } from '../harness/attacker.js';
+
+const FAST = ['--heartbeat-interval', '500ms', '--gossip-interval', '1s', '--ipalloc-init', 'consensus=2'];
+const VNI = 0x7765;
+let cluster: Cluster | null = null;
+const stoppers: (() => void)[] = [];
+afterEach(async () => {
+  for (const s of stoppers.splice(0)) s();
+  await cluster?.cleanup();
+  cluster = null;
+});
+
+interface Report {
+  name: string;
+  connections: { peer?: string; state: string; overlay?: string }[];
+  datapath: { localEndpoints: { container: string; mac: string; cidrs: string[] }[] };
+}
+
+describeAsRoot('a stranger on the underlay', () => {
+  for (const password of [false, true]) {
+    it(`${password ? 'with' : 'without'} a password: VXLAN and sleeve datagrams from a non-peer reach no container${password ? ', nor from a spoofed peer address' : '; from a spoofed peer address they do'}`, async () => {
+      cluster = await Cluster.create(2, { routerArgs: FAST, env: password ? { WEFT_PASSWORD: 'the mesh password' } : {} });
+      const [h1, h2] = await cluster.launchAll();
+      const victim = await cluster.container('victim');
+      const a = await h1.weft(['attach', `netns:${victim}`]);
+      if (a.code !== 0) throw new Error(a.stderr);
+      const r1 = await h1.report<Report>();
+      const r2 = await h2.report<Report>();
+      const ep = r1.datapath.localEndpoints.find((e) => e.container === `netns:${victim}`)!;
+      const recorder = await udpRecorder(victim, 9999);
+      stoppers.push(recorder.stop);
+      await eventually('h1 and h2 connected', async () => (await h1.report<Report>()).connections.some((c) => c.peer === r2.name && c.state === 'established'));
+      const stranger = await cluster.stranger(1);
+      const frame = (text: string) => udpFrame({ srcMac: '02:de:ad:be:ef:01', dstMac: ep.mac, srcIp: '10.32.99.99', dstIp: ep.cidrs[0].split('/')[0], dstPort: 9999, text });
+      const inject = async (tag: string, from?: string) => {
+        await sendUdp(stranger.ns, h1.ip, 6784, vxlanPayload(VNI, frame(`vxlan ${tag}`)), from, 5);
+        await sendUdp(stranger.ns, h1.ip, 6783, sleevePayload(r2.name, r2.name, r1.name, frame(`sleeve ${tag}`)), from, 5);
+      };
+      const input = async () => (await h1.exec('nft', ['list', 'chain', 'inet', 'weft', 'input'])).stdout;
+      const dropped = ruleCounter(await input(), 'VXLAN from no peer of ours');
+
+      await inject('from its own address');
+      await sleep(1000);
+      expect(recorder.received()).toEqual([]);
+      expect(ruleCounter(await input(), 'VXLAN from no peer of ours') - dropped).toBeGreaterThanOrEqual(5);
+
+      await cluster.borrow(stranger.ns, h2.ip);
+      await inject('from a spoofed peer address', h2.ip);
+      if (password) {
+        await sleep(1500);
+        expect(recorder.received()).toEqual([]);
+      } else {
+        // Well-formed: only the source address stopped them before.
+        await eventually('both datagrams to arrive', async () => {
+          const texts = recorder.received().map((d) => d.data);
+          return texts.includes('vxlan from a spoofed peer address') && texts.includes('sleeve from a spoofed peer address');
+        }, 5000, 100);
+        expect(recorder.received().every((d) => d.data.endsWith('from a spoofed peer address'))).toBe(true);
+      }
+    }, 120_000);
+  }
+});

@@ -1,0 +1,273 @@
+// The native addon: batched UDP and TAP ports, inside a namespace the test makes.
+import { randomBytes } from 'node:crypto';
+import { readdirSync } from 'node:fs';
+import { afterAll, beforeAll, expect, it } from 'vitest';
+import { FastPath, TapPort, UdpPort, nativeError } from '../../native/index.js';
+import { FRAGMENT_HEADER, HEADER, KIND_FRAGMENT, KIND_FRAMES, Reassembler, decodeMessage, encodeMessage, writeHeader } from '../../datapath/sleeve/packet.js';
+import { parseIp } from '../../net/addr.js';
+import { must, run } from '../harness/exec.js';
+import { describeAsRoot } from '../harness/root.js';
+import { runPrefix } from '../harness/cluster.js';
+
+const ns = `${runPrefix()}nat${randomBytes(2).toString('hex')}`;
+const netns = `/var/run/netns/${ns}`;
+const LO = parseIp('127.0.0.1');
+
+const openFds = () => readdirSync('/proc/self/fd').length;
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+describeAsRoot('native addon', () => {
+  beforeAll(async () => {
+    await must('ip', ['netns', 'add', ns]);
+    await must('ip', ['-n', ns, 'link', 'set', 'lo', 'up']);
+  });
+  afterAll(async () => {
+    await run('ip', ['netns', 'del', ns]);
+  });
+
+  it('is built', () => {
+    expect(nativeError()).toBeNull();
+  });
+
+  it('UDP: a batch sent with sendmmsg arrives whole, with its source; oversized datagrams are flagged', async () => {
+    const got: string[] = [];
+    let truncated = 0;
+    const rx = new UdpPort({ address: '127.0.0.1', port: 0, netns, rcvbuf: 4 << 20, slots: 32, slotSize: 256 }, (n) => {
+      for (let i = 0; i < n; i++) {
+        if (rx.truncated(i)) truncated++;
+        else got.push(`${rx.received(i).toString()} from ${rx.fromPort(i)}`);
+      }
+    });
+    const tx = new UdpPort({ address: '127.0.0.1', port: 0, netns, slots: 16, slotSize: 2048 }, () => undefined);
+    try {
+      for (let i = 0; i < 500; i++) tx.queue(Buffer.from(`datagram ${i}`), LO, rx.localPort!);
+      tx.queue(Buffer.alloc(1000, 1), LO, rx.localPort!); // larger than rx's 256-byte slots
+      tx.flush();
+      for (let i = 0; i < 50 && got.length + truncated < 501; i++) await sleep(20);
+      expect(got.length).toBe(500);
+      expect(got[0]).toBe(`datagram 0 from ${tx.localPort}`);
+      expect(got[499]).toBe(`datagram 499 from ${tx.localPort}`);
+      expect(truncated).toBe(1);
+      expect(tx.stats().txPackets).toBe(501);
+      expect(rx.stats().rxPackets).toBe(501);
+    } finally {
+      rx.close();
+      tx.close();
+    }
+  });
+
+  it('UDP: a train of segments sent as one arrives joined with its segment size (gro) or as datagrams (without)', async () => {
+    const train = Buffer.concat([Buffer.alloc(1000, 'a'), Buffer.alloc(1000, 'b'), Buffer.alloc(1000, 'c'), Buffer.alloc(300, 'd')]);
+    const open = (gro: boolean, seen: { len: number; seg: number; text: string }[]) => {
+      const p: UdpPort = new UdpPort({ address: '127.0.0.1', port: 0, netns, gro, slots: 8, slotSize: 65600 }, (n) => {
+        for (let i = 0; i < n; i++) seen.push({ len: p.received(i).length, seg: p.segmentSize(i), text: p.received(i).toString('latin1', 0, 1) });
+      });
+      return p;
+    };
+    const joined: { len: number; seg: number; text: string }[] = [];
+    const apart: { len: number; seg: number; text: string }[] = [];
+    const withGro = open(true, joined);
+    const withoutGro = open(false, apart);
+    const tx = new UdpPort({ address: '127.0.0.1', port: 0, netns, slots: 4, slotSize: 65600 }, () => undefined);
+    try {
+      expect(tx.features.gso).toBe(true);
+      expect(withGro.features.gro).toBe(true);
+      for (const port of [withGro.localPort!, withoutGro.localPort!]) {
+        train.copy(tx.nextSlot());
+        tx.commit(train.length, LO, port, 1000);
+      }
+      expect(tx.flush()).toBe(2);
+      for (let i = 0; i < 50 && (joined.length < 1 || apart.length < 4); i++) await sleep(20);
+      expect(joined).toEqual([{ len: 3300, seg: 1000, text: 'a' }]);
+      expect(apart).toEqual([
+        { len: 1000, seg: 0, text: 'a' },
+        { len: 1000, seg: 0, text: 'b' },
+        { len: 1000, seg: 0, text: 'c' },
+        { len: 300, seg: 0, text: 'd' },
+      ]);
+    } finally {
+      withGro.close();
+      withoutGro.close();
+      tx.close();
+    }
+  });
+
+  it('UDP: binding a port in use fails with the reason; a closed port sends nothing and does not crash', () => {
+    const a = new UdpPort({ address: '127.0.0.1', port: 0, netns }, () => undefined);
+    try {
+      expect(() => new UdpPort({ address: '127.0.0.1', port: a.localPort!, netns }, () => undefined)).toThrow(/bind 127\.0\.0\.1:\d+: Address already in use/);
+      expect(() => new UdpPort({ address: 'not-an-ip', port: 0, netns }, () => undefined)).toThrow(/not an IPv4 address/);
+      expect(() => new UdpPort({ port: 0, netns: '/var/run/netns/does-not-exist' }, () => undefined)).toThrow(/No such file/);
+    } finally {
+      a.close();
+    }
+    a.close();
+    a.queue(Buffer.from('x'), LO, 9);
+    expect(a.flush()).toBe(0);
+  });
+
+  it('TAP: frames the kernel sends are read in batches; frames written reach the kernel', async () => {
+    const frames: Buffer[] = [];
+    const tap = new TapPort({ name: 'wtap0', netns, vnetHdr: true, slots: 8 }, (n) => {
+      for (let i = 0; i < n; i++) frames.push(Buffer.from(tap.received(i)));
+    });
+    try {
+      await must('ip', ['-n', ns, 'addr', 'add', '10.99.0.1/24', 'dev', 'wtap0']);
+      await must('ip', ['-n', ns, 'link', 'set', 'wtap0', 'up']);
+      // A datagram to a neighbour makes the kernel ask for it by ARP, out of the TAP.
+      await run('ip', ['netns', 'exec', ns, process.execPath, '-e', "const d=require('dgram').createSocket('udp4');d.send('x',9,'10.99.0.2',()=>setTimeout(()=>d.close(),300))"]);
+      for (let i = 0; i < 50 && !frames.some((f) => f.readUInt16BE(10 + 12) === 0x0806); i++) await sleep(20);
+      const arp = frames.find((f) => f.readUInt16BE(10 + 12) === 0x0806);
+      expect(arp, 'an ARP request read from the TAP').toBeDefined();
+      expect(arp!.subarray(10, 16).toString('hex')).toBe('ffffffffffff');
+      // Write an ARP reply for 10.99.0.2 back: the kernel learns the neighbour.
+      const reply = Buffer.alloc(10 + 42);
+      const mac = Buffer.from('02aabbccddee', 'hex');
+      arp!.copy(reply, 10, 10 + 6, 10 + 12); // to the asker
+      mac.copy(reply, 16);
+      reply.writeUInt16BE(0x0806, 22);
+      Buffer.from('0001080006040002', 'hex').copy(reply, 24);
+      mac.copy(reply, 32);
+      Buffer.from([10, 99, 0, 2]).copy(reply, 38);
+      arp!.copy(reply, 42, 10 + 22, 10 + 28); // target: the asker's MAC and address
+      arp!.copy(reply, 48, 10 + 28, 10 + 32);
+      tap.queue(reply);
+      expect(tap.flush()).toBe(1);
+      await sleep(100);
+      const neigh = await must('ip', ['-n', ns, 'neigh', 'show', '10.99.0.2']);
+      expect(neigh).toContain('02:aa:bb:cc:dd:ee');
+    } finally {
+      tap.close();
+    }
+    expect((await run('ip', ['-n', ns, 'link', 'show', 'wtap0'])).code).not.toBe(0); // gone with the descriptor
+  });
+
+  it('fast path: frames to a known MAC leave as sleeve packets without JavaScript; known messages for us go into the TAP', async () => {
+    const self = Buffer.from('020000000001', 'hex');
+    const peerId = Buffer.from('020000000002', 'hex');
+    const remoteMac = Buffer.from('02aabbccdd01', 'hex');
+    const tapFrames: Buffer[] = [];
+    const udpForJs: Buffer[] = [];
+    const atPeer: Buffer[] = [];
+    const tap = new TapPort({ name: 'wtap1', netns, vnetHdr: true, slots: 8 }, (n) => {
+      for (let i = 0; i < n; i++) tapFrames.push(Buffer.from(tap.received(i)));
+    });
+    const udp = new UdpPort({ address: '127.0.0.1', port: 0, netns, gro: true, slots: 8, slotSize: 65600 }, (n) => {
+      for (let i = 0; i < n; i++) if (!udp.handled(i)) udpForJs.push(Buffer.from(udp.received(i)));
+    });
+    const peer = new UdpPort({ address: '127.0.0.1', port: 0, netns, slots: 64, slotSize: 65600 }, (n) => {
+      for (let i = 0; i < n; i++) atPeer.push(Buffer.from(peer.received(i)));
+    });
+    const fast = new FastPath();
+    try {
+      fast.link(tap, udp);
+      const route = (max: number) => fast.update(self.readUIntBE(0, 6), [{ mac: remoteMac.readUIntBE(0, 6), dst: peerId.readUIntBE(0, 6), addr: LO, port: peer.localPort!, max }], [{ id: peerId.readUIntBE(0, 6), addr: LO }], [remoteMac.readUIntBE(0, 6)]);
+      route(1472);
+      await must('ip', ['-n', ns, 'addr', 'add', '10.98.0.1/24', 'dev', 'wtap1']);
+      await must('ip', ['-n', ns, 'link', 'set', 'wtap1', 'up']);
+      await must('ip', ['-n', ns, 'neigh', 'replace', '10.98.0.2', 'lladdr', '02:aa:bb:cc:dd:01', 'dev', 'wtap1', 'nud', 'permanent']);
+      const send = (size: number) => run('ip', ['netns', 'exec', ns, process.execPath, '-e', `const d=require('dgram').createSocket('udp4');d.send(Buffer.alloc(${size},7),9,'10.98.0.2',()=>d.close())`]);
+      await send(100);
+      for (let i = 0; i < 50 && atPeer.length === 0; i++) await sleep(20);
+      expect(atPeer.length).toBe(1);
+      const d = atPeer[0];
+      expect([d[0], d[1]]).toEqual([1, KIND_FRAMES]);
+      expect(d.subarray(2, 8).equals(self)).toBe(true);
+      const m = decodeMessage(d.subarray(HEADER));
+      expect(m.src.equals(self) && m.dst.equals(peerId)).toBe(true);
+      expect(m.frames).toHaveLength(1);
+      expect(m.frames[0].subarray(10, 16).equals(remoteMac)).toBe(true);
+      expect(m.frames[0].length).toBe(10 + 14 + 20 + 8 + 100);
+      expect(tapFrames.filter((f) => f.subarray(10, 16).equals(remoteMac))).toHaveLength(0); // JavaScript never saw it
+
+      // A frame larger than the hop's datagrams goes as a train of fragments, which reassemble to the message.
+      route(300);
+      atPeer.length = 0;
+      await send(1000);
+      for (let i = 0; i < 50 && atPeer.length < 4; i++) await sleep(20);
+      const r = new Reassembler();
+      let whole: Buffer | null = null;
+      for (const f of atPeer) {
+        expect(f[1]).toBe(KIND_FRAGMENT);
+        expect(f.length).toBeLessThanOrEqual(300);
+        expect(f.readUInt32BE(HEADER) >>> 31).toBe(1); // the fast path's ids, apart from JavaScript's
+        whole = r.add(f.readUInt32BE(HEADER), f.readUInt16BE(HEADER + 4), f.readUInt16BE(HEADER + 6), f.subarray(FRAGMENT_HEADER)) ?? whole;
+      }
+      expect(whole).not.toBeNull();
+      expect(decodeMessage(whole!).frames[0].length).toBe(10 + 14 + 20 + 8 + 1000);
+      expect(fast.stats().framesOut).toBe(2);
+
+      // Messages for us: from the known hop with a known source MAC, straight into the TAP; an
+      // unknown source MAC, or another destination, is left to JavaScript.
+      const tapMac = Buffer.from((await must('ip', ['netns', 'exec', ns, 'cat', '/sys/class/net/wtap1/address'])).trim().replaceAll(':', ''), 'hex');
+      const frame = (src: Buffer) => Buffer.concat([Buffer.alloc(10), tapMac, src, Buffer.from('88b5', 'hex'), Buffer.alloc(46, 1)]);
+      const message = (dst: Buffer, src: Buffer) => {
+        const body = encodeMessage(peerId, dst, [frame(src)]);
+        const out = Buffer.alloc(HEADER + body.length);
+        writeHeader(out, KIND_FRAMES, false, peerId);
+        body.copy(out, HEADER);
+        return out;
+      };
+      const rxBefore = Number((await must('ip', ['netns', 'exec', ns, 'cat', '/sys/class/net/wtap1/statistics/rx_packets'])).trim());
+      peer.queue(message(self, remoteMac), LO, udp.localPort!);
+      peer.queue(message(self, Buffer.from('02aabbccdd99', 'hex')), LO, udp.localPort!);
+      peer.queue(message(Buffer.from('020000000003', 'hex'), remoteMac), LO, udp.localPort!);
+      peer.flush();
+      for (let i = 0; i < 50 && udpForJs.length < 2; i++) await sleep(20);
+      await sleep(50);
+      expect(udpForJs).toHaveLength(2);
+      expect(fast.stats().framesIn).toBe(1);
+      const rxAfter = Number((await must('ip', ['netns', 'exec', ns, 'cat', '/sys/class/net/wtap1/statistics/rx_packets'])).trim());
+      expect(rxAfter - rxBefore).toBe(1);
+
+      // Mutated messages (lengths, kinds, addresses cut or garbled): every one is read, and what the
+      // fast path says it delivered is what the TAP received.
+      const good = message(self, remoteMac);
+      const rxPackets = () => must('ip', ['netns', 'exec', ns, 'cat', '/sys/class/net/wtap1/statistics/rx_packets']).then((t) => Number(t.trim()));
+      const inBefore = fast.stats().framesIn;
+      const tapBefore = await rxPackets();
+      const udpBefore = udp.stats().rxPackets;
+      for (let i = 0; i < 2000; i++) {
+        const b = Buffer.from(good.subarray(0, 1 + Math.floor(Math.random() * good.length)));
+        for (let k = 0; k < 1 + (i % 3); k++) b[Math.floor(Math.random() * b.length)] = Math.floor(Math.random() * 256);
+        peer.queue(b, LO, udp.localPort!);
+        if (i % 50 === 49) {
+          peer.flush();
+          await sleep(2);
+        }
+      }
+      peer.flush();
+      for (let i = 0; i < 100 && udp.stats().rxPackets - udpBefore < 2000; i++) await sleep(20);
+      expect(udp.stats().rxPackets - udpBefore).toBe(2000);
+      expect((await rxPackets()) - tapBefore).toBe(fast.stats().framesIn - inBefore);
+    } finally {
+      tap.close();
+      udp.close();
+      peer.close();
+    }
+  });
+
+  it('opening and closing ports many times leaks no descriptor; closing while datagrams pour in is safe', async () => {
+    const before = openFds();
+    for (let i = 0; i < 100; i++) {
+      const u = new UdpPort({ address: '127.0.0.1', port: 0, netns }, () => undefined);
+      const t = new TapPort({ name: 'wtap1', netns, vnetHdr: i % 2 === 0 }, () => undefined);
+      u.close();
+      t.close();
+      u.close(); // twice is fine
+    }
+    await sleep(50); // libuv closes handles on the next loop turn
+    expect(openFds()).toBe(before);
+    let seen = 0;
+    const rx = new UdpPort({ address: '127.0.0.1', port: 0, netns }, (n) => (seen += n));
+    const tx = new UdpPort({ address: '127.0.0.1', port: 0, netns }, () => undefined);
+    for (let r = 0; r < 20; r++) {
+      for (let i = 0; i < 64; i++) tx.queue(randomBytes(100 + i), LO, rx.localPort!);
+      tx.flush();
+      if (r === 10) rx.close();
+      await sleep(5);
+    }
+    tx.close();
+    expect(seen).toBeGreaterThan(0);
+  });
+});

@@ -1,0 +1,65 @@
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import { WEFT_CLI } from '../../harness/cluster.js';
+import { run } from '../../harness/exec.js';
+
+const dataDir = mkdtempSync(join(tmpdir(), 'weft-cli-'));
+afterAll(() => rmSync(dataDir, { recursive: true, force: true }));
+const weft = (...args: string[]) => run(process.execPath, [WEFT_CLI, ...args], { env: { ...process.env, WEFT_DATA_DIR: dataDir, WEFT_HTTP_ADDR: '' } });
+
+describe('weft CLI without a router', () => {
+  for (const args of [['status'], ['status', 'peers'], ['connect', '198.18.0.1'], ['forget', '198.18.0.1'], ['report'], ['stop'], ['service', 'list']]) {
+    it(`"weft ${args.join(' ')}" says no router runs, in one line, and fails`, async () => {
+      const r = await weft(...args);
+      expect(r.code).not.toBe(0);
+      expect(r.stdout).toBe('');
+      expect(r.stderr.trim().split('\n')).toHaveLength(1);
+      expect(r.stderr).toMatch(/no weft router is running/);
+    });
+  }
+
+  it('names the unreachable API when told where it is', async () => {
+    const r = await weft('status', '--http-addr', '127.0.0.1:9');
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/does not answer/);
+  });
+
+  it('prints help for every command', async () => {
+    for (const cmd of ['launch', 'connect', 'forget', 'status', 'report', 'stop', 'version']) {
+      const r = await weft(cmd, '--help');
+      expect(r.code, cmd).toBe(0);
+      expect(r.stdout, cmd).toMatch(new RegExp(`Usage: weft ${cmd}`));
+    }
+    for (const cmd of [['service', 'create'], ['service', 'list'], ['service', 'show'], ['service', 'remove']]) {
+      const r = await weft(...cmd, '--help');
+      expect(r.code, cmd.join(' ')).toBe(0);
+      expect(r.stdout, cmd.join(' ')).toMatch(new RegExp(`Usage: weft ${cmd.join(' ')}`));
+    }
+    const top = await weft('--help');
+    expect(top.stdout).toMatch(/launch/);
+    expect(top.stdout).toMatch(/service/);
+  });
+
+  it('launch --help lists the router options with their environment variables', async () => {
+    const r = await weft('launch', '--help');
+    expect(r.stdout).toMatch(/--password-file/);
+    expect(r.stdout).toMatch(/env:\s+WEFT_DATA_DIR/);
+    expect(r.stdout).toMatch(/--no-discovery/);
+    expect(r.stdout).toMatch(/env:\s+WEFT_NO_DISCOVERY/);
+  });
+
+  it('rejects a bad option value before starting anything', async () => {
+    const r = await weft('launch', '--port', '99999');
+    expect(r.code).not.toBe(0);
+    expect(r.stderr).toMatch(/--port must be a whole number from 1 to 65535/);
+  });
+
+  it('version works without a router', async () => {
+    const r = await weft('version');
+    expect(r.code).toBe(0);
+    expect(r.stdout).toMatch(/weft CLI \d+\.\d+\.\d+/);
+    expect(r.stdout).toMatch(/not running/);
+  });
+});
