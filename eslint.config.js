@@ -5,7 +5,23 @@
 import js from '@eslint/js';
 import tseslint from 'typescript-eslint';
 
-const TOP = ['lib', 'net', 'native', 'mesh', 'ipam', 'dns', 'datapath', 'policy', 'services', 'plugin', 'router', 'cli', 'test', 'bench', 'examples'];
+const TOP = [
+  'lib',
+  'net',
+  'native',
+  'mesh',
+  'ipam',
+  'dns',
+  'datapath',
+  'policy',
+  'services',
+  'plugin',
+  'router',
+  'cli',
+  'test',
+  'bench',
+  'examples',
+];
 
 /** What each folder may import from the others (itself always). */
 const MAY_IMPORT = {
@@ -43,12 +59,17 @@ const layers = Object.entries(MAY_IMPORT).map(([folder, allowed]) => {
 });
 
 export default tseslint.config(
-  { ignores: ['dist/**', 'node_modules/**', 'native/build/**', 'test-artifacts/**', '**/*.js', '**/*.mjs', '**/*.cjs'] },
+  {
+    ignores: ['dist/**', 'node_modules/**', 'native/build/**', 'test-artifacts/**', '**/*.js', '**/*.mjs', '**/*.cjs'],
+  },
   js.configs.recommended,
   ...tseslint.configs.recommended,
   {
     rules: {
-      '@typescript-eslint/no-unused-vars': ['error', { argsIgnorePattern: '^_', varsIgnorePattern: '^_', caughtErrors: 'none' }],
+      '@typescript-eslint/no-unused-vars': [
+        'error',
+        { argsIgnorePattern: '^_', varsIgnorePattern: '^_', caughtErrors: 'none' },
+      ],
       // Empty catch blocks say why in a comment; an empty function is a deliberate no-op.
       'no-empty': ['error', { allowEmptyCatch: false }],
       '@typescript-eslint/no-empty-function': 'off',

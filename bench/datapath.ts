@@ -33,9 +33,31 @@ const median = (xs: number[]) => {
  * A hand-made container for the anchors: a namespace on host `h`'s Linux bridge `br` by a veth, with
  * `addr` and the overlay MTU on its end (a veth's peer does not take its MTU), as weft's containers have.
  */
-async function refContainer(cluster: Cluster, h: Host, label: string, br: string, addr: string, mtu: number): Promise<string> {
+async function refContainer(
+  cluster: Cluster,
+  h: Host,
+  label: string,
+  br: string,
+  addr: string,
+  mtu: number,
+): Promise<string> {
   const ns = await cluster.container(label);
-  await must('ip', ['-n', h.ns, 'link', 'add', 'vref', 'mtu', String(mtu), 'type', 'veth', 'peer', 'name', 'eth0', 'netns', ns]);
+  await must('ip', [
+    '-n',
+    h.ns,
+    'link',
+    'add',
+    'vref',
+    'mtu',
+    String(mtu),
+    'type',
+    'veth',
+    'peer',
+    'name',
+    'eth0',
+    'netns',
+    ns,
+  ]);
   await must('ip', ['-n', h.ns, 'link', 'set', 'vref', 'master', br, 'up']);
   await must('ip', ['-n', ns, 'addr', 'add', addr, 'dev', 'eth0']);
   await must('ip', ['-n', ns, 'link', 'set', 'eth0', 'mtu', String(mtu), 'up']);
@@ -59,14 +81,41 @@ async function handBuilt(cluster: Cluster, a: Host, b: Host, mtu: number): Promi
   }
   for (const [i, h] of [a, b].entries()) {
     const other = i === 0 ? b : a;
-    await must('bridge', ['-n', h.ns, 'fdb', 'append', '00:00:00:00:00:00', 'dev', 'vx-ref', 'dst', other.ip, 'self', 'permanent']);
-    await must('bridge', ['-n', h.ns, 'fdb', 'add', macs[1 - i], 'dev', 'vx-ref', 'dst', other.ip, 'self', 'permanent']);
+    await must('bridge', [
+      '-n',
+      h.ns,
+      'fdb',
+      'append',
+      '00:00:00:00:00:00',
+      'dev',
+      'vx-ref',
+      'dst',
+      other.ip,
+      'self',
+      'permanent',
+    ]);
+    await must('bridge', [
+      '-n',
+      h.ns,
+      'fdb',
+      'add',
+      macs[1 - i],
+      'dev',
+      'vx-ref',
+      'dst',
+      other.ip,
+      'self',
+      'permanent',
+    ]);
   }
   return [nss[0], nss[1], '10.99.0.2'];
 }
 
 /** A fresh pair of hosts with weft launched with `extra` (and env), a container on each. */
-async function weftPair(extra: string[], env: NodeJS.ProcessEnv): Promise<{ cluster: Cluster; w1: string; w2: string; ip2: string; pids: number[] }> {
+async function weftPair(
+  extra: string[],
+  env: NodeJS.ProcessEnv,
+): Promise<{ cluster: Cluster; w1: string; w2: string; ip2: string; pids: number[] }> {
   const cluster = await Cluster.create(2, { env });
   const [a, b] = cluster.hosts;
   await a.launch([], ['--ipalloc-init', 'consensus=2', ...extra]);
@@ -75,7 +124,11 @@ async function weftPair(extra: string[], env: NodeJS.ProcessEnv): Promise<{ clus
   const w2 = await cluster.container('w2');
   await a.weft(['attach', `netns:${w1}`]);
   const ip2 = (await b.weft(['attach', `netns:${w2}`])).stdout.trim().split('/')[0];
-  await eventually('weft path up', async () => (await run('ip', ['netns', 'exec', w1, 'ping', '-c', '1', '-W', '1', ip2])).code === 0, 20_000);
+  await eventually(
+    'weft path up',
+    async () => (await run('ip', ['netns', 'exec', w1, 'ping', '-c', '1', '-W', '1', ip2])).code === 0,
+    20_000,
+  );
   return { cluster, w1, w2, ip2, pids: [a.routerPid()!, b.routerPid()!] };
 }
 
@@ -104,7 +157,11 @@ async function ovsRows(): Promise<{ weft: [number, number]; normal: [number, num
     const [a, b] = cluster.hosts;
     await a.launch([], ['--ipalloc-init', 'consensus=2']);
     await b.launch([a.ip], ['--ipalloc-init', 'consensus=2']);
-    await eventually('on ovs', async () => (await a.report<Report>()).connections.some((c) => c.overlay === 'ovs'), 20_000);
+    await eventually(
+      'on ovs',
+      async () => (await a.report<Report>()).connections.some((c) => c.overlay === 'ovs'),
+      20_000,
+    );
     const mtu = (await a.report<Report>()).datapath!.mtu;
     const w1 = await cluster.container('w1');
     const w2 = await cluster.container('w2');
@@ -116,15 +173,76 @@ async function ovsRows(): Promise<{ weft: [number, number]; normal: [number, num
       await x(['link', 'add', 'br-oref', 'type', 'bridge']);
       await x(['link', 'set', 'br-oref', 'up']);
       refs.push(await refContainer(cluster, h, `oref${i + 1}`, 'br-oref', `10.99.1.${i + 1}/24`, mtu));
-      await x(['link', 'add', 'oref-br', 'mtu', String(mtu), 'type', 'veth', 'peer', 'name', 'oref-dp', 'mtu', String(mtu)]);
-      for (const dev of ['oref-br', 'oref-dp']) await must('ip', ['netns', 'exec', h.ns, 'ethtool', '-K', dev, 'tso', 'off', 'gso', 'off', 'gro', 'off', 'tx', 'off']);
+      await x([
+        'link',
+        'add',
+        'oref-br',
+        'mtu',
+        String(mtu),
+        'type',
+        'veth',
+        'peer',
+        'name',
+        'oref-dp',
+        'mtu',
+        String(mtu),
+      ]);
+      for (const dev of ['oref-br', 'oref-dp'])
+        await must('ip', [
+          'netns',
+          'exec',
+          h.ns,
+          'ethtool',
+          '-K',
+          dev,
+          'tso',
+          'off',
+          'gso',
+          'off',
+          'gro',
+          'off',
+          'tx',
+          'off',
+        ]);
       await x(['link', 'set', 'oref-br', 'master', 'br-oref', 'up']);
       await x(['link', 'set', 'oref-dp', 'up']);
       const other = i === 0 ? b : a;
-      await h.ovs!.vsctl(['add-br', 'ovs-ref', '--', 'set', 'bridge', 'ovs-ref', 'datapath_type=netdev', '--', 'add-port', 'ovs-ref', 'oref-dp', '--', 'add-port', 'ovs-ref', 'oref-vx', '--', 'set', 'interface', 'oref-vx', 'type=vxlan', `options:remote_ip=${other.ip}`, 'options:key=100', 'options:dst_port=4790']);
+      await h.ovs!.vsctl([
+        'add-br',
+        'ovs-ref',
+        '--',
+        'set',
+        'bridge',
+        'ovs-ref',
+        'datapath_type=netdev',
+        '--',
+        'add-port',
+        'ovs-ref',
+        'oref-dp',
+        '--',
+        'add-port',
+        'ovs-ref',
+        'oref-vx',
+        '--',
+        'set',
+        'interface',
+        'oref-vx',
+        'type=vxlan',
+        `options:remote_ip=${other.ip}`,
+        'options:key=100',
+        'options:dst_port=4790',
+      ]);
     }
-    await eventually('weft path up', async () => (await run('ip', ['netns', 'exec', w1, 'ping', '-c', '1', '-W', '1', ip2])).code === 0, 20_000);
-    await eventually('NORMAL path up', async () => (await run('ip', ['netns', 'exec', refs[0], 'ping', '-c', '1', '-W', '1', '10.99.1.2'])).code === 0, 20_000);
+    await eventually(
+      'weft path up',
+      async () => (await run('ip', ['netns', 'exec', w1, 'ping', '-c', '1', '-W', '1', ip2])).code === 0,
+      20_000,
+    );
+    await eventually(
+      'NORMAL path up',
+      async () => (await run('ip', ['netns', 'exec', refs[0], 'ping', '-c', '1', '-W', '1', '10.99.1.2'])).code === 0,
+      20_000,
+    );
     const weft: number[][] = [];
     const normal: number[][] = [];
     for (let round = 0; round < 2; round++) {
@@ -145,17 +263,29 @@ async function main(): Promise<void> {
     const [a, b] = cluster.hosts;
     await a.launch([], ['--ipalloc-init', 'consensus=2']);
     await b.launch([a.ip], ['--ipalloc-init', 'consensus=2']);
-    await eventually('connected', async () => (await a.report<Report>()).connections.some((c) => c.state === 'established'));
+    await eventually('connected', async () =>
+      (await a.report<Report>()).connections.some((c) => c.state === 'established'),
+    );
     const mtu = (await a.report<Report>()).datapath!.mtu;
     const w1 = await cluster.container('w1');
     const w2 = await cluster.container('w2');
     await a.weft(['attach', `netns:${w1}`]);
     const ip2 = (await b.weft(['attach', `netns:${w2}`])).stdout.trim().split('/')[0];
     const [r1, r2, rip] = await handBuilt(cluster, a, b, mtu);
-    await eventually('weft path up', async () => (await run('ip', ['netns', 'exec', w1, 'ping', '-c', '1', '-W', '1', ip2])).code === 0, 15_000);
-    await eventually('hand-built path up', async () => (await run('ip', ['netns', 'exec', r1, 'ping', '-c', '1', '-W', '1', rip])).code === 0, 15_000);
+    await eventually(
+      'weft path up',
+      async () => (await run('ip', ['netns', 'exec', w1, 'ping', '-c', '1', '-W', '1', ip2])).code === 0,
+      15_000,
+    );
+    await eventually(
+      'hand-built path up',
+      async () => (await run('ip', ['netns', 'exec', r1, 'ping', '-c', '1', '-W', '1', rip])).code === 0,
+      15_000,
+    );
 
-    console.log(`datapath: one TCP flow (iperf3, ${seconds} s) and ping RTT (median of 200), two namespace hosts, overlay MTU ${mtu}`);
+    console.log(
+      `datapath: one TCP flow (iperf3, ${seconds} s) and ping RTT (median of 200), two namespace hosts, overlay MTU ${mtu}`,
+    );
     const rows: [string, number, number][] = [];
     rows.push(['(a) veth underlay', (await iperf(b.ns, a.ns, b.ip, seconds)).gbit, await rtt(a.ns, b.ip)]);
     const bs: number[] = [];
@@ -175,16 +305,25 @@ async function main(): Promise<void> {
         await measureC();
         await measureB();
       }
-      console.log(`round ${round + 1}: b ${bs[round].toFixed(2)}, c ${cs[round].toFixed(2)} Gbit/s, c/b ${(cs[round] / bs[round]).toFixed(3)}`);
+      console.log(
+        `round ${round + 1}: b ${bs[round].toFixed(2)}, c ${cs[round].toFixed(2)} Gbit/s, c/b ${(cs[round] / bs[round]).toFixed(3)}`,
+      );
     }
     rows.push(['(b) kernel VXLAN + bridge by hand', median(bs), await rtt(r1, rip)]);
     rows.push(['(c) weft fastdp', median(cs), await rtt(w1, ip2)]);
-    for (const [label, gbit, us] of rows) console.log(`${label.padEnd(36)} ${gbit.toFixed(2).padStart(6)} Gbit/s   RTT ${us.toFixed(0).padStart(4)} us${label.startsWith('(a)') ? '' : ` (median of ${rounds} rounds)`}`);
+    for (const [label, gbit, us] of rows)
+      console.log(
+        `${label.padEnd(36)} ${gbit.toFixed(2).padStart(6)} Gbit/s   RTT ${us.toFixed(0).padStart(4)} us${label.startsWith('(a)') ? '' : ` (median of ${rounds} rounds)`}`,
+      );
     const [ua, ub, uc] = rows;
     const ratios = cs.map((c, i) => c / bs[i]);
     console.log(`(c) TCP RTT under load: ${median(tcpRtts).toFixed(0)} us`);
-    console.log(`fastdp c/b over ${rounds} rounds: median ${median(ratios).toFixed(3)}, spread ${Math.min(...ratios).toFixed(3)}-${Math.max(...ratios).toFixed(3)}`);
-    console.log(`ratios: throughput c/b ${median(ratios).toFixed(3)}, c/a ${(uc[1] / ua[1]).toFixed(3)}; RTT c/b ${(uc[2] / ub[2]).toFixed(3)}, c/a ${(uc[2] / ua[2]).toFixed(3)}`);
+    console.log(
+      `fastdp c/b over ${rounds} rounds: median ${median(ratios).toFixed(3)}, spread ${Math.min(...ratios).toFixed(3)}-${Math.max(...ratios).toFixed(3)}`,
+    );
+    console.log(
+      `ratios: throughput c/b ${median(ratios).toFixed(3)}, c/a ${(uc[1] / ua[1]).toFixed(3)}; RTT c/b ${(uc[2] / ub[2]).toFixed(3)}, c/a ${(uc[2] / ua[2]).toFixed(3)}`,
+    );
     await cluster.cleanup();
     if (only === 'kernel') return;
     if (only === 'ovs') {
@@ -195,7 +334,9 @@ async function main(): Promise<void> {
     sleeves.push(['(d) weft sleeve', ...(await sleeveRow(['--no-fastdp'], {}))]);
     sleeves.push(['(e) weft sleeve, encrypted', ...(await sleeveRow([], { WEFT_PASSWORD: 'bench password' }))]);
     for (const [label, gbit, us, cpu, tcpRtt] of sleeves) {
-      console.log(`${label.padEnd(36)} ${gbit.toFixed(2).padStart(6)} Gbit/s   RTT ${us.toFixed(0).padStart(4)} us (ping), ${tcpRtt.toFixed(0)} us (TCP under load)   ${cpu.toFixed(2)} CPU s/GB (both routers)   vs b ${(gbit / ub[1]).toFixed(3)}`);
+      console.log(
+        `${label.padEnd(36)} ${gbit.toFixed(2).padStart(6)} Gbit/s   RTT ${us.toFixed(0).padStart(4)} us (ping), ${tcpRtt.toFixed(0)} us (TCP under load)   ${cpu.toFixed(2)} CPU s/GB (both routers)   vs b ${(gbit / ub[1]).toFixed(3)}`,
+      );
     }
     if (only !== 'sleeve') await printOvs(ub[1], ub[2]);
   } finally {
@@ -205,9 +346,15 @@ async function main(): Promise<void> {
 
 async function printOvs(kernelGbit: number, kernelRtt: number): Promise<void> {
   const o = await ovsRows();
-  console.log(`${'(f) OVS NORMAL (anchor), netdev'.padEnd(36)} ${o.normal[0].toFixed(2).padStart(6)} Gbit/s   RTT ${o.normal[1].toFixed(0).padStart(4)} us`);
-  console.log(`${'(f) weft on OVS, netdev'.padEnd(36)} ${o.weft[0].toFixed(2).padStart(6)} Gbit/s   RTT ${o.weft[1].toFixed(0).padStart(4)} us`);
-  console.log(`ratios: throughput f/NORMAL ${(o.weft[0] / o.normal[0]).toFixed(3)}, f/b ${(o.weft[0] / kernelGbit).toFixed(3)}; RTT f/NORMAL ${(o.weft[1] / o.normal[1]).toFixed(3)}, f/b ${(o.weft[1] / kernelRtt).toFixed(3)}`);
+  console.log(
+    `${'(f) OVS NORMAL (anchor), netdev'.padEnd(36)} ${o.normal[0].toFixed(2).padStart(6)} Gbit/s   RTT ${o.normal[1].toFixed(0).padStart(4)} us`,
+  );
+  console.log(
+    `${'(f) weft on OVS, netdev'.padEnd(36)} ${o.weft[0].toFixed(2).padStart(6)} Gbit/s   RTT ${o.weft[1].toFixed(0).padStart(4)} us`,
+  );
+  console.log(
+    `ratios: throughput f/NORMAL ${(o.weft[0] / o.normal[0]).toFixed(3)}, f/b ${(o.weft[0] / kernelGbit).toFixed(3)}; RTT f/NORMAL ${(o.weft[1] / o.normal[1]).toFixed(3)}, f/b ${(o.weft[1] / kernelRtt).toFixed(3)}`,
+  );
 }
 
 await main();

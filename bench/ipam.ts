@@ -19,10 +19,25 @@ const RANGE = parseCidr('10.32.0.0/12');
 const dirs: string[] = [];
 
 function peer(init: InitMode, name = randomPeerName(), range: Cidr = RANGE): { mesh: Mesh; ipam: Allocator } {
-  const mesh = new Mesh({ name, nickname: name, uid: newUid(), port: 6783, connLimit: 0, ...defaultMeshTimings, fullStateGossip: false, log: silentLogger });
+  const mesh = new Mesh({
+    name,
+    nickname: name,
+    uid: newUid(),
+    port: 6783,
+    connLimit: 0,
+    ...defaultMeshTimings,
+    fullStateGossip: false,
+    log: silentLogger,
+  });
   const dir = mkdtempSync(join(tmpdir(), 'weft-bench-ipam-'));
   dirs.push(dir);
-  const ipam = new Allocator(mesh, { range, defaultSubnet: range, init, timeoutMs: 30_000, store: new IpamStore(dir, range, name) });
+  const ipam = new Allocator(mesh, {
+    range,
+    defaultSubnet: range,
+    init,
+    timeoutMs: 30_000,
+    store: new IpamStore(dir, range, name),
+  });
   return { mesh, ipam };
 }
 
@@ -61,7 +76,9 @@ async function main(): Promise<void> {
   const keepAlive = setInterval(() => undefined, 1000);
   const i = process.argv.indexOf('--n');
   const n = i > 0 ? Number(process.argv[i + 1]) : 2000;
-  console.log(`ipam: ${n} sequential allocations each; lmdb store in a temp dir; in-memory links, gossip delay ${defaultMeshTimings.gossipDelay} ms`);
+  console.log(
+    `ipam: ${n} sequential allocations each; lmdb store in a temp dir; in-memory links, gossip delay ${defaultMeshTimings.gossipDelay} ms`,
+  );
 
   // Local: one peer that owns the whole range (quorum 1).
   const solo = peer({ kind: 'consensus', quorum: 1, peers: 0 });
@@ -86,11 +103,15 @@ async function main(): Promise<void> {
   const seed = await coldStart((names) => ({ kind: 'seed', seeds: names }));
 
   const row = (label: string, xs: number[], anchor: number) =>
-    console.log(`${label.padEnd(34)} p50 ${pct(xs, 50).toFixed(3).padStart(8)} ms  p99 ${pct(xs, 99).toFixed(3).padStart(8)} ms   p50 ratio ${(pct(xs, 50) / anchor).toFixed(1)}`);
+    console.log(
+      `${label.padEnd(34)} p50 ${pct(xs, 50).toFixed(3).padStart(8)} ms  p99 ${pct(xs, 99).toFixed(3).padStart(8)} ms   p50 ratio ${(pct(xs, 50) / anchor).toFixed(1)}`,
+    );
   const anchor = pct(local, 50);
   row('allocate from local space', local, anchor);
   row(`allocate after asking a peer (${remoteN})`, remote, anchor);
-  console.log(`${'cold start to first allocation'.padEnd(34)} consensus ${consensus.toFixed(0)} ms, seed ${seed.toFixed(0)} ms, ratio consensus/seed ${(consensus / seed).toFixed(2)}`);
+  console.log(
+    `${'cold start to first allocation'.padEnd(34)} consensus ${consensus.toFixed(0)} ms, seed ${seed.toFixed(0)} ms, ratio consensus/seed ${(consensus / seed).toFixed(2)}`,
+  );
   for (const d of dirs) rmSync(d, { recursive: true, force: true });
   clearInterval(keepAlive);
 }

@@ -8,18 +8,30 @@ import { run } from '../test/harness/exec.js';
  * One TCP flow for `seconds` to a server on `ip` (the client connects to `target`: the same, or a VIP
  * that leads there): Gbit/s, and the TCP RTT under load (iperf3's mean over the flow, from tcp_info), µs.
  */
-export async function iperf(serverNs: string, clientNs: string, ip: string, seconds: number, target = ip): Promise<{ gbit: number; tcpRtt: number }> {
+export async function iperf(
+  serverNs: string,
+  clientNs: string,
+  ip: string,
+  seconds: number,
+  target = ip,
+): Promise<{ gbit: number; tcpRtt: number }> {
   const server = spawn('ip', ['netns', 'exec', serverNs, 'iperf3', '-s', '-1', '-B', ip], { stdio: 'ignore' });
   const exited = new Promise((r) => server.once('exit', r));
   try {
     // Listening before the client starts (a fixed wait lost the race now and then under load).
     for (let i = 0; i < 100; i++) {
-      if ((await run('ip', ['netns', 'exec', serverNs, 'ss', '-Hltn', 'sport = :5201'])).stdout.includes(':5201')) break;
+      if ((await run('ip', ['netns', 'exec', serverNs, 'ss', '-Hltn', 'sport = :5201'])).stdout.includes(':5201'))
+        break;
       await new Promise((r) => setTimeout(r, 50));
     }
-    const r = await run('ip', ['netns', 'exec', clientNs, 'iperf3', '-c', target, '-t', String(seconds), '-J'], { timeoutMs: (seconds + 20) * 1000 });
+    const r = await run('ip', ['netns', 'exec', clientNs, 'iperf3', '-c', target, '-t', String(seconds), '-J'], {
+      timeoutMs: (seconds + 20) * 1000,
+    });
     if (r.code !== 0) throw new Error(`iperf3 ${clientNs} -> ${target}: ${r.stderr || r.stdout.slice(0, 300)}`);
-    const j = JSON.parse(r.stdout) as { error?: string; end: { sum_received?: { bits_per_second: number }; streams: { sender: { mean_rtt?: number } }[] } };
+    const j = JSON.parse(r.stdout) as {
+      error?: string;
+      end: { sum_received?: { bits_per_second: number }; streams: { sender: { mean_rtt?: number } }[] };
+    };
     if (j.error || !j.end.sum_received) throw new Error(`iperf3 ${clientNs} -> ${target}: ${j.error ?? 'no result'}`);
     return { gbit: j.end.sum_received.bits_per_second / 1e9, tcpRtt: j.end.streams[0]?.sender.mean_rtt ?? NaN };
   } finally {

@@ -33,7 +33,6 @@ interface Result {
   churnHeapPerPeerKB: number;
 }
 
-
 /** Edges of a connected random graph with degree about 5-10: a random spanning tree plus random extra edges. */
 function graph(n: number, seed: number): [number, number][] {
   const rnd = seededRandom(seed);
@@ -84,7 +83,14 @@ const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.len
  * every live peer holds exactly the live peers, at their current versions (the gone ones dropped as
  * unreachable). Returns the median round's time and bytes per live peer.
  */
-async function churn(meshes: Mesh[], mode: 'delta' | 'full', rounds: number, fraction: number, seed: number, timeoutMs: number): Promise<{ ms: number; bytesPerPeer: number; converged: boolean }> {
+async function churn(
+  meshes: Mesh[],
+  mode: 'delta' | 'full',
+  rounds: number,
+  fraction: number,
+  seed: number,
+  timeoutMs: number,
+): Promise<{ ms: number; bytesPerPeer: number; converged: boolean }> {
   const rnd = seededRandom(seed + 7);
   const k = Math.max(1, Math.round(meshes.length * fraction));
   let next = meshes.length;
@@ -129,7 +135,14 @@ async function churn(meshes: Mesh[], mode: 'delta' | 'full', rounds: number, fra
   return { ms: median(times), bytesPerPeer: median(bytes), converged };
 }
 
-async function run(n: number, mode: 'delta' | 'full', seed: number, timeoutMs: number, churnRounds: number, churnFraction: number): Promise<Result> {
+async function run(
+  n: number,
+  mode: 'delta' | 'full',
+  seed: number,
+  timeoutMs: number,
+  churnRounds: number,
+  churnFraction: number,
+): Promise<Result> {
   gc();
   const heapBefore = process.memoryUsage().heapUsed;
   const meshes = Array.from({ length: n }, (_, i) => newMesh(i, mode));
@@ -166,7 +179,8 @@ async function run(n: number, mode: 'delta' | 'full', seed: number, timeoutMs: n
     const t1 = performance.now();
     connectInMemory(meshes[a], meshes[b]);
     await new Promise((r) => setTimeout(r, 5));
-    while (performance.now() - t1 < timeoutMs && !allHold([meshes[a], meshes[b]])) await new Promise((r) => setTimeout(r, 5));
+    while (performance.now() - t1 < timeoutMs && !allHold([meshes[a], meshes[b]]))
+      await new Promise((r) => setTimeout(r, 5));
     changeMs = performance.now() - t1;
     await new Promise((r) => setTimeout(r, 500));
     changeBytesPerPeer = (meshes.reduce((s2, m) => s2 + m.stats.bytesSent, 0) - sent0) / n;
@@ -180,12 +194,31 @@ async function run(n: number, mode: 'delta' | 'full', seed: number, timeoutMs: n
     bytes += m.stats.bytesSent;
     messages += m.stats.messagesSent;
   }
-  const ch = converged && churnRounds > 0 ? await churn(meshes, mode, churnRounds, churnFraction, seed, timeoutMs) : { ms: NaN, bytesPerPeer: NaN, converged: false };
+  const ch =
+    converged && churnRounds > 0
+      ? await churn(meshes, mode, churnRounds, churnFraction, seed, timeoutMs)
+      : { ms: NaN, bytesPerPeer: NaN, converged: false };
   gc();
   const churnHeapPerPeerKB = (process.memoryUsage().heapUsed - heapBefore) / meshes.length / 1024;
   for (const m of meshes) m.stop();
   await new Promise((r) => setTimeout(r, 50));
-  return { peers: n, mode, edges: edges.length, convergeMs, bytesPerPeer: bytes / n, messagesPerPeer: messages / n, heapPerPeerKB, cpuPerPeerMs, converged, changeMs, changeBytesPerPeer, churnMs: ch.ms, churnBytesPerPeer: ch.bytesPerPeer, churnConverged: ch.converged, churnHeapPerPeerKB };
+  return {
+    peers: n,
+    mode,
+    edges: edges.length,
+    convergeMs,
+    bytesPerPeer: bytes / n,
+    messagesPerPeer: messages / n,
+    heapPerPeerKB,
+    cpuPerPeerMs,
+    converged,
+    changeMs,
+    changeBytesPerPeer,
+    churnMs: ch.ms,
+    churnBytesPerPeer: ch.bytesPerPeer,
+    churnConverged: ch.converged,
+    churnHeapPerPeerKB,
+  };
 }
 
 function fmtBytes(b: number): string {
@@ -196,13 +229,23 @@ async function main(): Promise<void> {
   const sizes = stringArg('sizes', '100,300,1000').split(',').map(Number);
   const seed = numberArg('seed', 1);
   const timeoutMs = numberArg('timeout', 300) * 1000;
-  console.log(`mesh-scale: in-memory links, random graph (mean degree ~7), seed ${seed}, gossip delay ${defaultMeshTimings.gossipDelay} ms`);
-  console.log('All peers share this one thread, so wall time grows with N x CPU per peer; CPU per peer is what one real host would spend.');
-  console.log('Join: all edges at once, until every peer holds every entry. Change: then one new connection, until all hold it.');
+  console.log(
+    `mesh-scale: in-memory links, random graph (mean degree ~7), seed ${seed}, gossip delay ${defaultMeshTimings.gossipDelay} ms`,
+  );
+  console.log(
+    'All peers share this one thread, so wall time grows with N x CPU per peer; CPU per peer is what one real host would spend.',
+  );
+  console.log(
+    'Join: all edges at once, until every peer holds every entry. Change: then one new connection, until all hold it.',
+  );
   const churnRounds = numberArg('churn-rounds', 3);
   const churnFraction = numberArg('churn-fraction', 0.05);
-  console.log(`Churn: ${churnRounds} rounds, each ${(churnFraction * 100).toFixed(0)}% of the peers leave and as many join (3 links each), until the live peers agree; medians.`);
-  console.log('peers  mode   edges  join time   cpu/peer   bytes sent/peer  msgs/peer  heap/peer  change time  change bytes/peer  churn round  churn bytes/peer  heap/peer after');
+  console.log(
+    `Churn: ${churnRounds} rounds, each ${(churnFraction * 100).toFixed(0)}% of the peers leave and as many join (3 links each), until the live peers agree; medians.`,
+  );
+  console.log(
+    'peers  mode   edges  join time   cpu/peer   bytes sent/peer  msgs/peer  heap/peer  change time  change bytes/peer  churn round  churn bytes/peer  heap/peer after',
+  );
   const rows: Result[] = [];
   const modes = stringArg('modes', 'delta,full').split(',') as ('delta' | 'full')[];
   for (const n of sizes) {

@@ -41,7 +41,11 @@ function loop() {
 Promise.all(Array.from({ length: concurrency }, loop)).then(() => { process.stdout.write(JSON.stringify({ perSecond: done / seconds, failed })); });`;
 
 async function connectionsPerSecond(ns: string, ip: string): Promise<number> {
-  const r = await run('ip', ['netns', 'exec', ns, process.execPath, '-e', CLIENT, ip, String(PORT), String(SECONDS), String(CONCURRENCY)], { timeoutMs: (SECONDS + 30) * 1000 });
+  const r = await run(
+    'ip',
+    ['netns', 'exec', ns, process.execPath, '-e', CLIENT, ip, String(PORT), String(SECONDS), String(CONCURRENCY)],
+    { timeoutMs: (SECONDS + 30) * 1000 },
+  );
   if (r.code !== 0) throw new Error(`connection client to ${ip}: ${r.stderr}`);
   const o = JSON.parse(r.stdout) as { perSecond: number; failed: number };
   if (o.failed > 0) throw new Error(`${o.failed} connections to ${ip} failed`);
@@ -51,7 +55,9 @@ async function connectionsPerSecond(ns: string, ip: string): Promise<number> {
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 
 async function main(): Promise<void> {
-  const cluster = await Cluster.create(2, { routerArgs: ['--heartbeat-interval', '500ms', '--gossip-interval', '1s', '--ipalloc-init', 'consensus=2'] });
+  const cluster = await Cluster.create(2, {
+    routerArgs: ['--heartbeat-interval', '500ms', '--gossip-interval', '1s', '--ipalloc-init', 'consensus=2'],
+  });
   let server: { stop: () => void } | null = null;
   try {
     const [a, b] = await cluster.launchAll();
@@ -61,10 +67,27 @@ async function main(): Promise<void> {
     const created = await a.weft(['service', 'create', 'bench', '--group', 'svc']);
     if (created.code !== 0) throw new Error(created.stderr);
     const vip = created.stdout.split(' ')[1];
-    await eventually('the VIP answers', async () => (await run('ip', ['netns', 'exec', client.ns, 'ping', '-c', '1', '-W', '1', vip])).code === 0, 20_000);
-    await eventually('the backend answers', async () => (await run('ip', ['netns', 'exec', client.ns, 'ping', '-c', '1', '-W', '1', backend.ip])).code === 0, 20_000);
+    await eventually(
+      'the VIP answers',
+      async () => (await run('ip', ['netns', 'exec', client.ns, 'ping', '-c', '1', '-W', '1', vip])).code === 0,
+      20_000,
+    );
+    await eventually(
+      'the backend answers',
+      async () => (await run('ip', ['netns', 'exec', client.ns, 'ping', '-c', '1', '-W', '1', backend.ip])).code === 0,
+      20_000,
+    );
 
-    const r = { connBare: [] as number[], connDirect: [] as number[], connVip: [] as number[], gbitBare: [] as number[], gbitDirect: [] as number[], gbitVip: [] as number[], rttDirect: [] as number[], rttVip: [] as number[] };
+    const r = {
+      connBare: [] as number[],
+      connDirect: [] as number[],
+      connVip: [] as number[],
+      gbitBare: [] as number[],
+      gbitDirect: [] as number[],
+      gbitVip: [] as number[],
+      rttDirect: [] as number[],
+      rttVip: [] as number[],
+    };
     const table = (await run('ip', ['netns', 'exec', client.ns, 'nft', 'list', 'table', 'ip', SERVICES_TABLE])).stdout;
     for (let i = 0; i < ROUNDS; i++) {
       // "bare": the client's namespace without the translation table, as when no service exists.
@@ -82,9 +105,15 @@ async function main(): Promise<void> {
     }
     const m = Object.fromEntries(Object.entries(r).map(([k, v]) => [k, median(v)])) as Record<keyof typeof r, number>;
     console.log(`services: client on host A, one backend on host B, ${ROUNDS} interleaved rounds (medians)`);
-    console.log(`  new connections/s  direct ${m.connDirect.toFixed(0)}  VIP ${m.connVip.toFixed(0)}  ratio ${(m.connVip / m.connDirect).toFixed(3)} (goal >= 0.9); no table ${m.connBare.toFixed(0)}, direct/no table ${(m.connDirect / m.connBare).toFixed(3)}`);
-    console.log(`  throughput Gbit/s  direct ${m.gbitDirect.toFixed(2)}  VIP ${m.gbitVip.toFixed(2)}  ratio ${(m.gbitVip / m.gbitDirect).toFixed(3)} (goal >= 0.9); no table ${m.gbitBare.toFixed(2)}, direct/no table ${(m.gbitDirect / m.gbitBare).toFixed(3)}`);
-    console.log(`  ping RTT µs        direct ${m.rttDirect.toFixed(0)}  VIP ${m.rttVip.toFixed(0)}  added ${(m.rttVip - m.rttDirect).toFixed(0)}`);
+    console.log(
+      `  new connections/s  direct ${m.connDirect.toFixed(0)}  VIP ${m.connVip.toFixed(0)}  ratio ${(m.connVip / m.connDirect).toFixed(3)} (goal >= 0.9); no table ${m.connBare.toFixed(0)}, direct/no table ${(m.connDirect / m.connBare).toFixed(3)}`,
+    );
+    console.log(
+      `  throughput Gbit/s  direct ${m.gbitDirect.toFixed(2)}  VIP ${m.gbitVip.toFixed(2)}  ratio ${(m.gbitVip / m.gbitDirect).toFixed(3)} (goal >= 0.9); no table ${m.gbitBare.toFixed(2)}, direct/no table ${(m.gbitDirect / m.gbitBare).toFixed(3)}`,
+    );
+    console.log(
+      `  ping RTT µs        direct ${m.rttDirect.toFixed(0)}  VIP ${m.rttVip.toFixed(0)}  added ${(m.rttVip - m.rttDirect).toFixed(0)}`,
+    );
     console.log(`  rounds: ${JSON.stringify(r)}`);
   } finally {
     server?.stop();

@@ -45,37 +45,57 @@ function slope(points: [number, number][]): number {
 }
 
 async function main(): Promise<void> {
-  const cluster = await Cluster.create(3, { routerArgs: ['--heartbeat-interval', '500ms', '--gossip-interval', '1s', '--ipalloc-init', 'consensus=3'] });
+  const cluster = await Cluster.create(3, {
+    routerArgs: ['--heartbeat-interval', '500ms', '--gossip-interval', '1s', '--ipalloc-init', 'consensus=3'],
+  });
   const resolvers: ChildProcess[] = [];
   try {
     const hosts = await cluster.launchAll();
     const rnd = seededRandom(1);
     const slots: { host: Host; ns: string; name: string; attached: boolean }[] = [];
-    for (const h of hosts) for (let i = 0; i < SLOTS; i++) slots.push({ host: h, ns: await cluster.container(`s${h.index}-${i}`), name: `s${h.index}-${i}.weft.local`, attached: false });
+    for (const h of hosts)
+      for (let i = 0; i < SLOTS; i++)
+        slots.push({
+          host: h,
+          ns: await cluster.container(`s${h.index}-${i}`),
+          name: `s${h.index}-${i}.weft.local`,
+          attached: false,
+        });
     // A DNS client on every host, in a container of its own.
     const clientResults: Promise<string>[] = [];
     for (const h of hosts) {
       const ns = await cluster.container(`dnsclient${h.index}`);
       const a = await h.weft(['attach', `netns:${ns}`]);
       if (a.code !== 0) throw new Error(`attach the DNS client on ${h.nickname}: ${a.stderr}`);
-      const child = spawn('ip', ['netns', 'exec', ns, process.execPath, '-e', RESOLVER, slots.map((s) => s.name).join(','), String(SECONDS)], { stdio: ['ignore', 'pipe', 'ignore'] });
+      const child = spawn(
+        'ip',
+        ['netns', 'exec', ns, process.execPath, '-e', RESOLVER, slots.map((s) => s.name).join(','), String(SECONDS)],
+        { stdio: ['ignore', 'pipe', 'ignore'] },
+      );
       resolvers.push(child);
-      clientResults.push(new Promise((res) => {
-        let text = '';
-        child.stdout!.on('data', (d: Buffer) => (text += d.toString()));
-        child.on('exit', () => res(text));
-      }));
+      clientResults.push(
+        new Promise((res) => {
+          let text = '';
+          child.stdout!.on('data', (d: Buffer) => (text += d.toString()));
+          child.on('exit', () => res(text));
+        }),
+      );
     }
     const pids = hosts.map((h) => h.routerPid()!);
     const samples: [number, number][][] = hosts.map(() => []);
     const t0 = Date.now();
     const ops = { attach: 0, detach: 0, failed: 0 };
-    const sampler = setInterval(() => hosts.forEach((_, i) => samples[i].push([(Date.now() - t0) / 3_600_000, rssMiB(pids[i])])), 5000);
+    const sampler = setInterval(
+      () => hosts.forEach((_, i) => samples[i].push([(Date.now() - t0) / 3_600_000, rssMiB(pids[i])])),
+      5000,
+    );
     hosts.forEach((_, i) => samples[i].push([0, rssMiB(pids[i])]));
     while (Date.now() - t0 < SECONDS * 1000) {
       const started = Date.now();
       const s = slots[Math.floor(rnd() * slots.length)];
-      const r = s.attached ? await s.host.weft(['detach', `netns:${s.ns}`]) : await s.host.weft(['attach', '--hostname', s.name, `netns:${s.ns}`]);
+      const r = s.attached
+        ? await s.host.weft(['detach', `netns:${s.ns}`])
+        : await s.host.weft(['attach', '--hostname', s.name, `netns:${s.ns}`]);
       if (r.code === 0) {
         s.attached = !s.attached;
         ops[s.attached ? 'attach' : 'detach']++;
@@ -86,29 +106,61 @@ async function main(): Promise<void> {
       await new Promise((res) => setTimeout(res, Math.max(0, 1000 / OPS_PER_SECOND - (Date.now() - started))));
     }
     clearInterval(sampler);
-    const dns = (await Promise.all(clientResults)).map((t) => (t ? (JSON.parse(t) as { answered: number; nxdomain: number; errors: number }) : null));
+    const dns = (await Promise.all(clientResults)).map((t) =>
+      t ? (JSON.parse(t) as { answered: number; nxdomain: number; errors: number }) : null,
+    );
 
     // What the load left: every host lists exactly the slots it has attached, and all DNS tables agree.
     const psOk: boolean[] = [];
     for (const h of hosts) {
-      const listed = (await h.weft(['ps'])).stdout.split('\n').filter((l) => l.startsWith('netns:') && !l.includes('dnsclient')).map((l) => l.split(' ')[0].slice('netns:'.length)).sort();
-      const want = slots.filter((s) => s.host === h && s.attached).map((s) => s.ns).sort();
+      const listed = (await h.weft(['ps'])).stdout
+        .split('\n')
+        .filter((l) => l.startsWith('netns:') && !l.includes('dnsclient'))
+        .map((l) => l.split(' ')[0].slice('netns:'.length))
+        .sort();
+      const want = slots
+        .filter((s) => s.host === h && s.attached)
+        .map((s) => s.ns)
+        .sort();
       psOk.push(JSON.stringify(listed) === JSON.stringify(want));
     }
-    const dnsTables = () => Promise.all(hosts.map(async (h) => JSON.stringify((await h.report<{ dns: { entries: { hostname: string; ip: string }[] } }>()).dns.entries.map((e) => `${e.hostname} ${e.ip}`).sort())));
+    const dnsTables = () =>
+      Promise.all(
+        hosts.map(async (h) =>
+          JSON.stringify(
+            (await h.report<{ dns: { entries: { hostname: string; ip: string }[] } }>()).dns.entries
+              .map((e) => `${e.hostname} ${e.ip}`)
+              .sort(),
+          ),
+        ),
+      );
     let tables = await dnsTables();
-    await eventually('the DNS tables agree', async () => (tables = await dnsTables()).every((t) => t === tables[0]), 10_000).catch(() => undefined);
+    await eventually(
+      'the DNS tables agree',
+      async () => (tables = await dnsTables()).every((t) => t === tables[0]),
+      10_000,
+    ).catch(() => undefined);
 
-    console.log(`soak: 3 hosts, ${SECONDS} s, ${OPS_PER_SECOND} attach/detach a second over ${slots.length} containers, a DNS client per host`);
+    console.log(
+      `soak: 3 hosts, ${SECONDS} s, ${OPS_PER_SECOND} attach/detach a second over ${slots.length} containers, a DNS client per host`,
+    );
     console.log(`  operations: ${ops.attach} attaches, ${ops.detach} detaches, ${ops.failed} failed`);
-    dns.forEach((d, i) => console.log(`  DNS client on host${i + 1}: ${d ? `${d.answered} answered, ${d.nxdomain} NXDOMAIN (detached at the time), ${d.errors} errors or time-outs (${(d.answered / SECONDS).toFixed(0)}/s)` : 'no result'}`));
+    dns.forEach((d, i) =>
+      console.log(
+        `  DNS client on host${i + 1}: ${d ? `${d.answered} answered, ${d.nxdomain} NXDOMAIN (detached at the time), ${d.errors} errors or time-outs (${(d.answered / SECONDS).toFixed(0)}/s)` : 'no result'}`,
+      ),
+    );
     hosts.forEach((h, i) => {
       const after = samples[i].filter(([t]) => t * 3600 >= SECONDS / 4);
       const first = after[0]?.[1] ?? NaN;
       const last = samples[i][samples[i].length - 1][1];
-      console.log(`  ${h.nickname} router RSS: ${samples[i][0][1].toFixed(1)} MiB at start, ${first.toFixed(1)} after warm-up, ${last.toFixed(1)} at the end; growth after warm-up ${slope(after).toFixed(1)} MiB/hour (${after.length} samples)`);
+      console.log(
+        `  ${h.nickname} router RSS: ${samples[i][0][1].toFixed(1)} MiB at start, ${first.toFixed(1)} after warm-up, ${last.toFixed(1)} at the end; growth after warm-up ${slope(after).toFixed(1)} MiB/hour (${after.length} samples)`,
+      );
     });
-    console.log(`  end state: containers listed as attached ${psOk.every(Boolean) ? 'match' : 'DO NOT match'} on every host; DNS tables ${tables.every((t) => t === tables[0]) ? 'agree' : 'DIFFER'}`);
+    console.log(
+      `  end state: containers listed as attached ${psOk.every(Boolean) ? 'match' : 'DO NOT match'} on every host; DNS tables ${tables.every((t) => t === tables[0]) ? 'agree' : 'DIFFER'}`,
+    );
     if (!psOk.every(Boolean) || !tables.every((t) => t === tables[0]) || ops.failed > 0) process.exitCode = 1;
   } finally {
     for (const r of resolvers) r.kill('SIGKILL');

@@ -71,7 +71,13 @@ export async function request(t: Target, method: string, path: string, body?: un
   const addr = apiAddress(t);
   let res: { status: number; text: string };
   try {
-    res = await callRouter(addr, method, path, body, method === 'GET' && !path.startsWith('/ring') ? 30_000 : REQUEST_TIMEOUT_MS);
+    res = await callRouter(
+      addr,
+      method,
+      path,
+      body,
+      method === 'GET' && !path.startsWith('/ring') ? 30_000 : REQUEST_TIMEOUT_MS,
+    );
   } catch (err) {
     if (err instanceof RouterUnreachable) throw new CliError(`${err.message}; is it running? (weft launch starts it)`);
     throw err;

@@ -22,7 +22,13 @@ function endpoint(addr: string): { socketPath: string } | { host: string; port: 
 }
 
 /** Sends a request (a JSON body when given); resolves with whatever status the router answered. */
-export function callRouter(addr: string, method: string, path: string, body: unknown, timeoutMs: number): Promise<{ status: number; text: string }> {
+export function callRouter(
+  addr: string,
+  method: string,
+  path: string,
+  body: unknown,
+  timeoutMs: number,
+): Promise<{ status: number; text: string }> {
   const payload = body === undefined ? undefined : Buffer.from(JSON.stringify(body));
   const to = endpoint(addr);
   return new Promise((resolve, reject) => {
@@ -32,7 +38,10 @@ export function callRouter(addr: string, method: string, path: string, body: unk
         method,
         path,
         // The API checks Host against its own address; over a socket any name does.
-        headers: { host: 'socketPath' in to ? 'localhost' : addr, ...(payload ? { 'content-type': 'application/json', 'content-length': payload.length } : {}) },
+        headers: {
+          host: 'socketPath' in to ? 'localhost' : addr,
+          ...(payload ? { 'content-type': 'application/json', 'content-length': payload.length } : {}),
+        },
         timeout: timeoutMs,
       },
       (res) => {

@@ -48,7 +48,10 @@ export async function launch(cmd: Command, peers: string[]): Promise<void> {
   const v = cmd.opts();
   const opts = toRouterOptions(v, peers); // validates (and reads the password file) before anything starts
   const running = readRouterInfo(opts.dataDir);
-  if (running) throw new CliError(`a weft router is already running (pid ${running.pid}${running.container ? `, container ${running.container}` : ''}, data dir ${opts.dataDir}); stop it with: weft stop`);
+  if (running)
+    throw new CliError(
+      `a weft router is already running (pid ${running.pid}${running.container ? `, container ${running.container}` : ''}, data dir ${opts.dataDir}); stop it with: weft stop`,
+    );
   mkdirSync(opts.dataDir, { recursive: true, mode: 0o700 });
   if (v.docker !== false) {
     const api = await dockerEngine();
@@ -69,7 +72,10 @@ export async function launch(cmd: Command, peers: string[]): Promise<void> {
   child.on('exit', (code) => (exited = code ?? 1));
   await waitReady(opts.dataDir, v.wait as number, {
     isMine: (info) => info.pid === child.pid,
-    failed: async () => (exited === null ? null : `the weft router exited during start-up (code ${exited}). Last lines of ${logPath}:\n${tail(logPath, 10)}`),
+    failed: async () =>
+      exited === null
+        ? null
+        : `the weft router exited during start-up (code ${exited}). Last lines of ${logPath}:\n${tail(logPath, 10)}`,
     giveUp: async () => {
       child.kill('SIGTERM');
       return `see ${logPath}`;
@@ -87,7 +93,9 @@ async function launchContainer(cmd: Command, api: DockerApi, opts: RouterOptions
   const args = routerArgs(cmd, ['dataDir', 'dockerApi', 'passwordFile']);
   const passwordFile = cmd.getOptionValueSource('passwordFile') !== undefined ? (v.passwordFile as string) : undefined;
   const id = await startRouterContainer(api, containerSpec(api, opts, args, passwordFile));
-  process.stderr.write(`started container ${ROUTER_CONTAINER} (${id.slice(0, 12)}) from ${ROUTER_IMAGE}; waiting for the router to answer...\n`);
+  process.stderr.write(
+    `started container ${ROUTER_CONTAINER} (${id.slice(0, 12)}) from ${ROUTER_IMAGE}; waiting for the router to answer...\n`,
+  );
   await waitReady(opts.dataDir, v.wait as number, {
     isMine: (info) => info.container === ROUTER_CONTAINER,
     failed: async () => {
@@ -104,7 +112,9 @@ async function launchContainer(cmd: Command, api: DockerApi, opts: RouterOptions
     },
   });
   const info = readRouterInfo(opts.dataDir)!;
-  console.log(`weft router started: ${info.name}(${info.nickname}), container ${ROUTER_CONTAINER} (pid ${info.pid}), API on ${info.httpAddr}`);
+  console.log(
+    `weft router started: ${info.name}(${info.nickname}), container ${ROUTER_CONTAINER} (pid ${info.pid}), API on ${info.httpAddr}`,
+  );
   console.log(`log: docker logs ${ROUTER_CONTAINER}`);
 }
 
@@ -129,7 +139,8 @@ async function waitReady(
         /* not answering yet */
       }
     }
-    if (Date.now() > deadline) throw new CliError(`the weft router did not become ready within ${seconds}s; ${await how.giveUp()}`);
+    if (Date.now() > deadline)
+      throw new CliError(`the weft router did not become ready within ${seconds}s; ${await how.giveUp()}`);
     if (!announced && Date.now() > started + 3000) {
       process.stderr.write('waiting for the weft router to answer...\n');
       announced = true;

@@ -2,7 +2,13 @@
 // engine answers, and how `weft stop` / `weft reset` remove it.
 import { existsSync } from 'node:fs';
 import { dirname } from 'node:path';
-import { DockerApi, DockerError, defaultDockerApi, dockerSocketPath, type ContainerInfo } from '../plugin/docker-api.js';
+import {
+  DockerApi,
+  DockerError,
+  defaultDockerApi,
+  dockerSocketPath,
+  type ContainerInfo,
+} from '../plugin/docker-api.js';
 import { ROUTER_IMAGE } from '../plugin/image.js';
 import { VERSION } from '../lib/version.js';
 import type { RouterOptions } from '../router/options.js';
@@ -34,13 +40,19 @@ export async function routerContainer(): Promise<{ api: DockerApi; container: Co
  * containers' namespaces), the capabilities that needs and no more (never --privileged), writable
  * /proc/sys for the sysctls it sets, the engine's socket, the data directory, the plugin directory.
  */
-export function containerSpec(api: DockerApi, opts: RouterOptions, args: string[], passwordFile: string | undefined): Record<string, unknown> {
+export function containerSpec(
+  api: DockerApi,
+  opts: RouterOptions,
+  args: string[],
+  passwordFile: string | undefined,
+): Record<string, unknown> {
   const sock = dockerSocketPath(api.address);
   const binds = [`${opts.dataDir}:${opts.dataDir}`, '/run/netns:/run/netns:rslave'];
   if (sock) binds.push(`${sock}:/var/run/docker.sock`);
   if (opts.dockerPlugin) binds.push(`${dirname(opts.dockerPlugin)}:${dirname(opts.dockerPlugin)}`);
   // The OVS datapath talks to ovsdb-server and ovs-vswitchd through sockets in OVS's run directory.
-  if (opts.datapath === 'ovs' && opts.ovsdb.startsWith('unix:')) binds.push(`${dirname(opts.ovsdb.slice(5))}:${dirname(opts.ovsdb.slice(5))}`);
+  if (opts.datapath === 'ovs' && opts.ovsdb.startsWith('unix:'))
+    binds.push(`${dirname(opts.ovsdb.slice(5))}:${dirname(opts.ovsdb.slice(5))}`);
   const env = [`WEFT_CONTAINER=${ROUTER_CONTAINER}`];
   const cmd = [...args, '--data-dir', opts.dataDir, '--docker-api', sock ? 'unix:///var/run/docker.sock' : api.address];
   if (passwordFile) {
@@ -65,7 +77,9 @@ export function containerSpec(api: DockerApi, opts: RouterOptions, args: string[
       MaskedPaths: [],
       ReadonlyPaths: [],
       Binds: binds,
-      Devices: existsSync('/dev/net/tun') ? [{ PathOnHost: '/dev/net/tun', PathInContainer: '/dev/net/tun', CgroupPermissions: 'rwm' }] : [],
+      Devices: existsSync('/dev/net/tun')
+        ? [{ PathOnHost: '/dev/net/tun', PathInContainer: '/dev/net/tun', CgroupPermissions: 'rwm' }]
+        : [],
       RestartPolicy: { Name: 'unless-stopped' },
     },
   };
@@ -74,10 +88,13 @@ export function containerSpec(api: DockerApi, opts: RouterOptions, args: string[
 /** Creates and starts the router container (a stopped one of the same name is replaced). */
 export async function startRouterContainer(api: DockerApi, spec: Record<string, unknown>): Promise<string> {
   const old = await api.find(ROUTER_CONTAINER);
-  if (old?.State.Running) throw new CliError(`a weft router container is already running (${ROUTER_CONTAINER}); stop it with: weft stop`);
+  if (old?.State.Running)
+    throw new CliError(`a weft router container is already running (${ROUTER_CONTAINER}); stop it with: weft stop`);
   if (old) await api.remove(old.Id);
   if (!(await api.imageExists(ROUTER_IMAGE))) {
-    throw new CliError(`the image ${ROUTER_IMAGE} is not in the Docker engine at ${api.address}: build it with "npm run image" (or run the router as a process: weft launch --no-docker)`);
+    throw new CliError(
+      `the image ${ROUTER_IMAGE} is not in the Docker engine at ${api.address}: build it with "npm run image" (or run the router as a process: weft launch --no-docker)`,
+    );
   }
   const id = await api.create(ROUTER_CONTAINER, spec);
   try {

@@ -60,12 +60,19 @@ function readConf(): NetConf {
   }
 }
 
-async function call(conf: NetConf, method: string, path: string, body?: unknown, timeoutMs = 5 * 60_000): Promise<{ status: number; json: Record<string, unknown> }> {
+async function call(
+  conf: NetConf,
+  method: string,
+  path: string,
+  body?: unknown,
+  timeoutMs = 5 * 60_000,
+): Promise<{ status: number; json: Record<string, unknown> }> {
   let res: { status: number; text: string };
   try {
     res = await callRouter(conf.routerAddr ?? DEFAULT_ROUTER, method, path, body, timeoutMs);
   } catch (err) {
-    if (err instanceof RouterUnreachable) throw new CniError(11, `the weft router at ${err.addr} does not answer; is it running?`, err.reason);
+    if (err instanceof RouterUnreachable)
+      throw new CniError(11, `the weft router at ${err.addr} does not answer; is it running?`, err.reason);
     throw err;
   }
   let json: Record<string, unknown> = {};
@@ -81,7 +88,9 @@ async function call(conf: NetConf, method: string, path: string, body?: unknown,
 function containerOf(): string {
   const id = env('CNI_CONTAINERID', true);
   // Container ids are hex in practice; anything else is hashed into a safe name.
-  return /^[A-Za-z0-9_.-]{1,128}$/.test(id) ? `cni:${id}` : `cni:${createHash('sha256').update(id).digest('hex').slice(0, 32)}`;
+  return /^[A-Za-z0-9_.-]{1,128}$/.test(id)
+    ? `cni:${id}`
+    : `cni:${createHash('sha256').update(id).digest('hex').slice(0, 32)}`;
 }
 
 function cniArg(name: string): string | null {
@@ -98,8 +107,15 @@ function podName(): string | null {
 
 /** The config's groups and those of WEFT_GROUP in CNI_ARGS; the router checks the names. */
 function groupsOf(conf: NetConf): string[] | undefined {
-  if (conf.groups !== undefined && (!Array.isArray(conf.groups) || !conf.groups.every((g) => typeof g === 'string'))) throw new CniError(6, 'groups must be a list of group names');
-  const all = [...(conf.groups ?? []), ...(cniArg('WEFT_GROUP') ?? '').split(',').map((g) => g.trim()).filter(Boolean)];
+  if (conf.groups !== undefined && (!Array.isArray(conf.groups) || !conf.groups.every((g) => typeof g === 'string')))
+    throw new CniError(6, 'groups must be a list of group names');
+  const all = [
+    ...(conf.groups ?? []),
+    ...(cniArg('WEFT_GROUP') ?? '')
+      .split(',')
+      .map((g) => g.trim())
+      .filter(Boolean),
+  ];
   return all.length > 0 ? [...new Set(all)] : undefined;
 }
 
@@ -121,8 +137,17 @@ async function add(conf: NetConf): Promise<unknown> {
   const pod = podName();
   const domain = (conf.dnsDomain ?? '').replace(/\.$/, '');
   const hostname = pod && domain ? `${pod}.${domain}` : undefined;
-  const r = await call(conf, 'POST', '/attach', { container, cidrs: [], subnet: conf.subnet, netns, ifname, hostname, groups: groupsOf(conf) });
-  if (r.status >= 400) throw new CniError(r.status === 503 ? 11 : 999, `weft could not attach ${container}: ${String(r.json.error)}`);
+  const r = await call(conf, 'POST', '/attach', {
+    container,
+    cidrs: [],
+    subnet: conf.subnet,
+    netns,
+    ifname,
+    hostname,
+    groups: groupsOf(conf),
+  });
+  if (r.status >= 400)
+    throw new CniError(r.status === 503 ? 11 : 999, `weft could not attach ${container}: ${String(r.json.error)}`);
   const cidrs = r.json.cidrs as string[];
   const mac = String(r.json.mac ?? '') || macOf(netns, ifname);
   const status = await call(conf, 'GET', '/report', undefined, 10_000);
@@ -132,7 +157,9 @@ async function add(conf: NetConf): Promise<unknown> {
     interfaces: [{ name: ifname, mac, sandbox: netns }],
     ips: cidrs.map((address) => ({ address, interface: 0 })),
     routes: [],
-    dns: dns.address ? { nameservers: [dns.address.replace(/:53$/, '')], search: [String(dns.domain ?? '').replace(/\.$/, '')] } : {},
+    dns: dns.address
+      ? { nameservers: [dns.address.replace(/:53$/, '')], search: [String(dns.domain ?? '').replace(/\.$/, '')] }
+      : {},
   };
 }
 
@@ -163,16 +190,21 @@ async function check(conf: NetConf): Promise<void> {
   const ifname = env('CNI_IFNAME', true);
   const container = containerOf();
   const r = await call(conf, 'GET', '/report', undefined, 10_000);
-  const local = ((r.json.datapath as { localEndpoints?: { container: string; cidrs: string[] }[] } | null)?.localEndpoints ?? []).find((e) => e.container === container);
+  const local = (
+    (r.json.datapath as { localEndpoints?: { container: string; cidrs: string[] }[] } | null)?.localEndpoints ?? []
+  ).find((e) => e.container === container);
   if (!local) throw new CniError(999, `weft has no attachment for ${container}`);
   let addrs: string[];
   try {
-    const out = JSON.parse(ipIn(netns, ['-json', 'addr', 'show', 'dev', ifname])) as { addr_info?: { local: string; prefixlen: number }[] }[];
+    const out = JSON.parse(ipIn(netns, ['-json', 'addr', 'show', 'dev', ifname])) as {
+      addr_info?: { local: string; prefixlen: number }[];
+    }[];
     addrs = (out[0]?.addr_info ?? []).map((a) => `${a.local}/${a.prefixlen}`);
   } catch {
     throw new CniError(999, `interface ${ifname} is missing in ${netns}`);
   }
-  for (const c of local.cidrs) if (!addrs.includes(c)) throw new CniError(999, `${ifname} in ${netns} lacks its address ${c}`);
+  for (const c of local.cidrs)
+    if (!addrs.includes(c)) throw new CniError(999, `${ifname} in ${netns} lacks its address ${c}`);
 }
 
 async function main(): Promise<void> {
@@ -182,11 +214,14 @@ async function main(): Promise<void> {
     return;
   }
   if (command === '' && process.stdin.isTTY) {
-    process.stderr.write('weft-cni: a CNI plugin, run by a container runtime (CNI_COMMAND=ADD|DEL|CHECK|VERSION, config on stdin).\nSee examples/cni/ in the weft repository.\n');
+    process.stderr.write(
+      'weft-cni: a CNI plugin, run by a container runtime (CNI_COMMAND=ADD|DEL|CHECK|VERSION, config on stdin).\nSee examples/cni/ in the weft repository.\n',
+    );
     process.exit(1);
   }
   const conf = readConf();
-  if (conf.cniVersion && !SUPPORTED.includes(conf.cniVersion)) throw new CniError(1, `CNI version ${conf.cniVersion} is not supported`, `supported: ${SUPPORTED.join(', ')}`);
+  if (conf.cniVersion && !SUPPORTED.includes(conf.cniVersion))
+    throw new CniError(1, `CNI version ${conf.cniVersion} is not supported`, `supported: ${SUPPORTED.join(', ')}`);
   switch (command) {
     case 'ADD':
       process.stdout.write(JSON.stringify(await add(conf)) + '\n');
@@ -204,6 +239,8 @@ async function main(): Promise<void> {
 
 main().catch((err: Error) => {
   const e = err instanceof CniError ? err : new CniError(999, err.message);
-  process.stdout.write(JSON.stringify({ cniVersion: '1.0.0', code: e.code, msg: e.message, details: e.details }) + '\n');
+  process.stdout.write(
+    JSON.stringify({ cniVersion: '1.0.0', code: e.code, msg: e.message, details: e.details }) + '\n',
+  );
   process.exit(1);
 });

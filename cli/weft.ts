@@ -5,7 +5,16 @@
 import { VERSION } from '../lib/version.js';
 import { Command, Option } from 'commander';
 import { addRouterOptions, DEFAULT_DATA_DIR } from '../router/options.js';
-import { renderConnections, renderDns, renderIpam, renderPeers, renderPolicyStatus, renderPs, renderStatus, renderTargets } from '../router/render.js';
+import {
+  renderConnections,
+  renderDns,
+  renderIpam,
+  renderPeers,
+  renderPolicyStatus,
+  renderPs,
+  renderStatus,
+  renderTargets,
+} from '../router/render.js';
 import type { Report } from '../router/contract.js';
 import { rmSync } from 'node:fs';
 import { join } from 'node:path';
@@ -14,12 +23,33 @@ import type { PolicyStatus } from '../router/contract.js';
 import type { ServiceDetail } from '../router/contract.js';
 
 /** Everything a router keeps in its data dir (weft reset removes it all, and the log). */
-const STATE_FILES = ['ipam', 'identity.json', 'router.json', 'names.json', 'endpoints.json', 'exposed.json', 'docker-attached.json', 'docker-pools.json', 'policy.json', 'services.json', 'peer-keys.json', 'weft.log'];
+const STATE_FILES = [
+  'ipam',
+  'identity.json',
+  'router.json',
+  'names.json',
+  'endpoints.json',
+  'exposed.json',
+  'docker-attached.json',
+  'docker-pools.json',
+  'policy.json',
+  'services.json',
+  'peer-keys.json',
+  'weft.log',
+];
 
 function withRouterLocation(cmd: Command): Command {
   return cmd
-    .addOption(new Option('--data-dir <dir>', 'data directory of the router to talk to').env('WEFT_DATA_DIR').default(DEFAULT_DATA_DIR))
-    .addOption(new Option('--http-addr <ip:port|unix:path>', 'talk to the router API at this address instead').env('WEFT_HTTP_ADDR'));
+    .addOption(
+      new Option('--data-dir <dir>', 'data directory of the router to talk to')
+        .env('WEFT_DATA_DIR')
+        .default(DEFAULT_DATA_DIR),
+    )
+    .addOption(
+      new Option('--http-addr <ip:port|unix:path>', 'talk to the router API at this address instead').env(
+        'WEFT_HTTP_ADDR',
+      ),
+    );
 }
 
 function target(cmd: Command): Target {
@@ -40,10 +70,17 @@ const program = new Command('weft')
 addRouterOptions(
   program
     .command('launch')
-    .description('start the weft router (a Docker container when an engine answers, else a background process) and wait until it answers')
+    .description(
+      'start the weft router (a Docker container when an engine answers, else a background process) and wait until it answers',
+    )
     .argument('[peers...]', 'peers to connect to, host[:port]')
-    .option('--no-docker', 'run the router as a plain process even when a Docker engine answers (at DOCKER_HOST or /var/run/docker.sock)')
-    .addOption(new Option('--wait <seconds>', 'how long to wait for the router to answer').default(30).argParser(Number)),
+    .option(
+      '--no-docker',
+      'run the router as a plain process even when a Docker engine answers (at DOCKER_HOST or /var/run/docker.sock)',
+    )
+    .addOption(
+      new Option('--wait <seconds>', 'how long to wait for the router to answer').default(30).argParser(Number),
+    ),
 ).action(async (peers: string[], _o, cmd: Command) => (await import('./launch.js')).launch(cmd, peers));
 
 withRouterLocation(
@@ -57,7 +94,10 @@ withRouterLocation(
 });
 
 withRouterLocation(
-  program.command('forget').description('stop reconnecting to peers (existing connections stay up)').argument('<peers...>', 'host[:port] of peers'),
+  program
+    .command('forget')
+    .description('stop reconnecting to peers (existing connections stay up)')
+    .argument('<peers...>', 'host[:port] of peers'),
 ).action(async (peers: string[], _o, cmd: Command) => {
   await request(target(cmd), 'POST', '/forget', { peers });
 });
@@ -68,9 +108,10 @@ withRouterLocation(
     .command('status')
     .description('show the router status: a summary, or one view')
     .argument('[view]', `one of: ${VIEWS.join(', ')}`)
-    .option('--json', 'as JSON: the view\'s part of the report (the whole report without a view)'),
+    .option('--json', "as JSON: the view's part of the report (the whole report without a view)"),
 ).action(async (view: string | undefined, o: { json?: boolean }, cmd: Command) => {
-  if (view !== undefined && !VIEWS.includes(view)) throw new CliError(`unknown status view "${view}"; views: ${VIEWS.join(', ')}`, 2);
+  if (view !== undefined && !VIEWS.includes(view))
+    throw new CliError(`unknown status view "${view}"; views: ${VIEWS.join(', ')}`, 2);
   if (view === 'policy') {
     const st = JSON.parse((await request(target(cmd), 'GET', '/policy/status')).body) as PolicyStatus;
     if (o.json) console.log(JSON.stringify(st, null, 2));
@@ -83,12 +124,15 @@ withRouterLocation(
     console.log(JSON.stringify(part, null, 2));
     return;
   }
-  const render = { peers: renderPeers, connections: renderConnections, targets: renderTargets, ipam: renderIpam, dns: renderDns }[view ?? ''] ?? renderStatus;
+  const render =
+    { peers: renderPeers, connections: renderConnections, targets: renderTargets, ipam: renderIpam, dns: renderDns }[
+      view ?? ''
+    ] ?? renderStatus;
   process.stdout.write(render(report));
 });
 
 withRouterLocation(
-  program.command('report').description('the router\'s whole state').option('--json', 'as JSON (for scripts)'),
+  program.command('report').description("the router's whole state").option('--json', 'as JSON (for scripts)'),
 ).action(async (o: { json?: boolean }, cmd: Command) => {
   const report = await getReport(cmd);
   if (o.json) {
@@ -108,43 +152,60 @@ const secs = (v: string) => {
   if (!Number.isFinite(n) || n < 0) throw new CliError(`invalid --timeout "${v}": seconds`, 2);
   return n;
 };
-const timeoutOption = () => new Option('--timeout <seconds>', 'give up after this long (default: the router\'s --ipalloc-timeout)').argParser(secs);
-
-withRouterLocation(program.command('prime').description('start the IPAM ring now (consensus) and wait until it is ready, printing progress').addOption(timeoutOption())).action(
-  async (o: { timeout?: number }, cmd: Command) => {
-    const t = target(cmd);
-    const q = o.timeout === undefined ? '' : `?timeout=${o.timeout}`;
-    const ready = request(t, 'GET', `/ring${q}`);
-    let done = false;
-    const progress = (async () => {
-      let last = '';
-      while (!done) {
-        await new Promise((r) => setTimeout(r, 1000));
-        if (done) return;
-        const r = await getReport(cmd).catch(() => null);
-        if (r && r.ipam.state !== last && r.ipam.state !== 'ready') process.stderr.write(`${r.ipam.state}\n`);
-        last = r?.ipam.state ?? last;
-      }
-    })();
-    try {
-      const r = JSON.parse((await ready).body) as { seeds: string[] };
-      console.log(`IPAM ready: ring started by ${r.seeds.join(', ')}`);
-    } finally {
-      done = true;
-      await progress;
-    }
-  },
-);
+const timeoutOption = () =>
+  new Option('--timeout <seconds>', "give up after this long (default: the router's --ipalloc-timeout)").argParser(
+    secs,
+  );
 
 withRouterLocation(
-  program.command('rmpeer').description('remove peers that are gone for good: take over their address ranges, and drop their names, endpoints and pinned keys everywhere at once').argument('<peers...>', 'peer names or nicknames'),
+  program
+    .command('prime')
+    .description('start the IPAM ring now (consensus) and wait until it is ready, printing progress')
+    .addOption(timeoutOption()),
+).action(async (o: { timeout?: number }, cmd: Command) => {
+  const t = target(cmd);
+  const q = o.timeout === undefined ? '' : `?timeout=${o.timeout}`;
+  const ready = request(t, 'GET', `/ring${q}`);
+  let done = false;
+  const progress = (async () => {
+    let last = '';
+    while (!done) {
+      await new Promise((r) => setTimeout(r, 1000));
+      if (done) return;
+      const r = await getReport(cmd).catch(() => null);
+      if (r && r.ipam.state !== last && r.ipam.state !== 'ready') process.stderr.write(`${r.ipam.state}\n`);
+      last = r?.ipam.state ?? last;
+    }
+  })();
+  try {
+    const r = JSON.parse((await ready).body) as { seeds: string[] };
+    console.log(`IPAM ready: ring started by ${r.seeds.join(', ')}`);
+  } finally {
+    done = true;
+    await progress;
+  }
+});
+
+withRouterLocation(
+  program
+    .command('rmpeer')
+    .description(
+      'remove peers that are gone for good: take over their address ranges, and drop their names, endpoints and pinned keys everywhere at once',
+    )
+    .argument('<peers...>', 'peer names or nicknames'),
 ).action(async (peers: string[], _o, cmd: Command) => {
-  for (const p of peers) process.stdout.write((await request(target(cmd), 'DELETE', `/peer/${encodeURIComponent(p)}`)).body);
+  for (const p of peers)
+    process.stdout.write((await request(target(cmd), 'DELETE', `/peer/${encodeURIComponent(p)}`)).body);
 });
 
 const ipam = program.command('ipam').description('allocate and free addresses directly (for scripts)');
 withRouterLocation(
-  ipam.command('alloc').description('allocate an address for a container').argument('<container>', 'container id').option('--subnet <cidr>', 'from this subnet').addOption(timeoutOption()),
+  ipam
+    .command('alloc')
+    .description('allocate an address for a container')
+    .argument('<container>', 'container id')
+    .option('--subnet <cidr>', 'from this subnet')
+    .addOption(timeoutOption()),
 ).action(async (id: string, o: { subnet?: string; timeout?: number }, cmd: Command) => {
   const q = new URLSearchParams();
   if (o.subnet) q.set('subnet', o.subnet);
@@ -152,36 +213,73 @@ withRouterLocation(
   console.log((await request(target(cmd), 'POST', `/ip/${encodeURIComponent(id)}?${q}`)).body);
 });
 withRouterLocation(
-  ipam.command('claim').description('claim a given address for a container').argument('<container>', 'container id').argument('<ip>', 'address, optionally ip/prefix').addOption(timeoutOption()),
+  ipam
+    .command('claim')
+    .description('claim a given address for a container')
+    .argument('<container>', 'container id')
+    .argument('<ip>', 'address, optionally ip/prefix')
+    .addOption(timeoutOption()),
 ).action(async (id: string, ip: string, o: { timeout?: number }, cmd: Command) => {
   const q = o.timeout === undefined ? '' : `?timeout=${o.timeout}`;
-  console.log((await request(target(cmd), 'PUT', `/ip/${encodeURIComponent(id)}/${ip.split('/').map(encodeURIComponent).join('/')}${q}`)).body);
+  console.log(
+    (
+      await request(
+        target(cmd),
+        'PUT',
+        `/ip/${encodeURIComponent(id)}/${ip.split('/').map(encodeURIComponent).join('/')}${q}`,
+      )
+    ).body,
+  );
 });
-withRouterLocation(ipam.command('free').description('free a container\'s addresses (or one)').argument('<container>', 'container id').argument('[ip]', 'just this address')).action(
-  async (id: string, ip: string | undefined, _o, cmd: Command) => {
-    const r = JSON.parse((await request(target(cmd), 'DELETE', `/ip/${encodeURIComponent(id)}${ip ? `/${encodeURIComponent(ip)}` : ''}`)).body) as { freed: string[] };
-    console.log(r.freed.join(' '));
-  },
-);
-withRouterLocation(ipam.command('lookup').description('the addresses of a container').argument('<container>', 'container id')).action(
-  async (id: string, _o, cmd: Command) => {
-    console.log((await request(target(cmd), 'GET', `/ip/${encodeURIComponent(id)}`)).body);
-  },
-);
+withRouterLocation(
+  ipam
+    .command('free')
+    .description("free a container's addresses (or one)")
+    .argument('<container>', 'container id')
+    .argument('[ip]', 'just this address'),
+).action(async (id: string, ip: string | undefined, _o, cmd: Command) => {
+  const r = JSON.parse(
+    (await request(target(cmd), 'DELETE', `/ip/${encodeURIComponent(id)}${ip ? `/${encodeURIComponent(ip)}` : ''}`))
+      .body,
+  ) as { freed: string[] };
+  console.log(r.freed.join(' '));
+});
+withRouterLocation(
+  ipam.command('lookup').description('the addresses of a container').argument('<container>', 'container id'),
+).action(async (id: string, _o, cmd: Command) => {
+  console.log((await request(target(cmd), 'GET', `/ip/${encodeURIComponent(id)}`)).body);
+});
 
 // ---- containers
 withRouterLocation(
   program
     .command('attach')
     .description('attach a container to the overlay: an ethwe interface with addresses from IPAM (or the ones given)')
-    .argument('<args...>', '[ip/prefix ...] CONTAINER: a Docker container\'s name or id, netns:NAME or pid:N')
+    .argument('<args...>', "[ip/prefix ...] CONTAINER: a Docker container's name or id, netns:NAME or pid:N")
     .option('--subnet <cidr>', 'allocate from this subnet of the range')
-    .option('-h, --hostname <fqdn>', 'register this name in weft\'s DNS (e.g. web.weft.local)')
-    .option('--group <name>', 'put the container in this security group (repeatable; Docker containers default to their weft.group label)', (v: string, prev: string[] | undefined) => [...(prev ?? []), v]),
+    .option('-h, --hostname <fqdn>', "register this name in weft's DNS (e.g. web.weft.local)")
+    .option(
+      '--group <name>',
+      'put the container in this security group (repeatable; Docker containers default to their weft.group label)',
+      (v: string, prev: string[] | undefined) => [...(prev ?? []), v],
+    ),
 ).action(async (args: string[], o: { subnet?: string; hostname?: string; group?: string[] }, cmd: Command) => {
   const container = args[args.length - 1];
   const cidrs = args.slice(0, -1);
-  const ep = JSON.parse((await whileWaiting(cmd, request(target(cmd), 'POST', '/attach', { container, cidrs, subnet: o.subnet, hostname: o.hostname, groups: o.group }))).body) as { cidrs: string[]; warning?: string };
+  const ep = JSON.parse(
+    (
+      await whileWaiting(
+        cmd,
+        request(target(cmd), 'POST', '/attach', {
+          container,
+          cidrs,
+          subnet: o.subnet,
+          hostname: o.hostname,
+          groups: o.group,
+        }),
+      )
+    ).body,
+  ) as { cidrs: string[]; warning?: string };
   if (ep.warning) console.error(`weft: warning: ${ep.warning}`);
   console.log(ep.cidrs.join(' '));
 });
@@ -216,26 +314,41 @@ async function whileWaiting<T>(cmd: Command, work: Promise<T>): Promise<T> {
   }
 }
 
-withRouterLocation(program.command('detach').description('detach a container and free its addresses').argument('<container>', 'a Docker container\'s name or id, netns:NAME or pid:N')).action(
-  async (container: string, _o, cmd: Command) => {
-    const ep = JSON.parse((await request(target(cmd), 'DELETE', `/attach/${encodeURIComponent(container)}`)).body) as { cidrs: string[] };
-    console.log(ep.cidrs.join(' '));
-  },
-);
+withRouterLocation(
+  program
+    .command('detach')
+    .description('detach a container and free its addresses')
+    .argument('<container>', "a Docker container's name or id, netns:NAME or pid:N"),
+).action(async (container: string, _o, cmd: Command) => {
+  const ep = JSON.parse((await request(target(cmd), 'DELETE', `/attach/${encodeURIComponent(container)}`)).body) as {
+    cidrs: string[];
+  };
+  console.log(ep.cidrs.join(' '));
+});
 
 withRouterLocation(
-  program.command('expose').description('give this host an address on the overlay (from IPAM unless given) and NAT to the outside').argument('[cidr]', 'ip/prefix to use'),
+  program
+    .command('expose')
+    .description('give this host an address on the overlay (from IPAM unless given) and NAT to the outside')
+    .argument('[cidr]', 'ip/prefix to use'),
 ).action(async (cidr: string | undefined, _o, cmd: Command) => {
-  const r = JSON.parse((await request(target(cmd), 'POST', '/expose', cidr ? { cidr } : {})).body) as { exposed: string[] };
+  const r = JSON.parse((await request(target(cmd), 'POST', '/expose', cidr ? { cidr } : {})).body) as {
+    exposed: string[];
+  };
   console.log(r.exposed.join(' '));
 });
 
-withRouterLocation(program.command('hide').description('remove this host\'s overlay address (all, or the one given)').argument('[cidr]', 'ip/prefix')).action(
-  async (cidr: string | undefined, _o, cmd: Command) => {
-    const r = JSON.parse((await request(target(cmd), 'DELETE', `/expose${cidr ? `?cidr=${encodeURIComponent(cidr)}` : ''}`)).body) as { hidden: string[] };
-    console.log(r.hidden.join(' '));
-  },
-);
+withRouterLocation(
+  program
+    .command('hide')
+    .description("remove this host's overlay address (all, or the one given)")
+    .argument('[cidr]', 'ip/prefix'),
+).action(async (cidr: string | undefined, _o, cmd: Command) => {
+  const r = JSON.parse(
+    (await request(target(cmd), 'DELETE', `/expose${cidr ? `?cidr=${encodeURIComponent(cidr)}` : ''}`)).body,
+  ) as { hidden: string[] };
+  console.log(r.hidden.join(' '));
+});
 
 withRouterLocation(
   program
@@ -245,64 +358,122 @@ withRouterLocation(
     .requiredOption('-h, --hostname <fqdn>', 'the name, in the weft domain'),
 ).action(async (args: string[], o: { hostname: string }, cmd: Command) => {
   const container = args[args.length - 1];
-  const r = JSON.parse((await request(target(cmd), 'PUT', `/name/${encodeURIComponent(container)}`, { fqdn: o.hostname, ips: args.slice(0, -1) })).body) as { fqdn: string; ips: string[] };
+  const r = JSON.parse(
+    (
+      await request(target(cmd), 'PUT', `/name/${encodeURIComponent(container)}`, {
+        fqdn: o.hostname,
+        ips: args.slice(0, -1),
+      })
+    ).body,
+  ) as { fqdn: string; ips: string[] };
   console.log(`${r.fqdn} ${r.ips.join(' ')}`);
 });
 
 withRouterLocation(
-  program.command('dns-remove').description('remove a container\'s names (all, or one name or address)').argument('<args...>', '[ip] CONTAINER').option('-h, --hostname <fqdn>', 'only this name'),
+  program
+    .command('dns-remove')
+    .description("remove a container's names (all, or one name or address)")
+    .argument('<args...>', '[ip] CONTAINER')
+    .option('-h, --hostname <fqdn>', 'only this name'),
 ).action(async (args: string[], o: { hostname?: string }, cmd: Command) => {
   const container = args[args.length - 1];
   const q = new URLSearchParams();
   if (o.hostname) q.set('fqdn', o.hostname);
   if (args.length > 1) q.set('ip', args[0]);
-  const r = JSON.parse((await request(target(cmd), 'DELETE', `/name/${encodeURIComponent(container)}?${q}`)).body) as { removed: number };
+  const r = JSON.parse((await request(target(cmd), 'DELETE', `/name/${encodeURIComponent(container)}?${q}`)).body) as {
+    removed: number;
+  };
   console.log(`${r.removed} name(s) removed`);
 });
 
-withRouterLocation(program.command('dns-lookup').description('the addresses weft\'s DNS has for a name').argument('<name>', 'e.g. web.weft.local')).action(
-  async (name: string, _o, cmd: Command) => {
-    const r = JSON.parse((await request(target(cmd), 'GET', `/name/${encodeURIComponent(name)}`)).body) as { ips: string[] };
-    console.log(r.ips.join('\n'));
-  },
-);
+withRouterLocation(
+  program
+    .command('dns-lookup')
+    .description("the addresses weft's DNS has for a name")
+    .argument('<name>', 'e.g. web.weft.local'),
+).action(async (name: string, _o, cmd: Command) => {
+  const r = JSON.parse((await request(target(cmd), 'GET', `/name/${encodeURIComponent(name)}`)).body) as {
+    ips: string[];
+  };
+  console.log(r.ips.join('\n'));
+});
 
-withRouterLocation(program.command('dns-args').description('the docker run flags that make a container use weft\'s DNS (--dns, --dns-search)')).action(async (_o, cmd: Command) => {
+withRouterLocation(
+  program
+    .command('dns-args')
+    .description("the docker run flags that make a container use weft's DNS (--dns, --dns-search)"),
+).action(async (_o, cmd: Command) => {
   const r = await getReport(cmd);
-  if (!r.dns.address) throw new CliError('weft\'s DNS is not running on this host (launched with --no-dns, or without the bridge)');
+  if (!r.dns.address)
+    throw new CliError("weft's DNS is not running on this host (launched with --no-dns, or without the bridge)");
   console.log(`--dns=${r.dns.address.replace(/:53$/, '')} --dns-search=${r.dns.domain.replace(/\.$/, '')}`);
 });
 
-withRouterLocation(program.command('ps').description('containers attached on this host: id, MAC, addresses')).action(async (_o, cmd: Command) => {
-  process.stdout.write(renderPs(await getReport(cmd)));
-});
+withRouterLocation(program.command('ps').description('containers attached on this host: id, MAC, addresses')).action(
+  async (_o, cmd: Command) => {
+    process.stdout.write(renderPs(await getReport(cmd)));
+  },
+);
 
 // ---- security groups
 const policy = program.command('policy').description('security groups: which containers may talk to which');
 withRouterLocation(
   policy
     .command('allow')
-    .description('add a rule: members of --to accept traffic from --from (with --egress: members of --from may send to --to)')
-    .requiredOption('--to <group>', 'the group (or container:ID) the rule opens; with --egress: a group, container:ID, CIDR or any')
-    .requiredOption('--from <source>', 'a group, container:ID, CIDR or any; with --egress: the group (or container:ID) the rule opens')
+    .description(
+      'add a rule: members of --to accept traffic from --from (with --egress: members of --from may send to --to)',
+    )
+    .requiredOption(
+      '--to <group>',
+      'the group (or container:ID) the rule opens; with --egress: a group, container:ID, CIDR or any',
+    )
+    .requiredOption(
+      '--from <source>',
+      'a group, container:ID, CIDR or any; with --egress: the group (or container:ID) the rule opens',
+    )
     .option('--proto <proto>', 'tcp, udp, icmp or any', 'any')
     .option('--port <n[-m]>', 'a port or range (tcp and udp)')
     .option('--egress', 'an egress rule (limits what members of --from may send)'),
 ).action(async (o: { to: string; from: string; proto: string; port?: string; egress?: boolean }, cmd: Command) => {
-  const r = JSON.parse((await request(target(cmd), 'POST', '/policy', { to: o.to, from: o.from, proto: o.proto, port: o.port, egress: o.egress === true })).body) as { id: string; text: string };
+  const r = JSON.parse(
+    (
+      await request(target(cmd), 'POST', '/policy', {
+        to: o.to,
+        from: o.from,
+        proto: o.proto,
+        port: o.port,
+        egress: o.egress === true,
+      })
+    ).body,
+  ) as { id: string; text: string };
   console.log(`${r.id} ${r.text}`);
 });
-withRouterLocation(policy.command('list').description('the rules in force in the mesh').option('--json', 'as JSON')).action(async (o: { json?: boolean }, cmd: Command) => {
-  const r = JSON.parse((await request(target(cmd), 'GET', '/policy')).body) as { rules: { id: string; text: string }[] };
+withRouterLocation(
+  policy.command('list').description('the rules in force in the mesh').option('--json', 'as JSON'),
+).action(async (o: { json?: boolean }, cmd: Command) => {
+  const r = JSON.parse((await request(target(cmd), 'GET', '/policy')).body) as {
+    rules: { id: string; text: string }[];
+  };
   if (o.json) console.log(JSON.stringify(r.rules, null, 2));
-  else process.stdout.write(r.rules.length === 0 ? 'no rules: every container accepts everything\n' : r.rules.map((x) => `${x.id} ${x.text}`).join('\n') + '\n');
+  else
+    process.stdout.write(
+      r.rules.length === 0
+        ? 'no rules: every container accepts everything\n'
+        : r.rules.map((x) => `${x.id} ${x.text}`).join('\n') + '\n',
+    );
 });
-withRouterLocation(policy.command('remove').description('remove a rule, everywhere (flows it allowed are cut)').argument('<id>', 'rule id (weft policy list)')).action(
-  async (id: string, _o, cmd: Command) => {
-    const r = JSON.parse((await request(target(cmd), 'DELETE', `/policy/${encodeURIComponent(id)}`)).body) as { id: string; text: string };
-    console.log(`removed ${r.id} ${r.text}`);
-  },
-);
+withRouterLocation(
+  policy
+    .command('remove')
+    .description('remove a rule, everywhere (flows it allowed are cut)')
+    .argument('<id>', 'rule id (weft policy list)'),
+).action(async (id: string, _o, cmd: Command) => {
+  const r = JSON.parse((await request(target(cmd), 'DELETE', `/policy/${encodeURIComponent(id)}`)).body) as {
+    id: string;
+    text: string;
+  };
+  console.log(`removed ${r.id} ${r.text}`);
+});
 withRouterLocation(
   policy
     .command('check')
@@ -315,36 +486,75 @@ withRouterLocation(
   const [proto, port] = what.split('/');
   const q = new URLSearchParams({ from, to, proto });
   if (port !== undefined) q.set('port', port);
-  const r = JSON.parse((await request(target(cmd), 'GET', `/policy/check?${q}`)).body) as { allowed: boolean; summary: string };
+  const r = JSON.parse((await request(target(cmd), 'GET', `/policy/check?${q}`)).body) as {
+    allowed: boolean;
+    summary: string;
+  };
   console.log(o.json ? JSON.stringify(r, null, 2) : r.summary);
   if (!r.allowed) process.exitCode = 1;
 });
 
 // ---- services
-const service = program.command('service').description('services: a virtual IP per service, balanced over its backends at each client\'s host');
+const service = program
+  .command('service')
+  .description("services: a virtual IP per service, balanced over its backends at each client's host");
 const collect = (v: string, prev: string[]) => [...prev, v];
 withRouterLocation(
   service
     .command('create')
-    .description('create a service: NAME.<domain> resolves to its VIP; connections to the VIP (any port) go to one live backend')
+    .description(
+      'create a service: NAME.<domain> resolves to its VIP; connections to the VIP (any port) go to one live backend',
+    )
     .argument('<name>', 'the service name (a DNS label)')
     .option('--group <group>', 'backends: the live members of this security group, anywhere in the mesh')
-    .option('--backend <container>', 'a backend container (name, id, netns:NAME ...); repeat for more', collect, [] as string[])
+    .option(
+      '--backend <container>',
+      'a backend container (name, id, netns:NAME ...); repeat for more',
+      collect,
+      [] as string[],
+    )
     .option('--affinity <kind>', 'none (spread every connection) or client (a client stays on one backend)', 'none')
     .option('--check <tcp:PORT>', 'probe each backend from its own host; failing ones take no new connections')
     .option('--json', 'as JSON'),
-).action(async (name: string, o: { group?: string; backend: string[]; affinity: string; check?: string; json?: boolean }, cmd: Command) => {
-  const r = JSON.parse((await request(target(cmd), 'POST', '/services', { name, group: o.group, backends: o.backend.length > 0 ? o.backend : undefined, affinity: o.affinity, check: o.check })).body) as { name: string; vip: string; dnsName: string };
-  console.log(o.json ? JSON.stringify(r, null, 2) : `${r.name} ${r.vip} (${r.dnsName})`);
-});
-withRouterLocation(service.command('remove').description('remove a service, everywhere (its VIP refuses connections from then on)').argument('<name>', 'the service name')).action(
-  async (name: string, _o, cmd: Command) => {
-    const r = JSON.parse((await request(target(cmd), 'DELETE', `/services/${encodeURIComponent(name)}`)).body) as { name: string; vip: string };
-    console.log(`removed ${r.name} ${r.vip}`);
+).action(
+  async (
+    name: string,
+    o: { group?: string; backend: string[]; affinity: string; check?: string; json?: boolean },
+    cmd: Command,
+  ) => {
+    const r = JSON.parse(
+      (
+        await request(target(cmd), 'POST', '/services', {
+          name,
+          group: o.group,
+          backends: o.backend.length > 0 ? o.backend : undefined,
+          affinity: o.affinity,
+          check: o.check,
+        })
+      ).body,
+    ) as { name: string; vip: string; dnsName: string };
+    console.log(o.json ? JSON.stringify(r, null, 2) : `${r.name} ${r.vip} (${r.dnsName})`);
   },
 );
-withRouterLocation(service.command('list').description('the services in the mesh, with their backends').option('--json', 'as JSON')).action(async (o: { json?: boolean }, cmd: Command) => {
-  const r = JSON.parse((await request(target(cmd), 'GET', '/services')).body) as { range: string; services: ServiceDetail[] };
+withRouterLocation(
+  service
+    .command('remove')
+    .description('remove a service, everywhere (its VIP refuses connections from then on)')
+    .argument('<name>', 'the service name'),
+).action(async (name: string, _o, cmd: Command) => {
+  const r = JSON.parse((await request(target(cmd), 'DELETE', `/services/${encodeURIComponent(name)}`)).body) as {
+    name: string;
+    vip: string;
+  };
+  console.log(`removed ${r.name} ${r.vip}`);
+});
+withRouterLocation(
+  service.command('list').description('the services in the mesh, with their backends').option('--json', 'as JSON'),
+).action(async (o: { json?: boolean }, cmd: Command) => {
+  const r = JSON.parse((await request(target(cmd), 'GET', '/services')).body) as {
+    range: string;
+    services: ServiceDetail[];
+  };
   if (o.json) {
     console.log(JSON.stringify(r.services, null, 2));
     return;
@@ -353,31 +563,59 @@ withRouterLocation(service.command('list').description('the services in the mesh
     console.log(`no services (VIPs come from ${r.range})`);
     return;
   }
-  const rows = r.services.map((s) => [s.name, s.vip, s.group !== undefined ? `group ${s.group}` : s.backends!.join(','), `${s.live.filter((b) => b.health !== 'failing').length}/${s.live.length}`, s.affinity, s.check ? `tcp:${s.check.port}` : '-', s.served ? '' : `(${s.conflict})`]);
+  const rows = r.services.map((s) => [
+    s.name,
+    s.vip,
+    s.group !== undefined ? `group ${s.group}` : s.backends!.join(','),
+    `${s.live.filter((b) => b.health !== 'failing').length}/${s.live.length}`,
+    s.affinity,
+    s.check ? `tcp:${s.check.port}` : '-',
+    s.served ? '' : `(${s.conflict})`,
+  ]);
   process.stdout.write(table([['NAME', 'VIP', 'BACKENDS FROM', 'UP', 'AFFINITY', 'CHECK', ''], ...rows]));
 });
-withRouterLocation(service.command('show').description('one service: VIP, DNS name, backends with host, health and flows from this host').argument('<name>', 'the service name').option('--json', 'as JSON')).action(
-  async (name: string, o: { json?: boolean }, cmd: Command) => {
-    const s = JSON.parse((await request(target(cmd), 'GET', `/services/${encodeURIComponent(name)}`)).body) as ServiceDetail;
-    if (o.json) {
-      console.log(JSON.stringify(s, null, 2));
-      return;
-    }
-    const lines = [
-      `${s.name}: VIP ${s.vip}, ${s.dnsName}${s.served ? '' : ` (${s.conflict})`}`,
-      `backends from ${s.group !== undefined ? `group ${s.group}` : `containers ${s.backends!.join(', ')}`}; affinity ${s.affinity}; check ${s.check ? `tcp:${s.check.port}` : 'none'}`,
-    ];
-    if (s.live.length === 0) lines.push('no live backend: connections to the VIP are refused');
-    else lines.push(table([['BACKEND', 'ADDRESS', 'HOST', 'HEALTH', 'FLOWS FROM HERE'], ...s.live.map((b) => [b.container, b.addr, b.host ?? b.peer, b.health, String(b.flowsFromHere)])]).trimEnd());
-    console.log(lines.join('\n'));
-  },
-);
+withRouterLocation(
+  service
+    .command('show')
+    .description('one service: VIP, DNS name, backends with host, health and flows from this host')
+    .argument('<name>', 'the service name')
+    .option('--json', 'as JSON'),
+).action(async (name: string, o: { json?: boolean }, cmd: Command) => {
+  const s = JSON.parse(
+    (await request(target(cmd), 'GET', `/services/${encodeURIComponent(name)}`)).body,
+  ) as ServiceDetail;
+  if (o.json) {
+    console.log(JSON.stringify(s, null, 2));
+    return;
+  }
+  const lines = [
+    `${s.name}: VIP ${s.vip}, ${s.dnsName}${s.served ? '' : ` (${s.conflict})`}`,
+    `backends from ${s.group !== undefined ? `group ${s.group}` : `containers ${s.backends!.join(', ')}`}; affinity ${s.affinity}; check ${s.check ? `tcp:${s.check.port}` : 'none'}`,
+  ];
+  if (s.live.length === 0) lines.push('no live backend: connections to the VIP are refused');
+  else
+    lines.push(
+      table([
+        ['BACKEND', 'ADDRESS', 'HOST', 'HEALTH', 'FLOWS FROM HERE'],
+        ...s.live.map((b) => [b.container, b.addr, b.host ?? b.peer, b.health, String(b.flowsFromHere)]),
+      ]).trimEnd(),
+    );
+  console.log(lines.join('\n'));
+});
 
 function table(rows: string[][]): string {
   const widths = rows[0].map((_, i) => Math.max(...rows.map((r) => r[i].length)));
-  return rows.map((r) => r.map((c, i) => c.padEnd(widths[i])).join('  ').trimEnd()).join('\n') + '\n';
+  return (
+    rows
+      .map((r) =>
+        r
+          .map((c, i) => c.padEnd(widths[i]))
+          .join('  ')
+          .trimEnd(),
+      )
+      .join('\n') + '\n'
+  );
 }
-
 
 async function stopRouter(dataDir: string): Promise<void> {
   const info = readRouterInfo(dataDir);
@@ -401,12 +639,16 @@ async function stopRouter(dataDir: string): Promise<void> {
   }
 }
 
-withRouterLocation(program.command('stop').description('stop the router')).action(async (_o, cmd: Command) => stopRouter(target(cmd).dataDir));
+withRouterLocation(program.command('stop').description('stop the router')).action(async (_o, cmd: Command) =>
+  stopRouter(target(cmd).dataDir),
+);
 
 withRouterLocation(
   program
     .command('reset')
-    .description('leave for good: hand this peer\'s address ranges to a live peer, stop the router, delete its identity and IPAM data')
+    .description(
+      "leave for good: hand this peer's address ranges to a live peer, stop the router, delete its identity and IPAM data",
+    )
     .option('--force', 'also when no router runs (the ranges are then not handed over)'),
 ).action(async (o: { force?: boolean }, cmd: Command) => {
   const t = target(cmd);
@@ -419,13 +661,17 @@ withRouterLocation(
     });
     if (removed) {
       const ovs = (JSON.parse(removed.body) as { ovsBridges?: string[] }).ovsBridges ?? [];
-      console.log(`removed the weft bridge, VXLAN device and firewall rules${ovs.length > 0 ? `, and the OVS bridge ${ovs.join(', ')} with its flows` : ''}`);
+      console.log(
+        `removed the weft bridge, VXLAN device and firewall rules${ovs.length > 0 ? `, and the OVS bridge ${ovs.join(', ')} with its flows` : ''}`,
+      );
     }
     // Give the hand-over a moment to leave on the wire before the router goes.
     await new Promise((res) => setTimeout(res, 500));
     await stopRouter(t.dataDir);
   } else if (!o.force) {
-    throw new CliError(`no weft router is running (data dir ${t.dataDir}); weft reset --force deletes the data without handing over its ranges`);
+    throw new CliError(
+      `no weft router is running (data dir ${t.dataDir}); weft reset --force deletes the data without handing over its ranges`,
+    );
   } else if (await (await import('./router-container.js')).removeRouterContainer()) {
     console.log(`removed the weft router container ${(await import('./router-container.js')).ROUTER_CONTAINER}`);
   }
@@ -433,13 +679,13 @@ withRouterLocation(
   console.log(`removed weft's state from ${t.dataDir}`);
 });
 
-withRouterLocation(program.command('version').description('print the versions of the CLI and the running router')).action(
-  async (_o, cmd: Command) => {
-    console.log(`weft CLI ${VERSION}`);
-    const info = readRouterInfo(target(cmd).dataDir);
-    console.log(info ? `weft router ${info.version} (pid ${info.pid})` : 'weft router: not running');
-  },
-);
+withRouterLocation(
+  program.command('version').description('print the versions of the CLI and the running router'),
+).action(async (_o, cmd: Command) => {
+  console.log(`weft CLI ${VERSION}`);
+  const info = readRouterInfo(target(cmd).dataDir);
+  console.log(info ? `weft router ${info.version} (pid ${info.pid})` : 'weft router: not running');
+});
 
 try {
   await program.parseAsync();

@@ -28,8 +28,16 @@ const CNI_ID = /^cni:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$/;
 const NETNS_NAME = /^netns:([A-Za-z0-9_][A-Za-z0-9_.-]{0,63})$/;
 
 export function rememberNetns(container: string, path: string): void {
-  if (!CNI_ID.test(container) && !DOCKER_ID.test(container)) throw new WeftError('invalid', `a network namespace path is only taken for cni:ID and Docker containers, not "${container}"`);
-  if (!CNI_NETNS_PATH.test(path)) throw new WeftError('invalid', `network namespace path "${path}" is not under /run/netns, /var/run/netns or /proc/N/ns/net`);
+  if (!CNI_ID.test(container) && !DOCKER_ID.test(container))
+    throw new WeftError(
+      'invalid',
+      `a network namespace path is only taken for cni:ID and Docker containers, not "${container}"`,
+    );
+  if (!CNI_NETNS_PATH.test(path))
+    throw new WeftError(
+      'invalid',
+      `network namespace path "${path}" is not under /run/netns, /var/run/netns or /proc/N/ns/net`,
+    );
   knownNetns.set(container, path);
 }
 
@@ -41,7 +49,11 @@ export function forgetNetns(container: string): void {
 export function netnsPathOf(container: string): string {
   if (CNI_ID.test(container) || DOCKER_ID.test(container)) {
     const p = knownNetns.get(container);
-    if (!p) throw new WeftError('not-found', `no network namespace known for ${container} (${DOCKER_ID.test(container) ? 'weft attach by Docker name or id gives it' : 'a CNI ADD gives it'})`);
+    if (!p)
+      throw new WeftError(
+        'not-found',
+        `no network namespace known for ${container} (${DOCKER_ID.test(container) ? 'weft attach by Docker name or id gives it' : 'a CNI ADD gives it'})`,
+      );
     if (!existsSync(p)) throw new WeftError('not-found', `the network namespace of ${container} (${p}) is gone`);
     return p;
   }
@@ -57,11 +69,18 @@ export function netnsPathOf(container: string): string {
     if (!existsSync(p)) throw new WeftError('not-found', `no process ${pid[1]}`);
     return p;
   }
-  throw new WeftError('invalid', `unknown container "${container}": use a Docker container's name or id, netns:NAME, pid:N or cni:ID`);
+  throw new WeftError(
+    'invalid',
+    `unknown container "${container}": use a Docker container's name or id, netns:NAME, pid:N or cni:ID`,
+  );
 }
 
 /** A local container's namespace and interface, when weft knows them (a plugged endpoint: once the Docker watcher found it). */
-export function containerNamespace(e: { container: string; netns?: string; ifname?: string }): { netns: string; ifname: string } | null {
+export function containerNamespace(e: {
+  container: string;
+  netns?: string;
+  ifname?: string;
+}): { netns: string; ifname: string } | null {
   try {
     return { netns: e.netns ?? netnsPathOf(e.container), ifname: e.ifname ?? DEFAULT_IF };
   } catch {
@@ -108,10 +127,27 @@ export function vethNames(container: string): { hostIf: string; peerIf: string }
  * Makes a container's veth pair afresh (a leftover of a half-done attempt goes first) and hands it
  * to `then`; if that fails, the pair goes again.
  */
-export async function withNewVeth<T>(container: string, mtu: number, then: (names: { hostIf: string; peerIf: string }) => Promise<T>): Promise<T> {
+export async function withNewVeth<T>(
+  container: string,
+  mtu: number,
+  then: (names: { hostIf: string; peerIf: string }) => Promise<T>,
+): Promise<T> {
   const names = vethNames(container);
   if (await linkExists(names.hostIf)) await ip(['link', 'del', names.hostIf]);
-  await ip(['link', 'add', names.hostIf, 'mtu', String(mtu), 'type', 'veth', 'peer', 'name', names.peerIf, 'mtu', String(mtu)]);
+  await ip([
+    'link',
+    'add',
+    names.hostIf,
+    'mtu',
+    String(mtu),
+    'type',
+    'veth',
+    'peer',
+    'name',
+    names.peerIf,
+    'mtu',
+    String(mtu),
+  ]);
   try {
     return await then(names);
   } catch (err) {
@@ -133,7 +169,10 @@ export async function joinBridge(hostIf: string): Promise<void> {
     await ip(['link', 'set', hostIf, 'master', BRIDGE, 'up']);
   } catch (err) {
     if (!/Exchange full/i.test((err as Error).message)) throw err;
-    throw new WeftError('full', `the bridge ${BRIDGE} is full: a Linux bridge takes at most ${BRIDGE_MAX_PORTS} ports, and this host's containers (with weft's own ports) use them all; detach a container or attach this one on another host`);
+    throw new WeftError(
+      'full',
+      `the bridge ${BRIDGE} is full: a Linux bridge takes at most ${BRIDGE_MAX_PORTS} ports, and this host's containers (with weft's own ports) use them all; detach a container or attach this one on another host`,
+    );
   }
 }
 
@@ -190,9 +229,15 @@ export async function attachContainer(
     await joinBridge(hostIf);
   }
   await ip(['link', 'set', 'lo', 'up'], ns);
-  const have = await ipJson<{ addr_info?: { local: string; prefixlen: number }[] }[]>(['addr', 'show', 'dev', ifname], ns);
+  const have = await ipJson<{ addr_info?: { local: string; prefixlen: number }[] }[]>(
+    ['addr', 'show', 'dev', ifname],
+    ns,
+  );
   const existing = new Set((have[0]?.addr_info ?? []).map((a) => `${a.local}/${a.prefixlen}`));
-  await ipBatchIn(ns, cidrs.filter((c) => !existing.has(c)).map((c) => `addr add ${c} dev ${ifname}`));
+  await ipBatchIn(
+    ns,
+    cidrs.filter((c) => !existing.has(c)).map((c) => `addr add ${c} dev ${ifname}`),
+  );
   // arp_notify: a gratuitous ARP when ethwe comes up or its address changes, so neighbours that cached an
   // old MAC for the address (a container re-attached) learn the new one at once.
   await sysctl(`net/ipv4/conf/${ifname}/arp_notify`, '1', ns).catch(() => undefined);

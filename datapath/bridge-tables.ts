@@ -16,7 +16,12 @@ export interface NeighEntry {
 
 /** Bridge (master) entries we made on a port: static ones (a port's own MAC is permanent). */
 async function portEntries(dev: string): Promise<string[]> {
-  const rows = await bridgeJson<{ mac: string; dst?: string; master?: string; state?: string }[]>(['fdb', 'show', 'dev', dev]);
+  const rows = await bridgeJson<{ mac: string; dst?: string; master?: string; state?: string }[]>([
+    'fdb',
+    'show',
+    'dev',
+    dev,
+  ]);
   return rows.filter((r) => !r.dst && r.master === BRIDGE && r.state === 'static').map((r) => r.mac);
 }
 
@@ -40,6 +45,7 @@ export async function programNeighbours(desired: NeighEntry[]): Promise<void> {
   const lines: string[] = [];
   for (const h of have) if (want.get(h.dst) !== h.lladdr) lines.push(`neigh del ${h.dst} dev ${BRIDGE}`);
   const haveMap = new Map(have.map((h) => [h.dst, h.lladdr]));
-  for (const [ip, mac] of want) if (haveMap.get(ip) !== mac) lines.push(`neigh replace ${ip} lladdr ${mac} dev ${BRIDGE} nud permanent`);
+  for (const [ip, mac] of want)
+    if (haveMap.get(ip) !== mac) lines.push(`neigh replace ${ip} lladdr ${mac} dev ${BRIDGE} nud permanent`);
   await ipBatch(lines);
 }

@@ -23,7 +23,15 @@ export interface LinkInfo {
 export async function underlayMtu(): Promise<number> {
   const links = await ipJson<LinkInfo[]>(['-d', 'link', 'show']);
   const mtus = links
-    .filter((l) => l.ifname !== 'lo' && !l.ifname.startsWith(BRIDGE) && !l.ifname.startsWith('vxlan-weft') && !l.ifname.startsWith('vw') && l.flags?.includes('UP') && l.linkinfo?.info_kind !== 'bridge')
+    .filter(
+      (l) =>
+        l.ifname !== 'lo' &&
+        !l.ifname.startsWith(BRIDGE) &&
+        !l.ifname.startsWith('vxlan-weft') &&
+        !l.ifname.startsWith('vw') &&
+        l.flags?.includes('UP') &&
+        l.linkinfo?.info_kind !== 'bridge',
+    )
     .map((l) => l.mtu);
   return mtus.length > 0 ? Math.min(...mtus) : 1500;
 }
@@ -36,7 +44,8 @@ export async function ensureBridge(c: { mac: string; mtu: number }): Promise<str
     fixed.push('created bridge');
   }
   const br = (await ipJson<LinkInfo[]>(['-d', 'link', 'show', 'dev', BRIDGE]))[0];
-  if (br.linkinfo?.info_kind !== 'bridge') throw new Error(`a link called ${BRIDGE} exists and is not a bridge; remove it or run weft reset`);
+  if (br.linkinfo?.info_kind !== 'bridge')
+    throw new Error(`a link called ${BRIDGE} exists and is not a bridge; remove it or run weft reset`);
   if (br.address !== c.mac) {
     await ip(['link', 'set', BRIDGE, 'address', c.mac]);
     fixed.push('bridge MAC');

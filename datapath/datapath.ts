@@ -9,7 +9,16 @@ import { readCheckedList, type StateDir } from '../lib/json-file.js';
 import { formatIp, parseCidr } from '../net/addr.js';
 import type { Allocator } from '../ipam/allocator.js';
 import type { MeshView, PeerName } from '../mesh/index.js';
-import { attachContainer, containerExists, detachContainer, forgetNetns, hostIfName, namespaceInode, netnsPathOf, rememberNetns } from './attach.js';
+import {
+  attachContainer,
+  containerExists,
+  detachContainer,
+  forgetNetns,
+  hostIfName,
+  namespaceInode,
+  netnsPathOf,
+  rememberNetns,
+} from './attach.js';
 import { BRIDGE, VXLAN_OVERHEAD, bridgeMac, ensureBridge, removeBridge, underlayMtu } from './bridge.js';
 import { OvsBackend } from './ovs/backend.js';
 import { EndpointTable, endpointCodec, type Endpoint } from './endpoints.js';
@@ -72,11 +81,23 @@ export class Datapath {
     });
     this.firewall = new HostFirewall({
       state: () => ({
-        exposed: [...new Set(this.exposed.map((c) => { const p = parseCidr(c, true); return `${formatIp(p.start)}/${p.prefix}`; }))],
+        exposed: [
+          ...new Set(
+            this.exposed.map((c) => {
+              const p = parseCidr(c, true);
+              return `${formatIp(p.start)}/${p.prefix}`;
+            }),
+          ),
+        ],
         host: { dns: config.dns ? { ip: config.dns.ip, port: 53 } : null, routerPorts: config.routerPorts },
         underlay: this.forwarding.underlayPeers(),
       }),
-      bindings: () => this.endpoints.local.map((e) => ({ port: hostIfName(e.container), mac: e.mac, addrs: e.cidrs.map((c) => c.split('/')[0]) })),
+      bindings: () =>
+        this.endpoints.local.map((e) => ({
+          port: hostIfName(e.container),
+          mac: e.mac,
+          addrs: e.cidrs.map((c) => c.split('/')[0]),
+        })),
       part: config.firewallPart,
       log: mesh.log,
       error: (m) => this.noteError(m),
@@ -154,7 +175,10 @@ export class Datapath {
         alive.push(e);
         continue;
       }
-      this.mesh.log.info({ container: e.container }, 'attached container is gone; forgetting it and freeing its addresses');
+      this.mesh.log.info(
+        { container: e.container },
+        'attached container is gone; forgetting it and freeing its addresses',
+      );
       await detachContainer(e.container, e.ifname).catch(() => undefined); // its leftovers: host veth, resolv.conf
       await this.release(e);
     }
@@ -255,14 +279,18 @@ export class Datapath {
       this.saveExposed();
     }
     // The host forwards between the overlay and its other links for the exposed subnets.
-    await sysctl('net.ipv4.ip_forward', '1').catch((err: Error) => this.noteError(`cannot enable forwarding: ${err.message}`));
+    await sysctl('net.ipv4.ip_forward', '1').catch((err: Error) =>
+      this.noteError(`cannot enable forwarding: ${err.message}`),
+    );
     await this.firewall.sync(true);
     return this.exposed;
   }
 
   /** Removes the host's overlay addresses (all, or one) and their NAT; frees them in IPAM. */
   async hide(cidr?: string): Promise<string[]> {
-    const gone = cidr ? this.exposed.filter((a) => a === cidr || a.split('/')[0] === cidr.split('/')[0]) : [...this.exposed];
+    const gone = cidr
+      ? this.exposed.filter((a) => a === cidr || a.split('/')[0] === cidr.split('/')[0])
+      : [...this.exposed];
     for (const a of gone) {
       await ip(['addr', 'del', a, 'dev', BRIDGE]).catch(() => undefined);
       await this.ipam.free(EXPOSE_ID, parseCidr(a, true).addr).catch(() => undefined);
@@ -273,7 +301,6 @@ export class Datapath {
     return gone;
   }
 
-
   /** Endpoints saved by the last run: each checked as a peer's would be, with the fields kept only here. */
   private loadLocal(): Endpoint[] {
     return readCheckedList(this.statePath, (x) => {
@@ -282,7 +309,12 @@ export class Datapath {
       if (e.netns !== undefined && typeof e.netns !== 'string') throw new Error('netns is not a path');
       if (e.ifname !== undefined) checkIfName(e.ifname);
       if (e.nsInode !== undefined && !Number.isSafeInteger(e.nsInode)) throw new Error('nsInode is not a number');
-      return { ...ep, ...(e.netns !== undefined ? { netns: e.netns } : {}), ...(e.ifname !== undefined ? { ifname: e.ifname } : {}), ...(e.nsInode !== undefined ? { nsInode: e.nsInode } : {}) };
+      return {
+        ...ep,
+        ...(e.netns !== undefined ? { netns: e.netns } : {}),
+        ...(e.ifname !== undefined ? { ifname: e.ifname } : {}),
+        ...(e.nsInode !== undefined ? { nsInode: e.nsInode } : {}),
+      };
     });
   }
 
@@ -295,7 +327,13 @@ export class Datapath {
    * Attaches a container; with no addresses given, one comes from IPAM. Returns its endpoint.
    * A CNI container (`cni:ID`) comes with its namespace path and interface name.
    */
-  async attach(container: string, cidrs: string[], subnet?: string, cni?: { netns: string; ifname: string }, groups?: string[]): Promise<Endpoint> {
+  async attach(
+    container: string,
+    cidrs: string[],
+    subnet?: string,
+    cni?: { netns: string; ifname: string },
+    groups?: string[],
+  ): Promise<Endpoint> {
     if (cni) rememberNetns(container, cni.netns);
     netnsPathOf(container); // a clear error before anything is allocated
     let addrs = cidrs.map((c) => canonicalCidr(c, true, 'address'));
@@ -318,14 +356,21 @@ export class Datapath {
         addrs,
         this.mtu,
         (hostIf, m) => this.bindPort(hostIf, m, [...prevCidrs, ...addrs]),
-        dns ? { ip: dns.ip, bridgeMac: bridgeMac(this.mesh.name), resolvConf: `# written by weft attach\nnameserver ${dns.ip}\nsearch ${dns.domain.replace(/\.$/, '')}\n` } : undefined,
+        dns
+          ? {
+              ip: dns.ip,
+              bridgeMac: bridgeMac(this.mesh.name),
+              resolvConf: `# written by weft attach\nnameserver ${dns.ip}\nsearch ${dns.domain.replace(/\.$/, '')}\n`,
+            }
+          : undefined,
         cni?.ifname,
       ));
     } catch (err) {
       // A container that was not attached before keeps no address from an attach that failed (a
       // full bridge, a namespace gone meanwhile); one that was keeps what it had.
       const had = new Set(this.endpoints.local.find((e) => e.container === container)?.cidrs ?? []);
-      for (const a of addrs) if (!had.has(a)) await this.ipam.free(container, parseCidr(a, true).addr).catch(() => undefined);
+      for (const a of addrs)
+        if (!had.has(a)) await this.ipam.free(container, parseCidr(a, true).addr).catch(() => undefined);
       throw err;
     }
     await this.routeBack(addrs);
@@ -347,7 +392,10 @@ export class Datapath {
   /** With DNS on the bridge: host routes back to local container addresses, so the server's replies find them. */
   private async routeBack(cidrs: string[]): Promise<void> {
     const dns = this.config.dns;
-    if (dns) await ipBatch(cidrs.map((a) => `route replace ${a.split('/')[0]}/32 dev ${BRIDGE} src ${dns.ip}`)).catch(() => undefined);
+    if (dns)
+      await ipBatch(cidrs.map((a) => `route replace ${a.split('/')[0]}/32 dev ${BRIDGE} src ${dns.ip}`)).catch(
+        () => undefined,
+      );
   }
 
   /**
@@ -356,7 +404,12 @@ export class Datapath {
    */
   async plug(key: string, mac: string, cidrs: string[], groups: string[] = []): Promise<Endpoint> {
     await this.routeBack(cidrs);
-    const ep: Endpoint = { container: key, mac, cidrs, ...(groups.length > 0 ? { groups: [...new Set(groups)].sort() } : {}) };
+    const ep: Endpoint = {
+      container: key,
+      mac,
+      cidrs,
+      ...(groups.length > 0 ? { groups: [...new Set(groups)].sort() } : {}),
+    };
     this.setLocal([...this.endpoints.local.filter((e) => e.container !== key), ep]);
     return ep;
   }
@@ -368,7 +421,9 @@ export class Datapath {
     const next = [...new Set(groups)].sort();
     if (JSON.stringify(next) === JSON.stringify(ep.groups ?? [])) return;
     const { groups: _old, ...rest } = ep;
-    this.setLocal(this.endpoints.local.map((e) => (e === ep ? { ...rest, ...(next.length > 0 ? { groups: next } : {}) } : e)));
+    this.setLocal(
+      this.endpoints.local.map((e) => (e === ep ? { ...rest, ...(next.length > 0 ? { groups: next } : {}) } : e)),
+    );
   }
 
   /** Where a plugged endpoint ended up inside its container (the Docker watcher finds it at start): services translate there. */
@@ -383,7 +438,8 @@ export class Datapath {
     const ep = this.endpoints.local.find((e) => e.container === key);
     if (!ep) return;
     this.setLocal(this.endpoints.local.filter((e) => e.container !== key));
-    if (this.config.dns) await ipBatch(ep.cidrs.map((c) => `route del ${c.split('/')[0]}/32 dev ${BRIDGE}`)).catch(() => undefined);
+    if (this.config.dns)
+      await ipBatch(ep.cidrs.map((c) => `route del ${c.split('/')[0]}/32 dev ${BRIDGE}`)).catch(() => undefined);
     this.config.containerGone?.(key);
   }
 
@@ -415,7 +471,8 @@ export class Datapath {
    */
   private async release(e: Endpoint): Promise<void> {
     forgetNetns(e.container);
-    if (this.config.dns) await ipBatch(e.cidrs.map((c) => `route del ${c.split('/')[0]}/32 dev ${BRIDGE}`)).catch(() => undefined);
+    if (this.config.dns)
+      await ipBatch(e.cidrs.map((c) => `route del ${c.split('/')[0]}/32 dev ${BRIDGE}`)).catch(() => undefined);
     await this.ipam.free(e.container).catch(() => undefined);
     this.config.containerGone?.(e.container);
   }

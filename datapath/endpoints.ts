@@ -21,19 +21,32 @@ export interface Endpoint {
   nsInode?: number;
 }
 
-
 export const endpointCodec: EntryCodec<Endpoint> = {
-  toWire: (e) => (e.groups && e.groups.length > 0 ? [e.container, e.mac, e.cidrs, e.groups] : [e.container, e.mac, e.cidrs]),
+  toWire: (e) =>
+    e.groups && e.groups.length > 0 ? [e.container, e.mac, e.cidrs, e.groups] : [e.container, e.mac, e.cidrs],
   fromWire(w) {
     if (!Array.isArray(w) || (w.length !== 3 && w.length !== 4)) throw new Error('endpoint is malformed');
     const [container, mac, cidrs, groups] = w as unknown[];
-    if (groups !== undefined && (!Array.isArray(groups) || groups.length > 64 || !groups.every((g) => typeof g === 'string' && GROUP_NAME.test(g)))) throw new Error('endpoint groups are malformed');
-    if (typeof container !== 'string' || container.length === 0 || container.length > 256 || !Array.isArray(cidrs) || cidrs.length > 64) {
+    if (
+      groups !== undefined &&
+      (!Array.isArray(groups) ||
+        groups.length > 64 ||
+        !groups.every((g) => typeof g === 'string' && GROUP_NAME.test(g)))
+    )
+      throw new Error('endpoint groups are malformed');
+    if (
+      typeof container !== 'string' ||
+      container.length === 0 ||
+      container.length > 256 ||
+      !Array.isArray(cidrs) ||
+      cidrs.length > 64
+    ) {
       throw new Error('endpoint is malformed');
     }
     // Canonical forms only: these become fdb and neighbour entries on every host.
     if (canonicalMac(mac, 'endpoint MAC') !== mac) throw new Error('endpoint MAC is not in canonical form');
-    if (!cidrs.every((c) => canonicalCidr(c, true, 'endpoint address') === c)) throw new Error('endpoint address is not in canonical form');
+    if (!cidrs.every((c) => canonicalCidr(c, true, 'endpoint address') === c))
+      throw new Error('endpoint address is not in canonical form');
     return { container, mac, cidrs: cidrs as string[], ...(groups ? { groups: groups as string[] } : {}) };
   },
   key: (e) => JSON.stringify([e.container, e.mac, [...e.cidrs].sort(), [...(e.groups ?? [])].sort()]),

@@ -44,8 +44,10 @@ export interface UnderlayPeers {
 /** The named sets of the underlay's peers, kept current by element updates. */
 const PEER_SETS = { vxlan: 'vxlan_peers', sleeve: 'sleeve_peers' } as const;
 
-const ports = (ps: number[]) => (ps.length === 1 ? String(ps[0]) : `{ ${[...new Set(ps)].sort((a, b) => a - b).join(', ')} }`);
-const setDecl = (name: string, elements: string[]) => `  set ${name} { type ipv4_addr;${elements.length > 0 ? ` elements = { ${[...new Set(elements)].sort().join(', ')} }` : ''} }`;
+const ports = (ps: number[]) =>
+  ps.length === 1 ? String(ps[0]) : `{ ${[...new Set(ps)].sort((a, b) => a - b).join(', ')} }`;
+const setDecl = (name: string, elements: string[]) =>
+  `  set ${name} { type ipv4_addr;${elements.length > 0 ? ` elements = { ${[...new Set(elements)].sort().join(', ')} }` : ''} }`;
 
 function inputChains(s: FirewallState, exposed: string | null): string[] {
   const { dns, routerPorts } = s.host;
@@ -67,7 +69,11 @@ function inputChains(s: FirewallState, exposed: string | null): string[] {
           `    ip daddr ${dns.ip} tcp dport ${dns.port} accept comment "containers ask the DNS server over TCP"`,
         ]
       : []),
-    ...(all.length > 0 ? [`    meta l4proto { tcp, udp } th dport ${ports(all)} counter drop comment "the router's ports are not for containers"`] : []),
+    ...(all.length > 0
+      ? [
+          `    meta l4proto { tcp, udp } th dport ${ports(all)} counter drop comment "the router's ports are not for containers"`,
+        ]
+      : []),
     ...(exposed ? [`    ip saddr ${exposed} accept comment "the host is exposed to these subnets"`] : []),
     `    tcp flags & (syn | ack) != syn accept comment "no new connection: replies to the host's own"`,
     `    icmp type { echo-reply, destination-unreachable, time-exceeded, parameter-problem } accept comment "ICMP answers and errors"`,
@@ -95,7 +101,11 @@ export function ruleset(s: FirewallState): string {
     `  }`,
     `  chain postrouting {`,
     `    type nat hook postrouting priority srcnat; policy accept;`,
-    ...(exposed ? [`    oifname != "${BRIDGE}" ip saddr ${exposed} ip daddr != ${exposed} masquerade comment "exposed subnets to the outside"`] : []),
+    ...(exposed
+      ? [
+          `    oifname != "${BRIDGE}" ip saddr ${exposed} ip daddr != ${exposed} masquerade comment "exposed subnets to the outside"`,
+        ]
+      : []),
     `  }`,
     ...inputChains(s, exposed),
     ...(s.policy?.lines ?? []),
@@ -143,9 +153,10 @@ export async function firewallDiffers(s: FirewallState, guard: string): Promise<
   const [haveInet, wantInet] = [comments(inet), comments(ruleset(s))];
   if (haveInet !== wantInet) return `table inet ${TABLE} has ${haveInet} of weft's rules where ${wantInet} belong`;
   const [haveBridge, wantBridge] = [comments(bridge), comments(guard)];
-  if (haveBridge !== wantBridge) return `table bridge ${GUARD_TABLE} has ${haveBridge} of weft's rules where ${wantBridge} belong`;
+  if (haveBridge !== wantBridge)
+    return `table bridge ${GUARD_TABLE} has ${haveBridge} of weft's rules where ${wantBridge} belong`;
   // A FORWARD chain that appeared later (Docker started after weft) needs our accept rule too.
-  return (await forwardAcceptMissing()) ? 'the host\'s ip filter FORWARD chain lacks weft\'s accept rule' : null;
+  return (await forwardAcceptMissing()) ? "the host's ip filter FORWARD chain lacks weft's accept rule" : null;
 }
 
 /** One table's text out of a `nft list ruleset` listing (null when it is not there). */
@@ -170,14 +181,29 @@ async function forwardAcceptMissing(): Promise<boolean> {
 
 async function ensureForwardAccept(): Promise<void> {
   if (!(await forwardAcceptMissing())) return;
-  await nft(['insert', 'rule', 'ip', 'filter', 'FORWARD', 'iifname', BRIDGE, 'oifname', BRIDGE, 'counter', 'accept', 'comment', '"weft-bridge"']);
+  await nft([
+    'insert',
+    'rule',
+    'ip',
+    'filter',
+    'FORWARD',
+    'iifname',
+    BRIDGE,
+    'oifname',
+    BRIDGE,
+    'counter',
+    'accept',
+    'comment',
+    '"weft-bridge"',
+  ]);
 }
 
 export async function removeFirewall(): Promise<void> {
   await nft(['delete', 'table', 'inet', TABLE]).catch(() => undefined);
   try {
     const chain = await nft(['-a', 'list', 'chain', 'ip', 'filter', 'FORWARD']);
-    for (const m of chain.matchAll(/weft-bridge.*# handle (\d+)/g)) await nft(['delete', 'rule', 'ip', 'filter', 'FORWARD', 'handle', m[1]]);
+    for (const m of chain.matchAll(/weft-bridge.*# handle (\d+)/g))
+      await nft(['delete', 'rule', 'ip', 'filter', 'FORWARD', 'handle', m[1]]);
   } catch {
     /* no FORWARD chain */
   }

@@ -83,7 +83,11 @@ export class Forwarding {
       : new VxlanBackend(mesh, { vxlanPort: config.vxlanPort, mtu: config.mtu, addrOf });
     const schedule = () => this.schedule();
     endpoints.onChange(schedule);
-    mesh.on('connection-added', schedule).on('connection-removed', schedule).on('connection-established', schedule).on('topology', schedule);
+    mesh
+      .on('connection-added', schedule)
+      .on('connection-removed', schedule)
+      .on('connection-established', schedule)
+      .on('topology', schedule);
   }
 
   async start(): Promise<void> {
@@ -135,7 +139,8 @@ export class Forwarding {
   /** Makes every backend's bridge port right again (after the bridge was changed underneath); what was fixed. */
   async plumb(): Promise<string[]> {
     const fixed: string[] = [];
-    for (const b of this.backends) fixed.push(...(await b.plumb().catch((err: Error) => [`${b.kind} port: ${err.message}`])));
+    for (const b of this.backends)
+      fixed.push(...(await b.plumb().catch((err: Error) => [`${b.kind} port: ${err.message}`])));
     return fixed;
   }
 
@@ -189,7 +194,11 @@ export class Forwarding {
     const changed = overlaysChanged(this.overlays, overlays);
     for (const [p, o] of overlays) {
       const was = this.overlays.get(p);
-      if (was !== undefined && was !== o) this.mesh.log.info({ peer: p, was, now: o, why: o === 'fastdp' ? undefined : this.whyNotFastdp(p, overlays) }, 'overlay to peer changed');
+      if (was !== undefined && was !== o)
+        this.mesh.log.info(
+          { peer: p, was, now: o, why: o === 'fastdp' ? undefined : this.whyNotFastdp(p, overlays) },
+          'overlay to peer changed',
+        );
     }
     this.overlays = overlays;
     this.disconnectedAt = disconnectedAt;
@@ -233,7 +242,12 @@ export class Forwarding {
       const addr = this.lastAddr.get(p);
       if (o === 'fastdp' && addr && !this.config.encrypt(p, addr)) vxlan.add(addr);
     }
-    return { vxlanPort: this.config.vxlanPort, sleevePort: this.config.sleevePort, vxlan: [...vxlan].sort(), sleeve: [...sleeve].sort() };
+    return {
+      vxlanPort: this.config.vxlanPort,
+      sleevePort: this.config.sleevePort,
+      vxlan: [...vxlan].sort(),
+      sleeve: [...sleeve].sort(),
+    };
   }
 
   // ---- programming
@@ -257,7 +271,10 @@ export class Forwarding {
     return {
       peers,
       remote,
-      local: [{ id: 'bridge', mac: bridgeMac(this.mesh.name) }, ...this.endpoints.local.map((e) => ({ id: e.container, mac: e.mac }))],
+      local: [
+        { id: 'bridge', mac: bridgeMac(this.mesh.name) },
+        ...this.endpoints.local.map((e) => ({ id: e.container, mac: e.mac })),
+      ],
       heartbeats: this.mesh.neighbours().map((n) => n.name),
       tunnelSources,
     };
@@ -275,7 +292,10 @@ export class Forwarding {
       this.stats.fdbRemoved += r.removed;
       if (this.sleeve) {
         const slow = this.programme('sleeve', tunnelSources);
-        byPort.set(this.sleeve.port, slow.remote.map((x) => x.mac));
+        byPort.set(
+          this.sleeve.port,
+          slow.remote.map((x) => x.mac),
+        );
         await this.sleeve.program(slow);
       }
       await programPortEntries(byPort);
@@ -315,7 +335,11 @@ export class Forwarding {
     if (moved.length === 0) return;
     for (const e of this.endpoints.local) {
       const c = containerNamespace(e);
-      if (c) await ipBatchIn(c.netns, moved.map((a) => `neigh flush to ${a} dev ${c.ifname}`)).catch(() => undefined);
+      if (c)
+        await ipBatchIn(
+          c.netns,
+          moved.map((a) => `neigh flush to ${a} dev ${c.ifname}`),
+        ).catch(() => undefined);
     }
   }
 

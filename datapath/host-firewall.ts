@@ -7,7 +7,14 @@
 import type { Logger } from '../lib/logger.js';
 import { SerialJob } from '../lib/serial-job.js';
 import { nft } from '../net/command.js';
-import { applyFirewall, firewallDiffers, peerSetUpdates, removeFirewall, type FirewallState, type UnderlayPeers } from './firewall.js';
+import {
+  applyFirewall,
+  firewallDiffers,
+  peerSetUpdates,
+  removeFirewall,
+  type FirewallState,
+  type UnderlayPeers,
+} from './firewall.js';
 import { PortGuard, guardRuleset, type PortBinding } from './port-guard.js';
 
 /** A part of the `inet weft` table that another component keeps: its lines and forward-chain hooks. */

@@ -33,8 +33,12 @@ function portRules(b: PortBinding): string[] {
     ...(any ? [`ether saddr ${b.mac} ip saddr ${any} accept`] : []),
     `ether saddr != ${b.mac} counter drop comment "spoofed source MAC"`,
     `ether type arp arp saddr ether != ${b.mac} counter drop comment "spoofed ARP sender MAC"`,
-    any ? `ether type arp arp saddr ip != ${any} counter drop comment "spoofed ARP sender address"` : `ether type arp counter drop comment "no address to speak ARP for"`,
-    any ? `ether type ip ip saddr != ${any} counter drop comment "spoofed IPv4 source"` : `ether type ip counter drop comment "no IPv4 address"`,
+    any
+      ? `ether type arp arp saddr ip != ${any} counter drop comment "spoofed ARP sender address"`
+      : `ether type arp counter drop comment "no address to speak ARP for"`,
+    any
+      ? `ether type ip ip saddr != ${any} counter drop comment "spoofed IPv4 source"`
+      : `ether type ip counter drop comment "no IPv4 address"`,
     `ether type { ip, arp } accept`,
     `counter drop comment "neither IPv4 nor ARP (IPv6 and VLAN tags included)"`,
   ];
@@ -70,7 +74,12 @@ function guardUpdates(bind: PortBinding[], unbind: string[]): string {
   for (const port of unbind) out.push(`delete element ${t} ports { "${port}" }`, `delete chain ${t} ${chainOf(port)}`);
   for (const b of bind) {
     const chain = chainOf(b.port);
-    out.push(`add chain ${t} ${chain}`, `flush chain ${t} ${chain}`, ...portRules(b).map((r) => `add rule ${t} ${chain} ${r}`), `add element ${t} ports { "${b.port}" : jump ${chain} }`);
+    out.push(
+      `add chain ${t} ${chain}`,
+      `flush chain ${t} ${chain}`,
+      ...portRules(b).map((r) => `add rule ${t} ${chain} ${r}`),
+      `add element ${t} ports { "${b.port}" : jump ${chain} }`,
+    );
   }
   return out.length > 0 ? out.join('\n') + '\n' : '';
 }
@@ -129,7 +138,9 @@ export class PortGuard {
       // No table yet (or not the one we thought): the next sync writes it whole; until then this port
       // stays unbound, which drops its frames, so attach reports the failure.
       this.written = null;
-      throw new Error(`cannot bind port ${b.port} to ${b.mac} ${b.addrs.join(' ')}: the bridge guard table is not in place (${this.lastError ?? 'not written yet'})`);
+      throw new Error(
+        `cannot bind port ${b.port} to ${b.mac} ${b.addrs.join(' ')}: the bridge guard table is not in place (${this.lastError ?? 'not written yet'})`,
+      );
     }
   }
 

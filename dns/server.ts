@@ -85,7 +85,17 @@ export class DnsServer {
   private upstreamSocket: dgram.Socket | null = null;
   private readonly pending = new Map<number, Pending>();
   private sweep: NodeJS.Timeout | null = null;
-  readonly stats = { queries: 0, local: 0, nxdomain: 0, forwarded: 0, servfail: 0, formerr: 0, refusedClients: 0, overloaded: 0, strayReplies: 0 };
+  readonly stats = {
+    queries: 0,
+    local: 0,
+    nxdomain: 0,
+    forwarded: 0,
+    servfail: 0,
+    formerr: 0,
+    refusedClients: 0,
+    overloaded: 0,
+    strayReplies: 0,
+  };
   private readonly domain: string;
 
   constructor(
@@ -146,19 +156,22 @@ export class DnsServer {
   }
 
   private startBatched(): void {
-    const port: UdpPort = new UdpPort({ address: this.config.host, port: this.config.port, slots: 64, slotSize: 4096, rcvbuf: 4 << 20 }, (n) => {
-      for (let i = 0; i < n; i++) {
-        const addr = port.fromAddress(i);
-        if (!this.allowed(addr)) continue;
-        const from = port.fromPort(i);
-        this.answerUdp(port.received(i), (reply, later) => {
-          if (reply.length > port.slotSize || this.batched !== port) return;
-          port.queue(reply, addr, from);
-          if (later) port.flush(); // answers of this batch go in one sendmmsg, below
-        });
-      }
-      port.flush();
-    });
+    const port: UdpPort = new UdpPort(
+      { address: this.config.host, port: this.config.port, slots: 64, slotSize: 4096, rcvbuf: 4 << 20 },
+      (n) => {
+        for (let i = 0; i < n; i++) {
+          const addr = port.fromAddress(i);
+          if (!this.allowed(addr)) continue;
+          const from = port.fromPort(i);
+          this.answerUdp(port.received(i), (reply, later) => {
+            if (reply.length > port.slotSize || this.batched !== port) return;
+            port.queue(reply, addr, from);
+            if (later) port.flush(); // answers of this batch go in one sendmmsg, below
+          });
+        }
+        port.flush();
+      },
+    );
     this.batched = port;
     this.udpIo = 'batched';
   }
@@ -222,7 +235,8 @@ export class DnsServer {
   fastAnswer(msg: Buffer): Buffer | null {
     if (msg.length < 17 || msg.length > 512) return null;
     // flags: a standard query (QR=0, opcode 0); exactly one question, nothing else.
-    if ((msg[2] & 0xf8) !== 0 || msg.readUInt16BE(4) !== 1 || msg.readUInt32BE(6) !== 0 || msg.readUInt16BE(10) !== 0) return null;
+    if ((msg[2] & 0xf8) !== 0 || msg.readUInt16BE(4) !== 1 || msg.readUInt32BE(6) !== 0 || msg.readUInt16BE(10) !== 0)
+      return null;
     let i = 12;
     const labels: string[] = [];
     for (;;) {
@@ -284,7 +298,13 @@ export class DnsServer {
         const ip = ptrToIp(name);
         const names = ip ? this.table.reverse(ip) : [];
         if (names.length > 0) {
-          return this.reply(q, RCODE.NOERROR, names.map((n) => ({ type: 'PTR', name, ttl: this.config.ttl, data: n.replace(/\.$/, '') }) as Answer), opt !== undefined, limit);
+          return this.reply(
+            q,
+            RCODE.NOERROR,
+            names.map((n) => ({ type: 'PTR', name, ttl: this.config.ttl, data: n.replace(/\.$/, '') }) as Answer),
+            opt !== undefined,
+            limit,
+          );
         }
       }
       return await this.forward(msg, q, transport);
@@ -301,7 +321,9 @@ export class DnsServer {
       return this.reply(q, RCODE.NXDOMAIN, [], edns, limit);
     }
     if (type !== 'A') return this.reply(q, RCODE.NOERROR, [], edns, limit);
-    const answers = shuffle([...new Set(ips)]).map((ip) => ({ type: 'A', name, ttl: this.config.ttl, data: ip }) as Answer);
+    const answers = shuffle([...new Set(ips)]).map(
+      (ip) => ({ type: 'A', name, ttl: this.config.ttl, data: ip }) as Answer,
+    );
     return this.reply(q, RCODE.NOERROR, answers, edns, limit);
   }
 
@@ -311,7 +333,12 @@ export class DnsServer {
       dnsPacket.encode({
         id: q.id,
         type: 'response',
-        flags: ((q.flags ?? 0) & dnsPacket.RECURSION_DESIRED) | dnsPacket.RECURSION_AVAILABLE | dnsPacket.AUTHORITATIVE_ANSWER | (tc ? dnsPacket.TRUNCATED_RESPONSE : 0) | rcode,
+        flags:
+          ((q.flags ?? 0) & dnsPacket.RECURSION_DESIRED) |
+          dnsPacket.RECURSION_AVAILABLE |
+          dnsPacket.AUTHORITATIVE_ANSWER |
+          (tc ? dnsPacket.TRUNCATED_RESPONSE : 0) |
+          rcode,
         questions: q.questions,
         answers: ans,
         additionals: edns ? [{ type: 'OPT', name: '.', udpPayloadSize: 4096 } as unknown as Answer] : [],
@@ -396,7 +423,15 @@ export class DnsServer {
     const p = m.length >= 12 ? this.pending.get(m.readUInt16BE(0)) : undefined;
     const up = p?.upstreams[0];
     const question = DnsServer.question(m);
-    if (!p || !up || up.host !== r.address || up.port !== r.port || !question || !question.equals(p.question) || (m[2] & 0x80) === 0) {
+    if (
+      !p ||
+      !up ||
+      up.host !== r.address ||
+      up.port !== r.port ||
+      !question ||
+      !question.equals(p.question) ||
+      (m[2] & 0x80) === 0
+    ) {
       this.stats.strayReplies++;
       return;
     }
@@ -419,7 +454,14 @@ export class DnsServer {
     return new Promise((resolve) => {
       const sent = Buffer.from(msg);
       sent.writeUInt16BE(id, 0);
-      const p: Pending = { clientId: msg.readUInt16BE(0), question: Buffer.from(question), upstreams: [...upstreams], deadline: 0, msg: sent, resolve };
+      const p: Pending = {
+        clientId: msg.readUInt16BE(0),
+        question: Buffer.from(question),
+        upstreams: [...upstreams],
+        deadline: 0,
+        msg: sent,
+        resolve,
+      };
       this.pending.set(id, p);
       this.send(p);
       this.sweep ??= setInterval(() => this.expire(), Math.max(20, Math.min(250, this.config.upstreamTimeoutMs / 4)));

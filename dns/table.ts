@@ -4,7 +4,15 @@
 // of peers that left the mesh go after 30 s.
 import { canonicalDnsName, canonicalIpv4 } from '../net/validate.js';
 import { readCheckedList, type Persist } from '../lib/json-file.js';
-import { type MeshView, type PeerName, PeerRecords, comparePeerRecords, mergePeerRecords, type EntryCodec, type PeerRecord } from '../mesh/index.js';
+import {
+  type MeshView,
+  type PeerName,
+  PeerRecords,
+  comparePeerRecords,
+  mergePeerRecords,
+  type EntryCodec,
+  type PeerRecord,
+} from '../mesh/index.js';
 
 const DNS_CHANNEL = 'dns';
 
@@ -27,9 +35,17 @@ const nameCodec: EntryCodec<NameEntry> = {
   fromWire(w) {
     if (!Array.isArray(w) || w.length !== 3) throw new Error('name entry is malformed');
     const [hostname, container, ip] = w as unknown[];
-    if (typeof hostname !== 'string' || typeof container !== 'string' || container.length === 0 || container.length > 256 || typeof ip !== 'string') throw new Error('name entry is malformed');
+    if (
+      typeof hostname !== 'string' ||
+      typeof container !== 'string' ||
+      container.length === 0 ||
+      container.length > 256 ||
+      typeof ip !== 'string'
+    )
+      throw new Error('name entry is malformed');
     // Only the canonical form: two spellings of one name must not be two entries.
-    if (canonicalDnsName(hostname, 'name entry') !== hostname || canonicalIpv4(ip, 'name entry address') !== ip) throw new Error(`name entry ${hostname.slice(0, 80)} ${ip.slice(0, 20)} is not in canonical form`);
+    if (canonicalDnsName(hostname, 'name entry') !== hostname || canonicalIpv4(ip, 'name entry address') !== ip)
+      throw new Error(`name entry ${hostname.slice(0, 80)} ${ip.slice(0, 20)} is not in canonical form`);
     return { hostname, container, ip };
   },
   key: (e) => JSON.stringify([e.hostname, e.container, e.ip]),
@@ -108,10 +124,7 @@ export class NameService extends PeerRecords<NameEntry> {
   readonly table: NameTable;
   private readonly persist?: Persist;
 
-  constructor(
-    mesh: MeshView,
-    opts: { graceMs?: number; persist?: Persist; services?: ServiceNames } = {},
-  ) {
+  constructor(mesh: MeshView, opts: { graceMs?: number; persist?: Persist; services?: ServiceNames } = {}) {
     super(mesh, DNS_CHANNEL, nameCodec, opts.graceMs ?? 30_000);
     this.persist = opts.persist;
     this.table = new NameTable(this.records, opts.services ?? null);
@@ -135,7 +148,14 @@ export class NameService extends PeerRecords<NameEntry> {
   /** Removes this peer's entries matching all the given parts; returns how many. */
   remove(match: { hostname?: string; container?: string; ip?: string }): number {
     const h = match.hostname ? normaliseName(match.hostname) : undefined;
-    const keep = this.local.filter((e) => !((h === undefined || e.hostname === h) && (match.container === undefined || e.container === match.container) && (match.ip === undefined || e.ip === match.ip)));
+    const keep = this.local.filter(
+      (e) =>
+        !(
+          (h === undefined || e.hostname === h) &&
+          (match.container === undefined || e.container === match.container) &&
+          (match.ip === undefined || e.ip === match.ip)
+        ),
+    );
     const n = this.local.length - keep.length;
     if (n > 0) this.setLocal(keep);
     return n;

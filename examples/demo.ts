@@ -37,20 +37,31 @@ async function sh(h: Host, args: string[]): Promise<string> {
 
 try {
   const [a, b] = cluster.hosts;
-  console.log(`hosts: ${cluster.hosts.map((h) => `${h.nickname} = ${h.ip}`).join(', ')} (each its own network namespace)`);
+  console.log(
+    `hosts: ${cluster.hosts.map((h) => `${h.nickname} = ${h.ip}`).join(', ')} (each its own network namespace)`,
+  );
   const opts = ['--ipalloc-init', 'consensus=2', '--heartbeat-interval', '1s'];
   await sh(a, ['launch', '--nickname', a.nickname, ...opts]);
   await sh(b, ['launch', '--nickname', b.nickname, ...opts, a.ip]);
-  await eventually('the two routers to connect', async () => (await a.report<Report>()).connections.some((c) => c.state === 'established'), 30_000);
+  await eventually(
+    'the two routers to connect',
+    async () => (await a.report<Report>()).connections.some((c) => c.state === 'established'),
+    30_000,
+  );
   const c1 = await cluster.container('web');
   const c2 = await cluster.container('db');
   console.log(`\ncontainers: netns ${c1} (on host1), netns ${c2} (on host2)`);
   const ip1 = (await sh(a, ['attach', '-h', 'web.weft.local', `netns:${c1}`])).trim().split('/')[0];
   const ip2 = (await sh(b, ['attach', '-h', 'db.weft.local', `netns:${c2}`])).trim().split('/')[0];
-  const resolved = await eventually('db.weft.local to resolve inside web', async () => {
-    const g = await run('ip', ['netns', 'exec', c1, 'getent', 'hosts', 'db.weft.local']);
-    return g.code === 0 ? g.stdout.trim() : null;
-  }, 15_000, 200);
+  const resolved = await eventually(
+    'db.weft.local to resolve inside web',
+    async () => {
+      const g = await run('ip', ['netns', 'exec', c1, 'getent', 'hosts', 'db.weft.local']);
+      return g.code === 0 ? g.stdout.trim() : null;
+    },
+    15_000,
+    200,
+  );
   console.log(`\nweb$ getent hosts db.weft.local    # inside the container on host1, plain libc DNS\n${resolved}`);
   if ((await run('sh', ['-c', 'command -v ping'])).code === 0) {
     const p = await run('ip', ['netns', 'exec', c1, 'ping', '-c', '3', '-i', '0.2', 'db']);
@@ -60,8 +71,12 @@ try {
   try {
     const t0 = Date.now();
     const n = await eventually('TCP from web to db', async () => echo(c1, ip2, 8080, 'tcp', 1_000_000), 15_000, 200);
-    console.log(`\nweb (${ip1}, host1) -> db (${ip2}, host2): ${n} bytes echoed over TCP (first try to success: ${Date.now() - t0} ms)`);
-    console.log(`web (${ip1}, host1) -> db (${ip2}, host2): ${await echo(c1, ip2, 8080, 'udp', 1000)} bytes echoed over UDP`);
+    console.log(
+      `\nweb (${ip1}, host1) -> db (${ip2}, host2): ${n} bytes echoed over TCP (first try to success: ${Date.now() - t0} ms)`,
+    );
+    console.log(
+      `web (${ip1}, host1) -> db (${ip2}, host2): ${await echo(c1, ip2, 8080, 'udp', 1000)} bytes echoed over UDP`,
+    );
   } finally {
     server.stop();
   }

@@ -3,7 +3,18 @@
 //
 //   npm run build && node dist/examples/gossip-counter.js
 import { pathToFileURL } from 'node:url';
-import { type Gossip, type GossipData, type Gossiper, Mesh, defaultMeshTimings, connectInMemory, pack, unpack, randomPeerName, type PeerName } from '../mesh/index.js';
+import {
+  type Gossip,
+  type GossipData,
+  type Gossiper,
+  Mesh,
+  defaultMeshTimings,
+  connectInMemory,
+  pack,
+  unpack,
+  randomPeerName,
+  type PeerName,
+} from '../mesh/index.js';
 import { silentLogger } from '../lib/logger.js';
 
 /** Per-peer counts; merge takes the maximum of each, so it is commutative and idempotent. */
@@ -64,7 +75,9 @@ export function makeMesh(nickname: string, port = 6783): Mesh {
   return new Mesh({
     name: randomPeerName(),
     nickname,
-    uid: Math.floor(Math.random() * 2 ** 52).toString(16).padStart(16, '0'),
+    uid: Math.floor(Math.random() * 2 ** 52)
+      .toString(16)
+      .padStart(16, '0'),
     port,
     connLimit: 0,
     ...defaultMeshTimings,

@@ -38,10 +38,16 @@ try {
   console.log(`\n$ weft launch ${b.ip}        # on host3`);
   process.stdout.write((await c.launch([b.ip])).stdout);
   const t0 = Date.now();
-  await eventually('a full mesh of three', async () => {
-    const rs = await Promise.all([a, b, c].map((h) => h.report<Report>()));
-    return rs.every((r) => r.peers.length === 3 && r.connections.filter((x) => x.state === 'established').length === 2);
-  }, 30_000);
+  await eventually(
+    'a full mesh of three',
+    async () => {
+      const rs = await Promise.all([a, b, c].map((h) => h.report<Report>()));
+      return rs.every(
+        (r) => r.peers.length === 3 && r.connections.filter((x) => x.state === 'established').length === 2,
+      );
+    },
+    30_000,
+  );
   console.log(`\nfull mesh after ${Date.now() - t0} ms (host1 and host3 found each other through host2's gossip)`);
   await show('host1', ['status']);
   await show('host1', ['status', 'peers']);

@@ -3,16 +3,34 @@
 // observer), and never waits silently: every request that cannot be served
 // yet carries the reason, and fails with it after a bounded time.
 import { WeftError } from '../lib/errors.js';
-import { type Gossip, type GossipData, type Gossiper, type MeshView, pack, unpack, isPeerName, type PeerName } from '../mesh/index.js';
+import {
+  type Gossip,
+  type GossipData,
+  type Gossiper,
+  type MeshView,
+  pack,
+  unpack,
+  isPeerName,
+  type PeerName,
+} from '../mesh/index.js';
 import { cidrEnd, contains, formatCidr, formatIp, hostRange, type Addr, type Cidr } from '../net/addr.js';
 import { PaxosNode, nodeId, validatePaxos, type PaxosState } from './paxos.js';
-import { Ring, type RingEntry, type RingOrigin, compareRingEntries, entryFromWire, entryToWire, sameOrigin } from './ring.js';
+import {
+  Ring,
+  type RingEntry,
+  type RingOrigin,
+  compareRingEntries,
+  entryFromWire,
+  entryToWire,
+  sameOrigin,
+} from './ring.js';
 import type { IpamStore } from './store.js';
 import type { Liveness } from './liveness.js';
 
 const IPAM_CHANNEL = 'ipam';
 
-export type InitMode = { kind: 'consensus'; quorum: number; peers: number } | { kind: 'seed'; seeds: PeerName[] } | { kind: 'observer' };
+export type InitMode =
+  { kind: 'consensus'; quorum: number; peers: number } | { kind: 'seed'; seeds: PeerName[] } | { kind: 'observer' };
 
 export interface AllocatorConfig {
   range: Cidr;
@@ -53,7 +71,11 @@ class IpamUpdate implements GossipData {
     readonly paxos: PaxosState | null,
   ) {}
   encode(): Uint8Array {
-    return pack({ o: this.origin ? [this.origin.start, this.origin.end, this.origin.seeds] : null, r: this.entries.map(entryToWire), p: this.paxos });
+    return pack({
+      o: this.origin ? [this.origin.start, this.origin.end, this.origin.seeds] : null,
+      r: this.entries.map(entryToWire),
+      p: this.paxos,
+    });
   }
   merge(other: GossipData): GossipData {
     const o = other as IpamUpdate;
@@ -71,15 +93,27 @@ function decodeOrigin(v: unknown): RingOrigin | null {
   if (v === null || v === undefined) return null;
   if (!Array.isArray(v) || v.length !== 3) throw new Error('ring origin is malformed');
   const [start, end, seeds] = v as unknown[];
-  if (typeof start !== 'number' || typeof end !== 'number' || !(start < end) || !Array.isArray(seeds) || seeds.length > 10_000) throw new Error('ring origin is malformed');
+  if (
+    typeof start !== 'number' ||
+    typeof end !== 'number' ||
+    !(start < end) ||
+    !Array.isArray(seeds) ||
+    seeds.length > 10_000
+  )
+    throw new Error('ring origin is malformed');
   if (!seeds.every((s) => typeof s === 'string' && isPeerName(s))) throw new Error('ring origin seeds are malformed');
   return { start, end, seeds: seeds as PeerName[] };
 }
 
-function decodeUpdate(bytes: Uint8Array): { origin: RingOrigin | null; entries: RingEntry[]; paxos: PaxosState | null } {
+function decodeUpdate(bytes: Uint8Array): {
+  origin: RingOrigin | null;
+  entries: RingEntry[];
+  paxos: PaxosState | null;
+} {
   const v = unpack(bytes) as { o?: unknown; r?: unknown; p?: unknown };
   if (typeof v !== 'object' || v === null) throw new Error('ipam update is not a map');
-  if (v.r !== undefined && (!Array.isArray(v.r) || v.r.length > 1_000_000)) throw new Error('ipam ring entries are malformed');
+  if (v.r !== undefined && (!Array.isArray(v.r) || v.r.length > 1_000_000))
+    throw new Error('ipam ring entries are malformed');
   return {
     origin: decodeOrigin(v.o),
     entries: ((v.r as unknown[] | undefined) ?? []).map(entryFromWire),
@@ -130,7 +164,9 @@ export class Allocator implements Gossiper {
     this.tick = setInterval(() => this.onTick(), 1000);
     this.tick.unref();
     // Reconcile with what really runs, at start and every few seconds.
-    this.pruneGone().catch((err: Error) => this.mesh.log.error({ err: err.message }, 'ipam: freeing the addresses of gone containers failed'));
+    this.pruneGone().catch((err: Error) =>
+      this.mesh.log.error({ err: err.message }, 'ipam: freeing the addresses of gone containers failed'),
+    );
     mesh.on('topology', () => {
       for (const e of mesh.peers()) this.nicknames.set(e.name, e.nickname);
       this.retryPending();
@@ -150,7 +186,11 @@ export class Allocator implements Gossiper {
   // ------------------------------------------------------------------ requests
 
   /** An address for `ident` in `subnet` (default subnet if none): the lowest free one. Idempotent per ident and subnet. */
-  allocate(ident: string, subnet: Cidr = this.config.defaultSubnet, timeoutMs = this.config.timeoutMs): Promise<Cidr & { addr: Addr }> {
+  allocate(
+    ident: string,
+    subnet: Cidr = this.config.defaultSubnet,
+    timeoutMs = this.config.timeoutMs,
+  ): Promise<Cidr & { addr: Addr }> {
     this.checkSubnet(subnet);
     return this.enqueue({ kind: 'allocate', ident, subnet }, timeoutMs);
   }
@@ -161,7 +201,8 @@ export class Allocator implements Gossiper {
       // Outside the range weft manages: recorded, nobody else hands it out (as Weave does). Only
       // this host's claims are known here: two containers here cannot both claim one.
       const holder = this.byAddr.get(addr);
-      if (holder !== undefined && holder !== ident) return Promise.reject(new IpamError('conflict', `${formatIp(addr)} is already claimed by ${holder}`));
+      if (holder !== undefined && holder !== ident)
+        return Promise.reject(new IpamError('conflict', `${formatIp(addr)} is already claimed by ${holder}`));
       this.record(ident, addr);
       return this.persist().then(() => ({ ...subnet, addr }));
     }
@@ -189,7 +230,9 @@ export class Allocator implements Gossiper {
     const gone = addr === undefined ? [...addrs] : addrs.includes(addr) ? [addr] : [];
     if (gone.length === 0) throw new IpamError('not-found', `${formatIp(addr!)} is not allocated to ${ident}`);
     for (const a of gone) this.unrecord(ident, a);
-    for (const p of this.pending) if (p.ident === ident) this.fail(p, new IpamError('refused', `request for ${ident} cancelled: its addresses were freed`));
+    for (const p of this.pending)
+      if (p.ident === ident)
+        this.fail(p, new IpamError('refused', `request for ${ident} cancelled: its addresses were freed`));
     this.freeDirty = true;
     await this.persist();
     return gone;
@@ -197,12 +240,18 @@ export class Allocator implements Gossiper {
 
   private checkSubnet(subnet: Cidr): void {
     if (!contains(this.config.range, subnet)) {
-      throw new IpamError('invalid', `subnet ${formatCidr(subnet)} is not inside the allocation range ${formatCidr(this.config.range)}`);
+      throw new IpamError(
+        'invalid',
+        `subnet ${formatCidr(subnet)} is not inside the allocation range ${formatCidr(this.config.range)}`,
+      );
     }
     if (subnet.prefix > 30) throw new IpamError('invalid', `subnet ${formatCidr(subnet)} is too small (at most /30)`);
   }
 
-  private enqueue(op: Pick<Pending, 'kind' | 'ident' | 'subnet' | 'addr'>, timeoutMs: number): Promise<Cidr & { addr: Addr }> {
+  private enqueue(
+    op: Pick<Pending, 'kind' | 'ident' | 'subnet' | 'addr'>,
+    timeoutMs: number,
+  ): Promise<Cidr & { addr: Addr }> {
     return new Promise((resolve, reject) => {
       const now = Date.now();
       const p: Pending = { ...op, since: now, deadline: now + timeoutMs, reason: 'starting', resolve, reject };
@@ -244,7 +293,8 @@ export class Allocator implements Gossiper {
     const addr = p.addr!;
     const holder = this.byAddr.get(addr);
     if (holder === p.ident) return this.done(p, addr);
-    if (holder !== undefined) return this.fail(p, new IpamError('conflict', `${formatIp(addr)} is already allocated to ${holder}`));
+    if (holder !== undefined)
+      return this.fail(p, new IpamError('conflict', `${formatIp(addr)} is already allocated to ${holder}`));
     const owner = this.ring!.ownerOf(addr);
     if (owner === this.self) {
       this.record(p.ident, addr);
@@ -288,7 +338,10 @@ export class Allocator implements Gossiper {
       }
     }
     if (this.freeDirty) this.reportFree();
-    if (++this.ticks % 5 === 0) this.pruneGone().catch((err: Error) => this.mesh.log.error({ err: err.message }, 'ipam: freeing the addresses of gone containers failed'));
+    if (++this.ticks % 5 === 0)
+      this.pruneGone().catch((err: Error) =>
+        this.mesh.log.error({ err: err.message }, 'ipam: freeing the addresses of gone containers failed'),
+      );
   }
 
   /** Frees the addresses of containers that no longer exist. Returns the idents freed. */
@@ -298,7 +351,10 @@ export class Allocator implements Gossiper {
     const gone = [...this.owned.keys()].filter((ident) => alive(ident) === false);
     for (const ident of gone) {
       const addrs = this.owned.get(ident) ?? [];
-      this.mesh.log.info({ container: ident, addresses: addrs.map(formatIp) }, 'ipam: container is gone; its addresses are free');
+      this.mesh.log.info(
+        { container: ident, addresses: addrs.map(formatIp) },
+        'ipam: container is gone; its addresses are free',
+      );
       for (const a of addrs) this.unrecord(ident, a);
     }
     if (gone.length > 0) {
@@ -362,26 +418,42 @@ export class Allocator implements Gossiper {
     const end = p.kind === 'claim' ? p.addr! + 1 : cidrEnd(p.subnet);
     const candidates = ring.ranges().filter((r) => r.entry.owner !== this.self && r.start < end && r.end > start);
     if (candidates.length === 0) {
-      if (p.kind === 'claim') return this.fail(p, new IpamError('conflict', `${formatIp(p.addr!)} is not in any range of the ring`));
-      return this.fail(p, new IpamError('full', `${formatCidr(p.subnet)} is full: no free address on this peer, and no other peer owns part of it`));
+      if (p.kind === 'claim')
+        return this.fail(p, new IpamError('conflict', `${formatIp(p.addr!)} is not in any range of the ring`));
+      return this.fail(
+        p,
+        new IpamError(
+          'full',
+          `${formatCidr(p.subnet)} is full: no free address on this peer, and no other peer owns part of it`,
+        ),
+      );
     }
     const owners = [...new Set(candidates.map((r) => r.entry.owner))];
-    const live = candidates.filter((r) => reachable(r.entry.owner) && !this.denied.has(r.entry.owner) && !this.unresponsive.has(r.entry.owner));
+    const live = candidates.filter(
+      (r) => reachable(r.entry.owner) && !this.denied.has(r.entry.owner) && !this.unresponsive.has(r.entry.owner),
+    );
     if (live.length === 0) {
       const dead = owners.filter((o) => !reachable(o));
       const silent = owners.filter((o) => this.unresponsive.has(o));
       if (dead.length === 0 && silent.length === 0 && !this.outstanding) {
         // Every owner was asked and said no: the subnet is full, now.
         const why = p.kind === 'claim' ? `${formatIp(p.addr!)} is not free` : `${formatCidr(p.subnet)} is full`;
-        return this.fail(p, new IpamError(p.kind === 'claim' ? 'conflict' : 'full', `${why}: every peer owning part of it (${owners.map((o) => this.describe(o)).join(', ')}) said it has none to give`));
+        return this.fail(
+          p,
+          new IpamError(
+            p.kind === 'claim' ? 'conflict' : 'full',
+            `${why}: every peer owning part of it (${owners.map((o) => this.describe(o)).join(', ')}) said it has none to give`,
+          ),
+        );
       }
       p.reason =
         silent.length > 0 && dead.length === 0
           ? `waiting for ${silent.map((o) => this.describe(o)).join(', ')} to answer a request for space in ${formatCidr(p.subnet)}`
           : dead.length === owners.length
-          ? `the rest of ${formatCidr(p.subnet)} is owned by unreachable peers (${owners.map((o) => this.describe(o)).join(', ')}); if they are gone for good, run: weft rmpeer NAME`
-          : `the peers with space in ${formatCidr(p.subnet)} that are reachable have none to give; the others are unreachable: ${dead.map((o) => this.describe(o)).join(', ')}`;
-      if (p.kind === 'claim' && dead.length === owners.length) p.reason = `${formatIp(p.addr!)} belongs to unreachable peer ${this.describe(owners[0])}; if it is gone for good, run: weft rmpeer ${owners[0]}`;
+            ? `the rest of ${formatCidr(p.subnet)} is owned by unreachable peers (${owners.map((o) => this.describe(o)).join(', ')}); if they are gone for good, run: weft rmpeer NAME`
+            : `the peers with space in ${formatCidr(p.subnet)} that are reachable have none to give; the others are unreachable: ${dead.map((o) => this.describe(o)).join(', ')}`;
+      if (p.kind === 'claim' && dead.length === owners.length)
+        p.reason = `${formatIp(p.addr!)} belongs to unreachable peer ${this.describe(owners[0])}; if it is gone for good, run: weft rmpeer ${owners[0]}`;
       return;
     }
     if (this.outstanding) {
@@ -393,9 +465,18 @@ export class Allocator implements Gossiper {
     const donor = live[0].entry.owner;
     const id = ++this.requestId;
     this.outstanding = { id, peer: donor, at: Date.now() };
-    const msg: Unicast = { t: 'req', id, s: p.subnet.start, p: p.subnet.prefix, ...(p.kind === 'claim' ? { a: p.addr } : {}) };
+    const msg: Unicast = {
+      t: 'req',
+      id,
+      s: p.subnet.start,
+      p: p.subnet.prefix,
+      ...(p.kind === 'claim' ? { a: p.addr } : {}),
+    };
     this.channel.unicast(donor, pack(msg));
-    p.reason = p.kind === 'claim' ? `asking ${this.describe(donor)} for ${formatIp(p.addr!)}` : `asking ${this.describe(donor)} for space in ${formatCidr(p.subnet)}`;
+    p.reason =
+      p.kind === 'claim'
+        ? `asking ${this.describe(donor)} for ${formatIp(p.addr!)}`
+        : `asking ${this.describe(donor)} for space in ${formatCidr(p.subnet)}`;
   }
 
   /** Donor side: give part of our free space in the subnet (the upper half of our largest aligned free block). */
@@ -406,9 +487,21 @@ export class Allocator implements Gossiper {
     if (!this.ring) return reply({ t: 'deny', id: m.id, why: 'no ring here yet', full: false });
     if (m.a !== undefined) {
       const owner = this.ring.ownerOf(m.a);
-      if (owner !== this.self) return reply({ t: 'deny', id: m.id, why: `${formatIp(m.a)} is not owned by ${this.describe(this.self)}`, full: false });
+      if (owner !== this.self)
+        return reply({
+          t: 'deny',
+          id: m.id,
+          why: `${formatIp(m.a)} is not owned by ${this.describe(this.self)}`,
+          full: false,
+        });
       const holder = this.byAddr.get(m.a);
-      if (holder !== undefined) return reply({ t: 'deny', id: m.id, why: `${formatIp(m.a)} is allocated to ${holder} on ${this.describe(this.self)}`, full: true });
+      if (holder !== undefined)
+        return reply({
+          t: 'deny',
+          id: m.id,
+          why: `${formatIp(m.a)} is allocated to ${holder} on ${this.describe(this.self)}`,
+          full: true,
+        });
       return this.grantTo(src, m.id, m.a, m.a + 1);
     }
     // Only addresses the requester can hand out: the subnet's host range.
@@ -452,16 +545,27 @@ export class Allocator implements Gossiper {
       else if (e) changed[changed.findIndex((c) => c.token === e.token)] = e;
     }
     this.ringChanged(changed);
-    this.channel.unicast(peer, pack({ t: 'grant', id, o: this.originWire(), r: changed.map(entryToWire) } satisfies Unicast));
+    this.channel.unicast(
+      peer,
+      pack({ t: 'grant', id, o: this.originWire(), r: changed.map(entryToWire) } satisfies Unicast),
+    );
     this.freeDirty = true;
   }
 
   onUnicast(src: PeerName, payload: Uint8Array): void {
     const m = unpack(payload) as Unicast;
-    if (typeof m !== 'object' || m === null || typeof (m as { t?: unknown }).t !== 'string') throw new Error('ipam unicast is malformed');
+    if (typeof m !== 'object' || m === null || typeof (m as { t?: unknown }).t !== 'string')
+      throw new Error('ipam unicast is malformed');
     switch (m.t) {
       case 'req':
-        if (!Number.isInteger(m.id) || !Number.isInteger(m.s) || !Number.isInteger(m.p) || m.p < 0 || m.p > 32 || (m.a !== undefined && !Number.isInteger(m.a))) {
+        if (
+          !Number.isInteger(m.id) ||
+          !Number.isInteger(m.s) ||
+          !Number.isInteger(m.p) ||
+          m.p < 0 ||
+          m.p > 32 ||
+          (m.a !== undefined && !Number.isInteger(m.a))
+        ) {
           throw new Error('ipam space request is malformed');
         }
         return this.onSpaceRequest(src, m);
@@ -483,7 +587,11 @@ export class Allocator implements Gossiper {
         this.retryPending();
         return;
       case 'want':
-        if (this.ring) this.channel.unicast(src, pack({ t: 'ring', o: this.originWire(), r: this.ring.all().map(entryToWire) } satisfies Unicast));
+        if (this.ring)
+          this.channel.unicast(
+            src,
+            pack({ t: 'ring', o: this.originWire(), r: this.ring.all().map(entryToWire) } satisfies Unicast),
+          );
         return;
       default:
         throw new Error('ipam unicast has an unknown type');
@@ -540,15 +648,20 @@ export class Allocator implements Gossiper {
 
   private waitingForRingReason(): string {
     const init = this.config.init;
-    if (init.kind === 'observer') return 'waiting for a peer that has the ring (this peer is an observer and does not vote)';
+    if (init.kind === 'observer')
+      return 'waiting for a peer that has the ring (this peer is an observer and does not vote)';
     if (init.kind === 'seed') return 'waiting for the ring from the seed peers';
     const heard = this.paxos?.electors() ?? [this.self];
     const inMesh = this.mesh.peers().map((p) => p.name);
     const silent = inMesh.filter((n) => !heard.includes(n));
-    const source = init.peers > 0 ? `${init.peers} peers given to launch, plus this one` : `--ipalloc-init consensus=${init.quorum * 2 - 1}`;
+    const source =
+      init.peers > 0
+        ? `${init.peers} peers given to launch, plus this one`
+        : `--ipalloc-init consensus=${init.quorum * 2 - 1}`;
     let why = `awaiting consensus: heard from ${heard.length} of the ${init.quorum} peers needed (quorum from ${source}): ${heard.map((n) => this.describe(n)).join(', ')}`;
     if (silent.length > 0) why += `; not yet voting: ${silent.map((n) => this.describe(n)).join(', ')}`;
-    if (inMesh.length < init.quorum) why += `; only ${inMesh.length} peer(s) in the mesh: connect the others (weft connect) or lower the quorum (--ipalloc-init consensus=N)`;
+    if (inMesh.length < init.quorum)
+      why += `; only ${inMesh.length} peer(s) in the mesh: connect the others (weft connect) or lower the quorum (--ipalloc-init consensus=N)`;
     return why;
   }
 
@@ -597,7 +710,9 @@ export class Allocator implements Gossiper {
   private receiveRing(origin: RingOrigin, entries: RingEntry[]): RingEntry[] {
     if (!this.ring) {
       if (origin.start !== this.config.range.start || origin.end !== cidrEnd(this.config.range)) {
-        this.noteConflict(`a peer uses the allocation range ${formatIp(origin.start)}-${formatIp(origin.end - 1)}, this one ${formatCidr(this.config.range)}: start all peers with the same --ipalloc-range`);
+        this.noteConflict(
+          `a peer uses the allocation range ${formatIp(origin.start)}-${formatIp(origin.end - 1)}, this one ${formatCidr(this.config.range)}: start all peers with the same --ipalloc-range`,
+        );
         return [];
       }
       this.ring = new Ring(origin);
@@ -622,7 +737,9 @@ export class Allocator implements Gossiper {
         const kept = { ...e, owner: this.self, version: e.version + 1 };
         this.ring.merge([kept]);
         reassert.push(kept);
-        this.noteConflict(`peer ${this.describe(e.owner)} took over ${formatIp(r.start)}-${formatIp(r.end - 1)}, where this peer has ${inUse} address(es) in use; kept it`);
+        this.noteConflict(
+          `peer ${this.describe(e.owner)} took over ${formatIp(r.start)}-${formatIp(r.end - 1)}, where this peer has ${inUse} address(es) in use; kept it`,
+        );
       }
     }
     this.ringChanged([...changed, ...reassert], false);
@@ -645,7 +762,10 @@ export class Allocator implements Gossiper {
   }
 
   digest(): Uint8Array {
-    return pack({ o: this.ring ? this.originWire() : null, d: this.ring ? this.ring.all().map((e) => [e.token, e.version]) : [] });
+    return pack({
+      o: this.ring ? this.originWire() : null,
+      d: this.ring ? this.ring.all().map((e) => [e.token, e.version]) : [],
+    });
   }
 
   compareDigest(digest: Uint8Array): { update: GossipData | null; remoteHasMore: boolean } {
@@ -690,13 +810,24 @@ export class Allocator implements Gossiper {
     let peer: PeerName | undefined = owners.has(who) ? who : undefined;
     if (!peer) {
       const named = [...owners].filter((o) => this.nicknames.get(o) === who);
-      if (named.length > 1) throw new IpamError('invalid', `nickname "${who}" names several peers (${named.join(', ')}); use the peer name`);
+      if (named.length > 1)
+        throw new IpamError(
+          'invalid',
+          `nickname "${who}" names several peers (${named.join(', ')}); use the peer name`,
+        );
       peer = named[0];
     }
-    if (!peer) throw new IpamError('not-found', `no peer "${who}" owns part of the ring; owners: ${[...owners].map((o) => this.describe(o)).join(', ')}`);
+    if (!peer)
+      throw new IpamError(
+        'not-found',
+        `no peer "${who}" owns part of the ring; owners: ${[...owners].map((o) => this.describe(o)).join(', ')}`,
+      );
     if (peer === this.self) throw new IpamError('refused', 'cannot rmpeer this peer itself (use weft reset to leave)');
     if (this.mesh.isReachable(peer)) {
-      throw new IpamError('refused', `peer ${this.describe(peer)} is alive (reachable through the mesh); rmpeer is only for peers that are gone for good`);
+      throw new IpamError(
+        'refused',
+        `peer ${this.describe(peer)} is alive (reachable through the mesh); rmpeer is only for peers that are gone for good`,
+      );
     }
     const size = this.ring.rangesOf(peer).reduce((n, r) => n + (r.end - r.start), 0);
     const changed = this.ring.transfer(peer, this.self);
@@ -710,7 +841,10 @@ export class Allocator implements Gossiper {
   /** Leaving: hands our ranges to a live peer. Returns who got them (null when nobody could). */
   leave(): PeerName | null {
     if (!this.ring) return null;
-    const live = this.mesh.neighbours(true).map((n) => n.name).sort();
+    const live = this.mesh
+      .neighbours(true)
+      .map((n) => n.name)
+      .sort();
     const heir = live.find((n) => this.ring!.rangesOf(n).length > 0) ?? live[0] ?? null;
     if (!heir) return null;
     const changed = this.ring.transfer(this.self, heir);
@@ -726,12 +860,18 @@ export class Allocator implements Gossiper {
     const total = cidrEnd(this.config.range) - this.config.range.start;
     let state: string;
     if (this.ring) state = 'ready';
-    else if (this.pending.size === 0 && !this.initStarted) state = 'idle (the ring starts with the first allocation, or with weft prime)';
+    else if (this.pending.size === 0 && !this.initStarted)
+      state = 'idle (the ring starts with the first allocation, or with weft prime)';
     else state = this.waitingForRingReason();
     return {
       range: formatCidr(this.config.range),
       defaultSubnet: formatCidr(this.config.defaultSubnet),
-      init: this.config.init.kind === 'consensus' ? `consensus (quorum ${this.config.init.quorum})` : this.config.init.kind === 'seed' ? `seed (${this.config.init.seeds.join(', ')})` : 'observer',
+      init:
+        this.config.init.kind === 'consensus'
+          ? `consensus (quorum ${this.config.init.quorum})`
+          : this.config.init.kind === 'seed'
+            ? `seed (${this.config.init.seeds.join(', ')})`
+            : 'observer',
       state,
       seeds: this.ring?.origin.seeds ?? [],
       totalAddresses: total,
@@ -754,7 +894,9 @@ export class Allocator implements Gossiper {
       })),
       conflicts: [...this.conflicts],
       owned: [...this.owned].map(([ident, addrs]) => ({ ident, addresses: addrs.map(formatIp) })),
-      entries: this.ring?.all().map((e) => ({ token: formatIp(e.token), owner: e.owner, version: e.version, free: e.free })) ?? [],
+      entries:
+        this.ring?.all().map((e) => ({ token: formatIp(e.token), owner: e.owner, version: e.version, free: e.free })) ??
+        [],
     };
   }
 
@@ -771,7 +913,14 @@ export interface IpamStatus {
   seeds: PeerName[];
   totalAddresses: number;
   allocatedHere: number;
-  peers: { name: PeerName; nickname: string | null; addresses: number; free: number; percent: number; reachable: boolean }[];
+  peers: {
+    name: PeerName;
+    nickname: string | null;
+    addresses: number;
+    free: number;
+    percent: number;
+    reachable: boolean;
+  }[];
   pending: { kind: string; ident: string; subnet: string; addr?: string; waitingMs: number; reason: string }[];
   conflicts: string[];
   owned: { ident: string; addresses: string[] }[];

@@ -17,10 +17,16 @@ export function ipamConfig(o: IpamOptions): { range: Cidr; defaultSubnet: Cidr; 
   if (o.ipallocDefaultSubnet) {
     defaultSubnet = parseCidr(o.ipallocDefaultSubnet);
     if (!contains(range, defaultSubnet)) {
-      throw new Error(`--ipalloc-default-subnet ${formatCidr(defaultSubnet)} is not inside --ipalloc-range ${formatCidr(range)}`);
+      throw new Error(
+        `--ipalloc-default-subnet ${formatCidr(defaultSubnet)} is not inside --ipalloc-range ${formatCidr(range)}`,
+      );
     }
   }
-  return { range: { start: range.start, prefix: range.prefix }, defaultSubnet: { start: defaultSubnet.start, prefix: defaultSubnet.prefix }, init: parseInit(o.ipallocInit, o.peers.length) };
+  return {
+    range: { start: range.start, prefix: range.prefix },
+    defaultSubnet: { start: defaultSubnet.start, prefix: defaultSubnet.prefix },
+    init: parseInit(o.ipallocInit, o.peers.length),
+  };
 }
 
 function parseInit(text: string, peerCount: number): InitMode {
@@ -29,7 +35,8 @@ function parseInit(text: string, peerCount: number): InitMode {
   const consensus = /^consensus(?:=(\d+))?$/.exec(t);
   if (consensus) {
     const n = consensus[1] === undefined ? peerCount + 1 : Number(consensus[1]);
-    if (!Number.isInteger(n) || n < 1) throw new Error(`--ipalloc-init ${t}: the number of initial peers must be at least 1`);
+    if (!Number.isInteger(n) || n < 1)
+      throw new Error(`--ipalloc-init ${t}: the number of initial peers must be at least 1`);
     return { kind: 'consensus', quorum: Math.floor(n / 2) + 1, peers: consensus[1] === undefined ? peerCount : 0 };
   }
   const seed = /^seed=(.+)$/.exec(t);

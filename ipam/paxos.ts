@@ -139,7 +139,13 @@ export class PaxosNode {
 function isProposal(v: unknown): v is ProposalId | null {
   if (v === null) return true;
   const p = v as ProposalId;
-  return typeof p === 'object' && Number.isSafeInteger(p.round) && p.round >= 0 && typeof p.proposer === 'string' && p.proposer.length < 64;
+  return (
+    typeof p === 'object' &&
+    Number.isSafeInteger(p.round) &&
+    p.round >= 0 &&
+    typeof p.proposer === 'string' &&
+    p.proposer.length < 64
+  );
 }
 
 /** Validates Paxos state from the network. */
@@ -150,8 +156,15 @@ export function validatePaxos(v: unknown): PaxosState {
   if (entries.length > 10_000) throw new Error('paxos state too large');
   for (const [id, c] of entries) {
     const claims = c as Claims;
-    if (!/^[0-9a-f]{16}$/.test(id.slice(18)) || id[17] !== '/' || !isPeerName(id.slice(0, 17))) throw new Error('paxos node id is malformed');
-    if (typeof claims !== 'object' || claims === null || !isProposal(claims.promise) || !isProposal(claims.accepted) || !isProposal(claims.origin)) {
+    if (!/^[0-9a-f]{16}$/.test(id.slice(18)) || id[17] !== '/' || !isPeerName(id.slice(0, 17)))
+      throw new Error('paxos node id is malformed');
+    if (
+      typeof claims !== 'object' ||
+      claims === null ||
+      !isProposal(claims.promise) ||
+      !isProposal(claims.accepted) ||
+      !isProposal(claims.origin)
+    ) {
       throw new Error('paxos claims are malformed');
     }
     if (claims.value !== null && !(Array.isArray(claims.value) && claims.value.every((p) => isPeerName(p)))) {

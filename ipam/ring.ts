@@ -23,7 +23,12 @@ export interface RingOrigin {
 }
 
 export function sameOrigin(a: RingOrigin, b: RingOrigin): boolean {
-  return a.start === b.start && a.end === b.end && a.seeds.length === b.seeds.length && a.seeds.every((s, i) => s === b.seeds[i]);
+  return (
+    a.start === b.start &&
+    a.end === b.end &&
+    a.seeds.length === b.seeds.length &&
+    a.seeds.every((s, i) => s === b.seeds[i])
+  );
 }
 
 export function compareRingEntries(a: RingEntry, b: RingEntry): number {
@@ -101,7 +106,11 @@ export class Ring {
   /** Every range as [start, end) with its entry, in address order. */
   ranges(): { start: Addr; end: Addr; entry: RingEntry }[] {
     const t = this.tokens();
-    return t.map((tok, i) => ({ start: tok, end: i + 1 < t.length ? t[i + 1] : this.origin.end, entry: this.entries.get(tok)! }));
+    return t.map((tok, i) => ({
+      start: tok,
+      end: i + 1 < t.length ? t[i + 1] : this.origin.end,
+      entry: this.entries.get(tok)!,
+    }));
   }
 
   rangesOf(peer: PeerName): { start: Addr; end: Addr; entry: RingEntry }[] {

@@ -29,7 +29,11 @@ function checkStoreReadable(path: string): void {
   const script = `const { open } = require(${JSON.stringify(lmdb)}); const db = open({ path: ${JSON.stringify(path)}, compression: false, readOnly: true }); let n = 0; for (const e of db.getRange()) { n++; } db.close(); process.stdout.write(String(n));`;
   const r = spawnSync(process.execPath, ['-e', script], { encoding: 'utf8', timeout: 30_000 });
   if (r.status === 0) return;
-  const how = r.signal ? `reading it crashed (${r.signal})` : r.error ? r.error.message : (r.stderr.split('\n').find((l) => /Error/.test(l)) ?? `exit code ${r.status}`).trim();
+  const how = r.signal
+    ? `reading it crashed (${r.signal})`
+    : r.error
+      ? r.error.message
+      : (r.stderr.split('\n').find((l) => /Error/.test(l)) ?? `exit code ${r.status}`).trim();
   throw new Error(
     `the IPAM store in ${path} is damaged: ${how}. It was left as it is. Move it away (or run weft reset --force) to start IPAM afresh on this peer; ` +
       `addresses this peer had handed out are then unknown to it, so detach and re-attach its containers`,
@@ -49,7 +53,8 @@ export class IpamStore {
     this.db = open({ path: join(dir, 'ipam'), compression: false });
     const meta = this.db.get('meta') as Meta | undefined;
     if (meta) {
-      if (meta.format !== FORMAT) throw new Error(`the IPAM data in ${join(dir, 'ipam')} has format ${meta.format}; this weft reads ${FORMAT}`);
+      if (meta.format !== FORMAT)
+        throw new Error(`the IPAM data in ${join(dir, 'ipam')} has format ${meta.format}; this weft reads ${FORMAT}`);
       if (meta.range !== formatCidr(range)) {
         this.db.close();
         throw new Error(
@@ -59,7 +64,9 @@ export class IpamStore {
       }
       if (meta.peer !== peer) {
         this.db.close();
-        throw new Error(`the IPAM data in ${join(dir, 'ipam')} belongs to peer ${meta.peer}, not ${peer}; remove that folder (or run weft reset) to start IPAM afresh`);
+        throw new Error(
+          `the IPAM data in ${join(dir, 'ipam')} belongs to peer ${meta.peer}, not ${peer}; remove that folder (or run weft reset) to start IPAM afresh`,
+        );
       }
     } else {
       this.db.putSync('meta', { format: FORMAT, range: formatCidr(range), peer } satisfies Meta);
@@ -67,7 +74,8 @@ export class IpamStore {
   }
 
   load(): { ring: Ring | null; owned: Map<string, number[]> } {
-    const r = this.db.get('ring') as { origin: { start: number; end: number; seeds: PeerName[] }; entries: unknown[] } | undefined;
+    const r = this.db.get('ring') as
+      { origin: { start: number; end: number; seeds: PeerName[] }; entries: unknown[] } | undefined;
     let ring: Ring | null = null;
     try {
       if (r) {
@@ -75,7 +83,9 @@ export class IpamStore {
         ring.merge(r.entries.map(entryFromWire));
       }
     } catch (err) {
-      throw new Error(`the IPAM ring stored in ${join(this.dir, 'ipam')} is corrupt (${(err as Error).message}); run weft reset to start IPAM afresh`);
+      throw new Error(
+        `the IPAM ring stored in ${join(this.dir, 'ipam')} is corrupt (${(err as Error).message}); run weft reset to start IPAM afresh`,
+      );
     }
     const o = (this.db.get('owned') as Record<string, number[]> | undefined) ?? {};
     return { ring, owned: new Map(Object.entries(o)) };
@@ -87,7 +97,8 @@ export class IpamStore {
     if (this.closed) return;
     await this.db.transaction(() => {
       // The transaction's own promise carries any failure; these only repeat it.
-      if (ring) this.db.put('ring', { origin: ring.origin, entries: ring.all().map(entryToWire) }).catch(() => undefined);
+      if (ring)
+        this.db.put('ring', { origin: ring.origin, entries: ring.all().map(entryToWire) }).catch(() => undefined);
       this.db.put('owned', Object.fromEntries(owned)).catch(() => undefined);
     });
   }

@@ -17,7 +17,7 @@ export function writeJsonAtomically(path: string, value: unknown, mode = 0o600):
   let fd = -1;
   try {
     fd = openSync(tmp, 'wx', mode);
-    for (let o = 0; o < data.length; ) o += writeSync(fd, data, o);
+    for (let o = 0; o < data.length;) o += writeSync(fd, data, o);
     fsyncSync(fd);
     closeSync(fd);
     fd = -1;
@@ -112,7 +112,8 @@ export class StateWrites {
     } catch (err) {
       const cur = this.failing.get(path);
       const error = (err as Error).message;
-      if (!cur) this.log?.error({ path, err: error }, 'cannot write a state file; the change is in force but not saved');
+      if (!cur)
+        this.log?.error({ path, err: error }, 'cannot write a state file; the change is in force but not saved');
       this.failing.set(path, { error, since: cur?.since ?? Date.now(), count: (cur?.count ?? 0) + 1 });
       return false;
     }

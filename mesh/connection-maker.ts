@@ -230,7 +230,8 @@ export class ConnectionMaker {
       }
     }
     for (const [addr, t] of this.targets) {
-      if (!t.direct && !wanted.has(addr) && t.state !== 'connecting' && t.state !== 'retrying') this.targets.delete(addr);
+      if (!t.direct && !wanted.has(addr) && t.state !== 'connecting' && t.state !== 'retrying')
+        this.targets.delete(addr);
     }
     if (added) this.schedule(0);
   }

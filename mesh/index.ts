@@ -7,9 +7,31 @@ export { BytesGossipData, type Gossip, type GossipData, type Gossiper } from './
 export type { MeshLink, RemoteIdentity } from './link.js';
 export { connectInMemory } from './memory-link.js';
 export { pack, unpack } from './messages.js';
-export { isPeerName, parsePeerName, peerNameFromBytes, peerNameToBytes, randomPeerName, type PeerName } from './peer-name.js';
-export { MAX_VERSION, PeerRecords, comparePeerRecords, mergePeerRecords, type EntryCodec, type PeerRecord } from './peer-records.js';
-export { RegisterTable, compareRegisters, mergeRegisters, registerFromWire, type Register, type RegisterCodec, type RegisterStore } from './register-table.js';
+export {
+  isPeerName,
+  parsePeerName,
+  peerNameFromBytes,
+  peerNameToBytes,
+  randomPeerName,
+  type PeerName,
+} from './peer-name.js';
+export {
+  MAX_VERSION,
+  PeerRecords,
+  comparePeerRecords,
+  mergePeerRecords,
+  type EntryCodec,
+  type PeerRecord,
+} from './peer-records.js';
+export {
+  RegisterTable,
+  compareRegisters,
+  mergeRegisters,
+  registerFromWire,
+  type Register,
+  type RegisterCodec,
+  type RegisterStore,
+} from './register-table.js';
 export { PeerKeys, pinnedKeyFromJson, type PinnedKey } from './peer-keys.js';
 export { PROTOCOL_MAX, PROTOCOL_MIN, passwordKey, rawPublicKey } from './protocol-crypto.js';
 export { TcpTransport, type DialOptions, type HandshakeFailure, type LocalIdentity } from './tcp.js';

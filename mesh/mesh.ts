@@ -12,7 +12,6 @@ import { Routes } from './routes.js';
 import { Topology, type PeerEntry } from './topology.js';
 import { TOPOLOGY_CHANNEL, TopologyGossiper, TopologyUpdate } from './topology-gossip.js';
 
-
 export interface MeshConfig {
   name: PeerName;
   nickname: string;
@@ -131,9 +130,19 @@ export class Mesh extends EventEmitter<MeshEvents> implements MeshView {
   private routesStale = false;
   readonly connections = new Map<PeerName, MeshConnection>();
   readonly channels = new Map<string, Channel>();
-  readonly stats = { messagesSent: 0, bytesSent: 0, messagesReceived: 0, bytesReceived: 0, gossipErrors: 0, protocolErrors: 0 };
+  readonly stats = {
+    messagesSent: 0,
+    bytesSent: 0,
+    messagesReceived: 0,
+    bytesReceived: 0,
+    gossipErrors: 0,
+    protocolErrors: 0,
+  };
   /** Messages and bytes per channel (channels we do not serve count as "(other)"; control messages as "(control)"). */
-  readonly channelStats = new Map<string, { messagesSent: number; bytesSent: number; messagesReceived: number; bytesReceived: number }>();
+  readonly channelStats = new Map<
+    string,
+    { messagesSent: number; bytesSent: number; messagesReceived: number; bytesReceived: number }
+  >();
   private version = 0;
   private routesTimer: NodeJS.Timeout | null = null;
   private readonly unreachableSince = new Map<PeerName, number>();
@@ -174,7 +183,16 @@ export class Mesh extends EventEmitter<MeshEvents> implements MeshView {
     for (const c of this.connections.values()) {
       if (!all && !c.established) continue;
       const l = c.link;
-      out.push({ name: c.name, nickname: l.remote.nickname, uid: l.remote.uid, addr: l.remoteAddr, port: l.remote.port, established: c.established, outbound: l.outbound, ...(l.sleeveKeys ? { sleeveKeys: l.sleeveKeys } : {}) });
+      out.push({
+        name: c.name,
+        nickname: l.remote.nickname,
+        uid: l.remote.uid,
+        addr: l.remoteAddr,
+        port: l.remote.port,
+        established: c.established,
+        outbound: l.outbound,
+        ...(l.sleeveKeys ? { sleeveKeys: l.sleeveKeys } : {}),
+      });
     }
     return out;
   }
@@ -286,7 +304,12 @@ export class Mesh extends EventEmitter<MeshEvents> implements MeshView {
     conn.pending.clear();
   }
 
-  private channelStatsOf(m: MeshMessage): { messagesSent: number; bytesSent: number; messagesReceived: number; bytesReceived: number } {
+  private channelStatsOf(m: MeshMessage): {
+    messagesSent: number;
+    bytesSent: number;
+    messagesReceived: number;
+    bytesReceived: number;
+  } {
     // Label values stay bounded: a remote peer cannot invent channels in our statistics.
     const name = 'channel' in m ? (this.channels.has(m.channel) ? m.channel : '(other)') : '(control)';
     let s = this.channelStats.get(name);
@@ -312,7 +335,13 @@ export class Mesh extends EventEmitter<MeshEvents> implements MeshView {
   addConnection(link: MeshLink): AddResult {
     const remote = link.remote;
     if (this.stopped) return this.refuse(link, 'router is shutting down');
-    if (remote.name === this.name) return this.refuse(link, remote.uid === this.config.uid ? 'connected to ourself' : `peer name collision: another peer is also called ${remote.name}`);
+    if (remote.name === this.name)
+      return this.refuse(
+        link,
+        remote.uid === this.config.uid
+          ? 'connected to ourself'
+          : `peer name collision: another peer is also called ${remote.name}`,
+      );
     const existing = this.connections.get(remote.name);
     if (existing) {
       if (existing.link.remote.uid !== remote.uid) {
@@ -334,7 +363,10 @@ export class Mesh extends EventEmitter<MeshEvents> implements MeshView {
     this.connections.set(remote.name, conn);
     link.onMessage = (bytes) => this.receive(conn, bytes);
     link.onClose = (reason) => this.connectionClosed(conn, reason);
-    this.log.info({ peer: remote.name, nickname: remote.nickname, addr: link.remoteAddr, outbound: link.outbound }, 'connection added');
+    this.log.info(
+      { peer: remote.name, nickname: remote.nickname, addr: link.remoteAddr, outbound: link.outbound },
+      'connection added',
+    );
     this.send(conn, { tag: Tag.Ready });
     this.updateLocalEntry();
     this.scheduleRoutes();
@@ -407,11 +439,13 @@ export class Mesh extends EventEmitter<MeshEvents> implements MeshView {
         return this.receiveGossip(conn, m.channel, m.payload);
       case Tag.Unicast:
         if (m.dst === this.name) this.deliverUnicast(m.channel, m.src, m.payload);
-        else if (!this.forwardUnicast(m)) this.log.debug({ dst: m.dst, channel: m.channel }, 'no route for unicast; dropped');
+        else if (!this.forwardUnicast(m))
+          this.log.debug({ dst: m.dst, channel: m.channel }, 'no route for unicast; dropped');
         return;
       case Tag.Broadcast: {
         const ch = this.channels.get(m.channel);
-        if (ch?.gossiper.onBroadcast && m.src !== this.name) this.guard(m.channel, () => ch.gossiper.onBroadcast!(m.src, m.payload));
+        if (ch?.gossiper.onBroadcast && m.src !== this.name)
+          this.guard(m.channel, () => ch.gossiper.onBroadcast!(m.src, m.payload));
         this.relayBroadcast(m, conn.name);
         return;
       }

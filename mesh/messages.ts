@@ -85,7 +85,13 @@ export function decodeMessage(buf: Uint8Array): MeshMessage {
       return { tag, channel: channelName(f[0]), src: peer(f[1], 'source'), payload: bytes(f[2]) };
     case Tag.Unicast:
       if (f.length !== 4) break;
-      return { tag, channel: channelName(f[0]), src: peer(f[1], 'source'), dst: peer(f[2], 'destination'), payload: bytes(f[3]) };
+      return {
+        tag,
+        channel: channelName(f[0]),
+        src: peer(f[1], 'source'),
+        dst: peer(f[2], 'destination'),
+        payload: bytes(f[3]),
+      };
     case Tag.Digest:
       if (f.length !== 3 || typeof f[1] !== 'boolean') break;
       return { tag, channel: channelName(f[0]), reply: f[1], digest: bytes(f[2]) };

@@ -56,6 +56,14 @@ export class PeerKeys {
 /** One pinned key from the data dir, checked. */
 export function pinnedKeyFromJson(x: unknown): PinnedKey {
   const p = x as PinnedKey;
-  if (!p || typeof p !== 'object' || !isPeerName(p.name) || typeof p.key !== 'string' || !/^[0-9a-f]{64}$/.test(p.key) || !Number.isSafeInteger(p.since)) throw new Error('not a pinned peer key');
+  if (
+    !p ||
+    typeof p !== 'object' ||
+    !isPeerName(p.name) ||
+    typeof p.key !== 'string' ||
+    !/^[0-9a-f]{64}$/.test(p.key) ||
+    !Number.isSafeInteger(p.since)
+  )
+    throw new Error('not a pinned peer key');
   return { name: p.name, key: p.key, since: p.since };
 }

@@ -86,7 +86,14 @@ function decodeDigest(bytes: Uint8Array): DigestItem[] {
   return v.map((w) => {
     if (!Array.isArray(w) || w.length !== 3) throw new Error('record digest item is malformed');
     const [peer, version, hash] = w as unknown[];
-    if (!isPeerName(peer) || !Number.isSafeInteger(version) || (version as number) < 0 || (version as number) > MAX_VERSION || !(hash instanceof Uint8Array) || hash.length !== HASH_BYTES) {
+    if (
+      !isPeerName(peer) ||
+      !Number.isSafeInteger(version) ||
+      (version as number) < 0 ||
+      (version as number) > MAX_VERSION ||
+      !(hash instanceof Uint8Array) ||
+      hash.length !== HASH_BYTES
+    ) {
       throw new Error('record digest item is malformed');
     }
     return { peer, version: version as number, hash: Buffer.from(hash) };
@@ -94,7 +101,11 @@ function decodeDigest(bytes: Uint8Array): DigestItem[] {
 }
 
 /** Merges records into a map; returns those that improved it. */
-export function mergePeerRecords<T>(codec: EntryCodec<T>, into: Map<PeerName, PeerRecord<T>>, incoming: Iterable<PeerRecord<T>>): PeerRecord<T>[] {
+export function mergePeerRecords<T>(
+  codec: EntryCodec<T>,
+  into: Map<PeerName, PeerRecord<T>>,
+  incoming: Iterable<PeerRecord<T>>,
+): PeerRecord<T>[] {
   const improved: PeerRecord<T>[] = [];
   for (const r of incoming) {
     const cur = into.get(r.peer);
@@ -127,10 +138,17 @@ function decodePeerRecords<T>(codec: EntryCodec<T>, bytes: Uint8Array): PeerReco
   return v.map((w) => {
     if (!Array.isArray(w) || w.length !== 3) throw new Error('record is malformed');
     const [peer, version, entries] = w as unknown[];
-    if (!isPeerName(peer) || !Number.isSafeInteger(version) || (version as number) < 0 || !Array.isArray(entries) || entries.length > MAX_ITEMS) {
+    if (
+      !isPeerName(peer) ||
+      !Number.isSafeInteger(version) ||
+      (version as number) < 0 ||
+      !Array.isArray(entries) ||
+      entries.length > MAX_ITEMS
+    ) {
       throw new Error('record is malformed');
     }
-    if ((version as number) > MAX_VERSION) throw new Error(`record version ${version as number} is above the cap of 2^52`);
+    if ((version as number) > MAX_VERSION)
+      throw new Error(`record version ${version as number} is above the cap of 2^52`);
     return { peer, version: version as number, entries: entries.map((e) => codec.fromWire(e)) };
   });
 }
@@ -177,7 +195,8 @@ export class PeerRecords<T> implements Gossiper {
     let changed = false;
     // Records of peers that are not in the topology at all (gone before we met them, or never
     // there: a peer may gossip records for names nobody has) start their grace period now.
-    for (const p of this.records.keys()) if (p !== this.mesh.name && !this.goneAt.has(p) && !this.mesh.inTopology(p)) this.goneAt.set(p, now);
+    for (const p of this.records.keys())
+      if (p !== this.mesh.name && !this.goneAt.has(p) && !this.mesh.inTopology(p)) this.goneAt.set(p, now);
     for (const [p, at] of this.goneAt) {
       if (this.mesh.inTopology(p)) {
         this.goneAt.delete(p); // it came back
@@ -188,7 +207,8 @@ export class PeerRecords<T> implements Gossiper {
         changed = this.records.delete(p) || changed;
       }
     }
-    for (const [p, d] of this.dropped) if (this.mesh.inTopology(p) || now - d.at > DROPPED_MEMORY_MS) this.dropped.delete(p);
+    for (const [p, d] of this.dropped)
+      if (this.mesh.inTopology(p) || now - d.at > DROPPED_MEMORY_MS) this.dropped.delete(p);
     if (changed) this.changed();
   }
 

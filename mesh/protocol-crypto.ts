@@ -75,7 +75,14 @@ export function decodeHello(b: Buffer): Hello {
     throw new Error('the remote is not a weft peer (bad handshake header)');
   }
   const o = MAGIC.length;
-  if (b[o + 2] === REFUSED) return { min: b[o], max: b[o + 1], hasPassword: false, publicKey: Buffer.alloc(32), refusedForSeconds: b.readUInt32BE(o + 3) };
+  if (b[o + 2] === REFUSED)
+    return {
+      min: b[o],
+      max: b[o + 1],
+      hasPassword: false,
+      publicKey: Buffer.alloc(32),
+      refusedForSeconds: b.readUInt32BE(o + 3),
+    };
   return { min: b[o], max: b[o + 1], hasPassword: b[o + 2] === 1, publicKey: Buffer.from(b.subarray(o + 3)) };
 }
 
@@ -83,14 +90,18 @@ export function decodeHello(b: Buffer): Hello {
 export function negotiateVersion(ours: Hello, theirs: Hello): number {
   const v = Math.min(ours.max, theirs.max);
   if (Math.max(ours.min, theirs.min) > v) {
-    throw new Error(`protocol version mismatch: we speak ${ours.min}..${ours.max}, the remote ${theirs.min}..${theirs.max}`);
+    throw new Error(
+      `protocol version mismatch: we speak ${ours.min}..${ours.max}, the remote ${theirs.min}..${theirs.max}`,
+    );
   }
   return v;
 }
 
 export function checkPasswordFlags(ours: Hello, theirs: Hello): void {
-  if (ours.hasPassword && !theirs.hasPassword) throw new Error('authentication failed: we have a password but the remote has none');
-  if (!ours.hasPassword && theirs.hasPassword) throw new Error('authentication failed: the remote requires a password and we have none');
+  if (ours.hasPassword && !theirs.hasPassword)
+    throw new Error('authentication failed: we have a password but the remote has none');
+  if (!ours.hasPassword && theirs.hasPassword)
+    throw new Error('authentication failed: the remote requires a password and we have none');
 }
 
 /**
@@ -99,7 +110,9 @@ export function checkPasswordFlags(ours: Hello, theirs: Hello): void {
  */
 export function passwordKey(password: string): Promise<Buffer> {
   return new Promise((resolve, reject) =>
-    scrypt(password, 'weft mesh password v2', 32, { N: 2 ** 15, r: 8, p: 1, maxmem: 64 * 1024 * 1024 }, (err, key) => (err ? reject(err) : resolve(key))),
+    scrypt(password, 'weft mesh password v2', 32, { N: 2 ** 15, r: 8, p: 1, maxmem: 64 * 1024 * 1024 }, (err, key) =>
+      err ? reject(err) : resolve(key),
+    ),
   );
 }
 
@@ -184,5 +197,10 @@ export function verifyTranscript(publicKey: Buffer, transcript: Buffer, signatur
 }
 
 export function transcript(helloOutbound: Buffer, helloInbound: Buffer, signerOutbound: boolean): Buffer {
-  return Buffer.concat([Buffer.from('weft auth v2'), helloOutbound, helloInbound, Buffer.from([signerOutbound ? 1 : 0])]);
+  return Buffer.concat([
+    Buffer.from('weft auth v2'),
+    helloOutbound,
+    helloInbound,
+    Buffer.from([signerOutbound ? 1 : 0]),
+  ]);
 }

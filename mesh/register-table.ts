@@ -75,7 +75,14 @@ function toWire<V>(e: Register<V>): unknown {
 export function registerFromWire<V>(codec: RegisterCodec<V>, w: unknown): Register<V> {
   if (!Array.isArray(w) || w.length !== 4) throw codec.fail(`${codec.what} is malformed`);
   const [id, version, origin, value] = w as unknown[];
-  if (typeof id !== 'string' || id.length > 256 || typeof version !== 'number' || !Number.isSafeInteger(version) || version < 1) throw codec.fail(`${codec.what} is malformed`);
+  if (
+    typeof id !== 'string' ||
+    id.length > 256 ||
+    typeof version !== 'number' ||
+    !Number.isSafeInteger(version) ||
+    version < 1
+  )
+    throw codec.fail(`${codec.what} is malformed`);
   // A version at the cap could never be superseded: one bad entry would stop the channel converging.
   if (version > MAX_VERSION) throw codec.fail(`${codec.what} version ${version} is above the cap of 2^52`);
   if (typeof origin !== 'string' || !isPeerName(origin)) throw codec.fail(`${codec.what} origin is malformed`);
@@ -109,7 +116,11 @@ export class RegisterTable<V> implements Gossiper {
   ) {
     // A store that cannot be read stops the caller with the reason: read as empty, a restarted host
     // would enforce nothing of what it had.
-    if (store) mergeRegisters(this.entries, store.load((w) => registerFromWire(codec, w)));
+    if (store)
+      mergeRegisters(
+        this.entries,
+        store.load((w) => registerFromWire(codec, w)),
+      );
     this.channel = mesh.registerChannel(channelName, this);
   }
 
@@ -136,7 +147,12 @@ export class RegisterTable<V> implements Gossiper {
   /** Sets a register (a new version, from this peer). */
   put(id: string, value: V): Register<V> {
     const cur = this.entries.get(id);
-    const e: Register<V> = { id, version: nextVersion(cur, this.codec), origin: this.mesh.name, value: this.codec.check(value, id) };
+    const e: Register<V> = {
+      id,
+      version: nextVersion(cur, this.codec),
+      origin: this.mesh.name,
+      value: this.codec.check(value, id),
+    };
     this.apply([e]);
     return e;
   }
@@ -174,7 +190,8 @@ export class RegisterTable<V> implements Gossiper {
     if (!Array.isArray(raw)) throw this.codec.fail(`${this.codec.what} update is not a list`);
     if (raw.length > this.codec.maxEntries) throw this.codec.fail(`${this.codec.what} update is too large`);
     const incoming = raw.map((w) => registerFromWire(this.codec, w)); // one bad entry rejects the update whole
-    if (this.entries.size + incoming.length > this.codec.maxEntries && incoming.some((e) => !this.entries.has(e.id))) throw this.codec.fail(`${this.codec.what} table is full`);
+    if (this.entries.size + incoming.length > this.codec.maxEntries && incoming.some((e) => !this.entries.has(e.id)))
+      throw this.codec.fail(`${this.codec.what} table is full`);
     const changed = mergeRegisters(this.entries, incoming);
     if (changed.length === 0) return null;
     this.changed();
@@ -184,7 +201,8 @@ export class RegisterTable<V> implements Gossiper {
   digest(): Uint8Array {
     if (this.digestCache) return this.digestCache;
     const h = createHash('sha256');
-    for (const e of [...this.entries.values()].sort((a, b) => (a.id < b.id ? -1 : 1))) h.update(`${e.id}:${e.version}:${e.origin}:${JSON.stringify(e.value)}\n`);
+    for (const e of [...this.entries.values()].sort((a, b) => (a.id < b.id ? -1 : 1)))
+      h.update(`${e.id}:${e.version}:${e.origin}:${JSON.stringify(e.value)}\n`);
     this.digestCache = h.digest();
     return this.digestCache;
   }

@@ -55,7 +55,11 @@ export class Routes {
     return out.sort();
   }
 
-  private bfs(start: PeerName, stopAt: PeerName | null, mode: RouteMode): { found: boolean; routes: Map<PeerName, PeerName> } {
+  private bfs(
+    start: PeerName,
+    stopAt: PeerName | null,
+    mode: RouteMode,
+  ): { found: boolean; routes: Map<PeerName, PeerName> } {
     const routes = new Map<PeerName, PeerName>([[start, '']]);
     let next = [start];
     while (next.length > 0) {

@@ -272,11 +272,24 @@ function parseFeatures(plain: Buffer): Features {
   if (!isPeerName(name)) throw new Error('handshake carries an invalid peer name');
   if (typeof nickname !== 'string' || nickname.length > 255) throw new Error('handshake carries an invalid nickname');
   if (typeof uid !== 'string' || !/^[0-9a-f]{16}$/.test(uid)) throw new Error('handshake carries an invalid uid');
-  if (typeof port !== 'number' || !Number.isInteger(port) || port < 1 || port > 65535) throw new Error('handshake carries an invalid port');
-  for (const [n, b, len] of [['connId', connId, 8], ['key', key, 32], ['sig', sig, 64]] as const) {
+  if (typeof port !== 'number' || !Number.isInteger(port) || port < 1 || port > 65535)
+    throw new Error('handshake carries an invalid port');
+  for (const [n, b, len] of [
+    ['connId', connId, 8],
+    ['key', key, 32],
+    ['sig', sig, 64],
+  ] as const) {
     if (!(b instanceof Uint8Array) || b.length !== len) throw new Error(`handshake field ${n} is malformed`);
   }
-  return { name, nickname, uid, port, connId: Buffer.from(connId as Uint8Array), key: Buffer.from(key as Uint8Array), sig: Buffer.from(sig as Uint8Array) };
+  return {
+    name,
+    nickname,
+    uid,
+    port,
+    connId: Buffer.from(connId as Uint8Array),
+    key: Buffer.from(key as Uint8Array),
+    sig: Buffer.from(sig as Uint8Array),
+  };
 }
 
 export interface DialOptions {
@@ -349,7 +362,8 @@ export class TcpTransport {
         // Losing a duplicate-connection tie-break is routine, not a failure to show.
         if (err.message.includes('duplicate connection')) return;
         this.recordFailure(addr, false, err.message);
-        if (/authentication failed|not a weft peer|timed out|version mismatch|frame/.test(err.message)) this.penalise(host);
+        if (/authentication failed|not a weft peer|timed out|version mismatch|frame/.test(err.message))
+          this.penalise(host);
       },
     );
   }
@@ -361,7 +375,11 @@ export class TcpTransport {
     this.penalties.delete(host); // re-insert: the map's order is then oldest first
     this.penalties.set(host, p);
     if (this.penalties.size > 4096) this.penalties.delete(this.penalties.keys().next().value!);
-    if (p.fails === PENALTY_AFTER) this.mesh.log.warn({ host, failures: p.fails }, 'refusing this address for a while after repeated failed handshakes');
+    if (p.fails === PENALTY_AFTER)
+      this.mesh.log.warn(
+        { host, failures: p.fails },
+        'refusing this address for a while after repeated failed handshakes',
+      );
   }
 
   private recordFailure(addr: string, outbound: boolean, reason: string): void {
@@ -402,19 +420,33 @@ export class TcpTransport {
     const addr = addrOf(socket);
     try {
       const eph = newEphemeralKey();
-      const ours = { min: PROTOCOL_MIN, max: PROTOCOL_MAX, hasPassword: this.local.passwordKey !== null, publicKey: eph.publicKey };
+      const ours = {
+        min: PROTOCOL_MIN,
+        max: PROTOCOL_MAX,
+        hasPassword: this.local.passwordKey !== null,
+        publicKey: eph.publicKey,
+      };
       const ourHello = encodeHello(ours);
       socket.write(ourHello);
       const theirHello = await reader.read(HELLO_LENGTH);
       const theirs = decodeHello(theirHello);
       if (theirs.refusedForSeconds !== undefined) {
-        throw new Error(`the remote refuses us for ${theirs.refusedForSeconds}s after repeated failed handshakes from this address (a different password?)`);
+        throw new Error(
+          `the remote refuses us for ${theirs.refusedForSeconds}s after repeated failed handshakes from this address (a different password?)`,
+        );
       }
       negotiateVersion(ours, theirs);
       checkPasswordFlags(ours, theirs);
       const helloOut = outbound ? ourHello : theirHello;
       const helloIn = outbound ? theirHello : ourHello;
-      const keys = deriveSessionKeys(eph.privateKey, theirs.publicKey, this.local.passwordKey, helloOut, helloIn, outbound);
+      const keys = deriveSessionKeys(
+        eph.privateKey,
+        theirs.publicKey,
+        this.local.passwordKey,
+        helloOut,
+        helloIn,
+        outbound,
+      );
       const sealer = new Sealer(keys.send);
       const opener = new Opener(keys.receive);
 

@@ -3,7 +3,14 @@
 import type { GossipData, Gossiper } from './gossip.js';
 import { pack, unpack } from './messages.js';
 import { isPeerName, type PeerName } from './peer-name.js';
-import { entryFromWire, entryToWire, compareEntries, type DigestItem, type PeerEntry, type Topology } from './topology.js';
+import {
+  entryFromWire,
+  entryToWire,
+  compareEntries,
+  type DigestItem,
+  type PeerEntry,
+  type Topology,
+} from './topology.js';
 
 export const TOPOLOGY_CHANNEL = 'topology';
 const MAX_ENTRIES_PER_UPDATE = 100_000;
@@ -33,7 +40,8 @@ export class TopologyUpdate implements GossipData {
 
 export function decodeTopologyUpdate(bytes: Uint8Array): PeerEntry[] {
   const v = unpack(bytes);
-  if (!Array.isArray(v) || v.length > MAX_ENTRIES_PER_UPDATE) throw new Error('topology update is not a list of entries');
+  if (!Array.isArray(v) || v.length > MAX_ENTRIES_PER_UPDATE)
+    throw new Error('topology update is not a list of entries');
   return v.map(entryFromWire);
 }
 
@@ -41,7 +49,13 @@ function decodeDigest(bytes: Uint8Array): DigestItem[] {
   const v = unpack(bytes);
   if (!Array.isArray(v) || v.length > MAX_ENTRIES_PER_UPDATE) throw new Error('topology digest is not a list');
   return v.map((d) => {
-    if (!Array.isArray(d) || d.length !== 3 || !isPeerName(d[0]) || !Number.isSafeInteger(d[1]) || typeof d[2] !== 'string') {
+    if (
+      !Array.isArray(d) ||
+      d.length !== 3 ||
+      !isPeerName(d[0]) ||
+      !Number.isSafeInteger(d[1]) ||
+      typeof d[2] !== 'string'
+    ) {
       throw new Error('malformed topology digest item');
     }
     return d as DigestItem;

@@ -38,7 +38,8 @@ function sameContent(a: PeerEntry, b: PeerEntry): boolean {
   for (let i = 0; i < a.connections.length; i++) {
     const x = a.connections[i];
     const y = b.connections[i];
-    if (x.peer !== y.peer || x.addr !== y.addr || x.outbound !== y.outbound || x.established !== y.established) return false;
+    if (x.peer !== y.peer || x.addr !== y.addr || x.outbound !== y.outbound || x.established !== y.established)
+      return false;
   }
   return true;
 }
@@ -169,7 +170,10 @@ export class Topology {
   /** Canonical, order-independent view for comparing states. */
   snapshot(): PeerEntry[] {
     return this.all()
-      .map((e) => ({ ...e, connections: [...e.connections].sort((a, b) => (a.peer < b.peer ? -1 : a.peer > b.peer ? 1 : 0)) }))
+      .map((e) => ({
+        ...e,
+        connections: [...e.connections].sort((a, b) => (a.peer < b.peer ? -1 : a.peer > b.peer ? 1 : 0)),
+      }))
       .sort((a, b) => (a.name < b.name ? -1 : 1));
   }
 }
@@ -193,7 +197,12 @@ function validateConnection(c: unknown): ConnectionSummary {
   const [peer, addr, flags] = c as unknown[];
   if (typeof addr !== 'string' || addr.length > 64) throw new Error('connection summary has an invalid address');
   if (!isUint(flags, 3)) throw new Error('connection summary has invalid flags');
-  return { peer: wireName(peer, 'connection summary'), addr, outbound: (flags & OUTBOUND) !== 0, established: (flags & ESTABLISHED) !== 0 };
+  return {
+    peer: wireName(peer, 'connection summary'),
+    addr,
+    outbound: (flags & OUTBOUND) !== 0,
+    established: (flags & ESTABLISHED) !== 0,
+  };
 }
 
 /** Entries travel as tuples with binary names, to keep topology gossip small. */
@@ -204,7 +213,11 @@ export function entryToWire(e: PeerEntry): unknown[] {
     e.uid,
     e.version,
     e.port,
-    e.connections.map((c) => [peerNameToBytes(c.peer), c.addr, (c.outbound ? OUTBOUND : 0) | (c.established ? ESTABLISHED : 0)]),
+    e.connections.map((c) => [
+      peerNameToBytes(c.peer),
+      c.addr,
+      (c.outbound ? OUTBOUND : 0) | (c.established ? ESTABLISHED : 0),
+    ]),
   ];
 }
 
@@ -212,10 +225,12 @@ export function entryFromWire(w: unknown): PeerEntry {
   if (!Array.isArray(w) || w.length !== 6) throw new Error('peer entry is not a 6-tuple');
   const [rawName, nickname, uid, version, port, conns] = w as unknown[];
   const name = wireName(rawName, 'peer entry');
-  if (typeof nickname !== 'string' || nickname.length > MAX_NICKNAME) throw new Error('peer entry has an invalid nickname');
+  if (typeof nickname !== 'string' || nickname.length > MAX_NICKNAME)
+    throw new Error('peer entry has an invalid nickname');
   if (typeof uid !== 'string' || !/^[0-9a-f]{16}$/.test(uid)) throw new Error('peer entry has an invalid uid');
   if (!isUint(version)) throw new Error('peer entry has an invalid version');
   if (!isUint(port, 65535)) throw new Error('peer entry has an invalid port');
-  if (!Array.isArray(conns) || conns.length > MAX_CONNECTIONS_PER_ENTRY) throw new Error('peer entry has an invalid connection list');
+  if (!Array.isArray(conns) || conns.length > MAX_CONNECTIONS_PER_ENTRY)
+    throw new Error('peer entry has an invalid connection list');
   return { name, nickname, uid, version, port, connections: conns.map(validateConnection) };
 }

@@ -47,7 +47,9 @@ export function nativeConstantsDiffer(expected: Record<string, number>): string 
   const a = native();
   if (typeof a === 'string') return null;
   const wrong = Object.entries(expected).filter(([k, v]) => a.constants?.[k] !== v);
-  return wrong.length > 0 ? `the native addon was built for another packet format (${wrong.map(([k, v]) => `${k} ${a.constants?.[k]} there, ${v} here`).join(', ')}): rebuild it (npm install)` : null;
+  return wrong.length > 0
+    ? `the native addon was built for another packet format (${wrong.map(([k, v]) => `${k} ${a.constants?.[k]} there, ${v} here`).join(', ')}): rebuild it (npm install)`
+    : null;
 }
 
 export interface FastPathStats {
@@ -226,7 +228,18 @@ export class UdpPort extends SlotBuffers {
   constructor(o: UdpOptions, onBatch: (n: number) => void) {
     super(o, 2048);
     const A = addonOrThrow();
-    this.raw = new A.UdpPort({ ...o, slots: this.slots, slotSize: this.slotSize, rx: this.rx, rxMeta: this.rxMeta, tx: this.tx, txMeta: this.txMeta }, onBatch);
+    this.raw = new A.UdpPort(
+      {
+        ...o,
+        slots: this.slots,
+        slotSize: this.slotSize,
+        rx: this.rx,
+        rxMeta: this.rxMeta,
+        tx: this.tx,
+        txMeta: this.txMeta,
+      },
+      onBatch,
+    );
   }
   fromAddress(i: number): number {
     return this.rxMeta[i * META + 1];
@@ -269,7 +282,8 @@ export class UdpPort extends SlotBuffers {
   }
   /** Copies `data` into a slot and queues it. */
   queue(data: Uint8Array, addr: number, port: number): void {
-    if (data.length > this.slotSize) throw new Error(`datagram of ${data.length} bytes exceeds the slot size ${this.slotSize}`);
+    if (data.length > this.slotSize)
+      throw new Error(`datagram of ${data.length} bytes exceeds the slot size ${this.slotSize}`);
     this.nextSlot().set(data);
     this.commit(data.length, addr, port);
   }
@@ -307,11 +321,23 @@ export class TapPort extends SlotBuffers {
   constructor(o: TapOptions, onBatch: (n: number) => void) {
     super(o, TAP_SLOT);
     const A = addonOrThrow();
-    this.raw = new A.TapPort({ ...o, slots: this.slots, slotSize: this.slotSize, rx: this.rx, rxMeta: this.rxMeta, tx: this.tx, txMeta: this.txMeta }, onBatch);
+    this.raw = new A.TapPort(
+      {
+        ...o,
+        slots: this.slots,
+        slotSize: this.slotSize,
+        rx: this.rx,
+        rxMeta: this.rxMeta,
+        tx: this.tx,
+        txMeta: this.txMeta,
+      },
+      onBatch,
+    );
   }
   /** Copies a frame (with its virtio header when vnetHdr) into a slot; writes when the batch is full. */
   queue(frame: Uint8Array): void {
-    if (frame.length > this.slotSize) throw new Error(`frame of ${frame.length} bytes exceeds the slot size ${this.slotSize}`);
+    if (frame.length > this.slotSize)
+      throw new Error(`frame of ${frame.length} bytes exceeds the slot size ${this.slotSize}`);
     this.slot(this.queued).set(frame);
     this.txMeta[this.queued * META] = frame.length;
     this.queued++;

@@ -47,7 +47,8 @@ export function parseCidr(text: string, allowHost = false): Cidr & { addr: Addr 
   if (prefix > 32) throw new Error(`invalid CIDR "${text}": prefix longer than 32`);
   const size = 2 ** (32 - prefix);
   const start = addr - (addr % size);
-  if (!allowHost && start !== addr) throw new Error(`invalid CIDR "${text}": host bits set (did you mean ${formatIp(start)}/${prefix}?)`);
+  if (!allowHost && start !== addr)
+    throw new Error(`invalid CIDR "${text}": host bits set (did you mean ${formatIp(start)}/${prefix}?)`);
   return { start, prefix, addr };
 }
 

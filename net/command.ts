@@ -19,7 +19,14 @@ export class CommandError extends Error {
   }
 }
 
-const PACKAGES: Record<string, string> = { nft: 'nftables', ethtool: 'ethtool', conntrack: 'conntrack', ip: 'iproute2', bridge: 'iproute2', nsenter: 'util-linux' };
+const PACKAGES: Record<string, string> = {
+  nft: 'nftables',
+  ethtool: 'ethtool',
+  conntrack: 'conntrack',
+  ip: 'iproute2',
+  bridge: 'iproute2',
+  nsenter: 'util-linux',
+};
 
 function notFound(cmd: string): CommandError {
   const pkg = PACKAGES[cmd];
@@ -32,13 +39,29 @@ async function run(cmd: string, args: string[], input?: string, timeoutMs = 20_0
 }
 
 /** run(), with what the command wrote to stderr too (some tools report there: conntrack's counts). */
-function runBoth(cmd: string, args: string[], input?: string, timeoutMs = 20_000): Promise<{ stdout: string; stderr: string }> {
+function runBoth(
+  cmd: string,
+  args: string[],
+  input?: string,
+  timeoutMs = 20_000,
+): Promise<{ stdout: string; stderr: string }> {
   return new Promise((resolve, reject) => {
     const child = execFile(cmd, args, { timeout: timeoutMs, maxBuffer: 64 * 1024 * 1024 }, (err, stdout, stderr) => {
       const e = err as (NodeJS.ErrnoException & { code?: unknown }) | null;
       const tool = cmd === 'nsenter' ? (args.find((a) => !a.startsWith('--')) ?? cmd) : cmd;
-      if (e?.code === 'ENOENT' || (cmd === 'nsenter' && /No such file or directory/.test(String(stderr)) && /exec/.test(String(stderr)))) reject(notFound(e?.code === 'ENOENT' ? cmd : tool));
-      else if (e) reject(new CommandError(`${tool} ${args.join(' ')}: ${String(stderr).trim() || e.message}`, typeof e.code === 'number' ? e.code : null, String(stderr)));
+      if (
+        e?.code === 'ENOENT' ||
+        (cmd === 'nsenter' && /No such file or directory/.test(String(stderr)) && /exec/.test(String(stderr)))
+      )
+        reject(notFound(e?.code === 'ENOENT' ? cmd : tool));
+      else if (e)
+        reject(
+          new CommandError(
+            `${tool} ${args.join(' ')}: ${String(stderr).trim() || e.message}`,
+            typeof e.code === 'number' ? e.code : null,
+            String(stderr),
+          ),
+        );
       else resolve({ stdout: String(stdout), stderr: String(stderr) });
     });
     if (input !== undefined) child.stdin?.end(input);
@@ -67,7 +90,14 @@ export function lines(cmd: string, args: string[], onLine: (line: string) => voi
     child.on('close', (code, signal) => {
       clearTimeout(timer);
       if (code === 0) resolve();
-      else reject(new CommandError(`${cmd} ${args.join(' ')}: ${signal ? `killed (${signal}) after ${timeoutMs / 1000} s` : err.trim() || `exit code ${code}`}`, code, err));
+      else
+        reject(
+          new CommandError(
+            `${cmd} ${args.join(' ')}: ${signal ? `killed (${signal}) after ${timeoutMs / 1000} s` : err.trim() || `exit code ${code}`}`,
+            code,
+            err,
+          ),
+        );
     });
   });
 }
@@ -94,7 +124,9 @@ export function ipBatch(lines: string[]): Promise<string> {
 
 /** Many `ip` commands in one process inside a namespace, stopping at the first that fails. */
 export function ipBatchIn(netnsPath: string, lines: string[]): Promise<string> {
-  return lines.length === 0 ? Promise.resolve('') : exec(...inNamespace('ip', ['-batch', '-'], netnsPath), lines.join('\n') + '\n');
+  return lines.length === 0
+    ? Promise.resolve('')
+    : exec(...inNamespace('ip', ['-batch', '-'], netnsPath), lines.join('\n') + '\n');
 }
 
 /** `bridge ARGS`. */

@@ -9,7 +9,8 @@ export interface HostPort {
 
 function port(text: string, what: string, whole: string): number {
   const n = Number(text);
-  if (!/^\d{1,5}$/.test(text) || !Number.isInteger(n) || n < 1 || n > 65535) throw new Error(`invalid port in ${what} "${whole}"`);
+  if (!/^\d{1,5}$/.test(text) || !Number.isInteger(n) || n < 1 || n > 65535)
+    throw new Error(`invalid port in ${what} "${whole}"`);
   return n;
 }
 

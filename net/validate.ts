@@ -13,15 +13,18 @@ class InvalidValue extends WeftError {
 
 /** A unicast or multicast Ethernet address, as lower-case "aa:bb:cc:dd:ee:ff". */
 export function canonicalMac(text: unknown, what = 'MAC address'): string {
-  if (typeof text !== 'string' || !/^[0-9A-Fa-f]{2}([:-][0-9A-Fa-f]{2}){5}$/.test(text)) throw new InvalidValue(`${what} "${String(text).slice(0, 40)}" is not six hex pairs (aa:bb:cc:dd:ee:ff)`);
+  if (typeof text !== 'string' || !/^[0-9A-Fa-f]{2}([:-][0-9A-Fa-f]{2}){5}$/.test(text))
+    throw new InvalidValue(`${what} "${String(text).slice(0, 40)}" is not six hex pairs (aa:bb:cc:dd:ee:ff)`);
   const mac = text.toLowerCase().replaceAll('-', ':');
-  if (mac === '00:00:00:00:00:00' || mac === 'ff:ff:ff:ff:ff:ff') throw new InvalidValue(`${what} ${mac} is not a station's address`);
+  if (mac === '00:00:00:00:00:00' || mac === 'ff:ff:ff:ff:ff:ff')
+    throw new InvalidValue(`${what} ${mac} is not a station's address`);
   return mac;
 }
 
 /** An IPv4 address in dotted decimal without leading zeros. */
 export function canonicalIpv4(text: unknown, what = 'address'): string {
-  if (typeof text !== 'string' || text.length > 15) throw new InvalidValue(`${what} "${String(text).slice(0, 40)}" is not an IPv4 address`);
+  if (typeof text !== 'string' || text.length > 15)
+    throw new InvalidValue(`${what} "${String(text).slice(0, 40)}" is not an IPv4 address`);
   try {
     return formatIp(parseIp(text));
   } catch (err) {
@@ -31,7 +34,8 @@ export function canonicalIpv4(text: unknown, what = 'address'): string {
 
 /** "a.b.c.d/n" in canonical form; with `allowHost`, the address keeps its host bits (an interface address). */
 export function canonicalCidr(text: unknown, allowHost: boolean, what = 'CIDR'): string {
-  if (typeof text !== 'string' || text.length > 18) throw new InvalidValue(`${what} "${String(text).slice(0, 40)}" is not a.b.c.d/n`);
+  if (typeof text !== 'string' || text.length > 18)
+    throw new InvalidValue(`${what} "${String(text).slice(0, 40)}" is not a.b.c.d/n`);
   try {
     const c = parseCidr(text, allowHost);
     return `${formatIp(allowHost ? c.addr : c.start)}/${c.prefix}`;
@@ -51,9 +55,13 @@ export function canonicalDnsName(text: unknown, what = 'name'): string {
   if (typeof text !== 'string') throw new InvalidValue(`${what} is not a string`);
   const n = text.trim().toLowerCase();
   const bare = n.endsWith('.') ? n.slice(0, -1) : n;
-  if (bare.length === 0 || bare.length > 253) throw new InvalidValue(`${what} "${text.slice(0, 80)}" must have 1 to 253 characters`);
+  if (bare.length === 0 || bare.length > 253)
+    throw new InvalidValue(`${what} "${text.slice(0, 80)}" must have 1 to 253 characters`);
   for (const label of bare.split('.')) {
-    if (!LABEL.test(label)) throw new InvalidValue(`${what} "${text.slice(0, 80)}" is not a DNS name (labels of 1-63 letters, digits, _ or -, not starting or ending with -, separated by single dots)`);
+    if (!LABEL.test(label))
+      throw new InvalidValue(
+        `${what} "${text.slice(0, 80)}" is not a DNS name (labels of 1-63 letters, digits, _ or -, not starting or ending with -, separated by single dots)`,
+      );
   }
   return `${bare}.`;
 }
@@ -63,6 +71,9 @@ export const GROUP_NAME = /^[a-z0-9][a-z0-9_.-]{0,62}$/;
 
 /** A network interface name (IFNAMSIZ: 15 characters), safe on a command line. */
 export function checkIfName(text: unknown, what = 'interface name'): string {
-  if (typeof text !== 'string' || !/^[A-Za-z0-9_][A-Za-z0-9_.-]{0,14}$/.test(text)) throw new InvalidValue(`${what} "${String(text).slice(0, 40)}" is not an interface name (1-15 letters, digits, _ . -)`);
+  if (typeof text !== 'string' || !/^[A-Za-z0-9_][A-Za-z0-9_.-]{0,14}$/.test(text))
+    throw new InvalidValue(
+      `${what} "${String(text).slice(0, 40)}" is not an interface name (1-15 letters, digits, _ . -)`,
+    );
   return text;
 }

@@ -20,7 +20,12 @@ export interface ContainerInfo {
   RestartCount?: number;
   State: { Running: boolean; Pid: number; Status: string; ExitCode?: number };
   Config: { Labels: Record<string, string> | null; Hostname?: string };
-  NetworkSettings: { Networks: Record<string, { NetworkID: string; EndpointID: string; IPAddress: string; IPPrefixLen: number; MacAddress: string }> | null };
+  NetworkSettings: {
+    Networks: Record<
+      string,
+      { NetworkID: string; EndpointID: string; IPAddress: string; IPPrefixLen: number; MacAddress: string }
+    > | null;
+  };
   HostConfig?: { Privileged?: boolean };
 }
 
@@ -56,10 +61,16 @@ export class DockerApi {
   }
 
   /** One call; JSON in and out. A non-2xx answer becomes a DockerError with Docker's message. */
-  async call<T = unknown>(method: string, path: string, body?: unknown, opts: { timeoutMs?: number; raw?: Readable; headers?: Record<string, string> } = {}): Promise<T> {
+  async call<T = unknown>(
+    method: string,
+    path: string,
+    body?: unknown,
+    opts: { timeoutMs?: number; raw?: Readable; headers?: Record<string, string> } = {},
+  ): Promise<T> {
     const res = await this.request(method, path, body, opts);
     const text = await readAll(res);
-    if ((res.statusCode ?? 500) >= 300) throw new DockerError(dockerMessage(text, res.statusCode ?? 500), res.statusCode ?? 500);
+    if ((res.statusCode ?? 500) >= 300)
+      throw new DockerError(dockerMessage(text, res.statusCode ?? 500), res.statusCode ?? 500);
     if (!text) return undefined as T;
     try {
       return JSON.parse(text) as T;
@@ -68,15 +79,25 @@ export class DockerApi {
     }
   }
 
-  private request(method: string, path: string, body: unknown, opts: { timeoutMs?: number; raw?: Readable; headers?: Record<string, string> }): Promise<http.IncomingMessage> {
+  private request(
+    method: string,
+    path: string,
+    body: unknown,
+    opts: { timeoutMs?: number; raw?: Readable; headers?: Record<string, string> },
+  ): Promise<http.IncomingMessage> {
     return new Promise((resolve, reject) => {
       const headers: Record<string, string> = { ...opts.headers };
       const payload = body === undefined ? undefined : JSON.stringify(body);
       if (payload !== undefined) headers['content-type'] = 'application/json';
       const req = http.request({ ...this.target, method, path, headers, timeout: opts.timeoutMs ?? 30_000 }, resolve);
-      req.on('timeout', () => req.destroy(new Error(`the Docker engine at ${this.address} did not answer ${method} ${path} in time`)));
+      req.on('timeout', () =>
+        req.destroy(new Error(`the Docker engine at ${this.address} did not answer ${method} ${path} in time`)),
+      );
       req.on('error', (err: NodeJS.ErrnoException) => {
-        const why = err.code === 'ENOENT' || err.code === 'ECONNREFUSED' ? `no Docker engine answers at ${this.address} (${err.code})` : `Docker engine at ${this.address}: ${err.message}`;
+        const why =
+          err.code === 'ENOENT' || err.code === 'ECONNREFUSED'
+            ? `no Docker engine answers at ${this.address} (${err.code})`
+            : `Docker engine at ${this.address}: ${err.message}`;
         reject(new DockerError(why, 0));
       });
       if (opts.raw) opts.raw.pipe(req);
@@ -122,7 +143,9 @@ export class DockerApi {
   }
 
   async stop(id: string, seconds = 10): Promise<void> {
-    await this.call('POST', `/containers/${encodeURIComponent(id)}/stop?t=${seconds}`, undefined, { timeoutMs: (seconds + 20) * 1000 });
+    await this.call('POST', `/containers/${encodeURIComponent(id)}/stop?t=${seconds}`, undefined, {
+      timeoutMs: (seconds + 20) * 1000,
+    });
   }
 
   async remove(id: string, force = true): Promise<void> {
@@ -131,7 +154,12 @@ export class DockerApi {
 
   /** The last lines of a container's output (Docker's multiplexed log stream, unwrapped). */
   async logs(id: string, lines = 20): Promise<string> {
-    const res = await this.request('GET', `/containers/${encodeURIComponent(id)}/logs?stdout=1&stderr=1&tail=${lines}`, undefined, {});
+    const res = await this.request(
+      'GET',
+      `/containers/${encodeURIComponent(id)}/logs?stdout=1&stderr=1&tail=${lines}`,
+      undefined,
+      {},
+    );
     return demuxLogs(Buffer.from(await readAll(res, 'latin1'), 'latin1'));
   }
 
@@ -149,53 +177,74 @@ export class DockerApi {
   async importImage(tar: Readable, repo: string, tag: string, changes: string[]): Promise<void> {
     const q = new URLSearchParams({ fromSrc: '-', repo, tag });
     for (const c of changes) q.append('changes', c);
-    const res = await this.request('POST', `/images/create?${q}`, undefined, { raw: tar, timeoutMs: 300_000, headers: { 'content-type': 'application/x-tar' } });
+    const res = await this.request('POST', `/images/create?${q}`, undefined, {
+      raw: tar,
+      timeoutMs: 300_000,
+      headers: { 'content-type': 'application/x-tar' },
+    });
     const text = await readAll(res);
     const failed = /"error(Detail)?"\s*:/.test(text);
-    if ((res.statusCode ?? 500) >= 300 || failed) throw new DockerError(`docker import failed: ${dockerMessage(text, res.statusCode ?? 500)}`, res.statusCode ?? 500);
+    if ((res.statusCode ?? 500) >= 300 || failed)
+      throw new DockerError(
+        `docker import failed: ${dockerMessage(text, res.statusCode ?? 500)}`,
+        res.statusCode ?? 500,
+      );
   }
 
   /**
    * Follows the engine's container events until stop() is called. A dropped stream is reopened
    * (after `retryMs`) from where it broke, and onState says when the engine comes and goes.
    */
-  watch(onEvent: (e: DockerEvent) => void, onState: (up: boolean, why: string) => void, retryMs = 2000): { stop: () => void } {
+  watch(
+    onEvent: (e: DockerEvent) => void,
+    onState: (up: boolean, why: string) => void,
+    retryMs = 2000,
+  ): { stop: () => void } {
     let stopped = false;
     let current: http.ClientRequest | null = null;
     let since = Math.floor(Date.now() / 1000);
     const open = () => {
       if (stopped) return;
       const filters = encodeURIComponent(JSON.stringify({ type: ['container'] }));
-      const req = http.request({ ...this.target, method: 'GET', path: `/events?since=${since}&filters=${filters}` }, (res) => {
-        if ((res.statusCode ?? 500) >= 300) {
-          res.resume();
-          onState(false, `the engine refused the events stream (${res.statusCode})`);
-          return;
-        }
-        onState(true, 'watching events');
-        let buf = '';
-        res.setEncoding('utf8');
-        res.on('data', (chunk: string) => {
-          buf += chunk;
-          let nl: number;
-          while ((nl = buf.indexOf('\n')) >= 0) {
-            const line = buf.slice(0, nl).trim();
-            buf = buf.slice(nl + 1);
-            if (!line) continue;
-            try {
-              const e = JSON.parse(line) as DockerEvent & { time?: number };
-              if (typeof e.time === 'number') since = e.time;
-              if (e && typeof e.Action === 'string' && e.Actor && typeof e.Actor.ID === 'string') onEvent(e);
-            } catch {
-              // not an event: skip the line
-            }
+      const req = http.request(
+        { ...this.target, method: 'GET', path: `/events?since=${since}&filters=${filters}` },
+        (res) => {
+          if ((res.statusCode ?? 500) >= 300) {
+            res.resume();
+            onState(false, `the engine refused the events stream (${res.statusCode})`);
+            return;
           }
-        });
-        res.on('end', () => retry('the engine closed the events stream'));
-        res.on('error', (err) => retry(err.message));
-      });
+          onState(true, 'watching events');
+          let buf = '';
+          res.setEncoding('utf8');
+          res.on('data', (chunk: string) => {
+            buf += chunk;
+            let nl: number;
+            while ((nl = buf.indexOf('\n')) >= 0) {
+              const line = buf.slice(0, nl).trim();
+              buf = buf.slice(nl + 1);
+              if (!line) continue;
+              try {
+                const e = JSON.parse(line) as DockerEvent & { time?: number };
+                if (typeof e.time === 'number') since = e.time;
+                if (e && typeof e.Action === 'string' && e.Actor && typeof e.Actor.ID === 'string') onEvent(e);
+              } catch {
+                // not an event: skip the line
+              }
+            }
+          });
+          res.on('end', () => retry('the engine closed the events stream'));
+          res.on('error', (err) => retry(err.message));
+        },
+      );
       current = req;
-      req.on('error', (err: NodeJS.ErrnoException) => retry(err.code === 'ENOENT' || err.code === 'ECONNREFUSED' ? `no Docker engine answers at ${this.address}` : err.message));
+      req.on('error', (err: NodeJS.ErrnoException) =>
+        retry(
+          err.code === 'ENOENT' || err.code === 'ECONNREFUSED'
+            ? `no Docker engine answers at ${this.address}`
+            : err.message,
+        ),
+      );
       req.end();
     };
     let pending: NodeJS.Timeout | null = null;

@@ -128,7 +128,10 @@ export class DockerDriver {
     } catch (err) {
       throw new PluginError(`--subnet: ${(err as Error).message}`);
     }
-    if (!contains(range, pool)) throw new PluginError(`subnet ${formatCidr(pool)} is outside weft's allocation range ${formatCidr(range)}: give --subnet inside it`);
+    if (!contains(range, pool))
+      throw new PluginError(
+        `subnet ${formatCidr(pool)} is outside weft's allocation range ${formatCidr(range)}: give --subnet inside it`,
+      );
     if (pool.prefix > 30) throw new PluginError(`subnet ${formatCidr(pool)} is too small for weft (at most /30)`);
     let sub = pool;
     if (typeof b.SubPool === 'string' && b.SubPool !== '') {
@@ -137,7 +140,8 @@ export class DockerDriver {
       } catch (err) {
         throw new PluginError(`--ip-range: ${(err as Error).message}`);
       }
-      if (!contains(pool, sub)) throw new PluginError(`--ip-range ${formatCidr(sub)} is not inside --subnet ${formatCidr(pool)}`);
+      if (!contains(pool, sub))
+        throw new PluginError(`--ip-range ${formatCidr(sub)} is not inside --subnet ${formatCidr(pool)}`);
     }
     // Docker asks again and again while a pool overlaps one of its networks: say no, and why, at once.
     const pools = this.pools();
@@ -148,20 +152,30 @@ export class DockerDriver {
           `give each weft network its own subnet inside ${formatCidr(range)} (docker network create -d weft --ipam-driver weft --subnet CIDR NAME)`,
       );
     }
-    const entry: Pool = { id: `weft-${formatCidr(pool)}-${formatCidr(sub)}`, pool: formatCidr(pool), range: formatCidr(sub) };
+    const entry: Pool = {
+      id: `weft-${formatCidr(pool)}-${formatCidr(sub)}`,
+      pool: formatCidr(pool),
+      range: formatCidr(sub),
+    };
     writeJsonAtomically(this.poolsPath, [...pools, entry]);
     return { PoolID: entry.id, Pool: entry.pool, Data: {} };
   }
 
   private releasePool(b: Record<string, unknown>): unknown {
     const id = str(b.PoolID, 'PoolID');
-    writeJsonAtomically(this.poolsPath, this.pools().filter((p) => p.id !== id));
+    writeJsonAtomically(
+      this.poolsPath,
+      this.pools().filter((p) => p.id !== id),
+    );
     return {};
   }
 
   private pool(id: unknown): Pool {
     const p = this.pools().find((x) => x.id === id);
-    if (!p) throw new PluginError(`unknown pool "${String(id).slice(0, 100)}" (was the network made with --ipam-driver weft?)`);
+    if (!p)
+      throw new PluginError(
+        `unknown pool "${String(id).slice(0, 100)}" (was the network made with --ipam-driver weft?)`,
+      );
     return p;
   }
 
@@ -182,7 +196,8 @@ export class DockerDriver {
       } catch (err) {
         throw new PluginError(`--ip: ${(err as Error).message}`);
       }
-      if (!contains(net, { start: want, prefix: 32 })) throw new PluginError(`${b.Address} is not in the network's subnet ${pool.pool}`);
+      if (!contains(net, { start: want, prefix: 32 }))
+        throw new PluginError(`${b.Address} is not in the network's subnet ${pool.pool}`);
       got = await this.deps.ipam.claim(ident, want, net);
     } else {
       got = await this.deps.ipam.allocate(ident, parseCidr(pool.range));
@@ -212,10 +227,13 @@ export class DockerDriver {
         inRange = false;
       }
       if (d.AddressSpace !== ADDRESS_SPACE || !inRange) {
-        throw new PluginError(`weft networks take their addresses from weft: create it with --ipam-driver weft (subnet ${d.Pool ?? '?'} is not one weft handed out)`);
+        throw new PluginError(
+          `weft networks take their addresses from weft: create it with --ipam-driver weft (subnet ${d.Pool ?? '?'} is not one weft handed out)`,
+        );
       }
     }
-    if (b.IPv6Data && Array.isArray(b.IPv6Data) && b.IPv6Data.length > 0) throw new PluginError('weft does not do IPv6: create the network without --ipv6');
+    if (b.IPv6Data && Array.isArray(b.IPv6Data) && b.IPv6Data.length > 0)
+      throw new PluginError('weft does not do IPv6: create the network without --ipv6');
     return {};
   }
 
@@ -224,7 +242,11 @@ export class DockerDriver {
     const iface = (b.Interface ?? {}) as { Address?: string; MacAddress?: string };
     // Canonical forms: what Docker sends is announced to every peer (a stray newline in an address
     // once made them drop this host's whole endpoint record).
-    const address = canonicalCidr(str(iface.Address, 'Interface.Address (an IPv4 address from the IPAM driver)'), true, 'Interface.Address');
+    const address = canonicalCidr(
+      str(iface.Address, 'Interface.Address (an IPv4 address from the IPAM driver)'),
+      true,
+      'Interface.Address',
+    );
     const wantedMac = iface.MacAddress ? canonicalMac(iface.MacAddress, 'Interface.MacAddress') : null;
     const key = endpointKey(eid);
     return withNewVeth(key, this.deps.datapath.mtu, async ({ hostIf, peerIf }) => {
@@ -240,7 +262,8 @@ export class DockerDriver {
   private async join(b: Record<string, unknown>): Promise<unknown> {
     const key = endpointKey(endpointId(b.EndpointID));
     const { hostIf, peerIf } = vethNames(key);
-    if (!(await linkExists(hostIf))) throw new PluginError(`endpoint ${key.slice(9, 21)} has no interface (was it created on this host?)`);
+    if (!(await linkExists(hostIf)))
+      throw new PluginError(`endpoint ${key.slice(9, 21)} has no interface (was it created on this host?)`);
     const routes = [{ Destination: '224.0.0.0/4', RouteType: 1 }];
     if (this.deps.dnsIp) routes.push({ Destination: `${this.deps.dnsIp}/32`, RouteType: 1 });
     return { InterfaceName: { SrcName: peerIf, DstPrefix: 'ethwe' }, StaticRoutes: routes };
@@ -292,7 +315,8 @@ export class DockerDriver {
           throw new PluginError('the request body is not JSON');
         }
       }
-      if (body === null || typeof body !== 'object' || Array.isArray(body)) throw new PluginError('the request body must be a JSON object');
+      if (body === null || typeof body !== 'object' || Array.isArray(body))
+        throw new PluginError('the request body must be a JSON object');
       reply(200, await this.handle(method, body as Record<string, unknown>));
     } catch (err) {
       const msg = (err as Error).message;

@@ -33,7 +33,10 @@ const GROUP_LABEL = 'weft.group';
 /** The groups a container's label names (malformed names are left out, and logged by the caller). */
 function labelGroups(c: ContainerInfo): { groups: string[]; bad: string[] } {
   const text = c.Config.Labels?.[GROUP_LABEL] ?? '';
-  const all = text.split(',').map((g) => g.trim()).filter(Boolean);
+  const all = text
+    .split(',')
+    .map((g) => g.trim())
+    .filter(Boolean);
   return { groups: all.filter((g) => GROUP_NAME.test(g)), bad: all.filter((g) => !GROUP_NAME.test(g)) };
 }
 
@@ -74,8 +77,21 @@ export class DockerWatcher {
 
   constructor(private readonly deps: WatcherDeps) {
     this.api = new DockerApi(deps.api);
-    this.driver = new DockerDriver({ datapath: deps.datapath, ipam: deps.ipam, dataDir: deps.dataDir, log: deps.log, dnsIp: deps.dns?.ip });
-    this.status = { api: deps.api, connected: false, version: null, state: 'not connected yet', plugin: null, pluginError: null };
+    this.driver = new DockerDriver({
+      datapath: deps.datapath,
+      ipam: deps.ipam,
+      dataDir: deps.dataDir,
+      log: deps.log,
+      dnsIp: deps.dns?.ip,
+    });
+    this.status = {
+      api: deps.api,
+      connected: false,
+      version: null,
+      state: 'not connected yet',
+      plugin: null,
+      pluginError: null,
+    };
   }
 
   private get attachedPath(): string {
@@ -99,7 +115,9 @@ export class DockerWatcher {
   }
 
   private enqueue(fn: () => Promise<void>): void {
-    this.queue = this.queue.then(fn).catch((err: Error) => this.deps.log.warn({ err: err.message }, 'Docker event handling failed'));
+    this.queue = this.queue
+      .then(fn)
+      .catch((err: Error) => this.deps.log.warn({ err: err.message }, 'Docker event handling failed'));
   }
 
   /** The engine answers: serve the plugin and catch up with what happened while we were not watching. */
@@ -142,7 +160,11 @@ export class DockerWatcher {
     } else if (e.Action === 'destroy') {
       await this.died(e.Actor.ID);
       const list = this.attached();
-      if (list.some((a) => a.id === e.Actor.ID)) this.deps.writes.write(this.attachedPath, list.filter((a) => a.id !== e.Actor.ID));
+      if (list.some((a) => a.id === e.Actor.ID))
+        this.deps.writes.write(
+          this.attachedPath,
+          list.filter((a) => a.id !== e.Actor.ID),
+        );
     }
   }
 
@@ -150,7 +172,11 @@ export class DockerWatcher {
   private async died(id: string): Promise<void> {
     const had = await this.deps.datapath.forget(id);
     const names = this.deps.names.remove({ container: id });
-    if (had || names > 0) this.deps.log.info({ container: id.slice(0, 12), names }, 'Docker container stopped; released its addresses and names');
+    if (had || names > 0)
+      this.deps.log.info(
+        { container: id.slice(0, 12), names },
+        'Docker container stopped; released its addresses and names',
+      );
   }
 
   /** A container runs: reattach it if weft attached it before; names and DNS route for its plugin endpoints. */
@@ -161,7 +187,10 @@ export class DockerWatcher {
         await this.attach(c, again.cidrs, again.subnet, again.hostname, again.groups);
         this.deps.log.info({ container: c.Id.slice(0, 12) }, 'reattached a restarted Docker container');
       } catch (err) {
-        this.deps.log.warn({ container: c.Id.slice(0, 12), err: (err as Error).message }, 'could not reattach a restarted Docker container');
+        this.deps.log.warn(
+          { container: c.Id.slice(0, 12), err: (err as Error).message },
+          'could not reattach a restarted Docker container',
+        );
       }
     }
     const nets = c.NetworkSettings.Networks ?? {};
@@ -170,7 +199,12 @@ export class DockerWatcher {
       if (!n.EndpointID || !local.has(endpointKey(n.EndpointID)) || !n.IPAddress) continue;
       this.deps.datapath.setGroups(endpointKey(n.EndpointID), this.groupsOf(c));
       if (this.deps.dns) this.deps.names.add(`${containerName(c)}.${this.deps.dns.domain}`, c.Id, n.IPAddress);
-      await this.findInside(c, endpointKey(n.EndpointID), n.MacAddress).catch((err: Error) => this.deps.log.warn({ container: c.Id.slice(0, 12), err: err.message }, 'could not find the plugin interface in the container'));
+      await this.findInside(c, endpointKey(n.EndpointID), n.MacAddress).catch((err: Error) =>
+        this.deps.log.warn(
+          { container: c.Id.slice(0, 12), err: err.message },
+          'could not find the plugin interface in the container',
+        ),
+      );
     }
   }
 
@@ -190,19 +224,39 @@ export class DockerWatcher {
 
   /** A running container, by name or id, with its process (for its network namespace). */
   async resolve(nameOrId: string): Promise<ContainerInfo> {
-    if (!this.status.connected) throw new WeftError('unavailable', `"${nameOrId}" is not netns:NAME, pid:N or cni:ID, and no Docker engine answers at ${this.deps.api} (${this.status.state})`);
+    if (!this.status.connected)
+      throw new WeftError(
+        'unavailable',
+        `"${nameOrId}" is not netns:NAME, pid:N or cni:ID, and no Docker engine answers at ${this.deps.api} (${this.status.state})`,
+      );
     const c = await this.api.find(nameOrId);
     if (!c) throw new WeftError('not-found', `no Docker container "${nameOrId}"`);
-    if (!c.State.Running || !c.State.Pid) throw new WeftError('conflict', `Docker container ${containerName(c)} is not running (${c.State.Status})`);
+    if (!c.State.Running || !c.State.Pid)
+      throw new WeftError('conflict', `Docker container ${containerName(c)} is not running (${c.State.Status})`);
     return c;
   }
 
   /** `weft attach` of a Docker container; remembered so that a restart of it is attached again. */
-  async attach(c: ContainerInfo, cidrs: string[], subnet?: string, hostname?: string, groups?: string[]): Promise<{ container: string; cidrs: string[]; mac: string; hostname: string | null; groups: string[] }> {
+  async attach(
+    c: ContainerInfo,
+    cidrs: string[],
+    subnet?: string,
+    hostname?: string,
+    groups?: string[],
+  ): Promise<{ container: string; cidrs: string[]; mac: string; hostname: string | null; groups: string[] }> {
     const g = groups ?? this.groupsOf(c);
-    const ep = await this.deps.datapath.attach(c.Id, cidrs, subnet, { netns: `/proc/${c.State.Pid}/ns/net`, ifname: 'ethwe' }, g);
+    const ep = await this.deps.datapath.attach(
+      c.Id,
+      cidrs,
+      subnet,
+      { netns: `/proc/${c.State.Pid}/ns/net`, ifname: 'ethwe' },
+      g,
+    );
     const list = this.attached().filter((a) => a.id !== c.Id);
-    this.deps.writes.write(this.attachedPath, [...list, { id: c.Id, cidrs, subnet, hostname, ...(groups ? { groups } : {}) }]);
+    this.deps.writes.write(this.attachedPath, [
+      ...list,
+      { id: c.Id, cidrs, subnet, hostname, ...(groups ? { groups } : {}) },
+    ]);
     // Like Weave's proxy: a container attached by weft is found by its Docker name.
     const name = hostname ?? (this.deps.dns ? `${containerName(c)}.${this.deps.dns.domain}` : null);
     if (name) for (const cidr of ep.cidrs) this.deps.names.add(name, c.Id, cidr.split('/')[0]);
@@ -211,14 +265,22 @@ export class DockerWatcher {
 
   private groupsOf(c: ContainerInfo): string[] {
     const { groups, bad } = labelGroups(c);
-    if (bad.length > 0) this.deps.log.warn({ container: c.Id.slice(0, 12), bad }, `label ${GROUP_LABEL} names groups that are not group names; left out`);
+    if (bad.length > 0)
+      this.deps.log.warn(
+        { container: c.Id.slice(0, 12), bad },
+        `label ${GROUP_LABEL} names groups that are not group names; left out`,
+      );
     return groups;
   }
 
   /** `weft detach` of a Docker container: it stays detached when it restarts. */
   forgetAttached(id: string): void {
     const list = this.attached();
-    if (list.some((a) => a.id === id)) this.deps.writes.write(this.attachedPath, list.filter((a) => a.id !== id));
+    if (list.some((a) => a.id === id))
+      this.deps.writes.write(
+        this.attachedPath,
+        list.filter((a) => a.id !== id),
+      );
   }
 
   async stop(): Promise<void> {
@@ -230,6 +292,7 @@ export class DockerWatcher {
 
 /** The container's name without Docker's leading slash, as a DNS label. */
 function containerName(c: ContainerInfo): string {
-  return c.Name.replace(/^\//, '').toLowerCase().replace(/[^a-z0-9-]/g, '-');
+  return c.Name.replace(/^\//, '')
+    .toLowerCase()
+    .replace(/[^a-z0-9-]/g, '-');
 }
-

@@ -6,7 +6,20 @@
 // the engine at DOCKER_HOST (or /var/run/docker.sock). plugin/Dockerfile builds
 // the same router from a Node 20 base image where a registry is reachable.
 import { execFileSync, spawn } from 'node:child_process';
-import { chmodSync, cpSync, existsSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, readlinkSync, realpathSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import {
+  chmodSync,
+  cpSync,
+  existsSync,
+  lstatSync,
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  readlinkSync,
+  realpathSync,
+  rmSync,
+  symlinkSync,
+  writeFileSync,
+} from 'node:fs';
 import { tmpdir } from 'node:os';
 import { basename, dirname, join, relative } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -23,7 +36,6 @@ const TOOLS = ['ip', 'bridge', 'nft', 'nsenter', 'sh', 'sleep', 'cat', 'ping', '
 const OPTIONAL_TOOLS = ['conntrack'];
 const PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
 const ENTRYPOINT = ['/usr/local/bin/node', '/weft/dist/router/main.js'];
-
 
 function which(tool: string): string {
   for (const d of PATH.split(':')) {
@@ -55,7 +67,8 @@ function place(root: string, path: string, as = path): void {
 /** Builds the root filesystem in a fresh directory and returns it. */
 export function buildRootfs(): string {
   const project = projectRoot();
-  if (!existsSync(join(project, 'dist', 'router', 'main.js'))) throw new Error('dist/ is missing: run npm run build first');
+  if (!existsSync(join(project, 'dist', 'router', 'main.js')))
+    throw new Error('dist/ is missing: run npm run build first');
   const root = mkdtempSync(join(tmpdir(), 'weft-image-'));
   try {
     fillRootfs(root, project);
@@ -83,7 +96,10 @@ function fillRootfs(root: string, project: string): void {
       return [];
     }
   });
-  const binaries: [string, string][] = [[process.execPath, '/usr/local/bin/node'], ...[...TOOLS.map(which), ...optional].map((p): [string, string] => [p, p])];
+  const binaries: [string, string][] = [
+    [process.execPath, '/usr/local/bin/node'],
+    ...[...TOOLS.map(which), ...optional].map((p): [string, string] => [p, p]),
+  ];
   const libs = new Set<string>();
   for (const [from, to] of binaries) {
     place(root, from, to);
@@ -102,13 +118,17 @@ function fillRootfs(root: string, project: string): void {
   const app = join(root, 'weft');
   // Every compiled component (tests, benchmarks and examples are not the router's).
   for (const part of readdirSync(join(project, 'dist'))) {
-    if (!['test', 'bench', 'examples'].includes(part)) cpSync(join(project, 'dist', part), join(app, 'dist', part), { recursive: true });
+    if (!['test', 'bench', 'examples'].includes(part))
+      cpSync(join(project, 'dist', part), join(app, 'dist', part), { recursive: true });
   }
   cpSync(join(project, 'package.json'), join(app, 'package.json'));
   cpSync(join(project, 'native', 'binding.gyp'), join(app, 'native', 'binding.gyp'));
   const addon = join(project, 'native', 'build', 'Release', 'weft_native.node');
   if (existsSync(addon)) cpSync(addon, join(app, 'native', 'build', 'Release', 'weft_native.node'));
-  else console.warn('warning: the native addon is not built; the image\'s router will run without the sleeve and batched DNS');
+  else
+    console.warn(
+      "warning: the native addon is not built; the image's router will run without the sleeve and batched DNS",
+    );
   const prod = execFileSync('npm', ['ls', '--omit=dev', '--all', '--parseable'], { cwd: project, encoding: 'utf8' })
     .split('\n')
     .map((l) => l.trim())
@@ -122,7 +142,11 @@ function fillRootfs(root: string, project: string): void {
 /** Imports a root filesystem into the engine as weft/router:VERSION. */
 export async function importImage(api: DockerApi, root: string, tag = VERSION): Promise<void> {
   const tar = spawn('tar', ['-C', root, '--numeric-owner', '-cf', '-', '.'], { stdio: ['ignore', 'pipe', 'inherit'] });
-  await api.importImage(tar.stdout, ROUTER_IMAGE_REPO, tag, [`ENTRYPOINT ${JSON.stringify(ENTRYPOINT)}`, `ENV PATH=${PATH}`, `LABEL weft.router=${VERSION}`]);
+  await api.importImage(tar.stdout, ROUTER_IMAGE_REPO, tag, [
+    `ENTRYPOINT ${JSON.stringify(ENTRYPOINT)}`,
+    `ENV PATH=${PATH}`,
+    `LABEL weft.router=${VERSION}`,
+  ]);
 }
 
 /** Builds and imports the image; returns its reference. */

@@ -12,7 +12,12 @@ function parseConntrackLine(line: string): Flow | null {
   const dst = field('dst');
   if (!proto || !src || !dst) return null;
   const dport = field('dport');
-  return { proto, src, dst, ...(dport !== undefined && (proto === 'tcp' || proto === 'udp') ? { port: Number(dport) } : {}) };
+  return {
+    proto,
+    src,
+    dst,
+    ...(dport !== undefined && (proto === 'tcp' || proto === 'udp') ? { port: Number(dport) } : {}),
+  };
 }
 
 /**

@@ -75,7 +75,12 @@ export class PolicyEngine {
 
   members(): Member[] {
     const eps = this.datapath?.endpoints.all() ?? [];
-    return eps.map((e) => ({ container: e.container, peer: e.peer, addrs: e.cidrs.map((c) => c.split('/')[0]), groups: e.groups ?? [] }));
+    return eps.map((e) => ({
+      container: e.container,
+      peer: e.peer,
+      addrs: e.cidrs.map((c) => c.split('/')[0]),
+      groups: e.groups ?? [],
+    }));
   }
 
   model(): PolicyModel {
@@ -84,7 +89,10 @@ export class PolicyEngine {
 
   private compile(): CompiledPolicy {
     const model = this.model();
-    return compilePolicy(model, model.members.filter((m) => m.peer === this.mesh.name));
+    return compilePolicy(
+      model,
+      model.members.filter((m) => m.peer === this.mesh.name),
+    );
   }
 
   /** The policy compiled from the state now: compiled again only when rules or endpoints changed. */
@@ -180,10 +188,13 @@ export class PolicyEngine {
       }
     }
     // Only a change that can take a permission away needs the flows checked: joins alone cannot.
-    const mayRevoke = !prev || prev.skeleton !== next.skeleton || [...prev.sets].some(([name, addrs]) => {
-      const now = new Set(next.sets.get(name) ?? []);
-      return addrs.some((a) => !now.has(a));
-    });
+    const mayRevoke =
+      !prev ||
+      prev.skeleton !== next.skeleton ||
+      [...prev.sets].some(([name, addrs]) => {
+        const now = new Set(next.sets.get(name) ?? []);
+        return addrs.some((a) => !now.has(a));
+      });
     if (mayRevoke && (next.hooks.length > 0 || (prev && prev.hooks.length > 0))) await this.cutRevoked(this.model());
   }
 
@@ -200,8 +211,15 @@ export class PolicyEngine {
 
   /** For the status summary, without asking the kernel. */
   summary(): { rules: number; limitedHere: number; lastError: string | null; notEnforced: string[] } {
-    const limited = new Set([...(this.current?.counters.values() ?? [])].filter((m) => m.kind === 'deny').map((m) => m.id));
-    return { rules: this.table.rules().length, limitedHere: limited.size, lastError: this.lastError, notEnforced: this.notEnforced() };
+    const limited = new Set(
+      [...(this.current?.counters.values() ?? [])].filter((m) => m.kind === 'deny').map((m) => m.id),
+    );
+    return {
+      rules: this.table.rules().length,
+      limitedHere: limited.size,
+      lastError: this.lastError,
+      notEnforced: this.notEnforced(),
+    };
   }
 
   /** Whether some rule limits members of these groups (attach warns when such a container joins an unenforced policy). */
@@ -217,7 +235,9 @@ export class PolicyEngine {
     if (this.current && this.current.hooks.length > 0) {
       try {
         // -t: the rules and their counters, without the sets' elements.
-        const j = JSON.parse(await nft(['-t', '-j', 'list', 'table', 'inet', TABLE])) as { nftables: { rule?: { comment?: string; expr?: { counter?: { packets: number } }[] } }[] };
+        const j = JSON.parse(await nft(['-t', '-j', 'list', 'table', 'inet', TABLE])) as {
+          nftables: { rule?: { comment?: string; expr?: { counter?: { packets: number } }[] } }[];
+        };
         for (const item of j.nftables) {
           const c = item.rule?.comment;
           const m = c ? meaning.get(c) : undefined;

@@ -26,9 +26,7 @@ export interface Flow {
 }
 
 export type Verdict =
-  | { kind: 'open'; why: string }
-  | { kind: 'allowed'; rule: Rule; why: string }
-  | { kind: 'denied'; why: string };
+  { kind: 'open'; why: string } | { kind: 'allowed'; rule: Rule; why: string } | { kind: 'denied'; why: string };
 
 export interface Decision {
   allowed: boolean;
@@ -40,7 +38,9 @@ export interface Decision {
 
 /** Whether a container selector names this container: its full key, or a Docker id's 12+ hex prefix. */
 export function containerMatches(id: string, container: string): boolean {
-  return id === container || (/^[0-9a-f]{12,63}$/.test(id) && /^[0-9a-f]{64}$/.test(container) && container.startsWith(id));
+  return (
+    id === container || (/^[0-9a-f]{12,63}$/.test(id) && /^[0-9a-f]{64}$/.test(container) && container.startsWith(id))
+  );
 }
 
 export class PolicyModel {
@@ -108,7 +108,10 @@ export class PolicyModel {
     const rule = rules.find((r) => this.covers(r.peer, other) && PolicyModel.protoMatches(r, f));
     if (rule) return { kind: 'allowed', rule, why: `rule ${rule.id}: ${describeRule(rule)}` };
     const by = [...new Set(rules.map((r) => formatSelector(r.target)))].join(', ');
-    return { kind: 'denied', why: `${direction} of ${m.container} is limited by the rules of ${by}, and none of them allows ${flowText(f)}` };
+    return {
+      kind: 'denied',
+      why: `${direction} of ${m.container} is limited by the rules of ${by}, and none of them allows ${flowText(f)}`,
+    };
   }
 
   decide(f: Flow): Decision {
@@ -120,7 +123,10 @@ export class PolicyModel {
       ? deciding.length === 0
         ? `allowed: no rule limits ${flowText(f)} (${egress.why}; ${ingress.why})`
         : `allowed by ${deciding.map((v) => v.why).join(' and ')}`
-      : `denied: ${[egress, ingress].filter((v) => v.kind === 'denied').map((v) => v.why).join('; ')}`;
+      : `denied: ${[egress, ingress]
+          .filter((v) => v.kind === 'denied')
+          .map((v) => v.why)
+          .join('; ')}`;
     return { allowed, egress, ingress, summary };
   }
 }

@@ -76,7 +76,14 @@ export function compilePolicy(model: PolicyModel, local: Member[]): CompiledPoli
         body.push(`    ${[peer, protoMatch(r), 'counter return', `comment "${comment}"`].filter(Boolean).join(' ')}`);
       }
       const deny = `deny:${chain}`;
-      counters.set(deny, { kind: 'deny', id: m.container, direction, groups: [...new Set(rules.filter((r) => r.target.kind === 'group').map((r) => (r.target as { name: string }).name))] });
+      counters.set(deny, {
+        kind: 'deny',
+        id: m.container,
+        direction,
+        groups: [
+          ...new Set(rules.filter((r) => r.target.kind === 'group').map((r) => (r.target as { name: string }).name)),
+        ],
+      });
       body.push(`    counter drop comment "${deny}"`);
       chains.push(`  chain ${chain} {`, ...body, '  }');
       jumps.push(`    ${direction === 'ingress' ? 'ip daddr' : 'ip saddr'} ${addrs} jump ${chain}`);

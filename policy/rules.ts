@@ -10,7 +10,11 @@ export type Proto = 'tcp' | 'udp' | 'icmp' | 'any';
 type Direction = 'ingress' | 'egress';
 
 /** Who a rule talks about: a group's members, one container, a network, or anyone. */
-export type Selector = { kind: 'group'; name: string } | { kind: 'container'; id: string } | { kind: 'cidr'; cidr: string } | { kind: 'any' };
+export type Selector =
+  | { kind: 'group'; name: string }
+  | { kind: 'container'; id: string }
+  | { kind: 'cidr'; cidr: string }
+  | { kind: 'any' };
 
 export interface Rule {
   id: string;
@@ -36,7 +40,10 @@ export class RuleError extends WeftError {
 }
 
 export function checkGroupName(name: string): string {
-  if (!GROUP_NAME.test(name)) throw new RuleError(`group "${name.slice(0, 80)}" is not a group name (lower-case letters, digits, _ . -; up to 63)`);
+  if (!GROUP_NAME.test(name))
+    throw new RuleError(
+      `group "${name.slice(0, 80)}" is not a group name (lower-case letters, digits, _ . -; up to 63)`,
+    );
   return name;
 }
 
@@ -104,17 +111,30 @@ export interface RuleRequest {
 
 /** A rule from a request, checked whole; its id is given by the caller. */
 export function ruleFromRequest(id: string, r: RuleRequest): Rule {
-  if (typeof r.to !== 'string' || r.to === '') throw new RuleError('--to is required (a group, container:ID' + (r.egress === true ? ', a CIDR or any' : '') + ')');
-  if (typeof r.from !== 'string' || r.from === '') throw new RuleError('--from is required (a group, container:ID, a CIDR or any)');
+  if (typeof r.to !== 'string' || r.to === '')
+    throw new RuleError('--to is required (a group, container:ID' + (r.egress === true ? ', a CIDR or any' : '') + ')');
+  if (typeof r.from !== 'string' || r.from === '')
+    throw new RuleError('--from is required (a group, container:ID, a CIDR or any)');
   const egress = r.egress === true;
   const to = parseSelector(r.to, '--to');
   const from = parseSelector(r.from, '--from');
   const target = egress ? from : to;
   const peer = egress ? to : from;
   if (target.kind !== 'group' && target.kind !== 'container') {
-    throw new RuleError(egress ? '--from of an egress rule must be a group or container:ID (the senders it opens)' : '--to must be a group or container:ID (the receivers it opens)');
+    throw new RuleError(
+      egress
+        ? '--from of an egress rule must be a group or container:ID (the senders it opens)'
+        : '--to must be a group or container:ID (the receivers it opens)',
+    );
   }
-  const proto = r.proto === undefined ? 'any' : typeof r.proto === 'string' ? parseProto(r.proto) : (() => { throw new RuleError('--proto must be tcp, udp, icmp or any'); })();
+  const proto =
+    r.proto === undefined
+      ? 'any'
+      : typeof r.proto === 'string'
+        ? parseProto(r.proto)
+        : (() => {
+            throw new RuleError('--proto must be tcp, udp, icmp or any');
+          })();
   let ports: [number, number] | undefined;
   if (r.port !== undefined && r.port !== '') {
     if (typeof r.port !== 'string' && typeof r.port !== 'number') throw new RuleError('--port must be N or N-M');
@@ -135,7 +155,8 @@ export function checkRule(x: unknown): Rule {
     if (!v || typeof v !== 'object') throw new RuleError('rule selector is malformed');
     if (v.kind === 'any') return { kind: 'any' };
     if (v.kind === 'group' && typeof v.name === 'string') return { kind: 'group', name: checkGroupName(v.name) };
-    if (v.kind === 'container' && typeof v.id === 'string' && CONTAINER_ID.test(v.id)) return { kind: 'container', id: v.id };
+    if (v.kind === 'container' && typeof v.id === 'string' && CONTAINER_ID.test(v.id))
+      return { kind: 'container', id: v.id };
     if (v.kind === 'cidr' && typeof v.cidr === 'string') {
       try {
         return { kind: 'cidr', cidr: formatCidr(parseCidr(v.cidr)) };
@@ -147,11 +168,18 @@ export function checkRule(x: unknown): Rule {
   };
   const target = sel(r.target);
   const peer = sel(r.peer);
-  if (target.kind !== 'group' && target.kind !== 'container') throw new RuleError('a rule protects a group or a container');
+  if (target.kind !== 'group' && target.kind !== 'container')
+    throw new RuleError('a rule protects a group or a container');
   if (!PROTOS.includes(r.proto)) throw new RuleError('rule protocol is malformed');
   let ports: [number, number] | undefined;
   if (r.ports !== undefined) {
-    if (!Array.isArray(r.ports) || r.ports.length !== 2 || !r.ports.every((p) => Number.isInteger(p) && p >= 1 && p <= 65535) || r.ports[0] > r.ports[1]) throw new RuleError('rule ports are malformed');
+    if (
+      !Array.isArray(r.ports) ||
+      r.ports.length !== 2 ||
+      !r.ports.every((p) => Number.isInteger(p) && p >= 1 && p <= 65535) ||
+      r.ports[0] > r.ports[1]
+    )
+      throw new RuleError('rule ports are malformed');
     if (r.proto !== 'tcp' && r.proto !== 'udp') throw new RuleError('ports need tcp or udp');
     ports = [r.ports[0], r.ports[1]];
   }
@@ -160,7 +188,12 @@ export function checkRule(x: unknown): Rule {
 
 /** One line, the way `weft policy list` prints it. */
 export function describeRule(r: Rule): string {
-  const what = r.proto === 'any' ? 'any protocol' : r.ports ? `${r.proto}/${r.ports[0] === r.ports[1] ? r.ports[0] : `${r.ports[0]}-${r.ports[1]}`}` : r.proto;
+  const what =
+    r.proto === 'any'
+      ? 'any protocol'
+      : r.ports
+        ? `${r.proto}/${r.ports[0] === r.ports[1] ? r.ports[0] : `${r.ports[0]}-${r.ports[1]}`}`
+        : r.proto;
   return r.direction === 'ingress'
     ? `${formatSelector(r.target)} accepts ${what} from ${formatSelector(r.peer)}`
     : `${formatSelector(r.target)} may send ${what} to ${formatSelector(r.peer)}`;

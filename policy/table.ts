@@ -3,7 +3,15 @@
 // channel, one per rule id. Any peer may add or remove any rule; every peer
 // converges on the same rules. Persisted in the data directory.
 import { randomBytes } from 'node:crypto';
-import { type MeshView, RegisterTable, compareRegisters, mergeRegisters, registerFromWire, type Register, type RegisterCodec } from '../mesh/index.js';
+import {
+  type MeshView,
+  RegisterTable,
+  compareRegisters,
+  mergeRegisters,
+  registerFromWire,
+  type Register,
+  type RegisterCodec,
+} from '../mesh/index.js';
 import { listFile, type Persist } from '../lib/json-file.js';
 import { RuleError, checkRule, type Rule } from './rules.js';
 

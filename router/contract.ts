@@ -53,25 +53,61 @@ export interface Report {
   encryption: 'password' | 'no password';
   discovery: boolean;
   connLimit: number;
-  peers: { name: PeerName; nickname: string; uid: string; version: number; connections: { name: PeerName; nickname: string | null; address: string; outbound: boolean; established: boolean }[] }[];
+  peers: {
+    name: PeerName;
+    nickname: string;
+    uid: string;
+    version: number;
+    connections: {
+      name: PeerName;
+      nickname: string | null;
+      address: string;
+      outbound: boolean;
+      established: boolean;
+    }[];
+  }[];
   unicastRoutes: { dest: PeerName; via: PeerName }[];
   broadcastRoutes: { source: PeerName; via: PeerName[] }[];
   connections: ConnectionReport[];
   targets: { address: string; direct: boolean; state: string; peer?: PeerName; error?: string; retryInMs?: number }[];
-  gossip: { messagesSent: number; bytesSent: number; messagesReceived: number; bytesReceived: number; gossipErrors: number; protocolErrors: number };
+  gossip: {
+    messagesSent: number;
+    bytesSent: number;
+    messagesReceived: number;
+    bytesReceived: number;
+    gossipErrors: number;
+    protocolErrors: number;
+  };
   ipam: IpamStatus;
   dns: {
     domain: string;
     address: string | null;
     upstreams: string[];
     entries: { hostname: string; container: string; ip: string; origin: PeerName }[];
-    stats: { queries: number; local: number; nxdomain: number; forwarded: number; servfail: number; formerr: number } | null;
+    stats: {
+      queries: number;
+      local: number;
+      nxdomain: number;
+      forwarded: number;
+      servfail: number;
+      formerr: number;
+    } | null;
   };
   datapath: null | {
     kind: 'fastdp' | 'ovs';
     mtu: number;
     /** The OVS datapath's bridge, when it is the one. */
-    ovs?: { bridge: string; datapathType: string; ovsdb: string; connected: boolean; datapathId: string; flowsAdded: number; flowsRemoved: number; reconnects: number; lastError: string | null };
+    ovs?: {
+      bridge: string;
+      datapathType: string;
+      ovsdb: string;
+      connected: boolean;
+      datapathId: string;
+      flowsAdded: number;
+      flowsRemoved: number;
+      reconnects: number;
+      lastError: string | null;
+    };
     localEndpoints: { container: string; mac: string; cidrs: string[]; groups?: string[] }[];
     exposed: string[];
     endpoints: { container: string; mac: string; cidrs: string[]; peer: PeerName }[];
@@ -91,4 +127,3 @@ export interface Report {
   /** Services: how many, how many serve their VIP, local containers whose namespace translates them. */
   services: ({ range: string } & ReturnType<ServiceEngine['summary']>) | null;
 }
-

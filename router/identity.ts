@@ -41,11 +41,15 @@ export function loadIdentity(dataDir: string, nameOverride?: PeerName): Identity
       stored = v;
     } catch (err) {
       // Never silently replace an identity: other peers know this one.
-      throw new Error(`the identity file ${path} is corrupt (${(err as Error).message}); move it away to start as a new peer`);
+      throw new Error(
+        `the identity file ${path} is corrupt (${(err as Error).message}); move it away to start as a new peer`,
+      );
     }
   }
   if (!stored || (nameOverride && nameOverride !== stored.name)) {
-    const privateKey = stored?.privateKey ?? generateKeyPairSync('ed25519').privateKey.export({ format: 'pem', type: 'pkcs8' }).toString();
+    const privateKey =
+      stored?.privateKey ??
+      generateKeyPairSync('ed25519').privateKey.export({ format: 'pem', type: 'pkcs8' }).toString();
     stored = { name: nameOverride ?? randomPeerName(), privateKey };
     writeJsonAtomically(path, stored, 0o600);
   }

@@ -8,7 +8,10 @@ import { Router } from './router.js';
 import { VERSION } from '../lib/version.js';
 
 const program = addRouterOptions(
-  new Command('weft-router').description('the weft router daemon').version(VERSION).argument('[peers...]', 'peers to connect to (host[:port])'),
+  new Command('weft-router')
+    .description('the weft router daemon')
+    .version(VERSION)
+    .argument('[peers...]', 'peers to connect to (host[:port])'),
 );
 program.parse();
 let opts;
@@ -21,7 +24,9 @@ try {
 const log = pino({ level: opts.logLevel, base: { nickname: opts.nickname } });
 
 // A background task that fails is a bug to log and count, not a reason to take the network down.
-process.on('unhandledRejection', (reason) => log.error({ err: reason instanceof Error ? reason.message : String(reason) }, 'unhandled rejection'));
+process.on('unhandledRejection', (reason) =>
+  log.error({ err: reason instanceof Error ? reason.message : String(reason) }, 'unhandled rejection'),
+);
 
 try {
   const router = await Router.start(opts, log);

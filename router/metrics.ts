@@ -44,12 +44,15 @@ export function buildRegistry(router: Router): Registry {
     ...reg,
     collect() {
       this.reset();
-      for (const c of report().connections) if (c.state === 'established' && c.overlay && c.overlay !== 'fastdp' && c.overlay !== 'ovs') this.inc({ reason: fallbackCategory(c.fallbackReason), overlay: c.overlay });
+      for (const c of report().connections)
+        if (c.state === 'established' && c.overlay && c.overlay !== 'fastdp' && c.overlay !== 'ovs')
+          this.inc({ reason: fallbackCategory(c.fallbackReason), overlay: c.overlay });
     },
   });
   // Security groups: the kernel's counters, read once per scrape (async collect).
   let policyStatus: Promise<Awaited<ReturnType<Router['policy']['status']>>> | null = null;
-  const policy = () => (policyStatus ??= router.policy.status().finally(() => setTimeout(() => (policyStatus = null), 100)));
+  const policy = () =>
+    (policyStatus ??= router.policy.status().finally(() => setTimeout(() => (policyStatus = null), 100)));
   new Gauge({
     name: 'weft_policy_rules',
     help: 'Security group rules in force in the mesh',
@@ -103,19 +106,21 @@ export function buildRegistry(router: Router): Registry {
     collect() {
       this.reset();
       for (const v of router.services.views()) {
-        for (const h of ['healthy', 'failing', 'unchecked']) this.set({ service: v.name, health: h }, v.live.filter((b) => b.health === h).length);
+        for (const h of ['healthy', 'failing', 'unchecked'])
+          this.set({ service: v.name, health: h }, v.live.filter((b) => b.health === h).length);
       }
     },
   });
   new Gauge({
     name: 'weft_service_flows',
-    help: 'Tracked flows of this host\'s containers to each service, by backend address',
+    help: "Tracked flows of this host's containers to each service, by backend address",
     labelNames: ['service', 'backend'],
     ...reg,
     async collect() {
       this.reset();
       const flows = await router.services.flows();
-      for (const v of router.services.views()) for (const [backend, n] of flows.get(v.vip) ?? []) this.set({ service: v.name, backend }, n);
+      for (const v of router.services.views())
+        for (const [backend, n] of flows.get(v.vip) ?? []) this.set({ service: v.name, backend }, n);
     },
   });
   new Gauge({
@@ -126,7 +131,14 @@ export function buildRegistry(router: Router): Registry {
       this.set(report().peers.length);
     },
   });
-  const channelCounter = (name: string, help: string, pick: (s: { messagesSent: number; bytesSent: number; messagesReceived: number; bytesReceived: number }, dir: 'sent' | 'received') => number) =>
+  const channelCounter = (
+    name: string,
+    help: string,
+    pick: (
+      s: { messagesSent: number; bytesSent: number; messagesReceived: number; bytesReceived: number },
+      dir: 'sent' | 'received',
+    ) => number,
+  ) =>
     new Counter({
       name,
       help,
@@ -139,8 +151,14 @@ export function buildRegistry(router: Router): Registry {
         }
       },
     });
-  channelCounter('weft_gossip_messages_total', 'Mesh messages, by channel and direction', (s, d) => (d === 'sent' ? s.messagesSent : s.messagesReceived));
-  channelCounter('weft_gossip_bytes_total', 'Mesh message bytes (before encryption), by channel and direction', (s, d) => (d === 'sent' ? s.bytesSent : s.bytesReceived));
+  channelCounter('weft_gossip_messages_total', 'Mesh messages, by channel and direction', (s, d) =>
+    d === 'sent' ? s.messagesSent : s.messagesReceived,
+  );
+  channelCounter(
+    'weft_gossip_bytes_total',
+    'Mesh message bytes (before encryption), by channel and direction',
+    (s, d) => (d === 'sent' ? s.bytesSent : s.bytesReceived),
+  );
   new Gauge({
     name: 'weft_ipam_addresses',
     help: 'Addresses of the allocation range, by state: allocated here, free in the ring, owned by this peer',
@@ -150,7 +168,10 @@ export function buildRegistry(router: Router): Registry {
       const ipam = report().ipam;
       const mine = ipam.peers.find((p) => p.name === router.mesh.name);
       this.set({ state: 'allocated_here' }, ipam.allocatedHere);
-      this.set({ state: 'free' }, ipam.peers.reduce((t, p) => t + p.free, 0));
+      this.set(
+        { state: 'free' },
+        ipam.peers.reduce((t, p) => t + p.free, 0),
+      );
       this.set({ state: 'owned_here' }, mine?.addresses ?? 0);
       this.set({ state: 'range' }, ipam.totalAddresses);
     },
@@ -185,24 +206,48 @@ export function buildRegistry(router: Router): Registry {
     });
   countersFrom('weft_dns_queries_total', 'DNS queries answered, by result', 'result', () => {
     const s = router.dns?.stats;
-    return s ? { local: s.local, nxdomain: s.nxdomain, forwarded: s.forwarded, servfail: s.servfail, formerr: s.formerr } : null;
+    return s
+      ? { local: s.local, nxdomain: s.nxdomain, forwarded: s.forwarded, servfail: s.servfail, formerr: s.formerr }
+      : null;
   });
   countersFrom('weft_fdb_entries_programmed_total', 'VXLAN fdb entries added and removed by the router', 'op', () => {
     const s = router.datapath?.stats;
     return s ? { added: s.fdbAdded, removed: s.fdbRemoved } : null;
   });
-  countersFrom('weft_sleeve_frames_total', 'Ethernet frames carried by the sleeve: out (from local containers), in (to them), relayed', 'direction', () => {
-    const s = router.datapath?.sleeve?.counters();
-    return s ? { out: s.framesOut, in: s.framesIn, relayed: s.relayed } : null;
-  });
-  countersFrom('weft_sleeve_bytes_total', 'Ethernet frame bytes carried by the sleeve, by direction', 'direction', () => {
-    const s = router.datapath?.sleeve?.counters();
-    return s ? { out: s.bytesOut, in: s.bytesIn } : null;
-  });
-  countersFrom('weft_sleeve_drops_total', 'Sleeve packets not delivered, by reason (no route, refused: unknown sender or failed authentication, malformed, queue full)', 'reason', () => {
-    const c = router.datapath?.sleeve?.counters();
-    return c ? { no_route: c.dropped, refused: c.refused, malformed: c.malformed, queue_full: (c.udp?.txDropped ?? 0) + (c.tap?.txDropped ?? 0) } : null;
-  });
+  countersFrom(
+    'weft_sleeve_frames_total',
+    'Ethernet frames carried by the sleeve: out (from local containers), in (to them), relayed',
+    'direction',
+    () => {
+      const s = router.datapath?.sleeve?.counters();
+      return s ? { out: s.framesOut, in: s.framesIn, relayed: s.relayed } : null;
+    },
+  );
+  countersFrom(
+    'weft_sleeve_bytes_total',
+    'Ethernet frame bytes carried by the sleeve, by direction',
+    'direction',
+    () => {
+      const s = router.datapath?.sleeve?.counters();
+      return s ? { out: s.bytesOut, in: s.bytesIn } : null;
+    },
+  );
+  countersFrom(
+    'weft_sleeve_drops_total',
+    'Sleeve packets not delivered, by reason (no route, refused: unknown sender or failed authentication, malformed, queue full)',
+    'reason',
+    () => {
+      const c = router.datapath?.sleeve?.counters();
+      return c
+        ? {
+            no_route: c.dropped,
+            refused: c.refused,
+            malformed: c.malformed,
+            queue_full: (c.udp?.txDropped ?? 0) + (c.tap?.txDropped ?? 0),
+          }
+        : null;
+    },
+  );
   return registry;
 }
 

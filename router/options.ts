@@ -69,19 +69,26 @@ function parseDuration(text: string): number {
 function int(name: string, min: number, max: number) {
   return (v: string): number => {
     const n = Number(v);
-    if (!Number.isInteger(n) || n < min || n > max) throw new Error(`--${name} must be a whole number from ${min} to ${max}, not "${v}"`);
+    if (!Number.isInteger(n) || n < min || n > max)
+      throw new Error(`--${name} must be a whole number from ${min} to ${max}, not "${v}"`);
     return n;
   };
 }
 
 function ovsBridgeName(v: string): string {
   // Also a network device name (its internal port): at most 15 characters; not weft's Linux bridge.
-  if (!/^[A-Za-z0-9][A-Za-z0-9_.-]{0,14}$/.test(v) || v === 'weft') throw new Error(`--ovs-bridge "${v}": 1 to 15 letters, digits, "_", "." or "-", and not "weft" (weft's Linux bridge)`);
+  if (!/^[A-Za-z0-9][A-Za-z0-9_.-]{0,14}$/.test(v) || v === 'weft')
+    throw new Error(
+      `--ovs-bridge "${v}": 1 to 15 letters, digits, "_", "." or "-", and not "weft" (weft's Linux bridge)`,
+    );
   return v;
 }
 
 function cidrList(v: string): string[] {
-  const out = v.split(',').map((c) => c.trim()).filter((c) => c !== '');
+  const out = v
+    .split(',')
+    .map((c) => c.trim())
+    .filter((c) => c !== '');
   for (const c of out) {
     try {
       parseCidr(c);
@@ -99,7 +106,8 @@ function listenAddr(name: string, allowNone: boolean, allowUnix: boolean, fallba
     // An empty variable (WEFT_HTTP_ADDR= is also the CLI's "not set") means the default.
     if (v === '' && fallback !== undefined) return fallback;
     if (allowUnix && v.startsWith('unix:')) {
-      if (!v.startsWith('unix:/')) throw new Error(`--${name} ${v}: a unix socket needs an absolute path (unix:/run/weft/api.sock)`);
+      if (!v.startsWith('unix:/'))
+        throw new Error(`--${name} ${v}: a unix socket needs an absolute path (unix:/run/weft/api.sock)`);
       return v;
     }
     parseListen(v, `--${name}`);
@@ -124,39 +132,100 @@ function routerOptions(): Option[] {
   };
   return [
     o('--data-dir <dir>', 'where identity, state, pid and log files live').default(DEFAULT_DATA_DIR),
-    o('--port <n>', 'TCP port of the mesh').default(6783).argParser(int('port', 1, 65535)),
+    o('--port <n>', 'TCP port of the mesh')
+      .default(6783)
+      .argParser(int('port', 1, 65535)),
     o('--host <addr>', 'address to listen on for mesh connections').default('0.0.0.0'),
-    o('--name <peer-name>', 'peer name (aa:bb:cc:dd:ee:ff); default: kept in the data dir, random at first start').argParser((v) => parsePeerName(v)),
+    o(
+      '--name <peer-name>',
+      'peer name (aa:bb:cc:dd:ee:ff); default: kept in the data dir, random at first start',
+    ).argParser((v) => parsePeerName(v)),
     o('--nickname <name>', 'human-readable name shown in status').default(hostname()),
-    o('--password <secret>', 'shared mesh password (prefer WEFT_PASSWORD or --password-file: arguments are visible to other users)'),
+    o(
+      '--password <secret>',
+      'shared mesh password (prefer WEFT_PASSWORD or --password-file: arguments are visible to other users)',
+    ),
     o('--password-file <path>', 'read the mesh password from this file'),
-    o('--conn-limit <n>', 'at most this many connections (0: no limit); a peer is never locked out').default(200).argParser(int('conn-limit', 0, 100_000)),
+    o('--conn-limit <n>', 'at most this many connections (0: no limit); a peer is never locked out')
+      .default(200)
+      .argParser(int('conn-limit', 0, 100_000)),
     o('--no-discovery', 'do not connect to peers learnt from others'),
-    o('--http-addr <ip:port|unix:path>', 'address of the local HTTP API; unix:/PATH serves it on a socket only root can use (no TCP at all)').default(DEFAULT_HTTP_ADDR).argParser(listenAddr('http-addr', false, true, DEFAULT_HTTP_ADDR)),
-    o('--metrics-addr <ip:port>', 'where Prometheus metrics are served, at /metrics (":6782" or "0.0.0.0:6782": every address, for a scraper elsewhere; "" turns them off)').default('127.0.0.1:6782').argParser(listenAddr('metrics-addr', true, false)),
+    o(
+      '--http-addr <ip:port|unix:path>',
+      'address of the local HTTP API; unix:/PATH serves it on a socket only root can use (no TCP at all)',
+    )
+      .default(DEFAULT_HTTP_ADDR)
+      .argParser(listenAddr('http-addr', false, true, DEFAULT_HTTP_ADDR)),
+    o(
+      '--metrics-addr <ip:port>',
+      'where Prometheus metrics are served, at /metrics (":6782" or "0.0.0.0:6782": every address, for a scraper elsewhere; "" turns them off)',
+    )
+      .default('127.0.0.1:6782')
+      .argParser(listenAddr('metrics-addr', true, false)),
     o('--log-level <level>', 'debug, info, warn or error').default('info').choices(['debug', 'info', 'warn', 'error']),
     o('--gossip-interval <duration>', 'period of the anti-entropy exchange').default(30_000, '30s').argParser(duration),
-    o('--heartbeat-interval <duration>', 'heartbeat period; a connection silent for three periods is closed').default(10_000, '10s').argParser(duration),
+    o('--heartbeat-interval <duration>', 'heartbeat period; a connection silent for three periods is closed')
+      .default(10_000, '10s')
+      .argParser(duration),
     o('--ipalloc-range <cidr>', 'the range container addresses come from').default('10.32.0.0/12'),
-    o('--service-range <cidr>', 'the range service VIPs come from (must not overlap --ipalloc-range; the same on every peer)').default('10.96.0.0/16'),
+    o(
+      '--service-range <cidr>',
+      'the range service VIPs come from (must not overlap --ipalloc-range; the same on every peer)',
+    ).default('10.96.0.0/16'),
     o('--ipalloc-default-subnet <cidr>', 'subnet for allocations that name none (default: the whole range)'),
-    o('--ipalloc-init <mode>', 'how the ring starts: consensus[=N] (N initial peers; default: the peers given + 1), seed=NAME,..., or observer').default('consensus'),
-    o('--datapath <kind>', 'fastdp (kernel VXLAN), ovs (VXLAN through an Open vSwitch bridge weft controls), or none (control plane only: no bridge, no attach)').default('fastdp').choices(['fastdp', 'ovs', 'none']),
-    o('--ovsdb <target>', 'with --datapath ovs: where ovsdb-server listens (unix:PATH); the OpenFlow socket for weft goes next to it').default('unix:/var/run/openvswitch/db.sock'),
-    o('--ovs-bridge <name>', 'with --datapath ovs: the OVS bridge weft makes and controls').default('weft-ovs').argParser(ovsBridgeName),
-    o('--ovs-datapath <type>', 'with --datapath ovs: system (the kernel module) or netdev (userspace); default: system when the kernel has the openvswitch module').choices(['system', 'netdev']),
+    o(
+      '--ipalloc-init <mode>',
+      'how the ring starts: consensus[=N] (N initial peers; default: the peers given + 1), seed=NAME,..., or observer',
+    ).default('consensus'),
+    o(
+      '--datapath <kind>',
+      'fastdp (kernel VXLAN), ovs (VXLAN through an Open vSwitch bridge weft controls), or none (control plane only: no bridge, no attach)',
+    )
+      .default('fastdp')
+      .choices(['fastdp', 'ovs', 'none']),
+    o(
+      '--ovsdb <target>',
+      'with --datapath ovs: where ovsdb-server listens (unix:PATH); the OpenFlow socket for weft goes next to it',
+    ).default('unix:/var/run/openvswitch/db.sock'),
+    o('--ovs-bridge <name>', 'with --datapath ovs: the OVS bridge weft makes and controls')
+      .default('weft-ovs')
+      .argParser(ovsBridgeName),
+    o(
+      '--ovs-datapath <type>',
+      'with --datapath ovs: system (the kernel module) or netdev (userspace); default: system when the kernel has the openvswitch module',
+    ).choices(['system', 'netdev']),
     o('--no-fastdp', 'never use the kernel VXLAN path: all traffic goes through the sleeve'),
     o('--no-sleeve', 'do not run the userspace sleeve (peers without a working VXLAN path get no traffic)'),
-    o('--trusted-subnets <cidrs>', 'comma-separated underlay networks whose peers need no encryption (with a password, others use the encrypted sleeve)').default([], 'none').argParser(cidrList),
+    o(
+      '--trusted-subnets <cidrs>',
+      'comma-separated underlay networks whose peers need no encryption (with a password, others use the encrypted sleeve)',
+    )
+      .default([], 'none')
+      .argParser(cidrList),
     o('--mtu <n>', 'overlay MTU (default: the underlay MTU minus 50 for VXLAN)').argParser(int('mtu', 576, 65000)),
     o('--no-dns', 'do not run the DNS server'),
     o('--dns-domain <domain>', 'the domain weft answers for').default('weft.local.'),
-    o('--dns-ttl <seconds>', 'TTL of weft\'s answers').default(1).argParser(int('dns-ttl', 0, 86400)),
-    o('--dns-listen-address <ip:port>', 'where the DNS server listens (default: 169.254.83.83:53 on the weft bridge, reachable from attached containers)').argParser(listenAddr('dns-listen-address', false, false)),
+    o('--dns-ttl <seconds>', "TTL of weft's answers")
+      .default(1)
+      .argParser(int('dns-ttl', 0, 86400)),
+    o(
+      '--dns-listen-address <ip:port>',
+      'where the DNS server listens (default: 169.254.83.83:53 on the weft bridge, reachable from attached containers)',
+    ).argParser(listenAddr('dns-listen-address', false, false)),
     o('--resolv-conf <path>', 'upstream servers for other names come from this file').default('/etc/resolv.conf'),
-    o('--docker-api <url>', 'the Docker engine to follow (unix:///path or tcp://host:port; "" for none)').default(process.env.DOCKER_HOST || 'unix:///var/run/docker.sock', 'DOCKER_HOST or unix:///var/run/docker.sock'),
-    o('--docker-plugin <socket>', 'where the Docker network and IPAM plugin "weft" listens ("" for no plugin)').default('/run/docker/plugins/weft.sock'),
-    o('--ipalloc-timeout <duration>', 'how long an allocation may wait (for consensus or space) before it fails with the reason').default(30_000, '30s').argParser(duration),
+    o('--docker-api <url>', 'the Docker engine to follow (unix:///path or tcp://host:port; "" for none)').default(
+      process.env.DOCKER_HOST || 'unix:///var/run/docker.sock',
+      'DOCKER_HOST or unix:///var/run/docker.sock',
+    ),
+    o('--docker-plugin <socket>', 'where the Docker network and IPAM plugin "weft" listens ("" for no plugin)').default(
+      '/run/docker/plugins/weft.sock',
+    ),
+    o(
+      '--ipalloc-timeout <duration>',
+      'how long an allocation may wait (for consensus or space) before it fails with the reason',
+    )
+      .default(30_000, '30s')
+      .argParser(duration),
   ];
 }
 

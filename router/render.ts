@@ -20,18 +20,42 @@ export function renderStatus(r: Report): string {
     ['Encryption', r.encryption === 'password' ? 'enabled, password set' : 'enabled, no password (any peer may join)'],
     ['PeerDiscovery', r.discovery ? 'enabled' : 'disabled'],
     ['Targets', String(r.targets.filter((t) => t.direct).length)],
-    ['Connections', `${live} (${established} established${failed ? `, ${failed} failed: see weft status connections` : ''})`],
+    [
+      'Connections',
+      `${live} (${established} established${failed ? `, ${failed} failed: see weft status connections` : ''})`,
+    ],
     ...overlaySummary(r),
     ['Peers', `${r.peers.length} (with ${peerConns} established connections)`],
     ['ConnLimit', r.connLimit === 0 ? 'none' : String(r.connLimit)],
-    ['IPAM', `${r.ipam.state}${r.ipam.pending.length ? ` (${r.ipam.pending.length} request(s) waiting; see weft status ipam)` : ''}`],
+    [
+      'IPAM',
+      `${r.ipam.state}${r.ipam.pending.length ? ` (${r.ipam.pending.length} request(s) waiting; see weft status ipam)` : ''}`,
+    ],
     ['Range', `${r.ipam.range}, default subnet ${r.ipam.defaultSubnet}`],
-    ['DNS', r.dns.address ? `${r.dns.domain} on ${r.dns.address}, ${r.dns.entries.length} name(s), upstream ${r.dns.upstreams.join(' ') || 'none'}` : 'off'],
-    ['Datapath', r.datapath ? `${datapathKind(r.datapath)}, ${r.datapath.sleeve.running ? 'sleeve (userspace UDP)' : `no sleeve (${r.datapath.sleeve.error})`}, mtu ${r.datapath.mtu}, ${r.datapath.localEndpoints.length} container(s) attached here${r.datapath.exposed.length ? `, host exposed as ${r.datapath.exposed.join(' ')}` : ''}${r.datapath.lastError ? `; last error: ${r.datapath.lastError}` : ''}` : 'none (control plane only)'],
+    [
+      'DNS',
+      r.dns.address
+        ? `${r.dns.domain} on ${r.dns.address}, ${r.dns.entries.length} name(s), upstream ${r.dns.upstreams.join(' ') || 'none'}`
+        : 'off',
+    ],
+    [
+      'Datapath',
+      r.datapath
+        ? `${datapathKind(r.datapath)}, ${r.datapath.sleeve.running ? 'sleeve (userspace UDP)' : `no sleeve (${r.datapath.sleeve.error})`}, mtu ${r.datapath.mtu}, ${r.datapath.localEndpoints.length} container(s) attached here${r.datapath.exposed.length ? `, host exposed as ${r.datapath.exposed.join(' ')}` : ''}${r.datapath.lastError ? `; last error: ${r.datapath.lastError}` : ''}`
+        : 'none (control plane only)',
+    ],
     ['Policy', policyLine(r.policy)],
-    ['Services', r.services ? `${r.services.services} in ${r.services.range}${r.services.served < r.services.services ? ` (${r.services.services - r.services.served} waiting for a new VIP)` : ''}, translated in ${r.services.containersProgrammed} container(s) here${r.services.lastError ? `; last error: ${r.services.lastError}` : ''} (weft service list)` : 'off'],
+    [
+      'Services',
+      r.services
+        ? `${r.services.services} in ${r.services.range}${r.services.served < r.services.services ? ` (${r.services.services - r.services.served} waiting for a new VIP)` : ''}, translated in ${r.services.containersProgrammed} container(s) here${r.services.lastError ? `; last error: ${r.services.lastError}` : ''} (weft service list)`
+        : 'off',
+    ],
     ['Docker', dockerLine(r.docker)],
-    ...r.state.map((p): [string, string] => ['State', `NOT SAVED since ${new Date(p.since).toISOString()} (${p.count} failed write(s)): ${p.path}: ${p.error}; the change is in force, but a restart would lose it`]),
+    ...r.state.map((p): [string, string] => [
+      'State',
+      `NOT SAVED since ${new Date(p.since).toISOString()} (${p.count} failed write(s)): ${p.path}: ${p.error}; the change is in force, but a restart would lose it`,
+    ]),
   ];
   return lines.map(([k, v]) => `${k.padStart(16)}: ${v}`).join('\n') + '\n';
 }
@@ -46,13 +70,15 @@ function policyLine(p: Report['policy']): string {
 function dockerLine(d: Report['docker']): string {
   if (!d) return 'off';
   if (!d.connected) return `not connected to ${d.api} (${d.state})`;
-  const plugin = d.plugin ? `network plugin "weft" at ${d.plugin}` : d.pluginError ?? 'no network plugin';
+  const plugin = d.plugin ? `network plugin "weft" at ${d.plugin}` : (d.pluginError ?? 'no network plugin');
   return `engine ${d.version ?? '?'} at ${d.api}, ${plugin}`;
 }
 
 function datapathKind(d: NonNullable<Report['datapath']>): string {
   if (d.ovs) {
-    const state = d.ovs.connected ? 'controller connected' : `controller not connected${d.ovs.lastError ? `: ${d.ovs.lastError}` : ''}`;
+    const state = d.ovs.connected
+      ? 'controller connected'
+      : `controller not connected${d.ovs.lastError ? `: ${d.ovs.lastError}` : ''}`;
     return `${d.fastdp ? 'ovs' : 'ovs (VXLAN off)'} (OVS bridge ${d.ovs.bridge}, ${d.ovs.datapathType} datapath, ${state})`;
   }
   return d.fastdp ? 'fastdp (kernel VXLAN)' : 'fastdp off';
@@ -86,7 +112,8 @@ export function renderPeers(r: Report): string {
     .map((p) => {
       const head = `${p.name}(${p.nickname})`;
       const conns = p.connections.map(
-        (c) => `   ${c.outbound ? '->' : '<-'} ${pad(c.address, 21)} ${pad(`${c.name}(${c.nickname ?? '?'})`, 30)} ${c.established ? 'established' : 'pending'}`,
+        (c) =>
+          `   ${c.outbound ? '->' : '<-'} ${pad(c.address, 21)} ${pad(`${c.name}(${c.nickname ?? '?'})`, 30)} ${c.established ? 'established' : 'pending'}`,
       );
       return [head, ...conns].join('\n');
     })
@@ -113,13 +140,20 @@ export function renderIpam(r: Report): string {
     for (const p of i.peers.sort((a, b) => (a.name < b.name ? -1 : 1))) {
       const who = `${p.name}(${p.nickname ?? '?'})`;
       const warn = p.reachable ? '' : `  - unreachable! if it is gone for good: weft rmpeer ${p.name}`;
-      out.push(`  ${pad(who, 32)} ${String(p.addresses).padStart(9)} addresses (${p.percent.toFixed(1)}%), ${p.free} free${warn}`);
+      out.push(
+        `  ${pad(who, 32)} ${String(p.addresses).padStart(9)} addresses (${p.percent.toFixed(1)}%), ${p.free} free${warn}`,
+      );
     }
   }
   if (i.pending.length > 0) {
     out.push('Waiting:');
     for (const p of i.pending) {
-      const what = p.kind === 'prime' ? 'prime' : p.kind === 'claim' ? `claim ${p.addr} for ${p.ident}` : `allocate for ${p.ident} in ${p.subnet}`;
+      const what =
+        p.kind === 'prime'
+          ? 'prime'
+          : p.kind === 'claim'
+            ? `claim ${p.addr} for ${p.ident}`
+            : `allocate for ${p.ident} in ${p.subnet}`;
       out.push(`  ${what}, for ${(p.waitingMs / 1000).toFixed(1)}s: ${p.reason}`);
     }
   }
@@ -132,7 +166,14 @@ export function renderIpam(r: Report): string {
 
 export function renderPs(r: Report): string {
   const eps = r.datapath?.localEndpoints ?? [];
-  return eps.map((e) => `${e.container} ${e.mac} ${e.cidrs.join(' ')}${e.groups && e.groups.length > 0 ? ` groups=${e.groups.join(',')}` : ''}`).join('\n') + (eps.length ? '\n' : '');
+  return (
+    eps
+      .map(
+        (e) =>
+          `${e.container} ${e.mac} ${e.cidrs.join(' ')}${e.groups && e.groups.length > 0 ? ` groups=${e.groups.join(',')}` : ''}`,
+      )
+      .join('\n') + (eps.length ? '\n' : '')
+  );
 }
 
 export function renderDns(r: Report): string {
@@ -140,16 +181,23 @@ export function renderDns(r: Report): string {
   const domain = r.dns.domain.replace(/\.$/, '');
   return (
     r.dns.entries
-      .map((e) => `${pad(e.hostname.replace(/\.$/, '').replace(new RegExp(`\\.${domain.replaceAll('.', '\\.')}$`), ''), 16)} ${pad(e.ip, 15)} ${pad(e.container, 24)} ${e.origin}`)
+      .map(
+        (e) =>
+          `${pad(e.hostname.replace(/\.$/, '').replace(new RegExp(`\\.${domain.replaceAll('.', '\\.')}$`), ''), 16)} ${pad(e.ip, 15)} ${pad(e.container, 24)} ${e.origin}`,
+      )
       .join('\n') + '\n'
   );
 }
 
 /** `weft status policy`. */
 export function renderPolicyStatus(st: PolicyStatus): string {
-  const lines = [`${st.rules} rule(s) in the mesh; ${st.limitedHere} container(s) here limited by them${st.lastError ? `; last error: ${st.lastError}` : ''}`];
+  const lines = [
+    `${st.rules} rule(s) in the mesh; ${st.limitedHere} container(s) here limited by them${st.lastError ? `; last error: ${st.lastError}` : ''}`,
+  ];
   if (!st.enforced) lines.push(`NOT enforced here: ${st.notEnforced.join('; ')}`);
-  lines.push(`flows cut after revocations: ${st.flowsCut}; rule rewrites: ${st.rewrites}; membership updates: ${st.elementUpdates}`);
+  lines.push(
+    `flows cut after revocations: ${st.flowsCut}; rule rewrites: ${st.rewrites}; membership updates: ${st.elementUpdates}`,
+  );
   for (const a of st.allowed) lines.push(`  rule ${a.rule}: ${a.packets} packet(s) allowed here`);
   for (const d of st.dropped) lines.push(`  ${d.group} ${d.direction}: ${d.packets} packet(s) dropped here`);
   return lines.join('\n') + '\n';

@@ -1,6 +1,13 @@
 // The router's whole state as JSON (GET /report), from its components (the
 // shape is router/contract.ts's; the status text is router/render.ts's).
-import { type ConnectionMaker, type Mesh, type PeerName, type HandshakeFailure, PROTOCOL_MAX, PROTOCOL_MIN } from '../mesh/index.js';
+import {
+  type ConnectionMaker,
+  type Mesh,
+  type PeerName,
+  type HandshakeFailure,
+  PROTOCOL_MAX,
+  PROTOCOL_MIN,
+} from '../mesh/index.js';
 import { VERSION } from '../lib/version.js';
 import type { Allocator } from '../ipam/allocator.js';
 import type { Datapath } from '../datapath/datapath.js';
@@ -78,21 +85,38 @@ export function buildReport(s: ReportSources): Report {
       outbound: true,
       state: t.state,
       peer: t.peer,
-      info: t.permanent ? `${t.lastError ?? ''} (not retried)` : t.lastError ? `${t.lastError}${t.state === 'failed' || t.state === 'waiting' ? retry : ''}` : '',
+      info: t.permanent
+        ? `${t.lastError ?? ''} (not retried)`
+        : t.lastError
+          ? `${t.lastError}${t.state === 'failed' || t.state === 'waiting' ? retry : ''}`
+          : '',
     });
   }
   for (const f of s.failures) {
     if (now - f.at > FAILURE_SHOWN_MS) continue;
-    connections.push({ address: f.addr, outbound: f.outbound, state: 'failed', info: `${f.reason} (${Math.round((now - f.at) / 1000)}s ago)` });
+    connections.push({
+      address: f.addr,
+      outbound: f.outbound,
+      state: 'failed',
+      info: `${f.reason} (${Math.round((now - f.at) / 1000)}s ago)`,
+    });
   }
   const peers = mesh.topology.snapshot().map((e) => ({
     name: e.name,
     nickname: e.nickname,
     uid: e.uid,
     version: e.version,
-    connections: e.connections.map((c) => ({ name: c.peer, nickname: nick(c.peer), address: c.addr, outbound: c.outbound, established: c.established })),
+    connections: e.connections.map((c) => ({
+      name: c.peer,
+      nickname: nick(c.peer),
+      address: c.addr,
+      outbound: c.outbound,
+      established: c.established,
+    })),
   }));
-  const unicastRoutes = [...mesh.routes.unicastAll].map(([dest, via]) => ({ dest, via })).sort((a, b) => (a.dest < b.dest ? -1 : 1));
+  const unicastRoutes = [...mesh.routes.unicastAll]
+    .map(([dest, via]) => ({ dest, via }))
+    .sort((a, b) => (a.dest < b.dest ? -1 : 1));
   const broadcastRoutes = peers.map((p) => ({ source: p.name, via: mesh.routes.broadcast(p.name, 'all') }));
   const targets = [...maker.targets.values()].map((t) => ({
     address: t.addr,
@@ -149,7 +173,9 @@ export function buildReport(s: ReportSources): Report {
           stats: { ...s.datapath.stats },
           lastError: s.datapath.lastError,
           fastdp: s.datapath.config.fastdp,
-          sleeve: s.datapath.sleeve ? { running: true, error: null, ...s.datapath.sleeve.counters() } : { running: false, error: s.datapath.sleeveError },
+          sleeve: s.datapath.sleeve
+            ? { running: true, error: null, ...s.datapath.sleeve.counters() }
+            : { running: false, error: s.datapath.sleeveError },
         }
       : null,
     docker: s.docker ? { ...s.docker.status, pluginCalls: Object.fromEntries(s.docker.driver.calls) } : null,
@@ -158,4 +184,3 @@ export function buildReport(s: ReportSources): Report {
     state: s.writes?.problems() ?? [],
   };
 }
-

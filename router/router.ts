@@ -8,7 +8,17 @@ import type { FastifyInstance } from 'fastify';
 import { buildRegistry, serveMetrics } from './metrics.js';
 import { buildApi, type ApiListen } from './api/index.js';
 import { StateWrites, readCheckedList, stateFile, writeJsonAtomically } from '../lib/json-file.js';
-import { PeerKeys, pinnedKeyFromJson, passwordKey, ConnectionMaker, Mesh, defaultMeshTimings, TcpTransport, isPeerName, type PeerName } from '../mesh/index.js';
+import {
+  PeerKeys,
+  pinnedKeyFromJson,
+  passwordKey,
+  ConnectionMaker,
+  Mesh,
+  defaultMeshTimings,
+  TcpTransport,
+  isPeerName,
+  type PeerName,
+} from '../mesh/index.js';
 import { loadIdentity, newUid } from './identity.js';
 import { type Logger } from '../lib/logger.js';
 import type { RouterOptions } from './options.js';
@@ -65,7 +75,8 @@ function dnsClients(range: Cidr, datapath: Datapath | null): (addr: number) => b
 function apiListen(addr: string): ApiListen {
   if (addr.startsWith('unix:')) {
     const path = addr.slice('unix:'.length);
-    if (!path.startsWith('/')) throw new Error(`--http-addr ${addr}: a unix socket needs an absolute path (unix:/run/weft/api.sock)`);
+    if (!path.startsWith('/'))
+      throw new Error(`--http-addr ${addr}: a unix socket needs an absolute path (unix:/run/weft/api.sock)`);
     return { unix: path };
   }
   return parseListen(addr, '--http-addr');
@@ -74,7 +85,8 @@ function apiListen(addr: string): ApiListen {
 /** The router's own ports (mesh, sleeve, VXLAN, API, metrics): the firewall keeps containers off them. */
 function routerPorts(opts: RouterOptions): { tcp: number[]; udp: number[] } {
   const tcp = [opts.port];
-  for (const addr of [opts.httpAddr, opts.metricsAddr]) if (addr && !addr.startsWith('unix:')) tcp.push(parseListen(addr).port);
+  for (const addr of [opts.httpAddr, opts.metricsAddr])
+    if (addr && !addr.startsWith('unix:')) tcp.push(parseListen(addr).port);
   return { tcp, udp: [opts.port, opts.port + 1] };
 }
 
@@ -124,7 +136,9 @@ export class Router {
       log,
     });
     const keysFile = stateFile(state, 'peer-keys.json');
-    const peerKeys = new PeerKeys(readCheckedList(keysFile.path, pinnedKeyFromJson), (all) => state.writes.write(keysFile.path, all));
+    const peerKeys = new PeerKeys(readCheckedList(keysFile.path, pinnedKeyFromJson), (all) =>
+      state.writes.write(keysFile.path, all),
+    );
     const transport = new TcpTransport(
       mesh,
       {
@@ -143,10 +157,23 @@ export class Router {
       discovery: opts.discovery,
       connLimit: opts.connLimit,
     });
-    const ipam = new Allocator(mesh, { ...ipamConf, timeoutMs: opts.ipallocTimeout, store: ipamStore, liveness: containerLiveness() });
+    const ipam = new Allocator(mesh, {
+      ...ipamConf,
+      timeoutMs: opts.ipallocTimeout,
+      store: ipamStore,
+      liveness: containerLiveness(),
+    });
     const withDatapath = opts.datapath === 'fastdp' || opts.datapath === 'ovs';
     const dnsOnBridge = opts.dns && withDatapath && !opts.dnsListenAddress;
-    const ovs = opts.datapath === 'ovs' ? { ovsdb: opts.ovsdb, bridge: opts.ovsBridge, datapathType: opts.ovsDatapath ?? defaultOvsDatapathType(), vxlanPort: opts.port + 1 } : undefined;
+    const ovs =
+      opts.datapath === 'ovs'
+        ? {
+            ovsdb: opts.ovsdb,
+            bridge: opts.ovsBridge,
+            datapathType: opts.ovsDatapath ?? defaultOvsDatapathType(),
+            vxlanPort: opts.port + 1,
+          }
+        : undefined;
     // The components that need each other get hooks in their constructors: the datapath writes the
     // security groups' part of the firewall table, DNS answers service names, and DNS forgets the names
     // of containers the datapath finds gone. The engines behind the hooks are made below, before
@@ -154,24 +181,26 @@ export class Router {
     let policy: PolicyEngine | null = null;
     let services: ServiceEngine | null = null;
     let names: NameService | null = null;
-    const datapath =
-      withDatapath
-        ? new Datapath(mesh, ipam, {
-            state,
-            routerPorts: routerPorts(opts),
-            mtu: opts.mtu,
-            vxlanPort: opts.port + 1,
-            sleevePort: opts.port,
-            fastdp: opts.fastdp,
-            sleeve: opts.sleeve,
-            encrypt: encryptionPolicy(opts.password !== null, opts.trustedSubnets),
-            dns: dnsOnBridge ? { ip: DNS_BRIDGE_IP, domain: opts.dnsDomain } : undefined,
-            ovs,
-            firewallPart: { part: () => policy!.firewallPart(), written: () => policy!.written() },
-            containerGone: (container) => names!.remove({ container }),
-          })
-        : null;
-    names = new NameService(mesh, { persist: stateFile(state, 'names.json'), services: { vipFor: (h) => services!.vipFor(h), nameOf: (ip) => services!.nameOf(ip) } });
+    const datapath = withDatapath
+      ? new Datapath(mesh, ipam, {
+          state,
+          routerPorts: routerPorts(opts),
+          mtu: opts.mtu,
+          vxlanPort: opts.port + 1,
+          sleevePort: opts.port,
+          fastdp: opts.fastdp,
+          sleeve: opts.sleeve,
+          encrypt: encryptionPolicy(opts.password !== null, opts.trustedSubnets),
+          dns: dnsOnBridge ? { ip: DNS_BRIDGE_IP, domain: opts.dnsDomain } : undefined,
+          ovs,
+          firewallPart: { part: () => policy!.firewallPart(), written: () => policy!.written() },
+          containerGone: (container) => names!.remove({ container }),
+        })
+      : null;
+    names = new NameService(mesh, {
+      persist: stateFile(state, 'names.json'),
+      services: { vipFor: (h) => services!.vipFor(h), nameOf: (ip) => services!.nameOf(ip) },
+    });
     const listen = opts.dns ? (opts.dnsListenAddress ?? (dnsOnBridge ? `${DNS_BRIDGE_IP}:53` : null)) : null;
     let dns: DnsServer | null = null;
     if (listen) {
@@ -205,7 +234,22 @@ export class Router {
     // Before the datapath starts, so its first write of the firewall already enforces the rules.
     policy = new PolicyEngine(mesh, datapath, state);
     services = new ServiceEngine(mesh, datapath, serviceRange, state, opts.dnsDomain);
-    const router = new Router(opts, mesh, transport, maker, ipam, ipamStore, datapath, names, dns, docker, policy, services, state.writes, peerKeys);
+    const router = new Router(
+      opts,
+      mesh,
+      transport,
+      maker,
+      ipam,
+      ipamStore,
+      datapath,
+      names,
+      dns,
+      docker,
+      policy,
+      services,
+      state.writes,
+      peerKeys,
+    );
     try {
       await datapath?.start();
       policy.start(); // the datapath's first firewall write already carried the policy
@@ -213,7 +257,26 @@ export class Router {
       await dns?.start();
       await transport.listen(opts.host, opts.port);
       const listen = apiListen(opts.httpAddr);
-      const api = buildApi({ mesh, maker, ipam, datapath, names, dns, failures: transport.failures, hasPassword: opts.password !== null, discovery: opts.discovery, docker, policy, services, writes: state.writes, removePeer: (who) => router.removePeer(who), log }, listen);
+      const api = buildApi(
+        {
+          mesh,
+          maker,
+          ipam,
+          datapath,
+          names,
+          dns,
+          failures: transport.failures,
+          hasPassword: opts.password !== null,
+          discovery: opts.discovery,
+          docker,
+          policy,
+          services,
+          writes: state.writes,
+          removePeer: (who) => router.removePeer(who),
+          log,
+        },
+        listen,
+      );
       router.api = api;
       if ('unix' in listen) {
         // Root only: the socket file's mode is the API's only lock.
@@ -253,24 +316,52 @@ export class Router {
     let peer: PeerName | undefined = isPeerName(who) ? who : undefined;
     if (!peer) {
       const named = this.ipam.peersNamed(who);
-      if (named.length > 1) throw new IpamError('invalid', `nickname "${who}" names several peers (${named.join(', ')}); use the peer name`);
+      if (named.length > 1)
+        throw new IpamError(
+          'invalid',
+          `nickname "${who}" names several peers (${named.join(', ')}); use the peer name`,
+        );
       peer = named[0];
     }
-    if (!peer) throw new IpamError('not-found', `no peer "${who}" is known here (weft status ipam lists the peers that own addresses)`);
-    if (peer === this.mesh.name) throw new IpamError('refused', 'cannot rmpeer this peer itself (use weft reset to leave)');
-    if (this.mesh.routes.unicastAll.has(peer)) throw new IpamError('refused', `peer ${peer} is alive (reachable through the mesh); rmpeer is only for peers that are gone for good`);
+    if (!peer)
+      throw new IpamError(
+        'not-found',
+        `no peer "${who}" is known here (weft status ipam lists the peers that own addresses)`,
+      );
+    if (peer === this.mesh.name)
+      throw new IpamError('refused', 'cannot rmpeer this peer itself (use weft reset to leave)');
+    if (this.mesh.routes.unicastAll.has(peer))
+      throw new IpamError(
+        'refused',
+        `peer ${peer} is alive (reachable through the mesh); rmpeer is only for peers that are gone for good`,
+      );
     const removed: string[] = [];
     const addresses = this.ipam.owns(peer) ? (await this.ipam.rmpeer(peer)).addresses : 0;
     if (this.datapath?.endpoints.evict(peer)) removed.push('endpoints');
     if (this.names.evict(peer)) removed.push('DNS names');
     if (this.services.health.evict(peer)) removed.push('service health');
     if (this.peerKeys.forget(peer)) removed.push('pinned key');
-    if (addresses === 0 && removed.length === 0 && !this.mesh.topology.get(peer)) throw new IpamError('not-found', `peer ${peer} has nothing here to remove`);
+    if (addresses === 0 && removed.length === 0 && !this.mesh.topology.get(peer))
+      throw new IpamError('not-found', `peer ${peer} has nothing here to remove`);
     return { peer, addresses, removed };
   }
 
   report(): Report {
-    return buildReport({ mesh: this.mesh, maker: this.maker, ipam: this.ipam, datapath: this.datapath, names: this.names, dns: this.dns, failures: this.transport.failures, hasPassword: this.opts.password !== null, discovery: this.opts.discovery, docker: this.docker, policy: this.policy, services: this.services, writes: this.writes });
+    return buildReport({
+      mesh: this.mesh,
+      maker: this.maker,
+      ipam: this.ipam,
+      datapath: this.datapath,
+      names: this.names,
+      dns: this.dns,
+      failures: this.transport.failures,
+      hasPassword: this.opts.password !== null,
+      discovery: this.opts.discovery,
+      docker: this.docker,
+      policy: this.policy,
+      services: this.services,
+      writes: this.writes,
+    });
   }
 
   private writeInfo(): void {

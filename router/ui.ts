@@ -9,11 +9,38 @@ function uiView(r: Report) {
   return {
     name: r.name,
     nickname: r.nickname,
-    peers: r.peers.map((p) => ({ name: p.name, nickname: p.nickname, connections: p.connections.map((c) => ({ name: c.name, established: c.established })) })),
+    peers: r.peers.map((p) => ({
+      name: p.name,
+      nickname: p.nickname,
+      connections: p.connections.map((c) => ({ name: c.name, established: c.established })),
+    })),
     // Only our own connections have a known overlay.
-    connections: r.connections.filter((c) => c.peer).map((c) => ({ peer: c.peer!, nickname: c.nickname ?? null, state: c.state, overlay: c.overlay ?? null, reason: c.fallbackReason ?? null, info: c.info })),
-    ipam: { range: r.ipam.range, state: r.ipam.state, peers: r.ipam.peers.map((p) => ({ name: p.name, nickname: p.nickname, percent: p.percent, free: p.free, reachable: p.reachable })) },
-    dns: r.dns.entries.map((e) => ({ hostname: e.hostname, ip: e.ip, origin: r.peers.find((p) => p.name === e.origin)?.nickname ?? e.origin })),
+    connections: r.connections
+      .filter((c) => c.peer)
+      .map((c) => ({
+        peer: c.peer!,
+        nickname: c.nickname ?? null,
+        state: c.state,
+        overlay: c.overlay ?? null,
+        reason: c.fallbackReason ?? null,
+        info: c.info,
+      })),
+    ipam: {
+      range: r.ipam.range,
+      state: r.ipam.state,
+      peers: r.ipam.peers.map((p) => ({
+        name: p.name,
+        nickname: p.nickname,
+        percent: p.percent,
+        free: p.free,
+        reachable: p.reachable,
+      })),
+    },
+    dns: r.dns.entries.map((e) => ({
+      hostname: e.hostname,
+      ip: e.ip,
+      origin: r.peers.find((p) => p.name === e.origin)?.nickname ?? e.origin,
+    })),
   };
 }
 

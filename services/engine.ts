@@ -83,7 +83,8 @@ export class ServiceEngine {
     this.table.onChange(() => (this.resolved = null));
   }
 
-  private resolved: (ReturnType<typeof resolveVips> & { byName: Map<string, Service>; byVip: Map<string, Service> }) | null = null;
+  private resolved:
+    (ReturnType<typeof resolveVips> & { byName: Map<string, Service>; byVip: Map<string, Service> }) | null = null;
 
   /**
    * Which services serve their VIP and which lost it: worked out once per change of the table (DNS
@@ -92,7 +93,11 @@ export class ServiceEngine {
   private resolve(): NonNullable<ServiceEngine['resolved']> {
     if (!this.resolved) {
       const r = resolveVips(this.table.values());
-      this.resolved = { ...r, byName: new Map(r.served.map((s) => [s.name, s])), byVip: new Map(r.served.map((s) => [s.vip, s])) };
+      this.resolved = {
+        ...r,
+        byName: new Map(r.served.map((s) => [s.name, s])),
+        byVip: new Map(r.served.map((s) => [s.vip, s])),
+      };
     }
     return this.resolved;
   }
@@ -104,7 +109,10 @@ export class ServiceEngine {
 
   /** The service range must not overlap the allocation range (checked at start). */
   static checkRanges(serviceRange: Cidr, allocRange: Cidr): void {
-    if (overlaps(serviceRange, allocRange)) throw new ServiceError(`--service-range ${formatCidr(serviceRange)} overlaps the allocation range ${formatCidr(allocRange)}: choose ranges apart`);
+    if (overlaps(serviceRange, allocRange))
+      throw new ServiceError(
+        `--service-range ${formatCidr(serviceRange)} overlaps the allocation range ${formatCidr(allocRange)}: choose ranges apart`,
+      );
   }
 
   start(): void {
@@ -115,7 +123,10 @@ export class ServiceEngine {
     this.mesh.on('topology', schedule);
     this.job.schedule();
     if (this.datapath) {
-      this.probeTimer = setInterval(() => this.probe().catch((err: Error) => (this.lastError = `probing backends: ${err.message}`)), PROBE_MS);
+      this.probeTimer = setInterval(
+        () => this.probe().catch((err: Error) => (this.lastError = `probing backends: ${err.message}`)),
+        PROBE_MS,
+      );
       this.probeTimer.unref();
     }
   }
@@ -139,13 +150,29 @@ export class ServiceEngine {
     const reachable = this.reachable();
     const failing = new Set(this.health.all().map((f) => `${f.service} ${f.container}`));
     const view = (s: Service, isServed: boolean, conflict?: string): ServiceView => {
-      const members = endpoints.filter((e) => reachable.has(e.peer) && (s.group !== undefined ? (e.groups ?? []).includes(s.group) : s.backends!.some((b) => containerMatches(b, e.container))));
+      const members = endpoints.filter(
+        (e) =>
+          reachable.has(e.peer) &&
+          (s.group !== undefined
+            ? (e.groups ?? []).includes(s.group)
+            : s.backends!.some((b) => containerMatches(b, e.container))),
+      );
       const live = members
-        .map((e) => ({ container: e.container, peer: e.peer, addr: e.cidrs[0].split('/')[0], health: (s.check ? (failing.has(`${s.name} ${e.container}`) ? 'failing' : 'healthy') : 'unchecked') as Health }))
+        .map((e) => ({
+          container: e.container,
+          peer: e.peer,
+          addr: e.cidrs[0].split('/')[0],
+          health: (s.check ? (failing.has(`${s.name} ${e.container}`) ? 'failing' : 'healthy') : 'unchecked') as Health,
+        }))
         .sort((a, b) => (a.addr < b.addr ? -1 : a.addr > b.addr ? 1 : 0));
       return { ...s, served: isServed, ...(conflict ? { conflict } : {}), live };
     };
-    return [...served.map((s) => view(s, true)), ...conflicts.map((c) => view(c.service, false, `VIP ${c.service.vip} is kept by service ${c.takenBy}; a new VIP is being picked`))].sort((a, b) => (a.name < b.name ? -1 : 1));
+    return [
+      ...served.map((s) => view(s, true)),
+      ...conflicts.map((c) =>
+        view(c.service, false, `VIP ${c.service.vip} is kept by service ${c.takenBy}; a new VIP is being picked`),
+      ),
+    ].sort((a, b) => (a.name < b.name ? -1 : 1));
   }
 
   /** The VIP for a DNS name (NAME.DOMAIN), or null. */
@@ -165,7 +192,11 @@ export class ServiceEngine {
   // ---- changes
 
   create(req: ServiceRequest): Service {
-    if (this.table.get(req.name)) throw new ServiceError(`service ${req.name} exists (weft service show ${req.name}); remove it first to change it`, 'conflict');
+    if (this.table.get(req.name))
+      throw new ServiceError(
+        `service ${req.name} exists (weft service show ${req.name}); remove it first to change it`,
+        'conflict',
+      );
     const taken = new Set(this.table.values().map((s) => s.vip));
     const draft = {
       name: req.name,
@@ -203,7 +234,10 @@ export class ServiceEngine {
       taken.add(vip);
       this.table.put(service.name, { ...service, vip });
       this.stats.vipsRepicked++;
-      this.mesh.log.warn({ service: service.name, was: service.vip, vip }, 'service lost its VIP to an older one picked while the mesh was apart; picked another');
+      this.mesh.log.warn(
+        { service: service.name, was: service.vip, vip },
+        'service lost its VIP to an older one picked while the mesh was apart; picked another',
+      );
     }
   }
 
@@ -214,7 +248,12 @@ export class ServiceEngine {
       this.repickConflicts(); // a control-plane-only router resolves VIP conflicts too
       if (!this.datapath) return;
       const views = this.views().filter((v) => v.served);
-      const vips: ServedVip[] = views.map((v) => ({ name: v.name, vip: v.vip, affinity: v.affinity, backends: v.live.filter((b) => b.health !== 'failing').map((b) => b.addr) }));
+      const vips: ServedVip[] = views.map((v) => ({
+        name: v.name,
+        vip: v.vip,
+        affinity: v.affinity,
+        backends: v.live.filter((b) => b.health !== 'failing').map((b) => b.addr),
+      }));
       const text = compileServiceTable(this.rangeText, vips);
       const errors: string[] = [];
       const clients = new Map<string, { netns: string; ifname: string }>();
@@ -241,7 +280,10 @@ export class ServiceEngine {
         this.programmed.delete(container);
         await nft(['delete', 'table', 'ip', SERVICES_TABLE], undefined, had.netns).catch(() => undefined);
       }
-      await this.cutGoneBackends(vips, [...clients.values()].map((c) => c.netns));
+      await this.cutGoneBackends(
+        vips,
+        [...clients.values()].map((c) => c.netns),
+      );
       this.lastError = errors.length > 0 ? `translation not written for ${errors.join('; ')}` : null;
       if (errors.length > 0) this.mesh.log.warn({ err: this.lastError }, 'service translation failed');
     } catch (err) {
@@ -263,7 +305,9 @@ export class ServiceEngine {
     for (const args of cuts)
       for (const ns of namespaces) {
         // No flow to delete makes conntrack exit 1 ("0 flow entries"): a count of 0.
-        const r = await conntrack(['-D', '-f', 'ipv4', ...args], ns).catch((err: unknown) => (err instanceof CommandError ? { stderr: err.stderr } : null));
+        const r = await conntrack(['-D', '-f', 'ipv4', ...args], ns).catch((err: unknown) =>
+          err instanceof CommandError ? { stderr: err.stderr } : null,
+        );
         const n = Number(/(\d+) flow entries have been deleted/.exec(r?.stderr ?? '')?.[1] ?? 0);
         this.stats.flowsCut += n;
       }
@@ -278,7 +322,14 @@ export class ServiceEngine {
     const checks: { key: string; failing: Failing; addr: string; port: number }[] = [];
     for (const v of this.views()) {
       if (!v.check) continue;
-      for (const b of v.live) if (local.has(b.container)) checks.push({ key: `${v.name} ${b.container}`, failing: { service: v.name, container: b.container }, addr: b.addr, port: v.check.port });
+      for (const b of v.live)
+        if (local.has(b.container))
+          checks.push({
+            key: `${v.name} ${b.container}`,
+            failing: { service: v.name, container: b.container },
+            addr: b.addr,
+            port: v.check.port,
+          });
     }
     const results = await Promise.all(checks.map(async (c) => ({ c, ok: await tcpProbe(c.addr, c.port) })));
     this.stats.probes += results.length;
@@ -286,10 +337,17 @@ export class ServiceEngine {
     for (const k of this.failures.keys()) if (!keys.has(k)) this.failures.delete(k);
     for (const { c, ok } of results) this.failures.set(c.key, ok ? 0 : (this.failures.get(c.key) ?? 0) + 1);
     const failing = results.filter(({ c }) => (this.failures.get(c.key) ?? 0) >= FALL).map(({ c }) => c.failing);
-    const key = (l: Failing[]) => l.map((f) => `${f.service} ${f.container}`).sort().join('\n');
+    const key = (l: Failing[]) =>
+      l
+        .map((f) => `${f.service} ${f.container}`)
+        .sort()
+        .join('\n');
     if (key(failing) !== key(this.health.local)) {
       this.health.setLocal(failing);
-      this.mesh.log.info({ failing: failing.map((f) => `${f.service}/${f.container}`) }, 'service backends failing their checks changed');
+      this.mesh.log.info(
+        { failing: failing.map((f) => `${f.service}/${f.container}`) },
+        'service backends failing their checks changed',
+      );
     }
   }
 
@@ -331,11 +389,22 @@ export class ServiceEngine {
     return out;
   }
 
-  summary(): { services: number; served: number; containersProgrammed: number; lastError: string | null } & ServiceEngine['stats'] {
+  summary(): {
+    services: number;
+    served: number;
+    containersProgrammed: number;
+    lastError: string | null;
+  } & ServiceEngine['stats'] {
     const views = this.views();
     const served = views.filter((v) => v.served).length;
     // With no service served, containers get no table (services/nft.ts): none translates.
-    return { services: views.length, served, containersProgrammed: served > 0 ? this.programmed.size : 0, lastError: this.lastError, ...this.stats };
+    return {
+      services: views.length,
+      served,
+      containersProgrammed: served > 0 ? this.programmed.size : 0,
+      lastError: this.lastError,
+      ...this.stats,
+    };
   }
 }
 

@@ -28,7 +28,10 @@ export function compileServiceTable(serviceRange: string, vips: ServedVip[]): st
   for (const v of [...vips].sort((a, b) => (a.vip < b.vip ? -1 : 1))) {
     if (v.backends.length === 0) continue; // refused below
     const map = `map { ${v.backends.map((b, i) => `${i} : ${b}`).join(', ')} }`;
-    const pick = v.affinity === 'client' ? `jhash ip saddr mod ${v.backends.length} seed ${HASH_SEED}` : `numgen inc mod ${v.backends.length}`;
+    const pick =
+      v.affinity === 'client'
+        ? `jhash ip saddr mod ${v.backends.length} seed ${HASH_SEED}`
+        : `numgen inc mod ${v.backends.length}`;
     rules.push(`    ip daddr ${v.vip} counter dnat to ${pick} ${map} comment "service:${v.name}"`);
   }
   return [

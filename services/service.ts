@@ -41,25 +41,47 @@ const CONTAINER_KEY = /^[A-Za-z0-9_.:-]{1,200}$/;
 export function checkService(v: unknown, name?: string, range?: Cidr): Service {
   if (typeof v !== 'object' || v === null || Array.isArray(v)) throw new ServiceError('service is not an object');
   const s = v as Record<string, unknown>;
-  if (typeof s.name !== 'string' || !SERVICE_NAME.test(s.name)) throw new ServiceError(`service name "${String(s.name).slice(0, 80)}" is not a DNS label (lower-case letters, digits and -, up to 63)`);
+  if (typeof s.name !== 'string' || !SERVICE_NAME.test(s.name))
+    throw new ServiceError(
+      `service name "${String(s.name).slice(0, 80)}" is not a DNS label (lower-case letters, digits and -, up to 63)`,
+    );
   if (name !== undefined && s.name !== name) throw new ServiceError('service entry id does not match its name');
   // Canonical only: a VIP is compared as text everywhere.
-  if (typeof s.vip !== 'string' || !isIpv4(s.vip) || formatIp(parseIp(s.vip)) !== s.vip) throw new ServiceError('service VIP is not an IPv4 address');
-  if (range && !inRange(range, s.vip)) throw new ServiceError(`service VIP ${s.vip} is outside the service range ${formatCidr(range)}`);
+  if (typeof s.vip !== 'string' || !isIpv4(s.vip) || formatIp(parseIp(s.vip)) !== s.vip)
+    throw new ServiceError('service VIP is not an IPv4 address');
+  if (range && !inRange(range, s.vip))
+    throw new ServiceError(`service VIP ${s.vip} is outside the service range ${formatCidr(range)}`);
   const hasGroup = s.group !== undefined;
   const hasBackends = s.backends !== undefined;
   if (hasGroup === hasBackends) throw new ServiceError('a service has either a group or a list of backends');
-  if (hasGroup && (typeof s.group !== 'string' || !GROUP_NAME.test(s.group))) throw new ServiceError(`"${String(s.group).slice(0, 80)}" is not a group name`);
+  if (hasGroup && (typeof s.group !== 'string' || !GROUP_NAME.test(s.group)))
+    throw new ServiceError(`"${String(s.group).slice(0, 80)}" is not a group name`);
   if (hasBackends) {
     const b = s.backends;
-    if (!Array.isArray(b) || b.length === 0 || b.length > 256 || !b.every((x) => typeof x === 'string' && CONTAINER_KEY.test(x))) throw new ServiceError('backends must be 1-256 container names');
+    if (
+      !Array.isArray(b) ||
+      b.length === 0 ||
+      b.length > 256 ||
+      !b.every((x) => typeof x === 'string' && CONTAINER_KEY.test(x))
+    )
+      throw new ServiceError('backends must be 1-256 container names');
   }
   if (s.affinity !== 'none' && s.affinity !== 'client') throw new ServiceError('affinity is none or client');
   if (s.check !== undefined) {
     const c = s.check as { proto?: unknown; port?: unknown };
-    if (typeof c !== 'object' || c === null || c.proto !== 'tcp' || typeof c.port !== 'number' || !Number.isInteger(c.port) || c.port < 1 || c.port > 65535) throw new ServiceError('check is tcp:PORT');
+    if (
+      typeof c !== 'object' ||
+      c === null ||
+      c.proto !== 'tcp' ||
+      typeof c.port !== 'number' ||
+      !Number.isInteger(c.port) ||
+      c.port < 1 ||
+      c.port > 65535
+    )
+      throw new ServiceError('check is tcp:PORT');
   }
-  if (typeof s.created !== 'number' || !Number.isSafeInteger(s.created) || s.created < 0) throw new ServiceError('service creation time is malformed');
+  if (typeof s.created !== 'number' || !Number.isSafeInteger(s.created) || s.created < 0)
+    throw new ServiceError('service creation time is malformed');
   return {
     name: s.name,
     vip: s.vip,
@@ -95,7 +117,10 @@ export function pickVip(range: Cidr, taken: Set<string>, seed: string): string {
     const ip = formatIp(first + ((start + i) % count));
     if (!taken.has(ip)) return ip;
   }
-  throw new ServiceError(`the service range ${formatIp(range.start)}/${range.prefix} is full (${count} services); remove some, or use a larger --service-range`, 'full');
+  throw new ServiceError(
+    `the service range ${formatIp(range.start)}/${range.prefix} is full (${count} services); remove some, or use a larger --service-range`,
+    'full',
+  );
 }
 
 function inRange(range: Cidr, ip: string): boolean {
@@ -115,7 +140,10 @@ function precedes(a: Service, b: Service): boolean {
  * Which services serve their VIP, and which lost it to another (two hosts picked the same address
  * while apart): every peer computes the same answer from the same table.
  */
-export function resolveVips(services: Service[]): { served: Service[]; conflicts: { service: Service; takenBy: string }[] } {
+export function resolveVips(services: Service[]): {
+  served: Service[];
+  conflicts: { service: Service; takenBy: string }[];
+} {
   const byVip = new Map<string, Service>();
   for (const s of services) {
     const cur = byVip.get(s.vip);

@@ -35,7 +35,14 @@ const failingCodec: EntryCodec<Failing> = {
   fromWire(w) {
     if (!Array.isArray(w) || w.length !== 2) throw new ServiceError('health entry is malformed');
     const [service, container] = w as unknown[];
-    if (typeof service !== 'string' || !SERVICE_NAME.test(service) || typeof container !== 'string' || container.length === 0 || container.length > 256) throw new ServiceError('health entry is malformed');
+    if (
+      typeof service !== 'string' ||
+      !SERVICE_NAME.test(service) ||
+      typeof container !== 'string' ||
+      container.length === 0 ||
+      container.length > 256
+    )
+      throw new ServiceError('health entry is malformed');
     return { service, container };
   },
   key: (e) => `${e.service} ${e.container}`,

@@ -24,10 +24,16 @@ export class OvsBackend implements Backend {
 
   constructor(
     mesh: MeshView,
-    private readonly config: OvsConfig & { mtu: () => number; addrOf: (peer: PeerName) => string | undefined; onReconnect: () => void },
+    private readonly config: OvsConfig & {
+      mtu: () => number;
+      addrOf: (peer: PeerName) => string | undefined;
+      onReconnect: () => void;
+    },
   ) {
     this.switch = new OvsSwitch(config, mesh.log, config.onReconnect);
-    this.heartbeats = new FastdpHealth(mesh, config.vxlanPort, config.mtu, config.addrOf, 1000, (peers) => this.switch.heartbeatCounts(peers));
+    this.heartbeats = new FastdpHealth(mesh, config.vxlanPort, config.mtu, config.addrOf, 1000, (peers) =>
+      this.switch.heartbeatCounts(peers),
+    );
   }
 
   async start(): Promise<void> {
@@ -56,12 +62,27 @@ export class OvsBackend implements Backend {
     }
     if (!(await linkExists(OVS_VETH_BRIDGE_END))) {
       if (await linkExists(OVS_VETH_OVS_END)) await ip(['link', 'del', OVS_VETH_OVS_END]);
-      await ip(['link', 'add', OVS_VETH_BRIDGE_END, 'mtu', String(mtu), 'type', 'veth', 'peer', 'name', OVS_VETH_OVS_END, 'mtu', String(mtu)]);
-      for (const dev of [OVS_VETH_BRIDGE_END, OVS_VETH_OVS_END]) await ethtool(['-K', dev, 'tso', 'off', 'gso', 'off', 'gro', 'off', 'tx', 'off']);
+      await ip([
+        'link',
+        'add',
+        OVS_VETH_BRIDGE_END,
+        'mtu',
+        String(mtu),
+        'type',
+        'veth',
+        'peer',
+        'name',
+        OVS_VETH_OVS_END,
+        'mtu',
+        String(mtu),
+      ]);
+      for (const dev of [OVS_VETH_BRIDGE_END, OVS_VETH_OVS_END])
+        await ethtool(['-K', dev, 'tso', 'off', 'gso', 'off', 'gro', 'off', 'tx', 'off']);
       fixed.push('created the veth pair to OVS');
     }
     const end = (await ipJson<LinkInfo[]>(['-d', 'link', 'show', 'dev', OVS_VETH_BRIDGE_END]))[0];
-    if (end.mtu !== mtu) for (const dev of [OVS_VETH_BRIDGE_END, OVS_VETH_OVS_END]) await ip(['link', 'set', dev, 'mtu', String(mtu)]);
+    if (end.mtu !== mtu)
+      for (const dev of [OVS_VETH_BRIDGE_END, OVS_VETH_OVS_END]) await ip(['link', 'set', dev, 'mtu', String(mtu)]);
     return [...fixed, ...(await ensurePort(OVS_VETH_BRIDGE_END, 'OVS veth', [OVS_VETH_BRIDGE_END, OVS_VETH_OVS_END]))];
   }
 

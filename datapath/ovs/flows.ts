@@ -66,20 +66,45 @@ export function desiredFlows(x: FlowInputs): FlowSpec[] {
   ];
   const out: FlowSpec[] = [];
   for (const src of [...new Set(x.tunnelSources)].sort()) {
-    out.push({ cookie: cookieFor(CookieKind.Admit, src), tableId: 0, priority: 500, match: [{ field: 'in_port', value: String(PORT_TUNNEL) }, { field: 'tun_src', value: src }], actions: [{ type: 'goto_table', table: TABLE_DELIVER }] });
+    out.push({
+      cookie: cookieFor(CookieKind.Admit, src),
+      tableId: 0,
+      priority: 500,
+      match: [
+        { field: 'in_port', value: String(PORT_TUNNEL) },
+        { field: 'tun_src', value: src },
+      ],
+      actions: [{ type: 'goto_table', table: TABLE_DELIVER }],
+    });
   }
-  out.push({ cookie: cookieFor(CookieKind.Base, 'tunnel from no peer'), tableId: 0, priority: 450, match: [{ field: 'in_port', value: String(PORT_TUNNEL) }], actions: [] });
+  out.push({
+    cookie: cookieFor(CookieKind.Base, 'tunnel from no peer'),
+    tableId: 0,
+    priority: 450,
+    match: [{ field: 'in_port', value: String(PORT_TUNNEL) }],
+    actions: [],
+  });
   for (const h of x.heartbeats) {
     out.push({
       cookie: cookieFor(CookieKind.Heartbeat, h.peer),
       tableId: TABLE_DELIVER,
       priority: 300,
-      match: [...fromTunnel, { field: 'eth_src', value: mac(h.mac) }, { field: 'eth_type', value: normalizeValue('eth_type', '0x88b5') }],
+      match: [
+        ...fromTunnel,
+        { field: 'eth_src', value: mac(h.mac) },
+        { field: 'eth_type', value: normalizeValue('eth_type', '0x88b5') },
+      ],
       actions: [],
     });
   }
   for (const l of x.local) {
-    out.push({ cookie: cookieFor(CookieKind.Local, l.id), tableId: TABLE_DELIVER, priority: 200, match: [...fromTunnel, { field: 'eth_dst', value: mac(l.mac) }], actions: [{ type: 'output', port: PORT_BRIDGE }] });
+    out.push({
+      cookie: cookieFor(CookieKind.Local, l.id),
+      tableId: TABLE_DELIVER,
+      priority: 200,
+      match: [...fromTunnel, { field: 'eth_dst', value: mac(l.mac) }],
+      actions: [{ type: 'output', port: PORT_BRIDGE }],
+    });
   }
   out.push({
     cookie: cookieFor(CookieKind.Base, 'broadcast'),
@@ -94,16 +119,33 @@ export function desiredFlows(x: FlowInputs): FlowSpec[] {
     { type: 'output' as const, port: PORT_TUNNEL },
   ];
   for (const r of x.remote) {
-    out.push({ cookie: cookieFor(CookieKind.Remote, r.id), tableId: 0, priority: 200, match: [{ field: 'in_port', value: String(PORT_BRIDGE) }, { field: 'eth_dst', value: mac(r.mac) }], actions: toPeer(r.dst) });
+    out.push({
+      cookie: cookieFor(CookieKind.Remote, r.id),
+      tableId: 0,
+      priority: 200,
+      match: [
+        { field: 'in_port', value: String(PORT_BRIDGE) },
+        { field: 'eth_dst', value: mac(r.mac) },
+      ],
+      actions: toPeer(r.dst),
+    });
   }
   const floods = [...new Set(x.floods)].sort();
   if (floods.length > 0) {
-    out.push({ cookie: cookieFor(CookieKind.Flood, 'flood'), tableId: 0, priority: 50, match: [{ field: 'in_port', value: String(PORT_BRIDGE) }], actions: floods.flatMap(toPeer) });
+    out.push({
+      cookie: cookieFor(CookieKind.Flood, 'flood'),
+      tableId: 0,
+      priority: 50,
+      match: [{ field: 'in_port', value: String(PORT_BRIDGE) }],
+      actions: floods.flatMap(toPeer),
+    });
   }
   return out;
 }
 
 /** The peer addresses a flood flow sends to (a restarted router reads them back). */
 export function floodDestinations(flows: FlowSpec[]): string[] {
-  return flows.filter((f) => kindOf(f.cookie) === CookieKind.Flood).flatMap((f) => f.actions.flatMap((a) => (a.type === 'set_field' && a.field === 'tun_dst' ? [a.value] : [])));
+  return flows
+    .filter((f) => kindOf(f.cookie) === CookieKind.Flood)
+    .flatMap((f) => f.actions.flatMap((a) => (a.type === 'set_field' && a.field === 'tun_dst' ? [a.value] : [])));
 }

@@ -6,7 +6,19 @@
 // throws into the router.
 import { EventEmitter } from 'node:events';
 import net from 'node:net';
-import { FlowModCommand, OpenFlowError, decodeMessage, encodeMessage, messageLength, OFPP_ANY, OFPTT_ALL, type FlowSpec, type FlowStats, type MatchField, type Message } from './openflow.js';
+import {
+  FlowModCommand,
+  OpenFlowError,
+  decodeMessage,
+  encodeMessage,
+  messageLength,
+  OFPP_ANY,
+  OFPTT_ALL,
+  type FlowSpec,
+  type FlowStats,
+  type MatchField,
+  type Message,
+} from './openflow.js';
 
 const REQUEST_TIMEOUT_MS = 10_000;
 
@@ -19,7 +31,15 @@ interface Pending {
 
 /** OpenFlow error types and codes that say something to a user (the rest print as numbers). */
 function describeError(t: number, c: number): string {
-  const types: Record<number, string> = { 0: 'hello failed', 1: 'bad request', 2: 'bad action', 3: 'bad instruction', 4: 'bad match', 5: 'flow_mod failed', 12: 'table features failed' };
+  const types: Record<number, string> = {
+    0: 'hello failed',
+    1: 'bad request',
+    2: 'bad action',
+    3: 'bad instruction',
+    4: 'bad match',
+    5: 'flow_mod failed',
+    12: 'table features failed',
+  };
   return `${types[t] ?? `error type ${t}`} (code ${c})`;
 }
 
@@ -151,7 +171,14 @@ export class OpenFlowConnection extends EventEmitter {
 
   /** Every flow in the switch whose cookie matches (cookie & mask). */
   async flows(cookie = 0n, cookieMask = 0n, match: MatchField[] = []): Promise<FlowStats[]> {
-    const parts = await this.request({ type: 'flow_stats_request', xid: 0, tableId: OFPTT_ALL, cookie, cookieMask, match });
+    const parts = await this.request({
+      type: 'flow_stats_request',
+      xid: 0,
+      tableId: OFPTT_ALL,
+      cookie,
+      cookieMask,
+      match,
+    });
     return parts.flatMap((p) => (p.type === 'flow_stats_reply' ? p.flows : []));
   }
 
@@ -165,12 +192,28 @@ export class OpenFlowConnection extends EventEmitter {
     for (const f of remove) {
       const xid = this.nextXid();
       xids.push(xid);
-      this.write({ type: 'flow_mod', xid, command: FlowModCommand.DeleteStrict, cookieMask: 0n, outPort: OFPP_ANY, flags: 0, flow: { ...f, actions: [] } });
+      this.write({
+        type: 'flow_mod',
+        xid,
+        command: FlowModCommand.DeleteStrict,
+        cookieMask: 0n,
+        outPort: OFPP_ANY,
+        flags: 0,
+        flow: { ...f, actions: [] },
+      });
     }
     for (const f of add) {
       const xid = this.nextXid();
       xids.push(xid);
-      this.write({ type: 'flow_mod', xid, command: FlowModCommand.Add, cookieMask: 0n, outPort: OFPP_ANY, flags: 0, flow: f });
+      this.write({
+        type: 'flow_mod',
+        xid,
+        command: FlowModCommand.Add,
+        cookieMask: 0n,
+        outPort: OFPP_ANY,
+        flags: 0,
+        flow: f,
+      });
     }
     await this.request({ type: 'barrier_request', xid: 0 });
     const errors = xids.map((x) => this.batchErrors.get(x)).filter((e): e is string => e !== undefined);

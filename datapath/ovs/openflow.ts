@@ -61,7 +61,8 @@ function macBytes(t: string): Buffer {
 const ipText = (b: Buffer) => [...b].join('.');
 function ipBytes(t: string): Buffer {
   const parts = t.split('.').map(Number);
-  if (parts.length !== 4 || parts.some((p) => !Number.isInteger(p) || p < 0 || p > 255)) throw new OpenFlowError(`not an IPv4 address: ${t}`);
+  if (parts.length !== 4 || parts.some((p) => !Number.isInteger(p) || p < 0 || p > 255))
+    throw new OpenFlowError(`not an IPv4 address: ${t}`);
   return Buffer.from(parts);
 }
 function uintSpec(len: number): Pick<FieldSpec, 'text' | 'bytes'> {
@@ -82,7 +83,13 @@ function uintSpec(len: number): Pick<FieldSpec, 'text' | 'bytes'> {
 
 // OXM class 0x8000 is OpenFlow's basic class; 0x0001 is Nicira's (NXM_1), where OVS keeps the tunnel addresses.
 const FIELDS: Record<FieldName, FieldSpec> = {
-  in_port: { cls: 0x8000, field: 0, len: 4, text: (b) => String(b.readUInt32BE(0)), bytes: (t) => uintSpec(4).bytes(t) },
+  in_port: {
+    cls: 0x8000,
+    field: 0,
+    len: 4,
+    text: (b) => String(b.readUInt32BE(0)),
+    bytes: (t) => uintSpec(4).bytes(t),
+  },
   eth_dst: { cls: 0x8000, field: 3, len: 6, text: macText, bytes: macBytes },
   eth_src: { cls: 0x8000, field: 4, len: 6, text: macText, bytes: macBytes },
   eth_type: { cls: 0x8000, field: 5, len: 2, ...uintSpec(2) },
@@ -100,7 +107,10 @@ export interface MatchField {
 }
 
 /** `goto_table` is an instruction of its own on the wire (after the APPLY_ACTIONS of the others): it comes last. */
-type Action = { type: 'output'; port: number } | { type: 'set_field'; field: FieldName; value: string } | { type: 'goto_table'; table: number };
+type Action =
+  | { type: 'output'; port: number }
+  | { type: 'set_field'; field: FieldName; value: string }
+  | { type: 'goto_table'; table: number };
 
 export interface FlowSpec {
   cookie: bigint;
@@ -128,8 +138,23 @@ export type Message =
   | { type: 'echo_reply'; xid: number; data: Buffer }
   | { type: 'features_request'; xid: number }
   | { type: 'features_reply'; xid: number; datapathId: bigint; nTables: number }
-  | { type: 'flow_mod'; xid: number; command: number; cookieMask: bigint; outPort: number; flags: number; flow: FlowSpec }
-  | { type: 'flow_stats_request'; xid: number; tableId: number; cookie: bigint; cookieMask: bigint; match: MatchField[] }
+  | {
+      type: 'flow_mod';
+      xid: number;
+      command: number;
+      cookieMask: bigint;
+      outPort: number;
+      flags: number;
+      flow: FlowSpec;
+    }
+  | {
+      type: 'flow_stats_request';
+      xid: number;
+      tableId: number;
+      cookie: bigint;
+      cookieMask: bigint;
+      match: MatchField[];
+    }
   | { type: 'flow_stats_reply'; xid: number; more: boolean; flows: FlowStats[] }
   | { type: 'barrier_request'; xid: number }
   | { type: 'barrier_reply'; xid: number }
@@ -179,7 +204,8 @@ function encodeAction(a: Exclude<Action, { type: 'goto_table' }>): Buffer {
 function encodeInstructions(all: Action[]): Buffer {
   const actions = all.filter((a) => a.type !== 'goto_table');
   const goto = all.filter((a) => a.type === 'goto_table');
-  if (goto.length > 1 || (goto.length === 1 && all[all.length - 1] !== goto[0])) throw new OpenFlowError('goto_table comes once, last');
+  if (goto.length > 1 || (goto.length === 1 && all[all.length - 1] !== goto[0]))
+    throw new OpenFlowError('goto_table comes once, last');
   const out: Buffer[] = [];
   if (actions.length > 0) {
     const body = Buffer.concat(actions.map((a) => encodeAction(a as Exclude<Action, { type: 'goto_table' }>)));
@@ -204,7 +230,8 @@ function header(type: number, xid: number, body: Buffer): Buffer {
   h[1] = type;
   h.writeUInt16BE(8 + body.length, 2);
   h.writeUInt32BE(xid >>> 0, 4);
-  if (8 + body.length > MAX_LEN) throw new OpenFlowError(`message of ${8 + body.length} bytes is over OpenFlow's 65535`);
+  if (8 + body.length > MAX_LEN)
+    throw new OpenFlowError(`message of ${8 + body.length} bytes is over OpenFlow's 65535`);
   return Buffer.concat([h, body]);
 }
 
@@ -314,7 +341,9 @@ function decodeOxm(b: Buffer, at: number, end: number): { f: MatchField; next: n
   const spec = FIELDS[name];
   need(len === spec.len * (hasMask ? 2 : 1), `OXM ${name} has length ${len}`);
   const value = spec.text(b.subarray(at + 4, at + 4 + spec.len));
-  const f: MatchField = hasMask ? { field: name, value, mask: spec.text(b.subarray(at + 4 + spec.len, next)) } : { field: name, value };
+  const f: MatchField = hasMask
+    ? { field: name, value, mask: spec.text(b.subarray(at + 4 + spec.len, next)) }
+    : { field: name, value };
   return { f, next };
 }
 
@@ -399,7 +428,13 @@ export function decodeMessage(b: Buffer): Message {
       return { type: 'hello', xid };
     case MsgType.Error:
       need(body.length >= 4, 'error truncated');
-      return { type: 'error', xid, errType: body.readUInt16BE(0), code: body.readUInt16BE(2), data: Buffer.from(body.subarray(4)) };
+      return {
+        type: 'error',
+        xid,
+        errType: body.readUInt16BE(0),
+        code: body.readUInt16BE(2),
+        data: Buffer.from(body.subarray(4)),
+      };
     case MsgType.EchoRequest:
       return { type: 'echo_request', xid, data: Buffer.from(body) };
     case MsgType.EchoReply:
@@ -412,15 +447,36 @@ export function decodeMessage(b: Buffer): Message {
     case MsgType.FlowMod: {
       need(body.length >= 40, 'flow_mod truncated');
       const { match, next } = decodeMatch(body, 40, body.length);
-      const flow: FlowSpec = { cookie: body.readBigUInt64BE(0), tableId: body[16], priority: body.readUInt16BE(22), match, actions: decodeInstructions(body, next, body.length) };
-      return { type: 'flow_mod', xid, command: body[17], cookieMask: body.readBigUInt64BE(8), outPort: body.readUInt32BE(28), flags: body.readUInt16BE(36), flow };
+      const flow: FlowSpec = {
+        cookie: body.readBigUInt64BE(0),
+        tableId: body[16],
+        priority: body.readUInt16BE(22),
+        match,
+        actions: decodeInstructions(body, next, body.length),
+      };
+      return {
+        type: 'flow_mod',
+        xid,
+        command: body[17],
+        cookieMask: body.readBigUInt64BE(8),
+        outPort: body.readUInt32BE(28),
+        flags: body.readUInt16BE(36),
+        flow,
+      };
     }
     case MsgType.MultipartRequest: {
       need(body.length >= 8, 'multipart request truncated');
       if (body.readUInt16BE(0) !== MULTIPART_FLOW) return { type: 'other', xid, msgType: type };
       need(body.length >= 40, 'flow stats request truncated');
       const { match } = decodeMatch(body, 40, body.length);
-      return { type: 'flow_stats_request', xid, tableId: body[8], cookie: body.readBigUInt64BE(24), cookieMask: body.readBigUInt64BE(32), match };
+      return {
+        type: 'flow_stats_request',
+        xid,
+        tableId: body[8],
+        cookie: body.readBigUInt64BE(24),
+        cookieMask: body.readBigUInt64BE(32),
+        match,
+      };
     }
     case MsgType.MultipartReply: {
       need(body.length >= 8, 'multipart reply truncated');
@@ -470,7 +526,13 @@ export function normalizeValue(field: FieldName, value: string): string {
 /** A flow as one line of text (ovs-ofctl's style), the identity used to compare flows. */
 export function flowText(f: Pick<FlowSpec, 'priority' | 'match' | 'actions'>): string {
   const match = f.match.map((m) => `${m.field}=${m.value}${m.mask ? `/${m.mask}` : ''}`).sort();
-  const actions = f.actions.map((a) => (a.type === 'output' ? `output:${a.port}` : a.type === 'goto_table' ? `goto_table:${a.table}` : `set_field:${a.value}->${a.field}`));
+  const actions = f.actions.map((a) =>
+    a.type === 'output'
+      ? `output:${a.port}`
+      : a.type === 'goto_table'
+        ? `goto_table:${a.table}`
+        : `set_field:${a.value}->${a.field}`,
+  );
   return `priority=${[f.priority, ...match].join(',')} actions=${actions.length > 0 ? actions.join(',') : 'drop'}`;
 }
 

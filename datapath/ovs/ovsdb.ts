@@ -60,7 +60,10 @@ export function parseOvsdbTarget(target: string): { path: string } | { host: str
 export class OvsdbClient {
   private socket: net.Socket | null = null;
   private nextId = 1;
-  private readonly pending = new Map<number, { resolve: (v: Json) => void; reject: (e: Error) => void; timer: NodeJS.Timeout }>();
+  private readonly pending = new Map<
+    number,
+    { resolve: (v: Json) => void; reject: (e: Error) => void; timer: NodeJS.Timeout }
+  >();
   private readonly splitter = new JsonSplitter();
 
   constructor(readonly target: string) {}
@@ -79,7 +82,11 @@ export class OvsdbClient {
       });
       s.once('error', (err) => {
         clearTimeout(t);
-        reject(new OvsdbError(`cannot reach ovsdb-server at ${this.target} (${err.message}): is Open vSwitch running? (--ovsdb says where)`));
+        reject(
+          new OvsdbError(
+            `cannot reach ovsdb-server at ${this.target} (${err.message}): is Open vSwitch running? (--ovsdb says where)`,
+          ),
+        );
       });
       this.socket = s;
     });
@@ -184,7 +191,8 @@ export function setItems(v: Json | undefined): Json[] {
 
 /** An OVSDB map value as an object. */
 export function mapObject(v: Json | undefined): Record<string, string> {
-  if (Array.isArray(v) && v[0] === 'map') return Object.fromEntries((v[1] as [string, Json][]).map(([k, x]) => [k, String(x)]));
+  if (Array.isArray(v) && v[0] === 'map')
+    return Object.fromEntries((v[1] as [string, Json][]).map(([k, x]) => [k, String(x)]));
   return {};
 }
 

@@ -9,7 +9,19 @@ import { dirname, join } from 'node:path';
 import { OpenFlowConnection } from './ofconn.js';
 import { CookieKind, KIND_MASK, PORT_BRIDGE, PORT_TUNNEL, cookieFor, floodDestinations } from './flows.js';
 import { flowText, type FlowSpec } from './openflow.js';
-import { OvsdbClient, OvsdbError, map, mapObject, named, parseOvsdbTarget, set, setItems, uuid, uuidOf, type Json } from './ovsdb.js';
+import {
+  OvsdbClient,
+  OvsdbError,
+  map,
+  mapObject,
+  named,
+  parseOvsdbTarget,
+  set,
+  setItems,
+  uuid,
+  uuidOf,
+  type Json,
+} from './ovsdb.js';
 
 /** The veth between weft's Linux bridge and its OVS bridge: this end is the OVS port. */
 const OVS_PORT_DEV = 'weftovs-dp';
@@ -50,7 +62,8 @@ export class OvsSwitch {
   /** The controller socket OVS listens on for weft (next to OVSDB's socket). */
   get controllerPath(): string {
     const t = parseOvsdbTarget(this.config.ovsdb);
-    if (!('path' in t)) throw new OvsdbError('--ovsdb must be unix:PATH for the OVS datapath (the controller socket goes next to it)');
+    if (!('path' in t))
+      throw new OvsdbError('--ovsdb must be unix:PATH for the OVS datapath (the controller socket goes next to it)');
     return join(dirname(t.path), `${this.config.bridge}.weft.ofp`);
   }
 
@@ -89,7 +102,10 @@ export class OvsSwitch {
         await new Promise((r) => setTimeout(r, 200));
       }
     }
-    if (lastErr) throw new Error(`ovs-vswitchd does not answer as the OpenFlow switch of ${this.config.bridge}: ${lastErr.message}`);
+    if (lastErr)
+      throw new Error(
+        `ovs-vswitchd does not answer as the OpenFlow switch of ${this.config.bridge}: ${lastErr.message}`,
+      );
     this.datapathId = conn.datapathId;
     conn.on('down', (reason: string) => {
       this.lastError = reason;
@@ -121,7 +137,10 @@ export class OvsSwitch {
 
   /** Every flow in the bridge. */
   async flows(): Promise<FlowSpec[]> {
-    if (!this.connected) throw new Error(`not connected to the OVS bridge ${this.config.bridge}${this.lastError ? ` (${this.lastError})` : ''}`);
+    if (!this.connected)
+      throw new Error(
+        `not connected to the OVS bridge ${this.config.bridge}${this.lastError ? ` (${this.lastError})` : ''}`,
+      );
     return this.conn!.flows();
   }
 
@@ -167,20 +186,39 @@ export class OvsSwitch {
 
   private async ensureBridge(db: OvsdbClient): Promise<void> {
     const roots = await db.select('Open_vSwitch', ['_uuid', 'bridges', 'next_cfg']);
-    if (roots.length !== 1) throw new OvsdbError(`OVSDB at ${this.config.ovsdb} has ${roots.length} Open_vSwitch rows: initialise it (ovs-vsctl init)`);
+    if (roots.length !== 1)
+      throw new OvsdbError(
+        `OVSDB at ${this.config.ovsdb} has ${roots.length} Open_vSwitch rows: initialise it (ovs-vsctl init)`,
+      );
     const root = uuidOf(roots[0]._uuid)!;
-    const [existing] = await db.select('Bridge', ['_uuid', 'datapath_type', 'fail_mode', 'controller', 'external_ids', 'ports', 'protocols'], [['name', '==', this.config.bridge]]);
+    const [existing] = await db.select(
+      'Bridge',
+      ['_uuid', 'datapath_type', 'fail_mode', 'controller', 'external_ids', 'ports', 'protocols'],
+      [['name', '==', this.config.bridge]],
+    );
     const ops: Record<string, Json>[] = [];
     if (existing) {
       if (mapObject(existing.external_ids)[OWNED.key] !== OWNED.value) {
-        throw new OvsdbError(`an OVS bridge called ${this.config.bridge} exists and weft did not make it: choose another with --ovs-bridge, or remove it (ovs-vsctl del-br ${this.config.bridge})`);
+        throw new OvsdbError(
+          `an OVS bridge called ${this.config.bridge} exists and weft did not make it: choose another with --ovs-bridge, or remove it (ovs-vsctl del-br ${this.config.bridge})`,
+        );
       }
       if (await this.bridgeIsRight(db, existing)) return this.waitApplied(db, null);
       this.log.info({ bridge: this.config.bridge }, 'OVS bridge has other settings than asked; making it again');
-      ops.push({ op: 'mutate', table: 'Open_vSwitch', where: [['_uuid', '==', uuid(root)]], mutations: [['bridges', 'delete', set([existing._uuid])]] });
+      ops.push({
+        op: 'mutate',
+        table: 'Open_vSwitch',
+        where: [['_uuid', '==', uuid(root)]],
+        mutations: [['bridges', 'delete', set([existing._uuid])]],
+      });
     }
     ops.push(
-      { op: 'insert', table: 'Interface', row: { name: OVS_PORT_DEV, ofport_request: PORT_BRIDGE }, 'uuid-name': 'ifbr' },
+      {
+        op: 'insert',
+        table: 'Interface',
+        row: { name: OVS_PORT_DEV, ofport_request: PORT_BRIDGE },
+        'uuid-name': 'ifbr',
+      },
       { op: 'insert', table: 'Port', row: { name: OVS_PORT_DEV, interfaces: named('ifbr') }, 'uuid-name': 'portbr' },
       {
         op: 'insert',
@@ -204,9 +242,19 @@ export class OvsSwitch {
         },
         'uuid-name': 'br',
       },
-      { op: 'mutate', table: 'Open_vSwitch', where: [['_uuid', '==', uuid(root)]], mutations: [['bridges', 'insert', set([named('br')])]] },
+      {
+        op: 'mutate',
+        table: 'Open_vSwitch',
+        where: [['_uuid', '==', uuid(root)]],
+        mutations: [['bridges', 'insert', set([named('br')])]],
+      },
     );
-    ops.push({ op: 'mutate', table: 'Open_vSwitch', where: [['_uuid', '==', uuid(root)]], mutations: [['next_cfg', '+=', 1]] });
+    ops.push({
+      op: 'mutate',
+      table: 'Open_vSwitch',
+      where: [['_uuid', '==', uuid(root)]],
+      mutations: [['next_cfg', '+=', 1]],
+    });
     ops.push({ op: 'select', table: 'Open_vSwitch', where: [['_uuid', '==', uuid(root)]], columns: ['next_cfg'] });
     const r = await db.transact(ops);
     const next = Number(((r[r.length - 1] as { rows: { next_cfg: number }[] }).rows[0] ?? { next_cfg: 0 }).next_cfg);
@@ -221,7 +269,9 @@ export class OvsSwitch {
   /** Whether an existing bridge of ours has exactly the settings asked (then it is adopted as it is). */
   private async bridgeIsRight(db: OvsdbClient, br: Record<string, Json>): Promise<boolean> {
     if (br.datapath_type !== this.config.datapathType || br.fail_mode !== 'secure') return false;
-    const ctl = setItems(br.controller).map((c) => uuidOf(c)).filter((c): c is string => !!c);
+    const ctl = setItems(br.controller)
+      .map((c) => uuidOf(c))
+      .filter((c): c is string => !!c);
     if (ctl.length !== 1) return false;
     const [c] = await db.select('Controller', ['target'], [['_uuid', '==', uuid(ctl[0])]]);
     if (c?.target !== `punix:${this.controllerPath}`) return false;
@@ -232,10 +282,16 @@ export class OvsSwitch {
       const [row] = await db.select('Port', ['name'], [['_uuid', '==', p]]);
       if (row) portNames.add(String(row.name));
     }
-    if (!portNames.has(OVS_PORT_DEV) || !portNames.has(TUNNEL_PORT) || ifaces.length !== 1 || tun.length !== 1) return false;
+    if (!portNames.has(OVS_PORT_DEV) || !portNames.has(TUNNEL_PORT) || ifaces.length !== 1 || tun.length !== 1)
+      return false;
     const o = mapObject(tun[0].options);
     const want = this.tunnelOptions();
-    return tun[0].type === 'vxlan' && Object.keys(want).every((k) => o[k] === want[k]) && Number(ifaces[0].ofport) === PORT_BRIDGE && Number(tun[0].ofport) === PORT_TUNNEL;
+    return (
+      tun[0].type === 'vxlan' &&
+      Object.keys(want).every((k) => o[k] === want[k]) &&
+      Number(ifaces[0].ofport) === PORT_BRIDGE &&
+      Number(tun[0].ofport) === PORT_TUNNEL
+    );
   }
 
   /** Waits for ovs-vswitchd to apply the configuration; says what is missing if it does not. */
@@ -247,7 +303,9 @@ export class OvsSwitch {
       const target = next ?? Number(root?.next_cfg ?? 0);
       if (cur >= target) break;
       if (Date.now() > deadline) {
-        throw new OvsdbError(`ovs-vswitchd has not applied the configuration within 5 s (ovsdb-server answers at ${this.config.ovsdb}, but cur_cfg stays at ${cur} < ${target}): is ovs-vswitchd running?`);
+        throw new OvsdbError(
+          `ovs-vswitchd has not applied the configuration within 5 s (ovsdb-server answers at ${this.config.ovsdb}, but cur_cfg stays at ${cur} < ${target}): is ovs-vswitchd running?`,
+        );
       }
       await new Promise((r) => setTimeout(r, 100));
     }
@@ -255,7 +313,8 @@ export class OvsSwitch {
     const tun = await db.select('Interface', ['name', 'error', 'ofport'], [['name', '==', TUNNEL_PORT]]);
     for (const r of [...rows, ...tun]) {
       const err = setItems(r.error)[0];
-      if (typeof err === 'string' && err.length > 0) throw new OvsdbError(`OVS cannot use port ${String(r.name)} of ${this.config.bridge}: ${err}`);
+      if (typeof err === 'string' && err.length > 0)
+        throw new OvsdbError(`OVS cannot use port ${String(r.name)} of ${this.config.bridge}: ${err}`);
     }
   }
 
@@ -272,11 +331,17 @@ export class OvsSwitch {
       const ours = bridges.filter((b) => mapObject(b.external_ids)[OWNED.key] === OWNED.value);
       if (ours.length === 0) return [];
       const [root] = await db.select('Open_vSwitch', ['_uuid']);
-      await db.transact([{ op: 'mutate', table: 'Open_vSwitch', where: [['_uuid', '==', root._uuid]], mutations: [['bridges', 'delete', set(ours.map((b) => b._uuid))]] }]);
+      await db.transact([
+        {
+          op: 'mutate',
+          table: 'Open_vSwitch',
+          where: [['_uuid', '==', root._uuid]],
+          mutations: [['bridges', 'delete', set(ours.map((b) => b._uuid))]],
+        },
+      ]);
       return ours.map((b) => String(b.name));
     } finally {
       db.close();
     }
   }
 }
-

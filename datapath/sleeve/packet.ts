@@ -29,7 +29,17 @@ export const VNET_HDR = 10;
 export const MAX_UDP_PAYLOAD = 65507;
 
 /** The format as the native fast path must have it too (checked against the addon before it is used). */
-export const WIRE_FORMAT = { SLEEVE_VERSION: VERSION, KIND_FRAMES, KIND_FRAGMENT, MAX_HOPS, SLEEVE_HEADER: HEADER, FRAGMENT_HEADER, MESSAGE_HEADER, VNET_HDR, MAX_UDP_PAYLOAD };
+export const WIRE_FORMAT = {
+  SLEEVE_VERSION: VERSION,
+  KIND_FRAMES,
+  KIND_FRAGMENT,
+  MAX_HOPS,
+  SLEEVE_HEADER: HEADER,
+  FRAGMENT_HEADER,
+  MESSAGE_HEADER,
+  VNET_HDR,
+  MAX_UDP_PAYLOAD,
+};
 export const SEAL_OVERHEAD = 8 + 16;
 /** IPv4 + UDP headers: what a datagram adds on the wire. */
 export const IP_UDP = 28;
@@ -99,7 +109,7 @@ export interface Message {
  */
 export function checkMessage(buf: Buffer, at: number, end: number): void {
   if (end - at < MESSAGE_HEADER) throw new Error('sleeve message is shorter than its header');
-  for (let o = at + MESSAGE_HEADER; o < end; ) {
+  for (let o = at + MESSAGE_HEADER; o < end;) {
     if (o + 4 > end) throw new Error('sleeve message ends inside a frame length');
     const len = buf.readUInt32BE(o);
     if (len < 10 + 14 || o + 4 + len > end) throw new Error(`sleeve frame of ${len} bytes does not fit its message`);
@@ -110,7 +120,8 @@ export function checkMessage(buf: Buffer, at: number, end: number): void {
 export function decodeMessage(buf: Buffer): Message {
   checkMessage(buf, 0, buf.length);
   const frames: Buffer[] = [];
-  for (let o = MESSAGE_HEADER; o < buf.length; o += 4 + buf.readUInt32BE(o)) frames.push(buf.subarray(o + 4, o + 4 + buf.readUInt32BE(o)));
+  for (let o = MESSAGE_HEADER; o < buf.length; o += 4 + buf.readUInt32BE(o))
+    frames.push(buf.subarray(o + 4, o + 4 + buf.readUInt32BE(o)));
   return { src: buf.subarray(0, 6), dst: buf.subarray(6, 12), hops: buf[HOPS_OFFSET], frames };
 }
 
@@ -237,7 +248,8 @@ export class Reassembler {
   ) {}
   /** The whole message once its last fragment arrives, else null. */
   add(id: number, index: number, count: number, chunk: Buffer, now = Date.now()): Buffer | null {
-    if (count === 0 || index >= count || count > Math.ceil(MAX_MESSAGE / 64)) throw new Error(`bad fragment ${index}/${count}`);
+    if (count === 0 || index >= count || count > Math.ceil(MAX_MESSAGE / 64))
+      throw new Error(`bad fragment ${index}/${count}`);
     if (chunk.length > MAX_MESSAGE) throw new Error(`fragment of ${chunk.length} bytes is larger than a message`);
     let p = this.partial.get(id);
     if (!p) {
@@ -321,7 +333,13 @@ export class FragmentAssembler {
       this.length = size;
       return null;
     }
-    if (this.next > 0 && id === this.id && count === this.count && index === this.next && (size === this.chunk || (index === count - 1 && size < this.chunk))) {
+    if (
+      this.next > 0 &&
+      id === this.id &&
+      count === this.count &&
+      index === this.next &&
+      (size === this.chunk || (index === count - 1 && size < this.chunk))
+    ) {
       src.copy(this.buf, this.length, start, end);
       this.length += size;
       if (++this.next < count) return null;
@@ -334,7 +352,8 @@ export class FragmentAssembler {
 
   /** Hands what the buffer gathered to the reassembler (fragments 0..next-1, each `chunk` bytes). */
   private spill(): void {
-    for (let k = 0; k < this.next; k++) this.reassembler.add(this.id, k, this.count, this.buf.subarray(k * this.chunk, (k + 1) * this.chunk));
+    for (let k = 0; k < this.next; k++)
+      this.reassembler.add(this.id, k, this.count, this.buf.subarray(k * this.chunk, (k + 1) * this.chunk));
     this.next = 0;
   }
 }

@@ -8,7 +8,17 @@
 //
 // The TAP and the VXLAN port are both "isolated" bridge ports: a frame that came
 // in over one overlay never leaves over the other, so nothing loops.
-import { type Gossip, type GossipData, type Gossiper, type MeshView, pack, unpack, peerNameFromBytes, peerNameToBytes, type PeerName } from '../../mesh/index.js';
+import {
+  type Gossip,
+  type GossipData,
+  type Gossiper,
+  type MeshView,
+  pack,
+  unpack,
+  peerNameFromBytes,
+  peerNameToBytes,
+  type PeerName,
+} from '../../mesh/index.js';
 import { hostOf } from '../../net/host-port.js';
 import { ensurePort } from '../bridge.js';
 import type { Backend, PathHealth, Programme } from '../backend.js';
@@ -141,7 +151,16 @@ export class Sleeve implements Gossiper, Backend {
   /** The native fast path and whether its tables need making again. */
   private fast: FastPath | null = null;
   private fastStale = false;
-  readonly stats = { framesOut: 0, framesIn: 0, bytesOut: 0, bytesIn: 0, relayed: 0, dropped: 0, refused: 0, malformed: 0 };
+  readonly stats = {
+    framesOut: 0,
+    framesIn: 0,
+    bytesOut: 0,
+    bytesIn: 0,
+    relayed: 0,
+    dropped: 0,
+    refused: 0,
+    malformed: 0,
+  };
   lastError: string | null = null;
 
   constructor(
@@ -183,7 +202,13 @@ export class Sleeve implements Gossiper, Backend {
         if (owner === this.mesh.name || !this.dests.has(owner)) continue;
         const hop = this.nextHop(owner);
         if (!hop || hop.sealer) continue;
-        routes.push({ mac: value, dst: peerNameToBytes(owner).readUIntBE(0, 6), addr: hop.addr, port: hop.port, max: this.maxDatagram(hop) });
+        routes.push({
+          mac: value,
+          dst: peerNameToBytes(owner).readUIntBE(0, 6),
+          addr: hop.addr,
+          port: hop.port,
+          max: this.maxDatagram(hop),
+        });
       }
       const hops = [...this.hops.values()].filter((h) => !h.sealer).map((h) => ({ id: h.id, addr: h.addr }));
       fast.update(this.selfId, routes, hops, known);
@@ -193,7 +218,10 @@ export class Sleeve implements Gossiper, Backend {
   /** Opens the TAP (on the bridge) and the UDP port. Throws with the reason when it cannot. */
   async start(): Promise<void> {
     const slotSize = 65536 + 64;
-    this.udp = new UdpPort({ port: this.config.port, slots: 64, slotSize, rcvbuf: 8 << 20, sndbuf: 8 << 20, gro: true }, (n) => this.guard(() => this.onDatagrams(n)));
+    this.udp = new UdpPort(
+      { port: this.config.port, slots: 64, slotSize, rcvbuf: 8 << 20, sndbuf: 8 << 20, gro: true },
+      (n) => this.guard(() => this.onDatagrams(n)),
+    );
     this.gso = GSO_WANTED && this.udp.features.gso;
     this.probes = new UdpPort({ port: 0, dontFragment: true, slots: 16, slotSize: 9216 }, () => undefined);
     this.tap = new TapPort({ name: SLEEVE_TAP, vnetHdr: true, slots: 32 }, (n) => this.guard(() => this.onFrames(n)));
@@ -312,7 +340,9 @@ export class Sleeve implements Gossiper, Backend {
       pmtu: h.pmtu,
       healthy,
       encrypted: !!h.sealer,
-      reason: healthy ? null : `no UDP probe to ${h.host}:${h.port} acknowledged ${h.probeAckAt ? `for ${Math.round((Date.now() - h.probeAckAt) / 1000)}s` : 'yet'}`,
+      reason: healthy
+        ? null
+        : `no UDP probe to ${h.host}:${h.port} acknowledged ${h.probeAckAt ? `for ${Math.round((Date.now() - h.probeAckAt) / 1000)}s` : 'yet'}`,
     };
   }
 
@@ -380,7 +410,10 @@ export class Sleeve implements Gossiper, Backend {
     }
     const max = this.maxDatagram(hop);
     if (hop.sealer || (!this.gso && max < MAX_UDP_PAYLOAD)) {
-      this.sendFrames(dst, slots.map((i) => Buffer.from(tap.received(i))));
+      this.sendFrames(
+        dst,
+        slots.map((i) => Buffer.from(tap.received(i))),
+      );
       return;
     }
     const dstBytes = peerNameToBytes(dst);
@@ -470,7 +503,7 @@ export class Sleeve implements Gossiper, Backend {
     // but the message's last), a train per slot, as large as a UDP datagram allows.
     const perSlot = this.gso ? Math.min(64, Math.floor(MAX_UDP_PAYLOAD / max)) : 1;
     const tx = udp.tx;
-    for (let i = 0; i < count; ) {
+    for (let i = 0; i < count;) {
       const start = udp.nextOffset();
       let o = start;
       const end = Math.min(count, i + perSlot);
@@ -531,7 +564,8 @@ export class Sleeve implements Gossiper, Backend {
     }
     if ((kind & ~SEALED) === KIND_PROBE) {
       // The size it was sent at, as it arrived: a probe that lost bytes on the way does not count.
-      if (length >= HEADER + 4 && buf.readUInt32BE(start + HEADER) === length + IP_UDP) this.channel.unicast(hop.name, pack({ probe: length + IP_UDP }));
+      if (length >= HEADER + 4 && buf.readUInt32BE(start + HEADER) === length + IP_UDP)
+        this.channel.unicast(hop.name, pack({ probe: length + IP_UDP }));
       return;
     }
     // An encrypted hop accepts only sealed packets, and the other way round.
@@ -547,7 +581,10 @@ export class Sleeve implements Gossiper, Backend {
       const count = buf.readUInt16BE(start + HEADER + 6);
       if (hop.opener) {
         // Authenticated before anything is kept of it.
-        const chunk = hop.opener.open(buf.subarray(start + FRAGMENT_HEADER, end), buf.subarray(start + HEADER, start + FRAGMENT_HEADER));
+        const chunk = hop.opener.open(
+          buf.subarray(start + FRAGMENT_HEADER, end),
+          buf.subarray(start + HEADER, start + FRAGMENT_HEADER),
+        );
         if (!chunk) {
           this.stats.refused++;
           return;
@@ -594,7 +631,7 @@ export class Sleeve implements Gossiper, Backend {
   private deliver(hop: Hop, buf: Buffer, at: number, end: number): void {
     checkMessage(buf, at, end);
     const src = peerNameFromBytes(buf.subarray(at, at + 6));
-    for (let o = at + MESSAGE_HEADER; o < end; ) {
+    for (let o = at + MESSAGE_HEADER; o < end;) {
       const len = buf.readUInt32BE(o);
       const f = o + 4;
       const smacValue = buf.readUIntBE(f + VNET_HDR + 6, 6);
@@ -667,7 +704,8 @@ export class Sleeve implements Gossiper, Backend {
 
   onUnicast(src: PeerName, payload: Uint8Array): void {
     const v = unpack(payload) as { probe?: unknown };
-    if (typeof v !== 'object' || v === null || typeof v.probe !== 'number') throw new Error('sleeve probe acknowledgement is malformed');
+    if (typeof v !== 'object' || v === null || typeof v.probe !== 'number')
+      throw new Error('sleeve probe acknowledgement is malformed');
     const hop = this.hops.get(src);
     if (!hop || !hop.pending.delete(v.probe)) return;
     if (v.probe > hop.pmtu) this.refreshFastPath();
@@ -678,7 +716,12 @@ export class Sleeve implements Gossiper, Backend {
   }
 
   /** Counters of both paths: frames and bytes add the fast path's (also shown apart, as `fast`). */
-  counters(): typeof this.stats & { udp: ReturnType<UdpPort['stats']> | null; tap: ReturnType<TapPort['stats']> | null; reassembling: number; fast: ReturnType<FastPath['stats']> | null } {
+  counters(): typeof this.stats & {
+    udp: ReturnType<UdpPort['stats']> | null;
+    tap: ReturnType<TapPort['stats']> | null;
+    reassembling: number;
+    fast: ReturnType<FastPath['stats']> | null;
+  } {
     const fast = this.fast?.stats() ?? null;
     const s = { ...this.stats };
     if (fast) {

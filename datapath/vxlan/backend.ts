@@ -33,15 +33,33 @@ export class VxlanBackend implements Backend {
   /** The device, made again when its settings differ, as a port of the bridge. */
   async plumb(): Promise<string[]> {
     const fixed: string[] = [];
-    let vx = (await linkExists(VXLAN_DEV)) ? (await ipJson<LinkInfo[]>(['-d', 'link', 'show', 'dev', VXLAN_DEV]))[0] : null;
-    if (vx && (vx.linkinfo?.info_kind !== 'vxlan' || vx.linkinfo.info_data?.id !== VNI || vx.linkinfo.info_data?.port !== this.config.vxlanPort)) {
+    let vx = (await linkExists(VXLAN_DEV))
+      ? (await ipJson<LinkInfo[]>(['-d', 'link', 'show', 'dev', VXLAN_DEV]))[0]
+      : null;
+    if (
+      vx &&
+      (vx.linkinfo?.info_kind !== 'vxlan' ||
+        vx.linkinfo.info_data?.id !== VNI ||
+        vx.linkinfo.info_data?.port !== this.config.vxlanPort)
+    ) {
       await ip(['link', 'del', VXLAN_DEV]);
       vx = null;
       fixed.push('replaced VXLAN device with other settings');
     }
     if (!vx) {
       // nolearning: the router programs every remote MAC; the kernel must not learn stale ones from floods.
-      await ip(['link', 'add', VXLAN_DEV, 'type', 'vxlan', 'id', String(VNI), 'dstport', String(this.config.vxlanPort), 'nolearning']);
+      await ip([
+        'link',
+        'add',
+        VXLAN_DEV,
+        'type',
+        'vxlan',
+        'id',
+        String(VNI),
+        'dstport',
+        String(this.config.vxlanPort),
+        'nolearning',
+      ]);
       fixed.push('created VXLAN device');
       vx = (await ipJson<LinkInfo[]>(['-d', 'link', 'show', 'dev', VXLAN_DEV]))[0];
     }

@@ -35,7 +35,9 @@ export async function programFdb(desired: FdbEntry[]): Promise<{ added: number; 
   for (const [k, e] of want) {
     if (have.has(k)) continue;
     // Several flood destinations share the zero MAC: append; a container MAC lives at one peer: replace.
-    lines.push(`fdb ${e.mac === FLOOD_MAC ? 'append' : 'replace'} ${e.mac} dev ${VXLAN_DEV} dst ${e.dst} self permanent`);
+    lines.push(
+      `fdb ${e.mac === FLOOD_MAC ? 'append' : 'replace'} ${e.mac} dev ${VXLAN_DEV} dst ${e.dst} self permanent`,
+    );
     added++;
   }
   await bridgeBatch(lines);

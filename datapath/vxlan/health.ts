@@ -6,7 +6,15 @@
 // MAC (and drops them). The receiver polls its counters and acknowledges over
 // the mesh; a connection is `fastdp` while acknowledgements keep coming.
 import dgram from 'node:dgram';
-import { type Gossip, type GossipData, type Gossiper, type MeshView, pack, unpack, type PeerName } from '../../mesh/index.js';
+import {
+  type Gossip,
+  type GossipData,
+  type Gossiper,
+  type MeshView,
+  pack,
+  unpack,
+  type PeerName,
+} from '../../mesh/index.js';
 import { VNI, bridgeMac } from '../bridge.js';
 import { VXLAN_DEV } from './fdb.js';
 import { nft } from '../../net/command.js';
@@ -121,13 +129,31 @@ export class FastdpHealth implements Gossiper {
     }
     const wanted = [...peers].sort().join(',');
     if (wanted !== this.tableFor) {
-      const rules = peers.map((p) => `    ether saddr ${bridgeMac(p)} ether type 0x${HEARTBEAT_ETHERTYPE.toString(16)} counter drop comment "${p}"`);
-      await nft(['-f', '-'], [`table netdev ${TABLE}`, `delete table netdev ${TABLE}`, `table netdev ${TABLE} {`, `  chain in {`, `    type filter hook ingress device "${VXLAN_DEV}" priority -500;`, ...rules, `  }`, `}`, ''].join('\n'));
+      const rules = peers.map(
+        (p) =>
+          `    ether saddr ${bridgeMac(p)} ether type 0x${HEARTBEAT_ETHERTYPE.toString(16)} counter drop comment "${p}"`,
+      );
+      await nft(
+        ['-f', '-'],
+        [
+          `table netdev ${TABLE}`,
+          `delete table netdev ${TABLE}`,
+          `table netdev ${TABLE} {`,
+          `  chain in {`,
+          `    type filter hook ingress device "${VXLAN_DEV}" priority -500;`,
+          ...rules,
+          `  }`,
+          `}`,
+          '',
+        ].join('\n'),
+      );
       this.tableFor = wanted;
       this.counts.clear();
     }
     const out = await nft(['-j', 'list', 'table', 'netdev', TABLE]);
-    const items = (JSON.parse(out) as { nftables: { rule?: { comment?: string; expr: { counter?: { packets: number } }[] } }[] }).nftables;
+    const items = (
+      JSON.parse(out) as { nftables: { rule?: { comment?: string; expr: { counter?: { packets: number } }[] } }[] }
+    ).nftables;
     for (const it of items) {
       const r = it.rule;
       if (!r?.comment) continue;
@@ -157,7 +183,8 @@ export class FastdpHealth implements Gossiper {
 
   onUnicast(src: PeerName, payload: Uint8Array): void {
     const v = unpack(payload) as { ack?: unknown };
-    if (typeof v !== 'object' || v === null || typeof v.ack !== 'number') throw new Error('fastdp acknowledgement is malformed');
+    if (typeof v !== 'object' || v === null || typeof v.ack !== 'number')
+      throw new Error('fastdp acknowledgement is malformed');
     const p = this.paths.get(src);
     if (p) p.ackAt = Date.now();
   }

@@ -45,11 +45,21 @@ interface AttachBody {
 }
 
 function need(dp: Datapath | null): Datapath {
-  if (!dp) throw new WeftError('unavailable', 'this router runs without a datapath (--datapath none): nothing can be attached');
+  if (!dp)
+    throw new WeftError(
+      'unavailable',
+      'this router runs without a datapath (--datapath none): nothing can be attached',
+    );
   return dp;
 }
 
-export function registerDatapathRoutes(app: FastifyInstance, dp: Datapath | null, names: NameService, docker: DockerWatcher | null, policy: PolicyEngine | null): void {
+export function registerDatapathRoutes(
+  app: FastifyInstance,
+  dp: Datapath | null,
+  names: NameService,
+  docker: DockerWatcher | null,
+  policy: PolicyEngine | null,
+): void {
   /** A container that joins groups some rule limits, on a host that cannot enforce the policy, is told so. */
   const withWarning = <T extends { groups?: string[] }>(ep: T): T & { warning?: string } => {
     const why = policy && ep.groups && ep.groups.length > 0 && policy.limits(ep.groups) ? policy.notEnforced() : [];
@@ -63,7 +73,10 @@ export function registerDatapathRoutes(app: FastifyInstance, dp: Datapath | null
     const d = need(dp);
     const cni = b.netns !== undefined && b.ifname !== undefined ? { netns: b.netns, ifname: b.ifname } : undefined;
     if (!cni && !WEFT_KINDS.test(b.container)) {
-      if (!docker) throw invalid(`unknown container "${b.container}": use netns:NAME, pid:N or cni:ID (this router follows no Docker engine: --docker-api "")`);
+      if (!docker)
+        throw invalid(
+          `unknown container "${b.container}": use netns:NAME, pid:N or cni:ID (this router follows no Docker engine: --docker-api "")`,
+        );
       return withWarning(await docker.attach(await docker.resolve(b.container), cidrs, b.subnet, hostname, b.groups));
     }
     const ep = await d.attach(b.container, cidrs, b.subnet, cni, b.groups);
@@ -71,34 +84,50 @@ export function registerDatapathRoutes(app: FastifyInstance, dp: Datapath | null
     return withWarning(ep);
   });
 
-  app.delete<{ Params: { container: string } }>('/attach/:container', { schema: { params: { type: 'object', properties: { container: { type: 'string', minLength: 1, maxLength: 256 } } } } }, async (req) => {
-    const d = need(dp);
-    let container = req.params.container;
-    if (docker && !WEFT_KINDS.test(container) && !DOCKER_ID.test(container)) {
-      // A Docker name (or short id): its full id, even when it has stopped.
-      const c = await docker.api.find(container);
-      if (c) container = c.Id;
-    }
-    docker?.forgetAttached(container);
-    if (!d.endpoints.local.some((e) => e.container === container)) {
-      // Nothing attached; an address it may hold (an attach that failed half way) goes anyway.
-      await d.freeAddresses(container);
-      throw notFound(`container ${container} is not attached here`);
-    }
-    return d.detach(container);
-  });
+  app.delete<{ Params: { container: string } }>(
+    '/attach/:container',
+    {
+      schema: {
+        params: { type: 'object', properties: { container: { type: 'string', minLength: 1, maxLength: 256 } } },
+      },
+    },
+    async (req) => {
+      const d = need(dp);
+      let container = req.params.container;
+      if (docker && !WEFT_KINDS.test(container) && !DOCKER_ID.test(container)) {
+        // A Docker name (or short id): its full id, even when it has stopped.
+        const c = await docker.api.find(container);
+        if (c) container = c.Id;
+      }
+      docker?.forgetAttached(container);
+      if (!d.endpoints.local.some((e) => e.container === container)) {
+        // Nothing attached; an address it may hold (an attach that failed half way) goes anyway.
+        await d.freeAddresses(container);
+        throw notFound(`container ${container} is not attached here`);
+      }
+      return d.detach(container);
+    },
+  );
 
   app.get('/fdb', async () => need(dp).fdb());
 
-  app.post<{ Body: { cidr?: string } }>('/expose', { schema: { body: { type: 'object', additionalProperties: false, properties: { cidr } } } }, async (req) => {
-    const d = need(dp);
-    return { exposed: await d.expose(req.body?.cidr) };
-  });
+  app.post<{ Body: { cidr?: string } }>(
+    '/expose',
+    { schema: { body: { type: 'object', additionalProperties: false, properties: { cidr } } } },
+    async (req) => {
+      const d = need(dp);
+      return { exposed: await d.expose(req.body?.cidr) };
+    },
+  );
 
-  app.delete<{ Querystring: { cidr?: string } }>('/expose', { schema: { querystring: { type: 'object', additionalProperties: false, properties: { cidr } } } }, async (req) => {
-    const d = need(dp);
-    return { hidden: await d.hide(req.query.cidr) };
-  });
+  app.delete<{ Querystring: { cidr?: string } }>(
+    '/expose',
+    { schema: { querystring: { type: 'object', additionalProperties: false, properties: { cidr } } } },
+    async (req) => {
+      const d = need(dp);
+      return { hidden: await d.hide(req.query.cidr) };
+    },
+  );
 
   /** For weft reset: removes the bridge, the VXLAN device and the firewall tables. */
   app.post('/datapath/remove', async () => {

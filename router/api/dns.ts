@@ -6,7 +6,10 @@ import { canonicalDnsName, canonicalIpv4 } from '../../net/validate.js';
 import type { ReportSources } from '../report.js';
 import { invalid, notFound } from './errors.js';
 
-const containerParam = { type: 'object', properties: { container: { type: 'string', minLength: 1, maxLength: 256 } } } as const;
+const containerParam = {
+  type: 'object',
+  properties: { container: { type: 'string', minLength: 1, maxLength: 256 } },
+} as const;
 
 export function registerDnsRoutes(app: FastifyInstance, s: ReportSources): void {
   const domain = s.dns?.config.domain ?? 'weft.local.';
@@ -21,14 +24,25 @@ export function registerDnsRoutes(app: FastifyInstance, s: ReportSources): void 
     {
       schema: {
         params: containerParam,
-        body: { type: 'object', additionalProperties: false, required: ['fqdn'], properties: { fqdn: { type: 'string', maxLength: 254 }, ips: { type: 'array', maxItems: 64, items: { type: 'string', maxLength: 15 } } } },
+        body: {
+          type: 'object',
+          additionalProperties: false,
+          required: ['fqdn'],
+          properties: {
+            fqdn: { type: 'string', maxLength: 254 },
+            ips: { type: 'array', maxItems: 64, items: { type: 'string', maxLength: 15 } },
+          },
+        },
       },
     },
     async (req) => {
       const fqdn = canonicalDnsName(req.body.fqdn, 'fqdn');
       if (!inDomain(fqdn)) throw invalid(`${fqdn} is not in the weft domain ${domain}`);
       const given = req.body.ips ?? [];
-      const ips = given.length > 0 ? given.map((i) => canonicalIpv4(i, 'ips')) : s.ipam.lookup(req.params.container).map(formatIp);
+      const ips =
+        given.length > 0
+          ? given.map((i) => canonicalIpv4(i, 'ips'))
+          : s.ipam.lookup(req.params.container).map(formatIp);
       if (ips.length === 0) throw notFound(`container ${req.params.container} has no weft address; give the addresses`);
       for (const ip of ips) s.names.add(fqdn, req.params.container, ip);
       return { fqdn, ips };
@@ -37,7 +51,16 @@ export function registerDnsRoutes(app: FastifyInstance, s: ReportSources): void 
 
   app.delete<{ Params: { container: string }; Querystring: { fqdn?: string; ip?: string } }>(
     '/name/:container',
-    { schema: { params: containerParam, querystring: { type: 'object', additionalProperties: false, properties: { fqdn: { type: 'string', maxLength: 254 }, ip: { type: 'string', maxLength: 15 } } } } },
+    {
+      schema: {
+        params: containerParam,
+        querystring: {
+          type: 'object',
+          additionalProperties: false,
+          properties: { fqdn: { type: 'string', maxLength: 254 }, ip: { type: 'string', maxLength: 15 } },
+        },
+      },
+    },
     async (req) => {
       const removed = s.names.remove({ container: req.params.container, hostname: req.query.fqdn, ip: req.query.ip });
       if (removed === 0) throw notFound(`no names registered here for ${req.params.container}`);
@@ -45,11 +68,15 @@ export function registerDnsRoutes(app: FastifyInstance, s: ReportSources): void 
     },
   );
 
-  app.get<{ Params: { fqdn: string } }>('/name/:fqdn', { schema: { params: { type: 'object', properties: { fqdn: { type: 'string', minLength: 1, maxLength: 254 } } } } }, async (req) => {
-    const ips = s.names.table.lookup(req.params.fqdn);
-    if (ips.length === 0) throw notFound(`${req.params.fqdn}: no such name`);
-    return { fqdn: normaliseName(req.params.fqdn), ips };
-  });
+  app.get<{ Params: { fqdn: string } }>(
+    '/name/:fqdn',
+    { schema: { params: { type: 'object', properties: { fqdn: { type: 'string', minLength: 1, maxLength: 254 } } } } },
+    async (req) => {
+      const ips = s.names.table.lookup(req.params.fqdn);
+      if (ips.length === 0) throw notFound(`${req.params.fqdn}: no such name`);
+      return { fqdn: normaliseName(req.params.fqdn), ips };
+    },
+  );
 
   app.get('/name', async () => s.names.table.all());
 }

@@ -20,16 +20,19 @@ const STATUS: Record<ErrorCode, number> = {
 function errorReply(err: unknown): { status: number; message: string; bug: boolean } {
   if (err instanceof WeftError) return { status: STATUS[err.code], message: err.message, bug: false };
   const f = err as FastifyError;
-  if (f?.code === 'FST_ERR_CTP_INVALID_MEDIA_TYPE') return { status: 415, message: 'the API takes JSON bodies only (content-type: application/json)', bug: false };
+  if (f?.code === 'FST_ERR_CTP_INVALID_MEDIA_TYPE')
+    return { status: 415, message: 'the API takes JSON bodies only (content-type: application/json)', bug: false };
   if (f?.validation) return { status: 400, message: f.message, bug: false };
-  if (typeof f?.statusCode === 'number' && f.statusCode >= 400 && f.statusCode < 500) return { status: f.statusCode, message: f.message, bug: false };
+  if (typeof f?.statusCode === 'number' && f.statusCode >= 400 && f.statusCode < 500)
+    return { status: f.statusCode, message: f.message, bug: false };
   return { status: 500, message: `internal error: ${(err as Error)?.message ?? String(err)}`, bug: true };
 }
 
 export function errorHandler(log: Logger) {
   return (err: unknown, req: FastifyRequest, reply: FastifyReply) => {
     const e = errorReply(err);
-    if (e.bug) log.error({ err: (err as Error)?.stack ?? String(err), method: req.method, url: req.url }, 'API request failed');
+    if (e.bug)
+      log.error({ err: (err as Error)?.stack ?? String(err), method: req.method, url: req.url }, 'API request failed');
     void reply.code(e.status).send({ error: e.message });
   };
 }

@@ -42,15 +42,18 @@ function allowedHosts(listen: ApiListen): Set<string> | null {
 function foreignRequest(listen: ApiListen, headers: Record<string, string | string[] | undefined>): string | null {
   const hosts = allowedHosts(listen);
   const host = String(headers.host ?? '').toLowerCase();
-  if (hosts && !hosts.has(host)) return `Host "${host.slice(0, 100)}" is not this API's address (a browser following DNS rebinding?)`;
+  if (hosts && !hosts.has(host))
+    return `Host "${host.slice(0, 100)}" is not this API's address (a browser following DNS rebinding?)`;
   const origin = headers.origin;
   if (origin !== undefined) {
     const o = String(origin).toLowerCase();
     const own = hosts ? [...hosts].map((h) => `http://${h}`) : [];
-    if (!own.includes(o)) return `Origin "${o.slice(0, 100)}" is not this API's own: the API is for local programs, not web pages`;
+    if (!own.includes(o))
+      return `Origin "${o.slice(0, 100)}" is not this API's own: the API is for local programs, not web pages`;
   }
   const site = headers['sec-fetch-site'];
-  if (site !== undefined && site !== 'same-origin' && site !== 'none') return `a ${String(site).slice(0, 20)} request from a browser: the API is for local programs, not web pages`;
+  if (site !== undefined && site !== 'same-origin' && site !== 'none')
+    return `a ${String(site).slice(0, 20)} request from a browser: the API is for local programs, not web pages`;
   return null;
 }
 
@@ -70,7 +73,11 @@ const peersBody = {
 export function buildApi(sources: ApiSources, listen: ApiListen): FastifyInstance {
   const { maker } = sources;
   // Schemas are checked as written: nothing is dropped or converted quietly.
-  const app = Fastify({ logger: false, bodyLimit: 1024 * 1024, ajv: { customOptions: { removeAdditional: false, coerceTypes: false, allErrors: false } } });
+  const app = Fastify({
+    logger: false,
+    bodyLimit: 1024 * 1024,
+    ajv: { customOptions: { removeAdditional: false, coerceTypes: false, allErrors: false } },
+  });
 
   // JSON bodies only: no form or text/plain parser (those a page can post cross-site without asking).
   app.removeContentTypeParser(['text/plain']);
@@ -83,7 +90,9 @@ export function buildApi(sources: ApiSources, listen: ApiListen): FastifyInstanc
     void reply.code(404).send({ error: `no such endpoint: ${req.method} ${req.url}` });
   });
 
-  app.get('/status', async (_req, reply) => reply.type('text/plain; charset=utf-8').send(renderStatus(buildReport(sources))));
+  app.get('/status', async (_req, reply) =>
+    reply.type('text/plain; charset=utf-8').send(renderStatus(buildReport(sources))),
+  );
   app.get<{ Params: { view: string } }>('/status/:view', async (req, reply) => {
     const render = STATUS_VIEWS[req.params.view as keyof typeof STATUS_VIEWS];
     if (!render) throw notFound(`no status view "${req.params.view}"; views: ${Object.keys(STATUS_VIEWS).join(', ')}`);
@@ -92,17 +101,21 @@ export function buildApi(sources: ApiSources, listen: ApiListen): FastifyInstanc
   app.get('/report', async () => buildReport(sources));
   app.get('/peers', async () => buildReport(sources).peers);
 
-  app.post<{ Body: { peers?: string[]; replace?: boolean } }>('/connect', { schema: { body: peersBody } }, async (req) => {
-    const peers = req.body?.peers ?? [];
-    const replace = req.body?.replace === true;
-    if (peers.length === 0 && !replace) throw invalid('no peer addresses given');
-    try {
-      maker.connect(peers, replace);
-    } catch (err) {
-      throw invalid((err as Error).message);
-    }
-    return { targets: maker.directTargets() };
-  });
+  app.post<{ Body: { peers?: string[]; replace?: boolean } }>(
+    '/connect',
+    { schema: { body: peersBody } },
+    async (req) => {
+      const peers = req.body?.peers ?? [];
+      const replace = req.body?.replace === true;
+      if (peers.length === 0 && !replace) throw invalid('no peer addresses given');
+      try {
+        maker.connect(peers, replace);
+      } catch (err) {
+        throw invalid((err as Error).message);
+      }
+      return { targets: maker.directTargets() };
+    },
+  );
 
   app.post<{ Body: { peers?: string[] } }>('/forget', { schema: { body: peersBody } }, async (req) => {
     const peers = req.body?.peers ?? [];
@@ -116,7 +129,14 @@ export function buildApi(sources: ApiSources, listen: ApiListen): FastifyInstanc
 
   registerIpamRoutes(app, sources.ipam, sources.removePeer);
   registerDatapathRoutes(app, sources.datapath, sources.names, sources.docker ?? null, sources.policy ?? null);
-  if (sources.policy) registerPolicyRoutes(app, sources.policy, sources.names, sources.docker ?? null, sources.dns?.config.domain ?? 'weft.local.');
+  if (sources.policy)
+    registerPolicyRoutes(
+      app,
+      sources.policy,
+      sources.names,
+      sources.docker ?? null,
+      sources.dns?.config.domain ?? 'weft.local.',
+    );
   if (sources.services) registerServiceRoutes(app, sources.services, sources.mesh, sources.docker ?? null);
   registerDnsRoutes(app, sources);
   registerUiRoutes(app, sources);

@@ -43,7 +43,11 @@ function address(text: string): number {
   }
 }
 
-export function registerIpamRoutes(app: FastifyInstance, ipam: Allocator, removePeer?: ReportSources['removePeer']): void {
+export function registerIpamRoutes(
+  app: FastifyInstance,
+  ipam: Allocator,
+  removePeer?: ReportSources['removePeer'],
+): void {
   app.post<{ Params: { id: string }; Querystring: WaitQuery }>(
     '/ip/:id',
     { schema: { params: { type: 'object', properties: { id: ident } }, querystring: waitQuery } },
@@ -55,7 +59,19 @@ export function registerIpamRoutes(app: FastifyInstance, ipam: Allocator, remove
 
   app.put<{ Params: { id: string; ip: string; prefix?: string }; Querystring: WaitQuery }>(
     '/ip/:id/:ip/:prefix?',
-    { schema: { params: { type: 'object', properties: { id: ident, ip: { type: 'string', maxLength: 15 }, prefix: { type: 'string', pattern: '^\\d{1,2}$' } } }, querystring: waitQuery } },
+    {
+      schema: {
+        params: {
+          type: 'object',
+          properties: {
+            id: ident,
+            ip: { type: 'string', maxLength: 15 },
+            prefix: { type: 'string', pattern: '^\\d{1,2}$' },
+          },
+        },
+        querystring: waitQuery,
+      },
+    },
     async (req, reply) => {
       const addr = address(req.params.ip);
       let net: Cidr = ipam.config.defaultSubnet;
@@ -69,12 +85,16 @@ export function registerIpamRoutes(app: FastifyInstance, ipam: Allocator, remove
     },
   );
 
-  app.get<{ Params: { id: string } }>('/ip/:id', { schema: { params: { type: 'object', properties: { id: ident } } } }, async (req, reply) => {
-    const addrs = ipam.lookup(req.params.id);
-    if (addrs.length === 0) throw notFound(`no addresses for ${req.params.id}`);
-    const prefix = ipam.config.defaultSubnet.prefix;
-    return reply.type('text/plain').send(addrs.map((a) => `${formatIp(a)}/${prefix}`).join(' '));
-  });
+  app.get<{ Params: { id: string } }>(
+    '/ip/:id',
+    { schema: { params: { type: 'object', properties: { id: ident } } } },
+    async (req, reply) => {
+      const addrs = ipam.lookup(req.params.id);
+      if (addrs.length === 0) throw notFound(`no addresses for ${req.params.id}`);
+      const prefix = ipam.config.defaultSubnet.prefix;
+      return reply.type('text/plain').send(addrs.map((a) => `${formatIp(a)}/${prefix}`).join(' '));
+    },
+  );
 
   app.delete<{ Params: { id: string; ip?: string } }>(
     '/ip/:id/:ip?',
@@ -92,10 +112,20 @@ export function registerIpamRoutes(app: FastifyInstance, ipam: Allocator, remove
     return { state: s.state, range: s.range, seeds: s.seeds, peers: s.peers };
   });
 
-  app.delete<{ Params: { peer: string } }>('/peer/:peer', { schema: { params: { type: 'object', properties: { peer: { type: 'string', minLength: 1, maxLength: 255 } } } } }, async (req, reply) => {
-    const r = removePeer ? await removePeer(req.params.peer) : { ...(await ipam.rmpeer(req.params.peer)), removed: [] as string[] };
-    return reply.type('text/plain').send(`${r.addresses} addresses taken over from ${r.peer}${r.removed.length > 0 ? `; removed its ${r.removed.join(', ')}` : ''}\n`);
-  });
+  app.delete<{ Params: { peer: string } }>(
+    '/peer/:peer',
+    { schema: { params: { type: 'object', properties: { peer: { type: 'string', minLength: 1, maxLength: 255 } } } } },
+    async (req, reply) => {
+      const r = removePeer
+        ? await removePeer(req.params.peer)
+        : { ...(await ipam.rmpeer(req.params.peer)), removed: [] as string[] };
+      return reply
+        .type('text/plain')
+        .send(
+          `${r.addresses} addresses taken over from ${r.peer}${r.removed.length > 0 ? `; removed its ${r.removed.join(', ')}` : ''}\n`,
+        );
+    },
+  );
 
   app.delete('/peer', async () => {
     const heir = ipam.leave();

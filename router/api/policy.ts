@@ -10,7 +10,13 @@ import { describeRule, parseProto, ruleFromRequest, type RuleRequest } from '../
 import { isIpv4 } from '../../net/addr.js';
 import { invalid, notFound } from './errors.js';
 
-export function registerPolicyRoutes(app: FastifyInstance, policy: PolicyEngine, names: NameService, docker: DockerWatcher | null, domain: string): void {
+export function registerPolicyRoutes(
+  app: FastifyInstance,
+  policy: PolicyEngine,
+  names: NameService,
+  docker: DockerWatcher | null,
+  domain: string,
+): void {
   /** A container reference (key, Docker name or id, DNS name) or an address, as an address. */
   async function addressOf(ref: string, what: string): Promise<string> {
     if (isIpv4(ref)) return ref;
@@ -51,7 +57,7 @@ export function registerPolicyRoutes(app: FastifyInstance, policy: PolicyEngine,
       to: { type: 'string', maxLength: 256 },
       from: { type: 'string', maxLength: 256 },
       proto: { type: 'string', maxLength: 16 },
-      port: { type: ['string', 'integer'], maxLength: 16 },
+      port: { anyOf: [{ type: 'string', maxLength: 16 }, { type: 'integer' }] },
       egress: { type: 'boolean' },
     },
   } as const;
@@ -62,11 +68,16 @@ export function registerPolicyRoutes(app: FastifyInstance, policy: PolicyEngine,
     return show(rule);
   });
 
-  app.delete<{ Params: { id: string } }>('/policy/:id', { schema: { params: { type: 'object', properties: { id: { type: 'string', pattern: '^[0-9a-f]{8,32}$' } } } } }, async (req) => {
-    const rule = policy.table.rules().find((r) => r.id === req.params.id);
-    if (!rule || !policy.table.remove(rule.id)) throw notFound(`no rule ${req.params.id} (weft policy list shows them)`);
-    return show(rule);
-  });
+  app.delete<{ Params: { id: string } }>(
+    '/policy/:id',
+    { schema: { params: { type: 'object', properties: { id: { type: 'string', pattern: '^[0-9a-f]{8,32}$' } } } } },
+    async (req) => {
+      const rule = policy.table.rules().find((r) => r.id === req.params.id);
+      if (!rule || !policy.table.remove(rule.id))
+        throw notFound(`no rule ${req.params.id} (weft policy list shows them)`);
+      return show(rule);
+    },
+  );
 
   const checkQuery = {
     type: 'object',
@@ -80,22 +91,36 @@ export function registerPolicyRoutes(app: FastifyInstance, policy: PolicyEngine,
     },
   } as const;
 
-  app.get<{ Querystring: { from: string; to: string; proto?: string; port?: string } }>('/policy/check', { schema: { querystring: checkQuery } }, async (req) => {
-    const q = req.query;
-    const proto = q.proto ? parseProto(q.proto) : 'icmp';
-    if (proto === 'any') throw invalid('a flow has one protocol: tcp, udp or icmp');
-    let port: number | undefined;
-    if (q.port !== undefined && q.port !== '') {
-      port = Number(q.port);
-      if (!Number.isInteger(port) || port < 1 || port > 65535) throw invalid(`port "${q.port}" is not 1-65535`);
-      if (proto !== 'tcp' && proto !== 'udp') throw invalid('a port needs tcp or udp');
-    } else if (proto === 'tcp' || proto === 'udp') throw invalid(`${proto} needs a port (e.g. ${proto}/5432)`);
-    const flow = { src: await addressOf(q.from, 'from'), dst: await addressOf(q.to, 'to'), proto, ...(port !== undefined ? { port } : {}) };
-    const d = policy.check(flow);
-    const rule = (v: typeof d.egress) => (v.kind === 'allowed' ? v.rule.id : null);
-    return { flow, allowed: d.allowed, summary: d.summary, egress: { ...d.egress, rule: rule(d.egress) }, ingress: { ...d.ingress, rule: rule(d.ingress) } };
-  });
+  app.get<{ Querystring: { from: string; to: string; proto?: string; port?: string } }>(
+    '/policy/check',
+    { schema: { querystring: checkQuery } },
+    async (req) => {
+      const q = req.query;
+      const proto = q.proto ? parseProto(q.proto) : 'icmp';
+      if (proto === 'any') throw invalid('a flow has one protocol: tcp, udp or icmp');
+      let port: number | undefined;
+      if (q.port !== undefined && q.port !== '') {
+        port = Number(q.port);
+        if (!Number.isInteger(port) || port < 1 || port > 65535) throw invalid(`port "${q.port}" is not 1-65535`);
+        if (proto !== 'tcp' && proto !== 'udp') throw invalid('a port needs tcp or udp');
+      } else if (proto === 'tcp' || proto === 'udp') throw invalid(`${proto} needs a port (e.g. ${proto}/5432)`);
+      const flow = {
+        src: await addressOf(q.from, 'from'),
+        dst: await addressOf(q.to, 'to'),
+        proto,
+        ...(port !== undefined ? { port } : {}),
+      };
+      const d = policy.check(flow);
+      const rule = (v: typeof d.egress) => (v.kind === 'allowed' ? v.rule.id : null);
+      return {
+        flow,
+        allowed: d.allowed,
+        summary: d.summary,
+        egress: { ...d.egress, rule: rule(d.egress) },
+        ingress: { ...d.ingress, rule: rule(d.ingress) },
+      };
+    },
+  );
 
   app.get('/policy/status', async () => policy.status());
 }
-

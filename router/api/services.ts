@@ -14,14 +14,22 @@ export interface ServiceDetail extends Omit<ServiceView, 'live'> {
   live: (ServiceView['live'][number] & { host: string | null; flowsFromHere: number })[];
 }
 
-export function registerServiceRoutes(app: FastifyInstance, services: ServiceEngine, mesh: MeshView, docker: DockerWatcher | null): void {
-
+export function registerServiceRoutes(
+  app: FastifyInstance,
+  services: ServiceEngine,
+  mesh: MeshView,
+  docker: DockerWatcher | null,
+): void {
   async function detail(v: ServiceView, flows: Map<string, Map<string, number>>): Promise<ServiceDetail> {
     const perBackend = flows.get(v.vip) ?? new Map<string, number>();
     return {
       ...v,
       dnsName: services.dnsName(v.name),
-      live: v.live.map((b) => ({ ...b, host: mesh.nicknameOf(b.peer) ?? null, flowsFromHere: perBackend.get(b.addr) ?? 0 })),
+      live: v.live.map((b) => ({
+        ...b,
+        host: mesh.nicknameOf(b.peer) ?? null,
+        flowsFromHere: perBackend.get(b.addr) ?? 0,
+      })),
     };
   }
 
@@ -41,7 +49,12 @@ export function registerServiceRoutes(app: FastifyInstance, services: ServiceEng
         out.push(ref);
         continue;
       }
-      out.push(c.Id, ...Object.values(c.NetworkSettings.Networks ?? {}).filter((n) => n.EndpointID).map((n) => endpointKey(n.EndpointID)));
+      out.push(
+        c.Id,
+        ...Object.values(c.NetworkSettings.Networks ?? {})
+          .filter((n) => n.EndpointID)
+          .map((n) => endpointKey(n.EndpointID)),
+      );
     }
     return [...new Set(out)].slice(0, 256);
   }
@@ -73,24 +86,33 @@ export function registerServiceRoutes(app: FastifyInstance, services: ServiceEng
     },
   } as const;
 
-  app.post<{ Body: { name: string; group?: string; backends?: string[]; affinity?: string; check?: string } }>('/services', { schema: { body: serviceBody } }, async (req) => {
-    const b = req.body;
-    if (!SERVICE_NAME.test(b.name)) throw new ServiceError(`service name "${b.name.slice(0, 80)}" is not a DNS label (lower-case letters, digits and -, up to 63)`);
-    const backends = b.backends ?? [];
-    const group = b.group === undefined || b.group === '' ? undefined : b.group;
-    if ((group === undefined) === (backends.length === 0)) throw new ServiceError('give either --group GROUP or --backend CONTAINER (one or more), not both');
-    if (group !== undefined) checkGroupName(group);
-    const affinity = b.affinity ?? 'none';
-    if (affinity !== 'none' && affinity !== 'client') throw new ServiceError(`--affinity is none or client, not "${affinity.slice(0, 40)}"`);
-    const request: ServiceRequest = {
-      name: b.name,
-      ...(group !== undefined ? { group } : { backends: await withDockerIds(backends) }),
-      affinity,
-      ...(b.check !== undefined && b.check !== '' ? { check: parseCheck(b.check) } : {}),
-    };
-    const s = services.create(request);
-    return { ...s, dnsName: services.dnsName(s.name) };
-  });
+  app.post<{ Body: { name: string; group?: string; backends?: string[]; affinity?: string; check?: string } }>(
+    '/services',
+    { schema: { body: serviceBody } },
+    async (req) => {
+      const b = req.body;
+      if (!SERVICE_NAME.test(b.name))
+        throw new ServiceError(
+          `service name "${b.name.slice(0, 80)}" is not a DNS label (lower-case letters, digits and -, up to 63)`,
+        );
+      const backends = b.backends ?? [];
+      const group = b.group === undefined || b.group === '' ? undefined : b.group;
+      if ((group === undefined) === (backends.length === 0))
+        throw new ServiceError('give either --group GROUP or --backend CONTAINER (one or more), not both');
+      if (group !== undefined) checkGroupName(group);
+      const affinity = b.affinity ?? 'none';
+      if (affinity !== 'none' && affinity !== 'client')
+        throw new ServiceError(`--affinity is none or client, not "${affinity.slice(0, 40)}"`);
+      const request: ServiceRequest = {
+        name: b.name,
+        ...(group !== undefined ? { group } : { backends: await withDockerIds(backends) }),
+        affinity,
+        ...(b.check !== undefined && b.check !== '' ? { check: parseCheck(b.check) } : {}),
+      };
+      const s = services.create(request);
+      return { ...s, dnsName: services.dnsName(s.name) };
+    },
+  );
 
   app.delete<{ Params: { name: string } }>('/services/:name', { schema: { params: nameParam } }, async (req) => {
     const s = services.remove(req.params.name);

@@ -17,7 +17,9 @@ export async function apiRequests(host: Host, requests: { method: string; path: 
       } catch (e) { return { status: 0, body: String(e) }; }
     }));
     process.stdout.write(JSON.stringify(out));`;
-  const r = await host.exec(process.execPath, ['--input-type=module', '-e', script, JSON.stringify(requests)], { timeoutMs: 120_000 });
+  const r = await host.exec(process.execPath, ['--input-type=module', '-e', script, JSON.stringify(requests)], {
+    timeoutMs: 120_000,
+  });
   if (r.code !== 0) throw new Error(`api requests on ${host.nickname} failed: ${r.stderr}`);
   return JSON.parse(r.stdout) as ApiAnswer[];
 }

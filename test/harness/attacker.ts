@@ -16,8 +16,29 @@ s.on('error', (e) => done('closed ' + (e.code || e.message)));
 setTimeout(() => done('closed timeout'), Number(wait));`;
 
 /** Whether a TCP connection from `ns` to host:port is accepted: 'open', or 'closed <why>'. */
-export async function tcpConnect(ns: string, host: string, port: number, waitMs = 1500, localAddress?: string): Promise<string> {
-  const r = await run('ip', ['netns', 'exec', ns, process.execPath, '-e', CONNECT, host, String(port), String(waitMs), ...(localAddress ? [localAddress] : [])], { timeoutMs: waitMs + 5000 });
+export async function tcpConnect(
+  ns: string,
+  host: string,
+  port: number,
+  waitMs = 1500,
+  localAddress?: string,
+): Promise<string> {
+  const r = await run(
+    'ip',
+    [
+      'netns',
+      'exec',
+      ns,
+      process.execPath,
+      '-e',
+      CONNECT,
+      host,
+      String(port),
+      String(waitMs),
+      ...(localAddress ? [localAddress] : []),
+    ],
+    { timeoutMs: waitMs + 5000 },
+  );
   return r.stdout.trim() || `closed ${r.stderr.trim()}`;
 }
 
@@ -30,8 +51,27 @@ const next = () => (n-- > 0 ? s.send(Buffer.from(hex, 'hex'), Number(port), host
 s.bind({ address: from || undefined, port: 0 }, next);`;
 
 /** Sends `payload` as UDP from `ns` (from address `from`, which the namespace must have) `count` times, 20 ms apart. */
-export async function sendUdp(ns: string, host: string, port: number, payload: Buffer, from?: string, count = 3): Promise<void> {
-  const r = await run('ip', ['netns', 'exec', ns, process.execPath, '-e', SEND, host, String(port), payload.toString('hex'), from ?? '', String(count)]);
+export async function sendUdp(
+  ns: string,
+  host: string,
+  port: number,
+  payload: Buffer,
+  from?: string,
+  count = 3,
+): Promise<void> {
+  const r = await run('ip', [
+    'netns',
+    'exec',
+    ns,
+    process.execPath,
+    '-e',
+    SEND,
+    host,
+    String(port),
+    payload.toString('hex'),
+    from ?? '',
+    String(count),
+  ]);
   if (r.code !== 0) throw new Error(`sending UDP from ${ns} to ${host}:${port} failed: ${r.stderr.trim()}`);
 }
 
@@ -44,8 +84,13 @@ u.bind(port, '0.0.0.0', () => process.stdout.write('ready\\n'));
 setTimeout(() => process.exit(0), 120000);`;
 
 /** A UDP listener in `ns` that records every datagram (its source address and text). */
-export async function udpRecorder(ns: string, port: number): Promise<{ received: () => { from: string; data: string }[]; stop: () => void }> {
-  const child = spawn('ip', ['netns', 'exec', ns, process.execPath, '-e', RECORD, String(port)], { stdio: ['ignore', 'pipe', 'ignore'] });
+export async function udpRecorder(
+  ns: string,
+  port: number,
+): Promise<{ received: () => { from: string; data: string }[]; stop: () => void }> {
+  const child = spawn('ip', ['netns', 'exec', ns, process.execPath, '-e', RECORD, String(port)], {
+    stdio: ['ignore', 'pipe', 'ignore'],
+  });
   const got: { from: string; data: string }[] = [];
   let buf = '';
   await new Promise<void>((resolve, reject) => {
@@ -77,7 +122,14 @@ function checksum(b: Buffer): number {
 }
 
 /** An Ethernet frame carrying an IPv4 UDP datagram (UDP checksum left 0, which IPv4 allows). */
-export function udpFrame(o: { srcMac: string; dstMac: string; srcIp: string; dstIp: string; dstPort: number; text: string }): Buffer {
+export function udpFrame(o: {
+  srcMac: string;
+  dstMac: string;
+  srcIp: string;
+  dstIp: string;
+  dstPort: number;
+  text: string;
+}): Buffer {
   const data = Buffer.from(o.text);
   const udp = Buffer.alloc(8);
   udp.writeUInt16BE(40000, 0);

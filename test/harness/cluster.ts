@@ -20,11 +20,15 @@ export function runPrefix(runId = process.env.WEFT_TEST_RUN ?? 'solo'): string {
 export async function cleanupRun(runId: string): Promise<void> {
   const prefix = runPrefix(runId);
   const list = await run('ip', ['netns', 'list']);
-  const names = list.stdout.split('\n').map((l) => l.split(' ')[0]).filter((n) => n.startsWith(prefix));
+  const names = list.stdout
+    .split('\n')
+    .map((l) => l.split(' ')[0])
+    .filter((n) => n.startsWith(prefix));
   for (const ns of names) await removeNamespace(ns);
   // resolv.conf files weft attach wrote for container namespaces of this run.
   try {
-    for (const d of readdirSync('/etc/netns')) if (d.startsWith(prefix)) rmSync(`/etc/netns/${d}`, { recursive: true, force: true });
+    for (const d of readdirSync('/etc/netns'))
+      if (d.startsWith(prefix)) rmSync(`/etc/netns/${d}`, { recursive: true, force: true });
   } catch {
     /* no /etc/netns */
   }
@@ -32,7 +36,10 @@ export async function cleanupRun(runId: string): Promise<void> {
 
 async function removeNamespace(ns: string): Promise<void> {
   const pids = await run('ip', ['netns', 'pids', ns]);
-  for (const pid of pids.stdout.split('\n').map(Number).filter((p) => p > 0)) {
+  for (const pid of pids.stdout
+    .split('\n')
+    .map(Number)
+    .filter((p) => p > 0)) {
     try {
       process.kill(pid, 'SIGKILL');
     } catch {
@@ -56,7 +63,9 @@ function onInterrupt(c: Cluster): void {
   for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
     process.once(sig, () => {
       process.stderr.write(`\n${sig}: removing the test namespaces...\n`);
-      void Promise.allSettled([...live].map((x) => x.cleanup())).then(() => process.exit(128 + (sig === 'SIGINT' ? 2 : sig === 'SIGTERM' ? 15 : 1)));
+      void Promise.allSettled([...live].map((x) => x.cleanup())).then(() =>
+        process.exit(128 + (sig === 'SIGINT' ? 2 : sig === 'SIGTERM' ? 15 : 1)),
+      );
     });
   }
 }
@@ -93,18 +102,27 @@ export class Host {
 
   /** Runs a command inside this host's namespace. */
   exec(cmd: string, args: string[], opts: { timeoutMs?: number; env?: NodeJS.ProcessEnv } = {}): Promise<ExecResult> {
-    return run('ip', ['netns', 'exec', this.ns, cmd, ...args], { timeoutMs: opts.timeoutMs, env: { ...process.env, ...this.env, ...opts.env } });
+    return run('ip', ['netns', 'exec', this.ns, cmd, ...args], {
+      timeoutMs: opts.timeoutMs,
+      env: { ...process.env, ...this.env, ...opts.env },
+    });
   }
 
   /** Runs the weft CLI on this host, with its data dir. */
   weft(args: string[], opts: { env?: NodeJS.ProcessEnv; timeoutMs?: number } = {}): Promise<ExecResult> {
-    return this.exec(process.execPath, [WEFT_CLI, ...args], { ...opts, env: { WEFT_DATA_DIR: this.dataDir, ...opts.env } });
+    return this.exec(process.execPath, [WEFT_CLI, ...args], {
+      ...opts,
+      env: { WEFT_DATA_DIR: this.dataDir, ...opts.env },
+    });
   }
 
   async launch(peers: string[] = [], extra: string[] = [], env: NodeJS.ProcessEnv = {}): Promise<ExecResult> {
     // A process unless this host has its own Docker engine (a dockerd elsewhere on the machine must not matter).
     const mode = this.env.DOCKER_HOST ? [] : ['--no-docker'];
-    const r = await this.weft(['launch', ...mode, '--nickname', this.nickname, ...this.routerArgs, ...extra, ...peers], { env, timeoutMs: 40_000 });
+    const r = await this.weft(
+      ['launch', ...mode, '--nickname', this.nickname, ...this.routerArgs, ...extra, ...peers],
+      { env, timeoutMs: 40_000 },
+    );
     if (r.code !== 0) throw new Error(`weft launch on ${this.nickname} failed: ${r.stderr.trim()}`);
     return r;
   }
@@ -189,7 +207,20 @@ export class Cluster {
     const ip = `198.18.0.${i}`;
     await must('ip', ['netns', 'add', ns]);
     await must('ip', ['-n', ns, 'link', 'set', 'lo', 'up']);
-    await must('ip', ['-n', this.underlayNs, 'link', 'add', uplink, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', ns]);
+    await must('ip', [
+      '-n',
+      this.underlayNs,
+      'link',
+      'add',
+      uplink,
+      'type',
+      'veth',
+      'peer',
+      'name',
+      'eth0',
+      'netns',
+      ns,
+    ]);
     await must('ip', ['-n', this.underlayNs, 'link', 'set', uplink, 'master', 'br0', 'up']);
     await must('ip', ['-n', ns, 'link', 'set', 'eth0', 'up']);
     const h = new Host(this, i, ns, ip, uplink);
@@ -212,7 +243,11 @@ export class Cluster {
   /** Every host launched (each given the ones before it as peers), once all see every peer. */
   async launchAll(): Promise<Host[]> {
     for (const h of this.hosts) await h.launch(this.hosts.slice(0, h.index - 1).map((x) => x.ip));
-    for (const h of this.hosts) await eventually(`${h.nickname} sees ${this.hosts.length} peers`, async () => (await h.report<{ peers: unknown[] }>()).peers.length === this.hosts.length);
+    for (const h of this.hosts)
+      await eventually(
+        `${h.nickname} sees ${this.hosts.length} peers`,
+        async () => (await h.report<{ peers: unknown[] }>()).peers.length === this.hosts.length,
+      );
     return this.hosts;
   }
 
@@ -236,9 +271,30 @@ export class Cluster {
     await must('ip', ['netns', 'add', ns]);
     this.containers.push(ns);
     await must('ip', ['-n', ns, 'link', 'set', 'lo', 'up']);
-    await must('ip', ['-n', this.underlayNs, 'link', 'add', `s${n}`, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', ns]);
+    await must('ip', [
+      '-n',
+      this.underlayNs,
+      'link',
+      'add',
+      `s${n}`,
+      'type',
+      'veth',
+      'peer',
+      'name',
+      'eth0',
+      'netns',
+      ns,
+    ]);
     await must('ip', ['-n', this.underlayNs, 'link', 'set', `s${n}`, 'master', 'br0', 'up']);
-    await must('ip', ['netns', 'exec', ns, 'sysctl', '-qw', 'net.ipv4.conf.all.arp_ignore=1', 'net.ipv4.conf.all.arp_announce=2']);
+    await must('ip', [
+      'netns',
+      'exec',
+      ns,
+      'sysctl',
+      '-qw',
+      'net.ipv4.conf.all.arp_ignore=1',
+      'net.ipv4.conf.all.arp_announce=2',
+    ]);
     await must('ip', ['-n', ns, 'addr', 'add', `${ip}/24`, 'dev', 'eth0']);
     await must('ip', ['-n', ns, 'link', 'set', 'eth0', 'up']);
     return { ns, ip };
@@ -279,7 +335,12 @@ export function sleep(ms: number): Promise<void> {
 }
 
 /** Polls until check() returns a truthy value or the time runs out; the error says what was last seen. */
-export async function eventually<T>(what: string, check: () => Promise<T | null | undefined | false>, timeoutMs = 20_000, everyMs = 200): Promise<T> {
+export async function eventually<T>(
+  what: string,
+  check: () => Promise<T | null | undefined | false>,
+  timeoutMs = 20_000,
+  everyMs = 200,
+): Promise<T> {
   const deadline = Date.now() + timeoutMs;
   let last: unknown = null;
   for (;;) {
@@ -291,7 +352,9 @@ export async function eventually<T>(what: string, check: () => Promise<T | null 
       last = err;
     }
     if (Date.now() > deadline) {
-      throw new Error(`timed out after ${timeoutMs}ms waiting for ${what}; last: ${last instanceof Error ? last.message : JSON.stringify(last)}`);
+      throw new Error(
+        `timed out after ${timeoutMs}ms waiting for ${what}; last: ${last instanceof Error ? last.message : JSON.stringify(last)}`,
+      );
     }
     await sleep(everyMs);
   }

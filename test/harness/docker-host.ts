@@ -52,7 +52,11 @@ export class DockerHost {
     ].join('\n');
     const log = openSync(join(dir, 'dockerd.log'), 'a');
     // nsenter and unshare exec (no fork): the child's pid is dockerd's.
-    const child = spawn('nsenter', [`--net=/run/netns/${host.ns}`, 'unshare', '-m', '--propagation', 'slave', 'sh', '-c', script], { stdio: ['ignore', log, log], detached: true });
+    const child = spawn(
+      'nsenter',
+      [`--net=/run/netns/${host.ns}`, 'unshare', '-m', '--propagation', 'slave', 'sh', '-c', script],
+      { stdio: ['ignore', log, log], detached: true },
+    );
     closeSync(log);
     child.unref();
     const d = new DockerHost(host, dir, child.pid!);
@@ -64,7 +68,9 @@ export class DockerHost {
       } catch (err) {
         if (child.exitCode !== null || Date.now() > deadline) {
           await d.stop();
-          throw new Error(`dockerd on ${host.nickname} did not start: ${(err as Error).message}\n${tail(join(dir, 'dockerd.log'), 10)}`);
+          throw new Error(
+            `dockerd on ${host.nickname} did not start: ${(err as Error).message}\n${tail(join(dir, 'dockerd.log'), 10)}`,
+          );
         }
         await sleep(200);
       }
@@ -80,7 +86,10 @@ export class DockerHost {
 
   async mustDocker(args: string[], timeoutMs = 60_000): Promise<string> {
     const r = await this.docker(args, timeoutMs);
-    if (r.code !== 0) throw new Error(`docker ${args.join(' ')} on ${this.host.nickname} failed: ${r.stderr.trim() || r.stdout.trim()}`);
+    if (r.code !== 0)
+      throw new Error(
+        `docker ${args.join(' ')} on ${this.host.nickname} failed: ${r.stderr.trim() || r.stdout.trim()}`,
+      );
     return r.stdout.trim();
   }
 

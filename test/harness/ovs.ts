@@ -50,7 +50,11 @@ export class HostOvs {
   async flows(bridge: string): Promise<string[]> {
     const r = await this.tool('ovs-ofctl', ['-O', 'OpenFlow13', '--no-stats', 'dump-flows', bridge]);
     if (r.code !== 0) throw new Error(`ovs-ofctl dump-flows ${bridge}: ${r.stderr.trim()}`);
-    return r.stdout.split('\n').map((l) => l.trim()).filter((l) => l.length > 0 && !l.startsWith('OFPST_FLOW')).sort();
+    return r.stdout
+      .split('\n')
+      .map((l) => l.trim())
+      .filter((l) => l.length > 0 && !l.startsWith('OFPST_FLOW'))
+      .sort();
   }
 
   /** Starts ovsdb-server and ovs-vswitchd inside the namespace, then moves the uplink and its address into br-phy. */
@@ -58,14 +62,46 @@ export class HostOvs {
     mkdirSync(this.dir, { recursive: true });
     const d = this.dir;
     await must('ovsdb-tool', ['create', join(d, 'conf.db'), SCHEMA]);
-    const inNs = (cmd: string, args: string[]) => run('ip', ['netns', 'exec', this.ns, cmd, ...args], { env: this.env });
+    const inNs = (cmd: string, args: string[]) =>
+      run('ip', ['netns', 'exec', this.ns, cmd, ...args], { env: this.env });
     const started = async (what: string, r: ExecResult) => {
       if (r.code !== 0) throw new Error(`${what} did not start: ${r.stderr.trim()}`);
     };
-    await started('ovsdb-server', await inNs('ovsdb-server', [`--remote=punix:${join(d, 'db.sock')}`, `--pidfile=${join(d, 'ovsdb-server.pid')}`, '--detach', `--log-file=${join(d, 'ovsdb-server.log')}`, `--unixctl=${join(d, 'ovsdb.ctl')}`, join(d, 'conf.db')]));
+    await started(
+      'ovsdb-server',
+      await inNs('ovsdb-server', [
+        `--remote=punix:${join(d, 'db.sock')}`,
+        `--pidfile=${join(d, 'ovsdb-server.pid')}`,
+        '--detach',
+        `--log-file=${join(d, 'ovsdb-server.log')}`,
+        `--unixctl=${join(d, 'ovsdb.ctl')}`,
+        join(d, 'conf.db'),
+      ]),
+    );
     await this.vsctl(['--no-wait', 'init']);
-    await started('ovs-vswitchd', await inNs('ovs-vswitchd', [this.db, `--pidfile=${join(d, 'ovs-vswitchd.pid')}`, '--detach', `--log-file=${join(d, 'ovs-vswitchd.log')}`, `--unixctl=${join(d, 'vswitchd.ctl')}`]));
-    await this.vsctl(['add-br', 'br-phy', '--', 'set', 'bridge', 'br-phy', 'datapath_type=netdev', '--', 'add-port', 'br-phy', uplink]);
+    await started(
+      'ovs-vswitchd',
+      await inNs('ovs-vswitchd', [
+        this.db,
+        `--pidfile=${join(d, 'ovs-vswitchd.pid')}`,
+        '--detach',
+        `--log-file=${join(d, 'ovs-vswitchd.log')}`,
+        `--unixctl=${join(d, 'vswitchd.ctl')}`,
+      ]),
+    );
+    await this.vsctl([
+      'add-br',
+      'br-phy',
+      '--',
+      'set',
+      'bridge',
+      'br-phy',
+      'datapath_type=netdev',
+      '--',
+      'add-port',
+      'br-phy',
+      uplink,
+    ]);
     await must('ip', ['-n', this.ns, 'addr', 'flush', 'dev', uplink]);
     // OVS reads the uplink through AF_PACKET, so the kernel sees its frames too, and by default
     // would answer ARP for the host's address with the uplink's own MAC: peers then send to a MAC

@@ -28,14 +28,17 @@ function inCidr(addr: string, cidr: string): boolean {
 /** Is the flow allowed: the sender's egress and the receiver's ingress both let it through. */
 export function referenceAllows(rules: Rule[], members: RefMember[], f: RefFlow): boolean {
   const owner = (addr: string) => members.find((m) => m.addrs.includes(addr));
-  const isTarget = (s: Selector, m: RefMember) => (s.kind === 'group' && m.groups.includes(s.name)) || (s.kind === 'container' && s.id === m.container);
+  const isTarget = (s: Selector, m: RefMember) =>
+    (s.kind === 'group' && m.groups.includes(s.name)) || (s.kind === 'container' && s.id === m.container);
   const isPeer = (s: Selector, addr: string) => {
     const m = owner(addr);
     if (s.kind === 'any') return true;
     if (s.kind === 'cidr') return inCidr(addr, s.cidr);
     return m !== undefined && isTarget(s, m);
   };
-  const protoOk = (r: Rule) => r.proto === 'any' || (r.proto === f.proto && (!r.ports || (f.port !== undefined && r.ports[0] <= f.port && f.port <= r.ports[1])));
+  const protoOk = (r: Rule) =>
+    r.proto === 'any' ||
+    (r.proto === f.proto && (!r.ports || (f.port !== undefined && r.ports[0] <= f.port && f.port <= r.ports[1])));
   const side = (m: RefMember | undefined, direction: 'ingress' | 'egress', other: string) => {
     if (!m) return true; // not a container: nothing of it is limited
     const mine = rules.filter((r) => r.direction === direction && isTarget(r.target, m));

@@ -36,8 +36,15 @@ export function echoServer(ns: string, port: number): Promise<{ stop: () => void
 }
 
 /** Runs a Node script in a namespace that prints "ready" once it listens; resolves then. */
-export async function startServer(ns: string, script: string, args: string[], what: string): Promise<{ stop: () => void }> {
-  const child = spawn('ip', ['netns', 'exec', ns, process.execPath, '-e', script, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+export async function startServer(
+  ns: string,
+  script: string,
+  args: string[],
+  what: string,
+): Promise<{ stop: () => void }> {
+  const child = spawn('ip', ['netns', 'exec', ns, process.execPath, '-e', script, ...args], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
   await new Promise<void>((resolve, reject) => {
     const t = setTimeout(() => reject(new Error(`${what} in ${ns} did not start`)), 10_000);
     child.stdout.on('data', (d: Buffer) => {
@@ -52,8 +59,19 @@ export async function startServer(ns: string, script: string, args: string[], wh
 }
 
 /** Sends `size` bytes from a namespace to ip:port and waits for the echo; returns the byte count echoed, or throws. */
-export async function echo(ns: string, ip: string, port: number, proto: 'tcp' | 'udp' = 'tcp', size = 5, waitMs = 5000): Promise<number> {
-  const r = await run('ip', ['netns', 'exec', ns, process.execPath, '-e', CLIENT, ip, String(port), proto, String(size), String(waitMs)], { timeoutMs: waitMs + 5000 });
+export async function echo(
+  ns: string,
+  ip: string,
+  port: number,
+  proto: 'tcp' | 'udp' = 'tcp',
+  size = 5,
+  waitMs = 5000,
+): Promise<number> {
+  const r = await run(
+    'ip',
+    ['netns', 'exec', ns, process.execPath, '-e', CLIENT, ip, String(port), proto, String(size), String(waitMs)],
+    { timeoutMs: waitMs + 5000 },
+  );
   if (r.code !== 0) throw new Error(`${proto} echo from ${ns} to ${ip}:${port} failed: ${r.stderr.trim() || r.code}`);
   return Number(r.stdout);
 }

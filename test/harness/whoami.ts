@@ -60,7 +60,11 @@ export interface Spread {
 
 /** Opens `count` connections one after another from a namespace to ip, on the ports in turn. */
 export async function spread(ns: string, ip: string, ports: number[], count: number, waitMs = 3000): Promise<Spread> {
-  const r = await run('ip', ['netns', 'exec', ns, process.execPath, '-e', CLIENT, ip, ports.join(','), String(count), String(waitMs)], { timeoutMs: count * (waitMs + 100) + 10_000 });
+  const r = await run(
+    'ip',
+    ['netns', 'exec', ns, process.execPath, '-e', CLIENT, ip, ports.join(','), String(count), String(waitMs)],
+    { timeoutMs: count * (waitMs + 100) + 10_000 },
+  );
   if (r.code !== 0) throw new Error(`client in ${ns} failed: ${r.stderr.trim() || r.code}`);
   return JSON.parse(r.stdout) as Spread;
 }

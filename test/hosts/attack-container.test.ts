@@ -43,12 +43,20 @@ describeAsRoot('a container against its own host', () => {
 
   it('reaches the DNS server and other containers, and no port of the router or the host at any of its addresses', async () => {
     // What a container is meant to reach.
-    const dns = await eventually('a name from the DNS server', async () => (await run('ip', ['netns', 'exec', evil, 'getent', 'hosts', 'friend.weft.local'])).stdout.trim());
+    const dns = await eventually('a name from the DNS server', async () =>
+      (await run('ip', ['netns', 'exec', evil, 'getent', 'hosts', 'friend.weft.local'])).stdout.trim(),
+    );
     expect(dns).toContain(friend.ip);
-    await eventually('another container', async () => (await tcpConnect(evil, friend.ip, 7000)) === 'open', 15_000, 300);
+    await eventually(
+      'another container',
+      async () => (await tcpConnect(evil, friend.ip, 7000)) === 'open',
+      15_000,
+      300,
+    );
     // What it must not: the mesh, the API, metrics, and the host's own service, at the bridge's address and the underlay's.
     for (const addr of ['169.254.83.83', h1.ip]) {
-      for (const port of [6783, 6784, 6782, 2222]) expect(`${addr}:${port} ${await tcpConnect(evil, addr, port)}`).toMatch(/ closed/);
+      for (const port of [6783, 6784, 6782, 2222])
+        expect(`${addr}:${port} ${await tcpConnect(evil, addr, port)}`).toMatch(/ closed/);
     }
     // From the host itself, the router answers.
     expect(await tcpConnect(h1.ns, '127.0.0.1', 6784)).toBe('open');
@@ -59,7 +67,8 @@ describeAsRoot('a container against its own host', () => {
   it('UDP to the sleeve and VXLAN ports from a container is dropped before the router or the kernel sees it', async () => {
     const list = async () => (await h1.exec('nft', ['list', 'chain', 'inet', 'weft', 'from_containers'])).stdout;
     const before = ruleCounter(await list(), "the router's ports are not for containers");
-    for (const port of [6783, 6784]) await sendUdp(evil, '169.254.83.83', port, Buffer.from('0101000000000000', 'hex'), undefined, 3);
+    for (const port of [6783, 6784])
+      await sendUdp(evil, '169.254.83.83', port, Buffer.from('0101000000000000', 'hex'), undefined, 3);
     await sendUdp(evil, h1.ip, 6784, Buffer.from('0800000000776500', 'hex'), undefined, 3);
     expect(ruleCounter(await list(), "the router's ports are not for containers") - before).toBeGreaterThanOrEqual(9);
     const report = await h1.report<{ datapath: { sleeve: { refused: number; malformed: number } } }>();
@@ -76,12 +85,18 @@ describeAsRoot('a container against its own host', () => {
     expect((await h1.report<{ peers: unknown[] }>()).peers).toHaveLength(2);
   });
 
-  it('once the host is exposed, its subnet reaches the host; the router\'s ports stay closed', async () => {
+  it("once the host is exposed, its subnet reaches the host; the router's ports stay closed", async () => {
     const exposed = (await h1.weft(['expose'])).stdout.trim().split('/')[0];
     expect(exposed).toMatch(/^10\.(3[2-9]|4[0-7])\./); // in the allocation range, 10.32.0.0/12
     try {
-      await eventually('the host service through the exposed address', async () => (await tcpConnect(evil, exposed, 2222)) === 'open', 10_000, 300);
-      for (const port of [6783, 6784, 6782]) expect(`${exposed}:${port} ${await tcpConnect(evil, exposed, port)}`).toMatch(/ closed/);
+      await eventually(
+        'the host service through the exposed address',
+        async () => (await tcpConnect(evil, exposed, 2222)) === 'open',
+        10_000,
+        300,
+      );
+      for (const port of [6783, 6784, 6782])
+        expect(`${exposed}:${port} ${await tcpConnect(evil, exposed, port)}`).toMatch(/ closed/);
     } finally {
       await h1.weft(['hide']);
     }

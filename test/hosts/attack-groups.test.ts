@@ -43,7 +43,8 @@ for (const overlay of ['fastdp', 'sleeve'] as const) {
 
     async function box(h: Host, label: string, ...groups: string[]): Promise<Box> {
       const c = await cluster.attached(h, label, ...groups);
-      const mac = JSON.parse((await run('ip', ['-n', c.ns, '-json', 'link', 'show', 'ethwe'])).stdout)[0].address as string;
+      const mac = JSON.parse((await run('ip', ['-n', c.ns, '-json', 'link', 'show', 'ethwe'])).stdout)[0]
+        .address as string;
       return { ns: c.ns, ip: c.ip, mac, host: h };
     }
 
@@ -62,16 +63,22 @@ for (const overlay of ['fastdp', 'sleeve'] as const) {
         const r = await h1.weft(['policy', 'allow', '--to', 'db', '--from', 'web', '--proto', proto, '--port', '5432']);
         if (r.code !== 0) throw new Error(r.stderr);
       }
-      await eventually('web reaches db, and near does not', async () => (await tcpConnect(web.ns, db.ip, 5432)) === 'open' && (await tcpConnect(near.ns, db.ip, 5432)) !== 'open', 20_000, 300);
+      await eventually(
+        'web reaches db, and near does not',
+        async () =>
+          (await tcpConnect(web.ns, db.ip, 5432)) === 'open' && (await tcpConnect(near.ns, db.ip, 5432)) !== 'open',
+        20_000,
+        300,
+      );
     }, 180_000);
     afterAll(async () => {
       for (const s of stoppers) s();
       await cluster?.cleanup();
     });
 
-    it('a forged IPv4 source (web\'s address) is dropped at the sender\'s port, on db\'s host and from another', async () => {
+    it("a forged IPv4 source (web's address) is dropped at the sender's port, on db's host and from another", async () => {
       await sendUdp(web.ns, db.ip, 5432, Buffer.from('from web itself'));
-      await eventually('web\'s datagram', async () => received().some((d) => d.data === 'from web itself'), 5000, 100);
+      await eventually("web's datagram", async () => received().some((d) => d.data === 'from web itself'), 5000, 100);
       for (const o of [near, far]) {
         // It takes web's address, and knows db's MAC without asking (an ARP from web's address would be dropped too).
         await must('ip', ['-n', o.ns, 'addr', 'add', `${web.ip}/32`, 'dev', 'ethwe']);
@@ -85,11 +92,23 @@ for (const overlay of ['fastdp', 'sleeve'] as const) {
       }
     });
 
-    it('a forged source MAC with web\'s address is dropped', async () => {
+    it("a forged source MAC with web's address is dropped", async () => {
       await must('ip', ['-n', near.ns, 'addr', 'add', `${web.ip}/32`, 'dev', 'ethwe']);
       await must('ip', ['-n', near.ns, 'link', 'set', 'ethwe', 'address', web.mac]);
       // A new MAC flushes the neighbour table: db's MAC again, without asking.
-      await must('ip', ['-n', near.ns, 'neigh', 'replace', db.ip, 'lladdr', db.mac, 'dev', 'ethwe', 'nud', 'permanent']);
+      await must('ip', [
+        '-n',
+        near.ns,
+        'neigh',
+        'replace',
+        db.ip,
+        'lladdr',
+        db.mac,
+        'dev',
+        'ethwe',
+        'nud',
+        'permanent',
+      ]);
       try {
         const before = await droppedAt(near, 'spoofed source MAC');
         await sendUdp(near.ns, db.ip, 5432, Buffer.from('forged MAC'), web.ip, 5);
@@ -102,13 +121,31 @@ for (const overlay of ['fastdp', 'sleeve'] as const) {
       }
     });
 
-    it('a spoofed ARP claiming web\'s address does not reach db: its neighbour entry for web keeps web\'s MAC', async () => {
+    it("a spoofed ARP claiming web's address does not reach db: its neighbour entry for web keeps web's MAC", async () => {
       // db has talked to web, so it has an entry for web's address.
-      await eventually('db\'s neighbour entry for web', async () => (await run('ip', ['-n', db.ns, 'neigh', 'show', web.ip])).stdout.includes(web.mac), 10_000, 200);
+      await eventually(
+        "db's neighbour entry for web",
+        async () => (await run('ip', ['-n', db.ns, 'neigh', 'show', web.ip])).stdout.includes(web.mac),
+        10_000,
+        200,
+      );
       const before = await droppedAt(near, 'spoofed ARP sender address');
       await must('ip', ['-n', near.ns, 'addr', 'add', `${web.ip}/32`, 'dev', 'ethwe']);
       try {
-        const arp = await run('ip', ['netns', 'exec', near.ns, 'arping', '-U', '-c', '3', '-I', 'ethwe', '-s', web.ip, web.ip]);
+        const arp = await run('ip', [
+          'netns',
+          'exec',
+          near.ns,
+          'arping',
+          '-U',
+          '-c',
+          '3',
+          '-I',
+          'ethwe',
+          '-s',
+          web.ip,
+          web.ip,
+        ]);
         expect(arp.stdout + arp.stderr).toMatch(/ARPING/);
       } finally {
         await must('ip', ['-n', near.ns, 'addr', 'del', `${web.ip}/32`, 'dev', 'ethwe']);
@@ -119,13 +156,23 @@ for (const overlay of ['fastdp', 'sleeve'] as const) {
       expect(await droppedAt(near, 'spoofed ARP sender address')).toBeGreaterThanOrEqual(before + 3);
     });
 
-    it('IPv6 link-local to db:5432 fails from db\'s host and from another, even with IPv6 turned back on in the containers', async () => {
+    it("IPv6 link-local to db:5432 fails from db's host and from another, even with IPv6 turned back on in the containers", async () => {
       // Containers get no IPv6 on ethwe; a container's root can turn it on again (and db may be one that has it).
       for (const b of [db, near, far]) {
-        await must('ip', ['netns', 'exec', b.ns, 'sysctl', '-qw', 'net.ipv6.conf.ethwe.accept_dad=0', 'net.ipv6.conf.ethwe.disable_ipv6=0']);
+        await must('ip', [
+          'netns',
+          'exec',
+          b.ns,
+          'sysctl',
+          '-qw',
+          'net.ipv6.conf.ethwe.accept_dad=0',
+          'net.ipv6.conf.ethwe.disable_ipv6=0',
+        ]);
       }
-      const ll = await eventually('db\'s link-local address', async () => {
-        const a = JSON.parse((await run('ip', ['-n', db.ns, '-6', '-json', 'addr', 'show', 'dev', 'ethwe'])).stdout) as { addr_info: { local: string }[] }[];
+      const ll = await eventually("db's link-local address", async () => {
+        const a = JSON.parse(
+          (await run('ip', ['-n', db.ns, '-6', '-json', 'addr', 'show', 'dev', 'ethwe'])).stdout,
+        ) as { addr_info: { local: string }[] }[];
         return a[0]?.addr_info.find((x) => x.local.startsWith('fe80'))?.local;
       });
       // IPv6 works inside db itself.

@@ -28,7 +28,10 @@ interface Report {
 describeAsRoot('a stranger on the underlay', () => {
   for (const password of [false, true]) {
     it(`${password ? 'with' : 'without'} a password: VXLAN and sleeve datagrams from a non-peer reach no container${password ? ', nor from a spoofed peer address' : '; from a spoofed peer address they do'}`, async () => {
-      cluster = await Cluster.create(2, { routerArgs: FAST, env: password ? { WEFT_PASSWORD: 'the mesh password' } : {} });
+      cluster = await Cluster.create(2, {
+        routerArgs: FAST,
+        env: password ? { WEFT_PASSWORD: 'the mesh password' } : {},
+      });
       const [h1, h2] = await cluster.launchAll();
       const victim = await cluster.container('victim');
       const a = await h1.weft(['attach', `netns:${victim}`]);
@@ -38,12 +41,29 @@ describeAsRoot('a stranger on the underlay', () => {
       const ep = r1.datapath.localEndpoints.find((e) => e.container === `netns:${victim}`)!;
       const recorder = await udpRecorder(victim, 9999);
       stoppers.push(recorder.stop);
-      await eventually('h1 and h2 connected', async () => (await h1.report<Report>()).connections.some((c) => c.peer === r2.name && c.state === 'established'));
+      await eventually('h1 and h2 connected', async () =>
+        (await h1.report<Report>()).connections.some((c) => c.peer === r2.name && c.state === 'established'),
+      );
       const stranger = await cluster.stranger(1);
-      const frame = (text: string) => udpFrame({ srcMac: '02:de:ad:be:ef:01', dstMac: ep.mac, srcIp: '10.32.99.99', dstIp: ep.cidrs[0].split('/')[0], dstPort: 9999, text });
+      const frame = (text: string) =>
+        udpFrame({
+          srcMac: '02:de:ad:be:ef:01',
+          dstMac: ep.mac,
+          srcIp: '10.32.99.99',
+          dstIp: ep.cidrs[0].split('/')[0],
+          dstPort: 9999,
+          text,
+        });
       const inject = async (tag: string, from?: string) => {
         await sendUdp(stranger.ns, h1.ip, 6784, vxlanPayload(VNI, frame(`vxlan ${tag}`)), from, 5);
-        await sendUdp(stranger.ns, h1.ip, 6783, sleevePayload(r2.name, r2.name, r1.name, frame(`sleeve ${tag}`)), from, 5);
+        await sendUdp(
+          stranger.ns,
+          h1.ip,
+          6783,
+          sleevePayload(r2.name, r2.name, r1.name, frame(`sleeve ${tag}`)),
+          from,
+          5,
+        );
       };
       const input = async () => (await h1.exec('nft', ['list', 'chain', 'inet', 'weft', 'input'])).stdout;
       const dropped = ruleCounter(await input(), 'VXLAN from no peer of ours');
@@ -60,10 +80,18 @@ describeAsRoot('a stranger on the underlay', () => {
         expect(recorder.received()).toEqual([]);
       } else {
         // Well-formed: only the source address stopped them before.
-        await eventually('both datagrams to arrive', async () => {
-          const texts = recorder.received().map((d) => d.data);
-          return texts.includes('vxlan from a spoofed peer address') && texts.includes('sleeve from a spoofed peer address');
-        }, 5000, 100);
+        await eventually(
+          'both datagrams to arrive',
+          async () => {
+            const texts = recorder.received().map((d) => d.data);
+            return (
+              texts.includes('vxlan from a spoofed peer address') &&
+              texts.includes('sleeve from a spoofed peer address')
+            );
+          },
+          5000,
+          100,
+        );
         expect(recorder.received().every((d) => d.data.endsWith('from a spoofed peer address'))).toBe(true);
       }
     }, 120_000);

@@ -19,7 +19,16 @@ afterEach(async () => {
 async function cni(h: Host, command: string, id: string, netns: string, extra: NodeJS.ProcessEnv = {}) {
   const r = await run('ip', ['netns', 'exec', h.ns, process.execPath, PLUGIN], {
     input: CONF,
-    env: { ...process.env, CNI_COMMAND: command, CNI_CONTAINERID: id, CNI_NETNS: netns, CNI_IFNAME: 'eth0', CNI_PATH: '/opt/cni/bin', CNI_ARGS: 'K8S_POD_NAME=web-0', ...extra },
+    env: {
+      ...process.env,
+      CNI_COMMAND: command,
+      CNI_CONTAINERID: id,
+      CNI_NETNS: netns,
+      CNI_IFNAME: 'eth0',
+      CNI_PATH: '/opt/cni/bin',
+      CNI_ARGS: 'K8S_POD_NAME=web-0',
+      ...extra,
+    },
     timeoutMs: 60_000,
   });
   return { code: r.code, out: r.stdout.trim() ? (JSON.parse(r.stdout) as Record<string, unknown>) : null };
@@ -27,7 +36,9 @@ async function cni(h: Host, command: string, id: string, netns: string, extra: N
 
 describeAsRoot('CNI plugin', () => {
   it('ADD gives a working address across hosts and a DNS name; CHECK passes; DEL twice is fine; DEL with the router down is fine', async () => {
-    cluster = await Cluster.create(2, { routerArgs: ['--heartbeat-interval', '500ms', '--gossip-interval', '1s', '--ipalloc-init', 'consensus=2'] });
+    cluster = await Cluster.create(2, {
+      routerArgs: ['--heartbeat-interval', '500ms', '--gossip-interval', '1s', '--ipalloc-init', 'consensus=2'],
+    });
     const [a, b] = cluster.hosts;
     await a.launch();
     await b.launch([a.ip]);
@@ -36,7 +47,11 @@ describeAsRoot('CNI plugin', () => {
     const pod = await cluster.container('pod');
     const added = await cni(a, 'ADD', 'c0ffee01', `/var/run/netns/${pod}`);
     expect(added.code, JSON.stringify(added.out)).toBe(0);
-    const res = added.out as { interfaces: { name: string; mac: string; sandbox: string }[]; ips: { address: string }[]; dns: { nameservers: string[]; search: string[] } };
+    const res = added.out as {
+      interfaces: { name: string; mac: string; sandbox: string }[];
+      ips: { address: string }[];
+      dns: { nameservers: string[]; search: string[] };
+    };
     expect(res.interfaces[0]).toMatchObject({ name: 'eth0', sandbox: `/var/run/netns/${pod}` });
     expect(res.ips[0].address).toMatch(/^10\.\d+\.\d+\.\d+\/12$/);
     expect(res.dns).toEqual({ nameservers: ['169.254.83.83'], search: ['weft.local'] });
@@ -47,11 +62,19 @@ describeAsRoot('CNI plugin', () => {
     expect((await b.weft(['attach', `netns:${other}`])).code).toBe(0);
     const server = await echoServer(pod, 7300);
     try {
-      await eventually('TCP from the other host to the pod', async () => (await echo(other, podIp, 7300, 'tcp', 50_000).catch(() => 0)) === 50_000, 20_000, 300);
+      await eventually(
+        'TCP from the other host to the pod',
+        async () => (await echo(other, podIp, 7300, 'tcp', 50_000).catch(() => 0)) === 50_000,
+        20_000,
+        300,
+      );
     } finally {
       server.stop();
     }
-    await eventually('pod name resolves on B', async () => (await b.weft(['dns-lookup', 'web-0.weft.local'])).stdout.trim() === podIp);
+    await eventually(
+      'pod name resolves on B',
+      async () => (await b.weft(['dns-lookup', 'web-0.weft.local'])).stdout.trim() === podIp,
+    );
     expect((await cni(a, 'CHECK', 'c0ffee01', `/var/run/netns/${pod}`)).code).toBe(0);
     // A runtime error reads as a CNI error on stdout.
     const bad = await cni(a, 'CHECK', 'unknown-id', `/var/run/netns/${pod}`);
@@ -61,7 +84,10 @@ describeAsRoot('CNI plugin', () => {
     expect((await cni(a, 'DEL', 'c0ffee01', `/var/run/netns/${pod}`)).code).toBe(0);
     expect((await run('ip', ['-n', pod, 'link', 'show', 'eth0'])).code).not.toBe(0);
     expect((await a.report<Report>()).ipam.owned.some((o) => o.ident === 'cni:c0ffee01')).toBe(false);
-    await eventually('name gone on B', async () => (await b.weft(['dns-lookup', 'web-0.weft.local'])).stdout.trim() === '');
+    await eventually(
+      'name gone on B',
+      async () => (await b.weft(['dns-lookup', 'web-0.weft.local'])).stdout.trim() === '',
+    );
     expect((await cni(a, 'DEL', 'c0ffee01', `/var/run/netns/${pod}`)).code).toBe(0);
     // ADD again, stop the router, DEL: still fine, and the interface is gone. When the router comes
     // back and the namespace is gone, the address is freed.
@@ -72,20 +98,38 @@ describeAsRoot('CNI plugin', () => {
     expect((await run('ip', ['-n', pod, 'link', 'show', 'eth0'])).code).not.toBe(0);
     await run('ip', ['netns', 'del', pod]);
     await a.launch();
-    await eventually('address of the deleted pod freed after restart', async () => !(await a.report<Report>()).ipam.owned.some((o) => o.ident === 'cni:c0ffee02'));
+    await eventually(
+      'address of the deleted pod freed after restart',
+      async () => !(await a.report<Report>()).ipam.owned.some((o) => o.ident === 'cni:c0ffee02'),
+    );
   });
 
   it('bad input: unknown command, broken config, missing variables: a CNI error, never a crash', async () => {
     cluster = await Cluster.create(1);
     const [a] = cluster.hosts;
-    expect((await cni(a, 'FROB', 'x', '/nonexistent')).out).toMatchObject({ code: 4, msg: expect.stringMatching(/unknown CNI_COMMAND/) });
-    const broken = await run('ip', ['netns', 'exec', a.ns, process.execPath, PLUGIN], { input: '{not json', env: { ...process.env, CNI_COMMAND: 'ADD', CNI_CONTAINERID: 'x', CNI_NETNS: '/x', CNI_IFNAME: 'eth0' } });
+    expect((await cni(a, 'FROB', 'x', '/nonexistent')).out).toMatchObject({
+      code: 4,
+      msg: expect.stringMatching(/unknown CNI_COMMAND/),
+    });
+    const broken = await run('ip', ['netns', 'exec', a.ns, process.execPath, PLUGIN], {
+      input: '{not json',
+      env: { ...process.env, CNI_COMMAND: 'ADD', CNI_CONTAINERID: 'x', CNI_NETNS: '/x', CNI_IFNAME: 'eth0' },
+    });
     expect(JSON.parse(broken.stdout)).toMatchObject({ code: 6 });
-    expect((await cni(a, 'ADD', 'x', '/var/run/netns/does-not-exist')).out).toMatchObject({ code: 11, msg: expect.stringMatching(/does not exist/) });
+    expect((await cni(a, 'ADD', 'x', '/var/run/netns/does-not-exist')).out).toMatchObject({
+      code: 11,
+      msg: expect.stringMatching(/does not exist/),
+    });
     // No router here: ADD says so; DEL succeeds.
     const pod = await cluster.container('p');
-    expect((await cni(a, 'ADD', 'x', `/var/run/netns/${pod}`)).out).toMatchObject({ code: 11, msg: expect.stringMatching(/does not answer/) });
+    expect((await cni(a, 'ADD', 'x', `/var/run/netns/${pod}`)).out).toMatchObject({
+      code: 11,
+      msg: expect.stringMatching(/does not answer/),
+    });
     expect((await cni(a, 'DEL', 'x', `/var/run/netns/${pod}`)).code).toBe(0);
-    expect((await cni(a, 'ADD', 'x', `/var/run/netns/${pod}`, { CNI_IFNAME: '' })).out).toMatchObject({ code: 4, msg: 'CNI_IFNAME is not set' });
+    expect((await cni(a, 'ADD', 'x', `/var/run/netns/${pod}`, { CNI_IFNAME: '' })).out).toMatchObject({
+      code: 4,
+      msg: 'CNI_IFNAME is not set',
+    });
   });
 });

@@ -17,7 +17,11 @@ afterEach(async () => {
   cluster = null;
 });
 
-async function attach(h: Host, ns: string, ...groups: string[]): Promise<{ ip: string; mac: string; broadcast: string }> {
+async function attach(
+  h: Host,
+  ns: string,
+  ...groups: string[]
+): Promise<{ ip: string; mac: string; broadcast: string }> {
   const r = await h.weft(['attach', ...groups.flatMap((g) => ['--group', g]), `netns:${ns}`]);
   if (r.code !== 0) throw new Error(`attach on ${h.nickname}: ${r.stderr}`);
   const [ip, prefix] = r.stdout.trim().split(' ')[0].split('/');
@@ -25,7 +29,9 @@ async function attach(h: Host, ns: string, ...groups: string[]): Promise<{ ip: s
   const size = 2 ** (32 - Number(prefix));
   const b = n - (n % size) + size - 1;
   const broadcast = [24, 16, 8, 0].map((sh) => Math.floor(b / 2 ** sh) % 256).join('.');
-  const link = JSON.parse((await run('ip', ['-n', ns, '-json', 'link', 'show', 'ethwe'])).stdout) as { address: string }[];
+  const link = JSON.parse((await run('ip', ['-n', ns, '-json', 'link', 'show', 'ethwe'])).stdout) as {
+    address: string;
+  }[];
   return { ip, mac: link[0].address, broadcast };
 }
 
@@ -37,10 +43,15 @@ async function overlays(h: Host): Promise<string[]> {
 async function launch(c: Cluster, expect: (h: Host) => string): Promise<Host[]> {
   for (const h of c.hosts) await h.launch(c.hosts.slice(0, h.index - 1).map((x) => x.ip));
   for (const h of c.hosts) {
-    await eventually(`${h.nickname}: every connection on ${expect(h)}`, async () => {
-      const o = await overlays(h);
-      return o.length === c.hosts.length - 1 && o.every((x) => x === expect(h));
-    }, 20_000, 200);
+    await eventually(
+      `${h.nickname}: every connection on ${expect(h)}`,
+      async () => {
+        const o = await overlays(h);
+        return o.length === c.hosts.length - 1 && o.every((x) => x === expect(h));
+      },
+      20_000,
+      200,
+    );
   }
   return c.hosts;
 }
@@ -51,10 +62,16 @@ async function ping(ns: string, ip: string): Promise<boolean> {
 
 const flowsFor = (flows: string[], mac: string) => flows.filter((f) => f.includes(mac));
 
-const describeOvs = ovsInstalled() || process.env.CI ? describeAsRoot : (name: string, fn: () => void) => describeAsRoot(`${name} (needs openvswitch-switch: skipped)`, () => it.skip('openvswitch-switch is not installed', fn));
+const describeOvs =
+  ovsInstalled() || process.env.CI
+    ? describeAsRoot
+    : (name: string, fn: () => void) =>
+        describeAsRoot(`${name} (needs openvswitch-switch: skipped)`, () =>
+          it.skip('openvswitch-switch is not installed', fn),
+        );
 
 describeOvs('the OVS datapath across namespace hosts', () => {
-  it('three hosts: ping, TCP and broadcast across; flows per container; a detached container\'s flows gone on every host; status says ovs', async () => {
+  it("three hosts: ping, TCP and broadcast across; flows per container; a detached container's flows gone on every host; status says ovs", async () => {
     cluster = await Cluster.create(3, { routerArgs: [...FAST, '--ipalloc-init', 'consensus=3'], ovs: true });
     const [a, b, c] = await launch(cluster, () => 'ovs');
     const ns = await Promise.all(['x1', 'x2', 'x3'].map((l) => cluster!.container(l)));
@@ -65,7 +82,9 @@ describeOvs('the OVS datapath across namespace hosts', () => {
     expect((await a.weft(['status', 'connections'])).stdout).toMatch(/ ovs mtu=/);
     expect(await a.ovs!.vsctl(['get', 'bridge', 'weft-ovs', 'fail_mode'])).toMatch(/secure/);
 
-    for (let i = 0; i < 3; i++) for (let j = 0; j < 3; j++) if (i !== j) await eventually(`ping x${i + 1} -> x${j + 1}`, () => ping(ns[i], x[j].ip), 10_000, 200);
+    for (let i = 0; i < 3; i++)
+      for (let j = 0; j < 3; j++)
+        if (i !== j) await eventually(`ping x${i + 1} -> x${j + 1}`, () => ping(ns[i], x[j].ip), 10_000, 200);
     const server = await echoServer(ns[2], 7000);
     try {
       expect(await echo(ns[0], x[2].ip, 7000, 'tcp', 200_000)).toBe(200_000);
@@ -79,11 +98,18 @@ describeOvs('the OVS datapath across namespace hosts', () => {
     // A broadcast from x1 reaches the containers on the two other hosts (their echo servers answer).
     const echoes = await Promise.all([ns[1], ns[2]].map((n) => echoServer(n, 7101)));
     try {
-      const bcast = await run('ip', ['netns', 'exec', ns[0], process.execPath, '-e', `
+      const bcast = await run('ip', [
+        'netns',
+        'exec',
+        ns[0],
+        process.execPath,
+        '-e',
+        `
         const u = require('node:dgram').createSocket('udp4');
         u.bind(() => { u.setBroadcast(true); u.send('hi', 7101, '${x[0].broadcast}', () => {}); });
         const from = new Set(); u.on('message', (_m, r) => from.add(r.address));
-        setTimeout(() => { console.log([...from].sort().join(' ')); process.exit(0); }, 2000);`]);
+        setTimeout(() => { console.log([...from].sort().join(' ')); process.exit(0); }, 2000);`,
+      ]);
       expect(bcast.stdout.trim().split(' ').sort()).toEqual([x[1].ip, x[2].ip].sort());
     } finally {
       echoes.forEach((s) => s.stop());
@@ -91,14 +117,22 @@ describeOvs('the OVS datapath across namespace hosts', () => {
 
     // Flows, as OVS has them: on host 2, x1's MAC goes to host 1 through the tunnel; on host 1 it is delivered locally.
     const onB = await b.ovs!.flows('weft-ovs');
-    expect(flowsFor(onB, x[0].mac).join('\n')).toMatch(new RegExp(`dl_dst=${x[0].mac}.*set_field:${a.ip.replaceAll('.', '\\.')}->tun_dst`));
+    expect(flowsFor(onB, x[0].mac).join('\n')).toMatch(
+      new RegExp(`dl_dst=${x[0].mac}.*set_field:${a.ip.replaceAll('.', '\\.')}->tun_dst`),
+    );
     const onA = await a.ovs!.flows('weft-ovs');
     expect(flowsFor(onA, x[0].mac).join('\n')).toMatch(/actions=output:1/);
 
     // Detach x1: its flows go on every host.
     const d = await a.weft(['detach', `netns:${ns[0]}`]);
     expect(d.code, d.stderr).toBe(0);
-    for (const h of [a, b, c]) await eventually(`${h.nickname} has no flow for x1's MAC`, async () => flowsFor(await h.ovs!.flows('weft-ovs'), x[0].mac).length === 0, 5000, 100);
+    for (const h of [a, b, c])
+      await eventually(
+        `${h.nickname} has no flow for x1's MAC`,
+        async () => flowsFor(await h.ovs!.flows('weft-ovs'), x[0].mac).length === 0,
+        5000,
+        100,
+      );
     // The others keep theirs.
     const left = await a.ovs!.flows('weft-ovs');
     expect(flowsFor(left, x[1].mac).length, left.join('\n')).toBe(1);
@@ -115,7 +149,9 @@ describeOvs('the OVS datapath across namespace hosts', () => {
 
     await b.kill();
     // Pings every 50 ms across host 2's switch while its router is gone.
-    const pinging = run('ip', ['netns', 'exec', ns[1], 'ping', '-c', '60', '-i', '0.05', '-W', '1', y[2].ip], { timeoutMs: 30_000 });
+    const pinging = run('ip', ['netns', 'exec', ns[1], 'ping', '-c', '60', '-i', '0.05', '-W', '1', y[2].ip], {
+      timeoutMs: 30_000,
+    });
     // Meanwhile y1 leaves host 1: host 2's flow for it is stale until its router is back.
     expect((await a.weft(['detach', `netns:${ns[0]}`])).code).toBe(0);
     const p = await pinging;
@@ -123,15 +159,30 @@ describeOvs('the OVS datapath across namespace hosts', () => {
     expect(flowsFor(await b.ovs!.flows('weft-ovs'), y[0].mac).length).toBe(1); // nobody removed it: the router is down
 
     await b.launch([a.ip]);
-    await eventually('the restarted router removed the stale flow', async () => flowsFor(await b.ovs!.flows('weft-ovs'), y[0].mac).length === 0, 10_000, 100);
-    await eventually('host 2 back on ovs with both peers', async () => {
-      const o = await overlays(b);
-      return o.length === 2 && o.every((x) => x === 'ovs');
-    }, 20_000, 200);
+    await eventually(
+      'the restarted router removed the stale flow',
+      async () => flowsFor(await b.ovs!.flows('weft-ovs'), y[0].mac).length === 0,
+      10_000,
+      100,
+    );
+    await eventually(
+      'host 2 back on ovs with both peers',
+      async () => {
+        const o = await overlays(b);
+        return o.length === 2 && o.every((x) => x === 'ovs');
+      },
+      20_000,
+      200,
+    );
     // Nothing missing: every flow from before is there again, except y1's.
     const after = await b.ovs!.flows('weft-ovs');
     const strip = (f: string) => f.replace(/duration=[^,]+, /, '');
-    expect(after.map(strip).sort()).toEqual(before.filter((f) => !f.includes(y[0].mac)).map(strip).sort());
+    expect(after.map(strip).sort()).toEqual(
+      before
+        .filter((f) => !f.includes(y[0].mac))
+        .map(strip)
+        .sort(),
+    );
     expect(await ping(ns[1], y[2].ip)).toBe(true);
     const r = await b.report<Report>();
     expect(r.datapath!.kind).toBe('ovs');
@@ -139,7 +190,14 @@ describeOvs('the OVS datapath across namespace hosts', () => {
 
     // The bridge deleted underneath: the router makes it again, with its flows, and traffic returns.
     await b.ovs!.vsctl(['del-br', 'weft-ovs']);
-    await eventually('bridge and flows back', async () => (await b.ovs!.vsctl(['list-br'])).includes('weft-ovs') && flowsFor(await b.ovs!.flows('weft-ovs'), y[2].mac).length === 1, 15_000, 200);
+    await eventually(
+      'bridge and flows back',
+      async () =>
+        (await b.ovs!.vsctl(['list-br'])).includes('weft-ovs') &&
+        flowsFor(await b.ovs!.flows('weft-ovs'), y[2].mac).length === 1,
+      15_000,
+      200,
+    );
     await eventually('y2 -> y3 again', () => ping(ns[1], y[2].ip), 10_000, 200);
   });
 
@@ -158,13 +216,30 @@ describeOvs('the OVS datapath across namespace hosts', () => {
       const created = await a.weft(['service', 'create', 'db', '--group', 'db']);
       expect(created.code, created.stderr).toBe(0);
       const vip = created.stdout.split(' ')[1];
-      await eventually('the VIP answers from z1', async () => (await echo(ns[0], vip, 7000).catch(() => 0)) === 5, 10_000, 200);
+      await eventually(
+        'the VIP answers from z1',
+        async () => (await echo(ns[0], vip, 7000).catch(() => 0)) === 5,
+        10_000,
+        200,
+      );
       // Security groups: db admits tcp 7000 from web only; z1 is not in web, a new container is.
-      expect((await a.weft(['policy', 'allow', '--to', 'db', '--from', 'web', '--proto', 'tcp', '--port', '7000'])).code).toBe(0);
-      await eventually('z1 denied at z2', async () => (await echo(ns[0], z[1].ip, 7000, 'tcp', 5, 1000).catch(() => 0)) === 0, 10_000, 200);
+      expect(
+        (await a.weft(['policy', 'allow', '--to', 'db', '--from', 'web', '--proto', 'tcp', '--port', '7000'])).code,
+      ).toBe(0);
+      await eventually(
+        'z1 denied at z2',
+        async () => (await echo(ns[0], z[1].ip, 7000, 'tcp', 5, 1000).catch(() => 0)) === 0,
+        10_000,
+        200,
+      );
       const web = await attach(a, ns[2], 'web');
       expect(web.ip).not.toBe(z[0].ip);
-      await eventually('web allowed at z2', async () => (await echo(ns[2], z[1].ip, 7000).catch(() => 0)) === 5, 10_000, 200);
+      await eventually(
+        'web allowed at z2',
+        async () => (await echo(ns[2], z[1].ip, 7000).catch(() => 0)) === 5,
+        10_000,
+        200,
+      );
     } finally {
       server.stop();
       dbServer.stop();
@@ -184,7 +259,10 @@ describeOvs('the OVS datapath across namespace hosts', () => {
     await eventually('s1 -> s2', () => ping(ns[0], s[1].ip), 10_000, 200);
     // OVS reads the underlay before the hosts' netfilter does: block VXLAN on the underlay's bridge instead.
     const ul = cluster.underlayNs;
-    await must('ip', ['netns', 'exec', ul, 'nft', '-f', '-'], { input: 'table bridge weft_test_block {\n chain f {\n  type filter hook forward priority 0;\n  udp dport 6784 drop\n }\n}\n' });
+    await must('ip', ['netns', 'exec', ul, 'nft', '-f', '-'], {
+      input:
+        'table bridge weft_test_block {\n chain f {\n  type filter hook forward priority 0;\n  udp dport 6784 drop\n }\n}\n',
+    });
     await eventually('on the sleeve', async () => (await overlays(a)).every((o) => o === 'sleeve'), 15_000, 200);
     expect((await a.weft(['status', 'connections'])).stdout).toMatch(/not ovs: VXLAN heartbeats unacknowledged/);
     await eventually('s1 -> s2 over the sleeve', () => ping(ns[0], s[1].ip), 10_000, 200);
@@ -198,7 +276,10 @@ describeOvs('the OVS datapath across namespace hosts', () => {
   it('without Open vSwitch running, launch fails at once and says what is missing', async () => {
     cluster = await Cluster.create(1, { routerArgs: FAST });
     const [a] = cluster.hosts;
-    const r = await a.weft(['launch', '--no-docker', '--datapath', 'ovs', '--ovsdb', `unix:${cluster.workDir}/nothing/db.sock`], { timeoutMs: 40_000 });
+    const r = await a.weft(
+      ['launch', '--no-docker', '--datapath', 'ovs', '--ovsdb', `unix:${cluster.workDir}/nothing/db.sock`],
+      { timeoutMs: 40_000 },
+    );
     expect(r.code).not.toBe(0);
     expect(r.stderr).toMatch(/cannot reach ovsdb-server at unix:.*nothing\/db\.sock.*is Open vSwitch running/);
   });

@@ -18,7 +18,9 @@ async function twoHosts(extra: string[] = []): Promise<[Host, Host]> {
   const [a, b] = cluster.hosts;
   await a.launch();
   await b.launch([a.ip]);
-  await eventually('connected', async () => (await a.report<Report>()).connections.some((c) => c.state === 'established'));
+  await eventually('connected', async () =>
+    (await a.report<Report>()).connections.some((c) => c.state === 'established'),
+  );
   return [a, b];
 }
 
@@ -41,12 +43,26 @@ describeAsRoot('fastdp across namespace hosts', () => {
     // Count ARP arriving over VXLAN on host B: with neighbour entries and neigh_suppress, there is none.
     await b.exec('nft', ['add', 'table', 'netdev', 'arpcount']);
     const bIndex = JSON.parse((await b.exec('ip', ['-json', 'link', 'show', 'vxlan-weft'])).stdout)[0].ifname as string;
-    await b.exec('nft', ['add', 'chain', 'netdev', 'arpcount', 'in', `{ type filter hook ingress device ${bIndex} priority 0; }`]);
+    await b.exec('nft', [
+      'add',
+      'chain',
+      'netdev',
+      'arpcount',
+      'in',
+      `{ type filter hook ingress device ${bIndex} priority 0; }`,
+    ]);
     await b.exec('nft', ['add', 'rule', 'netdev', 'arpcount', 'in', 'ether', 'type', 'arp', 'counter']);
-    await eventually('A has a neighbour entry for c2', async () => (await a.exec('ip', ['neigh', 'show', 'dev', 'weft', 'nud', 'permanent'])).stdout.includes(ip2));
+    await eventually('A has a neighbour entry for c2', async () =>
+      (await a.exec('ip', ['neigh', 'show', 'dev', 'weft', 'nud', 'permanent'])).stdout.includes(ip2),
+    );
     const server = await echoServer(c2, 7000);
     try {
-      await eventually('TCP across hosts', async () => (await echo(c1, ip2, 7000, 'tcp', 100_000)) === 100_000, 10_000, 300);
+      await eventually(
+        'TCP across hosts',
+        async () => (await echo(c1, ip2, 7000, 'tcp', 100_000)) === 100_000,
+        10_000,
+        300,
+      );
       expect(await echo(c1, ip2, 7000, 'udp', 1000)).toBe(1000);
     } finally {
       server.stop();
@@ -71,9 +87,16 @@ describeAsRoot('fastdp across namespace hosts', () => {
     await a.launch();
     await b.launch([a.ip]);
     await c.launch([b.ip]);
-    await eventually('full mesh', async () => (await a.report<Report>()).connections.filter((x) => x.state === 'established').length === 2);
+    await eventually(
+      'full mesh',
+      async () => (await a.report<Report>()).connections.filter((x) => x.state === 'established').length === 2,
+    );
     const ns = await Promise.all(['x1', 'x2', 'x3', 'iso'].map((l) => cluster!.container(l)));
-    const ips = [await attach(a, ns[0], '10.33.0.1/16'), await attach(b, ns[1], '10.33.0.2/16'), await attach(c, ns[2], '10.33.0.3/16')];
+    const ips = [
+      await attach(a, ns[0], '10.33.0.1/16'),
+      await attach(b, ns[1], '10.33.0.2/16'),
+      await attach(c, ns[2], '10.33.0.3/16'),
+    ];
     const isolated = await attach(c, ns[3], '10.34.0.1/16');
     const servers = await Promise.all(ns.map((n) => echoServer(n, 7100)));
     try {
@@ -84,11 +107,18 @@ describeAsRoot('fastdp across namespace hosts', () => {
         }
       }
       // A broadcast from x1 reaches the other two hosts' containers (ARP for an unused address is flooded).
-      const bcast = await run('ip', ['netns', 'exec', ns[0], process.execPath, '-e', `
+      const bcast = await run('ip', [
+        'netns',
+        'exec',
+        ns[0],
+        process.execPath,
+        '-e',
+        `
         const u = require('node:dgram').createSocket('udp4');
         u.bind(() => { u.setBroadcast(true); u.send('hi', 7100, '10.33.255.255', () => {}); });
         const from = new Set(); u.on('message', (_m, r) => from.add(r.address));
-        setTimeout(() => { console.log([...from].sort().join(' ')); process.exit(0); }, 2000);`]);
+        setTimeout(() => { console.log([...from].sort().join(' ')); process.exit(0); }, 2000);`,
+      ]);
       const repliers = bcast.stdout.trim().split(' ');
       expect(repliers).toContain(ips[1]);
       expect(repliers).toContain(ips[2]);
@@ -112,19 +142,40 @@ describeAsRoot('fastdp across namespace hosts', () => {
       const ex = await a.weft(['expose']);
       expect(ex.code, ex.stderr).toBe(0);
       const exposed = ex.stdout.trim().split('/')[0];
-      expect((await a.weft(['status'])).stdout).toMatch(new RegExp(`host exposed as ${exposed.replaceAll('.', '\\.')}/12`));
+      expect((await a.weft(['status'])).stdout).toMatch(
+        new RegExp(`host exposed as ${exposed.replaceAll('.', '\\.')}/12`),
+      );
       await eventually('host A reaches c2 on host B', async () => (await echo(a.ns, ip2, 7200)) === 5, 10_000, 300);
       // NAT: c1 sends to host B's underlay address through A; B sees A's underlay address as the source.
       await run('ip', ['-n', c1, 'route', 'add', '198.18.0.0/24', 'via', exposed]);
-      const listener = run('ip', ['netns', 'exec', b.ns, process.execPath, '-e', `
+      const listener = run('ip', [
+        'netns',
+        'exec',
+        b.ns,
+        process.execPath,
+        '-e',
+        `
         require('node:net').createServer((s) => { console.log(s.remoteAddress); process.exit(0); }).listen(7301, '198.18.0.2');
-        setTimeout(() => { console.log('nothing'); process.exit(0); }, 6000);`]);
+        setTimeout(() => { console.log('nothing'); process.exit(0); }, 6000);`,
+      ]);
       await new Promise((r) => setTimeout(r, 500));
-      await run('ip', ['netns', 'exec', c1, process.execPath, '-e', `const s = require('node:net').connect(7301, '198.18.0.2', () => setTimeout(() => process.exit(0), 200)); s.on('error', () => process.exit(1));`]);
+      await run('ip', [
+        'netns',
+        'exec',
+        c1,
+        process.execPath,
+        '-e',
+        `const s = require('node:net').connect(7301, '198.18.0.2', () => setTimeout(() => process.exit(0), 200)); s.on('error', () => process.exit(1));`,
+      ]);
       expect((await listener).stdout.trim()).toBe(a.ip);
       // Rules flushed underneath come back.
       await a.exec('nft', ['flush', 'table', 'inet', 'weft']);
-      await eventually('firewall restored', async () => (await a.exec('nft', ['list', 'table', 'inet', 'weft'])).stdout.includes('masquerade'), 12_000, 500);
+      await eventually(
+        'firewall restored',
+        async () => (await a.exec('nft', ['list', 'table', 'inet', 'weft'])).stdout.includes('masquerade'),
+        12_000,
+        500,
+      );
       const hide = await a.weft(['hide']);
       expect(hide.stdout.trim()).toBe(ex.stdout.trim());
       await expect(echo(a.ns, ip2, 7200)).rejects.toThrow();
@@ -166,10 +217,15 @@ describeAsRoot('fastdp across namespace hosts', () => {
     await b.exec('nft', ['add', 'table', 'inet', 'blk']);
     await b.exec('nft', ['add', 'chain', 'inet', 'blk', 'in', '{ type filter hook input priority -300; }']);
     await b.exec('nft', ['add', 'rule', 'inet', 'blk', 'in', 'udp', 'dport', '6784', 'drop']);
-    const blocked = await eventually('A to say why', async () => {
-      const l = await line();
-      return /no data path: VXLAN heartbeats unacknowledged for \d+s \(is UDP 6784 blocked/.test(l) ? l : null;
-    }, 10_000, 300);
+    const blocked = await eventually(
+      'A to say why',
+      async () => {
+        const l = await line();
+        return /no data path: VXLAN heartbeats unacknowledged for \d+s \(is UDP 6784 blocked/.test(l) ? l : null;
+      },
+      10_000,
+      300,
+    );
     expect(blocked).not.toMatch(/fastdp mtu/);
     expect(blocked).toMatch(/no sleeve: turned off \(--no-sleeve\)/);
     const r = await a.report<Report>();
@@ -178,7 +234,12 @@ describeAsRoot('fastdp across namespace hosts', () => {
     await eventually('fastdp again', async () => /fastdp mtu=1450/.test(await line()), 10_000, 300);
     // An underlay hop that cannot carry full-size overlay frames: the heartbeats (full MTU) say so.
     await run('ip', ['-n', cluster!.underlayNs, 'link', 'set', b.uplink, 'mtu', '1400']);
-    await eventually('A to notice the small path MTU', async () => /no data path: .*path MTU below 1500/.test(await line()), 10_000, 300);
+    await eventually(
+      'A to notice the small path MTU',
+      async () => /no data path: .*path MTU below 1500/.test(await line()),
+      10_000,
+      300,
+    );
   });
 
   it('--mtu sets the overlay MTU on the bridge, the VXLAN device and containers; ethwe notifies ARP', async () => {
@@ -192,7 +253,9 @@ describeAsRoot('fastdp across namespace hosts', () => {
     expect(await mtu(['-n', a.ns, 'link', 'show', 'vxlan-weft'])).toBe(1400);
     expect(await mtu(['-n', c1, 'link', 'show', 'ethwe'])).toBe(1400);
     expect((await a.weft(['status'])).stdout).toMatch(/mtu 1400/);
-    expect((await run('ip', ['netns', 'exec', c1, 'cat', '/proc/sys/net/ipv4/conf/ethwe/arp_notify'])).stdout.trim()).toBe('1');
+    expect(
+      (await run('ip', ['netns', 'exec', c1, 'cat', '/proc/sys/net/ipv4/conf/ethwe/arp_notify'])).stdout.trim(),
+    ).toBe('1');
   });
 
   it('a full bridge: attach says so and leaves nothing behind (no veth, no address); with a port free it works', async () => {
@@ -201,9 +264,14 @@ describeAsRoot('fastdp across namespace hosts', () => {
     await a.launch();
     // Fill the bridge to the kernel's limit with veths (weft's own ports are on it already): -force
     // goes on past the adds the full bridge refuses.
-    const fill = Array.from({ length: 1030 }, (_, i) => `link add wfill${i} master weft type veth peer name wfpeer${i}`).join('\n') + '\n';
+    const fill =
+      Array.from({ length: 1030 }, (_, i) => `link add wfill${i} master weft type veth peer name wfpeer${i}`).join(
+        '\n',
+      ) + '\n';
     await run('ip', ['-n', a.ns, '-force', '-batch', '-'], { input: fill });
-    expect((JSON.parse((await a.exec('ip', ['-json', 'link', 'show', 'master', 'weft'])).stdout) as unknown[]).length).toBe(1023);
+    expect(
+      (JSON.parse((await a.exec('ip', ['-json', 'link', 'show', 'master', 'weft'])).stdout) as unknown[]).length,
+    ).toBe(1023);
     const c1 = await cluster.container('c1');
     const r = await a.weft(['attach', `netns:${c1}`]);
     expect(r.code).not.toBe(0);
@@ -224,12 +292,20 @@ describeAsRoot('fastdp across namespace hosts', () => {
     const ip2 = await attach(b, c2, '10.32.5.5/12');
     expect(ip2).toBe('10.32.5.5');
     const mac2 = (await b.report<Report>()).datapath!.localEndpoints[0].mac;
-    await eventually('A programs c2', async () => (await a.exec('bridge', ['fdb', 'show', 'dev', 'vxlan-weft'])).stdout.includes(mac2));
+    await eventually('A programs c2', async () =>
+      (await a.exec('bridge', ['fdb', 'show', 'dev', 'vxlan-weft'])).stdout.includes(mac2),
+    );
     const d = await b.weft(['detach', `netns:${c2}`]);
     expect(d.code, d.stderr).toBe(0);
     expect((await b.weft(['ipam', 'lookup', `netns:${c2}`])).stderr).toMatch(/no addresses/);
-    await eventually('A forgets c2', async () => !(await a.exec('bridge', ['fdb', 'show', 'dev', 'vxlan-weft'])).stdout.includes(mac2));
-    await eventually('and its neighbour entry', async () => !(await a.exec('ip', ['neigh', 'show', 'dev', 'weft', 'nud', 'permanent'])).stdout.includes(ip2));
+    await eventually(
+      'A forgets c2',
+      async () => !(await a.exec('bridge', ['fdb', 'show', 'dev', 'vxlan-weft'])).stdout.includes(mac2),
+    );
+    await eventually(
+      'and its neighbour entry',
+      async () => !(await a.exec('ip', ['neigh', 'show', 'dev', 'weft', 'nud', 'permanent'])).stdout.includes(ip2),
+    );
     expect((await run('ip', ['-n', c2, 'link', 'show', 'ethwe'])).code).not.toBe(0);
   });
 
@@ -239,15 +315,26 @@ describeAsRoot('fastdp across namespace hosts', () => {
     const client = await cluster!.container('client');
     const ip = await attach(a, old, '10.32.7.7/12');
     await attach(b, client);
-    await eventually('client pings the first holder', async () => (await run('ip', ['netns', 'exec', client, 'ping', '-c', '1', '-W', '1', ip])).code === 0, 10_000, 100);
+    await eventually(
+      'client pings the first holder',
+      async () => (await run('ip', ['netns', 'exec', client, 'ping', '-c', '1', '-W', '1', ip])).code === 0,
+      10_000,
+      100,
+    );
     expect((await a.weft(['detach', `netns:${old}`])).code).toBe(0);
     const fresh = await cluster!.container('fresh');
     expect(await attach(a, fresh, '10.32.7.7/12')).toBe(ip);
     // The client's ARP entry still names the old MAC (ARP does not cross hosts: the bridges answer it);
     // without weft telling the client's host, the new holder stays unreachable until that entry ages out
     // (30 s and more), far longer than this wait.
-    await eventually('client pings the new holder', async () => (await run('ip', ['netns', 'exec', client, 'ping', '-c', '1', '-W', '1', ip])).code === 0, 5000, 100);
-    const freshMac = JSON.parse((await run('ip', ['-n', fresh, '-json', 'link', 'show', 'ethwe'])).stdout)[0].address as string;
+    await eventually(
+      'client pings the new holder',
+      async () => (await run('ip', ['netns', 'exec', client, 'ping', '-c', '1', '-W', '1', ip])).code === 0,
+      5000,
+      100,
+    );
+    const freshMac = JSON.parse((await run('ip', ['-n', fresh, '-json', 'link', 'show', 'ethwe'])).stdout)[0]
+      .address as string;
     expect((await run('ip', ['netns', 'exec', client, 'ip', 'neigh', 'show', ip])).stdout).toContain(freshMac);
   });
 
@@ -268,7 +355,11 @@ describeAsRoot('fastdp across namespace hosts', () => {
       expect(await echo(c1, ip2, 7001)).toBe(5);
       await run('ip', ['netns', 'del', c3]); // a container that goes away while the router is down
       await b.launch([a.ip]);
-      await eventually('A drops c3\'s MAC after B comes back', async () => !(await a.exec('bridge', ['fdb', 'show', 'dev', 'vxlan-weft'])).stdout.includes(mac3), 20_000);
+      await eventually(
+        "A drops c3's MAC after B comes back",
+        async () => !(await a.exec('bridge', ['fdb', 'show', 'dev', 'vxlan-weft'])).stdout.includes(mac3),
+        20_000,
+      );
       expect(await echo(c1, ip2, 7001)).toBe(5);
       const ps = await b.weft(['ps']);
       expect(ps.stdout).toContain(`netns:${c2}`);

@@ -14,15 +14,20 @@ afterEach(async () => {
   cluster = null;
 });
 
-const getent = (ns: string, name: string) => run('ip', ['netns', 'exec', ns, 'getent', 'hosts', name], { timeoutMs: 10_000 });
+const getent = (ns: string, name: string) =>
+  run('ip', ['netns', 'exec', ns, 'getent', 'hosts', name], { timeoutMs: 10_000 });
 
 describeAsRoot('DNS across namespace hosts', () => {
   it('a container on one host resolves a container on another by name; removal propagates', async () => {
-    cluster = await Cluster.create(2, { routerArgs: ['--heartbeat-interval', '500ms', '--gossip-interval', '1s', '--ipalloc-init', 'consensus=2'] });
+    cluster = await Cluster.create(2, {
+      routerArgs: ['--heartbeat-interval', '500ms', '--gossip-interval', '1s', '--ipalloc-init', 'consensus=2'],
+    });
     const [a, b] = cluster.hosts;
     await a.launch();
     await b.launch([a.ip]);
-    await eventually('connected', async () => (await a.report<Report>()).connections.some((c) => c.state === 'established'));
+    await eventually('connected', async () =>
+      (await a.report<Report>()).connections.some((c) => c.state === 'established'),
+    );
     const c1 = await cluster.container('web');
     const c2 = await cluster.container('db');
     expect((await a.weft(['attach', '-h', 'web.weft.local', `netns:${c1}`])).code).toBe(0);
@@ -39,7 +44,9 @@ describeAsRoot('DNS across namespace hosts', () => {
     expect((await a.weft(['status', 'dns'])).stdout).toMatch(/^db\s+\S+\s+netns:/m);
     // dns-add on A for an address on B, seen from B's container.
     expect((await a.weft(['dns-add', '10.32.99.99', 'extern', '-h', 'ext.weft.local'])).code).toBe(0);
-    await eventually('ext resolves from db', async () => (await getent(c2, 'ext.weft.local')).stdout.includes('10.32.99.99'));
+    await eventually('ext resolves from db', async () =>
+      (await getent(c2, 'ext.weft.local')).stdout.includes('10.32.99.99'),
+    );
     await b.weft(['detach', `netns:${c2}`]);
     await eventually('db gone everywhere', async () => (await getent(c1, 'db.weft.local')).code !== 0);
     // dns-args: what `docker run` needs to use weft's DNS.
@@ -47,7 +54,9 @@ describeAsRoot('DNS across namespace hosts', () => {
   });
 
   it('names survive their router being killed with -9 and restarted (found by the chaos suite)', async () => {
-    cluster = await Cluster.create(2, { routerArgs: ['--heartbeat-interval', '500ms', '--gossip-interval', '1s', '--ipalloc-init', 'consensus=2'] });
+    cluster = await Cluster.create(2, {
+      routerArgs: ['--heartbeat-interval', '500ms', '--gossip-interval', '1s', '--ipalloc-init', 'consensus=2'],
+    });
     const [a, b] = cluster.hosts;
     await a.launch();
     await b.launch([a.ip]);
@@ -56,7 +65,9 @@ describeAsRoot('DNS across namespace hosts', () => {
     await eventually('db known on A', async () => (await a.weft(['dns-lookup', 'db.weft.local'])).stdout.trim() !== '');
     await b.kill();
     await b.launch([a.ip]);
-    await eventually('B connected again', async () => (await a.report<Report>()).connections.some((c) => c.state === 'established'));
+    await eventually('B connected again', async () =>
+      (await a.report<Report>()).connections.some((c) => c.state === 'established'),
+    );
     // Long enough for the restarted router's record to supersede its old one everywhere.
     await new Promise((r) => setTimeout(r, 4000));
     expect((await a.weft(['dns-lookup', 'db.weft.local'])).stdout.trim()).not.toBe('');
@@ -64,7 +75,9 @@ describeAsRoot('DNS across namespace hosts', () => {
   });
 
   it('the names of a host that is killed, and so leaves the mesh, are gone everywhere after the grace period', async () => {
-    cluster = await Cluster.create(2, { routerArgs: ['--heartbeat-interval', '500ms', '--gossip-interval', '1s', '--ipalloc-init', 'consensus=2'] });
+    cluster = await Cluster.create(2, {
+      routerArgs: ['--heartbeat-interval', '500ms', '--gossip-interval', '1s', '--ipalloc-init', 'consensus=2'],
+    });
     const [a, b] = cluster.hosts;
     await a.launch();
     await b.launch([a.ip]);
@@ -78,7 +91,12 @@ describeAsRoot('DNS across namespace hosts', () => {
     await new Promise((r) => setTimeout(r, 5000));
     expect((await getent(c1, 'db.weft.local')).code).toBe(0);
     // ...and gone once B has been out of the mesh for 30 s.
-    await eventually('db gone after B left', async () => (await a.weft(['dns-lookup', 'db.weft.local'])).stdout.trim() === '', 60_000, 1000);
+    await eventually(
+      'db gone after B left',
+      async () => (await a.weft(['dns-lookup', 'db.weft.local'])).stdout.trim() === '',
+      60_000,
+      1000,
+    );
     expect((await getent(c1, 'db.weft.local')).code).not.toBe(0);
     expect((await getent(c1, 'web.weft.local')).code).toBe(0);
   }, 90_000);
@@ -86,7 +104,9 @@ describeAsRoot('DNS across namespace hosts', () => {
 
 describeAsRoot('DNS and a peer removed for good', () => {
   it('weft rmpeer of a killed host: its names stop resolving everywhere within a second, its endpoints go too', async () => {
-    cluster = await Cluster.create(3, { routerArgs: ['--heartbeat-interval', '500ms', '--gossip-interval', '1s', '--ipalloc-init', 'consensus=3'] });
+    cluster = await Cluster.create(3, {
+      routerArgs: ['--heartbeat-interval', '500ms', '--gossip-interval', '1s', '--ipalloc-init', 'consensus=3'],
+    });
     const [a, b, c] = await cluster.launchAll();
     const gone = (await c.report<Report>()).name;
     const c3 = await cluster.container('db');
@@ -99,20 +119,41 @@ describeAsRoot('DNS and a peer removed for good', () => {
       await eventually(`db resolves on ${h.nickname}`, async () => (await getent(ns, 'db.weft.local')).code === 0);
     }
     await c.kill();
-    for (const h of [a, b]) await eventually(`${h.nickname} to see host3 gone`, async () => !(await h.report<Report>()).peers.some((p) => p.name === gone), 20_000, 200);
+    for (const h of [a, b])
+      await eventually(
+        `${h.nickname} to see host3 gone`,
+        async () => !(await h.report<Report>()).peers.some((p) => p.name === gone),
+        20_000,
+        200,
+      );
     // Still answered: the grace period keeps names of a router that may only be restarting.
     expect((await a.weft(['dns-lookup', 'db.weft.local'])).stdout.trim()).not.toBe('');
     // Each host's own API, asked every 20 ms from a process already running there: when the name went.
     const watchers = [a, b].map((h) => {
-      const child = spawn('ip', ['netns', 'exec', h.ns, process.execPath, '-e', `
+      const child = spawn(
+        'ip',
+        [
+          'netns',
+          'exec',
+          h.ns,
+          process.execPath,
+          '-e',
+          `
         const http = require('node:http'); process.stdout.write('ready\\n');
         const ask = () => http.get({ host: '127.0.0.1', port: 6784, path: '/name/db.weft.local' }, (res) => {
           res.resume(); if (res.statusCode === 404) { process.stdout.write('gone ' + Date.now() + '\\n'); process.exit(0); } else setTimeout(ask, 20);
         }).on('error', () => setTimeout(ask, 20));
-        ask(); setTimeout(() => process.exit(1), 20000);`], { stdio: ['ignore', 'pipe', 'ignore'] });
+        ask(); setTimeout(() => process.exit(1), 20000);`,
+        ],
+        { stdio: ['ignore', 'pipe', 'ignore'] },
+      );
       let out = '';
       child.stdout.on('data', (d: Buffer) => (out += d.toString()));
-      return { ready: () => out.includes('ready'), goneAt: () => Number(/gone (\d+)/.exec(out)?.[1] ?? NaN), done: new Promise((r) => child.on('exit', r)) };
+      return {
+        ready: () => out.includes('ready'),
+        goneAt: () => Number(/gone (\d+)/.exec(out)?.[1] ?? NaN),
+        done: new Promise((r) => child.on('exit', r)),
+      };
     });
     await eventually('the watchers asking', async () => watchers.every((w) => w.ready()), 10_000, 20);
     const r = await a.weft(['rmpeer', 'host3']);
@@ -134,15 +175,28 @@ describeAsRoot('DNS and a peer removed for good', () => {
     const stranger = await cluster.stranger(1);
     await run('ip', ['-n', stranger.ns, 'route', 'add', '169.254.83.83/32', 'via', a.ip]);
     const ask = (ns: string) =>
-      run('ip', ['netns', 'exec', ns, process.execPath, '-e', `
+      run(
+        'ip',
+        [
+          'netns',
+          'exec',
+          ns,
+          process.execPath,
+          '-e',
+          `
         const p = require('dns-packet'); const s = require('node:dgram').createSocket('udp4');
         s.on('message', (m) => { console.log(p.decode(m).answers.map((x) => x.data).join(' ') || 'empty'); process.exit(0); });
         s.send(p.encode({ type: 'query', id: 7, flags: p.RECURSION_DESIRED, questions: [{ type: 'A', name: 'c1.weft.local' }] }), 53, '169.254.83.83');
-        setTimeout(() => { console.log('no answer'); process.exit(0); }, 2000);`], { timeoutMs: 10_000 });
+        setTimeout(() => { console.log('no answer'); process.exit(0); }, 2000);`,
+        ],
+        { timeoutMs: 10_000 },
+      );
     expect((await ask(c1)).stdout.trim()).toMatch(/^10\./);
     expect((await ask(a.ns)).stdout.trim()).toMatch(/^10\./);
     expect((await ask(stranger.ns)).stdout.trim()).toBe('no answer');
-    expect((await a.report<{ dns: { stats: { refusedClients: number } } }>()).dns.stats.refusedClients).toBeGreaterThan(0);
+    expect((await a.report<{ dns: { stats: { refusedClients: number } } }>()).dns.stats.refusedClients).toBeGreaterThan(
+      0,
+    );
   });
 });
 
@@ -153,11 +207,22 @@ describeAsRoot('DNS upstream', () => {
     const conf = join(cluster.workDir, 'resolv.conf');
     writeFileSync(conf, `nameserver ${up.ip}\n`);
     // A tiny upstream on host2's underlay address: every A question gets 198.18.7.7.
-    const upstream = spawn('ip', ['netns', 'exec', up.ns, process.execPath, '-e', `
+    const upstream = spawn(
+      'ip',
+      [
+        'netns',
+        'exec',
+        up.ns,
+        process.execPath,
+        '-e',
+        `
       const p = require('dns-packet'); const s = require('node:dgram').createSocket('udp4');
       s.on('message', (m, r) => { const q = p.decode(m);
         s.send(p.encode({ type: 'response', id: q.id, flags: p.RECURSION_AVAILABLE, questions: q.questions, answers: [{ type: 'A', name: q.questions[0].name, ttl: 5, data: '198.18.7.7' }] }), r.port, r.address); });
-      s.bind(53, '${up.ip}', () => console.log('ready'));`], { stdio: ['ignore', 'pipe', 'inherit'], cwd: process.cwd() });
+      s.bind(53, '${up.ip}', () => console.log('ready'));`,
+      ],
+      { stdio: ['ignore', 'pipe', 'inherit'], cwd: process.cwd() },
+    );
     try {
       await new Promise<void>((resolve) => upstream.stdout.on('data', () => resolve()));
       await a.launch([], ['--resolv-conf', conf]);
@@ -170,11 +235,22 @@ describeAsRoot('DNS upstream', () => {
       expect(got).toMatch(/^198\.18\.7\.7\s+service\.example\.test/);
       upstream.kill('SIGKILL');
       await new Promise((r) => setTimeout(r, 300));
-      const dig = await run('ip', ['netns', 'exec', c1, process.execPath, '-e', `
+      const dig = await run(
+        'ip',
+        [
+          'netns',
+          'exec',
+          c1,
+          process.execPath,
+          '-e',
+          `
         const p = require('dns-packet'); const s = require('node:dgram').createSocket('udp4');
         s.on('message', (m) => { console.log(p.decode(m).rcode); process.exit(0); });
         s.send(p.encode({ type: 'query', id: 9, flags: p.RECURSION_DESIRED, questions: [{ type: 'A', name: 'other.example.test' }] }), 53, '169.254.83.83');
-        setTimeout(() => { console.log('no answer'); process.exit(0); }, 8000);`], { timeoutMs: 15_000 });
+        setTimeout(() => { console.log('no answer'); process.exit(0); }, 8000);`,
+        ],
+        { timeoutMs: 15_000 },
+      );
       expect(dig.stdout.trim()).toBe('SERVFAIL');
     } finally {
       upstream.kill('SIGKILL');

@@ -61,8 +61,12 @@ describe.skipIf(missing !== null)('Docker: router container, network plugin, eve
       expect(c.HostConfig?.Privileged).toBe(false);
     }
     const st = await a.weft(['status']);
-    expect(st.stdout).toMatch(/Docker: engine 20\.10[^,]*, network plugin "weft" at \/run\/docker\/plugins\/weft\.sock/);
-    await eventually('the two routers connected', async () => (await a.weft(['status', 'peers'])).stdout.includes('host2'));
+    expect(st.stdout).toMatch(
+      /Docker: engine 20\.10[^,]*, network plugin "weft" at \/run\/docker\/plugins\/weft\.sock/,
+    );
+    await eventually('the two routers connected', async () =>
+      (await a.weft(['status', 'peers'])).stdout.includes('host2'),
+    );
   }, 90_000);
 
   it('containers on a weft network ping, talk TCP across hosts and resolve each other by name', async () => {
@@ -76,34 +80,67 @@ describe.skipIf(missing !== null)('Docker: router container, network plugin, eve
     expect(again.stderr).toMatch(/already used by another weft network/);
 
     await workload(da, 'c1', ['--net', 'weftnet', ...(await dnsArgs(a))]);
-    await workload(db, 'c2', ['--net', 'weftnet', ...(await dnsArgs(b))], ['node', '-e', "require('net').createServer((s) => s.pipe(s)).listen(7000)"]);
-    const ip2 = (await db.mustDocker(['inspect', '-f', '{{.NetworkSettings.Networks.weftnet.IPAddress}}', 'c2'])).trim();
+    await workload(
+      db,
+      'c2',
+      ['--net', 'weftnet', ...(await dnsArgs(b))],
+      ['node', '-e', "require('net').createServer((s) => s.pipe(s)).listen(7000)"],
+    );
+    const ip2 = (
+      await db.mustDocker(['inspect', '-f', '{{.NetworkSettings.Networks.weftnet.IPAddress}}', 'c2'])
+    ).trim();
     expect(ip2).toMatch(/^10\.(3[2-9]|4[0-7])\./);
-    const ping = await eventually('c1 pings c2 across hosts', async () => {
-      const r = await da.docker(['exec', 'c1', 'ping', '-c', '1', '-W', '1', ip2]);
-      return r.code === 0 ? r : null;
-    }, 20_000);
+    const ping = await eventually(
+      'c1 pings c2 across hosts',
+      async () => {
+        const r = await da.docker(['exec', 'c1', 'ping', '-c', '1', '-W', '1', ip2]);
+        return r.code === 0 ? r : null;
+      },
+      20_000,
+    );
     expect(ping.stdout).toMatch(/1 received/);
     const tcp = await da.docker([
-      'exec', 'c1', 'node', '-e',
+      'exec',
+      'c1',
+      'node',
+      '-e',
       `const s = require('net').connect(7000, '${ip2}', () => s.write('over weft')); s.on('data', (d) => { console.log(String(d)); s.end(); });`,
     ]);
     expect(tcp.stdout.trim()).toBe('over weft');
-    const dns = await eventually('c2 resolves from c1', async () => {
-      const r = await da.docker(['exec', 'c1', 'getent', 'hosts', 'c2']);
-      return r.code === 0 ? r.stdout : null;
-    }, 15_000);
+    const dns = await eventually(
+      'c2 resolves from c1',
+      async () => {
+        const r = await da.docker(['exec', 'c1', 'getent', 'hosts', 'c2']);
+        return r.code === 0 ? r.stdout : null;
+      },
+      15_000,
+    );
     expect(dns.split(/\s+/)[0]).toBe(ip2);
   }, 120_000);
 
   it('services over a container labelled weft.group, and over one named by its Docker name, are reached by name from a plugin container on the other host', async () => {
-    await workload(db, 'c5', ['--net', 'weftnet', '--label', 'weft.group=echo', ...(await dnsArgs(b))], ['node', '-e', "require('net').createServer((s) => s.on('data', () => s.write('c5'))).listen(7100)"]);
+    await workload(
+      db,
+      'c5',
+      ['--net', 'weftnet', '--label', 'weft.group=echo', ...(await dnsArgs(b))],
+      ['node', '-e', "require('net').createServer((s) => s.on('data', () => s.write('c5'))).listen(7100)"],
+    );
     /** What c1 gets back from NAME.weft.local:7100: the backend's answer and the address it talked to. */
     const reach = (name: string) =>
-      eventually(`c1 reaches ${name}.weft.local`, async () => {
-        const r = await da.docker(['exec', 'c1', 'node', '-e', `const s = require('net').connect(7100, '${name}.weft.local', () => s.write('x')); s.on('data', (d) => { console.log(String(d) + ' ' + s.remoteAddress); process.exit(0); }); s.on('error', () => process.exit(1)); setTimeout(() => process.exit(1), 2000);`]);
-        return r.code === 0 ? r.stdout.trim() : null;
-      }, 20_000);
+      eventually(
+        `c1 reaches ${name}.weft.local`,
+        async () => {
+          const r = await da.docker([
+            'exec',
+            'c1',
+            'node',
+            '-e',
+            `const s = require('net').connect(7100, '${name}.weft.local', () => s.write('x')); s.on('data', (d) => { console.log(String(d) + ' ' + s.remoteAddress); process.exit(0); }); s.on('error', () => process.exit(1)); setTimeout(() => process.exit(1), 2000);`,
+          ]);
+          return r.code === 0 ? r.stdout.trim() : null;
+        },
+        20_000,
+      );
     const created = await a.weft(['service', 'create', 'echo', '--group', 'echo']);
     expect(created.code, created.stderr).toBe(0);
     expect(await reach('echo')).toBe(`c5 ${created.stdout.split(' ')[1]}`); // answered by the backend, seen by the client as the VIP
@@ -116,13 +153,22 @@ describe.skipIf(missing !== null)('Docker: router container, network plugin, eve
   }, 60_000);
 
   it('docker rm -f frees the address and removes the name on both hosts', async () => {
-    const ip2 = (await db.mustDocker(['inspect', '-f', '{{.NetworkSettings.Networks.weftnet.IPAddress}}', 'c2'])).trim();
-    const held = async (h: Host) => (await h.report<{ ipam: { owned: { addresses: string[] }[] } }>()).ipam.owned.some((o) => o.addresses.some((x) => x.split('/')[0] === ip2));
+    const ip2 = (
+      await db.mustDocker(['inspect', '-f', '{{.NetworkSettings.Networks.weftnet.IPAddress}}', 'c2'])
+    ).trim();
+    const held = async (h: Host) =>
+      (await h.report<{ ipam: { owned: { addresses: string[] }[] } }>()).ipam.owned.some((o) =>
+        o.addresses.some((x) => x.split('/')[0] === ip2),
+      );
     expect(await held(b)).toBe(true);
     await db.mustDocker(['rm', '-f', 'c2']);
     await eventually('the address of c2 freed on host2', async () => !(await held(b)), 10_000);
     for (const h of [a, b]) {
-      await eventually(`c2's name gone on ${h.nickname}`, async () => (await h.weft(['dns-lookup', 'c2.weft.local'])).stdout.trim() === '', 10_000);
+      await eventually(
+        `c2's name gone on ${h.nickname}`,
+        async () => (await h.weft(['dns-lookup', 'c2.weft.local'])).stdout.trim() === '',
+        10_000,
+      );
     }
   }, 60_000);
 
@@ -133,24 +179,38 @@ describe.skipIf(missing !== null)('Docker: router container, network plugin, eve
     const ip3 = r.stdout.trim().split('/')[0];
     expect((await a.weft(['dns-lookup', 'c3.weft.local'])).stdout.trim()).toBe(ip3);
     // c1 is on the weft network on the same host; c3 reaches it over the bridge, and c1 finds c3 by name.
-    const ip1 = (await da.mustDocker(['inspect', '-f', '{{.NetworkSettings.Networks.weftnet.IPAddress}}', 'c1'])).trim();
+    const ip1 = (
+      await da.mustDocker(['inspect', '-f', '{{.NetworkSettings.Networks.weftnet.IPAddress}}', 'c1'])
+    ).trim();
     // (Retried: with another suite sharing the two cores, the first ARP exchange can take over 2 s.)
-    await eventually('c3 reaches c1', async () => (await da.docker(['exec', 'c3', 'ping', '-c', '1', '-W', '2', ip1])).code === 0, 10_000);
+    await eventually(
+      'c3 reaches c1',
+      async () => (await da.docker(['exec', 'c3', 'ping', '-c', '1', '-W', '2', ip1])).code === 0,
+      10_000,
+    );
     // Containers attached this way resolve each other by name across hosts (weft dns-args on Docker's default network).
     await workload(db, 'c4', await dnsArgs(b));
     expect((await b.weft(['attach', 'c4'])).code).toBe(0);
-    const found = await eventually('c4 resolves c3 by name', async () => {
-      const g = await db.docker(['exec', 'c4', 'getent', 'hosts', 'c3']);
-      return g.code === 0 ? g.stdout : null;
-    }, 10_000);
+    const found = await eventually(
+      'c4 resolves c3 by name',
+      async () => {
+        const g = await db.docker(['exec', 'c4', 'getent', 'hosts', 'c3']);
+        return g.code === 0 ? g.stdout : null;
+      },
+      10_000,
+    );
     expect(found.split(/\s+/)[0]).toBe(ip3);
     expect((await db.docker(['exec', 'c4', 'ping', '-c', '1', '-W', '2', ip3])).code).toBe(0);
     await db.mustDocker(['rm', '-f', 'c4']);
     await da.mustDocker(['restart', '-t', '1', 'c3']);
-    const back = await eventually('c3 reattached after its restart', async () => {
-      const out = await da.docker(['exec', 'c3', 'ip', '-4', '-o', 'addr', 'show', 'dev', 'ethwe']);
-      return out.code === 0 && /inet 10\./.test(out.stdout) ? out.stdout : null;
-    }, 15_000);
+    const back = await eventually(
+      'c3 reattached after its restart',
+      async () => {
+        const out = await da.docker(['exec', 'c3', 'ip', '-4', '-o', 'addr', 'show', 'dev', 'ethwe']);
+        return out.code === 0 && /inet 10\./.test(out.stdout) ? out.stdout : null;
+      },
+      15_000,
+    );
     expect(back).toMatch(/inet 10\./);
     const ps = await a.weft(['ps']);
     const id3 = await da.mustDocker(['inspect', '-f', '{{.Id}}', 'c3']);
@@ -175,7 +235,17 @@ describe.skipIf(missing !== null)('Docker: router container, network plugin, eve
     const files = await run('ls', ['-A', a.dataDir]);
     expect(files.stdout.trim()).toBe('');
     // The plugin's socket went with the router.
-    const sock = await da.docker(['run', '--rm', '-v', '/run/docker/plugins:/p', '--entrypoint', 'sh', IMAGE, '-c', '[ -e /p/weft.sock ] && echo present || echo absent']);
+    const sock = await da.docker([
+      'run',
+      '--rm',
+      '-v',
+      '/run/docker/plugins:/p',
+      '--entrypoint',
+      'sh',
+      IMAGE,
+      '-c',
+      '[ -e /p/weft.sock ] && echo present || echo absent',
+    ]);
     expect(sock.stdout.trim()).toBe('absent');
   }, 90_000);
 });

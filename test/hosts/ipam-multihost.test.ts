@@ -32,12 +32,13 @@ async function allocateMany(h: Host, prefix: string, n: number, subnet?: string)
     h,
     Array.from({ length: n }, (_, i) => ({ method: 'POST', path: `/ip/${prefix}-${i}${q}` })),
   );
-  for (const a of answers) if (a.status !== 200) throw new Error(`allocation on ${h.nickname} failed: ${a.status} ${a.body}`);
+  for (const a of answers)
+    if (a.status !== 200) throw new Error(`allocation on ${h.nickname} failed: ${a.status} ${a.body}`);
   return answers.map((a) => a.body.split('/')[0]);
 }
 
 describeAsRoot('IPAM on three namespace hosts', () => {
-  it('hundreds of concurrent allocations: distinct, in range, lowest-first in each peer\'s space', async () => {
+  it("hundreds of concurrent allocations: distinct, in range, lowest-first in each peer's space", async () => {
     const hosts = await threeHosts();
     const per = await Promise.all(hosts.map((h, i) => allocateMany(h, `c${i}`, 100)));
     const all = per.flat();
@@ -66,7 +67,10 @@ describeAsRoot('IPAM on three namespace hosts', () => {
     const [a, b, c] = await threeHosts();
     await Promise.all([a, b, c].map((h, i) => allocateMany(h, `before${i}`, 10)));
     await c.cut();
-    await eventually('A and B lose C', async () => !(await a.report<Report>()).peers.some((p) => p.nickname === 'host3'));
+    await eventually(
+      'A and B lose C',
+      async () => !(await a.report<Report>()).peers.some((p) => p.nickname === 'host3'),
+    );
     const during = await Promise.all([a, b, c].map((h, i) => allocateMany(h, `during${i}`, 30)));
     await c.restore();
     await eventually('healed', async () => (await a.report<Report>()).peers.length === 3, 40_000);
@@ -81,7 +85,10 @@ describeAsRoot('IPAM on three namespace hosts', () => {
     const before = await allocateMany(b, 'keep', 20);
     await b.kill();
     await b.launch([a.ip]);
-    const looked = await apiRequests(b, before.map((_, i) => ({ method: 'GET', path: `/ip/keep-${i}` })));
+    const looked = await apiRequests(
+      b,
+      before.map((_, i) => ({ method: 'GET', path: `/ip/keep-${i}` })),
+    );
     expect(looked.map((l) => l.body)).toEqual(before.map((ip) => `${ip}/12`));
     const one = await b.weft(['ipam', 'lookup', 'keep-0']);
     expect(one.stdout.trim()).toBe(`${before[0]}/12`);
@@ -89,7 +96,7 @@ describeAsRoot('IPAM on three namespace hosts', () => {
     expect(more.filter((ip) => before.includes(ip))).toEqual([]);
   });
 
-  it('rmpeer takes over a killed host\'s space (and refuses a live one)', async () => {
+  it("rmpeer takes over a killed host's space (and refuses a live one)", async () => {
     const [a, b, c] = await threeHosts();
     await allocateMany(c, 'onc', 5);
     const rc = await c.report<Report>();
@@ -108,19 +115,27 @@ describeAsRoot('IPAM on three namespace hosts', () => {
     const sub = `${cRange.token.replace(/\.\d+$/, '.0')}/28`;
     const got = await a.weft(['ipam', 'alloc', 'inC', '--subnet', sub]);
     expect(got.code, got.stderr).toBe(0);
-    await eventually('B sees A own it', async () => !(await b.report<Report>()).ipam.entries.some((e) => e.owner === rc.name));
+    await eventually(
+      'B sees A own it',
+      async () => !(await b.report<Report>()).ipam.entries.some((e) => e.owner === rc.name),
+    );
   }, 120_000); // 17 s alone; it passed 60 s once in CI with the services tests beside it
 
   it('weft reset hands the ranges to a live peer and removes the state', async () => {
     const [a, b] = await threeHosts();
     await allocateMany(b, 'onb', 3);
     const rb = await b.report<Report>();
-    await eventually('A knows B\'s share', async () => (await a.report<Report>()).ipam.entries.some((e) => e.owner === rb.name));
+    await eventually("A knows B's share", async () =>
+      (await a.report<Report>()).ipam.entries.some((e) => e.owner === rb.name),
+    );
     const r = await b.weft(['reset']);
     expect(r.code, r.stderr).toBe(0);
     expect(r.stdout).toMatch(/address ranges handed to [0-9a-f:]{17}/);
     expect(r.stdout).toMatch(/removed weft's state/);
-    await eventually('nobody holds ranges of B', async () => !(await a.report<Report>()).ipam.entries.some((e) => e.owner === rb.name));
+    await eventually(
+      'nobody holds ranges of B',
+      async () => !(await a.report<Report>()).ipam.entries.some((e) => e.owner === rb.name),
+    );
     expect((await b.weft(['status'])).stderr).toMatch(/no weft router is running/);
   });
 
@@ -132,7 +147,9 @@ describeAsRoot('IPAM on three namespace hosts', () => {
     await a.weft(['stop']);
     const r = await a.weft(['launch', '--ipalloc-range', '10.99.0.0/16']);
     expect(r.code).not.toBe(0);
-    expect(r.stderr).toMatch(/is for --ipalloc-range 10\.32\.0\.0\/12, but this router was started with 10\.99\.0\.0\/16/);
+    expect(r.stderr).toMatch(
+      /is for --ipalloc-range 10\.32\.0\.0\/12, but this router was started with 10\.99\.0\.0\/16/,
+    );
     expect(r.stderr).toMatch(/weft reset/);
     await a.launch([], ['--ipalloc-init', 'consensus=1']);
     expect((await a.weft(['ipam', 'lookup', 'x'])).stdout).toMatch(/^10\.32\.0\.1\/12/);
@@ -149,7 +166,12 @@ describeAsRoot('IPAM on three namespace hosts', () => {
       const r = await a.weft(['ipam', 'alloc', id]);
       expect(r.code, r.stderr).toBe(0);
       sleeper.kill('SIGKILL');
-      await eventually('the address to be freed', async () => (await a.weft(['ipam', 'lookup', id])).stderr.includes('no addresses'), 15_000, 500);
+      await eventually(
+        'the address to be freed',
+        async () => (await a.weft(['ipam', 'lookup', id])).stderr.includes('no addresses'),
+        15_000,
+        500,
+      );
     } finally {
       sleeper.kill('SIGKILL');
     }
@@ -169,7 +191,9 @@ describeAsRoot('IPAM on three namespace hosts', () => {
   });
 
   it('without a quorum, a request fails after the bounded wait and says what is missing', async () => {
-    cluster = await Cluster.create(1, { routerArgs: [...FAST, '--ipalloc-init', 'consensus=3', '--ipalloc-timeout', '4s'] });
+    cluster = await Cluster.create(1, {
+      routerArgs: [...FAST, '--ipalloc-init', 'consensus=3', '--ipalloc-timeout', '4s'],
+    });
     const [a] = cluster.hosts;
     await a.launch();
     // attach waits for IPAM too, and says what for while it waits.
@@ -179,13 +203,20 @@ describeAsRoot('IPAM on three namespace hosts', () => {
     expect(attach.stderr).toMatch(/gave up after [45]s: awaiting consensus/); // --ipalloc-timeout reached the router through launch
     // Long enough that a loaded machine's CLI start-ups (each ~1 s under CI load) still see it waiting.
     const pending = a.weft(['ipam', 'alloc', 'lonely', '--timeout', '8']);
-    const shown = await eventually('status ipam to show the waiting request', async () => {
-      const s = await a.weft(['status', 'ipam']);
-      return /allocate for lonely/.test(s.stdout) ? s.stdout : null;
-    }, 8000, 200);
+    const shown = await eventually(
+      'status ipam to show the waiting request',
+      async () => {
+        const s = await a.weft(['status', 'ipam']);
+        return /allocate for lonely/.test(s.stdout) ? s.stdout : null;
+      },
+      8000,
+      200,
+    );
     expect(shown).toMatch(/awaiting consensus: heard from 1 of the 2 peers needed/);
     const r = await pending;
     expect(r.code).not.toBe(0);
-    expect(r.stderr).toMatch(/gave up after \ds: awaiting consensus: heard from 1 of the 2 peers needed .*only 1 peer\(s\) in the mesh/);
+    expect(r.stderr).toMatch(
+      /gave up after \ds: awaiting consensus: heard from 1 of the 2 peers needed .*only 1 peer\(s\) in the mesh/,
+    );
   });
 });

@@ -19,11 +19,14 @@ async function hosts(n: number, extra: string[] = []): Promise<Host[]> {
 }
 
 const report = (h: Host) => h.report<Report>();
-const established = (r: Report, peer: string) => r.connections.some((c) => c.peer === peer && c.state === 'established');
+const established = (r: Report, peer: string) =>
+  r.connections.some((c) => c.peer === peer && c.state === 'established');
 
 /** The part of a report every host must agree on: who the peers are and their connections. */
 function topologyView(r: Report): string {
-  return JSON.stringify(r.peers.map((p) => ({ ...p, connections: p.connections.map((c) => [c.name, c.outbound, c.established]).sort() })));
+  return JSON.stringify(
+    r.peers.map((p) => ({ ...p, connections: p.connections.map((c) => [c.name, c.outbound, c.established]).sort() })),
+  );
 }
 
 async function converged(hs: Host[], peers: number): Promise<Report[] | false> {
@@ -92,7 +95,7 @@ describeAsRoot('three namespace hosts', () => {
     const after = await report(b);
     expect(after.name).toBe(before.name);
     expect(after.uid).not.toBe(before.uid);
-    await eventually('B back in everyone\'s topology', async () => {
+    await eventually("B back in everyone's topology", async () => {
       const rs = await converged([a, b, c], 3);
       return rs && rs.every((r) => r.peers.find((p) => p.name === before.name)?.uid === after.uid);
     });
@@ -118,17 +121,28 @@ describeAsRoot('three namespace hosts', () => {
     writeFileSync(pwFile, 'correct horse\n', { mode: 0o600 });
     await a.launch([], ['--password-file', pwFile]);
     await b.launch([a.ip], [], { WEFT_PASSWORD: 'battery staple' });
-    const line = await eventually('B to show the failed connection', async () => {
-      const r = await b.weft(['status', 'connections']);
-      return r.stdout.split('\n').find((l) => l.includes('failed'));
-    }, 5000, 100);
-    expect(line).toMatch(new RegExp(`-> ${a.ip.replaceAll('.', '\\.')}:6783 +failed .*authentication failed: the remote uses a different password`));
+    const line = await eventually(
+      'B to show the failed connection',
+      async () => {
+        const r = await b.weft(['status', 'connections']);
+        return r.stdout.split('\n').find((l) => l.includes('failed'));
+      },
+      5000,
+      100,
+    );
+    expect(line).toMatch(
+      new RegExp(
+        `-> ${a.ip.replaceAll('.', '\\.')}:6783 +failed .*authentication failed: the remote uses a different password`,
+      ),
+    );
     const onA = await a.weft(['status', 'connections']);
     expect(onA.stdout).toMatch(/<- 198\.18\.0\.2:\d+ +failed .*different password/);
     // Same password from the environment: accepted.
     await b.weft(['stop']);
     await b.launch([a.ip], [], { WEFT_PASSWORD: 'correct horse' });
-    await eventually('connected with the right password', async () => established(await report(a), (await report(b)).name));
+    await eventually('connected with the right password', async () =>
+      established(await report(a), (await report(b)).name),
+    );
     // The password never shows in process arguments or the report.
     const ps = await a.exec('ps', ['-eo', 'args']);
     expect(ps.stdout).not.toMatch(/correct horse|battery staple/);

@@ -3,7 +3,16 @@ import { randomBytes } from 'node:crypto';
 import { readdirSync } from 'node:fs';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { FastPath, TapPort, UdpPort, nativeError } from '../../native/index.js';
-import { FRAGMENT_HEADER, HEADER, KIND_FRAGMENT, KIND_FRAMES, Reassembler, decodeMessage, encodeMessage, writeHeader } from '../../datapath/sleeve/packet.js';
+import {
+  FRAGMENT_HEADER,
+  HEADER,
+  KIND_FRAGMENT,
+  KIND_FRAMES,
+  Reassembler,
+  decodeMessage,
+  encodeMessage,
+  writeHeader,
+} from '../../datapath/sleeve/packet.js';
 import { parseIp } from '../../net/addr.js';
 import { must, run } from '../harness/exec.js';
 import { describeAsRoot } from '../harness/root.js';
@@ -57,10 +66,16 @@ describeAsRoot('native addon', () => {
   });
 
   it('UDP: a train of segments sent as one arrives joined with its segment size (gro) or as datagrams (without)', async () => {
-    const train = Buffer.concat([Buffer.alloc(1000, 'a'), Buffer.alloc(1000, 'b'), Buffer.alloc(1000, 'c'), Buffer.alloc(300, 'd')]);
+    const train = Buffer.concat([
+      Buffer.alloc(1000, 'a'),
+      Buffer.alloc(1000, 'b'),
+      Buffer.alloc(1000, 'c'),
+      Buffer.alloc(300, 'd'),
+    ]);
     const open = (gro: boolean, seen: { len: number; seg: number; text: string }[]) => {
       const p: UdpPort = new UdpPort({ address: '127.0.0.1', port: 0, netns, gro, slots: 8, slotSize: 65600 }, (n) => {
-        for (let i = 0; i < n; i++) seen.push({ len: p.received(i).length, seg: p.segmentSize(i), text: p.received(i).toString('latin1', 0, 1) });
+        for (let i = 0; i < n; i++)
+          seen.push({ len: p.received(i).length, seg: p.segmentSize(i), text: p.received(i).toString('latin1', 0, 1) });
       });
       return p;
     };
@@ -95,9 +110,15 @@ describeAsRoot('native addon', () => {
   it('UDP: binding a port in use fails with the reason; a closed port sends nothing and does not crash', () => {
     const a = new UdpPort({ address: '127.0.0.1', port: 0, netns }, () => undefined);
     try {
-      expect(() => new UdpPort({ address: '127.0.0.1', port: a.localPort!, netns }, () => undefined)).toThrow(/bind 127\.0\.0\.1:\d+: Address already in use/);
-      expect(() => new UdpPort({ address: 'not-an-ip', port: 0, netns }, () => undefined)).toThrow(/not an IPv4 address/);
-      expect(() => new UdpPort({ port: 0, netns: '/var/run/netns/does-not-exist' }, () => undefined)).toThrow(/No such file/);
+      expect(() => new UdpPort({ address: '127.0.0.1', port: a.localPort!, netns }, () => undefined)).toThrow(
+        /bind 127\.0\.0\.1:\d+: Address already in use/,
+      );
+      expect(() => new UdpPort({ address: 'not-an-ip', port: 0, netns }, () => undefined)).toThrow(
+        /not an IPv4 address/,
+      );
+      expect(() => new UdpPort({ port: 0, netns: '/var/run/netns/does-not-exist' }, () => undefined)).toThrow(
+        /No such file/,
+      );
     } finally {
       a.close();
     }
@@ -115,7 +136,14 @@ describeAsRoot('native addon', () => {
       await must('ip', ['-n', ns, 'addr', 'add', '10.99.0.1/24', 'dev', 'wtap0']);
       await must('ip', ['-n', ns, 'link', 'set', 'wtap0', 'up']);
       // A datagram to a neighbour makes the kernel ask for it by ARP, out of the TAP.
-      await run('ip', ['netns', 'exec', ns, process.execPath, '-e', "const d=require('dgram').createSocket('udp4');d.send('x',9,'10.99.0.2',()=>setTimeout(()=>d.close(),300))"]);
+      await run('ip', [
+        'netns',
+        'exec',
+        ns,
+        process.execPath,
+        '-e',
+        "const d=require('dgram').createSocket('udp4');d.send('x',9,'10.99.0.2',()=>setTimeout(()=>d.close(),300))",
+      ]);
       for (let i = 0; i < 50 && !frames.some((f) => f.readUInt16BE(10 + 12) === 0x0806); i++) await sleep(20);
       const arp = frames.find((f) => f.readUInt16BE(10 + 12) === 0x0806);
       expect(arp, 'an ARP request read from the TAP').toBeDefined();
@@ -161,12 +189,38 @@ describeAsRoot('native addon', () => {
     const fast = new FastPath();
     try {
       fast.link(tap, udp);
-      const route = (max: number) => fast.update(self.readUIntBE(0, 6), [{ mac: remoteMac.readUIntBE(0, 6), dst: peerId.readUIntBE(0, 6), addr: LO, port: peer.localPort!, max }], [{ id: peerId.readUIntBE(0, 6), addr: LO }], [remoteMac.readUIntBE(0, 6)]);
+      const route = (max: number) =>
+        fast.update(
+          self.readUIntBE(0, 6),
+          [{ mac: remoteMac.readUIntBE(0, 6), dst: peerId.readUIntBE(0, 6), addr: LO, port: peer.localPort!, max }],
+          [{ id: peerId.readUIntBE(0, 6), addr: LO }],
+          [remoteMac.readUIntBE(0, 6)],
+        );
       route(1472);
       await must('ip', ['-n', ns, 'addr', 'add', '10.98.0.1/24', 'dev', 'wtap1']);
       await must('ip', ['-n', ns, 'link', 'set', 'wtap1', 'up']);
-      await must('ip', ['-n', ns, 'neigh', 'replace', '10.98.0.2', 'lladdr', '02:aa:bb:cc:dd:01', 'dev', 'wtap1', 'nud', 'permanent']);
-      const send = (size: number) => run('ip', ['netns', 'exec', ns, process.execPath, '-e', `const d=require('dgram').createSocket('udp4');d.send(Buffer.alloc(${size},7),9,'10.98.0.2',()=>d.close())`]);
+      await must('ip', [
+        '-n',
+        ns,
+        'neigh',
+        'replace',
+        '10.98.0.2',
+        'lladdr',
+        '02:aa:bb:cc:dd:01',
+        'dev',
+        'wtap1',
+        'nud',
+        'permanent',
+      ]);
+      const send = (size: number) =>
+        run('ip', [
+          'netns',
+          'exec',
+          ns,
+          process.execPath,
+          '-e',
+          `const d=require('dgram').createSocket('udp4');d.send(Buffer.alloc(${size},7),9,'10.98.0.2',()=>d.close())`,
+        ]);
       await send(100);
       for (let i = 0; i < 50 && atPeer.length === 0; i++) await sleep(20);
       expect(atPeer.length).toBe(1);
@@ -191,7 +245,13 @@ describeAsRoot('native addon', () => {
         expect(f[1]).toBe(KIND_FRAGMENT);
         expect(f.length).toBeLessThanOrEqual(300);
         expect(f.readUInt32BE(HEADER) >>> 31).toBe(1); // the fast path's ids, apart from JavaScript's
-        whole = r.add(f.readUInt32BE(HEADER), f.readUInt16BE(HEADER + 4), f.readUInt16BE(HEADER + 6), f.subarray(FRAGMENT_HEADER)) ?? whole;
+        whole =
+          r.add(
+            f.readUInt32BE(HEADER),
+            f.readUInt16BE(HEADER + 4),
+            f.readUInt16BE(HEADER + 6),
+            f.subarray(FRAGMENT_HEADER),
+          ) ?? whole;
       }
       expect(whole).not.toBeNull();
       expect(decodeMessage(whole!).frames[0].length).toBe(10 + 14 + 20 + 8 + 1000);
@@ -199,8 +259,12 @@ describeAsRoot('native addon', () => {
 
       // Messages for us: from the known hop with a known source MAC, straight into the TAP; an
       // unknown source MAC, or another destination, is left to JavaScript.
-      const tapMac = Buffer.from((await must('ip', ['netns', 'exec', ns, 'cat', '/sys/class/net/wtap1/address'])).trim().replaceAll(':', ''), 'hex');
-      const frame = (src: Buffer) => Buffer.concat([Buffer.alloc(10), tapMac, src, Buffer.from('88b5', 'hex'), Buffer.alloc(46, 1)]);
+      const tapMac = Buffer.from(
+        (await must('ip', ['netns', 'exec', ns, 'cat', '/sys/class/net/wtap1/address'])).trim().replaceAll(':', ''),
+        'hex',
+      );
+      const frame = (src: Buffer) =>
+        Buffer.concat([Buffer.alloc(10), tapMac, src, Buffer.from('88b5', 'hex'), Buffer.alloc(46, 1)]);
       const message = (dst: Buffer, src: Buffer) => {
         const body = encodeMessage(peerId, dst, [frame(src)]);
         const out = Buffer.alloc(HEADER + body.length);
@@ -208,7 +272,9 @@ describeAsRoot('native addon', () => {
         body.copy(out, HEADER);
         return out;
       };
-      const rxBefore = Number((await must('ip', ['netns', 'exec', ns, 'cat', '/sys/class/net/wtap1/statistics/rx_packets'])).trim());
+      const rxBefore = Number(
+        (await must('ip', ['netns', 'exec', ns, 'cat', '/sys/class/net/wtap1/statistics/rx_packets'])).trim(),
+      );
       peer.queue(message(self, remoteMac), LO, udp.localPort!);
       peer.queue(message(self, Buffer.from('02aabbccdd99', 'hex')), LO, udp.localPort!);
       peer.queue(message(Buffer.from('020000000003', 'hex'), remoteMac), LO, udp.localPort!);
@@ -217,13 +283,18 @@ describeAsRoot('native addon', () => {
       await sleep(50);
       expect(udpForJs).toHaveLength(2);
       expect(fast.stats().framesIn).toBe(1);
-      const rxAfter = Number((await must('ip', ['netns', 'exec', ns, 'cat', '/sys/class/net/wtap1/statistics/rx_packets'])).trim());
+      const rxAfter = Number(
+        (await must('ip', ['netns', 'exec', ns, 'cat', '/sys/class/net/wtap1/statistics/rx_packets'])).trim(),
+      );
       expect(rxAfter - rxBefore).toBe(1);
 
       // Mutated messages (lengths, kinds, addresses cut or garbled): every one is read, and what the
       // fast path says it delivered is what the TAP received.
       const good = message(self, remoteMac);
-      const rxPackets = () => must('ip', ['netns', 'exec', ns, 'cat', '/sys/class/net/wtap1/statistics/rx_packets']).then((t) => Number(t.trim()));
+      const rxPackets = () =>
+        must('ip', ['netns', 'exec', ns, 'cat', '/sys/class/net/wtap1/statistics/rx_packets']).then((t) =>
+          Number(t.trim()),
+        );
       const inBefore = fast.stats().framesIn;
       const tapBefore = await rxPackets();
       const udpBefore = udp.stats().rxPackets;

@@ -15,7 +15,10 @@ const containerNs: string[] = [];
 
 /** GET a URL from inside a host's namespace (its loopback is its own). */
 async function fetchIn(h: Host, url: string): Promise<string> {
-  const r = await h.exec(process.execPath, ['-e', `fetch(${JSON.stringify(url)}).then(async (r) => { process.stdout.write(await r.text()); process.exit(r.ok ? 0 : 1); }, (e) => { console.error(String(e)); process.exit(2); })`]);
+  const r = await h.exec(process.execPath, [
+    '-e',
+    `fetch(${JSON.stringify(url)}).then(async (r) => { process.stdout.write(await r.text()); process.exit(r.ok ? 0 : 1); }, (e) => { console.error(String(e)); process.exit(2); })`,
+  ]);
   if (r.code !== 0) throw new Error(`GET ${url} on ${h.nickname}: ${r.stderr || r.stdout}`);
   return r.stdout;
 }
@@ -34,18 +37,29 @@ function metric(text: string, name: string, labels: Record<string, string> = {})
 
 describeAsRoot('metrics and the topology page', () => {
   beforeAll(async () => {
-    cluster = await Cluster.create(3, { routerArgs: ['--heartbeat-interval', '500ms', '--gossip-interval', '1s', '--ipalloc-init', 'consensus=3'] });
+    cluster = await Cluster.create(3, {
+      routerArgs: ['--heartbeat-interval', '500ms', '--gossip-interval', '1s', '--ipalloc-init', 'consensus=3'],
+    });
     const [a, b, c] = cluster.hosts;
     await a.launch();
     await b.launch([a.ip]);
     await c.launch([b.ip]);
-    for (const [h, name] of [[a, 'one'], [b, 'two'], [c, 'three']] as const) {
+    for (const [h, name] of [
+      [a, 'one'],
+      [b, 'two'],
+      [c, 'three'],
+    ] as const) {
       const ns = await cluster.container(name);
       containerNs.push(ns);
       const r = await h.weft(['attach', '-h', `${name}.weft.local`, `netns:${ns}`]);
       if (r.code !== 0) throw new Error(`attach on ${h.nickname}: ${r.stderr}`);
     }
-    await eventually('A on fastdp to both others', async () => (await a.report<Report>()).connections.filter((x) => x.overlay === 'fastdp').length === 2, 30_000, 500);
+    await eventually(
+      'A on fastdp to both others',
+      async () => (await a.report<Report>()).connections.filter((x) => x.overlay === 'fastdp').length === 2,
+      30_000,
+      500,
+    );
   }, 120_000);
   afterAll(async () => {
     await cluster?.cleanup();
@@ -74,7 +88,17 @@ describeAsRoot('metrics and the topology page', () => {
 
   it('the HTTP API and the metrics are not reachable from a container, at any address of its host', async () => {
     const [a] = cluster.hosts;
-    const probe = async (url: string) => (await run('ip', ['netns', 'exec', containerNs[0], process.execPath, '-e', `fetch(${JSON.stringify(url)}, { signal: AbortSignal.timeout(2000) }).then(() => console.log('open'), (e) => console.log('closed', e.cause?.code ?? e.name))`])).stdout.trim();
+    const probe = async (url: string) =>
+      (
+        await run('ip', [
+          'netns',
+          'exec',
+          containerNs[0],
+          process.execPath,
+          '-e',
+          `fetch(${JSON.stringify(url)}, { signal: AbortSignal.timeout(2000) }).then(() => console.log('open'), (e) => console.log('closed', e.cause?.code ?? e.name))`,
+        ])
+      ).stdout.trim();
     for (const addr of ['169.254.83.83', a.ip]) {
       expect(await probe(`http://${addr}:6784/status`)).toMatch(/^closed/);
       expect(await probe(`http://${addr}:6782/metrics`)).toMatch(/^closed/);
@@ -84,7 +108,7 @@ describeAsRoot('metrics and the topology page', () => {
     expect(await fetchIn(a, 'http://127.0.0.1:6782/metrics')).toMatch(/weft_peers/);
   });
 
-  it('every status view has --json with that view\'s part of the report', async () => {
+  it("every status view has --json with that view's part of the report", async () => {
     const [a] = cluster.hosts;
     const json = async (view: string) => JSON.parse((await a.weft(['status', view, '--json'])).stdout) as unknown;
     const conns = (await json('connections')) as { overlay: string }[];
@@ -104,15 +128,31 @@ describeAsRoot('metrics and the topology page', () => {
     chmodSync(wrapper, 0o755);
     const browser = await chromium.launch({
       executablePath: wrapper,
-      args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+      args: [
+        '--no-sandbox',
+        '--disable-gpu',
+        '--disable-quic',
+        '--no-first-run',
+        '--disable-background-networking',
+        '--disable-component-update',
+        '--disable-sync',
+      ],
     });
     try {
       const page = await browser.newPage({ viewport: { width: 1100, height: 800 } });
       await page.goto('http://127.0.0.1:6784/ui');
-      await page.waitForFunction(() => document.querySelectorAll('#graph g.peer').length === 3 && document.querySelectorAll('#graph line.edge').length === 3, null, { timeout: 20_000 });
+      await page.waitForFunction(
+        () =>
+          document.querySelectorAll('#graph g.peer').length === 3 &&
+          document.querySelectorAll('#graph line.edge').length === 3,
+        null,
+        { timeout: 20_000 },
+      );
       const peers = await page.$$eval('#graph g.peer text', (ts) => ts.map((t) => t.textContent).sort());
       expect(peers).toEqual(['host1', 'host2', 'host3']);
-      const overlays = await page.$$eval('#graph line.edge', (ls) => ls.map((l) => l.getAttribute('data-overlay')).sort());
+      const overlays = await page.$$eval('#graph line.edge', (ls) =>
+        ls.map((l) => l.getAttribute('data-overlay')).sort(),
+      );
       expect(overlays).toEqual(['', 'fastdp', 'fastdp']); // A's two connections; B-C is between other peers
       expect(await page.textContent('#dns')).toContain('three.weft.local');
       expect(await page.textContent('#ring')).toMatch(/host1.*%/);

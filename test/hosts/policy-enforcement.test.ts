@@ -15,23 +15,54 @@ afterEach(async () => {
 });
 
 const metric = async (ns: string, name: string) => {
-  const r = await run('ip', ['netns', 'exec', ns, process.execPath, '-e', "fetch('http://127.0.0.1:6782/metrics').then((r) => r.text()).then((t) => console.log(t))"]);
+  const r = await run('ip', [
+    'netns',
+    'exec',
+    ns,
+    process.execPath,
+    '-e',
+    "fetch('http://127.0.0.1:6782/metrics').then((r) => r.text()).then((t) => console.log(t))",
+  ]);
   return Number(new RegExp(`^${name} (\\d+)`, 'm').exec(r.stdout)?.[1]);
 };
 
 describeAsRoot('security groups fail closed', () => {
   it('without a working br_netfilter, status, metrics and attach say the policy is NOT enforced, and why', async () => {
-    cluster = await Cluster.create(2, { routerArgs: ['--heartbeat-interval', '500ms', '--gossip-interval', '1s', '--ipalloc-init', 'consensus=2'] });
+    cluster = await Cluster.create(2, {
+      routerArgs: ['--heartbeat-interval', '500ms', '--gossip-interval', '1s', '--ipalloc-init', 'consensus=2'],
+    });
     const [h1, h2] = cluster.hosts;
     // Host 1's router starts in a mount namespace where the switch reads nothing back.
-    const masked = await run('ip', ['netns', 'exec', h1.ns, 'sh', '-c', `mount --bind /dev/null /proc/sys/net/bridge/bridge-nf-call-iptables && exec "$0" "$@"`, process.execPath, WEFT_CLI, 'launch', '--no-docker', '--nickname', h1.nickname, ...h1.routerArgs], {
-      env: { ...process.env, WEFT_DATA_DIR: h1.dataDir },
-      timeoutMs: 40_000,
-    });
+    const masked = await run(
+      'ip',
+      [
+        'netns',
+        'exec',
+        h1.ns,
+        'sh',
+        '-c',
+        `mount --bind /dev/null /proc/sys/net/bridge/bridge-nf-call-iptables && exec "$0" "$@"`,
+        process.execPath,
+        WEFT_CLI,
+        'launch',
+        '--no-docker',
+        '--nickname',
+        h1.nickname,
+        ...h1.routerArgs,
+      ],
+      {
+        env: { ...process.env, WEFT_DATA_DIR: h1.dataDir },
+        timeoutMs: 40_000,
+      },
+    );
     expect(masked.code, masked.stderr).toBe(0);
     await h2.launch([h1.ip]);
-    expect((await h1.weft(['policy', 'allow', '--to', 'db', '--from', 'web', '--proto', 'tcp', '--port', '5432'])).code).toBe(0);
-    await eventually('the rule on host 2', async () => (await h2.weft(['policy', 'list'])).stdout.includes('db accepts'));
+    expect(
+      (await h1.weft(['policy', 'allow', '--to', 'db', '--from', 'web', '--proto', 'tcp', '--port', '5432'])).code,
+    ).toBe(0);
+    await eventually('the rule on host 2', async () =>
+      (await h2.weft(['policy', 'list'])).stdout.includes('db accepts'),
+    );
 
     const db1 = await cluster.container('db1');
     const a1 = await h1.weft(['attach', '--group', 'db', `netns:${db1}`]);

@@ -23,7 +23,12 @@ async function servers(ns: string, ...ports: number[]): Promise<void> {
 }
 
 /** Whether a TCP (or UDP) echo gets through: a denied flow times out in the client (5 s) or fails. */
-async function reaches(from: { ns: string }, to: { ip: string }, port: number, proto: 'tcp' | 'udp' = 'tcp'): Promise<boolean> {
+async function reaches(
+  from: { ns: string },
+  to: { ip: string },
+  port: number,
+  proto: 'tcp' | 'udp' = 'tcp',
+): Promise<boolean> {
   try {
     return (await echo(from.ns, to.ip, port, proto)) > 0;
   } catch {
@@ -42,11 +47,17 @@ async function allow(h: Host, ...args: string[]): Promise<string> {
 }
 
 /** A TCP client that keeps one connection open and sends every 100 ms; counts echoes. */
-function holdConnection(from: { ns: string }, to: { ip: string }, port: number): { child: ChildProcess; echoes: () => number } {
+function holdConnection(
+  from: { ns: string },
+  to: { ip: string },
+  port: number,
+): { child: ChildProcess; echoes: () => number } {
   const script = `const s = require('net').connect(${port}, '${to.ip}'); let n = 0;
     s.on('data', () => process.stdout.write('.')); s.on('error', () => process.exit(0));
     setInterval(() => s.write('x'), 100); setTimeout(() => process.exit(0), 60000);`;
-  const child = spawn('ip', ['netns', 'exec', from.ns, process.execPath, '-e', script], { stdio: ['ignore', 'pipe', 'ignore'] });
+  const child = spawn('ip', ['netns', 'exec', from.ns, process.execPath, '-e', script], {
+    stdio: ['ignore', 'pipe', 'ignore'],
+  });
   let n = 0;
   child.stdout!.on('data', (d: Buffer) => (n += d.length));
   stoppers.push(() => child.kill('SIGKILL'));
@@ -61,13 +72,23 @@ describeAsRoot('security groups', () => {
     const db = await member(h3, 'db', 'db');
     await servers(db.ns, 5432, 22);
     await servers(web.ns, 8080);
-    await eventually('open network before any rule', async () => (await reaches(other, db, 5432)) && (await reaches(web, db, 22)), 15_000, 300);
+    await eventually(
+      'open network before any rule',
+      async () => (await reaches(other, db, 5432)) && (await reaches(web, db, 22)),
+      15_000,
+      300,
+    );
 
     const rule = await allow(h1, '--to', 'db', '--from', 'web', '--proto', 'tcp', '--port', '5432');
     // Host 3 enforces the rule made on host 1 within a second of it existing there (the CLI's own start-up,
     // over a second under CI load, is not the mesh's).
     const made = Date.now();
-    await eventually('the rule in host 3\'s nftables', async () => (await h3.exec('nft', ['list', 'table', 'inet', 'weft'])).stdout.includes(`rule:${rule}`), 5000, 20);
+    await eventually(
+      "the rule in host 3's nftables",
+      async () => (await h3.exec('nft', ['list', 'table', 'inet', 'weft'])).stdout.includes(`rule:${rule}`),
+      5000,
+      20,
+    );
     expect(Date.now() - made).toBeLessThan(1000);
     expect(await reaches(web, db, 5432)).toBe(true);
     expect(await reaches(other, db, 5432)).toBe(false);
@@ -99,7 +120,10 @@ describeAsRoot('security groups', () => {
     const st = await h3.weft(['status', 'policy']);
     expect(st.stdout).toMatch(/1 rule\(s\) in the mesh; 1 container\(s\) here limited/);
     expect(st.stdout).toMatch(/db ingress: [1-9]\d* packet\(s\) dropped here/);
-    const metrics = await h3.exec(process.execPath, ['-e', "fetch('http://127.0.0.1:6782/metrics').then((r) => r.text()).then((t) => console.log(t))"]);
+    const metrics = await h3.exec(process.execPath, [
+      '-e',
+      "fetch('http://127.0.0.1:6782/metrics').then((r) => r.text()).then((t) => console.log(t))",
+    ]);
     expect(metrics.stdout).toMatch(/weft_policy_dropped_packets_total\{group="db",direction="ingress"\} [1-9]/);
     expect(metrics.stdout).toMatch(/weft_policy_rules 1/);
     const list = await h2.weft(['policy', 'list']);
@@ -115,17 +139,28 @@ describeAsRoot('security groups', () => {
     await servers(b.ns, 53);
     await servers(c.ns, 53);
     await servers(a.ns, 9000);
-    await eventually('open network first', async () => (await reaches(a, b, 53, 'udp')) && (await pings(c, a)), 20_000, 300);
+    await eventually(
+      'open network first',
+      async () => (await reaches(a, b, 53, 'udp')) && (await pings(c, a)),
+      20_000,
+      300,
+    );
     await allow(h1, '--to', 'back', '--from', 'front', '--proto', 'udp', '--port', '53');
     await allow(h1, '--to', 'back', '--from', 'front', '--proto', 'icmp');
     await allow(h1, '--to', 'back', '--from', '10.32.0.0/12', '--proto', 'tcp', '--port', '53');
     await allow(h1, '--to', 'front', '--from', '10.32.0.0/12', '--proto', 'tcp', '--port', '9000');
     await allow(h1, '--to', 'front', '--from', 'admin', '--proto', 'icmp');
     await allow(h2, '--egress', '--from', 'back', '--to', 'front');
-    await eventually('six rules on every host', async () => {
-      for (const h of [h1, h2, h3]) if ((await h.weft(['policy', 'list'])).stdout.trim().split('\n').length !== 6) return false;
-      return true;
-    }, 5000, 50);
+    await eventually(
+      'six rules on every host',
+      async () => {
+        for (const h of [h1, h2, h3])
+          if ((await h.weft(['policy', 'list'])).stdout.trim().split('\n').length !== 6) return false;
+        return true;
+      },
+      5000,
+      50,
+    );
     await sleep(500);
     expect(await reaches(a, b, 53, 'udp')).toBe(true); // udp rule
     expect(await pings(a, b)).toBe(true); // icmp rule
@@ -151,7 +186,9 @@ describeAsRoot('security groups', () => {
     // A prober from other tries a new connection to db every 200 ms, all along.
     const script = `const net = require('net'); setInterval(() => { const s = net.connect(5432, '${db.ip}', () => { process.stdout.write('CONNECTED\\n'); s.destroy(); });
       s.setTimeout(150, () => s.destroy()); s.on('error', () => {}); }, 200); setTimeout(() => process.exit(0), 60000);`;
-    const prober = spawn('ip', ['netns', 'exec', other.ns, process.execPath, '-e', script], { stdio: ['ignore', 'pipe', 'ignore'] });
+    const prober = spawn('ip', ['netns', 'exec', other.ns, process.execPath, '-e', script], {
+      stdio: ['ignore', 'pipe', 'ignore'],
+    });
     stoppers.push(() => prober.kill('SIGKILL'));
     let leaked = 0;
     prober.stdout!.on('data', (d: Buffer) => (leaked += (String(d).match(/CONNECTED/g) ?? []).length));
@@ -160,7 +197,12 @@ describeAsRoot('security groups', () => {
     const late = await allow(h1, '--to', 'db', '--from', 'web', '--proto', 'tcp', '--port', '22'); // made while host 3 is down
     await sleep(1000);
     await h3.launch([h1.ip, h2.ip]);
-    await eventually('host 3 has the rule made while it was down', async () => (await h3.exec('nft', ['list', 'table', 'inet', 'weft'])).stdout.includes(`rule:${late}`), 15_000, 100);
+    await eventually(
+      'host 3 has the rule made while it was down',
+      async () => (await h3.exec('nft', ['list', 'table', 'inet', 'weft'])).stdout.includes(`rule:${late}`),
+      15_000,
+      100,
+    );
     await sleep(2000);
     prober.kill('SIGKILL');
     expect(leaked).toBe(0);
@@ -187,24 +229,60 @@ describeAsRoot('security groups', () => {
       fc.constant<Selector>({ kind: 'any' }),
     );
     const target = fc.constantFrom('web', 'db', 'ops').map((name): Selector => ({ kind: 'group', name }));
-    const rules: Rule[] = fc.sample(
-      fc.record({ direction: fc.constantFrom('ingress', 'egress') as fc.Arbitrary<'ingress' | 'egress'>, target, peer: sel, proto: fc.constantFrom('tcp', 'udp', 'icmp', 'any') as fc.Arbitrary<Rule['proto']>, port: fc.constantFrom(7001, 7002, 0) }),
-      { seed: seed + 1, numRuns: 4 },
-    ).map((r, i) => ({ id: `0000000${i}`, direction: r.direction, target: r.target, peer: r.peer, proto: r.proto, ...(r.port && (r.proto === 'tcp' || r.proto === 'udp') ? { ports: [r.port, r.port] as [number, number] } : {}) }));
-    const text = (x: Selector) => (x.kind === 'group' ? x.name : x.kind === 'container' ? `container:${x.id}` : x.kind === 'cidr' ? x.cidr : 'any');
+    const rules: Rule[] = fc
+      .sample(
+        fc.record({
+          direction: fc.constantFrom('ingress', 'egress') as fc.Arbitrary<'ingress' | 'egress'>,
+          target,
+          peer: sel,
+          proto: fc.constantFrom('tcp', 'udp', 'icmp', 'any') as fc.Arbitrary<Rule['proto']>,
+          port: fc.constantFrom(7001, 7002, 0),
+        }),
+        { seed: seed + 1, numRuns: 4 },
+      )
+      .map((r, i) => ({
+        id: `0000000${i}`,
+        direction: r.direction,
+        target: r.target,
+        peer: r.peer,
+        proto: r.proto,
+        ...(r.port && (r.proto === 'tcp' || r.proto === 'udp') ? { ports: [r.port, r.port] as [number, number] } : {}),
+      }));
+    const text = (x: Selector) =>
+      x.kind === 'group' ? x.name : x.kind === 'container' ? `container:${x.id}` : x.kind === 'cidr' ? x.cidr : 'any';
     for (const r of rules) {
-      const ends = r.direction === 'ingress' ? ['--to', text(r.target), '--from', text(r.peer)] : ['--egress', '--from', text(r.target), '--to', text(r.peer)];
+      const ends =
+        r.direction === 'ingress'
+          ? ['--to', text(r.target), '--from', text(r.peer)]
+          : ['--egress', '--from', text(r.target), '--to', text(r.peer)];
       await allow(hosts[0], ...ends, '--proto', r.proto, ...(r.ports ? ['--port', String(r.ports[0])] : []));
     }
-    await eventually('the rules everywhere', async () => {
-      for (const h of hosts) if ((await h.weft(['policy', 'list'])).stdout.trim().split('\n').length !== rules.length) return false;
-      return true;
-    }, 5000, 50);
+    await eventually(
+      'the rules everywhere',
+      async () => {
+        for (const h of hosts)
+          if ((await h.weft(['policy', 'list'])).stdout.trim().split('\n').length !== rules.length) return false;
+        return true;
+      },
+      5000,
+      50,
+    );
     await sleep(1000);
     const flows: RefFlow[] = fc.sample(
-      fc.record({ s: fc.integer({ min: 0, max: 3 }), d: fc.integer({ min: 0, max: 3 }), proto: fc.constantFrom('tcp', 'udp', 'icmp') as fc.Arbitrary<RefFlow['proto']>, port: fc.constantFrom(7001, 7002) })
+      fc
+        .record({
+          s: fc.integer({ min: 0, max: 3 }),
+          d: fc.integer({ min: 0, max: 3 }),
+          proto: fc.constantFrom('tcp', 'udp', 'icmp') as fc.Arbitrary<RefFlow['proto']>,
+          port: fc.constantFrom(7001, 7002),
+        })
         .filter((f) => f.s !== f.d)
-        .map((f) => ({ src: ms[f.s].ip, dst: ms[f.d].ip, proto: f.proto, ...(f.proto === 'icmp' ? {} : { port: f.port }) })),
+        .map((f) => ({
+          src: ms[f.s].ip,
+          dst: ms[f.d].ip,
+          proto: f.proto,
+          ...(f.proto === 'icmp' ? {} : { port: f.port }),
+        })),
       { seed: seed + 2, numRuns: 10 },
     );
     for (const f of flows) {
@@ -213,7 +291,10 @@ describeAsRoot('security groups', () => {
       const got =
         f.proto === 'icmp'
           ? (await run('ip', ['netns', 'exec', from.ns, 'ping', '-c', '1', '-W', '1', f.dst])).code === 0
-          : await echo(from.ns, f.dst, f.port!, f.proto, 5, 1500).then(() => true, () => false);
+          : await echo(from.ns, f.dst, f.port!, f.proto, 5, 1500).then(
+              () => true,
+              () => false,
+            );
       expect(got, `${JSON.stringify(f)} with rules ${JSON.stringify(rules)} (seed ${seed})`).toBe(want);
     }
   }, 180_000);

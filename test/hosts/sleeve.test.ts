@@ -24,7 +24,11 @@ async function attach(h: Host, ns: string, cidr: string): Promise<string> {
 }
 
 /** Two hosts launched with `args` (and env), a container on each at 10.40.0.1 and 10.40.0.2. */
-async function pair(args: string[], env: NodeJS.ProcessEnv = {}, beforeLaunch?: (c: Cluster) => Promise<unknown>): Promise<{ a: Host; b: Host; c1: string; c2: string }> {
+async function pair(
+  args: string[],
+  env: NodeJS.ProcessEnv = {},
+  beforeLaunch?: (c: Cluster) => Promise<unknown>,
+): Promise<{ a: Host; b: Host; c1: string; c2: string }> {
   cluster = await Cluster.create(2, { routerArgs: [...FAST, ...args, '--ipalloc-init', 'consensus=2'], env });
   const [a, b] = cluster.hosts;
   await beforeLaunch?.(cluster);
@@ -37,14 +41,25 @@ async function pair(args: string[], env: NodeJS.ProcessEnv = {}, beforeLaunch?: 
   return { a, b, c1, c2 };
 }
 
-const overlayTo = async (h: Host, peerNick: string) => (await h.report<Report>()).connections.find((c) => c.nickname === peerNick && c.state === 'established');
+const overlayTo = async (h: Host, peerNick: string) =>
+  (await h.report<Report>()).connections.find((c) => c.nickname === peerNick && c.state === 'established');
 
 /** TCP of `size` bytes and a UDP datagram from one container to another, retried until the path is up. */
 async function talk(from: string, to: string, toIp: string, size = 200_000): Promise<void> {
   const server = await echoServer(to, 7000);
   try {
-    await eventually(`TCP ${size} bytes across`, async () => (await echo(from, toIp, 7000, 'tcp', size).catch(() => 0)) === size, 20_000, 300);
-    await eventually('UDP across', async () => (await echo(from, toIp, 7000, 'udp', 1200).catch(() => 0)) === 1200, 10_000, 300);
+    await eventually(
+      `TCP ${size} bytes across`,
+      async () => (await echo(from, toIp, 7000, 'tcp', size).catch(() => 0)) === size,
+      20_000,
+      300,
+    );
+    await eventually(
+      'UDP across',
+      async () => (await echo(from, toIp, 7000, 'udp', 1200).catch(() => 0)) === 1200,
+      10_000,
+      300,
+    );
   } finally {
     server.stop();
   }
@@ -70,7 +85,13 @@ describeAsRoot('sleeve across namespace hosts', () => {
     const line = (await a.weft(['status', 'connections'])).stdout;
     expect(line).toMatch(/sleeve mtu=1450 pmtu=1500; not fastdp: fastdp turned off/);
     const rb = await b.report<Report>();
-    const sb = rb.datapath!.sleeve as unknown as { running: boolean; framesIn: number; malformed: number; refused: number; fast: { framesIn: number; framesOut: number } };
+    const sb = rb.datapath!.sleeve as unknown as {
+      running: boolean;
+      framesIn: number;
+      malformed: number;
+      refused: number;
+      fast: { framesIn: number; framesOut: number };
+    };
     expect(sb.running).toBe(true);
     // 1 MB of TCP arrives as TSO super-frames (up to 64 KB each) plus acknowledgements.
     expect(sb.framesIn).toBeGreaterThan(16);
@@ -90,10 +111,15 @@ describeAsRoot('sleeve across namespace hosts', () => {
       await h.exec('nft', ['add', 'chain', 'inet', 'blk', 'in', '{ type filter hook input priority -10; }']);
       await h.exec('nft', ['add', 'rule', 'inet', 'blk', 'in', 'udp', 'dport', '6784', 'drop']);
     }
-    const fell = await eventually('fallback to the sleeve', async () => {
-      const c = await overlayTo(a, 'host2');
-      return c?.overlay === 'sleeve' ? c : null;
-    }, 15_000, 300);
+    const fell = await eventually(
+      'fallback to the sleeve',
+      async () => {
+        const c = await overlayTo(a, 'host2');
+        return c?.overlay === 'sleeve' ? c : null;
+      },
+      15_000,
+      300,
+    );
     expect(fell.fallbackReason).toMatch(/VXLAN heartbeats unacknowledged .*UDP 6784 blocked/);
     await talk(c1, c2, '10.40.0.2');
     for (const h of [a, b]) await h.exec('nft', ['delete', 'table', 'inet', 'blk']);
@@ -101,13 +127,22 @@ describeAsRoot('sleeve across namespace hosts', () => {
     await talk(c1, c2, '10.40.0.2');
   });
 
-  it('three hosts, the underlay filters A<->C: containers on A and C talk through B\'s sleeve relay', async () => {
+  it("three hosts, the underlay filters A<->C: containers on A and C talk through B's sleeve relay", async () => {
     cluster = await Cluster.create(3, { routerArgs: [...FAST, '--ipalloc-init', 'consensus=3'] });
     const [a, b, c] = cluster.hosts;
     // Nothing passes between h1 and h3 on the underlay bridge.
     const ul = cluster.underlayNs;
     await must('ip', ['netns', 'exec', ul, 'nft', '-f', '-'], {
-      input: ['table bridge cut {', '  chain forward {', '    type filter hook forward priority 0;', '    iifname "h1" oifname "h3" drop', '    iifname "h3" oifname "h1" drop', '  }', '}', ''].join('\n'),
+      input: [
+        'table bridge cut {',
+        '  chain forward {',
+        '    type filter hook forward priority 0;',
+        '    iifname "h1" oifname "h3" drop',
+        '    iifname "h3" oifname "h1" drop',
+        '  }',
+        '}',
+        '',
+      ].join('\n'),
     });
     await a.launch();
     await b.launch([a.ip]);
@@ -120,7 +155,9 @@ describeAsRoot('sleeve across namespace hosts', () => {
     await talk(x1, x3, '10.40.0.3');
     const sb = (await b.report<Report>()).datapath!.sleeve as unknown as { relayed: number };
     expect(sb.relayed).toBeGreaterThan(10);
-    expect((await a.report<Report>()).connections.some((x) => x.nickname === 'host3' && x.state === 'established')).toBe(false);
+    expect(
+      (await a.report<Report>()).connections.some((x) => x.nickname === 'host3' && x.state === 'established'),
+    ).toBe(false);
   });
 
   it('with a password: traffic flows over the encrypted sleeve, and the underlay carries no container payload in clear', async () => {
@@ -133,13 +170,31 @@ describeAsRoot('sleeve across namespace hosts', () => {
     });
     expect(conn.fallbackReason).toMatch(/encrypted/);
     const pcap = join(a.cluster.workDir, 'underlay.pcap');
-    const cap = spawn('ip', ['netns', 'exec', a.cluster.underlayNs, 'tcpdump', '--immediate-mode', '-i', a.uplink, '-U', '-s', '0', '-w', pcap, 'udp'], { stdio: ['ignore', 'ignore', 'pipe'] });
+    const cap = spawn(
+      'ip',
+      [
+        'netns',
+        'exec',
+        a.cluster.underlayNs,
+        'tcpdump',
+        '--immediate-mode',
+        '-i',
+        a.uplink,
+        '-U',
+        '-s',
+        '0',
+        '-w',
+        pcap,
+        'udp',
+      ],
+      { stdio: ['ignore', 'ignore', 'pipe'] },
+    );
     let capErr = '';
     cap.stderr!.on('data', (d: Buffer) => (capErr += d.toString()));
     try {
       await new Promise((r) => setTimeout(r, 1000));
       // (On the bridge port: tcpdump on the bridge itself sees only frames for the bridge.)
-    // The echo payload starts with "hello" and is padded with x's: look for a long run of them.
+      // The echo payload starts with "hello" and is padded with x's: look for a long run of them.
       await talk(c1, c2, '10.40.0.2', 100_000);
       await new Promise((r) => setTimeout(r, 500));
     } finally {
@@ -153,11 +208,18 @@ describeAsRoot('sleeve across namespace hosts', () => {
   });
 
   it('an underlay hop with a small MTU: fastdp says why not, the sleeve finds the path MTU and TCP works', async () => {
-    const { a, c1, c2 } = await pair([], {}, (c) => run('ip', ['-n', c.underlayNs, 'link', 'set', c.hosts[1].uplink, 'mtu', '1300']));
-    const conn = await eventually('sleeve with a found path MTU', async () => {
-      const x = await overlayTo(a, 'host2');
-      return x?.overlay === 'sleeve' && x.pmtu !== undefined && x.pmtu > 1250 && x.pmtu <= 1300 ? x : null;
-    }, 30_000, 500);
+    const { a, c1, c2 } = await pair([], {}, (c) =>
+      run('ip', ['-n', c.underlayNs, 'link', 'set', c.hosts[1].uplink, 'mtu', '1300']),
+    );
+    const conn = await eventually(
+      'sleeve with a found path MTU',
+      async () => {
+        const x = await overlayTo(a, 'host2');
+        return x?.overlay === 'sleeve' && x.pmtu !== undefined && x.pmtu > 1250 && x.pmtu <= 1300 ? x : null;
+      },
+      30_000,
+      500,
+    );
     expect(conn.fallbackReason).toMatch(/path MTU below 1500/);
     await talk(c1, c2, '10.40.0.2', 500_000);
   });
@@ -166,21 +228,37 @@ describeAsRoot('sleeve across namespace hosts', () => {
     const { a, b, c1, c2 } = await pair(['--no-fastdp']);
     await talk(c1, c2, '10.40.0.2', 10_000);
     // A UDP flood from c1 to c2 keeps both sleeves busy while A's router stops.
-    const flood = spawn('ip', ['netns', 'exec', c1, process.execPath, '-e', "const d=require('dgram').createSocket('udp4');const b=Buffer.alloc(1400);const go=()=>d.send(b,9,'10.40.0.2',go);for(let i=0;i<8;i++)go();setTimeout(()=>process.exit(0),15000);"], { stdio: 'ignore' });
+    const flood = spawn(
+      'ip',
+      [
+        'netns',
+        'exec',
+        c1,
+        process.execPath,
+        '-e',
+        "const d=require('dgram').createSocket('udp4');const b=Buffer.alloc(1400);const go=()=>d.send(b,9,'10.40.0.2',go);for(let i=0;i<8;i++)go();setTimeout(()=>process.exit(0),15000);",
+      ],
+      { stdio: 'ignore' },
+    );
     try {
       await new Promise((r) => setTimeout(r, 1500));
       const pid = a.routerPid()!;
       const t0 = Date.now();
       const stop = await a.weft(['stop'], { timeoutMs: 15_000 });
       expect(stop.code).toBe(0);
-      await eventually('router gone', async () => {
-        try {
-          process.kill(pid, 0);
-          return false;
-        } catch {
-          return true;
-        }
-      }, 10_000, 100);
+      await eventually(
+        'router gone',
+        async () => {
+          try {
+            process.kill(pid, 0);
+            return false;
+          } catch {
+            return true;
+          }
+        },
+        10_000,
+        100,
+      );
       expect(Date.now() - t0).toBeLessThan(10_000);
       expect((await a.exec('ip', ['link', 'show', 'weft-sleeve'])).code).not.toBe(0);
       // B's router is unharmed.

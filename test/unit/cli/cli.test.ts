@@ -7,10 +7,19 @@ import { run } from '../../harness/exec.js';
 
 const dataDir = mkdtempSync(join(tmpdir(), 'weft-cli-'));
 afterAll(() => rmSync(dataDir, { recursive: true, force: true }));
-const weft = (...args: string[]) => run(process.execPath, [WEFT_CLI, ...args], { env: { ...process.env, WEFT_DATA_DIR: dataDir, WEFT_HTTP_ADDR: '' } });
+const weft = (...args: string[]) =>
+  run(process.execPath, [WEFT_CLI, ...args], { env: { ...process.env, WEFT_DATA_DIR: dataDir, WEFT_HTTP_ADDR: '' } });
 
 describe('weft CLI without a router', () => {
-  for (const args of [['status'], ['status', 'peers'], ['connect', '198.18.0.1'], ['forget', '198.18.0.1'], ['report'], ['stop'], ['service', 'list']]) {
+  for (const args of [
+    ['status'],
+    ['status', 'peers'],
+    ['connect', '198.18.0.1'],
+    ['forget', '198.18.0.1'],
+    ['report'],
+    ['stop'],
+    ['service', 'list'],
+  ]) {
     it(`"weft ${args.join(' ')}" says no router runs, in one line, and fails`, async () => {
       const r = await weft(...args);
       expect(r.code).not.toBe(0);
@@ -32,7 +41,12 @@ describe('weft CLI without a router', () => {
       expect(r.code, cmd).toBe(0);
       expect(r.stdout, cmd).toMatch(new RegExp(`Usage: weft ${cmd}`));
     }
-    for (const cmd of [['service', 'create'], ['service', 'list'], ['service', 'show'], ['service', 'remove']]) {
+    for (const cmd of [
+      ['service', 'create'],
+      ['service', 'list'],
+      ['service', 'show'],
+      ['service', 'remove'],
+    ]) {
       const r = await weft(...cmd, '--help');
       expect(r.code, cmd.join(' ')).toBe(0);
       expect(r.stdout, cmd.join(' ')).toMatch(new RegExp(`Usage: weft ${cmd.join(' ')}`));

@@ -14,7 +14,11 @@ import { OpenFlowConnection } from '../../../datapath/ovs/ofconn.js';
 import { OpenFlowError, decodeMessage, encodeMessage, flowText, type Message } from '../../../datapath/ovs/openflow.js';
 import { JsonSplitter, OvsdbClient } from '../../../datapath/ovs/ovsdb.js';
 
-const captures = (JSON.parse(readFileSync(new URL('../../fixtures/openflow-captures.json', import.meta.url), 'utf8')) as { messages: { what: string; direction: string; hex: string }[] }).messages;
+const captures = (
+  JSON.parse(readFileSync(new URL('../../fixtures/openflow-captures.json', import.meta.url), 'utf8')) as {
+    messages: { what: string; direction: string; hex: string }[];
+  }
+).messages;
 
 let dirs: string[] = [];
 let servers: net.Server[] = [];
@@ -33,7 +37,8 @@ describe('OpenFlow 1.3 codec', () => {
       const m = decodeMessage(bytes);
       expect(encodeMessage(m).toString('hex'), c.what).toBe(c.hex);
       if (m.type === 'flow_mod') texts.push(`${m.command} ${m.flow.cookie.toString(16)} ${flowText(m.flow)}`);
-      if (m.type === 'flow_stats_reply') texts.push(...m.flows.map((f) => `stats ${f.cookie.toString(16)} ${flowText(f)}`));
+      if (m.type === 'flow_stats_reply')
+        texts.push(...m.flows.map((f) => `stats ${f.cookie.toString(16)} ${flowText(f)}`));
     }
     expect(texts).toEqual([
       '0 100000000000001 priority=100,eth_dst=02:00:00:00:00:01,in_port=1 actions=set_field:198.18.0.2->tun_dst,set_field:0x7765->tunnel_id,output:2',
@@ -52,7 +57,9 @@ describe('OpenFlow 1.3 codec', () => {
   });
 
   it('the flows weft builds survive encoding and decoding, and say what they are for', () => {
-    const mac = fc.array(fc.integer({ min: 0, max: 255 }), { minLength: 6, maxLength: 6 }).map((b) => b.map((x) => x.toString(16).padStart(2, '0')).join(':'));
+    const mac = fc
+      .array(fc.integer({ min: 0, max: 255 }), { minLength: 6, maxLength: 6 })
+      .map((b) => b.map((x) => x.toString(16).padStart(2, '0')).join(':'));
     const ip = fc.array(fc.integer({ min: 0, max: 255 }), { minLength: 4, maxLength: 4 }).map((b) => b.join('.'));
     fc.assert(
       fc.property(
@@ -67,7 +74,15 @@ describe('OpenFlow 1.3 codec', () => {
         (inputs) => {
           const flows = desiredFlows(inputs);
           for (const f of flows) {
-            const m: Message = { type: 'flow_mod', xid: 7, command: 0, cookieMask: 0n, outPort: 0xffffffff, flags: 0, flow: f };
+            const m: Message = {
+              type: 'flow_mod',
+              xid: 7,
+              command: 0,
+              cookieMask: 0n,
+              outPort: 0xffffffff,
+              flags: 0,
+              flow: f,
+            };
             const back = decodeMessage(encodeMessage(m));
             expect(back).toEqual(m);
           }
@@ -75,8 +90,12 @@ describe('OpenFlow 1.3 codec', () => {
           expect(floodDestinations(flows).sort()).toEqual([...new Set(inputs.floods)].sort());
           // VXLAN is admitted to delivery from the given sources only; nothing from the tunnel is delivered in table 0.
           const admits = flows.filter((f) => kindOf(f.cookie) === CookieKind.Admit);
-          expect(admits.map((f) => f.match.find((m) => m.field === 'tun_src')!.value).sort()).toEqual([...new Set(inputs.tunnelSources)].sort());
-          for (const f of flows.filter((f) => f.tableId === 0 && f.match.some((m) => m.field === 'in_port' && m.value === '2'))) {
+          expect(admits.map((f) => f.match.find((m) => m.field === 'tun_src')!.value).sort()).toEqual(
+            [...new Set(inputs.tunnelSources)].sort(),
+          );
+          for (const f of flows.filter(
+            (f) => f.tableId === 0 && f.match.some((m) => m.field === 'in_port' && m.value === '2'),
+          )) {
             expect(f.actions.every((a) => a.type === 'goto_table')).toBe(true);
           }
         },
@@ -87,22 +106,34 @@ describe('OpenFlow 1.3 codec', () => {
 
   it('arbitrary and mutated bytes give a message or an OpenFlowError, nothing else', () => {
     const seeds = captures.map((c) => Buffer.from(c.hex, 'hex'));
-    const mutated = fc.tuple(fc.constantFrom(...seeds), fc.array(fc.tuple(fc.nat(), fc.integer({ min: 0, max: 255 })), { maxLength: 8 }), fc.nat()).map(([b, edits, cut]) => {
-      const out = Buffer.from(b);
-      for (const [at, v] of edits) out[at % out.length] = v;
-      out[0] = 4; // past the version check, into the body
-      const len = Math.max(8, cut % (out.length + 1));
-      out.writeUInt16BE(len, 2);
-      return out.subarray(0, len);
-    });
+    const mutated = fc
+      .tuple(
+        fc.constantFrom(...seeds),
+        fc.array(fc.tuple(fc.nat(), fc.integer({ min: 0, max: 255 })), { maxLength: 8 }),
+        fc.nat(),
+      )
+      .map(([b, edits, cut]) => {
+        const out = Buffer.from(b);
+        for (const [at, v] of edits) out[at % out.length] = v;
+        out[0] = 4; // past the version check, into the body
+        const len = Math.max(8, cut % (out.length + 1));
+        out.writeUInt16BE(len, 2);
+        return out.subarray(0, len);
+      });
     fc.assert(
-      fc.property(fc.oneof(fc.uint8Array({ maxLength: 300 }).map((a) => Buffer.from(a)), mutated), (b) => {
-        try {
-          decodeMessage(b);
-        } catch (err) {
-          expect(err).toBeInstanceOf(OpenFlowError);
-        }
-      }),
+      fc.property(
+        fc.oneof(
+          fc.uint8Array({ maxLength: 300 }).map((a) => Buffer.from(a)),
+          mutated,
+        ),
+        (b) => {
+          try {
+            decodeMessage(b);
+          } catch (err) {
+            expect(err).toBeInstanceOf(OpenFlowError);
+          }
+        },
+      ),
       { numRuns: 3000 },
     );
   });
@@ -121,7 +152,8 @@ async function fakeSwitch(after: (sock: net.Socket, m: Message) => void): Promis
       while (buf.length >= 8 && buf.length >= buf.readUInt16BE(2)) {
         const m = decodeMessage(buf.subarray(0, buf.readUInt16BE(2)));
         buf = buf.subarray(buf.readUInt16BE(2));
-        if (m.type === 'features_request') sock.write(encodeMessage({ type: 'features_reply', xid: m.xid, datapathId: 0xabcn, nTables: 254 }));
+        if (m.type === 'features_request')
+          sock.write(encodeMessage({ type: 'features_reply', xid: m.xid, datapathId: 0xabcn, nTables: 254 }));
         else after(sock, m);
       }
     });
@@ -133,9 +165,10 @@ async function fakeSwitch(after: (sock: net.Socket, m: Message) => void): Promis
 }
 
 describe('OpenFlow controller connection', () => {
-  it('a switch refusing a flow: the batch fails with the switch\'s reason, and the connection stays up', async () => {
+  it("a switch refusing a flow: the batch fails with the switch's reason, and the connection stays up", async () => {
     const path = await fakeSwitch((sock, m) => {
-      if (m.type === 'flow_mod') sock.write(encodeMessage({ type: 'error', xid: m.xid, errType: 4, code: 3, data: Buffer.alloc(0) }));
+      if (m.type === 'flow_mod')
+        sock.write(encodeMessage({ type: 'error', xid: m.xid, errType: 4, code: 3, data: Buffer.alloc(0) }));
       if (m.type === 'barrier_request') sock.write(encodeMessage({ type: 'barrier_reply', xid: m.xid }));
     });
     const conn = new OpenFlowConnection();
@@ -149,7 +182,8 @@ describe('OpenFlow controller connection', () => {
 
   it('garbage from the switch closes the connection with the reason; requests in flight fail, nothing throws', async () => {
     const path = await fakeSwitch((sock, m) => {
-      if (m.type === 'flow_stats_request') sock.write(Buffer.from('04ff0010000000050000000000000000', 'hex').subarray(0, 8).fill(9, 0, 1)); // version 9
+      if (m.type === 'flow_stats_request')
+        sock.write(Buffer.from('04ff0010000000050000000000000000', 'hex').subarray(0, 8).fill(9, 0, 1)); // version 9
     });
     const conn = new OpenFlowConnection();
     await conn.connect(path);
@@ -161,13 +195,19 @@ describe('OpenFlow controller connection', () => {
 
   it('no switch at the socket: connect says so', async () => {
     const conn = new OpenFlowConnection();
-    await expect(conn.connect('/nonexistent/weft.ofp', 500)).rejects.toThrow(/cannot connect to the OpenFlow socket \/nonexistent\/weft\.ofp/);
+    await expect(conn.connect('/nonexistent/weft.ofp', 500)).rejects.toThrow(
+      /cannot connect to the OpenFlow socket \/nonexistent\/weft\.ofp/,
+    );
   });
 });
 
 describe('OVSDB client', () => {
   it('splits JSON texts sent back to back, in any fragments, with brackets inside strings', () => {
-    const texts = ['{"id":1,"result":[{"rows":[{"name":"a}b"}]}],"error":null}', '{"id":null,"method":"echo","params":["[x\\"]"]}', '[1,{"a":[2]}]'];
+    const texts = [
+      '{"id":1,"result":[{"rows":[{"name":"a}b"}]}],"error":null}',
+      '{"id":null,"method":"echo","params":["[x\\"]"]}',
+      '[1,{"a":[2]}]',
+    ];
     const stream = texts.join('');
     fc.assert(
       fc.property(fc.array(fc.nat({ max: stream.length }), { maxLength: 10 }), (cuts) => {
@@ -193,7 +233,21 @@ describe('OVSDB client', () => {
         for (const t of split.push(d)) {
           const m = JSON.parse(t) as { id: unknown; method?: string; result?: unknown };
           if (m.id === 'e1') echoed = true;
-          if (m.method === 'transact') sock.write(JSON.stringify({ id: m.id, result: [{}, { error: 'constraint violation', details: 'Transaction causes multiple rows in "Bridge" table to have identical values (weft-ovs) for index on column "name".' }], error: null }));
+          if (m.method === 'transact')
+            sock.write(
+              JSON.stringify({
+                id: m.id,
+                result: [
+                  {},
+                  {
+                    error: 'constraint violation',
+                    details:
+                      'Transaction causes multiple rows in "Bridge" table to have identical values (weft-ovs) for index on column "name".',
+                  },
+                ],
+                error: null,
+              }),
+            );
         }
       });
     });
@@ -201,16 +255,21 @@ describe('OVSDB client', () => {
     await new Promise<void>((r) => server.listen(path, r));
     const db = new OvsdbClient(`unix:${path}`);
     await db.connect();
-    await expect(db.transact([{ op: 'select', table: 'Bridge', where: [] }, { op: 'insert', table: 'Bridge', row: { name: 'weft-ovs' } }])).rejects.toThrow(
-      /OVSDB refused insert on Bridge: constraint violation \(Transaction causes multiple rows/,
-    );
+    await expect(
+      db.transact([
+        { op: 'select', table: 'Bridge', where: [] },
+        { op: 'insert', table: 'Bridge', row: { name: 'weft-ovs' } },
+      ]),
+    ).rejects.toThrow(/OVSDB refused insert on Bridge: constraint violation \(Transaction causes multiple rows/);
     expect(echoed).toBe(true);
     db.close();
   });
 
   it('nothing listening: connect says where it looked and what to check', async () => {
     const db = new OvsdbClient('unix:/nonexistent/db.sock');
-    await expect(db.connect()).rejects.toThrow(/cannot reach ovsdb-server at unix:\/nonexistent\/db\.sock .*is Open vSwitch running/);
+    await expect(db.connect()).rejects.toThrow(
+      /cannot reach ovsdb-server at unix:\/nonexistent\/db\.sock .*is Open vSwitch running/,
+    );
     await expect(new OvsdbClient('tcp:nowhere').connect()).rejects.toThrow(/expected unix:PATH or tcp:HOST:PORT/);
   });
 });

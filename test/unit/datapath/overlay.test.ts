@@ -23,23 +23,21 @@ const input = fc
     previous: fc.array(fc.tuple(fc.constantFrom(...PEERS), overlay), { maxLength: 5 }),
     lost: fc.array(fc.tuple(fc.constantFrom(...PEERS), fc.integer({ min: 0, max: 20_000 })), { maxLength: 5 }),
   })
-  .map(
-    (r): OverlayInput => ({
-      self: SELF,
-      now: 100_000,
-      connected: new Set(r.connected),
-      routed: new Set([...r.routed, ...r.connected]),
-      withEndpoints: new Set(r.withEndpoints),
-      hasAddress: (p) => r.addressed.includes(p) || r.connected.includes(p),
-      fastdp: r.fastdp,
-      sleeve: r.sleeve,
-      encrypted: (p) => r.encrypted.includes(p),
-      healthy: (p) => r.healthy.includes(p),
-      presumedFast: (p) => r.presumed.includes(p),
-      previous: new Map(r.previous),
-      disconnectedAt: new Map(r.lost.map(([p, ago]) => [p, 100_000 - ago])),
-    }),
-  );
+  .map((r): OverlayInput => ({
+    self: SELF,
+    now: 100_000,
+    connected: new Set(r.connected),
+    routed: new Set([...r.routed, ...r.connected]),
+    withEndpoints: new Set(r.withEndpoints),
+    hasAddress: (p) => r.addressed.includes(p) || r.connected.includes(p),
+    fastdp: r.fastdp,
+    sleeve: r.sleeve,
+    encrypted: (p) => r.encrypted.includes(p),
+    healthy: (p) => r.healthy.includes(p),
+    presumedFast: (p) => r.presumed.includes(p),
+    previous: new Map(r.previous),
+    disconnectedAt: new Map(r.lost.map(([p, ago]) => [p, 100_000 - ago])),
+  }));
 
 describe('the overlay choice', () => {
   it('never puts a peer on fastdp that must be encrypted, has no address, or when fastdp is off; never on a sleeve that does not run, or that does not reach it', () => {
@@ -72,7 +70,8 @@ describe('the overlay choice', () => {
           const fastOk = i.fastdp && !i.encrypted(p);
           if (fastOk && (i.healthy(p) || i.presumedFast(p))) expect(overlays.get(p)).toBe('fastdp');
           else if (i.sleeve) expect(overlays.get(p)).toBe('sleeve');
-          else if (fastOk) expect(overlays.get(p)).toBe('fastdp'); // nothing better to try
+          else if (fastOk)
+            expect(overlays.get(p)).toBe('fastdp'); // nothing better to try
           else expect(overlays.get(p)).toBe('none');
         }
       }),

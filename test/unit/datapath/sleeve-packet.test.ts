@@ -2,7 +2,19 @@
 import { randomBytes } from 'node:crypto';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { FragmentAssembler, FragmentIds, KIND_FRAGMENT, PacketOpener, PacketSealer, Reassembler, ReplayWindow, decodeMessage, encodeMessage, readHeader, writeHeader } from '../../../datapath/sleeve/packet.js';
+import {
+  FragmentAssembler,
+  FragmentIds,
+  KIND_FRAGMENT,
+  PacketOpener,
+  PacketSealer,
+  Reassembler,
+  ReplayWindow,
+  decodeMessage,
+  encodeMessage,
+  readHeader,
+  writeHeader,
+} from '../../../datapath/sleeve/packet.js';
 
 const src = Buffer.from('020000000001', 'hex');
 const dst = Buffer.from('020000000002', 'hex');
@@ -89,7 +101,9 @@ describe('sleeve packets', () => {
     fc.assert(
       fc.property(fc.integer({ min: 50, max: 400 }), arrivals, fc.boolean(), (chunk, picks, inOrderFirst) => {
         const messages = [0, 1, 2, 3].map((m) => randomBytes(chunk * (2 + m) + 17));
-        const parts = messages.map((msg) => Array.from({ length: Math.ceil(msg.length / chunk) }, (_, i) => msg.subarray(i * chunk, (i + 1) * chunk)));
+        const parts = messages.map((msg) =>
+          Array.from({ length: Math.ceil(msg.length / chunk) }, (_, i) => msg.subarray(i * chunk, (i + 1) * chunk)),
+        );
         const seq: [number, number][] = [];
         if (inOrderFirst) parts[1].forEach((_, i) => seq.push([1, i]));
         for (const p of picks) seq.push([p.msg, p.index % parts[p.msg].length]);

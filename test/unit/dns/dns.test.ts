@@ -5,6 +5,7 @@ import fc from 'fast-check';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { DnsServer } from '../../../dns/server.js';
 import { NameTable, compareRecords, type NameRecord } from '../../../dns/table.js';
+import { freePorts } from '../../harness/ports.js';
 import { eventually, sleep } from '../../harness/cluster.js';
 
 const A = '02:00:00:00:00:0a';
@@ -12,9 +13,21 @@ const B = '02:00:00:00:00:0b';
 
 function table(): NameTable {
   const t = new NameTable();
-  const many = Array.from({ length: 60 }, (_, i) => ({ hostname: 'many.weft.local.', container: `m${i}`, ip: `10.32.1.${i + 1}` }));
+  const many = Array.from({ length: 60 }, (_, i) => ({
+    hostname: 'many.weft.local.',
+    container: `m${i}`,
+    ip: `10.32.1.${i + 1}`,
+  }));
   t.merge([
-    { peer: A, version: 1, entries: [{ hostname: 'web.weft.local.', container: 'c1', ip: '10.32.0.1' }, { hostname: 'web.weft.local.', container: 'c2', ip: '10.32.0.2' }, ...many] },
+    {
+      peer: A,
+      version: 1,
+      entries: [
+        { hostname: 'web.weft.local.', container: 'c1', ip: '10.32.0.1' },
+        { hostname: 'web.weft.local.', container: 'c2', ip: '10.32.0.2' },
+        ...many,
+      ],
+    },
     { peer: B, version: 1, entries: [{ hostname: 'db.weft.local.', container: 'c3', ip: '10.40.0.1' }] },
   ]);
   return t;
@@ -29,41 +42,76 @@ interface Reply {
 const decode = (b: Buffer): Reply => dnsPacket.decode(b) as unknown as Reply;
 
 const query = (name: string, type = 'A', opt?: number) =>
-  dnsPacket.encode({ type: 'query', id: 7, flags: dnsPacket.RECURSION_DESIRED, questions: [{ type, name } as dnsPacket.Question], additionals: opt ? [{ type: 'OPT', name: '.', udpPayloadSize: opt } as unknown as dnsPacket.Answer] : [] });
+  dnsPacket.encode({
+    type: 'query',
+    id: 7,
+    flags: dnsPacket.RECURSION_DESIRED,
+    questions: [{ type, name } as dnsPacket.Question],
+    additionals: opt ? [{ type: 'OPT', name: '.', udpPayloadSize: opt } as unknown as dnsPacket.Answer] : [],
+  });
 
 describe('name table CRDT', () => {
   const arbRec: fc.Arbitrary<NameRecord> = fc.record({
     peer: fc.constantFrom(A, B),
     version: fc.integer({ min: 0, max: 3 }),
-    entries: fc.array(fc.record({ hostname: fc.constantFrom('a.weft.local.', 'b.weft.local.'), container: fc.constantFrom('x', 'y'), ip: fc.constantFrom('10.32.0.1', '10.32.0.2') }), { maxLength: 3 }),
+    entries: fc.array(
+      fc.record({
+        hostname: fc.constantFrom('a.weft.local.', 'b.weft.local.'),
+        container: fc.constantFrom('x', 'y'),
+        ip: fc.constantFrom('10.32.0.1', '10.32.0.2'),
+      }),
+      { maxLength: 3 },
+    ),
   });
   const state = (...parts: NameRecord[][]) => {
     const t = new NameTable();
     for (const p of parts) t.merge(p);
-    return [...t.records.values()].sort((x, y) => (x.peer < y.peer ? -1 : 1)).map((r) => [r.peer, r.version, JSON.stringify(r.entries.map((e) => [e.hostname, e.container, e.ip]).sort())]);
+    return [...t.records.values()]
+      .sort((x, y) => (x.peer < y.peer ? -1 : 1))
+      .map((r) => [r.peer, r.version, JSON.stringify(r.entries.map((e) => [e.hostname, e.container, e.ip]).sort())]);
   };
   it('merge is commutative, associative, idempotent', () => {
     fc.assert(
-      fc.property(fc.array(arbRec, { maxLength: 4 }), fc.array(arbRec, { maxLength: 4 }), fc.array(arbRec, { maxLength: 4 }), (a, b, c) => {
-        expect(state(a, b)).toEqual(state(b, a));
-        expect(state(a, b, c)).toEqual(state(a, [...b, ...c]));
-        expect(state(a, b, a, b)).toEqual(state(a, b));
-      }),
+      fc.property(
+        fc.array(arbRec, { maxLength: 4 }),
+        fc.array(arbRec, { maxLength: 4 }),
+        fc.array(arbRec, { maxLength: 4 }),
+        (a, b, c) => {
+          expect(state(a, b)).toEqual(state(b, a));
+          expect(state(a, b, c)).toEqual(state(a, [...b, ...c]));
+          expect(state(a, b, a, b)).toEqual(state(a, b));
+        },
+      ),
       { numRuns: 300 },
     );
-    expect(compareRecords({ peer: A, version: 2, entries: [] }, { peer: A, version: 1, entries: [] })).toBeGreaterThan(0);
+    expect(compareRecords({ peer: A, version: 2, entries: [] }, { peer: A, version: 1, entries: [] })).toBeGreaterThan(
+      0,
+    );
   });
 });
 
 describe('DNS server', () => {
-  const server = new DnsServer(table(), { host: '127.0.0.1', port: 0, domain: 'weft.local', ttl: 1, upstreams: [], upstreamTimeoutMs: 300 });
-  const ask = async (name: string, type = 'A', opt?: number) => decode((await server.handle(query(name, type, opt), 'udp'))!);
+  const server = new DnsServer(table(), {
+    host: '127.0.0.1',
+    port: 0,
+    domain: 'weft.local',
+    ttl: 1,
+    upstreams: [],
+    upstreamTimeoutMs: 300,
+  });
+  const ask = async (name: string, type = 'A', opt?: number) =>
+    decode((await server.handle(query(name, type, opt), 'udp'))!);
 
   it('the byte-level fast path answers exactly what the full path does', async () => {
     const q = query('Web.weft.local');
     const fast = server.fastAnswer(q)!;
     expect(fast).not.toBeNull();
-    const d = dnsPacket.decode(fast) as unknown as Reply & { id: number; flag_aa: boolean; flag_rd: boolean; questions: { name: string }[] };
+    const d = dnsPacket.decode(fast) as unknown as Reply & {
+      id: number;
+      flag_aa: boolean;
+      flag_rd: boolean;
+      questions: { name: string }[];
+    };
     expect(d.id).toBe(7);
     expect(d.rcode).toBe('NOERROR');
     expect(d.flag_aa && d.flag_rd).toBe(true);
@@ -75,7 +123,12 @@ describe('DNS server', () => {
     expect(server.fastAnswer(query('nobody.weft.local'))).toBeNull();
     expect(server.fastAnswer(query('example.org'))).toBeNull();
     expect(server.fastAnswer(q.subarray(0, q.length - 1))).toBeNull();
-    fc.assert(fc.property(fc.uint8Array({ maxLength: 100 }), (b) => { server.fastAnswer(Buffer.from(b)); }), { numRuns: 2000 });
+    fc.assert(
+      fc.property(fc.uint8Array({ maxLength: 100 }), (b) => {
+        server.fastAnswer(Buffer.from(b));
+      }),
+      { numRuns: 2000 },
+    );
   });
 
   it('answers A for a name, every address, shuffled, TTL 1, case-insensitively', async () => {
@@ -116,87 +169,112 @@ describe('DNS server', () => {
     const fe = await server.handle(Buffer.from('\x00\x07garbage-garbage'), 'udp');
     expect(fe![3] & 0x0f).toBe(1);
     expect(await server.handle(Buffer.from([1, 2, 3]), 'udp')).toBeNull();
-    await fc.assert(fc.asyncProperty(fc.uint8Array({ maxLength: 300 }), async (b) => {
-      await server.handle(Buffer.from(b), 'udp');
-    }), { numRuns: 500 });
+    await fc.assert(
+      fc.asyncProperty(fc.uint8Array({ maxLength: 300 }), async (b) => {
+        await server.handle(Buffer.from(b), 'udp');
+      }),
+      { numRuns: 500 },
+    );
   });
 });
 
-for (const batched of [true, false]) describe(`DNS server on sockets (${batched ? 'batched UDP through the addon' : "Node's dgram"}), with an upstream`, () => {
-  let upstream: dgram.Socket;
-  let server: DnsServer;
-  let port = 0;
-  beforeAll(async () => {
-    upstream = dgram.createSocket('udp4');
-    upstream.on('message', (m, r) => {
-      const q = dnsPacket.decode(m);
-      upstream.send(dnsPacket.encode({ type: 'response', id: q.id, questions: q.questions, answers: [{ type: 'A', name: q.questions![0].name, data: '198.18.9.9' }] }), r.port, r.address);
-    });
-    await new Promise<void>((r) => upstream.bind(0, '127.0.0.1', () => r()));
-    port = 30000 + Math.floor(Math.random() * 20000);
-    server = new DnsServer(table(), { host: '127.0.0.1', port, domain: 'weft.local', ttl: 1, upstreams: [`127.0.0.1:${upstream.address().port}`], upstreamTimeoutMs: 500, batchedUdp: batched });
-    await server.start();
-    expect(server.udpIo).toBe(batched ? 'batched' : 'dgram');
-  });
-  afterAll(() => {
-    server.close();
-    upstream.close();
-  });
-
-  it('forwards other names to the upstream, over UDP', async () => {
-    const c = dgram.createSocket('udp4');
-    const reply = await new Promise<Buffer>((resolve) => {
-      c.on('message', (m) => resolve(m));
-      c.send(query('example.org'), port, '127.0.0.1');
-    });
-    c.close();
-    expect(decode(reply).answers[0].data).toBe('198.18.9.9');
-  });
-
-  it('answers local names over UDP, many queries at once, each to its sender', async () => {
-    const c = dgram.createSocket('udp4');
-    const ids = new Set<number>();
-    await new Promise<void>((resolve) => {
-      c.on('message', (m) => {
-        const d = dnsPacket.decode(m) as unknown as { id: number; answers: { data: string }[] };
-        if (d.answers[0]?.data === '10.40.0.1') ids.add(d.id);
-        if (ids.size === 200) resolve();
+for (const batched of [true, false])
+  describe(`DNS server on sockets (${batched ? 'batched UDP through the addon' : "Node's dgram"}), with an upstream`, () => {
+    let upstream: dgram.Socket;
+    let server: DnsServer;
+    let port = 0;
+    beforeAll(async () => {
+      upstream = dgram.createSocket('udp4');
+      upstream.on('message', (m, r) => {
+        const q = dnsPacket.decode(m);
+        upstream.send(
+          dnsPacket.encode({
+            type: 'response',
+            id: q.id,
+            questions: q.questions,
+            answers: [{ type: 'A', name: q.questions![0].name, data: '198.18.9.9' }],
+          }),
+          r.port,
+          r.address,
+        );
       });
-      for (let i = 0; i < 200; i++) {
-        const q = query('db.weft.local');
-        q.writeUInt16BE(i, 0);
-        c.send(q, port, '127.0.0.1');
-      }
-    });
-    c.close();
-    expect(ids.size).toBe(200);
-  });
-
-  it('serves TCP with length-prefixed messages', async () => {
-    const reply = await new Promise<Buffer>((resolve, reject) => {
-      const s = net.connect(port, '127.0.0.1', () => {
-        const q = query('db.weft.local');
-        const len = Buffer.alloc(2);
-        len.writeUInt16BE(q.length);
-        s.write(Buffer.concat([len, q]));
+      await new Promise<void>((r) => upstream.bind(0, '127.0.0.1', () => r()));
+      port = await freePorts(1);
+      server = new DnsServer(table(), {
+        host: '127.0.0.1',
+        port,
+        domain: 'weft.local',
+        ttl: 1,
+        upstreams: [`127.0.0.1:${upstream.address().port}`],
+        upstreamTimeoutMs: 500,
+        batchedUdp: batched,
       });
-      let buf = Buffer.alloc(0);
-      s.on('data', (d) => {
-        buf = Buffer.concat([buf, d]);
-        if (buf.length >= 2 && buf.length >= 2 + buf.readUInt16BE(0)) {
-          s.end();
-          resolve(buf.subarray(2));
+      await server.start();
+      expect(server.udpIo).toBe(batched ? 'batched' : 'dgram');
+    });
+    afterAll(() => {
+      server.close();
+      upstream.close();
+    });
+
+    it('forwards other names to the upstream, over UDP', async () => {
+      const c = dgram.createSocket('udp4');
+      const reply = await new Promise<Buffer>((resolve) => {
+        c.on('message', (m) => resolve(m));
+        c.send(query('example.org'), port, '127.0.0.1');
+      });
+      c.close();
+      expect(decode(reply).answers[0].data).toBe('198.18.9.9');
+    });
+
+    it('answers local names over UDP, many queries at once, each to its sender', async () => {
+      const c = dgram.createSocket('udp4');
+      const ids = new Set<number>();
+      await new Promise<void>((resolve) => {
+        c.on('message', (m) => {
+          const d = dnsPacket.decode(m) as unknown as { id: number; answers: { data: string }[] };
+          if (d.answers[0]?.data === '10.40.0.1') ids.add(d.id);
+          if (ids.size === 200) resolve();
+        });
+        for (let i = 0; i < 200; i++) {
+          const q = query('db.weft.local');
+          q.writeUInt16BE(i, 0);
+          c.send(q, port, '127.0.0.1');
         }
       });
-      s.on('error', reject);
+      c.close();
+      expect(ids.size).toBe(200);
     });
-    expect(decode(reply).answers[0].data).toBe('10.40.0.1');
+
+    it('serves TCP with length-prefixed messages', async () => {
+      const reply = await new Promise<Buffer>((resolve, reject) => {
+        const s = net.connect(port, '127.0.0.1', () => {
+          const q = query('db.weft.local');
+          const len = Buffer.alloc(2);
+          len.writeUInt16BE(q.length);
+          s.write(Buffer.concat([len, q]));
+        });
+        let buf = Buffer.alloc(0);
+        s.on('data', (d) => {
+          buf = Buffer.concat([buf, d]);
+          if (buf.length >= 2 && buf.length >= 2 + buf.readUInt16BE(0)) {
+            s.end();
+            resolve(buf.subarray(2));
+          }
+        });
+        s.on('error', reject);
+      });
+      expect(decode(reply).answers[0].data).toBe('10.40.0.1');
+    });
   });
-});
 
 describe('the DNS forwarder under attack', () => {
   /** An upstream that records what it is asked, from where, and answers only when told to. */
-  async function quietUpstream(): Promise<{ sock: dgram.Socket; asked: { id: number; port: number; name: string }[]; port: number }> {
+  async function quietUpstream(): Promise<{
+    sock: dgram.Socket;
+    asked: { id: number; port: number; name: string }[];
+    port: number;
+  }> {
     const sock = dgram.createSocket('udp4');
     const asked: { id: number; port: number; name: string }[] = [];
     sock.on('message', (m, r) => {
@@ -218,18 +296,36 @@ describe('the DNS forwarder under attack', () => {
 
   it('one upstream socket with ids of its own; a reply counts only from the server asked, with its id and question', async () => {
     const up = await quietUpstream();
-    const port = 30000 + Math.floor(Math.random() * 20000);
-    const server = new DnsServer(table(), { host: '127.0.0.1', port, domain: 'weft.local', ttl: 1, upstreams: [`127.0.0.1:${up.port}`], upstreamTimeoutMs: 2000, batchedUdp: false });
+    const port = await freePorts(1);
+    const server = new DnsServer(table(), {
+      host: '127.0.0.1',
+      port,
+      domain: 'weft.local',
+      ttl: 1,
+      upstreams: [`127.0.0.1:${up.port}`],
+      upstreamTimeoutMs: 2000,
+      batchedUdp: false,
+    });
     await server.start();
     const forger = dgram.createSocket('udp4');
     try {
-      const answers = Promise.all([ask(port, 'a.example.org', 1), ask(port, 'b.example.org', 1), ask(port, 'c.example.org', 2)]);
+      const answers = Promise.all([
+        ask(port, 'a.example.org', 1),
+        ask(port, 'b.example.org', 1),
+        ask(port, 'c.example.org', 2),
+      ]);
       await eventually('the upstream asked thrice', async () => up.asked.length === 3, 2000, 20);
       // Ids are the forwarder's own (two clients used id 1), from one socket.
       expect(new Set(up.asked.map((a) => a.id)).size).toBe(3);
       expect(new Set(up.asked.map((a) => a.port)).size).toBe(1);
       const a = up.asked.find((x) => x.name === 'a.example.org')!;
-      const answer = (name: string, id: number, data: string) => dnsPacket.encode({ type: 'response', id, questions: [{ type: 'A', name }], answers: [{ type: 'A', name, data }] });
+      const answer = (name: string, id: number, data: string) =>
+        dnsPacket.encode({
+          type: 'response',
+          id,
+          questions: [{ type: 'A', name }],
+          answers: [{ type: 'A', name, data }],
+        });
       // Forged: from another socket (another port), and from the right one with another question.
       forger.send(answer('a.example.org', a.id, '6.6.6.6'), a.port, '127.0.0.1');
       up.sock.send(answer('z.example.org', a.id, '6.6.6.7'), a.port, '127.0.0.1');
@@ -252,8 +348,17 @@ describe('the DNS forwarder under attack', () => {
 
   it('queries in flight are capped: past the cap a client gets SERVFAIL at once; clients not allowed get nothing', async () => {
     const up = await quietUpstream(); // never answers
-    const port = 30000 + Math.floor(Math.random() * 20000);
-    const server = new DnsServer(table(), { host: '127.0.0.1', port, domain: 'weft.local', ttl: 1, upstreams: [`127.0.0.1:${up.port}`], upstreamTimeoutMs: 5000, batchedUdp: false, maxInFlight: 5 });
+    const port = await freePorts(1);
+    const server = new DnsServer(table(), {
+      host: '127.0.0.1',
+      port,
+      domain: 'weft.local',
+      ttl: 1,
+      upstreams: [`127.0.0.1:${up.port}`],
+      upstreamTimeoutMs: 5000,
+      batchedUdp: false,
+      maxInFlight: 5,
+    });
     await server.start();
     try {
       const t0 = Date.now();
@@ -268,7 +373,16 @@ describe('the DNS forwarder under attack', () => {
       server.close();
       up.sock.close();
     }
-    const closed = new DnsServer(table(), { host: '127.0.0.1', port: port + 1, domain: 'weft.local', ttl: 1, upstreams: [], upstreamTimeoutMs: 500, batchedUdp: false, clients: () => false });
+    const closed = new DnsServer(table(), {
+      host: '127.0.0.1',
+      port: port + 1,
+      domain: 'weft.local',
+      ttl: 1,
+      upstreams: [],
+      upstreamTimeoutMs: 500,
+      batchedUdp: false,
+      clients: () => false,
+    });
     await closed.start();
     try {
       expect(await ask(port + 1, 'db.weft.local', 3)).toBeNull();

@@ -13,7 +13,12 @@ import { testMesh } from '../../harness/memory-mesh.js';
 const RANGE = parseCidr('10.40.0.0/26');
 const N = 3;
 
-type Cmd = { op: 'alloc'; peer: number; ident: number } | { op: 'free'; peer: number; ident: number } | { op: 'cut'; peer: number } | { op: 'heal' } | { op: 'wait' };
+type Cmd =
+  | { op: 'alloc'; peer: number; ident: number }
+  | { op: 'free'; peer: number; ident: number }
+  | { op: 'cut'; peer: number }
+  | { op: 'heal' }
+  | { op: 'wait' };
 
 const arbCmd: fc.Arbitrary<Cmd> = fc.oneof(
   { weight: 6, arbitrary: fc.record({ op: fc.constant('alloc' as const), peer: fc.nat(N - 1), ident: fc.nat(9) }) },
@@ -67,9 +72,20 @@ describe('IPAM under interleavings', () => {
     await fc.assert(
       fc.asyncProperty(fc.array(arbCmd, { minLength: 5, maxLength: 25 }), async (cmds) => {
         const meshes = Array.from({ length: N }, (_, i) => testMesh(`p${i}`));
-        const ipam = meshes.map((m) => new Allocator(m, { range: RANGE, defaultSubnet: RANGE, init: { kind: 'consensus', quorum: 2, peers: 2 }, timeoutMs: 400, store: null }));
+        const ipam = meshes.map(
+          (m) =>
+            new Allocator(m, {
+              range: RANGE,
+              defaultSubnet: RANGE,
+              init: { kind: 'consensus', quorum: 2, peers: 2 },
+              timeoutMs: 400,
+              store: null,
+            }),
+        );
         const connectAll = () => {
-          for (let i = 0; i < N; i++) for (let j = i + 1; j < N; j++) if (!meshes[i].connections.has(meshes[j].name)) connectInMemory(meshes[i], meshes[j]);
+          for (let i = 0; i < N; i++)
+            for (let j = i + 1; j < N; j++)
+              if (!meshes[i].connections.has(meshes[j].name)) connectInMemory(meshes[i], meshes[j]);
         };
         try {
           connectAll();
@@ -78,17 +94,23 @@ describe('IPAM under interleavings', () => {
           for (const c of cmds) {
             if (c.op === 'alloc') inflight.push(ipam[c.peer].allocate(`c${c.peer}-${c.ident}`).catch(() => null));
             else if (c.op === 'free') inflight.push(ipam[c.peer].free(`c${c.peer}-${c.ident}`).catch(() => null));
-            else if (c.op === 'cut') for (const conn of [...meshes[c.peer].connections.values()]) conn.link.close('partition');
+            else if (c.op === 'cut')
+              for (const conn of [...meshes[c.peer].connections.values()]) conn.link.close('partition');
             else if (c.op === 'heal') connectAll();
             else await sleep(30);
           }
           await Promise.all(inflight);
           await sleep(20);
           connectAll();
-          await eventually('rings to agree', async () => {
-            const views = ipam.map((a) => JSON.stringify(a.ring?.all().map((e) => [e.token, e.owner, e.version])));
-            return views.every((v) => v === views[0]) && ipam.every((a) => a.ring);
-          }, 5000, 20);
+          await eventually(
+            'rings to agree',
+            async () => {
+              const views = ipam.map((a) => JSON.stringify(a.ring?.all().map((e) => [e.token, e.owner, e.version])));
+              return views.every((v) => v === views[0]) && ipam.every((a) => a.ring);
+            },
+            5000,
+            20,
+          );
           const seen = new Map<number, string>();
           for (const [i, a] of ipam.entries()) {
             for (const [ident, addrs] of a.owned) {

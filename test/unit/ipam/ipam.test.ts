@@ -15,9 +15,15 @@ afterEach(() => {
   allocators = [];
 });
 
-function peers(n: number, init: (i: number) => InitMode = () => ({ kind: 'consensus', quorum: Math.floor(n / 2) + 1, peers: n - 1 }), timeoutMs = 5000): { meshes: Mesh[]; ipam: Allocator[] } {
+function peers(
+  n: number,
+  init: (i: number) => InitMode = () => ({ kind: 'consensus', quorum: Math.floor(n / 2) + 1, peers: n - 1 }),
+  timeoutMs = 5000,
+): { meshes: Mesh[]; ipam: Allocator[] } {
   const ms = Array.from({ length: n }, (_, i) => testMesh(`p${i}`));
-  const as = ms.map((m, i) => new Allocator(m, { range: RANGE, defaultSubnet: RANGE, init: init(i), timeoutMs, store: null }));
+  const as = ms.map(
+    (m, i) => new Allocator(m, { range: RANGE, defaultSubnet: RANGE, init: init(i), timeoutMs, store: null }),
+  );
   meshes.push(...ms);
   allocators.push(...as);
   return { meshes: ms, ipam: as };
@@ -30,7 +36,9 @@ describe('IPAM over in-memory meshes', () => {
     connectInMemory(ms[1], ms[2]);
     await eventually('mesh', async () => ms.every((m) => m.topology.entries.size === 3), 2000, 10);
     expect(ipam[0].status().state).toMatch(/^idle/);
-    const got = await Promise.all(ipam.flatMap((a, i) => Array.from({ length: 20 }, (_, k) => a.allocate(`c${i}-${k}`))));
+    const got = await Promise.all(
+      ipam.flatMap((a, i) => Array.from({ length: 20 }, (_, k) => a.allocate(`c${i}-${k}`))),
+    );
     const addrs = got.map((g) => g.addr);
     expect(new Set(addrs).size).toBe(60);
     for (const a of addrs) expect(a >= RANGE.start + 1 && a < RANGE.start + 255).toBe(true);
@@ -54,7 +62,9 @@ describe('IPAM over in-memory meshes', () => {
   });
 
   it('asks other peers for space when its own runs out', async () => {
-    const { meshes: ms, ipam } = peers(2, (i) => (i === 0 ? { kind: 'consensus', quorum: 1, peers: 0 } : { kind: 'observer' }));
+    const { meshes: ms, ipam } = peers(2, (i) =>
+      i === 0 ? { kind: 'consensus', quorum: 1, peers: 0 } : { kind: 'observer' },
+    );
     // p0 alone forms the ring (quorum 1) and owns everything; p1 joins afterwards as an observer.
     await ipam[0].prime();
     connectInMemory(ms[0], ms[1]);
@@ -79,7 +89,12 @@ describe('IPAM over in-memory meshes', () => {
     const a0 = await ipam[0].allocate('x');
     const a1 = await ipam[1].allocate('y');
     connectInMemory(ms[0], ms[1]);
-    await eventually('conflict reported', async () => ipam[0].status().conflicts.length > 0 && ipam[1].status().conflicts.length > 0, 3000, 20);
+    await eventually(
+      'conflict reported',
+      async () => ipam[0].status().conflicts.length > 0 && ipam[1].status().conflicts.length > 0,
+      3000,
+      20,
+    );
     expect(ipam[0].status().conflicts[0]).toMatch(/started IPAM separately.*weft reset/);
     expect(ms[0].connections.has(ms[1].name)).toBe(true);
     expect(ipam[0].lookup('x')).toEqual([a0.addr]);
@@ -90,7 +105,13 @@ describe('IPAM over in-memory meshes', () => {
     const small = parseCidr('10.32.0.0/30');
     const [m] = [testMesh('solo')];
     meshes.push(m);
-    const a = new Allocator(m, { range: small, defaultSubnet: small, init: { kind: 'consensus', quorum: 1, peers: 0 }, timeoutMs: 5000, store: null });
+    const a = new Allocator(m, {
+      range: small,
+      defaultSubnet: small,
+      init: { kind: 'consensus', quorum: 1, peers: 0 },
+      timeoutMs: 5000,
+      store: null,
+    });
     allocators.push(a);
     await a.allocate('x');
     await a.allocate('y');
@@ -140,7 +161,7 @@ describe('IPAM over in-memory meshes', () => {
     expect((await ipam[0].claim('ext2', outside, net)).addr).toBe(outside);
   });
 
-  it('rmpeer takes over a dead peer\'s space and refuses a live one', async () => {
+  it("rmpeer takes over a dead peer's space and refuses a live one", async () => {
     const { meshes: ms, ipam } = peers(3);
     connectInMemory(ms[0], ms[1]);
     connectInMemory(ms[1], ms[2]);

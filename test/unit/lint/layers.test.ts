@@ -37,6 +37,7 @@ describe('import layers', () => {
       ['mesh/example.ts', "import { parseCidr } from '../net/addr.js';"],
       ['datapath/vxlan/example.ts', "import { BRIDGE } from '../bridge.js';"],
     ];
-    for (const [file, code] of cases) expect(await lint(file, `${code}\nexport const x = 1;\n`), `${file}: ${code}`).toEqual([]);
+    for (const [file, code] of cases)
+      expect(await lint(file, `${code}\nexport const x = 1;\n`), `${file}: ${code}`).toEqual([]);
   }, 60_000);
 });

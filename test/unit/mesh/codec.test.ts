@@ -24,7 +24,11 @@ function normalise(m: MeshMessage): unknown {
 
 describe('mesh message codec', () => {
   it('round-trips every message', () => {
-    fc.assert(fc.property(arbMessage, (m) => { expect(normalise(decodeMessage(encodeMessage(m)))).toEqual(normalise(m)); }));
+    fc.assert(
+      fc.property(arbMessage, (m) => {
+        expect(normalise(decodeMessage(encodeMessage(m)))).toEqual(normalise(m));
+      }),
+    );
   });
 
   it('arbitrary bytes give a message or an Error, nothing else', () => {

@@ -9,6 +9,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { pack, randomPeerName } from '../../../mesh/index.js';
 import { silentLogger } from '../../../lib/logger.js';
 import { Router } from '../../../router/router.js';
+import { freePorts } from '../../harness/ports.js';
 import { routerOptions } from '../../harness/router-options.js';
 import { eventually } from '../../harness/cluster.js';
 
@@ -17,10 +18,13 @@ describe('what peers say is bounded', () => {
   let b: Router;
   const dirs: string[] = [];
   beforeAll(async () => {
-    const port = 45000 + Math.floor(Math.random() * 4000);
+    const port = await freePorts(4);
     for (const _ of [0, 1]) dirs.push(mkdtempSync(join(tmpdir(), 'weft-bounds-')));
     a = await Router.start(routerOptions({ dataDir: dirs[0], port, nickname: 'a' }), silentLogger);
-    b = await Router.start(routerOptions({ dataDir: dirs[1], port: port + 2, nickname: 'b', peers: [`127.0.0.1:${port}`] }), silentLogger);
+    b = await Router.start(
+      routerOptions({ dataDir: dirs[1], port: port + 2, nickname: 'b', peers: [`127.0.0.1:${port}`] }),
+      silentLogger,
+    );
     await eventually('connected', async () => a.mesh.connections.get(b.mesh.name)?.established);
   });
   afterAll(async () => {
@@ -32,11 +36,19 @@ describe('what peers say is bounded', () => {
   const channel = (name: string) => a.mesh.channels.get(name)!.gossiper;
 
   it('a register or a record at a capped-out version is refused; the table stays as it was', () => {
-    const rule = { id: 'ab'.repeat(16), direction: 'ingress', target: { kind: 'group', name: 'db' }, peer: { kind: 'any' }, proto: 'any' };
+    const rule = {
+      id: 'ab'.repeat(16),
+      direction: 'ingress',
+      target: { kind: 'group', name: 'db' },
+      peer: { kind: 'any' },
+      proto: 'any',
+    };
     const from = b.mesh.name;
     for (const version of [2 ** 52 + 1, Number.MAX_SAFE_INTEGER]) {
       expect(() => channel('policy').onGossip(pack([[rule.id, version, from, rule]]), from)).toThrow(/above the cap/);
-      expect(() => channel('dns').onGossip(pack([[from, version, [['x.weft.local.', 'c1', '10.32.0.9']]]]), from)).toThrow(/above the cap/);
+      expect(() =>
+        channel('dns').onGossip(pack([[from, version, [['x.weft.local.', 'c1', '10.32.0.9']]]]), from),
+      ).toThrow(/above the cap/);
     }
     expect(a.policy.table.rules()).toEqual([]);
     expect(a.names.table.lookup('x.weft.local')).toEqual([]);
@@ -45,7 +57,9 @@ describe('what peers say is bounded', () => {
   it('a service whose VIP is outside the service range is refused: no container would be redirected to it', () => {
     const from = b.mesh.name;
     const svc = { name: 'web', vip: '198.18.0.1', group: 'web', affinity: 'none', created: 1 };
-    expect(() => channel('services').onGossip(pack([['web', 1, from, svc]]), from)).toThrow(/outside the service range 10\.96\.0\.0\/16/);
+    expect(() => channel('services').onGossip(pack([['web', 1, from, svc]]), from)).toThrow(
+      /outside the service range 10\.96\.0\.0\/16/,
+    );
     expect(a.services.table.values()).toEqual([]);
     expect(a.names.table.lookup('web.weft.local')).toEqual([]);
   });

@@ -1,6 +1,13 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { GCounter } from '../../../examples/gossip-counter.js';
-import { BytesGossipData, type MeshLink, connectInMemory, type Mesh, PeerRecords, type EntryCodec } from '../../../mesh/index.js';
+import {
+  BytesGossipData,
+  type MeshLink,
+  connectInMemory,
+  type Mesh,
+  PeerRecords,
+  type EntryCodec,
+} from '../../../mesh/index.js';
 import { eventually, sleep } from '../../harness/cluster.js';
 import { testMesh } from '../../harness/memory-mesh.js';
 
@@ -83,7 +90,12 @@ describe('mesh over in-memory links', () => {
       const [a, b] = make(2);
       connectInMemory(a, b);
       connectInMemory(b, a);
-      await eventually('one connection each', async () => a.connections.size === 1 && b.connections.size === 1, 2000, 5);
+      await eventually(
+        'one connection each',
+        async () => a.connections.size === 1 && b.connections.size === 1,
+        2000,
+        5,
+      );
       await sleep(20);
       expect(a.connections.size).toBe(1);
       expect(a.connections.get(b.name)!.link.connUid).toBe(b.connections.get(a.name)!.link.connUid);
@@ -130,13 +142,18 @@ describe('mesh over in-memory links', () => {
     const b2 = testMesh('p1-again', { name: b.name });
     meshes.push(b2);
     connectInMemory(b2, a);
-    await eventually('new incarnation everywhere', async () => {
-      const e = a.topology.get(b.name);
-      return e?.uid === b2.config.uid && e.version > oldVersion && b2.ownEntry.version > oldVersion;
-    }, 3000, 10);
+    await eventually(
+      'new incarnation everywhere',
+      async () => {
+        const e = a.topology.get(b.name);
+        return e?.uid === b2.config.uid && e.version > oldVersion && b2.ownEntry.version > oldVersion;
+      },
+      3000,
+      10,
+    );
   });
 
-  it('per-peer records: a record echoed back by anti-entropy stays as it is; a restarted peer\'s record supersedes its old one', async () => {
+  it("per-peer records: a record echoed back by anti-entropy stays as it is; a restarted peer's record supersedes its old one", async () => {
     const codec: EntryCodec<string> = { toWire: (e) => e, fromWire: (w) => String(w), key: (e) => e };
     const [a, b, c] = make(3);
     const records = (m: Mesh) => new PeerRecords(m, 'records', codec, 1000);
@@ -147,7 +164,7 @@ describe('mesh over in-memory links', () => {
     rb.setLocal(['x']);
     let changes = 0;
     ra.onChange(() => changes++);
-    await eventually('b\'s record everywhere', async () => ra.records.get(b.name)?.entries[0] === 'x', 2000, 10);
+    await eventually("b's record everywhere", async () => ra.records.get(b.name)?.entries[0] === 'x', 2000, 10);
     const version = rb.records.get(b.name)!.version;
     changes = 0;
     await sleep(1000); // five anti-entropy rounds (testMesh: every 200 ms)
@@ -159,7 +176,12 @@ describe('mesh over in-memory links', () => {
     meshes.push(b2);
     const rb2 = records(b2);
     connectInMemory(b2, a);
-    await eventually('the new incarnation\'s empty record everywhere', async () => ra.records.get(b.name)?.entries.length === 0 && rb2.records.get(b.name)!.version > version, 3000, 10);
+    await eventually(
+      "the new incarnation's empty record everywhere",
+      async () => ra.records.get(b.name)?.entries.length === 0 && rb2.records.get(b.name)!.version > version,
+      3000,
+      10,
+    );
   });
 
   it('per-peer records: anti-entropy sends a neighbour only the records it lacks', async () => {
@@ -169,7 +191,7 @@ describe('mesh over in-memory links', () => {
     const big = Array.from({ length: 5000 }, (_, i) => `entry-${i}`);
     ra.setLocal(big);
     connectInMemory(a, b);
-    await eventually('a\'s record at b', async () => rb.records.get(a.name)?.entries.length === big.length, 2000, 10);
+    await eventually("a's record at b", async () => rb.records.get(a.name)?.entries.length === big.length, 2000, 10);
     const received: number[] = [];
     const onGossip = rb.onGossip.bind(rb);
     rb.onGossip = (update: Uint8Array) => {
@@ -210,7 +232,12 @@ describe('mesh over in-memory links', () => {
     connectInMemory(b, c);
     await eventually('converge', async () => converged([a, b, c]), 2000, 10);
     c.stop();
-    await eventually('c gone from a and b', async () => !a.topology.entries.has(c.name) && !b.topology.entries.has(c.name), 3000, 10);
+    await eventually(
+      'c gone from a and b',
+      async () => !a.topology.entries.has(c.name) && !b.topology.entries.has(c.name),
+      3000,
+      10,
+    );
     expect(a.routes.unicastAll.has(c.name)).toBe(false);
   });
 
@@ -241,7 +268,12 @@ describe('mesh over in-memory links', () => {
   it('a gossip handler that throws rejects the update but keeps the connection', async () => {
     const [a, b] = make(2);
     connectInMemory(a, b);
-    a.registerChannel('picky', { gossip: () => null, onGossip: () => { throw new Error('bad update'); } });
+    a.registerChannel('picky', {
+      gossip: () => null,
+      onGossip: () => {
+        throw new Error('bad update');
+      },
+    });
     const sender = b.registerChannel('picky', { gossip: () => null, onGossip: () => null });
     await eventually('connected', async () => a.connections.get(b.name)?.established, 2000, 10);
     sender.gossipUpdate(new BytesGossipData(Buffer.from('x')));

@@ -13,7 +13,12 @@ const arbEntry: fc.Arbitrary<PeerEntry> = fc.record({
   version: fc.integer({ min: 1, max: 4 }),
   port: fc.constantFrom(6783, 7000),
   connections: fc.uniqueArray(
-    fc.record({ peer: fc.constantFrom(...NAMES), addr: fc.constantFrom('198.18.0.1:6783', '198.18.0.2:40000'), outbound: fc.boolean(), established: fc.boolean() }),
+    fc.record({
+      peer: fc.constantFrom(...NAMES),
+      addr: fc.constantFrom('198.18.0.1:6783', '198.18.0.2:40000'),
+      outbound: fc.boolean(),
+      established: fc.boolean(),
+    }),
     { selector: (c) => c.peer, maxLength: 4 },
   ),
 });
@@ -37,13 +42,28 @@ describe('peer names', () => {
 
 describe('topology CRDT', () => {
   it('merge is commutative', () => {
-    fc.assert(fc.property(arbState, arbState, (a, b) => { expect(merged(a, b)).toEqual(merged(b, a)); }), { numRuns: 500 });
+    fc.assert(
+      fc.property(arbState, arbState, (a, b) => {
+        expect(merged(a, b)).toEqual(merged(b, a));
+      }),
+      { numRuns: 500 },
+    );
   });
   it('merge is associative', () => {
-    fc.assert(fc.property(arbState, arbState, arbState, (a, b, c) => { expect(merged(merged(a, b), c)).toEqual(merged(a, merged(b, c))); }), { numRuns: 500 });
+    fc.assert(
+      fc.property(arbState, arbState, arbState, (a, b, c) => {
+        expect(merged(merged(a, b), c)).toEqual(merged(a, merged(b, c)));
+      }),
+      { numRuns: 500 },
+    );
   });
   it('merge is idempotent', () => {
-    fc.assert(fc.property(arbState, arbState, (a, b) => { expect(merged(a, b, b, a)).toEqual(merged(a, b)); }), { numRuns: 500 });
+    fc.assert(
+      fc.property(arbState, arbState, (a, b) => {
+        expect(merged(a, b, b, a)).toEqual(merged(a, b));
+      }),
+      { numRuns: 500 },
+    );
   });
   it('reports exactly the entries that improved the state', () => {
     fc.assert(
@@ -59,7 +79,11 @@ describe('topology CRDT', () => {
     );
   });
   it('round-trips entries through the wire form', () => {
-    fc.assert(fc.property(arbEntry, (e) => { expect(entryFromWire(entryToWire(e))).toEqual(e); }));
+    fc.assert(
+      fc.property(arbEntry, (e) => {
+        expect(entryFromWire(entryToWire(e))).toEqual(e);
+      }),
+    );
   });
   it('rejects malformed wire entries with an error, never a crash', () => {
     fc.assert(
@@ -102,7 +126,10 @@ const arbGraph = fc
   .chain((n) =>
     fc.tuple(
       fc.constant(n),
-      fc.uniqueArray(fc.tuple(fc.nat(n - 1), fc.nat(n - 1)).filter(([x, y]) => x !== y), { selector: ([x, y]) => `${Math.min(x, y)}-${Math.max(x, y)}`, maxLength: 30 }),
+      fc.uniqueArray(
+        fc.tuple(fc.nat(n - 1), fc.nat(n - 1)).filter(([x, y]) => x !== y),
+        { selector: ([x, y]) => `${Math.min(x, y)}-${Math.max(x, y)}`, maxLength: 30 },
+      ),
     ),
   )
   .map(([n, edges]) => {
@@ -112,7 +139,14 @@ const arbGraph = fc
       conns[x].push({ peer: names[y], addr: `198.18.0.${y + 1}:6783`, outbound: true, established: true });
       conns[y].push({ peer: names[x], addr: `198.18.0.${x + 1}:40000`, outbound: false, established: true });
     }
-    const entries: PeerEntry[] = names.map((name, i) => ({ name, nickname: `p${i}`, uid: '0000000000000001', version: 1, port: 6783, connections: conns[i] }));
+    const entries: PeerEntry[] = names.map((name, i) => ({
+      name,
+      nickname: `p${i}`,
+      uid: '0000000000000001',
+      version: 1,
+      port: 6783,
+      connections: conns[i],
+    }));
     return { names, entries };
   });
 
@@ -122,7 +156,9 @@ describe('routes', () => {
       fc.property(arbGraph, fc.nat(), ({ names, entries }, seed) => {
         const t1 = new Topology();
         t1.merge(entries);
-        const shuffled = [...entries].sort((a, b) => ((a.name.charCodeAt(16) * 31 + seed) % 7) - ((b.name.charCodeAt(16) * 31 + seed) % 7));
+        const shuffled = [...entries].sort(
+          (a, b) => ((a.name.charCodeAt(16) * 31 + seed) % 7) - ((b.name.charCodeAt(16) * 31 + seed) % 7),
+        );
         const t2 = new Topology();
         t2.merge(shuffled);
         for (const self of names) {
@@ -159,10 +195,37 @@ describe('routes', () => {
     const [a, b, c] = ['02:00:00:00:00:0a', '02:00:00:00:00:0b', '02:00:00:00:00:0c'];
     const t = new Topology();
     t.merge([
-      { name: a, nickname: 'a', uid: '0000000000000001', version: 1, port: 6783, connections: [{ peer: b, addr: 'x:1', outbound: true, established: true }, { peer: c, addr: 'x:2', outbound: true, established: true }] },
-      { name: b, nickname: 'b', uid: '0000000000000001', version: 1, port: 6783, connections: [{ peer: a, addr: 'x:3', outbound: false, established: true }, { peer: c, addr: 'x:4', outbound: true, established: true }] },
+      {
+        name: a,
+        nickname: 'a',
+        uid: '0000000000000001',
+        version: 1,
+        port: 6783,
+        connections: [
+          { peer: b, addr: 'x:1', outbound: true, established: true },
+          { peer: c, addr: 'x:2', outbound: true, established: true },
+        ],
+      },
+      {
+        name: b,
+        nickname: 'b',
+        uid: '0000000000000001',
+        version: 1,
+        port: 6783,
+        connections: [
+          { peer: a, addr: 'x:3', outbound: false, established: true },
+          { peer: c, addr: 'x:4', outbound: true, established: true },
+        ],
+      },
       // c does not (yet) report its connection to a
-      { name: c, nickname: 'c', uid: '0000000000000001', version: 1, port: 6783, connections: [{ peer: b, addr: 'x:5', outbound: false, established: true }] },
+      {
+        name: c,
+        nickname: 'c',
+        uid: '0000000000000001',
+        version: 1,
+        port: 6783,
+        connections: [{ peer: b, addr: 'x:5', outbound: false, established: true }],
+      },
     ]);
     const r = new Routes(t, a);
     expect(r.unicast.get(c)).toBe(b);

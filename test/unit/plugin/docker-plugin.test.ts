@@ -25,9 +25,21 @@ const quiet = { info() {}, warn() {}, error() {}, debug() {} };
 beforeEach(() => {
   dir = mkdtempSync(join(tmpdir(), 'weft-plugin-'));
   mesh = testMesh('p0');
-  ipam = new Allocator(mesh, { range: RANGE, defaultSubnet: RANGE, init: { kind: 'consensus', quorum: 1, peers: 0 }, timeoutMs: 5000, store: null });
+  ipam = new Allocator(mesh, {
+    range: RANGE,
+    defaultSubnet: RANGE,
+    init: { kind: 'consensus', quorum: 1, peers: 0 },
+    timeoutMs: 5000,
+    store: null,
+  });
   // The network calls that reach the datapath validate their input first; none of these tests gets past that.
-  driver = new DockerDriver({ datapath: { mtu: 1400 } as unknown as Datapath, ipam, dataDir: dir, log: quiet as never, dnsIp: '169.254.83.83' });
+  driver = new DockerDriver({
+    datapath: { mtu: 1400 } as unknown as Datapath,
+    ipam,
+    dataDir: dir,
+    log: quiet as never,
+    dnsIp: '169.254.83.83',
+  });
 });
 
 afterEach(async () => {
@@ -39,9 +51,14 @@ afterEach(async () => {
 
 describe('Docker IPAM driver', () => {
   it('hands out the default subnet once, refuses an overlapping pool with the reason, and takes it back on release', async () => {
-    const first = (await driver.handle('IpamDriver.RequestPool', { AddressSpace: 'weft' })) as { PoolID: string; Pool: string };
+    const first = (await driver.handle('IpamDriver.RequestPool', { AddressSpace: 'weft' })) as {
+      PoolID: string;
+      Pool: string;
+    };
     expect(first.Pool).toBe('10.32.0.0/16');
-    await expect(driver.handle('IpamDriver.RequestPool', { AddressSpace: 'weft' })).rejects.toThrow(/overlaps 10\.32\.0\.0\/16, already used by another weft network/);
+    await expect(driver.handle('IpamDriver.RequestPool', { AddressSpace: 'weft' })).rejects.toThrow(
+      /overlaps 10\.32\.0\.0\/16, already used by another weft network/,
+    );
     await expect(driver.handle('IpamDriver.RequestPool', { Pool: '10.32.8.0/24' })).rejects.toThrow(/already used/);
     await driver.handle('IpamDriver.ReleasePool', { PoolID: first.PoolID });
     const again = (await driver.handle('IpamDriver.RequestPool', { Pool: '10.32.8.0/24' })) as { Pool: string };
@@ -49,16 +66,25 @@ describe('Docker IPAM driver', () => {
   });
 
   it('refuses pools outside the range, IPv6, sub-ranges outside the subnet, and malformed subnets', async () => {
-    await expect(driver.handle('IpamDriver.RequestPool', { Pool: '192.168.0.0/24' })).rejects.toThrow(/outside weft's allocation range 10\.32\.0\.0\/16/);
+    await expect(driver.handle('IpamDriver.RequestPool', { Pool: '192.168.0.0/24' })).rejects.toThrow(
+      /outside weft's allocation range 10\.32\.0\.0\/16/,
+    );
     await expect(driver.handle('IpamDriver.RequestPool', { V6: true })).rejects.toThrow(/IPv6/);
-    await expect(driver.handle('IpamDriver.RequestPool', { Pool: '10.32.1.0/24', SubPool: '10.32.2.0/25' })).rejects.toThrow(/not inside --subnet/);
+    await expect(
+      driver.handle('IpamDriver.RequestPool', { Pool: '10.32.1.0/24', SubPool: '10.32.2.0/25' }),
+    ).rejects.toThrow(/not inside --subnet/);
     await expect(driver.handle('IpamDriver.RequestPool', { Pool: '10.32.1.0/33' })).rejects.toThrow(/--subnet/);
     expect(driver.calls.get('IpamDriver.RequestPool')).toBe(4);
   });
 
   it('gives the gateway without allocating, allocates from the sub-range, claims a given address, frees by address', async () => {
-    const p = (await driver.handle('IpamDriver.RequestPool', { Pool: '10.32.4.0/24', SubPool: '10.32.4.128/25' })) as { PoolID: string };
-    const gw = (await driver.handle('IpamDriver.RequestAddress', { PoolID: p.PoolID, Options: { RequestAddressType: 'com.docker.network.gateway' } })) as { Address: string };
+    const p = (await driver.handle('IpamDriver.RequestPool', { Pool: '10.32.4.0/24', SubPool: '10.32.4.128/25' })) as {
+      PoolID: string;
+    };
+    const gw = (await driver.handle('IpamDriver.RequestAddress', {
+      PoolID: p.PoolID,
+      Options: { RequestAddressType: 'com.docker.network.gateway' },
+    })) as { Address: string };
     expect(gw.Address).toBe('10.32.4.0/24');
     expect(ipam.holderOf(parseIp('10.32.4.0'))).toBeUndefined();
     const a = (await driver.handle('IpamDriver.RequestAddress', { PoolID: p.PoolID })) as { Address: string };
@@ -70,10 +96,16 @@ describe('Docker IPAM driver', () => {
       expect(ip >= parseIp('10.32.4.128') && ip <= parseIp('10.32.4.255')).toBe(true);
       expect(ipam.holderOf(ip)).toMatch(/^dockernet:/);
     }
-    const c = (await driver.handle('IpamDriver.RequestAddress', { PoolID: p.PoolID, Address: '10.32.4.7' })) as { Address: string };
+    const c = (await driver.handle('IpamDriver.RequestAddress', { PoolID: p.PoolID, Address: '10.32.4.7' })) as {
+      Address: string;
+    };
     expect(c.Address).toBe('10.32.4.7/24');
-    await expect(driver.handle('IpamDriver.RequestAddress', { PoolID: p.PoolID, Address: '10.32.4.7' })).rejects.toThrow(/already allocated/);
-    await expect(driver.handle('IpamDriver.RequestAddress', { PoolID: p.PoolID, Address: '10.32.9.1' })).rejects.toThrow(/not in the network's subnet/);
+    await expect(
+      driver.handle('IpamDriver.RequestAddress', { PoolID: p.PoolID, Address: '10.32.4.7' }),
+    ).rejects.toThrow(/already allocated/);
+    await expect(
+      driver.handle('IpamDriver.RequestAddress', { PoolID: p.PoolID, Address: '10.32.9.1' }),
+    ).rejects.toThrow(/not in the network's subnet/);
     await driver.handle('IpamDriver.ReleaseAddress', { PoolID: p.PoolID, Address: '10.32.4.7' });
     expect(ipam.holderOf(parseIp('10.32.4.7'))).toBeUndefined();
     // Releasing twice, or the gateway, is fine.
@@ -91,22 +123,51 @@ describe('Docker network driver', () => {
   });
 
   it('refuses networks without weft IPAM, and endpoints with bad ids, before touching anything', async () => {
-    await expect(driver.handle('NetworkDriver.CreateNetwork', { NetworkID: 'n', IPv4Data: [{ AddressSpace: 'LocalDefault', Pool: '172.18.0.0/16' }] })).rejects.toThrow(/--ipam-driver weft/);
-    await expect(driver.handle('NetworkDriver.CreateNetwork', { NetworkID: 'n', IPv4Data: [] })).rejects.toThrow(/no IPv4 subnet/);
-    expect(await driver.handle('NetworkDriver.CreateNetwork', { NetworkID: 'n', IPv4Data: [{ AddressSpace: 'weft', Pool: '10.32.0.0/16' }] })).toEqual({});
-    await expect(driver.handle('NetworkDriver.CreateEndpoint', { EndpointID: '../../etc', Interface: { Address: '10.32.0.5/16' } })).rejects.toThrow(/not a Docker endpoint id/);
+    await expect(
+      driver.handle('NetworkDriver.CreateNetwork', {
+        NetworkID: 'n',
+        IPv4Data: [{ AddressSpace: 'LocalDefault', Pool: '172.18.0.0/16' }],
+      }),
+    ).rejects.toThrow(/--ipam-driver weft/);
+    await expect(driver.handle('NetworkDriver.CreateNetwork', { NetworkID: 'n', IPv4Data: [] })).rejects.toThrow(
+      /no IPv4 subnet/,
+    );
+    expect(
+      await driver.handle('NetworkDriver.CreateNetwork', {
+        NetworkID: 'n',
+        IPv4Data: [{ AddressSpace: 'weft', Pool: '10.32.0.0/16' }],
+      }),
+    ).toEqual({});
+    await expect(
+      driver.handle('NetworkDriver.CreateEndpoint', {
+        EndpointID: '../../etc',
+        Interface: { Address: '10.32.0.5/16' },
+      }),
+    ).rejects.toThrow(/not a Docker endpoint id/);
     await expect(driver.handle('NetworkDriver.Join', { EndpointID: 42 })).rejects.toThrow(PluginError);
-    await expect(driver.handle('NetworkDriver.Frobnicate', {})).rejects.toThrow(/does not implement NetworkDriver\.Frobnicate/);
+    await expect(driver.handle('NetworkDriver.Frobnicate', {})).rejects.toThrow(
+      /does not implement NetworkDriver\.Frobnicate/,
+    );
   });
 });
 
 function post(socket: string, path: string, body: string): Promise<{ status: number; type: string; json: unknown }> {
   return new Promise((resolve, reject) => {
-    const req = http.request({ socketPath: socket, method: 'POST', path, headers: { 'content-type': 'application/vnd.docker.plugins.v1.2+json' } }, (res) => {
-      let text = '';
-      res.on('data', (c) => (text += String(c)));
-      res.on('end', () => resolve({ status: res.statusCode ?? 0, type: String(res.headers['content-type']), json: JSON.parse(text) }));
-    });
+    const req = http.request(
+      {
+        socketPath: socket,
+        method: 'POST',
+        path,
+        headers: { 'content-type': 'application/vnd.docker.plugins.v1.2+json' },
+      },
+      (res) => {
+        let text = '';
+        res.on('data', (c) => (text += String(c)));
+        res.on('end', () =>
+          resolve({ status: res.statusCode ?? 0, type: String(res.headers['content-type']), json: JSON.parse(text) }),
+        );
+      },
+    );
     req.on('error', reject);
     req.end(body);
   });
@@ -129,13 +190,32 @@ describe('the plugin socket', () => {
   it('survives arbitrary methods and bodies: every request gets a JSON answer and the server keeps serving', async () => {
     const sock = join(dir, 'weft.sock');
     await driver.listen(sock);
-    const methods = ['Plugin.Activate', 'NetworkDriver.CreateNetwork', 'NetworkDriver.CreateEndpoint', 'NetworkDriver.Join', 'NetworkDriver.DeleteEndpoint', 'IpamDriver.RequestPool', 'IpamDriver.RequestAddress', 'IpamDriver.ReleaseAddress', 'IpamDriver.ReleasePool', 'Nope'];
+    const methods = [
+      'Plugin.Activate',
+      'NetworkDriver.CreateNetwork',
+      'NetworkDriver.CreateEndpoint',
+      'NetworkDriver.Join',
+      'NetworkDriver.DeleteEndpoint',
+      'IpamDriver.RequestPool',
+      'IpamDriver.RequestAddress',
+      'IpamDriver.ReleaseAddress',
+      'IpamDriver.ReleasePool',
+      'Nope',
+    ];
     await fc.assert(
-      fc.asyncProperty(fc.constantFrom(...methods), fc.oneof(fc.json(), fc.string(), fc.object().map((o) => JSON.stringify(o))), async (m, body) => {
-        const r = await post(sock, `/${m}`, body);
-        expect([200, 500]).toContain(r.status);
-        if (r.status === 500) expect(typeof (r.json as { Err: unknown }).Err).toBe('string');
-      }),
+      fc.asyncProperty(
+        fc.constantFrom(...methods),
+        fc.oneof(
+          fc.json(),
+          fc.string(),
+          fc.object().map((o) => JSON.stringify(o)),
+        ),
+        async (m, body) => {
+          const r = await post(sock, `/${m}`, body);
+          expect([200, 500]).toContain(r.status);
+          if (r.status === 500) expect(typeof (r.json as { Err: unknown }).Err).toBe('string');
+        },
+      ),
       { numRuns: 300 },
     );
     expect((await post(sock, '/Plugin.Activate', '')).status).toBe(200);

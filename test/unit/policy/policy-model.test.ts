@@ -28,7 +28,9 @@ const selector = (containers: string[]): fc.Arbitrary<Selector> =>
   fc.oneof(
     fc.constantFrom(...GROUPS).map((name): Selector => ({ kind: 'group', name })),
     fc.constantFrom(...containers).map((id): Selector => ({ kind: 'container', id })),
-    fc.constantFrom('10.32.0.0/29', '10.32.0.4/30', '10.32.0.2/32', '0.0.0.0/0', '192.0.2.0/24').map((cidr): Selector => ({ kind: 'cidr', cidr })),
+    fc
+      .constantFrom('10.32.0.0/29', '10.32.0.4/30', '10.32.0.2/32', '0.0.0.0/0', '192.0.2.0/24')
+      .map((cidr): Selector => ({ kind: 'cidr', cidr })),
     fc.constant<Selector>({ kind: 'any' }),
   );
 
@@ -37,31 +39,46 @@ const ruleArb = (containers: string[]): fc.Arbitrary<Rule> =>
     .record({
       id: fc.stringMatching(/^[0-9a-f]{8}$/),
       direction: fc.constantFrom('ingress', 'egress') as fc.Arbitrary<'ingress' | 'egress'>,
-      target: fc.oneof(fc.constantFrom(...GROUPS).map((name): Selector => ({ kind: 'group', name })), fc.constantFrom(...containers).map((id): Selector => ({ kind: 'container', id }))),
+      target: fc.oneof(
+        fc.constantFrom(...GROUPS).map((name): Selector => ({ kind: 'group', name })),
+        fc.constantFrom(...containers).map((id): Selector => ({ kind: 'container', id })),
+      ),
       peer: selector(containers),
       proto: fc.constantFrom('tcp', 'udp', 'icmp', 'any') as fc.Arbitrary<Rule['proto']>,
       lo: fc.integer({ min: 1, max: 10 }),
       span: fc.integer({ min: 0, max: 3 }),
       ported: fc.boolean(),
     })
-    .map(({ lo, span, ported, ...r }) => ({ ...r, ...(ported && (r.proto === 'tcp' || r.proto === 'udp') ? { ports: [lo, lo + span] as [number, number] } : {}) }));
+    .map(({ lo, span, ported, ...r }) => ({
+      ...r,
+      ...(ported && (r.proto === 'tcp' || r.proto === 'udp') ? { ports: [lo, lo + span] as [number, number] } : {}),
+    }));
 
 const CONTAINERS = ['netns:c0', 'netns:c1', 'netns:c2', 'netns:c3', 'netns:c4'];
-const membersArb: fc.Arbitrary<Member[]> = fc.array(fc.subarray(GROUPS), { minLength: 5, maxLength: 5 }).map((gs) =>
-  gs.map((groups, i) => ({ container: CONTAINERS[i], peer: PEERS[i % 3], addrs: [`10.32.0.${i + 1}`], groups })),
-);
+const membersArb: fc.Arbitrary<Member[]> = fc
+  .array(fc.subarray(GROUPS), { minLength: 5, maxLength: 5 })
+  .map((gs) =>
+    gs.map((groups, i) => ({ container: CONTAINERS[i], peer: PEERS[i % 3], addrs: [`10.32.0.${i + 1}`], groups })),
+  );
 const addrArb = fc.constantFrom('10.32.0.1', '10.32.0.2', '10.32.0.3', '10.32.0.4', '10.32.0.5', '192.0.2.9');
 const flowArb: fc.Arbitrary<RefFlow> = fc
-  .record({ src: addrArb, dst: addrArb, proto: fc.constantFrom('tcp', 'udp', 'icmp') as fc.Arbitrary<RefFlow['proto']>, port: fc.integer({ min: 1, max: 12 }) })
+  .record({
+    src: addrArb,
+    dst: addrArb,
+    proto: fc.constantFrom('tcp', 'udp', 'icmp') as fc.Arbitrary<RefFlow['proto']>,
+    port: fc.integer({ min: 1, max: 12 }),
+  })
   .map((f) => (f.proto === 'icmp' ? { src: f.src, dst: f.dst, proto: f.proto } : f));
 
 describe('policy table CRDT', () => {
-  const entryArb: fc.Arbitrary<PolicyEntry> = fc.record({
-    id: fc.constantFrom('00000001', '00000002', '00000003'),
-    version: fc.integer({ min: 1, max: 4 }),
-    origin: fc.constantFrom(...PEERS),
-    value: fc.option(ruleArb(CONTAINERS), { nil: null }),
-  }).map((e) => ({ ...e, value: e.value ? { ...e.value, id: e.id } : null }));
+  const entryArb: fc.Arbitrary<PolicyEntry> = fc
+    .record({
+      id: fc.constantFrom('00000001', '00000002', '00000003'),
+      version: fc.integer({ min: 1, max: 4 }),
+      origin: fc.constantFrom(...PEERS),
+      value: fc.option(ruleArb(CONTAINERS), { nil: null }),
+    })
+    .map((e) => ({ ...e, value: e.value ? { ...e.value, id: e.id } : null }));
 
   const merge = (...lists: PolicyEntry[][]): PolicyEntry[] => {
     const m = new Map<string, PolicyEntry>();
@@ -72,21 +89,43 @@ describe('policy table CRDT', () => {
 
   it('merge is commutative, associative and idempotent, and the order is total', () => {
     fc.assert(
-      fc.property(fc.array(entryArb, { maxLength: 8 }), fc.array(entryArb, { maxLength: 8 }), fc.array(entryArb, { maxLength: 8 }), (a, b, c) => {
-        expect(key(merge(a, b))).toBe(key(merge(b, a)));
-        expect(key(merge(merge(a, b), c))).toBe(key(merge(a, merge(b, c))));
-        expect(key(merge(a, a))).toBe(key(merge(a)));
-        for (const x of a) for (const y of b) if (x.id === y.id) expect(Math.sign(compareEntries(x, y)) + Math.sign(compareEntries(y, x))).toBe(0);
-      }),
+      fc.property(
+        fc.array(entryArb, { maxLength: 8 }),
+        fc.array(entryArb, { maxLength: 8 }),
+        fc.array(entryArb, { maxLength: 8 }),
+        (a, b, c) => {
+          expect(key(merge(a, b))).toBe(key(merge(b, a)));
+          expect(key(merge(merge(a, b), c))).toBe(key(merge(a, merge(b, c))));
+          expect(key(merge(a, a))).toBe(key(merge(a)));
+          for (const x of a)
+            for (const y of b)
+              if (x.id === y.id) expect(Math.sign(compareEntries(x, y)) + Math.sign(compareEntries(y, x))).toBe(0);
+        },
+      ),
       { numRuns: 300 },
     );
   });
 
   it('rejects malformed entries from the wire', () => {
-    expect(() => entryFromWire(['00000001', 1, PEERS[0], { id: '00000002', direction: 'ingress', target: { kind: 'group', name: 'web' }, peer: { kind: 'any' }, proto: 'tcp' }])).toThrow(/does not match/);
+    expect(() =>
+      entryFromWire([
+        '00000001',
+        1,
+        PEERS[0],
+        {
+          id: '00000002',
+          direction: 'ingress',
+          target: { kind: 'group', name: 'web' },
+          peer: { kind: 'any' },
+          proto: 'tcp',
+        },
+      ]),
+    ).toThrow(/does not match/);
     expect(() => entryFromWire(['00000001', 0, PEERS[0], null])).toThrow(RuleError);
     expect(() => entryFromWire(['00000001', 1, 'nobody', null])).toThrow(/origin/);
-    expect(() => entryFromWire(['00000001', 1, PEERS[0], { id: '00000001', direction: 'sideways' }])).toThrow(RuleError);
+    expect(() => entryFromWire(['00000001', 1, PEERS[0], { id: '00000001', direction: 'sideways' }])).toThrow(
+      RuleError,
+    );
   });
 
   it('three peers converge on the same rules; a removal anywhere wins over the add it saw', async () => {
@@ -101,7 +140,19 @@ describe('policy table CRDT', () => {
     tables[2].add(r2);
     await eventually('both rules everywhere', async () => tables.every((t) => t.rules().length === 2), 3000, 10);
     expect(tables[1].remove('0000000a')).toBe(true);
-    await eventually('the removal everywhere', async () => tables.every((t) => t.rules().map((r) => r.id).join() === '0000000b'), 3000, 10);
+    await eventually(
+      'the removal everywhere',
+      async () =>
+        tables.every(
+          (t) =>
+            t
+              .rules()
+              .map((r) => r.id)
+              .join() === '0000000b',
+        ),
+      3000,
+      10,
+    );
     expect(tables[0].remove('0000000a')).toBe(false);
   });
 
@@ -149,15 +200,20 @@ describe('rules from requests', () => {
 describe('the compiled model', () => {
   it('agrees with the reference evaluator on generated policies and flows', () => {
     fc.assert(
-      fc.property(membersArb, fc.array(ruleArb(CONTAINERS), { maxLength: 6 }), fc.array(flowArb, { minLength: 1, maxLength: 20 }), (members, rules, flows) => {
-        const model = new PolicyModel(rules, members);
-        for (const f of flows) {
-          const d = model.decide(f);
-          expect(d.allowed, `${JSON.stringify(f)} ${d.summary}`).toBe(referenceAllows(rules, members, f));
-          if (d.allowed) expect(d.summary).toMatch(/^allowed/);
-          else expect(d.summary).toMatch(/^denied: (ingress|egress) of /);
-        }
-      }),
+      fc.property(
+        membersArb,
+        fc.array(ruleArb(CONTAINERS), { maxLength: 6 }),
+        fc.array(flowArb, { minLength: 1, maxLength: 20 }),
+        (members, rules, flows) => {
+          const model = new PolicyModel(rules, members);
+          for (const f of flows) {
+            const d = model.decide(f);
+            expect(d.allowed, `${JSON.stringify(f)} ${d.summary}`).toBe(referenceAllows(rules, members, f));
+            if (d.allowed) expect(d.summary).toMatch(/^allowed/);
+            else expect(d.summary).toMatch(/^denied: (ingress|egress) of /);
+          }
+        },
+      ),
       { numRuns: 500 },
     );
   });
@@ -166,7 +222,10 @@ describe('the compiled model', () => {
     fc.assert(
       fc.property(membersArb, fc.array(ruleArb(CONTAINERS), { minLength: 1, maxLength: 6 }), (members, rules) => {
         const model = new PolicyModel(rules, members);
-        const c = compilePolicy(model, members.filter((m) => m.peer === PEERS[0]));
+        const c = compilePolicy(
+          model,
+          members.filter((m) => m.peer === PEERS[0]),
+        );
         const text = ruleset({
           exposed: [],
           policy: c.hooks.length > 0 ? { lines: c.lines, hooks: c.hooks } : undefined,
@@ -174,7 +233,9 @@ describe('the compiled model', () => {
           underlay: { vxlanPort: 6784, sleevePort: 6783, vxlan: ['198.18.0.2'], sleeve: ['198.18.0.2', '198.18.0.3'] },
         });
         // -c: check only; nothing is applied.
-        execFileSync('nft', ['-c', '-f', '-'], { input: text.replace(/^table inet weft\ndelete table inet weft\n/, '') });
+        execFileSync('nft', ['-c', '-f', '-'], {
+          input: text.replace(/^table inet weft\ndelete table inet weft\n/, ''),
+        });
       }),
       { numRuns: 30 },
     );

@@ -10,12 +10,17 @@ import { parseAddress } from '../../../net/host-port.js';
 import { silentLogger } from '../../../lib/logger.js';
 import type { Report } from '../../../router/contract.js';
 import { Router } from '../../../router/router.js';
+import { freePorts } from '../../harness/ports.js';
 import { routerOptions } from '../../harness/router-options.js';
 
 describe('peer addresses', () => {
   it('accepts host, host:port and [v6]:port, defaulting the port', () => {
     expect(parseAddress('198.18.0.1', 6783)).toEqual({ host: '198.18.0.1', port: 6783, addr: '198.18.0.1:6783' });
-    expect(parseAddress('peer.example:7000', 6783)).toEqual({ host: 'peer.example', port: 7000, addr: 'peer.example:7000' });
+    expect(parseAddress('peer.example:7000', 6783)).toEqual({
+      host: 'peer.example',
+      port: 7000,
+      addr: 'peer.example:7000',
+    });
     expect(parseAddress('[fd00::1]:7000', 6783)).toEqual({ host: 'fd00::1', port: 7000, addr: '[fd00::1]:7000' });
   });
   it('rejects anything else with a readable error', () => {
@@ -31,8 +36,9 @@ describe('HTTP API', () => {
   let dataDir: string;
   let base: string;
   // A target without a port gets this router's own mesh port.
-  const port = 40000 + Math.floor(Math.random() * 10000);
+  let port: number;
   beforeAll(async () => {
+    port = await freePorts(2);
     dataDir = mkdtempSync(join(tmpdir(), 'weft-api-'));
     router = await Router.start(routerOptions({ dataDir, port, nickname: 'api' }), silentLogger);
     base = `http://127.0.0.1:${port + 1}`;
@@ -51,13 +57,33 @@ describe('HTTP API', () => {
   });
 
   it('adds and forgets targets from JSON bodies', async () => {
-    let res = await fetch(`${base}/connect`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ peers: ['198.18.9.9'] }) });
+    let res = await fetch(`${base}/connect`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ peers: ['198.18.9.9'] }),
+    });
     expect(res.status).toBe(200);
-    res = await fetch(`${base}/connect`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ peers: ['198.18.9.10:7000', '198.18.9.11'] }) });
-    expect(((await res.json()) as { targets: string[] }).targets.sort()).toEqual(['198.18.9.10:7000', `198.18.9.11:${port}`, `198.18.9.9:${port}`]);
-    res = await fetch(`${base}/forget`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ peers: ['198.18.9.9'] }) });
+    res = await fetch(`${base}/connect`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ peers: ['198.18.9.10:7000', '198.18.9.11'] }),
+    });
+    expect(((await res.json()) as { targets: string[] }).targets.sort()).toEqual([
+      '198.18.9.10:7000',
+      `198.18.9.11:${port}`,
+      `198.18.9.9:${port}`,
+    ]);
+    res = await fetch(`${base}/forget`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ peers: ['198.18.9.9'] }),
+    });
     expect(((await res.json()) as { forgotten: string[] }).forgotten).toEqual([`198.18.9.9:${port}`]);
-    res = await fetch(`${base}/connect`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ peers: ['198.18.9.12'], replace: true }) });
+    res = await fetch(`${base}/connect`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ peers: ['198.18.9.12'], replace: true }),
+    });
     expect(((await res.json()) as { targets: string[] }).targets).toEqual([`198.18.9.12:${port}`]);
     expect(await (await fetch(`${base}/status/targets`)).text()).toBe(`198.18.9.12:${port}\n`);
   });
@@ -68,7 +94,11 @@ describe('HTTP API', () => {
     const json = { 'content-type': 'application/json' };
     const body = JSON.stringify({ to: 'db', from: 'any' });
     const tries: [string, RequestInit, number][] = [
-      ['a form post, as a page sends cross-site without asking', { method: 'POST', headers: { 'content-type': 'application/x-www-form-urlencoded' }, body: 'to=db&from=any' }, 415],
+      [
+        'a form post, as a page sends cross-site without asking',
+        { method: 'POST', headers: { 'content-type': 'application/x-www-form-urlencoded' }, body: 'to=db&from=any' },
+        415,
+      ],
       ['a text/plain post', { method: 'POST', headers: { 'content-type': 'text/plain' }, body }, 415],
       ['a foreign Origin', { method: 'POST', headers: { ...json, origin: 'http://evil.example' }, body }, 403],
       ['a cross-site fetch', { method: 'POST', headers: { ...json, 'sec-fetch-site': 'cross-site' }, body }, 403],
@@ -91,13 +121,25 @@ describe('HTTP API', () => {
 
   it('answers bad requests with 4xx and a message, changing nothing', async () => {
     const before = await (await fetch(`${base}/status/targets`)).text();
-    let res = await fetch(`${base}/connect`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ peers: ['198.18.9.13', 'not an address'] }) });
+    let res = await fetch(`${base}/connect`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ peers: ['198.18.9.13', 'not an address'] }),
+    });
     expect(res.status).toBe(400);
     expect(((await res.json()) as { error: string }).error).toMatch(/invalid peer address "not an address"/);
     expect(await (await fetch(`${base}/status/targets`)).text()).toBe(before);
-    res = await fetch(`${base}/connect`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{"peers": ' });
+    res = await fetch(`${base}/connect`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: '{"peers": ',
+    });
     expect(res.status).toBe(400);
-    res = await fetch(`${base}/connect`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ peers: 5 }) });
+    res = await fetch(`${base}/connect`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ peers: 5 }),
+    });
     expect(res.status).toBe(400);
     res = await fetch(`${base}/status/nope`);
     expect(res.status).toBe(404);
@@ -107,7 +149,12 @@ describe('HTTP API', () => {
   });
 
   it('creates, lists, shows and removes services; bad ones get 4xx and a reason, changing nothing', async () => {
-    const post = (body: unknown) => fetch(`${base}/services`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
+    const post = (body: unknown) =>
+      fetch(`${base}/services`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify(body),
+      });
     const error = async (res: Response) => ((await res.json()) as { error: string }).error;
     let res = await post({ name: 'web', group: 'web', check: 'tcp:80' });
     expect(res.status).toBe(200);
@@ -130,7 +177,10 @@ describe('HTTP API', () => {
       expect(res.status, JSON.stringify(body)).toBe(400);
       expect(await error(res)).toMatch(why);
     }
-    const list = (await (await fetch(`${base}/services`)).json()) as { range: string; services: { name: string; vip: string; live: unknown[] }[] };
+    const list = (await (await fetch(`${base}/services`)).json()) as {
+      range: string;
+      services: { name: string; vip: string; live: unknown[] }[];
+    };
     expect(list.range).toBe('10.96.0.0/16');
     expect(list.services.map((s) => [s.name, s.vip, s.live.length])).toEqual([['web', web.vip, 0]]);
     expect(((await (await fetch(`${base}/services/web`)).json()) as { vip: string }).vip).toBe(web.vip);
@@ -157,8 +207,11 @@ describe('the API on a unix socket', () => {
   it('--http-addr unix:PATH: a socket only root may use, no TCP port; the CLI talks through it', async () => {
     const dataDir = mkdtempSync(join(tmpdir(), 'weft-api-'));
     const socket = join(dataDir, 'api.sock');
-    const port = 40000 + Math.floor(Math.random() * 10000);
-    const router = await Router.start(routerOptions({ dataDir, port, nickname: 'sock', httpAddr: `unix:${socket}` }), silentLogger);
+    const port = await freePorts(2);
+    const router = await Router.start(
+      routerOptions({ dataDir, port, nickname: 'sock', httpAddr: `unix:${socket}` }),
+      silentLogger,
+    );
     try {
       expect(statSync(socket).mode & 0o777).toBe(0o600);
       expect((await callRouter(`unix:${socket}`, 'GET', '/status', undefined, 5000)).text).toMatch(/Name: .*\(sock\)/);
@@ -177,8 +230,10 @@ describe('router start', () => {
   it('refuses a service range that overlaps the allocation range, saying so', async () => {
     const dataDir = mkdtempSync(join(tmpdir(), 'weft-api-'));
     try {
-      const port = 40000 + Math.floor(Math.random() * 10000);
-      await expect(Router.start(routerOptions({ dataDir, port, serviceRange: '10.40.0.0/16' }), silentLogger)).rejects.toThrow(/--service-range 10.40.0.0\/16 overlaps the allocation range 10.32.0.0\/12/);
+      const port = await freePorts(2);
+      await expect(
+        Router.start(routerOptions({ dataDir, port, serviceRange: '10.40.0.0/16' }), silentLogger),
+      ).rejects.toThrow(/--service-range 10.40.0.0\/16 overlaps the allocation range 10.32.0.0\/12/);
     } finally {
       rmSync(dataDir, { recursive: true, force: true });
     }

@@ -13,11 +13,12 @@ import { eventually, sleep } from '../../harness/cluster.js';
 import { isRoot } from '../../harness/root.js';
 import { silentLogger } from '../../../lib/logger.js';
 import { Router } from '../../../router/router.js';
+import { freePorts } from '../../harness/ports.js';
 import { routerOptions } from '../../harness/router-options.js';
 
 it('a damaged IPAM store stops the router from starting, saying what to do, and is left for inspection', async () => {
   const dataDir = mkdtempSync(join(tmpdir(), 'weft-store-'));
-  const port = 41000 + Math.floor(Math.random() * 4000);
+  const port = await freePorts(4);
   try {
     const opts = routerOptions({ dataDir, port, nickname: 'store', ipallocInit: 'consensus=1' });
     const r = await Router.start(opts, silentLogger);
@@ -28,7 +29,9 @@ it('a damaged IPAM store stops the router from starting, saying what to do, and 
     const fd = openSync(file, 'r+');
     writeSync(fd, Buffer.alloc(8192, 0xab), 0, 8192, 0);
     closeSync(fd);
-    await expect(Router.start(opts, silentLogger)).rejects.toThrow(/the IPAM store in .*ipam is damaged: .*It was left as it is\. Move it away \(or run weft reset --force\)/);
+    await expect(Router.start(opts, silentLogger)).rejects.toThrow(
+      /the IPAM store in .*ipam is damaged: .*It was left as it is\. Move it away \(or run weft reset --force\)/,
+    );
     expect(existsSync(file)).toBe(true);
     // Moved away: the router starts afresh.
     rmSync(join(dataDir, 'ipam'), { recursive: true });
@@ -42,7 +45,7 @@ it('a damaged IPAM store stops the router from starting, saying what to do, and 
 describe('state files', () => {
   it('a damaged state file stops the router, saying which, why and what to do, and is left as it is', async () => {
     const dataDir = mkdtempSync(join(tmpdir(), 'weft-state-'));
-    const port = 41000 + Math.floor(Math.random() * 4000);
+    const port = await freePorts(4);
     const opts = routerOptions({ dataDir, port, nickname: 'state', ipallocInit: 'consensus=1' });
     try {
       const r = await Router.start(opts, silentLogger);
@@ -53,9 +56,15 @@ describe('state files', () => {
       for (const file of ['policy.json', 'services.json', 'names.json']) {
         const path = join(dataDir, file);
         const good = readFileSync(path);
-        for (const damaged of [good.subarray(0, Math.floor(good.length / 2)), Buffer.from('{"not": "a list"}'), Buffer.from('[["x", 1, "zz", null]]')]) {
+        for (const damaged of [
+          good.subarray(0, Math.floor(good.length / 2)),
+          Buffer.from('{"not": "a list"}'),
+          Buffer.from('[["x", 1, "zz", null]]'),
+        ]) {
           writeFileSync(path, damaged);
-          await expect(Router.start(opts, silentLogger), `${file}: ${damaged.toString().slice(0, 30)}`).rejects.toThrow(new RegExp(`the state file .*${file.replace('.', '\\.')} is damaged \\(.+\\); .*move it away`));
+          await expect(Router.start(opts, silentLogger), `${file}: ${damaged.toString().slice(0, 30)}`).rejects.toThrow(
+            new RegExp(`the state file .*${file.replace('.', '\\.')} is damaged \\(.+\\); .*move it away`),
+          );
           expect(readFileSync(path)).toEqual(damaged);
         }
         writeFileSync(path, good);
@@ -69,65 +78,118 @@ describe('state files', () => {
     }
   }, 60_000);
 
-  it.skipIf(!isRoot)('a full data directory: a change is in force and shown as not saved, nothing crashes; with room again it is saved', async () => {
-    const dataDir = mkdtempSync(join(tmpdir(), 'weft-full-'));
-    const port = 41000 + Math.floor(Math.random() * 4000);
-    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=4m', 'weft-test-full', dataDir]);
-    let a: Router | null = null;
-    let b: Router | null = null;
-    const otherDir = mkdtempSync(join(tmpdir(), 'weft-full-b-'));
-    try {
-      a = await Router.start(routerOptions({ dataDir, port, nickname: 'a', ipallocInit: 'consensus=1' }), silentLogger);
-      b = await Router.start(routerOptions({ dataDir: otherDir, port: port + 2, nickname: 'b', peers: [`127.0.0.1:${port}`] }), silentLogger);
-      await eventually('connected', async () => a!.mesh.connections.get(b!.mesh.name)?.established);
-      // Fill the data directory.
-      const filler = join(dataDir, 'filler');
+  it.skipIf(!isRoot)(
+    'a full data directory: a change is in force and shown as not saved, nothing crashes; with room again it is saved',
+    async () => {
+      const dataDir = mkdtempSync(join(tmpdir(), 'weft-full-'));
+      const port = await freePorts(4);
+      execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=4m', 'weft-test-full', dataDir]);
+      let a: Router | null = null;
+      let b: Router | null = null;
+      const otherDir = mkdtempSync(join(tmpdir(), 'weft-full-b-'));
       try {
-        execFileSync('dd', ['if=/dev/zero', `of=${filler}`, 'bs=64k'], { stdio: 'ignore' });
-      } catch {
-        /* dd stops with ENOSPC: the disk is full */
+        a = await Router.start(
+          routerOptions({ dataDir, port, nickname: 'a', ipallocInit: 'consensus=1' }),
+          silentLogger,
+        );
+        b = await Router.start(
+          routerOptions({ dataDir: otherDir, port: port + 2, nickname: 'b', peers: [`127.0.0.1:${port}`] }),
+          silentLogger,
+        );
+        await eventually('connected', async () => a!.mesh.connections.get(b!.mesh.name)?.established);
+        // Fill the data directory.
+        const filler = join(dataDir, 'filler');
+        try {
+          execFileSync('dd', ['if=/dev/zero', `of=${filler}`, 'bs=64k'], { stdio: 'ignore' });
+        } catch {
+          /* dd stops with ENOSPC: the disk is full */
+        }
+        // A rule made here, and one merged from the other peer: both in force, neither saved.
+        const here = ruleFromRequest(PolicyTable.newId(), { to: 'db', from: 'web' });
+        a.policy.table.add(here);
+        const there = ruleFromRequest(PolicyTable.newId(), { to: 'db', from: 'admin' });
+        b.policy.table.add(there);
+        await eventually('the merged rule', async () => a!.policy.table.rules().length === 2, 5000, 50);
+        const status = renderStatus(a.report());
+        expect(status).toMatch(/State: NOT SAVED since .*policy\.json: .*ENOSPC/);
+        expect(a.report().state.length).toBeGreaterThan(0);
+        // Room again: the next change is saved, and the file then has everything in force.
+        rmSync(filler);
+        a.policy.table.remove(there.id);
+        await eventually('saved again', async () => a!.report().state.length === 0, 5000, 50);
+        const saved = JSON.parse(readFileSync(join(dataDir, 'policy.json'), 'utf8')) as [
+          string,
+          number,
+          string,
+          unknown,
+        ][];
+        expect(saved.filter(([, , , v]) => v !== null).map(([id]) => id)).toEqual([here.id]);
+      } finally {
+        await a?.stop();
+        await b?.stop();
+        execFileSync('umount', [dataDir]);
+        rmSync(dataDir, { recursive: true, force: true });
+        rmSync(otherDir, { recursive: true, force: true });
       }
-      // A rule made here, and one merged from the other peer: both in force, neither saved.
-      const here = ruleFromRequest(PolicyTable.newId(), { to: 'db', from: 'web' });
-      a.policy.table.add(here);
-      const there = ruleFromRequest(PolicyTable.newId(), { to: 'db', from: 'admin' });
-      b.policy.table.add(there);
-      await eventually('the merged rule', async () => a!.policy.table.rules().length === 2, 5000, 50);
-      const status = renderStatus(a.report());
-      expect(status).toMatch(/State: NOT SAVED since .*policy\.json: .*ENOSPC/);
-      expect(a.report().state.length).toBeGreaterThan(0);
-      // Room again: the next change is saved, and the file then has everything in force.
-      rmSync(filler);
-      a.policy.table.remove(there.id);
-      await eventually('saved again', async () => a!.report().state.length === 0, 5000, 50);
-      const saved = JSON.parse(readFileSync(join(dataDir, 'policy.json'), 'utf8')) as [string, number, string, unknown][];
-      expect(saved.filter(([, , , v]) => v !== null).map(([id]) => id)).toEqual([here.id]);
-    } finally {
-      await a?.stop();
-      await b?.stop();
-      execFileSync('umount', [dataDir]);
-      rmSync(dataDir, { recursive: true, force: true });
-      rmSync(otherDir, { recursive: true, force: true });
-    }
-  }, 60_000);
+    },
+    60_000,
+  );
 
   it('kill -9 while rules are being written loses no rule the API acknowledged, and leaves readable files', async () => {
     const dataDir = mkdtempSync(join(tmpdir(), 'weft-kill-'));
-    const port = 41000 + Math.floor(Math.random() * 4000);
+    const port = await freePorts(4);
     const addr = `127.0.0.1:${port + 1}`;
     const acked = new Set<string>();
     const start = () =>
-      spawn(process.execPath, [join(projectRoot(), 'dist', 'router', 'main.js'), '--data-dir', dataDir, '--port', String(port), '--host', '127.0.0.1', '--http-addr', addr, '--datapath', 'none', '--no-dns', '--docker-api', '', '--docker-plugin', '', '--metrics-addr', '', '--ipalloc-init', 'consensus=1'], { stdio: 'ignore' });
+      spawn(
+        process.execPath,
+        [
+          join(projectRoot(), 'dist', 'router', 'main.js'),
+          '--data-dir',
+          dataDir,
+          '--port',
+          String(port),
+          '--host',
+          '127.0.0.1',
+          '--http-addr',
+          addr,
+          '--datapath',
+          'none',
+          '--no-dns',
+          '--docker-api',
+          '',
+          '--docker-plugin',
+          '',
+          '--metrics-addr',
+          '',
+          '--ipalloc-init',
+          'consensus=1',
+        ],
+        { stdio: 'ignore' },
+      );
     try {
       for (let round = 0; round < 3; round++) {
         const child = start();
-        await eventually('the router answers', async () => (await callRouter(addr, 'GET', '/policy', undefined, 1000).catch(() => null))?.status === 200, 20_000, 50);
-        const listed = JSON.parse((await callRouter(addr, 'GET', '/policy', undefined, 2000)).text) as { rules: { id: string }[] };
-        for (const id of acked) expect(listed.rules.map((r) => r.id), `round ${round}`).toContain(id);
+        await eventually(
+          'the router answers',
+          async () => (await callRouter(addr, 'GET', '/policy', undefined, 1000).catch(() => null))?.status === 200,
+          20_000,
+          50,
+        );
+        const listed = JSON.parse((await callRouter(addr, 'GET', '/policy', undefined, 2000)).text) as {
+          rules: { id: string }[];
+        };
+        for (const id of acked)
+          expect(
+            listed.rules.map((r) => r.id),
+            `round ${round}`,
+          ).toContain(id);
         let writing = true;
         const writer = (async () => {
           for (let i = 0; writing; i++) {
-            const r = await callRouter(addr, 'POST', '/policy', { to: `g${round}x${i}`, from: 'any' }, 2000).catch(() => null);
+            const r = await callRouter(addr, 'POST', '/policy', { to: `g${round}x${i}`, from: 'any' }, 2000).catch(
+              () => null,
+            );
             if (r?.status === 200) acked.add((JSON.parse(r.text) as { id: string }).id);
           }
         })();
@@ -135,7 +197,9 @@ describe('state files', () => {
         child.kill('SIGKILL');
         writing = false;
         await writer;
-        await new Promise((r) => (child.exitCode !== null || child.signalCode !== null ? r(null) : child.once('exit', r)));
+        await new Promise((r) =>
+          child.exitCode !== null || child.signalCode !== null ? r(null) : child.once('exit', r),
+        );
         // Whatever the kill hit, the file is whole.
         expect(() => JSON.parse(readFileSync(join(dataDir, 'policy.json'), 'utf8'))).not.toThrow();
       }

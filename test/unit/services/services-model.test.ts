@@ -39,12 +39,21 @@ function engine(nickname: string, range = '10.96.0.0/16'): { mesh: Mesh; service
   return { mesh, services };
 }
 
-const svc = (over: Partial<Service>): Service => ({ name: 'web', vip: '10.96.0.10', group: 'web', affinity: 'none', created: 1, ...over });
+const svc = (over: Partial<Service>): Service => ({
+  name: 'web',
+  vip: '10.96.0.10',
+  group: 'web',
+  affinity: 'none',
+  created: 1,
+  ...over,
+});
 
 describe('services', () => {
   it('checks services from the wire and refuses malformed ones with a reason', () => {
     expect(checkService(svc({}))).toEqual(svc({}));
-    expect(checkService(svc({ group: undefined, backends: ['netns:b1'], check: { proto: 'tcp', port: 80 } })).backends).toEqual(['netns:b1']);
+    expect(
+      checkService(svc({ group: undefined, backends: ['netns:b1'], check: { proto: 'tcp', port: 80 } })).backends,
+    ).toEqual(['netns:b1']);
     expect(() => checkService(svc({ name: 'Web_1' }))).toThrow(/DNS label/);
     expect(() => checkService(svc({ backends: ['x'] }))).toThrow(/either a group or a list/);
     expect(() => checkService(svc({ group: undefined }))).toThrow(/either a group or a list/);
@@ -65,13 +74,18 @@ describe('services', () => {
       taken.add(vip);
     }
     expect(() => pickVip(range, taken, 'one-more')).toThrow(/full/);
-    expect(pickVip(parseCidr('10.96.0.0/16'), new Set(), 'db')).toBe(pickVip(parseCidr('10.96.0.0/16'), new Set(), 'db'));
+    expect(pickVip(parseCidr('10.96.0.0/16'), new Set(), 'db')).toBe(
+      pickVip(parseCidr('10.96.0.0/16'), new Set(), 'db'),
+    );
   });
 
   it('of two services on one VIP the older keeps it, whatever the order', () => {
     const a = svc({ name: 'a', created: 5 });
     const b = svc({ name: 'b', created: 3 });
-    for (const list of [[a, b], [b, a]]) {
+    for (const list of [
+      [a, b],
+      [b, a],
+    ]) {
       const r = resolveVips(list);
       expect(r.served.map((s) => s.name)).toEqual(['b']);
       expect(r.conflicts).toEqual([{ service: a, takenBy: 'b' }]);
@@ -90,7 +104,11 @@ describe('services', () => {
       'both services served on different VIPs everywhere',
       async () => {
         const views = ps.map((p) => p.services.views());
-        return views.every((v) => v.length === 2 && v.every((s) => s.served)) && new Set(views[0].map((s) => s.vip)).size === 2 && views.every((v) => JSON.stringify(v) === JSON.stringify(views[0]));
+        return (
+          views.every((v) => v.length === 2 && v.every((s) => s.served)) &&
+          new Set(views[0].map((s) => s.vip)).size === 2 &&
+          views.every((v) => JSON.stringify(v) === JSON.stringify(views[0]))
+        );
       },
       5000,
       20,
@@ -101,7 +119,19 @@ describe('services', () => {
     expect(() => ps[1].services.create({ name: 'three', group: 'g3' })).toThrow(/full/);
     expect(() => ps[1].services.create({ name: 'one', group: 'g3' })).toThrow(/exists/);
     expect(ps[1].services.remove('one')?.name).toBe('one');
-    await eventually('the removal everywhere', async () => ps.every((p) => p.services.views().map((s) => s.name).join() === 'two'), 5000, 20);
+    await eventually(
+      'the removal everywhere',
+      async () =>
+        ps.every(
+          (p) =>
+            p.services
+              .views()
+              .map((s) => s.name)
+              .join() === 'two',
+        ),
+      5000,
+      20,
+    );
   });
 
   it('DNS answers NAME.domain with the VIP, before any container of that name, and the VIP back with the name', () => {
@@ -117,7 +147,9 @@ describe('services', () => {
   });
 
   it('refuses a service range that overlaps the allocation range', () => {
-    expect(() => ServiceEngine.checkRanges(parseCidr('10.32.0.0/16'), parseCidr('10.32.0.0/12'))).toThrow(/overlaps the allocation range/);
+    expect(() => ServiceEngine.checkRanges(parseCidr('10.32.0.0/16'), parseCidr('10.32.0.0/12'))).toThrow(
+      /overlaps the allocation range/,
+    );
     expect(() => ServiceEngine.checkRanges(parseCidr('10.96.0.0/16'), parseCidr('10.32.0.0/12'))).not.toThrow();
   });
 
