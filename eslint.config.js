@@ -1,5 +1,5 @@
 // Lint: TypeScript's recommended rules, and the layers as a rule. Imports run one
-// way: lib, net, native <- mesh <- components <- router <- cli (ARCHITECTURE.md).
+// way: lib, net, native <- mesh <- components <- router <- cli (README.md, Tour).
 // Among the components the order is ipam, dns <- datapath <- policy <- services
 // <- plugin, so they form no cycle either. Formatting is Prettier's (npm run format).
 import js from '@eslint/js';
@@ -50,7 +50,7 @@ const layers = Object.entries(MAY_IMPORT).map(([folder, allowed]) => {
           patterns: forbidden.map((f) => ({
             // A relative path that climbs out of this folder into that one.
             regex: `^(\\.\\./)+${f}/`,
-            message: `${folder}/ may not import ${f}/: imports run one way (lib, net, native <- mesh <- ipam, dns <- datapath <- policy <- services <- plugin <- router <- cli; see ARCHITECTURE.md)`,
+            message: `${folder}/ may not import ${f}/: imports run one way (lib, net, native <- mesh <- ipam, dns <- datapath <- policy <- services <- plugin <- router <- cli; see the Tour in README.md)`,
           })),
         },
       ],

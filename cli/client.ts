@@ -1,6 +1,6 @@
 // How the CLI finds and talks to the router it manages: through the data
 // directory (router.json) or an explicit --http-addr.
-import { readFileSync } from 'node:fs';
+import { readFileSync } from './builtins.js';
 import { routerInfoPath, type RouterInfo } from '../router/contract.js';
 import { RouterUnreachable, callRouter } from './http.js';
 
@@ -11,6 +11,12 @@ export class CliError extends Error {
   ) {
     super(message);
   }
+}
+
+/** Ends the CLI after an error: one line, `weft: why`, and its exit code (1 unless a CliError says otherwise). */
+export function exitWithError(err: unknown): never {
+  console.error(`weft: ${(err as Error)?.message ?? String(err)}`);
+  process.exit(err instanceof CliError ? err.exitCode : 1);
 }
 
 export function isAlive(pid: number): boolean {

@@ -1,8 +1,8 @@
 // One HTTP call to a weft router's API, shared by the CLI and the CNI plugin
 // (which must stay light: nothing of the router itself is loaded here). The
 // address is HOST:PORT or unix:/PATH (--http-addr unix:...).
-import http from 'node:http';
 import { parseListen } from '../net/host-port.js';
+import { httpRequest } from './builtins.js';
 
 /** The router did not answer at all (refused, reset, timed out); `cause` says how. */
 export class RouterUnreachable extends Error {
@@ -32,7 +32,7 @@ export function callRouter(
   const payload = body === undefined ? undefined : Buffer.from(JSON.stringify(body));
   const to = endpoint(addr);
   return new Promise((resolve, reject) => {
-    const req = http.request(
+    const req = httpRequest(
       {
         ...to,
         method,

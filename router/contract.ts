@@ -8,6 +8,9 @@ import type { IpamStatus } from '../ipam/allocator.js';
 import type { DockerStatus } from '../plugin/docker-watcher.js';
 import type { ServiceEngine } from '../services/engine.js';
 
+/** Where a router keeps its state and the CLI looks for it (--data-dir, WEFT_DATA_DIR). */
+export const DEFAULT_DATA_DIR = '/var/lib/weft';
+
 export type { PolicyStatus } from '../policy/engine.js';
 export type { ServiceDetail } from './api/services.js';
 

@@ -4,6 +4,7 @@ import { readFileSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { Command, Option } from 'commander';
 // The peer-name helpers alone: the CLI loads this file and must not load the mesh.
+import { DEFAULT_DATA_DIR } from './contract.js';
 import { parsePeerName, type PeerName } from '../mesh/peer-name.js';
 import { parseCidr } from '../net/addr.js';
 import { parseListen } from '../net/host-port.js';
@@ -53,7 +54,6 @@ export interface RouterOptions {
   peers: string[];
 }
 
-export const DEFAULT_DATA_DIR = '/var/lib/weft';
 const DEFAULT_HTTP_ADDR = '127.0.0.1:6784';
 
 /** Parses "500ms", "2s", "5m" or a plain number of seconds. */

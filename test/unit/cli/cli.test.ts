@@ -1,9 +1,14 @@
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
+import { projectRoot } from '../../../lib/project-root.js';
+import { silentLogger } from '../../../lib/logger.js';
+import { Router } from '../../../router/router.js';
 import { WEFT_CLI } from '../../harness/cluster.js';
 import { run } from '../../harness/exec.js';
+import { freePorts } from '../../harness/ports.js';
+import { routerOptions } from '../../harness/router-options.js';
 
 const dataDir = mkdtempSync(join(tmpdir(), 'weft-cli-'));
 afterAll(() => rmSync(dataDir, { recursive: true, force: true }));
@@ -75,5 +80,46 @@ describe('weft CLI without a router', () => {
     expect(r.code).toBe(0);
     expect(r.stdout).toMatch(/weft CLI \d+\.\d+\.\d+/);
     expect(r.stdout).toMatch(/not running/);
+  });
+});
+
+describe('weft status against a router', () => {
+  /** Runs the CLI recording what it imports; its result and the module URLs it loaded. */
+  async function weftRecorded(...args: string[]) {
+    const record = join(dataDir, `imports-${Math.random().toString(36).slice(2)}`);
+    const r = await run(
+      process.execPath,
+      ['--import', join(projectRoot(), 'test', 'harness', 'record-imports.mjs'), WEFT_CLI, ...args],
+      { env: { ...process.env, WEFT_DATA_DIR: dataDir, WEFT_RECORD_IMPORTS: record } },
+    );
+    return { ...r, imports: readFileSync(record, 'utf8').trim().split('\n') };
+  }
+
+  it("prints the router's status without loading the daemon (fastify, lmdb, the addon), plain status not even commander", async () => {
+    const port = await freePorts(2);
+    const dir = mkdtempSync(join(tmpdir(), 'weft-cli-router-'));
+    const router = await Router.start(routerOptions({ dataDir: dir, port, nickname: 'clihost' }), silentLogger);
+    try {
+      const api = `127.0.0.1:${port + 1}`;
+      const served = await (await fetch(`http://${api}/status`)).text();
+      const plain = await weftRecorded('status', '--http-addr', api);
+      expect(plain.code, plain.stderr).toBe(0);
+      expect(plain.stdout).toBe(served);
+      expect(plain.stdout).toMatch(/Name: .*\(clihost\)/);
+      const daemon = /node_modules\/(fastify|lmdb|pino|prom-client)\/|\/native\/|\/router\/(router|api|main)/;
+      expect(plain.imports.filter((u) => daemon.test(u))).toEqual([]);
+      expect(plain.imports.filter((u) => u.includes('node_modules/commander'))).toEqual([]);
+      expect(plain.imports.some((u) => u.endsWith('/cli/quick-status.js'))).toBe(true);
+
+      // Anything else goes through commander: still none of the daemon.
+      const json = await weftRecorded('status', '--json', '--http-addr', api);
+      expect(json.code, json.stderr).toBe(0);
+      expect((JSON.parse(json.stdout) as { nickname?: string; name: string }).name).toBe(router.mesh.name);
+      expect(json.imports.filter((u) => daemon.test(u))).toEqual([]);
+      expect(json.imports.some((u) => u.includes('node_modules/commander'))).toBe(true);
+    } finally {
+      await router.stop();
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
