@@ -57,6 +57,12 @@ const CHANNEL = 'sleeve';
 const PROBE_INTERVAL_MS = 1000;
 /** A hop is healthy while its probes were acknowledged this recently. */
 const HEALTHY_MS = 3 * PROBE_INTERVAL_MS + 500;
+/**
+ * A probe counts as lost when no acknowledgement came this long after it was first sent. Longer
+ * than one round: acknowledgements travel over the mesh's TCP connection, which a busy host can
+ * hold up for a second, and a late acknowledgement must not send the search back to the floor.
+ */
+const PROBE_LOST_MS = 2500;
 /** Remote MACs learnt from sleeve traffic, at most (the oldest go first). */
 const MAX_LEARNED = 16_384;
 /** `WEFT_SLEEVE_GSO=off` sends big messages as IP-fragmented datagrams instead of segment trains (for comparison). */
@@ -78,8 +84,8 @@ interface Hop {
   pmtu: number;
   /** Smallest probe size that went unacknowledged: the search for the path MTU stays below it. */
   failedAt: number;
-  /** Probes of the current round not yet acknowledged. */
-  pending: Set<number>;
+  /** Probe sizes not yet acknowledged, with when each was first sent. */
+  pending: Map<number, number>;
   probeAckAt: number;
   /** The source MAC of the last frame learnt from (a stream repeats it; the lookups are skipped while nothing was forgotten). */
   lastSourceMac: number;
@@ -308,7 +314,7 @@ export class Sleeve implements Gossiper, Backend {
         opener: encrypted ? new PacketOpener(keys!.receive) : null,
         pmtu: old?.pmtu ?? PMTU_FLOOR,
         failedAt: old?.failedAt ?? this.config.underlayMtu + 1,
-        pending: new Set(),
+        pending: new Map(),
         probeAckAt: old?.probeAckAt ?? 0,
         lastSourceMac: -1,
         lastSourceForgets: 0,
@@ -661,8 +667,8 @@ export class Sleeve implements Gossiper, Backend {
   /**
    * Path MTU discovery, a binary search over rounds: each second every hop gets DF-marked probes
    * at the underlay MTU (has the path grown?), at the known size (is it still alive?) and halfway
-   * between the known size and the smallest that failed. A probe unacknowledged by the next round
-   * failed; a known size that fails sends the search back to the floor.
+   * between the known size and the smallest that failed. A probe unacknowledged after
+   * PROBE_LOST_MS failed; a known size that fails sends the search back to the floor.
    */
   private probe(): void {
     const p = this.probes;
@@ -670,14 +676,16 @@ export class Sleeve implements Gossiper, Backend {
     for (const hop of this.hops.values()) hop.assembler.reassembler.expire();
     const top = this.config.underlayMtu;
     for (const hop of this.hops.values()) {
-      for (const size of hop.pending) {
+      const now = Date.now();
+      for (const [size, sentAt] of hop.pending) {
+        if (now - sentAt < PROBE_LOST_MS) continue;
+        hop.pending.delete(size);
         if (size <= hop.pmtu) {
           hop.pmtu = PMTU_FLOOR;
           this.refreshFastPath();
           hop.failedAt = Math.max(size, PMTU_FLOOR + 1);
         } else hop.failedAt = Math.min(hop.failedAt, size);
       }
-      hop.pending.clear();
       const sizes = new Set<number>([top, hop.pmtu]);
       if (hop.failedAt - hop.pmtu > 8) sizes.add(Math.floor((hop.pmtu + hop.failedAt) / 2));
       for (const size of sizes) {
@@ -687,7 +695,8 @@ export class Sleeve implements Gossiper, Backend {
         s.writeUInt32BE(size, HEADER);
         s.fill(0, HEADER + 4, len);
         p.commit(len, hop.addr, hop.port);
-        hop.pending.add(size);
+        // A size sent again while unanswered keeps its first time: any copy's acknowledgement counts.
+        if (!hop.pending.has(size)) hop.pending.set(size, now);
       }
     }
     p.flush();
@@ -707,7 +716,9 @@ export class Sleeve implements Gossiper, Backend {
     if (typeof v !== 'object' || v === null || typeof v.probe !== 'number')
       throw new Error('sleeve probe acknowledgement is malformed');
     const hop = this.hops.get(src);
-    if (!hop || !hop.pending.delete(v.probe)) return;
+    if (!hop || !hop.pending.has(v.probe)) return;
+    // A size that got through vouches for every smaller one still waiting.
+    for (const size of hop.pending.keys()) if (size <= v.probe) hop.pending.delete(size);
     if (v.probe > hop.pmtu) this.refreshFastPath();
     hop.pmtu = Math.max(hop.pmtu, v.probe);
     // The path grew past an old failure: search above again.

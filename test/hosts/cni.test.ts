@@ -1,13 +1,14 @@
 // The CNI plugin, run as a runtime would run it: config on stdin, CNI_* in the environment.
 import { join } from 'node:path';
 import { afterEach, expect, it } from 'vitest';
+import { projectRoot } from '../../lib/project-root.js';
 import type { Report } from '../../router/contract.js';
 import { Cluster, eventually, type Host } from '../harness/cluster.js';
 import { run } from '../harness/exec.js';
 import { describeAsRoot } from '../harness/root.js';
 import { echo, echoServer } from '../harness/traffic.js';
 
-const PLUGIN = join(import.meta.dirname, '..', 'dist', 'cli', 'weft-cni.js');
+const PLUGIN = join(projectRoot(), 'dist', 'cli', 'weft-cni.js');
 const CONF = JSON.stringify({ cniVersion: '1.0.0', name: 'weft', type: 'weft-cni', dnsDomain: 'weft.local' });
 let cluster: Cluster | null = null;
 afterEach(async () => {
