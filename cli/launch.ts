@@ -14,7 +14,7 @@ import { ROUTER_IMAGE } from '../plugin/image.js';
 import { CliError, readRouterInfo } from './client.js';
 import { ROUTER_CONTAINER, containerSpec, dockerEngine, startRouterContainer } from './router-container.js';
 
-export const routerMain = fileURLToPath(new URL('../router/main.js', import.meta.url));
+const routerMain = fileURLToPath(new URL('../router/main.js', import.meta.url));
 
 /** The last lines of a file, or nothing when it cannot be read. */
 export function tail(path: string, lines: number): string {

@@ -28,7 +28,7 @@ export async function dockerEngine(): Promise<DockerApi | null> {
 }
 
 /** The router container, when an engine answers and has one. */
-export async function routerContainer(): Promise<{ api: DockerApi; container: ContainerInfo } | null> {
+async function routerContainer(): Promise<{ api: DockerApi; container: ContainerInfo } | null> {
   const api = await dockerEngine();
   if (!api) return null;
   const container = await api.find(ROUTER_CONTAINER);
