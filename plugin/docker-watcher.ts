@@ -25,6 +25,8 @@ interface Attached {
   subnet?: string;
   hostname?: string;
   groups?: string[];
+  /** Attached with --gateway: the default route through this host. */
+  gateway?: boolean;
 }
 
 /** The Docker label that puts a container in security groups: weft.group=web,frontend */
@@ -184,7 +186,7 @@ export class DockerWatcher {
     const again = this.attached().find((a) => a.id === c.Id);
     if (again && !this.deps.datapath.endpoints.local.some((e) => e.container === c.Id)) {
       try {
-        await this.attach(c, again.cidrs, again.subnet, again.hostname, again.groups);
+        await this.attach(c, again.cidrs, again.subnet, again.hostname, again.groups, again.gateway);
         this.deps.log.info({ container: c.Id.slice(0, 12) }, 'reattached a restarted Docker container');
       } catch (err) {
         this.deps.log.warn(
@@ -243,7 +245,15 @@ export class DockerWatcher {
     subnet?: string,
     hostname?: string,
     groups?: string[],
-  ): Promise<{ container: string; cidrs: string[]; mac: string; hostname: string | null; groups: string[] }> {
+    gateway = false,
+  ): Promise<{
+    container: string;
+    cidrs: string[];
+    mac: string;
+    hostname: string | null;
+    groups: string[];
+    gateway?: string;
+  }> {
     const g = groups ?? this.groupsOf(c);
     const ep = await this.deps.datapath.attach(
       c.Id,
@@ -251,16 +261,24 @@ export class DockerWatcher {
       subnet,
       { netns: `/proc/${c.State.Pid}/ns/net`, ifname: 'ethwe' },
       g,
+      gateway,
     );
     const list = this.attached().filter((a) => a.id !== c.Id);
     this.deps.writes.write(this.attachedPath, [
       ...list,
-      { id: c.Id, cidrs, subnet, hostname, ...(groups ? { groups } : {}) },
+      { id: c.Id, cidrs, subnet, hostname, ...(groups ? { groups } : {}), ...(gateway ? { gateway } : {}) },
     ]);
     // Like Weave's proxy: a container attached by weft is found by its Docker name.
     const name = hostname ?? (this.deps.dns ? `${containerName(c)}.${this.deps.dns.domain}` : null);
     if (name) for (const cidr of ep.cidrs) this.deps.names.add(name, c.Id, cidr.split('/')[0]);
-    return { container: c.Id, cidrs: ep.cidrs, mac: ep.mac, hostname: name, groups: ep.groups ?? [] };
+    return {
+      container: c.Id,
+      cidrs: ep.cidrs,
+      mac: ep.mac,
+      hostname: name,
+      groups: ep.groups ?? [],
+      ...(ep.gateway ? { gateway: ep.gateway } : {}),
+    };
   }
 
   private groupsOf(c: ContainerInfo): string[] {

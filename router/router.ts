@@ -35,6 +35,7 @@ import { defaultOvsDatapathType } from '../datapath/ovs/switch.js';
 import { NameService } from '../dns/table.js';
 import { DnsServer, upstreamsFromResolvConf } from '../dns/server.js';
 import { DockerWatcher } from '../plugin/docker-watcher.js';
+import { CniService } from '../plugin/cni.js';
 import { PolicyEngine } from '../policy/engine.js';
 import { ServiceEngine } from '../services/engine.js';
 import { parseServiceRange } from '../services/service.js';
@@ -273,6 +274,12 @@ export class Router {
           services,
           writes: state.writes,
           removePeer: (who) => router.removePeer(who),
+          cni: new CniService({
+            datapath,
+            names,
+            dns: dnsOnBridge ? { ip: DNS_BRIDGE_IP, domain: opts.dnsDomain.replace(/\.$/, '') } : null,
+            ipamState: () => ipam.status().state,
+          }),
           log,
         },
         listen,

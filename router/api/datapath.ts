@@ -30,6 +30,8 @@ const attachBody = {
     /** CNI: the namespace path and the interface name the runtime gave. */
     netns: { type: 'string', minLength: 1, maxLength: 4096 },
     ifname: { type: 'string', pattern: '^[A-Za-z0-9_][A-Za-z0-9_.-]{0,14}$' },
+    /** The default route through this host (its address in the subnet, exposed), and hairpin on the port. */
+    gateway: { type: 'boolean' },
   },
   dependencies: { netns: ['ifname'], ifname: ['netns'] },
 } as const;
@@ -42,6 +44,7 @@ interface AttachBody {
   groups?: string[];
   netns?: string;
   ifname?: string;
+  gateway?: boolean;
 }
 
 function need(dp: Datapath | null): Datapath {
@@ -77,9 +80,11 @@ export function registerDatapathRoutes(
         throw invalid(
           `unknown container "${b.container}": use netns:NAME, pid:N or cni:ID (this router follows no Docker engine: --docker-api "")`,
         );
-      return withWarning(await docker.attach(await docker.resolve(b.container), cidrs, b.subnet, hostname, b.groups));
+      return withWarning(
+        await docker.attach(await docker.resolve(b.container), cidrs, b.subnet, hostname, b.groups, b.gateway),
+      );
     }
-    const ep = await d.attach(b.container, cidrs, b.subnet, cni, b.groups);
+    const ep = await d.attach(b.container, cidrs, b.subnet, cni, b.groups, b.gateway);
     if (hostname) for (const c of ep.cidrs) names.add(hostname, ep.container, c.split('/')[0]);
     return withWarning(ep);
   });

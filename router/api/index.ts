@@ -12,6 +12,8 @@ import type { Logger } from '../../lib/logger.js';
 import { buildReport, type ReportSources } from '../report.js';
 import { renderConnections, renderDns, renderIpam, renderPeers, renderStatus, renderTargets } from '../render.js';
 import { registerUiRoutes } from '../ui.js';
+import type { CniService } from '../../plugin/cni.js';
+import { registerCniRoutes } from './cni.js';
 import { registerDatapathRoutes } from './datapath.js';
 import { registerDnsRoutes } from './dns.js';
 import { errorHandler, invalid, notFound } from './errors.js';
@@ -59,6 +61,8 @@ function foreignRequest(listen: ApiListen, headers: Record<string, string | stri
 
 export interface ApiSources extends ReportSources {
   log: Logger;
+  /** The CNI plugin's work (POST /cni). */
+  cni?: CniService;
 }
 
 const peersBody = {
@@ -129,6 +133,7 @@ export function buildApi(sources: ApiSources, listen: ApiListen): FastifyInstanc
 
   registerIpamRoutes(app, sources.ipam, sources.removePeer);
   registerDatapathRoutes(app, sources.datapath, sources.names, sources.docker ?? null, sources.policy ?? null);
+  if (sources.cni) registerCniRoutes(app, sources.cni);
   if (sources.policy)
     registerPolicyRoutes(
       app,
