@@ -1,10 +1,11 @@
 #!/usr/bin/env node
 // `npm run image`: builds the router image weft/router:VERSION with no registry,
-// from this machine's own node binary, the tools the router runs (iproute2,
+// from this machine's own node binary (or `-- --node PATH`: the newest LTS from
+// the npm package `node`), the tools the router runs (iproute2,
 // nftables, nsenter) and the shared libraries `ldd` lists for them, plus the
 // compiled router and its production node_modules; then `docker import`s it into
 // the engine at DOCKER_HOST (or /var/run/docker.sock). plugin/Dockerfile builds
-// the same router from a Node 20 base image where a registry is reachable.
+// the same router from the Node 26 (LTS) base image where a registry is reachable.
 import { execFileSync, spawn } from 'node:child_process';
 import {
   chmodSync,
@@ -64,14 +65,18 @@ function place(root: string, path: string, as = path): void {
   cpSync(realpathSync(path), target, { dereference: true });
 }
 
-/** Builds the root filesystem in a fresh directory and returns it. */
-export function buildRootfs(): string {
+/**
+ * Builds the root filesystem in a fresh directory and returns it. `node` is the Node binary the
+ * image runs (default: this one); `npm run image -- --node PATH` takes another, e.g. the newest LTS
+ * from the npm package `node` (the addon is Node-API: one build loads on every version).
+ */
+export function buildRootfs(node: string = process.execPath): string {
   const project = projectRoot();
   if (!existsSync(join(project, 'dist', 'router', 'main.js')))
     throw new Error('dist/ is missing: run npm run build first');
   const root = mkdtempSync(join(tmpdir(), 'weft-image-'));
   try {
-    fillRootfs(root, project);
+    fillRootfs(root, project, node);
   } catch (err) {
     rmSync(root, { recursive: true, force: true });
     throw err;
@@ -79,7 +84,7 @@ export function buildRootfs(): string {
   return root;
 }
 
-function fillRootfs(root: string, project: string): void {
+function fillRootfs(root: string, project: string, node: string): void {
   // Debian's merged /usr: /bin, /lib ... are links into /usr; mirror them so the loader paths hold.
   for (const top of ['bin', 'sbin', 'lib', 'lib64']) {
     const p = `/${top}`;
@@ -97,7 +102,7 @@ function fillRootfs(root: string, project: string): void {
     }
   });
   const binaries: [string, string][] = [
-    [process.execPath, '/usr/local/bin/node'],
+    [node, '/usr/local/bin/node'],
     ...[...TOOLS.map(which), ...optional].map((p): [string, string] => [p, p]),
   ];
   const libs = new Set<string>();
@@ -113,6 +118,12 @@ function fillRootfs(root: string, project: string): void {
   writeFileSync(join(etc, 'nsswitch.conf'), 'hosts: files dns\nnetworks: files\n');
   for (const f of ['protocols', 'services']) if (existsSync(`/etc/${f}`)) cpSync(`/etc/${f}`, join(etc, f));
   for (const d of ['tmp', 'run', 'root', 'var/lib/weft']) mkdirSync(join(root, d), { recursive: true });
+  // The CLI, for `docker exec weft weft status` and the Kubernetes init step (`weft setup-cni`).
+  writeFileSync(
+    join(root, 'usr', 'local', 'bin', 'weft'),
+    '#!/bin/sh\nexec /usr/local/bin/node /weft/dist/cli/weft.js "$@"\n',
+    { mode: 0o755 },
+  );
   chmodSync(join(root, 'tmp'), 0o1777);
   // The router: compiled code, the native addon, production dependencies only.
   const app = join(root, 'weft');
@@ -129,6 +140,12 @@ function fillRootfs(root: string, project: string): void {
     console.warn(
       "warning: the native addon is not built; the image's router will run without the sleeve and batched DNS",
     );
+  // The CNI plugin binary and configs, which `weft setup-cni` installs on the host.
+  const cni = join(project, 'native', 'build', 'weft-cni');
+  if (existsSync(cni)) cpSync(cni, join(app, 'native', 'build', 'weft-cni'));
+  else
+    console.warn('warning: the CNI plugin binary is not built; weft setup-cni in the image installs the Node plugin');
+  cpSync(join(project, 'examples', 'cni'), join(app, 'examples', 'cni'), { recursive: true });
   const prod = execFileSync('npm', ['ls', '--omit=dev', '--all', '--parseable'], { cwd: project, encoding: 'utf8' })
     .split('\n')
     .map((l) => l.trim())
@@ -150,8 +167,8 @@ export async function importImage(api: DockerApi, root: string, tag = VERSION): 
 }
 
 /** Builds and imports the image; returns its reference. */
-export async function buildRouterImage(api: DockerApi): Promise<string> {
-  const root = buildRootfs();
+export async function buildRouterImage(api: DockerApi, node?: string): Promise<string> {
+  const root = buildRootfs(node);
   try {
     await importImage(api, root);
   } finally {
@@ -165,7 +182,11 @@ if (process.argv[1] && realpathSync(process.argv[1]) === fileURLToPath(import.me
   try {
     await api.ping();
     const started = Date.now();
-    const ref = await buildRouterImage(api);
+    const at = process.argv.indexOf('--node');
+    const node = at > 0 ? process.argv[at + 1] : process.env.WEFT_IMAGE_NODE;
+    if (at > 0 && !node) throw new Error('--node needs the path of a node binary');
+    if (node && !existsSync(node)) throw new Error(`no node binary at ${node}`);
+    const ref = await buildRouterImage(api, node);
     console.log(`built ${ref} in ${((Date.now() - started) / 1000).toFixed(1)}s (engine ${api.address})`);
   } catch (err) {
     console.error(`weft image: ${(err as Error).message}`);

@@ -146,6 +146,10 @@ function routerOptions(): Option[] {
       'shared mesh password (prefer WEFT_PASSWORD or --password-file: arguments are visible to other users)',
     ),
     o('--password-file <path>', 'read the mesh password from this file'),
+    o(
+      '--peers-file <path>',
+      'also connect to the peers listed in this file (addresses separated by spaces or lines, # comments): a Kubernetes ConfigMap, a systemd EnvironmentFile',
+    ),
     o('--conn-limit <n>', 'at most this many connections (0: no limit); a peer is never locked out')
       .default(200)
       .argParser(int('conn-limit', 0, 100_000)),
@@ -234,20 +238,31 @@ export function addRouterOptions(cmd: Command): Command {
   return cmd;
 }
 
-/** Turns commander's parsed values into RouterOptions, reading the password file if given. */
+/** A file named by an option, or an error that says which option's file could not be read. */
+function readOptionFile(path: string, what: string): string {
+  try {
+    return readFileSync(path, 'utf8');
+  } catch (err) {
+    throw new Error(`cannot read the ${what} file ${path}: ${(err as Error).message}`);
+  }
+}
+
+/** Turns commander's parsed values into RouterOptions, reading the password and peers files if given. */
 export function toRouterOptions(v: Record<string, unknown>, peers: string[]): RouterOptions {
   let password = (v.password as string | undefined) ?? null;
   const file = v.passwordFile as string | undefined;
-  if (file) {
-    let text: string;
-    try {
-      text = readFileSync(file, 'utf8');
-    } catch (err) {
-      throw new Error(`cannot read the password file ${file}: ${(err as Error).message}`);
-    }
-    password = text.replace(/\r?\n$/, '');
-  }
+  if (file) password = readOptionFile(file, 'password').replace(/\r?\n$/, '');
   if (password === '') throw new Error('the password is empty');
+  const peersFile = v.peersFile as string | undefined;
+  if (peersFile) {
+    const listed = readOptionFile(peersFile, 'peers')
+      .split('\n')
+      .map((l) => l.replace(/#.*/, ''))
+      .join(' ')
+      .split(/[\s,]+/)
+      .filter(Boolean);
+    peers = [...new Set([...peers, ...listed])];
+  }
   return {
     dataDir: v.dataDir as string,
     port: v.port as number,

@@ -6,7 +6,10 @@
 // labelled containers is reached by name through its VIP, and `weft stop`
 // / `weft reset` leave nothing behind.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { rmSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { projectRoot } from '../../lib/project-root.js';
 import { Cluster, eventually, type Host } from '../harness/cluster.js';
 import { DockerHost, dockerInstalled } from '../harness/docker-host.js';
 import { buildRootfs } from '../../plugin/image.js';
@@ -219,6 +222,58 @@ describe.skipIf(missing !== null)('Docker: router container, network plugin, eve
     expect((await a.weft(['detach', 'c3'])).code).toBe(0);
     expect((await da.docker(['exec', 'c3', 'ip', 'link', 'show', 'ethwe'])).code).not.toBe(0);
   }, 60_000);
+
+  it("the Kubernetes init step (the DaemonSet's own command, in the image) installs the plugin; it runs in a container with no Node", async () => {
+    const yaml = readFileSync(join(projectRoot(), 'examples', 'kubernetes', 'weft-daemonset.yaml'), 'utf8');
+    const command = JSON.parse(/- name: install-cni\n\s+image: \S+\n\s+command: (\[.*\])/.exec(yaml)![1]) as string[];
+    const mounts = [...yaml.matchAll(/mountPath: (\/host\/\S+) \}/g)].map((m) => m[1]);
+    expect(mounts).toEqual(['/host/etc/cni/net.d', '/host/opt/cni/bin']);
+    const node = mkdtempSync(join(tmpdir(), 'weft-k8s-node-'));
+    try {
+      // A node's directories, its CNI bin dir with the reference portmap already there.
+      for (const m of mounts) mkdirSync(join(node, m), { recursive: true });
+      writeFileSync(join(node, '/host/opt/cni/bin/portmap'), '', { mode: 0o755 });
+      const out = await da.mustDocker([
+        'run',
+        '--rm',
+        ...mounts.flatMap((m) => ['-v', `${join(node, m)}:${m}`]),
+        '--entrypoint',
+        command[0],
+        IMAGE,
+        ...command.slice(1),
+      ]);
+      expect(out).toMatch(/installed \/host\/opt\/cni\/bin\/weft-cni \(static binary\)/);
+      const list = JSON.parse(readFileSync(join(node, '/host/etc/cni/net.d/10-weft.conflist'), 'utf8')) as {
+        plugins: { type: string }[];
+      };
+      expect(list.plugins.map((p) => p.type)).toEqual(['weft-cni', 'portmap']);
+      // A busybox container: no Node, no weft; the installed plugin still answers.
+      const root = join(node, 'busybox');
+      mkdirSync(join(root, 'bin'), { recursive: true });
+      await run('cp', ['/usr/bin/busybox', join(root, 'bin', 'busybox')]);
+      symlinkSync('busybox', join(root, 'bin', 'sh'));
+      await run('tar', ['-C', root, '-cf', join(node, 'busybox.tar'), '.']);
+      await da.mustDocker(['import', join(node, 'busybox.tar'), 'weft-test-busybox:1']);
+      const answer = await da.mustDocker([
+        'run',
+        '--rm',
+        '-v',
+        `${join(node, '/host/opt/cni/bin')}:/opt/cni/bin:ro`,
+        '--entrypoint',
+        '/bin/sh',
+        'weft-test-busybox:1',
+        '-c',
+        'test -e /usr/bin/node -o -e /usr/local/bin/node && echo has-node; echo \'{"cniVersion":"1.0.0"}\' | CNI_COMMAND=VERSION /opt/cni/bin/weft-cni',
+      ]);
+      expect(JSON.parse(answer)).toEqual({
+        cniVersion: '1.0.0',
+        supportedVersions: ['0.3.0', '0.3.1', '0.4.0', '1.0.0', '1.1.0'],
+      });
+      await da.docker(['rmi', 'weft-test-busybox:1']);
+    } finally {
+      rmSync(node, { recursive: true, force: true });
+    }
+  }, 120_000);
 
   it('weft stop removes the router container; weft reset leaves no container, bridge, rules or state', async () => {
     const s = await b.weft(['stop']);

@@ -1,4 +1,4 @@
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -73,6 +73,24 @@ describe('weft CLI without a router', () => {
     const r = await weft('launch', '--port', '99999');
     expect(r.code).not.toBe(0);
     expect(r.stderr).toMatch(/--port must be a whole number from 1 to 65535/);
+  });
+
+  it('--peers-file adds the peers it lists to those given, and a missing file is a clear error', async () => {
+    const { toRouterOptions } = await import('../../../router/options.js');
+    const dir = mkdtempSync(join(tmpdir(), 'weft-peers-'));
+    try {
+      const file = join(dir, 'peers');
+      writeFileSync(file, '# the first nodes\n198.18.0.1 198.18.0.2\n198.18.0.3:6783, 198.18.0.1\n');
+      expect(toRouterOptions({ peersFile: file }, ['198.18.0.9']).peers).toEqual([
+        '198.18.0.9',
+        '198.18.0.1',
+        '198.18.0.2',
+        '198.18.0.3:6783',
+      ]);
+      expect(() => toRouterOptions({ peersFile: join(dir, 'none') }, [])).toThrow(/cannot read the peers file/);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   it('version works without a router', async () => {
