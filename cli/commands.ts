@@ -20,6 +20,7 @@ import type { Report } from '../router/contract.js';
 import { rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { CliError, exitWithError, isAlive, readRouterInfo, request, type Target } from './client.js';
+import { whileWaiting } from './quick.js';
 import type { PolicyStatus } from '../router/contract.js';
 import type { ServiceDetail } from '../router/contract.js';
 
@@ -283,7 +284,7 @@ withRouterLocation(
     const ep = JSON.parse(
       (
         await whileWaiting(
-          cmd,
+          target(cmd),
           request(target(cmd), 'POST', '/attach', {
             container,
             cidrs,
@@ -299,36 +300,6 @@ withRouterLocation(
     console.log(ep.cidrs.join(' '));
   },
 );
-
-/**
- * Runs a request that may wait for IPAM (the ring starting, space from another peer), and while it
- * waits says on stderr what for, each time that changes. The router bounds the wait and fails with
- * the reason; this only makes the wait visible.
- */
-async function whileWaiting<T>(cmd: Command, work: Promise<T>): Promise<T> {
-  let done = false;
-  let said = '';
-  void (async () => {
-    await new Promise((r) => setTimeout(r, 1000));
-    while (!done) {
-      try {
-        const p = (await getReport(cmd)).ipam.pending[0];
-        if (p && p.reason !== said) {
-          process.stderr.write(`waiting ${Math.round(p.waitingMs / 1000)}s for IPAM: ${p.reason}\n`);
-          said = p.reason;
-        }
-      } catch {
-        // the request itself reports errors
-      }
-      await new Promise((r) => setTimeout(r, 1000));
-    }
-  })();
-  try {
-    return await work;
-  } finally {
-    done = true;
-  }
-}
 
 withRouterLocation(
   program

@@ -1,8 +1,8 @@
 #!/usr/bin/env node
-// The weft command line: plain `weft status` the short way (cli/quick-status.ts),
-// every other command through commander (cli/commands.ts).
-import { plainStatus, printStatus } from './quick-status.js';
+// The weft command line: plain `weft status`, `weft attach` and `weft detach` the
+// short way (cli/quick.ts), every other command through commander (cli/commands.ts).
+import { quickCommand, runQuick } from './quick.js';
 
-const status = plainStatus(process.argv.slice(2));
-if (status) await printStatus(status);
+const quick = quickCommand(process.argv.slice(2));
+if (quick) await runQuick(quick);
 else await (await import('./commands.js')).runCommands();

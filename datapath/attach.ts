@@ -2,13 +2,13 @@
 // network namespace, its end named `ethwe`, with the container's addresses, the
 // overlay MTU and a route for the whole allocation range.
 import { WeftError } from '../lib/errors.js';
-import { createHash } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { BRIDGE } from './bridge.js';
-import { bridgeJson, ip, ipBatchIn, ipJson, linkExists, sysctl } from '../net/command.js';
+import { bridgeJson, configureIn, ip, ipBatch, ipJson, linkExists } from '../net/command.js';
 
 /** The container's interface, unless the caller names another (CNI_IFNAME). */
-export const DEFAULT_IF = 'ethwe';
+const DEFAULT_IF = 'ethwe';
 
 /**
  * Network namespaces of `cni:ID` containers, as the CNI runtime named them (CNI_NETNS), and of Docker
@@ -131,9 +131,10 @@ export async function withNewVeth<T>(
   container: string,
   mtu: number,
   then: (names: { hostIf: string; peerIf: string }) => Promise<T>,
+  peer: { mac?: string; netns?: string } = {},
 ): Promise<T> {
   const names = vethNames(container);
-  if (await linkExists(names.hostIf)) await ip(['link', 'del', names.hostIf]);
+  if (existsSync(`/sys/class/net/${names.hostIf}`)) await ip(['link', 'del', names.hostIf]);
   await ip([
     'link',
     'add',
@@ -147,6 +148,8 @@ export async function withNewVeth<T>(
     names.peerIf,
     'mtu',
     String(mtu),
+    ...(peer.mac ? ['address', peer.mac] : []),
+    ...(peer.netns ? ['netns', peer.netns] : []),
   ]);
   try {
     return await then(names);
@@ -164,9 +167,11 @@ const BRIDGE_MAX_PORTS = 1023;
  * full". The port must be bound to its container's addresses first (datapath/port-guard.ts): an
  * unbound container port of weft's drops everything.
  */
-export async function joinBridge(hostIf: string): Promise<void> {
+export async function joinBridge(hostIf: string, hairpin = false): Promise<void> {
   try {
-    await ip(['link', 'set', hostIf, 'master', BRIDGE, 'up']);
+    if (hairpin)
+      await ipBatch([`link set ${hostIf} master ${BRIDGE} up`, `link set dev ${hostIf} type bridge_slave hairpin on`]);
+    else await ip(['link', 'set', hostIf, 'master', BRIDGE, 'up']);
   } catch (err) {
     if (!/Exchange full/i.test((err as Error).message)) throw err;
     throw new WeftError(
@@ -201,7 +206,11 @@ export async function pinDns(ns: string, ifname: string, dns: { ip: string; brid
 
 /**
  * Attaches a container. `bind` is called with the container end's MAC before the host end joins the
- * bridge, so the port is bound to the container's MAC and addresses before its first frame.
+ * bridge, so the port is bound to the container's MAC and addresses before its first frame. A new
+ * interface costs four commands: the veth pair made with its container end already in the namespace
+ * and its MAC chosen here, the port's binding, one `ip -batch` inside the namespace (after the
+ * sysctls, in the same process), and the host end onto the bridge. With `gateway`, the container's
+ * default route goes there and its port hairpins.
  */
 export async function attachContainer(
   container: string,
@@ -210,44 +219,72 @@ export async function attachContainer(
   bind: (hostIf: string, mac: string) => Promise<void>,
   dns?: DnsReach,
   ifname = DEFAULT_IF,
+  gateway?: string,
 ): Promise<AttachResult> {
   const ns = netnsPathOf(container);
   const { hostIf } = vethNames(container);
+  const inside = (dev: string, fresh: string[]) => [
+    ...fresh,
+    `link set ${dev} mtu ${mtu} up`,
+    'link set lo up',
+    // Each address brings the route for its own subnet (the whole range for the default subnet), and
+    // no more: a container in a narrower subnet has no route to the others, which is what isolates
+    // subnets. Multicast goes out the interface too, so it floods over the overlay.
+    `route replace 224.0.0.0/4 dev ${dev}`,
+    // The DNS server lives on this host's bridge: a direct route to it, and its MAC fixed, so no ARP
+    // for it ever floods over the overlay (every host's bridge has that address).
+    ...(dns
+      ? [
+          `route replace ${dns.ip}/32 dev ${dev}`,
+          `neigh replace ${dns.ip} lladdr ${dns.bridgeMac} dev ${dev} nud permanent`,
+        ]
+      : []),
+    ...(gateway ? [`route replace default via ${gateway} dev ${dev}`] : []),
+  ];
+  // No IPv6 on the overlay until weft carries it under the same policy (the port drops it anyway; off
+  // before the link is up, it gets no link-local address at all). arp_notify: a gratuitous ARP when
+  // the interface comes up or its address changes, so neighbours that cached an old MAC for the
+  // address (a container re-attached) learn the new one at once.
+  const sysctls = (dev: string): [string, string][] => [
+    [`net/ipv6/conf/${dev}/disable_ipv6`, '1'],
+    [`net/ipv4/conf/${dev}/arp_notify`, '1'],
+  ];
+  let mac: string;
   if (!(await linkExists(ifname, ns))) {
-    await withNewVeth(container, mtu, async ({ peerIf }) => {
-      await ip(['link', 'set', peerIf, 'netns', ns]);
-      await ip(['link', 'set', peerIf, 'name', ifname], ns);
-      // No IPv6 on the overlay until weft carries it under the same policy (the port drops it anyway;
-      // off before the link is up, it gets no link-local address at all).
-      await sysctl(`net/ipv6/conf/${ifname}/disable_ipv6`, '1', ns).catch(() => undefined);
-      await bind(hostIf, await macIn(ns, ifname));
-      await joinBridge(hostIf); // failing, the pair goes again: no ethwe left without a way out
-    });
+    mac = randomMac();
+    await withNewVeth(
+      container,
+      mtu,
+      async ({ peerIf }) => {
+        await bind(hostIf, mac);
+        await configureIn(
+          ns,
+          sysctls(peerIf),
+          inside(ifname, [`link set ${peerIf} name ${ifname}`, ...cidrs.map((c) => `addr add ${c} dev ${ifname}`)]),
+        );
+        await joinBridge(hostIf, gateway !== undefined); // failing, the pair goes again: no interface left without a way out
+      },
+      { mac, netns: ns },
+    );
   } else {
-    await sysctl(`net/ipv6/conf/${ifname}/disable_ipv6`, '1', ns).catch(() => undefined);
-    await bind(hostIf, await macIn(ns, ifname));
-    await joinBridge(hostIf);
+    mac = await macIn(ns, ifname);
+    await bind(hostIf, mac);
+    await joinBridge(hostIf, gateway !== undefined);
+    const have = await ipJson<{ addr_info?: { local: string; prefixlen: number }[] }[]>(
+      ['addr', 'show', 'dev', ifname],
+      ns,
+    );
+    const existing = new Set((have[0]?.addr_info ?? []).map((a) => `${a.local}/${a.prefixlen}`));
+    await configureIn(
+      ns,
+      sysctls(ifname),
+      inside(
+        ifname,
+        cidrs.filter((c) => !existing.has(c)).map((c) => `addr add ${c} dev ${ifname}`),
+      ),
+    );
   }
-  await ip(['link', 'set', 'lo', 'up'], ns);
-  const have = await ipJson<{ addr_info?: { local: string; prefixlen: number }[] }[]>(
-    ['addr', 'show', 'dev', ifname],
-    ns,
-  );
-  const existing = new Set((have[0]?.addr_info ?? []).map((a) => `${a.local}/${a.prefixlen}`));
-  await ipBatchIn(
-    ns,
-    cidrs.filter((c) => !existing.has(c)).map((c) => `addr add ${c} dev ${ifname}`),
-  );
-  // arp_notify: a gratuitous ARP when ethwe comes up or its address changes, so neighbours that cached an
-  // old MAC for the address (a container re-attached) learn the new one at once.
-  await sysctl(`net/ipv4/conf/${ifname}/arp_notify`, '1', ns).catch(() => undefined);
-  await ip(['link', 'set', ifname, 'mtu', String(mtu), 'up'], ns);
-  // Each address brings the route for its own subnet (the whole range for the default subnet), and no
-  // more: a container in a narrower subnet has no route to the others, which is what isolates subnets.
-  // Multicast goes out ethwe too, so it floods over the overlay.
-  await ip(['route', 'replace', '224.0.0.0/4', 'dev', ifname], ns).catch(() => undefined);
   if (dns) {
-    await pinDns(ns, ifname, dns);
     const named = /^netns:(.+)$/.exec(container);
     if (named) {
       // `ip netns exec` binds /etc/netns/NAME/* over /etc: containers that are named namespaces use weft's DNS.
@@ -255,9 +292,16 @@ export async function attachContainer(
       writeFileSync(`/etc/netns/${named[1]}/resolv.conf`, dns.resolvConf);
     }
   }
-  const mac = await macIn(ns, ifname);
-  await announceWhenForwarding(ns, ifname, mac, hostIf);
+  // Not awaited: the attachment is complete; this only repeats the announcement once the bridge forwards.
+  void announceWhenForwarding(ns, ifname, mac, hostIf).catch(() => undefined);
   return { mac, hostIf };
+}
+
+/** A locally administered unicast MAC for a container's interface. */
+function randomMac(): string {
+  const b = randomBytes(6);
+  b[0] = (b[0] & 0xfe) | 0x02;
+  return [...b].map((x) => x.toString(16).padStart(2, '0')).join(':');
 }
 
 async function macIn(ns: string, ifname: string): Promise<string> {
@@ -290,8 +334,12 @@ export async function detachContainer(container: string, ifname = DEFAULT_IF): P
   } catch {
     /* the container is gone */
   }
-  if (ns && (await linkExists(ifname, ns))) await ip(['link', 'del', ifname], ns);
+  if (ns)
+    await ip(['link', 'del', ifname], ns).catch((err: Error) => {
+      if (!/Cannot find device/.test(err.message)) throw err;
+    });
   const named = /^netns:(.+)$/.exec(container);
   if (named) rmSync(`/etc/netns/${named[1]}/resolv.conf`, { force: true });
-  if (await linkExists(hostIf)) await ip(['link', 'del', hostIf]);
+  // The host end went with its peer, unless the container end was gone (moved, or its namespace freed).
+  if (existsSync(`/sys/class/net/${hostIf}`)) await ip(['link', 'del', hostIf]);
 }

@@ -12,7 +12,6 @@ import type { MeshView, PeerName } from '../mesh/index.js';
 import {
   attachContainer,
   containerExists,
-  DEFAULT_IF,
   detachContainer,
   forgetNetns,
   hostIfName,
@@ -371,7 +370,9 @@ export class Datapath {
     const dns = this.config.dns;
     const prevCidrs = this.endpoints.local.find((e) => e.container === container)?.cidrs ?? [];
     let mac: string;
+    let gw: string | undefined;
     try {
+      if (gateway) gw = await this.gatewayFor(addrs[0]);
       ({ mac } = await attachContainer(
         container,
         addrs,
@@ -385,6 +386,7 @@ export class Datapath {
             }
           : undefined,
         cni?.ifname,
+        gw,
       ));
     } catch (err) {
       // A container that was not attached before keeps no address from an attach that failed (a
@@ -407,12 +409,7 @@ export class Datapath {
       ...(inode !== null ? { nsInode: inode } : {}),
     };
     this.setLocal([...this.endpoints.local.filter((e) => e.container !== container), ep]);
-    if (!gateway) return ep;
-    const gw = await this.gatewayFor(addrs[0]);
-    const ifname = cni?.ifname ?? DEFAULT_IF;
-    await ip(['route', 'replace', 'default', 'via', gw, 'dev', ifname], netnsPathOf(container));
-    await ip(['link', 'set', 'dev', hostIfName(container), 'type', 'bridge_slave', 'hairpin', 'on']);
-    return { ...ep, gateway: gw };
+    return gw ? { ...ep, gateway: gw } : ep;
   }
 
   /** With DNS on the bridge: host routes back to local container addresses, so the server's replies find them. */

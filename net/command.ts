@@ -129,6 +129,21 @@ export function ipBatchIn(netnsPath: string, lines: string[]): Promise<string> {
     : exec(...inNamespace('ip', ['-batch', '-'], netnsPath), lines.join('\n') + '\n');
 }
 
+/**
+ * Configures a namespace in one process: sysctls written first (a failed one is skipped: an old
+ * kernel may lack it), then `ip -batch` (stopping at the first line that fails).
+ */
+export function configureIn(netnsPath: string, sysctls: [string, string][], ipLines: string[]): Promise<string> {
+  for (const [path, value] of sysctls)
+    if (!/^[\w./-]+$/.test(path) || !/^\w+$/.test(value))
+      throw new CommandError(`sysctl ${path}=${value}: not a sysctl`);
+  const writes = sysctls.map(([path, value]) => `echo ${value} > /proc/sys/${path} 2>/dev/null;`).join(' ');
+  return exec(
+    ...inNamespace('sh', ['-c', `${writes} exec ip -batch -`], netnsPath),
+    ipLines.length > 0 ? ipLines.join('\n') + '\n' : '',
+  );
+}
+
 /** `bridge ARGS`. */
 export function bridge(args: string[]): Promise<string> {
   return exec('bridge', args);

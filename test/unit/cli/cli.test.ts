@@ -113,7 +113,7 @@ describe('weft status against a router', () => {
     return { ...r, imports: readFileSync(record, 'utf8').trim().split('\n') };
   }
 
-  it("prints the router's status without loading the daemon (fastify, lmdb, the addon), plain status not even commander", async () => {
+  it("prints the router's status without loading the daemon (fastify, lmdb, the addon); plain status, attach and detach not even commander", async () => {
     const port = await freePorts(2);
     const dir = mkdtempSync(join(tmpdir(), 'weft-cli-router-'));
     const router = await Router.start(routerOptions({ dataDir: dir, port, nickname: 'clihost' }), silentLogger);
@@ -127,7 +127,15 @@ describe('weft status against a router', () => {
       const daemon = /node_modules\/(fastify|lmdb|pino|prom-client)\/|\/native\/|\/router\/(router|api|main)/;
       expect(plain.imports.filter((u) => daemon.test(u))).toEqual([]);
       expect(plain.imports.filter((u) => u.includes('node_modules/commander'))).toEqual([]);
-      expect(plain.imports.some((u) => u.endsWith('/cli/quick-status.js'))).toBe(true);
+      expect(plain.imports.some((u) => u.endsWith('/cli/quick.js'))).toBe(true);
+
+      // attach and detach of one container go the short way too, and say what the router said.
+      for (const cmd of ['attach', 'detach']) {
+        const quick = await weftRecorded(cmd, 'netns:nothing-here', '--http-addr', api);
+        expect(quick.code).not.toBe(0);
+        expect(quick.stderr).toMatch(cmd === 'attach' ? /without a datapath/ : /not attached here|without a datapath/);
+        expect(quick.imports.filter((u) => u.includes('node_modules/commander') || daemon.test(u))).toEqual([]);
+      }
 
       // Anything else goes through commander: still none of the daemon.
       const json = await weftRecorded('status', '--json', '--http-addr', api);
