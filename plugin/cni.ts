@@ -12,7 +12,7 @@ import type { Datapath } from '../datapath/datapath.js';
 import { hostIfName } from '../datapath/attach.js';
 import type { NameService } from '../dns/table.js';
 import { WeftError } from '../lib/errors.js';
-import { canonicalDnsName } from '../net/validate.js';
+import { GROUP_NAME, canonicalDnsName, checkIfName } from '../net/validate.js';
 import { ipJson } from '../net/command.js';
 
 /** The spec versions weft speaks; results for 0.3.x and 0.4.0 carry each address's IP version. */
@@ -112,8 +112,16 @@ export function parseNetConf(text: string): NetConf {
       `CNI version ${version} is not supported`,
       `supported: ${CNI_VERSIONS.join(', ')}`,
     );
-  if (c.groups !== undefined && (!Array.isArray(c.groups) || !c.groups.every((g) => typeof g === 'string')))
-    throw new CniError(CNI_CODES.invalidConfig, 'invalid network configuration: groups must be a list of group names');
+  if (
+    c.groups !== undefined &&
+    (!Array.isArray(c.groups) ||
+      c.groups.length > 64 ||
+      !c.groups.every((g) => typeof g === 'string' && GROUP_NAME.test(g)))
+  )
+    throw new CniError(
+      CNI_CODES.invalidConfig,
+      'invalid network configuration: groups must be a list of group names (lower-case letters, digits, _ . -; up to 63)',
+    );
   const valid = c['cni.dev/valid-attachments'];
   if (
     valid !== undefined &&
@@ -365,10 +373,17 @@ function required<K extends 'containerId' | 'netns' | 'ifname'>(req: CniRequest,
   const missing = names.filter((n) => !req[n]);
   if (missing.length > 0)
     throw new CniError(CNI_CODES.invalidEnvironment, `${missing.map((n) => env[n]).join(', ')} not set`);
+  // The interface name goes into ip commands: only a real interface name is taken.
+  if (req.ifname !== undefined && names.includes('ifname' as K))
+    try {
+      checkIfName(req.ifname, 'CNI_IFNAME');
+    } catch (err) {
+      throw new CniError(CNI_CODES.invalidEnvironment, (err as Error).message);
+    }
   return Object.fromEntries(names.map((n) => [n, req[n]!])) as Record<K, string>;
 }
 
-/** The config's groups and those of WEFT_GROUP in CNI_ARGS; the router checks the names. */
+/** The config's groups and those of WEFT_GROUP in CNI_ARGS. */
 function groupsOf(conf: NetConf, req: CniRequest): string[] | undefined {
   const all = [
     ...(conf.groups ?? []),
@@ -377,7 +392,13 @@ function groupsOf(conf: NetConf, req: CniRequest): string[] | undefined {
       .map((g) => g.trim())
       .filter(Boolean),
   ];
-  return all.length > 0 ? [...new Set(all)] : undefined;
+  const bad = all.find((g) => !GROUP_NAME.test(g));
+  if (bad !== undefined)
+    throw new CniError(
+      CNI_CODES.invalidEnvironment,
+      `WEFT_GROUP in CNI_ARGS: "${bad.slice(0, 64)}" is not a group name`,
+    );
+  return all.length > 0 ? [...new Set(all)].slice(0, 64) : undefined;
 }
 
 async function linkIn(netns: string, ifname: string): Promise<boolean> {

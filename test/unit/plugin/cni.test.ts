@@ -101,5 +101,22 @@ describe('CNI requests on a router without a datapath', () => {
     expect(await service.handle({ command: 'DEL', config, containerId: 'x' })).toEqual({ ok: true, output: '' });
     const missing = await service.handle({ command: 'DEL', config });
     expect(JSON.parse(missing.output)).toMatchObject({ code: 4, msg: 'CNI_CONTAINERID not set' });
+    // An interface name is put in ip commands: a line break (another command) is refused before anything runs.
+    const sneaky = await service.handle({
+      command: 'ADD',
+      config,
+      containerId: 'x',
+      netns: '/',
+      ifname: 'eth0\nlink del weft',
+    });
+    expect(JSON.parse(sneaky.output)).toMatchObject({ code: 4, msg: expect.stringMatching(/CNI_IFNAME/) });
+    const groups = await service.handle({
+      command: 'ADD',
+      config: '{"cniVersion":"1.0.0","groups":["Web Servers"]}',
+      containerId: 'x',
+      netns: '/',
+      ifname: 'eth0',
+    });
+    expect(JSON.parse(groups.output)).toMatchObject({ code: 7 });
   });
 });
