@@ -3,9 +3,9 @@
 // overlay MTU and a route for the whole allocation range.
 import { WeftError } from '../lib/errors.js';
 import { createHash, randomBytes } from 'node:crypto';
-import { existsSync, mkdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { BRIDGE } from './bridge.js';
-import { bridgeJson, configureIn, ip, ipBatch, ipJson, linkExists } from '../net/command.js';
+import { configureIn, ip, ipBatch, ipBatchIn, ipJson, linkExists } from '../net/command.js';
 
 /** The container's interface, unless the caller names another (CNI_IFNAME). */
 const DEFAULT_IF = 'ethwe';
@@ -231,14 +231,10 @@ export async function attachContainer(
     // no more: a container in a narrower subnet has no route to the others, which is what isolates
     // subnets. Multicast goes out the interface too, so it floods over the overlay.
     `route replace 224.0.0.0/4 dev ${dev}`,
-    // The DNS server lives on this host's bridge: a direct route to it, and its MAC fixed, so no ARP
-    // for it ever floods over the overlay (every host's bridge has that address).
-    ...(dns
-      ? [
-          `route replace ${dns.ip}/32 dev ${dev}`,
-          `neigh replace ${dns.ip} lladdr ${dns.bridgeMac} dev ${dev} nud permanent`,
-        ]
-      : []),
+    // The DNS server lives on this host's bridge: a direct route to it, and its MAC fixed (after the
+    // announcement below), so no ARP for it ever floods over the overlay (every host's bridge has that
+    // address).
+    ...(dns ? [`route replace ${dns.ip}/32 dev ${dev}`] : []),
     ...(gateway ? [`route replace default via ${gateway} dev ${dev}`] : []),
   ];
   // No IPv6 on the overlay until weft carries it under the same policy (the port drops it anyway; off
@@ -292,8 +288,7 @@ export async function attachContainer(
       writeFileSync(`/etc/netns/${named[1]}/resolv.conf`, dns.resolvConf);
     }
   }
-  // Not awaited: the attachment is complete; this only repeats the announcement once the bridge forwards.
-  void announceWhenForwarding(ns, ifname, mac, hostIf).catch(() => undefined);
+  await announceWhenForwarding(ns, ifname, mac, hostIf, dns);
   return { mac, hostIf };
 }
 
@@ -312,17 +307,35 @@ async function macIn(ns: string, ifname: string): Promise<string> {
  * The gratuitous ARP that arp_notify sends when ethwe comes up is usually lost: the bridge notices the
  * host end's carrier a moment later (linkwatch) and drops what arrives before. Containers elsewhere
  * that cached another MAC for a reused address would never learn the new one. So once the bridge
- * forwards on the port, announce again: setting the same MAC makes the kernel send one more.
+ * forwards on the port, announce again: setting the same MAC makes the kernel send one more. That
+ * also flushes the interface's neighbour table, pinned entries too, so the DNS server's entry is
+ * pinned in the same batch, after it (and a packet waiting on a neighbour then may be lost: this
+ * is done before the container is reported attached, never under its traffic).
  */
-export async function announceWhenForwarding(ns: string, ifname: string, mac: string, hostIf?: string): Promise<void> {
+export async function announceWhenForwarding(
+  ns: string,
+  ifname: string,
+  mac: string,
+  hostIf?: string,
+  dns?: { ip: string; bridgeMac: string },
+): Promise<void> {
   if (hostIf) {
-    for (let i = 0; i < 40; i++) {
-      const port = await bridgeJson<{ state?: string }[]>(['link', 'show', 'dev', hostIf]).catch(() => []);
-      if (port[0]?.state === 'forwarding') break;
-      await new Promise((r) => setTimeout(r, 50));
+    // The port's STP state from sysfs (3: forwarding): no process per poll.
+    for (let i = 0; i < 100; i++) {
+      let state = '';
+      try {
+        state = readFileSync(`/sys/class/net/${hostIf}/brport/state`, 'utf8').trim();
+      } catch {
+        break; // no such port (yet): announce anyway
+      }
+      if (state === '3') break;
+      await new Promise((r) => setTimeout(r, 20));
     }
   }
-  await ip(['link', 'set', 'dev', ifname, 'address', mac], ns).catch(() => undefined);
+  await ipBatchIn(ns, [
+    `link set dev ${ifname} address ${mac}`,
+    ...(dns ? [`neigh replace ${dns.ip} lladdr ${dns.bridgeMac} dev ${ifname} nud permanent`] : []),
+  ]).catch(() => undefined);
 }
 
 /** Removes the container's ethwe (its veth peer goes with it). A container that is gone needs nothing. */

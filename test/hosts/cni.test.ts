@@ -83,6 +83,8 @@ describeAsRoot('CNI plugin', () => {
     expect(res.dns).toMatchObject({ nameservers: ['169.254.83.83'], search: ['weft.local'] });
     const podIp = res.ips[0].address.split('/')[0];
     expect((await run('ip', ['-n', pod, 'route', 'show', 'default'])).stdout).toContain(`default via ${gw} dev eth0`);
+    // The DNS server's MAC stays pinned (no ARP for it floods the overlay), after the re-announcement too.
+    expect((await run('ip', ['-n', pod, 'neigh', 'show', '169.254.83.83'])).stdout).toMatch(/PERMANENT/);
     expect((await run('ip', ['-n', a.ns, '-d', 'link', 'show', 'dev', res.interfaces[0].name])).stdout).toMatch(
       /hairpin on/,
     );
