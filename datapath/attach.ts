@@ -220,6 +220,7 @@ export async function attachContainer(
   dns?: DnsReach,
   ifname = DEFAULT_IF,
   gateway?: string,
+  fresh = false,
 ): Promise<AttachResult> {
   const ns = netnsPathOf(container);
   const { hostIf } = vethNames(container);
@@ -246,7 +247,9 @@ export async function attachContainer(
     [`net/ipv4/conf/${dev}/arp_notify`, '1'],
   ];
   let mac: string;
-  if (!(await linkExists(ifname, ns))) {
+  const exists = await linkExists(ifname, ns);
+  if (exists && fresh) throw new WeftError('conflict', `an interface ${ifname} already exists in ${ns}`);
+  if (!exists) {
     mac = randomMac();
     await withNewVeth(
       container,

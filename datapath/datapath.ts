@@ -344,7 +344,8 @@ export class Datapath {
    * A CNI container (`cni:ID`) comes with its namespace path and interface name. With `gateway`,
    * the container's default route goes through this host (its address in the container's subnet,
    * exposed: NAT to the outside, and the host reaches the container), and its bridge port hairpins
-   * (a container reaches itself through a translation on the host, e.g. a published port).
+   * (a container reaches itself through a translation on the host, e.g. a published port). With
+   * `fresh`, an interface of that name already in the namespace is an error (CNI ADD).
    */
   async attach(
     container: string,
@@ -352,8 +353,9 @@ export class Datapath {
     subnet?: string,
     cni?: { netns: string; ifname: string },
     groups?: string[],
-    gateway = false,
+    opts: { gateway?: boolean; fresh?: boolean } = {},
   ): Promise<Endpoint & { gateway?: string }> {
+    const { gateway = false, fresh = false } = opts;
     if (cni) rememberNetns(container, cni.netns);
     netnsPathOf(container); // a clear error before anything is allocated
     let addrs = cidrs.map((c) => canonicalCidr(c, true, 'address'));
@@ -387,6 +389,7 @@ export class Datapath {
           : undefined,
         cni?.ifname,
         gw,
+        fresh,
       ));
     } catch (err) {
       // A container that was not attached before keeps no address from an attach that failed (a

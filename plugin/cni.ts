@@ -270,13 +270,14 @@ export class CniService {
     if (!existsSync(netns)) throw new CniError(CNI_CODES.unknownContainer, `CNI_NETNS ${netns} does not exist`);
     const d = this.datapath();
     const container = cniContainerKey(containerId);
-    const mine = d.endpoints.local.find((e) => e.container === container);
-    if (!mine && (await linkIn(netns, ifname)))
-      throw new CniError(CNI_CODES.failed, `an interface ${ifname} already exists in ${netns}`);
+    const mine = d.endpoints.local.some((e) => e.container === container);
     const pod = cniArg(req.args ?? '', 'K8S_POD_NAME');
     const domain = (conf.dnsDomain ?? '').replace(/\.$/, '');
     const hostname = pod && domain ? canonicalDnsName(`${pod}.${domain}`, 'pod name') : undefined;
-    const ep = await d.attach(container, [], conf.subnet, { netns, ifname }, groupsOf(conf, req), conf.gateway);
+    const ep = await d.attach(container, [], conf.subnet, { netns, ifname }, groupsOf(conf, req), {
+      gateway: conf.gateway,
+      fresh: !mine, // an interface of that name in the container, not weft's, is an error (the spec's rule)
+    });
     if (hostname) for (const c of ep.cidrs) this.deps.names.add(hostname, container, c.split('/')[0]);
     const hostIf = hostIfName(container);
     const dns = this.deps.dns;
@@ -399,15 +400,6 @@ function groupsOf(conf: NetConf, req: CniRequest): string[] | undefined {
       `WEFT_GROUP in CNI_ARGS: "${bad.slice(0, 64)}" is not a group name`,
     );
   return all.length > 0 ? [...new Set(all)].slice(0, 64) : undefined;
-}
-
-async function linkIn(netns: string, ifname: string): Promise<boolean> {
-  try {
-    await ipJson(['link', 'show', 'dev', ifname], netns);
-    return true;
-  } catch {
-    return false;
-  }
 }
 
 /** weft's own failures in the spec's words: a wait is "try again later", a wrong value an invalid config. */

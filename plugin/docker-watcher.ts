@@ -261,7 +261,7 @@ export class DockerWatcher {
       subnet,
       { netns: `/proc/${c.State.Pid}/ns/net`, ifname: 'ethwe' },
       g,
-      gateway,
+      { gateway },
     );
     const list = this.attached().filter((a) => a.id !== c.Id);
     this.deps.writes.write(this.attachedPath, [

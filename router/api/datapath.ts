@@ -84,7 +84,7 @@ export function registerDatapathRoutes(
         await docker.attach(await docker.resolve(b.container), cidrs, b.subnet, hostname, b.groups, b.gateway),
       );
     }
-    const ep = await d.attach(b.container, cidrs, b.subnet, cni, b.groups, b.gateway);
+    const ep = await d.attach(b.container, cidrs, b.subnet, cni, b.groups, { gateway: b.gateway });
     if (hostname) for (const c of ep.cidrs) names.add(hostname, ep.container, c.split('/')[0]);
     return withWarning(ep);
   });

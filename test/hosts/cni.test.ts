@@ -197,6 +197,8 @@ describeAsRoot('CNI plugin', () => {
       code: 100,
       msg: expect.stringMatching(/already exists/),
     });
+    expect((await a.report<Report>()).ipam.owned.some((o) => o.ident === 'cni:dup')).toBe(false);
+    expect((await run('ip', ['-n', p1, 'link', 'show', 'other0'])).code).toBe(0); // theirs, left alone
     // Bad input, each with the spec's code and the config's own version.
     const p = `/var/run/netns/${p2}`;
     for (const node of [false, true]) {
