@@ -8,8 +8,8 @@
 import { readFileSync } from 'node:fs';
 import { execFileSync } from 'node:child_process';
 import { RouterUnreachable, callRouter } from './http.js';
+import { CNI_VERSIONS, cniVersionOf } from '../plugin/cni-versions.js';
 
-const SUPPORTED = ['0.3.0', '0.3.1', '0.4.0', '1.0.0', '1.1.0'];
 const DEFAULT_ROUTER = '127.0.0.1:6784';
 
 function readStdin(): string {
@@ -33,14 +33,13 @@ async function main(): Promise<number> {
     return 1;
   }
   const config = readStdin();
-  const v = configString(config, 'cniVersion');
-  const version = v && /^[0-9.]+$/.test(v) ? v : '1.1.0';
+  const version = cniVersionOf(config);
   const fail = (code: number, msg: string, details = ''): number => {
     process.stdout.write(JSON.stringify({ cniVersion: version, code, msg, details }) + '\n');
     return 1;
   };
   if (command === 'VERSION') {
-    process.stdout.write(JSON.stringify({ cniVersion: version, supportedVersions: SUPPORTED }) + '\n');
+    process.stdout.write(JSON.stringify({ cniVersion: version, supportedVersions: CNI_VERSIONS }) + '\n');
     return 0;
   }
   const router = configString(config, 'routerAddr') ?? DEFAULT_ROUTER;

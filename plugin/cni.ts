@@ -14,10 +14,9 @@ import type { NameService } from '../dns/table.js';
 import { WeftError } from '../lib/errors.js';
 import { GROUP_NAME, canonicalDnsName, checkIfName } from '../net/validate.js';
 import { ipJson } from '../net/command.js';
+import { CNI_VERSIONS, cniVersionOf } from './cni-versions.js';
 
 /** The spec versions weft speaks; results for 0.3.x and 0.4.0 carry each address's IP version. */
-const CNI_VERSIONS = ['0.3.0', '0.3.1', '0.4.0', '1.0.0', '1.1.0'];
-const LATEST = '1.1.0';
 
 /** The spec's well-known error codes (SPEC.md, "Error"); 100 and up are weft's own. */
 const CNI_CODES = {
@@ -219,19 +218,16 @@ export class CniService {
   constructor(private readonly deps: CniDeps) {}
 
   async handle(req: CniRequest): Promise<CniAnswer> {
-    let version = LATEST;
+    // An answer or error echoes the config's version when it has one, even if the rest is wrong.
+    let version = cniVersionOf(req.config);
     try {
-      if (req.command === 'VERSION') {
-        const v = /"cniVersion"\s*:\s*"([^"]{1,16})"/.exec(req.config)?.[1] ?? LATEST;
-        return { ok: true, output: JSON.stringify({ cniVersion: v, supportedVersions: CNI_VERSIONS }) };
-      }
+      if (req.command === 'VERSION')
+        return { ok: true, output: JSON.stringify({ cniVersion: version, supportedVersions: CNI_VERSIONS }) };
       if (!['ADD', 'DEL', 'CHECK', 'STATUS', 'GC'].includes(req.command))
         throw new CniError(
           CNI_CODES.invalidEnvironment,
           `unknown CNI_COMMAND "${req.command.slice(0, 32)}": ADD, DEL, CHECK, STATUS, GC or VERSION`,
         );
-      // An error echoes the config's version when it has one, even if the rest is wrong.
-      version = /"cniVersion"\s*:\s*"([0-9.]{1,16})"/.exec(req.config)?.[1] ?? LATEST;
       const conf = parseNetConf(req.config);
       version = conf.cniVersion;
       switch (req.command) {
