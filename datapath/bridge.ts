@@ -1,6 +1,8 @@
 // The `weft` Linux bridge: containers, the DNS address, the host and every
 // backend's port (datapath/backend.ts) are on it. Made at start, checked and
 // repaired when changed underneath, removed by reset.
+import { readFileSync, readlinkSync, existsSync } from 'node:fs';
+import { basename } from 'node:path';
 import { bridge, ip, ipJson, linkExists } from '../net/command.js';
 
 export const BRIDGE = 'weft';
@@ -36,8 +38,60 @@ export async function underlayMtu(): Promise<number> {
   return mtus.length > 0 ? Math.min(...mtus) : 1500;
 }
 
+/** A link as sysfs shows it: what the periodic checks compare. */
+export interface SysLink {
+  ifindex: number;
+  mtu: number;
+  address: string;
+  up: boolean;
+  isBridge: boolean;
+  master: string | null;
+  /** A bridge port's flags (null: not a port). */
+  port: { learning: boolean; neighSuppress: boolean; isolated: boolean } | null;
+}
+
+/**
+ * A link of this network namespace as /sys/class/net shows it, or null when there is none (or sysfs
+ * cannot say). No process: the 5 s checks read this and run `ip` only when something is not as it
+ * should be, where the `ip` check (authoritative) decides. The router's sysfs is its namespace's
+ * (`ip netns exec` and containers mount their own; the attach path relies on it too).
+ */
+export function sysLink(dev: string): SysLink | null {
+  if (!/^[\w.-]{1,15}$/.test(dev)) return null;
+  const dir = `/sys/class/net/${dev}`;
+  const read = (f: string) => readFileSync(`${dir}/${f}`, 'utf8').trim();
+  try {
+    let master: string | null = null;
+    try {
+      master = basename(readlinkSync(`${dir}/master`));
+    } catch {
+      /* not enslaved */
+    }
+    const port = existsSync(`${dir}/brport`)
+      ? {
+          learning: read('brport/learning') === '1',
+          neighSuppress: read('brport/neigh_suppress') === '1',
+          isolated: read('brport/isolated') === '1',
+        }
+      : null;
+    return {
+      ifindex: Number(read('ifindex')),
+      mtu: Number(read('mtu')),
+      address: read('address').toLowerCase(),
+      up: (Number.parseInt(read('flags'), 16) & 1) === 1,
+      isBridge: existsSync(`${dir}/bridge`),
+      master,
+      port,
+    };
+  } catch {
+    return null;
+  }
+}
+
 /** Makes sure the bridge exists, up, with our MAC and MTU; returns what it had to fix. */
 export async function ensureBridge(c: { mac: string; mtu: number }): Promise<string[]> {
+  const now = sysLink(BRIDGE);
+  if (now?.isBridge && now.up && now.mtu === c.mtu && now.address === c.mac.toLowerCase()) return [];
   const fixed: string[] = [];
   if (!(await linkExists(BRIDGE))) {
     await ip(['link', 'add', BRIDGE, 'type', 'bridge']);
@@ -68,6 +122,16 @@ export async function ensureBridge(c: { mac: string; mtu: number }): Promise<str
  * one overlay never leaves over another, so nothing loops). `what` names it in the list of repairs.
  */
 export async function ensurePort(dev: string, what: string, up: string[] = [dev]): Promise<string[]> {
+  const now = sysLink(dev);
+  if (
+    now?.master === BRIDGE &&
+    now.port &&
+    !now.port.learning &&
+    now.port.neighSuppress &&
+    now.port.isolated &&
+    up.every((d) => sysLink(d)?.up)
+  )
+    return [];
   const fixed: string[] = [];
   const port = (await ipJson<LinkInfo[]>(['-d', 'link', 'show', 'dev', dev]))[0];
   if (port.master !== BRIDGE) {

@@ -17,6 +17,7 @@
 // chain exists, and removes it again on reset.
 import { BRIDGE } from './bridge.js';
 import { nft } from '../net/command.js';
+import { type NftJson, nftObjects, nftReader } from '../net/nft-reader.js';
 import { GUARD_TABLE } from './port-guard.js';
 
 export const TABLE = 'weft';
@@ -136,35 +137,27 @@ export async function applyFirewall(s: FirewallState): Promise<void> {
 
 /** Why our tables are not there with the rules for this state (a flush or edit shows as a difference); null when they are. */
 export async function firewallDiffers(s: FirewallState, guard: string): Promise<string | null> {
-  let inet: string | null;
-  let bridge: string | null;
+  let listing: NftJson;
   try {
-    // Both tables in one process (nft -f cannot list); -t: without set and map elements (thousands,
-    // with security groups).
-    const all = await nft(['-t', 'list', 'ruleset']);
-    inet = tableText(all, 'inet', TABLE);
-    bridge = tableText(all, 'bridge', GUARD_TABLE);
+    listing = await nftReader.list('list ruleset');
   } catch (err) {
     return `cannot list the ruleset: ${(err as Error).message}`;
   }
-  if (inet === null) return `table inet ${TABLE} is missing`;
-  if (bridge === null) return `table bridge ${GUARD_TABLE} is missing`;
-  const comments = (text: string) => (text.match(/comment "[^"]+"/g) ?? []).length;
-  const [haveInet, wantInet] = [comments(inet), comments(ruleset(s))];
+  const exists = (family: string, name: string) =>
+    nftObjects<{ family: string; name: string }>(listing, 'table').some((t) => t.family === family && t.name === name);
+  if (!exists('inet', TABLE)) return `table inet ${TABLE} is missing`;
+  if (!exists('bridge', GUARD_TABLE)) return `table bridge ${GUARD_TABLE} is missing`;
+  // Every rule of ours carries a comment: a rule flushed, added or edited away shows in the count.
+  const have = (family: string, name: string) =>
+    nftObjects<{ comment?: string }>(listing, 'rule', family, name).filter((r) => r.comment).length;
+  const want = (text: string) => (text.match(/comment "[^"]+"/g) ?? []).length;
+  const [haveInet, wantInet] = [have('inet', TABLE), want(ruleset(s))];
   if (haveInet !== wantInet) return `table inet ${TABLE} has ${haveInet} of weft's rules where ${wantInet} belong`;
-  const [haveBridge, wantBridge] = [comments(bridge), comments(guard)];
+  const [haveBridge, wantBridge] = [have('bridge', GUARD_TABLE), want(guard)];
   if (haveBridge !== wantBridge)
     return `table bridge ${GUARD_TABLE} has ${haveBridge} of weft's rules where ${wantBridge} belong`;
   // A FORWARD chain that appeared later (Docker started after weft) needs our accept rule too.
   return (await forwardAcceptMissing()) ? "the host's ip filter FORWARD chain lacks weft's accept rule" : null;
-}
-
-/** One table's text out of a `nft list ruleset` listing (null when it is not there). */
-function tableText(listing: string, family: string, name: string): string | null {
-  const start = listing.indexOf(`table ${family} ${name} {\n`);
-  if (start < 0) return null;
-  const end = listing.indexOf('\n}', start);
-  return end < 0 ? null : listing.slice(start, end + 2);
 }
 
 /**
@@ -172,11 +165,13 @@ function tableText(listing: string, family: string, name: string): string | null
  * accept there: true when that chain exists without it.
  */
 async function forwardAcceptMissing(): Promise<boolean> {
+  let listing: NftJson;
   try {
-    return !(await nft(['list', 'chain', 'ip', 'filter', 'FORWARD'])).includes('weft-bridge');
+    listing = await nftReader.list('list chain ip filter FORWARD');
   } catch {
     return false; // no such chain: nothing can drop our traffic there
   }
+  return !nftObjects<{ comment?: string }>(listing, 'rule').some((r) => r.comment === 'weft-bridge');
 }
 
 async function ensureForwardAccept(): Promise<void> {

@@ -16,6 +16,7 @@ import type { Datapath } from '../datapath/datapath.js';
 export type PolicyHost = Pick<Datapath, 'endpoints' | 'guard' | 'refreshFirewall'>;
 import { readFile } from 'node:fs/promises';
 import { nft, sysctl } from '../net/command.js';
+import { nftObjects, nftReader } from '../net/nft-reader.js';
 import { TABLE } from '../datapath/firewall.js';
 import type { MeshView } from '../mesh/index.js';
 import { deleteFlow, listFlows } from './conntrack.js';
@@ -235,14 +236,14 @@ export class PolicyEngine {
     if (this.current && this.current.hooks.length > 0) {
       try {
         // -t: the rules and their counters, without the sets' elements.
-        const j = JSON.parse(await nft(['-t', '-j', 'list', 'table', 'inet', TABLE])) as {
-          nftables: { rule?: { comment?: string; expr?: { counter?: { packets: number } }[] } }[];
-        };
-        for (const item of j.nftables) {
-          const c = item.rule?.comment;
-          const m = c ? meaning.get(c) : undefined;
+        const listing = await nftReader.list(`list table inet ${TABLE}`);
+        for (const rule of nftObjects<{ comment?: string; expr?: { counter?: { packets: number } }[] }>(
+          listing,
+          'rule',
+        )) {
+          const m = rule.comment ? meaning.get(rule.comment) : undefined;
           if (!m) continue;
-          const packets = item.rule!.expr?.find((e) => e.counter)?.counter?.packets ?? 0;
+          const packets = rule.expr?.find((e) => e.counter)?.counter?.packets ?? 0;
           if (m.kind === 'rule') allowed.set(m.id, (allowed.get(m.id) ?? 0) + packets);
           else
             for (const g of m.groups.length > 0 ? m.groups : [`container:${m.id}`]) {

@@ -23,6 +23,7 @@ import { loadIdentity, newUid } from './identity.js';
 import { type Logger } from '../lib/logger.js';
 import type { RouterOptions } from './options.js';
 import { parseListen } from '../net/host-port.js';
+import { nftReader } from '../net/nft-reader.js';
 import { buildReport } from './report.js';
 import type { Report } from './contract.js';
 import { Allocator, IpamError } from '../ipam/allocator.js';
@@ -393,6 +394,7 @@ export class Router {
       this.maker.stop();
       this.ipam.stop();
       this.datapath?.stop();
+      nftReader.end();
       this.names.stop();
       this.dns?.close();
       this.mesh.stop();

@@ -6,7 +6,7 @@
 import type { MeshView, PeerName } from '../../mesh/index.js';
 import { ethtool, ip, ipJson, linkExists } from '../../net/command.js';
 import type { Backend, PathHealth, Programme } from '../backend.js';
-import { VNI, bridgeMac, ensurePort, type LinkInfo } from '../bridge.js';
+import { VNI, bridgeMac, ensurePort, sysLink, type LinkInfo } from '../bridge.js';
 import { VXLAN_DEV } from '../vxlan/fdb.js';
 import { FastdpHealth } from '../vxlan/health.js';
 import { desiredFlows } from './flows.js';
@@ -21,6 +21,8 @@ export class OvsBackend implements Backend {
   readonly port = OVS_VETH_BRIDGE_END;
   readonly switch: OvsSwitch;
   readonly heartbeats: FastdpHealth;
+  /** The bridge end's ifindex when plumb() last checked the pair with `ip`. */
+  private checkedIfindex: number | null = null;
 
   constructor(
     mesh: MeshView,
@@ -54,8 +56,17 @@ export class OvsBackend implements Backend {
    * "Open vSwitch works here in userspace").
    */
   async plumb(): Promise<string[]> {
-    const fixed: string[] = [];
     const mtu = this.config.mtu();
+    // As checked last time (no VXLAN device, the same veth, its MTU): no `ip` needed (see sysLink).
+    const end = sysLink(OVS_VETH_BRIDGE_END);
+    if (
+      !sysLink(VXLAN_DEV) &&
+      end?.ifindex === this.checkedIfindex &&
+      end.mtu === mtu &&
+      sysLink(OVS_VETH_OVS_END)?.mtu === mtu
+    )
+      return ensurePort(OVS_VETH_BRIDGE_END, 'OVS veth', [OVS_VETH_BRIDGE_END, OVS_VETH_OVS_END]);
+    const fixed: string[] = [];
     if (await linkExists(VXLAN_DEV)) {
       await ip(['link', 'del', VXLAN_DEV]);
       fixed.push('removed the VXLAN device (the OVS datapath replaces it)');
@@ -80,9 +91,10 @@ export class OvsBackend implements Backend {
         await ethtool(['-K', dev, 'tso', 'off', 'gso', 'off', 'gro', 'off', 'tx', 'off']);
       fixed.push('created the veth pair to OVS');
     }
-    const end = (await ipJson<LinkInfo[]>(['-d', 'link', 'show', 'dev', OVS_VETH_BRIDGE_END]))[0];
-    if (end.mtu !== mtu)
+    const shown = (await ipJson<LinkInfo[]>(['-d', 'link', 'show', 'dev', OVS_VETH_BRIDGE_END]))[0];
+    if (shown.mtu !== mtu)
       for (const dev of [OVS_VETH_BRIDGE_END, OVS_VETH_OVS_END]) await ip(['link', 'set', dev, 'mtu', String(mtu)]);
+    this.checkedIfindex = sysLink(OVS_VETH_BRIDGE_END)?.ifindex ?? null;
     return [...fixed, ...(await ensurePort(OVS_VETH_BRIDGE_END, 'OVS veth', [OVS_VETH_BRIDGE_END, OVS_VETH_OVS_END]))];
   }
 

@@ -20,7 +20,7 @@ import {
   type PeerName,
 } from '../../mesh/index.js';
 import { hostOf } from '../../net/host-port.js';
-import { ensurePort } from '../bridge.js';
+import { ensurePort, sysLink } from '../bridge.js';
 import type { Backend, PathHealth, Programme } from '../backend.js';
 import { ipBatch } from '../../net/command.js';
 import { FastPath, META, TapPort, UdpPort, nativeConstantsDiffer, type FastRoute } from '../../native/index.js';
@@ -156,6 +156,8 @@ export class Sleeve implements Gossiper, Backend {
   private dests = new Set<PeerName>();
   /** The native fast path and whether its tables need making again. */
   private fast: FastPath | null = null;
+  /** The TAP's ifindex when plumb() last set its MTU and GSO size. */
+  private tapIfindex: number | null = null;
   private fastStale = false;
   readonly stats = {
     framesOut: 0,
@@ -248,8 +250,13 @@ export class Sleeve implements Gossiper, Backend {
 
   /** The TAP as an isolated, non-learning, ARP-suppressing port of the bridge. Also used to repair. */
   async plumb(): Promise<string[]> {
-    // Super-frames a little under 64 KB fit one datagram with our headers.
-    await ipBatch([`link set ${SLEEVE_TAP} mtu ${this.config.mtu()} gso_max_size 65000`]);
+    // Super-frames a little under 64 KB fit one datagram with our headers. gso_max_size is not in
+    // sysfs: set once per TAP (its ifindex), and again when the MTU is not ours.
+    const tap = sysLink(SLEEVE_TAP);
+    if (!tap || tap.ifindex !== this.tapIfindex || tap.mtu !== this.config.mtu()) {
+      await ipBatch([`link set ${SLEEVE_TAP} mtu ${this.config.mtu()} gso_max_size 65000`]);
+      this.tapIfindex = sysLink(SLEEVE_TAP)?.ifindex ?? null;
+    }
     return ensurePort(SLEEVE_TAP, 'sleeve TAP');
   }
 

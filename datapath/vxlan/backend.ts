@@ -5,7 +5,7 @@
 import type { MeshView, PeerName } from '../../mesh/index.js';
 import { ip, ipJson, linkExists } from '../../net/command.js';
 import type { Backend, PathHealth, Programme } from '../backend.js';
-import { VNI, ensurePort, type LinkInfo } from '../bridge.js';
+import { VNI, ensurePort, sysLink, type LinkInfo } from '../bridge.js';
 import { FLOOD_MAC, VXLAN_DEV, programFdb, readFdb, type FdbEntry } from './fdb.js';
 import { FastdpHealth } from './health.js';
 
@@ -13,6 +13,8 @@ export class VxlanBackend implements Backend {
   readonly kind = 'vxlan';
   readonly port = VXLAN_DEV;
   readonly heartbeats: FastdpHealth;
+  /** The device's ifindex when plumb() last checked its settings with `ip`. */
+  private checkedIfindex: number | null = null;
 
   constructor(
     mesh: MeshView,
@@ -32,6 +34,11 @@ export class VxlanBackend implements Backend {
 
   /** The device, made again when its settings differ, as a port of the bridge. */
   async plumb(): Promise<string[]> {
+    // Its VNI and port are not in sysfs, and cannot change but by making the device again (a new
+    // ifindex): the one checked last time, with the right MTU, needs no `ip`.
+    const now = sysLink(VXLAN_DEV);
+    if (now && now.ifindex === this.checkedIfindex && now.mtu === this.config.mtu())
+      return ensurePort(VXLAN_DEV, 'VXLAN device');
     const fixed: string[] = [];
     let vx = (await linkExists(VXLAN_DEV))
       ? (await ipJson<LinkInfo[]>(['-d', 'link', 'show', 'dev', VXLAN_DEV]))[0]
@@ -64,6 +71,7 @@ export class VxlanBackend implements Backend {
       vx = (await ipJson<LinkInfo[]>(['-d', 'link', 'show', 'dev', VXLAN_DEV]))[0];
     }
     if (vx.mtu !== this.config.mtu()) await ip(['link', 'set', VXLAN_DEV, 'mtu', String(this.config.mtu())]);
+    this.checkedIfindex = sysLink(VXLAN_DEV)?.ifindex ?? null;
     return [...fixed, ...(await ensurePort(VXLAN_DEV, 'VXLAN device'))];
   }
 

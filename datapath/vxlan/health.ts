@@ -18,6 +18,7 @@ import {
 import { VNI, bridgeMac } from '../bridge.js';
 import { VXLAN_DEV } from './fdb.js';
 import { nft } from '../../net/command.js';
+import { nftObjects, nftReader } from '../../net/nft-reader.js';
 
 const HEARTBEAT_ETHERTYPE = 0x88b5;
 const TABLE = 'weft_hb';
@@ -150,14 +151,9 @@ export class FastdpHealth implements Gossiper {
       this.tableFor = wanted;
       this.counts.clear();
     }
-    const out = await nft(['-j', 'list', 'table', 'netdev', TABLE]);
-    const items = (
-      JSON.parse(out) as { nftables: { rule?: { comment?: string; expr: { counter?: { packets: number } }[] } }[] }
-    ).nftables;
-    for (const it of items) {
-      const r = it.rule;
-      if (!r?.comment) continue;
-      this.counted(r.comment, r.expr.find((e) => e.counter)?.counter?.packets ?? 0);
+    const listing = await nftReader.list(`list table netdev ${TABLE}`);
+    for (const r of nftObjects<{ comment?: string; expr: { counter?: { packets: number } }[] }>(listing, 'rule')) {
+      if (r.comment) this.counted(r.comment, r.expr.find((e) => e.counter)?.counter?.packets ?? 0);
     }
   }
 

@@ -204,6 +204,25 @@ describeAsRoot('fastdp across namespace hosts', () => {
       await eventually('repaired and forwarding again', async () => (await echo(c1, ip2, 7400)) === 5, 20_000, 500);
       const link = await a.exec('ip', ['-json', 'link', 'show', 'weft']);
       expect(JSON.parse(link.stdout)[0].mtu).toBe((await a.report<Report>()).datapath!.mtu);
+      // Subtler changes, which the 5 s check sees in sysfs without running ip: a port's flags, a port
+      // off the bridge, the bridge's MAC, the VXLAN device's MTU.
+      const mac = (await a.exec('cat', ['/sys/class/net/weft/address'])).stdout.trim();
+      await a.exec('bridge', ['link', 'set', 'dev', 'weft-sleeve', 'learning', 'on']);
+      await a.exec('ip', ['link', 'set', 'vxlan-weft', 'nomaster']);
+      await a.exec('ip', ['link', 'set', 'weft', 'address', '02:00:00:00:00:01']);
+      await a.exec('ip', ['link', 'set', 'weft-sleeve', 'mtu', '1280']);
+      const sys = async (f: string) => (await a.exec('cat', [`/sys/class/net/${f}`])).stdout.trim();
+      await eventually(
+        'each put back',
+        async () =>
+          (await sys('weft-sleeve/brport/learning')) === '0' &&
+          (await sys('weft-sleeve/mtu')) !== '1280' &&
+          (await a.exec('readlink', ['/sys/class/net/vxlan-weft/master'])).stdout.trim().endsWith('/weft') &&
+          (await sys('weft/address')) === mac,
+        20_000,
+        500,
+      );
+      await eventually('forwarding again', async () => (await echo(c1, ip2, 7400)) === 5, 20_000, 500);
     } finally {
       server.stop();
     }

@@ -24,7 +24,17 @@ it('a damaged IPAM store stops the router from starting, saying what to do, and 
     const r = await Router.start(opts, silentLogger);
     await r.ipam.allocate('before');
     await r.stop();
-    // Overwrite lmdb's meta pages: opening this in the router's own process would abort it.
+    // A clean stop marks the store as checked, so the next start skips the check; a start takes the
+    // mark away (a crash while running means a check next time).
+    const mark = join(dataDir, 'ipam', 'clean-stop');
+    expect(existsSync(mark)).toBe(true);
+    const clean = await Router.start(opts, silentLogger);
+    expect(existsSync(mark)).toBe(false);
+    expect(clean.ipam.lookup('before')).toHaveLength(1);
+    await clean.stop();
+    expect(existsSync(mark)).toBe(true);
+    // Overwrite lmdb's meta pages after the clean stop: opening this in the router's own process would
+    // abort it, and the mark no longer matches the file.
     const file = join(dataDir, 'ipam', 'data.mdb');
     const fd = openSync(file, 'r+');
     writeSync(fd, Buffer.alloc(8192, 0xab), 0, 8192, 0);

@@ -1,0 +1,84 @@
+// The long-lived nft reader's protocol, against a stand-in for `nft -j -t -i` (no root needed): answers
+// in order, errors, a hung or dead nft, and a new process after one.
+import { chmodSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import { NftReader, nftObjects } from '../../../net/nft-reader.js';
+
+const dir = mkdtempSync(join(tmpdir(), 'weft-nft-'));
+const fake = join(dir, 'nft');
+// Answers `list table T` with one JSON line naming T and its process id; `list table missing` with
+// nft's error; `list table hang` never; `list table die` by exiting. Checks it was started -j -t -i.
+writeFileSync(
+  fake,
+  `#!/bin/sh
+[ "$*" = "-j -t -i" ] || { echo "Error: started as $*" >&2; exit 2; }
+while read -r cmd; do
+  case "$cmd" in
+    "list table missing") printf 'Error: No such file or directory\\nlist table missing\\n           ^^^^^^^\\n' >&2 ;;
+    "list table hang") sleep 30 ;;
+    "list table die") exit 3 ;;
+    "list table "*) printf '{"nftables": [{"table": {"family": "inet", "name": "%s", "pid": %s}}, {"rule": {"family": "inet", "table": "%s", "comment": "c"}}]}\\n' "\${cmd#list table }" $$ "\${cmd#list table }" ;;
+  esac
+done
+`,
+);
+chmodSync(fake, 0o755);
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+const pidOf = (j: { nftables: Record<string, unknown>[] }) => nftObjects<{ pid: number }>(j, 'table')[0].pid;
+
+describe('NftReader', () => {
+  it('answers many reads, in order, from one process', async () => {
+    const r = new NftReader(2000, [fake]);
+    try {
+      const answers = await Promise.all(['a', 'b', 'c', 'd'].map((t) => r.list(`list table ${t}`)));
+      expect(answers.map((j) => nftObjects<{ name: string }>(j, 'table')[0].name)).toEqual(['a', 'b', 'c', 'd']);
+      expect(new Set(answers.map(pidOf)).size).toBe(1);
+      expect(nftObjects(answers[0], 'rule', 'inet', 'a')).toHaveLength(1);
+      expect(nftObjects(answers[0], 'rule', 'inet', 'b')).toHaveLength(0);
+    } finally {
+      r.end();
+    }
+  });
+
+  it("an error fails that read only, with nft's message; the process carries on", async () => {
+    const r = new NftReader(2000, [fake]);
+    try {
+      const first = await r.list('list table a');
+      await expect(r.list('list table missing')).rejects.toThrow(/list table missing: No such file or directory/);
+      const after = await r.list('list table b');
+      expect(pidOf(after)).toBe(pidOf(first));
+    } finally {
+      r.end();
+    }
+  });
+
+  it('a hung nft fails the read after the timeout, a dead one at once; the next read starts a new process', async () => {
+    const r = new NftReader(300, [fake]);
+    try {
+      const first = await r.list('list table a');
+      await expect(r.list('list table hang')).rejects.toThrow(/no answer in 0.3 s/);
+      const second = await r.list('list table a');
+      expect(pidOf(second)).not.toBe(pidOf(first));
+      await expect(r.list('list table die')).rejects.toThrow(/nft ended \(exit code 3\)/);
+      expect(pidOf(await r.list('list table a'))).not.toBe(pidOf(second));
+    } finally {
+      r.end();
+    }
+  });
+
+  it('refuses anything but a list command (nothing else reaches nft)', async () => {
+    const r = new NftReader(300, [fake]);
+    await expect(r.list('flush ruleset')).rejects.toThrow(/not an nft list command/);
+    await expect(r.list('list table a\nflush ruleset')).rejects.toThrow(/not an nft list command/);
+    r.end();
+  });
+
+  it('a missing nft says which package has it', async () => {
+    const r = new NftReader(300, [join(dir, 'no-such-nft')]);
+    await expect(r.list('list ruleset')).rejects.toThrow(/install nftables/);
+    r.end();
+  });
+});
