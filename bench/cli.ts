@@ -3,7 +3,7 @@
 // ROUNDS rounds. Prints medians, the CLI's time over Node's own, and peak memory;
 // also `weft status --json` (the commander path, which renders the report itself).
 //
-//   npm run build && node dist/bench/cli.js [--rounds 30] [--node PATH] [--cli OTHER/dist/cli/weft.js]
+//   npm run build && node dist/bench/cli.js [--rounds 30] [--node PATH] [--cli OTHER/dist/cli/weft.cjs]
 //
 // The environment is kept as it is, apart from NODE_EXTRA_CA_CERTS: Node 20 reads that
 // bundle at every start (40 ms on this machine), and it says nothing about weft. Pass
@@ -15,7 +15,7 @@ import { numberArg, stringArg } from './args.js';
 const ROUNDS = numberArg('rounds', 30);
 const NODE = stringArg('node', process.execPath);
 const KEEP_CA_ENV = process.argv.includes('--keep-ca-env');
-/** The CLI to measure (another checkout's dist/cli/weft.js, to compare). */
+/** The CLI to measure (another checkout's dist/cli/weft.cjs, to compare). */
 const CLI = stringArg('cli', WEFT_CLI);
 
 interface Sample {

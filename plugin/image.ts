@@ -121,7 +121,7 @@ function fillRootfs(root: string, project: string, node: string): void {
   // The CLI, for `docker exec weft weft status` and the Kubernetes init step (`weft setup-cni`).
   writeFileSync(
     join(root, 'usr', 'local', 'bin', 'weft'),
-    '#!/bin/sh\nexec /usr/local/bin/node /weft/dist/cli/weft.js "$@"\n',
+    '#!/bin/sh\nexec /usr/local/bin/node /weft/dist/cli/weft.cjs "$@"\n',
     { mode: 0o755 },
   );
   chmodSync(join(root, 'tmp'), 0o1777);

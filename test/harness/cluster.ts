@@ -10,7 +10,7 @@ import { must, run, type ExecResult } from './exec.js';
 import { projectRoot } from '../../lib/project-root.js';
 import { HostOvs } from './ovs.js';
 
-export const WEFT_CLI = join(projectRoot(), 'dist', 'cli', 'weft.js');
+export const WEFT_CLI = join(projectRoot(), 'dist', 'cli', 'weft.cjs');
 
 export function runPrefix(runId = process.env.WEFT_TEST_RUN ?? 'solo'): string {
   return `wt${runId}`;

@@ -1,6 +1,7 @@
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { pathToFileURL } from 'node:url';
 import { afterAll, describe, expect, it } from 'vitest';
 import { projectRoot } from '../../../lib/project-root.js';
 import { silentLogger } from '../../../lib/logger.js';
@@ -110,7 +111,7 @@ describe('weft status against a router', () => {
       ['--import', join(projectRoot(), 'test', 'harness', 'record-imports.mjs'), WEFT_CLI, ...args],
       { env: { ...process.env, WEFT_DATA_DIR: dataDir, WEFT_RECORD_IMPORTS: record } },
     );
-    return { ...r, imports: readFileSync(record, 'utf8').trim().split('\n') };
+    return { ...r, imports: [...new Set(readFileSync(record, 'utf8').trim().split('\n'))] };
   }
 
   it("prints the router's status without loading the daemon (fastify, lmdb, the addon); plain status, attach and detach not even commander", async () => {
@@ -127,7 +128,16 @@ describe('weft status against a router', () => {
       const daemon = /node_modules\/(fastify|lmdb|pino|prom-client)\/|\/native\/|\/router\/(router|api|main)/;
       expect(plain.imports.filter((u) => daemon.test(u))).toEqual([]);
       expect(plain.imports.filter((u) => u.includes('node_modules/commander'))).toEqual([]);
-      expect(plain.imports.some((u) => u.endsWith('/cli/quick.js'))).toBe(true);
+      // The short way is in the bundled entry itself: nothing of weft but that one file is loaded.
+      expect(plain.imports.filter((u) => u.includes('/dist/'))).toEqual([pathToFileURL(WEFT_CLI).href]);
+      // The same code as tsc wrote it (ES modules, unbundled) says the same.
+      const unbundled = await run(process.execPath, [
+        WEFT_CLI.replace(/weft\.cjs$/, 'weft.js'),
+        'status',
+        '--http-addr',
+        api,
+      ]);
+      expect(unbundled.stdout).toBe(served);
 
       // attach and detach of one container go the short way too, and say what the router said.
       for (const cmd of ['attach', 'detach']) {
@@ -143,6 +153,7 @@ describe('weft status against a router', () => {
       expect((JSON.parse(json.stdout) as { nickname?: string; name: string }).name).toBe(router.mesh.name);
       expect(json.imports.filter((u) => daemon.test(u))).toEqual([]);
       expect(json.imports.some((u) => u.includes('node_modules/commander'))).toBe(true);
+      expect(json.imports.some((u) => u.endsWith('/dist/cli/commands.js'))).toBe(true);
     } finally {
       await router.stop();
       rmSync(dir, { recursive: true, force: true });

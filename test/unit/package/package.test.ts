@@ -38,8 +38,10 @@ const bin = (name: string) => join(prefix, 'bin', name);
 
 describe('npm pack + npm install -g', () => {
   it('packs the compiled CLI, router and plugin sources, and no tests', () => {
-    expect(packed).toContain('dist/cli/weft.js');
+    expect(packed).toContain('dist/cli/weft.cjs'); // the bundled entry (cli/bundle.ts)
+    expect(packed).toContain('dist/cli/commands.js');
     expect(packed).toContain('dist/router/main.js');
+    expect(packed.filter((p) => p.startsWith('dist/cli/bundle.js'))).toEqual([]); // a build step, not shipped
     expect(packed).toContain('native/weft-cni.c');
     expect(packed).toContain('examples/cni/10-weft.conflist');
     expect(packed.filter((p) => p.startsWith('dist/test/') || p.startsWith('test/'))).toEqual([]);
