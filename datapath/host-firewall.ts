@@ -56,12 +56,20 @@ export class HostFirewall {
     try {
       const state = this.state();
       const bindings = this.config.bindings();
-      const why = force ? null : await firewallDiffers(state, guardRuleset(bindings));
+      let why = force ? null : await firewallDiffers(state, guardRuleset(bindings));
+      // A container attached while the tables were listed shows as a difference for a moment (its
+      // port's rules are there and not yet in the bindings, or the other way round): only what is
+      // still different a moment later is repaired, so an attach under way is not undone.
+      if (why !== null) {
+        await new Promise((r) => setTimeout(r, 250));
+        why = await firewallDiffers(this.state(), guardRuleset(this.config.bindings()));
+      }
       if (!force && why === null) return;
-      await applyFirewall(state);
-      this.underlayWritten = state.underlay;
+      const now = this.state();
+      await applyFirewall(now);
+      this.underlayWritten = now.underlay;
       this.guard.invalidate();
-      await this.guard.sync(bindings);
+      await this.guard.sync(this.config.bindings());
       this.config.part?.written();
       if (!force) {
         this.config.repaired();

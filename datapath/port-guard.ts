@@ -134,12 +134,12 @@ export class PortGuard {
       if (!this.written) throw new Error('table not written yet');
       await this.run(text);
       this.written.set(b.port, keyOf(b));
-    } catch {
+    } catch (err) {
       // No table yet (or not the one we thought): the next sync writes it whole; until then this port
       // stays unbound, which drops its frames, so attach reports the failure.
       this.written = null;
       throw new Error(
-        `cannot bind port ${b.port} to ${b.mac} ${b.addrs.join(' ')}: the bridge guard table is not in place (${this.lastError ?? 'not written yet'})`,
+        `cannot bind port ${b.port} to ${b.mac} ${b.addrs.join(' ')}: the bridge guard table is not in place (${this.lastError ?? (err as Error).message})`,
       );
     }
   }

@@ -63,23 +63,28 @@ if (r.status === 0) {
   console.warn(`weft: the native addon did not build, so the router will run without the sleeve datapath.\n${why}`);
 }
 
-// The CNI plugin binary (native/weft-cni.c): plain C, static so it runs on hosts with no Node (a
-// Kubernetes node, the router image's init step). Without the static C library it links
-// dynamically; without a compiler, `weft setup-cni` installs the Node plugin instead.
-const cni = join(here, 'build', 'weft-cni');
-mkdirSync(dirname(cni), { recursive: true });
+// The C programs: static where the C library allows (they run on hosts with no Node: a Kubernetes
+// node, the router image's init step), else dynamically linked.
 const cc = process.env.CC || 'cc';
-const source = join(here, 'weft-cni.c');
-let built = null;
-for (const link of [['-static'], []]) {
-  const c = spawnSync(cc, ['-O2', '-Wall', '-s', ...link, '-o', cni, source], { encoding: 'utf8' });
-  if (c.status === 0) {
-    built = link.length > 0 ? 'static' : 'dynamically linked';
-    break;
+function buildC(name) {
+  const out = join(here, 'build', name);
+  mkdirSync(dirname(out), { recursive: true });
+  for (const link of [['-static'], []]) {
+    const c = spawnSync(cc, ['-O2', '-Wall', '-s', ...link, '-o', out, join(here, `${name}.c`)], { encoding: 'utf8' });
+    if (c.status === 0) return link.length > 0 ? 'static' : 'dynamically linked';
+    if (c.error) break;
   }
-  built = null;
-  if (c.error) break;
+  rmSync(out, { force: true });
+  return null;
 }
-if (built) console.log(`weft: CNI plugin built (native/build/weft-cni, ${built})`);
+
+// The CNI plugin binary (native/weft-cni.c); without it `weft setup-cni` installs the Node plugin.
+const cni = buildC('weft-cni');
+if (cni) console.log(`weft: CNI plugin built (native/build/weft-cni, ${cni})`);
 else
   console.warn(`weft: the CNI plugin binary did not build (${cc} failed): weft setup-cni will install the Node plugin`);
+
+// The command helper (native/weft-exec.c); without it the router starts each command itself (slower).
+const helper = buildC('weft-exec');
+if (helper) console.log(`weft: command helper built (native/build/weft-exec, ${helper})`);
+else console.warn(`weft: the command helper did not build (${cc} failed): the router starts its commands itself`);

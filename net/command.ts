@@ -3,10 +3,12 @@
 // `-json` to read state back), nft, conntrack, ethtool, and nsenter to do any
 // of it inside a container's network namespace. Runs in the router's own
 // namespace unless told to enter another. A missing tool says which Debian
-// package has it.
+// package has it. Commands go through the command helper (net/exec-helper.ts,
+// native/weft-exec.c) when it is built: the router is then not forked for each.
 import { execFile, spawn } from 'node:child_process';
 import { writeFile } from 'node:fs/promises';
 import { createInterface } from 'node:readline';
+import { type ExecHelper, execHelper } from './exec-helper.js';
 
 export class CommandError extends Error {
   constructor(
@@ -45,14 +47,55 @@ function runBoth(
   input?: string,
   timeoutMs = 20_000,
 ): Promise<{ stdout: string; stderr: string }> {
+  const helper = execHelper();
+  return helper ? viaHelper(helper, cmd, args, input, timeoutMs) : started(cmd, args, input, timeoutMs);
+}
+
+/** The tool a command line runs (nsenter's command, not nsenter), for messages. */
+function toolOf(cmd: string, args: string[]): string {
+  return cmd === 'nsenter' ? (args.find((a) => !a.startsWith('--')) ?? cmd) : cmd;
+}
+
+/** nsenter ran, but not the tool it was to run: that one is missing. */
+function nsenterMissed(cmd: string, stderr: string): boolean {
+  return cmd === 'nsenter' && /No such file or directory/.test(stderr) && /exec/.test(stderr);
+}
+
+async function viaHelper(
+  helper: ExecHelper,
+  cmd: string,
+  args: string[],
+  input: string | undefined,
+  timeoutMs: number,
+): Promise<{ stdout: string; stderr: string }> {
+  const r = await helper.run([cmd, ...args], input, timeoutMs);
+  const [stdout, stderr] = [r.stdout.toString(), r.stderr.toString()];
+  if (r.spawnErrno === 2 /* ENOENT */) throw notFound(cmd);
+  if (r.code === 0) return { stdout, stderr };
+  if (nsenterMissed(cmd, stderr)) throw notFound(toolOf(cmd, args));
+  const why =
+    r.spawnErrno !== null
+      ? `could not start it (errno ${r.spawnErrno})`
+      : r.overflow
+        ? 'its output passed 64 MiB'
+        : r.signal !== null
+          ? `killed (signal ${r.signal})${r.signal === 9 ? `, perhaps after ${timeoutMs / 1000} s` : ''}`
+          : `exit code ${r.code}`;
+  throw new CommandError(`${toolOf(cmd, args)} ${args.join(' ')}: ${stderr.trim() || why}`, r.code, stderr);
+}
+
+/** A command started from this process (no helper). */
+function started(
+  cmd: string,
+  args: string[],
+  input: string | undefined,
+  timeoutMs: number,
+): Promise<{ stdout: string; stderr: string }> {
   return new Promise((resolve, reject) => {
     const child = execFile(cmd, args, { timeout: timeoutMs, maxBuffer: 64 * 1024 * 1024 }, (err, stdout, stderr) => {
       const e = err as (NodeJS.ErrnoException & { code?: unknown }) | null;
-      const tool = cmd === 'nsenter' ? (args.find((a) => !a.startsWith('--')) ?? cmd) : cmd;
-      if (
-        e?.code === 'ENOENT' ||
-        (cmd === 'nsenter' && /No such file or directory/.test(String(stderr)) && /exec/.test(String(stderr)))
-      )
+      const tool = toolOf(cmd, args);
+      if (e?.code === 'ENOENT' || nsenterMissed(cmd, String(stderr)))
         reject(notFound(e?.code === 'ENOENT' ? cmd : tool));
       else if (e)
         reject(

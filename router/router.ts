@@ -24,6 +24,7 @@ import { type Logger } from '../lib/logger.js';
 import type { RouterOptions } from './options.js';
 import { parseListen } from '../net/host-port.js';
 import { nftReader } from '../net/nft-reader.js';
+import { execHelper } from '../net/exec-helper.js';
 import { buildReport } from './report.js';
 import type { Report } from './contract.js';
 import { Allocator, IpamError } from '../ipam/allocator.js';
@@ -395,6 +396,7 @@ export class Router {
       this.ipam.stop();
       this.datapath?.stop();
       nftReader.end();
+      execHelper()?.end();
       this.names.stop();
       this.dns?.close();
       this.mesh.stop();

@@ -1,0 +1,164 @@
+// The router's commands through native/weft-exec (see its header): one small
+// long-lived process that starts each command with posix_spawn, so the router
+// is not forked for every `ip` or `nft` (about 8 ms of its CPU each, and most
+// of an attach). One request at a time, in order; the helper is started at the
+// first command and again after it dies. Without the binary (not built) the
+// caller starts commands itself, as before.
+import { type ChildProcessWithoutNullStreams, spawn } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
+import { projectRoot } from '../lib/project-root.js';
+
+export interface HelperResult {
+  /** Exit code, or null when killed. */
+  code: number | null;
+  signal: number | null;
+  /** errno when the command could not be started (ENOENT: not found). */
+  spawnErrno: number | null;
+  /** Its output passed the helper's limit (64 MiB) and it was killed. */
+  overflow: boolean;
+  stdout: Buffer;
+  stderr: Buffer;
+}
+
+interface Pending {
+  resolve: (r: HelperResult) => void;
+  reject: (e: Error) => void;
+  /** The helper kills a command at its timeout; this catches a helper that does not answer. */
+  timer: NodeJS.Timeout;
+}
+
+export class ExecHelper {
+  private child: ChildProcessWithoutNullStreams | null = null;
+  private readonly waiting = new Map<number, Pending>();
+  private nextId = 1;
+  private buffered: Buffer[] = [];
+  private bufferedLen = 0;
+
+  constructor(private readonly path: string) {}
+
+  /** Runs argv (argv[0] looked up in PATH) with `input` on its standard input. */
+  run(argv: string[], input: string | undefined, timeoutMs: number): Promise<HelperResult> {
+    const id = this.nextId;
+    this.nextId = id >= 0xffffffff ? 1 : id + 1;
+    const strings = Buffer.from(argv.map((a) => `${a}\0`).join(''));
+    const data = Buffer.from(input ?? '');
+    const frame = Buffer.alloc(20 + strings.length + data.length);
+    frame.writeUInt32LE(16 + strings.length + data.length, 0);
+    frame.writeUInt32LE(id, 4);
+    frame.writeUInt32LE(Math.max(1, Math.min(timeoutMs, 2 ** 31)), 8);
+    frame.writeUInt32LE(argv.length, 12);
+    frame.writeUInt32LE(data.length, 16);
+    strings.copy(frame, 20);
+    data.copy(frame, 20 + strings.length);
+    return new Promise((resolve, reject) => {
+      if (argv.length === 0 || argv.some((a) => a.includes('\0')))
+        return reject(new Error('a command line with no command or a NUL byte'));
+      // Referenced: it keeps the process alive until the answer comes.
+      const timer = setTimeout(() => this.fail(new Error('the command helper did not answer')), timeoutMs + 5000);
+      this.waiting.set(id, { resolve, reject, timer });
+      try {
+        this.process().stdin.write(frame);
+      } catch (err) {
+        clearTimeout(timer);
+        this.waiting.delete(id);
+        reject(err as Error);
+      }
+    });
+  }
+
+  /** Ends the helper; what waits fails (the next command starts another). */
+  end(): void {
+    this.fail(new Error('the command helper ended'));
+  }
+
+  private process(): ChildProcessWithoutNullStreams {
+    if (this.child) return this.child;
+    const child = spawn(this.path, [], { stdio: ['pipe', 'pipe', 'pipe'] });
+    this.child = child;
+    this.buffered = [];
+    this.bufferedLen = 0;
+    child.stdout.on('data', (d: Buffer) => {
+      if (this.child === child) this.onData(d);
+    });
+    child.stderr.resume();
+    const gone = (why: string) => {
+      if (this.child === child) this.fail(new Error(`the command helper ${why}`));
+    };
+    child.on('error', (e) => gone(`could not run: ${e.message}`));
+    child.on('exit', (code, signal) => gone(`ended (${signal ?? `exit code ${code}`})`));
+    child.stdin.on('error', () => undefined); // reported by 'exit'
+    // Never keeps the router alive; ends with its standard input when the router does.
+    child.unref();
+    for (const s of [child.stdin, child.stdout, child.stderr]) (s as unknown as { unref?: () => void }).unref?.();
+    return child;
+  }
+
+  private onData(d: Buffer): void {
+    this.buffered.push(d);
+    this.bufferedLen += d.length;
+    // Joined only once a whole answer is there (an answer may be megabytes in many chunks).
+    for (;;) {
+      if (this.bufferedLen < 4) return;
+      if (this.buffered[0].length < 4) this.buffered = [Buffer.concat(this.buffered, this.bufferedLen)];
+      const need = 4 + this.buffered[0].readUInt32LE(0);
+      if (this.bufferedLen < need) return;
+      const all = this.buffered.length === 1 ? this.buffered[0] : Buffer.concat(this.buffered, this.bufferedLen);
+      const rest = all.subarray(need);
+      this.buffered = rest.length > 0 ? [rest] : [];
+      this.bufferedLen = rest.length;
+      this.answer(all.subarray(0, need));
+    }
+  }
+
+  private answer(a: Buffer): void {
+    const id = a.readUInt32LE(4);
+    const status = a.readUInt32LE(8);
+    const outLen = a.readUInt32LE(12);
+    const errLen = a.readUInt32LE(16);
+    const p = this.waiting.get(id);
+    if (!p) return;
+    this.waiting.delete(id);
+    clearTimeout(p.timer);
+    p.resolve({
+      code: status < 256 ? status : null,
+      signal: status >= 1000 && status < 2000 ? status - 1000 : null,
+      spawnErrno: status >= 2000 && status < 3000 ? status - 2000 : null,
+      overflow: status === 3000,
+      stdout: Buffer.from(a.subarray(20, 20 + outLen)),
+      stderr: Buffer.from(a.subarray(20 + outLen, 20 + outLen + errLen)),
+    });
+  }
+
+  private fail(err: Error): void {
+    const child = this.child;
+    this.child = null;
+    if (child) {
+      child.stdin.destroy();
+      child.kill('SIGKILL');
+    }
+    for (const p of this.waiting.values()) {
+      clearTimeout(p.timer);
+      p.reject(err);
+    }
+    this.waiting.clear();
+  }
+}
+
+/** The binary native/build.mjs makes (null: not built; WEFT_EXEC_HELPER=off: not wanted). */
+function helperPath(): string | null {
+  if (process.env.WEFT_EXEC_HELPER === 'off') return null;
+  const path = join(projectRoot(), 'native', 'build', 'weft-exec');
+  return existsSync(path) ? path : null;
+}
+
+let shared: ExecHelper | null | undefined;
+
+/** The process's helper, or null when there is none (commands are then started directly). */
+export function execHelper(): ExecHelper | null {
+  if (shared === undefined) {
+    const path = helperPath();
+    shared = path ? new ExecHelper(path) : null;
+  }
+  return shared;
+}

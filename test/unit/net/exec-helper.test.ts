@@ -1,0 +1,72 @@
+// The command helper (native/weft-exec) as the router uses it: output, errors and exit codes as a
+// directly started command gives them, input of any size, answers in order, a command that hangs,
+// a helper that dies. No root needed.
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { ExecHelper } from '../../../net/exec-helper.js';
+import { projectRoot } from '../../../lib/project-root.js';
+
+const path = join(projectRoot(), 'native', 'build', 'weft-exec');
+
+describe('the command helper', () => {
+  it('is built with the package (a C compiler is part of the build)', () => {
+    expect(existsSync(path)).toBe(true);
+  });
+
+  it('gives stdout, stderr and the exit code; the input reaches the command whole', async () => {
+    const h = new ExecHelper(path);
+    try {
+      const ok = await h.run(['sh', '-c', 'cat; echo to-stderr >&2'], 'hello\n', 5000);
+      expect([ok.code, ok.stdout.toString(), ok.stderr.toString()]).toEqual([0, 'hello\n', 'to-stderr\n']);
+      const fail = await h.run(['sh', '-c', 'echo why >&2; exit 3'], undefined, 5000);
+      expect([fail.code, fail.stderr.toString()]).toEqual([3, 'why\n']);
+      // Larger than a pipe's buffer both ways (the helper writes and reads at once).
+      const big = 'x'.repeat(3 << 20);
+      const echoed = await h.run(['cat'], big, 10_000);
+      expect(echoed.stdout.length).toBe(big.length);
+      expect(echoed.stdout.toString() === big).toBe(true);
+    } finally {
+      h.end();
+    }
+  });
+
+  it('many requests at once are answered each with its own result', async () => {
+    const h = new ExecHelper(path);
+    try {
+      const rs = await Promise.all(Array.from({ length: 50 }, (_, i) => h.run(['echo', String(i)], undefined, 5000)));
+      expect(rs.map((r) => r.stdout.toString().trim())).toEqual(Array.from({ length: 50 }, (_, i) => String(i)));
+    } finally {
+      h.end();
+    }
+  });
+
+  it('a missing command is ENOENT; one that hangs is killed at its timeout; the helper goes on', async () => {
+    const h = new ExecHelper(path);
+    try {
+      expect((await h.run(['no-such-command-here'], undefined, 5000)).spawnErrno).toBe(2);
+      const slow = await h.run(['sleep', '30'], undefined, 300);
+      expect([slow.code, slow.signal]).toEqual([null, 9]);
+      expect((await h.run(['true'], undefined, 5000)).code).toBe(0);
+    } finally {
+      h.end();
+    }
+  });
+
+  it('a helper that dies fails what waits; the next command starts another', async () => {
+    const h = new ExecHelper(path);
+    const waiting = h.run(['sleep', '30'], undefined, 60_000);
+    await new Promise((r) => setTimeout(r, 100));
+    h.end();
+    await expect(waiting).rejects.toThrow(/ended/);
+    expect((await h.run(['echo', 'again'], undefined, 5000)).stdout.toString()).toBe('again\n');
+    h.end();
+  });
+
+  it('refuses a command line it could not send whole', async () => {
+    const h = new ExecHelper(path);
+    await expect(h.run([], undefined, 1000)).rejects.toThrow(/no command/);
+    await expect(h.run(['echo', 'a\0b'], undefined, 1000)).rejects.toThrow(/NUL/);
+    h.end();
+  });
+});
