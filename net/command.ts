@@ -8,7 +8,7 @@
 import { execFile, spawn } from 'node:child_process';
 import { writeFile } from 'node:fs/promises';
 import { createInterface } from 'node:readline';
-import { type ExecHelper, execHelper } from './exec-helper.js';
+import { type HelperPool, execHelper } from './exec-helper.js';
 
 export class CommandError extends Error {
   constructor(
@@ -62,7 +62,7 @@ function nsenterMissed(cmd: string, stderr: string): boolean {
 }
 
 async function viaHelper(
-  helper: ExecHelper,
+  helper: HelperPool,
   cmd: string,
   args: string[],
   input: string | undefined,

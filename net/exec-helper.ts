@@ -1,9 +1,10 @@
-// The router's commands through native/weft-exec (see its header): one small
-// long-lived process that starts each command with posix_spawn, so the router
+// The router's commands through native/weft-exec (see its header): small
+// long-lived processes that start each command with posix_spawn, so the router
 // is not forked for every `ip` or `nft` (about 8 ms of its CPU each, and most
-// of an attach). One request at a time, in order; the helper is started at the
-// first command and again after it dies. Without the binary (not built) the
-// caller starts commands itself, as before.
+// of an attach). Each helper runs one request at a time, in order; a few run
+// side by side (HelperPool), so a command that hangs until its timeout holds up
+// only the helper it runs in. A helper is started when needed and again after it
+// dies. Without the binary (not built) the caller starts commands itself.
 import { type ChildProcessWithoutNullStreams, spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
@@ -65,6 +66,11 @@ export class ExecHelper {
         reject(err as Error);
       }
     });
+  }
+
+  /** Requests sent and not answered yet. */
+  get pending(): number {
+    return this.waiting.size;
   }
 
   /** Ends the helper; what waits fails (the next command starts another). */
@@ -152,13 +158,34 @@ function helperPath(): string | null {
   return existsSync(path) ? path : null;
 }
 
-let shared: ExecHelper | null | undefined;
+/** Up to `size` helpers; a request goes to an idle one, else to the least busy once all are started. */
+export class HelperPool {
+  private readonly helpers: ExecHelper[] = [];
 
-/** The process's helper, or null when there is none (commands are then started directly). */
-export function execHelper(): ExecHelper | null {
+  constructor(
+    private readonly path: string,
+    private readonly size = 4,
+  ) {}
+
+  run(argv: string[], input: string | undefined, timeoutMs: number): Promise<HelperResult> {
+    let h = this.helpers.find((x) => x.pending === 0);
+    if (!h && this.helpers.length < this.size) this.helpers.push((h = new ExecHelper(this.path)));
+    h ??= this.helpers.reduce((a, b) => (b.pending < a.pending ? b : a));
+    return h.run(argv, input, timeoutMs);
+  }
+
+  end(): void {
+    for (const h of this.helpers) h.end();
+  }
+}
+
+let shared: HelperPool | null | undefined;
+
+/** The process's helpers, or null when there are none (commands are then started directly). */
+export function execHelper(): HelperPool | null {
   if (shared === undefined) {
     const path = helperPath();
-    shared = path ? new ExecHelper(path) : null;
+    shared = path ? new HelperPool(path) : null;
   }
   return shared;
 }

@@ -4,7 +4,7 @@
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { ExecHelper } from '../../../net/exec-helper.js';
+import { ExecHelper, HelperPool } from '../../../net/exec-helper.js';
 import { projectRoot } from '../../../lib/project-root.js';
 
 const path = join(projectRoot(), 'native', 'build', 'weft-exec');
@@ -68,5 +68,20 @@ describe('the command helper', () => {
     await expect(h.run([], undefined, 1000)).rejects.toThrow(/no command/);
     await expect(h.run(['echo', 'a\0b'], undefined, 1000)).rejects.toThrow(/NUL/);
     h.end();
+  });
+
+  it('a pool: a command that hangs holds up only its own helper', async () => {
+    const pool = new HelperPool(path, 2);
+    try {
+      const hung = pool.run(['sleep', '30'], undefined, 60_000);
+      hung.catch(() => undefined); // ended with the pool below
+      const first = await Promise.race([
+        hung.then(() => 'the hung command'),
+        pool.run(['echo', 'meanwhile'], undefined, 5000).then((r) => r.stdout.toString().trim()),
+      ]);
+      expect(first).toBe('meanwhile');
+    } finally {
+      pool.end();
+    }
   });
 });
