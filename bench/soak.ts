@@ -9,11 +9,11 @@
 //
 //   npm run build && node dist/bench/soak.js [--seconds 300] [--ops 2] [--slots 4]
 //   (CI runs it when WEFT_SOAK_SECONDS is set: .ci/run)
-import { readFileSync } from 'node:fs';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { Cluster, eventually, type Host } from '../test/harness/cluster.js';
 import { seededRandom } from '../test/harness/random.js';
 import { numberArg } from './args.js';
+import { rssMiB } from './measure.js';
 
 const SECONDS = numberArg('seconds', Number(process.env.WEFT_SOAK_SECONDS ?? 300));
 const OPS_PER_SECOND = numberArg('ops', 2);
@@ -28,11 +28,6 @@ async function loop() { while (Date.now() < end) {
   try { await r.resolve4(names[Math.floor(Math.random() * names.length)]); out.answered++; }
   catch (e) { if (e.code === 'ENOTFOUND') out.nxdomain++; else out.errors++; } } }
 Promise.all([loop(), loop(), loop(), loop()]).then(() => process.stdout.write(JSON.stringify(out)));`;
-
-function rssMiB(pid: number): number {
-  const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
-  return m ? Number(m[1]) / 1024 : NaN;
-}
 
 /** Least-squares slope of y over x. */
 function slope(points: [number, number][]): number {

@@ -7,10 +7,9 @@
 //
 //   npm run build && node dist/bench/startup.js [--rounds 5] [--settle 30] [--window 10]
 import { spawnSync } from 'node:child_process';
-import { readFileSync } from 'node:fs';
 import { Cluster, type Host, eventually, sleep } from '../test/harness/cluster.js';
 import { numberArg } from './args.js';
-import { cpuSeconds } from './measure.js';
+import { cpuSeconds, rssMiB } from './measure.js';
 
 const ROUNDS = numberArg('rounds', 5);
 /** Seconds after start (or attach) before idle is measured. */
@@ -20,10 +19,6 @@ const WINDOW = numberArg('window', 10);
 
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 const spread = (xs: number[]) => `${Math.min(...xs).toFixed(1)}-${Math.max(...xs).toFixed(1)}`;
-
-function rssMiB(pid: number): number {
-  return Number(/VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))![1]) / 1024;
-}
 
 /** RSS (MiB) and CPU (ms per second over WINDOW) of each host's router, measured side by side. */
 async function idle(hosts: Host[]): Promise<{ rss: number; cpu: number }[]> {

@@ -7,6 +7,7 @@
 // dies. Without the binary (not built), and unless WEFT_EXEC_HELPER=on, the
 // caller starts commands itself.
 import { type ChildProcessWithoutNullStreams, spawn } from 'node:child_process';
+import { unrefChild } from './child.js';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { projectRoot } from '../lib/project-root.js';
@@ -96,8 +97,7 @@ export class ExecHelper {
     child.on('exit', (code, signal) => gone(`ended (${signal ?? `exit code ${code}`})`));
     child.stdin.on('error', () => undefined); // reported by 'exit'
     // Never keeps the router alive; ends with its standard input when the router does.
-    child.unref();
-    for (const s of [child.stdin, child.stdout, child.stderr]) (s as unknown as { unref?: () => void }).unref?.();
+    unrefChild(child);
     return child;
   }
 

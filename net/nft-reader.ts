@@ -9,6 +9,7 @@
 // set elements. If nft hangs or dies, the read fails and the next one starts
 // a new process.
 import { type ChildProcessWithoutNullStreams, spawn } from 'node:child_process';
+import { unrefChild } from './child.js';
 import { CommandError } from './command.js';
 
 /** What `nft -j` prints: a list of objects, each with one key (table, chain, rule, set ...). */
@@ -124,8 +125,7 @@ export class NftReader {
       if (this.child === child) this.stop(new CommandError(`nft ended (${signal ?? `exit code ${code}`})`));
     });
     // A reader never keeps the process alive, and nft ends with its standard input when we do.
-    child.unref();
-    for (const s of [child.stdin, child.stdout, child.stderr]) (s as unknown as { unref?: () => void }).unref?.();
+    unrefChild(child);
     return child;
   }
 
