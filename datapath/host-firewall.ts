@@ -54,16 +54,7 @@ export class HostFirewall {
   /** Writes both tables when asked to, or when they were flushed or changed underneath. */
   async sync(force: boolean): Promise<void> {
     try {
-      const state = this.state();
-      const bindings = this.config.bindings();
-      let why = force ? null : await firewallDiffers(state, guardRuleset(bindings));
-      // A container attached while the tables were listed shows as a difference for a moment (its
-      // port's rules are there and not yet in the bindings, or the other way round): only what is
-      // still different a moment later is repaired, so an attach under way is not undone.
-      if (why !== null) {
-        await new Promise((r) => setTimeout(r, 250));
-        why = await firewallDiffers(this.state(), guardRuleset(this.config.bindings()));
-      }
+      const why = force ? null : await this.stillDiffers();
       if (!force && why === null) return;
       const now = this.state();
       await applyFirewall(now);
@@ -78,6 +69,19 @@ export class HostFirewall {
     } catch (err) {
       this.config.error(`firewall: ${(err as Error).message}`);
     }
+  }
+
+  /**
+   * Why the tables differ from the state, or null. A container attached while the tables were listed
+   * shows as a difference for a moment (its port's rules are there and not yet in the bindings, or
+   * the other way round): only what is still different a moment later counts, so an attach under way
+   * is not undone.
+   */
+  private async stillDiffers(): Promise<string | null> {
+    const differs = () => firewallDiffers(this.state(), guardRuleset(this.config.bindings()));
+    if ((await differs()) === null) return null;
+    await new Promise((r) => setTimeout(r, 250));
+    return differs();
   }
 
   /** Rewrites the `inet weft` table now (the policy's rules changed). */
