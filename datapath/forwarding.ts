@@ -82,6 +82,9 @@ export class Forwarding {
       ? new OvsBackend(mesh, { ...config.ovs, mtu: config.mtu, addrOf, onReconnect: () => this.schedule() })
       : new VxlanBackend(mesh, { vxlanPort: config.vxlanPort, mtu: config.mtu, addrOf });
     const schedule = () => this.schedule();
+    this.tunnel.heartbeats.onHealthy(() => {
+      if (this.decide()) schedule();
+    });
     endpoints.onChange(schedule);
     mesh
       .on('connection-added', schedule)

@@ -3,9 +3,9 @@
 // `-json` to read state back), nft, conntrack, ethtool, and nsenter to do any
 // of it inside a container's network namespace. Runs in the router's own
 // namespace unless told to enter another. A missing tool says which Debian
-// package has it. With WEFT_EXEC_HELPER=on, commands go through the command
-// helper (net/exec-helper.ts, native/weft-exec.c): the router is then not forked
-// for each.
+// package has it. Commands go through the command helper (net/exec-helper.ts,
+// native/weft-exec.c) where it was built, so the router is not forked for each;
+// WEFT_EXEC_HELPER=off starts them directly.
 import { execFile, spawn } from 'node:child_process';
 import { writeFile } from 'node:fs/promises';
 import { createInterface } from 'node:readline';

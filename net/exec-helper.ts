@@ -4,7 +4,7 @@
 // of an attach). Each helper runs one request at a time, in order; a few run
 // side by side (HelperPool), so a command that hangs until its timeout holds up
 // only the helper it runs in. A helper is started when needed and again after it
-// dies. Without the binary (not built), and unless WEFT_EXEC_HELPER=on, the
+// dies. Without the binary (not built), or with WEFT_EXEC_HELPER=off, the
 // caller starts commands itself.
 import { type ChildProcessWithoutNullStreams, spawn } from 'node:child_process';
 import { unrefChild } from './child.js';
@@ -152,14 +152,9 @@ export class ExecHelper {
   }
 }
 
-/**
- * The binary native/build.mjs makes, when asked for with WEFT_EXEC_HELPER=on (null otherwise, or when
- * not built). Off by default for now: with commands this much faster, host tests that raced the
- * router's periodic checks failed now and then (CHANGELOG.md, issue #23's note); until each is
- * understood, the helper is for measuring.
- */
+/** The binary native/build.mjs makes (null when not built, or turned off with WEFT_EXEC_HELPER=off). */
 function helperPath(): string | null {
-  if (process.env.WEFT_EXEC_HELPER !== 'on') return null;
+  if (process.env.WEFT_EXEC_HELPER === 'off') return null;
   const path = join(projectRoot(), 'native', 'build', 'weft-exec');
   return existsSync(path) ? path : null;
 }

@@ -54,6 +54,9 @@ export class FastdpHealth implements Gossiper {
   private readonly counts = new Map<string, number>();
   private timer: NodeJS.Timeout | null = null;
   private tableFor = '';
+  /** The beat under way (a connection's first beat does not wait for the timer, nor run beside it). */
+  private beating: Promise<void> | null = null;
+  private readonly healthyListeners: (() => void)[] = [];
   lastError: string | null = null;
 
   constructor(
@@ -74,12 +77,22 @@ export class FastdpHealth implements Gossiper {
   }
 
   start(): void {
-    this.timer = setInterval(() => void this.beat(), this.intervalMs);
+    this.timer = setInterval(() => void this.beatOnce(), this.intervalMs);
     this.timer.unref();
+    // A new connection is heartbeaten (and its counting rule made) at once, not up to a period later.
+    this.mesh.on('connection-established', () => {
+      if (this.timer) void this.beatOnce();
+    });
+  }
+
+  /** Called when a peer's path becomes healthy (so the overlay choice need not wait for its next round). */
+  onHealthy(fn: () => void): void {
+    this.healthyListeners.push(fn);
   }
 
   stop(): void {
     if (this.timer) clearInterval(this.timer);
+    this.timer = null;
     this.socket.close();
   }
 
@@ -97,6 +110,11 @@ export class FastdpHealth implements Gossiper {
       return `no VXLAN heartbeat acknowledged yet${p ? ` (sending for ${Math.round((Date.now() - p.since) / 1000)}s; is UDP ${this.vxlanPort} blocked, or the path MTU below ${this.mtu() + 50}?)` : ''}`;
     }
     return `VXLAN heartbeats unacknowledged for ${Math.round((Date.now() - p.ackAt) / 1000)}s (is UDP ${this.vxlanPort} blocked, or the path MTU below ${this.mtu() + 50}?)`;
+  }
+
+  private beatOnce(): Promise<void> {
+    this.beating ??= this.beat().finally(() => (this.beating = null));
+    return this.beating;
   }
 
   private async beat(): Promise<void> {
@@ -182,6 +200,9 @@ export class FastdpHealth implements Gossiper {
     if (typeof v !== 'object' || v === null || typeof v.ack !== 'number')
       throw new Error('fastdp acknowledgement is malformed');
     const p = this.paths.get(src);
-    if (p) p.ackAt = Date.now();
+    if (!p) return;
+    const was = this.healthy(src);
+    p.ackAt = Date.now();
+    if (!was) for (const fn of this.healthyListeners) fn();
   }
 }

@@ -18,9 +18,11 @@ async function twoHosts(extra: string[] = []): Promise<[Host, Host]> {
   const [a, b] = cluster.hosts;
   await a.launch();
   await b.launch([a.ip]);
-  await eventually('connected', async () =>
-    (await a.report<Report>()).connections.some((c) => c.state === 'established'),
-  );
+  // These tests are about the kernel path: both ends on it (heartbeats acknowledged), not the sleeve meanwhile.
+  for (const h of [a, b])
+    await eventually(`${h.nickname} on fastdp`, async () =>
+      (await h.report<Report>()).connections.some((c) => c.state === 'established' && c.overlay === 'fastdp'),
+    );
   return [a, b];
 }
 
