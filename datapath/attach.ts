@@ -5,7 +5,15 @@ import { WeftError } from '../lib/errors.js';
 import { createHash, randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { BRIDGE } from './bridge.js';
-import { configureIn, ip, ipBatch, ipBatchIn, ipJson, linkExists } from '../net/command.js';
+import {
+  CommandError,
+  INTERFACE_PRESENT,
+  configureIn,
+  ip,
+  ipBatchIn,
+  ipJson,
+  linkExists,
+} from '../net/command.js';
 
 /** The container's interface, unless the caller names another (CNI_IFNAME). */
 const DEFAULT_IF = 'ethwe';
@@ -167,12 +175,19 @@ const BRIDGE_MAX_PORTS = 1023;
  * full". The port must be bound to its container's addresses first (datapath/port-guard.ts): an
  * unbound container port of weft's drops everything.
  */
-export async function joinBridge(hostIf: string, hairpin = false): Promise<void> {
+export async function joinBridge(hostIf: string, hairpin = false, after: string[] = []): Promise<void> {
+  const join = [
+    `link set ${hostIf} master ${BRIDGE} up`,
+    ...(hairpin ? [`link set dev ${hostIf} type bridge_slave hairpin on`] : []),
+  ];
   try {
-    if (hairpin)
-      await ipBatch([`link set ${hostIf} master ${BRIDGE} up`, `link set dev ${hostIf} type bridge_slave hairpin on`]);
-    else await ip(['link', 'set', hostIf, 'master', BRIDGE, 'up']);
+    if (after.length === 0 && join.length === 1) await ip(['link', 'set', hostIf, 'master', BRIDGE, 'up']);
+    else await ipBatchIn(undefined, [...join, ...after]);
   } catch (err) {
+    // The batch stops at the first line that fails and names it ("Command failed -:N"): past the join,
+    // the port is on the bridge, and what failed was only best effort.
+    const line = /Command failed -:(\d+)/.exec((err as CommandError).stderr ?? '');
+    if (line && Number(line[1]) > join.length) return;
     if (!/Exchange full/i.test((err as Error).message)) throw err;
     throw new WeftError(
       'full',
@@ -186,7 +201,6 @@ export interface AttachResult {
   hostIf: string;
 }
 
-/** Plumbs the container in (idempotent: an existing ethwe keeps its MAC and gains missing addresses). */
 export interface DnsReach {
   /** The DNS server's address on the bridge, and the bridge's MAC. */
   ip: string;
@@ -204,24 +218,35 @@ export async function pinDns(ns: string, ifname: string, dns: { ip: string; brid
   await ip(['neigh', 'replace', dns.ip, 'lladdr', dns.bridgeMac, 'dev', ifname, 'nud', 'permanent'], ns);
 }
 
+export interface AttachOptions {
+  /** The container's interface (CNI_IFNAME); default ethwe. */
+  ifname?: string;
+  dns?: DnsReach;
+  /** The container's default route goes here, and its port hairpins. */
+  gateway?: string;
+  /** An interface of that name in the container is an error, even one weft made (CNI ADD's rule). */
+  fresh?: boolean;
+  /** Best-effort `ip` lines for the host once the port is on the bridge (in the same process). */
+  hostLines?: string[];
+}
+
 /**
- * Attaches a container. `bind` is called with the container end's MAC before the host end joins the
- * bridge, so the port is bound to the container's MAC and addresses before its first frame. A new
- * interface costs four commands: the veth pair made with its container end already in the namespace
- * and its MAC chosen here, the port's binding, one `ip -batch` inside the namespace (after the
- * sysctls, in the same process), and the host end onto the bridge. With `gateway`, the container's
- * default route goes there and its port hairpins.
+ * Attaches a container (idempotent: an existing interface keeps its MAC and gains missing addresses).
+ * `bind` is called with the container end's MAC before the host end joins the bridge, so the port is
+ * bound to the container's MAC and addresses before its first frame. A new interface costs five
+ * commands: the veth pair made with its container end already in the namespace and its MAC chosen
+ * here, the port's binding, one `ip -batch` inside the namespace (after a check that no interface
+ * has the name, and the sysctls, in the same process), the host end onto the bridge (with
+ * `hostLines`), and the announcement once the port forwards.
  */
 export async function attachContainer(
   container: string,
   cidrs: string[],
   mtu: number,
   bind: (hostIf: string, mac: string) => Promise<void>,
-  dns?: DnsReach,
-  ifname = DEFAULT_IF,
-  gateway?: string,
-  fresh = false,
+  opts: AttachOptions = {},
 ): Promise<AttachResult> {
+  const { dns, ifname = DEFAULT_IF, gateway, fresh = false, hostLines = [] } = opts;
   const ns = netnsPathOf(container);
   const { hostIf } = vethNames(container);
   const inside = (dev: string, fresh: string[]) => [
@@ -246,11 +271,9 @@ export async function attachContainer(
     [`net/ipv6/conf/${dev}/disable_ipv6`, '1'],
     [`net/ipv4/conf/${dev}/arp_notify`, '1'],
   ];
-  let mac: string;
-  const exists = await linkExists(ifname, ns);
-  if (exists && fresh) throw new WeftError('conflict', `an interface ${ifname} already exists in ${ns}`);
-  if (!exists) {
-    mac = randomMac();
+  const conflict = () => new WeftError('conflict', `an interface ${ifname} already exists in ${ns}`);
+  const plumbNew = async (): Promise<string> => {
+    const mac = randomMac();
     await withNewVeth(
       container,
       mtu,
@@ -260,15 +283,31 @@ export async function attachContainer(
           ns,
           sysctls(peerIf),
           inside(ifname, [`link set ${peerIf} name ${ifname}`, ...cidrs.map((c) => `addr add ${c} dev ${ifname}`)]),
+          ifname,
         );
-        await joinBridge(hostIf, gateway !== undefined); // failing, the pair goes again: no interface left without a way out
+        await joinBridge(hostIf, gateway !== undefined, hostLines); // failing, the pair goes again: no interface left without a way out
       },
       { mac, netns: ns },
     );
+    return mac;
+  };
+  let mac: string;
+  if (!existsSync(`/sys/class/net/${hostIf}`)) {
+    // No host end: a new attachment (the common case), made without asking first whether the container
+    // has an interface of that name: configureIn checks in the namespace, and one that is there (not
+    // weft's: its pair would have a host end) is a conflict.
+    try {
+      mac = await plumbNew();
+    } catch (err) {
+      throw err instanceof CommandError && err.exitCode === INTERFACE_PRESENT ? conflict() : err;
+    }
+  } else if (!(await linkExists(ifname, ns))) {
+    mac = await plumbNew(); // a host end left over without its container end: made afresh
   } else {
+    if (fresh) throw conflict();
     mac = await macIn(ns, ifname);
     await bind(hostIf, mac);
-    await joinBridge(hostIf, gateway !== undefined);
+    await joinBridge(hostIf, gateway !== undefined, hostLines);
     const have = await ipJson<{ addr_info?: { local: string; prefixlen: number }[] }[]>(
       ['addr', 'show', 'dev', ifname],
       ns,

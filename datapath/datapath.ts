@@ -380,16 +380,19 @@ export class Datapath {
         addrs,
         this.mtu,
         (hostIf, m) => this.bindPort(hostIf, m, [...prevCidrs, ...addrs]),
-        dns
-          ? {
+        {
+          ...(dns && {
+            dns: {
               ip: dns.ip,
               bridgeMac: bridgeMac(this.mesh.name),
               resolvConf: `# written by weft attach\nnameserver ${dns.ip}\nsearch ${dns.domain.replace(/\.$/, '')}\n`,
-            }
-          : undefined,
-        cni?.ifname,
-        gw,
-        fresh,
+            },
+          }),
+          ...(cni && { ifname: cni.ifname }),
+          ...(gw !== undefined && { gateway: gw }),
+          fresh,
+          hostLines: this.routeBackLines(addrs),
+        },
       ));
     } catch (err) {
       // A container that was not attached before keeps no address from an attach that failed (a
@@ -399,7 +402,6 @@ export class Datapath {
         if (!had.has(a)) await this.ipam.free(container, parseCidr(a, true).addr).catch(() => undefined);
       throw err;
     }
-    await this.routeBack(addrs);
     const prev = this.endpoints.local.find((e) => e.container === container);
     const g = groups ?? prev?.groups;
     const inode = namespaceInode(netnsPathOf(container));
@@ -416,12 +418,14 @@ export class Datapath {
   }
 
   /** With DNS on the bridge: host routes back to local container addresses, so the server's replies find them. */
-  private async routeBack(cidrs: string[]): Promise<void> {
+  private routeBackLines(cidrs: string[]): string[] {
     const dns = this.config.dns;
-    if (dns)
-      await ipBatch(cidrs.map((a) => `route replace ${a.split('/')[0]}/32 dev ${BRIDGE} src ${dns.ip}`)).catch(
-        () => undefined,
-      );
+    return dns ? cidrs.map((a) => `route replace ${a.split('/')[0]}/32 dev ${BRIDGE} src ${dns.ip}`) : [];
+  }
+
+  /** The same routes on their own (best effort: without the DNS address on the bridge they cannot be made). */
+  private async routeBack(cidrs: string[]): Promise<void> {
+    await ipBatch(this.routeBackLines(cidrs)).catch(() => undefined);
   }
 
   /**

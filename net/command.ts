@@ -166,24 +166,38 @@ export function ipBatch(lines: string[]): Promise<string> {
   return lines.length === 0 ? Promise.resolve('') : exec('ip', ['-force', '-batch', '-'], lines.join('\n') + '\n');
 }
 
-/** Many `ip` commands in one process inside a namespace, stopping at the first that fails. */
-export function ipBatchIn(netnsPath: string, lines: string[]): Promise<string> {
+/** Many `ip` commands in one process inside a namespace (undefined: here), stopping at the first that fails. */
+export function ipBatchIn(netnsPath: string | undefined, lines: string[]): Promise<string> {
   return lines.length === 0
     ? Promise.resolve('')
     : exec(...inNamespace('ip', ['-batch', '-'], netnsPath), lines.join('\n') + '\n');
 }
 
+/** configureIn's exit code when the interface that must be absent is there (nothing was changed). */
+export const INTERFACE_PRESENT = 73;
+
 /**
  * Configures a namespace in one process: sysctls written first (a failed one is skipped: an old
- * kernel may lack it), then `ip -batch` (stopping at the first line that fails).
+ * kernel may lack it), then `ip -batch` (stopping at the first line that fails). With `absent`, first
+ * checks that the namespace has no interface of that name (/proc/net/dev is the reading process's
+ * namespace's), and fails with exit code INTERFACE_PRESENT, changing nothing, if it has.
  */
-export function configureIn(netnsPath: string, sysctls: [string, string][], ipLines: string[]): Promise<string> {
+export function configureIn(
+  netnsPath: string,
+  sysctls: [string, string][],
+  ipLines: string[],
+  absent?: string,
+): Promise<string> {
   for (const [path, value] of sysctls)
     if (!/^[\w./-]+$/.test(path) || !/^\w+$/.test(value))
       throw new CommandError(`sysctl ${path}=${value}: not a sysctl`);
   const writes = sysctls.map(([path, value]) => `echo ${value} > /proc/sys/${path} 2>/dev/null;`).join(' ');
+  // The name is the script's $1, never part of its text. `read` strips the leading blanks of "  eth0: ...".
+  const guard = absent
+    ? `while read -r l; do case "$l" in "$1:"*) exit ${INTERFACE_PRESENT};; esac; done < /proc/net/dev;`
+    : '';
   return exec(
-    ...inNamespace('sh', ['-c', `${writes} exec ip -batch -`], netnsPath),
+    ...inNamespace('sh', ['-c', `${guard} ${writes} exec ip -batch -`, 'sh', ...(absent ? [absent] : [])], netnsPath),
     ipLines.length > 0 ? ipLines.join('\n') + '\n' : '',
   );
 }

@@ -4,6 +4,7 @@ import { join } from 'node:path';
 import { afterEach, expect, it } from 'vitest';
 import { projectRoot } from '../../lib/project-root.js';
 import type { Report } from '../../router/contract.js';
+import { hostIfName } from '../../datapath/attach.js';
 import { Cluster, eventually, type Host } from '../harness/cluster.js';
 import { run } from '../harness/exec.js';
 import { describeAsRoot } from '../harness/root.js';
@@ -199,6 +200,7 @@ describeAsRoot('CNI plugin', () => {
     });
     expect((await a.report<Report>()).ipam.owned.some((o) => o.ident === 'cni:dup')).toBe(false);
     expect((await run('ip', ['-n', p1, 'link', 'show', 'other0'])).code).toBe(0); // theirs, left alone
+    expect((await a.exec('ip', ['link', 'show', hostIfName('cni:dup')])).code).not.toBe(0); // no veth of ours left
     // Bad input, each with the spec's code and the config's own version.
     const p = `/var/run/netns/${p2}`;
     for (const node of [false, true]) {
