@@ -1,7 +1,7 @@
 // The command helper (native/weft-exec) as the router uses it: output, errors and exit codes as a
 // directly started command gives them, input of any size, answers in order, a command that hangs,
 // a helper that dies. No root needed.
-import { existsSync } from 'node:fs';
+import { existsSync, readlinkSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { ExecHelper, HelperPool } from '../../../net/exec-helper.js';
@@ -61,6 +61,31 @@ describe('the command helper', () => {
     await expect(waiting).rejects.toThrow(/ended/);
     expect((await h.run(['echo', 'again'], undefined, 5000)).stdout.toString()).toBe('again\n');
     h.end();
+  });
+
+  it('enters a network namespace itself for nsenter --net=PATH, with nsenter\'s errors', async () => {
+    const h = new ExecHelper(path);
+    try {
+      const gone = await h.run(['nsenter', '--net=/run/netns/no-such-namespace', 'ip', 'link'], undefined, 5000);
+      expect([gone.code, gone.stderr.toString()]).toEqual([
+        1,
+        'nsenter: cannot open /run/netns/no-such-namespace: No such file or directory\n',
+      ]);
+      // Entering a namespace takes CAP_SYS_ADMIN: as root, the command runs in the namespace given.
+      if (process.getuid?.() !== 0) return;
+      const own = `/proc/${process.pid}/ns/net`;
+      const r = await h.run(['nsenter', `--net=${own}`, 'readlink', '/proc/self/ns/net'], undefined, 5000);
+      expect([r.code, r.stdout.toString().trim()]).toEqual([0, readlinkSync(own)]);
+      const missing = await h.run(['nsenter', `--net=${own}`, 'no-such-command-here'], undefined, 5000);
+      expect([missing.code, missing.stderr.toString()]).toEqual([
+        127,
+        'nsenter: failed to execute no-such-command-here: No such file or directory\n',
+      ]);
+      const input = await h.run(['nsenter', `--net=${own}`, 'cat'], 'through\n', 5000);
+      expect(input.stdout.toString()).toBe('through\n');
+    } finally {
+      h.end();
+    }
   });
 
   it('refuses a command line it could not send whole', async () => {
