@@ -17,7 +17,7 @@
 // chain exists, and removes it again on reset.
 import { BRIDGE } from './bridge.js';
 import { nft } from '../net/command.js';
-import { type NftJson, nftObjects, nftReader } from '../net/nft-reader.js';
+import { type NftJson, nftObjects, nftSession } from '../net/nft-session.js';
 import { GUARD_TABLE } from './port-guard.js';
 
 export const TABLE = 'weft';
@@ -139,7 +139,7 @@ export async function applyFirewall(s: FirewallState): Promise<void> {
 export async function firewallDiffers(s: FirewallState, guard: string): Promise<string | null> {
   let listing: NftJson;
   try {
-    listing = await nftReader.list('list ruleset');
+    listing = await nftSession.list('list ruleset');
   } catch (err) {
     return `cannot list the ruleset: ${(err as Error).message}`;
   }
@@ -167,7 +167,7 @@ export async function firewallDiffers(s: FirewallState, guard: string): Promise<
 async function forwardAcceptMissing(): Promise<boolean> {
   let listing: NftJson;
   try {
-    listing = await nftReader.list('list chain ip filter FORWARD');
+    listing = await nftSession.list('list chain ip filter FORWARD');
   } catch {
     return false; // no such chain: nothing can drop our traffic there
   }

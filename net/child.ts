@@ -1,4 +1,4 @@
-// Long-lived helper processes (the nft reader, the command helper) must never keep the router, a
+// Long-lived helper processes (the nft session, the command helper) must never keep the router, a
 // test or a CLI alive by themselves: the child and its pipes are unreferenced, and a request waiting
 // for an answer keeps a timer instead.
 import type { ChildProcess } from 'node:child_process';

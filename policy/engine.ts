@@ -16,7 +16,7 @@ import type { Datapath } from '../datapath/datapath.js';
 export type PolicyHost = Pick<Datapath, 'endpoints' | 'guard' | 'refreshFirewall'>;
 import { readFile } from 'node:fs/promises';
 import { nft, sysctl } from '../net/command.js';
-import { nftObjects, nftReader } from '../net/nft-reader.js';
+import { nftObjects, nftSession } from '../net/nft-session.js';
 import { TABLE } from '../datapath/firewall.js';
 import type { MeshView } from '../mesh/index.js';
 import { deleteFlow, listFlows } from './conntrack.js';
@@ -236,7 +236,7 @@ export class PolicyEngine {
     if (this.current && this.current.hooks.length > 0) {
       try {
         // -t: the rules and their counters, without the sets' elements.
-        const listing = await nftReader.list(`list table inet ${TABLE}`);
+        const listing = await nftSession.list(`list table inet ${TABLE}`);
         for (const rule of nftObjects<{ comment?: string; expr?: { counter?: { packets: number } }[] }>(
           listing,
           'rule',

@@ -23,7 +23,7 @@ import { loadIdentity, newUid } from './identity.js';
 import { type Logger } from '../lib/logger.js';
 import type { RouterOptions } from './options.js';
 import { parseListen } from '../net/host-port.js';
-import { nftReader } from '../net/nft-reader.js';
+import { nftSession } from '../net/nft-session.js';
 import { execHelper } from '../net/exec-helper.js';
 import { buildReport } from './report.js';
 import type { Report } from './contract.js';
@@ -395,7 +395,7 @@ export class Router {
       this.maker.stop();
       this.ipam.stop();
       this.datapath?.stop();
-      nftReader.end();
+      nftSession.end();
       execHelper()?.end();
       this.names.stop();
       this.dns?.close();

@@ -18,7 +18,7 @@ import {
 import { VNI, bridgeMac } from '../bridge.js';
 import { VXLAN_DEV } from './fdb.js';
 import { nft } from '../../net/command.js';
-import { nftObjects, nftReader } from '../../net/nft-reader.js';
+import { nftObjects, nftSession } from '../../net/nft-session.js';
 
 const HEARTBEAT_ETHERTYPE = 0x88b5;
 const TABLE = 'weft_hb';
@@ -169,7 +169,7 @@ export class FastdpHealth implements Gossiper {
       this.tableFor = wanted;
       this.counts.clear();
     }
-    const listing = await nftReader.list(`list table netdev ${TABLE}`);
+    const listing = await nftSession.list(`list table netdev ${TABLE}`);
     for (const r of nftObjects<{ comment?: string; expr: { counter?: { packets: number } }[] }>(listing, 'rule')) {
       if (r.comment) this.counted(r.comment, r.expr.find((e) => e.counter)?.counter?.packets ?? 0);
     }

@@ -1,21 +1,27 @@
-// The long-lived nft reader's protocol, against a stand-in for `nft -j -t -i` (no root needed): answers
-// in order, errors, a hung or dead nft, and a new process after one.
-import { chmodSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+// The long-lived nft session's protocol, against a stand-in for `nft -j -t -i` (no root needed): answers
+// in order, errors, scripts sent as one line, a hung or dead nft, and a new process after one.
+import { chmodSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { NftReader, nftObjects } from '../../../net/nft-reader.js';
+import { NftSession, nftObjects } from '../../../net/nft-session.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'weft-nft-'));
 const fake = join(dir, 'nft');
 // Answers `list table T` with one JSON line naming T and its process id; `list table missing` with
-// nft's error; `list table hang` never; `list table die` by exiting. Checks it was started -j -t -i.
+// nft's error (on standard error); `list table hang` never; `list table die` by exiting; `list tables`
+// (the session's end mark) with a JSON line of its own. Lines starting `add` are written to a file;
+// `add bad` fails after a warning. Checks it was started -j -t -i.
+const applied = join(dir, 'applied');
 writeFileSync(
   fake,
   `#!/bin/sh
 [ "$*" = "-j -t -i" ] || { echo "Error: started as $*" >&2; exit 2; }
 while read -r cmd; do
   case "$cmd" in
+    "list tables") printf '{"nftables": [{"metainfo": {"json_schema_version": 1}}]}\\n' ;;
+    "add bad"*) printf 'Warning: a warning is no failure\\nError: syntax error, unexpected bad\\n%s\\n    ^^^\\n' "$cmd" >&2 ;;
+    "add "*) echo "$cmd" >> ${applied} ;;
     "list table missing") printf 'Error: No such file or directory\\nlist table missing\\n           ^^^^^^^\\n' >&2 ;;
     "list table hang") sleep 30 ;;
     "list table die") exit 3 ;;
@@ -29,9 +35,9 @@ afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
 const pidOf = (j: { nftables: Record<string, unknown>[] }) => nftObjects<{ pid: number }>(j, 'table')[0].pid;
 
-describe('NftReader', () => {
+describe('NftSession', () => {
   it('answers many reads, in order, from one process', async () => {
-    const r = new NftReader(2000, [fake]);
+    const r = new NftSession(2000, [fake]);
     try {
       const answers = await Promise.all(['a', 'b', 'c', 'd'].map((t) => r.list(`list table ${t}`)));
       expect(answers.map((j) => nftObjects<{ name: string }>(j, 'table')[0].name)).toEqual(['a', 'b', 'c', 'd']);
@@ -44,7 +50,7 @@ describe('NftReader', () => {
   });
 
   it("an error fails that read only, with nft's message; the process carries on", async () => {
-    const r = new NftReader(2000, [fake]);
+    const r = new NftSession(2000, [fake]);
     try {
       const first = await r.list('list table a');
       await expect(r.list('list table missing')).rejects.toThrow(/list table missing: No such file or directory/);
@@ -56,7 +62,7 @@ describe('NftReader', () => {
   });
 
   it('a hung nft fails the read after the timeout, a dead one at once; the next read starts a new process', async () => {
-    const r = new NftReader(300, [fake]);
+    const r = new NftSession(300, [fake]);
     try {
       const first = await r.list('list table a');
       await expect(r.list('list table hang')).rejects.toThrow(/no answer in 0.3 s/);
@@ -69,15 +75,35 @@ describe('NftReader', () => {
     }
   });
 
-  it('refuses anything but a list command (nothing else reaches nft)', async () => {
-    const r = new NftReader(300, [fake]);
+  it('list takes only a list command (nothing else reaches nft that way)', async () => {
+    const r = new NftSession(300, [fake]);
     await expect(r.list('flush ruleset')).rejects.toThrow(/not an nft list command/);
     await expect(r.list('list table a\nflush ruleset')).rejects.toThrow(/not an nft list command/);
     r.end();
   });
 
+  it('applies a script as one line (one transaction); a failure is its own, and reads go on', async () => {
+    rmSync(applied, { force: true });
+    const r = new NftSession(2000, [fake]);
+    try {
+      const before = await r.list('list table a');
+      await r.apply('add table inet t\n  add chain inet t c\n\nadd rule inet t c counter\n');
+      expect(readFileSync(applied, 'utf8')).toBe('add table inet t ; add chain inet t c ; add rule inet t c counter\n');
+      await expect(r.apply('add bad thing')).rejects.toThrow(/add bad thing: syntax error, unexpected bad/);
+      // The answers stay paired with their requests after a failure.
+      const after = await Promise.all([r.list('list table b'), r.apply('add table inet u'), r.list('list table c')]);
+      expect(after.map((j) => (j ? nftObjects<{ name: string }>(j, 'table')[0].name : null))).toEqual(['b', null, 'c']);
+      expect(pidOf(after[2]!)).toBe(pidOf(before));
+      // On one line, a comment would hide what follows it: refused.
+      await expect(r.apply('add table inet v # why\nadd chain inet v c')).rejects.toThrow(/comment/);
+      expect(readFileSync(applied, 'utf8')).not.toContain('inet v');
+    } finally {
+      r.end();
+    }
+  });
+
   it('a missing nft says which package has it', async () => {
-    const r = new NftReader(300, [join(dir, 'no-such-nft')]);
+    const r = new NftSession(300, [join(dir, 'no-such-nft')]);
     await expect(r.list('list ruleset')).rejects.toThrow(/install nftables/);
     r.end();
   });

@@ -1,15 +1,16 @@
-// The router's long-lived nft reader against the real nft, in a namespace of its own: counters read
-// many times from one process, a table removed underneath shows as an error, and reads go on after.
+// The router's long-lived nft session against the real nft, in a namespace of its own: counters read
+// many times from one process, a table removed underneath shows as an error, and reads go on after; a
+// script applied as one line is one transaction.
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { must, run } from '../harness/exec.js';
 import { describeAsRoot } from '../harness/root.js';
 import { runPrefix } from '../harness/cluster.js';
-import { NftReader, nftObjects } from '../../net/nft-reader.js';
+import { NftSession, nftObjects } from '../../net/nft-session.js';
 
 const ns = `${runPrefix()}nftr`;
 type Rule = { comment?: string; expr: { counter?: { packets: number } }[] };
 
-describeAsRoot('nft reader (real nft)', () => {
+describeAsRoot('nft session (real nft)', () => {
   beforeAll(async () => {
     await run('ip', ['netns', 'del', ns]);
     await must('ip', ['netns', 'add', ns]);
@@ -24,7 +25,7 @@ describeAsRoot('nft reader (real nft)', () => {
   });
 
   it('reads counters as they move; a missing table is an error, and reading goes on', async () => {
-    const r = new NftReader(5000, ['ip', 'netns', 'exec', ns, 'nft']);
+    const r = new NftSession(5000, ['ip', 'netns', 'exec', ns, 'nft']);
     try {
       const pings = async () =>
         nftObjects<Rule>(await r.list('list table inet t'), 'rule')
@@ -38,6 +39,23 @@ describeAsRoot('nft reader (real nft)', () => {
       await must('ip', ['netns', 'exec', ns, 'nft', 'delete', 'table', 'inet', 't']);
       await expect(r.list('list table inet t')).rejects.toThrow(/No such file or directory/);
       expect(nftObjects(await r.list('list ruleset'), 'table')).toHaveLength(0);
+    } finally {
+      r.end();
+    }
+  });
+
+  it('applies a script as one transaction: all of it, or on an error none of it', async () => {
+    const r = new NftSession(5000, ['ip', 'netns', 'exec', ns, 'nft']);
+    try {
+      await r.apply('add table bridge g\nadd chain bridge g p_x\nadd rule bridge g p_x ether type arp counter drop comment "x"\n');
+      const rules = nftObjects<{ comment?: string }>(await r.list('list table bridge g'), 'rule');
+      expect(rules.map((x) => x.comment)).toEqual(['x']);
+      // The second command refers to a chain that does not exist: the first is not applied either.
+      await expect(r.apply('add chain bridge g p_y\nadd rule bridge g p_missing counter')).rejects.toThrow(
+        /No such file or directory/,
+      );
+      const chains = nftObjects<{ name: string }>(await r.list('list table bridge g'), 'chain').map((c) => c.name);
+      expect(chains).toEqual(['p_x']);
     } finally {
       r.end();
     }
