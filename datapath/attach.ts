@@ -5,15 +5,7 @@ import { WeftError } from '../lib/errors.js';
 import { createHash, randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { BRIDGE } from './bridge.js';
-import {
-  CommandError,
-  INTERFACE_PRESENT,
-  configureIn,
-  ip,
-  ipBatchIn,
-  ipJson,
-  linkExists,
-} from '../net/command.js';
+import { CommandError, INTERFACE_PRESENT, configureIn, ip, ipBatchIn, ipJson, linkExists } from '../net/command.js';
 
 /** The container's interface, unless the caller names another (CNI_IFNAME). */
 const DEFAULT_IF = 'ethwe';

@@ -47,7 +47,9 @@ describeAsRoot('nft session (real nft)', () => {
   it('applies a script as one transaction: all of it, or on an error none of it', async () => {
     const r = new NftSession(5000, ['ip', 'netns', 'exec', ns, 'nft']);
     try {
-      await r.apply('add table bridge g\nadd chain bridge g p_x\nadd rule bridge g p_x ether type arp counter drop comment "x"\n');
+      await r.apply(
+        'add table bridge g\nadd chain bridge g p_x\nadd rule bridge g p_x ether type arp counter drop comment "x"\n',
+      );
       const rules = nftObjects<{ comment?: string }>(await r.list('list table bridge g'), 'rule');
       expect(rules.map((x) => x.comment)).toEqual(['x']);
       // The second command refers to a chain that does not exist: the first is not applied either.

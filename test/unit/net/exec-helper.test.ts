@@ -63,7 +63,7 @@ describe('the command helper', () => {
     h.end();
   });
 
-  it('enters a network namespace itself for nsenter --net=PATH, with nsenter\'s errors', async () => {
+  it("enters a network namespace itself for nsenter --net=PATH, with nsenter's errors", async () => {
     const h = new ExecHelper(path);
     try {
       const gone = await h.run(['nsenter', '--net=/run/netns/no-such-namespace', 'ip', 'link'], undefined, 5000);
