@@ -8,6 +8,7 @@
 // rebinding names another), and a foreign Origin or a cross-site Sec-Fetch-Site
 // is refused before any route runs.
 import Fastify, { type FastifyInstance } from 'fastify';
+import { lazyValidatorBuilder } from './lazy-validation.js';
 import type { Logger } from '../../lib/logger.js';
 import { buildReport, type ReportSources } from '../report.js';
 import { renderConnections, renderDns, renderIpam, renderPeers, renderStatus, renderTargets } from '../render.js';
@@ -74,13 +75,19 @@ const peersBody = {
   },
 } as const;
 
-export function buildApi(sources: ApiSources, listen: ApiListen): FastifyInstance {
+export function buildApi(
+  sources: ApiSources,
+  listen: ApiListen,
+  /** Compile every schema when the server gets ready (tests), not at each route's first request. */
+  opts: { eagerSchemas?: boolean } = {},
+): FastifyInstance {
   const { maker } = sources;
   // Schemas are checked as written: nothing is dropped or converted quietly.
   const app = Fastify({
     logger: false,
     bodyLimit: 1024 * 1024,
     ajv: { customOptions: { removeAdditional: false, coerceTypes: false, allErrors: false } },
+    ...(opts.eagerSchemas ? {} : { schemaController: { compilersFactory: { buildValidator: lazyValidatorBuilder } } }),
   });
 
   // JSON bodies only: no form or text/plain parser (those a page can post cross-site without asking).
