@@ -1,10 +1,10 @@
 // The router's commands through native/weft-exec (see its header): small
 // long-lived processes that start each command with posix_spawn, so the router
 // is not forked for every `ip` or `nft` (about 8 ms of its CPU each, and most
-// of an attach). Each helper runs one request at a time, in order; a few run
-// side by side (HelperPool), so a command that hangs until its timeout holds up
-// only the helper it runs in. A helper is started when needed and again after it
-// dies. Without the binary (not built), or with WEFT_EXEC_HELPER=off, the
+// of an attach). Each helper runs one request at a time, in order; another is
+// started beside it only when its command runs long (HelperPool), so a command
+// that hangs until its timeout holds up the others briefly. A helper is started
+// when needed and again after it dies. Without the binary (not built), or with WEFT_EXEC_HELPER=off, the
 // caller starts commands itself.
 import { type ChildProcessWithoutNullStreams, spawn } from 'node:child_process';
 import { unrefChild } from './child.js';
@@ -159,9 +159,33 @@ function helperPath(): string | null {
   return existsSync(path) ? path : null;
 }
 
-/** Up to `size` helpers; a request goes to an idle one, else to the least busy once all are started. */
+/** A command running longer than this lets the next one start another helper (when the pool may grow). */
+const SPILL_MS = 100;
+
+interface Slot {
+  helper: ExecHelper;
+  /** When its command in flight was sent (null: idle). */
+  since: number | null;
+}
+
+interface Queued {
+  argv: string[];
+  input: string | undefined;
+  timeoutMs: number;
+  resolve: (r: HelperResult) => void;
+  reject: (e: Error) => void;
+}
+
+/**
+ * Up to `size` helpers, each given one command at a time, in the order asked. Another helper is
+ * started only when every one running has had its command for SPILL_MS: a command that hangs holds up
+ * the others for that long at most, while commands that come together (most do, briefly) cost no
+ * more helpers (each is a fork of the router to start, about 10 ms of its CPU).
+ */
 export class HelperPool {
-  private readonly helpers: ExecHelper[] = [];
+  private readonly slots: Slot[] = [];
+  private readonly queue: Queued[] = [];
+  private timer: NodeJS.Timeout | null = null;
 
   constructor(
     private readonly path: string,
@@ -169,14 +193,56 @@ export class HelperPool {
   ) {}
 
   run(argv: string[], input: string | undefined, timeoutMs: number): Promise<HelperResult> {
-    let h = this.helpers.find((x) => x.pending === 0);
-    if (!h && this.helpers.length < this.size) this.helpers.push((h = new ExecHelper(this.path)));
-    h ??= this.helpers.reduce((a, b) => (b.pending < a.pending ? b : a));
-    return h.run(argv, input, timeoutMs);
+    return new Promise((resolve, reject) => {
+      this.queue.push({ argv, input, timeoutMs, resolve, reject });
+      this.pump();
+    });
+  }
+
+  /** Helpers started so far. */
+  get started(): number {
+    return this.slots.length;
   }
 
   end(): void {
-    for (const h of this.helpers) h.end();
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = null;
+    for (const q of this.queue.splice(0)) q.reject(new Error('the command helper ended'));
+    for (const s of this.slots) s.helper.end();
+  }
+
+  private pump(): void {
+    while (this.queue.length > 0) {
+      const now = Date.now();
+      let slot = this.slots.find((s) => s.since === null);
+      if (!slot && this.slots.length < this.size) {
+        const newest = Math.max(...this.slots.map((s) => s.since!));
+        if (this.slots.length === 0 || now - newest >= SPILL_MS) {
+          slot = { helper: new ExecHelper(this.path), since: null };
+          this.slots.push(slot);
+        } else if (!this.timer) {
+          this.timer = setTimeout(
+            () => {
+              this.timer = null;
+              this.pump();
+            },
+            SPILL_MS - (now - newest),
+          );
+          this.timer.unref(); // the commands in flight keep the process alive
+        }
+      }
+      if (!slot) return; // an answer, or the timer, pumps again
+      const q = this.queue.shift()!;
+      const s = slot;
+      s.since = now;
+      s.helper
+        .run(q.argv, q.input, q.timeoutMs)
+        .then(q.resolve, q.reject)
+        .finally(() => {
+          s.since = null;
+          this.pump();
+        });
+    }
   }
 }
 

@@ -109,4 +109,17 @@ describe('the command helper', () => {
       pool.end();
     }
   });
+
+  it('a pool: commands that come together share one helper, in the order asked', async () => {
+    const pool = new HelperPool(path, 4);
+    try {
+      const rs = await Promise.all(
+        Array.from({ length: 20 }, (_, i) => pool.run(['echo', String(i)], undefined, 5000)),
+      );
+      expect(rs.map((r) => r.stdout.toString().trim())).toEqual(Array.from({ length: 20 }, (_, i) => String(i)));
+      expect(pool.started).toBe(1);
+    } finally {
+      pool.end();
+    }
+  });
 });
