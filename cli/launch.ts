@@ -145,6 +145,7 @@ async function waitReady(
       process.stderr.write('waiting for the weft router to answer...\n');
       announced = true;
     }
-    await new Promise((r) => setTimeout(r, 100));
+    // Often: the router's start takes well under a second, and each look is a file read.
+    await new Promise((r) => setTimeout(r, 25));
   }
 }
