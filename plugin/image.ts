@@ -145,6 +145,10 @@ function fillRootfs(root: string, project: string, node: string): void {
   if (existsSync(cni)) cpSync(cni, join(app, 'native', 'build', 'weft-cni'));
   else
     console.warn('warning: the CNI plugin binary is not built; weft setup-cni in the image installs the Node plugin');
+  // The command helper: without it the router forks itself for every ip and nft it runs (slower).
+  const helper = join(project, 'native', 'build', 'weft-exec');
+  if (existsSync(helper)) cpSync(helper, join(app, 'native', 'build', 'weft-exec'));
+  else console.warn("warning: the command helper is not built; the image's router starts its commands itself");
   cpSync(join(project, 'examples', 'cni'), join(app, 'examples', 'cni'), { recursive: true });
   const prod = execFileSync('npm', ['ls', '--omit=dev', '--all', '--parseable'], { cwd: project, encoding: 'utf8' })
     .split('\n')

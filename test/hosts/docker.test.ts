@@ -6,7 +6,7 @@
 // labelled containers is reached by name through its VIP, and `weft stop`
 // / `weft reset` leave nothing behind.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { projectRoot } from '../../lib/project-root.js';
@@ -70,6 +70,20 @@ describe.skipIf(missing !== null)('Docker: router container, network plugin, eve
     await eventually('the two routers connected', async () =>
       (await a.weft(['status', 'peers'])).stdout.includes('host2'),
     );
+    // The image carries the command helper: the router runs its ip and nft through it (host pid namespace).
+    const pid = (JSON.parse(readFileSync(join(a.dataDir, 'router.json'), 'utf8')) as { pid: number }).pid;
+    const helpers = readdirSync('/proc')
+      .filter((p) => /^\d+$/.test(p))
+      .filter((p) => {
+        try {
+          const stat = readFileSync(`/proc/${p}/stat`, 'utf8');
+          const ppid = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
+          return ppid === pid && readFileSync(`/proc/${p}/cmdline`, 'utf8').includes('weft-exec');
+        } catch {
+          return false; // gone meanwhile
+        }
+      });
+    expect(helpers.length).toBeGreaterThan(0);
   }, 90_000);
 
   it('containers on a weft network ping, talk TCP across hosts and resolve each other by name', async () => {
