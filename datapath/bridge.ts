@@ -3,7 +3,7 @@
 // repaired when changed underneath, removed by reset.
 import { readFileSync, readlinkSync, existsSync } from 'node:fs';
 import { basename } from 'node:path';
-import { bridge, ip, ipJson, linkExists } from '../net/command.js';
+import { ip, ipBatchIn, ipJson, linkExists } from '../net/command.js';
 
 export const BRIDGE = 'weft';
 /** The VXLAN network id weft uses on the wire (the kernel device's and OVS's). */
@@ -92,27 +92,27 @@ export function sysLink(dev: string): SysLink | null {
 export async function ensureBridge(c: { mac: string; mtu: number }): Promise<string[]> {
   const now = sysLink(BRIDGE);
   if (now?.isBridge && now.up && now.mtu === c.mtu && now.address === c.mac.toLowerCase()) return [];
-  const fixed: string[] = [];
-  if (!(await linkExists(BRIDGE))) {
-    await ip(['link', 'add', BRIDGE, 'type', 'bridge']);
-    fixed.push('created bridge');
+  if (!now && !(await linkExists(BRIDGE))) {
+    await ipBatchIn(undefined, [
+      `link add ${BRIDGE} address ${c.mac} mtu ${c.mtu} type bridge`,
+      `link set ${BRIDGE} up`,
+    ]);
+    return ['created bridge'];
   }
   const br = (await ipJson<LinkInfo[]>(['-d', 'link', 'show', 'dev', BRIDGE]))[0];
   if (br.linkinfo?.info_kind !== 'bridge')
     throw new Error(`a link called ${BRIDGE} exists and is not a bridge; remove it or run weft reset`);
-  if (br.address !== c.mac) {
-    await ip(['link', 'set', BRIDGE, 'address', c.mac]);
-    fixed.push('bridge MAC');
-  }
-  if (br.mtu !== c.mtu) {
-    await ip(['link', 'set', BRIDGE, 'mtu', String(c.mtu)]);
-    fixed.push('bridge MTU');
-  }
-  if (!br.flags?.includes('UP')) {
-    await ip(['link', 'set', BRIDGE, 'up']);
-    fixed.push('bridge was down');
-  }
-  return fixed;
+  const fixes: [boolean, string, string][] = [
+    [br.address !== c.mac, `link set ${BRIDGE} address ${c.mac}`, 'bridge MAC'],
+    [br.mtu !== c.mtu, `link set ${BRIDGE} mtu ${c.mtu}`, 'bridge MTU'],
+    [!br.flags?.includes('UP'), `link set ${BRIDGE} up`, 'bridge was down'],
+  ];
+  const due = fixes.filter(([differs]) => differs);
+  await ipBatchIn(
+    undefined,
+    due.map(([, line]) => line),
+  );
+  return due.map(([, , what]) => what);
 }
 
 /**
@@ -132,20 +132,21 @@ export async function ensurePort(dev: string, what: string, up: string[] = [dev]
     up.every((d) => sysLink(d)?.up)
   )
     return [];
+  // One `ip` process: onto the bridge, the port's flags (set whenever anything was off), up.
+  if (!now) throw new Error(`${what} ${dev} does not exist`);
   const fixed: string[] = [];
-  const port = (await ipJson<LinkInfo[]>(['-d', 'link', 'show', 'dev', dev]))[0];
-  if (port.master !== BRIDGE) {
-    await ip(['link', 'set', dev, 'master', BRIDGE]);
+  const lines: string[] = [];
+  if (now.master !== BRIDGE) {
+    lines.push(`link set ${dev} master ${BRIDGE}`);
     fixed.push(`${what} on the bridge`);
   }
-  await bridge(['link', 'set', 'dev', dev, 'learning', 'off', 'neigh_suppress', 'on', 'isolated', 'on']);
-  for (const d of up) {
-    const st = (await ipJson<LinkInfo[]>(['link', 'show', 'dev', d]))[0];
-    if (!st.flags?.includes('UP')) {
-      await ip(['link', 'set', d, 'up']);
+  lines.push(`link set dev ${dev} type bridge_slave learning off neigh_suppress on isolated on`);
+  for (const d of up)
+    if (!sysLink(d)?.up) {
+      lines.push(`link set ${d} up`);
       fixed.push(`${d} was down`);
     }
-  }
+  await ipBatchIn(undefined, lines);
   return fixed;
 }
 

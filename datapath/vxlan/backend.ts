@@ -40,9 +40,11 @@ export class VxlanBackend implements Backend {
     if (now && now.ifindex === this.checkedIfindex && now.mtu === this.config.mtu())
       return ensurePort(VXLAN_DEV, 'VXLAN device');
     const fixed: string[] = [];
-    let vx = (await linkExists(VXLAN_DEV))
-      ? (await ipJson<LinkInfo[]>(['-d', 'link', 'show', 'dev', VXLAN_DEV]))[0]
-      : null;
+    // sysfs says it is there, or `ip` says whether it is.
+    let vx =
+      now || (await linkExists(VXLAN_DEV))
+        ? (await ipJson<LinkInfo[]>(['-d', 'link', 'show', 'dev', VXLAN_DEV]))[0]
+        : null;
     if (
       vx &&
       (vx.linkinfo?.info_kind !== 'vxlan' ||
@@ -59,6 +61,8 @@ export class VxlanBackend implements Backend {
         'link',
         'add',
         VXLAN_DEV,
+        'mtu',
+        String(this.config.mtu()),
         'type',
         'vxlan',
         'id',
@@ -68,9 +72,7 @@ export class VxlanBackend implements Backend {
         'nolearning',
       ]);
       fixed.push('created VXLAN device');
-      vx = (await ipJson<LinkInfo[]>(['-d', 'link', 'show', 'dev', VXLAN_DEV]))[0];
-    }
-    if (vx.mtu !== this.config.mtu()) await ip(['link', 'set', VXLAN_DEV, 'mtu', String(this.config.mtu())]);
+    } else if (vx.mtu !== this.config.mtu()) await ip(['link', 'set', VXLAN_DEV, 'mtu', String(this.config.mtu())]);
     this.checkedIfindex = sysLink(VXLAN_DEV)?.ifindex ?? null;
     return [...fixed, ...(await ensurePort(VXLAN_DEV, 'VXLAN device'))];
   }
