@@ -6,7 +6,7 @@
 // updates.
 import type { Logger } from '../lib/logger.js';
 import { SerialJob } from '../lib/serial-job.js';
-import { nft } from '../net/command.js';
+import { nftScript } from '../net/nft-session.js';
 import {
   applyFirewall,
   firewallDiffers,
@@ -59,8 +59,9 @@ export class HostFirewall {
       const now = this.state();
       await applyFirewall(now);
       this.underlayWritten = now.underlay;
+      // Whole, through the guard's own job: a pass it had scheduled (endpoints changed) folds into this one.
       this.guard.invalidate();
-      await this.guard.sync(this.config.bindings());
+      await this.guardJob.run();
       this.config.part?.written();
       if (!force) {
         this.config.repaired();
@@ -100,7 +101,7 @@ export class HostFirewall {
     const text = peerSetUpdates(have, want);
     if (!text) return;
     try {
-      await nft(['-f', '-'], text);
+      await nftScript(text);
       this.underlayWritten = want;
     } catch {
       await this.sync(true);

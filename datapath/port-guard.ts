@@ -9,7 +9,7 @@
 // is bound before its first frame. The datapath's other ports (VXLAN, sleeve,
 // OVS) carry frames from peers and are not bound here.
 import { nft } from '../net/command.js';
-import { nftSession } from '../net/nft-session.js';
+import { nftScript } from '../net/nft-session.js';
 
 export const GUARD_TABLE = 'weft';
 /** Host ends of container veths (datapath/attach.ts hostIfName): what the catch-all drop matches. */
@@ -94,12 +94,8 @@ export class PortGuard {
   lastError: string | null = null;
   readonly stats = { updates: 0, rewrites: 0 };
 
-  constructor(
-    /** Writes the whole table (rare: at start, and after it was changed underneath). */
-    private readonly run: (script: string) => Promise<unknown> = (script) => nft(['-f', '-'], script),
-    /** Writes a few ports' updates (each attach and detach: through the long-lived nft). */
-    private readonly update: (script: string) => Promise<unknown> = (script) => nftSession.apply(script),
-  ) {}
+  /** `run` applies a script as one transaction (the whole table, or a few ports' updates). */
+  constructor(private readonly run: (script: string) => Promise<unknown> = nftScript) {}
 
   /** Brings the table to exactly `bindings`. Throws when nftables refuses (the reason says why). */
   async sync(bindings: PortBinding[]): Promise<void> {
@@ -111,7 +107,7 @@ export class PortGuard {
         const text = guardUpdates(bind, unbind);
         if (!text) return;
         try {
-          await this.update(text);
+          await this.run(text);
           for (const p of unbind) this.written.delete(p);
           for (const b of bind) this.written.set(b.port, keyOf(b));
           this.stats.updates++;
@@ -138,7 +134,7 @@ export class PortGuard {
     const text = guardUpdates([b], []);
     try {
       if (!this.written) throw new Error('table not written yet');
-      await this.update(text);
+      await this.run(text);
       this.written.set(b.port, keyOf(b));
     } catch (err) {
       // No table yet (or not the one we thought): the next sync writes it whole; until then this port

@@ -16,7 +16,7 @@
 import { type ChildProcessByStdio, spawn } from 'node:child_process';
 import type { Readable, Writable } from 'node:stream';
 import { unrefChild } from './child.js';
-import { CommandError } from './command.js';
+import { CommandError, nft } from './command.js';
 
 /** What `nft -j` prints: a list of objects, each with one key (table, chain, rule, set ...). */
 export interface NftJson {
@@ -200,6 +200,16 @@ function brief(line: string): string {
 
 /** The router's session (its process starts at the first request). */
 export const nftSession = new NftSession();
+
+/**
+ * Applies a small nft script of the router's own namespace as one transaction, through the session
+ * (no process; a script with a comment goes to `nft -f`). Large ones (the firewall table with the
+ * security groups' sets) go to `nft -f` by the caller: the session does one request at a time, and
+ * the heartbeat reads must not wait behind them.
+ */
+export function nftScript(script: string): Promise<unknown> {
+  return script.includes('#') ? nft(['-f', '-'], script) : nftSession.apply(script);
+}
 
 /** Objects of one kind (rule, chain, set ...) of one table in a listing. */
 export function nftObjects<T>(j: NftJson, kind: string, family?: string, table?: string): T[] {

@@ -18,7 +18,7 @@ import {
 import { VNI, bridgeMac } from '../bridge.js';
 import { VXLAN_DEV } from './fdb.js';
 import { nft } from '../../net/command.js';
-import { nftObjects, nftSession } from '../../net/nft-session.js';
+import { nftObjects, nftScript, nftSession } from '../../net/nft-session.js';
 
 const HEARTBEAT_ETHERTYPE = 0x88b5;
 const TABLE = 'weft_hb';
@@ -152,8 +152,7 @@ export class FastdpHealth implements Gossiper {
         (p) =>
           `    ether saddr ${bridgeMac(p)} ether type 0x${HEARTBEAT_ETHERTYPE.toString(16)} counter drop comment "${p}"`,
       );
-      await nft(
-        ['-f', '-'],
+      await nftScript(
         [
           `table netdev ${TABLE}`,
           `delete table netdev ${TABLE}`,
