@@ -94,8 +94,12 @@ export class PortGuard {
   lastError: string | null = null;
   readonly stats = { updates: 0, rewrites: 0 };
 
-  /** `run` applies a script as one transaction (the whole table, or a few ports' updates). */
-  constructor(private readonly run: (script: string) => Promise<unknown> = nftScript) {}
+  constructor(
+    /** Writes the whole table (at start, after a change underneath): `nft -f`, not the session, which reads wait behind. */
+    private readonly run: (script: string) => Promise<unknown> = (script) => nft(['-f', '-'], script),
+    /** Writes a few ports' updates (each attach and detach): through the long-lived nft. */
+    private readonly update: (script: string) => Promise<unknown> = nftScript,
+  ) {}
 
   /** Brings the table to exactly `bindings`. Throws when nftables refuses (the reason says why). */
   async sync(bindings: PortBinding[]): Promise<void> {
@@ -107,7 +111,7 @@ export class PortGuard {
         const text = guardUpdates(bind, unbind);
         if (!text) return;
         try {
-          await this.run(text);
+          await this.update(text);
           for (const p of unbind) this.written.delete(p);
           for (const b of bind) this.written.set(b.port, keyOf(b));
           this.stats.updates++;
@@ -134,7 +138,7 @@ export class PortGuard {
     const text = guardUpdates([b], []);
     try {
       if (!this.written) throw new Error('table not written yet');
-      await this.run(text);
+      await this.update(text);
       this.written.set(b.port, keyOf(b));
     } catch (err) {
       // No table yet (or not the one we thought): the next sync writes it whole; until then this port

@@ -202,11 +202,6 @@ export function configureIn(
   );
 }
 
-/** `bridge ARGS`. */
-export function bridge(args: string[]): Promise<string> {
-  return exec('bridge', args);
-}
-
 /** `nft ARGS` (with `-f -`, the ruleset on standard input), here or inside the namespace at `netnsPath`. */
 export function nft(args: string[], input?: string, netnsPath?: string): Promise<string> {
   return exec(...inNamespace('nft', args, netnsPath), input);

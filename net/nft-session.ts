@@ -24,6 +24,8 @@ export interface NftJson {
 }
 
 const END_MARK = 'list tables';
+/** Requests one process answers before the next request starts another (about an hour of polling). */
+const RECYCLE_AFTER = 5000;
 
 type NftProcess = ChildProcessByStdio<Writable, Readable, null>;
 
@@ -46,6 +48,8 @@ export class NftSession {
   private inFlight: Pending | null = null;
   private timer: NodeJS.Timeout | null = null;
   private out = '';
+  /** Requests sent to the running process. */
+  private sent = 0;
 
   constructor(
     private readonly timeoutMs = 5000,
@@ -107,6 +111,7 @@ export class NftSession {
     );
     // The timer stays referenced while a request is out: it keeps the loop alive for the answer.
     child.stdin.write(`${p.line}\n${END_MARK}\n`);
+    this.sent++;
   }
 
   /** One line of nft's output, for the request in flight. */
@@ -139,6 +144,12 @@ export class NftSession {
     this.inFlight = null;
     if (this.timer) clearTimeout(this.timer);
     this.timer = null;
+    // nft's line editor keeps every line in memory: a fresh process now and then.
+    if (this.sent >= RECYCLE_AFTER && this.child) {
+      const old = this.child;
+      this.child = null;
+      old.stdin.end();
+    }
     if (result instanceof Error) p.reject(result);
     else p.resolve(result);
     this.next();
@@ -148,10 +159,14 @@ export class NftSession {
   private process(): NftProcess {
     if (this.child) return this.child;
     // Through sh only to merge standard error into standard output (exec: nft is the process).
+    // HOME where nothing is: nft's line editor keeps no history file (it would grow at every exit).
     const child = spawn('sh', ['-c', 'exec "$@" -j -t -i 2>&1', 'sh', ...this.argv], {
       stdio: ['pipe', 'pipe', 'ignore'],
+      env: { ...process.env, HOME: '/nonexistent' },
     });
     this.child = child;
+    this.sent = 0;
+    child.stdin.on('error', () => undefined); // a process that could not start or died: 'exit' says so
     this.out = '';
     child.stdout.setEncoding('utf8');
     // A process that was given up on may still write: only the current one answers.
