@@ -173,8 +173,7 @@ export async function joinBridge(hostIf: string, hairpin = false, after: string[
     ...(hairpin ? [`link set dev ${hostIf} type bridge_slave hairpin on`] : []),
   ];
   try {
-    if (after.length === 0 && join.length === 1) await ip(['link', 'set', hostIf, 'master', BRIDGE, 'up']);
-    else await ipBatchIn(undefined, [...join, ...after]);
+    await ipBatchIn(undefined, [...join, ...after]);
   } catch (err) {
     // The batch stops at the first line that fails and names it ("Command failed -:N"): past the join,
     // the port is on the bridge, and what failed was only best effort.
@@ -264,6 +263,8 @@ export async function attachContainer(
     [`net/ipv4/conf/${dev}/arp_notify`, '1'],
   ];
   const conflict = () => new WeftError('conflict', `an interface ${ifname} already exists in ${ns}`);
+  // A new interface. configureIn checks in the namespace that the name is free: one there (not weft's,
+  // or its pair would have a host end) is a conflict, and the pair goes again.
   const plumbNew = async (): Promise<string> => {
     const mac = randomMac();
     await withNewVeth(
@@ -280,19 +281,16 @@ export async function attachContainer(
         await joinBridge(hostIf, gateway !== undefined, hostLines); // failing, the pair goes again: no interface left without a way out
       },
       { mac, netns: ns },
-    );
+    ).catch((err: Error) => {
+      throw err instanceof CommandError && err.exitCode === INTERFACE_PRESENT ? conflict() : err;
+    });
     return mac;
   };
   let mac: string;
   if (!existsSync(`/sys/class/net/${hostIf}`)) {
     // No host end: a new attachment (the common case), made without asking first whether the container
-    // has an interface of that name: configureIn checks in the namespace, and one that is there (not
-    // weft's: its pair would have a host end) is a conflict.
-    try {
-      mac = await plumbNew();
-    } catch (err) {
-      throw err instanceof CommandError && err.exitCode === INTERFACE_PRESENT ? conflict() : err;
-    }
+    // has an interface of that name (plumbNew's check says).
+    mac = await plumbNew();
   } else if (!(await linkExists(ifname, ns))) {
     mac = await plumbNew(); // a host end left over without its container end: made afresh
   } else {

@@ -62,6 +62,7 @@ export class HostFirewall {
       // Whole, through the guard's own job: a pass it had scheduled (endpoints changed) folds into this one.
       this.guard.invalidate();
       await this.guardJob.run();
+      if (this.guard.lastError) throw new Error(this.guard.lastError); // the pass reports, and swallows, its own
       this.config.part?.written();
       if (!force) {
         this.config.repaired();

@@ -7,7 +7,7 @@
 // when needed and again after it dies. Without the binary (not built), or with WEFT_EXEC_HELPER=off, the
 // caller starts commands itself.
 import { type ChildProcessWithoutNullStreams, spawn } from 'node:child_process';
-import { unrefChild } from './child.js';
+import { killChild, unrefChild } from './child.js';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { projectRoot } from '../lib/project-root.js';
@@ -140,10 +140,7 @@ export class ExecHelper {
   private fail(err: Error): void {
     const child = this.child;
     this.child = null;
-    if (child) {
-      child.stdin.destroy();
-      child.kill('SIGKILL');
-    }
+    if (child) killChild(child);
     for (const p of this.waiting.values()) {
       clearTimeout(p.timer);
       p.reject(err);

@@ -15,7 +15,7 @@
 // request fails and the next one starts a new process.
 import { type ChildProcessByStdio, spawn } from 'node:child_process';
 import type { Readable, Writable } from 'node:stream';
-import { unrefChild } from './child.js';
+import { killChild, unrefChild } from './child.js';
 import { CommandError, nft } from './command.js';
 
 /** What `nft -j` prints: a list of objects, each with one key (table, chain, rule, set ...). */
@@ -200,10 +200,7 @@ export class NftSession {
   private stop(err: Error): void {
     const child = this.child;
     this.child = null;
-    if (child) {
-      child.stdin.destroy();
-      child.kill('SIGKILL');
-    }
+    if (child) killChild(child);
     this.settle(err);
   }
 }
