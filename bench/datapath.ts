@@ -2,7 +2,8 @@
 //   (a) the veth underlay between the hosts,
 //   (b) a hand-built kernel VXLAN + bridge with static fdb, container to container (the anchor),
 //   (c) weft fastdp, container to container (weft launch + weft attach),
-//   (d) weft sleeve (--no-fastdp), (e) weft sleeve encrypted (a password), each on a fresh pair of hosts,
+//   (d) weft sleeve (--no-fastdp), (e) weft sleeve encrypted (a password; sealed in the addon, and again with
+//   WEFT_SLEEVE_FAST=off, sealed in JavaScript), each on a fresh pair of hosts,
 //   (f) weft on OVS (--datapath ovs, netdev), against OVS's own NORMAL learning switch built the same
 //   way on the same hosts, bridges and underlay (the fair anchor for a controller), on a fresh pair of
 //   hosts each running Open vSwitch.
@@ -333,9 +334,15 @@ async function main(): Promise<void> {
     const sleeves: [string, number, number, number, number][] = [];
     sleeves.push(['(d) weft sleeve', ...(await sleeveRow(['--no-fastdp'], {}))]);
     sleeves.push(['(e) weft sleeve, encrypted', ...(await sleeveRow([], { WEFT_PASSWORD: 'bench password' }))]);
+    // The reference path (sealing in JavaScript) in the same run: what the addon's sealing gives.
+    sleeves.push([
+      '(e) encrypted, WEFT_SLEEVE_FAST=off',
+      ...(await sleeveRow([], { WEFT_PASSWORD: 'bench password', WEFT_SLEEVE_FAST: 'off' })),
+    ]);
+    const plain = sleeves[0][1];
     for (const [label, gbit, us, cpu, tcpRtt] of sleeves) {
       console.log(
-        `${label.padEnd(36)} ${gbit.toFixed(2).padStart(6)} Gbit/s   RTT ${us.toFixed(0).padStart(4)} us (ping), ${tcpRtt.toFixed(0)} us (TCP under load)   ${cpu.toFixed(2)} CPU s/GB (both routers)   vs b ${(gbit / ub[1]).toFixed(3)}`,
+        `${label.padEnd(36)} ${gbit.toFixed(2).padStart(6)} Gbit/s   RTT ${us.toFixed(0).padStart(4)} us (ping), ${tcpRtt.toFixed(0)} us (TCP under load)   ${cpu.toFixed(2)} CPU s/GB (both routers)   vs b ${(gbit / ub[1]).toFixed(3)}${label.startsWith('(e)') ? `, vs d ${(gbit / plain).toFixed(3)}` : ''}`,
       );
     }
     if (only !== 'sleeve') await printOvs(ub[1], ub[2]);

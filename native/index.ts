@@ -11,6 +11,10 @@ export const META = 4;
 const FLAG_TRUNCATED = 1;
 /** The fast path carried this datagram already: JavaScript skips the slot. */
 const FLAG_HANDLED = 2;
+/** The fast path opened the slot's sealed datagrams in place (HopCipher): see UdpPort.opened(). */
+const FLAG_OPENED = 4;
+/** What sealing adds: a 64-bit counter and a 16-byte tag. */
+const SEAL_OVERHEAD = 24;
 
 interface RawPort {
   close(): void;
@@ -28,13 +32,18 @@ interface RawTap extends RawPort {
   forwardTo(udp: RawUdp, fast: RawFastPath): void;
 }
 interface RawFastPath {
-  update(table: Buffer): void;
+  update(table: Buffer, ciphers: RawHopCipher[]): void;
   stats(): FastPathStats;
+}
+interface RawHopCipher {
+  seal(out: Buffer, plain: Buffer, aad?: Buffer): void;
+  open(out: Buffer, sealed: Buffer, aad?: Buffer): boolean;
 }
 interface Addon {
   UdpPort: new (opts: object, onReadable: (n: number) => void) => RawUdp;
   TapPort: new (opts: object, onReadable: (n: number) => void) => RawTap;
   FastPath: new () => RawFastPath;
+  HopCipher: new (send: Buffer, receive: Buffer) => RawHopCipher;
   constants: Record<string, number>;
 }
 
@@ -59,6 +68,32 @@ export interface FastPathStats {
   bytesIn: number;
   /** Frames for local containers the TAP did not take (its queue was full). */
   tapDropped: number;
+  /** Sealed datagrams that did not open (unknown hop, forged, corrupted, replayed). */
+  refused: number;
+}
+
+/**
+ * ChaCha20-Poly1305 for one hop in the addon (OpenSSL, as Node links it), in the sleeve's format
+ * (datapath/sleeve/packet.ts: counter, ciphertext, tag; nonce from the counter). It holds the hop's
+ * only send counter and replay window: the fast path and JavaScript both seal and open through it.
+ */
+export class HopCipher {
+  readonly raw: RawHopCipher;
+  constructor(send: Buffer, receive: Buffer) {
+    this.raw = new (addonOrThrow().HopCipher)(send, receive);
+  }
+  /** Counter, ciphertext and tag; `aad` is authenticated beside it (a fragment's header). */
+  seal(plain: Buffer, aad?: Buffer): Buffer {
+    const out = Buffer.allocUnsafe(plain.length + SEAL_OVERHEAD);
+    this.raw.seal(out, plain, aad);
+    return out;
+  }
+  /** The plaintext, or null for forged, corrupted, replayed or short packets. */
+  open(sealed: Buffer, aad?: Buffer): Buffer | null {
+    if (sealed.length < SEAL_OVERHEAD) return null;
+    const out = Buffer.allocUnsafe(sealed.length - SEAL_OVERHEAD);
+    return this.raw.open(out, sealed, aad) ? out : null;
+  }
 }
 
 /** A route the fast path may use: frames to `mac` go to peer `dst` by the hop at addr:port. */
@@ -69,6 +104,15 @@ export interface FastRoute {
   port: number;
   /** The largest datagram to that hop. */
   max: number;
+  /** The hop's keys when it is encrypted. */
+  cipher: HopCipher | null;
+}
+
+/** A directly connected peer: its id (peer name as a number), underlay address and keys when encrypted. */
+export interface FastHop {
+  id: number;
+  addr: number;
+  cipher: HopCipher | null;
 }
 
 /**
@@ -80,9 +124,20 @@ export class FastPath {
   constructor() {
     this.raw = new (addonOrThrow().FastPath)();
   }
-  /** Replaces the tables: our peer id, routes by MAC, plain hops (id -> address), MACs known to the endpoint table. */
-  update(self: number, routes: FastRoute[], hops: { id: number; addr: number }[], known: number[]): void {
-    const b = Buffer.alloc(6 + 4 + routes.length * 20 + 4 + hops.length * 10 + 4 + known.length * 6);
+  /** Replaces the tables: our peer id, routes by MAC, hops (id -> address and keys), MACs known to the endpoint table. */
+  update(self: number, routes: FastRoute[], hops: FastHop[], known: number[]): void {
+    const ciphers: RawHopCipher[] = [];
+    const index = new Map<HopCipher, number>();
+    const cipherIndex = (c: HopCipher | null): number => {
+      if (!c) return 0xffff;
+      let i = index.get(c);
+      if (i === undefined) {
+        i = ciphers.push(c.raw) - 1;
+        index.set(c, i);
+      }
+      return i;
+    };
+    const b = Buffer.alloc(6 + 4 + routes.length * 22 + 4 + hops.length * 12 + 4 + known.length * 6);
     let o = b.writeUIntBE(self, 0, 6);
     o = b.writeUInt32BE(routes.length, o);
     for (const r of routes) {
@@ -91,20 +146,25 @@ export class FastPath {
       o = b.writeUInt32BE(r.addr, o);
       o = b.writeUInt16BE(r.port, o);
       o = b.writeUInt16BE(Math.min(r.max, 0xffff), o);
+      o = b.writeUInt16BE(cipherIndex(r.cipher), o);
     }
     o = b.writeUInt32BE(hops.length, o);
     for (const h of hops) {
       o = b.writeUIntBE(h.id, o, 6);
       o = b.writeUInt32BE(h.addr, o);
+      o = b.writeUInt16BE(cipherIndex(h.cipher), o);
     }
     o = b.writeUInt32BE(known.length, o);
     for (const m of known) o = b.writeUIntBE(m, o, 6);
-    this.raw.update(b);
+    this.raw.update(b, ciphers);
   }
   stats(): FastPathStats {
     return this.raw.stats();
   }
-  /** Frames from `tap` to known routes go out of `udp`; plain messages for us from known hops go into `tap`. */
+  /**
+   * Frames from `tap` to known routes go out of `udp` (sealed on encrypted hops); sealed datagrams
+   * from encrypted hops are opened in place (UdpPort.opened); messages for us from known hops go into `tap`.
+   */
   link(tap: TapPort, udp: UdpPort): void {
     tap.raw.forwardTo(udp.raw, this.raw);
     udp.raw.deliverTo(tap.raw, this.raw);
@@ -249,6 +309,14 @@ export class UdpPort extends SlotBuffers {
   }
   truncated(i: number): boolean {
     return (this.rxMeta[i * META + 3] & FLAG_TRUNCATED) !== 0;
+  }
+  /**
+   * Whether the fast path opened slot i's sealed datagrams in place: each sealed one that opened has
+   * its plaintext 8 bytes after its header's end and 16 bytes short of its end; one that did not
+   * open has version 0 (and was counted as refused).
+   */
+  opened(i: number): boolean {
+    return (this.rxMeta[i * META + 3] & FLAG_OPENED) !== 0;
   }
   /** Whether the fast path (FastPath.link) carried slot i already. */
   handled(i: number): boolean {

@@ -8,6 +8,7 @@
 // slots and a Uint32Array of per-slot metadata), native code fills or reads
 // them, and JavaScript handles a whole batch per callback, synchronously.
 #include <napi.h>
+#include <openssl/evp.h>
 #include <sched.h>
 #include <uv.h>
 
@@ -24,6 +25,7 @@
 #include <sys/random.h>
 #include <sys/socket.h>
 #include <unistd.h>
+#include <algorithm>
 #include <array>
 #include <unordered_map>
 #include <unordered_set>
@@ -328,6 +330,185 @@ void write16(uint8_t* p, uint16_t v) {
   p[1] = v;
 }
 
+// ---- Sealing: ChaCha20-Poly1305 per hop, against the OpenSSL that Node itself links and exports.
+//
+// The format is packet.ts's: a sealed body is a 64-bit big-endian counter, the ciphertext, and a
+// 16-byte tag; the nonce is four zero bytes and the counter; a fragment's 8-byte header (id, index,
+// count) is authenticated as additional data. One HopCipher per hop holds the only send counter and
+// the only replay window for its keys: the fast path and JavaScript both seal and open through it,
+// so a counter is never used twice and a packet is never accepted twice, whichever path took it.
+constexpr uint32_t SEALED = 0x80, SEAL_COUNTER = 8, SEAL_TAG = 16, SEAL_OVERHEAD = SEAL_COUNTER + SEAL_TAG;
+// The slot held a sealed datagram (or a train of them) that the fast path opened in place: each
+// segment's plaintext lies after its header and counter, and ends 16 bytes before the segment does.
+// A segment that did not open has its version byte zeroed.
+constexpr uint32_t FLAG_OPENED = 4;
+
+// Accepts each counter once, within a window behind the highest seen (UDP reorders): packet.ts's ReplayWindow.
+class ReplayWindow {
+ public:
+  static constexpr uint64_t SIZE = 2048;
+  bool wouldAccept(uint64_t c) const { return started_ ? c > top_ || (top_ - c < SIZE && !isSet(c)) : true; }
+  void accept(uint64_t c) {
+    if (!started_ || c > top_) {
+      uint64_t gap = started_ ? std::min<uint64_t>(c - top_, SIZE) : SIZE;
+      for (uint64_t i = 1; i <= gap; i++) clear(c - i + 1);
+      top_ = c;
+      started_ = true;
+    }
+    set(c);
+  }
+
+ private:
+  uint32_t bits_[SIZE / 32] = {};
+  uint64_t top_ = 0;
+  bool started_ = false;
+  bool isSet(uint64_t c) const { return bits_[(c % SIZE) >> 5] & (1u << (c & 31)); }
+  void set(uint64_t c) { bits_[(c % SIZE) >> 5] |= 1u << (c & 31); }
+  void clear(uint64_t c) { bits_[(c % SIZE) >> 5] &= ~(1u << (c & 31)); }
+};
+
+class HopCipher : public Napi::ObjectWrap<HopCipher> {
+ public:
+  static Napi::Function Init(Napi::Env env) {
+    return DefineClass(env, "HopCipher", {InstanceMethod("seal", &HopCipher::Seal), InstanceMethod("open", &HopCipher::Open)});
+  }
+
+  // new HopCipher(sendKey, receiveKey): 32-byte keys from the mesh handshake.
+  explicit HopCipher(const Napi::CallbackInfo& info) : Napi::ObjectWrap<HopCipher>(info) {
+    Napi::Env env = info.Env();
+    if (info.Length() < 2 || !info[0].IsBuffer() || !info[1].IsBuffer() ||
+        info[0].As<Napi::Buffer<uint8_t>>().Length() != 32 || info[1].As<Napi::Buffer<uint8_t>>().Length() != 32) {
+      Napi::TypeError::New(env, "new HopCipher(sendKey, receiveKey): two 32-byte Buffers").ThrowAsJavaScriptException();
+      return;
+    }
+    enc_ = EVP_CIPHER_CTX_new();
+    dec_ = EVP_CIPHER_CTX_new();
+    const EVP_CIPHER* c = EVP_chacha20_poly1305();
+    if (!enc_ || !dec_ || !c ||
+        EVP_EncryptInit_ex(enc_, c, nullptr, info[0].As<Napi::Buffer<uint8_t>>().Data(), nullptr) != 1 ||
+        EVP_DecryptInit_ex(dec_, c, nullptr, info[1].As<Napi::Buffer<uint8_t>>().Data(), nullptr) != 1) {
+      Napi::Error::New(env, "OpenSSL has no usable ChaCha20-Poly1305").ThrowAsJavaScriptException();
+      return;
+    }
+    ready_ = true;
+  }
+  ~HopCipher() override {
+    if (enc_) EVP_CIPHER_CTX_free(enc_);
+    if (dec_) EVP_CIPHER_CTX_free(dec_);
+  }
+
+  // Seals the plaintext `a` then `b` (either may be empty) to out: counter, ciphertext, tag
+  // (SEAL_OVERHEAD + na + nb bytes). `out` may not overlap the plaintext.
+  bool seal(uint8_t* out, const uint8_t* aad, int naad, const uint8_t* a, int na, const uint8_t* b, int nb) {
+    if (!ready_) return false;
+    uint64_t c = counter_++;
+    uint8_t nonce[12] = {};
+    for (int i = 0; i < 8; i++) nonce[4 + i] = out[i] = uint8_t(c >> (56 - 8 * i));
+    int n = 0;
+    uint8_t* w = out + SEAL_COUNTER;
+    if (EVP_EncryptInit_ex(enc_, nullptr, nullptr, nullptr, nonce) != 1) return false;
+    if (naad > 0 && EVP_EncryptUpdate(enc_, nullptr, &n, aad, naad) != 1) return false;
+    if (na > 0 && EVP_EncryptUpdate(enc_, w, &n, a, na) != 1) return false;
+    w += na;
+    if (nb > 0 && EVP_EncryptUpdate(enc_, w, &n, b, nb) != 1) return false;
+    w += nb;
+    if (EVP_EncryptFinal_ex(enc_, w, &n) != 1) return false;
+    return EVP_CIPHER_CTX_ctrl(enc_, EVP_CTRL_AEAD_GET_TAG, SEAL_TAG, w) == 1;
+  }
+
+  // Opens the sealed body at d (len bytes: counter, ciphertext, tag) in place: true when it is
+  // authentic and its counter new (then remembered); the plaintext is at d + SEAL_COUNTER.
+  bool openInPlace(uint8_t* d, uint32_t len, const uint8_t* aad, int naad) { return openTo(d + SEAL_COUNTER, d, len, aad, naad); }
+
+ private:
+  EVP_CIPHER_CTX* enc_ = nullptr;
+  EVP_CIPHER_CTX* dec_ = nullptr;
+  bool ready_ = false;
+  uint64_t counter_ = 0;
+  ReplayWindow window_;
+
+  // Opens the sealed body at d into out (out == d + SEAL_COUNTER, or a buffer of its own).
+  bool openTo(uint8_t* out, const uint8_t* d, uint32_t len, const uint8_t* aad, int naad) {
+    if (!ready_ || len < SEAL_OVERHEAD) return false;
+    uint64_t c = 0;
+    for (int i = 0; i < 8; i++) c = (c << 8) | d[i];
+    // A counter already seen is refused before any work.
+    if (!window_.wouldAccept(c)) return false;
+    uint8_t nonce[12] = {};
+    memcpy(nonce + 4, d, 8);
+    int n = 0;
+    int body = int(len - SEAL_OVERHEAD);
+    if (EVP_DecryptInit_ex(dec_, nullptr, nullptr, nullptr, nonce) != 1) return false;
+    // The tag is copied: OpenSSL's control call takes a mutable pointer.
+    uint8_t tag[SEAL_TAG];
+    memcpy(tag, d + len - SEAL_TAG, SEAL_TAG);
+    if (EVP_CIPHER_CTX_ctrl(dec_, EVP_CTRL_AEAD_SET_TAG, SEAL_TAG, tag) != 1) return false;
+    if (naad > 0 && EVP_DecryptUpdate(dec_, nullptr, &n, aad, naad) != 1) return false;
+    if (body > 0 && EVP_DecryptUpdate(dec_, out, &n, d + SEAL_COUNTER, body) != 1) return false;
+    if (EVP_DecryptFinal_ex(dec_, out + body, &n) != 1) return false;
+    // Only an authentic packet may move the window.
+    window_.accept(c);
+    return true;
+  }
+
+  // Where JavaScript's Buffer arguments are: (out, in, aad?) with out large enough for what the call
+  // writes (`extra` bytes more than in, which may be negative). False, with a TypeError pending, when not.
+  struct Args {
+    uint8_t* out;
+    const uint8_t* in;
+    size_t nin;
+    const uint8_t* aad = nullptr;
+    int naad = 0;
+  };
+  bool args(const Napi::CallbackInfo& info, long extra, const char* usage, Args& a) {
+    bool ok = info.Length() >= 2 && info[0].IsBuffer() && info[1].IsBuffer() &&
+              (info.Length() < 3 || info[2].IsBuffer() || info[2].IsUndefined());
+    if (ok) {
+      auto out = info[0].As<Napi::Buffer<uint8_t>>();
+      auto in = info[1].As<Napi::Buffer<uint8_t>>();
+      a.out = out.Data();
+      a.in = in.Data();
+      a.nin = in.Length();
+      ok = long(in.Length()) + extra >= 0 && out.Length() >= size_t(long(in.Length()) + extra) && in.Length() < (1u << 20);
+      if (info.Length() > 2 && info[2].IsBuffer()) {
+        a.aad = info[2].As<Napi::Buffer<uint8_t>>().Data();
+        a.naad = int(info[2].As<Napi::Buffer<uint8_t>>().Length());
+      }
+    }
+    if (!ok) Napi::TypeError::New(info.Env(), usage).ThrowAsJavaScriptException();
+    return ok;
+  }
+
+  // seal(out, plain, aad?): writes counter, ciphertext and tag (plain.length + 24 bytes) to out.
+  Napi::Value Seal(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    Args a;
+    if (!args(info, SEAL_OVERHEAD, "seal(out: Buffer, plain: Buffer, aad?: Buffer): out holds plain.length + 24 bytes", a))
+      return env.Undefined();
+    if (!seal(a.out, a.aad, a.naad, a.in, int(a.nin), nullptr, 0)) {
+      Napi::Error::New(env, "sealing failed (OpenSSL)").ThrowAsJavaScriptException();
+      return env.Undefined();
+    }
+    return env.Undefined();
+  }
+
+  // open(out, sealed, aad?): true when authentic and new, with the plaintext (sealed.length - 24
+  // bytes) in out; false for forged, corrupted, replayed or short ones. `sealed` is not changed.
+  Napi::Value Open(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    Args a;
+    if (!args(info, -long(SEAL_OVERHEAD), "open(out: Buffer, sealed: Buffer, aad?: Buffer): out holds sealed.length - 24 bytes", a)) {
+      // Too short to be sealed is an answer, not a misuse.
+      if (info.Length() >= 2 && info[1].IsBuffer() && info[1].As<Napi::Buffer<uint8_t>>().Length() < SEAL_OVERHEAD) {
+        env.GetAndClearPendingException();
+        return Napi::Boolean::New(env, false);
+      }
+      return env.Undefined();
+    }
+    return Napi::Boolean::New(env, openTo(a.out, a.in, uint32_t(a.nin), a.aad, a.naad));
+  }
+};
+
 class FastPath : public Napi::ObjectWrap<FastPath> {
  public:
   struct Route {
@@ -335,9 +516,14 @@ class FastPath : public Napi::ObjectWrap<FastPath> {
     uint16_t port;
     uint16_t max;  // the largest datagram to this hop
     uint8_t dst[6];
+    HopCipher* cipher;  // null: a plain hop
   };
-  std::unordered_map<uint64_t, Route> routes;   // by destination MAC
-  std::unordered_map<uint64_t, uint32_t> hops;  // plain hops: peer id -> underlay address
+  struct Hop {
+    uint32_t addr;
+    HopCipher* cipher;
+  };
+  std::unordered_map<uint64_t, Route> routes;  // by destination MAC
+  std::unordered_map<uint64_t, Hop> hops;      // peer id -> underlay address and keys
   std::unordered_set<uint64_t> known;           // MACs the endpoint table knows
   uint8_t self[6] = {};
   uint64_t selfId = 0;
@@ -354,21 +540,43 @@ class FastPath : public Napi::ObjectWrap<FastPath> {
     }
     return idPool[--idsLeft];
   }
-  uint64_t framesOut = 0, bytesOut = 0, framesIn = 0, bytesIn = 0, tapDropped = 0;
+  uint64_t framesOut = 0, bytesOut = 0, framesIn = 0, bytesIn = 0, tapDropped = 0, refused = 0;
+  // The hops' ciphers the tables point into, kept alive until the next update.
+  std::vector<Napi::ObjectReference> cipherRefs;
 
   static Napi::Function Init(Napi::Env env) {
     return DefineClass(env, "FastPath", {InstanceMethod("update", &FastPath::Update), InstanceMethod("stats", &FastPath::Stats)});
   }
   explicit FastPath(const Napi::CallbackInfo& info) : Napi::ObjectWrap<FastPath>(info) {}
 
-  // update(table): self(6) | routes: n(4), n x [mac(6) dst(6) addr(4) port(2) max(2)] |
-  // hops: n(4), n x [id(6) addr(4)] | known: n(4), n x mac(6). Big-endian. Replaces all three.
+  // update(table, ciphers): self(6) | routes: n(4), n x [mac(6) dst(6) addr(4) port(2) max(2) cipher(2)] |
+  // hops: n(4), n x [id(6) addr(4) cipher(2)] | known: n(4), n x mac(6). Big-endian; `cipher` indexes
+  // the HopCipher array, 0xffff for a plain hop. Replaces all three.
   Napi::Value Update(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
-    if (info.Length() < 1 || !info[0].IsBuffer()) {
-      Napi::TypeError::New(env, "update(table: Buffer)").ThrowAsJavaScriptException();
+    if (info.Length() < 2 || !info[0].IsBuffer() || !info[1].IsArray()) {
+      Napi::TypeError::New(env, "update(table: Buffer, ciphers: HopCipher[])").ThrowAsJavaScriptException();
       return env.Undefined();
     }
+    auto list = info[1].As<Napi::Array>();
+    std::vector<Napi::ObjectReference> refs;
+    std::vector<HopCipher*> ciphers;
+    for (uint32_t i = 0; i < list.Length(); i++) {
+      Napi::Value v = list.Get(i);
+      if (!v.IsObject() || !v.As<Napi::Object>().InstanceOf(env.GetInstanceData<Napi::FunctionReference>()->Value())) {
+        Napi::TypeError::New(env, "update: ciphers must be HopCipher objects").ThrowAsJavaScriptException();
+        return env.Undefined();
+      }
+      ciphers.push_back(HopCipher::Unwrap(v.As<Napi::Object>()));
+      refs.push_back(Napi::Persistent(v.As<Napi::Object>()));
+    }
+    auto cipherAt = [&](const uint8_t* q, HopCipher** out) {
+      uint16_t k = uint16_t((q[0] << 8) | q[1]);
+      if (k == 0xffff) *out = nullptr;
+      else if (k < ciphers.size()) *out = ciphers[k];
+      else return false;
+      return true;
+    };
     auto b = info[0].As<Napi::Buffer<uint8_t>>();
     const uint8_t* p = b.Data();
     const uint8_t* end = p + b.Length();
@@ -379,26 +587,31 @@ class FastPath : public Napi::ObjectWrap<FastPath> {
     };
     if (!need(6 + 4)) return bad();
     std::unordered_map<uint64_t, Route> r;
-    std::unordered_map<uint64_t, uint32_t> h;
+    std::unordered_map<uint64_t, Hop> h;
     std::unordered_set<uint64_t> k;
     uint8_t me[6];
     memcpy(me, p, 6);
     p += 6;
     uint32_t n = read32(p);
     p += 4;
-    if (!need(size_t(n) * 20 + 4)) return bad();
-    for (uint32_t i = 0; i < n; i++, p += 20) {
+    if (!need(size_t(n) * 22 + 4)) return bad();
+    for (uint32_t i = 0; i < n; i++, p += 22) {
       Route x;
       memcpy(x.dst, p + 6, 6);
       x.addr = read32(p + 12);
       x.port = uint16_t((p[16] << 8) | p[17]);
       x.max = uint16_t((p[18] << 8) | p[19]);
+      if (!cipherAt(p + 20, &x.cipher)) return bad();
       r[read48(p)] = x;
     }
     n = read32(p);
     p += 4;
-    if (!need(size_t(n) * 10 + 4)) return bad();
-    for (uint32_t i = 0; i < n; i++, p += 10) h[read48(p)] = read32(p + 6);
+    if (!need(size_t(n) * 12 + 4)) return bad();
+    for (uint32_t i = 0; i < n; i++, p += 12) {
+      Hop x{read32(p + 6), nullptr};
+      if (!cipherAt(p + 10, &x.cipher)) return bad();
+      h[read48(p)] = x;
+    }
     n = read32(p);
     p += 4;
     if (!need(size_t(n) * 6)) return bad();
@@ -408,6 +621,7 @@ class FastPath : public Napi::ObjectWrap<FastPath> {
     routes.swap(r);
     hops.swap(h);
     known.swap(k);
+    cipherRefs.swap(refs);
     return env.Undefined();
   }
 
@@ -418,6 +632,7 @@ class FastPath : public Napi::ObjectWrap<FastPath> {
     o.Set("framesIn", double(framesIn));
     o.Set("bytesIn", double(bytesIn));
     o.Set("tapDropped", double(tapDropped));
+    o.Set("refused", double(refused));
     return o;
   }
 };
@@ -553,7 +768,11 @@ class UdpPort : public Port<UdpPort> {
           }
         }
       }
-      if (link_.fast && m[3] == 0 && fastDeliver(shared_.rx + size_t(i) * shared_.slotSize, m[0], m[1])) {
+      if (!link_.fast || (m[3] & FLAG_TRUNCATED)) continue;
+      uint8_t* d = shared_.rx + size_t(i) * shared_.slotSize;
+      uint32_t seg = m[3] >> 8;
+      if (openSealed(d, m[0], seg ? seg : m[0], m[1])) m[3] |= FLAG_OPENED;
+      if (seg == 0 && fastDeliver(d, m[0], m[1])) {
         m[3] = FLAG_HANDLED;
         handled++;
       }
@@ -585,6 +804,7 @@ class UdpPort : public Port<UdpPort> {
   // deliverTo(tap, fastPath): messages for us that the fast path can take go straight into the TAP.
   Napi::Value DeliverTo(const Napi::CallbackInfo& info);
   bool fastDeliver(const uint8_t* d, uint32_t len, uint32_t from);
+  bool openSealed(uint8_t* d, uint32_t len, uint32_t seg, uint32_t from);
 
   // What the socket can do: gso (send segment trains), gro (receive them joined).
   Napi::Value Features(const Napi::CallbackInfo& info) {
@@ -706,7 +926,15 @@ class TapPort : public Port<TapPort> {
     queued_ = 0;
   }
 
+  // A frame that could not be sealed is dropped (JavaScript's sealing would fail the same way).
+  bool sealFailed() {
+    lastError_ = "sealing failed (OpenSSL)";
+    txDropped_++;
+    return true;
+  }
+
   // Takes the frame (virtio header + Ethernet) if its route is known; false leaves it to JavaScript.
+  // On an encrypted hop the message, or each fragment of it, is sealed on its way into the slot.
   bool fastForward(const uint8_t* f, uint32_t len) {
     UdpPort* udp = link_.port;
     FastPath* fast = link_.fast;
@@ -714,24 +942,31 @@ class TapPort : public Port<TapPort> {
     auto it = fast->routes.find(read48(f + VNET_HDR));
     if (it == fast->routes.end()) return false;
     const FastPath::Route& r = it->second;
+    HopCipher* cipher = r.cipher;
+    uint32_t seal = cipher ? SEAL_OVERHEAD : 0;
+    uint8_t sealedBit = cipher ? SEALED : 0;
     uint32_t message = MESSAGE_HEADER + 4 + len;
     uint8_t prefix[MESSAGE_HEADER + 4];
     memcpy(prefix, fast->self, 6);
     memcpy(prefix + 6, r.dst, 6);
     prefix[12] = MAX_HOPS;
     write32(prefix + 13, len);
-    if (SLEEVE_HEADER + message <= r.max) {
+    if (SLEEVE_HEADER + message + seal <= r.max) {
       uint8_t* s = outSlot();
       s[0] = SLEEVE_VERSION;
-      s[1] = KIND_FRAMES;
+      s[1] = KIND_FRAMES | sealedBit;
       memcpy(s + 2, fast->self, 6);
-      memcpy(s + SLEEVE_HEADER, prefix, sizeof prefix);
-      memcpy(s + SLEEVE_HEADER + sizeof prefix, f, len);
-      commitFast(SLEEVE_HEADER + message, r, 0);
+      if (cipher) {
+        if (!cipher->seal(s + SLEEVE_HEADER, nullptr, 0, prefix, sizeof prefix, f, int(len))) return sealFailed();
+      } else {
+        memcpy(s + SLEEVE_HEADER, prefix, sizeof prefix);
+        memcpy(s + SLEEVE_HEADER + sizeof prefix, f, len);
+      }
+      commitFast(SLEEVE_HEADER + message + seal, r, 0);
     } else {
       // In fragments, as trains of `max`-byte datagrams (the kernel cuts them: UDP GSO).
-      if (!udp->gso() || r.max <= FRAGMENT_HEADER) return false;
-      uint32_t chunk = r.max - FRAGMENT_HEADER;
+      if (!udp->gso() || r.max <= FRAGMENT_HEADER + seal) return false;
+      uint32_t chunk = r.max - FRAGMENT_HEADER - seal;
       uint32_t count = (message + chunk - 1) / chunk;
       uint32_t perSlot = std::min<uint32_t>(64, MAX_UDP_PAYLOAD / r.max);
       uint32_t id = 0x80000000u | (fast->nextFragmentId() & 0x7fffffffu);  // JavaScript's ids have the top bit clear
@@ -741,26 +976,25 @@ class TapPort : public Port<TapPort> {
         for (uint32_t last = std::min(count, i + perSlot); i < last; i++) {
           uint32_t from = i * chunk, to = std::min(message, from + chunk);
           s[o] = SLEEVE_VERSION;
-          s[o + 1] = KIND_FRAGMENT;
+          s[o + 1] = KIND_FRAGMENT | sealedBit;
           memcpy(s + o + 2, fast->self, 6);
           write32(s + o + SLEEVE_HEADER, id);
           write16(s + o + SLEEVE_HEADER + 4, uint16_t(i));
           write16(s + o + SLEEVE_HEADER + 6, uint16_t(count));
+          // The message is the prefix, then the frame: this fragment's part of each.
+          uint32_t inPrefix = from < sizeof prefix ? std::min<uint32_t>(to, sizeof prefix) - from : 0;
+          const uint8_t* a = prefix + (inPrefix ? from : 0);
+          const uint8_t* b = to > sizeof prefix ? f + (from + inPrefix - sizeof prefix) : f;
+          uint32_t inFrame = to - from - inPrefix;
           uint8_t* w = s + o + FRAGMENT_HEADER;
-          // The message is the prefix, then the frame.
-          for (uint32_t b = from; b < to;) {
-            if (b < sizeof prefix) {
-              uint32_t k = std::min<uint32_t>(to, sizeof prefix) - b;
-              memcpy(w, prefix + b, k);
-              w += k;
-              b += k;
-            } else {
-              memcpy(w, f + (b - sizeof prefix), to - b);
-              w += to - b;
-              b = to;
-            }
+          if (cipher) {
+            // The fragment header is authenticated with it.
+            if (!cipher->seal(w, s + o + SLEEVE_HEADER, 8, a, int(inPrefix), b, int(inFrame))) return sealFailed();
+          } else {
+            memcpy(w, a, inPrefix);
+            memcpy(w + inPrefix, b, inFrame);
           }
-          o += FRAGMENT_HEADER + (to - from);
+          o += FRAGMENT_HEADER + (to - from) + seal;
         }
         commitFast(o, r, r.max);
       }
@@ -799,18 +1033,52 @@ Napi::Value UdpPort::DeliverTo(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
-// Takes a plain message for us from a known hop, at its own address, whose frames are whole and come
-// from MACs the endpoint table knows (so nothing is to be learnt); false leaves it to JavaScript,
-// which also counts what is refused or malformed.
+// Opens in place every sealed datagram of the slot at d (len bytes; a train of `seg`-byte segments
+// when joined by GRO) that comes from a known encrypted hop at its own address. A sealed segment
+// that does not open (unknown or plain hop, wrong address, forged, corrupted, replayed, too short)
+// has its version byte zeroed and is counted as refused: nothing of it reaches JavaScript. True when
+// the slot held a sealed segment, so JavaScript reads the opened ones as plaintext (FLAG_OPENED).
+bool UdpPort::openSealed(uint8_t* d, uint32_t len, uint32_t seg, uint32_t from) {
+  FastPath* fast = link_.fast;
+  bool any = false;
+  for (uint32_t o = 0; o < len; o += seg) {
+    uint8_t* p = d + o;
+    uint32_t n = std::min(seg, len - o);
+    if (n < uint32_t(SLEEVE_HEADER) || p[0] != SLEEVE_VERSION || !(p[1] & SEALED)) continue;
+    any = true;
+    auto hop = fast->hops.find(read48(p + 2));
+    HopCipher* cipher = hop != fast->hops.end() && hop->second.addr == from ? hop->second.cipher : nullptr;
+    uint8_t kind = p[1] & ~SEALED;
+    bool ok = false;
+    if (cipher && kind == KIND_FRAMES)
+      ok = cipher->openInPlace(p + SLEEVE_HEADER, n - SLEEVE_HEADER, nullptr, 0);
+    else if (cipher && kind == KIND_FRAGMENT && n >= uint32_t(FRAGMENT_HEADER))
+      ok = cipher->openInPlace(p + FRAGMENT_HEADER, n - FRAGMENT_HEADER, p + SLEEVE_HEADER, 8);
+    if (!ok) {
+      p[0] = 0;
+      fast->refused++;
+    }
+  }
+  return any;
+}
+
+// Takes a message for us from a known hop, at its own address, whose frames are whole and come from
+// MACs the endpoint table knows (so nothing is to be learnt): a plain one from a plain hop, or one
+// openSealed() opened from an encrypted hop. False leaves it to JavaScript, which also counts what is
+// refused or malformed.
 bool UdpPort::fastDeliver(const uint8_t* d, uint32_t len, uint32_t from) {
   FastPath* fast = link_.fast;
   int tapFd = link_.port ? link_.port->fd() : -1;
-  if (tapFd < 0 || len < uint32_t(SLEEVE_HEADER + MESSAGE_HEADER) || d[0] != SLEEVE_VERSION || d[1] != KIND_FRAMES) return false;
+  if (tapFd < 0 || len < uint32_t(SLEEVE_HEADER + MESSAGE_HEADER) || d[0] != SLEEVE_VERSION) return false;
+  bool sealed = d[1] == (KIND_FRAMES | SEALED);
+  if (!sealed && d[1] != KIND_FRAMES) return false;
   auto hop = fast->hops.find(read48(d + 2));
-  if (hop == fast->hops.end() || hop->second != from) return false;
-  const uint8_t* m = d + SLEEVE_HEADER;
+  // The hop must be what the packet says: plain packets only from plain hops, sealed (and opened) only from encrypted ones.
+  if (hop == fast->hops.end() || hop->second.addr != from || (hop->second.cipher != nullptr) != sealed) return false;
+  const uint8_t* m = d + SLEEVE_HEADER + (sealed ? SEAL_COUNTER : 0);
+  uint32_t end = len - SLEEVE_HEADER - (sealed ? SEAL_OVERHEAD : 0);
+  if (sealed && len < uint32_t(SLEEVE_HEADER + SEAL_OVERHEAD + MESSAGE_HEADER)) return false;
   if (read48(m + 6) != fast->selfId) return false;
-  uint32_t end = len - SLEEVE_HEADER;
   for (uint32_t o = MESSAGE_HEADER; o < end;) {
     if (o + 4 > end) return false;
     uint32_t flen = read32(m + o);
@@ -837,6 +1105,10 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("UdpPort", UdpPort::Init(env));
   exports.Set("TapPort", TapPort::Init(env));
   exports.Set("FastPath", FastPath::Init(env));
+  Napi::Function cipher = HopCipher::Init(env);
+  exports.Set("HopCipher", cipher);
+  // FastPath.update checks that what it is given is a HopCipher (the env owns the reference).
+  env.SetInstanceData(new Napi::FunctionReference(Napi::Persistent(cipher)));
   // The sleeve's packet format as this code has it: JavaScript checks it against its own
   // (datapath/sleeve/packet.ts) before it uses the fast path, so the two cannot drift apart unseen.
   Napi::Object c = Napi::Object::New(env);
@@ -849,6 +1121,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   c.Set("MESSAGE_HEADER", MESSAGE_HEADER);
   c.Set("VNET_HDR", VNET_HDR);
   c.Set("MAX_UDP_PAYLOAD", MAX_UDP_PAYLOAD);
+  c.Set("SEALED", SEALED);
+  c.Set("SEAL_OVERHEAD", SEAL_OVERHEAD);
   exports.Set("constants", c);
   return exports;
 }

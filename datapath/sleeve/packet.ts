@@ -39,8 +39,22 @@ export const WIRE_FORMAT = {
   MESSAGE_HEADER,
   VNET_HDR,
   MAX_UDP_PAYLOAD,
+  SEALED,
+  SEAL_OVERHEAD: 8 + 16,
 };
+/** What sealing adds: the 64-bit counter in front, the 16-byte tag behind. */
 export const SEAL_OVERHEAD = 8 + 16;
+/** Where the plaintext starts in a sealed body (after the counter). */
+export const SEAL_COUNTER = 8;
+
+/** Seals messages to one hop (this file's PacketSealer, or the addon's HopCipher). */
+export interface Sealer {
+  seal(plain: Buffer, aad?: Buffer): Buffer;
+}
+/** Opens one hop's messages: null for forged, corrupted or replayed ones. */
+export interface Opener {
+  open(sealed: Buffer, aad?: Buffer): Buffer | null;
+}
 /** IPv4 + UDP headers: what a datagram adds on the wire. */
 export const IP_UDP = 28;
 /** The smallest path MTU assumed (IPv4's minimum reassembly size). */
@@ -132,8 +146,8 @@ function nonce(counter: number): Buffer {
   return n;
 }
 
-/** Seals messages to one hop; the counter never repeats under the key. */
-export class PacketSealer {
+/** Seals messages to one hop; the counter never repeats under the key. The reference (JavaScript) path. */
+export class PacketSealer implements Sealer {
   private counter = 0;
   constructor(private readonly key: Buffer) {}
   /** `aad`: bytes sent in the clear beside the sealed ones that must not be changed (a fragment's header). */
@@ -189,7 +203,7 @@ export class ReplayWindow {
 }
 
 /** Opens messages from one hop; null for forged, corrupted or replayed ones. */
-export class PacketOpener {
+export class PacketOpener implements Opener {
   private readonly window = new ReplayWindow();
   constructor(private readonly key: Buffer) {}
   open(sealed: Buffer, aad?: Buffer): Buffer | null {

@@ -23,7 +23,15 @@ import { hostOf } from '../../net/host-port.js';
 import { ensurePort, sysLink } from '../bridge.js';
 import type { Backend, PathHealth, Programme } from '../backend.js';
 import { ipBatch } from '../../net/command.js';
-import { FastPath, META, TapPort, UdpPort, nativeConstantsDiffer, type FastRoute } from '../../native/index.js';
+import {
+  FastPath,
+  HopCipher,
+  META,
+  TapPort,
+  UdpPort,
+  nativeConstantsDiffer,
+  type FastRoute,
+} from '../../native/index.js';
 import { isIpv4, parseIp } from '../../net/addr.js';
 import {
   FRAGMENT_HEADER,
@@ -42,7 +50,10 @@ import {
   PacketOpener,
   PacketSealer,
   SEALED,
+  SEAL_COUNTER,
   SEAL_OVERHEAD,
+  type Opener,
+  type Sealer,
   VNET_HDR,
   WIRE_FORMAT,
   checkMessage,
@@ -78,8 +89,10 @@ interface Hop {
   addr: number;
   host: string;
   port: number;
-  sealer: PacketSealer | null;
-  opener: PacketOpener | null;
+  sealer: Sealer | null;
+  opener: Opener | null;
+  /** With the fast path, the addon's cipher that is both sealer and opener (one counter, one replay window). */
+  cipher: HopCipher | null;
   /** Largest probe size (IP packet) the peer acknowledged: the path MTU we use (never below the floor). */
   pmtu: number;
   /** Smallest probe size that went unacknowledged: the search for the path MTU stays below it. */
@@ -209,16 +222,20 @@ export class Sleeve implements Gossiper, Backend {
         known.push(value);
         if (owner === this.mesh.name || !this.dests.has(owner)) continue;
         const hop = this.nextHop(owner);
-        if (!hop || hop.sealer) continue;
+        // An encrypted hop whose keys are not the addon's is JavaScript's alone.
+        if (!hop || (hop.sealer && !hop.cipher)) continue;
         routes.push({
           mac: value,
           dst: peerNameToBytes(owner).readUIntBE(0, 6),
           addr: hop.addr,
           port: hop.port,
           max: this.maxDatagram(hop),
+          cipher: hop.cipher,
         });
       }
-      const hops = [...this.hops.values()].filter((h) => !h.sealer).map((h) => ({ id: h.id, addr: h.addr }));
+      const hops = [...this.hops.values()]
+        .filter((h) => !h.sealer || h.cipher)
+        .map((h) => ({ id: h.id, addr: h.addr, cipher: h.cipher }));
       fast.update(this.selfId, routes, hops, known);
     });
   }
@@ -311,14 +328,17 @@ export class Sleeve implements Gossiper, Backend {
       if (old && old.host === host && old.port === c.port && !!old.sealer === encrypted) continue;
       if (!isIpv4(host)) continue; // IPv4 underlay only
       const id = peerNameToBytes(c.name).readUIntBE(0, 6);
+      // With the fast path the keys live in the addon, shared by both paths; else in JavaScript.
+      const cipher = encrypted && this.fast ? new HopCipher(keys!.send, keys!.receive) : null;
       const hop: Hop = {
         name: c.name,
         id,
         addr: parseIp(host),
         host,
         port: c.port,
-        sealer: encrypted ? new PacketSealer(keys!.send) : null,
-        opener: encrypted ? new PacketOpener(keys!.receive) : null,
+        sealer: cipher ?? (encrypted ? new PacketSealer(keys!.send) : null),
+        opener: cipher ?? (encrypted ? new PacketOpener(keys!.receive) : null),
+        cipher,
         pmtu: old?.pmtu ?? PMTU_FLOOR,
         failedAt: old?.failedAt ?? this.config.underlayMtu + 1,
         pending: new Map(),
@@ -551,9 +571,12 @@ export class Sleeve implements Gossiper, Backend {
       const end = start + udp.rxMeta[i * META];
       const seg = udp.segmentSize(i) || end - start;
       // A train the kernel kept joined (GRO): each segment is a datagram of its own.
+      const opened = udp.opened(i);
       for (let o = start; o < end; o += seg) {
+        // A sealed datagram the fast path could not open: refused and counted there.
+        if (opened && rx[o] === 0) continue;
         try {
-          this.onDatagram(rx, o, Math.min(end, o + seg), udp.fromAddress(i), udp.truncated(i));
+          this.onDatagram(rx, o, Math.min(end, o + seg), udp.fromAddress(i), udp.truncated(i), opened);
         } catch {
           this.stats.malformed++;
         }
@@ -563,8 +586,12 @@ export class Sleeve implements Gossiper, Backend {
     this.udp?.flush();
   }
 
-  /** The datagram at start..end of `buf` (the receive slots: looked at in place, copied only where kept). */
-  private onDatagram(buf: Buffer, start: number, end: number, from: number, truncated: boolean): void {
+  /**
+   * The datagram at start..end of `buf` (the receive slots: looked at in place, copied only where
+   * kept). `opened`: the fast path opened it in place if it is sealed (its plaintext follows the
+   * counter; the tag is left at the end).
+   */
+  private onDatagram(buf: Buffer, start: number, end: number, from: number, truncated: boolean, opened: boolean): void {
     if (truncated) throw new Error('truncated');
     const length = end - start;
     const kind = headerKind(buf, start, end);
@@ -592,7 +619,16 @@ export class Sleeve implements Gossiper, Backend {
       const id = buf.readUInt32BE(start + HEADER);
       const index = buf.readUInt16BE(start + HEADER + 4);
       const count = buf.readUInt16BE(start + HEADER + 6);
-      if (hop.opener) {
+      if (hop.opener && opened) {
+        plain = hop.assembler.add(
+          id,
+          index,
+          count,
+          buf,
+          start + FRAGMENT_HEADER + SEAL_COUNTER,
+          end - (SEAL_OVERHEAD - SEAL_COUNTER),
+        );
+      } else if (hop.opener) {
         // Authenticated before anything is kept of it.
         const chunk = hop.opener.open(
           buf.subarray(start + FRAGMENT_HEADER, end),
@@ -613,7 +649,8 @@ export class Sleeve implements Gossiper, Backend {
         return;
       }
       const body = buf.subarray(start + HEADER, end);
-      plain = hop.opener ? hop.opener.open(body) : body;
+      if (hop.opener && opened) plain = body.subarray(SEAL_COUNTER, body.length - (SEAL_OVERHEAD - SEAL_COUNTER));
+      else plain = hop.opener ? hop.opener.open(body) : body;
       if (!plain) {
         this.stats.refused++;
         return;
@@ -629,6 +666,7 @@ export class Sleeve implements Gossiper, Backend {
         return;
       }
       this.stats.relayed++;
+      // A copy: `plain` may be a view of the receive slot.
       const fwd = Buffer.from(plain);
       fwd[HOPS_OFFSET] = hops - 1;
       this.sendMessage(next, fwd);
@@ -733,7 +771,7 @@ export class Sleeve implements Gossiper, Backend {
     hop.probeAckAt = Date.now();
   }
 
-  /** Counters of both paths: frames and bytes add the fast path's (also shown apart, as `fast`). */
+  /** Counters of both paths: frames, bytes and refusals add the fast path's (also shown apart, as `fast`). */
   counters(): typeof this.stats & {
     udp: ReturnType<UdpPort['stats']> | null;
     tap: ReturnType<TapPort['stats']> | null;
@@ -747,6 +785,7 @@ export class Sleeve implements Gossiper, Backend {
       s.framesIn += fast.framesIn;
       s.bytesOut += fast.bytesOut;
       s.bytesIn += fast.bytesIn;
+      s.refused += fast.refused;
     }
     let reassembling = 0;
     for (const h of this.hops.values()) reassembling += h.assembler.reassembler.size;

@@ -2,13 +2,16 @@
 import { randomBytes } from 'node:crypto';
 import { readdirSync } from 'node:fs';
 import { afterAll, beforeAll, expect, it } from 'vitest';
-import { FastPath, TapPort, UdpPort, nativeError } from '../../native/index.js';
+import { FastPath, HopCipher, TapPort, UdpPort, nativeError } from '../../native/index.js';
 import {
   FRAGMENT_HEADER,
   HEADER,
   KIND_FRAGMENT,
   KIND_FRAMES,
+  PacketOpener,
+  PacketSealer,
   Reassembler,
+  SEALED,
   decodeMessage,
   encodeMessage,
   writeHeader,
@@ -24,6 +27,59 @@ const LO = parseIp('127.0.0.1');
 
 const openFds = () => readdirSync('/proc/self/fd').length;
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/**
+ * Gives the TAP `tap` the address NET.1/24 in the test namespace, with NET.2 at the remote MAC
+ * 02:aa:bb:cc:dd:01: what send(size) sends (a UDP datagram of that many 7s to NET.2) leaves by the TAP.
+ */
+async function routeToRemote(tap: string, net: string): Promise<(size: number) => Promise<unknown>> {
+  await must('ip', ['-n', ns, 'addr', 'add', `${net}.1/24`, 'dev', tap]);
+  await must('ip', ['-n', ns, 'link', 'set', tap, 'up']);
+  await must('ip', [
+    '-n',
+    ns,
+    'neigh',
+    'replace',
+    `${net}.2`,
+    'lladdr',
+    '02:aa:bb:cc:dd:01',
+    'dev',
+    tap,
+    'nud',
+    'permanent',
+  ]);
+  return (size) =>
+    run('ip', [
+      'netns',
+      'exec',
+      ns,
+      process.execPath,
+      '-e',
+      `const d=require('dgram').createSocket('udp4');d.send(Buffer.alloc(${size},7),9,'${net}.2',()=>d.close())`,
+    ]);
+}
+
+/**
+ * The fast path's tables for one remote MAC at peer `dst`, which is also the one hop (127.0.0.1:port),
+ * with datagrams of at most `max` bytes, encrypted with `cipher` (null: plain).
+ */
+function oneRoute(
+  fast: FastPath,
+  self: Buffer,
+  dst: Buffer,
+  mac: Buffer,
+  port: number,
+  max: number,
+  cipher: HopCipher | null,
+): void {
+  const id = dst.readUIntBE(0, 6);
+  fast.update(
+    self.readUIntBE(0, 6),
+    [{ mac: mac.readUIntBE(0, 6), dst: id, addr: LO, port, max, cipher }],
+    [{ id, addr: LO, cipher }],
+    [mac.readUIntBE(0, 6)],
+  );
+}
 
 describeAsRoot('native addon', () => {
   beforeAll(async () => {
@@ -189,38 +245,9 @@ describeAsRoot('native addon', () => {
     const fast = new FastPath();
     try {
       fast.link(tap, udp);
-      const route = (max: number) =>
-        fast.update(
-          self.readUIntBE(0, 6),
-          [{ mac: remoteMac.readUIntBE(0, 6), dst: peerId.readUIntBE(0, 6), addr: LO, port: peer.localPort!, max }],
-          [{ id: peerId.readUIntBE(0, 6), addr: LO }],
-          [remoteMac.readUIntBE(0, 6)],
-        );
+      const route = (max: number) => oneRoute(fast, self, peerId, remoteMac, peer.localPort!, max, null);
       route(1472);
-      await must('ip', ['-n', ns, 'addr', 'add', '10.98.0.1/24', 'dev', 'wtap1']);
-      await must('ip', ['-n', ns, 'link', 'set', 'wtap1', 'up']);
-      await must('ip', [
-        '-n',
-        ns,
-        'neigh',
-        'replace',
-        '10.98.0.2',
-        'lladdr',
-        '02:aa:bb:cc:dd:01',
-        'dev',
-        'wtap1',
-        'nud',
-        'permanent',
-      ]);
-      const send = (size: number) =>
-        run('ip', [
-          'netns',
-          'exec',
-          ns,
-          process.execPath,
-          '-e',
-          `const d=require('dgram').createSocket('udp4');d.send(Buffer.alloc(${size},7),9,'10.98.0.2',()=>d.close())`,
-        ]);
+      const send = await routeToRemote('wtap1', '10.98.0');
       await send(100);
       for (let i = 0; i < 50 && atPeer.length === 0; i++) await sleep(20);
       expect(atPeer.length).toBe(1);
@@ -311,6 +338,126 @@ describeAsRoot('native addon', () => {
       for (let i = 0; i < 100 && udp.stats().rxPackets - udpBefore < 2000; i++) await sleep(20);
       expect(udp.stats().rxPackets - udpBefore).toBe(2000);
       expect((await rxPackets()) - tapBefore).toBe(fast.stats().framesIn - inBefore);
+    } finally {
+      tap.close();
+      udp.close();
+      peer.close();
+    }
+  });
+
+  it('fast path, encrypted hop: frames leave sealed (whole or per fragment) for the reference opener; sealed messages for us open once', async () => {
+    const self = Buffer.from('020000000001', 'hex');
+    const peerId = Buffer.from('020000000002', 'hex');
+    const remoteMac = Buffer.from('02aabbccdd01', 'hex');
+    const toPeer = randomBytes(32);
+    const fromPeer = randomBytes(32);
+    // The peer runs the reference (JavaScript) path.
+    const peerOpener = new PacketOpener(toPeer);
+    const peerSealer = new PacketSealer(fromPeer);
+    const udpForJs: { b: Buffer; opened: boolean }[] = [];
+    const atPeer: Buffer[] = [];
+    const tap = new TapPort({ name: 'wtap2', netns, vnetHdr: true, slots: 8 }, () => undefined);
+    const udp = new UdpPort({ address: '127.0.0.1', port: 0, netns, gro: true, slots: 8, slotSize: 65600 }, (n) => {
+      for (let i = 0; i < n; i++)
+        if (!udp.handled(i)) udpForJs.push({ b: Buffer.from(udp.received(i)), opened: udp.opened(i) });
+    });
+    const peer = new UdpPort({ address: '127.0.0.1', port: 0, netns, slots: 64, slotSize: 65600 }, (n) => {
+      for (let i = 0; i < n; i++) atPeer.push(Buffer.from(peer.received(i)));
+    });
+    const fast = new FastPath();
+    const cipher = new HopCipher(toPeer, fromPeer);
+    const sys = (f: string) =>
+      must('ip', ['netns', 'exec', ns, 'cat', `/sys/class/net/wtap2/${f}`]).then((t) => t.trim());
+    try {
+      fast.link(tap, udp);
+      const route = (max: number) => oneRoute(fast, self, peerId, remoteMac, peer.localPort!, max, cipher);
+      route(1472);
+      const send = await routeToRemote('wtap2', '10.97.0');
+      await send(100);
+      for (let i = 0; i < 50 && atPeer.length === 0; i++) await sleep(20);
+      expect(atPeer.length).toBe(1);
+      const d = atPeer[0];
+      expect([d[0], d[1]]).toEqual([1, KIND_FRAMES | SEALED]);
+      expect(d.includes(Buffer.alloc(32, 7))).toBe(false); // the payload is not in clear
+      const m = decodeMessage(peerOpener.open(d.subarray(HEADER))!);
+      expect(m.src.equals(self) && m.dst.equals(peerId)).toBe(true);
+      expect(m.frames[0].length).toBe(10 + 14 + 20 + 8 + 100);
+      expect(m.frames[0].includes(Buffer.alloc(100, 7))).toBe(true);
+
+      // Larger than the hop's datagrams: fragments, each sealed with its header authenticated.
+      route(300);
+      atPeer.length = 0;
+      await send(1000);
+      for (let i = 0; i < 50 && atPeer.length < 5; i++) await sleep(20);
+      const r = new Reassembler();
+      let whole: Buffer | null = null;
+      for (const f of atPeer) {
+        expect(f[1]).toBe(KIND_FRAGMENT | SEALED);
+        expect(f.length).toBeLessThanOrEqual(300);
+        const chunk = peerOpener.open(f.subarray(FRAGMENT_HEADER), f.subarray(HEADER, FRAGMENT_HEADER));
+        expect(chunk).not.toBeNull();
+        whole = r.add(f.readUInt32BE(HEADER), f.readUInt16BE(HEADER + 4), f.readUInt16BE(HEADER + 6), chunk!) ?? whole;
+      }
+      expect(
+        decodeMessage(whole!)
+          .frames[0].subarray(10 + 14 + 20 + 8)
+          .equals(Buffer.alloc(1000, 7)),
+      ).toBe(true);
+      expect(fast.stats().framesOut).toBe(2);
+
+      // Sealed messages for us: a known source MAC goes straight into the TAP; the same datagram
+      // again, a tampered one, and a plain one from this encrypted hop are not delivered.
+      const tapMac = Buffer.from((await sys('address')).replaceAll(':', ''), 'hex');
+      const frame = (src: Buffer) =>
+        Buffer.concat([Buffer.alloc(10), tapMac, src, Buffer.from('88b5', 'hex'), Buffer.alloc(46, 1)]);
+      const sealedMessage = (src: Buffer) => {
+        const body = peerSealer.seal(encodeMessage(peerId, self, [frame(src)]));
+        const out = Buffer.alloc(HEADER + body.length);
+        writeHeader(out, KIND_FRAMES, true, peerId);
+        body.copy(out, HEADER);
+        return out;
+      };
+      const rxBefore = Number(await sys('statistics/rx_packets'));
+      const good = sealedMessage(remoteMac);
+      const tampered = sealedMessage(remoteMac);
+      tampered[tampered.length - 20] ^= 1;
+      const plain = Buffer.alloc(HEADER + 13 + 4 + 70);
+      writeHeader(plain, KIND_FRAMES, false, peerId);
+      encodeMessage(peerId, self, [frame(remoteMac)]).copy(plain, HEADER);
+      for (const b of [good, good, tampered, plain]) peer.queue(b, LO, udp.localPort!);
+      peer.flush();
+      for (let i = 0; i < 50 && udpForJs.length < 1; i++) await sleep(20);
+      await sleep(50);
+      expect(fast.stats().framesIn).toBe(1);
+      expect(fast.stats().refused).toBe(2);
+      expect(Number(await sys('statistics/rx_packets')) - rxBefore).toBe(1);
+      // JavaScript gets the plain one as it came (not opened), and the refused ones with version 0.
+      const plainForJs = udpForJs.filter((x) => x.b[0] === 1);
+      expect(plainForJs).toHaveLength(1);
+      expect(plainForJs[0].opened).toBe(false);
+      expect(udpForJs.filter((x) => x.b[0] === 0 && x.opened)).toHaveLength(2);
+
+      // An unknown source MAC, or a fragment: opened in place and left to JavaScript, plaintext after the counter.
+      udpForJs.length = 0;
+      const unknown = sealedMessage(Buffer.from('02aabbccdd99', 'hex'));
+      peer.queue(unknown, LO, udp.localPort!);
+      const fragHeader = Buffer.alloc(FRAGMENT_HEADER);
+      writeHeader(fragHeader, KIND_FRAGMENT, true, peerId);
+      fragHeader.writeUInt32BE(77, HEADER);
+      fragHeader.writeUInt16BE(0, HEADER + 4);
+      fragHeader.writeUInt16BE(2, HEADER + 6);
+      const fragment = Buffer.concat([fragHeader, peerSealer.seal(Buffer.alloc(200, 9), fragHeader.subarray(HEADER))]);
+      peer.queue(fragment, LO, udp.localPort!);
+      peer.flush();
+      for (let i = 0; i < 50 && udpForJs.length < 2; i++) await sleep(20);
+      expect(udpForJs.map((x) => x.opened)).toEqual([true, true]);
+      const opened = udpForJs[0].b;
+      const message = decodeMessage(opened.subarray(HEADER + 8, opened.length - 16));
+      expect(message.frames[0].subarray(16, 22).toString('hex')).toBe('02aabbccdd99');
+      expect(udpForJs[1].b.subarray(FRAGMENT_HEADER + 8, udpForJs[1].b.length - 16).equals(Buffer.alloc(200, 9))).toBe(
+        true,
+      );
+      expect(fast.stats().refused).toBe(2);
     } finally {
       tap.close();
       udp.close();

@@ -207,6 +207,35 @@ describeAsRoot('sleeve across namespace hosts', () => {
     // The same capture without a password shows the payload: the check above can fail.
   });
 
+  // The addon's sealing (fast path) and JavaScript's (the reference path, WEFT_SLEEVE_FAST=off) are
+  // one wire format: a router of each kind, encrypted, carry TCP (big segments: sealed fragments) and
+  // UDP both ways, and the fast one did carry sealed frames natively.
+  it('with a password, a fast-path router and a JavaScript-only router interoperate in both directions', async () => {
+    const { a, b, c1, c2 } = await pair([], { WEFT_PASSWORD: 'correct horse battery staple' }, async (c) => {
+      c.hosts[1].env = { ...c.hosts[1].env, WEFT_SLEEVE_FAST: 'off' };
+    });
+    for (const [h, peer] of [
+      [a, 'host2'],
+      [b, 'host1'],
+    ] as const)
+      await eventually(`${h.nickname}: encrypted sleeve`, async () => {
+        const x = await overlayTo(h, peer);
+        return x?.overlay === 'sleeve' && /data encrypted/.test(x.info);
+      });
+    await talk(c1, c2, '10.40.0.2', 2_000_000);
+    await talk(c2, c1, '10.40.0.1', 2_000_000);
+    const fast = async (h: Host) =>
+      (
+        (await h.report<Report>()).datapath!.sleeve as unknown as {
+          fast: { framesOut: number; framesIn: number } | null;
+        }
+      ).fast;
+    const fa = await fast(a);
+    expect(fa!.framesOut).toBeGreaterThan(50); // TSO super-frames: 4 MB is under 200 frames
+    expect(fa!.framesIn).toBeGreaterThan(10);
+    expect(await fast(b)).toBeNull(); // B's every packet went through JavaScript
+  });
+
   it('an underlay hop with a small MTU: fastdp says why not, the sleeve finds the path MTU and TCP works', async () => {
     const { a, c1, c2 } = await pair([], {}, (c) =>
       run('ip', ['-n', c.underlayNs, 'link', 'set', c.hosts[1].uplink, 'mtu', '1300']),
