@@ -9,7 +9,7 @@
 import { execFile, spawn } from 'node:child_process';
 import { writeFile } from 'node:fs/promises';
 import { createInterface } from 'node:readline';
-import { type HelperPool, execHelper } from './exec-helper.js';
+import { type HelperPool, HelperUnavailable, execHelper } from './exec-helper.js';
 
 export class CommandError extends Error {
   constructor(
@@ -49,7 +49,12 @@ function runBoth(
   timeoutMs = 20_000,
 ): Promise<{ stdout: string; stderr: string }> {
   const helper = execHelper();
-  return helper ? viaHelper(helper, cmd, args, input, timeoutMs) : started(cmd, args, input, timeoutMs);
+  if (!helper) return started(cmd, args, input, timeoutMs);
+  // A helper that cannot run started nothing: the command is started directly instead.
+  return viaHelper(helper, cmd, args, input, timeoutMs).catch((err: unknown) => {
+    if (err instanceof HelperUnavailable) return started(cmd, args, input, timeoutMs);
+    throw err;
+  });
 }
 
 /** The tool a command line runs (nsenter's command, not nsenter), for messages. */

@@ -12,6 +12,9 @@ import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { projectRoot } from '../lib/project-root.js';
 
+/** The helper itself cannot run (not executable, a noexec mount, another architecture): nothing was started. */
+export class HelperUnavailable extends Error {}
+
 export interface HelperResult {
   /** Exit code, or null when killed. */
   code: number | null;
@@ -93,7 +96,10 @@ export class ExecHelper {
     const gone = (why: string) => {
       if (this.child === child) this.fail(new Error(`the command helper ${why}`));
     };
-    child.on('error', (e) => gone(`could not run: ${e.message}`));
+    child.on('error', (e) => {
+      if (this.child === child)
+        this.fail(new HelperUnavailable(`the command helper ${this.path} cannot run: ${e.message}`));
+    });
     child.on('exit', (code, signal) => gone(`ended (${signal ?? `exit code ${code}`})`));
     child.stdin.on('error', () => undefined); // reported by 'exit'
     // Never keeps the router alive; ends with its standard input when the router does.
@@ -169,6 +175,8 @@ interface Queued {
   argv: string[];
   input: string | undefined;
   timeoutMs: number;
+  /** When it was asked for: time spent waiting for a helper counts towards its timeout. */
+  queuedAt: number;
   resolve: (r: HelperResult) => void;
   reject: (e: Error) => void;
 }
@@ -183,6 +191,8 @@ export class HelperPool {
   private readonly slots: Slot[] = [];
   private readonly queue: Queued[] = [];
   private timer: NodeJS.Timeout | null = null;
+  /** Why the helper cannot run, once it was found so: every command is then refused with it. */
+  unavailable: HelperUnavailable | null = null;
 
   constructor(
     private readonly path: string,
@@ -191,7 +201,8 @@ export class HelperPool {
 
   run(argv: string[], input: string | undefined, timeoutMs: number): Promise<HelperResult> {
     return new Promise((resolve, reject) => {
-      this.queue.push({ argv, input, timeoutMs, resolve, reject });
+      if (this.unavailable) return reject(this.unavailable);
+      this.queue.push({ argv, input, timeoutMs, queuedAt: Date.now(), resolve, reject });
       this.pump();
     });
   }
@@ -233,8 +244,14 @@ export class HelperPool {
       const s = slot;
       s.since = now;
       s.helper
-        .run(q.argv, q.input, q.timeoutMs)
-        .then(q.resolve, q.reject)
+        .run(q.argv, q.input, Math.max(1, q.timeoutMs - (now - q.queuedAt)))
+        .then(q.resolve, (err: Error) => {
+          if (err instanceof HelperUnavailable && !this.unavailable) {
+            this.unavailable = err;
+            for (const w of this.queue.splice(0)) w.reject(err);
+          }
+          q.reject(err);
+        })
         .finally(() => {
           s.since = null;
           this.pump();
@@ -245,11 +262,18 @@ export class HelperPool {
 
 let shared: HelperPool | null | undefined;
 
-/** The process's helpers, or null when there are none (commands are then started directly). */
+/**
+ * The process's helpers, or null when there are none (commands are then started directly): not
+ * built, turned off, or found unable to run (said once on stderr).
+ */
 export function execHelper(): HelperPool | null {
   if (shared === undefined) {
     const path = helperPath();
     shared = path ? new HelperPool(path) : null;
+  }
+  if (shared?.unavailable) {
+    process.emitWarning(`${shared.unavailable.message}; starting commands directly`);
+    shared = null;
   }
   return shared;
 }

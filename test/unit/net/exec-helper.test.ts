@@ -1,10 +1,11 @@
 // The command helper (native/weft-exec) as the router uses it: output, errors and exit codes as a
 // directly started command gives them, input of any size, answers in order, a command that hangs,
 // a helper that dies. No root needed.
-import { existsSync, readlinkSync } from 'node:fs';
+import { existsSync, mkdtempSync, readlinkSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { ExecHelper, HelperPool } from '../../../net/exec-helper.js';
+import { ExecHelper, HelperPool, HelperUnavailable } from '../../../net/exec-helper.js';
 import { projectRoot } from '../../../lib/project-root.js';
 
 const path = join(projectRoot(), 'native', 'build', 'weft-exec');
@@ -93,6 +94,28 @@ describe('the command helper', () => {
     await expect(h.run([], undefined, 1000)).rejects.toThrow(/no command/);
     await expect(h.run(['echo', 'a\0b'], undefined, 1000)).rejects.toThrow(/NUL/);
     h.end();
+  });
+
+  it('a helper that cannot run (not executable) refuses every command as unavailable, so the caller starts it itself', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'weft-helper-'));
+    try {
+      const notExecutable = join(dir, 'weft-exec');
+      writeFileSync(notExecutable, '#!/bin/sh\n', { mode: 0o644 });
+      const pool = new HelperPool(notExecutable);
+      const [first, second] = await Promise.allSettled([
+        pool.run(['true'], undefined, 5000),
+        pool.run(['true'], undefined, 5000),
+      ]);
+      for (const r of [first, second]) {
+        expect(r.status).toBe('rejected');
+        expect((r as PromiseRejectedResult).reason).toBeInstanceOf(HelperUnavailable);
+      }
+      expect(pool.unavailable?.message).toMatch(/cannot run: .*EACCES/);
+      await expect(pool.run(['true'], undefined, 5000)).rejects.toBeInstanceOf(HelperUnavailable);
+      pool.end();
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   it('a pool: a command that hangs holds up only its own helper', async () => {
