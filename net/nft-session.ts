@@ -134,6 +134,10 @@ export class NftSession {
     }
     // A list's own answer comes first (unless it failed); the last JSON line is the end mark's.
     if (p.kind === 'list' && p.answer === undefined && p.error === undefined) p.answer = json;
+    else if (!isEndMark(json))
+      // Not what `list tables` prints: answers and requests are out of step, and every later answer
+      // would be taken for the one before. A fresh process puts them back in step.
+      this.stop(new CommandError(`nft ${brief(p.line)}: answers out of step with requests; nft restarted`));
     else if (p.error !== undefined) this.settle(new CommandError(`nft ${brief(p.line)}: ${p.error}`, 1, p.error));
     else this.settle(p.answer ?? null);
   }
@@ -203,6 +207,11 @@ export class NftSession {
     if (child) killChild(child);
     this.settle(err);
   }
+}
+
+/** What `list tables` answers: nft's metainfo and tables, nothing else. */
+function isEndMark(j: NftJson): boolean {
+  return Array.isArray(j?.nftables) && j.nftables.every((o) => 'metainfo' in o || 'table' in o);
 }
 
 /** A long line shortened for a message. */

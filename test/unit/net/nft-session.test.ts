@@ -11,7 +11,8 @@ const fake = join(dir, 'nft');
 // Answers `list table T` with one JSON line naming T and its process id; `list table missing` with
 // nft's error (on standard error); `list table hang` never; `list table die` by exiting; `list tables`
 // (the session's end mark) with a JSON line of its own. Lines starting `add` are written to a file;
-// `add bad` fails after a warning. Checks it was started -j -t -i.
+// `add bad` fails after a warning; `list table twice` answers twice (out of step). Checks it was started
+// -j -t -i.
 const applied = join(dir, 'applied');
 writeFileSync(
   fake,
@@ -25,6 +26,7 @@ while read -r cmd; do
     "list table missing") printf 'Error: No such file or directory\\nlist table missing\\n           ^^^^^^^\\n' >&2 ;;
     "list table hang") sleep 30 ;;
     "list table die") exit 3 ;;
+    "list table twice") printf '{"nftables": [{"table": {"name": "twice"}}, {"chain": {}}]}\n{"nftables": [{"table": {"name": "twice"}}, {"chain": {}}]}\n' ;;
     "list table "*) printf '{"nftables": [{"table": {"family": "inet", "name": "%s", "pid": %s}}, {"rule": {"family": "inet", "table": "%s", "comment": "c"}}]}\\n' "\${cmd#list table }" $$ "\${cmd#list table }" ;;
   esac
 done
@@ -70,6 +72,19 @@ describe('NftSession', () => {
       expect(pidOf(second)).not.toBe(pidOf(first));
       await expect(r.list('list table die')).rejects.toThrow(/nft ended \(exit code 3\)/);
       expect(pidOf(await r.list('list table a'))).not.toBe(pidOf(second));
+    } finally {
+      r.end();
+    }
+  });
+
+  it('an answer where the end mark belongs fails that read and restarts nft, so later answers are not shifted', async () => {
+    const r = new NftSession(2000, [fake]);
+    try {
+      const first = await r.list('list table a');
+      await expect(r.list('list table twice')).rejects.toThrow(/out of step/);
+      const after = await r.list('list table b');
+      expect(nftObjects<{ name: string }>(after, 'table')[0].name).toBe('b');
+      expect(pidOf(after)).not.toBe(pidOf(first));
     } finally {
       r.end();
     }
