@@ -226,8 +226,8 @@ export interface AttachOptions {
  * `bind` is called with the container end's MAC before the host end joins the bridge, so the port is
  * bound to the container's MAC and addresses before its first frame. A new interface costs five
  * commands: the veth pair made with its container end already in the namespace and its MAC chosen
- * here, the port's binding, one `ip -batch` inside the namespace (after a check that no interface
- * has the name, and the sysctls, in the same process), the host end onto the bridge (with
+ * here, one `ip -batch` inside the namespace (after a check that no interface has the name, and the
+ * sysctls, in the same process), the port's binding, the host end onto the bridge (with
  * `hostLines`), and the announcement once the port forwards.
  */
 export async function attachContainer(
@@ -271,13 +271,15 @@ export async function attachContainer(
       container,
       mtu,
       async ({ peerIf }) => {
-        await bind(hostIf, mac);
         await configureIn(
           ns,
           sysctls(peerIf),
           inside(ifname, [`link set ${peerIf} name ${ifname}`, ...cidrs.map((c) => `addr add ${c} dev ${ifname}`)]),
           ifname,
         );
+        // Bound once the name is known to be free (a conflict leaves no binding behind), and still
+        // before the host end joins the bridge, where the port's first frame could come from.
+        await bind(hostIf, mac);
         await joinBridge(hostIf, gateway !== undefined, hostLines); // failing, the pair goes again: no interface left without a way out
       },
       { mac, netns: ns },

@@ -201,6 +201,10 @@ describeAsRoot('CNI plugin', () => {
     expect((await a.report<Report>()).ipam.owned.some((o) => o.ident === 'cni:dup')).toBe(false);
     expect((await run('ip', ['-n', p1, 'link', 'show', 'other0'])).code).toBe(0); // theirs, left alone
     expect((await a.exec('ip', ['link', 'show', hostIfName('cni:dup')])).code).not.toBe(0); // no veth of ours left
+    // Nor a port binding for it in the guard (bound only once the name was found free).
+    const guard = await a.exec('nft', ['list', 'table', 'bridge', 'weft']);
+    expect(guard.code).toBe(0);
+    expect(guard.stdout).not.toContain(hostIfName('cni:dup'));
     // Bad input, each with the spec's code and the config's own version.
     const p = `/var/run/netns/${p2}`;
     for (const node of [false, true]) {
