@@ -9,7 +9,7 @@ import { createRequire } from 'node:module';
 import type { BuildCompilerFromPool } from '@fastify/ajv-compiler';
 
 type Build = ReturnType<BuildCompilerFromPool>;
-type Validate = ((data: unknown) => unknown) & { errors?: unknown };
+type Validate = ((this: unknown, ...args: unknown[]) => unknown) & { errors?: unknown };
 
 const require = createRequire(import.meta.url);
 
@@ -41,10 +41,11 @@ export const lazyValidatorBuilder: BuildCompilerFromPool = (externalSchemas, opt
   };
   const lazyBuild = (route: Parameters<Build>[0]): Validate => {
     let validate: Validate | null = null;
-    // Fastify reads the errors from the function it called, as ajv leaves them there.
-    const lazy: Validate = (data) => {
+    // Fastify reads the errors from the function it called, as ajv leaves them there. Whatever it
+    // passes (ajv's data context, its `this`) goes through unchanged.
+    const lazy: Validate = function (this: unknown, ...args: unknown[]) {
       validate ??= compile(route);
-      const result = validate(data);
+      const result = validate.apply(this, args);
       lazy.errors = validate.errors;
       return result;
     };
