@@ -367,6 +367,10 @@ class ReplayWindow {
   void clear(uint64_t c) { bits_[(c % SIZE) >> 5] &= ~(1u << (c & 31)); }
 };
 
+// Marks HopCipher objects, so FastPath.update takes nothing else for one (an object made from its
+// prototype alone, or one from another load of the addon, has no cipher behind it).
+constexpr napi_type_tag HOP_CIPHER_TAG = {0x77656674686f7063ULL, 0x6970686572000001ULL};
+
 class HopCipher : public Napi::ObjectWrap<HopCipher> {
  public:
   static Napi::Function Init(Napi::Env env) {
@@ -391,6 +395,7 @@ class HopCipher : public Napi::ObjectWrap<HopCipher> {
       return;
     }
     ready_ = true;
+    info.This().As<Napi::Object>().TypeTag(&HOP_CIPHER_TAG);
   }
   ~HopCipher() override {
     if (enc_) EVP_CIPHER_CTX_free(enc_);
@@ -471,8 +476,10 @@ class HopCipher : public Napi::ObjectWrap<HopCipher> {
       a.nin = in.Length();
       ok = long(in.Length()) + extra >= 0 && out.Length() >= size_t(long(in.Length()) + extra) && in.Length() < (1u << 20);
       if (info.Length() > 2 && info[2].IsBuffer()) {
-        a.aad = info[2].As<Napi::Buffer<uint8_t>>().Data();
-        a.naad = int(info[2].As<Napi::Buffer<uint8_t>>().Length());
+        auto aad = info[2].As<Napi::Buffer<uint8_t>>();
+        a.aad = aad.Data();
+        a.naad = int(aad.Length());
+        ok = ok && aad.Length() < (1u << 20);
       }
     }
     if (!ok) Napi::TypeError::New(info.Env(), usage).ThrowAsJavaScriptException();
@@ -563,11 +570,13 @@ class FastPath : public Napi::ObjectWrap<FastPath> {
     std::vector<HopCipher*> ciphers;
     for (uint32_t i = 0; i < list.Length(); i++) {
       Napi::Value v = list.Get(i);
-      if (!v.IsObject() || !v.As<Napi::Object>().InstanceOf(env.GetInstanceData<Napi::FunctionReference>()->Value())) {
-        Napi::TypeError::New(env, "update: ciphers must be HopCipher objects").ThrowAsJavaScriptException();
+      HopCipher* c = v.IsObject() && v.As<Napi::Object>().CheckTypeTag(&HOP_CIPHER_TAG) ? HopCipher::Unwrap(v.As<Napi::Object>()) : nullptr;
+      if (!c) {
+        // A route with no cipher would send an encrypted hop's frames in clear: nothing is installed.
+        if (!env.IsExceptionPending()) Napi::TypeError::New(env, "update: ciphers must be HopCipher objects").ThrowAsJavaScriptException();
         return env.Undefined();
       }
-      ciphers.push_back(HopCipher::Unwrap(v.As<Napi::Object>()));
+      ciphers.push_back(c);
       refs.push_back(Napi::Persistent(v.As<Napi::Object>()));
     }
     auto cipherAt = [&](const uint8_t* q, HopCipher** out) {
@@ -968,6 +977,7 @@ class TapPort : public Port<TapPort> {
       if (!udp->gso() || r.max <= FRAGMENT_HEADER + seal) return false;
       uint32_t chunk = r.max - FRAGMENT_HEADER - seal;
       uint32_t count = (message + chunk - 1) / chunk;
+      if (count > 0xffff) return false;  // the header has 16 bits for it (not with any path MTU weft uses)
       uint32_t perSlot = std::min<uint32_t>(64, MAX_UDP_PAYLOAD / r.max);
       uint32_t id = 0x80000000u | (fast->nextFragmentId() & 0x7fffffffu);  // JavaScript's ids have the top bit clear
       for (uint32_t i = 0; i < count;) {
@@ -1044,11 +1054,13 @@ bool UdpPort::openSealed(uint8_t* d, uint32_t len, uint32_t seg, uint32_t from) 
   for (uint32_t o = 0; o < len; o += seg) {
     uint8_t* p = d + o;
     uint32_t n = std::min(seg, len - o);
-    if (n < uint32_t(SLEEVE_HEADER) || p[0] != SLEEVE_VERSION || !(p[1] & SEALED)) continue;
+    uint8_t kind = p[1] & ~SEALED;
+    // Only messages and fragments are sealed; anything else (a probe) is JavaScript's to judge.
+    if (n < uint32_t(SLEEVE_HEADER) || p[0] != SLEEVE_VERSION || !(p[1] & SEALED) || (kind != KIND_FRAMES && kind != KIND_FRAGMENT))
+      continue;
     any = true;
     auto hop = fast->hops.find(read48(p + 2));
     HopCipher* cipher = hop != fast->hops.end() && hop->second.addr == from ? hop->second.cipher : nullptr;
-    uint8_t kind = p[1] & ~SEALED;
     bool ok = false;
     if (cipher && kind == KIND_FRAMES)
       ok = cipher->openInPlace(p + SLEEVE_HEADER, n - SLEEVE_HEADER, nullptr, 0);
@@ -1075,9 +1087,9 @@ bool UdpPort::fastDeliver(const uint8_t* d, uint32_t len, uint32_t from) {
   auto hop = fast->hops.find(read48(d + 2));
   // The hop must be what the packet says: plain packets only from plain hops, sealed (and opened) only from encrypted ones.
   if (hop == fast->hops.end() || hop->second.addr != from || (hop->second.cipher != nullptr) != sealed) return false;
+  if (sealed && len < uint32_t(SLEEVE_HEADER + SEAL_OVERHEAD + MESSAGE_HEADER)) return false;
   const uint8_t* m = d + SLEEVE_HEADER + (sealed ? SEAL_COUNTER : 0);
   uint32_t end = len - SLEEVE_HEADER - (sealed ? SEAL_OVERHEAD : 0);
-  if (sealed && len < uint32_t(SLEEVE_HEADER + SEAL_OVERHEAD + MESSAGE_HEADER)) return false;
   if (read48(m + 6) != fast->selfId) return false;
   for (uint32_t o = MESSAGE_HEADER; o < end;) {
     if (o + 4 > end) return false;
@@ -1105,10 +1117,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("UdpPort", UdpPort::Init(env));
   exports.Set("TapPort", TapPort::Init(env));
   exports.Set("FastPath", FastPath::Init(env));
-  Napi::Function cipher = HopCipher::Init(env);
-  exports.Set("HopCipher", cipher);
-  // FastPath.update checks that what it is given is a HopCipher (the env owns the reference).
-  env.SetInstanceData(new Napi::FunctionReference(Napi::Persistent(cipher)));
+  exports.Set("HopCipher", HopCipher::Init(env));
   // The sleeve's packet format as this code has it: JavaScript checks it against its own
   // (datapath/sleeve/packet.ts) before it uses the fast path, so the two cannot drift apart unseen.
   Napi::Object c = Napi::Object::New(env);

@@ -206,38 +206,48 @@ export class Sleeve implements Gossiper, Backend {
   /**
    * The fast path's tables follow what JavaScript would decide: a route per remote MAC whose peer
    * is a sleeve destination behind a plain (unencrypted) hop, the plain hops, and every MAC the
-   * endpoint table knows. Remade after the current turn of the event loop, once per burst of changes.
+   * endpoint table knows. Remade after the current turn of the event loop, once per burst of changes;
+   * at once when the hops changed (`now`): until then, the addon would refuse what a new encrypted
+   * hop sends, not knowing its keys.
    */
-  private refreshFastPath(): void {
+  private refreshFastPath(now = false): void {
+    if (now) {
+      this.writeFastPath();
+      return;
+    }
     if (!this.fast || this.fastStale) return;
     this.fastStale = true;
     setImmediate(() => {
       this.fastStale = false;
-      const fast = this.fast;
-      if (!fast) return;
-      const routes: FastRoute[] = [];
-      const known: number[] = [];
-      for (const [mac, owner] of this.config.macOwners()) {
-        const value = Number.parseInt(mac.replaceAll(':', ''), 16);
-        known.push(value);
-        if (owner === this.mesh.name || !this.dests.has(owner)) continue;
-        const hop = this.nextHop(owner);
-        // An encrypted hop whose keys are not the addon's is JavaScript's alone.
-        if (!hop || (hop.sealer && !hop.cipher)) continue;
-        routes.push({
-          mac: value,
-          dst: peerNameToBytes(owner).readUIntBE(0, 6),
-          addr: hop.addr,
-          port: hop.port,
-          max: this.maxDatagram(hop),
-          cipher: hop.cipher,
-        });
-      }
-      const hops = [...this.hops.values()]
-        .filter((h) => !h.sealer || h.cipher)
-        .map((h) => ({ id: h.id, addr: h.addr, cipher: h.cipher }));
-      fast.update(this.selfId, routes, hops, known);
+      this.writeFastPath();
     });
+  }
+
+  private writeFastPath(): void {
+    const fast = this.fast;
+    if (!fast) return;
+    const routes: FastRoute[] = [];
+    const known: number[] = [];
+    for (const [mac, owner] of this.config.macOwners()) {
+      const value = Number.parseInt(mac.replaceAll(':', ''), 16);
+      known.push(value);
+      if (owner === this.mesh.name || !this.dests.has(owner)) continue;
+      const hop = this.nextHop(owner);
+      // With the fast path every encrypted hop's keys are the addon's (syncHops); this only guards.
+      if (!hop || (hop.sealer && !hop.cipher)) continue;
+      routes.push({
+        mac: value,
+        dst: peerNameToBytes(owner).readUIntBE(0, 6),
+        addr: hop.addr,
+        port: hop.port,
+        max: this.maxDatagram(hop),
+        cipher: hop.cipher,
+      });
+    }
+    const hops = [...this.hops.values()]
+      .filter((h) => !h.sealer || h.cipher)
+      .map((h) => ({ id: h.id, addr: h.addr, cipher: h.cipher }));
+    fast.update(this.selfId, routes, hops, known);
   }
 
   /** Opens the TAP (on the bridge) and the UDP port. Throws with the reason when it cannot. */
@@ -361,7 +371,7 @@ export class Sleeve implements Gossiper, Backend {
       this.learned.delete(mac);
       this.forgets++;
     }
-    this.refreshFastPath();
+    this.refreshFastPath(true);
   }
 
   /** Status of the sleeve to a direct peer. */

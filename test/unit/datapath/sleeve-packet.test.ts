@@ -16,7 +16,7 @@ import {
   readHeader,
   writeHeader,
 } from '../../../datapath/sleeve/packet.js';
-import { HopCipher, nativeError } from '../../../native/index.js';
+import { FastPath, HopCipher, nativeError } from '../../../native/index.js';
 
 const src = Buffer.from('020000000001', 'hex');
 const dst = Buffer.from('020000000002', 'hex');
@@ -121,6 +121,12 @@ describe('sleeve packets', () => {
       expect(c.open(Buffer.alloc(5))).toBeNull();
       expect(c.open(Buffer.alloc(24))).toBeNull();
       expect(() => new HopCipher(Buffer.alloc(16), Buffer.alloc(32))).toThrow(/32-byte/);
+      // The fast path takes only a real cipher for a hop: one made from the prototype alone has no keys
+      // behind it (a route with none would send in clear), and nothing is installed.
+      const fake = { raw: Object.create(Object.getPrototypeOf(c.raw) as object) as HopCipher['raw'] } as HopCipher;
+      const hop = { id: 2, addr: 1, cipher: fake };
+      expect(() => new FastPath().update(1, [], [hop], [])).toThrow(/HopCipher/);
+      expect(() => new FastPath().update(1, [], [{ ...hop, cipher: c }], [])).not.toThrow();
       // The replay window slides as JavaScript's does: far behind the newest is refused.
       const k = randomBytes(32);
       const tx = new PacketSealer(k);
