@@ -15,6 +15,9 @@ import { projectRoot } from '../lib/project-root.js';
 /** The helper itself cannot run (not executable, a noexec mount, another architecture): nothing was started. */
 export class HelperUnavailable extends Error {}
 
+/** How starting a binary that can never run fails (EACCES: not executable, or a noexec mount). */
+const UNRUNNABLE = new Set(['EACCES', 'ENOEXEC']);
+
 export interface HelperResult {
   /** Exit code, or null when killed. */
   code: number | null;
@@ -40,6 +43,8 @@ export class ExecHelper {
   private nextId = 1;
   private buffered: Buffer[] = [];
   private bufferedLen = 0;
+  /** Whether the running helper has answered anything (it started, whatever ends it later). */
+  private answered = false;
 
   constructor(private readonly path: string) {}
 
@@ -85,23 +90,43 @@ export class ExecHelper {
 
   private process(): ChildProcessWithoutNullStreams {
     if (this.child) return this.child;
-    const child = spawn(this.path, [], { stdio: ['pipe', 'pipe', 'pipe'] });
+    const cannotRun = (why: string) => new HelperUnavailable(`the command helper ${this.path} cannot run: ${why}`);
+    let child: ChildProcessWithoutNullStreams;
+    try {
+      child = spawn(this.path, [], { stdio: ['pipe', 'pipe', 'pipe'] });
+    } catch (err) {
+      // Some failures to start (ENOEXEC with some libuv builds) are thrown at once.
+      const e = err as NodeJS.ErrnoException;
+      throw UNRUNNABLE.has(e.code ?? '') ? cannotRun(e.message) : e;
+    }
     this.child = child;
+    this.answered = false;
     this.buffered = [];
     this.bufferedLen = 0;
-    child.stdout.on('data', (d: Buffer) => {
+    // First: with no descriptors left (EMFILE) the streams are missing, and the error must have a listener.
+    child.on('error', (e: NodeJS.ErrnoException) => {
+      if (this.child !== child) return;
+      // A binary that can never run falls back for good; anything else (no descriptors, no
+      // processes, the file gone during an upgrade) fails what waits, and the next command tries again.
+      this.fail(
+        UNRUNNABLE.has(e.code ?? '')
+          ? cannotRun(e.message)
+          : new Error(`the command helper could not start: ${e.message}`),
+      );
+    });
+    child.stdout?.on('data', (d: Buffer) => {
       if (this.child === child) this.onData(d);
     });
-    child.stderr.resume();
-    const gone = (why: string) => {
-      if (this.child === child) this.fail(new Error(`the command helper ${why}`));
-    };
-    child.on('error', (e) => {
-      if (this.child === child)
-        this.fail(new HelperUnavailable(`the command helper ${this.path} cannot run: ${e.message}`));
+    child.stderr?.resume();
+    child.on('exit', (code, signal) => {
+      if (this.child !== child) return;
+      // A file the kernel cannot load (another architecture) is retried by exec through /bin/sh,
+      // which fails on it: a helper that exits on its own before its first answer never ran.
+      if (!this.answered && signal === null && code !== 0)
+        this.fail(cannotRun(`it exited (code ${code}) before any answer (built for another machine?)`));
+      else this.fail(new Error(`the command helper ended (${signal ?? `exit code ${code}`})`));
     });
-    child.on('exit', (code, signal) => gone(`ended (${signal ?? `exit code ${code}`})`));
-    child.stdin.on('error', () => undefined); // reported by 'exit'
+    child.stdin?.on('error', () => undefined); // reported by 'exit'
     // Never keeps the router alive; ends with its standard input when the router does.
     unrefChild(child);
     return child;
@@ -125,6 +150,7 @@ export class ExecHelper {
   }
 
   private answer(a: Buffer): void {
+    this.answered = true;
     const id = a.readUInt32LE(4);
     const status = a.readUInt32LE(8);
     const outLen = a.readUInt32LE(12);
@@ -241,10 +267,18 @@ export class HelperPool {
       }
       if (!slot) return; // an answer, or the timer, pumps again
       const q = this.queue.shift()!;
+      const left = q.timeoutMs - (now - q.queuedAt);
+      if (left <= 0) {
+        // Never started with no time left (it would be killed part way through).
+        q.reject(
+          new Error(`waited ${Math.round((now - q.queuedAt) / 1000)} s for a command helper: ${q.argv[0]} not started`),
+        );
+        continue;
+      }
       const s = slot;
       s.since = now;
       s.helper
-        .run(q.argv, q.input, Math.max(1, q.timeoutMs - (now - q.queuedAt)))
+        .run(q.argv, q.input, left)
         .then(q.resolve, (err: Error) => {
           if (err instanceof HelperUnavailable && !this.unavailable) {
             this.unavailable = err;

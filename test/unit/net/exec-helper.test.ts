@@ -96,7 +96,7 @@ describe('the command helper', () => {
     h.end();
   });
 
-  it('a helper that cannot run (not executable) refuses every command as unavailable, so the caller starts it itself', async () => {
+  it('a helper that cannot run (not executable, or built for another machine) refuses every command as unavailable, so the caller starts it itself', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'weft-helper-'));
     try {
       const notExecutable = join(dir, 'weft-exec');
@@ -113,8 +113,34 @@ describe('the command helper', () => {
       expect(pool.unavailable?.message).toMatch(/cannot run: .*EACCES/);
       await expect(pool.run(['true'], undefined, 5000)).rejects.toBeInstanceOf(HelperUnavailable);
       pool.end();
+      // Built for another machine: exec hands the file to /bin/sh, which fails on it before any answer.
+      const foreign = join(dir, 'weft-exec-arm');
+      writeFileSync(
+        foreign,
+        Buffer.concat([Buffer.from('7f454c46010101', 'hex'), Buffer.alloc(9), Buffer.from('0200280067', 'hex')]),
+        {
+          mode: 0o755,
+        },
+      );
+      const other = new HelperPool(foreign);
+      await expect(other.run(['true'], undefined, 5000)).rejects.toBeInstanceOf(HelperUnavailable);
+      expect(other.unavailable?.message).toMatch(/before any answer/);
+      other.end();
     } finally {
       rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('a pool: a command whose time ran out while it waited for a helper is not started', async () => {
+    const pool = new HelperPool(path, 1);
+    try {
+      const slow = pool.run(['sleep', '0.5'], undefined, 5000);
+      await expect(pool.run(['true'], undefined, 50)).rejects.toThrow(
+        /waited .* for a command helper: true not started/,
+      );
+      expect((await slow).code).toBe(0);
+    } finally {
+      pool.end();
     }
   });
 
