@@ -137,7 +137,11 @@ export class NftSession {
     else if (!isEndMark(json))
       // Not what `list tables` prints: answers and requests are out of step, and every later answer
       // would be taken for the one before. A fresh process puts them back in step.
-      this.stop(new CommandError(`nft ${brief(p.line)}: answers out of step with requests; nft restarted`));
+      this.stop(
+        new CommandError(
+          `nft ${brief(p.line)}: answers out of step with requests (its outcome is unknown); nft starts afresh`,
+        ),
+      );
     else if (p.error !== undefined) this.settle(new CommandError(`nft ${brief(p.line)}: ${p.error}`, 1, p.error));
     else this.settle(p.answer ?? null);
   }
@@ -211,7 +215,10 @@ export class NftSession {
 
 /** What `list tables` answers: nft's metainfo and tables, nothing else. */
 function isEndMark(j: NftJson): boolean {
-  return Array.isArray(j?.nftables) && j.nftables.every((o) => 'metainfo' in o || 'table' in o);
+  return (
+    Array.isArray(j?.nftables) &&
+    j.nftables.every((o) => typeof o === 'object' && o !== null && ('metainfo' in o || 'table' in o))
+  );
 }
 
 /** A long line shortened for a message. */
