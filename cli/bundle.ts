@@ -33,7 +33,12 @@ await build({
 });
 
 rmSync(here('../router/bundle'), { recursive: true, force: true }); // chunks of an earlier build
-rmSync(here('../router/.compile-cache'), { recursive: true, force: true }); // code of an earlier build
+try {
+  // Code of an earlier build (Node would not use it anyway: each entry is checked against its source).
+  rmSync(here('../router/.compile-cache'), { recursive: true, force: true });
+} catch {
+  // made by a router run as another user (root): not ours to remove
+}
 await build({
   input: here('../router/main.js'),
   platform: 'node',
@@ -55,5 +60,7 @@ import module from 'node:module';
 import { fileURLToPath } from 'node:url';
 module.enableCompileCache?.(fileURLToPath(new URL('.compile-cache', import.meta.url)));
 await import('./bundle/router.js');
+// Written now, once the router has started: a daemon's clean exit (when Node writes it otherwise) may never come.
+module.flushCompileCache?.();
 `,
 );

@@ -130,7 +130,11 @@ function fillRootfs(root: string, project: string, node: string): void {
   // Every compiled component (tests, benchmarks and examples are not the router's).
   for (const part of readdirSync(join(project, 'dist'))) {
     if (!['test', 'bench', 'examples'].includes(part))
-      cpSync(join(project, 'dist', part), join(app, 'dist', part), { recursive: true });
+      cpSync(join(project, 'dist', part), join(app, 'dist', part), {
+        recursive: true,
+        // This machine's compile cache is not the image's (its Node may differ): the image makes its own.
+        filter: (src) => !src.includes('.compile-cache'),
+      });
   }
   cpSync(join(project, 'package.json'), join(app, 'package.json'));
   cpSync(join(project, 'native', 'binding.gyp'), join(app, 'native', 'binding.gyp'));
