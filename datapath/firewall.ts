@@ -62,6 +62,8 @@ function inputChains(s: FirewallState, exposed: string | null): string[] {
     `    iifname "${BRIDGE}" jump from_containers`,
     `    udp dport ${u.vxlanPort} ip saddr != @${PEER_SETS.vxlan} counter drop comment "VXLAN from no peer of ours"`,
     `    udp dport ${u.sleevePort} ip saddr != @${PEER_SETS.sleeve} counter drop comment "sleeve datagrams from no peer of ours"`,
+    // The peer sets are IPv4 (so is the underlay weft uses): over IPv6 nothing is from a peer of ours.
+    `    meta nfproto ipv6 udp dport ${ports([u.vxlanPort, u.sleevePort])} counter drop comment "VXLAN and sleeve over IPv6: no peer of ours"`,
     `  }`,
     `  chain from_containers {`,
     ...(dns
