@@ -297,7 +297,14 @@ export async function attachContainer(
     mac = await plumbNew(); // a host end left over without its container end: made afresh
   } else {
     if (fresh) throw conflict();
-    mac = await macIn(ns, ifname);
+    const theirs = (await ipJson<LinkInfo[]>(['link', 'show', 'dev', ifname], ns))[0];
+    if (!isOtherEnd(hostIf, theirs)) {
+      // The container's interface of that name is not the other end of our veth (that one is left
+      // over from an attachment whose end went elsewhere): the name is someone else's.
+      await ip(['link', 'del', hostIf]).catch(() => undefined);
+      throw conflict();
+    }
+    mac = theirs.address;
     await bind(hostIf, mac);
     await joinBridge(hostIf, gateway !== undefined, hostLines);
     const have = await ipJson<{ addr_info?: { local: string; prefixlen: number }[] }[]>(
@@ -333,8 +340,22 @@ function randomMac(): string {
   return [...b].map((x) => x.toString(16).padStart(2, '0')).join(':');
 }
 
-async function macIn(ns: string, ifname: string): Promise<string> {
-  return (await ipJson<{ address: string }[]>(['link', 'show', 'dev', ifname], ns))[0].address;
+interface LinkInfo {
+  address: string;
+  ifindex: number;
+  /** A veth's other end's index, in its own namespace. */
+  link_index?: number;
+}
+
+/** Whether `link` (in a container) is the other end of the host's veth `hostIf`: each names the other's index. */
+function isOtherEnd(hostIf: string, link: LinkInfo): boolean {
+  try {
+    const read = (f: string) => Number(readFileSync(`/sys/class/net/${hostIf}/${f}`, 'utf8'));
+    // Indexes are per namespace: both directions must agree (iproute2 gives link_index for a veth).
+    return read('iflink') === link.ifindex && (link.link_index === undefined || link.link_index === read('ifindex'));
+  } catch {
+    return false;
+  }
 }
 
 /**

@@ -311,6 +311,27 @@ describeAsRoot('fastdp across namespace hosts', () => {
     expect(ip1).toMatch(/^10\./);
   });
 
+  it("attach again when the container's ethwe is not our veth's other end: a conflict, theirs left alone, ours removed", async () => {
+    cluster = await Cluster.create(1, { routerArgs: ['--ipalloc-init', 'consensus=1'] });
+    const [a] = cluster.hosts;
+    await a.launch();
+    const c1 = await cluster.container('c1');
+    const away = await cluster.container('away');
+    await attach(a, c1);
+    const hostEnd = /: (vw[0-9a-f]+)@/.exec((await a.exec('ip', ['-o', 'link', 'show'])).stdout)![1];
+    // Our end of the pair goes elsewhere, and the container gets an ethwe of its own.
+    expect((await run('ip', ['-n', c1, 'link', 'set', 'ethwe', 'netns', away])).code).toBe(0);
+    expect((await run('ip', ['-n', c1, 'link', 'add', 'ethwe', 'type', 'veth', 'peer', 'name', 'other0'])).code).toBe(
+      0,
+    );
+    const r = await a.weft(['attach', `netns:${c1}`]);
+    expect(r.code).not.toBe(0);
+    expect(r.stderr).toMatch(/an interface ethwe already exists/);
+    expect((await run('ip', ['-n', c1, 'link', 'show', 'other0'])).code).toBe(0); // theirs (a pair in the container), left alone
+    expect((await run('ip', ['-n', c1, 'link', 'show', 'ethwe'])).code).toBe(0);
+    expect((await a.exec('ip', ['link', 'show', hostEnd])).code).not.toBe(0); // ours gone (with its end)
+  });
+
   it('detach frees the address and removes the fdb entries on the other host', async () => {
     const [a, b] = await twoHosts();
     const c1 = await cluster!.container('c1');
