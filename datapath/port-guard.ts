@@ -2,8 +2,8 @@
 // addresses, so no container speaks as another: a frame with another source
 // MAC, an IPv4 packet with another source address, an ARP message with another
 // sender, and anything that is neither IPv4 nor ARP (IPv6, VLAN tags ...) is
-// dropped where it enters the bridge. IPv6 is dropped from the overlay's ports
-// too (weft does not carry it yet). Security groups match addresses, so they
+// dropped where it enters the bridge. So is anything but IPv4 and ARP from the
+// overlay's ports (IPv6, VLAN tags: only a peer or a spoofer sends those). Security groups match addresses, so they
 // hold only because of this. It is a table of the bridge family, `bridge weft`,
 // stateless (no conntrack): a map from port name to that port's chain; a port
 // of weft's whose binding is not written yet drops everything, so a container
@@ -62,10 +62,10 @@ export function guardRuleset(bindings: PortBinding[]): string {
     `  chain prerouting {`,
     `    type filter hook prerouting priority filter; policy accept;`,
     `    iifname vmap @ports`,
-    // Nothing on the overlay speaks IPv6 until weft carries it under the same policy: a container's
-    // port drops it (above); so does every other port (a peer's VXLAN or sleeve, OVS), whatever a
-    // peer or the other hosts' own stacks send.
-    `    ether type ip6 counter drop comment "no IPv6 on the overlay"`,
+    // The overlay's own ports (a peer's VXLAN or sleeve, OVS) carry what containers send, which their
+    // ports let through only as IPv4 and ARP: anything else (IPv6; a VLAN tag, behind which a frame
+    // would pass br_netfilter and so the security groups unchecked) came from no container of ours.
+    `    ether type != { ip, arp } counter drop comment "neither IPv4 nor ARP from the overlay (IPv6 and VLAN tags included)"`,
     `    iifname "${CONTAINER_PORT_PREFIX}*" counter drop comment "container port not bound yet"`,
     `  }`,
     `}`,

@@ -111,17 +111,22 @@ describeAsRoot('a stranger on the underlay', () => {
           100,
         );
         expect(recorder.received().every((d) => d.data.endsWith('from a spoofed peer address'))).toBe(true);
-        // An IPv6 frame the same way (weft carries no IPv6 yet) is dropped where it enters the bridge.
+        // An IPv6 frame the same way (weft carries no IPv6 yet), and the IPv4 one behind a VLAN tag of 0
+        // (which a container's kernel takes as untagged, and br_netfilter would not show the security
+        // groups), are dropped where they enter the bridge.
         const guard = async () =>
-          ruleCounter((await h1.exec('nft', ['list', 'table', 'bridge', 'weft'])).stdout, 'no IPv6 on the overlay');
+          ruleCounter(
+            (await h1.exec('nft', ['list', 'table', 'bridge', 'weft'])).stdout,
+            'neither IPv4 nor ARP from the overlay (IPv6 and VLAN tags included)',
+          );
         const before = await guard();
+        const ipv4 = frame('tagged from a spoofed peer address');
+        const tagged = Buffer.concat([ipv4.subarray(0, 12), Buffer.from([0x81, 0x00, 0x00, 0x00]), ipv4.subarray(12)]);
         await sendUdp(stranger.ns, h1.ip, 6784, vxlanPayload(VNI, ipv6Frame(ep.mac)), h2.ip, 5);
-        await eventually(
-          'the IPv6 frames to be counted as dropped',
-          async () => (await guard()) - before >= 5,
-          5000,
-          100,
-        );
+        await sendUdp(stranger.ns, h1.ip, 6784, vxlanPayload(VNI, tagged), h2.ip, 5);
+        await eventually('the frames to be counted as dropped', async () => (await guard()) - before >= 10, 5000, 100);
+        await sleep(500);
+        expect(recorder.received().some((d) => d.data.startsWith('tagged'))).toBe(false);
       }
     }, 120_000);
   }
