@@ -298,12 +298,9 @@ export async function attachContainer(
   } else {
     if (fresh) throw conflict();
     const theirs = (await ipJson<LinkInfo[]>(['link', 'show', 'dev', ifname], ns))[0];
-    if (!isOtherEnd(hostIf, theirs)) {
-      // The container's interface of that name is not the other end of our veth (that one is left
-      // over from an attachment whose end went elsewhere): the name is someone else's.
-      await ip(['link', 'del', hostIf]).catch(() => undefined);
-      throw conflict();
-    }
+    // The container's interface of that name is not the other end of our veth (ours went elsewhere):
+    // the name is someone else's. Ours stays as it is, with the attachment the router knows of.
+    if (!isOtherEnd(hostIf, theirs)) throw conflict();
     mac = theirs.address;
     await bind(hostIf, mac);
     await joinBridge(hostIf, gateway !== undefined, hostLines);
@@ -351,8 +348,8 @@ interface LinkInfo {
 function isOtherEnd(hostIf: string, link: LinkInfo): boolean {
   try {
     const read = (f: string) => Number(readFileSync(`/sys/class/net/${hostIf}/${f}`, 'utf8'));
-    // Indexes are per namespace: both directions must agree (iproute2 gives link_index for a veth).
-    return read('iflink') === link.ifindex && (link.link_index === undefined || link.link_index === read('ifindex'));
+    // Indexes are per namespace: both directions must agree (every veth across namespaces has link_index).
+    return read('iflink') === link.ifindex && link.link_index === read('ifindex');
   } catch {
     return false;
   }
