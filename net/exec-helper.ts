@@ -65,6 +65,13 @@ export class ExecHelper {
     return new Promise((resolve, reject) => {
       if (argv.length === 0 || argv.some((a) => a.includes('\0')))
         return reject(new Error('a command line with no command or a NUL byte'));
+      // The helper's own limits (native/weft-exec.c): past them it would end, and look unable to run.
+      if (argv.length > 4096 || frame.length - 4 > 64 << 20)
+        return reject(
+          new Error(
+            `a command line too large for the command helper (${argv.length} arguments, ${frame.length} bytes)`,
+          ),
+        );
       // Referenced: it keeps the process alive until the answer comes.
       const timer = setTimeout(() => this.fail(new Error('the command helper did not answer')), timeoutMs + 5000);
       this.waiting.set(id, { resolve, reject, timer });

@@ -93,6 +93,9 @@ describe('the command helper', () => {
     const h = new ExecHelper(path);
     await expect(h.run([], undefined, 1000)).rejects.toThrow(/no command/);
     await expect(h.run(['echo', 'a\0b'], undefined, 1000)).rejects.toThrow(/NUL/);
+    await expect(h.run(['echo', ...Array.from({ length: 5000 }, () => 'x')], undefined, 1000)).rejects.toThrow(
+      /too large/,
+    );
     h.end();
   });
 
