@@ -503,15 +503,12 @@ class HopCipher : public Napi::ObjectWrap<HopCipher> {
   // bytes) in out; false for forged, corrupted, replayed or short ones. `sealed` is not changed.
   Napi::Value Open(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
+    // Too short to be sealed is an answer, not a misuse.
+    if (info.Length() >= 2 && info[1].IsBuffer() && info[1].As<Napi::Buffer<uint8_t>>().Length() < SEAL_OVERHEAD)
+      return Napi::Boolean::New(env, false);
     Args a;
-    if (!args(info, -long(SEAL_OVERHEAD), "open(out: Buffer, sealed: Buffer, aad?: Buffer): out holds sealed.length - 24 bytes", a)) {
-      // Too short to be sealed is an answer, not a misuse.
-      if (info.Length() >= 2 && info[1].IsBuffer() && info[1].As<Napi::Buffer<uint8_t>>().Length() < SEAL_OVERHEAD) {
-        env.GetAndClearPendingException();
-        return Napi::Boolean::New(env, false);
-      }
+    if (!args(info, -long(SEAL_OVERHEAD), "open(out: Buffer, sealed: Buffer, aad?: Buffer): out holds sealed.length - 24 bytes", a))
       return env.Undefined();
-    }
     return Napi::Boolean::New(env, openTo(a.out, a.in, uint32_t(a.nin), a.aad, a.naad));
   }
 };

@@ -46,6 +46,8 @@ export const WIRE_FORMAT = {
 export const SEAL_OVERHEAD = 8 + 16;
 /** Where the plaintext starts in a sealed body (after the counter). */
 export const SEAL_COUNTER = 8;
+/** Where it ends: this far before the body's end (the tag). */
+export const SEAL_TAG = 16;
 
 /** Seals messages to one hop (this file's PacketSealer, or the addon's HopCipher). */
 export interface Sealer {

@@ -52,6 +52,7 @@ import {
   SEALED,
   SEAL_COUNTER,
   SEAL_OVERHEAD,
+  SEAL_TAG,
   type Opener,
   type Sealer,
   VNET_HDR,
@@ -206,15 +207,11 @@ export class Sleeve implements Gossiper, Backend {
   /**
    * The fast path's tables follow what JavaScript would decide: a route per remote MAC whose peer
    * is a sleeve destination behind a plain (unencrypted) hop, the plain hops, and every MAC the
-   * endpoint table knows. Remade after the current turn of the event loop, once per burst of changes;
-   * at once when the hops changed (`now`): until then, the addon would refuse what a new encrypted
-   * hop sends, not knowing its keys.
+   * endpoint table knows. Remade after the current turn of the event loop, once per burst of changes
+   * (syncHops writes them at once: until then, the addon would refuse what a new encrypted hop sends,
+   * not knowing its keys).
    */
-  private refreshFastPath(now = false): void {
-    if (now) {
-      this.writeFastPath();
-      return;
-    }
+  private refreshFastPath(): void {
     if (!this.fast || this.fastStale) return;
     this.fastStale = true;
     setImmediate(() => {
@@ -371,7 +368,7 @@ export class Sleeve implements Gossiper, Backend {
       this.learned.delete(mac);
       this.forgets++;
     }
-    this.refreshFastPath(true);
+    this.writeFastPath();
   }
 
   /** Status of the sleeve to a direct peer. */
@@ -630,14 +627,7 @@ export class Sleeve implements Gossiper, Backend {
       const index = buf.readUInt16BE(start + HEADER + 4);
       const count = buf.readUInt16BE(start + HEADER + 6);
       if (hop.opener && opened) {
-        plain = hop.assembler.add(
-          id,
-          index,
-          count,
-          buf,
-          start + FRAGMENT_HEADER + SEAL_COUNTER,
-          end - (SEAL_OVERHEAD - SEAL_COUNTER),
-        );
+        plain = hop.assembler.add(id, index, count, buf, start + FRAGMENT_HEADER + SEAL_COUNTER, end - SEAL_TAG);
       } else if (hop.opener) {
         // Authenticated before anything is kept of it.
         const chunk = hop.opener.open(
@@ -659,7 +649,7 @@ export class Sleeve implements Gossiper, Backend {
         return;
       }
       const body = buf.subarray(start + HEADER, end);
-      if (hop.opener && opened) plain = body.subarray(SEAL_COUNTER, body.length - (SEAL_OVERHEAD - SEAL_COUNTER));
+      if (hop.opener && opened) plain = body.subarray(SEAL_COUNTER, body.length - SEAL_TAG);
       else plain = hop.opener ? hop.opener.open(body) : body;
       if (!plain) {
         this.stats.refused++;
