@@ -2,6 +2,7 @@
 // backend's port (datapath/backend.ts) are on it. Made at start, checked and
 // repaired when changed underneath, removed by reset.
 import { readFileSync, readlinkSync, existsSync } from 'node:fs';
+import { writeFile } from 'node:fs/promises';
 import { basename } from 'node:path';
 import { ip, ipBatchIn, ipJson, linkExists } from '../net/command.js';
 
@@ -91,12 +92,12 @@ export function sysLink(dev: string): SysLink | null {
 /** Makes sure the bridge exists, up, with our MAC and MTU; returns what it had to fix. */
 export async function ensureBridge(c: { mac: string; mtu: number }): Promise<string[]> {
   const now = sysLink(BRIDGE);
-  if (now?.isBridge && now.up && now.mtu === c.mtu && now.address === c.mac.toLowerCase()) return [];
+  if (now?.isBridge && now.up && now.mtu === c.mtu && now.address === c.mac.toLowerCase() && !bridgeHasIpv6())
+    return [];
   if (!now && !(await linkExists(BRIDGE))) {
-    await ipBatchIn(undefined, [
-      `link add ${BRIDGE} address ${c.mac} mtu ${c.mtu} type bridge`,
-      `link set ${BRIDGE} up`,
-    ]);
+    await ipBatchIn(undefined, [`link add ${BRIDGE} address ${c.mac} mtu ${c.mtu} type bridge`]);
+    await noIpv6OnBridge(); // before it is up, so it never gets a link-local address
+    await ipBatchIn(undefined, [`link set ${BRIDGE} up`]);
     return ['created bridge'];
   }
   const br = (await ipJson<LinkInfo[]>(['-d', 'link', 'show', 'dev', BRIDGE]))[0];
@@ -108,11 +109,30 @@ export async function ensureBridge(c: { mac: string; mtu: number }): Promise<str
     [!br.flags?.includes('UP'), `link set ${BRIDGE} up`, 'bridge was down'],
   ];
   const due = fixes.filter(([differs]) => differs);
+  const v6 = bridgeHasIpv6();
+  if (v6) await noIpv6OnBridge();
   await ipBatchIn(
     undefined,
     due.map(([, line]) => line),
   );
-  return due.map(([, , what]) => what);
+  return [...due.map(([, , what]) => what), ...(v6 ? ['bridge had IPv6'] : [])];
+}
+
+// The overlay carries IPv4 only (the ports drop everything else): the bridge has no IPv6 of its own
+// either, so no host sends its link-local neighbour, router and multicast-listener traffic over the
+// overlay, and nothing routes IPv6 into it. A kernel without IPv6 has no such file: nothing to do.
+const BRIDGE_IPV6_OFF = `/proc/sys/net/ipv6/conf/${BRIDGE}/disable_ipv6`;
+
+function bridgeHasIpv6(): boolean {
+  try {
+    return readFileSync(BRIDGE_IPV6_OFF, 'utf8').trim() !== '1';
+  } catch {
+    return false;
+  }
+}
+
+async function noIpv6OnBridge(): Promise<void> {
+  if (existsSync(BRIDGE_IPV6_OFF)) await writeFile(BRIDGE_IPV6_OFF, '1');
 }
 
 /**

@@ -379,7 +379,10 @@ export class Datapath {
         container,
         addrs,
         this.mtu,
-        (hostIf, m) => this.bindPort(hostIf, m, [...prevCidrs, ...addrs]),
+        (hostIf, m) => {
+          this.checkMacIsOwn(container, m);
+          return this.bindPort(hostIf, m, [...prevCidrs, ...addrs]);
+        },
         {
           ...(dns && {
             dns: {
@@ -415,6 +418,22 @@ export class Datapath {
     };
     this.setLocal([...this.endpoints.local.filter((e) => e.container !== container), ep]);
     return gw ? { ...ep, gateway: gw } : ep;
+  }
+
+  /**
+   * A re-attach takes the MAC the container's interface has now, and a container with NET_ADMIN can
+   * change it: one that is another endpoint's (here or on a peer) would be advertised and bound as
+   * this container's. Refused as a conflict before anything is bound. (The kernel refuses multicast
+   * and zero MACs on the interface itself.)
+   */
+  private checkMacIsOwn(container: string, mac: string): void {
+    const self = this.mesh.name;
+    const other = this.endpoints.all().find((e) => e.mac === mac && (e.peer !== self || e.container !== container));
+    if (other)
+      throw new WeftError(
+        'conflict',
+        `the interface of ${container} has MAC ${mac}, which is ${other.peer === self ? `${other.container}'s on this host` : `a container's on peer ${other.peer}`}`,
+      );
   }
 
   /** With DNS on the bridge: host routes back to local container addresses, so the server's replies find them. */

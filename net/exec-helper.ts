@@ -76,7 +76,9 @@ export class ExecHelper {
       const timer = setTimeout(() => this.fail(new Error('the command helper did not answer')), timeoutMs + 5000);
       this.waiting.set(id, { resolve, reject, timer });
       try {
-        this.process().stdin.write(frame);
+        // Without descriptors (EMFILE) the child has no streams: its 'error' event, due next, fails
+        // this request with the reason.
+        (this.process().stdin as ChildProcessWithoutNullStreams['stdin'] | null)?.write(frame);
       } catch (err) {
         clearTimeout(timer);
         this.waiting.delete(id);

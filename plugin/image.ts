@@ -133,7 +133,7 @@ function fillRootfs(root: string, project: string, node: string): void {
       cpSync(join(project, 'dist', part), join(app, 'dist', part), {
         recursive: true,
         // This machine's compile cache is not the image's (its Node may differ): the image makes its own.
-        filter: (src) => !src.includes('.compile-cache'),
+        filter: (src) => basename(src) !== '.compile-cache',
       });
   }
   cpSync(join(project, 'package.json'), join(app, 'package.json'));

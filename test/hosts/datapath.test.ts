@@ -215,6 +215,11 @@ describeAsRoot('fastdp across namespace hosts', () => {
       // Subtler changes, which the 5 s check sees in sysfs without running ip: a port's flags, a port
       // off the bridge, the bridge's MAC, the VXLAN device's MTU.
       const mac = (await a.exec('cat', ['/sys/class/net/weft/address'])).stdout.trim();
+      // The bridge has no IPv6 (so no host's link-local traffic floods over the overlay).
+      const v6off = '/proc/sys/net/ipv6/conf/weft/disable_ipv6';
+      expect((await a.exec('cat', [v6off])).stdout.trim()).toBe('1');
+      expect((await a.exec('ip', ['-6', '-o', 'addr', 'show', 'dev', 'weft'])).stdout).toBe('');
+      await a.exec('sh', ['-c', `echo 0 > ${v6off}`]);
       await a.exec('bridge', ['link', 'set', 'dev', 'weft-sleeve', 'learning', 'on']);
       await a.exec('ip', ['link', 'set', 'vxlan-weft', 'nomaster']);
       await a.exec('ip', ['link', 'set', 'weft', 'address', '02:00:00:00:00:01']);
@@ -226,7 +231,8 @@ describeAsRoot('fastdp across namespace hosts', () => {
           (await sys('weft-sleeve/brport/learning')) === '0' &&
           (await sys('weft-sleeve/mtu')) !== '1280' &&
           (await a.exec('readlink', ['/sys/class/net/vxlan-weft/master'])).stdout.trim().endsWith('/weft') &&
-          (await sys('weft/address')) === mac,
+          (await sys('weft/address')) === mac &&
+          (await a.exec('cat', [v6off])).stdout.trim() === '1',
         20_000,
         500,
       );
@@ -330,6 +336,28 @@ describeAsRoot('fastdp across namespace hosts', () => {
     expect((await run('ip', ['-n', c1, 'link', 'show', 'other0'])).code).toBe(0); // theirs (a pair in the container), left alone
     expect((await run('ip', ['-n', c1, 'link', 'show', 'ethwe'])).code).toBe(0);
     expect((await a.exec('ip', ['link', 'show', hostEnd])).code).toBe(0); // ours, as the router knows it
+  });
+
+  it("attach again after the container took another endpoint's MAC: a conflict, nothing advertised", async () => {
+    cluster = await Cluster.create(1, { routerArgs: ['--ipalloc-init', 'consensus=1'] });
+    const [a] = cluster.hosts;
+    await a.launch();
+    const c1 = await cluster.container('c1');
+    const c2 = await cluster.container('c2');
+    await attach(a, c1);
+    await attach(a, c2);
+    const macs = async () =>
+      new Map((await a.report<Report>()).datapath!.localEndpoints.map((e) => [e.container, e.mac]));
+    const before = await macs();
+    const mac1 = before.get(`netns:${c1}`)!;
+    expect((await run('ip', ['-n', c2, 'link', 'set', 'ethwe', 'address', mac1])).code).toBe(0);
+    const r = await a.weft(['attach', `netns:${c2}`]);
+    expect(r.code).not.toBe(0);
+    expect(r.stderr).toContain(`which is netns:${c1}'s on this host`);
+    expect(await macs()).toEqual(before); // c2 is still advertised with its own MAC
+    // With a MAC of its own again, the re-attach goes through.
+    expect((await run('ip', ['-n', c2, 'link', 'set', 'ethwe', 'address', before.get(`netns:${c2}`)!])).code).toBe(0);
+    expect((await a.weft(['attach', `netns:${c2}`])).code).toBe(0);
   });
 
   it('detach frees the address and removes the fdb entries on the other host', async () => {

@@ -1,7 +1,17 @@
 // The command helper (native/weft-exec) as the router uses it: output, errors and exit codes as a
 // directly started command gives them, input of any size, answers in order, a command that hangs,
 // a helper that dies. No root needed.
-import { existsSync, mkdtempSync, readlinkSync, rmSync, writeFileSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import {
+  closeSync,
+  existsSync,
+  mkdtempSync,
+  openSync,
+  readdirSync,
+  readlinkSync,
+  rmSync,
+  writeFileSync,
+} from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
@@ -60,6 +70,37 @@ describe('the command helper', () => {
     await new Promise((r) => setTimeout(r, 100));
     h.end();
     await expect(waiting).rejects.toThrow(/ended/);
+    expect((await h.run(['echo', 'again'], undefined, 5000)).stdout.toString()).toBe('again\n');
+    h.end();
+  });
+
+  it('with no descriptors left (EMFILE), a command fails saying the helper could not start; then the next one runs', async () => {
+    // This process's own soft limit, lowered to just above what it has open, then filled.
+    const [soft, hard] = execFileSync('prlimit', [
+      '--pid',
+      String(process.pid),
+      '--nofile',
+      '--output=SOFT,HARD',
+      '--noheadings',
+    ])
+      .toString()
+      .trim()
+      .split(/\s+/);
+    const open = readdirSync('/proc/self/fd').length;
+    execFileSync('prlimit', ['--pid', String(process.pid), `--nofile=${open + 16}:${hard}`]);
+    const fds: number[] = [];
+    const h = new ExecHelper(path);
+    try {
+      try {
+        for (;;) fds.push(openSync('/dev/null', 'r'));
+      } catch (err) {
+        expect((err as NodeJS.ErrnoException).code).toBe('EMFILE');
+      }
+      await expect(h.run(['echo', 'x'], undefined, 5000)).rejects.toThrow(/could not start.*EMFILE/);
+    } finally {
+      for (const fd of fds) closeSync(fd);
+      execFileSync('prlimit', ['--pid', String(process.pid), `--nofile=${soft}:${hard}`]);
+    }
     expect((await h.run(['echo', 'again'], undefined, 5000)).stdout.toString()).toBe('again\n');
     h.end();
   });
