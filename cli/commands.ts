@@ -210,11 +210,13 @@ withRouterLocation(
     .command('alloc')
     .description('allocate an address for a container')
     .argument('<container>', 'container id')
-    .option('--subnet <cidr>', 'from this subnet')
+    .option('--subnet <cidr>', 'from this subnet (IPv4 or IPv6)')
+    .option('--ipv6', 'an IPv6 address from the default IPv6 subnet (--ipalloc-default-subnet6)')
     .addOption(timeoutOption()),
-).action(async (id: string, o: { subnet?: string; timeout?: number }, cmd: Command) => {
+).action(async (id: string, o: { subnet?: string; ipv6?: boolean; timeout?: number }, cmd: Command) => {
   const q = new URLSearchParams();
   if (o.subnet) q.set('subnet', o.subnet);
+  if (o.ipv6) q.set('family', '6');
   if (o.timeout !== undefined) q.set('timeout', String(o.timeout));
   console.log((await request(target(cmd), 'POST', `/ip/${encodeURIComponent(id)}?${q}`)).body);
 });

@@ -13,7 +13,8 @@ import {
   isPeerName,
   type PeerName,
 } from '../mesh/index.js';
-import { cidrEnd, contains, formatCidr, formatIp, hostRange, type Addr, type Cidr } from '../net/addr.js';
+import type { Addr } from '../net/addr.js';
+import { IPV4, type CidrOf, type IpFamily, type Position } from '../net/family.js';
 import { PaxosNode, nodeId, validatePaxos, type PaxosState } from './paxos.js';
 import {
   Ring,
@@ -24,21 +25,31 @@ import {
   entryToWire,
   sameOrigin,
 } from './ring.js';
-import type { IpamStore } from './store.js';
 import type { Liveness } from './liveness.js';
 
 const IPAM_CHANNEL = 'ipam';
 
+/** Where an allocator keeps its ring and its containers' addresses (ipam/store.ts for IPv4). */
+export interface AllocatorStore<A extends Position> {
+  load(): { ring: Ring<A> | null; owned: Map<string, A[]> };
+  /** Resolves once the write is committed to disk. */
+  save(ring: Ring<A> | null, owned: Map<string, A[]>): Promise<void>;
+}
+
 export type InitMode =
   { kind: 'consensus'; quorum: number; peers: number } | { kind: 'seed'; seeds: PeerName[] } | { kind: 'observer' };
 
-export interface AllocatorConfig {
-  range: Cidr;
-  defaultSubnet: Cidr;
+export interface AllocatorConfig<A extends Position = Addr> {
+  /** IPv4 unless given; each family has its own ring, on its own channel. */
+  family?: IpFamily<A>;
+  /** The gossip channel: "ipam" unless given. */
+  channel?: string;
+  range: CidrOf<A>;
+  defaultSubnet: CidrOf<A>;
   init: InitMode;
   /** How long a request may wait for consensus or space before it fails with the reason. */
   timeoutMs: number;
-  store: IpamStore | null;
+  store: AllocatorStore<A> | null;
   /** Tells whether a container still exists (null: cannot tell); addresses of gone ones are freed. */
   liveness?: Liveness;
 }
@@ -51,63 +62,69 @@ export class IpamError extends WeftError {
   }
 }
 
-interface Pending {
+interface Pending<A extends Position> {
   kind: 'allocate' | 'claim' | 'prime';
   ident: string;
-  subnet: Cidr;
-  addr?: Addr;
+  subnet: CidrOf<A>;
+  addr?: A;
   since: number;
   deadline: number;
   reason: string;
-  resolve: (v: Cidr & { addr: Addr }) => void;
+  resolve: (v: CidrOf<A> & { addr: A }) => void;
   reject: (e: IpamError) => void;
 }
 
 /** One gossip update on the IPAM channel: ring entries (with the ring's origin) and/or Paxos state. */
-class IpamUpdate implements GossipData {
+class IpamUpdate<A extends Position> implements GossipData {
   constructor(
-    readonly origin: RingOrigin | null,
-    readonly entries: RingEntry[],
+    readonly family: IpFamily<A>,
+    readonly origin: RingOrigin<A> | null,
+    readonly entries: RingEntry<A>[],
     readonly paxos: PaxosState | null,
   ) {}
   encode(): Uint8Array {
+    const f = this.family;
     return pack({
-      o: this.origin ? [this.origin.start, this.origin.end, this.origin.seeds] : null,
-      r: this.entries.map(entryToWire),
+      o: this.origin ? [f.toWire(this.origin.start), f.toWire(this.origin.end), this.origin.seeds] : null,
+      r: this.entries.map((e) => entryToWire(e, f)),
       p: this.paxos,
     });
   }
   merge(other: GossipData): GossipData {
-    const o = other as IpamUpdate;
+    const o = other as IpamUpdate<A>;
     const byToken = new Map(this.entries.map((e) => [e.token, e]));
     for (const e of o.entries) {
       // The ring's own order (version, then owner, then free): merging pending updates must pick what the ring would.
       const cur = byToken.get(e.token);
       if (!cur || compareRingEntries(e, cur) > 0) byToken.set(e.token, e);
     }
-    return new IpamUpdate(o.origin ?? this.origin, [...byToken.values()], o.paxos ?? this.paxos);
+    return new IpamUpdate(this.family, o.origin ?? this.origin, [...byToken.values()], o.paxos ?? this.paxos);
   }
 }
 
-function decodeOrigin(v: unknown): RingOrigin | null {
+function decodeOrigin<A extends Position>(f: IpFamily<A>, v: unknown): RingOrigin<A> | null {
   if (v === null || v === undefined) return null;
   if (!Array.isArray(v) || v.length !== 3) throw new Error('ring origin is malformed');
-  const [start, end, seeds] = v as unknown[];
-  if (
-    typeof start !== 'number' ||
-    typeof end !== 'number' ||
-    !(start < end) ||
-    !Array.isArray(seeds) ||
-    seeds.length > 10_000
-  )
+  const [startWire, endWire, seeds] = v as unknown[];
+  let start: A;
+  let end: A;
+  try {
+    start = f.fromWire(startWire);
+    end = f.fromWire(endWire);
+  } catch {
     throw new Error('ring origin is malformed');
+  }
+  if (!(start < end) || !Array.isArray(seeds) || seeds.length > 10_000) throw new Error('ring origin is malformed');
   if (!seeds.every((s) => typeof s === 'string' && isPeerName(s))) throw new Error('ring origin seeds are malformed');
   return { start, end, seeds: seeds as PeerName[] };
 }
 
-function decodeUpdate(bytes: Uint8Array): {
-  origin: RingOrigin | null;
-  entries: RingEntry[];
+function decodeUpdate<A extends Position>(
+  f: IpFamily<A>,
+  bytes: Uint8Array,
+): {
+  origin: RingOrigin<A> | null;
+  entries: RingEntry<A>[];
   paxos: PaxosState | null;
 } {
   const v = unpack(bytes) as { o?: unknown; r?: unknown; p?: unknown };
@@ -115,26 +132,28 @@ function decodeUpdate(bytes: Uint8Array): {
   if (v.r !== undefined && (!Array.isArray(v.r) || v.r.length > 1_000_000))
     throw new Error('ipam ring entries are malformed');
   return {
-    origin: decodeOrigin(v.o),
-    entries: ((v.r as unknown[] | undefined) ?? []).map(entryFromWire),
+    origin: decodeOrigin(f, v.o),
+    entries: ((v.r as unknown[] | undefined) ?? []).map((w) => entryFromWire(w, f)),
     paxos: v.p === null || v.p === undefined ? null : validatePaxos(v.p),
   };
 }
 
 type Unicast =
-  | { t: 'req'; id: number; s: Addr; p: number; a?: Addr }
+  // Positions in their wire form (IpFamily.toWire).
+  | { t: 'req'; id: number; s: unknown; p: number; a?: unknown }
   | { t: 'grant'; id: number; o: unknown; r: unknown[] }
   | { t: 'deny'; id: number; why: string; full?: boolean }
   | { t: 'want' }
   | { t: 'ring'; o: unknown; r: unknown[] };
 
-export class Allocator implements Gossiper {
-  ring: Ring | null = null;
+export class Allocator<A extends Position = Addr> implements Gossiper {
+  ring: Ring<A> | null = null;
   private paxos: PaxosNode | null = null;
   /** Addresses per container (ident), and the reverse. */
-  readonly owned = new Map<string, Addr[]>();
-  private readonly byAddr = new Map<Addr, string>();
-  private readonly pending = new Set<Pending>();
+  readonly owned = new Map<string, A[]>();
+  private readonly byAddr = new Map<A, string>();
+  private readonly pending = new Set<Pending<A>>();
+  readonly family: IpFamily<A>;
   readonly conflicts: string[] = [];
   private readonly channel: Gossip;
   private tick: NodeJS.Timeout;
@@ -152,9 +171,10 @@ export class Allocator implements Gossiper {
 
   constructor(
     private readonly mesh: MeshView,
-    readonly config: AllocatorConfig,
+    readonly config: AllocatorConfig<A>,
   ) {
-    this.channel = mesh.registerChannel(IPAM_CHANNEL, this);
+    this.family = config.family ?? (IPV4 as unknown as IpFamily<A>);
+    this.channel = mesh.registerChannel(config.channel ?? IPAM_CHANNEL, this);
     if (config.store) {
       const saved = config.store.load();
       if (saved.ring) this.ring = saved.ring;
@@ -188,21 +208,27 @@ export class Allocator implements Gossiper {
   /** An address for `ident` in `subnet` (default subnet if none): the lowest free one. Idempotent per ident and subnet. */
   allocate(
     ident: string,
-    subnet: Cidr = this.config.defaultSubnet,
+    subnet: CidrOf<A> = this.config.defaultSubnet,
     timeoutMs = this.config.timeoutMs,
-  ): Promise<Cidr & { addr: Addr }> {
+  ): Promise<CidrOf<A> & { addr: A }> {
     this.checkSubnet(subnet);
     return this.enqueue({ kind: 'allocate', ident, subnet }, timeoutMs);
   }
 
   /** Claims a given address for `ident`. */
-  claim(ident: string, addr: Addr, subnet: Cidr, timeoutMs = this.config.timeoutMs): Promise<Cidr & { addr: Addr }> {
-    if (!contains(this.config.range, { start: addr, prefix: 32 })) {
+  claim(
+    ident: string,
+    addr: A,
+    subnet: CidrOf<A>,
+    timeoutMs = this.config.timeoutMs,
+  ): Promise<CidrOf<A> & { addr: A }> {
+    const f = this.family;
+    if (!f.contains(this.config.range, { start: addr, prefix: f.bits })) {
       // Outside the range weft manages: recorded, nobody else hands it out (as Weave does). Only
       // this host's claims are known here: two containers here cannot both claim one.
       const holder = this.byAddr.get(addr);
       if (holder !== undefined && holder !== ident)
-        return Promise.reject(new IpamError('conflict', `${formatIp(addr)} is already claimed by ${holder}`));
+        return Promise.reject(new IpamError('conflict', `${f.formatIp(addr)} is already claimed by ${holder}`));
       this.record(ident, addr);
       return this.persist().then(() => ({ ...subnet, addr }));
     }
@@ -214,21 +240,22 @@ export class Allocator implements Gossiper {
     return this.enqueue({ kind: 'prime', ident: '', subnet: this.config.range }, timeoutMs).then(() => undefined);
   }
 
-  lookup(ident: string): Addr[] {
+  lookup(ident: string): A[] {
     return this.owned.get(ident) ?? [];
   }
 
   /** Who holds an address on this peer (Docker's IPAM frees by address). */
-  holderOf(addr: Addr): string | undefined {
+  holderOf(addr: A): string | undefined {
     return this.byAddr.get(addr);
   }
 
   /** Frees one address, or all of a container's. */
-  async free(ident: string, addr?: Addr): Promise<Addr[]> {
+  async free(ident: string, addr?: A): Promise<A[]> {
     const addrs = this.owned.get(ident);
     if (!addrs || addrs.length === 0) throw new IpamError('not-found', `no addresses for ${ident}`);
     const gone = addr === undefined ? [...addrs] : addrs.includes(addr) ? [addr] : [];
-    if (gone.length === 0) throw new IpamError('not-found', `${formatIp(addr!)} is not allocated to ${ident}`);
+    if (gone.length === 0)
+      throw new IpamError('not-found', `${this.family.formatIp(addr!)} is not allocated to ${ident}`);
     for (const a of gone) this.unrecord(ident, a);
     for (const p of this.pending)
       if (p.ident === ident)
@@ -238,36 +265,38 @@ export class Allocator implements Gossiper {
     return gone;
   }
 
-  private checkSubnet(subnet: Cidr): void {
-    if (!contains(this.config.range, subnet)) {
+  private checkSubnet(subnet: CidrOf<A>): void {
+    const f = this.family;
+    if (!f.contains(this.config.range, subnet)) {
       throw new IpamError(
         'invalid',
-        `subnet ${formatCidr(subnet)} is not inside the allocation range ${formatCidr(this.config.range)}`,
+        `subnet ${f.formatCidr(subnet)} is not inside the allocation range ${f.formatCidr(this.config.range)}`,
       );
     }
-    if (subnet.prefix > 30) throw new IpamError('invalid', `subnet ${formatCidr(subnet)} is too small (at most /30)`);
+    if (subnet.prefix > f.maxSubnetPrefix)
+      throw new IpamError('invalid', `subnet ${f.formatCidr(subnet)} is too small (at most /${f.maxSubnetPrefix})`);
   }
 
   private enqueue(
-    op: Pick<Pending, 'kind' | 'ident' | 'subnet' | 'addr'>,
+    op: Pick<Pending<A>, 'kind' | 'ident' | 'subnet' | 'addr'>,
     timeoutMs: number,
-  ): Promise<Cidr & { addr: Addr }> {
+  ): Promise<CidrOf<A> & { addr: A }> {
     return new Promise((resolve, reject) => {
       const now = Date.now();
-      const p: Pending = { ...op, since: now, deadline: now + timeoutMs, reason: 'starting', resolve, reject };
+      const p: Pending<A> = { ...op, since: now, deadline: now + timeoutMs, reason: 'starting', resolve, reject };
       this.pending.add(p);
       this.ensureRing();
       this.attempt(p);
     });
   }
 
-  private fail(p: Pending, e: IpamError): void {
+  private fail(p: Pending<A>, e: IpamError): void {
     this.pending.delete(p);
     p.reject(e);
   }
 
   /** Tries to satisfy one pending request; otherwise records why not. */
-  private attempt(p: Pending): void {
+  private attempt(p: Pending<A>): void {
     if (!this.pending.has(p)) return;
     if (!this.ring) {
       p.reason = this.waitingForRingReason();
@@ -275,11 +304,12 @@ export class Allocator implements Gossiper {
     }
     if (p.kind === 'prime') {
       this.pending.delete(p);
-      p.resolve({ ...this.config.range, addr: 0 });
+      p.resolve({ ...this.config.range, addr: this.family.zero });
       return;
     }
     if (p.kind === 'claim') return this.attemptClaim(p);
-    const mine = this.owned.get(p.ident)?.find((a) => a >= p.subnet.start && a < cidrEnd(p.subnet));
+    const end = this.family.cidrEnd(p.subnet);
+    const mine = this.owned.get(p.ident)?.find((a) => a >= p.subnet.start && a < end);
     if (mine !== undefined) return this.done(p, mine);
     const addr = this.lowestFree(p.subnet);
     if (addr !== null) {
@@ -289,12 +319,12 @@ export class Allocator implements Gossiper {
     this.askForSpace(p);
   }
 
-  private attemptClaim(p: Pending): void {
+  private attemptClaim(p: Pending<A>): void {
     const addr = p.addr!;
     const holder = this.byAddr.get(addr);
     if (holder === p.ident) return this.done(p, addr);
     if (holder !== undefined)
-      return this.fail(p, new IpamError('conflict', `${formatIp(addr)} is already allocated to ${holder}`));
+      return this.fail(p, new IpamError('conflict', `${this.family.formatIp(addr)} is already allocated to ${holder}`));
     const owner = this.ring!.ownerOf(addr);
     if (owner === this.self) {
       this.record(p.ident, addr);
@@ -303,7 +333,7 @@ export class Allocator implements Gossiper {
     this.askForSpace(p);
   }
 
-  private done(p: Pending, addr: Addr): void {
+  private done(p: Pending<A>, addr: A): void {
     this.pending.delete(p);
     this.freeDirty = true;
     this.persist().then(
@@ -352,7 +382,7 @@ export class Allocator implements Gossiper {
     for (const ident of gone) {
       const addrs = this.owned.get(ident) ?? [];
       this.mesh.log.info(
-        { container: ident, addresses: addrs.map(formatIp) },
+        { container: ident, addresses: addrs.map((a) => this.family.formatIp(a)) },
         'ipam: container is gone; its addresses are free',
       );
       for (const a of addrs) this.unrecord(ident, a);
@@ -366,14 +396,14 @@ export class Allocator implements Gossiper {
 
   // ------------------------------------------------------------------ local space
 
-  private record(ident: string, addr: Addr): void {
+  private record(ident: string, addr: A): void {
     const list = this.owned.get(ident) ?? [];
     if (!list.includes(addr)) list.push(addr);
     this.owned.set(ident, list);
     this.byAddr.set(addr, ident);
   }
 
-  private unrecord(ident: string, addr: Addr): void {
+  private unrecord(ident: string, addr: A): void {
     const list = (this.owned.get(ident) ?? []).filter((a) => a !== addr);
     if (list.length === 0) this.owned.delete(ident);
     else this.owned.set(ident, list);
@@ -381,27 +411,29 @@ export class Allocator implements Gossiper {
   }
 
   /** The lowest address in the subnet's host range that this peer owns and has not handed out. */
-  private lowestFree(subnet: Cidr): Addr | null {
-    const [lo, hi] = hostRange(subnet);
+  private lowestFree(subnet: CidrOf<A>): A | null {
+    const f = this.family;
+    const [lo, hi] = f.hostRange(subnet);
     for (const r of this.ring!.rangesOf(this.self)) {
-      const from = Math.max(lo, r.start);
-      const to = Math.min(hi, r.end);
-      for (let a = from; a < to; a++) if (!this.byAddr.has(a)) return a;
+      const from = max(lo, r.start);
+      const to = min(hi, r.end);
+      // At most (addresses in use + 1) steps: fine for 128 bits too.
+      for (let a = from; a < to; a = f.add(a, f.one)) if (!this.byAddr.has(a)) return a;
     }
     return null;
   }
 
-  private freeIn(start: Addr, end: Addr): number {
+  private freeIn(start: A, end: A): A {
     let used = 0;
     for (const a of this.byAddr.keys()) if (a >= start && a < end) used++;
-    return end - start - used;
+    return this.family.sub(this.family.sub(end, start), this.family.fromCount(used));
   }
 
   /** Refreshes the free-space hints of our ring entries, so others know whom to ask. */
   private reportFree(): void {
     this.freeDirty = false;
     if (!this.ring) return;
-    const changed: RingEntry[] = [];
+    const changed: RingEntry<A>[] = [];
     for (const r of this.ring.rangesOf(this.self)) {
       const e = this.ring.setFree(this.self, r.start, this.freeIn(r.start, r.end));
       if (e) changed.push(e);
@@ -411,11 +443,13 @@ export class Allocator implements Gossiper {
 
   // ------------------------------------------------------------------ asking others for space
 
-  private askForSpace(p: Pending): void {
+  private askForSpace(p: Pending<A>): void {
     const ring = this.ring!;
+    const f = this.family;
+    const { formatIp, formatCidr } = f;
     const reachable = (peer: PeerName) => this.mesh.isReachable(peer);
     const start = p.kind === 'claim' ? p.addr! : p.subnet.start;
-    const end = p.kind === 'claim' ? p.addr! + 1 : cidrEnd(p.subnet);
+    const end = p.kind === 'claim' ? f.add(p.addr!, f.one) : f.cidrEnd(p.subnet);
     const candidates = ring.ranges().filter((r) => r.entry.owner !== this.self && r.start < end && r.end > start);
     if (candidates.length === 0) {
       if (p.kind === 'claim')
@@ -461,16 +495,16 @@ export class Allocator implements Gossiper {
       return;
     }
     // Prefer the owner that last reported the most free space (hints may be stale: a 0 is still worth asking).
-    live.sort((a, b) => b.entry.free - a.entry.free || b.end - b.start - (a.end - a.start));
+    live.sort((a, b) => cmp(b.entry.free, a.entry.free) || cmp(f.sub(b.end, b.start), f.sub(a.end, a.start)));
     const donor = live[0].entry.owner;
     const id = ++this.requestId;
     this.outstanding = { id, peer: donor, at: Date.now() };
     const msg: Unicast = {
       t: 'req',
       id,
-      s: p.subnet.start,
+      s: f.toWire(p.subnet.start),
       p: p.subnet.prefix,
-      ...(p.kind === 'claim' ? { a: p.addr } : {}),
+      ...(p.kind === 'claim' ? { a: f.toWire(p.addr!) } : {}),
     };
     this.channel.unicast(donor, pack(msg));
     p.reason =
@@ -480,7 +514,8 @@ export class Allocator implements Gossiper {
   }
 
   /** Donor side: give part of our free space in the subnet (the upper half of our largest aligned free block). */
-  private onSpaceRequest(src: PeerName, m: Extract<Unicast, { t: 'req' }>): void {
+  private onSpaceRequest(src: PeerName, m: { id: number; s: A; p: number; a?: A }): void {
+    const f = this.family;
     const reply = (u: Unicast): void => {
       this.channel.unicast(src, pack(u));
     };
@@ -491,7 +526,7 @@ export class Allocator implements Gossiper {
         return reply({
           t: 'deny',
           id: m.id,
-          why: `${formatIp(m.a)} is not owned by ${this.describe(this.self)}`,
+          why: `${f.formatIp(m.a)} is not owned by ${this.describe(this.self)}`,
           full: false,
         });
       const holder = this.byAddr.get(m.a);
@@ -499,45 +534,52 @@ export class Allocator implements Gossiper {
         return reply({
           t: 'deny',
           id: m.id,
-          why: `${formatIp(m.a)} is allocated to ${holder} on ${this.describe(this.self)}`,
+          why: `${f.formatIp(m.a)} is allocated to ${holder} on ${this.describe(this.self)}`,
           full: true,
         });
-      return this.grantTo(src, m.id, m.a, m.a + 1);
+      return this.grantTo(src, m.id, m.a, f.add(m.a, f.one));
     }
-    // Only addresses the requester can hand out: the subnet's host range.
-    const [subnetStart, subnetEnd] = hostRange({ start: m.s, prefix: m.p });
-    let best: [Addr, number] | null = null;
-    for (const r of this.ring.rangesOf(this.self)) {
-      const from = Math.max(r.start, subnetStart);
-      const to = Math.min(r.end, subnetEnd);
-      let a = from;
-      while (a < to) {
-        if (this.byAddr.has(a)) {
-          a++;
-          continue;
-        }
-        let b = a;
-        while (b < to && !this.byAddr.has(b)) b++;
-        // Largest aligned block inside the free run [a, b).
-        let x = a;
-        while (x < b) {
-          let size = 1;
-          while (x % (size * 2) === 0 && x + size * 2 <= b) size *= 2;
-          if (!best || size > best[1]) best = [x, size];
-          x += size;
-        }
-        a = b;
+    // Only addresses the requester can hand out: the subnet's host range. The free runs are the gaps
+    // between the addresses in use (walked, not the addresses: an IPv6 range has 2^80 of them).
+    const [subnetStart, subnetEnd] = f.hostRange({ start: m.s, prefix: m.p });
+    const used = [...this.byAddr.keys()].sort(cmp);
+    let best: [A, A] | null = null;
+    const consider = (a: A, b: A) => {
+      // The largest aligned blocks inside the free run [a, b).
+      let x = a;
+      while (x < b) {
+        let size = f.one;
+        while (f.mod(x, f.add(size, size)) === f.zero && f.add(x, f.add(size, size)) <= b) size = f.add(size, size);
+        if (!best || size > best[1]) best = [x, size];
+        x = f.add(x, size);
       }
+    };
+    for (const r of this.ring.rangesOf(this.self)) {
+      const from = max(r.start, subnetStart);
+      const to = min(r.end, subnetEnd);
+      let a = from;
+      for (const u of used) {
+        if (u < from) continue;
+        if (u >= to) break;
+        if (a < u) consider(a, u);
+        a = f.add(u, f.one);
+      }
+      if (a < to) consider(a, to);
     }
-    if (!best) return reply({ t: 'deny', id: m.id, why: `no free space in ${formatIp(m.s)}/${m.p}`, full: true });
-    const [blockStart, size] = best;
-    const give = size >= 2 ? size / 2 : 1;
-    this.grantTo(src, m.id, blockStart + size - give, blockStart + size);
+    if (!best) return reply({ t: 'deny', id: m.id, why: `no free space in ${f.formatIp(m.s)}/${m.p}`, full: true });
+    const [blockStart, size] = best as [A, A];
+    const give = size >= f.two ? f.half(size) : f.one;
+    const blockEnd = f.add(blockStart, size);
+    this.grantTo(src, m.id, f.sub(blockEnd, give), blockEnd);
   }
 
-  private grantTo(peer: PeerName, id: number, start: Addr, end: Addr): void {
+  private grantTo(peer: PeerName, id: number, start: A, end: A): void {
+    const f = this.family;
     const changed = this.ring!.grant(this.self, start, end, peer);
-    this.mesh.log.info({ to: peer, range: `${formatIp(start)}-${formatIp(end - 1)}` }, 'ipam: gave space');
+    this.mesh.log.info(
+      { to: peer, range: `${f.formatIp(start)}-${f.formatIp(f.sub(end, f.one))}` },
+      'ipam: gave space',
+    );
     // True free counts for what we kept, so nobody concludes from a stale hint that it is full.
     for (const r of this.ring!.rangesOf(this.self)) {
       const e = this.ring!.setFree(this.self, r.start, this.freeIn(r.start, r.end));
@@ -547,7 +589,7 @@ export class Allocator implements Gossiper {
     this.ringChanged(changed);
     this.channel.unicast(
       peer,
-      pack({ t: 'grant', id, o: this.originWire(), r: changed.map(entryToWire) } satisfies Unicast),
+      pack({ t: 'grant', id, o: this.originWire(), r: changed.map((e) => entryToWire(e, f)) } satisfies Unicast),
     );
     this.freeDirty = true;
   }
@@ -557,22 +599,24 @@ export class Allocator implements Gossiper {
     if (typeof m !== 'object' || m === null || typeof (m as { t?: unknown }).t !== 'string')
       throw new Error('ipam unicast is malformed');
     switch (m.t) {
-      case 'req':
-        if (
-          !Number.isInteger(m.id) ||
-          !Number.isInteger(m.s) ||
-          !Number.isInteger(m.p) ||
-          m.p < 0 ||
-          m.p > 32 ||
-          (m.a !== undefined && !Number.isInteger(m.a))
-        ) {
+      case 'req': {
+        const f = this.family;
+        let s: A;
+        let a: A | undefined;
+        try {
+          s = f.fromWire(m.s);
+          a = m.a === undefined ? undefined : f.fromWire(m.a);
+        } catch {
           throw new Error('ipam space request is malformed');
         }
-        return this.onSpaceRequest(src, m);
+        if (!Number.isInteger(m.id) || !Number.isInteger(m.p) || m.p < 0 || m.p > f.bits)
+          throw new Error('ipam space request is malformed');
+        return this.onSpaceRequest(src, { id: m.id, s, p: m.p, ...(a !== undefined ? { a } : {}) });
+      }
       case 'grant':
       case 'ring': {
-        const origin = decodeOrigin(m.o);
-        const entries = (Array.isArray(m.r) ? m.r : []).map(entryFromWire);
+        const origin = decodeOrigin(this.family, m.o);
+        const entries = (Array.isArray(m.r) ? m.r : []).map((w) => entryFromWire(w, this.family));
         if (m.t === 'grant' && this.outstanding?.id === m.id) this.outstanding = null;
         if (origin) this.receiveRing(origin, entries);
         this.retryPending();
@@ -590,7 +634,11 @@ export class Allocator implements Gossiper {
         if (this.ring)
           this.channel.unicast(
             src,
-            pack({ t: 'ring', o: this.originWire(), r: this.ring.all().map(entryToWire) } satisfies Unicast),
+            pack({
+              t: 'ring',
+              o: this.originWire(),
+              r: this.ring.all().map((e) => entryToWire(e, this.family)),
+            } satisfies Unicast),
           );
         return;
       default:
@@ -602,12 +650,12 @@ export class Allocator implements Gossiper {
 
   private originWire(): unknown {
     const o = this.ring!.origin;
-    return [o.start, o.end, o.seeds];
+    return [this.family.toWire(o.start), this.family.toWire(o.end), o.seeds];
   }
 
   private createRing(seeds: PeerName[]): void {
     const r = this.config.range;
-    this.ring = Ring.create({ start: r.start, end: cidrEnd(r), seeds: [...new Set(seeds)].sort() });
+    this.ring = Ring.create({ start: r.start, end: this.family.cidrEnd(r), seeds: [...new Set(seeds)].sort() });
     this.paxos = null;
     this.mesh.log.info({ seeds: this.ring.origin.seeds }, 'ipam: ring created');
     this.freeDirty = true;
@@ -643,7 +691,7 @@ export class Allocator implements Gossiper {
       this.retryPending();
       return;
     }
-    if (this.paxos) this.channel.gossipUpdate(new IpamUpdate(null, [], { ...this.paxos.knows }));
+    if (this.paxos) this.channel.gossipUpdate(new IpamUpdate(this.family, null, [], { ...this.paxos.knows }));
   }
 
   private waitingForRingReason(): string {
@@ -672,9 +720,9 @@ export class Allocator implements Gossiper {
 
   // ------------------------------------------------------------------ gossip
 
-  private fullState(): IpamUpdate | null {
-    if (this.ring) return new IpamUpdate(this.ring.origin, this.ring.all(), null);
-    if (this.paxos) return new IpamUpdate(null, [], this.paxos.knows);
+  private fullState(): IpamUpdate<A> | null {
+    if (this.ring) return new IpamUpdate(this.family, this.ring.origin, this.ring.all(), null);
+    if (this.paxos) return new IpamUpdate(this.family, null, [], this.paxos.knows);
     return null;
   }
 
@@ -683,11 +731,11 @@ export class Allocator implements Gossiper {
   }
 
   onGossip(update: Uint8Array): GossipData | null {
-    const u = decodeUpdate(update);
+    const u = decodeUpdate(this.family, update);
     if (u.origin) {
       const changed = this.receiveRing(u.origin, u.entries);
       this.retryPending();
-      return changed.length > 0 ? new IpamUpdate(this.ring!.origin, changed, null) : null;
+      return changed.length > 0 ? new IpamUpdate(this.family, this.ring!.origin, changed, null) : null;
     }
     if (u.paxos && !this.ring && this.config.init.kind === 'consensus') {
       if (!this.paxos) this.paxos = new PaxosNode(nodeId(this.self, this.mesh.uid), this.config.init.quorum);
@@ -700,18 +748,19 @@ export class Allocator implements Gossiper {
         return null;
       }
       // Our answer must reach the proposer too, which the mesh's pass-it-on excludes (it sent us this): announce it to all.
-      if (learnt || mine) this.channel.gossipUpdate(new IpamUpdate(null, [], { ...this.paxos.knows }));
+      if (learnt || mine) this.channel.gossipUpdate(new IpamUpdate(this.family, null, [], { ...this.paxos.knows }));
       return null;
     }
     return null;
   }
 
   /** Merges a ring from a peer; returns the entries that changed ours. */
-  private receiveRing(origin: RingOrigin, entries: RingEntry[]): RingEntry[] {
+  private receiveRing(origin: RingOrigin<A>, entries: RingEntry<A>[]): RingEntry<A>[] {
+    const f = this.family;
     if (!this.ring) {
-      if (origin.start !== this.config.range.start || origin.end !== cidrEnd(this.config.range)) {
+      if (origin.start !== this.config.range.start || origin.end !== f.cidrEnd(this.config.range)) {
         this.noteConflict(
-          `a peer uses the allocation range ${formatIp(origin.start)}-${formatIp(origin.end - 1)}, this one ${formatCidr(this.config.range)}: start all peers with the same --ipalloc-range`,
+          `a peer uses the allocation range ${f.formatIp(origin.start)}-${f.formatIp(f.sub(origin.end, f.one))}, this one ${f.formatCidr(this.config.range)}: start all peers with the same --ipalloc-range${f.version === 6 ? '6' : ''}`,
         );
         return [];
       }
@@ -727,7 +776,7 @@ export class Allocator implements Gossiper {
     const changed = this.ring.merge(entries);
     if (changed.length === 0) return [];
     // A range we still use that the ring now gives to another peer: keep it, say so loudly.
-    const reassert: RingEntry[] = [];
+    const reassert: RingEntry<A>[] = [];
     for (const e of changed) {
       if (e.owner === this.self) continue;
       const r = this.ring.ranges().find((x) => x.start === e.token)!;
@@ -738,12 +787,12 @@ export class Allocator implements Gossiper {
         this.ring.merge([kept]);
         reassert.push(kept);
         this.noteConflict(
-          `peer ${this.describe(e.owner)} took over ${formatIp(r.start)}-${formatIp(r.end - 1)}, where this peer has ${inUse} address(es) in use; kept it`,
+          `peer ${this.describe(e.owner)} took over ${f.formatIp(r.start)}-${f.formatIp(f.sub(r.end, f.one))}, where this peer has ${inUse} address(es) in use; kept it`,
         );
       }
     }
     this.ringChanged([...changed, ...reassert], false);
-    if (reassert.length > 0) this.channel.gossipUpdate(new IpamUpdate(this.ring.origin, reassert, null));
+    if (reassert.length > 0) this.channel.gossipUpdate(new IpamUpdate(f, this.ring.origin, reassert, null));
     return changed;
   }
 
@@ -756,28 +805,34 @@ export class Allocator implements Gossiper {
   }
 
   /** After a local or merged ring change: persist, and spread local changes. */
-  private ringChanged(changed: RingEntry[], spread = true): void {
+  private ringChanged(changed: RingEntry<A>[], spread = true): void {
     this.persist().catch((err: Error) => this.mesh.log.error({ err: err.message }, 'ipam: could not persist the ring'));
-    if (spread && changed.length > 0) this.channel.gossipUpdate(new IpamUpdate(this.ring!.origin, changed, null));
+    if (spread && changed.length > 0)
+      this.channel.gossipUpdate(new IpamUpdate(this.family, this.ring!.origin, changed, null));
   }
 
   digest(): Uint8Array {
     return pack({
       o: this.ring ? this.originWire() : null,
-      d: this.ring ? this.ring.all().map((e) => [e.token, e.version]) : [],
+      d: this.ring ? this.ring.all().map((e) => [this.family.toWire(e.token), e.version]) : [],
     });
   }
 
   compareDigest(digest: Uint8Array): { update: GossipData | null; remoteHasMore: boolean } {
     const v = unpack(digest) as { o?: unknown; d?: unknown };
     if (typeof v !== 'object' || v === null || !Array.isArray(v.d)) throw new Error('ipam digest is malformed');
-    const theirOrigin = decodeOrigin(v.o);
+    const theirOrigin = decodeOrigin(this.family, v.o);
     if (!this.ring) return { update: this.fullState(), remoteHasMore: theirOrigin !== null };
     if (!theirOrigin) return { update: this.fullState(), remoteHasMore: false };
     if (!sameOrigin(theirOrigin, this.ring.origin)) return { update: null, remoteHasMore: false };
-    const theirs = new Map<number, number>();
+    const theirs = new Map<A, number>();
     for (const d of v.d as unknown[]) {
-      if (Array.isArray(d) && typeof d[0] === 'number' && typeof d[1] === 'number') theirs.set(d[0], d[1]);
+      if (!Array.isArray(d) || typeof d[1] !== 'number') continue;
+      try {
+        theirs.set(this.family.fromWire(d[0]), d[1]);
+      } catch {
+        // not a position of ours: skipped, as a malformed item always was
+      }
     }
     const newer = this.ring.all().filter((e) => (theirs.get(e.token) ?? -1) < e.version);
     let remoteHasMore = false;
@@ -785,7 +840,10 @@ export class Allocator implements Gossiper {
       const ours = this.ring.entries.get(token);
       if (!ours || ours.version < version) remoteHasMore = true;
     }
-    return { update: newer.length > 0 ? new IpamUpdate(this.ring.origin, newer, null) : null, remoteHasMore };
+    return {
+      update: newer.length > 0 ? new IpamUpdate(this.family, this.ring.origin, newer, null) : null,
+      remoteHasMore,
+    };
   }
 
   // ------------------------------------------------------------------ removal
@@ -829,13 +887,14 @@ export class Allocator implements Gossiper {
         `peer ${this.describe(peer)} is alive (reachable through the mesh); rmpeer is only for peers that are gone for good`,
       );
     }
-    const size = this.ring.rangesOf(peer).reduce((n, r) => n + (r.end - r.start), 0);
+    const f = this.family;
+    const size = this.ring.rangesOf(peer).reduce((n, r) => f.add(n, f.sub(r.end, r.start)), f.zero);
     const changed = this.ring.transfer(peer, this.self);
     this.freeDirty = true;
     this.ringChanged(changed);
     await this.persist();
     this.retryPending();
-    return { peer, addresses: size };
+    return { peer, addresses: f.approx(size) };
   }
 
   /** Leaving: hands our ranges to a live peer. Returns who got them (null when nobody could). */
@@ -856,16 +915,17 @@ export class Allocator implements Gossiper {
 
   status(): IpamStatus {
     const now = Date.now();
-    const shares = this.ring?.shares() ?? new Map();
-    const total = cidrEnd(this.config.range) - this.config.range.start;
+    const f = this.family;
+    const shares = this.ring?.shares() ?? new Map<PeerName, { size: A; free: A }>();
+    const total = f.approx(f.sub(f.cidrEnd(this.config.range), this.config.range.start));
     let state: string;
     if (this.ring) state = 'ready';
     else if (this.pending.size === 0 && !this.initStarted)
       state = 'idle (the ring starts with the first allocation, or with weft prime)';
     else state = this.waitingForRingReason();
     return {
-      range: formatCidr(this.config.range),
-      defaultSubnet: formatCidr(this.config.defaultSubnet),
+      range: f.formatCidr(this.config.range),
+      defaultSubnet: f.formatCidr(this.config.defaultSubnet),
       init:
         this.config.init.kind === 'consensus'
           ? `consensus (quorum ${this.config.init.quorum})`
@@ -879,23 +939,25 @@ export class Allocator implements Gossiper {
       peers: [...shares].map(([name, s]) => ({
         name,
         nickname: this.mesh.nicknameOf(name) ?? this.nicknames.get(name) ?? null,
-        addresses: s.size,
-        free: s.free,
-        percent: (100 * s.size) / total,
+        addresses: f.approx(s.size),
+        free: f.approx(s.free),
+        percent: (100 * f.approx(s.size)) / total,
         reachable: name === this.self || this.mesh.isReachable(name),
       })),
       pending: [...this.pending].map((p) => ({
         kind: p.kind,
         ident: p.ident,
-        subnet: formatCidr(p.subnet),
-        addr: p.addr === undefined ? undefined : formatIp(p.addr),
+        subnet: f.formatCidr(p.subnet),
+        addr: p.addr === undefined ? undefined : f.formatIp(p.addr),
         waitingMs: now - p.since,
         reason: p.reason,
       })),
       conflicts: [...this.conflicts],
-      owned: [...this.owned].map(([ident, addrs]) => ({ ident, addresses: addrs.map(formatIp) })),
+      owned: [...this.owned].map(([ident, addrs]) => ({ ident, addresses: addrs.map((a) => f.formatIp(a)) })),
       entries:
-        this.ring?.all().map((e) => ({ token: formatIp(e.token), owner: e.owner, version: e.version, free: e.free })) ??
+        this.ring
+          ?.all()
+          .map((e) => ({ token: f.formatIp(e.token), owner: e.owner, version: e.version, free: f.approx(e.free) })) ??
         [],
     };
   }
@@ -926,3 +988,7 @@ export interface IpamStatus {
   owned: { ident: string; addresses: string[] }[];
   entries: { token: string; owner: PeerName; version: number; free: number }[];
 }
+
+const max = <A extends Position>(a: A, b: A): A => (a > b ? a : b);
+const min = <A extends Position>(a: A, b: A): A => (a < b ? a : b);
+const cmp = <A extends Position>(a: A, b: A): number => (a === b ? 0 : a < b ? -1 : 1);

@@ -1,6 +1,9 @@
 // Turns the router's --ipalloc-* options into the allocator's configuration, with clear errors.
 import { parsePeerName } from '../mesh/index.js';
 import { contains, formatCidr, parseCidr, type Cidr } from '../net/addr.js';
+import { contains6, formatCidr6, parseCidr6, type Addr6 } from '../net/addr6.js';
+import type { CidrOf } from '../net/family.js';
+import { IPV6 } from '../net/family.js';
 import type { InitMode } from './allocator.js';
 
 export interface IpamOptions {
@@ -8,6 +11,38 @@ export interface IpamOptions {
   ipallocDefaultSubnet?: string;
   ipallocInit: string;
   peers: string[];
+}
+
+/** The IPv6 range and default subnet (--ipalloc-range6, --ipalloc-default-subnet6), with clear errors. */
+export function ipam6Config(o: { ipallocRange6: string; ipallocDefaultSubnet6?: string }): {
+  range: CidrOf<Addr6>;
+  defaultSubnet: CidrOf<Addr6>;
+} {
+  const parse = (flag: string, text: string) => {
+    if (!text.includes(':')) throw new Error(`${flag} ${text}: an IPv6 block is expected (like fd77:6566:7400::/48)`);
+    try {
+      const c = parseCidr6(text);
+      return { start: c.start, prefix: c.prefix };
+    } catch (err) {
+      throw new Error(`${flag}: ${(err as Error).message}`);
+    }
+  };
+  const range = parse('--ipalloc-range6', o.ipallocRange6);
+  if (range.prefix > IPV6.maxSubnetPrefix)
+    throw new Error(`--ipalloc-range6 ${o.ipallocRange6} is too small (at most /${IPV6.maxSubnetPrefix})`);
+  let defaultSubnet = range;
+  if (o.ipallocDefaultSubnet6) {
+    defaultSubnet = parse('--ipalloc-default-subnet6', o.ipallocDefaultSubnet6);
+    if (!contains6(range, defaultSubnet))
+      throw new Error(
+        `--ipalloc-default-subnet6 ${formatCidr6(defaultSubnet)} is not inside --ipalloc-range6 ${formatCidr6(range)}`,
+      );
+    if (defaultSubnet.prefix > IPV6.maxSubnetPrefix)
+      throw new Error(
+        `--ipalloc-default-subnet6 ${formatCidr6(defaultSubnet)} is too small (at most /${IPV6.maxSubnetPrefix})`,
+      );
+  }
+  return { range, defaultSubnet };
 }
 
 export function ipamConfig(o: IpamOptions): { range: Cidr; defaultSubnet: Cidr; init: InitMode } {

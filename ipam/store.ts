@@ -6,9 +6,12 @@ import { existsSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:
 import { createRequire } from 'node:module';
 import { open, type RootDatabase } from 'lmdb';
 import { join } from 'node:path';
-import { formatCidr, type Cidr } from '../net/addr.js';
+import { formatCidr, type Addr, type Cidr } from '../net/addr.js';
+import type { Addr6 } from '../net/addr6.js';
 import { Ring, entryFromWire, entryToWire } from './ring.js';
+import { IPV4, IPV6, type CidrOf, type IpFamily, type Position } from '../net/family.js';
 import type { PeerName } from '../mesh/index.js';
+import type { AllocatorStore } from './allocator.js';
 
 const FORMAT = 1;
 
@@ -70,7 +73,15 @@ function checkNeeded(path: string): boolean {
 /** Written at a clean stop: the store's fingerprint. */
 const CLEAN_STOP = 'clean-stop';
 
-export class IpamStore {
+/** Where one family's state lives in the store: IPv4's keys are the original ones. */
+const KEYS = { 4: { ring: 'ring', owned: 'owned' }, 6: { ring: 'ring6', owned: 'owned6' } } as const;
+
+/**
+ * The IPv4 allocator's store; `ipv6()` gives the IPv6 allocator's part of the same database (keys of
+ * its own, and its range recorded under meta6). Positions are kept in their wire form (IPv6 as
+ * decimal text), so the IPv4 part's format is what it always was.
+ */
+export class IpamStore implements AllocatorStore<Addr> {
   private readonly db: RootDatabase;
   private closed = false;
 
@@ -103,40 +114,80 @@ export class IpamStore {
     }
   }
 
-  load(): { ring: Ring | null; owned: Map<string, number[]> } {
-    const r = this.db.get('ring') as
-      { origin: { start: number; end: number; seeds: PeerName[] }; entries: unknown[] } | undefined;
-    let ring: Ring | null = null;
-    try {
-      if (r) {
-        ring = new Ring(r.origin);
-        ring.merge(r.entries.map(entryFromWire));
-      }
-    } catch (err) {
-      throw new Error(
-        `the IPAM ring stored in ${join(this.dir, 'ipam')} is corrupt (${(err as Error).message}); run weft reset to start IPAM afresh`,
-      );
-    }
-    const o = (this.db.get('owned') as Record<string, number[]> | undefined) ?? {};
-    return { ring, owned: new Map(Object.entries(o)) };
+  load(): { ring: Ring<Addr> | null; owned: Map<string, Addr[]> } {
+    return this.loadFamily(IPV4);
   }
 
   /** Resolves once the write is committed to disk. */
-  async save(ring: Ring | null, owned: Map<string, number[]>): Promise<void> {
+  save(ring: Ring<Addr> | null, owned: Map<string, Addr[]>): Promise<void> {
+    return this.saveFamily(IPV4, ring, owned);
+  }
+
+  /** The IPv6 allocator's part: refuses, as the IPv4 part does, data made for another range. */
+  ipv6(range: CidrOf<Addr6>): AllocatorStore<Addr6> {
+    const meta = this.db.get('meta6') as { range: string } | undefined;
+    const given = IPV6.formatCidr(range);
+    // Data for another range refuses; a range never used (no ring yet) may change freely.
+    const used = this.db.get(KEYS[6].ring) !== undefined;
+    if (meta && meta.range !== given && used) {
+      this.db.close();
+      throw new Error(
+        `the IPAM data in ${join(this.dir, 'ipam')} is for --ipalloc-range6 ${meta.range}, but this router was started with ${given}. ` +
+          `Start it with --ipalloc-range6 ${meta.range}, or run weft reset (or remove that folder) to start IPAM afresh on this peer`,
+      );
+    }
+    if (meta?.range !== given) this.db.putSync('meta6', { range: given });
+    return { load: () => this.loadFamily(IPV6), save: (ring, owned) => this.saveFamily(IPV6, ring, owned) };
+  }
+
+  private loadFamily<A extends Position>(f: IpFamily<A>): { ring: Ring<A> | null; owned: Map<string, A[]> } {
+    const keys = KEYS[f.version];
+    const r = this.db.get(keys.ring) as
+      { origin: { start: unknown; end: unknown; seeds: PeerName[] }; entries: unknown[] } | undefined;
+    let ring: Ring<A> | null = null;
+    let owned: Map<string, A[]>;
+    try {
+      if (r) {
+        ring = new Ring({ start: f.fromWire(r.origin.start), end: f.fromWire(r.origin.end), seeds: r.origin.seeds });
+        ring.merge(r.entries.map((w) => entryFromWire(w, f)));
+      }
+      const o = (this.db.get(keys.owned) as Record<string, unknown[]> | undefined) ?? {};
+      owned = new Map(Object.entries(o).map(([ident, addrs]) => [ident, addrs.map((x) => f.fromWire(x))]));
+    } catch (err) {
+      throw new Error(
+        `the IPAM ${f.version === 6 ? 'IPv6 ' : ''}state stored in ${join(this.dir, 'ipam')} is corrupt (${(err as Error).message}); run weft reset to start IPAM afresh`,
+      );
+    }
+    return { ring, owned };
+  }
+
+  private async saveFamily<A extends Position>(
+    f: IpFamily<A>,
+    ring: Ring<A> | null,
+    owned: Map<string, A[]>,
+  ): Promise<void> {
     // A save asked for while the router stops (the store closing) has nothing left to write to.
     if (this.closed) return;
+    const keys = KEYS[f.version];
     await this.db.transaction(() => {
       // The transaction's own promise carries any failure; these only repeat it.
-      if (ring)
-        this.db.put('ring', { origin: ring.origin, entries: ring.all().map(entryToWire) }).catch(() => undefined);
-      this.db.put('owned', Object.fromEntries(owned)).catch(() => undefined);
+      if (ring) {
+        const o = ring.origin;
+        this.db
+          .put(keys.ring, {
+            origin: { start: f.toWire(o.start), end: f.toWire(o.end), seeds: o.seeds },
+            entries: ring.all().map((e) => entryToWire(e, f)),
+          })
+          .catch(() => undefined);
+      }
+      const wire = [...owned].map(([ident, addrs]) => [ident, addrs.map((x) => f.toWire(x))]);
+      this.db.put(keys.owned, Object.fromEntries(wire)).catch(() => undefined);
     });
   }
 
   async clear(): Promise<void> {
     await this.db.transaction(() => {
-      void this.db.remove('ring');
-      void this.db.remove('owned');
+      for (const k of [...Object.values(KEYS[4]), ...Object.values(KEYS[6])]) void this.db.remove(k);
     });
   }
 

@@ -82,6 +82,8 @@ export interface Report {
     protocolErrors: number;
   };
   ipam: IpamStatus;
+  /** The IPv6 allocator (absent from routers before it). */
+  ipam6?: IpamStatus;
   dns: {
     domain: string;
     address: string | null;

@@ -26,6 +26,9 @@ export interface RouterOptions {
   /** Where service VIPs come from; must not overlap ipallocRange. */
   serviceRange: string;
   ipallocDefaultSubnet?: string;
+  /** IPv6 addresses come from here (a ring of their own, started when first asked for). */
+  ipallocRange6: string;
+  ipallocDefaultSubnet6?: string;
   ipallocInit: string;
   ipallocTimeout: number;
   datapath: 'fastdp' | 'ovs' | 'none';
@@ -178,6 +181,11 @@ function routerOptions(): Option[] {
     ).default('10.96.0.0/16'),
     o('--ipalloc-default-subnet <cidr>', 'subnet for allocations that name none (default: the whole range)'),
     o(
+      '--ipalloc-range6 <cidr>',
+      'the range IPv6 container addresses come from (the same on every peer; a ring of its own, started when first asked for)',
+    ).default('fd77:6566:7400::/48'),
+    o('--ipalloc-default-subnet6 <cidr>', 'IPv6 subnet for allocations that name none (default: the whole range6)'),
+    o(
       '--ipalloc-init <mode>',
       'how the ring starts: consensus[=N] (N initial peers; default: the peers given + 1), seed=NAME,..., or observer',
     ).default('consensus'),
@@ -279,6 +287,8 @@ export function toRouterOptions(v: Record<string, unknown>, peers: string[]): Ro
     ipallocRange: v.ipallocRange as string,
     serviceRange: v.serviceRange as string,
     ipallocDefaultSubnet: v.ipallocDefaultSubnet as string | undefined,
+    ipallocRange6: v.ipallocRange6 as string,
+    ipallocDefaultSubnet6: v.ipallocDefaultSubnet6 as string | undefined,
     ipallocInit: v.ipallocInit as string,
     ipallocTimeout: v.ipallocTimeout as number,
     datapath: v.datapath as 'fastdp' | 'ovs' | 'none',

@@ -2,6 +2,7 @@
 // the report (router/contract.ts). It is an interface people and scripts read:
 // keep it stable. Nothing here loads at run time but this file.
 import type { Report } from './contract.js';
+import type { IpamStatus } from '../ipam/allocator.js';
 import type { PolicyStatus } from '../policy/engine.js';
 
 function pad(s: string, n: number): string {
@@ -128,9 +129,18 @@ export function renderTargets(r: Report): string {
 }
 
 export function renderIpam(r: Report): string {
-  const i = r.ipam;
+  const v4 = renderIpamFamily(r.ipam, '');
+  return r.ipam6 ? `${v4}\nIPv6\n${renderIpamFamily(r.ipam6, '  ')}` : v4;
+}
+
+/** A count of addresses: exact up to a trillion, then as a power of two (an IPv6 range has 2^80). */
+function addressCount(n: number): string {
+  return n < 1e12 ? String(n) : `2^${Math.round(Math.log2(n))}`;
+}
+
+function renderIpamFamily(i: IpamStatus, indent: string): string {
   const out = [
-    `Allocation range: ${i.range} (${i.totalAddresses} addresses), default subnet ${i.defaultSubnet}`,
+    `Allocation range: ${i.range} (${addressCount(i.totalAddresses)} addresses), default subnet ${i.defaultSubnet}`,
     `Initialisation:   ${i.init}${i.seeds.length ? `; ring started by ${i.seeds.join(', ')}` : ''}`,
     `Status:           ${i.state}`,
     `Allocated here:   ${i.allocatedHere} address(es) to ${i.owned.length} container(s)`,
@@ -141,7 +151,7 @@ export function renderIpam(r: Report): string {
       const who = `${p.name}(${p.nickname ?? '?'})`;
       const warn = p.reachable ? '' : `  - unreachable! if it is gone for good: weft rmpeer ${p.name}`;
       out.push(
-        `  ${pad(who, 32)} ${String(p.addresses).padStart(9)} addresses (${p.percent.toFixed(1)}%), ${p.free} free${warn}`,
+        `  ${pad(who, 32)} ${addressCount(p.addresses).padStart(9)} addresses (${p.percent.toFixed(1)}%), ${addressCount(p.free)} free${warn}`,
       );
     }
   }
@@ -161,7 +171,7 @@ export function renderIpam(r: Report): string {
     out.push('Conflicts:');
     for (const c of i.conflicts) out.push(`  ${c}`);
   }
-  return out.join('\n') + '\n';
+  return out.map((l) => indent + l).join('\n') + '\n';
 }
 
 export function renderPs(r: Report): string {

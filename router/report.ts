@@ -10,6 +10,7 @@ import {
 } from '../mesh/index.js';
 import { VERSION } from '../lib/version.js';
 import type { Allocator } from '../ipam/allocator.js';
+import type { Addr6 } from '../net/addr6.js';
 import type { Datapath } from '../datapath/datapath.js';
 import type { NameService } from '../dns/table.js';
 import type { DnsServer } from '../dns/server.js';
@@ -23,6 +24,7 @@ export interface ReportSources {
   mesh: Mesh;
   maker: ConnectionMaker;
   ipam: Allocator;
+  ipam6?: Allocator<Addr6>;
   datapath: Datapath | null;
   names: NameService;
   dns: DnsServer | null;
@@ -143,6 +145,7 @@ export function buildReport(s: ReportSources): Report {
     targets,
     gossip: { ...mesh.stats },
     ipam: s.ipam.status(),
+    ...(s.ipam6 ? { ipam6: s.ipam6.status() } : {}),
     dns: {
       domain: s.dns?.config.domain ?? 'weft.local.',
       address: s.dns ? `${s.dns.config.host}:${s.dns.config.port}` : null,

@@ -28,7 +28,9 @@ import { execHelper } from '../net/exec-helper.js';
 import { buildReport } from './report.js';
 import type { Report } from './contract.js';
 import { Allocator, IpamError } from '../ipam/allocator.js';
-import { ipamConfig } from '../ipam/config.js';
+import { ipam6Config, ipamConfig } from '../ipam/config.js';
+import type { Addr6 } from '../net/addr6.js';
+import { IPV6 } from '../net/family.js';
 import { contains, parseCidr, parseIp, type Cidr } from '../net/addr.js';
 import { IpamStore } from '../ipam/store.js';
 import { containerLiveness } from '../ipam/liveness.js';
@@ -104,6 +106,8 @@ export class Router {
     readonly transport: TcpTransport,
     readonly maker: ConnectionMaker,
     readonly ipam: Allocator,
+    /** IPv6 addresses: a ring of their own (channel ipam6), started when first asked for. */
+    readonly ipam6: Allocator<Addr6>,
     private readonly ipamStore: IpamStore,
     readonly datapath: Datapath | null,
     readonly names: NameService,
@@ -121,9 +125,11 @@ export class Router {
     mkdirSync(opts.dataDir, { recursive: true, mode: 0o700 });
     const id = loadIdentity(opts.dataDir, opts.name);
     const ipamConf = ipamConfig(opts);
+    const ipam6Conf = ipam6Config(opts);
     const serviceRange = parseServiceRange(opts.serviceRange);
     ServiceEngine.checkRanges(serviceRange, ipamConf.range);
     const ipamStore = new IpamStore(opts.dataDir, ipamConf.range, id.name);
+    const ipam6Store = ipamStore.ipv6(ipam6Conf.range);
     const state = { dir: opts.dataDir, writes: new StateWrites(log) };
     const uid = newUid();
     const mesh = new Mesh({
@@ -160,11 +166,16 @@ export class Router {
       discovery: opts.discovery,
       connLimit: opts.connLimit,
     });
-    const ipam = new Allocator(mesh, {
-      ...ipamConf,
+    const liveness = containerLiveness();
+    const ipam = new Allocator(mesh, { ...ipamConf, timeoutMs: opts.ipallocTimeout, store: ipamStore, liveness });
+    const ipam6 = new Allocator<Addr6>(mesh, {
+      ...ipam6Conf,
+      family: IPV6,
+      channel: 'ipam6',
+      init: ipamConf.init,
       timeoutMs: opts.ipallocTimeout,
-      store: ipamStore,
-      liveness: containerLiveness(),
+      store: ipam6Store,
+      liveness,
     });
     const withDatapath = opts.datapath === 'fastdp' || opts.datapath === 'ovs';
     const dnsOnBridge = opts.dns && withDatapath && !opts.dnsListenAddress;
@@ -243,6 +254,7 @@ export class Router {
       transport,
       maker,
       ipam,
+      ipam6,
       ipamStore,
       datapath,
       names,
@@ -265,6 +277,7 @@ export class Router {
           mesh,
           maker,
           ipam,
+          ipam6,
           datapath,
           names,
           dns,
@@ -346,6 +359,10 @@ export class Router {
       );
     const removed: string[] = [];
     const addresses = this.ipam.owns(peer) ? (await this.ipam.rmpeer(peer)).addresses : 0;
+    if (this.ipam6.owns(peer)) {
+      await this.ipam6.rmpeer(peer);
+      removed.push('IPv6 address ranges');
+    }
     if (this.datapath?.endpoints.evict(peer)) removed.push('endpoints');
     if (this.names.evict(peer)) removed.push('DNS names');
     if (this.services.health.evict(peer)) removed.push('service health');
@@ -394,6 +411,7 @@ export class Router {
       this.services.stop();
       this.maker.stop();
       this.ipam.stop();
+      this.ipam6.stop();
       this.datapath?.stop();
       nftSession.end();
       execHelper()?.end();

@@ -138,7 +138,7 @@ export function buildApi(
     }
   });
 
-  registerIpamRoutes(app, sources.ipam, sources.removePeer);
+  registerIpamRoutes(app, { v4: sources.ipam, ...(sources.ipam6 ? { v6: sources.ipam6 } : {}) }, sources.removePeer);
   registerDatapathRoutes(app, sources.datapath, sources.names, sources.docker ?? null, sources.policy ?? null);
   if (sources.cni) registerCniRoutes(app, sources.cni);
   if (sources.policy)

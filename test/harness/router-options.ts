@@ -13,6 +13,7 @@ export function routerOptions(over: Partial<RouterOptions> & Pick<RouterOptions,
     gossipInterval: 1000,
     heartbeatInterval: 500,
     ipallocRange: '10.32.0.0/12',
+    ipallocRange6: 'fd77:6566:7400::/48',
     ipallocInit: 'consensus',
     ipallocTimeout: 5000,
     // In-process routers run in the test's own namespace: never plumb a bridge there.
