@@ -10,6 +10,7 @@ import dgram from 'node:dgram';
 import { randomInt } from 'node:crypto';
 import { isIpv4, parseIp } from '../net/addr.js';
 import { parseAddress } from '../net/host-port.js';
+import { formatIp6, isIpv6, parseIp6 } from '../net/addr6.js';
 import { UdpPort, nativeError } from '../native/index.js';
 import { readFileSync } from 'node:fs';
 import net from 'node:net';
@@ -58,6 +59,23 @@ export function upstreamsFromResolvConf(path = '/etc/resolv.conf', exclude: stri
   }
 }
 
+/**
+ * An upstream server as resolv.conf or --dns-upstream names it: "ip", "ip:port", "[v6]:port", or a
+ * bare IPv6 address (as resolv.conf writes them). IPv6 hosts in RFC 5952's form.
+ */
+export function parseUpstream(text: string): { host: string; port: number } {
+  const t = text.trim();
+  const { host, port } = isIpv6(t) ? { host: t, port: 53 } : parseAddress(t, 53);
+  return { host: isIpv6(host) ? formatIp6(parseIp6(host)) : host, port };
+}
+
+/** Whether a reply's source is the upstream asked (IPv6 compared as numbers, without a zone). */
+function sameHost(upstream: string, from: string): boolean {
+  if (!upstream.includes(':')) return upstream === from;
+  const bare = from.replace(/%.*$/, '');
+  return isIpv6(bare) && parseIp6(bare) === parseIp6(upstream);
+}
+
 const RCODE = { NOERROR: 0, FORMERR: 1, SERVFAIL: 2, NXDOMAIN: 3 } as const;
 
 function shuffle<T>(xs: T[]): T[] {
@@ -82,7 +100,8 @@ export class DnsServer {
   private tcp: net.Server | null = null;
   private tcpClients = 0;
   /** The one socket forwarded UDP queries go out of, and the queries waiting on it by the id we gave them. */
-  private upstreamSocket: dgram.Socket | null = null;
+  /** The upstream sockets, one per family (made when first needed). */
+  private upstreamSockets: { udp4?: dgram.Socket; udp6?: dgram.Socket } = {};
   private readonly pending = new Map<number, Pending>();
   private sweep: NodeJS.Timeout | null = null;
   readonly stats = {
@@ -368,7 +387,7 @@ export class DnsServer {
   private async forward(msg: Buffer, q: Packet, transport: 'udp' | 'tcp'): Promise<Buffer> {
     const upstreams = this.config.upstreams.flatMap((up) => {
       try {
-        return [parseAddress(up, 53)];
+        return [parseUpstream(up)];
       } catch {
         return []; // not an address: resolv.conf had something else there
       }
@@ -407,14 +426,15 @@ export class DnsServer {
     return i + 5 <= msg.length ? msg.subarray(12, i + 5) : null;
   }
 
-  private upstream(): dgram.Socket {
-    if (this.upstreamSocket) return this.upstreamSocket;
-    const s = dgram.createSocket('udp4');
+  private upstream(type: 'udp4' | 'udp6'): dgram.Socket {
+    const have = this.upstreamSockets[type];
+    if (have) return have;
+    const s = dgram.createSocket(type);
     s.on('error', () => undefined);
     s.on('message', (m, r) => this.upstreamReply(m, r));
     s.bind(0);
     s.unref();
-    this.upstreamSocket = s;
+    this.upstreamSockets[type] = s;
     return s;
   }
 
@@ -426,7 +446,7 @@ export class DnsServer {
     if (
       !p ||
       !up ||
-      up.host !== r.address ||
+      !sameHost(up.host, r.address) ||
       up.port !== r.port ||
       !question ||
       !question.equals(p.question) ||
@@ -472,7 +492,7 @@ export class DnsServer {
   private send(p: Pending): void {
     const up = p.upstreams[0];
     p.deadline = Date.now() + this.config.upstreamTimeoutMs;
-    this.upstream().send(p.msg, up.port, up.host);
+    this.upstream(up.host.includes(':') ? 'udp6' : 'udp4').send(p.msg, up.port, up.host);
   }
 
   /** Queries whose upstream did not answer in time go to the next upstream, or fail. */
@@ -523,10 +543,12 @@ export class DnsServer {
     if (this.sweep) clearInterval(this.sweep);
     for (const p of this.pending.values()) p.resolve(null);
     this.pending.clear();
-    this.upstreamSocket?.close();
+    this.upstreamSockets.udp4?.close();
+    this.upstreamSockets.udp6?.close();
+    this.upstreamSockets = {};
     this.udp?.close();
     this.batched?.close();
-    this.udp = this.batched = this.upstreamSocket = null;
+    this.udp = this.batched = null;
     this.tcp?.close();
   }
 }

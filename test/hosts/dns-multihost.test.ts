@@ -4,7 +4,7 @@ import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, expect, it } from 'vitest';
 import type { Report } from '../../router/contract.js';
-import { Cluster, eventually } from '../harness/cluster.js';
+import { Cluster, eventually, type Host } from '../harness/cluster.js';
 import { run } from '../harness/exec.js';
 import { describeAsRoot } from '../harness/root.js';
 
@@ -200,38 +200,70 @@ describeAsRoot('DNS and a peer removed for good', () => {
   });
 });
 
+/** A tiny upstream in a namespace, on `addr` port 53 (UDP, either family): every A question gets `answer`. */
+async function tinyUpstream(ns: string, addr: string, answer: string) {
+  const upstream = spawn(
+    'ip',
+    [
+      'netns',
+      'exec',
+      ns,
+      process.execPath,
+      '-e',
+      `
+      const p = require('dns-packet'); const s = require('node:dgram').createSocket('${addr.includes(':') ? 'udp6' : 'udp4'}');
+      s.on('message', (m, r) => { const q = p.decode(m);
+        s.send(p.encode({ type: 'response', id: q.id, flags: p.RECURSION_AVAILABLE, questions: q.questions, answers: [{ type: 'A', name: q.questions[0].name, ttl: 5, data: '${answer}' }] }), r.port, r.address); });
+      s.bind(53, '${addr}', () => console.log('ready'));`,
+    ],
+    { stdio: ['ignore', 'pipe', 'inherit'], cwd: process.cwd() },
+  );
+  await new Promise<void>((resolve) => upstream.stdout.on('data', () => resolve()));
+  return upstream;
+}
+
+/** Launches the router with this nameserver in its resolv.conf, attaches a container, and looks up `name` there. */
+async function launchAndAsk(a: Host, nameserver: string, name: string) {
+  const conf = join(cluster!.workDir, 'resolv.conf');
+  writeFileSync(conf, `nameserver ${nameserver}\n`);
+  await a.launch([], ['--resolv-conf', conf]);
+  const c1 = await cluster!.container('c1');
+  expect((await a.weft(['attach', `netns:${c1}`])).code).toBe(0);
+  const got = await eventually('forwarded answer', async () => {
+    const g = await getent(c1, name);
+    return g.code === 0 ? g.stdout : null;
+  });
+  return { c1, got };
+}
+
 describeAsRoot('DNS upstream', () => {
+  it('forwards to an IPv6 upstream, written in resolv.conf in any spelling', async () => {
+    cluster = await Cluster.create(2, { routerArgs: ['--ipalloc-init', 'consensus=1'] });
+    const [a, up] = cluster.hosts;
+    // IPv6 on the underlay of these two hosts only (fd00:198:18::/64).
+    for (const [h, n] of [
+      [a, 1],
+      [up, 2],
+    ] as const)
+      expect((await run('ip', ['-n', h.ns, 'addr', 'add', `fd00:198:18::${n}/64`, 'dev', 'eth0', 'nodad'])).code).toBe(
+        0,
+      );
+    const upstream = await tinyUpstream(up.ns, 'fd00:198:18::2', '198.18.6.6');
+    try {
+      const { got } = await launchAndAsk(a, 'FD00:198:18:0:0:0:0:2', 'six.example.test');
+      expect(got).toMatch(/^198\.18\.6\.6\s+six\.example\.test/);
+    } finally {
+      upstream.kill('SIGKILL');
+    }
+  });
+
   it('forwards other names to the upstream from resolv.conf (another namespace), SERVFAIL when it is down', async () => {
     cluster = await Cluster.create(2, { routerArgs: ['--ipalloc-init', 'consensus=1'] });
     const [a, up] = cluster.hosts;
-    const conf = join(cluster.workDir, 'resolv.conf');
-    writeFileSync(conf, `nameserver ${up.ip}\n`);
-    // A tiny upstream on host2's underlay address: every A question gets 198.18.7.7.
-    const upstream = spawn(
-      'ip',
-      [
-        'netns',
-        'exec',
-        up.ns,
-        process.execPath,
-        '-e',
-        `
-      const p = require('dns-packet'); const s = require('node:dgram').createSocket('udp4');
-      s.on('message', (m, r) => { const q = p.decode(m);
-        s.send(p.encode({ type: 'response', id: q.id, flags: p.RECURSION_AVAILABLE, questions: q.questions, answers: [{ type: 'A', name: q.questions[0].name, ttl: 5, data: '198.18.7.7' }] }), r.port, r.address); });
-      s.bind(53, '${up.ip}', () => console.log('ready'));`,
-      ],
-      { stdio: ['ignore', 'pipe', 'inherit'], cwd: process.cwd() },
-    );
+    // On host2's underlay address.
+    const upstream = await tinyUpstream(up.ns, up.ip, '198.18.7.7');
     try {
-      await new Promise<void>((resolve) => upstream.stdout.on('data', () => resolve()));
-      await a.launch([], ['--resolv-conf', conf]);
-      const c1 = await cluster.container('c1');
-      expect((await a.weft(['attach', `netns:${c1}`])).code).toBe(0);
-      const got = await eventually('forwarded answer', async () => {
-        const g = await getent(c1, 'service.example.test');
-        return g.code === 0 ? g.stdout : null;
-      });
+      const { c1, got } = await launchAndAsk(a, up.ip, 'service.example.test');
       expect(got).toMatch(/^198\.18\.7\.7\s+service\.example\.test/);
       upstream.kill('SIGKILL');
       await new Promise((r) => setTimeout(r, 300));

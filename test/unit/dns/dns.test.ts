@@ -3,7 +3,7 @@ import net from 'node:net';
 import dnsPacket from 'dns-packet';
 import fc from 'fast-check';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { DnsServer } from '../../../dns/server.js';
+import { DnsServer, parseUpstream } from '../../../dns/server.js';
 import { NameTable, compareRecords, type NameRecord } from '../../../dns/table.js';
 import { freePorts } from '../../harness/ports.js';
 import { eventually, sleep } from '../../harness/cluster.js';
@@ -247,24 +247,7 @@ for (const batched of [true, false])
     });
 
     it('serves TCP with length-prefixed messages', async () => {
-      const reply = await new Promise<Buffer>((resolve, reject) => {
-        const s = net.connect(port, '127.0.0.1', () => {
-          const q = query('db.weft.local');
-          const len = Buffer.alloc(2);
-          len.writeUInt16BE(q.length);
-          s.write(Buffer.concat([len, q]));
-        });
-        let buf = Buffer.alloc(0);
-        s.on('data', (d) => {
-          buf = Buffer.concat([buf, d]);
-          if (buf.length >= 2 && buf.length >= 2 + buf.readUInt16BE(0)) {
-            s.end();
-            resolve(buf.subarray(2));
-          }
-        });
-        s.on('error', reject);
-      });
-      expect(decode(reply).answers[0].data).toBe('10.40.0.1');
+      expect(decode(await askTcp(port, query('db.weft.local'))).answers[0].data).toBe('10.40.0.1');
     });
   });
 
@@ -392,3 +375,83 @@ describe('the DNS forwarder under attack', () => {
     }
   });
 });
+
+describe('IPv6 upstreams', () => {
+  it('reads them as resolv.conf and --dns-upstream write them, in one form', () => {
+    expect(parseUpstream('FD00:198:18:0:0:0:0:2')).toEqual({ host: 'fd00:198:18::2', port: 53 });
+    expect(parseUpstream('[fd00:198:18::2]:5353')).toEqual({ host: 'fd00:198:18::2', port: 5353 });
+    expect(parseUpstream('198.18.0.2')).toEqual({ host: '198.18.0.2', port: 53 });
+    expect(() => parseUpstream('fd00::1%eth0')).toThrow();
+  });
+
+  it('forwards to an upstream on ::1 (written [0:0::1]:port), over UDP and TCP', async () => {
+    const answer = (m: Buffer) => {
+      const q = dnsPacket.decode(m);
+      return dnsPacket.encode({
+        type: 'response',
+        id: q.id,
+        questions: q.questions,
+        answers: [{ type: 'A', name: q.questions![0].name, data: '198.18.6.6' }],
+      });
+    };
+    const udp = dgram.createSocket('udp6');
+    udp.on('message', (m, r) => udp.send(answer(m), r.port, r.address));
+    await new Promise<void>((r) => udp.bind(0, '::1', () => r()));
+    const upPort = udp.address().port;
+    // TCP on the same port, length-prefixed.
+    const tcp = net.createServer((s) => {
+      s.once('data', (d) => {
+        const a = answer(d.subarray(2));
+        const len = Buffer.alloc(2);
+        len.writeUInt16BE(a.length);
+        s.end(Buffer.concat([len, a]));
+      });
+    });
+    await new Promise<void>((r) => tcp.listen(upPort, '::1', () => r()));
+    const port = await freePorts(1);
+    const server = new DnsServer(table(), {
+      host: '127.0.0.1',
+      port,
+      domain: 'weft.local',
+      ttl: 1,
+      upstreams: [`[0:0::1]:${upPort}`],
+      upstreamTimeoutMs: 1000,
+      batchedUdp: false,
+    });
+    await server.start();
+    try {
+      const c = dgram.createSocket('udp4');
+      const reply = await new Promise<Buffer>((resolve) => {
+        c.on('message', (m) => resolve(m));
+        c.send(query('six.example.org'), port, '127.0.0.1');
+      });
+      c.close();
+      expect(decode(reply).answers[0].data).toBe('198.18.6.6');
+      expect(decode(await askTcp(port, query('tcp.example.org'))).answers[0].data).toBe('198.18.6.6');
+    } finally {
+      server.close();
+      udp.close();
+      tcp.close();
+    }
+  });
+});
+
+/** One query over TCP (length-prefixed), its answer. */
+function askTcp(port: number, q: Buffer): Promise<Buffer> {
+  return new Promise<Buffer>((resolve, reject) => {
+    const s = net.connect(port, '127.0.0.1', () => {
+      const len = Buffer.alloc(2);
+      len.writeUInt16BE(q.length);
+      s.write(Buffer.concat([len, q]));
+    });
+    let buf = Buffer.alloc(0);
+    s.on('data', (d) => {
+      buf = Buffer.concat([buf, d]);
+      if (buf.length >= 2 && buf.length >= 2 + buf.readUInt16BE(0)) {
+        s.end();
+        resolve(buf.subarray(2));
+      }
+    });
+    s.on('error', reject);
+  });
+}
