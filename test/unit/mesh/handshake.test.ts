@@ -56,6 +56,29 @@ describe('mesh handshake over TCP', () => {
     expect(conn.info).toMatch(/encrypted/);
   });
 
+  it('connects over IPv6: listening on ::1, the peer given as [::1]:port, encrypted', async () => {
+    const six = async (nickname: string, peers: string[]) => {
+      const dataDir = mkdtempSync(join(tmpdir(), 'weft-hs-'));
+      dirs.push(dataDir);
+      const port = await freePorts(2);
+      const r = await Router.start(
+        routerOptions({ dataDir, port, nickname, password: 's3cret', peers, host: '::1' }),
+        silentLogger,
+      );
+      routers.push(r);
+      return r;
+    };
+    const a = await six('a', []);
+    const b = await six('b', [`[::1]:${a.opts.port}`]);
+    await eventually(
+      'established both ways',
+      async () => a.mesh.connections.get(b.mesh.name)?.established && b.mesh.connections.get(a.mesh.name)?.established,
+    );
+    const conn = report(b).connections.find((c) => c.peer === a.mesh.name)!;
+    expect(conn.address).toBe(`[::1]:${a.opts.port}`);
+    expect(conn.info).toMatch(/encrypted/);
+  });
+
   it('rejects a different password at once, with the reason on both sides', async () => {
     const a = await start('a', 'one password');
     const t0 = Date.now();
