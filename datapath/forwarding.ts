@@ -63,6 +63,12 @@ export class Forwarding {
   readonly stats = { fdbAdded: 0, fdbRemoved: 0 };
   /** Each peer's underlay address, remembered after its connection goes. */
   private readonly lastAddr = new Map<PeerName, string>();
+  /**
+   * Neighbours connected over IPv6 only. VXLAN and the sleeve run over an IPv4 underlay (IPv6 is issue
+   * #24's): such a peer gets no underlay address here, so nothing programs a VXLAN entry to it, and
+   * status says why it has no data path.
+   */
+  private readonly overIpv6 = new Set<PeerName>();
   private disconnectedAt = new Map<PeerName, number>();
   /** Underlay addresses the tunnel was sending to when we started: presumed on fastdp until heartbeats can tell. */
   private presumedFast = new Set<string>();
@@ -178,7 +184,15 @@ export class Forwarding {
 
   /** Chooses each remote peer's overlay (overlay.ts); true when anything changed. */
   decide(): boolean {
-    for (const n of this.mesh.neighbours()) this.lastAddr.set(n.name, hostOf(n.addr));
+    this.overIpv6.clear();
+    for (const n of this.mesh.neighbours()) {
+      const host = hostOf(n.addr);
+      if (isIpv4(host)) this.lastAddr.set(n.name, host);
+      else {
+        this.lastAddr.delete(n.name);
+        this.overIpv6.add(n.name);
+      }
+    }
     const { overlays, disconnectedAt } = chooseOverlays({
       self: this.mesh.name,
       now: Date.now(),
@@ -215,6 +229,8 @@ export class Forwarding {
   overlayStatus(peer: PeerName): OverlayStatus {
     const o = this.overlays.get(peer) ?? 'none';
     if (o === 'fastdp' && !this.tunnel.health(peer).healthy && !this.presumedFastdp(peer)) return 'none';
+    // The sleeve reaches a neighbour directly, over an IPv4 underlay only.
+    if (this.overIpv6.has(peer)) return 'none';
     return o === 'fastdp' && this.tunnel.kind === 'ovs' ? 'ovs' : o;
   }
 
@@ -222,6 +238,8 @@ export class Forwarding {
   whyNotFastdp(peer: PeerName, overlays: ReadonlyMap<PeerName, Overlay> = this.overlays): string | null {
     const h = this.tunnel.health(peer);
     if (overlays.get(peer) === 'fastdp' && h.healthy) return null;
+    if (this.overIpv6.has(peer))
+      return 'connected over IPv6; VXLAN and the sleeve run over an IPv4 underlay only (for now)';
     if (!this.config.fastdp) return 'fastdp turned off (--no-fastdp)';
     if (this.encrypted(peer)) return 'encrypted: no kernel encryption here, so the sleeve carries it';
     return h.reason;
