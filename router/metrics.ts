@@ -159,31 +159,38 @@ export function buildRegistry(router: Router): Registry {
     'Mesh message bytes (before encryption), by channel and direction',
     (s, d) => (d === 'sent' ? s.bytesSent : s.bytesReceived),
   );
-  new Gauge({
-    name: 'weft_ipam_addresses',
-    help: 'Addresses of the allocation range, by state: allocated here, free in the ring, owned by this peer',
-    labelNames: ['state'],
-    ...reg,
-    collect() {
-      const ipam = report().ipam;
-      const mine = ipam.peers.find((p) => p.name === router.mesh.name);
-      this.set({ state: 'allocated_here' }, ipam.allocatedHere);
-      this.set(
-        { state: 'free' },
-        ipam.peers.reduce((t, p) => t + p.free, 0),
-      );
-      this.set({ state: 'owned_here' }, mine?.addresses ?? 0);
-      this.set({ state: 'range' }, ipam.totalAddresses);
-    },
-  });
-  new Gauge({
-    name: 'weft_ipam_pending_requests',
-    help: 'Allocations and claims waiting (for the ring to start, or for space)',
-    ...reg,
-    collect() {
-      this.set(report().ipam.pending.length);
-    },
-  });
+  // IPv4's gauges keep their names; IPv6's (a ring of its own) are weft_ipam6_*.
+  for (const [prefix, family, status] of [
+    ['weft_ipam', 'the allocation range', () => report().ipam],
+    ['weft_ipam6', 'the IPv6 allocation range', () => report().ipam6],
+  ] as const) {
+    new Gauge({
+      name: `${prefix}_addresses`,
+      help: `Addresses of ${family}, by state: allocated here, free in the ring, owned by this peer (IPv6 counts are rounded past 2^53)`,
+      labelNames: ['state'],
+      ...reg,
+      collect() {
+        const ipam = status();
+        if (!ipam) return;
+        const mine = ipam.peers.find((p) => p.name === router.mesh.name);
+        this.set({ state: 'allocated_here' }, ipam.allocatedHere);
+        this.set(
+          { state: 'free' },
+          ipam.peers.reduce((t, p) => t + p.free, 0),
+        );
+        this.set({ state: 'owned_here' }, mine?.addresses ?? 0);
+        this.set({ state: 'range' }, ipam.totalAddresses);
+      },
+    });
+    new Gauge({
+      name: `${prefix}_pending_requests`,
+      help: `Allocations and claims of ${family} waiting (for the ring to start, or for space)`,
+      ...reg,
+      collect() {
+        this.set(status()?.pending.length ?? 0);
+      },
+    });
+  }
   new Gauge({
     name: 'weft_dns_entries',
     help: 'Names in the DNS table (all peers)',

@@ -33,6 +33,14 @@ export function renderStatus(r: Report): string {
       `${r.ipam.state}${r.ipam.pending.length ? ` (${r.ipam.pending.length} request(s) waiting; see weft status ipam)` : ''}`,
     ],
     ['Range', `${r.ipam.range}, default subnet ${r.ipam.defaultSubnet}`],
+    ...(r.ipam6
+      ? [
+          [
+            'Range6',
+            `${r.ipam6.range}, default subnet ${r.ipam6.defaultSubnet}; ${r.ipam6.state === 'ready' ? 'ready' : r.ipam6.pending.length ? 'waiting (see weft status ipam)' : 'not started (started by the first IPv6 allocation)'}`,
+          ] as [string, string],
+        ]
+      : []),
     [
       'DNS',
       r.dns.address

@@ -377,6 +377,7 @@ export class Router {
       mesh: this.mesh,
       maker: this.maker,
       ipam: this.ipam,
+      ipam6: this.ipam6,
       datapath: this.datapath,
       names: this.names,
       dns: this.dns,

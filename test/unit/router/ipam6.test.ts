@@ -35,8 +35,8 @@ describe('IPv6 address allocation', () => {
   it('allocates, claims, looks up and frees both families; keeps them across a restart', async () => {
     const dataDir = mkdtempSync(join(tmpdir(), 'weft-ipam6-'));
     cleanup.push(() => rmSync(dataDir, { recursive: true, force: true }));
-    const port = await freePorts(2);
-    let { router, call } = await start(dataDir, port);
+    const port = await freePorts(3);
+    let { router, call } = await start(dataDir, port, { metricsAddr: `127.0.0.1:${port + 2}` });
     cleanup.push(() => router.stop());
 
     expect(await call('POST', '/ip/c1?family=6')).toEqual({ status: 200, body: 'fd77:6566:7400::1/48' });
@@ -75,10 +75,17 @@ describe('IPv6 address allocation', () => {
     }
     expect((await call('GET', '/ip/c5')).status).toBe(404);
 
+    const summary = (await call('GET', '/status')).body;
+    expect(summary).toMatch(/Range6: fd77:6566:7400::\/48, default subnet fd77:6566:7400::\/48; ready/);
     const status = (await call('GET', '/status/ipam')).body;
     expect(status).toMatch(/^Allocation range: 10\.32\.0\.0\/12/);
     expect(status).toMatch(/\nIPv6\n {2}Allocation range: fd77:6566:7400::\/48 \(2\^80 addresses\)/);
     expect(status).toMatch(/ {2}Allocated here: {3}3 address\(es\) to 3 container\(s\)/);
+
+    const metrics = await (await fetch(`http://127.0.0.1:${port + 2}/metrics`)).text();
+    expect(metrics).toMatch(/^weft_ipam6_addresses\{state="allocated_here"\} 3$/m);
+    expect(metrics).toMatch(/^weft_ipam_addresses\{state="allocated_here"\} 1$/m);
+    expect(metrics).toMatch(/^weft_ipam6_pending_requests 0$/m);
 
     // The CLI: --ipv6 asks for one; lookup prints both.
     const env = { ...process.env, WEFT_HTTP_ADDR: `127.0.0.1:${port + 1}` };
