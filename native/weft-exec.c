@@ -9,7 +9,8 @@
 // (setns, then CMD), without starting nsenter.
 //
 // One request at a time, in order, on standard input; each answer on standard
-// output. All integers are 32-bit little-endian.
+// output. All integers are 32-bit little-endian. First, before any request, a
+// length of 0 alone: "running" (a helper that ends before it was never running).
 //   request: length, then id, timeout (ms), argc, input length, argc
 //            NUL-terminated strings (the first is looked up in PATH), the input
 //   answer:  length, then id, status, stdout length, stderr length, stdout, stderr
@@ -245,6 +246,8 @@ static uint32_t run(char** argv, const uint8_t* input, uint32_t inLen, uint32_t 
 
 int main(void) {
   signal(SIGPIPE, SIG_IGN);
+  uint8_t running[4] = {0};
+  if (writeFull(1, running, 4)) return 0;
   for (;;) {
     uint8_t head[4];
     if (readFull(0, head, 4)) return 0;

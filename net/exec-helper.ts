@@ -43,8 +43,8 @@ export class ExecHelper {
   private nextId = 1;
   private buffered: Buffer[] = [];
   private bufferedLen = 0;
-  /** Whether the running helper has answered anything (it started, whatever ends it later). */
-  private answered = false;
+  /** Whether the helper said it runs (its first word, a frame of length 0), whatever ends it later. */
+  private running = false;
 
   constructor(private readonly path: string) {}
 
@@ -109,7 +109,7 @@ export class ExecHelper {
       throw UNRUNNABLE.has(e.code ?? '') ? cannotRun(e.message) : e;
     }
     this.child = child;
-    this.answered = false;
+    this.running = false;
     this.buffered = [];
     this.bufferedLen = 0;
     // First: with no descriptors left (EMFILE) the streams are missing, and the error must have a listener.
@@ -130,9 +130,9 @@ export class ExecHelper {
     child.on('exit', (code, signal) => {
       if (this.child !== child) return;
       // A file the kernel cannot load (another architecture) is retried by exec through /bin/sh,
-      // which fails on it: a helper that exits on its own before its first answer never ran.
-      if (!this.answered && signal === null && code !== 0)
-        this.fail(cannotRun(`it exited (code ${code}) before any answer (built for another machine?)`));
+      // which fails on it: a helper that ends before it said it runs never ran.
+      if (!this.running)
+        this.fail(cannotRun(`it ended (${signal ?? `exit code ${code}`}) before it ran (built for another machine?)`));
       else this.fail(new Error(`the command helper ended (${signal ?? `exit code ${code}`})`));
     });
     child.stdin?.on('error', () => undefined); // reported by 'exit'
@@ -159,7 +159,11 @@ export class ExecHelper {
   }
 
   private answer(a: Buffer): void {
-    this.answered = true;
+    if (a.length === 4) {
+      this.running = true; // its first word
+      return;
+    }
+    if (a.length < 20) return this.fail(new Error('the command helper answered a frame too short to read'));
     const id = a.readUInt32LE(4);
     const status = a.readUInt32LE(8);
     const outLen = a.readUInt32LE(12);

@@ -168,8 +168,15 @@ describe('the command helper', () => {
       );
       const other = new HelperPool(foreign);
       await expect(other.run(['true'], undefined, 5000)).rejects.toBeInstanceOf(HelperUnavailable);
-      expect(other.unavailable?.message).toMatch(/before any answer/);
+      expect(other.unavailable?.message).toMatch(/before it ran/);
       other.end();
+      // Something that runs and ends at once, even with exit code 0, never said it runs: not a helper.
+      const quits = join(dir, 'weft-exec-quits');
+      writeFileSync(quits, '#!/bin/sh\nexit 0\n', { mode: 0o755 });
+      const third = new HelperPool(quits);
+      await expect(third.run(['true'], undefined, 5000)).rejects.toBeInstanceOf(HelperUnavailable);
+      expect(third.unavailable?.message).toMatch(/ended \(exit code 0\) before it ran/);
+      third.end();
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
