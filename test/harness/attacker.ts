@@ -45,7 +45,7 @@ export async function tcpConnect(
 const SEND = `
 const dgram = require('node:dgram');
 const [host, port, hex, from, count] = process.argv.slice(1);
-const s = dgram.createSocket('udp4');
+const s = dgram.createSocket(host.includes(':') ? 'udp6' : 'udp4');
 let n = Number(count || 1);
 const next = () => (n-- > 0 ? s.send(Buffer.from(hex, 'hex'), Number(port), host, (e) => (e ? (process.stderr.write(String(e)), process.exit(1)) : setTimeout(next, 20))) : s.close());
 s.bind({ address: from || undefined, port: 0 }, next);`;

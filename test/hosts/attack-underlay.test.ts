@@ -4,10 +4,12 @@
 // password. From a peer's address (spoofed, as someone on the path could): the
 // same datagrams arrive without a password (which shows they were well-formed,
 // and is what README says a password closes), and do not with one; an IPv6 frame
-// among them is dropped at the bridge all the same (weft carries no IPv6 yet).
+// among them is dropped at the bridge all the same (weft carries no IPv6 yet). Over IPv6 on the
+// underlay, VXLAN and sleeve datagrams are dropped at the firewall's input (no peer of ours uses it).
 import { afterEach, expect, it } from 'vitest';
 import { Cluster, eventually, sleep } from '../harness/cluster.js';
 import { describeAsRoot } from '../harness/root.js';
+import { run } from '../harness/exec.js';
 import { ruleCounter, sendUdp, sleevePayload, udpFrame, udpRecorder, vxlanPayload } from '../harness/attacker.js';
 
 const FAST = ['--heartbeat-interval', '500ms', '--gossip-interval', '1s', '--ipalloc-init', 'consensus=2'];
@@ -130,4 +132,40 @@ describeAsRoot('a stranger on the underlay', () => {
       }
     }, 120_000);
   }
+
+  it('over IPv6 on the underlay: VXLAN and sleeve datagrams are dropped at the input, whatever they carry', async () => {
+    cluster = await Cluster.create(2, { routerArgs: FAST });
+    const [h1, h2] = await cluster.launchAll();
+    const victim = await cluster.container('victim');
+    const a = await h1.weft(['attach', `netns:${victim}`]);
+    if (a.code !== 0) throw new Error(a.stderr);
+    const r1 = await h1.report<Report>();
+    const r2 = await h2.report<Report>();
+    const ep = r1.datapath.localEndpoints.find((e) => e.container === `netns:${victim}`)!;
+    const recorder = await udpRecorder(victim, 9999);
+    stoppers.push(recorder.stop);
+    const stranger = await cluster.stranger(1);
+    // IPv6 on the underlay segment: the host's uplink and the stranger's.
+    for (const [ns, dev, n] of [
+      [h1.ns, 'eth0', 1],
+      [stranger.ns, 'eth0', 201],
+    ] as const)
+      expect((await run('ip', ['-n', ns, 'addr', 'add', `fd00:198:18::${n}/64`, 'dev', dev, 'nodad'])).code).toBe(0);
+    const frame = udpFrame({
+      srcMac: '02:de:ad:be:ef:01',
+      dstMac: ep.mac,
+      srcIp: '10.32.99.99',
+      dstIp: ep.cidrs[0].split('/')[0],
+      dstPort: 9999,
+      text: 'over ipv6',
+    });
+    const input = async () => (await h1.exec('nft', ['list', 'chain', 'inet', 'weft', 'input'])).stdout;
+    const rule = 'VXLAN and sleeve over IPv6: no peer of ours';
+    const before = ruleCounter(await input(), rule);
+    await sendUdp(stranger.ns, 'fd00:198:18::1', 6784, vxlanPayload(VNI, frame), undefined, 5);
+    await sendUdp(stranger.ns, 'fd00:198:18::1', 6783, sleevePayload(r2.name, r2.name, r1.name, frame), undefined, 5);
+    await eventually('the datagrams counted as dropped', async () => ruleCounter(await input(), rule) - before >= 10);
+    await sleep(500);
+    expect(recorder.received()).toEqual([]);
+  }, 120_000);
 });
