@@ -358,6 +358,11 @@ export class Datapath {
     const { gateway = false, fresh = false } = opts;
     if (cni) rememberNetns(container, cni.netns);
     netnsPathOf(container); // a clear error before anything is allocated
+    if ([...cidrs, subnet ?? ''].some((c) => c.includes(':')))
+      throw new WeftError(
+        'invalid',
+        'containers get no IPv6 address yet: the overlay carries IPv4 only (for now); IPv6 addresses can be allocated with weft ipam alloc --ipv6',
+      );
     let addrs = cidrs.map((c) => canonicalCidr(c, true, 'address'));
     const net = subnet === undefined ? undefined : parseCidr(canonicalCidr(subnet, false, 'subnet'));
     if (addrs.length === 0) {

@@ -14,7 +14,8 @@ import { invalid, notFound } from './errors.js';
 const WEFT_KINDS = /^(netns|pid|cni|dockerep):/;
 
 const group = { type: 'string', pattern: '^[a-z0-9][a-z0-9_.-]{0,62}$' } as const;
-const cidr = { type: 'string', maxLength: 18 } as const;
+// Either family's length (IPv6 is refused with its reason by the datapath, not as too long).
+const cidr = { type: 'string', maxLength: 49 } as const;
 
 const attachBody = {
   type: 'object',
