@@ -109,8 +109,7 @@ export async function ensureBridge(c: { mac: string; mtu: number }): Promise<str
     [!br.flags?.includes('UP'), `link set ${BRIDGE} up`, 'bridge was down'],
   ];
   const due = fixes.filter(([differs]) => differs);
-  const v6 = bridgeHasIpv6();
-  if (v6) await noIpv6OnBridge();
+  const v6 = bridgeHasIpv6() && (await noIpv6OnBridge());
   await ipBatchIn(
     undefined,
     due.map(([, line]) => line),
@@ -131,8 +130,14 @@ function bridgeHasIpv6(): boolean {
   }
 }
 
-async function noIpv6OnBridge(): Promise<void> {
-  if (existsSync(BRIDGE_IPV6_OFF)) await writeFile(BRIDGE_IPV6_OFF, '1');
+/** True when it was turned off. A read-only /proc/sys is no reason to leave the bridge down: IPv6 is dropped at every port anyway. */
+async function noIpv6OnBridge(): Promise<boolean> {
+  try {
+    await writeFile(BRIDGE_IPV6_OFF, '1');
+    return true;
+  } catch {
+    return false;
+  }
 }
 
 /**

@@ -60,20 +60,23 @@ export function upstreamsFromResolvConf(path = '/etc/resolv.conf', exclude: stri
 }
 
 /**
- * An upstream server as resolv.conf or --dns-upstream names it: "ip", "ip:port", "[v6]:port", or a
- * bare IPv6 address (as resolv.conf writes them). IPv6 hosts in RFC 5952's form.
+ * An upstream server as resolv.conf names it: "ip", "ip:port", "[v6]:port", or a bare IPv6 address
+ * (as resolv.conf writes them: a bare "::1:53" is that address, port 53). IPv6 hosts in RFC 5952's
+ * form; anything with a colon that is not IPv6 (a zone, "fe80::1%eth0", included) is refused.
  */
 export function parseUpstream(text: string): { host: string; port: number } {
   const t = text.trim();
   const { host, port } = isIpv6(t) ? { host: t, port: 53 } : parseAddress(t, 53);
-  return { host: isIpv6(host) ? formatIp6(parseIp6(host)) : host, port };
+  if (!host.includes(':')) return { host, port };
+  if (!isIpv6(host)) throw new Error(`"${text.slice(0, 60)}" is not an IPv6 address`);
+  return { host: formatIp6(parseIp6(host)), port };
 }
 
-/** Whether a reply's source is the upstream asked (IPv6 compared as numbers, without a zone). */
+/** Whether a reply's source is the upstream asked (IPv6 compared as numbers, without a zone). Never throws. */
 function sameHost(upstream: string, from: string): boolean {
   if (!upstream.includes(':')) return upstream === from;
   const bare = from.replace(/%.*$/, '');
-  return isIpv6(bare) && parseIp6(bare) === parseIp6(upstream);
+  return isIpv6(bare) && isIpv6(upstream) && parseIp6(bare) === parseIp6(upstream);
 }
 
 const RCODE = { NOERROR: 0, FORMERR: 1, SERVFAIL: 2, NXDOMAIN: 3 } as const;

@@ -521,6 +521,10 @@ export class Allocator<A extends Position = Addr> implements Gossiper {
     };
     if (!this.ring) return reply({ t: 'deny', id: m.id, why: 'no ring here yet', full: false });
     if (m.a !== undefined) {
+      // Only an address of the ring: past its end, the last range's owner would seem to own it.
+      const o = this.ring.origin;
+      if (m.a < o.start || m.a >= o.end)
+        return reply({ t: 'deny', id: m.id, why: `${f.formatIp(m.a)} is not in the ring's range`, full: false });
       const owner = this.ring.ownerOf(m.a);
       if (owner !== this.self)
         return reply({
@@ -777,9 +781,11 @@ export class Allocator<A extends Position = Addr> implements Gossiper {
     if (changed.length === 0) return [];
     // A range we still use that the ring now gives to another peer: keep it, say so loudly.
     const reassert: RingEntry<A>[] = [];
+    // One pass over the ranges for all changed entries (a large update must not cost n^2).
+    const rangeAt = new Map(this.ring.ranges().map((x) => [x.start, x]));
     for (const e of changed) {
       if (e.owner === this.self) continue;
-      const r = this.ring.ranges().find((x) => x.start === e.token)!;
+      const r = rangeAt.get(e.token)!;
       let inUse = 0;
       for (const a of this.byAddr.keys()) if (a >= r.start && a < r.end) inUse++;
       if (inUse > 0) {

@@ -128,6 +128,8 @@ export class Ring<A extends Position = Addr> {
 
   /** Gives [start, end), which `self` owns, to `to`. Returns the changed entries. */
   grant(self: PeerName, start: A, end: A, to: PeerName): RingEntry<A>[] {
+    if (start < this.origin.start || end > this.origin.end || !(start < end))
+      throw new Error('cannot grant a range outside the ring');
     const holder = this.entryFor(start);
     if (!holder || holder.owner !== self) throw new Error('cannot grant a range this peer does not own');
     const changed: RingEntry<A>[] = [];

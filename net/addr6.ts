@@ -2,7 +2,9 @@
 // IPv6 counterpart of addr.ts. Text is read in every form RFC 4291 allows and
 // written in the one form RFC 5952 recommends (lower case, no leading zeros, the
 // longest run of two or more zero groups as "::", the first of equal runs), so
-// two spellings of one address are one string.
+// two spellings of one address are one string. Always in hex groups, also for
+// IPv4-mapped addresses (not the mixed "::ffff:1.2.3.4" of its section 5): one
+// form for every address, as the WHATWG URL parser writes it.
 
 export type Addr6 = bigint;
 
@@ -124,7 +126,8 @@ export function contains6(outer: Cidr6, inner: Cidr6): boolean {
 
 /**
  * The addresses containers may get in a subnet: without the subnet-router anycast address (all host
- * bits zero, RFC 4291 2.6.1) for /127 and larger. IPv6 has no broadcast address.
+ * bits zero, RFC 4291 2.6.1) in subnets of /126 and shorter prefixes; /127 and /128 keep every
+ * address. IPv6 has no broadcast address.
  */
 export function hostRange6(c: Cidr6): [Addr6, Addr6] {
   const end = cidr6End(c);

@@ -127,7 +127,8 @@ export class ExecHelper {
       if (this.child === child) this.onData(d);
     });
     child.stderr?.resume();
-    child.on('exit', (code, signal) => {
+    // 'close', not 'exit': by then everything it wrote has been read (its first word included).
+    child.on('close', (code, signal) => {
       if (this.child !== child) return;
       // A file the kernel cannot load (another architecture) is retried by exec through /bin/sh,
       // which fails on it: a helper that ends before it said it runs never ran.
@@ -135,7 +136,7 @@ export class ExecHelper {
         this.fail(cannotRun(`it ended (${signal ?? `exit code ${code}`}) before it ran (built for another machine?)`));
       else this.fail(new Error(`the command helper ended (${signal ?? `exit code ${code}`})`));
     });
-    child.stdin?.on('error', () => undefined); // reported by 'exit'
+    child.stdin?.on('error', () => undefined); // reported by 'close'
     // Never keeps the router alive; ends with its standard input when the router does.
     unrefChild(child);
     return child;
@@ -159,10 +160,8 @@ export class ExecHelper {
   }
 
   private answer(a: Buffer): void {
-    if (a.length === 4) {
-      this.running = true; // its first word
-      return;
-    }
+    this.running = true; // its first word, or any answer
+    if (a.length === 4) return;
     if (a.length < 20) return this.fail(new Error('the command helper answered a frame too short to read'));
     const id = a.readUInt32LE(4);
     const status = a.readUInt32LE(8);

@@ -37,7 +37,7 @@ export function renderStatus(r: Report): string {
       ? [
           [
             'Range6',
-            `${r.ipam6.range}, default subnet ${r.ipam6.defaultSubnet}; ${r.ipam6.state === 'ready' ? 'ready' : r.ipam6.pending.length ? 'waiting (see weft status ipam)' : 'not started (started by the first IPv6 allocation)'}`,
+            `${r.ipam6.range}, default subnet ${r.ipam6.defaultSubnet}; ${r.ipam6.state.startsWith('idle') ? 'not started (the first IPv6 allocation starts it)' : r.ipam6.state === 'ready' ? 'ready' : 'waiting (see weft status ipam)'}`,
           ] as [string, string],
         ]
       : []),

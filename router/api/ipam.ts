@@ -72,7 +72,10 @@ export function registerIpamRoutes(
     '/ip/:id',
     { schema: { params: { type: 'object', properties: { id: ident } }, querystring: waitQuery } },
     async (req, reply) => {
-      const a = pick(ipam, req.query.subnet ? req.query.subnet.includes(':') : req.query.family === '6');
+      const v6 = req.query.subnet ? req.query.subnet.includes(':') : req.query.family === '6';
+      if (req.query.family !== undefined && (req.query.family === '6') !== v6)
+        throw invalid(`family=${req.query.family} and subnet ${req.query.subnet} are not of one family`);
+      const a = pick(ipam, v6);
       const r = await a.allocate(req.params.id, subnet(req.query, a), timeout(req.query, a));
       return reply.type('text/plain').send(`${a.family.formatIp(r.addr)}/${r.prefix}`);
     },
@@ -162,7 +165,7 @@ export function registerIpamRoutes(
 
   app.delete('/peer', async () => {
     const heir = ipam.v4.leave();
-    ipam.v6?.leave();
-    return { heir, range: formatCidr(ipam.v4.config.range) };
+    const heir6 = ipam.v6?.leave() ?? null;
+    return { heir, range: formatCidr(ipam.v4.config.range), heir6 };
   });
 }

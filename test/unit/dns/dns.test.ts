@@ -377,11 +377,13 @@ describe('the DNS forwarder under attack', () => {
 });
 
 describe('IPv6 upstreams', () => {
-  it('reads them as resolv.conf and --dns-upstream write them, in one form', () => {
+  it('reads them as resolv.conf writes them, in one form', () => {
     expect(parseUpstream('FD00:198:18:0:0:0:0:2')).toEqual({ host: 'fd00:198:18::2', port: 53 });
     expect(parseUpstream('[fd00:198:18::2]:5353')).toEqual({ host: 'fd00:198:18::2', port: 5353 });
     expect(parseUpstream('198.18.0.2')).toEqual({ host: '198.18.0.2', port: 53 });
-    expect(() => parseUpstream('fd00::1%eth0')).toThrow();
+    expect(() => parseUpstream('fd00::1%eth0')).toThrow(); // a zone: not taken
+    expect(() => parseUpstream('[1:2]:53')).toThrow(/not an IPv6 address/); // bracketed, but no address
+    expect(parseUpstream('::1:53')).toEqual({ host: '::1:53', port: 53 }); // bare: all of it is the address
   });
 
   it('forwards to an upstream on ::1 (written [0:0::1]:port), over UDP and TCP', async () => {

@@ -1,7 +1,7 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { parseCidr, parseIp, formatIp } from '../../../net/addr.js';
 import { Allocator, type InitMode } from '../../../ipam/allocator.js';
-import { connectInMemory, type Mesh } from '../../../mesh/index.js';
+import { connectInMemory, pack, unpack, type Mesh } from '../../../mesh/index.js';
 import { eventually } from '../../harness/cluster.js';
 import { testMesh } from '../../harness/memory-mesh.js';
 
@@ -99,6 +99,40 @@ describe('IPAM over in-memory meshes', () => {
     expect(ms[0].connections.has(ms[1].name)).toBe(true);
     expect(ipam[0].lookup('x')).toEqual([a0.addr]);
     expect(ipam[1].lookup('y')).toEqual([a1.addr]);
+  });
+
+  it('a peer asking for an address past the end of the ring is denied; the ring is left whole', async () => {
+    const owner = testMesh('owner');
+    const attacker = testMesh('attacker');
+    meshes.push(owner, attacker);
+    const a = new Allocator(owner, {
+      range: RANGE,
+      defaultSubnet: RANGE,
+      init: { kind: 'seed', seeds: [owner.name] },
+      timeoutMs: 2000,
+      store: null,
+    });
+    allocators.push(a);
+    const answers: { t: string; why?: string }[] = [];
+    const raw = attacker.registerChannel('ipam', {
+      gossip: () => null,
+      onGossip: () => null,
+      onUnicast: (_src, payload) => answers.push(unpack(payload) as { t: string; why?: string }),
+    });
+    connectInMemory(owner, attacker);
+    await eventually('connected', async () => attacker.routes.unicastAll.has(owner.name), 2000, 10);
+    const before = JSON.stringify(a.ring!.all());
+    for (const [id, past] of [
+      [1, RANGE.start + 256],
+      [2, RANGE.start + 100_000],
+      [3, RANGE.start - 1],
+    ])
+      raw.unicast(owner.name, pack({ t: 'req', id, s: RANGE.start, p: 24, a: past }));
+    await eventually('three answers', async () => answers.length === 3, 2000, 10);
+    expect(answers.map((x) => x.t)).toEqual(['deny', 'deny', 'deny']);
+    expect(answers[0].why).toMatch(/is not in the ring's range/);
+    expect(JSON.stringify(a.ring!.all())).toBe(before);
+    expect(a.status().peers.map((p) => p.addresses)).toEqual([256]);
   });
 
   it('says a full range is full at once', async () => {

@@ -68,6 +68,7 @@ describe('IPv6 address allocation', () => {
       ['PUT', `/ip/c5/${encodeURIComponent('fd77:zz::1')}`, /invalid IPv6 address/],
       ['PUT', `/ip/c5/${encodeURIComponent('fd77:6566:7400::5')}/129`, /invalid prefix length/],
       ['POST', '/ip/c5?family=7', /family/],
+      ['POST', `/ip/c5?family=6&subnet=${encodeURIComponent('10.33.0.0/16')}`, /are not of one family/],
     ] as const) {
       const r = await call(method, path);
       expect(r.status, path).toBe(400);
