@@ -61,6 +61,8 @@ export class Datapath {
   lastError: string | null = null;
   /** Addresses this host has on the overlay (weft expose), "ip/prefix". */
   exposed: string[] = [];
+  /** MACs bound to a port by an attach that has not reached the endpoint table yet, and whose. */
+  private readonly attachingMacs = new Map<string, string>();
 
   constructor(
     private readonly mesh: MeshView,
@@ -386,6 +388,7 @@ export class Datapath {
         this.mtu,
         (hostIf, m) => {
           this.checkMacIsOwn(container, m);
+          this.attachingMacs.set(m, container);
           return this.bindPort(hostIf, m, [...prevCidrs, ...addrs]);
         },
         {
@@ -409,6 +412,9 @@ export class Datapath {
       for (const a of addrs)
         if (!had.has(a)) await this.ipam.free(container, parseCidr(a, true).addr).catch(() => undefined);
       throw err;
+    } finally {
+      // From here the endpoint table has it (or the attach failed).
+      for (const [m, c] of this.attachingMacs) if (c === container) this.attachingMacs.delete(m);
     }
     const prev = this.endpoints.local.find((e) => e.container === container);
     const g = groups ?? prev?.groups;
@@ -432,6 +438,12 @@ export class Datapath {
    * and zero MACs on the interface itself.)
    */
   private checkMacIsOwn(container: string, mac: string): void {
+    const busy = this.attachingMacs.get(mac);
+    if (busy !== undefined && busy !== container)
+      throw new WeftError(
+        'conflict',
+        `the interface of ${container} has MAC ${mac}, which ${busy} is being attached with`,
+      );
     const self = this.mesh.name;
     const other = this.endpoints.all().find((e) => e.mac === mac && (e.peer !== self || e.container !== container));
     if (other)

@@ -208,7 +208,11 @@ export class Router {
           dns: dnsOnBridge ? { ip: DNS_BRIDGE_IP, domain: opts.dnsDomain } : undefined,
           ovs,
           firewallPart: { part: () => policy!.firewallPart(), written: () => policy!.written() },
-          containerGone: (container) => names!.remove({ container }),
+          // Its names, and its IPv6 addresses (the datapath frees the IPv4 ones itself).
+          containerGone: (container) => {
+            names!.remove({ container });
+            if (ipam6.lookup(container).length > 0) void ipam6.free(container).catch(() => undefined);
+          },
         })
       : null;
     names = new NameService(mesh, {

@@ -338,7 +338,7 @@ describeAsRoot('fastdp across namespace hosts', () => {
     expect((await a.exec('ip', ['link', 'show', hostEnd])).code).toBe(0); // ours, as the router knows it
   });
 
-  it("attach again after the container took another endpoint's MAC: a conflict, nothing advertised", async () => {
+  it("attach again after the container took another endpoint's MAC (or one another attach is taking): a conflict, nothing advertised", async () => {
     cluster = await Cluster.create(1, { routerArgs: ['--ipalloc-init', 'consensus=1'] });
     const [a] = cluster.hosts;
     await a.launch();
@@ -355,6 +355,15 @@ describeAsRoot('fastdp across namespace hosts', () => {
     expect(r.code).not.toBe(0);
     expect(r.stderr).toContain(`which is netns:${c1}'s on this host`);
     expect(await macs()).toEqual(before); // c2 is still advertised with its own MAC
+    // Two re-attaches at once with one new MAC: only one of them gets it.
+    const c3 = await cluster.container('c3');
+    await attach(a, c3);
+    const twin = '02:77:77:77:77:77';
+    for (const c of [c2, c3])
+      expect((await run('ip', ['-n', c, 'link', 'set', 'ethwe', 'address', twin])).code).toBe(0);
+    const both = await Promise.all([c2, c3].map((c) => a.weft(['attach', `netns:${c}`])));
+    expect(both.filter((x) => x.code === 0)).toHaveLength(1);
+    expect([...(await macs()).values()].filter((m) => m === twin)).toHaveLength(1);
     // With a MAC of its own again, the re-attach goes through.
     expect((await run('ip', ['-n', c2, 'link', 'set', 'ethwe', 'address', before.get(`netns:${c2}`)!])).code).toBe(0);
     expect((await a.weft(['attach', `netns:${c2}`])).code).toBe(0);

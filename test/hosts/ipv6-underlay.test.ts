@@ -39,6 +39,11 @@ describeAsRoot('an IPv6-only underlay', () => {
     const six = await a.weft(['attach', 'fd77:6566:7400::5/64', `netns:${c1}`]);
     expect(six.code).not.toBe(0);
     expect(six.stderr).toMatch(/containers get no IPv6 address yet/);
+    // IPv6 addresses a script allocated for a container go when it is detached, as its IPv4 ones do.
+    expect((await a.weft(['ipam', 'alloc', '--ipv6', `netns:${c1}`])).code).toBe(0);
+    expect((await a.weft(['detach', `netns:${c1}`])).code).toBe(0);
+    expect((await a.weft(['ipam', 'lookup', `netns:${c1}`])).stderr).toMatch(/no addresses/);
+    expect((await a.weft(['attach', `netns:${c1}`])).code).toBe(0);
     const c2 = await cluster.container('c2');
     const r2 = await b.weft(['attach', `netns:${c2}`]);
     expect(r2.code, r2.stderr).toBe(0);
