@@ -89,9 +89,14 @@ function shuffle<T>(xs: T[]): T[] {
   return xs;
 }
 
+/** The address a reverse name asks about: in-addr.arpa (IPv4), or ip6.arpa's 32 nibbles (IPv6, in its one form). */
 function ptrToIp(name: string): string | null {
   const m = /^(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.in-addr\.arpa\.?$/i.exec(name);
-  return m ? `${m[4]}.${m[3]}.${m[2]}.${m[1]}` : null;
+  if (m) return `${m[4]}.${m[3]}.${m[2]}.${m[1]}`;
+  const six = /^((?:[0-9a-f]\.){32})ip6\.arpa\.?$/i.exec(name);
+  if (!six) return null;
+  const hex = six[1].split('.').slice(0, 32).reverse().join('');
+  return formatIp6(BigInt(`0x${hex}`));
 }
 
 export class DnsServer {
@@ -273,8 +278,8 @@ export class DnsServer {
     if (qEnd !== msg.length || msg.readUInt16BE(i + 1) !== 1 || msg.readUInt16BE(i + 3) !== 1) return null;
     const name = `${labels.join('.')}.`;
     if (!this.inDomain(name)) return null;
-    const ips = this.table.lookup(name);
-    if (ips.length === 0 || ips.length > 25) return null; // NXDOMAIN and big answers: the full path
+    const ips = this.table.lookup(name, 4);
+    if (ips.length === 0 || ips.length > 25) return null; // NXDOMAIN, no A (NODATA) and big answers: the full path
     const uniq = shuffle([...new Set(ips)]);
     const out = Buffer.allocUnsafe(qEnd + 16 * uniq.length);
     msg.copy(out, 0, 0, qEnd);
@@ -336,16 +341,15 @@ export class DnsServer {
   }
 
   private answerLocal(q: Packet, name: string, type: string, edns: boolean, limit: number): Buffer {
-    const ips = this.table.lookup(name);
     this.stats.local++;
-    if (ips.length === 0) {
+    if (this.table.lookup(name).length === 0) {
       this.stats.nxdomain++;
       return this.reply(q, RCODE.NXDOMAIN, [], edns, limit);
     }
-    if (type !== 'A') return this.reply(q, RCODE.NOERROR, [], edns, limit);
-    const answers = shuffle([...new Set(ips)]).map(
-      (ip) => ({ type: 'A', name, ttl: this.config.ttl, data: ip }) as Answer,
-    );
+    // A name has addresses of either family or both: A answers IPv4, AAAA IPv6; no answer (NODATA) otherwise.
+    if (type !== 'A' && type !== 'AAAA') return this.reply(q, RCODE.NOERROR, [], edns, limit);
+    const ips = this.table.lookup(name, type === 'A' ? 4 : 6);
+    const answers = shuffle([...new Set(ips)]).map((ip) => ({ type, name, ttl: this.config.ttl, data: ip }) as Answer);
     return this.reply(q, RCODE.NOERROR, answers, edns, limit);
   }
 

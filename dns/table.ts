@@ -2,7 +2,7 @@
 // record of the names it registered (see PeerRecords: merged per origin by
 // version and content; a removal is a newer record, so no tombstones); records
 // of peers that left the mesh go after 30 s.
-import { canonicalDnsName, canonicalIpv4 } from '../net/validate.js';
+import { canonicalDnsName, canonicalIp } from '../net/validate.js';
 import { readCheckedList, type Persist } from '../lib/json-file.js';
 import {
   type MeshView,
@@ -20,6 +20,7 @@ export interface NameEntry {
   /** Lower-case, fully qualified, with the trailing dot. */
   hostname: string;
   container: string;
+  /** IPv4 or IPv6, in its one form (an A or an AAAA answer). */
   ip: string;
 }
 
@@ -44,12 +45,15 @@ const nameCodec: EntryCodec<NameEntry> = {
     )
       throw new Error('name entry is malformed');
     // Only the canonical form: two spellings of one name must not be two entries.
-    if (canonicalDnsName(hostname, 'name entry') !== hostname || canonicalIpv4(ip, 'name entry address') !== ip)
+    if (canonicalDnsName(hostname, 'name entry') !== hostname || canonicalIp(ip, 'name entry address') !== ip)
       throw new Error(`name entry ${hostname.slice(0, 80)} ${ip.slice(0, 20)} is not in canonical form`);
     return { hostname, container, ip };
   },
   key: (e) => JSON.stringify([e.hostname, e.container, e.ip]),
 };
+
+/** One name entry from the wire, checked (throws on anything not in its one form). */
+export const nameEntryFromWire = (w: unknown): NameEntry => nameCodec.fromWire(w);
 
 /** >0 when a supersedes b (records of one origin peer). */
 export function compareRecords(a: NameRecord, b: NameRecord): number {
@@ -64,7 +68,7 @@ export interface ServiceNames {
 
 /** Lookups over name records (the CRDT's state), with an index rebuilt after changes. */
 export class NameTable {
-  private index: Map<string, string[]> | null = null;
+  private index: Map<string, { 4: string[]; 6: string[] }> | null = null;
   constructor(
     readonly records = new Map<PeerName, NameRecord>(),
     /** Names that are no container's: services answer with their VIP (services/), before any container of that name. */
@@ -82,20 +86,23 @@ export class NameTable {
     return improved;
   }
 
-  lookup(hostname: string): string[] {
+  /** The name's addresses: of one family (4: A answers, 6: AAAA), or of both when none is given. */
+  lookup(hostname: string, family?: 4 | 6): string[] {
     const vip = this.services?.vipFor(normaliseName(hostname));
-    if (vip) return [vip];
+    if (vip) return family === 6 ? [] : [vip];
     if (!this.index) {
       this.index = new Map();
       for (const r of this.records.values()) {
         for (const e of r.entries) {
-          const l = this.index.get(e.hostname);
-          if (l) l.push(e.ip);
-          else this.index.set(e.hostname, [e.ip]);
+          let l = this.index.get(e.hostname);
+          if (!l) this.index.set(e.hostname, (l = { 4: [], 6: [] }));
+          l[e.ip.includes(':') ? 6 : 4].push(e.ip);
         }
       }
     }
-    return this.index.get(normaliseName(hostname)) ?? [];
+    const l = this.index.get(normaliseName(hostname));
+    if (!l) return [];
+    return family ? l[family] : [...l[4], ...l[6]];
   }
 
   reverse(ip: string): string[] {
@@ -140,14 +147,21 @@ export class NameService extends PeerRecords<NameEntry> {
 
   /** Registers a name for a container's address; throws InvalidValue for a name or address that is not one. */
   add(hostname: string, container: string, ip: string): void {
-    const e = nameCodec.fromWire([canonicalDnsName(hostname), container, canonicalIpv4(ip)]);
-    if (this.local.some((x) => x.hostname === e.hostname && x.container === container && x.ip === ip)) return;
+    const e = nameCodec.fromWire([canonicalDnsName(hostname), container, canonicalIp(ip)]);
+    if (this.local.some((x) => x.hostname === e.hostname && x.container === container && x.ip === e.ip)) return;
     this.setLocal([...this.local, e]);
   }
 
   /** Removes this peer's entries matching all the given parts; returns how many. */
   remove(match: { hostname?: string; container?: string; ip?: string }): number {
     const h = match.hostname ? normaliseName(match.hostname) : undefined;
+    if (match.ip !== undefined) {
+      try {
+        match = { ...match, ip: canonicalIp(match.ip) }; // another spelling of an IPv6 address
+      } catch {
+        return 0; // no entry has it
+      }
+    }
     const keep = this.local.filter(
       (e) =>
         !(

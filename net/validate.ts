@@ -4,6 +4,7 @@
 // a value that passed here is safe to put into a command line or a ruleset.
 import { WeftError } from '../lib/errors.js';
 import { formatIp, parseCidr, parseIp } from './addr.js';
+import { formatIp6, isIpv6, parseIp6 } from './addr6.js';
 
 class InvalidValue extends WeftError {
   constructor(message: string) {
@@ -22,7 +23,7 @@ export function canonicalMac(text: unknown, what = 'MAC address'): string {
 }
 
 /** An IPv4 address in dotted decimal without leading zeros. */
-export function canonicalIpv4(text: unknown, what = 'address'): string {
+function canonicalIpv4(text: unknown, what = 'address'): string {
   if (typeof text !== 'string' || text.length > 15)
     throw new InvalidValue(`${what} "${String(text).slice(0, 40)}" is not an IPv4 address`);
   try {
@@ -42,6 +43,16 @@ export function canonicalCidr(text: unknown, allowHost: boolean, what = 'CIDR'):
   } catch (err) {
     throw new InvalidValue(`${what}: ${(err as Error).message}`);
   }
+}
+
+/** An address of either family in its one form: dotted decimal, or IPv6 as RFC 5952 writes it. */
+export function canonicalIp(text: unknown, what = 'address'): string {
+  if (typeof text === 'string' && text.includes(':')) {
+    if (text.length > 45 || !isIpv6(text))
+      throw new InvalidValue(`${what} "${text.slice(0, 60)}" is not an IPv4 or IPv6 address`);
+    return formatIp6(parseIp6(text));
+  }
+  return canonicalIpv4(text, what);
 }
 
 const LABEL = /^[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?$/;

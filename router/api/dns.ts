@@ -2,7 +2,8 @@
 import type { FastifyInstance } from 'fastify';
 import { normaliseName } from '../../dns/table.js';
 import { formatIp } from '../../net/addr.js';
-import { canonicalDnsName, canonicalIpv4 } from '../../net/validate.js';
+import { formatIp6 } from '../../net/addr6.js';
+import { canonicalDnsName, canonicalIp } from '../../net/validate.js';
 import type { ReportSources } from '../report.js';
 import { invalid, notFound } from './errors.js';
 
@@ -30,7 +31,7 @@ export function registerDnsRoutes(app: FastifyInstance, s: ReportSources): void 
           required: ['fqdn'],
           properties: {
             fqdn: { type: 'string', maxLength: 254 },
-            ips: { type: 'array', maxItems: 64, items: { type: 'string', maxLength: 15 } },
+            ips: { type: 'array', maxItems: 64, items: { type: 'string', maxLength: 45 } },
           },
         },
       },
@@ -39,10 +40,14 @@ export function registerDnsRoutes(app: FastifyInstance, s: ReportSources): void 
       const fqdn = canonicalDnsName(req.body.fqdn, 'fqdn');
       if (!inDomain(fqdn)) throw invalid(`${fqdn} is not in the weft domain ${domain}`);
       const given = req.body.ips ?? [];
+      // Given, of either family; else the container's weft addresses of both.
       const ips =
         given.length > 0
-          ? given.map((i) => canonicalIpv4(i, 'ips'))
-          : s.ipam.lookup(req.params.container).map(formatIp);
+          ? given.map((i) => canonicalIp(i, 'ips'))
+          : [
+              ...s.ipam.lookup(req.params.container).map(formatIp),
+              ...(s.ipam6?.lookup(req.params.container).map(formatIp6) ?? []),
+            ];
       if (ips.length === 0) throw notFound(`container ${req.params.container} has no weft address; give the addresses`);
       for (const ip of ips) s.names.add(fqdn, req.params.container, ip);
       return { fqdn, ips };
@@ -57,7 +62,7 @@ export function registerDnsRoutes(app: FastifyInstance, s: ReportSources): void 
         querystring: {
           type: 'object',
           additionalProperties: false,
-          properties: { fqdn: { type: 'string', maxLength: 254 }, ip: { type: 'string', maxLength: 15 } },
+          properties: { fqdn: { type: 'string', maxLength: 254 }, ip: { type: 'string', maxLength: 45 } },
         },
       },
     },

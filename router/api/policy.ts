@@ -27,8 +27,9 @@ export function registerPolicyRoutes(
       if (c) m = members.find((x) => x.container === c.Id);
     }
     if (m && m.addrs.length > 0) return m.addrs[0];
-    const byName = names.table.lookup(ref);
-    const ips = byName.length > 0 ? byName : names.table.lookup(`${ref}.${domain}`);
+    // IPv4: the security groups' family (IPv6 is dropped at every port).
+    const byName = names.table.lookup(ref, 4);
+    const ips = byName.length > 0 ? byName : names.table.lookup(`${ref}.${domain}`, 4);
     if (ips.length > 0) return ips[0];
     throw notFound(`${what}: no container or name "${ref}" with an address on the overlay`);
   }

@@ -47,6 +47,31 @@ describeAsRoot('DNS across namespace hosts', () => {
     await eventually('ext resolves from db', async () =>
       (await getent(c2, 'ext.weft.local')).stdout.includes('10.32.99.99'),
     );
+    // An IPv6 address for a name (dns-add on A), answered as AAAA on B, and A stays IPv4 only.
+    expect(
+      (await a.weft(['dns-add', 'fd77:6566:7400:0::99', '10.32.99.98', 'dual', '-h', 'dual.weft.local'])).code,
+    ).toBe(0);
+    const dig = async (type: string) =>
+      (
+        await run(
+          'ip',
+          [
+            'netns',
+            'exec',
+            c2,
+            process.execPath,
+            '-e',
+            `
+        const p = require('dns-packet'); const s = require('node:dgram').createSocket('udp4');
+        s.on('message', (m) => { const d = p.decode(m); console.log(d.rcode + ' ' + d.answers.map((x) => x.type + '=' + x.data).join(' ')); process.exit(0); });
+        s.send(p.encode({ type: 'query', id: 9, flags: p.RECURSION_DESIRED, questions: [{ type: '${type}', name: 'dual.weft.local' }] }), 53, '169.254.83.83');
+        setTimeout(() => { console.log('no answer'); process.exit(0); }, 3000);`,
+          ],
+          { timeoutMs: 10_000 },
+        )
+      ).stdout.trim();
+    await eventually('AAAA from B', async () => (await dig('AAAA')) === 'NOERROR AAAA=fd77:6566:7400::99');
+    expect(await dig('A')).toBe('NOERROR A=10.32.99.98');
     await b.weft(['detach', `netns:${c2}`]);
     await eventually('db gone everywhere', async () => (await getent(c1, 'db.weft.local')).code !== 0);
     // dns-args: what `docker run` needs to use weft's DNS.

@@ -4,7 +4,8 @@ import dnsPacket from 'dns-packet';
 import fc from 'fast-check';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { DnsServer, parseUpstream } from '../../../dns/server.js';
-import { NameTable, compareRecords, type NameRecord } from '../../../dns/table.js';
+import { NameTable, compareRecords, nameEntryFromWire, type NameRecord } from '../../../dns/table.js';
+import { parseIp6 } from '../../../net/addr6.js';
 import { freePorts } from '../../harness/ports.js';
 import { eventually, sleep } from '../../harness/cluster.js';
 
@@ -373,6 +374,62 @@ describe('the DNS forwarder under attack', () => {
     } finally {
       closed.close();
     }
+  });
+});
+
+describe('names with IPv6 addresses', () => {
+  const dual = () => {
+    const t = new NameTable();
+    t.merge([
+      {
+        peer: A,
+        version: 1,
+        entries: [
+          { hostname: 'both.weft.local.', container: 'c1', ip: '10.32.0.1' },
+          { hostname: 'both.weft.local.', container: 'c1', ip: 'fd77:6566:7400::1' },
+          { hostname: 'six.weft.local.', container: 'c2', ip: 'fd77:6566:7400::2' },
+        ],
+      },
+    ]);
+    return t;
+  };
+  const server = new DnsServer(dual(), {
+    host: '127.0.0.1',
+    port: 0,
+    domain: 'weft.local',
+    ttl: 1,
+    upstreams: [],
+    upstreamTimeoutMs: 300,
+  });
+  const ask = async (name: string, type = 'A') => decode((await server.handle(query(name, type), 'udp'))!);
+
+  it("A answers a name's IPv4 addresses, AAAA its IPv6 ones; a name without that family has no answer, not NXDOMAIN", async () => {
+    expect((await ask('both.weft.local')).answers.map((a) => a.data)).toEqual(['10.32.0.1']);
+    expect((await ask('both.weft.local', 'AAAA')).answers.map((a) => a.data)).toEqual(['fd77:6566:7400::1']);
+    const noA = await ask('six.weft.local');
+    expect([noA.rcode, noA.answers.length]).toEqual(['NOERROR', 0]);
+    expect((await ask('six.weft.local', 'AAAA')).answers.map((a) => a.data)).toEqual(['fd77:6566:7400::2']);
+    expect((await ask('nobody.weft.local', 'AAAA')).rcode).toBe('NXDOMAIN');
+    // The byte-level fast path answers A only, and never an IPv6 address.
+    expect(server.fastAnswer(query('six.weft.local'))).toBeNull();
+    const fast = decode(server.fastAnswer(query('both.weft.local'))!);
+    expect(fast.answers.map((a) => a.data)).toEqual(['10.32.0.1']);
+  });
+
+  it('answers PTR for ip6.arpa names of addresses in the table', async () => {
+    const nibbles = (ip: string) => [...parseIp6(ip).toString(16).padStart(32, '0')].reverse().join('.') + '.ip6.arpa';
+    const r = await ask(nibbles('fd77:6566:7400::2'), 'PTR');
+    expect(r.answers.map((a) => a.data)).toEqual(['six.weft.local']);
+  });
+
+  it('the wire form takes IPv6 addresses in their one form only', () => {
+    expect(nameEntryFromWire(['x.weft.local.', 'c', 'fd77::1'])).toEqual({
+      hostname: 'x.weft.local.',
+      container: 'c',
+      ip: 'fd77::1',
+    });
+    for (const bad of ['FD77::1', 'fd77:0::1', 'fd77::1%eth0', 'fd77::g'])
+      expect(() => nameEntryFromWire(['x.weft.local.', 'c', bad]), bad).toThrow();
   });
 });
 

@@ -76,6 +76,21 @@ describe('IPv6 address allocation', () => {
     }
     expect((await call('GET', '/ip/c5')).status).toBe(404);
 
+    // A name for a container without addresses given: its addresses of both families (A and AAAA).
+    const named = await callRouter(`127.0.0.1:${port + 1}`, 'PUT', '/name/c1', { fqdn: 'one.weft.local' }, 5000);
+    expect(JSON.parse(named.text)).toEqual({ fqdn: 'one.weft.local.', ips: ['10.32.0.1', 'fd77:6566:7400::1'] });
+    const extra = await callRouter(
+      `127.0.0.1:${port + 1}`,
+      'PUT',
+      '/name/c9',
+      { fqdn: 'nine.weft.local', ips: ['FD77:6566:7400:0::9'] },
+      5000,
+    );
+    expect(JSON.parse(extra.text)).toEqual({ fqdn: 'nine.weft.local.', ips: ['fd77:6566:7400::9'] });
+    expect(JSON.parse((await call('GET', '/name/one.weft.local')).body).ips).toEqual([
+      '10.32.0.1',
+      'fd77:6566:7400::1',
+    ]);
     const summary = (await call('GET', '/status')).body;
     expect(summary).toMatch(/Range6: fd77:6566:7400::\/48, default subnet fd77:6566:7400::\/48; ready/);
     const status = (await call('GET', '/status/ipam')).body;
