@@ -4,14 +4,21 @@
 // host whose router is restarting.
 import { type MeshView, PeerRecords, type EntryCodec, type PeerName } from '../mesh/index.js';
 import { canonicalCidr, canonicalMac, GROUP_NAME } from '../net/validate.js';
+import { formatIp6, parseCidr6 } from '../net/addr6.js';
 
 const ENDPOINTS_CHANNEL = 'endpoints';
 
 export interface Endpoint {
   container: string;
   mac: string;
-  /** "ip/prefix" */
+  /** "ip/prefix", IPv4: what the datapath, the policy and services use. */
   cidrs: string[];
+  /**
+   * IPv6 "ip/prefix" a peer advertises (in the same wire list as the IPv4 ones). Nothing here uses
+   * them yet; they are kept, and passed on unchanged, so a dual-stack peer's record is neither refused
+   * whole nor stripped by a peer that relays it.
+   */
+  cidrs6?: string[];
   /** Security groups the container belongs to (policy/). */
   groups?: string[];
   /** Local only (not gossiped): a CNI container's namespace path and interface name. */
@@ -22,8 +29,10 @@ export interface Endpoint {
 }
 
 export const endpointCodec: EntryCodec<Endpoint> = {
-  toWire: (e) =>
-    e.groups && e.groups.length > 0 ? [e.container, e.mac, e.cidrs, e.groups] : [e.container, e.mac, e.cidrs],
+  toWire: (e) => {
+    const all = e.cidrs6 && e.cidrs6.length > 0 ? [...e.cidrs, ...e.cidrs6] : e.cidrs;
+    return e.groups && e.groups.length > 0 ? [e.container, e.mac, all, e.groups] : [e.container, e.mac, all];
+  },
   fromWire(w) {
     if (!Array.isArray(w) || (w.length !== 3 && w.length !== 4)) throw new Error('endpoint is malformed');
     const [container, mac, cidrs, groups] = w as unknown[];
@@ -45,12 +54,37 @@ export const endpointCodec: EntryCodec<Endpoint> = {
     }
     // Canonical forms only: these become fdb and neighbour entries on every host.
     if (canonicalMac(mac, 'endpoint MAC') !== mac) throw new Error('endpoint MAC is not in canonical form');
-    if (!cidrs.every((c) => canonicalCidr(c, true, 'endpoint address') === c))
-      throw new Error('endpoint address is not in canonical form');
-    return { container, mac, cidrs: cidrs as string[], ...(groups ? { groups: groups as string[] } : {}) };
+    const v4: string[] = [];
+    const v6: string[] = [];
+    for (const c of cidrs) {
+      if (typeof c === 'string' && c.includes(':')) {
+        if (canonicalCidr6(c) !== c) throw new Error('endpoint address is not in canonical form');
+        v6.push(c);
+      } else if (canonicalCidr(c, true, 'endpoint address') === c) v4.push(c);
+      else throw new Error('endpoint address is not in canonical form');
+    }
+    return {
+      container,
+      mac,
+      cidrs: v4,
+      ...(v6.length > 0 ? { cidrs6: v6 } : {}),
+      ...(groups ? { groups: groups as string[] } : {}),
+    };
   },
-  key: (e) => JSON.stringify([e.container, e.mac, [...e.cidrs].sort(), [...(e.groups ?? [])].sort()]),
+  key: (e) =>
+    JSON.stringify([e.container, e.mac, [...e.cidrs, ...(e.cidrs6 ?? [])].sort(), [...(e.groups ?? [])].sort()]),
 };
+
+/** An IPv6 "ip/prefix" in its one form (the address keeps its host bits), or null. */
+function canonicalCidr6(text: string): string | null {
+  if (text.length > 49) return null;
+  try {
+    const c = parseCidr6(text, true);
+    return `${formatIp6(c.addr)}/${c.prefix}`;
+  } catch {
+    return null;
+  }
+}
 
 export class EndpointTable extends PeerRecords<Endpoint> {
   private ownersByMac: Map<string, PeerName> | null = null;
