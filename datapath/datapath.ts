@@ -61,7 +61,7 @@ export class Datapath {
   lastError: string | null = null;
   /** Addresses this host has on the overlay (weft expose), "ip/prefix". */
   exposed: string[] = [];
-  /** MACs bound to a port by an attach that has not reached the endpoint table yet, and whose. */
+  /** MACs bound to a port by an attach that has not reached the endpoint table yet: MAC -> container. */
   private readonly attachingMacs = new Map<string, string>();
 
   constructor(
@@ -378,6 +378,7 @@ export class Datapath {
     }
     const dns = this.config.dns;
     const prevCidrs = this.endpoints.local.find((e) => e.container === container)?.cidrs ?? [];
+    const taking = new Set<string>();
     let mac: string;
     let gw: string | undefined;
     try {
@@ -389,6 +390,7 @@ export class Datapath {
         (hostIf, m) => {
           this.checkMacIsOwn(container, m);
           this.attachingMacs.set(m, container);
+          taking.add(m);
           return this.bindPort(hostIf, m, [...prevCidrs, ...addrs]);
         },
         {
@@ -413,8 +415,9 @@ export class Datapath {
         if (!had.has(a)) await this.ipam.free(container, parseCidr(a, true).addr).catch(() => undefined);
       throw err;
     } finally {
-      // From here the endpoint table has it (or the attach failed).
-      for (const [m, c] of this.attachingMacs) if (c === container) this.attachingMacs.delete(m);
+      // What this attach took (not another one's of the same container): from here to setLocal below
+      // nothing awaits, so no other attach looks between.
+      for (const m of taking) if (this.attachingMacs.get(m) === container) this.attachingMacs.delete(m);
     }
     const prev = this.endpoints.local.find((e) => e.container === container);
     const g = groups ?? prev?.groups;

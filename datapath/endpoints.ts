@@ -15,8 +15,9 @@ export interface Endpoint {
   cidrs: string[];
   /**
    * IPv6 "ip/prefix" a peer advertises (in the same wire list as the IPv4 ones). Nothing here uses
-   * them yet; they are kept, and passed on unchanged, so a dual-stack peer's record is neither refused
-   * whole nor stripped by a peer that relays it.
+   * them yet; they are kept, and passed on with the record (after the IPv4 ones: the content key
+   * does not depend on the order), so a dual-stack peer's record is neither refused whole nor
+   * stripped by a peer that relays it.
    */
   cidrs6?: string[];
   /** Security groups the container belongs to (policy/). */

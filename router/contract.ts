@@ -115,7 +115,7 @@ export interface Report {
     };
     localEndpoints: { container: string; mac: string; cidrs: string[]; groups?: string[] }[];
     exposed: string[];
-    endpoints: { container: string; mac: string; cidrs: string[]; peer: PeerName }[];
+    endpoints: { container: string; mac: string; cidrs: string[]; cidrs6?: string[]; peer: PeerName }[];
     stats: { fdbAdded: number; fdbRemoved: number; repairs: number; errors: number };
     lastError: string | null;
     /** Whether the kernel VXLAN path may be used (--no-fastdp turns it off). */

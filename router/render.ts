@@ -201,7 +201,7 @@ export function renderDns(r: Report): string {
     r.dns.entries
       .map(
         (e) =>
-          `${pad(e.hostname.replace(/\.$/, '').replace(new RegExp(`\\.${domain.replaceAll('.', '\\.')}$`), ''), 16)} ${pad(e.ip, 15)} ${pad(e.container, 24)} ${e.origin}`,
+          `${pad(e.hostname.replace(/\.$/, '').replace(new RegExp(`\\.${domain.replaceAll('.', '\\.')}$`), ''), 16)} ${pad(e.ip, e.ip.includes(':') ? 39 : 15)} ${pad(e.container, 24)} ${e.origin}`,
       )
       .join('\n') + '\n'
   );

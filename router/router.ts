@@ -211,7 +211,7 @@ export class Router {
           // Its names, and its IPv6 addresses (the datapath frees the IPv4 ones itself).
           containerGone: (container) => {
             names!.remove({ container });
-            if (ipam6.lookup(container).length > 0) void ipam6.free(container).catch(() => undefined);
+            void ipam6.free(container).catch(() => undefined); // none held: not-found, nothing to do
           },
         })
       : null;

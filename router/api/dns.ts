@@ -2,7 +2,6 @@
 import type { FastifyInstance } from 'fastify';
 import { normaliseName } from '../../dns/table.js';
 import { formatIp } from '../../net/addr.js';
-import { formatIp6 } from '../../net/addr6.js';
 import { canonicalDnsName, canonicalIp } from '../../net/validate.js';
 import type { ReportSources } from '../report.js';
 import { invalid, notFound } from './errors.js';
@@ -40,14 +39,10 @@ export function registerDnsRoutes(app: FastifyInstance, s: ReportSources): void 
       const fqdn = canonicalDnsName(req.body.fqdn, 'fqdn');
       if (!inDomain(fqdn)) throw invalid(`${fqdn} is not in the weft domain ${domain}`);
       const given = req.body.ips ?? [];
-      // Given, of either family; else the container's weft addresses of both.
+      // Given, of either family; else the container's IPv4 weft addresses: the overlay carries no IPv6
+      // to containers yet, and an AAAA answer would send a client's traffic elsewhere.
       const ips =
-        given.length > 0
-          ? given.map((i) => canonicalIp(i, 'ips'))
-          : [
-              ...s.ipam.lookup(req.params.container).map(formatIp),
-              ...(s.ipam6?.lookup(req.params.container).map(formatIp6) ?? []),
-            ];
+        given.length > 0 ? given.map((i) => canonicalIp(i, 'ips')) : s.ipam.lookup(req.params.container).map(formatIp);
       if (ips.length === 0) throw notFound(`container ${req.params.container} has no weft address; give the addresses`);
       for (const ip of ips) s.names.add(fqdn, req.params.container, ip);
       return { fqdn, ips };

@@ -105,7 +105,10 @@ export function buildApi(
     reply.type('text/plain; charset=utf-8').send(renderStatus(buildReport(sources))),
   );
   app.get<{ Params: { view: string } }>('/status/:view', async (req, reply) => {
-    const render = STATUS_VIEWS[req.params.view as keyof typeof STATUS_VIEWS];
+    // Own keys only: "valueOf", "constructor" ... are the object's prototype's, not views.
+    const render = Object.hasOwn(STATUS_VIEWS, req.params.view)
+      ? STATUS_VIEWS[req.params.view as keyof typeof STATUS_VIEWS]
+      : undefined;
     if (!render) throw notFound(`no status view "${req.params.view}"; views: ${Object.keys(STATUS_VIEWS).join(', ')}`);
     return reply.type('text/plain; charset=utf-8').send(render(buildReport(sources)));
   });

@@ -145,6 +145,9 @@ describe('HTTP API', () => {
     res = await fetch(`${base}/status/nope`);
     expect(res.status).toBe(404);
     expect(((await res.json()) as { error: string }).error).toMatch(/views: peers, connections, targets/);
+    // Names of the views object's prototype are no views (the fuzz test found valueOf answering 500).
+    for (const view of ['valueOf', 'constructor', 'toString', 'hasOwnProperty', '__proto__'])
+      expect((await fetch(`${base}/status/${view}`)).status, view).toBe(404);
     res = await fetch(`${base}/no/such/thing`);
     expect(res.status).toBe(404);
   });

@@ -76,9 +76,10 @@ describe('IPv6 address allocation', () => {
     }
     expect((await call('GET', '/ip/c5')).status).toBe(404);
 
-    // A name for a container without addresses given: its addresses of both families (A and AAAA).
+    // A name for a container without addresses given: its IPv4 ones (the overlay carries no IPv6 to
+    // containers yet); IPv6 ones only when given.
     const named = await callRouter(`127.0.0.1:${port + 1}`, 'PUT', '/name/c1', { fqdn: 'one.weft.local' }, 5000);
-    expect(JSON.parse(named.text)).toEqual({ fqdn: 'one.weft.local.', ips: ['10.32.0.1', 'fd77:6566:7400::1'] });
+    expect(JSON.parse(named.text)).toEqual({ fqdn: 'one.weft.local.', ips: ['10.32.0.1'] });
     const extra = await callRouter(
       `127.0.0.1:${port + 1}`,
       'PUT',
@@ -87,10 +88,7 @@ describe('IPv6 address allocation', () => {
       5000,
     );
     expect(JSON.parse(extra.text)).toEqual({ fqdn: 'nine.weft.local.', ips: ['fd77:6566:7400::9'] });
-    expect(JSON.parse((await call('GET', '/name/one.weft.local')).body).ips).toEqual([
-      '10.32.0.1',
-      'fd77:6566:7400::1',
-    ]);
+    expect(JSON.parse((await call('GET', '/name/nine.weft.local')).body).ips).toEqual(['fd77:6566:7400::9']);
     const summary = (await call('GET', '/status')).body;
     expect(summary).toMatch(/Range6: fd77:6566:7400::\/48, default subnet fd77:6566:7400::\/48; ready/);
     const status = (await call('GET', '/status/ipam')).body;
