@@ -3,8 +3,7 @@
 // Records of peers that left stay 60 s, so the kernel keeps forwarding to a
 // host whose router is restarting.
 import { type MeshView, PeerRecords, type EntryCodec, type PeerName } from '../mesh/index.js';
-import { canonicalCidr, canonicalMac, GROUP_NAME } from '../net/validate.js';
-import { formatIp6, parseCidr6 } from '../net/addr6.js';
+import { canonicalCidr, canonicalCidr6, canonicalMac, GROUP_NAME } from '../net/validate.js';
 
 const ENDPOINTS_CHANNEL = 'endpoints';
 
@@ -59,7 +58,7 @@ export const endpointCodec: EntryCodec<Endpoint> = {
     const v6: string[] = [];
     for (const c of cidrs) {
       if (typeof c === 'string' && c.includes(':')) {
-        if (canonicalCidr6(c) !== c) throw new Error('endpoint address is not in canonical form');
+        if (!isCanonicalCidr6(c)) throw new Error('endpoint address is not in canonical form');
         v6.push(c);
       } else if (canonicalCidr(c, true, 'endpoint address') === c) v4.push(c);
       else throw new Error('endpoint address is not in canonical form');
@@ -76,14 +75,12 @@ export const endpointCodec: EntryCodec<Endpoint> = {
     JSON.stringify([e.container, e.mac, [...e.cidrs, ...(e.cidrs6 ?? [])].sort(), [...(e.groups ?? [])].sort()]),
 };
 
-/** An IPv6 "ip/prefix" in its one form (the address keeps its host bits), or null. */
-function canonicalCidr6(text: string): string | null {
-  if (text.length > 49) return null;
+/** Whether text is an IPv6 "ip/prefix" in its one form (the address keeps its host bits). */
+function isCanonicalCidr6(text: string): boolean {
   try {
-    const c = parseCidr6(text, true);
-    return `${formatIp6(c.addr)}/${c.prefix}`;
+    return canonicalCidr6(text, true) === text;
   } catch {
-    return null;
+    return false;
   }
 }
 

@@ -11,6 +11,7 @@ import { randomInt } from 'node:crypto';
 import { isIpv4, parseIp } from '../net/addr.js';
 import { parseAddress } from '../net/host-port.js';
 import { formatIp6, isIpv6, parseIp6 } from '../net/addr6.js';
+import { canonicalIp } from '../net/validate.js';
 import { UdpPort, nativeError } from '../native/index.js';
 import { readFileSync } from 'node:fs';
 import net from 'node:net';
@@ -72,11 +73,17 @@ export function parseUpstream(text: string): { host: string; port: number } {
   return { host: formatIp6(parseIp6(host)), port };
 }
 
-/** Whether a reply's source is the upstream asked (IPv6 compared as numbers, without a zone). Never throws. */
+/**
+ * Whether a reply's source is the upstream asked: `upstream` is in its one form (parseUpstream), so the
+ * source (without a zone) is put in that form and compared. Never throws.
+ */
 function sameHost(upstream: string, from: string): boolean {
   if (!upstream.includes(':')) return upstream === from;
-  const bare = from.replace(/%.*$/, '');
-  return isIpv6(bare) && isIpv6(upstream) && parseIp6(bare) === parseIp6(upstream);
+  try {
+    return canonicalIp(from.replace(/%.*$/, '')) === upstream;
+  } catch {
+    return false;
+  }
 }
 
 const RCODE = { NOERROR: 0, FORMERR: 1, SERVFAIL: 2, NXDOMAIN: 3 } as const;

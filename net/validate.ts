@@ -4,7 +4,7 @@
 // a value that passed here is safe to put into a command line or a ruleset.
 import { WeftError } from '../lib/errors.js';
 import { formatIp, parseCidr, parseIp } from './addr.js';
-import { formatIp6, isIpv6, parseIp6 } from './addr6.js';
+import { formatIp6, isIpv6, parseCidr6, parseIp6 } from './addr6.js';
 
 class InvalidValue extends WeftError {
   constructor(message: string) {
@@ -40,6 +40,18 @@ export function canonicalCidr(text: unknown, allowHost: boolean, what = 'CIDR'):
   try {
     const c = parseCidr(text, allowHost);
     return `${formatIp(allowHost ? c.addr : c.start)}/${c.prefix}`;
+  } catch (err) {
+    throw new InvalidValue(`${what}: ${(err as Error).message}`);
+  }
+}
+
+/** An IPv6 "ip/prefix" in its one form; with `allowHost`, the address keeps its host bits. */
+export function canonicalCidr6(text: unknown, allowHost: boolean, what = 'CIDR'): string {
+  if (typeof text !== 'string' || text.length > 49)
+    throw new InvalidValue(`${what} "${String(text).slice(0, 60)}" is not an IPv6 address/n`);
+  try {
+    const c = parseCidr6(text, allowHost);
+    return `${formatIp6(allowHost ? c.addr : c.start)}/${c.prefix}`;
   } catch (err) {
     throw new InvalidValue(`${what}: ${(err as Error).message}`);
   }

@@ -45,6 +45,20 @@ interface Report {
   datapath: { localEndpoints: { container: string; mac: string; cidrs: string[] }[] };
 }
 
+/** Both hosts launched; a container attached on the first, recording what UDP reaches its port 9999. */
+async function victimOnHost1(c: Cluster) {
+  const [h1, h2] = await c.launchAll();
+  const victim = await c.container('victim');
+  const a = await h1.weft(['attach', `netns:${victim}`]);
+  if (a.code !== 0) throw new Error(a.stderr);
+  const r1 = await h1.report<Report>();
+  const r2 = await h2.report<Report>();
+  const ep = r1.datapath.localEndpoints.find((e) => e.container === `netns:${victim}`)!;
+  const recorder = await udpRecorder(victim, 9999);
+  stoppers.push(recorder.stop);
+  return { h1, h2, r1, r2, ep, recorder };
+}
+
 describeAsRoot('a stranger on the underlay', () => {
   for (const password of [false, true]) {
     it(`${password ? 'with' : 'without'} a password: VXLAN and sleeve datagrams from a non-peer reach no container${password ? ', nor from a spoofed peer address' : '; from a spoofed peer address they do'}`, async () => {
@@ -52,15 +66,7 @@ describeAsRoot('a stranger on the underlay', () => {
         routerArgs: FAST,
         env: password ? { WEFT_PASSWORD: 'the mesh password' } : {},
       });
-      const [h1, h2] = await cluster.launchAll();
-      const victim = await cluster.container('victim');
-      const a = await h1.weft(['attach', `netns:${victim}`]);
-      if (a.code !== 0) throw new Error(a.stderr);
-      const r1 = await h1.report<Report>();
-      const r2 = await h2.report<Report>();
-      const ep = r1.datapath.localEndpoints.find((e) => e.container === `netns:${victim}`)!;
-      const recorder = await udpRecorder(victim, 9999);
-      stoppers.push(recorder.stop);
+      const { h1, h2, r1, r2, ep, recorder } = await victimOnHost1(cluster);
       await eventually('h1 and h2 connected', async () =>
         (await h1.report<Report>()).connections.some((c) => c.peer === r2.name && c.state === 'established'),
       );
@@ -135,15 +141,7 @@ describeAsRoot('a stranger on the underlay', () => {
 
   it('over IPv6 on the underlay: VXLAN and sleeve datagrams are dropped at the input, whatever they carry', async () => {
     cluster = await Cluster.create(2, { routerArgs: FAST });
-    const [h1, h2] = await cluster.launchAll();
-    const victim = await cluster.container('victim');
-    const a = await h1.weft(['attach', `netns:${victim}`]);
-    if (a.code !== 0) throw new Error(a.stderr);
-    const r1 = await h1.report<Report>();
-    const r2 = await h2.report<Report>();
-    const ep = r1.datapath.localEndpoints.find((e) => e.container === `netns:${victim}`)!;
-    const recorder = await udpRecorder(victim, 9999);
-    stoppers.push(recorder.stop);
+    const { h1, r1, r2, ep, recorder } = await victimOnHost1(cluster);
     const stranger = await cluster.stranger(1);
     // IPv6 on the underlay segment: the host's uplink and the stranger's.
     for (const [ns, dev, n] of [

@@ -14,6 +14,32 @@ afterEach(async () => {
   cluster = null;
 });
 
+/** One DNS query from a namespace to weft's DNS address: the decoded reply, or null when none came within `waitMs`. */
+async function askDns(
+  ns: string,
+  type: string,
+  name: string,
+  waitMs: number,
+): Promise<{ rcode: string; answers: { type: string; data: string }[] } | null> {
+  const r = await run(
+    'ip',
+    [
+      'netns',
+      'exec',
+      ns,
+      process.execPath,
+      '-e',
+      `
+      const p = require('dns-packet'); const s = require('node:dgram').createSocket('udp4');
+      s.on('message', (m) => { const d = p.decode(m); console.log(JSON.stringify({ rcode: d.rcode, answers: d.answers.map((x) => ({ type: x.type, data: x.data })) })); process.exit(0); });
+      s.send(p.encode({ type: 'query', id: 9, flags: p.RECURSION_DESIRED, questions: [{ type: '${type}', name: '${name}' }] }), 53, '169.254.83.83');
+      setTimeout(() => { console.log('null'); process.exit(0); }, ${waitMs});`,
+    ],
+    { timeoutMs: waitMs + 7000 },
+  );
+  return JSON.parse(r.stdout.trim() || 'null') as { rcode: string; answers: { type: string; data: string }[] } | null;
+}
+
 const getent = (ns: string, name: string) =>
   run('ip', ['netns', 'exec', ns, 'getent', 'hosts', name], { timeoutMs: 10_000 });
 
@@ -51,25 +77,10 @@ describeAsRoot('DNS across namespace hosts', () => {
     expect(
       (await a.weft(['dns-add', 'fd77:6566:7400:0::99', '10.32.99.98', 'dual', '-h', 'dual.weft.local'])).code,
     ).toBe(0);
-    const dig = async (type: string) =>
-      (
-        await run(
-          'ip',
-          [
-            'netns',
-            'exec',
-            c2,
-            process.execPath,
-            '-e',
-            `
-        const p = require('dns-packet'); const s = require('node:dgram').createSocket('udp4');
-        s.on('message', (m) => { const d = p.decode(m); console.log(d.rcode + ' ' + d.answers.map((x) => x.type + '=' + x.data).join(' ')); process.exit(0); });
-        s.send(p.encode({ type: 'query', id: 9, flags: p.RECURSION_DESIRED, questions: [{ type: '${type}', name: 'dual.weft.local' }] }), 53, '169.254.83.83');
-        setTimeout(() => { console.log('no answer'); process.exit(0); }, 3000);`,
-          ],
-          { timeoutMs: 10_000 },
-        )
-      ).stdout.trim();
+    const dig = async (type: string) => {
+      const r = await askDns(c2, type, 'dual.weft.local', 3000);
+      return r ? `${r.rcode} ${r.answers.map((x) => `${x.type}=${x.data}`).join(' ')}` : 'no answer';
+    };
     await eventually('AAAA from B', async () => (await dig('AAAA')) === 'NOERROR AAAA=fd77:6566:7400::99');
     expect(await dig('A')).toBe('NOERROR A=10.32.99.98');
     await b.weft(['detach', `netns:${c2}`]);
@@ -199,26 +210,13 @@ describeAsRoot('DNS and a peer removed for good', () => {
     expect((await a.weft(['attach', '-h', 'c1.weft.local', `netns:${c1}`])).code).toBe(0);
     const stranger = await cluster.stranger(1);
     await run('ip', ['-n', stranger.ns, 'route', 'add', '169.254.83.83/32', 'via', a.ip]);
-    const ask = (ns: string) =>
-      run(
-        'ip',
-        [
-          'netns',
-          'exec',
-          ns,
-          process.execPath,
-          '-e',
-          `
-        const p = require('dns-packet'); const s = require('node:dgram').createSocket('udp4');
-        s.on('message', (m) => { console.log(p.decode(m).answers.map((x) => x.data).join(' ') || 'empty'); process.exit(0); });
-        s.send(p.encode({ type: 'query', id: 7, flags: p.RECURSION_DESIRED, questions: [{ type: 'A', name: 'c1.weft.local' }] }), 53, '169.254.83.83');
-        setTimeout(() => { console.log('no answer'); process.exit(0); }, 2000);`,
-        ],
-        { timeoutMs: 10_000 },
-      );
-    expect((await ask(c1)).stdout.trim()).toMatch(/^10\./);
-    expect((await ask(a.ns)).stdout.trim()).toMatch(/^10\./);
-    expect((await ask(stranger.ns)).stdout.trim()).toBe('no answer');
+    const ask = async (ns: string) => {
+      const r = await askDns(ns, 'A', 'c1.weft.local', 2000);
+      return r ? r.answers.map((x) => x.data).join(' ') || 'empty' : 'no answer';
+    };
+    expect(await ask(c1)).toMatch(/^10\./);
+    expect(await ask(a.ns)).toMatch(/^10\./);
+    expect(await ask(stranger.ns)).toBe('no answer');
     expect((await a.report<{ dns: { stats: { refusedClients: number } } }>()).dns.stats.refusedClients).toBeGreaterThan(
       0,
     );
@@ -292,23 +290,8 @@ describeAsRoot('DNS upstream', () => {
       expect(got).toMatch(/^198\.18\.7\.7\s+service\.example\.test/);
       upstream.kill('SIGKILL');
       await new Promise((r) => setTimeout(r, 300));
-      const dig = await run(
-        'ip',
-        [
-          'netns',
-          'exec',
-          c1,
-          process.execPath,
-          '-e',
-          `
-        const p = require('dns-packet'); const s = require('node:dgram').createSocket('udp4');
-        s.on('message', (m) => { console.log(p.decode(m).rcode); process.exit(0); });
-        s.send(p.encode({ type: 'query', id: 9, flags: p.RECURSION_DESIRED, questions: [{ type: 'A', name: 'other.example.test' }] }), 53, '169.254.83.83');
-        setTimeout(() => { console.log('no answer'); process.exit(0); }, 8000);`,
-        ],
-        { timeoutMs: 15_000 },
-      );
-      expect(dig.stdout.trim()).toBe('SERVFAIL');
+      const dig = await askDns(c1, 'A', 'other.example.test', 8000);
+      expect(dig?.rcode ?? 'no answer').toBe('SERVFAIL');
     } finally {
       upstream.kill('SIGKILL');
     }
