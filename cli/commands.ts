@@ -274,11 +274,12 @@ withRouterLocation(
     .option(
       '--gateway',
       "route the container's default traffic through this host (NAT to the outside; the host reaches it); replaces a default route it had",
-    ),
+    )
+    .option('--ipv4-only', 'no IPv6 address, on a router that gives containers one of each family (--ipv6)'),
 ).action(
   async (
     args: string[],
-    o: { subnet?: string; hostname?: string; group?: string[]; gateway?: boolean },
+    o: { subnet?: string; hostname?: string; group?: string[]; gateway?: boolean; ipv4Only?: boolean },
     cmd: Command,
   ) => {
     const container = args[args.length - 1];
@@ -294,12 +295,13 @@ withRouterLocation(
             hostname: o.hostname,
             groups: o.group,
             ...(o.gateway ? { gateway: true } : {}),
+            ...(o.ipv4Only ? { ipv4Only: true } : {}),
           }),
         )
       ).body,
-    ) as { cidrs: string[]; warning?: string };
+    ) as { cidrs: string[]; cidrs6?: string[]; warning?: string };
     if (ep.warning) console.error(`weft: warning: ${ep.warning}`);
-    console.log(ep.cidrs.join(' '));
+    console.log([...ep.cidrs, ...(ep.cidrs6 ?? [])].join(' '));
   },
 );
 
@@ -470,11 +472,13 @@ withRouterLocation(
     .argument('<from>', 'sender: a container (name, id) or an address')
     .argument('<to>', 'receiver: a container (name, id) or an address')
     .argument('[proto/port]', 'e.g. tcp/5432, udp/53, icmp', 'icmp')
+    .option('--ipv6', 'containers by their IPv6 addresses (implied when either side is an IPv6 address)')
     .option('--json', 'as JSON'),
-).action(async (from: string, to: string, what: string, o: { json?: boolean }, cmd: Command) => {
+).action(async (from: string, to: string, what: string, o: { json?: boolean; ipv6?: boolean }, cmd: Command) => {
   const [proto, port] = what.split('/');
   const q = new URLSearchParams({ from, to, proto });
   if (port !== undefined) q.set('port', port);
+  if (o.ipv6) q.set('family', '6');
   const r = JSON.parse((await request(target(cmd), 'GET', `/policy/check?${q}`)).body) as {
     allowed: boolean;
     summary: string;

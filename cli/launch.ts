@@ -37,6 +37,10 @@ function routerArgs(cmd: Command, skip: string[] = []): string[] {
       continue;
     }
     const value = v[key];
+    if (value === true) {
+      args.push(opt.long!); // a switch (--ipv6): no value
+      continue;
+    }
     // Durations were parsed to milliseconds: pass them on with their unit (a bare number means seconds).
     if (typeof value === 'number' && /interval|timeout/i.test(key)) args.push(opt.long!, `${value}ms`);
     else args.push(opt.long!, String(value));

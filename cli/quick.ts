@@ -94,10 +94,11 @@ export async function runQuick(c: QuickCommand): Promise<void> {
       const body = { container: c.container, cidrs: [], ...(c.gateway ? { gateway: true } : {}) };
       const ep = JSON.parse((await whileWaiting(c.target, request(c.target, 'POST', '/attach', body))).body) as {
         cidrs: string[];
+        cidrs6?: string[];
         warning?: string;
       };
       if (ep.warning) console.error(`weft: warning: ${ep.warning}`);
-      console.log(ep.cidrs.join(' '));
+      console.log([...ep.cidrs, ...(ep.cidrs6 ?? [])].join(' '));
     } else {
       const path = `/attach/${encodeURIComponent(c.container)}`;
       const ep = JSON.parse((await request(c.target, 'DELETE', path)).body) as { cidrs: string[] };

@@ -219,6 +219,8 @@ export interface AttachOptions {
   fresh?: boolean;
   /** Best-effort `ip` lines for the host once the port is on the bridge (in the same process). */
   hostLines?: string[];
+  /** IPv6 addresses ("ip/prefix"); none: the interface has no IPv6 at all. */
+  cidrs6?: string[];
 }
 
 /**
@@ -237,7 +239,14 @@ export async function attachContainer(
   bind: (hostIf: string, mac: string) => Promise<void>,
   opts: AttachOptions = {},
 ): Promise<AttachResult> {
-  const { dns, ifname = DEFAULT_IF, gateway, fresh = false, hostLines = [] } = opts;
+  const { dns, ifname = DEFAULT_IF, gateway, fresh = false, hostLines = [], cidrs6 = [] } = opts;
+  const ipv6 = cidrs6.length > 0;
+  // IPv6 addresses are unique by the allocator (and a claim of one in use is refused): no duplicate
+  // address detection, whose second of "tentative" would hold up the container's first packets.
+  const addrLines = (have: Set<string>) => [
+    ...cidrs.filter((c) => !have.has(c)).map((c) => `addr add ${c} dev ${ifname}`),
+    ...cidrs6.filter((c) => !have.has(c)).map((c) => `addr add ${c} dev ${ifname} nodad`),
+  ];
   const ns = netnsPathOf(container);
   const { hostIf } = vethNames(container);
   const inside = (dev: string, fresh: string[]) => [
@@ -254,12 +263,24 @@ export async function attachContainer(
     ...(dns ? [`route replace ${dns.ip}/32 dev ${dev}`] : []),
     ...(gateway ? [`route replace default via ${gateway} dev ${dev}`] : []),
   ];
-  // No IPv6 on the overlay until weft carries it under the same policy (the port drops it anyway; off
-  // before the link is up, it gets no link-local address at all). arp_notify: a gratuitous ARP when
-  // the interface comes up or its address changes, so neighbours that cached an old MAC for the
-  // address (a container re-attached) learn the new one at once.
+  // Without IPv6 addresses, no IPv6 at all (the port drops it anyway; off before the link is up, it
+  // gets no link-local address). With them: the link-local address from the MAC (EUI-64, the one the
+  // port is bound to, whatever the namespace's default mode), no duplicate address detection, and
+  // deaf to router advertisements and redirects (the port drops those from containers; this is the
+  // receiving side). arp_notify: a gratuitous ARP when the interface comes up or its address
+  // changes, so neighbours that cached an old MAC for the address (a container re-attached) learn
+  // the new one at once (ndisc_notify, the same for IPv6).
   const sysctls = (dev: string): [string, string][] => [
-    [`net/ipv6/conf/${dev}/disable_ipv6`, '1'],
+    ...(ipv6
+      ? ([
+          [`net/ipv6/conf/${dev}/addr_gen_mode`, '0'],
+          [`net/ipv6/conf/${dev}/accept_dad`, '0'],
+          [`net/ipv6/conf/${dev}/accept_ra`, '0'],
+          [`net/ipv6/conf/${dev}/accept_redirects`, '0'],
+          [`net/ipv6/conf/${dev}/ndisc_notify`, '1'],
+          [`net/ipv6/conf/${dev}/disable_ipv6`, '0'],
+        ] as [string, string][])
+      : ([[`net/ipv6/conf/${dev}/disable_ipv6`, '1']] as [string, string][])),
     [`net/ipv4/conf/${dev}/arp_notify`, '1'],
   ];
   const conflict = () => new WeftError('conflict', `an interface ${ifname} already exists in ${ns}`);
@@ -274,7 +295,7 @@ export async function attachContainer(
         await configureIn(
           ns,
           sysctls(peerIf),
-          inside(ifname, [`link set ${peerIf} name ${ifname}`, ...cidrs.map((c) => `addr add ${c} dev ${ifname}`)]),
+          inside(ifname, [`link set ${peerIf} name ${ifname}`, ...addrLines(new Set())]),
           ifname,
         );
         // Bound once the name is known to be free (a conflict leaves no binding behind), and still
@@ -309,14 +330,7 @@ export async function attachContainer(
       ns,
     );
     const existing = new Set((have[0]?.addr_info ?? []).map((a) => `${a.local}/${a.prefixlen}`));
-    await configureIn(
-      ns,
-      sysctls(ifname),
-      inside(
-        ifname,
-        cidrs.filter((c) => !existing.has(c)).map((c) => `addr add ${c} dev ${ifname}`),
-      ),
-    );
+    await configureIn(ns, sysctls(ifname), inside(ifname, addrLines(existing)));
   }
   if (dns) {
     const named = /^netns:(.+)$/.exec(container);

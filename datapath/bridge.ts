@@ -90,13 +90,14 @@ export function sysLink(dev: string): SysLink | null {
 }
 
 /** Makes sure the bridge exists, up, with our MAC and MTU; returns what it had to fix. */
-export async function ensureBridge(c: { mac: string; mtu: number }): Promise<string[]> {
+export async function ensureBridge(c: { mac: string; mtu: number; ipv6?: boolean }): Promise<string[]> {
+  const ipv6 = c.ipv6 ?? false;
   const now = sysLink(BRIDGE);
-  if (now?.isBridge && now.up && now.mtu === c.mtu && now.address === c.mac.toLowerCase() && !bridgeHasIpv6())
+  if (now?.isBridge && now.up && now.mtu === c.mtu && now.address === c.mac.toLowerCase() && !bridgeIpv6Differs(ipv6))
     return [];
   if (!now && !(await linkExists(BRIDGE))) {
     await ipBatchIn(undefined, [`link add ${BRIDGE} address ${c.mac} mtu ${c.mtu} type bridge`]);
-    await noIpv6OnBridge(); // before it is up, so it never gets a link-local address
+    await setBridgeIpv6(ipv6); // before it is up, so it never gets a link-local address
     await ipBatchIn(undefined, [`link set ${BRIDGE} up`]);
     return ['created bridge'];
   }
@@ -109,31 +110,66 @@ export async function ensureBridge(c: { mac: string; mtu: number }): Promise<str
     [!br.flags?.includes('UP'), `link set ${BRIDGE} up`, 'bridge was down'],
   ];
   const due = fixes.filter(([differs]) => differs);
-  const v6 = bridgeHasIpv6() && (await noIpv6OnBridge());
+  const v6 = bridgeIpv6Differs(ipv6) && (await setBridgeIpv6(ipv6));
   await ipBatchIn(
     undefined,
     due.map(([, line]) => line),
   );
-  return [...due.map(([, , what]) => what), ...(v6 ? ['bridge had IPv6'] : [])];
+  return [...due.map(([, , what]) => what), ...(v6 ? [ipv6 ? 'bridge IPv6 settings' : 'bridge had IPv6'] : [])];
 }
 
-// The overlay carries IPv4 only (the ports drop everything else): the bridge has no IPv6 of its own
-// either, so no host sends its link-local neighbour, router and multicast-listener traffic over the
-// overlay, and nothing routes IPv6 into it. A kernel without IPv6 has no such file: nothing to do.
-const BRIDGE_IPV6_OFF = `/proc/sys/net/ipv6/conf/${BRIDGE}/disable_ipv6`;
+// Without --ipv6 the overlay carries IPv4 only (the ports drop everything else): the bridge has no
+// IPv6 of its own either, so no host sends its link-local neighbour, router and multicast-listener
+// traffic over the overlay, and nothing routes IPv6 into it. With --ipv6 the bridge needs IPv6 on for
+// its neighbour table (neigh_suppress answers Neighbour Solicitations from it, as ARP from the IPv4
+// one), still without an address of its own (addr_gen_mode 1: no link-local) and deaf to router
+// advertisements. A kernel without IPv6 has no such files: nothing to do.
+const bridgeSysctl = (name: string) => `/proc/sys/net/ipv6/conf/${BRIDGE}/${name}`;
 
-function bridgeHasIpv6(): boolean {
+function readSysctl(name: string): string | null {
   try {
-    return readFileSync(BRIDGE_IPV6_OFF, 'utf8').trim() !== '1';
+    return readFileSync(bridgeSysctl(name), 'utf8').trim();
+  } catch {
+    return null;
+  }
+}
+
+/** The IPv6 settings the bridge should have, in the order they are written (addr_gen_mode before IPv6 goes on). */
+function bridgeIpv6Settings(ipv6: boolean): [string, string][] {
+  return ipv6
+    ? [
+        ['addr_gen_mode', '1'],
+        ['accept_ra', '0'],
+        ['disable_ipv6', '0'],
+      ]
+    : [['disable_ipv6', '1']];
+}
+
+/** Whether the bridge's IPv6 is not as it should be (a link-local address of its own included). */
+function bridgeIpv6Differs(ipv6: boolean): boolean {
+  if (readSysctl('disable_ipv6') === null) return false;
+  if (bridgeIpv6Settings(ipv6).some(([k, v]) => readSysctl(k) !== v)) return true;
+  return ipv6 && bridgeHasIpv6Address();
+}
+
+function bridgeHasIpv6Address(): boolean {
+  try {
+    return readFileSync('/proc/net/if_inet6', 'utf8')
+      .split('\n')
+      .some((l) => l.trim().split(/\s+/)[5] === BRIDGE);
   } catch {
     return false;
   }
 }
 
-/** True when it was turned off. A read-only /proc/sys is no reason to leave the bridge down: IPv6 is dropped at every port anyway. */
-async function noIpv6OnBridge(): Promise<boolean> {
+/**
+ * True when the settings were written. A read-only /proc/sys is no reason to leave the bridge down:
+ * without --ipv6, IPv6 is dropped at every port anyway (with it, neighbour suppression for IPv6 waits).
+ */
+async function setBridgeIpv6(ipv6: boolean): Promise<boolean> {
   try {
-    await writeFile(BRIDGE_IPV6_OFF, '1');
+    for (const [k, v] of bridgeIpv6Settings(ipv6)) await writeFile(bridgeSysctl(k), v);
+    if (ipv6 && bridgeHasIpv6Address()) await ip(['-6', 'addr', 'flush', 'dev', BRIDGE]);
     return true;
   } catch {
     return false;

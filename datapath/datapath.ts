@@ -8,6 +8,7 @@ import { join } from 'node:path';
 import { readCheckedList, type StateDir } from '../lib/json-file.js';
 import { formatIp, parseCidr } from '../net/addr.js';
 import type { Allocator } from '../ipam/allocator.js';
+import { formatIp6, parseCidr6, type Addr6 } from '../net/addr6.js';
 import type { MeshView, PeerName } from '../mesh/index.js';
 import {
   attachContainer,
@@ -22,7 +23,7 @@ import {
 import { BRIDGE, VXLAN_OVERHEAD, bridgeMac, ensureBridge, removeBridge, underlayMtu } from './bridge.js';
 import { OvsBackend } from './ovs/backend.js';
 import { EndpointTable, endpointCodec, type Endpoint } from './endpoints.js';
-import { canonicalCidr, checkIfName } from '../net/validate.js';
+import { canonicalCidr, canonicalCidr6, checkIfName } from '../net/validate.js';
 import { ip, ipBatch, sysctl } from '../net/command.js';
 import { Forwarding, type ForwardingOptions, type OverlayStatus } from './forwarding.js';
 import { HostFirewall, type FirewallPart } from './host-firewall.js';
@@ -48,6 +49,12 @@ export interface DatapathConfig extends ForwardingOptions {
   firewallPart?: FirewallPart;
   /** Told when a container is detached or found gone (DNS drops its names). */
   containerGone?: (container: string) => void;
+  /**
+   * IPv6 addresses for containers (--ipv6): with it, the overlay carries IPv6 and a container gets an
+   * address of each family unless its attach asks for IPv4 only. (Its IPv6 addresses are freed by
+   * whoever hears containerGone.)
+   */
+  ipam6?: Allocator<Addr6>;
 }
 
 export class Datapath {
@@ -77,6 +84,7 @@ export class Datapath {
       fastdp: config.fastdp,
       sleeve: config.sleeve,
       encrypt: config.encrypt,
+      ipv6: config.ipam6 !== undefined,
       ovs: config.ovs,
       programmed: () => this.firewall.syncUnderlay(),
       error: (m) => this.noteError(m),
@@ -99,7 +107,9 @@ export class Datapath {
           port: hostIfName(e.container),
           mac: e.mac,
           addrs: e.cidrs.map((c) => c.split('/')[0]),
+          addrs6: (e.cidrs6 ?? []).map((c) => c.split('/')[0]),
         })),
+      overlayIpv6: config.ipam6 !== undefined,
       part: config.firewallPart,
       log: mesh.log,
       error: (m) => this.noteError(m),
@@ -113,6 +123,11 @@ export class Datapath {
   /** fdb entries programmed (all backends), repairs of the bridge and the tables, errors. */
   get stats(): { fdbAdded: number; fdbRemoved: number; repairs: number; errors: number } {
     return { ...this.forwarding.stats, ...this.counters };
+  }
+
+  /** Whether the overlay carries IPv6 (--ipv6). */
+  get carriesIpv6(): boolean {
+    return this.config.ipam6 !== undefined;
   }
 
   /** The port guard (its last error says whether containers are bound). */
@@ -228,7 +243,7 @@ export class Datapath {
   }
 
   private bridgeConfig() {
-    return { mac: bridgeMac(this.mesh.name), mtu: this.mtu };
+    return { mac: bridgeMac(this.mesh.name), mtu: this.mtu, ipv6: this.config.ipam6 !== undefined };
   }
 
   /** The DNS server's address on the bridge; host routes back to local containers so replies find them. */
@@ -355,18 +370,30 @@ export class Datapath {
     subnet?: string,
     cni?: { netns: string; ifname: string },
     groups?: string[],
-    opts: { gateway?: boolean; fresh?: boolean } = {},
+    opts: { gateway?: boolean; fresh?: boolean; ipv4Only?: boolean } = {},
   ): Promise<Endpoint & { gateway?: string }> {
-    const { gateway = false, fresh = false } = opts;
+    const { gateway = false, fresh = false, ipv4Only = false } = opts;
     if (cni) rememberNetns(container, cni.netns);
     netnsPathOf(container); // a clear error before anything is allocated
-    if ([...cidrs, subnet ?? ''].some((c) => c.includes(':')))
+    const ipam6 = this.config.ipam6;
+    const isV6 = (c: string) => c.includes(':');
+    const subnet6 = subnet !== undefined && isV6(subnet) ? subnet : undefined;
+    const subnet4 = subnet !== undefined && !isV6(subnet) ? subnet : undefined;
+    if (!ipam6 && (cidrs.some(isV6) || subnet6 !== undefined))
       throw new WeftError(
         'invalid',
-        'containers get no IPv6 address yet: the overlay carries IPv4 only (for now); IPv6 addresses can be allocated with weft ipam alloc --ipv6',
+        'containers get IPv6 addresses only when the router runs with --ipv6 (this one carries IPv4 only); IPv6 addresses can be allocated with weft ipam alloc --ipv6',
       );
-    let addrs = cidrs.map((c) => canonicalCidr(c, true, 'address'));
-    const net = subnet === undefined ? undefined : parseCidr(canonicalCidr(subnet, false, 'subnet'));
+    if (ipv4Only && (cidrs.some(isV6) || subnet6 !== undefined))
+      throw new WeftError('invalid', 'IPv4 only, and an IPv6 address or subnet: choose one');
+    let addrs = cidrs.filter((c) => !isV6(c)).map((c) => canonicalCidr(c, true, 'address'));
+    const given6 = cidrs.filter(isV6).map((c) => canonicalCidr6(c, true, 'address'));
+    const net = subnet4 === undefined ? undefined : parseCidr(canonicalCidr(subnet4, false, 'subnet'));
+    const net6 = subnet6 === undefined ? undefined : parseCidr6(canonicalCidr6(subnet6, false, 'subnet'));
+    const prev0 = this.endpoints.local.find((e) => e.container === container);
+    // IPv6 too when the router carries it, unless asked not to; an IPv6 address or subnet named alone
+    // (no IPv4 one) still brings an IPv4 address: containers are dual-stack or IPv4-only (for now).
+    const want6 = ipam6 !== undefined && !ipv4Only;
     if (addrs.length === 0) {
       const got = await this.ipam.allocate(container, net);
       addrs = [`${formatIp(got.addr)}/${got.prefix}`];
@@ -376,8 +403,24 @@ export class Datapath {
         await this.ipam.claim(container, p.addr, { start: p.start, prefix: p.prefix });
       }
     }
+    let addrs6: string[] = [];
+    try {
+      if (want6 && given6.length === 0 && (prev0?.cidrs6 ?? []).length === 0) {
+        const got = await ipam6.allocate(container, net6);
+        addrs6 = [`${formatIp6(got.addr)}/${got.prefix}`];
+      } else if (want6)
+        for (const c of given6) {
+          const p = parseCidr6(c, true);
+          await ipam6.claim(container, p.addr, { start: p.start, prefix: p.prefix });
+          addrs6.push(c);
+        }
+    } catch (err) {
+      await this.freeNew(container, addrs, []);
+      throw err;
+    }
     const dns = this.config.dns;
-    const prevCidrs = this.endpoints.local.find((e) => e.container === container)?.cidrs ?? [];
+    const prevCidrs = prev0?.cidrs ?? [];
+    const all6 = [...new Set([...(prev0?.cidrs6 ?? []), ...addrs6])];
     const taking = new Set<string>();
     let mac: string;
     let gw: string | undefined;
@@ -391,7 +434,7 @@ export class Datapath {
           this.checkMacIsOwn(container, m);
           this.attachingMacs.set(m, container);
           taking.add(m);
-          return this.bindPort(hostIf, m, [...prevCidrs, ...addrs]);
+          return this.firewall.bindPort(hostIf, m, [...prevCidrs, ...addrs], all6);
         },
         {
           ...(dns && {
@@ -405,14 +448,13 @@ export class Datapath {
           ...(gw !== undefined && { gateway: gw }),
           fresh,
           hostLines: this.routeBackLines(addrs),
+          cidrs6: all6,
         },
       ));
     } catch (err) {
       // A container that was not attached before keeps no address from an attach that failed (a
       // full bridge, a namespace gone meanwhile); one that was keeps what it had.
-      const had = new Set(this.endpoints.local.find((e) => e.container === container)?.cidrs ?? []);
-      for (const a of addrs)
-        if (!had.has(a)) await this.ipam.free(container, parseCidr(a, true).addr).catch(() => undefined);
+      await this.freeNew(container, addrs, addrs6);
       throw err;
     } finally {
       // What this attach took (not another one's of the same container): from here to setLocal below
@@ -422,16 +464,28 @@ export class Datapath {
     const prev = this.endpoints.local.find((e) => e.container === container);
     const g = groups ?? prev?.groups;
     const inode = namespaceInode(netnsPathOf(container));
+    const cidrs6 = [...new Set([...(prev?.cidrs6 ?? []), ...addrs6])];
     const ep: Endpoint = {
       container,
       mac,
       cidrs: [...new Set([...(prev?.cidrs ?? []), ...addrs])],
+      ...(cidrs6.length > 0 ? { cidrs6 } : {}),
       ...(g && g.length > 0 ? { groups: [...new Set(g)].sort() } : {}),
       ...(cni ? { netns: cni.netns, ifname: cni.ifname } : {}),
       ...(inode !== null ? { nsInode: inode } : {}),
     };
     this.setLocal([...this.endpoints.local.filter((e) => e.container !== container), ep]);
     return gw ? { ...ep, gateway: gw } : ep;
+  }
+
+  /** Frees what an attach that failed allocated, keeping what the container had before it. */
+  private async freeNew(container: string, addrs: string[], addrs6: string[]): Promise<void> {
+    const prev = this.endpoints.local.find((e) => e.container === container);
+    const had = new Set([...(prev?.cidrs ?? []), ...(prev?.cidrs6 ?? [])]);
+    for (const a of addrs)
+      if (!had.has(a)) await this.ipam.free(container, parseCidr(a, true).addr).catch(() => undefined);
+    for (const a of addrs6)
+      if (!had.has(a)) await this.config.ipam6?.free(container, parseCidr6(a, true).addr).catch(() => undefined);
   }
 
   /**

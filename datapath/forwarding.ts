@@ -42,6 +42,8 @@ export interface ForwardingOptions {
   encrypt: (peer: PeerName, host: string) => boolean;
   /** fastdp through an OVS bridge weft controls, instead of the kernel's VXLAN device. */
   ovs?: OvsConfig;
+  /** The overlay carries IPv6 (--ipv6): remote IPv6 addresses get neighbour entries too. */
+  ipv6?: boolean;
 }
 
 interface ForwardingConfig extends ForwardingOptions {
@@ -336,6 +338,8 @@ export class Forwarding {
       const o = this.overlays.get(e.peer);
       if (e.peer === this.mesh.name || !o || o === 'none') continue;
       for (const c of e.cidrs) out.push({ ip: c.split('/')[0], mac: e.mac });
+      // Without --ipv6 here the bridge has no IPv6, so no neighbour table for it either.
+      if (this.config.ipv6) for (const c of e.cidrs6 ?? []) out.push({ ip: c.split('/')[0], mac: e.mac });
     }
     return out;
   }

@@ -36,16 +36,20 @@ export interface HostFirewallConfig {
   error: (message: string) => void;
   /** Told when the tables were found changed underneath and written again. */
   repaired: () => void;
+  /** The overlay carries IPv6 (--ipv6): the bridge guard lets it in from the overlay's ports. */
+  overlayIpv6?: boolean;
 }
 
 export class HostFirewall {
   /** Binds each container port to its container's MAC and addresses (the bridge's own table). */
-  readonly guard = new PortGuard();
+  readonly guard: PortGuard;
   private readonly guardJob = new SerialJob(() => this.guardPass(), 10);
   /** The underlay addresses whose datagrams the firewall takes, as last written. */
   private underlayWritten: UnderlayPeers | null = null;
 
-  constructor(private readonly config: HostFirewallConfig) {}
+  constructor(private readonly config: HostFirewallConfig) {
+    this.guard = new PortGuard(config.overlayIpv6 ?? false);
+  }
 
   private state(): FirewallState {
     return { ...this.config.state(), policy: this.config.part?.part() ?? undefined };
@@ -80,7 +84,8 @@ export class HostFirewall {
    * is not undone.
    */
   private async stillDiffers(): Promise<string | null> {
-    const differs = () => firewallDiffers(this.state(), guardRuleset(this.config.bindings()));
+    const differs = () =>
+      firewallDiffers(this.state(), guardRuleset(this.config.bindings(), this.config.overlayIpv6 ?? false));
     if ((await differs()) === null) return null;
     await new Promise((r) => setTimeout(r, 250));
     return differs();
@@ -123,8 +128,13 @@ export class HostFirewall {
   }
 
   /** Binds a container port now, before it joins the bridge (attach, and the Docker plugin's CreateEndpoint). */
-  async bindPort(hostIf: string, mac: string, cidrs: string[]): Promise<void> {
-    await this.guard.bind({ port: hostIf, mac, addrs: cidrs.map((c) => c.split('/')[0]) });
+  async bindPort(hostIf: string, mac: string, cidrs: string[], cidrs6: string[] = []): Promise<void> {
+    await this.guard.bind({
+      port: hostIf,
+      mac,
+      addrs: cidrs.map((c) => c.split('/')[0]),
+      addrs6: cidrs6.map((c) => c.split('/')[0]),
+    });
   }
 
   stop(): void {

@@ -1,16 +1,20 @@
 // Every container port on the bridge is bound to its container's MAC and
 // addresses, so no container speaks as another: a frame with another source
-// MAC, an IPv4 packet with another source address, an ARP message with another
-// sender, and anything that is neither IPv4 nor ARP (IPv6, VLAN tags ...) is
-// dropped where it enters the bridge. So is anything but IPv4 and ARP from the
-// overlay's ports (IPv6, VLAN tags: only a peer or a spoofer sends those). Security groups match addresses, so they
-// hold only because of this. It is a table of the bridge family, `bridge weft`,
+// MAC, an IPv4 or IPv6 packet with another source address, an ARP message with
+// another sender, a Neighbour Advertisement for another's address, a router
+// advertisement or redirect, and anything that is neither IPv4, IPv6 nor ARP
+// (VLAN tags ...) is dropped where it enters the bridge. A port without IPv6
+// addresses sends no IPv6 at all. So is anything but IPv4 and ARP (and IPv6
+// when the overlay carries it) from the overlay's ports: only a peer or a
+// spoofer sends those. Security groups match addresses, so they hold only
+// because of this. It is a table of the bridge family, `bridge weft`,
 // stateless (no conntrack): a map from port name to that port's chain; a port
 // of weft's whose binding is not written yet drops everything, so a container
 // is bound before its first frame. The datapath's other ports (VXLAN, sleeve,
 // OVS) carry frames from peers and are not bound here.
 import { nft } from '../net/command.js';
 import { nftScript } from '../net/nft-session.js';
+import { ip6Hex, linkLocalOf } from '../net/addr6.js';
 
 export const GUARD_TABLE = 'weft';
 /** Host ends of container veths (datapath/attach.ts hostIfName): what the catch-all drop matches. */
@@ -22,13 +26,39 @@ export interface PortBinding {
   mac: string;
   /** IPv4 addresses the container may send from. */
   addrs: string[];
+  /** IPv6 addresses it may send from (with them, its link-local address from the MAC too); none: no IPv6. */
+  addrs6?: string[];
 }
 
 const chainOf = (port: string) => `p_${port}`;
 
+/** A MAC as one 48-bit hex number, for raw payload matches. */
+const macHex = (mac: string) => `0x${mac.replaceAll(':', '')}`;
+
+/** The port's IPv6 addresses: the ones it was given and, with any, its link-local one. */
+function ipv6Of(b: PortBinding): string[] {
+  const given = b.addrs6 ?? [];
+  return given.length > 0 ? [...new Set([...given, linkLocalOf(b.mac)])].sort() : [];
+}
+
 function portRules(b: PortBinding): string[] {
   const addrs = [...new Set(b.addrs)].sort();
   const any = addrs.length > 0 ? `{ ${addrs.join(', ')} }` : null;
+  const v6 = ipv6Of(b);
+  const any6 = v6.length > 0 ? `{ ${v6.join(', ')} }` : null;
+  // Neighbour Discovery is ICMPv6 at fixed offsets: an advertisement's target address at byte 8 of
+  // the ICMPv6 header, and a single link-layer address option (type 1 in a solicitation, 2 in an
+  // advertisement, length 1) at byte 24 with the MAC at byte 26. (Options in another order are
+  // possible but nothing sends them; the source address check above holds regardless.)
+  const ipv6 = any6
+    ? [
+        `ether type ip6 ip6 saddr != ${any6} counter drop comment "spoofed IPv6 source"`,
+        `icmpv6 type { nd-router-advert, nd-redirect, router-renumbering } counter drop comment "router advertisement or redirect from a container"`,
+        `icmpv6 type nd-neighbor-advert @th,64,128 != { ${v6.map(ip6Hex).join(', ')} } counter drop comment "neighbour advertisement for another's address"`,
+        `icmpv6 type nd-neighbor-advert @th,192,16 0x0201 @th,208,48 != ${macHex(b.mac)} counter drop comment "neighbour advertisement with another's MAC"`,
+        `icmpv6 type nd-neighbor-solicit @th,192,16 0x0101 @th,208,48 != ${macHex(b.mac)} counter drop comment "neighbour solicitation with another's MAC"`,
+      ]
+    : [`ether type ip6 counter drop comment "no IPv6 address"`];
   return [
     // What a container sends almost always: its own IPv4, from its own MAC, accepted by one rule. The
     // rest below says, and counts, why a frame is dropped.
@@ -41,13 +71,14 @@ function portRules(b: PortBinding): string[] {
     any
       ? `ether type ip ip saddr != ${any} counter drop comment "spoofed IPv4 source"`
       : `ether type ip counter drop comment "no IPv4 address"`,
-    `ether type { ip, arp } accept`,
-    `counter drop comment "neither IPv4 nor ARP (IPv6 and VLAN tags included)"`,
+    ...ipv6,
+    `ether type { ip, arp, ip6 } accept`,
+    `counter drop comment "neither IPv4, IPv6 nor ARP (VLAN tags included)"`,
   ];
 }
 
 /** The whole table, written at start and whenever it was changed underneath. */
-export function guardRuleset(bindings: PortBinding[]): string {
+export function guardRuleset(bindings: PortBinding[], overlayIpv6 = false): string {
   const sorted = [...bindings].sort((a, b) => (a.port < b.port ? -1 : 1));
   const elements = sorted.map((b) => `"${b.port}" : jump ${chainOf(b.port)}`);
   return [
@@ -63,9 +94,12 @@ export function guardRuleset(bindings: PortBinding[]): string {
     `    type filter hook prerouting priority filter; policy accept;`,
     `    iifname vmap @ports`,
     // The overlay's own ports (a peer's VXLAN or sleeve, OVS) carry what containers send, which their
-    // ports let through only as IPv4 and ARP: anything else (IPv6; a VLAN tag, behind which a frame
-    // would pass br_netfilter and so the security groups unchecked) came from no container of ours.
-    `    ether type != { ip, arp } counter drop comment "neither IPv4 nor ARP from the overlay (IPv6 and VLAN tags included)"`,
+    // ports let through only as IPv4, ARP and (with --ipv6) IPv6: anything else (a VLAN tag, behind
+    // which a frame would pass br_netfilter and so the security groups unchecked) came from no
+    // container of ours.
+    overlayIpv6
+      ? `    ether type != { ip, arp, ip6 } counter drop comment "neither IPv4, IPv6 nor ARP from the overlay (VLAN tags included)"`
+      : `    ether type != { ip, arp } counter drop comment "neither IPv4 nor ARP from the overlay (IPv6 and VLAN tags included)"`,
     `    iifname "${CONTAINER_PORT_PREFIX}*" counter drop comment "container port not bound yet"`,
     `  }`,
     `}`,
@@ -90,7 +124,7 @@ function guardUpdates(bind: PortBinding[], unbind: string[]): string {
   return out.length > 0 ? out.join('\n') + '\n' : '';
 }
 
-const keyOf = (b: PortBinding) => `${b.mac} ${[...new Set(b.addrs)].sort().join(',')}`;
+const keyOf = (b: PortBinding) => `${b.mac} ${[...new Set(b.addrs)].sort().join(',')} ${ipv6Of(b).join(',')}`;
 
 /** Keeps the table equal to the bindings it is given, by small updates; rewrites it whole when the kernel's differs. */
 export class PortGuard {
@@ -100,6 +134,8 @@ export class PortGuard {
   readonly stats = { updates: 0, rewrites: 0 };
 
   constructor(
+    /** Whether the overlay carries IPv6 (--ipv6): the overlay's ports may then bring it. */
+    private readonly overlayIpv6 = false,
     /** Writes the whole table (at start, after a change underneath): `nft -f`, not the session, which reads wait behind. */
     private readonly run: (script: string) => Promise<unknown> = (script) => nft(['-f', '-'], script),
     /** Writes a few ports' updates (each attach and detach): through the long-lived nft. */
@@ -126,7 +162,7 @@ export class PortGuard {
           // the kernel's table is not what we thought: write it whole below
         }
       }
-      await this.run(guardRuleset(bindings));
+      await this.run(guardRuleset(bindings, this.overlayIpv6));
       this.written = new Map(bindings.map((b) => [b.port, keyOf(b)]));
       this.stats.rewrites++;
       this.lastError = null;
@@ -150,7 +186,7 @@ export class PortGuard {
       // stays unbound, which drops its frames, so attach reports the failure.
       this.written = null;
       throw new Error(
-        `cannot bind port ${b.port} to ${b.mac} ${b.addrs.join(' ')}: the bridge guard table is not in place (${this.lastError ?? (err as Error).message})`,
+        `cannot bind port ${b.port} to ${b.mac} ${[...b.addrs, ...(b.addrs6 ?? [])].join(' ')}: the bridge guard table is not in place (${this.lastError ?? (err as Error).message})`,
       );
     }
   }

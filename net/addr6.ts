@@ -133,3 +133,18 @@ export function hostRange6(c: Cidr6): [Addr6, Addr6] {
   const end = cidr6End(c);
   return c.prefix >= 127 ? [c.start, end] : [c.start + 1n, end];
 }
+
+/** The link-local address the kernel derives from a MAC (EUI-64, addr_gen_mode 0): what a container's interface gets. */
+export function linkLocalOf(mac: string): string {
+  const b = mac.split(':').map((x) => parseInt(x, 16));
+  b[0] ^= 0x02;
+  const eui = [b[0], b[1], b[2], 0xff, 0xfe, b[3], b[4], b[5]];
+  let a = 0xfe80n << 112n;
+  for (let i = 0; i < 8; i++) a |= BigInt(eui[i]) << BigInt(8 * (7 - i));
+  return formatIp6(a);
+}
+
+/** An IPv6 address as one 128-bit hex number: how nftables compares a raw payload field with it. */
+export function ip6Hex(text: string): string {
+  return `0x${parseIp6(text).toString(16).padStart(32, '0')}`;
+}

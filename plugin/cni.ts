@@ -180,6 +180,8 @@ export interface AttachmentFacts {
   hostIf: string;
   hostMac: string;
   cidrs: string[];
+  /** IPv6 addresses (a router run with --ipv6); no IPv6 gateway yet. */
+  cidrs6?: string[];
   gateway?: string;
   dns: { nameserver: string; domain: string } | null;
 }
@@ -193,12 +195,14 @@ export function cniResult(version: string, a: AttachmentFacts): Record<string, u
       { name: a.hostIf, mac: a.hostMac },
       { name: a.ifname, mac: a.mac, mtu: a.mtu, sandbox: a.netns },
     ],
-    ips: a.cidrs.map((address) => ({
-      ...(legacy ? { version: '4' } : {}),
-      address,
-      ...(a.gateway ? { gateway: a.gateway } : {}),
-      interface: 1,
-    })),
+    ips: a.cidrs
+      .map((address) => ({
+        ...(legacy ? { version: '4' } : {}),
+        address,
+        ...(a.gateway ? { gateway: a.gateway } : {}),
+        interface: 1,
+      }))
+      .concat((a.cidrs6 ?? []).map((address) => ({ ...(legacy ? { version: '6' } : {}), address, interface: 1 }))),
     routes: a.gateway ? [{ dst: '0.0.0.0/0', gw: a.gateway }] : [],
     dns: a.dns ? { nameservers: [a.dns.nameserver], domain: a.dns.domain, search: [a.dns.domain] } : {},
   };
@@ -274,7 +278,8 @@ export class CniService {
       gateway: conf.gateway,
       fresh: !mine, // an interface of that name in the container, not weft's, is an error (the spec's rule)
     });
-    if (hostname) for (const c of ep.cidrs) this.deps.names.add(hostname, container, c.split('/')[0]);
+    if (hostname)
+      for (const c of [...ep.cidrs, ...(ep.cidrs6 ?? [])]) this.deps.names.add(hostname, container, c.split('/')[0]);
     const hostIf = hostIfName(container);
     const dns = this.deps.dns;
     const result = cniResult(conf.cniVersion, {
@@ -285,6 +290,7 @@ export class CniService {
       hostIf,
       hostMac: readFileSync(`/sys/class/net/${hostIf}/address`, 'utf8').trim(),
       cidrs: ep.cidrs,
+      ...(ep.cidrs6 ? { cidrs6: ep.cidrs6 } : {}),
       ...(ep.gateway ? { gateway: ep.gateway } : {}),
       dns: dns ? { nameserver: dns.ip, domain: domain || dns.domain } : null,
     });
@@ -323,13 +329,13 @@ export class CniService {
         ['addr', 'show', 'dev', ifname],
         netns,
       );
-      addrs = (out[0]?.addr_info ?? []).filter((a) => a.family === 'inet').map((a) => `${a.local}/${a.prefixlen}`);
+      addrs = (out[0]?.addr_info ?? []).map((a) => `${a.local}/${a.prefixlen}`);
     } catch {
       throw new CniError(CNI_CODES.checkFailed, `interface ${ifname} is missing in ${netns}`);
     }
     for (const ipc of prev.ips ?? []) {
       const a = String(ipc.address);
-      if (!ep.cidrs.includes(a))
+      if (!ep.cidrs.includes(a) && !(ep.cidrs6 ?? []).includes(a))
         throw new CniError(CNI_CODES.checkFailed, `${a} of prevResult is not an address weft holds for ${containerId}`);
       if (!addrs.includes(a)) throw new CniError(CNI_CODES.checkFailed, `${ifname} in ${netns} lacks its address ${a}`);
     }

@@ -13,9 +13,10 @@ import type { Datapath } from '../datapath/datapath.js';
  * port guard's state, and a rewrite of the firewall table (whose policy part it gives through the
  * datapath's FirewallPart hook).
  */
-export type PolicyHost = Pick<Datapath, 'endpoints' | 'guard' | 'refreshFirewall'>;
+export type PolicyHost = Pick<Datapath, 'endpoints' | 'guard' | 'refreshFirewall' | 'carriesIpv6'>;
 import { readFile } from 'node:fs/promises';
 import { nft, sysctl } from '../net/command.js';
+import { linkLocalOf } from '../net/addr6.js';
 import { nftObjects, nftSession } from '../net/nft-session.js';
 import { TABLE } from '../datapath/firewall.js';
 import type { MeshView } from '../mesh/index.js';
@@ -26,6 +27,8 @@ import { PolicyTable } from './table.js';
 import { SerialJob } from '../lib/serial-job.js';
 
 const BRIDGE_NF = 'net.bridge.bridge-nf-call-iptables';
+/** The same for bridged IPv6 (with --ipv6: without it, IPv6 would cross the bridge unjudged). */
+const BRIDGE_NF6 = 'net.bridge.bridge-nf-call-ip6tables';
 
 export interface PolicyStatus {
   rules: number;
@@ -79,7 +82,12 @@ export class PolicyEngine {
     return eps.map((e) => ({
       container: e.container,
       peer: e.peer,
-      addrs: e.cidrs.map((c) => c.split('/')[0]),
+      // A dual-stack container speaks from its link-local address too (its port lets it): rules that
+      // limit the container must hold for that address as well, or link-local would pass them by.
+      addrs: [
+        ...[...e.cidrs, ...(e.cidrs6 ?? [])].map((c) => c.split('/')[0]),
+        ...((e.cidrs6 ?? []).length > 0 ? [linkLocalOf(e.mac)] : []),
+      ],
       groups: e.groups ?? [],
     }));
   }
@@ -93,6 +101,7 @@ export class PolicyEngine {
     return compilePolicy(
       model,
       model.members.filter((m) => m.peer === this.mesh.name),
+      { ipv6: this.datapath?.carriesIpv6 ?? false },
     );
   }
 
@@ -143,16 +152,22 @@ export class PolicyEngine {
     this.stats.applyMs += performance.now() - t0;
   }
 
-  /** Bridged IPv4 meets the forward hook only through br_netfilter, turned on here; null when it is, else why not. */
+  /**
+   * Bridged IPv4 (and with --ipv6, IPv6) meets the forward hook only through br_netfilter, turned on
+   * here; null when it is, else why not.
+   */
   private async bridgeNetfilter(): Promise<string | null> {
-    try {
-      await sysctl(BRIDGE_NF, '1');
-      const now = (await readFile(`/proc/sys/${BRIDGE_NF.replaceAll('.', '/')}`, 'utf8')).trim();
-      if (now !== '1') throw new Error(`it reads "${now}" after weft set it to 1`);
-      return null;
-    } catch (err) {
-      return `br_netfilter is not working (${BRIDGE_NF}: ${(err as Error).message}): bridged traffic never meets the rules; load the br_netfilter module`;
+    const wanted = this.datapath?.carriesIpv6 ? [BRIDGE_NF, BRIDGE_NF6] : [BRIDGE_NF];
+    for (const name of wanted) {
+      try {
+        await sysctl(name, '1');
+        const now = (await readFile(`/proc/sys/${name.replaceAll('.', '/')}`, 'utf8')).trim();
+        if (now !== '1') throw new Error(`it reads "${now}" after weft set it to 1`);
+      } catch (err) {
+        return `br_netfilter is not working (${name}: ${(err as Error).message}): bridged traffic never meets the rules; load the br_netfilter module`;
+      }
     }
+    return null;
   }
 
   /**
@@ -203,7 +218,9 @@ export class PolicyEngine {
   private async cutRevoked(model: PolicyModel): Promise<void> {
     const local = new Set(model.members.filter((m) => m.peer === this.mesh.name).flatMap((m) => m.addrs));
     const denied = new Map<string, Flow>();
-    for (const f of await listFlows((f) => (local.has(f.src) || local.has(f.dst)) && !model.decide(f).allowed)) {
+    const families: ('ipv4' | 'ipv6')[] = this.datapath?.carriesIpv6 ? ['ipv4', 'ipv6'] : ['ipv4'];
+    const keep = (f: Flow) => (local.has(f.src) || local.has(f.dst)) && !model.decide(f).allowed;
+    for (const f of await listFlows(keep, undefined, families)) {
       denied.set(`${f.proto} ${f.src} ${f.dst} ${f.port ?? ''}`, f);
     }
     for (const f of denied.values()) await deleteFlow(f);

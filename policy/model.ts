@@ -7,6 +7,7 @@
 // allows. The same for egress. A flow needs both the sender's egress and the
 // receiver's ingress; replies of an allowed flow always pass (conntrack).
 import { contains, parseCidr, parseIp } from '../net/addr.js';
+import { contains6, parseCidr6, parseIp6 } from '../net/addr6.js';
 import { describeRule, formatSelector, type Rule, type Selector } from './rules.js';
 
 export interface Member {
@@ -20,7 +21,7 @@ export interface Member {
 export interface Flow {
   src: string;
   dst: string;
-  /** tcp, udp, icmp (other protocols only match rules for any). */
+  /** tcp, udp, icmp (ICMPv6 too; other protocols only match rules for any). */
   proto: string;
   port?: number;
 }
@@ -80,8 +81,11 @@ export class PolicyModel {
         return m !== undefined && containerMatches(sel.id, m.container);
       }
       case 'cidr':
+        // A CIDR of one family never covers an address of the other (parsing throws).
         try {
-          return contains(parseCidr(sel.cidr), { start: parseIp(addr), prefix: 32 });
+          return sel.cidr.includes(':')
+            ? contains6(parseCidr6(sel.cidr), { start: parseIp6(addr), prefix: 128 })
+            : contains(parseCidr(sel.cidr), { start: parseIp(addr), prefix: 32 });
         } catch {
           return false;
         }

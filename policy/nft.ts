@@ -4,7 +4,9 @@
 // returns, the rest is counted and dropped), and one `security_groups` chain that sends
 // each limited container's traffic through its chains. It lives in weft's own
 // table (datapath/firewall.ts writes the table whole, this text included).
-// Traffic of containers no rule limits never meets conntrack matches.
+// Traffic of containers no rule limits never meets conntrack matches. Both
+// families: a group has a set of each (IPv6's only where the overlay carries
+// it), and a container is limited by both of its addresses.
 import { createHash } from 'node:crypto';
 import { BRIDGE } from '../datapath/bridge.js';
 import { containerMatches, type Member, type PolicyModel } from './model.js';
@@ -33,47 +35,72 @@ export interface CompiledPolicy {
 }
 
 const short = (s: string) => createHash('sha1').update(s).digest('hex').slice(0, 12);
-export const setName = (group: string) => `g_${short(group)}`;
+export const setName = (group: string, v6 = false) => `${v6 ? 'g6' : 'g'}_${short(group)}`;
+
+const isV6 = (a: string) => a.includes(':');
 
 function protoMatch(r: Rule): string {
   if (r.proto === 'any') return '';
-  const p = `meta l4proto ${r.proto}`;
+  // icmp means ping and its kin in either family: a rule's family is its peer's.
+  const p = r.proto === 'icmp' ? 'meta l4proto { icmp, ipv6-icmp }' : `meta l4proto ${r.proto}`;
   if (!r.ports) return p;
   return `${p} th dport ${r.ports[0] === r.ports[1] ? r.ports[0] : `${r.ports[0]}-${r.ports[1]}`}`;
 }
 
-export function compilePolicy(model: PolicyModel, local: Member[]): CompiledPolicy {
+export interface CompileOptions {
+  /** The overlay carries IPv6 here (--ipv6): the rules are written for both families. */
+  ipv6?: boolean;
+}
+
+export function compilePolicy(model: PolicyModel, local: Member[], opts: CompileOptions = {}): CompiledPolicy {
+  const ipv6 = opts.ipv6 ?? false;
   const sets = new Map<string, string[]>();
+  const sets6 = new Set<string>();
   const counters = new Map<string, CounterMeaning>();
   const chains: string[] = [];
   const jumps: string[] = [];
+  const list = (addrs: string[]) => `{ ${[...new Set(addrs)].sort().join(', ')} }`;
   for (const m of [...local].sort((a, b) => (a.container < b.container ? -1 : 1))) {
-    if (m.addrs.length === 0) continue;
-    const addrs = `{ ${[...m.addrs].sort().join(', ')} }`;
+    const own4 = m.addrs.filter((a) => !isV6(a));
+    const own6 = ipv6 ? m.addrs.filter(isV6) : [];
+    if (own4.length + own6.length === 0) continue;
     for (const direction of ['egress', 'ingress'] as const) {
       const rules = model.rulesFor(m, direction);
       if (rules.length === 0) continue;
       const chain = `${direction === 'ingress' ? 'i' : 'e'}_${short(m.container)}`;
-      const peerField = direction === 'ingress' ? 'ip saddr' : 'ip daddr';
+      const peerField = (v6: boolean) => `${v6 ? 'ip6' : 'ip'} ${direction === 'ingress' ? 'saddr' : 'daddr'}`;
       // Only a flow's first packet gets here: the forward chain accepts flows already judged first.
       const body: string[] = [];
       for (const r of rules) {
-        let peer = '';
+        // The peer's match, one per family it has addresses in ('' for any: both at once).
+        const peers: string[] = [];
         if (r.peer.kind === 'group') {
+          const addrs = [...(model.groupAddrs.get(r.peer.name) ?? [])];
           const name = setName(r.peer.name);
-          sets.set(name, [...(model.groupAddrs.get(r.peer.name) ?? [])].sort());
-          peer = `${peerField} @${name}`;
+          sets.set(name, addrs.filter((a) => !isV6(a)).sort());
+          peers.push(`${peerField(false)} @${name}`);
+          if (ipv6) {
+            const name6 = setName(r.peer.name, true);
+            sets.set(name6, addrs.filter(isV6).sort());
+            sets6.add(name6);
+            peers.push(`${peerField(true)} @${name6}`);
+          }
         } else if (r.peer.kind === 'container') {
           const id = r.peer.id;
           const them = model.members.filter((x) => containerMatches(id, x.container)).flatMap((x) => x.addrs);
-          if (them.length === 0) continue; // no such container now: the rule matches nothing
-          peer = `${peerField} { ${[...new Set(them)].sort().join(', ')} }`;
+          const them4 = them.filter((a) => !isV6(a));
+          const them6 = ipv6 ? them.filter(isV6) : [];
+          if (them4.length > 0) peers.push(`${peerField(false)} ${list(them4)}`);
+          if (them6.length > 0) peers.push(`${peerField(true)} ${list(them6)}`);
+          if (peers.length === 0) continue; // no such container now: the rule matches nothing
         } else if (r.peer.kind === 'cidr') {
-          peer = `${peerField} ${r.peer.cidr}`;
-        }
+          if (isV6(r.peer.cidr) && !ipv6) continue; // no IPv6 crosses this host's overlay
+          peers.push(`${peerField(isV6(r.peer.cidr))} ${r.peer.cidr}`);
+        } else peers.push('');
         const comment = `rule:${r.id}:${chain}`;
         counters.set(comment, { kind: 'rule', id: r.id, direction, groups: [] });
-        body.push(`    ${[peer, protoMatch(r), 'counter return', `comment "${comment}"`].filter(Boolean).join(' ')}`);
+        for (const peer of peers)
+          body.push(`    ${[peer, protoMatch(r), 'counter return', `comment "${comment}"`].filter(Boolean).join(' ')}`);
       }
       const deny = `deny:${chain}`;
       counters.set(deny, {
@@ -86,13 +113,20 @@ export function compilePolicy(model: PolicyModel, local: Member[]): CompiledPoli
       });
       body.push(`    counter drop comment "${deny}"`);
       chains.push(`  chain ${chain} {`, ...body, '  }');
-      jumps.push(`    ${direction === 'ingress' ? 'ip daddr' : 'ip saddr'} ${addrs} jump ${chain}`);
+      const own = direction === 'ingress' ? 'daddr' : 'saddr';
+      if (own4.length > 0) jumps.push(`    ip ${own} ${list(own4)} jump ${chain}`);
+      if (own6.length > 0) jumps.push(`    ip6 ${own} ${list(own6)} jump ${chain}`);
     }
   }
   if (jumps.length === 0) return { lines: [], hooks: [], skeleton: '', sets, counters };
   const setDecl = (name: string, elements: string[] | null) =>
-    `  set ${name} { type ipv4_addr;${elements && elements.length > 0 ? ` elements = { ${elements.join(', ')} }` : ''} }`;
-  const policyChain = ['  chain security_groups {', ...jumps, '  }'];
+    `  set ${name} { type ${sets6.has(name) ? 'ipv6_addr' : 'ipv4_addr'};${elements && elements.length > 0 ? ` elements = { ${elements.join(', ')} }` : ''} }`;
+  // Neighbour Discovery is how IPv6 finds a neighbour at all (ARP is not IP, and never meets these
+  // rules): a limited container still answers and asks. The port guard checks what it may say.
+  const nd = ipv6
+    ? [`    icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert } accept comment "neighbour discovery"`]
+    : [];
+  const policyChain = ['  chain security_groups {', ...nd, ...jumps, '  }'];
   const names = [...sets.keys()].sort();
   const lines = [...names.map((n) => setDecl(n, sets.get(n)!)), ...policyChain, ...chains];
   const skeleton = [...names.map((n) => setDecl(n, null)), ...policyChain, ...chains].join('\n');

@@ -4,6 +4,7 @@
 // a CIDR or any) by protocol and port.
 import { WeftError } from '../lib/errors.js';
 import { formatCidr, parseCidr } from '../net/addr.js';
+import { canonicalCidr6 } from '../net/validate.js';
 import { GROUP_NAME } from '../net/validate.js';
 
 export type Proto = 'tcp' | 'udp' | 'icmp' | 'any';
@@ -55,6 +56,13 @@ function parseSelector(text: string, what: string): Selector {
     const id = t.slice('container:'.length);
     if (!CONTAINER_ID.test(id)) throw new RuleError(`${what}: "${t.slice(0, 80)}" is not container:ID`);
     return { kind: 'container', id };
+  }
+  if (/^[\da-fA-F:.]*:[\da-fA-F:.]*(\/\d+)?$/.test(t)) {
+    try {
+      return { kind: 'cidr', cidr: canonicalCidr6(t.includes('/') ? t : `${t}/128`, false, what) };
+    } catch (err) {
+      throw new RuleError((err as Error).message);
+    }
   }
   if (/^[\d.]+(\/\d+)?$/.test(t)) {
     try {
@@ -159,6 +167,7 @@ export function checkRule(x: unknown): Rule {
       return { kind: 'container', id: v.id };
     if (v.kind === 'cidr' && typeof v.cidr === 'string') {
       try {
+        if (v.cidr.includes(':')) return { kind: 'cidr', cidr: canonicalCidr6(v.cidr, false, 'rule CIDR') };
         return { kind: 'cidr', cidr: formatCidr(parseCidr(v.cidr)) };
       } catch (err) {
         throw new RuleError(`rule CIDR: ${(err as Error).message}`);

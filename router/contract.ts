@@ -113,13 +113,15 @@ export interface Report {
       reconnects: number;
       lastError: string | null;
     };
-    localEndpoints: { container: string; mac: string; cidrs: string[]; groups?: string[] }[];
+    localEndpoints: { container: string; mac: string; cidrs: string[]; cidrs6?: string[]; groups?: string[] }[];
     exposed: string[];
     endpoints: { container: string; mac: string; cidrs: string[]; cidrs6?: string[]; peer: PeerName }[];
     stats: { fdbAdded: number; fdbRemoved: number; repairs: number; errors: number };
     lastError: string | null;
     /** Whether the kernel VXLAN path may be used (--no-fastdp turns it off). */
     fastdp: boolean;
+    /** Containers get IPv6 addresses too, and the overlay carries IPv6 (--ipv6). */
+    ipv6?: boolean;
     /** The userspace sleeve: running with its counters, or why not. */
     sleeve: { running: boolean; error: string | null; [counter: string]: unknown };
   };

@@ -29,6 +29,8 @@ export interface RouterOptions {
   /** IPv6 addresses come from here (a ring of their own, started when first asked for). */
   ipallocRange6: string;
   ipallocDefaultSubnet6?: string;
+  /** Containers get an IPv6 address too (from ipallocRange6), and the overlay carries IPv6. */
+  ipv6: boolean;
   ipallocInit: string;
   ipallocTimeout: number;
   datapath: 'fastdp' | 'ovs' | 'none';
@@ -186,6 +188,10 @@ function routerOptions(): Option[] {
     ).default('fd77:6566:7400::/48'),
     o('--ipalloc-default-subnet6 <cidr>', 'IPv6 subnet for allocations that name none (default: the whole range6)'),
     o(
+      '--ipv6',
+      'dual-stack containers: each attach gives an IPv6 address from --ipalloc-range6 too (weft attach --ipv4-only: not), and the overlay carries IPv6 under the same security groups',
+    ),
+    o(
       '--ipalloc-init <mode>',
       'how the ring starts: consensus[=N] (N initial peers; default: the peers given + 1), seed=NAME,..., or observer',
     ).default('consensus'),
@@ -289,6 +295,7 @@ export function toRouterOptions(v: Record<string, unknown>, peers: string[]): Ro
     ipallocDefaultSubnet: v.ipallocDefaultSubnet as string | undefined,
     ipallocRange6: v.ipallocRange6 as string,
     ipallocDefaultSubnet6: v.ipallocDefaultSubnet6 as string | undefined,
+    ipv6: v.ipv6 === true,
     ipallocInit: v.ipallocInit as string,
     ipallocTimeout: v.ipallocTimeout as number,
     datapath: v.datapath as 'fastdp' | 'ovs' | 'none',

@@ -50,7 +50,7 @@ export function renderStatus(r: Report): string {
     [
       'Datapath',
       r.datapath
-        ? `${datapathKind(r.datapath)}, ${r.datapath.sleeve.running ? 'sleeve (userspace UDP)' : `no sleeve (${r.datapath.sleeve.error})`}, mtu ${r.datapath.mtu}, ${r.datapath.localEndpoints.length} container(s) attached here${r.datapath.exposed.length ? `, host exposed as ${r.datapath.exposed.join(' ')}` : ''}${r.datapath.lastError ? `; last error: ${r.datapath.lastError}` : ''}`
+        ? `${datapathKind(r.datapath)}, ${r.datapath.sleeve.running ? 'sleeve (userspace UDP)' : `no sleeve (${r.datapath.sleeve.error})`}, mtu ${r.datapath.mtu}${r.datapath.ipv6 ? ', dual-stack (IPv4 and IPv6)' : ''}, ${r.datapath.localEndpoints.length} container(s) attached here${r.datapath.exposed.length ? `, host exposed as ${r.datapath.exposed.join(' ')}` : ''}${r.datapath.lastError ? `; last error: ${r.datapath.lastError}` : ''}`
         : 'none (control plane only)',
     ],
     ['Policy', policyLine(r.policy)],
@@ -188,7 +188,7 @@ export function renderPs(r: Report): string {
     eps
       .map(
         (e) =>
-          `${e.container} ${e.mac} ${e.cidrs.join(' ')}${e.groups && e.groups.length > 0 ? ` groups=${e.groups.join(',')}` : ''}`,
+          `${e.container} ${e.mac} ${[...e.cidrs, ...(e.cidrs6 ?? [])].join(' ')}${e.groups && e.groups.length > 0 ? ` groups=${e.groups.join(',')}` : ''}`,
       )
       .join('\n') + (eps.length ? '\n' : '')
   );

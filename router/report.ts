@@ -176,6 +176,7 @@ export function buildReport(s: ReportSources): Report {
           stats: { ...s.datapath.stats },
           lastError: s.datapath.lastError,
           fastdp: s.datapath.config.fastdp,
+          ipv6: s.datapath.carriesIpv6,
           sleeve: s.datapath.sleeve
             ? { running: true, error: null, ...s.datapath.sleeve.counters() }
             : { running: false, error: s.datapath.sleeveError },

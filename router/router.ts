@@ -213,6 +213,7 @@ export class Router {
             names!.remove({ container });
             void ipam6.free(container).catch(() => undefined); // none held: not-found, nothing to do
           },
+          ...(opts.ipv6 ? { ipam6 } : {}),
         })
       : null;
     names = new NameService(mesh, {

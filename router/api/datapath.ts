@@ -14,7 +14,7 @@ import { invalid, notFound } from './errors.js';
 const WEFT_KINDS = /^(netns|pid|cni|dockerep):/;
 
 const group = { type: 'string', pattern: '^[a-z0-9][a-z0-9_.-]{0,62}$' } as const;
-// Either family's length (IPv6 is refused with its reason by the datapath, not as too long).
+// Either family's length (IPv6 without --ipv6 is refused with its reason by the datapath, not as too long).
 const cidr = { type: 'string', maxLength: 49 } as const;
 
 const attachBody = {
@@ -33,6 +33,8 @@ const attachBody = {
     ifname: { type: 'string', pattern: '^[A-Za-z0-9_][A-Za-z0-9_.-]{0,14}$' },
     /** The default route through this host (its address in the subnet, exposed), and hairpin on the port. */
     gateway: { type: 'boolean' },
+    /** No IPv6 address, on a router that gives containers one of each family (--ipv6). */
+    ipv4Only: { type: 'boolean' },
   },
   dependencies: { netns: ['ifname'], ifname: ['netns'] },
 } as const;
@@ -46,6 +48,7 @@ interface AttachBody {
   netns?: string;
   ifname?: string;
   gateway?: boolean;
+  ipv4Only?: boolean;
 }
 
 function need(dp: Datapath | null): Datapath {
@@ -85,8 +88,12 @@ export function registerDatapathRoutes(
         await docker.attach(await docker.resolve(b.container), cidrs, b.subnet, hostname, b.groups, b.gateway),
       );
     }
-    const ep = await d.attach(b.container, cidrs, b.subnet, cni, b.groups, { gateway: b.gateway });
-    if (hostname) for (const c of ep.cidrs) names.add(hostname, ep.container, c.split('/')[0]);
+    const ep = await d.attach(b.container, cidrs, b.subnet, cni, b.groups, {
+      gateway: b.gateway,
+      ipv4Only: b.ipv4Only,
+    });
+    if (hostname)
+      for (const c of [...ep.cidrs, ...(ep.cidrs6 ?? [])]) names.add(hostname, ep.container, c.split('/')[0]);
     return withWarning(ep);
   });
 

@@ -8,6 +8,8 @@ import type { PolicyEngine } from '../../policy/engine.js';
 import { PolicyTable } from '../../policy/table.js';
 import { describeRule, parseProto, ruleFromRequest, type RuleRequest } from '../../policy/rules.js';
 import { isIpv4 } from '../../net/addr.js';
+import { isIpv6 } from '../../net/addr6.js';
+import { canonicalIp } from '../../net/validate.js';
 import { invalid, notFound } from './errors.js';
 
 export function registerPolicyRoutes(
@@ -18,20 +20,22 @@ export function registerPolicyRoutes(
   domain: string,
 ): void {
   /** A container reference (key, Docker name or id, DNS name) or an address, as an address. */
-  async function addressOf(ref: string, what: string): Promise<string> {
+  /** An address as given, or a container's (or DNS name's) address of the family asked. */
+  async function addressOf(ref: string, what: string, family: 4 | 6): Promise<string> {
     if (isIpv4(ref)) return ref;
+    if (isIpv6(ref)) return canonicalIp(ref, what);
     const members = policy.members();
     let m = members.find((x) => x.container === ref) ?? members.find((x) => containerMatches(ref, x.container));
     if (!m && docker?.status.connected) {
       const c = await docker.api.find(ref).catch(() => null);
       if (c) m = members.find((x) => x.container === c.Id);
     }
-    if (m && m.addrs.length > 0) return m.addrs[0];
-    // IPv4: the security groups' family (IPv6 is dropped at every port).
-    const byName = names.table.lookup(ref, 4);
-    const ips = byName.length > 0 ? byName : names.table.lookup(`${ref}.${domain}`, 4);
+    const own = m?.addrs.find((a) => a.includes(':') === (family === 6));
+    if (own) return own;
+    const byName = names.table.lookup(ref, family);
+    const ips = byName.length > 0 ? byName : names.table.lookup(`${ref}.${domain}`, family);
     if (ips.length > 0) return ips[0];
-    throw notFound(`${what}: no container or name "${ref}" with an address on the overlay`);
+    throw notFound(`${what}: no container or name "${ref}" with an IPv${family} address on the overlay`);
   }
 
   /** container:NAME given by Docker name: the rule keeps the container's full id. */
@@ -89,10 +93,12 @@ export function registerPolicyRoutes(
       to: { type: 'string', minLength: 1, maxLength: 256 },
       proto: { type: 'string', maxLength: 16 },
       port: { type: 'string', maxLength: 5 },
+      /** Containers and names by their addresses of this family (an IPv6 address given implies 6). */
+      family: { type: 'string', enum: ['4', '6'] },
     },
   } as const;
 
-  app.get<{ Querystring: { from: string; to: string; proto?: string; port?: string } }>(
+  app.get<{ Querystring: { from: string; to: string; proto?: string; port?: string; family?: '4' | '6' } }>(
     '/policy/check',
     { schema: { querystring: checkQuery } },
     async (req) => {
@@ -105,9 +111,10 @@ export function registerPolicyRoutes(
         if (!Number.isInteger(port) || port < 1 || port > 65535) throw invalid(`port "${q.port}" is not 1-65535`);
         if (proto !== 'tcp' && proto !== 'udp') throw invalid('a port needs tcp or udp');
       } else if (proto === 'tcp' || proto === 'udp') throw invalid(`${proto} needs a port (e.g. ${proto}/5432)`);
+      const family = q.family === '6' || isIpv6(q.from) || isIpv6(q.to) ? 6 : 4;
       const flow = {
-        src: await addressOf(q.from, 'from'),
-        dst: await addressOf(q.to, 'to'),
+        src: await addressOf(q.from, 'from', family),
+        dst: await addressOf(q.to, 'to', family),
         proto,
         ...(port !== undefined ? { port } : {}),
       };

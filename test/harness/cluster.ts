@@ -252,11 +252,20 @@ export class Cluster {
   }
 
   /** A container attached on a host with `weft attach` (in these security groups); its overlay address. */
-  async attached(h: Host, label: string, ...groups: string[]): Promise<{ label: string; ns: string; ip: string }> {
+  async attached(
+    h: Host,
+    label: string,
+    ...groups: string[]
+  ): Promise<{ label: string; ns: string; ip: string; ip6?: string }> {
     const ns = await this.container(label);
     const r = await h.weft(['attach', ...groups.flatMap((g) => ['--group', g]), `netns:${ns}`]);
     if (r.code !== 0) throw new Error(`attach ${label} on ${h.nickname}: ${r.stderr}`);
-    return { label, ns, ip: r.stdout.trim().split('/')[0] };
+    // "10.32.0.1/12", and with a router run with --ipv6 "... fd77:6566:7400::1/48" after it.
+    const [ip, ip6] = r.stdout
+      .trim()
+      .split(/\s+/)
+      .map((c) => c.split('/')[0]);
+    return { label, ns, ip, ...(ip6 !== undefined ? { ip6 } : {}) };
   }
 
   /**

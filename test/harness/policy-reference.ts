@@ -15,14 +15,21 @@ export interface RefFlow {
   port?: number;
 }
 
-function ipNumber(a: string): number {
-  return a.split('.').reduce((n, x) => n * 256 + Number(x), 0);
+/** An address as a number: IPv4's 32 bits, or IPv6's 128 (written out by hand, :: expanded). */
+function ipNumber(a: string): bigint {
+  if (!a.includes(':')) return BigInt(a.split('.').reduce((n, x) => n * 256 + Number(x), 0));
+  const [head, tail = ''] = a.split('::');
+  const h = head ? head.split(':') : [];
+  const t = a.includes('::') ? (tail ? tail.split(':') : []) : [];
+  const groups = [...h, ...Array<string>(8 - h.length - t.length).fill('0'), ...t];
+  return groups.reduce((n, g) => (n << 16n) | BigInt(parseInt(g, 16)), 0n);
 }
 
 function inCidr(addr: string, cidr: string): boolean {
   const [net, bits] = cidr.split('/');
-  const size = 2 ** (32 - Number(bits));
-  return Math.floor(ipNumber(addr) / size) === Math.floor(ipNumber(net) / size);
+  if (addr.includes(':') !== net.includes(':')) return false; // one family never covers the other
+  const host = BigInt((net.includes(':') ? 128 : 32) - Number(bits));
+  return ipNumber(addr) >> host === ipNumber(net) >> host;
 }
 
 /** Is the flow allowed: the sender's egress and the receiver's ingress both let it through. */

@@ -6,11 +6,17 @@ import { run } from './exec.js';
 const SERVER = `
 const net = require('node:net'); const dgram = require('node:dgram');
 const [port] = process.argv.slice(1).map(Number);
-const srv = net.createServer((s) => s.pipe(s)).listen(port, '0.0.0.0', () => {
-  const u = dgram.createSocket('udp4');
-  u.on('message', (m, r) => u.send(m, r.port, r.address));
-  u.bind(port, '0.0.0.0', () => process.stdout.write('ready\\n'));
-});
+// Both families where the namespace has IPv6 (a dual-stack socket takes IPv4 too), else IPv4.
+const start = (any, kind) => {
+  const srv = net.createServer((s) => { s.on('error', () => {}); s.pipe(s); });
+  srv.once('error', () => (any === '::' ? start('0.0.0.0', 'udp4') : process.exit(1)));
+  srv.listen(port, any, () => {
+    const u = dgram.createSocket(kind);
+    u.on('message', (m, r) => u.send(m, r.port, r.address));
+    u.bind(port, any, () => process.stdout.write('ready\\n'));
+  });
+};
+start('::', 'udp6');
 setTimeout(() => process.exit(0), 60000);`;
 
 const CLIENT = `
@@ -20,7 +26,7 @@ const payload = Buffer.alloc(Number(size || 5), 'x'); payload.write('hello');
 const fail = (e) => { process.stderr.write(String(e)); process.exit(1); };
 setTimeout(() => fail('timed out'), Number(wait || 5000));
 if (proto === 'udp') {
-  const u = dgram.createSocket('udp4');
+  const u = dgram.createSocket(ip.includes(':') ? 'udp6' : 'udp4');
   u.on('message', (m) => { process.stdout.write(String(m.length)); process.exit(0); });
   u.send(payload, Number(port), ip, (e) => e && fail(e));
 } else {

@@ -62,6 +62,13 @@ describe('CNI config and results', () => {
       routes: [],
       ips: [{ address: '10.32.0.5/12', interface: 1 }],
     });
+    // Dual-stack (a router run with --ipv6): the IPv6 address after the IPv4 one, without a gateway.
+    const dual = { ...facts, cidrs6: ['fd77:6566:7400::5/48'] };
+    expect((cniResult('1.1.0', dual) as { ips: unknown[] }).ips).toEqual([
+      { address: '10.32.0.5/12', gateway: '10.32.0.1', interface: 1 },
+      { address: 'fd77:6566:7400::5/48', interface: 1 },
+    ]);
+    expect((cniResult('0.4.0', dual) as { ips: { version?: string }[] }).ips.map((i) => i.version)).toEqual(['4', '6']);
   });
 
   it('names containers stably, hashing ids that are no safe name', () => {

@@ -29,7 +29,18 @@ const selector = (containers: string[]): fc.Arbitrary<Selector> =>
     fc.constantFrom(...GROUPS).map((name): Selector => ({ kind: 'group', name })),
     fc.constantFrom(...containers).map((id): Selector => ({ kind: 'container', id })),
     fc
-      .constantFrom('10.32.0.0/29', '10.32.0.4/30', '10.32.0.2/32', '0.0.0.0/0', '192.0.2.0/24')
+      .constantFrom(
+        '10.32.0.0/29',
+        '10.32.0.4/30',
+        '10.32.0.2/32',
+        '0.0.0.0/0',
+        '192.0.2.0/24',
+        // IPv6: the containers' own block, one address, everything, and a block outside
+        'fd77:6566:7400::/126',
+        'fd77:6566:7400::2/128',
+        '::/0',
+        '2001:db8::/32',
+      )
       .map((cidr): Selector => ({ kind: 'cidr', cidr })),
     fc.constant<Selector>({ kind: 'any' }),
   );
@@ -55,12 +66,27 @@ const ruleArb = (containers: string[]): fc.Arbitrary<Rule> =>
     }));
 
 const CONTAINERS = ['netns:c0', 'netns:c1', 'netns:c2', 'netns:c3', 'netns:c4'];
-const membersArb: fc.Arbitrary<Member[]> = fc
-  .array(fc.subarray(GROUPS), { minLength: 5, maxLength: 5 })
-  .map((gs) =>
-    gs.map((groups, i) => ({ container: CONTAINERS[i], peer: PEERS[i % 3], addrs: [`10.32.0.${i + 1}`], groups })),
-  );
-const addrArb = fc.constantFrom('10.32.0.1', '10.32.0.2', '10.32.0.3', '10.32.0.4', '10.32.0.5', '192.0.2.9');
+const membersArb: fc.Arbitrary<Member[]> = fc.array(fc.subarray(GROUPS), { minLength: 5, maxLength: 5 }).map((gs) =>
+  gs.map((groups, i) => ({
+    container: CONTAINERS[i],
+    peer: PEERS[i % 3],
+    // Dual-stack, but for the last container (IPv4 only)
+    addrs: i < 4 ? [`10.32.0.${i + 1}`, `fd77:6566:7400::${i + 1}`] : [`10.32.0.${i + 1}`],
+    groups,
+  })),
+);
+const addrArb = fc.constantFrom(
+  '10.32.0.1',
+  '10.32.0.2',
+  '10.32.0.3',
+  '10.32.0.4',
+  '10.32.0.5',
+  '192.0.2.9',
+  'fd77:6566:7400::1',
+  'fd77:6566:7400::2',
+  'fd77:6566:7400::4',
+  '2001:db8::9',
+);
 const flowArb: fc.Arbitrary<RefFlow> = fc
   .record({
     src: addrArb,
@@ -192,8 +218,69 @@ describe('rules from requests', () => {
       [{ to: 'db', from: 'any', egress: true }, /--from of an egress rule must be a group/],
       [{ to: 'Bad Name', from: 'web' }, /neither a group name/],
       [{ from: 'web' }, /--to is required/],
+      [{ to: 'db', from: 'fd77::1/64' }, /--from/], // host bits set
+      [{ to: 'db', from: 'fd77:::1' }, /--from/],
+      [{ to: 'db', from: 'fd77::/129' }, /--from/],
+      [{ to: 'fd77::/64', from: 'web' }, /--to must be a group or container/],
     ];
     for (const [req, why] of bad) expect(() => ruleFromRequest('00000001', req)).toThrow(why);
+  });
+
+  it('takes IPv6 CIDRs and addresses as peers, in their one form', () => {
+    const peer = (from: string) => ruleFromRequest('00000001', { to: 'db', from }).peer;
+    expect(peer('FD77:6566:7400:0::/64')).toEqual({ kind: 'cidr', cidr: 'fd77:6566:7400::/64' });
+    expect(peer('fd77:6566:7400::5')).toEqual({ kind: 'cidr', cidr: 'fd77:6566:7400::5/128' });
+    expect(peer('::/0')).toEqual({ kind: 'cidr', cidr: '::/0' });
+  });
+});
+
+describe('the compiled rules on both families', () => {
+  const members: Member[] = [
+    { container: 'netns:db', peer: PEERS[0], addrs: ['10.32.0.1', 'fd77:6566:7400::1'], groups: ['db'] },
+    { container: 'netns:web', peer: PEERS[1], addrs: ['10.32.0.2', 'fd77:6566:7400::2'], groups: ['web'] },
+  ];
+  const rules: Rule[] = [
+    {
+      id: '00000001',
+      direction: 'ingress',
+      target: { kind: 'group', name: 'db' },
+      peer: { kind: 'group', name: 'web' },
+      proto: 'icmp',
+    },
+    {
+      id: '00000002',
+      direction: 'ingress',
+      target: { kind: 'group', name: 'db' },
+      peer: { kind: 'cidr', cidr: '2001:db8::/32' },
+      proto: 'any',
+    },
+  ];
+  const model = new PolicyModel(rules, members);
+
+  it('with --ipv6, limits a container by both addresses, with a set of each family per group', () => {
+    const c = compilePolicy(model, [members[0]], { ipv6: true });
+    const text = c.lines.join('\n');
+    expect(text).toContain('ip daddr { 10.32.0.1 } jump');
+    expect(text).toContain('ip6 daddr { fd77:6566:7400::1 } jump');
+    expect(text).toMatch(/ip saddr @g_\w+ meta l4proto \{ icmp, ipv6-icmp \} counter return/);
+    expect(text).toMatch(/ip6 saddr @g6_\w+ meta l4proto \{ icmp, ipv6-icmp \} counter return/);
+    expect(text).toContain('ip6 saddr 2001:db8::/32 counter return');
+    expect(text).toContain('icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert } accept');
+    expect([...c.sets.values()]).toContainEqual(['fd77:6566:7400::2']);
+  });
+
+  it('without it, writes IPv4 only (IPv6 never crosses that host): an IPv6 CIDR rule matches nothing', () => {
+    const text = compilePolicy(model, [members[0]]).lines.join('\n');
+    expect(text).not.toMatch(/ip6|g6_|icmpv6|2001:db8/);
+    expect(text).toContain('ip daddr { 10.32.0.1 } jump');
+  });
+
+  it('the model judges IPv6 flows by IPv6 CIDRs only', () => {
+    const f = (src: string) => model.decide({ src, dst: 'fd77:6566:7400::1', proto: 'tcp', port: 80 }).allowed;
+    expect(f('2001:db8::9')).toBe(true);
+    expect(f('fd77:6566:7400::2')).toBe(false); // web: icmp only
+    expect(model.decide({ src: 'fd77:6566:7400::2', dst: 'fd77:6566:7400::1', proto: 'icmp' }).allowed).toBe(true);
+    expect(model.decide({ src: '10.32.0.9', dst: '10.32.0.1', proto: 'tcp', port: 80 }).allowed).toBe(false);
   });
 });
 
@@ -225,6 +312,7 @@ describe('the compiled model', () => {
         const c = compilePolicy(
           model,
           members.filter((m) => m.peer === PEERS[0]),
+          { ipv6: true },
         );
         const text = ruleset({
           exposed: [],

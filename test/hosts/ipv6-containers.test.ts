@@ -1,0 +1,271 @@
+// Dual-stack containers (router --ipv6): each attach gives an address of each
+// family; containers on three hosts talk over IPv6 on the kernel VXLAN path and
+// on the sleeve; the bridge answers Neighbour Solicitations for remote
+// containers itself; security groups judge IPv6 exactly as IPv4; and a
+// container cannot speak IPv6 as another (forged sources, Neighbour
+// Advertisements, router advertisements are dropped at its port).
+import { afterAll, beforeAll, expect, it } from 'vitest';
+import { Cluster, eventually } from '../harness/cluster.js';
+import { describeAsRoot } from '../harness/root.js';
+import { run } from '../harness/exec.js';
+import { tcpConnect } from '../harness/attacker.js';
+import { echoServer, startServer } from '../harness/traffic.js';
+import { spawn } from 'node:child_process';
+
+let cluster: Cluster;
+
+interface Dual {
+  ns: string;
+  ip: string;
+  ip6: string;
+}
+
+/** A TCP listener on every address of both families, on these ports. */
+const LISTEN = `
+const net = require('node:net');
+const ports = process.argv.slice(1).map(Number);
+let n = 0;
+for (const p of ports) net.createServer((s) => { s.on('error', () => {}); s.end('hi'); }).listen(p, '::', () => ++n === ports.length && process.stdout.write('ready\\n'));
+setTimeout(() => process.exit(0), 120000);`;
+
+async function attach(h: Cluster['hosts'][number], label: string, ...args: string[]): Promise<Dual> {
+  const ns = await cluster.container(label);
+  const r = await h.weft(['attach', ...args, `netns:${ns}`]);
+  if (r.code !== 0) throw new Error(`attach ${label}: ${r.stderr}`);
+  const addrs = r.stdout.trim().split(/\s+/);
+  const ip6 = addrs.find((a) => a.includes(':'))?.split('/')[0] ?? '';
+  return { ns, ip: addrs[0].split('/')[0], ip6 };
+}
+
+const ping6 = (from: string, to: string) =>
+  run('ip', ['netns', 'exec', from, 'ping', '-6', '-c', '2', '-i', '0.2', '-W', '2', to], { timeoutMs: 10_000 });
+
+describeAsRoot('dual-stack containers (--ipv6)', () => {
+  beforeAll(async () => {
+    cluster = await Cluster.create(3, {
+      routerArgs: [
+        '--heartbeat-interval',
+        '500ms',
+        '--gossip-interval',
+        '1s',
+        '--ipalloc-init',
+        'consensus=3',
+        '--ipv6',
+      ],
+    });
+    // Host 3 runs the sleeve only: its traffic with the others goes through userspace.
+    cluster.hosts[2].routerArgs.push('--no-fastdp');
+    await cluster.launchAll();
+  }, 120_000);
+  afterAll(async () => {
+    await cluster?.cleanup();
+  });
+
+  it('an attach gives an address of each family; ping6 and TCP over IPv6 cross hosts on fastdp and the sleeve', async () => {
+    const [h1, h2, h3] = cluster.hosts;
+    const a = await attach(h1, 'a');
+    const b = await attach(h2, 'b');
+    const c = await attach(h3, 'c');
+    const only4 = await attach(h1, 'only4', '--ipv4-only');
+    for (const x of [a, b, c]) expect(x.ip6).toMatch(/^fd77:6566:7400:/);
+    expect(only4.ip6).toBe('');
+    // The container's interface: its IPv6 address (not tentative) and the link-local one from its MAC.
+    const shown = await run('ip', ['-n', a.ns, '-6', 'addr', 'show', 'dev', 'ethwe']);
+    expect(shown.stdout).toContain(`inet6 ${a.ip6}/48`);
+    expect(shown.stdout).toMatch(/inet6 fe80::/);
+    expect(shown.stdout).not.toMatch(/tentative/);
+    expect((await run('ip', ['-n', only4.ns, '-6', 'addr', 'show', 'dev', 'ethwe'])).stdout).toBe('');
+
+    // fastdp (h1 - h2) and the sleeve (h3 - the others), both ways.
+    await eventually('ping6 a -> b', async () => (await ping6(a.ns, b.ip6)).code === 0, 15_000);
+    expect((await ping6(b.ns, a.ip6)).code).toBe(0);
+    await eventually('ping6 a -> c over the sleeve', async () => (await ping6(a.ns, c.ip6)).code === 0, 15_000);
+    expect((await ping6(c.ns, b.ip6)).code).toBe(0);
+    const srv = await startServer(b.ns, LISTEN, ['8080'], 'listener');
+    try {
+      expect(await tcpConnect(a.ns, b.ip6, 8080)).toBe('open');
+      expect(await tcpConnect(c.ns, b.ip6, 8080)).toBe('open');
+      expect(await tcpConnect(a.ns, b.ip, 8080)).toBe('open'); // and IPv4 as before
+    } finally {
+      srv.stop();
+    }
+    // The bridge has a neighbour entry for each remote container's IPv6 address (Neighbour
+    // Solicitations for them are answered on the host, not flooded), and no address of its own.
+    const neigh = await h1.exec('ip', ['-6', 'neigh', 'show', 'dev', 'weft', 'nud', 'permanent']);
+    expect(neigh.stdout).toContain(b.ip6);
+    expect(neigh.stdout).toContain(c.ip6);
+    expect((await h1.exec('ip', ['-6', 'addr', 'show', 'dev', 'weft'])).stdout).toBe('');
+    // Status shows both families.
+    expect((await h1.weft(['ps'])).stdout).toContain(a.ip6);
+    expect((await h1.weft(['status'])).stdout).toMatch(/Datapath: .*dual-stack/);
+    // A name registered at attach has an address of each family, and a dual-stack container's resolver
+    // asks for both (glibc asks AAAA only when the container has IPv6 of its own).
+    const named = await attach(h2, 'named', '-h', 'named.weft.local');
+    await eventually(
+      'getent ahosts gives both families',
+      async () => {
+        const r = await run('ip', ['netns', 'exec', a.ns, 'getent', 'ahosts', 'named.weft.local']);
+        return r.stdout.includes(named.ip) && r.stdout.includes(named.ip6);
+      },
+      10_000,
+    );
+  }, 90_000);
+
+  it('security groups judge IPv6 as IPv4, and revoking cuts an IPv6 connection', async () => {
+    const [h1, h2] = cluster.hosts;
+    const db = await attach(h2, 'db', '--group', 'v6db');
+    const web = await attach(h1, 'web', '--group', 'v6web');
+    const other = await attach(h1, 'other');
+    const allow = await h1.weft([
+      'policy',
+      'allow',
+      '--to',
+      'v6db',
+      '--from',
+      'v6web',
+      '--proto',
+      'tcp',
+      '--port',
+      '5432',
+    ]);
+    expect(allow.code, allow.stderr).toBe(0);
+    const servers = [await echoServer(db.ns, 5432), await echoServer(db.ns, 6000)];
+    let held: ReturnType<typeof spawn> | null = null;
+    try {
+      await eventually(
+        'the rule enforced on host 2',
+        async () => (await tcpConnect(other.ns, db.ip6, 5432, 800)) !== 'open',
+        20_000,
+      );
+      // The same answers over both families.
+      for (const dst of [db.ip, db.ip6]) {
+        expect(await tcpConnect(web.ns, dst, 5432)).toBe('open');
+        expect(await tcpConnect(web.ns, dst, 6000, 800)).not.toBe('open');
+        expect(await tcpConnect(other.ns, dst, 5432, 800)).not.toBe('open');
+      }
+      // Link-local addresses are bound to the same rules: no way around them over fe80::.
+      const ll = async (ns: string) => {
+        const out = await run('ip', ['-n', ns, '-6', '-json', 'addr', 'show', 'dev', 'ethwe', 'scope', 'link']);
+        // ip lists the addresses its filter left out as empty objects
+        const found = (JSON.parse(out.stdout) as { addr_info: { local?: string }[] }[])[0].addr_info.find(
+          (a) => a.local,
+        );
+        return found!.local!;
+      };
+      const dbLL = `${await ll(db.ns)}%ethwe`;
+      expect(await tcpConnect(web.ns, dbLL, 5432)).toBe('open');
+      expect(await tcpConnect(other.ns, dbLL, 5432, 800)).not.toBe('open');
+      expect(await tcpConnect(web.ns, dbLL, 6000, 800)).not.toBe('open');
+      // ICMPv6 is judged too: the rule allows tcp only.
+      expect((await ping6(web.ns, db.ip6)).code).not.toBe(0);
+      // policy check speaks IPv6, by address or by container.
+      const chk = await h1.weft(['policy', 'check', web.ip6, db.ip6, 'tcp/5432']);
+      expect(chk.code, chk.stdout + chk.stderr).toBe(0);
+      const chk2 = await h1.weft(['policy', 'check', '--ipv6', `netns:${other.ns}`, `netns:${db.ns}`, 'tcp/5432']);
+      expect(chk2.code).toBe(1);
+      expect(chk2.stdout).toContain(db.ip6);
+      // A CIDR of IPv6 as the peer.
+      const cidr = await h1.weft([
+        'policy',
+        'allow',
+        '--to',
+        'v6db',
+        '--from',
+        `${other.ip6}/128`,
+        '--proto',
+        'tcp',
+        '--port',
+        '6000',
+      ]);
+      expect(cidr.code, cidr.stderr).toBe(0);
+      await eventually('the CIDR rule', async () => (await tcpConnect(other.ns, db.ip6, 6000, 800)) === 'open', 20_000);
+      expect(await tcpConnect(other.ns, db.ip, 6000, 800)).not.toBe('open'); // an IPv6 CIDR opens no IPv4
+
+      // An IPv6 connection held open is cut when the rule that let it in goes.
+      const script = `const s = require('net').connect(6000, '${db.ip6}');
+        s.on('data', () => process.stdout.write('.')); s.on('error', () => process.exit(0));
+        setInterval(() => s.write('x'), 100); setTimeout(() => process.exit(0), 60000);`;
+      held = spawn('ip', ['netns', 'exec', other.ns, process.execPath, '-e', script], {
+        stdio: ['ignore', 'pipe', 'ignore'],
+      });
+      let echoes = 0;
+      held.stdout!.on('data', (d: Buffer) => (echoes += d.length));
+      await eventually('the held connection echoes', async () => echoes > 3, 5000, 50);
+      const id = cidr.stdout.split(' ')[0];
+      expect((await h1.weft(['policy', 'remove', id])).code).toBe(0);
+      await new Promise((r) => setTimeout(r, 1500));
+      const before = echoes;
+      await new Promise((r) => setTimeout(r, 1000));
+      expect(echoes).toBe(before); // nothing came back after the revocation
+    } finally {
+      held?.kill('SIGKILL');
+      for (const x of servers) x.stop();
+    }
+  }, 90_000);
+
+  it('a container cannot speak IPv6 as another: forged sources, advertisements and router advertisements are dropped', async () => {
+    const [h1] = cluster.hosts;
+    const victim = await attach(h1, 'victim');
+    const mallory = await attach(h1, 'mallory');
+    const witness = await attach(h1, 'witness');
+    await eventually('witness reaches victim', async () => (await ping6(witness.ns, victim.ip6)).code === 0, 15_000);
+    const before = await h1.exec('nft', ['list', 'table', 'bridge', 'weft']);
+    const count = (l: string, what: string) =>
+      l
+        .split('\n')
+        .filter((x) => x.includes(`comment "${what}"`))
+        .reduce((n, x) => n + Number(/counter packets (\d+)/.exec(x)?.[1] ?? 0), 0);
+    // Mallory sends with the victim's address as its source (added with no DAD, as root in a container can).
+    const forge = `
+import socket, struct, sys
+src, dst, kind, mac = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
+def csum(data):
+    if len(data) % 2: data += b'\\0'
+    s = sum(struct.unpack('!%dH' % (len(data) // 2), data))
+    while s >> 16: s = (s & 0xffff) + (s >> 16)
+    return (~s) & 0xffff
+s = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS, 255)
+s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, 255)
+mac = bytes.fromhex(mac.replace(':', ''))
+if kind == 'na':   # unsolicited advertisement: "the victim's address is at my MAC"
+    body = struct.pack('!BBHI', 136, 0, 0, 0x20000000) + socket.inet_pton(socket.AF_INET6, src) + bytes([2, 1]) + mac
+    to = 'ff02::1'
+else:              # a router advertisement with a default route
+    body = struct.pack('!BBHBBHII', 134, 0, 0, 64, 0, 1800, 0, 0)
+    to = 'ff02::1'
+s.sendto(body, (to + '%ethwe', 0))
+`;
+    const macOf = async (ns: string) =>
+      JSON.parse((await run('ip', ['-n', ns, '-j', 'link', 'show', 'dev', 'ethwe'])).stdout)[0].address as string;
+    const malloryMac = await macOf(mallory.ns);
+    const na = await run('ip', ['netns', 'exec', mallory.ns, 'python3', '-c', forge, victim.ip6, '', 'na', malloryMac]);
+    expect(na.code, na.stderr).toBe(0);
+    const ra = await run('ip', ['netns', 'exec', mallory.ns, 'python3', '-c', forge, victim.ip6, '', 'ra', malloryMac]);
+    expect(ra.code, ra.stderr).toBe(0);
+    // A forged source: Mallory takes the victim's address and pings the witness from it.
+    expect(
+      (await run('ip', ['-n', mallory.ns, 'addr', 'add', `${victim.ip6}/128`, 'dev', 'ethwe', 'nodad'])).code,
+    ).toBe(0);
+    await run(
+      'ip',
+      ['netns', 'exec', mallory.ns, 'ping', '-6', '-c', '2', '-i', '0.2', '-W', '1', '-I', victim.ip6, witness.ip6],
+      {
+        timeoutMs: 10_000,
+      },
+    );
+    const after = await h1.exec('nft', ['list', 'table', 'bridge', 'weft']);
+    expect(count(after.stdout, "neighbour advertisement for another's address")).toBeGreaterThan(
+      count(before.stdout, "neighbour advertisement for another's address"),
+    );
+    expect(count(after.stdout, 'router advertisement or redirect from a container')).toBeGreaterThan(
+      count(before.stdout, 'router advertisement or redirect from a container'),
+    );
+    expect(count(after.stdout, 'spoofed IPv6 source')).toBeGreaterThan(count(before.stdout, 'spoofed IPv6 source'));
+    // The witness still reaches the real victim, and took no default route from the advertisement.
+    expect((await ping6(witness.ns, victim.ip6)).code).toBe(0);
+    const nb = await run('ip', ['-n', witness.ns, '-6', 'neigh', 'show', victim.ip6]);
+    expect(nb.stdout).not.toContain(malloryMac);
+    expect((await run('ip', ['-n', witness.ns, '-6', 'route', 'show', 'default'])).stdout).toBe('');
+  }, 60_000);
+});
