@@ -525,8 +525,8 @@ withRouterLocation(
           check: o.check,
         })
       ).body,
-    ) as { name: string; vip: string; dnsName: string };
-    console.log(o.json ? JSON.stringify(r, null, 2) : `${r.name} ${r.vip} (${r.dnsName})`);
+    ) as { name: string; vip: string; vip6?: string; dnsName: string };
+    console.log(o.json ? JSON.stringify(r, null, 2) : `${r.name} ${r.vip}${r.vip6 ? ` ${r.vip6}` : ''} (${r.dnsName})`);
   },
 );
 withRouterLocation(
@@ -558,7 +558,7 @@ withRouterLocation(
   }
   const rows = r.services.map((s) => [
     s.name,
-    s.vip,
+    s.vip6 ? `${s.vip} ${s.vip6}` : s.vip,
     s.group !== undefined ? `group ${s.group}` : s.backends!.join(','),
     `${s.live.filter((b) => b.health !== 'failing').length}/${s.live.length}`,
     s.affinity,
@@ -582,7 +582,7 @@ withRouterLocation(
     return;
   }
   const lines = [
-    `${s.name}: VIP ${s.vip}, ${s.dnsName}${s.served ? '' : ` (${s.conflict})`}`,
+    `${s.name}: VIP ${s.vip}${s.vip6 ? ` and ${s.vip6}` : ''}, ${s.dnsName}${s.served ? '' : ` (${s.conflict})`}`,
     `backends from ${s.group !== undefined ? `group ${s.group}` : `containers ${s.backends!.join(', ')}`}; affinity ${s.affinity}; check ${s.check ? `tcp:${s.check.port}` : 'none'}`,
   ];
   if (s.live.length === 0) lines.push('no live backend: connections to the VIP are refused');
@@ -590,7 +590,13 @@ withRouterLocation(
     lines.push(
       table([
         ['BACKEND', 'ADDRESS', 'HOST', 'HEALTH', 'FLOWS FROM HERE'],
-        ...s.live.map((b) => [b.container, b.addr, b.host ?? b.peer, b.health, String(b.flowsFromHere)]),
+        ...s.live.map((b) => [
+          b.container,
+          b.addr6 ? `${b.addr} ${b.addr6}` : b.addr,
+          b.host ?? b.peer,
+          b.health,
+          String(b.flowsFromHere),
+        ]),
       ]).trimEnd(),
     );
   console.log(lines.join('\n'));

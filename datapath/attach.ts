@@ -6,6 +6,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { BRIDGE } from './bridge.js';
 import { CommandError, INTERFACE_PRESENT, configureIn, ip, ipBatchIn, ipJson, linkExists } from '../net/command.js';
+import { linkLocalOf } from '../net/addr6.js';
 
 /** The container's interface, unless the caller names another (CNI_IFNAME). */
 const DEFAULT_IF = 'ethwe';
@@ -270,7 +271,10 @@ export async function attachContainer(
   // receiving side). arp_notify: a gratuitous ARP when the interface comes up or its address
   // changes, so neighbours that cached an old MAC for the address (a container re-attached) learn
   // the new one at once (ndisc_notify, the same for IPv6).
-  const sysctls = (dev: string): [string, string][] => [
+  const sysctls = (dev: string, resetIpv6 = false): [string, string][] => [
+    // IPv6 off and on again: the link-local address is made afresh, from the MAC (and the other
+    // IPv6 addresses go, to be added again).
+    ...(resetIpv6 ? ([[`net/ipv6/conf/${dev}/disable_ipv6`, '1']] as [string, string][]) : []),
     ...(ipv6
       ? ([
           [`net/ipv6/conf/${dev}/addr_gen_mode`, '0'],
@@ -325,12 +329,18 @@ export async function attachContainer(
     mac = theirs.address;
     await bind(hostIf, mac);
     await joinBridge(hostIf, gateway !== undefined, hostLines);
-    const have = await ipJson<{ addr_info?: { local: string; prefixlen: number }[] }[]>(
+    const have = await ipJson<{ addr_info?: { local?: string; prefixlen?: number }[] }[]>(
       ['addr', 'show', 'dev', ifname],
       ns,
     );
-    const existing = new Set((have[0]?.addr_info ?? []).map((a) => `${a.local}/${a.prefixlen}`));
-    await configureIn(ns, sysctls(ifname), inside(ifname, addrLines(existing)));
+    const info = (have[0]?.addr_info ?? []).filter((a) => a.local !== undefined);
+    // A link-local address not from the MAC (another addr_gen_mode before, or a MAC changed since):
+    // the port is bound to the one from the MAC, so it is made again.
+    const resetIpv6 = ipv6 && !info.some((a) => a.local === linkLocalOf(mac));
+    const existing = new Set(
+      info.filter((a) => !(resetIpv6 && a.local!.includes(':'))).map((a) => `${a.local}/${a.prefixlen}`),
+    );
+    await configureIn(ns, sysctls(ifname, resetIpv6), inside(ifname, addrLines(existing)));
   }
   if (dns) {
     const named = /^netns:(.+)$/.exec(container);

@@ -102,14 +102,18 @@ export class Datapath {
         host: { dns: config.dns ? { ip: config.dns.ip, port: 53 } : null, routerPorts: config.routerPorts },
         underlay: this.forwarding.underlayPeers(),
       }),
-      bindings: () =>
-        this.endpoints.local.map((e) => ({
+      bindings: () => {
+        const limitedIn = config.firewallPart?.limitedIn?.();
+        return this.endpoints.local.map((e) => ({
           port: hostIfName(e.container),
           mac: e.mac,
           addrs: e.cidrs.map((c) => c.split('/')[0]),
-          addrs6: (e.cidrs6 ?? []).map((c) => c.split('/')[0]),
-        })),
-      overlayIpv6: config.ipam6 !== undefined,
+          // Without --ipv6 (a router restarted without it), no port is bound to IPv6: it drops it all.
+          addrs6: config.ipam6 ? (e.cidrs6 ?? []).map((c) => c.split('/')[0]) : [],
+          limitedIn: limitedIn?.has(e.container) ?? false,
+        }));
+      },
+      guard: { overlayIpv6: config.ipam6 !== undefined, bridgeMac: bridgeMac(mesh.name) },
       part: config.firewallPart,
       log: mesh.log,
       error: (m) => this.noteError(m),
@@ -342,8 +346,11 @@ export class Datapath {
       if (e.netns !== undefined && typeof e.netns !== 'string') throw new Error('netns is not a path');
       if (e.ifname !== undefined) checkIfName(e.ifname);
       if (e.nsInode !== undefined && !Number.isSafeInteger(e.nsInode)) throw new Error('nsInode is not a number');
+      // Restarted without --ipv6: the container's IPv6 addresses are not its own on the overlay any more
+      // (its port drops IPv6; they are freed with the container).
+      const { cidrs6, ...rest } = ep;
       return {
-        ...ep,
+        ...(this.config.ipam6 && cidrs6 ? { ...rest, cidrs6 } : rest),
         ...(e.netns !== undefined ? { netns: e.netns } : {}),
         ...(e.ifname !== undefined ? { ifname: e.ifname } : {}),
         ...(e.nsInode !== undefined ? { nsInode: e.nsInode } : {}),
@@ -386,6 +393,11 @@ export class Datapath {
       );
     if (ipv4Only && (cidrs.some(isV6) || subnet6 !== undefined))
       throw new WeftError('invalid', 'IPv4 only, and an IPv6 address or subnet: choose one');
+    if (ipv4Only && (this.endpoints.local.find((e) => e.container === container)?.cidrs6 ?? []).length > 0)
+      throw new WeftError(
+        'conflict',
+        `${container} is attached with IPv6 addresses already; detach it first to attach it IPv4 only`,
+      );
     let addrs = cidrs.filter((c) => !isV6(c)).map((c) => canonicalCidr(c, true, 'address'));
     const given6 = cidrs.filter(isV6).map((c) => canonicalCidr6(c, true, 'address'));
     const net = subnet4 === undefined ? undefined : parseCidr(canonicalCidr(subnet4, false, 'subnet'));
@@ -403,11 +415,11 @@ export class Datapath {
         await this.ipam.claim(container, p.addr, { start: p.start, prefix: p.prefix });
       }
     }
-    let addrs6: string[] = [];
+    const addrs6: string[] = [];
     try {
       if (want6 && given6.length === 0 && (prev0?.cidrs6 ?? []).length === 0) {
         const got = await ipam6.allocate(container, net6);
-        addrs6 = [`${formatIp6(got.addr)}/${got.prefix}`];
+        addrs6.push(`${formatIp6(got.addr)}/${got.prefix}`);
       } else if (want6)
         for (const c of given6) {
           const p = parseCidr6(c, true);
@@ -415,12 +427,12 @@ export class Datapath {
           addrs6.push(c);
         }
     } catch (err) {
-      await this.freeNew(container, addrs, []);
+      await this.freeNew(container, addrs, addrs6); // and the IPv6 ones claimed before the one that failed
       throw err;
     }
     const dns = this.config.dns;
     const prevCidrs = prev0?.cidrs ?? [];
-    const all6 = [...new Set([...(prev0?.cidrs6 ?? []), ...addrs6])];
+    const all6 = want6 ? [...new Set([...(prev0?.cidrs6 ?? []), ...addrs6])] : [];
     const taking = new Set<string>();
     let mac: string;
     let gw: string | undefined;

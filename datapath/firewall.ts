@@ -13,7 +13,7 @@
 //   every packet of the host, which costs the datapath (bench/README.md).
 // A host firewall whose FORWARD policy is DROP (Docker sets one) would still drop
 // bridged traffic, since every base chain must accept: for that case weft also
-// inserts one accept rule for the bridge into `ip filter FORWARD` when that
+// inserts one accept rule for the bridge into `ip filter FORWARD` (and `ip6 filter FORWARD`) when that
 // chain exists, and removes it again on reset.
 import { BRIDGE } from './bridge.js';
 import { nft } from '../net/command.js';
@@ -159,17 +159,22 @@ export async function firewallDiffers(s: FirewallState, guard: string): Promise<
   if (haveBridge !== wantBridge)
     return `table bridge ${GUARD_TABLE} has ${haveBridge} of weft's rules where ${wantBridge} belong`;
   // A FORWARD chain that appeared later (Docker started after weft) needs our accept rule too.
-  return (await forwardAcceptMissing()) ? "the host's ip filter FORWARD chain lacks weft's accept rule" : null;
+  for (const family of FORWARD_FAMILIES)
+    if (await forwardAcceptMissing(family)) return `the host's ${family} filter FORWARD chain lacks weft's accept rule`;
+  return null;
 }
+
+/** Docker's FORWARD chains: IPv4's, and IPv6's (bridged IPv6 meets it with --ipv6). */
+const FORWARD_FAMILIES = ['ip', 'ip6'] as const;
 
 /**
  * With a host FORWARD chain (iptables-nft, e.g. Docker's, policy DROP), bridge traffic needs its own
  * accept there: true when that chain exists without it.
  */
-async function forwardAcceptMissing(): Promise<boolean> {
+async function forwardAcceptMissing(family: 'ip' | 'ip6'): Promise<boolean> {
   let listing: NftJson;
   try {
-    listing = await nftSession.list('list chain ip filter FORWARD');
+    listing = await nftSession.list(`list chain ${family} filter FORWARD`);
   } catch {
     return false; // no such chain: nothing can drop our traffic there
   }
@@ -177,11 +182,14 @@ async function forwardAcceptMissing(): Promise<boolean> {
 }
 
 async function ensureForwardAccept(): Promise<void> {
-  if (!(await forwardAcceptMissing())) return;
+  for (const family of FORWARD_FAMILIES) if (await forwardAcceptMissing(family)) await insertForwardAccept(family);
+}
+
+async function insertForwardAccept(family: 'ip' | 'ip6'): Promise<void> {
   await nft([
     'insert',
     'rule',
-    'ip',
+    family,
     'filter',
     'FORWARD',
     'iifname',
@@ -197,11 +205,12 @@ async function ensureForwardAccept(): Promise<void> {
 
 export async function removeFirewall(): Promise<void> {
   await nft(['delete', 'table', 'inet', TABLE]).catch(() => undefined);
-  try {
-    const chain = await nft(['-a', 'list', 'chain', 'ip', 'filter', 'FORWARD']);
-    for (const m of chain.matchAll(/weft-bridge.*# handle (\d+)/g))
-      await nft(['delete', 'rule', 'ip', 'filter', 'FORWARD', 'handle', m[1]]);
-  } catch {
-    /* no FORWARD chain */
-  }
+  for (const family of FORWARD_FAMILIES)
+    try {
+      const chain = await nft(['-a', 'list', 'chain', family, 'filter', 'FORWARD']);
+      for (const m of chain.matchAll(/weft-bridge.*# handle (\d+)/g))
+        await nft(['delete', 'rule', family, 'filter', 'FORWARD', 'handle', m[1]]);
+    } catch {
+      /* no FORWARD chain */
+    }
 }

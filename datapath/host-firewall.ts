@@ -15,11 +15,13 @@ import {
   type FirewallState,
   type UnderlayPeers,
 } from './firewall.js';
-import { PortGuard, guardRuleset, type PortBinding } from './port-guard.js';
+import { PortGuard, guardRuleset, type GuardOptions, type PortBinding } from './port-guard.js';
 
 /** A part of the `inet weft` table that another component keeps: its lines and forward-chain hooks. */
 export interface FirewallPart {
   part(): { lines: string[]; hooks: string[] } | null;
+  /** Local containers the part limits on ingress (their ports get no broadcast or multicast). */
+  limitedIn?(): Set<string>;
   /** The table was written with what part() last gave. */
   written(): void;
 }
@@ -36,8 +38,8 @@ export interface HostFirewallConfig {
   error: (message: string) => void;
   /** Told when the tables were found changed underneath and written again. */
   repaired: () => void;
-  /** The overlay carries IPv6 (--ipv6): the bridge guard lets it in from the overlay's ports. */
-  overlayIpv6?: boolean;
+  /** How the bridge guard is written: whether the overlay carries IPv6 (--ipv6), the bridge's MAC. */
+  guard?: GuardOptions;
 }
 
 export class HostFirewall {
@@ -48,7 +50,7 @@ export class HostFirewall {
   private underlayWritten: UnderlayPeers | null = null;
 
   constructor(private readonly config: HostFirewallConfig) {
-    this.guard = new PortGuard(config.overlayIpv6 ?? false);
+    this.guard = new PortGuard(config.guard);
   }
 
   private state(): FirewallState {
@@ -84,8 +86,7 @@ export class HostFirewall {
    * is not undone.
    */
   private async stillDiffers(): Promise<string | null> {
-    const differs = () =>
-      firewallDiffers(this.state(), guardRuleset(this.config.bindings(), this.config.overlayIpv6 ?? false));
+    const differs = () => firewallDiffers(this.state(), guardRuleset(this.config.bindings(), this.config.guard));
     if ((await differs()) === null) return null;
     await new Promise((r) => setTimeout(r, 250));
     return differs();
@@ -97,6 +98,7 @@ export class HostFirewall {
     await applyFirewall(state);
     this.underlayWritten = state.underlay;
     this.config.part?.written();
+    this.scheduleGuard(); // which containers the policy limits may have changed
   }
 
   /** Brings the peer sets to who is connected now (element updates; both tables whole if they fail). */

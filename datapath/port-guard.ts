@@ -28,9 +28,24 @@ export interface PortBinding {
   addrs: string[];
   /** IPv6 addresses it may send from (with them, its link-local address from the MAC too); none: no IPv6. */
   addrs6?: string[];
+  /**
+   * Security groups limit what the container accepts: it receives only IP packets addressed to it
+   * (and Neighbour Discovery), no broadcast or multicast, which no rule can name and whose
+   * destination is not the container's, so the rules never judge them.
+   */
+  limitedIn?: boolean;
+}
+
+/** How the whole table is written. */
+export interface GuardOptions {
+  /** The overlay carries IPv6 (--ipv6): the overlay's ports may bring it. */
+  overlayIpv6?: boolean;
+  /** The bridge's MAC: with --ipv6, IPv6 from containers to it is dropped (nothing on the bridge speaks IPv6). */
+  bridgeMac?: string;
 }
 
 const chainOf = (port: string) => `p_${port}`;
+const outChainOf = (port: string) => `o_${port}`;
 
 /** A MAC as one 48-bit hex number, for raw payload matches. */
 const macHex = (mac: string) => `0x${mac.replaceAll(':', '')}`;
@@ -53,7 +68,11 @@ function portRules(b: PortBinding): string[] {
   const ipv6 = any6
     ? [
         `ether type ip6 ip6 saddr != ${any6} counter drop comment "spoofed IPv6 source"`,
-        `icmpv6 type { nd-router-advert, nd-redirect, router-renumbering } counter drop comment "router advertisement or redirect from a container"`,
+        `icmpv6 type { nd-router-advert, nd-redirect, router-renumbering, mld-listener-query } counter drop comment "router advertisement, redirect or multicast query from a container"`,
+        // What the kernel sends: the target, and at most one link-layer address option. Anything
+        // longer (options in another order, extension headers) could hide another MAC from the
+        // checks below, or carry data past the security groups (which let all of ND pass).
+        `icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert } ip6 length != { 24, 32 } counter drop comment "neighbour discovery of another shape"`,
         `icmpv6 type nd-neighbor-advert @th,64,128 != { ${v6.map(ip6Hex).join(', ')} } counter drop comment "neighbour advertisement for another's address"`,
         `icmpv6 type nd-neighbor-advert @th,192,16 0x0201 @th,208,48 != ${macHex(b.mac)} counter drop comment "neighbour advertisement with another's MAC"`,
         `icmpv6 type nd-neighbor-solicit @th,192,16 0x0101 @th,208,48 != ${macHex(b.mac)} counter drop comment "neighbour solicitation with another's MAC"`,
@@ -77,10 +96,26 @@ function portRules(b: PortBinding): string[] {
   ];
 }
 
+/** What a port limited on ingress may be sent (on the bridge's forward hook, to that port). */
+function outRules(b: PortBinding): string[] {
+  const v4 = [...new Set(b.addrs)].sort();
+  const v6 = ipv6Of(b);
+  const notMine = 'counter drop comment "not addressed to a container limited on ingress"';
+  return [
+    ...(v6.length > 0 ? [`ether type ip6 ip6 daddr { ${v6.join(', ')} } accept`] : []),
+    `icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert } accept`,
+    `ether type ip6 ${notMine}`,
+    v4.length > 0 ? `ether type ip ip daddr != { ${v4.join(', ')} } ${notMine}` : `ether type ip ${notMine}`,
+  ];
+}
+
 /** The whole table, written at start and whenever it was changed underneath. */
-export function guardRuleset(bindings: PortBinding[], overlayIpv6 = false): string {
+export function guardRuleset(bindings: PortBinding[], opts: GuardOptions = {}): string {
+  const { overlayIpv6 = false, bridgeMac } = opts;
   const sorted = [...bindings].sort((a, b) => (a.port < b.port ? -1 : 1));
   const elements = sorted.map((b) => `"${b.port}" : jump ${chainOf(b.port)}`);
+  const limited = sorted.filter((b) => b.limitedIn);
+  const outElements = limited.map((b) => `"${b.port}" : jump ${outChainOf(b.port)}`);
   return [
     `table bridge ${GUARD_TABLE}`,
     `delete table bridge ${GUARD_TABLE}`,
@@ -89,9 +124,25 @@ export function guardRuleset(bindings: PortBinding[], overlayIpv6 = false): stri
     `    type ifname : verdict;`,
     ...(elements.length > 0 ? [`    elements = { ${elements.join(', ')} }`] : []),
     `  }`,
+    `  map out_ports {`,
+    `    type ifname : verdict;`,
+    ...(outElements.length > 0 ? [`    elements = { ${outElements.join(', ')} }`] : []),
+    `  }`,
     ...sorted.flatMap((b) => [`  chain ${chainOf(b.port)} {`, ...portRules(b).map((r) => `    ${r}`), `  }`]),
+    ...limited.flatMap((b) => [`  chain ${outChainOf(b.port)} {`, ...outRules(b).map((r) => `    ${r}`), `  }`]),
+    `  chain forward {`,
+    `    type filter hook forward priority filter; policy accept;`,
+    `    oifname vmap @out_ports`,
+    `  }`,
     `  chain prerouting {`,
     `    type filter hook prerouting priority filter; policy accept;`,
+    // Nothing on the bridge speaks IPv6: a container's IPv6 to the host would be routed on by a host
+    // that forwards IPv6, past every rule.
+    ...(overlayIpv6 && bridgeMac
+      ? [
+          `    iifname "${CONTAINER_PORT_PREFIX}*" ether type ip6 ether daddr ${bridgeMac} counter drop comment "IPv6 to the host"`,
+        ]
+      : []),
     `    iifname vmap @ports`,
     // The overlay's own ports (a peer's VXLAN or sleeve, OVS) carry what containers send, which their
     // ports let through only as IPv4, ARP and (with --ipv6) IPv6: anything else (a VLAN tag, behind
@@ -111,20 +162,43 @@ export function guardRuleset(bindings: PortBinding[], overlayIpv6 = false): stri
 function guardUpdates(bind: PortBinding[], unbind: string[]): string {
   const t = `bridge ${GUARD_TABLE}`;
   const out: string[] = [];
-  for (const port of unbind) out.push(`delete element ${t} ports { "${port}" }`, `delete chain ${t} ${chainOf(port)}`);
+  // The out chain goes with its map element first (a chain a map points at cannot be deleted). Both
+  // may be absent: `add` then `delete` removes them whatever was there.
+  const dropOut = (port: string) => [
+    `add element ${t} out_ports { "${port}" : jump ${outChainOf(port)} }`,
+    `delete element ${t} out_ports { "${port}" }`,
+  ];
+  for (const port of unbind)
+    out.push(
+      `delete element ${t} ports { "${port}" }`,
+      `delete chain ${t} ${chainOf(port)}`,
+      `add chain ${t} ${outChainOf(port)}`,
+      ...dropOut(port),
+      `delete chain ${t} ${outChainOf(port)}`,
+    );
   for (const b of bind) {
     const chain = chainOf(b.port);
+    const outChain = outChainOf(b.port);
     out.push(
       `add chain ${t} ${chain}`,
       `flush chain ${t} ${chain}`,
       ...portRules(b).map((r) => `add rule ${t} ${chain} ${r}`),
       `add element ${t} ports { "${b.port}" : jump ${chain} }`,
+      `add chain ${t} ${outChain}`,
+      `flush chain ${t} ${outChain}`,
     );
+    if (b.limitedIn)
+      out.push(
+        ...outRules(b).map((r) => `add rule ${t} ${outChain} ${r}`),
+        `add element ${t} out_ports { "${b.port}" : jump ${outChain} }`,
+      );
+    else out.push(...dropOut(b.port), `delete chain ${t} ${outChain}`);
   }
   return out.length > 0 ? out.join('\n') + '\n' : '';
 }
 
-const keyOf = (b: PortBinding) => `${b.mac} ${[...new Set(b.addrs)].sort().join(',')} ${ipv6Of(b).join(',')}`;
+const keyOf = (b: PortBinding) =>
+  `${b.mac} ${[...new Set(b.addrs)].sort().join(',')} ${ipv6Of(b).join(',')} ${b.limitedIn ? 'limited' : ''}`;
 
 /** Keeps the table equal to the bindings it is given, by small updates; rewrites it whole when the kernel's differs. */
 export class PortGuard {
@@ -134,8 +208,8 @@ export class PortGuard {
   readonly stats = { updates: 0, rewrites: 0 };
 
   constructor(
-    /** Whether the overlay carries IPv6 (--ipv6): the overlay's ports may then bring it. */
-    private readonly overlayIpv6 = false,
+    /** How the whole table is written (--ipv6, the bridge's MAC). */
+    private readonly options: GuardOptions = {},
     /** Writes the whole table (at start, after a change underneath): `nft -f`, not the session, which reads wait behind. */
     private readonly run: (script: string) => Promise<unknown> = (script) => nft(['-f', '-'], script),
     /** Writes a few ports' updates (each attach and detach): through the long-lived nft. */
@@ -162,7 +236,7 @@ export class PortGuard {
           // the kernel's table is not what we thought: write it whole below
         }
       }
-      await this.run(guardRuleset(bindings, this.overlayIpv6));
+      await this.run(guardRuleset(bindings, this.options));
       this.written = new Map(bindings.map((b) => [b.port, keyOf(b)]));
       this.stats.rewrites++;
       this.lastError = null;

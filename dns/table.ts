@@ -62,7 +62,8 @@ export function compareRecords(a: NameRecord, b: NameRecord): number {
 
 /** Service names and their VIPs (services/engine.ts), asked before the containers' names. */
 export interface ServiceNames {
-  vipFor(hostname: string): string | null;
+  /** A service's VIPs: IPv4, and IPv6 where the router gives services one (--ipv6). */
+  vipFor(hostname: string): { v4: string; v6?: string } | null;
   nameOf(ip: string): string | null;
 }
 
@@ -89,7 +90,10 @@ export class NameTable {
   /** The name's addresses: of one family (4: A answers, 6: AAAA), or of both when none is given. */
   lookup(hostname: string, family?: 4 | 6): string[] {
     const vip = this.services?.vipFor(normaliseName(hostname));
-    if (vip) return family === 6 ? [] : [vip];
+    if (vip) {
+      const v6 = vip.v6 !== undefined ? [vip.v6] : [];
+      return family === 6 ? v6 : family === 4 ? [vip.v4] : [vip.v4, ...v6];
+    }
     if (!this.index) {
       this.index = new Map();
       for (const r of this.records.values()) {

@@ -120,6 +120,14 @@ export class PolicyEngine {
     return c.hooks.length > 0 ? { lines: c.lines, hooks: c.hooks } : null;
   }
 
+  /** Local containers some rule limits on ingress, from the state now (the bridge guard keeps broadcast and multicast from them). */
+  limitedIn(): Set<string> {
+    const c = this.fresh();
+    return new Set(
+      [...c.counters.values()].filter((m) => m.kind === 'deny' && m.direction === 'ingress').map((m) => m.id),
+    );
+  }
+
   /** The firewall wrote the table with what firewallPart last gave. */
   written(): void {
     if (this.offered) this.current = this.offered;

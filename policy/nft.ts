@@ -124,7 +124,9 @@ export function compilePolicy(model: PolicyModel, local: Member[], opts: Compile
   // Neighbour Discovery is how IPv6 finds a neighbour at all (ARP is not IP, and never meets these
   // rules): a limited container still answers and asks. The port guard checks what it may say.
   const nd = ipv6
-    ? [`    icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert } accept comment "neighbour discovery"`]
+    ? [
+        `    oifname "${BRIDGE}" icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert } ip6 hoplimit 255 accept comment "neighbour discovery"`,
+      ]
     : [];
   const policyChain = ['  chain security_groups {', ...nd, ...jumps, '  }'];
   const names = [...sets.keys()].sort();

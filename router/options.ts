@@ -25,6 +25,8 @@ export interface RouterOptions {
   ipallocRange: string;
   /** Where service VIPs come from; must not overlap ipallocRange. */
   serviceRange: string;
+  /** With ipv6: where each service's IPv6 VIP is (at its IPv4 VIP's offset). */
+  serviceRange6: string;
   ipallocDefaultSubnet?: string;
   /** IPv6 addresses come from here (a ring of their own, started when first asked for). */
   ipallocRange6: string;
@@ -181,6 +183,10 @@ function routerOptions(): Option[] {
       '--service-range <cidr>',
       'the range service VIPs come from (must not overlap --ipalloc-range; the same on every peer)',
     ).default('10.96.0.0/16'),
+    o(
+      '--service-range6 <cidr>',
+      "with --ipv6: the range services' IPv6 VIPs come from, each at its IPv4 VIP's offset (at least as large as --service-range; the same on every peer)",
+    ).default('fd77:6566:7401::/112'),
     o('--ipalloc-default-subnet <cidr>', 'subnet for allocations that name none (default: the whole range)'),
     o(
       '--ipalloc-range6 <cidr>',
@@ -292,6 +298,7 @@ export function toRouterOptions(v: Record<string, unknown>, peers: string[]): Ro
     heartbeatInterval: v.heartbeatInterval as number,
     ipallocRange: v.ipallocRange as string,
     serviceRange: v.serviceRange as string,
+    serviceRange6: v.serviceRange6 as string,
     ipallocDefaultSubnet: v.ipallocDefaultSubnet as string | undefined,
     ipallocRange6: v.ipallocRange6 as string,
     ipallocDefaultSubnet6: v.ipallocDefaultSubnet6 as string | undefined,

@@ -42,7 +42,7 @@ import { DockerWatcher } from '../plugin/docker-watcher.js';
 import { CniService } from '../plugin/cni.js';
 import { PolicyEngine } from '../policy/engine.js';
 import { ServiceEngine } from '../services/engine.js';
-import { parseServiceRange } from '../services/service.js';
+import { parseServiceRange, parseServiceRange6 } from '../services/service.js';
 
 const DNS_BRIDGE_IP = '169.254.83.83';
 
@@ -127,7 +127,13 @@ export class Router {
     const ipamConf = ipamConfig(opts);
     const ipam6Conf = ipam6Config(opts);
     const serviceRange = parseServiceRange(opts.serviceRange);
-    ServiceEngine.checkRanges(serviceRange, ipamConf.range);
+    // IPv6 VIPs only where containers have IPv6 (--ipv6).
+    const serviceRange6 = opts.ipv6 ? parseServiceRange6(opts.serviceRange6, serviceRange) : null;
+    ServiceEngine.checkRanges(
+      serviceRange,
+      ipamConf.range,
+      serviceRange6 ? { service: serviceRange6, alloc: ipam6Conf.range } : undefined,
+    );
     const ipamStore = new IpamStore(opts.dataDir, ipamConf.range, id.name);
     const ipam6Store = ipamStore.ipv6(ipam6Conf.range);
     const state = { dir: opts.dataDir, writes: new StateWrites(log) };
@@ -207,7 +213,11 @@ export class Router {
           encrypt: encryptionPolicy(opts.password !== null, opts.trustedSubnets),
           dns: dnsOnBridge ? { ip: DNS_BRIDGE_IP, domain: opts.dnsDomain } : undefined,
           ovs,
-          firewallPart: { part: () => policy!.firewallPart(), written: () => policy!.written() },
+          firewallPart: {
+            part: () => policy!.firewallPart(),
+            written: () => policy!.written(),
+            limitedIn: () => policy!.limitedIn(),
+          },
           // Its names, and its IPv6 addresses (the datapath frees the IPv4 ones itself).
           containerGone: (container) => {
             names!.remove({ container });
@@ -252,7 +262,7 @@ export class Router {
         : null;
     // Before the datapath starts, so its first write of the firewall already enforces the rules.
     policy = new PolicyEngine(mesh, datapath, state);
-    services = new ServiceEngine(mesh, datapath, serviceRange, state, opts.dnsDomain);
+    services = new ServiceEngine(mesh, datapath, serviceRange, state, opts.dnsDomain, serviceRange6);
     const router = new Router(
       opts,
       mesh,

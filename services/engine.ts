@@ -15,7 +15,8 @@ import type { MeshView, PeerName } from '../mesh/index.js';
 import { SerialJob } from '../lib/serial-job.js';
 import { containerMatches } from '../policy/model.js';
 import { SERVICES_TABLE, compileServiceTable, type ServedVip } from './nft.js';
-import { ServiceError, checkService, pickVip, resolveVips, type Affinity, type Service } from './service.js';
+import { ServiceError, checkService, pickVip, resolveVips, vip6Of, type Affinity, type Service } from './service.js';
+import { formatCidr6, overlaps6, type Cidr6 } from '../net/addr6.js';
 import { HealthRecords, ServiceTable, type Failing } from './table.js';
 
 type Health = 'healthy' | 'failing' | 'unchecked';
@@ -24,10 +25,14 @@ interface BackendView {
   container: string;
   peer: PeerName;
   addr: string;
+  /** Its IPv6 address (a dual-stack container, --ipv6). */
+  addr6?: string;
   health: Health;
 }
 
 export interface ServiceView extends Service {
+  /** With --ipv6: the IPv6 VIP (at the IPv4 VIP's offset in --service-range6). */
+  vip6?: string;
   /** False when another service kept this VIP (picked on both sides of a partition); a new one is on its way. */
   served: boolean;
   conflict?: string;
@@ -54,6 +59,8 @@ export class ServiceEngine {
   readonly table: ServiceTable;
   readonly health: HealthRecords;
   readonly rangeText: string;
+  /** --service-range6, with --ipv6. */
+  readonly range6Text: string | null;
   /** The DNS domain without its final dot. */
   private readonly zone: string;
   /** Local containers whose namespace has the current table: container -> (namespace, text written). */
@@ -75,8 +82,11 @@ export class ServiceEngine {
     state: StateDir,
     /** The DNS domain ("weft.local."): NAME.DOMAIN answers with the VIP. */
     domain: string,
+    /** With --ipv6: where the IPv6 VIPs are. */
+    readonly range6: Cidr6 | null = null,
   ) {
     this.rangeText = formatCidr(range);
+    this.range6Text = range6 ? formatCidr6(range6) : null;
     this.zone = domain.replace(/\.$/, '');
     this.table = new ServiceTable(mesh, range, stateFile(state, 'services.json'));
     this.health = new HealthRecords(mesh);
@@ -96,7 +106,7 @@ export class ServiceEngine {
       this.resolved = {
         ...r,
         byName: new Map(r.served.map((s) => [s.name, s])),
-        byVip: new Map(r.served.map((s) => [s.vip, s])),
+        byVip: new Map(r.served.flatMap((s) => [[s.vip, s], ...(this.range6 ? [[this.vip6(s.vip), s] as const] : [])])),
       };
     }
     return this.resolved;
@@ -107,12 +117,21 @@ export class ServiceEngine {
     return `${name}.${this.zone}`;
   }
 
-  /** The service range must not overlap the allocation range (checked at start). */
-  static checkRanges(serviceRange: Cidr, allocRange: Cidr): void {
+  /** The service range must not overlap the allocation range (checked at start); nor the IPv6 ones. */
+  static checkRanges(serviceRange: Cidr, allocRange: Cidr, v6?: { service: Cidr6; alloc: Cidr6 }): void {
     if (overlaps(serviceRange, allocRange))
       throw new ServiceError(
         `--service-range ${formatCidr(serviceRange)} overlaps the allocation range ${formatCidr(allocRange)}: choose ranges apart`,
       );
+    if (v6 && overlaps6(v6.service, v6.alloc))
+      throw new ServiceError(
+        `--service-range6 ${formatCidr6(v6.service)} overlaps --ipalloc-range6 ${formatCidr6(v6.alloc)}: choose ranges apart`,
+      );
+  }
+
+  /** A VIP's IPv6 twin (with --ipv6). */
+  private vip6(vip: string): string {
+    return vip6Of(vip, this.range, this.range6!);
   }
 
   start(): void {
@@ -162,10 +181,17 @@ export class ServiceEngine {
           container: e.container,
           peer: e.peer,
           addr: e.cidrs[0].split('/')[0],
+          ...(this.range6 && e.cidrs6 && e.cidrs6.length > 0 ? { addr6: e.cidrs6[0].split('/')[0] } : {}),
           health: (s.check ? (failing.has(`${s.name} ${e.container}`) ? 'failing' : 'healthy') : 'unchecked') as Health,
         }))
         .sort((a, b) => (a.addr < b.addr ? -1 : a.addr > b.addr ? 1 : 0));
-      return { ...s, served: isServed, ...(conflict ? { conflict } : {}), live };
+      return {
+        ...s,
+        ...(this.range6 ? { vip6: this.vip6(s.vip) } : {}),
+        served: isServed,
+        ...(conflict ? { conflict } : {}),
+        live,
+      };
     };
     return [
       ...served.map((s) => view(s, true)),
@@ -175,12 +201,14 @@ export class ServiceEngine {
     ].sort((a, b) => (a.name < b.name ? -1 : 1));
   }
 
-  /** The VIP for a DNS name (NAME.DOMAIN), or null. */
-  vipFor(hostname: string): string | null {
+  /** The VIPs for a DNS name (NAME.DOMAIN): IPv4, and IPv6 with --ipv6; or null. */
+  vipFor(hostname: string): { v4: string; v6?: string } | null {
     const suffix = `.${this.zone}.`;
     const n = hostname.endsWith('.') ? hostname : `${hostname}.`;
     if (!n.endsWith(suffix)) return null;
-    return this.resolve().byName.get(n.slice(0, -suffix.length))?.vip ?? null;
+    const vip = this.resolve().byName.get(n.slice(0, -suffix.length))?.vip;
+    if (vip === undefined) return null;
+    return this.range6 ? { v4: vip, v6: this.vip6(vip) } : { v4: vip };
   }
 
   /** The service that has this VIP, if any (DNS reverse lookups). */
@@ -248,24 +276,37 @@ export class ServiceEngine {
       this.repickConflicts(); // a control-plane-only router resolves VIP conflicts too
       if (!this.datapath) return;
       const views = this.views().filter((v) => v.served);
-      const vips: ServedVip[] = views.map((v) => ({
-        name: v.name,
-        vip: v.vip,
-        affinity: v.affinity,
-        backends: v.live.filter((b) => b.health !== 'failing').map((b) => b.addr),
-      }));
-      const text = compileServiceTable(this.rangeText, vips);
+      const vips: ServedVip[] = views.map((v) => {
+        const up = v.live.filter((b) => b.health !== 'failing');
+        return {
+          name: v.name,
+          vip: v.vip,
+          affinity: v.affinity,
+          backends: up.map((b) => b.addr),
+          ...(v.vip6 !== undefined
+            ? { vip6: v.vip6, backends6: up.flatMap((b) => (b.addr6 !== undefined ? [b.addr6] : [])) }
+            : {}),
+        };
+      });
+      // Dual-stack containers translate the IPv6 VIPs too.
+      const text4 = compileServiceTable(this.rangeText, vips);
+      const text6 = this.range6Text ? compileServiceTable(this.rangeText, vips, this.range6Text) : text4;
       const errors: string[] = [];
-      const clients = new Map<string, { netns: string; ifname: string }>();
+      const clients = new Map<string, { netns: string; ifname: string; dual: boolean }>();
       for (const e of this.datapath.endpoints.local) {
         const c = containerNamespace(e);
-        if (c) clients.set(e.container, c);
+        if (c) clients.set(e.container, { ...c, dual: (e.cidrs6 ?? []).length > 0 });
       }
       for (const [container, c] of clients) {
         const had = this.programmed.get(container);
+        const text = c.dual ? text6 : text4;
         if (had?.text === text && had.netns === c.netns) continue;
         try {
-          if (!had || had.netns !== c.netns) await ip(['route', 'replace', this.rangeText, 'dev', c.ifname], c.netns);
+          if (!had || had.netns !== c.netns || had.text !== text) {
+            await ip(['route', 'replace', this.rangeText, 'dev', c.ifname], c.netns);
+            if (c.dual && this.range6Text)
+              await ip(['-6', 'route', 'replace', this.range6Text, 'dev', c.ifname], c.netns);
+          }
           await nft(['-f', '-'], text, c.netns);
           this.programmed.set(container, { netns: c.netns, text });
           this.stats.rewrites++;
@@ -278,7 +319,8 @@ export class ServiceEngine {
       for (const [container, had] of this.programmed) {
         if (clients.has(container)) continue;
         this.programmed.delete(container);
-        await nft(['delete', 'table', 'ip', SERVICES_TABLE], undefined, had.netns).catch(() => undefined);
+        for (const family of ['ip', 'ip6'])
+          await nft(['delete', 'table', family, SERVICES_TABLE], undefined, had.netns).catch(() => undefined);
       }
       await this.cutGoneBackends(
         vips,
@@ -294,7 +336,12 @@ export class ServiceEngine {
 
   /** Flows of this host's clients to backends that dropped out of a VIP (or to VIPs gone) are cut. */
   private async cutGoneBackends(vips: ServedVip[], namespaces: string[]): Promise<void> {
-    const now = new Map(vips.map((v) => [v.vip, new Set(v.backends)]));
+    const now = new Map(
+      vips.flatMap((v) => [
+        [v.vip, new Set(v.backends)] as const,
+        ...(v.vip6 !== undefined ? [[v.vip6, new Set(v.backends6 ?? [])] as const] : []),
+      ]),
+    );
     const cuts: string[][] = [];
     for (const [vip, before] of this.lastBackends) {
       const after = now.get(vip);
@@ -305,7 +352,8 @@ export class ServiceEngine {
     for (const args of cuts)
       for (const ns of namespaces) {
         // No flow to delete makes conntrack exit 1 ("0 flow entries"): a count of 0.
-        const r = await conntrack(['-D', '-f', 'ipv4', ...args], ns).catch((err: unknown) =>
+        const family = args[1].includes(':') ? 'ipv6' : 'ipv4';
+        const r = await conntrack(['-D', '-f', family, ...args], ns).catch((err: unknown) =>
           err instanceof CommandError ? { stderr: err.stderr } : null,
         );
         const n = Number(/(\d+) flow entries have been deleted/.exec(r?.stderr ?? '')?.[1] ?? 0);
@@ -374,10 +422,15 @@ export class ServiceEngine {
 
   private async countFlows(): Promise<Map<string, Map<string, number>>> {
     const out = new Map<string, Map<string, number>>();
-    const vips = new Set(this.table.values().map((s) => s.vip));
+    const vips = new Set(this.table.values().flatMap((s) => [s.vip, ...(this.range6 ? [this.vip6(s.vip)] : [])]));
+    const families = this.range6 ? ['ipv4', 'ipv6'] : ['ipv4'];
     for (const { netns } of this.programmed.values()) {
-      const r = await conntrack(['-L', '-f', 'ipv4'], netns).catch(() => null);
-      for (const line of r?.stdout.split('\n') ?? []) {
+      const lines: string[] = [];
+      for (const f of families) {
+        const r = await conntrack(['-L', '-f', f], netns).catch(() => null);
+        lines.push(...(r?.stdout.split('\n') ?? []));
+      }
+      for (const line of lines) {
         const srcs = [...line.matchAll(/\bsrc=(\S+)/g)].map((m) => m[1]);
         const dst = /\bdst=(\S+)/.exec(line)?.[1];
         if (!dst || !vips.has(dst) || srcs.length < 2) continue;

@@ -6,6 +6,7 @@ import { WeftError, type ErrorCode } from '../lib/errors.js';
 import { createHash } from 'node:crypto';
 import { contains, formatCidr, formatIp, isIpv4, parseCidr, parseIp, type Cidr } from '../net/addr.js';
 import { GROUP_NAME } from '../net/validate.js';
+import { formatCidr6, formatIp6, parseCidr6, type Cidr6 } from '../net/addr6.js';
 
 export type Affinity = 'none' | 'client';
 
@@ -168,4 +169,29 @@ export function parseServiceRange(text: string): Cidr {
   }
   if (r.prefix > 30) throw new ServiceError(`--service-range ${text} is too small (at most /30)`);
   return r;
+}
+
+/**
+ * --service-range6 (with --ipv6): each service's IPv6 VIP sits at the same offset in it as its IPv4
+ * VIP in --service-range, so it needs no address of its own on the wire and every peer (with the same
+ * ranges) knows it. It must hold at least as many addresses as --service-range.
+ */
+export function parseServiceRange6(text: string, range: Cidr): Cidr6 {
+  let r: Cidr6;
+  try {
+    r = parseCidr6(text);
+  } catch (err) {
+    throw new ServiceError(`--service-range6 ${text}: ${(err as Error).message}`);
+  }
+  const most = 128 - (32 - range.prefix);
+  if (r.prefix > most)
+    throw new ServiceError(
+      `--service-range6 ${formatCidr6(r)} is smaller than --service-range ${formatCidr(range)} (it needs /${most} or larger: each IPv4 VIP has its IPv6 one at the same offset)`,
+    );
+  return r;
+}
+
+/** A service's IPv6 VIP: at its IPv4 VIP's offset in the IPv6 service range. */
+export function vip6Of(vip: string, range: Cidr, range6: Cidr6): string {
+  return formatIp6(range6.start + BigInt(parseIp(vip) - range.start));
 }

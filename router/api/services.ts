@@ -5,7 +5,7 @@ import type { MeshView } from '../../mesh/index.js';
 import type { DockerWatcher } from '../../plugin/docker-watcher.js';
 import { endpointKey } from '../../plugin/docker-driver.js';
 import type { ServiceEngine, ServiceRequest, ServiceView } from '../../services/engine.js';
-import { SERVICE_NAME, ServiceError, parseCheck } from '../../services/service.js';
+import { SERVICE_NAME, ServiceError, parseCheck, vip6Of } from '../../services/service.js';
 import { checkGroupName } from '../../policy/rules.js';
 import { notFound } from './errors.js';
 
@@ -22,13 +22,14 @@ export function registerServiceRoutes(
 ): void {
   async function detail(v: ServiceView, flows: Map<string, Map<string, number>>): Promise<ServiceDetail> {
     const perBackend = flows.get(v.vip) ?? new Map<string, number>();
+    const perBackend6 = (v.vip6 !== undefined ? flows.get(v.vip6) : undefined) ?? new Map<string, number>();
     return {
       ...v,
       dnsName: services.dnsName(v.name),
       live: v.live.map((b) => ({
         ...b,
         host: mesh.nicknameOf(b.peer) ?? null,
-        flowsFromHere: perBackend.get(b.addr) ?? 0,
+        flowsFromHere: (perBackend.get(b.addr) ?? 0) + (b.addr6 !== undefined ? (perBackend6.get(b.addr6) ?? 0) : 0),
       })),
     };
   }
@@ -110,7 +111,8 @@ export function registerServiceRoutes(
         ...(b.check !== undefined && b.check !== '' ? { check: parseCheck(b.check) } : {}),
       };
       const s = services.create(request);
-      return { ...s, dnsName: services.dnsName(s.name) };
+      const vip6 = services.range6 ? vip6Of(s.vip, services.range, services.range6) : undefined;
+      return { ...s, ...(vip6 !== undefined ? { vip6 } : {}), dnsName: services.dnsName(s.name) };
     },
   );
 

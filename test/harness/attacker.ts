@@ -78,9 +78,15 @@ export async function sendUdp(
 const RECORD = `
 const dgram = require('node:dgram');
 const [port] = process.argv.slice(1).map(Number);
-const u = dgram.createSocket('udp4');
-u.on('message', (m, r) => process.stdout.write(JSON.stringify({ from: r.address, data: m.toString() }) + '\\n'));
-u.bind(port, '0.0.0.0', () => process.stdout.write('ready\\n'));
+// Both families where the namespace has IPv6 (IPv4 senders show as themselves), else IPv4.
+const start = (any, kind) => {
+  const u = dgram.createSocket(kind);
+  u.once('error', () => (any === '::' ? start('0.0.0.0', 'udp4') : process.exit(1)));
+  u.on('message', (m, r) =>
+    process.stdout.write(JSON.stringify({ from: r.address.replace(/^::ffff:/, ''), data: m.toString() }) + '\\n'));
+  u.bind(port, any, () => process.stdout.write('ready\\n'));
+};
+start('::', 'udp6');
 setTimeout(() => process.exit(0), 120000);`;
 
 /** A UDP listener in `ns` that records every datagram (its source address and text). */

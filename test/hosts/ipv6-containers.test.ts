@@ -1,15 +1,16 @@
 // Dual-stack containers (router --ipv6): each attach gives an address of each
 // family; containers on three hosts talk over IPv6 on the kernel VXLAN path and
 // on the sleeve; the bridge answers Neighbour Solicitations for remote
-// containers itself; security groups judge IPv6 exactly as IPv4; and a
+// containers itself; security groups judge IPv6 exactly as IPv4; services have
+// an IPv6 VIP, translated in the clients; and a
 // container cannot speak IPv6 as another (forged sources, Neighbour
 // Advertisements, router advertisements are dropped at its port).
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { Cluster, eventually } from '../harness/cluster.js';
 import { describeAsRoot } from '../harness/root.js';
 import { run } from '../harness/exec.js';
-import { tcpConnect } from '../harness/attacker.js';
-import { echoServer, startServer } from '../harness/traffic.js';
+import { sendUdp, tcpConnect, udpRecorder } from '../harness/attacker.js';
+import { echo, echoServer, startServer } from '../harness/traffic.js';
 import { spawn } from 'node:child_process';
 
 let cluster: Cluster;
@@ -156,6 +157,18 @@ describeAsRoot('dual-stack containers (--ipv6)', () => {
       expect(await tcpConnect(web.ns, dbLL, 5432)).toBe('open');
       expect(await tcpConnect(other.ns, dbLL, 5432, 800)).not.toBe('open');
       expect(await tcpConnect(web.ns, dbLL, 6000, 800)).not.toBe('open');
+      // Multicast reaches no container limited on ingress (no rule can name it): db hears nothing sent
+      // to all nodes, a container without ingress rules does.
+      const heardByDb = await udpRecorder(db.ns, 5353);
+      const heardByWeb = await udpRecorder(web.ns, 5353);
+      try {
+        await sendUdp(other.ns, 'ff02::1%ethwe', 5353, Buffer.from('to all'));
+        await eventually('web hears the multicast', async () => heardByWeb.received().length > 0, 5000);
+        expect(heardByDb.received()).toEqual([]);
+      } finally {
+        heardByDb.stop();
+        heardByWeb.stop();
+      }
       // ICMPv6 is judged too: the rule allows tcp only.
       expect((await ping6(web.ns, db.ip6)).code).not.toBe(0);
       // policy check speaks IPv6, by address or by container.
@@ -202,6 +215,45 @@ describeAsRoot('dual-stack containers (--ipv6)', () => {
       for (const x of servers) x.stop();
     }
   }, 90_000);
+
+  it('a service has an IPv6 VIP too: AAAA for its name, translated in dual-stack clients to the backends over IPv6', async () => {
+    const [h1, h2, h3] = cluster.hosts;
+    const back1 = await attach(h2, 'back1', '--group', 'svc6');
+    const back2 = await attach(h3, 'back2', '--group', 'svc6');
+    const client = await attach(h1, 'client');
+    const servers = [await echoServer(back1.ns, 7070), await echoServer(back2.ns, 7070)];
+    try {
+      const made = await h1.weft(['service', 'create', 'echo6', '--group', 'svc6']);
+      expect(made.code, made.stderr).toBe(0);
+      const [, vip, vip6] = made.stdout.trim().split(/\s+/);
+      expect(vip6).toMatch(/^fd77:6566:7401::/);
+      await eventually(
+        'the name resolves to both VIPs in the client',
+        async () => {
+          const r = await run('ip', ['netns', 'exec', client.ns, 'getent', 'ahosts', 'echo6.weft.local']);
+          return r.stdout.includes(vip) && r.stdout.includes(vip6);
+        },
+        15_000,
+      );
+      // Both backends answer over the IPv6 VIP (round robin), as over the IPv4 one.
+      await eventually(
+        'the IPv6 VIP answers',
+        async () => (await echo(client.ns, vip6, 7070).catch(() => 0)) > 0,
+        15_000,
+      );
+      expect(await echo(client.ns, vip, 7070)).toBe(5);
+      const list = await h1.weft(['service', 'show', 'echo6']);
+      expect(list.stdout).toContain(`VIP ${vip} and ${vip6}`);
+      expect(list.stdout).toContain(back1.ip6);
+      // An address of the IPv6 service range that no service has is refused at once.
+      expect(await tcpConnect(client.ns, vip6.replace(/::[0-9a-f]+$/, '::ffff'), 7070)).toBe('closed ECONNREFUSED');
+      // The translation went to the backends' IPv6 addresses.
+      const ct = await run('ip', ['netns', 'exec', client.ns, 'conntrack', '-L', '-f', 'ipv6']);
+      expect(ct.stdout).toMatch(new RegExp(`dst=${vip6}.*src=(${back1.ip6}|${back2.ip6})`));
+    } finally {
+      for (const x of servers) x.stop();
+    }
+  }, 60_000);
 
   it('a container cannot speak IPv6 as another: forged sources, advertisements and router advertisements are dropped', async () => {
     const [h1] = cluster.hosts;
@@ -258,14 +310,47 @@ s.sendto(body, (to + '%ethwe', 0))
     expect(count(after.stdout, "neighbour advertisement for another's address")).toBeGreaterThan(
       count(before.stdout, "neighbour advertisement for another's address"),
     );
-    expect(count(after.stdout, 'router advertisement or redirect from a container')).toBeGreaterThan(
-      count(before.stdout, 'router advertisement or redirect from a container'),
+    expect(count(after.stdout, 'router advertisement, redirect or multicast query from a container')).toBeGreaterThan(
+      count(before.stdout, 'router advertisement, redirect or multicast query from a container'),
     );
     expect(count(after.stdout, 'spoofed IPv6 source')).toBeGreaterThan(count(before.stdout, 'spoofed IPv6 source'));
+    // IPv6 to the host's bridge (which a host that forwards IPv6 would route on) goes nowhere.
+    const brMac = (await h1.exec('cat', ['/sys/class/net/weft/address'])).stdout.trim();
+    for (const cmd of [
+      ['-6', 'neigh', 'replace', 'fe80::1', 'lladdr', brMac, 'dev', 'ethwe', 'nud', 'permanent'],
+      ['-6', 'route', 'replace', '2001:db8::/64', 'via', 'fe80::1', 'dev', 'ethwe'],
+    ])
+      expect((await run('ip', ['-n', mallory.ns, ...cmd])).code).toBe(0);
+    await run('ip', ['netns', 'exec', mallory.ns, 'ping', '-6', '-c', '2', '-i', '0.2', '-W', '1', '2001:db8::1'], {
+      timeoutMs: 10_000,
+    });
+    const later = await h1.exec('nft', ['list', 'table', 'bridge', 'weft']);
+    expect(count(later.stdout, 'IPv6 to the host')).toBeGreaterThan(count(before.stdout, 'IPv6 to the host'));
     // The witness still reaches the real victim, and took no default route from the advertisement.
     expect((await ping6(witness.ns, victim.ip6)).code).toBe(0);
     const nb = await run('ip', ['-n', witness.ns, '-6', 'neigh', 'show', victim.ip6]);
     expect(nb.stdout).not.toContain(malloryMac);
     expect((await run('ip', ['-n', witness.ns, '-6', 'route', 'show', 'default'])).stdout).toBe('');
   }, 60_000);
+
+  it('a router restarted without --ipv6 binds no port to IPv6 again: the containers it attached dual-stack lose IPv6, not the rules', async () => {
+    const h3 = cluster.hosts[2];
+    const before = await attach(h3, 'was6');
+    expect(before.ip6).not.toBe('');
+    await h3.kill();
+    h3.routerArgs = h3.routerArgs.filter((a) => a !== '--ipv6');
+    await h3.launch(cluster.hosts.slice(0, 2).map((h) => h.ip));
+    await eventually(
+      'the port drops IPv6',
+      async () => {
+        const t = (await h3.exec('nft', ['list', 'table', 'bridge', 'weft'])).stdout;
+        return t.includes('no IPv6 address') && !t.includes(before.ip6);
+      },
+      20_000,
+    );
+    expect((await h3.weft(['ps'])).stdout).not.toContain(before.ip6);
+    // Asked for IPv6 now, it says why not.
+    const six = await h3.weft(['attach', 'fd77:6566:7400::77/48', `netns:${before.ns}`]);
+    expect(six.stderr).toMatch(/only when the router runs with --ipv6/);
+  }, 90_000);
 });

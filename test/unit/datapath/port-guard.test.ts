@@ -19,7 +19,7 @@ describe('the port guard', () => {
   it('binds a dual-stack port to its IPv6 addresses, its link-local one, and its advertisements', () => {
     const text = guardRuleset(
       [{ port: 'vw0123456789', mac: '02:00:00:00:00:01', addrs: ['10.32.0.1'], addrs6: ['fd77:6566:7400::1'] }],
-      true,
+      { overlayIpv6: true, bridgeMac: '02:aa:00:00:00:01' },
     );
     expect(text).toContain(
       'ip6 saddr != { fd77:6566:7400::1, fe80::ff:fe00:1 } counter drop comment "spoofed IPv6 source"',
@@ -28,6 +28,29 @@ describe('the port guard', () => {
     expect(text).toContain('@th,208,48 != 0x020000000001');
     expect(text).toMatch(/nd-router-advert, nd-redirect/);
     expect(text).toContain('ether type != { ip, arp, ip6 } counter drop');
+    expect(text).toContain('ether type ip6 ether daddr 02:aa:00:00:00:01 counter drop comment "IPv6 to the host"');
+    expect(text).toContain('ip6 length != { 24, 32 } counter drop');
+    expect(text).toMatch(/mld-listener-query \} counter drop/);
+    expect(text).not.toContain('chain o_vw0123456789'); // not limited on ingress
+  });
+
+  it('a port limited on ingress is sent only what is addressed to it, and neighbour discovery', () => {
+    const text = guardRuleset(
+      [
+        {
+          port: 'vw0123456789',
+          mac: '02:00:00:00:00:01',
+          addrs: ['10.32.0.1'],
+          addrs6: ['fd77:6566:7400::1'],
+          limitedIn: true,
+        },
+      ],
+      { overlayIpv6: true },
+    );
+    expect(text).toContain('"vw0123456789" : jump o_vw0123456789');
+    expect(text).toContain('ether type ip6 ip6 daddr { fd77:6566:7400::1, fe80::ff:fe00:1 } accept');
+    expect(text).toContain('ether type ip ip daddr != { 10.32.0.1 } counter drop');
+    expect(text).toContain('oifname vmap @out_ports');
   });
 
   it('drops all IPv6 of a port without IPv6 addresses, and from the overlay without --ipv6', () => {
@@ -48,14 +71,21 @@ describe('the port guard', () => {
             mac,
             v4: fc.subarray(['10.32.0.1', '10.32.0.2']),
             v6: fc.subarray(['fd77:6566:7400::1', 'fd77:6566:7400:8000::']),
+            limited: fc.boolean(),
           }),
           { maxLength: 3 },
         ),
         fc.boolean(),
         (ports, ipv6) => {
           const text = guardRuleset(
-            ports.map((p, i) => ({ port: `vw00000000${i}`, mac: p.mac, addrs: p.v4, addrs6: p.v6 })),
-            ipv6,
+            ports.map((p, i) => ({
+              port: `vw00000000${i}`,
+              mac: p.mac,
+              addrs: p.v4,
+              addrs6: p.v6,
+              limitedIn: p.limited,
+            })),
+            { overlayIpv6: ipv6, bridgeMac: '02:aa:00:00:00:01' },
           );
           execFileSync('nft', ['-c', '-f', '-'], {
             input: text.replace(/^table bridge weft\ndelete table bridge weft\n/, ''),

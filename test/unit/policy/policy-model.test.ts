@@ -265,7 +265,7 @@ describe('the compiled rules on both families', () => {
     expect(text).toMatch(/ip saddr @g_\w+ meta l4proto \{ icmp, ipv6-icmp \} counter return/);
     expect(text).toMatch(/ip6 saddr @g6_\w+ meta l4proto \{ icmp, ipv6-icmp \} counter return/);
     expect(text).toContain('ip6 saddr 2001:db8::/32 counter return');
-    expect(text).toContain('icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert } accept');
+    expect(text).toContain('icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert } ip6 hoplimit 255 accept');
     expect([...c.sets.values()]).toContainEqual(['fd77:6566:7400::2']);
   });
 

@@ -13,7 +13,16 @@ import { parseCidr } from '../../../net/addr.js';
 import { ServiceEngine } from '../../../services/engine.js';
 import { compileServiceTable } from '../../../services/nft.js';
 import { StateWrites } from '../../../lib/json-file.js';
-import { ServiceError, checkService, pickVip, resolveVips, type Service } from '../../../services/service.js';
+import {
+  ServiceError,
+  checkService,
+  parseServiceRange6,
+  pickVip,
+  resolveVips,
+  vip6Of,
+  type Service,
+} from '../../../services/service.js';
+import { parseCidr6 } from '../../../net/addr6.js';
 import { NameTable } from '../../../dns/table.js';
 import { eventually } from '../../harness/cluster.js';
 import { testMesh } from '../../harness/memory-mesh.js';
@@ -28,12 +37,19 @@ afterEach(() => {
   for (const d of dirs.splice(0)) rmSync(d, { recursive: true, force: true });
 });
 
-function engine(nickname: string, range = '10.96.0.0/16'): { mesh: Mesh; services: ServiceEngine } {
+function engine(nickname: string, range = '10.96.0.0/16', range6?: string): { mesh: Mesh; services: ServiceEngine } {
   const mesh = testMesh(nickname);
   const dir = mkdtempSync(join(tmpdir(), 'weft-svc-'));
   meshes.push(mesh);
   dirs.push(dir);
-  const services = new ServiceEngine(mesh, null, parseCidr(range), { dir, writes: new StateWrites() }, 'weft.local.');
+  const services = new ServiceEngine(
+    mesh,
+    null,
+    parseCidr(range),
+    { dir, writes: new StateWrites() },
+    'weft.local.',
+    range6 === undefined ? null : parseServiceRange6(range6, parseCidr(range)),
+  );
   services.start();
   engines.push(services);
   return { mesh, services };
@@ -164,6 +180,74 @@ describe('services', () => {
     expect(text).not.toContain('10.96.0.3 ');
     execFileSync('nft', ['-c', '-f', '-'], { input: text.split('\n').slice(2).join('\n') });
     // No service in the mesh: no table (its NAT chain would turn on conntrack for all the container's traffic).
-    expect(compileServiceTable('10.96.0.0/16', [])).toBe('table ip weft_services\ndelete table ip weft_services\n');
+    expect(compileServiceTable('10.96.0.0/16', [])).toBe(
+      'table ip weft_services\ndelete table ip weft_services\ntable ip6 weft_services\ndelete table ip6 weft_services\n',
+    );
+  });
+
+  it.runIf(isRoot)(
+    'a dual-stack container translates the IPv6 VIPs to the backends that have IPv6, in an ip6 table',
+    () => {
+      const vips = [
+        {
+          name: 'a',
+          vip: '10.96.0.1',
+          affinity: 'client' as const,
+          backends: ['10.32.0.2', '10.32.0.3'],
+          vip6: 'fd77:6566:7401::1',
+          backends6: ['fd77:6566:7400::2'],
+        },
+        {
+          name: 'empty',
+          vip: '10.96.0.3',
+          affinity: 'none' as const,
+          backends: [],
+          vip6: 'fd77:6566:7401::3',
+          backends6: [],
+        },
+      ];
+      const text = compileServiceTable('10.96.0.0/16', vips, 'fd77:6566:7401::/112');
+      expect(text).toContain(
+        'ip6 daddr fd77:6566:7401::1 counter dnat to jhash ip6 saddr mod 1 seed 0x77656674 map { 0 : fd77:6566:7400::2 }',
+      );
+      expect(text).toContain('ip6 daddr fd77:6566:7401::/112 counter reject with icmpv6 type addr-unreachable');
+      expect(text).not.toContain('fd77:6566:7401::3 ');
+      execFileSync('nft', ['-c', '-f', '-'], { input: text.split('\n').slice(2).join('\n') });
+      // An IPv4-only container (or router) removes the ip6 table.
+      expect(compileServiceTable('10.96.0.0/16', vips)).toMatch(
+        /table ip6 weft_services\ndelete table ip6 weft_services\n$/,
+      );
+    },
+  );
+
+  it("with --ipv6, a service has an IPv6 VIP at its IPv4 VIP's offset, answered as AAAA and back", () => {
+    const { services } = engine('p6', '10.96.0.0/16', 'fd77:6566:7401::/112');
+    const s = services.create({ name: 'db', group: 'db' });
+    const v6 = vip6Of(s.vip, parseCidr('10.96.0.0/16'), parseCidr6('fd77:6566:7401::/112'));
+    expect(v6).toBe(
+      `fd77:6566:7401::${(Number(s.vip.split('.')[2]) * 256 + Number(s.vip.split('.')[3])).toString(16)}`,
+    );
+    const names = new NameTable(undefined, services);
+    expect(names.lookup('db.weft.local', 4)).toEqual([s.vip]);
+    expect(names.lookup('db.weft.local', 6)).toEqual([v6]);
+    expect(names.reverse(v6)).toEqual(['db.weft.local.']);
+    expect(services.views()[0].vip6).toBe(v6);
+    // Without --ipv6: no IPv6 VIP, no AAAA.
+    const { services: plain } = engine('p4');
+    plain.create({ name: 'db', group: 'db' });
+    expect(new NameTable(undefined, plain).lookup('db.weft.local', 6)).toEqual([]);
+  });
+
+  it('refuses an IPv6 service range smaller than the IPv4 one, or inside the IPv6 allocation range', () => {
+    expect(() => parseServiceRange6('fd77:6566:7401::/120', parseCidr('10.96.0.0/16'))).toThrow(
+      /smaller than --service-range 10.96.0.0\/16 \(it needs \/112 or larger/,
+    );
+    expect(() => parseServiceRange6('fd77::/129', parseCidr('10.96.0.0/16'))).toThrow(/--service-range6/);
+    expect(() =>
+      ServiceEngine.checkRanges(parseCidr('10.96.0.0/16'), parseCidr('10.32.0.0/12'), {
+        service: parseCidr6('fd77:6566:7400:1::/112'),
+        alloc: parseCidr6('fd77:6566:7400::/48'),
+      }),
+    ).toThrow(/overlaps --ipalloc-range6/);
   });
 });
