@@ -254,18 +254,18 @@ for (const batched of [true, false])
 
 describe('the DNS forwarder under attack', () => {
   /** An upstream that records what it is asked, from where, and answers only when told to. */
-  async function quietUpstream(): Promise<{
+  async function quietUpstream(host = '127.0.0.1'): Promise<{
     sock: dgram.Socket;
     asked: { id: number; port: number; name: string }[];
     port: number;
   }> {
-    const sock = dgram.createSocket('udp4');
+    const sock = dgram.createSocket(host.includes(':') ? 'udp6' : 'udp4');
     const asked: { id: number; port: number; name: string }[] = [];
     sock.on('message', (m, r) => {
       const q = dnsPacket.decode(m);
       asked.push({ id: q.id!, port: r.port, name: q.questions![0].name });
     });
-    await new Promise<void>((r) => sock.bind(0, '127.0.0.1', () => r()));
+    await new Promise<void>((r) => sock.bind(0, host, () => r()));
     return { sock, asked, port: sock.address().port };
   }
   const ask = (port: number, name: string, id: number) =>
@@ -278,57 +278,64 @@ describe('the DNS forwarder under attack', () => {
       c.send(q, port, '127.0.0.1');
     });
 
-  it('one upstream socket with ids of its own; a reply counts only from the server asked, with its id and question', async () => {
-    const up = await quietUpstream();
-    const port = await freePorts(1);
-    const server = new DnsServer(table(), {
-      host: '127.0.0.1',
-      port,
-      domain: 'weft.local',
-      ttl: 1,
-      upstreams: [`127.0.0.1:${up.port}`],
-      upstreamTimeoutMs: 2000,
-      batchedUdp: false,
-    });
-    await server.start();
-    const forger = dgram.createSocket('udp4');
-    try {
-      const answers = Promise.all([
-        ask(port, 'a.example.org', 1),
-        ask(port, 'b.example.org', 1),
-        ask(port, 'c.example.org', 2),
-      ]);
-      await eventually('the upstream asked thrice', async () => up.asked.length === 3, 2000, 20);
-      // Ids are the forwarder's own (two clients used id 1), from one socket.
-      expect(new Set(up.asked.map((a) => a.id)).size).toBe(3);
-      expect(new Set(up.asked.map((a) => a.port)).size).toBe(1);
-      const a = up.asked.find((x) => x.name === 'a.example.org')!;
-      const answer = (name: string, id: number, data: string) =>
-        dnsPacket.encode({
-          type: 'response',
-          id,
-          questions: [{ type: 'A', name }],
-          answers: [{ type: 'A', name, data }],
-        });
-      // Forged: from another socket (another port), and from the right one with another question.
-      forger.send(answer('a.example.org', a.id, '6.6.6.6'), a.port, '127.0.0.1');
-      up.sock.send(answer('z.example.org', a.id, '6.6.6.7'), a.port, '127.0.0.1');
-      await sleep(200);
-      for (const x of up.asked) up.sock.send(answer(x.name, x.id, '198.18.9.1'), x.port, '127.0.0.1');
-      const got = await answers;
-      for (const [i, id] of [1, 1, 2].entries()) {
-        expect(got[i]).not.toBeNull();
-        const d = decode(got[i]!) as unknown as { id: number; answers: { data: string }[] };
-        expect(d.id).toBe(id); // the client's own id back
-        expect(d.answers[0].data).toBe('198.18.9.1');
+  // The upstream over IPv4, and over IPv6 (its own upstream socket, matched the same way).
+  it.each([
+    { family: 'IPv4', upHost: '127.0.0.1', upstream: (p: number) => `127.0.0.1:${p}` },
+    { family: 'IPv6', upHost: '::1', upstream: (p: number) => `[::1]:${p}` },
+  ])(
+    'one upstream socket with ids of its own; a reply counts only from the server asked, with its id and question ($family upstream)',
+    async ({ upHost, upstream }) => {
+      const up = await quietUpstream(upHost);
+      const port = await freePorts(1);
+      const server = new DnsServer(table(), {
+        host: '127.0.0.1',
+        port,
+        domain: 'weft.local',
+        ttl: 1,
+        upstreams: [upstream(up.port)],
+        upstreamTimeoutMs: 2000,
+        batchedUdp: false,
+      });
+      await server.start();
+      const forger = dgram.createSocket(upHost.includes(':') ? 'udp6' : 'udp4');
+      try {
+        const answers = Promise.all([
+          ask(port, 'a.example.org', 1),
+          ask(port, 'b.example.org', 1),
+          ask(port, 'c.example.org', 2),
+        ]);
+        await eventually('the upstream asked thrice', async () => up.asked.length === 3, 2000, 20);
+        // Ids are the forwarder's own (two clients used id 1), from one socket.
+        expect(new Set(up.asked.map((a) => a.id)).size).toBe(3);
+        expect(new Set(up.asked.map((a) => a.port)).size).toBe(1);
+        const a = up.asked.find((x) => x.name === 'a.example.org')!;
+        const answer = (name: string, id: number, data: string) =>
+          dnsPacket.encode({
+            type: 'response',
+            id,
+            questions: [{ type: 'A', name }],
+            answers: [{ type: 'A', name, data }],
+          });
+        // Forged: from another socket (another port), and from the right one with another question.
+        forger.send(answer('a.example.org', a.id, '6.6.6.6'), a.port, upHost);
+        up.sock.send(answer('z.example.org', a.id, '6.6.6.7'), a.port, upHost);
+        await sleep(200);
+        for (const x of up.asked) up.sock.send(answer(x.name, x.id, '198.18.9.1'), x.port, upHost);
+        const got = await answers;
+        for (const [i, id] of [1, 1, 2].entries()) {
+          expect(got[i]).not.toBeNull();
+          const d = decode(got[i]!) as unknown as { id: number; answers: { data: string }[] };
+          expect(d.id).toBe(id); // the client's own id back
+          expect(d.answers[0].data).toBe('198.18.9.1');
+        }
+        expect(server.stats.strayReplies).toBe(2);
+      } finally {
+        forger.close();
+        server.close();
+        up.sock.close();
       }
-      expect(server.stats.strayReplies).toBe(2);
-    } finally {
-      forger.close();
-      server.close();
-      up.sock.close();
-    }
-  });
+    },
+  );
 
   it('queries in flight are capped: past the cap a client gets SERVFAIL at once; clients not allowed get nothing', async () => {
     const up = await quietUpstream(); // never answers
