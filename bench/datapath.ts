@@ -6,13 +6,15 @@
 //   WEFT_SLEEVE_FAST=off, sealed in JavaScript), each on a fresh pair of hosts,
 //   (f) weft on OVS (--datapath ovs, netdev), against OVS's own NORMAL learning switch built the same
 //   way on the same hosts, bridges and underlay (the fair anchor for a controller), on a fresh pair of
-//   hosts each running Open vSwitch.
+//   hosts each running Open vSwitch,
+//   (g) IPv6 between dual-stack containers (--ipv6) on fastdp and on the sleeve, against IPv4 between the
+//   same two containers, in alternating rounds (--only ipv6 runs these alone).
 // One TCP flow with iperf3, ping RTT (median of 200), and for weft the routers' CPU seconds per GB
 // carried. Prints c/b, d/b, e/b, c/a, f/NORMAL and f/b. The kernel rows (b) and (c) are measured in
 // --rounds rounds whose order alternates (the machine drifts; one round is noise): each round's c/b,
 // then their median and spread.
 //
-//   apt-get install -y iperf3 iputils-ping openvswitch-switch ethtool && npm run build && node dist/bench/datapath.js [--seconds 5] [--rounds 6] [--only ovs|sleeve|kernel]
+//   apt-get install -y iperf3 iputils-ping openvswitch-switch ethtool && npm run build && node dist/bench/datapath.js [--seconds 5] [--rounds 6] [--only ovs|sleeve|kernel|ipv6]
 import type { Report } from '../router/contract.js';
 import { Cluster, eventually, type Host } from '../test/harness/cluster.js';
 import { must, run } from '../test/harness/exec.js';
@@ -20,7 +22,10 @@ import { cpuSeconds, iperf, rtt } from './measure.js';
 import { numberArg, stringArg } from './args.js';
 
 const seconds = numberArg('seconds', 5);
-/** `--only ovs` / `--only sleeve` / `--only kernel`: the kernel rows (a, b, c) and the OVS rows (f), the sleeve rows (d, e), or nothing more. */
+/**
+ * `--only ovs` / `--only sleeve` / `--only kernel`: the kernel rows (a, b, c) and the OVS rows (f), the
+ * sleeve rows (d, e), or nothing more; `--only ipv6`: the IPv6 rows (g) alone.
+ */
 const only = stringArg('only', '');
 /** Rounds of (b, c), in alternating order. */
 const rounds = numberArg('rounds', 6);
@@ -116,7 +121,7 @@ async function handBuilt(cluster: Cluster, a: Host, b: Host, mtu: number): Promi
 async function weftPair(
   extra: string[],
   env: NodeJS.ProcessEnv,
-): Promise<{ cluster: Cluster; w1: string; w2: string; ip2: string; pids: number[] }> {
+): Promise<{ cluster: Cluster; w1: string; w2: string; ip2: string; ip6?: string; pids: number[] }> {
   const cluster = await Cluster.create(2, { env });
   const [a, b] = cluster.hosts;
   await a.launch([], ['--ipalloc-init', 'consensus=2', ...extra]);
@@ -124,13 +129,54 @@ async function weftPair(
   const w1 = await cluster.container('w1');
   const w2 = await cluster.container('w2');
   await a.weft(['attach', `netns:${w1}`]);
-  const ip2 = (await b.weft(['attach', `netns:${w2}`])).stdout.trim().split('/')[0];
-  await eventually(
-    'weft path up',
-    async () => (await run('ip', ['netns', 'exec', w1, 'ping', '-c', '1', '-W', '1', ip2])).code === 0,
-    20_000,
-  );
-  return { cluster, w1, w2, ip2, pids: [a.routerPid()!, b.routerPid()!] };
+  // "10.32.0.2/12", and with --ipv6 "... fd77:6566:7400:8000::/48" after it
+  const [ip2, ip6] = (await b.weft(['attach', `netns:${w2}`])).stdout
+    .trim()
+    .split(/\s+/)
+    .map((c) => c.split('/')[0]);
+  for (const to of [ip2, ...(ip6 ? [ip6] : [])])
+    await eventually(
+      `weft path up to ${to}`,
+      async () => (await run('ip', ['netns', 'exec', w1, 'ping', '-c', '1', '-W', '1', to])).code === 0,
+      20_000,
+    );
+  return { cluster, w1, w2, ip2, ...(ip6 ? { ip6 } : {}), pids: [a.routerPid()!, b.routerPid()!] };
+}
+
+/**
+ * (g): IPv6 against IPv4 between the same two dual-stack containers, in rounds of alternating order:
+ * throughput per round and its ratio, then the median and spread; RTT by ping for each.
+ */
+async function ipv6Row(label: string, extra: string[]): Promise<void> {
+  const p = await weftPair(['--ipv6', ...extra], {});
+  try {
+    if (!p.ip6) throw new Error('the container got no IPv6 address');
+    const v4: number[] = [];
+    const v6: number[] = [];
+    for (let round = 0; round < rounds; round++) {
+      const four = async () => v4.push((await iperf(p.w2, p.w1, p.ip2, seconds)).gbit);
+      const six = async () => v6.push((await iperf(p.w2, p.w1, p.ip6!, seconds)).gbit);
+      if (round % 2 === 0) {
+        await four();
+        await six();
+      } else {
+        await six();
+        await four();
+      }
+    }
+    const ratios = v6.map((x, i) => x / v4[i]);
+    const [rtt4, rtt6] = [await rtt(p.w1, p.ip2), await rtt(p.w1, p.ip6)];
+    console.log(
+      `${label.padEnd(36)} IPv6 ${median(v6).toFixed(2)}, IPv4 ${median(v4).toFixed(2)} Gbit/s; IPv6/IPv4 median ${median(ratios).toFixed(3)} over ${rounds} rounds (spread ${Math.min(...ratios).toFixed(3)}-${Math.max(...ratios).toFixed(3)}); RTT ${rtt6.toFixed(0)} / ${rtt4.toFixed(0)} us`,
+    );
+  } finally {
+    await p.cluster.cleanup();
+  }
+}
+
+async function ipv6Rows(): Promise<void> {
+  await ipv6Row('(g) fastdp, IPv6 vs IPv4', []);
+  await ipv6Row('(g) sleeve, IPv6 vs IPv4', ['--no-fastdp']);
 }
 
 /** Throughput, RTT, and the routers' CPU seconds per GB carried (sleeve rows). */
@@ -259,6 +305,7 @@ async function ovsRows(): Promise<{ weft: [number, number]; normal: [number, num
 
 async function main(): Promise<void> {
   if (process.getuid?.() !== 0) throw new Error('needs root (network namespaces)');
+  if (only === 'ipv6') return ipv6Rows();
   const cluster = await Cluster.create(2);
   try {
     const [a, b] = cluster.hosts;
@@ -346,6 +393,7 @@ async function main(): Promise<void> {
       );
     }
     if (only !== 'sleeve') await printOvs(ub[1], ub[2]);
+    if (only === '') await ipv6Rows();
   } finally {
     await cluster.cleanup();
   }

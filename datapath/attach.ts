@@ -4,6 +4,7 @@
 import { WeftError } from '../lib/errors.js';
 import { createHash, randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { writeFile } from 'node:fs/promises';
 import { BRIDGE } from './bridge.js';
 import { CommandError, INTERFACE_PRESENT, configureIn, ip, ipBatchIn, ipJson, linkExists } from '../net/command.js';
 import { linkLocalOf } from '../net/addr6.js';
@@ -152,6 +153,9 @@ export async function withNewVeth<T>(
     ...(peer.mac ? ['address', peer.mac] : []),
     ...(peer.netns ? ['netns', peer.netns] : []),
   ]);
+  // The host end speaks no IPv6 (before it is up: no link-local address, nothing sent into the
+  // container that would show it a MAC of the host to route IPv6 through). No IPv6 in the kernel: nothing to do.
+  await writeFile(`/proc/sys/net/ipv6/conf/${names.hostIf}/disable_ipv6`, '1').catch(() => undefined);
   try {
     return await then(names);
   } catch (err) {

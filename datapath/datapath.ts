@@ -113,7 +113,7 @@ export class Datapath {
           limitedIn: limitedIn?.has(e.container) ?? false,
         }));
       },
-      guard: { overlayIpv6: config.ipam6 !== undefined, bridgeMac: bridgeMac(mesh.name) },
+      guard: { overlayIpv6: config.ipam6 !== undefined },
       part: config.firewallPart,
       log: mesh.log,
       error: (m) => this.noteError(m),
@@ -446,7 +446,7 @@ export class Datapath {
           this.checkMacIsOwn(container, m);
           this.attachingMacs.set(m, container);
           taking.add(m);
-          return this.firewall.bindPort(hostIf, m, [...prevCidrs, ...addrs], all6);
+          return this.firewall.bindPort(hostIf, m, [...prevCidrs, ...addrs], all6, container);
         },
         {
           ...(dns && {

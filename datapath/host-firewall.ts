@@ -130,12 +130,20 @@ export class HostFirewall {
   }
 
   /** Binds a container port now, before it joins the bridge (attach, and the Docker plugin's CreateEndpoint). */
-  async bindPort(hostIf: string, mac: string, cidrs: string[], cidrs6: string[] = []): Promise<void> {
+  async bindPort(
+    hostIf: string,
+    mac: string,
+    cidrs: string[],
+    cidrs6: string[] = [],
+    container?: string,
+  ): Promise<void> {
     await this.guard.bind({
       port: hostIf,
       mac,
       addrs: cidrs.map((c) => c.split('/')[0]),
       addrs6: cidrs6.map((c) => c.split('/')[0]),
+      // A re-attach keeps what the policy says of the container (a new one is limited once it is known).
+      limitedIn: container !== undefined && (this.config.part?.limitedIn?.().has(container) ?? false),
     });
   }
 

@@ -40,8 +40,6 @@ export interface PortBinding {
 export interface GuardOptions {
   /** The overlay carries IPv6 (--ipv6): the overlay's ports may bring it. */
   overlayIpv6?: boolean;
-  /** The bridge's MAC: with --ipv6, IPv6 from containers to it is dropped (nothing on the bridge speaks IPv6). */
-  bridgeMac?: string;
 }
 
 const chainOf = (port: string) => `p_${port}`;
@@ -73,15 +71,19 @@ function portRules(b: PortBinding): string[] {
         // longer (options in another order, extension headers) could hide another MAC from the
         // checks below, or carry data past the security groups (which let all of ND pass).
         `icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert } ip6 length != { 24, 32 } counter drop comment "neighbour discovery of another shape"`,
+        `icmpv6 type nd-neighbor-solicit ip6 length 32 @th,192,16 != 0x0101 counter drop comment "neighbour discovery of another shape"`,
+        `icmpv6 type nd-neighbor-advert ip6 length 32 @th,192,16 != 0x0201 counter drop comment "neighbour discovery of another shape"`,
         `icmpv6 type nd-neighbor-advert @th,64,128 != { ${v6.map(ip6Hex).join(', ')} } counter drop comment "neighbour advertisement for another's address"`,
         `icmpv6 type nd-neighbor-advert @th,192,16 0x0201 @th,208,48 != ${macHex(b.mac)} counter drop comment "neighbour advertisement with another's MAC"`,
         `icmpv6 type nd-neighbor-solicit @th,192,16 0x0101 @th,208,48 != ${macHex(b.mac)} counter drop comment "neighbour solicitation with another's MAC"`,
       ]
     : [`ether type ip6 counter drop comment "no IPv6 address"`];
   return [
-    // What a container sends almost always: its own IPv4, from its own MAC, accepted by one rule. The
-    // rest below says, and counts, why a frame is dropped.
+    // What a container sends almost always: its own IPv4 (or IPv6 other than ICMPv6, whose Neighbour
+    // Discovery is checked below), from its own MAC, accepted by one rule. The rest below says, and
+    // counts, why a frame is dropped.
     ...(any ? [`ether saddr ${b.mac} ip saddr ${any} accept`] : []),
+    ...(any6 ? [`ether saddr ${b.mac} ip6 saddr ${any6} meta l4proto { tcp, udp } accept`] : []),
     `ether saddr != ${b.mac} counter drop comment "spoofed source MAC"`,
     `ether type arp arp saddr ether != ${b.mac} counter drop comment "spoofed ARP sender MAC"`,
     any
@@ -111,7 +113,7 @@ function outRules(b: PortBinding): string[] {
 
 /** The whole table, written at start and whenever it was changed underneath. */
 export function guardRuleset(bindings: PortBinding[], opts: GuardOptions = {}): string {
-  const { overlayIpv6 = false, bridgeMac } = opts;
+  const { overlayIpv6 = false } = opts;
   const sorted = [...bindings].sort((a, b) => (a.port < b.port ? -1 : 1));
   const elements = sorted.map((b) => `"${b.port}" : jump ${chainOf(b.port)}`);
   const limited = sorted.filter((b) => b.limitedIn);
@@ -130,19 +132,25 @@ export function guardRuleset(bindings: PortBinding[], opts: GuardOptions = {}): 
     `  }`,
     ...sorted.flatMap((b) => [`  chain ${chainOf(b.port)} {`, ...portRules(b).map((r) => `    ${r}`), `  }`]),
     ...limited.flatMap((b) => [`  chain ${outChainOf(b.port)} {`, ...outRules(b).map((r) => `    ${r}`), `  }`]),
+    // Frames to limited ports: bridged ones, and the host's own (the DNS server's replies are addressed
+    // to the container, and pass).
     `  chain forward {`,
     `    type filter hook forward priority filter; policy accept;`,
     `    oifname vmap @out_ports`,
     `  }`,
+    `  chain output {`,
+    `    type filter hook output priority filter; policy accept;`,
+    `    oifname vmap @out_ports`,
+    `  }`,
+    // Nothing of the host speaks IPv6 to containers (the bridge has no address; the host ends of their
+    // veths have IPv6 off): a container's IPv6 to a MAC of the host would be routed on by a host that
+    // forwards IPv6, past every rule.
+    `  chain input {`,
+    `    type filter hook input priority filter; policy accept;`,
+    `    iifname "${CONTAINER_PORT_PREFIX}*" ether type ip6 counter drop comment "IPv6 to the host"`,
+    `  }`,
     `  chain prerouting {`,
     `    type filter hook prerouting priority filter; policy accept;`,
-    // Nothing on the bridge speaks IPv6: a container's IPv6 to the host would be routed on by a host
-    // that forwards IPv6, past every rule.
-    ...(overlayIpv6 && bridgeMac
-      ? [
-          `    iifname "${CONTAINER_PORT_PREFIX}*" ether type ip6 ether daddr ${bridgeMac} counter drop comment "IPv6 to the host"`,
-        ]
-      : []),
     `    iifname vmap @ports`,
     // The overlay's own ports (a peer's VXLAN or sleeve, OVS) carry what containers send, which their
     // ports let through only as IPv4, ARP and (with --ipv6) IPv6: anything else (a VLAN tag, behind

@@ -53,6 +53,8 @@ export class PolicyEngine {
   /** What the kernel has (as far as we know), and what was last handed to the firewall to write. */
   private current: CompiledPolicy | null = null;
   private offered: CompiledPolicy | null = null;
+  /** What firewallPart last gave the firewall to write (written() makes it current, not a later compile). */
+  private given: CompiledPolicy | null = null;
   private dirty = true;
   private readonly job = new SerialJob(() => this.syncPass(), 10);
   lastError: string | null = null;
@@ -117,12 +119,17 @@ export class PolicyEngine {
   /** What the firewall table carries for the policy, from the state now (datapath/firewall.ts asks every few seconds). */
   firewallPart(): { lines: string[]; hooks: string[] } | null {
     const c = this.fresh();
+    this.given = c;
     return c.hooks.length > 0 ? { lines: c.lines, hooks: c.hooks } : null;
   }
 
-  /** Local containers some rule limits on ingress, from the state now (the bridge guard keeps broadcast and multicast from them). */
+  /**
+   * Local containers some rule limits on ingress (the bridge guard keeps broadcast and multicast from
+   * them): as in the policy last given to the firewall, whose rewrite reschedules the guard; compiled
+   * afresh only before there is one.
+   */
   limitedIn(): Set<string> {
-    const c = this.fresh();
+    const c = this.given ?? this.fresh();
     return new Set(
       [...c.counters.values()].filter((m) => m.kind === 'deny' && m.direction === 'ingress').map((m) => m.id),
     );
@@ -130,7 +137,7 @@ export class PolicyEngine {
 
   /** The firewall wrote the table with what firewallPart last gave. */
   written(): void {
-    if (this.offered) this.current = this.offered;
+    if (this.given) this.current = this.given;
   }
 
   check(f: Flow): Decision {

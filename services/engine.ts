@@ -64,7 +64,7 @@ export class ServiceEngine {
   /** The DNS domain without its final dot. */
   private readonly zone: string;
   /** Local containers whose namespace has the current table: container -> (namespace, text written). */
-  private readonly programmed = new Map<string, { netns: string; text: string }>();
+  private readonly programmed = new Map<string, { netns: string; text: string; dual: boolean }>();
   /** The backends each VIP had at the last pass (their flows are cut when they drop out). */
   private lastBackends = new Map<string, Set<string>>();
   private readonly failures = new Map<string, number>();
@@ -302,13 +302,13 @@ export class ServiceEngine {
         const text = c.dual ? text6 : text4;
         if (had?.text === text && had.netns === c.netns) continue;
         try {
-          if (!had || had.netns !== c.netns || had.text !== text) {
+          if (!had || had.netns !== c.netns || had.dual !== c.dual) {
             await ip(['route', 'replace', this.rangeText, 'dev', c.ifname], c.netns);
             if (c.dual && this.range6Text)
               await ip(['-6', 'route', 'replace', this.range6Text, 'dev', c.ifname], c.netns);
           }
           await nft(['-f', '-'], text, c.netns);
-          this.programmed.set(container, { netns: c.netns, text });
+          this.programmed.set(container, { netns: c.netns, text, dual: c.dual });
           this.stats.rewrites++;
         } catch (err) {
           this.programmed.delete(container);
