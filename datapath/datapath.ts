@@ -166,8 +166,8 @@ export class Datapath {
   }
 
   /** Binds a container port now, before it joins the bridge (attach, and the Docker plugin's CreateEndpoint). */
-  bindPort(hostIf: string, mac: string, cidrs: string[]): Promise<void> {
-    return this.firewall.bindPort(hostIf, mac, cidrs);
+  bindPort(hostIf: string, mac: string, cidrs: string[], cidrs6: string[] = []): Promise<void> {
+    return this.firewall.bindPort(hostIf, mac, cidrs, this.config.ipam6 ? cidrs6 : []);
   }
 
   async fdb(): Promise<FdbEntry[]> {
@@ -537,12 +537,19 @@ export class Datapath {
    * Announces an endpoint someone else plumbed (the Docker network plugin: a veth on the bridge that
    * Docker moves into the container) so peers learn where its MAC lives.
    */
-  async plug(key: string, mac: string, cidrs: string[], groups: string[] = []): Promise<Endpoint> {
+  async plug(
+    key: string,
+    mac: string,
+    cidrs: string[],
+    groups: string[] = [],
+    cidrs6: string[] = [],
+  ): Promise<Endpoint> {
     await this.routeBack(cidrs);
     const ep: Endpoint = {
       container: key,
       mac,
       cidrs,
+      ...(cidrs6.length > 0 && this.config.ipam6 ? { cidrs6 } : {}),
       ...(groups.length > 0 ? { groups: [...new Set(groups)].sort() } : {}),
     };
     this.setLocal([...this.endpoints.local.filter((e) => e.container !== key), ep]);

@@ -23,7 +23,15 @@ export interface ContainerInfo {
   NetworkSettings: {
     Networks: Record<
       string,
-      { NetworkID: string; EndpointID: string; IPAddress: string; IPPrefixLen: number; MacAddress: string }
+      {
+        NetworkID: string;
+        EndpointID: string;
+        IPAddress: string;
+        IPPrefixLen: number;
+        MacAddress: string;
+        /** On a network created with --ipv6. */
+        GlobalIPv6Address?: string;
+      }
     > | null;
   };
   HostConfig?: { Privileged?: boolean };

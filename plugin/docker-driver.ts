@@ -16,7 +16,8 @@ import type { Datapath } from '../datapath/datapath.js';
 import { hostIfName, joinBridge, vethNames, withNewVeth } from '../datapath/attach.js';
 import { ip, ipJson, linkExists } from '../net/command.js';
 import { readJsonList, writeJsonAtomically } from '../lib/json-file.js';
-import { canonicalCidr, canonicalMac } from '../net/validate.js';
+import { canonicalCidr, canonicalCidr6, canonicalMac } from '../net/validate.js';
+import { contains6, formatCidr6, formatIp6, overlaps6, parseCidr6, parseIp6, type Addr6 } from '../net/addr6.js';
 import type { Logger } from '../lib/logger.js';
 
 const ADDRESS_SPACE = 'weft';
@@ -119,8 +120,63 @@ export class DockerDriver {
 
   // ---------------------------------------------------------------- IPAM
 
+  /** IPv6 addresses, when the router gives containers IPv6 (--ipv6). */
+  private get ipam6(): Allocator<Addr6> | undefined {
+    return this.deps.datapath.config.ipam6;
+  }
+
+  private need6(): Allocator<Addr6> {
+    const a = this.ipam6;
+    if (!a)
+      throw new PluginError(
+        'this weft router carries no IPv6 (it runs without --ipv6): create the network without --ipv6, or launch weft with --ipv6',
+      );
+    return a;
+  }
+
+  /** An IPv6 pool from weft's IPv6 range (default: --ipalloc-default-subnet6), apart from the other IPv6 networks'. */
+  private requestPool6(b: Record<string, unknown>): unknown {
+    const ipam6 = this.need6();
+    const range = ipam6.config.range;
+    let pool;
+    try {
+      pool = typeof b.Pool === 'string' && b.Pool !== '' ? parseCidr6(b.Pool) : ipam6.config.defaultSubnet;
+    } catch (err) {
+      throw new PluginError(`--subnet: ${(err as Error).message}`);
+    }
+    if (!contains6(range, pool))
+      throw new PluginError(
+        `subnet ${formatCidr6(pool)} is outside weft's IPv6 allocation range ${formatCidr6(range)}: give --subnet inside it`,
+      );
+    if (pool.prefix > 120) throw new PluginError(`subnet ${formatCidr6(pool)} is too small for weft (at most /120)`);
+    let sub = pool;
+    if (typeof b.SubPool === 'string' && b.SubPool !== '') {
+      try {
+        sub = parseCidr6(b.SubPool);
+      } catch (err) {
+        throw new PluginError(`--ip-range: ${(err as Error).message}`);
+      }
+      if (!contains6(pool, sub))
+        throw new PluginError(`--ip-range ${formatCidr6(sub)} is not inside --subnet ${formatCidr6(pool)}`);
+    }
+    const pools = this.pools();
+    const clash = pools.find((p) => p.pool.includes(':') && overlaps6(parseCidr6(p.pool), pool));
+    if (clash)
+      throw new PluginError(
+        `IPv6 subnet ${formatCidr6(pool)} overlaps ${clash.pool}, already used by another weft network on this Docker engine; ` +
+          `give each weft network its own IPv6 subnet inside ${formatCidr6(range)} (--subnet, once for each family)`,
+      );
+    const entry: Pool = {
+      id: `weft-${formatCidr6(pool)}-${formatCidr6(sub)}`,
+      pool: formatCidr6(pool),
+      range: formatCidr6(sub),
+    };
+    writeJsonAtomically(this.poolsPath, [...pools, entry]);
+    return { PoolID: entry.id, Pool: entry.pool, Data: {} };
+  }
+
   private requestPool(b: Record<string, unknown>): unknown {
-    if (b.V6 === true) throw new PluginError('weft does not do IPv6: create the network without --ipv6');
+    if (b.V6 === true) return this.requestPool6(b);
     const range = this.deps.ipam.config.range;
     let pool: Cidr;
     try {
@@ -145,7 +201,7 @@ export class DockerDriver {
     }
     // Docker asks again and again while a pool overlaps one of its networks: say no, and why, at once.
     const pools = this.pools();
-    const clash = pools.find((p) => overlaps(parseCidr(p.pool), pool));
+    const clash = pools.find((p) => !p.pool.includes(':') && overlaps(parseCidr(p.pool), pool));
     if (clash) {
       throw new PluginError(
         `subnet ${formatCidr(pool)} overlaps ${clash.pool}, already used by another weft network on this Docker engine; ` +
@@ -179,8 +235,33 @@ export class DockerDriver {
     return p;
   }
 
+  private async requestAddress6(pool: Pool, b: Record<string, unknown>): Promise<unknown> {
+    const ipam6 = this.need6();
+    const net = parseCidr6(pool.pool);
+    const opts = (b.Options ?? {}) as Record<string, unknown>;
+    // As for IPv4: the subnet's own address, never handed out, stands for the gateway Docker wants.
+    if (opts.RequestAddressType === GATEWAY_TYPE) return { Address: `${formatIp6(net.start)}/${net.prefix}` };
+    const ident = `dockernet:${randomBytes(6).toString('hex')}`;
+    let got: { addr: Addr6 };
+    if (typeof b.Address === 'string' && b.Address !== '') {
+      let want: Addr6;
+      try {
+        want = parseIp6(b.Address);
+      } catch (err) {
+        throw new PluginError(`--ip6: ${(err as Error).message}`);
+      }
+      if (!contains6(net, { start: want, prefix: 128 }))
+        throw new PluginError(`${b.Address} is not in the network's IPv6 subnet ${pool.pool}`);
+      got = await ipam6.claim(ident, want, net);
+    } else {
+      got = await ipam6.allocate(ident, parseCidr6(pool.range));
+    }
+    return { Address: `${formatIp6(got.addr)}/${net.prefix}` };
+  }
+
   private async requestAddress(b: Record<string, unknown>): Promise<unknown> {
     const pool = this.pool(b.PoolID);
+    if (pool.pool.includes(':')) return this.requestAddress6(pool, b);
     const net = parseCidr(pool.pool);
     const opts = (b.Options ?? {}) as Record<string, unknown>;
     if (opts.RequestAddressType === GATEWAY_TYPE) {
@@ -207,6 +288,18 @@ export class DockerDriver {
 
   private async releaseAddress(b: Record<string, unknown>): Promise<unknown> {
     const pool = this.pool(b.PoolID);
+    if (pool.pool.includes(':')) {
+      let addr: Addr6;
+      try {
+        addr = parseIp6(str(b.Address, 'Address').split('/')[0]);
+      } catch (err) {
+        throw new PluginError(`Address: ${(err as Error).message}`);
+      }
+      if (addr === parseCidr6(pool.pool).start) return {}; // the pretend gateway
+      const holder = this.ipam6?.holderOf(addr);
+      if (holder) await this.ipam6!.free(holder, addr).catch(() => undefined);
+      return {};
+    }
     const addr = parseIp(str(b.Address, 'Address').split('/')[0]);
     if (addr === parseCidr(pool.pool).start) return {}; // the pretend gateway
     const holder = this.deps.ipam.holderOf(addr);
@@ -232,14 +325,28 @@ export class DockerDriver {
         );
       }
     }
-    if (b.IPv6Data && Array.isArray(b.IPv6Data) && b.IPv6Data.length > 0)
-      throw new PluginError('weft does not do IPv6: create the network without --ipv6');
+    const v6 = (b.IPv6Data ?? []) as { Pool?: string; AddressSpace?: string }[];
+    if (Array.isArray(v6) && v6.length > 0) {
+      const range6 = this.need6().config.range;
+      for (const d of v6) {
+        let inRange = false;
+        try {
+          inRange = contains6(range6, parseCidr6(str(d.Pool, 'IPv6Data.Pool')));
+        } catch {
+          inRange = false;
+        }
+        if (d.AddressSpace !== ADDRESS_SPACE || !inRange)
+          throw new PluginError(
+            `weft networks take their addresses from weft: create it with --ipam-driver weft (IPv6 subnet ${d.Pool ?? '?'} is not one weft handed out)`,
+          );
+      }
+    }
     return {};
   }
 
   private async createEndpoint(b: Record<string, unknown>): Promise<unknown> {
     const eid = endpointId(b.EndpointID);
-    const iface = (b.Interface ?? {}) as { Address?: string; MacAddress?: string };
+    const iface = (b.Interface ?? {}) as { Address?: string; AddressIPv6?: string; MacAddress?: string };
     // Canonical forms: what Docker sends is announced to every peer (a stray newline in an address
     // once made them drop this host's whole endpoint record).
     const address = canonicalCidr(
@@ -247,14 +354,20 @@ export class DockerDriver {
       true,
       'Interface.Address',
     );
+    const address6 =
+      typeof iface.AddressIPv6 === 'string' && iface.AddressIPv6 !== ''
+        ? canonicalCidr6(iface.AddressIPv6, true, 'Interface.AddressIPv6')
+        : null;
+    if (address6 !== null) this.need6();
+    const cidrs6 = address6 !== null ? [address6] : [];
     const wantedMac = iface.MacAddress ? canonicalMac(iface.MacAddress, 'Interface.MacAddress') : null;
     const key = endpointKey(eid);
     return withNewVeth(key, this.deps.datapath.mtu, async ({ hostIf, peerIf }) => {
       if (wantedMac) await ip(['link', 'set', peerIf, 'address', wantedMac]);
       const mac = (await ipJson<{ address: string }[]>(['link', 'show', 'dev', peerIf]))[0].address;
-      await this.deps.datapath.bindPort(hostIf, mac, [address]);
+      await this.deps.datapath.bindPort(hostIf, mac, [address], cidrs6);
       await joinBridge(hostIf);
-      await this.deps.datapath.plug(key, mac, [address]);
+      await this.deps.datapath.plug(key, mac, [address], [], cidrs6);
       return { Interface: wantedMac ? {} : { MacAddress: mac } };
     });
   }

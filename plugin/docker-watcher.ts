@@ -200,7 +200,13 @@ export class DockerWatcher {
     for (const n of Object.values(nets)) {
       if (!n.EndpointID || !local.has(endpointKey(n.EndpointID)) || !n.IPAddress) continue;
       this.deps.datapath.setGroups(endpointKey(n.EndpointID), this.groupsOf(c));
-      if (this.deps.dns) this.deps.names.add(`${containerName(c)}.${this.deps.dns.domain}`, c.Id, n.IPAddress);
+      if (this.deps.dns) {
+        const name = `${containerName(c)}.${this.deps.dns.domain}`;
+        this.deps.names.add(name, c.Id, n.IPAddress);
+        // Its IPv6 address too, when weft carries it for this endpoint (a network made with --ipv6).
+        const ep = this.deps.datapath.endpoints.local.find((e) => e.container === endpointKey(n.EndpointID));
+        for (const c6 of ep?.cidrs6 ?? []) this.deps.names.add(name, c.Id, c6.split('/')[0]);
+      }
       await this.findInside(c, endpointKey(n.EndpointID), n.MacAddress).catch((err: Error) =>
         this.deps.log.warn(
           { container: c.Id.slice(0, 12), err: err.message },
@@ -270,10 +276,12 @@ export class DockerWatcher {
     ]);
     // Like Weave's proxy: a container attached by weft is found by its Docker name.
     const name = hostname ?? (this.deps.dns ? `${containerName(c)}.${this.deps.dns.domain}` : null);
-    if (name) for (const cidr of ep.cidrs) this.deps.names.add(name, c.Id, cidr.split('/')[0]);
+    if (name)
+      for (const cidr of [...ep.cidrs, ...(ep.cidrs6 ?? [])]) this.deps.names.add(name, c.Id, cidr.split('/')[0]);
     return {
       container: c.Id,
       cidrs: ep.cidrs,
+      ...(ep.cidrs6 ? { cidrs6: ep.cidrs6 } : {}),
       mac: ep.mac,
       hostname: name,
       groups: ep.groups ?? [],

@@ -27,7 +27,8 @@ describe.skipIf(missing !== null)('Docker: router container, network plugin, eve
   let db: DockerHost;
 
   beforeAll(async () => {
-    cluster = await Cluster.create(2);
+    // Dual-stack containers (--ipv6): weftnet has an IPv6 subnet too.
+    cluster = await Cluster.create(2, { routerArgs: ['--ipv6'] });
     [a, b] = cluster.hosts;
     const rootfs = buildRootfs();
     try {
@@ -86,9 +87,9 @@ describe.skipIf(missing !== null)('Docker: router container, network plugin, eve
     expect(helpers.length).toBeGreaterThan(0);
   }, 90_000);
 
-  it('containers on a weft network ping, talk TCP across hosts and resolve each other by name', async () => {
+  it('containers on a weft network (dual-stack) ping, talk TCP over both families across hosts and resolve each other by name', async () => {
     for (const d of [da, db]) {
-      const r = await d.docker(['network', 'create', '-d', 'weft', '--ipam-driver', 'weft', 'weftnet']);
+      const r = await d.docker(['network', 'create', '-d', 'weft', '--ipam-driver', 'weft', '--ipv6', 'weftnet']);
       expect(r.code, r.stderr).toBe(0);
     }
     // A second network asking for the same (default) subnet gets a clear error, not a dockerd loop.
@@ -127,12 +128,41 @@ describe.skipIf(missing !== null)('Docker: router container, network plugin, eve
     const dns = await eventually(
       'c2 resolves from c1',
       async () => {
-        const r = await da.docker(['exec', 'c1', 'getent', 'hosts', 'c2']);
+        const r = await da.docker(['exec', 'c1', 'getent', 'ahostsv4', 'c2']);
         return r.code === 0 ? r.stdout : null;
       },
       15_000,
     );
     expect(dns.split(/\s+/)[0]).toBe(ip2);
+    // IPv6: Docker asked weft's IPAM for an IPv6 pool and address; TCP over IPv6 across hosts, and AAAA.
+    const ip6 = (
+      await db.mustDocker(['inspect', '-f', '{{.NetworkSettings.Networks.weftnet.GlobalIPv6Address}}', 'c2'])
+    ).trim();
+    expect(ip6).toMatch(/^fd77:6566:7400:/);
+    const tcp6 = await eventually(
+      'c1 talks TCP to c2 over IPv6',
+      async () => {
+        const r = await da.docker([
+          'exec',
+          'c1',
+          'node',
+          '-e',
+          `const s = require('net').connect(7000, '${ip6}', () => s.write('over IPv6')); s.on('data', (d) => { console.log(String(d)); process.exit(0); }); s.on('error', () => process.exit(1)); setTimeout(() => process.exit(1), 2000);`,
+        ]);
+        return r.code === 0 ? r.stdout.trim() : null;
+      },
+      20_000,
+    );
+    expect(tcp6).toBe('over IPv6');
+    const aaaa = await eventually(
+      'c2 resolves to its IPv6 address from c1',
+      async () => {
+        const r = await da.docker(['exec', 'c1', 'getent', 'ahostsv6', 'c2']);
+        return r.code === 0 ? r.stdout : null;
+      },
+      15_000,
+    );
+    expect(aaaa.split(/\s+/)[0]).toBe(ip6);
   }, 120_000);
 
   it('services over a container labelled weft.group, and over one named by its Docker name, are reached by name from a plugin container on the other host', async () => {
@@ -160,11 +190,20 @@ describe.skipIf(missing !== null)('Docker: router container, network plugin, eve
       );
     const created = await a.weft(['service', 'create', 'echo', '--group', 'echo']);
     expect(created.code, created.stderr).toBe(0);
-    expect(await reach('echo')).toBe(`c5 ${created.stdout.split(' ')[1]}`); // answered by the backend, seen by the client as the VIP
+    // Answered by the backend, seen by the client as a VIP: the IPv6 one where glibc prefers IPv6 (its
+    // default table ranks a unique-local IPv6 address above IPv4), else the IPv4 one.
+    const vips = (out: string) =>
+      out
+        .trim()
+        .split(/\s+/)
+        .slice(1, 3)
+        .filter((v) => !v.startsWith('('));
+    expect(vips(created.stdout)).toHaveLength(2);
+    expect(vips(created.stdout).map((v) => `c5 ${v}`)).toContain(await reach('echo'));
     // A backend named by its Docker name, on the engine that runs it.
     const byName = await b.weft(['service', 'create', 'echo2', '--backend', 'c5']);
     expect(byName.code, byName.stderr).toBe(0);
-    expect(await reach('echo2')).toBe(`c5 ${byName.stdout.split(' ')[1]}`);
+    expect(vips(byName.stdout).map((v) => `c5 ${v}`)).toContain(await reach('echo2'));
     for (const s of ['echo', 'echo2']) expect((await a.weft(['service', 'remove', s])).code).toBe(0);
     await db.mustDocker(['rm', '-f', 'c5']);
   }, 60_000);
@@ -194,7 +233,11 @@ describe.skipIf(missing !== null)('Docker: router container, network plugin, eve
     const r = await a.weft(['attach', 'c3']);
     expect(r.code, r.stderr).toBe(0);
     const ip3 = r.stdout.trim().split('/')[0];
-    expect((await a.weft(['dns-lookup', 'c3.weft.local'])).stdout.trim()).toBe(ip3);
+    const ip3v6 = r.stdout.trim().split(/\s+/)[1]?.split('/')[0];
+    expect(ip3v6).toMatch(/^fd77:6566:7400:/); // dual-stack (--ipv6)
+    expect((await a.weft(['dns-lookup', 'c3.weft.local'])).stdout.trim().split(/\s+/).sort()).toEqual(
+      [ip3, ip3v6].sort(),
+    );
     // c1 is on the weft network on the same host; c3 reaches it over the bridge, and c1 finds c3 by name.
     const ip1 = (
       await da.mustDocker(['inspect', '-f', '{{.NetworkSettings.Networks.weftnet.IPAddress}}', 'c1'])
@@ -211,7 +254,7 @@ describe.skipIf(missing !== null)('Docker: router container, network plugin, eve
     const found = await eventually(
       'c4 resolves c3 by name',
       async () => {
-        const g = await db.docker(['exec', 'c4', 'getent', 'hosts', 'c3']);
+        const g = await db.docker(['exec', 'c4', 'getent', 'ahostsv4', 'c3']);
         return g.code === 0 ? g.stdout : null;
       },
       10_000,

@@ -9,6 +9,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import fc from 'fast-check';
 import { formatIp, parseCidr, parseIp } from '../../../net/addr.js';
+import { parseCidr6, parseIp6, type Addr6 } from '../../../net/addr6.js';
+import { IPV6 } from '../../../net/family.js';
 import { Allocator } from '../../../ipam/allocator.js';
 import type { Datapath } from '../../../datapath/datapath.js';
 import type { Mesh } from '../../../mesh/index.js';
@@ -34,7 +36,7 @@ beforeEach(() => {
   });
   // The network calls that reach the datapath validate their input first; none of these tests gets past that.
   driver = new DockerDriver({
-    datapath: { mtu: 1400 } as unknown as Datapath,
+    datapath: { mtu: 1400, config: {} } as unknown as Datapath,
     ipam,
     dataDir: dir,
     log: quiet as never,
@@ -75,6 +77,73 @@ describe('Docker IPAM driver', () => {
     ).rejects.toThrow(/not inside --subnet/);
     await expect(driver.handle('IpamDriver.RequestPool', { Pool: '10.32.1.0/33' })).rejects.toThrow(/--subnet/);
     expect(driver.calls.get('IpamDriver.RequestPool')).toBe(4);
+  });
+
+  it('with --ipv6, serves IPv6 pools from the IPv6 range: the default subnet6, a gateway not handed out, claims and frees', async () => {
+    const ipam6 = new Allocator<Addr6>(mesh, {
+      family: IPV6,
+      channel: 'ipam6',
+      range: parseCidr6('fd77:6566:7400::/48'),
+      defaultSubnet: parseCidr6('fd77:6566:7400::/64'),
+      init: { kind: 'consensus', quorum: 1, peers: 0 },
+      timeoutMs: 5000,
+      store: null,
+    });
+    const d6 = new DockerDriver({
+      datapath: { mtu: 1400, config: { ipam6 } } as unknown as Datapath,
+      ipam,
+      dataDir: dir,
+      log: quiet as never,
+    });
+    try {
+      const p = (await d6.handle('IpamDriver.RequestPool', { AddressSpace: 'weft', V6: true })) as {
+        PoolID: string;
+        Pool: string;
+      };
+      expect(p.Pool).toBe('fd77:6566:7400::/64');
+      // An IPv4 pool alongside it is no clash; a second IPv6 one over it is.
+      await d6.handle('IpamDriver.RequestPool', { AddressSpace: 'weft' });
+      await expect(d6.handle('IpamDriver.RequestPool', { V6: true, Pool: 'fd77:6566:7400::/96' })).rejects.toThrow(
+        /overlaps fd77:6566:7400::\/64, already used/,
+      );
+      await expect(d6.handle('IpamDriver.RequestPool', { V6: true, Pool: 'fd00::/64' })).rejects.toThrow(
+        /outside weft's IPv6 allocation range/,
+      );
+      const gw = (await d6.handle('IpamDriver.RequestAddress', {
+        PoolID: p.PoolID,
+        Options: { RequestAddressType: 'com.docker.network.gateway' },
+      })) as { Address: string };
+      expect(gw.Address).toBe('fd77:6566:7400::/64');
+      const a = (await d6.handle('IpamDriver.RequestAddress', { PoolID: p.PoolID })) as { Address: string };
+      expect(a.Address).toMatch(/^fd77:6566:7400::[0-9a-f]+\/64$/);
+      expect(ipam6.holderOf(parseIp6(a.Address.split('/')[0]))).toMatch(/^dockernet:/);
+      const c = (await d6.handle('IpamDriver.RequestAddress', { PoolID: p.PoolID, Address: 'fd77:6566:7400::77' })) as {
+        Address: string;
+      };
+      expect(c.Address).toBe('fd77:6566:7400::77/64');
+      await expect(
+        d6.handle('IpamDriver.RequestAddress', { PoolID: p.PoolID, Address: 'fd77:6566:7401::1' }),
+      ).rejects.toThrow(/not in the network's IPv6 subnet/);
+      await d6.handle('IpamDriver.ReleaseAddress', { PoolID: p.PoolID, Address: 'fd77:6566:7400::77/64' });
+      expect(ipam6.holderOf(parseIp6('fd77:6566:7400::77'))).toBeUndefined();
+      // A network with an IPv6 subnet weft handed out is taken; one outside its range is not.
+      expect(
+        await d6.handle('NetworkDriver.CreateNetwork', {
+          NetworkID: 'n',
+          IPv4Data: [{ Pool: '10.32.0.0/16', AddressSpace: 'weft' }],
+          IPv6Data: [{ Pool: 'fd77:6566:7400::/64', AddressSpace: 'weft' }],
+        }),
+      ).toEqual({});
+      await expect(
+        d6.handle('NetworkDriver.CreateNetwork', {
+          NetworkID: 'n',
+          IPv4Data: [{ Pool: '10.32.0.0/16', AddressSpace: 'weft' }],
+          IPv6Data: [{ Pool: 'fd00::/64', AddressSpace: 'weft' }],
+        }),
+      ).rejects.toThrow(/IPv6 subnet fd00::\/64 is not one weft handed out/);
+    } finally {
+      ipam6.stop();
+    }
   });
 
   it('gives the gateway without allocating, allocates from the sub-range, claims a given address, frees by address', async () => {
