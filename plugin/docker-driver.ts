@@ -22,6 +22,8 @@ import type { Logger } from '../lib/logger.js';
 
 const ADDRESS_SPACE = 'weft';
 const GATEWAY_TYPE = 'com.docker.network.gateway';
+/** What the IPAM driver allocates for: an endpoint is bound only to addresses held this way. */
+const DOCKER_IDENT = 'dockernet:';
 const CONTENT_TYPE = 'application/vnd.docker.plugins.v1.2+json';
 
 export class PluginError extends Error {}
@@ -158,6 +160,8 @@ export class DockerDriver {
       }
       if (!contains6(pool, sub))
         throw new PluginError(`--ip-range ${formatCidr6(sub)} is not inside --subnet ${formatCidr6(pool)}`);
+      if (sub.prefix > 120)
+        throw new PluginError(`--ip-range ${formatCidr6(sub)} is too small for weft (at most /120)`);
     }
     const pools = this.pools();
     const clash = pools.find((p) => p.pool.includes(':') && overlaps6(parseCidr6(p.pool), pool));
@@ -198,6 +202,7 @@ export class DockerDriver {
       }
       if (!contains(pool, sub))
         throw new PluginError(`--ip-range ${formatCidr(sub)} is not inside --subnet ${formatCidr(pool)}`);
+      if (sub.prefix > 30) throw new PluginError(`--ip-range ${formatCidr(sub)} is too small for weft (at most /30)`);
     }
     // Docker asks again and again while a pool overlaps one of its networks: say no, and why, at once.
     const pools = this.pools();
@@ -241,7 +246,7 @@ export class DockerDriver {
     const opts = (b.Options ?? {}) as Record<string, unknown>;
     // As for IPv4: the subnet's own address, never handed out, stands for the gateway Docker wants.
     if (opts.RequestAddressType === GATEWAY_TYPE) return { Address: `${formatIp6(net.start)}/${net.prefix}` };
-    const ident = `dockernet:${randomBytes(6).toString('hex')}`;
+    const ident = `${DOCKER_IDENT}${randomBytes(6).toString('hex')}`;
     let got: { addr: Addr6 };
     if (typeof b.Address === 'string' && b.Address !== '') {
       let want: Addr6;
@@ -252,6 +257,8 @@ export class DockerDriver {
       }
       if (!contains6(net, { start: want, prefix: 128 }))
         throw new PluginError(`${b.Address} is not in the network's IPv6 subnet ${pool.pool}`);
+      if (want === net.start)
+        throw new PluginError(`${b.Address} is the subnet's own address (it stands for the gateway): choose another`);
       got = await ipam6.claim(ident, want, net);
     } else {
       got = await ipam6.allocate(ident, parseCidr6(pool.range));
@@ -268,7 +275,7 @@ export class DockerDriver {
       // The overlay has no gateway; Docker wants one per network: the subnet's own address, never handed out.
       return { Address: `${formatIp(net.start)}/${net.prefix}` };
     }
-    const ident = `dockernet:${randomBytes(6).toString('hex')}`;
+    const ident = `${DOCKER_IDENT}${randomBytes(6).toString('hex')}`;
     let got: { addr: number };
     if (typeof b.Address === 'string' && b.Address !== '') {
       let want: number;
@@ -279,6 +286,8 @@ export class DockerDriver {
       }
       if (!contains(net, { start: want, prefix: 32 }))
         throw new PluginError(`${b.Address} is not in the network's subnet ${pool.pool}`);
+      if (want === net.start)
+        throw new PluginError(`${b.Address} is the subnet's own address (it stands for the gateway): choose another`);
       got = await this.deps.ipam.claim(ident, want, net);
     } else {
       got = await this.deps.ipam.allocate(ident, parseCidr(pool.range));
@@ -296,14 +305,15 @@ export class DockerDriver {
         throw new PluginError(`Address: ${(err as Error).message}`);
       }
       if (addr === parseCidr6(pool.pool).start) return {}; // the pretend gateway
+      // Only what this driver handed out: never another container's address (a stale or replayed release).
       const holder = this.ipam6?.holderOf(addr);
-      if (holder) await this.ipam6!.free(holder, addr).catch(() => undefined);
+      if (holder?.startsWith(DOCKER_IDENT)) await this.ipam6!.free(holder, addr).catch(() => undefined);
       return {};
     }
     const addr = parseIp(str(b.Address, 'Address').split('/')[0]);
     if (addr === parseCidr(pool.pool).start) return {}; // the pretend gateway
     const holder = this.deps.ipam.holderOf(addr);
-    if (holder) await this.deps.ipam.free(holder, addr).catch(() => undefined);
+    if (holder?.startsWith(DOCKER_IDENT)) await this.deps.ipam.free(holder, addr).catch(() => undefined);
     return {};
   }
 
@@ -359,6 +369,17 @@ export class DockerDriver {
         ? canonicalCidr6(iface.AddressIPv6, true, 'Interface.AddressIPv6')
         : null;
     if (address6 !== null) this.need6();
+    // Only addresses this driver handed out: an endpoint bound and announced with another container's
+    // address would take its traffic over.
+    const held = (holder: string | undefined, what: string) => {
+      if (!holder?.startsWith(DOCKER_IDENT))
+        throw new PluginError(
+          `${what} was not handed out by weft's IPAM driver (was the network made with --ipam-driver weft?)`,
+        );
+    };
+    held(this.deps.ipam.holderOf(parseCidr(address, true).addr), `Interface.Address ${address}`);
+    if (address6 !== null)
+      held(this.ipam6?.holderOf(parseCidr6(address6, true).addr), `Interface.AddressIPv6 ${address6}`);
     const cidrs6 = address6 !== null ? [address6] : [];
     const wantedMac = iface.MacAddress ? canonicalMac(iface.MacAddress, 'Interface.MacAddress') : null;
     const key = endpointKey(eid);

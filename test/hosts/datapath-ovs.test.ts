@@ -21,7 +21,7 @@ async function attach(
   h: Host,
   ns: string,
   ...groups: string[]
-): Promise<{ ip: string; mac: string; broadcast: string }> {
+): Promise<{ ip: string; ip6?: string; mac: string; broadcast: string }> {
   const r = await h.weft(['attach', ...groups.flatMap((g) => ['--group', g]), `netns:${ns}`]);
   if (r.code !== 0) throw new Error(`attach on ${h.nickname}: ${r.stderr}`);
   const [ip, prefix] = r.stdout.trim().split(' ')[0].split('/');
@@ -32,7 +32,8 @@ async function attach(
   const link = JSON.parse((await run('ip', ['-n', ns, '-json', 'link', 'show', 'ethwe'])).stdout) as {
     address: string;
   }[];
-  return { ip, mac: link[0].address, broadcast };
+  const ip6 = r.stdout.trim().split(' ')[1]?.split('/')[0]; // with --ipv6
+  return { ip, ...(ip6 ? { ip6 } : {}), mac: link[0].address, broadcast };
 }
 
 async function overlays(h: Host): Promise<string[]> {
@@ -72,7 +73,11 @@ const describeOvs =
 
 describeOvs('the OVS datapath across namespace hosts', () => {
   it("three hosts: ping, TCP and broadcast across; flows per container; a detached container's flows gone on every host; status says ovs", async () => {
-    cluster = await Cluster.create(3, { routerArgs: [...FAST, '--ipalloc-init', 'consensus=3'], ovs: true });
+    // Dual-stack containers (--ipv6): IPv6 crosses OVS too.
+    cluster = await Cluster.create(3, {
+      routerArgs: [...FAST, '--ipalloc-init', 'consensus=3', '--ipv6'],
+      ovs: true,
+    });
     const [a, b, c] = await launch(cluster, () => 'ovs');
     const ns = await Promise.all(['x1', 'x2', 'x3'].map((l) => cluster!.container(l)));
     const x = [await attach(a, ns[0]), await attach(b, ns[1]), await attach(c, ns[2])];
@@ -88,6 +93,13 @@ describeOvs('the OVS datapath across namespace hosts', () => {
     const server = await echoServer(ns[2], 7000);
     try {
       expect(await echo(ns[0], x[2].ip, 7000, 'tcp', 200_000)).toBe(200_000);
+      expect(x[2].ip6).toMatch(/^fd77:6566:7400:/);
+      await eventually(
+        'x1 -> x3 over IPv6',
+        async () => (await echo(ns[0], x[2].ip6!, 7000).catch(() => 0)) === 5,
+        10_000,
+      );
+      expect(await echo(ns[0], x[2].ip6!, 7000, 'tcp', 200_000)).toBe(200_000);
       expect(await echo(ns[1], x[2].ip, 7000, 'udp', 1000)).toBe(1000);
     } finally {
       server.stop();
@@ -145,6 +157,17 @@ describeOvs('the OVS datapath across namespace hosts', () => {
     const y = [await attach(a, ns[0]), await attach(b, ns[1]), await attach(c, ns[2])];
     await eventually('y2 -> y3', () => ping(ns[1], y[2].ip), 10_000, 200);
     await eventually('y2 -> y1', () => ping(ns[1], y[0].ip), 10_000, 200);
+    // Pings get through by flooding before host 2's router has programmed the unicast flows: the
+    // snapshot is taken once it has both (else the restart below "adds" one and the comparison fails).
+    await eventually(
+      "host 2's flows for y1 and y3",
+      async () => {
+        const f = await b.ovs!.flows('weft-ovs');
+        return flowsFor(f, y[0].mac).length === 1 && flowsFor(f, y[2].mac).length === 1;
+      },
+      10_000,
+      100,
+    );
     const before = await b.ovs!.flows('weft-ovs');
 
     await b.kill();

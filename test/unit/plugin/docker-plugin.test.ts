@@ -102,7 +102,7 @@ describe('Docker IPAM driver', () => {
       };
       expect(p.Pool).toBe('fd77:6566:7400::/64');
       // An IPv4 pool alongside it is no clash; a second IPv6 one over it is.
-      await d6.handle('IpamDriver.RequestPool', { AddressSpace: 'weft' });
+      const p4 = (await d6.handle('IpamDriver.RequestPool', { AddressSpace: 'weft' })) as { PoolID: string };
       await expect(d6.handle('IpamDriver.RequestPool', { V6: true, Pool: 'fd77:6566:7400::/96' })).rejects.toThrow(
         /overlaps fd77:6566:7400::\/64, already used/,
       );
@@ -126,6 +126,37 @@ describe('Docker IPAM driver', () => {
       ).rejects.toThrow(/not in the network's IPv6 subnet/);
       await d6.handle('IpamDriver.ReleaseAddress', { PoolID: p.PoolID, Address: 'fd77:6566:7400::77/64' });
       expect(ipam6.holderOf(parseIp6('fd77:6566:7400::77'))).toBeUndefined();
+      // The subnet's own address stands for the gateway: not handed out, even when asked for.
+      await expect(
+        d6.handle('IpamDriver.RequestAddress', { PoolID: p.PoolID, Address: 'fd77:6566:7400::' }),
+      ).rejects.toThrow(/the subnet's own address/);
+      // A release frees only what the driver handed out: never an address weft attach gave a container.
+      await ipam6.claim('netns:other', parseIp6('fd77:6566:7400::99'), parseCidr6('fd77:6566:7400::/64'));
+      await d6.handle('IpamDriver.ReleaseAddress', { PoolID: p.PoolID, Address: 'fd77:6566:7400::99/64' });
+      expect(ipam6.holderOf(parseIp6('fd77:6566:7400::99'))).toBe('netns:other');
+      // An endpoint is made only with addresses the driver handed out (not another container's).
+      await expect(
+        d6.handle('NetworkDriver.CreateEndpoint', {
+          NetworkID: 'n',
+          EndpointID: 'a'.repeat(64),
+          Interface: { Address: '10.32.0.9/16', AddressIPv6: 'fd77:6566:7400::1/64' },
+        }),
+      ).rejects.toThrow(/Interface.Address 10.32.0.9\/16 was not handed out by weft's IPAM driver/);
+      const v4 = (await d6.handle('IpamDriver.RequestAddress', { PoolID: p4.PoolID })) as { Address: string };
+      await expect(
+        d6.handle('NetworkDriver.CreateEndpoint', {
+          NetworkID: 'n',
+          EndpointID: 'a'.repeat(64),
+          Interface: { Address: v4.Address, AddressIPv6: 'fd77:6566:7400::99/64' },
+        }),
+      ).rejects.toThrow(/Interface.AddressIPv6 fd77:6566:7400::99\/64 was not handed out/);
+      await expect(
+        d6.handle('IpamDriver.RequestPool', {
+          V6: true,
+          Pool: 'fd77:6566:7400:1::/64',
+          SubPool: 'fd77:6566:7400:1::/127',
+        }),
+      ).rejects.toThrow(/too small/);
       // A network with an IPv6 subnet weft handed out is taken; one outside its range is not.
       expect(
         await d6.handle('NetworkDriver.CreateNetwork', {
