@@ -4,7 +4,7 @@
 // password. From a peer's address (spoofed, as someone on the path could): the
 // same datagrams arrive without a password (which shows they were well-formed,
 // and is what README says a password closes), and do not with one; an IPv6 frame
-// among them is dropped at the bridge all the same (weft carries no IPv6 yet). Over IPv6 on the
+// among them is dropped at the bridge all the same (a router without --ipv6 carries none). Over IPv6 on the
 // underlay, VXLAN and sleeve datagrams are dropped at the firewall's input (no peer of ours uses it).
 import { afterEach, expect, it } from 'vitest';
 import { Cluster, eventually, sleep } from '../harness/cluster.js';
@@ -119,7 +119,7 @@ describeAsRoot('a stranger on the underlay', () => {
           100,
         );
         expect(recorder.received().every((d) => d.data.endsWith('from a spoofed peer address'))).toBe(true);
-        // An IPv6 frame the same way (weft carries no IPv6 yet), and the IPv4 one behind a VLAN tag of 0
+        // An IPv6 frame the same way (this router runs without --ipv6), and the IPv4 one behind a VLAN tag of 0
         // (which a container's kernel takes as untagged, and br_netfilter would not show the security
         // groups), are dropped where they enter the bridge.
         const guard = async () =>
