@@ -344,7 +344,19 @@ export async function attachContainer(
     const existing = new Set(
       info.filter((a) => !(resetIpv6 && a.local!.includes(':'))).map((a) => `${a.local}/${a.prefixlen}`),
     );
-    await configureIn(ns, sysctls(ifname, resetIpv6), inside(ifname, addrLines(existing)));
+    // IPv6 off and on takes the interface's IPv6 routes with it: those added by hand or by weft (the
+    // route to --service-range6) are put back after the addresses.
+    const routes6 = resetIpv6
+      ? (
+          await ipJson<{ dst: string; gateway?: string; protocol?: string }[]>(
+            ['-6', 'route', 'show', 'dev', ifname],
+            ns,
+          )
+        )
+          .filter((r) => r.protocol === undefined || r.protocol === 'boot' || r.protocol === 'static')
+          .map((r) => `route replace ${r.dst}${r.gateway ? ` via ${r.gateway}` : ''} dev ${ifname}`)
+      : [];
+    await configureIn(ns, sysctls(ifname, resetIpv6), [...inside(ifname, addrLines(existing)), ...routes6]);
   }
   if (dns) {
     const named = /^netns:(.+)$/.exec(container);

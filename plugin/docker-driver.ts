@@ -38,6 +38,8 @@ interface Pool {
 export interface DriverDeps {
   datapath: Datapath;
   ipam: Allocator;
+  /** The IPv6 allocator even without --ipv6: what Docker got while it was on is still freed. */
+  ipam6?: Allocator<Addr6>;
   dataDir: string;
   log: Logger;
   /** The DNS server's address on the bridge, routed to from containers (none without DNS). */
@@ -306,8 +308,9 @@ export class DockerDriver {
       }
       if (addr === parseCidr6(pool.pool).start) return {}; // the pretend gateway
       // Only what this driver handed out: never another container's address (a stale or replayed release).
-      const holder = this.ipam6?.holderOf(addr);
-      if (holder?.startsWith(DOCKER_IDENT)) await this.ipam6!.free(holder, addr).catch(() => undefined);
+      const ipam6 = this.deps.ipam6 ?? this.ipam6;
+      const holder = ipam6?.holderOf(addr);
+      if (holder?.startsWith(DOCKER_IDENT)) await ipam6!.free(holder, addr).catch(() => undefined);
       return {};
     }
     const addr = parseIp(str(b.Address, 'Address').split('/')[0]);

@@ -12,6 +12,7 @@ import { bridgeMac } from '../datapath/bridge.js';
 import { ipJson } from '../net/command.js';
 import type { NameService } from '../dns/table.js';
 import type { Allocator } from '../ipam/allocator.js';
+import type { Addr6 } from '../net/addr6.js';
 import { readJsonList, type StateWrites } from '../lib/json-file.js';
 import type { Logger } from '../lib/logger.js';
 import { DockerApi, type ContainerInfo, type DockerEvent } from './docker-api.js';
@@ -56,6 +57,8 @@ export interface WatcherDeps {
   api: string;
   datapath: Datapath;
   ipam: Allocator;
+  /** The IPv6 allocator (built on every router): releases of IPv6 addresses Docker got while --ipv6 was on. */
+  ipam6?: Allocator<Addr6>;
   names: NameService;
   dataDir: string;
   /** Records state files that could not be written (status shows them). */
@@ -82,6 +85,7 @@ export class DockerWatcher {
     this.driver = new DockerDriver({
       datapath: deps.datapath,
       ipam: deps.ipam,
+      ...(deps.ipam6 ? { ipam6: deps.ipam6 } : {}),
       dataDir: deps.dataDir,
       log: deps.log,
       dnsIp: deps.dns?.ip,

@@ -251,6 +251,7 @@ export class Router {
             api: opts.dockerApi,
             datapath,
             ipam,
+            ipam6,
             names,
             dataDir: opts.dataDir,
             writes: state.writes,

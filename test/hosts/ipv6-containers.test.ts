@@ -250,6 +250,22 @@ describeAsRoot('dual-stack containers (--ipv6)', () => {
       // The translation went to the backends' IPv6 addresses.
       const ct = await run('ip', ['netns', 'exec', client.ns, 'conntrack', '-L', '-f', 'ipv6']);
       expect(ct.stdout).toMatch(new RegExp(`dst=${vip6}.*src=(${back1.ip6}|${back2.ip6})`));
+      // The client's MAC changed (root in a container can): a re-attach binds the new one, makes the
+      // link-local address from it again, and keeps the route to the IPv6 service range.
+      expect((await run('ip', ['-n', client.ns, 'link', 'set', 'ethwe', 'address', '02:00:00:00:6e:01'])).code).toBe(0);
+      const again = await h1.weft(['attach', `netns:${client.ns}`]);
+      expect(again.code, again.stderr).toBe(0);
+      expect((await run('ip', ['-n', client.ns, '-6', 'addr', 'show', 'dev', 'ethwe'])).stdout).toContain(
+        'fe80::ff:fe00:6e01',
+      );
+      expect((await run('ip', ['-n', client.ns, '-6', 'route', 'show', 'fd77:6566:7401::/112'])).stdout).toContain(
+        'dev ethwe',
+      );
+      await eventually(
+        'the IPv6 VIP answers after the re-attach',
+        async () => (await echo(client.ns, vip6, 7070).catch(() => 0)) > 0,
+        15_000,
+      );
     } finally {
       for (const x of servers) x.stop();
     }

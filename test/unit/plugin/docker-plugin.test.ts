@@ -172,6 +172,19 @@ describe('Docker IPAM driver', () => {
           IPv6Data: [{ Pool: 'fd00::/64', AddressSpace: 'weft' }],
         }),
       ).rejects.toThrow(/IPv6 subnet fd00::\/64 is not one weft handed out/);
+      // Restarted without --ipv6, the router still frees what Docker got while it was on.
+      const without = new DockerDriver({
+        datapath: { mtu: 1400, config: {} } as unknown as Datapath,
+        ipam,
+        ipam6,
+        dataDir: dir,
+        log: quiet as never,
+      });
+      await without.handle('IpamDriver.ReleaseAddress', { PoolID: p.PoolID, Address: a.Address });
+      expect(ipam6.holderOf(parseIp6(a.Address.split('/')[0]))).toBeUndefined();
+      await expect(
+        without.handle('IpamDriver.RequestPool', { V6: true, Pool: 'fd77:6566:7400:2::/64' }),
+      ).rejects.toThrow(/runs without --ipv6/);
     } finally {
       ipam6.stop();
     }
