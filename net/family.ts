@@ -2,8 +2,18 @@
 // addresses as numbers, IPv6 ones as bigints), their arithmetic, text and wire
 // forms, and CIDR blocks over them. Code written against IpFamily<A> runs the
 // same for both; only these two objects know which is which.
-import { cidrEnd, contains, formatCidr, formatIp, hostRange, parseCidr, parseIp, type Addr } from './addr.js';
-import { cidr6End, contains6, formatCidr6, formatIp6, hostRange6, parseCidr6, parseIp6, type Addr6 } from './addr6.js';
+import { cidrEnd, contains, formatCidr, formatIp, hostRange, overlaps, parseCidr, parseIp, type Addr } from './addr.js';
+import {
+  cidr6End,
+  contains6,
+  formatCidr6,
+  formatIp6,
+  hostRange6,
+  overlaps6,
+  parseCidr6,
+  parseIp6,
+  type Addr6,
+} from './addr6.js';
 
 /** A position in an address space: an IPv4 address as a number, an IPv6 address as a bigint. */
 export type Position = Addr | Addr6;
@@ -36,6 +46,7 @@ export interface IpFamily<A extends Position> {
   formatCidr(c: CidrOf<A>): string;
   cidrEnd(c: CidrOf<A>): A;
   contains(outer: CidrOf<A>, inner: CidrOf<A>): boolean;
+  overlaps(a: CidrOf<A>, b: CidrOf<A>): boolean;
   hostRange(c: CidrOf<A>): [A, A];
   /** The longest prefix a container subnet may have (room for a few hosts). */
   readonly maxSubnetPrefix: number;
@@ -63,6 +74,7 @@ export const IPV4: IpFamily<Addr> = {
   formatCidr,
   cidrEnd,
   contains,
+  overlaps,
   hostRange,
   maxSubnetPrefix: 30,
   toWire: (a) => a,
@@ -93,6 +105,7 @@ export const IPV6: IpFamily<Addr6> = {
   formatCidr: formatCidr6,
   cidrEnd: cidr6End,
   contains: contains6,
+  overlaps: overlaps6,
   hostRange: hostRange6,
   maxSubnetPrefix: 126,
   toWire: (a) => a.toString(),

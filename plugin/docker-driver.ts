@@ -11,13 +11,14 @@ import { randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync, rmSync, statSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import type { Allocator } from '../ipam/allocator.js';
-import { contains, formatCidr, formatIp, overlaps, parseCidr, parseIp, type Cidr } from '../net/addr.js';
+import { parseCidr } from '../net/addr.js';
+import { IPV4, IPV6, type CidrOf, type IpFamily, type Position } from '../net/family.js';
 import type { Datapath } from '../datapath/datapath.js';
 import { hostIfName, joinBridge, vethNames, withNewVeth } from '../datapath/attach.js';
 import { ip, ipJson, linkExists } from '../net/command.js';
 import { readJsonList, writeJsonAtomically } from '../lib/json-file.js';
 import { canonicalCidr, canonicalCidr6, canonicalMac } from '../net/validate.js';
-import { contains6, formatCidr6, formatIp6, overlaps6, parseCidr6, parseIp6, type Addr6 } from '../net/addr6.js';
+import { parseCidr6, type Addr6 } from '../net/addr6.js';
 import type { Logger } from '../lib/logger.js';
 
 const ADDRESS_SPACE = 'weft';
@@ -61,6 +62,37 @@ function endpointId(v: unknown): string {
   if (!/^[0-9a-f]{64}$/.test(id)) throw new PluginError(`EndpointID "${id.slice(0, 80)}" is not a Docker endpoint id`);
   return id;
 }
+
+/** How a family's pools and addresses are described to Docker (one code path serves both). */
+interface FamilyWords {
+  /** "" or "IPv6 ", before "subnet" and "allocation range". */
+  label: string;
+  /** The docker flag that names an address. */
+  ipFlag: string;
+  /** What to do when a pool is taken. */
+  clashHint: string;
+  /** The longest pool (and --ip-range) prefix weft takes. */
+  maxPrefix: number;
+}
+
+const WORDS4: FamilyWords = {
+  label: '',
+  ipFlag: '--ip',
+  clashHint: '(docker network create -d weft --ipam-driver weft --subnet CIDR NAME)',
+  maxPrefix: 30,
+};
+const WORDS6: FamilyWords = {
+  label: 'IPv6 ',
+  ipFlag: '--ip6',
+  clashHint: '(--subnet, once for each family)',
+  maxPrefix: 120,
+};
+
+/** A network's subnet as Docker gives it to CreateNetwork. */
+type PoolData = { Pool?: string; AddressSpace?: string };
+
+/** Pools are kept as text: an IPv6 one has colons. */
+const isV6 = (cidr: string) => cidr.includes(':');
 
 export class DockerDriver {
   private server: http.Server | null = null;
@@ -138,87 +170,59 @@ export class DockerDriver {
     return a;
   }
 
-  /** An IPv6 pool from weft's IPv6 range (default: --ipalloc-default-subnet6), apart from the other IPv6 networks'. */
-  private requestPool6(b: Record<string, unknown>): unknown {
-    const ipam6 = this.need6();
-    const range = ipam6.config.range;
-    let pool;
-    try {
-      pool = typeof b.Pool === 'string' && b.Pool !== '' ? parseCidr6(b.Pool) : ipam6.config.defaultSubnet;
-    } catch (err) {
-      throw new PluginError(`--subnet: ${(err as Error).message}`);
-    }
-    if (!contains6(range, pool))
-      throw new PluginError(
-        `subnet ${formatCidr6(pool)} is outside weft's IPv6 allocation range ${formatCidr6(range)}: give --subnet inside it`,
-      );
-    if (pool.prefix > 120) throw new PluginError(`subnet ${formatCidr6(pool)} is too small for weft (at most /120)`);
-    let sub = pool;
-    if (typeof b.SubPool === 'string' && b.SubPool !== '') {
-      try {
-        sub = parseCidr6(b.SubPool);
-      } catch (err) {
-        throw new PluginError(`--ip-range: ${(err as Error).message}`);
-      }
-      if (!contains6(pool, sub))
-        throw new PluginError(`--ip-range ${formatCidr6(sub)} is not inside --subnet ${formatCidr6(pool)}`);
-      if (sub.prefix > 120)
-        throw new PluginError(`--ip-range ${formatCidr6(sub)} is too small for weft (at most /120)`);
-    }
-    const pools = this.pools();
-    const clash = pools.find((p) => p.pool.includes(':') && overlaps6(parseCidr6(p.pool), pool));
-    if (clash)
-      throw new PluginError(
-        `IPv6 subnet ${formatCidr6(pool)} overlaps ${clash.pool}, already used by another weft network on this Docker engine; ` +
-          `give each weft network its own IPv6 subnet inside ${formatCidr6(range)} (--subnet, once for each family)`,
-      );
-    const entry: Pool = {
-      id: `weft-${formatCidr6(pool)}-${formatCidr6(sub)}`,
-      pool: formatCidr6(pool),
-      range: formatCidr6(sub),
-    };
-    writeJsonAtomically(this.poolsPath, [...pools, entry]);
-    return { PoolID: entry.id, Pool: entry.pool, Data: {} };
+  private requestPool(b: Record<string, unknown>): unknown {
+    return b.V6 === true
+      ? this.requestPoolIn(IPV6, this.need6(), WORDS6, b)
+      : this.requestPoolIn(IPV4, this.deps.ipam, WORDS4, b);
   }
 
-  private requestPool(b: Record<string, unknown>): unknown {
-    if (b.V6 === true) return this.requestPool6(b);
-    const range = this.deps.ipam.config.range;
-    let pool: Cidr;
+  /**
+   * A pool from weft's range of the family (default: its default subnet), apart from the other networks'
+   * pools of that family: Docker asks again and again while a pool overlaps one of its networks, so say
+   * no, and why, at once.
+   */
+  private requestPoolIn<A extends Position>(
+    fam: IpFamily<A>,
+    ipam: Allocator<A>,
+    w: FamilyWords,
+    b: Record<string, unknown>,
+  ): unknown {
+    const range = ipam.config.range;
+    let pool: CidrOf<A>;
     try {
-      pool = typeof b.Pool === 'string' && b.Pool !== '' ? parseCidr(b.Pool) : this.deps.ipam.config.defaultSubnet;
+      pool = typeof b.Pool === 'string' && b.Pool !== '' ? fam.parseCidr(b.Pool) : ipam.config.defaultSubnet;
     } catch (err) {
       throw new PluginError(`--subnet: ${(err as Error).message}`);
     }
-    if (!contains(range, pool))
+    if (!fam.contains(range, pool))
       throw new PluginError(
-        `subnet ${formatCidr(pool)} is outside weft's allocation range ${formatCidr(range)}: give --subnet inside it`,
+        `subnet ${fam.formatCidr(pool)} is outside weft's ${w.label}allocation range ${fam.formatCidr(range)}: give --subnet inside it`,
       );
-    if (pool.prefix > 30) throw new PluginError(`subnet ${formatCidr(pool)} is too small for weft (at most /30)`);
+    if (pool.prefix > w.maxPrefix)
+      throw new PluginError(`subnet ${fam.formatCidr(pool)} is too small for weft (at most /${w.maxPrefix})`);
     let sub = pool;
     if (typeof b.SubPool === 'string' && b.SubPool !== '') {
       try {
-        sub = parseCidr(b.SubPool);
+        sub = fam.parseCidr(b.SubPool);
       } catch (err) {
         throw new PluginError(`--ip-range: ${(err as Error).message}`);
       }
-      if (!contains(pool, sub))
-        throw new PluginError(`--ip-range ${formatCidr(sub)} is not inside --subnet ${formatCidr(pool)}`);
-      if (sub.prefix > 30) throw new PluginError(`--ip-range ${formatCidr(sub)} is too small for weft (at most /30)`);
+      if (!fam.contains(pool, sub))
+        throw new PluginError(`--ip-range ${fam.formatCidr(sub)} is not inside --subnet ${fam.formatCidr(pool)}`);
+      if (sub.prefix > w.maxPrefix)
+        throw new PluginError(`--ip-range ${fam.formatCidr(sub)} is too small for weft (at most /${w.maxPrefix})`);
     }
-    // Docker asks again and again while a pool overlaps one of its networks: say no, and why, at once.
     const pools = this.pools();
-    const clash = pools.find((p) => !p.pool.includes(':') && overlaps(parseCidr(p.pool), pool));
-    if (clash) {
+    const clash = pools.find((p) => isV6(p.pool) === (fam.version === 6) && fam.overlaps(fam.parseCidr(p.pool), pool));
+    if (clash)
       throw new PluginError(
-        `subnet ${formatCidr(pool)} overlaps ${clash.pool}, already used by another weft network on this Docker engine; ` +
-          `give each weft network its own subnet inside ${formatCidr(range)} (docker network create -d weft --ipam-driver weft --subnet CIDR NAME)`,
+        `${w.label}subnet ${fam.formatCidr(pool)} overlaps ${clash.pool}, already used by another weft network on this Docker engine; ` +
+          `give each weft network its own ${w.label}subnet inside ${fam.formatCidr(range)} ${w.clashHint}`,
       );
-    }
     const entry: Pool = {
-      id: `weft-${formatCidr(pool)}-${formatCidr(sub)}`,
-      pool: formatCidr(pool),
-      range: formatCidr(sub),
+      id: `weft-${fam.formatCidr(pool)}-${fam.formatCidr(sub)}`,
+      pool: fam.formatCidr(pool),
+      range: fam.formatCidr(sub),
     };
     writeJsonAtomically(this.poolsPath, [...pools, entry]);
     return { PoolID: entry.id, Pool: entry.pool, Data: {} };
@@ -242,119 +246,102 @@ export class DockerDriver {
     return p;
   }
 
-  private async requestAddress6(pool: Pool, b: Record<string, unknown>): Promise<unknown> {
-    const ipam6 = this.need6();
-    const net = parseCidr6(pool.pool);
-    const opts = (b.Options ?? {}) as Record<string, unknown>;
-    // As for IPv4: the subnet's own address, never handed out, stands for the gateway Docker wants.
-    if (opts.RequestAddressType === GATEWAY_TYPE) return { Address: `${formatIp6(net.start)}/${net.prefix}` };
-    const ident = `${DOCKER_IDENT}${randomBytes(6).toString('hex')}`;
-    let got: { addr: Addr6 };
-    if (typeof b.Address === 'string' && b.Address !== '') {
-      let want: Addr6;
-      try {
-        want = parseIp6(b.Address);
-      } catch (err) {
-        throw new PluginError(`--ip6: ${(err as Error).message}`);
-      }
-      if (!contains6(net, { start: want, prefix: 128 }))
-        throw new PluginError(`${b.Address} is not in the network's IPv6 subnet ${pool.pool}`);
-      if (want === net.start)
-        throw new PluginError(`${b.Address} is the subnet's own address (it stands for the gateway): choose another`);
-      got = await ipam6.claim(ident, want, net);
-    } else {
-      got = await ipam6.allocate(ident, parseCidr6(pool.range));
-    }
-    return { Address: `${formatIp6(got.addr)}/${net.prefix}` };
-  }
-
   private async requestAddress(b: Record<string, unknown>): Promise<unknown> {
     const pool = this.pool(b.PoolID);
-    if (pool.pool.includes(':')) return this.requestAddress6(pool, b);
-    const net = parseCidr(pool.pool);
+    return isV6(pool.pool)
+      ? this.requestAddressIn(IPV6, this.need6(), WORDS6, pool, b)
+      : this.requestAddressIn(IPV4, this.deps.ipam, WORDS4, pool, b);
+  }
+
+  private async requestAddressIn<A extends Position>(
+    fam: IpFamily<A>,
+    ipam: Allocator<A>,
+    w: FamilyWords,
+    pool: Pool,
+    b: Record<string, unknown>,
+  ): Promise<unknown> {
+    const net = fam.parseCidr(pool.pool);
     const opts = (b.Options ?? {}) as Record<string, unknown>;
-    if (opts.RequestAddressType === GATEWAY_TYPE) {
-      // The overlay has no gateway; Docker wants one per network: the subnet's own address, never handed out.
-      return { Address: `${formatIp(net.start)}/${net.prefix}` };
-    }
+    // The overlay has no gateway; Docker wants one per network: the subnet's own address, never handed out.
+    if (opts.RequestAddressType === GATEWAY_TYPE) return { Address: `${fam.formatIp(net.start)}/${net.prefix}` };
     const ident = `${DOCKER_IDENT}${randomBytes(6).toString('hex')}`;
-    let got: { addr: number };
+    let got: { addr: A };
     if (typeof b.Address === 'string' && b.Address !== '') {
-      let want: number;
+      let want: A;
       try {
-        want = parseIp(b.Address);
+        want = fam.parseIp(b.Address);
       } catch (err) {
-        throw new PluginError(`--ip: ${(err as Error).message}`);
+        throw new PluginError(`${w.ipFlag}: ${(err as Error).message}`);
       }
-      if (!contains(net, { start: want, prefix: 32 }))
-        throw new PluginError(`${b.Address} is not in the network's subnet ${pool.pool}`);
+      if (!fam.contains(net, { start: want, prefix: fam.bits }))
+        throw new PluginError(`${b.Address} is not in the network's ${w.label}subnet ${pool.pool}`);
       if (want === net.start)
         throw new PluginError(`${b.Address} is the subnet's own address (it stands for the gateway): choose another`);
-      got = await this.deps.ipam.claim(ident, want, net);
+      got = await ipam.claim(ident, want, net);
     } else {
-      got = await this.deps.ipam.allocate(ident, parseCidr(pool.range));
+      got = await ipam.allocate(ident, fam.parseCidr(pool.range));
     }
-    return { Address: `${formatIp(got.addr)}/${net.prefix}` };
+    return { Address: `${fam.formatIp(got.addr)}/${net.prefix}` };
   }
 
   private async releaseAddress(b: Record<string, unknown>): Promise<unknown> {
     const pool = this.pool(b.PoolID);
-    if (pool.pool.includes(':')) {
-      let addr: Addr6;
-      try {
-        addr = parseIp6(str(b.Address, 'Address').split('/')[0]);
-      } catch (err) {
-        throw new PluginError(`Address: ${(err as Error).message}`);
-      }
-      if (addr === parseCidr6(pool.pool).start) return {}; // the pretend gateway
-      // Only what this driver handed out: never another container's address (a stale or replayed release).
-      const ipam6 = this.deps.ipam6 ?? this.ipam6;
-      const holder = ipam6?.holderOf(addr);
-      if (holder?.startsWith(DOCKER_IDENT)) await ipam6!.free(holder, addr).catch(() => undefined);
-      return {};
+    // IPv6: the router's IPv6 allocator even after a restart without --ipv6, so what Docker got then is freed.
+    return isV6(pool.pool)
+      ? this.releaseAddressIn(IPV6, this.deps.ipam6 ?? this.ipam6, pool, b)
+      : this.releaseAddressIn(IPV4, this.deps.ipam, pool, b);
+  }
+
+  private async releaseAddressIn<A extends Position>(
+    fam: IpFamily<A>,
+    ipam: Allocator<A> | undefined,
+    pool: Pool,
+    b: Record<string, unknown>,
+  ): Promise<unknown> {
+    let addr: A;
+    try {
+      addr = fam.parseIp(str(b.Address, 'Address').split('/')[0]);
+    } catch (err) {
+      throw new PluginError(`Address: ${(err as Error).message}`);
     }
-    const addr = parseIp(str(b.Address, 'Address').split('/')[0]);
-    if (addr === parseCidr(pool.pool).start) return {}; // the pretend gateway
-    const holder = this.deps.ipam.holderOf(addr);
-    if (holder?.startsWith(DOCKER_IDENT)) await this.deps.ipam.free(holder, addr).catch(() => undefined);
+    if (addr === fam.parseCidr(pool.pool).start) return {}; // the pretend gateway
+    // Only what this driver handed out: never another container's address (a stale or replayed release).
+    const holder = ipam?.holderOf(addr);
+    if (holder?.startsWith(DOCKER_IDENT)) await ipam!.free(holder, addr).catch(() => undefined);
     return {};
   }
 
   // ---------------------------------------------------------------- network
 
   private createNetwork(b: Record<string, unknown>): unknown {
-    const v4 = (b.IPv4Data ?? []) as { Pool?: string; AddressSpace?: string }[];
+    const v4 = (b.IPv4Data ?? []) as PoolData[];
     if (!Array.isArray(v4) || v4.length === 0) throw new PluginError('the network has no IPv4 subnet');
-    for (const d of v4) {
+    this.checkPoolData(IPV4, this.deps.ipam.config.range, 'IPv4Data', WORDS4, v4);
+    const v6 = (b.IPv6Data ?? []) as PoolData[];
+    if (Array.isArray(v6) && v6.length > 0) this.checkPoolData(IPV6, this.need6().config.range, 'IPv6Data', WORDS6, v6);
+    return {};
+  }
+
+  /** A network's subnets of one family must be ones weft's IPAM driver handed out (inside weft's range). */
+  private checkPoolData<A extends Position>(
+    fam: IpFamily<A>,
+    range: CidrOf<A>,
+    field: string,
+    w: FamilyWords,
+    data: PoolData[],
+  ): void {
+    for (const d of data) {
       let inRange = false;
       try {
-        inRange = contains(this.deps.ipam.config.range, parseCidr(str(d.Pool, 'IPv4Data.Pool')));
+        inRange = fam.contains(range, fam.parseCidr(str(d.Pool, `${field}.Pool`)));
       } catch {
         inRange = false;
       }
-      if (d.AddressSpace !== ADDRESS_SPACE || !inRange) {
+      if (d.AddressSpace !== ADDRESS_SPACE || !inRange)
         throw new PluginError(
-          `weft networks take their addresses from weft: create it with --ipam-driver weft (subnet ${d.Pool ?? '?'} is not one weft handed out)`,
+          `weft networks take their addresses from weft: create it with --ipam-driver weft (${w.label}subnet ${d.Pool ?? '?'} is not one weft handed out)`,
         );
-      }
     }
-    const v6 = (b.IPv6Data ?? []) as { Pool?: string; AddressSpace?: string }[];
-    if (Array.isArray(v6) && v6.length > 0) {
-      const range6 = this.need6().config.range;
-      for (const d of v6) {
-        let inRange = false;
-        try {
-          inRange = contains6(range6, parseCidr6(str(d.Pool, 'IPv6Data.Pool')));
-        } catch {
-          inRange = false;
-        }
-        if (d.AddressSpace !== ADDRESS_SPACE || !inRange)
-          throw new PluginError(
-            `weft networks take their addresses from weft: create it with --ipam-driver weft (IPv6 subnet ${d.Pool ?? '?'} is not one weft handed out)`,
-          );
-      }
-    }
-    return {};
   }
 
   private async createEndpoint(b: Record<string, unknown>): Promise<unknown> {
