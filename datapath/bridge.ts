@@ -11,6 +11,8 @@ export const BRIDGE = 'weft';
 export const VNI = 0x7765; // "we"
 /** IPv4 + UDP + VXLAN + inner Ethernet headers. */
 export const VXLAN_OVERHEAD = 50;
+/** The same over an IPv6 underlay (its header is 20 bytes longer). */
+export const VXLAN_OVERHEAD6 = 70;
 
 export interface LinkInfo {
   ifname: string;

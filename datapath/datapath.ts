@@ -20,7 +20,15 @@ import {
   netnsPathOf,
   rememberNetns,
 } from './attach.js';
-import { BRIDGE, VXLAN_OVERHEAD, bridgeMac, ensureBridge, removeBridge, underlayMtu } from './bridge.js';
+import {
+  BRIDGE,
+  VXLAN_OVERHEAD,
+  VXLAN_OVERHEAD6,
+  bridgeMac,
+  ensureBridge,
+  removeBridge,
+  underlayMtu,
+} from './bridge.js';
 import { OvsBackend } from './ovs/backend.js';
 import { EndpointTable, endpointCodec, type Endpoint } from './endpoints.js';
 import { canonicalCidr, canonicalCidr6, checkIfName } from '../net/validate.js';
@@ -43,7 +51,7 @@ export interface DatapathConfig extends ForwardingOptions {
   routerPorts: { tcp: number[]; udp: number[] };
   /** With weft's DNS: its address on the bridge, and the resolv.conf containers get. */
   dns?: { ip: string; domain: string };
-  /** Overlay MTU; default: the underlay's minus the VXLAN overhead. */
+  /** Overlay MTU; default: the underlay's minus the VXLAN overhead (of VXLAN over IPv6 with an IPv6 underlay). */
   mtu?: number;
   /** What another component adds to the firewall table (security groups: policy/engine.ts), and hears when it is written. */
   firewallPart?: FirewallPart;
@@ -85,6 +93,7 @@ export class Datapath {
       sleeve: config.sleeve,
       encrypt: config.encrypt,
       ipv6: config.ipam6 !== undefined,
+      underlay6: config.underlay6 === true && !config.ovs,
       ovs: config.ovs,
       programmed: () => this.firewall.syncUnderlay(),
       error: (m) => this.noteError(m),
@@ -179,7 +188,9 @@ export class Datapath {
   }
 
   async start(): Promise<void> {
-    this.mtu = this.config.mtu ?? (await underlayMtu()) - VXLAN_OVERHEAD;
+    // Over an IPv6 underlay VXLAN's headers are 20 bytes longer: the overlay leaves room for them.
+    this.mtu =
+      this.config.mtu ?? (await underlayMtu()) - (this.forwarding.tunnel.underlay6 ? VXLAN_OVERHEAD6 : VXLAN_OVERHEAD);
     await ensureBridge(this.bridgeConfig());
     await this.ensureDnsAddress();
     await this.forwarding.start();

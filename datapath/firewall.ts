@@ -36,34 +36,45 @@ export interface FirewallState {
 export interface UnderlayPeers {
   vxlanPort: number;
   sleevePort: number;
-  /** Peers whose VXLAN is taken: connected and unencrypted, or still programmed on fastdp (a router restarting). */
+  /** Peers (either family) whose VXLAN is taken: connected and unencrypted, or still programmed on fastdp (a router restarting). */
   vxlan: string[];
   /** Peers whose sleeve datagrams are taken: connected. */
   sleeve: string[];
 }
 
-/** The named sets of the underlay's peers, kept current by element updates. */
+/** The named sets of the underlay's peers, one per family, kept current by element updates. */
 const PEER_SETS = { vxlan: 'vxlan_peers', sleeve: 'sleeve_peers' } as const;
+const setName = (k: keyof typeof PEER_SETS, six: boolean) => `${PEER_SETS[k]}${six ? '6' : ''}`;
+const isSix = (a: string) => a.includes(':');
 
 const ports = (ps: number[]) =>
   ps.length === 1 ? String(ps[0]) : `{ ${[...new Set(ps)].sort((a, b) => a - b).join(', ')} }`;
-const setDecl = (name: string, elements: string[]) =>
-  `  set ${name} { type ipv4_addr;${elements.length > 0 ? ` elements = { ${[...new Set(elements)].sort().join(', ')} }` : ''} }`;
+const setDecl = (name: string, six: boolean, elements: string[]) =>
+  `  set ${name} { type ${six ? 'ipv6_addr' : 'ipv4_addr'};${elements.length > 0 ? ` elements = { ${[...new Set(elements)].sort().join(', ')} }` : ''} }`;
+/** A peer set of each family, with the addresses of that family. */
+const peerSetDecls = (k: keyof typeof PEER_SETS, addrs: string[]) => [
+  setDecl(
+    setName(k, false),
+    false,
+    addrs.filter((a) => !isSix(a)),
+  ),
+  setDecl(setName(k, true), true, addrs.filter(isSix)),
+];
 
 function inputChains(s: FirewallState, exposed: string | null): string[] {
   const { dns, routerPorts } = s.host;
   const u = s.underlay;
   const all = [...routerPorts.tcp, ...routerPorts.udp];
   return [
-    setDecl(PEER_SETS.vxlan, u.vxlan),
-    setDecl(PEER_SETS.sleeve, u.sleeve),
+    ...peerSetDecls('vxlan', u.vxlan),
+    ...peerSetDecls('sleeve', u.sleeve),
     `  chain input {`,
     `    type filter hook input priority filter - 10; policy accept;`,
     `    iifname "${BRIDGE}" jump from_containers`,
-    `    udp dport ${u.vxlanPort} ip saddr != @${PEER_SETS.vxlan} counter drop comment "VXLAN from no peer of ours"`,
-    `    udp dport ${u.sleevePort} ip saddr != @${PEER_SETS.sleeve} counter drop comment "sleeve datagrams from no peer of ours"`,
-    // The peer sets are IPv4 (so is the underlay weft uses): over IPv6 nothing is from a peer of ours.
-    `    meta nfproto ipv6 udp dport ${ports([u.vxlanPort, u.sleevePort])} counter drop comment "VXLAN and sleeve over IPv6: no peer of ours"`,
+    `    udp dport ${u.vxlanPort} ip saddr != @${setName('vxlan', false)} counter drop comment "VXLAN from no peer of ours"`,
+    `    udp dport ${u.sleevePort} ip saddr != @${setName('sleeve', false)} counter drop comment "sleeve datagrams from no peer of ours"`,
+    `    udp dport ${u.vxlanPort} ip6 saddr != @${setName('vxlan', true)} counter drop comment "VXLAN over IPv6 from no peer of ours"`,
+    `    udp dport ${u.sleevePort} ip6 saddr != @${setName('sleeve', true)} counter drop comment "sleeve datagrams over IPv6 from no peer of ours"`,
     `  }`,
     `  chain from_containers {`,
     ...(dns
@@ -120,14 +131,15 @@ export function ruleset(s: FirewallState): string {
 /** One transaction that turns the peer sets from `have` into `want`; '' when nothing changes. */
 export function peerSetUpdates(have: UnderlayPeers, want: UnderlayPeers): string {
   const out: string[] = [];
-  for (const k of ['vxlan', 'sleeve'] as const) {
-    const before = new Set(have[k]);
-    const now = new Set(want[k]);
-    const add = [...now].filter((a) => !before.has(a));
-    const del = [...before].filter((a) => !now.has(a));
-    if (add.length > 0) out.push(`add element inet ${TABLE} ${PEER_SETS[k]} { ${add.join(', ')} }`);
-    if (del.length > 0) out.push(`delete element inet ${TABLE} ${PEER_SETS[k]} { ${del.join(', ')} }`);
-  }
+  for (const k of ['vxlan', 'sleeve'] as const)
+    for (const six of [false, true]) {
+      const before = new Set(have[k].filter((a) => isSix(a) === six));
+      const now = new Set(want[k].filter((a) => isSix(a) === six));
+      const add = [...now].filter((a) => !before.has(a));
+      const del = [...before].filter((a) => !now.has(a));
+      if (add.length > 0) out.push(`add element inet ${TABLE} ${setName(k, six)} { ${add.join(', ')} }`);
+      if (del.length > 0) out.push(`delete element inet ${TABLE} ${setName(k, six)} { ${del.join(', ')} }`);
+    }
   return out.length > 0 ? out.join('\n') + '\n' : '';
 }
 

@@ -21,7 +21,7 @@ import type { OvsConfig } from './ovs/switch.js';
 import { chooseOverlays, overlaysChanged, type Overlay } from './overlay.js';
 import { Sleeve } from './sleeve/sleeve.js';
 import { VxlanBackend } from './vxlan/backend.js';
-import { readFdb, type FdbEntry } from './vxlan/fdb.js';
+import type { FdbEntry } from './vxlan/fdb.js';
 
 /** The overlay as status shows it: VXLAN through OVS is `ovs`. */
 export type OverlayStatus = Overlay | 'ovs';
@@ -44,6 +44,11 @@ export interface ForwardingOptions {
   ovs?: OvsConfig;
   /** The overlay carries IPv6 (--ipv6): remote IPv6 addresses get neighbour entries too. */
   ipv6?: boolean;
+  /**
+   * An IPv6 underlay (--host an IPv6 address, `::` for both families): peers connected over IPv6 are
+   * reached by VXLAN over IPv6. Without it, they have no data path here.
+   */
+  underlay6?: boolean;
 }
 
 interface ForwardingConfig extends ForwardingOptions {
@@ -66,9 +71,10 @@ export class Forwarding {
   /** Each peer's underlay address, remembered after its connection goes. */
   private readonly lastAddr = new Map<PeerName, string>();
   /**
-   * Neighbours connected over IPv6 only. VXLAN and the sleeve run over an IPv4 underlay (IPv6 is issue
-   * #24's): such a peer gets no underlay address here, so nothing programs a VXLAN entry to it, and
-   * status says why it has no data path.
+   * Neighbours connected over IPv6. The sleeve runs over an IPv4 underlay only (for now), so fastdp is
+   * their one data path: with an IPv6 underlay (the kernel's second VXLAN device) they have an
+   * underlay address here; without one they have none, so nothing programs a VXLAN entry to them,
+   * and status says why they have no data path.
    */
   private readonly overIpv6 = new Set<PeerName>();
   private disconnectedAt = new Map<PeerName, number>();
@@ -88,7 +94,7 @@ export class Forwarding {
     const addrOf = (p: PeerName) => this.lastAddr.get(p);
     this.tunnel = config.ovs
       ? new OvsBackend(mesh, { ...config.ovs, mtu: config.mtu, addrOf, onReconnect: () => this.schedule() })
-      : new VxlanBackend(mesh, { vxlanPort: config.vxlanPort, mtu: config.mtu, addrOf });
+      : new VxlanBackend(mesh, { vxlanPort: config.vxlanPort, mtu: config.mtu, addrOf, ipv6: !!config.underlay6 });
     const schedule = () => this.schedule();
     this.tunnel.heartbeats.onHealthy(() => {
       if (this.decide()) schedule();
@@ -189,11 +195,9 @@ export class Forwarding {
     this.overIpv6.clear();
     for (const n of this.mesh.neighbours()) {
       const host = hostOf(n.addr);
-      if (isIpv4(host)) this.lastAddr.set(n.name, host);
-      else {
-        this.lastAddr.delete(n.name);
-        this.overIpv6.add(n.name);
-      }
+      if (!isIpv4(host)) this.overIpv6.add(n.name);
+      if (isIpv4(host) || this.tunnel.underlay6) this.lastAddr.set(n.name, host);
+      else this.lastAddr.delete(n.name);
     }
     const { overlays, disconnectedAt } = chooseOverlays({
       self: this.mesh.name,
@@ -232,7 +236,7 @@ export class Forwarding {
     const o = this.overlays.get(peer) ?? 'none';
     if (o === 'fastdp' && !this.tunnel.health(peer).healthy && !this.presumedFastdp(peer)) return 'none';
     // The sleeve reaches a neighbour directly, over an IPv4 underlay only.
-    if (this.overIpv6.has(peer)) return 'none';
+    if (this.overIpv6.has(peer) && o !== 'fastdp') return 'none';
     return o === 'fastdp' && this.tunnel.kind === 'ovs' ? 'ovs' : o;
   }
 
@@ -240,10 +244,17 @@ export class Forwarding {
   whyNotFastdp(peer: PeerName, overlays: ReadonlyMap<PeerName, Overlay> = this.overlays): string | null {
     const h = this.tunnel.health(peer);
     if (overlays.get(peer) === 'fastdp' && h.healthy) return null;
-    if (this.overIpv6.has(peer))
-      return 'connected over IPv6; VXLAN and the sleeve run over an IPv4 underlay only (for now)';
-    if (!this.config.fastdp) return 'fastdp turned off (--no-fastdp)';
-    if (this.encrypted(peer)) return 'encrypted: no kernel encryption here, so the sleeve carries it';
+    const six = this.overIpv6.has(peer);
+    if (six && !this.tunnel.underlay6)
+      return this.tunnel.kind === 'ovs'
+        ? 'connected over IPv6; the OVS datapath runs VXLAN over IPv4 only, and so does the sleeve (for now)'
+        : "connected over IPv6, and this router's --host is IPv4: give --host :: (or an IPv6 address of this host) for VXLAN over IPv6";
+    const sleeve6 = six ? ', and the sleeve runs over an IPv4 underlay only (for now)' : '';
+    if (!this.config.fastdp) return `fastdp turned off (--no-fastdp)${sleeve6}`;
+    if (this.encrypted(peer))
+      return six
+        ? 'encrypted: no kernel encryption here, and the sleeve runs over an IPv4 underlay only (for now)'
+        : 'encrypted: no kernel encryption here, so the sleeve carries it';
     return h.reason;
   }
 
@@ -257,8 +268,9 @@ export class Forwarding {
     const vxlan = new Set<string>();
     for (const n of this.mesh.neighbours()) {
       const host = hostOf(n.addr);
-      if (!isIpv4(host)) continue;
-      sleeve.add(host);
+      const v4 = isIpv4(host);
+      if (!v4 && !this.tunnel.underlay6) continue;
+      if (v4) sleeve.add(host); // the sleeve: IPv4 underlay only
       if (this.config.fastdp && !this.config.encrypt(n.name, host)) vxlan.add(host);
     }
     for (const [p, o] of this.overlays) {
@@ -309,7 +321,9 @@ export class Forwarding {
       this.decide();
       const tunnelSources = this.underlayPeers().vxlan;
       const fast = this.programme('fastdp', tunnelSources);
-      const byPort = new Map<string, string[]>([[this.tunnel.port, fast.remote.map((r) => r.mac)]]);
+      // Each remote MAC on the port of its peer's underlay family (the kernel has a VXLAN device per family).
+      const byPort = new Map<string, string[]>(this.tunnel.ports.map((port) => [port, []]));
+      for (const r of fast.remote) byPort.get(this.tunnel.portFor(r.addr))?.push(r.mac);
       const r = await this.tunnel.program(fast);
       this.stats.fdbAdded += r.added;
       this.stats.fdbRemoved += r.removed;
@@ -370,6 +384,6 @@ export class Forwarding {
 
   /** The kernel VXLAN device's table (none with OVS). */
   async fdb(): Promise<FdbEntry[]> {
-    return this.tunnel.kind === 'ovs' ? [] : readFdb();
+    return this.tunnel.kind === 'ovs' ? [] : this.tunnel.fdb();
   }
 }

@@ -7,6 +7,7 @@ import { Command, Option } from 'commander';
 import { DEFAULT_DATA_DIR } from './contract.js';
 import { parsePeerName, type PeerName } from '../mesh/peer-name.js';
 import { parseCidr } from '../net/addr.js';
+import { parseCidr6 } from '../net/addr6.js';
 import { parseListen } from '../net/host-port.js';
 
 export interface RouterOptions {
@@ -98,7 +99,8 @@ function cidrList(v: string): string[] {
     .filter((c) => c !== '');
   for (const c of out) {
     try {
-      parseCidr(c);
+      if (c.includes(':')) parseCidr6(c);
+      else parseCidr(c);
     } catch (err) {
       throw new Error(`--trusted-subnets: ${(err as Error).message}`);
     }
@@ -222,7 +224,7 @@ function routerOptions(): Option[] {
     o('--no-sleeve', 'do not run the userspace sleeve (peers without a working VXLAN path get no traffic)'),
     o(
       '--trusted-subnets <cidrs>',
-      'comma-separated underlay networks whose peers need no encryption (with a password, others use the encrypted sleeve)',
+      'comma-separated underlay networks (IPv4 or IPv6) whose peers need no encryption (with a password, others use the encrypted sleeve)',
     )
       .default([], 'none')
       .argParser(cidrList),

@@ -29,7 +29,7 @@ import { buildReport } from './report.js';
 import type { Report } from './contract.js';
 import { Allocator, IpamError } from '../ipam/allocator.js';
 import { ipam6Config, ipamConfig } from '../ipam/config.js';
-import type { Addr6 } from '../net/addr6.js';
+import { contains6, parseCidr6, parseIp6, type Addr6 } from '../net/addr6.js';
 import { IPV6 } from '../net/family.js';
 import { contains, parseCidr, parseIp, type Cidr } from '../net/addr.js';
 import { IpamStore } from '../ipam/store.js';
@@ -46,12 +46,17 @@ import { parseServiceRange, parseServiceRange6 } from '../services/service.js';
 
 const DNS_BRIDGE_IP = '169.254.83.83';
 
-/** With a password, traffic is encrypted unless the peer's underlay address is on a trusted subnet. */
+/** With a password, traffic is encrypted unless the peer's underlay address is on a trusted subnet (either family). */
 function encryptionPolicy(hasPassword: boolean, trusted: string[]): (peer: string, host: string) => boolean {
-  const nets = trusted.map((c) => parseCidr(c));
+  const nets = trusted.filter((c) => !c.includes(':')).map((c) => parseCidr(c));
+  const nets6 = trusted.filter((c) => c.includes(':')).map((c) => parseCidr6(c));
   return (_peer, host) => {
     if (!hasPassword) return false;
     try {
+      if (host.includes(':')) {
+        const a = parseIp6(host);
+        return !nets6.some((n) => contains6(n, { start: a, prefix: 128 }));
+      }
       const a = parseIp(host);
       return !nets.some((n) => contains(n, { start: a, prefix: 32 }));
     } catch {
@@ -210,6 +215,8 @@ export class Router {
           sleevePort: opts.port,
           fastdp: opts.fastdp,
           sleeve: opts.sleeve,
+          // The mesh listens on an IPv6 address (`::`: both families): peers may be reached over IPv6.
+          underlay6: opts.host.includes(':'),
           encrypt: encryptionPolicy(opts.password !== null, opts.trustedSubnets),
           dns: dnsOnBridge ? { ip: DNS_BRIDGE_IP, domain: opts.dnsDomain } : undefined,
           ovs,

@@ -19,6 +19,8 @@ const OVS_VETH_OVS_END = 'weftovs-dp';
 export class OvsBackend implements Backend {
   readonly kind = 'ovs';
   readonly port = OVS_VETH_BRIDGE_END;
+  /** Its VXLAN ports are made for IPv4 peers only (an IPv6 underlay is the kernel VXLAN backend's). */
+  readonly underlay6 = false;
   readonly switch: OvsSwitch;
   readonly heartbeats: FastdpHealth;
   /** The bridge end's ifindex when plumb() last checked the pair with `ip`. */
@@ -33,9 +35,17 @@ export class OvsBackend implements Backend {
     },
   ) {
     this.switch = new OvsSwitch(config, mesh.log, config.onReconnect);
-    this.heartbeats = new FastdpHealth(mesh, config.vxlanPort, config.mtu, config.addrOf, 1000, (peers) =>
-      this.switch.heartbeatCounts(peers),
-    );
+    this.heartbeats = new FastdpHealth(mesh, config.vxlanPort, config.mtu, config.addrOf, {
+      counter: (peers) => this.switch.heartbeatCounts(peers),
+    });
+  }
+
+  get ports(): string[] {
+    return [this.port];
+  }
+
+  portFor(): string {
+    return this.port;
   }
 
   async start(): Promise<void> {

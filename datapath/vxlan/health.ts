@@ -6,6 +6,7 @@
 // MAC (and drops them). The receiver polls its counters and acknowledges over
 // the mesh; a connection is `fastdp` while acknowledgements keep coming.
 import dgram from 'node:dgram';
+import { existsSync } from 'node:fs';
 import {
   type Gossip,
   type GossipData,
@@ -47,9 +48,22 @@ function heartbeatPacket(srcMac: string, dstMac: string, frameLen: number): Buff
   return Buffer.concat([vxlan, frame]);
 }
 
+export interface HealthOptions {
+  intervalMs?: number;
+  /**
+   * Heartbeat packets received per peer, where something other than the kernel VXLAN devices
+   * receives them (the OVS datapath counts them with a flow per peer); default: nftables on `devices`.
+   */
+  counter?: (peers: PeerName[]) => Promise<Map<PeerName, number>>;
+  /** The VXLAN devices heartbeats arrive on (one per underlay family); default: the IPv4 one. */
+  devices?: string[];
+}
+
 export class FastdpHealth implements Gossiper {
   readonly paths = new Map<PeerName, PathHealth>();
   private readonly socket = dgram.createSocket('udp4');
+  /** For peers at IPv6 underlay addresses, made on first use. */
+  private socket6: dgram.Socket | null = null;
   private readonly channel: Gossip;
   private readonly counts = new Map<string, number>();
   private timer: NodeJS.Timeout | null = null;
@@ -57,6 +71,9 @@ export class FastdpHealth implements Gossiper {
   /** The beat under way (a connection's first beat does not wait for the timer, nor run beside it). */
   private beating: Promise<void> | null = null;
   private readonly healthyListeners: (() => void)[] = [];
+  private readonly intervalMs: number;
+  private readonly counter: ((peers: PeerName[]) => Promise<Map<PeerName, number>>) | null;
+  private readonly devices: string[];
   lastError: string | null = null;
 
   constructor(
@@ -64,16 +81,24 @@ export class FastdpHealth implements Gossiper {
     private readonly vxlanPort: number,
     private readonly mtu: () => number,
     private readonly addrOf: (peer: PeerName) => string | undefined,
-    private readonly intervalMs = 1000,
-    /**
-     * Heartbeat packets received per peer, where something other than the kernel VXLAN device
-     * receives them (the OVS datapath counts them with a flow per peer); default: nftables.
-     */
-    private readonly counter: ((peers: PeerName[]) => Promise<Map<PeerName, number>>) | null = null,
+    options: HealthOptions = {},
   ) {
+    this.intervalMs = options.intervalMs ?? 1000;
+    this.counter = options.counter ?? null;
+    this.devices = options.devices ?? [VXLAN_DEV];
     this.channel = mesh.registerChannel(CHANNEL, this);
     this.socket.on('error', (err) => (this.lastError = `heartbeat socket: ${err.message}`));
     this.socket.unref();
+  }
+
+  private socketFor(addr: string): dgram.Socket {
+    if (!addr.includes(':')) return this.socket;
+    if (!this.socket6) {
+      this.socket6 = dgram.createSocket({ type: 'udp6', ipv6Only: true });
+      this.socket6.on('error', (err) => (this.lastError = `heartbeat socket (IPv6): ${err.message}`));
+      this.socket6.unref();
+    }
+    return this.socket6;
   }
 
   start(): void {
@@ -94,6 +119,7 @@ export class FastdpHealth implements Gossiper {
     if (this.timer) clearInterval(this.timer);
     this.timer = null;
     this.socket.close();
+    this.socket6?.close();
   }
 
   /** Healthy when the peer acknowledged our heartbeats within three periods. */
@@ -127,7 +153,7 @@ export class FastdpHealth implements Gossiper {
       if (!this.paths.has(p)) this.paths.set(p, { ackAt: 0, since: Date.now() });
       // Inner frame of the full overlay MTU plus its Ethernet header: the path must carry what containers send.
       try {
-        this.socket.send(heartbeatPacket(me, bridgeMac(p), this.mtu() + 14), this.vxlanPort, addr);
+        this.socketFor(addr).send(heartbeatPacket(me, bridgeMac(p), this.mtu() + 14), this.vxlanPort, addr);
       } catch (err) {
         this.lastError = `heartbeat to ${addr}: ${(err as Error).message}`;
       }
@@ -146,7 +172,9 @@ export class FastdpHealth implements Gossiper {
       for (const [peer, packets] of await this.counter(peers)) this.counted(peer, packets);
       return;
     }
-    const wanted = [...peers].sort().join(',');
+    // A device that is not there (yet) gets no chain: nftables refuses a hook on a missing device.
+    const devices = this.devices.filter((d) => existsSync(`/sys/class/net/${d}`));
+    const wanted = `${devices.join(',')} ${[...peers].sort().join(',')}`;
     if (wanted !== this.tableFor) {
       const rules = peers.map(
         (p) =>
@@ -157,10 +185,12 @@ export class FastdpHealth implements Gossiper {
           `table netdev ${TABLE}`,
           `delete table netdev ${TABLE}`,
           `table netdev ${TABLE} {`,
-          `  chain in {`,
-          `    type filter hook ingress device "${VXLAN_DEV}" priority -500;`,
-          ...rules,
-          `  }`,
+          ...devices.flatMap((d, i) => [
+            `  chain in${i === 0 ? '' : i} {`,
+            `    type filter hook ingress device "${d}" priority -500;`,
+            ...rules,
+            `  }`,
+          ]),
           `}`,
           '',
         ].join('\n'),
@@ -168,10 +198,14 @@ export class FastdpHealth implements Gossiper {
       this.tableFor = wanted;
       this.counts.clear();
     }
+    // A peer's heartbeats arrive on its family's device: its count is the sum over the chains.
     const listing = await nftSession.list(`list table netdev ${TABLE}`);
+    const sums = new Map<string, number>();
     for (const r of nftObjects<{ comment?: string; expr: { counter?: { packets: number } }[] }>(listing, 'rule')) {
-      if (r.comment) this.counted(r.comment, r.expr.find((e) => e.counter)?.counter?.packets ?? 0);
+      if (r.comment)
+        sums.set(r.comment, (sums.get(r.comment) ?? 0) + (r.expr.find((e) => e.counter)?.counter?.packets ?? 0));
     }
+    for (const [peer, packets] of sums) this.counted(peer, packets);
   }
 
   /** Acknowledges a peer whose heartbeats keep arriving (its count moved: a counter made again starts at 0). */

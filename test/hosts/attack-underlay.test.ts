@@ -5,7 +5,8 @@
 // same datagrams arrive without a password (which shows they were well-formed,
 // and is what README says a password closes), and do not with one; an IPv6 frame
 // among them is dropped at the bridge all the same (a router without --ipv6 carries none). Over IPv6 on the
-// underlay, VXLAN and sleeve datagrams are dropped at the firewall's input (no peer of ours uses it).
+// underlay, VXLAN and sleeve datagrams from no peer of ours are dropped at the firewall's input (this
+// router's --host is IPv4: it has no IPv6 peer at all).
 import { afterEach, expect, it } from 'vitest';
 import { Cluster, eventually, sleep } from '../harness/cluster.js';
 import { describeAsRoot } from '../harness/root.js';
@@ -158,11 +159,17 @@ describeAsRoot('a stranger on the underlay', () => {
       text: 'over ipv6',
     });
     const input = async () => (await h1.exec('nft', ['list', 'chain', 'inet', 'weft', 'input'])).stdout;
-    const rule = 'VXLAN and sleeve over IPv6: no peer of ours';
-    const before = ruleCounter(await input(), rule);
+    const rules = ['VXLAN over IPv6 from no peer of ours', 'sleeve datagrams over IPv6 from no peer of ours'];
+    const counted = async () => {
+      const listing = await input();
+      return rules.map((r) => ruleCounter(listing, r));
+    };
+    const before = await counted();
     await sendUdp(stranger.ns, 'fd00:198:18::1', 6784, vxlanPayload(VNI, frame), undefined, 5);
     await sendUdp(stranger.ns, 'fd00:198:18::1', 6783, sleevePayload(r2.name, r2.name, r1.name, frame), undefined, 5);
-    await eventually('the datagrams counted as dropped', async () => ruleCounter(await input(), rule) - before >= 10);
+    await eventually('the datagrams counted as dropped', async () =>
+      (await counted()).every((n, i) => n - before[i] >= 5),
+    );
     await sleep(500);
     expect(recorder.received()).toEqual([]);
   }, 120_000);

@@ -1,62 +1,146 @@
-// An IPv6-only underlay (no IPv4 address on the hosts' uplinks): what works today. The mesh forms over
-// IPv6, IPAM of both families works, containers attach, and the status says why containers' traffic
-// has no data path to the other host yet (VXLAN and the sleeve over IPv6 are issue #24's).
+// An IPv6-only underlay (no IPv4 address on the hosts' uplinks). The mesh forms over IPv6, IPAM of both
+// families works, and containers talk over both overlay families on fastdp: the kernel's second VXLAN
+// device (VXLAN over IPv6), at the full overlay MTU (the underlay's minus VXLAN over IPv6's 70 bytes).
+// A stranger on the underlay gets no VXLAN over IPv6 in. With a password the path is encrypted, which
+// only the sleeve does, and the sleeve runs over IPv4 only (for now): status says so, and an IPv6
+// trusted subnet puts the peers back on fastdp.
 import { afterEach, expect, it } from 'vitest';
 import type { Report } from '../../router/contract.js';
-import { Cluster, eventually } from '../harness/cluster.js';
+import { Cluster, eventually, sleep, type Host } from '../harness/cluster.js';
 import { run } from '../harness/exec.js';
 import { describeAsRoot } from '../harness/root.js';
+import { ruleCounter, sendUdp, udpFrame, udpRecorder, vxlanPayload } from '../harness/attacker.js';
 
+const VNI = 0x7765;
 let cluster: Cluster | null = null;
+const stoppers: (() => void)[] = [];
 afterEach(async () => {
+  for (const s of stoppers.splice(0)) s();
   await cluster?.cleanup();
   cluster = null;
 });
 
+const ping = (ns: string, to: string, extra: string[] = []) =>
+  run('ip', ['netns', 'exec', ns, 'ping', '-c', '2', '-i', '0.2', '-W', '2', ...extra, to], { timeoutMs: 10_000 });
+
+/** Takes the hosts' IPv4 underlay addresses away and gives them fd00:198:18::INDEX. */
+async function ipv6OnlyUnderlay(hosts: Host[]): Promise<void> {
+  for (const h of hosts) {
+    expect((await run('ip', ['-n', h.ns, 'addr', 'flush', 'dev', 'eth0'])).code).toBe(0);
+    expect(
+      (await run('ip', ['-n', h.ns, 'addr', 'add', `fd00:198:18::${h.index}/64`, 'dev', 'eth0', 'nodad'])).code,
+    ).toBe(0);
+  }
+}
+
+async function bothConnected(hosts: Host[]): Promise<void> {
+  await eventually('both see both', async () =>
+    (await Promise.all(hosts.map((h) => h.report<Report>()))).every(
+      (r) => r.connections.filter((c) => c.state === 'established').length === hosts.length - 1,
+    ),
+  );
+}
+
 describeAsRoot('an IPv6-only underlay', () => {
-  it('the mesh forms over IPv6; IPAM of both families works; containers attach; status says why there is no data path', async () => {
-    cluster = await Cluster.create(2, { routerArgs: ['--ipalloc-init', 'consensus=2'] });
+  it('the mesh forms over IPv6; containers talk over both families on VXLAN over IPv6 at full MTU; strangers get nothing in', async () => {
+    cluster = await Cluster.create(2, { routerArgs: ['--ipalloc-init', 'consensus=2', '--ipv6'] });
     const [a, b] = cluster.hosts;
-    for (const h of [a, b]) {
-      expect((await run('ip', ['-n', h.ns, 'addr', 'flush', 'dev', 'eth0'])).code).toBe(0);
-      expect(
-        (await run('ip', ['-n', h.ns, 'addr', 'add', `fd00:198:18::${h.index}/64`, 'dev', 'eth0', 'nodad'])).code,
-      ).toBe(0);
-    }
+    await ipv6OnlyUnderlay([a, b]);
     await a.launch([], ['--host', 'fd00:198:18::1']);
     await b.launch(['[fd00:198:18::1]:6783'], ['--host', 'fd00:198:18::2']);
-    await eventually('both see both', async () =>
-      (await Promise.all([a, b].map((h) => h.report<Report>()))).every(
-        (r) => r.connections.filter((c) => c.state === 'established').length === 1,
-      ),
-    );
+    await bothConnected([a, b]);
     const v6 = await b.weft(['ipam', 'alloc', '--ipv6', 'x']);
-    expect(v6.stdout.trim(), v6.stderr).toMatch(/^fd77:6566:7400:[0-9a-f:]*\/48$/); // from b's half of the ring
-    const c1 = await cluster.container('c1');
-    const r = await a.weft(['attach', `netns:${c1}`]);
-    expect(r.code, r.stderr).toBe(0);
-    // IPv6 in containers needs --ipv6 on the router: asked for without it, it is refused with the reason.
-    const six = await a.weft(['attach', 'fd77:6566:7400::5/64', `netns:${c1}`]);
-    expect(six.code).not.toBe(0);
-    expect(six.stderr).toMatch(/containers get IPv6 addresses only when the router runs with --ipv6/);
-    // IPv6 addresses a script allocated for a container go when it is detached, as its IPv4 ones do.
-    expect((await a.weft(['ipam', 'alloc', '--ipv6', `netns:${c1}`])).code).toBe(0);
-    expect((await a.weft(['detach', `netns:${c1}`])).code).toBe(0);
-    expect((await a.weft(['ipam', 'lookup', `netns:${c1}`])).stderr).toMatch(/no addresses/);
-    expect((await a.weft(['attach', `netns:${c1}`])).code).toBe(0);
-    const c2 = await cluster.container('c2');
-    const r2 = await b.weft(['attach', `netns:${c2}`]);
-    expect(r2.code, r2.stderr).toBe(0);
-    await eventually('the endpoints known on both hosts', async () =>
-      (await Promise.all([a, b].map((h) => h.report<Report>()))).every((rep) => rep.datapath!.endpoints.length === 2),
+    expect(v6.stdout.trim(), v6.stderr).toMatch(/^fd77:6566:7400:[0-9a-f:]*\/48$/);
+
+    const c1 = await cluster.attached(a, 'c1');
+    const c2 = await cluster.attached(b, 'c2');
+    expect(c1.ip6).toMatch(/^fd77:6566:7400:/);
+    // The overlay MTU leaves room for VXLAN over IPv6: 1500 - 70.
+    expect((await run('ip', ['-n', c1.ns, 'link', 'show', 'ethwe'])).stdout).toMatch(/mtu 1430 /);
+    await eventually('the peers on fastdp', async () =>
+      /established .*\(host2\) .* fastdp mtu=1430/.test((await a.weft(['status', 'connections'])).stdout),
     );
-    // What there is not yet, said plainly; and nothing tried in vain (no VXLAN entry to an IPv6 peer).
-    expect((await a.weft(['status'])).stdout).toMatch(/Overlays: 0 fastdp, 0 sleeve, 1 with no data path/);
-    expect((await a.weft(['status', 'connections'])).stdout).toMatch(
-      /established .*\(host2\) .*no data path: connected over IPv6; VXLAN and the sleeve run over an IPv4 underlay only/,
-    );
+    await eventually('ping a -> b over IPv4', async () => (await ping(c1.ns, c2.ip)).code === 0, 15_000);
+    expect((await ping(c2.ns, c1.ip)).code).toBe(0);
+    expect((await ping(c1.ns, c2.ip6!, ['-6'])).code).toBe(0);
+    // Full-size packets, not fragmented: 1430 bytes of IPv4, and of IPv6.
+    expect((await ping(c1.ns, c2.ip, ['-M', 'do', '-s', String(1430 - 28)])).code).toBe(0);
+    expect((await ping(c2.ns, c1.ip6!, ['-6', '-M', 'do', '-s', String(1430 - 48)])).code).toBe(0);
+    // The kernel carries it: the IPv6 device's entries point at the peer, the IPv4 device has none.
+    expect((await a.exec('bridge', ['fdb', 'show', 'dev', 'vxlan-weft6'])).stdout).toMatch(/dst fd00:198:18::2 /);
+    expect((await a.exec('bridge', ['fdb', 'show', 'dev', 'vxlan-weft'])).stdout).not.toMatch(/dst /);
     const dp = (await a.report<Report>()).datapath!;
     expect([dp.stats.errors, dp.lastError]).toEqual([0, null]);
-    expect((await a.exec('bridge', ['fdb', 'show', 'dev', 'vxlan-weft'])).stdout).not.toMatch(/dst fd00/);
-  });
+
+    // A stranger on the IPv6 underlay sends VXLAN with a frame for c1: dropped at the input, as over IPv4.
+    const stranger = await cluster.stranger(1);
+    expect(
+      (await run('ip', ['-n', stranger.ns, 'addr', 'add', 'fd00:198:18::201/64', 'dev', 'eth0', 'nodad'])).code,
+    ).toBe(0);
+    const recorder = await udpRecorder(c1.ns, 9999);
+    stoppers.push(recorder.stop);
+    const c1Mac = (await a.report<Report>()).datapath!.localEndpoints.find(
+      (e) => e.container === `netns:${c1.ns}`,
+    )!.mac;
+    const frame = udpFrame({
+      srcMac: '02:de:ad:be:ef:01',
+      dstMac: c1Mac,
+      srcIp: c2.ip,
+      dstIp: c1.ip,
+      dstPort: 9999,
+      text: 'from a stranger',
+    });
+    const input = async () => (await a.exec('nft', ['list', 'chain', 'inet', 'weft', 'input'])).stdout;
+    const rule = 'VXLAN over IPv6 from no peer of ours';
+    const before = ruleCounter(await input(), rule);
+    await sendUdp(stranger.ns, 'fd00:198:18::1', 6784, vxlanPayload(VNI, frame), undefined, 5);
+    await eventually('the datagrams counted as dropped', async () => ruleCounter(await input(), rule) - before >= 5);
+    await sleep(500);
+    expect(recorder.received()).toEqual([]);
+
+    // A router killed and restarted: the kernel carries traffic meanwhile, and the restarted router
+    // keeps the IPv6 device it finds (its entries say it is one) instead of making it again.
+    const ifindex = async () => (await a.exec('cat', ['/sys/class/net/vxlan-weft6/ifindex'])).stdout.trim();
+    const before6 = await ifindex();
+    await a.kill();
+    expect((await ping(c1.ns, c2.ip6!, ['-6'])).code).toBe(0);
+    await a.launch([], ['--host', 'fd00:198:18::1']);
+    await bothConnected([a, b]);
+    expect(await ifindex()).toBe(before6);
+    await eventually('ping b -> a after the restart', async () => (await ping(c2.ns, c1.ip)).code === 0, 15_000);
+    expect((await a.exec('bridge', ['fdb', 'show', 'dev', 'vxlan-weft6'])).stdout).toMatch(/dst fd00:198:18::2 /);
+  }, 120_000);
+
+  it('with a password: no data path over IPv6 (said why) until the underlay is trusted, then fastdp', async () => {
+    cluster = await Cluster.create(2, {
+      routerArgs: ['--ipalloc-init', 'consensus=2', '--password', 'secret-for-test'],
+    });
+    const [a, b] = cluster.hosts;
+    await ipv6OnlyUnderlay([a, b]);
+    await a.launch([], ['--host', 'fd00:198:18::1']);
+    await b.launch(['[fd00:198:18::1]:6783'], ['--host', 'fd00:198:18::2']);
+    await bothConnected([a, b]);
+    expect((await a.weft(['status', 'connections'])).stdout).toMatch(
+      /established .*\(host2\) .*no data path: encrypted: no kernel encryption here, and the sleeve runs over an IPv4 underlay only/,
+    );
+    const c1 = await cluster.attached(a, 'c1');
+    const c2 = await cluster.attached(b, 'c2');
+    expect((await ping(c1.ns, c2.ip)).code).not.toBe(0);
+    expect((await a.exec('bridge', ['fdb', 'show', 'dev', 'vxlan-weft6'])).stdout).not.toMatch(/dst /);
+
+    for (const h of [a, b]) {
+      await h.weft(['stop']);
+      await h.launch(h === a ? [] : ['[fd00:198:18::1]:6783'], [
+        '--host',
+        `fd00:198:18::${h.index}`,
+        '--trusted-subnets',
+        'fd00:198:18::/64',
+      ]);
+    }
+    await bothConnected([a, b]);
+    await eventually('the peers on fastdp', async () =>
+      /established .*\(host2\) .* fastdp mtu=1430/.test((await a.weft(['status', 'connections'])).stdout),
+    );
+    await eventually('ping a -> b', async () => (await ping(c1.ns, c2.ip)).code === 0, 15_000);
+  }, 120_000);
 });

@@ -318,7 +318,12 @@ describe('the compiled model', () => {
           exposed: [],
           policy: c.hooks.length > 0 ? { lines: c.lines, hooks: c.hooks } : undefined,
           host: { dns: { ip: '169.254.83.83', port: 53 }, routerPorts: { tcp: [6783, 6784, 6782], udp: [6783, 6784] } },
-          underlay: { vxlanPort: 6784, sleevePort: 6783, vxlan: ['198.18.0.2'], sleeve: ['198.18.0.2', '198.18.0.3'] },
+          underlay: {
+            vxlanPort: 6784,
+            sleevePort: 6783,
+            vxlan: ['198.18.0.2', 'fd00:198:18::2'],
+            sleeve: ['198.18.0.2', '198.18.0.3'],
+          },
         });
         // -c: check only; nothing is applied.
         execFileSync('nft', ['-c', '-f', '-'], {
