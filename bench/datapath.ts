@@ -8,13 +8,15 @@
 //   way on the same hosts, bridges and underlay (the fair anchor for a controller), on a fresh pair of
 //   hosts each running Open vSwitch,
 //   (g) IPv6 between dual-stack containers (--ipv6) on fastdp and on the sleeve, against IPv4 between the
-//   same two containers, in alternating rounds (--only ipv6 runs these alone).
+//   same two containers, in alternating rounds (--only ipv6 runs these alone),
+//   (h) weft fastdp over an IPv6 underlay (VXLAN over IPv6, --host an IPv6 address) against (b) built by
+//   hand over IPv4 on the same hosts, in alternating rounds (--only underlay6 runs these alone).
 // One TCP flow with iperf3, ping RTT (median of 200), and for weft the routers' CPU seconds per GB
 // carried. Prints c/b, d/b, e/b, c/a, f/NORMAL and f/b. The kernel rows (b) and (c) are measured in
 // --rounds rounds whose order alternates (the machine drifts; one round is noise): each round's c/b,
 // then their median and spread.
 //
-//   apt-get install -y iperf3 iputils-ping openvswitch-switch ethtool && npm run build && node dist/bench/datapath.js [--seconds 5] [--rounds 6] [--only ovs|sleeve|kernel|ipv6]
+//   apt-get install -y iperf3 iputils-ping openvswitch-switch ethtool && npm run build && node dist/bench/datapath.js [--seconds 5] [--rounds 6] [--only ovs|sleeve|kernel|ipv6|underlay6]
 import type { Report } from '../router/contract.js';
 import { Cluster, eventually, type Host } from '../test/harness/cluster.js';
 import { must, run } from '../test/harness/exec.js';
@@ -24,7 +26,7 @@ import { numberArg, stringArg } from './args.js';
 const seconds = numberArg('seconds', 5);
 /**
  * `--only ovs` / `--only sleeve` / `--only kernel`: the kernel rows (a, b, c) and the OVS rows (f), the
- * sleeve rows (d, e), or nothing more; `--only ipv6`: the IPv6 rows (g) alone.
+ * sleeve rows (d, e), or nothing more; `--only ipv6`: the IPv6 rows (g) alone; `--only underlay6`: (h) alone.
  */
 const only = stringArg('only', '');
 /** Rounds of (b, c), in alternating order. */
@@ -34,6 +36,21 @@ const median = (xs: number[]) => {
   const s = [...xs].sort((p, q) => p - q);
   return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
 };
+
+/**
+ * Runs `x` and `y` once per round, in alternating order (the machine drifts; one round is noise),
+ * and `after` at the end of each round.
+ */
+async function alternating(
+  x: () => Promise<unknown>,
+  y: () => Promise<unknown>,
+  after: (round: number) => void = () => undefined,
+): Promise<void> {
+  for (let round = 0; round < rounds; round++) {
+    for (const f of round % 2 === 0 ? [x, y] : [y, x]) await f();
+    after(round);
+  }
+}
 
 /**
  * A hand-made container for the anchors: a namespace on host `h`'s Linux bridge `br` by a veth, with
@@ -117,6 +134,35 @@ async function handBuilt(cluster: Cluster, a: Host, b: Host, mtu: number): Promi
   return [nss[0], nss[1], '10.99.0.2'];
 }
 
+/**
+ * weft launched on both hosts (b's peer and each one's extra arguments given), a container attached on
+ * each, and (b) built by hand at weft's MTU; both paths up.
+ */
+async function weftAndHandBuilt(cluster: Cluster, peerOfB: string, extraA: string[], extraB: string[]) {
+  const [a, b] = cluster.hosts;
+  await a.launch([], ['--ipalloc-init', 'consensus=2', ...extraA]);
+  await b.launch([peerOfB], ['--ipalloc-init', 'consensus=2', ...extraB]);
+  await eventually('connected', async () =>
+    (await a.report<Report>()).connections.some((c) => c.state === 'established'),
+  );
+  const mtu = (await a.report<Report>()).datapath!.mtu;
+  const w1 = await cluster.container('w1');
+  const w2 = await cluster.container('w2');
+  await a.weft(['attach', `netns:${w1}`]);
+  const ip2 = (await b.weft(['attach', `netns:${w2}`])).stdout.trim().split('/')[0];
+  const [r1, r2, rip] = await handBuilt(cluster, a, b, mtu);
+  for (const [what, from, to] of [
+    ['weft path up', w1, ip2],
+    ['hand-built path up', r1, rip],
+  ])
+    await eventually(
+      what,
+      async () => (await run('ip', ['netns', 'exec', from, 'ping', '-c', '1', '-W', '1', to])).code === 0,
+      15_000,
+    );
+  return { mtu, w1, w2, ip2, r1, r2, rip };
+}
+
 /** A fresh pair of hosts with weft launched with `extra` (and env), a container on each. */
 async function weftPair(
   extra: string[],
@@ -153,17 +199,10 @@ async function ipv6Row(label: string, extra: string[]): Promise<void> {
     if (!p.ip6) throw new Error('the container got no IPv6 address');
     const v4: number[] = [];
     const v6: number[] = [];
-    for (let round = 0; round < rounds; round++) {
-      const four = async () => v4.push((await iperf(p.w2, p.w1, p.ip2, seconds)).gbit);
-      const six = async () => v6.push((await iperf(p.w2, p.w1, p.ip6!, seconds)).gbit);
-      if (round % 2 === 0) {
-        await four();
-        await six();
-      } else {
-        await six();
-        await four();
-      }
-    }
+    await alternating(
+      async () => v4.push((await iperf(p.w2, p.w1, p.ip2, seconds)).gbit),
+      async () => v6.push((await iperf(p.w2, p.w1, p.ip6!, seconds)).gbit),
+    );
     const ratios = v6.map((x, i) => x / v4[i]);
     const [rtt4, rtt6] = [await rtt(p.w1, p.ip2), await rtt(p.w1, p.ip6)];
     console.log(
@@ -177,6 +216,45 @@ async function ipv6Row(label: string, extra: string[]): Promise<void> {
 async function ipv6Rows(): Promise<void> {
   await ipv6Row('(g) fastdp, IPv6 vs IPv4', []);
   await ipv6Row('(g) sleeve, IPv6 vs IPv4', ['--no-fastdp']);
+}
+
+/**
+ * (h): weft's fastdp over an IPv6 underlay (its second VXLAN device) against the hand-built kernel
+ * VXLAN over IPv4 on the same hosts, at the same MTU, in rounds of alternating order.
+ */
+async function underlay6Row(): Promise<void> {
+  const cluster = await Cluster.create(2);
+  try {
+    const [a, b] = cluster.hosts;
+    for (const h of [a, b])
+      await must('ip', ['-n', h.ns, 'addr', 'add', `fd00:198:18::${h.index}/64`, 'dev', 'eth0', 'nodad']);
+    const { mtu, w1, w2, ip2, r1, r2, rip } = await weftAndHandBuilt(
+      cluster,
+      '[fd00:198:18::1]:6783',
+      ['--host', 'fd00:198:18::1'],
+      ['--host', 'fd00:198:18::2'],
+    );
+    // The weft row must be what it says: VXLAN over IPv6 in the kernel, not the sleeve.
+    await eventually(
+      'weft on fastdp over IPv6',
+      async () =>
+        (await a.report<Report>()).connections.some((c) => c.overlay === 'fastdp') &&
+        (await a.exec('bridge', ['fdb', 'show', 'dev', 'vxlan-weft6'])).stdout.includes('dst fd00:198:18::2'),
+      15_000,
+    );
+    const hand: number[] = [];
+    const weft: number[] = [];
+    await alternating(
+      async () => hand.push((await iperf(r2, r1, rip, seconds)).gbit),
+      async () => weft.push((await iperf(w2, w1, ip2, seconds)).gbit),
+    );
+    const ratios = weft.map((x, i) => x / hand[i]);
+    console.log(
+      `${'(h) fastdp over IPv6 vs (b) over IPv4'.padEnd(36)} ${median(weft).toFixed(2)} vs ${median(hand).toFixed(2)} Gbit/s (MTU ${mtu}); h/b median ${median(ratios).toFixed(3)} over ${rounds} rounds (spread ${Math.min(...ratios).toFixed(3)}-${Math.max(...ratios).toFixed(3)}); RTT ${(await rtt(w1, ip2)).toFixed(0)} / ${(await rtt(r1, rip)).toFixed(0)} us`,
+    );
+  } finally {
+    await cluster.cleanup();
+  }
 }
 
 /** Throughput, RTT, and the routers' CPU seconds per GB carried (sleeve rows). */
@@ -306,30 +384,11 @@ async function ovsRows(): Promise<{ weft: [number, number]; normal: [number, num
 async function main(): Promise<void> {
   if (process.getuid?.() !== 0) throw new Error('needs root (network namespaces)');
   if (only === 'ipv6') return ipv6Rows();
+  if (only === 'underlay6') return underlay6Row();
   const cluster = await Cluster.create(2);
   try {
     const [a, b] = cluster.hosts;
-    await a.launch([], ['--ipalloc-init', 'consensus=2']);
-    await b.launch([a.ip], ['--ipalloc-init', 'consensus=2']);
-    await eventually('connected', async () =>
-      (await a.report<Report>()).connections.some((c) => c.state === 'established'),
-    );
-    const mtu = (await a.report<Report>()).datapath!.mtu;
-    const w1 = await cluster.container('w1');
-    const w2 = await cluster.container('w2');
-    await a.weft(['attach', `netns:${w1}`]);
-    const ip2 = (await b.weft(['attach', `netns:${w2}`])).stdout.trim().split('/')[0];
-    const [r1, r2, rip] = await handBuilt(cluster, a, b, mtu);
-    await eventually(
-      'weft path up',
-      async () => (await run('ip', ['netns', 'exec', w1, 'ping', '-c', '1', '-W', '1', ip2])).code === 0,
-      15_000,
-    );
-    await eventually(
-      'hand-built path up',
-      async () => (await run('ip', ['netns', 'exec', r1, 'ping', '-c', '1', '-W', '1', rip])).code === 0,
-      15_000,
-    );
+    const { mtu, w1, w2, ip2, r1, r2, rip } = await weftAndHandBuilt(cluster, a.ip, [], []);
 
     console.log(
       `datapath: one TCP flow (iperf3, ${seconds} s) and ping RTT (median of 200), two namespace hosts, overlay MTU ${mtu}`,
@@ -339,24 +398,18 @@ async function main(): Promise<void> {
     const bs: number[] = [];
     const cs: number[] = [];
     const tcpRtts: number[] = [];
-    for (let round = 0; round < rounds; round++) {
-      const measureB = async () => bs.push((await iperf(r2, r1, rip, seconds)).gbit);
-      const measureC = async () => {
+    await alternating(
+      async () => bs.push((await iperf(r2, r1, rip, seconds)).gbit),
+      async () => {
         const f = await iperf(w2, w1, ip2, seconds);
         cs.push(f.gbit);
         tcpRtts.push(f.tcpRtt);
-      };
-      if (round % 2 === 0) {
-        await measureB();
-        await measureC();
-      } else {
-        await measureC();
-        await measureB();
-      }
-      console.log(
-        `round ${round + 1}: b ${bs[round].toFixed(2)}, c ${cs[round].toFixed(2)} Gbit/s, c/b ${(cs[round] / bs[round]).toFixed(3)}`,
-      );
-    }
+      },
+      (round) =>
+        console.log(
+          `round ${round + 1}: b ${bs[round].toFixed(2)}, c ${cs[round].toFixed(2)} Gbit/s, c/b ${(cs[round] / bs[round]).toFixed(3)}`,
+        ),
+    );
     rows.push(['(b) kernel VXLAN + bridge by hand', median(bs), await rtt(r1, rip)]);
     rows.push(['(c) weft fastdp', median(cs), await rtt(w1, ip2)]);
     for (const [label, gbit, us] of rows)
@@ -393,7 +446,10 @@ async function main(): Promise<void> {
       );
     }
     if (only !== 'sleeve') await printOvs(ub[1], ub[2]);
-    if (only === '') await ipv6Rows();
+    if (only === '') {
+      await ipv6Rows();
+      await underlay6Row();
+    }
   } finally {
     await cluster.cleanup();
   }

@@ -12,7 +12,7 @@ import { hostOf } from '../net/host-port.js';
 import { nativeError } from '../native/index.js';
 import { containerNamespace } from './attach.js';
 import type { Backend, Programme } from './backend.js';
-import { VXLAN_OVERHEAD, bridgeMac } from './bridge.js';
+import { VXLAN_OVERHEAD, VXLAN_OVERHEAD6, bridgeMac } from './bridge.js';
 import { programNeighbours, programPortEntries, type NeighEntry } from './bridge-tables.js';
 import type { EndpointTable } from './endpoints.js';
 import type { UnderlayPeers } from './firewall.js';
@@ -71,10 +71,9 @@ export class Forwarding {
   /** Each peer's underlay address, remembered after its connection goes. */
   private readonly lastAddr = new Map<PeerName, string>();
   /**
-   * Neighbours connected over IPv6. The sleeve runs over an IPv4 underlay only (for now), so fastdp is
-   * their one data path: with an IPv6 underlay (the kernel's second VXLAN device) they have an
-   * underlay address here; without one they have none, so nothing programs a VXLAN entry to them,
-   * and status says why they have no data path.
+   * Neighbours connected over IPv6. With an IPv6 underlay (the kernel's second VXLAN device) they have
+   * an underlay address here, for fastdp; without one (an IPv4 --host, or OVS) they have none, so
+   * nothing programs a VXLAN entry to them. The sleeve reaches them where its socket is dual-stack.
    */
   private readonly overIpv6 = new Set<PeerName>();
   private disconnectedAt = new Map<PeerName, number>();
@@ -134,7 +133,7 @@ export class Forwarding {
     const sleeve = new Sleeve(this.mesh, {
       port: this.config.sleevePort,
       mtu: this.config.mtu,
-      underlayMtu: this.config.mtu() + VXLAN_OVERHEAD,
+      underlayMtu: this.config.mtu() + (this.tunnel.underlay6 ? VXLAN_OVERHEAD6 : VXLAN_OVERHEAD),
       encrypt: this.config.encrypt,
       macOwners: () => this.endpoints.owners(),
       onMacsChange: (fn) => this.endpoints.onChange(fn),
@@ -147,6 +146,11 @@ export class Forwarding {
       this.sleeveError = `cannot start: ${(err as Error).message}`;
       this.mesh.log.warn({ reason: this.sleeveError }, 'running without the sleeve datapath');
     }
+  }
+
+  /** Whether the sleeve runs and reaches peers over IPv6 too. */
+  private get sleeve6(): boolean {
+    return this.sleeve?.ipv6 === true;
   }
 
   private get backends(): Backend[] {
@@ -235,8 +239,8 @@ export class Forwarding {
   overlayStatus(peer: PeerName): OverlayStatus {
     const o = this.overlays.get(peer) ?? 'none';
     if (o === 'fastdp' && !this.tunnel.health(peer).healthy && !this.presumedFastdp(peer)) return 'none';
-    // The sleeve reaches a neighbour directly, over an IPv4 underlay only.
-    if (this.overIpv6.has(peer) && o !== 'fastdp') return 'none';
+    // A neighbour over IPv6 is no sleeve hop where the kernel has no IPv6 (the sleeve's socket is IPv4).
+    if (this.overIpv6.has(peer) && o === 'sleeve' && !this.sleeve6) return 'none';
     return o === 'fastdp' && this.tunnel.kind === 'ovs' ? 'ovs' : o;
   }
 
@@ -245,15 +249,15 @@ export class Forwarding {
     const h = this.tunnel.health(peer);
     if (overlays.get(peer) === 'fastdp' && h.healthy) return null;
     const six = this.overIpv6.has(peer);
+    const sleeve6 = six && !this.sleeve6 ? ', and the sleeve runs over an IPv4 underlay only here' : '';
     if (six && !this.tunnel.underlay6)
       return this.tunnel.kind === 'ovs'
-        ? 'connected over IPv6; the OVS datapath runs VXLAN over IPv4 only, and so does the sleeve (for now)'
-        : "connected over IPv6, and this router's --host is IPv4: give --host :: (or an IPv6 address of this host) for VXLAN over IPv6";
-    const sleeve6 = six ? ', and the sleeve runs over an IPv4 underlay only (for now)' : '';
+        ? `connected over IPv6; the OVS datapath runs VXLAN over IPv4 only${sleeve6}`
+        : `connected over IPv6, and this router's --host is IPv4: give --host :: (or an IPv6 address of this host) for VXLAN over IPv6${sleeve6}`;
     if (!this.config.fastdp) return `fastdp turned off (--no-fastdp)${sleeve6}`;
     if (this.encrypted(peer))
-      return six
-        ? 'encrypted: no kernel encryption here, and the sleeve runs over an IPv4 underlay only (for now)'
+      return sleeve6
+        ? `encrypted: no kernel encryption here${sleeve6}`
         : 'encrypted: no kernel encryption here, so the sleeve carries it';
     return h.reason;
   }
@@ -269,9 +273,8 @@ export class Forwarding {
     for (const n of this.mesh.neighbours()) {
       const host = hostOf(n.addr);
       const v4 = isIpv4(host);
-      if (!v4 && !this.tunnel.underlay6) continue;
-      if (v4) sleeve.add(host); // the sleeve: IPv4 underlay only
-      if (this.config.fastdp && !this.config.encrypt(n.name, host)) vxlan.add(host);
+      if (v4 || this.sleeve6) sleeve.add(host);
+      if ((v4 || this.tunnel.underlay6) && this.config.fastdp && !this.config.encrypt(n.name, host)) vxlan.add(host);
     }
     for (const [p, o] of this.overlays) {
       const addr = this.lastAddr.get(p);

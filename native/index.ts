@@ -6,7 +6,10 @@ import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
-/** Per-slot metadata words: length, IPv4 address (host order), port, flags. */
+/**
+ * Per-slot metadata words: length, address, port, flags. The address is an IPv4 address (host order)
+ * or, in 0.0.0.0/8, the handle of an IPv6 one (ipv6Handle).
+ */
 export const META = 4;
 const FLAG_TRUNCATED = 1;
 /** The fast path carried this datagram already: JavaScript skips the slot. */
@@ -24,7 +27,7 @@ interface RawPort {
 interface RawUdp extends RawPort {
   send(count: number): number;
   localPort(): number | null;
-  features(): { gso: boolean; gro: boolean };
+  features(): { gso: boolean; gro: boolean; ipv6: boolean };
   deliverTo(tap: RawTap, fast: RawFastPath): void;
 }
 interface RawTap extends RawPort {
@@ -45,6 +48,7 @@ interface Addon {
   FastPath: new () => RawFastPath;
   HopCipher: new (send: Buffer, receive: Buffer) => RawHopCipher;
   constants: Record<string, number>;
+  addressHandle(ipv6: string): number;
 }
 
 /**
@@ -221,6 +225,14 @@ function addonOrThrow(): Addon {
   return n;
 }
 
+/**
+ * The metadata word for an IPv6 underlay address: a handle in 0.0.0.0/8, registered for good in the
+ * addon (the same address always gets the same one; an IPv4-mapped address gives its IPv4 address).
+ */
+export function ipv6Handle(host: string): number {
+  return addonOrThrow().addressHandle(host);
+}
+
 interface Slots {
   slots?: number;
   slotSize?: number;
@@ -366,7 +378,8 @@ export class UdpPort extends SlotBuffers {
     return this.raw.localPort();
   }
   /** gso: commit() may pass a segment size; gro: received slots may hold joined trains. */
-  get features(): { gso: boolean; gro: boolean } {
+  /** gso: sends segment trains; gro: takes them joined; ipv6: reaches IPv6 addresses too (dual-stack). */
+  get features(): { gso: boolean; gro: boolean; ipv6: boolean } {
     return this.raw.features();
   }
 }

@@ -66,11 +66,101 @@ std::string inNetns(const std::string& path, F make) {
   return err;
 }
 
+// Underlay addresses are 32-bit words in the slot metadata: an IPv4 address (host order), or a
+// handle for an IPv6 one. Handles live in 0.0.0.0/8 ("this network": never a peer's address) and
+// number the IPv6 addresses JavaScript registered (addressHandle); the table only grows, and only
+// with addresses of connected peers.
+struct Ipv6Handles {
+  static constexpr uint32_t LIMIT = 1u << 24;
+  static constexpr size_t MAX = 65536;
+  struct Key {
+    uint64_t hi, lo;
+    bool operator==(const Key& o) const { return hi == o.hi && lo == o.lo; }
+  };
+  struct KeyHash {
+    size_t operator()(const Key& k) const { return std::hash<uint64_t>()(k.hi ^ (k.lo * 0x9e3779b97f4a7c15ULL)); }
+  };
+  std::vector<in6_addr> addrs;  // handle h is addrs[h - 1]
+  std::unordered_map<Key, uint32_t, KeyHash> byAddr;
+
+  static bool isHandle(uint32_t a) { return a != 0 && a < LIMIT; }
+  static Key key(const in6_addr& a) {
+    Key k;
+    memcpy(&k.hi, a.s6_addr, 8);
+    memcpy(&k.lo, a.s6_addr + 8, 8);
+    return k;
+  }
+  uint32_t find(const in6_addr& a) const {
+    auto it = byAddr.find(key(a));
+    return it == byAddr.end() ? 0 : it->second;
+  }
+  // 0 when the table is full.
+  uint32_t add(const in6_addr& a) {
+    uint32_t h = find(a);
+    if (h != 0 || addrs.size() >= MAX) return h;
+    addrs.push_back(a);
+    h = uint32_t(addrs.size());
+    byAddr[key(a)] = h;
+    return h;
+  }
+};
+
+Ipv6Handles& ipv6Handles() {
+  static Ipv6Handles table;
+  return table;
+}
+
+// A metadata address and port as the socket address of a socket of `family`; false when it has none
+// (a handle not registered, or an IPv6 address for an IPv4-only socket).
+bool toSockaddr(uint32_t addr, uint16_t port, int family, sockaddr_storage& ss, socklen_t& len) {
+  ss = {};
+  if (family == AF_INET) {
+    if (Ipv6Handles::isHandle(addr)) return false;
+    auto* sa = reinterpret_cast<sockaddr_in*>(&ss);
+    sa->sin_family = AF_INET;
+    sa->sin_addr.s_addr = htonl(addr);
+    sa->sin_port = htons(port);
+    len = sizeof(sockaddr_in);
+    return true;
+  }
+  auto* sa = reinterpret_cast<sockaddr_in6*>(&ss);
+  sa->sin6_family = AF_INET6;
+  sa->sin6_port = htons(port);
+  if (Ipv6Handles::isHandle(addr)) {
+    const auto& t = ipv6Handles().addrs;
+    if (addr > t.size()) return false;
+    sa->sin6_addr = t[addr - 1];
+  } else {
+    // IPv4 through the dual-stack socket: ::ffff:a.b.c.d
+    sa->sin6_addr.s6_addr[10] = 0xff;
+    sa->sin6_addr.s6_addr[11] = 0xff;
+    uint32_t be = htonl(addr);
+    memcpy(sa->sin6_addr.s6_addr + 12, &be, 4);
+  }
+  len = sizeof(sockaddr_in6);
+  return true;
+}
+
+// A datagram's source as a metadata word: its IPv4 address, the handle of a registered IPv6 one, or 0
+// (an IPv6 address no peer of ours has: no hop matches it).
+uint32_t fromSockaddr(const sockaddr_storage& ss) {
+  if (ss.ss_family == AF_INET) return ntohl(reinterpret_cast<const sockaddr_in*>(&ss)->sin_addr.s_addr);
+  if (ss.ss_family != AF_INET6) return 0;
+  const in6_addr& a = reinterpret_cast<const sockaddr_in6*>(&ss)->sin6_addr;
+  if (IN6_IS_ADDR_V4MAPPED(&a)) {
+    uint32_t be;
+    memcpy(&be, a.s6_addr + 12, 4);
+    uint32_t v4 = ntohl(be);
+    return Ipv6Handles::isHandle(v4) ? 0 : v4;
+  }
+  return ipv6Handles().find(a);
+}
+
 // Datagrams for one sendmmsg: per slot its buffer, address and, for a train, its segment size.
 struct SendBatch {
   std::vector<mmsghdr> msgs;
   std::vector<iovec> iovs;
-  std::vector<sockaddr_in> addrs;
+  std::vector<sockaddr_storage> addrs;
   std::vector<std::array<char, CMSG_SPACE(sizeof(uint16_t))>> ctl;
 
   void resize(size_t n) {
@@ -80,20 +170,19 @@ struct SendBatch {
     ctl.resize(n);
   }
 
-  // Slot i: len bytes at data to addr:port (host order). A segment size below len makes the slot a
-  // train of datagrams of that size (the last may be shorter), sent as one (UDP_SEGMENT) and cut by
-  // the kernel or the NIC as late as it can.
-  void set(size_t i, uint8_t* data, uint32_t len, uint32_t addr, uint16_t port, uint16_t segment) {
+  // Slot i: len bytes at data to addr:port (host order) from a socket of `family`. A segment size
+  // below len makes the slot a train of datagrams of that size (the last may be shorter), sent as one
+  // (UDP_SEGMENT) and cut by the kernel or the NIC as late as it can. An address the socket cannot
+  // reach leaves the slot without one: sendmmsg fails it (EDESTADDRREQ), and send() skips it.
+  void set(size_t i, uint8_t* data, uint32_t len, uint32_t addr, uint16_t port, uint16_t segment, int family) {
     iovs[i] = {data, len};
-    addrs[i] = {};
-    addrs[i].sin_family = AF_INET;
-    addrs[i].sin_addr.s_addr = htonl(addr);
-    addrs[i].sin_port = htons(port);
+    socklen_t namelen = 0;
+    bool ok = toSockaddr(addr, port, family, addrs[i], namelen);
     msgs[i].msg_hdr = {};
     msgs[i].msg_hdr.msg_iov = &iovs[i];
     msgs[i].msg_hdr.msg_iovlen = 1;
-    msgs[i].msg_hdr.msg_name = &addrs[i];
-    msgs[i].msg_hdr.msg_namelen = sizeof(sockaddr_in);
+    msgs[i].msg_hdr.msg_name = ok ? &addrs[i] : nullptr;
+    msgs[i].msg_hdr.msg_namelen = ok ? namelen : 0;
     if (segment > 0 && segment < len) {
       std::memset(ctl[i].data(), 0, ctl[i].size());
       msgs[i].msg_hdr.msg_control = ctl[i].data();
@@ -691,11 +780,19 @@ class UdpPort : public Port<UdpPort> {
     auto opts = info[0].As<Napi::Object>();
     std::string addr = opts.Has("address") ? opts.Get("address").ToString().Utf8Value() : "0.0.0.0";
     uint32_t port = opts.Has("port") ? opts.Get("port").ToNumber().Uint32Value() : 0;
+    // Every address (0.0.0.0 or ::): one dual-stack IPv6 socket, IPv4 as ::ffff:a.b.c.d, or an IPv4
+    // one where the kernel has no IPv6. A given address: a socket of its family.
     sockaddr_in sa{};
+    sockaddr_in6 sa6{};
     sa.sin_family = AF_INET;
     sa.sin_port = htons(uint16_t(port));
-    if (inet_pton(AF_INET, addr.c_str(), &sa.sin_addr) != 1) {
-      Napi::Error::New(env, "not an IPv4 address: " + addr).ThrowAsJavaScriptException();
+    sa6.sin6_family = AF_INET6;
+    sa6.sin6_port = htons(uint16_t(port));
+    bool any = addr == "0.0.0.0" || addr == "::";
+    bool v4 = !any && inet_pton(AF_INET, addr.c_str(), &sa.sin_addr) == 1;
+    bool v6 = !any && !v4 && inet_pton(AF_INET6, addr.c_str(), &sa6.sin6_addr) == 1;
+    if (!any && !v4 && !v6) {
+      Napi::Error::New(env, "not an IP address: " + addr).ThrowAsJavaScriptException();
       return;
     }
     bool df = opts.Has("dontFragment") && opts.Get("dontFragment").ToBoolean().Value();
@@ -708,9 +805,21 @@ class UdpPort : public Port<UdpPort> {
     tx_.resize(shared_.slots);
     rxCtl_.resize(shared_.slots);
     openAndPoll(info, [&]() -> std::string {
-      fd_ = socket(AF_INET, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+      family_ = v4 ? AF_INET : AF_INET6;
+      fd_ = socket(family_, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+      if (fd_ < 0 && any && errno == EAFNOSUPPORT) {
+        family_ = AF_INET;
+        fd_ = socket(family_, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+      }
       if (fd_ < 0) return errnoText("socket", errno);
-      // Data may be fragmented by IP; probes set DF without trusting the kernel's PMTU cache.
+      if (family_ == AF_INET6) {
+        int only = v6 ? 1 : 0;
+        setsockopt(fd_, IPPROTO_IPV6, IPV6_V6ONLY, &only, sizeof only);
+        int pmtu6 = df ? IPV6_PMTUDISC_PROBE : IPV6_PMTUDISC_DONT;
+        setsockopt(fd_, IPPROTO_IPV6, IPV6_MTU_DISCOVER, &pmtu6, sizeof pmtu6);
+      }
+      // Data may be fragmented by IP; probes set DF without trusting the kernel's PMTU cache. (On the
+      // dual-stack socket this is what its IPv4 datagrams do.)
       int pmtu = df ? IP_PMTUDISC_PROBE : IP_PMTUDISC_DONT;
       setsockopt(fd_, IPPROTO_IP, IP_MTU_DISCOVER, &pmtu, sizeof pmtu);
       // Whether this kernel takes segment trains (UDP_SEGMENT, Linux 4.18): a size of 0 changes nothing.
@@ -727,7 +836,9 @@ class UdpPort : public Port<UdpPort> {
         if (setsockopt(fd_, SOL_SOCKET, k == 0 ? SO_RCVBUFFORCE : SO_SNDBUFFORCE, &bufs[k], sizeof bufs[k]) != 0)
           setsockopt(fd_, SOL_SOCKET, k == 0 ? SO_RCVBUF : SO_SNDBUF, &bufs[k], sizeof bufs[k]);
       }
-      if (bind(fd_, reinterpret_cast<sockaddr*>(&sa), sizeof sa) != 0) {
+      int bound = family_ == AF_INET ? bind(fd_, reinterpret_cast<sockaddr*>(&sa), sizeof sa)
+                                     : bind(fd_, reinterpret_cast<sockaddr*>(&sa6), sizeof sa6);
+      if (bound != 0) {
         int e = errno;
         ::close(fd_);
         fd_ = -1;
@@ -744,7 +855,7 @@ class UdpPort : public Port<UdpPort> {
       msgs_[i].msg_hdr.msg_iov = &iovs_[i];
       msgs_[i].msg_hdr.msg_iovlen = 1;
       msgs_[i].msg_hdr.msg_name = &addrs_[i];
-      msgs_[i].msg_hdr.msg_namelen = sizeof(sockaddr_in);
+      msgs_[i].msg_hdr.msg_namelen = sizeof(sockaddr_storage);
       if (gro_) {
         msgs_[i].msg_hdr.msg_control = rxCtl_[i].data();
         msgs_[i].msg_hdr.msg_controllen = rxCtl_[i].size();
@@ -762,8 +873,9 @@ class UdpPort : public Port<UdpPort> {
     for (int i = 0; i < n; i++) {
       uint32_t* m = shared_.rxMeta + i * META;
       m[0] = msgs_[i].msg_len;
-      m[1] = ntohl(addrs_[i].sin_addr.s_addr);
-      m[2] = ntohs(addrs_[i].sin_port);
+      m[1] = fromSockaddr(addrs_[i]);
+      // The port is at the same place in both families' socket addresses.
+      m[2] = ntohs(reinterpret_cast<const sockaddr_in*>(&addrs_[i])->sin_port);
       m[3] = (msgs_[i].msg_hdr.msg_flags & MSG_TRUNC) ? FLAG_TRUNCATED : 0;
       if (gro_) {
         for (cmsghdr* c = CMSG_FIRSTHDR(&msgs_[i].msg_hdr); c; c = CMSG_NXTHDR(&msgs_[i].msg_hdr, c)) {
@@ -794,7 +906,7 @@ class UdpPort : public Port<UdpPort> {
     for (uint32_t i = 0; i < count; i++) {
       uint32_t* m = shared_.txMeta + i * META;
       uint32_t len = m[0] > shared_.slotSize ? shared_.slotSize : m[0];
-      tx_.set(i, shared_.tx + size_t(i) * shared_.slotSize, len, m[1], uint16_t(m[2]), uint16_t(m[3] >> 8));
+      tx_.set(i, shared_.tx + size_t(i) * shared_.slotSize, len, m[1], uint16_t(m[2]), uint16_t(m[3] >> 8), family_);
     }
     uint32_t sent = tx_.send(fd_, count, lastError_, "sendmmsg");
     txDropped_ += count - sent;
@@ -803,6 +915,7 @@ class UdpPort : public Port<UdpPort> {
   }
 
   int fd() const { return fd_; }
+  int family() const { return family_; }
   bool gso() const { return gso_; }
   // Closing drops the links to the other port, so neither keeps the other alive.
   void unlink() { link_.reset(); }
@@ -817,21 +930,23 @@ class UdpPort : public Port<UdpPort> {
     auto o = Napi::Object::New(info.Env());
     o.Set("gso", Napi::Boolean::New(info.Env(), gso_));
     o.Set("gro", Napi::Boolean::New(info.Env(), gro_));
+    o.Set("ipv6", Napi::Boolean::New(info.Env(), family_ == AF_INET6));
     return o;
   }
 
   Napi::Value LocalPort(const Napi::CallbackInfo& info) {
-    sockaddr_in sa{};
+    sockaddr_storage sa{};
     socklen_t len = sizeof sa;
     if (fd_ < 0 || getsockname(fd_, reinterpret_cast<sockaddr*>(&sa), &len) != 0) return info.Env().Null();
-    return Napi::Number::New(info.Env(), ntohs(sa.sin_port));
+    return Napi::Number::New(info.Env(), ntohs(reinterpret_cast<const sockaddr_in*>(&sa)->sin_port));
   }
 
  private:
   std::vector<mmsghdr> msgs_;
   std::vector<iovec> iovs_;
-  std::vector<sockaddr_in> addrs_;
+  std::vector<sockaddr_storage> addrs_;
   SendBatch tx_;
+  int family_ = AF_INET;
   std::vector<std::array<char, CMSG_SPACE(sizeof(int))>> rxCtl_;
   bool gro_ = false, gso_ = false;
   FastLink<TapPort> link_;
@@ -921,7 +1036,8 @@ class TapPort : public Port<TapPort> {
 
   // Queues out slot `queued_` (len bytes; a train of `segment`-byte datagrams when segment > 0).
   void commitFast(uint32_t len, const FastPath::Route& r, uint16_t segment) {
-    outBatch_.set(queued_, outSlot(), len, r.addr, r.port, segment);
+    UdpPort* udp = link_.port;
+    outBatch_.set(queued_, outSlot(), len, r.addr, r.port, segment, udp ? udp->family() : AF_INET);
     if (++queued_ >= FAST_SLOTS) flushFast();
   }
 
@@ -1110,11 +1226,37 @@ bool UdpPort::fastDeliver(const uint8_t* d, uint32_t len, uint32_t from) {
   return true;
 }
 
+// addressHandle(ipv6Text): the 32-bit word slot metadata carries for an IPv6 underlay address (an
+// IPv4-mapped one gives its IPv4 address). Throws when the text is not IPv6 or the table is full.
+Napi::Value AddressHandle(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 1 || !info[0].IsString()) {
+    Napi::TypeError::New(env, "addressHandle(ipv6Address)").ThrowAsJavaScriptException();
+    return env.Null();
+  }
+  std::string text = info[0].As<Napi::String>().Utf8Value();
+  in6_addr a{};
+  if (inet_pton(AF_INET6, text.c_str(), &a) != 1) {
+    Napi::Error::New(env, "not an IPv6 address: " + text).ThrowAsJavaScriptException();
+    return env.Null();
+  }
+  sockaddr_storage ss{};
+  ss.ss_family = AF_INET6;
+  reinterpret_cast<sockaddr_in6*>(&ss)->sin6_addr = a;
+  uint32_t h = IN6_IS_ADDR_V4MAPPED(&a) ? fromSockaddr(ss) : ipv6Handles().add(a);
+  if (h == 0) {
+    Napi::Error::New(env, "no handle for " + text + " (too many IPv6 underlay addresses)").ThrowAsJavaScriptException();
+    return env.Null();
+  }
+  return Napi::Number::New(env, h);
+}
+
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("UdpPort", UdpPort::Init(env));
   exports.Set("TapPort", TapPort::Init(env));
   exports.Set("FastPath", FastPath::Init(env));
   exports.Set("HopCipher", HopCipher::Init(env));
+  exports.Set("addressHandle", Napi::Function::New(env, AddressHandle));
   // The sleeve's packet format as this code has it: JavaScript checks it against its own
   // (datapath/sleeve/packet.ts) before it uses the fast path, so the two cannot drift apart unseen.
   Napi::Object c = Napi::Object::New(env);

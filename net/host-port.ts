@@ -44,7 +44,8 @@ export function parseListen(text: string, what = 'address'): HostPort {
   return { host: host === '' ? '0.0.0.0' : host, port: port(text.slice(i + 1), what, text) };
 }
 
-function formatHostPort(host: string, port: number): string {
+/** host:port, an IPv6 host in brackets. */
+export function formatHostPort(host: string, port: number): string {
   return host.includes(':') ? `[${host}]:${port}` : `${host}:${port}`;
 }
 

@@ -59,6 +59,8 @@ export interface Opener {
 }
 /** IPv4 + UDP headers: what a datagram adds on the wire. */
 export const IP_UDP = 28;
+/** The same over IPv6. */
+export const IP_UDP6 = 48;
 /** The smallest path MTU assumed (IPv4's minimum reassembly size). */
 export const PMTU_FLOOR = 576;
 /** A message never exceeds this (a 64 KB super-frame plus headers and seal). */

@@ -19,7 +19,7 @@ import {
   peerNameToBytes,
   type PeerName,
 } from '../../mesh/index.js';
-import { hostOf } from '../../net/host-port.js';
+import { formatHostPort, hostOf } from '../../net/host-port.js';
 import { ensurePort, sysLink } from '../bridge.js';
 import type { Backend, PathHealth, Programme } from '../backend.js';
 import { ipBatch } from '../../net/command.js';
@@ -29,6 +29,7 @@ import {
   META,
   TapPort,
   UdpPort,
+  ipv6Handle,
   nativeConstantsDiffer,
   type FastRoute,
 } from '../../native/index.js';
@@ -40,6 +41,7 @@ import {
   HEADER,
   HOPS_OFFSET,
   IP_UDP,
+  IP_UDP6,
   KIND_FRAGMENT,
   KIND_FRAMES,
   KIND_PROBE,
@@ -87,9 +89,12 @@ interface Hop {
   name: PeerName;
   /** The peer name's six bytes as a number (what datagrams carry). */
   id: number;
+  /** Its underlay address as the addon's metadata word (IPv4, or an IPv6 handle). */
   addr: number;
   host: string;
   port: number;
+  /** The IP and UDP headers' size on the way to it: 28 over IPv4, 48 over IPv6. */
+  ipUdp: number;
   sealer: Sealer | null;
   opener: Opener | null;
   /** With the fast path, the addon's cipher that is both sealer and opener (one counter, one replay window). */
@@ -167,6 +172,8 @@ export class Sleeve implements Gossiper, Backend {
   private readonly fragmentIds = new FragmentIds();
   /** Big messages go as trains of path-sized fragments in one send (UDP GSO); else as IP-fragmented datagrams. */
   private gso = false;
+  /** Whether its socket reaches IPv6 peers too (dual-stack; not on a kernel without IPv6). */
+  ipv6 = false;
   private dests = new Set<PeerName>();
   /** The native fast path and whether its tables need making again. */
   private fast: FastPath | null = null;
@@ -255,6 +262,8 @@ export class Sleeve implements Gossiper, Backend {
       (n) => this.guard(() => this.onDatagrams(n)),
     );
     this.gso = GSO_WANTED && this.udp.features.gso;
+    // The probes' socket is dual-stack as well when the kernel has IPv6: the data socket's says.
+    this.ipv6 = this.udp.features.ipv6;
     this.probes = new UdpPort({ port: 0, dontFragment: true, slots: 16, slotSize: 9216 }, () => undefined);
     this.tap = new TapPort({ name: SLEEVE_TAP, vnetHdr: true, slots: 32 }, (n) => this.guard(() => this.onFrames(n)));
     const formatDiffers = nativeConstantsDiffer(WIRE_FORMAT);
@@ -333,16 +342,25 @@ export class Sleeve implements Gossiper, Backend {
       const keys = c.sleeveKeys;
       const encrypted = !!keys && this.config.encrypt(c.name, host);
       if (old && old.host === host && old.port === c.port && !!old.sealer === encrypted) continue;
-      if (!isIpv4(host)) continue; // IPv4 underlay only
+      const v4 = isIpv4(host);
+      if (!v4 && !this.ipv6) continue; // a kernel without IPv6: an IPv4 socket
+      let addr: number;
+      try {
+        addr = v4 ? parseIp(host) : ipv6Handle(host);
+      } catch (err) {
+        this.lastError = `no sleeve hop to ${host}: ${(err as Error).message}`; // an address with a zone, say
+        continue;
+      }
       const id = peerNameToBytes(c.name).readUIntBE(0, 6);
       // With the fast path the keys live in the addon, shared by both paths; else in JavaScript.
       const cipher = encrypted && this.fast ? new HopCipher(keys!.send, keys!.receive) : null;
       const hop: Hop = {
         name: c.name,
         id,
-        addr: parseIp(host),
+        addr,
         host,
         port: c.port,
+        ipUdp: v4 ? IP_UDP : IP_UDP6,
         sealer: cipher ?? (encrypted ? new PacketSealer(keys!.send) : null),
         opener: cipher ?? (encrypted ? new PacketOpener(keys!.receive) : null),
         cipher,
@@ -382,7 +400,7 @@ export class Sleeve implements Gossiper, Backend {
       encrypted: !!h.sealer,
       reason: healthy
         ? null
-        : `no UDP probe to ${h.host}:${h.port} acknowledged ${h.probeAckAt ? `for ${Math.round((Date.now() - h.probeAckAt) / 1000)}s` : 'yet'}`,
+        : `no UDP probe to ${formatHostPort(h.host, h.port)} acknowledged ${h.probeAckAt ? `for ${Math.round((Date.now() - h.probeAckAt) / 1000)}s` : 'yet'}`,
     };
   }
 
@@ -393,8 +411,8 @@ export class Sleeve implements Gossiper, Backend {
    * the path is smaller than our link, IP fragments would not pass it: we cut to the path MTU.
    */
   private maxDatagram(hop: Hop): number {
-    if (this.gso) return hop.pmtu - IP_UDP;
-    return hop.pmtu >= this.config.underlayMtu ? MAX_UDP_PAYLOAD : hop.pmtu - IP_UDP;
+    if (this.gso) return hop.pmtu - hop.ipUdp;
+    return hop.pmtu >= this.config.underlayMtu ? MAX_UDP_PAYLOAD : hop.pmtu - hop.ipUdp;
   }
 
   // ---- frames from local containers (the TAP)
@@ -611,8 +629,8 @@ export class Sleeve implements Gossiper, Backend {
     }
     if ((kind & ~SEALED) === KIND_PROBE) {
       // The size it was sent at, as it arrived: a probe that lost bytes on the way does not count.
-      if (length >= HEADER + 4 && buf.readUInt32BE(start + HEADER) === length + IP_UDP)
-        this.channel.unicast(hop.name, pack({ probe: length + IP_UDP }));
+      if (length >= HEADER + 4 && buf.readUInt32BE(start + HEADER) === length + hop.ipUdp)
+        this.channel.unicast(hop.name, pack({ probe: length + hop.ipUdp }));
       return;
     }
     // An encrypted hop accepts only sealed packets, and the other way round.
@@ -735,7 +753,7 @@ export class Sleeve implements Gossiper, Backend {
       if (hop.failedAt - hop.pmtu > 8) sizes.add(Math.floor((hop.pmtu + hop.failedAt) / 2));
       for (const size of sizes) {
         const s = p.nextSlot();
-        const len = size - IP_UDP;
+        const len = size - hop.ipUdp;
         writeHeader(s, KIND_PROBE, false, this.self);
         s.writeUInt32BE(size, HEADER);
         s.fill(0, HEADER + 4, len);

@@ -1,15 +1,15 @@
 // An IPv6-only underlay (no IPv4 address on the hosts' uplinks). The mesh forms over IPv6, IPAM of both
 // families works, and containers talk over both overlay families on fastdp: the kernel's second VXLAN
 // device (VXLAN over IPv6), at the full overlay MTU (the underlay's minus VXLAN over IPv6's 70 bytes).
-// A stranger on the underlay gets no VXLAN over IPv6 in. With a password the path is encrypted, which
-// only the sleeve does, and the sleeve runs over IPv4 only (for now): status says so, and an IPv6
-// trusted subnet puts the peers back on fastdp.
+// A stranger on the underlay gets no VXLAN or sleeve datagram over IPv6 in. With a password the path is encrypted: the
+// sleeve carries it over IPv6, and an IPv6 trusted subnet puts the peers on fastdp. A mixed mesh: an
+// IPv4-only host and an IPv6-only one reach each other through a dual-stack host (the sleeve relays).
 import { afterEach, expect, it } from 'vitest';
 import type { Report } from '../../router/contract.js';
 import { Cluster, eventually, sleep, type Host } from '../harness/cluster.js';
 import { run } from '../harness/exec.js';
 import { describeAsRoot } from '../harness/root.js';
-import { ruleCounter, sendUdp, udpFrame, udpRecorder, vxlanPayload } from '../harness/attacker.js';
+import { ruleCounter, sendUdp, sleevePayload, udpFrame, udpRecorder, vxlanPayload } from '../harness/attacker.js';
 
 const VNI = 0x7765;
 let cluster: Cluster | null = null;
@@ -39,6 +39,15 @@ async function bothConnected(hosts: Host[]): Promise<void> {
       (r) => r.connections.filter((c) => c.state === 'established').length === hosts.length - 1,
     ),
   );
+}
+
+async function sleeveCounters(h: Host) {
+  return (await h.report<Report>()).datapath!.sleeve as unknown as {
+    framesIn: number;
+    refused: number;
+    malformed: number;
+    relayed: number;
+  };
 }
 
 describeAsRoot('an IPv6-only underlay', () => {
@@ -91,10 +100,18 @@ describeAsRoot('an IPv6-only underlay', () => {
       text: 'from a stranger',
     });
     const input = async () => (await a.exec('nft', ['list', 'chain', 'inet', 'weft', 'input'])).stdout;
-    const rule = 'VXLAN over IPv6 from no peer of ours';
-    const before = ruleCounter(await input(), rule);
+    const rules = ['VXLAN over IPv6 from no peer of ours', 'sleeve datagrams over IPv6 from no peer of ours'];
+    const counted = async () => {
+      const listing = await input();
+      return rules.map((r) => ruleCounter(listing, r));
+    };
+    const before = await counted();
+    const [ra, rb] = await Promise.all([a.report<Report>(), b.report<Report>()]);
     await sendUdp(stranger.ns, 'fd00:198:18::1', 6784, vxlanPayload(VNI, frame), undefined, 5);
-    await eventually('the datagrams counted as dropped', async () => ruleCounter(await input(), rule) - before >= 5);
+    await sendUdp(stranger.ns, 'fd00:198:18::1', 6783, sleevePayload(rb.name, rb.name, ra.name, frame), undefined, 5);
+    await eventually('the datagrams counted as dropped', async () =>
+      (await counted()).every((n, i) => n - before[i] >= 5),
+    );
     await sleep(500);
     expect(recorder.received()).toEqual([]);
 
@@ -111,22 +128,30 @@ describeAsRoot('an IPv6-only underlay', () => {
     expect((await a.exec('bridge', ['fdb', 'show', 'dev', 'vxlan-weft6'])).stdout).toMatch(/dst fd00:198:18::2 /);
   }, 120_000);
 
-  it('with a password: no data path over IPv6 (said why) until the underlay is trusted, then fastdp', async () => {
+  it('with a password: the encrypted sleeve carries both families over IPv6; a trusted IPv6 underlay goes on fastdp', async () => {
     cluster = await Cluster.create(2, {
-      routerArgs: ['--ipalloc-init', 'consensus=2', '--password', 'secret-for-test'],
+      routerArgs: ['--ipalloc-init', 'consensus=2', '--password', 'secret-for-test', '--ipv6'],
     });
     const [a, b] = cluster.hosts;
     await ipv6OnlyUnderlay([a, b]);
     await a.launch([], ['--host', 'fd00:198:18::1']);
     await b.launch(['[fd00:198:18::1]:6783'], ['--host', 'fd00:198:18::2']);
     await bothConnected([a, b]);
-    expect((await a.weft(['status', 'connections'])).stdout).toMatch(
-      /established .*\(host2\) .*no data path: encrypted: no kernel encryption here, and the sleeve runs over an IPv4 underlay only/,
-    );
     const c1 = await cluster.attached(a, 'c1');
     const c2 = await cluster.attached(b, 'c2');
-    expect((await ping(c1.ns, c2.ip)).code).not.toBe(0);
+    await eventually('the sleeve carries it, encrypted', async () =>
+      /established .*\(host2\) .* sleeve mtu=1430 pmtu=1500 \(data encrypted\); not fastdp: encrypted: no kernel encryption here, so the sleeve carries it/.test(
+        (await a.weft(['status', 'connections'])).stdout,
+      ),
+    );
+    await eventually('ping a -> b over IPv4', async () => (await ping(c1.ns, c2.ip)).code === 0, 15_000);
+    expect((await ping(c2.ns, c1.ip6!, ['-6'])).code).toBe(0);
+    // Full-size packets too (the sleeve cuts them to the IPv6 path's MTU).
+    expect((await ping(c1.ns, c2.ip, ['-M', 'do', '-s', String(1430 - 28)])).code).toBe(0);
     expect((await a.exec('bridge', ['fdb', 'show', 'dev', 'vxlan-weft6'])).stdout).not.toMatch(/dst /);
+    const sleeve = await sleeveCounters(a);
+    expect(sleeve.framesIn).toBeGreaterThan(0);
+    expect([sleeve.refused, sleeve.malformed]).toEqual([0, 0]);
 
     for (const h of [a, b]) {
       await h.weft(['stop']);
@@ -142,5 +167,34 @@ describeAsRoot('an IPv6-only underlay', () => {
       /established .*\(host2\) .* fastdp mtu=1430/.test((await a.weft(['status', 'connections'])).stdout),
     );
     await eventually('ping a -> b', async () => (await ping(c1.ns, c2.ip)).code === 0, 15_000);
+  }, 120_000);
+
+  it('a mixed mesh: an IPv4-only and an IPv6-only host reach each other through a dual-stack one', async () => {
+    cluster = await Cluster.create(3, { routerArgs: ['--ipalloc-init', 'consensus=3', '--ipv6', '--mtu', '1430'] });
+    const [a, b, c] = cluster.hosts;
+    // a: both families (--host ::); b: IPv4 only (as made); c: IPv6 only.
+    expect((await run('ip', ['-n', a.ns, 'addr', 'add', 'fd00:198:18::1/64', 'dev', 'eth0', 'nodad'])).code).toBe(0);
+    await ipv6OnlyUnderlay([c]);
+    await a.launch([], ['--host', '::']);
+    await b.launch([a.ip]);
+    await c.launch(['[fd00:198:18::1]:6783'], ['--host', 'fd00:198:18::3']);
+    await eventually(
+      'a connected to both',
+      async () => (await a.report<Report>()).connections.filter((x) => x.state === 'established').length === 2,
+    );
+    const cb = await cluster.attached(b, 'cb');
+    const cc = await cluster.attached(c, 'cc');
+    // a reaches b over IPv4 and c over IPv6, each on fastdp.
+    await eventually('a on fastdp with both', async () => {
+      const out = (await a.weft(['status', 'connections'])).stdout;
+      return /\(host2\) .* fastdp mtu=1430/.test(out) && /\(host3\) .* fastdp mtu=1430/.test(out);
+    });
+    expect((await a.exec('bridge', ['fdb', 'show', 'dev', 'vxlan-weft6'])).stdout).toMatch(/dst fd00:198:18::3 /);
+    expect((await a.exec('bridge', ['fdb', 'show', 'dev', 'vxlan-weft'])).stdout).toMatch(/dst 198\.18\.0\.2 /);
+    // b and c share no underlay family: the sleeve relays through a, both overlay families, both ways.
+    await eventually('ping b -> c through a', async () => (await ping(cb.ns, cc.ip)).code === 0, 20_000);
+    expect((await ping(cc.ns, cb.ip)).code).toBe(0);
+    expect((await ping(cb.ns, cc.ip6!, ['-6'])).code).toBe(0);
+    expect((await sleeveCounters(a)).relayed).toBeGreaterThan(0);
   }, 120_000);
 });

@@ -2,7 +2,7 @@
 import { randomBytes } from 'node:crypto';
 import { readdirSync } from 'node:fs';
 import { afterAll, beforeAll, expect, it } from 'vitest';
-import { FastPath, HopCipher, TapPort, UdpPort, nativeError } from '../../native/index.js';
+import { FastPath, HopCipher, TapPort, UdpPort, ipv6Handle, nativeError } from '../../native/index.js';
 import {
   FRAGMENT_HEADER,
   HEADER,
@@ -163,15 +163,49 @@ describeAsRoot('native addon', () => {
     }
   });
 
+  it('UDP, dual-stack: IPv4 sources read as their address, registered IPv6 ones as their handle, any other IPv6 one as 0; an unknown handle is sent nothing', async () => {
+    await must('ip', ['-n', ns, 'addr', 'add', 'fd00:198:18::99/128', 'dev', 'lo', 'nodad']);
+    const seen: { text: string; from: number }[] = [];
+    const rx: UdpPort = new UdpPort({ port: 0, netns, slots: 8, slotSize: 256 }, (n) => {
+      for (let i = 0; i < n; i++) seen.push({ text: rx.received(i).toString(), from: rx.fromAddress(i) });
+    });
+    const tx = new UdpPort({ port: 0, netns, slots: 8, slotSize: 256 }, () => undefined);
+    const stranger = new UdpPort({ address: 'fd00:198:18::99', port: 0, netns }, () => undefined);
+    try {
+      expect(rx.features.ipv6).toBe(true);
+      const loop6 = ipv6Handle('::1');
+      expect(loop6).toBeGreaterThan(0);
+      expect(loop6).toBeLessThan(1 << 24); // 0.0.0.0/8: never a peer's IPv4 address
+      expect(ipv6Handle('0:0::1')).toBe(loop6); // the same address, the same handle
+      expect(ipv6Handle('::ffff:127.0.0.1')).toBe(LO);
+      expect(() => ipv6Handle('fd00::zz')).toThrow(/not an IPv6 address/);
+      tx.queue(Buffer.from('over ipv4'), LO, rx.localPort!);
+      tx.queue(Buffer.from('over ipv6'), loop6, rx.localPort!);
+      tx.queue(Buffer.from('to nobody'), (1 << 24) - 1, rx.localPort!); // a handle never given out
+      expect(tx.flush()).toBe(2);
+      expect(tx.stats().lastError).toMatch(/Destination address required/);
+      stranger.queue(Buffer.from('from a stranger'), loop6, rx.localPort!);
+      expect(stranger.flush()).toBe(1);
+      for (let i = 0; i < 50 && seen.length < 3; i++) await sleep(20);
+      expect(seen.sort((x, y) => x.text.localeCompare(y.text))).toEqual([
+        { text: 'from a stranger', from: 0 },
+        { text: 'over ipv4', from: LO },
+        { text: 'over ipv6', from: loop6 },
+      ]);
+    } finally {
+      rx.close();
+      tx.close();
+      stranger.close();
+    }
+  });
+
   it('UDP: binding a port in use fails with the reason; a closed port sends nothing and does not crash', () => {
     const a = new UdpPort({ address: '127.0.0.1', port: 0, netns }, () => undefined);
     try {
       expect(() => new UdpPort({ address: '127.0.0.1', port: a.localPort!, netns }, () => undefined)).toThrow(
         /bind 127\.0\.0\.1:\d+: Address already in use/,
       );
-      expect(() => new UdpPort({ address: 'not-an-ip', port: 0, netns }, () => undefined)).toThrow(
-        /not an IPv4 address/,
-      );
+      expect(() => new UdpPort({ address: 'not-an-ip', port: 0, netns }, () => undefined)).toThrow(/not an IP address/);
       expect(() => new UdpPort({ port: 0, netns: '/var/run/netns/does-not-exist' }, () => undefined)).toThrow(
         /No such file/,
       );
