@@ -273,7 +273,7 @@ withRouterLocation(
     )
     .option(
       '--gateway',
-      "route the container's default traffic through this host (NAT to the outside; the host reaches it); replaces a default route it had",
+      "route the container's default traffic through this host (NAT to the outside; the host reaches it), for each family it has (IPv6: routed, or NAT66 with the router's --ipv6-nat); replaces a default route it had",
     )
     .option('--ipv4-only', 'no IPv6 address, on a router that gives containers one of each family (--ipv6)'),
 ).action(
@@ -320,8 +320,10 @@ withRouterLocation(
 withRouterLocation(
   program
     .command('expose')
-    .description('give this host an address on the overlay (from IPAM unless given) and NAT to the outside')
-    .argument('[cidr]', 'ip/prefix to use'),
+    .description(
+      'give this host an address on the overlay (from IPAM unless given; with a router run with --ipv6, one of each family) and NAT to the outside (IPv6: routed, or NAT66 with --ipv6-nat)',
+    )
+    .argument('[cidr]', 'ip/prefix to use (IPv4 or IPv6)'),
 ).action(async (cidr: string | undefined, _o, cmd: Command) => {
   const r = JSON.parse((await request(target(cmd), 'POST', '/expose', cidr ? { cidr } : {})).body) as {
     exposed: string[];

@@ -220,6 +220,8 @@ export interface AttachOptions {
   dns?: DnsReach;
   /** The container's default route goes here, and its port hairpins. */
   gateway?: string;
+  /** Its IPv6 default route goes here. */
+  gateway6?: string;
   /** An interface of that name in the container is an error, even one weft made (CNI ADD's rule). */
   fresh?: boolean;
   /** Best-effort `ip` lines for the host once the port is on the bridge (in the same process). */
@@ -244,7 +246,7 @@ export async function attachContainer(
   bind: (hostIf: string, mac: string) => Promise<void>,
   opts: AttachOptions = {},
 ): Promise<AttachResult> {
-  const { dns, ifname = DEFAULT_IF, gateway, fresh = false, hostLines = [], cidrs6 = [] } = opts;
+  const { dns, ifname = DEFAULT_IF, gateway, gateway6, fresh = false, hostLines = [], cidrs6 = [] } = opts;
   const ipv6 = cidrs6.length > 0;
   // IPv6 addresses are unique by the allocator (and a claim of one in use is refused): no duplicate
   // address detection, whose second of "tentative" would hold up the container's first packets.
@@ -267,6 +269,7 @@ export async function attachContainer(
     // address).
     ...(dns ? [`route replace ${dns.ip}/32 dev ${dev}`] : []),
     ...(gateway ? [`route replace default via ${gateway} dev ${dev}`] : []),
+    ...(gateway6 ? [`route replace default via ${gateway6} dev ${dev}`] : []),
   ];
   // Without IPv6 addresses, no IPv6 at all (the port drops it anyway; off before the link is up, it
   // gets no link-local address). With them: the link-local address from the MAC (EUI-64, the one the

@@ -124,8 +124,8 @@ export async function ensureBridge(c: { mac: string; mtu: number; ipv6?: boolean
 // IPv6 of its own either, so no host sends its link-local neighbour, router and multicast-listener
 // traffic over the overlay, and nothing routes IPv6 into it. With --ipv6 the bridge needs IPv6 on for
 // its neighbour table (neigh_suppress answers Neighbour Solicitations from it, as ARP from the IPv4
-// one), still without an address of its own (addr_gen_mode 1: no link-local) and deaf to router
-// advertisements. A kernel without IPv6 has no such files: nothing to do.
+// one), still without a link-local address (addr_gen_mode 1) and deaf to router advertisements; its
+// only IPv6 addresses are those `weft expose` gives it. A kernel without IPv6 has no such files: nothing to do.
 const bridgeSysctl = (name: string) => `/proc/sys/net/ipv6/conf/${BRIDGE}/${name}`;
 
 function readSysctl(name: string): string | null {
@@ -151,14 +151,18 @@ function bridgeIpv6Settings(ipv6: boolean): [string, string][] {
 function bridgeIpv6Differs(ipv6: boolean): boolean {
   if (readSysctl('disable_ipv6') === null) return false;
   if (bridgeIpv6Settings(ipv6).some(([k, v]) => readSysctl(k) !== v)) return true;
-  return ipv6 && bridgeHasIpv6Address();
+  return ipv6 && bridgeHasLinkLocal();
 }
 
-function bridgeHasIpv6Address(): boolean {
+/** Whether the bridge has a link-local address (/proc/net/if_inet6: scope 20 is link). */
+function bridgeHasLinkLocal(): boolean {
   try {
     return readFileSync('/proc/net/if_inet6', 'utf8')
       .split('\n')
-      .some((l) => l.trim().split(/\s+/)[5] === BRIDGE);
+      .some((l) => {
+        const f = l.trim().split(/\s+/);
+        return f[5] === BRIDGE && f[3] === '20';
+      });
   } catch {
     return false;
   }
@@ -171,7 +175,7 @@ function bridgeHasIpv6Address(): boolean {
 async function setBridgeIpv6(ipv6: boolean): Promise<boolean> {
   try {
     for (const [k, v] of bridgeIpv6Settings(ipv6)) await writeFile(bridgeSysctl(k), v);
-    if (ipv6 && bridgeHasIpv6Address()) await ip(['-6', 'addr', 'flush', 'dev', BRIDGE]);
+    if (ipv6 && bridgeHasLinkLocal()) await ip(['-6', 'addr', 'flush', 'dev', BRIDGE, 'scope', 'link']);
     return true;
   } catch {
     return false;

@@ -4,6 +4,7 @@
 // reached is forwarding.ts (the overlay per peer, the backends), and the host's
 // nftables tables are host-firewall.ts.
 import { WeftError } from '../lib/errors.js';
+import { readFileSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { readCheckedList, type StateDir } from '../lib/json-file.js';
 import { formatIp, parseCidr } from '../net/addr.js';
@@ -63,6 +64,8 @@ export interface DatapathConfig extends ForwardingOptions {
    * whoever hears containerGone.)
    */
   ipam6?: Allocator<Addr6>;
+  /** IPv6 exposed subnets leave the host masqueraded (--ipv6-nat); routed otherwise. */
+  ipv6Nat?: boolean;
 }
 
 export class Datapath {
@@ -76,6 +79,8 @@ export class Datapath {
   lastError: string | null = null;
   /** Addresses this host has on the overlay (weft expose), "ip/prefix". */
   exposed: string[] = [];
+  /** Its IPv6 addresses there (weft expose with --ipv6), "ip/prefix". */
+  exposed6: string[] = [];
   /** MACs bound to a port by an attach that has not reached the endpoint table yet: MAC -> container. */
   private readonly attachingMacs = new Map<string, string>();
 
@@ -108,6 +113,8 @@ export class Datapath {
             }),
           ),
         ],
+        exposed6: this.exposedSubnets6(),
+        nat66: config.ipv6Nat === true,
         host: { dns: config.dns ? { ip: config.dns.ip, port: 53 } : null, routerPorts: config.routerPorts },
         underlay: this.forwarding.underlayPeers(),
       }),
@@ -122,7 +129,10 @@ export class Datapath {
           limitedIn: limitedIn?.has(e.container) ?? false,
         }));
       },
-      guard: { overlayIpv6: config.ipam6 !== undefined },
+      guard: {
+        overlayIpv6: config.ipam6 !== undefined,
+        exposed6: () => this.exposedSubnets6(),
+      },
       part: config.firewallPart,
       log: mesh.log,
       error: (m) => this.noteError(m),
@@ -132,6 +142,18 @@ export class Datapath {
   }
 
   // ---- what status and other components read
+
+  /** The IPv6 subnets the host is exposed to ("start/prefix"). */
+  private exposedSubnets6(): string[] {
+    return [
+      ...new Set(
+        this.exposed6.map((c) => {
+          const p = parseCidr6(c, true);
+          return `${formatIp6(p.start)}/${p.prefix}`;
+        }),
+      ),
+    ];
+  }
 
   /** fdb entries programmed (all backends), repairs of the bridge and the tables, errors. */
   get stats(): { fdbAdded: number; fdbRemoved: number; repairs: number; errors: number } {
@@ -216,6 +238,10 @@ export class Datapath {
     }
     this.setLocal(alive);
     this.exposed = this.loadExposed();
+    // Without --ipv6 now, the host's IPv6 overlay addresses are not put back (they go from the bridge
+    // with its IPv6); they are freed when the router carries IPv6 again and hides them.
+    this.exposed6 = this.config.ipam6 ? this.loadExposed6() : [];
+    if (this.exposed6.length > 0) await this.ensureExposed6();
     await this.firewall.sync(true);
     this.forwarding.schedule();
     // Repair the bridge if someone changes it underneath.
@@ -292,17 +318,76 @@ export class Datapath {
     this.config.state.writes.write(this.exposedPath, this.exposed);
   }
 
+  private get exposed6Path(): string {
+    return join(this.config.state.dir, 'exposed6.json');
+  }
+
+  private loadExposed6(): string[] {
+    return readCheckedList(this.exposed6Path, (c) => canonicalCidr6(c, true, 'exposed address'));
+  }
+
+  private saveExposed6(): void {
+    this.config.state.writes.write(this.exposed6Path, this.exposed6);
+  }
+
   /** Gives the host an address on the overlay (from IPAM unless given) and NAT to the outside. Idempotent. */
   async expose(cidr?: string): Promise<string[]> {
-    if (cidr) {
+    const ipam6 = this.config.ipam6;
+    if (cidr?.includes(':')) {
+      if (!ipam6)
+        throw new WeftError(
+          'invalid',
+          'the host gets an IPv6 address on the overlay only when the router runs with --ipv6 (this one carries IPv4 only)',
+        );
+      const p = parseCidr6(canonicalCidr6(cidr, true, 'the address to expose'), true);
+      await ipam6.claim(EXPOSE_ID, p.addr, { start: p.start, prefix: p.prefix });
+      await this.addExposed6(`${formatIp6(p.addr)}/${p.prefix}`);
+    } else if (cidr) {
       const p = parseCidr(canonicalCidr(cidr, true, 'the address to expose'), true);
       await this.ipam.claim(EXPOSE_ID, p.addr, { start: p.start, prefix: p.prefix });
       await this.addExposed(`${formatIp(p.addr)}/${p.prefix}`);
-    } else if (this.exposed.length === 0) {
-      const got = await this.ipam.allocate(EXPOSE_ID);
-      await this.addExposed(`${formatIp(got.addr)}/${got.prefix}`);
+    } else {
+      // An address of each family the router carries, in the default subnets.
+      if (this.exposed.length === 0) {
+        const got = await this.ipam.allocate(EXPOSE_ID);
+        await this.addExposed(`${formatIp(got.addr)}/${got.prefix}`);
+      }
+      if (ipam6 && this.exposed6.length === 0) {
+        const got = await ipam6.allocate(EXPOSE_ID);
+        await this.addExposed6(`${formatIp6(got.addr)}/${got.prefix}`);
+      }
     }
-    return this.exposed;
+    return [...this.exposed, ...this.exposed6];
+  }
+
+  /** The host's IPv6 address in a container's IPv6 subnet, exposed if it was not (gatewayFor's IPv6 half). */
+  async gatewayFor6(containerCidr6: string): Promise<string> {
+    const ipam6 = this.config.ipam6;
+    if (!ipam6) throw new WeftError('invalid', 'no IPv6 on this router (--ipv6)');
+    const c = parseCidr6(containerCidr6, true);
+    const same = this.exposed6.find((a) => {
+      const e = parseCidr6(a, true);
+      return e.start === c.start && e.prefix === c.prefix;
+    });
+    if (same) return same.split('/')[0];
+    const got = await ipam6.allocate(EXPOSE_ID, { start: c.start, prefix: c.prefix });
+    await this.addExposed6(`${formatIp6(got.addr)}/${got.prefix}`);
+    return formatIp6(got.addr);
+  }
+
+  private async addExposed6(addr: string): Promise<void> {
+    if (!this.exposed6.includes(addr)) {
+      this.exposed6.push(addr);
+      this.saveExposed6();
+    }
+    await this.ensureExposed6();
+    await this.firewall.sync(true);
+  }
+
+  /** The IPv6 exposed addresses on the bridge (no duplicate address detection: IPAM made them unique), and IPv6 forwarding. */
+  private async ensureExposed6(): Promise<void> {
+    await ipBatch(this.exposed6.map((a) => `addr replace ${a} dev ${BRIDGE} nodad`));
+    await enableIpv6Forwarding().catch((err: Error) => this.noteError(`cannot enable IPv6 forwarding: ${err.message}`));
   }
 
   /**
@@ -336,17 +421,23 @@ export class Datapath {
 
   /** Removes the host's overlay addresses (all, or one) and their NAT; frees them in IPAM. */
   async hide(cidr?: string): Promise<string[]> {
-    const gone = cidr
-      ? this.exposed.filter((a) => a === cidr || a.split('/')[0] === cidr.split('/')[0])
-      : [...this.exposed];
+    const match = (a: string) => !cidr || a === cidr || a.split('/')[0] === cidr.split('/')[0];
+    const gone = this.exposed.filter(match);
+    const gone6 = this.exposed6.filter(match);
     for (const a of gone) {
       await ip(['addr', 'del', a, 'dev', BRIDGE]).catch(() => undefined);
       await this.ipam.free(EXPOSE_ID, parseCidr(a, true).addr).catch(() => undefined);
     }
+    for (const a of gone6) {
+      await ip(['-6', 'addr', 'del', a, 'dev', BRIDGE]).catch(() => undefined);
+      await this.config.ipam6?.free(EXPOSE_ID, parseCidr6(a, true).addr).catch(() => undefined);
+    }
     this.exposed = this.exposed.filter((a) => !gone.includes(a));
+    this.exposed6 = this.exposed6.filter((a) => !gone6.includes(a));
     this.saveExposed();
+    this.saveExposed6();
     await this.firewall.sync(true);
-    return gone;
+    return [...gone, ...gone6];
   }
 
   /** Endpoints saved by the last run: each checked as a peer's would be, with the fields kept only here. */
@@ -389,7 +480,7 @@ export class Datapath {
     cni?: { netns: string; ifname: string },
     groups?: string[],
     opts: { gateway?: boolean; fresh?: boolean; ipv4Only?: boolean } = {},
-  ): Promise<Endpoint & { gateway?: string }> {
+  ): Promise<Endpoint & { gateway?: string; gateway6?: string }> {
     const { gateway = false, fresh = false, ipv4Only = false } = opts;
     if (cni) rememberNetns(container, cni.netns);
     netnsPathOf(container); // a clear error before anything is allocated
@@ -447,8 +538,10 @@ export class Datapath {
     const taking = new Set<string>();
     let mac: string;
     let gw: string | undefined;
+    let gw6: string | undefined;
     try {
       if (gateway) gw = await this.gatewayFor(addrs[0]);
+      if (gateway && all6.length > 0) gw6 = await this.gatewayFor6(all6[0]);
       ({ mac } = await attachContainer(
         container,
         addrs,
@@ -469,6 +562,7 @@ export class Datapath {
           }),
           ...(cni && { ifname: cni.ifname }),
           ...(gw !== undefined && { gateway: gw }),
+          ...(gw6 !== undefined && { gateway6: gw6 }),
           fresh,
           hostLines: this.routeBackLines(addrs),
           cidrs6: all6,
@@ -498,7 +592,7 @@ export class Datapath {
       ...(inode !== null ? { nsInode: inode } : {}),
     };
     this.setLocal([...this.endpoints.local.filter((e) => e.container !== container), ep]);
-    return gw ? { ...ep, gateway: gw } : ep;
+    return { ...ep, ...(gw ? { gateway: gw } : {}), ...(gw6 ? { gateway6: gw6 } : {}) };
   }
 
   /** Frees what an attach that failed allocated, keeping what the container had before it. */
@@ -647,4 +741,25 @@ export class Datapath {
     await removeBridge();
     return bridges;
   }
+}
+
+/**
+ * Turns IPv6 forwarding on (for exposed IPv6 subnets), once. A host that forwards IPv6 ignores router
+ * advertisements on interfaces whose accept_ra is 1, and would lose a default route it learnt from
+ * them: those (and the default for interfaces made later) get accept_ra 2 first, which keeps taking
+ * them while forwarding.
+ */
+async function enableIpv6Forwarding(): Promise<void> {
+  const base = '/proc/sys/net/ipv6/conf';
+  if (readFileSync(`${base}/all/forwarding`, 'utf8').trim() === '1') return;
+  for (const dev of readdirSync(base)) {
+    if (dev === 'all' || dev === 'lo') continue;
+    try {
+      if (readFileSync(`${base}/${dev}/accept_ra`, 'utf8').trim() === '1')
+        await sysctl(`net/ipv6/conf/${dev}/accept_ra`, '2');
+    } catch {
+      // an interface that went meanwhile
+    }
+  }
+  await sysctl('net.ipv6.conf.all.forwarding', '1');
 }

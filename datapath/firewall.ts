@@ -25,6 +25,10 @@ export const TABLE = 'weft';
 export interface FirewallState {
   /** Subnets exposed on this host ("ip/prefix" of the subnet). */
   exposed: string[];
+  /** IPv6 subnets exposed on this host. */
+  exposed6?: string[];
+  /** Whether the IPv6 ones are masqueraded when they leave (--ipv6-nat); routed otherwise. */
+  nat66?: boolean;
   /** Security groups (policy/nft.ts): sets and chains, and the forward-chain lines that use them. */
   policy?: { lines: string[]; hooks: string[] };
   /** What containers may reach of the host: the DNS server, and never these ports of the router's. */
@@ -61,7 +65,7 @@ const peerSetDecls = (k: keyof typeof PEER_SETS, addrs: string[]) => [
   setDecl(setName(k, true), true, addrs.filter(isSix)),
 ];
 
-function inputChains(s: FirewallState, exposed: string | null): string[] {
+function inputChains(s: FirewallState, exposed: string | null, exposed6: string | null): string[] {
   const { dns, routerPorts } = s.host;
   const u = s.underlay;
   const all = [...routerPorts.tcp, ...routerPorts.udp];
@@ -89,8 +93,20 @@ function inputChains(s: FirewallState, exposed: string | null): string[] {
         ]
       : []),
     ...(exposed ? [`    ip saddr ${exposed} accept comment "the host is exposed to these subnets"`] : []),
+    ...(exposed6
+      ? [
+          `    ip6 saddr ${exposed6} accept comment "the host is exposed to these IPv6 subnets"`,
+          // A container resolving its gateway may ask from its link-local address.
+          `    icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert } ip6 hoplimit 255 accept comment "neighbour discovery with the host"`,
+        ]
+      : []),
     `    tcp flags & (syn | ack) != syn accept comment "no new connection: replies to the host's own"`,
     `    icmp type { echo-reply, destination-unreachable, time-exceeded, parameter-problem } accept comment "ICMP answers and errors"`,
+    ...(exposed6
+      ? [
+          `    icmpv6 type { echo-reply, destination-unreachable, packet-too-big, time-exceeded, parameter-problem } accept comment "ICMPv6 answers and errors"`,
+        ]
+      : []),
     `    counter drop comment "nothing else of the host is for containers"`,
     `  }`,
   ];
@@ -98,6 +114,7 @@ function inputChains(s: FirewallState, exposed: string | null): string[] {
 
 export function ruleset(s: FirewallState): string {
   const exposed = s.exposed.length > 0 ? `{ ${s.exposed.join(', ')} }` : null;
+  const exposed6 = (s.exposed6 ?? []).length > 0 ? `{ ${s.exposed6!.join(', ')} }` : null;
   return [
     `table inet ${TABLE}`,
     `delete table inet ${TABLE}`,
@@ -112,6 +129,14 @@ export function ruleset(s: FirewallState): string {
           `    oifname "${BRIDGE}" ip daddr ${exposed} ct state established,related accept comment "replies to exposed subnets"`,
         ]
       : []),
+    ...(exposed6
+      ? [
+          `    iifname "${BRIDGE}" ip6 saddr ${exposed6} accept comment "exposed IPv6 subnets out"`,
+          `    oifname "${BRIDGE}" ip6 daddr ${exposed6} ct state established,related accept comment "replies to exposed IPv6 subnets"`,
+          // Routed (no NAT), the subnet is addressable from outside: as behind NAT, only replies come in.
+          `    oifname "${BRIDGE}" ip6 daddr ${exposed6} counter drop comment "no new connections into exposed IPv6 subnets"`,
+        ]
+      : []),
     `  }`,
     `  chain postrouting {`,
     `    type nat hook postrouting priority srcnat; policy accept;`,
@@ -120,8 +145,13 @@ export function ruleset(s: FirewallState): string {
           `    oifname != "${BRIDGE}" ip saddr ${exposed} ip daddr != ${exposed} masquerade comment "exposed subnets to the outside"`,
         ]
       : []),
+    ...(exposed6 && s.nat66
+      ? [
+          `    oifname != "${BRIDGE}" ip6 saddr ${exposed6} ip6 daddr != ${exposed6} masquerade comment "exposed IPv6 subnets to the outside (--ipv6-nat)"`,
+        ]
+      : []),
     `  }`,
-    ...inputChains(s, exposed),
+    ...inputChains(s, exposed, exposed6),
     ...(s.policy?.lines ?? []),
     `}`,
     '',

@@ -9,6 +9,7 @@ import type { MeshView, PeerName } from '../mesh/index.js';
 import { isIpv4 } from '../net/addr.js';
 import { ipBatchIn } from '../net/command.js';
 import { hostOf } from '../net/host-port.js';
+import { underlayAddressProblem } from '../net/validate.js';
 import { nativeError } from '../native/index.js';
 import { containerNamespace } from './attach.js';
 import type { Backend, Programme } from './backend.js';
@@ -76,6 +77,8 @@ export class Forwarding {
    * nothing programs a VXLAN entry to them. The sleeve reaches them where its socket is dual-stack.
    */
   private readonly overIpv6 = new Set<PeerName>();
+  /** Neighbours whose underlay address no data path can use (link-local, say), with why. */
+  private readonly unusable = new Map<PeerName, string>();
   private disconnectedAt = new Map<PeerName, number>();
   /** Underlay addresses the tunnel was sending to when we started: presumed on fastdp until heartbeats can tell. */
   private presumedFast = new Set<string>();
@@ -197,8 +200,15 @@ export class Forwarding {
   /** Chooses each remote peer's overlay (overlay.ts); true when anything changed. */
   decide(): boolean {
     this.overIpv6.clear();
+    this.unusable.clear();
     for (const n of this.mesh.neighbours()) {
       const host = hostOf(n.addr);
+      const problem = underlayAddressProblem(host);
+      if (problem) {
+        this.unusable.set(n.name, problem);
+        this.lastAddr.delete(n.name);
+        continue;
+      }
       if (!isIpv4(host)) this.overIpv6.add(n.name);
       if (isIpv4(host) || this.tunnel.underlay6) this.lastAddr.set(n.name, host);
       else this.lastAddr.delete(n.name);
@@ -239,6 +249,7 @@ export class Forwarding {
   overlayStatus(peer: PeerName): OverlayStatus {
     const o = this.overlays.get(peer) ?? 'none';
     if (o === 'fastdp' && !this.tunnel.health(peer).healthy && !this.presumedFastdp(peer)) return 'none';
+    if (this.unusable.has(peer)) return 'none';
     // A neighbour over IPv6 is no sleeve hop where the kernel has no IPv6 (the sleeve's socket is IPv4).
     if (this.overIpv6.has(peer) && o === 'sleeve' && !this.sleeve6) return 'none';
     return o === 'fastdp' && this.tunnel.kind === 'ovs' ? 'ovs' : o;
@@ -248,8 +259,15 @@ export class Forwarding {
   whyNotFastdp(peer: PeerName, overlays: ReadonlyMap<PeerName, Overlay> = this.overlays): string | null {
     const h = this.tunnel.health(peer);
     if (overlays.get(peer) === 'fastdp' && h.healthy) return null;
+    const unusable = this.unusable.get(peer);
+    if (unusable) return `no data path to its underlay address: ${unusable}`;
     const six = this.overIpv6.has(peer);
-    const sleeve6 = six && !this.sleeve6 ? ', and the sleeve runs over an IPv4 underlay only here' : '';
+    const sleeve6 =
+      !six || this.sleeve6
+        ? ''
+        : this.sleeve
+          ? ", and the sleeve's socket is IPv4 only here (no IPv6 in this kernel)"
+          : `, and the sleeve is not running (${this.sleeveError ?? 'not started'})`;
     if (six && !this.tunnel.underlay6)
       return this.tunnel.kind === 'ovs'
         ? `connected over IPv6; the OVS datapath runs VXLAN over IPv4 only${sleeve6}`
@@ -272,6 +290,7 @@ export class Forwarding {
     const vxlan = new Set<string>();
     for (const n of this.mesh.neighbours()) {
       const host = hostOf(n.addr);
+      if (underlayAddressProblem(host)) continue; // its text would break the whole ruleset
       const v4 = isIpv4(host);
       if (v4 || this.sleeve6) sleeve.add(host);
       if ((v4 || this.tunnel.underlay6) && this.config.fastdp && !this.config.encrypt(n.name, host)) vxlan.add(host);
@@ -327,9 +346,14 @@ export class Forwarding {
       // Each remote MAC on the port of its peer's underlay family (the kernel has a VXLAN device per family).
       const byPort = new Map<string, string[]>(this.tunnel.ports.map((port) => [port, []]));
       for (const r of fast.remote) byPort.get(this.tunnel.portFor(r.addr))?.push(r.mac);
-      const r = await this.tunnel.program(fast);
-      this.stats.fdbAdded += r.added;
-      this.stats.fdbRemoved += r.removed;
+      // One backend failing (the kernel refusing an entry) does not hold up the others, nor the bridge's entries.
+      try {
+        const r = await this.tunnel.program(fast);
+        this.stats.fdbAdded += r.added;
+        this.stats.fdbRemoved += r.removed;
+      } catch (err) {
+        this.config.error(`programming ${this.tunnel.kind} failed: ${(err as Error).message}`);
+      }
       if (this.sleeve) {
         const slow = this.programme('sleeve', tunnelSources);
         byPort.set(

@@ -40,6 +40,8 @@ export interface PortBinding {
 export interface GuardOptions {
   /** The overlay carries IPv6 (--ipv6): the overlay's ports may bring it. */
   overlayIpv6?: boolean;
+  /** IPv6 subnets the host is exposed to (weft expose): their containers' IPv6 may reach the host. */
+  exposed6?: () => string[];
 }
 
 const chainOf = (port: string) => `p_${port}`;
@@ -114,6 +116,7 @@ function outRules(b: PortBinding): string[] {
 /** The whole table, written at start and whenever it was changed underneath. */
 export function guardRuleset(bindings: PortBinding[], opts: GuardOptions = {}): string {
   const { overlayIpv6 = false } = opts;
+  const exposed6 = opts.exposed6?.() ?? [];
   const sorted = [...bindings].sort((a, b) => (a.port < b.port ? -1 : 1));
   const elements = sorted.map((b) => `"${b.port}" : jump ${chainOf(b.port)}`);
   const limited = sorted.filter((b) => b.limitedIn);
@@ -142,11 +145,17 @@ export function guardRuleset(bindings: PortBinding[], opts: GuardOptions = {}): 
     `    type filter hook output priority filter; policy accept;`,
     `    oifname vmap @out_ports`,
     `  }`,
-    // Nothing of the host speaks IPv6 to containers (the bridge has no address; the host ends of their
-    // veths have IPv6 off): a container's IPv6 to a MAC of the host would be routed on by a host that
-    // forwards IPv6, past every rule.
+    // The host speaks IPv6 to containers only where it is exposed (the bridge has no other address;
+    // the host ends of their veths have IPv6 off): any other IPv6 to a MAC of the host would be routed
+    // on by a host that forwards IPv6, past every rule. (The port chains made sure of the source.)
     `  chain input {`,
     `    type filter hook input priority filter; policy accept;`,
+    ...(exposed6.length > 0
+      ? [
+          `    iifname "${CONTAINER_PORT_PREFIX}*" ether type ip6 ip6 saddr { ${exposed6.join(', ')} } accept comment "IPv6 from exposed subnets"`,
+          `    iifname "${CONTAINER_PORT_PREFIX}*" icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert } ip6 hoplimit 255 accept comment "neighbour discovery with the host"`,
+        ]
+      : []),
     `    iifname "${CONTAINER_PORT_PREFIX}*" ether type ip6 counter drop comment "IPv6 to the host"`,
     `  }`,
     `  chain prerouting {`,

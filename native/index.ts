@@ -49,6 +49,7 @@ interface Addon {
   HopCipher: new (send: Buffer, receive: Buffer) => RawHopCipher;
   constants: Record<string, number>;
   addressHandle(ipv6: string): number;
+  releaseAddressHandle(handle: number): void;
 }
 
 /**
@@ -231,6 +232,16 @@ function addonOrThrow(): Addon {
  */
 export function ipv6Handle(host: string): number {
   return addonOrThrow().addressHandle(host);
+}
+
+/** Whether a metadata word is an IPv6 handle (0.0.0.0/8) rather than an IPv4 address. */
+export function isIpv6Handle(word: number): boolean {
+  return word > 0 && word < 1 << 24;
+}
+
+/** Gives an IPv6 handle back: no hop has its address any more (the address reads as unknown again). */
+export function releaseIpv6Handle(handle: number): void {
+  if (isIpv6Handle(handle)) addonOrThrow().releaseAddressHandle(handle);
 }
 
 interface Slots {

@@ -67,9 +67,10 @@ std::string inNetns(const std::string& path, F make) {
 }
 
 // Underlay addresses are 32-bit words in the slot metadata: an IPv4 address (host order), or a
-// handle for an IPv6 one. Handles live in 0.0.0.0/8 ("this network": never a peer's address) and
-// number the IPv6 addresses JavaScript registered (addressHandle); the table only grows, and only
-// with addresses of connected peers.
+// handle for an IPv6 one. Handles live in 0.0.0.0/8 ("this network": JavaScript never gives a peer
+// such an address) and number the IPv6 addresses JavaScript registered for its hops (addressHandle),
+// which it releases when no hop has them any more (releaseAddressHandle): a handle freed is used
+// again, so the table holds at most as many addresses as there are hops.
 struct Ipv6Handles {
   static constexpr uint32_t LIMIT = 1u << 24;
   static constexpr size_t MAX = 65536;
@@ -77,11 +78,28 @@ struct Ipv6Handles {
     uint64_t hi, lo;
     bool operator==(const Key& o) const { return hi == o.hi && lo == o.lo; }
   };
+  // Seeded at start, so no one can choose addresses that pile into one bucket.
   struct KeyHash {
-    size_t operator()(const Key& k) const { return std::hash<uint64_t>()(k.hi ^ (k.lo * 0x9e3779b97f4a7c15ULL)); }
+    uint64_t seed;
+    static uint64_t mix(uint64_t x) {
+      x ^= x >> 30;
+      x *= 0xbf58476d1ce4e5b9ULL;
+      x ^= x >> 27;
+      x *= 0x94d049bb133111ebULL;
+      return x ^ (x >> 31);
+    }
+    size_t operator()(const Key& k) const { return size_t(mix(k.hi ^ seed) ^ mix(k.lo + seed)); }
   };
-  std::vector<in6_addr> addrs;  // handle h is addrs[h - 1]
+  std::vector<in6_addr> addrs;  // handle h is addrs[h - 1]; unspecified (::) when free
+  std::vector<uint32_t> free;
   std::unordered_map<Key, uint32_t, KeyHash> byAddr;
+
+  Ipv6Handles() : byAddr(16, KeyHash{randomSeed()}) {}
+  static uint64_t randomSeed() {
+    uint64_t s = 0;
+    if (getrandom(&s, sizeof s, 0) != sizeof s) s = uint64_t(reinterpret_cast<uintptr_t>(&s)) * 0x9e3779b97f4a7c15ULL;
+    return s;
+  }
 
   static bool isHandle(uint32_t a) { return a != 0 && a < LIMIT; }
   static Key key(const in6_addr& a) {
@@ -94,14 +112,27 @@ struct Ipv6Handles {
     auto it = byAddr.find(key(a));
     return it == byAddr.end() ? 0 : it->second;
   }
-  // 0 when the table is full.
+  // 0 when the table is full (or the address is unspecified: never a peer's).
   uint32_t add(const in6_addr& a) {
     uint32_t h = find(a);
-    if (h != 0 || addrs.size() >= MAX) return h;
-    addrs.push_back(a);
-    h = uint32_t(addrs.size());
+    if (h != 0 || IN6_IS_ADDR_UNSPECIFIED(&a)) return h;
+    if (!free.empty()) {
+      h = free.back();
+      free.pop_back();
+      addrs[h - 1] = a;
+    } else {
+      if (addrs.size() >= MAX) return 0;
+      addrs.push_back(a);
+      h = uint32_t(addrs.size());
+    }
     byAddr[key(a)] = h;
     return h;
+  }
+  void release(uint32_t h) {
+    if (!isHandle(h) || h > addrs.size() || IN6_IS_ADDR_UNSPECIFIED(&addrs[h - 1])) return;
+    byAddr.erase(key(addrs[h - 1]));
+    addrs[h - 1] = in6addr_any;
+    free.push_back(h);
   }
 };
 
@@ -128,7 +159,7 @@ bool toSockaddr(uint32_t addr, uint16_t port, int family, sockaddr_storage& ss, 
   sa->sin6_port = htons(port);
   if (Ipv6Handles::isHandle(addr)) {
     const auto& t = ipv6Handles().addrs;
-    if (addr > t.size()) return false;
+    if (addr > t.size() || IN6_IS_ADDR_UNSPECIFIED(&t[addr - 1])) return false;
     sa->sin6_addr = t[addr - 1];
   } else {
     // IPv4 through the dual-stack socket: ::ffff:a.b.c.d
@@ -1251,12 +1282,19 @@ Napi::Value AddressHandle(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, h);
 }
 
+// releaseAddressHandle(handle): no hop has that IPv6 address any more; its handle may be given again.
+Napi::Value ReleaseAddressHandle(const Napi::CallbackInfo& info) {
+  if (info.Length() >= 1 && info[0].IsNumber()) ipv6Handles().release(info[0].As<Napi::Number>().Uint32Value());
+  return info.Env().Undefined();
+}
+
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("UdpPort", UdpPort::Init(env));
   exports.Set("TapPort", TapPort::Init(env));
   exports.Set("FastPath", FastPath::Init(env));
   exports.Set("HopCipher", HopCipher::Init(env));
   exports.Set("addressHandle", Napi::Function::New(env, AddressHandle));
+  exports.Set("releaseAddressHandle", Napi::Function::New(env, ReleaseAddressHandle));
   // The sleeve's packet format as this code has it: JavaScript checks it against its own
   // (datapath/sleeve/packet.ts) before it uses the fast path, so the two cannot drift apart unseen.
   Napi::Object c = Napi::Object::New(env);

@@ -100,3 +100,39 @@ export function checkIfName(text: unknown, what = 'interface name'): string {
     );
   return text;
 }
+
+/**
+ * Why a peer's underlay address (a connection's remote host) cannot carry the datapath, or null when
+ * it can. Its text goes into nftables sets, `bridge fdb` lines and the addon's address table, so only
+ * plain unicast addresses in their canonical form pass: not one with a zone (`fe80::1%eth0`: a
+ * link-local peer, whose address the sets and the kernel's VXLAN table cannot tell apart by link), nor
+ * 0.0.0.0/8 (in the addon's metadata those numbers are IPv6 handles), multicast or unspecified ones.
+ */
+export function underlayAddressProblem(host: string): string | null {
+  if (host.includes('%')) return `${host.slice(0, 60)} is link-local (with a zone): give the peer a global address`;
+  if (/^[\d.]+$/.test(host)) {
+    let a: number;
+    try {
+      a = parseIp(host);
+    } catch {
+      return `${host.slice(0, 60)} is not an IPv4 address`;
+    }
+    if (formatIp(a) !== host) return `${host.slice(0, 60)} is not in its canonical form`;
+    if (a >>> 24 === 0) return `${host} is in 0.0.0.0/8, no host's address`;
+    if (a >>> 28 >= 14) return `${host} is a multicast or reserved address`;
+    return null;
+  }
+  let a: bigint;
+  try {
+    a = parseIp6(host);
+  } catch {
+    return `${host.slice(0, 60)} is not an IP address`;
+  }
+  const top = a >> 112n;
+  if (a === 0n) return `${host} is the unspecified address`;
+  if (top >> 8n === 0xffn) return `${host} is a multicast address`;
+  if (top >> 6n === 0x3fan) return `${host} is link-local: give the peer a global address`;
+  if (a >> 32n === 0xffffn) return `${host} is an IPv4-mapped address`;
+  if (formatIp6(a) !== host) return `${host.slice(0, 60)} is not in its canonical form`;
+  return null;
+}

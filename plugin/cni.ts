@@ -180,9 +180,11 @@ export interface AttachmentFacts {
   hostIf: string;
   hostMac: string;
   cidrs: string[];
-  /** IPv6 addresses (a router run with --ipv6); no IPv6 gateway yet. */
+  /** IPv6 addresses (a router run with --ipv6). */
   cidrs6?: string[];
   gateway?: string;
+  /** The host's IPv6 address in the container's IPv6 subnet: its IPv6 default route. */
+  gateway6?: string;
   dns: { nameserver: string; domain: string } | null;
 }
 
@@ -202,8 +204,18 @@ export function cniResult(version: string, a: AttachmentFacts): Record<string, u
         ...(a.gateway ? { gateway: a.gateway } : {}),
         interface: 1,
       }))
-      .concat((a.cidrs6 ?? []).map((address) => ({ ...(legacy ? { version: '6' } : {}), address, interface: 1 }))),
-    routes: a.gateway ? [{ dst: '0.0.0.0/0', gw: a.gateway }] : [],
+      .concat(
+        (a.cidrs6 ?? []).map((address) => ({
+          ...(legacy ? { version: '6' } : {}),
+          address,
+          ...(a.gateway6 ? { gateway: a.gateway6 } : {}),
+          interface: 1,
+        })),
+      ),
+    routes: [
+      ...(a.gateway ? [{ dst: '0.0.0.0/0', gw: a.gateway }] : []),
+      ...(a.gateway6 ? [{ dst: '::/0', gw: a.gateway6 }] : []),
+    ],
     dns: a.dns ? { nameservers: [a.dns.nameserver], domain: a.dns.domain, search: [a.dns.domain] } : {},
   };
 }
@@ -292,6 +304,7 @@ export class CniService {
       cidrs: ep.cidrs,
       ...(ep.cidrs6 ? { cidrs6: ep.cidrs6 } : {}),
       ...(ep.gateway ? { gateway: ep.gateway } : {}),
+      ...(ep.gateway6 ? { gateway6: ep.gateway6 } : {}),
       dns: dns ? { nameserver: dns.ip, domain: domain || dns.domain } : null,
     });
     return result;
@@ -339,9 +352,13 @@ export class CniService {
         throw new CniError(CNI_CODES.checkFailed, `${a} of prevResult is not an address weft holds for ${containerId}`);
       if (!addrs.includes(a)) throw new CniError(CNI_CODES.checkFailed, `${ifname} in ${netns} lacks its address ${a}`);
     }
-    const defaults = (prev.routes ?? []).filter((r) => r.dst === '0.0.0.0/0' && typeof r.gw === 'string');
-    if (defaults.length > 0) {
-      const routes = await ipJson<{ dst: string; gateway?: string }[]>(['route', 'show', 'default'], netns);
+    for (const [dst, family] of [
+      ['0.0.0.0/0', '-4'],
+      ['::/0', '-6'],
+    ]) {
+      const defaults = (prev.routes ?? []).filter((r) => r.dst === dst && typeof r.gw === 'string');
+      if (defaults.length === 0) continue;
+      const routes = await ipJson<{ dst: string; gateway?: string }[]>([family, 'route', 'show', 'default'], netns);
       for (const r of defaults)
         if (!routes.some((x) => x.gateway === r.gw))
           throw new CniError(CNI_CODES.checkFailed, `the default route via ${String(r.gw)} is missing in ${netns}`);

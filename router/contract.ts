@@ -114,6 +114,7 @@ export interface Report {
       lastError: string | null;
     };
     localEndpoints: { container: string; mac: string; cidrs: string[]; cidrs6?: string[]; groups?: string[] }[];
+    /** The host's addresses on the overlay (weft expose), both families. */
     exposed: string[];
     endpoints: { container: string; mac: string; cidrs: string[]; cidrs6?: string[]; peer: PeerName }[];
     stats: { fdbAdded: number; fdbRemoved: number; repairs: number; errors: number };

@@ -9,8 +9,9 @@ import type { Router } from './router.js';
 /** A short, fixed label for why a connection is not on fastdp (the full text is in status). */
 function fallbackCategory(reason: string | undefined): string {
   if (!reason) return 'unknown';
-  // A peer over IPv6 that fastdp cannot carry has no path at all (the sleeve is IPv4 only, for now).
-  if (/IPv4 underlay only|--host is IPv4|IPv4 only/.test(reason)) return 'ipv6_underlay';
+  // A peer over IPv6 that fastdp here cannot reach (an IPv4 --host, OVS, no sleeve for IPv6), or at an
+  // underlay address no datapath can use (link-local).
+  if (/over IPv6|IPv4 only|underlay address/.test(reason)) return 'ipv6_underlay';
   if (/--no-fastdp/.test(reason)) return 'fastdp_off';
   if (/encrypt/.test(reason)) return 'encrypted';
   if (/no underlay address/.test(reason)) return 'no_address';

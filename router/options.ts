@@ -34,6 +34,8 @@ export interface RouterOptions {
   ipallocDefaultSubnet6?: string;
   /** Containers get an IPv6 address too (from ipallocRange6), and the overlay carries IPv6. */
   ipv6: boolean;
+  /** With ipv6: the host's exposed IPv6 subnets are masqueraded when they leave (routed otherwise). */
+  ipv6Nat: boolean;
   ipallocInit: string;
   ipallocTimeout: number;
   datapath: 'fastdp' | 'ovs' | 'none';
@@ -200,6 +202,10 @@ function routerOptions(): Option[] {
       'dual-stack containers: each attach gives an IPv6 address from --ipalloc-range6 too (weft attach --ipv4-only: not), and the overlay carries IPv6 under the same security groups',
     ),
     o(
+      '--ipv6-nat',
+      'with --ipv6: IPv6 from exposed subnets (weft expose, CNI gateways) leaves the host masqueraded as its own address (NAT66); without it, routed (the network must route the subnet to this host)',
+    ),
+    o(
       '--ipalloc-init <mode>',
       'how the ring starts: consensus[=N] (N initial peers; default: the peers given + 1), seed=NAME,..., or observer',
     ).default('consensus'),
@@ -305,6 +311,7 @@ export function toRouterOptions(v: Record<string, unknown>, peers: string[]): Ro
     ipallocRange6: v.ipallocRange6 as string,
     ipallocDefaultSubnet6: v.ipallocDefaultSubnet6 as string | undefined,
     ipv6: v.ipv6 === true,
+    ipv6Nat: v.ipv6Nat === true,
     ipallocInit: v.ipallocInit as string,
     ipallocTimeout: v.ipallocTimeout as number,
     datapath: v.datapath as 'fastdp' | 'ovs' | 'none',

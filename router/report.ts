@@ -171,7 +171,7 @@ export function buildReport(s: ReportSources): Report {
               }
             : {}),
           localEndpoints: s.datapath.endpoints.local,
-          exposed: s.datapath.exposed,
+          exposed: [...s.datapath.exposed, ...s.datapath.exposed6],
           endpoints: s.datapath.endpoints.all(),
           stats: { ...s.datapath.stats },
           lastError: s.datapath.lastError,

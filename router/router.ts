@@ -230,7 +230,7 @@ export class Router {
             names!.remove({ container });
             void ipam6.free(container).catch(() => undefined); // none held: not-found, nothing to do
           },
-          ...(opts.ipv6 ? { ipam6 } : {}),
+          ...(opts.ipv6 ? { ipam6, ipv6Nat: opts.ipv6Nat } : {}),
         })
       : null;
     names = new NameService(mesh, {

@@ -20,6 +20,7 @@ import {
   type PeerName,
 } from '../../mesh/index.js';
 import { formatHostPort, hostOf } from '../../net/host-port.js';
+import { underlayAddressProblem } from '../../net/validate.js';
 import { ensurePort, sysLink } from '../bridge.js';
 import type { Backend, PathHealth, Programme } from '../backend.js';
 import { ipBatch } from '../../net/command.js';
@@ -30,6 +31,8 @@ import {
   TapPort,
   UdpPort,
   ipv6Handle,
+  isIpv6Handle,
+  releaseIpv6Handle,
   nativeConstantsDiffer,
   type FastRoute,
 } from '../../native/index.js';
@@ -343,12 +346,17 @@ export class Sleeve implements Gossiper, Backend {
       const encrypted = !!keys && this.config.encrypt(c.name, host);
       if (old && old.host === host && old.port === c.port && !!old.sealer === encrypted) continue;
       const v4 = isIpv4(host);
-      if (!v4 && !this.ipv6) continue; // a kernel without IPv6: an IPv4 socket
-      let addr: number;
+      // An address no datapath can use (link-local, 0.0.0.0/8: see net/validate.ts), or IPv6 on a kernel
+      // without it (an IPv4 socket): no hop, and none left to where the peer was before either.
+      const problem = underlayAddressProblem(host) ?? (v4 || this.ipv6 ? null : 'no IPv6 here');
+      let addr = 0;
       try {
-        addr = v4 ? parseIp(host) : ipv6Handle(host);
+        if (!problem) addr = v4 ? parseIp(host) : ipv6Handle(host);
       } catch (err) {
-        this.lastError = `no sleeve hop to ${host}: ${(err as Error).message}`; // an address with a zone, say
+        this.lastError = `no sleeve hop to ${host}: ${(err as Error).message}`; // the handle table full
+      }
+      if (problem || addr === 0) {
+        if (old) this.dropHop(old);
         continue;
       }
       const id = peerNameToBytes(c.name).readUIntBE(0, 6);
@@ -375,18 +383,27 @@ export class Sleeve implements Gossiper, Backend {
       };
       this.hops.set(c.name, hop);
       this.hopById.set(id, hop);
+      if (old && old.addr !== hop.addr) this.releaseAddr(old.addr);
     }
-    for (const [name] of this.hops) {
-      if (seen.has(name)) continue;
-      this.hops.delete(name);
-      this.hopById.delete(peerNameToBytes(name).readUIntBE(0, 6));
-    }
+    for (const [name, hop] of this.hops) if (!seen.has(name)) this.dropHop(hop);
     for (const [mac, p] of this.learned) {
       if (this.mesh.inTopology(p)) continue;
       this.learned.delete(mac);
       this.forgets++;
     }
     this.writeFastPath();
+  }
+
+  /** Forgets a hop (its datagrams are refused from now on). */
+  private dropHop(hop: Hop): void {
+    this.hops.delete(hop.name);
+    if (this.hopById.get(hop.id) === hop) this.hopById.delete(hop.id);
+    this.releaseAddr(hop.addr);
+  }
+
+  /** An IPv6 address's handle goes back to the addon once no hop has that address. */
+  private releaseAddr(addr: number): void {
+    if (isIpv6Handle(addr) && ![...this.hops.values()].some((h) => h.addr === addr)) releaseIpv6Handle(addr);
   }
 
   /** Status of the sleeve to a direct peer. */

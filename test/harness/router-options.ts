@@ -15,6 +15,7 @@ export function routerOptions(over: Partial<RouterOptions> & Pick<RouterOptions,
     ipallocRange: '10.32.0.0/12',
     ipallocRange6: 'fd77:6566:7400::/48',
     ipv6: false,
+    ipv6Nat: false,
     ipallocInit: 'consensus',
     ipallocTimeout: 5000,
     // In-process routers run in the test's own namespace: never plumb a bridge there.

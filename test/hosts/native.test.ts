@@ -2,7 +2,15 @@
 import { randomBytes } from 'node:crypto';
 import { readdirSync } from 'node:fs';
 import { afterAll, beforeAll, expect, it } from 'vitest';
-import { FastPath, HopCipher, TapPort, UdpPort, ipv6Handle, nativeError } from '../../native/index.js';
+import {
+  FastPath,
+  HopCipher,
+  TapPort,
+  UdpPort,
+  ipv6Handle,
+  nativeError,
+  releaseIpv6Handle,
+} from '../../native/index.js';
 import {
   FRAGMENT_HEADER,
   HEADER,
@@ -192,6 +200,20 @@ describeAsRoot('native addon', () => {
         { text: 'over ipv4', from: LO },
         { text: 'over ipv6', from: loop6 },
       ]);
+      // Released (no hop has the address any more), a handle reads as unknown and sends nothing, and is
+      // given to the next address registered.
+      releaseIpv6Handle(loop6);
+      seen.length = 0;
+      tx.queue(Buffer.from('after release'), loop6, rx.localPort!);
+      expect(tx.flush()).toBe(0);
+      const again = ipv6Handle('fd00:198:18::99');
+      expect(again).toBe(loop6); // the freed handle, given to the stranger's address now
+      const loopNow = ipv6Handle('::1');
+      expect(loopNow).not.toBe(again);
+      stranger.queue(Buffer.from('known now'), loopNow, rx.localPort!);
+      expect(stranger.flush()).toBe(1);
+      for (let i = 0; i < 50 && seen.length < 1; i++) await sleep(20);
+      expect(seen).toEqual([{ text: 'known now', from: again }]);
     } finally {
       rx.close();
       tx.close();

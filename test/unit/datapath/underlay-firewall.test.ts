@@ -1,7 +1,11 @@
 // The firewall's underlay peer sets: one per family, so a peer reached over IPv6 (VXLAN over an IPv6
 // underlay) is taken by the IPv6 rule and a stranger at any other IPv6 address is not.
+import { execFileSync } from 'node:child_process';
 import { describe, expect, it } from 'vitest';
 import { peerSetUpdates, ruleset, type UnderlayPeers } from '../../../datapath/firewall.js';
+import { guardRuleset } from '../../../datapath/port-guard.js';
+
+const isRoot = process.getuid?.() === 0;
 
 const u = (vxlan: string[], sleeve: string[]): UnderlayPeers => ({ vxlanPort: 6784, sleevePort: 6783, vxlan, sleeve });
 
@@ -31,5 +35,25 @@ describe('underlay peer sets', () => {
       ].sort(),
     );
     expect(peerSetUpdates(after, after)).toBe('');
+  });
+
+  it.skipIf(!isRoot)('with exposed IPv6 subnets (routed and NAT66) both tables are text nft accepts', () => {
+    for (const nat66 of [false, true]) {
+      const text = ruleset({
+        exposed: ['10.32.0.0/12'],
+        exposed6: ['fd77:6566:7400::/64'],
+        nat66,
+        host: { dns: { ip: '169.254.83.83', port: 53 }, routerPorts: { tcp: [6783, 6784], udp: [6783, 6784] } },
+        underlay: u(['198.18.0.2', 'fd00:198:18::2'], ['fd00:198:18::2']),
+      });
+      expect(text.includes('masquerade comment "exposed IPv6 subnets')).toBe(nat66);
+      expect(text).toContain('counter drop comment "no new connections into exposed IPv6 subnets"');
+      execFileSync('nft', ['-c', '-f', '-'], { input: text.replace(/^table inet weft\ndelete table inet weft\n/, '') });
+    }
+    const guard = guardRuleset([], { overlayIpv6: true, exposed6: () => ['fd77:6566:7400::/64'] });
+    expect(guard).toContain('ip6 saddr { fd77:6566:7400::/64 } accept comment "IPv6 from exposed subnets"');
+    execFileSync('nft', ['-c', '-f', '-'], {
+      input: guard.replace(/^table bridge weft\ndelete table bridge weft\n/, ''),
+    });
   });
 });

@@ -62,13 +62,23 @@ describe('CNI config and results', () => {
       routes: [],
       ips: [{ address: '10.32.0.5/12', interface: 1 }],
     });
-    // Dual-stack (a router run with --ipv6): the IPv6 address after the IPv4 one, without a gateway.
+    // Dual-stack (a router run with --ipv6): the IPv6 address after the IPv4 one (no IPv6 gateway given).
     const dual = { ...facts, cidrs6: ['fd77:6566:7400::5/48'] };
     expect((cniResult('1.1.0', dual) as { ips: unknown[] }).ips).toEqual([
       { address: '10.32.0.5/12', gateway: '10.32.0.1', interface: 1 },
       { address: 'fd77:6566:7400::5/48', interface: 1 },
     ]);
     expect((cniResult('0.4.0', dual) as { ips: { version?: string }[] }).ips.map((i) => i.version)).toEqual(['4', '6']);
+    // With the host's IPv6 address in the subnet as the IPv6 gateway: a default route of each family.
+    const gw6 = cniResult('1.1.0', { ...dual, gateway6: 'fd77:6566:7400::1' }) as { ips: unknown[]; routes: unknown[] };
+    expect(gw6.ips).toEqual([
+      { address: '10.32.0.5/12', gateway: '10.32.0.1', interface: 1 },
+      { address: 'fd77:6566:7400::5/48', gateway: 'fd77:6566:7400::1', interface: 1 },
+    ]);
+    expect(gw6.routes).toEqual([
+      { dst: '0.0.0.0/0', gw: '10.32.0.1' },
+      { dst: '::/0', gw: 'fd77:6566:7400::1' },
+    ]);
   });
 
   it('names containers stably, hashing ids that are no safe name', () => {
