@@ -32,6 +32,7 @@ const STATE_FILES = [
   'names.json',
   'endpoints.json',
   'exposed.json',
+  'exposed6.json',
   'docker-attached.json',
   'docker-pools.json',
   'policy.json',

@@ -201,6 +201,8 @@ export interface DnsReach {
   /** The DNS server's address on the bridge, and the bridge's MAC. */
   ip: string;
   bridgeMac: string;
+  /** Its IPv6 address there (--ipv6): pinned the same way in dual-stack containers. */
+  ip6?: string;
   /** resolv.conf text for named-namespace containers. */
   resolvConf: string;
 }
@@ -268,6 +270,7 @@ export async function attachContainer(
     // announcement below), so no ARP for it ever floods over the overlay (every host's bridge has that
     // address).
     ...(dns ? [`route replace ${dns.ip}/32 dev ${dev}`] : []),
+    ...(dns?.ip6 && ipv6 ? [`route replace ${dns.ip6}/128 dev ${dev}`] : []),
     ...(gateway ? [`route replace default via ${gateway} dev ${dev}`] : []),
     ...(gateway6 ? [`route replace default via ${gateway6} dev ${dev}`] : []),
   ];
@@ -369,7 +372,13 @@ export async function attachContainer(
       writeFileSync(`/etc/netns/${named[1]}/resolv.conf`, dns.resolvConf);
     }
   }
-  await announceWhenForwarding(ns, ifname, mac, hostIf, dns);
+  await announceWhenForwarding(
+    ns,
+    ifname,
+    mac,
+    hostIf,
+    dns && { ip: dns.ip, bridgeMac: dns.bridgeMac, ...(dns.ip6 && ipv6 ? { ip6: dns.ip6 } : {}) },
+  );
   return { mac, hostIf };
 }
 
@@ -412,7 +421,7 @@ export async function announceWhenForwarding(
   ifname: string,
   mac: string,
   hostIf?: string,
-  dns?: { ip: string; bridgeMac: string },
+  dns?: { ip: string; bridgeMac: string; ip6?: string },
 ): Promise<void> {
   if (hostIf) {
     // The port's STP state from sysfs (3: forwarding): no process per poll.
@@ -430,6 +439,7 @@ export async function announceWhenForwarding(
   await ipBatchIn(ns, [
     `link set dev ${ifname} address ${mac}`,
     ...(dns ? [`neigh replace ${dns.ip} lladdr ${dns.bridgeMac} dev ${ifname} nud permanent`] : []),
+    ...(dns?.ip6 ? [`neigh replace ${dns.ip6} lladdr ${dns.bridgeMac} dev ${ifname} nud permanent`] : []),
   ]).catch(() => undefined);
 }
 

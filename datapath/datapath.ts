@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { readCheckedList, type StateDir } from '../lib/json-file.js';
 import { formatIp, parseCidr } from '../net/addr.js';
 import type { Allocator } from '../ipam/allocator.js';
-import { formatIp6, parseCidr6, type Addr6 } from '../net/addr6.js';
+import { formatCidr6, formatIp6, parseCidr6, type Addr6 } from '../net/addr6.js';
 import type { MeshView, PeerName } from '../mesh/index.js';
 import {
   attachContainer,
@@ -51,7 +51,7 @@ export interface DatapathConfig extends ForwardingOptions {
   /** The router's own ports: never reachable from containers (datapath/firewall.ts). */
   routerPorts: { tcp: number[]; udp: number[] };
   /** With weft's DNS: its address on the bridge, and the resolv.conf containers get. */
-  dns?: { ip: string; domain: string };
+  dns?: { ip: string; domain: string; ip6?: string };
   /** Overlay MTU; default: the underlay's minus the VXLAN overhead (of VXLAN over IPv6 with an IPv6 underlay). */
   mtu?: number;
   /** What another component adds to the firewall table (security groups: policy/engine.ts), and hears when it is written. */
@@ -115,7 +115,11 @@ export class Datapath {
         ],
         exposed6: this.exposedSubnets6(),
         nat66: config.ipv6Nat === true,
-        host: { dns: config.dns ? { ip: config.dns.ip, port: 53 } : null, routerPorts: config.routerPorts },
+        hostAddrs6: this.hostAddrs6(),
+        host: {
+          dns: config.dns ? { ip: config.dns.ip, port: 53, ...(this.dns6 ? { ip6: this.dns6 } : {}) } : null,
+          routerPorts: config.routerPorts,
+        },
         underlay: this.forwarding.underlayPeers(),
       }),
       bindings: () => {
@@ -132,6 +136,9 @@ export class Datapath {
       guard: {
         overlayIpv6: config.ipam6 !== undefined,
         exposed6: () => this.exposedSubnets6(),
+        hostAddrs6: () => this.hostAddrs6(),
+        ...(this.dns6 ? { dns6: this.dns6 } : {}),
+        ...(config.ipam6 ? { allocRange6: formatCidr6(config.ipam6.config.range) } : {}),
       },
       part: config.firewallPart,
       log: mesh.log,
@@ -142,6 +149,16 @@ export class Datapath {
   }
 
   // ---- what status and other components read
+
+  /** The DNS server's IPv6 address on the bridge: with --ipv6 and DNS there. */
+  private get dns6(): string | undefined {
+    return this.config.ipam6 ? this.config.dns?.ip6 : undefined;
+  }
+
+  /** The host's own IPv6 addresses on the bridge. */
+  private hostAddrs6(): string[] {
+    return [...this.exposed6.map((c) => c.split('/')[0]), ...(this.dns6 ? [this.dns6] : [])];
+  }
 
   /** The IPv6 subnets the host is exposed to ("start/prefix"). */
   private exposedSubnets6(): string[] {
@@ -292,7 +309,8 @@ export class Datapath {
     const dns = this.config.dns;
     if (!dns) return;
     await ip(['addr', 'replace', `${dns.ip}/32`, 'dev', BRIDGE]);
-    await this.routeBack(this.endpoints.local.flatMap((e) => e.cidrs));
+    if (this.dns6) await ip(['addr', 'replace', `${this.dns6}/128`, 'dev', BRIDGE, 'nodad']);
+    await this.routeBack(this.endpoints.local.flatMap((e) => [...e.cidrs, ...(e.cidrs6 ?? [])]));
   }
 
   private noteError(msg: string): void {
@@ -380,8 +398,9 @@ export class Datapath {
       this.exposed6.push(addr);
       this.saveExposed6();
     }
-    await this.ensureExposed6();
+    // The rules first (only replies into the subnet), then the address and forwarding.
     await this.firewall.sync(true);
+    await this.ensureExposed6();
   }
 
   /** The IPv6 exposed addresses on the bridge (no duplicate address detection: IPAM made them unique), and IPv6 forwarding. */
@@ -435,7 +454,8 @@ export class Datapath {
     this.exposed = this.exposed.filter((a) => !gone.includes(a));
     this.exposed6 = this.exposed6.filter((a) => !gone6.includes(a));
     this.saveExposed();
-    this.saveExposed6();
+    // Without --ipv6 the list was not loaded: what it holds stays for a router that carries IPv6 again.
+    if (this.config.ipam6) this.saveExposed6();
     await this.firewall.sync(true);
     return [...gone, ...gone6];
   }
@@ -557,14 +577,15 @@ export class Datapath {
             dns: {
               ip: dns.ip,
               bridgeMac: bridgeMac(this.mesh.name),
-              resolvConf: `# written by weft attach\nnameserver ${dns.ip}\nsearch ${dns.domain.replace(/\.$/, '')}\n`,
+              ...(this.dns6 ? { ip6: this.dns6 } : {}),
+              resolvConf: `# written by weft attach\nnameserver ${dns.ip}\n${this.dns6 && all6.length > 0 ? `nameserver ${this.dns6}\n` : ''}search ${dns.domain.replace(/\.$/, '')}\n`,
             },
           }),
           ...(cni && { ifname: cni.ifname }),
           ...(gw !== undefined && { gateway: gw }),
           ...(gw6 !== undefined && { gateway6: gw6 }),
           fresh,
-          hostLines: this.routeBackLines(addrs),
+          hostLines: this.routeBackLines([...addrs, ...addrs6]),
           cidrs6: all6,
         },
       ));
@@ -630,7 +651,23 @@ export class Datapath {
   /** With DNS on the bridge: host routes back to local container addresses, so the server's replies find them. */
   private routeBackLines(cidrs: string[]): string[] {
     const dns = this.config.dns;
-    return dns ? cidrs.map((a) => `route replace ${a.split('/')[0]}/32 dev ${BRIDGE} src ${dns.ip}`) : [];
+    if (!dns) return [];
+    const dns6 = this.dns6;
+    return cidrs.flatMap((c) => {
+      const a = c.split('/')[0];
+      if (!a.includes(':')) return [`route replace ${a}/32 dev ${BRIDGE} src ${dns.ip}`];
+      return dns6 ? [`route replace ${a}/128 dev ${BRIDGE} src ${dns6}`] : [];
+    });
+  }
+
+  /** Removes those routes (a container gone). */
+  private async routesBackGone(e: { cidrs: string[]; cidrs6?: string[] }): Promise<void> {
+    if (!this.config.dns) return;
+    const lines = [
+      ...e.cidrs.map((c) => `route del ${c.split('/')[0]}/32 dev ${BRIDGE}`),
+      ...(this.dns6 ? (e.cidrs6 ?? []).map((c) => `route del ${c.split('/')[0]}/128 dev ${BRIDGE}`) : []),
+    ];
+    await ipBatch(lines).catch(() => undefined);
   }
 
   /** The same routes on their own (best effort: without the DNS address on the bridge they cannot be made). */
@@ -685,8 +722,7 @@ export class Datapath {
     const ep = this.endpoints.local.find((e) => e.container === key);
     if (!ep) return;
     this.setLocal(this.endpoints.local.filter((e) => e.container !== key));
-    if (this.config.dns)
-      await ipBatch(ep.cidrs.map((c) => `route del ${c.split('/')[0]}/32 dev ${BRIDGE}`)).catch(() => undefined);
+    await this.routesBackGone(ep);
     this.config.containerGone?.(key);
   }
 
@@ -718,8 +754,7 @@ export class Datapath {
    */
   private async release(e: Endpoint): Promise<void> {
     forgetNetns(e.container);
-    if (this.config.dns)
-      await ipBatch(e.cidrs.map((c) => `route del ${c.split('/')[0]}/32 dev ${BRIDGE}`)).catch(() => undefined);
+    await this.routesBackGone(e);
     await this.ipam.free(e.container).catch(() => undefined);
     this.config.containerGone?.(e.container);
   }

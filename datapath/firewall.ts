@@ -29,10 +29,12 @@ export interface FirewallState {
   exposed6?: string[];
   /** Whether the IPv6 ones are masqueraded when they leave (--ipv6-nat); routed otherwise. */
   nat66?: boolean;
+  /** The host's own IPv6 addresses on the bridge (exposed, the DNS server's): Neighbour Discovery may reach them. */
+  hostAddrs6?: string[];
   /** Security groups (policy/nft.ts): sets and chains, and the forward-chain lines that use them. */
   policy?: { lines: string[]; hooks: string[] };
   /** What containers may reach of the host: the DNS server, and never these ports of the router's. */
-  host: { dns: { ip: string; port: number } | null; routerPorts: { tcp: number[]; udp: number[] } };
+  host: { dns: { ip: string; port: number; ip6?: string } | null; routerPorts: { tcp: number[]; udp: number[] } };
   /** The underlay: datagrams to these ports are taken only from these addresses. */
   underlay: UnderlayPeers;
 }
@@ -85,6 +87,12 @@ function inputChains(s: FirewallState, exposed: string | null, exposed6: string 
       ? [
           `    ip daddr ${dns.ip} udp dport ${dns.port} accept comment "containers ask the DNS server"`,
           `    ip daddr ${dns.ip} tcp dport ${dns.port} accept comment "containers ask the DNS server over TCP"`,
+          ...(dns.ip6
+            ? [
+                `    ip6 daddr ${dns.ip6} udp dport ${dns.port} accept comment "containers ask the DNS server over IPv6"`,
+                `    ip6 daddr ${dns.ip6} tcp dport ${dns.port} accept comment "containers ask the DNS server over IPv6 and TCP"`,
+              ]
+            : []),
         ]
       : []),
     ...(all.length > 0
@@ -93,11 +101,12 @@ function inputChains(s: FirewallState, exposed: string | null, exposed6: string 
         ]
       : []),
     ...(exposed ? [`    ip saddr ${exposed} accept comment "the host is exposed to these subnets"`] : []),
-    ...(exposed6
+    ...(exposed6 ? [`    ip6 saddr ${exposed6} accept comment "the host is exposed to these IPv6 subnets"`] : []),
+    // The host resolving a container it answers (DNS over IPv6, an exposed subnet) hears its
+    // Neighbour Advertisement; a container resolving its gateway may ask from its link-local address.
+    ...((s.hostAddrs6 ?? []).length > 0
       ? [
-          `    ip6 saddr ${exposed6} accept comment "the host is exposed to these IPv6 subnets"`,
-          // A container resolving its gateway may ask from its link-local address.
-          `    icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert } ip6 hoplimit 255 accept comment "neighbour discovery with the host"`,
+          `    icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert } ip6 hoplimit 255 ip6 daddr { ff02::1:ff00:0/104, ${s.hostAddrs6!.join(', ')} } accept comment "neighbour discovery with the host"`,
         ]
       : []),
     `    tcp flags & (syn | ack) != syn accept comment "no new connection: replies to the host's own"`,
@@ -115,6 +124,7 @@ function inputChains(s: FirewallState, exposed: string | null, exposed6: string 
 export function ruleset(s: FirewallState): string {
   const exposed = s.exposed.length > 0 ? `{ ${s.exposed.join(', ')} }` : null;
   const exposed6 = (s.exposed6 ?? []).length > 0 ? `{ ${s.exposed6!.join(', ')} }` : null;
+  const routerPorts = [...s.host.routerPorts.tcp, ...s.host.routerPorts.udp];
   return [
     `table inet ${TABLE}`,
     `delete table inet ${TABLE}`,
@@ -123,6 +133,13 @@ export function ruleset(s: FirewallState): string {
     `    type filter hook forward priority filter - 10; policy accept;`,
     ...(s.policy?.hooks ?? []),
     `    iifname "${BRIDGE}" oifname "${BRIDGE}" accept comment "overlay traffic across the bridge"`,
+    // Routed out of an exposed subnet (masqueraded as this host, or not), a container could reach
+    // other hosts' routers as this host: their peer sets take VXLAN and sleeve datagrams by address.
+    ...(routerPorts.length > 0
+      ? [
+          `    iifname "${BRIDGE}" meta l4proto { tcp, udp } th dport ${ports(routerPorts)} counter drop comment "containers reach no router's ports elsewhere"`,
+        ]
+      : []),
     ...(exposed
       ? [
           `    iifname "${BRIDGE}" ip saddr ${exposed} accept comment "exposed subnets out"`,

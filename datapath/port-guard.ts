@@ -42,6 +42,12 @@ export interface GuardOptions {
   overlayIpv6?: boolean;
   /** IPv6 subnets the host is exposed to (weft expose): their containers' IPv6 may reach the host. */
   exposed6?: () => string[];
+  /** The DNS server's IPv6 address on the bridge: every container's IPv6 may reach it, on port 53. */
+  dns6?: string;
+  /** The host's own IPv6 addresses on the bridge (exposed ones, the DNS server's): Neighbour Discovery may reach them. */
+  hostAddrs6?: () => string[];
+  /** The overlay's IPv6 range: exposed subnets may not be routed by the host into the rest of it. */
+  allocRange6?: string;
 }
 
 const chainOf = (port: string) => `p_${port}`;
@@ -117,6 +123,8 @@ function outRules(b: PortBinding): string[] {
 export function guardRuleset(bindings: PortBinding[], opts: GuardOptions = {}): string {
   const { overlayIpv6 = false } = opts;
   const exposed6 = opts.exposed6?.() ?? [];
+  const hostAddrs6 = opts.hostAddrs6?.() ?? [];
+  const set = (xs: string[]) => `{ ${xs.join(', ')} }`;
   const sorted = [...bindings].sort((a, b) => (a.port < b.port ? -1 : 1));
   const elements = sorted.map((b) => `"${b.port}" : jump ${chainOf(b.port)}`);
   const limited = sorted.filter((b) => b.limitedIn);
@@ -145,18 +153,34 @@ export function guardRuleset(bindings: PortBinding[], opts: GuardOptions = {}): 
     `    type filter hook output priority filter; policy accept;`,
     `    oifname vmap @out_ports`,
     `  }`,
-    // The host speaks IPv6 to containers only where it is exposed (the bridge has no other address;
-    // the host ends of their veths have IPv6 off): any other IPv6 to a MAC of the host would be routed
-    // on by a host that forwards IPv6, past every rule. (The port chains made sure of the source.)
+    // IPv6 to a MAC of the host, from any port (a local container's, or the overlay's: a remote
+    // container can address this host's bridge MAC too): the host speaks IPv6 there only as the DNS
+    // server and where it is exposed, and anything else would be routed on by a host that forwards
+    // IPv6, past every rule. An exposed subnet may go out, or to the exposed subnets, not into the rest
+    // of the overlay's range (another subnet's containers). (Local ports' sources are bound already.)
     `  chain input {`,
     `    type filter hook input priority filter; policy accept;`,
     ...(exposed6.length > 0
       ? [
-          `    iifname "${CONTAINER_PORT_PREFIX}*" ether type ip6 ip6 saddr { ${exposed6.join(', ')} } accept comment "IPv6 from exposed subnets"`,
-          `    iifname "${CONTAINER_PORT_PREFIX}*" icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert } ip6 hoplimit 255 accept comment "neighbour discovery with the host"`,
+          ...(opts.allocRange6
+            ? [
+                `    ether type ip6 ip6 saddr ${set(exposed6)} ip6 daddr != ${opts.allocRange6} accept comment "IPv6 from exposed subnets, out of the overlay"`,
+              ]
+            : []),
+          `    ether type ip6 ip6 saddr ${set(exposed6)} ip6 daddr ${set(exposed6)} accept comment "IPv6 from exposed subnets to exposed subnets"`,
         ]
       : []),
-    `    iifname "${CONTAINER_PORT_PREFIX}*" ether type ip6 counter drop comment "IPv6 to the host"`,
+    ...(opts.dns6 && overlayIpv6
+      ? [`    ip6 daddr ${opts.dns6} meta l4proto { udp, tcp } th dport 53 accept comment "the DNS server over IPv6"`]
+      : []),
+    // The host resolving a container it answers, and containers resolving the host: only to the host's
+    // own addresses and solicited-node multicast (ND to anywhere else would be routed on).
+    ...(hostAddrs6.length > 0 && overlayIpv6
+      ? [
+          `    icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert } ip6 hoplimit 255 ip6 daddr ${set(['ff02::1:ff00:0/104', ...hostAddrs6])} accept comment "neighbour discovery with the host"`,
+        ]
+      : []),
+    `    ether type ip6 counter drop comment "IPv6 to the host"`,
     `  }`,
     `  chain prerouting {`,
     `    type filter hook prerouting priority filter; policy accept;`,

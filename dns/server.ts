@@ -30,6 +30,9 @@ export interface DnsConfig {
   batchedUdp?: boolean;
   /** Who may ask (an IPv4 address as a number); default: anyone. The router allows the overlay and loopback. */
   clients?: (addr: number) => boolean;
+  /** An IPv6 address to serve on as well (UDP and TCP, the same port), and who may ask there (default: no one). */
+  host6?: string;
+  clients6?: (addr: string) => boolean;
   /** At most this many forwarded queries wait for an upstream at once (more get SERVFAIL at once). */
   maxInFlight?: number;
   /** At most this many TCP clients at once. */
@@ -113,6 +116,9 @@ export class DnsServer {
   /** Which UDP I/O serves queries: 'batched' (the addon) or 'dgram' (Node's sockets). */
   udpIo: 'batched' | 'dgram' = 'dgram';
   private tcp: net.Server | null = null;
+  /** On host6. */
+  private udp6: dgram.Socket | null = null;
+  private tcp6: net.Server | null = null;
   private tcpClients = 0;
   /** The one socket forwarded UDP queries go out of, and the queries waiting on it by the id we gave them. */
   /** The upstream sockets, one per family (made when first needed). */
@@ -150,11 +156,43 @@ export class DnsServer {
     } else {
       await this.startDgram();
     }
-    this.tcp = net.createServer((s) => this.serveTcp(s));
-    this.tcp.maxConnections = this.config.maxTcpClients ?? 64;
+    this.tcp = await this.listenTcp(this.config.host);
+    if (this.config.host6) {
+      await this.startDgram6(this.config.host6);
+      this.tcp6 = await this.listenTcp(this.config.host6);
+    }
+  }
+
+  private async listenTcp(host: string): Promise<net.Server> {
+    const tcp = net.createServer((s) => this.serveTcp(s));
+    tcp.maxConnections = this.config.maxTcpClients ?? 64;
     await new Promise<void>((resolve, reject) => {
-      this.tcp!.once('error', reject);
-      this.tcp!.listen(this.config.port, this.config.host, () => resolve());
+      tcp.once('error', reject);
+      tcp.listen({ port: this.config.port, host, ipv6Only: host.includes(':') }, () => resolve());
+    });
+    return tcp;
+  }
+
+  /** Whether an IPv6 client may ask (counted when not). */
+  private allowed6(addr: string): boolean {
+    if (this.config.clients6?.(addr)) return true;
+    this.stats.refusedClients++;
+    return false;
+  }
+
+  private async startDgram6(host: string): Promise<void> {
+    const udp = dgram.createSocket({ type: 'udp6', ipv6Only: true });
+    this.udp6 = udp;
+    udp.on('message', (msg, rinfo) => {
+      if (rinfo.family !== 'IPv6' || !this.allowed6(rinfo.address)) return;
+      this.answerUdp(msg, (reply) => {
+        if (this.udp6 === udp) udp.send(reply, rinfo.port, rinfo.address);
+      });
+    });
+    udp.on('error', () => undefined);
+    await new Promise<void>((resolve, reject) => {
+      udp.once('error', reject);
+      udp.bind(this.config.port, host, () => resolve());
     });
   }
 
@@ -234,7 +272,7 @@ export class DnsServer {
     } catch {
       /* not IPv4 */
     }
-    if (addr < 0 || !this.allowed(addr)) {
+    if (addr < 0 ? !(isIpv6(from) && this.allowed6(from)) : !this.allowed(addr)) {
       s.destroy();
       return;
     }
@@ -564,5 +602,8 @@ export class DnsServer {
     this.batched?.close();
     this.udp = this.batched = null;
     this.tcp?.close();
+    this.udp6?.close();
+    this.tcp6?.close();
+    this.udp6 = null;
   }
 }

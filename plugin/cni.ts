@@ -185,7 +185,8 @@ export interface AttachmentFacts {
   gateway?: string;
   /** The host's IPv6 address in the container's IPv6 subnet: its IPv6 default route. */
   gateway6?: string;
-  dns: { nameserver: string; domain: string } | null;
+  /** weft's DNS server (its IPv6 address too, for a dual-stack pod). */
+  dns: { nameserver: string; nameserver6?: string; domain: string } | null;
 }
 
 /** An ADD result in the shape of the config's version (0.3.x and 0.4.0 name each address's IP version). */
@@ -216,15 +217,21 @@ export function cniResult(version: string, a: AttachmentFacts): Record<string, u
       ...(a.gateway ? [{ dst: '0.0.0.0/0', gw: a.gateway }] : []),
       ...(a.gateway6 ? [{ dst: '::/0', gw: a.gateway6 }] : []),
     ],
-    dns: a.dns ? { nameservers: [a.dns.nameserver], domain: a.dns.domain, search: [a.dns.domain] } : {},
+    dns: a.dns
+      ? {
+          nameservers: [a.dns.nameserver, ...(a.dns.nameserver6 ? [a.dns.nameserver6] : [])],
+          domain: a.dns.domain,
+          search: [a.dns.domain],
+        }
+      : {},
   };
 }
 
 export interface CniDeps {
   datapath: Datapath | null;
   names: NameService;
-  /** weft's DNS server on the bridge (address and domain, no trailing dot), when it runs. */
-  dns: { ip: string; domain: string } | null;
+  /** weft's DNS server on the bridge (address, IPv6 address with --ipv6, and domain, no trailing dot), when it runs. */
+  dns: { ip: string; ip6?: string; domain: string } | null;
   /** IPAM's state word ('ready', 'idle ...', or why it waits). */
   ipamState: () => string;
 }
@@ -305,7 +312,13 @@ export class CniService {
       ...(ep.cidrs6 ? { cidrs6: ep.cidrs6 } : {}),
       ...(ep.gateway ? { gateway: ep.gateway } : {}),
       ...(ep.gateway6 ? { gateway6: ep.gateway6 } : {}),
-      dns: dns ? { nameserver: dns.ip, domain: domain || dns.domain } : null,
+      dns: dns
+        ? {
+            nameserver: dns.ip,
+            ...(dns.ip6 && (ep.cidrs6 ?? []).length > 0 ? { nameserver6: dns.ip6 } : {}),
+            domain: domain || dns.domain,
+          }
+        : null,
     });
     return result;
   }

@@ -291,6 +291,8 @@ export function toRouterOptions(v: Record<string, unknown>, peers: string[]): Ro
       .filter(Boolean);
     peers = [...new Set([...peers, ...listed])];
   }
+  if (v.ipv6Nat === true && v.ipv6 !== true)
+    throw new Error('--ipv6-nat needs --ipv6 (without it the host has no IPv6 on the overlay to translate)');
   return {
     dataDir: v.dataDir as string,
     port: v.port as number,

@@ -29,7 +29,7 @@ import { buildReport } from './report.js';
 import type { Report } from './contract.js';
 import { Allocator, IpamError } from '../ipam/allocator.js';
 import { ipam6Config, ipamConfig } from '../ipam/config.js';
-import { contains6, parseCidr6, parseIp6, type Addr6 } from '../net/addr6.js';
+import { contains6, formatCidr6, parseCidr6, parseIp6, type Addr6, type Cidr6 } from '../net/addr6.js';
 import { IPV6 } from '../net/family.js';
 import { contains, parseCidr, parseIp, type Cidr } from '../net/addr.js';
 import { IpamStore } from '../ipam/store.js';
@@ -45,6 +45,8 @@ import { ServiceEngine } from '../services/engine.js';
 import { parseServiceRange, parseServiceRange6 } from '../services/service.js';
 
 const DNS_BRIDGE_IP = '169.254.83.83';
+/** The DNS server's IPv6 address on the bridge (--ipv6): the same on every host, as the IPv4 one. */
+const DNS_BRIDGE_IP6 = 'fd77:6566:7453::53';
 
 /** With a password, traffic is encrypted unless the peer's underlay address is on a trusted subnet (either family). */
 function encryptionPolicy(hasPassword: boolean, trusted: string[]): (peer: string, host: string) => boolean {
@@ -79,6 +81,39 @@ function dnsClients(range: Cidr, datapath: Datapath | null): (addr: number) => b
     local ??= new Set((datapath?.endpoints.local ?? []).flatMap((e) => e.cidrs.map((c) => parseCidr(c, true).addr)));
     return local.has(a);
   };
+}
+
+/** Over IPv6 the same: the IPv6 allocation range and this host's containers' IPv6 addresses, loopback, itself. */
+function dnsClients6(range: Cidr6, datapath: Datapath | null): (addr: string) => boolean {
+  let local: Set<bigint> | null = null;
+  datapath?.endpoints.onChange(() => (local = null));
+  const dns6 = parseIp6(DNS_BRIDGE_IP6);
+  return (text) => {
+    let a: bigint;
+    try {
+      a = parseIp6(text);
+    } catch {
+      return false; // a zone, or no IPv6 address at all
+    }
+    if (a === 1n || a === dns6 || contains6(range, { start: a, prefix: 128 })) return true;
+    local ??= new Set(
+      (datapath?.endpoints.local ?? []).flatMap((e) => (e.cidrs6 ?? []).map((c) => parseCidr6(c, true).addr)),
+    );
+    return local.has(a);
+  };
+}
+
+/** The DNS server's IPv6 address must be no container's and no service's. */
+function checkDns6Outside(alloc: Cidr6, service: Cidr6): void {
+  const dns6 = { start: parseIp6(DNS_BRIDGE_IP6), prefix: 128 };
+  for (const [r, what] of [
+    [alloc, '--ipalloc-range6'],
+    [service, '--service-range6'],
+  ] as const)
+    if (contains6(r, dns6))
+      throw new Error(
+        `${what} ${formatCidr6(r)} holds ${DNS_BRIDGE_IP6}, the DNS server's IPv6 address on every host's bridge: choose a range outside fd77:6566:7453::/48`,
+      );
 }
 
 /** --http-addr as where to listen: "unix:/PATH" or HOST:PORT. */
@@ -139,6 +174,7 @@ export class Router {
       ipamConf.range,
       serviceRange6 ? { service: serviceRange6, alloc: ipam6Conf.range } : undefined,
     );
+    if (opts.ipv6) checkDns6Outside(ipam6Conf.range, serviceRange6!);
     const ipamStore = new IpamStore(opts.dataDir, ipamConf.range, id.name);
     const ipam6Store = ipamStore.ipv6(ipam6Conf.range);
     const state = { dir: opts.dataDir, writes: new StateWrites(log) };
@@ -218,7 +254,7 @@ export class Router {
           // The mesh listens on an IPv6 address (`::`: both families): peers may be reached over IPv6.
           underlay6: opts.host.includes(':'),
           encrypt: encryptionPolicy(opts.password !== null, opts.trustedSubnets),
-          dns: dnsOnBridge ? { ip: DNS_BRIDGE_IP, domain: opts.dnsDomain } : undefined,
+          dns: dnsOnBridge ? { ip: DNS_BRIDGE_IP, domain: opts.dnsDomain, ip6: DNS_BRIDGE_IP6 } : undefined,
           ovs,
           firewallPart: {
             part: () => policy!.firewallPart(),
@@ -247,9 +283,13 @@ export class Router {
         domain: opts.dnsDomain,
         ttl: opts.dnsTtl,
         // Never forward to ourselves.
-        upstreams: upstreamsFromResolvConf(opts.resolvConf, [host, DNS_BRIDGE_IP]),
+        upstreams: upstreamsFromResolvConf(opts.resolvConf, [host, DNS_BRIDGE_IP, DNS_BRIDGE_IP6]),
         upstreamTimeoutMs: 2000,
         clients: dnsClients(ipamConf.range, datapath),
+        // On the bridge with --ipv6: over IPv6 too, for the IPv6 range and this host's containers.
+        ...(dnsOnBridge && opts.ipv6 && !opts.dnsListenAddress
+          ? { host6: DNS_BRIDGE_IP6, clients6: dnsClients6(ipam6Conf.range, datapath) }
+          : {}),
       });
     }
     const docker =
@@ -315,7 +355,13 @@ export class Router {
           cni: new CniService({
             datapath,
             names,
-            dns: dnsOnBridge ? { ip: DNS_BRIDGE_IP, domain: opts.dnsDomain.replace(/\.$/, '') } : null,
+            dns: dnsOnBridge
+              ? {
+                  ip: DNS_BRIDGE_IP,
+                  ...(opts.ipv6 ? { ip6: DNS_BRIDGE_IP6 } : {}),
+                  domain: opts.dnsDomain.replace(/\.$/, ''),
+                }
+              : null,
             ipamState: () => ipam.status().state,
           }),
           log,

@@ -95,7 +95,9 @@ describeAsRoot('dual-stack containers (--ipv6)', () => {
     const neigh = await h1.exec('ip', ['-6', 'neigh', 'show', 'dev', 'weft', 'nud', 'permanent']);
     expect(neigh.stdout).toContain(b.ip6);
     expect(neigh.stdout).toContain(c.ip6);
-    expect((await h1.exec('ip', ['-6', 'addr', 'show', 'dev', 'weft'])).stdout).toBe('');
+    // The bridge's one IPv6 address is the DNS server's (no link-local address).
+    const bridge6 = (await h1.exec('ip', ['-6', '-o', 'addr', 'show', 'dev', 'weft'])).stdout.trim().split('\n');
+    expect(bridge6.map((l) => l.split(/\s+/)[3])).toEqual(['fd77:6566:7453::53/128']);
     // Status shows both families.
     expect((await h1.weft(['ps'])).stdout).toContain(a.ip6);
     expect((await h1.weft(['status'])).stdout).toMatch(/Datapath: .*dual-stack/);
@@ -285,6 +287,38 @@ describeAsRoot('dual-stack containers (--ipv6)', () => {
       for (const x of servers) x.stop();
     }
   }, 60_000);
+
+  it("the DNS server answers over IPv6 too (a dual-stack container's second nameserver); nothing else of the host answers there", async () => {
+    const [h1, h2] = cluster.hosts;
+    const asker = await attach(h1, 'asker6');
+    const named = await attach(h2, 'named6', '-h', 'named6.weft.local');
+    const dns6 = 'fd77:6566:7453::53';
+    // The container's resolv.conf names both addresses of the server.
+    const conf = (await run('cat', [`/etc/netns/${asker.ns}/resolv.conf`])).stdout;
+    expect(conf).toContain('nameserver 169.254.83.83');
+    expect(conf).toContain(`nameserver ${dns6}`);
+    // Asked over IPv6 only (UDP, then TCP): A and AAAA for a name on another host.
+    const ask = (tcp: boolean) =>
+      run('ip', [
+        'netns',
+        'exec',
+        asker.ns,
+        process.execPath,
+        '-e',
+        `const { Resolver } = require('node:dns').promises; const r = new Resolver(${tcp ? '{ tries: 1 }' : ''});
+         r.setServers(['[${dns6}]:53']);
+         Promise.all([r.resolve4('named6.weft.local'), r.resolve6('named6.weft.local')])
+           .then(([a, aaaa]) => console.log(a.join(','), aaaa.join(','))).catch((e) => { console.error(e.code); process.exit(1); });`,
+      ]);
+    await eventually('an answer over IPv6', async () => {
+      const r = await ask(false);
+      return r.stdout.trim() === `${named.ip} ${named.ip6}`;
+    });
+    // TCP to the server's port is answered; any other port of that address is not (the router's included).
+    expect(await tcpConnect(asker.ns, dns6, 53)).toBe('open');
+    for (const port of [6783, 6784, 6782, 22])
+      expect(await tcpConnect(asker.ns, dns6, port, 1000)).toBe('closed timeout');
+  });
 
   it('a container cannot speak IPv6 as another: forged sources, advertisements and router advertisements are dropped', async () => {
     const [h1] = cluster.hosts;

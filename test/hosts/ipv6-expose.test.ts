@@ -115,10 +115,36 @@ describeAsRoot('expose over IPv6', () => {
     const guard = (await a.exec('nft', ['list', 'chain', 'bridge', 'weft', 'input'])).stdout;
     expect(ruleCounter(guard, 'IPv6 to the host')).toBeGreaterThan(0);
 
+    // A container on the other host, in another subnet, that addresses this host's bridge MAC itself
+    // (over the overlay) to be routed out: dropped at the bridge as well.
+    const remote = await cluster!.container('remote');
+    const ra = await b.weft(['attach', '--subnet', 'fd77:6566:7400:2::/64', `netns:${remote}`]);
+    expect(ra.code, ra.stderr).toBe(0);
+    const aBridgeMac = JSON.parse((await a.exec('ip', ['-j', 'link', 'show', 'weft'])).stdout)[0].address as string;
+    for (const args of [
+      ['-6', 'neigh', 'replace', 'fd77:6566:7400:2::ffff', 'lladdr', aBridgeMac, 'dev', 'ethwe', 'nud', 'permanent'],
+      ['-6', 'route', 'add', 'fd00:198:18::/64', 'via', 'fd77:6566:7400:2::ffff', 'dev', 'ethwe'],
+    ])
+      expect((await run('ip', ['-n', remote, ...args])).code).toBe(0);
+    const dropped = async () =>
+      ruleCounter((await a.exec('nft', ['list', 'chain', 'bridge', 'weft', 'input'])).stdout, 'IPv6 to the host');
+    const droppedBefore = await dropped();
+    expect(await tcpConnect(remote, 'fd00:198:18::2', 7402, 1500)).toBe('closed timeout');
+    expect(await dropped()).toBeGreaterThan(droppedBefore);
+    expect(outside.seen().some((x) => x.startsWith('fd77:6566:7400:2:'))).toBe(false);
+
+    // Routed out (here over IPv4, masqueraded as host a), a container reaches no router's port of another host.
+    expect((await run('ip', ['-n', c1.ns, 'route', 'add', '198.18.0.0/24', 'via', exposed4.split('/')[0]])).code).toBe(
+      0,
+    );
+    expect(await tcpConnect(c1.ns, b.ip, 6783, 1500)).toBe('closed timeout');
+
     // Hidden: the address goes from the bridge, and the subnet's containers reach the host no more.
     const hide = await a.weft(['hide']);
     expect(hide.stdout.trim().split(' ')).toEqual([exposed4, exposed6]);
-    expect((await a.exec('ip', ['-6', 'addr', 'show', 'dev', 'weft'])).stdout).toBe('');
+    const left = (await a.exec('ip', ['-6', 'addr', 'show', 'dev', 'weft'])).stdout;
+    expect(left).not.toContain(host6);
+    expect(left).toContain('fd77:6566:7453::53/128'); // the DNS server's stays
     expect(await tcpConnect(c1.ns, host6, 7401, 1000)).not.toBe('open');
   }, 120_000);
 

@@ -45,13 +45,25 @@ describe('underlay peer sets', () => {
         nat66,
         host: { dns: { ip: '169.254.83.83', port: 53 }, routerPorts: { tcp: [6783, 6784], udp: [6783, 6784] } },
         underlay: u(['198.18.0.2', 'fd00:198:18::2'], ['fd00:198:18::2']),
+        hostAddrs6: ['fd77:6566:7400::1'],
       });
+      expect(text).toContain('comment "containers reach no router\'s ports elsewhere"');
       expect(text.includes('masquerade comment "exposed IPv6 subnets')).toBe(nat66);
       expect(text).toContain('counter drop comment "no new connections into exposed IPv6 subnets"');
       execFileSync('nft', ['-c', '-f', '-'], { input: text.replace(/^table inet weft\ndelete table inet weft\n/, '') });
     }
-    const guard = guardRuleset([], { overlayIpv6: true, exposed6: () => ['fd77:6566:7400::/64'] });
-    expect(guard).toContain('ip6 saddr { fd77:6566:7400::/64 } accept comment "IPv6 from exposed subnets"');
+    const guard = guardRuleset([], {
+      overlayIpv6: true,
+      exposed6: () => ['fd77:6566:7400::/64'],
+      hostAddrs6: () => ['fd77:6566:7400::1', 'fd77:6566:7453::53'],
+      dns6: 'fd77:6566:7453::53',
+      allocRange6: 'fd77:6566:7400::/48',
+    });
+    // Out of the overlay, or to exposed subnets; not routed into another subnet of the range.
+    expect(guard).toContain(
+      'ip6 saddr { fd77:6566:7400::/64 } ip6 daddr != fd77:6566:7400::/48 accept comment "IPv6 from exposed subnets, out of the overlay"',
+    );
+    expect(guard).toContain('ip6 daddr { ff02::1:ff00:0/104, fd77:6566:7400::1, fd77:6566:7453::53 } accept');
     execFileSync('nft', ['-c', '-f', '-'], {
       input: guard.replace(/^table bridge weft\ndelete table bridge weft\n/, ''),
     });
