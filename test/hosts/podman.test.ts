@@ -3,6 +3,7 @@
 // and bandwidth plugins. podman runs in each host's network namespace only (nsenter --net), sharing
 // the mount namespace with the routers as on a real host; its storage, config and CNI directories are
 // the test's own.
+import { spawn } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -169,5 +170,53 @@ describeAsRoot('podman through weft setup-cni', () => {
     await mustPodman(a, ['rm', '-f', '-t', '0', 'c1']);
     expect((await a.report<Report>()).ipam.owned.some((o) => o.ident === ident)).toBe(false);
     expect((await a.report<Report>()).datapath?.localEndpoints.some((e) => e.container === ident)).toBe(false);
+  });
+
+  it('dual-stack (--ipv6 --ipv6-nat): pods get an address and a default route of each family, talk over IPv6 across hosts, and reach the outside over IPv6 as their host', async () => {
+    expect(missing, 'install podman containernetworking-plugins runc busybox-static').toEqual([]);
+    cluster = await Cluster.create(2, {
+      routerArgs: ['--ipalloc-init', 'consensus=2', '--ipv6', '--ipv6-nat'],
+    });
+    const [a, b] = cluster.hosts;
+    for (const h of [a, b])
+      await must('ip', ['-n', h.ns, 'addr', 'add', `fd00:198:18::${h.index}/64`, 'dev', 'eth0', 'nodad']);
+    await a.launch();
+    await b.launch([a.ip]);
+    const bin = await preparePodman(a);
+    const setup = await a.weft(['setup-cni', '--bin-dir', bin, '--conf-dir', join(work!, 'net.d')]);
+    expect(setup.code, setup.stderr).toBe(0);
+    const httpd = ['run', '-d', '--network', 'weft', IMAGE, 'httpd', '-f', '-p', '80', '-h', '/www'];
+    const c1 = await mustPodman(a, [httpd[0], '--name', 'd1', ...httpd.slice(1)]);
+    const c2 = await mustPodman(b, [httpd[0], '--name', 'd2', ...httpd.slice(1)]);
+    const ip6Of = async (h: Host, c: string) =>
+      mustPodman(h, ['inspect', '-f', '{{range .NetworkSettings.Networks}}{{.GlobalIPv6Address}}{{end}}', c]);
+    const [six1, six2] = [await ip6Of(a, c1), await ip6Of(b, c2)];
+    expect(six1).toMatch(/^fd77:6566:7400:/);
+    expect(six2).toMatch(/^fd77:6566:7400:/);
+    // The pod's default routes, one per family, through its host.
+    const routes6 = await mustPodman(a, ['exec', 'd1', 'ip', '-6', 'route', 'show', 'default']);
+    expect(routes6).toMatch(/^default via fd77:6566:7400:/);
+    expect(await mustPodman(a, ['exec', 'd1', 'ip', '-4', 'route', 'show', 'default'])).toMatch(/^default via 10\./);
+    const wget = (h: Host, c: string, url: string) =>
+      podman(h, ['exec', c, 'timeout', '5', 'wget', '-q', '-O', '-', url]);
+    await eventually(
+      'd2 on B fetches from d1 on A over IPv6',
+      async () => (await wget(b, 'd2', `http://[${six1}]/`)).stdout === 'hello from a pod\n',
+      20_000,
+      500,
+    );
+    // Out over IPv6 through A, masqueraded: the server on B's uplink sees A's address.
+    const server = `require('node:http').createServer((q, r) => r.end(q.socket.remoteAddress + '\\n')).listen(7500, 'fd00:198:18::2')`;
+    const srv = spawn('ip', ['netns', 'exec', b.ns, process.execPath, '-e', server], { stdio: 'ignore' });
+    try {
+      await eventually(
+        'd1 reaches the outside over IPv6 as host A',
+        async () => (await wget(a, 'd1', 'http://[fd00:198:18::2]:7500/')).stdout === 'fd00:198:18::1\n',
+        15_000,
+        500,
+      );
+    } finally {
+      srv.kill('SIGKILL'); // ip netns exec execs node: the pid is the server's
+    }
   });
 });

@@ -76,6 +76,31 @@ describe('weft CLI without a router', () => {
     expect(r.stderr).toMatch(/--port must be a whole number from 1 to 65535/);
   });
 
+  it("the Kubernetes example's router arguments are options the router takes: dual-stack, NAT66", async () => {
+    const { addRouterOptions, toRouterOptions } = await import('../../../router/options.js');
+    const { Command } = await import('commander');
+    const yaml = readFileSync(join(projectRoot(), 'examples', 'kubernetes', 'weft-daemonset.yaml'), 'utf8');
+    const args = JSON.parse(/- name: router\n\s+image: \S+\n\s+args: (\[.*\])/.exec(yaml)![1]) as string[];
+    const dir = mkdtempSync(join(tmpdir(), 'weft-k8s-'));
+    try {
+      const peers = join(dir, 'peers');
+      writeFileSync(peers, '192.0.2.11\n192.0.2.12\n');
+      const cmd = addRouterOptions(new Command().exitOverride()).parse(
+        args.map((a) => (a === '/etc/weft/peers' ? peers : a)),
+        { from: 'user' },
+      );
+      const o = toRouterOptions(cmd.opts(), cmd.args);
+      expect([o.ipv6, o.ipv6Nat, o.ipallocInit, o.peers]).toEqual([
+        true,
+        true,
+        'consensus=3',
+        ['192.0.2.11', '192.0.2.12'],
+      ]);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   it('--peers-file adds the peers it lists to those given, and a missing file is a clear error', async () => {
     const { toRouterOptions } = await import('../../../router/options.js');
     const dir = mkdtempSync(join(tmpdir(), 'weft-peers-'));
