@@ -5,6 +5,7 @@ import http from 'node:http';
 import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
 import type { Report } from './contract.js';
 import type { Router } from './router.js';
+import { hostOf } from '../net/host-port.js';
 
 /** A short, fixed label for why a connection is not on fastdp (the full text is in status). */
 function fallbackCategory(reason: string | undefined): string {
@@ -38,6 +39,35 @@ export function buildRegistry(router: Router): Registry {
     collect() {
       this.reset();
       for (const c of report().connections) this.inc({ state: c.state, overlay: c.overlay ?? '' });
+    },
+  });
+  new Gauge({
+    name: 'weft_connections_underlay',
+    help: 'Established connections by the family of the underlay they run over (ipv4, ipv6) and overlay',
+    labelNames: ['family', 'overlay'],
+    ...reg,
+    collect() {
+      this.reset();
+      for (const c of report().connections)
+        if (c.state === 'established')
+          this.inc({ family: hostOf(c.address).includes(':') ? 'ipv6' : 'ipv4', overlay: c.overlay ?? '' });
+    },
+  });
+  new Gauge({
+    name: 'weft_container_addresses',
+    help: "This host's containers' overlay addresses, by family",
+    labelNames: ['family'],
+    ...reg,
+    collect() {
+      const local = report().datapath?.localEndpoints ?? [];
+      this.set(
+        { family: 'ipv4' },
+        local.reduce((t, e) => t + e.cidrs.length, 0),
+      );
+      this.set(
+        { family: 'ipv6' },
+        local.reduce((t, e) => t + (e.cidrs6 ?? []).length, 0),
+      );
     },
   });
   new Gauge({

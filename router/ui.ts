@@ -4,6 +4,21 @@ import type { FastifyInstance } from 'fastify';
 import { buildReport, type ReportSources } from './report.js';
 import type { Report } from './contract.js';
 
+/** An address ring as the page shows it. */
+function ringView(ipam: NonNullable<Report['ipam6']>) {
+  return {
+    range: ipam.range,
+    state: ipam.state,
+    peers: ipam.peers.map((p) => ({
+      name: p.name,
+      nickname: p.nickname,
+      percent: p.percent,
+      free: p.free,
+      reachable: p.reachable,
+    })),
+  };
+}
+
 /** What the page needs, and no more (the full report is at /report). */
 function uiView(r: Report) {
   return {
@@ -24,18 +39,12 @@ function uiView(r: Report) {
         overlay: c.overlay ?? null,
         reason: c.fallbackReason ?? null,
         info: c.info,
+        // The underlay address it runs over (IPv4 or IPv6).
+        address: c.address,
       })),
-    ipam: {
-      range: r.ipam.range,
-      state: r.ipam.state,
-      peers: r.ipam.peers.map((p) => ({
-        name: p.name,
-        nickname: p.nickname,
-        percent: p.percent,
-        free: p.free,
-        reachable: p.reachable,
-      })),
-    },
+    ipam: ringView(r.ipam),
+    // The IPv6 ring, once it has started (a router with --ipv6, or an IPv6 address asked for).
+    ipam6: r.ipam6 && r.ipam6.peers.length > 0 ? ringView(r.ipam6) : null,
     dns: r.dns.entries.map((e) => ({
       hostname: e.hostname,
       ip: e.ip,
@@ -89,6 +98,7 @@ table{border-collapse:collapse} td,th{padding:.15em .7em;text-align:left;border-
 <h2>Connections of this peer</h2><table id="conns"></table>
 </div><div>
 <h2>Address ring <span id="range"></span></h2><table id="ring"></table>
+<div id="v6" hidden><h2>IPv6 address ring <span id="range6"></span></h2><table id="ring6"></table></div>
 <h2>DNS</h2><table id="dns"></table>
 </div></div>
 <script>
@@ -117,9 +127,10 @@ function draw(v){
   for(const p of peers){const [x,y]=pos[p.name];const g=el('g',{'class':'peer','data-name':p.name});
     g.appendChild(el('circle',{cx:x,cy:y,r:p.name===v.name?16:12,fill:p.name===v.name?'#357':'#68a'}));
     g.appendChild(el('text',{x,y:y+32,'text-anchor':'middle'},p.nickname));g.appendChild(el('title',{},p.name));svg.appendChild(g)}
-  document.getElementById('conns').innerHTML='<tr><th>peer</th><th>state</th><th>overlay</th><th>why not fastdp</th></tr>'+v.connections.map((c)=>'<tr><td title="'+esc(c.peer)+'">'+esc(c.nickname||c.peer)+'</td><td>'+esc(c.state)+'</td><td>'+esc(c.overlay)+'</td><td>'+esc(c.reason)+'</td></tr>').join('');
-  document.getElementById('range').textContent=v.ipam.range+' - '+v.ipam.state;
-  document.getElementById('ring').innerHTML='<tr><th>peer</th><th>share</th><th></th><th>free</th></tr>'+v.ipam.peers.map((p)=>'<tr><td>'+esc(p.nickname||p.name)+(p.reachable?'':' (unreachable)')+'</td><td>'+p.percent.toFixed(1)+'%</td><td><span class="bar" style="width:'+Math.max(1,p.percent*1.5)+'px"></span></td><td>'+p.free+'</td></tr>').join('');
+  document.getElementById('conns').innerHTML='<tr><th>peer</th><th>underlay</th><th>state</th><th>overlay</th><th>why not fastdp</th></tr>'+v.connections.map((c)=>'<tr><td title="'+esc(c.peer)+'">'+esc(c.nickname||c.peer)+'</td><td>'+esc(c.address)+'</td><td>'+esc(c.state)+'</td><td>'+esc(c.overlay)+'</td><td>'+esc(c.reason)+'</td></tr>').join('');
+  const ring=(id,r)=>{document.getElementById('range'+id).textContent=r.range+' - '+r.state;
+    document.getElementById('ring'+id).innerHTML='<tr><th>peer</th><th>share</th><th></th><th>free</th></tr>'+r.peers.map((p)=>'<tr><td>'+esc(p.nickname||p.name)+(p.reachable?'':' (unreachable)')+'</td><td>'+Number(p.percent).toFixed(1)+'%</td><td><span class="bar" style="width:'+Math.max(1,Number(p.percent)*1.5)+'px"></span></td><td>'+esc(p.free)+'</td></tr>').join('')};
+  ring('',v.ipam);document.getElementById('v6').hidden=!v.ipam6;if(v.ipam6)ring('6',v.ipam6);
   document.getElementById('dns').innerHTML='<tr><th>name</th><th>address</th><th>peer</th></tr>'+v.dns.map((e)=>'<tr><td>'+esc(e.hostname)+'</td><td>'+esc(e.ip)+'</td><td>'+esc(e.origin)+'</td></tr>').join('');
 }
 const events=new EventSource('/ui/events');

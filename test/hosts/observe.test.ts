@@ -27,7 +27,7 @@ async function fetchIn(h: Host, url: string): Promise<string> {
 function metric(text: string, name: string, labels: Record<string, string> = {}): number | null {
   const want = Object.entries(labels).map(([k, v]) => `${k}="${v}"`);
   for (const line of text.split('\n')) {
-    const m = /^([a-z_]+)(?:\{(.*)\})? (\S+)$/.exec(line);
+    const m = /^([a-z_0-9]+)(?:\{(.*)\})? (\S+)$/.exec(line);
     if (!m || m[1] !== name) continue;
     const have = (m[2] ?? '').split(',').filter(Boolean);
     if (want.every((w) => have.includes(w)) && have.length === want.length) return Number(m[3]);
@@ -38,7 +38,16 @@ function metric(text: string, name: string, labels: Record<string, string> = {})
 describeAsRoot('metrics and the topology page', () => {
   beforeAll(async () => {
     cluster = await Cluster.create(3, {
-      routerArgs: ['--heartbeat-interval', '500ms', '--gossip-interval', '1s', '--ipalloc-init', 'consensus=3'],
+      // Dual-stack: both families show in the metrics and on the page.
+      routerArgs: [
+        '--heartbeat-interval',
+        '500ms',
+        '--gossip-interval',
+        '1s',
+        '--ipalloc-init',
+        'consensus=3',
+        '--ipv6',
+      ],
     });
     const [a, b, c] = cluster.hosts;
     await a.launch();
@@ -67,12 +76,17 @@ describeAsRoot('metrics and the topology page', () => {
 
   it('metrics show the peers, connections by overlay, allocations, names and gossip by channel', async () => {
     const [a] = cluster.hosts;
+    // Three names, each with an address of each family.
     const text = await eventually('metrics with three names', async () => {
       const t = await fetchIn(a, 'http://127.0.0.1:6782/metrics');
-      return metric(t, 'weft_dns_entries') === 3 ? t : null;
+      return metric(t, 'weft_dns_entries') === 6 ? t : null;
     });
     expect(metric(text, 'weft_peers')).toBe(3);
     expect(metric(text, 'weft_connections', { state: 'established', overlay: 'fastdp' })).toBe(2);
+    expect(metric(text, 'weft_connections_underlay', { family: 'ipv4', overlay: 'fastdp' })).toBe(2);
+    expect(metric(text, 'weft_container_addresses', { family: 'ipv4' })).toBe(1);
+    expect(metric(text, 'weft_container_addresses', { family: 'ipv6' })).toBe(1);
+    expect(metric(text, 'weft_ipam6_addresses', { state: 'allocated_here' })).toBe(1);
     expect(metric(text, 'weft_ipam_addresses', { state: 'allocated_here' })).toBe(1);
     expect(metric(text, 'weft_ipam_pending_requests')).toBe(0);
     expect(metric(text, 'weft_gossip_messages_total', { channel: 'topology', direction: 'sent' })).toBeGreaterThan(0);
@@ -96,10 +110,10 @@ describeAsRoot('metrics and the topology page', () => {
           containerNs[0],
           process.execPath,
           '-e',
-          `fetch(${JSON.stringify(url)}, { signal: AbortSignal.timeout(2000) }).then(() => console.log('open'), (e) => console.log('closed', e.cause?.code ?? e.name))`,
+          `fetch(${JSON.stringify(url)}, { signal: AbortSignal.timeout(2000) }).then(() => console.log('open'), (e) => console.log('closed', e.cause?.code ?? e.name)).finally(() => process.exit(0))`,
         ])
       ).stdout.trim();
-    for (const addr of ['169.254.83.83', a.ip]) {
+    for (const addr of ['169.254.83.83', a.ip, '[fd77:6566:7453::53]']) {
       expect(await probe(`http://${addr}:6784/status`)).toMatch(/^closed/);
       expect(await probe(`http://${addr}:6782/metrics`)).toMatch(/^closed/);
     }
@@ -115,7 +129,7 @@ describeAsRoot('metrics and the topology page', () => {
     expect(conns.map((c) => c.overlay)).toEqual(['fastdp', 'fastdp']);
     expect(((await json('peers')) as unknown[]).length).toBe(3);
     expect((await json('ipam')) as { range: string }).toMatchObject({ range: '10.32.0.0/12' });
-    expect(((await json('dns')) as { entries: unknown[] }).entries.length).toBe(3);
+    expect(((await json('dns')) as { entries: unknown[] }).entries.length).toBe(6);
     expect(Array.isArray(await json('targets'))).toBe(true);
   });
 
@@ -156,6 +170,10 @@ describeAsRoot('metrics and the topology page', () => {
       expect(overlays).toEqual(['', 'fastdp', 'fastdp']); // A's two connections; B-C is between other peers
       expect(await page.textContent('#dns')).toContain('three.weft.local');
       expect(await page.textContent('#ring')).toMatch(/host1.*%/);
+      // Both families: the IPv6 ring, and each connection's underlay address.
+      expect(await page.isVisible('#ring6')).toBe(true);
+      expect(await page.textContent('#range6')).toContain('fd77:6566:7400::/48');
+      expect(await page.textContent('#conns')).toContain(cluster.hosts[1].ip);
       mkdirSync('test-artifacts', { recursive: true });
       await page.screenshot({ path: join('test-artifacts', 'topology-page.png'), fullPage: true });
     } finally {
