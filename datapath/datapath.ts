@@ -258,8 +258,9 @@ export class Datapath {
     // Without --ipv6 now, the host's IPv6 overlay addresses are not put back (they go from the bridge
     // with its IPv6); they are freed when the router carries IPv6 again and hides them.
     this.exposed6 = this.config.ipam6 ? this.loadExposed6() : [];
-    if (this.exposed6.length > 0) await this.ensureExposed6();
     await this.firewall.sync(true);
+    // After the rules (only replies into an exposed subnet): the addresses, and forwarding.
+    if (this.exposed6.length > 0) await this.ensureExposed6();
     this.forwarding.schedule();
     // Repair the bridge if someone changes it underneath.
     this.checkTimer = setInterval(() => void this.check(), 5_000);
@@ -291,6 +292,9 @@ export class Datapath {
       const fixed = [...(await ensureBridge(this.bridgeConfig())), ...(await this.forwarding.plumb())];
       if (fixed.length > 0) {
         await this.ensureDnsAddress();
+        // A bridge made again has none of the host's overlay addresses: they go back on it.
+        await ipBatch(this.exposed.map((a) => `addr replace ${a} dev ${BRIDGE}`));
+        if (this.exposed6.length > 0) await this.ensureExposed6();
         this.counters.repairs++;
         this.mesh.log.warn({ fixed }, 'bridge repaired');
         this.forwarding.schedule();
@@ -309,7 +313,11 @@ export class Datapath {
     const dns = this.config.dns;
     if (!dns) return;
     await ip(['addr', 'replace', `${dns.ip}/32`, 'dev', BRIDGE]);
-    if (this.dns6) await ip(['addr', 'replace', `${this.dns6}/128`, 'dev', BRIDGE, 'nodad']);
+    // Best effort: a bridge without IPv6 (a read-only /proc/sys) leaves the server IPv4 only, and says so.
+    if (this.dns6)
+      await ip(['addr', 'replace', `${this.dns6}/128`, 'dev', BRIDGE, 'nodad']).catch((err: Error) =>
+        this.noteError(`the DNS server's IPv6 address: ${err.message}`),
+      );
     await this.routeBack(this.endpoints.local.flatMap((e) => [...e.cidrs, ...(e.cidrs6 ?? [])]));
   }
 

@@ -76,6 +76,14 @@ function inputChains(s: FirewallState, exposed: string | null, exposed6: string 
     ...peerSetDecls('sleeve', u.sleeve),
     `  chain input {`,
     `    type filter hook input priority filter - 10; policy accept;`,
+    // The DNS server's IPv6 address is routable (a ULA): only containers (and the host) may use it.
+    // IPv6 does not drop packets from the host's own addresses, so a forged one could make the server talk to itself.
+    ...(dns?.ip6
+      ? [
+          `    ip6 daddr ${dns.ip6} iifname != { "lo", "${BRIDGE}" } counter drop comment "the DNS server's IPv6 address from outside"`,
+          `    ip6 saddr ${dns.ip6} iifname != "lo" counter drop comment "the DNS server's IPv6 address forged"`,
+        ]
+      : []),
     `    iifname "${BRIDGE}" jump from_containers`,
     `    udp dport ${u.vxlanPort} ip saddr != @${setName('vxlan', false)} counter drop comment "VXLAN from no peer of ours"`,
     `    udp dport ${u.sleevePort} ip saddr != @${setName('sleeve', false)} counter drop comment "sleeve datagrams from no peer of ours"`,
@@ -136,10 +144,15 @@ export function ruleset(s: FirewallState): string {
     // Routed out of an exposed subnet (masqueraded as this host, or not), a container could reach
     // other hosts' routers as this host: their peer sets take VXLAN and sleeve datagrams by address.
     ...(routerPorts.length > 0
-      ? [
-          `    iifname "${BRIDGE}" meta l4proto { tcp, udp } th dport ${ports(routerPorts)} counter drop comment "containers reach no router's ports elsewhere"`,
-        ]
+      ? (['vxlan', 'sleeve'] as const).flatMap((k) => [
+          `    iifname "${BRIDGE}" ip daddr @${setName(k, false)} meta l4proto { tcp, udp } th dport ${ports(routerPorts)} counter drop comment "containers reach no peer's router ports (${k} peers)"`,
+          `    iifname "${BRIDGE}" ip6 daddr @${setName(k, true)} meta l4proto { tcp, udp } th dport ${ports(routerPorts)} counter drop comment "containers reach no peer's router ports (${k} peers, IPv6)"`,
+        ])
       : []),
+    // The host's routes back to its containers (for DNS replies) must not carry traffic in from outside.
+    exposed6
+      ? `    iifname != "${BRIDGE}" oifname "${BRIDGE}" ip6 daddr != ${exposed6} counter drop comment "nothing routed into the overlay over IPv6 but to exposed subnets"`
+      : `    iifname != "${BRIDGE}" oifname "${BRIDGE}" meta nfproto ipv6 counter drop comment "nothing routed into the overlay over IPv6"`,
     ...(exposed
       ? [
           `    iifname "${BRIDGE}" ip saddr ${exposed} accept comment "exposed subnets out"`,

@@ -171,7 +171,11 @@ export function guardRuleset(bindings: PortBinding[], opts: GuardOptions = {}): 
         ]
       : []),
     ...(opts.dns6 && overlayIpv6
-      ? [`    ip6 daddr ${opts.dns6} meta l4proto { udp, tcp } th dport 53 accept comment "the DNS server over IPv6"`]
+      ? [
+          `    ip6 daddr ${opts.dns6} meta l4proto { udp, tcp } th dport 53 accept comment "the DNS server over IPv6"`,
+          // Every host has that address: a remote container asking for its MAC is not this host's to answer.
+          `    iifname != "${CONTAINER_PORT_PREFIX}*" icmpv6 type nd-neighbor-solicit @th,64,128 ${ip6Hex(opts.dns6)} counter drop comment "neighbour solicitation for the DNS server from the overlay"`,
+        ]
       : []),
     // The host resolving a container it answers, and containers resolving the host: only to the host's
     // own addresses and solicited-node multicast (ND to anywhere else would be routed on).

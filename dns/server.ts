@@ -427,7 +427,9 @@ export class DnsServer {
 
   private formerr(msg: Buffer): Buffer | null {
     this.stats.formerr++;
-    if (msg.length < 12) return null;
+    // A response (QR set) is never answered: two servers, or one whose own address was forged as the
+    // source, would answer each other's FORMERR for ever.
+    if (msg.length < 12 || (msg[2] & 0x80) !== 0) return null;
     const out = Buffer.alloc(12);
     msg.copy(out, 0, 0, 2); // the query's id
     out[2] = 0x80; // response

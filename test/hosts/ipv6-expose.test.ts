@@ -139,6 +139,18 @@ describeAsRoot('expose over IPv6', () => {
     );
     expect(await tcpConnect(c1.ns, b.ip, 6783, 1500)).toBe('closed timeout');
 
+    // The bridge deleted underneath: made again by the 5 s check, with the host's addresses of both families.
+    expect((await a.exec('ip', ['link', 'del', 'weft'])).code).toBe(0);
+    await eventually(
+      'the bridge back with the exposed addresses',
+      async () => {
+        const shown = (await a.exec('ip', ['addr', 'show', 'dev', 'weft'])).stdout;
+        return shown.includes(`inet ${exposed4}`) && shown.includes(`inet6 ${exposed6}`);
+      },
+      15_000,
+      500,
+    );
+
     // Hidden: the address goes from the bridge, and the subnet's containers reach the host no more.
     const hide = await a.weft(['hide']);
     expect(hide.stdout.trim().split(' ')).toEqual([exposed4, exposed6]);

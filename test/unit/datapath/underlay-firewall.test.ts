@@ -43,11 +43,17 @@ describe('underlay peer sets', () => {
         exposed: ['10.32.0.0/12'],
         exposed6: ['fd77:6566:7400::/64'],
         nat66,
-        host: { dns: { ip: '169.254.83.83', port: 53 }, routerPorts: { tcp: [6783, 6784], udp: [6783, 6784] } },
+        host: {
+          dns: { ip: '169.254.83.83', port: 53, ip6: 'fd77:6566:7453::53' },
+          routerPorts: { tcp: [6783, 6784], udp: [6783, 6784] },
+        },
         underlay: u(['198.18.0.2', 'fd00:198:18::2'], ['fd00:198:18::2']),
         hostAddrs6: ['fd77:6566:7400::1'],
       });
-      expect(text).toContain('comment "containers reach no router\'s ports elsewhere"');
+      // Routed containers reach no peer's router ports; nothing is routed into the overlay but to exposed subnets.
+      expect(text).toContain('ip6 daddr @vxlan_peers6 meta l4proto { tcp, udp } th dport { 6783, 6784 } counter drop');
+      expect(text).toContain('oifname "weft" ip6 daddr != { fd77:6566:7400::/64 } counter drop');
+      expect(text).toContain('ip6 daddr fd77:6566:7453::53 iifname != { "lo", "weft" } counter drop');
       expect(text.includes('masquerade comment "exposed IPv6 subnets')).toBe(nat66);
       expect(text).toContain('counter drop comment "no new connections into exposed IPv6 subnets"');
       execFileSync('nft', ['-c', '-f', '-'], { input: text.replace(/^table inet weft\ndelete table inet weft\n/, '') });

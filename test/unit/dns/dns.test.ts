@@ -168,6 +168,11 @@ describe('DNS server', () => {
   it('SERVFAIL when no upstream answers; FORMERR for garbage; never throws', async () => {
     expect((await ask('example.org')).rcode).toBe('SERVFAIL');
     const fe = await server.handle(Buffer.from('\x00\x07garbage-garbage'), 'udp');
+    // A response (QR set), well-formed or not, is never answered: a server made to talk to itself (its
+    // own address forged as the source) would loop.
+    const response = Buffer.from(fe!);
+    expect(response[2] & 0x80).toBe(0x80);
+    expect(await server.handle(response, 'udp')).toBeNull();
     expect(fe![3] & 0x0f).toBe(1);
     expect(await server.handle(Buffer.from([1, 2, 3]), 'udp')).toBeNull();
     await fc.assert(
