@@ -9,6 +9,7 @@ import { join } from 'node:path';
 import { readCheckedList, type StateDir } from '../lib/json-file.js';
 import { formatIp, parseCidr } from '../net/addr.js';
 import type { Allocator } from '../ipam/allocator.js';
+import { IPV4, IPV6, type IpFamily, type Position } from '../net/family.js';
 import { formatCidr6, formatIp6, parseCidr6, type Addr6 } from '../net/addr6.js';
 import type { MeshView, PeerName } from '../mesh/index.js';
 import {
@@ -105,14 +106,7 @@ export class Datapath {
     });
     this.firewall = new HostFirewall({
       state: () => ({
-        exposed: [
-          ...new Set(
-            this.exposed.map((c) => {
-              const p = parseCidr(c, true);
-              return `${formatIp(p.start)}/${p.prefix}`;
-            }),
-          ),
-        ],
+        exposed: subnetsOf(IPV4, this.exposed),
         exposed6: this.exposedSubnets6(),
         nat66: config.ipv6Nat === true,
         hostAddrs6: this.hostAddrs6(),
@@ -162,14 +156,7 @@ export class Datapath {
 
   /** The IPv6 subnets the host is exposed to ("start/prefix"). */
   private exposedSubnets6(): string[] {
-    return [
-      ...new Set(
-        this.exposed6.map((c) => {
-          const p = parseCidr6(c, true);
-          return `${formatIp6(p.start)}/${p.prefix}`;
-        }),
-      ),
-    ];
+    return subnetsOf(IPV6, this.exposed6);
   }
 
   /** fdb entries programmed (all backends), repairs of the bridge and the tables, errors. */
@@ -390,15 +377,7 @@ export class Datapath {
   async gatewayFor6(containerCidr6: string): Promise<string> {
     const ipam6 = this.config.ipam6;
     if (!ipam6) throw new WeftError('invalid', 'no IPv6 on this router (--ipv6)');
-    const c = parseCidr6(containerCidr6, true);
-    const same = this.exposed6.find((a) => {
-      const e = parseCidr6(a, true);
-      return e.start === c.start && e.prefix === c.prefix;
-    });
-    if (same) return same.split('/')[0];
-    const got = await ipam6.allocate(EXPOSE_ID, { start: c.start, prefix: c.prefix });
-    await this.addExposed6(`${formatIp6(got.addr)}/${got.prefix}`);
-    return formatIp6(got.addr);
+    return gatewayIn(IPV6, this.exposed6, ipam6, containerCidr6, (a) => this.addExposed6(a));
   }
 
   private async addExposed6(addr: string): Promise<void> {
@@ -421,16 +400,8 @@ export class Datapath {
    * The host's address in a container address's subnet, exposed (as `weft expose` does) if it was
    * not: the gateway of containers attached with one. One per host and subnet, from IPAM.
    */
-  async gatewayFor(containerCidr: string): Promise<string> {
-    const c = parseCidr(containerCidr, true);
-    const same = this.exposed.find((a) => {
-      const e = parseCidr(a, true);
-      return e.start === c.start && e.prefix === c.prefix;
-    });
-    if (same) return same.split('/')[0];
-    const got = await this.ipam.allocate(EXPOSE_ID, { start: c.start, prefix: c.prefix });
-    await this.addExposed(`${formatIp(got.addr)}/${got.prefix}`);
-    return formatIp(got.addr);
+  gatewayFor(containerCidr: string): Promise<string> {
+    return gatewayIn(IPV4, this.exposed, this.ipam, containerCidr, (a) => this.addExposed(a));
   }
 
   private async addExposed(addr: string): Promise<void> {
@@ -805,4 +776,31 @@ async function enableIpv6Forwarding(): Promise<void> {
     }
   }
   await sysctl('net.ipv6.conf.all.forwarding', '1');
+}
+
+/** The subnets of the host's exposed addresses ("ip/prefix" -> "start/prefix", once each). */
+function subnetsOf<A extends Position>(f: IpFamily<A>, exposed: string[]): string[] {
+  return [...new Set(exposed.map((c) => f.formatCidr(f.parseCidr(c, true))))];
+}
+
+/**
+ * The host's address in a container address's subnet, of one family: the exposed one there, or one
+ * allocated (as weft:expose) and exposed through `expose`.
+ */
+async function gatewayIn<A extends Position>(
+  f: IpFamily<A>,
+  exposed: string[],
+  ipam: Allocator<A>,
+  containerCidr: string,
+  expose: (addr: string) => Promise<void>,
+): Promise<string> {
+  const c = f.parseCidr(containerCidr, true);
+  const same = exposed.find((a) => {
+    const e = f.parseCidr(a, true);
+    return e.start === c.start && e.prefix === c.prefix;
+  });
+  if (same) return same.split('/')[0];
+  const got = await ipam.allocate(EXPOSE_ID, { start: c.start, prefix: c.prefix });
+  await expose(`${f.formatIp(got.addr)}/${got.prefix}`);
+  return f.formatIp(got.addr);
 }

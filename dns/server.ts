@@ -154,11 +154,11 @@ export class DnsServer {
     if (this.config.batchedUdp !== false && isIpv4(this.config.host) && !nativeError()) {
       this.startBatched();
     } else {
-      await this.startDgram();
+      await this.startDgram(this.config.host, false);
     }
     this.tcp = await this.listenTcp(this.config.host);
     if (this.config.host6) {
-      await this.startDgram6(this.config.host6);
+      await this.startDgram(this.config.host6, true);
       this.tcp6 = await this.listenTcp(this.config.host6);
     }
   }
@@ -178,22 +178,6 @@ export class DnsServer {
     if (this.config.clients6?.(addr)) return true;
     this.stats.refusedClients++;
     return false;
-  }
-
-  private async startDgram6(host: string): Promise<void> {
-    const udp = dgram.createSocket({ type: 'udp6', ipv6Only: true });
-    this.udp6 = udp;
-    udp.on('message', (msg, rinfo) => {
-      if (rinfo.family !== 'IPv6' || !this.allowed6(rinfo.address)) return;
-      this.answerUdp(msg, (reply) => {
-        if (this.udp6 === udp) udp.send(reply, rinfo.port, rinfo.address);
-      });
-    });
-    udp.on('error', () => undefined);
-    await new Promise<void>((resolve, reject) => {
-      udp.once('error', reject);
-      udp.bind(this.config.port, host, () => resolve());
-    });
   }
 
   /**
@@ -248,19 +232,25 @@ export class DnsServer {
     this.udpIo = 'batched';
   }
 
-  private async startDgram(): Promise<void> {
-    const udp = dgram.createSocket('udp4');
-    this.udp = udp;
+  /** A Node UDP socket on host (IPv6 only, or IPv4), for the clients its family's check allows. */
+  private async startDgram(host: string, six: boolean): Promise<void> {
+    const udp = dgram.createSocket({ type: six ? 'udp6' : 'udp4', ipv6Only: six });
+    if (six) this.udp6 = udp;
+    else this.udp = udp;
+    const open = () => (six ? this.udp6 : this.udp) === udp;
     udp.on('message', (msg, rinfo) => {
-      if (rinfo.family !== 'IPv4' || !this.allowed(parseIp(rinfo.address))) return;
+      const ok = six
+        ? rinfo.family === 'IPv6' && this.allowed6(rinfo.address)
+        : rinfo.family === 'IPv4' && this.allowed(parseIp(rinfo.address));
+      if (!ok) return;
       this.answerUdp(msg, (reply) => {
-        if (this.udp === udp) udp.send(reply, rinfo.port, rinfo.address); // not after close(): an answer may come later
+        if (open()) udp.send(reply, rinfo.port, rinfo.address); // not after close(): an answer may come later
       });
     });
     udp.on('error', () => undefined);
     await new Promise<void>((resolve, reject) => {
       udp.once('error', reject);
-      udp.bind(this.config.port, this.config.host, () => resolve());
+      udp.bind(this.config.port, host, () => resolve());
     });
   }
 
