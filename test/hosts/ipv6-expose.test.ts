@@ -105,6 +105,34 @@ describeAsRoot('expose over IPv6', () => {
     expect(await tcpConnect(b.ns, c1.ip6!, 7403, 1500, 'fd00:198:18::2')).toBe('closed timeout');
     expect(ruleCounter(await forward(), rule)).toBeGreaterThan(before);
 
+    // The DNS server's IPv6 address is a routable ULA: from a machine on the underlay that routes it
+    // via host a (not host b: b has the address on its own bridge) it answers nothing, over UDP or TCP;
+    // the firewall counts the drops.
+    const stranger = await cluster!.stranger(1);
+    for (const args of [
+      ['addr', 'add', 'fd00:198:18::201/64', 'dev', 'eth0', 'nodad'],
+      ['-6', 'route', 'add', 'fd77:6566:7453::53/128', 'via', 'fd00:198:18::1'],
+    ])
+      expect((await run('ip', ['-n', stranger.ns, ...args])).code).toBe(0);
+    const dnsInput = async () =>
+      ruleCounter(
+        (await a.exec('nft', ['list', 'chain', 'inet', 'weft', 'input'])).stdout,
+        "the DNS server's IPv6 address from outside",
+      );
+    const dnsBefore = await dnsInput();
+    const query = await run('ip', [
+      'netns',
+      'exec',
+      stranger.ns,
+      process.execPath,
+      '-e',
+      `const r = new (require('node:dns').promises.Resolver)({ timeout: 1000, tries: 1 }); r.setServers(['[fd77:6566:7453::53]:53']);
+       r.resolve4('one.weft.local').then(() => console.log('answered'), (e) => console.log(e.code));`,
+    ]);
+    expect(query.stdout.trim()).toBe('ETIMEOUT');
+    expect(await tcpConnect(stranger.ns, 'fd77:6566:7453::53', 53, 1000)).toBe('closed timeout');
+    expect(await dnsInput()).toBeGreaterThan(dnsBefore);
+
     // Another subnet: a container there, with a route to the host's address it made itself, is dropped
     // at the bridge (nothing of the host is exposed to it).
     const other = await cluster!.container('other');
