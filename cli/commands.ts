@@ -276,11 +276,22 @@ withRouterLocation(
       '--gateway',
       "route the container's default traffic through this host (NAT to the outside; the host reaches it), for each family it has (IPv6: routed, or NAT66 with the router's --ipv6-nat); replaces a default route it had",
     )
-    .option('--ipv4-only', 'no IPv6 address, on a router that gives containers one of each family (--ipv6)'),
+    .option('--ipv4-only', 'no IPv6 address, on a router that gives containers one of each family (--ipv6)')
+    .option(
+      '--ipv6-only',
+      'no IPv4 address: an IPv6-only container (a router run with --ipv6); its resolver asks the DNS server over IPv6',
+    ),
 ).action(
   async (
     args: string[],
-    o: { subnet?: string; hostname?: string; group?: string[]; gateway?: boolean; ipv4Only?: boolean },
+    o: {
+      subnet?: string;
+      hostname?: string;
+      group?: string[];
+      gateway?: boolean;
+      ipv4Only?: boolean;
+      ipv6Only?: boolean;
+    },
     cmd: Command,
   ) => {
     const container = args[args.length - 1];
@@ -297,6 +308,7 @@ withRouterLocation(
             groups: o.group,
             ...(o.gateway ? { gateway: true } : {}),
             ...(o.ipv4Only ? { ipv4Only: true } : {}),
+            ...(o.ipv6Only ? { ipv6Only: true } : {}),
           }),
         )
       ).body,
@@ -314,8 +326,9 @@ withRouterLocation(
 ).action(async (container: string, _o, cmd: Command) => {
   const ep = JSON.parse((await request(target(cmd), 'DELETE', `/attach/${encodeURIComponent(container)}`)).body) as {
     cidrs: string[];
+    cidrs6?: string[];
   };
-  console.log(ep.cidrs.join(' '));
+  console.log([...ep.cidrs, ...(ep.cidrs6 ?? [])].join(' '));
 });
 
 withRouterLocation(
@@ -595,9 +608,11 @@ withRouterLocation(
         ['BACKEND', 'ADDRESS', 'HOST', 'HEALTH', 'FLOWS FROM HERE'],
         ...s.live.map((b) => [
           b.container,
-          b.addr6 ? `${b.addr} ${b.addr6}` : b.addr,
+          [b.addr, b.addr6].filter((a) => a !== undefined).join(' '),
           b.host ?? b.peer,
-          b.health,
+          b.health6 !== undefined && b.addr !== undefined && b.health6 !== b.health
+            ? `${b.health} (IPv6 ${b.health6})`
+            : b.health,
           String(b.flowsFromHere),
         ]),
       ]).trimEnd(),
@@ -697,6 +712,10 @@ program
   .option('--subnet <cidr>', "allocate from this subnet of weft's range (default: the router's default subnet)")
   .option('--dns-domain <domain>', 'register pods (K8S_POD_NAME) under this domain', 'weft.local')
   .option(
+    '--ip-families <list>',
+    "the pods' address families: IPv4, IPv6 (IPv6-only pods; the router needs --ipv6) or IPv4,IPv6 (default: each family the router carries)",
+  )
+  .option(
     '--chain <plugins>',
     'reference plugins chained after weft when the bin dir has them (comma-separated; "" for none)',
     'portmap,bandwidth',
@@ -709,13 +728,16 @@ program
       name: string;
       subnet?: string;
       dnsDomain: string;
+      ipFamilies?: string;
       chain: string;
     }) => {
       const { setupCni } = await import('./setup-cni.js');
       let r;
       try {
+        const { ipFamilies, ...rest } = o;
         r = setupCni({
-          ...o,
+          ...rest,
+          ...(ipFamilies !== undefined ? { ipFamilies: ipFamilies.split(',').map((f) => f.trim()) } : {}),
           chain: o.chain
             .split(',')
             .map((c) => c.trim())

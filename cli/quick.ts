@@ -101,8 +101,8 @@ export async function runQuick(c: QuickCommand): Promise<void> {
       console.log([...ep.cidrs, ...(ep.cidrs6 ?? [])].join(' '));
     } else {
       const path = `/attach/${encodeURIComponent(c.container)}`;
-      const ep = JSON.parse((await request(c.target, 'DELETE', path)).body) as { cidrs: string[] };
-      console.log(ep.cidrs.join(' '));
+      const ep = JSON.parse((await request(c.target, 'DELETE', path)).body) as { cidrs: string[]; cidrs6?: string[] };
+      console.log([...ep.cidrs, ...(ep.cidrs6 ?? [])].join(' '));
     }
   } catch (err) {
     exitWithError(err);

@@ -8,6 +8,7 @@
 import { chmodSync, copyFileSync, existsSync, mkdirSync, renameSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { projectRoot } from '../lib/project-root.js';
+import { isIpFamilies } from '../net/validate.js';
 
 export interface SetupCniOptions {
   binDir: string;
@@ -21,6 +22,8 @@ export interface SetupCniOptions {
   /** Allocate from this subnet of weft's range (default: the router's default subnet). */
   subnet?: string;
   dnsDomain: string;
+  /** The pods' families (the config's ipFamilies): ["IPv4"], ["IPv6"] or both; none: each family the router carries. */
+  ipFamilies?: string[];
 }
 
 export interface SetupCniResult {
@@ -38,7 +41,10 @@ const CHAINED: Record<string, Record<string, unknown>> = {
 };
 
 /** The conflist text; cniVersion 1.0.0, which every current runtime and reference plugin speaks. */
-function conflist(o: Pick<SetupCniOptions, 'name' | 'routerAddr' | 'subnet' | 'dnsDomain'>, chained: string[]) {
+function conflist(
+  o: Pick<SetupCniOptions, 'name' | 'routerAddr' | 'subnet' | 'dnsDomain' | 'ipFamilies'>,
+  chained: string[],
+) {
   return (
     JSON.stringify(
       {
@@ -50,6 +56,7 @@ function conflist(o: Pick<SetupCniOptions, 'name' | 'routerAddr' | 'subnet' | 'd
             routerAddr: o.routerAddr,
             dnsDomain: o.dnsDomain,
             ...(o.subnet ? { subnet: o.subnet } : {}),
+            ...(o.ipFamilies ? { ipFamilies: o.ipFamilies } : {}),
           },
           ...chained.map((c) => CHAINED[c]),
         ],
@@ -68,6 +75,9 @@ function writeAtomically(path: string, write: (tmp: string) => void, mode: numbe
 }
 
 export function setupCni(o: SetupCniOptions): SetupCniResult {
+  const families = o.ipFamilies;
+  if (families && !isIpFamilies(families))
+    throw new Error(`--ip-families ${families.join(',')}: give IPv4, IPv6 or IPv4,IPv6`);
   for (const c of o.chain)
     if (!CHAINED[c]) throw new Error(`cannot chain "${c}": weft knows how to chain ${Object.keys(CHAINED).join(', ')}`);
   mkdirSync(o.binDir, { recursive: true });

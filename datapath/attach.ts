@@ -230,6 +230,8 @@ export interface AttachOptions {
   hostLines?: string[];
   /** IPv6 addresses ("ip/prefix"); none: the interface has no IPv6 at all. */
   cidrs6?: string[];
+  /** False: an IPv6-only container (no IPv4 address now or before): no IPv4 route to the DNS server either. */
+  ipv4?: boolean;
 }
 
 /**
@@ -248,7 +250,7 @@ export async function attachContainer(
   bind: (hostIf: string, mac: string) => Promise<void>,
   opts: AttachOptions = {},
 ): Promise<AttachResult> {
-  const { dns, ifname = DEFAULT_IF, gateway, gateway6, fresh = false, hostLines = [], cidrs6 = [] } = opts;
+  const { dns, ifname = DEFAULT_IF, gateway, gateway6, fresh = false, hostLines = [], cidrs6 = [], ipv4 = true } = opts;
   const ipv6 = cidrs6.length > 0;
   // IPv6 addresses are unique by the allocator (and a claim of one in use is refused): no duplicate
   // address detection, whose second of "tentative" would hold up the container's first packets.
@@ -269,7 +271,7 @@ export async function attachContainer(
     // The DNS server lives on this host's bridge: a direct route to it, and its MAC fixed (after the
     // announcement below), so no ARP for it ever floods over the overlay (every host's bridge has that
     // address).
-    ...(dns ? [`route replace ${dns.ip}/32 dev ${dev}`] : []),
+    ...(dns && ipv4 ? [`route replace ${dns.ip}/32 dev ${dev}`] : []),
     ...(dns?.ip6 && ipv6 ? [`route replace ${dns.ip6}/128 dev ${dev}`] : []),
     ...(gateway ? [`route replace default via ${gateway} dev ${dev}`] : []),
     ...(gateway6 ? [`route replace default via ${gateway6} dev ${dev}`] : []),
@@ -377,7 +379,11 @@ export async function attachContainer(
     ifname,
     mac,
     hostIf,
-    dns && { ip: dns.ip, bridgeMac: dns.bridgeMac, ...(dns.ip6 && ipv6 ? { ip6: dns.ip6 } : {}) },
+    dns && {
+      ...(ipv4 ? { ip: dns.ip } : {}),
+      bridgeMac: dns.bridgeMac,
+      ...(dns.ip6 && ipv6 ? { ip6: dns.ip6 } : {}),
+    },
   );
   return { mac, hostIf };
 }
@@ -421,7 +427,7 @@ export async function announceWhenForwarding(
   ifname: string,
   mac: string,
   hostIf?: string,
-  dns?: { ip: string; bridgeMac: string; ip6?: string },
+  dns?: { ip?: string; bridgeMac: string; ip6?: string },
 ): Promise<void> {
   if (hostIf) {
     // The port's STP state from sysfs (3: forwarding): no process per poll.
@@ -438,7 +444,7 @@ export async function announceWhenForwarding(
   }
   await ipBatchIn(ns, [
     `link set dev ${ifname} address ${mac}`,
-    ...(dns ? [`neigh replace ${dns.ip} lladdr ${dns.bridgeMac} dev ${ifname} nud permanent`] : []),
+    ...(dns?.ip ? [`neigh replace ${dns.ip} lladdr ${dns.bridgeMac} dev ${ifname} nud permanent`] : []),
     ...(dns?.ip6 ? [`neigh replace ${dns.ip6} lladdr ${dns.bridgeMac} dev ${ifname} nud permanent`] : []),
   ]).catch(() => undefined);
 }

@@ -478,39 +478,50 @@ export class Datapath {
     subnet?: string,
     cni?: { netns: string; ifname: string },
     groups?: string[],
-    opts: { gateway?: boolean; fresh?: boolean; ipv4Only?: boolean } = {},
+    opts: { gateway?: boolean; fresh?: boolean; only?: 'ipv4' | 'ipv6' } = {},
   ): Promise<Endpoint & { gateway?: string; gateway6?: string }> {
-    const { gateway = false, fresh = false, ipv4Only = false } = opts;
+    const { gateway = false, fresh = false, only } = opts;
     if (cni) rememberNetns(container, cni.netns);
     netnsPathOf(container); // a clear error before anything is allocated
     const ipam6 = this.config.ipam6;
     const isV6 = (c: string) => c.includes(':');
     const subnet6 = subnet !== undefined && isV6(subnet) ? subnet : undefined;
     const subnet4 = subnet !== undefined && !isV6(subnet) ? subnet : undefined;
-    if (!ipam6 && (cidrs.some(isV6) || subnet6 !== undefined))
+    if (!ipam6 && (cidrs.some(isV6) || subnet6 !== undefined || only === 'ipv6'))
       throw new WeftError(
         'invalid',
         'containers get IPv6 addresses only when the router runs with --ipv6 (this one carries IPv4 only); IPv6 addresses can be allocated with weft ipam alloc --ipv6',
       );
-    if (ipv4Only && (cidrs.some(isV6) || subnet6 !== undefined))
+    const prev0 = this.endpoints.local.find((e) => e.container === container);
+    if (only === 'ipv4' && (cidrs.some(isV6) || subnet6 !== undefined))
       throw new WeftError('invalid', 'IPv4 only, and an IPv6 address or subnet: choose one');
-    if (ipv4Only && (this.endpoints.local.find((e) => e.container === container)?.cidrs6 ?? []).length > 0)
+    if (only === 'ipv6' && (cidrs.some((c) => !isV6(c)) || subnet4 !== undefined))
+      throw new WeftError('invalid', 'IPv6 only, and an IPv4 address or subnet: choose one');
+    // A family is added to a container by a re-attach, never taken away (detach first).
+    if (only === 'ipv4' && (prev0?.cidrs6 ?? []).length > 0)
       throw new WeftError(
         'conflict',
         `${container} is attached with IPv6 addresses already; detach it first to attach it IPv4 only`,
+      );
+    if (only === 'ipv6' && (prev0?.cidrs ?? []).length > 0)
+      throw new WeftError(
+        'conflict',
+        `${container} is attached with IPv4 addresses already; detach it first to attach it IPv6 only`,
       );
     let addrs = cidrs.filter((c) => !isV6(c)).map((c) => canonicalCidr(c, true, 'address'));
     const given6 = cidrs.filter(isV6).map((c) => canonicalCidr6(c, true, 'address'));
     const net = subnet4 === undefined ? undefined : parseCidr(canonicalCidr(subnet4, false, 'subnet'));
     const net6 = subnet6 === undefined ? undefined : parseCidr6(canonicalCidr6(subnet6, false, 'subnet'));
-    const prev0 = this.endpoints.local.find((e) => e.container === container);
-    // IPv6 too when the router carries it, unless asked not to; an IPv6 address or subnet named alone
-    // (no IPv4 one) still brings an IPv4 address: containers are dual-stack or IPv4-only (for now).
-    const want6 = ipam6 !== undefined && !ipv4Only;
-    if (addrs.length === 0) {
+    // Each family the router carries, unless asked for one: an IPv6 address or subnet named alone still
+    // brings an IPv4 address (dual-stack), and one named with --ipv6-only does not. A container attached
+    // IPv6 only before stays so when it is attached again without the option.
+    const wasOnly6 = prev0 !== undefined && prev0.cidrs.length === 0 && (prev0.cidrs6 ?? []).length > 0;
+    const want4 = only !== 'ipv6' && !(wasOnly6 && addrs.length === 0 && subnet4 === undefined);
+    const want6 = ipam6 !== undefined && only !== 'ipv4';
+    if (want4 && addrs.length === 0) {
       const got = await this.ipam.allocate(container, net);
       addrs = [`${formatIp(got.addr)}/${got.prefix}`];
-    } else {
+    } else if (want4) {
       for (const c of addrs) {
         const p = parseCidr(c, true);
         await this.ipam.claim(container, p.addr, { start: p.start, prefix: p.prefix });
@@ -534,12 +545,13 @@ export class Datapath {
     const dns = this.config.dns;
     const prevCidrs = prev0?.cidrs ?? [];
     const all6 = want6 ? [...new Set([...(prev0?.cidrs6 ?? []), ...addrs6])] : [];
+    const ipv4 = prevCidrs.length > 0 || addrs.length > 0;
     const taking = new Set<string>();
     let mac: string;
     let gw: string | undefined;
     let gw6: string | undefined;
     try {
-      if (gateway) gw = await this.gatewayFor(addrs[0]);
+      if (gateway && addrs.length > 0) gw = await this.gatewayFor(addrs[0]);
       if (gateway && all6.length > 0) gw6 = await this.gatewayFor6(all6[0]);
       ({ mac } = await attachContainer(
         container,
@@ -557,7 +569,7 @@ export class Datapath {
               ip: dns.ip,
               bridgeMac: bridgeMac(this.mesh.name),
               ...(this.dns6 ? { ip6: this.dns6 } : {}),
-              resolvConf: `# written by weft attach\nnameserver ${dns.ip}\n${this.dns6 && all6.length > 0 ? `nameserver ${this.dns6}\n` : ''}search ${dns.domain.replace(/\.$/, '')}\n`,
+              resolvConf: `# written by weft attach\n${ipv4 ? `nameserver ${dns.ip}\n` : ''}${this.dns6 && all6.length > 0 ? `nameserver ${this.dns6}\n` : ''}search ${dns.domain.replace(/\.$/, '')}\n`,
             },
           }),
           ...(cni && { ifname: cni.ifname }),
@@ -566,6 +578,7 @@ export class Datapath {
           fresh,
           hostLines: this.routeBackLines([...addrs, ...addrs6]),
           cidrs6: all6,
+          ipv4,
         },
       ));
     } catch (err) {

@@ -62,8 +62,8 @@ export function compareRecords(a: NameRecord, b: NameRecord): number {
 
 /** Service names and their VIPs (services/engine.ts), asked before the containers' names. */
 export interface ServiceNames {
-  /** A service's VIPs: IPv4, and IPv6 where the router gives services one (--ipv6). */
-  vipFor(hostname: string): { v4: string; v6?: string } | null;
+  /** A service's VIPs: of each family its backends have (IPv6 only where the router gives services one, --ipv6). */
+  vipFor(hostname: string): { v4?: string; v6?: string } | null;
   nameOf(ip: string): string | null;
 }
 
@@ -91,8 +91,9 @@ export class NameTable {
   lookup(hostname: string, family?: 4 | 6): string[] {
     const vip = this.services?.vipFor(normaliseName(hostname));
     if (vip) {
+      const v4 = vip.v4 !== undefined ? [vip.v4] : [];
       const v6 = vip.v6 !== undefined ? [vip.v6] : [];
-      return family === 6 ? v6 : family === 4 ? [vip.v4] : [vip.v4, ...v6];
+      return family === 6 ? v6 : family === 4 ? v4 : [...v4, ...v6];
     }
     if (!this.index) {
       this.index = new Map();

@@ -92,6 +92,17 @@ export function canonicalDnsName(text: unknown, what = 'name'): string {
 /** A security group's name: lower-case letters, digits, _ . -, up to 63, starting with a letter or digit. */
 export const GROUP_NAME = /^[a-z0-9][a-z0-9_.-]{0,62}$/;
 
+/** A list of address families as Kubernetes names them: ["IPv4"], ["IPv6"] or both, each once. */
+export function isIpFamilies(x: unknown): x is ('IPv4' | 'IPv6')[] {
+  return (
+    Array.isArray(x) &&
+    x.length >= 1 &&
+    x.length <= 2 &&
+    new Set(x).size === x.length &&
+    x.every((f) => f === 'IPv4' || f === 'IPv6')
+  );
+}
+
 /** A network interface name (IFNAMSIZ: 15 characters), safe on a command line. */
 export function checkIfName(text: unknown, what = 'interface name'): string {
   if (typeof text !== 'string' || !/^[A-Za-z0-9_][A-Za-z0-9_.-]{0,14}$/.test(text))

@@ -12,7 +12,7 @@ import type { Datapath } from '../datapath/datapath.js';
 import { hostIfName } from '../datapath/attach.js';
 import type { NameService } from '../dns/table.js';
 import { WeftError } from '../lib/errors.js';
-import { GROUP_NAME, canonicalDnsName, checkIfName } from '../net/validate.js';
+import { GROUP_NAME, canonicalDnsName, checkIfName, isIpFamilies } from '../net/validate.js';
 import { ipJson } from '../net/command.js';
 import { CNI_VERSIONS, cniVersionOf } from './cni-versions.js';
 
@@ -74,6 +74,11 @@ export interface NetConf {
   groups?: string[];
   /** The default route through the host (its address in the subnet, exposed): default true. */
   gateway: boolean;
+  /**
+   * The pods' address families, as Kubernetes names them: ["IPv4"], ["IPv6"] (IPv6-only pods, a router
+   * with --ipv6), or both (the default: each family the router carries).
+   */
+  ipFamilies?: ('IPv4' | 'IPv6')[];
   prevResult?: unknown;
   validAttachments?: { containerID: string; ifname: string }[];
 }
@@ -121,6 +126,12 @@ export function parseNetConf(text: string): NetConf {
       CNI_CODES.invalidConfig,
       'invalid network configuration: groups must be a list of group names (lower-case letters, digits, _ . -; up to 63)',
     );
+  const families = c.ipFamilies;
+  if (families !== undefined && !isIpFamilies(families))
+    throw new CniError(
+      CNI_CODES.invalidConfig,
+      'invalid network configuration: ipFamilies must be ["IPv4"], ["IPv6"] or ["IPv4", "IPv6"]',
+    );
   const valid = c['cni.dev/valid-attachments'];
   if (
     valid !== undefined &&
@@ -144,6 +155,7 @@ export function parseNetConf(text: string): NetConf {
     ...(c.dnsDomain !== undefined ? { dnsDomain: c.dnsDomain as string } : {}),
     ...(c.groups !== undefined ? { groups: c.groups as string[] } : {}),
     gateway: c.gateway !== false,
+    ...(families !== undefined ? { ipFamilies: families } : {}),
     ...(c.prevResult !== undefined ? { prevResult: c.prevResult } : {}),
     ...(valid !== undefined ? { validAttachments: valid as { containerID: string; ifname: string }[] } : {}),
   };
@@ -186,7 +198,7 @@ export interface AttachmentFacts {
   /** The host's IPv6 address in the container's IPv6 subnet: its IPv6 default route. */
   gateway6?: string;
   /** weft's DNS server (its IPv6 address too, for a dual-stack pod). */
-  dns: { nameserver: string; nameserver6?: string; domain: string } | null;
+  dns: { nameserver?: string; nameserver6?: string; domain: string } | null;
 }
 
 /** An ADD result in the shape of the config's version (0.3.x and 0.4.0 name each address's IP version). */
@@ -219,7 +231,7 @@ export function cniResult(version: string, a: AttachmentFacts): Record<string, u
     ],
     dns: a.dns
       ? {
-          nameservers: [a.dns.nameserver, ...(a.dns.nameserver6 ? [a.dns.nameserver6] : [])],
+          nameservers: [a.dns.nameserver, a.dns.nameserver6].filter((n) => n !== undefined),
           domain: a.dns.domain,
           search: [a.dns.domain],
         }
@@ -293,8 +305,10 @@ export class CniService {
     const pod = cniArg(req.args ?? '', 'K8S_POD_NAME');
     const domain = (conf.dnsDomain ?? '').replace(/\.$/, '');
     const hostname = pod && domain ? canonicalDnsName(`${pod}.${domain}`, 'pod name') : undefined;
+    const only = conf.ipFamilies?.length === 1 ? (conf.ipFamilies[0] === 'IPv4' ? 'ipv4' : 'ipv6') : undefined;
     const ep = await d.attach(container, [], conf.subnet, { netns, ifname }, groupsOf(conf, req), {
       gateway: conf.gateway,
+      ...(only ? { only } : {}),
       fresh: !mine, // an interface of that name in the container, not weft's, is an error (the spec's rule)
     });
     if (hostname)
@@ -314,7 +328,7 @@ export class CniService {
       ...(ep.gateway6 ? { gateway6: ep.gateway6 } : {}),
       dns: dns
         ? {
-            nameserver: dns.ip,
+            ...(ep.cidrs.length > 0 ? { nameserver: dns.ip } : {}),
             ...(dns.ip6 && (ep.cidrs6 ?? []).length > 0 ? { nameserver6: dns.ip6 } : {}),
             domain: domain || dns.domain,
           }

@@ -28,6 +28,8 @@ interface Attached {
   groups?: string[];
   /** Attached with --gateway: the default route through this host. */
   gateway?: boolean;
+  /** Attached with --ipv4-only or --ipv6-only. */
+  only?: 'ipv4' | 'ipv6';
 }
 
 /** The Docker label that puts a container in security groups: weft.group=web,frontend */
@@ -190,7 +192,8 @@ export class DockerWatcher {
     const again = this.attached().find((a) => a.id === c.Id);
     if (again && !this.deps.datapath.endpoints.local.some((e) => e.container === c.Id)) {
       try {
-        await this.attach(c, again.cidrs, again.subnet, again.hostname, again.groups, again.gateway);
+        const only = again.only === 'ipv4' || again.only === 'ipv6' ? again.only : undefined;
+        await this.attach(c, again.cidrs, again.subnet, again.hostname, again.groups, again.gateway, only);
         this.deps.log.info({ container: c.Id.slice(0, 12) }, 'reattached a restarted Docker container');
       } catch (err) {
         this.deps.log.warn(
@@ -256,6 +259,7 @@ export class DockerWatcher {
     hostname?: string,
     groups?: string[],
     gateway = false,
+    only?: 'ipv4' | 'ipv6',
   ): Promise<{
     container: string;
     cidrs: string[];
@@ -263,6 +267,7 @@ export class DockerWatcher {
     hostname: string | null;
     groups: string[];
     gateway?: string;
+    gateway6?: string;
   }> {
     const g = groups ?? this.groupsOf(c);
     const ep = await this.deps.datapath.attach(
@@ -271,12 +276,20 @@ export class DockerWatcher {
       subnet,
       { netns: `/proc/${c.State.Pid}/ns/net`, ifname: 'ethwe' },
       g,
-      { gateway },
+      { gateway, ...(only ? { only } : {}) },
     );
     const list = this.attached().filter((a) => a.id !== c.Id);
     this.deps.writes.write(this.attachedPath, [
       ...list,
-      { id: c.Id, cidrs, subnet, hostname, ...(groups ? { groups } : {}), ...(gateway ? { gateway } : {}) },
+      {
+        id: c.Id,
+        cidrs,
+        subnet,
+        hostname,
+        ...(groups ? { groups } : {}),
+        ...(gateway ? { gateway } : {}),
+        ...(only ? { only } : {}),
+      },
     ]);
     // Like Weave's proxy: a container attached by weft is found by its Docker name.
     const name = hostname ?? (this.deps.dns ? `${containerName(c)}.${this.deps.dns.domain}` : null);
@@ -290,6 +303,7 @@ export class DockerWatcher {
       hostname: name,
       groups: ep.groups ?? [],
       ...(ep.gateway ? { gateway: ep.gateway } : {}),
+      ...(ep.gateway6 ? { gateway6: ep.gateway6 } : {}),
     };
   }
 

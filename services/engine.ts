@@ -24,10 +24,14 @@ type Health = 'healthy' | 'failing' | 'unchecked';
 interface BackendView {
   container: string;
   peer: PeerName;
-  addr: string;
-  /** Its IPv6 address (a dual-stack container, --ipv6). */
+  /** Its IPv4 address (none: an IPv6-only container). */
+  addr?: string;
+  /** Its IPv6 address (a dual-stack or IPv6-only container, --ipv6). */
   addr6?: string;
+  /** Its check's result: on its IPv4 address, or on its IPv6 one when it has only that. */
   health: Health;
+  /** The check's result on its IPv6 address (checked apart: a server may listen on one family only). */
+  health6?: Health;
 }
 
 export interface ServiceView extends Service {
@@ -57,7 +61,9 @@ const FLOWS_MAX_AGE_MS = 15_000;
 
 export class ServiceEngine {
   readonly table: ServiceTable;
+  /** Backends failing their check over IPv4 (or over IPv6, having only that), and over IPv6. */
   readonly health: HealthRecords;
+  readonly health6: HealthRecords;
   readonly rangeText: string;
   /** --service-range6, with --ipv6. */
   readonly range6Text: string | null;
@@ -68,6 +74,8 @@ export class ServiceEngine {
   /** The backends each VIP had at the last pass (their flows are cut when they drop out). */
   private lastBackends = new Map<string, Set<string>>();
   private readonly failures = new Map<string, number>();
+  /** The address families each service's backends have, for DNS: worked out once per change. */
+  private families: Map<string, { v4: boolean; v6: boolean }> | null = null;
   private readonly job = new SerialJob(() => this.syncPass(), 10);
   private probeTimer: NodeJS.Timeout | null = null;
   lastError: string | null = null;
@@ -90,6 +98,7 @@ export class ServiceEngine {
     this.zone = domain.replace(/\.$/, '');
     this.table = new ServiceTable(mesh, range, stateFile(state, 'services.json'));
     this.health = new HealthRecords(mesh);
+    this.health6 = new HealthRecords(mesh, true);
     this.table.onChange(() => (this.resolved = null));
   }
 
@@ -135,9 +144,13 @@ export class ServiceEngine {
   }
 
   start(): void {
-    const schedule = () => this.job.schedule();
+    const schedule = () => {
+      this.families = null;
+      this.job.schedule();
+    };
     this.table.onChange(schedule);
     this.health.onChange(schedule);
+    this.health6.onChange(schedule);
     this.datapath?.endpoints.onChange(schedule);
     this.mesh.on('topology', schedule);
     this.job.schedule();
@@ -153,6 +166,7 @@ export class ServiceEngine {
   stop(): void {
     this.job.stop();
     this.health.stop();
+    this.health6.stop();
     if (this.probeTimer) clearInterval(this.probeTimer);
   }
 
@@ -165,9 +179,13 @@ export class ServiceEngine {
   /** Every service with its backends as this host sees them. */
   views(): ServiceView[] {
     const { served, conflicts } = this.resolve();
-    const endpoints = (this.datapath?.endpoints.all() ?? []).filter((e) => e.cidrs.length > 0);
+    const six = this.range6 !== null;
+    const endpoints = (this.datapath?.endpoints.all() ?? []).filter(
+      (e) => e.cidrs.length > 0 || (six && (e.cidrs6 ?? []).length > 0),
+    );
     const reachable = this.reachable();
     const failing = new Set(this.health.all().map((f) => `${f.service} ${f.container}`));
+    const failing6 = new Set(this.health6.all().map((f) => `${f.service} ${f.container}`));
     const view = (s: Service, isServed: boolean, conflict?: string): ServiceView => {
       const members = endpoints.filter(
         (e) =>
@@ -176,15 +194,27 @@ export class ServiceEngine {
             ? (e.groups ?? []).includes(s.group)
             : s.backends!.some((b) => containerMatches(b, e.container))),
       );
+      const healthIn = (set: Set<string>, container: string): Health =>
+        s.check ? (set.has(`${s.name} ${container}`) ? 'failing' : 'healthy') : 'unchecked';
       const live = members
-        .map((e) => ({
-          container: e.container,
-          peer: e.peer,
-          addr: e.cidrs[0].split('/')[0],
-          ...(this.range6 && e.cidrs6 && e.cidrs6.length > 0 ? { addr6: e.cidrs6[0].split('/')[0] } : {}),
-          health: (s.check ? (failing.has(`${s.name} ${e.container}`) ? 'failing' : 'healthy') : 'unchecked') as Health,
-        }))
-        .sort((a, b) => (a.addr < b.addr ? -1 : a.addr > b.addr ? 1 : 0));
+        .map((e): BackendView => {
+          const addr = e.cidrs[0]?.split('/')[0];
+          const addr6 = six ? e.cidrs6?.[0]?.split('/')[0] : undefined;
+          const health6 = addr6 !== undefined ? healthIn(failing6, e.container) : undefined;
+          return {
+            container: e.container,
+            peer: e.peer,
+            ...(addr !== undefined ? { addr } : {}),
+            ...(addr6 !== undefined ? { addr6 } : {}),
+            health: addr !== undefined ? healthIn(failing, e.container) : health6!,
+            ...(health6 !== undefined ? { health6 } : {}),
+          };
+        })
+        .sort((a, b) => {
+          const x = a.addr ?? `~${a.addr6}`; // IPv4 first, then IPv6-only backends
+          const y = b.addr ?? `~${b.addr6}`;
+          return x < y ? -1 : x > y ? 1 : 0;
+        });
       return {
         ...s,
         ...(this.range6 ? { vip6: this.vip6(s.vip) } : {}),
@@ -201,14 +231,25 @@ export class ServiceEngine {
     ].sort((a, b) => (a.name < b.name ? -1 : 1));
   }
 
-  /** The VIPs for a DNS name (NAME.DOMAIN): IPv4, and IPv6 with --ipv6; or null. */
-  vipFor(hostname: string): { v4: string; v6?: string } | null {
+  /**
+   * The VIPs for a DNS name (NAME.DOMAIN), or null. With --ipv6, a VIP of each family its backends
+   * have: a service of IPv4-only containers has no AAAA (a client that prefers IPv6 would be refused
+   * there), one of IPv6-only containers no A; one without backends yet, both.
+   */
+  vipFor(hostname: string): { v4?: string; v6?: string } | null {
     const suffix = `.${this.zone}.`;
     const n = hostname.endsWith('.') ? hostname : `${hostname}.`;
     if (!n.endsWith(suffix)) return null;
-    const vip = this.resolve().byName.get(n.slice(0, -suffix.length))?.vip;
+    const name = n.slice(0, -suffix.length);
+    const vip = this.resolve().byName.get(name)?.vip;
     if (vip === undefined) return null;
-    return this.range6 ? { v4: vip, v6: this.vip6(vip) } : { v4: vip };
+    if (!this.range6) return { v4: vip };
+    this.families ??= new Map(
+      this.views().map((v) => [v.name, { v4: v.live.some((b) => b.addr), v6: v.live.some((b) => b.addr6) }]),
+    );
+    const f = this.families.get(name);
+    const none = !f || (!f.v4 && !f.v6);
+    return { ...(none || f.v4 ? { v4: vip } : {}), ...(none || f.v6 ? { v6: this.vip6(vip) } : {}) };
   }
 
   /** The service that has this VIP, if any (DNS reverse lookups). */
@@ -277,14 +318,16 @@ export class ServiceEngine {
       if (!this.datapath) return;
       const views = this.views().filter((v) => v.served);
       const vips: ServedVip[] = views.map((v) => {
-        const up = v.live.filter((b) => b.health !== 'failing');
         return {
           name: v.name,
           vip: v.vip,
           affinity: v.affinity,
-          backends: up.map((b) => b.addr),
+          backends: v.live.flatMap((b) => (b.addr !== undefined && b.health !== 'failing' ? [b.addr] : [])),
           ...(v.vip6 !== undefined
-            ? { vip6: v.vip6, backends6: up.flatMap((b) => (b.addr6 !== undefined ? [b.addr6] : [])) }
+            ? {
+                vip6: v.vip6,
+                backends6: v.live.flatMap((b) => (b.addr6 !== undefined && b.health6 !== 'failing' ? [b.addr6] : [])),
+              }
             : {}),
         };
       });
@@ -367,36 +410,45 @@ export class ServiceEngine {
     // The host reaches its own containers through the DNS address's routes back (datapath); without them, nothing is probed.
     if (!this.datapath?.config.dns) return;
     const local = new Set(this.datapath.endpoints.local.map((e) => e.container));
-    const checks: { key: string; failing: Failing; addr: string; port: number }[] = [];
+    // Each address a backend has is checked (a server may listen on one family only); an IPv6-only
+    // backend's check is its `health` and its `health6` alike.
+    const checks: { key: string; failing: Failing; addr: string; port: number; six: boolean }[] = [];
     for (const v of this.views()) {
       if (!v.check) continue;
-      for (const b of v.live)
-        if (local.has(b.container))
-          checks.push({
-            key: `${v.name} ${b.container}`,
-            failing: { service: v.name, container: b.container },
-            addr: b.addr,
-            port: v.check.port,
-          });
+      for (const b of v.live) {
+        if (!local.has(b.container)) continue;
+        const failing = { service: v.name, container: b.container };
+        for (const [addr, six] of [
+          [b.addr, false],
+          [b.addr6, true],
+        ] as const)
+          if (addr !== undefined)
+            checks.push({ key: `${v.name} ${b.container} ${six ? 6 : 4}`, failing, addr, port: v.check.port, six });
+      }
     }
     const results = await Promise.all(checks.map(async (c) => ({ c, ok: await tcpProbe(c.addr, c.port) })));
     this.stats.probes += results.length;
     const keys = new Set(checks.map((c) => c.key));
     for (const k of this.failures.keys()) if (!keys.has(k)) this.failures.delete(k);
     for (const { c, ok } of results) this.failures.set(c.key, ok ? 0 : (this.failures.get(c.key) ?? 0) + 1);
-    const failing = results.filter(({ c }) => (this.failures.get(c.key) ?? 0) >= FALL).map(({ c }) => c.failing);
+    const failingOver = (six: boolean) =>
+      results.filter(({ c }) => c.six === six && (this.failures.get(c.key) ?? 0) >= FALL).map(({ c }) => c.failing);
     const key = (l: Failing[]) =>
       l
         .map((f) => `${f.service} ${f.container}`)
         .sort()
         .join('\n');
-    if (key(failing) !== key(this.health.local)) {
-      this.health.setLocal(failing);
-      this.mesh.log.info(
-        { failing: failing.map((f) => `${f.service}/${f.container}`) },
-        'service backends failing their checks changed',
-      );
-    }
+    for (const [records, failing, family] of [
+      [this.health, failingOver(false), 'IPv4'],
+      [this.health6, failingOver(true), 'IPv6'],
+    ] as const)
+      if (key(failing) !== key(records.local)) {
+        records.setLocal(failing);
+        this.mesh.log.info(
+          { family, failing: failing.map((f) => `${f.service}/${f.container}`) },
+          'service backends failing their checks changed',
+        );
+      }
   }
 
   // ---- flows, for status

@@ -9,6 +9,8 @@ import { SERVICE_NAME, ServiceError, checkService, type Service } from './servic
 
 const SERVICES_CHANNEL = 'services';
 const HEALTH_CHANNEL = 'service-health';
+/** Failures of the checks over IPv6: a channel of its own, which routers before IPv6 relay and ignore. */
+const HEALTH6_CHANNEL = 'service-health6';
 
 /** Services from the wire and the data dir: their VIPs must be in this router's service range (the same on every peer). */
 const serviceCodec = (range: Cidr): RegisterCodec<Service> => ({
@@ -49,7 +51,7 @@ const failingCodec: EntryCodec<Failing> = {
 };
 
 export class HealthRecords extends PeerRecords<Failing> {
-  constructor(mesh: MeshView) {
-    super(mesh, HEALTH_CHANNEL, failingCodec, 1000);
+  constructor(mesh: MeshView, ipv6 = false) {
+    super(mesh, ipv6 ? HEALTH6_CHANNEL : HEALTH_CHANNEL, failingCodec, 1000);
   }
 }

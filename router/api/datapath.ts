@@ -35,6 +35,8 @@ const attachBody = {
     gateway: { type: 'boolean' },
     /** No IPv6 address, on a router that gives containers one of each family (--ipv6). */
     ipv4Only: { type: 'boolean' },
+    /** No IPv4 address: an IPv6-only container (a router with --ipv6). */
+    ipv6Only: { type: 'boolean' },
   },
   dependencies: { netns: ['ifname'], ifname: ['netns'] },
 } as const;
@@ -49,6 +51,7 @@ interface AttachBody {
   ifname?: string;
   gateway?: boolean;
   ipv4Only?: boolean;
+  ipv6Only?: boolean;
 }
 
 function need(dp: Datapath | null): Datapath {
@@ -77,6 +80,8 @@ export function registerDatapathRoutes(
     const b = req.body;
     const hostname = b.hostname === undefined ? undefined : canonicalDnsName(b.hostname, 'hostname'); // a clear error before anything is attached
     const cidrs = b.cidrs ?? [];
+    if (b.ipv4Only && b.ipv6Only) throw invalid('IPv4 only and IPv6 only: choose one');
+    const only = b.ipv4Only ? 'ipv4' : b.ipv6Only ? 'ipv6' : undefined;
     const d = need(dp);
     const cni = b.netns !== undefined && b.ifname !== undefined ? { netns: b.netns, ifname: b.ifname } : undefined;
     if (!cni && !WEFT_KINDS.test(b.container)) {
@@ -85,12 +90,12 @@ export function registerDatapathRoutes(
           `unknown container "${b.container}": use netns:NAME, pid:N or cni:ID (this router follows no Docker engine: --docker-api "")`,
         );
       return withWarning(
-        await docker.attach(await docker.resolve(b.container), cidrs, b.subnet, hostname, b.groups, b.gateway),
+        await docker.attach(await docker.resolve(b.container), cidrs, b.subnet, hostname, b.groups, b.gateway, only),
       );
     }
     const ep = await d.attach(b.container, cidrs, b.subnet, cni, b.groups, {
       gateway: b.gateway,
-      ipv4Only: b.ipv4Only,
+      only,
     });
     if (hostname)
       for (const c of [...ep.cidrs, ...(ep.cidrs6 ?? [])]) names.add(hostname, ep.container, c.split('/')[0]);

@@ -29,7 +29,9 @@ export function registerServiceRoutes(
       live: v.live.map((b) => ({
         ...b,
         host: mesh.nicknameOf(b.peer) ?? null,
-        flowsFromHere: (perBackend.get(b.addr) ?? 0) + (b.addr6 !== undefined ? (perBackend6.get(b.addr6) ?? 0) : 0),
+        flowsFromHere:
+          (b.addr !== undefined ? (perBackend.get(b.addr) ?? 0) : 0) +
+          (b.addr6 !== undefined ? (perBackend6.get(b.addr6) ?? 0) : 0),
       })),
     };
   }

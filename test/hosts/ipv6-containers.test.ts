@@ -398,6 +398,132 @@ s.sendto(body, (to + '%ethwe', 0))
     expect((await run('ip', ['-n', witness.ns, '-6', 'route', 'show', 'default'])).stdout).toBe('');
   }, 60_000);
 
+  it('an IPv6-only container (--ipv6-only): no IPv4 at all, IPv6 across hosts, names and DNS over IPv6, a service of IPv6-only backends', async () => {
+    const [h1, h2, h3] = cluster.hosts;
+    const only6 = await attach(h1, 'only6', '--ipv6-only', '--group', 'v6only', '-h', 'only6.weft.local');
+    expect(only6.ip6).toMatch(/^fd77:6566:7400:/);
+    expect(only6.ip).toBe(only6.ip6); // the one address printed is the IPv6 one
+    const far = await attach(h2, 'far6');
+    const sleeved = await attach(h3, 'sleeved6');
+    const inNs = (ns: string, ...args: string[]) => run('ip', ['-n', ns, ...args]);
+    expect((await inNs(only6.ns, '-4', 'addr', 'show', 'dev', 'ethwe')).stdout).toBe('');
+    expect((await inNs(only6.ns, '-4', 'route', 'show')).stdout).not.toContain('169.254.83.83');
+    // Its resolver asks the DNS server over IPv6 only.
+    const conf = (await run('cat', [`/etc/netns/${only6.ns}/resolv.conf`])).stdout;
+    expect(conf).toContain('nameserver fd77:6566:7453::53');
+    expect(conf).not.toContain('169.254.83.83');
+    await eventually('ping6 to fastdp', async () => (await ping6(only6.ns, far.ip6)).code === 0, 15_000);
+    await eventually('ping6 to the sleeve', async () => (await ping6(only6.ns, sleeved.ip6)).code === 0, 15_000);
+    expect((await ping6(sleeved.ns, only6.ip6)).code).toBe(0);
+    // Names: its own has no A; it resolves others over IPv6 with plain getent.
+    await eventually(
+      'its name has its IPv6 address only',
+      async () => {
+        const r = await run('ip', ['netns', 'exec', far.ns, 'getent', 'ahosts', 'only6.weft.local']);
+        return r.stdout.includes(only6.ip6);
+      },
+      10_000,
+    );
+    expect((await run('ip', ['netns', 'exec', far.ns, 'getent', 'ahostsv4', 'only6.weft.local'])).stdout).toBe('');
+    const named = await attach(h2, 'named-for6', '-h', 'named-for6.weft.local');
+    await eventually(
+      'getent from the IPv6-only container',
+      async () =>
+        (await run('ip', ['netns', 'exec', only6.ns, 'getent', 'ahostsv6', 'named-for6.weft.local'])).stdout.includes(
+          named.ip6,
+        ),
+      10_000,
+    );
+    // IPv4 it sends anyway (root in a container can give itself an address) is dropped at its port.
+    const dropped = async () =>
+      (await h1.exec('nft', ['list', 'table', 'bridge', 'weft'])).stdout
+        .split('\n')
+        .filter((x) => x.includes('comment "no IPv4 address"') || x.includes('comment "no address to speak ARP for"'))
+        .reduce((n, x) => n + Number(/counter packets (\d+)/.exec(x)?.[1] ?? 0), 0);
+    const before = await dropped();
+    expect((await inNs(only6.ns, 'addr', 'add', `${far.ip.replace(/\.\d+$/, '.250')}/12`, 'dev', 'ethwe')).code).toBe(
+      0,
+    );
+    expect(
+      (
+        await run('ip', ['netns', 'exec', only6.ns, 'ping', '-c', '2', '-i', '0.2', '-W', '1', far.ip], {
+          timeoutMs: 10_000,
+        })
+      ).code,
+    ).not.toBe(0);
+    expect(await dropped()).toBeGreaterThan(before);
+    await inNs(only6.ns, '-4', 'addr', 'flush', 'dev', 'ethwe');
+    // A family is never taken away or added by a re-attach: an IPv4 address with --ipv6-only is
+    // refused, and attached again without the option it stays IPv6 only.
+    const mixed = await h1.weft(['attach', '--ipv6-only', '10.40.0.9/12', `netns:${only6.ns}`]);
+    expect(mixed.stderr).toMatch(/IPv6 only, and an IPv4 address/);
+    const both = await h1.weft(['attach', '--ipv6-only', '--ipv4-only', `netns:${only6.ns}`]);
+    expect(both.stderr).toMatch(/choose one/);
+    const again = await h1.weft(['attach', `netns:${only6.ns}`]);
+    expect(again.code, again.stderr).toBe(0);
+    expect(again.stdout.trim()).toBe(`${only6.ip6}/48`);
+    const dual = await h2.weft(['attach', '--ipv6-only', `netns:${named.ns}`]);
+    expect(dual.stderr).toMatch(/attached with IPv4 addresses already; detach it first/);
+
+    // A service whose one backend is IPv6 only: its name has no A (nothing would answer there), the
+    // IPv6 VIP reaches it from a dual-stack client.
+    const server = await echoServer(only6.ns, 7090);
+    try {
+      const made = await h2.weft(['service', 'create', 'v6svc', '--group', 'v6only']);
+      expect(made.code, made.stderr).toBe(0);
+      const [, vip, vip6] = made.stdout.trim().split(/\s+/);
+      await eventually('the IPv6 VIP answers', async () => (await echo(far.ns, vip6, 7090).catch(() => 0)) > 0, 15_000);
+      const aaaa = await run('ip', ['netns', 'exec', far.ns, 'getent', 'ahosts', 'v6svc.weft.local']);
+      expect(aaaa.stdout).toContain(vip6);
+      expect(aaaa.stdout).not.toContain(vip);
+      expect(await tcpConnect(far.ns, vip, 7090)).toBe('closed ECONNREFUSED');
+      const shown = await h2.weft(['service', 'show', 'v6svc']);
+      expect(shown.stdout).toMatch(new RegExp(`netns:\\S+\\s+${only6.ip6}\\s`));
+    } finally {
+      server.stop();
+      await h2.weft(['service', 'remove', 'v6svc']);
+    }
+  }, 90_000);
+
+  it("a service's health check runs on each family: a backend that listens on IPv4 only leaves the IPv6 VIP, not the IPv4 one", async () => {
+    const [h1, h2] = cluster.hosts;
+    const back = await attach(h2, 'v4listener', '--group', 'half');
+    const client = await attach(h1, 'halfclient');
+    const server = await startServer(
+      back.ns,
+      `require('node:net').createServer((s) => { s.on('error', () => {}); s.pipe(s); }).listen(7091, '0.0.0.0', () => process.stdout.write('ready\\n'));
+       setTimeout(() => process.exit(0), 60000);`,
+      [],
+      'IPv4-only echo server',
+    );
+    try {
+      const made = await h1.weft(['service', 'create', 'half', '--group', 'half', '--check', 'tcp:7091']);
+      expect(made.code, made.stderr).toBe(0);
+      const [, vip, vip6] = made.stdout.trim().split(/\s+/);
+      await eventually(
+        'the IPv6 check fails, the IPv4 one passes',
+        async () => {
+          const s = JSON.parse((await h1.weft(['service', 'show', 'half', '--json'])).stdout) as {
+            live: { health: string; health6?: string }[];
+          };
+          return s.live.length === 1 && s.live[0].health === 'healthy' && s.live[0].health6 === 'failing';
+        },
+        20_000,
+      );
+      expect((await h1.weft(['service', 'show', 'half'])).stdout).toContain('healthy (IPv6 failing)');
+      expect(await echo(client.ns, vip, 7091)).toBe(5);
+      // No backend over IPv6: refused at once in the client, not sent to a port that drops it.
+      await eventually(
+        'the IPv6 VIP refuses',
+        async () => (await tcpConnect(client.ns, vip6, 7091)) === 'closed ECONNREFUSED',
+        10_000,
+      );
+    } finally {
+      server.stop();
+      await h1.weft(['service', 'remove', 'half']);
+    }
+  }, 60_000);
+
   it('a router restarted without --ipv6 binds no port to IPv6 again: the containers it attached dual-stack lose IPv6, not the rules', async () => {
     const h3 = cluster.hosts[2];
     const before = await attach(h3, 'was6');

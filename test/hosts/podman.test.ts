@@ -218,5 +218,33 @@ describeAsRoot('podman through weft setup-cni', () => {
     } finally {
       srv.kill('SIGKILL'); // ip netns exec execs node: the pid is the server's
     }
+    // A second network of IPv6-only pods (setup-cni --ip-families IPv6): one address, one default
+    // route and one nameserver, all IPv6; it reaches the dual-stack pod on B over IPv6.
+    const only6 = await a.weft([
+      'setup-cni',
+      '--bin-dir',
+      bin,
+      '--conf-dir',
+      join(work!, 'net.d'),
+      '--name',
+      'weft6',
+      '--ip-families',
+      'IPv6',
+    ]);
+    expect(only6.code, only6.stderr).toBe(0);
+    await mustPodman(a, ['run', '-d', '--name', 'd3', '--network', 'weft6', IMAGE, 'sleep', '600']);
+    expect(await mustPodman(a, ['exec', 'd3', 'ip', '-4', 'addr', 'show', 'dev', 'eth0'])).toBe('');
+    expect(await mustPodman(a, ['exec', 'd3', 'ip', '-6', 'route', 'show', 'default'])).toMatch(
+      /^default via fd77:6566:7400:/,
+    );
+    const conf = await mustPodman(a, ['exec', 'd3', 'cat', '/etc/resolv.conf']);
+    expect(conf).toContain('nameserver fd77:6566:7453::53');
+    expect(conf).not.toContain('169.254.83.83');
+    await eventually(
+      'the IPv6-only pod on A fetches from d2 on B',
+      async () => (await wget(a, 'd3', `http://[${six2}]/`)).stdout === 'hello from a pod\n',
+      20_000,
+      500,
+    );
   });
 });

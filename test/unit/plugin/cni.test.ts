@@ -41,6 +41,10 @@ describe('CNI config and results', () => {
       gateway: true,
     });
     expect(parseNetConf('{"cniVersion":"1.0.0","gateway":false}').gateway).toBe(false);
+    // The pods' families, as Kubernetes names them.
+    expect(parseNetConf('{"cniVersion":"1.0.0","ipFamilies":["IPv6"]}').ipFamilies).toEqual(['IPv6']);
+    for (const bad of ['"IPv6"', '[]', '["IPv6","IPv6"]', '["ipv6"]', '["IPv4","IPv6","IPv4"]'])
+      expect(codeOf(() => parseNetConf(`{"cniVersion":"1.0.0","ipFamilies":${bad}}`))).toBe(7);
   });
 
   it('shapes the result for the version: 0.3.x and 0.4.0 name the IP version, 1.x does not; both list the host side', () => {
@@ -79,6 +83,18 @@ describe('CNI config and results', () => {
       { dst: '0.0.0.0/0', gw: '10.32.0.1' },
       { dst: '::/0', gw: 'fd77:6566:7400::1' },
     ]);
+    // An IPv6-only pod: its one address, route and nameserver are IPv6.
+    const only6 = cniResult('1.1.0', {
+      ...facts,
+      cidrs: [],
+      gateway: undefined,
+      cidrs6: ['fd77:6566:7400::5/48'],
+      gateway6: 'fd77:6566:7400::1',
+      dns: { nameserver6: 'fd77:6566:7453::53', domain: 'weft.local' },
+    }) as { ips: unknown[]; routes: unknown[]; dns: unknown };
+    expect(only6.ips).toEqual([{ address: 'fd77:6566:7400::5/48', gateway: 'fd77:6566:7400::1', interface: 1 }]);
+    expect(only6.routes).toEqual([{ dst: '::/0', gw: 'fd77:6566:7400::1' }]);
+    expect(only6.dns).toEqual({ nameservers: ['fd77:6566:7453::53'], domain: 'weft.local', search: ['weft.local'] });
   });
 
   it('names containers stably, hashing ids that are no safe name', () => {

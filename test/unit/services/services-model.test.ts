@@ -11,6 +11,8 @@ import { join } from 'node:path';
 import { connectInMemory, type Mesh } from '../../../mesh/index.js';
 import { parseCidr } from '../../../net/addr.js';
 import { ServiceEngine } from '../../../services/engine.js';
+import type { Datapath } from '../../../datapath/datapath.js';
+import type { Endpoint } from '../../../datapath/endpoints.js';
 import { compileServiceTable } from '../../../services/nft.js';
 import { StateWrites } from '../../../lib/json-file.js';
 import {
@@ -37,14 +39,19 @@ afterEach(() => {
   for (const d of dirs.splice(0)) rmSync(d, { recursive: true, force: true });
 });
 
-function engine(nickname: string, range = '10.96.0.0/16', range6?: string): { mesh: Mesh; services: ServiceEngine } {
+function engine(
+  nickname: string,
+  range = '10.96.0.0/16',
+  range6?: string,
+  datapath: Datapath | null = null,
+): { mesh: Mesh; services: ServiceEngine } {
   const mesh = testMesh(nickname);
   const dir = mkdtempSync(join(tmpdir(), 'weft-svc-'));
   meshes.push(mesh);
   dirs.push(dir);
   const services = new ServiceEngine(
     mesh,
-    null,
+    datapath,
     parseCidr(range),
     { dir, writes: new StateWrites() },
     'weft.local.',
@@ -236,6 +243,45 @@ describe('services', () => {
     const { services: plain } = engine('p4');
     plain.create({ name: 'db', group: 'db' });
     expect(new NameTable(undefined, plain).lookup('db.weft.local', 6)).toEqual([]);
+  });
+
+  it('with --ipv6, DNS answers a VIP of each family the backends have: IPv6-only backends no A, IPv4-only ones no AAAA', () => {
+    let endpoints: (Endpoint & { peer: string })[] = [];
+    const listeners: (() => void)[] = [];
+    // The endpoint table as the engine reads it (no kernel: nothing local to program or probe).
+    const datapath = {
+      endpoints: {
+        all: () => endpoints,
+        local: [],
+        onChange: (f: () => void) => listeners.push(f),
+      },
+      config: {},
+    } as unknown as Datapath;
+    const { mesh, services } = engine('fam', '10.96.0.0/16', 'fd77:6566:7401::/112', datapath);
+    const set = (list: Omit<Endpoint, 'mac'>[]) => {
+      endpoints = list.map((e, i) => ({ ...e, mac: `02:00:00:00:00:0${i}`, peer: mesh.name }));
+      for (const f of listeners) f();
+    };
+    const s = services.create({ name: 'db', group: 'db' });
+    const v6 = vip6Of(s.vip, parseCidr('10.96.0.0/16'), parseCidr6('fd77:6566:7401::/112'));
+    const names = new NameTable(undefined, services);
+    const both = () => [names.lookup('db.weft.local', 4), names.lookup('db.weft.local', 6)];
+    // No backend yet: both, as without the rule.
+    expect(both()).toEqual([[s.vip], [v6]]);
+    set([{ container: 'netns:a', cidrs: [], cidrs6: ['fd77:6566:7400::5/48'], groups: ['db'] }]);
+    expect(both()).toEqual([[], [v6]]);
+    expect(services.views()[0].live).toEqual([
+      { container: 'netns:a', peer: mesh.name, addr6: 'fd77:6566:7400::5', health: 'unchecked', health6: 'unchecked' },
+    ]);
+    set([{ container: 'netns:b', cidrs: ['10.32.0.5/12'], groups: ['db'] }]);
+    expect(both()).toEqual([[s.vip], []]);
+    set([
+      { container: 'netns:a', cidrs: [], cidrs6: ['fd77:6566:7400::5/48'], groups: ['db'] },
+      { container: 'netns:b', cidrs: ['10.32.0.5/12'], groups: ['db'] },
+    ]);
+    expect(both()).toEqual([[s.vip], [v6]]);
+    // IPv4 backends first, then the IPv6-only ones.
+    expect(services.views()[0].live.map((b) => b.container)).toEqual(['netns:b', 'netns:a']);
   });
 
   it('refuses an IPv6 service range smaller than the IPv4 one, or inside the IPv6 allocation range', () => {
