@@ -179,3 +179,45 @@ export function ruleCounter(listing: string, comment: string): number {
   if (!m) throw new Error(`no counted rule "${comment}" in:\n${listing}`);
   return Number(m[1]);
 }
+
+/**
+ * A stranger's try at a container through the overlay's doors on `host`: 5 VXLAN datagrams (port
+ * 6784, weft's VNI) and 5 sleeve ones (6783, as relayed by peer `hop` to peer `dst`), each carrying a
+ * UDP datagram to the container's port 9999 with the text "vxlan TAG" or "sleeve TAG"; from address
+ * `from` when given (one of a peer's, borrowed to spoof it).
+ */
+export async function injectOverlayFrames(o: {
+  ns: string;
+  host: string;
+  container: { mac: string; ip: string };
+  hop: string;
+  dst: string;
+  tag: string;
+  from?: string;
+}): Promise<void> {
+  const frame = (text: string) =>
+    udpFrame({
+      srcMac: '02:de:ad:be:ef:01',
+      dstMac: o.container.mac,
+      srcIp: '10.32.99.99',
+      dstIp: o.container.ip,
+      dstPort: 9999,
+      text,
+    });
+  await sendUdp(o.ns, o.host, 6784, vxlanPayload(WEFT_VNI, frame(`vxlan ${o.tag}`)), o.from, 5);
+  await sendUdp(o.ns, o.host, 6783, sleevePayload(o.hop, o.hop, o.dst, frame(`sleeve ${o.tag}`)), o.from, 5);
+}
+
+/** weft's VXLAN network identifier ("we"). */
+export const WEFT_VNI = 0x7765;
+
+/** Waits until both kinds of datagram with this tag reached the recorder, and nothing else did. */
+export async function bothArrived(recorder: { received: () => { data: string }[] }, tag: string): Promise<boolean> {
+  for (let i = 0; i < 50; i++) {
+    const texts = recorder.received().map((d) => d.data);
+    if (texts.includes(`vxlan ${tag}`) && texts.includes(`sleeve ${tag}`))
+      return recorder.received().every((d) => d.data.endsWith(tag));
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  return false;
+}

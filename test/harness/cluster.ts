@@ -311,7 +311,8 @@ export class Cluster {
 
   /** Gives a stranger another host's address to send from (on its loopback: see stranger()). */
   async borrow(ns: string, ip: string): Promise<void> {
-    await must('ip', ['-n', ns, 'addr', 'add', `${ip}/32`, 'dev', 'lo']);
+    const six = ip.includes(':');
+    await must('ip', ['-n', ns, 'addr', 'add', `${ip}/${six ? 128 : 32}`, 'dev', 'lo', ...(six ? ['nodad'] : [])]);
   }
 
   /** A "container": a named network namespace, attached with `weft attach netns:NAME`. */

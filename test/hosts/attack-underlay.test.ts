@@ -11,10 +11,19 @@ import { afterEach, expect, it } from 'vitest';
 import { Cluster, eventually, sleep } from '../harness/cluster.js';
 import { describeAsRoot } from '../harness/root.js';
 import { run } from '../harness/exec.js';
-import { ruleCounter, sendUdp, sleevePayload, udpFrame, udpRecorder, vxlanPayload } from '../harness/attacker.js';
+import {
+  WEFT_VNI as VNI,
+  bothArrived,
+  injectOverlayFrames,
+  ruleCounter,
+  sendUdp,
+  sleevePayload,
+  udpFrame,
+  udpRecorder,
+  vxlanPayload,
+} from '../harness/attacker.js';
 
 const FAST = ['--heartbeat-interval', '500ms', '--gossip-interval', '1s', '--ipalloc-init', 'consensus=2'];
-const VNI = 0x7765;
 let cluster: Cluster | null = null;
 const stoppers: (() => void)[] = [];
 afterEach(async () => {
@@ -81,17 +90,16 @@ describeAsRoot('a stranger on the underlay', () => {
           dstPort: 9999,
           text,
         });
-      const inject = async (tag: string, from?: string) => {
-        await sendUdp(stranger.ns, h1.ip, 6784, vxlanPayload(VNI, frame(`vxlan ${tag}`)), from, 5);
-        await sendUdp(
-          stranger.ns,
-          h1.ip,
-          6783,
-          sleevePayload(r2.name, r2.name, r1.name, frame(`sleeve ${tag}`)),
-          from,
-          5,
-        );
-      };
+      const inject = (tag: string, from?: string) =>
+        injectOverlayFrames({
+          ns: stranger.ns,
+          host: h1.ip,
+          container: { mac: ep.mac, ip: ep.cidrs[0].split('/')[0] },
+          hop: r2.name,
+          dst: r1.name,
+          tag,
+          ...(from ? { from } : {}),
+        });
       const input = async () => (await h1.exec('nft', ['list', 'chain', 'inet', 'weft', 'input'])).stdout;
       const dropped = ruleCounter(await input(), 'VXLAN from no peer of ours');
 
@@ -107,19 +115,7 @@ describeAsRoot('a stranger on the underlay', () => {
         expect(recorder.received()).toEqual([]);
       } else {
         // Well-formed: only the source address stopped them before.
-        await eventually(
-          'both datagrams to arrive',
-          async () => {
-            const texts = recorder.received().map((d) => d.data);
-            return (
-              texts.includes('vxlan from a spoofed peer address') &&
-              texts.includes('sleeve from a spoofed peer address')
-            );
-          },
-          5000,
-          100,
-        );
-        expect(recorder.received().every((d) => d.data.endsWith('from a spoofed peer address'))).toBe(true);
+        expect(await bothArrived(recorder, 'from a spoofed peer address')).toBe(true);
         // An IPv6 frame the same way (this router runs without --ipv6), and the IPv4 one behind a VLAN tag of 0
         // (which a container's kernel takes as untagged, and br_netfilter would not show the security
         // groups), are dropped where they enter the bridge.

@@ -1,7 +1,8 @@
 // An IPv6-only underlay (no IPv4 address on the hosts' uplinks). The mesh forms over IPv6, IPAM of both
 // families works, and containers talk over both overlay families on fastdp: the kernel's second VXLAN
 // device (VXLAN over IPv6), at the full overlay MTU (the underlay's minus VXLAN over IPv6's 70 bytes).
-// A stranger on the underlay gets no VXLAN or sleeve datagram over IPv6 in. With a password the path is encrypted: the
+// A stranger on the underlay gets no VXLAN or sleeve datagram over IPv6 in; from a peer's IPv6
+// address (spoofed) they arrive without a password (as over IPv4: what the password closes), not with one. With a password the path is encrypted: the
 // sleeve carries it over IPv6, and an IPv6 trusted subnet puts the peers on fastdp. A mixed mesh: an
 // IPv4-only host and an IPv6-only one reach each other through a dual-stack host (the sleeve relays).
 import { afterEach, expect, it } from 'vitest';
@@ -9,9 +10,18 @@ import type { Report } from '../../router/contract.js';
 import { Cluster, eventually, sleep, type Host } from '../harness/cluster.js';
 import { run } from '../harness/exec.js';
 import { describeAsRoot } from '../harness/root.js';
-import { ruleCounter, sendUdp, sleevePayload, udpFrame, udpRecorder, vxlanPayload } from '../harness/attacker.js';
+import {
+  WEFT_VNI as VNI,
+  bothArrived,
+  injectOverlayFrames,
+  ruleCounter,
+  sendUdp,
+  sleevePayload,
+  udpFrame,
+  udpRecorder,
+  vxlanPayload,
+} from '../harness/attacker.js';
 
-const VNI = 0x7765;
 let cluster: Cluster | null = null;
 const stoppers: (() => void)[] = [];
 afterEach(async () => {
@@ -51,6 +61,70 @@ async function sleeveCounters(h: Host) {
 }
 
 describeAsRoot('an IPv6-only underlay', () => {
+  for (const password of [false, true])
+    it(`a stranger on an IPv6 underlay, ${password ? 'with' : 'without'} a password: its VXLAN and sleeve datagrams reach no container, ${password ? 'nor from a spoofed peer address' : 'but from a spoofed peer address they do'}`, async () => {
+      cluster = await Cluster.create(2, {
+        routerArgs: ['--ipalloc-init', 'consensus=2', '--heartbeat-interval', '500ms'],
+        env: password ? { WEFT_PASSWORD: 'the mesh password' } : {},
+      });
+      const [a, b] = cluster.hosts;
+      await ipv6OnlyUnderlay([a, b]);
+      await a.launch([], ['--host', 'fd00:198:18::1']);
+      await b.launch(['[fd00:198:18::1]:6783'], ['--host', 'fd00:198:18::2']);
+      await bothConnected([a, b]);
+      const overlay = password ? 'sleeve' : 'fastdp';
+      await eventually(`a reaches b on ${overlay}`, async () =>
+        (await a.report<Report>()).connections.some((c) => c.state === 'established' && c.overlay === overlay),
+      );
+      const ra = await a.report<Report>();
+      const rb = await b.report<Report>();
+      const victim = await cluster.container('victim');
+      const attached = await a.weft(['attach', `netns:${victim}`]);
+      expect(attached.code, attached.stderr).toBe(0);
+      const ep = (await a.report<Report>()).datapath!.localEndpoints.find((e) => e.container === `netns:${victim}`)!;
+      const recorder = await udpRecorder(victim, 9999);
+      stoppers.push(recorder.stop);
+      const stranger = await cluster.stranger(1);
+      expect(
+        (await run('ip', ['-n', stranger.ns, 'addr', 'add', 'fd00:198:18::201/64', 'dev', 'eth0', 'nodad'])).code,
+      ).toBe(0);
+      const inject = (tag: string, from?: string) =>
+        injectOverlayFrames({
+          ns: stranger.ns,
+          host: 'fd00:198:18::1',
+          container: { mac: ep.mac, ip: ep.cidrs[0].split('/')[0] },
+          hop: rb.name,
+          dst: ra.name,
+          tag,
+          ...(from ? { from } : {}),
+        });
+      const vxlanDropped = async () =>
+        ruleCounter(
+          (await a.exec('nft', ['list', 'chain', 'inet', 'weft', 'input'])).stdout,
+          'VXLAN over IPv6 from no peer of ours',
+        );
+      const before = await vxlanDropped();
+      await inject('from its own address');
+      await sleep(1000);
+      expect(recorder.received()).toEqual([]);
+      expect((await vxlanDropped()) - before).toBeGreaterThanOrEqual(5);
+
+      // From b's address, as someone on the path could send.
+      await cluster.borrow(stranger.ns, 'fd00:198:18::2');
+      const sleeve0 = await sleeveCounters(a);
+      await inject('from a spoofed peer address', 'fd00:198:18::2');
+      if (password) {
+        await sleep(1500);
+        expect(recorder.received()).toEqual([]);
+        // Not sealed with the hop's key: refused, and the VXLAN device takes nothing from a peer on the sleeve.
+        const sleeve1 = await sleeveCounters(a);
+        expect(sleeve1.refused + sleeve1.malformed - sleeve0.refused - sleeve0.malformed).toBeGreaterThanOrEqual(5);
+        expect((await vxlanDropped()) - before).toBeGreaterThanOrEqual(10);
+      } else {
+        expect(await bothArrived(recorder, 'from a spoofed peer address')).toBe(true);
+      }
+    }, 120_000);
+
   it('the mesh forms over IPv6; containers talk over both families on VXLAN over IPv6 at full MTU; strangers get nothing in', async () => {
     cluster = await Cluster.create(2, { routerArgs: ['--ipalloc-init', 'consensus=2', '--ipv6'] });
     const [a, b] = cluster.hosts;
