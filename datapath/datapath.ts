@@ -99,7 +99,7 @@ export class Datapath {
       sleeve: config.sleeve,
       encrypt: config.encrypt,
       ipv6: config.ipam6 !== undefined,
-      underlay6: config.underlay6 === true && !config.ovs,
+      underlay6: config.underlay6 === true,
       ovs: config.ovs,
       programmed: () => this.firewall.syncUnderlay(),
       error: (m) => this.noteError(m),

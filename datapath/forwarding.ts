@@ -95,7 +95,13 @@ export class Forwarding {
   ) {
     const addrOf = (p: PeerName) => this.lastAddr.get(p);
     this.tunnel = config.ovs
-      ? new OvsBackend(mesh, { ...config.ovs, mtu: config.mtu, addrOf, onReconnect: () => this.schedule() })
+      ? new OvsBackend(mesh, {
+          ...config.ovs,
+          mtu: config.mtu,
+          addrOf,
+          onReconnect: () => this.schedule(),
+          ipv6: !!config.underlay6,
+        })
       : new VxlanBackend(mesh, { vxlanPort: config.vxlanPort, mtu: config.mtu, addrOf, ipv6: !!config.underlay6 });
     const schedule = () => this.schedule();
     this.tunnel.heartbeats.onHealthy(() => {
@@ -269,9 +275,7 @@ export class Forwarding {
           ? ", and the sleeve's socket is IPv4 only here (no IPv6 in this kernel)"
           : `, and the sleeve is not running (${this.sleeveError ?? 'not started'})`;
     if (six && !this.tunnel.underlay6)
-      return this.tunnel.kind === 'ovs'
-        ? `connected over IPv6; the OVS datapath runs VXLAN over IPv4 only${sleeve6}`
-        : `connected over IPv6, and this router's --host is IPv4: give --host :: (or an IPv6 address of this host) for VXLAN over IPv6${sleeve6}`;
+      return `connected over IPv6, and this router's --host is IPv4: give --host :: (or an IPv6 address of this host) for VXLAN over IPv6${sleeve6}`;
     if (!this.config.fastdp) return `fastdp turned off (--no-fastdp)${sleeve6}`;
     if (this.encrypted(peer))
       return sleeve6

@@ -19,8 +19,10 @@ const OVS_VETH_OVS_END = 'weftovs-dp';
 export class OvsBackend implements Backend {
   readonly kind = 'ovs';
   readonly port = OVS_VETH_BRIDGE_END;
-  /** Its VXLAN ports are made for IPv4 peers only (an IPv6 underlay is the kernel VXLAN backend's). */
-  readonly underlay6 = false;
+  /** An IPv6 underlay (--host IPv6 or ::): its one VXLAN port (remote_ip=flow) reaches peers of both families, each flow setting tun_dst or tun_ipv6_dst. */
+  get underlay6(): boolean {
+    return this.config.ipv6;
+  }
   readonly switch: OvsSwitch;
   readonly heartbeats: FastdpHealth;
   /** The bridge end's ifindex when plumb() last checked the pair with `ip`. */
@@ -32,6 +34,7 @@ export class OvsBackend implements Backend {
       mtu: () => number;
       addrOf: (peer: PeerName) => string | undefined;
       onReconnect: () => void;
+      ipv6: boolean;
     },
   ) {
     this.switch = new OvsSwitch(config, mesh.log, config.onReconnect);

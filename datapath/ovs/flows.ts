@@ -9,7 +9,7 @@
 // flow per peer; the rest of the tunnel is dropped) and sends it on to table 1,
 // where it is delivered; traffic from the bridge is handled in table 0.
 import { createHash } from 'node:crypto';
-import { normalizeValue, type FlowSpec } from './openflow.js';
+import { normalizeValue, type FieldName, type FlowSpec } from './openflow.js';
 
 /** OpenFlow port numbers weft asks OVS for (ofport_request). */
 export const PORT_BRIDGE = 1;
@@ -58,6 +58,12 @@ export interface FlowInputs {
 
 const mac = (m: string) => normalizeValue('eth_dst', m);
 
+/** The tunnel's outer address field of the underlay address's family (one VXLAN port carries both). */
+function tunnelField(addr: string, end: 'src' | 'dst'): FieldName {
+  if (addr.includes(':')) return end === 'src' ? 'tun_ipv6_src' : 'tun_ipv6_dst';
+  return end === 'src' ? 'tun_src' : 'tun_dst';
+}
+
 export function desiredFlows(x: FlowInputs): FlowSpec[] {
   const vni = normalizeValue('tunnel_id', String(x.vni));
   const fromTunnel = [
@@ -72,7 +78,7 @@ export function desiredFlows(x: FlowInputs): FlowSpec[] {
       priority: 500,
       match: [
         { field: 'in_port', value: String(PORT_TUNNEL) },
-        { field: 'tun_src', value: src },
+        { field: tunnelField(src, 'src'), value: src },
       ],
       actions: [{ type: 'goto_table', table: TABLE_DELIVER }],
     });
@@ -114,7 +120,7 @@ export function desiredFlows(x: FlowInputs): FlowSpec[] {
     actions: [{ type: 'output', port: PORT_BRIDGE }],
   });
   const toPeer = (dst: string) => [
-    { type: 'set_field' as const, field: 'tun_dst' as const, value: dst },
+    { type: 'set_field' as const, field: tunnelField(dst, 'dst'), value: dst },
     { type: 'set_field' as const, field: 'tunnel_id' as const, value: vni },
     { type: 'output' as const, port: PORT_TUNNEL },
   ];
@@ -147,5 +153,9 @@ export function desiredFlows(x: FlowInputs): FlowSpec[] {
 export function floodDestinations(flows: FlowSpec[]): string[] {
   return flows
     .filter((f) => kindOf(f.cookie) === CookieKind.Flood)
-    .flatMap((f) => f.actions.flatMap((a) => (a.type === 'set_field' && a.field === 'tun_dst' ? [a.value] : [])));
+    .flatMap((f) =>
+      f.actions.flatMap((a) =>
+        a.type === 'set_field' && (a.field === 'tun_dst' || a.field === 'tun_ipv6_dst') ? [a.value] : [],
+      ),
+    );
 }

@@ -1,12 +1,14 @@
 // OpenFlow 1.3, the part weft speaks as the controller of its OVS bridge:
 // HELLO, ERROR, ECHO, FEATURES, FLOW_MOD, flow statistics (MULTIPART type
 // FLOW) and BARRIER. Matches are OXM fields (in_port, Ethernet addresses and
-// type, the tunnel id, and the Nicira tunnel source/destination addresses);
+// type, the tunnel id, and the Nicira tunnel source/destination addresses of
+// both families);
 // actions are OUTPUT and SET_FIELD inside one APPLY_ACTIONS instruction. A
 // match or action list keeps the order it came in, so what was decoded encodes
 // to the same bytes. decodeMessage throws OpenFlowError on anything malformed
 // and nothing else: bytes from the switch never reach the rest of the router
 // unchecked.
+import { formatIp6, parseIp6 } from '../../net/addr6.js';
 
 const OFP_VERSION = 0x04;
 
@@ -41,7 +43,16 @@ const MAX_LEN = 0xffff;
 export class OpenFlowError extends Error {}
 
 /** The OXM fields weft matches on and sets. */
-export type FieldName = 'in_port' | 'eth_dst' | 'eth_src' | 'eth_type' | 'tunnel_id' | 'tun_src' | 'tun_dst';
+export type FieldName =
+  | 'in_port'
+  | 'eth_dst'
+  | 'eth_src'
+  | 'eth_type'
+  | 'tunnel_id'
+  | 'tun_src'
+  | 'tun_dst'
+  | 'tun_ipv6_src'
+  | 'tun_ipv6_dst';
 
 interface FieldSpec {
   cls: number;
@@ -64,6 +75,16 @@ function ipBytes(t: string): Buffer {
   if (parts.length !== 4 || parts.some((p) => !Number.isInteger(p) || p < 0 || p > 255))
     throw new OpenFlowError(`not an IPv4 address: ${t}`);
   return Buffer.from(parts);
+}
+const ip6Text = (b: Buffer) => formatIp6(BigInt(`0x${b.toString('hex')}`));
+function ip6Bytes(t: string): Buffer {
+  let a: bigint;
+  try {
+    a = parseIp6(t);
+  } catch {
+    throw new OpenFlowError(`not an IPv6 address: ${t}`);
+  }
+  return Buffer.from(a.toString(16).padStart(32, '0'), 'hex');
 }
 function uintSpec(len: number): Pick<FieldSpec, 'text' | 'bytes'> {
   return {
@@ -96,6 +117,9 @@ const FIELDS: Record<FieldName, FieldSpec> = {
   tunnel_id: { cls: 0x8000, field: 38, len: 8, ...uintSpec(8) },
   tun_src: { cls: 0x0001, field: 31, len: 4, text: ipText, bytes: ipBytes },
   tun_dst: { cls: 0x0001, field: 32, len: 4, text: ipText, bytes: ipBytes },
+  // An IPv6 underlay: the tunnel's outer addresses of that family (NXM_NX_TUN_IPV6_SRC and _DST).
+  tun_ipv6_src: { cls: 0x0001, field: 109, len: 16, text: ip6Text, bytes: ip6Bytes },
+  tun_ipv6_dst: { cls: 0x0001, field: 110, len: 16, text: ip6Text, bytes: ip6Bytes },
 };
 const FIELD_BY_KEY = new Map(Object.entries(FIELDS).map(([name, s]) => [`${s.cls}:${s.field}`, name as FieldName]));
 

@@ -9,6 +9,7 @@ import { describeAsRoot } from '../harness/root.js';
 import { echo, echoServer } from '../harness/traffic.js';
 import { must, run } from '../harness/exec.js';
 import { ovsInstalled } from '../harness/ovs.js';
+import { injectOverlayFrames, udpRecorder } from '../harness/attacker.js';
 
 const FAST = ['--heartbeat-interval', '500ms', '--gossip-interval', '1s'];
 let cluster: Cluster | null = null;
@@ -295,6 +296,88 @@ describeOvs('the OVS datapath across namespace hosts', () => {
     await eventually('back on ovs', async () => (await overlays(a)).every((o) => o === 'ovs'), 15_000, 200);
     expect(flowsFor(await a.ovs!.flows('weft-ovs'), s[1].mac)).toHaveLength(1);
     await eventually('s1 -> s2 back on ovs', () => ping(ns[0], s[1].ip), 10_000, 200);
+  });
+
+  it("an IPv6-only underlay: the OVS tunnel reaches peers over IPv6 (tun_ipv6_dst), both overlay families cross at the MTU VXLAN over IPv6 leaves, a stranger's VXLAN over IPv6 is not taken", async () => {
+    cluster = await Cluster.create(2, {
+      routerArgs: [...FAST, '--ipalloc-init', 'consensus=2', '--ipv6'],
+      ovs: true,
+    });
+    const [a, b] = cluster.hosts;
+    // The underlay address lives on br-phy (test/harness/ovs.ts): IPv6 there instead of IPv4.
+    for (const h of cluster.hosts) {
+      await must('ip', ['-n', h.ns, 'addr', 'flush', 'dev', 'br-phy']);
+      await must('ip', ['-n', h.ns, 'addr', 'add', `fd00:198:18::${h.index}/64`, 'dev', 'br-phy', 'nodad']);
+      await must('ip', ['netns', 'exec', h.ns, 'sysctl', '-qw', 'net.ipv6.conf.eth0.disable_ipv6=1']);
+    }
+    await a.launch([], ['--host', 'fd00:198:18::1']);
+    await b.launch(['[fd00:198:18::1]:6783'], ['--host', 'fd00:198:18::2']);
+    for (const h of [a, b])
+      await eventually(
+        `${h.nickname} on ovs`,
+        async () => {
+          const o = await overlays(h);
+          return o.length === 1 && o[0] === 'ovs';
+        },
+        20_000,
+        200,
+      );
+    const ns = await Promise.all(['y1', 'y2'].map((l) => cluster!.container(l)));
+    const y = [await attach(a, ns[0]), await attach(b, ns[1])];
+    // 1500 on the underlay, less VXLAN over IPv6's 70 bytes.
+    expect((await run('ip', ['-n', ns[0], '-json', 'link', 'show', 'ethwe'])).stdout).toContain('"mtu":1430');
+    await eventually('ping y1 -> y2', () => ping(ns[0], y[1].ip), 10_000, 200);
+    const server = await echoServer(ns[1], 7000);
+    try {
+      expect(await echo(ns[0], y[1].ip, 7000, 'tcp', 200_000)).toBe(200_000);
+      expect(await echo(ns[0], y[1].ip6!, 7000, 'tcp', 200_000)).toBe(200_000);
+      // Full-size datagrams: the MTU holds (no fragment lost to an outer packet too big).
+      expect(await echo(ns[0], y[1].ip, 7000, 'udp', 1402)).toBe(1402);
+    } finally {
+      server.stop();
+    }
+    const onA = await a.ovs!.flows('weft-ovs');
+    expect(flowsFor(onA, y[1].mac).join('\n')).toMatch(/set_field:fd00:198:18::2->tun_ipv6_dst/);
+    expect(onA.join('\n')).toMatch(/priority=500,tun_ipv6_src=fd00:198:18::2,in_port=2 actions=goto_table:1/);
+
+    // VXLAN over IPv6 is taken from the peer's IPv6 address only: one admit flow, and the tunnel's
+    // catch-all drop below it (as for IPv4 sources).
+    expect(onA.filter((f) => f.includes('goto_table:1'))).toHaveLength(1);
+    expect(onA.join('\n')).toMatch(/priority=450,in_port=2 actions=drop/);
+    // A stranger on the underlay sends VXLAN over IPv6 to a container: nothing reaches it. From the
+    // peer's address (spoofed) the same datagrams do arrive: they were well-formed, and only the
+    // source kept them out (as on the kernel path without a password).
+    const stranger = await cluster.stranger(1);
+    await must('ip', ['-n', stranger.ns, 'addr', 'add', 'fd00:198:18::201/64', 'dev', 'eth0', 'nodad']);
+    // Full UDP checksums, as a real NIC sends them (OVS's tunnel end drops partial ones).
+    await must('ip', ['netns', 'exec', stranger.ns, 'ethtool', '-K', 'eth0', 'tx', 'off']);
+    const recorder = await udpRecorder(ns[0], 9999);
+    const inject = (tag: string, from?: string) =>
+      injectOverlayFrames({
+        ns: stranger.ns,
+        host: 'fd00:198:18::1',
+        container: { mac: y[0].mac, ip: y[0].ip },
+        hop: 'unused',
+        dst: 'unused',
+        tag,
+        ...(from ? { from } : {}),
+      });
+    try {
+      await inject('from a stranger');
+      await new Promise((r) => setTimeout(r, 1000));
+      expect(recorder.received()).toEqual([]);
+      await cluster.borrow(stranger.ns, 'fd00:198:18::2');
+      await inject('spoofed', 'fd00:198:18::2');
+      await eventually(
+        'the spoofed VXLAN datagrams arrive',
+        async () => recorder.received().some((d) => d.data === 'vxlan spoofed'),
+        5000,
+        100,
+      );
+      expect(recorder.received().every((d) => d.data.endsWith('spoofed'))).toBe(true);
+    } finally {
+      recorder.stop();
+    }
   });
 
   it('without Open vSwitch running, launch fails at once and says what is missing', async () => {

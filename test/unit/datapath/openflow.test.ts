@@ -13,6 +13,7 @@ import { CookieKind, desiredFlows, floodDestinations, kindOf } from '../../../da
 import { OpenFlowConnection } from '../../../datapath/ovs/ofconn.js';
 import { OpenFlowError, decodeMessage, encodeMessage, flowText, type Message } from '../../../datapath/ovs/openflow.js';
 import { JsonSplitter, OvsdbClient } from '../../../datapath/ovs/ovsdb.js';
+import { formatIp6 } from '../../../net/addr6.js';
 
 const captures = (
   JSON.parse(readFileSync(new URL('../../fixtures/openflow-captures.json', import.meta.url), 'utf8')) as {
@@ -60,7 +61,11 @@ describe('OpenFlow 1.3 codec', () => {
     const mac = fc
       .array(fc.integer({ min: 0, max: 255 }), { minLength: 6, maxLength: 6 })
       .map((b) => b.map((x) => x.toString(16).padStart(2, '0')).join(':'));
-    const ip = fc.array(fc.integer({ min: 0, max: 255 }), { minLength: 4, maxLength: 4 }).map((b) => b.join('.'));
+    // Underlay addresses of both families (an IPv6 underlay: tun_ipv6_src and tun_ipv6_dst).
+    const ip = fc.oneof(
+      fc.array(fc.integer({ min: 0, max: 255 }), { minLength: 4, maxLength: 4 }).map((b) => b.join('.')),
+      fc.bigInt({ min: 0n, max: (1n << 128n) - 1n }).map((a) => formatIp6(a)),
+    );
     fc.assert(
       fc.property(
         fc.record({
@@ -90,9 +95,9 @@ describe('OpenFlow 1.3 codec', () => {
           expect(floodDestinations(flows).sort()).toEqual([...new Set(inputs.floods)].sort());
           // VXLAN is admitted to delivery from the given sources only; nothing from the tunnel is delivered in table 0.
           const admits = flows.filter((f) => kindOf(f.cookie) === CookieKind.Admit);
-          expect(admits.map((f) => f.match.find((m) => m.field === 'tun_src')!.value).sort()).toEqual(
-            [...new Set(inputs.tunnelSources)].sort(),
-          );
+          const source = (f: (typeof flows)[number]) =>
+            f.match.find((m) => m.field === (m.value.includes(':') ? 'tun_ipv6_src' : 'tun_src'))!.value;
+          expect(admits.map(source).sort()).toEqual([...new Set(inputs.tunnelSources)].sort());
           for (const f of flows.filter(
             (f) => f.tableId === 0 && f.match.some((m) => m.field === 'in_port' && m.value === '2'),
           )) {
