@@ -8,7 +8,7 @@
 import { chmodSync, copyFileSync, existsSync, mkdirSync, renameSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { projectRoot } from '../lib/project-root.js';
-import { isIpFamilies } from '../net/validate.js';
+import { isIpFamilies, subnetFamilyProblem } from '../net/validate.js';
 
 export interface SetupCniOptions {
   binDir: string;
@@ -78,6 +78,8 @@ export function setupCni(o: SetupCniOptions): SetupCniResult {
   const families = o.ipFamilies;
   if (families && !isIpFamilies(families))
     throw new Error(`--ip-families ${families.join(',')}: give IPv4, IPv6 or IPv4,IPv6`);
+  const mismatch = subnetFamilyProblem(o.subnet, families as ('IPv4' | 'IPv6')[] | undefined);
+  if (mismatch) throw new Error(`--subnet and --ip-families: ${mismatch}`);
   for (const c of o.chain)
     if (!CHAINED[c]) throw new Error(`cannot chain "${c}": weft knows how to chain ${Object.keys(CHAINED).join(', ')}`);
   mkdirSync(o.binDir, { recursive: true });

@@ -522,9 +522,16 @@ export class Datapath {
       const got = await this.ipam.allocate(container, net);
       addrs = [`${formatIp(got.addr)}/${got.prefix}`];
     } else if (want4) {
-      for (const c of addrs) {
-        const p = parseCidr(c, true);
-        await this.ipam.claim(container, p.addr, { start: p.start, prefix: p.prefix });
+      const claimed: string[] = [];
+      try {
+        for (const c of addrs) {
+          const p = parseCidr(c, true);
+          await this.ipam.claim(container, p.addr, { start: p.start, prefix: p.prefix });
+          claimed.push(c);
+        }
+      } catch (err) {
+        await this.freeNew(container, claimed, []); // the ones claimed before the one that failed
+        throw err;
       }
     }
     const addrs6: string[] = [];
@@ -728,6 +735,7 @@ export class Datapath {
   /** Frees a container's addresses in IPAM, if it has any (not attached, or half attached). */
   async freeAddresses(container: string): Promise<void> {
     await this.ipam.free(container).catch(() => undefined);
+    await this.config.ipam6?.free(container).catch(() => undefined);
   }
 
   /** Detaches a container and frees its addresses. */

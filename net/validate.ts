@@ -92,6 +92,18 @@ export function canonicalDnsName(text: unknown, what = 'name'): string {
 /** A security group's name: lower-case letters, digits, _ . -, up to 63, starting with a letter or digit. */
 export const GROUP_NAME = /^[a-z0-9][a-z0-9_.-]{0,62}$/;
 
+/** Why a subnet cannot serve containers of only these families (an IPv4 subnet for IPv6-only ones), or null. */
+export function subnetFamilyProblem(
+  subnet: string | undefined,
+  families: ('IPv4' | 'IPv6')[] | undefined,
+): string | null {
+  if (subnet === undefined || families === undefined) return null;
+  const family = subnet.includes(':') ? 'IPv6' : 'IPv4';
+  return families.includes(family)
+    ? null
+    : `the subnet ${subnet} is ${family}, and the pods are ${families.join(' and ')} only`;
+}
+
 /** A list of address families as Kubernetes names them: ["IPv4"], ["IPv6"] or both, each once. */
 export function isIpFamilies(x: unknown): x is ('IPv4' | 'IPv6')[] {
   return (

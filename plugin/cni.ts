@@ -12,7 +12,7 @@ import type { Datapath } from '../datapath/datapath.js';
 import { hostIfName } from '../datapath/attach.js';
 import type { NameService } from '../dns/table.js';
 import { WeftError } from '../lib/errors.js';
-import { GROUP_NAME, canonicalDnsName, checkIfName, isIpFamilies } from '../net/validate.js';
+import { GROUP_NAME, canonicalDnsName, checkIfName, isIpFamilies, subnetFamilyProblem } from '../net/validate.js';
 import { ipJson } from '../net/command.js';
 import { CNI_VERSIONS, cniVersionOf } from './cni-versions.js';
 
@@ -132,6 +132,8 @@ export function parseNetConf(text: string): NetConf {
       CNI_CODES.invalidConfig,
       'invalid network configuration: ipFamilies must be ["IPv4"], ["IPv6"] or ["IPv4", "IPv6"]',
     );
+  const mismatch = subnetFamilyProblem(c.subnet as string | undefined, families as ('IPv4' | 'IPv6')[] | undefined);
+  if (mismatch) throw new CniError(CNI_CODES.invalidConfig, `invalid network configuration: ${mismatch}`);
   const valid = c['cni.dev/valid-attachments'];
   if (
     valid !== undefined &&

@@ -279,6 +279,8 @@ export class DockerWatcher {
       { gateway, ...(only ? { only } : {}) },
     );
     const list = this.attached().filter((a) => a.id !== c.Id);
+    // What it is now: an IPv6-only container stays so when attached again without the option.
+    const kept = only ?? (ep.cidrs.length === 0 && (ep.cidrs6 ?? []).length > 0 ? 'ipv6' : undefined);
     this.deps.writes.write(this.attachedPath, [
       ...list,
       {
@@ -288,7 +290,7 @@ export class DockerWatcher {
         hostname,
         ...(groups ? { groups } : {}),
         ...(gateway ? { gateway } : {}),
-        ...(only ? { only } : {}),
+        ...(kept ? { only: kept } : {}),
       },
     ]);
     // Like Weave's proxy: a container attached by weft is found by its Docker name.

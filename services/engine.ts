@@ -184,8 +184,10 @@ export class ServiceEngine {
       (e) => e.cidrs.length > 0 || (six && (e.cidrs6 ?? []).length > 0),
     );
     const reachable = this.reachable();
-    const failing = new Set(this.health.all().map((f) => `${f.service} ${f.container}`));
-    const failing6 = new Set(this.health6.all().map((f) => `${f.service} ${f.container}`));
+    // A backend's health is its own host's word only: another peer's record naming it counts for nothing.
+    const key = (peer: PeerName, service: string, container: string) => `${peer} ${service} ${container}`;
+    const failing = new Set(this.health.all().map((f) => key(f.peer, f.service, f.container)));
+    const failing6 = new Set(this.health6.all().map((f) => key(f.peer, f.service, f.container)));
     const view = (s: Service, isServed: boolean, conflict?: string): ServiceView => {
       const members = endpoints.filter(
         (e) =>
@@ -194,19 +196,19 @@ export class ServiceEngine {
             ? (e.groups ?? []).includes(s.group)
             : s.backends!.some((b) => containerMatches(b, e.container))),
       );
-      const healthIn = (set: Set<string>, container: string): Health =>
-        s.check ? (set.has(`${s.name} ${container}`) ? 'failing' : 'healthy') : 'unchecked';
+      const healthIn = (set: Set<string>, e: { peer: PeerName; container: string }): Health =>
+        s.check ? (set.has(key(e.peer, s.name, e.container)) ? 'failing' : 'healthy') : 'unchecked';
       const live = members
         .map((e): BackendView => {
           const addr = e.cidrs[0]?.split('/')[0];
           const addr6 = six ? e.cidrs6?.[0]?.split('/')[0] : undefined;
-          const health6 = addr6 !== undefined ? healthIn(failing6, e.container) : undefined;
+          const health6 = addr6 !== undefined ? healthIn(failing6, e) : undefined;
           return {
             container: e.container,
             peer: e.peer,
             ...(addr !== undefined ? { addr } : {}),
             ...(addr6 !== undefined ? { addr6 } : {}),
-            health: addr !== undefined ? healthIn(failing, e.container) : health6!,
+            health: addr !== undefined ? healthIn(failing, e) : health6!,
             ...(health6 !== undefined ? { health6 } : {}),
           };
         })
@@ -232,9 +234,10 @@ export class ServiceEngine {
   }
 
   /**
-   * The VIPs for a DNS name (NAME.DOMAIN), or null. With --ipv6, a VIP of each family its backends
-   * have: a service of IPv4-only containers has no AAAA (a client that prefers IPv6 would be refused
-   * there), one of IPv6-only containers no A; one without backends yet, both.
+   * The VIPs for a DNS name (NAME.DOMAIN), or null. With --ipv6, a VIP of each family some backend
+   * passes its check on: a service of IPv4-only containers (or of servers that listen on IPv4 only)
+   * has no AAAA, since a client that prefers IPv6 would be refused there; one of IPv6-only
+   * containers no A. With no backend up in either family, the families they have; with none, both.
    */
   vipFor(hostname: string): { v4?: string; v6?: string } | null {
     const suffix = `.${this.zone}.`;
@@ -245,7 +248,14 @@ export class ServiceEngine {
     if (vip === undefined) return null;
     if (!this.range6) return { v4: vip };
     this.families ??= new Map(
-      this.views().map((v) => [v.name, { v4: v.live.some((b) => b.addr), v6: v.live.some((b) => b.addr6) }]),
+      this.views().map((v) => {
+        const up = {
+          v4: v.live.some((b) => b.addr && b.health !== 'failing'),
+          v6: v.live.some((b) => b.addr6 && b.health6 !== 'failing'),
+        };
+        const have = { v4: v.live.some((b) => b.addr), v6: v.live.some((b) => b.addr6) };
+        return [v.name, up.v4 || up.v6 ? up : have];
+      }),
     );
     const f = this.families.get(name);
     const none = !f || (!f.v4 && !f.v6);

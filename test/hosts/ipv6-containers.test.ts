@@ -453,8 +453,8 @@ s.sendto(body, (to + '%ethwe', 0))
     ).not.toBe(0);
     expect(await dropped()).toBeGreaterThan(before);
     await inNs(only6.ns, '-4', 'addr', 'flush', 'dev', 'ethwe');
-    // A family is never taken away or added by a re-attach: an IPv4 address with --ipv6-only is
-    // refused, and attached again without the option it stays IPv6 only.
+    // An IPv4 address with --ipv6-only is refused; attached again without the option, it stays IPv6
+    // only; a dual-stack container cannot be made IPv6-only by a re-attach.
     const mixed = await h1.weft(['attach', '--ipv6-only', '10.40.0.9/12', `netns:${only6.ns}`]);
     expect(mixed.stderr).toMatch(/IPv6 only, and an IPv4 address/);
     const both = await h1.weft(['attach', '--ipv6-only', '--ipv4-only', `netns:${only6.ns}`]);
@@ -511,6 +511,10 @@ s.sendto(body, (to + '%ethwe', 0))
         20_000,
       );
       expect((await h1.weft(['service', 'show', 'half'])).stdout).toContain('healthy (IPv6 failing)');
+      // Its name has no AAAA while nothing passes the check over IPv6 (a client preferring IPv6 would be refused).
+      const names = await run('ip', ['netns', 'exec', client.ns, 'getent', 'ahosts', 'half.weft.local']);
+      expect(names.stdout).toContain(vip);
+      expect(names.stdout).not.toContain(vip6);
       expect(await echo(client.ns, vip, 7091)).toBe(5);
       // No backend over IPv6: refused at once in the client, not sent to a port that drops it.
       await eventually(

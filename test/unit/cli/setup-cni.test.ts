@@ -55,4 +55,16 @@ describe('weft setup-cni', () => {
     );
     expect(existsSync(join(root, 'b'))).toBe(false);
   });
+
+  it("writes the pods' families into the config, and refuses ones that are no list of IPv4/IPv6 or do not fit the subnet", () => {
+    const root = tmp();
+    const conf = join(root, 'c');
+    const r = setupCni({ ...options(join(root, 'b'), conf), ipFamilies: ['IPv6'] });
+    const written = JSON.parse(readFileSync(r.conflist, 'utf8')) as { plugins: { ipFamilies?: string[] }[] };
+    expect(written.plugins[0].ipFamilies).toEqual(['IPv6']);
+    const other = tmp();
+    for (const bad of [{ ipFamilies: ['ipv6'] }, { ipFamilies: ['IPv6'], subnet: '10.40.0.0/16' }])
+      expect(() => setupCni({ ...options(join(other, 'b'), join(other, 'c')), ...bad })).toThrow(/--ip-families/);
+    expect(existsSync(join(other, 'b'))).toBe(false);
+  });
 });

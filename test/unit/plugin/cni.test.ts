@@ -45,6 +45,14 @@ describe('CNI config and results', () => {
     expect(parseNetConf('{"cniVersion":"1.0.0","ipFamilies":["IPv6"]}').ipFamilies).toEqual(['IPv6']);
     for (const bad of ['"IPv6"', '[]', '["IPv6","IPv6"]', '["ipv6"]', '["IPv4","IPv6","IPv4"]'])
       expect(codeOf(() => parseNetConf(`{"cniVersion":"1.0.0","ipFamilies":${bad}}`))).toBe(7);
+    // A subnet of a family the pods do not have could never give an address: refused at once.
+    expect(codeOf(() => parseNetConf('{"cniVersion":"1.0.0","ipFamilies":["IPv6"],"subnet":"10.40.0.0/16"}'))).toBe(7);
+    expect(
+      codeOf(() => parseNetConf('{"cniVersion":"1.0.0","ipFamilies":["IPv4"],"subnet":"fd77:6566:7400:1::/64"}')),
+    ).toBe(7);
+    expect(parseNetConf('{"cniVersion":"1.0.0","ipFamilies":["IPv6"],"subnet":"fd77:6566:7400:1::/64"}').subnet).toBe(
+      'fd77:6566:7400:1::/64',
+    );
   });
 
   it('shapes the result for the version: 0.3.x and 0.4.0 name the IP version, 1.x does not; both list the host side', () => {

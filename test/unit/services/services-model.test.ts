@@ -62,6 +62,21 @@ function engine(
   return { mesh, services };
 }
 
+/** The endpoint table as the engine reads it, set by hand (no kernel: nothing local to program or probe). */
+function fakeDatapath() {
+  let endpoints: (Endpoint & { peer: string })[] = [];
+  const listeners: (() => void)[] = [];
+  const datapath = {
+    endpoints: { all: () => endpoints, local: [], onChange: (f: () => void) => listeners.push(f) },
+    config: {},
+  } as unknown as Datapath;
+  const set = (list: Omit<Endpoint, 'mac'>[], peer: string) => {
+    endpoints = list.map((e, i) => ({ ...e, mac: `02:00:00:00:00:0${i}`, peer }));
+    for (const f of listeners) f();
+  };
+  return { datapath, set };
+}
+
 const svc = (over: Partial<Service>): Service => ({
   name: 'web',
   vip: '10.96.0.10',
@@ -246,22 +261,10 @@ describe('services', () => {
   });
 
   it('with --ipv6, DNS answers a VIP of each family the backends have: IPv6-only backends no A, IPv4-only ones no AAAA', () => {
-    let endpoints: (Endpoint & { peer: string })[] = [];
-    const listeners: (() => void)[] = [];
-    // The endpoint table as the engine reads it (no kernel: nothing local to program or probe).
-    const datapath = {
-      endpoints: {
-        all: () => endpoints,
-        local: [],
-        onChange: (f: () => void) => listeners.push(f),
-      },
-      config: {},
-    } as unknown as Datapath;
+    const fake = fakeDatapath();
+    const datapath = fake.datapath;
     const { mesh, services } = engine('fam', '10.96.0.0/16', 'fd77:6566:7401::/112', datapath);
-    const set = (list: Omit<Endpoint, 'mac'>[]) => {
-      endpoints = list.map((e, i) => ({ ...e, mac: `02:00:00:00:00:0${i}`, peer: mesh.name }));
-      for (const f of listeners) f();
-    };
+    const set = (list: Omit<Endpoint, 'mac'>[]) => fake.set(list, mesh.name);
     const s = services.create({ name: 'db', group: 'db' });
     const v6 = vip6Of(s.vip, parseCidr('10.96.0.0/16'), parseCidr6('fd77:6566:7401::/112'));
     const names = new NameTable(undefined, services);
@@ -282,6 +285,28 @@ describe('services', () => {
     expect(both()).toEqual([[s.vip], [v6]]);
     // IPv4 backends first, then the IPv6-only ones.
     expect(services.views()[0].live.map((b) => b.container)).toEqual(['netns:b', 'netns:a']);
+  });
+
+  it("a backend's health is its own host's word: another peer's failure record for it counts for nothing", async () => {
+    const fake = fakeDatapath();
+    const a = engine('ha', '10.96.0.0/16', undefined, fake.datapath);
+    const b = engine('hb');
+    connectInMemory(a.mesh, b.mesh);
+    fake.set([{ container: 'netns:x', cidrs: ['10.32.0.9/12'], groups: ['db'] }], a.mesh.name);
+    a.services.create({ name: 'db', group: 'db', check: { proto: 'tcp', port: 80 } });
+    b.services.health.setLocal([{ service: 'db', container: 'netns:x' }]);
+    b.services.health6.setLocal([{ service: 'db', container: 'netns:x' }]);
+    await eventually(
+      "b's records reached a",
+      async () =>
+        a.services.health.all().some((f) => f.peer === b.mesh.name) &&
+        a.services.health6.all().some((f) => f.peer === b.mesh.name),
+      5000,
+      20,
+    );
+    expect(a.services.views()[0].live[0].health).toBe('healthy');
+    a.services.health.setLocal([{ service: 'db', container: 'netns:x' }]);
+    expect(a.services.views()[0].live[0].health).toBe('failing');
   });
 
   it('refuses an IPv6 service range smaller than the IPv4 one, or inside the IPv6 allocation range', () => {
