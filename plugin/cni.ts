@@ -132,8 +132,6 @@ export function parseNetConf(text: string): NetConf {
       CNI_CODES.invalidConfig,
       'invalid network configuration: ipFamilies must be ["IPv4"], ["IPv6"] or ["IPv4", "IPv6"]',
     );
-  const mismatch = subnetFamilyProblem(c.subnet as string | undefined, families as ('IPv4' | 'IPv6')[] | undefined);
-  if (mismatch) throw new CniError(CNI_CODES.invalidConfig, `invalid network configuration: ${mismatch}`);
   const valid = c['cni.dev/valid-attachments'];
   if (
     valid !== undefined &&
@@ -299,6 +297,9 @@ export class CniService {
   }
 
   private async add(conf: NetConf, req: CniRequest): Promise<Record<string, unknown>> {
+    // Checked at ADD only: a config written with a mismatch must still let DEL, STATUS and GC through.
+    const mismatch = subnetFamilyProblem(conf.subnet, conf.ipFamilies);
+    if (mismatch) throw new CniError(CNI_CODES.invalidConfig, `invalid network configuration: ${mismatch}`);
     const { containerId, netns, ifname } = required(req, ['containerId', 'netns', 'ifname']);
     if (!existsSync(netns)) throw new CniError(CNI_CODES.unknownContainer, `CNI_NETNS ${netns} does not exist`);
     const d = this.datapath();

@@ -234,7 +234,10 @@ function routerOptions(): Option[] {
     )
       .default([], 'none')
       .argParser(cidrList),
-    o('--mtu <n>', 'overlay MTU (default: the underlay MTU minus 50 for VXLAN)').argParser(int('mtu', 576, 65000)),
+    o(
+      '--mtu <n>',
+      'overlay MTU (default: the underlay MTU minus 50 for VXLAN, or 70 with an IPv6 underlay: --host IPv6 or ::)',
+    ).argParser(int('mtu', 576, 65000)),
     o('--no-dns', 'do not run the DNS server'),
     o('--dns-domain <domain>', 'the domain weft answers for').default('weft.local.'),
     o('--dns-ttl <seconds>', "TTL of weft's answers")

@@ -119,7 +119,17 @@ export function desiredFlows(x: FlowInputs): FlowSpec[] {
     match: [...fromTunnel, { field: 'eth_dst', value: '01:00:00:00:00:00', mask: '01:00:00:00:00:00' }],
     actions: [{ type: 'output', port: PORT_BRIDGE }],
   });
-  const toPeer = (dst: string) => [
+  // OVS keeps a tunnel destination of each family once set: within one action list that sends to
+  // peers of both families, each copy clears the other family's field first (with both set, the
+  // kernel refuses the whole list and the userspace datapath sends by the IPv4 one).
+  const toPeer = (dst: string, mixed = false) => [
+    ...(mixed
+      ? [
+          dst.includes(':')
+            ? { type: 'set_field' as const, field: 'tun_dst' as const, value: '0.0.0.0' }
+            : { type: 'set_field' as const, field: 'tun_ipv6_dst' as const, value: '::' },
+        ]
+      : []),
     { type: 'set_field' as const, field: tunnelField(dst, 'dst'), value: dst },
     { type: 'set_field' as const, field: 'tunnel_id' as const, value: vni },
     { type: 'output' as const, port: PORT_TUNNEL },
@@ -137,25 +147,31 @@ export function desiredFlows(x: FlowInputs): FlowSpec[] {
     });
   }
   const floods = [...new Set(x.floods)].sort();
+  const mixed = floods.some((d) => d.includes(':')) && floods.some((d) => !d.includes(':'));
   if (floods.length > 0) {
     out.push({
       cookie: cookieFor(CookieKind.Flood, 'flood'),
       tableId: 0,
       priority: 50,
       match: [{ field: 'in_port', value: String(PORT_BRIDGE) }],
-      actions: floods.flatMap(toPeer),
+      actions: floods.flatMap((dst) => toPeer(dst, mixed)),
     });
   }
   return out;
 }
 
-/** The peer addresses a flood flow sends to (a restarted router reads them back). */
+/** The peer addresses a flood flow sends to (a restarted router reads them back; not the clearing of the other family's field). */
 export function floodDestinations(flows: FlowSpec[]): string[] {
   return flows
     .filter((f) => kindOf(f.cookie) === CookieKind.Flood)
     .flatMap((f) =>
       f.actions.flatMap((a) =>
-        a.type === 'set_field' && (a.field === 'tun_dst' || a.field === 'tun_ipv6_dst') ? [a.value] : [],
+        a.type === 'set_field' &&
+        (a.field === 'tun_dst' || a.field === 'tun_ipv6_dst') &&
+        a.value !== '0.0.0.0' &&
+        a.value !== '::'
+          ? [a.value]
+          : [],
       ),
     );
 }

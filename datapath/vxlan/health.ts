@@ -131,11 +131,13 @@ export class FastdpHealth implements Gossiper {
   /** Why a peer's connection is not on fastdp, for status. */
   reason(peer: PeerName): string {
     const p = this.paths.get(peer);
-    if (!this.addrOf(peer)) return 'no underlay address yet';
+    const addr = this.addrOf(peer);
+    if (!addr) return 'no underlay address yet';
+    const overhead = addr.includes(':') ? 70 : 50; // VXLAN over IPv6 or IPv4
     if (!p || p.ackAt === 0) {
-      return `no VXLAN heartbeat acknowledged yet${p ? ` (sending for ${Math.round((Date.now() - p.since) / 1000)}s; is UDP ${this.vxlanPort} blocked, or the path MTU below ${this.mtu() + 50}?)` : ''}`;
+      return `no VXLAN heartbeat acknowledged yet${p ? ` (sending for ${Math.round((Date.now() - p.since) / 1000)}s; is UDP ${this.vxlanPort} blocked, or the path MTU below ${this.mtu() + overhead}?)` : ''}`;
     }
-    return `VXLAN heartbeats unacknowledged for ${Math.round((Date.now() - p.ackAt) / 1000)}s (is UDP ${this.vxlanPort} blocked, or the path MTU below ${this.mtu() + 50}?)`;
+    return `VXLAN heartbeats unacknowledged for ${Math.round((Date.now() - p.ackAt) / 1000)}s (is UDP ${this.vxlanPort} blocked, or the path MTU below ${this.mtu() + overhead}?)`;
   }
 
   private beatOnce(): Promise<void> {

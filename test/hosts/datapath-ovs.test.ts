@@ -64,6 +64,35 @@ async function ping(ns: string, ip: string): Promise<boolean> {
 
 const flowsFor = (flows: string[], mac: string) => flows.filter((f) => f.includes(mac));
 
+/** Waits until every one of the host's `n` connections carries data on OVS. */
+async function allOnOvs(h: Host, n: number, what: string): Promise<void> {
+  await eventually(
+    what,
+    async () => {
+      const o = await overlays(h);
+      return o.length === n && o.every((x) => x === 'ovs');
+    },
+    20_000,
+    200,
+  );
+}
+
+/** The addresses that answer a UDP broadcast to `broadcast`:7101 from a container, sorted. */
+async function broadcastAnswers(ns: string, broadcast: string, waitMs = 2000): Promise<string[]> {
+  const r = await run('ip', [
+    'netns',
+    'exec',
+    ns,
+    process.execPath,
+    '-e',
+    `const u = require('node:dgram').createSocket('udp4');
+     u.bind(() => { u.setBroadcast(true); u.send('hi', 7101, '${broadcast}', () => {}); });
+     const from = new Set(); u.on('message', (_m, r) => from.add(r.address));
+     setTimeout(() => { console.log([...from].sort().join(' ')); process.exit(0); }, ${waitMs});`,
+  ]);
+  return r.stdout.trim().split(' ').filter(Boolean).sort();
+}
+
 const describeOvs =
   ovsInstalled() || process.env.CI
     ? describeAsRoot
@@ -111,19 +140,7 @@ describeOvs('the OVS datapath across namespace hosts', () => {
     // A broadcast from x1 reaches the containers on the two other hosts (their echo servers answer).
     const echoes = await Promise.all([ns[1], ns[2]].map((n) => echoServer(n, 7101)));
     try {
-      const bcast = await run('ip', [
-        'netns',
-        'exec',
-        ns[0],
-        process.execPath,
-        '-e',
-        `
-        const u = require('node:dgram').createSocket('udp4');
-        u.bind(() => { u.setBroadcast(true); u.send('hi', 7101, '${x[0].broadcast}', () => {}); });
-        const from = new Set(); u.on('message', (_m, r) => from.add(r.address));
-        setTimeout(() => { console.log([...from].sort().join(' ')); process.exit(0); }, 2000);`,
-      ]);
-      expect(bcast.stdout.trim().split(' ').sort()).toEqual([x[1].ip, x[2].ip].sort());
+      expect(await broadcastAnswers(ns[0], x[0].broadcast)).toEqual([x[1].ip, x[2].ip].sort());
     } finally {
       echoes.forEach((s) => s.stop());
     }
@@ -189,15 +206,7 @@ describeOvs('the OVS datapath across namespace hosts', () => {
       10_000,
       100,
     );
-    await eventually(
-      'host 2 back on ovs with both peers',
-      async () => {
-        const o = await overlays(b);
-        return o.length === 2 && o.every((x) => x === 'ovs');
-      },
-      20_000,
-      200,
-    );
+    await allOnOvs(b, 2, 'host 2 back on ovs with both peers');
     // Nothing missing: every flow from before is there again, except y1's.
     const after = await b.ovs!.flows('weft-ovs');
     const strip = (f: string) => f.replace(/duration=[^,]+, /, '');
@@ -312,16 +321,7 @@ describeOvs('the OVS datapath across namespace hosts', () => {
     }
     await a.launch([], ['--host', 'fd00:198:18::1']);
     await b.launch(['[fd00:198:18::1]:6783'], ['--host', 'fd00:198:18::2']);
-    for (const h of [a, b])
-      await eventually(
-        `${h.nickname} on ovs`,
-        async () => {
-          const o = await overlays(h);
-          return o.length === 1 && o[0] === 'ovs';
-        },
-        20_000,
-        200,
-      );
+    for (const h of [a, b]) await allOnOvs(h, 1, `${h.nickname} on ovs`);
     const ns = await Promise.all(['y1', 'y2'].map((l) => cluster!.container(l)));
     const y = [await attach(a, ns[0]), await attach(b, ns[1])];
     // 1500 on the underlay, less VXLAN over IPv6's 70 bytes.
@@ -377,6 +377,46 @@ describeOvs('the OVS datapath across namespace hosts', () => {
       expect(recorder.received().every((d) => d.data.endsWith('spoofed'))).toBe(true);
     } finally {
       recorder.stop();
+    }
+  });
+
+  it('a mixed underlay: a dual-stack host floods to an IPv4 peer and an IPv6 peer in one flow, and each gets its copy', async () => {
+    cluster = await Cluster.create(3, { routerArgs: [...FAST, '--ipalloc-init', 'consensus=3'], ovs: true });
+    const [a, b, c] = cluster.hosts;
+    // a: both families on br-phy; b: IPv6 only; c: IPv4 only (as the harness made it).
+    await must('ip', ['-n', a.ns, 'addr', 'add', 'fd00:198:18::1/64', 'dev', 'br-phy', 'nodad']);
+    await must('ip', ['-n', b.ns, 'addr', 'flush', 'dev', 'br-phy']);
+    await must('ip', ['-n', b.ns, 'addr', 'add', 'fd00:198:18::2/64', 'dev', 'br-phy', 'nodad']);
+    for (const h of [a, b])
+      await must('ip', ['netns', 'exec', h.ns, 'sysctl', '-qw', 'net.ipv6.conf.eth0.disable_ipv6=1']);
+    await a.launch([], ['--host', '::']);
+    await b.launch(['[fd00:198:18::1]:6783'], ['--host', 'fd00:198:18::2']);
+    await c.launch([a.ip]);
+    await allOnOvs(a, 2, 'a reaches both on ovs');
+    const ns = await Promise.all(['m1', 'm2', 'm3'].map((l) => cluster!.container(l)));
+    const m = [await attach(a, ns[0]), await attach(b, ns[1]), await attach(c, ns[2])];
+    const flood = (await a.ovs!.flows('weft-ovs')).find((f) => f.includes('priority=50,')) ?? '';
+    expect(flood).toContain('set_field:0.0.0.0->tun_dst,set_field:fd00:198:18::2->tun_ipv6_dst');
+    expect(flood).toContain(`set_field:::->tun_ipv6_dst,set_field:${c.ip}->tun_dst`);
+    // A broadcast from a's container: one copy over IPv6 to b, one over IPv4 to c (their echo servers answer).
+    await eventually(
+      'm1 reaches m2 and m3',
+      async () => (await ping(ns[0], m[1].ip)) && (await ping(ns[0], m[2].ip)),
+      15_000,
+      200,
+    );
+    const echoes = await Promise.all([ns[1], ns[2]].map((n) => echoServer(n, 7101)));
+    try {
+      await eventually(
+        'both answer the broadcast',
+        async () =>
+          JSON.stringify(await broadcastAnswers(ns[0], m[0].broadcast, 1500)) ===
+          JSON.stringify([m[1].ip, m[2].ip].sort()),
+        15_000,
+        200,
+      );
+    } finally {
+      echoes.forEach((x) => x.stop());
     }
   });
 

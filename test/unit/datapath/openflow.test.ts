@@ -109,6 +109,27 @@ describe('OpenFlow 1.3 codec', () => {
     );
   });
 
+  it("a flood to peers of both underlay families clears the other family's tunnel destination before each copy", () => {
+    const base = { vni: 0x7765, local: [], remote: [], heartbeats: [], tunnelSources: [] };
+    const flood = (floods: string[]) =>
+      desiredFlows({ ...base, floods }).find((f) => kindOf(f.cookie) === CookieKind.Flood)!;
+    expect(flowText(flood(['198.18.0.2', 'fd00:198:18::3']))).toBe(
+      'priority=50,in_port=1 actions=' +
+        [
+          'set_field:::->tun_ipv6_dst,set_field:198.18.0.2->tun_dst,set_field:0x7765->tunnel_id,output:2',
+          'set_field:0.0.0.0->tun_dst,set_field:fd00:198:18::3->tun_ipv6_dst,set_field:0x7765->tunnel_id,output:2',
+        ].join(','),
+    );
+    // One family: nothing to clear (the flows of an IPv4 mesh are as before).
+    expect(flowText(flood(['198.18.0.2']))).toBe(
+      'priority=50,in_port=1 actions=set_field:198.18.0.2->tun_dst,set_field:0x7765->tunnel_id,output:2',
+    );
+    expect(floodDestinations([flood(['198.18.0.2', 'fd00:198:18::3'])]).sort()).toEqual([
+      '198.18.0.2',
+      'fd00:198:18::3',
+    ]);
+  });
+
   it('arbitrary and mutated bytes give a message or an OpenFlowError, nothing else', () => {
     const seeds = captures.map((c) => Buffer.from(c.hex, 'hex'));
     const mutated = fc
