@@ -80,6 +80,7 @@ export class Forwarding {
   /** Neighbours whose underlay address no data path can use (link-local, say), with why. */
   private readonly unusable = new Map<PeerName, string>();
   private disconnectedAt = new Map<PeerName, number>();
+  private reconnectedAt = new Map<PeerName, number>();
   /** Underlay addresses the tunnel was sending to when we started: presumed on fastdp until heartbeats can tell. */
   private presumedFast = new Set<string>();
   private presumedUntil = 0;
@@ -120,6 +121,9 @@ export class Forwarding {
     // A restarted router finds the kernel (or OVS) still delivering over VXLAN: keep that until heartbeats can judge.
     this.presumedFast = new Set(await this.tunnel.presumed());
     this.presumedUntil = Date.now() + PRESUMED_MS;
+    // The firewall's peer sets drop the presumed peers when the window ends; and programming waits
+    // at most that long for their endpoint records (see pass).
+    if (this.presumedFast.size > 0) setTimeout(() => this.schedule(), PRESUMED_MS + 50).unref();
     await this.startSleeve();
     // Heartbeats change which overlay a peer should use; decide again every second, program on change.
     this.timer = setInterval(() => {
@@ -197,6 +201,18 @@ export class Forwarding {
     return Date.now() < this.presumedUntil && addr !== undefined && this.presumedFast.has(addr);
   }
 
+  /**
+   * Just after a restart the endpoint table is empty until gossip brings the peers' records back:
+   * programming from it would take every remote container out of the kernel for that moment. So,
+   * within the presumed window, until each underlay address the kernel was sending to belongs to a
+   * connected peer whose endpoint record has arrived, nothing is programmed.
+   */
+  private awaitingRecords(): boolean {
+    if (Date.now() >= this.presumedUntil || this.presumedFast.size === 0) return false;
+    const arrived = new Set([...this.lastAddr].filter(([p]) => this.endpoints.records.has(p)).map(([, addr]) => addr));
+    return [...this.presumedFast].some((addr) => !arrived.has(addr));
+  }
+
   /** Whether traffic with a peer is encrypted (so never on fastdp here, which has no kernel IPsec). */
   encrypted(peer: PeerName): boolean {
     const host = this.lastAddr.get(peer);
@@ -219,7 +235,7 @@ export class Forwarding {
       if (isIpv4(host) || this.tunnel.underlay6) this.lastAddr.set(n.name, host);
       else this.lastAddr.delete(n.name);
     }
-    const { overlays, disconnectedAt } = chooseOverlays({
+    const { overlays, disconnectedAt, reconnectedAt } = chooseOverlays({
       self: this.mesh.name,
       now: Date.now(),
       connected: new Set(this.mesh.neighbours().map((n) => n.name)),
@@ -233,6 +249,7 @@ export class Forwarding {
       presumedFast: (p) => this.presumedFastdp(p),
       previous: this.overlays,
       disconnectedAt: this.disconnectedAt,
+      reconnectedAt: this.reconnectedAt,
     });
     const changed = overlaysChanged(this.overlays, overlays);
     for (const [p, o] of overlays) {
@@ -245,6 +262,7 @@ export class Forwarding {
     }
     this.overlays = overlays;
     this.disconnectedAt = disconnectedAt;
+    this.reconnectedAt = reconnectedAt;
     return changed;
   }
 
@@ -254,7 +272,13 @@ export class Forwarding {
    */
   overlayStatus(peer: PeerName): OverlayStatus {
     const o = this.overlays.get(peer) ?? 'none';
-    if (o === 'fastdp' && !this.tunnel.health(peer).healthy && !this.presumedFastdp(peer)) return 'none';
+    if (
+      o === 'fastdp' &&
+      !this.tunnel.health(peer).healthy &&
+      !this.presumedFastdp(peer) &&
+      !this.reconnectedAt.has(peer)
+    )
+      return 'none';
     if (this.unusable.has(peer)) return 'none';
     // A neighbour over IPv6 is no sleeve hop where the kernel has no IPv6 (the sleeve's socket is IPv4).
     if (this.overIpv6.has(peer) && o === 'sleeve' && !this.sleeve6) return 'none';
@@ -303,6 +327,9 @@ export class Forwarding {
       const addr = this.lastAddr.get(p);
       if (o === 'fastdp' && addr && !this.config.encrypt(p, addr)) vxlan.add(addr);
     }
+    // Just after a restart, before the mesh has connected again: the peers the kernel was sending to
+    // over VXLAN (their VXLAN is taken as before the restart, instead of dropped until they reconnect).
+    if (Date.now() < this.presumedUntil) for (const addr of this.presumedFast) vxlan.add(addr);
     return {
       vxlanPort: this.config.vxlanPort,
       sleevePort: this.config.sleevePort,
@@ -345,6 +372,7 @@ export class Forwarding {
   private async pass(): Promise<void> {
     try {
       this.decide();
+      if (this.awaitingRecords()) return; // the kernel keeps what it had; endpoint records or the window's end schedule again
       const tunnelSources = this.underlayPeers().vxlan;
       const fast = this.programme('fastdp', tunnelSources);
       // Each remote MAC on the port of its peer's underlay family (the kernel has a VXLAN device per family).

@@ -10,6 +10,12 @@ export type Overlay = 'fastdp' | 'sleeve' | 'none';
 /** How long a peer that was on fastdp keeps it after its connection goes, before a relay is tried. */
 export const FASTDP_HOLD_MS = 5_000;
 
+/**
+ * How long a peer that was on fastdp when its connection went keeps fastdp once it is connected again
+ * (its router restarted), until its heartbeats can be judged: the kernel never stopped delivering.
+ */
+export const REJOIN_HOLD_MS = 4_000;
+
 export interface OverlayInput {
   /** This peer (never chosen for). */
   self: PeerName;
@@ -36,16 +42,20 @@ export interface OverlayInput {
   previous: ReadonlyMap<PeerName, Overlay>;
   /** When each peer that was on fastdp lost its connection. */
   disconnectedAt: ReadonlyMap<PeerName, number>;
+  /** When each of those peers was connected again. */
+  reconnectedAt?: ReadonlyMap<PeerName, number>;
 }
 
 export interface OverlayChoice {
   overlays: Map<PeerName, Overlay>;
   disconnectedAt: Map<PeerName, number>;
+  reconnectedAt: Map<PeerName, number>;
 }
 
 /**
  * Each remote peer's overlay: fastdp for direct peers whose VXLAN heartbeats are acknowledged (and
- * that need no encryption), or presumed so shortly after a restart; else the sleeve, directly or
+ * that need no encryption), or presumed so shortly after a restart, ours or theirs (REJOIN_HOLD_MS);
+ * else the sleeve, directly or
  * relayed; a peer whose connection just went keeps fastdp for FASTDP_HOLD_MS (its router restarting:
  * the other peers' topology may still show a route to it, and a relay through them would not work);
  * a gone peer that was on fastdp and has no sleeve route keeps it (its kernel still delivers); without
@@ -56,15 +66,20 @@ export function chooseOverlays(i: OverlayInput): OverlayChoice {
   peers.delete(i.self);
   const overlays = new Map<PeerName, Overlay>();
   const disconnectedAt = new Map(i.disconnectedAt);
+  const reconnectedAt = new Map(i.reconnectedAt ?? []);
   for (const p of peers) {
     const prev = i.previous.get(p);
     const connected = i.connected.has(p);
     const fastOk = i.fastdp && i.hasAddress(p) && !i.encrypted(p);
+    if (connected && disconnectedAt.has(p)) reconnectedAt.set(p, i.now);
     if (connected) disconnectedAt.delete(p);
     else if (prev === 'fastdp' && !disconnectedAt.has(p)) disconnectedAt.set(p, i.now);
+    const at = reconnectedAt.get(p);
+    if (at !== undefined && (!connected || i.healthy(p) || i.now - at >= REJOIN_HOLD_MS)) reconnectedAt.delete(p);
+    const rejoined = reconnectedAt.has(p) && prev === 'fastdp';
     const justLost = !connected && i.now - (disconnectedAt.get(p) ?? 0) < FASTDP_HOLD_MS;
     let o: Overlay = 'none';
-    if (connected && fastOk && (i.healthy(p) || i.presumedFast(p))) o = 'fastdp';
+    if (connected && fastOk && (i.healthy(p) || i.presumedFast(p) || rejoined)) o = 'fastdp';
     else if (justLost && prev === 'fastdp' && fastOk) o = 'fastdp';
     else if (i.sleeve && (connected || i.routed.has(p))) o = 'sleeve';
     else if (!connected && prev === 'fastdp' && fastOk) o = 'fastdp';
@@ -73,7 +88,8 @@ export function chooseOverlays(i: OverlayInput): OverlayChoice {
   }
   // Peers no longer anywhere: their disconnection time goes with them.
   for (const p of disconnectedAt.keys()) if (!peers.has(p)) disconnectedAt.delete(p);
-  return { overlays, disconnectedAt };
+  for (const p of reconnectedAt.keys()) if (!peers.has(p)) reconnectedAt.delete(p);
+  return { overlays, disconnectedAt, reconnectedAt };
 }
 
 /** Whether two choices differ. */

@@ -439,7 +439,17 @@ describeAsRoot('fastdp across namespace hosts', () => {
       // The kernel keeps forwarding while B's router is down.
       expect(await echo(c1, ip2, 7001)).toBe(5);
       await run('ip', ['netns', 'del', c3]); // a container that goes away while the router is down
+      // Pings every 20 ms through B's start: the kernel keeps forwarding while the new router takes
+      // over: its firewall and fdb keep what the kernel had until the peers are back, and A keeps B on
+      // fastdp while B's heartbeats resume (before, about 200 ms were lost).
+      const pings = run('ip', ['netns', 'exec', c1, 'ping', '-c', '300', '-i', '0.02', '-W', '1', ip2], {
+        timeoutMs: 20_000,
+      });
+      await new Promise((r) => setTimeout(r, 500));
       await b.launch([a.ip]);
+      const out = (await pings).stdout;
+      const received = Number(/(\d+) received/.exec(out)?.[1] ?? 0);
+      expect(300 - received, out.split('\n').slice(-3).join('\n')).toBeLessThanOrEqual(2);
       await eventually(
         "A drops c3's MAC after B comes back",
         async () => !(await a.exec('bridge', ['fdb', 'show', 'dev', 'vxlan-weft'])).stdout.includes(mac3),

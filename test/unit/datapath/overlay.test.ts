@@ -2,7 +2,14 @@
 // over random meshes, and the restart hold as a sequence of decisions.
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { FASTDP_HOLD_MS, chooseOverlays, type Overlay, type OverlayInput } from '../../../datapath/overlay.js';
+import {
+  FASTDP_HOLD_MS,
+  REJOIN_HOLD_MS,
+  chooseOverlays,
+  type Overlay,
+  type OverlayChoice,
+  type OverlayInput,
+} from '../../../datapath/overlay.js';
 
 const PEERS = ['02:00:00:00:00:01', '02:00:00:00:00:02', '02:00:00:00:00:03', '02:00:00:00:00:04', '02:00:00:00:00:05'];
 const SELF = '02:00:00:00:00:00';
@@ -39,6 +46,34 @@ const input = fc
     disconnectedAt: new Map(r.lost.map(([p, ago]) => [p, 100_000 - ago])),
   }));
 
+/**
+ * One peer's choices over time, each step fed the last one's state (as the datapath does every
+ * second); `routedWhenLost`: still reachable through another peer while its connection is gone.
+ */
+function sequence(p: string, routedWhenLost: boolean) {
+  let state: OverlayChoice = { overlays: new Map(), disconnectedAt: new Map(), reconnectedAt: new Map() };
+  const step = (now: number, connected: boolean, healthy: boolean) => {
+    state = chooseOverlays({
+      self: SELF,
+      now,
+      connected: new Set(connected ? [p] : []),
+      routed: new Set(connected || routedWhenLost ? [p] : []),
+      withEndpoints: new Set([p]),
+      hasAddress: () => true,
+      fastdp: true,
+      sleeve: true,
+      encrypted: () => false,
+      healthy: () => healthy,
+      presumedFast: () => false,
+      previous: state.overlays,
+      disconnectedAt: state.disconnectedAt,
+      reconnectedAt: state.reconnectedAt,
+    });
+    return state.overlays.get(p);
+  };
+  return { step, state: () => state };
+}
+
 describe('the overlay choice', () => {
   it('never puts a peer on fastdp that must be encrypted, has no address, or when fastdp is off; never on a sleeve that does not run, or that does not reach it', () => {
     fc.assert(
@@ -61,14 +96,16 @@ describe('the overlay choice', () => {
     );
   });
 
-  it('a connected peer goes on fastdp when its heartbeats are answered (or presumed after a restart), else on the sleeve when one runs', () => {
+  it('a connected peer goes on fastdp when its heartbeats are answered (or presumed after a restart, its or ours), else on the sleeve when one runs', () => {
     fc.assert(
       fc.property(input, (i) => {
         const { overlays } = chooseOverlays(i);
         for (const p of i.connected) {
           if (p === i.self) continue;
           const fastOk = i.fastdp && !i.encrypted(p);
-          if (fastOk && (i.healthy(p) || i.presumedFast(p))) expect(overlays.get(p)).toBe('fastdp');
+          // Back from a lost connection while on fastdp: held there until its heartbeats can tell.
+          const rejoined = i.disconnectedAt.has(p) && i.previous.get(p) === 'fastdp';
+          if (fastOk && (i.healthy(p) || i.presumedFast(p) || rejoined)) expect(overlays.get(p)).toBe('fastdp');
           else if (i.sleeve) expect(overlays.get(p)).toBe('sleeve');
           else if (fastOk)
             expect(overlays.get(p)).toBe('fastdp'); // nothing better to try
@@ -95,33 +132,33 @@ describe('the overlay choice', () => {
 
   it('a peer on fastdp whose connection goes keeps fastdp for the hold, then moves to the sleeve relay; back on fastdp when it returns', () => {
     const p = PEERS[0];
-    let state = { overlays: new Map<string, Overlay>(), disconnectedAt: new Map<string, number>() };
-    const step = (now: number, connected: boolean, healthy: boolean) => {
-      state = chooseOverlays({
-        self: SELF,
-        now,
-        connected: new Set(connected ? [p] : []),
-        routed: new Set([p]), // still reachable through another peer
-        withEndpoints: new Set([p]),
-        hasAddress: () => true,
-        fastdp: true,
-        sleeve: true,
-        encrypted: () => false,
-        healthy: () => healthy,
-        presumedFast: () => false,
-        previous: state.overlays,
-        disconnectedAt: state.disconnectedAt,
-      });
-      return state.overlays.get(p);
-    };
+    const { step, state } = sequence(p, true);
     expect(step(0, true, false)).toBe('sleeve'); // heartbeats not answered yet
     expect(step(1000, true, true)).toBe('fastdp');
     expect(step(2000, false, false)).toBe('fastdp'); // its router restarting: the kernel still delivers
-    expect(state.disconnectedAt.get(p)).toBe(2000);
+    expect(state().disconnectedAt.get(p)).toBe(2000);
     expect(step(2000 + FASTDP_HOLD_MS - 1, false, false)).toBe('fastdp');
     expect(step(2000 + FASTDP_HOLD_MS, false, false)).toBe('sleeve'); // held long enough: relay
     expect(step(9000, true, true)).toBe('fastdp');
-    expect(state.disconnectedAt.has(p)).toBe(false);
+    expect(state().disconnectedAt.has(p)).toBe(false);
+  });
+
+  it('a peer on fastdp whose router restarts stays on fastdp when it connects again, until its heartbeats are judged (the hold), then by them', () => {
+    const p = PEERS[2];
+    const { step, state } = sequence(p, false);
+    expect(step(0, true, true)).toBe('fastdp');
+    expect(step(1000, false, false)).toBe('fastdp'); // restarting
+    // Connected again, no heartbeat answered yet: still fastdp (before, the sleeve for a moment, and
+    // its router's sleeve was not up yet).
+    expect(step(1500, true, false)).toBe('fastdp');
+    expect(step(1500 + REJOIN_HOLD_MS - 1, true, false)).toBe('fastdp');
+    expect(step(1500 + REJOIN_HOLD_MS, true, false)).toBe('sleeve'); // heartbeats never came back
+    expect(state().reconnectedAt.has(p)).toBe(false);
+    expect(step(9000, true, true)).toBe('fastdp');
+    // A peer that was on the sleeve when its connection went gets no hold.
+    expect(step(10_000, true, false)).toBe('sleeve');
+    expect(step(11_000, false, false)).toBe('none'); // no route to it at all meanwhile
+    expect(step(12_000, true, false)).toBe('sleeve');
   });
 
   it('a gone peer that was on fastdp and has no other route keeps fastdp (its kernel still delivers); without a sleeve, fastdp is tried', () => {
