@@ -372,7 +372,12 @@ export class Forwarding {
   private async pass(): Promise<void> {
     try {
       this.decide();
-      if (this.awaitingRecords()) return; // the kernel keeps what it had; endpoint records or the window's end schedule again
+      if (this.awaitingRecords()) {
+        // The kernel keeps what it had; endpoint records or the window's end schedule again. The
+        // firewall's peer sets follow the connections meanwhile (a sleeve peer's datagrams).
+        await this.config.programmed();
+        return;
+      }
       const tunnelSources = this.underlayPeers().vxlan;
       const fast = this.programme('fastdp', tunnelSources);
       // Each remote MAC on the port of its peer's underlay family (the kernel has a VXLAN device per family).
