@@ -81,6 +81,8 @@ export class Forwarding {
   private readonly unusable = new Map<PeerName, string>();
   private disconnectedAt = new Map<PeerName, number>();
   private reconnectedAt = new Map<PeerName, number>();
+  /** Each peer's underlay address at the last choice. */
+  private addrAtLastChoice = new Map<PeerName, string>();
   /** Underlay addresses the tunnel was sending to when we started: presumed on fastdp until heartbeats can tell. */
   private presumedFast = new Set<string>();
   private presumedUntil = 0;
@@ -119,8 +121,19 @@ export class Forwarding {
   async start(): Promise<void> {
     await this.tunnel.start();
     // A restarted router finds the kernel (or OVS) still delivering over VXLAN: keep that until heartbeats can judge.
-    this.presumedFast = new Set(await this.tunnel.presumed());
-    this.presumedUntil = Date.now() + PRESUMED_MS;
+    // Only what this run's settings would put on VXLAN too: not after a restart with --no-fastdp, a
+    // password that now covers the address, or an address family this run's VXLAN does not carry.
+    this.presumedFast = new Set(
+      (await this.tunnel.presumed()).filter(
+        (addr) =>
+          this.config.fastdp &&
+          !this.config.encrypt('', addr) &&
+          !underlayAddressProblem(addr) &&
+          (isIpv4(addr) || this.tunnel.underlay6),
+      ),
+    );
+    // A monotonic clock: a wall clock set back must not stretch the window.
+    this.presumedUntil = performance.now() + PRESUMED_MS;
     // The firewall's peer sets drop the presumed peers when the window ends; and programming waits
     // at most that long for their endpoint records (see pass).
     if (this.presumedFast.size > 0) setTimeout(() => this.schedule(), PRESUMED_MS + 50).unref();
@@ -198,7 +211,7 @@ export class Forwarding {
   /** Shortly after a restart, a peer the kernel was already sending to over VXLAN. */
   private presumedFastdp(peer: PeerName): boolean {
     const addr = this.lastAddr.get(peer);
-    return Date.now() < this.presumedUntil && addr !== undefined && this.presumedFast.has(addr);
+    return performance.now() < this.presumedUntil && addr !== undefined && this.presumedFast.has(addr);
   }
 
   /**
@@ -208,7 +221,7 @@ export class Forwarding {
    * connected peer whose endpoint record has arrived, nothing is programmed.
    */
   private awaitingRecords(): boolean {
-    if (Date.now() >= this.presumedUntil || this.presumedFast.size === 0) return false;
+    if (performance.now() >= this.presumedUntil || this.presumedFast.size === 0) return false;
     const arrived = new Set([...this.lastAddr].filter(([p]) => this.endpoints.records.has(p)).map(([, addr]) => addr));
     return [...this.presumedFast].some((addr) => !arrived.has(addr));
   }
@@ -250,6 +263,7 @@ export class Forwarding {
       previous: this.overlays,
       disconnectedAt: this.disconnectedAt,
       reconnectedAt: this.reconnectedAt,
+      sameAddress: (p) => this.lastAddr.get(p) === this.addrAtLastChoice.get(p),
     });
     const changed = overlaysChanged(this.overlays, overlays);
     for (const [p, o] of overlays) {
@@ -263,6 +277,7 @@ export class Forwarding {
     this.overlays = overlays;
     this.disconnectedAt = disconnectedAt;
     this.reconnectedAt = reconnectedAt;
+    this.addrAtLastChoice = new Map(this.lastAddr);
     return changed;
   }
 
@@ -329,7 +344,7 @@ export class Forwarding {
     }
     // Just after a restart, before the mesh has connected again: the peers the kernel was sending to
     // over VXLAN (their VXLAN is taken as before the restart, instead of dropped until they reconnect).
-    if (Date.now() < this.presumedUntil) for (const addr of this.presumedFast) vxlan.add(addr);
+    if (performance.now() < this.presumedUntil) for (const addr of this.presumedFast) vxlan.add(addr);
     return {
       vxlanPort: this.config.vxlanPort,
       sleevePort: this.config.sleevePort,
@@ -372,12 +387,9 @@ export class Forwarding {
   private async pass(): Promise<void> {
     try {
       this.decide();
-      if (this.awaitingRecords()) {
-        // The kernel keeps what it had; endpoint records or the window's end schedule again. The
-        // firewall's peer sets follow the connections meanwhile (a sleeve peer's datagrams).
-        await this.config.programmed();
-        return;
-      }
+      // The kernel keeps what it had; endpoint records or the window's end schedule again. The
+      // firewall's peer sets follow the connections meanwhile (finally, below).
+      if (this.awaitingRecords()) return;
       const tunnelSources = this.underlayPeers().vxlan;
       const fast = this.programme('fastdp', tunnelSources);
       // Each remote MAC on the port of its peer's underlay family (the kernel has a VXLAN device per family).
@@ -403,9 +415,13 @@ export class Forwarding {
       const neighbours = this.desiredNeighbours();
       await programNeighbours(neighbours);
       await this.forgetMovedAddresses(neighbours);
-      await this.config.programmed();
     } catch (err) {
       this.config.error(`programming the fdb failed: ${(err as Error).message}`);
+    } finally {
+      // The firewall's peer sets follow every pass, one that failed half way too.
+      await this.config
+        .programmed()
+        .catch((err: Error) => this.config.error(`the firewall's peer sets: ${err.message}`));
     }
   }
 

@@ -44,6 +44,8 @@ export interface OverlayInput {
   disconnectedAt: ReadonlyMap<PeerName, number>;
   /** When each of those peers was connected again. */
   reconnectedAt?: ReadonlyMap<PeerName, number>;
+  /** Whether the peer's underlay address is the one it had at the last choice (a peer back at another gets no hold). */
+  sameAddress?: (peer: PeerName) => boolean;
 }
 
 export interface OverlayChoice {
@@ -71,9 +73,11 @@ export function chooseOverlays(i: OverlayInput): OverlayChoice {
     const prev = i.previous.get(p);
     const connected = i.connected.has(p);
     const fastOk = i.fastdp && i.hasAddress(p) && !i.encrypted(p);
-    if (connected && disconnectedAt.has(p)) reconnectedAt.set(p, i.now);
+    if (connected && disconnectedAt.has(p) && (i.sameAddress?.(p) ?? true)) reconnectedAt.set(p, i.now);
     if (connected) disconnectedAt.delete(p);
-    else if (prev === 'fastdp' && !disconnectedAt.has(p)) disconnectedAt.set(p, i.now);
+    // Lost again while held on fastdp unconfirmed (no heartbeat answered since it came back): no
+    // hold next time either, or a flapping connection would keep a broken VXLAN path for ever.
+    else if (prev === 'fastdp' && !disconnectedAt.has(p) && !reconnectedAt.has(p)) disconnectedAt.set(p, i.now);
     const at = reconnectedAt.get(p);
     if (at !== undefined && (!connected || i.healthy(p) || i.now - at >= REJOIN_HOLD_MS)) reconnectedAt.delete(p);
     const rejoined = reconnectedAt.has(p) && prev === 'fastdp';

@@ -52,7 +52,7 @@ const input = fc
  */
 function sequence(p: string, routedWhenLost: boolean) {
   let state: OverlayChoice = { overlays: new Map(), disconnectedAt: new Map(), reconnectedAt: new Map() };
-  const step = (now: number, connected: boolean, healthy: boolean) => {
+  const step = (now: number, connected: boolean, healthy: boolean, sameAddress = true) => {
     state = chooseOverlays({
       self: SELF,
       now,
@@ -68,6 +68,7 @@ function sequence(p: string, routedWhenLost: boolean) {
       previous: state.overlays,
       disconnectedAt: state.disconnectedAt,
       reconnectedAt: state.reconnectedAt,
+      sameAddress: () => sameAddress,
     });
     return state.overlays.get(p);
   };
@@ -155,10 +156,21 @@ describe('the overlay choice', () => {
     expect(step(1500 + REJOIN_HOLD_MS, true, false)).toBe('sleeve'); // heartbeats never came back
     expect(state().reconnectedAt.has(p)).toBe(false);
     expect(step(9000, true, true)).toBe('fastdp');
+    // A connection that flaps while VXLAN stays broken: lost again during its hold (unconfirmed), it
+    // gets no new hold when it comes back, and goes to the sleeve.
+    expect(step(20_000, true, true)).toBe('fastdp');
+    expect(step(21_000, false, false)).toBe('fastdp');
+    expect(step(22_000, true, false)).toBe('fastdp'); // held
+    expect(step(23_000, false, false)).toBe('fastdp'); // gone again: the kernel may still deliver
+    expect(step(24_000, true, false)).toBe('sleeve'); // no second hold
+    // Back at another underlay address: nothing was delivering there, no hold.
+    expect(step(25_000, true, true)).toBe('fastdp');
+    expect(step(26_000, false, false)).toBe('fastdp');
+    expect(step(27_000, true, false, false)).toBe('sleeve');
     // A peer that was on the sleeve when its connection went gets no hold.
-    expect(step(10_000, true, false)).toBe('sleeve');
-    expect(step(11_000, false, false)).toBe('none'); // no route to it at all meanwhile
-    expect(step(12_000, true, false)).toBe('sleeve');
+    expect(step(30_000, true, false)).toBe('sleeve');
+    expect(step(31_000, false, false)).toBe('none'); // no route to it at all meanwhile
+    expect(step(32_000, true, false)).toBe('sleeve');
   });
 
   it('a gone peer that was on fastdp and has no other route keeps fastdp (its kernel still delivers); without a sleeve, fastdp is tried', () => {
