@@ -576,7 +576,7 @@ withRouterLocation(
     s.name,
     s.vip6 ? `${s.vip} ${s.vip6}` : s.vip,
     s.group !== undefined ? `group ${s.group}` : s.backends!.join(','),
-    `${s.live.filter((b) => b.health !== 'failing').length}/${s.live.length}`,
+    upColumn(s.live),
     s.affinity,
     s.check ? `tcp:${s.check.port}` : '-',
     s.served ? '' : `(${s.conflict})`,
@@ -619,6 +619,14 @@ withRouterLocation(
     );
   console.log(lines.join('\n'));
 });
+
+/** Backends up of all; with IPv6 checks that differ, how many are up over IPv6 too. */
+function upColumn(live: { health: string; health6?: string; addr6?: string }[]): string {
+  const up = `${live.filter((b) => b.health !== 'failing').length}/${live.length}`;
+  const six = live.filter((b) => b.addr6 !== undefined && b.health6 !== undefined);
+  const up6 = six.filter((b) => b.health6 !== 'failing').length;
+  return six.some((b) => b.health6 !== b.health) ? `${up} (IPv6 ${up6}/${six.length})` : up;
+}
 
 function table(rows: string[][]): string {
   const widths = rows[0].map((_, i) => Math.max(...rows.map((r) => r[i].length)));

@@ -145,6 +145,23 @@ export function buildRegistry(router: Router): Registry {
     },
   });
   new Gauge({
+    name: 'weft_service_backends_ipv6',
+    help: 'Live backends of each service that have an IPv6 address, by the health of their IPv6 check (--ipv6)',
+    labelNames: ['service', 'health'],
+    ...reg,
+    collect() {
+      this.reset();
+      for (const v of router.services.views()) {
+        if (v.vip6 === undefined) continue;
+        for (const h of ['healthy', 'failing', 'unchecked'])
+          this.set(
+            { service: v.name, health: h },
+            v.live.filter((b) => b.addr6 !== undefined && b.health6 === h).length,
+          );
+      }
+    },
+  });
+  new Gauge({
     name: 'weft_service_flows',
     help: "Tracked flows of this host's containers to each service, by backend address",
     labelNames: ['service', 'backend'],

@@ -160,18 +160,20 @@ export function desiredFlows(x: FlowInputs): FlowSpec[] {
   return out;
 }
 
-/** The peer addresses a flood flow sends to (a restarted router reads them back; not the clearing of the other family's field). */
+/**
+ * The peer addresses a flood flow sends to (a restarted router reads them back): each tunnel
+ * destination set, not the clearing of the other family's field just before one.
+ */
 export function floodDestinations(flows: FlowSpec[]): string[] {
   return flows
     .filter((f) => kindOf(f.cookie) === CookieKind.Flood)
     .flatMap((f) =>
-      f.actions.flatMap((a) =>
-        a.type === 'set_field' &&
-        (a.field === 'tun_dst' || a.field === 'tun_ipv6_dst') &&
-        a.value !== '0.0.0.0' &&
-        a.value !== '::'
-          ? [a.value]
-          : [],
-      ),
+      f.actions.flatMap((a, i) => {
+        const next = f.actions[i + 1];
+        const isTunnelDst = (x: (typeof f.actions)[number] | undefined) =>
+          x?.type === 'set_field' && (x.field === 'tun_dst' || x.field === 'tun_ipv6_dst');
+        const isDestination = isTunnelDst(a) && !isTunnelDst(next);
+        return isDestination && a.type === 'set_field' ? [a.value] : [];
+      }),
     );
 }

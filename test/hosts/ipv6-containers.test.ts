@@ -511,6 +511,13 @@ s.sendto(body, (to + '%ethwe', 0))
         20_000,
       );
       expect((await h1.weft(['service', 'show', 'half'])).stdout).toContain('healthy (IPv6 failing)');
+      expect((await h1.weft(['service', 'list'])).stdout).toMatch(/half .* 1\/1 \(IPv6 0\/1\)/);
+      const metrics = await h1.exec(process.execPath, [
+        '-e',
+        "fetch('http://127.0.0.1:6782/metrics').then((r) => r.text()).then((t) => console.log(t))",
+      ]);
+      expect(metrics.stdout).toMatch(/weft_service_backends\{service="half",health="healthy"\} 1/);
+      expect(metrics.stdout).toMatch(/weft_service_backends_ipv6\{service="half",health="failing"\} 1/);
       // Its name has no AAAA while nothing passes the check over IPv6 (a client preferring IPv6 would be refused).
       const names = await run('ip', ['netns', 'exec', client.ns, 'getent', 'ahosts', 'half.weft.local']);
       expect(names.stdout).toContain(vip);
