@@ -124,13 +124,7 @@ export class Forwarding {
     // Only what this run's settings would put on VXLAN too: not after a restart with --no-fastdp, a
     // password that now covers the address, or an address family this run's VXLAN does not carry.
     this.presumedFast = new Set(
-      (await this.tunnel.presumed()).filter(
-        (addr) =>
-          this.config.fastdp &&
-          !this.config.encrypt('', addr) &&
-          !underlayAddressProblem(addr) &&
-          (isIpv4(addr) || this.tunnel.underlay6),
-      ),
+      (await this.tunnel.presumed()).filter((addr) => !underlayAddressProblem(addr) && this.vxlanTakes('', addr)),
     );
     // A monotonic clock: a wall clock set back must not stretch the window.
     this.presumedUntil = performance.now() + PRESUMED_MS;
@@ -208,10 +202,20 @@ export class Forwarding {
 
   // ---- the overlay of each peer
 
+  /** Whether this run's settings carry a peer at this underlay address over VXLAN (fastdp on, its family, no encryption). */
+  private vxlanTakes(peer: PeerName, host: string): boolean {
+    return (isIpv4(host) || this.tunnel.underlay6) && this.config.fastdp && !this.config.encrypt(peer, host);
+  }
+
+  /** Whether the window after a restart, while what the kernel had is presumed, is still open. */
+  private get presuming(): boolean {
+    return performance.now() < this.presumedUntil;
+  }
+
   /** Shortly after a restart, a peer the kernel was already sending to over VXLAN. */
   private presumedFastdp(peer: PeerName): boolean {
     const addr = this.lastAddr.get(peer);
-    return performance.now() < this.presumedUntil && addr !== undefined && this.presumedFast.has(addr);
+    return this.presuming && addr !== undefined && this.presumedFast.has(addr);
   }
 
   /**
@@ -221,7 +225,7 @@ export class Forwarding {
    * connected peer whose endpoint record has arrived, nothing is programmed.
    */
   private awaitingRecords(): boolean {
-    if (performance.now() >= this.presumedUntil || this.presumedFast.size === 0) return false;
+    if (!this.presuming || this.presumedFast.size === 0) return false;
     const arrived = new Set([...this.lastAddr].filter(([p]) => this.endpoints.records.has(p)).map(([, addr]) => addr));
     return [...this.presumedFast].some((addr) => !arrived.has(addr));
   }
@@ -336,7 +340,7 @@ export class Forwarding {
       if (underlayAddressProblem(host)) continue; // its text would break the whole ruleset
       const v4 = isIpv4(host);
       if (v4 || this.sleeve6) sleeve.add(host);
-      if ((v4 || this.tunnel.underlay6) && this.config.fastdp && !this.config.encrypt(n.name, host)) vxlan.add(host);
+      if (this.vxlanTakes(n.name, host)) vxlan.add(host);
     }
     for (const [p, o] of this.overlays) {
       const addr = this.lastAddr.get(p);
@@ -344,7 +348,7 @@ export class Forwarding {
     }
     // Just after a restart, before the mesh has connected again: the peers the kernel was sending to
     // over VXLAN (their VXLAN is taken as before the restart, instead of dropped until they reconnect).
-    if (performance.now() < this.presumedUntil) for (const addr of this.presumedFast) vxlan.add(addr);
+    if (this.presuming) for (const addr of this.presumedFast) vxlan.add(addr);
     return {
       vxlanPort: this.config.vxlanPort,
       sleevePort: this.config.sleevePort,

@@ -164,7 +164,7 @@ export function vxlanPayload(vni: number, frame: Buffer): Buffer {
 const nameBytes = (peer: string) => Buffer.from(peer.replaceAll(':', ''), 'hex');
 
 /** A plain sleeve datagram (datapath/sleeve/packet.ts): from hop `hop`, a message from `src` to `dst` with one frame. */
-export function sleevePayload(hop: string, src: string, dst: string, frame: Buffer): Buffer {
+function sleevePayload(hop: string, src: string, dst: string, frame: Buffer): Buffer {
   const header = Buffer.concat([Buffer.from([1, 1]), nameBytes(hop)]);
   const message = Buffer.concat([nameBytes(src), nameBytes(dst), Buffer.from([16])]);
   const len = Buffer.alloc(4);

@@ -17,7 +17,6 @@ import {
   injectOverlayFrames,
   ruleCounter,
   sendUdp,
-  sleevePayload,
   udpFrame,
   udpRecorder,
   vxlanPayload,
@@ -146,14 +145,6 @@ describeAsRoot('a stranger on the underlay', () => {
       [stranger.ns, 'eth0', 201],
     ] as const)
       expect((await run('ip', ['-n', ns, 'addr', 'add', `fd00:198:18::${n}/64`, 'dev', dev, 'nodad'])).code).toBe(0);
-    const frame = udpFrame({
-      srcMac: '02:de:ad:be:ef:01',
-      dstMac: ep.mac,
-      srcIp: '10.32.99.99',
-      dstIp: ep.cidrs[0].split('/')[0],
-      dstPort: 9999,
-      text: 'over ipv6',
-    });
     const input = async () => (await h1.exec('nft', ['list', 'chain', 'inet', 'weft', 'input'])).stdout;
     const rules = ['VXLAN over IPv6 from no peer of ours', 'sleeve datagrams over IPv6 from no peer of ours'];
     const counted = async () => {
@@ -161,8 +152,14 @@ describeAsRoot('a stranger on the underlay', () => {
       return rules.map((r) => ruleCounter(listing, r));
     };
     const before = await counted();
-    await sendUdp(stranger.ns, 'fd00:198:18::1', 6784, vxlanPayload(VNI, frame), undefined, 5);
-    await sendUdp(stranger.ns, 'fd00:198:18::1', 6783, sleevePayload(r2.name, r2.name, r1.name, frame), undefined, 5);
+    await injectOverlayFrames({
+      ns: stranger.ns,
+      host: 'fd00:198:18::1',
+      container: { mac: ep.mac, ip: ep.cidrs[0].split('/')[0] },
+      hop: r2.name,
+      dst: r1.name,
+      tag: 'over ipv6',
+    });
     await eventually('the datagrams counted as dropped', async () =>
       (await counted()).every((n, i) => n - before[i] >= 5),
     );

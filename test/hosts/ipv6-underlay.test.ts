@@ -10,17 +10,7 @@ import type { Report } from '../../router/contract.js';
 import { Cluster, eventually, sleep, type Host } from '../harness/cluster.js';
 import { run } from '../harness/exec.js';
 import { describeAsRoot } from '../harness/root.js';
-import {
-  WEFT_VNI as VNI,
-  bothArrived,
-  injectOverlayFrames,
-  ruleCounter,
-  sendUdp,
-  sleevePayload,
-  udpFrame,
-  udpRecorder,
-  vxlanPayload,
-} from '../harness/attacker.js';
+import { bothArrived, injectOverlayFrames, ruleCounter, udpRecorder } from '../harness/attacker.js';
 
 let cluster: Cluster | null = null;
 const stoppers: (() => void)[] = [];
@@ -165,14 +155,6 @@ describeAsRoot('an IPv6-only underlay', () => {
     const c1Mac = (await a.report<Report>()).datapath!.localEndpoints.find(
       (e) => e.container === `netns:${c1.ns}`,
     )!.mac;
-    const frame = udpFrame({
-      srcMac: '02:de:ad:be:ef:01',
-      dstMac: c1Mac,
-      srcIp: c2.ip,
-      dstIp: c1.ip,
-      dstPort: 9999,
-      text: 'from a stranger',
-    });
     const input = async () => (await a.exec('nft', ['list', 'chain', 'inet', 'weft', 'input'])).stdout;
     const rules = ['VXLAN over IPv6 from no peer of ours', 'sleeve datagrams over IPv6 from no peer of ours'];
     const counted = async () => {
@@ -181,8 +163,14 @@ describeAsRoot('an IPv6-only underlay', () => {
     };
     const before = await counted();
     const [ra, rb] = await Promise.all([a.report<Report>(), b.report<Report>()]);
-    await sendUdp(stranger.ns, 'fd00:198:18::1', 6784, vxlanPayload(VNI, frame), undefined, 5);
-    await sendUdp(stranger.ns, 'fd00:198:18::1', 6783, sleevePayload(rb.name, rb.name, ra.name, frame), undefined, 5);
+    await injectOverlayFrames({
+      ns: stranger.ns,
+      host: 'fd00:198:18::1',
+      container: { mac: c1Mac, ip: c1.ip },
+      hop: rb.name,
+      dst: ra.name,
+      tag: 'from a stranger',
+    });
     await eventually('the datagrams counted as dropped', async () =>
       (await counted()).every((n, i) => n - before[i] >= 5),
     );
