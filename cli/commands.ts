@@ -197,7 +197,7 @@ withRouterLocation(
   program
     .command('rmpeer')
     .description(
-      'remove peers that are gone for good: take over their address ranges, and drop their names, endpoints and pinned keys everywhere at once',
+      'remove peers that are gone for good: take over their address ranges, drop their names, endpoints and pinned keys everywhere at once, and stop waiting for them before removed rules and services are forgotten',
     )
     .argument('<peers...>', 'peer names or nicknames'),
 ).action(async (peers: string[], _o, cmd: Command) => {

@@ -26,7 +26,8 @@ export interface EntryCodec<T> {
   key(e: T): string;
 }
 
-const MAX_ITEMS = 100_000;
+/** The most records in an update, and entries in a record. */
+export const MAX_RECORD_ENTRIES = 100_000;
 
 /**
  * The highest version any gossiped record or register may carry (2^52). Versions grow by one per
@@ -82,7 +83,7 @@ interface DigestItem {
 
 function decodeDigest(bytes: Uint8Array): DigestItem[] {
   const v = unpack(bytes);
-  if (!Array.isArray(v) || v.length > MAX_ITEMS) throw new Error('record digest is not a list');
+  if (!Array.isArray(v) || v.length > MAX_RECORD_ENTRIES) throw new Error('record digest is not a list');
   return v.map((w) => {
     if (!Array.isArray(w) || w.length !== 3) throw new Error('record digest item is malformed');
     const [peer, version, hash] = w as unknown[];
@@ -134,7 +135,7 @@ class RecordsUpdate<T> implements GossipData {
 
 function decodePeerRecords<T>(codec: EntryCodec<T>, bytes: Uint8Array): PeerRecord<T>[] {
   const v = unpack(bytes);
-  if (!Array.isArray(v) || v.length > MAX_ITEMS) throw new Error('record update is not a list');
+  if (!Array.isArray(v) || v.length > MAX_RECORD_ENTRIES) throw new Error('record update is not a list');
   return v.map((w) => {
     if (!Array.isArray(w) || w.length !== 3) throw new Error('record is malformed');
     const [peer, version, entries] = w as unknown[];
@@ -143,7 +144,7 @@ function decodePeerRecords<T>(codec: EntryCodec<T>, bytes: Uint8Array): PeerReco
       !Number.isSafeInteger(version) ||
       (version as number) < 0 ||
       !Array.isArray(entries) ||
-      entries.length > MAX_ITEMS
+      entries.length > MAX_RECORD_ENTRIES
     ) {
       throw new Error('record is malformed');
     }
@@ -223,17 +224,21 @@ export class PeerRecords<T> implements Gossiper {
   /**
    * A peer removed for good (weft rmpeer): its record is replaced at once, everywhere, by a newer
    * empty one. Should the peer come back after all, it supersedes this as it supersedes any record
-   * of an earlier incarnation. Returns whether it had entries.
+   * of an earlier incarnation. `entries` may say why (a marker of the channel's own); with them, a
+   * record is written even for a peer that had none here. Returns whether it had entries.
    */
-  evict(peer: PeerName): boolean {
+  evict(peer: PeerName, entries: T[] = []): boolean {
     if (peer === this.mesh.name) return false;
     const cur = this.records.get(peer);
-    if (!cur || cur.version >= MAX_VERSION) return false;
-    const rec = { peer, version: cur.version + 1, entries: [] };
+    if (!cur && entries.length === 0) return false;
+    // Above a record dropped here, which neighbours would otherwise take for that one coming back.
+    const version = Math.max(cur?.version ?? 0, this.dropped.get(peer)?.version ?? 0) + 1;
+    if (version > MAX_VERSION) return false;
+    const rec = { peer, version, entries };
     this.records.set(peer, rec);
     this.channel.gossipUpdate(new RecordsUpdate(this.codec, [rec]));
     this.changed();
-    return cur.entries.length > 0;
+    return (cur?.entries.length ?? 0) > 0;
   }
 
   /** Replaces this peer's entries and announces them. */

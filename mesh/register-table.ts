@@ -3,15 +3,17 @@
 // origin peer, a value or a tombstone); of two registers the one with the higher
 // version wins, then the higher origin name, then the larger content, so merging
 // is commutative, associative and idempotent and every peer converges on the same
-// table. Any peer may change any register; removals are tombstones that stay (a
-// value removed must not come back from a peer that was away). Persisted in the
-// data directory when given a path.
+// table. Any peer may change any register; removals are tombstones, collected
+// only once every member of the mesh holds them (tombstones.ts: a value removed
+// must not come back from a peer that was away). Persisted in the data
+// directory when given a path.
 import { createHash } from 'node:crypto';
 import type { Gossip, GossipData, Gossiper } from './gossip.js';
 import type { MeshView } from './mesh.js';
 import { pack, unpack } from './messages.js';
 import { isPeerName, type PeerName } from './peer-name.js';
 import { MAX_VERSION } from './peer-records.js';
+import { TombstoneCollector, type TombstoneStore, type TombstoneTimings } from './tombstones.js';
 
 export interface Register<V> {
   id: string;
@@ -62,9 +64,10 @@ export function mergeRegisters<V>(into: Map<string, Register<V>>, incoming: Iter
   return changed;
 }
 
-function nextVersion<V>(cur: Register<V> | undefined, codec: RegisterCodec<V>): number {
-  const v = (cur?.version ?? 0) + 1;
-  if (v > MAX_VERSION) throw codec.fail(`${codec.what} ${cur!.id} cannot change any more (its version is at the cap)`);
+/** Above the register's version and every collected one (so a value put again wins over a late tombstone). */
+function nextVersion<V>(id: string, cur: Register<V> | undefined, floor: number, codec: RegisterCodec<V>): number {
+  const v = Math.max(cur?.version ?? 0, floor) + 1;
+  if (v > MAX_VERSION) throw codec.fail(`${codec.what} ${id} cannot change any more (its version is at the cap)`);
   return v;
 }
 
@@ -107,12 +110,15 @@ export class RegisterTable<V> implements Gossiper {
   private readonly listeners: (() => void)[] = [];
   /** The digest of the entries as they are: anti-entropy asks for it every round, changes are rare. */
   private digestCache: Uint8Array | null = null;
+  private readonly tombstones: TombstoneCollector;
 
   constructor(
     protected readonly mesh: MeshView,
     channelName: string,
     private readonly codec: RegisterCodec<V>,
     private readonly store?: RegisterStore,
+    /** Where the tombstone collector keeps its members; its timings (tests shorten them). */
+    gc: { store?: TombstoneStore; timings?: Partial<TombstoneTimings> } = {},
   ) {
     // A store that cannot be read stops the caller with the reason: read as empty, a restarted host
     // would enforce nothing of what it had.
@@ -122,6 +128,48 @@ export class RegisterTable<V> implements Gossiper {
         store.load((w) => registerFromWire(codec, w)),
       );
     this.channel = mesh.registerChannel(channelName, this);
+    this.tombstones = new TombstoneCollector(
+      mesh,
+      channelName,
+      {
+        tombstones: () =>
+          [...this.entries.values()].filter((e) => e.value === null).map((e) => ({ id: e.id, version: e.version })),
+        collect: (ts) => this.collect(ts),
+      },
+      gc.store,
+      gc.timings,
+    );
+    this.tombstones.nudge();
+  }
+
+  stop(): void {
+    this.tombstones.stop();
+  }
+
+  /** Tombstones held, members, and the members some tombstone still waits for (status). */
+  tombstoneStatus(): ReturnType<TombstoneCollector['status']> {
+    return this.tombstones.status();
+  }
+
+  /** `weft rmpeer`: the peer no longer holds back the collection of tombstones. */
+  forgetMember(peer: PeerName): boolean {
+    return this.tombstones.forget(peer);
+  }
+
+  /** Runs the tombstone collector's check now (tests). */
+  collectTombstones(now?: number): void {
+    this.tombstones.pass(now);
+  }
+
+  private collect(ts: { id: string; version: number }[]): void {
+    let n = 0;
+    for (const t of ts) {
+      const cur = this.entries.get(t.id);
+      if (cur && cur.value === null && cur.version === t.version) n += this.entries.delete(t.id) ? 1 : 0;
+    }
+    if (n === 0) return;
+    this.digestCache = null;
+    this.store?.save([...this.entries.values()].map(toWire));
   }
 
   onChange(fn: () => void): void {
@@ -149,7 +197,7 @@ export class RegisterTable<V> implements Gossiper {
     const cur = this.entries.get(id);
     const e: Register<V> = {
       id,
-      version: nextVersion(cur, this.codec),
+      version: nextVersion(id, cur, this.tombstones.floor, this.codec),
       origin: this.mesh.name,
       value: this.codec.check(value, id),
     };
@@ -161,7 +209,9 @@ export class RegisterTable<V> implements Gossiper {
   remove(id: string): boolean {
     const cur = this.entries.get(id);
     if (!cur || cur.value === null) return false;
-    this.apply([{ id, version: nextVersion(cur, this.codec), origin: this.mesh.name, value: null }]);
+    this.apply([
+      { id, version: nextVersion(id, cur, this.tombstones.floor, this.codec), origin: this.mesh.name, value: null },
+    ]);
     return true;
   }
 
@@ -176,6 +226,7 @@ export class RegisterTable<V> implements Gossiper {
     this.digestCache = null;
     // A failed write (a full disk) is the store's to report; the change is enforced all the same.
     this.store?.save([...this.entries.values()].map(toWire));
+    this.tombstones.nudge();
     for (const fn of this.listeners) fn();
   }
 
@@ -192,7 +243,10 @@ export class RegisterTable<V> implements Gossiper {
     const incoming = raw.map((w) => registerFromWire(this.codec, w)); // one bad entry rejects the update whole
     if (this.entries.size + incoming.length > this.codec.maxEntries && incoming.some((e) => !this.entries.has(e.id)))
       throw this.codec.fail(`${this.codec.what} table is full`);
-    const changed = mergeRegisters(this.entries, incoming);
+    const changed = mergeRegisters(
+      this.entries,
+      incoming.filter((e) => this.tombstones.admits(e.id, e.version)),
+    );
     if (changed.length === 0) return null;
     this.changed();
     return new RegisterUpdate(changed);

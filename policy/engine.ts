@@ -19,7 +19,7 @@ import { nft, sysctl } from '../net/command.js';
 import { linkLocalOf } from '../net/addr6.js';
 import { nftObjects, nftSession } from '../net/nft-session.js';
 import { TABLE } from '../datapath/firewall.js';
-import type { MeshView } from '../mesh/index.js';
+import type { MeshView, TombstoneTimings } from '../mesh/index.js';
 import { deleteFlow, listFlows } from './conntrack.js';
 import { PolicyModel, type Decision, type Flow, type Member } from './model.js';
 import { compilePolicy, elementUpdates, type CompiledPolicy } from './nft.js';
@@ -46,6 +46,8 @@ export interface PolicyStatus {
   rewrites: number;
   /** Wall time spent compiling and applying, in all. */
   applyMs: number;
+  /** Removed rules still remembered, until every member of the mesh has them (mesh/tombstones.ts). */
+  removals: { kept: number; waitingFor: string[] };
 }
 
 export class PolicyEngine {
@@ -66,8 +68,15 @@ export class PolicyEngine {
     private readonly mesh: MeshView,
     private readonly datapath: PolicyHost | null,
     state: StateDir,
+    /** When removed rules may be forgotten (from the gossip interval). */
+    tombstones?: TombstoneTimings,
   ) {
-    this.table = new PolicyTable(mesh, stateFile(state, 'policy.json'));
+    this.table = new PolicyTable(
+      mesh,
+      stateFile(state, 'policy.json'),
+      stateFile(state, 'policy-members.json'),
+      tombstones,
+    );
   }
 
   /** Follows changes of rules and endpoints from now on. */
@@ -291,6 +300,7 @@ export class PolicyEngine {
     }
     const rules = this.table.rules();
     const notEnforced = this.notEnforced();
+    const gc = this.table.tombstoneStatus();
     return {
       rules: rules.length,
       limitedHere: this.summary().limitedHere,
@@ -300,10 +310,18 @@ export class PolicyEngine {
       allowed: rules.map((r) => ({ rule: r.id, packets: allowed.get(r.id) ?? 0 })),
       dropped: [...dropped.values()].sort((a, b) => (a.group < b.group ? -1 : 1)),
       ...this.stats,
+      removals: {
+        kept: gc.tombstones,
+        waitingFor: gc.waitingFor.map((p) => {
+          const nick = this.mesh.nicknameOf(p);
+          return nick ? `${p}(${nick})` : p;
+        }),
+      },
     };
   }
 
   stop(): void {
     this.job.stop();
+    this.table.stop();
   }
 }

@@ -11,6 +11,7 @@ import {
   registerFromWire,
   type Register,
   type RegisterCodec,
+  type TombstoneTimings,
 } from '../mesh/index.js';
 import { listFile, type Persist } from '../lib/json-file.js';
 import { RuleError, checkRule, type Rule } from './rules.js';
@@ -35,8 +36,12 @@ export const mergeEntries = mergeRegisters<Rule>;
 export const entryFromWire = (w: unknown): PolicyEntry => registerFromWire(ruleCodec, w);
 
 export class PolicyTable extends RegisterTable<Rule> {
-  constructor(mesh: MeshView, persist?: Persist) {
-    super(mesh, POLICY_CHANNEL, ruleCodec, persist && listFile(persist));
+  /** `members`: where the tombstone collector keeps the mesh's members (mesh/tombstones.ts). */
+  constructor(mesh: MeshView, persist?: Persist, members?: Persist, timings?: TombstoneTimings) {
+    super(mesh, POLICY_CHANNEL, ruleCodec, persist && listFile(persist), {
+      ...(members ? { store: listFile(members) } : {}),
+      ...(timings ? { timings } : {}),
+    });
   }
 
   /** The rules in force, in id order. */

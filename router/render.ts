@@ -216,6 +216,13 @@ export function renderPolicyStatus(st: PolicyStatus): string {
   lines.push(
     `flows cut after revocations: ${st.flowsCut}; rule rewrites: ${st.rewrites}; membership updates: ${st.elementUpdates}`,
   );
+  if (st.removals.kept > 0)
+    lines.push(
+      `removed rules remembered until every peer has the removal: ${st.removals.kept}` +
+        (st.removals.waitingFor.length > 0
+          ? `; waiting for ${st.removals.waitingFor.join(', ')} (a peer gone for good: weft rmpeer NAME)`
+          : ''),
+    );
   for (const a of st.allowed) lines.push(`  rule ${a.rule}: ${a.packets} packet(s) allowed here`);
   for (const d of st.dropped) lines.push(`  ${d.group} ${d.direction}: ${d.packets} packet(s) dropped here`);
   return lines.join('\n') + '\n';

@@ -18,6 +18,7 @@ import {
   TcpTransport,
   isPeerName,
   type PeerName,
+  tombstoneTimings,
 } from '../mesh/index.js';
 import { loadIdentity, newUid } from './identity.js';
 import { type Logger } from '../lib/logger.js';
@@ -309,8 +310,9 @@ export class Router {
           })
         : null;
     // Before the datapath starts, so its first write of the firewall already enforces the rules.
-    policy = new PolicyEngine(mesh, datapath, state);
-    services = new ServiceEngine(mesh, datapath, serviceRange, state, opts.dnsDomain, serviceRange6);
+    const tombstones = tombstoneTimings(opts.gossipInterval);
+    policy = new PolicyEngine(mesh, datapath, state, tombstones);
+    services = new ServiceEngine(mesh, datapath, serviceRange, state, opts.dnsDomain, serviceRange6, tombstones);
     const router = new Router(
       opts,
       mesh,
@@ -435,6 +437,9 @@ export class Router {
     if (this.datapath?.endpoints.evict(peer)) removed.push('endpoints');
     if (this.names.evict(peer)) removed.push('DNS names');
     if (this.services.health.evict(peer)) removed.push('service health');
+    // No longer waited for before removed rules and services are forgotten (mesh/tombstones.ts).
+    if (this.policy.table.forgetMember(peer)) removed.push('policy member');
+    if (this.services.table.forgetMember(peer)) removed.push('services member');
     if (this.peerKeys.forget(peer)) removed.push('pinned key');
     if (addresses === 0 && removed.length === 0 && !this.mesh.topology.get(peer))
       throw new IpamError('not-found', `peer ${peer} has nothing here to remove`);

@@ -11,7 +11,7 @@ import type { Datapath } from '../datapath/datapath.js';
 import { containerNamespace } from '../datapath/attach.js';
 import { CommandError, conntrack, ip, nft } from '../net/command.js';
 import { formatCidr, overlaps, type Cidr } from '../net/addr.js';
-import type { MeshView, PeerName } from '../mesh/index.js';
+import type { MeshView, PeerName, TombstoneTimings } from '../mesh/index.js';
 import { SerialJob } from '../lib/serial-job.js';
 import { containerMatches } from '../policy/model.js';
 import { SERVICES_TABLE, compileServiceTable, type ServedVip } from './nft.js';
@@ -92,11 +92,19 @@ export class ServiceEngine {
     domain: string,
     /** With --ipv6: where the IPv6 VIPs are. */
     readonly range6: Cidr6 | null = null,
+    /** When removed services may be forgotten (from the gossip interval). */
+    tombstones?: TombstoneTimings,
   ) {
     this.rangeText = formatCidr(range);
     this.range6Text = range6 ? formatCidr6(range6) : null;
     this.zone = domain.replace(/\.$/, '');
-    this.table = new ServiceTable(mesh, range, stateFile(state, 'services.json'));
+    this.table = new ServiceTable(
+      mesh,
+      range,
+      stateFile(state, 'services.json'),
+      stateFile(state, 'services-members.json'),
+      tombstones,
+    );
     this.health = new HealthRecords(mesh);
     this.health6 = new HealthRecords(mesh, true);
     this.table.onChange(() => (this.resolved = null));
@@ -165,6 +173,7 @@ export class ServiceEngine {
 
   stop(): void {
     this.job.stop();
+    this.table.stop();
     this.health.stop();
     this.health6.stop();
     if (this.probeTimer) clearInterval(this.probeTimer);

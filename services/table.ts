@@ -2,7 +2,14 @@
 // peer may create or remove; persisted) and the backend health records (each
 // peer announces which of its own backends fail their check, on
 // `service-health`; records of peers that leave go with them).
-import { type MeshView, PeerRecords, type EntryCodec, RegisterTable, type RegisterCodec } from '../mesh/index.js';
+import {
+  type MeshView,
+  PeerRecords,
+  type EntryCodec,
+  RegisterTable,
+  type RegisterCodec,
+  type TombstoneTimings,
+} from '../mesh/index.js';
 import type { Cidr } from '../net/addr.js';
 import { listFile, type Persist } from '../lib/json-file.js';
 import { SERVICE_NAME, ServiceError, checkService, type Service } from './service.js';
@@ -21,8 +28,12 @@ const serviceCodec = (range: Cidr): RegisterCodec<Service> => ({
 });
 
 export class ServiceTable extends RegisterTable<Service> {
-  constructor(mesh: MeshView, range: Cidr, persist?: Persist) {
-    super(mesh, SERVICES_CHANNEL, serviceCodec(range), persist && listFile(persist));
+  /** `members`: where the tombstone collector keeps the mesh's members (mesh/tombstones.ts). */
+  constructor(mesh: MeshView, range: Cidr, persist?: Persist, members?: Persist, timings?: TombstoneTimings) {
+    super(mesh, SERVICES_CHANNEL, serviceCodec(range), persist && listFile(persist), {
+      ...(members ? { store: listFile(members) } : {}),
+      ...(timings ? { timings } : {}),
+    });
   }
 }
 
