@@ -151,6 +151,11 @@ export class RegisterTable<V> implements Gossiper {
     return this.tombstones.status();
   }
 
+  /** `weft reset`: this peer leaves for good; the others stop waiting for it. */
+  leaveMesh(): void {
+    this.tombstones.leave();
+  }
+
   /** `weft rmpeer`: the peer no longer holds back the collection of tombstones. */
   forgetMember(peer: PeerName): boolean {
     return this.tombstones.forget(peer);

@@ -70,6 +70,9 @@ interface Ack {
   kind: AckKind;
 }
 
+/** The highest floor taken from a peer: half the version space stays for changes after it. */
+const FLOOR_CAP = MAX_VERSION / 2;
+
 const ackCodec: EntryCodec<Ack> = {
   toWire: (a) => [a.id, a.version, a.kind],
   fromWire(w) {
@@ -85,6 +88,9 @@ const ackCodec: EntryCodec<Ack> = {
       (kind === 4 && !isPeerName(id))
     )
       throw new Error('tombstone acknowledgement is malformed');
+    // Every put starts above the floor: one near the cap would leave no versions to change anything with.
+    if (kind === 2 && (version as number) > FLOOR_CAP)
+      throw new Error(`tombstone floor ${version as number} is above 2^51`);
     return { id, version: version as number, kind: kind as AckKind };
   },
   key: (a) => `${a.kind}:${a.version}:${a.id}`,
@@ -99,21 +105,33 @@ const MAX_MEMBERS = 10_000;
 /** Records of peers that left the topology: kept this long (a member that is down may still count its acknowledgements). */
 const ACK_GRACE_MS = 10 * 60_000;
 
-/** Per record (records are never changed in place): id -> the highest version held or collected. */
-const ackMaps = new WeakMap<PeerRecord<Ack>, Map<string, number>>();
-function ackMap(r: PeerRecord<Ack>): Map<string, number> {
-  let m = ackMaps.get(r);
-  if (!m) {
-    m = new Map();
-    for (const a of r.entries)
-      if (a.kind === AckKind.Held || a.kind === AckKind.Collected) m.set(a.id, Math.max(m.get(a.id) ?? 0, a.version));
-    ackMaps.set(r, m);
-  }
-  return m;
+/** What one peer's record says, read once per record (records are never changed in place). */
+interface RecordSummary {
+  /** id -> the highest version held or collected. */
+  acks: Map<string, number>;
+  floor: number;
+  members: PeerName[];
+  forgotten: boolean;
 }
 
-const forgotten = (r: PeerRecord<Ack> | undefined): boolean =>
-  r?.entries.some((a) => a.kind === AckKind.Forgotten) ?? false;
+const summaries = new WeakMap<PeerRecord<Ack>, RecordSummary>();
+function summary(r: PeerRecord<Ack>): RecordSummary {
+  let sum = summaries.get(r);
+  if (!sum) {
+    sum = { acks: new Map(), floor: 0, members: [], forgotten: false };
+    for (const a of r.entries) {
+      if (a.kind === AckKind.Held || a.kind === AckKind.Collected)
+        sum.acks.set(a.id, Math.max(sum.acks.get(a.id) ?? 0, a.version));
+      else if (a.kind === AckKind.Floor) sum.floor = Math.max(sum.floor, a.version);
+      else if (a.kind === AckKind.Member) sum.members.push(a.id as PeerName);
+      else sum.forgotten = true;
+    }
+    summaries.set(r, sum);
+  }
+  return sum;
+}
+
+const forgotten = (r: PeerRecord<Ack> | undefined): boolean => (r ? summary(r).forgotten : false);
 
 export class TombstoneCollector {
   private readonly acks: PeerRecords<Ack>;
@@ -130,6 +148,7 @@ export class TombstoneCollector {
   private nudged: NodeJS.Timeout | null = null;
   private readonly timings: TombstoneTimings;
   private overfull = false;
+  private left = false;
 
   constructor(
     private readonly mesh: MeshView,
@@ -164,8 +183,7 @@ export class TombstoneCollector {
   /** The version a new register must exceed: the highest collected anywhere that this peer knows of. */
   get floor(): number {
     let f = this.ownFloor;
-    for (const r of this.acks.records.values())
-      for (const a of r.entries) if (a.kind === AckKind.Floor && a.version > f) f = a.version;
+    for (const r of this.acks.records.values()) f = Math.max(f, summary(r).floor);
     return f;
   }
 
@@ -196,6 +214,15 @@ export class TombstoneCollector {
     return true;
   }
 
+  /**
+   * `weft reset`: this peer leaves for good. Its record becomes the rmpeer marker, so the others stop
+   * counting it as a member once it is gone; it collects and acknowledges nothing more.
+   */
+  leave(): void {
+    this.left = true;
+    this.acks.setLocal([{ id: '', version: 0, kind: AckKind.Forgotten }]);
+  }
+
   /** Tombstones held, members, those some tombstone still waits for, and the floor new versions start above. */
   status(): { tombstones: number; members: number; waitingFor: PeerName[]; floor: number } {
     const tombs = this.holder.tombstones();
@@ -203,7 +230,7 @@ export class TombstoneCollector {
     for (const p of this.members) {
       if (p === this.mesh.name) continue;
       const r = this.acks.records.get(p);
-      const m = r && ackMap(r);
+      const m = r && summary(r).acks;
       if (tombs.some((t) => (m?.get(t.id) ?? -1) < t.version)) waitingFor.add(p);
     }
     return {
@@ -241,7 +268,7 @@ export class TombstoneCollector {
     for (const [p, r] of this.acks.records) {
       if (forgotten(r)) continue;
       add(p);
-      for (const a of r.entries) if (a.kind === AckKind.Member) add(a.id);
+      for (const m of summary(r).members) add(m);
     }
     if (changed) {
       this.save();
@@ -258,6 +285,7 @@ export class TombstoneCollector {
   }
 
   private publish(tombs = this.holder.tombstones()): void {
+    if (this.left) return;
     // Room for the floor and the members (a record holds at most MAX_RECORD_ENTRIES).
     const room = MAX_RECORD_ENTRIES - 1 - this.members.size;
     const entries: Ack[] = tombs.slice(0, room).map((t) => ({ ...t, kind: AckKind.Held }));
@@ -275,6 +303,7 @@ export class TombstoneCollector {
 
   /** Collects what every member holds, for long enough; republishes. Public for tests. */
   pass(now = Date.now()): void {
+    if (this.left) return;
     for (const [id, c] of this.collected) if (now - c.at >= this.timings.retainMs) this.collected.delete(id);
     const tombs = this.holder.tombstones();
     const others: Map<string, number>[] = [];
@@ -283,7 +312,7 @@ export class TombstoneCollector {
       if (p === this.mesh.name) continue;
       const r = this.acks.records.get(p);
       if (!r) everyone = false;
-      else others.push(ackMap(r));
+      else others.push(summary(r).acks);
     }
     const ready: { id: string; version: number }[] = [];
     const held = new Set<string>();

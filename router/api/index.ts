@@ -141,7 +141,16 @@ export function buildApi(
     }
   });
 
-  registerIpamRoutes(app, { v4: sources.ipam, ...(sources.ipam6 ? { v6: sources.ipam6 } : {}) }, sources.removePeer);
+  registerIpamRoutes(
+    app,
+    { v4: sources.ipam, ...(sources.ipam6 ? { v6: sources.ipam6 } : {}) },
+    sources.removePeer,
+    () => {
+      // Leaving for good: the others stop waiting for this peer before they forget removed rules and services.
+      sources.policy?.table.leaveMesh();
+      sources.services?.table.leaveMesh();
+    },
+  );
   registerDatapathRoutes(app, sources.datapath, sources.names, sources.docker ?? null, sources.policy ?? null);
   if (sources.cni) registerCniRoutes(app, sources.cni);
   if (sources.policy)

@@ -66,6 +66,8 @@ export function registerIpamRoutes(
   app: FastifyInstance,
   ipam: Allocators,
   removePeer?: ReportSources['removePeer'],
+  /** weft reset: what else this peer hands over as it leaves. */
+  leave?: () => void,
 ): void {
   const both = (): AnyAllocator[] => [ipam.v4 as AnyAllocator, ...(ipam.v6 ? [ipam.v6 as AnyAllocator] : [])];
   app.post<{ Params: { id: string }; Querystring: WaitQuery }>(
@@ -166,6 +168,7 @@ export function registerIpamRoutes(
   app.delete('/peer', async () => {
     const heir = ipam.v4.leave();
     const heir6 = ipam.v6?.leave() ?? null;
+    leave?.();
     return { heir, range: formatCidr(ipam.v4.config.range), heir6 };
   });
 }

@@ -204,6 +204,29 @@ describe('tombstone collection', () => {
     expect(b.members.list).not.toContain(c.mesh.name);
   });
 
+  it('a peer that leaves for good (weft reset) stops holding collection back once it is gone', async () => {
+    const [a, b, c] = newPeers(3);
+    connectAll([a, b, c]);
+    a.table.put('x', 'v');
+    await eventually('x everywhere', async () => [a, b, c].every((p) => p.table.get('x') === 'v'), 3000, 10);
+    c.table.leaveMesh();
+    await sleep(50); // its record on the wire
+    c.stop();
+    a.table.remove('x');
+    await eventually('collected at a and b', async () => [a, b].every((p) => p.ids().length === 0), 5000, 20);
+    expect(a.members.list).toContainEqual(['forgotten', c.mesh.name]);
+  });
+
+  it('an acknowledgement record with a floor near the version cap is refused whole; puts go on', () => {
+    const [a] = newPeers(1);
+    const acks = a.mesh.channels.get('things-acks')!.gossiper;
+    const other = newPeers(1)[0].mesh.name;
+    expect(() => acks.onGossip(pack([[other, 1, [['', 2 ** 51 + 1, 2]]]]), other)).toThrow(/floor/);
+    expect(() => acks.onGossip(pack([[other, 1, [['not a peer', 0, 4]]]]), other)).toThrow(/malformed/);
+    expect(() => acks.onGossip(pack([[other, 1, [['x', 1, 9]]]]), other)).toThrow(/malformed/);
+    expect(a.table.put('y', 'v').version).toBe(1);
+  });
+
   it('a tombstone from a peer that missed the collection is refused for a while, and loses to a value put again', async () => {
     const [a, b] = newPeers(2);
     connectAll([a, b]);
