@@ -37,6 +37,8 @@ const STATE_FILES = [
   'docker-pools.json',
   'policy.json',
   'services.json',
+  'policy-members.json',
+  'services-members.json',
   'peer-keys.json',
   'weft.log',
 ];

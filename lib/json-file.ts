@@ -83,7 +83,7 @@ export interface Persist {
 }
 
 /** A list kept in a state file: loaded checked (a bad item makes the file an error), saved through StateWrites. */
-export function listFile(p: Persist): { load<T>(check: (item: unknown) => T): T[]; save(list: unknown[]): void } {
+export function listFile(p: Persist): { load<T>(check: (item: unknown) => T): T[]; save(list: unknown[]): boolean } {
   return { load: (check) => readCheckedList(p.path, check), save: (list) => p.writes.write(p.path, list) };
 }
 

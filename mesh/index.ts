@@ -32,7 +32,7 @@ export {
   type RegisterCodec,
   type RegisterStore,
 } from './register-table.js';
-export { tombstoneTimings, type TombstoneTimings } from './tombstones.js';
+export { tombstoneTimings, type TombstoneOptions, type TombstoneTimings } from './tombstones.js';
 export { PeerKeys, pinnedKeyFromJson, type PinnedKey } from './peer-keys.js';
 export { PROTOCOL_MAX, PROTOCOL_MIN, passwordKey, rawPublicKey } from './protocol-crypto.js';
 export { TcpTransport, type DialOptions, type HandshakeFailure, type LocalIdentity } from './tcp.js';

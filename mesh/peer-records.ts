@@ -27,7 +27,7 @@ export interface EntryCodec<T> {
 }
 
 /** The most records in an update, and entries in a record. */
-export const MAX_RECORD_ENTRIES = 100_000;
+const MAX_RECORD_ENTRIES = 100_000;
 
 /**
  * The highest version any gossiped record or register may carry (2^52). Versions grow by one per

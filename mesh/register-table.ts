@@ -13,7 +13,7 @@ import type { MeshView } from './mesh.js';
 import { pack, unpack } from './messages.js';
 import { isPeerName, type PeerName } from './peer-name.js';
 import { MAX_VERSION } from './peer-records.js';
-import { TombstoneCollector, type TombstoneStore, type TombstoneTimings } from './tombstones.js';
+import { type RegisterStamp, TombstoneCollector, type TombstoneOptions, type TombstoneStore } from './tombstones.js';
 
 export interface Register<V> {
   id: string;
@@ -30,7 +30,8 @@ export interface Register<V> {
  */
 export interface RegisterStore {
   load<T>(check: (item: unknown) => T): T[];
-  save(wire: unknown[]): void;
+  /** False when the write failed. */
+  save(wire: unknown[]): boolean;
 }
 
 /** What one table's values are: `check` validates a value from the wire (for this id) or throws `fail`'s error. */
@@ -111,14 +112,16 @@ export class RegisterTable<V> implements Gossiper {
   /** The digest of the entries as they are: anti-entropy asks for it every round, changes are rare. */
   private digestCache: Uint8Array | null = null;
   private readonly tombstones: TombstoneCollector;
+  /** Whether the last write to the store succeeded (tombstones are acknowledged only then). */
+  private saved = true;
 
   constructor(
     protected readonly mesh: MeshView,
     channelName: string,
     private readonly codec: RegisterCodec<V>,
     private readonly store?: RegisterStore,
-    /** Where the tombstone collector keeps its members; its timings (tests shorten them). */
-    gc: { store?: TombstoneStore; timings?: Partial<TombstoneTimings> } = {},
+    /** Where the tombstone collector keeps its members; its timings, the peers known before it kept any. */
+    gc: TombstoneOptions & { store?: TombstoneStore } = {},
   ) {
     // A store that cannot be read stops the caller with the reason: read as empty, a restarted host
     // would enforce nothing of what it had.
@@ -133,11 +136,15 @@ export class RegisterTable<V> implements Gossiper {
       channelName,
       {
         tombstones: () =>
-          [...this.entries.values()].filter((e) => e.value === null).map((e) => ({ id: e.id, version: e.version })),
+          [...this.entries.values()]
+            .filter((e) => e.value === null)
+            .map((e) => ({ id: e.id, version: e.version, origin: e.origin })),
         collect: (ts) => this.collect(ts),
+        origins: () => [...new Set([...this.entries.values()].map((e) => e.origin))],
+        saved: () => this.saved,
       },
       gc.store,
-      gc.timings,
+      gc,
     );
     this.tombstones.nudge();
   }
@@ -166,15 +173,20 @@ export class RegisterTable<V> implements Gossiper {
     this.tombstones.pass(now);
   }
 
-  private collect(ts: { id: string; version: number }[]): void {
+  private collect(ts: RegisterStamp[]): void {
     let n = 0;
     for (const t of ts) {
       const cur = this.entries.get(t.id);
-      if (cur && cur.value === null && cur.version === t.version) n += this.entries.delete(t.id) ? 1 : 0;
+      if (cur && cur.value === null && cur.version === t.version && cur.origin === t.origin)
+        n += this.entries.delete(t.id) ? 1 : 0;
     }
     if (n === 0) return;
     this.digestCache = null;
-    this.store?.save([...this.entries.values()].map(toWire));
+    this.save();
+  }
+
+  private save(): void {
+    if (this.store) this.saved = this.store.save([...this.entries.values()].map(toWire));
   }
 
   onChange(fn: () => void): void {
@@ -230,7 +242,7 @@ export class RegisterTable<V> implements Gossiper {
   private changed(): void {
     this.digestCache = null;
     // A failed write (a full disk) is the store's to report; the change is enforced all the same.
-    this.store?.save([...this.entries.values()].map(toWire));
+    this.save();
     this.tombstones.nudge();
     for (const fn of this.listeners) fn();
   }
@@ -250,7 +262,7 @@ export class RegisterTable<V> implements Gossiper {
       throw this.codec.fail(`${this.codec.what} table is full`);
     const changed = mergeRegisters(
       this.entries,
-      incoming.filter((e) => this.tombstones.admits(e.id, e.version)),
+      incoming.filter((e) => this.tombstones.admits(e.id, e.version, e.origin)),
     );
     if (changed.length === 0) return null;
     this.changed();

@@ -7,14 +7,15 @@
 // forgotten only by `weft rmpeer`: a host that is down blocks collection until
 // it is back and has merged the removal. Each peer says what it holds on that
 // channel (one record per peer: the tombstones it holds, those it collected
-// lately, the highest version it ever collected (the floor), and the members it
-// knows, so that a peer met by one is a member for all). A tombstone
+// lately, the highest version it ever collected (the floor), the members it
+// knows that are not in its topology, so that a peer met by one is a member for
+// all, and the peers removed by rmpeer). A tombstone
 // held everywhere for `delayMs` (so that updates still in flight have arrived)
 // is collected; for `retainMs` after that, registers of that id at or below it
 // are refused. A value put again starts above every floor known, so it wins
 // over a tombstone that a peer away all that time still gossips.
 import type { MeshView } from './mesh.js';
-import { type EntryCodec, MAX_RECORD_ENTRIES, MAX_VERSION, type PeerRecord, PeerRecords } from './peer-records.js';
+import { type EntryCodec, MAX_VERSION, type PeerRecord, PeerRecords } from './peer-records.js';
 import { isPeerName, type PeerName } from './peer-name.js';
 
 export interface TombstoneTimings {
@@ -25,9 +26,6 @@ export interface TombstoneTimings {
   /** How long a collected tombstone still refuses registers at or below it. */
   retainMs: number;
 }
-
-/** For the mesh's default gossip interval (30 s): collected a minute after every member holds it. */
-const defaultTombstoneTimings: TombstoneTimings = tombstoneTimings(30_000);
 
 /**
  * Timings for a mesh whose anti-entropy runs every `gossipIntervalMs`: a tombstone waits two rounds
@@ -41,26 +39,51 @@ export function tombstoneTimings(gossipIntervalMs: number): TombstoneTimings {
   };
 }
 
+/** For the mesh's default gossip interval (30 s): collected a minute after every member holds it. */
+const defaultTombstoneTimings: TombstoneTimings = tombstoneTimings(30_000);
+
+export interface TombstoneOptions {
+  timings?: Partial<TombstoneTimings>;
+  /**
+   * Peers this host knew of before it kept members (the first start after an upgrade): IPAM's ring
+   * owners, pinned keys. With the table's register origins, the members to start from, so that a
+   * peer down during the upgrade still holds collection back.
+   */
+  knownPeers?: () => PeerName[];
+}
+
 /** What the collector keeps between runs: a list of the floor (a number), member names, and ["forgotten", name]. */
 export interface TombstoneStore {
   load<T>(check: (item: unknown) => T): T[];
-  save(list: unknown[]): void;
+  /** False when the write failed (then nothing is collected: a restart would not know the members). */
+  save(list: unknown[]): boolean;
+}
+
+/** A register, as acknowledgements name it: what a tombstone is compared by. */
+export interface RegisterStamp {
+  id: string;
+  version: number;
+  origin: PeerName;
 }
 
 /** The table whose tombstones are collected. */
 export interface TombstoneHolder {
-  tombstones(): { id: string; version: number }[];
-  /** Forgets these tombstones (each only if it is still that version). */
-  collect(tombstones: { id: string; version: number }[]): void;
+  tombstones(): RegisterStamp[];
+  /** Forgets these tombstones (each only if it is still that register). */
+  collect(tombstones: RegisterStamp[]): void;
+  /** Every origin of a register held (members to start from after an upgrade). */
+  origins(): PeerName[];
+  /** Whether the table's last write to its store succeeded: only what is on disk is acknowledged. */
+  saved(): boolean;
 }
 
 const enum AckKind {
   Held = 0,
   Collected = 1,
   Floor = 2,
-  /** The record of a peer removed by `weft rmpeer`: no longer a member. */
+  /** A peer removed by `weft rmpeer` or gone by `weft reset` (the id is its name). */
   Forgotten = 3,
-  /** A member this peer knows of (the id is its name). */
+  /** A member this peer knows of, not in its topology (the id is its name). */
   Member = 4,
 }
 
@@ -68,33 +91,48 @@ interface Ack {
   id: string;
   version: number;
   kind: AckKind;
+  /** The register's origin (held and collected), else "". */
+  origin: string;
 }
 
 /** The highest floor taken from a peer: half the version space stays for changes after it. */
 const FLOOR_CAP = MAX_VERSION / 2;
 
+/** At most this many tombstones held (and as many collected) are listed per record; the rest wait their turn. */
+const MAX_LISTED_TOMBSTONES = 256;
+/** At most this many members and as many forgotten peers per record; a record listing more is not read for them. */
+const MAX_LISTED_PEERS = 256;
+
 const ackCodec: EntryCodec<Ack> = {
-  toWire: (a) => [a.id, a.version, a.kind],
+  toWire: (a) => [a.id, a.version, a.kind, a.origin],
   fromWire(w) {
-    if (!Array.isArray(w) || w.length !== 3) throw new Error('tombstone acknowledgement is malformed');
-    const [id, version, kind] = w as unknown[];
+    if (!Array.isArray(w) || w.length !== 4) throw new Error('tombstone acknowledgement is malformed');
+    const [id, version, kind, origin] = w as unknown[];
     if (
       typeof id !== 'string' ||
       id.length > 256 ||
+      typeof origin !== 'string' ||
       !Number.isSafeInteger(version) ||
       (version as number) < 0 ||
       (version as number) > MAX_VERSION ||
       !(kind === 0 || kind === 1 || kind === 2 || kind === 3 || kind === 4) ||
-      (kind === 4 && !isPeerName(id))
+      ((kind === 0 || kind === 1) && !isPeerName(origin)) ||
+      ((kind === 3 || kind === 4) && !isPeerName(id))
     )
       throw new Error('tombstone acknowledgement is malformed');
     // Every put starts above the floor: one near the cap would leave no versions to change anything with.
     if (kind === 2 && (version as number) > FLOOR_CAP)
       throw new Error(`tombstone floor ${version as number} is above 2^51`);
-    return { id, version: version as number, kind: kind as AckKind };
+    return { id, version: version as number, kind: kind as AckKind, origin };
   },
-  key: (a) => `${a.kind}:${a.version}:${a.id}`,
+  key: (a) => `${a.kind}:${a.version}:${a.origin}:${a.id}`,
 };
+
+/** Register order without the content: >0 when (version, origin) a is after b. */
+function compareStamps(a: { version: number; origin: string }, b: { version: number; origin: string }): number {
+  if (a.version !== b.version) return a.version - b.version;
+  return a.origin === b.origin ? 0 : a.origin > b.origin ? 1 : -1;
+}
 
 /**
  * More members than any mesh has: past it (members listed by a peer gone wrong), nothing is collected,
@@ -107,43 +145,55 @@ const ACK_GRACE_MS = 10 * 60_000;
 
 /** What one peer's record says, read once per record (records are never changed in place). */
 interface RecordSummary {
-  /** id -> the highest version held or collected. */
-  acks: Map<string, number>;
+  /** id -> the latest register held or collected, by (version, origin). */
+  acks: Map<string, { version: number; origin: string }>;
   floor: number;
   members: PeerName[];
-  forgotten: boolean;
+  forgotten: PeerName[];
 }
 
 const summaries = new WeakMap<PeerRecord<Ack>, RecordSummary>();
 function summary(r: PeerRecord<Ack>): RecordSummary {
   let sum = summaries.get(r);
   if (!sum) {
-    sum = { acks: new Map(), floor: 0, members: [], forgotten: false };
+    sum = { acks: new Map(), floor: 0, members: [], forgotten: [] };
     for (const a of r.entries) {
-      if (a.kind === AckKind.Held || a.kind === AckKind.Collected)
-        sum.acks.set(a.id, Math.max(sum.acks.get(a.id) ?? 0, a.version));
-      else if (a.kind === AckKind.Floor) sum.floor = Math.max(sum.floor, a.version);
+      if (a.kind === AckKind.Held || a.kind === AckKind.Collected) {
+        const cur = sum.acks.get(a.id);
+        if (!cur || compareStamps(a, cur) > 0) sum.acks.set(a.id, { version: a.version, origin: a.origin });
+      } else if (a.kind === AckKind.Floor) sum.floor = Math.max(sum.floor, a.version);
       else if (a.kind === AckKind.Member) sum.members.push(a.id as PeerName);
-      else sum.forgotten = true;
+      else sum.forgotten.push(a.id as PeerName);
     }
+    if (sum.members.length > MAX_LISTED_PEERS) sum.members = [];
+    if (sum.forgotten.length > MAX_LISTED_PEERS) sum.forgotten = sum.forgotten.includes(r.peer) ? [r.peer] : [];
     summaries.set(r, sum);
   }
   return sum;
 }
 
-const forgotten = (r: PeerRecord<Ack> | undefined): boolean => (r ? summary(r).forgotten : false);
+/** Whether a record acknowledges holding this tombstone or a later register of its id. */
+function acknowledges(sum: RecordSummary, t: RegisterStamp): boolean {
+  const a = sum.acks.get(t.id);
+  return a !== undefined && compareStamps(a, t) >= 0;
+}
+
+const byStamp = (a: RegisterStamp, b: RegisterStamp) => compareStamps(a, b) || (a.id < b.id ? -1 : a.id > b.id ? 1 : 0);
 
 export class TombstoneCollector {
   private readonly acks: PeerRecords<Ack>;
   private readonly members = new Set<PeerName>();
-  /** Removed by `weft rmpeer` (here or anywhere): not taken as members again unless reachable. */
+  /** Removed by `weft rmpeer` (here or anywhere, while a member here): not taken as members again unless reachable. */
   private readonly forgottenPeers = new Set<PeerName>();
   /** The highest version this peer ever collected. */
   private ownFloor = 0;
-  private readonly collected = new Map<string, { version: number; at: number }>();
-  /** Tombstones held by every member, since when (at that version). */
-  private readonly stableSince = new Map<string, { version: number; since: number }>();
+  private readonly collected = new Map<string, { version: number; origin: string; at: number }>();
+  /** Tombstones held by every member, since when (as that register). */
+  private readonly stableSince = new Map<string, { stamp: RegisterStamp; since: number }>();
   private published = '';
+  /** Something that the published record shows may have changed. */
+  private dirty = true;
+  private membersSaved = true;
   private readonly timer: NodeJS.Timeout;
   private nudged: NodeJS.Timeout | null = null;
   private readonly timings: TombstoneTimings;
@@ -155,13 +205,18 @@ export class TombstoneCollector {
     channelName: string,
     private readonly holder: TombstoneHolder,
     private readonly store?: TombstoneStore,
-    timings: Partial<TombstoneTimings> = {},
+    options: TombstoneOptions = {},
   ) {
-    this.timings = { ...defaultTombstoneTimings, ...timings };
-    for (const item of store?.load(checkStoreItem) ?? []) {
+    this.timings = { ...defaultTombstoneTimings, ...options.timings };
+    const saved = store?.load(checkStoreItem) ?? [];
+    for (const item of saved) {
       if (typeof item === 'number') this.ownFloor = Math.max(this.ownFloor, item);
       else if (typeof item === 'string') this.members.add(item);
       else this.forgottenPeers.add(item[1]);
+    }
+    if (saved.length === 0) {
+      // Kept nothing yet (the first start with collection): start from every peer this host knows of.
+      for (const p of [...holder.origins(), ...(options.knownPeers?.() ?? [])]) this.members.add(p);
     }
     this.members.add(mesh.name);
     this.acks = new PeerRecords(mesh, `${channelName}-acks`, ackCodec, ACK_GRACE_MS);
@@ -170,6 +225,7 @@ export class TombstoneCollector {
     // A neighbour is a member before anything is gossiped over its connection.
     mesh.on('connection-added', () => this.noteMembers());
     this.noteMembers();
+    this.save();
     this.timer = setInterval(() => this.pass(), this.timings.intervalMs);
     this.timer.unref();
   }
@@ -188,13 +244,14 @@ export class TombstoneCollector {
   }
 
   /** Whether a register from the wire may be merged: not one at or below a tombstone collected lately. */
-  admits(id: string, version: number): boolean {
+  admits(id: string, version: number, origin: PeerName): boolean {
     const c = this.collected.get(id);
-    return !c || version > c.version;
+    return !c || compareStamps({ version, origin }, c) > 0;
   }
 
   /** The table changed: say soon what this peer holds now. */
   nudge(): void {
+    this.dirty = true;
     if (this.nudged) return;
     this.nudged = setTimeout(() => {
       this.nudged = null;
@@ -203,99 +260,109 @@ export class TombstoneCollector {
     this.nudged.unref();
   }
 
-  /** `weft rmpeer`: the peer stops being a member, here and (gossiped) everywhere. Returns whether it was one. */
+  /**
+   * `weft rmpeer`: the peer stops being a member, here and (gossiped) everywhere. Returns whether it
+   * was one; run again, it says so again.
+   */
   forget(peer: PeerName): boolean {
-    if (peer === this.mesh.name || !this.members.has(peer)) return false;
-    this.members.delete(peer);
+    if (peer === this.mesh.name) return false;
+    const was = this.members.delete(peer);
     this.forgottenPeers.add(peer);
-    this.acks.evict(peer, [{ id: '', version: 0, kind: AckKind.Forgotten }]);
+    this.acks.evict(peer, [{ id: peer, version: 0, kind: AckKind.Forgotten, origin: '' }]);
     this.save();
     this.nudge();
-    return true;
+    return was;
   }
 
   /**
-   * `weft reset`: this peer leaves for good. Its record becomes the rmpeer marker, so the others stop
+   * `weft reset`: this peer leaves for good. Its record says it is forgotten, so the others stop
    * counting it as a member once it is gone; it collects and acknowledges nothing more.
    */
   leave(): void {
     this.left = true;
-    this.acks.setLocal([{ id: '', version: 0, kind: AckKind.Forgotten }]);
+    this.acks.setLocal([{ id: this.mesh.name, version: 0, kind: AckKind.Forgotten, origin: '' }]);
   }
 
   /** Tombstones held, members, those some tombstone still waits for, and the floor new versions start above. */
   status(): { tombstones: number; members: number; waitingFor: PeerName[]; floor: number } {
     const tombs = this.holder.tombstones();
-    const waitingFor = new Set<PeerName>();
+    const waitingFor: PeerName[] = [];
     for (const p of this.members) {
       if (p === this.mesh.name) continue;
       const r = this.acks.records.get(p);
-      const m = r && summary(r).acks;
-      if (tombs.some((t) => (m?.get(t.id) ?? -1) < t.version)) waitingFor.add(p);
+      if (tombs.some((t) => !r || !acknowledges(summary(r), t))) waitingFor.push(p);
     }
-    return {
-      tombstones: tombs.length,
-      members: this.members.size,
-      waitingFor: [...waitingFor].sort(),
-      floor: this.floor,
-    };
+    return { tombstones: tombs.length, members: this.members.size, waitingFor: waitingFor.sort(), floor: this.floor };
+  }
+
+  /** Whether a record is one to learn members from: of a peer in the topology or a member already (not a phantom). */
+  private credible(p: PeerName): boolean {
+    return this.members.has(p) || this.mesh.inTopology(p);
   }
 
   private noteMembers(): void {
     let changed = false;
-    const add = (p: PeerName) => {
-      if (this.members.has(p)) return;
-      // A peer removed by rmpeer stays out, unless it is back.
-      if (this.forgottenPeers.has(p) || forgotten(this.acks.records.get(p))) {
-        if (!this.mesh.isReachable(p)) return;
-        this.forgottenPeers.delete(p);
+    // Forgotten anywhere (by rmpeer or reset), unless back: not a member.
+    const gone = new Set(this.forgottenPeers);
+    for (const [p, r] of this.acks.records) if (this.credible(p)) for (const f of summary(r).forgotten) gone.add(f);
+    for (const f of gone) {
+      if (f === this.mesh.name || this.mesh.isReachable(f)) {
+        if (this.forgottenPeers.delete(f)) changed = true;
+      } else if (this.members.delete(f)) {
+        this.forgottenPeers.add(f);
+        changed = true;
       }
+    }
+    this.overfull = false;
+    const add = (p: PeerName) => {
+      if (this.members.has(p) || (gone.has(p) && !this.mesh.isReachable(p))) return;
       if (this.members.size >= MAX_MEMBERS) {
         this.overfull = true;
         return;
       }
       this.members.add(p);
+      this.forgottenPeers.delete(p);
       changed = true;
     };
-    for (const [p, r] of this.acks.records)
-      if (forgotten(r) && p !== this.mesh.name && !this.mesh.isReachable(p) && !this.forgottenPeers.has(p)) {
-        this.forgottenPeers.add(p);
-        this.members.delete(p);
-        changed = true;
-      }
     for (const p of this.mesh.peers()) add(p.name);
     for (const n of this.mesh.neighbours(true)) add(n.name);
     for (const [p, r] of this.acks.records) {
-      if (forgotten(r)) continue;
-      add(p);
-      for (const m of summary(r).members) add(m);
+      if (!this.credible(p)) continue;
+      const sum = summary(r);
+      if (!sum.forgotten.includes(p)) add(p);
+      for (const m of sum.members) add(m);
     }
-    if (changed) {
-      this.save();
-      this.nudge();
-    }
+    if (changed) this.save();
+    // What the record lists of the members depends on the topology too.
+    this.nudge();
   }
 
   private save(): void {
-    this.store?.save([
+    if (!this.store) return;
+    this.membersSaved = this.store.save([
       this.ownFloor,
       ...[...this.members].sort(),
       ...[...this.forgottenPeers].sort().map((p) => ['forgotten', p]),
     ]);
   }
 
-  private publish(tombs = this.holder.tombstones()): void {
-    if (this.left) return;
-    // Room for the floor and the members (a record holds at most MAX_RECORD_ENTRIES).
-    const room = MAX_RECORD_ENTRIES - 1 - this.members.size;
-    const entries: Ack[] = tombs.slice(0, room).map((t) => ({ ...t, kind: AckKind.Held }));
-    for (const [id, c] of this.collected) {
-      if (entries.length >= room) break;
-      entries.push({ id, version: c.version, kind: AckKind.Collected });
-    }
-    if (this.ownFloor > 0) entries.push({ id: '', version: this.ownFloor, kind: AckKind.Floor });
-    for (const p of this.members) entries.push({ id: p, version: 0, kind: AckKind.Member });
-    const key = JSON.stringify(entries.map(ackCodec.key).sort());
+  private publish(): void {
+    if (this.left || !this.dirty) return;
+    // Only what is on disk: after a restart this peer must still hold what it acknowledged.
+    if (!this.holder.saved()) return;
+    this.dirty = false;
+    const tombs = this.holder.tombstones().sort(byStamp).slice(0, MAX_LISTED_TOMBSTONES);
+    const entries: Ack[] = tombs.map((t) => ({ ...t, kind: AckKind.Held }));
+    const collected = [...this.collected].slice(-MAX_LISTED_TOMBSTONES);
+    for (const [id, c] of collected)
+      entries.push({ id, version: c.version, origin: c.origin, kind: AckKind.Collected });
+    if (this.ownFloor > 0) entries.push({ id: '', version: this.ownFloor, kind: AckKind.Floor, origin: '' });
+    const away = [...this.members].filter((p) => !this.mesh.inTopology(p)).sort();
+    for (const p of away.slice(0, MAX_LISTED_PEERS))
+      entries.push({ id: p, version: 0, kind: AckKind.Member, origin: '' });
+    for (const p of [...this.forgottenPeers].sort().slice(0, MAX_LISTED_PEERS))
+      entries.push({ id: p, version: 0, kind: AckKind.Forgotten, origin: '' });
+    const key = JSON.stringify(entries.map(ackCodec.key));
     if (key === this.published) return;
     this.published = key;
     this.acks.setLocal(entries);
@@ -304,39 +371,43 @@ export class TombstoneCollector {
   /** Collects what every member holds, for long enough; republishes. Public for tests. */
   pass(now = Date.now()): void {
     if (this.left) return;
-    for (const [id, c] of this.collected) if (now - c.at >= this.timings.retainMs) this.collected.delete(id);
-    const tombs = this.holder.tombstones();
-    const others: Map<string, number>[] = [];
-    let everyone = !this.overfull;
+    for (const [id, c] of this.collected)
+      if (now - c.at >= this.timings.retainMs) {
+        this.collected.delete(id);
+        this.dirty = true;
+      }
+    // Members not on disk, or a table not on disk: a restart would not know what it must.
+    const collecting = !this.overfull && this.membersSaved && this.holder.saved();
+    const others: RecordSummary[] = [];
+    let everyone = collecting;
     for (const p of this.members) {
       if (p === this.mesh.name) continue;
       const r = this.acks.records.get(p);
       if (!r) everyone = false;
-      else others.push(summary(r).acks);
+      else others.push(summary(r));
     }
-    const ready: { id: string; version: number }[] = [];
+    const ready: RegisterStamp[] = [];
     const held = new Set<string>();
-    for (const t of tombs) {
+    for (const t of everyone ? this.holder.tombstones() : []) {
       held.add(t.id);
-      if (!everyone || others.some((m) => (m.get(t.id) ?? -1) < t.version)) {
-        this.stableSince.delete(t.id);
-        continue;
-      }
+      if (others.some((sum) => !acknowledges(sum, t))) continue;
       const s = this.stableSince.get(t.id);
-      if (!s || s.version !== t.version) this.stableSince.set(t.id, { version: t.version, since: now });
+      if (!s || compareStamps(s.stamp, t) !== 0) this.stableSince.set(t.id, { stamp: t, since: now });
       else if (now - s.since >= this.timings.delayMs) ready.push(t);
     }
     for (const id of this.stableSince.keys()) if (!held.has(id)) this.stableSince.delete(id);
     if (ready.length > 0) {
       for (const t of ready) {
-        this.collected.set(t.id, { version: t.version, at: now });
+        this.collected.delete(t.id); // re-inserted last: the listing keeps the newest
+        this.collected.set(t.id, { version: t.version, origin: t.origin, at: now });
         this.stableSince.delete(t.id);
         this.ownFloor = Math.max(this.ownFloor, t.version);
       }
       this.holder.collect(ready);
       this.save();
+      this.dirty = true;
     }
-    this.publish(ready.length > 0 ? undefined : tombs);
+    this.publish();
   }
 }
 

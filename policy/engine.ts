@@ -19,7 +19,7 @@ import { nft, sysctl } from '../net/command.js';
 import { linkLocalOf } from '../net/addr6.js';
 import { nftObjects, nftSession } from '../net/nft-session.js';
 import { TABLE } from '../datapath/firewall.js';
-import type { MeshView, TombstoneTimings } from '../mesh/index.js';
+import type { MeshView, TombstoneOptions } from '../mesh/index.js';
 import { deleteFlow, listFlows } from './conntrack.js';
 import { PolicyModel, type Decision, type Flow, type Member } from './model.js';
 import { compilePolicy, elementUpdates, type CompiledPolicy } from './nft.js';
@@ -68,8 +68,8 @@ export class PolicyEngine {
     private readonly mesh: MeshView,
     private readonly datapath: PolicyHost | null,
     state: StateDir,
-    /** When removed rules may be forgotten (from the gossip interval). */
-    tombstones?: TombstoneTimings,
+    /** When removed rules may be forgotten (from the gossip interval), and the peers known before members were kept. */
+    tombstones?: TombstoneOptions,
   ) {
     this.table = new PolicyTable(
       mesh,

@@ -11,7 +11,7 @@ import {
   registerFromWire,
   type Register,
   type RegisterCodec,
-  type TombstoneTimings,
+  type TombstoneOptions,
 } from '../mesh/index.js';
 import { listFile, type Persist } from '../lib/json-file.js';
 import { RuleError, checkRule, type Rule } from './rules.js';
@@ -37,10 +37,10 @@ export const entryFromWire = (w: unknown): PolicyEntry => registerFromWire(ruleC
 
 export class PolicyTable extends RegisterTable<Rule> {
   /** `members`: where the tombstone collector keeps the mesh's members (mesh/tombstones.ts). */
-  constructor(mesh: MeshView, persist?: Persist, members?: Persist, timings?: TombstoneTimings) {
+  constructor(mesh: MeshView, persist?: Persist, members?: Persist, tombstones: TombstoneOptions = {}) {
     super(mesh, POLICY_CHANNEL, ruleCodec, persist && listFile(persist), {
+      ...tombstones,
       ...(members ? { store: listFile(members) } : {}),
-      ...(timings ? { timings } : {}),
     });
   }
 

@@ -310,7 +310,14 @@ export class Router {
           })
         : null;
     // Before the datapath starts, so its first write of the firewall already enforces the rules.
-    const tombstones = tombstoneTimings(opts.gossipInterval);
+    const tombstones = {
+      timings: tombstoneTimings(opts.gossipInterval),
+      // Peers this host knew of before it kept members (an upgrade): owners of address space, pinned keys.
+      knownPeers: () => [
+        ...[ipam.ring, ipam6.ring].flatMap((ring) => ring?.all().map((e) => e.owner) ?? []),
+        ...peerKeys.all().map((k) => k.name),
+      ],
+    };
     policy = new PolicyEngine(mesh, datapath, state, tombstones);
     services = new ServiceEngine(mesh, datapath, serviceRange, state, opts.dnsDomain, serviceRange6, tombstones);
     const router = new Router(

@@ -11,7 +11,7 @@ import type { Datapath } from '../datapath/datapath.js';
 import { containerNamespace } from '../datapath/attach.js';
 import { CommandError, conntrack, ip, nft } from '../net/command.js';
 import { formatCidr, overlaps, type Cidr } from '../net/addr.js';
-import type { MeshView, PeerName, TombstoneTimings } from '../mesh/index.js';
+import type { MeshView, PeerName, TombstoneOptions } from '../mesh/index.js';
 import { SerialJob } from '../lib/serial-job.js';
 import { containerMatches } from '../policy/model.js';
 import { SERVICES_TABLE, compileServiceTable, type ServedVip } from './nft.js';
@@ -92,8 +92,8 @@ export class ServiceEngine {
     domain: string,
     /** With --ipv6: where the IPv6 VIPs are. */
     readonly range6: Cidr6 | null = null,
-    /** When removed services may be forgotten (from the gossip interval). */
-    tombstones?: TombstoneTimings,
+    /** When removed services may be forgotten (from the gossip interval), and the peers known before members were kept. */
+    tombstones?: TombstoneOptions,
   ) {
     this.rangeText = formatCidr(range);
     this.range6Text = range6 ? formatCidr6(range6) : null;

@@ -8,7 +8,7 @@ import {
   type EntryCodec,
   RegisterTable,
   type RegisterCodec,
-  type TombstoneTimings,
+  type TombstoneOptions,
 } from '../mesh/index.js';
 import type { Cidr } from '../net/addr.js';
 import { listFile, type Persist } from '../lib/json-file.js';
@@ -29,10 +29,10 @@ const serviceCodec = (range: Cidr): RegisterCodec<Service> => ({
 
 export class ServiceTable extends RegisterTable<Service> {
   /** `members`: where the tombstone collector keeps the mesh's members (mesh/tombstones.ts). */
-  constructor(mesh: MeshView, range: Cidr, persist?: Persist, members?: Persist, timings?: TombstoneTimings) {
+  constructor(mesh: MeshView, range: Cidr, persist?: Persist, members?: Persist, tombstones: TombstoneOptions = {}) {
     super(mesh, SERVICES_CHANNEL, serviceCodec(range), persist && listFile(persist), {
+      ...tombstones,
       ...(members ? { store: listFile(members) } : {}),
-      ...(timings ? { timings } : {}),
     });
   }
 }

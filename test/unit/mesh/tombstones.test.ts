@@ -7,6 +7,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import {
   compareRegisters,
   connectInMemory,
+  randomPeerName,
   type Register,
   type Mesh,
   pack,
@@ -35,8 +36,9 @@ class MemoryStore {
   load<T>(check: (item: unknown) => T): T[] {
     return structuredClone(this.list).map(check);
   }
-  save(list: unknown[]): void {
+  save(list: unknown[]): boolean {
     this.list = structuredClone(list);
+    return true;
   }
 }
 
@@ -52,12 +54,16 @@ class Peer {
   readonly violations: string[] = [];
   up = false;
 
+  /** Peers known from elsewhere before members were kept (IPAM's ring owners, in a router). */
+  knownPeers: PeerName[] = [];
+
   constructor(
     readonly nickname: string,
     readonly timings = TIMINGS,
     readonly name?: PeerName,
+    startNow = true,
   ) {
-    this.start();
+    if (startNow) this.start();
   }
 
   start(): void {
@@ -66,6 +72,7 @@ class Peer {
     this.table = new RegisterTable(this.mesh, 'things', codec, this.registers, {
       store: this.members,
       timings: this.timings,
+      knownPeers: () => this.knownPeers,
     });
     this.table.onChange(() => this.observe());
     this.observe();
@@ -221,19 +228,20 @@ describe('tombstone collection', () => {
     const [a] = newPeers(1);
     const acks = a.mesh.channels.get('things-acks')!.gossiper;
     const other = newPeers(1)[0].mesh.name;
-    expect(() => acks.onGossip(pack([[other, 1, [['', 2 ** 51 + 1, 2]]]]), other)).toThrow(/floor/);
-    expect(() => acks.onGossip(pack([[other, 1, [['not a peer', 0, 4]]]]), other)).toThrow(/malformed/);
-    expect(() => acks.onGossip(pack([[other, 1, [['x', 1, 9]]]]), other)).toThrow(/malformed/);
+    expect(() => acks.onGossip(pack([[other, 1, [['', 2 ** 51 + 1, 2, '']]]]), other)).toThrow(/floor/);
+    expect(() => acks.onGossip(pack([[other, 1, [['not a peer', 0, 4, '']]]]), other)).toThrow(/malformed/);
+    expect(() => acks.onGossip(pack([[other, 1, [['x', 1, 9, '']]]]), other)).toThrow(/malformed/);
+    expect(() => acks.onGossip(pack([[other, 1, [['x', 1, 0, 'nobody']]]]), other)).toThrow(/malformed/);
     expect(a.table.put('y', 'v').version).toBe(1);
   });
 
-  it('a tombstone from a peer that missed the collection is refused for a while, and loses to a value put again', async () => {
+  it('a register at or below a collected tombstone is refused for a while, then taken again and collected again; a value put again wins', async () => {
     const [a, b] = newPeers(2);
     connectAll([a, b]);
     a.table.put('x', 'v');
     a.table.remove('x');
     await eventually('collected', async () => [a, b].every((p) => p.ids().length === 0), 5000, 20);
-    // Both are refused within retainMs: the old value and its tombstone.
+    // What a late peer would gossip: the old live value, and the tombstone. Both refused within retainMs.
     const old = pack([['x', 1, a.mesh.name, 'v']]);
     const tomb = pack([['x', 2, a.mesh.name, null]]);
     expect(b.table.onGossip(old)).toBeNull();
@@ -244,16 +252,55 @@ describe('tombstone collection', () => {
     connectAll([a, b, c]);
     await eventually('c learnt the floor', async () => c.table.tombstoneStatus().floor >= 2, 3000, 20);
     expect(c.table.put('x', 'new').version).toBeGreaterThan(2);
-    // After retainMs the late tombstone is taken again, but it is older than the new value.
-    await sleep(TIMINGS.retainMs + TIMINGS.intervalMs * 3);
-    b.table.onGossip(tomb);
     await eventually(
       'the new value everywhere',
       async () => [a, b, c].every((p) => p.table.get('x') === 'new'),
       3000,
       10,
     );
+    // After retainMs the late tombstone is taken again (it was refused before), and goes again.
+    a.table.put('z', 'v');
+    a.table.remove('z');
+    await eventually('z collected', async () => [a, b, c].every((p) => !p.ids().includes('z')), 5000, 20);
+    const zTomb = pack([['z', a.table.tombstoneStatus().floor, a.mesh.name, null]]);
+    expect(b.table.onGossip(zTomb)).toBeNull();
+    await sleep(TIMINGS.retainMs + TIMINGS.intervalMs * 3);
+    expect(b.table.onGossip(zTomb)).not.toBeNull();
+    expect(b.ids()).toContain('z');
+    await eventually('z collected again', async () => [a, b, c].every((p) => !p.ids().includes('z')), 5000, 20);
+    expect(b.table.get('x')).toBe('new');
     for (const p of [a, b, c]) expect(p.violations).toEqual([]);
+  });
+
+  it('the first start with collection (an upgrade) takes every peer it knew of as a member: one down then holds collection back', async () => {
+    // Three peers' stores as routers before collection left them: x in force, no members kept.
+    const names = [randomPeerName(), randomPeerName(), randomPeerName()];
+    for (const origin of [2, 0]) {
+      const ps = names.map((n, i) => new Peer(`u${i}`, TIMINGS, n, false));
+      peers.push(...ps);
+      for (const p of ps) p.registers.list = [['x', 1, names[origin], 'allow']];
+      // Down: known as the origin of x (first round), or only from IPAM's ring (second).
+      if (origin !== 2) for (const p of ps) p.knownPeers = [names[2]];
+      const [a, b, o] = ps;
+      a.start();
+      b.start();
+      connectAll([a, b]);
+      await eventually('connected', async () => connected(a, b), 3000, 10);
+      b.table.remove('x');
+      await sleep(TIMINGS.delayMs * 4);
+      for (const p of [a, b]) {
+        expect(p.ids()).toEqual(['x']);
+        expect(p.table.tombstoneStatus().waitingFor).toEqual([names[2]]);
+      }
+      o.start();
+      connectAll(ps);
+      await eventually('collected everywhere', async () => ps.every((p) => p.ids().length === 0), 5000, 20);
+      for (const p of ps) {
+        expect(p.table.get('x')).toBeNull();
+        expect(p.violations).toEqual([]);
+        p.stop();
+      }
+    }
   });
 });
 
