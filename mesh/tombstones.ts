@@ -286,13 +286,20 @@ export class TombstoneCollector {
   /** Tombstones held, members, those some tombstone still waits for, and the floor new versions start above. */
   status(): { tombstones: number; members: number; waitingFor: PeerName[]; floor: number } {
     const tombs = this.holder.tombstones();
+    // The ones in turn: those every peer lists (the rest are not waiting for anyone yet).
+    const listed = this.listed(tombs);
     const waitingFor: PeerName[] = [];
     for (const p of this.members) {
       if (p === this.mesh.name) continue;
       const r = this.acks.records.get(p);
-      if (tombs.some((t) => !r || !acknowledges(summary(r), t))) waitingFor.push(p);
+      if (listed.some((t) => !r || !acknowledges(summary(r), t))) waitingFor.push(p);
     }
     return { tombstones: tombs.length, members: this.members.size, waitingFor: waitingFor.sort(), floor: this.floor };
+  }
+
+  /** The tombstones a record lists: the first ones by (version, origin, id), the same on every peer that holds them. */
+  private listed(tombs: RegisterStamp[]): RegisterStamp[] {
+    return tombs.sort(byStamp).slice(0, MAX_LISTED_TOMBSTONES);
   }
 
   /** Whether a record is one to learn members from: of a peer in the topology or a member already (not a phantom). */
@@ -351,8 +358,7 @@ export class TombstoneCollector {
     // Only what is on disk: after a restart this peer must still hold what it acknowledged.
     if (!this.holder.saved()) return;
     this.dirty = false;
-    const tombs = this.holder.tombstones().sort(byStamp).slice(0, MAX_LISTED_TOMBSTONES);
-    const entries: Ack[] = tombs.map((t) => ({ ...t, kind: AckKind.Held }));
+    const entries: Ack[] = this.listed(this.holder.tombstones()).map((t) => ({ ...t, kind: AckKind.Held }));
     const collected = [...this.collected].slice(-MAX_LISTED_TOMBSTONES);
     for (const [id, c] of collected)
       entries.push({ id, version: c.version, origin: c.origin, kind: AckKind.Collected });
