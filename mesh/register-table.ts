@@ -141,7 +141,10 @@ export class RegisterTable<V> implements Gossiper {
             .map((e) => ({ id: e.id, version: e.version, origin: e.origin })),
         collect: (ts) => this.collect(ts),
         origins: () => [...new Set([...this.entries.values()].map((e) => e.origin))],
-        saved: () => this.saved,
+        ensureSaved: () => {
+          if (!this.saved) this.save();
+          return this.saved;
+        },
       },
       gc.store,
       gc,

@@ -8,7 +8,7 @@
 // it is back and has merged the removal. Each peer says what it holds on that
 // channel (one record per peer: the tombstones it holds, those it collected
 // lately, the highest version it ever collected (the floor), the members it
-// knows that are not in its topology, so that a peer met by one is a member for
+// knows that are not reachable, so that a peer met by one is a member for
 // all, and the peers removed by rmpeer). A tombstone
 // held everywhere for `delayMs` (so that updates still in flight have arrived)
 // is collected; for `retainMs` after that, registers of that id at or below it
@@ -73,17 +73,20 @@ export interface TombstoneHolder {
   collect(tombstones: RegisterStamp[]): void;
   /** Every origin of a register held (members to start from after an upgrade). */
   origins(): PeerName[];
-  /** Whether the table's last write to its store succeeded: only what is on disk is acknowledged. */
-  saved(): boolean;
+  /** Whether the table is on disk (a write that failed is tried again): only what is on disk is acknowledged. */
+  ensureSaved(): boolean;
 }
 
 const enum AckKind {
   Held = 0,
   Collected = 1,
   Floor = 2,
-  /** A peer removed by `weft rmpeer` or gone by `weft reset` (the id is its name). */
+  /**
+   * A peer removed by `weft rmpeer` or gone by `weft reset` (the id is its name, the version when, in
+   * ms; the origin is the peer itself when it said so).
+   */
   Forgotten = 3,
-  /** A member this peer knows of, not in its topology (the id is its name). */
+  /** A member this peer knows of that is not reachable (the id is its name, the version when it was last reachable, in ms). */
   Member = 4,
 }
 
@@ -117,6 +120,7 @@ const ackCodec: EntryCodec<Ack> = {
       (version as number) > MAX_VERSION ||
       !(kind === 0 || kind === 1 || kind === 2 || kind === 3 || kind === 4) ||
       ((kind === 0 || kind === 1) && !isPeerName(origin)) ||
+      (kind === 3 && origin !== '' && !isPeerName(origin)) ||
       ((kind === 3 || kind === 4) && !isPeerName(id))
     )
       throw new Error('tombstone acknowledgement is malformed');
@@ -148,25 +152,32 @@ interface RecordSummary {
   /** id -> the latest register held or collected, by (version, origin). */
   acks: Map<string, { version: number; origin: string }>;
   floor: number;
-  members: PeerName[];
-  forgotten: PeerName[];
+  /** Members and when each was last reachable (ms). */
+  members: [PeerName, number][];
+  /** Peers removed, and when (ms). */
+  forgotten: [PeerName, number][];
+  /** The record's own peer said it leaves for good (weft reset). */
+  left: boolean;
 }
 
 const summaries = new WeakMap<PeerRecord<Ack>, RecordSummary>();
 function summary(r: PeerRecord<Ack>): RecordSummary {
   let sum = summaries.get(r);
   if (!sum) {
-    sum = { acks: new Map(), floor: 0, members: [], forgotten: [] };
+    sum = { acks: new Map(), floor: 0, members: [], forgotten: [], left: false };
     for (const a of r.entries) {
       if (a.kind === AckKind.Held || a.kind === AckKind.Collected) {
         const cur = sum.acks.get(a.id);
         if (!cur || compareStamps(a, cur) > 0) sum.acks.set(a.id, { version: a.version, origin: a.origin });
       } else if (a.kind === AckKind.Floor) sum.floor = Math.max(sum.floor, a.version);
-      else if (a.kind === AckKind.Member) sum.members.push(a.id as PeerName);
-      else sum.forgotten.push(a.id as PeerName);
+      else if (a.kind === AckKind.Member) sum.members.push([a.id as PeerName, a.version]);
+      else {
+        sum.forgotten.push([a.id as PeerName, a.version]);
+        if (a.id === r.peer && a.origin === r.peer) sum.left = true;
+      }
     }
     if (sum.members.length > MAX_LISTED_PEERS) sum.members = [];
-    if (sum.forgotten.length > MAX_LISTED_PEERS) sum.forgotten = sum.forgotten.includes(r.peer) ? [r.peer] : [];
+    if (sum.forgotten.length > MAX_LISTED_PEERS) sum.forgotten = sum.forgotten.filter(([p]) => p === r.peer);
     summaries.set(r, sum);
   }
   return sum;
@@ -182,9 +193,20 @@ const byStamp = (a: RegisterStamp, b: RegisterStamp) => compareStamps(a, b) || (
 
 export class TombstoneCollector {
   private readonly acks: PeerRecords<Ack>;
-  private readonly members = new Set<PeerName>();
-  /** Removed by `weft rmpeer` (here or anywhere, while a member here): not taken as members again unless reachable. */
-  private readonly forgottenPeers = new Set<PeerName>();
+  /**
+   * Every peer known here, with when it was last reachable (ms; here, or as another member says;
+   * 0: not known). Kept on disk.
+   */
+  private readonly known = new Map<PeerName, number>();
+  /** Peers removed by `weft rmpeer` or gone by `weft reset`, and when (ms), as heard from anyone. Kept on disk. */
+  private readonly forgottenAt = new Map<PeerName, number>();
+  /**
+   * The members: this peer, every peer reachable now, and every known peer not removed since it
+   * was last reachable (a peer back after an rmpeer is a member again, whoever still lists the rmpeer).
+   */
+  private members = new Set<PeerName>();
+  /** Peers reachable at the last look: one that is no longer gets its last-reachable time. */
+  private reachable = new Set<PeerName>();
   /** The highest version this peer ever collected. */
   private ownFloor = 0;
   private readonly collected = new Map<string, { version: number; origin: string; at: number }>();
@@ -211,14 +233,14 @@ export class TombstoneCollector {
     const saved = store?.load(checkStoreItem) ?? [];
     for (const item of saved) {
       if (typeof item === 'number') this.ownFloor = Math.max(this.ownFloor, item);
-      else if (typeof item === 'string') this.members.add(item);
-      else this.forgottenPeers.add(item[1]);
+      else if (item[0] === 'member') this.known.set(item[1], item[2]);
+      else this.forgottenAt.set(item[1], item[2]);
     }
     if (saved.length === 0) {
       // Kept nothing yet (the first start with collection): start from every peer this host knows of.
-      for (const p of [...holder.origins(), ...(options.knownPeers?.() ?? [])]) this.members.add(p);
+      for (const p of [...holder.origins(), ...(options.knownPeers?.() ?? [])]) this.known.set(p, 0);
     }
-    this.members.add(mesh.name);
+    this.known.set(mesh.name, 0);
     this.acks = new PeerRecords(mesh, `${channelName}-acks`, ackCodec, ACK_GRACE_MS);
     this.acks.onChange(() => this.noteMembers());
     mesh.on('topology', () => this.noteMembers());
@@ -265,12 +287,13 @@ export class TombstoneCollector {
    * was one; run again, it says so again.
    */
   forget(peer: PeerName): boolean {
-    if (peer === this.mesh.name) return false;
-    const was = this.members.delete(peer);
-    this.forgottenPeers.add(peer);
-    this.acks.evict(peer, [{ id: peer, version: 0, kind: AckKind.Forgotten, origin: '' }]);
-    this.save();
-    this.nudge();
+    if (peer === this.mesh.name || this.mesh.isReachable(peer)) return false;
+    const was = this.members.has(peer);
+    // After its last reachable time as known here (the clock may have stepped back since).
+    const at = Math.max(Date.now(), (this.known.get(peer) ?? 0) + 1);
+    this.forgottenAt.set(peer, at);
+    this.acks.evict(peer, [{ id: peer, version: at, kind: AckKind.Forgotten, origin: '' }]);
+    this.noteMembers(true);
     return was;
   }
 
@@ -280,7 +303,7 @@ export class TombstoneCollector {
    */
   leave(): void {
     this.left = true;
-    this.acks.setLocal([{ id: this.mesh.name, version: 0, kind: AckKind.Forgotten, origin: '' }]);
+    this.acks.setLocal([{ id: this.mesh.name, version: Date.now(), kind: AckKind.Forgotten, origin: this.mesh.name }]);
   }
 
   /** Tombstones held, members, those some tombstone still waits for, and the floor new versions start above. */
@@ -302,43 +325,61 @@ export class TombstoneCollector {
     return tombs.sort(byStamp).slice(0, MAX_LISTED_TOMBSTONES);
   }
 
-  /** Whether a record is one to learn members from: of a peer in the topology or a member already (not a phantom). */
+  /** Whether a record is one to learn members from: of a peer in the topology or known (not a phantom). */
   private credible(p: PeerName): boolean {
-    return this.members.has(p) || this.mesh.inTopology(p);
+    return this.known.has(p) || this.mesh.inTopology(p);
   }
 
-  private noteMembers(): void {
-    let changed = false;
-    // Forgotten anywhere (by rmpeer or reset), unless back: not a member.
-    const gone = new Set(this.forgottenPeers);
-    for (const [p, r] of this.acks.records) if (this.credible(p)) for (const f of summary(r).forgotten) gone.add(f);
-    for (const f of gone) {
-      if (f === this.mesh.name || this.mesh.isReachable(f)) {
-        if (this.forgottenPeers.delete(f)) changed = true;
-      } else if (this.members.delete(f)) {
-        this.forgottenPeers.add(f);
-        changed = true;
-      }
-    }
-    this.overfull = false;
-    const add = (p: PeerName) => {
-      if (this.members.has(p) || (gone.has(p) && !this.mesh.isReachable(p))) return;
-      if (this.members.size >= MAX_MEMBERS) {
+  /** Learns peers, their last reachable times and removals from the topology and the records; works out the members. */
+  private noteMembers(save = false): void {
+    const now = Date.now();
+    let changed = save;
+    const learn = (p: PeerName, seen: number) => {
+      const cur = this.known.get(p);
+      if (cur !== undefined && cur >= seen) return;
+      if (cur === undefined && this.known.size >= MAX_MEMBERS) {
         this.overfull = true;
         return;
       }
-      this.members.add(p);
-      this.forgottenPeers.delete(p);
+      this.known.set(p, seen);
       changed = true;
     };
-    for (const p of this.mesh.peers()) add(p.name);
-    for (const n of this.mesh.neighbours(true)) add(n.name);
+    this.overfull = false;
+    const reachable = new Set<PeerName>();
+    for (const p of this.mesh.peers()) if (this.mesh.isReachable(p.name)) reachable.add(p.name);
+    for (const n of this.mesh.neighbours(true)) reachable.add(n.name);
+    for (const p of this.mesh.peers()) learn(p.name, 0);
+    for (const p of reachable) if (!this.known.has(p)) learn(p, now);
+    // Gone since the last look: reachable until now.
+    for (const p of this.reachable) if (!reachable.has(p)) learn(p, now);
+    this.reachable = reachable;
     for (const [p, r] of this.acks.records) {
       if (!this.credible(p)) continue;
       const sum = summary(r);
-      if (!sum.forgotten.includes(p)) add(p);
-      for (const m of sum.members) add(m);
+      learn(p, 0);
+      for (const [m, seen] of sum.members) learn(m, seen);
+      for (const [f, at] of sum.forgotten)
+        if (f !== this.mesh.name && (this.forgottenAt.get(f) ?? -1) < at) {
+          this.forgottenAt.set(f, at);
+          changed = true;
+        }
     }
+    // A peer that said it leaves for good (its own latest record) and is gone: removed after all it was
+    // seen doing (it supersedes that record if it comes back). Kept past the record's expiry.
+    for (const [p, r] of this.acks.records) {
+      if (p === this.mesh.name || reachable.has(p) || !this.credible(p)) continue;
+      if (!summary(r).left) continue;
+      const seen = this.known.get(p) ?? 0;
+      if ((this.forgottenAt.get(p) ?? -1) <= seen) {
+        this.forgottenAt.set(p, seen + 1);
+        changed = true;
+      }
+    }
+    const members = new Set<PeerName>([this.mesh.name, ...reachable]);
+    for (const [p, seen] of this.known) if (!((this.forgottenAt.get(p) ?? -1) > seen)) members.add(p);
+    for (const p of members) if (!this.members.has(p)) changed = true;
+    for (const p of this.members) if (!members.has(p)) changed = true;
+    this.members = members;
     if (changed) this.save();
     // What the record lists of the members depends on the topology too.
     this.nudge();
@@ -348,26 +389,27 @@ export class TombstoneCollector {
     if (!this.store) return;
     this.membersSaved = this.store.save([
       this.ownFloor,
-      ...[...this.members].sort(),
-      ...[...this.forgottenPeers].sort().map((p) => ['forgotten', p]),
+      ...[...this.known].sort().map(([p, seen]) => ['member', p, this.reachable.has(p) ? Date.now() : seen]),
+      ...[...this.forgottenAt].sort().map(([p, at]) => ['forgotten', p, at]),
     ]);
   }
 
   private publish(): void {
     if (this.left || !this.dirty) return;
     // Only what is on disk: after a restart this peer must still hold what it acknowledged.
-    if (!this.holder.saved()) return;
+    if (!this.holder.ensureSaved()) return;
     this.dirty = false;
     const entries: Ack[] = this.listed(this.holder.tombstones()).map((t) => ({ ...t, kind: AckKind.Held }));
     const collected = [...this.collected].slice(-MAX_LISTED_TOMBSTONES);
     for (const [id, c] of collected)
       entries.push({ id, version: c.version, origin: c.origin, kind: AckKind.Collected });
     if (this.ownFloor > 0) entries.push({ id: '', version: this.ownFloor, kind: AckKind.Floor, origin: '' });
-    const away = [...this.members].filter((p) => !this.mesh.inTopology(p)).sort();
+    const away = [...this.members].filter((p) => !this.reachable.has(p) && p !== this.mesh.name).sort();
     for (const p of away.slice(0, MAX_LISTED_PEERS))
-      entries.push({ id: p, version: 0, kind: AckKind.Member, origin: '' });
-    for (const p of [...this.forgottenPeers].sort().slice(0, MAX_LISTED_PEERS))
-      entries.push({ id: p, version: 0, kind: AckKind.Forgotten, origin: '' });
+      entries.push({ id: p, version: this.known.get(p) ?? 0, kind: AckKind.Member, origin: '' });
+    const removals = [...this.forgottenAt].sort((a, b) => b[1] - a[1] || (a[0] < b[0] ? -1 : 1));
+    for (const [p, at] of removals.slice(0, MAX_LISTED_PEERS))
+      entries.push({ id: p, version: at, kind: AckKind.Forgotten, origin: '' });
     const key = JSON.stringify(entries.map(ackCodec.key));
     if (key === this.published) return;
     this.published = key;
@@ -382,8 +424,9 @@ export class TombstoneCollector {
         this.collected.delete(id);
         this.dirty = true;
       }
-    // Members not on disk, or a table not on disk: a restart would not know what it must.
-    const collecting = !this.overfull && this.membersSaved && this.holder.saved();
+    // Members not on disk, or a table not on disk: a restart would not know what it must (tried again here).
+    if (!this.membersSaved) this.save();
+    const collecting = !this.overfull && this.membersSaved && this.holder.ensureSaved();
     const others: RecordSummary[] = [];
     let everyone = collecting;
     for (const p of this.members) {
@@ -417,10 +460,18 @@ export class TombstoneCollector {
   }
 }
 
-function checkStoreItem(item: unknown): number | PeerName | ['forgotten', PeerName] {
+type StoreItem = number | ['member', PeerName, number] | ['forgotten', PeerName, number];
+
+function checkStoreItem(item: unknown): StoreItem {
+  const isTime = (t: unknown): t is number => Number.isSafeInteger(t) && (t as number) >= 0;
   if (typeof item === 'number' && Number.isSafeInteger(item) && item >= 0 && item <= MAX_VERSION) return item;
-  if (isPeerName(item)) return item;
-  if (Array.isArray(item) && item.length === 2 && item[0] === 'forgotten' && isPeerName(item[1]))
-    return ['forgotten', item[1]];
-  throw new Error('neither a version, a peer name nor a forgotten peer');
+  if (
+    Array.isArray(item) &&
+    item.length === 3 &&
+    (item[0] === 'member' || item[0] === 'forgotten') &&
+    isPeerName(item[1]) &&
+    isTime(item[2])
+  )
+    return item as StoreItem;
+  throw new Error('neither a version, a member nor a removed peer');
 }

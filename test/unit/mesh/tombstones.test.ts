@@ -208,7 +208,49 @@ describe('tombstone collection', () => {
     expect(a.table.forgetMember(c.mesh.name)).toBe(false); // once
     expect(a.table.forgetMember(a.mesh.name)).toBe(false); // never itself
     await eventually('collected at a and b', async () => [a, b].every((p) => p.ids().length === 0), 5000, 20);
-    expect(b.members.list).not.toContain(c.mesh.name);
+    // b keeps the removal: a peer that was down when it was made learns it from b.
+    expect(b.members.list).toContainEqual(['forgotten', c.mesh.name, expect.any(Number)]);
+    expect(b.table.tombstoneStatus().members).toBe(2);
+  });
+
+  it('a peer back after an rmpeer is a member again, whatever a peer that missed its return still lists', async () => {
+    const [a, b, c, x] = newPeers(4);
+    connectAll([a, b, c, x]);
+    await eventually('all connected', async () => [a, b, c].every((p) => connected(p, x)), 3000, 10);
+    x.stop();
+    await eventually('x unreachable', async () => [a, b, c].every((p) => !p.mesh.isReachable(x.mesh.name)), 3000, 10);
+    expect(a.table.forgetMember(x.mesh.name)).toBe(true);
+    await eventually(
+      'the rmpeer at c',
+      async () => c.members.list.some((i) => (i as unknown[])[0] === 'forgotten'),
+      3000,
+      10,
+    );
+    c.stop(); // it keeps "x removed" and misses x's return
+    x.start();
+    connectAll([a, b, x]);
+    a.table.put('r', 'allow');
+    await eventually('r at x', async () => x.table.get('r') === 'allow', 3000, 10);
+    x.stop(); // down, with r in force
+    await eventually(
+      'x gone',
+      async () => !a.mesh.isReachable(x.mesh.name) && !b.mesh.isReachable(x.mesh.name),
+      3000,
+      10,
+    );
+    a.table.remove('r');
+    c.start();
+    connectAll([a, b, c]);
+    await eventually('c back', async () => connected(a, c) && connected(b, c), 3000, 10);
+    await sleep(TIMINGS.delayMs * 5);
+    for (const p of [a, b, c]) {
+      expect(p.ids(), p.nickname).toEqual(['r']);
+      expect(p.table.tombstoneStatus().waitingFor).toEqual([x.mesh.name]);
+    }
+    x.start();
+    connectAll([a, b, c, x]);
+    await eventually('collected everywhere', async () => [a, b, c, x].every((p) => p.ids().length === 0), 5000, 20);
+    for (const p of [a, b, c, x]) expect(p.violations).toEqual([]);
   });
 
   it('a peer that leaves for good (weft reset) stops holding collection back once it is gone', async () => {
@@ -221,7 +263,7 @@ describe('tombstone collection', () => {
     c.stop();
     a.table.remove('x');
     await eventually('collected at a and b', async () => [a, b].every((p) => p.ids().length === 0), 5000, 20);
-    expect(a.members.list).toContainEqual(['forgotten', c.mesh.name]);
+    expect(a.members.list).toContainEqual(['forgotten', c.mesh.name, expect.any(Number)]);
   });
 
   it('an acknowledgement record with a floor near the version cap is refused whole; puts go on', () => {
