@@ -139,10 +139,13 @@ function compareStamps(a: { version: number; origin: string }, b: { version: num
 }
 
 /**
- * More members than any mesh has: past it (members listed by a peer gone wrong), nothing is collected,
- * which is safe, and the table stays as it would without collection.
+ * More peers than any mesh has: past it (members listed by a peer gone wrong), nothing more is
+ * collected until a restart, which is safe, and the table stays as it would without collection.
  */
 const MAX_MEMBERS = 10_000;
+
+/** How far ahead of this host's clock a time from another host may be. */
+const CLOCK_SKEW_MS = 10 * 60_000;
 
 /** Records of peers that left the topology: kept this long (a member that is down may still count its acknowledgements). */
 const ACK_GRACE_MS = 10 * 60_000;
@@ -221,6 +224,11 @@ export class TombstoneCollector {
   private readonly timings: TombstoneTimings;
   private overfull = false;
   private left = false;
+  /** Records already learnt from. */
+  private readonly read = new WeakSet<PeerRecord<Ack>>();
+  /** A last-reachable time changed since the members were written; when they were. */
+  private stampsDirty = false;
+  private savedAt = 0;
 
   constructor(
     private readonly mesh: MeshView,
@@ -256,6 +264,8 @@ export class TombstoneCollector {
     clearInterval(this.timer);
     if (this.nudged) clearTimeout(this.nudged);
     this.acks.stop();
+    // The peers reachable until now: a restart must not take them for gone since the last write.
+    if (!this.left) this.save();
   }
 
   /** The version a new register must exceed: the highest collected anywhere that this peer knows of. */
@@ -333,41 +343,51 @@ export class TombstoneCollector {
   /** Learns peers, their last reachable times and removals from the topology and the records; works out the members. */
   private noteMembers(save = false): void {
     const now = Date.now();
+    // Times from other hosts' clocks: one far ahead would outweigh every later sighting here.
+    const clamp = (t: number) => Math.min(t, now + CLOCK_SKEW_MS);
     let changed = save;
     const learn = (p: PeerName, seen: number) => {
       const cur = this.known.get(p);
       if (cur !== undefined && cur >= seen) return;
       if (cur === undefined && this.known.size >= MAX_MEMBERS) {
+        // Sticky: a peer that could not be recorded may hold anything; nothing is collected from now on.
+        if (!this.overfull)
+          this.mesh.log.error({ peer: p }, 'too many peers known; removed rules and services are kept');
         this.overfull = true;
         return;
       }
       this.known.set(p, seen);
-      changed = true;
+      this.stampsDirty = true;
+      if (cur === undefined) changed = true;
     };
-    this.overfull = false;
     const reachable = new Set<PeerName>();
     for (const p of this.mesh.peers()) if (this.mesh.isReachable(p.name)) reachable.add(p.name);
     for (const n of this.mesh.neighbours(true)) reachable.add(n.name);
     for (const p of this.mesh.peers()) learn(p.name, 0);
-    for (const p of reachable) if (!this.known.has(p)) learn(p, now);
+    // Seen reachable now: after any removal known here, whatever the clock of the host that made it.
+    const sighting = (p: PeerName) => Math.max(now, (this.forgottenAt.get(p) ?? -1) + 1);
+    for (const p of reachable) if (!this.known.has(p)) learn(p, sighting(p));
     // Gone since the last look: reachable until now.
-    for (const p of this.reachable) if (!reachable.has(p)) learn(p, now);
+    for (const p of this.reachable) if (!reachable.has(p)) learn(p, sighting(p));
     this.reachable = reachable;
     for (const [p, r] of this.acks.records) {
       if (!this.credible(p)) continue;
-      const sum = summary(r);
       learn(p, 0);
-      for (const [m, seen] of sum.members) learn(m, seen);
+      // Stamps only grow: a record read once has nothing more to teach.
+      if (this.read.has(r)) continue;
+      this.read.add(r);
+      const sum = summary(r);
+      for (const [m, seen] of sum.members) learn(m, clamp(seen));
       for (const [f, at] of sum.forgotten)
-        if (f !== this.mesh.name && (this.forgottenAt.get(f) ?? -1) < at) {
-          this.forgottenAt.set(f, at);
+        if (f !== this.mesh.name && (this.forgottenAt.get(f) ?? -1) < clamp(at)) {
+          this.forgottenAt.set(f, clamp(at));
           changed = true;
         }
     }
-    // A peer that said it leaves for good (its own latest record) and is gone: removed after all it was
-    // seen doing (it supersedes that record if it comes back). Kept past the record's expiry.
+    // A peer that said it leaves for good (its own latest record) and is out of the topology: removed
+    // after all it was seen doing (it supersedes that record if it comes back). Kept past the record's expiry.
     for (const [p, r] of this.acks.records) {
-      if (p === this.mesh.name || reachable.has(p) || !this.credible(p)) continue;
+      if (p === this.mesh.name || this.mesh.inTopology(p) || !this.credible(p)) continue;
       if (!summary(r).left) continue;
       const seen = this.known.get(p) ?? 0;
       if ((this.forgottenAt.get(p) ?? -1) <= seen) {
@@ -380,6 +400,7 @@ export class TombstoneCollector {
     for (const p of members) if (!this.members.has(p)) changed = true;
     for (const p of this.members) if (!members.has(p)) changed = true;
     this.members = members;
+    // Who is a member, or a removal, at once; a later last-reachable time at the next pass.
     if (changed) this.save();
     // What the record lists of the members depends on the topology too.
     this.nudge();
@@ -387,9 +408,12 @@ export class TombstoneCollector {
 
   private save(): void {
     if (!this.store) return;
+    const now = Date.now();
+    this.stampsDirty = false;
+    this.savedAt = now;
     this.membersSaved = this.store.save([
       this.ownFloor,
-      ...[...this.known].sort().map(([p, seen]) => ['member', p, this.reachable.has(p) ? Date.now() : seen]),
+      ...[...this.known].sort().map(([p, seen]) => ['member', p, this.reachable.has(p) ? Math.max(now, seen) : seen]),
       ...[...this.forgottenAt].sort().map(([p, at]) => ['forgotten', p, at]),
     ]);
   }
@@ -424,8 +448,10 @@ export class TombstoneCollector {
         this.collected.delete(id);
         this.dirty = true;
       }
-    // Members not on disk, or a table not on disk: a restart would not know what it must (tried again here).
-    if (!this.membersSaved) this.save();
+    // Members not on disk, or a table not on disk: a restart would not know what it must (tried again
+    // here). Last-reachable times are written at most once an interval, and for reachable peers once a minute.
+    if (!this.membersSaved || this.stampsDirty || (this.reachable.size > 0 && now - this.savedAt >= 60_000))
+      this.save();
     const collecting = !this.overfull && this.membersSaved && this.holder.ensureSaved();
     const others: RecordSummary[] = [];
     let everyone = collecting;

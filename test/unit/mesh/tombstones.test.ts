@@ -3,7 +3,7 @@
 // member that was down with the old value, not after restarts, not from a late
 // tombstone over a value put again.
 import fc from 'fast-check';
-import { afterEach, describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it, vi } from 'vitest';
 import {
   compareRegisters,
   connectInMemory,
@@ -251,6 +251,30 @@ describe('tombstone collection', () => {
     connectAll([a, b, c, x]);
     await eventually('collected everywhere', async () => [a, b, c, x].every((p) => p.ids().length === 0), 5000, 20);
     for (const p of [a, b, c, x]) expect(p.violations).toEqual([]);
+  });
+
+  it('a peer back after an rmpeer made on a host whose clock is an hour ahead is still a member when it goes down again', async () => {
+    const [a, b, x] = newPeers(3);
+    connectAll([a, b, x]);
+    await eventually('all connected', async () => [a, b].every((p) => connected(p, x)), 3000, 10);
+    x.stop();
+    await eventually('x unreachable', async () => [a, b].every((p) => !p.mesh.isReachable(x.mesh.name)), 3000, 10);
+    const realNow = Date.now.bind(Date);
+    const ahead = vi.spyOn(Date, 'now').mockImplementation(() => realNow() + 3_600_000);
+    try {
+      expect(a.table.forgetMember(x.mesh.name)).toBe(true);
+    } finally {
+      ahead.mockRestore();
+    }
+    x.start();
+    connectAll([a, b, x]);
+    a.table.put('r', 'allow');
+    await eventually('r at x', async () => x.table.get('r') === 'allow', 3000, 10);
+    x.stop();
+    await eventually('x gone', async () => [a, b].every((p) => !p.mesh.isReachable(x.mesh.name)), 3000, 10);
+    a.table.remove('r');
+    await sleep(TIMINGS.delayMs * 5);
+    for (const p of [a, b]) expect(p.table.tombstoneStatus().waitingFor, p.nickname).toEqual([x.mesh.name]);
   });
 
   it('a peer that leaves for good (weft reset) stops holding collection back once it is gone', async () => {
