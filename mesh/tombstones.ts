@@ -125,7 +125,8 @@ const ackCodec: EntryCodec<Ack> = {
     )
       throw new Error('tombstone acknowledgement is malformed');
     // Every put starts above the floor: one near the cap would leave no versions to change anything with.
-    if (kind === 2 && (version as number) > FLOOR_CAP)
+    // A time past it (no clock says so) would push an rmpeer's time past what the wire takes.
+    if ((kind === 2 || kind === 3 || kind === 4) && (version as number) > FLOOR_CAP)
       throw new Error(`tombstone floor ${version as number} is above 2^51`);
     return { id, version: version as number, kind: kind as AckKind, origin };
   },
@@ -143,9 +144,6 @@ function compareStamps(a: { version: number; origin: string }, b: { version: num
  * collected until a restart, which is safe, and the table stays as it would without collection.
  */
 const MAX_MEMBERS = 10_000;
-
-/** How far ahead of this host's clock a time from another host may be. */
-const CLOCK_SKEW_MS = 10 * 60_000;
 
 /** Records of peers that left the topology: kept this long (a member that is down may still count its acknowledgements). */
 const ACK_GRACE_MS = 10 * 60_000;
@@ -299,8 +297,8 @@ export class TombstoneCollector {
   forget(peer: PeerName): boolean {
     if (peer === this.mesh.name || this.mesh.isReachable(peer)) return false;
     const was = this.members.has(peer);
-    // After its last reachable time as known here (the clock may have stepped back since).
-    const at = Math.max(Date.now(), (this.known.get(peer) ?? 0) + 1);
+    // After its last reachable time as known here (another host's clock may be ahead), never earlier than before.
+    const at = Math.max(Date.now(), (this.known.get(peer) ?? 0) + 1, this.forgottenAt.get(peer) ?? 0);
     this.forgottenAt.set(peer, at);
     this.acks.evict(peer, [{ id: peer, version: at, kind: AckKind.Forgotten, origin: '' }]);
     this.noteMembers(true);
@@ -343,12 +341,12 @@ export class TombstoneCollector {
   /** Learns peers, their last reachable times and removals from the topology and the records; works out the members. */
   private noteMembers(save = false): void {
     const now = Date.now();
-    // Times from other hosts' clocks: one far ahead would outweigh every later sighting here.
-    const clamp = (t: number) => Math.min(t, now + CLOCK_SKEW_MS);
     let changed = save;
     const learn = (p: PeerName, seen: number) => {
       const cur = this.known.get(p);
       if (cur !== undefined && cur >= seen) return;
+      // A removed peer comes back only with a sighting after its removal.
+      if (cur === undefined && (this.forgottenAt.get(p) ?? -1) > seen) return;
       if (cur === undefined && this.known.size >= MAX_MEMBERS) {
         // Sticky: a peer that could not be recorded may hold anything; nothing is collected from now on.
         if (!this.overfull)
@@ -377,10 +375,10 @@ export class TombstoneCollector {
       if (this.read.has(r)) continue;
       this.read.add(r);
       const sum = summary(r);
-      for (const [m, seen] of sum.members) learn(m, clamp(seen));
+      for (const [m, seen] of sum.members) learn(m, seen);
       for (const [f, at] of sum.forgotten)
-        if (f !== this.mesh.name && (this.forgottenAt.get(f) ?? -1) < clamp(at)) {
-          this.forgottenAt.set(f, clamp(at));
+        if (f !== this.mesh.name && (this.forgottenAt.get(f) ?? -1) < at) {
+          this.forgottenAt.set(f, at);
           changed = true;
         }
     }
@@ -409,11 +407,17 @@ export class TombstoneCollector {
   private save(): void {
     if (!this.store) return;
     const now = Date.now();
+    // Reachable peers are seen now (after every removal known here, as any sighting); removed ones
+    // need no last-reachable time (the removal keeps them out) and leave room under MAX_MEMBERS.
+    for (const [p, seen] of this.known) {
+      if (this.reachable.has(p)) this.known.set(p, Math.max(now, seen, (this.forgottenAt.get(p) ?? -1) + 1));
+      else if ((this.forgottenAt.get(p) ?? -1) > seen && p !== this.mesh.name) this.known.delete(p);
+    }
     this.stampsDirty = false;
     this.savedAt = now;
     this.membersSaved = this.store.save([
       this.ownFloor,
-      ...[...this.known].sort().map(([p, seen]) => ['member', p, this.reachable.has(p) ? Math.max(now, seen) : seen]),
+      ...[...this.known].sort().map(([p, seen]) => ['member', p, seen]),
       ...[...this.forgottenAt].sort().map(([p, at]) => ['forgotten', p, at]),
     ]);
   }
