@@ -63,7 +63,13 @@ describe('state files', () => {
       r.services.create({ name: 'web', group: 'web' });
       r.names.add('keep.weft.local', 'c1', '10.32.0.9');
       await r.stop();
-      for (const file of ['policy.json', 'services.json', 'names.json']) {
+      for (const file of [
+        'policy.json',
+        'services.json',
+        'names.json',
+        'policy-members.json',
+        'services-members.json',
+      ]) {
         const path = join(dataDir, file);
         const good = readFileSync(path);
         for (const damaged of [
