@@ -292,7 +292,7 @@ export class TombstoneCollector {
 
   /**
    * `weft rmpeer`: the peer stops being a member, here and (gossiped) everywhere. Returns whether it
-   * was one; run again, it says so again.
+   * was one; run again, it sends the removal again, later than every sighting known here.
    */
   forget(peer: PeerName): boolean {
     if (peer === this.mesh.name || this.mesh.isReachable(peer)) return false;
