@@ -146,10 +146,8 @@ export class RegisterTable<V> implements Gossiper {
           return this.saved;
         },
       },
-      gc.store,
       gc,
     );
-    this.tombstones.nudge();
   }
 
   stop(): void {
@@ -169,11 +167,6 @@ export class RegisterTable<V> implements Gossiper {
   /** `weft rmpeer`: the peer no longer holds back the collection of tombstones. */
   forgetMember(peer: PeerName): boolean {
     return this.tombstones.forget(peer);
-  }
-
-  /** Runs the tombstone collector's check now (tests). */
-  collectTombstones(now?: number): void {
-    this.tombstones.pass(now);
   }
 
   private collect(ts: RegisterStamp[]): void {

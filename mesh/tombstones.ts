@@ -194,6 +194,7 @@ const byStamp = (a: RegisterStamp, b: RegisterStamp) => compareStamps(a, b) || (
 
 export class TombstoneCollector {
   private readonly acks: PeerRecords<Ack>;
+  private readonly store?: TombstoneStore;
   /**
    * Every peer known here, with when it was last reachable (ms; here, or as another member says;
    * 0: not known). Kept on disk.
@@ -232,11 +233,11 @@ export class TombstoneCollector {
     private readonly mesh: MeshView,
     channelName: string,
     private readonly holder: TombstoneHolder,
-    private readonly store?: TombstoneStore,
-    options: TombstoneOptions = {},
+    options: TombstoneOptions & { store?: TombstoneStore } = {},
   ) {
+    this.store = options.store;
     this.timings = { ...defaultTombstoneTimings, ...options.timings };
-    const saved = store?.load(checkStoreItem) ?? [];
+    const saved = this.store?.load(checkStoreItem) ?? [];
     for (const item of saved) {
       if (typeof item === 'number') this.ownFloor = Math.max(this.ownFloor, item);
       else if (item[0] === 'member') this.known.set(item[1], item[2]);
@@ -252,8 +253,7 @@ export class TombstoneCollector {
     mesh.on('topology', () => this.noteMembers());
     // A neighbour is a member before anything is gossiped over its connection.
     mesh.on('connection-added', () => this.noteMembers());
-    this.noteMembers();
-    this.save();
+    this.noteMembers(true); // written at every start: the floor, and any seeded members
     this.timer = setInterval(() => this.pass(), this.timings.intervalMs);
     this.timer.unref();
   }
@@ -359,9 +359,11 @@ export class TombstoneCollector {
       if (cur === undefined) changed = true;
     };
     const reachable = new Set<PeerName>();
-    for (const p of this.mesh.peers()) if (this.mesh.isReachable(p.name)) reachable.add(p.name);
+    for (const { name } of this.mesh.peers()) {
+      learn(name, 0);
+      if (this.mesh.isReachable(name)) reachable.add(name);
+    }
     for (const n of this.mesh.neighbours(true)) reachable.add(n.name);
-    for (const p of this.mesh.peers()) learn(p.name, 0);
     // Seen reachable now: after any removal known here, whatever the clock of the host that made it.
     const sighting = (p: PeerName) => Math.max(now, (this.forgottenAt.get(p) ?? -1) + 1);
     for (const p of reachable) if (!this.known.has(p)) learn(p, sighting(p));
@@ -444,8 +446,8 @@ export class TombstoneCollector {
     this.acks.setLocal(entries);
   }
 
-  /** Collects what every member holds, for long enough; republishes. Public for tests. */
-  pass(now = Date.now()): void {
+  /** Collects what every member holds, for long enough; republishes. */
+  private pass(now = Date.now()): void {
     if (this.left) return;
     for (const [id, c] of this.collected)
       if (now - c.at >= this.timings.retainMs) {

@@ -20,6 +20,9 @@ function fallbackCategory(reason: string | undefined): string {
   return 'other';
 }
 
+/** A service backend's health, as the gauges of each family label it. */
+const BACKEND_HEALTHS = ['healthy', 'failing', 'unchecked'] as const;
+
 export function buildRegistry(router: Router): Registry {
   const registry = new Registry();
   collectDefaultMetrics({ register: registry, prefix: 'weft_' }); // weft_process_cpu_seconds_total, weft_nodejs_heap_size_used_bytes, ...
@@ -139,7 +142,7 @@ export function buildRegistry(router: Router): Registry {
     collect() {
       this.reset();
       for (const v of router.services.views()) {
-        for (const h of ['healthy', 'failing', 'unchecked'])
+        for (const h of BACKEND_HEALTHS)
           this.set({ service: v.name, health: h }, v.live.filter((b) => b.health === h).length);
       }
     },
@@ -153,7 +156,7 @@ export function buildRegistry(router: Router): Registry {
       this.reset();
       for (const v of router.services.views()) {
         if (v.vip6 === undefined) continue;
-        for (const h of ['healthy', 'failing', 'unchecked'])
+        for (const h of BACKEND_HEALTHS)
           this.set(
             { service: v.name, health: h },
             v.live.filter((b) => b.addr6 !== undefined && b.health6 === h).length,

@@ -169,11 +169,13 @@ export function floodDestinations(flows: FlowSpec[]): string[] {
     .filter((f) => kindOf(f.cookie) === CookieKind.Flood)
     .flatMap((f) =>
       f.actions.flatMap((a, i) => {
-        const next = f.actions[i + 1];
-        const isTunnelDst = (x: (typeof f.actions)[number] | undefined) =>
-          x?.type === 'set_field' && (x.field === 'tun_dst' || x.field === 'tun_ipv6_dst');
-        const isDestination = isTunnelDst(a) && !isTunnelDst(next);
-        return isDestination && a.type === 'set_field' ? [a.value] : [];
+        const dst = tunnelDst(a);
+        return dst !== null && tunnelDst(f.actions[i + 1]) === null ? [dst] : [];
       }),
     );
+}
+
+/** The address an action sets as the tunnel destination, or null. */
+function tunnelDst(a: FlowSpec['actions'][number] | undefined): string | null {
+  return a?.type === 'set_field' && (a.field === 'tun_dst' || a.field === 'tun_ipv6_dst') ? a.value : null;
 }
