@@ -3,8 +3,14 @@
 // peer's VXLAN port whose inner frame is full-MTU-sized, addressed to the peer's
 // bridge MAC, with a private ethertype. The receiving kernel decapsulates it;
 // an nftables ingress rule on its VXLAN device counts such frames per sender
-// MAC (and drops them). The receiver polls its counters and acknowledges over
-// the mesh; a connection is `fastdp` while acknowledgements keep coming.
+// MAC (and drops them). The receiver polls its counters and tells the sender
+// over the mesh; a connection is `fastdp` while the receiver says they arrive.
+//
+// What the receiver says: to a peer that reads acknowledgements as states (its
+// own acknowledgements carry `every`), only changes ("arriving", "missing") and
+// a reminder every ten seconds while they arrive: an idle mesh then carries one
+// message per peer per ten seconds instead of one a second. To any other peer
+// (a router from before this), an acknowledgement each second the count moved.
 import dgram from 'node:dgram';
 import { existsSync } from 'node:fs';
 import {
@@ -24,12 +30,32 @@ import { nftObjects, nftScript, nftSession } from '../../net/nft-session.js';
 const HEARTBEAT_ETHERTYPE = 0x88b5;
 const TABLE = 'weft_hb';
 const CHANNEL = 'fastdp';
+/** While heartbeats keep arriving, a peer that reads states is reminded this often (by default). */
+const REMIND_MS = 10_000;
+/** The reminder periods a peer may announce (`every`): others are refused as malformed. */
+const MIN_REMIND_MS = 100;
+const MAX_REMIND_MS = 60_000;
 
 export interface PathHealth {
   /** Last acknowledgement from the peer that our heartbeats arrive. */
   ackAt: number;
   /** Since when we have been sending to this peer. */
   since: number;
+  /** The peer's reminder period when it sends only changes (0: it acknowledges every second). */
+  every: number;
+  /** When the peer said our heartbeats stopped arriving (0: it has not, since its last acknowledgement). */
+  missingAt: number;
+}
+
+/** A peer's heartbeats as we receive them, and what we last told it. */
+interface Arrivals {
+  packets: number;
+  /** When the count last moved. */
+  movedAt: number;
+  told: 'arriving' | 'missing' | null;
+  toldAt: number;
+  /** It reads our acknowledgements as states (its own carry `every`): we send changes and reminders. */
+  readsStates: boolean;
 }
 
 function macBytes(mac: string): Buffer {
@@ -50,6 +76,8 @@ function heartbeatPacket(srcMac: string, dstMac: string, frameLen: number): Buff
 
 export interface HealthOptions {
   intervalMs?: number;
+  /** How often a peer that reads states hears that its heartbeats still arrive (default 10 s). */
+  remindMs?: number;
   /**
    * Heartbeat packets received per peer, where something other than the kernel VXLAN devices
    * receives them (the OVS datapath counts them with a flow per peer); default: nftables on `devices`.
@@ -65,13 +93,14 @@ export class FastdpHealth implements Gossiper {
   /** For peers at IPv6 underlay addresses, made on first use. */
   private socket6: dgram.Socket | null = null;
   private readonly channel: Gossip;
-  private readonly counts = new Map<string, number>();
+  private readonly arrivals = new Map<PeerName, Arrivals>();
   private timer: NodeJS.Timeout | null = null;
   private tableFor = '';
   /** The beat under way (a connection's first beat does not wait for the timer, nor run beside it). */
   private beating: Promise<void> | null = null;
   private readonly healthyListeners: (() => void)[] = [];
   private readonly intervalMs: number;
+  private readonly remindMs: number;
   private readonly counter: ((peers: PeerName[]) => Promise<Map<PeerName, number>>) | null;
   private readonly devices: string[];
   lastError: string | null = null;
@@ -84,6 +113,7 @@ export class FastdpHealth implements Gossiper {
     options: HealthOptions = {},
   ) {
     this.intervalMs = options.intervalMs ?? 1000;
+    this.remindMs = Math.min(MAX_REMIND_MS, Math.max(MIN_REMIND_MS, options.remindMs ?? REMIND_MS));
     this.counter = options.counter ?? null;
     this.devices = options.devices ?? [VXLAN_DEV];
     this.channel = mesh.registerChannel(CHANNEL, this);
@@ -105,7 +135,9 @@ export class FastdpHealth implements Gossiper {
     this.timer = setInterval(() => void this.beatOnce(), this.intervalMs);
     this.timer.unref();
     // A new connection is heartbeaten (and its counting rule made) at once, not up to a period later.
-    this.mesh.on('connection-established', () => {
+    this.mesh.on('connection-established', (conn) => {
+      // A new connection may be a restarted peer, of another version: it learns our state afresh.
+      this.arrivals.delete(conn.name);
       if (this.timer) void this.beatOnce();
     });
   }
@@ -122,10 +154,19 @@ export class FastdpHealth implements Gossiper {
     this.socket6?.close();
   }
 
-  /** Healthy when the peer acknowledged our heartbeats within three periods. */
+  /**
+   * Healthy when the peer acknowledged our heartbeats within three periods; for a peer that sends
+   * only changes, when its last word is that they arrive and it is under two reminders old.
+   */
   healthy(peer: PeerName): boolean {
     const p = this.paths.get(peer);
-    return !!p && Date.now() - p.ackAt < 3 * this.intervalMs + 500;
+    if (!p || p.ackAt === 0 || p.missingAt !== 0) return false;
+    return Date.now() - p.ackAt < (p.every ? 2 * p.every : 3 * this.intervalMs) + 500;
+  }
+
+  /** Heartbeats counted as arriving: the count moved within three periods. */
+  private arriving(a: Arrivals, now: number): boolean {
+    return a.movedAt !== 0 && now - a.movedAt < 3 * this.intervalMs + 500;
   }
 
   /** Why a peer's connection is not on fastdp, for status. */
@@ -134,6 +175,9 @@ export class FastdpHealth implements Gossiper {
     const addr = this.addrOf(peer);
     if (!addr) return 'no underlay address yet';
     const overhead = addr.includes(':') ? 70 : 50; // VXLAN over IPv6 or IPv4
+    if (p?.missingAt) {
+      return `VXLAN heartbeats not arriving at the peer (it said so ${Math.round((Date.now() - p.missingAt) / 1000)}s ago; is UDP ${this.vxlanPort} blocked, or the path MTU below ${this.mtu() + overhead}?)`;
+    }
     if (!p || p.ackAt === 0) {
       return `no VXLAN heartbeat acknowledged yet${p ? ` (sending for ${Math.round((Date.now() - p.since) / 1000)}s; is UDP ${this.vxlanPort} blocked, or the path MTU below ${this.mtu() + overhead}?)` : ''}`;
     }
@@ -148,11 +192,12 @@ export class FastdpHealth implements Gossiper {
   private async beat(): Promise<void> {
     const peers = this.mesh.neighbours().map((n) => n.name);
     for (const p of [...this.paths.keys()]) if (!peers.includes(p)) this.paths.delete(p);
+    for (const p of [...this.arrivals.keys()]) if (!peers.includes(p)) this.arrivals.delete(p);
     const me = bridgeMac(this.mesh.name);
     for (const p of peers) {
       const addr = this.addrOf(p);
       if (!addr) continue;
-      if (!this.paths.has(p)) this.paths.set(p, { ackAt: 0, since: Date.now() });
+      if (!this.paths.has(p)) this.paths.set(p, { ackAt: 0, since: Date.now(), every: 0, missingAt: 0 });
       // Inner frame of the full overlay MTU plus its Ethernet header: the path must carry what containers send.
       try {
         this.socketFor(addr).send(heartbeatPacket(me, bridgeMac(p), this.mtu() + 14), this.vxlanPort, addr);
@@ -198,7 +243,7 @@ export class FastdpHealth implements Gossiper {
         ].join('\n'),
       );
       this.tableFor = wanted;
-      this.counts.clear();
+      for (const a of this.arrivals.values()) a.packets = 0;
     }
     // A peer's heartbeats arrive on its family's device: its count is the sum over the chains.
     const listing = await nftSession.list(`list table netdev ${TABLE}`);
@@ -210,10 +255,34 @@ export class FastdpHealth implements Gossiper {
     for (const [peer, packets] of sums) this.counted(peer, packets);
   }
 
-  /** Acknowledges a peer whose heartbeats keep arriving (its count moved: a counter made again starts at 0). */
+  /** A peer's heartbeat count, polled: tells the peer what changed (a counter made again starts at 0). */
   private counted(peer: PeerName, packets: number): void {
-    if (packets > 0 && packets !== (this.counts.get(peer) ?? 0)) this.channel.unicast(peer, pack({ ack: packets }));
-    this.counts.set(peer, packets);
+    const now = Date.now();
+    const a = this.arrivalsOf(peer);
+    const moved = packets > 0 && packets !== a.packets;
+    a.packets = packets;
+    if (moved) a.movedAt = now;
+    if (!a.readsStates) {
+      if (moved) this.tell(peer, a, 'arriving', now);
+    } else if (this.arriving(a, now)) {
+      if (a.told !== 'arriving' || now - a.toldAt >= this.remindMs) this.tell(peer, a, 'arriving', now);
+    } else if (a.told === 'arriving') this.tell(peer, a, 'missing', now);
+  }
+
+  private arrivalsOf(peer: PeerName): Arrivals {
+    let a = this.arrivals.get(peer);
+    if (!a) this.arrivals.set(peer, (a = { packets: 0, movedAt: 0, told: null, toldAt: 0, readsStates: false }));
+    return a;
+  }
+
+  private tell(peer: PeerName, a: Arrivals, what: 'arriving' | 'missing', now: number): void {
+    // `every` also says that we read the peer's acknowledgements as states.
+    this.channel.unicast(
+      peer,
+      pack(what === 'arriving' ? { ack: a.packets, every: this.remindMs } : { missing: true, every: this.remindMs }),
+    );
+    a.told = what;
+    a.toldAt = now;
   }
 
   /** Removes the counting table (reset). */
@@ -231,13 +300,30 @@ export class FastdpHealth implements Gossiper {
   }
 
   onUnicast(src: PeerName, payload: Uint8Array): void {
-    const v = unpack(payload) as { ack?: unknown };
-    if (typeof v !== 'object' || v === null || typeof v.ack !== 'number')
+    const v = unpack(payload) as { ack?: unknown; missing?: unknown; every?: unknown };
+    if (
+      typeof v !== 'object' ||
+      v === null ||
+      (typeof v.ack !== 'number' && v.missing !== true) ||
+      (v.every !== undefined &&
+        (typeof v.every !== 'number' ||
+          !Number.isInteger(v.every) ||
+          v.every < MIN_REMIND_MS ||
+          v.every > MAX_REMIND_MS))
+    )
       throw new Error('fastdp acknowledgement is malformed');
+    const every = typeof v.every === 'number' ? v.every : 0;
     const p = this.paths.get(src);
     if (!p) return;
+    if (every) this.arrivalsOf(src).readsStates = true;
     const was = this.healthy(src);
+    p.every = every;
+    if (v.missing === true) {
+      p.missingAt ||= Date.now();
+      return;
+    }
     p.ackAt = Date.now();
+    p.missingAt = 0;
     if (!was) for (const fn of this.healthyListeners) fn();
   }
 }

@@ -298,7 +298,9 @@ describeOvs('the OVS datapath across namespace hosts', () => {
         'table bridge weft_test_block {\n chain f {\n  type filter hook forward priority 0;\n  udp dport 6784 drop\n }\n}\n',
     });
     await eventually('on the sleeve', async () => (await overlays(a)).every((o) => o === 'sleeve'), 15_000, 200);
-    expect((await a.weft(['status', 'connections'])).stdout).toMatch(/not ovs: VXLAN heartbeats unacknowledged/);
+    expect((await a.weft(['status', 'connections'])).stdout).toMatch(
+      /not ovs: VXLAN heartbeats not arriving at the peer/,
+    );
     await eventually('s1 -> s2 over the sleeve', () => ping(ns[0], s[1].ip), 10_000, 200);
     expect(flowsFor(await a.ovs!.flows('weft-ovs'), s[1].mac)).toEqual([]); // its MAC went to the sleeve's port
     await must('ip', ['netns', 'exec', ul, 'nft', 'delete', 'table', 'bridge', 'weft_test_block']);

@@ -254,7 +254,11 @@ describeAsRoot('fastdp across namespace hosts', () => {
       'A to say why',
       async () => {
         const l = await line();
-        return /no data path: VXLAN heartbeats unacknowledged for \d+s \(is UDP 6784 blocked/.test(l) ? l : null;
+        return /no data path: VXLAN heartbeats not arriving at the peer \(it said so \d+s ago; is UDP 6784 blocked/.test(
+          l,
+        )
+          ? l
+          : null;
       },
       10_000,
       300,

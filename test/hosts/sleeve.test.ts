@@ -120,7 +120,7 @@ describeAsRoot('sleeve across namespace hosts', () => {
       15_000,
       300,
     );
-    expect(fell.fallbackReason).toMatch(/VXLAN heartbeats unacknowledged .*UDP 6784 blocked/);
+    expect(fell.fallbackReason).toMatch(/VXLAN heartbeats not arriving at the peer .*UDP 6784 blocked/);
     await talk(c1, c2, '10.40.0.2');
     for (const h of [a, b]) await h.exec('nft', ['delete', 'table', 'inet', 'blk']);
     await eventually('fastdp again', async () => (await overlayTo(a, 'host2'))?.overlay === 'fastdp', 15_000, 300);
