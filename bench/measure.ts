@@ -1,7 +1,7 @@
 // What the benchmarks measure with, the same way everywhere: one TCP flow with
 // iperf3, ping RTT, a process's CPU time.
 import { spawn } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { readFileSync, readdirSync } from 'node:fs';
 import { run } from '../test/harness/exec.js';
 
 /**
@@ -52,6 +52,27 @@ export async function rtt(ns: string, ip: string): Promise<number> {
 export function cpuSeconds(pid: number): number {
   const f = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ');
   return (Number(f[11]) + Number(f[12])) / 100; // utime, stime in clock ticks (100/s)
+}
+
+/**
+ * CPU seconds so far of a process's main thread (where JavaScript runs) and of its other threads
+ * together (V8's collector and compiler, libuv's pool, the addon's), from /proc/PID/task.
+ */
+export function threadCpuSeconds(pid: number): { main: number; others: number } {
+  let [main, others] = [0, 0];
+  for (const tid of readdirSync(`/proc/${pid}/task`)) {
+    let stat: string;
+    try {
+      stat = readFileSync(`/proc/${pid}/task/${tid}/stat`, 'utf8');
+    } catch {
+      continue; // the thread ended meanwhile
+    }
+    const f = stat.split(') ')[1].split(' ');
+    const secs = (Number(f[11]) + Number(f[12])) / 100;
+    if (Number(tid) === pid) main += secs;
+    else others += secs;
+  }
+  return { main, others };
 }
 
 /** A process's resident memory now, MiB (NaN when /proc does not say). */

@@ -14,6 +14,7 @@ import { Cluster, eventually, type Host } from '../test/harness/cluster.js';
 import { seededRandom } from '../test/harness/random.js';
 import { numberArg } from './args.js';
 import { rssMiB } from './measure.js';
+import { run } from '../test/harness/exec.js';
 
 const SECONDS = numberArg('seconds', Number(process.env.WEFT_SOAK_SECONDS ?? 300));
 const OPS_PER_SECOND = numberArg('ops', 2);
@@ -23,11 +24,40 @@ const RESOLVER = `
 const { Resolver } = require('node:dns').promises;
 const r = new Resolver({ timeout: 1000, tries: 1 }); r.setServers(['169.254.83.83']);
 const [names, seconds] = [process.argv[1].split(','), Number(process.argv[2])];
-const out = { answered: 0, nxdomain: 0, errors: 0 }; const end = Date.now() + seconds * 1000;
+const out = { answered: 0, nxdomain: 0, errors: 0, codes: {}, at: [] };
+const start = Date.now(); const end = start + seconds * 1000;
 async function loop() { while (Date.now() < end) {
-  try { await r.resolve4(names[Math.floor(Math.random() * names.length)]); out.answered++; }
-  catch (e) { if (e.code === 'ENOTFOUND') out.nxdomain++; else out.errors++; } } }
+  const name = names[Math.floor(Math.random() * names.length)];
+  try { await r.resolve4(name); out.answered++; }
+  catch (e) { if (e.code === 'ENOTFOUND') out.nxdomain++; else {
+    out.errors++; out.codes[e.code] = (out.codes[e.code] ?? 0) + 1;
+    if (out.at.length < 20) out.at.push(((Date.now() - start) / 1000).toFixed(1) + ' s ' + e.code + ' ' + name); } } } }
 Promise.all([loop(), loop(), loop(), loop()]).then(() => process.stdout.write(JSON.stringify(out)));`;
+
+const METRICS_ADDR = '127.0.0.1:9102'; // in each host's namespace
+
+/** A router's own metrics without labels (its heap; its longest event-loop stall since the last scrape). */
+async function scrape(h: Host): Promise<Map<string, number>> {
+  const r = await h.exec('curl', ['-s', '--max-time', '5', `http://${METRICS_ADDR}/metrics`]);
+  const m = new Map<string, number>();
+  for (const line of r.stdout.split('\n')) {
+    const [k, v] = line.split(' ');
+    if (k && !k.startsWith('#') && v !== undefined) m.set(k, Number(v));
+  }
+  return m;
+}
+
+/** UDP datagrams a namespace dropped for a full receive buffer, and its UDP input errors. */
+async function udpDrops(ns: string): Promise<string> {
+  const lines = (await run('ip', ['netns', 'exec', ns, 'cat', '/proc/net/snmp'])).stdout
+    .split('\n')
+    .filter((l) => l.startsWith('Udp:'));
+  if (lines.length < 2) return 'unknown';
+  const keys = lines[0].split(/\s+/);
+  const vals = lines[1].split(/\s+/);
+  const v = (k: string) => vals[keys.indexOf(k)] ?? '?';
+  return `RcvbufErrors ${v('RcvbufErrors')}, InErrors ${v('InErrors')}`;
+}
 
 /** Least-squares slope of y over x. */
 function slope(points: [number, number][]): number {
@@ -41,7 +71,16 @@ function slope(points: [number, number][]): number {
 
 async function main(): Promise<void> {
   const cluster = await Cluster.create(3, {
-    routerArgs: ['--heartbeat-interval', '500ms', '--gossip-interval', '1s', '--ipalloc-init', 'consensus=3'],
+    routerArgs: [
+      '--heartbeat-interval',
+      '500ms',
+      '--gossip-interval',
+      '1s',
+      '--ipalloc-init',
+      'consensus=3',
+      '--metrics-addr',
+      METRICS_ADDR,
+    ],
   });
   const resolvers: ChildProcess[] = [];
   try {
@@ -58,8 +97,10 @@ async function main(): Promise<void> {
         });
     // A DNS client on every host, in a container of its own.
     const clientResults: Promise<string>[] = [];
+    const clientNs: string[] = [];
     for (const h of hosts) {
       const ns = await cluster.container(`dnsclient${h.index}`);
+      clientNs.push(ns);
       const a = await h.weft(['attach', `netns:${ns}`]);
       if (a.code !== 0) throw new Error(`attach the DNS client on ${h.nickname}: ${a.stderr}`);
       const child = spawn(
@@ -85,6 +126,27 @@ async function main(): Promise<void> {
       5000,
     );
     hosts.forEach((_, i) => samples[i].push([0, rssMiB(pids[i])]));
+    // Every 30 s: each router's heap in use, and its longest event-loop stall (a DNS answer waits that long).
+    const heap: [number, number][][] = hosts.map(() => []);
+    const stalls: string[][] = hosts.map(() => []);
+    const maxLag = hosts.map(() => 0);
+    let scraping = false;
+    const scraper = setInterval(() => {
+      if (scraping) return;
+      scraping = true;
+      void Promise.all(
+        hosts.map(async (h, i) => {
+          const m = await scrape(h);
+          const t = (Date.now() - t0) / 3_600_000;
+          const used = m.get('weft_nodejs_heap_size_used_bytes');
+          if (used !== undefined) heap[i].push([t, used / 2 ** 20]);
+          const lag = m.get('weft_nodejs_eventloop_lag_max_seconds') ?? 0;
+          maxLag[i] = Math.max(maxLag[i], lag);
+          if (lag > 0.25 && stalls[i].length < 20)
+            stalls[i].push(`${(t * 3600).toFixed(0)} s: ${(lag * 1000).toFixed(0)} ms`);
+        }),
+      ).finally(() => (scraping = false));
+    }, 30_000);
     while (Date.now() - t0 < SECONDS * 1000) {
       const started = Date.now();
       const s = slots[Math.floor(rnd() * slots.length)];
@@ -101,8 +163,17 @@ async function main(): Promise<void> {
       await new Promise((res) => setTimeout(res, Math.max(0, 1000 / OPS_PER_SECOND - (Date.now() - started))));
     }
     clearInterval(sampler);
+    clearInterval(scraper);
     const dns = (await Promise.all(clientResults)).map((t) =>
-      t ? (JSON.parse(t) as { answered: number; nxdomain: number; errors: number }) : null,
+      t
+        ? (JSON.parse(t) as {
+            answered: number;
+            nxdomain: number;
+            errors: number;
+            codes: Record<string, number>;
+            at: string[];
+          })
+        : null,
     );
 
     // What the load left: every host lists exactly the slots it has attached, and all DNS tables agree.
@@ -140,17 +211,25 @@ async function main(): Promise<void> {
       `soak: 3 hosts, ${SECONDS} s, ${OPS_PER_SECOND} attach/detach a second over ${slots.length} containers, a DNS client per host`,
     );
     console.log(`  operations: ${ops.attach} attaches, ${ops.detach} detaches, ${ops.failed} failed`);
-    dns.forEach((d, i) =>
+    for (const [i, d] of dns.entries()) {
       console.log(
         `  DNS client on host${i + 1}: ${d ? `${d.answered} answered, ${d.nxdomain} NXDOMAIN (detached at the time), ${d.errors} errors or time-outs (${(d.answered / SECONDS).toFixed(0)}/s)` : 'no result'}`,
-      ),
-    );
+      );
+      if (d?.errors) console.log(`    errors by code ${JSON.stringify(d.codes)}; first at ${d.at.join('; ')}`);
+      console.log(
+        `    UDP drops: host ${await udpDrops(hosts[i].ns)}; client's container ${await udpDrops(clientNs[i])}`,
+      );
+    }
     hosts.forEach((h, i) => {
       const after = samples[i].filter(([t]) => t * 3600 >= SECONDS / 4);
       const first = after[0]?.[1] ?? NaN;
       const last = samples[i][samples[i].length - 1][1];
       console.log(
         `  ${h.nickname} router RSS: ${samples[i][0][1].toFixed(1)} MiB at start, ${first.toFixed(1)} after warm-up, ${last.toFixed(1)} at the end; growth after warm-up ${slope(after).toFixed(1)} MiB/hour (${after.length} samples)`,
+      );
+      const heapAfter = heap[i].filter(([t]) => t * 3600 >= SECONDS / 4);
+      console.log(
+        `    heap in use after warm-up ${heapAfter[0]?.[1].toFixed(1) ?? '?'} MiB, at the end ${heap[i].at(-1)?.[1].toFixed(1) ?? '?'} MiB, growth ${heapAfter.length > 1 ? slope(heapAfter).toFixed(1) : '?'} MiB/hour; longest event-loop stall ${(maxLag[i] * 1000).toFixed(0)} ms${stalls[i].length ? ` (over 250 ms at ${stalls[i].join(', ')})` : ''}`,
       );
     });
     console.log(

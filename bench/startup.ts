@@ -9,7 +9,7 @@
 import { spawnSync } from 'node:child_process';
 import { Cluster, type Host, eventually, sleep } from '../test/harness/cluster.js';
 import { numberArg } from './args.js';
-import { cpuSeconds, rssMiB } from './measure.js';
+import { cpuSeconds, rssMiB, threadCpuSeconds } from './measure.js';
 
 const ROUNDS = numberArg('rounds', 5);
 /** Seconds after start (or attach) before idle is measured. */
@@ -20,14 +20,31 @@ const WINDOW = numberArg('window', 10);
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 const spread = (xs: number[]) => `${Math.min(...xs).toFixed(1)}-${Math.max(...xs).toFixed(1)}`;
 
+interface Idle {
+  rss: number;
+  /** ms of CPU per second: the whole process, its main thread, its other threads. */
+  cpu: number;
+  main: number;
+  others: number;
+}
+
 /** RSS (MiB) and CPU (ms per second over WINDOW) of each host's router, measured side by side. */
-async function idle(hosts: Host[]): Promise<{ rss: number; cpu: number }[]> {
+async function idle(hosts: Host[]): Promise<Idle[]> {
   const pids = hosts.map((h) => h.routerPid()!);
   const before = pids.map(cpuSeconds);
+  const threadsBefore = pids.map(threadCpuSeconds);
   const t0 = performance.now();
   await sleep(WINDOW * 1000);
   const secs = (performance.now() - t0) / 1000;
-  return pids.map((p, i) => ({ rss: rssMiB(p), cpu: ((cpuSeconds(p) - before[i]) * 1000) / secs }));
+  return pids.map((p, i) => {
+    const t = threadCpuSeconds(p);
+    return {
+      rss: rssMiB(p),
+      cpu: ((cpuSeconds(p) - before[i]) * 1000) / secs,
+      main: ((t.main - threadsBefore[i].main) * 1000) / secs,
+      others: ((t.others - threadsBefore[i].others) * 1000) / secs,
+    };
+  });
 }
 
 /** Node's own start in a host's namespace (ms), the anchor. */
@@ -42,8 +59,8 @@ async function main(): Promise<void> {
   const cluster = await Cluster.create(2);
   const launchMs: number[] = [];
   const anchorMs: number[] = [];
-  const bare: { rss: number; cpu: number }[] = [];
-  const loaded: { rss: number; cpu: number }[] = [];
+  const bare: Idle[] = [];
+  const loaded: Idle[] = [];
   try {
     const [a, b] = cluster.hosts;
     for (let round = 1; round <= ROUNDS; round++) {
@@ -74,7 +91,7 @@ async function main(): Promise<void> {
         const r = await h.weft(['stop']);
         if (r.code !== 0) throw new Error(`stop on ${h.nickname}: ${r.stderr}`);
       }
-      const last = (xs: { rss: number; cpu: number }[]) =>
+      const last = (xs: Idle[]) =>
         xs
           .slice(-2)
           .map((x) => `${x.rss.toFixed(1)} MiB ${x.cpu.toFixed(1)} ms/s`)
@@ -112,6 +129,12 @@ async function main(): Promise<void> {
     [
       'idle CPU, a container',
       `${median(loaded.map((x) => x.cpu)).toFixed(1)} ms/s (${spread(loaded.map((x) => x.cpu))})`,
+      '',
+      '',
+    ],
+    [
+      'idle CPU, no container: main thread / other threads',
+      `${median(bare.map((x) => x.main)).toFixed(1)} / ${median(bare.map((x) => x.others)).toFixed(1)} ms/s`,
       '',
       '',
     ],
