@@ -7,10 +7,12 @@
 // over the mesh; a connection is `fastdp` while the receiver says they arrive.
 //
 // What the receiver says: to a peer that reads acknowledgements as states (its
-// own acknowledgements carry `every`), only changes ("arriving", "missing") and
-// a reminder every ten seconds while they arrive: an idle mesh then carries one
-// message per peer per ten seconds instead of one a second. To any other peer
-// (a router from before this), an acknowledgement each second the count moved.
+// own acknowledgements say `states` or carry `every`), only changes ("arriving",
+// "missing") and a reminder every ten seconds (carrying `every`); an idle mesh
+// then carries one message per peer per ten seconds instead of one a second. To
+// any other peer (a router from before this, or one that has not yet shown it
+// reads states), an acknowledgement each second the count moved, without `every`:
+// the sender gives those the short window, since no "missing" will follow them.
 import dgram from 'node:dgram';
 import { existsSync } from 'node:fs';
 import {
@@ -34,7 +36,7 @@ const CHANNEL = 'fastdp';
 const REMIND_MS = 10_000;
 /** The reminder periods a peer may announce (`every`): others are refused as malformed. */
 const MIN_REMIND_MS = 100;
-const MAX_REMIND_MS = 60_000;
+const MAX_REMIND_MS = REMIND_MS;
 
 export interface PathHealth {
   /** Last acknowledgement from the peer that our heartbeats arrive. */
@@ -54,7 +56,7 @@ interface Arrivals {
   movedAt: number;
   told: 'arriving' | 'missing' | null;
   toldAt: number;
-  /** It reads our acknowledgements as states (its own carry `every`): we send changes and reminders. */
+  /** It reads our acknowledgements as states (its own say so): we send changes and reminders. */
   readsStates: boolean;
 }
 
@@ -136,8 +138,11 @@ export class FastdpHealth implements Gossiper {
     this.timer.unref();
     // A new connection is heartbeaten (and its counting rule made) at once, not up to a period later.
     this.mesh.on('connection-established', (conn) => {
-      // A new connection may be a restarted peer, of another version: it learns our state afresh.
+      // A new connection may be a restarted peer, of another version: it learns our state afresh,
+      // and its word counts for the short window until it says again that it sends states.
       this.arrivals.delete(conn.name);
+      const p = this.paths.get(conn.name);
+      if (p) p.every = 0;
       if (this.timer) void this.beatOnce();
     });
   }
@@ -216,7 +221,7 @@ export class FastdpHealth implements Gossiper {
   /** One counting rule per peer on our VXLAN device's ingress; acknowledges peers whose count grew. */
   private async syncCounters(peers: PeerName[]): Promise<void> {
     if (this.counter) {
-      for (const [peer, packets] of await this.counter(peers)) this.counted(peer, packets);
+      this.countedAll(peers, await this.counter(peers));
       return;
     }
     // A device that is not there (yet) gets no chain: nftables refuses a hook on a missing device.
@@ -252,7 +257,12 @@ export class FastdpHealth implements Gossiper {
       if (r.comment)
         sums.set(r.comment, (sums.get(r.comment) ?? 0) + (r.expr.find((e) => e.counter)?.counter?.packets ?? 0));
     }
-    for (const [peer, packets] of sums) this.counted(peer, packets);
+    this.countedAll(peers, sums);
+  }
+
+  /** Every neighbour's count: one the counter did not return (its rule or flow gone) has not moved. */
+  private countedAll(peers: PeerName[], counts: Map<PeerName, number>): void {
+    for (const p of peers) this.counted(p, counts.get(p) ?? this.arrivals.get(p)?.packets ?? 0);
   }
 
   /** A peer's heartbeat count, polled: tells the peer what changed (a counter made again starts at 0). */
@@ -266,7 +276,10 @@ export class FastdpHealth implements Gossiper {
       if (moved) this.tell(peer, a, 'arriving', now);
     } else if (this.arriving(a, now)) {
       if (a.told !== 'arriving' || now - a.toldAt >= this.remindMs) this.tell(peer, a, 'arriving', now);
-    } else if (a.told === 'arriving') this.tell(peer, a, 'missing', now);
+    } else if (a.told === 'arriving' || (a.told === 'missing' && now - a.toldAt >= this.remindMs)) {
+      // Said again at each reminder: a lost or overtaken "missing" must not leave the peer waiting.
+      this.tell(peer, a, 'missing', now);
+    }
   }
 
   private arrivalsOf(peer: PeerName): Arrivals {
@@ -276,11 +289,15 @@ export class FastdpHealth implements Gossiper {
   }
 
   private tell(peer: PeerName, a: Arrivals, what: 'arriving' | 'missing', now: number): void {
-    // `every` also says that we read the peer's acknowledgements as states.
-    this.channel.unicast(
-      peer,
-      pack(what === 'arriving' ? { ack: a.packets, every: this.remindMs } : { missing: true, every: this.remindMs }),
-    );
+    // `states` (and `every`) say that we read the peer's acknowledgements as states; `every` that
+    // this one is a state, good until the next reminder.
+    const msg = !a.readsStates
+      ? { ack: a.packets, states: true }
+      : what === 'arriving'
+        ? { ack: a.packets, every: this.remindMs }
+        : { missing: true, every: this.remindMs };
+    // Not sent (no route): told nothing, so the next poll tries again.
+    if (!this.channel.unicast(peer, pack(msg))) return;
     a.told = what;
     a.toldAt = now;
   }
@@ -300,7 +317,7 @@ export class FastdpHealth implements Gossiper {
   }
 
   onUnicast(src: PeerName, payload: Uint8Array): void {
-    const v = unpack(payload) as { ack?: unknown; missing?: unknown; every?: unknown };
+    const v = unpack(payload) as { ack?: unknown; missing?: unknown; every?: unknown; states?: unknown };
     if (
       typeof v !== 'object' ||
       v === null ||
@@ -315,7 +332,13 @@ export class FastdpHealth implements Gossiper {
     const every = typeof v.every === 'number' ? v.every : 0;
     const p = this.paths.get(src);
     if (!p) return;
-    if (every) this.arrivalsOf(src).readsStates = true;
+    const a = this.arrivalsOf(src);
+    if ((every || v.states === true) && !a.readsStates) {
+      // What we told it so far were per-second acknowledgements (short window): the next poll tells
+      // it the state, good until a reminder.
+      a.readsStates = true;
+      a.told = null;
+    }
     const was = this.healthy(src);
     p.every = every;
     if (v.missing === true) {

@@ -81,6 +81,13 @@ describe('fastdp heartbeat acknowledgements', () => {
     ha.start();
     hb.start();
     await eventually('healthy both ways', async () => ha.healthy(b.name) && hb.healthy(a.name), 2000, 10);
+    // Each first acknowledges per poll (saying it reads states), then tells the state once.
+    await eventually(
+      'states told both ways',
+      async () => fromA.some((m) => m.every === 10_000) && fromB.some((m) => m.every === 10_000),
+      2000,
+      10,
+    );
     // Twenty polls later: no acknowledgement more (the old protocol sent one per poll), still healthy.
     const [na, nb] = [fromA.length, fromB.length];
     await sleep(20 * INTERVAL);
@@ -89,7 +96,7 @@ describe('fastdp heartbeat acknowledgements', () => {
     expect(ha.healthy(b.name) && hb.healthy(a.name)).toBe(true);
     // What they sent: acknowledgements that say they read states.
     expect(fromA.length).toBeGreaterThan(0);
-    expect(fromA.every((m) => typeof m.ack === 'number' && m.every === 10_000)).toBe(true);
+    expect(fromA.every((m) => typeof m.ack === 'number' && (m.states === true || m.every === 10_000))).toBe(true);
   });
 
   it('reminders keep the path healthy past the window a single acknowledgement gives', async () => {
@@ -135,7 +142,8 @@ describe('fastdp heartbeat acknowledgements', () => {
   it('with a router of the earlier version: acknowledges every heartbeat it counts, and reads its acknowledgements per second', async () => {
     const [a, old] = await pair();
     const fromA = sent(a);
-    const ha = health(a, () => true);
+    let oldToA = true;
+    const ha = health(a, () => oldToA);
     // The earlier router: acknowledges each poll without `every`, and throws on anything but `{ ack }`.
     let acking = true;
     const got: unknown[] = [];
@@ -157,7 +165,14 @@ describe('fastdp heartbeat acknowledgements', () => {
       await sleep(20 * INTERVAL);
       // Its heartbeats keep being acknowledged, as it expects (about one per poll).
       expect(got.length - before).toBeGreaterThanOrEqual(5);
-      expect(fromA.every((m) => typeof m.ack === 'number' && m.missing === undefined)).toBe(true);
+      // Its heartbeats stop arriving: an earlier router is never told "missing" (it would refuse it).
+      oldToA = false;
+      await sleep(30 * INTERVAL);
+      expect(fromA.length).toBeGreaterThan(0);
+      expect(fromA.every((m) => typeof m.ack === 'number' && m.missing === undefined && m.every === undefined)).toBe(
+        true,
+      );
+      expect(old.stats.gossipErrors).toBe(0);
       acking = false;
       // Its silence counts within the short window (3 polls), not the reminders' one.
       await eventually('unhealthy', async () => !ha.healthy(old.name), 3000, 10);
@@ -165,6 +180,49 @@ describe('fastdp heartbeat acknowledgements', () => {
     } finally {
       clearInterval(timer);
     }
+  });
+
+  it('one direction blocked from the start: the other still drops within the short window when it breaks', async () => {
+    const [a, b] = await pair();
+    let aToB = false; // A's heartbeats never reach B: B never acknowledges them
+    let bToA = true;
+    const ha = health(a, () => bToA); // A counts what B sends
+    const hb = health(b, () => aToB);
+    ha.start();
+    hb.start();
+    await eventually('B healthy towards A', async () => hb.healthy(a.name), 2000, 10);
+    await sleep(10 * INTERVAL);
+    expect(ha.healthy(b.name)).toBe(false);
+    // A acknowledges every poll (it has never heard that B reads states): B keeps the short window.
+    expect(hb.paths.get(a.name)!.every).toBe(0);
+    bToA = false;
+    await eventually('B unhealthy', async () => !hb.healthy(a.name), 3000, 10);
+    aToB = true;
+  });
+
+  it('a peer whose count the counter no longer returns (its rule or flow gone) is reported missing', async () => {
+    const [a, b] = await pair();
+    let counting = true;
+    const ha = health(a, () => true);
+    const port = sink.address().port;
+    const inner = counterFor(() => true);
+    const hb = new FastdpHealth(
+      b,
+      port,
+      () => 1450,
+      () => '127.0.0.1',
+      {
+        intervalMs: INTERVAL,
+        counter: async (peers) => (counting ? inner(peers) : new Map()),
+      },
+    );
+    healths.push(hb);
+    ha.start();
+    hb.start();
+    await eventually('states told', async () => ha.paths.get(b.name)?.every === 10_000 && ha.healthy(b.name), 3000, 10);
+    counting = false;
+    await eventually('A unhealthy', async () => !ha.healthy(b.name), 3000, 10);
+    expect(ha.reason(b.name)).toMatch(/not arriving at the peer/);
   });
 
   it('refuses malformed acknowledgements without changing what it knows', async () => {
@@ -177,6 +235,7 @@ describe('fastdp heartbeat acknowledgements', () => {
       { ack: 'x' },
       { missing: 'yes' },
       { ack: 1, every: 10 ** 9 },
+      { ack: 1, every: 60_000 },
       { ack: 1, every: 0.5 },
       { ack: 1, every: -1000 },
       [],
@@ -186,7 +245,7 @@ describe('fastdp heartbeat acknowledgements', () => {
     await sleep(5 * INTERVAL);
     expect(ha.healthy(b.name)).toBe(false);
     expect(ha.paths.get(b.name)!.every).toBe(0);
-    expect(a.stats.gossipErrors).toBe(7);
+    expect(a.stats.gossipErrors).toBe(8);
     // A well-formed one still counts.
     raw.unicast(a.name, pack({ ack: 1, every: 1000 }));
     await eventually('healthy', async () => ha.healthy(b.name), 2000, 10);
