@@ -48,10 +48,15 @@ export async function rtt(ns: string, ip: string): Promise<number> {
   return times[Math.floor(times.length / 2)] * 1000;
 }
 
+/** User + system CPU seconds in a /proc stat line (of a process or of one of its threads). */
+function statCpuSeconds(stat: string): number {
+  const f = stat.split(') ')[1].split(' ');
+  return (Number(f[11]) + Number(f[12])) / 100; // utime, stime in clock ticks (100/s)
+}
+
 /** CPU seconds (user + system) a process has used so far. */
 export function cpuSeconds(pid: number): number {
-  const f = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ');
-  return (Number(f[11]) + Number(f[12])) / 100; // utime, stime in clock ticks (100/s)
+  return statCpuSeconds(readFileSync(`/proc/${pid}/stat`, 'utf8'));
 }
 
 /**
@@ -67,8 +72,7 @@ export function threadCpuSeconds(pid: number): { main: number; others: number } 
     } catch {
       continue; // the thread ended meanwhile
     }
-    const f = stat.split(') ')[1].split(' ');
-    const secs = (Number(f[11]) + Number(f[12])) / 100;
+    const secs = statCpuSeconds(stat);
     if (Number(tid) === pid) main += secs;
     else others += secs;
   }

@@ -10,11 +10,12 @@
 //   npm run build && node dist/bench/soak.js [--seconds 300] [--ops 2] [--slots 4]
 //   (CI runs it when WEFT_SOAK_SECONDS is set: .ci/run)
 import { spawn, type ChildProcess } from 'node:child_process';
-import { Cluster, eventually, type Host } from '../test/harness/cluster.js';
+import { Cluster, FAST_THREE_HOSTS, eventually, type Host } from '../test/harness/cluster.js';
 import { seededRandom } from '../test/harness/random.js';
 import { numberArg } from './args.js';
 import { rssMiB } from './measure.js';
 import { run } from '../test/harness/exec.js';
+import { metric } from '../test/harness/prometheus.js';
 
 const SECONDS = numberArg('seconds', Number(process.env.WEFT_SOAK_SECONDS ?? 300));
 const OPS_PER_SECOND = numberArg('ops', 2);
@@ -36,15 +37,9 @@ Promise.all([loop(), loop(), loop(), loop()]).then(() => process.stdout.write(JS
 
 const METRICS_ADDR = '127.0.0.1:9102'; // in each host's namespace
 
-/** A router's own metrics without labels (its heap; its longest event-loop stall since the last scrape). */
-async function scrape(h: Host): Promise<Map<string, number>> {
-  const r = await h.exec('curl', ['-s', '--max-time', '5', `http://${METRICS_ADDR}/metrics`]);
-  const m = new Map<string, number>();
-  for (const line of r.stdout.split('\n')) {
-    const [k, v] = line.split(' ');
-    if (k && !k.startsWith('#') && v !== undefined) m.set(k, Number(v));
-  }
-  return m;
+/** A router's metrics, as Prometheus text ('' when it does not answer). */
+async function scrape(h: Host): Promise<string> {
+  return (await h.exec('curl', ['-s', '--max-time', '5', `http://${METRICS_ADDR}/metrics`])).stdout;
 }
 
 /** UDP datagrams a namespace dropped for a full receive buffer, and its UDP input errors. */
@@ -71,16 +66,7 @@ function slope(points: [number, number][]): number {
 
 async function main(): Promise<void> {
   const cluster = await Cluster.create(3, {
-    routerArgs: [
-      '--heartbeat-interval',
-      '500ms',
-      '--gossip-interval',
-      '1s',
-      '--ipalloc-init',
-      'consensus=3',
-      '--metrics-addr',
-      METRICS_ADDR,
-    ],
+    routerArgs: [...FAST_THREE_HOSTS, '--metrics-addr', METRICS_ADDR],
   });
   const resolvers: ChildProcess[] = [];
   try {
@@ -136,11 +122,11 @@ async function main(): Promise<void> {
       scraping = true;
       void Promise.all(
         hosts.map(async (h, i) => {
-          const m = await scrape(h);
+          const text = await scrape(h);
           const t = (Date.now() - t0) / 3_600_000;
-          const used = m.get('weft_nodejs_heap_size_used_bytes');
-          if (used !== undefined) heap[i].push([t, used / 2 ** 20]);
-          const lag = m.get('weft_nodejs_eventloop_lag_max_seconds') ?? 0;
+          const used = metric(text, 'weft_nodejs_heap_size_used_bytes');
+          if (used !== null) heap[i].push([t, used / 2 ** 20]);
+          const lag = metric(text, 'weft_nodejs_eventloop_lag_max_seconds') ?? 0;
           maxLag[i] = Math.max(maxLag[i], lag);
           if (lag > 0.25 && stalls[i].length < 20)
             stalls[i].push(`${(t * 3600).toFixed(0)} s: ${(lag * 1000).toFixed(0)} ms`);

@@ -180,13 +180,14 @@ export class FastdpHealth implements Gossiper {
     const addr = this.addrOf(peer);
     if (!addr) return 'no underlay address yet';
     const overhead = addr.includes(':') ? 70 : 50; // VXLAN over IPv6 or IPv4
-    if (p?.missingAt) {
-      return `VXLAN heartbeats not arriving at the peer (it said so ${Math.round((Date.now() - p.missingAt) / 1000)}s ago; is UDP ${this.vxlanPort} blocked, or the path MTU below ${this.mtu() + overhead}?)`;
-    }
+    const why = `is UDP ${this.vxlanPort} blocked, or the path MTU below ${this.mtu() + overhead}?`;
+    const secondsSince = (t: number) => Math.round((Date.now() - t) / 1000);
+    if (p?.missingAt)
+      return `VXLAN heartbeats not arriving at the peer (it said so ${secondsSince(p.missingAt)}s ago; ${why})`;
     if (!p || p.ackAt === 0) {
-      return `no VXLAN heartbeat acknowledged yet${p ? ` (sending for ${Math.round((Date.now() - p.since) / 1000)}s; is UDP ${this.vxlanPort} blocked, or the path MTU below ${this.mtu() + overhead}?)` : ''}`;
+      return `no VXLAN heartbeat acknowledged yet${p ? ` (sending for ${secondsSince(p.since)}s; ${why})` : ''}`;
     }
-    return `VXLAN heartbeats unacknowledged for ${Math.round((Date.now() - p.ackAt) / 1000)}s (is UDP ${this.vxlanPort} blocked, or the path MTU below ${this.mtu() + overhead}?)`;
+    return `VXLAN heartbeats unacknowledged for ${secondsSince(p.ackAt)}s (${why})`;
   }
 
   private beatOnce(): Promise<void> {

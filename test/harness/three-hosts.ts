@@ -2,9 +2,7 @@
 // that need one (security groups, services): removed after each test, with the
 // processes the test registered in `stoppers` killed first.
 import { afterEach } from 'vitest';
-import { Cluster, type Host } from './cluster.js';
-
-const FAST = ['--heartbeat-interval', '500ms', '--gossip-interval', '1s', '--ipalloc-init', 'consensus=3'];
+import { Cluster, FAST_THREE_HOSTS, type Host } from './cluster.js';
 
 export function threeHostsPerTest(): {
   /** Creates and launches the three hosts (extra router arguments for all). */
@@ -22,7 +20,7 @@ export function threeHostsPerTest(): {
   });
   return {
     async launch(extra = []) {
-      cluster = await Cluster.create(3, { routerArgs: [...FAST, ...extra] });
+      cluster = await Cluster.create(3, { routerArgs: [...FAST_THREE_HOSTS, ...extra] });
       return cluster.launchAll();
     },
     attached(h, label, ...groups) {

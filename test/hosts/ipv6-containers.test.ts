@@ -6,7 +6,7 @@
 // container cannot speak IPv6 as another (forged sources, Neighbour
 // Advertisements, router advertisements are dropped at its port).
 import { afterAll, beforeAll, expect, it } from 'vitest';
-import { Cluster, eventually } from '../harness/cluster.js';
+import { Cluster, FAST_THREE_HOSTS, eventually } from '../harness/cluster.js';
 import { describeAsRoot } from '../harness/root.js';
 import { run } from '../harness/exec.js';
 import { sendUdp, tcpConnect, udpRecorder } from '../harness/attacker.js';
@@ -44,15 +44,7 @@ const ping6 = (from: string, to: string) =>
 describeAsRoot('dual-stack containers (--ipv6)', () => {
   beforeAll(async () => {
     cluster = await Cluster.create(3, {
-      routerArgs: [
-        '--heartbeat-interval',
-        '500ms',
-        '--gossip-interval',
-        '1s',
-        '--ipalloc-init',
-        'consensus=3',
-        '--ipv6',
-      ],
+      routerArgs: [...FAST_THREE_HOSTS, '--ipv6'],
     });
     // Host 3 runs the sleeve only: its traffic with the others goes through userspace.
     cluster.hosts[2].routerArgs.push('--no-fastdp');

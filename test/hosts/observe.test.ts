@@ -5,9 +5,10 @@ import { join } from 'node:path';
 import { chromium } from 'playwright-core';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import type { Report } from '../../router/contract.js';
-import { Cluster, eventually, type Host } from '../harness/cluster.js';
+import { Cluster, FAST_THREE_HOSTS, eventually, type Host } from '../harness/cluster.js';
 import { describeAsRoot } from '../harness/root.js';
 import { run } from '../harness/exec.js';
+import { metric } from '../harness/prometheus.js';
 
 const CHROMIUM = '/usr/bin/chromium';
 let cluster: Cluster;
@@ -23,31 +24,11 @@ async function fetchIn(h: Host, url: string): Promise<string> {
   return r.stdout;
 }
 
-/** The value of one sample in Prometheus text format, e.g. metric('weft_peers'). */
-function metric(text: string, name: string, labels: Record<string, string> = {}): number | null {
-  const want = Object.entries(labels).map(([k, v]) => `${k}="${v}"`);
-  for (const line of text.split('\n')) {
-    const m = /^([a-z_0-9]+)(?:\{(.*)\})? (\S+)$/.exec(line);
-    if (!m || m[1] !== name) continue;
-    const have = (m[2] ?? '').split(',').filter(Boolean);
-    if (want.every((w) => have.includes(w)) && have.length === want.length) return Number(m[3]);
-  }
-  return null;
-}
-
 describeAsRoot('metrics and the topology page', () => {
   beforeAll(async () => {
     cluster = await Cluster.create(3, {
       // Dual-stack: both families show in the metrics and on the page.
-      routerArgs: [
-        '--heartbeat-interval',
-        '500ms',
-        '--gossip-interval',
-        '1s',
-        '--ipalloc-init',
-        'consensus=3',
-        '--ipv6',
-      ],
+      routerArgs: [...FAST_THREE_HOSTS, '--ipv6'],
     });
     const [a, b, c] = cluster.hosts;
     await a.launch();
