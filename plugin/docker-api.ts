@@ -57,6 +57,8 @@ export function dockerSocketPath(api: string): string | null {
 
 export class DockerApi {
   private readonly target: { socketPath: string } | { host: string; port: number };
+  /** Watches waiting to reopen their stream, told when the engine answers any call. */
+  private readonly answeredHooks = new Set<() => void>();
 
   constructor(readonly address: string) {
     const sock = dockerSocketPath(address);
@@ -97,7 +99,10 @@ export class DockerApi {
       const headers: Record<string, string> = { ...opts.headers };
       const payload = body === undefined ? undefined : JSON.stringify(body);
       if (payload !== undefined) headers['content-type'] = 'application/json';
-      const req = http.request({ ...this.target, method, path, headers, timeout: opts.timeoutMs ?? 30_000 }, resolve);
+      const req = http.request({ ...this.target, method, path, headers, timeout: opts.timeoutMs ?? 30_000 }, (res) => {
+        for (const hook of this.answeredHooks) hook();
+        resolve(res);
+      });
       req.on('timeout', () =>
         req.destroy(new Error(`the Docker engine at ${this.address} did not answer ${method} ${path} in time`)),
       );
@@ -200,17 +205,23 @@ export class DockerApi {
   }
 
   /**
-   * Follows the engine's container events until stop() is called. A dropped stream is reopened
-   * (after `retryMs`) from where it broke, and onState says when the engine comes and goes.
+   * Follows the engine's container events until stop() is called. A dropped or refused stream is
+   * reopened from where it broke, after `retryMs`, doubling while the engine stays away up to
+   * `maxRetryMs` (a host without Docker pays one attempt per 10 s, not one per 2 s; Docker waits 30 s
+   * for a plugin's socket at its own start, so the plugin is served in time). Any call the engine
+   * answers meanwhile (`weft attach` of a container, say) reopens the stream at once. onState says
+   * when the engine comes and goes, and when the next attempt is.
    */
   watch(
     onEvent: (e: DockerEvent) => void,
     onState: (up: boolean, why: string) => void,
     retryMs = 2000,
+    maxRetryMs = 10_000,
   ): { stop: () => void } {
     let stopped = false;
     let current: http.ClientRequest | null = null;
     let since = Math.floor(Date.now() / 1000);
+    let delay = retryMs;
     const open = () => {
       if (stopped) return;
       const filters = encodeURIComponent(JSON.stringify({ type: ['container'] }));
@@ -219,9 +230,10 @@ export class DockerApi {
         (res) => {
           if ((res.statusCode ?? 500) >= 300) {
             res.resume();
-            onState(false, `the engine refused the events stream (${res.statusCode})`);
+            retry(`the engine refused the events stream (${res.statusCode})`);
             return;
           }
+          delay = retryMs;
           onState(true, 'watching events');
           let buf = '';
           res.setEncoding('utf8');
@@ -258,22 +270,38 @@ export class DockerApi {
     let pending: NodeJS.Timeout | null = null;
     const retry = (why: string) => {
       if (stopped || pending) return;
-      onState(false, why);
+      const wait = delay;
+      delay = Math.min(delay * 2, maxRetryMs);
+      onState(false, `${why}; trying again in ${formatWait(wait)}`);
       pending = setTimeout(() => {
         pending = null;
         open();
-      }, retryMs);
+      }, wait);
       pending.unref();
     };
+    // The engine answered another call: it is back, so waiting out the delay would only be late.
+    const answered = () => {
+      if (stopped || !pending) return;
+      clearTimeout(pending);
+      pending = null;
+      delay = retryMs;
+      open();
+    };
+    this.answeredHooks.add(answered);
     open();
     return {
       stop: () => {
         stopped = true;
+        this.answeredHooks.delete(answered);
         if (pending) clearTimeout(pending);
         current?.destroy();
       },
     };
   }
+}
+
+function formatWait(ms: number): string {
+  return ms >= 1000 ? `${Math.round(ms / 1000)} s` : `${ms} ms`;
 }
 
 function readAll(res: http.IncomingMessage, encoding: BufferEncoding = 'utf8'): Promise<string> {
