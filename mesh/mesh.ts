@@ -137,6 +137,8 @@ export class Mesh extends EventEmitter<MeshEvents> implements MeshView {
     bytesReceived: 0,
     gossipErrors: 0,
     protocolErrors: 0,
+    /** Unicasts and broadcasts refused for a source that could not have sent them this way. */
+    forgedSources: 0,
   };
   /** Messages and bytes per channel (channels we do not serve count as "(other)"; control messages as "(control)"). */
   readonly channelStats = new Map<
@@ -438,11 +440,13 @@ export class Mesh extends EventEmitter<MeshEvents> implements MeshView {
       case Tag.Gossip:
         return this.receiveGossip(conn, m.channel, m.payload);
       case Tag.Unicast:
+        if (!this.plausibleSource(conn, m.src, m.channel)) return;
         if (m.dst === this.name) this.deliverUnicast(m.channel, m.src, m.payload);
         else if (!this.forwardUnicast(m))
           this.log.debug({ dst: m.dst, channel: m.channel }, 'no route for unicast; dropped');
         return;
       case Tag.Broadcast: {
+        if (!this.plausibleSource(conn, m.src, m.channel)) return;
         const ch = this.channels.get(m.channel);
         if (ch?.gossiper.onBroadcast && m.src !== this.name)
           this.guard(m.channel, () => ch.gossiper.onBroadcast!(m.src, m.payload));
@@ -473,6 +477,24 @@ export class Mesh extends EventEmitter<MeshEvents> implements MeshView {
     }
     const delta = this.guard(channel, () => ch.gossiper.onGossip(payload, conn.name));
     if (delta) this.gossipUpdate(channel, delta, conn.name);
+  }
+
+  /**
+   * Whether a unicast or broadcast from `src` could have come over `conn`. A message names its source,
+   * and any peer that passed the handshake could name another; this refuses what can be checked
+   * without signatures: our own name, and a directly connected peer's name on another connection
+   * (its routes to us, and its broadcast trees, take the direct connection, since every peer
+   * computes shortest paths). A source further away is taken on the relaying peer's word.
+   */
+  private plausibleSource(conn: MeshConnection, src: PeerName, channel: string): boolean {
+    if (src === conn.name) return true;
+    if (src !== this.name && !this.connections.get(src)?.established) return true;
+    this.stats.forgedSources++;
+    this.log.debug(
+      { src, via: conn.name, channel },
+      'message naming a source that could not have sent it this way; dropped',
+    );
+    return false;
   }
 
   private deliverUnicast(channel: string, src: PeerName, payload: Uint8Array): void {

@@ -80,6 +80,8 @@ export interface Report {
     bytesReceived: number;
     gossipErrors: number;
     protocolErrors: number;
+    /** Unicasts and broadcasts refused for naming a source that could not have sent them that way (absent before). */
+    forgedSources?: number;
   };
   ipam: IpamStatus;
   /** The IPv6 allocator (absent from routers before it). */

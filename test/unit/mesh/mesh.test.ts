@@ -8,6 +8,7 @@ import {
   PeerRecords,
   type EntryCodec,
 } from '../../../mesh/index.js';
+import { Tag, encodeMessage } from '../../../mesh/messages.js';
 import { eventually, sleep } from '../../harness/cluster.js';
 import { testMesh } from '../../harness/memory-mesh.js';
 
@@ -73,6 +74,69 @@ describe('mesh over in-memory links', () => {
     for (const i of [0, 1, 3]) expect(got[i]).toEqual([`b:${ms[2].name}:all`]);
     expect(got[2]).toEqual([]);
     expect(handles[0].unicast('02:ff:ff:ff:ff:ff', Buffer.from('x'))).toBe(false);
+  });
+
+  it('refuses a unicast or broadcast naming a directly connected peer, or the receiver, as its source when another peer sends it', async () => {
+    // a, b, c in a triangle; d hangs off a. b has passed the handshake (it has the password) and
+    // writes messages of its own making on its connection to a.
+    const [a, b, c, d] = make(4);
+    connectInMemory(a, b);
+    connectInMemory(b, c);
+    connectInMemory(c, a);
+    connectInMemory(d, a);
+    const got = new Map<Mesh, string[]>([a, b, c, d].map((m) => [m, []]));
+    const handles = [a, b, c, d].map((m) =>
+      m.registerChannel('test', {
+        gossip: () => null,
+        onGossip: () => null,
+        onUnicast: (src, p) => got.get(m)!.push(`u:${src}:${Buffer.from(p).toString()}`),
+        onBroadcast: (src, p) => got.get(m)!.push(`b:${src}:${Buffer.from(p).toString()}`),
+      }),
+    );
+    await eventually('the four to converge', async () => converged([a, b, c, d]), 5000, 10);
+    const forge = (src: string, dst: string | null, text: string) =>
+      b.connections
+        .get(a.name)!
+        .link.send(
+          encodeMessage(
+            dst
+              ? { tag: Tag.Unicast, channel: 'test', src, dst, payload: Buffer.from(text) }
+              : { tag: Tag.Broadcast, channel: 'test', src, payload: Buffer.from(text) },
+          ),
+        );
+    forge(c.name, a.name, 'as c to a');
+    forge(c.name, d.name, 'as c to d, through a');
+    forge(c.name, null, 'broadcast as c');
+    forge(a.name, a.name, 'as a itself');
+    // b may speak as itself; d is a's neighbour too, so b cannot speak as d. c's and d's own words arrive.
+    forge(b.name, a.name, 'as b');
+    forge(d.name, a.name, 'as d');
+    handles[2].unicast(a.name, Buffer.from('c itself'));
+    handles[3].unicast(c.name, Buffer.from('d to c, through a'));
+    await eventually('the genuine messages', async () => got.get(a)!.length >= 2 && got.get(c)!.length >= 1, 2000, 10);
+    await sleep(50);
+    expect(got.get(a)!.sort()).toEqual([`u:${b.name}:as b`, `u:${c.name}:c itself`].sort());
+    expect(got.get(c)).toEqual([`u:${d.name}:d to c, through a`]);
+    expect(got.get(d)).toEqual([]);
+    expect(a.stats.forgedSources).toBe(5);
+    // A source further away is taken on the relaying peer's word: in a line p-q-r, q relays r's messages.
+    const [p, q, r] = make(3);
+    connectInMemory(p, q);
+    connectInMemory(q, r);
+    const heard: string[] = [];
+    p.registerChannel('test', {
+      gossip: () => null,
+      onGossip: () => null,
+      onUnicast: (src) => heard.push(src),
+      onBroadcast: (src) => heard.push(src),
+    });
+    const hr = r.registerChannel('test', { gossip: () => null, onGossip: () => null });
+    await eventually('the line to converge', async () => converged([p, q, r]), 5000, 10);
+    hr.unicast(p.name, Buffer.from('x'));
+    hr.broadcast(Buffer.from('y'));
+    await eventually('relayed', async () => heard.length === 2, 2000, 10);
+    expect(heard).toEqual([r.name, r.name]);
+    expect(p.stats.forgedSources).toBe(0);
   });
 
   it('runs the example counter to the same value everywhere', async () => {
