@@ -4,7 +4,8 @@
 //   frames:   a message: source peer, destination peer, hops left, then Ethernet frames
 //             (each with its 10-byte virtio header), so relays need no MAC knowledge;
 //   fragment: part of a message too big for the path (id, index, count, bytes);
-//   probe:    path MTU probe of a given size, acknowledged over the mesh.
+//   probe:    path MTU probe: its size (4 bytes), 1 at the sender's size in use (1 byte), zeros
+//             to the size; acknowledged over the mesh (path-mtu.ts).
 // A sealed message is a 64-bit counter, then ChaCha20-Poly1305 ciphertext and
 // tag under the hop's sleeve key; a sliding window refuses replays. On an
 // encrypted hop each fragment is sealed on its own (its id, index and count
@@ -18,6 +19,8 @@ export const KIND_PROBE = 3;
 export const SEALED = 0x80;
 export const HEADER = 8;
 export const FRAGMENT_HEADER = HEADER + 8;
+/** Where a probe says whether it is at the sender's size in use (earlier routers leave it 0). */
+export const PROBE_IN_USE = HEADER + 4;
 export const MESSAGE_HEADER = 13;
 /** Where in a message its hop limit is (after source and destination). */
 export const HOPS_OFFSET = 12;

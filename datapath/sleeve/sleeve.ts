@@ -37,6 +37,7 @@ import {
   type FastRoute,
 } from '../../native/index.js';
 import { isIpv4, parseIp } from '../../net/addr.js';
+import { PROBE_INTERVAL_MS, PathMtu, parseProbeAck } from './path-mtu.js';
 import {
   FRAGMENT_HEADER,
   FragmentAssembler,
@@ -51,7 +52,7 @@ import {
   MAX_MESSAGE,
   MAX_UDP_PAYLOAD,
   MESSAGE_HEADER,
-  PMTU_FLOOR,
+  PROBE_IN_USE,
   PacketOpener,
   PacketSealer,
   SEALED,
@@ -71,15 +72,6 @@ import {
 
 const SLEEVE_TAP = 'weft-sleeve';
 const CHANNEL = 'sleeve';
-const PROBE_INTERVAL_MS = 1000;
-/** A hop is healthy while its probes were acknowledged this recently. */
-const HEALTHY_MS = 3 * PROBE_INTERVAL_MS + 500;
-/**
- * A probe counts as lost when no acknowledgement came this long after it was first sent. Longer
- * than one round: acknowledgements travel over the mesh's TCP connection, which a busy host can
- * hold up for a second, and a late acknowledgement must not send the search back to the floor.
- */
-const PROBE_LOST_MS = 2500;
 /** Remote MACs learnt from sleeve traffic, at most (the oldest go first). */
 const MAX_LEARNED = 16_384;
 /** `WEFT_SLEEVE_GSO=off` sends big messages as IP-fragmented datagrams instead of segment trains (for comparison). */
@@ -102,13 +94,8 @@ interface Hop {
   opener: Opener | null;
   /** With the fast path, the addon's cipher that is both sealer and opener (one counter, one replay window). */
   cipher: HopCipher | null;
-  /** Largest probe size (IP packet) the peer acknowledged: the path MTU we use (never below the floor). */
-  pmtu: number;
-  /** Smallest probe size that went unacknowledged: the search for the path MTU stays below it. */
-  failedAt: number;
-  /** Probe sizes not yet acknowledged, with when each was first sent. */
-  pending: Map<number, number>;
-  probeAckAt: number;
+  /** The path MTU search and path check, both ways. */
+  path: PathMtu;
   /** The source MAC of the last frame learnt from (a stream repeats it; the lookups are skipped while nothing was forgotten). */
   lastSourceMac: number;
   lastSourceForgets: number;
@@ -372,10 +359,7 @@ export class Sleeve implements Gossiper, Backend {
         sealer: cipher ?? (encrypted ? new PacketSealer(keys!.send) : null),
         opener: cipher ?? (encrypted ? new PacketOpener(keys!.receive) : null),
         cipher,
-        pmtu: old?.pmtu ?? PMTU_FLOOR,
-        failedAt: old?.failedAt ?? this.config.underlayMtu + 1,
-        pending: new Map(),
-        probeAckAt: old?.probeAckAt ?? 0,
+        path: old ? old.path.moved() : this.newPath(c.name),
         lastSourceMac: -1,
         lastSourceForgets: 0,
         // Fragments under way to the hop as it was are not joined to the new one's.
@@ -410,14 +394,13 @@ export class Sleeve implements Gossiper, Backend {
   hopStatus(peer: PeerName): SleeveHopStatus | null {
     const h = this.hops.get(peer);
     if (!h) return null;
-    const healthy = Date.now() - h.probeAckAt < HEALTHY_MS;
+    const now = Date.now();
+    const healthy = h.path.healthy(now);
     return {
-      pmtu: h.pmtu,
+      pmtu: h.path.pmtu,
       healthy,
       encrypted: !!h.sealer,
-      reason: healthy
-        ? null
-        : `no UDP probe to ${formatHostPort(h.host, h.port)} acknowledged ${h.probeAckAt ? `for ${Math.round((Date.now() - h.probeAckAt) / 1000)}s` : 'yet'}`,
+      reason: healthy ? null : h.path.reason(now, formatHostPort(h.host, h.port)),
     };
   }
 
@@ -428,8 +411,9 @@ export class Sleeve implements Gossiper, Backend {
    * the path is smaller than our link, IP fragments would not pass it: we cut to the path MTU.
    */
   private maxDatagram(hop: Hop): number {
-    if (this.gso) return hop.pmtu - hop.ipUdp;
-    return hop.pmtu >= this.config.underlayMtu ? MAX_UDP_PAYLOAD : hop.pmtu - hop.ipUdp;
+    const pmtu = hop.path.pmtu;
+    if (this.gso) return pmtu - hop.ipUdp;
+    return pmtu >= this.config.underlayMtu ? MAX_UDP_PAYLOAD : pmtu - hop.ipUdp;
   }
 
   // ---- frames from local containers (the TAP)
@@ -646,8 +630,8 @@ export class Sleeve implements Gossiper, Backend {
     }
     if ((kind & ~SEALED) === KIND_PROBE) {
       // The size it was sent at, as it arrived: a probe that lost bytes on the way does not count.
-      if (length >= HEADER + 4 && buf.readUInt32BE(start + HEADER) === length + hop.ipUdp)
-        this.channel.unicast(hop.name, pack({ probe: length + hop.ipUdp }));
+      if (length > PROBE_IN_USE && buf.readUInt32BE(start + HEADER) === length + hop.ipUdp)
+        hop.path.onProbe(length + hop.ipUdp, buf[start + PROBE_IN_USE] === 1, Date.now());
       return;
     }
     // An encrypted hop accepts only sealed packets, and the other way round.
@@ -744,42 +728,33 @@ export class Sleeve implements Gossiper, Backend {
 
   // ---- path MTU probes
 
-  /**
-   * Path MTU discovery, a binary search over rounds: each second every hop gets DF-marked probes
-   * at the underlay MTU (has the path grown?), at the known size (is it still alive?) and halfway
-   * between the known size and the smallest that failed. A probe unacknowledged after
-   * PROBE_LOST_MS failed; a known size that fails sends the search back to the floor.
-   */
+  /** Once a second: each hop's probes (path-mtu.ts says which), and what we owe its peer. */
   private probe(): void {
     const p = this.probes;
     if (!p) return;
     for (const hop of this.hops.values()) hop.assembler.reassembler.expire();
-    const top = this.config.underlayMtu;
+    let changed = false;
     for (const hop of this.hops.values()) {
       const now = Date.now();
-      for (const [size, sentAt] of hop.pending) {
-        if (now - sentAt < PROBE_LOST_MS) continue;
-        hop.pending.delete(size);
-        if (size <= hop.pmtu) {
-          hop.pmtu = PMTU_FLOOR;
-          this.refreshFastPath();
-          hop.failedAt = Math.max(size, PMTU_FLOOR + 1);
-        } else hop.failedAt = Math.min(hop.failedAt, size);
-      }
-      const sizes = new Set<number>([top, hop.pmtu]);
-      if (hop.failedAt - hop.pmtu > 8) sizes.add(Math.floor((hop.pmtu + hop.failedAt) / 2));
-      for (const size of sizes) {
+      const round = hop.path.round(now);
+      changed ||= round.changed;
+      for (const { size, inUse } of round.probes) {
         const s = p.nextSlot();
         const len = size - hop.ipUdp;
         writeHeader(s, KIND_PROBE, false, this.self);
         s.writeUInt32BE(size, HEADER);
         s.fill(0, HEADER + 4, len);
+        s[PROBE_IN_USE] = inUse ? 1 : 0;
         p.commit(len, hop.addr, hop.port);
-        // A size sent again while unanswered keeps its first time: any copy's acknowledgement counts.
-        if (!hop.pending.has(size)) hop.pending.set(size, now);
       }
+      hop.path.poll(now);
     }
     p.flush();
+    if (changed) this.refreshFastPath();
+  }
+
+  private newPath(peer: PeerName): PathMtu {
+    return new PathMtu(this.config.underlayMtu, (ack) => this.channel.unicast(peer, pack(ack)));
   }
 
   // The channel carries only probe acknowledgements.
@@ -792,18 +767,9 @@ export class Sleeve implements Gossiper, Backend {
   }
 
   onUnicast(src: PeerName, payload: Uint8Array): void {
-    const v = unpack(payload) as { probe?: unknown };
-    if (typeof v !== 'object' || v === null || typeof v.probe !== 'number')
-      throw new Error('sleeve probe acknowledgement is malformed');
+    const ack = parseProbeAck(unpack(payload));
     const hop = this.hops.get(src);
-    if (!hop || !hop.pending.has(v.probe)) return;
-    // A size that got through vouches for every smaller one still waiting.
-    for (const size of hop.pending.keys()) if (size <= v.probe) hop.pending.delete(size);
-    if (v.probe > hop.pmtu) this.refreshFastPath();
-    hop.pmtu = Math.max(hop.pmtu, v.probe);
-    // The path grew past an old failure: search above again.
-    if (hop.failedAt <= hop.pmtu) hop.failedAt = this.config.underlayMtu + 1;
-    hop.probeAckAt = Date.now();
+    if (hop?.path.onAck(ack, Date.now())) this.refreshFastPath();
   }
 
   /** Counters of both paths: frames, bytes and refusals add the fast path's (also shown apart, as `fast`). */
