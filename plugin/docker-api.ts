@@ -208,9 +208,10 @@ export class DockerApi {
    * Follows the engine's container events until stop() is called. A dropped or refused stream is
    * reopened from where it broke, after `retryMs`, doubling while the engine stays away up to
    * `maxRetryMs` (a host without Docker pays one attempt per 10 s, not one per 2 s; Docker waits 30 s
-   * for a plugin's socket at its own start, so the plugin is served in time). Any call the engine
-   * answers meanwhile (`weft attach` of a container, say) reopens the stream at once. onState says
-   * when the engine comes and goes, and when the next attempt is.
+   * for a plugin's socket at its own start, so the plugin is served in time). The delay starts over
+   * only after a stream stayed open `maxRetryMs` (one the engine closes at once is not reopened in a
+   * loop). While no engine answered at all, any call one answers (`weft attach` of a container, say)
+   * reopens the stream at once. onState says when the engine comes and goes, and when the next try is.
    */
   watch(
     onEvent: (e: DockerEvent) => void,
@@ -222,8 +223,13 @@ export class DockerApi {
     let current: http.ClientRequest | null = null;
     let since = Math.floor(Date.now() / 1000);
     let delay = retryMs;
+    /** When the stream last opened (0: it is not open). */
+    let openedAt = 0;
+    /** The last try found no engine at all (not a refusal, not a dropped stream). */
+    let absent = false;
     const open = () => {
       if (stopped) return;
+      absent = false;
       const filters = encodeURIComponent(JSON.stringify({ type: ['container'] }));
       const req = http.request(
         { ...this.target, method: 'GET', path: `/events?since=${since}&filters=${filters}` },
@@ -233,7 +239,7 @@ export class DockerApi {
             retry(`the engine refused the events stream (${res.statusCode})`);
             return;
           }
-          delay = retryMs;
+          openedAt = Date.now();
           onState(true, 'watching events');
           let buf = '';
           res.setEncoding('utf8');
@@ -258,18 +264,17 @@ export class DockerApi {
         },
       );
       current = req;
-      req.on('error', (err: NodeJS.ErrnoException) =>
-        retry(
-          err.code === 'ENOENT' || err.code === 'ECONNREFUSED'
-            ? `no Docker engine answers at ${this.address}`
-            : err.message,
-        ),
-      );
+      req.on('error', (err: NodeJS.ErrnoException) => {
+        absent = err.code === 'ENOENT' || err.code === 'ECONNREFUSED';
+        retry(absent ? `no Docker engine answers at ${this.address}` : err.message);
+      });
       req.end();
     };
     let pending: NodeJS.Timeout | null = null;
     const retry = (why: string) => {
       if (stopped || pending) return;
+      if (openedAt && Date.now() - openedAt >= maxRetryMs) delay = retryMs;
+      openedAt = 0;
       const wait = delay;
       delay = Math.min(delay * 2, maxRetryMs);
       onState(false, `${why}; trying again in ${formatWait(wait)}`);
@@ -279,9 +284,9 @@ export class DockerApi {
       }, wait);
       pending.unref();
     };
-    // The engine answered another call: it is back, so waiting out the delay would only be late.
+    // The engine answered another call: it is there now, so waiting out the delay would only be late.
     const answered = () => {
-      if (stopped || !pending) return;
+      if (stopped || !pending || !absent) return;
       clearTimeout(pending);
       pending = null;
       delay = retryMs;

@@ -47,7 +47,9 @@ export function parseProbeAck(v: unknown): ProbeAck {
   const bad = () => new Error('sleeve probe acknowledgement is malformed');
   if (typeof v !== 'object' || v === null || Array.isArray(v)) throw bad();
   const o = v as Record<string, unknown>;
-  const size = (x: unknown) => typeof x === 'number' && Number.isInteger(x) && x >= PMTU_FLOOR && x <= SIZE_MAX;
+  // Any size a datagram can have: routers of the earlier version acknowledge whatever arrived whole, even
+  // a short probe someone forged (an acknowledgement of a size we did not send moves nothing).
+  const size = (x: unknown) => typeof x === 'number' && Number.isInteger(x) && x >= 1 && x <= SIZE_MAX;
   const every = (x: unknown) => typeof x === 'number' && Number.isInteger(x) && x >= EVERY_MIN_MS && x <= EVERY_MAX_MS;
   if ('missing' in o) {
     if (!size(o.missing) || !every(o.every) || 'probe' in o) throw bad();
@@ -89,6 +91,7 @@ export class PathMtu {
   /** The last probe at the peer's size in use that arrived: its size and when. */
   private inUseSize = 0;
   private inUseAt = 0;
+  private polledAt = 0;
   /** What we last told the peer about its size in use. */
   private told: { size: number; at: number; missing: boolean } | null = null;
 
@@ -156,13 +159,15 @@ export class PathMtu {
     if ('missing' in ack) {
       this.peerEvery = ack.every;
       this.missingAt = now;
-      if (ack.missing <= this.pmtu) return this.lost(ack.missing, now);
-      this.failed(ack.missing, now);
-      return false;
+      // It names the size in use it saw last; ours may have grown since, and it is ours that fails. One
+      // naming a size above ours is about a size we left already.
+      return ack.missing <= this.pmtu ? this.lost(this.pmtu, now) : false;
     }
     this.peerEvery = ack.every ?? 0;
     // Only what we are waiting for, or the size in use (a reminder): an old acknowledgement moves nothing.
     if (!this.pending.has(ack.probe) && ack.probe !== this.pmtu) return false;
+    // The first word after an outage: what failed during it (down to the floor) says nothing about sizes.
+    if (!this.healthy(now)) this.failedAt = this.top + 1;
     // A size that got through vouches for every smaller one still waiting.
     for (const size of this.pending.keys()) if (size <= ack.probe) this.pending.delete(size);
     const was = this.pmtu;
@@ -192,6 +197,12 @@ export class PathMtu {
 
   /** A probe of `size` from the peer arrived whole; `inUse`: the peer marked it as its size in use. */
   onProbe(size: number, inUse: boolean, now: number): void {
+    // Only sizes a search sends: an acknowledgement of anything else would be refused by the peer.
+    if (size < PMTU_FLOOR || size > SIZE_MAX) return;
+    if (inUse) {
+      this.inUseSize = size;
+      this.inUseAt = now;
+    }
     if (!this.readsStates) {
       this.send({ probe: size, states: true });
       return;
@@ -200,8 +211,6 @@ export class PathMtu {
       this.send({ probe: size, every: this.every });
       return;
     }
-    this.inUseSize = size;
-    this.inUseAt = now;
     const t = this.told;
     if (t && t.size === size && !t.missing && now - t.at < this.every) return;
     if (this.send({ probe: size, every: this.every })) this.told = { size, at: now, missing: false };
@@ -209,9 +218,12 @@ export class PathMtu {
 
   /** Once a round: tells the peer when its probes at its size in use stopped arriving (again each period while they stay away). */
   poll(now: number): void {
+    // After a stall of our own, the probes that came meanwhile are still waiting to be read: not missing.
+    const stalled = now - this.polledAt > 2 * PROBE_INTERVAL_MS;
+    this.polledAt = now;
     const t = this.told;
-    if (!this.readsStates || !t || now - this.inUseAt < MISSING_MS) return;
-    if (t.missing && now - t.at < this.every) return;
+    if (stalled || !this.readsStates || !this.inUseAt || now - this.inUseAt < MISSING_MS) return;
+    if (t?.missing && now - t.at < this.every) return;
     if (this.send({ missing: this.inUseSize, every: this.every }))
       this.told = { size: this.inUseSize, at: now, missing: true };
   }

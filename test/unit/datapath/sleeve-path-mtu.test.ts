@@ -4,7 +4,8 @@
 // once it has, the acknowledgements stop but for a reminder every 10 s and the hop stays healthy; a
 // path that stops is reported within 4-5 s and one that shrinks or grows is searched again; a router of the
 // earlier version (every probe acknowledged, nothing of `states`, `every` or `missing`) works as
-// before both ways; malformed acknowledgements are refused.
+// before both ways, and after an outage; the races and stalls a review found; malformed
+// acknowledgements are refused.
 import { describe, expect, it } from 'vitest';
 import { PathMtu, type ProbeAck, parseProbeAck } from '../../../datapath/sleeve/path-mtu.js';
 
@@ -238,6 +239,68 @@ describe('sleeve path MTU and path check', () => {
     expect(rounds).toBeLessThanOrEqual(4);
   });
 
+  it('after an outage with a router of the earlier version, finds the path MTU again within seconds', () => {
+    const s = pair(current, earlier);
+    for (let i = 0; i < 15; i++) s.round();
+    expectWithin8(s.a.pmtu, 1400);
+    s.ab.limit = 0;
+    for (let i = 0; i < 10; i++) s.round();
+    expect(s.a.healthy(s.now())).toBe(false);
+    s.ab.limit = 1400;
+    for (let i = 0; i < 12; i++) s.round();
+    expectWithin8(s.a.pmtu, 1400);
+  });
+
+  it('says missing when the size in use it last saw came before it read states, and the sender searches from its own size', () => {
+    let t = 1_000_000;
+    const toA: ProbeAck[] = [];
+    const b = new PathMtu(TOP, (ack) => (toA.push(ack), true));
+    // a's probe at its size in use arrives before b knows that a reads states: acknowledged as every probe is.
+    b.onProbe(576, true, t);
+    expect(toA).toEqual([{ probe: 576, states: true }]);
+    // a's acknowledgement of b's own probes says it reads states; then a's 1500 arrives, a new size.
+    b.onAck({ probe: 576, every: 10_000 }, t);
+    b.onProbe(1500, false, (t += 1000));
+    expect(toA.at(-1)).toEqual({ probe: 1500, every: 10_000 });
+    // a now uses 1500, which no longer gets through: nothing at a's size in use arrives.
+    for (let i = 0; i < 4; i++) b.poll((t += 1000));
+    expect(toA.at(-1)).toEqual({ missing: 576, every: 10_000 });
+    // The sender at 1500 hears it: its own size failed; it searches between the floor and 1500.
+    let now = 2_000_000;
+    const a = new PathMtu(TOP, () => true);
+    a.round(now);
+    a.onAck({ probe: 1500, every: 10_000 }, now);
+    expect(a.pmtu).toBe(1500);
+    expect(a.onAck({ missing: 576, every: 10_000 }, (now += 500))).toBe(true);
+    expect(a.pmtu).toBe(576);
+    expect(a.healthy(now)).toBe(false);
+    expect(a.round((now += 500)).probes.map((p) => p.size)).toEqual([1500, 576, 1038]);
+  });
+
+  it('does not call probes missing after a stall of its own, before it has read them', () => {
+    let t = 1_000_000;
+    const toA: ProbeAck[] = [];
+    const b = new PathMtu(TOP, (ack) => (toA.push(ack), true));
+    b.onAck({ probe: 576, every: 10_000 }, t);
+    b.poll(t);
+    b.onProbe(1500, true, (t += 1000));
+    b.poll(t);
+    // The event loop stood still for 6 s: the timer runs before the probes that came meanwhile are read.
+    b.poll((t += 6000));
+    expect(toA.some((ack) => 'missing' in ack)).toBe(false);
+    b.onProbe(1500, true, t);
+    b.poll((t += 1000));
+    expect(toA.some((ack) => 'missing' in ack)).toBe(false);
+    // Probes that really stop are reported.
+    for (let i = 0; i < 4; i++) b.poll((t += 1000));
+    expect(toA.at(-1)).toEqual({ missing: 1500, every: 10_000 });
+    // Short probes (forged: the search never sends one) are not acknowledged.
+    const count = toA.length;
+    b.onProbe(41, true, t);
+    b.onProbe(41, false, t);
+    expect(toA.length).toBe(count);
+  });
+
   it('refuses malformed acknowledgements, and reads well-formed ones', () => {
     const bad: unknown[] = [
       null,
@@ -245,7 +308,7 @@ describe('sleeve path MTU and path check', () => {
       [],
       { probe: '1500' },
       { probe: 1500.5 },
-      { probe: 100 },
+      { probe: 0 },
       { probe: 70_000 },
       { probe: 1500, every: 50 },
       { probe: 1500, every: 600_000 },

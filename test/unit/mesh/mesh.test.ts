@@ -112,12 +112,14 @@ describe('mesh over in-memory links', () => {
     forge(b.name, a.name, 'as b');
     forge(d.name, a.name, 'as d');
     handles[2].unicast(a.name, Buffer.from('c itself'));
+    handles[2].broadcast(Buffer.from('c broadcasts'));
     handles[3].unicast(c.name, Buffer.from('d to c, through a'));
-    await eventually('the genuine messages', async () => got.get(a)!.length >= 2 && got.get(c)!.length >= 1, 2000, 10);
+    await eventually('the genuine messages', async () => got.get(a)!.length >= 3 && got.get(d)!.length >= 1, 2000, 10);
     await sleep(50);
-    expect(got.get(a)!.sort()).toEqual([`u:${b.name}:as b`, `u:${c.name}:c itself`].sort());
+    expect(got.get(a)!.sort()).toEqual([`u:${b.name}:as b`, `u:${c.name}:c itself`, `b:${c.name}:c broadcasts`].sort());
     expect(got.get(c)).toEqual([`u:${d.name}:d to c, through a`]);
-    expect(got.get(d)).toEqual([]);
+    // c's broadcast reaches d through a (a relays its neighbour's own broadcast); the forged one does not.
+    expect(got.get(d)).toEqual([`b:${c.name}:c broadcasts`]);
     expect(a.stats.forgedSources).toBe(5);
     // A source further away is taken on the relaying peer's word: in a line p-q-r, q relays r's messages.
     const [p, q, r] = make(3);

@@ -84,7 +84,8 @@ describe('following the Docker engine', () => {
     streams[0].write(JSON.stringify({ Action: 'die', Actor: { ID: 'a'.repeat(64) }, time: 1 }) + '\n');
     await eventually('the event', async () => w.events.length === 1, 5000, 10);
     expect(w.events[0].Action).toBe('die');
-    // The engine drops the stream: the next attempt waits the shortest delay again, not the longest.
+    // The engine drops the stream after it stayed open a while: the next try waits the shortest delay again.
+    await new Promise((r) => setTimeout(r, 100));
     const before = w.states.length;
     streams[0].end();
     await eventually('the stream closed', async () => w.states.length > before, 5000, 10);
@@ -105,6 +106,26 @@ describe('following the Docker engine', () => {
       { up: false, why: 'the engine refused the events stream (500); trying again in 40 ms' },
       { up: true, why: 'watching events' },
     ]);
+  });
+
+  it('backs off from a stream the engine closes at once, even while other calls are answered', async () => {
+    let opened = 0;
+    server = http.createServer((req, res) => {
+      if (req.url?.startsWith('/events')) opened++;
+      res.end(req.url?.startsWith('/events') ? '' : 'OK');
+    });
+    await new Promise<void>((r) => server!.listen(socket, () => r()));
+    const api = new DockerApi(`unix://${socket}`);
+    const w = watch(api, 20, 80);
+    const deadline = Date.now() + 400;
+    while (Date.now() < deadline) {
+      await api.ping();
+      await new Promise((r) => setTimeout(r, 5));
+    }
+    // 20 + 40 + 80 + 80 + ... ms: about six tries in 400 ms, not one per answered call.
+    expect(opened).toBeGreaterThanOrEqual(3);
+    expect(opened).toBeLessThanOrEqual(8);
+    expect(w.states.filter((s) => s.up).length).toBe(opened);
   });
 
   it('watches at once when the engine answers another call, not after the delay', async () => {
