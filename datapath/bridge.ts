@@ -196,7 +196,8 @@ export async function ensurePort(dev: string, what: string, up: string[] = [dev]
     !now.port.learning &&
     now.port.neighSuppress &&
     now.port.isolated &&
-    up.every((d) => sysLink(d)?.up)
+    // The port itself was just read: only other devices are read again.
+    up.every((d) => (d === dev ? now : sysLink(d))?.up)
   )
     return [];
   // One `ip` process: onto the bridge, the port's flags (set whenever anything was off), up.

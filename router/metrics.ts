@@ -25,7 +25,6 @@ const BACKEND_HEALTHS = ['healthy', 'failing', 'unchecked'] as const;
 
 export function buildRegistry(router: Router): Registry {
   const registry = new Registry();
-  collectDefaultMetrics({ register: registry, prefix: 'weft_' }); // weft_process_cpu_seconds_total, weft_nodejs_heap_size_used_bytes, ...
   // One report per scrape, shared by every metric's collect().
   let cached: { at: number; report: Report } | null = null;
   const report = (): Report => {
@@ -312,16 +311,30 @@ export function buildRegistry(router: Router): Registry {
 }
 
 /** Serves /metrics; resolves once listening. */
+/**
+ * prom-client's process and Node.js metrics (weft_process_cpu_seconds_total, weft_nodejs_heap_size_used_bytes,
+ * ...) start with the first scrape, not with the router: their event-loop delay monitor wakes the main
+ * thread every 10 ms, which cost an idle router about 2.5 ms of CPU a second (bench/README.md), and a
+ * router nobody scrapes should not pay it. The first scrape waits for the monitor's first samples.
+ */
+const NODE_METRICS_FIRST_SAMPLES_MS = 100;
+
 export async function serveMetrics(registry: Registry, host: string, port: number): Promise<http.Server> {
+  let nodeMetrics = false;
   const server = http.createServer((req, res) => {
     if (req.method !== 'GET' || (req.url ?? '').split('?')[0] !== '/metrics') {
       res.writeHead(404, { 'content-type': 'text/plain' }).end('not found: metrics are at /metrics\n');
       return;
     }
-    registry.metrics().then(
-      (text) => res.writeHead(200, { 'content-type': registry.contentType }).end(text),
-      (err: Error) => res.writeHead(500, { 'content-type': 'text/plain' }).end(`metrics failed: ${err.message}\n`),
-    );
+    const respond = () =>
+      registry.metrics().then(
+        (text) => res.writeHead(200, { 'content-type': registry.contentType }).end(text),
+        (err: Error) => res.writeHead(500, { 'content-type': 'text/plain' }).end(`metrics failed: ${err.message}\n`),
+      );
+    if (nodeMetrics) return void respond();
+    nodeMetrics = true;
+    collectDefaultMetrics({ register: registry, prefix: 'weft_' });
+    setTimeout(respond, NODE_METRICS_FIRST_SAMPLES_MS);
   });
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);

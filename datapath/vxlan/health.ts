@@ -98,6 +98,8 @@ export class FastdpHealth implements Gossiper {
   private readonly arrivals = new Map<PeerName, Arrivals>();
   private timer: NodeJS.Timeout | null = null;
   private tableFor = '';
+  /** Each peer's heartbeat packet, made again when our name or the MTU changes. */
+  private readonly packets = new Map<PeerName, { key: string; packet: Buffer }>();
   /** The beat under way (a connection's first beat does not wait for the timer, nor run beside it). */
   private beating: Promise<void> | null = null;
   private readonly healthyListeners: (() => void)[] = [];
@@ -199,14 +201,19 @@ export class FastdpHealth implements Gossiper {
     const peers = this.mesh.neighbours().map((n) => n.name);
     for (const p of [...this.paths.keys()]) if (!peers.includes(p)) this.paths.delete(p);
     for (const p of [...this.arrivals.keys()]) if (!peers.includes(p)) this.arrivals.delete(p);
+    for (const p of [...this.packets.keys()]) if (!peers.includes(p)) this.packets.delete(p);
     const me = bridgeMac(this.mesh.name);
+    const key = `${me} ${this.mtu()}`;
     for (const p of peers) {
       const addr = this.addrOf(p);
       if (!addr) continue;
       if (!this.paths.has(p)) this.paths.set(p, { ackAt: 0, since: Date.now(), every: 0, missingAt: 0 });
+      let made = this.packets.get(p);
       // Inner frame of the full overlay MTU plus its Ethernet header: the path must carry what containers send.
+      if (made?.key !== key)
+        this.packets.set(p, (made = { key, packet: heartbeatPacket(me, bridgeMac(p), this.mtu() + 14) }));
       try {
-        this.socketFor(addr).send(heartbeatPacket(me, bridgeMac(p), this.mtu() + 14), this.vxlanPort, addr);
+        this.socketFor(addr).send(made.packet, this.vxlanPort, addr);
       } catch (err) {
         this.lastError = `heartbeat to ${addr}: ${(err as Error).message}`;
       }
