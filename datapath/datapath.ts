@@ -41,6 +41,7 @@ import { VxlanBackend } from './vxlan/backend.js';
 import type { FdbEntry } from './vxlan/fdb.js';
 import type { Sleeve } from './sleeve/sleeve.js';
 import type { OvsSwitch } from './ovs/switch.js';
+import { every, type Tick } from '../lib/ticker.js';
 
 export type { OverlayStatus } from './forwarding.js';
 
@@ -75,7 +76,7 @@ export class Datapath {
   readonly firewall: HostFirewall;
   mtu = 1450;
   private stopped = false;
-  private checkTimer: NodeJS.Timeout | null = null;
+  private checkTimer: Tick | null = null;
   private readonly counters = { repairs: 0, errors: 0 };
   lastError: string | null = null;
   /** Addresses this host has on the overlay (weft expose), "ip/prefix". */
@@ -250,8 +251,7 @@ export class Datapath {
     if (this.exposed6.length > 0) await this.ensureExposed6();
     this.forwarding.schedule();
     // Repair the bridge if someone changes it underneath.
-    this.checkTimer = setInterval(() => void this.check(), 5_000);
-    this.checkTimer.unref();
+    this.checkTimer = every(5_000, () => void this.check());
   }
 
   /** The periodic check; never rejects (a timer runs it). */
@@ -765,7 +765,7 @@ export class Datapath {
     this.endpoints.stop();
     this.forwarding.stop();
     this.firewall.stop();
-    if (this.checkTimer) clearInterval(this.checkTimer);
+    this.checkTimer?.stop();
   }
 
   /** For reset: the tables, the bridge and the backends' devices go (containers' veths go with the bridge ports). */

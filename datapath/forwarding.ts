@@ -23,6 +23,7 @@ import { chooseOverlays, overlaysChanged, type Overlay } from './overlay.js';
 import { Sleeve } from './sleeve/sleeve.js';
 import { VxlanBackend } from './vxlan/backend.js';
 import type { FdbEntry } from './vxlan/fdb.js';
+import { every, type Tick } from '../lib/ticker.js';
 
 /** The overlay as status shows it: VXLAN through OVS is `ovs`. */
 export type OverlayStatus = Overlay | 'ovs';
@@ -89,7 +90,7 @@ export class Forwarding {
   /** The MAC each remote container address had when last programmed (kept after it goes: see forgetMovedAddresses). */
   private readonly lastMacOf = new Map<string, string>();
   private readonly job = new SerialJob(() => this.pass(), 20);
-  private timer: NodeJS.Timeout | null = null;
+  private timer: Tick | null = null;
 
   constructor(
     private readonly mesh: MeshView,
@@ -133,10 +134,9 @@ export class Forwarding {
     if (this.presumedFast.size > 0) setTimeout(() => this.schedule(), PRESUMED_MS + 50).unref();
     await this.startSleeve();
     // Heartbeats change which overlay a peer should use; decide again every second, program on change.
-    this.timer = setInterval(() => {
+    this.timer = every(1000, () => {
       if (this.decide()) this.schedule();
-    }, 1000);
-    this.timer.unref();
+    });
   }
 
   private async startSleeve(): Promise<void> {
@@ -195,7 +195,7 @@ export class Forwarding {
   }
 
   stop(): void {
-    if (this.timer) clearInterval(this.timer);
+    this.timer?.stop();
     this.job.stop();
     for (const b of this.backends) b.stop();
   }

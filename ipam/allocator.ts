@@ -26,6 +26,7 @@ import {
   sameOrigin,
 } from './ring.js';
 import type { Liveness } from './liveness.js';
+import { every, type Tick } from '../lib/ticker.js';
 
 const IPAM_CHANNEL = 'ipam';
 
@@ -156,7 +157,7 @@ export class Allocator<A extends Position = Addr> implements Gossiper {
   readonly family: IpFamily<A>;
   readonly conflicts: string[] = [];
   private readonly channel: Gossip;
-  private tick: NodeJS.Timeout;
+  private tick: Tick;
   private requestId = 0;
   private outstanding: { id: number; peer: PeerName; at: number } | null = null;
   /** Owners that said they have no free space in the subnet: skipped for a while; when all say so, it is full. */
@@ -181,8 +182,7 @@ export class Allocator<A extends Position = Addr> implements Gossiper {
       for (const [ident, addrs] of saved.owned) for (const a of addrs) this.record(ident, a);
     }
     if (!this.ring && config.init.kind === 'seed') this.createRing(config.init.seeds);
-    this.tick = setInterval(() => this.onTick(), 1000);
-    this.tick.unref();
+    this.tick = every(1000, () => this.onTick());
     // Reconcile with what really runs, at start and every few seconds.
     this.pruneGone().catch((err: Error) =>
       this.mesh.log.error({ err: err.message }, 'ipam: freeing the addresses of gone containers failed'),
@@ -198,7 +198,7 @@ export class Allocator<A extends Position = Addr> implements Gossiper {
   }
 
   stop(): void {
-    clearInterval(this.tick);
+    this.tick.stop();
     for (const p of this.pending) p.reject(new IpamError('refused', 'the router is shutting down'));
     this.pending.clear();
   }

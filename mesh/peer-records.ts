@@ -11,6 +11,7 @@ import type { Gossip, GossipData, Gossiper } from './gossip.js';
 import type { MeshView } from './mesh.js';
 import { pack, unpack } from './messages.js';
 import { isPeerName, type PeerName } from './peer-name.js';
+import { every, type Tick } from '../lib/ticker.js';
 
 export interface PeerRecord<T> {
   peer: PeerName;
@@ -166,7 +167,7 @@ export class PeerRecords<T> implements Gossiper {
    * a phantom's record back and forth for ever). Forgotten once the peer is in the topology.
    */
   private readonly dropped = new Map<PeerName, { version: number; at: number }>();
-  private readonly timer: NodeJS.Timeout;
+  private readonly timer: Tick;
 
   constructor(
     protected readonly mesh: MeshView,
@@ -179,8 +180,7 @@ export class PeerRecords<T> implements Gossiper {
     mesh.on('peers-gone', (gone: PeerName[]) => {
       for (const p of gone) if (this.records.has(p)) this.goneAt.set(p, Date.now());
     });
-    this.timer = setInterval(() => this.expire(), Math.min(5000, graceMs));
-    this.timer.unref();
+    this.timer = every(Math.min(5000, graceMs), () => this.expire());
   }
 
   onChange(fn: () => void): void {
@@ -214,7 +214,7 @@ export class PeerRecords<T> implements Gossiper {
   }
 
   stop(): void {
-    clearInterval(this.timer);
+    this.timer.stop();
   }
 
   get local(): T[] {

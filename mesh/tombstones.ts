@@ -17,6 +17,7 @@
 import type { MeshView } from './mesh.js';
 import { type EntryCodec, MAX_VERSION, type PeerRecord, PeerRecords } from './peer-records.js';
 import { isPeerName, type PeerName } from './peer-name.js';
+import { every, type Tick } from '../lib/ticker.js';
 
 export interface TombstoneTimings {
   /** How often a peer checks what it may collect and republishes what it holds. */
@@ -218,7 +219,7 @@ export class TombstoneCollector {
   /** Something that the published record shows may have changed. */
   private dirty = true;
   private membersSaved = true;
-  private readonly timer: NodeJS.Timeout;
+  private readonly timer: Tick;
   private nudged: NodeJS.Timeout | null = null;
   private readonly timings: TombstoneTimings;
   private overfull = false;
@@ -254,12 +255,11 @@ export class TombstoneCollector {
     // A neighbour is a member before anything is gossiped over its connection.
     mesh.on('connection-added', () => this.noteMembers());
     this.noteMembers(true); // written at every start: the floor, and any seeded members
-    this.timer = setInterval(() => this.pass(), this.timings.intervalMs);
-    this.timer.unref();
+    this.timer = every(this.timings.intervalMs, () => this.pass());
   }
 
   stop(): void {
-    clearInterval(this.timer);
+    this.timer.stop();
     if (this.nudged) clearTimeout(this.nudged);
     this.acks.stop();
     // The peers reachable until now: a restart must not take them for gone since the last write.

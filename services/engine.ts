@@ -18,6 +18,7 @@ import { SERVICES_TABLE, compileServiceTable, type ServedVip } from './nft.js';
 import { ServiceError, checkService, pickVip, resolveVips, vip6Of, type Affinity, type Service } from './service.js';
 import { formatCidr6, overlaps6, type Cidr6 } from '../net/addr6.js';
 import { HealthRecords, ServiceTable, type Failing } from './table.js';
+import { every, type Tick } from '../lib/ticker.js';
 
 type Health = 'healthy' | 'failing' | 'unchecked';
 
@@ -53,6 +54,7 @@ export interface ServiceRequest {
 }
 
 /** Probes: every second; a backend is out after two failed probes in a row, back after one good one. */
+/** Backends are probed every second. */
 const PROBE_MS = 1000;
 const PROBE_TIMEOUT_MS = 800;
 const FALL = 2;
@@ -77,7 +79,7 @@ export class ServiceEngine {
   /** The address families each service's backends have, for DNS: worked out once per change. */
   private families: Map<string, { v4: boolean; v6: boolean }> | null = null;
   private readonly job = new SerialJob(() => this.syncPass(), 10);
-  private probeTimer: NodeJS.Timeout | null = null;
+  private probeTimer: Tick | null = null;
   lastError: string | null = null;
   readonly stats = { rewrites: 0, flowsCut: 0, vipsRepicked: 0, probes: 0 };
   private flowCount: { at: number; counts: Map<string, Map<string, number>> } | null = null;
@@ -163,11 +165,9 @@ export class ServiceEngine {
     this.mesh.on('topology', schedule);
     this.job.schedule();
     if (this.datapath) {
-      this.probeTimer = setInterval(
-        () => this.probe().catch((err: Error) => (this.lastError = `probing backends: ${err.message}`)),
-        PROBE_MS,
+      this.probeTimer = every(PROBE_MS, () =>
+        this.probe().catch((err: Error) => (this.lastError = `probing backends: ${err.message}`)),
       );
-      this.probeTimer.unref();
     }
   }
 
@@ -176,7 +176,7 @@ export class ServiceEngine {
     this.table.stop();
     this.health.stop();
     this.health6.stop();
-    if (this.probeTimer) clearInterval(this.probeTimer);
+    this.probeTimer?.stop();
   }
 
   // ---- the model

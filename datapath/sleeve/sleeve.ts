@@ -69,6 +69,7 @@ import {
   writeHeader,
   writeMessageHeader,
 } from './packet.js';
+import { every, type Tick } from '../../lib/ticker.js';
 
 const SLEEVE_TAP = 'weft-sleeve';
 const CHANNEL = 'sleeve';
@@ -158,7 +159,7 @@ export class Sleeve implements Gossiper, Backend {
   private readonly scratch = Buffer.alloc(MAX_MESSAGE);
   private readonly self: Buffer;
   private readonly selfId: number;
-  private timer: NodeJS.Timeout | null = null;
+  private timer: Tick | null = null;
   private readonly fragmentIds = new FragmentIds();
   /** Big messages go as trains of path-sized fragments in one send (UDP GSO); else as IP-fragmented datagrams. */
   private gso = false;
@@ -264,8 +265,7 @@ export class Sleeve implements Gossiper, Backend {
       this.config.onMacsChange(() => this.refreshFastPath());
     }
     await this.plumb();
-    this.timer = setInterval(() => this.guard(() => this.probe()), PROBE_INTERVAL_MS);
-    this.timer.unref();
+    this.timer = every(PROBE_INTERVAL_MS, () => this.guard(() => this.probe()));
     this.mesh.on('connection-established', () => this.syncHops());
     this.mesh.on('connection-removed', () => this.syncHops());
     this.syncHops();
@@ -302,7 +302,7 @@ export class Sleeve implements Gossiper, Backend {
   }
 
   stop(): void {
-    if (this.timer) clearInterval(this.timer);
+    this.timer?.stop();
     this.timer = null;
     // Closing the TAP's descriptor removes the interface.
     this.tap?.close();

@@ -28,6 +28,7 @@ import { VNI, bridgeMac } from '../bridge.js';
 import { VXLAN_DEV } from './fdb.js';
 import { nft } from '../../net/command.js';
 import { nftObjects, nftScript, nftSession } from '../../net/nft-session.js';
+import { every, type Tick } from '../../lib/ticker.js';
 
 const HEARTBEAT_ETHERTYPE = 0x88b5;
 const TABLE = 'weft_hb';
@@ -96,7 +97,7 @@ export class FastdpHealth implements Gossiper {
   private socket6: dgram.Socket | null = null;
   private readonly channel: Gossip;
   private readonly arrivals = new Map<PeerName, Arrivals>();
-  private timer: NodeJS.Timeout | null = null;
+  private timer: Tick | null = null;
   private tableFor = '';
   /** Each peer's heartbeat packet, made again when our name or the MTU changes. */
   private readonly packets = new Map<PeerName, { key: string; packet: Buffer }>();
@@ -136,8 +137,7 @@ export class FastdpHealth implements Gossiper {
   }
 
   start(): void {
-    this.timer = setInterval(() => void this.beatOnce(), this.intervalMs);
-    this.timer.unref();
+    this.timer = every(this.intervalMs, () => void this.beatOnce());
     // A new connection is heartbeaten (and its counting rule made) at once, not up to a period later.
     this.mesh.on('connection-established', (conn) => {
       // A new connection may be a restarted peer, of another version: it learns our state afresh,
@@ -155,7 +155,7 @@ export class FastdpHealth implements Gossiper {
   }
 
   stop(): void {
-    if (this.timer) clearInterval(this.timer);
+    this.timer?.stop();
     this.timer = null;
     this.socket.close();
     this.socket6?.close();
