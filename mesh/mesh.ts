@@ -297,6 +297,15 @@ export class Mesh extends EventEmitter<MeshEvents> implements MeshView {
     }
   }
 
+  /** Sends every update waiting for its connection's gossip delay now (a peer about to leave the mesh). */
+  flushNow(): void {
+    for (const conn of this.connections.values()) {
+      if (!conn.flushTimer) continue;
+      clearTimeout(conn.flushTimer);
+      this.flush(conn);
+    }
+  }
+
   private flush(conn: MeshConnection): void {
     conn.flushTimer = null;
     if (this.connections.get(conn.name) !== conn) return;

@@ -149,6 +149,9 @@ export function buildApi(
       // Leaving for good: the others stop waiting for this peer before they forget removed rules and services.
       sources.policy?.table.leaveMesh();
       sources.services?.table.leaveMesh();
+      // What was handed over goes out now, not after the gossip delay: the router stops soon after,
+      // and an update still waiting then would be lost (the ranges stranded under a gone peer's name).
+      sources.mesh.flushNow();
     },
   );
   registerDatapathRoutes(app, sources.datapath, sources.names, sources.docker ?? null, sources.policy ?? null);

@@ -331,6 +331,24 @@ describe('mesh over in-memory links', () => {
     await eventually('a still gossips with b', async () => counters[0].value === 1, 2000, 10);
   });
 
+  it('flushNow sends updates waiting for the gossip delay at once (a peer leaving the mesh)', async () => {
+    const [a, b] = make(2, { gossipDelay: 60_000 });
+    connectInMemory(a, b);
+    const got: string[] = [];
+    a.registerChannel('handover', {
+      gossip: () => null,
+      onGossip: (p) => (got.push(Buffer.from(p).toString()), null),
+    });
+    const sender = b.registerChannel('handover', { gossip: () => null, onGossip: () => null });
+    await eventually('connected', async () => a.connections.get(b.name)?.established, 2000, 10);
+    sender.gossipUpdate(new BytesGossipData(Buffer.from('ranges')));
+    await sleep(50);
+    expect(got).toEqual([]);
+    b.flushNow();
+    await eventually('delivered', async () => got.length === 1, 2000, 10);
+    expect(got).toEqual(['ranges']);
+  });
+
   it('a gossip handler that throws rejects the update but keeps the connection', async () => {
     const [a, b] = make(2);
     connectInMemory(a, b);
