@@ -343,6 +343,9 @@ export class FragmentAssembler {
   /** Fragment `index` of `count` of message `id`, at start..end of `src`: the whole message once complete. */
   add(id: number, index: number, count: number, src: Buffer, start: number, end: number): Buffer | null {
     const size = end - start;
+    // The first fragment again, of the message being gathered: a duplicate (a spill here would leave it
+    // in the reassembler, to complete a second copy of the message with later duplicates).
+    if (index === 0 && this.next > 0 && id === this.id) return null;
     // A message some of whose fragments came before its first is the reassembler's.
     if (index === 0 && count > 1 && size * count <= this.buf.length && !this.reassembler.has(id)) {
       if (this.next > 0) this.spill();

@@ -182,7 +182,12 @@ describe('sleeve packets', () => {
         expect(got.sort()).toEqual(expected.sort());
         for (const g of got) expect(messages.map((x) => x.toString('hex'))).toContain(g);
       }),
-      { numRuns: 300 },
+      {
+        numRuns: 300,
+        // Found by a CI run (1 in about 20,000): a repeated first fragment was spilled to the reassembler,
+        // where later duplicates completed the message a second time.
+        examples: [[50, [0, 0, 1, 2, 2, 4].map((index) => ({ msg: 0, index })), false]],
+      },
     );
   });
 
