@@ -13,6 +13,8 @@ const periods = new Map<number, { timer: NodeJS.Timeout; jobs: Set<() => void> }
 
 function runAll(jobs: Set<() => void>): void {
   for (const job of [...jobs]) {
+    // Stopped by a job before it in this round: not run, as with a timer of its own.
+    if (!jobs.has(job)) continue;
     try {
       job();
     } catch (err) {
@@ -24,9 +26,19 @@ function runAll(jobs: Set<() => void>): void {
   }
 }
 
-/** Runs `fn` every `ms`, on the same wake-up as every other job of that period. Does not keep the process alive. */
+/**
+ * Runs `fn` every `ms`, on the same wake-up as every other job of that period; the first time a whole
+ * period after this call or later (as with a timer of its own, never sooner). Does not keep the process alive.
+ */
 export function every(ms: number, fn: () => void): Tick {
-  const job = () => fn();
+  const from = performance.now() + ms;
+  let started = false;
+  const job = () => {
+    // The shared timer's phase is not ours: until a whole period has passed, skip.
+    if (!started && performance.now() < from - 1) return;
+    started = true;
+    fn();
+  };
   let period = periods.get(ms);
   if (!period) {
     const jobs = new Set<() => void>();

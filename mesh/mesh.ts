@@ -302,7 +302,12 @@ export class Mesh extends EventEmitter<MeshEvents> implements MeshView {
     for (const conn of this.connections.values()) {
       if (!conn.flushTimer) continue;
       clearTimeout(conn.flushTimer);
-      this.flush(conn);
+      try {
+        this.flush(conn);
+      } catch (err) {
+        conn.pending.clear();
+        this.log.warn({ peer: conn.name, err: (err as Error).message }, 'gossip could not be sent');
+      }
     }
   }
 

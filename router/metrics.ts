@@ -310,31 +310,39 @@ export function buildRegistry(router: Router): Registry {
   return registry;
 }
 
-/** Serves /metrics; resolves once listening. */
-/**
- * prom-client's process and Node.js metrics (weft_process_cpu_seconds_total, weft_nodejs_heap_size_used_bytes,
- * ...) start with the first scrape, not with the router: their event-loop delay monitor wakes the main
- * thread every 10 ms, which cost an idle router about 2.5 ms of CPU a second (bench/README.md), and a
- * router nobody scrapes should not pay it. The first scrape waits for the monitor's first samples.
- */
+/** How long the first scrape waits for the event-loop delay monitor's first samples. */
 const NODE_METRICS_FIRST_SAMPLES_MS = 100;
 
+/**
+ * Serves /metrics; resolves once listening. prom-client's process and Node.js metrics
+ * (weft_process_cpu_seconds_total, weft_nodejs_heap_size_used_bytes, ...) start with the first scrape,
+ * not with the router: their event-loop delay monitor wakes the main thread every 10 ms, which cost an
+ * idle router about 2.5 ms of CPU a second (bench/README.md), and a router nobody scrapes should not
+ * pay it. Every scrape until the monitor has samples waits for them.
+ */
 export async function serveMetrics(registry: Registry, host: string, port: number): Promise<http.Server> {
-  let nodeMetrics = false;
+  let nodeMetrics: Promise<void> | null = null;
+  let collecting: Promise<string> | null = null;
   const server = http.createServer((req, res) => {
     if (req.method !== 'GET' || (req.url ?? '').split('?')[0] !== '/metrics') {
       res.writeHead(404, { 'content-type': 'text/plain' }).end('not found: metrics are at /metrics\n');
       return;
     }
     const respond = () =>
-      registry.metrics().then(
+      // Scrapes at the same time share one collection: the event-loop figures are reset by each.
+      (collecting ??= registry.metrics().finally(() => (collecting = null))).then(
         (text) => res.writeHead(200, { 'content-type': registry.contentType }).end(text),
         (err: Error) => res.writeHead(500, { 'content-type': 'text/plain' }).end(`metrics failed: ${err.message}\n`),
       );
-    if (nodeMetrics) return void respond();
-    nodeMetrics = true;
-    collectDefaultMetrics({ register: registry, prefix: 'weft_' });
-    setTimeout(respond, NODE_METRICS_FIRST_SAMPLES_MS);
+    nodeMetrics ??= new Promise<void>((resolve) => {
+      try {
+        collectDefaultMetrics({ register: registry, prefix: 'weft_' });
+      } catch {
+        // Registered already (a registry served twice): they run, and that is what matters.
+      }
+      setTimeout(resolve, NODE_METRICS_FIRST_SAMPLES_MS);
+    });
+    void nodeMetrics.then(respond);
   });
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);

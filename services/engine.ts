@@ -54,7 +54,6 @@ export interface ServiceRequest {
 }
 
 /** Probes: every second; a backend is out after two failed probes in a row, back after one good one. */
-/** Backends are probed every second. */
 const PROBE_MS = 1000;
 const PROBE_TIMEOUT_MS = 800;
 const FALL = 2;

@@ -38,4 +38,31 @@ describe('shared periodic jobs', () => {
     await sleep(100);
     expect(runs.length).toBe(total);
   });
+
+  it('runs a job first a whole period after it was added, and not at all once a job before it stopped it', async () => {
+    const runs: string[] = [];
+    let added = 0;
+    const early = every(100, () => runs.push('early'));
+    await sleep(60);
+    added = performance.now();
+    let firstLate = 0;
+    const late = every(100, () => {
+      firstLate ||= performance.now() - added;
+      runs.push('late');
+    });
+    await sleep(150);
+    // The shared timer fired about 40 ms after `late` was added: skipped; the next time it ran.
+    expect(firstLate).toBeGreaterThanOrEqual(99);
+    // A job that stops the one after it in the same round: that one does not run again.
+    const victim: string[] = [];
+    let v: { stop(): void } | null = null;
+    const killer = every(100, () => v?.stop());
+    v = every(100, () => victim.push('ran'));
+    early.stop();
+    late.stop();
+    await sleep(350);
+    killer.stop();
+    expect(victim).toEqual([]);
+    expect(runs.filter((r) => r === 'late').length).toBeGreaterThanOrEqual(1);
+  });
 });

@@ -125,7 +125,8 @@ describe('following the Docker engine', () => {
     // 20 + 40 + 80 + 80 + ... ms: about six tries in 400 ms, not one per answered call.
     expect(opened).toBeGreaterThanOrEqual(3);
     expect(opened).toBeLessThanOrEqual(8);
-    expect(w.states.filter((s) => s.up).length).toBe(opened);
+    // Each stream opened was reported (the last may still be on its way to the client).
+    expect(w.states.filter((s) => s.up).length).toBeGreaterThanOrEqual(opened - 1);
   });
 
   it('watches at once when the engine answers another call, not after the delay', async () => {
