@@ -199,19 +199,19 @@ export class FastdpHealth implements Gossiper {
 
   private async beat(): Promise<void> {
     const peers = this.mesh.neighbours().map((n) => n.name);
-    for (const p of [...this.paths.keys()]) if (!peers.includes(p)) this.paths.delete(p);
-    for (const p of [...this.arrivals.keys()]) if (!peers.includes(p)) this.arrivals.delete(p);
-    for (const p of [...this.packets.keys()]) if (!peers.includes(p)) this.packets.delete(p);
+    // What is kept per peer goes with the peer.
+    for (const byPeer of [this.paths, this.arrivals, this.packets])
+      for (const p of [...byPeer.keys()]) if (!peers.includes(p)) byPeer.delete(p);
     const me = bridgeMac(this.mesh.name);
-    const key = `${me} ${this.mtu()}`;
+    const mtu = this.mtu();
+    const key = `${me} ${mtu}`;
     for (const p of peers) {
       const addr = this.addrOf(p);
       if (!addr) continue;
       if (!this.paths.has(p)) this.paths.set(p, { ackAt: 0, since: Date.now(), every: 0, missingAt: 0 });
       let made = this.packets.get(p);
       // Inner frame of the full overlay MTU plus its Ethernet header: the path must carry what containers send.
-      if (made?.key !== key)
-        this.packets.set(p, (made = { key, packet: heartbeatPacket(me, bridgeMac(p), this.mtu() + 14) }));
+      if (made?.key !== key) this.packets.set(p, (made = { key, packet: heartbeatPacket(me, bridgeMac(p), mtu + 14) }));
       try {
         this.socketFor(addr).send(made.packet, this.vxlanPort, addr);
       } catch (err) {
