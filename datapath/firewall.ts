@@ -231,8 +231,11 @@ export async function firewallDiffers(s: FirewallState, guard: string): Promise<
   if (haveBridge !== wantBridge)
     return `table bridge ${GUARD_TABLE} has ${haveBridge} of weft's rules where ${wantBridge} belong`;
   // A FORWARD chain that appeared later (Docker started after weft) needs our accept rule too.
-  for (const family of FORWARD_FAMILIES)
-    if (await forwardAcceptMissing(family)) return `the host's ${family} filter FORWARD chain lacks weft's accept rule`;
+  for (const family of FORWARD_FAMILIES) {
+    const missing = await forwardAcceptMissing(family);
+    if (missing === null) return `cannot list the host's ${family} filter FORWARD chain`;
+    if (missing) return `the host's ${family} filter FORWARD chain lacks weft's accept rule`;
+  }
   return null;
 }
 
@@ -241,14 +244,16 @@ const FORWARD_FAMILIES = ['ip', 'ip6'] as const;
 
 /**
  * With a host FORWARD chain (iptables-nft, e.g. Docker's, policy DROP), bridge traffic needs its own
- * accept there: true when that chain exists without it.
+ * accept there: true when that chain exists without it; null when nft could not say (it failed
+ * otherwise than for a missing chain).
  */
-async function forwardAcceptMissing(family: 'ip' | 'ip6'): Promise<boolean> {
+async function forwardAcceptMissing(family: 'ip' | 'ip6'): Promise<boolean | null> {
   let listing: NftJson;
   try {
     listing = await nftSession.list(`list chain ${family} filter FORWARD`);
-  } catch {
-    return false; // no such chain: nothing can drop our traffic there
+  } catch (err) {
+    // No such chain: nothing can drop our traffic there.
+    return /No such file or directory/.test((err as Error).message) ? false : null;
   }
   return !nftObjects<{ comment?: string }>(listing, 'rule').some((r) => r.comment === 'weft-bridge');
 }

@@ -12,9 +12,11 @@ import {
   firewallDiffers,
   peerSetUpdates,
   removeFirewall,
+  ruleset,
   type FirewallState,
   type UnderlayPeers,
 } from './firewall.js';
+import { rulesetGeneration } from './nft-netlink.js';
 import { PortGuard, guardRuleset, type GuardOptions, type PortBinding } from './port-guard.js';
 
 /** A part of the `inet weft` table that another component keeps: its lines and forward-chain hooks. */
@@ -48,6 +50,13 @@ export class HostFirewall {
   private readonly guardJob = new SerialJob(() => this.guardPass(), 10);
   /** The underlay addresses whose datagrams the firewall takes, as last written. */
   private underlayWritten: UnderlayPeers | null = null;
+  /**
+   * The ruleset's generation when the tables last matched what was wanted then: while neither has
+   * changed, the check needs no listing (no table, chain or rule is added, edited or removed by nft or
+   * iptables-nft without moving the generation; packets updating a set's elements do not move it,
+   * and weft's tables have no such sets).
+   */
+  private matched: { generation: number; wanted: string } | null = null;
 
   constructor(private readonly config: HostFirewallConfig) {
     this.guard = new PortGuard(config.guard);
@@ -86,10 +95,29 @@ export class HostFirewall {
    * is not undone.
    */
   private async stillDiffers(): Promise<string | null> {
+    const state = this.state();
+    const guard = guardRuleset(this.config.bindings(), this.config.guard);
+    const wanted = `${ruleset(state)}\n${guard}`;
+    // Read before the listing: a change during it moves the generation, and the next check lists again.
+    const generation = this.generation();
+    if (generation !== null && this.matched?.generation === generation && this.matched.wanted === wanted) return null;
+    this.matched = null;
     const differs = () => firewallDiffers(this.state(), guardRuleset(this.config.bindings(), this.config.guard));
-    if ((await differs()) === null) return null;
+    if ((await differs()) === null) {
+      if (generation !== null) this.matched = { generation, wanted };
+      return null;
+    }
     await new Promise((r) => setTimeout(r, 250));
     return differs();
+  }
+
+  /** The ruleset's generation, or null when it cannot be read (then every check lists). */
+  private generation(): number | null {
+    try {
+      return rulesetGeneration();
+    } catch {
+      return null;
+    }
   }
 
   /** Rewrites the `inet weft` table now (the policy's rules changed). */

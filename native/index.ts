@@ -50,6 +50,8 @@ interface Addon {
   constants: Record<string, number>;
   addressHandle(ipv6: string): number;
   releaseAddressHandle(handle: number): void;
+  /** Missing in an addon built before it. */
+  netlinkRequest?(protocol: number, message: Buffer, netns?: string): Buffer;
 }
 
 /**
@@ -224,6 +226,17 @@ function addonOrThrow(): Addon {
   const n = native();
   if (typeof n === 'string') throw new Error(n);
   return n;
+}
+
+/**
+ * One request to the kernel over netlink, answered within the call (weft_native.cc): the answer's
+ * messages as the kernel sent them, or null when the addon is missing or was built before this call.
+ * Throws the kernel's error. `netns`: the path of another network namespace to ask (tests).
+ */
+export function netlinkRequest(protocol: number, message: Buffer, netns?: string): Buffer | null {
+  const n = native();
+  if (typeof n === 'string' || !n.netlinkRequest) return null;
+  return n.netlinkRequest(protocol, message, netns);
 }
 
 /**

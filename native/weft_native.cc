@@ -18,12 +18,15 @@
 #include <fcntl.h>
 #include <linux/if.h>
 #include <linux/if_tun.h>
+#include <linux/netlink.h>
 #include <netinet/in.h>
 #include <netinet/udp.h>
 #include <string>
 #include <sys/ioctl.h>
 #include <sys/random.h>
 #include <sys/socket.h>
+#include <sys/time.h>
+#include <time.h>
 #include <unistd.h>
 #include <algorithm>
 #include <array>
@@ -1288,6 +1291,118 @@ Napi::Value ReleaseAddressHandle(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
+// netlinkRequest(protocol, message, netns?): sends one netlink request (a whole message, header and
+// payload; its sequence number and port are set here) to the kernel on a new socket of that protocol
+// in this network namespace (or the one at path `netns`: tests), and returns the answer's messages up
+// to its end (a dump's NLMSG_DONE, included, since it may carry NLM_F_DUMP_INTR; or the
+// acknowledgement), concatenated, each padded as netlink aligns them. Throws the kernel's error, with
+// its number as `errno`. It is synchronous: the kernel answers within the system calls (a dump as the
+// caller reads), so the router reads small kernel state, such as the heartbeat counters each second,
+// without a process or a wake-up of its own. Reading gives up after 1 s in all; sending waits as long
+// as the kernel does (rtnetlink requests take its rtnl lock, as `ip` does).
+Napi::Value NetlinkRequest(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 2 || !info[0].IsNumber() || !info[1].IsBuffer()) {
+    Napi::TypeError::New(env, "netlinkRequest(protocol, message)").ThrowAsJavaScriptException();
+    return env.Null();
+  }
+  auto message = info[1].As<Napi::Buffer<uint8_t>>();
+  if (message.Length() < sizeof(nlmsghdr) || message.Length() > 65536) {
+    Napi::RangeError::New(env, "netlinkRequest: a message is 16 bytes to 64 KiB").ThrowAsJavaScriptException();
+    return env.Null();
+  }
+  std::vector<uint8_t> request(message.Data(), message.Data() + message.Length());
+  auto* head = reinterpret_cast<nlmsghdr*>(request.data());
+  // A sequence number of its own per request: an answer is taken only from the kernel and for it.
+  static uint32_t nextSeq = uint32_t(getpid()) * 2654435761u;
+  const uint32_t seq = ++nextSeq;
+  head->nlmsg_len = uint32_t(request.size());
+  head->nlmsg_seq = seq;
+  head->nlmsg_pid = 0;
+  int protocol = info[0].As<Napi::Number>().Int32Value();
+  std::string netns = info.Length() > 2 && info[2].IsString() ? info[2].As<Napi::String>().Utf8Value() : "";
+  int fd = -1;
+  int code = 0;
+  std::string err = inNetns(netns, [&]() -> std::string {
+    fd = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, protocol);
+    if (fd < 0) code = errno;
+    return fd < 0 ? errnoText("netlink socket", errno) : "";
+  });
+  auto fail = [&](const std::string& text, int number) {
+    Napi::Error e = Napi::Error::New(env, text);
+    if (number) e.Set("errno", Napi::Number::New(env, number));
+    e.ThrowAsJavaScriptException();
+    return env.Null();
+  };
+  if (fd < 0) return fail(err, code);
+  timespec start{};
+  clock_gettime(CLOCK_MONOTONIC, &start);
+  const auto elapsedUs = [&]() {
+    timespec now{};
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return (now.tv_sec - start.tv_sec) * 1000000L + (now.tv_nsec - start.tv_nsec) / 1000;
+  };
+  constexpr long LIMIT_US = 1000000;
+  sockaddr_nl kernel{};
+  kernel.nl_family = AF_NETLINK;
+  std::vector<uint8_t> answer;
+  if (sendto(fd, request.data(), request.size(), 0, reinterpret_cast<sockaddr*>(&kernel), sizeof kernel) !=
+      ssize_t(request.size())) {
+    code = errno;
+    err = errnoText("netlink send", errno);
+  }
+  std::vector<uint8_t> buf(32768);
+  for (bool done = !err.empty(); !done;) {
+    long left = LIMIT_US - elapsedUs();
+    timeval limit{left / 1000000, left % 1000000};
+    if (left <= 0 || setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &limit, sizeof limit) != 0) {
+      err = left <= 0 ? "netlink: no answer within 1 s" : errnoText("netlink SO_RCVTIMEO", errno);
+      break;
+    }
+    // The next datagram's size first, so that a large one is read whole.
+    ssize_t n = recv(fd, buf.data(), buf.size(), MSG_PEEK | MSG_TRUNC);
+    if (n > ssize_t(buf.size())) buf.resize(size_t(n));
+    sockaddr_nl from{};
+    socklen_t fromLen = sizeof from;
+    if (n >= 0) n = recvfrom(fd, buf.data(), buf.size(), 0, reinterpret_cast<sockaddr*>(&from), &fromLen);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      code = errno == EAGAIN || errno == EWOULDBLOCK ? 0 : errno;
+      err = code == 0 ? "netlink: no answer within 1 s" : errnoText("netlink receive", errno);
+      break;
+    }
+    if (n == 0) {
+      err = "netlink: the answer ended early";
+      break;
+    }
+    if (from.nl_pid != 0) continue;  // not the kernel's
+    int rest = int(n);
+    for (auto* m = reinterpret_cast<nlmsghdr*>(buf.data()); !done && NLMSG_OK(m, rest); m = NLMSG_NEXT(m, rest)) {
+      if (m->nlmsg_seq != seq) continue;
+      if (m->nlmsg_type == NLMSG_ERROR || m->nlmsg_type == NLMSG_DONE) {
+        // Both carry an error number first: 0 for an acknowledgement or a dump that ended well.
+        int e = 0;
+        if (m->nlmsg_len >= NLMSG_LENGTH(sizeof(int))) memcpy(&e, NLMSG_DATA(m), sizeof e);
+        if (e < 0) {
+          code = -e;
+          err = errnoText("netlink", -e);
+        }
+        done = true;
+        if (m->nlmsg_type == NLMSG_ERROR) break;
+      }
+      // Copied padded to netlink's alignment, whatever the datagram's end: the reader steps by it.
+      auto* bytes = reinterpret_cast<uint8_t*>(m);
+      size_t len = std::min<size_t>(m->nlmsg_len, size_t(rest));
+      answer.insert(answer.end(), bytes, bytes + len);
+      answer.resize(answer.size() + (NLMSG_ALIGN(len) - len), 0);
+      if (!(m->nlmsg_flags & NLM_F_MULTI)) done = true;
+    }
+  }
+  ::close(fd);
+  if (!err.empty()) return fail(err, code);
+  return Napi::Buffer<uint8_t>::Copy(env, answer.data(), answer.size());
+}
+
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("UdpPort", UdpPort::Init(env));
   exports.Set("TapPort", TapPort::Init(env));
@@ -1295,6 +1410,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("HopCipher", HopCipher::Init(env));
   exports.Set("addressHandle", Napi::Function::New(env, AddressHandle));
   exports.Set("releaseAddressHandle", Napi::Function::New(env, ReleaseAddressHandle));
+  exports.Set("netlinkRequest", Napi::Function::New(env, NetlinkRequest));
   // The sleeve's packet format as this code has it: JavaScript checks it against its own
   // (datapath/sleeve/packet.ts) before it uses the fast path, so the two cannot drift apart unseen.
   Napi::Object c = Napi::Object::New(env);

@@ -3,7 +3,8 @@
 // peer's VXLAN port whose inner frame is full-MTU-sized, addressed to the peer's
 // bridge MAC, with a private ethertype. The receiving kernel decapsulates it;
 // an nftables ingress rule on its VXLAN device counts such frames per sender
-// MAC (and drops them). The receiver polls its counters and tells the sender
+// MAC (and drops them). The receiver polls its counters (over netlink, in the
+// call: nft-netlink.ts; through the long-lived nft without the addon) and tells the sender
 // over the mesh; a connection is `fastdp` while the receiver says they arrive.
 //
 // What the receiver says: to a peer that reads acknowledgements as states (its
@@ -29,6 +30,7 @@ import { VXLAN_DEV } from './fdb.js';
 import { nft } from '../../net/command.js';
 import { nftObjects, nftScript, nftSession } from '../../net/nft-session.js';
 import { every, type Tick } from '../../lib/ticker.js';
+import { readRuleCounters, type RuleCounts } from '../nft-netlink.js';
 
 const HEARTBEAT_ETHERTYPE = 0x88b5;
 const TABLE = 'weft_hb';
@@ -259,13 +261,33 @@ export class FastdpHealth implements Gossiper {
       for (const a of this.arrivals.values()) a.packets = 0;
     }
     // A peer's heartbeats arrive on its family's device: its count is the sum over the chains.
-    const listing = await nftSession.list(`list table netdev ${TABLE}`);
-    const sums = new Map<string, number>();
-    for (const r of nftObjects<{ comment?: string; expr: { counter?: { packets: number } }[] }>(listing, 'rule')) {
-      if (r.comment)
-        sums.set(r.comment, (sums.get(r.comment) ?? 0) + (r.expr.find((e) => e.counter)?.counter?.packets ?? 0));
+    let counted: RuleCounts;
+    try {
+      counted = readRuleCounters('netdev', TABLE) ?? (await this.countsFromNft());
+    } catch (err) {
+      // The table gone (nft says so; over netlink a missing table reads as no rules): made again at
+      // the next beat. Other errors (a time-out, say) leave it as it is.
+      if (/No such file or directory/.test((err as Error).message)) this.tableFor = '';
+      throw err;
     }
-    this.countedAll(peers, sums);
+    // A rule of ours that is not there (a chain or the table removed underneath): made again at the
+    // next beat. Each peer has one rule per device's chain.
+    if (devices.length > 0 && peers.some((p) => counted.get(p)?.rules !== devices.length)) this.tableFor = '';
+    this.countedAll(peers, new Map([...counted].map(([p, c]) => [p, c.packets])));
+  }
+
+  /** The counts through the long-lived nft (without the addon): a line written, its JSON read back. */
+  private async countsFromNft(): Promise<RuleCounts> {
+    const listing = await nftSession.list(`list table netdev ${TABLE}`);
+    const counted: RuleCounts = new Map();
+    for (const r of nftObjects<{ comment?: string; expr: { counter?: { packets: number } }[] }>(listing, 'rule')) {
+      if (!r.comment) continue;
+      const c = counted.get(r.comment) ?? { packets: 0, rules: 0 };
+      c.packets += r.expr.find((e) => e.counter)?.counter?.packets ?? 0;
+      c.rules++;
+      counted.set(r.comment, c);
+    }
+    return counted;
   }
 
   /** Every neighbour's count: one the counter did not return (its rule or flow gone) has not moved. */

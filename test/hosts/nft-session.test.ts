@@ -1,11 +1,14 @@
 // The router's long-lived nft session against the real nft, in a namespace of its own: counters read
 // many times from one process, a table removed underneath shows as an error, and reads go on after; a
-// script applied as one line is one transaction.
+// script applied as one line is one transaction. And the same counters read over netlink by the addon
+// (how the VXLAN heartbeats read theirs), which must agree with nft's.
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { must, run } from '../harness/exec.js';
 import { describeAsRoot } from '../harness/root.js';
 import { runPrefix } from '../harness/cluster.js';
 import { NftSession, nftObjects } from '../../net/nft-session.js';
+import { readRuleCounters, rulesetGeneration } from '../../datapath/nft-netlink.js';
+import { nativeError } from '../../native/index.js';
 
 const ns = `${runPrefix()}nftr`;
 type Rule = { comment?: string; expr: { counter?: { packets: number } }[] };
@@ -61,5 +64,83 @@ describeAsRoot('nft session (real nft)', () => {
     } finally {
       r.end();
     }
+  });
+
+  it('reads rule counters over netlink as nft does: by comment, summed, moving with traffic; a missing table has none', async () => {
+    expect(nativeError()).toBeNull();
+    const path = `/run/netns/${ns}`;
+    const script = [
+      'table netdev hb {',
+      ' chain in {',
+      '  type filter hook ingress device "lo" priority -500;',
+      '  ip protocol icmp counter comment "icmp"',
+      '  ip protocol icmp counter comment "twice"',
+      '  ip protocol udp counter comment "udp"',
+      '  counter',
+      ' }',
+      ' chain in2 {',
+      '  type filter hook ingress device "lo" priority -400;',
+      '  ip protocol icmp counter comment "twice"',
+      ' }',
+      '}',
+      '',
+    ].join('\n');
+    await must('ip', ['netns', 'exec', ns, 'nft', '-f', '-'], { input: script });
+    try {
+      expect(readRuleCounters('netdev', 'hb', path)).toEqual(
+        new Map([
+          ['icmp', { packets: 0, rules: 1 }],
+          ['twice', { packets: 0, rules: 2 }],
+          ['udp', { packets: 0, rules: 1 }],
+        ]),
+      );
+      // Each ping is a request and a reply on lo: two packets in at its ingress.
+      await must('ip', ['netns', 'exec', ns, 'ping', '-c', '3', '-i', '0.2', '-q', '127.0.0.1']);
+      const counted = readRuleCounters('netdev', 'hb', path)!;
+      expect(counted).toEqual(
+        new Map([
+          ['icmp', { packets: 6, rules: 1 }],
+          ['twice', { packets: 12, rules: 2 }],
+          ['udp', { packets: 0, rules: 1 }],
+        ]),
+      );
+      // What nft says of the same rules.
+      const r = new NftSession(5000, ['ip', 'netns', 'exec', ns, 'nft']);
+      try {
+        const viaNft = new Map<string, number>();
+        for (const x of nftObjects<Rule>(await r.list('list table netdev hb'), 'rule'))
+          if (x.comment)
+            viaNft.set(
+              x.comment,
+              (viaNft.get(x.comment) ?? 0) + (x.expr.find((e) => e.counter)?.counter?.packets ?? 0),
+            );
+        expect(viaNft).toEqual(new Map([...counted].map(([k, v]) => [k, v.packets])));
+      } finally {
+        r.end();
+      }
+      // Another table's rules are not read, nor a table of that name in another family: a dump
+      // filtered by table answers a missing one with no rules.
+      expect(readRuleCounters('netdev', 't', path)).toEqual(new Map());
+      expect(readRuleCounters('inet', 'hb', path)).toEqual(new Map());
+    } finally {
+      await must('ip', ['netns', 'exec', ns, 'nft', 'delete', 'table', 'netdev', 'hb']);
+    }
+    expect(readRuleCounters('netdev', 'hb', path)).toEqual(new Map());
+    // Asking in a namespace that is not there is an error, not an empty answer.
+    expect(() => readRuleCounters('netdev', 'hb', `${path}-gone`)).toThrow(/No such file or directory/);
+  });
+
+  it('reads the ruleset generation: steady while nothing changes (listings and counters included), moved by any change', async () => {
+    const path = `/run/netns/${ns}`;
+    const g0 = rulesetGeneration(path)!;
+    expect(Number.isInteger(g0)).toBe(true);
+    await must('ip', ['netns', 'exec', ns, 'ping', '-c', '1', '-q', '127.0.0.1']);
+    await must('ip', ['netns', 'exec', ns, 'nft', 'list', 'ruleset']);
+    expect(rulesetGeneration(path)).toBe(g0);
+    await must('ip', ['netns', 'exec', ns, 'nft', 'add', 'table', 'ip', 'gen']);
+    const g1 = rulesetGeneration(path)!;
+    expect(g1).not.toBe(g0);
+    await must('ip', ['netns', 'exec', ns, 'nft', 'delete', 'table', 'ip', 'gen']);
+    expect(rulesetGeneration(path)).not.toBe(g1);
   });
 });

@@ -1,0 +1,97 @@
+// Netlink messages as bytes: a request built, an answer cut into its messages and attributes. The
+// addon sends and receives (native/index.ts, netlinkRequest); what a message means is its family's
+// (datapath/nft-netlink.ts, datapath/link-netlink.ts). Lengths and types are in the host's byte
+// order; attribute values in whatever order their family says.
+import { endianness } from 'node:os';
+
+const NLM_F_REQUEST = 0x1;
+export const NLM_F_DUMP = 0x300;
+/** The dump was interrupted by a change: what it returned may be incomplete. */
+export const NLM_F_DUMP_INTR = 0x10;
+const NLMSG_HDRLEN = 16;
+/** Attribute types carry two flag bits (nested, network byte order) above the type. */
+const NLA_TYPE_MASK = 0x3fff;
+
+const le = endianness() === 'LE';
+/** 16-bit and 32-bit numbers in the host's order. */
+const hostU16 = (b: Buffer, o: number): number => (le ? b.readUInt16LE(o) : b.readUInt16BE(o));
+export const hostU32 = (b: Buffer, o: number): number => (le ? b.readUInt32LE(o) : b.readUInt32BE(o));
+/** Writes a 32-bit number in the host's order. */
+export const writeHostU32 = (b: Buffer, v: number, o: number): number =>
+  le ? b.writeUInt32LE(v, o) : b.writeUInt32BE(v, o);
+const align4 = (n: number) => (n + 3) & ~3;
+
+export interface Attribute {
+  type: number;
+  value: Buffer;
+}
+
+/** A string attribute's value (NUL-terminated, as the kernel wants them). */
+export const cString = (text: string): Buffer => Buffer.from(`${text}\0`);
+
+/** A string from an attribute's value, up to its NUL. */
+export function readCString(b: Buffer): string {
+  const nul = b.indexOf(0);
+  return b.subarray(0, nul < 0 ? b.length : nul).toString();
+}
+
+/** A request: the netlink header (sequence number and port left to the addon), the family's header, attributes. */
+export function netlinkRequestBytes(type: number, flags: number, header: Buffer, attrs: Attribute[] = []): Buffer {
+  const length = NLMSG_HDRLEN + align4(header.length) + attrs.reduce((n, a) => n + align4(4 + a.value.length), 0);
+  const b = Buffer.alloc(length);
+  const w16 = (v: number, o: number) => (le ? b.writeUInt16LE(v, o) : b.writeUInt16BE(v, o));
+  writeHostU32(b, length, 0);
+  w16(type, 4);
+  w16(NLM_F_REQUEST | flags, 6);
+  header.copy(b, NLMSG_HDRLEN);
+  let o = NLMSG_HDRLEN + align4(header.length);
+  for (const a of attrs) {
+    w16(4 + a.value.length, o);
+    w16(a.type, o + 2);
+    a.value.copy(b, o + 4);
+    o += align4(4 + a.value.length);
+  }
+  return b;
+}
+
+export interface NetlinkMessage {
+  type: number;
+  flags: number;
+  /** What follows the netlink header: the family's header, then attributes. */
+  body: Buffer;
+}
+
+/** The messages of an answer. `what` names the answer in errors ("nftables answer"). */
+export function netlinkMessages(answer: Buffer, what: string): NetlinkMessage[] {
+  const out: NetlinkMessage[] = [];
+  for (let o = 0; o + NLMSG_HDRLEN <= answer.length;) {
+    const len = hostU32(answer, o);
+    if (len < NLMSG_HDRLEN || o + len > answer.length) throw new Error(`${what}: a message runs past the end`);
+    out.push({
+      type: hostU16(answer, o + 4),
+      flags: hostU16(answer, o + 6),
+      body: answer.subarray(o + NLMSG_HDRLEN, o + len),
+    });
+    o += align4(len);
+  }
+  return out;
+}
+
+/** The attributes of b from `start`: type (flags masked off) -> value, the last of a type kept. */
+export function netlinkAttributes(b: Buffer, start: number, what: string): Map<number, Buffer> {
+  const out = new Map<number, Buffer>();
+  for (const a of attributeList(b, start, what)) out.set(a.type, a.value);
+  return out;
+}
+
+/** The attributes of b from `start`, in order (a list's elements). */
+export function attributeList(b: Buffer, start: number, what: string): Attribute[] {
+  const out: Attribute[] = [];
+  for (let o = start; o + 4 <= b.length;) {
+    const len = hostU16(b, o);
+    if (len < 4 || o + len > b.length) throw new Error(`${what}: an attribute runs past its message`);
+    out.push({ type: hostU16(b, o + 2) & NLA_TYPE_MASK, value: b.subarray(o + 4, o + len) });
+    o += align4(len);
+  }
+  return out;
+}
