@@ -5,6 +5,7 @@ import { readFileSync, readlinkSync, existsSync } from 'node:fs';
 import { writeFile } from 'node:fs/promises';
 import { basename } from 'node:path';
 import { ip, ipBatchIn, ipJson, linkExists } from '../net/command.js';
+import { readLink, type LinkState } from './link-netlink.js';
 
 export const BRIDGE = 'weft';
 /** The VXLAN network id weft uses on the wire (the kernel device's and OVS's). */
@@ -41,26 +42,21 @@ export async function underlayMtu(): Promise<number> {
   return mtus.length > 0 ? Math.min(...mtus) : 1500;
 }
 
-/** A link as sysfs shows it: what the periodic checks compare. */
-export interface SysLink {
-  ifindex: number;
-  mtu: number;
-  address: string;
-  up: boolean;
-  isBridge: boolean;
-  master: string | null;
-  /** A bridge port's flags (null: not a port). */
-  port: { learning: boolean; neighSuppress: boolean; isolated: boolean } | null;
-}
-
 /**
- * A link of this network namespace as /sys/class/net shows it, or null when there is none (or sysfs
- * cannot say). No process: the 5 s checks read this and run `ip` only when something is not as it
- * should be, where the `ip` check (authoritative) decides. The router's sysfs is its namespace's
+ * A link of this network namespace as the kernel describes it, or null when there is none (or the
+ * kernel cannot say): over rtnetlink by the addon (link-netlink.ts), from /sys/class/net without it
+ * or if that fails. No process: the 5 s checks read this and run `ip` only when something is not as
+ * it should be, where the `ip` check (authoritative) decides. The router's sysfs is its namespace's
  * (`ip netns exec` and containers mount their own; the attach path relies on it too).
  */
-export function sysLink(dev: string): SysLink | null {
+export function linkState(dev: string): LinkState | null {
   if (!/^[\w.-]{1,15}$/.test(dev)) return null;
+  try {
+    const link = readLink(dev);
+    if (link !== undefined) return link;
+  } catch {
+    /* sysfs, then */
+  }
   const dir = `/sys/class/net/${dev}`;
   const read = (f: string) => readFileSync(`${dir}/${f}`, 'utf8').trim();
   try {
@@ -94,7 +90,7 @@ export function sysLink(dev: string): SysLink | null {
 /** Makes sure the bridge exists, up, with our MAC and MTU; returns what it had to fix. */
 export async function ensureBridge(c: { mac: string; mtu: number; ipv6?: boolean }): Promise<string[]> {
   const ipv6 = c.ipv6 ?? false;
-  const now = sysLink(BRIDGE);
+  const now = linkState(BRIDGE);
   if (now?.isBridge && now.up && now.mtu === c.mtu && now.address === c.mac.toLowerCase() && !bridgeIpv6Differs(ipv6))
     return [];
   if (!now && !(await linkExists(BRIDGE))) {
@@ -189,7 +185,7 @@ async function setBridgeIpv6(ipv6: boolean): Promise<boolean> {
  * one overlay never leaves over another, so nothing loops). `what` names it in the list of repairs.
  */
 export async function ensurePort(dev: string, what: string, up: string[] = [dev]): Promise<string[]> {
-  const now = sysLink(dev);
+  const now = linkState(dev);
   if (
     now?.master === BRIDGE &&
     now.port &&
@@ -197,7 +193,7 @@ export async function ensurePort(dev: string, what: string, up: string[] = [dev]
     now.port.neighSuppress &&
     now.port.isolated &&
     // The port itself was just read: only other devices are read again.
-    up.every((d) => (d === dev ? now : sysLink(d))?.up)
+    up.every((d) => (d === dev ? now : linkState(d))?.up)
   )
     return [];
   // One `ip` process: onto the bridge, the port's flags (set whenever anything was off), up.
@@ -210,7 +206,7 @@ export async function ensurePort(dev: string, what: string, up: string[] = [dev]
   }
   lines.push(`link set dev ${dev} type bridge_slave learning off neigh_suppress on isolated on`);
   for (const d of up)
-    if (!sysLink(d)?.up) {
+    if (!linkState(d)?.up) {
       lines.push(`link set ${d} up`);
       fixed.push(`${d} was down`);
     }

@@ -6,7 +6,7 @@
 import type { MeshView, PeerName } from '../../mesh/index.js';
 import { ethtool, ip, ipJson, linkExists } from '../../net/command.js';
 import type { Backend, PathHealth, Programme } from '../backend.js';
-import { VNI, bridgeMac, ensurePort, sysLink, type LinkInfo } from '../bridge.js';
+import { VNI, bridgeMac, ensurePort, linkState, type LinkInfo } from '../bridge.js';
 import { VXLAN_DEV } from '../vxlan/fdb.js';
 import { FastdpHealth } from '../vxlan/health.js';
 import { desiredFlows } from './flows.js';
@@ -70,13 +70,13 @@ export class OvsBackend implements Backend {
    */
   async plumb(): Promise<string[]> {
     const mtu = this.config.mtu();
-    // As checked last time (no VXLAN device, the same veth, its MTU): no `ip` needed (see sysLink).
-    const end = sysLink(OVS_VETH_BRIDGE_END);
+    // As checked last time (no VXLAN device, the same veth, its MTU): no `ip` needed (see linkState).
+    const end = linkState(OVS_VETH_BRIDGE_END);
     if (
-      !sysLink(VXLAN_DEV) &&
+      !linkState(VXLAN_DEV) &&
       end?.ifindex === this.checkedIfindex &&
       end.mtu === mtu &&
-      sysLink(OVS_VETH_OVS_END)?.mtu === mtu
+      linkState(OVS_VETH_OVS_END)?.mtu === mtu
     )
       return ensurePort(OVS_VETH_BRIDGE_END, 'OVS veth', [OVS_VETH_BRIDGE_END, OVS_VETH_OVS_END]);
     const fixed: string[] = [];
@@ -107,7 +107,7 @@ export class OvsBackend implements Backend {
     const shown = (await ipJson<LinkInfo[]>(['-d', 'link', 'show', 'dev', OVS_VETH_BRIDGE_END]))[0];
     if (shown.mtu !== mtu)
       for (const dev of [OVS_VETH_BRIDGE_END, OVS_VETH_OVS_END]) await ip(['link', 'set', dev, 'mtu', String(mtu)]);
-    this.checkedIfindex = sysLink(OVS_VETH_BRIDGE_END)?.ifindex ?? null;
+    this.checkedIfindex = linkState(OVS_VETH_BRIDGE_END)?.ifindex ?? null;
     return [...fixed, ...(await ensurePort(OVS_VETH_BRIDGE_END, 'OVS veth', [OVS_VETH_BRIDGE_END, OVS_VETH_OVS_END]))];
   }
 

@@ -21,7 +21,7 @@ import {
 } from '../../mesh/index.js';
 import { formatHostPort, hostOf } from '../../net/host-port.js';
 import { underlayAddressProblem } from '../../net/validate.js';
-import { ensurePort, sysLink } from '../bridge.js';
+import { ensurePort, linkState } from '../bridge.js';
 import type { Backend, PathHealth, Programme } from '../backend.js';
 import { ipBatch } from '../../net/command.js';
 import {
@@ -275,10 +275,10 @@ export class Sleeve implements Gossiper, Backend {
   async plumb(): Promise<string[]> {
     // Super-frames a little under 64 KB fit one datagram with our headers. gso_max_size is not in
     // sysfs: set once per TAP (its ifindex), and again when the MTU is not ours.
-    const tap = sysLink(SLEEVE_TAP);
+    const tap = linkState(SLEEVE_TAP);
     if (!tap || tap.ifindex !== this.tapIfindex || tap.mtu !== this.config.mtu()) {
       await ipBatch([`link set ${SLEEVE_TAP} mtu ${this.config.mtu()} gso_max_size 65000`]);
-      this.tapIfindex = sysLink(SLEEVE_TAP)?.ifindex ?? null;
+      this.tapIfindex = linkState(SLEEVE_TAP)?.ifindex ?? null;
     }
     return ensurePort(SLEEVE_TAP, 'sleeve TAP');
   }

@@ -7,7 +7,7 @@
 import type { MeshView, PeerName } from '../../mesh/index.js';
 import { ip, ipJson, linkExists } from '../../net/command.js';
 import type { Backend, PathHealth, Programme } from '../backend.js';
-import { VNI, ensurePort, sysLink, type LinkInfo } from '../bridge.js';
+import { VNI, ensurePort, linkState, type LinkInfo } from '../bridge.js';
 import { FLOOD_MAC, VXLAN6_DEV, VXLAN_DEV, deviceFor, programFdb, readFdb, type FdbEntry } from './fdb.js';
 import { FastdpHealth } from './health.js';
 
@@ -72,7 +72,7 @@ export class VxlanBackend implements Backend {
     const what = six ? 'VXLAN device (IPv6 underlay)' : 'VXLAN device';
     // Its VNI and port are not in sysfs, and cannot change but by making the device again (a new
     // ifindex): the one checked last time, with the right MTU, needs no `ip`.
-    const now = sysLink(dev);
+    const now = linkState(dev);
     if (now && now.ifindex === this.checkedIfindex.get(dev) && now.mtu === this.config.mtu())
       return ensurePort(dev, what);
     const fixed: string[] = [];
@@ -109,7 +109,7 @@ export class VxlanBackend implements Backend {
       ]);
       fixed.push(`created ${what}`);
     } else if (vx.mtu !== this.config.mtu()) await ip(['link', 'set', dev, 'mtu', String(this.config.mtu())]);
-    this.checkedIfindex.set(dev, sysLink(dev)?.ifindex ?? null);
+    this.checkedIfindex.set(dev, linkState(dev)?.ifindex ?? null);
     return [...fixed, ...(await ensurePort(dev, what))];
   }
 
@@ -141,7 +141,7 @@ export class VxlanBackend implements Backend {
   /** Both devices' entries. */
   async fdb(): Promise<FdbEntry[]> {
     const out: FdbEntry[] = [];
-    for (const dev of this.devices) if (sysLink(dev)) out.push(...(await readFdb(dev)));
+    for (const dev of this.devices) if (linkState(dev)) out.push(...(await readFdb(dev)));
     return out;
   }
 
