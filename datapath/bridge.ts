@@ -57,6 +57,12 @@ export function linkState(dev: string): LinkState | null {
   } catch {
     /* sysfs, then */
   }
+  return sysfsLinkState(dev);
+}
+
+/** A link as /sys/class/net shows it (linkState without the addon); null when there is none. */
+export function sysfsLinkState(dev: string): LinkState | null {
+  if (!/^[\w.-]{1,15}$/.test(dev)) return null;
   const dir = `/sys/class/net/${dev}`;
   const read = (f: string) => readFileSync(`${dir}/${f}`, 'utf8').trim();
   try {

@@ -4,11 +4,11 @@
 import { netlinkRequest } from '../native/index.js';
 import {
   cString,
+  cStringAt,
+  eachAttribute,
   hostU32,
-  netlinkAttributes,
   netlinkMessages,
   netlinkRequestBytes,
-  readCString,
   writeHostU32,
 } from '../net/netlink.js';
 
@@ -62,33 +62,38 @@ export function linkRequest(link: string | number): Buffer {
 /** What the answer to linkRequest says, with the master's index (its name is another request). */
 export function parseLink(answer: Buffer): Omit<LinkState, 'master'> & { masterIndex: number | null } {
   const m = netlinkMessages(answer, WHAT)[0];
-  if (m?.type !== RTM_NEWLINK || m.body.length < IFINFOMSG_LEN) throw new Error(`${WHAT}: not a link`);
-  const attrs = netlinkAttributes(m.body, IFINFOMSG_LEN, WHAT);
-  const mac = attrs.get(IFLA_ADDRESS);
-  const mtu = attrs.get(IFLA_MTU);
-  const master = attrs.get(IFLA_MASTER);
-  const info = attrs.get(IFLA_LINKINFO);
-  const linkInfo = info ? netlinkAttributes(info, 0, WHAT) : new Map<number, Buffer>();
-  const kind = linkInfo.get(IFLA_INFO_KIND);
-  const slaveKind = linkInfo.get(IFLA_INFO_SLAVE_KIND);
-  const slaveData = linkInfo.get(IFLA_INFO_SLAVE_DATA);
+  if (m?.type !== RTM_NEWLINK || m.end - m.start < IFINFOMSG_LEN) throw new Error(`${WHAT}: not a link`);
+  let [mtu, address, masterIndex, isBridge] = [0, '', null as number | null, false];
+  let [slave, slaveFrom, slaveTo] = [false, 0, 0];
+  eachAttribute(answer, m.start + IFINFOMSG_LEN, m.end, WHAT, (type, from, to) => {
+    if (type === IFLA_MTU && to - from === 4) mtu = hostU32(answer, from);
+    else if (type === IFLA_ADDRESS) address = answer.toString('hex', from, to).replace(/(..)(?!$)/g, '$1:');
+    else if (type === IFLA_MASTER && to - from === 4) masterIndex = hostU32(answer, from);
+    else if (type === IFLA_LINKINFO)
+      eachAttribute(answer, from, to, WHAT, (t, f, e) => {
+        if (t === IFLA_INFO_KIND) isBridge = cStringAt(answer, f, e) === 'bridge';
+        else if (t === IFLA_INFO_SLAVE_KIND) slave = cStringAt(answer, f, e) === 'bridge';
+        else if (t === IFLA_INFO_SLAVE_DATA) [slaveFrom, slaveTo] = [f, e];
+      });
+  });
   let port: LinkState['port'] = null;
-  if (slaveKind && readCString(slaveKind) === 'bridge' && slaveData) {
-    const p = netlinkAttributes(slaveData, 0, WHAT);
-    const flag = (t: number) => p.get(t)?.[0] === 1;
-    port = {
-      learning: flag(IFLA_BRPORT_LEARNING),
-      neighSuppress: flag(IFLA_BRPORT_NEIGH_SUPPRESS),
-      isolated: flag(IFLA_BRPORT_ISOLATED),
-    };
+  if (slave && slaveTo > slaveFrom) {
+    port = { learning: false, neighSuppress: false, isolated: false };
+    const p = port;
+    eachAttribute(answer, slaveFrom, slaveTo, WHAT, (t, f, e) => {
+      const on = e > f && answer[f] === 1;
+      if (t === IFLA_BRPORT_LEARNING) p.learning = on;
+      else if (t === IFLA_BRPORT_NEIGH_SUPPRESS) p.neighSuppress = on;
+      else if (t === IFLA_BRPORT_ISOLATED) p.isolated = on;
+    });
   }
   return {
-    ifindex: hostU32(m.body, 4),
-    mtu: mtu?.length === 4 ? hostU32(mtu, 0) : 0,
-    address: mac ? [...mac].map((x) => x.toString(16).padStart(2, '0')).join(':') : '',
-    up: (hostU32(m.body, 8) & IFF_UP) === IFF_UP,
-    isBridge: kind !== undefined && readCString(kind) === 'bridge',
-    masterIndex: master?.length === 4 ? hostU32(master, 0) : null,
+    ifindex: hostU32(answer, m.start + 4),
+    mtu,
+    address,
+    up: (hostU32(answer, m.start + 8) & IFF_UP) === IFF_UP,
+    isBridge,
+    masterIndex,
     port,
   };
 }
@@ -118,7 +123,10 @@ export function readLink(dev: string, netns?: string): LinkState | null | undefi
 function masterName(index: number, netns?: string): string | null {
   const answer = askLink(index, netns);
   const m = answer ? netlinkMessages(answer, WHAT)[0] : undefined;
-  const name =
-    m && m.body.length >= IFINFOMSG_LEN ? netlinkAttributes(m.body, IFINFOMSG_LEN, WHAT).get(IFLA_IFNAME) : undefined;
-  return name ? readCString(name) : null;
+  let name: string | null = null;
+  if (answer && m && m.end - m.start >= IFINFOMSG_LEN)
+    eachAttribute(answer, m.start + IFINFOMSG_LEN, m.end, WHAT, (type, from, to) => {
+      if (type === IFLA_IFNAME) name = cStringAt(answer, from, to);
+    });
+  return name;
 }

@@ -7,12 +7,11 @@ import { netlinkRequest } from '../native/index.js';
 import {
   NLM_F_DUMP,
   NLM_F_DUMP_INTR,
-  attributeList,
   cString,
-  netlinkAttributes,
+  cStringAt,
+  eachAttribute,
   netlinkMessages,
   netlinkRequestBytes,
-  readCString,
 } from '../net/netlink.js';
 
 const NETLINK_NETFILTER = 12;
@@ -46,13 +45,12 @@ export function ruleDumpRequest(family: NftFamily, table: string): Buffer {
   ]);
 }
 
-/** A rule's comment, from its user data. */
-function comment(userdata: Buffer | undefined): string | undefined {
-  if (!userdata) return undefined;
-  for (let o = 0; o + 2 <= userdata.length; o += 2 + userdata[o + 1]) {
-    const [type, len] = [userdata[o], userdata[o + 1]];
-    if (o + 2 + len > userdata.length) break;
-    if (type === UDATA_RULE_COMMENT) return readCString(userdata.subarray(o + 2, o + 2 + len));
+/** A rule's comment, from its user data in b[from, to). */
+function commentAt(b: Buffer, from: number, to: number): string | undefined {
+  for (let o = from; o + 2 <= to; o += 2 + b[o + 1]) {
+    const [type, len] = [b[o], b[o + 1]];
+    if (o + 2 + len > to) break;
+    if (type === UDATA_RULE_COMMENT) return cStringAt(b, o + 2, o + 2 + len);
   }
   return undefined;
 }
@@ -75,21 +73,32 @@ export function countersByComment(answer: Buffer, table: string): RuleCounts {
   const sums: RuleCounts = new Map();
   for (const m of netlinkMessages(answer, WHAT)) {
     if (m.flags & NLM_F_DUMP_INTR) throw new DumpInterrupted();
-    if (m.type !== (NFT | NFT_MSG_NEWRULE) || m.body.length < NFGENMSG_LEN) continue;
-    const attrs = netlinkAttributes(m.body, NFGENMSG_LEN, WHAT);
-    const name = comment(attrs.get(NFTA_RULE_USERDATA));
-    const ruleTable = attrs.get(NFTA_RULE_TABLE);
-    if (name === undefined || !ruleTable || readCString(ruleTable) !== table) continue;
+    if (m.type !== (NFT | NFT_MSG_NEWRULE) || m.end - m.start < NFGENMSG_LEN) continue;
+    let name: string | undefined;
+    let ours = false;
+    let [exprsFrom, exprsTo] = [0, 0];
+    eachAttribute(answer, m.start + NFGENMSG_LEN, m.end, WHAT, (type, from, to) => {
+      if (type === NFTA_RULE_TABLE) ours = cStringAt(answer, from, to) === table;
+      else if (type === NFTA_RULE_USERDATA) name = commentAt(answer, from, to);
+      else if (type === NFTA_RULE_EXPRESSIONS) [exprsFrom, exprsTo] = [from, to];
+    });
+    if (!ours || name === undefined) continue;
     let packets = 0;
-    for (const expr of attributeList(attrs.get(NFTA_RULE_EXPRESSIONS) ?? Buffer.alloc(0), 0, WHAT)) {
-      if (expr.type !== NFTA_LIST_ELEM) continue;
-      const e = netlinkAttributes(expr.value, 0, WHAT);
-      const exprName = e.get(NFTA_EXPR_NAME);
-      const data = e.get(NFTA_EXPR_DATA);
-      if (!exprName || readCString(exprName) !== 'counter' || !data) continue;
-      const p = netlinkAttributes(data, 0, WHAT).get(NFTA_COUNTER_PACKETS);
-      if (p?.length === 8) packets += Number(p.readBigUInt64BE(0));
-    }
+    eachAttribute(answer, exprsFrom, exprsTo, WHAT, (type, from, to) => {
+      if (type !== NFTA_LIST_ELEM) return;
+      let counter = false;
+      let [dataFrom, dataTo] = [0, 0];
+      eachAttribute(answer, from, to, WHAT, (t, f, e) => {
+        if (t === NFTA_EXPR_NAME) counter = cStringAt(answer, f, e) === 'counter';
+        else if (t === NFTA_EXPR_DATA) [dataFrom, dataTo] = [f, e];
+      });
+      if (!counter) return;
+      eachAttribute(answer, dataFrom, dataTo, WHAT, (t, f, e) => {
+        // A 64-bit count in network order (as a number: exact to 2^53 packets).
+        if (t === NFTA_COUNTER_PACKETS && e - f === 8)
+          packets += answer.readUInt32BE(f) * 2 ** 32 + answer.readUInt32BE(f + 4);
+      });
+    });
     const sum = sums.get(name) ?? { packets: 0, rules: 0 };
     sum.packets += packets;
     sum.rules++;
@@ -129,7 +138,10 @@ export function rulesetGeneration(netns?: string): number | null {
   if (!answer) return null;
   const m = netlinkMessages(answer, WHAT)[0];
   if (m?.type !== (NFT | NFT_MSG_NEWGEN)) throw new Error(`${WHAT}: not a generation`);
-  const id = netlinkAttributes(m.body, NFGENMSG_LEN, WHAT).get(NFTA_GEN_ID);
-  if (id?.length !== 4) throw new Error(`${WHAT}: a generation without its number`);
-  return id.readUInt32BE(0);
+  let id: number | null = null;
+  eachAttribute(answer, m.start + NFGENMSG_LEN, m.end, WHAT, (type, from, to) => {
+    if (type === NFTA_GEN_ID && to - from === 4) id = answer.readUInt32BE(from);
+  });
+  if (id === null) throw new Error(`${WHAT}: a generation without its number`);
+  return id;
 }

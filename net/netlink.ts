@@ -29,10 +29,10 @@ export interface Attribute {
 /** A string attribute's value (NUL-terminated, as the kernel wants them). */
 export const cString = (text: string): Buffer => Buffer.from(`${text}\0`);
 
-/** A string from an attribute's value, up to its NUL. */
-export function readCString(b: Buffer): string {
-  const nul = b.indexOf(0);
-  return b.subarray(0, nul < 0 ? b.length : nul).toString();
+/** The string in b[from, to), up to its NUL. */
+export function cStringAt(b: Buffer, from: number, to: number): string {
+  const nul = b.indexOf(0, from);
+  return b.toString('latin1', from, nul < 0 || nul > to ? to : nul);
 }
 
 /** A request: the netlink header (sequence number and port left to the addon), the family's header, attributes. */
@@ -54,11 +54,16 @@ export function netlinkRequestBytes(type: number, flags: number, header: Buffer,
   return b;
 }
 
+// Answers are read once a second or so, so their code is never optimised and runs with cold caches:
+// the readers below walk the bytes by offset and make no Buffer, Map or array per attribute.
+
+/** A message of an answer: its type and flags, and where its body (after the netlink header) is. */
 export interface NetlinkMessage {
   type: number;
   flags: number;
-  /** What follows the netlink header: the family's header, then attributes. */
-  body: Buffer;
+  /** The family's header, then attributes: answer[start, end). */
+  start: number;
+  end: number;
 }
 
 /** The messages of an answer. `what` names the answer in errors ("nftables answer"). */
@@ -67,31 +72,24 @@ export function netlinkMessages(answer: Buffer, what: string): NetlinkMessage[] 
   for (let o = 0; o + NLMSG_HDRLEN <= answer.length;) {
     const len = hostU32(answer, o);
     if (len < NLMSG_HDRLEN || o + len > answer.length) throw new Error(`${what}: a message runs past the end`);
-    out.push({
-      type: hostU16(answer, o + 4),
-      flags: hostU16(answer, o + 6),
-      body: answer.subarray(o + NLMSG_HDRLEN, o + len),
-    });
+    out.push({ type: hostU16(answer, o + 4), flags: hostU16(answer, o + 6), start: o + NLMSG_HDRLEN, end: o + len });
     o += align4(len);
   }
   return out;
 }
 
-/** The attributes of b from `start`: type (flags masked off) -> value, the last of a type kept. */
-export function netlinkAttributes(b: Buffer, start: number, what: string): Map<number, Buffer> {
-  const out = new Map<number, Buffer>();
-  for (const a of attributeList(b, start, what)) out.set(a.type, a.value);
-  return out;
-}
-
-/** The attributes of b from `start`, in order (a list's elements). */
-export function attributeList(b: Buffer, start: number, what: string): Attribute[] {
-  const out: Attribute[] = [];
-  for (let o = start; o + 4 <= b.length;) {
+/** Calls visit(type, from, to) for each attribute in b[start, end), its value being b[from, to). */
+export function eachAttribute(
+  b: Buffer,
+  start: number,
+  end: number,
+  what: string,
+  visit: (type: number, from: number, to: number) => void,
+): void {
+  for (let o = start; o + 4 <= end;) {
     const len = hostU16(b, o);
-    if (len < 4 || o + len > b.length) throw new Error(`${what}: an attribute runs past its message`);
-    out.push({ type: hostU16(b, o + 2) & NLA_TYPE_MASK, value: b.subarray(o + 4, o + len) });
+    if (len < 4 || o + len > end) throw new Error(`${what}: an attribute runs past its message`);
+    visit(hostU16(b, o + 2) & NLA_TYPE_MASK, o + 4, o + len);
     o += align4(len);
   }
-  return out;
 }
