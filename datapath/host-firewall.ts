@@ -102,13 +102,12 @@ export class HostFirewall {
     const generation = this.generation();
     if (generation !== null && this.matched?.generation === generation && this.matched.wanted === wanted) return null;
     this.matched = null;
-    const differs = () => firewallDiffers(this.state(), guardRuleset(this.config.bindings(), this.config.guard));
-    if ((await differs()) === null) {
+    if ((await firewallDiffers(state, guard)) === null) {
       if (generation !== null) this.matched = { generation, wanted };
       return null;
     }
     await new Promise((r) => setTimeout(r, 250));
-    return differs();
+    return firewallDiffers(this.state(), guardRuleset(this.config.bindings(), this.config.guard));
   }
 
   /** The ruleset's generation, or null when it cannot be read (then every check lists). */
