@@ -444,6 +444,10 @@ export class ServiceEngine {
             checks.push({ key: `${v.name} ${b.container} ${six ? 6 : 4}`, failing, addr, port: v.check.port, six });
       }
     }
+    // Nothing to check and nothing failing from before: nothing below would change (this runs every
+    // second, and on most hosts no service has a check).
+    if (checks.length === 0 && this.failures.size === 0 && !this.health.local.length && !this.health6.local.length)
+      return;
     const results = await Promise.all(checks.map(async (c) => ({ c, ok: await tcpProbe(c.addr, c.port) })));
     this.stats.probes += results.length;
     const keys = new Set(checks.map((c) => c.key));
