@@ -209,7 +209,10 @@ export async function applyFirewall(s: FirewallState): Promise<void> {
   await ensureForwardAccept();
 }
 
-/** Why our tables are not there with the rules for this state (a flush or edit shows as a difference); null when they are. */
+/**
+ * Why our tables are not there with the rules for this state (a flush or edit shows as a difference);
+ * null when they are. Throws when the host's FORWARD chains cannot be listed.
+ */
 export async function firewallDiffers(s: FirewallState, guard: string): Promise<string | null> {
   let listing: NftJson;
   try {
@@ -233,7 +236,9 @@ export async function firewallDiffers(s: FirewallState, guard: string): Promise<
   // A FORWARD chain that appeared later (Docker started after weft) needs our accept rule too.
   for (const family of FORWARD_FAMILIES) {
     const missing = await forwardAcceptMissing(family);
-    if (missing === null) return `cannot list the host's ${family} filter FORWARD chain`;
+    // Not a difference (writing our tables again would not help): the check fails, says why, and
+    // looks again in 5 s.
+    if (missing === null) throw new Error(`cannot list the host's ${family} filter FORWARD chain`);
     if (missing) return `the host's ${family} filter FORWARD chain lacks weft's accept rule`;
   }
   return null;

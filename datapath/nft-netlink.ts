@@ -135,7 +135,11 @@ export function readRuleCounters(family: NftFamily, table: string, netns?: strin
 export function rulesetGeneration(netns?: string): number | null {
   const request = netlinkRequestBytes(NFT | NFT_MSG_GETGEN, 0, Buffer.alloc(NFGENMSG_LEN));
   const answer = netlinkRequest(NETLINK_NETFILTER, request, netns);
-  if (!answer) return null;
+  return answer && generationOf(answer);
+}
+
+/** The generation in the answer to a GETGEN request. */
+export function generationOf(answer: Buffer): number {
   const m = netlinkMessages(answer, WHAT)[0];
   if (m?.type !== (NFT | NFT_MSG_NEWGEN)) throw new Error(`${WHAT}: not a generation`);
   let id: number | null = null;

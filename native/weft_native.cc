@@ -1298,8 +1298,9 @@ Napi::Value ReleaseAddressHandle(const Napi::CallbackInfo& info) {
 // acknowledgement), concatenated, each padded as netlink aligns them. Throws the kernel's error, with
 // its number as `errno`. It is synchronous: the kernel answers within the system calls (a dump as the
 // caller reads), so the router reads small kernel state, such as the heartbeat counters each second,
-// without a process or a wake-up of its own. Reading gives up after 1 s in all; sending waits as long
-// as the kernel does (rtnetlink requests take its rtnl lock, as `ip` does).
+// without a process or a wake-up of its own. Reading gives up 1 s after the request was sent; sending
+// waits as long as the kernel does (rtnetlink requests take its rtnl lock, as `ip` does; a dump's
+// later parts are built within the reads, which the limit does not cut short either).
 Napi::Value NetlinkRequest(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (info.Length() < 2 || !info[0].IsNumber() || !info[1].IsBuffer()) {
@@ -1335,14 +1336,6 @@ Napi::Value NetlinkRequest(const Napi::CallbackInfo& info) {
     return env.Null();
   };
   if (fd < 0) return fail(err, code);
-  timespec start{};
-  clock_gettime(CLOCK_MONOTONIC, &start);
-  const auto elapsedUs = [&]() {
-    timespec now{};
-    clock_gettime(CLOCK_MONOTONIC, &now);
-    return (now.tv_sec - start.tv_sec) * 1000000L + (now.tv_nsec - start.tv_nsec) / 1000;
-  };
-  constexpr long LIMIT_US = 1000000;
   sockaddr_nl kernel{};
   kernel.nl_family = AF_NETLINK;
   std::vector<uint8_t> answer;
@@ -1351,6 +1344,16 @@ Napi::Value NetlinkRequest(const Napi::CallbackInfo& info) {
     code = errno;
     err = errnoText("netlink send", errno);
   }
+  // The reading limit counts from here: the kernel may have built the answer within sendto (waiting
+  // for its lock as long as it takes), and that answer is read, however long it took.
+  timespec start{};
+  clock_gettime(CLOCK_MONOTONIC, &start);
+  const auto elapsedUs = [&]() {
+    timespec now{};
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return (now.tv_sec - start.tv_sec) * 1000000L + (now.tv_nsec - start.tv_nsec) / 1000;
+  };
+  constexpr long LIMIT_US = 1000000;
   std::vector<uint8_t> buf(32768);
   for (bool done = !err.empty(); !done;) {
     long left = LIMIT_US - elapsedUs();

@@ -261,9 +261,14 @@ export class FastdpHealth implements Gossiper {
       for (const a of this.arrivals.values()) a.packets = 0;
     }
     // A peer's heartbeats arrive on its family's device: its count is the sum over the chains.
-    let counted: RuleCounts;
+    let counted: RuleCounts | null = null;
     try {
-      counted = readRuleCounters('netdev', TABLE) ?? (await this.countsFromNft());
+      counted = readRuleCounters('netdev', TABLE);
+    } catch {
+      // Netlink refused (a seccomp or LSM policy, say) or timed out: nft can still say.
+    }
+    try {
+      counted ??= await this.countsFromNft();
     } catch (err) {
       // The table gone (nft says so; over netlink a missing table reads as no rules): made again at
       // the next beat. Other errors (a time-out, say) leave it as it is.

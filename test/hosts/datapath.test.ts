@@ -242,7 +242,7 @@ describeAsRoot('fastdp across namespace hosts', () => {
     }
   });
 
-  it('status shows each connection as fastdp with its MTU, and (without the sleeve) says why there is no data path when UDP to the VXLAN port is blocked; a counting table removed underneath is made again', async () => {
+  it('status shows each connection as fastdp with its MTU, and (without the sleeve) says why there is no data path when UDP to the VXLAN port is blocked; a counting table or rule removed underneath is made again', async () => {
     const [a, b] = await twoHosts(['--no-sleeve']);
     const line = async () => (await a.weft(['status', 'connections'])).stdout.trim();
     await eventually('fastdp on A', async () => /established .* fastdp mtu=1450/.test(await line()), 10_000, 300);
@@ -269,22 +269,26 @@ describeAsRoot('fastdp across namespace hosts', () => {
     expect(r.connections[0].overlay).toBe('none');
     await b.exec('nft', ['delete', 'table', 'inet', 'blk']);
     await eventually('fastdp again', async () => /fastdp mtu=1450/.test(await line()), 10_000, 300);
-    // B's heartbeat counting table removed underneath (an administrator's `nft flush ruleset`, say):
-    // B makes it again at its next beat, with A's rule, and A's heartbeats count again.
+    // B's heartbeat counting table removed underneath (an administrator's `nft flush ruleset`, say),
+    // then only A's rule in it: B makes it again at its next beat, and A's heartbeats count again.
+    const hbRules = async () => {
+      const r = await run('ip', ['netns', 'exec', b.ns, 'nft', '-a', '-j', 'list', 'table', 'netdev', 'weft_hb']);
+      if (r.code !== 0) return null;
+      return (
+        JSON.parse(r.stdout) as {
+          nftables: { rule?: { chain: string; handle: number; expr: { counter?: { packets: number } }[] } }[];
+        }
+      ).nftables.flatMap((o) => (o.rule ? [o.rule] : []));
+    };
+    const counting = async () => {
+      const rules = await hbRules();
+      return rules?.length === 1 && (rules[0].expr.find((e) => e.counter)?.counter?.packets ?? 0) > 0;
+    };
     await b.exec('nft', ['delete', 'table', 'netdev', 'weft_hb']);
-    await eventually(
-      'B to make its counting table again',
-      async () => {
-        const r = await run('ip', ['netns', 'exec', b.ns, 'nft', '-j', 'list', 'table', 'netdev', 'weft_hb']);
-        if (r.code !== 0) return false;
-        const rules = (
-          JSON.parse(r.stdout) as { nftables: { rule?: { expr: { counter?: { packets: number } }[] } }[] }
-        ).nftables.flatMap((o) => (o.rule ? [o.rule] : []));
-        return rules.length === 1 && (rules[0].expr.find((e) => e.counter)?.counter?.packets ?? 0) > 0;
-      },
-      10_000,
-      300,
-    );
+    await eventually('B to make its counting table again', counting, 10_000, 300);
+    const [only] = (await hbRules())!;
+    await b.exec('nft', ['delete', 'rule', 'netdev', 'weft_hb', only.chain, 'handle', String(only.handle)]);
+    await eventually('B to make the rule again', counting, 10_000, 300);
     await eventually('fastdp still', async () => /fastdp mtu=1450/.test(await line()), 10_000, 300);
     // An underlay hop that cannot carry full-size overlay frames: the heartbeats (full MTU) say so.
     await run('ip', ['-n', cluster!.underlayNs, 'link', 'set', b.uplink, 'mtu', '1400']);

@@ -6,7 +6,7 @@ import { afterAll, beforeAll, expect, it } from 'vitest';
 import { must, run } from '../harness/exec.js';
 import { describeAsRoot } from '../harness/root.js';
 import { runPrefix } from '../harness/cluster.js';
-import { NftSession, nftObjects } from '../../net/nft-session.js';
+import { NftSession, nftObjects, type NftJson } from '../../net/nft-session.js';
 import { readRuleCounters, rulesetGeneration } from '../../datapath/nft-netlink.js';
 import { nativeError } from '../../native/index.js';
 
@@ -132,9 +132,19 @@ describeAsRoot('nft session (real nft)', () => {
 
   it('reads the ruleset generation: steady while nothing changes (listings and counters included), moved by any change', async () => {
     const path = `/run/netns/${ns}`;
+    await must('ip', ['netns', 'exec', ns, 'nft', '-f', '-'], {
+      input: 'table ip count {\n chain o {\n  type filter hook output priority 0;\n  counter comment "out"\n }\n}\n',
+    });
+    const counted = async () =>
+      nftObjects<Rule>(
+        JSON.parse(await must('ip', ['netns', 'exec', ns, 'nft', '-j', 'list', 'table', 'ip', 'count'])) as NftJson,
+        'rule',
+      )[0].expr.find((e) => e.counter)?.counter?.packets ?? 0;
     const g0 = rulesetGeneration(path)!;
     expect(Number.isInteger(g0)).toBe(true);
+    const before = await counted();
     await must('ip', ['netns', 'exec', ns, 'ping', '-c', '1', '-q', '127.0.0.1']);
+    expect(await counted()).toBeGreaterThan(before); // the counter moved; the generation does not
     await must('ip', ['netns', 'exec', ns, 'nft', 'list', 'ruleset']);
     expect(rulesetGeneration(path)).toBe(g0);
     await must('ip', ['netns', 'exec', ns, 'nft', 'add', 'table', 'ip', 'gen']);
@@ -142,5 +152,6 @@ describeAsRoot('nft session (real nft)', () => {
     expect(g1).not.toBe(g0);
     await must('ip', ['netns', 'exec', ns, 'nft', 'delete', 'table', 'ip', 'gen']);
     expect(rulesetGeneration(path)).not.toBe(g1);
+    await must('ip', ['netns', 'exec', ns, 'nft', 'delete', 'table', 'ip', 'count']);
   });
 });

@@ -2,7 +2,7 @@
 // writes them (host byte order for lengths and types, counters in network order). Against the real
 // kernel: test/hosts/nft-session.test.ts.
 import { describe, expect, it } from 'vitest';
-import { countersByComment, ruleDumpRequest } from '../../../datapath/nft-netlink.js';
+import { countersByComment, generationOf, ruleDumpRequest } from '../../../datapath/nft-netlink.js';
 
 const NESTED = 0x8000;
 
@@ -30,17 +30,21 @@ function comment(text: string): Buffer {
 }
 
 /** A rule as the kernel dumps it: NFT_MSG_NEWRULE with table, expressions and user data. */
-function rule(table: string, exprs: Buffer[], userdata?: Buffer, flags = 0x2 /* NLM_F_MULTI */): Buffer {
-  const body = Buffer.concat([
-    Buffer.from([5, 0, 0, 0]),
+function rule(table: string, exprs: Buffer[] | null, userdata?: Buffer, flags = 0x2 /* NLM_F_MULTI */): Buffer {
+  return message((10 << 8) | 6, flags, [
     attr(1, str(table)),
     attr(2, str('in')),
-    attr(4 | NESTED, Buffer.concat(exprs)),
+    ...(exprs ? [attr(4 | NESTED, Buffer.concat(exprs))] : []),
     ...(userdata ? [attr(7, userdata)] : []),
   ]);
+}
+
+/** A netlink message with an nfgenmsg (netdev) and these attributes. */
+function message(type: number, flags: number, attrs: Buffer[]): Buffer {
+  const body = Buffer.concat([Buffer.from([5, 0, 0, 0]), ...attrs]);
   const head = Buffer.alloc(16);
   head.writeUInt32LE(16 + body.length, 0);
-  head.writeUInt16LE((10 << 8) | 6, 4);
+  head.writeUInt16LE(type, 4);
   head.writeUInt16LE(flags, 6);
   return Buffer.concat([head, body]);
 }
@@ -75,6 +79,31 @@ describe('nftables rule counters over netlink', () => {
       ]),
     );
     expect(countersByComment(Buffer.alloc(0), 'weft_hb')).toEqual(new Map());
+  });
+
+  it('reads 64-bit counts, a rule without expressions, and a comment without its NUL', () => {
+    const unterminated = Buffer.concat([Buffer.from([0, 6]), Buffer.from('peer-c')]);
+    const answer = Buffer.concat([
+      rule('weft_hb', [counter(2 ** 33 + 5)], comment('peer-a')),
+      rule('weft_hb', null, comment('peer-b')),
+      rule('weft_hb', [counter(7)], unterminated),
+    ]);
+    expect(countersByComment(answer, 'weft_hb')).toEqual(
+      new Map([
+        ['peer-a', { packets: 2 ** 33 + 5, rules: 1 }],
+        ['peer-b', { packets: 0, rules: 1 }],
+        ['peer-c', { packets: 7, rules: 1 }],
+      ]),
+    );
+  });
+
+  it('reads the ruleset generation, and refuses an answer that is not one or lacks its number', () => {
+    const id = Buffer.alloc(4);
+    id.writeUInt32BE(0x01020304);
+    expect(generationOf(message((10 << 8) | 15, 0, [attr(1, id), attr(2, Buffer.alloc(4))]))).toBe(0x01020304);
+    expect(() => generationOf(message((10 << 8) | 6, 0, [attr(1, id)]))).toThrow(/not a generation/);
+    expect(() => generationOf(message((10 << 8) | 15, 0, [attr(2, id)]))).toThrow(/without its number/);
+    expect(() => generationOf(Buffer.alloc(0))).toThrow(/not a generation/);
   });
 
   it('refuses an interrupted dump (the flag on a rule or on the end of the dump) and a malformed answer, and says which', () => {
