@@ -427,6 +427,10 @@ export class ServiceEngine {
   private async probe(): Promise<void> {
     // The host reaches its own containers through the DNS address's routes back (datapath); without them, nothing is probed.
     if (!this.datapath?.config.dns) return;
+    // Nothing checked and nothing failing from before: nothing below would change. This runs every
+    // second and most hosts have no service with a check; the views are not worth making to find that.
+    const idle = () => this.failures.size === 0 && !this.health.local.length && !this.health6.local.length;
+    if (idle() && !this.table.values().some((s) => s.check)) return;
     const local = new Set(this.datapath.endpoints.local.map((e) => e.container));
     // Each address a backend has is checked (a server may listen on one family only); an IPv6-only
     // backend's check is its `health` and its `health6` alike.
@@ -444,10 +448,8 @@ export class ServiceEngine {
             checks.push({ key: `${v.name} ${b.container} ${six ? 6 : 4}`, failing, addr, port: v.check.port, six });
       }
     }
-    // Nothing to check and nothing failing from before: nothing below would change (this runs every
-    // second, and on most hosts no service has a check).
-    if (checks.length === 0 && this.failures.size === 0 && !this.health.local.length && !this.health6.local.length)
-      return;
+    // Checks, but none of them for a local backend: the same.
+    if (checks.length === 0 && idle()) return;
     const results = await Promise.all(checks.map(async (c) => ({ c, ok: await tcpProbe(c.addr, c.port) })));
     this.stats.probes += results.length;
     const keys = new Set(checks.map((c) => c.key));

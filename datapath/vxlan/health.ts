@@ -15,6 +15,8 @@
 // reads states), an acknowledgement each second the count moved, without `every`:
 // the sender gives those the short window, since no "missing" will follow them.
 import dgram from 'node:dgram';
+import dns from 'node:dns';
+import { isIP } from 'node:net';
 import { existsSync } from 'node:fs';
 import {
   type Gossip,
@@ -92,9 +94,23 @@ export interface HealthOptions {
   devices?: string[];
 }
 
+/**
+ * Heartbeats go to underlay addresses, never names: Node's dgram looks each one up all the same
+ * (dns.lookup's checks and a tick, every second per peer); an address is its own answer.
+ */
+const literalLookup = (
+  host: string,
+  family: unknown,
+  done: (err: Error | null, address: string, family: number) => void,
+) => {
+  const f = isIP(host);
+  if (f === 0) dns.lookup(host, family as number, done);
+  else done(null, host, f);
+};
+
 export class FastdpHealth implements Gossiper {
   readonly paths = new Map<PeerName, PathHealth>();
-  private readonly socket = dgram.createSocket('udp4');
+  private readonly socket = dgram.createSocket({ type: 'udp4', lookup: literalLookup });
   /** For peers at IPv6 underlay addresses, made on first use. */
   private socket6: dgram.Socket | null = null;
   private readonly channel: Gossip;
@@ -103,6 +119,8 @@ export class FastdpHealth implements Gossiper {
   private tableFor = '';
   /** Each peer's heartbeat packet, made again when our name or the MTU changes. */
   private readonly packets = new Map<PeerName, { key: string; packet: Buffer }>();
+  /** Our bridge MAC, for our name (code run once a second runs cold: even this much shows in a profile). */
+  private me = { name: '', mac: '' };
   /** The beat under way (a connection's first beat does not wait for the timer, nor run beside it). */
   private beating: Promise<void> | null = null;
   private readonly healthyListeners: (() => void)[] = [];
@@ -131,7 +149,7 @@ export class FastdpHealth implements Gossiper {
   private socketFor(addr: string): dgram.Socket {
     if (!addr.includes(':')) return this.socket;
     if (!this.socket6) {
-      this.socket6 = dgram.createSocket({ type: 'udp6', ipv6Only: true });
+      this.socket6 = dgram.createSocket({ type: 'udp6', ipv6Only: true, lookup: literalLookup });
       this.socket6.on('error', (err) => (this.lastError = `heartbeat socket (IPv6): ${err.message}`));
       this.socket6.unref();
     }
@@ -204,7 +222,8 @@ export class FastdpHealth implements Gossiper {
     // What is kept per peer goes with the peer.
     for (const byPeer of [this.paths, this.arrivals, this.packets])
       for (const p of [...byPeer.keys()]) if (!peers.includes(p)) byPeer.delete(p);
-    const me = bridgeMac(this.mesh.name);
+    if (this.me.name !== this.mesh.name) this.me = { name: this.mesh.name, mac: bridgeMac(this.mesh.name) };
+    const me = this.me.mac;
     const mtu = this.mtu();
     const key = `${me} ${mtu}`;
     for (const p of peers) {
