@@ -45,7 +45,7 @@ export async function underlayMtu(): Promise<number> {
 /**
  * A link of this network namespace as the kernel describes it, or null when there is none (or the
  * kernel cannot say): over rtnetlink by the addon (link-netlink.ts), from /sys/class/net without it
- * or if that fails. No process: the 5 s checks read this and run `ip` only when something is not as
+ * or if that fails. No process: the datapath's checks read this and run `ip` only when something is not as
  * it should be, where the `ip` check (authoritative) decides. The router's sysfs is its namespace's
  * (`ip netns exec` and containers mount their own; the attach path relies on it too).
  */

@@ -41,6 +41,7 @@ import { VxlanBackend } from './vxlan/backend.js';
 import type { FdbEntry } from './vxlan/fdb.js';
 import type { Sleeve } from './sleeve/sleeve.js';
 import type { OvsSwitch } from './ovs/switch.js';
+import { KernelCheck, type CheckResult } from './kernel-check.js';
 import { every, type Tick } from '../lib/ticker.js';
 
 export type { OverlayStatus } from './forwarding.js';
@@ -76,7 +77,16 @@ export class Datapath {
   readonly firewall: HostFirewall;
   mtu = 1450;
   private stopped = false;
-  private checkTimer: Tick | null = null;
+  /** Runs check() when the kernel reports a change underneath, and every 30 s (kernel-check.ts). */
+  private readonly kernelCheck = new KernelCheck(
+    () => this.check(),
+    undefined,
+    undefined,
+    (why) =>
+      this.mesh.log.warn({ why }, 'not told of kernel changes any more: the bridge and firewall are checked every 5 s'),
+  );
+  /** Local containers whose namespace is gone, looked for every 5 s (kernelCheck's check looks too). */
+  private goneTimer: Tick | null = null;
   private readonly counters = { repairs: 0, errors: 0 };
   lastError: string | null = null;
   /** Addresses this host has on the overlay (weft expose), "ip/prefix". */
@@ -165,6 +175,12 @@ export class Datapath {
     return { ...this.forwarding.stats, ...this.counters };
   }
 
+  /** The check of the bridge and the firewall: on the kernel's notifications or every 5 s, and how often it ran. */
+  get checks(): { watching: boolean; notWatching: string | null; checks: number; notified: number } {
+    const k = this.kernelCheck;
+    return { watching: k.watching, notWatching: k.notWatching, ...k.stats };
+  }
+
   /** Whether the overlay carries IPv6 (--ipv6). */
   get carriesIpv6(): boolean {
     return this.config.ipam6 !== undefined;
@@ -250,31 +266,54 @@ export class Datapath {
     // After the rules (only replies into an exposed subnet): the addresses, and forwarding.
     if (this.exposed6.length > 0) await this.ensureExposed6();
     this.forwarding.schedule();
-    // Repair the bridge if someone changes it underneath.
-    this.checkTimer = every(5_000, () => void this.check());
+    // Repair the bridge and the firewall if someone changes them underneath.
+    this.kernelCheck.start();
+    // A namespace can go without a notification (its veth stays while another process holds it):
+    // looked for on its own, cheaply, every 5 s.
+    this.goneTimer = every(5_000, () => {
+      if (this.endpoints.local.length > 0) void this.forgetGone().catch((err: Error) => this.noteError(err.message));
+    });
+    if (this.kernelCheck.notWatching)
+      this.mesh.log.info(
+        { why: this.kernelCheck.notWatching },
+        'not told of kernel changes: the bridge and firewall are checked every 5 s',
+      );
   }
 
-  /** The periodic check; never rejects (a timer runs it). */
-  private async check(): Promise<void> {
+  /**
+   * The check of what the datapath keeps in the kernel; never rejects. Failed after an error, and
+   * when an attach was under way (its port is bound before it is an endpoint: the firewall is not
+   * compared then, and the check runs again 5 s later).
+   */
+  private async check(): Promise<CheckResult> {
+    const errors = this.counters.errors;
+    const repairs = this.counters.repairs;
+    let whole = true;
     try {
-      await this.checkOnce();
+      whole = await this.checkOnce();
     } catch (err) {
       this.noteError(`check failed: ${(err as Error).message}`);
     }
+    return { repaired: this.counters.repairs !== repairs, failed: this.counters.errors !== errors || !whole };
   }
 
-  private async checkOnce(): Promise<void> {
-    if (this.stopped) return;
-    // Containers that went away take their veths with them: forget their endpoints.
+  /** Containers that went away take their veths with them: forget their endpoints. */
+  private async forgetGone(): Promise<void> {
     const gone = this.endpoints.local.filter((e) => !containerExists(e.container, e.nsInode));
-    if (gone.length > 0) {
-      this.setLocal(this.endpoints.local.filter((e) => !gone.includes(e)));
-      for (const e of gone) {
-        await detachContainer(e.container, e.ifname).catch(() => undefined); // its leftovers: host veth, resolv.conf
-        await this.release(e);
-      }
+    if (gone.length === 0) return;
+    this.setLocal(this.endpoints.local.filter((e) => !gone.includes(e)));
+    for (const e of gone) {
+      await detachContainer(e.container, e.ifname).catch(() => undefined); // its leftovers: host veth, resolv.conf
+      await this.release(e);
     }
-    await this.firewall.sync(false);
+  }
+
+  /** Whether it compared everything (not the firewall while an attach is under way). */
+  private async checkOnce(): Promise<boolean> {
+    if (this.stopped) return true;
+    await this.forgetGone();
+    const attaching = this.attachingMacs.size > 0;
+    if (!attaching) await this.firewall.sync(false);
     try {
       const fixed = [...(await ensureBridge(this.bridgeConfig())), ...(await this.forwarding.plumb())];
       if (fixed.length > 0) {
@@ -289,6 +328,7 @@ export class Datapath {
     } catch (err) {
       this.noteError(`bridge check failed: ${(err as Error).message}`);
     }
+    return !attaching;
   }
 
   private bridgeConfig() {
@@ -310,6 +350,8 @@ export class Datapath {
 
   private noteError(msg: string): void {
     this.counters.errors++;
+    // What failed may have left the kernel short of what the check compares: checked again in 5 s.
+    this.kernelCheck.retrySoon();
     this.lastError = msg;
     this.mesh.log.error({ err: msg }, 'datapath error');
   }
@@ -765,7 +807,8 @@ export class Datapath {
     this.endpoints.stop();
     this.forwarding.stop();
     this.firewall.stop();
-    this.checkTimer?.stop();
+    this.kernelCheck.stop();
+    this.goneTimer?.stop();
   }
 
   /** For reset: the tables, the bridge and the backends' devices go (containers' veths go with the bridge ports). */

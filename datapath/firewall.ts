@@ -211,14 +211,15 @@ export async function applyFirewall(s: FirewallState): Promise<void> {
 
 /**
  * Why our tables are not there with the rules for this state (a flush or edit shows as a difference);
- * null when they are. Throws when the host's FORWARD chains cannot be listed.
+ * null when they are. Throws when the ruleset or the host's FORWARD chains cannot be listed.
  */
 export async function firewallDiffers(s: FirewallState, guard: string): Promise<string | null> {
   let listing: NftJson;
   try {
     listing = await nftSession.list('list ruleset');
   } catch (err) {
-    return `cannot list the ruleset: ${(err as Error).message}`;
+    // An error, not a difference: writing the tables again would not make nft answer.
+    throw new Error(`cannot list the ruleset: ${(err as Error).message}`);
   }
   const exists = (family: string, name: string) =>
     nftObjects<{ family: string; name: string }>(listing, 'table').some((t) => t.family === family && t.name === name);

@@ -181,7 +181,16 @@ export class Forwarding {
   async plumb(): Promise<string[]> {
     const fixed: string[] = [];
     for (const b of this.backends)
-      fixed.push(...(await b.plumb().catch((err: Error) => [`${b.kind} port: ${err.message}`])));
+      // A backend that cannot be put right is an error (the check then runs again 5 s later), not a repair.
+      fixed.push(
+        ...(await b.plumb().catch((err: Error) => {
+          this.config.error(`${b.kind} port: ${err.message}`);
+          // It may have made its device again before it failed: programmed again (a pass that finds
+          // everything in place changes nothing).
+          this.schedule();
+          return [];
+        })),
+      );
     return fixed;
   }
 

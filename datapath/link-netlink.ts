@@ -1,5 +1,5 @@
 // A link as the kernel describes it over rtnetlink, read in the call (the addon's netlinkRequest):
-// what the 5 s checks compare (bridge.ts, linkState), in one request per link (and one more for its
+// what the datapath's checks compare (bridge.ts, linkState), in one request per link (and one more for its
 // master's name) where sysfs took a dozen file reads.
 import { netlinkRequest } from '../native/index.js';
 import {
@@ -10,9 +10,9 @@ import {
   netlinkMessages,
   netlinkRequestBytes,
   writeHostU32,
+  NETLINK_ROUTE,
 } from '../net/netlink.js';
 
-const NETLINK_ROUTE = 0;
 const RTM_NEWLINK = 16;
 const RTM_GETLINK = 18;
 /** ifinfomsg: family, pad, type, index, flags, change. */

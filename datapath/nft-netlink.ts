@@ -1,6 +1,6 @@
 // nftables state read over netlink, in the call (the addon's netlinkRequest): a table's rule
 // counters (one dump, parsed here) and the ruleset's generation. The VXLAN heartbeats read their
-// counters every second, and the firewall check looks every 5 s whether the ruleset changed; through
+// counters every second, and the firewall check looks whether the ruleset changed; through
 // the long-lived nft each was a line written, a wake-up of nft and then of the router for its JSON
 // answer, and the JSON parsed. The nft session stays the way when the addon is not there.
 import { netlinkRequest } from '../native/index.js';
@@ -12,9 +12,9 @@ import {
   eachAttribute,
   netlinkMessages,
   netlinkRequestBytes,
+  NETLINK_NETFILTER,
 } from '../net/netlink.js';
 
-const NETLINK_NETFILTER = 12;
 const NFT = 10 << 8; // NFNL_SUBSYS_NFTABLES, in a message type's high byte
 const NFT_MSG_NEWRULE = 6;
 const NFT_MSG_GETRULE = 7;

@@ -52,6 +52,29 @@ interface Addon {
   releaseAddressHandle(handle: number): void;
   /** Missing in an addon built before it. */
   netlinkRequest?(protocol: number, message: Buffer, netns?: string): Buffer;
+  /** Missing in an addon built before it. */
+  NetlinkWatch?: new (
+    protocol: number,
+    groups: number[],
+    onChange: (overrun: boolean) => void,
+    options?: WatchOptions,
+  ) => NetlinkWatch;
+}
+
+export interface WatchOptions {
+  /** The path of another network namespace to watch (tests). */
+  netns?: string;
+  /** nftables: only messages naming one of these tables count (and overruns). */
+  nftTables?: string[];
+}
+
+/** A netlink socket joined to multicast groups: `onChange` when the kernel's messages come (one call per wake-up). */
+export interface NetlinkWatch {
+  close(): void;
+  /** The watch does not keep the process alive by itself. */
+  unref(): void;
+  /** `failed`: its poll failed and it hears nothing more (`lastError` says why). */
+  stats(): { messages: number; overruns: number; ignored: number; failed: boolean; lastError: string | null };
 }
 
 /**
@@ -237,6 +260,23 @@ export function netlinkRequest(protocol: number, message: Buffer, netns?: string
   const n = native();
   if (typeof n === 'string' || !n.netlinkRequest) return null;
   return n.netlinkRequest(protocol, message, netns);
+}
+
+/**
+ * Tells `onChange` when the kernel reports a change to any of netlink `protocol`'s multicast `groups`
+ * (weft_native.cc: the messages are counted, and nftables' looked into for their table only;
+ * `overrun` when some were lost). Null when the addon is missing or was built before this call;
+ * throws when the socket cannot be made (no CAP_NET_ADMIN for the group, say).
+ */
+export function watchNetlink(
+  protocol: number,
+  groups: number[],
+  onChange: (overrun: boolean) => void,
+  options: WatchOptions = {},
+): NetlinkWatch | null {
+  const n = native();
+  if (typeof n === 'string' || !n.NetlinkWatch) return null;
+  return new n.NetlinkWatch(protocol, groups, onChange, options);
 }
 
 /**

@@ -19,6 +19,8 @@
 #include <linux/if.h>
 #include <linux/if_tun.h>
 #include <linux/netlink.h>
+#include <linux/netfilter/nf_tables.h>
+#include <linux/netfilter/nfnetlink.h>
 #include <netinet/in.h>
 #include <netinet/udp.h>
 #include <string>
@@ -285,6 +287,21 @@ struct Shared {
   }
 };
 
+// A poll handle for `fd` on the event loop, owned by `owner`; null, with a JavaScript exception
+// pending, when libuv refuses it.
+uv_poll_t* newPoll(Napi::Env env, int fd, void* owner) {
+  uv_loop_t* loop = nullptr;
+  napi_get_uv_event_loop(env, &loop);
+  auto* poll = new uv_poll_t;
+  if (uv_poll_init(loop, poll, fd) != 0) {
+    delete poll;
+    Napi::Error::New(env, "cannot watch the descriptor (uv_poll_init)").ThrowAsJavaScriptException();
+    return nullptr;
+  }
+  poll->data = owner;
+  return poll;
+}
+
 // Common to both ports: the fd, its poll handle, the JavaScript callback.
 template <typename T>
 class Port : public Napi::ObjectWrap<T> {
@@ -335,16 +352,8 @@ class Port : public Napi::ObjectWrap<T> {
 
   bool startPolling(Napi::Env env, Napi::Function onReadable) {
     onReadable_ = Napi::Persistent(onReadable);
-    uv_loop_t* loop = nullptr;
-    napi_get_uv_event_loop(env, &loop);
-    poll_ = new uv_poll_t;
-    if (uv_poll_init(loop, poll_, fd_) != 0) {
-      delete poll_;
-      poll_ = nullptr;
-      Napi::Error::New(env, "cannot watch the descriptor (uv_poll_init)").ThrowAsJavaScriptException();
-      return false;
-    }
-    poll_->data = this;
+    poll_ = newPoll(env, fd_, this);
+    if (!poll_) return false;
     uv_poll_start(poll_, UV_READABLE, [](uv_poll_t* h, int status, int) {
       auto self = static_cast<T*>(h->data);
       if (status < 0) {
@@ -1406,6 +1415,262 @@ Napi::Value NetlinkRequest(const Napi::CallbackInfo& info) {
   return Napi::Buffer<uint8_t>::Copy(env, answer.data(), answer.size());
 }
 
+// ---- Kernel change notifications
+//
+// A netlink socket joined to multicast groups (rtnetlink's links, nftables' changes): the kernel
+// writes a message to it for every change, and the router checks what it keeps in the kernel when
+// one comes instead of every few seconds. Each readiness callback reads what is queued (at most 256
+// messages; the poll is level-triggered, so the rest comes next turn) and tells JavaScript once that
+// something changed, and whether messages were lost (the socket overran: a change all the same).
+// Only the kernel's messages count (sender port 0). With `nftTables`, an nftables message counts only
+// if it names one of those tables (hosts where Docker or kube-proxy rewrite their own tables all the
+// time need not check weft's each time); the end of a transaction (NEWGEN) names none and is skipped.
+// The nftables messages whose first attribute (type 1) is their table's name: every object's, made
+// or removed. Any other message counts as a change, but for the end of a transaction (NEWGEN).
+bool nameIsFirstAttribute(uint8_t type) {
+  switch (type) {
+    case NFT_MSG_NEWTABLE: case NFT_MSG_DELTABLE: case NFT_MSG_NEWCHAIN: case NFT_MSG_DELCHAIN:
+    case NFT_MSG_NEWRULE: case NFT_MSG_DELRULE: case NFT_MSG_NEWSET: case NFT_MSG_DELSET:
+    case NFT_MSG_NEWSETELEM: case NFT_MSG_DELSETELEM: case NFT_MSG_NEWOBJ: case NFT_MSG_DELOBJ:
+    case NFT_MSG_NEWFLOWTABLE: case NFT_MSG_DELFLOWTABLE:
+      return true;
+    default:
+      return false;
+  }
+}
+
+class NetlinkWatch : public Napi::ObjectWrap<NetlinkWatch> {
+ public:
+  static Napi::Function Init(Napi::Env env) {
+    return DefineClass(env, "NetlinkWatch",
+                       {InstanceMethod("close", &NetlinkWatch::Close), InstanceMethod("unref", &NetlinkWatch::UnrefHandle),
+                        InstanceMethod("stats", &NetlinkWatch::Stats)});
+  }
+
+  // (protocol, groups: number[], onChange(overrun: boolean), options?: { netns?: string, nftTables?: string[] })
+  explicit NetlinkWatch(const Napi::CallbackInfo& info) : Napi::ObjectWrap<NetlinkWatch>(info) {
+    Napi::Env env = info.Env();
+    if (info.Length() < 3 || !info[0].IsNumber() || !info[1].IsArray() || !info[2].IsFunction() ||
+        (info.Length() > 3 && !info[3].IsUndefined() && !info[3].IsObject())) {
+      Napi::TypeError::New(env, "new NetlinkWatch(protocol, groups, onChange, { netns?, nftTables? })")
+          .ThrowAsJavaScriptException();
+      return;
+    }
+    int protocol = info[0].As<Napi::Number>().Int32Value();
+    auto list = info[1].As<Napi::Array>();
+    std::vector<int> groups;
+    for (uint32_t i = 0; i < list.Length(); i++) {
+      Napi::Value g = list.Get(i);
+      int n = g.IsNumber() ? g.As<Napi::Number>().Int32Value() : 0;
+      if (n < 1 || n > 1024) {
+        Napi::RangeError::New(env, "NetlinkWatch: a group is a number from 1 to 1024").ThrowAsJavaScriptException();
+        return;
+      }
+      groups.push_back(n);
+    }
+    std::string netns;
+    if (info.Length() > 3 && info[3].IsObject()) {
+      auto opts = info[3].As<Napi::Object>();
+      if (opts.Has("netns") && opts.Get("netns").IsString()) netns = opts.Get("netns").As<Napi::String>().Utf8Value();
+      if (opts.Has("nftTables") && opts.Get("nftTables").IsArray()) {
+        auto tables = opts.Get("nftTables").As<Napi::Array>();
+        for (uint32_t i = 0; i < tables.Length(); i++) tables_.push_back(tables.Get(i).ToString().Utf8Value());
+        filterTables_ = true;
+      }
+    }
+    int code = 0;
+    std::string err = inNetns(netns, [&]() -> std::string {
+      fd_ = socket(AF_NETLINK, SOCK_RAW | SOCK_NONBLOCK | SOCK_CLOEXEC, protocol);
+      if (fd_ < 0) return code = errno, errnoText("netlink socket", errno);
+      sockaddr_nl self{};
+      self.nl_family = AF_NETLINK;
+      if (bind(fd_, reinterpret_cast<sockaddr*>(&self), sizeof self) != 0) return code = errno, errnoText("netlink bind", errno);
+      for (int g : groups)
+        if (setsockopt(fd_, SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, &g, sizeof g) != 0)
+          return code = errno, errnoText(("netlink group " + std::to_string(g)).c_str(), errno);
+      // Room for a burst (a few hundred containers' links at once) before messages are lost; root may
+      // go past rmem_max. Not having it only means an overrun sooner, which counts as a change.
+      int size = 1 << 20;
+      if (setsockopt(fd_, SOL_SOCKET, SO_RCVBUFFORCE, &size, sizeof size) != 0)
+        setsockopt(fd_, SOL_SOCKET, SO_RCVBUF, &size, sizeof size);
+      return "";
+    });
+    if (!err.empty()) {
+      if (fd_ >= 0) ::close(fd_);
+      fd_ = -1;
+      Napi::Error e = Napi::Error::New(env, err);
+      if (code) e.Set("errno", Napi::Number::New(env, code));
+      e.ThrowAsJavaScriptException();
+      return;
+    }
+    poll_ = newPoll(env, fd_, this);
+    if (!poll_) {
+      ::close(fd_);
+      fd_ = -1;
+      return;
+    }
+    onChange_ = Napi::Persistent(info[2].As<Napi::Function>());
+    Ref();  // alive while watching, even if JavaScript drops it
+    int started = uv_poll_start(poll_, UV_READABLE, OnReadable);
+    if (started != 0) fail(std::string("poll: ") + uv_strerror(started));
+  }
+
+  ~NetlinkWatch() override {
+    if (fd_ >= 0 && !poll_) ::close(fd_);
+  }
+
+ private:
+  int fd_ = -1;
+  uv_poll_t* poll_ = nullptr;
+  Napi::FunctionReference onChange_;
+  bool filterTables_ = false;
+  std::vector<std::string> tables_;
+  uint64_t messages_ = 0, overruns_ = 0, ignored_ = 0;
+  // The watch hears nothing more (its poll failed): the caller checks on a timer instead.
+  bool failed_ = false;
+  std::string lastError_;
+
+  void fail(const std::string& why) {
+    failed_ = true;
+    lastError_ = why;
+    if (poll_) uv_poll_stop(poll_);
+  }
+
+  static void OnReadable(uv_poll_t* h, int status, int) {
+    auto self = static_cast<NetlinkWatch*>(h->data);
+    bool overrun = false;
+    if (status < 0) {
+      // An overrun (ENOBUFS) shows as an error on the socket, which libuv reports by stopping the
+      // poll: the error read (and so cleared), the poll goes on, and the lost messages count as a change.
+      // Other errors the kernel leaves on the socket (EMSGSIZE when it could not build a
+      // notification) lose a message too: the same.
+      int soError = 0;
+      socklen_t len = sizeof soError;
+      if (getsockopt(self->fd_, SOL_SOCKET, SO_ERROR, &soError, &len) != 0 || soError == EBADF || soError == ENOTSOCK) {
+        self->fail(std::string("poll: ") + uv_strerror(status) + (soError ? std::string(" (") + strerror(soError) + ")" : ""));
+        return;
+      }
+      int started = uv_poll_start(h, UV_READABLE, OnReadable);
+      if (started != 0) {
+        self->fail(std::string("poll: ") + uv_strerror(started));
+        return;
+      }
+      self->overruns_++;
+      overrun = true;
+    }
+    self->drain(overrun);
+  }
+
+  // Whether an nftables message names one of the tables watched (nameIsFirstAttribute). A message
+  // that cannot be read counts.
+  bool namesWatchedTable(const nlmsghdr* m, size_t len) const {
+    if ((m->nlmsg_type >> 8) != NFNL_SUBSYS_NFTABLES) return true;
+    const uint8_t type = m->nlmsg_type & 0xff;
+    if (type == NFT_MSG_NEWGEN) return false;
+    if (!nameIsFirstAttribute(type)) return true;
+    constexpr size_t NFGENMSG = 4;
+    size_t off = NLMSG_HDRLEN + NFGENMSG;
+    while (off + NLA_HDRLEN <= len) {
+      nlattr a;
+      memcpy(&a, reinterpret_cast<const uint8_t*>(m) + off, sizeof a);
+      if (a.nla_len < NLA_HDRLEN || off + a.nla_len > len) return true;
+      if ((a.nla_type & NLA_TYPE_MASK) == 1) {
+        const char* v = reinterpret_cast<const char*>(m) + off + NLA_HDRLEN;
+        std::string name(v, strnlen(v, a.nla_len - NLA_HDRLEN));
+        return std::find(tables_.begin(), tables_.end(), name) != tables_.end();
+      }
+      off += NLA_ALIGN(a.nla_len);
+    }
+    return true;
+  }
+
+  void drain(bool overrun) {
+    bool changed = overrun;
+    // Messages are only looked into for a table's name: a longer one is cut short (and read whole).
+    alignas(nlmsghdr) uint8_t buf[8192];
+    for (int i = 0; i < 256 && fd_ >= 0; i++) {
+      sockaddr_nl from{};
+      socklen_t fromLen = sizeof from;
+      // MSG_TRUNC: the datagram's whole length, even when the buffer took less.
+      ssize_t n = recvfrom(fd_, buf, sizeof buf, MSG_DONTWAIT | MSG_TRUNC, reinterpret_cast<sockaddr*>(&from), &fromLen);
+      if (n < 0) {
+        if (errno == EINTR) continue;
+        if (errno == EAGAIN || errno == EWOULDBLOCK) break;
+        if (errno == EBADF || errno == ENOTSOCK) {
+          lastError_ = errnoText("netlink receive", errno);
+          break;
+        }
+        // The kernel dropped messages for us (ENOBUFS, or another error it left on the socket):
+        // whatever they said, something changed.
+        overruns_++;
+        overrun = changed = true;
+        continue;
+      }
+      if (from.nl_pid != 0) {
+        ignored_++;
+        continue;
+      }
+      messages_++;
+      if (changed || !filterTables_) {
+        changed = true;
+        continue;
+      }
+      // Each message in the datagram; one cut short by the buffer is looked into as far as it goes.
+      size_t avail = std::min<size_t>(size_t(n), sizeof buf), off = 0;
+      while (!changed && off + NLMSG_HDRLEN <= avail) {
+        auto* m = reinterpret_cast<nlmsghdr*>(buf + off);
+        if (m->nlmsg_len < NLMSG_HDRLEN) break;
+        if (m->nlmsg_len > avail - off) {
+          // The last one, cut short (or a length past the datagram): as far as it goes.
+          changed = namesWatchedTable(m, avail - off);
+          off = avail;
+          break;
+        }
+        changed = namesWatchedTable(m, m->nlmsg_len);
+        off += NLMSG_ALIGN(m->nlmsg_len);
+      }
+      // Nothing in it that reads as a message, or a datagram longer than the buffer that named none
+      // of ours in what it took: counted.
+      if (off == 0 || size_t(n) > sizeof buf) changed = true;
+    }
+    if (!changed || poll_ == nullptr) return;
+    Napi::Env env = Env();
+    Napi::HandleScope scope(env);
+    onChange_.MakeCallback(Value(), {Napi::Boolean::New(env, overrun)});
+    if (env.IsExceptionPending()) lastError_ = "callback threw: " + env.GetAndClearPendingException().Message();
+  }
+
+  Napi::Value Close(const Napi::CallbackInfo& info) {
+    if (poll_) {
+      // uv_close takes the descriptor out of the loop's epoll before it is closed.
+      uv_poll_stop(poll_);
+      uv_close(reinterpret_cast<uv_handle_t*>(poll_), [](uv_handle_t* h) { delete reinterpret_cast<uv_poll_t*>(h); });
+      poll_ = nullptr;
+      ::close(fd_);
+      fd_ = -1;
+      onChange_.Reset();
+      Unref();
+    }
+    return info.Env().Undefined();
+  }
+
+  // The watch does not keep the process alive by itself.
+  Napi::Value UnrefHandle(const Napi::CallbackInfo& info) {
+    if (poll_) uv_unref(reinterpret_cast<uv_handle_t*>(poll_));
+    return info.Env().Undefined();
+  }
+
+  Napi::Value Stats(const Napi::CallbackInfo& info) {
+    auto o = Napi::Object::New(info.Env());
+    o.Set("messages", Napi::Number::New(info.Env(), double(messages_)));
+    o.Set("overruns", Napi::Number::New(info.Env(), double(overruns_)));
+    o.Set("ignored", Napi::Number::New(info.Env(), double(ignored_)));
+    o.Set("failed", Napi::Boolean::New(info.Env(), failed_));
+    o.Set("lastError", lastError_.empty() ? info.Env().Null() : Napi::String::New(info.Env(), lastError_));
+    return o;
+  }
+};
+
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("UdpPort", UdpPort::Init(env));
   exports.Set("TapPort", TapPort::Init(env));
@@ -1414,6 +1679,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("addressHandle", Napi::Function::New(env, AddressHandle));
   exports.Set("releaseAddressHandle", Napi::Function::New(env, ReleaseAddressHandle));
   exports.Set("netlinkRequest", Napi::Function::New(env, NetlinkRequest));
+  exports.Set("NetlinkWatch", NetlinkWatch::Init(env));
   // The sleeve's packet format as this code has it: JavaScript checks it against its own
   // (datapath/sleeve/packet.ts) before it uses the fast path, so the two cannot drift apart unseen.
   Napi::Object c = Napi::Object::New(env);

@@ -4,6 +4,10 @@
 // order; attribute values in whatever order their family says.
 import { endianness } from 'node:os';
 
+/** Netlink protocols (socket(AF_NETLINK, ..., protocol)). */
+export const NETLINK_ROUTE = 0;
+export const NETLINK_NETFILTER = 12;
+
 const NLM_F_REQUEST = 0x1;
 export const NLM_F_DUMP = 0x300;
 /** The dump was interrupted by a change: what it returned may be incomplete. */

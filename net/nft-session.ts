@@ -1,5 +1,5 @@
 // One long-lived `nft -j -t -i` for the router's frequent nftables work: reads
-// (heartbeat counters every second, the firewall check every 5 s, policy
+// (heartbeat counters every second, the firewall check, policy
 // counters at each status) and small updates (a container port's binding at
 // each attach and detach). A process per command cost a fork of the router and
 // a start of nft each time (about 7 ms, and 15-40 ms of an attach when the

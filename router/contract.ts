@@ -120,6 +120,11 @@ export interface Report {
     exposed: string[];
     endpoints: { container: string; mac: string; cidrs: string[]; cidrs6?: string[]; peer: PeerName }[];
     stats: { fdbAdded: number; fdbRemoved: number; repairs: number; errors: number };
+    /**
+     * The check of the bridge and the firewall: whether it runs on the kernel's change notifications
+     * (else every 5 s, and why not), how many checks ran and notifications came.
+     */
+    checks?: { watching: boolean; notWatching: string | null; checks: number; notified: number };
     lastError: string | null;
     /** Whether the kernel VXLAN path may be used (--no-fastdp turns it off). */
     fastdp: boolean;

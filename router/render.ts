@@ -50,7 +50,7 @@ export function renderStatus(r: Report): string {
     [
       'Datapath',
       r.datapath
-        ? `${datapathKind(r.datapath)}, ${r.datapath.sleeve.running ? 'sleeve (userspace UDP)' : `no sleeve (${r.datapath.sleeve.error})`}, mtu ${r.datapath.mtu}${r.datapath.ipv6 ? ', dual-stack (IPv4 and IPv6)' : ''}, ${r.datapath.localEndpoints.length} container(s) attached here${r.datapath.exposed.length ? `, host exposed as ${r.datapath.exposed.join(' ')}` : ''}${r.datapath.lastError ? `; last error: ${r.datapath.lastError}` : ''}`
+        ? `${datapathKind(r.datapath)}, ${r.datapath.sleeve.running ? 'sleeve (userspace UDP)' : `no sleeve (${r.datapath.sleeve.error})`}, mtu ${r.datapath.mtu}${r.datapath.ipv6 ? ', dual-stack (IPv4 and IPv6)' : ''}, ${r.datapath.localEndpoints.length} container(s) attached here${r.datapath.exposed.length ? `, host exposed as ${r.datapath.exposed.join(' ')}` : ''}${r.datapath.lastError ? `; last error: ${r.datapath.lastError}` : ''}${r.datapath.checks && !r.datapath.checks.watching ? `; bridge and firewall checked every 5 s (${r.datapath.checks.notWatching ?? 'not told of kernel changes'})` : ''}`
         : 'none (control plane only)',
     ],
     ['Policy', policyLine(r.policy)],

@@ -174,6 +174,7 @@ export function buildReport(s: ReportSources): Report {
           exposed: [...s.datapath.exposed, ...s.datapath.exposed6],
           endpoints: s.datapath.endpoints.all(),
           stats: { ...s.datapath.stats },
+          checks: s.datapath.checks,
           lastError: s.datapath.lastError,
           fastdp: s.datapath.config.fastdp,
           ipv6: s.datapath.carriesIpv6,

@@ -170,14 +170,21 @@ describeAsRoot('fastdp across namespace hosts', () => {
         `const s = require('node:net').connect(7301, '198.18.0.2', () => setTimeout(() => process.exit(0), 200)); s.on('error', () => process.exit(1));`,
       ]);
       expect((await listener).stdout.trim()).toBe(a.ip);
-      // Rules flushed underneath come back.
+      // Rules flushed underneath come back, on the kernel's word (the check's own timer is 30 s).
+      const checks = async () => (await a.report<Report>()).datapath!.checks!;
+      const before = await checks();
+      expect(before).toMatchObject({ watching: true, notWatching: null });
       await a.exec('nft', ['flush', 'table', 'inet', 'weft']);
+      // Within a few seconds (the notification's check comes 0.2-2 s after the change): not the timer's.
       await eventually(
         'firewall restored',
         async () => (await a.exec('nft', ['list', 'table', 'inet', 'weft'])).stdout.includes('masquerade'),
-        12_000,
-        500,
+        5_000,
+        250,
       );
+      const after = await checks();
+      expect(after.notified).toBeGreaterThan(before.notified);
+      expect(after.checks).toBeGreaterThan(before.checks);
       const hide = await a.weft(['hide']);
       expect(hide.stdout.trim()).toBe(ex.stdout.trim());
       await expect(echo(a.ns, ip2, 7200)).rejects.toThrow();
@@ -212,7 +219,7 @@ describeAsRoot('fastdp across namespace hosts', () => {
         20_000,
         500,
       );
-      // Subtler changes, which the 5 s check sees in sysfs without running ip: a port's flags, a port
+      // Subtler changes, which the check (told of each by the kernel) sees without running ip: a port's flags, a port
       // off the bridge, the bridge's MAC, the VXLAN device's MTU.
       const mac = (await a.exec('cat', ['/sys/class/net/weft/address'])).stdout.trim();
       // The bridge has no IPv6 (so no host's link-local traffic floods over the overlay).

@@ -64,15 +64,18 @@ describeAsRoot('expose over IPv6', () => {
     const [a, b] = await dualStackPair(['--ipalloc-default-subnet6', 'fd77:6566:7400::/64']);
     const c1 = await cluster!.attached(a, 'c1');
     const c2 = await cluster!.attached(b, 'c2');
+    const checks = async () => (await a.report<Report>()).datapath!.checks!.checks;
     const ex = await a.weft(['expose']);
     expect(ex.code, ex.stderr).toBe(0);
+    // A check that starts after this (the new address sets one off; at worst the 30 s timer's).
+    const checked = await checks();
     const [exposed4, exposed6] = ex.stdout.trim().split(' ');
     expect(exposed4).toMatch(/^10\.\d+\.\d+\.\d+\/12$/);
     expect(exposed6).toMatch(/^fd77:6566:7400:(:|0:)[0-9a-f:]*\/64$/); // in the default subnet, fd77:6566:7400::/64
     const host6 = exposed6.split('/')[0];
     expect((await a.weft(['status'])).stdout).toContain(exposed6);
-    // The 5 s check leaves the exposed address on the bridge (it removes only a link-local one).
-    await new Promise((r) => setTimeout(r, 6000));
+    // The datapath's check leaves the exposed address on the bridge (it removes only a link-local one).
+    await eventually('a check after the expose', async () => (await checks()) > checked, 40_000, 500);
     expect((await a.exec('ip', ['-6', 'addr', 'show', 'dev', 'weft'])).stdout).toContain(`inet6 ${exposed6}`);
 
     // The host reaches containers over IPv6, here and on the other host.
@@ -167,7 +170,7 @@ describeAsRoot('expose over IPv6', () => {
     );
     expect(await tcpConnect(c1.ns, b.ip, 6783, 1500)).toBe('closed timeout');
 
-    // The bridge deleted underneath: made again by the 5 s check, with the host's addresses of both families.
+    // The bridge deleted underneath: made again by the datapath's check, with the host's addresses of both families.
     expect((await a.exec('ip', ['link', 'del', 'weft'])).code).toBe(0);
     await eventually(
       'the bridge back with the exposed addresses',
