@@ -27,6 +27,7 @@ import { fileURLToPath } from 'node:url';
 import { DockerApi, defaultDockerApi } from './docker-api.js';
 import { VERSION } from '../lib/version.js';
 import { projectRoot } from '../lib/project-root.js';
+import { ROUTER_ENV } from '../lib/router-env.js';
 
 export const ROUTER_IMAGE_REPO = 'weft/router';
 export const ROUTER_IMAGE = `${ROUTER_IMAGE_REPO}:${VERSION}`;
@@ -170,6 +171,7 @@ export async function importImage(api: DockerApi, root: string, tag = VERSION): 
   await api.importImage(tar.stdout, ROUTER_IMAGE_REPO, tag, [
     `ENTRYPOINT ${JSON.stringify(ENTRYPOINT)}`,
     `ENV PATH=${PATH}`,
+    ...Object.entries(ROUTER_ENV).map(([k, v]) => `ENV ${k}=${v}`),
     `LABEL weft.router=${VERSION}`,
   ]);
 }

@@ -5,6 +5,7 @@ import { Cluster, eventually, type Host } from '../harness/cluster.js';
 import { describeAsRoot } from '../harness/root.js';
 import { echo, echoServer } from '../harness/traffic.js';
 import { run } from '../harness/exec.js';
+import { readFileSync } from 'node:fs';
 
 const FAST = ['--heartbeat-interval', '500ms', '--gossip-interval', '1s', '--ipalloc-init', 'consensus=2'];
 let cluster: Cluster | null = null;
@@ -171,6 +172,8 @@ describeAsRoot('fastdp across namespace hosts', () => {
       ]);
       expect((await listener).stdout.trim()).toBe(a.ip);
       // Rules flushed underneath come back, on the kernel's word (the check's own timer is 30 s).
+      // `weft launch` starts the router with two malloc arenas (lib/router-env.ts).
+      expect(readFileSync(`/proc/${a.routerPid()!}/environ`, 'utf8').split('\0')).toContain('MALLOC_ARENA_MAX=2');
       const checks = async () => (await a.report<Report>()).datapath!.checks!;
       const before = await checks();
       expect(before).toMatchObject({ watching: true, notWatching: null });
