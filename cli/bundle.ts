@@ -9,7 +9,8 @@
 // - the router (router/main.ts and everything it imports, its dependencies too) into one ES module,
 //   dist/router/bundle/router.js (a module it imports only when needed goes beside it): loading
 //   some four hundred modules one by one was about 130 ms of every router start (bench/startup).
-//   lmdb stays outside (native code, found at run time); the addon and the command helper are found
+//   lmdb stays outside (native code, found at run time), and so do Fastify's schema compilers (ajv,
+//   loaded seconds after start: router/api/lazy-validation.ts); the addon and the command helper are found
 //   from the project root as before. Tests that import the router's modules still get tsc's files.
 // - dist/router/main.js, the router's command, becomes a small entry that turns on Node's compile
 //   cache (Node 22.1 and later; V8's code for the bundle kept between starts, about 50 ms of each)
@@ -46,7 +47,8 @@ try {
 await build({
   input: here('../router/main.js'),
   platform: 'node',
-  external: [/^node:/, 'lmdb'],
+  // Schema compilers load at run time from node_modules, when first used (router/api/lazy-validation.ts).
+  external: [/^node:/, 'lmdb', '@fastify/ajv-compiler', '@fastify/fast-json-stringify-compiler'],
   logLevel: 'warn',
   output: {
     dir: here('../router/bundle'),

@@ -60,6 +60,20 @@ export function linkState(dev: string): LinkState | null {
   return sysfsLinkState(dev);
 }
 
+/**
+ * Whether a link is there: the kernel's word over rtnetlink (the addon; an `ip` process was some
+ * milliseconds of every start, for each device the router makes), else `ip`.
+ */
+export async function linkPresent(dev: string): Promise<boolean> {
+  try {
+    const link = readLink(dev);
+    if (link !== undefined) return link !== null;
+  } catch {
+    /* `ip`, then */
+  }
+  return linkExists(dev);
+}
+
 /** A link as /sys/class/net shows it (linkState without the addon); null when there is none. */
 export function sysfsLinkState(dev: string): LinkState | null {
   if (!/^[\w.-]{1,15}$/.test(dev)) return null;
@@ -99,7 +113,7 @@ export async function ensureBridge(c: { mac: string; mtu: number; ipv6?: boolean
   const now = linkState(BRIDGE);
   if (now?.isBridge && now.up && now.mtu === c.mtu && now.address === c.mac.toLowerCase() && !bridgeIpv6Differs(ipv6))
     return [];
-  if (!now && !(await linkExists(BRIDGE))) {
+  if (!now && !(await linkPresent(BRIDGE))) {
     await ipBatchIn(undefined, [`link add ${BRIDGE} address ${c.mac} mtu ${c.mtu} type bridge`]);
     await setBridgeIpv6(ipv6); // before it is up, so it never gets a link-local address
     await ipBatchIn(undefined, [`link set ${BRIDGE} up`]);

@@ -5,8 +5,8 @@ import { chmodSync, mkdirSync, rmSync } from 'node:fs';
 import { dirname } from 'node:path';
 import type http from 'node:http';
 import type { FastifyInstance } from 'fastify';
-import { buildRegistry, serveMetrics } from './metrics.js';
-import { buildApi, type ApiListen } from './api/index.js';
+import { serveMetrics } from './metrics.js';
+import { buildApi, type ApiListen, type ApiSources } from './api/index.js';
 import { StateWrites, readCheckedList, stateFile, writeJsonAtomically } from '../lib/json-file.js';
 import {
   PeerKeys,
@@ -338,46 +338,55 @@ export class Router {
       peerKeys,
     );
     try {
-      await datapath?.start();
+      // The API is built (the main thread's work, some tens of ms) in turns while the datapath starts
+      // (its start waits mostly on `ip` and `nft`); it answers nothing until it listens, below.
+      const listen = apiListen(opts.httpAddr);
+      // Made before the datapath starts: nothing between its start and the wait for it below may throw.
+      const sources: ApiSources = {
+        mesh,
+        maker,
+        ipam,
+        ipam6,
+        datapath,
+        names,
+        dns,
+        failures: transport.failures,
+        hasPassword: opts.password !== null,
+        discovery: opts.discovery,
+        docker,
+        policy,
+        services,
+        writes: state.writes,
+        removePeer: (who) => router.removePeer(who),
+        cni: new CniService({
+          datapath,
+          names,
+          dns: dnsOnBridge
+            ? {
+                ip: DNS_BRIDGE_IP,
+                ...(opts.ipv6 ? { ip6: DNS_BRIDGE_IP6 } : {}),
+                domain: opts.dnsDomain.replace(/\.$/, ''),
+              }
+            : null,
+          ipamState: () => ipam.status().state,
+        }),
+        log,
+      };
+      const datapathStarted = datapath?.start();
+      const building = buildApi(sources, listen, { inTurns: true }).then(async (app) => {
+        router.api = app; // closed by stop() if anything below fails
+        await app.ready();
+        return app;
+      });
+      // Each waited for (neither's failure left unhandled), then the first failure thrown.
+      const [started, built] = await Promise.allSettled([datapathStarted, building]);
+      if (started.status === 'rejected') throw started.reason;
+      if (built.status === 'rejected') throw built.reason;
+      const api = built.value;
       policy.start(); // the datapath's first firewall write already carried the policy
       services.start();
       await dns?.start();
       await transport.listen(opts.host, opts.port);
-      const listen = apiListen(opts.httpAddr);
-      const api = buildApi(
-        {
-          mesh,
-          maker,
-          ipam,
-          ipam6,
-          datapath,
-          names,
-          dns,
-          failures: transport.failures,
-          hasPassword: opts.password !== null,
-          discovery: opts.discovery,
-          docker,
-          policy,
-          services,
-          writes: state.writes,
-          removePeer: (who) => router.removePeer(who),
-          cni: new CniService({
-            datapath,
-            names,
-            dns: dnsOnBridge
-              ? {
-                  ip: DNS_BRIDGE_IP,
-                  ...(opts.ipv6 ? { ip6: DNS_BRIDGE_IP6 } : {}),
-                  domain: opts.dnsDomain.replace(/\.$/, ''),
-                }
-              : null,
-            ipamState: () => ipam.status().state,
-          }),
-          log,
-        },
-        listen,
-      );
-      router.api = api;
       if ('unix' in listen) {
         // Root only: the socket file's mode is the API's only lock.
         rmSync(listen.unix, { force: true });
@@ -394,7 +403,12 @@ export class Router {
       }
       if (opts.metricsAddr) {
         const m = parseListen(opts.metricsAddr, '--metrics-addr');
-        router.metrics = await serveMetrics(buildRegistry(router), m.host, m.port);
+        router.metrics = await serveMetrics(
+          async () => (await import('./metrics-registry.js')).buildRegistry(router),
+          m.host,
+          m.port,
+          { onLoadError: (err) => log.error({ err: err.message }, 'cannot load the metrics registry') },
+        );
       }
       if (opts.peers.length > 0) maker.connect(opts.peers);
       docker?.start();

@@ -7,7 +7,7 @@
 import type { MeshView, PeerName } from '../../mesh/index.js';
 import { ip, ipJson, linkExists } from '../../net/command.js';
 import type { Backend, PathHealth, Programme } from '../backend.js';
-import { VNI, ensurePort, linkState, type LinkInfo } from '../bridge.js';
+import { VNI, ensurePort, linkPresent, linkState, type LinkInfo } from '../bridge.js';
 import { FLOOD_MAC, VXLAN6_DEV, VXLAN_DEV, deviceFor, programFdb, readFdb, type FdbEntry } from './fdb.js';
 import { FastdpHealth } from './health.js';
 
@@ -17,6 +17,8 @@ export class VxlanBackend implements Backend {
   readonly heartbeats: FastdpHealth;
   /** Each device's ifindex when plumb() last checked its settings with `ip`. */
   private readonly checkedIfindex = new Map<string, number | null>();
+  /** Devices this run made (none of the kernel's entries from before a restart on them). */
+  private readonly made = new Set<string>();
 
   constructor(
     mesh: MeshView,
@@ -77,7 +79,7 @@ export class VxlanBackend implements Backend {
       return ensurePort(dev, what);
     const fixed: string[] = [];
     // sysfs says it is there, or `ip` says whether it is.
-    let vx = now || (await linkExists(dev)) ? (await ipJson<LinkInfo[]>(['-d', 'link', 'show', 'dev', dev]))[0] : null;
+    let vx = now || (await linkPresent(dev)) ? (await ipJson<LinkInfo[]>(['-d', 'link', 'show', 'dev', dev]))[0] : null;
     if (
       vx &&
       (vx.linkinfo?.info_kind !== 'vxlan' ||
@@ -108,6 +110,7 @@ export class VxlanBackend implements Backend {
         'nolearning',
       ]);
       fixed.push(`created ${what}`);
+      this.made.add(dev);
     } else if (vx.mtu !== this.config.mtu()) await ip(['link', 'set', dev, 'mtu', String(this.config.mtu())]);
     this.checkedIfindex.set(dev, linkState(dev)?.ifindex ?? null);
     return [...fixed, ...(await ensurePort(dev, what))];
@@ -135,7 +138,12 @@ export class VxlanBackend implements Backend {
   }
 
   async presumed(): Promise<string[]> {
-    return (await this.fdb()).filter((e) => e.mac === FLOOD_MAC).map((e) => e.dst);
+    const out: string[] = [];
+    // A device this run made has no entries yet: no `bridge` process to read them.
+    for (const dev of this.devices)
+      if (!this.made.has(dev) && linkState(dev))
+        for (const e of await readFdb(dev)) if (e.mac === FLOOD_MAC) out.push(e.dst);
+    return out;
   }
 
   /** Both devices' entries. */

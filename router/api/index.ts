@@ -8,7 +8,7 @@
 // rebinding names another), and a foreign Origin or a cross-site Sec-Fetch-Site
 // is refused before any route runs.
 import Fastify, { type FastifyInstance } from 'fastify';
-import { lazyValidatorBuilder } from './lazy-validation.js';
+import { lazySerializerBuilder, lazyValidatorBuilder } from './lazy-validation.js';
 import type { Logger } from '../../lib/logger.js';
 import { buildReport, type ReportSources } from '../report.js';
 import { renderConnections, renderDns, renderIpam, renderPeers, renderStatus, renderTargets } from '../render.js';
@@ -75,19 +75,31 @@ const peersBody = {
   },
 } as const;
 
-export function buildApi(
+/**
+ * The API server, its routes registered (it listens when the caller says). `inTurns`: a turn of the
+ * event loop between groups of routes, so that what else the router starts meanwhile (the
+ * datapath's commands, each a wait on a process) goes on between them (bench/README.md, bench/startup).
+ */
+export async function buildApi(
   sources: ApiSources,
   listen: ApiListen,
-  /** Compile every schema when the server gets ready (tests), not at each route's first request. */
-  opts: { eagerSchemas?: boolean } = {},
-): FastifyInstance {
+  /** eagerSchemas: compile every schema when the server gets ready (tests), not at each route's first request. */
+  opts: { eagerSchemas?: boolean; inTurns?: boolean } = {},
+): Promise<FastifyInstance> {
   const { maker } = sources;
+  const turn = opts.inTurns ? () => new Promise((resolve) => setImmediate(resolve)) : async () => undefined;
   // Schemas are checked as written: nothing is dropped or converted quietly.
   const app = Fastify({
     logger: false,
     bodyLimit: 1024 * 1024,
     ajv: { customOptions: { removeAdditional: false, coerceTypes: false, allErrors: false } },
-    ...(opts.eagerSchemas ? {} : { schemaController: { compilersFactory: { buildValidator: lazyValidatorBuilder } } }),
+    ...(opts.eagerSchemas
+      ? {}
+      : {
+          schemaController: {
+            compilersFactory: { buildValidator: lazyValidatorBuilder, buildSerializer: lazySerializerBuilder },
+          },
+        }),
   });
 
   // JSON bodies only: no form or text/plain parser (those a page can post cross-site without asking).
@@ -114,6 +126,7 @@ export function buildApi(
   });
   app.get('/report', async () => buildReport(sources));
   app.get('/peers', async () => buildReport(sources).peers);
+  await turn();
 
   app.post<{ Body: { peers?: string[]; replace?: boolean } }>(
     '/connect',
@@ -154,8 +167,10 @@ export function buildApi(
       sources.mesh.flushNow();
     },
   );
+  await turn();
   registerDatapathRoutes(app, sources.datapath, sources.names, sources.docker ?? null, sources.policy ?? null);
   if (sources.cni) registerCniRoutes(app, sources.cni);
+  await turn();
   if (sources.policy)
     registerPolicyRoutes(
       app,
@@ -164,8 +179,10 @@ export function buildApi(
       sources.docker ?? null,
       sources.dns?.config.domain ?? 'weft.local.',
     );
+  await turn();
   if (sources.services) registerServiceRoutes(app, sources.services, sources.mesh, sources.docker ?? null);
   registerDnsRoutes(app, sources);
+  await turn();
   registerUiRoutes(app, sources);
   return app;
 }

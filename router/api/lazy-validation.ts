@@ -5,8 +5,14 @@
 // sooner. What a request is checked against, and the errors it gets, do not change
 // (test/unit/router/api-fuzz and api tests; api.test.ts also builds the API with eager
 // compilation, so a bad schema cannot hide until used).
+//
+// The serializers' compiler (fast-json-stringify, which loads ajv too) Fastify would load when the
+// server is made; no route here has a response schema, so it is loaded only if one ever does. Both
+// compilers stay outside the router's bundle (cli/bundle.ts): V8 would parse their half a megabyte
+// of source at every start.
 import { createRequire } from 'node:module';
 import type { BuildCompilerFromPool } from '@fastify/ajv-compiler';
+import type { SerializerFactory } from '@fastify/fast-json-stringify-compiler';
 
 type Build = ReturnType<BuildCompilerFromPool>;
 type Validate = ((this: unknown, ...args: unknown[]) => unknown) & { errors?: unknown };
@@ -59,4 +65,15 @@ export const lazyValidatorBuilder: BuildCompilerFromPool = (externalSchemas, opt
     return lazy;
   };
   return lazyBuild as Build;
+};
+
+/** For Fastify's `schemaController.compilersFactory.buildSerializer`: Fastify's own, loaded at its first use. */
+export const lazySerializerBuilder: SerializerFactory = (externalSchemas, options) => {
+  let build: ReturnType<SerializerFactory> | null = null;
+  return (route) => {
+    build ??= (
+      require('@fastify/fast-json-stringify-compiler') as { SerializerSelector: () => SerializerFactory }
+    ).SerializerSelector()(externalSchemas, options);
+    return build(route);
+  };
 };

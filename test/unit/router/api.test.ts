@@ -228,7 +228,7 @@ describe("the API's schemas", () => {
       cni: stub,
       log: stub,
     } as unknown as ApiSources;
-    const app = buildApi(sources, { host: '127.0.0.1', port: 1 }, { eagerSchemas: true });
+    const app = await buildApi(sources, { host: '127.0.0.1', port: 1 }, { eagerSchemas: true });
     await expect(app.ready()).resolves.toBeDefined();
     await app.close();
   });
