@@ -3,12 +3,12 @@
 // API answers.
 import { callRouter } from './http.js';
 import { spawn } from 'node:child_process';
-import { closeSync, mkdirSync, openSync, readFileSync } from 'node:fs';
+import { type FSWatcher, closeSync, mkdirSync, openSync, readFileSync, watch } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { Command } from 'commander';
 import { toRouterOptions, type RouterOptions } from '../router/options.js';
-import type { RouterInfo } from '../router/contract.js';
+import { ROUTER_INFO_FILE, type RouterInfo } from '../router/contract.js';
 import { DockerApi, defaultDockerApi } from '../plugin/docker-api.js';
 import { ROUTER_IMAGE } from '../plugin/image.js';
 import { CliError, readRouterInfo } from './client.js';
@@ -133,25 +133,44 @@ async function waitReady(
   const started = Date.now();
   const deadline = started + seconds * 1000;
   let announced = false;
-  for (;;) {
-    const why = await how.failed();
-    if (why) throw new CliError(why);
-    const info = readRouterInfo(dataDir);
-    if (info && how.isMine(info)) {
-      try {
-        const res = await callRouter(info.httpAddr, 'GET', '/status', undefined, 2000);
-        if (res.status === 200) return;
-      } catch {
-        /* not answering yet */
+  // The router renames its router.json into the data dir when it answers: a watch wakes the loop
+  // then, not up to a look later (the looks go on, for file systems that cannot be watched).
+  let wake: (() => void) | null = null;
+  let watcher: FSWatcher | null = null;
+  try {
+    watcher = watch(dataDir, (_event, name) => {
+      if (name === ROUTER_INFO_FILE) wake?.();
+    });
+    watcher.on('error', () => undefined);
+  } catch {
+    // looks alone
+  }
+  try {
+    for (;;) {
+      const why = await how.failed();
+      if (why) throw new CliError(why);
+      const info = readRouterInfo(dataDir);
+      if (info && how.isMine(info)) {
+        try {
+          const res = await callRouter(info.httpAddr, 'GET', '/status', undefined, 2000);
+          if (res.status === 200) return;
+        } catch {
+          /* not answering yet */
+        }
       }
+      if (Date.now() > deadline)
+        throw new CliError(`the weft router did not become ready within ${seconds}s; ${await how.giveUp()}`);
+      if (!announced && Date.now() > started + 3000) {
+        process.stderr.write('waiting for the weft router to answer...\n');
+        announced = true;
+      }
+      // Often: the router's start takes well under a second, and each look is a file read.
+      await new Promise<void>((resolve) => {
+        wake = resolve;
+        setTimeout(resolve, 25);
+      });
     }
-    if (Date.now() > deadline)
-      throw new CliError(`the weft router did not become ready within ${seconds}s; ${await how.giveUp()}`);
-    if (!announced && Date.now() > started + 3000) {
-      process.stderr.write('waiting for the weft router to answer...\n');
-      announced = true;
-    }
-    // Often: the router's start takes well under a second, and each look is a file read.
-    await new Promise((r) => setTimeout(r, 25));
+  } finally {
+    watcher?.close();
   }
 }

@@ -26,8 +26,11 @@ export interface RouterInfo {
   container?: string;
 }
 
+/** The file in its data dir where a running router says where it is. */
+export const ROUTER_INFO_FILE = 'router.json';
+
 export function routerInfoPath(dataDir: string): string {
-  return join(dataDir, 'router.json');
+  return join(dataDir, ROUTER_INFO_FILE);
 }
 
 export interface ConnectionReport {
