@@ -22,13 +22,13 @@ import { join } from 'node:path';
 import { CliError, exitWithError, isAlive, readRouterInfo, request, type Target } from './client.js';
 import { whileWaiting } from './quick.js';
 import type { PolicyStatus } from '../router/contract.js';
-import type { ServiceDetail } from '../router/contract.js';
+import { ROUTER_INFO_FILE, type ServiceDetail } from '../router/contract.js';
 
 /** Everything a router keeps in its data dir (weft reset removes it all, and the log). */
 const STATE_FILES = [
   'ipam',
   'identity.json',
-  'router.json',
+  ROUTER_INFO_FILE,
   'names.json',
   'endpoints.json',
   'exposed.json',

@@ -136,10 +136,13 @@ async function waitReady(
   // The router renames its router.json into the data dir when it answers: a watch wakes the loop
   // then, not up to a look later (the looks go on, for file systems that cannot be watched).
   let wake: (() => void) | null = null;
+  let woken = false; // while the loop looks: it looks again at once
   let watcher: FSWatcher | null = null;
   try {
     watcher = watch(dataDir, (_event, name) => {
-      if (name === ROUTER_INFO_FILE) wake?.();
+      if (name !== ROUTER_INFO_FILE) return;
+      woken = true;
+      wake?.();
     });
     watcher.on('error', () => undefined);
   } catch {
@@ -165,10 +168,13 @@ async function waitReady(
         announced = true;
       }
       // Often: the router's start takes well under a second, and each look is a file read.
-      await new Promise<void>((resolve) => {
-        wake = resolve;
-        setTimeout(resolve, 25);
-      });
+      if (!woken)
+        await new Promise<void>((resolve) => {
+          wake = resolve;
+          setTimeout(resolve, 25);
+        });
+      wake = null;
+      woken = false;
     }
   } finally {
     watcher?.close();

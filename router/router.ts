@@ -410,12 +410,10 @@ export class Router {
           { onLoadError: (err) => log.error({ err: err.message }, 'cannot load the metrics registry') },
         );
       }
-      router.writeInfo();
-      log.info({ name: id.name, port: opts.port, http: opts.httpAddr, peers: opts.peers }, 'weft router started');
-      // After the word that the router runs (what `weft launch` waits for): dialling peers and
-      // reaching the Docker engine are the router's work from now on, not its start's.
       if (opts.peers.length > 0) maker.connect(opts.peers);
       docker?.start();
+      router.writeInfo();
+      log.info({ name: id.name, port: opts.port, http: opts.httpAddr, peers: opts.peers }, 'weft router started');
       return router;
     } catch (err) {
       await router.stop();
