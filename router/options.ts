@@ -8,7 +8,7 @@ import { DEFAULT_DATA_DIR } from './contract.js';
 import { parsePeerName, type PeerName } from '../mesh/peer-name.js';
 import { parseCidr } from '../net/addr.js';
 import { parseCidr6 } from '../net/addr6.js';
-import { parseListen } from '../net/host-port.js';
+import { parseAddress, parseListen } from '../net/host-port.js';
 
 export interface RouterOptions {
   dataDir: string;
@@ -294,6 +294,8 @@ export function toRouterOptions(v: Record<string, unknown>, peers: string[]): Ro
       .filter(Boolean);
     peers = [...new Set([...peers, ...listed])];
   }
+  // Refused here, before anything starts (the router would fail dialling them, after its start had begun).
+  for (const p of peers) parseAddress(p, 1);
   if (v.ipv6Nat === true && v.ipv6 !== true)
     throw new Error('--ipv6-nat needs --ipv6 (without it the host has no IPv6 on the overlay to translate)');
   return {

@@ -101,7 +101,7 @@ describe('weft CLI without a router', () => {
     }
   });
 
-  it('--peers-file adds the peers it lists to those given, and a missing file is a clear error', async () => {
+  it('--peers-file adds the peers it lists to those given; a missing file and a bad address are clear errors', async () => {
     const { toRouterOptions } = await import('../../../router/options.js');
     const dir = mkdtempSync(join(tmpdir(), 'weft-peers-'));
     try {
@@ -114,6 +114,10 @@ describe('weft CLI without a router', () => {
         '198.18.0.3:6783',
       ]);
       expect(() => toRouterOptions({ peersFile: join(dir, 'none') }, [])).toThrow(/cannot read the peers file/);
+      // A peer the mesh could not dial is refused before the router starts, given or listed.
+      expect(() => toRouterOptions({}, ['198.18.0.1', 'a b'])).toThrow('invalid peer address "a b"');
+      writeFileSync(file, '198.18.0.1\n198.18.0.2:0\n');
+      expect(() => toRouterOptions({ peersFile: file }, [])).toThrow(/198\.18\.0\.2:0/);
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
