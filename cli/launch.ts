@@ -88,7 +88,7 @@ export async function launch(cmd: Command, peers: string[]): Promise<void> {
     },
   });
   child.unref();
-  const info = started(opts.dataDir, `see ${logPath}`);
+  const info = startedInfo(opts.dataDir, `see ${logPath}`);
   console.log(`weft router started: ${info.name}(${info.nickname}), pid ${info.pid}, API on ${info.httpAddr}`);
   console.log(`log: ${logPath}`);
 }
@@ -117,7 +117,7 @@ async function launchContainer(cmd: Command, api: DockerApi, opts: RouterOptions
       return `see: docker logs ${ROUTER_CONTAINER}`;
     },
   });
-  const info = started(opts.dataDir, `see: docker logs ${ROUTER_CONTAINER}`);
+  const info = startedInfo(opts.dataDir, `see: docker logs ${ROUTER_CONTAINER}`);
   console.log(
     `weft router started: ${info.name}(${info.nickname}), container ${ROUTER_CONTAINER} (pid ${info.pid}), API on ${info.httpAddr}`,
   );
@@ -125,7 +125,7 @@ async function launchContainer(cmd: Command, api: DockerApi, opts: RouterOptions
 }
 
 /** The started router's router.json; gone only if it stopped again at once. */
-function started(dataDir: string, where: string): RouterInfo {
+function startedInfo(dataDir: string, where: string): RouterInfo {
   const info = readRouterInfo(dataDir);
   if (!info) throw new CliError(`the weft router answered and then stopped at once; ${where}`);
   return info;
