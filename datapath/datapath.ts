@@ -41,7 +41,7 @@ import { VxlanBackend } from './vxlan/backend.js';
 import type { FdbEntry } from './vxlan/fdb.js';
 import type { Sleeve } from './sleeve/sleeve.js';
 import type { OvsSwitch } from './ovs/switch.js';
-import { KernelCheck, type CheckResult } from './kernel-check.js';
+import { KernelCheck, type CheckResult, type KernelCheckStatus } from './kernel-check.js';
 import { every, type Tick } from '../lib/ticker.js';
 
 export type { OverlayStatus } from './forwarding.js';
@@ -176,9 +176,8 @@ export class Datapath {
   }
 
   /** The check of the bridge and the firewall: on the kernel's notifications or every 5 s, and how often it ran. */
-  get checks(): { watching: boolean; notWatching: string | null; checks: number; notified: number } {
-    const k = this.kernelCheck;
-    return { watching: k.watching, notWatching: k.notWatching, ...k.stats };
+  get checks(): KernelCheckStatus {
+    return this.kernelCheck.status();
   }
 
   /** Whether the overlay carries IPv6 (--ipv6). */

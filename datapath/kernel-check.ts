@@ -62,6 +62,14 @@ export interface CheckResult {
   failed: boolean;
 }
 
+/** How the check runs, for status: on the kernel's notifications or every pollMs (and why), and how often it ran. */
+export interface KernelCheckStatus {
+  watching: boolean;
+  notWatching: string | null;
+  checks: number;
+  notified: number;
+}
+
 export class KernelCheck {
   private readonly job: SerialJob;
   private watches: NetlinkWatch[] = [];
@@ -142,6 +150,10 @@ export class KernelCheck {
   /** Whether the kernel's changes are being heard (false: checking every pollMs). */
   get watching(): boolean {
     return this.watches.length > 0 && this.watches.every((w) => !w.stats().failed);
+  }
+
+  status(): KernelCheckStatus {
+    return { watching: this.watching, notWatching: this.notWatching, ...this.stats };
   }
 
   stop(): void {

@@ -7,6 +7,7 @@ import type { PeerName } from '../mesh/peer-name.js';
 import type { IpamStatus } from '../ipam/allocator.js';
 import type { DockerStatus } from '../plugin/docker-watcher.js';
 import type { ServiceEngine } from '../services/engine.js';
+import type { KernelCheckStatus } from '../datapath/kernel-check.js';
 
 /** Where a router keeps its state and the CLI looks for it (--data-dir, WEFT_DATA_DIR). */
 export const DEFAULT_DATA_DIR = '/var/lib/weft';
@@ -127,7 +128,7 @@ export interface Report {
      * The check of the bridge and the firewall: whether it runs on the kernel's change notifications
      * (else every 5 s, and why not), how many checks ran and notifications came.
      */
-    checks?: { watching: boolean; notWatching: string | null; checks: number; notified: number };
+    checks?: KernelCheckStatus;
     lastError: string | null;
     /** Whether the kernel VXLAN path may be used (--no-fastdp turns it off). */
     fastdp: boolean;

@@ -138,18 +138,15 @@ export class VxlanBackend implements Backend {
   }
 
   async presumed(): Promise<string[]> {
-    const out: string[] = [];
     // A device this run made has no entries yet: no `bridge` process to read them.
-    for (const dev of this.devices)
-      if (!this.made.has(dev) && linkState(dev))
-        for (const e of await readFdb(dev)) if (e.mac === FLOOD_MAC) out.push(e.dst);
-    return out;
+    const entries = await this.fdb(this.devices.filter((dev) => !this.made.has(dev)));
+    return entries.filter((e) => e.mac === FLOOD_MAC).map((e) => e.dst);
   }
 
-  /** Both devices' entries. */
-  async fdb(): Promise<FdbEntry[]> {
+  /** The devices' entries (by default both devices'). */
+  async fdb(devices = this.devices): Promise<FdbEntry[]> {
     const out: FdbEntry[] = [];
-    for (const dev of this.devices) if (linkState(dev)) out.push(...(await readFdb(dev)));
+    for (const dev of devices) if (linkState(dev)) out.push(...(await readFdb(dev)));
     return out;
   }
 
