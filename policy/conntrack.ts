@@ -1,8 +1,17 @@
 // The kernel's connection tracking, through Debian's `conntrack` tool: the flows
-// it knows, and deleting those a policy change no longer allows (their next
-// packet is then judged again as new, and dropped), so revoked means revoked.
+// it knows, and marking those a policy change no longer allows. A marked flow is
+// dropped in both directions by the policy's first rule (policy/nft.ts) for as
+// long as the kernel tracks it. Deleting it instead would not do: its next packet
+// would be judged as new, and one sent by the side that may open connections (a
+// server may send to anyone) would start the same flow again from that side.
 import type { Flow } from './model.js';
 import { CommandError, conntrack, inNamespace, lines } from '../net/command.js';
+
+/**
+ * The bit of the conntrack mark that says "revoked", as nft and conntrack write it. One bit, so that
+ * other users of the mark (a CONNMARK of another firewall) keep theirs; weft sets and clears only this.
+ */
+export const MARK_HEX = '0x100000';
 
 /** One line of `conntrack -L`, by its original direction (ICMPv6 counts as icmp, as in the rules). */
 function parseConntrackLine(line: string): Flow | null {
@@ -24,27 +33,32 @@ function parseConntrackLine(line: string): Flow | null {
 /**
  * The tracked flows that `keep` selects, read as `conntrack -L` prints them, line by line: a host with
  * millions of flows costs time, not memory (there is no limit on the listing's size to overflow).
+ * `revoked` lists only the flows marked revoked (true) or only the others (false); absent, all.
  */
 export async function listFlows(
   keep: (f: Flow) => boolean,
   netnsPath?: string,
   families: ('ipv4' | 'ipv6')[] = ['ipv4'],
+  revoked?: boolean,
 ): Promise<Flow[]> {
   const out: Flow[] = [];
+  const byMark = revoked === undefined ? [] : ['--mark', `${revoked ? MARK_HEX : '0'}/${MARK_HEX}`];
   for (const family of families)
-    await lines(...inNamespace('conntrack', ['-L', '-f', family], netnsPath), (line) => {
+    await lines(...inNamespace('conntrack', ['-L', '-f', family, ...byMark], netnsPath), (line) => {
       const f = parseConntrackLine(line);
       if (f && keep(f)) out.push(f);
     });
   return out;
 }
 
-/** Deletes the tracked flows of this 5-tuple (any source port). */
-export async function deleteFlow(f: Flow): Promise<void> {
+/** Marks the tracked flows of this 5-tuple (any source port) revoked, or clears the mark. */
+export async function markRevoked(f: Flow, revoked: boolean): Promise<void> {
   const v6 = f.src.includes(':');
   const proto = v6 && f.proto === 'icmp' ? 'icmpv6' : f.proto;
-  const args = ['-D', '-f', v6 ? 'ipv6' : 'ipv4', '-p', proto, '-s', f.src, '-d', f.dst];
+  const args = ['-U', '-f', v6 ? 'ipv6' : 'ipv4', '-p', proto, '-s', f.src, '-d', f.dst];
   if (f.port !== undefined) args.push('--dport', String(f.port));
+  // In an update the mask says which bits are cleared before the value is XORed in: only ours.
+  args.push('--mark', `${revoked ? MARK_HEX : '0'}/${MARK_HEX}`);
   // "0 flow entries" (already gone) makes conntrack exit 1: that is fine.
   await conntrack(args).catch((err: unknown) => {
     if (!(err instanceof CommandError) || err.exitCode === null) throw err;

@@ -20,9 +20,9 @@ import { linkLocalOf } from '../net/addr6.js';
 import { nftObjects, nftSession } from '../net/nft-session.js';
 import { TABLE } from '../datapath/firewall.js';
 import type { MeshView, TombstoneOptions } from '../mesh/index.js';
-import { deleteFlow, listFlows } from './conntrack.js';
+import { listFlows, markRevoked } from './conntrack.js';
 import { PolicyModel, type Decision, type Flow, type Member } from './model.js';
-import { compilePolicy, elementUpdates, type CompiledPolicy } from './nft.js';
+import { compilePolicy, elementUpdates, REVOKED_COMMENT, type CompiledPolicy } from './nft.js';
 import { PolicyTable } from './table.js';
 import { SerialJob } from '../lib/serial-job.js';
 
@@ -42,6 +42,8 @@ export interface PolicyStatus {
   /** Packets dropped on this host, per group (and per container limited by single-container rules). */
   dropped: { group: string; direction: 'ingress' | 'egress'; packets: number }[];
   flowsCut: number;
+  /** Packets of flows cut after revocations that were dropped here since the rules were last written. */
+  revokedDropped: number;
   elementUpdates: number;
   rewrites: number;
   /** Wall time spent compiling and applying, in all. */
@@ -62,6 +64,8 @@ export class PolicyEngine {
   lastError: string | null = null;
   /** Why br_netfilter does not work, when it does not (checked whenever rules limit a container here). */
   private bridgeNf: string | null = null;
+  /** Whether the kernel may hold flows marked revoked (an earlier run may have left some). */
+  private mayHaveRevoked = true;
   readonly stats = { flowsCut: 0, elementUpdates: 0, rewrites: 0, applyMs: 0 };
 
   constructor(
@@ -211,7 +215,8 @@ export class PolicyEngine {
     const next = this.fresh(); // the same compilation a rewrite below writes
     const prev = this.current;
     if (next.hooks.length > 0) this.bridgeNf = await this.bridgeNetfilter();
-    if (!prev || prev.skeleton !== next.skeleton) {
+    const differs = !prev || prev.skeleton !== next.skeleton;
+    if (differs) {
       await this.datapath!.refreshFirewall();
       this.stats.rewrites++;
     } else {
@@ -227,28 +232,51 @@ export class PolicyEngine {
         }
       }
     }
-    // Only a change that can take a permission away needs the flows checked: joins alone cannot.
-    const mayRevoke =
-      !prev ||
-      prev.skeleton !== next.skeleton ||
-      [...prev.sets].some(([name, addrs]) => {
-        const now = new Set(next.sets.get(name) ?? []);
+    // Only a change that can take a permission away needs the flows checked: joins alone cannot. And
+    // only one that can give one back needs the revoked flows checked.
+    const lost = (from: Map<string, string[]>, to: Map<string, string[]>) =>
+      [...from].some(([name, addrs]) => {
+        const now = new Set(to.get(name) ?? []);
         return addrs.some((a) => !now.has(a));
       });
-    if (mayRevoke && (next.hooks.length > 0 || (prev && prev.hooks.length > 0))) await this.cutRevoked(this.model());
+    const judged = next.hooks.length > 0 || (prev !== null && prev.hooks.length > 0);
+    if (!judged) return;
+    const model = this.model();
+    if (differs || lost(prev.sets, next.sets)) await this.cutRevoked(model);
+    if (this.mayHaveRevoked && (differs || lost(next.sets, prev.sets))) await this.restoreAllowed(model);
   }
 
-  /** Deletes the tracked flows of local containers that the model no longer allows. */
+  private families(): ('ipv4' | 'ipv6')[] {
+    return this.datapath?.carriesIpv6 ? ['ipv4', 'ipv6'] : ['ipv4'];
+  }
+
+  /** Marks revoked the tracked flows of local containers that the model no longer allows. */
   private async cutRevoked(model: PolicyModel): Promise<void> {
     const local = new Set(model.members.filter((m) => m.peer === this.mesh.name).flatMap((m) => m.addrs));
     const denied = new Map<string, Flow>();
-    const families: ('ipv4' | 'ipv6')[] = this.datapath?.carriesIpv6 ? ['ipv4', 'ipv6'] : ['ipv4'];
     const keep = (f: Flow) => (local.has(f.src) || local.has(f.dst)) && !model.decide(f).allowed;
-    for (const f of await listFlows(keep, undefined, families)) {
+    for (const f of await listFlows(keep, undefined, this.families(), false)) {
       denied.set(`${f.proto} ${f.src} ${f.dst} ${f.port ?? ''}`, f);
     }
-    for (const f of denied.values()) await deleteFlow(f);
+    if (denied.size > 0) this.mayHaveRevoked = true;
+    for (const f of denied.values()) await markRevoked(f, true);
     this.stats.flowsCut += denied.size;
+  }
+
+  /** Clears the mark of revoked flows that the model allows again (a rule came back, a member rejoined). */
+  private async restoreAllowed(model: PolicyModel): Promise<void> {
+    const allowed = new Map<string, Flow>();
+    let stillDenied = false;
+    const keep = (f: Flow) => {
+      const yes = model.decide(f).allowed;
+      stillDenied ||= !yes;
+      return yes;
+    };
+    for (const f of await listFlows(keep, undefined, this.families(), true)) {
+      allowed.set(`${f.proto} ${f.src} ${f.dst} ${f.port ?? ''}`, f);
+    }
+    for (const f of allowed.values()) await markRevoked(f, false);
+    this.mayHaveRevoked = stillDenied;
   }
 
   /** For the status summary, without asking the kernel. */
@@ -274,6 +302,7 @@ export class PolicyEngine {
     const allowed = new Map<string, number>();
     const dropped = new Map<string, { group: string; direction: 'ingress' | 'egress'; packets: number }>();
     const meaning = this.current?.counters ?? new Map();
+    let revokedDropped = 0;
     if (this.current && this.current.hooks.length > 0) {
       try {
         // -t: the rules and their counters, without the sets' elements.
@@ -282,9 +311,10 @@ export class PolicyEngine {
           listing,
           'rule',
         )) {
+          const packets = rule.expr?.find((e) => e.counter)?.counter?.packets ?? 0;
+          if (rule.comment === REVOKED_COMMENT) revokedDropped = packets;
           const m = rule.comment ? meaning.get(rule.comment) : undefined;
           if (!m) continue;
-          const packets = rule.expr?.find((e) => e.counter)?.counter?.packets ?? 0;
           if (m.kind === 'rule') allowed.set(m.id, (allowed.get(m.id) ?? 0) + packets);
           else
             for (const g of m.groups.length > 0 ? m.groups : [`container:${m.id}`]) {
@@ -309,6 +339,7 @@ export class PolicyEngine {
       lastError: this.lastError,
       allowed: rules.map((r) => ({ rule: r.id, packets: allowed.get(r.id) ?? 0 })),
       dropped: [...dropped.values()].sort((a, b) => (a.group < b.group ? -1 : 1)),
+      revokedDropped,
       ...this.stats,
       removals: {
         kept: gc.tombstones,

@@ -11,6 +11,7 @@ import { createHash } from 'node:crypto';
 import { BRIDGE } from '../datapath/bridge.js';
 import { containerMatches, type Member, type PolicyModel } from './model.js';
 import type { Rule } from './rules.js';
+import { MARK_HEX } from './conntrack.js';
 
 interface CounterMeaning {
   kind: 'rule' | 'deny';
@@ -137,13 +138,18 @@ export function compilePolicy(model: PolicyModel, local: Member[], opts: Compile
   // the host's namespace, which weft otherwise does not use; that tracking is most of what a policy
   // costs a flow, bench/README.md.) Then everything that crosses the bridge, or enters it from the
   // host's other links, meets the policy once.
+  // Before that, flows a change revoked (policy/conntrack.ts) are dropped both ways, replies too.
   const hooks = [
+    `    ct mark and ${MARK_HEX} == ${MARK_HEX} counter drop comment "${REVOKED_COMMENT}"`,
     `    ct state established,related accept comment "flows already judged"`,
     `    iifname "${BRIDGE}" jump security_groups`,
     `    iifname != "${BRIDGE}" oifname "${BRIDGE}" jump security_groups`,
   ];
   return { lines, hooks, skeleton, sets, counters };
 }
+
+/** The comment of the rule that drops revoked flows, whose counter status reads. */
+export const REVOKED_COMMENT = 'flows revoked';
 
 /** One nft transaction that turns the sets from `have` into `want` (same set names). */
 export function elementUpdates(table: string, have: Map<string, string[]>, want: Map<string, string[]>): string {

@@ -121,6 +121,15 @@ export function buildRegistry(router: Router): Registry {
     },
   });
   new Counter({
+    name: 'weft_policy_revoked_dropped_packets_total',
+    help: 'Packets of flows cut after revocations dropped on this host',
+    ...reg,
+    async collect() {
+      this.reset();
+      this.inc((await policy()).revokedDropped);
+    },
+  });
+  new Counter({
     name: 'weft_policy_allowed_packets_total',
     help: 'Packets of new flows let through on this host, by rule id',
     labelNames: ['rule'],

@@ -214,7 +214,7 @@ export function renderPolicyStatus(st: PolicyStatus): string {
   ];
   if (!st.enforced) lines.push(`NOT enforced here: ${st.notEnforced.join('; ')}`);
   lines.push(
-    `flows cut after revocations: ${st.flowsCut}; rule rewrites: ${st.rewrites}; membership updates: ${st.elementUpdates}`,
+    `flows cut after revocations: ${st.flowsCut} (their packets dropped here since the last rewrite: ${st.revokedDropped}); rule rewrites: ${st.rewrites}; membership updates: ${st.elementUpdates}`,
   );
   if (st.removals.kept > 0)
     lines.push(

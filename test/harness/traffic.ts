@@ -41,6 +41,28 @@ export function echoServer(ns: string, port: number): Promise<{ stop: () => void
   return startServer(ns, SERVER, [String(port)], 'echo server');
 }
 
+const PUSH_SERVER = `
+const [port] = process.argv.slice(1).map(Number);
+const start = (any) => {
+  const srv = require('node:net').createServer((s) => {
+    s.on('error', () => {});
+    const t = setInterval(() => s.write('.'), 100);
+    s.on('close', () => clearInterval(t));
+  });
+  srv.once('error', () => (any === '::' ? start('0.0.0.0') : process.exit(1)));
+  srv.listen(port, any, () => process.stdout.write('ready\\n'));
+};
+start('::');
+setTimeout(() => process.exit(0), 120000);`;
+
+/**
+ * Starts a TCP server (both families) that sends a byte every 100 ms on each connection, unasked:
+ * a connection whose server speaks first after a revocation.
+ */
+export function pushServer(ns: string, port: number): Promise<{ stop: () => void }> {
+  return startServer(ns, PUSH_SERVER, [String(port)], 'push server');
+}
+
 /** Runs a Node script in a namespace that prints "ready" once it listens; resolves then. */
 export async function startServer(
   ns: string,

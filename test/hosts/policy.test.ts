@@ -7,7 +7,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { eventually, sleep, type Host } from '../harness/cluster.js';
 import { describeAsRoot } from '../harness/root.js';
 import { threeHostsPerTest } from '../harness/three-hosts.js';
-import { echo, echoServer } from '../harness/traffic.js';
+import { echo, echoServer, pushServer } from '../harness/traffic.js';
 import { run } from '../harness/exec.js';
 import fc from 'fast-check';
 import type { Rule, Selector } from '../../policy/rules.js';
@@ -46,7 +46,7 @@ async function allow(h: Host, ...args: string[]): Promise<string> {
   return r.stdout.split(' ')[0];
 }
 
-/** A TCP client that keeps one connection open and sends every 100 ms; counts echoes. */
+/** A TCP client that keeps one connection open and sends every 100 ms; counts the bytes it gets. */
 function holdConnection(
   from: { ns: string },
   to: { ip: string },
@@ -54,7 +54,7 @@ function holdConnection(
 ): { child: ChildProcess; echoes: () => number } {
   const script = `const s = require('net').connect(${port}, '${to.ip}'); let n = 0;
     s.on('data', () => process.stdout.write('.')); s.on('error', () => process.exit(0));
-    setInterval(() => s.write('x'), 100); setTimeout(() => process.exit(0), 60000);`;
+    setInterval(() => s.write('x'), 100); setTimeout(() => process.exit(0), 120000);`;
   const child = spawn('ip', ['netns', 'exec', from.ns, process.execPath, '-e', script], {
     stdio: ['ignore', 'pipe', 'ignore'],
   });
@@ -105,30 +105,49 @@ describeAsRoot('security groups', () => {
     const web2 = await member(h2, 'web2', 'web');
     await eventually('web2 reaches db', async () => reaches(web2, db, 5432), 5000, 100);
 
-    // Other gets a rule of its own, holds a connection open; removing that rule cuts it.
-    const second = await allow(h2, '--to', 'db', '--from', 'other', '--proto', 'tcp', '--port', '5432');
+    // Other gets a rule of its own, holds connections open; removing that rule cuts them: one where
+    // other speaks, and one where db's server does (db may send anywhere, yet its packets must not
+    // open the revoked connection again from its side).
+    stoppers.push((await pushServer(db.ns, 5433)).stop);
+    const second = await allow(h2, '--to', 'db', '--from', 'other', '--proto', 'tcp', '--port', '5432-5433');
     await eventually('other reaches db', async () => reaches(other, db, 5432), 5000, 100);
     const held = holdConnection(other, db, 5432);
+    const pushed = holdConnection(other, db, 5433);
     await eventually('the held connection echoes', async () => held.echoes() > 3, 5000, 50);
+    await eventually('the pushed connection gets bytes', async () => pushed.echoes() > 3, 5000, 50);
     expect((await h1.weft(['policy', 'remove', second])).code).toBe(0);
     await sleep(1500);
-    const before = held.echoes();
-    await sleep(1000);
-    expect(held.echoes()).toBe(before); // nothing came back after the revocation
+    const before = [held.echoes(), pushed.echoes()];
+    await sleep(3000); // longer than TCP's first retransmission: db's server retransmits what other did not ack
+    expect([held.echoes(), pushed.echoes()]).toEqual(before); // nothing came back after the revocation
     expect(await reaches(web, db, 5432)).toBe(true);
+    expect(await reaches(other, db, 5432)).toBe(false); // a new connection is judged by db's rules
 
     const st = await h3.weft(['status', 'policy']);
     expect(st.stdout).toMatch(/1 rule\(s\) in the mesh; 1 container\(s\) here limited/);
+    expect(st.stdout).toMatch(/flows cut after revocations: [1-9]\d* \(their packets dropped here [^)]*: [1-9]/);
     expect(st.stdout).toMatch(/db ingress: [1-9]\d* packet\(s\) dropped here/);
     const metrics = await h3.exec(process.execPath, [
       '-e',
       "fetch('http://127.0.0.1:6782/metrics').then((r) => r.text()).then((t) => console.log(t))",
     ]);
     expect(metrics.stdout).toMatch(/weft_policy_dropped_packets_total\{group="db",direction="ingress"\} [1-9]/);
+    expect(metrics.stdout).toMatch(/weft_policy_revoked_dropped_packets_total [1-9]/);
     expect(metrics.stdout).toMatch(/weft_policy_rules 1/);
     const list = await h2.weft(['policy', 'list']);
     expect(list.stdout.trim()).toBe(`${rule} db accepts tcp/5432 from web`);
-  }, 120_000);
+
+    // The policy decides, not the cut: a rule that allows the flow again lets the connections go on
+    // (both ends still retransmit what was lost).
+    await allow(h2, '--to', 'db', '--from', 'other', '--proto', 'tcp', '--port', '5432-5433');
+    const cut = [held.echoes(), pushed.echoes()];
+    await eventually(
+      'the cut connections go on',
+      async () => held.echoes() > cut[0] && pushed.echoes() > cut[1],
+      40_000,
+      200,
+    );
+  }, 150_000);
 
   it('ICMP and UDP rules, CIDR sources and egress rules (replies pass), over the sleeve', async () => {
     const [h1, h2, h3] = await threeHosts(['--no-fastdp']);
