@@ -15,8 +15,9 @@ export const MARK_HEX = '0x100000';
 
 /** One line of `conntrack -L`, by its original direction (ICMPv6 counts as icmp, as in the rules). */
 function parseConntrackLine(line: string): Flow | null {
-  const raw = /^(\S+)\s/.exec(line.trim())?.[1];
-  const proto = raw === 'icmpv6' ? 'icmp' : raw;
+  const [raw, num] = line.trim().split(/\s+/, 2);
+  // A protocol conntrack has no name for is printed "unknown" and its number: the number is the name.
+  const proto = raw === 'icmpv6' ? 'icmp' : raw === 'unknown' ? num : raw;
   const field = (k: string) => new RegExp(`\\b${k}=(\\S+)`).exec(line)?.[1];
   const src = field('src');
   const dst = field('dst');
@@ -59,8 +60,8 @@ export async function markRevoked(f: Flow, revoked: boolean): Promise<void> {
   if (f.port !== undefined) args.push('--dport', String(f.port));
   // In an update the mask says which bits are cleared before the value is XORed in: only ours.
   args.push('--mark', `${revoked ? MARK_HEX : '0'}/${MARK_HEX}`);
-  // "0 flow entries" (already gone) makes conntrack exit 1: that is fine.
+  // "0 flow entries" (already gone) makes conntrack exit 1: that is fine; any other failure is not.
   await conntrack(args).catch((err: unknown) => {
-    if (!(err instanceof CommandError) || err.exitCode === null) throw err;
+    if (!(err instanceof CommandError) || err.exitCode !== 1 || !/\b0 flow entries\b/.test(err.stderr)) throw err;
   });
 }

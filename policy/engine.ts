@@ -22,13 +22,14 @@ import { TABLE } from '../datapath/firewall.js';
 import type { MeshView, TombstoneOptions } from '../mesh/index.js';
 import { listFlows, markRevoked } from './conntrack.js';
 import { PolicyModel, type Decision, type Flow, type Member } from './model.js';
-import { compilePolicy, elementUpdates, REVOKED_COMMENT, type CompiledPolicy } from './nft.js';
+import { compilePolicy, elementUpdates, NO_PICKUP_COMMENT, REVOKED_COMMENT, type CompiledPolicy } from './nft.js';
 import { PolicyTable } from './table.js';
 import { SerialJob } from '../lib/serial-job.js';
 
 const BRIDGE_NF = 'net.bridge.bridge-nf-call-iptables';
 /** The same for bridged IPv6 (with --ipv6: without it, IPv6 would cross the bridge unjudged). */
 const BRIDGE_NF6 = 'net.bridge.bridge-nf-call-ip6tables';
+const RETRY_MS = 5000;
 
 export interface PolicyStatus {
   rules: number;
@@ -42,7 +43,10 @@ export interface PolicyStatus {
   /** Packets dropped on this host, per group (and per container limited by single-container rules). */
   dropped: { group: string; direction: 'ingress' | 'egress'; packets: number }[];
   flowsCut: number;
-  /** Packets of flows cut after revocations that were dropped here since the rules were last written. */
+  /**
+   * Packets dropped here since the rules were last written of flows cut after revocations, and of
+   * connections the kernel did not track that a limited container's unbound side tried to go on with.
+   */
   revokedDropped: number;
   elementUpdates: number;
   rewrites: number;
@@ -66,6 +70,9 @@ export class PolicyEngine {
   private bridgeNf: string | null = null;
   /** Whether the kernel may hold flows marked revoked (an earlier run may have left some). */
   private mayHaveRevoked = true;
+  /** The policy the tracked flows were last brought in line with (reconcileFlows). */
+  private reconciled: CompiledPolicy | null = null;
+  private retry: NodeJS.Timeout | null = null;
   readonly stats = { flowsCut: 0, elementUpdates: 0, rewrites: 0, applyMs: 0 };
 
   constructor(
@@ -175,7 +182,12 @@ export class PolicyEngine {
       this.lastError = null;
     } catch (err) {
       this.lastError = (err as Error).message;
-      this.mesh.log.warn({ err: this.lastError }, 'policy enforcement failed');
+      this.mesh.log.warn({ err: this.lastError }, 'policy enforcement failed; trying again in 5 s');
+      // A pass that failed (a tool killed at its timeout on a loaded host) is not left for the next change.
+      this.retry ??= setTimeout(() => {
+        this.retry = null;
+        this.schedule();
+      }, RETRY_MS).unref();
     }
     this.stats.applyMs += performance.now() - t0;
   }
@@ -232,30 +244,53 @@ export class PolicyEngine {
         }
       }
     }
-    // Only a change that can take a permission away needs the flows checked: joins alone cannot. And
-    // only one that can give one back needs the revoked flows checked.
+    await this.reconcileFlows(next);
+  }
+
+  /**
+   * Brings the tracked flows in line with `next`, against what they were last brought in line with
+   * (not with what the firewall last wrote: its own rewrites, at start or after a repair, cut nothing).
+   * Only a change that can take a permission away needs the flows checked, joins alone cannot; and
+   * only one that can give one back needs the revoked flows checked.
+   */
+  private async reconcileFlows(next: CompiledPolicy): Promise<void> {
+    const base = this.reconciled;
     const lost = (from: Map<string, string[]>, to: Map<string, string[]>) =>
       [...from].some(([name, addrs]) => {
         const now = new Set(to.get(name) ?? []);
         return addrs.some((a) => !now.has(a));
       });
-    const judged = next.hooks.length > 0 || (prev !== null && prev.hooks.length > 0);
-    if (!judged) return;
-    const model = this.model();
-    if (differs || lost(prev.sets, next.sets)) await this.cutRevoked(model);
-    if (this.mayHaveRevoked && (differs || lost(next.sets, prev.sets))) await this.restoreAllowed(model);
+    if (next.hooks.length > 0 || (base !== null && base.hooks.length > 0)) {
+      const differs = !base || base.skeleton !== next.skeleton;
+      const model = this.model();
+      if (differs || lost(base.sets, next.sets)) await this.cutRevoked(model);
+      if (this.mayHaveRevoked && (differs || lost(next.sets, base.sets))) await this.restoreAllowed(model);
+    }
+    this.reconciled = next;
   }
 
   private families(): ('ipv4' | 'ipv6')[] {
     return this.datapath?.carriesIpv6 ? ['ipv4', 'ipv6'] : ['ipv4'];
   }
 
-  /** Marks revoked the tracked flows of local containers that the model no longer allows. */
+  /**
+   * Whether this host's rules deny a flow: the limits of a local container at either end. (A limit of
+   * a container on another host is that host's to enforce, and to cut.)
+   */
+  private deniedHere(model: PolicyModel, local: Set<string>, f: Flow): boolean {
+    const d = model.decide(f);
+    return (d.egress.kind === 'denied' && local.has(f.src)) || (d.ingress.kind === 'denied' && local.has(f.dst));
+  }
+
+  private localAddrs(model: PolicyModel): Set<string> {
+    return new Set(model.members.filter((m) => m.peer === this.mesh.name).flatMap((m) => m.addrs));
+  }
+
+  /** Marks revoked the tracked flows that this host's rules no longer allow. */
   private async cutRevoked(model: PolicyModel): Promise<void> {
-    const local = new Set(model.members.filter((m) => m.peer === this.mesh.name).flatMap((m) => m.addrs));
+    const local = this.localAddrs(model);
     const denied = new Map<string, Flow>();
-    const keep = (f: Flow) => (local.has(f.src) || local.has(f.dst)) && !model.decide(f).allowed;
-    for (const f of await listFlows(keep, undefined, this.families(), false)) {
+    for (const f of await listFlows((f) => this.deniedHere(model, local, f), undefined, this.families(), false)) {
       denied.set(`${f.proto} ${f.src} ${f.dst} ${f.port ?? ''}`, f);
     }
     if (denied.size > 0) this.mayHaveRevoked = true;
@@ -263,14 +298,16 @@ export class PolicyEngine {
     this.stats.flowsCut += denied.size;
   }
 
-  /** Clears the mark of revoked flows that the model allows again (a rule came back, a member rejoined). */
+  /** Clears the mark of local containers' revoked flows that this host's rules allow again (a rule came back). */
   private async restoreAllowed(model: PolicyModel): Promise<void> {
+    const local = this.localAddrs(model);
     const allowed = new Map<string, Flow>();
     let stillDenied = false;
     const keep = (f: Flow) => {
-      const yes = model.decide(f).allowed;
-      stillDenied ||= !yes;
-      return yes;
+      if (!local.has(f.src) && !local.has(f.dst)) return false; // another firewall's, or a container gone
+      const denied = this.deniedHere(model, local, f);
+      stillDenied ||= denied;
+      return !denied;
     };
     for (const f of await listFlows(keep, undefined, this.families(), true)) {
       allowed.set(`${f.proto} ${f.src} ${f.dst} ${f.port ?? ''}`, f);
@@ -312,7 +349,7 @@ export class PolicyEngine {
           'rule',
         )) {
           const packets = rule.expr?.find((e) => e.counter)?.counter?.packets ?? 0;
-          if (rule.comment === REVOKED_COMMENT) revokedDropped = packets;
+          if (rule.comment === REVOKED_COMMENT || rule.comment === NO_PICKUP_COMMENT) revokedDropped += packets;
           const m = rule.comment ? meaning.get(rule.comment) : undefined;
           if (!m) continue;
           if (m.kind === 'rule') allowed.set(m.id, (allowed.get(m.id) ?? 0) + packets);
@@ -352,6 +389,7 @@ export class PolicyEngine {
   }
 
   stop(): void {
+    if (this.retry) clearTimeout(this.retry);
     this.job.stop();
     this.table.stop();
   }

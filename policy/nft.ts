@@ -60,6 +60,7 @@ export function compilePolicy(model: PolicyModel, local: Member[], opts: Compile
   const counters = new Map<string, CounterMeaning>();
   const chains: string[] = [];
   const jumps: string[] = [];
+  const noPickup: string[] = [];
   const list = (addrs: string[]) => `{ ${[...new Set(addrs)].sort().join(', ')} }`;
   for (const m of [...local].sort((a, b) => (a.container < b.container ? -1 : 1))) {
     const own4 = m.addrs.filter((a) => !isV6(a));
@@ -117,6 +118,15 @@ export function compilePolicy(model: PolicyModel, local: Member[], opts: Compile
       const own = direction === 'ingress' ? 'daddr' : 'saddr';
       if (own4.length > 0) jumps.push(`    ip ${own} ${list(own4)} jump ${chain}`);
       if (own6.length > 0) jumps.push(`    ip6 ${own} ${list(own6)} jump ${chain}`);
+      // A connection is picked up mid-stream by conntrack as new in the direction of the packet it
+      // sees first. From the side a limit does not bind (a server limited on ingress sending to anyone)
+      // that would let a connection the rules deny start again once its tracking is gone (cut, closed
+      // by a forged reset, timed out): such a side opens connections with a SYN, nothing else.
+      const other = direction === 'ingress' ? 'saddr' : 'daddr';
+      if (own4.length > 0)
+        noPickup.push(`    ip ${other} ${list(own4)} ${NOT_SYN} counter drop comment "${NO_PICKUP_COMMENT}"`);
+      if (own6.length > 0)
+        noPickup.push(`    ip6 ${other} ${list(own6)} ${NOT_SYN} counter drop comment "${NO_PICKUP_COMMENT}"`);
     }
   }
   if (jumps.length === 0) return { lines: [], hooks: [], skeleton: '', sets, counters };
@@ -129,7 +139,7 @@ export function compilePolicy(model: PolicyModel, local: Member[], opts: Compile
         `    oifname "${BRIDGE}" icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert } ip6 hoplimit 255 accept comment "neighbour discovery"`,
       ]
     : [];
-  const policyChain = ['  chain security_groups {', ...nd, ...jumps, '  }'];
+  const policyChain = ['  chain security_groups {', ...nd, ...noPickup, ...jumps, '  }'];
   const names = [...sets.keys()].sort();
   const lines = [...names.map((n) => setDecl(n, sets.get(n)!)), ...policyChain, ...chains];
   const skeleton = [...names.map((n) => setDecl(n, null)), ...policyChain, ...chains].join('\n');
@@ -138,9 +148,12 @@ export function compilePolicy(model: PolicyModel, local: Member[], opts: Compile
   // the host's namespace, which weft otherwise does not use; that tracking is most of what a policy
   // costs a flow, bench/README.md.) Then everything that crosses the bridge, or enters it from the
   // host's other links, meets the policy once.
-  // Before that, flows a change revoked (policy/conntrack.ts) are dropped both ways, replies too.
+  // Before that, flows a change revoked (policy/conntrack.ts) are dropped both ways, replies too: of
+  // the bridge's traffic only (another firewall may use the same bit for flows of its own).
+  const revoked = `ct mark and ${MARK_HEX} == ${MARK_HEX} counter drop comment "${REVOKED_COMMENT}"`;
   const hooks = [
-    `    ct mark and ${MARK_HEX} == ${MARK_HEX} counter drop comment "${REVOKED_COMMENT}"`,
+    `    iifname "${BRIDGE}" ${revoked}`,
+    `    oifname "${BRIDGE}" ${revoked}`,
     `    ct state established,related accept comment "flows already judged"`,
     `    iifname "${BRIDGE}" jump security_groups`,
     `    iifname != "${BRIDGE}" oifname "${BRIDGE}" jump security_groups`,
@@ -148,8 +161,11 @@ export function compilePolicy(model: PolicyModel, local: Member[], opts: Compile
   return { lines, hooks, skeleton, sets, counters };
 }
 
-/** The comment of the rule that drops revoked flows, whose counter status reads. */
+/** The comments of the rules that drop revoked flows and connections picked up mid-stream, whose counters status reads. */
 export const REVOKED_COMMENT = 'flows revoked';
+export const NO_PICKUP_COMMENT = 'no connection picked up mid-stream';
+/** A TCP packet that is not a connection's first (a SYN alone): ACKs, resets, FINs, SYN-ACKs. */
+const NOT_SYN = 'tcp flags & (fin | syn | rst | ack) != syn';
 
 /** One nft transaction that turns the sets from `have` into `want` (same set names). */
 export function elementUpdates(table: string, have: Map<string, string[]>, want: Map<string, string[]>): string {
