@@ -1,17 +1,13 @@
 // The kernel's connection tracking, through Debian's `conntrack` tool: the flows
 // it knows, and marking those a policy change no longer allows. A marked flow is
 // dropped in both directions by the policy's first rule (policy/nft.ts) for as
-// long as the kernel tracks it. Deleting it instead would not do: its next packet
+// long as the kernel tracks it (and a TCP connection's packets for a day after,
+// policy/nft.ts noPickup). Deleting it instead would not do: its next packet
 // would be judged as new, and one sent by the side that may open connections (a
 // server may send to anyone) would start the same flow again from that side.
 import type { Flow } from './model.js';
+import { MARK_HEX } from './nft.js';
 import { CommandError, conntrack, inNamespace, lines } from '../net/command.js';
-
-/**
- * The bit of the conntrack mark that says "revoked", as nft and conntrack write it. One bit, so that
- * other users of the mark (a CONNMARK of another firewall) keep theirs; weft sets and clears only this.
- */
-export const MARK_HEX = '0x100000';
 
 /** One line of `conntrack -L`, by its original direction (ICMPv6 counts as icmp, as in the rules). */
 function parseConntrackLine(line: string): Flow | null {

@@ -30,6 +30,8 @@ const BRIDGE_NF = 'net.bridge.bridge-nf-call-iptables';
 /** The same for bridged IPv6 (with --ipv6: without it, IPv6 would cross the bridge unjudged). */
 const BRIDGE_NF6 = 'net.bridge.bridge-nf-call-ip6tables';
 const RETRY_MS = 5000;
+const RETRY_MAX_MS = 300_000;
+const START_CHECK_MS = 2000;
 
 export interface PolicyStatus {
   rules: number;
@@ -43,10 +45,7 @@ export interface PolicyStatus {
   /** Packets dropped on this host, per group (and per container limited by single-container rules). */
   dropped: { group: string; direction: 'ingress' | 'egress'; packets: number }[];
   flowsCut: number;
-  /**
-   * Packets dropped here since the rules were last written of flows cut after revocations, and of
-   * connections the kernel did not track that a limited container's unbound side tried to go on with.
-   */
+  /** Packets of flows and connections cut after revocations dropped here since the rules were last written. */
   revokedDropped: number;
   elementUpdates: number;
   rewrites: number;
@@ -73,6 +72,11 @@ export class PolicyEngine {
   /** The policy the tracked flows were last brought in line with (reconcileFlows). */
   private reconciled: CompiledPolicy | null = null;
   private retry: NodeJS.Timeout | null = null;
+  /** How long after a failed pass the next is tried: doubled after each failure in a row, up to 5 minutes. */
+  private retryMs = RETRY_MS;
+  private startCheck: NodeJS.Timeout | null = null;
+  /** The model `offered` was compiled from (the flows are judged by the same). */
+  private offeredModel: PolicyModel | null = null;
   readonly stats = { flowsCut: 0, elementUpdates: 0, rewrites: 0, applyMs: 0 };
 
   constructor(
@@ -97,6 +101,9 @@ export class PolicyEngine {
     this.dirty = true;
     this.table.onChange(() => this.schedule());
     this.datapath.endpoints.onChange(() => this.schedule());
+    // The flows checked against the rules once (a rule removed while the router was down cuts, the
+    // marks of flows allowed again are cleared), off the start's path.
+    this.startCheck = setTimeout(() => this.schedule(), START_CHECK_MS).unref();
   }
 
   members(): Member[] {
@@ -118,8 +125,7 @@ export class PolicyEngine {
     return new PolicyModel(this.table.rules(), this.members());
   }
 
-  private compile(): CompiledPolicy {
-    const model = this.model();
+  private compile(model: PolicyModel): CompiledPolicy {
     return compilePolicy(
       model,
       model.members.filter((m) => m.peer === this.mesh.name),
@@ -130,7 +136,8 @@ export class PolicyEngine {
   /** The policy compiled from the state now: compiled again only when rules or endpoints changed. */
   private fresh(): CompiledPolicy {
     if (this.dirty || !this.offered) {
-      this.offered = this.compile();
+      this.offeredModel = this.model();
+      this.offered = this.compile(this.offeredModel);
       this.dirty = false;
     }
     return this.offered;
@@ -180,14 +187,20 @@ export class PolicyEngine {
     try {
       await this.apply();
       this.lastError = null;
+      this.retryMs = RETRY_MS;
     } catch (err) {
       this.lastError = (err as Error).message;
-      this.mesh.log.warn({ err: this.lastError }, 'policy enforcement failed; trying again in 5 s');
-      // A pass that failed (a tool killed at its timeout on a loaded host) is not left for the next change.
-      this.retry ??= setTimeout(() => {
-        this.retry = null;
-        this.schedule();
-      }, RETRY_MS).unref();
+      // A pass that failed (a tool killed at its timeout on a loaded host) is not left for the next
+      // change; one that keeps failing (a tool missing) is tried less and less often.
+      if (!this.retry) {
+        const wait = this.retryMs;
+        this.retryMs = Math.min(wait * 2, RETRY_MAX_MS);
+        this.mesh.log.warn({ err: this.lastError }, `policy enforcement failed; trying again in ${wait / 1000} s`);
+        this.retry = setTimeout(() => {
+          this.retry = null;
+          this.schedule();
+        }, wait).unref();
+      }
     }
     this.stats.applyMs += performance.now() - t0;
   }
@@ -225,6 +238,7 @@ export class PolicyEngine {
 
   private async apply(): Promise<void> {
     const next = this.fresh(); // the same compilation a rewrite below writes
+    const model = this.offeredModel!; // next's (a firewall check may compile afresh meanwhile)
     const prev = this.current;
     if (next.hooks.length > 0) this.bridgeNf = await this.bridgeNetfilter();
     const differs = !prev || prev.skeleton !== next.skeleton;
@@ -244,7 +258,7 @@ export class PolicyEngine {
         }
       }
     }
-    await this.reconcileFlows(next);
+    await this.reconcileFlows(next, model);
   }
 
   /**
@@ -253,7 +267,7 @@ export class PolicyEngine {
    * Only a change that can take a permission away needs the flows checked, joins alone cannot; and
    * only one that can give one back needs the revoked flows checked.
    */
-  private async reconcileFlows(next: CompiledPolicy): Promise<void> {
+  private async reconcileFlows(next: CompiledPolicy, model: PolicyModel): Promise<void> {
     const base = this.reconciled;
     const lost = (from: Map<string, string[]>, to: Map<string, string[]>) =>
       [...from].some(([name, addrs]) => {
@@ -262,7 +276,6 @@ export class PolicyEngine {
       });
     if (next.hooks.length > 0 || (base !== null && base.hooks.length > 0)) {
       const differs = !base || base.skeleton !== next.skeleton;
-      const model = this.model();
       if (differs || lost(base.sets, next.sets)) await this.cutRevoked(model);
       if (this.mayHaveRevoked && (differs || lost(next.sets, base.sets))) await this.restoreAllowed(model);
     }
@@ -304,7 +317,11 @@ export class PolicyEngine {
     const allowed = new Map<string, Flow>();
     let stillDenied = false;
     const keep = (f: Flow) => {
-      if (!local.has(f.src) && !local.has(f.dst)) return false; // another firewall's, or a container gone
+      // Another firewall's, or a container's that has gone (kept in mind: its address may come back).
+      if (!local.has(f.src) && !local.has(f.dst)) {
+        stillDenied = true;
+        return false;
+      }
       const denied = this.deniedHere(model, local, f);
       stillDenied ||= denied;
       return !denied;
@@ -390,6 +407,7 @@ export class PolicyEngine {
 
   stop(): void {
     if (this.retry) clearTimeout(this.retry);
+    if (this.startCheck) clearTimeout(this.startCheck);
     this.job.stop();
     this.table.stop();
   }

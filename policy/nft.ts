@@ -11,7 +11,6 @@ import { createHash } from 'node:crypto';
 import { BRIDGE } from '../datapath/bridge.js';
 import { containerMatches, type Member, type PolicyModel } from './model.js';
 import type { Rule } from './rules.js';
-import { MARK_HEX } from './conntrack.js';
 
 interface CounterMeaning {
   kind: 'rule' | 'deny';
@@ -60,7 +59,6 @@ export function compilePolicy(model: PolicyModel, local: Member[], opts: Compile
   const counters = new Map<string, CounterMeaning>();
   const chains: string[] = [];
   const jumps: string[] = [];
-  const noPickup: string[] = [];
   const list = (addrs: string[]) => `{ ${[...new Set(addrs)].sort().join(', ')} }`;
   for (const m of [...local].sort((a, b) => (a.container < b.container ? -1 : 1))) {
     const own4 = m.addrs.filter((a) => !isV6(a));
@@ -118,15 +116,6 @@ export function compilePolicy(model: PolicyModel, local: Member[], opts: Compile
       const own = direction === 'ingress' ? 'daddr' : 'saddr';
       if (own4.length > 0) jumps.push(`    ip ${own} ${list(own4)} jump ${chain}`);
       if (own6.length > 0) jumps.push(`    ip6 ${own} ${list(own6)} jump ${chain}`);
-      // A connection is picked up mid-stream by conntrack as new in the direction of the packet it
-      // sees first. From the side a limit does not bind (a server limited on ingress sending to anyone)
-      // that would let a connection the rules deny start again once its tracking is gone (cut, closed
-      // by a forged reset, timed out): such a side opens connections with a SYN, nothing else.
-      const other = direction === 'ingress' ? 'saddr' : 'daddr';
-      if (own4.length > 0)
-        noPickup.push(`    ip ${other} ${list(own4)} ${NOT_SYN} counter drop comment "${NO_PICKUP_COMMENT}"`);
-      if (own6.length > 0)
-        noPickup.push(`    ip6 ${other} ${list(own6)} ${NOT_SYN} counter drop comment "${NO_PICKUP_COMMENT}"`);
     }
   }
   if (jumps.length === 0) return { lines: [], hooks: [], skeleton: '', sets, counters };
@@ -139,21 +128,19 @@ export function compilePolicy(model: PolicyModel, local: Member[], opts: Compile
         `    oifname "${BRIDGE}" icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert } ip6 hoplimit 255 accept comment "neighbour discovery"`,
       ]
     : [];
-  const policyChain = ['  chain security_groups {', ...nd, ...noPickup, ...jumps, '  }'];
+  const policyChain = ['  chain security_groups {', ...nd, ...noPickup(ipv6), ...jumps, '  }'];
   const names = [...sets.keys()].sort();
-  const lines = [...names.map((n) => setDecl(n, sets.get(n)!)), ...policyChain, ...chains];
-  const skeleton = [...names.map((n) => setDecl(n, null)), ...policyChain, ...chains].join('\n');
+  const revoked = revokedChain(ipv6);
+  const lines = [...names.map((n) => setDecl(n, sets.get(n)!)), ...revoked, ...policyChain, ...chains];
+  const skeleton = [...names.map((n) => setDecl(n, null)), ...revoked, ...policyChain, ...chains].join('\n');
   // Packets of flows already judged (replies, related ICMP) are accepted at once, before any other
   // match: a flow's first packet alone meets the rules. (The ct match turns on connection tracking in
   // the host's namespace, which weft otherwise does not use; that tracking is most of what a policy
   // costs a flow, bench/README.md.) Then everything that crosses the bridge, or enters it from the
   // host's other links, meets the policy once.
-  // Before that, flows a change revoked (policy/conntrack.ts) are dropped both ways, replies too: of
-  // the bridge's traffic only (another firewall may use the same bit for flows of its own).
-  const revoked = `ct mark and ${MARK_HEX} == ${MARK_HEX} counter drop comment "${REVOKED_COMMENT}"`;
+  // Before that, flows a change revoked (policy/conntrack.ts) are dropped both ways, replies too.
   const hooks = [
-    `    iifname "${BRIDGE}" ${revoked}`,
-    `    oifname "${BRIDGE}" ${revoked}`,
+    `    ct mark and ${MARK_HEX} == ${MARK_HEX} jump revoked`,
     `    ct state established,related accept comment "flows already judged"`,
     `    iifname "${BRIDGE}" jump security_groups`,
     `    iifname != "${BRIDGE}" oifname "${BRIDGE}" jump security_groups`,
@@ -161,11 +148,67 @@ export function compilePolicy(model: PolicyModel, local: Member[], opts: Compile
   return { lines, hooks, skeleton, sets, counters };
 }
 
-/** The comments of the rules that drop revoked flows and connections picked up mid-stream, whose counters status reads. */
+/**
+ * The bit of the conntrack mark that says "revoked" (policy/conntrack.ts sets it), as nft and conntrack
+ * write it. One bit, so that other users of the mark (a CONNMARK of another firewall) keep theirs.
+ */
+export const MARK_HEX = '0x100000';
+/** The comments of the rules that drop revoked flows and their connections picked up again, whose counters status reads. */
 export const REVOKED_COMMENT = 'flows revoked';
-export const NO_PICKUP_COMMENT = 'no connection picked up mid-stream';
-/** A TCP packet that is not a connection's first (a SYN alone): ACKs, resets, FINs, SYN-ACKs. */
-const NOT_SYN = 'tcp flags & (fin | syn | rst | ack) != syn';
+export const NO_PICKUP_COMMENT = 'revoked connection picked up mid-stream';
+/**
+ * How long a revoked TCP connection's addresses and ports are remembered after its last packet: its
+ * ends retransmit for some 15 minutes, and keepalives come every 2 hours by Linux's defaults.
+ */
+const REVOKED_MEMORY = '1d';
+
+const fourTuple = (v6: boolean, reverse: boolean) => {
+  const ip = v6 ? 'ip6' : 'ip';
+  return reverse
+    ? `${ip} daddr . ${ip} saddr . tcp dport . tcp sport`
+    : `${ip} saddr . ${ip} daddr . tcp sport . tcp dport`;
+};
+const revokedSet = (v6: boolean) => (v6 ? 'revoked6' : 'revoked4');
+
+/**
+ * The chain the packets of revoked flows jump to: dropped where they cross the bridge (another
+ * firewall may use the same bit for flows of its own), and a TCP connection's addresses and ports
+ * remembered, for noPickup.
+ */
+function revokedChain(ipv6: boolean): string[] {
+  const families = ipv6 ? [false, true] : [false];
+  return [
+    ...families.map(
+      (v6) =>
+        `  set ${revokedSet(v6)} { type ${v6 ? 'ipv6_addr . ipv6_addr' : 'ipv4_addr . ipv4_addr'} . inet_service . inet_service; flags dynamic, timeout; timeout ${REVOKED_MEMORY}; }`,
+    ),
+    '  chain revoked {',
+    `    iifname != "${BRIDGE}" oifname != "${BRIDGE}" return`,
+    ...families.map(
+      (v6) =>
+        `    meta nfproto ${v6 ? 'ipv6' : 'ipv4'} meta l4proto tcp update @${revokedSet(v6)} { ${fourTuple(v6, false)} }`,
+    ),
+    `    counter drop comment "${REVOKED_COMMENT}"`,
+    '  }',
+  ];
+}
+
+/**
+ * Conntrack picks a TCP connection it does not track up mid-stream, as new in the direction of the
+ * first packet it sees. A revoked connection whose tracking is gone (closed by a forged reset, timed
+ * out) would start again so from the side the rules do not bind (a server limited on ingress may
+ * send to anyone): a packet that is not a SYN alone, of a connection remembered as revoked, either
+ * way, is dropped (and the memory kept fresh).
+ */
+function noPickup(ipv6: boolean): string[] {
+  const notSyn = 'tcp flags & (fin | syn | rst | ack) != syn';
+  return (ipv6 ? [false, true] : [false]).flatMap((v6) =>
+    [false, true].map(
+      (reverse) =>
+        `    ${notSyn} ${fourTuple(v6, reverse)} @${revokedSet(v6)} update @${revokedSet(v6)} { ${fourTuple(v6, reverse)} } counter drop comment "${NO_PICKUP_COMMENT}"`,
+    ),
+  );
+}
 
 /** One nft transaction that turns the sets from `have` into `want` (same set names). */
 export function elementUpdates(table: string, have: Map<string, string[]>, want: Map<string, string[]>): string {

@@ -122,7 +122,7 @@ export function buildRegistry(router: Router): Registry {
   });
   new Counter({
     name: 'weft_policy_revoked_dropped_packets_total',
-    help: 'Packets of flows cut after revocations dropped on this host',
+    help: 'Packets of flows and connections cut after revocations dropped on this host',
     ...reg,
     async collect() {
       this.reset();

@@ -275,6 +275,23 @@ describe('the compiled rules on both families', () => {
     expect(text).toContain('ip daddr { 10.32.0.1 } jump');
   });
 
+  it('revoked flows: dropped before anything is accepted, and a revoked TCP connection is not picked up again, either way', () => {
+    const c = compilePolicy(model, [members[0]], { ipv6: true });
+    expect(c.hooks[0]).toMatch(/^\s+ct mark and 0x100000 == 0x100000 jump revoked$/);
+    expect(c.hooks.findIndex((h) => h.includes('established'))).toBeGreaterThan(0);
+    const text = c.lines.join('\n');
+    // Only the bridge's traffic; each family's TCP connection remembered from its packets.
+    expect(text).toMatch(/chain revoked \{\n\s+iifname != "weft" oifname != "weft" return\n/);
+    expect(text).toContain('update @revoked4 { ip saddr . ip daddr . tcp sport . tcp dport }');
+    expect(text).toContain('update @revoked6 { ip6 saddr . ip6 daddr . tcp sport . tcp dport }');
+    const chain = text.slice(text.indexOf('chain security_groups'));
+    for (const tuple of ['ip saddr . ip daddr . tcp sport . tcp dport', 'ip daddr . ip saddr . tcp dport . tcp sport'])
+      expect(chain).toContain(`tcp flags & (fin | syn | rst | ack) != syn ${tuple} @revoked4`);
+    // Before any jump into a container's rules, which could accept the packet.
+    expect(chain.indexOf('@revoked6')).toBeLessThan(chain.indexOf('jump'));
+    expect(compilePolicy(model, []).hooks).toEqual([]); // nothing limited here: nothing of it
+  });
+
   it('the model judges IPv6 flows by IPv6 CIDRs only', () => {
     const f = (src: string) => model.decide({ src, dst: 'fd77:6566:7400::1', proto: 'tcp', port: 80 }).allowed;
     expect(f('2001:db8::9')).toBe(true);
