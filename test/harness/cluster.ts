@@ -355,6 +355,19 @@ export function sleep(ms: number): Promise<void> {
 }
 
 /** Polls until check() returns a truthy value or the time runs out; the error says what was last seen. */
+/** Waits until `read` gives the same for a whole `quietMs` (a cut connection's count stops moving). */
+export async function steady(what: string, read: () => unknown, timeoutMs = 10_000, quietMs = 1000): Promise<void> {
+  await eventually(
+    what,
+    async () => {
+      const before = JSON.stringify(read());
+      await sleep(quietMs);
+      return JSON.stringify(read()) === before;
+    },
+    timeoutMs,
+  );
+}
+
 export async function eventually<T>(
   what: string,
   check: () => Promise<T | null | undefined | false>,

@@ -6,7 +6,7 @@
 // container cannot speak IPv6 as another (forged sources, Neighbour
 // Advertisements, router advertisements are dropped at its port).
 import { afterAll, beforeAll, expect, it } from 'vitest';
-import { Cluster, FAST_THREE_HOSTS, eventually } from '../harness/cluster.js';
+import { Cluster, FAST_THREE_HOSTS, eventually, steady } from '../harness/cluster.js';
 import { describeAsRoot } from '../harness/root.js';
 import { run } from '../harness/exec.js';
 import { sendUdp, tcpConnect, udpRecorder } from '../harness/attacker.js';
@@ -207,15 +207,7 @@ describeAsRoot('dual-stack containers (--ipv6)', () => {
         async () => !(await h2.weft(['policy', 'list'])).stdout.includes(id),
         10_000,
       );
-      await eventually(
-        'the held connection is cut',
-        async () => {
-          const n = echoes;
-          await new Promise((r) => setTimeout(r, 1000));
-          return echoes === n;
-        },
-        10_000,
-      );
+      await steady('the held connection is cut', () => echoes);
       const before = echoes;
       await new Promise((r) => setTimeout(r, 1000));
       expect(echoes).toBe(before); // and it stays cut

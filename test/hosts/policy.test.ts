@@ -4,7 +4,7 @@
 // router restart during which a denied flow stays denied.
 import { expect, it } from 'vitest';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { eventually, sleep, type Host } from '../harness/cluster.js';
+import { eventually, sleep, steady, type Host } from '../harness/cluster.js';
 import { describeAsRoot } from '../harness/root.js';
 import { threeHostsPerTest } from '../harness/three-hosts.js';
 import { echo, echoServer, pushServer } from '../harness/traffic.js';
@@ -124,15 +124,7 @@ describeAsRoot('security groups', () => {
         async () => !(await h3.weft(['policy', 'list'])).stdout.includes(id),
         10_000,
       );
-      await eventually(
-        'the connections cut',
-        async () => {
-          const n = counts();
-          await sleep(1000);
-          return counts().join() === n.join();
-        },
-        10_000,
-      );
+      await steady('the connections cut', counts);
       return counts();
     };
     const before = await revoke(second);
