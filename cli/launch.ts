@@ -13,7 +13,7 @@ import { DockerApi, defaultDockerApi } from '../plugin/docker-api.js';
 import { ROUTER_IMAGE } from '../plugin/image.js';
 import { CliError, readRouterInfo } from './client.js';
 import { ROUTER_CONTAINER, containerSpec, dockerEngine, startRouterContainer } from './router-container.js';
-import { ROUTER_ENV } from '../lib/router-env.js';
+import { routerEnv } from '../lib/router-env.js';
 
 const routerMain = fileURLToPath(new URL('../router/main.js', import.meta.url));
 
@@ -65,8 +65,7 @@ export async function launch(cmd: Command, peers: string[]): Promise<void> {
   }
   const logPath = join(opts.dataDir, 'weft.log');
   const fd = openSync(logPath, 'a');
-  // The user's own settings win (MALLOC_ARENA_MAX set by hand, say).
-  const env = { ...ROUTER_ENV, ...process.env };
+  const env = routerEnv(process.env);
   if (cmd.getOptionValueSource('password') === 'cli') env.WEFT_PASSWORD = v.password as string;
   const child = spawn(process.execPath, [routerMain, ...routerArgs(cmd), ...peers], {
     detached: true,

@@ -172,8 +172,10 @@ describeAsRoot('fastdp across namespace hosts', () => {
       ]);
       expect((await listener).stdout.trim()).toBe(a.ip);
       // Rules flushed underneath come back, on the kernel's word (the check's own timer is 30 s).
-      // `weft launch` starts the router with two malloc arenas (lib/router-env.ts).
-      expect(readFileSync(`/proc/${a.routerPid()!}/environ`, 'utf8').split('\0')).toContain('MALLOC_ARENA_MAX=2');
+      // `weft launch` starts the router with two malloc arenas and 2 MiB semi-spaces (lib/router-env.ts).
+      const environ = readFileSync(`/proc/${a.routerPid()!}/environ`, 'utf8').split('\0');
+      expect(environ).toContain('MALLOC_ARENA_MAX=2');
+      expect(environ.find((e) => e.startsWith('NODE_OPTIONS='))).toMatch(/--max-semi-space-size=2\b/);
       const checks = async () => (await a.report<Report>()).datapath!.checks!;
       const before = await checks();
       expect(before).toMatchObject({ watching: true, notWatching: null });
