@@ -21,6 +21,8 @@ import { type NftJson, nftObjects, nftSession } from '../net/nft-session.js';
 import { GUARD_TABLE } from './port-guard.js';
 
 export const TABLE = 'weft';
+/** Security groups' table of revoked connections (policy/nft.ts): outlives TABLE's rewrites. */
+export const REVOKED_TABLE = 'weft_revoked';
 
 export interface FirewallState {
   /** Subnets exposed on this host ("ip/prefix" of the subnet). */
@@ -32,7 +34,7 @@ export interface FirewallState {
   /** The host's own IPv6 addresses on the bridge (exposed, the DNS server's): Neighbour Discovery may reach them. */
   hostAddrs6?: string[];
   /** Security groups (policy/nft.ts): sets and chains, and the forward-chain lines that use them. */
-  policy?: { lines: string[]; hooks: string[] };
+  policy?: { lines: string[]; hooks: string[]; revokedTable: string[] };
   /** What containers may reach of the host: the DNS server, and never these ports of the router's. */
   host: { dns: { ip: string; port: number; ip6?: string } | null; routerPorts: { tcp: number[]; udp: number[] } };
   /** The underlay: datagrams to these ports are taken only from these addresses. */
@@ -184,6 +186,8 @@ export function ruleset(s: FirewallState): string {
     ...inputChains(s, exposed, exposed6),
     ...(s.policy?.lines ?? []),
     `}`,
+    // Kept while a policy applies here (its sets hold what the kernel remembered), else removed.
+    ...(s.policy?.revokedTable ?? [`table inet ${REVOKED_TABLE}`, `delete table inet ${REVOKED_TABLE}`]),
     '',
   ].join('\n');
 }
@@ -229,8 +233,10 @@ export async function firewallDiffers(s: FirewallState, guard: string): Promise<
   const have = (family: string, name: string) =>
     nftObjects<{ comment?: string }>(listing, 'rule', family, name).filter((r) => r.comment).length;
   const want = (text: string) => (text.match(/comment "[^"]+"/g) ?? []).length;
-  const [haveInet, wantInet] = [have('inet', TABLE), want(ruleset(s))];
-  if (haveInet !== wantInet) return `table inet ${TABLE} has ${haveInet} of weft's rules where ${wantInet} belong`;
+  if (s.policy && !exists('inet', REVOKED_TABLE)) return `table inet ${REVOKED_TABLE} is missing`;
+  const [haveInet, wantInet] = [have('inet', TABLE) + have('inet', REVOKED_TABLE), want(ruleset(s))];
+  if (haveInet !== wantInet)
+    return `tables inet ${TABLE} and ${REVOKED_TABLE} have ${haveInet} of weft's rules where ${wantInet} belong`;
   const [haveBridge, wantBridge] = [have('bridge', GUARD_TABLE), want(guard)];
   if (haveBridge !== wantBridge)
     return `table bridge ${GUARD_TABLE} has ${haveBridge} of weft's rules where ${wantBridge} belong`;
@@ -288,6 +294,7 @@ async function insertForwardAccept(family: 'ip' | 'ip6'): Promise<void> {
 
 export async function removeFirewall(): Promise<void> {
   await nft(['delete', 'table', 'inet', TABLE]).catch(() => undefined);
+  await nft(['delete', 'table', 'inet', REVOKED_TABLE]).catch(() => undefined);
   for (const family of FORWARD_FAMILIES)
     try {
       const chain = await nft(['-a', 'list', 'chain', family, 'filter', 'FORWARD']);

@@ -21,7 +21,7 @@ import { PortGuard, guardRuleset, type GuardOptions, type PortBinding } from './
 
 /** A part of the `inet weft` table that another component keeps: its lines and forward-chain hooks. */
 export interface FirewallPart {
-  part(): { lines: string[]; hooks: string[] } | null;
+  part(): { lines: string[]; hooks: string[]; revokedTable: string[] } | null;
   /** Local containers the part limits on ingress (their ports get no broadcast or multicast). */
   limitedIn?(): Set<string>;
   /** The table was written with what part() last gave. */
@@ -178,7 +178,7 @@ export class HostFirewall {
     this.guardJob.stop();
   }
 
-  /** For reset: both tables go. */
+  /** For reset: weft's tables go. */
   static async remove(): Promise<void> {
     await removeFirewall();
     await PortGuard.remove();

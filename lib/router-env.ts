@@ -18,6 +18,7 @@ export const ROUTER_ENV: Readonly<Record<string, string>> = { MALLOC_ARENA_MAX: 
 export function routerEnv(parent: NodeJS.ProcessEnv): NodeJS.ProcessEnv {
   const env: NodeJS.ProcessEnv = { ...ROUTER_ENV, ...parent };
   const given = parent.NODE_OPTIONS?.trim() ?? '';
-  env.NODE_OPTIONS = given.includes('--max-semi-space-size') ? given : `${given} ${SEMI_SPACE}`.trim();
+  // Node takes V8's flags with dashes or underscores.
+  env.NODE_OPTIONS = /--max[-_]semi[-_]space[-_]size\b/.test(given) ? given : `${given} ${SEMI_SPACE}`.trim();
   return env;
 }

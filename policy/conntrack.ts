@@ -9,8 +9,13 @@ import type { Flow } from './model.js';
 import { MARK_HEX } from './nft.js';
 import { CommandError, conntrack, inNamespace, lines } from '../net/command.js';
 
+/** A flow as conntrack lists it: with its source port too (tcp and udp). */
+export interface TrackedFlow extends Flow {
+  sport?: number;
+}
+
 /** One line of `conntrack -L`, by its original direction (ICMPv6 counts as icmp, as in the rules). */
-function parseConntrackLine(line: string): Flow | null {
+function parseConntrackLine(line: string): TrackedFlow | null {
   const [raw, num] = line.trim().split(/\s+/, 2);
   // A protocol conntrack has no name for is printed "unknown" and its number: the number is the name.
   const proto = raw === 'icmpv6' ? 'icmp' : raw === 'unknown' ? num : raw;
@@ -18,12 +23,14 @@ function parseConntrackLine(line: string): Flow | null {
   const src = field('src');
   const dst = field('dst');
   if (!proto || !src || !dst) return null;
-  const dport = field('dport');
+  const [sport, dport] = [field('sport'), field('dport')];
+  const ported = proto === 'tcp' || proto === 'udp';
   return {
     proto,
     src,
     dst,
-    ...(dport !== undefined && (proto === 'tcp' || proto === 'udp') ? { port: Number(dport) } : {}),
+    ...(dport !== undefined && ported ? { port: Number(dport) } : {}),
+    ...(sport !== undefined && ported ? { sport: Number(sport) } : {}),
   };
 }
 
@@ -37,8 +44,8 @@ export async function listFlows(
   netnsPath?: string,
   families: ('ipv4' | 'ipv6')[] = ['ipv4'],
   revoked?: boolean,
-): Promise<Flow[]> {
-  const out: Flow[] = [];
+): Promise<TrackedFlow[]> {
+  const out: TrackedFlow[] = [];
   const byMark = revoked === undefined ? [] : ['--mark', `${revoked ? MARK_HEX : '0'}/${MARK_HEX}`];
   for (const family of families)
     await lines(...inNamespace('conntrack', ['-L', '-f', family, ...byMark], netnsPath), (line) => {

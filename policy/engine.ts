@@ -18,11 +18,18 @@ import { readFile } from 'node:fs/promises';
 import { nft, sysctl } from '../net/command.js';
 import { linkLocalOf } from '../net/addr6.js';
 import { nftObjects, nftSession } from '../net/nft-session.js';
-import { TABLE } from '../datapath/firewall.js';
+import { REVOKED_TABLE, TABLE } from '../datapath/firewall.js';
 import type { MeshView, TombstoneOptions } from '../mesh/index.js';
 import { listFlows, markRevoked } from './conntrack.js';
 import { PolicyModel, type Decision, type Flow, type Member } from './model.js';
-import { compilePolicy, elementUpdates, NO_PICKUP_COMMENT, REVOKED_COMMENT, type CompiledPolicy } from './nft.js';
+import {
+  compilePolicy,
+  elementUpdates,
+  forgetRevoked,
+  NO_PICKUP_COMMENT,
+  REVOKED_COMMENT,
+  type CompiledPolicy,
+} from './nft.js';
 import { PolicyTable } from './table.js';
 import { SerialJob } from '../lib/serial-job.js';
 
@@ -144,10 +151,10 @@ export class PolicyEngine {
   }
 
   /** What the firewall table carries for the policy, from the state now (datapath/firewall.ts asks every few seconds). */
-  firewallPart(): { lines: string[]; hooks: string[] } | null {
+  firewallPart(): { lines: string[]; hooks: string[]; revokedTable: string[] } | null {
     const c = this.fresh();
     this.given = c;
-    return c.hooks.length > 0 ? { lines: c.lines, hooks: c.hooks } : null;
+    return c.hooks.length > 0 ? { lines: c.lines, hooks: c.hooks, revokedTable: c.revokedTable } : null;
   }
 
   /**
@@ -277,7 +284,8 @@ export class PolicyEngine {
     if (next.hooks.length > 0 || (base !== null && base.hooks.length > 0)) {
       const differs = !base || base.skeleton !== next.skeleton;
       if (differs || lost(base.sets, next.sets)) await this.cutRevoked(model);
-      if (this.mayHaveRevoked && (differs || lost(next.sets, base.sets))) await this.restoreAllowed(model);
+      if (this.mayHaveRevoked && (differs || lost(next.sets, base.sets)))
+        await this.restoreAllowed(model, next.hooks.length > 0);
     }
     this.reconciled = next;
   }
@@ -312,7 +320,7 @@ export class PolicyEngine {
   }
 
   /** Clears the mark of local containers' revoked flows that this host's rules allow again (a rule came back). */
-  private async restoreAllowed(model: PolicyModel): Promise<void> {
+  private async restoreAllowed(model: PolicyModel, rememberedHere: boolean): Promise<void> {
     const local = this.localAddrs(model);
     const allowed = new Map<string, Flow>();
     let stillDenied = false;
@@ -326,10 +334,17 @@ export class PolicyEngine {
       stillDenied ||= denied;
       return !denied;
     };
+    const connections: { src: string; dst: string; sport: number; port: number }[] = [];
     for (const f of await listFlows(keep, undefined, this.families(), true)) {
       allowed.set(`${f.proto} ${f.src} ${f.dst} ${f.port ?? ''}`, f);
+      if (f.proto === 'tcp' && f.sport !== undefined && f.port !== undefined)
+        connections.push({ src: f.src, dst: f.dst, sport: f.sport, port: f.port });
     }
     for (const f of allowed.values()) await markRevoked(f, false);
+    // Nor are they kept from being picked up again (policy/nft.ts): the policy allows them now. (With
+    // no policy here, table weft_revoked and what it remembered are gone.)
+    const forget = forgetRevoked(connections);
+    if (forget && rememberedHere) await nft(['-f', '-'], forget);
     this.mayHaveRevoked = stillDenied;
   }
 
@@ -360,10 +375,12 @@ export class PolicyEngine {
     if (this.current && this.current.hooks.length > 0) {
       try {
         // -t: the rules and their counters, without the sets' elements.
-        const listing = await nftSession.list(`list table inet ${TABLE}`);
-        for (const rule of nftObjects<{ comment?: string; expr?: { counter?: { packets: number } }[] }>(
-          listing,
-          'rule',
+        const listings = [
+          await nftSession.list(`list table inet ${TABLE}`),
+          await nftSession.list(`list table inet ${REVOKED_TABLE}`),
+        ];
+        for (const rule of listings.flatMap((listing) =>
+          nftObjects<{ comment?: string; expr?: { counter?: { packets: number } }[] }>(listing, 'rule'),
         )) {
           const packets = rule.expr?.find((e) => e.counter)?.counter?.packets ?? 0;
           if (rule.comment === REVOKED_COMMENT || rule.comment === NO_PICKUP_COMMENT) revokedDropped += packets;

@@ -9,6 +9,7 @@
 // it), and a container is limited by both of its addresses.
 import { createHash } from 'node:crypto';
 import { BRIDGE } from '../datapath/bridge.js';
+import { REVOKED_TABLE } from '../datapath/firewall.js';
 import { containerMatches, type Member, type PolicyModel } from './model.js';
 import type { Rule } from './rules.js';
 
@@ -26,6 +27,11 @@ export interface CompiledPolicy {
   lines: string[];
   /** Lines for the forward chain that send traffic through the policy (none when nothing here is limited). */
   hooks: string[];
+  /**
+   * The text of `table inet weft_revoked`, written after weft's table and never deleted by its
+   * rewrites (its chains are flushed and written again, its sets keep what the kernel put in them).
+   */
+  revokedTable: string[];
   /** The text with set elements left out: rules are rewritten only when this changes. */
   skeleton: string;
   /** Set name -> member addresses. */
@@ -118,7 +124,7 @@ export function compilePolicy(model: PolicyModel, local: Member[], opts: Compile
       if (own6.length > 0) jumps.push(`    ip6 ${own} ${list(own6)} jump ${chain}`);
     }
   }
-  if (jumps.length === 0) return { lines: [], hooks: [], skeleton: '', sets, counters };
+  if (jumps.length === 0) return { lines: [], hooks: [], revokedTable: [], skeleton: '', sets, counters };
   const setDecl = (name: string, elements: string[] | null) =>
     `  set ${name} { type ${sets6.has(name) ? 'ipv6_addr' : 'ipv4_addr'};${elements && elements.length > 0 ? ` elements = { ${elements.join(', ')} }` : ''} }`;
   // Neighbour Discovery is how IPv6 finds a neighbour at all (ARP is not IP, and never meets these
@@ -128,24 +134,24 @@ export function compilePolicy(model: PolicyModel, local: Member[], opts: Compile
         `    oifname "${BRIDGE}" icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert } ip6 hoplimit 255 accept comment "neighbour discovery"`,
       ]
     : [];
-  const policyChain = ['  chain security_groups {', ...nd, ...noPickup(ipv6), ...jumps, '  }'];
+  const policyChain = ['  chain security_groups {', ...nd, ...jumps, '  }'];
   const names = [...sets.keys()].sort();
-  const revoked = revokedChain(ipv6);
-  const lines = [...names.map((n) => setDecl(n, sets.get(n)!)), ...revoked, ...policyChain, ...chains];
-  const skeleton = [...names.map((n) => setDecl(n, null)), ...revoked, ...policyChain, ...chains].join('\n');
+  const revokedTable = revokedTableText(ipv6);
+  const lines = [...names.map((n) => setDecl(n, sets.get(n)!)), ...policyChain, ...chains];
+  const skeleton = [...names.map((n) => setDecl(n, null)), ...policyChain, ...chains, ...revokedTable].join('\n');
   // Packets of flows already judged (replies, related ICMP) are accepted at once, before any other
   // match: a flow's first packet alone meets the rules. (The ct match turns on connection tracking in
   // the host's namespace, which weft otherwise does not use; that tracking is most of what a policy
   // costs a flow, bench/README.md.) Then everything that crosses the bridge, or enters it from the
   // host's other links, meets the policy once.
-  // Before that, flows a change revoked (policy/conntrack.ts) are dropped both ways, replies too.
+  // Before that (in table weft_revoked, whose forward chain comes first), flows a change revoked
+  // (policy/conntrack.ts) are dropped both ways, replies too.
   const hooks = [
-    `    ct mark and ${MARK_HEX} == ${MARK_HEX} jump revoked`,
     `    ct state established,related accept comment "flows already judged"`,
     `    iifname "${BRIDGE}" jump security_groups`,
     `    iifname != "${BRIDGE}" oifname "${BRIDGE}" jump security_groups`,
   ];
-  return { lines, hooks, skeleton, sets, counters };
+  return { lines, hooks, revokedTable, skeleton, sets, counters };
 }
 
 /**
@@ -171,43 +177,66 @@ const fourTuple = (v6: boolean, reverse: boolean) => {
 const revokedSet = (v6: boolean) => (v6 ? 'revoked6' : 'revoked4');
 
 /**
- * The chain the packets of revoked flows jump to: dropped where they cross the bridge (another
- * firewall may use the same bit for flows of its own), and a TCP connection's addresses and ports
- * remembered, for noPickup.
+ * Table weft_revoked: its forward chain runs before weft's (priority filter - 11), on the bridge's
+ * traffic only (another firewall may use the same bit for flows of its own). The packets of flows
+ * marked revoked are dropped, and a TCP connection's addresses and ports remembered from them.
+ * Conntrack picks a TCP connection it does not track up mid-stream, as new in the direction of the
+ * first packet it sees: a revoked connection whose tracking is gone (closed by a forged reset, timed
+ * out) would start again so from the side the rules do not bind (a server limited on ingress may
+ * send to anyone). So a packet of a remembered connection that is not a SYN alone, new to conntrack,
+ * is dropped either way (and the memory kept fresh). The table outlives weft's rewrites: what is
+ * remembered stays.
  */
-function revokedChain(ipv6: boolean): string[] {
+function revokedTableText(ipv6: boolean): string[] {
   const families = ipv6 ? [false, true] : [false];
+  const notSyn = 'tcp flags & (fin | syn | rst | ack) != syn';
+  const t = `inet ${REVOKED_TABLE}`;
   return [
+    `table ${t} {`,
     ...families.map(
       (v6) =>
         `  set ${revokedSet(v6)} { type ${v6 ? 'ipv6_addr . ipv6_addr' : 'ipv4_addr . ipv4_addr'} . inet_service . inet_service; flags dynamic, timeout; timeout ${REVOKED_MEMORY}; }`,
     ),
+    '  chain forward { type filter hook forward priority filter - 11; policy accept; }',
+    '  chain revoked { }',
+    '}',
+    `flush chain ${t} forward`,
+    `flush chain ${t} revoked`,
+    `table ${t} {`,
     '  chain revoked {',
-    `    iifname != "${BRIDGE}" oifname != "${BRIDGE}" return`,
     ...families.map(
       (v6) =>
         `    meta nfproto ${v6 ? 'ipv6' : 'ipv4'} meta l4proto tcp update @${revokedSet(v6)} { ${fourTuple(v6, false)} }`,
     ),
     `    counter drop comment "${REVOKED_COMMENT}"`,
     '  }',
+    '  chain forward {',
+    `    iifname != "${BRIDGE}" oifname != "${BRIDGE}" accept`,
+    `    ct mark and ${MARK_HEX} == ${MARK_HEX} jump revoked`,
+    ...families.flatMap((v6) =>
+      [false, true].map(
+        (reverse) =>
+          `    ct state new ${notSyn} ${fourTuple(v6, reverse)} @${revokedSet(v6)} update @${revokedSet(v6)} { ${fourTuple(v6, reverse)} } counter drop comment "${NO_PICKUP_COMMENT}"`,
+      ),
+    ),
+    '  }',
+    '}',
   ];
 }
 
 /**
- * Conntrack picks a TCP connection it does not track up mid-stream, as new in the direction of the
- * first packet it sees. A revoked connection whose tracking is gone (closed by a forged reset, timed
- * out) would start again so from the side the rules do not bind (a server limited on ingress may
- * send to anyone): a packet that is not a SYN alone, of a connection remembered as revoked, either
- * way, is dropped (and the memory kept fresh).
+ * One nft transaction that forgets these TCP connections (allowed again) in table weft_revoked, both
+ * ways: added first, so that deleting one the kernel no longer holds is no error.
  */
-function noPickup(ipv6: boolean): string[] {
-  const notSyn = 'tcp flags & (fin | syn | rst | ack) != syn';
-  return (ipv6 ? [false, true] : [false]).flatMap((v6) =>
-    [false, true].map(
-      (reverse) =>
-        `    ${notSyn} ${fourTuple(v6, reverse)} @${revokedSet(v6)} update @${revokedSet(v6)} { ${fourTuple(v6, reverse)} } counter drop comment "${NO_PICKUP_COMMENT}"`,
-    ),
-  );
+export function forgetRevoked(flows: { src: string; dst: string; sport: number; port: number }[]): string {
+  const out: string[] = [];
+  for (const f of flows) {
+    const v6 = f.src.includes(':');
+    const elements = `{ ${f.src} . ${f.dst} . ${f.sport} . ${f.port}, ${f.dst} . ${f.src} . ${f.port} . ${f.sport} }`;
+    for (const verb of ['add', 'delete'])
+      out.push(`${verb} element inet ${REVOKED_TABLE} ${revokedSet(v6)} ${elements}`);
+  }
+  return out.length > 0 ? out.join('\n') + '\n' : '';
 }
 
 /** One nft transaction that turns the sets from `have` into `want` (same set names). */

@@ -354,7 +354,6 @@ export function sleep(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms));
 }
 
-/** Polls until check() returns a truthy value or the time runs out; the error says what was last seen. */
 /** Waits until `read` gives the same for a whole `quietMs` (a cut connection's count stops moving). */
 export async function steady(what: string, read: () => unknown, timeoutMs = 10_000, quietMs = 1000): Promise<void> {
   await eventually(
@@ -368,6 +367,7 @@ export async function steady(what: string, read: () => unknown, timeoutMs = 10_0
   );
 }
 
+/** Polls until check() returns a truthy value or the time runs out; the error says what was last seen. */
 export async function eventually<T>(
   what: string,
   check: () => Promise<T | null | undefined | false>,

@@ -14,6 +14,7 @@ describe('routerEnv', () => {
       '--use-openssl-ca --max-semi-space-size=2',
     );
     expect(routerEnv({ NODE_OPTIONS: '--max-semi-space-size=8' }).NODE_OPTIONS).toBe('--max-semi-space-size=8');
+    expect(routerEnv({ NODE_OPTIONS: '--max_semi_space_size=8' }).NODE_OPTIONS).toBe('--max_semi_space_size=8');
     expect(routerEnv({ NODE_OPTIONS: '  ' }).NODE_OPTIONS).toBe('--max-semi-space-size=2');
   });
 });

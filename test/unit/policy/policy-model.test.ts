@@ -277,19 +277,23 @@ describe('the compiled rules on both families', () => {
 
   it('revoked flows: dropped before anything is accepted, and a revoked TCP connection is not picked up again, either way', () => {
     const c = compilePolicy(model, [members[0]], { ipv6: true });
-    expect(c.hooks[0]).toMatch(/^\s+ct mark and 0x100000 == 0x100000 jump revoked$/);
-    expect(c.hooks.findIndex((h) => h.includes('established'))).toBeGreaterThan(0);
-    const text = c.lines.join('\n');
-    // Only the bridge's traffic; each family's TCP connection remembered from its packets.
-    expect(text).toMatch(/chain revoked \{\n\s+iifname != "weft" oifname != "weft" return\n/);
+    const text = c.revokedTable.join('\n');
+    // A table of its own, whose forward chain runs before weft's (priority filter - 10), on the
+    // bridge's traffic only; written again without being deleted (its sets keep what they hold).
+    expect(text).toContain('chain forward { type filter hook forward priority filter - 11; policy accept; }');
+    expect(text).not.toContain('delete table');
+    expect(text).toMatch(/flush chain inet weft_revoked forward\nflush chain inet weft_revoked revoked\n/);
+    const forward = text.slice(text.lastIndexOf('chain forward {'));
+    expect(forward).toMatch(
+      /^chain forward \{\n\s+iifname != "weft" oifname != "weft" accept\n\s+ct mark and 0x100000 == 0x100000 jump revoked\n/,
+    );
+    // Each family's TCP connection remembered from its packets, and not picked up again either way.
     expect(text).toContain('update @revoked4 { ip saddr . ip daddr . tcp sport . tcp dport }');
     expect(text).toContain('update @revoked6 { ip6 saddr . ip6 daddr . tcp sport . tcp dport }');
-    const chain = text.slice(text.indexOf('chain security_groups'));
     for (const tuple of ['ip saddr . ip daddr . tcp sport . tcp dport', 'ip daddr . ip saddr . tcp dport . tcp sport'])
-      expect(chain).toContain(`tcp flags & (fin | syn | rst | ack) != syn ${tuple} @revoked4`);
-    // Before any jump into a container's rules, which could accept the packet.
-    expect(chain.indexOf('@revoked6')).toBeLessThan(chain.indexOf('jump'));
-    expect(compilePolicy(model, []).hooks).toEqual([]); // nothing limited here: nothing of it
+      expect(forward).toContain(`ct state new tcp flags & (fin | syn | rst | ack) != syn ${tuple} @revoked4`);
+    expect(c.skeleton).toContain('revoked6'); // a change of it rewrites
+    expect(compilePolicy(model, []).revokedTable).toEqual([]); // nothing limited here: nothing of it
   });
 
   it('the model judges IPv6 flows by IPv6 CIDRs only', () => {
@@ -333,7 +337,7 @@ describe('the compiled model', () => {
         );
         const text = ruleset({
           exposed: [],
-          policy: c.hooks.length > 0 ? { lines: c.lines, hooks: c.hooks } : undefined,
+          policy: c.hooks.length > 0 ? { lines: c.lines, hooks: c.hooks, revokedTable: c.revokedTable } : undefined,
           host: { dns: { ip: '169.254.83.83', port: 53 }, routerPorts: { tcp: [6783, 6784, 6782], udp: [6783, 6784] } },
           underlay: {
             vxlanPort: 6784,
