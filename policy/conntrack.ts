@@ -1,8 +1,8 @@
 // The kernel's connection tracking, through Debian's `conntrack` tool: the flows
 // it knows, and marking those a policy change no longer allows. A marked flow is
-// dropped in both directions by the policy's first rule (policy/nft.ts) for as
-// long as the kernel tracks it (and a TCP connection's packets for a day after,
-// policy/nft.ts noPickup). Deleting it instead would not do: its next packet
+// dropped in both directions by table weft_revoked (policy/nft.ts) for as long as
+// the kernel tracks it (and a TCP connection's packets for a day after, from that
+// table's memory). Deleting it instead would not do: its next packet
 // would be judged as new, and one sent by the side that may open connections (a
 // server may send to anyone) would start the same flow again from that side.
 import type { Flow } from './model.js';
@@ -53,6 +53,13 @@ export async function listFlows(
       if (f && keep(f)) out.push(f);
     });
   return out;
+}
+
+/** The flows that one markRevoked each covers: one per protocol, addresses and port (any source port). */
+export function byTarget(flows: Flow[]): Flow[] {
+  const out = new Map<string, Flow>();
+  for (const f of flows) out.set(`${f.proto} ${f.src} ${f.dst} ${f.port ?? ''}`, f);
+  return [...out.values()];
 }
 
 /** Marks the tracked flows of this 5-tuple (any source port) revoked, or clears the mark. */

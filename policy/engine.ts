@@ -20,7 +20,7 @@ import { linkLocalOf } from '../net/addr6.js';
 import { nftObjects, nftSession } from '../net/nft-session.js';
 import { REVOKED_TABLE, TABLE } from '../datapath/firewall.js';
 import type { MeshView, TombstoneOptions } from '../mesh/index.js';
-import { listFlows, markRevoked } from './conntrack.js';
+import { byTarget, listFlows, markRevoked } from './conntrack.js';
 import { PolicyModel, type Decision, type Flow, type Member } from './model.js';
 import {
   compilePolicy,
@@ -310,19 +310,17 @@ export class PolicyEngine {
   /** Marks revoked the tracked flows that this host's rules no longer allow. */
   private async cutRevoked(model: PolicyModel): Promise<void> {
     const local = this.localAddrs(model);
-    const denied = new Map<string, Flow>();
-    for (const f of await listFlows((f) => this.deniedHere(model, local, f), undefined, this.families(), false)) {
-      denied.set(`${f.proto} ${f.src} ${f.dst} ${f.port ?? ''}`, f);
-    }
-    if (denied.size > 0) this.mayHaveRevoked = true;
-    for (const f of denied.values()) await markRevoked(f, true);
-    this.stats.flowsCut += denied.size;
+    const denied = byTarget(
+      await listFlows((f) => this.deniedHere(model, local, f), undefined, this.families(), false),
+    );
+    if (denied.length > 0) this.mayHaveRevoked = true;
+    for (const f of denied) await markRevoked(f, true);
+    this.stats.flowsCut += denied.length;
   }
 
   /** Clears the mark of local containers' revoked flows that this host's rules allow again (a rule came back). */
   private async restoreAllowed(model: PolicyModel, rememberedHere: boolean): Promise<void> {
     const local = this.localAddrs(model);
-    const allowed = new Map<string, Flow>();
     let stillDenied = false;
     const keep = (f: Flow) => {
       // Another firewall's, or a container's that has gone (kept in mind: its address may come back).
@@ -334,13 +332,12 @@ export class PolicyEngine {
       stillDenied ||= denied;
       return !denied;
     };
+    const allowed = await listFlows(keep, undefined, this.families(), true);
     const connections: { src: string; dst: string; sport: number; port: number }[] = [];
-    for (const f of await listFlows(keep, undefined, this.families(), true)) {
-      allowed.set(`${f.proto} ${f.src} ${f.dst} ${f.port ?? ''}`, f);
+    for (const f of allowed)
       if (f.proto === 'tcp' && f.sport !== undefined && f.port !== undefined)
         connections.push({ src: f.src, dst: f.dst, sport: f.sport, port: f.port });
-    }
-    for (const f of allowed.values()) await markRevoked(f, false);
+    for (const f of byTarget(allowed)) await markRevoked(f, false);
     // Nor are they kept from being picked up again (policy/nft.ts): the policy allows them now. (With
     // no policy here, table weft_revoked and what it remembered are gone.)
     const forget = forgetRevoked(connections);
